@@ -1,0 +1,295 @@
+//! The job request: what a user asks the pool to run, and signs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Address;
+use crate::validate::{self, FieldError, ValidationErrors};
+
+/// Current version of the request document.
+pub const REQUEST_VERSION: u32 = 1;
+
+/// A job identifier: a ULID in lower case, so that ids sort by creation time in listings.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JsonSchema for JobId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JobId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9a-hjkmnp-tv-z]{26}$",
+            "description": "ULID in lower case"
+        })
+    }
+}
+
+impl JobId {
+    /// A fresh id, ordered after every id made earlier on this clock.
+    pub fn generate() -> Self {
+        JobId(ulid::Ulid::new().to_string().to_ascii_lowercase())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// When the id was made (the ULID's timestamp).
+    pub fn created(&self) -> Option<DateTime<Utc>> {
+        let u = ulid::Ulid::from_string(&self.0.to_ascii_uppercase()).ok()?;
+        DateTime::<Utc>::from_timestamp_millis(u.timestamp_ms() as i64)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        if lower.len() == 26 && ulid::Ulid::from_string(&lower.to_ascii_uppercase()).is_ok() {
+            Ok(JobId(lower))
+        } else {
+            Err(format!("not a job id (26-character ULID): {:?}", s.chars().take(40).collect::<String>()))
+        }
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<JobId> for String {
+    fn from(j: JobId) -> String {
+        j.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a job does with its allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Run a script to completion (training); outputs are synced back.
+    Train,
+    /// Run a project as an HTTP service until its hours run out or it is removed.
+    Serve,
+}
+
+/// How the worker starts the user's program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Launcher {
+    /// The entrypoint run as a plain program (`python3 script.py ARGS` for a `.py`).
+    #[default]
+    Command,
+    /// `mpirun` across every GPU slot of every miner.
+    Mpi,
+    /// `horovodrun` across every GPU slot of every miner.
+    Horovod,
+    /// `torchrun` with a c10d rendezvous at the leading miner.
+    Torchrun,
+}
+
+impl FromStr for Launcher {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "command" => Ok(Launcher::Command),
+            "mpi" => Ok(Launcher::Mpi),
+            "horovod" => Ok(Launcher::Horovod),
+            "torchrun" => Ok(Launcher::Torchrun),
+            other => Err(format!("unknown launcher {other:?} (use command, mpi, horovod or torchrun)")),
+        }
+    }
+}
+
+/// The payment a request points at: an ERC-20 transfer on a chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentRef {
+    pub chain_id: u64,
+    /// Transaction hash, `0x` + 64 hex digits.
+    pub tx: String,
+}
+
+/// A job request, written by its owner to `users/<owner>/jobs/<job_id>/request.json`.
+///
+/// Paths in it are relative: `entrypoint` to the job's `code/` folder, `data` to the owner's
+/// `data/` folder. Nothing in a request can name a key outside the owner's own prefix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub version: u32,
+    pub kind: JobKind,
+    pub owner: Address,
+    pub job_id: JobId,
+    /// A short name for listings and deployments, `[a-z0-9-]{1,63}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program to start, relative to the job's `code/` folder (e.g. `train.py`).
+    pub entrypoint: String,
+    /// The dataset, as a prefix under the owner's `data/` folder (e.g. `digits`); mounted at
+    /// `AIC_DATA_DIR` in every allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    pub miners: u32,
+    pub gpus_per_miner: u32,
+    /// Upper bound on wall time; the quote is computed from it.
+    pub max_hours: f64,
+    #[serde(default)]
+    pub launcher: Launcher,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentRef>,
+    pub created_at: DateTime<Utc>,
+    /// The request is refused by validate after this time.
+    pub expires_at: DateTime<Utc>,
+    /// The owner's signature over the request (EIP-712), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl JobRequest {
+    /// Total GPU slots the job occupies.
+    pub fn total_gpus(&self) -> u64 {
+        self.miners as u64 * self.gpus_per_miner as u64
+    }
+
+    /// Checks every field against the limits, collecting all problems.
+    ///
+    /// `now` decides expiry; pass `None` to skip the expiry check (e.g. when a job file is
+    /// checked before it is signed).
+    pub fn validate(&self, now: Option<DateTime<Utc>>) -> Result<(), ValidationErrors> {
+        let mut errs = Vec::new();
+        if self.version != REQUEST_VERSION {
+            errs.push(FieldError::new("version", format!("unsupported version {} (this pool reads {REQUEST_VERSION})", self.version)));
+        }
+        if let Some(name) = &self.name {
+            validate::name("name", name, &mut errs);
+        }
+        validate::relative_path("entrypoint", &self.entrypoint, false, &mut errs);
+        if let Some(data) = &self.data {
+            validate::relative_path("data", data, true, &mut errs);
+        }
+        let (miners_field, miners_what) = match self.kind {
+            JobKind::Train => ("miners", "miners"),
+            JobKind::Serve => ("miners", "replicas"),
+        };
+        validate::range_u32(miners_field, miners_what, self.miners, 1, validate::MAX_MINERS, &mut errs);
+        validate::range_u32("gpus_per_miner", "GPUs per miner", self.gpus_per_miner, 1, validate::MAX_GPUS, &mut errs);
+        validate::hours("max_hours", self.max_hours, &mut errs);
+        validate::args("args", &self.args, &mut errs);
+        validate::env("env", &self.env, &mut errs);
+        if let Some(p) = &self.payment {
+            validate::tx_hash("payment.tx", &p.tx, &mut errs);
+        }
+        if self.expires_at <= self.created_at {
+            errs.push(FieldError::new("expires_at", "must be after created_at"));
+        }
+        if let Some(now) = now
+            && self.expires_at < now
+        {
+            errs.push(FieldError::new(
+                "expires_at",
+                format!("request expired at {} (sign a new one)", self.expires_at.format("%Y-%m-%d %H:%M:%S UTC")),
+            ));
+        }
+        ValidationErrors::result(errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> JobRequest {
+        let now = Utc::now();
+        JobRequest {
+            version: REQUEST_VERSION,
+            kind: JobKind::Train,
+            owner: "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(),
+            job_id: JobId::generate(),
+            name: Some("digits".into()),
+            entrypoint: "train.py".into(),
+            data: Some("digits".into()),
+            miners: 2,
+            gpus_per_miner: 1,
+            max_hours: 1.0,
+            launcher: Launcher::Command,
+            args: vec!["--epochs".into(), "5".into()],
+            env: BTreeMap::new(),
+            payment: None,
+            created_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn a_good_request_validates() {
+        sample().validate(Some(Utc::now())).unwrap();
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let mut r = sample();
+        r.miners = 0;
+        r.gpus_per_miner = 9;
+        r.max_hours = 200.0;
+        r.name = Some("Bad_Name".into());
+        r.entrypoint = "../etc/passwd".into();
+        r.data = Some("/abs".into());
+        r.env.insert("AIC_JOB_ID".into(), "x".into());
+        let errs = r.validate(None).unwrap_err();
+        let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["name", "entrypoint", "data", "miners", "gpus_per_miner", "max_hours", "env.AIC_JOB_ID"]);
+        assert!(errs.to_string().contains("miners: must be between 1 and 64 (got 0)"), "{errs}");
+    }
+
+    #[test]
+    fn expiry_is_checked_against_now() {
+        let r = sample();
+        let later = r.expires_at + chrono::Duration::seconds(1);
+        let errs = r.validate(Some(later)).unwrap_err();
+        assert_eq!(errs.0[0].field, "expires_at");
+    }
+
+    #[test]
+    fn job_ids_sort_by_creation_and_round_trip() {
+        let a = JobId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = JobId::generate();
+        assert!(a < b);
+        assert_eq!(a.as_str().parse::<JobId>().unwrap(), a);
+        assert!("not-an-id".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["surprise"] = serde_json::json!(1);
+        let err = serde_json::from_value::<JobRequest>(v).unwrap_err();
+        assert!(err.to_string().contains("surprise"), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+//! Wire types of aic and their validation.
+//!
+//! Everything that crosses a process boundary — a job request a user signs, the manifest
+//! the validate function writes, the status records of a job, a serving registration, the
+//! S3 event records that wake the functions — is defined here as a serde type, with a JSON
+//! Schema exported into `schemas/json/`.
+//!
+//! This crate does no I/O.
+
+pub mod address;
+pub mod event;
+pub mod job;
+pub mod jobfile;
+pub mod manifest;
+pub mod serving;
+pub mod status;
+pub mod validate;
+
+pub use address::Address;
+pub use job::{JobId, JobKind, JobRequest, Launcher, PaymentRef};
+pub use manifest::{JobManifest, Quote};
+pub use serving::ServingRegistration;
+pub use status::{AllocResult, JobState, StatusDetail, StatusRecord};
+pub use validate::{FieldError, ValidationErrors};
+
+/// Every exported schema: (file name, schema).
+pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
+    vec![
+        ("job-request.schema.json", schemars::schema_for!(JobRequest)),
+        ("job-manifest.schema.json", schemars::schema_for!(JobManifest)),
+        ("status-record.schema.json", schemars::schema_for!(StatusRecord)),
+        ("alloc-result.schema.json", schemars::schema_for!(AllocResult)),
+        ("serving-registration.schema.json", schemars::schema_for!(ServingRegistration)),
+        ("job-file.schema.json", schemars::schema_for!(jobfile::JobFile)),
+    ]
+}

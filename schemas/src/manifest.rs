@@ -1,0 +1,48 @@
+//! The manifest: what validate writes once a request is accepted and paid for.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::JobRequest;
+
+/// The price of a job, in the token's smallest unit (decimal strings: values exceed 2^64).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Quote {
+    pub price_per_gpu_hour: String,
+    pub gpu_hours: f64,
+    pub total: String,
+    /// The ERC-20 contract paid in; absent on a free pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The payment claimed for this job (`pool/payments/<chain>/<tx>.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentClaim {
+    pub chain_id: u64,
+    pub tx: String,
+    /// Amount transferred, smallest unit.
+    pub paid: String,
+}
+
+/// Hints for the scheduler.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Placement {
+    /// A gateway (datacenter / node pool) to place in, if the request or pool names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+/// Written create-only to `users/<owner>/jobs/<job>/manifest.json` by validate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobManifest {
+    pub version: u32,
+    pub request: JobRequest,
+    pub quote: Quote,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentClaim>,
+    #[serde(default)]
+    pub placement: Placement,
+    pub validated_at: DateTime<Utc>,
+}

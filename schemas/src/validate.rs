@@ -1,0 +1,166 @@
+//! Limits on user-supplied documents, and errors that name the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub const MAX_MINERS: u32 = 64;
+pub const MAX_GPUS: u32 = 8;
+pub const MAX_HOURS: f64 = 168.0;
+/// Largest request.json a function reads; anything larger is rejected unread.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// Largest job file `aic submit` reads.
+pub const MAX_JOB_FILE_BYTES: u64 = 64 * 1024;
+/// Largest manifest, status record or registration a reader accepts.
+pub const MAX_DOC_BYTES: u64 = 256 * 1024;
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ARG_BYTES: usize = 4096;
+pub const MAX_ENV: usize = 128;
+pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+pub const MAX_PATH_BYTES: usize = 512;
+
+/// One problem with one field of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `miners` or `env.FOO`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All the problems found in a document, in field order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    pub fn result(errs: Vec<FieldError>) -> Result<(), ValidationErrors> {
+        if errs.is_empty() { Ok(()) } else { Err(ValidationErrors(errs)) }
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+pub(crate) fn name(field: &str, value: &str, errs: &mut Vec<FieldError>) {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        errs.push(FieldError::new(field, format!("{value:?} is not a name: use 1 to 63 of a-z, 0-9 and -")));
+    }
+}
+
+/// A path relative to a folder the job owns: no leading `/`, no `..`, no empty or `.`
+/// segments, no backslashes or control characters.
+pub(crate) fn relative_path(field: &str, value: &str, allow_empty: bool, errs: &mut Vec<FieldError>) {
+    if value.is_empty() {
+        if !allow_empty {
+            errs.push(FieldError::new(field, "must not be empty"));
+        }
+        return;
+    }
+    if let Some(why) = path_problem(value) {
+        errs.push(FieldError::new(field, format!("{value:?} {why}")));
+    }
+}
+
+/// Why `value` is not a safe relative path, if it is not.
+pub fn path_problem(value: &str) -> Option<&'static str> {
+    if value.len() > MAX_PATH_BYTES {
+        return Some("is too long (512 bytes at most)");
+    }
+    if value.starts_with('/') {
+        return Some("must be relative (no leading /)");
+    }
+    if value.contains('\\') || value.chars().any(char::is_control) {
+        return Some("must not contain backslashes or control characters");
+    }
+    let trimmed = value.strip_suffix('/').unwrap_or(value);
+    if trimmed.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Some("must stay inside its folder (no empty, . or .. segments)");
+    }
+    None
+}
+
+pub(crate) fn range_u32(field: &str, what: &str, v: u32, lo: u32, hi: u32, errs: &mut Vec<FieldError>) {
+    if v < lo || v > hi {
+        let _ = what;
+        errs.push(FieldError::new(field, format!("must be between {lo} and {hi} (got {v})")));
+    }
+}
+
+pub(crate) fn hours(field: &str, v: f64, errs: &mut Vec<FieldError>) {
+    if !(v.is_finite() && v > 0.0 && v <= MAX_HOURS) {
+        errs.push(FieldError::new(field, format!("must be more than 0 and at most {MAX_HOURS} (got {v})")));
+    }
+}
+
+pub(crate) fn args(field: &str, args: &[String], errs: &mut Vec<FieldError>) {
+    if args.len() > MAX_ARGS {
+        errs.push(FieldError::new(field, format!("at most {MAX_ARGS} arguments (got {})", args.len())));
+    }
+    for (i, a) in args.iter().enumerate() {
+        if a.len() > MAX_ARG_BYTES {
+            errs.push(FieldError::new(format!("{field}[{i}]"), format!("longer than {MAX_ARG_BYTES} bytes")));
+        }
+        if a.contains('\0') {
+            errs.push(FieldError::new(format!("{field}[{i}]"), "contains a NUL byte"));
+        }
+    }
+}
+
+pub(crate) fn env(field: &str, env: &BTreeMap<String, String>, errs: &mut Vec<FieldError>) {
+    if env.len() > MAX_ENV {
+        errs.push(FieldError::new(field, format!("at most {MAX_ENV} variables (got {})", env.len())));
+    }
+    for (k, v) in env {
+        let f = format!("{field}.{k}");
+        let valid_name = !k.is_empty()
+            && k.len() <= 128
+            && !k.as_bytes()[0].is_ascii_digit()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_name {
+            errs.push(FieldError::new(f, "is not a variable name: use A-Z, a-z, 0-9 and _, not starting with a digit"));
+        } else if k.starts_with("AIC_") || k == "CUDA_VISIBLE_DEVICES" {
+            errs.push(FieldError::new(f, "is set by the pool; choose another name"));
+        } else if v.len() > MAX_ENV_VALUE_BYTES || v.contains('\0') {
+            errs.push(FieldError::new(f, format!("value must be under {MAX_ENV_VALUE_BYTES} bytes with no NUL")));
+        }
+    }
+}
+
+pub(crate) fn tx_hash(field: &str, v: &str, errs: &mut Vec<FieldError>) {
+    let ok = v.len() == 66 && v.starts_with("0x") && v[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !ok {
+        errs.push(FieldError::new(field, "is not a transaction hash (0x followed by 64 hex digits)"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_escape_are_refused() {
+        for bad in ["/etc", "../x", "a/../../b", "a//b", "./a", "a\\b", "a/\u{7}"] {
+            assert!(path_problem(bad).is_some(), "{bad:?} should be refused");
+        }
+        for good in ["train.py", "a/b/c.txt", "digits/", "my data/x"] {
+            assert!(path_problem(good).is_none(), "{good:?} should pass");
+        }
+    }
+}
