@@ -1,1 +1,188 @@
-fn main() {}
+//! `aic`: run training jobs and deploy models on the AI Crypto mining pool.
+
+mod data;
+mod demo;
+mod env;
+mod jobs;
+mod pool;
+mod progress;
+mod watch;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "aic", version, about = "Run training jobs and deploy models on the AI Crypto mining pool")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The embedded pool on this machine.
+    #[command(subcommand)]
+    Dev(DevCmd),
+    /// Datasets in your data/ folder of the pool's storage.
+    #[command(subcommand)]
+    Data(DataCmd),
+    /// Upload a script, submit it, and watch it to the end.
+    Run(RunArgs),
+    /// Submit a job file (YAML or JSON) and watch it.
+    Submit {
+        /// The job file.
+        file: PathBuf,
+        /// Submit and return without watching.
+        #[arg(long, short)]
+        detach: bool,
+    },
+    /// Your jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's state and history.
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's output.
+    Logs {
+        job: String,
+        /// Keep following until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// A job's outputs (checkpoints, results).
+    #[command(subcommand)]
+    Results(ResultsCmd),
+    /// Stop a job.
+    Cancel { job: String },
+    /// The tutorial, end to end on the embedded pool: dataset, training, checkpoint.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum DevCmd {
+    /// Host the embedded pool in the foreground (functions + simulated miners) until Ctrl-C.
+    Up {
+        /// Simulated miners (default: AIC_POOL_MINERS or 2).
+        #[arg(long)]
+        miners: Option<u32>,
+        /// GPU slots per miner (default: AIC_POOL_GPUS or 1).
+        #[arg(long)]
+        gpus: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Upload a file or a folder as dataset NAME (default: its file name).
+    Put { local: PathBuf, name: Option<String> },
+    /// Download dataset NAME into DIR (default: ./NAME).
+    Get { name: String, dir: Option<PathBuf> },
+    /// List datasets, or the files of one.
+    Ls {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dataset NAME (every file in it).
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum ResultsCmd {
+    /// Download a job's outputs into DIR (default: ./<job>-output).
+    Get { job: String, dir: Option<PathBuf> },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A script (`train.py`), or a folder with --entrypoint.
+    pub script: PathBuf,
+    /// Dataset to mount at AIC_DATA_DIR (a name from `aic data ls`).
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub miners: u32,
+    /// GPUs per miner.
+    #[arg(long, default_value_t = 1)]
+    pub gpus: u32,
+    /// Upper bound on run time; the quote is computed from it.
+    #[arg(long, default_value_t = 1.0)]
+    pub hours: f64,
+    /// command, mpi, horovod or torchrun.
+    #[arg(long, default_value = "command")]
+    pub launcher: String,
+    /// The program inside a folder SCRIPT.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// A name for listings.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// KEY=VALUE for the program's environment (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Submit and return without watching.
+    #[arg(long, short)]
+    pub detach: bool,
+    /// Arguments for the script, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match dispatch(cli.cmd).await {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: what went wrong, with its causes.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
+    let env = env::Env::load()?;
+    match cmd {
+        Cmd::Dev(DevCmd::Up { miners, gpus }) => {
+            let (dm, dg) = pool::pool_size()?;
+            let (m, g) = (miners.unwrap_or(dm), gpus.unwrap_or(dg));
+            let hosted = pool::Hosted::try_host(&env, m, g)?
+                .ok_or_else(|| anyhow::anyhow!("another aic process hosts the embedded pool at {}; stop it first", env.home.display()))?;
+            eprintln!("embedded pool up: {m} miners × {g} GPUs, store {}, Ctrl-C to stop", env.store_config.url());
+            hosted.serve().await?;
+            Ok(0)
+        }
+        Cmd::Data(c) => {
+            match c {
+                DataCmd::Put { local, name } => {
+                    data::put(&env, &local, name).await?;
+                }
+                DataCmd::Get { name, dir } => data::get(&env, &name, dir).await?,
+                DataCmd::Ls { name, json } => data::ls(&env, name, json).await?,
+                DataCmd::Rm { name } => data::rm(&env, &name).await?,
+            }
+            Ok(0)
+        }
+        Cmd::Run(args) => jobs::run(&env, args).await,
+        Cmd::Submit { file, detach } => jobs::submit_file(&env, &file, detach).await,
+        Cmd::Jobs { json } => jobs::list(&env, json).await.map(|_| 0),
+        Cmd::Status { job, json } => jobs::status(&env, &job, json).await.map(|_| 0),
+        Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
+        Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
+        Cmd::Cancel { job } => jobs::cancel(&env, &job).await.map(|_| 0),
+        Cmd::Demo => demo::run(&env).await,
+    }
+}

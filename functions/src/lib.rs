@@ -1,1 +1,92 @@
+//! The event functions of aic, as plain async handlers over S3 event records.
+//!
+//! - [`validate`]: `request.json` created → check it, price it, verify payment, write the
+//!   manifest (create-only) and move the job to `paid`, or `rejected` with a reason.
+//! - [`dispatch`]: `manifest.json` created → hand the job to the scheduler, move it to
+//!   `scheduled` (or `failed` when it can never be placed).
+//! - [`cancel`]: a `cancelled` status record created → stop the job's allocations.
+//!
+//! Events arrive at least once, out of order, duplicated: every handler is idempotent, and
+//! [`handle_record`] routes a record to the handler its key calls for. Transports (the
+//! embedded pool's spool, the webhook host, Lambda) are thin loops around it.
+//!
+//! No handler runs user code.
 
+pub mod cancel;
+pub mod dispatch;
+pub mod payment;
+pub mod validate;
+
+use std::sync::Arc;
+
+use aic_core::Store;
+use aic_core::layout::{JobKey, KeyKind, classify};
+use aic_core::pricing::Pricing;
+use aic_core::scheduler::Scheduler;
+use aic_schemas::event::{S3Event, S3EventRecord};
+
+pub use payment::{FreePool, PaymentVerifier};
+
+/// What the handlers share: built once per process, cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: Store,
+    pub scheduler: Arc<dyn Scheduler>,
+    pub payments: Arc<dyn PaymentVerifier>,
+    pub pricing: Pricing,
+}
+
+/// What handling one record did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Not an event any function acts on.
+    Ignored,
+    /// The request was accepted and its manifest written.
+    Validated(JobKey),
+    /// The request was refused; the reason is in the job's status.
+    Rejected(JobKey, String),
+    /// The job was handed to the scheduler.
+    Dispatched(JobKey),
+    /// The job cannot run on this pool; the reason is in its status.
+    Unplaceable(JobKey, String),
+    /// The job's allocations were told to stop.
+    Cancelled(JobKey),
+    /// A duplicate or late event: the work was already done.
+    AlreadyDone(JobKey),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Store(#[from] aic_core::StoreError),
+    #[error(transparent)]
+    Schedule(#[from] aic_core::scheduler::ScheduleError),
+}
+
+/// Routes one record by its key. An `Err` means "try this event again later" (a store or
+/// scheduler outage); a refused request is an `Ok(Rejected)`.
+pub async fn handle_record(ctx: &Ctx, record: &S3EventRecord) -> Result<Outcome, HandlerError> {
+    if !record.is_object_created() {
+        return Ok(Outcome::Ignored);
+    }
+    if record.s3.bucket.name != ctx.store.bucket() {
+        tracing::debug!(bucket = %record.s3.bucket.name, "event for another bucket");
+        return Ok(Outcome::Ignored);
+    }
+    let key = record.key();
+    match classify(&key) {
+        KeyKind::Request(job) => validate::handle(ctx, &job, record.s3.object.size).await,
+        KeyKind::Manifest(job) => dispatch::handle(ctx, &job).await,
+        KeyKind::StatusRecord(job, seq) => cancel::handle(ctx, &job, seq).await,
+        KeyKind::Other => Ok(Outcome::Ignored),
+    }
+}
+
+/// Handles every record of an event; one result per record, in order.
+pub async fn handle_event(ctx: &Ctx, event: &S3Event) -> Vec<Result<Outcome, HandlerError>> {
+    let mut out = Vec::with_capacity(event.records.len());
+    for r in &event.records {
+        out.push(handle_record(ctx, r).await);
+    }
+    out
+}

@@ -1,1 +1,335 @@
-fn main() {}
+//! aic-worker: runs one allocation of a job on a miner.
+//!
+//! Started by the scheduler (the local one, or Nomad on the pool) with:
+//! `AIC_STORE` (+ S3 settings), `AIC_JOB_OWNER`, `AIC_JOB_ID`, `AIC_ALLOC_INDEX`,
+//! `AIC_ALLOC_COUNT`, `AIC_MINER`, `AIC_WORK_DIR`, `CUDA_VISIBLE_DEVICES`.
+//!
+//! 1. Reads the manifest; the leader (allocation 0) moves the job to `running`.
+//! 2. Downloads the code and the dataset, and restores earlier outputs (a restarted
+//!    allocation resumes from its last checkpoint).
+//! 3. Starts the program through the request's launcher, with `AIC_JOB_ID`,
+//!    `AIC_DATA_DIR`, `AIC_OUTPUT_DIR`, `AIC_ALLOC_INDEX`, `AIC_ALLOC_COUNT` set.
+//! 4. While it runs: ships its output to `logs/`, syncs `AIC_OUTPUT_DIR` to `output/`, and
+//!    stops it when the job ends elsewhere (cancelled, or another allocation failed).
+//! 5. At exit: a last sync, `allocs/<index>.json`, and the job's final status: `failed`
+//!    with the exit code and log tail as soon as any allocation fails; `succeeded` written by
+//!    the leader once every allocation has succeeded.
+
+mod launcher;
+mod logs;
+mod outputs;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aic_core::status::{self, Advanced, Transition};
+use aic_core::{JobKey, Store, StoreConfig};
+use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_schemas::{AllocResult, JobManifest, JobState, StatusDetail};
+use anyhow::{Context, anyhow};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+const BY: &str = "worker";
+/// How often a running allocation looks at the job's status.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How often outputs are synced while the program runs.
+const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// How long the program gets between SIGTERM and SIGKILL when the job is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the leader waits for the other allocations to report after it finished.
+const PEERS_WAIT: Duration = Duration::from_secs(3600);
+
+struct Alloc {
+    store: Store,
+    job: JobKey,
+    index: u32,
+    count: u32,
+    miner: String,
+    work: PathBuf,
+}
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).map_err(|_| anyhow!("{name} is not set; aic-worker is started by the pool's scheduler"))
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let alloc = match setup() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("aic-worker: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let code = match run(&alloc).await {
+        Ok(code) => code,
+        Err(e) => {
+            // Anything that stopped the worker before or around the program fails the job
+            // with the reason, so the user never waits on a job nobody runs.
+            let reason = format!("allocation {} on {}: {e:#}", alloc.index, alloc.miner);
+            eprintln!("aic-worker: {reason}");
+            let t = Transition::new(JobState::Failed, BY)
+                .reason(reason)
+                .detail(StatusDetail { alloc: Some(alloc.index), ..Default::default() });
+            let _ = status::advance(&alloc.store, &alloc.job, t).await;
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn setup() -> anyhow::Result<Alloc> {
+    let store = StoreConfig::parse(&env("AIC_STORE")?)?.open()?;
+    let job = JobKey::new(
+        env("AIC_JOB_OWNER")?.parse().map_err(|e| anyhow!("AIC_JOB_OWNER: {e}"))?,
+        env("AIC_JOB_ID")?.parse().map_err(|e: String| anyhow!("AIC_JOB_ID: {e}"))?,
+    );
+    Ok(Alloc {
+        store,
+        job,
+        index: env("AIC_ALLOC_INDEX")?.parse().context("AIC_ALLOC_INDEX")?,
+        count: env("AIC_ALLOC_COUNT")?.parse().context("AIC_ALLOC_COUNT")?,
+        miner: std::env::var("AIC_MINER").unwrap_or_else(|_| hostname()),
+        work: PathBuf::from(env("AIC_WORK_DIR")?),
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "miner".into())
+}
+
+/// Runs the allocation; returns the worker's exit code (0 when the program succeeded).
+async fn run(a: &Alloc) -> anyhow::Result<i32> {
+    let manifest: JobManifest = a
+        .store
+        .get_json(&a.job.manifest(), MAX_DOC_BYTES)
+        .await?
+        .ok_or_else(|| anyhow!("the job has no manifest"))?;
+    let req = &manifest.request;
+
+    if a.index == 0 && !mark_running(a).await? {
+        tracing::info!("the job already ended; nothing to run");
+        return Ok(0);
+    }
+
+    let code_dir = a.work.join("code");
+    let data_dir = a.work.join("data");
+    let out_dir = a.work.join("output");
+    for d in [&code_dir, &data_dir, &out_dir] {
+        tokio::fs::create_dir_all(d).await.with_context(|| format!("creating {}", d.display()))?;
+    }
+    let (files, _) = a.store.download_prefix(&a.job.code_prefix(), &code_dir, &|_| {}).await.context("downloading the code")?;
+    if files == 0 {
+        return Err(anyhow!("the job has no code under {}", a.job.code_prefix()));
+    }
+    if let Some(data) = &req.data {
+        let prefix = format!("{}/", aic_core::layout::data_key(&a.job.owner, data).trim_end_matches('/'));
+        let (n, bytes) = a.store.download_prefix(&prefix, &data_dir, &|_| {}).await.context("downloading the dataset")?;
+        if n == 0 {
+            return Err(anyhow!("dataset {data:?} is empty or missing; upload it with `aic data put`"));
+        }
+        tracing::info!(files = n, bytes, "dataset ready");
+    }
+    let out_prefix = output_prefix(a);
+    let restored = a.store.download_prefix(&out_prefix, &out_dir, &|_| {}).await.context("restoring outputs")?;
+    if restored.0 > 0 {
+        tracing::info!(files = restored.0, "restored earlier outputs");
+    }
+
+    let mut env = BTreeMap::new();
+    env.insert("AIC_JOB_ID".into(), a.job.job.to_string());
+    env.insert("AIC_DATA_DIR".into(), path_str(&data_dir));
+    env.insert("AIC_OUTPUT_DIR".into(), path_str(&out_dir));
+    env.insert("AIC_ALLOC_INDEX".into(), a.index.to_string());
+    env.insert("AIC_ALLOC_COUNT".into(), a.count.to_string());
+    env.insert("CUDA_VISIBLE_DEVICES".into(), std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default());
+    let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
+    let mut cmd = launcher::build(&ctx).map_err(|e| anyhow!(e))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
+    let pid = child.id().unwrap_or_default() as i32;
+
+    let (tx, rx) = mpsc::channel::<String>(1024);
+    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index).run(rx));
+    let pumps = [
+        tokio::spawn(pump(child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), tx.clone())),
+        tokio::spawn(pump(child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), tx)),
+    ];
+
+    let mut sync = outputs::OutputSync::default();
+    let mut sync_tick = tokio::time::interval(SYNC_EVERY);
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stopping: Option<Instant> = None;
+    let exit = loop {
+        tokio::select! {
+            st = child.wait() => break st?,
+            _ = sync_tick.tick() => {
+                if let Err(e) = sync.pass(&a.store, &out_dir, &out_prefix).await {
+                    tracing::warn!(error = %e, "output sync failed; will retry");
+                }
+            }
+            _ = status_tick.tick() => {
+                if let Some(since) = stopping {
+                    if since.elapsed() > STOP_GRACE {
+                        signal(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                } else if job_ended(a).await {
+                    tracing::info!("the job ended elsewhere; stopping the program");
+                    signal(pid, nix::sys::signal::Signal::SIGTERM);
+                    stopping = Some(Instant::now());
+                }
+            }
+            _ = sigterm.recv() => {
+                tracing::info!("stop requested; stopping the program");
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+                stopping.get_or_insert_with(Instant::now);
+            }
+        }
+    };
+    let wall = started.elapsed().as_secs_f64();
+    for p in pumps {
+        let _ = p.await;
+    }
+    let tail = shipper.await.unwrap_or_default();
+    sync.pass(&a.store, &out_dir, &out_prefix).await.context("uploading the outputs")?;
+
+    let gpu_seconds = wall * manifest.request.gpus_per_miner as f64;
+    let signal_no = std::os::unix::process::ExitStatusExt::signal(&exit);
+    let result = AllocResult {
+        alloc: a.index,
+        miner: a.miner.clone(),
+        exit_code: exit.code(),
+        signal: signal_no,
+        wall_seconds: wall,
+        gpu_seconds,
+        finished_at: chrono::Utc::now(),
+    };
+    a.store.create_json(&a.job.alloc_result(a.index), &result).await?;
+
+    if !exit.success() {
+        let how = match (exit.code(), signal_no) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("was killed by signal {s}"),
+            _ => "ended abnormally".into(),
+        };
+        let t = Transition::new(JobState::Failed, BY)
+            .reason(format!("{} {how} on {} (allocation {})", req.entrypoint, a.miner, a.index))
+            .detail(StatusDetail {
+                exit_code: exit.code(),
+                wall_seconds: Some(wall),
+                gpu_seconds: Some(gpu_seconds),
+                alloc: Some(a.index),
+                log_tail: Some(tail.join("\n")),
+                ..Default::default()
+            });
+        status::advance(&a.store, &a.job, t).await?;
+        return Ok(1);
+    }
+    if a.index == 0 {
+        finish_as_leader(a, wall).await?;
+    }
+    Ok(0)
+}
+
+/// Moves the job to `running` (through `scheduled` if the worker overtook dispatch).
+/// Returns false when the job already ended.
+async fn mark_running(a: &Alloc) -> anyhow::Result<bool> {
+    loop {
+        let cur = status::current(&a.store, &a.job).await?.map(|c| c.state);
+        let next = match cur {
+            Some(JobState::Paid) => JobState::Scheduled,
+            Some(JobState::Scheduled) | Some(JobState::Retrying) => JobState::Running,
+            Some(JobState::Running) => return Ok(true),
+            Some(s) if s.is_terminal() => return Ok(false),
+            other => return Err(anyhow!("the job is {other:?}, not ready to run")),
+        };
+        let reason = format!("on {}", a.miner);
+        let t = Transition::new(next, BY).reason(reason).detail(StatusDetail { alloc: Some(a.index), ..Default::default() });
+        if let Advanced::Refused(Some(r)) = status::advance(&a.store, &a.job, t).await?
+            && r.state.is_terminal()
+        {
+            return Ok(false);
+        }
+    }
+}
+
+/// The leader succeeded: wait for every other allocation's result, then record success
+/// with the usage of all of them.
+async fn finish_as_leader(a: &Alloc, wall: f64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PEERS_WAIT;
+    let results: Vec<AllocResult> = loop {
+        let mut results = Vec::new();
+        for i in 0..a.count {
+            if let Some(r) = a.store.get_json::<AllocResult>(&a.job.alloc_result(i), MAX_DOC_BYTES).await? {
+                results.push(r);
+            }
+        }
+        if results.len() == a.count as usize {
+            break results;
+        }
+        if job_ended(a).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("{} of {} allocations never reported", a.count as usize - results.len(), a.count));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let t = Transition::new(JobState::Succeeded, BY).detail(StatusDetail {
+        exit_code: Some(0),
+        wall_seconds: Some(wall),
+        gpu_seconds: Some(results.iter().map(|r| r.gpu_seconds).sum()),
+        ..Default::default()
+    });
+    status::advance(&a.store, &a.job, t).await?;
+    Ok(())
+}
+
+async fn job_ended(a: &Alloc) -> bool {
+    matches!(status::current(&a.store, &a.job).await, Ok(Some(r)) if r.state.is_terminal())
+}
+
+/// Allocation 0 writes `output/`; others write `output/alloc-<i>/`, so no output is
+/// overwritten by another allocation's.
+fn output_prefix(a: &Alloc) -> String {
+    if a.index == 0 { a.job.output_prefix() } else { format!("{}alloc-{}/", a.job.output_prefix(), a.index) }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+async fn pump(src: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, tx: mpsc::Sender<String>) {
+    let Some(src) = src else { return };
+    // Lines, not strings: a program may print bytes that are not UTF-8.
+    let mut reader = BufReader::new(src);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                if tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `aic demo`: the tutorial on the embedded pool — dataset, training, checkpoint.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use aic_schemas::JobId;
+use anyhow::{Context, bail};
+use chrono::Utc;
+
+use crate::env::Env;
+use crate::jobs::{self, Code};
+use crate::{data, watch};
+
+const TRAIN_PY: &str = include_str!("../../examples/digits/train.py");
+const MAKE_DATASET_PY: &str = include_str!("../../examples/digits/make_dataset.py");
+
+pub async fn run(env: &Env) -> anyhow::Result<i32> {
+    let t0 = Instant::now();
+    let work = env.home.join("demo");
+    let code_dir = work.join("digits");
+    let data_dir = work.join("data");
+    std::fs::create_dir_all(&code_dir)?;
+    std::fs::write(code_dir.join("train.py"), TRAIN_PY)?;
+    std::fs::write(work.join("make_dataset.py"), MAKE_DATASET_PY)?;
+
+    step(1, &format!("wallet {} (the dev account; `aic login` comes with payments)", env.owner));
+    step(2, "exporting scikit-learn's digits set (1797 8×8 images)");
+    let python = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(work.join("make_dataset.py"))
+        .arg(&data_dir)
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    if !out.status.success() {
+        bail!(
+            "{python} could not export the dataset ({}); it needs numpy and scikit-learn: `cargo xtask demo` installs them",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("no output")
+        );
+    }
+    step(3, "uploading it as dataset `digits`");
+    data::put(env, &data_dir, Some("digits".into())).await?;
+
+    step(4, "training train.py on the embedded pool (1 miner × 1 GPU)");
+    let code = Code::resolve(&code_dir, Some("train.py".into()))?;
+    let file = aic_schemas::jobfile::JobFile {
+        kind: None,
+        name: Some("digits-demo".into()),
+        code: code_dir.to_string_lossy().into_owned(),
+        entrypoint: Some("train.py".into()),
+        data: Some("digits".into()),
+        miners: 1,
+        gpus: 1,
+        hours: 1.0,
+        launcher: aic_schemas::Launcher::Command,
+        args: vec!["--epochs".into(), "20".into()],
+        env: Default::default(),
+    };
+    let req = file.to_request(env.owner, JobId::generate(), "train.py".into(), Utc::now(), chrono::Duration::hours(1));
+    let job = jobs::submit(env, &code, &req).await?;
+    eprintln!("job {} submitted", job.job);
+    let code = watch::watch(env, &job, true).await?;
+    if code != 0 {
+        return Ok(code);
+    }
+
+    step(5, "fetching the checkpoint");
+    let dest = PathBuf::from("aic-demo-output");
+    jobs::results_get(env, job.job.as_str(), Some(dest.clone())).await?;
+    let ckpt = dest.join("model.npz");
+    if !ckpt.is_file() {
+        bail!("the job succeeded but wrote no model.npz");
+    }
+    let hist = aic_core::status::history(&env.store, &job).await?;
+    let exec = hist.last().and_then(|r| r.detail.wall_seconds).unwrap_or_default();
+    println!("checkpoint: {}", ckpt.display());
+    if let Ok(m) = std::fs::read_to_string(dest.join("metrics.json")) {
+        println!("metrics: {}", m.trim());
+    }
+    println!("execution time: {exec:.2} s (whole demo {:.1} s)", t0.elapsed().as_secs_f64());
+    Ok(0)
+}
+
+fn step(n: u32, what: &str) {
+    eprintln!("\n[{n}] {what}");
+}

@@ -1,0 +1,295 @@
+//! `aic run`, `submit`, `jobs`, `status`, `logs`, `results get`, `cancel`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use aic_core::JobKey;
+use aic_core::layout::jobs_prefix;
+use aic_core::status::{self, Advanced, Transition};
+use aic_schemas::jobfile::JobFile;
+use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_schemas::{JobId, JobRequest, JobState, StatusRecord};
+use anyhow::{Context, anyhow, bail};
+use chrono::Utc;
+
+use crate::env::Env;
+use crate::{RunArgs, progress, watch};
+
+/// How long a signed request stays valid for validate.
+const REQUEST_VALID_FOR: chrono::Duration = chrono::Duration::hours(1);
+
+/// The code to upload: a single script or a folder.
+pub struct Code {
+    pub path: PathBuf,
+    pub entrypoint: String,
+}
+
+impl Code {
+    /// `path` is a script (its file name is the entrypoint) or a folder (`entrypoint` must
+    /// name a file in it; `train.py` or `main.py` when there is one).
+    pub fn resolve(path: &Path, entrypoint: Option<String>) -> anyhow::Result<Code> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let entrypoint = if meta.is_dir() {
+            match entrypoint {
+                Some(e) => e,
+                None => ["train.py", "main.py", "app.py"]
+                    .iter()
+                    .find(|f| path.join(f).is_file())
+                    .map(|f| f.to_string())
+                    .ok_or_else(|| anyhow!("{} is a folder: name the program to run with --entrypoint", path.display()))?,
+            }
+        } else {
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| anyhow!("{} is not a file", path.display()))?
+        };
+        if meta.is_dir() && !path.join(&entrypoint).is_file() {
+            bail!("entrypoint {entrypoint} is not a file in {}", path.display());
+        }
+        Ok(Code { path: path.to_path_buf(), entrypoint })
+    }
+}
+
+/// Uploads the code, then writes the request (create-only): the request's creation is
+/// what starts the job, so it goes last.
+pub async fn submit(env: &Env, code: &Code, req: &JobRequest) -> anyhow::Result<JobKey> {
+    req.validate(Some(Utc::now())).map_err(|e| anyhow!("{e}"))?;
+    let job = JobKey::new(req.owner, req.job_id.clone());
+    let prefix = job.code_prefix();
+    if code.path.is_dir() {
+        let pb = progress::bytes(0, "uploading code");
+        env.store.upload_dir(&code.path, &prefix, &|b| pb.set_position(b)).await.context("uploading the code")?;
+        pb.finish_and_clear();
+    } else {
+        env.store.upload_file(&code.path, &format!("{prefix}{}", code.entrypoint), &|_| {}).await.context("uploading the code")?;
+    }
+    if env.store.create_json(&job.request(), req).await? == aic_core::Created::AlreadyExists {
+        bail!("job {} already exists; submit again for a new id", req.job_id);
+    }
+    Ok(job)
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("--env {p:?}: use KEY=VALUE")))
+        .collect()
+}
+
+pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
+    let code = Code::resolve(&a.script, a.entrypoint.clone())?;
+    let file = JobFile {
+        kind: None,
+        name: a.name.clone(),
+        code: a.script.to_string_lossy().into_owned(),
+        entrypoint: Some(code.entrypoint.clone()),
+        data: a.data.clone(),
+        miners: a.miners,
+        gpus: a.gpus,
+        hours: a.hours,
+        launcher: a.launcher.parse().map_err(|e: String| anyhow!("--launcher: {e}"))?,
+        args: a.args.clone(),
+        env: parse_env(&a.env)?,
+    };
+    let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
+    // Flag names, not field names, in errors from the command line.
+    req.validate(None).map_err(|e| {
+        anyhow!("{}", e.to_string().replace("gpus_per_miner:", "--gpus:").replace("max_hours:", "--hours:").replace("miners:", "--miners:"))
+    })?;
+    start_and_watch(env, &code, &req, a.detach).await
+}
+
+pub async fn submit_file(env: &Env, path: &Path, detach: bool) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json = path.extension().is_some_and(|e| e == "json");
+    let file = JobFile::parse(&text, json).map_err(|errs| {
+        let shown = path.display();
+        let lines: Vec<String> = errs
+            .iter()
+            .map(|e| match e.line {
+                Some(l) => format!("{shown}:{l}: {}", JobFileErrorNoLine(e)),
+                None => format!("{shown}: {e}"),
+            })
+            .collect();
+        anyhow!("{}", lines.join("\n       "))
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let code_path = base.join(&file.code);
+    let code = Code::resolve(&code_path, file.entrypoint.clone()).map_err(|e| anyhow!("{}: code: {e}", path.display()))?;
+    let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
+    start_and_watch(env, &code, &req, detach).await
+}
+
+/// A job file error without its line (the caller prints `file:line:`).
+struct JobFileErrorNoLine<'a>(&'a aic_schemas::jobfile::JobFileError);
+
+impl std::fmt::Display for JobFileErrorNoLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.field {
+            Some(field) if !self.0.message.contains(field.as_str()) => write!(f, "{field}: {}", self.0.message),
+            _ => f.write_str(&self.0.message),
+        }
+    }
+}
+
+async fn start_and_watch(env: &Env, code: &Code, req: &JobRequest, detach: bool) -> anyhow::Result<i32> {
+    let job = submit(env, code, req).await?;
+    eprintln!(
+        "job {} submitted: {} on {} miner{} × {} GPU{}",
+        job.job,
+        req.entrypoint,
+        req.miners,
+        if req.miners == 1 { "" } else { "s" },
+        req.gpus_per_miner,
+        if req.gpus_per_miner == 1 { "" } else { "s" }
+    );
+    if detach {
+        eprintln!("follow it with `aic logs -f {}`; see it with `aic status {}`", job.job, job.job);
+        println!("{}", job.job);
+        return Ok(0);
+    }
+    watch::watch(env, &job, true).await
+}
+
+/// Accepts a full job id or a unique prefix of one.
+pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
+    let s = s.to_ascii_lowercase();
+    if let Ok(id) = s.parse::<JobId>() {
+        return Ok(JobKey::new(env.owner, id));
+    }
+    let matches: Vec<JobId> = job_ids(env).await?.into_iter().filter(|j| j.as_str().starts_with(&s)).collect();
+    match matches.len() {
+        1 => Ok(JobKey::new(env.owner, matches[0].clone())),
+        0 => bail!("no job {s}; see `aic jobs`"),
+        n => bail!("{n} jobs start with {s}; give more of the id"),
+    }
+}
+
+async fn job_ids(env: &Env) -> anyhow::Result<Vec<JobId>> {
+    let (dirs, _) = env.store.list_dir(&jobs_prefix(&env.owner)).await?;
+    let mut ids: Vec<JobId> = dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok()).collect();
+    ids.sort();
+    ids.reverse();
+    Ok(ids)
+}
+
+pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
+    let ids = job_ids(env).await?;
+    let mut rows = Vec::new();
+    for id in ids {
+        let job = JobKey::new(env.owner, id.clone());
+        let st = status::snapshot(&env.store, &job).await?;
+        let req: Option<JobRequest> = env.store.get_json(&job.request(), MAX_DOC_BYTES).await.ok().flatten();
+        rows.push((id, st, req));
+    }
+    if json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(id, st, req)| {
+                serde_json::json!({
+                    "job": id, "state": st.as_ref().map(|s| s.state), "reason": st.as_ref().and_then(|s| s.reason.clone()),
+                    "entrypoint": req.as_ref().map(|r| r.entrypoint.clone()), "name": req.as_ref().and_then(|r| r.name.clone()),
+                    "miners": req.as_ref().map(|r| r.miners), "gpus_per_miner": req.as_ref().map(|r| r.gpus_per_miner),
+                    "created": id.created(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("no jobs yet; start one with `aic run SCRIPT`");
+        return Ok(());
+    }
+    println!("{:<26}  {:<10}  {:<19}  {:<9}  WHAT", "JOB", "STATE", "CREATED", "MINERS");
+    for (id, st, req) in rows {
+        let state = st.as_ref().map(|s| s.state.as_str()).unwrap_or("uploading");
+        let created = id.created().map(|c| c.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+        let shape = req.as_ref().map(|r| format!("{}×{}", r.miners, r.gpus_per_miner)).unwrap_or_default();
+        let what = req.as_ref().map(|r| r.name.clone().unwrap_or_else(|| r.entrypoint.clone())).unwrap_or_default();
+        println!("{id:<26}  {state:<10}  {created:<19}  {shape:<9}  {what}");
+    }
+    Ok(())
+}
+
+pub fn describe(rec: &StatusRecord) -> String {
+    let mut s = format!("{:<9}", rec.state.as_str());
+    if let Some(r) = &rec.reason {
+        s.push_str(&format!("  {r}"));
+    }
+    let d = &rec.detail;
+    if let Some(c) = d.exit_code
+        && rec.state == JobState::Failed
+    {
+        s.push_str(&format!(" [exit code {c}]"));
+    }
+    if let Some(w) = d.wall_seconds {
+        s.push_str(&format!("  execution time {w:.1} s"));
+    }
+    if let Some(g) = d.gpu_seconds {
+        s.push_str(&format!(", {g:.1} GPU-seconds"));
+    }
+    s
+}
+
+pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
+    let job = resolve(env, s).await?;
+    let hist = status::history(&env.store, &job).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"job": job.job, "history": hist}))?);
+        return Ok(());
+    }
+    if hist.is_empty() {
+        if env.store.head(&job.request()).await?.is_some() {
+            println!("job {}: waiting for the pool to pick it up (is `aic dev up` running?)", job.job);
+            return Ok(());
+        }
+        bail!("no job {}; see `aic jobs`", job.job);
+    }
+    println!("job {}", job.job);
+    for r in &hist {
+        println!("  {}  {}", r.at.format("%H:%M:%S"), describe(r));
+    }
+    if let Some(tail) = hist.last().and_then(|r| r.detail.log_tail.as_ref()) {
+        println!("last lines of output:\n{tail}");
+    }
+    Ok(())
+}
+
+pub async fn logs(env: &Env, s: &str, follow: bool) -> anyhow::Result<i32> {
+    let job = resolve(env, s).await?;
+    if follow {
+        return watch::follow_logs(env, &job).await;
+    }
+    let mut cursor = watch::LogCursor::default();
+    let printed = cursor.print_new(env, &job).await?;
+    if printed == 0 {
+        eprintln!("no output yet");
+    }
+    Ok(0)
+}
+
+pub async fn results_get(env: &Env, s: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let job = resolve(env, s).await?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(format!("{}-output", job.job)));
+    let prefix = job.output_prefix();
+    let total: u64 = env.store.list(&prefix).await?.iter().map(|m| m.size).sum();
+    let pb = progress::bytes(total, "downloading results");
+    let (n, bytes) = env.store.download_prefix(&prefix, &dir, &|b| pb.set_position(b)).await?;
+    pb.finish_and_clear();
+    if n == 0 {
+        bail!("job {} has no outputs (yet): the program writes them to $AIC_OUTPUT_DIR", job.job);
+    }
+    eprintln!("downloaded {n} file{} ({}) to {}", if n == 1 { "" } else { "s" }, progress::size(bytes), dir.display());
+    Ok(())
+}
+
+pub async fn cancel(env: &Env, s: &str) -> anyhow::Result<()> {
+    let job = resolve(env, s).await?;
+    let t = Transition::new(JobState::Cancelled, "cli").reason("cancelled by its owner");
+    match status::advance(&env.store, &job, t).await? {
+        Advanced::Applied(_) => eprintln!("job {} cancelled; its allocations are stopping", job.job),
+        Advanced::Already(_) => eprintln!("job {} was already cancelled", job.job),
+        Advanced::Refused(Some(r)) => bail!("job {} already {}; nothing to cancel", job.job, r.state),
+        Advanced::Refused(None) => bail!("job {} has not been picked up yet; try again in a moment", job.job),
+    }
+    Ok(())
+}

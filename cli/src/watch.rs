@@ -1,0 +1,179 @@
+//! Watching a job: status transitions, the live log, the progress bar, the end.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aic_core::JobKey;
+use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_schemas::{JobState, StatusRecord};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::env::Env;
+use crate::jobs::describe;
+use crate::pool::{self, Hosted};
+
+const TICK: Duration = Duration::from_millis(200);
+
+/// Follows every allocation's log chunks; each allocation has its own cursor, since keys
+/// of allocation 0 sort before those of allocation 1.
+#[derive(Default)]
+pub struct LogCursor {
+    after: BTreeMap<String, String>,
+    progress: Option<ProgressBar>,
+}
+
+impl LogCursor {
+    /// Prints chunks written since the last call; returns how many lines it printed.
+    pub async fn print_new(&mut self, env: &Env, job: &JobKey) -> anyhow::Result<usize> {
+        let (allocs, _) = env.store.list_dir(&job.logs_prefix()).await?;
+        let many = allocs.len() > 1;
+        let mut printed = 0;
+        for alloc_prefix in allocs {
+            let alloc = alloc_prefix.trim_end_matches('/').rsplit('/').next().unwrap_or("0").to_string();
+            let offset = self.after.get(&alloc_prefix).cloned().unwrap_or_else(|| alloc_prefix.clone());
+            for meta in env.store.list_after(&alloc_prefix, &offset).await? {
+                let key = meta.location.to_string();
+                if let Some(body) = env.store.get_limited(&key, 16 * 1024 * 1024).await? {
+                    for line in String::from_utf8_lossy(&body).lines() {
+                        if self.progress_line(line) {
+                            continue;
+                        }
+                        let text = if many { format!("[{alloc}] {line}") } else { line.to_string() };
+                        match &self.progress {
+                            Some(pb) if !pb.is_hidden() => pb.suspend(|| println!("{text}")),
+                            _ => println!("{text}"),
+                        }
+                        printed += 1;
+                    }
+                }
+                self.after.insert(alloc_prefix.clone(), key);
+            }
+        }
+        Ok(printed)
+    }
+
+    /// `AIC_PROGRESS done/total` lines drive a progress bar instead of being printed.
+    fn progress_line(&mut self, line: &str) -> bool {
+        let Some(rest) = line.strip_prefix("AIC_PROGRESS ") else { return false };
+        let Some((done, total)) = rest.trim().split_once('/') else { return false };
+        let (Ok(done), Ok(total)) = (done.parse::<u64>(), total.parse::<u64>()) else { return false };
+        let pb = self.progress.get_or_insert_with(|| {
+            let pb = ProgressBar::new(total);
+            pb.set_style(ProgressStyle::with_template("progress {bar:30} {pos}/{len} {elapsed_precise}").expect("valid").progress_chars("=> "));
+            pb
+        });
+        pb.set_length(total);
+        pb.set_position(done);
+        true
+    }
+
+    fn finish(&mut self) {
+        if let Some(pb) = self.progress.take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// Status records after `seen`, oldest first.
+async fn new_records(env: &Env, job: &JobKey, seen: u64) -> anyhow::Result<Vec<StatusRecord>> {
+    let offset = if seen == 0 { job.status_prefix() } else { job.status_record(seen) };
+    let mut out = Vec::new();
+    for meta in env.store.list_after(&job.status_prefix(), &offset).await? {
+        if let Some(r) = env.store.get_json::<StatusRecord>(meta.location.as_ref(), MAX_DOC_BYTES).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Watches a job to its end, hosting the embedded pool if nobody else does. Returns the
+/// exit code: 0 when the job succeeded.
+pub async fn watch(env: &Env, job: &JobKey, show_logs: bool) -> anyhow::Result<i32> {
+    let (miners, gpus) = pool::pool_size()?;
+    let mut hosted = Hosted::try_host(env, miners, gpus)?;
+    let mut seen = 0u64;
+    let mut cursor = LogCursor::default();
+    let mut last: Option<StatusRecord> = None;
+    let mut ticks = 0u64;
+    loop {
+        match &hosted {
+            Some(h) => {
+                h.step().await?;
+            }
+            // Another process hosts the pool; if it goes away, take over.
+            None if ticks % 10 == 0 => hosted = Hosted::try_host(env, miners, gpus)?,
+            None => {}
+        }
+        // Output first: the final status is written after the last chunk.
+        if show_logs {
+            cursor.print_new(env, job).await?;
+        }
+        for r in new_records(env, job, seen).await? {
+            seen = r.seq;
+            let line = format!("● {}", describe(&r));
+            match &cursor.progress {
+                Some(pb) if !pb.is_hidden() => pb.suspend(|| eprintln!("{line}")),
+                _ => eprintln!("{line}"),
+            }
+            last = Some(r);
+        }
+        if let Some(r) = &last
+            && r.state.is_terminal()
+        {
+            break;
+        }
+        ticks += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::signal::ctrl_c() => {
+                cursor.finish();
+                eprintln!("stopped watching; the job goes on: `aic logs -f {}`, `aic cancel {}`", job.job, job.job);
+                return Ok(130);
+            }
+        }
+    }
+    if show_logs {
+        cursor.print_new(env, job).await?;
+    }
+    cursor.finish();
+    let r = last.expect("loop ends on a record");
+    let code = match r.state {
+        JobState::Succeeded => {
+            let wall = r.detail.wall_seconds.unwrap_or_default();
+            eprintln!("✔ job {} succeeded; execution time {wall:.2} s", job.job);
+            eprintln!("  fetch its outputs with `aic results get {}`", job.job);
+            0
+        }
+        state => {
+            eprintln!("✘ job {} {state}: {}", job.job, r.reason.clone().unwrap_or_default());
+            if !show_logs && let Some(tail) = &r.detail.log_tail {
+                eprintln!("last lines of output:\n{tail}");
+            }
+            1
+        }
+    };
+    if let Some(h) = &hosted {
+        h.drain(Duration::from_secs(30)).await;
+    }
+    Ok(code)
+}
+
+/// `aic logs -f`: the log until the job ends.
+pub async fn follow_logs(env: &Env, job: &JobKey) -> anyhow::Result<i32> {
+    let mut cursor = LogCursor::default();
+    loop {
+        cursor.print_new(env, job).await?;
+        if let Some(r) = aic_core::status::current(&env.store, job).await?
+            && r.state.is_terminal()
+        {
+            cursor.print_new(env, job).await?;
+            cursor.finish();
+            eprintln!("job {}: {}", job.job, describe(&r));
+            return Ok(if r.state == JobState::Succeeded { 0 } else { 1 });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::signal::ctrl_c() => { cursor.finish(); return Ok(130); }
+        }
+    }
+}

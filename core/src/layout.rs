@@ -1,0 +1,145 @@
+//! The bucket's key layout (DESIGN.md, "State lives in the bucket"), in one place.
+//!
+//! ```text
+//! users/<addr>/data/...                         datasets
+//! users/<addr>/jobs/<job>/request.json          signed request (create-only)
+//! users/<addr>/jobs/<job>/code/...              script or project bundle
+//! users/<addr>/jobs/<job>/manifest.json         written by validate (create-only)
+//! users/<addr>/jobs/<job>/status/<seq>.json     transitions (each create-only)
+//! users/<addr>/jobs/<job>/status.json           latest-state snapshot
+//! users/<addr>/jobs/<job>/allocs/<index>.json   what each allocation's program did
+//! users/<addr>/jobs/<job>/logs/<alloc>/<n>.log  log chunks
+//! users/<addr>/jobs/<job>/output/...            checkpoints and results
+//! pool/payments/<chain>/<tx>.json               payment claims (create-only)
+//! pool/serving/<deployment>/<alloc>.json        serving registrations
+//! ```
+
+use aic_schemas::{Address, JobId};
+
+/// Width of zero-padded sequence numbers, so that keys sort as numbers.
+const SEQ_WIDTH: usize = 8;
+
+pub fn user_prefix(owner: &Address) -> String {
+    format!("users/{owner}/")
+}
+
+/// `users/<addr>/data/<rel>`.
+pub fn data_key(owner: &Address, rel: &str) -> String {
+    format!("users/{owner}/data/{}", rel.trim_start_matches('/'))
+}
+
+pub fn jobs_prefix(owner: &Address) -> String {
+    format!("users/{owner}/jobs/")
+}
+
+pub fn payment_claim(chain_id: u64, tx: &str) -> String {
+    format!("pool/payments/{chain_id}/{}.json", tx.to_ascii_lowercase())
+}
+
+pub fn serving_registration(deployment: &str, alloc: &str) -> String {
+    format!("pool/serving/{deployment}/{alloc}.json")
+}
+
+/// One job of one owner; builds every key under `users/<addr>/jobs/<job>/`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct JobKey {
+    pub owner: Address,
+    pub job: JobId,
+}
+
+impl JobKey {
+    pub fn new(owner: Address, job: JobId) -> Self {
+        JobKey { owner, job }
+    }
+    pub fn prefix(&self) -> String {
+        format!("users/{}/jobs/{}/", self.owner, self.job)
+    }
+    pub fn request(&self) -> String {
+        self.prefix() + "request.json"
+    }
+    pub fn manifest(&self) -> String {
+        self.prefix() + "manifest.json"
+    }
+    pub fn code_prefix(&self) -> String {
+        self.prefix() + "code/"
+    }
+    pub fn status_prefix(&self) -> String {
+        self.prefix() + "status/"
+    }
+    pub fn status_record(&self, seq: u64) -> String {
+        format!("{}status/{seq:0SEQ_WIDTH$}.json", self.prefix())
+    }
+    pub fn status_snapshot(&self) -> String {
+        self.prefix() + "status.json"
+    }
+    pub fn allocs_prefix(&self) -> String {
+        self.prefix() + "allocs/"
+    }
+    pub fn alloc_result(&self, alloc: u32) -> String {
+        format!("{}allocs/{alloc}.json", self.prefix())
+    }
+    pub fn logs_prefix(&self) -> String {
+        self.prefix() + "logs/"
+    }
+    pub fn log_chunk(&self, alloc: u32, n: u64) -> String {
+        format!("{}logs/{alloc}/{n:0SEQ_WIDTH$}.log", self.prefix())
+    }
+    pub fn output_prefix(&self) -> String {
+        self.prefix() + "output/"
+    }
+}
+
+/// What a key is, for routing events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Request(JobKey),
+    Manifest(JobKey),
+    StatusRecord(JobKey, u64),
+    /// Any other key (data, code, logs, outputs, pool records).
+    Other,
+}
+
+/// Parses a key of the layout. Keys that only look alike (a bad address, a bad job id)
+/// are `Other`.
+pub fn classify(key: &str) -> KeyKind {
+    let parts: Vec<&str> = key.split('/').collect();
+    let job_key = || -> Option<JobKey> {
+        if parts.len() < 5 || parts[0] != "users" || parts[2] != "jobs" {
+            return None;
+        }
+        // Keys carry lower-case addresses only; anything else is not ours.
+        if parts[1].bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        Some(JobKey::new(parts[1].parse().ok()?, parts[3].parse().ok().filter(|j: &JobId| j.as_str() == parts[3])?))
+    };
+    match (parts.len(), job_key()) {
+        (5, Some(k)) if parts[4] == "request.json" => KeyKind::Request(k),
+        (5, Some(k)) if parts[4] == "manifest.json" => KeyKind::Manifest(k),
+        (6, Some(k)) if parts[4] == "status" => {
+            match parts[5].strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
+                Some(seq) => KeyKind::StatusRecord(k, seq),
+                None => KeyKind::Other,
+            }
+        }
+        _ => KeyKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_classify() {
+        let k = JobKey::new("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(), JobId::generate());
+        assert_eq!(classify(&k.request()), KeyKind::Request(k.clone()));
+        assert_eq!(classify(&k.manifest()), KeyKind::Manifest(k.clone()));
+        assert_eq!(classify(&k.status_record(7)), KeyKind::StatusRecord(k.clone(), 7));
+        assert!(k.status_record(7).ends_with("status/00000007.json"));
+        assert_eq!(classify(&k.log_chunk(0, 1)), KeyKind::Other);
+        assert_eq!(classify("users/0xnope/jobs/x/request.json"), KeyKind::Other);
+        let upper = k.request().replace("0xf39fd6", "0xF39FD6");
+        assert_eq!(classify(&upper), KeyKind::Other);
+    }
+}

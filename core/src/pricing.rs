@@ -1,0 +1,65 @@
+//! Quotes: miners × GPUs × hours × price per GPU-hour.
+
+use aic_schemas::{JobRequest, Quote};
+
+/// The pool's price list. Amounts are in the token's smallest unit (AIC has 18 decimals).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pricing {
+    pub price_per_gpu_hour: u128,
+    /// The ERC-20 contract payments are made in; `None` on a free pool.
+    pub token: Option<String>,
+}
+
+impl Pricing {
+    pub fn free() -> Self {
+        Pricing::default()
+    }
+
+    /// The quote for a request. Hours are counted in thousandths, rounded up, so a quote
+    /// never undercharges by rounding.
+    pub fn quote(&self, req: &JobRequest) -> Quote {
+        let milli_hours = (req.max_hours * 1000.0).ceil() as u128;
+        let milli_gpu_hours = milli_hours * req.total_gpus() as u128;
+        let total = (self.price_per_gpu_hour * milli_gpu_hours).div_ceil(1000);
+        Quote {
+            price_per_gpu_hour: self.price_per_gpu_hour.to_string(),
+            gpu_hours: milli_gpu_hours as f64 / 1000.0,
+            total: total.to_string(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// Formats an amount with 18 decimals as a human number: `1.5 AIC`.
+pub fn format_aic(amount: u128) -> String {
+    let whole = amount / 10u128.pow(18);
+    let frac = amount % 10u128.pow(18);
+    if frac == 0 {
+        return format!("{whole} AIC");
+    }
+    let frac = format!("{frac:018}");
+    format!("{whole}.{} AIC", frac.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_is_miners_gpus_hours_price() {
+        let mut r: JobRequest = serde_json::from_value(serde_json::json!({
+            "version": 1, "kind": "train", "owner": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
+            "job_id": "01jb0000000000000000000000", "entrypoint": "t.py", "miners": 2, "gpus_per_miner": 3,
+            "max_hours": 1.5, "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-01T01:00:00Z"
+        }))
+        .unwrap();
+        let p = Pricing { price_per_gpu_hour: 10u128.pow(18), token: None };
+        let q = p.quote(&r);
+        assert_eq!(q.gpu_hours, 9.0);
+        assert_eq!(q.total, (9 * 10u128.pow(18)).to_string());
+        r.max_hours = 0.0001; // rounds up to a thousandth of an hour
+        assert_eq!(p.quote(&r).total, (6 * 10u128.pow(15)).to_string());
+        assert_eq!(Pricing::free().quote(&r).total, "0");
+        assert_eq!(format_aic(15 * 10u128.pow(17)), "1.5 AIC");
+    }
+}

@@ -1,0 +1,360 @@
+//! The local scheduler: N simulated miners × G GPU slots on this machine.
+//!
+//! Each allocation is an `aic-worker` process in its own process group, with
+//! `CUDA_VISIBLE_DEVICES` naming the slots it holds on its miner and a work folder of its
+//! own. Jobs that fit the pool but not its free slots wait in a queue, in order; jobs
+//! that can never fit are refused with a reason. When a worker dies without writing a final
+//! status, the scheduler writes one.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aic_schemas::{JobManifest, JobState, StatusDetail};
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted};
+use crate::layout::JobKey;
+use crate::status::{self, Transition};
+use crate::store::Store;
+
+/// How long cancelled workers get between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    pub miners: u32,
+    pub gpus_per_miner: u32,
+    /// The gateway name the miners are shown under.
+    pub gateway: String,
+    /// The `aic-worker` binary.
+    pub worker_bin: PathBuf,
+    /// Work folders go under here: `<root>/<miner>/<job>-<alloc>/`.
+    pub work_root: PathBuf,
+    /// Environment every worker gets (the store's location and credentials).
+    pub worker_env: Vec<(String, String)>,
+}
+
+struct Miner {
+    name: String,
+    /// `true` where the GPU slot is free.
+    free: Vec<bool>,
+}
+
+struct Alloc {
+    miner: usize,
+    slots: Vec<usize>,
+    pid: i32,
+}
+
+struct Running {
+    allocs: Vec<Alloc>,
+    cancelled: bool,
+}
+
+struct State {
+    miners: Vec<Miner>,
+    running: HashMap<JobKey, Running>,
+    queue: VecDeque<(JobKey, JobManifest)>,
+}
+
+struct Inner {
+    cfg: LocalConfig,
+    store: Store,
+    state: Mutex<State>,
+    idle: tokio::sync::Notify,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct LocalScheduler {
+    inner: Arc<Inner>,
+}
+
+impl LocalScheduler {
+    pub fn new(cfg: LocalConfig, store: Store) -> Self {
+        let miners = (0..cfg.miners)
+            .map(|i| Miner { name: format!("miner-{}", i + 1), free: vec![true; cfg.gpus_per_miner as usize] })
+            .collect();
+        LocalScheduler {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                state: Mutex::new(State { miners, running: HashMap::new(), queue: VecDeque::new() }),
+                idle: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// True when no allocation runs and nothing waits.
+    pub fn is_idle(&self) -> bool {
+        let st = self.inner.state.lock().unwrap();
+        st.running.is_empty() && st.queue.is_empty()
+    }
+
+    /// Waits until the scheduler may have become idle (an allocation ended).
+    pub async fn changed(&self) {
+        self.inner.idle.notified().await
+    }
+
+    /// Stops every allocation (the pool is shutting down) and waits for them to end.
+    pub async fn shutdown(&self) {
+        let jobs: Vec<JobKey> = self.inner.state.lock().unwrap().running.keys().cloned().collect();
+        for j in jobs {
+            let _ = self.cancel(&j).await;
+        }
+        let deadline = Instant::now() + KILL_GRACE + Duration::from_secs(2);
+        while !self.inner.state.lock().unwrap().running.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn describe_need(m: &JobManifest) -> String {
+        let r = &m.request;
+        format!(
+            "{} miner{} with {} free GPU{}",
+            r.miners,
+            if r.miners == 1 { "" } else { "s" },
+            r.gpus_per_miner,
+            if r.gpus_per_miner == 1 { "" } else { "s" }
+        )
+    }
+
+    /// Picks miners for the job: the ones with the most free slots first, so jobs spread.
+    fn pick(st: &State, m: &JobManifest) -> Option<Vec<(usize, Vec<usize>)>> {
+        let need = m.request.gpus_per_miner as usize;
+        let mut candidates: Vec<(usize, usize)> = st
+            .miners
+            .iter()
+            .enumerate()
+            .map(|(i, mi)| (i, mi.free.iter().filter(|f| **f).count()))
+            .filter(|(_, free)| *free >= need)
+            .collect();
+        if candidates.len() < m.request.miners as usize {
+            return None;
+        }
+        candidates.sort_by_key(|(i, free)| (std::cmp::Reverse(*free), *i));
+        Some(
+            candidates
+                .into_iter()
+                .take(m.request.miners as usize)
+                .map(|(i, _)| {
+                    let slots = st.miners[i].free.iter().enumerate().filter(|(_, f)| **f).map(|(s, _)| s).take(need).collect();
+                    (i, slots)
+                })
+                .collect(),
+        )
+    }
+
+    /// Starts the allocations of a job whose miners were picked. On a spawn failure the
+    /// allocations already started are stopped and the slots freed.
+    fn start(&self, st: &mut State, job: &JobKey, picks: Vec<(usize, Vec<usize>)>) -> Result<Vec<String>, ScheduleError> {
+        let cfg = &self.inner.cfg;
+        let count = picks.len();
+        let mut allocs = Vec::new();
+        let mut names = Vec::new();
+        for (index, (miner, slots)) in picks.into_iter().enumerate() {
+            let miner_name = st.miners[miner].name.clone();
+            let work = cfg.work_root.join(&miner_name).join(format!("{}-{index}", job.job));
+            let spawned = std::fs::create_dir_all(&work).and_then(|_| {
+                let log = std::fs::File::create(work.with_extension("worker.log"))?;
+                let mut cmd = std::process::Command::new(&cfg.worker_bin);
+                cmd.envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
+                    .env("AIC_JOB_OWNER", job.owner.to_string())
+                    .env("AIC_JOB_ID", job.job.as_str())
+                    .env("AIC_ALLOC_INDEX", index.to_string())
+                    .env("AIC_ALLOC_COUNT", count.to_string())
+                    .env("AIC_MINER", &miner_name)
+                    .env("AIC_WORK_DIR", &work)
+                    .env("CUDA_VISIBLE_DEVICES", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log);
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+                tokio::process::Command::from(cmd).kill_on_drop(false).spawn()
+            });
+            match spawned {
+                Ok(child) => {
+                    for s in &slots {
+                        st.miners[miner].free[*s] = false;
+                    }
+                    let pid = child.id().unwrap_or_default() as i32;
+                    allocs.push(Alloc { miner, slots, pid });
+                    names.push(miner_name);
+                    self.reap(job.clone(), index as u32, child);
+                }
+                Err(e) => {
+                    for a in &allocs {
+                        let _ = killpg(Pid::from_raw(a.pid), Signal::SIGKILL);
+                    }
+                    st.running.insert(job.clone(), Running { allocs, cancelled: true });
+                    return Err(ScheduleError::Backend(format!("cannot start {}: {e}", cfg.worker_bin.display())));
+                }
+            }
+        }
+        st.running.insert(job.clone(), Running { allocs, cancelled: false });
+        Ok(names)
+    }
+
+    /// Waits for a worker to exit; frees its slots, writes a failed status if the worker
+    /// died without a final one, and starts queued jobs that now fit.
+    fn reap(&self, job: JobKey, index: u32, mut child: tokio::process::Child) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let exit = child.wait().await;
+            let (miner_name, cancelled) = {
+                let mut st = this.inner.state.lock().unwrap();
+                let mut miner_name = String::new();
+                let mut cancelled = false;
+                if let Some(r) = st.running.get_mut(&job) {
+                    cancelled = r.cancelled;
+                    // Allocations are stored in index order.
+                    if let Some(a) = r.allocs.get_mut(index as usize) {
+                        let (miner, slots) = (a.miner, std::mem::take(&mut a.slots));
+                        for s in slots {
+                            st.miners[miner].free[s] = true;
+                        }
+                        miner_name = st.miners[miner].name.clone();
+                    }
+                    let r = st.running.get(&job).unwrap();
+                    if r.allocs.iter().all(|a| a.slots.is_empty()) {
+                        st.running.remove(&job);
+                    }
+                }
+                (miner_name, cancelled)
+            };
+            let ok = matches!(&exit, Ok(s) if s.success());
+            if !ok && !cancelled {
+                let how = match &exit {
+                    Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
+                        (Some(c), _) => format!("exit code {c}"),
+                        (None, Some(sig)) => format!("signal {sig}"),
+                        _ => "unknown status".into(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                let t = Transition::new(JobState::Failed, "scheduler")
+                    .reason(format!("the worker of allocation {index} on {miner_name} died ({how}); see its log with `aic logs {}`", job.job))
+                    .detail(StatusDetail { alloc: Some(index), ..Default::default() });
+                if let Err(e) = status::advance(&this.inner.store, &job, t).await {
+                    tracing::warn!(job = %job.job, error = %e, "could not record a dead worker");
+                }
+                // The job has failed: stop its other allocations.
+                let _ = this.cancel(&job).await;
+            }
+            this.start_queued().await;
+            this.inner.idle.notify_waiters();
+        });
+    }
+
+    /// Starts queued jobs, in order, while they fit.
+    async fn start_queued(&self) {
+        loop {
+            let next = {
+                let mut st = self.inner.state.lock().unwrap();
+                let Some((job, m)) = st.queue.front().cloned() else { return };
+                let Some(picks) = Self::pick(&st, &m) else { return };
+                st.queue.pop_front();
+                let r = self.start(&mut st, &job, picks);
+                (job, r)
+            };
+            let (job, r) = next;
+            let t = match r {
+                Ok(names) => Transition::new(JobState::Running, "scheduler")
+                    .reason("placed after waiting for free GPUs")
+                    .detail(StatusDetail { placement: names, ..Default::default() }),
+                Err(e) => Transition::new(JobState::Failed, "scheduler").reason(e.to_string()),
+            };
+            // The worker writes `running` itself; only a failure needs recording here.
+            if t.to == JobState::Failed {
+                let _ = status::advance(&self.inner.store, &job, t).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Scheduler for LocalScheduler {
+    async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {
+        let cfg = &self.inner.cfg;
+        let mut st = self.inner.state.lock().unwrap();
+        if st.running.contains_key(job) {
+            let r = &st.running[job];
+            return Ok(Submitted::Placed(r.allocs.iter().map(|a| st.miners[a.miner].name.clone()).collect()));
+        }
+        if st.queue.iter().any(|(k, _)| k == job) {
+            return Ok(Submitted::Queued(format!("waiting for {}", Self::describe_need(m))));
+        }
+        let r = &m.request;
+        if r.miners > cfg.miners || r.gpus_per_miner > cfg.gpus_per_miner {
+            return Err(ScheduleError::Unplaceable(format!(
+                "needs {}; pool {} has {} miner{} with {} GPU{} each",
+                Self::describe_need(m),
+                cfg.gateway,
+                cfg.miners,
+                if cfg.miners == 1 { "" } else { "s" },
+                cfg.gpus_per_miner,
+                if cfg.gpus_per_miner == 1 { "" } else { "s" },
+            )));
+        }
+        // Keep queue order: a job does not overtake those already waiting.
+        match Self::pick(&st, m).filter(|_| st.queue.is_empty()) {
+            Some(picks) => self.start(&mut st, job, picks).map(Submitted::Placed),
+            None => {
+                st.queue.push_back((job.clone(), m.clone()));
+                Ok(Submitted::Queued(format!("waiting for {}", Self::describe_need(m))))
+            }
+        }
+    }
+
+    async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
+        let pids: Vec<i32> = {
+            let mut st = self.inner.state.lock().unwrap();
+            st.queue.retain(|(k, _)| k != job);
+            match st.running.get_mut(job) {
+                Some(r) => {
+                    r.cancelled = true;
+                    r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
+                }
+                None => Vec::new(),
+            }
+        };
+        for pid in &pids {
+            let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        if !pids.is_empty() {
+            let this = self.clone();
+            let job = job.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(KILL_GRACE).await;
+                let still: Vec<i32> = {
+                    let st = this.inner.state.lock().unwrap();
+                    st.running.get(&job).map(|r| r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()).unwrap_or_default()
+                };
+                for pid in still {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
+        let st = self.inner.state.lock().unwrap();
+        Ok(vec![GatewayInfo {
+            name: self.inner.cfg.gateway.clone(),
+            miners: st
+                .miners
+                .iter()
+                .map(|m| MinerInfo {
+                    name: m.name.clone(),
+                    gpus: m.free.len() as u32,
+                    free_gpus: m.free.iter().filter(|f| **f).count() as u32,
+                })
+                .collect(),
+        }])
+    }
+}

@@ -1,0 +1,351 @@
+//! The object store as aic uses it: create-only writes, size-limited JSON reads, streaming
+//! transfers, and bucket notifications for stores that cannot send their own.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::events::EventSink;
+
+/// Part size of multipart uploads; also the most a transfer holds in memory per part.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts of one upload in flight at once.
+pub const PART_CONCURRENCY: usize = 4;
+/// Files of one folder transfer in flight at once.
+pub const FILE_CONCURRENCY: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key} is {size} bytes; the limit is {max}")]
+    TooLarge { key: String, size: u64, max: u64 },
+    #[error("{key} is not valid JSON for its kind: {source}")]
+    Json { key: String, source: serde_json::Error },
+    #[error("{key}: {source}")]
+    Io { key: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+}
+
+/// Whether a create-only write created the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// Another writer got there first; nothing was written.
+    AlreadyExists,
+}
+
+/// Cheap to clone; every clone shares the connection pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    bucket: String,
+    sink: Option<Arc<dyn EventSink>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.inner)
+    }
+}
+
+impl Store {
+    pub fn new(inner: Arc<dyn ObjectStore>, bucket: &str) -> Self {
+        Store { inner, bucket: bucket.into(), sink: None }
+    }
+
+    /// The same store, announcing every write it makes to `sink` (the embedded pool's
+    /// stand-in for bucket notifications).
+    pub fn with_events(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    fn announce(&self, key: &str, size: u64) {
+        if let Some(sink) = &self.sink {
+            sink.object_created(&self.bucket, key, size);
+        }
+    }
+
+    /// Size and etag of an object, or `None` when there is none.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        match self.inner.head(&Path::from(key)).await {
+            Ok(m) => Ok(Some(m)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a whole object of at most `max` bytes. An object that is larger is refused
+    /// without being read; a missing one is `None`.
+    pub async fn get_limited(&self, key: &str, max: u64) -> Result<Option<Bytes>, StoreError> {
+        let path = Path::from(key);
+        let meta = match self.inner.head(&path).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if meta.size > max {
+            return Err(StoreError::TooLarge { key: key.into(), size: meta.size, max });
+        }
+        match self.inner.get(&path).await {
+            Ok(r) => {
+                // The object may have been replaced between head and get: read at most max+1.
+                let mut stream = r.into_stream();
+                let mut buf = Vec::with_capacity(meta.size as usize);
+                while let Some(chunk) = stream.try_next().await? {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() as u64 > max {
+                        return Err(StoreError::TooLarge { key: key.into(), size: buf.len() as u64, max });
+                    }
+                }
+                Ok(Some(Bytes::from(buf)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads and parses a JSON document of at most `max` bytes.
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str, max: u64) -> Result<Option<T>, StoreError> {
+        match self.get_limited(key, max).await? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|source| StoreError::Json { key: key.into(), source }),
+        }
+    }
+
+    /// Writes (or replaces) an object.
+    pub async fn put_bytes(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let size = body.len() as u64;
+        self.inner.put(&Path::from(key), PutPayload::from_bytes(body)).await?;
+        self.announce(key, size);
+        Ok(())
+    }
+
+    /// Writes an object only if there is none at `key` (`If-None-Match: *`). Atomic on S3,
+    /// MinIO, LocalStack and the local directory store.
+    pub async fn create_bytes(&self, key: &str, body: Bytes) -> Result<Created, StoreError> {
+        let size = body.len() as u64;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.inner.put_opts(&Path::from(key), PutPayload::from_bytes(body), opts).await {
+            Ok(_) => {
+                self.announce(key, size);
+                Ok(Created::Created)
+            }
+            // S3 answers 412 for a failed If-None-Match; object_store maps it to
+            // AlreadyExists or Precondition depending on the backend.
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                Ok(Created::AlreadyExists)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.put_bytes(key, to_json(value)).await
+    }
+
+    pub async fn create_json<T: Serialize>(&self, key: &str, value: &T) -> Result<Created, StoreError> {
+        self.create_bytes(key, to_json(value)).await
+    }
+
+    /// Every object under `prefix`, sorted by key. For bounded prefixes (a job's status
+    /// log, a job's allocations); use [`Store::list_after`] to follow a growing one.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut out: Vec<ObjectMeta> = self.inner.list(Some(&Path::from(prefix))).try_collect().await?;
+        out.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(out)
+    }
+
+    /// Objects under `prefix` whose keys sort after `offset`, sorted: what is new since the
+    /// last look, at a cost that does not grow with what was already seen (S3 `start-after`).
+    pub async fn list_after(&self, prefix: &str, offset: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut out: Vec<ObjectMeta> =
+            self.inner.list_with_offset(Some(&Path::from(prefix)), &Path::from(offset)).try_collect().await?;
+        out.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(out)
+    }
+
+    /// The immediate "folders" and objects under `prefix`.
+    pub async fn list_dir(&self, prefix: &str) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
+        let r = self.inner.list_with_delimiter(Some(&Path::from(prefix))).await?;
+        Ok((r.common_prefixes.into_iter().map(|p| p.to_string()).collect(), r.objects))
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes every object under `prefix`; returns how many.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let locations = self.inner.list(Some(&Path::from(prefix))).map_ok(|m| m.location).boxed();
+        let deleted: Vec<Path> = self.inner.delete_stream(locations).try_collect().await?;
+        Ok(deleted.len())
+    }
+
+    /// Uploads a local file to `key`, streaming: at most [`PART_CONCURRENCY`] parts of
+    /// [`PART_SIZE`] are in memory at once. `progress` is called with bytes sent so far.
+    pub async fn upload_file(&self, local: &FsPath, key: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<u64, StoreError> {
+        let io = |source| StoreError::Io { key: local.display().to_string(), source };
+        let mut file = tokio::fs::File::open(local).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
+        if len <= PART_SIZE as u64 {
+            let mut buf = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut buf).await.map_err(io)?;
+            let n = buf.len() as u64;
+            self.put_bytes(key, Bytes::from(buf)).await?;
+            progress(n);
+            return Ok(n);
+        }
+        let upload = self.inner.put_multipart(&Path::from(key)).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(io(e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(PART_CONCURRENCY).await?;
+            writer.write(&buf[..n]);
+            sent += n as u64;
+            progress(sent);
+        }
+        writer.finish().await?;
+        self.announce(key, sent);
+        Ok(sent)
+    }
+
+    /// Downloads `key` into `local` (parent folders created), streaming into a temporary
+    /// file that is renamed into place only when complete.
+    pub async fn download_file(&self, key: &str, local: &FsPath, progress: &(dyn Fn(u64) + Sync)) -> Result<u64, StoreError> {
+        let io = |source| StoreError::Io { key: local.display().to_string(), source };
+        if let Some(parent) = local.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        }
+        let tmp = partial_name(local);
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut stream = self.inner.get(&Path::from(key)).await?.into_stream();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.try_next().await? {
+            out.write_all(&chunk).await.map_err(io)?;
+            got += chunk.len() as u64;
+            progress(got);
+        }
+        out.flush().await.map_err(io)?;
+        drop(out);
+        tokio::fs::rename(&tmp, local).await.map_err(io)?;
+        Ok(got)
+    }
+
+    /// Uploads every file below `dir` to `prefix` + relative path, several at once.
+    /// Returns (files, bytes).
+    pub async fn upload_dir(&self, dir: &FsPath, prefix: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<(usize, u64), StoreError> {
+        let files = local_files(dir).map_err(|source| StoreError::Io { key: dir.display().to_string(), source })?;
+        let total = std::sync::atomic::AtomicU64::new(0);
+        let results: Vec<u64> = futures::stream::iter(files.iter())
+            .map(|(path, rel)| {
+                let key = format!("{prefix}{rel}");
+                let total = &total;
+                async move {
+                    let last = std::sync::atomic::AtomicU64::new(0);
+                    self.upload_file(path, &key, &|n| {
+                        let prev = last.swap(n, std::sync::atomic::Ordering::Relaxed);
+                        let sum = total.fetch_add(n - prev, std::sync::atomic::Ordering::Relaxed) + n - prev;
+                        progress(sum);
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(FILE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok((results.len(), results.iter().sum()))
+    }
+
+    /// Downloads every object under `prefix` into `dir`, keeping relative paths, several at
+    /// once. Keys that would land outside `dir` are refused. Returns (files, bytes).
+    pub async fn download_prefix(&self, prefix: &str, dir: &FsPath, progress: &(dyn Fn(u64) + Sync)) -> Result<(usize, u64), StoreError> {
+        let objects = self.list(prefix).await?;
+        let mut jobs = Vec::new();
+        for m in &objects {
+            let key = m.location.to_string();
+            let rel = key.strip_prefix(prefix).unwrap_or(&key).to_string();
+            if rel.is_empty() || aic_schemas::validate::path_problem(&rel).is_some() {
+                return Err(StoreError::Io {
+                    key,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "key would land outside the target folder"),
+                });
+            }
+            jobs.push((key, dir.join(rel)));
+        }
+        let total = std::sync::atomic::AtomicU64::new(0);
+        let results: Vec<u64> = futures::stream::iter(jobs.iter())
+            .map(|(key, local)| {
+                let total = &total;
+                async move {
+                    let last = std::sync::atomic::AtomicU64::new(0);
+                    self.download_file(key, local, &|n| {
+                        let prev = last.swap(n, std::sync::atomic::Ordering::Relaxed);
+                        let sum = total.fetch_add(n - prev, std::sync::atomic::Ordering::Relaxed) + n - prev;
+                        progress(sum);
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(FILE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok((results.len(), results.iter().sum()))
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Bytes {
+    // Serialising our own types cannot fail (no maps with non-string keys).
+    Bytes::from(serde_json::to_vec_pretty(value).expect("serialisable"))
+}
+
+fn partial_name(local: &FsPath) -> PathBuf {
+    let mut name = local.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".aic-partial");
+    local.with_file_name(name)
+}
+
+/// Regular files below `dir` with their `/`-separated relative paths, sorted. Symbolic
+/// links are not followed.
+pub fn local_files(dir: &FsPath) -> std::io::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir).map_err(std::io::Error::other)?;
+        let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        out.push((entry.path().to_path_buf(), rel.join("/")));
+    }
+    Ok(out)
+}

@@ -1,0 +1,51 @@
+//! dispatch: `users/<addr>/jobs/<job>/manifest.json` created.
+//!
+//! A manifest exists only once validate accepted and was paid, so a job still at
+//! `submitted` (the manifest's event overtook validate's status write) is moved to `paid`
+//! here. A `paid` job is submitted to the scheduler — idempotent there — and moved to
+//! `scheduled`; one that can never be placed is `failed` with the scheduler's reason. Any
+//! later state means the event is a duplicate.
+
+use aic_core::layout::JobKey;
+use aic_core::scheduler::{ScheduleError, Submitted};
+use aic_core::status::{self, Transition};
+use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_schemas::{JobManifest, JobState, StatusDetail};
+
+use crate::{Ctx, HandlerError, Outcome};
+
+const BY: &str = "dispatch";
+
+pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
+    let store = &ctx.store;
+    let Some(manifest) = store.get_json::<JobManifest>(&job.manifest(), MAX_DOC_BYTES).await? else {
+        return Ok(Outcome::Ignored);
+    };
+    match status::current(store, job).await?.map(|c| c.state) {
+        Some(JobState::Submitted) => {
+            status::advance(store, job, Transition::new(JobState::Paid, BY)).await?;
+        }
+        Some(JobState::Paid) => {}
+        _ => return Ok(Outcome::AlreadyDone(job.clone())),
+    }
+    match ctx.scheduler.submit(job, &manifest).await {
+        Ok(Submitted::Placed(miners)) => {
+            let t = Transition::new(JobState::Scheduled, BY)
+                .reason(format!("placed on {}", miners.join(", ")))
+                .detail(StatusDetail { placement: miners, ..Default::default() });
+            // The worker may already have moved the job on; that is fine.
+            status::advance(store, job, t).await?;
+            Ok(Outcome::Dispatched(job.clone()))
+        }
+        Ok(Submitted::Queued(why)) => {
+            status::advance(store, job, Transition::new(JobState::Scheduled, BY).reason(why)).await?;
+            Ok(Outcome::Dispatched(job.clone()))
+        }
+        Err(ScheduleError::Unplaceable(why)) => {
+            let t = Transition::new(JobState::Failed, BY).reason(format!("cannot be placed: {why}"));
+            status::advance(store, job, t).await?;
+            Ok(Outcome::Unplaceable(job.clone(), why))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,44 @@
+//! Payment verification, behind a trait: a free pool here; the chain verifier beside it.
+
+use aic_schemas::manifest::PaymentClaim;
+use aic_schemas::{JobRequest, Quote};
+use async_trait::async_trait;
+
+/// Why a payment does not pay for a job. The text goes into the job's status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PaymentRejected(pub String);
+
+#[async_trait]
+pub trait PaymentVerifier: Send + Sync {
+    /// Checks that the request's payment covers the quote and claims it for this job
+    /// (so that one payment never pays for two jobs). `Ok(None)`: nothing to pay.
+    async fn verify(&self, req: &JobRequest, quote: &Quote) -> Result<Option<PaymentClaim>, PaymentVerdict>;
+}
+
+/// The two ways verification can end without a claim.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentVerdict {
+    #[error(transparent)]
+    Rejected(#[from] PaymentRejected),
+    /// The chain or the store could not be asked; try the event again.
+    #[error("payment check unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A pool that charges nothing: every quote must be zero.
+pub struct FreePool;
+
+#[async_trait]
+impl PaymentVerifier for FreePool {
+    async fn verify(&self, _req: &JobRequest, quote: &Quote) -> Result<Option<PaymentClaim>, PaymentVerdict> {
+        if quote.total != "0" {
+            return Err(PaymentRejected(format!(
+                "this pool charges {} for the job but has no payment verifier configured; ask the operator",
+                quote.total
+            ))
+            .into());
+        }
+        Ok(None)
+    }
+}
