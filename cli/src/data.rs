@@ -96,7 +96,11 @@ pub async fn ls(env: &Env, name: Option<String>, json: bool) -> anyhow::Result<(
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for o in &objects {
-                    println!("{:>10}  {}", progress::size(o.size), o.location.as_ref().strip_prefix(&prefix).unwrap_or(o.location.as_ref()));
+                    println!(
+                        "{:>10}  {}",
+                        progress::size(o.size),
+                        o.location.as_ref().strip_prefix(&prefix).unwrap_or(o.location.as_ref())
+                    );
                 }
                 if objects.is_empty() {
                     bail!("no dataset {name}; see `aic data ls`");

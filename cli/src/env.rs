@@ -27,7 +27,8 @@ impl Env {
     pub fn load() -> anyhow::Result<Env> {
         let home = match std::env::var_os("AIC_HOME") {
             Some(h) if !h.is_empty() => PathBuf::from(h),
-            _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("neither AIC_HOME nor HOME is set"))?).join(".aic"),
+            _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("neither AIC_HOME nor HOME is set"))?)
+                .join(".aic"),
         };
         std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
         let home = home.canonicalize()?;

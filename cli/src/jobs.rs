@@ -36,10 +36,14 @@ impl Code {
                     .iter()
                     .find(|f| path.join(f).is_file())
                     .map(|f| f.to_string())
-                    .ok_or_else(|| anyhow!("{} is a folder: name the program to run with --entrypoint", path.display()))?,
+                    .ok_or_else(|| {
+                        anyhow!("{} is a folder: name the program to run with --entrypoint", path.display())
+                    })?,
             }
         } else {
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| anyhow!("{} is not a file", path.display()))?
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| anyhow!("{} is not a file", path.display()))?
         };
         if meta.is_dir() && !path.join(&entrypoint).is_file() {
             bail!("entrypoint {entrypoint} is not a file in {}", path.display());
@@ -59,7 +63,10 @@ pub async fn submit(env: &Env, code: &Code, req: &JobRequest) -> anyhow::Result<
         env.store.upload_dir(&code.path, &prefix, &|b| pb.set_position(b)).await.context("uploading the code")?;
         pb.finish_and_clear();
     } else {
-        env.store.upload_file(&code.path, &format!("{prefix}{}", code.entrypoint), &|_| {}).await.context("uploading the code")?;
+        env.store
+            .upload_file(&code.path, &format!("{prefix}{}", code.entrypoint), &|_| {})
+            .await
+            .context("uploading the code")?;
     }
     if env.store.create_json(&job.request(), req).await? == aic_core::Created::AlreadyExists {
         bail!("job {} already exists; submit again for a new id", req.job_id);
@@ -70,7 +77,11 @@ pub async fn submit(env: &Env, code: &Code, req: &JobRequest) -> anyhow::Result<
 fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
-        .map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("--env {p:?}: use KEY=VALUE")))
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--env {p:?}: use KEY=VALUE"))
+        })
         .collect()
 }
 
@@ -92,7 +103,13 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
     // Flag names, not field names, in errors from the command line.
     req.validate(None).map_err(|e| {
-        anyhow!("{}", e.to_string().replace("gpus_per_miner:", "--gpus:").replace("max_hours:", "--hours:").replace("miners:", "--miners:"))
+        anyhow!(
+            "{}",
+            e.to_string()
+                .replace("gpus_per_miner:", "--gpus:")
+                .replace("max_hours:", "--hours:")
+                .replace("miners:", "--miners:")
+        )
     })?;
     start_and_watch(env, &code, &req, a.detach).await
 }
@@ -113,7 +130,8 @@ pub async fn submit_file(env: &Env, path: &Path, detach: bool) -> anyhow::Result
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let code_path = base.join(&file.code);
-    let code = Code::resolve(&code_path, file.entrypoint.clone()).map_err(|e| anyhow!("{}: code: {e}", path.display()))?;
+    let code =
+        Code::resolve(&code_path, file.entrypoint.clone()).map_err(|e| anyhow!("{}: code: {e}", path.display()))?;
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
     start_and_watch(env, &code, &req, detach).await
 }
@@ -165,7 +183,8 @@ pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
 
 async fn job_ids(env: &Env) -> anyhow::Result<Vec<JobId>> {
     let (dirs, _) = env.store.list_dir(&jobs_prefix(&env.owner)).await?;
-    let mut ids: Vec<JobId> = dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok()).collect();
+    let mut ids: Vec<JobId> =
+        dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok()).collect();
     ids.sort();
     ids.reverse();
     Ok(ids)

@@ -159,8 +159,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Dev(DevCmd::Up { miners, gpus }) => {
             let (dm, dg) = pool::pool_size()?;
             let (m, g) = (miners.unwrap_or(dm), gpus.unwrap_or(dg));
-            let hosted = pool::Hosted::try_host(&env, m, g)?
-                .ok_or_else(|| anyhow::anyhow!("another aic process hosts the embedded pool at {}; stop it first", env.home.display()))?;
+            let hosted = pool::Hosted::try_host(&env, m, g)?.ok_or_else(|| {
+                anyhow::anyhow!("another aic process hosts the embedded pool at {}; stop it first", env.home.display())
+            })?;
             eprintln!("embedded pool up: {m} miners × {g} GPUs, store {}, Ctrl-C to stop", env.store_config.url());
             hosted.serve().await?;
             Ok(0)

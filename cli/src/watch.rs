@@ -59,7 +59,11 @@ impl LogCursor {
         let (Ok(done), Ok(total)) = (done.parse::<u64>(), total.parse::<u64>()) else { return false };
         let pb = self.progress.get_or_insert_with(|| {
             let pb = ProgressBar::new(total);
-            pb.set_style(ProgressStyle::with_template("progress {bar:30} {pos}/{len} {elapsed_precise}").expect("valid").progress_chars("=> "));
+            pb.set_style(
+                ProgressStyle::with_template("progress {bar:30} {pos}/{len} {elapsed_precise}")
+                    .expect("valid")
+                    .progress_chars("=> "),
+            );
             pb
         });
         pb.set_length(total);
@@ -101,7 +105,7 @@ pub async fn watch(env: &Env, job: &JobKey, show_logs: bool) -> anyhow::Result<i
                 h.step().await?;
             }
             // Another process hosts the pool; if it goes away, take over.
-            None if ticks % 10 == 0 => hosted = Hosted::try_host(env, miners, gpus)?,
+            None if ticks.is_multiple_of(10) => hosted = Hosted::try_host(env, miners, gpus)?,
             None => {}
         }
         // Output first: the final status is written after the last chunk.

@@ -16,8 +16,16 @@ use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreConfig {
-    Local { root: PathBuf },
-    S3 { bucket: String, endpoint: Option<String>, region: String, access_key: Option<String>, secret_key: Option<String> },
+    Local {
+        root: PathBuf,
+    },
+    S3 {
+        bucket: String,
+        endpoint: Option<String>,
+        region: String,
+        access_key: Option<String>,
+        secret_key: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +108,10 @@ impl StoreConfig {
                     b = b.with_access_key_id(k).with_secret_access_key(s);
                 }
                 if let Some(e) = endpoint {
-                    b = b.with_endpoint(e).with_virtual_hosted_style_request(false).with_allow_http(e.starts_with("http://"));
+                    b = b
+                        .with_endpoint(e)
+                        .with_virtual_hosted_style_request(false)
+                        .with_allow_http(e.starts_with("http://"));
                 }
                 let s3 = b.build().map_err(|e| ConfigError::Open(e.to_string()))?;
                 Ok(Store::new(Arc::new(s3), bucket))

@@ -1,12 +1,12 @@
 //! Shared library of aic.
 //!
-//! - [`config`]: where the object store is, from the environment.
-//! - [`layout`]: the key layout of the bucket (DESIGN.md), built and parsed in one place.
-//! - [`store`]: create-only writes, size-limited JSON reads, streaming transfers.
-//! - [`status`]: a job's state as an append-only log of create-only records.
-//! - [`events`]: the local event spool, the embedded pool's bucket notifications.
-//! - [`pricing`]: quotes.
-//! - [`scheduler`]: the `Scheduler` trait and its local backend.
+//! - `config`: where the object store is, from the environment.
+//! - `layout`: the key layout of the bucket (DESIGN.md), built and parsed in one place.
+//! - `store`: create-only writes, size-limited JSON reads, streaming transfers.
+//! - `status`: a job's state as an append-only log of create-only records.
+//! - `events`: the local event spool, the embedded pool's bucket notifications.
+//! - `pricing`: quotes.
+//! - `scheduler`: the `Scheduler` trait and its local backend.
 //!
 //! This crate knows nothing of the CLI or HTTP.
 

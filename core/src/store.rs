@@ -124,7 +124,9 @@ impl Store {
     pub async fn get_json<T: DeserializeOwned>(&self, key: &str, max: u64) -> Result<Option<T>, StoreError> {
         match self.get_limited(key, max).await? {
             None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|source| StoreError::Json { key: key.into(), source }),
+            Some(b) => {
+                serde_json::from_slice(&b).map(Some).map_err(|source| StoreError::Json { key: key.into(), source })
+            }
         }
     }
 
@@ -202,7 +204,12 @@ impl Store {
 
     /// Uploads a local file to `key`, streaming: at most [`PART_CONCURRENCY`] parts of
     /// [`PART_SIZE`] are in memory at once. `progress` is called with bytes sent so far.
-    pub async fn upload_file(&self, local: &FsPath, key: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<u64, StoreError> {
+    pub async fn upload_file(
+        &self,
+        local: &FsPath,
+        key: &str,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, StoreError> {
         let io = |source| StoreError::Io { key: local.display().to_string(), source };
         let mut file = tokio::fs::File::open(local).await.map_err(io)?;
         let len = file.metadata().await.map_err(io)?.len();
@@ -241,7 +248,12 @@ impl Store {
 
     /// Downloads `key` into `local` (parent folders created), streaming into a temporary
     /// file that is renamed into place only when complete.
-    pub async fn download_file(&self, key: &str, local: &FsPath, progress: &(dyn Fn(u64) + Sync)) -> Result<u64, StoreError> {
+    pub async fn download_file(
+        &self,
+        key: &str,
+        local: &FsPath,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, StoreError> {
         let io = |source| StoreError::Io { key: local.display().to_string(), source };
         if let Some(parent) = local.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(io)?;
@@ -263,7 +275,12 @@ impl Store {
 
     /// Uploads every file below `dir` to `prefix` + relative path, several at once.
     /// Returns (files, bytes).
-    pub async fn upload_dir(&self, dir: &FsPath, prefix: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<(usize, u64), StoreError> {
+    pub async fn upload_dir(
+        &self,
+        dir: &FsPath,
+        prefix: &str,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(usize, u64), StoreError> {
         let files = local_files(dir).map_err(|source| StoreError::Io { key: dir.display().to_string(), source })?;
         let total = std::sync::atomic::AtomicU64::new(0);
         let results: Vec<u64> = futures::stream::iter(files.iter())
@@ -288,7 +305,12 @@ impl Store {
 
     /// Downloads every object under `prefix` into `dir`, keeping relative paths, several at
     /// once. Keys that would land outside `dir` are refused. Returns (files, bytes).
-    pub async fn download_prefix(&self, prefix: &str, dir: &FsPath, progress: &(dyn Fn(u64) + Sync)) -> Result<(usize, u64), StoreError> {
+    pub async fn download_prefix(
+        &self,
+        prefix: &str,
+        dir: &FsPath,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(usize, u64), StoreError> {
         let objects = self.list(prefix).await?;
         let mut jobs = Vec::new();
         for m in &objects {
@@ -297,7 +319,10 @@ impl Store {
             if rel.is_empty() || aic_schemas::validate::path_problem(&rel).is_some() {
                 return Err(StoreError::Io {
                     key,
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "key would land outside the target folder"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "key would land outside the target folder",
+                    ),
                 });
             }
             jobs.push((key, dir.join(rel)));

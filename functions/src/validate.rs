@@ -40,7 +40,10 @@ pub async fn handle(ctx: &Ctx, job: &JobKey, size_hint: Option<u64>) -> Result<O
         Ok(p) => p,
         Err(PaymentVerdict::Rejected(r)) => return reject(ctx, job, r.0).await,
         Err(PaymentVerdict::Unavailable(why)) => {
-            return Err(HandlerError::Store(aic_core::StoreError::Io { key: job.request(), source: std::io::Error::other(why) }));
+            return Err(HandlerError::Store(aic_core::StoreError::Io {
+                key: job.request(),
+                source: std::io::Error::other(why),
+            }));
         }
     };
     let manifest = JobManifest {
@@ -61,7 +64,11 @@ pub async fn handle(ctx: &Ctx, job: &JobKey, size_hint: Option<u64>) -> Result<O
 
 /// Reads and checks the request. The outer `Result` is for store failures (retry); the
 /// inner one carries the reason a request is refused.
-async fn read_request(ctx: &Ctx, job: &JobKey, size_hint: Option<u64>) -> Result<Result<JobRequest, String>, HandlerError> {
+async fn read_request(
+    ctx: &Ctx,
+    job: &JobKey,
+    size_hint: Option<u64>,
+) -> Result<Result<JobRequest, String>, HandlerError> {
     if let Some(size) = size_hint.filter(|s| *s > MAX_REQUEST_BYTES) {
         return Ok(Err(too_large(size)));
     }

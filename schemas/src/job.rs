@@ -183,7 +183,10 @@ impl JobRequest {
     pub fn validate(&self, now: Option<DateTime<Utc>>) -> Result<(), ValidationErrors> {
         let mut errs = Vec::new();
         if self.version != REQUEST_VERSION {
-            errs.push(FieldError::new("version", format!("unsupported version {} (this pool reads {REQUEST_VERSION})", self.version)));
+            errs.push(FieldError::new(
+                "version",
+                format!("unsupported version {} (this pool reads {REQUEST_VERSION})", self.version),
+            ));
         }
         if let Some(name) = &self.name {
             validate::name("name", name, &mut errs);

@@ -121,7 +121,10 @@ impl JobFile {
     pub fn entrypoint_or(&self, code_is_file: bool) -> Option<String> {
         self.entrypoint.clone().or_else(|| {
             code_is_file.then(|| {
-                std::path::Path::new(&self.code).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                std::path::Path::new(&self.code)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             })
         })
     }
@@ -164,7 +167,8 @@ impl JobFile {
         }
         let now = Utc::now();
         let entry = self.entrypoint.clone().unwrap_or_else(|| "main".into());
-        let req = self.to_request(Address::from_bytes([0; 20]), JobId::generate(), entry, now, chrono::Duration::hours(1));
+        let req =
+            self.to_request(Address::from_bytes([0; 20]), JobId::generate(), entry, now, chrono::Duration::hours(1));
         if let Err(v) = req.validate(None) {
             for mut e in v.0 {
                 e.field = match e.field.as_str() {

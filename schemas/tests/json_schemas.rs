@@ -21,5 +21,8 @@ fn json_schema_files_match_the_types() {
             }
         }
     }
-    assert!(stale.is_empty(), "stale JSON Schema files {stale:?}: run `AIC_BLESS=1 cargo test -p aic-schemas` and commit schemas/json/");
+    assert!(
+        stale.is_empty(),
+        "stale JSON Schema files {stale:?}: run `AIC_BLESS=1 cargo test -p aic-schemas` and commit schemas/json/"
+    );
 }

@@ -107,11 +107,8 @@ fn hostname() -> String {
 
 /// Runs the allocation; returns the worker's exit code (0 when the program succeeded).
 async fn run(a: &Alloc) -> anyhow::Result<i32> {
-    let manifest: JobManifest = a
-        .store
-        .get_json(&a.job.manifest(), MAX_DOC_BYTES)
-        .await?
-        .ok_or_else(|| anyhow!("the job has no manifest"))?;
+    let manifest: JobManifest =
+        a.store.get_json(&a.job.manifest(), MAX_DOC_BYTES).await?.ok_or_else(|| anyhow!("the job has no manifest"))?;
     let req = &manifest.request;
 
     if a.index == 0 && !mark_running(a).await? {
@@ -125,13 +122,15 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     for d in [&code_dir, &data_dir, &out_dir] {
         tokio::fs::create_dir_all(d).await.with_context(|| format!("creating {}", d.display()))?;
     }
-    let (files, _) = a.store.download_prefix(&a.job.code_prefix(), &code_dir, &|_| {}).await.context("downloading the code")?;
+    let (files, _) =
+        a.store.download_prefix(&a.job.code_prefix(), &code_dir, &|_| {}).await.context("downloading the code")?;
     if files == 0 {
         return Err(anyhow!("the job has no code under {}", a.job.code_prefix()));
     }
     if let Some(data) = &req.data {
         let prefix = format!("{}/", aic_core::layout::data_key(&a.job.owner, data).trim_end_matches('/'));
-        let (n, bytes) = a.store.download_prefix(&prefix, &data_dir, &|_| {}).await.context("downloading the dataset")?;
+        let (n, bytes) =
+            a.store.download_prefix(&prefix, &data_dir, &|_| {}).await.context("downloading the dataset")?;
         if n == 0 {
             return Err(anyhow!("dataset {data:?} is empty or missing; upload it with `aic data put`"));
         }
@@ -155,14 +154,22 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
 
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
     let pid = child.id().unwrap_or_default() as i32;
 
     let (tx, rx) = mpsc::channel::<String>(1024);
     let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index).run(rx));
     let pumps = [
-        tokio::spawn(pump(child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), tx.clone())),
-        tokio::spawn(pump(child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), tx)),
+        tokio::spawn(pump(
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            tx.clone(),
+        )),
+        tokio::spawn(pump(
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            tx,
+        )),
     ];
 
     let mut sync = outputs::OutputSync::default();
@@ -254,7 +261,9 @@ async fn mark_running(a: &Alloc) -> anyhow::Result<bool> {
             other => return Err(anyhow!("the job is {other:?}, not ready to run")),
         };
         let reason = format!("on {}", a.miner);
-        let t = Transition::new(next, BY).reason(reason).detail(StatusDetail { alloc: Some(a.index), ..Default::default() });
+        let t = Transition::new(next, BY)
+            .reason(reason)
+            .detail(StatusDetail { alloc: Some(a.index), ..Default::default() });
         if let Advanced::Refused(Some(r)) = status::advance(&a.store, &a.job, t).await?
             && r.state.is_terminal()
         {

@@ -1,1 +1,197 @@
-fn main() {}
+//! Developer chores, in Rust: `cargo xtask demo`, `cargo xtask test`.
+//!
+//! Both install what they need first, idempotently, under `$AIC_TOOLS` (default
+//! `~/.cache/aic-tools`): a Python venv with numpy and scikit-learn for the training
+//! examples, and (for `test`) LocalStack in host mode.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        Some("setup") => setup(true).map(|_| ()),
+        _ => {
+            eprintln!("usage: cargo xtask demo | test [CARGO TEST ARGS] | setup");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn tools() -> PathBuf {
+    match std::env::var_os("AIC_TOOLS") {
+        Some(t) if !t.is_empty() => PathBuf::from(t),
+        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/aic-tools"),
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+/// The Python venv the examples train in: numpy + scikit-learn.
+fn python_env() -> anyhow::Result<PathBuf> {
+    let venv = tools().join("py");
+    let stamp = venv.join(".aic-installed-v1");
+    if !stamp.exists() {
+        eprintln!("xtask: installing numpy and scikit-learn into {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "numpy",
+            "scikit-learn",
+        ]))?;
+        std::fs::write(&stamp, "")?;
+    }
+    Ok(venv.join("bin"))
+}
+
+/// PATH with the examples' Python first.
+fn path_with(bin: &Path) -> String {
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+fn setup(with_localstack: bool) -> anyhow::Result<PathBuf> {
+    let py = python_env()?;
+    if with_localstack {
+        run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
+    }
+    Ok(py)
+}
+
+fn demo() -> anyhow::Result<()> {
+    let py = setup(false)?;
+    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    run(Command::new(root().join("target/debug/aic")).arg("demo").env("PATH", path_with(&py)))
+}
+
+/// LocalStack in host mode on a free loopback port; stopped (TERM, grace, KILL) on drop.
+struct LocalStack {
+    child: Child,
+    endpoint: String,
+    _dir: PathBuf,
+}
+
+impl LocalStack {
+    fn start() -> anyhow::Result<LocalStack> {
+        let venv = tools().join("localstack-venv");
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("aic-localstack-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("localstack.log"))?;
+        let child = Command::new(venv.join("bin/python"))
+            .args(["-m", "localstack.runtime.main"])
+            .env("OVERRIDE_IN_DOCKER", "0")
+            .env("FILESYSTEM_ROOT", &dir)
+            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GATEWAY_SERVER", "hypercorn")
+            .env("SERVICES", "s3,sns,sqs")
+            // Check signatures: presigned-URL and credential tests mean nothing otherwise.
+            .env("S3_SKIP_SIGNATURE_VALIDATION", "0")
+            .env("LOCALSTACK_TELEMETRY_DISABLED", "1")
+            .env("DISABLE_EVENTS", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting LocalStack (run localstack/install.sh)")?;
+        let mut ls = LocalStack { child, endpoint: format!("http://127.0.0.1:{port}"), _dir: dir.clone() };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(st) = ls.child.try_wait()? {
+                bail!("LocalStack exited ({st}); see {}", dir.join("localstack.log").display());
+            }
+            let ok = Command::new(venv.join("bin/python"))
+                .args(["-c", &format!("import urllib.request,sys; r=urllib.request.urlopen('{}/_localstack/health', timeout=2); sys.exit(0 if b'\"s3\": \"available\"' in r.read() or r.status==200 else 1)", ls.endpoint)])
+                .stderr(Stdio::null())
+                .status()?
+                .success();
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("LocalStack did not become ready in 90 s; see {}", dir.join("localstack.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!("xtask: LocalStack ready at {}", ls.endpoint);
+        Ok(ls)
+    }
+
+    fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        let venv = tools().join("localstack-venv");
+        run(Command::new(venv.join("bin/python")).args([
+            "-c",
+            &format!(
+                "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')",
+                self.endpoint
+            ),
+        ]))
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let py = setup(true)?;
+    let root = root();
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(&root))
+        .context("formatting: run `cargo fmt`")?;
+    run(Command::new("cargo")
+        .args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .current_dir(&root))?;
+    // The CLI's tests start the workers: build every binary first.
+    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(&root))?;
+    let ls = LocalStack::start()?;
+    ls.create_bucket("aic-test")?;
+    let result = run(Command::new("cargo")
+        .args(["test", "--workspace"])
+        .args(extra)
+        .current_dir(&root)
+        .env("PATH", path_with(&py))
+        .env("AIC_TEST_S3_ENDPOINT", &ls.endpoint)
+        .env("AIC_TEST_S3_BUCKET", "aic-test")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1"));
+    drop(ls);
+    result?;
+    eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

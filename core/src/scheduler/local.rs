@@ -142,7 +142,8 @@ impl LocalScheduler {
                 .into_iter()
                 .take(m.request.miners as usize)
                 .map(|(i, _)| {
-                    let slots = st.miners[i].free.iter().enumerate().filter(|(_, f)| **f).map(|(s, _)| s).take(need).collect();
+                    let slots =
+                        st.miners[i].free.iter().enumerate().filter(|(_, f)| **f).map(|(s, _)| s).take(need).collect();
                     (i, slots)
                 })
                 .collect(),
@@ -151,7 +152,12 @@ impl LocalScheduler {
 
     /// Starts the allocations of a job whose miners were picked. On a spawn failure the
     /// allocations already started are stopped and the slots freed.
-    fn start(&self, st: &mut State, job: &JobKey, picks: Vec<(usize, Vec<usize>)>) -> Result<Vec<String>, ScheduleError> {
+    fn start(
+        &self,
+        st: &mut State,
+        job: &JobKey,
+        picks: Vec<(usize, Vec<usize>)>,
+    ) -> Result<Vec<String>, ScheduleError> {
         let cfg = &self.inner.cfg;
         let count = picks.len();
         let mut allocs = Vec::new();
@@ -237,7 +243,10 @@ impl LocalScheduler {
                     Err(e) => e.to_string(),
                 };
                 let t = Transition::new(JobState::Failed, "scheduler")
-                    .reason(format!("the worker of allocation {index} on {miner_name} died ({how}); see its log with `aic logs {}`", job.job))
+                    .reason(format!(
+                        "the worker of allocation {index} on {miner_name} died ({how}); see its log with `aic logs {}`",
+                        job.job
+                    ))
                     .detail(StatusDetail { alloc: Some(index), ..Default::default() });
                 if let Err(e) = status::advance(&this.inner.store, &job, t).await {
                     tracing::warn!(job = %job.job, error = %e, "could not record a dead worker");
@@ -332,7 +341,10 @@ impl Scheduler for LocalScheduler {
                 tokio::time::sleep(KILL_GRACE).await;
                 let still: Vec<i32> = {
                     let st = this.inner.state.lock().unwrap();
-                    st.running.get(&job).map(|r| r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()).unwrap_or_default()
+                    st.running
+                        .get(&job)
+                        .map(|r| r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect())
+                        .unwrap_or_default()
                 };
                 for pid in still {
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);

@@ -20,9 +20,8 @@ pub struct LaunchCtx<'a> {
 pub fn build(ctx: &LaunchCtx<'_>) -> Result<tokio::process::Command, String> {
     match ctx.request.launcher {
         Launcher::Command => command::build(ctx),
-        other => Err(format!(
-            "launcher {other:?} is not installed on this pool yet; use launcher `command`"
-        )
-        .to_lowercase()),
+        other => {
+            Err(format!("launcher {other:?} is not installed on this pool yet; use launcher `command`").to_lowercase())
+        }
     }
 }

@@ -1,0 +1,221 @@
+//! The storage layer's contract, run against the local directory store AND a real S3
+//! server (LocalStack in host mode, started by `cargo xtask test`, which sets
+//! `AIC_TEST_S3_ENDPOINT` and `AIC_TEST_S3_BUCKET`).
+
+use std::sync::Arc;
+
+use aic_core::status::{self, Advanced, Transition};
+use aic_core::{Created, JobKey, Store, StoreConfig};
+use aic_schemas::{JobId, JobState};
+use bytes::Bytes;
+
+enum Backend {
+    Local(tempfile::TempDir),
+    S3,
+}
+
+/// A store for one test, with a fresh prefix so tests can share a bucket.
+fn open(backend: &Backend) -> (Store, String) {
+    let store = match backend {
+        Backend::Local(dir) => StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap(),
+        Backend::S3 => {
+            let endpoint = std::env::var("AIC_TEST_S3_ENDPOINT").expect(
+                "AIC_TEST_S3_ENDPOINT is not set: run the suite with `cargo xtask test`, which starts LocalStack",
+            );
+            let bucket = std::env::var("AIC_TEST_S3_BUCKET").unwrap_or_else(|_| "aic-test".into());
+            StoreConfig::S3 {
+                bucket,
+                endpoint: Some(endpoint),
+                region: "us-east-1".into(),
+                access_key: Some("test".into()),
+                secret_key: Some("test".into()),
+            }
+            .open()
+            .unwrap()
+        }
+    };
+    (store, format!("t/{}/", ulid::Ulid::new()))
+}
+
+fn job_key(prefix: &str) -> JobKey {
+    // The layout is fixed under users/<addr>/; a fresh job id keeps tests apart.
+    let _ = prefix;
+    JobKey::new("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(), JobId::generate())
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::Backend::Local(tempfile::tempdir().unwrap())).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::Backend::S3).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    create_only_lets_exactly_one_writer_win,
+    status_log_stays_a_valid_chain_under_racing_writers,
+    large_files_stream_through_multipart_and_back,
+    folders_round_trip_with_nested_paths,
+    list_after_returns_only_what_is_new,
+    oversized_documents_are_refused_unread,
+    deleting_a_prefix_removes_every_object_under_it,
+);
+
+async fn create_only_lets_exactly_one_writer_win(b: &Backend) {
+    let (store, p) = open(b);
+    let key = format!("{p}claim.json");
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, k) = (store.clone(), key.clone());
+            tokio::spawn(async move { s.create_bytes(&k, Bytes::from(format!("writer {i}"))).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        if t.await.unwrap() == Created::Created {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "exactly one create-only writer must win");
+    assert_eq!(store.create_bytes(&key, Bytes::from("late")).await.unwrap(), Created::AlreadyExists);
+    let body = store.get_limited(&key, 100).await.unwrap().unwrap();
+    assert!(body.starts_with(b"writer "), "the winner's body stays: {body:?}");
+}
+
+async fn status_log_stays_a_valid_chain_under_racing_writers(b: &Backend) {
+    let (store, p) = open(b);
+    let job = job_key(&p);
+    let store = Arc::new(store);
+    // Eight writers all try to open the log; one does.
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, j) = (store.clone(), job.clone());
+            tokio::spawn(
+                async move { status::advance(&s, &j, Transition::new(JobState::Submitted, "test")).await.unwrap() },
+            )
+        })
+        .collect();
+    let mut applied = 0;
+    for t in opens {
+        if t.await.unwrap().applied() {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
+    // Then racing, conflicting moves: pay vs cancel vs reject.
+    let moves = [
+        JobState::Paid,
+        JobState::Cancelled,
+        JobState::Rejected,
+        JobState::Paid,
+        JobState::Cancelled,
+        JobState::Rejected,
+    ];
+    let tasks: Vec<_> = moves
+        .iter()
+        .map(|to| {
+            let (s, j, to) = (store.clone(), job.clone(), *to);
+            tokio::spawn(
+                async move { status::advance(&s, &j, Transition::new(to, "test").reason("race")).await.unwrap() },
+            )
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let hist = status::history(&store, &job).await.unwrap();
+    let mut prev = None;
+    for (i, r) in hist.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1, "sequence numbers are contiguous");
+        assert!(JobState::allows(prev, r.state), "{prev:?} -> {} is not a transition", r.state);
+        prev = Some(r.state);
+    }
+    assert!(prev.unwrap().is_terminal(), "the race ends in a terminal state: {hist:?}");
+    let snap = status::snapshot(&store, &job).await.unwrap().unwrap();
+    assert_eq!(snap.seq, hist.last().unwrap().seq, "the snapshot shows the latest record");
+    // Terminal is final.
+    assert!(matches!(
+        status::advance(&store, &job, Transition::new(JobState::Running, "test")).await.unwrap(),
+        Advanced::Refused(_)
+    ));
+}
+
+async fn large_files_stream_through_multipart_and_back(b: &Backend) {
+    let (store, p) = open(b);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.bin");
+    // 20 MiB + a bit: three parts, the last one short.
+    let data: Vec<u8> = (0..20 * 1024 * 1024 + 12345u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let key = format!("{p}big.bin");
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let sent = store.upload_file(&src, &key, &|n| last.store(n, std::sync::atomic::Ordering::Relaxed)).await.unwrap();
+    assert_eq!(sent, data.len() as u64);
+    assert_eq!(last.load(std::sync::atomic::Ordering::Relaxed), data.len() as u64, "progress reaches the end");
+    assert_eq!(store.head(&key).await.unwrap().unwrap().size, data.len() as u64);
+    let dst = dir.path().join("out/big.bin");
+    store.download_file(&key, &dst, &|_| {}).await.unwrap();
+    assert!(std::fs::read(&dst).unwrap() == data, "downloaded bytes differ");
+    assert!(!dir.path().join("out/big.bin.aic-partial").exists());
+}
+
+async fn folders_round_trip_with_nested_paths(b: &Backend) {
+    let (store, p) = open(b);
+    let src = tempfile::tempdir().unwrap();
+    for (rel, body) in [("a.txt", "A"), ("sub/b.txt", "BB"), ("sub/deeper/c.csv", "1,2,3"), ("with space.txt", "s")] {
+        let path = src.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+    let prefix = format!("{p}ds/");
+    let (n, bytes) = store.upload_dir(src.path(), &prefix, &|_| {}).await.unwrap();
+    assert_eq!((n, bytes), (4, 9));
+    let dst = tempfile::tempdir().unwrap();
+    let (n, _) = store.download_prefix(&prefix, dst.path(), &|_| {}).await.unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(std::fs::read_to_string(dst.path().join("sub/deeper/c.csv")).unwrap(), "1,2,3");
+    assert_eq!(std::fs::read_to_string(dst.path().join("with space.txt")).unwrap(), "s");
+}
+
+async fn list_after_returns_only_what_is_new(b: &Backend) {
+    let (store, p) = open(b);
+    for i in 0..5 {
+        store.put_bytes(&format!("{p}log/{i:08}.log"), Bytes::from("x")).await.unwrap();
+    }
+    let after = store.list_after(&format!("{p}log/"), &format!("{p}log/00000002.log")).await.unwrap();
+    let keys: Vec<String> = after.iter().map(|m| m.location.to_string()).collect();
+    assert_eq!(keys, [format!("{p}log/00000003.log"), format!("{p}log/00000004.log")]);
+}
+
+async fn oversized_documents_are_refused_unread(b: &Backend) {
+    let (store, p) = open(b);
+    let key = format!("{p}request.json");
+    store.put_bytes(&key, Bytes::from(vec![b' '; 2000])).await.unwrap();
+    let err = store.get_limited(&key, 1000).await.unwrap_err();
+    assert!(err.to_string().contains("2000 bytes; the limit is 1000"), "{err}");
+    assert!(store.get_limited(&format!("{p}missing"), 10).await.unwrap().is_none());
+}
+
+async fn deleting_a_prefix_removes_every_object_under_it(b: &Backend) {
+    let (store, p) = open(b);
+    for k in ["x/1", "x/2", "x/y/3", "z"] {
+        store.put_bytes(&format!("{p}{k}"), Bytes::from("v")).await.unwrap();
+    }
+    assert_eq!(store.delete_prefix(&format!("{p}x/")).await.unwrap(), 3);
+    let left: Vec<String> = store.list(&p).await.unwrap().iter().map(|m| m.location.to_string()).collect();
+    assert_eq!(left, [format!("{p}z")]);
+}
