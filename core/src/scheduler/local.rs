@@ -57,6 +57,9 @@ struct Running {
 
 struct State {
     miners: Vec<Miner>,
+    /// Every job this scheduler accepted, with where it was placed (or that it waited):
+    /// a duplicate submission after the job ended must not run it again.
+    accepted: HashMap<JobKey, Submitted>,
     running: HashMap<JobKey, Running>,
     queue: VecDeque<(JobKey, JobManifest)>,
 }
@@ -83,7 +86,12 @@ impl LocalScheduler {
             inner: Arc::new(Inner {
                 cfg,
                 store,
-                state: Mutex::new(State { miners, running: HashMap::new(), queue: VecDeque::new() }),
+                state: Mutex::new(State {
+                    miners,
+                    accepted: HashMap::new(),
+                    running: HashMap::new(),
+                    queue: VecDeque::new(),
+                }),
                 idle: tokio::sync::Notify::new(),
             }),
         }
@@ -290,12 +298,8 @@ impl Scheduler for LocalScheduler {
     async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {
         let cfg = &self.inner.cfg;
         let mut st = self.inner.state.lock().unwrap();
-        if st.running.contains_key(job) {
-            let r = &st.running[job];
-            return Ok(Submitted::Placed(r.allocs.iter().map(|a| st.miners[a.miner].name.clone()).collect()));
-        }
-        if st.queue.iter().any(|(k, _)| k == job) {
-            return Ok(Submitted::Queued(format!("waiting for {}", Self::describe_need(m))));
+        if let Some(answer) = st.accepted.get(job) {
+            return Ok(answer.clone());
         }
         let r = &m.request;
         if r.miners > cfg.miners || r.gpus_per_miner > cfg.gpus_per_miner {
@@ -310,13 +314,15 @@ impl Scheduler for LocalScheduler {
             )));
         }
         // Keep queue order: a job does not overtake those already waiting.
-        match Self::pick(&st, m).filter(|_| st.queue.is_empty()) {
-            Some(picks) => self.start(&mut st, job, picks).map(Submitted::Placed),
+        let answer = match Self::pick(&st, m).filter(|_| st.queue.is_empty()) {
+            Some(picks) => Submitted::Placed(self.start(&mut st, job, picks)?),
             None => {
                 st.queue.push_back((job.clone(), m.clone()));
-                Ok(Submitted::Queued(format!("waiting for {}", Self::describe_need(m))))
+                Submitted::Queued(format!("waiting for {}", Self::describe_need(m)))
             }
-        }
+        };
+        st.accepted.insert(job.clone(), answer.clone());
+        Ok(answer)
     }
 
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {

@@ -1,0 +1,273 @@
+//! The event functions under at-least-once delivery: duplicated, shuffled, concurrent
+//! events; bad requests; jobs that cannot be placed; cancellation. The scheduler is the
+//! real local one; its "worker" is a small script that records each allocation it starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aic_core::layout::JobKey;
+use aic_core::pricing::Pricing;
+use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
+use aic_core::status;
+use aic_core::{Store, StoreConfig};
+use aic_functions::{Ctx, FreePool, Outcome, handle_record};
+use aic_schemas::event::S3EventRecord;
+use aic_schemas::{JobId, JobRequest, JobState};
+use chrono::Utc;
+
+const OWNER: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+
+struct Pool {
+    _dir: tempfile::TempDir,
+    store: Store,
+    sched: LocalScheduler,
+    ctx: Ctx,
+    starts: PathBuf,
+}
+
+/// A pool of `miners` × 1 GPU whose worker runs `worker_body` (sh) after recording its start.
+fn pool(miners: u32, worker_body: &str) -> Pool {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
+    let starts = dir.path().join("starts.txt");
+    let worker = dir.path().join("fake-worker.sh");
+    std::fs::write(
+        &worker,
+        format!("#!/bin/sh\necho \"$AIC_JOB_ID $AIC_ALLOC_INDEX $AIC_MINER\" >> \"$STARTS\"\n{worker_body}\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sched = LocalScheduler::new(
+        LocalConfig {
+            miners,
+            gpus_per_miner: 1,
+            gateway: "local".into(),
+            worker_bin: worker,
+            work_root: dir.path().join("work"),
+            worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
+        },
+        store.clone(),
+    );
+    let ctx = Ctx {
+        store: store.clone(),
+        scheduler: Arc::new(sched.clone()),
+        payments: Arc::new(FreePool),
+        pricing: Pricing::free(),
+    };
+    Pool { _dir: dir, store, sched, ctx, starts }
+}
+
+fn request(miners: u32) -> JobRequest {
+    let now = Utc::now();
+    serde_json::from_value(serde_json::json!({
+        "version": 1, "kind": "train", "owner": OWNER, "job_id": JobId::generate(), "entrypoint": "train.py",
+        "miners": miners, "gpus_per_miner": 1, "max_hours": 1.0,
+        "created_at": now, "expires_at": now + chrono::Duration::hours(1),
+    }))
+    .unwrap()
+}
+
+async fn put_request(store: &Store, req: &JobRequest) -> JobKey {
+    let job = JobKey::new(req.owner, req.job_id.clone());
+    store.create_json(&job.request(), req).await.unwrap();
+    job
+}
+
+fn event(store: &Store, key: &str) -> S3EventRecord {
+    S3EventRecord::object_created(store.bucket(), key, 100)
+}
+
+/// A deterministic shuffle (xorshift), so a failure can be replayed.
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+async fn deliver_all(ctx: &Ctx, events: Vec<S3EventRecord>) -> Vec<Outcome> {
+    let futs = events.iter().map(|e| handle_record(ctx, e));
+    futures::future::join_all(futs).await.into_iter().map(|r| r.unwrap()).collect()
+}
+
+async fn wait_idle(sched: &LocalScheduler, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !sched.is_idle() {
+        assert!(Instant::now() < deadline, "the scheduler never became idle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn start_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_shuffled_events_make_one_manifest_and_one_dispatch_per_job() {
+    let p = pool(4, "exit 0");
+    let mut jobs = Vec::new();
+    for _ in 0..30 {
+        jobs.push(put_request(&p.store, &request(1)).await);
+    }
+    // Every request event three times, shuffled, all at once.
+    let mut events: Vec<_> = jobs.iter().flat_map(|j| std::iter::repeat_n(event(&p.store, &j.request()), 3)).collect();
+    shuffle(&mut events, 7);
+    let outcomes = deliver_all(&p.ctx, events).await;
+    let validated = outcomes.iter().filter(|o| matches!(o, Outcome::Validated(_))).count();
+    assert_eq!(validated, 30, "each job validated exactly once: {outcomes:?}");
+
+    // Manifest events three times each, mixed with late duplicates of the requests.
+    let mut events: Vec<_> = jobs
+        .iter()
+        .flat_map(|j| {
+            let mut v = vec![event(&p.store, &j.manifest()); 3];
+            v.push(event(&p.store, &j.request()));
+            v
+        })
+        .collect();
+    shuffle(&mut events, 11);
+    let outcomes = deliver_all(&p.ctx, events).await;
+    let dispatched = outcomes.iter().filter(|o| matches!(o, Outcome::Dispatched(_))).count();
+    assert!(dispatched >= 30, "{outcomes:?}");
+    wait_idle(&p.sched, Duration::from_secs(30)).await;
+
+    let starts = start_lines(&p.starts);
+    assert_eq!(starts.len(), 30, "one allocation started per job, not more: {starts:?}");
+    for j in &jobs {
+        assert_eq!(starts.iter().filter(|l| l.starts_with(j.job.as_str())).count(), 1);
+        let states: Vec<JobState> = status::history(&p.store, j).await.unwrap().iter().map(|r| r.state).collect();
+        assert_eq!(states, [JobState::Submitted, JobState::Paid, JobState::Scheduled], "job {}", j.job);
+        assert!(p.store.head(&j.manifest()).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_event_that_overtakes_validate_still_dispatches_once() {
+    let p = pool(2, "exit 0");
+    let req = request(1);
+    let job = put_request(&p.store, &req).await;
+    // validate crashed after the manifest, before `paid`: the log says `submitted`.
+    status::advance(&p.store, &job, status::Transition::new(JobState::Submitted, "validate")).await.unwrap();
+    let m = aic_schemas::JobManifest {
+        version: 1,
+        request: req.clone(),
+        quote: Pricing::free().quote(&req),
+        payment: None,
+        placement: Default::default(),
+        validated_at: Utc::now(),
+    };
+    p.store.create_json(&job.manifest(), &m).await.unwrap();
+    assert_eq!(
+        handle_record(&p.ctx, &event(&p.store, &job.manifest())).await.unwrap(),
+        Outcome::Dispatched(job.clone())
+    );
+    // The request's redelivery finds the work done.
+    assert_eq!(
+        handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap(),
+        Outcome::AlreadyDone(job.clone())
+    );
+    wait_idle(&p.sched, Duration::from_secs(10)).await;
+    assert_eq!(start_lines(&p.starts).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_rejected_with_their_reason_and_get_no_manifest() {
+    let p = pool(2, "exit 0");
+    let cases: Vec<(serde_json::Value, &str)> = {
+        let mut other_owner = serde_json::to_value(request(1)).unwrap();
+        other_owner["owner"] = serde_json::json!("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc");
+        let mut zero_miners = serde_json::to_value(request(1)).unwrap();
+        zero_miners["miners"] = serde_json::json!(0);
+        let mut expired = serde_json::to_value(request(1)).unwrap();
+        expired["created_at"] = serde_json::json!("2020-01-01T00:00:00Z");
+        expired["expires_at"] = serde_json::json!("2020-01-01T01:00:00Z");
+        let mut escape = serde_json::to_value(request(1)).unwrap();
+        escape["data"] = serde_json::json!("../../0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc/data/secret");
+        vec![
+            (other_owner, "but was uploaded under"),
+            (zero_miners, "miners: must be between 1 and 64 (got 0)"),
+            (expired, "request expired"),
+            (escape, "data: "),
+            (serde_json::json!({"not": "a request"}), "request.json is not a job request"),
+        ]
+    };
+    for (doc, why) in cases {
+        let id = doc.get("job_id").and_then(|j| j.as_str()).map(|j| j.parse().unwrap()).unwrap_or_else(JobId::generate);
+        let job = JobKey::new(OWNER.parse().unwrap(), id);
+        p.store.put_json(&job.request(), &doc).await.unwrap();
+        let out = handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
+        assert!(matches!(&out, Outcome::Rejected(_, r) if r.contains(why)), "{why}: {out:?}");
+        let last = status::current(&p.store, &job).await.unwrap().unwrap();
+        assert_eq!(last.state, JobState::Rejected);
+        assert!(last.reason.unwrap().contains(why));
+        assert!(p.store.head(&job.manifest()).await.unwrap().is_none(), "no manifest for a rejected request");
+    }
+    // An oversized request is refused without being read.
+    let job = JobKey::new(OWNER.parse().unwrap(), JobId::generate());
+    p.store.put_bytes(&job.request(), bytes::Bytes::from(vec![b' '; 70 * 1024])).await.unwrap();
+    let out = handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
+    assert!(matches!(&out, Outcome::Rejected(_, r) if r.contains("the limit is 64 KiB")), "{out:?}");
+    assert!(start_lines(&p.starts).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_bigger_than_the_pool_fails_with_the_reason() {
+    let p = pool(2, "exit 0");
+    let job = put_request(&p.store, &request(3)).await;
+    handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
+    let out = handle_record(&p.ctx, &event(&p.store, &job.manifest())).await.unwrap();
+    assert!(matches!(out, Outcome::Unplaceable(..)), "{out:?}");
+    let last = status::current(&p.store, &job).await.unwrap().unwrap();
+    assert_eq!(last.state, JobState::Failed);
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("cannot be placed: needs 3 miners with 1 free GPU; pool local has 2 miners with 1 GPU each")
+    );
+    assert!(start_lines(&p.starts).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_for_free_gpus_then_start_in_order() {
+    let p = pool(1, "sleep 0.3");
+    let a = put_request(&p.store, &request(1)).await;
+    let b = put_request(&p.store, &request(1)).await;
+    for j in [&a, &b] {
+        handle_record(&p.ctx, &event(&p.store, &j.request())).await.unwrap();
+        handle_record(&p.ctx, &event(&p.store, &j.manifest())).await.unwrap();
+    }
+    let b_status = status::current(&p.store, &b).await.unwrap().unwrap();
+    assert_eq!(b_status.reason.as_deref(), Some("waiting for 1 miner with 1 free GPU"));
+    wait_idle(&p.sched, Duration::from_secs(10)).await;
+    let starts = start_lines(&p.starts);
+    assert_eq!(starts.len(), 2);
+    assert!(starts[0].starts_with(a.job.as_str()) && starts[1].starts_with(b.job.as_str()), "{starts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_status_stops_the_allocations() {
+    let p = pool(2, "exec sleep 60");
+    let job = put_request(&p.store, &request(2)).await;
+    handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
+    handle_record(&p.ctx, &event(&p.store, &job.manifest())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while start_lines(&p.starts).len() < 2 {
+        assert!(Instant::now() < deadline, "allocations did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = status::Transition::new(JobState::Cancelled, "cli").reason("cancelled by its owner");
+    let rec = match status::advance(&p.store, &job, t).await.unwrap() {
+        status::Advanced::Applied(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let cancelled_at = Instant::now();
+    let out = handle_record(&p.ctx, &event(&p.store, &job.status_record(rec.seq))).await.unwrap();
+    assert_eq!(out, Outcome::Cancelled(job.clone()));
+    wait_idle(&p.sched, Duration::from_secs(10)).await;
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    // Cancelled stays: the dead workers do not turn it into `failed`.
+    assert_eq!(status::current(&p.store, &job).await.unwrap().unwrap().state, JobState::Cancelled);
+}
