@@ -1,0 +1,239 @@
+//! The tutorial's user stories on the embedded pool, through the real `aic` and
+//! `aic-worker` binaries and real processes. Training needs `python3` with numpy and
+//! scikit-learn on PATH (`cargo xtask test` provides it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn aic_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_aic"));
+    assert!(
+        bin.with_file_name("aic-worker").exists(),
+        "aic-worker is not built next to aic: run `cargo build --workspace --bins` (cargo xtask test does)"
+    );
+    bin
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(aic_bin());
+        c.args(args)
+            .current_dir(self.path())
+            .env("AIC_HOME", self.path().join("aic"))
+            .env_remove("AIC_STORE")
+            .env_remove("AIC_ADDRESS")
+            .env("AIC_POOL_MINERS", "2")
+            .env("AIC_POOL_GPUS", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn aic(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().unwrap();
+        eprintln!(
+            "$ aic {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn write(&self, rel: &str, body: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    /// The newest job's id.
+    fn last_job(&self) -> String {
+        let out = self.aic(&["jobs", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["job"].as_str().expect("a job").to_string()
+    }
+
+    fn history(&self, job: &str) -> Vec<serde_json::Value> {
+        let out = self.aic(&["status", job, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["history"].as_array().unwrap().clone()
+    }
+
+    fn state(&self, job: &str) -> String {
+        self.history(job).last().map(|r| r["state"].as_str().unwrap().to_string()).unwrap_or_default()
+    }
+
+    /// Every object key in the embedded store.
+    fn store_keys(&self) -> Vec<String> {
+        let root = self.path().join("aic/store");
+        walk(&root).into_iter().map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn aic_run_trains_the_example_and_the_checkpoint_comes_back() {
+    let h = Home::new();
+    let data = h.path().join("digits-data");
+    let made = Command::new("python3").arg(repo().join("examples/digits/make_dataset.py")).arg(&data).status().unwrap();
+    assert!(made.success(), "python3 with scikit-learn is needed (cargo xtask test installs it)");
+    assert!(h.aic(&["data", "put", data.to_str().unwrap(), "digits"]).status.success());
+    let ls = text(&h.aic(&["data", "ls", "digits"])).0;
+    assert!(ls.contains("digits.csv"), "{ls}");
+
+    let script = repo().join("examples/digits/train.py");
+    let out = h.aic(&["run", script.to_str().unwrap(), "--data", "digits", "--", "--epochs", "5"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "aic run failed: {stderr}");
+    assert!(stdout.contains("epoch 5/5"), "the log shows training: {stdout}");
+    assert!(stderr.contains("succeeded; execution time"), "{stderr}");
+
+    let job = h.last_job();
+    let hist = h.history(&job);
+    let states: Vec<&str> = hist.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["submitted", "paid", "scheduled", "running", "succeeded"]);
+    assert!(hist.last().unwrap()["detail"]["wall_seconds"].as_f64().unwrap() > 0.0);
+
+    let dest = h.path().join("results");
+    assert!(h.aic(&["results", "get", &job, dest.to_str().unwrap()]).status.success());
+    assert!(dest.join("model.npz").metadata().unwrap().len() > 1000, "the checkpoint is downloaded");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dest.join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["test_accuracy"].as_f64().unwrap() > 0.85, "{metrics}");
+
+    // The log stays readable after the run.
+    let logs = text(&h.aic(&["logs", &job[..10]])).0;
+    assert!(logs.contains("final test accuracy"), "{logs}");
+}
+
+#[test]
+fn a_failing_script_fails_with_its_exit_code_and_log_tail() {
+    let h = Home::new();
+    let script = h.write("fail.sh", "echo starting\necho 'something broke' >&2\nexit 3\n");
+    let out = h.aic(&["run", script.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("failed: fail.sh exited with code 3 on miner-1 (allocation 0)"), "{stderr}");
+    let job = h.last_job();
+    let last = h.history(&job).pop().unwrap();
+    assert_eq!(last["state"], "failed");
+    assert_eq!(last["detail"]["exit_code"], 3);
+    assert!(last["detail"]["log_tail"].as_str().unwrap().contains("something broke"), "{last}");
+}
+
+#[test]
+fn a_job_too_big_for_the_pool_says_why() {
+    let h = Home::new();
+    let script = h.write("ok.sh", "echo hi\n");
+    let out = h.aic(&["run", script.to_str().unwrap(), "--miners", "3"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("needs 3 miners with 1 free GPU; pool local has 2 miners with 1 GPU each"), "{stderr}");
+}
+
+#[test]
+fn bad_job_files_get_field_errors_and_nothing_is_written() {
+    let h = Home::new();
+    h.write("train.py", "print('never runs')\n");
+    let file = h.write("job.yaml", "code: train.py\nminers: 0\ngpus: 12\nenv:\n  AIC_JOB_ID: mine\n");
+    let out = h.aic(&["submit", file.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    for want in [
+        "job.yaml:2: miners: must be between 1 and 64 (got 0)",
+        "job.yaml:3: gpus: must be between 1 and 8 (got 12)",
+        "job.yaml:5: env.AIC_JOB_ID: is set by the pool; choose another name",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in {stderr}");
+    }
+    let file = h.write("typo.json", "{\n  \"code\": \"train.py\",\n  \"minerz\": 2\n}\n");
+    let (_, stderr) = text(&h.aic(&["submit", file.to_str().unwrap()]));
+    assert!(stderr.contains("typo.json:3: unknown field `minerz`"), "{stderr}");
+    let bad_flag = h.aic(&["run", h.path().join("train.py").to_str().unwrap(), "--gpus", "9"]);
+    assert!(text(&bad_flag).1.contains("--gpus: must be between 1 and 8 (got 9)"));
+    assert!(h.store_keys().is_empty(), "nothing may reach the bucket: {:?}", h.store_keys());
+}
+
+#[test]
+fn a_job_file_runs_across_two_miners() {
+    let h = Home::new();
+    h.write("proj/main.sh", "echo \"hello from allocation $AIC_ALLOC_INDEX of $AIC_ALLOC_COUNT on GPU $CUDA_VISIBLE_DEVICES\"\necho done > \"$AIC_OUTPUT_DIR/out-$AIC_ALLOC_INDEX.txt\"\n");
+    let file = h.write("job.yaml", "code: proj\nentrypoint: main.sh\nminers: 2\ngpus: 1\nhours: 0.5\n");
+    let out = h.aic(&["submit", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("[0] hello from allocation 0 of 2 on GPU 0"), "{stdout}");
+    assert!(stdout.contains("[1] hello from allocation 1 of 2 on GPU 0"), "{stdout}");
+    let job = h.last_job();
+    let last = h.history(&job).pop().unwrap();
+    assert_eq!(last["state"], "succeeded");
+    let dest = h.path().join("res");
+    assert!(h.aic(&["results", "get", &job, dest.to_str().unwrap()]).status.success());
+    assert!(dest.join("out-0.txt").exists() && dest.join("alloc-1/out-1.txt").exists(), "{:?}", walk(&dest));
+}
+
+#[test]
+fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
+    let h = Home::new();
+    let mut pool = h.cmd(&["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let script = h.write("slow.sh", "echo started\nexec sleep 120\n");
+    let out = h.aic(&["run", "--detach", script.to_str().unwrap()]);
+    assert!(out.status.success());
+    let job = text(&out).0.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.state(&job) != "running" {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The program has started when its first line is in the log.
+    while !text(&h.aic(&["logs", &job])).0.contains("started") {
+        assert!(Instant::now() < deadline, "no output");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t0 = Instant::now();
+    assert!(h.aic(&["cancel", &job]).status.success());
+    let result = h.path().join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs").join(&job).join("allocs/0.json");
+    while !result.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the program was not stopped within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(h.state(&job), "cancelled");
+    let (_, stderr) = text(&h.aic(&["cancel", &job]));
+    assert!(stderr.contains("was already cancelled"), "{stderr}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pool.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pool.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "dev up did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
