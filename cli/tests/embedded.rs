@@ -128,7 +128,8 @@ fn aic_run_trains_the_example_and_the_checkpoint_comes_back() {
     let dest = h.path().join("results");
     assert!(h.aic(&["results", "get", &job, dest.to_str().unwrap()]).status.success());
     assert!(dest.join("model.npz").metadata().unwrap().len() > 1000, "the checkpoint is downloaded");
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dest.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dest.join("metrics.json")).unwrap()).unwrap();
     assert!(metrics["test_accuracy"].as_f64().unwrap() > 0.85, "{metrics}");
 
     // The log stays readable after the run.
@@ -222,7 +223,11 @@ fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
     }
     let t0 = Instant::now();
     assert!(h.aic(&["cancel", &job]).status.success());
-    let result = h.path().join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs").join(&job).join("allocs/0.json");
+    let result = h
+        .path()
+        .join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs")
+        .join(&job)
+        .join("allocs/0.json");
     while !result.exists() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the program was not stopped within 10 s");
         std::thread::sleep(Duration::from_millis(100));

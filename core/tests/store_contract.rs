@@ -219,3 +219,22 @@ async fn deleting_a_prefix_removes_every_object_under_it(b: &Backend) {
     let left: Vec<String> = store.list(&p).await.unwrap().iter().map(|m| m.location.to_string()).collect();
     assert_eq!(left, [format!("{p}z")]);
 }
+
+/// The S3 tests mean something only if the server checks signatures: a client with the
+/// wrong secret must be refused.
+#[tokio::test]
+async fn the_s3_server_refuses_a_wrong_secret() {
+    let endpoint = std::env::var("AIC_TEST_S3_ENDPOINT")
+        .expect("AIC_TEST_S3_ENDPOINT is not set: run the suite with `cargo xtask test`, which starts LocalStack");
+    let store = StoreConfig::S3 {
+        bucket: std::env::var("AIC_TEST_S3_BUCKET").unwrap_or_else(|_| "aic-test".into()),
+        endpoint: Some(endpoint),
+        region: "us-east-1".into(),
+        access_key: Some("test".into()),
+        secret_key: Some("not-the-secret".into()),
+    }
+    .open()
+    .unwrap();
+    let err = store.put_bytes(&format!("t/{}/x", ulid::Ulid::new()), Bytes::from("x")).await.unwrap_err();
+    assert!(err.to_string().contains("403") || err.to_string().to_lowercase().contains("signature"), "{err}");
+}
