@@ -7,9 +7,9 @@ use aic_schemas::JobId;
 use anyhow::{Context, bail};
 use chrono::Utc;
 
+use crate::data;
 use crate::env::Env;
 use crate::jobs::{self, Code};
-use crate::{data, watch};
 
 const TRAIN_PY: &str = include_str!("../../examples/digits/train.py");
 const MAKE_DATASET_PY: &str = include_str!("../../examples/digits/make_dataset.py");
@@ -23,7 +23,18 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     std::fs::write(code_dir.join("train.py"), TRAIN_PY)?;
     std::fs::write(work.join("make_dataset.py"), MAKE_DATASET_PY)?;
 
-    step(1, &format!("wallet {} (the dev account; `aic login` comes with payments)", env.owner));
+    step(1, "starting the embedded pool: storage, functions, 2 simulated miners, the dev chain (anvil + AIC token)");
+    let host = jobs::host(env).await?;
+    let chain = match &host {
+        Some(h) => h.chain.clone(),
+        None => env.chain()?,
+    };
+    eprintln!("chain {} at {}, AIC token {}, treasury {}", chain.chain_id, chain.rpc_url, chain.token, chain.treasury);
+    let session =
+        crate::identity::login_with_key(&env.home, crate::identity::Source::Dev { index: 0 }, chain.chain_id).await?;
+    eprintln!("signed in as {} with Sign-In with Ethereum (anvil's dev account 0)", session.address);
+    let env = &Env::load()?;
+
     step(2, "exporting scikit-learn's digits set (1797 8×8 images)");
     let python = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(&python)
@@ -40,7 +51,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     step(3, "uploading it as dataset `digits`");
     data::put(env, &data_dir, Some("digits".into())).await?;
 
-    step(4, "training train.py on the embedded pool (1 miner × 1 GPU)");
+    step(4, "quote, pay in AIC, sign the request (EIP-712), train train.py on 1 miner × 1 GPU");
     let code = Code::resolve(&code_dir, Some("train.py".into()))?;
     let file = aic_schemas::jobfile::JobFile {
         kind: None,
@@ -56,12 +67,12 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         env: Default::default(),
     };
     let req = file.to_request(env.owner, JobId::generate(), "train.py".into(), Utc::now(), chrono::Duration::hours(1));
-    let job = jobs::submit(env, &code, &req).await?;
-    eprintln!("job {} submitted", job.job);
-    let code = watch::watch(env, &job, true).await?;
+    let job_id = req.job_id.clone();
+    let code = jobs::start_and_watch(env, &code, req, None, false, host).await?;
     if code != 0 {
         return Ok(code);
     }
+    let job = aic_core::JobKey::new(env.owner, job_id);
 
     step(5, "fetching the checkpoint");
     let dest = PathBuf::from("aic-demo-output");

@@ -10,17 +10,18 @@ use std::sync::Arc;
 use aic_core::events::Spool;
 use aic_core::{Store, StoreConfig};
 use aic_schemas::Address;
-use anyhow::{Context, anyhow};
 
-/// Anvil's first dev account: the identity of the embedded pool until you log in.
-pub const DEV_ADDRESS: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+use crate::identity::Source;
+use anyhow::{Context, anyhow};
 
 pub struct Env {
     pub home: PathBuf,
     pub store_config: StoreConfig,
     pub store: Store,
     pub spool: Spool,
+    /// Who acts: the logged-in wallet, `AIC_PRIVATE_KEY`'s, or the dev account.
     pub owner: Address,
+    pub source: Source,
 }
 
 impl Env {
@@ -38,10 +39,13 @@ impl Env {
         };
         let spool = Spool::new(home.join("events")).context("creating the event spool")?;
         let store = store_config.open()?.with_events(Arc::new(spool.clone()));
-        let owner = match std::env::var("AIC_ADDRESS") {
-            Ok(a) if !a.is_empty() => a.parse().map_err(|e| anyhow!("AIC_ADDRESS: {e}"))?,
-            _ => DEV_ADDRESS.parse().expect("valid"),
-        };
-        Ok(Env { home, store_config, store, spool, owner })
+        let (owner, source) = crate::identity::current(&home)?;
+        Ok(Env { home, store_config, store, spool, owner, source })
+    }
+
+    /// The pool's chain settings (written by the pool host, or from `AIC_RPC_URL` & co.).
+    pub fn chain(&self) -> anyhow::Result<aic_chain::ChainConfig> {
+        aic_chain::ChainConfig::load(&self.home.join("chain.json"))?
+            .ok_or_else(|| anyhow!("the pool's chain is not known yet: start the pool with `aic dev up` (or set AIC_RPC_URL, AIC_TOKEN, AIC_TREASURY)"))
     }
 }

@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 
 use aic_core::JobKey;
 use aic_core::layout::jobs_prefix;
+use aic_core::pricing::format_aic;
 use aic_core::status::{self, Advanced, Transition};
 use aic_schemas::jobfile::JobFile;
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobId, JobRequest, JobState, StatusRecord};
+use aic_schemas::{JobId, JobRequest, JobState, PaymentRef, StatusRecord};
 use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 
 use crate::env::Env;
-use crate::{RunArgs, progress, watch};
+use crate::{RunArgs, pool, progress, watch};
 
 /// How long a signed request stays valid for validate.
 const REQUEST_VALID_FOR: chrono::Duration = chrono::Duration::hours(1);
@@ -49,6 +50,16 @@ impl Code {
             bail!("entrypoint {entrypoint} is not a file in {}", path.display());
         }
         Ok(Code { path: path.to_path_buf(), entrypoint })
+    }
+
+    /// The digest the request signs (see `aic_core::digest`).
+    pub fn digest(&self) -> anyhow::Result<String> {
+        let d = if self.path.is_dir() {
+            aic_core::digest::tree(&self.path)
+        } else {
+            aic_core::digest::single(&self.path, &self.entrypoint)
+        };
+        d.with_context(|| format!("reading {}", self.path.display()))
     }
 }
 
@@ -101,6 +112,7 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
         env: parse_env(&a.env)?,
     };
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
+    let tx = a.tx.clone();
     // Flag names, not field names, in errors from the command line.
     req.validate(None).map_err(|e| {
         anyhow!(
@@ -111,10 +123,11 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
                 .replace("miners:", "--miners:")
         )
     })?;
-    start_and_watch(env, &code, &req, a.detach).await
+    let host = if a.detach { None } else { host(env).await? };
+    start_and_watch(env, &code, req, tx, a.detach, host).await
 }
 
-pub async fn submit_file(env: &Env, path: &Path, detach: bool) -> anyhow::Result<i32> {
+pub async fn submit_file(env: &Env, path: &Path, tx: Option<String>, detach: bool) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let json = path.extension().is_some_and(|e| e == "json");
     let file = JobFile::parse(&text, json).map_err(|errs| {
@@ -133,7 +146,8 @@ pub async fn submit_file(env: &Env, path: &Path, detach: bool) -> anyhow::Result
     let code =
         Code::resolve(&code_path, file.entrypoint.clone()).map_err(|e| anyhow!("{}: code: {e}", path.display()))?;
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
-    start_and_watch(env, &code, &req, detach).await
+    let host = if detach { None } else { host(env).await? };
+    start_and_watch(env, &code, req, tx, detach, host).await
 }
 
 /// A job file error without its line (the caller prints `file:line:`).
@@ -148,7 +162,42 @@ impl std::fmt::Display for JobFileErrorNoLine<'_> {
     }
 }
 
-async fn start_and_watch(env: &Env, code: &Code, req: &JobRequest, detach: bool) -> anyhow::Result<i32> {
+/// Prices the job, pays it (or takes `tx`, a payment made elsewhere), signs the request,
+/// uploads and submits it, then watches it unless `detach`.
+pub async fn start_and_watch(
+    env: &Env,
+    code: &Code,
+    mut req: JobRequest,
+    tx: Option<String>,
+    detach: bool,
+    host: Option<pool::Hosted>,
+) -> anyhow::Result<i32> {
+    req.code_digest = code.digest()?;
+    let chain = match &host {
+        Some(h) => h.chain.clone(),
+        None => env.chain()?,
+    };
+    if detach && !aic_chain::devchain::is_up(&chain.rpc_url).await {
+        bail!("nothing hosts the pool: start `aic dev up` in another terminal, or run without --detach");
+    }
+    let quote = chain.pricing().quote(&req);
+    let total: u128 = quote.total.parse()?;
+    eprintln!(
+        "quote: {} GPU-hour{} × {} per GPU-hour = {}",
+        quote.gpu_hours,
+        if quote.gpu_hours == 1.0 { "" } else { "s" },
+        format_aic(chain.price()),
+        format_aic(total)
+    );
+    if total > 0 || tx.is_some() {
+        let tx = match tx {
+            Some(t) => t,
+            None => pay(env, &chain, total).await?,
+        };
+        req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx });
+    }
+    sign(env, &mut req, chain.chain_id).await?;
+    let req = &req;
     let job = submit(env, code, req).await?;
     eprintln!(
         "job {} submitted: {} on {} miner{} × {} GPU{}",
@@ -164,7 +213,47 @@ async fn start_and_watch(env: &Env, code: &Code, req: &JobRequest, detach: bool)
         println!("{}", job.job);
         return Ok(0);
     }
-    watch::watch(env, &job, true).await
+    watch::watch(env, &job, true, host).await
+}
+
+/// Hosts the embedded pool here unless another process does.
+pub async fn host(env: &Env) -> anyhow::Result<Option<pool::Hosted>> {
+    let (miners, gpus) = pool::pool_size()?;
+    pool::Hosted::try_host(env, miners, gpus).await
+}
+
+/// Signs the request with the current identity's key.
+pub async fn sign(env: &Env, req: &mut JobRequest, chain_id: u64) -> anyhow::Result<()> {
+    match env.source.signer()? {
+        Some(key) => aic_chain::request::sign(&key, req, chain_id).await,
+        None => bail!(
+            "this session's wallet is in the browser; signing requests there is not supported yet: `aic login --key-file F`"
+        ),
+    }
+}
+
+/// Pays `amount` AIC from the current identity to the pool treasury; returns the tx hash.
+pub async fn pay(env: &Env, chain: &aic_chain::ChainConfig, amount: u128) -> anyhow::Result<String> {
+    use alloy::network::EthereumWallet;
+    use alloy::providers::ProviderBuilder;
+    let key =
+        env.source.signer()?.ok_or_else(|| anyhow!("pay in your browser wallet and pass the transaction with --tx"))?;
+    let me = key.address();
+    let provider = ProviderBuilder::new().wallet(EthereumWallet::from(key)).connect_http(chain.rpc_url.parse()?);
+    let have = aic_chain::token::balance(&provider, chain.token, me).await.context("reading your AIC balance")?;
+    if have < alloy::primitives::U256::from(amount) {
+        bail!(
+            "your wallet {} holds {} but the job costs {}; top it up or ask for less (--hours, --miners, --gpus)",
+            env.owner,
+            u128::try_from(have).map(format_aic).unwrap_or_default(),
+            format_aic(amount)
+        );
+    }
+    let tx =
+        aic_chain::token::pay(&provider, chain.token, chain.treasury, alloy::primitives::U256::from(amount)).await?;
+    let tx = format!("{tx:#x}");
+    eprintln!("paid {} to the pool treasury {} in {tx}", format_aic(amount), chain.treasury);
+    Ok(tx)
 }
 
 /// Accepts a full job id or a unique prefix of one.

@@ -1,8 +1,10 @@
 //! `aic`: run training jobs and deploy models on the AI Crypto mining pool.
 
+mod account;
 mod data;
 mod demo;
 mod env;
+mod identity;
 mod jobs;
 mod pool;
 mod progress;
@@ -33,6 +35,9 @@ enum Cmd {
     Submit {
         /// The job file.
         file: PathBuf,
+        /// A payment made elsewhere (e.g. in Metamask): its transaction hash.
+        #[arg(long)]
+        tx: Option<String>,
         /// Submit and return without watching.
         #[arg(long, short)]
         detach: bool,
@@ -62,6 +67,21 @@ enum Cmd {
     Cancel { job: String },
     /// The tutorial, end to end on the embedded pool: dataset, training, checkpoint.
     Demo,
+    /// Sign in with your wallet (Sign-In with Ethereum).
+    Login(LoginArgs),
+    /// Forget the session.
+    Logout,
+    /// Who you are signed in as, and your AIC balance.
+    Whoami,
+    /// What a job would cost, before anything is paid.
+    Quote {
+        #[arg(long, default_value_t = 1)]
+        miners: u32,
+        #[arg(long, default_value_t = 1)]
+        gpus: u32,
+        #[arg(long, default_value_t = 1.0)]
+        hours: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +120,22 @@ enum ResultsCmd {
 }
 
 #[derive(Args)]
+pub struct LoginArgs {
+    /// A file holding a hex private key.
+    #[arg(long, group = "how")]
+    pub key_file: Option<PathBuf>,
+    /// An encrypted keystore (password in AIC_KEYSTORE_PASSWORD).
+    #[arg(long, group = "how")]
+    pub keystore: Option<PathBuf>,
+    /// Use the key in AIC_PRIVATE_KEY.
+    #[arg(long, group = "how")]
+    pub env_key: bool,
+    /// Anvil's dev account N (dev chains only).
+    #[arg(long, group = "how", value_name = "N")]
+    pub dev: Option<u32>,
+}
+
+#[derive(Args)]
 pub struct RunArgs {
     /// A script (`train.py`), or a folder with --entrypoint.
     pub script: PathBuf,
@@ -126,9 +162,12 @@ pub struct RunArgs {
     /// KEY=VALUE for the program's environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Submit and return without watching.
+    /// Submit and return without watching (needs a running `aic dev up`).
     #[arg(long, short)]
     pub detach: bool,
+    /// A payment made elsewhere (e.g. in Metamask): its transaction hash.
+    #[arg(long)]
+    pub tx: Option<String>,
     /// Arguments for the script, after `--`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -159,7 +198,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Dev(DevCmd::Up { miners, gpus }) => {
             let (dm, dg) = pool::pool_size()?;
             let (m, g) = (miners.unwrap_or(dm), gpus.unwrap_or(dg));
-            let hosted = pool::Hosted::try_host(&env, m, g)?.ok_or_else(|| {
+            let hosted = pool::Hosted::try_host(&env, m, g).await?.ok_or_else(|| {
                 anyhow::anyhow!("another aic process hosts the embedded pool at {}; stop it first", env.home.display())
             })?;
             eprintln!("embedded pool up: {m} miners × {g} GPUs, store {}, Ctrl-C to stop", env.store_config.url());
@@ -178,12 +217,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Run(args) => jobs::run(&env, args).await,
-        Cmd::Submit { file, detach } => jobs::submit_file(&env, &file, detach).await,
+        Cmd::Submit { file, tx, detach } => jobs::submit_file(&env, &file, tx, detach).await,
         Cmd::Jobs { json } => jobs::list(&env, json).await.map(|_| 0),
         Cmd::Status { job, json } => jobs::status(&env, &job, json).await.map(|_| 0),
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
         Cmd::Cancel { job } => jobs::cancel(&env, &job).await.map(|_| 0),
         Cmd::Demo => demo::run(&env).await,
+        Cmd::Login(a) => account::login(&env, a).await.map(|_| 0),
+        Cmd::Logout => account::logout(&env).map(|_| 0),
+        Cmd::Whoami => account::whoami(&env).await.map(|_| 0),
+        Cmd::Quote { miners, gpus, hours } => account::quote(&env, miners, gpus, hours).map(|_| 0),
     }
 }

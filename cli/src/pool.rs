@@ -5,14 +5,17 @@
 //! command works on a fresh machine. Events come from the spool that every write through
 //! the CLI's store fills, exactly as MinIO's notifications reach the functions on the pool.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use aic_core::pricing::Pricing;
+use aic_chain::devchain::{self, DevChain};
+use aic_chain::{ChainConfig, ChainPayments, Eip712Auth};
+
 use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
-use aic_functions::{Ctx, FreePool, Outcome};
+use aic_functions::{Ctx, HandlerError, Outcome};
 use anyhow::{Context, anyhow};
 
 use crate::env::Env;
@@ -20,11 +23,49 @@ use crate::env::Env;
 /// How often a hosting process looks at the spool.
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// How long a deferred event (a payment awaiting confirmations) waits before it is tried
+/// again, and a failed one (an outage).
+const DEFER: Duration = Duration::from_millis(500);
+const RETRY: Duration = Duration::from_secs(2);
+
 pub struct Hosted {
     ctx: Ctx,
     pub scheduler: LocalScheduler,
     spool: aic_core::events::Spool,
+    /// The dev chain, when this process started it (it stops with the process).
+    _chain: Option<DevChain>,
+    pub chain: ChainConfig,
+    not_before: Mutex<HashMap<PathBuf, Instant>>,
     _lock: File,
+}
+
+/// Default price on the dev chain: 1 AIC per GPU-hour.
+pub const DEV_PRICE: u128 = 10u128.pow(18);
+
+/// The chain the pool takes payments on: `AIC_RPC_URL` & co. for a real chain, else the
+/// dev chain recorded in `chain.json`, started here if it is not running.
+async fn chain(env: &Env) -> anyhow::Result<(ChainConfig, Option<DevChain>)> {
+    let path = env.home.join("chain.json");
+    if std::env::var("AIC_RPC_URL").is_ok_and(|v| !v.is_empty()) {
+        let cfg = ChainConfig::load(&path)?
+            .ok_or_else(|| anyhow!("AIC_RPC_URL is set: set AIC_TOKEN and AIC_TREASURY too"))?;
+        return Ok((cfg, None));
+    }
+    if let Some(cfg) = ChainConfig::load(&path)?
+        && devchain::is_up(&cfg.rpc_url).await
+    {
+        return Ok((cfg, None));
+    }
+    let price = match std::env::var("AIC_PRICE") {
+        Ok(p) if !p.is_empty() => aic_chain::config::parse_aic(&p).map_err(|e| anyhow!("AIC_PRICE={p:?}: {e}"))?,
+        _ => DEV_PRICE,
+    };
+    let confirmations = match std::env::var("AIC_CONFIRMATIONS") {
+        Ok(c) if !c.is_empty() => c.parse().map_err(|_| anyhow!("AIC_CONFIRMATIONS={c:?} is not a whole number"))?,
+        _ => 1,
+    };
+    let dev = devchain::start(&env.home.join("anvil-state.json"), &path, price, confirmations).await?;
+    Ok((dev.config.clone(), Some(dev)))
 }
 
 /// Size of the simulated pool: `AIC_POOL_MINERS` × `AIC_POOL_GPUS` (default 2 × 1).
@@ -53,7 +94,7 @@ fn worker_bin() -> PathBuf {
 
 impl Hosted {
     /// Hosts the pool unless another process already does (`Ok(None)`).
-    pub fn try_host(env: &Env, miners: u32, gpus: u32) -> anyhow::Result<Option<Hosted>> {
+    pub async fn try_host(env: &Env, miners: u32, gpus: u32) -> anyhow::Result<Option<Hosted>> {
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -74,44 +115,65 @@ impl Hosted {
             worker_env: env.store_config.env(),
         };
         let scheduler = LocalScheduler::new(cfg, env.store.clone());
+        let (chain, dev) = chain(env).await?;
         let ctx = Ctx {
             store: env.store.clone(),
             scheduler: Arc::new(scheduler.clone()),
-            payments: Arc::new(FreePool),
-            pricing: Pricing::free(),
+            auth: Arc::new(Eip712Auth { chain_id: chain.chain_id }),
+            payments: Arc::new(ChainPayments::new(chain.clone(), env.store.clone())?),
+            pricing: chain.pricing(),
         };
-        Ok(Some(Hosted { ctx, scheduler, spool: env.spool.clone(), _lock: lock }))
+        Ok(Some(Hosted {
+            ctx,
+            scheduler,
+            spool: env.spool.clone(),
+            _chain: dev,
+            chain,
+            not_before: Mutex::new(HashMap::new()),
+            _lock: lock,
+        }))
     }
 
     /// Handles every pending event once; returns how many were handled. An event whose
     /// handler fails stays in the spool and is tried again on the next step.
     pub async fn step(&self) -> anyhow::Result<usize> {
         let mut done = 0;
+        let now = Instant::now();
         for p in self.spool.pending()? {
+            if self.not_before.lock().unwrap().get(&p.path).is_some_and(|t| *t > now) {
+                continue;
+            }
             match aic_functions::handle_record(&self.ctx, &p.record).await {
                 Ok(outcome) => {
                     if outcome != Outcome::Ignored {
                         tracing::debug!(?outcome, "event handled");
                     }
                     self.spool.ack(&p);
+                    self.not_before.lock().unwrap().remove(&p.path);
                     done += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(key = %p.record.key(), error = %e, "event failed; will retry");
-                    break;
+                    let wait = if matches!(e, HandlerError::Deferred(_)) { DEFER } else { RETRY };
+                    tracing::info!(key = %p.record.key(), error = %e, "event not done; will retry");
+                    self.not_before.lock().unwrap().insert(p.path.clone(), Instant::now() + wait);
                 }
             }
         }
         Ok(done)
     }
 
-    /// Serves until Ctrl-C, then stops every allocation.
+    /// Serves until Ctrl-C (or SIGTERM), then stops every allocation.
     pub async fn serve(&self) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Streams made once: a signal that arrives while an event is handled is kept.
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(POLL);
         loop {
             tokio::select! {
                 _ = tick.tick() => { self.step().await?; }
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
+                _ = term.recv() => break,
             }
         }
         eprintln!("stopping the embedded pool; running allocations are stopped");

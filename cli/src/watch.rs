@@ -92,20 +92,20 @@ async fn new_records(env: &Env, job: &JobKey, seen: u64) -> anyhow::Result<Vec<S
 
 /// Watches a job to its end, hosting the embedded pool if nobody else does. Returns the
 /// exit code: 0 when the job succeeded.
-pub async fn watch(env: &Env, job: &JobKey, show_logs: bool) -> anyhow::Result<i32> {
+pub async fn watch(env: &Env, job: &JobKey, show_logs: bool, mut hosted: Option<Hosted>) -> anyhow::Result<i32> {
     let (miners, gpus) = pool::pool_size()?;
-    let mut hosted = Hosted::try_host(env, miners, gpus)?;
     let mut seen = 0u64;
     let mut cursor = LogCursor::default();
     let mut last: Option<StatusRecord> = None;
     let mut ticks = 0u64;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         match &hosted {
             Some(h) => {
                 h.step().await?;
             }
             // Another process hosts the pool; if it goes away, take over.
-            None if ticks.is_multiple_of(10) => hosted = Hosted::try_host(env, miners, gpus)?,
+            None if ticks.is_multiple_of(10) => hosted = Hosted::try_host(env, miners, gpus).await?,
             None => {}
         }
         // Output first: the final status is written after the last chunk.
@@ -129,7 +129,7 @@ pub async fn watch(env: &Env, job: &JobKey, show_logs: bool) -> anyhow::Result<i
         ticks += 1;
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 cursor.finish();
                 eprintln!("stopped watching; the job goes on: `aic logs -f {}`, `aic cancel {}`", job.job, job.job);
                 return Ok(130);

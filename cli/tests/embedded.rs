@@ -207,6 +207,12 @@ fn a_job_file_runs_across_two_miners() {
 fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
     let h = Home::new();
     let mut pool = h.cmd(&["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // The pool is up once its chain is recorded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.path().join("aic/chain.json").exists() {
+        assert!(Instant::now() < deadline, "dev up did not start its chain");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let script = h.write("slow.sh", "echo started\nexec sleep 120\n");
     let out = h.aic(&["run", "--detach", script.to_str().unwrap()]);
     assert!(out.status.success());

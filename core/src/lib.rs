@@ -1,18 +1,23 @@
 //! Shared library of aic.
 //!
+//! - `auth`: the `Authenticator` trait (who signed a request).
 //! - `config`: where the object store is, from the environment.
 //! - `layout`: the key layout of the bucket (DESIGN.md), built and parsed in one place.
 //! - `store`: create-only writes, size-limited JSON reads, streaming transfers.
 //! - `status`: a job's state as an append-only log of create-only records.
 //! - `events`: the local event spool, the embedded pool's bucket notifications.
+//! - `payment`: the `PaymentVerifier` trait (a free pool here; the chain's in aic-chain).
 //! - `pricing`: quotes.
 //! - `scheduler`: the `Scheduler` trait and its local backend.
 //!
 //! This crate knows nothing of the CLI or HTTP.
 
+pub mod auth;
 pub mod config;
+pub mod digest;
 pub mod events;
 pub mod layout;
+pub mod payment;
 pub mod pricing;
 pub mod scheduler;
 pub mod status;

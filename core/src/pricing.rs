@@ -18,8 +18,13 @@ impl Pricing {
     /// The quote for a request. Hours are counted in thousandths, rounded up, so a quote
     /// never undercharges by rounding.
     pub fn quote(&self, req: &JobRequest) -> Quote {
-        let milli_hours = (req.max_hours * 1000.0).ceil() as u128;
-        let milli_gpu_hours = milli_hours * req.total_gpus() as u128;
+        self.quote_for(req.miners, req.gpus_per_miner, req.max_hours)
+    }
+
+    /// The quote for `miners` × `gpus` GPUs for `hours`.
+    pub fn quote_for(&self, miners: u32, gpus: u32, hours: f64) -> Quote {
+        let milli_hours = (hours * 1000.0).ceil() as u128;
+        let milli_gpu_hours = milli_hours * miners as u128 * gpus as u128;
         let total = (self.price_per_gpu_hour * milli_gpu_hours).div_ceil(1000);
         Quote {
             price_per_gpu_hour: self.price_per_gpu_hour.to_string(),

@@ -1,6 +1,7 @@
 //! The event functions of aic, as plain async handlers over S3 event records.
 //!
-//! - [`validate`]: `request.json` created → check it, price it, verify payment, write the
+//! - [`validate`]: `request.json` created → check it and its owner's signature, price it,
+//!   verify and claim the payment, write the
 //!   manifest (create-only) and move the job to `paid`, or `rejected` with a reason.
 //! - [`dispatch`]: `manifest.json` created → hand the job to the scheduler, move it to
 //!   `scheduled` (or `failed` when it can never be placed).
@@ -14,24 +15,25 @@
 
 pub mod cancel;
 pub mod dispatch;
-pub mod payment;
 pub mod validate;
 
 use std::sync::Arc;
 
 use aic_core::Store;
+use aic_core::auth::Authenticator;
 use aic_core::layout::{JobKey, KeyKind, classify};
 use aic_core::pricing::Pricing;
 use aic_core::scheduler::Scheduler;
 use aic_schemas::event::{S3Event, S3EventRecord};
 
-pub use payment::{FreePool, PaymentVerifier};
+pub use aic_core::payment::{FreePool, PaymentVerifier};
 
 /// What the handlers share: built once per process, cheap to clone.
 #[derive(Clone)]
 pub struct Ctx {
     pub store: Store,
     pub scheduler: Arc<dyn Scheduler>,
+    pub auth: Arc<dyn Authenticator>,
     pub payments: Arc<dyn PaymentVerifier>,
     pub pricing: Pricing,
 }
@@ -61,6 +63,12 @@ pub enum HandlerError {
     Store(#[from] aic_core::StoreError),
     #[error(transparent)]
     Schedule(#[from] aic_core::scheduler::ScheduleError),
+    /// Not yet (e.g. a payment awaiting confirmations): deliver the event again later.
+    #[error("deferred: {0}")]
+    Deferred(String),
+    /// A dependency (the chain) could not be asked: deliver the event again later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Routes one record by its key. An `Err` means "try this event again later" (a store or

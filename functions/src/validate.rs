@@ -2,8 +2,9 @@
 //!
 //! 1. The job's log must be empty or at `submitted` (anything later: a duplicate event).
 //! 2. The request is read with a size limit, parsed, and checked: its owner and job id must
-//!    be the ones in its key; every field within limits; not expired.
-//! 3. The quote is computed and the payment verified and claimed.
+//!    be the ones in its key; every field within limits; not expired; signed by its owner.
+//! 3. The quote is computed and the payment verified and claimed (one payment, one job).
+//!    A payment still awaiting confirmations defers the event: nothing is written.
 //! 4. `manifest.json` is written create-only, then the job moves to `paid`.
 //!
 //! A refused request moves the job to `rejected` with the reason. Each step is safe to
@@ -16,8 +17,9 @@ use aic_schemas::validate::MAX_REQUEST_BYTES;
 use aic_schemas::{JobManifest, JobRequest, JobState};
 use chrono::Utc;
 
-use crate::payment::PaymentVerdict;
 use crate::{Ctx, HandlerError, Outcome};
+use aic_core::payment::PaymentVerdict;
+use aic_core::pricing::format_aic;
 
 const BY: &str = "validate";
 
@@ -35,16 +37,15 @@ pub async fn handle(ctx: &Ctx, job: &JobKey, size_hint: Option<u64>) -> Result<O
         Ok(r) => r,
         Err(reason) => return reject(ctx, job, reason).await,
     };
+    if let Err(why) = ctx.auth.authenticate(&req) {
+        return reject(ctx, job, why).await;
+    }
     let quote = ctx.pricing.quote(&req);
-    let payment = match ctx.payments.verify(&req, &quote).await {
+    let payment = match ctx.payments.verify(job, &req, &quote).await {
         Ok(p) => p,
         Err(PaymentVerdict::Rejected(r)) => return reject(ctx, job, r.0).await,
-        Err(PaymentVerdict::Unavailable(why)) => {
-            return Err(HandlerError::Store(aic_core::StoreError::Io {
-                key: job.request(),
-                source: std::io::Error::other(why),
-            }));
-        }
+        Err(PaymentVerdict::Pending(why)) => return Err(HandlerError::Deferred(why)),
+        Err(PaymentVerdict::Unavailable(why)) => return Err(HandlerError::Unavailable(why)),
     };
     let manifest = JobManifest {
         version: 1,
@@ -56,7 +57,11 @@ pub async fn handle(ctx: &Ctx, job: &JobKey, size_hint: Option<u64>) -> Result<O
     };
     // A manifest already there was written by an earlier delivery of this event.
     store.create_json(&job.manifest(), &manifest).await?;
-    match status::advance(store, job, Transition::new(JobState::Paid, BY)).await? {
+    let paid = match &manifest.payment {
+        Some(p) => format!("paid {} in {}", format_aic(p.paid.parse().unwrap_or(0)), p.tx),
+        None => "free of charge".to_string(),
+    };
+    match status::advance(store, job, Transition::new(JobState::Paid, BY).reason(paid)).await? {
         Advanced::Applied(_) => Ok(Outcome::Validated(job.clone())),
         _ => Ok(Outcome::AlreadyDone(job.clone())),
     }

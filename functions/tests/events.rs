@@ -16,7 +16,9 @@ use aic_schemas::event::S3EventRecord;
 use aic_schemas::{JobId, JobRequest, JobState};
 use chrono::Utc;
 
+/// Anvil's dev account 1, whose key signs the requests here.
 const OWNER: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+const CHAIN: u64 = 31337;
 
 struct Pool {
     _dir: tempfile::TempDir,
@@ -53,13 +55,14 @@ fn pool(miners: u32, worker_body: &str) -> Pool {
     let ctx = Ctx {
         store: store.clone(),
         scheduler: Arc::new(sched.clone()),
+        auth: Arc::new(aic_chain::Eip712Auth { chain_id: CHAIN }),
         payments: Arc::new(FreePool),
         pricing: Pricing::free(),
     };
     Pool { _dir: dir, store, sched, ctx, starts }
 }
 
-fn request(miners: u32) -> JobRequest {
+fn unsigned(miners: u32) -> JobRequest {
     let now = Utc::now();
     serde_json::from_value(serde_json::json!({
         "version": 1, "kind": "train", "owner": OWNER, "job_id": JobId::generate(), "entrypoint": "train.py",
@@ -67,6 +70,16 @@ fn request(miners: u32) -> JobRequest {
         "created_at": now, "expires_at": now + chrono::Duration::hours(1),
     }))
     .unwrap()
+}
+
+/// A request signed by its owner.
+async fn signed(mut req: JobRequest) -> JobRequest {
+    aic_chain::request::sign(&aic_chain::devchain::dev_key(1), &mut req, CHAIN).await.unwrap();
+    req
+}
+
+async fn request(miners: u32) -> JobRequest {
+    signed(unsigned(miners)).await
 }
 
 async fn put_request(store: &Store, req: &JobRequest) -> JobKey {
@@ -111,7 +124,7 @@ async fn duplicated_and_shuffled_events_make_one_manifest_and_one_dispatch_per_j
     let p = pool(4, "exit 0");
     let mut jobs = Vec::new();
     for _ in 0..30 {
-        jobs.push(put_request(&p.store, &request(1)).await);
+        jobs.push(put_request(&p.store, &request(1).await).await);
     }
     // Every request event three times, shuffled, all at once.
     let mut events: Vec<_> = jobs.iter().flat_map(|j| std::iter::repeat_n(event(&p.store, &j.request()), 3)).collect();
@@ -148,7 +161,7 @@ async fn duplicated_and_shuffled_events_make_one_manifest_and_one_dispatch_per_j
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_event_that_overtakes_validate_still_dispatches_once() {
     let p = pool(2, "exit 0");
-    let req = request(1);
+    let req = request(1).await;
     let job = put_request(&p.store, &req).await;
     // validate crashed after the manifest, before `paid`: the log says `submitted`.
     status::advance(&p.store, &job, status::Transition::new(JobState::Submitted, "validate")).await.unwrap();
@@ -178,16 +191,21 @@ async fn a_manifest_event_that_overtakes_validate_still_dispatches_once() {
 async fn bad_requests_are_rejected_with_their_reason_and_get_no_manifest() {
     let p = pool(2, "exit 0");
     let cases: Vec<(serde_json::Value, &str)> = {
-        let mut other_owner = serde_json::to_value(request(1)).unwrap();
+        let mut other_owner = serde_json::to_value(request(1).await).unwrap();
         other_owner["owner"] = serde_json::json!("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc");
-        let mut zero_miners = serde_json::to_value(request(1)).unwrap();
+        let mut zero_miners = serde_json::to_value(request(1).await).unwrap();
         zero_miners["miners"] = serde_json::json!(0);
-        let mut expired = serde_json::to_value(request(1)).unwrap();
+        let mut expired = serde_json::to_value(request(1).await).unwrap();
         expired["created_at"] = serde_json::json!("2020-01-01T00:00:00Z");
         expired["expires_at"] = serde_json::json!("2020-01-01T01:00:00Z");
-        let mut escape = serde_json::to_value(request(1)).unwrap();
+        let mut escape = serde_json::to_value(request(1).await).unwrap();
         escape["data"] = serde_json::json!("../../0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc/data/secret");
+        let unsigned_req = serde_json::to_value(unsigned(1)).unwrap();
+        let mut tampered = serde_json::to_value(request(1).await).unwrap();
+        tampered["gpus_per_miner"] = serde_json::json!(2);
         vec![
+            (unsigned_req, "the request is not signed"),
+            (tampered, "not by its owner"),
             (other_owner, "but was uploaded under"),
             (zero_miners, "miners: must be between 1 and 64 (got 0)"),
             (expired, "request expired"),
@@ -217,7 +235,7 @@ async fn bad_requests_are_rejected_with_their_reason_and_get_no_manifest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_bigger_than_the_pool_fails_with_the_reason() {
     let p = pool(2, "exit 0");
-    let job = put_request(&p.store, &request(3)).await;
+    let job = put_request(&p.store, &request(3).await).await;
     handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
     let out = handle_record(&p.ctx, &event(&p.store, &job.manifest())).await.unwrap();
     assert!(matches!(out, Outcome::Unplaceable(..)), "{out:?}");
@@ -233,8 +251,8 @@ async fn a_job_bigger_than_the_pool_fails_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_wait_for_free_gpus_then_start_in_order() {
     let p = pool(1, "sleep 0.3");
-    let a = put_request(&p.store, &request(1)).await;
-    let b = put_request(&p.store, &request(1)).await;
+    let a = put_request(&p.store, &request(1).await).await;
+    let b = put_request(&p.store, &request(1).await).await;
     for j in [&a, &b] {
         handle_record(&p.ctx, &event(&p.store, &j.request())).await.unwrap();
         handle_record(&p.ctx, &event(&p.store, &j.manifest())).await.unwrap();
@@ -250,7 +268,7 @@ async fn jobs_wait_for_free_gpus_then_start_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_status_stops_the_allocations() {
     let p = pool(2, "exec sleep 60");
-    let job = put_request(&p.store, &request(2)).await;
+    let job = put_request(&p.store, &request(2).await).await;
     handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
     handle_record(&p.ctx, &event(&p.store, &job.manifest())).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -146,6 +146,10 @@ pub struct JobRequest {
     pub name: Option<String>,
     /// The program to start, relative to the job's `code/` folder (e.g. `train.py`).
     pub entrypoint: String,
+    /// SHA-256 over the code as uploaded (see `aic_core::digest`), hex; the worker refuses
+    /// code that does not match. Empty: not checked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub code_digest: String,
     /// The dataset, as a prefix under the owner's `data/` folder (e.g. `digits`); mounted at
     /// `AIC_DATA_DIR` in every allocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,6 +211,10 @@ impl JobRequest {
         if let Some(p) = &self.payment {
             validate::tx_hash("payment.tx", &p.tx, &mut errs);
         }
+        let is_digest = self.code_digest.len() == 64 && self.code_digest.bytes().all(|b| b.is_ascii_hexdigit());
+        if !self.code_digest.is_empty() && !is_digest {
+            errs.push(FieldError::new("code_digest", "is not a SHA-256 digest (64 hex digits)"));
+        }
         if self.expires_at <= self.created_at {
             errs.push(FieldError::new("expires_at", "must be after created_at"));
         }
@@ -235,6 +243,7 @@ mod tests {
             job_id: JobId::generate(),
             name: Some("digits".into()),
             entrypoint: "train.py".into(),
+            code_digest: String::new(),
             data: Some("digits".into()),
             miners: 2,
             gpus_per_miner: 1,

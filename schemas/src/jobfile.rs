@@ -145,6 +145,7 @@ impl JobFile {
             job_id,
             name: self.name.clone(),
             entrypoint,
+            code_digest: String::new(),
             data: self.data.clone().map(|d| d.trim_end_matches('/').to_string()),
             miners: self.miners,
             gpus_per_miner: self.gpus,

@@ -127,6 +127,14 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     if files == 0 {
         return Err(anyhow!("the job has no code under {}", a.job.code_prefix()));
     }
+    if !req.code_digest.is_empty() {
+        let got = aic_core::digest::tree(&code_dir).context("hashing the code")?;
+        if got != req.code_digest {
+            return Err(anyhow!(
+                "the code in the bucket is not the code its owner signed (digest {got}); submit the job again"
+            ));
+        }
+    }
     if let Some(data) = &req.data {
         let prefix = format!("{}/", aic_core::layout::data_key(&a.job.owner, data).trim_end_matches('/'));
         let (n, bytes) =

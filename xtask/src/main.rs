@@ -72,7 +72,30 @@ fn path_with(bin: &Path) -> String {
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
 }
 
+/// npm packages: solc and OpenZeppelin (the token), anvil (the dev chain), playwright-core.
+fn node_env() -> anyhow::Result<()> {
+    let dir = root().join("contracts");
+    if !dir.join("node_modules/.package-lock.json").exists()
+        || newer(&dir.join("package-lock.json"), &dir.join("node_modules/.package-lock.json"))
+    {
+        eprintln!("xtask: installing the npm packages of contracts/");
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir))?;
+    }
+    Ok(())
+}
+
+fn newer(a: &Path, b: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((m(a), m(b)), (Some(x), Some(y)) if x > y)
+}
+
+/// The anvil binary from npm.
+fn anvil() -> PathBuf {
+    root().join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+}
+
 fn setup(with_localstack: bool) -> anyhow::Result<PathBuf> {
+    node_env()?;
     let py = python_env()?;
     if with_localstack {
         run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
@@ -83,7 +106,7 @@ fn setup(with_localstack: bool) -> anyhow::Result<PathBuf> {
 fn demo() -> anyhow::Result<()> {
     let py = setup(false)?;
     run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
-    run(Command::new(root().join("target/debug/aic")).arg("demo").env("PATH", path_with(&py)))
+    run(Command::new(root().join("target/debug/aic")).arg("demo").env("PATH", path_with(&py)).env("AIC_ANVIL", anvil()))
 }
 
 /// LocalStack in host mode on a free loopback port; stopped (TERM, grace, KILL) on drop.
@@ -176,6 +199,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     run(Command::new("cargo")
         .args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"])
         .current_dir(&root))?;
+    run(Command::new("node").args(["contracts/build.js", "--check"]).current_dir(&root))
+        .context("the committed token artifact is stale")?;
     // The CLI's tests start the workers: build every binary first.
     run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(&root))?;
     let ls = LocalStack::start()?;
@@ -187,6 +212,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .env("PATH", path_with(&py))
         .env("AIC_TEST_S3_ENDPOINT", &ls.endpoint)
         .env("AIC_TEST_S3_BUCKET", "aic-test")
+        .env("AIC_ANVIL", anvil())
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1"));

@@ -4,6 +4,8 @@ use aic_schemas::manifest::PaymentClaim;
 use aic_schemas::{JobRequest, Quote};
 use async_trait::async_trait;
 
+use crate::layout::JobKey;
+
 /// Why a payment does not pay for a job. The text goes into the job's status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -13,7 +15,12 @@ pub struct PaymentRejected(pub String);
 pub trait PaymentVerifier: Send + Sync {
     /// Checks that the request's payment covers the quote and claims it for this job
     /// (so that one payment never pays for two jobs). `Ok(None)`: nothing to pay.
-    async fn verify(&self, req: &JobRequest, quote: &Quote) -> Result<Option<PaymentClaim>, PaymentVerdict>;
+    async fn verify(
+        &self,
+        job: &JobKey,
+        req: &JobRequest,
+        quote: &Quote,
+    ) -> Result<Option<PaymentClaim>, PaymentVerdict>;
 }
 
 /// The two ways verification can end without a claim.
@@ -21,6 +28,10 @@ pub trait PaymentVerifier: Send + Sync {
 pub enum PaymentVerdict {
     #[error(transparent)]
     Rejected(#[from] PaymentRejected),
+    /// Not yet: the transaction is not mined or has too few confirmations. Try the event
+    /// again later; the text says what is awaited.
+    #[error("{0}")]
+    Pending(String),
     /// The chain or the store could not be asked; try the event again.
     #[error("payment check unavailable: {0}")]
     Unavailable(String),
@@ -31,7 +42,12 @@ pub struct FreePool;
 
 #[async_trait]
 impl PaymentVerifier for FreePool {
-    async fn verify(&self, _req: &JobRequest, quote: &Quote) -> Result<Option<PaymentClaim>, PaymentVerdict> {
+    async fn verify(
+        &self,
+        _job: &JobKey,
+        _req: &JobRequest,
+        quote: &Quote,
+    ) -> Result<Option<PaymentClaim>, PaymentVerdict> {
         if quote.total != "0" {
             return Err(PaymentRejected(format!(
                 "this pool charges {} for the job but has no payment verifier configured; ask the operator",

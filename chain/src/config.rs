@@ -1,0 +1,125 @@
+//! A pool's chain settings: `chain.json` in the pool's home (written by the dev chain), with
+//! environment overrides for a real pool.
+//!
+//! | variable | field |
+//! |---|---|
+//! | `AIC_RPC_URL` | `rpc_url` |
+//! | `AIC_CHAIN_ID` | `chain_id` |
+//! | `AIC_TOKEN` | `token` (the AIC contract) |
+//! | `AIC_TREASURY` | `treasury` |
+//! | `AIC_PRICE` | `price_per_gpu_hour`, in AIC (decimal, e.g. `0.5`) |
+//! | `AIC_CONFIRMATIONS` | `confirmations` |
+
+use std::path::Path;
+
+use alloy::primitives::Address;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainConfig {
+    pub rpc_url: String,
+    pub chain_id: u64,
+    pub token: Address,
+    pub treasury: Address,
+    /// Smallest units (AIC has 18 decimals) per GPU-hour, decimal string.
+    pub price_per_gpu_hour: String,
+    /// Blocks a payment needs, counting its own (1 = mined).
+    pub confirmations: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}={1:?} is not valid: {2}")]
+    Bad(&'static str, String, String),
+    #[error("cannot read {0}: {1}")]
+    Read(String, String),
+}
+
+impl ChainConfig {
+    pub fn price(&self) -> u128 {
+        self.price_per_gpu_hour.parse().unwrap_or(0)
+    }
+
+    pub fn pricing(&self) -> aic_core::pricing::Pricing {
+        aic_core::pricing::Pricing { price_per_gpu_hour: self.price(), token: Some(self.token.to_string()) }
+    }
+
+    /// Reads `path`, then applies the environment's overrides.
+    pub fn load(path: &Path) -> Result<Option<ChainConfig>, ConfigError> {
+        let base: Option<ChainConfig> = match std::fs::read(path) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b).map_err(|e| ConfigError::Read(path.display().to_string(), e.to_string()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ConfigError::Read(path.display().to_string(), e.to_string())),
+        };
+        let env = |k: &'static str| std::env::var(k).ok().filter(|v| !v.is_empty()).map(|v| (k, v));
+        let Some(mut c) = base.or_else(|| {
+            // Without a file, the environment must name at least the RPC and the token.
+            let (rpc, token, treasury) = (env("AIC_RPC_URL")?, env("AIC_TOKEN")?, env("AIC_TREASURY")?);
+            Some(ChainConfig {
+                rpc_url: rpc.1,
+                chain_id: 1,
+                token: token.1.parse().ok()?,
+                treasury: treasury.1.parse().ok()?,
+                price_per_gpu_hour: "0".into(),
+                confirmations: 12,
+            })
+        }) else {
+            return Ok(None);
+        };
+        if let Some((_, v)) = env("AIC_RPC_URL") {
+            c.rpc_url = v;
+        }
+        if let Some((k, v)) = env("AIC_CHAIN_ID") {
+            c.chain_id = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Bad(k, v, e.to_string()))?;
+        }
+        if let Some((k, v)) = env("AIC_TOKEN") {
+            c.token = v.parse().map_err(|e: alloy::hex::FromHexError| ConfigError::Bad(k, v.clone(), e.to_string()))?;
+        }
+        if let Some((k, v)) = env("AIC_TREASURY") {
+            c.treasury =
+                v.parse().map_err(|e: alloy::hex::FromHexError| ConfigError::Bad(k, v.clone(), e.to_string()))?;
+        }
+        if let Some((k, v)) = env("AIC_PRICE") {
+            c.price_per_gpu_hour = parse_aic(&v).map_err(|e| ConfigError::Bad(k, v, e))?.to_string();
+        }
+        if let Some((k, v)) = env("AIC_CONFIRMATIONS") {
+            c.confirmations = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Bad(k, v, e.to_string()))?;
+        }
+        Ok(Some(c))
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// Parses a decimal AIC amount (`1.5`) into smallest units.
+pub fn parse_aic(s: &str) -> Result<u128, String> {
+    let s = s.trim().trim_end_matches("AIC").trim();
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 18 || whole.is_empty() && frac.is_empty() {
+        return Err("use a decimal number of AIC with at most 18 decimals".into());
+    }
+    let w: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| "not a number".to_string())? };
+    let f: u128 =
+        if frac.is_empty() { 0 } else { format!("{frac:0<18}").parse().map_err(|_| "not a number".to_string())? };
+    w.checked_mul(10u128.pow(18)).and_then(|x| x.checked_add(f)).ok_or_else(|| "too large".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aic_amounts() {
+        assert_eq!(parse_aic("1.5").unwrap(), 15 * 10u128.pow(17));
+        assert_eq!(parse_aic("0.000000000000000001").unwrap(), 1);
+        assert_eq!(parse_aic("2 AIC").unwrap(), 2 * 10u128.pow(18));
+        assert!(parse_aic("x").is_err());
+        assert!(parse_aic("0.0000000000000000001").is_err());
+    }
+}

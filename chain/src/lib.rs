@@ -1,0 +1,29 @@
+//! aic on Ethereum (alloy).
+//!
+//! - `config`: which chain, token, treasury, price and confirmations a pool uses.
+//! - `token`: the AIC ERC-20 (contracts/), its bindings, deployment and transfers.
+//! - `request`: the job request as EIP-712 typed data: hash, sign, recover.
+//! - `siwe`: Sign-In with Ethereum (EIP-4361) messages.
+//! - `verify`: the validate function's signature and payment checks.
+//! - `wallet`: signers from a private key or an encrypted keystore.
+//! - `devchain`: anvil with the token deployed and the dev accounts funded.
+
+pub mod config;
+pub mod devchain;
+pub mod request;
+pub mod siwe;
+pub mod token;
+pub mod verify;
+pub mod wallet;
+
+pub use config::ChainConfig;
+pub use verify::{ChainPayments, Eip712Auth};
+
+/// Converts between the wire address type and alloy's.
+pub fn to_alloy(a: &aic_schemas::Address) -> alloy::primitives::Address {
+    alloy::primitives::Address::from(*a.as_bytes())
+}
+
+pub fn from_alloy(a: alloy::primitives::Address) -> aic_schemas::Address {
+    aic_schemas::Address::from_bytes(a.into_array())
+}

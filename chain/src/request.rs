@@ -1,0 +1,126 @@
+//! The job request as EIP-712 typed data.
+//!
+//! The signed struct covers every field that changes what runs or what it costs: owner,
+//! job id, kind, name, entrypoint, the code's digest, dataset, miners, GPUs, hours
+//! (in thousandths, as the quote counts them), launcher, arguments, environment, payment,
+//! and the validity window. The domain binds the chain id, so a signature made for one
+//! chain is worthless on another.
+
+use aic_schemas::{JobKind, JobRequest, Launcher};
+use alloy::primitives::{B256, Signature};
+use alloy::signers::Signer;
+use alloy::sol;
+use alloy::sol_types::{Eip712Domain, SolStruct, eip712_domain};
+
+use crate::to_alloy;
+
+sol! {
+    /// What an aic job request's owner signs.
+    #[derive(Debug, serde::Serialize)]
+    struct AicJobRequest {
+        address owner;
+        string jobId;
+        string kind;
+        string name;
+        string entrypoint;
+        bytes32 codeDigest;
+        string data;
+        uint32 miners;
+        uint32 gpusPerMiner;
+        uint64 maxMilliHours;
+        string launcher;
+        string[] args;
+        string[] env;
+        uint64 paymentChainId;
+        bytes32 paymentTx;
+        uint64 createdAt;
+        uint64 expiresAt;
+    }
+}
+
+pub fn domain(chain_id: u64) -> Eip712Domain {
+    eip712_domain! { name: "aic", version: "1", chain_id: chain_id, }
+}
+
+fn b256(hex_str: &str) -> B256 {
+    hex_str.parse().unwrap_or_default()
+}
+
+/// The struct the owner signs for `req`.
+pub fn typed(req: &JobRequest) -> AicJobRequest {
+    AicJobRequest {
+        owner: to_alloy(&req.owner),
+        jobId: req.job_id.to_string(),
+        kind: match req.kind {
+            JobKind::Train => "train",
+            JobKind::Serve => "serve",
+        }
+        .into(),
+        name: req.name.clone().unwrap_or_default(),
+        entrypoint: req.entrypoint.clone(),
+        codeDigest: if req.code_digest.is_empty() { B256::ZERO } else { b256(&format!("0x{}", req.code_digest)) },
+        data: req.data.clone().unwrap_or_default(),
+        miners: req.miners,
+        gpusPerMiner: req.gpus_per_miner,
+        maxMilliHours: (req.max_hours * 1000.0).ceil() as u64,
+        launcher: match req.launcher {
+            Launcher::Command => "command",
+            Launcher::Mpi => "mpi",
+            Launcher::Horovod => "horovod",
+            Launcher::Torchrun => "torchrun",
+        }
+        .into(),
+        args: req.args.clone(),
+        env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        paymentChainId: req.payment.as_ref().map_or(0, |p| p.chain_id),
+        paymentTx: req.payment.as_ref().map_or(B256::ZERO, |p| b256(&p.tx)),
+        createdAt: req.created_at.timestamp().max(0) as u64,
+        expiresAt: req.expires_at.timestamp().max(0) as u64,
+    }
+}
+
+/// The EIP-712 digest of `req` on `chain_id`.
+pub fn signing_hash(req: &JobRequest, chain_id: u64) -> B256 {
+    typed(req).eip712_signing_hash(&domain(chain_id))
+}
+
+/// Signs `req` and stores the signature in it.
+pub async fn sign<S: Signer + Sync>(signer: &S, req: &mut JobRequest, chain_id: u64) -> anyhow::Result<()> {
+    req.signature = None;
+    let sig = signer.sign_hash(&signing_hash(req, chain_id)).await?;
+    req.signature = Some(format!("0x{}", alloy::hex::encode(sig.as_bytes())));
+    Ok(())
+}
+
+/// Why a request's signature does not prove its owner.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureProblem {
+    #[error("the request is not signed; sign it with the owner's wallet (aic does this when you submit)")]
+    Missing,
+    #[error("the signature is malformed: {0}")]
+    Malformed(String),
+    #[error("the request is signed by {signer}, not by its owner {owner} (forged, or changed after signing)")]
+    NotOwner { signer: String, owner: String },
+}
+
+/// Recovers the signer of `req` and checks it is the owner.
+pub fn check(req: &JobRequest, chain_id: u64) -> Result<(), SignatureProblem> {
+    let raw = req.signature.as_deref().ok_or(SignatureProblem::Missing)?;
+    let sig: Signature = raw.parse().map_err(|e| SignatureProblem::Malformed(format!("{e}")))?;
+    let signer = sig
+        .recover_address_from_prehash(&signing_hash(req, chain_id))
+        .map_err(|e| SignatureProblem::Malformed(e.to_string()))?;
+    if signer != to_alloy(&req.owner) {
+        return Err(SignatureProblem::NotOwner {
+            signer: signer.to_string().to_lowercase(),
+            owner: req.owner.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The typed data as `eth_signTypedData_v4` takes it (for a browser wallet).
+pub fn typed_data_json(req: &JobRequest, chain_id: u64) -> anyhow::Result<serde_json::Value> {
+    let data = alloy::dyn_abi::TypedData::from_struct(&typed(req), Some(domain(chain_id)));
+    Ok(serde_json::to_value(data)?)
+}

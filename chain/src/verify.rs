@@ -1,0 +1,176 @@
+//! What the validate function asks of the chain: who signed a request, and whether a
+//! payment pays for it.
+
+use aic_core::auth::Authenticator;
+use aic_core::layout::{JobKey, payment_claim};
+use aic_core::payment::{PaymentRejected, PaymentVerdict, PaymentVerifier};
+use aic_core::pricing::format_aic;
+use aic_core::{Created, Store};
+use aic_schemas::manifest::PaymentClaim;
+use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_schemas::{JobRequest, Quote};
+use alloy::primitives::{B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::token::IAIC;
+use crate::{ChainConfig, to_alloy};
+
+/// Requests must carry their owner's EIP-712 signature for this chain.
+pub struct Eip712Auth {
+    pub chain_id: u64,
+}
+
+impl Authenticator for Eip712Auth {
+    fn authenticate(&self, req: &JobRequest) -> Result<(), String> {
+        crate::request::check(req, self.chain_id).map_err(|e| e.to_string())
+    }
+}
+
+/// A payment claim, `pool/payments/<chain>/<tx>.json`: this tx paid for this job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    pub job: String,
+    pub owner: String,
+    pub paid: String,
+    pub claimed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Payments in AIC to the pool treasury, checked against the chain's receipts.
+pub struct ChainPayments {
+    cfg: ChainConfig,
+    provider: DynProvider,
+    store: Store,
+}
+
+impl ChainPayments {
+    pub fn new(cfg: ChainConfig, store: Store) -> anyhow::Result<Self> {
+        let provider = ProviderBuilder::new().connect_http(cfg.rpc_url.parse()?).erased();
+        Ok(ChainPayments { cfg, provider, store })
+    }
+}
+
+fn reject(why: String) -> PaymentVerdict {
+    PaymentRejected(why).into()
+}
+
+fn aic(v: U256) -> String {
+    u128::try_from(v).map(format_aic).unwrap_or_else(|_| format!("{v} units"))
+}
+
+#[async_trait]
+impl PaymentVerifier for ChainPayments {
+    async fn verify(
+        &self,
+        job: &JobKey,
+        req: &JobRequest,
+        quote: &Quote,
+    ) -> Result<Option<PaymentClaim>, PaymentVerdict> {
+        let total: u128 = quote.total.parse().unwrap_or(u128::MAX);
+        let Some(p) = &req.payment else {
+            if total == 0 {
+                return Ok(None);
+            }
+            return Err(reject(format!(
+                "the job costs {} and names no payment; `aic run` pays it, or pass --tx with a transfer to the treasury {}",
+                format_aic(total),
+                self.cfg.treasury
+            )));
+        };
+        if p.chain_id != self.cfg.chain_id {
+            return Err(reject(format!(
+                "the payment is on chain {}; this pool takes payments on chain {}",
+                p.chain_id, self.cfg.chain_id
+            )));
+        }
+        let hash: B256 = p.tx.parse().map_err(|_| reject(format!("{} is not a transaction hash", p.tx)))?;
+        let unavailable = |e: alloy::transports::TransportError| PaymentVerdict::Unavailable(e.to_string());
+        let Some(receipt) = self.provider.get_transaction_receipt(hash).await.map_err(unavailable)? else {
+            return match self.provider.get_transaction_by_hash(hash).await.map_err(unavailable)? {
+                Some(_) => Err(PaymentVerdict::Pending(format!("payment {} is not mined yet", p.tx))),
+                None => Err(reject(format!("there is no transaction {} on chain {}", p.tx, self.cfg.chain_id))),
+            };
+        };
+        if !receipt.status() {
+            return Err(reject(format!("payment {} reverted on chain; nothing was paid", p.tx)));
+        }
+        let head = self.provider.get_block_number().await.map_err(unavailable)?;
+        let mined = receipt.block_number.unwrap_or(head);
+        let confirmations = head.saturating_sub(mined) + 1;
+        if confirmations < self.cfg.confirmations {
+            return Err(PaymentVerdict::Pending(format!(
+                "payment {} has {confirmations} of {} confirmations",
+                p.tx, self.cfg.confirmations
+            )));
+        }
+
+        // The AIC transfers in the transaction, and why others do not count.
+        let owner = to_alloy(&req.owner);
+        let mut other_token = None;
+        let mut from_other = None;
+        let mut to_other = None;
+        let mut paid = U256::ZERO;
+        for log in receipt.inner.logs() {
+            let Ok(t) = log.log_decode::<IAIC::Transfer>() else { continue };
+            let t = t.inner;
+            if t.address != self.cfg.token {
+                other_token = Some(t.address);
+            } else if t.data.from != owner {
+                from_other = Some(t.data.from);
+            } else if t.data.to != self.cfg.treasury {
+                to_other = Some(t.data.to);
+            } else {
+                paid += t.data.value;
+            }
+        }
+        if paid.is_zero() {
+            let why = if let Some(to) = to_other {
+                format!("payment {} goes to {to}, not to the pool treasury {}", p.tx, self.cfg.treasury)
+            } else if let Some(from) = from_other {
+                format!("payment {} is from {from}, not from the job's owner {}", p.tx, req.owner)
+            } else if let Some(token) = other_token {
+                format!("payment {} is in token {token}, not in AIC ({})", p.tx, self.cfg.token)
+            } else {
+                format!("transaction {} is not an AIC transfer to the pool treasury", p.tx)
+            };
+            return Err(reject(why));
+        }
+        if paid < U256::from(total) {
+            return Err(reject(format!(
+                "underpaid: payment {} transfers {} but the job costs {}",
+                p.tx,
+                aic(paid),
+                format_aic(total)
+            )));
+        }
+
+        // One payment pays for one job: claim the transaction create-only.
+        let key = payment_claim(p.chain_id, &p.tx);
+        let claim = ClaimRecord {
+            job: job.job.to_string(),
+            owner: req.owner.to_string(),
+            paid: paid.to_string(),
+            claimed_at: chrono::Utc::now(),
+        };
+        let unavailable_store = |e: aic_core::StoreError| PaymentVerdict::Unavailable(e.to_string());
+        match self.store.create_json(&key, &claim).await.map_err(unavailable_store)? {
+            Created::Created => {}
+            Created::AlreadyExists => {
+                let existing: Option<ClaimRecord> =
+                    self.store.get_json(&key, MAX_DOC_BYTES).await.map_err(unavailable_store)?;
+                match existing {
+                    Some(c) if c.job == job.job.as_str() => {} // a duplicate event for this job
+                    Some(c) => {
+                        return Err(reject(format!(
+                            "payment {} already paid for job {}; one payment pays one job",
+                            p.tx, c.job
+                        )));
+                    }
+                    None => return Err(PaymentVerdict::Unavailable("payment claim vanished".into())),
+                }
+            }
+        }
+        Ok(Some(PaymentClaim { chain_id: p.chain_id, tx: p.tx.to_lowercase(), paid: paid.to_string() }))
+    }
+}

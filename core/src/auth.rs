@@ -1,0 +1,8 @@
+//! Who signed a request: the `Authenticator` trait (EIP-712 recovery lives in aic-chain).
+
+use aic_schemas::JobRequest;
+
+/// Checks that a request was signed by its owner. `Err` is the reason for the job's status.
+pub trait Authenticator: Send + Sync {
+    fn authenticate(&self, req: &JobRequest) -> Result<(), String>;
+}
