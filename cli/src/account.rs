@@ -9,6 +9,16 @@ use crate::env::Env;
 use crate::identity::{self, Source};
 
 pub async fn login(env: &Env, a: LoginArgs) -> anyhow::Result<()> {
+    let chain_id = env.chain().map(|c| c.chain_id).unwrap_or(31337);
+    if a.browser {
+        return match crate::browser::run(env.home.clone(), crate::browser::Task::Login { chain_id }).await? {
+            crate::browser::Done::LoggedIn(s) => {
+                eprintln!("signed in as {} (browser wallet, chain {chain_id})", s.address);
+                Ok(())
+            }
+            crate::browser::Done::Signed(_) => bail!("the wallet page signed a job instead of signing in"),
+        };
+    }
     let source = if let Some(path) = a.key_file {
         Source::Key { key: KeySource::KeyFile { path: path.canonicalize()? } }
     } else if let Some(path) = a.keystore {
@@ -21,9 +31,10 @@ pub async fn login(env: &Env, a: LoginArgs) -> anyhow::Result<()> {
         }
         Source::Dev { index: i }
     } else {
-        bail!("say how to sign: --key-file F, --keystore F, --env-key (AIC_PRIVATE_KEY) or --dev N");
+        bail!(
+            "say how to sign: --browser (Metamask), --key-file F, --keystore F, --env-key (AIC_PRIVATE_KEY) or --dev N"
+        );
     };
-    let chain_id = env.chain().map(|c| c.chain_id).unwrap_or(31337);
     let s = identity::login_with_key(&env.home, source, chain_id).await?;
     eprintln!(
         "signed in as {} (Sign-In with Ethereum, chain {chain_id}) until {}",

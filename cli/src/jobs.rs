@@ -189,14 +189,28 @@ pub async fn start_and_watch(
         format_aic(chain.price()),
         format_aic(total)
     );
-    if total > 0 || tx.is_some() {
-        let tx = match tx {
-            Some(t) => t,
-            None => pay(env, &chain, total).await?,
-        };
-        req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx });
+    if let Some(tx) = &tx {
+        req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx: tx.clone() });
     }
-    sign(env, &mut req, chain.chain_id).await?;
+    if env.source == crate::identity::Source::Browser {
+        // The browser wallet pays and signs in the page.
+        let payment = (total > 0 && tx.is_none()).then_some(crate::browser::Payment {
+            token: chain.token,
+            treasury: chain.treasury,
+            amount: total,
+        });
+        let task = crate::browser::Task::Sign { req: Box::new(req.clone()), chain_id: chain.chain_id, payment };
+        match crate::browser::run(env.home.clone(), task).await? {
+            crate::browser::Done::Signed(signed) => req = *signed,
+            crate::browser::Done::LoggedIn(_) => bail!("the wallet page signed in instead of signing the job"),
+        }
+    } else {
+        if total > 0 && tx.is_none() {
+            let tx = pay(env, &chain, total).await?;
+            req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx });
+        }
+        sign(env, &mut req, chain.chain_id).await?;
+    }
     let req = &req;
     let job = submit(env, code, req).await?;
     eprintln!(

@@ -1,6 +1,7 @@
 //! `aic`: run training jobs and deploy models on the AI Crypto mining pool.
 
 mod account;
+mod browser;
 mod data;
 mod demo;
 mod env;
@@ -133,6 +134,9 @@ pub struct LoginArgs {
     /// Anvil's dev account N (dev chains only).
     #[arg(long, group = "how", value_name = "N")]
     pub dev: Option<u32>,
+    /// A browser wallet (Metamask): aic serves a page on localhost that asks it to sign.
+    #[arg(long, group = "how")]
+    pub browser: bool,
 }
 
 #[derive(Args)]

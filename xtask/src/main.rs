@@ -94,10 +94,32 @@ fn anvil() -> PathBuf {
     root().join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 }
 
+/// Debian's Chromium, for the browser wallet test.
+fn chromium() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian's chromium (browser test)");
+    let sudo: &[&str] = if std::env::var("USER").is_ok_and(|u| u == "root") || is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        run(Command::new(all[0]).args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update", "-qq"])?;
+    apt(&["install", "-y", "-qq", "chromium"])
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 fn setup(with_localstack: bool) -> anyhow::Result<PathBuf> {
     node_env()?;
     let py = python_env()?;
     if with_localstack {
+        chromium()?;
         run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
     }
     Ok(py)
