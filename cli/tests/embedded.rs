@@ -206,13 +206,7 @@ fn a_job_file_runs_across_two_miners() {
 #[test]
 fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
     let h = Home::new();
-    let mut pool = h.cmd(&["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    // The pool is up once its chain is recorded.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.path().join("aic/chain.json").exists() {
-        assert!(Instant::now() < deadline, "dev up did not start its chain");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let pool = DevUp::start(&h);
     let script = h.write("slow.sh", "echo started\nexec sleep 120\n");
     let out = h.aic(&["run", "--detach", script.to_str().unwrap()]);
     assert!(out.status.success());
@@ -241,10 +235,120 @@ fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
     assert_eq!(h.state(&job), "cancelled");
     let (_, stderr) = text(&h.aic(&["cancel", &job]));
     assert!(stderr.contains("was already cancelled"), "{stderr}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pool.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while pool.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "dev up did not stop on Ctrl-C");
+    assert!(pool.stop(), "dev up did not stop on Ctrl-C");
+}
+
+/// `aic dev up` in the background, stopped (Ctrl-C) when dropped.
+struct DevUp(std::process::Child);
+
+impl DevUp {
+    fn start(h: &Home) -> DevUp {
+        let child = h.cmd(&["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !h.path().join("aic/chain.json").exists() {
+            assert!(Instant::now() < deadline, "dev up did not start its chain");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        DevUp(child)
+    }
+
+    /// Ctrl-C; true if it stopped within 15 s.
+    fn stop(mut self) -> bool {
+        self.interrupt()
+    }
+
+    fn interrupt(&mut self) -> bool {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.0.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+}
+
+impl Drop for DevUp {
+    fn drop(&mut self) {
+        if !self.interrupt() {
+            let _ = self.0.kill();
+        }
+    }
+}
+
+fn wait_for_state(h: &Home, job: &str, want: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hist = h.history(job);
+        let last = hist.last().map(|r| r["state"].as_str().unwrap().to_string()).unwrap_or_default();
+        if last == want {
+            return hist;
+        }
+        assert!(
+            !["succeeded", "failed", "rejected", "cancelled"].contains(&last.as_str()),
+            "job {job} ended {last}: {hist:?}"
+        );
+        assert!(Instant::now() < deadline, "job {job} never reached {want}: {hist:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_keystore_login_and_a_payment_made_elsewhere_pay_for_one_job_only() {
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    // Anvil's dev account 3, in an encrypted keystore.
+    let key = aic_chain::devchain::dev_key(3);
+    let ks = aic_chain::wallet::save_keystore(h.path(), &key, "correct horse", "ks.json").unwrap();
+    let wrong =
+        h.cmd(&["login", "--keystore", ks.to_str().unwrap()]).env("AIC_KEYSTORE_PASSWORD", "nope").output().unwrap();
+    assert!(!wrong.status.success());
+    assert!(text(&wrong).1.contains("cannot unlock"), "{}", text(&wrong).1);
+    let ok = h
+        .cmd(&["login", "--keystore", ks.to_str().unwrap()])
+        .env("AIC_KEYSTORE_PASSWORD", "correct horse")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok).1);
+    let me = format!("{:#x}", key.address());
+    assert!(text(&ok).1.contains(&format!("signed in as {me}")), "{}", text(&ok).1);
+    let quote = text(&h.aic(&["quote", "--miners", "2", "--gpus", "3", "--hours", "1.5"])).0;
+    assert_eq!(quote.trim(), "2 miners × 3 GPUs × 1.5 h × 1 AIC per GPU-hour = 9 AIC");
+
+    // Pay 1 AIC to the treasury outside aic (as Metamask or cast would).
+    let chain: aic_chain::ChainConfig =
+        serde_json::from_slice(&std::fs::read(h.path().join("aic/chain.json")).unwrap()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tx = rt.block_on(async {
+        use alloy::providers::ProviderBuilder;
+        let p = ProviderBuilder::new()
+            .wallet(alloy::network::EthereumWallet::from(key.clone()))
+            .connect_http(chain.rpc_url.parse().unwrap());
+        let tx = aic_chain::token::pay(&p, chain.token, chain.treasury, alloy::primitives::U256::from(10u128.pow(18)))
+            .await
+            .unwrap();
+        format!("{tx:#x}")
+    });
+    let script = h.write("ok.sh", "echo paid elsewhere\n");
+    let keystore_env = |args: &[&str]| {
+        let out = h.cmd(args).env("AIC_KEYSTORE_PASSWORD", "correct horse").output().unwrap();
+        eprintln!("$ aic {}\n{}{}", args.join(" "), text(&out).0, text(&out).1);
+        out
+    };
+    let first = keystore_env(&["run", "--detach", "--tx", &tx, script.to_str().unwrap()]);
+    assert!(first.status.success());
+    let job = text(&first).0.trim().to_string();
+    let hist = wait_for_state(&h, &job, "succeeded");
+    assert!(hist[1]["reason"].as_str().unwrap().contains(&format!("paid 1 AIC in {tx}")), "{hist:?}");
+    // The same transaction for a second job is refused with the reason.
+    let second = keystore_env(&["run", "--detach", "--tx", &tx, script.to_str().unwrap()]);
+    let job2 = text(&second).0.trim().to_string();
+    let hist = wait_for_state(&h, &job2, "rejected");
+    assert!(
+        hist.last().unwrap()["reason"].as_str().unwrap().contains(&format!("already paid for job {job}")),
+        "{hist:?}"
+    );
 }
