@@ -17,8 +17,9 @@ fn main() {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("setup") => setup(true).map(|_| ()),
+        Some("bench") => bench(),
         _ => {
-            eprintln!("usage: cargo xtask demo | test [CARGO TEST ARGS] | setup");
+            eprintln!("usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench");
             std::process::exit(2);
         }
     };
@@ -210,6 +211,15 @@ impl Drop for LocalStack {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Benchmarks (figures, not pass/fail): validate throughput against anvil.
+fn bench() -> anyhow::Result<()> {
+    setup(false)?;
+    run(Command::new("cargo")
+        .args(["bench", "--quiet", "-p", "aic-chain", "--bench", "validate"])
+        .current_dir(root())
+        .env("AIC_ANVIL", anvil()))
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
