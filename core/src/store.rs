@@ -282,25 +282,8 @@ impl Store {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(usize, u64), StoreError> {
         let files = local_files(dir).map_err(|source| StoreError::Io { key: dir.display().to_string(), source })?;
-        let total = std::sync::atomic::AtomicU64::new(0);
-        let results: Vec<u64> = futures::stream::iter(files.iter())
-            .map(|(path, rel)| {
-                let key = format!("{prefix}{rel}");
-                let total = &total;
-                async move {
-                    let last = std::sync::atomic::AtomicU64::new(0);
-                    self.upload_file(path, &key, &|n| {
-                        let prev = last.swap(n, std::sync::atomic::Ordering::Relaxed);
-                        let sum = total.fetch_add(n - prev, std::sync::atomic::Ordering::Relaxed) + n - prev;
-                        progress(sum);
-                    })
-                    .await
-                }
-            })
-            .buffer_unordered(FILE_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok((results.len(), results.iter().sum()))
+        let jobs = files.into_iter().map(|(path, rel)| Transfer::Up(path, format!("{prefix}{rel}"))).collect();
+        self.transfer_all(jobs, progress).await
     }
 
     /// Downloads every object under `prefix` into `dir`, keeping relative paths, several at
@@ -325,20 +308,34 @@ impl Store {
                     ),
                 });
             }
-            jobs.push((key, dir.join(rel)));
+            jobs.push(Transfer::Down(key, dir.join(rel)));
         }
-        let total = std::sync::atomic::AtomicU64::new(0);
+        self.transfer_all(jobs, progress).await
+    }
+
+    /// Runs transfers [`FILE_CONCURRENCY`] at a time; `progress` gets the bytes moved so far
+    /// over all of them. Returns (files, bytes).
+    async fn transfer_all(
+        &self,
+        jobs: Vec<Transfer>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(usize, u64), StoreError> {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let total = AtomicU64::new(0);
         let results: Vec<u64> = futures::stream::iter(jobs.iter())
-            .map(|(key, local)| {
+            .map(|job| {
                 let total = &total;
                 async move {
-                    let last = std::sync::atomic::AtomicU64::new(0);
-                    self.download_file(key, local, &|n| {
-                        let prev = last.swap(n, std::sync::atomic::Ordering::Relaxed);
-                        let sum = total.fetch_add(n - prev, std::sync::atomic::Ordering::Relaxed) + n - prev;
-                        progress(sum);
-                    })
-                    .await
+                    // Each transfer reports its own running count; add only the growth.
+                    let last = AtomicU64::new(0);
+                    let report = |n: u64| {
+                        let prev = last.swap(n, Relaxed);
+                        progress(total.fetch_add(n - prev, Relaxed) + n - prev);
+                    };
+                    match job {
+                        Transfer::Up(path, key) => self.upload_file(path, key, &report).await,
+                        Transfer::Down(key, path) => self.download_file(key, path, &report).await,
+                    }
                 }
             })
             .buffer_unordered(FILE_CONCURRENCY)
@@ -346,6 +343,14 @@ impl Store {
             .await?;
         Ok((results.len(), results.iter().sum()))
     }
+}
+
+/// One file transfer of a folder transfer.
+enum Transfer {
+    /// Local file → key.
+    Up(PathBuf, String),
+    /// Key → local file.
+    Down(String, PathBuf),
 }
 
 fn to_json<T: Serialize>(value: &T) -> Bytes {
