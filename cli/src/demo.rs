@@ -7,11 +7,12 @@ use aic_schemas::JobId;
 use anyhow::{Context, bail};
 use chrono::Utc;
 
-use crate::data;
 use crate::env::Env;
 use crate::jobs::{self, Code};
+use crate::{data, pool};
 
 const TRAIN_PY: &str = include_str!("../../examples/digits/train.py");
+const TRAIN_MPI_PY: &str = include_str!("../../examples/digits/train_mpi.py");
 const MAKE_DATASET_PY: &str = include_str!("../../examples/digits/make_dataset.py");
 
 pub async fn run(env: &Env) -> anyhow::Result<i32> {
@@ -21,9 +22,13 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     let data_dir = work.join("data");
     std::fs::create_dir_all(&code_dir)?;
     std::fs::write(code_dir.join("train.py"), TRAIN_PY)?;
+    std::fs::write(code_dir.join("train_mpi.py"), TRAIN_MPI_PY)?;
     std::fs::write(work.join("make_dataset.py"), MAKE_DATASET_PY)?;
 
     step(1, "starting the embedded pool: storage, functions, 2 simulated miners, the dev chain (anvil + AIC token)");
+    if pool::pool_size()?.0 < 2 {
+        bail!("the demo trains on 2 miners; set AIC_POOL_MINERS to 2 or more");
+    }
     let host = jobs::host(env).await?;
     let chain = match &host {
         Some(h) => h.chain.clone(),
@@ -51,22 +56,23 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     step(3, "uploading it as dataset `digits`");
     data::put(env, &data_dir, Some("digits".into())).await?;
 
-    step(4, "quote, pay in AIC, sign the request (EIP-712), train train.py on 1 miner × 1 GPU");
-    let code = Code::resolve(&code_dir, Some("train.py".into()))?;
+    step(4, "quote, pay in AIC, sign the request (EIP-712), train train_mpi.py on 2 miners × 1 GPU (MPI over SSH)");
+    let code = Code::resolve(&code_dir, Some("train_mpi.py".into()))?;
     let file = aic_schemas::jobfile::JobFile {
         kind: None,
         name: Some("digits-demo".into()),
         code: code_dir.to_string_lossy().into_owned(),
-        entrypoint: Some("train.py".into()),
+        entrypoint: Some("train_mpi.py".into()),
         data: Some("digits".into()),
-        miners: 1,
+        miners: 2,
         gpus: 1,
         hours: 1.0,
-        launcher: aic_schemas::Launcher::Command,
+        launcher: aic_schemas::Launcher::Mpi,
         args: vec!["--epochs".into(), "20".into()],
         env: Default::default(),
     };
-    let req = file.to_request(env.owner, JobId::generate(), "train.py".into(), Utc::now(), chrono::Duration::hours(1));
+    let req =
+        file.to_request(env.owner, JobId::generate(), "train_mpi.py".into(), Utc::now(), chrono::Duration::hours(1));
     let job_id = req.job_id.clone();
     let code = jobs::start_and_watch(env, &code, req, None, false, host).await?;
     if code != 0 {

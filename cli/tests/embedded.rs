@@ -102,15 +102,20 @@ fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
-#[test]
-fn aic_run_trains_the_example_and_the_checkpoint_comes_back() {
-    let h = Home::new();
+/// Exports the digits set and uploads it as dataset `digits`.
+fn put_digits(h: &Home) {
     let data = h.path().join("digits-data");
     let made = Command::new("python3").arg(repo().join("examples/digits/make_dataset.py")).arg(&data).status().unwrap();
     assert!(made.success(), "python3 with scikit-learn is needed (cargo xtask test installs it)");
     assert!(h.aic(&["data", "put", data.to_str().unwrap(), "digits"]).status.success());
     let ls = text(&h.aic(&["data", "ls", "digits"])).0;
     assert!(ls.contains("digits.csv"), "{ls}");
+}
+
+#[test]
+fn aic_run_trains_the_example_and_the_checkpoint_comes_back() {
+    let h = Home::new();
+    put_digits(&h);
 
     let script = repo().join("examples/digits/train.py");
     let out = h.aic(&["run", script.to_str().unwrap(), "--data", "digits", "--", "--epochs", "5"]);
@@ -351,4 +356,64 @@ fn a_keystore_login_and_a_payment_made_elsewhere_pay_for_one_job_only() {
         hist.last().unwrap()["reason"].as_str().unwrap().contains(&format!("already paid for job {job}")),
         "{hist:?}"
     );
+}
+
+#[test]
+fn mpi_training_across_two_miners_converges_with_identical_parameters() {
+    let h = Home::new();
+    put_digits(&h);
+    let code = repo().join("examples/digits");
+    let out = h.aic(&[
+        "run",
+        code.to_str().unwrap(),
+        "--entrypoint",
+        "train_mpi.py",
+        "--launcher",
+        "mpi",
+        "--miners",
+        "2",
+        "--gpus",
+        "1",
+        "--data",
+        "digits",
+        "--",
+        "--epochs",
+        "15",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("placed on miner-1, miner-2"), "{stderr}");
+    // Every rank ends with a digest of its parameters: data parallelism keeps them equal.
+    let digest = |rank: u32| {
+        let tag = format!("[rank {rank}] rank {rank} params ");
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&tag))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no digest from rank {rank}: {stdout}"))
+    };
+    assert_eq!(digest(0), digest(1), "the ranks' parameters differ");
+    let job = h.last_job();
+    let dest = h.path().join("mpi-results");
+    assert!(h.aic(&["results", "get", &job, dest.to_str().unwrap()]).status.success());
+    assert!(dest.join("model.npz").is_file(), "the checkpoint is in the bucket");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dest.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["ranks"], 2);
+    assert!(metrics["test_accuracy"].as_f64().unwrap() >= 0.9, "{metrics}");
+    let last = h.history(&job).pop().unwrap();
+    // Both miners' GPUs were held for the run.
+    let (wall, gpu) =
+        (last["detail"]["wall_seconds"].as_f64().unwrap(), last["detail"]["gpu_seconds"].as_f64().unwrap());
+    assert!((gpu - 2.0 * wall).abs() < 1e-6, "{last}");
+}
+
+#[test]
+fn a_launcher_missing_on_the_miner_fails_with_the_reason() {
+    let h = Home::new();
+    let script = h.write("hvd.py", "print('never runs')\n");
+    let out = h.aic(&["run", script.to_str().unwrap(), "--launcher", "horovod", "--miners", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("horovodrun is not installed on miner-1; install Horovod on the miners"), "{stderr}");
 }

@@ -47,7 +47,8 @@ def forward(p, x):
     return h, e / e.sum(axis=1, keepdims=True)
 
 
-def step(p, x, y, lr):
+def gradients(p, x, y):
+    """Mean cross-entropy loss over the batch and its gradients."""
     h, prob = forward(p, x)
     n = len(y)
     loss = -np.log(prob[np.arange(n), y] + 1e-12).mean()
@@ -58,6 +59,11 @@ def step(p, x, y, lr):
     dh = (dz @ p["w2"].T) * (h > 0)
     grads["w1"] = x.T @ dh
     grads["b1"] = dh.sum(0)
+    return loss, grads
+
+
+def step(p, x, y, lr):
+    loss, grads = gradients(p, x, y)
     for k in p:
         p[k] -= lr * grads[k]
     return loss

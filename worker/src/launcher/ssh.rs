@@ -1,0 +1,139 @@
+//! SSH between the allocations of one job, the way Horovod documents it for containers: an
+//! sshd started inside each allocation on its assigned port, accepting only the job's key
+//! (made by the leader, published in its rendezvous record), and handing every session the
+//! allocation's own folders (`SetEnv`), so ranks find their code, data and outputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+
+use super::Peer;
+
+pub fn sshd_bin() -> PathBuf {
+    std::env::var_os("AIC_SSHD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"))
+}
+
+/// Makes the job's key pair in `dir`; returns (private key path, public key line).
+pub async fn keygen(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    tokio::fs::create_dir_all(dir).await?;
+    let key = dir.join("id_ed25519");
+    let _ = tokio::fs::remove_file(&key).await;
+    let _ = tokio::fs::remove_file(key.with_extension("pub")).await;
+    let st = tokio::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "aic-job", "-f"])
+        .arg(&key)
+        .status()
+        .await
+        .context("ssh-keygen (OpenSSH client) is needed for multi-miner jobs")?;
+    anyhow::ensure!(st.success(), "ssh-keygen failed");
+    let pubkey = tokio::fs::read_to_string(key.with_extension("pub")).await?.trim().to_string();
+    Ok((key, pubkey))
+}
+
+/// A running sshd; stopped when dropped.
+pub struct Sshd {
+    child: tokio::process::Child,
+}
+
+fn quote(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Starts sshd on `host:port` accepting `authorized` and giving sessions `env`.
+pub async fn start(
+    dir: &Path,
+    host: &str,
+    port: u16,
+    authorized: &str,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<Sshd> {
+    let bin = sshd_bin();
+    if !bin.is_file() {
+        return Err(anyhow!(
+            "sshd is not installed here ({}); install OpenSSH server (apt-get install openssh-server)",
+            bin.display()
+        ));
+    }
+    tokio::fs::create_dir_all(dir).await?;
+    let hostkey = dir.join("ssh_host_ed25519_key");
+    if !hostkey.exists() {
+        let st = tokio::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&hostkey)
+            .status()
+            .await?;
+        anyhow::ensure!(st.success(), "ssh-keygen could not make a host key");
+    }
+    tokio::fs::write(dir.join("authorized_keys"), format!("{authorized}\n")).await?;
+    // sshd checks that its privilege-separation folder exists.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let set_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
+    let config = format!(
+        "Port {port}\nListenAddress {host}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+         StrictModes no\nUsePAM no\nPrintMotd no\nSetEnv {}\n",
+        hostkey.display(),
+        dir.join("authorized_keys").display(),
+        dir.join("sshd.pid").display(),
+        set_env.join(" "),
+    );
+    let cfg = dir.join("sshd_config");
+    tokio::fs::write(&cfg, config).await?;
+    let log = std::fs::File::create(dir.join("sshd.log"))?;
+    let child = tokio::process::Command::new(&bin)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut sshd = Sshd { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect((host, port)).await.is_err() {
+        if let Some(st) = sshd.child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+            return Err(anyhow!("sshd exited ({st}): {}", log.lines().last().unwrap_or("")));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("sshd did not listen on {host}:{port} within 10 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(sshd)
+}
+
+impl Sshd {
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Writes the client side: an ssh_config with every peer's port and the job's key, and an
+/// `ssh` wrapper that uses it (for launchers that call plain `ssh`). Returns (config, the
+/// wrapper's folder).
+pub fn client(dir: &Path, key: &Path, peers: &[Peer]) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut cfg = String::new();
+    for p in peers {
+        cfg.push_str(&format!("Host {}\n  Port {}\n", p.host, p.port));
+    }
+    cfg.push_str(&format!(
+        "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n",
+        key.display()
+    ));
+    let path = dir.join("ssh_config");
+    std::fs::write(&path, cfg)?;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let wrapper = bin.join("ssh");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok((path, bin))
+}
