@@ -232,7 +232,7 @@ fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
         .path()
         .join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs")
         .join(&job)
-        .join("allocs/0.json");
+        .join("allocs/0/0.json");
     while !result.exists() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the program was not stopped within 10 s");
         std::thread::sleep(Duration::from_millis(100));
@@ -248,7 +248,14 @@ struct DevUp(std::process::Child);
 
 impl DevUp {
     fn start(h: &Home) -> DevUp {
-        let child = h.cmd(&["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        DevUp::start_with(h, &[])
+    }
+
+    /// With extra environment for the pool (and so its workers).
+    fn start_with(h: &Home, env: &[(&str, &str)]) -> DevUp {
+        let mut cmd = h.cmd(&["dev", "up"]);
+        cmd.envs(env.iter().copied());
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !h.path().join("aic/chain.json").exists() {
             assert!(Instant::now() < deadline, "dev up did not start its chain");
@@ -416,4 +423,121 @@ fn a_launcher_missing_on_the_miner_fails_with_the_reason() {
     assert_eq!(out.status.code(), Some(1));
     let (_, stderr) = text(&out);
     assert!(stderr.contains("horovodrun is not installed on miner-1; install Horovod on the miners"), "{stderr}");
+}
+
+/// Processes of a job (found through their environment), with their command names.
+fn processes_of(job: &str) -> Vec<(i32, String)> {
+    let want = format!("AIC_JOB_ID={job}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The aic-worker processes of a job.
+fn workers_of(job: &str) -> Vec<i32> {
+    processes_of(job).into_iter().filter(|(_, c)| c == "aic-worker").map(|(p, _)| p).collect()
+}
+
+#[test]
+fn cancel_stops_every_rank_of_an_mpi_job_within_seconds() {
+    let h = Home::new();
+    put_digits(&h);
+    let _pool = DevUp::start(&h);
+    let code = repo().join("examples/digits");
+    let out = h.aic(&[
+        "run",
+        "--detach",
+        code.to_str().unwrap(),
+        "--entrypoint",
+        "train_mpi.py",
+        "--launcher",
+        "mpi",
+        "--miners",
+        "2",
+        "--data",
+        "digits",
+        "--",
+        "--epochs",
+        "100",
+        "--sleep",
+        "0.5",
+    ]);
+    assert!(out.status.success());
+    let job = text(&out).0.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(&h.aic(&["logs", &job])).0.contains("epoch 2/100") {
+        assert!(Instant::now() < deadline, "training did not get going");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ranks = processes_of(&job).into_iter().filter(|(_, c)| c.starts_with("python")).count();
+    assert_eq!(ranks, 2, "{:?}", processes_of(&job));
+    let t0 = Instant::now();
+    assert!(h.aic(&["cancel", &job]).status.success());
+    while !processes_of(&job).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running 10 s after cancel: {:?}", processes_of(&job));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(h.state(&job), "cancelled");
+}
+
+#[test]
+fn a_lost_worker_is_restarted_and_resumes_from_its_checkpoint() {
+    let h = Home::new();
+    put_digits(&h);
+    let _pool = DevUp::start_with(&h, &[("AIC_SYNC_SECONDS", "0.3")]);
+    let script = repo().join("examples/digits/train.py");
+    let out = h.aic(&[
+        "run",
+        "--detach",
+        script.to_str().unwrap(),
+        "--data",
+        "digits",
+        "--",
+        "--epochs",
+        "12",
+        "--sleep",
+        "0.4",
+    ]);
+    assert!(out.status.success());
+    let job = text(&out).0.trim().to_string();
+    let ckpt = h
+        .path()
+        .join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs")
+        .join(&job)
+        .join("output/model.npz");
+    // Wait until a few epochs are done and their checkpoint is in the bucket.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(ckpt.exists() && text(&h.aic(&["logs", &job])).0.contains("epoch 4/12")) {
+        assert!(Instant::now() < deadline, "training did not get going");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The miner is lost: its worker and the program die at once.
+    let pids = workers_of(&job);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let hist = wait_for_state(&h, &job, "succeeded");
+    let retry = hist.iter().find(|r| r["state"] == "retrying").expect("a retrying record");
+    assert!(retry["reason"].as_str().unwrap().contains("allocation 0 on miner-1 was lost (signal 9)"), "{retry}");
+    let logs = text(&h.aic(&["logs", &job])).0;
+    let resumed: u32 = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming from checkpoint at epoch "))
+        .expect("the restarted run resumes")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(resumed >= 1, "{logs}");
+    let epochs_run = logs.lines().filter(|l| l.starts_with("epoch ")).count() as u32;
+    assert!(epochs_run - 12 < 12, "{epochs_run} epochs run for 12: too many re-run\n{logs}");
+    assert_eq!(
+        12 - resumed,
+        logs.lines().skip_while(|l| !l.starts_with("resuming")).filter(|l| l.starts_with("epoch ")).count() as u32
+    );
 }

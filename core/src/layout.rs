@@ -7,8 +7,8 @@
 //! users/<addr>/jobs/<job>/manifest.json         written by validate (create-only)
 //! users/<addr>/jobs/<job>/status/<seq>.json     transitions (each create-only)
 //! users/<addr>/jobs/<job>/status.json           latest-state snapshot
-//! users/<addr>/jobs/<job>/allocs/<index>.json   what each allocation's program did
-//! users/<addr>/jobs/<job>/rendezvous/<index>.json where each allocation listens (multi-miner)
+//! users/<addr>/jobs/<job>/allocs/<attempt>/<index>.json      what each allocation's program did
+//! users/<addr>/jobs/<job>/rendezvous/<attempt>/<index>.json  where each allocation listens
 //! users/<addr>/jobs/<job>/logs/<alloc>/<n>.log  log chunks
 //! users/<addr>/jobs/<job>/output/...            checkpoints and results
 //! pool/payments/<chain>/<tx>.json               payment claims (create-only)
@@ -76,15 +76,16 @@ impl JobKey {
     pub fn allocs_prefix(&self) -> String {
         self.prefix() + "allocs/"
     }
-    pub fn alloc_result(&self, alloc: u32) -> String {
-        format!("{}allocs/{alloc}.json", self.prefix())
+    /// What allocation `alloc` of start `attempt` (0, then 1.. after a lost allocation) did.
+    pub fn alloc_result(&self, attempt: u32, alloc: u32) -> String {
+        format!("{}allocs/{attempt}/{alloc}.json", self.prefix())
     }
     /// Where allocations find each other (host, ports, the leader's SSH key).
     pub fn rendezvous_prefix(&self) -> String {
         self.prefix() + "rendezvous/"
     }
-    pub fn rendezvous(&self, alloc: u32) -> String {
-        format!("{}rendezvous/{alloc}.json", self.prefix())
+    pub fn rendezvous(&self, attempt: u32, alloc: u32) -> String {
+        format!("{}rendezvous/{attempt}/{alloc}.json", self.prefix())
     }
     pub fn logs_prefix(&self) -> String {
         self.prefix() + "logs/"

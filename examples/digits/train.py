@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--lr", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sleep", type=float, default=0.0, help="pause after each epoch (to watch a run)")
     args = ap.parse_args()
 
     data_dir = os.environ.get("AIC_DATA_DIR", "data")
@@ -108,6 +109,7 @@ def main():
         tmp = ckpt + ".tmp.npz"
         np.savez(tmp, epoch=epoch, **params)
         os.replace(tmp, ckpt)
+        time.sleep(args.sleep)
     acc = accuracy(params, xte, yte)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump({"test_accuracy": acc, "epochs": args.epochs, "seconds": time.time() - t0}, f)

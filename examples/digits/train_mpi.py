@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--lr", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=64, help="global batch, split over the ranks")
+    ap.add_argument("--sleep", type=float, default=0.0, help="pause after each epoch (to watch a run)")
     args = ap.parse_args()
 
     comm = MPI.COMM_WORLD
@@ -77,6 +78,7 @@ def main():
             tmp = ckpt + ".tmp.npz"
             np.savez(tmp, epoch=epoch, **params)
             os.replace(tmp, ckpt)
+        time.sleep(args.sleep)
     digest = hashlib.sha256(b"".join(params[k].tobytes() for k in sorted(params))).hexdigest()[:16]
     print(f"rank {rank} params {digest}", flush=True)
     if rank == 0:

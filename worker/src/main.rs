@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 const BY: &str = "worker";
 /// How often a running allocation looks at the job's status.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
-/// How often outputs are synced while the program runs.
+/// How often outputs are synced while the program runs (`AIC_SYNC_SECONDS` overrides).
 const SYNC_EVERY: Duration = Duration::from_secs(5);
 /// How long the program gets between SIGTERM and SIGKILL when the job is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -50,6 +50,8 @@ struct Alloc {
     job: JobKey,
     index: u32,
     count: u32,
+    /// 0, then 1.. each time the job starts again after a lost allocation.
+    attempt: u32,
     miner: String,
     /// Where the other allocations reach this one, and its assigned port.
     host: String,
@@ -102,6 +104,7 @@ fn setup() -> anyhow::Result<Alloc> {
         job,
         index: env("AIC_ALLOC_INDEX")?.parse().context("AIC_ALLOC_INDEX")?,
         count: env("AIC_ALLOC_COUNT")?.parse().context("AIC_ALLOC_COUNT")?,
+        attempt: std::env::var("AIC_ATTEMPT").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
         miner: std::env::var("AIC_MINER").unwrap_or_else(|_| hostname()),
         host: std::env::var("AIC_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
         port: match std::env::var("AIC_PORT") {
@@ -199,7 +202,8 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     ];
 
     let mut sync = outputs::OutputSync::default();
-    let mut sync_tick = tokio::time::interval(SYNC_EVERY);
+    let every = std::env::var("AIC_SYNC_SECONDS").ok().and_then(|v| v.parse().ok()).map(Duration::from_secs_f64);
+    let mut sync_tick = tokio::time::interval(every.unwrap_or(SYNC_EVERY));
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stopping: Option<Instant> = None;
@@ -247,7 +251,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         gpu_seconds,
         finished_at: chrono::Utc::now(),
     };
-    a.store.create_json(&a.job.alloc_result(a.index), &result).await?;
+    a.store.create_json(&a.job.alloc_result(a.attempt, a.index), &result).await?;
 
     if !exit.success() {
         let how = match (exit.code(), signal_no) {
@@ -320,7 +324,7 @@ async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> 
             launcher::require("torchrun", &a.miner, "install PyTorch on the miners (pip install torch)")
                 .map_err(|e| anyhow!(e))?;
             let leader = if a.index == 0 {
-                a.store.put_json(&a.job.rendezvous(0), &me).await?;
+                a.store.put_json(&a.job.rendezvous(a.attempt, 0), &me).await?;
                 me
             } else {
                 wait_for_peer(a, 0).await?
@@ -339,7 +343,7 @@ async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> 
                 let leader = wait_for_peer(a, 0).await?;
                 let pubkey = leader.pubkey.ok_or_else(|| anyhow!("the leading allocation published no key"))?;
                 let sshd = launcher::ssh::start(&ssh_dir, &a.host, a.port, &pubkey, &session_env).await?;
-                a.store.put_json(&a.job.rendezvous(a.index), &me).await?;
+                a.store.put_json(&a.job.rendezvous(a.attempt, a.index), &me).await?;
                 return Ok(Plan::Serve(sshd));
             }
             let (bin, install) = match req.launcher {
@@ -349,7 +353,7 @@ async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> 
             launcher::require(bin, &a.miner, install).map_err(|e| anyhow!(e))?;
             let (key, pubkey) = launcher::ssh::keygen(&ssh_dir).await?;
             let sshd = launcher::ssh::start(&ssh_dir, &a.host, a.port, &pubkey, &session_env).await?;
-            a.store.put_json(&a.job.rendezvous(0), &Peer { pubkey: Some(pubkey), ..me }).await?;
+            a.store.put_json(&a.job.rendezvous(a.attempt, 0), &Peer { pubkey: Some(pubkey), ..me }).await?;
             let mut peers = Vec::with_capacity(a.count as usize);
             for i in 0..a.count {
                 peers.push(wait_for_peer(a, i).await?);
@@ -373,7 +377,7 @@ async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> 
 async fn wait_for_peer(a: &Alloc, i: u32) -> anyhow::Result<Peer> {
     let deadline = Instant::now() + PEERS_UP;
     loop {
-        if let Some(p) = a.store.get_json::<Peer>(&a.job.rendezvous(i), MAX_DOC_BYTES).await? {
+        if let Some(p) = a.store.get_json::<Peer>(&a.job.rendezvous(a.attempt, i), MAX_DOC_BYTES).await? {
             return Ok(p);
         }
         if job_ended(a).await {
@@ -409,7 +413,7 @@ async fn serve_peer(a: &Alloc, sshd: launcher::ssh::Sshd, gpus: u32) -> anyhow::
         gpu_seconds: wall * gpus as f64,
         finished_at: chrono::Utc::now(),
     };
-    a.store.create_json(&a.job.alloc_result(a.index), &result).await?;
+    a.store.create_json(&a.job.alloc_result(a.attempt, a.index), &result).await?;
     Ok(0)
 }
 
@@ -444,7 +448,7 @@ async fn finish_as_leader(a: &Alloc, wall: f64) -> anyhow::Result<()> {
     let results: Vec<AllocResult> = loop {
         let mut results = Vec::new();
         for i in 0..a.count {
-            if let Some(r) = a.store.get_json::<AllocResult>(&a.job.alloc_result(i), MAX_DOC_BYTES).await? {
+            if let Some(r) = a.store.get_json::<AllocResult>(&a.job.alloc_result(a.attempt, i), MAX_DOC_BYTES).await? {
                 results.push(r);
             }
         }

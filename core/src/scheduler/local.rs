@@ -22,11 +22,13 @@ use nix::unistd::Pid;
 
 use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted};
 use crate::layout::JobKey;
-use crate::status::{self, Transition};
+use crate::status::{self, Advanced, Transition};
 use crate::store::Store;
 
 /// How long cancelled workers get between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How many times a job whose allocation was lost is started again.
+pub const MAX_RETRIES: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
@@ -59,6 +61,11 @@ struct Alloc {
 struct Running {
     allocs: Vec<Alloc>,
     cancelled: bool,
+    /// Set when an allocation was lost: the others are being stopped, and the job starts
+    /// again (from its last checkpoint) once they are gone. Holds the reason.
+    restarting: Option<String>,
+    manifest: JobManifest,
+    attempt: u32,
 }
 
 struct State {
@@ -67,7 +74,8 @@ struct State {
     /// a duplicate submission after the job ended must not run it again.
     accepted: HashMap<JobKey, Submitted>,
     running: HashMap<JobKey, Running>,
-    queue: VecDeque<(JobKey, JobManifest)>,
+    /// Jobs waiting for free slots: (job, manifest, attempt).
+    queue: VecDeque<(JobKey, JobManifest, u32)>,
 }
 
 struct Inner {
@@ -174,6 +182,8 @@ impl LocalScheduler {
         &self,
         st: &mut State,
         job: &JobKey,
+        manifest: &JobManifest,
+        attempt: u32,
         picks: Vec<(usize, Vec<usize>)>,
     ) -> Result<Vec<String>, ScheduleError> {
         let cfg = &self.inner.cfg;
@@ -193,6 +203,7 @@ impl LocalScheduler {
                         .env("AIC_JOB_ID", job.job.as_str())
                         .env("AIC_ALLOC_INDEX", index.to_string())
                         .env("AIC_ALLOC_COUNT", count.to_string())
+                        .env("AIC_ATTEMPT", attempt.to_string())
                         .env("AIC_MINER", &miner_name)
                         .env("AIC_HOST", host.to_string())
                         .env("AIC_PORT", port.to_string())
@@ -219,44 +230,48 @@ impl LocalScheduler {
                     for a in &allocs {
                         let _ = killpg(Pid::from_raw(a.pid), Signal::SIGKILL);
                     }
-                    st.running.insert(job.clone(), Running { allocs, cancelled: true });
+                    let m = manifest.clone();
+                    st.running.insert(
+                        job.clone(),
+                        Running { allocs, cancelled: true, restarting: None, manifest: m, attempt },
+                    );
                     return Err(ScheduleError::Backend(format!("cannot start {}: {e}", cfg.worker_bin.display())));
                 }
             }
         }
-        st.running.insert(job.clone(), Running { allocs, cancelled: false });
+        let m = manifest.clone();
+        st.running.insert(job.clone(), Running { allocs, cancelled: false, restarting: None, manifest: m, attempt });
         Ok(names)
     }
 
-    /// Waits for a worker to exit; frees its slots, writes a failed status if the worker
-    /// died without a final one, and starts queued jobs that now fit.
+    /// Waits for a worker to exit and frees its slots. A worker that died while its job
+    /// was still going (killed, crashed, its miner lost) makes the job start again from its
+    /// last checkpoint — every allocation, since ranks depend on each other — up to
+    /// [`MAX_RETRIES`] times; after that the job fails with the reason. Then queued jobs that
+    /// now fit are started.
     fn reap(&self, job: JobKey, index: u32, mut child: tokio::process::Child) {
         let this = self.clone();
         tokio::spawn(async move {
             let exit = child.wait().await;
-            let (miner_name, cancelled) = {
+            let (miner_name, cancelled, restarting) = {
                 let mut st = this.inner.state.lock().unwrap();
-                let mut miner_name = String::new();
-                let mut cancelled = false;
+                let mut out = (String::new(), false, false);
                 if let Some(r) = st.running.get_mut(&job) {
-                    cancelled = r.cancelled;
+                    out.1 = r.cancelled;
+                    out.2 = r.restarting.is_some();
                     // Allocations are stored in index order.
                     if let Some(a) = r.allocs.get_mut(index as usize) {
                         let (miner, slots) = (a.miner, std::mem::take(&mut a.slots));
                         for s in slots {
                             st.miners[miner].free[s] = true;
                         }
-                        miner_name = st.miners[miner].name.clone();
-                    }
-                    let r = st.running.get(&job).unwrap();
-                    if r.allocs.iter().all(|a| a.slots.is_empty()) {
-                        st.running.remove(&job);
+                        out.0 = st.miners[miner].name.clone();
                     }
                 }
-                (miner_name, cancelled)
+                out
             };
             let ok = matches!(&exit, Ok(s) if s.success());
-            if !ok && !cancelled {
+            if !ok && !cancelled && !restarting {
                 let how = match &exit {
                     Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
                         (Some(c), _) => format!("exit code {c}"),
@@ -265,21 +280,62 @@ impl LocalScheduler {
                     },
                     Err(e) => e.to_string(),
                 };
-                let t = Transition::new(JobState::Failed, "scheduler")
-                    .reason(format!(
-                        "the worker of allocation {index} on {miner_name} died ({how}); see its log with `aic logs {}`",
-                        job.job
-                    ))
-                    .detail(StatusDetail { alloc: Some(index), ..Default::default() });
-                if let Err(e) = status::advance(&this.inner.store, &job, t).await {
-                    tracing::warn!(job = %job.job, error = %e, "could not record a dead worker");
+                let ended =
+                    matches!(status::current(&this.inner.store, &job).await, Ok(Some(r)) if r.state.is_terminal());
+                if ended {
+                    // The worker recorded the program's failure: stop the other allocations.
+                    let _ = this.cancel(&job).await;
+                } else {
+                    // Lost: stop the others; the job starts again when they are gone.
+                    let why = format!("allocation {index} on {miner_name} was lost ({how})");
+                    tracing::warn!(job = %job.job, %why, "restarting the job");
+                    let others: Vec<i32> = {
+                        let mut st = this.inner.state.lock().unwrap();
+                        match st.running.get_mut(&job) {
+                            Some(r) => {
+                                r.restarting.get_or_insert(why);
+                                r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
+                            }
+                            None => Vec::new(),
+                        }
+                    };
+                    for pid in others {
+                        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                    }
                 }
-                // The job has failed: stop its other allocations.
-                let _ = this.cancel(&job).await;
+            }
+            let gone = {
+                let mut st = this.inner.state.lock().unwrap();
+                let all_gone = st.running.get(&job).is_some_and(|r| r.allocs.iter().all(|a| a.slots.is_empty()));
+                if all_gone { st.running.remove(&job) } else { None }
+            };
+            if let Some(r) = gone.filter(|r| !r.cancelled)
+                && let Some(why) = r.restarting
+            {
+                this.restart(job, r.manifest, r.attempt, why).await;
             }
             this.start_queued().await;
             this.inner.idle.notify_waiters();
         });
+    }
+
+    /// Starts a job again after a lost allocation, or fails it when retries are used up.
+    async fn restart(&self, job: JobKey, manifest: JobManifest, attempt: u32, why: String) {
+        let store = &self.inner.store;
+        if attempt >= MAX_RETRIES {
+            let t = Transition::new(JobState::Failed, "scheduler")
+                .reason(format!("{why}; no retries left ({MAX_RETRIES} used)"));
+            let _ = status::advance(store, &job, t).await;
+            return;
+        }
+        let t = Transition::new(JobState::Retrying, "scheduler")
+            .reason(format!("{why}; starting again from the last checkpoint (retry {} of {MAX_RETRIES})", attempt + 1));
+        match status::advance(store, &job, t).await {
+            Ok(Advanced::Refused(Some(r))) if r.state.is_terminal() => return,
+            Err(e) => tracing::warn!(job = %job.job, error = %e, "could not record the retry"),
+            _ => {}
+        }
+        self.inner.state.lock().unwrap().queue.push_front((job, manifest, attempt + 1));
     }
 
     /// Starts queued jobs, in order, while they fit.
@@ -287,10 +343,10 @@ impl LocalScheduler {
         loop {
             let next = {
                 let mut st = self.inner.state.lock().unwrap();
-                let Some((job, m)) = st.queue.front().cloned() else { return };
+                let Some((job, m, attempt)) = st.queue.front().cloned() else { return };
                 let Some(picks) = Self::pick(&st, &m) else { return };
                 st.queue.pop_front();
-                let r = self.start(&mut st, &job, picks);
+                let r = self.start(&mut st, &job, &m, attempt, picks);
                 (job, r)
             };
             let (job, r) = next;
@@ -335,9 +391,9 @@ impl Scheduler for LocalScheduler {
         }
         // Keep queue order: a job does not overtake those already waiting.
         let answer = match Self::pick(&st, m).filter(|_| st.queue.is_empty()) {
-            Some(picks) => Submitted::Placed(self.start(&mut st, job, picks)?),
+            Some(picks) => Submitted::Placed(self.start(&mut st, job, m, 0, picks)?),
             None => {
-                st.queue.push_back((job.clone(), m.clone()));
+                st.queue.push_back((job.clone(), m.clone(), 0));
                 Submitted::Queued(format!("waiting for {}", Self::describe_need(m)))
             }
         };
@@ -348,7 +404,7 @@ impl Scheduler for LocalScheduler {
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
         let pids: Vec<i32> = {
             let mut st = self.inner.state.lock().unwrap();
-            st.queue.retain(|(k, _)| k != job);
+            st.queue.retain(|(k, _, _)| k != job);
             match st.running.get_mut(job) {
                 Some(r) => {
                     r.cancelled = true;
