@@ -223,13 +223,99 @@ impl Drop for LocalStack {
     }
 }
 
-/// Benchmarks (figures, not pass/fail): validate throughput against anvil.
+/// Benchmarks (figures, not pass/fail): validate throughput against anvil, and training
+/// under aic-worker against the bare launcher.
 fn bench() -> anyhow::Result<()> {
-    setup(false)?;
+    let py = setup(false)?;
     run(Command::new("cargo")
         .args(["bench", "--quiet", "-p", "aic-chain", "--bench", "validate"])
         .current_dir(root())
-        .env("AIC_ANVIL", anvil()))
+        .env("AIC_ANVIL", anvil()))?;
+    bench_worker_overhead(&py)
+}
+
+/// Wall time of the same training script run bare and as an aic job (the job's recorded
+/// execution time: the program's wall time under the worker, with log shipping and
+/// checkpoint sync going on), for the command launcher on one miner and MPI on two.
+fn bench_worker_overhead(py: &Path) -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    let dir = std::env::temp_dir().join(format!("aic-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let path = path_with(py);
+    let examples = root().join("examples/digits");
+    run(Command::new("python3").arg(examples.join("make_dataset.py")).arg(dir.join("data")).env("PATH", &path))?;
+    let aic = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(root().join("target/debug/aic"))
+            .args(args)
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .env("AIC_ANVIL", anvil())
+            .env("AIC_HOME", dir.join("home"))
+            .stdin(Stdio::null())
+            .output()?)
+    };
+    aic(&["data", "put", dir.join("data").to_str().unwrap(), "digits"])?;
+    let epochs = "40";
+    println!("\ntraining wall time, bare vs as an aic job ({epochs} epochs of the digits MLP; best of 3)");
+    println!("{:<28}  {:>8}  {:>8}  {:>6}", "case", "bare s", "aic s", "ratio");
+    for (name, entry, launcher, miners) in
+        [("command, 1 miner", "train.py", "command", "1"), ("mpi, 2 miners × 1", "train_mpi.py", "mpi", "2")]
+    {
+        let mut bare = f64::MAX;
+        let mut under = f64::MAX;
+        for i in 0..3 {
+            let out = dir.join(format!("bare-out-{name}-{i}").replace(' ', "_").replace(',', ""));
+            let mut cmd = if launcher == "mpi" {
+                // The transport and settings the simulated miners use; what remains is
+                // aic's (SSH launch across the miners, the worker's shipping and syncing).
+                let mut c = Command::new("mpirun");
+                c.args(["--allow-run-as-root", "-np", "2", "--mca", "btl", "self,tcp", "--mca", "coll", "^han"]);
+                c.args(["--mca", "mpi_yield_when_idle", "1", "python3", entry]);
+                c
+            } else {
+                let mut c = Command::new("python3");
+                c.arg(entry);
+                c
+            };
+            let t0 = Instant::now();
+            let st = cmd
+                .args(["--epochs", epochs])
+                .current_dir(&examples)
+                .env("PATH", &path)
+                .env("AIC_DATA_DIR", dir.join("data"))
+                .env("AIC_OUTPUT_DIR", &out)
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(st.success(), "bare {name} failed");
+            bare = bare.min(t0.elapsed().as_secs_f64());
+            let o = aic(&[
+                "run",
+                examples.to_str().unwrap(),
+                "--entrypoint",
+                entry,
+                "--launcher",
+                launcher,
+                "--miners",
+                miners,
+                "--data",
+                "digits",
+                "--",
+                "--epochs",
+                epochs,
+            ])?;
+            anyhow::ensure!(o.status.success(), "aic run {name} failed: {}", String::from_utf8_lossy(&o.stderr));
+            let jobs: serde_json::Value = serde_json::from_slice(&aic(&["jobs", "--json"])?.stdout)?;
+            let job = jobs[0]["job"].as_str().unwrap_or_default().to_string();
+            let st: serde_json::Value = serde_json::from_slice(&aic(&["status", &job, "--json"])?.stdout)?;
+            let wall =
+                st["history"].as_array().and_then(|h| h.last()).and_then(|r| r["detail"]["wall_seconds"].as_f64());
+            under = under.min(wall.unwrap_or(f64::NAN));
+        }
+        println!("{name:<28}  {bare:>8.2}  {under:>8.2}  {:>6.3}", under / bare);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
