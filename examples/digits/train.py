@@ -73,20 +73,28 @@ def accuracy(p, x, y):
     return float((forward(p, x)[1].argmax(1) == y).mean())
 
 
-def main():
+def arguments(batch=32, batch_help="minibatch size"):
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=batch, help=batch_help)
     ap.add_argument("--sleep", type=float, default=0.0, help="pause after each epoch (to watch a run)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def folders():
+    """($AIC_DATA_DIR, $AIC_OUTPUT_DIR created, the checkpoint path)."""
     data_dir = os.environ.get("AIC_DATA_DIR", "data")
     out_dir = os.environ.get("AIC_OUTPUT_DIR", "output")
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = os.path.join(out_dir, "model.npz")
+    return data_dir, out_dir, os.path.join(out_dir, "model.npz")
+
+
+def main():
+    args = arguments()
+    data_dir, out_dir, ckpt = folders()
 
     x, y = load(data_dir)
     xtr, ytr, xte, yte = split(x, y, args.seed)

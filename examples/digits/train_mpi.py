@@ -5,7 +5,6 @@ all ranks take the same step. Rank 0 writes the checkpoint; a restarted job resu
 Run by aic's `mpi` launcher (one rank per GPU slot of every miner):
     aic run examples/digits/train_mpi.py --launcher mpi --miners 2 --data digits -- --epochs 30
 """
-import argparse
 import hashlib
 import json
 import os
@@ -14,25 +13,14 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from train import accuracy, gradients, init, load, split
+from train import accuracy, arguments, folders, gradients, init, load, split
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=64, help="global batch, split over the ranks")
-    ap.add_argument("--sleep", type=float, default=0.0, help="pause after each epoch (to watch a run)")
-    args = ap.parse_args()
-
+    args = arguments(batch=64, batch_help="global batch, split over the ranks")
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    data_dir = os.environ.get("AIC_DATA_DIR", "data")
-    out_dir = os.environ.get("AIC_OUTPUT_DIR", "output")
-    os.makedirs(out_dir, exist_ok=True)
-    ckpt = os.path.join(out_dir, "model.npz")
+    data_dir, out_dir, ckpt = folders()
 
     x, y = load(data_dir)
     xtr, ytr, xte, yte = split(x, y, args.seed)
