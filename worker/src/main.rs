@@ -360,7 +360,10 @@ async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> 
             }
             let (config, wrapper_dir) = launcher::ssh::client(&ssh_dir, &key, &peers)?;
             let argv = match req.launcher {
-                Launcher::Mpi => launcher::mpi::argv(req, &peers, &config, nix::unistd::geteuid().is_root()),
+                Launcher::Mpi => {
+                    let mpi4py = launcher::python_has(&ctx.code_dir, "mpi4py").await;
+                    launcher::mpi::argv(req, &peers, &config, nix::unistd::geteuid().is_root(), mpi4py)
+                }
                 _ => launcher::horovod::argv(req, &peers, &key),
             };
             let mut cmd = tokio::process::Command::new(&argv[0]);

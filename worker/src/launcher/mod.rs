@@ -70,3 +70,16 @@ pub fn require(bin: &str, miner: &str, install: &str) -> Result<(), String> {
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
     if found { Ok(()) } else { Err(format!("{bin} is not installed on {miner}; {install}")) }
 }
+
+/// Whether the entrypoints' Python can import `module`.
+pub async fn python_has(dir: &std::path::Path, module: &str) -> bool {
+    let python = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
+    tokio::process::Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}

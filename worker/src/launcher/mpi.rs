@@ -10,8 +10,10 @@ use aic_schemas::JobRequest;
 
 use super::{Peer, RANK_SHIM, program};
 
-/// The mpirun argv for `peers` (the leader first).
-pub fn argv(req: &JobRequest, peers: &[Peer], ssh_config: &Path, as_root: bool) -> Vec<String> {
+/// The mpirun argv for `peers` (the leader first). With `mpi4py`, a Python entrypoint runs
+/// under `python -m mpi4py`, which aborts the whole job when one rank raises; without it,
+/// the others would wait for that rank forever.
+pub fn argv(req: &JobRequest, peers: &[Peer], ssh_config: &Path, as_root: bool, mpi4py: bool) -> Vec<String> {
     let np: u32 = peers.iter().map(|p| p.slots).sum();
     let hosts: Vec<String> = peers.iter().map(|p| format!("{}:{}", p.host, p.slots)).collect();
     let mut v: Vec<String> = vec!["mpirun".into()];
@@ -40,7 +42,11 @@ pub fn argv(req: &JobRequest, peers: &[Peer], ssh_config: &Path, as_root: bool) 
         v.push(format!("{k}={val}"));
     }
     v.extend(["sh".into(), "-c".into(), RANK_SHIM.into(), "aic-rank".into()]);
-    v.extend(program(&req.entrypoint));
+    let mut prog = program(&req.entrypoint);
+    if mpi4py && req.entrypoint.ends_with(".py") {
+        prog.splice(1..1, ["-m".to_string(), "mpi4py".to_string()]);
+    }
+    v.extend(prog);
     v.extend(req.args.iter().cloned());
     v
 }
@@ -80,11 +86,13 @@ mod tests {
     #[test]
     fn mpirun_spans_every_slot_of_every_miner() {
         let peers = [peer(0, "10.0.0.5", 2222), peer(1, "10.0.0.6", 2223)];
-        let v = argv(&req(), &peers, Path::new("/w/ssh/config"), true);
+        let v = argv(&req(), &peers, Path::new("/w/ssh/config"), true, false);
         let s = v.join(" ");
         assert!(s.starts_with("mpirun --allow-run-as-root -np 4 --host 10.0.0.5:2,10.0.0.6:2 --mca plm_rsh_args -F /w/ssh/config --tag-output"), "{s}");
         assert!(s.contains("-x SEED=7"), "{s}");
         assert!(s.ends_with("aic-rank python3 train.py --epochs 3"), "{s}");
+        let with = argv(&req(), &peers, Path::new("/w/ssh/config"), true, true).join(" ");
+        assert!(with.ends_with("aic-rank python3 -m mpi4py train.py --epochs 3"), "{with}");
     }
 
     #[test]
