@@ -33,6 +33,14 @@ impl Shipper {
 
     /// Ships lines from `rx` until it closes; returns the last lines for the log tail.
     pub async fn run(mut self, mut rx: mpsc::Receiver<String>) -> Vec<String> {
+        // A restarted allocation continues after the chunks its earlier run wrote.
+        let prefix = format!("{}{}/", self.job.logs_prefix(), self.alloc);
+        if let Ok(existing) = self.store.list(&prefix).await
+            && let Some(last) = existing.last()
+        {
+            let name = last.location.filename().unwrap_or_default();
+            self.next = name.trim_end_matches(".log").parse::<u64>().map(|n| n + 1).unwrap_or(0);
+        }
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
             tokio::select! {
@@ -67,19 +75,22 @@ impl Shipper {
         }
         let body = Bytes::from(std::mem::take(&mut self.buf));
         // Keep trying: losing a user's log is worse than a late one.
-        for attempt in 0..5 {
+        let mut failures = 0;
+        while failures < 5 {
             match self.store.create_bytes(&self.job.log_chunk(self.alloc, self.next), body.clone()).await {
                 Ok(Created::Created) => {
                     self.next += 1;
                     return;
                 }
-                // A chunk with this number exists (an earlier run of this allocation): skip on.
+                // A chunk with this number exists (written by an earlier run): take the next.
                 Ok(Created::AlreadyExists) => self.next += 1,
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "log chunk upload failed");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    tracing::warn!(error = %e, failures, "log chunk upload failed");
+                    tokio::time::sleep(Duration::from_millis(200 << failures)).await;
+                    failures += 1;
                 }
             }
         }
+        tracing::error!(bytes = body.len(), "a log chunk could not be stored and is lost");
     }
 }
