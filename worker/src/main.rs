@@ -133,6 +133,9 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     let code_dir = a.work.join("code");
     let data_dir = a.work.join("data");
     let out_dir = a.work.join("output");
+    // A restarted allocation may find its earlier folder; the code must be exactly what was
+    // signed (no leftovers such as __pycache__), so it starts from an empty folder.
+    let _ = tokio::fs::remove_dir_all(&code_dir).await;
     for d in [&code_dir, &data_dir, &out_dir] {
         tokio::fs::create_dir_all(d).await.with_context(|| format!("creating {}", d.display()))?;
     }
