@@ -9,13 +9,15 @@
 //!
 //! Events arrive at least once, out of order, duplicated: every handler is idempotent, and
 //! [`handle_record`] routes a record to the handler its key calls for. Transports (the
-//! embedded pool's spool, the webhook host, Lambda) are thin loops around it.
+//! embedded pool's spool, the webhook host, Lambda) are thin loops around it; [`webhook`]
+//! reads the bodies MinIO and SNS deliver over HTTP.
 //!
 //! No handler runs user code.
 
 pub mod cancel;
 pub mod dispatch;
 pub mod validate;
+pub mod webhook;
 
 use std::sync::Arc;
 
