@@ -16,6 +16,7 @@
 
 pub mod cancel;
 pub mod dispatch;
+pub mod host;
 pub mod validate;
 pub mod webhook;
 

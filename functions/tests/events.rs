@@ -2,95 +2,21 @@
 //! events; bad requests; jobs that cannot be placed; cancellation. The scheduler is the
 //! real local one; its "worker" is a small script that records each allocation it starts.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aic_core::layout::JobKey;
 use aic_core::pricing::Pricing;
-use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
+use aic_core::scheduler::local::LocalScheduler;
 use aic_core::status;
-use aic_core::{Store, StoreConfig};
-use aic_functions::{Ctx, FreePool, Outcome, handle_record};
+use aic_functions::{Ctx, Outcome, handle_record};
 use aic_schemas::event::S3EventRecord;
-use aic_schemas::{JobId, JobRequest, JobState};
+use aic_schemas::{JobId, JobState};
 use chrono::Utc;
 
-/// Anvil's dev account 1, whose key signs the requests here.
-const OWNER: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
-const CHAIN: u64 = 31337;
+mod common;
 
-struct Pool {
-    _dir: tempfile::TempDir,
-    store: Store,
-    sched: LocalScheduler,
-    ctx: Ctx,
-    starts: PathBuf,
-}
-
-/// A pool of `miners` × 1 GPU whose worker runs `worker_body` (sh) after recording its start.
-fn pool(miners: u32, worker_body: &str) -> Pool {
-    let dir = tempfile::tempdir().unwrap();
-    let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
-    let starts = dir.path().join("starts.txt");
-    let worker = dir.path().join("fake-worker.sh");
-    std::fs::write(
-        &worker,
-        format!("#!/bin/sh\necho \"$AIC_JOB_ID $AIC_ALLOC_INDEX $AIC_MINER\" >> \"$STARTS\"\n{worker_body}\n"),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let sched = LocalScheduler::new(
-        LocalConfig {
-            miners,
-            gpus_per_miner: 1,
-            gateway: "local".into(),
-            worker_bin: worker,
-            work_root: dir.path().join("work"),
-            worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
-        },
-        store.clone(),
-    );
-    let ctx = Ctx {
-        store: store.clone(),
-        scheduler: Arc::new(sched.clone()),
-        auth: Arc::new(aic_chain::Eip712Auth { chain_id: CHAIN }),
-        payments: Arc::new(FreePool),
-        pricing: Pricing::free(),
-    };
-    Pool { _dir: dir, store, sched, ctx, starts }
-}
-
-fn unsigned(miners: u32) -> JobRequest {
-    let now = Utc::now();
-    serde_json::from_value(serde_json::json!({
-        "version": 1, "kind": "train", "owner": OWNER, "job_id": JobId::generate(), "entrypoint": "train.py",
-        "miners": miners, "gpus_per_miner": 1, "max_hours": 1.0,
-        "created_at": now, "expires_at": now + chrono::Duration::hours(1),
-    }))
-    .unwrap()
-}
-
-/// A request signed by its owner.
-async fn signed(mut req: JobRequest) -> JobRequest {
-    aic_chain::request::sign(&aic_chain::devchain::dev_key(1), &mut req, CHAIN).await.unwrap();
-    req
-}
-
-async fn request(miners: u32) -> JobRequest {
-    signed(unsigned(miners)).await
-}
-
-async fn put_request(store: &Store, req: &JobRequest) -> JobKey {
-    let job = JobKey::new(req.owner, req.job_id.clone());
-    store.create_json(&job.request(), req).await.unwrap();
-    job
-}
-
-fn event(store: &Store, key: &str) -> S3EventRecord {
-    S3EventRecord::object_created(store.bucket(), key, 100)
-}
+use common::*;
 
 /// A deterministic shuffle (xorshift), so a failure can be replayed.
 fn shuffle<T>(v: &mut [T], mut seed: u64) {
