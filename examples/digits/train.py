@@ -92,6 +92,24 @@ def folders():
     return data_dir, out_dir, os.path.join(out_dir, "model.npz")
 
 
+def end_of_epoch(params, epoch, epochs, losses, xte, yte, ckpt):
+    """Reports the epoch (log line and AIC_PROGRESS) and replaces the checkpoint atomically."""
+    acc = accuracy(params, xte, yte)
+    print(f"epoch {epoch}/{epochs} loss {np.mean(losses):.4f} test_acc {acc:.4f}")
+    print(f"AIC_PROGRESS {epoch}/{epochs}")
+    tmp = ckpt + ".tmp.npz"
+    np.savez(tmp, epoch=epoch, **params)
+    os.replace(tmp, ckpt)
+
+
+def finish(params, xte, yte, out_dir, ckpt, **metrics):
+    """Writes metrics.json and the closing line."""
+    acc = accuracy(params, xte, yte)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump({"test_accuracy": acc, **metrics}, f)
+    print(f"final test accuracy {acc:.4f}; checkpoint {ckpt}")
+
+
 def main():
     args = arguments()
     data_dir, out_dir, ckpt = folders()
@@ -111,17 +129,9 @@ def main():
     for epoch in range(start + 1, args.epochs + 1):
         order = rng.permutation(len(ytr))
         losses = [step(params, xtr[b], ytr[b], args.lr) for b in np.array_split(order, max(1, len(ytr) // args.batch))]
-        acc = accuracy(params, xte, yte)
-        print(f"epoch {epoch}/{args.epochs} loss {np.mean(losses):.4f} test_acc {acc:.4f}")
-        print(f"AIC_PROGRESS {epoch}/{args.epochs}")
-        tmp = ckpt + ".tmp.npz"
-        np.savez(tmp, epoch=epoch, **params)
-        os.replace(tmp, ckpt)
+        end_of_epoch(params, epoch, args.epochs, losses, xte, yte, ckpt)
         time.sleep(args.sleep)
-    acc = accuracy(params, xte, yte)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump({"test_accuracy": acc, "epochs": args.epochs, "seconds": time.time() - t0}, f)
-    print(f"final test accuracy {acc:.4f}; checkpoint {ckpt}")
+    finish(params, xte, yte, out_dir, ckpt, epochs=args.epochs, seconds=time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ Run by aic's `mpi` launcher (one rank per GPU slot of every miner):
     aic run examples/digits/train_mpi.py --launcher mpi --miners 2 --data digits -- --epochs 30
 """
 import hashlib
-import json
 import os
 import time
 
 import numpy as np
 from mpi4py import MPI
 
-from train import accuracy, arguments, folders, gradients, init, load, split
+from train import arguments, end_of_epoch, finish, folders, gradients, init, load, split
 
 
 def main():
@@ -60,21 +59,12 @@ def main():
                 at += n
             losses.append(total[-1])
         if rank == 0:
-            acc = accuracy(params, xte, yte)
-            print(f"epoch {epoch}/{args.epochs} loss {np.mean(losses):.4f} test_acc {acc:.4f}")
-            print(f"AIC_PROGRESS {epoch}/{args.epochs}")
-            tmp = ckpt + ".tmp.npz"
-            np.savez(tmp, epoch=epoch, **params)
-            os.replace(tmp, ckpt)
+            end_of_epoch(params, epoch, args.epochs, losses, xte, yte, ckpt)
         time.sleep(args.sleep)
     digest = hashlib.sha256(b"".join(params[k].tobytes() for k in sorted(params))).hexdigest()[:16]
     print(f"rank {rank} params {digest}", flush=True)
     if rank == 0:
-        acc = accuracy(params, xte, yte)
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump({"test_accuracy": acc, "epochs": args.epochs, "ranks": size, "seconds": time.time() - t0}, f)
-        print(f"final test accuracy {acc:.4f}; checkpoint {ckpt}")
-
+        finish(params, xte, yte, out_dir, ckpt, epochs=args.epochs, ranks=size, seconds=time.time() - t0)
 
 if __name__ == "__main__":
     main()
