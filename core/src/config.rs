@@ -114,7 +114,7 @@ impl StoreConfig {
                         .with_allow_http(e.starts_with("http://"));
                 }
                 let s3 = b.build().map_err(|e| ConfigError::Open(e.to_string()))?;
-                Ok(Store::new(Arc::new(s3), bucket))
+                Ok(Store::s3(s3, bucket))
             }
         }
     }

@@ -47,6 +47,9 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     bucket: String,
     sink: Option<Arc<dyn EventSink>>,
+    /// Presigning and explicit multipart, where the backend has them (S3): the gateway
+    /// hands these to users who hold no credentials.
+    s3: Option<Arc<object_store::aws::AmazonS3>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -57,7 +60,18 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     pub fn new(inner: Arc<dyn ObjectStore>, bucket: &str) -> Self {
-        Store { inner, bucket: bucket.into(), sink: None }
+        Store { inner, bucket: bucket.into(), sink: None, s3: None }
+    }
+
+    /// An S3 store, which can also presign URLs and run multipart uploads step by step.
+    pub fn s3(s3: object_store::aws::AmazonS3, bucket: &str) -> Self {
+        let s3 = Arc::new(s3);
+        Store { inner: s3.clone(), bucket: bucket.into(), sink: None, s3: Some(s3) }
+    }
+
+    /// The S3 client behind this store, if it is one (for presigned URLs and multipart).
+    pub fn s3_client(&self) -> Option<&Arc<object_store::aws::AmazonS3>> {
+        self.s3.as_ref()
     }
 
     /// The same store, announcing every write it makes to `sink` (the embedded pool's

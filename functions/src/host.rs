@@ -1,32 +1,51 @@
-//! The functions host's HTTP side: one hyper server that takes bucket notifications.
+//! The functions host: one hyper server for bucket notifications and the gateway API.
 //!
 //! - `POST /events`: a MinIO webhook body or an SNS delivery ([`crate::webhook`]); the records
 //!   go to [`crate::handle_event`]. Answers 200 when every record was handled, 503 when one
-//!   must be delivered again (so MinIO and SNS retry), 400 for a body of no known shape.
-//!   An SNS `SubscriptionConfirmation` is confirmed by fetching its `SubscribeURL`.
+//!   must be delivered again (so MinIO and SNS retry), 400 for a body of no known shape, 403
+//!   for an SNS delivery that is not from our topic or whose signature does not verify
+//!   ([`crate::sns`]). An SNS `SubscriptionConfirmation` is verified, then confirmed by
+//!   fetching its `SubscribeURL`.
+//! - `/v1/…`: the gateway API ([`crate::gateway`]), when the host has one.
 //! - `GET /healthz`: 200.
-//!
-//! Not yet here (see the event-functions issue): SNS signature verification, the gateway
-//! API, the polling source.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::gateway::Gateway;
+use crate::sns::SnsVerifier;
 use crate::webhook::{self, Delivery};
 use crate::{Ctx, handle_event};
 
+/// What one host serves.
+#[derive(Clone)]
+pub struct Host {
+    pub ctx: Ctx,
+    /// SNS deliveries are refused without one (there would be no way to trust them).
+    pub sns: Option<Arc<SnsVerifier>>,
+    pub gateway: Option<Arc<Gateway>>,
+}
+
+impl Host {
+    /// A host for the webhook alone (MinIO bodies; SNS refused).
+    pub fn webhook(ctx: Ctx) -> Self {
+        Host { ctx, sns: None, gateway: None }
+    }
+}
+
 /// Serves on `listener` until the task is dropped.
-pub async fn serve(ctx: Ctx, listener: tokio::net::TcpListener) {
+pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
-        let ctx = ctx.clone();
+        let host = host.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(ctx.clone(), peer, req));
+            let svc = hyper::service::service_fn(move |req| handle(host.clone(), peer, req));
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
         });
@@ -41,8 +60,29 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
-async fn handle(ctx: Ctx, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    match (req.method(), req.uri().path()) {
+async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/v1/") {
+        let Some(gw) = host.gateway.clone() else {
+            return Ok(reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "this host serves no gateway API"})));
+        };
+        if let Err(e) = gw.precheck(req.headers()) {
+            return Ok(reply(e.0, serde_json::json!({"error": e.1})));
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, crate::gateway::MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return Ok(reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": format!("request body over the gateway's {}-byte limit", crate::gateway::MAX_BODY)}),
+                ));
+            }
+        };
+        let (code, v) = gw.call(peer.ip(), &parts.method, &path, parts.uri.query(), &parts.headers, body).await;
+        return Ok(reply(code, v));
+    }
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => Ok(reply(StatusCode::OK, serde_json::json!({"ok": true}))),
         (&Method::POST, "/events") => {
             let sns_type = req.headers().get("x-amz-sns-message-type").and_then(|v| v.to_str().ok()).map(String::from);
@@ -55,28 +95,43 @@ async fn handle(ctx: Ctx, peer: SocketAddr, req: Request<Incoming>) -> Result<Re
                     ));
                 }
             };
-            Ok(deliver(&ctx, peer, &body, sns_type.as_deref()).await)
+            Ok(deliver(&host, peer, &body, sns_type.as_deref()).await)
         }
         _ => Ok(reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such endpoint"}))),
     }
 }
 
-async fn deliver(ctx: &Ctx, peer: SocketAddr, body: &[u8], sns_type: Option<&str>) -> Response<Full<Bytes>> {
-    match webhook::parse(body, sns_type) {
+async fn deliver(host: &Host, peer: SocketAddr, body: &[u8], sns_type: Option<&str>) -> Response<Full<Bytes>> {
+    let (delivery, envelope) = match webhook::parse_with_envelope(body, sns_type) {
         Err(why) => {
             tracing::warn!(%peer, %why, "refused a notification");
-            reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": why}))
+            return reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": why}));
         }
-        Ok(Delivery::Ignore(why)) => reply(StatusCode::OK, serde_json::json!({"ignored": why})),
-        Ok(Delivery::ConfirmSubscription { topic, subscribe_url }) => match confirm(&subscribe_url).await {
+        Ok(d) => d,
+    };
+    if let Some(env) = &envelope {
+        let Some(sns) = &host.sns else {
+            return reply(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "SNS deliveries are not taken here: set AIC_SNS_TOPICS to the topic's ARN"}),
+            );
+        };
+        if let Err(why) = sns.verify(env).await {
+            tracing::warn!(%peer, %why, "refused an SNS delivery");
+            return reply(StatusCode::FORBIDDEN, serde_json::json!({"error": why}));
+        }
+    }
+    match delivery {
+        Delivery::Ignore(why) => reply(StatusCode::OK, serde_json::json!({"ignored": why})),
+        Delivery::ConfirmSubscription { topic, subscribe_url } => match confirm(&subscribe_url).await {
             Ok(()) => {
                 tracing::info!(%topic, "confirmed the SNS subscription");
                 reply(StatusCode::OK, serde_json::json!({"confirmed": topic}))
             }
             Err(why) => reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": why})),
         },
-        Ok(Delivery::Records(ev)) => {
-            let results = handle_event(ctx, &ev).await;
+        Delivery::Records(ev) => {
+            let results = handle_event(&host.ctx, &ev).await;
             let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
             if failed.is_empty() {
                 reply(StatusCode::OK, serde_json::json!({"handled": results.len()}))

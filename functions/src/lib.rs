@@ -9,14 +9,19 @@
 //!
 //! Events arrive at least once, out of order, duplicated: every handler is idempotent, and
 //! [`handle_record`] routes a record to the handler its key calls for. Transports (the
-//! embedded pool's spool, the webhook host, Lambda) are thin loops around it; [`webhook`]
-//! reads the bodies MinIO and SNS deliver over HTTP.
+//! embedded pool's spool, the webhook [`host`], the [`poll`]er, Lambda) are thin loops around
+//! it; [`webhook`] reads the bodies MinIO and SNS deliver over HTTP, [`sns`] checks SNS
+//! signatures, and [`gateway`] is the API users without pool credentials reach the bucket by.
 //!
 //! No handler runs user code.
 
 pub mod cancel;
+pub mod config;
 pub mod dispatch;
+pub mod gateway;
 pub mod host;
+pub mod poll;
+pub mod sns;
 pub mod validate;
 pub mod webhook;
 

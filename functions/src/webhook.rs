@@ -11,8 +11,8 @@
 //!  "Message":"{\"Records\":[…]}","Timestamp":"…","SignatureVersion":"1","Signature":"…",
 //!  "SigningCertURL":"https://sns…/SimpleNotificationService-….pem"}
 //! ```
-//! Checking an SNS envelope's signature is the host's job (it needs the signing certificate);
-//! this module only reads the shapes.
+//! Checking an SNS envelope's signature is [`crate::sns`]'s job; this module only reads the
+//! shapes, and hands the envelope back for that check.
 
 use aic_schemas::event::S3Event;
 use serde::Deserialize;
@@ -46,6 +46,14 @@ pub struct SnsEnvelope {
     #[serde(rename = "SubscribeURL", default)]
     pub subscribe_url: Option<String>,
     #[serde(default)]
+    pub timestamp: String,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub signature_version: Option<String>,
+    #[serde(default)]
     pub signature: Option<String>,
     #[serde(rename = "SigningCertURL", default)]
     pub signing_cert_url: Option<String>,
@@ -55,18 +63,24 @@ pub struct SnsEnvelope {
 ///
 /// Returns an error with a reason for bodies that are neither shape (the host answers 400).
 pub fn parse(body: &[u8], sns_type: Option<&str>) -> Result<Delivery, String> {
+    parse_with_envelope(body, sns_type).map(|(d, _)| d)
+}
+
+/// Like [`parse`], also returning the SNS envelope (whose signature must be checked) if the
+/// body is one.
+pub fn parse_with_envelope(body: &[u8], sns_type: Option<&str>) -> Result<(Delivery, Option<SnsEnvelope>), String> {
     if body.len() > MAX_BODY {
         return Err(format!("notification of {} bytes is over the {MAX_BODY}-byte limit", body.len()));
     }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let is_sns = sns_type.is_some() || value.get("Type").and_then(|t| t.as_str()).is_some();
     if !is_sns {
-        return records(value);
+        return records(value).map(|d| (d, None));
     }
     let env: SnsEnvelope = serde_json::from_value(value).map_err(|e| format!("not an SNS envelope: {e}"))?;
-    match env.kind.as_str() {
-        "SubscriptionConfirmation" => match env.subscribe_url {
-            Some(url) => Ok(Delivery::ConfirmSubscription { topic: env.topic_arn, subscribe_url: url }),
+    let delivery = match env.kind.as_str() {
+        "SubscriptionConfirmation" => match &env.subscribe_url {
+            Some(url) => Ok(Delivery::ConfirmSubscription { topic: env.topic_arn.clone(), subscribe_url: url.clone() }),
             None => Err("SubscriptionConfirmation without SubscribeURL".into()),
         },
         "Notification" => {
@@ -76,7 +90,8 @@ pub fn parse(body: &[u8], sns_type: Option<&str>) -> Result<Delivery, String> {
         }
         "UnsubscribeConfirmation" => Ok(Delivery::Ignore(format!("unsubscribed from {}", env.topic_arn))),
         other => Err(format!("unknown SNS message type {other:?}")),
-    }
+    }?;
+    Ok((delivery, Some(env)))
 }
 
 fn records(value: serde_json::Value) -> Result<Delivery, String> {

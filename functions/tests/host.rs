@@ -1,7 +1,13 @@
 //! The functions host over real HTTP: MinIO webhook bodies and SNS deliveries drive the
-//! same handlers; an SNS subscription is confirmed; bad bodies are refused.
+//! same handlers; SNS signatures are checked (a real RSA key and certificate made by
+//! openssl, served over HTTP); an SNS subscription is confirmed; bad bodies are refused.
 
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
+
+use aic_functions::host::Host;
+use aic_functions::sns::SnsVerifier;
 
 use aic_core::status;
 use aic_schemas::JobState;
@@ -11,11 +17,72 @@ mod common;
 
 use common::*;
 
-async fn start_host(p: &Pool) -> String {
+const TOPIC: &str = "arn:aws:sns:us-east-1:000000000000:aic-events";
+
+/// A signing key and its self-signed certificate, the certificate served over HTTP.
+struct Signer {
+    _dir: tempfile::TempDir,
+    key: std::path::PathBuf,
+    cert_url: String,
+}
+
+async fn signer() -> Signer {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let cert = dir.path().join("cert.pem");
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sns-test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let pem = std::fs::read(&cert).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(aic_functions::host::serve(p.ctx.clone(), listener));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", pem.len());
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&pem).await;
+        }
+    });
+    Signer { _dir: dir, key, cert_url: format!("http://{addr}/SimpleNotificationService-test.pem") }
+}
+
+/// Signs an SNS envelope as SNS does (SignatureVersion 1: SHA1withRSA over the canonical string).
+fn sign(s: &Signer, mut env: serde_json::Value) -> serde_json::Value {
+    env["SignatureVersion"] = "1".into();
+    env["SigningCertURL"] = s.cert_url.clone().into();
+    let parsed: aic_functions::webhook::SnsEnvelope = serde_json::from_value(env.clone()).unwrap();
+    let text = aic_functions::sns::canonical(&parsed).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("msg");
+    std::fs::write(&msg, text).unwrap();
+    let out = Command::new("openssl").args(["dgst", "-sha1", "-sign"]).arg(&s.key).arg(&msg).output().unwrap();
+    assert!(out.status.success());
+    use base64::Engine;
+    env["Signature"] = base64::engine::general_purpose::STANDARD.encode(out.stdout).into();
+    env
+}
+
+async fn start_host(p: &Pool, cert_origin: Option<&str>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sns = cert_origin.map(|o| Arc::new(SnsVerifier::new(vec![TOPIC.into()], vec![o.to_string()])));
+    tokio::spawn(aic_functions::host::serve(Host { ctx: p.ctx.clone(), sns, gateway: None }, listener));
     format!("http://{addr}")
+}
+
+fn origin(s: &Signer) -> String {
+    let u = url::Url::parse(&s.cert_url).unwrap();
+    format!("http://{}:{}/", u.host_str().unwrap(), u.port().unwrap())
 }
 
 fn minio_body(p: &Pool, key: &str) -> String {
@@ -27,20 +94,23 @@ fn minio_body(p: &Pool, key: &str) -> String {
     v.to_string()
 }
 
-fn sns_body(p: &Pool, key: &str) -> String {
+fn sns_body(p: &Pool, s: &Signer, key: &str) -> String {
     let message = serde_json::to_string(&S3Event { records: vec![event(&p.store, key)] }).unwrap();
-    serde_json::json!({
-        "Type": "Notification", "MessageId": "m-1", "TopicArn": "arn:aws:sns:us-east-1:000000000000:aic-events",
-        "Message": message, "Timestamp": "2026-11-25T12:00:00.000Z", "SignatureVersion": "1",
-        "Signature": "c2ln", "SigningCertURL": "http://localhost/cert.pem"
-    })
+    sign(
+        s,
+        serde_json::json!({
+            "Type": "Notification", "MessageId": "m-1", "TopicArn": TOPIC,
+            "Message": message, "Timestamp": "2026-11-25T12:00:00.000Z",
+        }),
+    )
     .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minio_and_sns_deliveries_run_the_functions() {
     let p = pool(2, "exit 0");
-    let url = start_host(&p).await;
+    let s = signer().await;
+    let url = start_host(&p, Some(&origin(&s))).await;
     let http = reqwest::Client::new();
     let job = put_request(&p.store, &request(1).await).await;
 
@@ -53,7 +123,7 @@ async fn minio_and_sns_deliveries_run_the_functions() {
     let r = http
         .post(format!("{url}/events"))
         .header("x-amz-sns-message-type", "Notification")
-        .body(sns_body(&p, &job.manifest()))
+        .body(sns_body(&p, &s, &job.manifest()))
         .send()
         .await
         .unwrap();
@@ -61,7 +131,7 @@ async fn minio_and_sns_deliveries_run_the_functions() {
     let st = status::current(&p.store, &job).await.unwrap().unwrap().state;
     assert!(matches!(st, JobState::Scheduled | JobState::Running), "{st}");
     // The same delivery again changes nothing.
-    let r = http.post(format!("{url}/events")).body(sns_body(&p, &job.manifest())).send().await.unwrap();
+    let r = http.post(format!("{url}/events")).body(sns_body(&p, &s, &job.manifest())).send().await.unwrap();
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(std::fs::read_to_string(&p.starts).unwrap().lines().count(), 1, "one allocation, not two");
@@ -70,7 +140,8 @@ async fn minio_and_sns_deliveries_run_the_functions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sns_subscription_is_confirmed_and_bad_bodies_refused() {
     let p = pool(1, "exit 0");
-    let url = start_host(&p).await;
+    let s = signer().await;
+    let url = start_host(&p, Some(&origin(&s))).await;
     // A stand-in SNS endpoint that records the confirmation request.
     let sns = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sns_addr = sns.local_addr().unwrap();
@@ -82,11 +153,14 @@ async fn an_sns_subscription_is_confirmed_and_bad_bodies_refused() {
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
         String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string()
     });
-    let body = serde_json::json!({
-        "Type": "SubscriptionConfirmation", "TopicArn": "arn:aws:sns:us-east-1:000000000000:aic-events",
-        "Message": "You have chosen to subscribe", "Token": "tok",
-        "SubscribeURL": format!("http://{sns_addr}/?Action=ConfirmSubscription&Token=tok")
-    });
+    let body = sign(
+        &s,
+        serde_json::json!({
+            "Type": "SubscriptionConfirmation", "TopicArn": TOPIC, "MessageId": "c-1", "Timestamp": "2026-11-25T12:00:00.000Z",
+            "Message": "You have chosen to subscribe", "Token": "tok",
+            "SubscribeURL": format!("http://{sns_addr}/?Action=ConfirmSubscription&Token=tok")
+        }),
+    );
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{url}/events"))
@@ -102,4 +176,55 @@ async fn an_sns_subscription_is_confirmed_and_bad_bodies_refused() {
     assert_eq!(r.status(), 400);
     let r = http.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_and_foreign_sns_deliveries_are_refused() {
+    let p = pool(1, "exit 0");
+    let s = signer().await;
+    let url = start_host(&p, Some(&origin(&s))).await;
+    let http = reqwest::Client::new();
+    let job = put_request(&p.store, &request(1).await).await;
+    let post = |body: String| {
+        http.post(format!("{url}/events")).header("x-amz-sns-message-type", "Notification").body(body).send()
+    };
+
+    // Tampered: signed for manifest.json, Message changed to request.json.
+    let mut env: serde_json::Value = serde_json::from_str(&sns_body(&p, &s, &job.manifest())).unwrap();
+    env["Message"] = serde_json::to_string(&S3Event { records: vec![event(&p.store, &job.request())] }).unwrap().into();
+    let r = post(env.to_string()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("does not verify"));
+
+    // Signed by someone else's key (a second certificate on an allowed origin is not enough
+    // when the URL names ours: here the URL is ours, the key theirs).
+    let other = signer().await;
+    let mut forged: serde_json::Value = serde_json::from_str(&sns_body(&p, &other, &job.request())).unwrap();
+    forged["SigningCertURL"] = s.cert_url.clone().into();
+    assert_eq!(post(forged.to_string()).await.unwrap().status(), 403);
+
+    // A certificate from an origin that is not allowed.
+    let r = post(sns_body(&p, &other, &job.request())).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("not an allowed certificate origin"));
+
+    // Another topic, however well signed.
+    let mut foreign: serde_json::Value = serde_json::from_str(&sns_body(&p, &s, &job.request())).unwrap();
+    foreign["TopicArn"] = "arn:aws:sns:us-east-1:999999999999:theirs".into();
+    let foreign = sign(&s, foreign);
+    let r = post(foreign.to_string()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("not one this host serves"));
+
+    // None of it ran validate.
+    assert!(aic_core::status::current(&p.store, &job).await.unwrap().is_none());
+    // The genuine delivery does.
+    assert_eq!(post(sns_body(&p, &s, &job.request())).await.unwrap().status(), 200);
+    assert_eq!(aic_core::status::current(&p.store, &job).await.unwrap().unwrap().state, JobState::Paid);
+
+    // A host with no SNS topics configured refuses SNS outright, saying what to set.
+    let bare = start_host(&p, None).await;
+    let r = http.post(format!("{bare}/events")).body(sns_body(&p, &s, &job.request())).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("AIC_SNS_TOPICS"));
 }

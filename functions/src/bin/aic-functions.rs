@@ -1,0 +1,93 @@
+//! `aic-functions`: the functions host of a pool (webhook + gateway API + optional poller).
+//!
+//! ```text
+//! aic-functions serve --listen 0.0.0.0:8080 [--poll-ms 1000]
+//! ```
+//! Configuration is read from the environment (see `aic_functions::config`). It prints
+//! `listening on http://ADDR` once it accepts connections, and stops its simulated miners'
+//! workers on SIGINT/SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aic_functions::gateway::Gateway;
+use aic_functions::host::{Host, serve};
+use aic_functions::poll::{Inbox, Poller};
+use aic_functions::sns::SnsVerifier;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "aic-functions", version, about = "The aic functions host: bucket notifications, gateway API, poller")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the webhook (/events), the gateway API (/v1, with AIC_GATEWAY_SECRET) and /healthz.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Also poll the gateway's inbox every this many milliseconds (for stores that cannot
+        /// push notifications).
+        #[arg(long)]
+        poll_ms: Option<u64>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("aic-functions: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cmd::Serve { listen, poll_ms } = cli.cmd;
+    let built = aic_functions::config::build()?;
+    let inbox = poll_ms.map(|_| Inbox::new(built.ctx.store.clone()));
+    let gateway = aic_functions::config::gateway(&built)?
+        .map(|cfg| Arc::new(Gateway::new(cfg, built.ctx.clone(), inbox.clone())));
+    if poll_ms.is_some() && gateway.is_none() {
+        anyhow::bail!("--poll-ms needs the gateway (set AIC_GATEWAY_SECRET): the poller reads the gateway's inbox");
+    }
+    let host = Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway };
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let server = tokio::spawn(serve(host, listener));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let poller = match poll_ms {
+        Some(ms) => {
+            let p = Poller::load(built.ctx.clone()).await?;
+            Some(tokio::spawn(p.run(Duration::from_millis(ms.max(50)), async {
+                let _ = stop_rx.await;
+            })))
+        }
+        None => None,
+    };
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("aic-functions: stopping");
+    let _ = stop_tx.send(());
+    if let Some(p) = poller {
+        let _ = p.await;
+    }
+    server.abort();
+    if let Some(local) = &built.local {
+        local.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Everything a functions process needs, from its environment: the store, the chain, the
+//! scheduler, the gateway's key, the SNS topics.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `AIC_STORE`, `AIC_S3_ENDPOINT`, `AWS_*` | the bucket (`s3://NAME`) |
+//! | `AIC_RPC_URL`, `AIC_TOKEN`, `AIC_TREASURY`, `AIC_CHAIN_ID`, `AIC_PRICE`, `AIC_CONFIRMATIONS` | the chain payments are checked on |
+//! | `AIC_FREE_POOL=1` | charge nothing, check no payment (a private pool) |
+//! | `AIC_SCHEDULER` | `local` (simulated miners on this machine; the default) |
+//! | `AIC_POOL_MINERS`, `AIC_POOL_GPUS`, `AIC_WORKER_BIN`, `AIC_WORK_DIR` | the local scheduler |
+//! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
+//! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
+//! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aic_chain::{ChainConfig, ChainPayments, Eip712Auth};
+use aic_core::StoreConfig;
+use aic_core::pricing::Pricing;
+use aic_core::scheduler::Scheduler;
+use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
+use anyhow::{Context, anyhow, bail};
+
+use crate::gateway::GatewayConfig;
+use crate::{Ctx, FreePool};
+
+fn var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+fn num(k: &str, default: u32) -> anyhow::Result<u32> {
+    match var(k) {
+        Some(v) => v.parse().map_err(|_| anyhow!("{k}={v:?} is not a whole number")),
+        None => Ok(default),
+    }
+}
+
+/// The pieces of a functions process.
+pub struct Built {
+    pub ctx: Ctx,
+    pub store_config: StoreConfig,
+    pub chain: Option<ChainConfig>,
+    /// The chain id requests are signed for.
+    pub chain_id: u64,
+    /// The local scheduler, when that is the one in use (to stop its workers on exit).
+    pub local: Option<LocalScheduler>,
+}
+
+pub fn build() -> anyhow::Result<Built> {
+    let url = var("AIC_STORE").ok_or_else(|| anyhow!("AIC_STORE is not set: name the bucket, e.g. s3://aic"))?;
+    let store_config = StoreConfig::parse(&url)?;
+    let store = store_config.open()?;
+    let (chain, auth_chain_id, payments, pricing): (
+        Option<ChainConfig>,
+        u64,
+        Arc<dyn crate::PaymentVerifier>,
+        Pricing,
+    ) = if var("AIC_FREE_POOL").is_some_and(|v| v == "1") {
+        let id = match var("AIC_CHAIN_ID") {
+            Some(v) => v.parse().map_err(|_| anyhow!("AIC_CHAIN_ID={v:?} is not a whole number"))?,
+            None => 31337,
+        };
+        (None, id, Arc::new(FreePool), Pricing::free())
+    } else {
+        let path = var("AIC_CHAIN_FILE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/nonexistent"));
+        let c = ChainConfig::load(&path)?.ok_or_else(|| {
+            anyhow!("no chain configured: set AIC_RPC_URL, AIC_TOKEN and AIC_TREASURY (or AIC_FREE_POOL=1)")
+        })?;
+        let payments = Arc::new(ChainPayments::new(c.clone(), store.clone())?);
+        (Some(c.clone()), c.chain_id, payments, c.pricing())
+    };
+    let (scheduler, local): (Arc<dyn Scheduler>, Option<LocalScheduler>) =
+        match var("AIC_SCHEDULER").as_deref().unwrap_or("local") {
+            "local" => {
+                let home =
+                    var("AIC_WORK_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("aic-work"));
+                let worker_bin = var("AIC_WORKER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+                    std::env::current_exe()
+                        .ok()
+                        .map(|me| me.with_file_name("aic-worker"))
+                        .filter(|p| p.exists())
+                        .unwrap_or_else(|| PathBuf::from("aic-worker"))
+                });
+                let cfg = LocalConfig {
+                    miners: num("AIC_POOL_MINERS", 2)?,
+                    gpus_per_miner: num("AIC_POOL_GPUS", 1)?,
+                    gateway: "local".into(),
+                    worker_bin,
+                    work_root: home,
+                    worker_env: store_config.env(),
+                };
+                let s = LocalScheduler::new(cfg, store.clone());
+                (Arc::new(s.clone()), Some(s))
+            }
+            other => bail!("AIC_SCHEDULER={other:?} is not known here: use local"),
+        };
+    let ctx = Ctx { store, scheduler, auth: Arc::new(Eip712Auth { chain_id: auth_chain_id }), payments, pricing };
+    Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id, local })
+}
+
+/// The gateway's settings, or `None` when `AIC_GATEWAY_SECRET` is not set.
+pub fn gateway(built: &Built) -> anyhow::Result<Option<GatewayConfig>> {
+    let Some(secret) = var("AIC_GATEWAY_SECRET") else { return Ok(None) };
+    let secret = hex::decode(secret.trim_start_matches("0x")).context("AIC_GATEWAY_SECRET must be hex")?;
+    if secret.len() < 16 {
+        bail!("AIC_GATEWAY_SECRET must be at least 16 bytes (32 hex digits); make one with `openssl rand -hex 32`");
+    }
+    let domain = var("AIC_GATEWAY_DOMAIN").unwrap_or_else(|| "aic-pool".into());
+    let chain_id = built.chain_id;
+    let mut cfg = GatewayConfig::new(secret, &domain, chain_id);
+    if let Some(c) = &built.chain {
+        cfg.chain_info = serde_json::to_value(c)?;
+    }
+    Ok(Some(cfg))
+}
