@@ -18,8 +18,9 @@
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
-//! URL signs `If-None-Match: *`, so it cannot overwrite). Sizes are signed into PUT URLs
-//! (`Content-Length`). Manifests, status and outputs are written by the pool alone.
+//! URL signs `If-None-Match: *`, so it cannot overwrite). A PUT URL is bound to the content's
+//! SHA-256 (`x-amz-checksum-sha256`, checked by S3), and the declared size must be within the
+//! limits. Manifests, status and outputs are written by the pool alone.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,6 +32,7 @@ use aic_core::layout::{JobKey, KeyKind, classify};
 use aic_core::status::{self, Advanced, Transition};
 use aic_schemas::validate::MAX_DOC_BYTES;
 use aic_schemas::{Address, JobId, JobState};
+use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -108,7 +110,7 @@ fn bad(why: impl Into<String>) -> ApiError {
 
 fn store_err(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "gateway store call failed");
-    err(StatusCode::SERVICE_UNAVAILABLE, "the pool's storage did not answer; try again")
+    err(StatusCode::SERVICE_UNAVAILABLE, format!("the pool's storage did not answer ({e}); try again"))
 }
 
 #[derive(Deserialize)]
@@ -128,6 +130,10 @@ struct SignItem {
     key: String,
     #[serde(default)]
     size: Option<u64>,
+    /// SHA-256 of the content, hex: PUT URLs are bound to it (S3 checks
+    /// `x-amz-checksum-sha256`), so a URL writes that content and nothing else.
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -369,8 +375,18 @@ impl Gateway {
                             format!("{}: a request is at most {MAX_DOC_BYTES} bytes", item.key),
                         ));
                     }
-                    opts = opts.with_signed_header(header::CONTENT_LENGTH, HeaderValue::from(size));
-                    send.insert("content-length".into(), json!(size.to_string()));
+                    let sum = item
+                        .sha256
+                        .as_deref()
+                        .and_then(|h| hex::decode(h).ok())
+                        .filter(|b| b.len() == 32)
+                        .ok_or_else(|| bad(format!("{}: PUT needs the content's SHA-256 (64 hex digits)", item.key)))?;
+                    let sum = base64::engine::general_purpose::STANDARD.encode(sum);
+                    opts = opts.with_signed_header(
+                        http::HeaderName::from_static("x-amz-checksum-sha256"),
+                        HeaderValue::from_str(&sum).expect("base64 is a valid header"),
+                    );
+                    send.insert("x-amz-checksum-sha256".into(), json!(sum));
                     if access == Access::CreateOnly {
                         opts = opts.with_signed_header(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
                         send.insert("if-none-match".into(), json!("*"));

@@ -161,6 +161,8 @@ impl LocalStack {
             .env("OVERRIDE_IN_DOCKER", "0")
             .env("FILESYSTEM_ROOT", &dir)
             .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            // URLs LocalStack hands out (SNS SubscribeURL, SigningCertURL) point here.
+            .env("LOCALSTACK_HOST", format!("127.0.0.1:{port}"))
             .env("GATEWAY_SERVER", "hypercorn")
             .env("SERVICES", "s3,sns,sqs")
             // Check signatures: presigned-URL and credential tests mean nothing otherwise.
@@ -340,6 +342,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .env("PATH", path_with(&py))
         .env("AIC_TEST_S3_ENDPOINT", &ls.endpoint)
         .env("AIC_TEST_S3_BUCKET", "aic-test")
+        .env("AIC_LOCALSTACK_PYTHON", tools().join("localstack-venv/bin/python"))
         .env("AIC_ANVIL", anvil())
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

@@ -29,6 +29,11 @@ pub struct Pool {
 pub fn pool(miners: u32, worker_body: &str) -> Pool {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
+    pool_on(dir, store, miners, worker_body)
+}
+
+/// The same on a given store (e.g. a LocalStack bucket).
+pub fn pool_on(dir: tempfile::TempDir, store: Store, miners: u32, worker_body: &str) -> Pool {
     let starts = dir.path().join("starts.txt");
     let worker = dir.path().join("fake-worker.sh");
     std::fs::write(
@@ -87,4 +92,56 @@ pub async fn put_request(store: &Store, req: &JobRequest) -> JobKey {
 
 pub fn event(store: &Store, key: &str) -> S3EventRecord {
     S3EventRecord::object_created(store.bucket(), key, 100)
+}
+
+/// LocalStack's endpoint (the suite runs under `cargo xtask test`, which starts it).
+pub fn localstack() -> String {
+    std::env::var("AIC_TEST_S3_ENDPOINT")
+        .expect("AIC_TEST_S3_ENDPOINT is not set: run the suite with `cargo xtask test`, which starts LocalStack")
+}
+
+/// The LocalStack venv's python (boto3), for the wiring script.
+pub fn localstack_python() -> String {
+    std::env::var("AIC_LOCALSTACK_PYTHON").unwrap_or_else(|_| {
+        format!("{}/.cache/aic-tools/localstack-venv/bin/python", std::env::var("HOME").unwrap_or_default())
+    })
+}
+
+/// A fresh bucket on LocalStack, and a store on it.
+pub fn fresh_bucket(tag: &str) -> (String, Store) {
+    let endpoint = localstack();
+    let bucket = format!("aic-{tag}-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let ok = std::process::Command::new(localstack_python())
+        .args(["-c", &format!(
+            "import boto3; boto3.client('s3', endpoint_url='{endpoint}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')"
+        )])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "creating bucket {bucket}");
+    (bucket.clone(), s3_store(&bucket))
+}
+
+pub fn s3_store(bucket: &str) -> Store {
+    StoreConfig::S3 {
+        bucket: bucket.into(),
+        endpoint: Some(localstack()),
+        region: "us-east-1".into(),
+        access_key: Some("test".into()),
+        secret_key: Some("test".into()),
+    }
+    .open()
+    .unwrap()
+}
+
+/// Waits until `f` holds, up to `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
