@@ -375,12 +375,10 @@ impl Gateway {
                             format!("{}: a request is at most {MAX_DOC_BYTES} bytes", item.key),
                         ));
                     }
-                    let sum = item
-                        .sha256
-                        .as_deref()
-                        .and_then(|h| hex::decode(h).ok())
-                        .filter(|b| b.len() == 32)
-                        .ok_or_else(|| bad(format!("{}: PUT needs the content's SHA-256 (64 hex digits)", item.key)))?;
+                    let sum =
+                        item.sha256.as_deref().and_then(|h| hex::decode(h).ok()).filter(|b| b.len() == 32).ok_or_else(
+                            || bad(format!("{}: PUT needs the content's SHA-256 (64 hex digits)", item.key)),
+                        )?;
                     let sum = base64::engine::general_purpose::STANDARD.encode(sum);
                     opts = opts.with_signed_header(
                         http::HeaderName::from_static("x-amz-checksum-sha256"),

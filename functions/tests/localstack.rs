@@ -149,7 +149,12 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
     assert_eq!(r.status(), 403);
     // Nor can B tamper with one of B's own URLs to reach A's key: the signature covers the path.
     let key_b = format!("users/{b}/data/set.csv");
-    let (_, v) = sign(&url, &tb, json!([{"method": "GET", "key": key_b}, {"method": "PUT", "key": key_b, "size": 3, "sha256": sha(b"bad")}])).await;
+    let (_, v) = sign(
+        &url,
+        &tb,
+        json!([{"method": "GET", "key": key_b}, {"method": "PUT", "key": key_b, "size": 3, "sha256": sha(b"bad")}]),
+    )
+    .await;
     let mut get = v["urls"][0].clone();
     get["url"] = get["url"].as_str().unwrap().replace(&key_b, &key_a).into();
     assert_eq!(use_url(&get, vec![]).await.status(), 403, "tampered GET must fail the signature check");
@@ -165,7 +170,12 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
     // Users write data, code and requests only: not manifests, status or outputs.
     let job = aic_schemas::JobId::generate();
     for k in ["manifest.json", "status/00000001.json", "output/model.npz"] {
-        let (code, _) = sign(&url, &ta, json!([{"method": "PUT", "key": format!("users/{a}/jobs/{job}/{k}"), "size": 2, "sha256": sha(b"{}")}])).await;
+        let (code, _) = sign(
+            &url,
+            &ta,
+            json!([{"method": "PUT", "key": format!("users/{a}/jobs/{job}/{k}"), "size": 2, "sha256": sha(b"{}")}]),
+        )
+        .await;
         assert_eq!(code, 403, "{k}");
     }
     // request.json is create-only: the URL signs If-None-Match, so a second PUT is refused.
@@ -219,7 +229,8 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
         Err(e) => assert!(e.is_request() || e.is_body(), "{e}"), // the server may close before all of it is sent
     }
     // A PUT bigger than one upload may be is refused with what to do.
-    let (code, v) = sign(&url, &ta, json!([{"method": "PUT", "key": key_a, "size": 6u64 << 30, "sha256": sha(b"")}])).await;
+    let (code, v) =
+        sign(&url, &ta, json!([{"method": "PUT", "key": key_a, "size": 6u64 << 30, "sha256": sha(b"")}])).await;
     assert_eq!(code, 413);
     assert!(v["error"].as_str().unwrap().contains("multipart"));
 
@@ -252,7 +263,9 @@ async fn the_poller_runs_requests_uploaded_through_gateway_urls() {
     assert_eq!(req.owner.to_string(), a);
     let job = JobKey::new(req.owner, req.job_id.clone());
     let body = serde_json::to_vec(&req).unwrap();
-    let (_, v) = sign(&url, &t, json!([{"method": "PUT", "key": job.request(), "size": body.len(), "sha256": sha(&body)}])).await;
+    let (_, v) =
+        sign(&url, &t, json!([{"method": "PUT", "key": job.request(), "size": body.len(), "sha256": sha(&body)}]))
+            .await;
 
     let mut poller = Poller::load(p.ctx.clone()).await.unwrap();
     let r = poller.poll().await.unwrap();
@@ -270,4 +283,101 @@ async fn the_poller_runs_requests_uploaded_through_gateway_urls() {
     assert_eq!((r.new_entries, r.handled, r.waiting), (0, 0, 0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(starts(&p), 1);
+}
+
+/// A deterministic shuffle (xorshift), so a failure can be replayed.
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Posts MinIO webhook bodies, 16 at a time, each until the host takes it (as MinIO retries).
+async fn deliver(url: &str, bucket: &str, keys: Vec<String>) {
+    use futures::StreamExt;
+    let http = reqwest::Client::new();
+    futures::stream::iter(keys)
+        .for_each_concurrent(16, |key| {
+            let http = http.clone();
+            async move {
+                let rec = aic_schemas::event::S3EventRecord::object_created(bucket, &key, 100);
+                let body =
+                    json!({"EventName": "s3:ObjectCreated:Put", "Key": format!("{bucket}/{key}"), "Records": [rec]});
+                for _ in 0..100 {
+                    let r = http.post(format!("{url}/events")).json(&body).send().await.unwrap();
+                    if r.status() == 200 {
+                        return;
+                    }
+                    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("{key}: never taken");
+            }
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
+    use aic_chain::devchain::{self, dev_key};
+    use alloy::network::EthereumWallet;
+    use alloy::primitives::U256;
+    use alloy::providers::{Provider, ProviderBuilder};
+    const JOBS: usize = 200;
+
+    let (bucket, store) = fresh_bucket("storm");
+    let dir = tempfile::tempdir().unwrap();
+    let chain = devchain::start(&dir.path().join("state.json"), &dir.path().join("chain.json"), 10u128.pow(18), 1)
+        .await
+        .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
+    let mut p = pool_on(dir, store.clone(), 4, "exit 0");
+    p.ctx.auth = Arc::new(aic_chain::Eip712Auth { chain_id: chain.config.chain_id });
+    p.ctx.payments = Arc::new(aic_chain::ChainPayments::new(chain.config.clone(), store.clone()).unwrap());
+    p.ctx.pricing = chain.config.pricing();
+    let url = start(Host { ctx: p.ctx.clone(), sns: None, gateway: None }).await;
+
+    // 200 requests by dev account 1, each paid by its own transfer to the treasury.
+    let wallet = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(dev_key(1)))
+        .connect_http(chain.anvil.endpoint_url())
+        .erased();
+    let mut jobs = Vec::with_capacity(JOBS);
+    for _ in 0..JOBS {
+        let mut req = unsigned(1);
+        req.max_hours = 0.01;
+        let tx = aic_chain::token::pay(&wallet, chain.config.token, chain.config.treasury, U256::from(10u128.pow(16)))
+            .await
+            .unwrap();
+        req.payment = Some(aic_schemas::PaymentRef { chain_id: chain.config.chain_id, tx: format!("{tx:#x}") });
+        jobs.push(put_request(&store, &signed(req).await).await);
+    }
+
+    // Every request event three times, shuffled, concurrently; then every manifest event so.
+    let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.request(), 3)).collect();
+    shuffle(&mut keys, 11);
+    deliver(&url, &bucket, keys).await;
+    let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.manifest(), 3)).collect();
+    shuffle(&mut keys, 13);
+    deliver(&url, &bucket, keys).await;
+
+    // Exactly one manifest, one payment claim and one allocation per job; none lost.
+    let manifests =
+        store.list("users/").await.unwrap().iter().filter(|m| m.location.as_ref().ends_with("/manifest.json")).count();
+    assert_eq!(manifests, JOBS);
+    let claims = store.list(&format!("pool/payments/{}/", chain.config.chain_id)).await.unwrap().len();
+    assert_eq!(claims, JOBS);
+    eventually(60, "every job's allocation to start", || async { starts(&p) >= JOBS }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = std::fs::read_to_string(&p.starts).unwrap();
+    let mut started: Vec<&str> = lines.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    started.sort();
+    started.dedup();
+    assert_eq!((started.len(), lines.lines().count()), (JOBS, JOBS), "one start per job");
+    for j in &jobs {
+        let st = status::current(&store, j).await.unwrap().unwrap().state;
+        assert!(!matches!(st, JobState::Submitted | JobState::Rejected | JobState::Failed), "{}: {st}", j.job);
+    }
 }
