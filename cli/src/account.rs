@@ -10,6 +10,11 @@ use crate::identity::{self, Source};
 
 pub async fn login(env: &Env, a: LoginArgs) -> anyhow::Result<()> {
     let chain_id = env.chain().map(|c| c.chain_id).unwrap_or(31337);
+    if a.browser && env.gateway.is_some() {
+        bail!(
+            "signing in to a gateway with a browser wallet is not supported yet: use --keystore, --key-file or --env-key"
+        );
+    }
     if a.browser {
         return match crate::browser::run(env.home.clone(), crate::browser::Task::Login { chain_id }).await? {
             crate::browser::Done::LoggedIn(s) => {
@@ -35,6 +40,9 @@ pub async fn login(env: &Env, a: LoginArgs) -> anyhow::Result<()> {
             "say how to sign: --browser (Metamask), --key-file F, --keystore F, --env-key (AIC_PRIVATE_KEY) or --dev N"
         );
     };
+    if let Some(gw) = &env.gateway {
+        return login_gateway(env, gw, source).await;
+    }
     let s = identity::login_with_key(&env.home, source, chain_id).await?;
     eprintln!(
         "signed in as {} (Sign-In with Ethereum, chain {chain_id}) until {}",
@@ -45,6 +53,7 @@ pub async fn login(env: &Env, a: LoginArgs) -> anyhow::Result<()> {
 }
 
 pub fn logout(env: &Env) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(crate::remote::session_path(&env.home));
     if identity::logout(&env.home)? {
         eprintln!("signed out");
     } else {
@@ -91,6 +100,58 @@ pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64) -> anyhow::Result<()
         if gpus == 1 { "" } else { "s" },
         format_aic(price),
         format_aic(total)
+    );
+    Ok(())
+}
+
+/// Pool mode: SIWE with the gateway (its domain, chain and nonce), keeping its token, the
+/// pool's chain, and the identity for signing requests and payments.
+async fn login_gateway(env: &Env, url: &str, source: Source) -> anyhow::Result<()> {
+    use alloy::signers::Signer as _;
+    let signer = source.signer()?.ok_or_else(|| anyhow!("a browser wallet cannot sign in to a gateway yet"))?;
+    let gw = crate::remote::Gateway::new(url, None);
+    let info = gw.call(reqwest::Method::GET, "info", None).await?;
+    let nonce = gw.call(reqwest::Method::GET, "nonce", None).await?;
+    let domain =
+        info["domain"].as_str().ok_or_else(|| anyhow!("{url} is not an aic gateway (no domain in /v1/info)"))?;
+    let chain_id = info["chain_id"].as_u64().ok_or_else(|| anyhow!("{url} named no chain id"))?;
+    let mut msg =
+        aic_chain::siwe::SiweMessage::new(domain, url, signer.address(), chain_id, chrono::Duration::hours(12));
+    msg.nonce = nonce["nonce"].as_str().ok_or_else(|| anyhow!("{url} gave no nonce"))?.to_string();
+    let sig = signer.sign_message(msg.to_string().as_bytes()).await?;
+    let sig = format!("0x{}", alloy::hex::encode(sig.as_bytes()));
+    let v = gw
+        .call(reqwest::Method::POST, "session", Some(serde_json::json!({"message": msg.to_string(), "signature": sig})))
+        .await?;
+    let session = crate::remote::GatewaySession {
+        gateway: url.to_string(),
+        address: aic_chain::from_alloy(signer.address()),
+        token: v["token"].as_str().ok_or_else(|| anyhow!("{url} gave no session token"))?.to_string(),
+        expires_at: serde_json::from_value(v["expires_at"].clone())?,
+        bucket: info["bucket"].as_str().unwrap_or("aic").to_string(),
+        chain: info["chain"].clone(),
+    };
+    crate::remote::save_session(&env.home, &session)?;
+    let chain_file = env.home.join("gateway-chain.json");
+    if session.chain.is_null() {
+        let _ = std::fs::remove_file(&chain_file);
+    } else {
+        std::fs::write(&chain_file, serde_json::to_vec_pretty(&session.chain)?)?;
+    }
+    identity::save_session(
+        &env.home,
+        &identity::Session {
+            address: session.address,
+            source,
+            siwe_message: msg.to_string(),
+            siwe_signature: sig,
+            expires: session.expires_at,
+        },
+    )?;
+    eprintln!(
+        "signed in to {url} as {} (chain {chain_id}) until {}",
+        session.address,
+        session.expires_at.format("%Y-%m-%d %H:%M UTC")
     );
     Ok(())
 }

@@ -3,6 +3,10 @@
 //! `AIC_HOME` (default `~/.aic`) holds the embedded pool: `store/` (the bucket, unless
 //! `AIC_STORE` names another), `events/` (bucket notifications), `work/` (the simulated
 //! miners' folders) and `pool.lock`.
+//!
+//! With `AIC_GATEWAY` set, `aic` works in pool mode: the store is the pool's bucket reached
+//! through the gateway ([`crate::remote`]), with the session `aic login` made
+//! (`gateway.json`); nothing is hosted here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +26,9 @@ pub struct Env {
     /// Who acts: the logged-in wallet, `AIC_PRIVATE_KEY`'s, or the dev account.
     pub owner: Address,
     pub source: Source,
+    /// Pool mode: the gateway's URL, and the session with it if signed in.
+    pub gateway: Option<String>,
+    pub gateway_session: Option<crate::remote::GatewaySession>,
 }
 
 impl Env {
@@ -38,13 +45,38 @@ impl Env {
             _ => StoreConfig::Local { root: home.join("store") },
         };
         let spool = Spool::new(home.join("events")).context("creating the event spool")?;
-        let store = store_config.open()?.with_events(Arc::new(spool.clone()));
-        let (owner, source) = crate::identity::current(&home)?;
-        Ok(Env { home, store_config, store, spool, owner, source })
+        let (mut owner, source) = crate::identity::current(&home)?;
+        let gateway =
+            std::env::var("AIC_GATEWAY").ok().filter(|g| !g.is_empty()).map(|g| g.trim_end_matches('/').to_string());
+        let (store, gateway_session) = match &gateway {
+            Some(url) => {
+                let session = crate::remote::load_session(&home, url)?;
+                let gw = crate::remote::Gateway::new(url, session.as_ref().map(|s| s.token.clone()));
+                let bucket = session.as_ref().map(|s| s.bucket.clone()).unwrap_or_else(|| "gateway".into());
+                if let Some(s) = &session {
+                    owner = s.address;
+                }
+                (Store::new(Arc::new(crate::remote::GatewayStore::new(gw)), &bucket), session)
+            }
+            None => (store_config.open()?.with_events(Arc::new(spool.clone())), None),
+        };
+        Ok(Env { home, store_config, store, spool, owner, source, gateway, gateway_session })
+    }
+
+    /// The gateway client (pool mode), signed in or not.
+    pub fn gateway_client(&self) -> Option<crate::remote::Gateway> {
+        self.gateway
+            .as_ref()
+            .map(|g| crate::remote::Gateway::new(g, self.gateway_session.as_ref().map(|s| s.token.clone())))
     }
 
     /// The pool's chain settings (written by the pool host, or from `AIC_RPC_URL` & co.).
     pub fn chain(&self) -> anyhow::Result<aic_chain::ChainConfig> {
+        if let Some(g) = &self.gateway {
+            return aic_chain::ChainConfig::load(&self.home.join("gateway-chain.json"))?.ok_or_else(|| {
+                anyhow!("the pool at {g} has not told its chain yet: run `aic login` (or it charges nothing)")
+            });
+        }
         aic_chain::ChainConfig::load(&self.home.join("chain.json"))?
             .ok_or_else(|| anyhow!("the pool's chain is not known yet: start the pool with `aic dev up` (or set AIC_RPC_URL, AIC_TOKEN, AIC_TREASURY)"))
     }

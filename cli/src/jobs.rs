@@ -406,6 +406,15 @@ pub async fn results_get(env: &Env, s: &str, dir: Option<PathBuf>) -> anyhow::Re
 
 pub async fn cancel(env: &Env, s: &str) -> anyhow::Result<()> {
     let job = resolve(env, s).await?;
+    if let Some(gw) = env.gateway_client() {
+        let v = gw.call(reqwest::Method::POST, &format!("jobs/{}/cancel", job.job), None).await?;
+        if v["already"].as_bool() == Some(true) {
+            eprintln!("job {} was already cancelled", job.job);
+        } else {
+            eprintln!("job {} cancelled; its allocations are stopping", job.job);
+        }
+        return Ok(());
+    }
     let t = Transition::new(JobState::Cancelled, "cli").reason("cancelled by its owner");
     match status::advance(&env.store, &job, t).await? {
         Advanced::Applied(_) => eprintln!("job {} cancelled; its allocations are stopping", job.job),

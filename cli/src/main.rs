@@ -9,6 +9,7 @@ mod identity;
 mod jobs;
 mod pool;
 mod progress;
+mod remote;
 mod watch;
 
 use std::path::PathBuf;
@@ -198,7 +199,18 @@ async fn main() {
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
     let env = env::Env::load()?;
+    if let Some(gw) = &env.gateway
+        && env.gateway_session.is_none()
+        && !matches!(cmd, Cmd::Login(_) | Cmd::Logout | Cmd::Quote { .. } | Cmd::Dev(_))
+    {
+        anyhow::bail!("not signed in to the pool at {gw}: run `aic login --keystore F` (or --key-file F, --env-key)");
+    }
     match cmd {
+        Cmd::Dev(DevCmd::Up { .. }) if env.gateway.is_some() => {
+            anyhow::bail!(
+                "AIC_GATEWAY is set: the pool runs behind that gateway; unset it to host the embedded pool here"
+            )
+        }
         Cmd::Dev(DevCmd::Up { miners, gpus }) => {
             let (dm, dg) = pool::pool_size()?;
             let (m, g) = (miners.unwrap_or(dm), gpus.unwrap_or(dg));

@@ -95,6 +95,10 @@ fn worker_bin() -> PathBuf {
 impl Hosted {
     /// Hosts the pool unless another process already does (`Ok(None)`).
     pub async fn try_host(env: &Env, miners: u32, gpus: u32) -> anyhow::Result<Option<Hosted>> {
+        if env.gateway.is_some() {
+            // Pool mode: the pool runs behind the gateway.
+            return Ok(None);
+        }
         let lock = File::options()
             .create(true)
             .truncate(false)

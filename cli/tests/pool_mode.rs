@@ -1,0 +1,217 @@
+//! `aic` in pool mode (`AIC_GATEWAY`): the tutorial's flow against a pool whose bucket is
+//! a real S3 server (LocalStack, signature checks on), through the `aic-functions` host
+//! (gateway + webhook or poller) and real workers, paying on anvil. The user's `aic` holds
+//! no pool credentials: every byte goes through URLs the gateway signed.
+//!
+//! Needs what `cargo xtask test` provides: LocalStack (`AIC_TEST_S3_ENDPOINT`), anvil
+//! (`AIC_ANVIL`), python3 with numpy and scikit-learn, and the binaries built.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+fn bins() -> PathBuf {
+    let aic = PathBuf::from(env!("CARGO_BIN_EXE_aic"));
+    for b in ["aic-worker", "aic-functions"] {
+        assert!(
+            aic.with_file_name(b).exists(),
+            "{b} is not built: run `cargo build --workspace --bins` (cargo xtask test does)"
+        );
+    }
+    aic.parent().unwrap().to_path_buf()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn endpoint() -> String {
+    std::env::var("AIC_TEST_S3_ENDPOINT")
+        .expect("AIC_TEST_S3_ENDPOINT is not set: run the suite with `cargo xtask test`, which starts LocalStack")
+}
+
+fn python() -> String {
+    std::env::var("AIC_LOCALSTACK_PYTHON").unwrap_or_else(|_| {
+        format!("{}/.cache/aic-tools/localstack-venv/bin/python", std::env::var("HOME").unwrap_or_default())
+    })
+}
+
+fn fresh_bucket(tag: &str) -> String {
+    let bucket = format!("aic-{tag}-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let ok = Command::new(python())
+        .args(["-c", &format!(
+            "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')",
+            endpoint()
+        )])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    bucket
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Events {
+    Sns,
+    Poll,
+}
+
+/// A pool: anvil, the functions host on a LocalStack bucket, two simulated miners.
+struct Pool {
+    dir: tempfile::TempDir,
+    host: Child,
+    url: String,
+    _chain: aic_chain::devchain::DevChain,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.host.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.host.wait();
+    }
+}
+
+fn pool(events: Events) -> Pool {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let chain = rt
+        .block_on(aic_chain::devchain::start(
+            &dir.path().join("state.json"),
+            &dir.path().join("chain.json"),
+            10u128.pow(18),
+            1,
+        ))
+        .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
+    let bucket = fresh_bucket(if events == Events::Sns { "sns" } else { "poll" });
+    let topic = format!("aic-{bucket}");
+    let c = &chain.config;
+    let mut cmd = Command::new(bins().join("aic-functions"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .env("AIC_STORE", format!("s3://{bucket}"))
+        .env("AIC_S3_ENDPOINT", endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AIC_RPC_URL", &c.rpc_url)
+        .env("AIC_TOKEN", c.token.to_string())
+        .env("AIC_TREASURY", c.treasury.to_string())
+        .env("AIC_CHAIN_ID", c.chain_id.to_string())
+        .env("AIC_PRICE", "1")
+        .env("AIC_CONFIRMATIONS", "1")
+        .env("AIC_POOL_MINERS", "2")
+        .env("AIC_POOL_GPUS", "1")
+        .env("AIC_WORK_DIR", dir.path().join("work"))
+        .env("AIC_GATEWAY_SECRET", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+        .env("AIC_SNS_TOPICS", format!("arn:aws:sns:us-east-1:000000000000:{topic}"))
+        .env("AIC_SNS_CERT_ORIGINS", format!("{}/_aws/sns/", endpoint()))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("functions.log")).unwrap());
+    if events == Events::Poll {
+        cmd.args(["--poll-ms", "200"]);
+    }
+    let mut host = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url =
+        line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("aic-functions said {line:?}")).to_string();
+    if events == Events::Sns {
+        let out = Command::new(python())
+            .arg(repo().join("localstack/wire.py"))
+            .args(["--endpoint", &endpoint(), "--bucket", &bucket, "--topic", &topic, "--wait", "20"])
+            .args(["--webhook", &format!("{url}/events")])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "wire.py: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Pool { dir, host, url, _chain: chain, _rt: rt }
+}
+
+impl Pool {
+    fn aic(&self, home: &str, args: &[&str]) -> Output {
+        let out = Command::new(bins().join("aic"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("AIC_HOME", self.dir.path().join(home))
+            .env("AIC_GATEWAY", &self.url)
+            .env_remove("AIC_STORE")
+            .env_remove("AIC_S3_ENDPOINT")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ aic {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("functions.log")).unwrap_or_default()
+    }
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// login → data put → run (pay, upload, submit, watch) → results get → logs → jobs.
+fn tutorial(p: &Pool) {
+    // Before login: a clear refusal, nothing written.
+    let (_, err) = text(&p.aic("u", &["data", "ls"]));
+    assert!(err.contains("not signed in to the pool at") && err.lines().count() == 1, "{err}");
+    assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
+    let who = text(&p.aic("u", &["whoami"])).0;
+    assert!(who.contains("0x70997970c51812dc3a010c7d01b50e0d17dc79c8"), "{who}");
+
+    let data = p.dir.path().join("digits-data");
+    let made = Command::new("python3").arg(repo().join("examples/digits/make_dataset.py")).arg(&data).status().unwrap();
+    assert!(made.success(), "python3 with scikit-learn is needed (cargo xtask test installs it)");
+    assert!(p.aic("u", &["data", "put", data.to_str().unwrap(), "digits"]).status.success());
+    assert!(text(&p.aic("u", &["data", "ls", "digits"])).0.contains("digits.csv"));
+
+    let script = repo().join("examples/digits/train.py");
+    let out = p.aic("u", &["run", script.to_str().unwrap(), "--data", "digits", "--", "--epochs", "5"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "aic run failed: {stderr}\n--- functions host:\n{}", p.log());
+    assert!(stdout.contains("epoch 5/5"), "{stdout}");
+    assert!(stderr.contains("quote:") && stderr.contains("succeeded; execution time"), "{stderr}");
+
+    let jobs: serde_json::Value = serde_json::from_slice(&p.aic("u", &["jobs", "--json"]).stdout).unwrap();
+    let job = jobs[0]["job"].as_str().unwrap().to_string();
+    let st: serde_json::Value = serde_json::from_slice(&p.aic("u", &["status", &job, "--json"]).stdout).unwrap();
+    let states: Vec<&str> = st["history"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["submitted", "paid", "scheduled", "running", "succeeded"]);
+
+    let dest = p.dir.path().join("results");
+    assert!(p.aic("u", &["results", "get", &job, dest.to_str().unwrap()]).status.success());
+    assert!(dest.join("model.npz").metadata().unwrap().len() > 1000);
+    assert!(text(&p.aic("u", &["logs", &job])).0.contains("final test accuracy"));
+
+    // Another user sees none of it.
+    assert!(p.aic("v", &["login", "--dev", "2"]).status.success());
+    let other: serde_json::Value = serde_json::from_slice(&p.aic("v", &["jobs", "--json"]).stdout).unwrap();
+    assert_eq!(other.as_array().map(|a| a.len()), Some(0), "{other}");
+    let (_, err) = text(&p.aic("v", &["status", &job]));
+    assert!(!err.is_empty());
+}
+
+#[test]
+fn the_tutorial_through_the_gateway_with_bucket_events_over_sns() {
+    let p = pool(Events::Sns);
+    tutorial(&p);
+}
+
+#[test]
+fn the_tutorial_through_the_gateway_with_the_poller() {
+    let p = pool(Events::Poll);
+    tutorial(&p);
+}
