@@ -20,6 +20,7 @@ pub mod config;
 pub mod dispatch;
 pub mod gateway;
 pub mod host;
+pub mod lambda;
 pub mod poll;
 pub mod sns;
 pub mod validate;

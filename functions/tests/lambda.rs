@@ -1,0 +1,199 @@
+//! The Lambda binaries as real processes, against a Lambda Runtime API served here over
+//! HTTP (the contract `lambda_runtime` speaks: `GET …/invocation/next`, `POST
+//! …/invocation/<id>/response|error`). Lambda itself cannot run on this machine.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+
+mod common;
+
+use common::*;
+
+#[derive(Default)]
+struct Api {
+    events: Mutex<VecDeque<(String, Value)>>,
+    /// (request id, "response" | "error", body)
+    replies: Mutex<Vec<(String, String, Value)>>,
+    wake: tokio::sync::Notify,
+}
+
+async fn serve(api: Arc<Api>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.ends_with("/runtime/invocation/next") {
+        loop {
+            let next = api.events.lock().unwrap().pop_front();
+            if let Some((id, ev)) = next {
+                let deadline = chrono::Utc::now().timestamp_millis() + 60_000;
+                return Ok(Response::builder()
+                    .header("lambda-runtime-aws-request-id", id)
+                    .header("lambda-runtime-deadline-ms", deadline.to_string())
+                    .header("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:000000000000:function:aic")
+                    .header("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000")
+                    .body(Full::new(Bytes::from(ev.to_string())))
+                    .unwrap());
+            }
+            api.wake.notified().await;
+        }
+    }
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let parts: Vec<&str> = path.split('/').collect();
+    // /2018-06-01/runtime/invocation/<id>/<kind>
+    if parts.len() == 6 && parts[3] == "invocation" {
+        api.replies.lock().unwrap().push((parts[4].to_string(), parts[5].to_string(), v));
+    } else {
+        api.replies.lock().unwrap().push(("init".into(), path.clone(), v));
+    }
+    Ok(Response::builder().status(202).body(Full::new(Bytes::from_static(b"{}"))).unwrap())
+}
+
+struct Runtime {
+    api: Arc<Api>,
+    addr: String,
+}
+
+async fn runtime() -> Runtime {
+    let api = Arc::new(Api::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let a = api.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let a = a.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |r| serve(a.clone(), r));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Runtime { api, addr }
+}
+
+impl Runtime {
+    fn push(&self, id: &str, ev: Value) {
+        self.api.events.lock().unwrap().push_back((id.into(), ev));
+        self.api.wake.notify_waiters();
+    }
+
+    async fn reply(&self, id: &str) -> (String, Value) {
+        eventually(20, &format!("the function's reply to {id}"), || async {
+            self.api.replies.lock().unwrap().iter().any(|r| r.0 == id || r.0 == "init")
+        })
+        .await;
+        let r = self.api.replies.lock().unwrap().iter().find(|r| r.0 == id || r.0 == "init").cloned().unwrap();
+        (r.1, r.2)
+    }
+
+    fn spawn(&self, bin: &str, env: &[(&str, String)]) -> Child {
+        let mut c = Command::new(bin);
+        c.env("AWS_LAMBDA_RUNTIME_API", &self.addr)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "aic")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "test")
+            .env("AIC_FREE_POOL", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    }
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn s3_event(bucket: &str, key: &str) -> Value {
+    json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 100}}}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_and_dispatch_run_as_lambda_functions_on_s3_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = aic_core::StoreConfig::Local { root: root.clone() }.open().unwrap();
+    let job = put_request(&store, &request(1).await).await;
+    let env = [
+        ("AIC_STORE", format!("file://{}", root.display())),
+        ("AIC_WORKER_BIN", "/bin/true".to_string()),
+        ("AIC_WORK_DIR", dir.path().join("work").display().to_string()),
+    ];
+
+    let rt = runtime().await;
+    let _validate = Kill(rt.spawn(env!("CARGO_BIN_EXE_aic-lambda-validate"), &env));
+    rt.push("v1", s3_event("local", &job.request()));
+    let (kind, body) = rt.reply("v1").await;
+    assert_eq!(kind, "response", "{body}");
+    assert!(body["records"][0]["outcome"].as_str().unwrap().starts_with("Validated"), "{body}");
+    assert!(store.head(&job.manifest()).await.unwrap().is_some());
+    // Not this function's key: ignored. Not an S3 event: an error, so Lambda retries it.
+    rt.push("v2", s3_event("local", &job.manifest()));
+    assert_eq!(rt.reply("v2").await.1["records"][0]["outcome"], "ignored");
+    rt.push("v3", json!({"hello": 1}));
+    let (kind, body) = rt.reply("v3").await;
+    assert_eq!(kind, "error");
+    assert!(body.to_string().contains("not an S3 event"), "{body}");
+
+    let rt = runtime().await;
+    let _dispatch = Kill(rt.spawn(env!("CARGO_BIN_EXE_aic-lambda-dispatch"), &env));
+    rt.push("d1", s3_event("local", &job.manifest()));
+    let (kind, body) = rt.reply("d1").await;
+    assert_eq!(kind, "response", "{body}");
+    assert!(body["records"][0]["outcome"].as_str().unwrap().starts_with("Dispatched"), "{body}");
+    // Delivered again: nothing more happens.
+    rt.push("d2", s3_event("local", &job.manifest()));
+    assert!(rt.reply("d2").await.1["records"][0]["outcome"].as_str().unwrap().starts_with("AlreadyDone"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_as_a_lambda_function_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AIC_STORE", format!("file://{}", dir.path().join("store").display())),
+        ("AIC_GATEWAY_SECRET", "00112233445566778899aabbccddeeff".to_string()),
+        ("AIC_GATEWAY_DOMAIN", "pool.example".to_string()),
+    ];
+    let rt = runtime().await;
+    let _gw = Kill(rt.spawn(env!("CARGO_BIN_EXE_aic-lambda-gateway"), &env));
+    let url_event = |method: &str, path: &str, body: &str| {
+        json!({"version": "2.0", "rawPath": path, "rawQueryString": "", "headers": {"content-type": "application/json"},
+            "requestContext": {"http": {"method": method, "path": path, "sourceIp": "203.0.113.9"}},
+            "body": body, "isBase64Encoded": false})
+    };
+    rt.push("g1", url_event("GET", "/v1/nonce", ""));
+    let (_, r) = rt.reply("g1").await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["domain"], "pool.example");
+    assert!(body["nonce"].as_str().unwrap().len() > 10);
+
+    rt.push("g2", url_event("POST", "/v1/session", r#"{"message":"hello","signature":"0x00"}"#));
+    let (_, r) = rt.reply("g2").await;
+    assert_eq!(r["statusCode"], 401, "{r}");
+    assert!(r["body"].as_str().unwrap().contains("Sign-In with Ethereum"), "{r}");
+
+    rt.push("g3", url_event("GET", "/v1/jobs", ""));
+    assert_eq!(rt.reply("g3").await.1["statusCode"], 401);
+    rt.push("g4", url_event("POST", "/v1/sign", &" ".repeat(100_000)));
+    assert_eq!(rt.reply("g4").await.1["statusCode"], 413);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
