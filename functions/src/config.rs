@@ -5,12 +5,13 @@
 //! |---|---|
 //! | `AIC_STORE`, `AIC_S3_ENDPOINT`, `AWS_*` | the bucket (`s3://NAME`) |
 //! | `AIC_RPC_URL`, `AIC_TOKEN`, `AIC_TREASURY`, `AIC_CHAIN_ID`, `AIC_PRICE`, `AIC_CONFIRMATIONS` | the chain payments are checked on |
-//! | `AIC_FREE_POOL=1` | charge nothing, check no payment (a private pool) |
+//! | `AIC_FREE_POOL` (`1`) | charge nothing, check no payment (a private pool) |
 //! | `AIC_SCHEDULER` | `local` (simulated miners on this machine; the default) |
 //! | `AIC_POOL_MINERS`, `AIC_POOL_GPUS`, `AIC_WORKER_BIN`, `AIC_WORK_DIR` | the local scheduler |
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
+//! | `AIC_WEBHOOK_TOKEN` | bearer token MinIO must send to `/events` (its `auth_token`) |
 
 use std::path::PathBuf;
 use std::sync::Arc;

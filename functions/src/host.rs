@@ -30,12 +30,16 @@ pub struct Host {
     /// SNS deliveries are refused without one (there would be no way to trust them).
     pub sns: Option<Arc<SnsVerifier>>,
     pub gateway: Option<Arc<Gateway>>,
+    /// When set, non-SNS bodies (MinIO's) must carry `Authorization: Bearer <token>`
+    /// (MinIO's `auth_token`). Forged events could only re-run idempotent work on objects
+    /// that exist, but there is no reason to take them.
+    pub webhook_token: Option<String>,
 }
 
 impl Host {
     /// A host for the webhook alone (MinIO bodies; SNS refused).
     pub fn webhook(ctx: Ctx) -> Self {
-        Host { ctx, sns: None, gateway: None }
+        Host { ctx, sns: None, gateway: None, webhook_token: None }
     }
 }
 
@@ -86,6 +90,21 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
         (&Method::GET, "/healthz") => Ok(reply(StatusCode::OK, serde_json::json!({"ok": true}))),
         (&Method::POST, "/events") => {
             let sns_type = req.headers().get("x-amz-sns-message-type").and_then(|v| v.to_str().ok()).map(String::from);
+            if let Some(want) = &host.webhook_token
+                && sns_type.is_none()
+            {
+                let got = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if got != Some(want.as_str()) {
+                    return Ok(reply(
+                        StatusCode::UNAUTHORIZED,
+                        serde_json::json!({"error": "webhook token missing or wrong (MinIO's auth_token must match AIC_WEBHOOK_TOKEN)"}),
+                    ));
+                }
+            }
             let body = match Limited::new(req.into_body(), webhook::MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => {

@@ -76,7 +76,10 @@ async fn start_host(p: &Pool, cert_origin: Option<&str>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sns = cert_origin.map(|o| Arc::new(SnsVerifier::new(vec![TOPIC.into()], vec![o.to_string()])));
-    tokio::spawn(aic_functions::host::serve(Host { ctx: p.ctx.clone(), sns, gateway: None }, listener));
+    tokio::spawn(aic_functions::host::serve(
+        Host { ctx: p.ctx.clone(), sns, gateway: None, webhook_token: None },
+        listener,
+    ));
     format!("http://{addr}")
 }
 
@@ -227,4 +230,27 @@ async fn forged_tampered_and_foreign_sns_deliveries_are_refused() {
     let r = http.post(format!("{bare}/events")).body(sns_body(&p, &s, &job.request())).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("AIC_SNS_TOPICS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_webhook_token_minio_bodies_must_carry_it() {
+    let p = pool(1, "exit 0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: Some("s3cret".into()) };
+    tokio::spawn(aic_functions::host::serve(host, listener));
+    let job = put_request(&p.store, &request(1).await).await;
+    let http = reqwest::Client::new();
+    let r = http.post(format!("{url}/events")).body(minio_body(&p, &job.request())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(aic_core::status::current(&p.store, &job).await.unwrap().is_none());
+    let r = http
+        .post(format!("{url}/events"))
+        .bearer_auth("s3cret")
+        .body(minio_body(&p, &job.request()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(aic_core::status::current(&p.store, &job).await.unwrap().unwrap().state, JobState::Paid);
 }

