@@ -142,6 +142,20 @@ impl Hosted {
     /// handler fails stays in the spool and is tried again on the next step.
     pub async fn step(&self) -> anyhow::Result<usize> {
         let mut done = 0;
+        // Events the handlers cause (a manifest after validate) are taken in the same step,
+        // not a poll period later.
+        for _ in 0..4 {
+            let n = self.step_once().await?;
+            done += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    async fn step_once(&self) -> anyhow::Result<usize> {
+        let mut done = 0;
         let now = Instant::now();
         for p in self.spool.pending()? {
             if self.not_before.lock().unwrap().get(&p.path).is_some_and(|t| *t > now) {

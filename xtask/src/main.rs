@@ -229,15 +229,30 @@ impl Drop for LocalStack {
     }
 }
 
-/// Benchmarks (figures, not pass/fail): validate throughput against anvil, and training
-/// under aic-worker against the bare launcher.
+/// Benchmarks (figures, not pass/fail): validate throughput against anvil, training under
+/// aic-worker against the bare launcher, and event latency (request uploaded → worker
+/// started) on the embedded pool and on LocalStack via SNS and via the poller.
 fn bench() -> anyhow::Result<()> {
     let py = setup(false)?;
     run(Command::new("cargo")
         .args(["bench", "--quiet", "-p", "aic-chain", "--bench", "validate"])
         .current_dir(root())
         .env("AIC_ANVIL", anvil()))?;
-    bench_worker_overhead(&py)
+    bench_worker_overhead(&py)?;
+    // Event latency needs LocalStack and the binaries.
+    run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
+    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    let ls = LocalStack::start()?;
+    let r = run(Command::new("cargo")
+        .args(["bench", "--quiet", "-p", "aic-functions", "--bench", "latency"])
+        .current_dir(root())
+        .env("AIC_TEST_S3_ENDPOINT", &ls.endpoint)
+        .env("AIC_LOCALSTACK_PYTHON", tools().join("localstack-venv/bin/python"))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1"));
+    drop(ls);
+    r
 }
 
 /// Wall time of the same training script run bare and as an aic job (the job's recorded
