@@ -6,7 +6,9 @@
 //! | `AIC_STORE`, `AIC_S3_ENDPOINT`, `AWS_*` | the bucket (`s3://NAME`) |
 //! | `AIC_RPC_URL`, `AIC_TOKEN`, `AIC_TREASURY`, `AIC_CHAIN_ID`, `AIC_PRICE`, `AIC_CONFIRMATIONS` | the chain payments are checked on |
 //! | `AIC_FREE_POOL` (`1`) | charge nothing, check no payment (a private pool) |
-//! | `AIC_SCHEDULER` | `local` (simulated miners on this machine; the default) |
+//! | `AIC_SCHEDULER` | `local` (simulated miners on this machine; the default) or `nomad` |
+//! | `NOMAD_ADDR`, `NOMAD_TOKEN`, `NOMAD_REGION`, `NOMAD_NAMESPACE` | the Nomad cluster (`aic_core::scheduler::nomad`) |
+//! | `AIC_NOMAD_DATACENTER`, `AIC_NOMAD_DRIVER`, `AIC_NOMAD_WORKER`, `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | how Nomad runs aic-worker |
 //! | `AIC_POOL_MINERS`, `AIC_POOL_GPUS`, `AIC_WORKER_BIN`, `AIC_WORK_DIR` | the local scheduler |
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
@@ -94,7 +96,13 @@ pub fn build() -> anyhow::Result<Built> {
                 let s = LocalScheduler::new(cfg, store.clone());
                 (Arc::new(s.clone()), Some(s))
             }
-            other => bail!("AIC_SCHEDULER={other:?} is not known here: use local"),
+            "nomad" => {
+                let cfg = aic_core::scheduler::nomad::NomadConfig::from_env(store_config.env())
+                    .map_err(|e| anyhow!(e))?
+                    .ok_or_else(|| anyhow!("AIC_SCHEDULER=nomad needs NOMAD_ADDR (and NOMAD_TOKEN with ACLs on)"))?;
+                (Arc::new(aic_core::scheduler::nomad::NomadScheduler::new(cfg)), None)
+            }
+            other => bail!("AIC_SCHEDULER={other:?} is not known: use local or nomad"),
         };
     let ctx = Ctx { store, scheduler, auth: Arc::new(Eip712Auth { chain_id: auth_chain_id }), payments, pricing };
     Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id, local })

@@ -2,9 +2,10 @@
 //!
 //! - [`local`]: the embedded default; simulated miners on this machine, each allocation an
 //!   `aic-worker` process.
-//! - Nomad (the pool): see the Nomad issue; it implements the same trait.
+//! - [`nomad`]: the pool; Nomad jobs over its HTTP API.
 
 pub mod local;
+pub mod nomad;
 
 use aic_schemas::JobManifest;
 use async_trait::async_trait;

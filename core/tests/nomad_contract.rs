@@ -1,0 +1,282 @@
+//! The Nomad backend against a server that speaks Nomad's HTTP API as its documentation
+//! says (paths, `X-Nomad-Token`, `?namespace=`, `EnforceIndex` registration, blocking
+//! evaluation reads, `FailedTGAllocs`, 403/404/500 answers). Nomad itself cannot run on this
+//! machine; `nomad_live.rs` runs against a real cluster where `NOMAD_ADDR` is set.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use aic_core::layout::JobKey;
+use aic_core::scheduler::nomad::{NomadConfig, NomadScheduler, nomad_id};
+use aic_core::scheduler::{ScheduleError, Scheduler, Submitted};
+use aic_schemas::{JobId, JobManifest};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "s3cr3t-token";
+
+/// Three ready nodes with 2 GPUs each in `test_gateway` (one ineligible), one in `other`.
+#[derive(Default)]
+struct Nomad {
+    jobs: BTreeMap<String, Value>,
+    /// node name → GPUs in use
+    busy: BTreeMap<String, u32>,
+    allocs: BTreeMap<String, Vec<String>>,
+    evals: BTreeMap<String, (u32, Value)>,
+    seen: Vec<(String, String, Option<String>)>,
+}
+
+const NODES: [(&str, &str, &str, u32, bool); 4] = [
+    ("n1", "node-a", "test_gateway", 2, true),
+    ("n2", "node-b", "test_gateway", 2, true),
+    ("n3", "node-c", "test_gateway", 2, false),
+    ("n4", "node-d", "other", 8, true),
+];
+
+fn reply(code: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder().status(code).body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+fn text(code: u16, body: &str) -> Response<Full<Bytes>> {
+    Response::builder().status(code).body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+async fn handle(
+    state: Arc<Mutex<Nomad>>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let token = req.headers().get("x-nomad-token").map(|v| v.to_str().unwrap().to_string());
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut s = state.lock().unwrap();
+    s.seen.push((method.clone(), path.clone(), token.clone()));
+    if token.as_deref() != Some(TOKEN) {
+        return Ok(text(403, "Permission denied"));
+    }
+    if query.get("namespace").map(String::as_str) != Some("aic") {
+        return Ok(text(400, "expected namespace=aic"));
+    }
+    let ok = match (method.as_str(), path.as_str()) {
+        ("GET", "/v1/nodes") => {
+            assert_eq!(query.get("resources").map(String::as_str), Some("true"));
+            let nodes: Vec<Value> = NODES
+                .iter()
+                .map(|(id, name, dc, gpus, eligible)| {
+                    let inst: Vec<Value> = (0..*gpus).map(|i| json!({"ID": format!("GPU-{id}-{i}"), "Healthy": true})).collect();
+                    json!({"ID": id, "Name": name, "Datacenter": dc, "Status": "ready",
+                        "SchedulingEligibility": if *eligible { "eligible" } else { "ineligible" },
+                        "NodeResources": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst}]}})
+                })
+                .collect();
+            reply(200, json!(nodes))
+        }
+        ("POST", "/v1/jobs") => {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let job = &v["Job"];
+            let id = job["ID"].as_str().unwrap().to_string();
+            assert_eq!(job["Type"], "batch");
+            assert_eq!(job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Name"], "nvidia/gpu");
+            if v["EnforceIndex"] == true && v["JobModifyIndex"] == 0 && s.jobs.contains_key(&id) {
+                return Ok(text(500, "Enforcing job modify index 0: job already exists"));
+            }
+            let count = job["TaskGroups"][0]["Count"].as_u64().unwrap() as u32;
+            let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
+            let dc = job["Datacenters"][0].as_str().unwrap();
+            // Place one allocation per free node, as the scheduler would.
+            let free: Vec<String> = NODES
+                .iter()
+                .filter(|n| n.2 == dc && n.4 && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus)
+                .map(|n| n.1.to_string())
+                .collect();
+            let eval_id = format!("eval-{}", s.evals.len() + 1);
+            let eval = if free.len() as u32 >= count {
+                let placed: Vec<String> = free.into_iter().take(count as usize).collect();
+                for n in &placed {
+                    *s.busy.entry(n.clone()).or_default() += gpus;
+                }
+                s.allocs.insert(id.clone(), placed);
+                json!({"ID": eval_id, "Status": "complete"})
+            } else {
+                json!({"ID": eval_id, "Status": "complete", "BlockedEval": "eval-blocked",
+                    "FailedTGAllocs": {"train": {"NodesEvaluated": 3, "NodesFiltered": 1, "NodesExhausted": 2,
+                        "ConstraintFiltered": {"${node.eligibility}": 1},
+                        "DimensionExhausted": {"devices: nvidia/gpu": 2}, "CoalescedFailures": count - 1}}})
+            };
+            s.evals.insert(eval_id.clone(), (0, eval));
+            s.jobs.insert(id, v["Job"].clone());
+            reply(200, json!({"EvalID": eval_id, "EvalCreateIndex": 10, "JobModifyIndex": 10, "Warnings": ""}))
+        }
+        ("GET", p) if p.starts_with("/v1/evaluation/") => {
+            let id = p.trim_start_matches("/v1/evaluation/").to_string();
+            let Some((reads, eval)) = s.evals.get_mut(&id) else { return Ok(text(404, "eval not found")) };
+            // The first read is answered "pending" (a blocking query must follow the index).
+            *reads += 1;
+            if *reads == 1 {
+                assert_eq!(query.get("index").map(String::as_str), Some("0"));
+                return Ok(reply(200, json!({"ID": id, "Status": "pending", "ModifyIndex": 11})));
+            }
+            assert_eq!(query.get("index").map(String::as_str), Some("11"), "blocking query on the last index");
+            let mut e = eval.clone();
+            e["ModifyIndex"] = json!(12);
+            reply(200, e)
+        }
+        ("GET", p) if p.starts_with("/v1/job/") && p.ends_with("/allocations") => {
+            let id = p.trim_start_matches("/v1/job/").trim_end_matches("/allocations");
+            let allocs: Vec<Value> = s
+                .allocs
+                .get(id)
+                .into_iter()
+                .flatten()
+                .map(|n| json!({"ID": format!("{id}-{n}"), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
+                .collect();
+            reply(200, json!(allocs))
+        }
+        ("DELETE", p) if p.starts_with("/v1/job/") => {
+            let id = p.trim_start_matches("/v1/job/").to_string();
+            if s.jobs.remove(&id).is_none() {
+                return Ok(text(404, "job not found"));
+            }
+            s.allocs.remove(&id);
+            reply(200, json!({"EvalID": "eval-stop", "EvalCreateIndex": 20, "JobModifyIndex": 20}))
+        }
+        ("GET", "/v1/allocations") => {
+            let mut out = vec![];
+            for (job, nodes) in &s.allocs {
+                for n in nodes {
+                    let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
+                    out.push(json!({"ID": format!("{job}-{n}"), "NodeID": id, "ClientStatus": "running",
+                        "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}]}}}}));
+                }
+            }
+            reply(200, json!(out))
+        }
+        _ => text(404, "no such endpoint"),
+    };
+    Ok(ok)
+}
+
+async fn nomad() -> (Arc<Mutex<Nomad>>, String) {
+    let state = Arc::new(Mutex::new(Nomad::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (state, addr)
+}
+
+fn cfg(addr: &str, token: &str) -> NomadConfig {
+    NomadConfig {
+        addr: addr.into(),
+        token: Some(token.into()),
+        region: None,
+        namespace: Some("aic".into()),
+        datacenter: "test_gateway".into(),
+        driver: "exec".into(),
+        worker: "aic-worker".into(),
+        cpu_mhz: 1000,
+        memory_mb: 2048,
+        worker_env: vec![],
+    }
+}
+
+fn manifest(miners: u32, gpus: u32) -> (JobKey, JobManifest) {
+    let now = chrono::Utc::now();
+    let m: JobManifest = serde_json::from_value(json!({
+        "version": 1,
+        "request": {"version": 1, "kind": "train", "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+            "job_id": JobId::generate(), "entrypoint": "train.py", "miners": miners, "gpus_per_miner": gpus,
+            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
+        "quote": {"gpu_hours": 1.0, "price_per_gpu_hour": "0", "total": "0"},
+        "validated_at": now,
+    }))
+    .unwrap();
+    (JobKey::new(m.request.owner, m.request.job_id.clone()), m)
+}
+
+#[tokio::test]
+async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_cancelled() {
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+
+    // 2 miners × 2 GPUs: placed on the two eligible nodes.
+    let (job, m) = manifest(2, 2);
+    let placed = n.submit(&job, &m).await.unwrap();
+    assert_eq!(placed, Submitted::Placed(vec!["node-a".into(), "node-b".into()]));
+    {
+        let s = state.lock().unwrap();
+        let calls: Vec<(&str, &str)> = s.seen.iter().map(|(m, p, _)| (m.as_str(), p.as_str())).collect();
+        assert_eq!(calls[..2], [("GET", "/v1/nodes"), ("POST", "/v1/jobs")]);
+        assert!(s.seen.iter().all(|(_, _, t)| t.as_deref() == Some(TOKEN)), "every call carries X-Nomad-Token");
+        assert!(s.jobs.contains_key(&nomad_id(&job)));
+    }
+    // The same event again: no second registration, the same answer.
+    assert_eq!(n.submit(&job, &m).await.unwrap(), placed);
+    assert_eq!(state.lock().unwrap().jobs.len(), 1);
+
+    // Fits the pool, but the GPUs are taken: queued, with Nomad's reasons in words.
+    let (job2, m2) = manifest(1, 2);
+    match n.submit(&job2, &m2).await.unwrap() {
+        Submitted::Queued(why) => assert_eq!(
+            why,
+            "no node with 2 free nvidia/gpu in gateway test_gateway (3 nodes evaluated: 2 out of devices: nvidia/gpu, 1 filtered by ${node.eligibility})"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // More miners than the gateway has eligible nodes with that many GPUs: never placeable.
+    let (job3, m3) = manifest(3, 2);
+    match n.submit(&job3, &m3).await {
+        Err(ScheduleError::Unplaceable(why)) => {
+            assert_eq!(
+                why,
+                "needs 3 miners with 2 nvidia/gpu each; gateway test_gateway has 2 ready nodes, 2 with that many GPUs"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job3)), "nothing registered for it");
+
+    // The pool as users see it.
+    let pool = n.pool().await.unwrap();
+    let tg = pool.iter().find(|g| g.name == "test_gateway").unwrap();
+    assert_eq!(
+        tg.miners.iter().map(|m| (m.name.as_str(), m.gpus, m.free_gpus)).collect::<Vec<_>>(),
+        [("node-a", 2, 0), ("node-b", 2, 0)]
+    );
+    assert_eq!(pool.iter().find(|g| g.name == "other").unwrap().miners[0].free_gpus, 8);
+
+    // Cancel deregisters; cancelling again (or an unknown job) is fine.
+    n.cancel(&job).await.unwrap();
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)));
+    n.cancel(&job).await.unwrap();
+    assert!(
+        state.lock().unwrap().seen.iter().any(|(m, p, _)| m == "DELETE" && *p == format!("/v1/job/{}", nomad_id(&job)))
+    );
+}
+
+#[tokio::test]
+async fn a_bad_token_and_an_unreachable_cluster_say_what_to_fix() {
+    let (_state, addr) = nomad().await;
+    let (job, m) = manifest(1, 1);
+    let err = NomadScheduler::new(cfg(&addr, "wrong")).submit(&job, &m).await.unwrap_err().to_string();
+    assert!(err.contains("403") && err.contains("NOMAD_TOKEN"), "{err}");
+    let err = NomadScheduler::new(cfg("http://127.0.0.1:1", TOKEN)).submit(&job, &m).await.unwrap_err().to_string();
+    assert!(err.contains("cannot reach Nomad at http://127.0.0.1:1"), "{err}");
+}

@@ -1,0 +1,173 @@
+//! The deployment files, checked: the SAM template by cfn-lint (and by what it must wire),
+//! the MinIO set-up script, the docker-compose file. None of these can run here (no AWS, no
+//! MinIO, no Docker); what can be checked without them is.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aic_core::layout::{KeyKind, classify};
+use serde_yaml_ng::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_yaml_ng::from_str(&std::fs::read_to_string(repo().join(rel)).unwrap()).unwrap()
+}
+
+fn untag(v: &Value) -> &Value {
+    match v {
+        Value::Tagged(t) => &t.value,
+        v => v,
+    }
+}
+
+/// The variables `aic_functions::config` documents.
+fn documented_vars() -> String {
+    std::fs::read_to_string(repo().join("functions/src/config.rs")).unwrap()
+}
+
+fn cfn_lint(path: &Path) -> std::process::Output {
+    Command::new("cfn-lint")
+        .arg(path)
+        .output()
+        .expect("cfn-lint is not on PATH: run the suite with `cargo xtask test`, which installs it")
+}
+
+#[test]
+fn the_sam_template_passes_cfn_lint_and_a_broken_one_does_not() {
+    let template = repo().join("infra/aws/template.yaml");
+    let out = cfn_lint(&template);
+    assert!(
+        out.status.success(),
+        "cfn-lint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check can fail: a property of the wrong type, a resource type that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&template).unwrap();
+    for (from, to, code) in
+        [("MemorySize: 256", "MemorySize: lots", "E3012"), ("AWS::S3::Bucket\n", "AWS::S3::Buckett\n", "E3006")]
+    {
+        let broken = dir.path().join("template.yaml");
+        assert!(text.contains(from));
+        std::fs::write(&broken, text.replacen(from, to, 1)).unwrap();
+        let out = cfn_lint(&broken);
+        assert!(!out.status.success(), "{to}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(code), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+/// Every `!Ref X` / `!GetAtt X.…` in the template names a parameter or resource (cfn-lint
+/// does not check this inside SAM functions), SAM's generated `<Function>Url` included.
+#[test]
+fn every_reference_in_the_sam_template_resolves() {
+    let text = std::fs::read_to_string(repo().join("infra/aws/template.yaml")).unwrap();
+    let t = yaml("infra/aws/template.yaml");
+    let mut names: Vec<String> = Vec::new();
+    for section in ["Parameters", "Resources"] {
+        names.extend(t[section].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()));
+    }
+    let generated: Vec<String> = names.iter().map(|n| format!("{n}Url")).collect();
+    let mut seen = 0;
+    for (tag, sep) in [("!Ref ", None), ("!GetAtt ", Some('.'))] {
+        for part in text.split(tag).skip(1) {
+            let word: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+            let name = match sep {
+                Some(s) => word.split(s).next().unwrap().to_string(),
+                None => word,
+            };
+            assert!(names.contains(&name) || generated.contains(&name), "{tag}{name} names nothing in the template");
+            seen += 1;
+        }
+    }
+    assert!(seen > 10);
+}
+
+#[test]
+fn the_sam_template_wires_the_binaries_and_keys_this_repository_has() {
+    let t = yaml("infra/aws/template.yaml");
+    let resources = t["Resources"].as_mapping().unwrap();
+    let mut bins = Vec::new();
+    let mut suffixes = Vec::new();
+    for (name, r) in resources {
+        if r["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let uri = r["Properties"]["CodeUri"].as_str().unwrap();
+        let bin = uri.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+        assert!(uri.starts_with("../../target/lambda/"), "{name:?}: {uri}");
+        assert!(repo().join(format!("functions/src/bin/{bin}.rs")).exists(), "{name:?}: no binary {bin}");
+        bins.push(bin);
+        if let Some(events) = r["Properties"]["Events"].as_mapping() {
+            for (_, e) in events {
+                for rule in e["Properties"]["Filter"]["S3Key"]["Rules"].as_sequence().unwrap() {
+                    if rule["Name"] == "suffix" {
+                        suffixes.push(rule["Value"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+        }
+    }
+    bins.sort();
+    assert_eq!(bins, ["aic-lambda-dispatch", "aic-lambda-gateway", "aic-lambda-validate"]);
+    // The suffixes S3 filters on are the keys validate and dispatch act on.
+    let job = "users/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/jobs/01kbx8m3s2q4fz3x9m2w5a7c8d";
+    suffixes.sort();
+    assert_eq!(suffixes, ["/manifest.json", "/request.json"]);
+    assert!(matches!(classify(&format!("{job}/request.json")), KeyKind::Request(_)));
+    assert!(matches!(classify(&format!("{job}/manifest.json")), KeyKind::Manifest(_)));
+    // Every variable the template sets is one the functions read.
+    let docs = documented_vars();
+    let vars = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping().unwrap();
+    for (k, v) in vars {
+        let k = k.as_str().unwrap();
+        assert!(docs.contains(&format!("`{k}`")), "{k} is not a variable the functions read");
+        assert!(!untag(v).is_null());
+    }
+}
+
+#[test]
+fn the_minio_setup_sends_the_keys_the_functions_act_on_to_the_webhook() {
+    let path = repo().join("infra/minio/setup.sh");
+    assert!(Command::new("sh").arg("-n").arg(&path).status().unwrap().success());
+    let s = std::fs::read_to_string(&path).unwrap();
+    assert!(s.contains(r#"endpoint="${url%/}/events""#), "the host's webhook is /events");
+    assert!(s.contains("--event put --prefix users/ --suffix .json"));
+    assert!(s.contains("queue_dir="), "undelivered events must be kept");
+    // The filter (prefix users/, suffix .json) passes every key a function acts on, and not
+    // the log chunks and outputs that would flood it.
+    let job = "users/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/jobs/01kbx8m3s2q4fz3x9m2w5a7c8d";
+    let passes = |k: &str| k.starts_with("users/") && k.ends_with(".json");
+    for k in ["request.json", "manifest.json", "status/00000003.json"] {
+        let key = format!("{job}/{k}");
+        assert!(passes(&key) && !matches!(classify(&key), KeyKind::Other), "{key}");
+    }
+    assert!(!passes(&format!("{job}/logs/0/00000001.log")));
+}
+
+#[test]
+fn the_compose_file_runs_the_host_with_a_whole_configuration() {
+    let c = yaml("localstack/docker-compose.yml");
+    let services = c["services"].as_mapping().unwrap();
+    for s in ["minio", "localstack", "anvil", "functions", "minio-setup"] {
+        assert!(services.contains_key(s), "no {s} service");
+    }
+    let f = &c["services"]["functions"];
+    let cmd: Vec<&str> = f["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(&cmd[..2], ["aic-functions", "serve"]);
+    let docs = documented_vars();
+    let env = f["environment"].as_mapping().unwrap();
+    for (k, _) in env {
+        let k = k.as_str().unwrap();
+        assert!(docs.contains(&format!("`{k}`")) || k.starts_with("AWS_"), "{k} is not a variable the functions read");
+    }
+    let secret = env[&Value::from("AIC_GATEWAY_SECRET")].as_str().unwrap();
+    assert!(secret.len() >= 32 && hex::decode(secret).is_ok());
+    let token = env[&Value::from("AIC_WEBHOOK_TOKEN")].as_str().unwrap();
+    let setup = c["services"]["minio-setup"]["command"][0].as_str().unwrap();
+    assert!(setup.contains("/infra/setup.sh pool aic http://functions:8080") && setup.ends_with(token), "{setup}");
+    assert!(repo().join("localstack/Dockerfile").exists());
+}
