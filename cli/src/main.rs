@@ -44,6 +44,11 @@ enum Cmd {
         #[arg(long, short)]
         detach: bool,
     },
+    /// The pool's gateways, their miners and free GPUs.
+    Pool {
+        #[arg(long)]
+        json: bool,
+    },
     /// Your jobs, newest first.
     Jobs {
         #[arg(long)]
@@ -243,6 +248,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Login(a) => account::login(&env, a).await.map(|_| 0),
         Cmd::Logout => account::logout(&env).map(|_| 0),
         Cmd::Whoami => account::whoami(&env).await.map(|_| 0),
+        Cmd::Pool { json } => pool::show(&env, json).await.map(|_| 0),
         Cmd::Quote { miners, gpus, hours } => account::quote(&env, miners, gpus, hours).map(|_| 0),
     }
 }

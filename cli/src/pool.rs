@@ -36,6 +36,8 @@ pub struct Hosted {
     _chain: Option<DevChain>,
     pub chain: ChainConfig,
     not_before: Mutex<HashMap<PathBuf, Instant>>,
+    home: PathBuf,
+    published: Mutex<Vec<u8>>,
     _lock: File,
 }
 
@@ -134,6 +136,8 @@ impl Hosted {
             _chain: dev,
             chain,
             not_before: Mutex::new(HashMap::new()),
+            home: env.home.clone(),
+            published: Mutex::new(Vec::new()),
             _lock: lock,
         }))
     }
@@ -151,7 +155,23 @@ impl Hosted {
                 break;
             }
         }
+        self.publish().await;
         Ok(done)
+    }
+
+    /// Keeps `$AIC_HOME/pool.json` (what `aic pool` shows) current.
+    async fn publish(&self) {
+        if let Ok(gws) = aic_core::scheduler::Scheduler::pool(&self.scheduler).await {
+            let body = serde_json::to_vec_pretty(&gws).unwrap_or_default();
+            let mut last = self.published.lock().unwrap();
+            if *last != body {
+                let path = self.home.join("pool.json");
+                let tmp = self.home.join(".pool.json.tmp");
+                if std::fs::write(&tmp, &body).and_then(|_| std::fs::rename(&tmp, &path)).is_ok() {
+                    *last = body;
+                }
+            }
+        }
     }
 
     async fn step_once(&self) -> anyhow::Result<usize> {
@@ -214,4 +234,49 @@ impl Hosted {
             }
         }
     }
+}
+
+/// `aic pool`: gateways, miners, free GPUs — from the gateway in pool mode, else from the
+/// process hosting the embedded pool (or the configured size when none does).
+pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
+    use aic_core::scheduler::{GatewayInfo, MinerInfo};
+    let gws: Vec<GatewayInfo> = if let Some(gw) = env.gateway_client() {
+        let v = gw.call(reqwest::Method::GET, "pool", None).await?;
+        serde_json::from_value(v["gateways"].clone())?
+    } else {
+        let hosted = File::options().create(true).truncate(false).write(true).open(env.home.join("pool.lock"))?;
+        let running = matches!(hosted.try_lock(), Err(std::fs::TryLockError::WouldBlock));
+        drop(hosted);
+        match std::fs::read(env.home.join("pool.json")).ok().filter(|_| running) {
+            Some(b) => serde_json::from_slice(&b)?,
+            None => {
+                let (miners, gpus) = pool_size()?;
+                vec![GatewayInfo {
+                    name: "local".into(),
+                    miners: (1..=miners)
+                        .map(|i| MinerInfo { name: format!("miner-{i}"), gpus, free_gpus: gpus })
+                        .collect(),
+                }]
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&gws)?);
+        return Ok(());
+    }
+    for (i, g) in gws.iter().enumerate() {
+        let total: u32 = g.miners.iter().map(|m| m.gpus).sum();
+        let free: u32 = g.miners.iter().map(|m| m.free_gpus).sum();
+        let available = g.miners.iter().filter(|m| m.free_gpus > 0).count();
+        println!(
+            "{}. name: {}, available miners: {available} of {}, free GPUs: {free} of {total}",
+            i + 1,
+            g.name,
+            g.miners.len()
+        );
+        for m in &g.miners {
+            println!("   {:<20} {} GPU{}, {} free", m.name, m.gpus, if m.gpus == 1 { "" } else { "s" }, m.free_gpus);
+        }
+    }
+    Ok(())
 }

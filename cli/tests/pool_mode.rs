@@ -196,6 +196,11 @@ fn tutorial(p: &Pool) {
     assert!(dest.join("model.npz").metadata().unwrap().len() > 1000);
     assert!(text(&p.aic("u", &["logs", &job])).0.contains("final test accuracy"));
 
+    // The pool through the gateway: the two simulated miners behind it.
+    let pool: serde_json::Value = serde_json::from_slice(&p.aic("u", &["pool", "--json"]).stdout).unwrap();
+    assert_eq!(pool[0]["miners"].as_array().map(|m| m.len()), Some(2), "{pool}");
+    assert!(text(&p.aic("u", &["pool"])).0.starts_with("1. name: local, available miners: 2 of 2"));
+
     // Another user sees none of it.
     assert!(p.aic("v", &["login", "--dev", "2"]).status.success());
     let other: serde_json::Value = serde_json::from_slice(&p.aic("v", &["jobs", "--json"]).stdout).unwrap();

@@ -14,6 +14,7 @@
 //! | `GET /v1/objects?prefix=&offset=&delimiter=` | the caller's objects |
 //! | `POST /v1/multipart` `{action,key,upload_id?,part?,parts?}` | large uploads part by part |
 //! | `GET /v1/jobs`, `GET /v1/jobs/<id>` | the caller's jobs and one job's status |
+//! | `GET /v1/pool` | gateways, miners and free GPUs |
 //! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
 //!
@@ -305,6 +306,10 @@ impl Gateway {
             (&Method::GET, ["objects"]) => self.objects(&who, &q).await,
             (&Method::POST, ["multipart"]) => self.multipart(&who, &body).await,
             (&Method::GET, ["jobs"]) => self.jobs(&who).await,
+            (&Method::GET, ["pool"]) => {
+                let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
+                Ok(json!({ "gateways": gws }))
+            }
             (&Method::GET, ["jobs", id]) => self.job(&who, id).await,
             (&Method::GET, ["jobs", id, "logs"]) => self.logs(&who, id, q.get("after").map(String::as_str)).await,
             (&Method::POST, ["jobs", id, "cancel"]) => self.cancel(&who, id).await,

@@ -32,7 +32,7 @@ pub enum ScheduleError {
 }
 
 /// One miner as the pool reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MinerInfo {
     pub name: String,
     pub gpus: u32,
@@ -40,7 +40,7 @@ pub struct MinerInfo {
 }
 
 /// A gateway (Nomad datacenter / node pool) and its miners.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GatewayInfo {
     pub name: String,
     pub miners: Vec<MinerInfo>,
