@@ -193,6 +193,7 @@ fn cfg(addr: &str, token: &str) -> NomadConfig {
         cpu_mhz: 1000,
         memory_mb: 2048,
         worker_env: vec![],
+        secrets_var: None,
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
+//! | `AIC_LOG` | log filter (`info`, `debug`, `aic_functions=debug`, …) |
 //! | `AIC_WEBHOOK_TOKEN` | bearer token MinIO must send to `/events` (its `auth_token`) |
 
 use std::path::PathBuf;

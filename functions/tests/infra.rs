@@ -171,3 +171,150 @@ fn the_compose_file_runs_the_host_with_a_whole_configuration() {
     assert!(setup.contains("/infra/setup.sh pool aic http://functions:8080") && setup.ends_with(token), "{setup}");
     assert!(repo().join("localstack/Dockerfile").exists());
 }
+
+fn nomad(rel: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(repo().join("infra/nomad").join(rel)).unwrap();
+    hcl::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not valid HCL: {e}"))
+}
+
+/// Names set by `KEY=` lines of a template's data.
+fn template_keys(task: &serde_json::Value) -> Vec<String> {
+    task["template"]["data"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| l.trim().split_once('=').map(|(k, _)| k.to_string()))
+        .filter(|k| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect()
+}
+
+fn only<'a>(v: &'a serde_json::Value, what: &str) -> (&'a String, &'a serde_json::Value) {
+    let m = v.as_object().unwrap_or_else(|| panic!("{what}: not a block"));
+    assert_eq!(m.len(), 1, "{what}: one block expected");
+    m.iter().next().unwrap()
+}
+
+#[test]
+fn the_nomad_functions_job_runs_the_real_binary_with_variables_it_reads() {
+    let job = nomad("functions.nomad.hcl");
+    let (_, job) = only(&job["job"], "job");
+    assert_eq!(job["namespace"], "aic");
+    let (_, group) = only(&job["group"], "group");
+    let (_, task) = only(&group["task"], "task");
+    let command = task["config"]["command"].as_str().unwrap();
+    let bin = command.rsplit('/').next().unwrap();
+    assert!(repo().join(format!("functions/src/bin/{bin}.rs")).exists(), "{command}: no such binary");
+    let args: Vec<&str> = task["config"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(&args[..2], ["serve", "--listen"]);
+    // The port it listens on is the group's port, and the service checks the host's /healthz.
+    let port = group["network"]["port"].as_object().unwrap().keys().next().unwrap();
+    assert!(args[2].ends_with(&format!("${{NOMAD_PORT_{port}}}")));
+    assert_eq!(group["service"]["port"], port.as_str());
+    assert_eq!(group["service"]["check"]["path"], "/healthz");
+    assert!(std::fs::read_to_string(repo().join("functions/src/host.rs")).unwrap().contains("\"/healthz\""));
+    let docs = documented_vars();
+    let mut names: Vec<String> = task["env"].as_object().unwrap().keys().cloned().collect();
+    names.extend(template_keys(task));
+    for k in &names {
+        assert!(docs.contains(&format!("`{k}`")) || k.starts_with("AWS_"), "{k} is not a variable the functions read");
+    }
+    for must in ["AIC_STORE", "AIC_SCHEDULER", "NOMAD_ADDR", "NOMAD_TOKEN", "AIC_GATEWAY_SECRET", "AIC_WEBHOOK_TOKEN"] {
+        assert!(names.iter().any(|n| n == must), "{must} is not set");
+    }
+    // Secrets come from Nomad Variables, not the job file.
+    assert!(task["env"].get("AIC_GATEWAY_SECRET").is_none() && task["env"].get("NOMAD_TOKEN").is_none());
+}
+
+#[test]
+fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
+    use aic_core::scheduler::nomad::{NomadConfig, job_spec};
+    let job = nomad("worker.nomad.hcl");
+    let (_, job) = only(&job["job"], "job");
+    assert_eq!(job["type"], "batch");
+    let (_, group) = only(&job["group"], "group");
+    let (_, task) = only(&group["task"], "task");
+    assert!(task["config"]["command"].as_str().unwrap().ends_with("/aic-worker"));
+    assert!(repo().join("worker/src/main.rs").exists());
+    // What the code registers for a train job.
+    let cfg = NomadConfig {
+        addr: "http://x".into(),
+        token: None,
+        region: None,
+        namespace: None,
+        datacenter: "dc1".into(),
+        driver: "exec".into(),
+        worker: "aic-worker".into(),
+        cpu_mhz: 2000,
+        memory_mb: 8192,
+        worker_env: vec![("AIC_STORE".into(), "s3://aic".into())],
+        secrets_var: Some("nomad/jobs/aic-worker".into()),
+    };
+    let now = chrono::Utc::now();
+    let m: aic_schemas::JobManifest = serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "request": {"version": 1, "kind": "train", "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+            "job_id": aic_schemas::JobId::generate(), "entrypoint": "train.py", "miners": 2, "gpus_per_miner": 3,
+            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
+        "quote": {"gpu_hours": 6.0, "price_per_gpu_hour": "0", "total": "0"}, "validated_at": now,
+    }))
+    .unwrap();
+    let key = aic_core::layout::JobKey::new(m.request.owner, m.request.job_id.clone());
+    let spec = job_spec(&cfg, &key, &m, 0);
+    let tg = &spec["TaskGroups"][0];
+    let t = &tg["Tasks"][0];
+    // Same environment names (the HCL gets the store's from its template).
+    let mut hcl_env: Vec<String> = task["env"].as_object().unwrap().keys().cloned().collect();
+    hcl_env.extend(template_keys(task));
+    let mut spec_env: Vec<String> = t["Env"].as_object().unwrap().keys().cloned().collect();
+    spec_env.extend(["AWS_ACCESS_KEY_ID".to_string(), "AWS_SECRET_ACCESS_KEY".to_string()]);
+    for k in &spec_env {
+        assert!(hcl_env.contains(k), "{k} is registered by the scheduler but not in worker.nomad.hcl");
+        assert_eq!(
+            task["env"].get(k).and_then(|v| v.as_str()).filter(|v| v.starts_with("${NOMAD") || v.starts_with("${node")),
+            t["Env"].get(k).and_then(|v| v.as_str()).filter(|v| v.starts_with("${NOMAD") || v.starts_with("${node")),
+            "{k}"
+        );
+    }
+    // Every variable the worker needs, it gets.
+    let worker = std::fs::read_to_string(repo().join("worker/src/main.rs")).unwrap();
+    for k in ["AIC_STORE", "AIC_JOB_OWNER", "AIC_JOB_ID", "AIC_ALLOC_INDEX", "AIC_ALLOC_COUNT", "AIC_WORK_DIR"] {
+        assert!(worker.contains(&format!("env(\"{k}\")")), "the worker reads {k}");
+        assert!(spec_env.iter().any(|e| e == k), "{k} is given to the worker");
+    }
+    // The same port, device, restart and reschedule choices.
+    let port = group["network"]["port"].as_object().unwrap().keys().next().unwrap();
+    assert_eq!(tg["Networks"][0]["DynamicPorts"][0]["Label"], port.as_str());
+    assert!(task["resources"]["device"].get(t["Resources"]["Devices"][0]["Name"].as_str().unwrap()).is_some());
+    assert_eq!(group["restart"]["attempts"], tg["RestartPolicy"]["Attempts"]);
+    assert_eq!(group["restart"]["mode"], tg["RestartPolicy"]["Mode"]);
+    assert_eq!(group["reschedule"]["attempts"], tg["ReschedulePolicy"]["Attempts"]);
+    assert_eq!(group["constraint"]["operator"], tg["Constraints"][0]["Operand"]);
+    assert_eq!(task["kill_signal"], t["KillSignal"]);
+    assert_eq!(task["kill_timeout"], "30s");
+    assert_eq!(t["KillTimeout"], 30_000_000_000u64);
+}
+
+#[test]
+fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
+    let job = nomad("minio.nomad.hcl");
+    let (_, job) = only(&job["job"], "job");
+    let (_, group) = only(&job["group"], "group");
+    let (_, task) = only(&group["task"], "task");
+    assert_eq!(task["env"]["MINIO_NOTIFY_WEBHOOK_ENABLE_AIC"], "on");
+    assert!(task["env"]["MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_AIC"].as_str().is_some(), "undelivered events must be kept");
+    let data = task["template"]["data"].as_str().unwrap();
+    assert!(data.contains("nomadService \"aic-functions\"") && data.contains("/events"), "{data}");
+    // The functions job registers the service this looks up.
+    let f = nomad("functions.nomad.hcl");
+    let (_, fjob) = only(&f["job"], "job");
+    let (_, fgroup) = only(&fjob["group"], "group");
+    assert_eq!(fgroup["service"]["name"], "aic-functions");
+    // The ACL policy grants what the scheduler calls need.
+    let policy = std::fs::read_to_string(repo().join("infra/nomad/acl/aic-functions.policy.hcl")).unwrap();
+    let p: serde_json::Value = hcl::from_str(&policy).unwrap();
+    let caps = p["namespace"]["aic"]["capabilities"].to_string();
+    for c in ["submit-job", "read-job"] {
+        assert!(caps.contains(c), "{c}");
+    }
+    assert_eq!(p["node"]["policy"], "read");
+}

@@ -27,6 +27,7 @@
 //! | `AIC_NOMAD_DRIVER` | task driver for aic-worker; default `exec` |
 //! | `AIC_NOMAD_WORKER` | the aic-worker command on the miners; default `aic-worker` |
 //! | `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | per-allocation CPU (MHz) and memory |
+//! | `AIC_NOMAD_SECRETS_VAR` | Nomad Variable with the workers' store credentials (`s3_access_key`, `s3_secret_key`); default `nomad/jobs/aic-worker` |
 
 use std::time::Duration;
 
@@ -59,8 +60,11 @@ pub struct NomadConfig {
     pub worker: String,
     pub cpu_mhz: u32,
     pub memory_mb: u32,
-    /// Environment every worker gets (the store's location and credentials).
+    /// Environment every worker gets (the store's location).
     pub worker_env: Vec<(String, String)>,
+    /// The Nomad Variable the workers' store credentials come from (a `template` block), so
+    /// that they are never in the job specification; without one, `worker_env`'s are.
+    pub secrets_var: Option<String>,
 }
 
 impl NomadConfig {
@@ -81,6 +85,7 @@ impl NomadConfig {
             worker: var("AIC_NOMAD_WORKER").unwrap_or_else(|| "aic-worker".into()),
             cpu_mhz: num("AIC_NOMAD_CPU", 2000)?,
             memory_mb: num("AIC_NOMAD_MEMORY_MB", 8192)?,
+            secrets_var: Some(var("AIC_NOMAD_SECRETS_VAR").unwrap_or_else(|| "nomad/jobs/aic-worker".into())),
             worker_env,
         }))
     }
@@ -101,9 +106,26 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
     let id = nomad_id(job);
     let serve = r.kind == JobKind::Serve;
     let mut env = serde_json::Map::new();
+    let secret = |k: &str| k == "AWS_ACCESS_KEY_ID" || k == "AWS_SECRET_ACCESS_KEY";
     for (k, v) in &cfg.worker_env {
-        env.insert(k.clone(), json!(v));
+        if !(cfg.secrets_var.is_some() && secret(k)) {
+            env.insert(k.clone(), json!(v));
+        }
     }
+    let templates: Vec<Value> = cfg
+        .secrets_var
+        .iter()
+        .map(|var| {
+            json!({
+                "DestPath": "${NOMAD_SECRETS_DIR}/store.env",
+                "Envvars": true,
+                "ChangeMode": "restart",
+                "EmbeddedTmpl": format!(
+                    "{{{{ with nomadVar \"{var}\" }}}}\nAWS_ACCESS_KEY_ID={{{{ .s3_access_key }}}}\nAWS_SECRET_ACCESS_KEY={{{{ .s3_secret_key }}}}\n{{{{ end }}}}\n"
+                ),
+            })
+        })
+        .collect();
     for (k, v) in [
         ("AIC_JOB_OWNER", job.owner.to_string()),
         ("AIC_JOB_ID", job.job.to_string()),
@@ -165,6 +187,7 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
                 "Driver": cfg.driver,
                 "Config": {"command": cfg.worker},
                 "Env": env,
+                "Templates": templates,
                 "Resources": {"CPU": cfg.cpu_mhz, "MemoryMB": cfg.memory_mb, "Devices": devices},
                 "KillSignal": "SIGTERM",
                 "KillTimeout": ns(KILL_TIMEOUT),
@@ -515,7 +538,12 @@ mod tests {
             worker: "/usr/local/bin/aic-worker".into(),
             cpu_mhz: 2000,
             memory_mb: 8192,
-            worker_env: vec![("AIC_STORE".into(), "s3://pool".into())],
+            worker_env: vec![
+                ("AIC_STORE".into(), "s3://pool".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "AKIA".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "shh".into()),
+            ],
+            secrets_var: Some("nomad/jobs/aic-worker".into()),
         }
     }
 
@@ -568,6 +596,12 @@ mod tests {
         assert_eq!(t["KillTimeout"], 30_000_000_000u64, "durations are nanoseconds");
         let env = &t["Env"];
         assert_eq!(env["AIC_STORE"], "s3://pool");
+        // Credentials come from a Nomad Variable through a template, not the job spec.
+        assert!(env.get("AWS_SECRET_ACCESS_KEY").is_none() && !j.to_string().contains("shh"));
+        let tmpl = &t["Templates"][0];
+        assert_eq!(tmpl["Envvars"], true);
+        assert_eq!(tmpl["DestPath"], "${NOMAD_SECRETS_DIR}/store.env");
+        assert!(tmpl["EmbeddedTmpl"].as_str().unwrap().starts_with("{{ with nomadVar \"nomad/jobs/aic-worker\" }}"));
         assert_eq!(env["AIC_JOB_ID"], job.job.to_string());
         assert_eq!(env["AIC_ALLOC_INDEX"], "${NOMAD_ALLOC_INDEX}");
         assert_eq!(env["AIC_ALLOC_COUNT"], "2");

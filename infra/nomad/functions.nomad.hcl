@@ -1,0 +1,98 @@
+# The functions host on the pool: bucket notifications (MinIO webhook → /events), the gateway
+# API (/v1) users reach with AIC_GATEWAY, and the Nomad scheduler for their jobs.
+#
+#   nomad var put -namespace aic nomad/jobs/aic-functions \
+#     gateway_secret=$(openssl rand -hex 32) webhook_token=$(openssl rand -hex 16) \
+#     s3_access_key=… s3_secret_key=… nomad_token=…
+#   nomad job run -namespace aic infra/nomad/functions.nomad.hcl
+#
+# nomad_token is a token for the policy in acl/aic-functions.policy.hcl (submit and stop the
+# aic-* jobs, read nodes): `nomad acl policy apply aic-functions acl/aic-functions.policy.hcl`,
+# `nomad acl token create -name aic-functions -policy aic-functions`.
+
+variable "image_dir" {
+  type    = string
+  default = "/opt/aic/bin"
+}
+
+variable "bucket" {
+  type    = string
+  default = "aic"
+}
+
+variable "s3_endpoint" {
+  type    = string
+  default = "http://minio.service.pool:9000"
+}
+
+job "aic-functions" {
+  namespace   = "aic"
+  type        = "service"
+  datacenters = ["*"]
+
+  group "functions" {
+    count = 2
+
+    network {
+      port "http" {}
+    }
+
+    service {
+      name     = "aic-functions"
+      port     = "http"
+      provider = "nomad"
+
+      check {
+        type     = "http"
+        path     = "/healthz"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "functions" {
+      driver = "exec"
+
+      config {
+        command = "${var.image_dir}/aic-functions"
+        args    = ["serve", "--listen", "0.0.0.0:${NOMAD_PORT_http}"]
+      }
+
+      env {
+        AIC_STORE           = "s3://${var.bucket}"
+        AIC_S3_ENDPOINT     = var.s3_endpoint
+        AIC_SCHEDULER       = "nomad"
+        NOMAD_ADDR          = "http://${attr.unique.network.ip-address}:4646"
+        NOMAD_NAMESPACE     = "aic"
+        AIC_NOMAD_WORKER    = "${var.image_dir}/aic-worker"
+        AIC_NOMAD_DRIVER    = "exec"
+        AIC_GATEWAY_DOMAIN  = "aic-pool"
+        AIC_LOG             = "info"
+      }
+
+      # Secrets from Nomad Variables, never in the job file.
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/aic.env"
+        env         = true
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/aic-functions" }}
+          AIC_GATEWAY_SECRET={{ .gateway_secret }}
+          AIC_WEBHOOK_TOKEN={{ .webhook_token }}
+          AWS_ACCESS_KEY_ID={{ .s3_access_key }}
+          AWS_SECRET_ACCESS_KEY={{ .s3_secret_key }}
+          NOMAD_TOKEN={{ .nomad_token }}
+          AIC_RPC_URL={{ .rpc_url }}
+          AIC_TOKEN={{ .token }}
+          AIC_TREASURY={{ .treasury }}
+          AIC_CHAIN_ID={{ .chain_id }}
+          {{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 500
+        memory = 256
+      }
+    }
+  }
+}

@@ -1,0 +1,112 @@
+# The shape of the Nomad job the functions register for one train job (written by
+# aic_core::scheduler::nomad::job_spec as JSON; this HCL form is for reading and for running
+# one by hand). One allocation per miner, G GPUs each, the worker's rendezvous port, no
+# restart or reschedule by Nomad: aic restarts the whole job from its last checkpoint by
+# registering a new version with the next attempt in its meta.
+#
+#   nomad job run -namespace aic -var job_id=01k… -var owner=0x… -var miners=2 -var gpus=3 \
+#     infra/nomad/worker.nomad.hcl
+
+variable "job_id" { type = string }
+variable "owner" { type = string }
+variable "miners" {
+  type    = number
+  default = 1
+}
+variable "gpus" {
+  type    = number
+  default = 1
+}
+variable "gateway" {
+  type    = string
+  default = "dc1"
+}
+variable "attempt" {
+  type    = string
+  default = "0"
+}
+
+job "aic-job" {
+  namespace   = "aic"
+  type        = "batch"
+  datacenters = [var.gateway]
+
+  meta {
+    aic_job     = var.job_id
+    aic_owner   = var.owner
+    aic_attempt = var.attempt
+    aic_kind    = "train"
+  }
+
+  group "train" {
+    count = var.miners
+
+    constraint {
+      operator = "distinct_hosts"
+      value    = "true"
+    }
+
+    spread {
+      attribute = "${node.unique.id}"
+      weight    = 100
+    }
+
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
+    network {
+      port "rdzv" {}
+    }
+
+    task "worker" {
+      driver       = "exec"
+      kill_signal  = "SIGTERM"
+      kill_timeout = "30s"
+
+      config {
+        command = "/opt/aic/bin/aic-worker"
+      }
+
+      env {
+        AIC_JOB_OWNER   = var.owner
+        AIC_JOB_ID      = var.job_id
+        AIC_ALLOC_INDEX = "${NOMAD_ALLOC_INDEX}"
+        AIC_ALLOC_COUNT = var.miners
+        AIC_ATTEMPT     = "${NOMAD_META_aic_attempt}"
+        AIC_MINER       = "${node.unique.name}"
+        AIC_HOST        = "${NOMAD_IP_rdzv}"
+        AIC_PORT        = "${NOMAD_PORT_rdzv}"
+        AIC_WORK_DIR    = "${NOMAD_TASK_DIR}"
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/store.env"
+        env         = true
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/aic-worker" }}
+          AIC_STORE={{ .store }}
+          AIC_S3_ENDPOINT={{ .s3_endpoint }}
+          AWS_ACCESS_KEY_ID={{ .s3_access_key }}
+          AWS_SECRET_ACCESS_KEY={{ .s3_secret_key }}
+          {{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 2000
+        memory = 8192
+
+        device "nvidia/gpu" {
+          count = var.gpus
+        }
+      }
+    }
+  }
+}
