@@ -27,6 +27,9 @@ struct Nomad {
     allocs: BTreeMap<String, Vec<String>>,
     evals: BTreeMap<String, (u32, Value)>,
     seen: Vec<(String, String, Option<String>)>,
+    /// NDJSON lines the event stream sends (then it closes).
+    stream: Vec<String>,
+    stream_queries: Vec<BTreeMap<String, String>>,
 }
 
 const NODES: [(&str, &str, &str, u32, bool); 4] = [
@@ -54,6 +57,20 @@ async fn handle(
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let token = req.headers().get("x-nomad-token").map(|v| v.to_str().unwrap().to_string());
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    if path == "/v1/event/stream" && token.as_deref() == Some(TOKEN) {
+        assert_eq!(query.get("topic").map(String::as_str), Some("Allocation:*"));
+        let lines = {
+            let mut s = state.lock().unwrap();
+            s.stream_queries.push(query.clone());
+            std::mem::take(&mut s.stream)
+        };
+        if lines.is_empty() {
+            // Nothing more: hold the connection like a quiet stream.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            return Ok(text(200, "{}\n"));
+        }
+        return Ok(text(200, &(lines.join("\n") + "\n")));
+    }
     let mut s = state.lock().unwrap();
     s.seen.push((method.clone(), path.clone(), token.clone()));
     if token.as_deref() != Some(TOKEN) {
@@ -85,6 +102,13 @@ async fn handle(
             if v["EnforceIndex"] == true && v["JobModifyIndex"] == 0 && s.jobs.contains_key(&id) {
                 return Ok(text(500, "Enforcing job modify index 0: job already exists"));
             }
+            let version = s.jobs.get(&id).map(|j| j["Version"].as_u64().unwrap() + 1).unwrap_or(0);
+            if let Some(old) = s.allocs.remove(&id) {
+                for n in old {
+                    *s.busy.get_mut(&n).unwrap() -=
+                        job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
+                }
+            }
             let count = job["TaskGroups"][0]["Count"].as_u64().unwrap() as u32;
             let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
             let dc = job["Datacenters"][0].as_str().unwrap();
@@ -109,7 +133,10 @@ async fn handle(
                         "DimensionExhausted": {"devices: nvidia/gpu": 2}, "CoalescedFailures": count - 1}}})
             };
             s.evals.insert(eval_id.clone(), (0, eval));
-            s.jobs.insert(id, v["Job"].clone());
+            let mut stored = v["Job"].clone();
+            stored["Version"] = json!(version);
+            stored["Stop"] = json!(false);
+            s.jobs.insert(id, stored);
             reply(200, json!({"EvalID": eval_id, "EvalCreateIndex": 10, "JobModifyIndex": 10, "Warnings": ""}))
         }
         ("GET", p) if p.starts_with("/v1/evaluation/") => {
@@ -136,6 +163,13 @@ async fn handle(
                 .map(|n| json!({"ID": format!("{id}-{n}"), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
                 .collect();
             reply(200, json!(allocs))
+        }
+        ("GET", p) if p.starts_with("/v1/job/") => {
+            let id = p.trim_start_matches("/v1/job/");
+            match s.jobs.get(id) {
+                Some(j) => reply(200, j.clone()),
+                None => text(404, "job not found"),
+            }
         }
         ("DELETE", p) if p.starts_with("/v1/job/") => {
             let id = p.trim_start_matches("/v1/job/").to_string();
@@ -280,4 +314,123 @@ async fn a_bad_token_and_an_unreachable_cluster_say_what_to_fix() {
     assert!(err.contains("403") && err.contains("NOMAD_TOKEN"), "{err}");
     let err = NomadScheduler::new(cfg("http://127.0.0.1:1", TOKEN)).submit(&job, &m).await.unwrap_err().to_string();
     assert!(err.contains("cannot reach Nomad at http://127.0.0.1:1"), "{err}");
+}
+
+fn lost(job: &JobKey, version: u64, node: &str) -> Value {
+    json!({"ID": "alloc-1", "JobID": nomad_id(job), "Name": format!("{}.train[1]", nomad_id(job)), "NodeName": node,
+        "ClientStatus": "lost", "ClientDescription": "node is down", "JobVersion": version, "Namespace": "aic"})
+}
+
+async fn running_job(store: &aic_core::Store, m: &JobManifest) -> JobKey {
+    use aic_core::status::{Transition, advance};
+    use aic_schemas::JobState;
+    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    store.create_json(&job.manifest(), m).await.unwrap();
+    for st in [JobState::Submitted, JobState::Paid, JobState::Scheduled, JobState::Running] {
+        advance(store, &job, Transition::new(st, "test")).await.unwrap();
+    }
+    job
+}
+
+#[tokio::test]
+async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_retries_run_out() {
+    use aic_core::scheduler::nomad::{AllocAction, MAX_RETRIES};
+    use aic_core::status;
+    use aic_schemas::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let (_, m) = manifest(2, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+
+    // A running allocation's update: nothing to do.
+    let mut ok = lost(&job, 0, "node-b");
+    ok["ClientStatus"] = json!("running");
+    assert_eq!(n.on_alloc(&store, &ok).await.unwrap(), AllocAction::Nothing);
+    // node-b is lost: the job is registered again with attempt 1, and says why.
+    assert_eq!(n.on_alloc(&store, &lost(&job, 0, "node-b")).await.unwrap(), AllocAction::Restarted(1));
+    let st = status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::Retrying);
+    assert_eq!(
+        st.reason.as_deref(),
+        Some("allocation 1 on node-b was lost (node is down); starting again from the last checkpoint (retry 1 of 2)")
+    );
+    {
+        let s = state.lock().unwrap();
+        let j = &s.jobs[&nomad_id(&job)];
+        assert_eq!((j["Version"].as_u64(), j["Meta"]["aic_attempt"].as_str()), (Some(1), Some("1")));
+    }
+    // The other allocation of the replaced version reports lost too: it changes nothing.
+    assert_eq!(n.on_alloc(&store, &lost(&job, 0, "node-a")).await.unwrap(), AllocAction::Nothing);
+    // The worker of the new attempt runs; lost again, and again: retries run out.
+    status::advance(&store, &job, aic_core::status::Transition::new(JobState::Running, "worker")).await.unwrap();
+    assert_eq!(n.on_alloc(&store, &lost(&job, 1, "node-a")).await.unwrap(), AllocAction::Restarted(2));
+    status::advance(&store, &job, aic_core::status::Transition::new(JobState::Running, "worker")).await.unwrap();
+    match n.on_alloc(&store, &lost(&job, 2, "node-a")).await.unwrap() {
+        AllocAction::Failed(why) => assert!(why.ends_with(&format!("no retries left ({MAX_RETRIES} used)")), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(status::current(&store, &job).await.unwrap().unwrap().state, JobState::Failed);
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)), "deregistered");
+}
+
+#[tokio::test]
+async fn a_failure_the_worker_recorded_stops_the_other_allocations() {
+    use aic_core::scheduler::nomad::AllocAction;
+    use aic_core::status::{Transition, advance};
+    use aic_schemas::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let (_, m) = manifest(2, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    advance(&store, &job, Transition::new(JobState::Failed, "worker").reason("exit code 1")).await.unwrap();
+    let mut failed = lost(&job, 0, "node-a");
+    failed["ClientStatus"] = json!("failed");
+    assert_eq!(n.on_alloc(&store, &failed).await.unwrap(), AllocAction::Stopped);
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)));
+}
+
+#[tokio::test]
+async fn the_watcher_follows_the_event_stream_and_resumes_from_its_index() {
+    use aic_schemas::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let (_, m) = manifest(1, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    let ev = json!({"Index": 42, "Events": [{"Topic": "Allocation", "Type": "AllocationUpdated", "Key": "alloc-1",
+        "Namespace": "aic", "Index": 42, "Payload": {"Allocation": lost(&job, 0, "node-a")}}]});
+    state.lock().unwrap().stream = vec!["{}".into(), ev.to_string(), "{}".into()];
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let w = {
+        let n = n.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            n.watch(store, async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while aic_core::status::current(&store, &job).await.unwrap().unwrap().state != JobState::Retrying {
+        assert!(std::time::Instant::now() < deadline, "the watcher never acted on the event");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // After the stream closed, it reconnects from the last index it saw.
+    while state.lock().unwrap().stream_queries.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let qs = state.lock().unwrap().stream_queries.clone();
+    assert_eq!((qs[0]["index"].as_str(), qs[1]["index"].as_str()), ("0", "42"));
+    tx.send(()).unwrap();
+    w.await.unwrap();
 }

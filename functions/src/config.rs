@@ -49,6 +49,8 @@ pub struct Built {
     pub chain_id: u64,
     /// The local scheduler, when that is the one in use (to stop its workers on exit).
     pub local: Option<LocalScheduler>,
+    /// The Nomad scheduler, when that is the one in use (its allocation watcher runs in the host).
+    pub nomad: Option<aic_core::scheduler::nomad::NomadScheduler>,
 }
 
 pub fn build() -> anyhow::Result<Built> {
@@ -74,6 +76,7 @@ pub fn build() -> anyhow::Result<Built> {
         let payments = Arc::new(ChainPayments::new(c.clone(), store.clone())?);
         (Some(c.clone()), c.chain_id, payments, c.pricing())
     };
+    let mut nomad = None;
     let (scheduler, local): (Arc<dyn Scheduler>, Option<LocalScheduler>) =
         match var("AIC_SCHEDULER").as_deref().unwrap_or("local") {
             "local" => {
@@ -101,12 +104,14 @@ pub fn build() -> anyhow::Result<Built> {
                 let cfg = aic_core::scheduler::nomad::NomadConfig::from_env(store_config.env())
                     .map_err(|e| anyhow!(e))?
                     .ok_or_else(|| anyhow!("AIC_SCHEDULER=nomad needs NOMAD_ADDR (and NOMAD_TOKEN with ACLs on)"))?;
-                (Arc::new(aic_core::scheduler::nomad::NomadScheduler::new(cfg)), None)
+                let n = aic_core::scheduler::nomad::NomadScheduler::new(cfg);
+                nomad = Some(n.clone());
+                (Arc::new(n), None)
             }
             other => bail!("AIC_SCHEDULER={other:?} is not known: use local or nomad"),
         };
     let ctx = Ctx { store, scheduler, auth: Arc::new(Eip712Auth { chain_id: auth_chain_id }), payments, pricing };
-    Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id, local })
+    Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id, local, nomad })
 }
 
 /// The gateway's settings, or `None` when `AIC_GATEWAY_SECRET` is not set.

@@ -5,7 +5,8 @@
 //! ```
 //! Configuration is read from the environment (see `aic_functions::config`). It prints
 //! `listening on http://ADDR` once it accepts connections, and stops its simulated miners'
-//! workers on SIGINT/SIGTERM.
+//! workers on SIGINT/SIGTERM. With `AIC_SCHEDULER=nomad` it also follows Nomad's
+//! allocation events (lost allocations restart their job).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,16 +65,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     println!("listening on http://{}", listener.local_addr()?);
     let server = tokio::spawn(serve(host, listener));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let poller = match poll_ms {
         Some(ms) => {
             let p = Poller::load(built.ctx.clone()).await?;
-            Some(tokio::spawn(p.run(Duration::from_millis(ms.max(50)), async {
-                let _ = stop_rx.await;
-            })))
+            Some(tokio::spawn(p.run(Duration::from_millis(ms.max(50)), stopped(stop_rx.clone()))))
         }
         None => None,
     };
+    // On Nomad: follow allocation events, restarting jobs whose allocations were lost.
+    let watcher =
+        built.nomad.clone().map(|n| tokio::spawn(n.watch_owned(built.ctx.store.clone(), stopped(stop_rx.clone()))));
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -82,9 +87,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     eprintln!("aic-functions: stopping");
-    let _ = stop_tx.send(());
-    if let Some(p) = poller {
-        let _ = p.await;
+    let _ = stop_tx.send(true);
+    for t in [poller, watcher].into_iter().flatten() {
+        let _ = t.await;
     }
     server.abort();
     if let Some(local) = &built.local {
