@@ -7,6 +7,7 @@
 //!   ([`crate::sns`]). An SNS `SubscriptionConfirmation` is verified, then confirmed by
 //!   fetching its `SubscribeURL`.
 //! - `/v1/…`: the gateway API ([`crate::gateway`]), when the host has one.
+//! - `/d/<deployment>/…`: the serving gateway ([`crate::proxy`]), when the host has one.
 //! - `GET /healthz`: 200.
 
 use std::convert::Infallible;
@@ -34,12 +35,14 @@ pub struct Host {
     /// (MinIO's `auth_token`). Forged events could only re-run idempotent work on objects
     /// that exist, but there is no reason to take them.
     pub webhook_token: Option<String>,
+    /// The serving gateway (`/d/<deployment>/…`), when this host routes to deployments.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Host {
     /// A host for the webhook alone (MinIO bodies; SNS refused).
     pub fn webhook(ctx: Ctx) -> Self {
-        Host { ctx, sns: None, gateway: None, webhook_token: None }
+        Host { ctx, sns: None, gateway: None, webhook_token: None, proxy: None }
     }
 }
 
@@ -66,6 +69,28 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
 
 async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    if let (Some(rest), Some(proxy)) = (path.strip_prefix("/d/"), host.proxy.clone()) {
+        let (deployment, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        let (deployment, rest) = (deployment.to_string(), rest.to_string());
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, crate::proxy::MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return Ok(reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": format!("request body over {} bytes", crate::proxy::MAX_BODY)}),
+                ));
+            }
+        };
+        let a = proxy.forward(&deployment, &parts.method, &rest, parts.uri.query(), &parts.headers, body).await;
+        let mut b = Response::builder().status(a.status);
+        for (k, v) in &a.headers {
+            b = b.header(k, v);
+        }
+        return Ok(b
+            .body(Full::new(a.body))
+            .unwrap_or_else(|_| reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad answer"}))));
+    }
     if path.starts_with("/v1/") {
         let Some(gw) = host.gateway.clone() else {
             return Ok(reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "this host serves no gateway API"})));

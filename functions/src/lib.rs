@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod host;
 pub mod lambda;
 pub mod poll;
+pub mod proxy;
 pub mod sns;
 pub mod validate;
 pub mod webhook;

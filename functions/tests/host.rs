@@ -77,7 +77,7 @@ async fn start_host(p: &Pool, cert_origin: Option<&str>) -> String {
     let addr = listener.local_addr().unwrap();
     let sns = cert_origin.map(|o| Arc::new(SnsVerifier::new(vec![TOPIC.into()], vec![o.to_string()])));
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns, gateway: None, webhook_token: None },
+        Host { ctx: p.ctx.clone(), sns, gateway: None, webhook_token: None, proxy: None },
         listener,
     ));
     format!("http://{addr}")
@@ -237,7 +237,7 @@ async fn with_a_webhook_token_minio_bodies_must_carry_it() {
     let p = pool(1, "exit 0");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: Some("s3cret".into()) };
+    let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: Some("s3cret".into()), proxy: None };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let job = put_request(&p.store, &request(1).await).await;
     let http = reqwest::Client::new();

@@ -61,7 +61,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--poll-ms needs the gateway (set AIC_GATEWAY_SECRET): the poller reads the gateway's inbox");
     }
     let webhook_token = std::env::var("AIC_WEBHOOK_TOKEN").ok().filter(|t| !t.is_empty());
-    let host = Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, webhook_token };
+    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(built.ctx.store.clone())));
+    let host =
+        Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, webhook_token, proxy };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     println!("listening on http://{}", listener.local_addr()?);
     let server = tokio::spawn(serve(host, listener));
