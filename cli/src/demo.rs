@@ -1,4 +1,5 @@
-//! `aic demo`: the tutorial on the embedded pool — dataset, training, checkpoint.
+//! `aic demo`: the tutorial on the embedded pool — dataset, training on two miners, the
+//! checkpoint, then the checkpoint deployed as an HTTP API and asked for a prediction.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,6 +15,8 @@ use crate::{data, pool};
 const TRAIN_PY: &str = include_str!("../../examples/digits/train.py");
 const TRAIN_MPI_PY: &str = include_str!("../../examples/digits/train_mpi.py");
 const MAKE_DATASET_PY: &str = include_str!("../../examples/digits/make_dataset.py");
+const APP_PY: &str = include_str!("../../examples/digits/serve/app.py");
+const REQUIREMENTS: &str = include_str!("../../examples/digits/serve/requirements.txt");
 
 pub async fn run(env: &Env) -> anyhow::Result<i32> {
     let t0 = Instant::now();
@@ -74,11 +77,12 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     let req =
         file.to_request(env.owner, JobId::generate(), "train_mpi.py".into(), Utc::now(), chrono::Duration::hours(1));
     let job_id = req.job_id.clone();
-    let code = jobs::start_and_watch(env, &code, req, None, false, host).await?;
+    let job = jobs::pay_sign_submit(env, &code, req, None, false, host.as_ref()).await?;
+    debug_assert_eq!(job.job, job_id);
+    let code = crate::watch::watch_keep(env, &job, true, host.as_ref()).await?;
     if code != 0 {
         return Ok(code);
     }
-    let job = aic_core::JobKey::new(env.owner, job_id);
 
     step(5, "fetching the checkpoint");
     let dest = PathBuf::from("aic-demo-output");
@@ -93,8 +97,78 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     if let Ok(m) = std::fs::read_to_string(dest.join("metrics.json")) {
         println!("metrics: {}", m.trim());
     }
-    println!("execution time: {exec:.2} s (whole demo {:.1} s)", t0.elapsed().as_secs_f64());
+    println!("execution time: {exec:.2} s");
+
+    step(6, "deploying the checkpoint as an HTTP API on 2 replicas (Flask under uWSGI, behind the pool's gateway)");
+    let project = work.join("digits-api");
+    std::fs::create_dir_all(&project)?;
+    std::fs::write(project.join("app.py"), APP_PY)?;
+    std::fs::write(project.join("requirements.txt"), REQUIREMENTS)?;
+    std::fs::copy(&ckpt, project.join("model.npz"))?;
+    let opts = crate::deploy::DeployOpts {
+        path: project,
+        name: Some("digits-api".into()),
+        replicas: 2,
+        gpus: 1,
+        hours: 0.25,
+        entrypoint: None,
+        tx: None,
+        detach: false,
+    };
+    let base = crate::deploy::base_url(env, host.as_ref())?;
+    let deployment = crate::deploy::submit(env, &opts, host.as_ref()).await?;
+    crate::deploy::wait_up(env, &deployment, 2, host.as_ref()).await?;
+    let api = crate::deploy::address(&base, &deployment);
+    println!("API address : {api}");
+
+    step(7, &format!("asking the API for a prediction: POST a digit image from the dataset to {api}predict"));
+    let csv = std::fs::read_to_string(data_dir.join("digits.csv"))?;
+    let http = reqwest::Client::new();
+    let mut right = 0;
+    let rows: Vec<&str> = csv.lines().step_by(180).take(10).collect();
+    for row in &rows {
+        let vals: Vec<f64> = row.split(',').filter_map(|v| v.trim().parse().ok()).collect();
+        let (pixels, label) = (&vals[..64], vals[64] as i64);
+        let r: serde_json::Value = http
+            .post(format!("{api}predict"))
+            .json(&serde_json::json!({ "pixels": pixels }))
+            .send()
+            .await
+            .context("calling the deployed API")?
+            .json()
+            .await?;
+        let digit = r["digit"].as_i64().unwrap_or(-1);
+        right += (digit == label) as usize;
+        if row == &rows[0] {
+            println!("{}", ascii_digit(pixels));
+            println!(
+                "predicted digit: {digit} (label {label}, confidence {}, answered by replica {})",
+                r["confidence"], r["replica"]
+            );
+        }
+    }
+    println!("{right} of {} sample images predicted right through the gateway", rows.len());
+    jobs::cancel(env, deployment.job.as_str()).await?;
+    if let Some(h) = &host {
+        h.drain(std::time::Duration::from_secs(30)).await;
+    }
+    println!("whole demo {:.1} s", t0.elapsed().as_secs_f64());
     Ok(0)
+}
+
+/// The 8×8 image as text.
+fn ascii_digit(pixels: &[f64]) -> String {
+    let shades = [' ', '.', ':', '+', '#'];
+    pixels
+        .chunks(8)
+        .map(|row| {
+            row.iter()
+                .map(|p| shades[((p / 16.0) * 4.0).round().clamp(0.0, 4.0) as usize])
+                .flat_map(|c| [c, c])
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn step(n: u32, what: &str) {

@@ -167,17 +167,35 @@ impl std::fmt::Display for JobFileErrorNoLine<'_> {
 pub async fn start_and_watch(
     env: &Env,
     code: &Code,
-    mut req: JobRequest,
+    req: JobRequest,
     tx: Option<String>,
     detach: bool,
     host: Option<pool::Hosted>,
 ) -> anyhow::Result<i32> {
+    let job = pay_sign_submit(env, code, req, tx, detach, host.as_ref()).await?;
+    if detach {
+        eprintln!("follow it with `aic logs -f {}`; see it with `aic status {}`", job.job, job.job);
+        println!("{}", job.job);
+        return Ok(0);
+    }
+    watch::watch(env, &job, true, host).await
+}
+
+/// Prices the job, pays it (or takes `tx`), signs the request, uploads and submits it.
+pub async fn pay_sign_submit(
+    env: &Env,
+    code: &Code,
+    mut req: JobRequest,
+    tx: Option<String>,
+    detach: bool,
+    host: Option<&pool::Hosted>,
+) -> anyhow::Result<JobKey> {
     req.code_digest = code.digest()?;
-    let chain = match &host {
+    let chain = match host {
         Some(h) => h.chain.clone(),
         None => env.chain()?,
     };
-    if detach && !aic_chain::devchain::is_up(&chain.rpc_url).await {
+    if detach && env.gateway.is_none() && !aic_chain::devchain::is_up(&chain.rpc_url).await {
         bail!("nothing hosts the pool: start `aic dev up` in another terminal, or run without --detach");
     }
     let quote = chain.pricing().quote(&req);
@@ -222,12 +240,7 @@ pub async fn start_and_watch(
         req.gpus_per_miner,
         if req.gpus_per_miner == 1 { "" } else { "s" }
     );
-    if detach {
-        eprintln!("follow it with `aic logs -f {}`; see it with `aic status {}`", job.job, job.job);
-        println!("{}", job.job);
-        return Ok(0);
-    }
-    watch::watch(env, &job, true, host).await
+    Ok(job)
 }
 
 /// Hosts the embedded pool here unless another process does.

@@ -4,6 +4,7 @@ mod account;
 mod browser;
 mod data;
 mod demo;
+mod deploy;
 mod env;
 mod identity;
 mod jobs;
@@ -44,6 +45,8 @@ enum Cmd {
         #[arg(long, short)]
         detach: bool,
     },
+    /// Serve a project (app.py exposing a WSGI `app`) as an HTTP API; list, logs, rm.
+    Deploy(DeployCmd),
     /// The pool's gateways, their miners and free GPUs.
     Pool {
         #[arg(long)]
@@ -118,6 +121,55 @@ enum DataCmd {
     },
     /// Delete dataset NAME (every file in it).
     Rm { name: String },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DeployCmd {
+    #[command(subcommand)]
+    sub: Option<DeploySub>,
+    /// The project folder: app.py (a WSGI `app`, e.g. Flask), requirements.txt, model files.
+    path: Option<PathBuf>,
+    /// A name to find it by.
+    #[arg(long)]
+    name: Option<String>,
+    /// Replicas, one per miner.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// GPUs per replica.
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
+    /// How long it serves; the quote is computed from it.
+    #[arg(long, default_value_t = 1.0)]
+    hours: f64,
+    /// The WSGI file inside the project (default app.py).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// A payment made elsewhere: its transaction hash.
+    #[arg(long)]
+    tx: Option<String>,
+    /// Submit and print the API address without waiting (needs a running `aic dev up`).
+    #[arg(long, short)]
+    detach: bool,
+}
+
+#[derive(Subcommand)]
+enum DeploySub {
+    /// Your deployments: state, live replicas, API address.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A deployment's uWSGI log.
+    Logs {
+        name: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stop a deployment (its replicas leave the gateway first).
+    Rm { name: String },
+    /// Change the number of replicas.
+    Scale { name: String, replicas: u32 },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +301,41 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Logout => account::logout(&env).map(|_| 0),
         Cmd::Whoami => account::whoami(&env).await.map(|_| 0),
         Cmd::Pool { json } => pool::show(&env, json).await.map(|_| 0),
+        Cmd::Deploy(d) => match d.sub {
+            Some(DeploySub::List { json }) => deploy::list(&env, json).await.map(|_| 0),
+            Some(DeploySub::Logs { name, follow }) => {
+                let job = deploy::resolve(&env, &name).await?;
+                jobs::logs(&env, job.job.as_str(), follow).await
+            }
+            Some(DeploySub::Rm { name }) => {
+                let job = deploy::resolve(&env, &name).await?;
+                jobs::cancel(&env, job.job.as_str()).await.map(|_| 0)
+            }
+            Some(DeploySub::Scale { name, replicas }) => {
+                let job = deploy::resolve(&env, &name).await?;
+                anyhow::bail!(
+                    "scaling deployment {} in place is not supported yet: `aic deploy PATH --replicas {replicas}`, then `aic deploy rm {}`",
+                    job.job,
+                    job.job
+                )
+            }
+            None => {
+                let path = d
+                    .path
+                    .ok_or_else(|| anyhow::anyhow!("name the project folder: `aic deploy ./project --replicas 2`"))?;
+                let o = deploy::DeployOpts {
+                    path,
+                    name: d.name,
+                    replicas: d.replicas,
+                    gpus: d.gpus,
+                    hours: d.hours,
+                    entrypoint: d.entrypoint,
+                    tx: d.tx,
+                    detach: d.detach,
+                };
+                deploy::create(&env, o).await
+            }
+        },
         Cmd::Quote { miners, gpus, hours } => account::quote(&env, miners, gpus, hours).map(|_| 0),
     }
 }

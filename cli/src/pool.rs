@@ -38,7 +38,17 @@ pub struct Hosted {
     not_before: Mutex<HashMap<PathBuf, Instant>>,
     home: PathBuf,
     published: Mutex<Vec<u8>>,
+    /// Where the serving gateway of this pool listens (`/d/<deployment>/…`).
+    pub serve_addr: String,
+    proxy_task: tokio::task::JoinHandle<()>,
     _lock: File,
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        self.proxy_task.abort();
+        let _ = std::fs::remove_file(self.home.join("serve.addr"));
+    }
 }
 
 /// Default price on the dev chain: 1 AIC per GPU-hour.
@@ -129,6 +139,20 @@ impl Hosted {
             payments: Arc::new(ChainPayments::new(chain.clone(), env.store.clone())?),
             pricing: chain.pricing(),
         };
+        // The serving gateway for deployments: AIC_SERVE_ADDR, else 127.0.0.1:8800, else any port.
+        let want = std::env::var("AIC_SERVE_ADDR").ok().filter(|a| !a.is_empty());
+        let listener = match &want {
+            Some(a) => tokio::net::TcpListener::bind(a).await.with_context(|| format!("AIC_SERVE_ADDR={a}"))?,
+            None => match tokio::net::TcpListener::bind("127.0.0.1:8800").await {
+                Ok(l) => l,
+                Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            },
+        };
+        let serve_addr = format!("http://{}", listener.local_addr()?);
+        std::fs::write(env.home.join("serve.addr"), &serve_addr)?;
+        let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(env.store.clone())));
+        let host = aic_functions::host::Host { ctx: ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy };
+        let proxy_task = tokio::spawn(aic_functions::host::serve(host, listener));
         Ok(Some(Hosted {
             ctx,
             scheduler,
@@ -138,6 +162,8 @@ impl Hosted {
             not_before: Mutex::new(HashMap::new()),
             home: env.home.clone(),
             published: Mutex::new(Vec::new()),
+            serve_addr,
+            proxy_task,
             _lock: lock,
         }))
     }

@@ -92,20 +92,30 @@ async fn new_records(env: &Env, job: &JobKey, seen: u64) -> anyhow::Result<Vec<S
 
 /// Watches a job to its end, hosting the embedded pool if nobody else does. Returns the
 /// exit code: 0 when the job succeeded.
-pub async fn watch(env: &Env, job: &JobKey, show_logs: bool, mut hosted: Option<Hosted>) -> anyhow::Result<i32> {
+pub async fn watch(env: &Env, job: &JobKey, show_logs: bool, hosted: Option<Hosted>) -> anyhow::Result<i32> {
+    let code = watch_keep(env, job, show_logs, hosted.as_ref()).await?;
+    if let Some(h) = &hosted {
+        h.drain(Duration::from_secs(30)).await;
+    }
+    Ok(code)
+}
+
+/// [`watch`] with a pool this process already hosts (or none), kept hosted afterwards.
+pub async fn watch_keep(env: &Env, job: &JobKey, show_logs: bool, borrowed: Option<&Hosted>) -> anyhow::Result<i32> {
     let (miners, gpus) = pool::pool_size()?;
+    let mut taken: Option<Hosted> = None;
     let mut seen = 0u64;
     let mut cursor = LogCursor::default();
     let mut last: Option<StatusRecord> = None;
     let mut ticks = 0u64;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
-        match &hosted {
+        match borrowed.or(taken.as_ref()) {
             Some(h) => {
                 h.step().await?;
             }
             // Another process hosts the pool; if it goes away, take over.
-            None if ticks.is_multiple_of(10) => hosted = Hosted::try_host(env, miners, gpus).await?,
+            None if ticks.is_multiple_of(10) => taken = Hosted::try_host(env, miners, gpus).await?,
             None => {}
         }
         // Output first: the final status is written after the last chunk.
@@ -156,7 +166,7 @@ pub async fn watch(env: &Env, job: &JobKey, show_logs: bool, mut hosted: Option<
             1
         }
     };
-    if let Some(h) = &hosted {
+    if let Some(h) = &taken {
         h.drain(Duration::from_secs(30)).await;
     }
     Ok(code)

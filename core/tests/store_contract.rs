@@ -255,3 +255,30 @@ async fn the_s3_server_refuses_a_url_signed_with_a_wrong_secret() {
     let resp = http.get(forged).send().await.unwrap();
     assert_eq!(resp.status(), 403, "a URL signed with the wrong secret must be refused");
 }
+
+/// A "zip-slip" code folder: keys with `..` (which S3 allows, and only a writer with the
+/// pool's credentials could create) are refused before anything is downloaded.
+#[tokio::test]
+async fn keys_that_would_land_outside_the_folder_are_refused_and_nothing_is_written() {
+    let endpoint = std::env::var("AIC_TEST_S3_ENDPOINT")
+        .expect("AIC_TEST_S3_ENDPOINT is not set: run the suite with `cargo xtask test`, which starts LocalStack");
+    let bucket = std::env::var("AIC_TEST_S3_BUCKET").unwrap_or_else(|_| "aic-test".into());
+    let prefix = format!("zs/{}/code/", ulid::Ulid::new());
+    let python = std::env::var("AIC_LOCALSTACK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(python)
+        .args(["-c", &format!(
+            "import boto3; c = boto3.client('s3', endpoint_url='{endpoint}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1'); \
+             c.put_object(Bucket='{bucket}', Key='{prefix}a-fine.txt', Body=b'ok'); \
+             c.put_object(Bucket='{bucket}', Key='{prefix}../../evil.txt', Body=b'evil')"
+        )])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (store, _) = open(&Backend::S3);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("code");
+    let err = store.download_prefix(&prefix, &target, &|_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("evil.txt") || err.contains(".."), "{err}");
+    assert!(!target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(), "nothing was downloaded");
+    assert!(!dir.path().join("evil.txt").exists());
+}

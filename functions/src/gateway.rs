@@ -16,6 +16,7 @@
 //! | `GET /v1/jobs`, `GET /v1/jobs/<id>` | the caller's jobs and one job's status |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
 //! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
+//! | `GET /v1/jobs/<id>/replicas` | a deployment's serving registrations |
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
@@ -311,6 +312,7 @@ impl Gateway {
                 Ok(json!({ "gateways": gws }))
             }
             (&Method::GET, ["jobs", id]) => self.job(&who, id).await,
+            (&Method::GET, ["jobs", id, "replicas"]) => self.replicas(&who, id).await,
             (&Method::GET, ["jobs", id, "logs"]) => self.logs(&who, id, q.get("after").map(String::as_str)).await,
             (&Method::POST, ["jobs", id, "cancel"]) => self.cancel(&who, id).await,
             _ => Err(err(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}"))),
@@ -536,6 +538,24 @@ impl Gateway {
             chunks.push(json!({"key": key, "text": String::from_utf8_lossy(&b)}));
         }
         Ok(json!({ "chunks": chunks }))
+    }
+
+    /// A deployment's serving registrations (only the caller's own jobs).
+    async fn replicas(&self, who: &Address, id: &str) -> Reply {
+        let job = self.job_key(who, id)?;
+        if self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none() {
+            return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
+        }
+        let prefix = format!("pool/serving/{}/", job.job);
+        let mut regs = Vec::new();
+        for m in self.ctx.store.list(&prefix).await.map_err(store_err)? {
+            if let Some(r) =
+                self.ctx.store.get_json::<Value>(m.location.as_ref(), 64 * 1024).await.map_err(store_err)?
+            {
+                regs.push(r);
+            }
+        }
+        Ok(json!({ "replicas": regs }))
     }
 
     async fn cancel(&self, who: &Address, id: &str) -> Reply {

@@ -18,6 +18,7 @@
 mod launcher;
 mod logs;
 mod outputs;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use aic_core::status::{self, Advanced, Transition};
 use aic_core::{JobKey, Store, StoreConfig};
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{AllocResult, JobManifest, JobState, Launcher, StatusDetail};
+use aic_schemas::{AllocResult, JobKind, JobManifest, JobState, Launcher, StatusDetail};
 use anyhow::{Context, anyhow};
 use launcher::Peer;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -115,6 +116,11 @@ fn setup() -> anyhow::Result<Alloc> {
     })
 }
 
+/// Largest code folder (or deployed project) a job may have: `AIC_MAX_CODE_BYTES`, 512 MiB.
+fn max_code_bytes() -> u64 {
+    std::env::var("AIC_MAX_CODE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 * 1024 * 1024)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "miner".into())
 }
@@ -139,8 +145,21 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     for d in [&code_dir, &data_dir, &out_dir] {
         tokio::fs::create_dir_all(d).await.with_context(|| format!("creating {}", d.display()))?;
     }
-    let (files, _) =
-        a.store.download_prefix(&a.job.code_prefix(), &code_dir, &|_| {}).await.context("downloading the code")?;
+    // Over the limit: refused before anything is downloaded.
+    let code_bytes: u64 = a.store.list(&a.job.code_prefix()).await?.iter().map(|m| m.size).sum();
+    let limit = max_code_bytes();
+    if code_bytes > limit {
+        return Err(anyhow!(
+            "the code is {code_bytes} bytes, over the {limit}-byte limit (AIC_MAX_CODE_BYTES); ship large files as a dataset"
+        ));
+    }
+    let (files, _) = a.store.download_prefix(&a.job.code_prefix(), &code_dir, &|_| {}).await.map_err(|e| match e {
+        // A key that would land outside the folder (`..`, absolute): nothing was written.
+        aic_core::StoreError::Io { key, source } if source.kind() == std::io::ErrorKind::InvalidData => {
+            anyhow!("refused the code: {key} would land outside the code folder")
+        }
+        e => anyhow!(e).context("downloading the code"),
+    })?;
     if files == 0 {
         return Err(anyhow!("the job has no code under {}", a.job.code_prefix()));
     }
@@ -175,6 +194,9 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     env.insert("AIC_ALLOC_COUNT".into(), a.count.to_string());
     env.insert("CUDA_VISIBLE_DEVICES".into(), std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default());
     env.insert("AIC_CODE_DIR".into(), path_str(&code_dir));
+    if req.kind == JobKind::Serve {
+        return serve::run(a, req, &code_dir, env).await;
+    }
     let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
     let (mut cmd, finish) = match plan(a, &ctx).await? {
         Plan::Program(cmd, finish) => (*cmd, finish),

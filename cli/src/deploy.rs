@@ -1,0 +1,239 @@
+//! `aic deploy`: a project (app.py exposing a WSGI `app`, requirements.txt, model files) as
+//! an HTTP API on N replicas, behind the pool's serving gateway (`/d/<deployment>/…`).
+//!
+//! A deployment is a `serve` job: quoted, paid and signed like a training job (replicas ×
+//! GPUs × hours), validated and dispatched the same way; each replica is an allocation whose
+//! worker runs the app under uWSGI and registers itself. Its id is the job id; `--name` is a
+//! label `aic deploy list` shows and commands accept.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aic_core::JobKey;
+use aic_schemas::{JobId, JobKind, JobRequest, Launcher, ServingRegistration};
+use anyhow::{Context, anyhow, bail};
+use chrono::Utc;
+
+use crate::env::Env;
+use crate::jobs::{self, Code};
+use crate::pool::Hosted;
+
+/// How long a new deployment gets to have its replicas up (requirements are installed first).
+const UP_WITHIN: Duration = Duration::from_secs(300);
+
+pub struct DeployOpts {
+    pub path: PathBuf,
+    pub name: Option<String>,
+    pub replicas: u32,
+    pub gpus: u32,
+    pub hours: f64,
+    pub entrypoint: Option<String>,
+    pub tx: Option<String>,
+    pub detach: bool,
+}
+
+/// Where users reach deployments: the gateway in pool mode, else the embedded pool's.
+pub fn base_url(env: &Env, host: Option<&Hosted>) -> anyhow::Result<String> {
+    if let Some(g) = &env.gateway {
+        return Ok(g.clone());
+    }
+    if let Some(h) = host {
+        return Ok(h.serve_addr.clone());
+    }
+    std::fs::read_to_string(env.home.join("serve.addr"))
+        .map(|s| s.trim().to_string())
+        .map_err(|_| anyhow!("nothing hosts the pool: start `aic dev up`, then deploy again"))
+}
+
+pub fn address(base: &str, job: &JobKey) -> String {
+    format!("{}/d/{}/", base.trim_end_matches('/'), job.job)
+}
+
+/// The deployment's registrations (live or not).
+pub async fn replicas(env: &Env, job: &JobKey) -> anyhow::Result<Vec<ServingRegistration>> {
+    if let Some(gw) = env.gateway_client() {
+        let v = gw.call(reqwest::Method::GET, &format!("jobs/{}/replicas", job.job), None).await?;
+        return Ok(serde_json::from_value(v["replicas"].clone())?);
+    }
+    let mut out = Vec::new();
+    for m in env.store.list(&format!("pool/serving/{}/", job.job)).await? {
+        if let Some(r) = env.store.get_json::<ServingRegistration>(m.location.as_ref(), 64 * 1024).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds, pays for and submits the deployment; returns it.
+pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow::Result<JobKey> {
+    if !o.path.is_dir() {
+        bail!("{} is not a folder: a deployment is a project folder with app.py (a WSGI `app`)", o.path.display());
+    }
+    let code = Code::resolve(&o.path, Some(o.entrypoint.clone().unwrap_or_else(|| "app.py".into())))
+        .context("a deployment needs app.py exposing a WSGI `app` (or --entrypoint)")?;
+    let file = aic_schemas::jobfile::JobFile {
+        kind: Some(JobKind::Serve),
+        name: o.name.clone(),
+        code: o.path.to_string_lossy().into_owned(),
+        entrypoint: Some(code.entrypoint.clone()),
+        data: None,
+        miners: o.replicas,
+        gpus: o.gpus,
+        hours: o.hours,
+        launcher: Launcher::Command,
+        args: vec![],
+        env: Default::default(),
+    };
+    let req: JobRequest =
+        file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), chrono::Duration::hours(1));
+    req.validate(None).map_err(|e| {
+        anyhow!(
+            "{}",
+            e.to_string()
+                .replace("miners:", "--replicas:")
+                .replace("gpus_per_miner:", "--gpus:")
+                .replace("max_hours:", "--hours:")
+        )
+    })?;
+    let job = jobs::pay_sign_submit(env, &code, req, o.tx.clone(), o.detach, host).await?;
+    eprintln!("deployment {} submitted: {} replica{}", job.job, o.replicas, if o.replicas == 1 { "" } else { "s" });
+    Ok(job)
+}
+
+/// Waits until `want` replicas are live (stepping the pool if this process hosts it).
+pub async fn wait_up(env: &Env, job: &JobKey, want: u32, host: Option<&Hosted>) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + UP_WITHIN;
+    let mut last_state = None;
+    loop {
+        if let Some(h) = host {
+            h.step().await?;
+        }
+        let now = Utc::now();
+        let live = replicas(env, job).await?.iter().filter(|r| r.is_live(now)).count();
+        if live as u32 >= want {
+            return Ok(live);
+        }
+        if let Some(r) = aic_core::status::current(&env.store, job).await? {
+            if r.state.is_terminal() {
+                let tail = r.detail.log_tail.map(|t| format!("\nlast lines:\n{t}")).unwrap_or_default();
+                bail!("deployment {} {}: {}{tail}", job.job, r.state, r.reason.unwrap_or_default());
+            }
+            if last_state != Some(r.state) {
+                eprintln!("● {:<10} {}", r.state.to_string(), r.reason.clone().unwrap_or_default());
+                last_state = Some(r.state);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "deployment {}: {live} of {want} replicas up after {} s; see `aic deploy logs {}`",
+                job.job,
+                UP_WITHIN.as_secs(),
+                job.job
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `aic deploy PATH`.
+pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
+    let host = if o.detach { None } else { jobs::host(env).await? };
+    let base = base_url(env, host.as_ref())?;
+    let job = submit(env, &o, host.as_ref()).await?;
+    if o.detach {
+        println!("{}", address(&base, &job));
+        return Ok(0);
+    }
+    let live = wait_up(env, &job, o.replicas, host.as_ref()).await?;
+    eprintln!("{live} replica{} up", if live == 1 { "" } else { "s" });
+    println!("API address : {}", address(&base, &job));
+    let Some(h) = host else { return Ok(0) };
+    // This process hosts the embedded pool: the deployment lives while it does.
+    eprintln!(
+        "serving until Ctrl-C (the embedded pool runs in this process; `aic dev up` keeps deployments up on its own)"
+    );
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(crate::pool::POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { h.step().await?; }
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+        }
+    }
+    eprintln!("stopping deployment {}", job.job);
+    jobs::cancel(env, job.job.as_str()).await?;
+    h.drain(Duration::from_secs(20)).await;
+    Ok(0)
+}
+
+/// A deployment by job id (prefix) or `--name`.
+pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
+    if let Ok(j) = jobs::resolve(env, s).await {
+        return Ok(j);
+    }
+    let mut found = Vec::new();
+    for (job, req) in deployments(env).await? {
+        if req.name.as_deref() == Some(s) {
+            found.push(job);
+        }
+    }
+    found.pop().ok_or_else(|| anyhow!("no deployment named or numbered {s:?}; see `aic deploy list`"))
+}
+
+/// Your serve jobs, oldest first.
+async fn deployments(env: &Env) -> anyhow::Result<Vec<(JobKey, JobRequest)>> {
+    let (dirs, _) = env.store.list_dir(&aic_core::layout::jobs_prefix(&env.owner)).await?;
+    let mut out = Vec::new();
+    for d in dirs {
+        let Some(id) = d.trim_end_matches('/').rsplit('/').next() else { continue };
+        let Ok(id) = id.parse::<JobId>() else { continue };
+        let job = JobKey::new(env.owner, id);
+        if let Some(req) =
+            env.store.get_json::<JobRequest>(&job.request(), aic_schemas::validate::MAX_DOC_BYTES).await?
+            && req.kind == JobKind::Serve
+        {
+            out.push((job, req));
+        }
+    }
+    Ok(out)
+}
+
+/// `aic deploy list`.
+pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
+    let base = base_url(env, None).ok();
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for (job, req) in deployments(env).await?.into_iter().rev() {
+        let state = aic_core::status::current(&env.store, &job)
+            .await?
+            .map(|r| r.state.to_string())
+            .unwrap_or("submitted".into());
+        let live = replicas(env, &job).await?.iter().filter(|r| r.is_live(now)).count();
+        rows.push(serde_json::json!({
+            "deployment": job.job, "name": req.name, "state": state, "replicas": req.miners, "live": live,
+            "address": base.as_ref().map(|b| address(b, &job)),
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("no deployments; make one with `aic deploy ./project --replicas 2`");
+    }
+    for r in rows {
+        println!(
+            "{}  {:<14} {:<10} {}/{} live  {}",
+            r["deployment"].as_str().unwrap_or_default(),
+            r["name"].as_str().unwrap_or("-"),
+            r["state"].as_str().unwrap_or_default(),
+            r["live"],
+            r["replicas"],
+            r["address"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

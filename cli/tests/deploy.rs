@@ -1,0 +1,259 @@
+//! `aic deploy` on the embedded pool (hosted by `aic dev up`): the digits model served by
+//! Flask under real uWSGI on two replicas behind the pool's gateway; a killed replica; a
+//! dead registration; logs; removal; an oversized project. Needs python3 with numpy,
+//! scikit-learn, Flask and uWSGI on PATH (`cargo xtask test` provides them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn aic_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_aic"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+struct Home(tempfile::TempDir);
+
+impl Home {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(aic_bin());
+        c.args(args)
+            .current_dir(self.path())
+            .env("AIC_HOME", self.path().join("aic"))
+            .env_remove("AIC_STORE")
+            .env_remove("AIC_GATEWAY")
+            .env("AIC_POOL_MINERS", "2")
+            .env("AIC_POOL_GPUS", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn aic(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().unwrap();
+        eprintln!(
+            "$ aic {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+/// `aic dev up` in the background; Ctrl-C when dropped.
+struct DevUp(Child);
+
+impl DevUp {
+    fn start(h: &Home, env: &[(&str, &str)]) -> DevUp {
+        let child = h
+            .cmd(&["dev", "up"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !h.path().join("aic/serve.addr").exists() || !h.path().join("aic/chain.json").exists() {
+            assert!(Instant::now() < deadline, "dev up did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        DevUp(child)
+    }
+}
+
+impl Drop for DevUp {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+    }
+}
+
+/// The serving example with a model trained here (train.py run bare, 15 epochs).
+fn project(h: &Home) -> (PathBuf, PathBuf) {
+    let data = h.path().join("data");
+    assert!(
+        Command::new("python3")
+            .arg(repo().join("examples/digits/make_dataset.py"))
+            .arg(&data)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let proj = h.path().join("digits-api");
+    std::fs::create_dir_all(&proj).unwrap();
+    for f in ["app.py", "requirements.txt"] {
+        std::fs::copy(repo().join("examples/digits/serve").join(f), proj.join(f)).unwrap();
+    }
+    let out = Command::new("python3")
+        .arg(repo().join("examples/digits/train.py"))
+        .args(["--epochs", "15"])
+        .env("AIC_DATA_DIR", &data)
+        .env("AIC_OUTPUT_DIR", &proj)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(proj.join("metrics.json")).ok();
+    (proj, data.join("digits.csv"))
+}
+
+fn predict(api: &str, pixels: &[f64]) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({ "pixels": pixels }).to_string();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-H", "content-type: application/json", "--data", &body])
+        .arg(format!("{api}predict"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (json, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
+/// The uWSGI master of a replica (found by its working folder).
+fn uwsgi_of(job: &str, alloc: u32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmd).starts_with("uwsgi") {
+            continue;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid: i32 =
+            stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
+        if parent.trim() == "aic-worker" && cwd.to_string_lossy().contains(&format!("{job}-{alloc}/code")) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn two_replicas_serve_predictions_and_survive_a_killed_one() {
+    let h = Home(tempfile::tempdir().unwrap());
+    let (proj, csv) = project(&h);
+    let _pool = DevUp::start(&h, &[]);
+    let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "digits", "--replicas", "2"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let api =
+        stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the API address is printed").to_string();
+    let job = api.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+
+    // Predictions through the gateway are right, and both replicas answer.
+    let rows: Vec<Vec<f64>> = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .step_by(90)
+        .take(20)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let mut right = 0;
+    let mut replicas = std::collections::BTreeSet::new();
+    for r in &rows {
+        let (code, v) = predict(&api, &r[..64]);
+        assert_eq!(code, 200, "{v}");
+        right += (v["digit"].as_f64() == Some(r[64])) as usize;
+        replicas.insert(v["replica"].as_str().unwrap().to_string());
+    }
+    assert!(right >= 18, "{right} of 20 right");
+    assert_eq!(replicas.into_iter().collect::<Vec<_>>(), ["0", "1"], "round robin over both replicas");
+    let (code, v) = predict(&api, &[1.0; 3]);
+    assert_eq!(code, 400, "the app's own errors come through: {v}");
+
+    // A registration whose replica is gone (no heartbeat for minutes) is dropped, and
+    // requests never go to it.
+    let dead = h.path().join(format!("aic/store/pool/serving/{job}/7.json"));
+    let old = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    std::fs::write(
+        &dead,
+        serde_json::json!({"deployment": job, "job_id": job, "alloc": 7, "host": "127.0.0.1", "port": 9, "healthy": true,
+            "started_at": old, "heartbeat_at": old, "ttl_seconds": 20})
+        .to_string(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(predict(&api, &rows[0][..64]).0, 200);
+    assert!(!dead.exists(), "the dead registration was dropped");
+
+    // Kill replica 1's uWSGI: every request still succeeds (the gateway tries the other).
+    let victim = uwsgi_of(&job, 1).expect("replica 1's uWSGI");
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL);
+    for r in rows.iter().cycle().take(40) {
+        let (code, v) = predict(&api, &r[..64]);
+        assert_eq!(code, 200, "a request failed after a replica was killed: {v}");
+    }
+    // The replica's worker starts it again; it registers again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while uwsgi_of(&job, 1).is_none_or(|p| p == victim) {
+        assert!(Instant::now() < deadline, "replica 1 was not restarted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
+    assert_eq!((list[0]["name"].as_str(), list[0]["state"].as_str()), (Some("digits"), Some("running")));
+    let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "digits"]).stdout).to_string();
+    assert!(logs.contains("WSGI app 0") && logs.contains("[aic] serving on"), "the uWSGI log: {logs}");
+    assert!(logs.contains("uWSGI exited"), "{logs}");
+
+    // Removal: out of the gateway, processes gone, cancelled.
+    assert!(h.aic(&["deploy", "rm", "digits"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while uwsgi_of(&job, 0).is_some() || uwsgi_of(&job, 1).is_some() {
+        assert!(Instant::now() < deadline, "uWSGI still runs after rm");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, v) = predict(&api, &rows[0][..64]);
+    assert_eq!(code, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no live replica"));
+    let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["state"], "cancelled");
+}
+
+#[test]
+fn an_oversized_project_is_refused_with_the_reason_and_nothing_runs() {
+    let h = Home(tempfile::tempdir().unwrap());
+    let proj = h.path().join("big");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(
+        proj.join("app.py"),
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'hi']\n",
+    )
+    .unwrap();
+    std::fs::write(proj.join("weights.bin"), vec![7u8; 5000]).unwrap();
+    let _pool = DevUp::start(&h, &[("AIC_MAX_CODE_BYTES", "2000")]);
+    let out = h.aic(&["deploy", proj.to_str().unwrap(), "--replicas", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("over the 2000-byte limit"), "{err}");
+    assert!(
+        !h.path().join("aic/work").exists() || walk_has_no(&h.path().join("aic/work"), "weights.bin"),
+        "nothing was unpacked"
+    );
+    // Not a folder, no app.py: said before anything is paid.
+    let out = h.aic(&["deploy", proj.join("app.py").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a folder"));
+}
+
+fn walk_has_no(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten().all(|e| {
+                let p = e.path();
+                p.file_name().is_none_or(|n| n != name) && (!p.is_dir() || walk_has_no(&p, name))
+            })
+        })
+        .unwrap_or(true)
+}

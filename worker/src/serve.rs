@@ -1,0 +1,276 @@
+//! Serve mode: a deployed project (`app.py` exposing a WSGI `app`, e.g. Flask; an optional
+//! `requirements.txt`; model files) runs under uWSGI on the allocation's port until the job
+//! ends (cancelled, `aic deploy rm`) or its hours are up.
+//!
+//! 1. Requirements: what the miner's Python lacks is installed into `<work>/pydeps`
+//!    (`pip install --dry-run --report` says what is missing; only that is fetched).
+//! 2. `uwsgi --http-socket HOST:PORT --wsgi-file app.py --callable app --master …`, its log
+//!    shipped like a training job's (`aic deploy logs`).
+//! 3. Health: an HTTP request to `/` answered below 500. Healthy → the registration
+//!    `pool/serving/<deployment>/<alloc>.json` (host, port, heartbeat, TTL), rewritten every
+//!    [`HEARTBEAT`]; the gateway routes to live registrations only.
+//! 4. uWSGI dying is noticed at once: the registration goes, uWSGI starts again (at most
+//!    [`RESTARTS`] times, then the job fails with the log tail). On stop the registration is
+//!    deleted first, then uWSGI gets SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aic_core::status::{self, Transition};
+use aic_schemas::{JobRequest, JobState, ServingRegistration, StatusDetail};
+use anyhow::{Context, anyhow};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::{Alloc, BY, job_ended, logs, pump, signal};
+
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+pub const TTL_SECONDS: u32 = 20;
+pub const RESTARTS: u32 = 3;
+const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+
+/// `GET /` on the app; `true` when it answers below 500.
+pub async fn healthy(host: &str, port: u16) -> bool {
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: aic-worker\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        let line = String::from_utf8_lossy(&buf[..n]).to_string();
+        let code: u16 = line.split(' ').nth(1)?.parse().ok()?;
+        Some(code < 500)
+    };
+    tokio::time::timeout(Duration::from_secs(3), probe).await.ok().flatten().unwrap_or(false)
+}
+
+/// Installs what `requirements.txt` asks for and the miner's Python lacks; returns the
+/// folder to add to `PYTHONPATH`.
+async fn requirements(
+    a: &Alloc,
+    code: &Path,
+    python: &str,
+    tx: &mpsc::Sender<String>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let req = code.join("requirements.txt");
+    if !req.exists() {
+        return Ok(None);
+    }
+    let report = a.work.join("pip-report.json");
+    let out = tokio::process::Command::new(python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--dry-run", "--ignore-installed"])
+        .arg("--report")
+        .arg(&report)
+        .arg("-r")
+        .arg(&req)
+        .output()
+        .await
+        .with_context(|| format!("running {python} -m pip"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(anyhow!(
+            "requirements.txt cannot be resolved on {}: {}",
+            a.miner,
+            err.lines().last().unwrap_or("")
+        ));
+    }
+    // Of everything the requirements need, what is not installed at the right version.
+    let v: serde_json::Value = serde_json::from_slice(&tokio::fs::read(&report).await?)?;
+    let mut missing = Vec::new();
+    for item in v["install"].as_array().into_iter().flatten() {
+        let name = item["metadata"]["name"].as_str().unwrap_or_default();
+        let version = item["metadata"]["version"].as_str().unwrap_or_default();
+        let have = tokio::process::Command::new(python)
+            .args(["-c", &format!("import importlib.metadata as m; print(m.version({name:?}))")])
+            .output()
+            .await
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if have.is_none() {
+            missing.push(format!("{name}=={version}"));
+        }
+    }
+    if missing.is_empty() {
+        let _ = tx.send("[aic] requirements.txt: everything is installed already".into()).await;
+        return Ok(None);
+    }
+    let dir = a.work.join("pydeps");
+    let _ = tx.send(format!("[aic] installing {}", missing.join(" "))).await;
+    let out = tokio::process::Command::new(python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--no-deps", "--target"])
+        .arg(&dir)
+        .args(&missing)
+        .output()
+        .await?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(anyhow!("installing requirements on {} failed: {}", a.miner, err.lines().last().unwrap_or("")));
+    }
+    Ok(Some(dir))
+}
+
+fn uwsgi_cmd(
+    a: &Alloc,
+    req: &JobRequest,
+    code: &Path,
+    pydeps: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("uwsgi");
+    c.arg("--http-socket")
+        .arg(format!("{}:{}", a.host, a.port))
+        .arg("--wsgi-file")
+        .arg(code.join(&req.entrypoint))
+        .args(["--callable", "app", "--master", "--processes", "2", "--threads", "2", "--need-app", "--die-on-term"])
+        .args(["--lazy-apps", "--hook-master-start", "unix_signal:15 gracefully_kill_them_all"])
+        .arg("--chdir")
+        .arg(code);
+    if let Some(d) = pydeps {
+        c.arg("--pythonpath").arg(d);
+    }
+    c.envs(env).current_dir(code).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    c.process_group(0);
+    c
+}
+
+/// Runs the allocation as a replica of a deployment; returns the worker's exit code.
+pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
+    crate::launcher::require("uwsgi", &a.miner, "install uWSGI on the miners (pip install uwsgi)")
+        .map_err(|e| anyhow!(e))?;
+    if !code.join(&req.entrypoint).is_file() {
+        return Err(anyhow!(
+            "the project has no {}; a deployment needs an app.py exposing a WSGI `app`",
+            req.entrypoint
+        ));
+    }
+    let python = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let (tx, rx) = mpsc::channel::<String>(1024);
+    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index).run(rx));
+    let pydeps = match requirements(a, code, &python, &tx).await {
+        Ok(p) => p,
+        Err(e) => {
+            drop(tx);
+            let _ = shipper.await;
+            return Err(e);
+        }
+    };
+    let deployment = a.job.job.to_string();
+    let key = aic_core::layout::serving_registration(&deployment, &a.index.to_string());
+    let deadline = Instant::now() + Duration::from_secs_f64(req.max_hours * 3600.0);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut restarts = 0;
+    let ended = 'replica: loop {
+        let mut child = uwsgi_cmd(a, req, code, pydeps.as_deref(), &env)
+            .spawn()
+            .map_err(|e| anyhow!("cannot start uWSGI on {}: {e}", a.miner))?;
+        let pid = child.id().unwrap_or_default() as i32;
+        let pumps = [
+            tokio::spawn(pump(
+                child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+                tx.clone(),
+                false,
+            )),
+            tokio::spawn(pump(
+                child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+                tx.clone(),
+                false,
+            )),
+        ];
+        let started = chrono::Utc::now();
+        let up_by = Instant::now() + HEALTHY_WITHIN;
+        let mut registered = false;
+        let mut beat = tokio::time::interval(Duration::from_millis(500));
+        let mut last_beat = Instant::now() - HEARTBEAT;
+        let stop_reason: Option<&str> = loop {
+            tokio::select! {
+                st = child.wait() => {
+                    let st = st?;
+                    if registered {
+                        let _ = a.store.delete(&key).await;
+                    }
+                    for p in pumps { let _ = p.await; }
+                    restarts += 1;
+                    let _ = tx.send(format!("[aic] uWSGI exited ({st}) on {}", a.miner)).await;
+                    if restarts > RESTARTS {
+                        break 'replica Err(anyhow!("uWSGI kept exiting on {} ({st}); {RESTARTS} restarts used", a.miner));
+                    }
+                    continue 'replica;
+                }
+                _ = sigterm.recv() => break Some("stop requested"),
+                _ = beat.tick() => {
+                    if Instant::now() >= deadline {
+                        break Some("its hours are up");
+                    }
+                    if job_ended(a).await {
+                        break Some("the deployment was removed");
+                    }
+                    let due = if registered { last_beat.elapsed() >= HEARTBEAT } else { true };
+                    if due {
+                        let ok = healthy(&a.host, a.port).await;
+                        if ok || registered {
+                            let now = chrono::Utc::now();
+                            let reg = ServingRegistration {
+                                deployment: deployment.clone(),
+                                job_id: a.job.job.clone(),
+                                alloc: a.index,
+                                host: a.host.clone(),
+                                port: a.port,
+                                healthy: ok,
+                                started_at: started,
+                                heartbeat_at: now,
+                                ttl_seconds: TTL_SECONDS,
+                            };
+                            if let Err(e) = a.store.put_json(&key, &reg).await {
+                                tracing::warn!(error = %e, "could not write the registration; will retry");
+                            } else {
+                                if !registered {
+                                    let _ = tx.send(format!("[aic] serving on http://{}:{} (replica {})", a.host, a.port, a.index)).await;
+                                }
+                                registered = true;
+                                last_beat = Instant::now();
+                            }
+                        } else if Instant::now() > up_by {
+                            break 'replica Err(anyhow!("the app did not answer on {}:{} within {} s", a.host, a.port, HEALTHY_WITHIN.as_secs()));
+                        }
+                    }
+                }
+            }
+        };
+        // Out of the gateway first, then stop uWSGI.
+        let _ = a.store.delete(&key).await;
+        signal(pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+        for p in pumps {
+            let _ = p.await;
+        }
+        break Ok(stop_reason.unwrap_or("stopped"));
+    };
+    drop(tx);
+    let tail = shipper.await.unwrap_or_default();
+    match ended {
+        Ok(why) => {
+            if why == "its hours are up" && a.index == 0 {
+                let t = Transition::new(JobState::Succeeded, BY)
+                    .reason(format!("served for {} h", req.max_hours))
+                    .detail(StatusDetail { exit_code: Some(0), ..Default::default() });
+                status::advance(&a.store, &a.job, t).await?;
+            }
+            tracing::info!(why, "replica stopped");
+            Ok(0)
+        }
+        Err(e) => {
+            let t = Transition::new(JobState::Failed, BY)
+                .reason(format!("replica {} on {}: {e:#}", a.index, a.miner))
+                .detail(StatusDetail { alloc: Some(a.index), log_tail: Some(tail.join("\n")), ..Default::default() });
+            status::advance(&a.store, &a.job, t).await?;
+            Ok(1)
+        }
+    }
+}
