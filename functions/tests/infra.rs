@@ -318,3 +318,49 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
     }
     assert_eq!(p["node"]["policy"], "read");
 }
+
+#[test]
+fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
+    use aic_core::scheduler::nomad::{NomadConfig, job_spec};
+    let job = nomad("serving-gateway.nomad.hcl");
+    let (_, job) = only(&job["job"], "job");
+    let (_, group) = only(&job["group"], "group");
+    let (_, task) = only(&group["task"], "task");
+    let tmpl = task["template"]["data"].as_str().unwrap();
+    // Routes are /d/<deployment>/ as the functions' proxy serves them …
+    assert!(tmpl.contains("location /d/{{ .Name | trimPrefix \"aic-serve-\" }}/"));
+    assert!(std::fs::read_to_string(repo().join("functions/src/host.rs")).unwrap().contains("strip_prefix(\"/d/\")"));
+    // … from the services serve jobs register, whose names are aic-serve-<job id>.
+    let cfg = NomadConfig {
+        addr: "http://x".into(),
+        token: None,
+        region: None,
+        namespace: None,
+        datacenter: "dc1".into(),
+        driver: "exec".into(),
+        worker: "aic-worker".into(),
+        cpu_mhz: 1,
+        memory_mb: 1,
+        worker_env: vec![],
+        secrets_var: None,
+    };
+    let now = chrono::Utc::now();
+    let m: aic_schemas::JobManifest = serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "request": {"version": 1, "kind": "serve", "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+            "job_id": aic_schemas::JobId::generate(), "entrypoint": "app.py", "miners": 2, "gpus_per_miner": 1,
+            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
+        "quote": {"gpu_hours": 2.0, "price_per_gpu_hour": "0", "total": "0"}, "validated_at": now,
+    }))
+    .unwrap();
+    let key = aic_core::layout::JobKey::new(m.request.owner, m.request.job_id.clone());
+    let spec = job_spec(&cfg, &key, &m, 0);
+    let svc = spec["TaskGroups"][0]["Services"][0]["Name"].as_str().unwrap();
+    assert_eq!(svc, format!("aic-serve-{}", key.job));
+    assert!(tmpl.contains("regexMatch \"^aic-serve-\""));
+    // Its own health check path is one nginx answers.
+    assert_eq!(group["service"]["check"]["path"], "/healthz");
+    assert!(tmpl.contains("location = /healthz"));
+    assert!(tmpl.contains("proxy_next_upstream"), "a failed replica is passed over");
+    assert_eq!(task["template"]["change_signal"], "SIGHUP", "nginx reloads when replicas come and go");
+}

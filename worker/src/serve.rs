@@ -32,6 +32,12 @@ pub const TTL_SECONDS: u32 = 20;
 pub const RESTARTS: u32 = 3;
 const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
 
+/// The port the app listens on: `AIC_SERVE_PORT` (Nomad's `http` port, the one its service
+/// advertises), else the allocation's port.
+fn serve_port(a: &Alloc) -> u16 {
+    std::env::var("AIC_SERVE_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(a.port)
+}
+
 /// `GET /` on the app; `true` when it answers below 500.
 pub async fn healthy(host: &str, port: u16) -> bool {
     let probe = async {
@@ -123,7 +129,7 @@ fn uwsgi_cmd(
 ) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("uwsgi");
     c.arg("--http11-socket")
-        .arg(format!("{}:{}", a.host, a.port))
+        .arg(format!("{}:{}", a.host, serve_port(a)))
         .arg("--wsgi-file")
         .arg(code.join(&req.entrypoint))
         .args(["--callable", "app", "--master", "--processes", "2", "--threads", "2", "--need-app", "--die-on-term"])
@@ -213,7 +219,7 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                     }
                     let due = if registered { last_beat.elapsed() >= HEARTBEAT } else { true };
                     if due {
-                        let answered = healthy(&a.host, a.port).await;
+                        let answered = healthy(&a.host, serve_port(a)).await;
                         misses = if answered { 0 } else { misses + 1 };
                         let ok = answered || (registered && misses < 3);
                         if ok || registered {
@@ -223,7 +229,7 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                                 job_id: a.job.job.clone(),
                                 alloc: a.index,
                                 host: a.host.clone(),
-                                port: a.port,
+                                port: serve_port(a),
                                 healthy: ok,
                                 started_at: started,
                                 heartbeat_at: now,
@@ -233,13 +239,13 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                                 tracing::warn!(error = %e, "could not write the registration; will retry");
                             } else {
                                 if !registered {
-                                    let _ = tx.send(format!("[aic] serving on http://{}:{} (replica {})", a.host, a.port, a.index)).await;
+                                    let _ = tx.send(format!("[aic] serving on http://{}:{} (replica {})", a.host, serve_port(a), a.index)).await;
                                 }
                                 registered = true;
                                 last_beat = Instant::now();
                             }
                         } else if Instant::now() > up_by {
-                            break 'replica Err(anyhow!("the app did not answer on {}:{} within {} s", a.host, a.port, HEALTHY_WITHIN.as_secs()));
+                            break 'replica Err(anyhow!("the app did not answer on {}:{} within {} s", a.host, serve_port(a), HEALTHY_WITHIN.as_secs()));
                         }
                     }
                 }
