@@ -204,7 +204,15 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
 
     let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
     assert_eq!((list[0]["name"].as_str(), list[0]["state"].as_str()), (Some("digits"), Some("running")));
-    let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "digits"]).stdout).to_string();
+    // The uWSGI log, with the restart in it (log chunks ship within about a second).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let logs = loop {
+        let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "digits"]).stdout).to_string();
+        if logs.contains("uWSGI exited") || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(logs.contains("WSGI app 0") && logs.contains("[aic] serving on"), "the uWSGI log: {logs}");
     assert!(logs.contains("uWSGI exited"), "{logs}");
 
