@@ -102,6 +102,19 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
 
 /// Waits until `want` replicas are live (stepping the pool if this process hosts it).
 pub async fn wait_up(env: &Env, job: &JobKey, want: u32, host: Option<&Hosted>) -> anyhow::Result<usize> {
+    wait_up_or_queued(env, job, want, host, None).await
+}
+
+/// The same; with `queued_limit`, gives up (`Err`) when the pool keeps the deployment queued
+/// for lack of free GPUs that long.
+async fn wait_up_or_queued(
+    env: &Env,
+    job: &JobKey,
+    want: u32,
+    host: Option<&Hosted>,
+    queued_limit: Option<Duration>,
+) -> anyhow::Result<usize> {
+    let started = Instant::now();
     let deadline = Instant::now() + UP_WITHIN;
     let mut last_state = None;
     loop {
@@ -121,6 +134,13 @@ pub async fn wait_up(env: &Env, job: &JobKey, want: u32, host: Option<&Hosted>) 
             if last_state != Some(r.state) {
                 eprintln!("● {:<10} {}", r.state.to_string(), r.reason.clone().unwrap_or_default());
                 last_state = Some(r.state);
+            }
+            if let Some(limit) = queued_limit
+                && r.state == aic_schemas::JobState::Scheduled
+                && r.reason.as_deref().is_some_and(|w| w.starts_with("waiting for"))
+                && started.elapsed() > limit
+            {
+                bail!("the pool has no free GPUs for it: {}", r.reason.unwrap_or_default());
             }
         }
         if Instant::now() > deadline {
@@ -147,8 +167,14 @@ pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
     let live = wait_up(env, &job, o.replicas, host.as_ref()).await?;
     eprintln!("{live} replica{} up", if live == 1 { "" } else { "s" });
     println!("API address : {}", address(&base, &job));
-    let Some(h) = host else { return Ok(0) };
-    // This process hosts the embedded pool: the deployment lives while it does.
+    match host {
+        Some(h) => serve_here(env, &h, &job).await,
+        None => Ok(0),
+    }
+}
+
+/// This process hosts the embedded pool: the deployment lives while it does (until Ctrl-C).
+async fn serve_here(env: &Env, h: &Hosted, job: &JobKey) -> anyhow::Result<i32> {
     eprintln!(
         "serving until Ctrl-C (the embedded pool runs in this process; `aic dev up` keeps deployments up on its own)"
     );
@@ -169,15 +195,78 @@ pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `aic deploy scale NAME N`: a new deployment of the same project with N replicas (paid
+/// for its hours) beside the old one, then — once its replicas answer — the old one
+/// removed, so requests never stop. Its address is the new deployment's. On a pool without
+/// room for both, nothing changes and the error says what to do.
+pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> {
+    let old = resolve(env, name).await?;
+    let req: JobRequest = env
+        .store
+        .get_json(&old.request(), aic_schemas::validate::MAX_DOC_BYTES)
+        .await?
+        .ok_or_else(|| anyhow!("deployment {} has no request", old.job))?;
+    if req.kind != JobKind::Serve {
+        bail!("job {} is a training job, not a deployment", old.job);
+    }
+    if let Some(r) = aic_core::status::current(&env.store, &old).await?
+        && r.state.is_terminal()
+    {
+        bail!("deployment {} already {}; deploy it again with `aic deploy`", old.job, r.state);
+    }
+    // The project exactly as deployed (its digest is the one signed before).
+    let dir = env.home.join("scale").join(old.job.as_str());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    env.store.download_prefix(&old.code_prefix(), &dir, &|_| {}).await.context("fetching the deployed project")?;
+    let host = jobs::host(env).await?;
+    let base = base_url(env, host.as_ref())?;
+    let opts = DeployOpts {
+        path: dir.clone(),
+        name: req.name.clone(),
+        replicas,
+        gpus: req.gpus_per_miner,
+        hours: req.max_hours,
+        entrypoint: Some(req.entrypoint.clone()),
+        tx: None,
+        detach: false,
+    };
+    let new = submit(env, &opts, host.as_ref()).await?;
+    // The new replicas start beside the old ones; a full pool cannot do that.
+    if let Err(e) = wait_up_or_queued(env, &new, replicas, host.as_ref(), Some(Duration::from_secs(10))).await {
+        let _ = jobs::cancel(env, new.job.as_str()).await;
+        bail!(
+            "deployment {} stays as it is ({e:#}); to change it on a full pool, `aic deploy rm {}` and deploy again with --replicas {replicas}",
+            old.job,
+            old.job
+        );
+    }
+    jobs::cancel(env, old.job.as_str()).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("deployment {} ({} replicas) replaced {} ({} replicas)", new.job, replicas, old.job, req.miners);
+    println!("API address : {}", address(&base, &new));
+    match host {
+        Some(h) => serve_here(env, &h, &new).await,
+        None => Ok(0),
+    }
+}
+
 /// A deployment by job id (prefix) or `--name`.
 pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
     if let Ok(j) = jobs::resolve(env, s).await {
         return Ok(j);
     }
+    // By name: the newest one still going, else the newest.
     let mut found = Vec::new();
     for (job, req) in deployments(env).await? {
         if req.name.as_deref() == Some(s) {
             found.push(job);
+        }
+    }
+    for job in found.iter().rev() {
+        let ended = aic_core::status::current(&env.store, job).await?.is_some_and(|r| r.state.is_terminal());
+        if !ended {
+            return Ok(job.clone());
         }
     }
     found.pop().ok_or_else(|| anyhow!("no deployment named or numbered {s:?}; see `aic deploy list`"))

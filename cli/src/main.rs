@@ -168,7 +168,7 @@ enum DeploySub {
     },
     /// Stop a deployment (its replicas leave the gateway first).
     Rm { name: String },
-    /// Change the number of replicas.
+    /// Change the number of replicas (a new deployment of the same project replaces it).
     Scale { name: String, replicas: u32 },
 }
 
@@ -311,14 +311,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                 let job = deploy::resolve(&env, &name).await?;
                 jobs::cancel(&env, job.job.as_str()).await.map(|_| 0)
             }
-            Some(DeploySub::Scale { name, replicas }) => {
-                let job = deploy::resolve(&env, &name).await?;
-                anyhow::bail!(
-                    "scaling deployment {} in place is not supported yet: `aic deploy PATH --replicas {replicas}`, then `aic deploy rm {}`",
-                    job.job,
-                    job.job
-                )
-            }
+            Some(DeploySub::Scale { name, replicas }) => deploy::scale(&env, &name, replicas).await,
             None => {
                 let path = d
                     .path

@@ -144,7 +144,8 @@ fn uwsgi_of(job: &str, alloc: u32) -> Option<i32> {
 fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     let h = Home(tempfile::tempdir().unwrap());
     let (proj, csv) = project(&h);
-    let _pool = DevUp::start(&h, &[]);
+    // Three miners: room for a scaled copy beside the two replicas.
+    let _pool = DevUp::start(&h, &[("AIC_POOL_MINERS", "3")]);
     let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "digits", "--replicas", "2"]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -216,6 +217,30 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     assert!(logs.contains("WSGI app 0") && logs.contains("[aic] serving on"), "the uWSGI log: {logs}");
     assert!(logs.contains("uWSGI exited"), "{logs}");
 
+    // Scaling to three does not fit beside the two running: nothing changes, and it says why.
+    let out = h.aic(&["deploy", "scale", "digits", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no free GPUs"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(predict(&api, &rows[0][..64]).0, 200, "the old deployment still serves");
+    // Scale to one replica: a new deployment of the same project replaces the old one.
+    let out = h.aic(&["deploy", "scale", "digits", "1"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let api2 = stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the new address").to_string();
+    let job2 = api2.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+    assert_ne!(job2, job);
+    assert_eq!(predict(&api2, &rows[0][..64]).0, 200);
+    let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
+    let by_id = |id: &str| list.as_array().unwrap().iter().find(|d| d["deployment"] == id).cloned().unwrap();
+    assert_eq!((by_id(&job2)["replicas"].as_u64(), by_id(&job2)["live"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(by_id(&job)["state"], "cancelled");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while uwsgi_of(&job, 0).is_some() || uwsgi_of(&job, 1).is_some() {
+        assert!(Instant::now() < deadline, "the old deployment's uWSGI still runs");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (job, api) = (job2, api2);
+
     // Removal: out of the gateway, processes gone, cancelled.
     assert!(h.aic(&["deploy", "rm", "digits"]).status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -227,7 +252,7 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     assert_eq!(code, 503, "{v}");
     assert!(v["error"].as_str().unwrap().contains("no live replica"));
     let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
-    assert_eq!(list[0]["state"], "cancelled");
+    assert!(list.as_array().unwrap().iter().all(|d| d["state"] == "cancelled"), "{list}");
 }
 
 #[test]
