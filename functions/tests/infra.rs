@@ -227,7 +227,7 @@ fn the_nomad_functions_job_runs_the_real_binary_with_variables_it_reads() {
 
 #[test]
 fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
-    use aic_core::scheduler::nomad::{NomadConfig, job_spec};
+    use aic_core::scheduler::nomad::job_spec;
     let job = nomad("worker.nomad.hcl");
     let (_, job) = only(&job["job"], "job");
     assert_eq!(job["type"], "batch");
@@ -236,29 +236,8 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
     assert!(task["config"]["command"].as_str().unwrap().ends_with("/aic-worker"));
     assert!(repo().join("worker/src/main.rs").exists());
     // What the code registers for a train job.
-    let cfg = NomadConfig {
-        addr: "http://x".into(),
-        token: None,
-        region: None,
-        namespace: None,
-        datacenter: "dc1".into(),
-        driver: "exec".into(),
-        worker: "aic-worker".into(),
-        cpu_mhz: 2000,
-        memory_mb: 8192,
-        worker_env: vec![("AIC_STORE".into(), "s3://aic".into())],
-        secrets_var: Some("nomad/jobs/aic-worker".into()),
-    };
-    let now = chrono::Utc::now();
-    let m: aic_schemas::JobManifest = serde_json::from_value(serde_json::json!({
-        "version": 1,
-        "request": {"version": 1, "kind": "train", "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
-            "job_id": aic_schemas::JobId::generate(), "entrypoint": "train.py", "miners": 2, "gpus_per_miner": 3,
-            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
-        "quote": {"gpu_hours": 6.0, "price_per_gpu_hour": "0", "total": "0"}, "validated_at": now,
-    }))
-    .unwrap();
-    let key = aic_core::layout::JobKey::new(m.request.owner, m.request.job_id.clone());
+    let cfg = nomad_cfg(vec![("AIC_STORE".into(), "s3://aic".into())], Some("nomad/jobs/aic-worker"));
+    let (key, m) = manifest("train", "train.py", 2, 3);
     let spec = job_spec(&cfg, &key, &m, 0);
     let tg = &spec["TaskGroups"][0];
     let t = &tg["Tasks"][0];
@@ -321,7 +300,7 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
 
 #[test]
 fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
-    use aic_core::scheduler::nomad::{NomadConfig, job_spec};
+    use aic_core::scheduler::nomad::job_spec;
     let job = nomad("serving-gateway.nomad.hcl");
     let (_, job) = only(&job["job"], "job");
     let (_, group) = only(&job["group"], "group");
@@ -331,29 +310,8 @@ fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
     assert!(tmpl.contains("location /d/{{ .Name | trimPrefix \"aic-serve-\" }}/"));
     assert!(std::fs::read_to_string(repo().join("functions/src/host.rs")).unwrap().contains("strip_prefix(\"/d/\")"));
     // … from the services serve jobs register, whose names are aic-serve-<job id>.
-    let cfg = NomadConfig {
-        addr: "http://x".into(),
-        token: None,
-        region: None,
-        namespace: None,
-        datacenter: "dc1".into(),
-        driver: "exec".into(),
-        worker: "aic-worker".into(),
-        cpu_mhz: 1,
-        memory_mb: 1,
-        worker_env: vec![],
-        secrets_var: None,
-    };
-    let now = chrono::Utc::now();
-    let m: aic_schemas::JobManifest = serde_json::from_value(serde_json::json!({
-        "version": 1,
-        "request": {"version": 1, "kind": "serve", "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
-            "job_id": aic_schemas::JobId::generate(), "entrypoint": "app.py", "miners": 2, "gpus_per_miner": 1,
-            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
-        "quote": {"gpu_hours": 2.0, "price_per_gpu_hour": "0", "total": "0"}, "validated_at": now,
-    }))
-    .unwrap();
-    let key = aic_core::layout::JobKey::new(m.request.owner, m.request.job_id.clone());
+    let cfg = nomad_cfg(vec![], None);
+    let (key, m) = manifest("serve", "app.py", 2, 1);
     let spec = job_spec(&cfg, &key, &m, 0);
     let svc = spec["TaskGroups"][0]["Services"][0]["Name"].as_str().unwrap();
     assert_eq!(svc, format!("aic-serve-{}", key.job));
@@ -363,4 +321,38 @@ fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
     assert!(tmpl.contains("location = /healthz"));
     assert!(tmpl.contains("proxy_next_upstream"), "a failed replica is passed over");
     assert_eq!(task["template"]["change_signal"], "SIGHUP", "nginx reloads when replicas come and go");
+}
+
+fn nomad_cfg(worker_env: Vec<(String, String)>, secrets_var: Option<&str>) -> aic_core::scheduler::nomad::NomadConfig {
+    aic_core::scheduler::nomad::NomadConfig {
+        addr: "http://x".into(),
+        token: None,
+        region: None,
+        namespace: None,
+        datacenter: "dc1".into(),
+        driver: "exec".into(),
+        worker: "aic-worker".into(),
+        cpu_mhz: 2000,
+        memory_mb: 8192,
+        worker_env,
+        secrets_var: secrets_var.map(String::from),
+    }
+}
+
+fn manifest(
+    kind: &str,
+    entrypoint: &str,
+    miners: u32,
+    gpus: u32,
+) -> (aic_core::layout::JobKey, aic_schemas::JobManifest) {
+    let now = chrono::Utc::now();
+    let m: aic_schemas::JobManifest = serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "request": {"version": 1, "kind": kind, "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+            "job_id": aic_schemas::JobId::generate(), "entrypoint": entrypoint, "miners": miners, "gpus_per_miner": gpus,
+            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
+        "quote": {"gpu_hours": 1.0, "price_per_gpu_hour": "0", "total": "0"}, "validated_at": now,
+    }))
+    .unwrap();
+    (aic_core::layout::JobKey::new(m.request.owner, m.request.job_id.clone()), m)
 }

@@ -135,18 +135,7 @@ fn debian(with_browser: bool) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian's {}", missing.join(", "));
-    let sudo: &[&str] = if std::env::var("USER").is_ok_and(|u| u == "root") || is_root() { &[] } else { &["sudo"] };
-    let apt = |args: &[&str]| {
-        let mut all: Vec<&str> = sudo.to_vec();
-        all.push("apt-get");
-        all.extend_from_slice(args);
-        run(Command::new(all[0]).args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    apt(&["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq"];
-    args.extend(missing);
-    apt(&args)
+    debian_packages(&missing)
 }
 
 fn is_root() -> bool {
