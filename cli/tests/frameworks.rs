@@ -1,14 +1,16 @@
-//! Opt-in: a real `horovodrun` (Horovod 0.28.1 built against torch, Gloo controller)
-//! through aic's `horovod` launcher on two simulated miners: horovodrun on the leader reaches
-//! the other allocation over SSH through the job's `ssh` wrapper. It needs torch (~3 GB) and
-//! a ~6 min Horovod build, so it runs only when `AIC_TEST_HOROVOD` names the `bin/` folder of
-//! a Python environment with both (and says why it did nothing otherwise):
+//! Opt-in: the PyTorch launchers for real on two simulated miners — torchrun (DDP, c10d
+//! rendezvous at the leader) and horovodrun (Horovod 0.28.1 built against torch, Gloo
+//! controller, reaching the second miner over SSH through the job's `ssh` wrapper). torch is a
+//! ~3 GB download and Horovod a ~5 min build, so each test runs only when its variable names
+//! the `bin/` folder of a Python environment that has them (and says why it did nothing
+//! otherwise):
 //!
 //! ```text
 //! python3 -m venv ~/.cache/aic-tools/torch
 //! ~/.cache/aic-tools/torch/bin/pip install torch numpy scikit-learn
 //! examples/install_horovod.sh ~/.cache/aic-tools/torch
-//! AIC_TEST_HOROVOD=~/.cache/aic-tools/torch/bin cargo test -p aic-cli --test horovod -- --nocapture
+//! AIC_TEST_TORCH=~/.cache/aic-tools/torch/bin AIC_TEST_HOROVOD=~/.cache/aic-tools/torch/bin \
+//!   cargo test -p aic-cli --test frameworks -- --nocapture
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,13 +20,14 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-#[test]
-fn horovodrun_across_two_miners_converges_with_identical_parameters() {
-    let Some(torch_bin) = std::env::var_os("AIC_TEST_HOROVOD").map(PathBuf::from) else {
-        eprintln!("horovod test: AIC_TEST_HOROVOD is not set (see this file's header); nothing run");
+/// Trains the digits model with `entrypoint` under `launcher` on two miners, with the
+/// environment `var` names; checks both ranks end with the same parameters and it converged.
+fn two_miners(var: &str, tool: &str, entrypoint: &str, launcher: &str) {
+    let Some(torch_bin) = std::env::var_os(var).map(PathBuf::from) else {
+        eprintln!("{launcher} test: {var} is not set (see this file's header); nothing run");
         return;
     };
-    assert!(torch_bin.join("horovodrun").exists(), "{} has no horovodrun", torch_bin.display());
+    assert!(torch_bin.join(tool).exists(), "{} has no {tool}", torch_bin.display());
     let home = tempfile::tempdir().unwrap();
     let path = format!("{}:{}", torch_bin.display(), std::env::var("PATH").unwrap_or_default());
     let aic = |args: &[&str]| {
@@ -62,9 +65,9 @@ fn horovodrun_across_two_miners_converges_with_identical_parameters() {
         "run",
         code.to_str().unwrap(),
         "--entrypoint",
-        "train_horovod.py",
+        entrypoint,
         "--launcher",
-        "horovod",
+        launcher,
         "--miners",
         "2",
         "--data",
@@ -75,7 +78,7 @@ fn horovodrun_across_two_miners_converges_with_identical_parameters() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // One rank per miner (horovodrun tags lines `[rank]<stdout>:`), the same parameters on both.
+    // One rank per miner, the same parameters on both at the end.
     let digests: Vec<&str> = stdout.lines().filter_map(|l| l.split(" params ").nth(1)).collect();
     assert_eq!(digests.len(), 2, "{stdout}");
     assert_eq!(digests[0], digests[1], "{stdout}");
@@ -86,4 +89,14 @@ fn horovodrun_across_two_miners_converges_with_identical_parameters() {
         .and_then(|a| a.parse().ok())
         .expect("a final accuracy");
     assert!(acc >= 0.9, "{acc}");
+}
+
+#[test]
+fn ddp_across_two_miners_with_torchrun_converges_with_identical_parameters() {
+    two_miners("AIC_TEST_TORCH", "torchrun", "train_ddp.py", "torchrun");
+}
+
+#[test]
+fn horovodrun_across_two_miners_converges_with_identical_parameters() {
+    two_miners("AIC_TEST_HOROVOD", "horovodrun", "train_horovod.py", "horovod");
 }
