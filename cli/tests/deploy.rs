@@ -4,81 +4,12 @@
 //! scikit-learn, Flask and uWSGI on PATH (`cargo xtask test` provides them).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn aic_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_aic"))
-}
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-struct Home(tempfile::TempDir);
-
-impl Home {
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(aic_bin());
-        c.args(args)
-            .current_dir(self.path())
-            .env("AIC_HOME", self.path().join("aic"))
-            .env_remove("AIC_STORE")
-            .env_remove("AIC_GATEWAY")
-            .env("AIC_POOL_MINERS", "2")
-            .env("AIC_POOL_GPUS", "1")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn aic(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ aic {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-}
-
-/// `aic dev up` in the background; Ctrl-C when dropped.
-struct DevUp(Child);
-
-impl DevUp {
-    fn start(h: &Home, env: &[(&str, &str)]) -> DevUp {
-        let child = h
-            .cmd(&["dev", "up"])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !h.path().join("aic/serve.addr").exists() || !h.path().join("aic/chain.json").exists() {
-            assert!(Instant::now() < deadline, "dev up did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        DevUp(child)
-    }
-}
-
-impl Drop for DevUp {
-    fn drop(&mut self) {
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-    }
-}
+use common::*;
 
 /// The serving example with a model trained here (train.py run bare, 15 epochs).
 fn project(h: &Home) -> (PathBuf, PathBuf) {
@@ -142,10 +73,10 @@ fn uwsgi_of(job: &str, alloc: u32) -> Option<i32> {
 
 #[test]
 fn two_replicas_serve_predictions_and_survive_a_killed_one() {
-    let h = Home(tempfile::tempdir().unwrap());
+    let h = Home::new();
     let (proj, csv) = project(&h);
     // Three miners: room for a scaled copy beside the two replicas.
-    let _pool = DevUp::start(&h, &[("AIC_POOL_MINERS", "3")]);
+    let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "3")]);
     let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "digits", "--replicas", "2"]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -257,7 +188,7 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
 
 #[test]
 fn an_oversized_project_is_refused_with_the_reason_and_nothing_runs() {
-    let h = Home(tempfile::tempdir().unwrap());
+    let h = Home::new();
     let proj = h.path().join("big");
     std::fs::create_dir_all(&proj).unwrap();
     std::fs::write(
@@ -266,7 +197,7 @@ fn an_oversized_project_is_refused_with_the_reason_and_nothing_runs() {
     )
     .unwrap();
     std::fs::write(proj.join("weights.bin"), vec![7u8; 5000]).unwrap();
-    let _pool = DevUp::start(&h, &[("AIC_MAX_CODE_BYTES", "2000")]);
+    let _pool = DevUp::start_with(&h, &[("AIC_MAX_CODE_BYTES", "2000")]);
     let out = h.aic(&["deploy", proj.to_str().unwrap(), "--replicas", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

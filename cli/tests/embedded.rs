@@ -2,105 +2,12 @@
 //! `aic-worker` binaries and real processes. Training needs `python3` with numpy and
 //! scikit-learn on PATH (`cargo xtask test` provides it).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn aic_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_aic"));
-    assert!(
-        bin.with_file_name("aic-worker").exists(),
-        "aic-worker is not built next to aic: run `cargo build --workspace --bins` (cargo xtask test does)"
-    );
-    bin
-}
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn new() -> Home {
-        Home { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(aic_bin());
-        c.args(args)
-            .current_dir(self.path())
-            .env("AIC_HOME", self.path().join("aic"))
-            .env_remove("AIC_STORE")
-            .env_remove("AIC_ADDRESS")
-            .env("AIC_POOL_MINERS", "2")
-            .env("AIC_POOL_GPUS", "1")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn aic(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ aic {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn write(&self, rel: &str, body: &str) -> PathBuf {
-        let p = self.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, body).unwrap();
-        p
-    }
-
-    /// The newest job's id.
-    fn last_job(&self) -> String {
-        let out = self.aic(&["jobs", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v[0]["job"].as_str().expect("a job").to_string()
-    }
-
-    fn history(&self, job: &str) -> Vec<serde_json::Value> {
-        let out = self.aic(&["status", job, "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["history"].as_array().unwrap().clone()
-    }
-
-    fn state(&self, job: &str) -> String {
-        self.history(job).last().map(|r| r["state"].as_str().unwrap().to_string()).unwrap_or_default()
-    }
-
-    /// Every object key in the embedded store.
-    fn store_keys(&self) -> Vec<String> {
-        let root = self.path().join("aic/store");
-        walk(&root).into_iter().map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect()
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-        }
-    }
-    out
-}
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
+use common::*;
 
 /// Exports the digits set and uploads it as dataset `digits`.
 fn put_digits(h: &Home) {
@@ -227,12 +134,7 @@ fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // `aic pool` shows the running job's one GPU taken.
-    let pool_now: serde_json::Value = serde_json::from_slice(&h.aic(&["pool", "--json"]).stdout).unwrap();
-    let free: u64 = pool_now[0]["miners"].as_array().unwrap().iter().map(|m| m["free_gpus"].as_u64().unwrap()).sum();
-    assert_eq!(
-        (pool_now[0]["name"].as_str(), pool_now[0]["miners"].as_array().unwrap().len(), free),
-        (Some("local"), 2, 1)
-    );
+    assert_eq!(pool_summary(&h), ("local".to_string(), 2, 1));
     let t0 = Instant::now();
     assert!(h.aic(&["cancel", &job]).status.success());
     let result = h
@@ -250,52 +152,12 @@ fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
     assert!(pool.stop(), "dev up did not stop on Ctrl-C");
 }
 
-/// `aic dev up` in the background, stopped (Ctrl-C) when dropped.
-struct DevUp(std::process::Child);
-
-impl DevUp {
-    fn start(h: &Home) -> DevUp {
-        DevUp::start_with(h, &[])
-    }
-
-    /// With extra environment for the pool (and so its workers).
-    fn start_with(h: &Home, env: &[(&str, &str)]) -> DevUp {
-        let mut cmd = h.cmd(&["dev", "up"]);
-        cmd.envs(env.iter().copied());
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !h.path().join("aic/chain.json").exists() {
-            assert!(Instant::now() < deadline, "dev up did not start its chain");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        DevUp(child)
-    }
-
-    /// Ctrl-C; true if it stopped within 15 s.
-    fn stop(mut self) -> bool {
-        self.interrupt()
-    }
-
-    fn interrupt(&mut self) -> bool {
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.0.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        true
-    }
-}
-
-impl Drop for DevUp {
-    fn drop(&mut self) {
-        if !self.interrupt() {
-            let _ = self.0.kill();
-        }
-    }
+/// `aic pool --json`'s first gateway: (name, miners, free GPUs).
+fn pool_summary(h: &Home) -> (String, usize, u64) {
+    let v: serde_json::Value = serde_json::from_slice(&h.aic(&["pool", "--json"]).stdout).unwrap();
+    let miners = v[0]["miners"].as_array().unwrap();
+    let free = miners.iter().map(|m| m["free_gpus"].as_u64().unwrap()).sum();
+    (v[0]["name"].as_str().unwrap_or_default().to_string(), miners.len(), free)
 }
 
 fn wait_for_state(h: &Home, job: &str, want: &str) -> Vec<serde_json::Value> {
@@ -493,12 +355,7 @@ fn cancel_stops_every_rank_of_an_mpi_job_within_seconds() {
     let ranks = processes_of(&job).into_iter().filter(|(_, c)| c.starts_with("python")).count();
     assert_eq!(ranks, 2, "{:?}", processes_of(&job));
     // `aic pool` shows both miners' GPUs taken by the job.
-    let pool_now: serde_json::Value = serde_json::from_slice(&h.aic(&["pool", "--json"]).stdout).unwrap();
-    let free: u64 = pool_now[0]["miners"].as_array().unwrap().iter().map(|m| m["free_gpus"].as_u64().unwrap()).sum();
-    assert_eq!(
-        (pool_now[0]["name"].as_str(), pool_now[0]["miners"].as_array().unwrap().len(), free),
-        (Some("local"), 2, 0)
-    );
+    assert_eq!(pool_summary(&h), ("local".to_string(), 2, 0));
     let t0 = Instant::now();
     assert!(h.aic(&["cancel", &job]).status.success());
     while !processes_of(&job).is_empty() {
@@ -556,7 +413,9 @@ fn a_lost_worker_is_restarted_and_resumes_from_its_checkpoint() {
         .unwrap();
     assert!(resumed >= 1, "{logs}");
     let epochs_run = logs.lines().filter(|l| l.starts_with("epoch ")).count() as u32;
-    assert!(epochs_run - 12 < 12, "{epochs_run} epochs run for 12: too many re-run\n{logs}");
+    // A SIGKILLed worker loses its last unshipped second of output, so fewer than 12 lines
+    // can be there; what matters is that not many were run twice.
+    assert!(epochs_run.saturating_sub(12) < 12, "{epochs_run} epochs run for 12: too many re-run\n{logs}");
     assert_eq!(
         12 - resumed,
         logs.lines().skip_while(|l| !l.starts_with("resuming")).filter(|l| l.starts_with("epoch ")).count() as u32

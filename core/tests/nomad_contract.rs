@@ -332,18 +332,27 @@ async fn running_job(store: &aic_core::Store, m: &JobManifest) -> JobKey {
     job
 }
 
+type Setup = (tempfile::TempDir, aic_core::Store, Arc<Mutex<Nomad>>, NomadScheduler, JobKey);
+
+/// A local store, the Nomad-speaking server, and a job of `miners` × 1 GPU registered on it
+/// and running.
+async fn submitted_and_running(miners: u32) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let (_, m) = manifest(miners, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    (dir, store, state, n, job)
+}
+
 #[tokio::test]
 async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_retries_run_out() {
     use aic_core::scheduler::nomad::{AllocAction, MAX_RETRIES};
     use aic_core::status;
     use aic_schemas::JobState;
-    let dir = tempfile::tempdir().unwrap();
-    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
-    let (state, addr) = nomad().await;
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
-    let (_, m) = manifest(2, 1);
-    let job = running_job(&store, &m).await;
-    n.submit(&job, &m).await.unwrap();
+    let (_dir, store, state, n, job) = submitted_and_running(2).await;
 
     // A running allocation's update: nothing to do.
     let mut ok = lost(&job, 0, "node-b");
@@ -381,13 +390,7 @@ async fn a_failure_the_worker_recorded_stops_the_other_allocations() {
     use aic_core::scheduler::nomad::AllocAction;
     use aic_core::status::{Transition, advance};
     use aic_schemas::JobState;
-    let dir = tempfile::tempdir().unwrap();
-    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
-    let (state, addr) = nomad().await;
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
-    let (_, m) = manifest(2, 1);
-    let job = running_job(&store, &m).await;
-    n.submit(&job, &m).await.unwrap();
+    let (_dir, store, state, n, job) = submitted_and_running(2).await;
     advance(&store, &job, Transition::new(JobState::Failed, "worker").reason("exit code 1")).await.unwrap();
     let mut failed = lost(&job, 0, "node-a");
     failed["ClientStatus"] = json!("failed");
@@ -398,13 +401,7 @@ async fn a_failure_the_worker_recorded_stops_the_other_allocations() {
 #[tokio::test]
 async fn the_watcher_follows_the_event_stream_and_resumes_from_its_index() {
     use aic_schemas::JobState;
-    let dir = tempfile::tempdir().unwrap();
-    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
-    let (state, addr) = nomad().await;
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
-    let (_, m) = manifest(1, 1);
-    let job = running_job(&store, &m).await;
-    n.submit(&job, &m).await.unwrap();
+    let (_dir, store, state, n, job) = submitted_and_running(1).await;
     let ev = json!({"Index": 42, "Events": [{"Topic": "Allocation", "Type": "AllocationUpdated", "Key": "alloc-1",
         "Namespace": "aic", "Index": 42, "Payload": {"Allocation": lost(&job, 0, "node-a")}}]});
     state.lock().unwrap().stream = vec!["{}".into(), ev.to_string(), "{}".into()];
