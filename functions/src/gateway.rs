@@ -112,7 +112,7 @@ fn bad(why: impl Into<String>) -> ApiError {
 
 fn store_err(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "gateway store call failed");
-    err(StatusCode::SERVICE_UNAVAILABLE, format!("the pool's storage did not answer ({e}); try again"))
+    err(StatusCode::SERVICE_UNAVAILABLE, "the pool's storage did not answer; try again in a moment")
 }
 
 #[derive(Deserialize)]
