@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aic_core::JobKey;
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobState, StatusRecord};
+use aic_schemas::{JobManifest, JobState, Launcher, StatusRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::env::Env;
@@ -20,13 +20,24 @@ const TICK: Duration = Duration::from_millis(200);
 pub struct LogCursor {
     after: BTreeMap<String, String>,
     progress: Option<ProgressBar>,
+    /// Whether lines carry their allocation (`[1] ...`), decided once from the manifest: a job
+    /// whose every allocation runs the program logs from each; an MPI or Horovod launch logs
+    /// from the leader only, with rank tags.
+    tag_allocs: Option<bool>,
 }
 
 impl LogCursor {
     /// Prints chunks written since the last call; returns how many lines it printed.
     pub async fn print_new(&mut self, env: &Env, job: &JobKey) -> anyhow::Result<usize> {
         let (allocs, _) = env.store.list_dir(&job.logs_prefix()).await?;
-        let many = allocs.len() > 1;
+        if self.tag_allocs.is_none() && !allocs.is_empty() {
+            self.tag_allocs = env
+                .store
+                .get_json::<JobManifest>(&job.manifest(), MAX_DOC_BYTES)
+                .await?
+                .map(|m| m.request.miners > 1 && !matches!(m.request.launcher, Launcher::Mpi | Launcher::Horovod));
+        }
+        let many = self.tag_allocs.unwrap_or(allocs.len() > 1);
         let mut printed = 0;
         for alloc_prefix in allocs {
             let alloc = alloc_prefix.trim_end_matches('/').rsplit('/').next().unwrap_or("0").to_string();
