@@ -15,6 +15,7 @@ use aic_chain::devchain::{self, DevChain};
 use aic_chain::{ChainConfig, ChainPayments, Eip712Auth};
 
 use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
+use aic_core::scheduler::worker_env_from_env;
 use aic_functions::{Ctx, HandlerError, Outcome};
 use anyhow::{Context, anyhow};
 
@@ -128,7 +129,7 @@ impl Hosted {
             gateway: "local".into(),
             worker_bin: worker_bin(),
             work_root: env.home.join("work"),
-            worker_env: env.store_config.env(),
+            worker_env: [env.store_config.env(), worker_env_from_env().map_err(anyhow::Error::msg)?].concat(),
         };
         let scheduler = LocalScheduler::new(cfg, env.store.clone());
         let (chain, dev) = chain(env).await?;

@@ -291,6 +291,48 @@ fn mpi_training_across_two_miners_converges_with_identical_parameters() {
     assert!((gpu - 2.0 * wall).abs() < 1e-6, "{last}");
 }
 
+/// Two simulated miners share this machine's cores: their ranks must not be pinned to the
+/// same core (each mpirun daemon would bind as if it had the node alone), and each process's
+/// thread pools get its miner's share of the cores unless the job sets OMP_NUM_THREADS.
+#[test]
+fn mpi_ranks_share_the_cores_instead_of_pinning_to_the_same_one() {
+    let h = Home::new();
+    h.write(
+        "cores/show.py",
+        "import os\nfrom mpi4py import MPI\nr = MPI.COMM_WORLD.Get_rank()\n\
+         print(f\"rank {r} cores {sorted(os.sched_getaffinity(0))} threads {os.environ.get('OMP_NUM_THREADS')}\")\n\
+         print(f\"rank {r} nccl {os.environ.get('NCCL_DEBUG')}\")\n",
+    );
+    let code = h.path().join("cores");
+    let run_with = |extra: &[&str], worker_env: &str| {
+        let mut args = vec!["run", code.to_str().unwrap(), "--entrypoint", "show.py", "--launcher", "mpi"];
+        args.extend_from_slice(&["--miners", "2"]);
+        args.extend_from_slice(extra);
+        let out = h.cmd(&args).env("AIC_WORKER_ENV", worker_env).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        stdout
+    };
+    // The cores this test may use, as the ranks' Python sees them.
+    let all = std::process::Command::new("python3")
+        .args(["-c", "import os; print(sorted(os.sched_getaffinity(0)))"])
+        .output()
+        .unwrap();
+    let all = String::from_utf8(all.stdout).unwrap().trim().to_string();
+    let share = (std::thread::available_parallelism().unwrap().get() / 2).max(1);
+    let stdout = run_with(&[], "");
+    for rank in 0..2 {
+        let want = format!("[rank {rank}] rank {rank} cores {all} threads {share}");
+        assert!(stdout.contains(&want), "missing {want:?} in {stdout}");
+    }
+    let stdout = run_with(&["--env", "OMP_NUM_THREADS=3"], "");
+    assert_eq!(stdout.matches(" threads 3").count(), 2, "the job's OMP_NUM_THREADS wins: {stdout}");
+    // The operator's settings for the miners reach every rank, the remote one through sshd.
+    let stdout = run_with(&[], "NCCL_DEBUG=WARN OMP_NUM_THREADS=7");
+    assert_eq!(stdout.matches(" nccl WARN").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches(" threads 7").count(), 2, "{stdout}");
+}
+
 #[test]
 fn a_launcher_missing_on_the_miner_fails_with_the_reason() {
     let h = Home::new();

@@ -10,6 +10,7 @@
 //! | `NOMAD_ADDR`, `NOMAD_TOKEN`, `NOMAD_REGION`, `NOMAD_NAMESPACE` | the Nomad cluster (`aic_core::scheduler::nomad`) |
 //! | `AIC_NOMAD_DATACENTER`, `AIC_NOMAD_DRIVER`, `AIC_NOMAD_WORKER`, `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | how Nomad runs aic-worker |
 //! | `AIC_POOL_MINERS`, `AIC_POOL_GPUS`, `AIC_WORKER_BIN`, `AIC_WORK_DIR` | the local scheduler |
+//! | `AIC_WORKER_ENV` | extra `KEY=VALUE` pairs (whitespace-separated) for every worker, e.g. Open MPI or NCCL settings |
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
@@ -77,6 +78,7 @@ pub fn build() -> anyhow::Result<Built> {
         (Some(c.clone()), c.chain_id, payments, c.pricing())
     };
     let mut nomad = None;
+    let worker_env = aic_core::scheduler::worker_env_from_env().map_err(|e| anyhow!(e))?;
     let (scheduler, local): (Arc<dyn Scheduler>, Option<LocalScheduler>) =
         match var("AIC_SCHEDULER").as_deref().unwrap_or("local") {
             "local" => {
@@ -95,13 +97,13 @@ pub fn build() -> anyhow::Result<Built> {
                     gateway: "local".into(),
                     worker_bin,
                     work_root: home,
-                    worker_env: store_config.env(),
+                    worker_env: [store_config.env(), worker_env.clone()].concat(),
                 };
                 let s = LocalScheduler::new(cfg, store.clone());
                 (Arc::new(s.clone()), Some(s))
             }
             "nomad" => {
-                let cfg = aic_core::scheduler::nomad::NomadConfig::from_env(store_config.env())
+                let cfg = aic_core::scheduler::nomad::NomadConfig::from_env([store_config.env(), worker_env].concat())
                     .map_err(|e| anyhow!(e))?
                     .ok_or_else(|| anyhow!("AIC_SCHEDULER=nomad needs NOMAD_ADDR (and NOMAD_TOKEN with ACLs on)"))?;
                 let n = aic_core::scheduler::nomad::NomadScheduler::new(cfg);

@@ -197,6 +197,17 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     if req.kind == JobKind::Serve {
         return serve::run(a, req, &code_dir, env).await;
     }
+    // The operator's settings for every program (AIC_WORKER_ENV), here too so that ranks
+    // started through sshd get them.
+    let extra = aic_core::scheduler::parse_worker_env(&std::env::var("AIC_WORKER_ENV").unwrap_or_default())
+        .map_err(|e| anyhow!(e))?;
+    env.extend(extra.into_iter().filter(|(k, _)| !req.env.contains_key(k)));
+    // Each process's thread pools get its share of the allocation's cores, unless the job or
+    // the miner says otherwise.
+    if !req.env.contains_key("OMP_NUM_THREADS") && std::env::var_os("OMP_NUM_THREADS").is_none() {
+        let n = launcher::threads_per_process(launcher::cpus(), launcher::procs_per_alloc(req));
+        env.insert("OMP_NUM_THREADS".into(), n.to_string());
+    }
     let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
     let (mut cmd, finish) = match plan(a, &ctx).await? {
         Plan::Program(cmd, finish) => (*cmd, finish),
@@ -392,7 +403,9 @@ async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> 
                 _ => launcher::horovod::argv(req, &peers, &key),
             };
             let mut cmd = tokio::process::Command::new(&argv[0]);
-            cmd.args(&argv[1..]).current_dir(&ctx.code_dir).envs(&ctx.env).env("PYTHONUNBUFFERED", "1");
+            // The leader's own ranks are mpirun's children: they get the session's variables
+            // from here rather than from sshd.
+            cmd.args(&argv[1..]).current_dir(&ctx.code_dir).envs(&session_env).env("PYTHONUNBUFFERED", "1");
             if req.launcher == Launcher::Horovod {
                 cmd.envs(&req.env).envs(launcher::horovod::env(&wrapper_dir));
             }

@@ -6,9 +6,12 @@
 //! machine), and each allocation a free port on it (`AIC_HOST`, `AIC_PORT`), so the
 //! allocations of one job reach each other over the network as on real miners. The miners
 //! share one kernel and hostname, which Open MPI's hierarchical collectives (`han`) take for
-//! one node: workers get `OMPI_MCA_coll=^han`. They also share the machine's cores, so MPI
-//! ranks yield instead of spinning while they wait (`OMPI_MCA_mpi_yield_when_idle=1`; 4× faster
-//! on two cores). Jobs that fit the pool but not its free slots wait in a queue, in order; jobs
+//! one node: workers get `OMPI_MCA_coll=^han`. They have no HPC fabric, so Open MPI uses shared
+//! memory within a miner and TCP between miners (`OMPI_MCA_btl=self,sm,tcp`; its libfabric
+//! transport would otherwise probe for about a second at every start). They also share the
+//! machine's cores, so MPI ranks yield instead of spinning while they wait
+//! (`OMPI_MCA_mpi_yield_when_idle=1`; 4× faster on two cores), and each miner's allocations
+//! get its share of the cores (`AIC_CPUS`, which sizes the ranks' thread pools). Jobs that fit the pool but not its free slots wait in a queue, in order; jobs
 //! that can never fit are refused with a reason. When a worker dies without writing a final
 //! status, the scheduler writes one.
 
@@ -85,6 +88,12 @@ struct Inner {
     store: Store,
     state: Mutex<State>,
     idle: tokio::sync::Notify,
+}
+
+/// A simulated miner's share of this machine's cores (at least one).
+fn cpus_per_miner(miners: usize) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / miners.max(1)).max(1)
 }
 
 /// Cheap to clone.
@@ -200,7 +209,13 @@ impl LocalScheduler {
                 free_port(host).and_then(|port| std::fs::create_dir_all(&work).map(|_| port)).and_then(|port| {
                     let log = std::fs::File::create(work.with_extension("worker.log"))?;
                     let mut cmd = std::process::Command::new(&cfg.worker_bin);
-                    cmd.envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
+                    // Defaults for the simulated miners first: the operator's worker_env may
+                    // change them; the allocation's own variables come last.
+                    cmd.env("OMPI_MCA_coll", "^han")
+                        .env("OMPI_MCA_mpi_yield_when_idle", "1")
+                        .env("OMPI_MCA_btl", "self,sm,tcp")
+                        .env("AIC_CPUS", cpus_per_miner(st.miners.len()).to_string())
+                        .envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
                         .env("AIC_JOB_OWNER", job.owner.to_string())
                         .env("AIC_JOB_ID", job.job.as_str())
                         .env("AIC_ALLOC_INDEX", index.to_string())
@@ -209,8 +224,6 @@ impl LocalScheduler {
                         .env("AIC_MINER", &miner_name)
                         .env("AIC_HOST", host.to_string())
                         .env("AIC_PORT", port.to_string())
-                        .env("OMPI_MCA_coll", "^han")
-                        .env("OMPI_MCA_mpi_yield_when_idle", "1")
                         .env("AIC_WORK_DIR", &work)
                         .env("CUDA_VISIBLE_DEVICES", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))
                         .stdin(std::process::Stdio::null())

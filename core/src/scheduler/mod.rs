@@ -61,3 +61,55 @@ pub trait Scheduler: Send + Sync {
     /// Gateways with their miners and free GPUs.
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError>;
 }
+
+/// Extra environment for every worker, as the operator writes it in `AIC_WORKER_ENV`:
+/// whitespace-separated `KEY=VALUE` pairs, e.g. `OMPI_MCA_btl=self,sm,tcp NCCL_SOCKET_IFNAME=eth0`.
+/// The pool's own variables (`AIC_*`, the store's credentials) cannot be set this way.
+pub fn parse_worker_env(spec: &str) -> Result<Vec<(String, String)>, String> {
+    spec.split_whitespace()
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| format!("AIC_WORKER_ENV: {pair:?} is not KEY=VALUE"))?;
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || k.as_bytes()[0].is_ascii_digit()
+            {
+                return Err(format!("AIC_WORKER_ENV: {k:?} is not a variable name"));
+            }
+            if k.starts_with("AIC_") || k.starts_with("AWS_") || k == "CUDA_VISIBLE_DEVICES" {
+                return Err(format!("AIC_WORKER_ENV: {k} is set by the pool; choose another variable"));
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// `AIC_WORKER_ENV` from this process's environment, as the workers' environment: the pairs
+/// themselves, and `AIC_WORKER_ENV` too, so that a worker hands the same pairs to the processes
+/// it starts through sshd (which do not inherit its environment). Empty when unset.
+pub fn worker_env_from_env() -> Result<Vec<(String, String)>, String> {
+    let spec = std::env::var("AIC_WORKER_ENV").unwrap_or_default();
+    let mut pairs = parse_worker_env(&spec)?;
+    if !pairs.is_empty() {
+        pairs.push(("AIC_WORKER_ENV".into(), spec));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_env_pairs_are_read_and_pool_variables_refused() {
+        assert_eq!(
+            parse_worker_env("  OMPI_MCA_btl=self,sm,tcp\nNCCL_DEBUG=INFO ").unwrap(),
+            [("OMPI_MCA_btl".to_string(), "self,sm,tcp".to_string()), ("NCCL_DEBUG".into(), "INFO".into())]
+        );
+        assert!(parse_worker_env("").unwrap().is_empty());
+        assert!(parse_worker_env("NOEQUALS").unwrap_err().contains("is not KEY=VALUE"));
+        assert!(parse_worker_env("1X=2").unwrap_err().contains("is not a variable name"));
+        assert!(parse_worker_env("A-B=2").unwrap_err().contains("is not a variable name"));
+        assert!(parse_worker_env("AIC_STORE=file:///x").unwrap_err().contains("set by the pool"));
+        assert!(parse_worker_env("AWS_SECRET_ACCESS_KEY=x").unwrap_err().contains("set by the pool"));
+    }
+}

@@ -64,6 +64,31 @@ fi
 AIC_RANK="${OMPI_COMM_WORLD_RANK:-${HOROVOD_RANK:-0}}"; export AIC_RANK
 exec "$@""#;
 
+/// The cores this allocation may use: `AIC_CPUS` when the scheduler sets it (the simulated
+/// miners share one machine), else what the OS grants this process (cgroup quota, affinity).
+pub fn cpus() -> usize {
+    std::env::var("AIC_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Threads per process when `procs` processes share `cpus` cores: each gets its share, at
+/// least one (torchrun's rule of one thread per process, generalised), so BLAS and OpenMP
+/// pools of neighbouring ranks do not fight over the same cores.
+pub fn threads_per_process(cpus: usize, procs: u32) -> usize {
+    (cpus / procs.max(1) as usize).max(1)
+}
+
+/// How many of the job's processes run in one allocation.
+pub fn procs_per_alloc(req: &JobRequest) -> u32 {
+    match req.launcher {
+        aic_schemas::Launcher::Command => 1,
+        _ => req.gpus_per_miner.max(1),
+    }
+}
+
 /// Checks that `bin` can be run here; the error is the job's failure reason.
 pub fn require(bin: &str, miner: &str, install: &str) -> Result<(), String> {
     let found =
@@ -82,4 +107,18 @@ pub async fn python_has(dir: &std::path::Path, module: &str) -> bool {
         .status()
         .await
         .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_pools_split_the_cores_between_processes() {
+        assert_eq!(threads_per_process(16, 4), 4);
+        assert_eq!(threads_per_process(16, 3), 5);
+        assert_eq!(threads_per_process(1, 1), 1);
+        assert_eq!(threads_per_process(2, 3), 1);
+        assert_eq!(threads_per_process(8, 0), 8);
+    }
 }

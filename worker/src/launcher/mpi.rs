@@ -13,9 +13,19 @@ use super::{Peer, RANK_SHIM, program};
 /// The mpirun argv for `peers` (the leader first). With `mpi4py`, a Python entrypoint runs
 /// under `python -m mpi4py`, which aborts the whole job when one rank raises; without it,
 /// the others would wait for that rank forever.
+///
+/// The leader's own ranks are started by mpirun itself (`localhost`), never over SSH into
+/// its own allocation; a one-miner job needs no SSH at all. Ranks are not bound to cores
+/// (`--bind-to none`, as Horovod's mpirun recipe has it): each allocation's mpirun daemon
+/// binds as if it had the node to itself, so two allocations sharing a machine would pin
+/// their ranks to the same core. Thread pools are sized per process instead (OMP_NUM_THREADS).
 pub fn argv(req: &JobRequest, peers: &[Peer], ssh_config: &Path, as_root: bool, mpi4py: bool) -> Vec<String> {
     let np: u32 = peers.iter().map(|p| p.slots).sum();
-    let hosts: Vec<String> = peers.iter().map(|p| format!("{}:{}", p.host, p.slots)).collect();
+    let hosts: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}:{}", if i == 0 { "localhost" } else { p.host.as_str() }, p.slots))
+        .collect();
     let mut v: Vec<String> = vec!["mpirun".into()];
     if as_root {
         v.push("--allow-run-as-root".into());
@@ -28,6 +38,8 @@ pub fn argv(req: &JobRequest, peers: &[Peer], ssh_config: &Path, as_root: bool, 
         "--mca".into(),
         "plm_rsh_args".into(),
         format!("-F {}", ssh_config.display()),
+        "--bind-to".into(),
+        "none".into(),
         "--tag-output".into(),
         // The remote working folder is the rank shim's business; / exists everywhere.
         "--wdir".into(),
@@ -88,7 +100,12 @@ mod tests {
         let peers = [peer(0, "10.0.0.5", 2222), peer(1, "10.0.0.6", 2223)];
         let v = argv(&req(), &peers, Path::new("/w/ssh/config"), true, false);
         let s = v.join(" ");
-        assert!(s.starts_with("mpirun --allow-run-as-root -np 4 --host 10.0.0.5:2,10.0.0.6:2 --mca plm_rsh_args -F /w/ssh/config --tag-output"), "{s}");
+        assert!(
+            s.starts_with(
+                "mpirun --allow-run-as-root -np 4 --host localhost:2,10.0.0.6:2 --mca plm_rsh_args -F /w/ssh/config --bind-to none --tag-output"
+            ),
+            "{s}"
+        );
         assert!(s.contains("-x SEED=7"), "{s}");
         assert!(s.ends_with("aic-rank python3 train.py --epochs 3"), "{s}");
         let with = argv(&req(), &peers, Path::new("/w/ssh/config"), true, true).join(" ");
