@@ -198,6 +198,12 @@ pub async fn pay_sign_submit(
     if detach && env.gateway.is_none() && !aic_chain::devchain::is_up(&chain.rpc_url).await {
         bail!("nothing hosts the pool: start `aic dev up` in another terminal, or run without --detach");
     }
+    // A job the pool could never place is refused before anything is paid or uploaded.
+    match pool::gateways(env, host).await {
+        Ok(gws) => aic_core::scheduler::can_fit(&gws, req.miners, req.gpus_per_miner)
+            .map_err(|e| anyhow!("this job cannot run here: it {e} (see `aic pool`); nothing was paid"))?,
+        Err(e) => tracing::debug!(error = %e, "the pool's size is unknown; the pool will decide"),
+    }
     let quote = chain.pricing().quote(&req);
     let total: u128 = quote.total.parse()?;
     eprintln!(

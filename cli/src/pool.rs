@@ -15,7 +15,7 @@ use aic_chain::devchain::{self, DevChain};
 use aic_chain::{ChainConfig, ChainPayments, Eip712Auth};
 
 use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
-use aic_core::scheduler::worker_env_from_env;
+use aic_core::scheduler::{GatewayInfo, MinerInfo, worker_env_from_env};
 use aic_functions::{Ctx, HandlerError, Outcome};
 use anyhow::{Context, anyhow};
 
@@ -263,13 +263,15 @@ impl Hosted {
     }
 }
 
-/// `aic pool`: gateways, miners, free GPUs — from the gateway in pool mode, else from the
-/// process hosting the embedded pool (or the configured size when none does).
-pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
-    use aic_core::scheduler::{GatewayInfo, MinerInfo};
-    let gws: Vec<GatewayInfo> = if let Some(gw) = env.gateway_client() {
+/// The pool's gateways, miners and free GPUs: from the gateway in pool mode, from `host`
+/// when this process hosts the embedded pool, else from the process hosting it (or the
+/// configured size when none does).
+pub async fn gateways(env: &Env, host: Option<&Hosted>) -> anyhow::Result<Vec<GatewayInfo>> {
+    Ok(if let Some(gw) = env.gateway_client() {
         let v = gw.call(reqwest::Method::GET, "pool", None).await?;
         serde_json::from_value(v["gateways"].clone())?
+    } else if let Some(h) = host {
+        aic_core::scheduler::Scheduler::pool(&h.scheduler).await?
     } else {
         let hosted = File::options().create(true).truncate(false).write(true).open(env.home.join("pool.lock"))?;
         let running = matches!(hosted.try_lock(), Err(std::fs::TryLockError::WouldBlock));
@@ -286,7 +288,12 @@ pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
                 }]
             }
         }
-    };
+    })
+}
+
+/// `aic pool`: gateways, miners, free GPUs.
+pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
+    let gws = gateways(env, None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&gws)?);
         return Ok(());

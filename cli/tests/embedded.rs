@@ -68,10 +68,20 @@ fn a_failing_script_fails_with_its_exit_code_and_log_tail() {
 fn a_job_too_big_for_the_pool_says_why() {
     let h = Home::new();
     let script = h.write("ok.sh", "echo hi\n");
-    let out = h.aic(&["run", script.to_str().unwrap(), "--miners", "3"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("needs 3 miners with 1 free GPU; pool local has 2 miners with 1 GPU each"), "{stderr}");
+    for (flags, need) in [
+        (["--miners", "3", "--gpus", "1"], "needs 3 miners with 1 free GPU; pool local has 2 miners with 1 GPU each"),
+        (["--miners", "1", "--gpus", "2"], "needs 1 miner with 2 free GPUs; pool local has 2 miners with 1 GPU each"),
+    ] {
+        let mut args = vec!["run", script.to_str().unwrap()];
+        args.extend_from_slice(&flags);
+        let out = h.aic(&args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr.contains(need), "{stderr}");
+        // Refused before the quote: nothing paid, nothing uploaded.
+        assert!(stderr.contains("nothing was paid") && !stderr.contains("quote:"), "{stderr}");
+        assert!(h.store_keys().is_empty(), "{:?}", h.store_keys());
+    }
 }
 
 #[test]

@@ -62,6 +62,39 @@ pub trait Scheduler: Send + Sync {
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError>;
 }
 
+fn plural(n: u32, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Whether a job of `miners` × `gpus` could run on one of `gateways` once their GPUs are free
+/// (busy GPUs only make it wait); `Err` says why not. Nothing known (no gateways) fits.
+pub fn can_fit(gateways: &[GatewayInfo], miners: u32, gpus: u32) -> Result<(), String> {
+    if gateways.is_empty()
+        || gateways.iter().any(|g| g.miners.iter().filter(|m| m.gpus >= gpus).count() >= miners as usize)
+    {
+        return Ok(());
+    }
+    let have: Vec<String> = gateways
+        .iter()
+        .map(|g| {
+            let most = g.miners.iter().map(|m| m.gpus).max().unwrap_or(0);
+            let uniform = g.miners.iter().all(|m| m.gpus == most);
+            if uniform {
+                format!(
+                    "pool {} has {} with {} each",
+                    g.name,
+                    plural(g.miners.len() as u32, "miner"),
+                    plural(most, "GPU")
+                )
+            } else {
+                let big = g.miners.iter().filter(|m| m.gpus >= gpus).count() as u32;
+                format!("pool {} has {} with {} or more", g.name, plural(big, "miner"), plural(gpus, "GPU"))
+            }
+        })
+        .collect();
+    Err(format!("needs {} with {}; {}", plural(miners, "miner"), plural(gpus, "free GPU"), have.join("; ")))
+}
+
 /// Extra environment for every worker, as the operator writes it in `AIC_WORKER_ENV`:
 /// whitespace-separated `KEY=VALUE` pairs, e.g. `OMPI_MCA_btl=self,sm,tcp NCCL_SOCKET_IFNAME=eth0`.
 /// The pool's own variables (`AIC_*`, the store's credentials) cannot be set this way.
@@ -98,6 +131,32 @@ pub fn worker_env_from_env() -> Result<Vec<(String, String)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gw(name: &str, gpus: &[u32]) -> GatewayInfo {
+        GatewayInfo {
+            name: name.into(),
+            miners: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, g)| MinerInfo { name: format!("m{i}"), gpus: *g, free_gpus: 0 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_job_fits_when_one_gateway_has_enough_big_miners_busy_or_not() {
+        assert!(can_fit(&[], 9, 9).is_ok());
+        assert!(can_fit(&[gw("a", &[1, 1])], 2, 1).is_ok());
+        assert!(can_fit(&[gw("a", &[1, 4]), gw("b", &[4, 4, 8])], 3, 4).is_ok());
+        assert_eq!(
+            can_fit(&[gw("local", &[1, 1])], 3, 1).unwrap_err(),
+            "needs 3 miners with 1 free GPU; pool local has 2 miners with 1 GPU each"
+        );
+        assert_eq!(
+            can_fit(&[gw("a", &[1, 4]), gw("b", &[2])], 2, 2).unwrap_err(),
+            "needs 2 miners with 2 free GPUs; pool a has 1 miner with 2 GPUs or more; pool b has 1 miner with 2 GPUs each"
+        );
+    }
 
     #[test]
     fn worker_env_pairs_are_read_and_pool_variables_refused() {
