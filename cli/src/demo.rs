@@ -116,9 +116,9 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         detach: false,
     };
     let base = crate::deploy::base_url(env, host.as_ref())?;
-    let deployment = crate::deploy::submit(env, &opts, host.as_ref()).await?;
+    let (deployment, _) = crate::deploy::submit(env, &opts, host.as_ref()).await?;
     crate::deploy::wait_up(env, &deployment, 2, host.as_ref()).await?;
-    let api = crate::deploy::address(&base, &deployment);
+    let api = crate::deploy::named_address(&base, &deployment, "digits-api");
     println!("API address : {api}");
 
     step(7, &format!("asking the API for a prediction: POST a digit image from the dataset to {api}predict"));

@@ -3,8 +3,9 @@
 //!
 //! A deployment is a `serve` job: quoted, paid and signed like a training job (replicas ×
 //! GPUs × hours), validated and dispatched the same way; each replica is an allocation whose
-//! worker runs the app under uWSGI and registers itself. Its id is the job id; `--name` is a
-//! label `aic deploy list` shows and commands accept.
+//! worker runs the app under uWSGI and registers itself. Its id is the job id; its name
+//! (`--name`, else the folder's) is what `aic deploy list` shows and commands accept, and its
+//! stable address: `/n/<owner>/<name>/` reaches the newest live deployment of that name.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,6 +50,39 @@ pub fn address(base: &str, job: &JobKey) -> String {
     format!("{}/d/{}/", base.trim_end_matches('/'), job.job)
 }
 
+/// The stable address of the owner's deployments named `name`: it follows `scale` and
+/// redeploys under the same name.
+pub fn named_address(base: &str, job: &JobKey, name: &str) -> String {
+    format!("{}/n/{}/{name}/", base.trim_end_matches('/'), job.owner)
+}
+
+/// Prints where the deployment answers: its name's stable address when it has a name.
+fn print_addresses(base: &str, job: &JobKey, name: Option<&str>) {
+    match name {
+        Some(n) => {
+            println!("API address : {}", named_address(base, job, n));
+            println!("deployment  : {} (this version alone: {})", job.job, address(base, job));
+        }
+        None => println!("API address : {}", address(base, job)),
+    }
+}
+
+/// A deployment's default name: its folder's, made a name (`My_Model` → `my-model`).
+pub fn default_name(path: &std::path::Path) -> Option<String> {
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let raw = abs.file_name()?.to_string_lossy().to_ascii_lowercase();
+    let mut name = String::new();
+    for c in raw.chars() {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' };
+        if !(c == '-' && (name.is_empty() || name.ends_with('-'))) {
+            name.push(c);
+        }
+    }
+    let name: String = name.trim_end_matches('-').chars().take(63).collect();
+    let name = name.trim_end_matches('-').to_string();
+    aic_schemas::validate::is_name(&name).then_some(name)
+}
+
 /// The deployment's registrations (live or not).
 pub async fn replicas(env: &Env, job: &JobKey) -> anyhow::Result<Vec<ServingRegistration>> {
     if let Some(gw) = env.gateway_client() {
@@ -64,8 +98,8 @@ pub async fn replicas(env: &Env, job: &JobKey) -> anyhow::Result<Vec<ServingRegi
     Ok(out)
 }
 
-/// Builds, pays for and submits the deployment; returns it.
-pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow::Result<JobKey> {
+/// Builds, pays for and submits the deployment; returns it and its name.
+pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow::Result<(JobKey, Option<String>)> {
     if !o.path.is_dir() {
         bail!("{} is not a folder: a deployment is a project folder with app.py (a WSGI `app`)", o.path.display());
     }
@@ -73,7 +107,7 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
         .context("a deployment needs app.py exposing a WSGI `app` (or --entrypoint)")?;
     let file = aic_schemas::jobfile::JobFile {
         kind: Some(JobKind::Serve),
-        name: o.name.clone(),
+        name: o.name.clone().or_else(|| default_name(&o.path)),
         code: o.path.to_string_lossy().into_owned(),
         entrypoint: Some(code.entrypoint.clone()),
         data: None,
@@ -95,9 +129,16 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
                 .replace("max_hours:", "--hours:")
         )
     })?;
+    let name = req.name.clone();
     let job = jobs::pay_sign_submit(env, &code, req, o.tx.clone(), o.detach, host).await?;
-    eprintln!("deployment {} submitted: {} replica{}", job.job, o.replicas, if o.replicas == 1 { "" } else { "s" });
-    Ok(job)
+    eprintln!(
+        "deployment {} submitted: {} replica{}{}",
+        job.job,
+        o.replicas,
+        if o.replicas == 1 { "" } else { "s" },
+        name.as_deref().map(|n| format!(", named {n}")).unwrap_or_default()
+    );
+    Ok((job, name))
 }
 
 /// Waits until `want` replicas are live (stepping the pool if this process hosts it).
@@ -159,14 +200,14 @@ async fn wait_up_or_queued(
 pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
     let host = if o.detach { None } else { jobs::host(env).await? };
     let base = base_url(env, host.as_ref())?;
-    let job = submit(env, &o, host.as_ref()).await?;
+    let (job, name) = submit(env, &o, host.as_ref()).await?;
     if o.detach {
         println!("{}", address(&base, &job));
         return Ok(0);
     }
     let live = wait_up(env, &job, o.replicas, host.as_ref()).await?;
     eprintln!("{live} replica{} up", if live == 1 { "" } else { "s" });
-    println!("API address : {}", address(&base, &job));
+    print_addresses(&base, &job, name.as_deref());
     match host {
         Some(h) => serve_here(env, &h, &job).await,
         None => Ok(0),
@@ -197,8 +238,9 @@ async fn serve_here(env: &Env, h: &Hosted, job: &JobKey) -> anyhow::Result<i32> 
 
 /// `aic deploy scale NAME N`: a new deployment of the same project with N replicas (paid
 /// for its hours) beside the old one, then — once its replicas answer — the old one
-/// removed, so requests never stop. Its address is the new deployment's. On a pool without
-/// room for both, nothing changes and the error says what to do.
+/// removed, so requests never stop. The name's address (`/n/<owner>/<name>/`) moves to the
+/// new one as soon as it answers. On a pool without room for both, nothing changes and the
+/// error says what to do.
 pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> {
     let old = resolve(env, name).await?;
     let req: JobRequest = env
@@ -231,7 +273,7 @@ pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> 
         tx: None,
         detach: false,
     };
-    let new = submit(env, &opts, host.as_ref()).await?;
+    let (new, name) = submit(env, &opts, host.as_ref()).await?;
     // The new replicas start beside the old ones; a full pool cannot do that.
     if let Err(e) = wait_up_or_queued(env, &new, replicas, host.as_ref(), Some(Duration::from_secs(10))).await {
         let _ = jobs::cancel(env, new.job.as_str()).await;
@@ -243,8 +285,15 @@ pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> 
     }
     jobs::cancel(env, old.job.as_str()).await?;
     let _ = std::fs::remove_dir_all(&dir);
-    eprintln!("deployment {} ({} replicas) replaced {} ({} replicas)", new.job, replicas, old.job, req.miners);
-    println!("API address : {}", address(&base, &new));
+    eprintln!(
+        "deployment {} ({} replicas) replaced {} ({} replicas){}",
+        new.job,
+        replicas,
+        old.job,
+        req.miners,
+        if name.is_some() { "; the API address stays the same" } else { "" }
+    );
+    print_addresses(&base, &new, name.as_deref());
     match host {
         Some(h) => serve_here(env, &h, &new).await,
         None => Ok(0),

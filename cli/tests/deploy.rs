@@ -39,6 +39,16 @@ fn project(h: &Home) -> (PathBuf, PathBuf) {
     (proj, data.join("digits.csv"))
 }
 
+/// What `aic deploy` printed: the name's API address, the deployment id, its own address.
+fn addresses(stdout: &[u8]) -> (String, String, String) {
+    let stdout = String::from_utf8_lossy(stdout);
+    let api = stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the API address is printed");
+    let line = stdout.lines().find_map(|l| l.strip_prefix("deployment  : ")).expect("the deployment is printed");
+    let (id, rest) = line.split_once(' ').unwrap();
+    let own = rest.trim_start_matches("(this version alone: ").trim_end_matches(')');
+    (api.to_string(), id.to_string(), own.to_string())
+}
+
 fn predict(api: &str, pixels: &[f64]) -> (u16, serde_json::Value) {
     let body = serde_json::json!({ "pixels": pixels }).to_string();
     let out = Command::new("curl")
@@ -79,10 +89,8 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "3")]);
     let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "digits", "--replicas", "2"]);
     assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let api =
-        stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the API address is printed").to_string();
-    let job = api.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+    let (api, job, _) = addresses(&out.stdout);
+    assert!(api.ends_with("/n/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/digits/"), "the name's address: {api}");
 
     // Predictions through the gateway are right, and both replicas answer.
     let rows: Vec<Vec<f64>> = std::fs::read_to_string(&csv)
@@ -153,14 +161,31 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no free GPUs"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(predict(&api, &rows[0][..64]).0, 200, "the old deployment still serves");
-    // Scale to one replica: a new deployment of the same project replaces the old one.
+    // Scale to one replica: a new deployment of the same project replaces the old one, and
+    // the name's address answers all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let (api, pixels, stop) = (api.clone(), rows[0][..64].to_vec(), stop.clone());
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                codes.push(predict(&api, &pixels).0);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            codes
+        })
+    };
     let out = h.aic(&["deploy", "scale", "digits", "1"]);
     assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let api2 = stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the new address").to_string();
-    let job2 = api2.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes = caller.join().unwrap();
+    assert!(codes.len() > 10 && codes.iter().all(|c| *c == 200), "the name's address failed during scale: {codes:?}");
+    let (api_after, job2, versioned) = addresses(&out.stdout);
+    assert_eq!(api_after, api, "scaling keeps the API address");
     assert_ne!(job2, job);
-    assert_eq!(predict(&api2, &rows[0][..64]).0, 200);
+    assert_eq!(predict(&versioned, &rows[0][..64]).0, 200);
+    let api2 = api.clone();
     let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
     let by_id = |id: &str| list.as_array().unwrap().iter().find(|d| d["deployment"] == id).cloned().unwrap();
     assert_eq!((by_id(&job2)["replicas"].as_u64(), by_id(&job2)["live"].as_u64()), (Some(1), Some(1)));
@@ -170,6 +195,10 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
         assert!(Instant::now() < deadline, "the old deployment's uWSGI still runs");
         std::thread::sleep(Duration::from_millis(200));
     }
+    std::thread::sleep(Duration::from_millis(1100));
+    let old_version = versioned.replace(&job2, &job);
+    assert_eq!(predict(&old_version, &rows[0][..64]).0, 503, "the old version is gone");
+    assert_eq!(predict(&api, &rows[0][..64]).0, 200, "the name reaches the new version");
     let (job, api) = (job2, api2);
 
     // Removal: out of the gateway, processes gone, cancelled.

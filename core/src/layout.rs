@@ -13,6 +13,7 @@
 //! users/<addr>/jobs/<job>/output/...            checkpoints and results
 //! pool/payments/<chain>/<tx>.json               payment claims (create-only)
 //! pool/serving/<deployment>/<alloc>.json        serving registrations
+//! pool/names/<addr>/<name>/<deployment>.json    an owner's deployments by name (the stable route)
 //! ```
 
 use aic_schemas::{Address, JobId};
@@ -39,6 +40,16 @@ pub fn payment_claim(chain_id: u64, tx: &str) -> String {
 
 pub fn serving_registration(deployment: &str, alloc: &str) -> String {
     format!("pool/serving/{deployment}/{alloc}.json")
+}
+
+/// `pool/names/<addr>/<name>/`: the deployments named `name` by `owner`, one record each,
+/// written by dispatch; the newest with a live replica answers `/n/<addr>/<name>/`.
+pub fn serving_names_prefix(owner: &Address, name: &str) -> String {
+    format!("pool/names/{owner}/{name}/")
+}
+
+pub fn serving_name(owner: &Address, name: &str, deployment: &JobId) -> String {
+    format!("{}{deployment}.json", serving_names_prefix(owner, name))
 }
 
 /// One job of one owner; builds every key under `users/<addr>/jobs/<job>/`.

@@ -4,13 +4,14 @@
 //! `submitted` (the manifest's event overtook validate's status write) is moved to `paid`
 //! here. A `paid` job is submitted to the scheduler — idempotent there — and moved to
 //! `scheduled`; one that can never be placed is `failed` with the scheduler's reason. Any
-//! later state means the event is a duplicate.
+//! later state means the event is a duplicate. A named deployment is first recorded under
+//! its owner's name (`pool/names/…`), which the serving gateway's `/n/<owner>/<name>/` reads.
 
 use aic_core::layout::JobKey;
 use aic_core::scheduler::{ScheduleError, Submitted};
 use aic_core::status::{self, Transition};
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobManifest, JobState, StatusDetail};
+use aic_schemas::{JobKind, JobManifest, JobState, StatusDetail};
 
 use crate::{Ctx, HandlerError, Outcome};
 
@@ -27,6 +28,14 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         }
         Some(JobState::Paid) => {}
         _ => return Ok(Outcome::AlreadyDone(job.clone())),
+    }
+    // A named deployment joins its name's route before any replica can register.
+    let r = &manifest.request;
+    if r.kind == JobKind::Serve
+        && let Some(name) = &r.name
+    {
+        let key = aic_core::layout::serving_name(&job.owner, name, &job.job);
+        store.create_json(&key, &serde_json::json!({ "deployment": job.job, "name": name })).await?;
     }
     match ctx.scheduler.submit(job, &manifest).await {
         Ok(Submitted::Placed(miners)) => {

@@ -67,11 +67,30 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
+fn answer(a: crate::proxy::Answer) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(a.status);
+    for (k, v) in &a.headers {
+        b = b.header(k, v);
+    }
+    b.body(Full::new(a.body))
+        .unwrap_or_else(|_| reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad answer"})))
+}
+
 async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    if let (Some(rest), Some(proxy)) = (path.strip_prefix("/d/"), host.proxy.clone()) {
-        let (deployment, rest) = rest.split_once('/').unwrap_or((rest, ""));
-        let (deployment, rest) = (deployment.to_string(), rest.to_string());
+    let routed = match (path.strip_prefix("/d/"), path.strip_prefix("/n/"), host.proxy.clone()) {
+        (Some(rest), _, Some(proxy)) => {
+            let (deployment, rest) = rest.split_once('/').unwrap_or((rest, ""));
+            Some((proxy, Ok::<_, (String, String)>(deployment.to_string()), rest.to_string()))
+        }
+        (_, Some(rest), Some(proxy)) => {
+            let (owner, rest) = rest.split_once('/').unwrap_or((rest, ""));
+            let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
+            Some((proxy, Err((owner.to_string(), name.to_string())), rest.to_string()))
+        }
+        _ => None,
+    };
+    if let Some((proxy, target, rest)) = routed {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, crate::proxy::MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -82,14 +101,12 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
                 ));
             }
         };
-        let a = proxy.forward(&deployment, &parts.method, &rest, parts.uri.query(), &parts.headers, body).await;
-        let mut b = Response::builder().status(a.status);
-        for (k, v) in &a.headers {
-            b = b.header(k, v);
-        }
-        return Ok(b
-            .body(Full::new(a.body))
-            .unwrap_or_else(|_| reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad answer"}))));
+        let (m, q, h) = (&parts.method, parts.uri.query(), &parts.headers);
+        let a = match target {
+            Ok(deployment) => proxy.forward(&deployment, m, &rest, q, h, body).await,
+            Err((owner, name)) => proxy.forward_named(&owner, &name, m, &rest, q, h, body).await,
+        };
+        return Ok(answer(a));
     }
     if path.starts_with("/v1/") {
         let Some(gw) = host.gateway.clone() else {

@@ -6,6 +6,11 @@
 //! when a replica cannot be reached tries the next one — the request never reached the
 //! failed replica, so this is safe for any method — and keeps away from it for [`BENCH`].
 //! Registrations whose heartbeat is long past their TTL are deleted ("dead registrations").
+//!
+//! `/n/<owner>/<name>/<path>` is a named deployment's stable route: the newest of the owner's
+//! deployments of that name (`pool/names/<owner>/<name>/`, written by dispatch) that has a
+//! live replica. `aic deploy scale` starts a new deployment beside the old one, so the route
+//! moves to the new one as soon as it answers and never points at nothing in between.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +34,7 @@ pub struct Proxy {
     store: Store,
     http: reqwest::Client,
     cache: Mutex<HashMap<String, (Instant, Vec<ServingRegistration>)>>,
+    names: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     benched: Mutex<HashMap<(String, u16), Instant>>,
     next: AtomicUsize,
 }
@@ -61,6 +67,7 @@ impl Proxy {
                 .build()
                 .expect("an HTTP client builds"),
             cache: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
             benched: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
         }
@@ -92,7 +99,87 @@ impl Proxy {
         live
     }
 
-    /// Forwards one request to a live replica.
+    /// The owner's deployments named `name`, newest first (cached for [`REFRESH`] unless
+    /// `fresh`), or the answer to give instead.
+    async fn named(&self, owner: &str, name: &str, fresh: bool) -> Result<Vec<String>, Answer> {
+        let Ok(addr) = owner.parse::<aic_schemas::Address>() else {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("{owner:?} is not a wallet address: use /n/<0x…>/<name>/"),
+            ));
+        };
+        if !aic_schemas::validate::is_name(name) {
+            return Err(error(StatusCode::NOT_FOUND, format!("{name:?} is not a deployment name")));
+        }
+        let prefix = aic_core::layout::serving_names_prefix(&addr, name);
+        if !fresh
+            && let Some((at, ids)) = self.names.lock().unwrap().get(&prefix)
+            && at.elapsed() < REFRESH
+        {
+            return Ok(ids.clone());
+        }
+        let mut ids: Vec<String> = match self.store.list(&prefix).await {
+            Ok(metas) => {
+                metas.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json").map(str::to_string)).collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %prefix, "cannot list a deployment name");
+                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry".into()));
+            }
+        };
+        // Deployment ids are ULIDs: the newest sorts last.
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        self.names.lock().unwrap().insert(prefix, (Instant::now(), ids.clone()));
+        if ids.is_empty() {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("{owner} has no deployment named {name}; see `aic deploy list`"),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// Forwards one request to the newest of the owner's deployments named `name` that has a
+    /// live replica; when none of its replicas answers (it is being replaced), the next.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn forward_named(
+        &self,
+        owner: &str,
+        name: &str,
+        method: &Method,
+        rest: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Answer {
+        let mut last_err = None;
+        for fresh in [false, true] {
+            let ids = match self.named(owner, name, fresh).await {
+                Ok(ids) => ids,
+                Err(a) => return a,
+            };
+            for id in &ids {
+                let regs = self.replicas(id, fresh).await;
+                if regs.is_empty() {
+                    continue;
+                }
+                match self.attempt(id, &regs, method, rest, query, headers, &body).await {
+                    Ok(a) => return a,
+                    Err(e) => last_err = Some(e),
+                }
+            }
+        }
+        match last_err {
+            Some(e) => error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {name} answered ({e})")),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("deployment {name} has no live replica; see `aic deploy list` and `aic deploy logs {name}`"),
+            ),
+        }
+    }
+
+    /// Forwards one request to a live replica of `deployment`; when none of the cached ones
+    /// answers, reads its registrations again once.
     pub async fn forward(
         &self,
         deployment: &str,
@@ -102,16 +189,38 @@ impl Proxy {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Answer {
-        let mut regs = self.replicas(deployment, false).await;
-        if regs.is_empty() {
-            regs = self.replicas(deployment, true).await;
+        let mut last_err = None;
+        for fresh in [false, true] {
+            let regs = self.replicas(deployment, fresh).await;
+            if regs.is_empty() {
+                continue;
+            }
+            match self.attempt(deployment, &regs, method, rest, query, headers, &body).await {
+                Ok(a) => return a,
+                Err(e) => last_err = Some(e),
+            }
         }
-        if regs.is_empty() {
-            return error(
+        match last_err {
+            Some(e) => error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {deployment} answered ({e})")),
+            None => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("deployment {deployment} has no live replica; see `aic deploy list` and `aic deploy logs`"),
-            );
+            ),
         }
+    }
+
+    /// Tries `regs` round robin (replicas that failed lately last); `Err` when none answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        deployment: &str,
+        regs: &[ServingRegistration],
+        method: &Method,
+        rest: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Answer, String> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut order: Vec<&ServingRegistration> = (0..regs.len()).map(|i| &regs[(start + i) % regs.len()]).collect();
@@ -142,7 +251,7 @@ impl Proxy {
                         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
                         .collect();
                     match resp.bytes().await {
-                        Ok(b) => return Answer { status, headers: hdrs, body: b },
+                        Ok(b) => return Ok(Answer { status, headers: hdrs, body: b }),
                         Err(e) => last_err = format!("replica {} broke off its answer: {e}", r.alloc),
                     }
                 }
@@ -155,6 +264,6 @@ impl Proxy {
             }
         }
         self.cache.lock().unwrap().remove(deployment);
-        error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {deployment} answered ({last_err})"))
+        Err(last_err)
     }
 }

@@ -254,3 +254,83 @@ async fn with_a_webhook_token_minio_bodies_must_carry_it() {
     assert_eq!(r.status(), 200);
     assert_eq!(aic_core::status::current(&p.store, &job).await.unwrap().unwrap().state, JobState::Paid);
 }
+
+/// A one-answer HTTP server: every request gets `body`.
+async fn answering(body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+async fn register(p: &Pool, deployment: &aic_schemas::JobId, port: u16) {
+    let now = chrono::Utc::now();
+    let r = aic_schemas::ServingRegistration {
+        deployment: deployment.to_string(),
+        job_id: deployment.clone(),
+        alloc: 0,
+        host: "127.0.0.1".into(),
+        port,
+        healthy: true,
+        started_at: now,
+        heartbeat_at: now,
+        ttl_seconds: 60,
+    };
+    p.store.put_json(&aic_core::layout::serving_registration(deployment.as_str(), "0"), &r).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_named_route_reaches_the_newest_live_deployment_of_that_owner_only() {
+    let p = pool(1, "exit 0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
+    tokio::spawn(aic_functions::host::serve(
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy },
+        listener,
+    ));
+    let owner: aic_schemas::Address = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap();
+    let old = aic_schemas::JobId::generate();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new = aic_schemas::JobId::generate();
+    for d in [&old, &new] {
+        let key = aic_core::layout::serving_name(&owner, "digits", d);
+        p.store.put_json(&key, &serde_json::json!({ "deployment": d, "name": "digits" })).await.unwrap();
+    }
+    register(&p, &old, answering("old").await).await;
+    let get = |path: String| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(format!("{url}{path}")).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let route = format!("/n/{owner}/digits/predict");
+    // The newer deployment has no live replica yet: the older one answers.
+    assert_eq!(get(route.clone()).await, (200, "old".to_string()));
+    register(&p, &new, answering("new").await).await;
+    tokio::time::sleep(aic_functions::proxy::REFRESH + Duration::from_millis(100)).await;
+    assert_eq!(get(route.clone()).await, (200, "new".to_string()));
+    assert_eq!(get(format!("/d/{old}/x")).await, (200, "old".to_string()), "each version keeps its own route");
+    // Another owner's route with the same name reaches nothing of this owner's.
+    let (code, body) = get("/n/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/digits/predict".into()).await;
+    assert_eq!(code, 404);
+    assert!(body.contains("has no deployment named digits"), "{body}");
+    let (code, body) = get("/n/nobody/digits/".into()).await;
+    assert_eq!(code, 404);
+    assert!(body.contains("is not a wallet address"), "{body}");
+    let (code, body) = get(format!("/n/{owner}/Bad_Name/")).await;
+    assert_eq!(code, 404);
+    assert!(body.contains("is not a deployment name"), "{body}");
+}

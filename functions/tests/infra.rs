@@ -320,6 +320,14 @@ fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
     assert_eq!(group["service"]["check"]["path"], "/healthz");
     assert!(tmpl.contains("location = /healthz"));
     assert!(tmpl.contains("proxy_next_upstream"), "a failed replica is passed over");
+    // Named routes go to the functions host, by the service name its job file registers.
+    assert!(std::fs::read_to_string(repo().join("functions/src/host.rs")).unwrap().contains("strip_prefix(\"/n/\")"));
+    let functions = nomad("functions.nomad.hcl");
+    let (_, fjob) = only(&functions["job"], "job");
+    let (_, fgroup) = only(&fjob["group"], "group");
+    let fsvc = fgroup["service"]["name"].as_str().unwrap();
+    assert!(tmpl.contains(&format!("range nomadService \"{fsvc}\"")), "{tmpl}");
+    assert!(tmpl.contains("location /n/ {\n") && tmpl.contains("proxy_pass http://aic_functions;"), "{tmpl}");
     assert_eq!(task["template"]["change_signal"], "SIGHUP", "nginx reloads when replicas come and go");
 }
 

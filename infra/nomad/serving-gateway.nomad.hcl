@@ -3,7 +3,9 @@
 # (`aic-serve-<deployment>`, provider "nomad", health-checked). A request to
 # /d/<deployment>/… goes to a healthy replica, round robin; a replica that fails is passed
 # over (proxy_next_upstream). The functions host serves the same /d/ routes from the bucket's
-# registrations; this is the production path where nginx fronts the pool.
+# registrations; this is the production path where nginx fronts the pool. The stable
+# /n/<owner>/<name>/ routes need the bucket's name records: nginx passes them to the
+# functions host (service `aic-functions`), which resolves and forwards them.
 
 job "aic-serving-gateway" {
   namespace   = "aic"
@@ -58,6 +60,14 @@ job "aic-serving-gateway" {
               keepalive 32;
             }
           {{- end }}{{ end }}
+            upstream aic_functions {
+            {{- range nomadService "aic-functions" }}
+              server {{ .Address }}:{{ .Port }} max_fails=1 fail_timeout=5s;
+            {{- else }}
+              server 127.0.0.1:9 down;
+            {{- end }}
+              keepalive 8;
+            }
             server {
               listen {{ env "NOMAD_PORT_http" }};
               location = /healthz { return 200 "ok\n"; }
@@ -70,6 +80,12 @@ job "aic-serving-gateway" {
               }
           {{- end }}{{ end }}
               location /d/ { return 503 '{"error": "no live replica of this deployment"}\n'; }
+              location /n/ {
+                proxy_pass http://aic_functions;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_next_upstream error timeout;
+              }
             }
           }
         EOT

@@ -55,11 +55,15 @@ impl fmt::Display for ValidationErrors {
     }
 }
 
-pub(crate) fn name(field: &str, value: &str, errs: &mut Vec<FieldError>) {
-    let ok = !value.is_empty()
+/// Whether `value` is a name: 1 to 63 of a-z, 0-9 and `-`.
+pub fn is_name(value: &str) -> bool {
+    !value.is_empty()
         && value.len() <= 63
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok {
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+pub(crate) fn name(field: &str, value: &str, errs: &mut Vec<FieldError>) {
+    if !is_name(value) {
         errs.push(FieldError::new(field, format!("{value:?} is not a name: use 1 to 63 of a-z, 0-9 and -")));
     }
 }
