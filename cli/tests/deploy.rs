@@ -61,6 +61,11 @@ fn predict(api: &str, pixels: &[f64]) -> (u16, serde_json::Value) {
     (code.parse().unwrap_or(0), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
 }
 
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
 /// The uWSGI master of a replica (found by its working folder).
 fn uwsgi_of(job: &str, alloc: u32) -> Option<i32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -141,6 +146,44 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
         assert!(Instant::now() < deadline, "replica 1 was not restarted");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Lose replica 1's whole allocation (its worker and its uWSGI, as when a miner dies):
+    // replica 0 keeps serving untouched, and only replica 1 starts again, on the free miner.
+    let (r0, u1) = (uwsgi_of(&job, 0).unwrap(), uwsgi_of(&job, 1).unwrap());
+    let w1 = parent_of(u1);
+    for pg in [w1, u1] {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
+    }
+    for r in rows.iter().take(20) {
+        let (code, v) = predict(&api, &r[..64]);
+        assert_eq!(code, 200, "a request failed after a replica's allocation was lost: {v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while uwsgi_of(&job, 1).is_none_or(|p| p == u1) {
+        assert!(Instant::now() < deadline, "the lost replica was not started again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(parent_of(uwsgi_of(&job, 1).unwrap()), w1, "a new worker runs replica 1");
+    assert_eq!(uwsgi_of(&job, 0), Some(r0), "replica 0 was not restarted");
+    let replica1 = h.path().join(format!("aic/store/pool/serving/{job}/1.json"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&replica1).unwrap_or_default()).unwrap_or_default();
+        if reg["host"] == "127.0.1.3" && reg["healthy"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica 1 did not register from the third miner: {reg}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    std::thread::sleep(Duration::from_millis(1100));
+    for r in rows.iter().take(6) {
+        let (code, v) = predict(&api, &r[..64]);
+        assert_eq!(code, 200, "{v}");
+        answered.insert(v["replica"].as_str().unwrap().to_string());
+    }
+    assert_eq!(answered.into_iter().collect::<Vec<_>>(), ["0", "1"], "both replicas answer again");
 
     let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
     assert_eq!((list[0]["name"].as_str(), list[0]["state"].as_str()), (Some("digits"), Some("running")));

@@ -97,7 +97,8 @@ async fn handle(
             let v: Value = serde_json::from_slice(&body).unwrap();
             let job = &v["Job"];
             let id = job["ID"].as_str().unwrap().to_string();
-            assert_eq!(job["Type"], "batch");
+            let kind = if job["Meta"]["aic_kind"] == "serve" { "service" } else { "batch" };
+            assert_eq!(job["Type"], kind);
             assert_eq!(job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Name"], "nvidia/gpu");
             if v["EnforceIndex"] == true && v["JobModifyIndex"] == 0 && s.jobs.contains_key(&id) {
                 return Ok(text(500, "Enforcing job modify index 0: job already exists"));
@@ -232,10 +233,14 @@ fn cfg(addr: &str, token: &str) -> NomadConfig {
 }
 
 fn manifest(miners: u32, gpus: u32) -> (JobKey, JobManifest) {
+    manifest_of("train", miners, gpus)
+}
+
+fn manifest_of(kind: &str, miners: u32, gpus: u32) -> (JobKey, JobManifest) {
     let now = chrono::Utc::now();
     let m: JobManifest = serde_json::from_value(json!({
         "version": 1,
-        "request": {"version": 1, "kind": "train", "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+        "request": {"version": 1, "kind": kind, "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
             "job_id": JobId::generate(), "entrypoint": "train.py", "miners": miners, "gpus_per_miner": gpus,
             "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
         "quote": {"gpu_hours": 1.0, "price_per_gpu_hour": "0", "total": "0"},
@@ -383,6 +388,24 @@ async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_re
     }
     assert_eq!(status::current(&store, &job).await.unwrap().unwrap().state, JobState::Failed);
     assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)), "deregistered");
+}
+
+#[tokio::test]
+async fn a_lost_replica_of_a_deployment_is_left_to_nomads_reschedule() {
+    use aic_core::scheduler::nomad::AllocAction;
+    use aic_schemas::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let (_, m) = manifest_of("serve", 2, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    assert_eq!(n.on_alloc(&store, &lost(&job, 0, "node-b")).await.unwrap(), AllocAction::Nothing);
+    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::Running, "the deployment keeps running");
+    let s = state.lock().unwrap();
+    assert_eq!(s.jobs[&nomad_id(&job)]["Version"].as_u64(), Some(0), "not registered again");
 }
 
 #[tokio::test]

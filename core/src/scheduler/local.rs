@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aic_schemas::{JobManifest, JobState, StatusDetail};
+use aic_schemas::{JobKind, JobManifest, JobState, StatusDetail};
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -71,6 +71,8 @@ struct Running {
     restarting: Option<String>,
     manifest: JobManifest,
     attempt: u32,
+    /// Serve jobs: replicas started again after their worker was lost.
+    replaced: u32,
 }
 
 struct State {
@@ -203,35 +205,7 @@ impl LocalScheduler {
         let mut names = Vec::new();
         for (index, (miner, slots)) in picks.into_iter().enumerate() {
             let miner_name = st.miners[miner].name.clone();
-            let host = st.miners[miner].host;
-            let work = cfg.work_root.join(&miner_name).join(format!("{}-{index}", job.job));
-            let spawned =
-                free_port(host).and_then(|port| std::fs::create_dir_all(&work).map(|_| port)).and_then(|port| {
-                    let log = std::fs::File::create(work.with_extension("worker.log"))?;
-                    let mut cmd = std::process::Command::new(&cfg.worker_bin);
-                    // Defaults for the simulated miners first: the operator's worker_env may
-                    // change them; the allocation's own variables come last.
-                    cmd.env("OMPI_MCA_coll", "^han")
-                        .env("OMPI_MCA_mpi_yield_when_idle", "1")
-                        .env("OMPI_MCA_btl", "self,sm,tcp")
-                        .env("AIC_CPUS", cpus_per_miner(st.miners.len()).to_string())
-                        .envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
-                        .env("AIC_JOB_OWNER", job.owner.to_string())
-                        .env("AIC_JOB_ID", job.job.as_str())
-                        .env("AIC_ALLOC_INDEX", index.to_string())
-                        .env("AIC_ALLOC_COUNT", count.to_string())
-                        .env("AIC_ATTEMPT", attempt.to_string())
-                        .env("AIC_MINER", &miner_name)
-                        .env("AIC_HOST", host.to_string())
-                        .env("AIC_PORT", port.to_string())
-                        .env("AIC_WORK_DIR", &work)
-                        .env("CUDA_VISIBLE_DEVICES", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))
-                        .stdin(std::process::Stdio::null())
-                        .stdout(log.try_clone()?)
-                        .stderr(log);
-                    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-                    tokio::process::Command::from(cmd).kill_on_drop(false).spawn()
-                });
+            let spawned = self.spawn(st, job, index as u32, count, attempt, miner, &slots);
             match spawned {
                 Ok(child) => {
                     for s in &slots {
@@ -249,22 +223,132 @@ impl LocalScheduler {
                     let m = manifest.clone();
                     st.running.insert(
                         job.clone(),
-                        Running { allocs, cancelled: true, restarting: None, manifest: m, attempt },
+                        Running { allocs, cancelled: true, restarting: None, manifest: m, attempt, replaced: 0 },
                     );
                     return Err(ScheduleError::Backend(format!("cannot start {}: {e}", cfg.worker_bin.display())));
                 }
             }
         }
         let m = manifest.clone();
-        st.running.insert(job.clone(), Running { allocs, cancelled: false, restarting: None, manifest: m, attempt });
+        st.running.insert(
+            job.clone(),
+            Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0 },
+        );
         Ok(names)
     }
 
+    /// Starts the worker of allocation `index` of `count` on `miner`, holding `slots`.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &self,
+        st: &State,
+        job: &JobKey,
+        index: u32,
+        count: usize,
+        attempt: u32,
+        miner: usize,
+        slots: &[usize],
+    ) -> std::io::Result<tokio::process::Child> {
+        let cfg = &self.inner.cfg;
+        let miner_name = &st.miners[miner].name;
+        let host = st.miners[miner].host;
+        let work = cfg.work_root.join(miner_name).join(format!("{}-{index}", job.job));
+        let port = free_port(host)?;
+        std::fs::create_dir_all(&work)?;
+        let log = std::fs::File::create(work.with_extension("worker.log"))?;
+        let mut cmd = std::process::Command::new(&cfg.worker_bin);
+        // Defaults for the simulated miners first: the operator's worker_env may change
+        // them; the allocation's own variables come last.
+        cmd.env("OMPI_MCA_coll", "^han")
+            .env("OMPI_MCA_mpi_yield_when_idle", "1")
+            .env("OMPI_MCA_btl", "self,sm,tcp")
+            .env("AIC_CPUS", cpus_per_miner(st.miners.len()).to_string())
+            .envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
+            .env("AIC_JOB_OWNER", job.owner.to_string())
+            .env("AIC_JOB_ID", job.job.as_str())
+            .env("AIC_ALLOC_INDEX", index.to_string())
+            .env("AIC_ALLOC_COUNT", count.to_string())
+            .env("AIC_ATTEMPT", attempt.to_string())
+            .env("AIC_MINER", miner_name)
+            .env("AIC_HOST", host.to_string())
+            .env("AIC_PORT", port.to_string())
+            .env("AIC_WORK_DIR", &work)
+            .env("CUDA_VISIBLE_DEVICES", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        tokio::process::Command::from(cmd).kill_on_drop(false).spawn()
+    }
+
+    /// A serve job's replica whose worker was lost is started again on its own (the other
+    /// replicas keep serving), on a miner with free slots — one without another replica of
+    /// the deployment first. Each replica may be replaced [`MAX_RETRIES`] times on average;
+    /// after that the deployment fails with the reason.
+    async fn replace_replica(&self, job: &JobKey, index: u32, why: String) {
+        let started = {
+            let mut st = self.inner.state.lock().unwrap();
+            let Some(r) = st.running.get(job) else { return };
+            if r.cancelled || r.restarting.is_some() {
+                return;
+            }
+            let (count, attempt, need) = (r.allocs.len(), r.attempt, r.manifest.request.gpus_per_miner as usize);
+            let hosting: Vec<usize> = r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.miner).collect();
+            if r.replaced >= MAX_RETRIES * count as u32 {
+                Err(format!("{why}; no restarts left ({} used)", r.replaced))
+            } else {
+                let free = |m: &Miner| m.free.iter().filter(|f| **f).count();
+                let pick = (0..st.miners.len())
+                    .filter(|m| free(&st.miners[*m]) >= need)
+                    .max_by_key(|m| (!hosting.contains(m), free(&st.miners[*m])));
+                match pick {
+                    None => Ok(None),
+                    Some(miner) => {
+                        let slots: Vec<usize> = st.miners[miner]
+                            .free
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, f)| **f)
+                            .map(|(s, _)| s)
+                            .take(need)
+                            .collect();
+                        match self.spawn(&st, job, index, count, attempt, miner, &slots) {
+                            Ok(child) => {
+                                for s in &slots {
+                                    st.miners[miner].free[*s] = false;
+                                }
+                                let pid = child.id().unwrap_or_default() as i32;
+                                let name = st.miners[miner].name.clone();
+                                let r = st.running.get_mut(job).expect("still running");
+                                r.allocs[index as usize] = Alloc { miner, slots, pid };
+                                r.replaced += 1;
+                                Ok(Some((child, name)))
+                            }
+                            Err(e) => Err(format!("{why}; cannot start it again: {e}")),
+                        }
+                    }
+                }
+            }
+        };
+        match started {
+            Ok(Some((child, miner))) => {
+                tracing::warn!(job = %job.job, %why, %miner, "replica started again");
+                self.reap(job.clone(), index, child);
+            }
+            Ok(None) => tracing::warn!(job = %job.job, %why, "no free GPUs to start the replica again"),
+            Err(reason) => {
+                let t = Transition::new(JobState::Failed, "scheduler").reason(reason);
+                let _ = status::advance(&self.inner.store, job, t).await;
+                let _ = self.cancel(job).await;
+            }
+        }
+    }
+
     /// Waits for a worker to exit and frees its slots. A worker that died while its job
-    /// was still going (killed, crashed, its miner lost) makes the job start again from its
-    /// last checkpoint — every allocation, since ranks depend on each other — up to
-    /// [`MAX_RETRIES`] times; after that the job fails with the reason. Then queued jobs that
-    /// now fit are started.
+    /// was still going (killed, crashed, its miner lost) makes a training job start again
+    /// from its last checkpoint — every allocation, since ranks depend on each other — up to
+    /// [`MAX_RETRIES`] times; after that the job fails with the reason. A serve job's lost
+    /// replica is started again alone. Then queued jobs that now fit are started.
     fn reap(&self, job: JobKey, index: u32, mut child: tokio::process::Child) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -298,9 +382,21 @@ impl LocalScheduler {
                 };
                 let ended =
                     matches!(status::current(&this.inner.store, &job).await, Ok(Some(r)) if r.state.is_terminal());
+                let serve = this
+                    .inner
+                    .state
+                    .lock()
+                    .unwrap()
+                    .running
+                    .get(&job)
+                    .is_some_and(|r| r.manifest.request.kind == JobKind::Serve);
                 if ended {
                     // The worker recorded the program's failure: stop the other allocations.
                     let _ = this.cancel(&job).await;
+                } else if serve {
+                    // Replicas do not depend on each other: only the lost one starts again.
+                    let why = format!("replica {index} on {miner_name} was lost ({how})");
+                    this.replace_replica(&job, index, why).await;
                 } else {
                     // Lost: stop the others; the job starts again when they are gone.
                     let why = format!("allocation {index} on {miner_name} was lost ({how})");

@@ -12,7 +12,9 @@
 //! attempt in its meta.
 //!
 //! A serve job becomes a **service** job: `Count` = replicas, an `http` port, a
-//! Nomad-native service (`provider = "nomad"`) with an HTTP health check on `/healthz`.
+//! Nomad-native service (`provider = "nomad"`) with a TCP check (uWSGI listens; the worker
+//! checks the app itself). A lost replica is Nomad's to reschedule (the service's policy),
+//! alone: the others keep serving.
 //!
 //! Submission is idempotent: the Nomad job id derives from the aic job id and registration
 //! uses `EnforceIndex` with `JobModifyIndex` 0 ("only if the job is new"); registering the
@@ -155,8 +157,10 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             "PortLabel": "http",
             "Provider": "nomad",
             "Tags": ["aic", format!("owner-{}", job.owner), format!("job-{}", job.job)],
+            // The user's app need not have any particular path: Nomad checks that uWSGI
+            // listens, and the worker's own check (GET / below 500) governs its registration.
             "Checks": [{
-                "Name": "healthz", "Type": "http", "Path": "/healthz",
+                "Name": "listening", "Type": "tcp",
                 "Interval": ns(Duration::from_secs(10)), "Timeout": ns(Duration::from_secs(2)),
             }],
         }));
@@ -576,6 +580,11 @@ impl NomadScheduler {
             self.cancel(&key).await?;
             return Ok(AllocAction::Stopped);
         }
+        if meta["aic_kind"] == "serve" {
+            // Replicas do not depend on each other: Nomad reschedules the lost one alone
+            // (the service's ReschedulePolicy) while the others serve.
+            return Ok(AllocAction::Nothing);
+        }
         let node = a["NodeName"].as_str().unwrap_or("?");
         let why = format!(
             "allocation {} on {node} was {client}{}",
@@ -768,8 +777,8 @@ mod tests {
         let svc = &tg["Services"][0];
         assert_eq!(svc["Provider"], "nomad");
         assert_eq!(svc["PortLabel"], "http");
-        assert_eq!(svc["Checks"][0]["Type"], "http");
-        assert_eq!(svc["Checks"][0]["Path"], "/healthz");
+        assert_eq!(svc["Checks"][0]["Type"], "tcp", "an app need not answer any particular path");
+        assert!(svc["Checks"][0].get("Path").is_none());
         assert!(tg["Networks"][0]["DynamicPorts"].as_array().unwrap().contains(&json!({"Label": "http"})));
         assert_eq!(tg["Tasks"][0]["Env"]["AIC_SERVE_PORT"], "${NOMAD_PORT_http}");
         assert_eq!(tg["ReschedulePolicy"]["Unlimited"], true);
