@@ -207,7 +207,54 @@ fn tutorial(p: &Pool) {
     assert_eq!(other.as_array().map(|a| a.len()), Some(0), "{other}");
     let (_, err) = text(&p.aic("v", &["status", &job]));
     assert!(!err.is_empty());
+
+    // The workers hold no store credentials, only their job's token, which reaches nothing
+    // else: the user's program (which inherits the worker's environment) tries.
+    let probe = p.dir.path().join("probe.py");
+    std::fs::write(&probe, PROBE).unwrap();
+    let out = p.aic("u", &["run", probe.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for want in [
+        "store credentials: False; pool secret: False; token: True",
+        "another user's data: 403",
+        "another job's output: 403",
+        "its own code: 403",
+        "its own output: 200",
+        "the job list: 403",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in {stdout}");
+    }
+    let jobs: serde_json::Value = serde_json::from_slice(&p.aic("u", &["jobs", "--json"]).stdout).unwrap();
+    let probe_job = jobs[0]["job"].as_str().unwrap().to_string();
+    let dest = p.dir.path().join("probe-results");
+    assert!(p.aic("u", &["results", "get", &probe_job, dest.to_str().unwrap()]).status.success());
+    assert_eq!(dest.join("big.bin").metadata().unwrap().len(), 9 * 1024 * 1024);
 }
+
+const PROBE: &str = r#"import json, os, urllib.request, urllib.error
+env = os.environ
+print(f"store credentials: {'AWS_SECRET_ACCESS_KEY' in env}; pool secret: {'AIC_GATEWAY_SECRET' in env}; token: {'AIC_WORKER_TOKEN' in env}")
+gw, tok, owner, job = env["AIC_WORKER_GATEWAY"], env["AIC_WORKER_TOKEN"], env["AIC_JOB_OWNER"], env["AIC_JOB_ID"]
+def call(path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(gw + "/v1/" + path, data=data, headers={"authorization": "Bearer " + tok, "content-type": "application/json"})
+    try:
+        urllib.request.urlopen(req)
+        return 200
+    except urllib.error.HTTPError as e:
+        return e.code
+def sign(method, key):
+    return call("sign", {"items": [{"method": method, "key": key, "size": 1, "sha256": "00" * 32}]})
+print("another user's data:", sign("GET", "users/0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc/data/digits/digits.csv"))
+print("another job's output:", sign("GET", f"users/{owner}/jobs/01jb0000000000000000000000/output/model.npz"))
+print("its own code:", sign("PUT", f"users/{owner}/jobs/{job}/code/probe.py"))
+print("its own output:", sign("PUT", f"users/{owner}/jobs/{job}/output/x.txt"))
+print("the job list:", call("jobs"))
+# Over the single-upload size: the worker sends it in parts through the gateway.
+with open(os.path.join(env["AIC_OUTPUT_DIR"], "big.bin"), "wb") as f:
+    f.write(os.urandom(9 * 1024 * 1024))
+"#;
 
 #[test]
 fn the_tutorial_through_the_gateway_with_bucket_events_over_sns() {

@@ -229,6 +229,7 @@ fn cfg(addr: &str, token: &str) -> NomadConfig {
         memory_mb: 2048,
         worker_env: vec![],
         secrets_var: None,
+        worker_gateway: None,
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `NOMAD_ADDR`, `NOMAD_TOKEN`, `NOMAD_REGION`, `NOMAD_NAMESPACE` | the Nomad cluster (`aic_core::scheduler::nomad`) |
 //! | `AIC_NOMAD_DATACENTER`, `AIC_NOMAD_DRIVER`, `AIC_NOMAD_WORKER`, `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | how Nomad runs aic-worker |
 //! | `AIC_POOL_MINERS`, `AIC_POOL_GPUS`, `AIC_WORKER_BIN`, `AIC_WORK_DIR` | the local scheduler |
+//! | `AIC_WORKER_GATEWAY` | the gateway's URL as workers reach it: with `AIC_GATEWAY_SECRET`, workers get a token for their job's objects instead of store credentials (the local scheduler uses this host's address by default) |
 //! | `AIC_WORKER_ENV` | extra `KEY=VALUE` pairs (whitespace-separated) for every worker, e.g. Open MPI or NCCL settings |
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
@@ -79,50 +80,67 @@ pub fn build() -> anyhow::Result<Built> {
     };
     let mut nomad = None;
     let worker_env = aic_core::scheduler::worker_env_from_env().map_err(|e| anyhow!(e))?;
-    let (scheduler, local): (Arc<dyn Scheduler>, Option<LocalScheduler>) =
-        match var("AIC_SCHEDULER").as_deref().unwrap_or("local") {
-            "local" => {
-                let home =
-                    var("AIC_WORK_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("aic-work"));
-                let worker_bin = var("AIC_WORKER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-                    std::env::current_exe()
-                        .ok()
-                        .map(|me| me.with_file_name("aic-worker"))
-                        .filter(|p| p.exists())
-                        .unwrap_or_else(|| PathBuf::from("aic-worker"))
-                });
-                let cfg = LocalConfig {
-                    miners: num("AIC_POOL_MINERS", 2)?,
-                    gpus_per_miner: num("AIC_POOL_GPUS", 1)?,
-                    gateway: "local".into(),
-                    worker_bin,
-                    work_root: home,
-                    worker_env: [store_config.env(), worker_env.clone()].concat(),
-                };
-                let s = LocalScheduler::new(cfg, store.clone());
-                (Arc::new(s.clone()), Some(s))
+    let (scheduler, local): (Arc<dyn Scheduler>, Option<LocalScheduler>) = match var("AIC_SCHEDULER")
+        .as_deref()
+        .unwrap_or("local")
+    {
+        "local" => {
+            let home = var("AIC_WORK_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("aic-work"));
+            let worker_bin = var("AIC_WORKER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .map(|me| me.with_file_name("aic-worker"))
+                    .filter(|p| p.exists())
+                    .unwrap_or_else(|| PathBuf::from("aic-worker"))
+            });
+            let cfg = LocalConfig {
+                miners: num("AIC_POOL_MINERS", 2)?,
+                gpus_per_miner: num("AIC_POOL_GPUS", 1)?,
+                gateway: "local".into(),
+                worker_bin,
+                work_root: home,
+                worker_env: [store_config.env(), worker_env.clone()].concat(),
+            };
+            let s = LocalScheduler::new(cfg, store.clone());
+            (Arc::new(s.clone()), Some(s))
+        }
+        "nomad" => {
+            let mut cfg = aic_core::scheduler::nomad::NomadConfig::from_env([store_config.env(), worker_env].concat())
+                .map_err(|e| anyhow!(e))?
+                .ok_or_else(|| anyhow!("AIC_SCHEDULER=nomad needs NOMAD_ADDR (and NOMAD_TOKEN with ACLs on)"))?;
+            match (var("AIC_WORKER_GATEWAY"), gateway_secret()?) {
+                (Some(url), Some(secret)) => {
+                    cfg.worker_gateway = Some(aic_core::grant::WorkerGateway { url, secret });
+                }
+                (Some(_), None) => bail!("AIC_WORKER_GATEWAY needs AIC_GATEWAY_SECRET (the tokens are signed with it)"),
+                (None, _) => tracing::warn!(
+                    "workers get the store's credentials: set AIC_WORKER_GATEWAY (this host's URL as the miners \
+                         reach it) with AIC_GATEWAY_SECRET to give them only their job's objects"
+                ),
             }
-            "nomad" => {
-                let cfg = aic_core::scheduler::nomad::NomadConfig::from_env([store_config.env(), worker_env].concat())
-                    .map_err(|e| anyhow!(e))?
-                    .ok_or_else(|| anyhow!("AIC_SCHEDULER=nomad needs NOMAD_ADDR (and NOMAD_TOKEN with ACLs on)"))?;
-                let n = aic_core::scheduler::nomad::NomadScheduler::new(cfg);
-                nomad = Some(n.clone());
-                (Arc::new(n), None)
-            }
-            other => bail!("AIC_SCHEDULER={other:?} is not known: use local or nomad"),
-        };
+            let n = aic_core::scheduler::nomad::NomadScheduler::new(cfg);
+            nomad = Some(n.clone());
+            (Arc::new(n), None)
+        }
+        other => bail!("AIC_SCHEDULER={other:?} is not known: use local or nomad"),
+    };
     let ctx = Ctx { store, scheduler, auth: Arc::new(Eip712Auth { chain_id: auth_chain_id }), payments, pricing };
     Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id, local, nomad })
 }
 
-/// The gateway's settings, or `None` when `AIC_GATEWAY_SECRET` is not set.
-pub fn gateway(built: &Built) -> anyhow::Result<Option<GatewayConfig>> {
+/// `AIC_GATEWAY_SECRET`, decoded, or `None` when not set.
+fn gateway_secret() -> anyhow::Result<Option<Vec<u8>>> {
     let Some(secret) = var("AIC_GATEWAY_SECRET") else { return Ok(None) };
     let secret = hex::decode(secret.trim_start_matches("0x")).context("AIC_GATEWAY_SECRET must be hex")?;
     if secret.len() < 16 {
         bail!("AIC_GATEWAY_SECRET must be at least 16 bytes (32 hex digits); make one with `openssl rand -hex 32`");
     }
+    Ok(Some(secret))
+}
+
+/// The gateway's settings, or `None` when `AIC_GATEWAY_SECRET` is not set.
+pub fn gateway(built: &Built) -> anyhow::Result<Option<GatewayConfig>> {
+    let Some(secret) = gateway_secret()? else { return Ok(None) };
     let domain = var("AIC_GATEWAY_DOMAIN").unwrap_or_else(|| "aic-pool".into());
     let chain_id = built.chain_id;
     let mut cfg = GatewayConfig::new(secret, &domain, chain_id);

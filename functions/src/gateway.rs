@@ -30,6 +30,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aic_chain::siwe::SiweMessage;
+use aic_core::grant::WorkerGrant;
 use aic_core::layout::{JobKey, KeyKind, classify};
 use aic_core::status::{self, Advanced, Transition};
 use aic_schemas::validate::MAX_DOC_BYTES;
@@ -136,6 +137,26 @@ struct SignItem {
     /// `x-amz-checksum-sha256`), so a URL writes that content and nothing else.
     #[serde(default)]
     sha256: Option<String>,
+    /// Create-only: the URL carries a signed `If-None-Match: *`, so S3 refuses (412) to
+    /// replace an existing object.
+    #[serde(default)]
+    create: bool,
+}
+
+/// Who calls: a signed-in user, or the workers of one job.
+#[derive(Debug)]
+pub enum Caller {
+    User(Address),
+    Worker(WorkerGrant),
+}
+
+impl Caller {
+    fn rate_key(&self) -> String {
+        match self {
+            Caller::User(a) => a.to_string(),
+            Caller::Worker(g) => format!("job:{}", g.job),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -160,6 +181,8 @@ enum Access {
     },
     /// request.json: written once.
     CreateOnly,
+    /// A job's status records, log chunks and allocation records (workers): each written once.
+    Append,
 }
 
 impl Gateway {
@@ -299,13 +322,34 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "no session token; run `aic login`"))?;
-        let who = self.check_token(token, now)?;
-        self.admit(&who.to_string())?;
+        let caller = if aic_core::grant::is_worker_token(token) {
+            Caller::Worker(
+                aic_core::grant::verify(&self.cfg.secret, token, now).map_err(|e| err(StatusCode::UNAUTHORIZED, e))?,
+            )
+        } else {
+            Caller::User(self.check_token(token, now)?)
+        };
+        self.admit(&caller.rate_key())?;
         let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
         match (method, segs.as_slice()) {
-            (&Method::POST, ["sign"]) => self.sign(&who, &body).await,
-            (&Method::GET, ["objects"]) => self.objects(&who, &q).await,
-            (&Method::POST, ["multipart"]) => self.multipart(&who, &body).await,
+            (&Method::POST, ["sign"]) => return self.sign(&caller, &body).await,
+            (&Method::GET, ["objects"]) => return self.objects(&caller, &q).await,
+            (&Method::POST, ["multipart"]) => return self.multipart(&caller, &body).await,
+            _ => {}
+        }
+        let who = match &caller {
+            Caller::User(who) => *who,
+            Caller::Worker(g) => {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the workers of job {} reach only its objects (sign, objects, multipart), not {path}",
+                        g.job
+                    ),
+                ));
+            }
+        };
+        match (method, segs.as_slice()) {
             (&Method::GET, ["jobs"]) => self.jobs(&who).await,
             (&Method::GET, ["pool"]) => {
                 let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
@@ -341,7 +385,7 @@ impl Gateway {
         })
     }
 
-    async fn sign(&self, who: &Address, body: &[u8]) -> Reply {
+    async fn sign(&self, who: &Caller, body: &[u8]) -> Reply {
         let b: SignBody = serde_json::from_slice(body).map_err(|e| bad(format!("body must be {{items:[…]}}: {e}")))?;
         if b.items.len() > MAX_ITEMS {
             return Err(bad(format!("at most {MAX_ITEMS} URLs per call")));
@@ -357,13 +401,11 @@ impl Gateway {
             match (&method, &access) {
                 (&Method::GET | &Method::HEAD, _) => {}
                 (&Method::PUT, Access::Read) => {
-                    return Err(err(
-                        StatusCode::FORBIDDEN,
-                        format!(
-                            "{}: written by the pool only; users write data/…, a job's code/… and request.json",
-                            item.key
-                        ),
-                    ));
+                    let who_writes = match who {
+                        Caller::User(_) => "users write data/…, a job's code/… and request.json",
+                        Caller::Worker(_) => "a job's workers write its logs, outputs, status and records",
+                    };
+                    return Err(err(StatusCode::FORBIDDEN, format!("{}: not writable by you; {who_writes}", item.key)));
                 }
                 (&Method::PUT, _) => {
                     let size = item.size.ok_or_else(|| bad(format!("{}: PUT needs the size in bytes", item.key)))?;
@@ -392,7 +434,7 @@ impl Gateway {
                         HeaderValue::from_str(&sum).expect("base64 is a valid header"),
                     );
                     send.insert("x-amz-checksum-sha256".into(), json!(sum));
-                    if access == Access::CreateOnly {
+                    if matches!(access, Access::CreateOnly | Access::Append) || item.create {
                         opts = opts.with_signed_header(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
                         send.insert("if-none-match".into(), json!("*"));
                     }
@@ -418,11 +460,16 @@ impl Gateway {
         Ok(json!({ "urls": urls, "expires_in": self.cfg.url_ttl.as_secs() }))
     }
 
-    async fn objects(&self, who: &Address, q: &HashMap<String, String>) -> Reply {
-        let mine = aic_core::layout::user_prefix(who);
-        let prefix = q.get("prefix").cloned().unwrap_or_else(|| mine.clone());
-        if !prefix.starts_with(&mine) && format!("{prefix}/") != mine {
-            return Err(err(StatusCode::FORBIDDEN, format!("{prefix}: not under your prefix {mine}")));
+    async fn objects(&self, who: &Caller, q: &HashMap<String, String>) -> Reply {
+        let reachable = match who {
+            Caller::User(a) => vec![aic_core::layout::user_prefix(a)],
+            Caller::Worker(g) => worker_prefixes(g),
+        };
+        let prefix = q.get("prefix").cloned().unwrap_or_else(|| reachable[0].clone());
+        if !reachable.iter().any(|r| prefix.starts_with(r.as_str()) || format!("{prefix}/") == *r)
+            || prefix.split('/').any(|s| s == "." || s == "..")
+        {
+            return Err(err(StatusCode::FORBIDDEN, format!("{prefix}: not under {}", reachable.join(" or "))));
         }
         let prefix = prefix.trim_end_matches('/');
         let meta = |m: &object_store::ObjectMeta| json!({"key": m.location.to_string(), "size": m.size, "last_modified": m.last_modified, "e_tag": m.e_tag});
@@ -440,7 +487,7 @@ impl Gateway {
         Ok(json!({"objects": list.iter().map(meta).collect::<Vec<_>>(), "prefixes": []}))
     }
 
-    async fn multipart(&self, who: &Address, body: &[u8]) -> Reply {
+    async fn multipart(&self, who: &Caller, body: &[u8]) -> Reply {
         let b: MultipartBody =
             serde_json::from_slice(body).map_err(|e| bad(format!("body must be {{action, key, …}}: {e}")))?;
         match access(who, &b.key)? {
@@ -448,7 +495,10 @@ impl Gateway {
             _ => {
                 return Err(err(
                     StatusCode::FORBIDDEN,
-                    format!("{}: multipart uploads are for data/… and code/…", b.key),
+                    format!(
+                        "{}: multipart uploads are for keys you may write (data/…, code/…; outputs for workers)",
+                        b.key
+                    ),
                 ));
             }
         }
@@ -580,8 +630,54 @@ impl Gateway {
     }
 }
 
-/// What `who` may do with `key`; refuses keys outside their prefix or of no known kind.
-fn access(who: &Address, key: &str) -> Result<Access, ApiError> {
+/// What `who` may do with `key`.
+fn access(who: &Caller, key: &str) -> Result<Access, ApiError> {
+    match who {
+        Caller::User(a) => user_access(a, key),
+        Caller::Worker(g) => worker_access(g, key),
+    }
+}
+
+/// Where a job's workers may list: the job, its dataset, its serving registrations.
+fn worker_prefixes(g: &WorkerGrant) -> Vec<String> {
+    let mut v = vec![g.job_key().prefix()];
+    if let Some(d) = &g.data {
+        v.push(format!("{}/", aic_core::layout::data_key(&g.owner, d).trim_end_matches('/')));
+    }
+    v.push(format!("pool/serving/{}/", g.job));
+    v
+}
+
+/// What a job's workers may do with `key`: read the job and its dataset; write its logs,
+/// outputs, status, allocation records and rendezvous (not its request, manifest or code);
+/// write and delete its serving registrations. Nothing else.
+fn worker_access(g: &WorkerGrant, key: &str) -> Result<Access, ApiError> {
+    if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(bad(format!("{key}: not a valid object key")));
+    }
+    let job = g.job_key().prefix();
+    if let Some(rest) = key.strip_prefix(&job) {
+        let first = rest.split('/').next().unwrap_or_default();
+        let nested = rest.contains('/');
+        return Ok(match first {
+            "logs" | "allocs" | "status" if nested => Access::Append,
+            "output" | "rendezvous" if nested => Access::Write { deletable: false },
+            "status.json" => Access::Write { deletable: false },
+            _ => Access::Read,
+        });
+    }
+    let prefixes = worker_prefixes(g);
+    if prefixes.len() == 3 && key.starts_with(&prefixes[1]) {
+        return Ok(Access::Read);
+    }
+    if key.starts_with(prefixes.last().expect("serving prefix")) {
+        return Ok(Access::Write { deletable: true });
+    }
+    Err(err(StatusCode::FORBIDDEN, format!("{key}: the workers of job {} may not reach it", g.job)))
+}
+
+/// What a user may do with `key`; refuses keys outside their prefix or of no known kind.
+fn user_access(who: &Address, key: &str) -> Result<Access, ApiError> {
     let mine = aic_core::layout::user_prefix(who);
     let forbidden = |why: String| err(StatusCode::FORBIDDEN, why);
     let Some(rest) = key.strip_prefix(&mine) else {
@@ -618,7 +714,7 @@ mod tests {
 
     #[test]
     fn users_write_data_code_and_requests_of_their_own_only() {
-        let a: Address = A.parse().unwrap();
+        let a = Caller::User(A.parse().unwrap());
         let job = JobId::generate();
         let mine = format!("users/{A}/");
         assert_eq!(access(&a, &format!("{mine}data/x/y.csv")).unwrap(), Access::Write { deletable: true });
@@ -631,5 +727,44 @@ mod tests {
         assert_eq!(access(&a, other).unwrap_err().0, StatusCode::FORBIDDEN);
         assert_eq!(access(&a, &format!("{mine}data/../../x")).unwrap_err().0, StatusCode::BAD_REQUEST);
         assert_eq!(access(&a, "pool/payments/1/0x.json").unwrap_err().0, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn a_jobs_workers_reach_that_job_its_dataset_and_its_serving_records_only() {
+        let job = JobId::generate();
+        let g = WorkerGrant { owner: A.parse().unwrap(), job: job.clone(), data: Some("digits".into()), exp: i64::MAX };
+        let w = Caller::Worker(g.clone());
+        let j = format!("users/{A}/jobs/{job}/");
+        let read = [
+            format!("{j}manifest.json"),
+            format!("{j}request.json"),
+            format!("{j}code/train.py"),
+            format!("users/{A}/data/digits/digits.csv"),
+        ];
+        for k in &read {
+            assert_eq!(access(&w, k).unwrap(), Access::Read, "{k}");
+        }
+        for k in [format!("{j}status/00000003.json"), format!("{j}logs/0/00000001.log"), format!("{j}allocs/0/1.json")]
+        {
+            assert_eq!(access(&w, &k).unwrap(), Access::Append, "{k}");
+        }
+        for k in [format!("{j}status.json"), format!("{j}output/model.npz"), format!("{j}rendezvous/0/1.json")] {
+            assert_eq!(access(&w, &k).unwrap(), Access::Write { deletable: false }, "{k}");
+        }
+        assert_eq!(access(&w, &format!("pool/serving/{job}/0.json")).unwrap(), Access::Write { deletable: true });
+        let other_job = JobId::generate();
+        for k in [
+            format!("users/{A}/jobs/{other_job}/output/model.npz"),
+            format!("users/{A}/data/other/x.csv"),
+            format!("users/{A}/data/digits-2/x.csv"),
+            "users/0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc/data/digits/x.csv".to_string(),
+            format!("pool/serving/{other_job}/0.json"),
+            "pool/payments/1/0x.json".to_string(),
+            format!("pool/names/{A}/digits/{job}.json"),
+        ] {
+            assert_eq!(access(&w, &k).unwrap_err().0, StatusCode::FORBIDDEN, "{k}");
+        }
+        assert_eq!(access(&w, &format!("{j}output/../../{other_job}/x")).unwrap_err().0, StatusCode::BAD_REQUEST);
+        assert_eq!(worker_prefixes(&g), [j, format!("users/{A}/data/digits/"), format!("pool/serving/{job}/")]);
     }
 }

@@ -218,7 +218,15 @@ fn the_nomad_functions_job_runs_the_real_binary_with_variables_it_reads() {
     for k in &names {
         assert!(docs.contains(&format!("`{k}`")) || k.starts_with("AWS_"), "{k} is not a variable the functions read");
     }
-    for must in ["AIC_STORE", "AIC_SCHEDULER", "NOMAD_ADDR", "NOMAD_TOKEN", "AIC_GATEWAY_SECRET", "AIC_WEBHOOK_TOKEN"] {
+    for must in [
+        "AIC_STORE",
+        "AIC_SCHEDULER",
+        "NOMAD_ADDR",
+        "NOMAD_TOKEN",
+        "AIC_GATEWAY_SECRET",
+        "AIC_WEBHOOK_TOKEN",
+        "AIC_WORKER_GATEWAY",
+    ] {
         assert!(names.iter().any(|n| n == must), "{must} is not set");
     }
     // Secrets come from Nomad Variables, not the job file.
@@ -344,6 +352,7 @@ fn nomad_cfg(worker_env: Vec<(String, String)>, secrets_var: Option<&str>) -> ai
         memory_mb: 8192,
         worker_env,
         secrets_var: secrets_var.map(String::from),
+        worker_gateway: None,
     }
 }
 

@@ -68,6 +68,9 @@ job "aic-functions" {
         AIC_NOMAD_DRIVER    = "exec"
         AIC_GATEWAY_DOMAIN  = "aic-pool"
         AIC_LOG             = "info"
+        # Workers reach the bucket through this host with their job's token, never with the
+        # store's credentials.
+        AIC_WORKER_GATEWAY  = "http://${NOMAD_ADDR_http}"
       }
 
       # Secrets from Nomad Variables, never in the job file.

@@ -4,6 +4,11 @@
 # restart or reschedule by Nomad: aic restarts the whole job from its last checkpoint by
 # registering a new version with the next attempt in its meta.
 #
+# Store access: this by-hand form reads the store's credentials from a Nomad Variable. The
+# functions, with AIC_WORKER_GATEWAY set (as functions.nomad.hcl does), register instead
+# AIC_WORKER_GATEWAY and AIC_WORKER_TOKEN: a token for this job's objects only, checked by the
+# gateway, and no credentials at all.
+#
 #   nomad job run -namespace aic -var job_id=01k… -var owner=0x… -var miners=2 -var gpus=3 \
 #     infra/nomad/worker.nomad.hcl
 

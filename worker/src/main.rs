@@ -95,7 +95,14 @@ async fn main() {
 }
 
 fn setup() -> anyhow::Result<Alloc> {
-    let store = StoreConfig::parse(&env("AIC_STORE")?)?.open()?;
+    // On a pool whose workers hold no store credentials: the gateway, with this job's token.
+    let store = match (std::env::var("AIC_WORKER_GATEWAY"), std::env::var("AIC_WORKER_TOKEN")) {
+        (Ok(url), Ok(token)) if !url.is_empty() => {
+            let gw = aic_core::remote::Gateway::new(&url, Some(token));
+            aic_core::Store::new(std::sync::Arc::new(aic_core::remote::GatewayStore::new(gw)), "gateway")
+        }
+        _ => StoreConfig::parse(&env("AIC_STORE")?)?.open()?,
+    };
     let job = JobKey::new(
         env("AIC_JOB_OWNER")?.parse().map_err(|e| anyhow!("AIC_JOB_OWNER: {e}"))?,
         env("AIC_JOB_ID")?.parse().map_err(|e: String| anyhow!("AIC_JOB_ID: {e}"))?,

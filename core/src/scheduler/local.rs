@@ -87,6 +87,9 @@ struct State {
 
 struct Inner {
     cfg: LocalConfig,
+    /// When set, workers reach the bucket through this gateway with their job's token and
+    /// get no store credentials.
+    worker_gateway: Mutex<Option<crate::grant::WorkerGateway>>,
     store: Store,
     state: Mutex<State>,
     idle: tokio::sync::Notify,
@@ -124,8 +127,15 @@ impl LocalScheduler {
                     queue: VecDeque::new(),
                 }),
                 idle: tokio::sync::Notify::new(),
+                worker_gateway: Mutex::new(None),
             }),
         }
+    }
+
+    /// From now on, workers reach the bucket through `g` with their job's token instead of
+    /// the store's credentials (which they no longer get).
+    pub fn use_worker_gateway(&self, g: crate::grant::WorkerGateway) {
+        *self.inner.worker_gateway.lock().unwrap() = Some(g);
     }
 
     /// True when no allocation runs and nothing waits.
@@ -205,7 +215,7 @@ impl LocalScheduler {
         let mut names = Vec::new();
         for (index, (miner, slots)) in picks.into_iter().enumerate() {
             let miner_name = st.miners[miner].name.clone();
-            let spawned = self.spawn(st, job, index as u32, count, attempt, miner, &slots);
+            let spawned = self.spawn(st, job, manifest, index as u32, count, attempt, miner, &slots);
             match spawned {
                 Ok(child) => {
                     for s in &slots {
@@ -243,6 +253,7 @@ impl LocalScheduler {
         &self,
         st: &State,
         job: &JobKey,
+        manifest: &JobManifest,
         index: u32,
         count: usize,
         attempt: u32,
@@ -257,14 +268,31 @@ impl LocalScheduler {
         std::fs::create_dir_all(&work)?;
         let log = std::fs::File::create(work.with_extension("worker.log"))?;
         let mut cmd = std::process::Command::new(&cfg.worker_bin);
+        // The pool's secrets never reach a worker (nor so the user's program).
+        for k in crate::grant::NEVER_INHERITED {
+            cmd.env_remove(k);
+        }
+        let gateway = self.inner.worker_gateway.lock().unwrap().clone();
+        if gateway.is_some() {
+            for (k, _) in std::env::vars() {
+                if crate::grant::is_store_variable(&k) {
+                    cmd.env_remove(k);
+                }
+            }
+        }
+        let worker_env =
+            cfg.worker_env.iter().filter(|(k, _)| gateway.is_none() || !crate::grant::is_store_variable(k));
         // Defaults for the simulated miners first: the operator's worker_env may change
         // them; the allocation's own variables come last.
         cmd.env("OMPI_MCA_coll", "^han")
             .env("OMPI_MCA_mpi_yield_when_idle", "1")
             .env("OMPI_MCA_btl", "self,sm,tcp")
             .env("AIC_CPUS", cpus_per_miner(st.miners.len()).to_string())
-            .envs(cfg.worker_env.iter().map(|(k, v)| (k, v)))
-            .env("AIC_JOB_OWNER", job.owner.to_string())
+            .envs(worker_env.map(|(k, v)| (k, v)));
+        if let Some(g) = &gateway {
+            cmd.envs(g.env(job, manifest, chrono::Utc::now()));
+        }
+        cmd.env("AIC_JOB_OWNER", job.owner.to_string())
             .env("AIC_JOB_ID", job.job.as_str())
             .env("AIC_ALLOC_INDEX", index.to_string())
             .env("AIC_ALLOC_COUNT", count.to_string())
@@ -312,7 +340,8 @@ impl LocalScheduler {
                             .map(|(s, _)| s)
                             .take(need)
                             .collect();
-                        match self.spawn(&st, job, index, count, attempt, miner, &slots) {
+                        let m = r.manifest.clone();
+                        match self.spawn(&st, job, &m, index, count, attempt, miner, &slots) {
                             Ok(child) => {
                                 for s in &slots {
                                     st.miners[miner].free[*s] = false;

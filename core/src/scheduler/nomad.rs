@@ -73,6 +73,9 @@ pub struct NomadConfig {
     /// The Nomad Variable the workers' store credentials come from (a `template` block), so
     /// that they are never in the job specification; without one, `worker_env`'s are.
     pub secrets_var: Option<String>,
+    /// When set, workers reach the bucket through the gateway with their job's token (in the
+    /// job's env) and get no store credentials at all.
+    pub worker_gateway: Option<crate::grant::WorkerGateway>,
 }
 
 impl NomadConfig {
@@ -95,6 +98,7 @@ impl NomadConfig {
             memory_mb: num("AIC_NOMAD_MEMORY_MB", 8192)?,
             secrets_var: Some(var("AIC_NOMAD_SECRETS_VAR").unwrap_or_else(|| "nomad/jobs/aic-worker".into())),
             worker_env,
+            worker_gateway: None,
         }))
     }
 }
@@ -115,14 +119,25 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
     let serve = r.kind == JobKind::Serve;
     let mut env = serde_json::Map::new();
     let secret = |k: &str| k == "AWS_ACCESS_KEY_ID" || k == "AWS_SECRET_ACCESS_KEY";
+    let worker_gw = cfg.worker_gateway.as_ref();
     for (k, v) in &cfg.worker_env {
-        if !(cfg.secrets_var.is_some() && secret(k)) {
+        let withheld = match worker_gw {
+            Some(_) => crate::grant::is_store_variable(k),
+            None => cfg.secrets_var.is_some() && secret(k),
+        };
+        if !withheld {
             env.insert(k.clone(), json!(v));
+        }
+    }
+    if let Some(g) = worker_gw {
+        for (k, v) in g.env(job, m, chrono::Utc::now()) {
+            env.insert(k, json!(v));
         }
     }
     let templates: Vec<Value> = cfg
         .secrets_var
         .iter()
+        .filter(|_| worker_gw.is_none())
         .map(|var| {
             json!({
                 "DestPath": "${NOMAD_SECRETS_DIR}/store.env",
@@ -698,6 +713,7 @@ mod tests {
                 ("AWS_SECRET_ACCESS_KEY".into(), "shh".into()),
             ],
             secrets_var: Some("nomad/jobs/aic-worker".into()),
+            worker_gateway: None,
         }
     }
 
@@ -716,6 +732,26 @@ mod tests {
         }))
         .unwrap();
         (job, m)
+    }
+
+    #[test]
+    fn with_a_worker_gateway_workers_get_their_jobs_token_and_no_store_credentials() {
+        let (job, m) = manifest("train", 2, 1);
+        let mut c = cfg();
+        let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        c.worker_gateway =
+            Some(crate::grant::WorkerGateway { url: "https://functions.pool:8080".into(), secret: secret.clone() });
+        let j = job_spec(&c, &job, &m, 0);
+        let task = &j["TaskGroups"][0]["Tasks"][0];
+        let env = task["Env"].as_object().unwrap();
+        assert_eq!(env["AIC_WORKER_GATEWAY"], "https://functions.pool:8080");
+        let grant =
+            crate::grant::verify(&secret, env["AIC_WORKER_TOKEN"].as_str().unwrap(), chrono::Utc::now()).unwrap();
+        assert_eq!(grant.job_key(), job);
+        for k in ["AIC_STORE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            assert!(!env.contains_key(k), "{k} must not reach the workers");
+        }
+        assert!(task["Templates"].as_array().is_none_or(|t| t.is_empty()), "no credentials template: {task}");
     }
 
     /// Field by field against the Nomad HTTP API's job specification (`POST /v1/jobs`).

@@ -6,7 +6,9 @@
 //! Configuration is read from the environment (see `aic_functions::config`). It prints
 //! `listening on http://ADDR` once it accepts connections, and stops its simulated miners'
 //! workers on SIGINT/SIGTERM. With `AIC_SCHEDULER=nomad` it also follows Nomad's
-//! allocation events (lost allocations restart their job).
+//! allocation events (lost allocations restart their job). With the gateway (AIC_GATEWAY_SECRET),
+//! workers get a token for their job's objects instead of the store's credentials: the local
+//! scheduler's reach this host (or `AIC_WORKER_GATEWAY`), Nomad's reach `AIC_WORKER_GATEWAY`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +57,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cmd::Serve { listen, poll_ms } = cli.cmd;
     let built = aic_functions::config::build()?;
     let inbox = poll_ms.map(|_| Inbox::new(built.ctx.store.clone()));
-    let gateway = aic_functions::config::gateway(&built)?
-        .map(|cfg| Arc::new(Gateway::new(cfg, built.ctx.clone(), inbox.clone())));
+    let gateway_cfg = aic_functions::config::gateway(&built)?;
+    let secret = gateway_cfg.as_ref().map(|c| c.secret.clone());
+    let gateway = gateway_cfg.map(|cfg| Arc::new(Gateway::new(cfg, built.ctx.clone(), inbox.clone())));
     if poll_ms.is_some() && gateway.is_none() {
         anyhow::bail!("--poll-ms needs the gateway (set AIC_GATEWAY_SECRET): the poller reads the gateway's inbox");
     }
@@ -65,7 +68,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let host =
         Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, webhook_token, proxy };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
-    println!("listening on http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    // With the gateway here, the simulated miners' workers reach the bucket through it with
+    // their job's token, and get no store credentials.
+    if let (Some(local), Some(secret)) = (&built.local, secret) {
+        let url = std::env::var("AIC_WORKER_GATEWAY").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+            let ip = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
+            format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+        });
+        local.use_worker_gateway(aic_core::grant::WorkerGateway { url, secret });
+    }
+    println!("listening on http://{addr}");
     let server = tokio::spawn(serve(host, listener));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

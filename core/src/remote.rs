@@ -1,0 +1,453 @@
+//! The bucket through a pool's gateway, for callers that hold no store credentials: `aic` in
+//! pool mode (a user's session token) and `aic-worker` on a miner (its job's worker token).
+//!
+//! [`GatewayStore`] is an `object_store::ObjectStore` whose every call goes through the
+//! gateway: listings are gateway calls; reads and writes use presigned URLs the gateway signs
+//! for what the caller may reach, sent straight to S3 (data never passes through the
+//! gateway). PUTs are bound to the content's SHA-256, create-only writes carry a signed
+//! `If-None-Match: *`, and large files go up part by part.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+const STORE: &str = "gateway";
+
+/// Talks to a gateway's API.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    pub base: String,
+    token: Option<String>,
+    pub(crate) http: reqwest::Client,
+}
+
+fn err(e: impl std::fmt::Display) -> object_store::Error {
+    object_store::Error::Generic { store: STORE, source: e.to_string().into() }
+}
+
+impl Gateway {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Gateway {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("an HTTP client builds"),
+        }
+    }
+
+    /// Calls `/v1/<path>`; a refusal becomes an error with the gateway's reason.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut rb = self.http.request(method, format!("{}/v1/{path}", self.base));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.map_err(|e| anyhow::anyhow!("cannot reach the gateway at {}: {e}", self.base))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let why = v["error"].as_str().unwrap_or("no reason given");
+            return Err(GatewayError { status: status.as_u16(), reason: why.to_string() }.into());
+        }
+        Ok(v)
+    }
+}
+
+/// A gateway's refusal.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway refused ({status}): {reason}")]
+pub struct GatewayError {
+    pub status: u16,
+    pub reason: String,
+}
+
+fn to_store_err(path: &str, e: anyhow::Error) -> object_store::Error {
+    match e.downcast::<GatewayError>() {
+        Ok(g) if g.status == 403 => object_store::Error::PermissionDenied { path: path.into(), source: g.into() },
+        Ok(g) if g.status == 401 => object_store::Error::Unauthenticated { path: path.into(), source: g.into() },
+        Ok(g) => err(g),
+        Err(e) => err(format!("{e:#}")),
+    }
+}
+
+/// The bucket, reached through the gateway.
+#[derive(Debug)]
+pub struct GatewayStore {
+    gw: Gateway,
+    /// Presigned GET/HEAD URLs, reused until shortly before they expire.
+    urls: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+impl std::fmt::Display for GatewayStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GatewayStore({})", self.gw.base)
+    }
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    url: String,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    objects: Vec<ListedObject>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ListedObject {
+    key: String,
+    size: u64,
+    last_modified: DateTime<Utc>,
+    e_tag: Option<String>,
+}
+
+impl From<ListedObject> for ObjectMeta {
+    fn from(o: ListedObject) -> Self {
+        ObjectMeta {
+            location: Path::from(o.key),
+            last_modified: o.last_modified,
+            size: o.size,
+            e_tag: o.e_tag,
+            version: None,
+        }
+    }
+}
+
+impl GatewayStore {
+    pub fn new(gw: Gateway) -> Self {
+        GatewayStore { gw, urls: Mutex::new(HashMap::new()) }
+    }
+
+    async fn sign(&self, item: Value) -> object_store::Result<Signed> {
+        let key = item["key"].as_str().unwrap_or_default().to_string();
+        let method = item["method"].as_str().unwrap_or_default().to_string();
+        let cacheable = method == "GET" || method == "HEAD";
+        if cacheable
+            && let Some((u, until)) = self.urls.lock().unwrap().get(&(method.clone(), key.clone()))
+            && *until > Instant::now()
+        {
+            return Ok(Signed { url: u.clone(), headers: HashMap::new() });
+        }
+        let v = self
+            .gw
+            .call(reqwest::Method::POST, "sign", Some(json!({ "items": [item] })))
+            .await
+            .map_err(|e| to_store_err(&key, e))?;
+        let expires = v["expires_in"].as_u64().unwrap_or(60);
+        let s: Signed = serde_json::from_value(v["urls"][0].clone()).map_err(err)?;
+        if cacheable {
+            let keep = Duration::from_secs(expires.saturating_sub(60).max(1));
+            self.urls.lock().unwrap().insert((method, key), (s.url.clone(), Instant::now() + keep));
+        }
+        Ok(s)
+    }
+
+    async fn list_call(
+        &self,
+        prefix: Option<&Path>,
+        offset: Option<&Path>,
+        delimiter: bool,
+    ) -> object_store::Result<Listed> {
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(p) = prefix {
+                q.append_pair("prefix", &format!("{p}/"));
+            }
+            if let Some(o) = offset {
+                q.append_pair("offset", o.as_ref());
+            }
+            if delimiter {
+                q.append_pair("delimiter", "true");
+            }
+            q.finish()
+        };
+        let v = self
+            .gw
+            .call(reqwest::Method::GET, &format!("objects?{query}"), None)
+            .await
+            .map_err(|e| to_store_err(prefix.map(|p| p.as_ref()).unwrap_or(""), e))?;
+        serde_json::from_value(v).map_err(err)
+    }
+}
+
+fn meta_from(path: &Path, h: &reqwest::header::HeaderMap) -> ObjectMeta {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    // A range answer names the whole size after the slash of Content-Range.
+    let size = get("content-range")
+        .and_then(|r| r.rsplit('/').next())
+        .and_then(|s| s.parse().ok())
+        .or_else(|| get("content-length").and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    let last_modified = get("last-modified")
+        .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    ObjectMeta { location: path.clone(), last_modified, size, e_tag: get("etag").map(String::from), version: None }
+}
+
+#[async_trait]
+impl ObjectStore for GatewayStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let mut sha = sha2::Sha256::new();
+        for chunk in payload.iter() {
+            sha.update(chunk);
+        }
+        let size = payload.content_length() as u64;
+        let mut item =
+            json!({"method": "PUT", "key": location.as_ref(), "size": size, "sha256": hex::encode(sha.finalize())});
+        if matches!(opts.mode, PutMode::Create) {
+            item["create"] = json!(true);
+        }
+        let s = self.sign(item).await?;
+        let mut rb = self.gw.http.put(&s.url);
+        for (k, v) in &s.headers {
+            rb = rb.header(k, v);
+        }
+        let body: Bytes = payload.into();
+        let resp = rb.body(body).send().await.map_err(err)?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(PutResult {
+                e_tag: resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(String::from),
+                version: None,
+                extensions: Default::default(),
+            }),
+            412 if matches!(opts.mode, PutMode::Create) || s.headers.contains_key("if-none-match") => {
+                Err(object_store::Error::AlreadyExists { path: location.to_string(), source: "exists".into() })
+            }
+            code => Err(err(format!("storage answered {code} to the upload of {location}"))),
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let v = self
+            .gw
+            .call(reqwest::Method::POST, "multipart", Some(json!({"action": "create", "key": location.as_ref()})))
+            .await
+            .map_err(|e| to_store_err(location.as_ref(), e))?;
+        let upload_id = v["upload_id"].as_str().ok_or_else(|| err("the gateway gave no upload id"))?.to_string();
+        Ok(Box::new(Upload {
+            gw: self.gw.clone(),
+            key: location.to_string(),
+            upload_id,
+            next: 0,
+            etags: Arc::new(Mutex::new(Vec::new())),
+        }))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        let method = if options.head { "HEAD" } else { "GET" };
+        let s = self.sign(json!({"method": method, "key": location.as_ref()})).await?;
+        let mut rb = self.gw.http.request(method.parse().expect("a method"), &s.url);
+        if let Some(r) = &options.range {
+            rb = rb.header("range", r.to_string());
+        }
+        let resp = rb.send().await.map_err(err)?;
+        match resp.status().as_u16() {
+            200..=299 => {}
+            404 => {
+                return Err(object_store::Error::NotFound {
+                    path: location.to_string(),
+                    source: "no such object".into(),
+                });
+            }
+            code => return Err(err(format!("storage answered {code} to reading {location}"))),
+        }
+        let meta = meta_from(location, resp.headers());
+        let len =
+            resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
+        let start = resp
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let range = if options.head { 0..meta.size } else { start..start + len.unwrap_or(meta.size) };
+        let stream = resp.bytes_stream().map_err(err).boxed();
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(stream),
+            meta,
+            range,
+            attributes: Attributes::default(),
+            extensions: Default::default(),
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let gw = self.gw.clone();
+        locations
+            .and_then(move |p| {
+                let gw = gw.clone();
+                async move {
+                    let v = gw
+                        .call(
+                            reqwest::Method::POST,
+                            "sign",
+                            Some(json!({"items": [{"method": "DELETE", "key": p.as_ref()}]})),
+                        )
+                        .await
+                        .map_err(|e| to_store_err(p.as_ref(), e))?;
+                    let url = v["urls"][0]["url"].as_str().ok_or_else(|| err("no URL"))?.to_string();
+                    let r = gw.http.delete(url).send().await.map_err(err)?;
+                    if r.status().is_success() || r.status() == 404 {
+                        Ok(p)
+                    } else {
+                        Err(err(format!("storage answered {} to deleting {p}", r.status())))
+                    }
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.list_with_offset_impl(prefix, None)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.list_with_offset_impl(prefix, Some(offset))
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let l = self.list_call(prefix, None, true).await?;
+        Ok(ListResult {
+            common_prefixes: l.prefixes.into_iter().map(Path::from).collect(),
+            objects: l.objects.into_iter().map(ObjectMeta::from).collect(),
+            extensions: Default::default(),
+        })
+    }
+
+    async fn copy_opts(&self, _from: &Path, _to: &Path, _options: CopyOptions) -> object_store::Result<()> {
+        Err(object_store::Error::NotSupported { source: "copying through the gateway".into() })
+    }
+}
+
+impl GatewayStore {
+    fn list_with_offset_impl(
+        &self,
+        prefix: Option<&Path>,
+        offset: Option<&Path>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let this = GatewayStore::new(self.gw.clone());
+        let (prefix, offset) = (prefix.cloned(), offset.cloned());
+        futures::stream::once(async move { this.list_call(prefix.as_ref(), offset.as_ref(), false).await })
+            .map_ok(|l| futures::stream::iter(l.objects.into_iter().map(|o| Ok(ObjectMeta::from(o)))))
+            .try_flatten()
+            .boxed()
+    }
+}
+
+/// One multipart upload through presigned part URLs.
+#[derive(Debug)]
+struct Upload {
+    gw: Gateway,
+    key: String,
+    upload_id: String,
+    next: usize,
+    etags: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+#[async_trait]
+impl MultipartUpload for Upload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let part = self.next;
+        self.next += 1;
+        self.etags.lock().unwrap().resize(self.next, None);
+        let (gw, key, upload_id, etags) =
+            (self.gw.clone(), self.key.clone(), self.upload_id.clone(), self.etags.clone());
+        Box::pin(async move {
+            let v = gw
+                .call(
+                    reqwest::Method::POST,
+                    "multipart",
+                    Some(json!({"action": "part", "key": key, "upload_id": upload_id, "part": part})),
+                )
+                .await
+                .map_err(|e| to_store_err(&key, e))?;
+            let url = v["url"].as_str().ok_or_else(|| err("no part URL"))?.to_string();
+            let body: Bytes = data.into();
+            let r = gw.http.put(url).body(body).send().await.map_err(err)?;
+            if !r.status().is_success() {
+                return Err(err(format!("storage answered {} to part {part} of {key}", r.status())));
+            }
+            let etag =
+                r.headers().get("etag").and_then(|v| v.to_str().ok()).ok_or_else(|| err("no ETag for a part"))?;
+            etags.lock().unwrap()[part] = Some(etag.to_string());
+            Ok(())
+        })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let parts: Vec<String> = self
+            .etags
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.clone().ok_or_else(|| err(format!("part {i} was not uploaded"))))
+            .collect::<object_store::Result<_>>()?;
+        let parts = if parts.is_empty() {
+            // S3 needs at least one part: an empty one.
+            self.put_part(PutPayload::default()).await?;
+            self.etags.lock().unwrap().iter().flatten().cloned().collect()
+        } else {
+            parts
+        };
+        let v = self
+            .gw
+            .call(
+                reqwest::Method::POST,
+                "multipart",
+                Some(json!({"action": "complete", "key": self.key, "upload_id": self.upload_id, "parts": parts})),
+            )
+            .await
+            .map_err(|e| to_store_err(&self.key, e))?;
+        Ok(PutResult { e_tag: v["e_tag"].as_str().map(String::from), version: None, extensions: Default::default() })
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.gw
+            .call(
+                reqwest::Method::POST,
+                "multipart",
+                Some(json!({"action": "abort", "key": self.key, "upload_id": self.upload_id})),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| to_store_err(&self.key, e))
+    }
+}
