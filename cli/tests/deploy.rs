@@ -61,6 +61,23 @@ fn predict(api: &str, pixels: &[f64]) -> (u16, serde_json::Value) {
     (code.parse().unwrap_or(0), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
 }
 
+/// `n` predictions through `api` (cycling over `rows`) all answer 200.
+fn all_answer(api: &str, rows: &[Vec<f64>], n: usize, when: &str) {
+    for r in rows.iter().cycle().take(n) {
+        let (code, v) = predict(api, &r[..64]);
+        assert_eq!(code, 200, "a request failed {when}: {v}");
+    }
+}
+
+/// Waits up to `secs` for replica `alloc` to run a uWSGI other than `old`.
+fn replaced(job: &str, alloc: u32, old: i32, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while uwsgi_of(job, alloc).is_none_or(|p| p == old) {
+        assert!(Instant::now() < deadline, "replica {alloc} was not started again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn parent_of(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0)
@@ -136,16 +153,9 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     // Kill replica 1's uWSGI: every request still succeeds (the gateway tries the other).
     let victim = uwsgi_of(&job, 1).expect("replica 1's uWSGI");
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL);
-    for r in rows.iter().cycle().take(40) {
-        let (code, v) = predict(&api, &r[..64]);
-        assert_eq!(code, 200, "a request failed after a replica was killed: {v}");
-    }
+    all_answer(&api, &rows, 40, "after a replica was killed");
     // The replica's worker starts it again; it registers again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while uwsgi_of(&job, 1).is_none_or(|p| p == victim) {
-        assert!(Instant::now() < deadline, "replica 1 was not restarted");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    replaced(&job, 1, victim, 30);
 
     // Lose replica 1's whole allocation (its worker and its uWSGI, as when a miner dies):
     // replica 0 keeps serving untouched, and only replica 1 starts again, on the free miner.
@@ -154,15 +164,8 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     for pg in [w1, u1] {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
     }
-    for r in rows.iter().take(20) {
-        let (code, v) = predict(&api, &r[..64]);
-        assert_eq!(code, 200, "a request failed after a replica's allocation was lost: {v}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while uwsgi_of(&job, 1).is_none_or(|p| p == u1) {
-        assert!(Instant::now() < deadline, "the lost replica was not started again");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    all_answer(&api, &rows, 20, "after a replica's allocation was lost");
+    replaced(&job, 1, u1, 60);
     assert_ne!(parent_of(uwsgi_of(&job, 1).unwrap()), w1, "a new worker runs replica 1");
     assert_eq!(uwsgi_of(&job, 0), Some(r0), "replica 0 was not restarted");
     let replica1 = h.path().join(format!("aic/store/pool/serving/{job}/1.json"));

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::gateway::Gateway;
+use crate::proxy::Target;
 use crate::sns::SnsVerifier;
 use crate::webhook::{self, Delivery};
 use crate::{Ctx, handle_event};
@@ -103,8 +104,10 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
         };
         let (m, q, h) = (&parts.method, parts.uri.query(), &parts.headers);
         let a = match target {
-            Ok(deployment) => proxy.forward(&deployment, m, &rest, q, h, body).await,
-            Err((owner, name)) => proxy.forward_named(&owner, &name, m, &rest, q, h, body).await,
+            Ok(deployment) => proxy.forward(Target::Deployment(&deployment), m, &rest, q, h, body).await,
+            Err((owner, name)) => {
+                proxy.forward(Target::Named { owner: &owner, name: &name }, m, &rest, q, h, body).await
+            }
         };
         return Ok(answer(a));
     }

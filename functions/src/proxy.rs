@@ -30,6 +30,13 @@ pub const BENCH: Duration = Duration::from_secs(5);
 /// Largest request body forwarded.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
+/// What a request is for: `/d/<deployment>/…` or `/n/<owner>/<name>/…`.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    Deployment(&'a str),
+    Named { owner: &'a str, name: &'a str },
+}
+
 pub struct Proxy {
     store: Store,
     http: reqwest::Client,
@@ -139,24 +146,31 @@ impl Proxy {
         Ok(ids)
     }
 
-    /// Forwards one request to the newest of the owner's deployments named `name` that has a
-    /// live replica; when none of its replicas answers (it is being replaced), the next.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn forward_named(
+    /// Forwards one request to a live replica of `target`: a deployment, or the newest of the
+    /// owner's deployments of a name that has a live replica (the next one when none of its
+    /// replicas answers: it is being replaced). When none of the cached replicas answers, the
+    /// registrations (and names) are read again once.
+    pub async fn forward(
         &self,
-        owner: &str,
-        name: &str,
+        target: Target<'_>,
         method: &Method,
         rest: &str,
         query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Answer {
+        let (label, logs) = match target {
+            Target::Deployment(d) => (d, "`aic deploy logs`".to_string()),
+            Target::Named { name, .. } => (name, format!("`aic deploy logs {name}`")),
+        };
         let mut last_err = None;
         for fresh in [false, true] {
-            let ids = match self.named(owner, name, fresh).await {
-                Ok(ids) => ids,
-                Err(a) => return a,
+            let ids = match target {
+                Target::Deployment(d) => vec![d.to_string()],
+                Target::Named { owner, name } => match self.named(owner, name, fresh).await {
+                    Ok(ids) => ids,
+                    Err(a) => return a,
+                },
             };
             for id in &ids {
                 let regs = self.replicas(id, fresh).await;
@@ -170,41 +184,10 @@ impl Proxy {
             }
         }
         match last_err {
-            Some(e) => error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {name} answered ({e})")),
+            Some(e) => error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {label} answered ({e})")),
             None => error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("deployment {name} has no live replica; see `aic deploy list` and `aic deploy logs {name}`"),
-            ),
-        }
-    }
-
-    /// Forwards one request to a live replica of `deployment`; when none of the cached ones
-    /// answers, reads its registrations again once.
-    pub async fn forward(
-        &self,
-        deployment: &str,
-        method: &Method,
-        rest: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Answer {
-        let mut last_err = None;
-        for fresh in [false, true] {
-            let regs = self.replicas(deployment, fresh).await;
-            if regs.is_empty() {
-                continue;
-            }
-            match self.attempt(deployment, &regs, method, rest, query, headers, &body).await {
-                Ok(a) => return a,
-                Err(e) => last_err = Some(e),
-            }
-        }
-        match last_err {
-            Some(e) => error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {deployment} answered ({e})")),
-            None => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("deployment {deployment} has no live replica; see `aic deploy list` and `aic deploy logs`"),
+                format!("deployment {label} has no live replica; see `aic deploy list` and {logs}"),
             ),
         }
     }
