@@ -151,7 +151,9 @@ impl Hosted {
         };
         let serve_addr = format!("http://{}", listener.local_addr()?);
         std::fs::write(env.home.join("serve.addr"), &serve_addr)?;
-        let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(env.store.clone())));
+        let proxy = Some(Arc::new(
+            aic_functions::proxy::Proxy::new(env.store.clone()).with_scheduler(Arc::new(scheduler.clone())),
+        ));
         let host = aic_functions::host::Host { ctx: ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy };
         let proxy_task = tokio::spawn(aic_functions::host::serve(host, listener));
         Ok(Some(Hosted {

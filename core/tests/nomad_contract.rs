@@ -180,6 +180,22 @@ async fn handle(
             s.allocs.remove(&id);
             reply(200, json!({"EvalID": "eval-stop", "EvalCreateIndex": 20, "JobModifyIndex": 20}))
         }
+        ("GET", p) if p.starts_with("/v1/service/aic-serve-") => {
+            // Nomad-native service registrations of a serve job's replicas: node address, port.
+            let id = format!("aic-{}", p.trim_start_matches("/v1/service/aic-serve-"));
+            let regs: Vec<Value> = s
+                .allocs
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, n)| {
+                    let ip = format!("10.0.0.{}", NODES.iter().position(|x| x.1 == n).unwrap() + 1);
+                    json!({"ServiceName": p.trim_start_matches("/v1/service/"), "JobID": id, "Address": ip, "Port": 25000 + i, "Namespace": "aic"})
+                })
+                .collect();
+            reply(200, json!(regs))
+        }
         ("GET", "/v1/allocations") => {
             let mut out = vec![];
             for (job, nodes) in &s.allocs {
@@ -407,6 +423,30 @@ async fn a_lost_replica_of_a_deployment_is_left_to_nomads_reschedule() {
     assert_eq!(st.state, JobState::Running, "the deployment keeps running");
     let s = state.lock().unwrap();
     assert_eq!(s.jobs[&nomad_id(&job)]["Version"].as_u64(), Some(0), "not registered again");
+}
+
+#[tokio::test]
+async fn serving_endpoints_are_where_nomad_placed_the_deployments_service() {
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let (job, m) = manifest_of("serve", 2, 1);
+    n.submit(&job, &m).await.unwrap();
+    let eps = n.endpoints(job.job.as_str()).await.unwrap().unwrap();
+    assert_eq!(eps, [("10.0.0.1".to_string(), 25000), ("10.0.0.2".to_string(), 25001)]);
+    assert!(
+        state
+            .lock()
+            .unwrap()
+            .seen
+            .iter()
+            .any(|(m, p, _)| m == "GET" && *p == format!("/v1/service/aic-serve-{}", job.job))
+    );
+    // Another deployment has none; a made-up id asks Nomad nothing.
+    let (other, _) = manifest_of("serve", 1, 1);
+    assert_eq!(n.endpoints(other.job.as_str()).await.unwrap(), Some(vec![]));
+    let before = state.lock().unwrap().seen.len();
+    assert_eq!(n.endpoints("../../v1/acl/tokens").await.unwrap(), Some(vec![]));
+    assert_eq!(state.lock().unwrap().seen.len(), before);
 }
 
 #[tokio::test]

@@ -13,11 +13,12 @@
 //! moves to the new one as soon as it answers and never points at nothing in between.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aic_core::Store;
+use aic_core::scheduler::Scheduler;
 use aic_schemas::ServingRegistration;
 use bytes::Bytes;
 use chrono::Utc;
@@ -42,6 +43,9 @@ pub struct Proxy {
     http: reqwest::Client,
     cache: Mutex<HashMap<String, (Instant, Vec<ServingRegistration>)>>,
     names: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// Where the scheduler placed each deployment's replicas (the last answer it gave).
+    scheduler: Option<Arc<dyn Scheduler>>,
+    placed: Mutex<HashMap<String, Vec<(String, u16)>>>,
     benched: Mutex<HashMap<(String, u16), Instant>>,
     next: AtomicUsize,
 }
@@ -75,8 +79,34 @@ impl Proxy {
                 .expect("an HTTP client builds"),
             cache: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            scheduler: None,
+            placed: Mutex::new(HashMap::new()),
             benched: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Forwards only to addresses `scheduler` placed a deployment's replicas at: a
+    /// registration naming anything else (which a job's own code could write) is ignored.
+    pub fn with_scheduler(mut self, scheduler: Arc<dyn Scheduler>) -> Self {
+        self.scheduler = Some(scheduler);
+        self
+    }
+
+    /// Where the scheduler placed `deployment`'s replicas; `None` when there is no
+    /// scheduler or it cannot tell. On a failed call, the last answer (or nothing).
+    async fn placed(&self, deployment: &str) -> Option<Vec<(String, u16)>> {
+        let s = self.scheduler.as_ref()?;
+        match s.endpoints(deployment).await {
+            Ok(Some(eps)) => {
+                self.placed.lock().unwrap().insert(deployment.to_string(), eps.clone());
+                Some(eps)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(deployment, error = %e, "cannot ask the scheduler where replicas run; using its last answer");
+                Some(self.placed.lock().unwrap().get(deployment).cloned().unwrap_or_default())
+            }
         }
     }
 
@@ -100,6 +130,20 @@ impl Proxy {
                 // Its worker is gone without deregistering (killed, or its miner lost).
                 let _ = self.store.delete(&key).await;
             }
+        }
+        if !live.is_empty()
+            && let Some(placed) = self.placed(deployment).await
+        {
+            live.retain(|r| {
+                let ok = placed.iter().any(|(h, p)| *h == r.host && *p == r.port);
+                if !ok {
+                    tracing::warn!(
+                        deployment, replica = r.alloc, host = %r.host, port = r.port,
+                        "a registration names an address the scheduler did not place this deployment at; ignored"
+                    );
+                }
+                ok
+            });
         }
         live.sort_by_key(|r| r.alloc);
         self.cache.lock().unwrap().insert(deployment.to_string(), (Instant::now(), live.clone()));

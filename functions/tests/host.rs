@@ -334,3 +334,30 @@ async fn a_named_route_reaches_the_newest_live_deployment_of_that_owner_only() {
     assert_eq!(code, 404);
     assert!(body.contains("is not a deployment name"), "{body}");
 }
+
+/// A registration is only a claim (a job's own code can write one): the serving gateway
+/// forwards only to where the scheduler placed the deployment's replicas, so a deployment
+/// cannot point the gateway at another service on the pool's network.
+#[tokio::test]
+async fn the_serving_gateway_forwards_only_to_where_the_scheduler_placed_replicas() {
+    let p = pool(1, "exit 0");
+    let deployment = aic_schemas::JobId::generate();
+    // "Another service": something listening that no replica of the deployment is.
+    register(&p, &deployment, answering("internal service").await).await;
+    let serve = |proxy: aic_functions::proxy::Proxy| async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let host =
+            Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy: Some(Arc::new(proxy)) };
+        tokio::spawn(aic_functions::host::serve(host, listener));
+        let r = reqwest::get(format!("{url}/d/{deployment}/")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // Without the scheduler's word, the claim is taken (what the check is for).
+    assert_eq!(serve(aic_functions::proxy::Proxy::new(p.store.clone())).await, (200, "internal service".into()));
+    // With it: the scheduler placed no replica there, so nothing is forwarded.
+    let checked = aic_functions::proxy::Proxy::new(p.store.clone()).with_scheduler(p.ctx.scheduler.clone());
+    let (code, body) = serve(checked).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("has no live replica"), "{body}");
+}

@@ -61,6 +61,8 @@ struct Alloc {
     miner: usize,
     slots: Vec<usize>,
     pid: i32,
+    /// The port it was given on its miner's address (where a replica serves).
+    port: u16,
 }
 
 struct Running {
@@ -217,12 +219,12 @@ impl LocalScheduler {
             let miner_name = st.miners[miner].name.clone();
             let spawned = self.spawn(st, job, manifest, index as u32, count, attempt, miner, &slots);
             match spawned {
-                Ok(child) => {
+                Ok((child, port)) => {
                     for s in &slots {
                         st.miners[miner].free[*s] = false;
                     }
                     let pid = child.id().unwrap_or_default() as i32;
-                    allocs.push(Alloc { miner, slots, pid });
+                    allocs.push(Alloc { miner, slots, pid, port });
                     names.push(miner_name);
                     self.reap(job.clone(), index as u32, child);
                 }
@@ -259,7 +261,7 @@ impl LocalScheduler {
         attempt: u32,
         miner: usize,
         slots: &[usize],
-    ) -> std::io::Result<tokio::process::Child> {
+    ) -> std::io::Result<(tokio::process::Child, u16)> {
         let cfg = &self.inner.cfg;
         let miner_name = &st.miners[miner].name;
         let host = st.miners[miner].host;
@@ -306,7 +308,7 @@ impl LocalScheduler {
             .stdout(log.try_clone()?)
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        tokio::process::Command::from(cmd).kill_on_drop(false).spawn()
+        Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port))
     }
 
     /// A serve job's replica whose worker was lost is started again on its own (the other
@@ -342,14 +344,14 @@ impl LocalScheduler {
                             .collect();
                         let m = r.manifest.clone();
                         match self.spawn(&st, job, &m, index, count, attempt, miner, &slots) {
-                            Ok(child) => {
+                            Ok((child, port)) => {
                                 for s in &slots {
                                     st.miners[miner].free[*s] = false;
                                 }
                                 let pid = child.id().unwrap_or_default() as i32;
                                 let name = st.miners[miner].name.clone();
                                 let r = st.running.get_mut(job).expect("still running");
-                                r.allocs[index as usize] = Alloc { miner, slots, pid };
+                                r.allocs[index as usize] = Alloc { miner, slots, pid, port };
                                 r.replaced += 1;
                                 Ok(Some((child, name)))
                             }
@@ -575,6 +577,18 @@ impl Scheduler for LocalScheduler {
             });
         }
         Ok(())
+    }
+
+    async fn endpoints(&self, deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
+        let st = self.inner.state.lock().unwrap();
+        let out = st
+            .running
+            .iter()
+            .filter(|(job, r)| job.job.as_str() == deployment && !r.cancelled)
+            .flat_map(|(_, r)| r.allocs.iter().filter(|a| !a.slots.is_empty()))
+            .map(|a| (st.miners[a.miner].host.to_string(), a.port))
+            .collect();
+        Ok(Some(out))
     }
 
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {

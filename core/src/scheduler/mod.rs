@@ -60,6 +60,14 @@ pub trait Scheduler: Send + Sync {
 
     /// Gateways with their miners and free GPUs.
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError>;
+
+    /// Where the serve job `deployment`'s live allocations were placed to serve: (host,
+    /// port) as the scheduler assigned them. The serving gateway forwards only to these, so
+    /// a registration naming any other address (another service on the network) is
+    /// ignored. `None`: this backend cannot tell.
+    async fn endpoints(&self, _deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
+        Ok(None)
+    }
 }
 
 fn plural(n: u32, what: &str) -> String {

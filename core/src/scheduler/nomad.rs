@@ -659,6 +659,29 @@ impl Scheduler for NomadScheduler {
         Ok(())
     }
 
+    /// The addresses of the deployment's Nomad service (`aic-serve-<job>`): what Nomad
+    /// placed, not what a registration in the bucket claims.
+    async fn endpoints(&self, deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
+        if deployment.parse::<aic_schemas::JobId>().is_err() {
+            return Ok(Some(Vec::new()));
+        }
+        let regs = self
+            .call(reqwest::Method::GET, &format!("service/aic-serve-{deployment}"), &[], None)
+            .await?
+            .unwrap_or(json!([]));
+        let out = regs
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| {
+                        Some((r["Address"].as_str()?.to_string(), u16::try_from(r["Port"].as_u64()?).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(out))
+    }
+
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
         let nodes = self.gpu_nodes().await?;
         // GPUs in use: the devices of allocations that hold them now.

@@ -64,7 +64,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--poll-ms needs the gateway (set AIC_GATEWAY_SECRET): the poller reads the gateway's inbox");
     }
     let webhook_token = std::env::var("AIC_WEBHOOK_TOKEN").ok().filter(|t| !t.is_empty());
-    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(built.ctx.store.clone())));
+    let proxy = Some(Arc::new(
+        aic_functions::proxy::Proxy::new(built.ctx.store.clone()).with_scheduler(built.ctx.scheduler.clone()),
+    ));
     let host =
         Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, webhook_token, proxy };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
