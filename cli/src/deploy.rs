@@ -350,9 +350,12 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
             .map(|r| r.state.to_string())
             .unwrap_or("submitted".into());
         let live = replicas(env, &job).await?.iter().filter(|r| r.is_live(now)).count();
+        // Named: the name's stable address; the version's own is under "version_address".
+        let own = base.as_ref().map(|b| address(b, &job));
+        let named = base.as_ref().zip(req.name.as_deref()).map(|(b, n)| named_address(b, &job, n));
         rows.push(serde_json::json!({
             "deployment": job.job, "name": req.name, "state": state, "replicas": req.miners, "live": live,
-            "address": base.as_ref().map(|b| address(b, &job)),
+            "address": named.clone().or(own.clone()), "version_address": own,
         }));
     }
     if json {

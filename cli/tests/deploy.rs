@@ -190,6 +190,8 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
 
     let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
     assert_eq!((list[0]["name"].as_str(), list[0]["state"].as_str()), (Some("digits"), Some("running")));
+    assert_eq!(list[0]["address"].as_str(), Some(api.as_str()), "the list shows the name's address");
+    assert!(list[0]["version_address"].as_str().unwrap().ends_with(&format!("/d/{job}/")));
     // The uWSGI log, with the restart in it (log chunks ship within about a second).
     let deadline = Instant::now() + Duration::from_secs(15);
     let logs = loop {
