@@ -88,6 +88,7 @@ pub async fn whoami(env: &Env) -> anyhow::Result<()> {
 }
 
 pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64) -> anyhow::Result<()> {
+    aic_schemas::validate::check_size(miners, gpus, hours).map_err(|e| anyhow!(e))?;
     let price = match env.chain() {
         Ok(c) => c.price(),
         Err(_) => crate::pool::DEV_PRICE,

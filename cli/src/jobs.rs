@@ -439,6 +439,9 @@ pub async fn cancel(env: &Env, s: &str) -> anyhow::Result<()> {
         Advanced::Applied(_) => eprintln!("job {} cancelled; its allocations are stopping", job.job),
         Advanced::Already(_) => eprintln!("job {} was already cancelled", job.job),
         Advanced::Refused(Some(r)) => bail!("job {} already {}; nothing to cancel", job.job, r.state),
+        Advanced::Refused(None) if env.store.head(&job.request()).await?.is_none() => {
+            bail!("no job {}; see `aic jobs`", job.job)
+        }
         Advanced::Refused(None) => bail!("job {} has not been picked up yet; try again in a moment", job.job),
     }
     Ok(())

@@ -499,3 +499,22 @@ fn a_failing_rank_fails_the_mpi_job_with_that_ranks_log_tail() {
     let tail = last["detail"]["log_tail"].as_str().unwrap();
     assert!(tail.contains("[rank 1] rank 1 gives up: out of memory"), "{tail}");
 }
+
+#[test]
+fn quote_and_cancel_refuse_what_does_not_exist_with_the_reason() {
+    let h = Home::new();
+    let out = h.aic(&["quote", "--miners", "2", "--gpus", "3", "--hours", "2"]);
+    assert!(text(&out).0.contains("2 miners × 3 GPUs × 2 h × 1 AIC per GPU-hour = 12 AIC"), "{}", text(&out).0);
+    for (args, why) in [
+        (["quote", "--hours", "0"], "--hours: must be more than 0 and at most 168 (got 0)"),
+        (["quote", "--miners", "65"], "--miners: must be between 1 and 64 (got 65)"),
+        (["quote", "--gpus", "9"], "--gpus: must be between 1 and 8 (got 9)"),
+    ] {
+        let out = h.aic(&args);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out).1.contains(why), "{}", text(&out).1);
+    }
+    let out = h.aic(&["cancel", "01m89rksxq1qpkk5d08ccnbg6j"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("no job 01m89rksxq1qpkk5d08ccnbg6j; see `aic jobs`"), "{}", text(&out).1);
+}

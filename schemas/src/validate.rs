@@ -100,6 +100,18 @@ pub fn path_problem(value: &str) -> Option<&'static str> {
     None
 }
 
+/// The size of a job as `aic quote` and the flags take it: `Err` names the first bad flag.
+pub fn check_size(miners: u32, gpus: u32, hours: f64) -> Result<(), String> {
+    let mut errs = Vec::new();
+    range_u32("--miners", "miners", miners, 1, MAX_MINERS, &mut errs);
+    range_u32("--gpus", "GPUs per miner", gpus, 1, MAX_GPUS, &mut errs);
+    self::hours("--hours", hours, &mut errs);
+    match errs.first() {
+        Some(e) => Err(e.to_string()),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn range_u32(field: &str, what: &str, v: u32, lo: u32, hi: u32, errs: &mut Vec<FieldError>) {
     if v < lo || v > hi {
         let _ = what;
