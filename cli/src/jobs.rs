@@ -198,6 +198,13 @@ pub async fn pay_sign_submit(
     if detach && env.gateway.is_none() && !aic_chain::devchain::is_up(&chain.rpc_url).await {
         bail!("nothing hosts the pool: start `aic dev up` in another terminal, or run without --detach");
     }
+    // A job that names a dataset it does not have is refused before anything is paid.
+    if let Some(data) = &req.data {
+        let prefix = format!("{}/", aic_core::layout::data_key(&req.owner, data).trim_end_matches('/'));
+        if env.store.list(&prefix).await?.is_empty() {
+            bail!("no dataset {data}: upload it with `aic data put PATH {data}` (see `aic data ls`); nothing was paid");
+        }
+    }
     // A job the pool could never place is refused before anything is paid or uploaded.
     match pool::gateways(env, host).await {
         Ok(gws) => aic_core::scheduler::can_fit(&gws, req.miners, req.gpus_per_miner)

@@ -65,7 +65,7 @@ fn a_failing_script_fails_with_its_exit_code_and_log_tail() {
 }
 
 #[test]
-fn a_job_too_big_for_the_pool_says_why() {
+fn a_job_the_pool_cannot_run_is_refused_before_anything_is_paid() {
     let h = Home::new();
     let script = h.write("ok.sh", "echo hi\n");
     for (flags, need) in [
@@ -82,6 +82,13 @@ fn a_job_too_big_for_the_pool_says_why() {
         assert!(stderr.contains("nothing was paid") && !stderr.contains("quote:"), "{stderr}");
         assert!(h.store_keys().is_empty(), "{:?}", h.store_keys());
     }
+    // The same for a dataset that is not there.
+    let out = h.aic(&["run", script.to_str().unwrap(), "--data", "nosuch"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("no dataset nosuch: upload it with `aic data put PATH nosuch`"), "{stderr}");
+    assert!(stderr.contains("nothing was paid") && !stderr.contains("quote:"), "{stderr}");
+    assert!(h.store_keys().is_empty(), "{:?}", h.store_keys());
 }
 
 #[test]
