@@ -26,6 +26,9 @@ pub struct WorkerGrant {
     /// The dataset the job reads (`users/<owner>/data/<data>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// How many allocations share the token (the gateway's rate limit scales with it).
+    #[serde(default)]
+    pub allocs: u32,
     /// Unix seconds after which the token is refused.
     pub exp: i64,
 }
@@ -38,6 +41,7 @@ impl WorkerGrant {
             owner: job.owner,
             job: job.job.clone(),
             data: m.request.data.clone(),
+            allocs: m.request.miners,
             exp: (now + chrono::Duration::hours(hours)).timestamp(),
         }
     }
@@ -93,6 +97,7 @@ mod tests {
             owner: "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(),
             job: JobId::generate(),
             data: Some("digits.v2".into()),
+            allocs: 2,
             exp: Utc::now().timestamp() + 60,
         };
         let t = mint(b"0123456789abcdef", &g);

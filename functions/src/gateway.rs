@@ -151,10 +151,12 @@ pub enum Caller {
 }
 
 impl Caller {
-    fn rate_key(&self) -> String {
+    /// The token bucket it draws from, and how many callers' worth of rate it gets: a job's
+    /// allocations share one bucket sized for all of them.
+    fn rate_key(&self) -> (String, f64) {
         match self {
-            Caller::User(a) => a.to_string(),
-            Caller::Worker(g) => format!("job:{}", g.job),
+            Caller::User(a) => (a.to_string(), 1.0),
+            Caller::Worker(g) => (format!("job:{}", g.job), g.allocs.clamp(1, 1024) as f64),
         }
     }
 }
@@ -239,22 +241,9 @@ impl Gateway {
         Ok(())
     }
 
-    /// Token bucket per caller; `Err` carries the seconds to wait.
-    fn admit(&self, who: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let mut b = self.buckets.lock().unwrap();
-        if b.len() > 100_000 {
-            b.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
-        }
-        let (tokens, last) = b.entry(who.to_string()).or_insert((self.cfg.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.cfg.rate).min(self.cfg.burst);
-        *last = now;
-        if *tokens < 1.0 {
-            let wait = ((1.0 - *tokens) / self.cfg.rate).ceil().max(1.0);
-            return Err(err(StatusCode::TOO_MANY_REQUESTS, format!("too many requests; retry in {wait} s")));
-        }
-        *tokens -= 1.0;
-        Ok(())
+    /// Token bucket per caller (`scale` callers' worth); `Err` carries the seconds to wait.
+    fn admit(&self, who: &str, scale: f64) -> Result<(), ApiError> {
+        take_token(&self.buckets, self.cfg.rate * scale, self.cfg.burst * scale, who, Instant::now())
     }
 
     /// Checks a request before its body is read: `Content-Length` over the limit is refused here.
@@ -300,7 +289,7 @@ impl Gateway {
         // Unauthenticated routes are limited per address of the caller.
         match (method, path) {
             (&Method::GET, "/v1/info") => {
-                self.admit(&peer.to_string())?;
+                self.admit(&peer.to_string(), 1.0)?;
                 return Ok(json!({
                     "bucket": self.ctx.store.bucket(), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id,
                     "chain": self.cfg.chain_info, "max_put": MAX_PUT, "max_body": MAX_BODY,
@@ -308,11 +297,11 @@ impl Gateway {
                 }));
             }
             (&Method::GET, "/v1/nonce") => {
-                self.admit(&peer.to_string())?;
+                self.admit(&peer.to_string(), 1.0)?;
                 return Ok(json!({"nonce": self.nonce(now), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id}));
             }
             (&Method::POST, "/v1/session") => {
-                self.admit(&peer.to_string())?;
+                self.admit(&peer.to_string(), 1.0)?;
                 return self.session(&body, now);
             }
             _ => {}
@@ -329,7 +318,8 @@ impl Gateway {
         } else {
             Caller::User(self.check_token(token, now)?)
         };
-        self.admit(&caller.rate_key())?;
+        let (key, scale) = caller.rate_key();
+        self.admit(&key, scale)?;
         let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
         match (method, segs.as_slice()) {
             (&Method::POST, ["sign"]) => return self.sign(&caller, &body).await,
@@ -630,6 +620,30 @@ impl Gateway {
     }
 }
 
+/// Takes one token from `who`'s bucket (`rate` per second, at most `burst`); `Err` says how
+/// long to wait.
+fn take_token(
+    buckets: &Mutex<HashMap<String, (f64, Instant)>>,
+    rate: f64,
+    burst: f64,
+    who: &str,
+    now: Instant,
+) -> Result<(), ApiError> {
+    let mut b = buckets.lock().unwrap();
+    if b.len() > 100_000 {
+        b.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+    }
+    let (tokens, last) = b.entry(who.to_string()).or_insert((burst, now));
+    *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(burst);
+    *last = now;
+    if *tokens < 1.0 {
+        let wait = ((1.0 - *tokens) / rate).ceil().max(1.0);
+        return Err(err(StatusCode::TOO_MANY_REQUESTS, format!("too many requests; retry in {wait} s")));
+    }
+    *tokens -= 1.0;
+    Ok(())
+}
+
 /// What `who` may do with `key`.
 fn access(who: &Caller, key: &str) -> Result<Access, ApiError> {
     match who {
@@ -730,9 +744,37 @@ mod tests {
     }
 
     #[test]
+    fn a_jobs_allocations_share_a_bucket_sized_for_all_of_them() {
+        let buckets = Mutex::new(HashMap::new());
+        let now = Instant::now();
+        let job = WorkerGrant { owner: A.parse().unwrap(), job: JobId::generate(), data: None, allocs: 8, exp: 0 };
+        let (key, scale) = Caller::Worker(job).rate_key();
+        assert_eq!(scale, 8.0);
+        // rate 1/s, burst 2 per caller: the job's 8 allocations get 16 at once, not 2.
+        for i in 0..16 {
+            assert!(take_token(&buckets, scale, 2.0 * scale, &key, now).is_ok(), "call {i}");
+        }
+        let e = take_token(&buckets, scale, 2.0 * scale, &key, now).unwrap_err();
+        assert_eq!(e.0, StatusCode::TOO_MANY_REQUESTS);
+        // A user is one caller.
+        let (user, one) = Caller::User(A.parse().unwrap()).rate_key();
+        assert!(
+            take_token(&buckets, one, 2.0, &user, now).is_ok() && take_token(&buckets, one, 2.0, &user, now).is_ok()
+        );
+        assert!(take_token(&buckets, one, 2.0, &user, now).is_err());
+        assert!(take_token(&buckets, one, 2.0, &user, now + Duration::from_secs(1)).is_ok(), "refilled after 1 s");
+    }
+
+    #[test]
     fn a_jobs_workers_reach_that_job_its_dataset_and_its_serving_records_only() {
         let job = JobId::generate();
-        let g = WorkerGrant { owner: A.parse().unwrap(), job: job.clone(), data: Some("digits".into()), exp: i64::MAX };
+        let g = WorkerGrant {
+            owner: A.parse().unwrap(),
+            job: job.clone(),
+            data: Some("digits".into()),
+            allocs: 1,
+            exp: i64::MAX,
+        };
         let w = Caller::Worker(g.clone());
         let j = format!("users/{A}/jobs/{job}/");
         let read = [
