@@ -16,6 +16,70 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Lines kept for a failed status's log tail.
 pub const TAIL_LINES: usize = 20;
+/// For output tagged by rank (`[rank N] …`): lines kept per rank, and ranks shown.
+pub const RANK_TAIL_LINES: usize = 16;
+pub const TAIL_RANKS: usize = 4;
+
+/// The last lines of a program's output, for a failed status. Output tagged by rank keeps
+/// each rank's own last lines, so the rank that failed is not crowded out by the others'
+/// reactions to it (an MPI rank's connection errors once its peer is gone).
+#[derive(Default)]
+pub struct Tail {
+    all: VecDeque<String>,
+    ranks: std::collections::BTreeMap<u32, VecDeque<String>>,
+    plain: VecDeque<String>,
+}
+
+fn keep(q: &mut VecDeque<String>, line: &str, n: usize) {
+    if q.len() == n {
+        q.pop_front();
+    }
+    q.push_back(line.to_string());
+}
+
+impl Tail {
+    pub fn push(&mut self, line: &str) {
+        keep(&mut self.all, line, TAIL_LINES);
+        let rank = line.strip_prefix("[rank ").and_then(|r| r.split_once(']')).and_then(|(n, _)| n.parse().ok());
+        match rank {
+            Some(r) => keep(self.ranks.entry(r).or_default(), line, RANK_TAIL_LINES),
+            None => keep(&mut self.plain, line, TAIL_LINES / 2),
+        }
+    }
+
+    /// Untagged output: its last lines. Tagged: the last lines of the ranks the launcher
+    /// blamed (`process rank N`), then of the others in order (at most [`TAIL_RANKS`]),
+    /// then the launcher's own last lines.
+    pub fn lines(self) -> Vec<String> {
+        if self.ranks.is_empty() {
+            return self.all.into_iter().collect();
+        }
+        let mut order: Vec<u32> = Vec::new();
+        for l in &self.plain {
+            let mut rest = l.as_str();
+            while let Some(i) = rest.find("process rank ") {
+                rest = &rest[i + "process rank ".len()..];
+                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if let Ok(r) = digits.parse::<u32>()
+                    && self.ranks.contains_key(&r)
+                    && !order.contains(&r)
+                {
+                    order.push(r);
+                }
+            }
+        }
+        for r in self.ranks.keys() {
+            if !order.contains(r) {
+                order.push(*r);
+            }
+        }
+        let mut ranks = self.ranks;
+        let mut out: Vec<String> =
+            order.iter().take(TAIL_RANKS).flat_map(|r| ranks.remove(r).unwrap_or_default()).collect();
+        out.extend(self.plain);
+        out
+    }
+}
 
 pub struct Shipper {
     store: Store,
@@ -23,12 +87,12 @@ pub struct Shipper {
     alloc: u32,
     next: u64,
     buf: String,
-    tail: VecDeque<String>,
+    tail: Tail,
 }
 
 impl Shipper {
     pub fn new(store: Store, job: JobKey, alloc: u32) -> Self {
-        Shipper { store, job, alloc, next: 0, buf: String::new(), tail: VecDeque::new() }
+        Shipper { store, job, alloc, next: 0, buf: String::new(), tail: Tail::default() }
     }
 
     /// Ships lines from `rx` until it closes; returns the last lines for the log tail.
@@ -57,16 +121,13 @@ impl Shipper {
             }
         }
         self.flush().await;
-        self.tail.into_iter().collect()
+        self.tail.lines()
     }
 
     fn push(&mut self, line: String) {
         self.buf.push_str(&line);
         self.buf.push('\n');
-        if self.tail.len() == TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
+        self.tail.push(&line);
     }
 
     async fn flush(&mut self) {
@@ -92,5 +153,36 @@ impl Shipper {
             }
         }
         tracing::error!(bytes = body.len(), "a log chunk could not be stored and is lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_ranks_lines_survive_the_others_noise() {
+        let mut t = Tail::default();
+        t.push("[rank 1] rank 1 up");
+        t.push("[rank 1] rank 1 gives up: out of memory");
+        for i in 0..30 {
+            t.push(&format!("[rank 0] Open MPI failed to TCP connect to a peer ({i})"));
+        }
+        t.push("prterun has exited due to process rank 1 with PID 5555 on node vm calling");
+        let lines = t.lines();
+        assert_eq!(lines[..2], ["[rank 1] rank 1 up", "[rank 1] rank 1 gives up: out of memory"], "{lines:?}");
+        assert_eq!(lines.iter().filter(|l| l.starts_with("[rank 0]")).count(), RANK_TAIL_LINES);
+        assert!(lines.last().unwrap().starts_with("prterun has exited"));
+    }
+
+    #[test]
+    fn untagged_output_keeps_its_last_lines() {
+        let mut t = Tail::default();
+        for i in 0..50 {
+            t.push(&format!("line {i}"));
+        }
+        let lines = t.lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines.last().unwrap(), "line 49");
     }
 }

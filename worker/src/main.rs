@@ -553,7 +553,8 @@ async fn pump(src: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, tx: mps
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                let raw = String::from_utf8_lossy(&buf);
+                // Open MPI's tagged output can carry NUL bytes; they are not text.
+                let raw = String::from_utf8_lossy(&buf).replace('\0', "");
                 let raw = raw.trim_end_matches(['\n', '\r']);
                 let line = match launcher::mpi::untag(raw) {
                     (Some(r), text) if tagged && text.starts_with("AIC_PROGRESS ") => {
