@@ -378,3 +378,26 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployments_default_name_is_its_folders_made_a_name() {
+        let d = tempfile::tempdir().unwrap();
+        for (folder, want) in [
+            ("My_Model", Some("my-model")),
+            ("digits-api", Some("digits-api")),
+            ("  __x__  ", Some("x")),
+            ("___", None),
+        ] {
+            let p = d.path().join(folder);
+            std::fs::create_dir_all(&p).unwrap();
+            assert_eq!(default_name(&p).as_deref(), want, "{folder:?}");
+        }
+        let long = d.path().join("a".repeat(80));
+        std::fs::create_dir_all(&long).unwrap();
+        assert_eq!(default_name(&long).unwrap().len(), 63);
+    }
+}
