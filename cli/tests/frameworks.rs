@@ -13,12 +13,12 @@
 //!   cargo test -p aic-cli --test frameworks -- --nocapture
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+mod common;
+
+use common::*;
 
 /// Trains the digits model with `entrypoint` under `launcher` on two miners, with the
 /// environment `var` names; checks both ranks end with the same parameters and it converged.
@@ -28,27 +28,12 @@ fn two_miners(var: &str, tool: &str, entrypoint: &str, launcher: &str) {
         return;
     };
     assert!(torch_bin.join(tool).exists(), "{} has no {tool}", torch_bin.display());
-    let home = tempfile::tempdir().unwrap();
+    let home = Home::new();
     let path = format!("{}:{}", torch_bin.display(), std::env::var("PATH").unwrap_or_default());
     let aic = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_aic"))
-            .args(args)
-            .current_dir(home.path())
-            .env("AIC_HOME", home.path().join("aic"))
-            .env("PATH", &path)
-            .env("AIC_POOL_MINERS", "2")
-            .env_remove("AIC_STORE")
-            .env_remove("AIC_GATEWAY")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ aic {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        let mut cmd = home.cmd(args);
+        cmd.env("PATH", &path);
+        shown(args, cmd)
     };
     let data = home.path().join("data");
     assert!(

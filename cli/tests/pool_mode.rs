@@ -7,8 +7,12 @@
 //! (`AIC_ANVIL`), python3 with numpy and scikit-learn, and the binaries built.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+
+mod common;
+
+use common::{repo, text};
 
 fn bins() -> PathBuf {
     let aic = PathBuf::from(env!("CARGO_BIN_EXE_aic"));
@@ -19,10 +23,6 @@ fn bins() -> PathBuf {
         );
     }
     aic.parent().unwrap().to_path_buf()
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn endpoint() -> String {
@@ -133,8 +133,8 @@ fn pool(events: Events) -> Pool {
 
 impl Pool {
     fn aic(&self, home: &str, args: &[&str]) -> Output {
-        let out = Command::new(bins().join("aic"))
-            .args(args)
+        let mut cmd = Command::new(bins().join("aic"));
+        cmd.args(args)
             .current_dir(self.dir.path())
             .env("AIC_HOME", self.dir.path().join(home))
             .env("AIC_GATEWAY", &self.url)
@@ -142,25 +142,13 @@ impl Pool {
             .env_remove("AIC_S3_ENDPOINT")
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ aic {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+            .stdin(Stdio::null());
+        common::shown(args, cmd)
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("functions.log")).unwrap_or_default()
     }
-}
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 /// login → data put → run (pay, upload, submit, watch) → results get → logs → jobs.

@@ -19,6 +19,18 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// Runs an `aic` command made with `args`, printing it and what it said (shown on failure).
+pub fn shown(args: &[&str], mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "$ aic {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub struct Home {
     pub dir: tempfile::TempDir,
 }
@@ -47,14 +59,7 @@ impl Home {
     }
 
     pub fn aic(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ aic {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        shown(args, self.cmd(args))
     }
 
     pub fn write(&self, rel: &str, body: &str) -> PathBuf {
