@@ -7,6 +7,7 @@ already there (a restarted allocation), training resumes from it.
 usage: python3 train.py [--epochs N] [--hidden H] [--lr LR] [--seed S]
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -84,6 +85,22 @@ def arguments(batch=32, batch_help="minibatch size"):
     return ap.parse_args()
 
 
+KEYS = ("w1", "b1", "w2", "b2")
+
+
+def checkpoint(ckpt):
+    """(parameters, last finished epoch) from the checkpoint, or None when there is none."""
+    if not os.path.exists(ckpt):
+        return None
+    saved = np.load(ckpt)
+    return {k: saved[k] for k in KEYS}, int(saved["epoch"])
+
+
+def digest(params):
+    """A short hash of the parameters: the same on every rank of a data-parallel run."""
+    return hashlib.sha256(b"".join(params[k].tobytes() for k in sorted(params))).hexdigest()[:16]
+
+
 def folders():
     """($AIC_DATA_DIR, $AIC_OUTPUT_DIR created, the checkpoint path)."""
     data_dir = os.environ.get("AIC_DATA_DIR", "data")
@@ -117,10 +134,9 @@ def main():
     x, y = load(data_dir)
     xtr, ytr, xte, yte = split(x, y, args.seed)
     params, start = init(args.hidden, args.seed), 0
-    if os.path.exists(ckpt):
-        saved = np.load(ckpt)
-        params = {k: saved[k] for k in ("w1", "b1", "w2", "b2")}
-        start = int(saved["epoch"])
+    state = checkpoint(ckpt)
+    if state is not None:
+        params, start = state
         print(f"resuming from checkpoint at epoch {start}")
     print(f"training on {len(ytr)} images, testing on {len(yte)}; epochs {start + 1}..{args.epochs}")
 

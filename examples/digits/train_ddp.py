@@ -7,8 +7,6 @@ restarted job resumes from it (DDP copies rank 0's parameters to every rank at s
 Run by aic's `torchrun` launcher (c10d rendezvous at the leading allocation):
     aic run examples/digits --entrypoint train_ddp.py --launcher torchrun --miners 2 --data digits -- --epochs 20
 """
-import hashlib
-import os
 import time
 
 import numpy as np
@@ -16,9 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from train import arguments, end_of_epoch, finish, folders, init, load, split
-
-KEYS = ("w1", "b1", "w2", "b2")
+from train import KEYS, arguments, checkpoint, digest, end_of_epoch, finish, folders, init, load, split
 
 
 class MLP(torch.nn.Module):
@@ -45,9 +41,9 @@ def main():
     x, y = load(data_dir)
     xtr, ytr, xte, yte = split(x, y, args.seed)
     params, start = init(args.hidden, args.seed), 0
-    if rank == 0 and os.path.exists(ckpt):
-        saved = np.load(ckpt)
-        params, start = {k: saved[k] for k in KEYS}, int(saved["epoch"])
+    state = checkpoint(ckpt) if rank == 0 else None
+    if state is not None:
+        params, start = state
         print(f"resuming from checkpoint at epoch {start}")
     box = [start]
     dist.broadcast_object_list(box, src=0)
@@ -74,8 +70,7 @@ def main():
             end_of_epoch(model.module.numpy(), epoch, args.epochs, losses, xte, yte, ckpt)
         time.sleep(args.sleep)
     final = model.module.numpy()
-    digest = hashlib.sha256(b"".join(final[k].tobytes() for k in sorted(final))).hexdigest()[:16]
-    print(f"rank {rank} params {digest}", flush=True)
+    print(f"rank {rank} params {digest(final)}", flush=True)
     if rank == 0:
         finish(final, xte, yte, out_dir, ckpt, epochs=args.epochs, ranks=size, seconds=time.time() - t0)
     dist.destroy_process_group()

@@ -7,16 +7,14 @@ in train.py's format and a restarted job resumes from it.
 
 Horovod 0.28.1 must be built against torch on the miners (see examples/install_horovod.sh).
 """
-import hashlib
-import os
 import time
 
 import horovod.torch as hvd
 import numpy as np
 import torch
 
-from train import arguments, end_of_epoch, finish, folders, init, load, split
-from train_ddp import KEYS, MLP
+from train import arguments, checkpoint, digest, end_of_epoch, finish, folders, init, load, split
+from train_ddp import MLP
 
 
 def main():
@@ -29,9 +27,9 @@ def main():
     x, y = load(data_dir)
     xtr, ytr, xte, yte = split(x, y, args.seed)
     params, start = init(args.hidden, args.seed), 0
-    if rank == 0 and os.path.exists(ckpt):
-        saved = np.load(ckpt)
-        params, start = {k: saved[k] for k in KEYS}, int(saved["epoch"])
+    state = checkpoint(ckpt) if rank == 0 else None
+    if state is not None:
+        params, start = state
         print(f"resuming from checkpoint at epoch {start}")
     start = hvd.broadcast_object(start, root_rank=0)
     model = MLP(params)
@@ -57,8 +55,7 @@ def main():
             end_of_epoch(model.numpy(), epoch, args.epochs, losses, xte, yte, ckpt)
         time.sleep(args.sleep)
     final = model.numpy()
-    digest = hashlib.sha256(b"".join(final[k].tobytes() for k in sorted(final))).hexdigest()[:16]
-    print(f"rank {rank} params {digest}", flush=True)
+    print(f"rank {rank} params {digest(final)}", flush=True)
     if rank == 0:
         finish(final, xte, yte, out_dir, ckpt, epochs=args.epochs, ranks=size, seconds=time.time() - t0)
 

@@ -5,14 +5,12 @@ all ranks take the same step. Rank 0 writes the checkpoint; a restarted job resu
 Run by aic's `mpi` launcher (one rank per GPU slot of every miner):
     aic run examples/digits/train_mpi.py --launcher mpi --miners 2 --data digits -- --epochs 30
 """
-import hashlib
-import os
 import time
 
 import numpy as np
 from mpi4py import MPI
 
-from train import arguments, end_of_epoch, finish, folders, gradients, init, load, split
+from train import arguments, checkpoint, digest, end_of_epoch, finish, folders, gradients, init, load, split
 
 
 def main():
@@ -25,11 +23,7 @@ def main():
     xtr, ytr, xte, yte = split(x, y, args.seed)
     params, start = init(args.hidden, args.seed), 0
     # Rank 0's checkpoint (if any) is the truth; everyone starts from it.
-    state = None
-    if rank == 0 and os.path.exists(ckpt):
-        saved = np.load(ckpt)
-        state = ({k: saved[k] for k in ("w1", "b1", "w2", "b2")}, int(saved["epoch"]))
-    state = comm.bcast(state, root=0)
+    state = comm.bcast(checkpoint(ckpt) if rank == 0 else None, root=0)
     if state is not None:
         params, start = state
         if rank == 0:
@@ -61,8 +55,7 @@ def main():
         if rank == 0:
             end_of_epoch(params, epoch, args.epochs, losses, xte, yte, ckpt)
         time.sleep(args.sleep)
-    digest = hashlib.sha256(b"".join(params[k].tobytes() for k in sorted(params))).hexdigest()[:16]
-    print(f"rank {rank} params {digest}", flush=True)
+    print(f"rank {rank} params {digest(params)}", flush=True)
     if rank == 0:
         finish(params, xte, yte, out_dir, ckpt, epochs=args.epochs, ranks=size, seconds=time.time() - t0)
 
