@@ -77,38 +77,36 @@ fn answer(a: crate::proxy::Answer) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad answer"})))
 }
 
+/// A request body of at most `limit` bytes, or the 413 answer saying `over`.
+async fn read_body(body: Incoming, limit: usize, over: String) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(reply(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": over }))),
+    }
+}
+
 async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let routed = match (path.strip_prefix("/d/"), path.strip_prefix("/n/"), host.proxy.clone()) {
-        (Some(rest), _, Some(proxy)) => {
+    let route = host.proxy.clone().and_then(|proxy| {
+        if let Some(rest) = path.strip_prefix("/d/") {
             let (deployment, rest) = rest.split_once('/').unwrap_or((rest, ""));
-            Some((proxy, Ok::<_, (String, String)>(deployment.to_string()), rest.to_string()))
-        }
-        (_, Some(rest), Some(proxy)) => {
+            Some((proxy, Target::Deployment(deployment), rest))
+        } else if let Some(rest) = path.strip_prefix("/n/") {
             let (owner, rest) = rest.split_once('/').unwrap_or((rest, ""));
             let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
-            Some((proxy, Err((owner.to_string(), name.to_string())), rest.to_string()))
+            Some((proxy, Target::Named { owner, name }, rest))
+        } else {
+            None
         }
-        _ => None,
-    };
-    if let Some((proxy, target, rest)) = routed {
+    });
+    if let Some((proxy, target, rest)) = route {
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, crate::proxy::MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return Ok(reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    serde_json::json!({"error": format!("request body over {} bytes", crate::proxy::MAX_BODY)}),
-                ));
-            }
+        let over = format!("request body over {} bytes", crate::proxy::MAX_BODY);
+        let body = match read_body(body, crate::proxy::MAX_BODY, over).await {
+            Ok(b) => b,
+            Err(r) => return Ok(r),
         };
-        let (m, q, h) = (&parts.method, parts.uri.query(), &parts.headers);
-        let a = match target {
-            Ok(deployment) => proxy.forward(Target::Deployment(&deployment), m, &rest, q, h, body).await,
-            Err((owner, name)) => {
-                proxy.forward(Target::Named { owner: &owner, name: &name }, m, &rest, q, h, body).await
-            }
-        };
+        let a = proxy.forward(target, &parts.method, rest, parts.uri.query(), &parts.headers, body).await;
         return Ok(answer(a));
     }
     if path.starts_with("/v1/") {
@@ -119,14 +117,10 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
             return Ok(reply(e.0, serde_json::json!({"error": e.1})));
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, crate::gateway::MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return Ok(reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    serde_json::json!({"error": format!("request body over the gateway's {}-byte limit", crate::gateway::MAX_BODY)}),
-                ));
-            }
+        let over = format!("request body over the gateway's {}-byte limit", crate::gateway::MAX_BODY);
+        let body = match read_body(body, crate::gateway::MAX_BODY, over).await {
+            Ok(b) => b,
+            Err(r) => return Ok(r),
         };
         let (code, v) = gw.call(peer.ip(), &parts.method, &path, parts.uri.query(), &parts.headers, body).await;
         return Ok(reply(code, v));
