@@ -33,7 +33,14 @@ pub async fn put(env: &Env, local: &Path, name: Option<String>) -> anyhow::Resul
     let files: Vec<(PathBuf, String)> = if meta.is_dir() {
         local_files(local)?
     } else {
-        vec![(local.to_path_buf(), local.file_name().unwrap().to_string_lossy().into_owned())]
+        let name = local
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("{}: the file name is not UTF-8; rename it", local.display()))?;
+        if let Some(why) = aic_core::store::name_problem(name) {
+            bail!("{}: {why}; rename it", local.display());
+        }
+        vec![(local.to_path_buf(), name.to_string())]
     };
     let total: u64 = files.iter().filter_map(|(p, _)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     let pb = progress::bytes(total, &format!("uploading {name}"));

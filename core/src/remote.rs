@@ -25,6 +25,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
 
+use crate::store::prefix_path;
+
 const STORE: &str = "gateway";
 
 /// Talks to a gateway's API.
@@ -121,15 +123,18 @@ struct ListedObject {
     e_tag: Option<String>,
 }
 
-impl From<ListedObject> for ObjectMeta {
-    fn from(o: ListedObject) -> Self {
-        ObjectMeta {
-            location: Path::from(o.key),
+impl TryFrom<ListedObject> for ObjectMeta {
+    type Error = object_store::Error;
+
+    /// The key as the bucket holds it (`Path::from` would escape it once more).
+    fn try_from(o: ListedObject) -> object_store::Result<Self> {
+        Ok(ObjectMeta {
+            location: prefix_path(&o.key)?,
             last_modified: o.last_modified,
             size: o.size,
             e_tag: o.e_tag,
             version: None,
-        }
+        })
     }
 }
 
@@ -345,8 +350,8 @@ impl ObjectStore for GatewayStore {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         let l = self.list_call(prefix, None, true).await?;
         Ok(ListResult {
-            common_prefixes: l.prefixes.into_iter().map(Path::from).collect(),
-            objects: l.objects.into_iter().map(ObjectMeta::from).collect(),
+            common_prefixes: l.prefixes.iter().map(|p| prefix_path(p)).collect::<object_store::Result<_>>()?,
+            objects: l.objects.into_iter().map(ObjectMeta::try_from).collect::<object_store::Result<_>>()?,
             extensions: Default::default(),
         })
     }
@@ -365,7 +370,7 @@ impl GatewayStore {
         let this = GatewayStore::new(self.gw.clone());
         let (prefix, offset) = (prefix.cloned(), offset.cloned());
         futures::stream::once(async move { this.list_call(prefix.as_ref(), offset.as_ref(), false).await })
-            .map_ok(|l| futures::stream::iter(l.objects.into_iter().map(|o| Ok(ObjectMeta::from(o)))))
+            .map_ok(|l| futures::stream::iter(l.objects.into_iter().map(ObjectMeta::try_from)))
             .try_flatten()
             .boxed()
     }

@@ -33,6 +33,46 @@ pub enum StoreError {
     Store(#[from] object_store::Error),
 }
 
+/// The object_store path of `key`, exactly as written.
+///
+/// `Path::from` would percent-encode `%`, `#`, `?` and every non-ASCII byte *into the key
+/// itself*, so that `학습.csv` was stored as `%ED%95%99….csv` and escaped
+/// once more on the way back. Keys are UTF-8 and sent as they are; each backend encodes them
+/// for its own wire (S3 URLs, file names). Refused: empty, `.` or `..` segments, control
+/// characters, and a last segment ending in `#` and digits (the local directory store keeps
+/// its unfinished uploads under such names and cannot hold them).
+pub fn object_path(key: &str) -> object_store::Result<Path> {
+    let path = Path::parse(key).map_err(|source| object_store::Error::InvalidPath { source })?;
+    if let Some(why) = path.filename().and_then(name_problem) {
+        return Err(object_store::Error::Generic { store: "aic", source: format!("{key:?}: {why}").into() });
+    }
+    Ok(path)
+}
+
+/// Why a folder's name cannot be part of a key, if it cannot.
+fn folder_problem(name: &str) -> Option<&'static str> {
+    name.chars().any(char::is_control).then_some("file names may not contain control characters")
+}
+
+/// The object_store path of a listing prefix (a folder: any name, trailing `/` or not).
+pub fn prefix_path(prefix: &str) -> object_store::Result<Path> {
+    Path::parse(prefix).map_err(|source| object_store::Error::InvalidPath { source })
+}
+
+/// Why a file name cannot be an object's last segment, if it cannot (besides what
+/// `Path::parse` refuses).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if let Some(why) = folder_problem(name) {
+        return Some(why);
+    }
+    match name.rsplit_once('#') {
+        Some((_, digits)) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Some("names ending in '#' and digits are reserved by the local store")
+        }
+        _ => None,
+    }
+}
+
 /// Whether a create-only write created the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -97,7 +137,7 @@ impl Store {
 
     /// Size and etag of an object, or `None` when there is none.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        match self.inner.head(&Path::from(key)).await {
+        match self.inner.head(&object_path(key)?).await {
             Ok(m) => Ok(Some(m)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -107,7 +147,7 @@ impl Store {
     /// Reads a whole object of at most `max` bytes. An object that is larger is refused
     /// without being read; a missing one is `None`.
     pub async fn get_limited(&self, key: &str, max: u64) -> Result<Option<Bytes>, StoreError> {
-        let path = Path::from(key);
+        let path = object_path(key)?;
         let meta = match self.inner.head(&path).await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -147,7 +187,7 @@ impl Store {
     /// Writes (or replaces) an object.
     pub async fn put_bytes(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         let size = body.len() as u64;
-        self.inner.put(&Path::from(key), PutPayload::from_bytes(body)).await?;
+        self.inner.put(&object_path(key)?, PutPayload::from_bytes(body)).await?;
         self.announce(key, size);
         Ok(())
     }
@@ -157,7 +197,7 @@ impl Store {
     pub async fn create_bytes(&self, key: &str, body: Bytes) -> Result<Created, StoreError> {
         let size = body.len() as u64;
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.inner.put_opts(&Path::from(key), PutPayload::from_bytes(body), opts).await {
+        match self.inner.put_opts(&object_path(key)?, PutPayload::from_bytes(body), opts).await {
             Ok(_) => {
                 self.announce(key, size);
                 Ok(Created::Created)
@@ -182,7 +222,7 @@ impl Store {
     /// Every object under `prefix`, sorted by key. For bounded prefixes (a job's status
     /// log, a job's allocations); use [`Store::list_after`] to follow a growing one.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let mut out: Vec<ObjectMeta> = self.inner.list(Some(&Path::from(prefix))).try_collect().await?;
+        let mut out: Vec<ObjectMeta> = self.inner.list(Some(&prefix_path(prefix)?)).try_collect().await?;
         out.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(out)
     }
@@ -191,19 +231,19 @@ impl Store {
     /// last look, at a cost that does not grow with what was already seen (S3 `start-after`).
     pub async fn list_after(&self, prefix: &str, offset: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let mut out: Vec<ObjectMeta> =
-            self.inner.list_with_offset(Some(&Path::from(prefix)), &Path::from(offset)).try_collect().await?;
+            self.inner.list_with_offset(Some(&prefix_path(prefix)?), &object_path(offset)?).try_collect().await?;
         out.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(out)
     }
 
     /// The immediate "folders" and objects under `prefix`.
     pub async fn list_dir(&self, prefix: &str) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
-        let r = self.inner.list_with_delimiter(Some(&Path::from(prefix))).await?;
+        let r = self.inner.list_with_delimiter(Some(&prefix_path(prefix)?)).await?;
         Ok((r.common_prefixes.into_iter().map(|p| p.to_string()).collect(), r.objects))
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self.inner.delete(&Path::from(key)).await {
+        match self.inner.delete(&object_path(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -211,7 +251,7 @@ impl Store {
 
     /// Deletes every object under `prefix`; returns how many.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
-        let locations = self.inner.list(Some(&Path::from(prefix))).map_ok(|m| m.location).boxed();
+        let locations = self.inner.list(Some(&prefix_path(prefix)?)).map_ok(|m| m.location).boxed();
         let deleted: Vec<Path> = self.inner.delete_stream(locations).try_collect().await?;
         Ok(deleted.len())
     }
@@ -235,7 +275,7 @@ impl Store {
             progress(n);
             return Ok(n);
         }
-        let upload = self.inner.put_multipart(&Path::from(key)).await?;
+        let upload = self.inner.put_multipart(&object_path(key)?).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut sent = 0u64;
         let mut buf = vec![0u8; 1024 * 1024];
@@ -273,18 +313,26 @@ impl Store {
             tokio::fs::create_dir_all(parent).await.map_err(io)?;
         }
         let tmp = partial_name(local);
-        let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        let mut stream = self.inner.get(&Path::from(key)).await?.into_stream();
-        let mut got = 0u64;
-        while let Some(chunk) = stream.try_next().await? {
-            out.write_all(&chunk).await.map_err(io)?;
-            got += chunk.len() as u64;
-            progress(got);
+        let result = async {
+            let mut stream = self.inner.get(&object_path(key)?).await?.into_stream();
+            let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
+            let mut got = 0u64;
+            while let Some(chunk) = stream.try_next().await? {
+                out.write_all(&chunk).await.map_err(io)?;
+                got += chunk.len() as u64;
+                progress(got);
+            }
+            out.flush().await.map_err(io)?;
+            drop(out);
+            tokio::fs::rename(&tmp, local).await.map_err(io)?;
+            Ok(got)
         }
-        out.flush().await.map_err(io)?;
-        drop(out);
-        tokio::fs::rename(&tmp, local).await.map_err(io)?;
-        Ok(got)
+        .await;
+        if result.is_err() {
+            // A failed download leaves nothing half-written behind.
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
     }
 
     /// Uploads every file below `dir` to `prefix` + relative path, several at once.
@@ -379,7 +427,9 @@ fn partial_name(local: &FsPath) -> PathBuf {
 }
 
 /// Regular files below `dir` with their `/`-separated relative paths, sorted. Symbolic
-/// links are not followed.
+/// links are not followed. A name that cannot be a key as it is (not UTF-8, control
+/// characters, see [`name_problem`]) is an error naming the file, before anything moves:
+/// a file is never stored under another name.
 pub fn local_files(dir: &FsPath) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
@@ -388,8 +438,24 @@ pub fn local_files(dir: &FsPath) -> std::io::Result<Vec<(PathBuf, String)>> {
             continue;
         }
         let rel = entry.path().strip_prefix(dir).map_err(std::io::Error::other)?;
-        let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-        out.push((entry.path().to_path_buf(), rel.join("/")));
+        let mut parts = Vec::new();
+        let count = rel.components().count();
+        for (i, c) in rel.components().enumerate() {
+            // A lossy conversion would store the file under another name: refuse instead.
+            let part = c.as_os_str().to_str().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: the file name is not UTF-8; rename it", entry.path().display()),
+                )
+            })?;
+            let problem = if i + 1 == count { name_problem(part) } else { folder_problem(part) };
+            if let Some(why) = problem {
+                let msg = format!("{}: {why}; rename it", entry.path().display());
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+            }
+            parts.push(part);
+        }
+        out.push((entry.path().to_path_buf(), parts.join("/")));
     }
     Ok(out)
 }

@@ -156,3 +156,93 @@ impl Drop for DevUp {
         }
     }
 }
+
+/// File names a dataset or a project may hold: Korean, spaces, `%` (and a literal escape
+/// sequence that must not be decoded), `+`, `#`, `?`, `&`, accents, emoji, a folder.
+pub const ODD_NAMES: &[&str] = &[
+    "학습데이터.csv",
+    "rate 50%.txt",
+    "a+b #1?.txt",
+    "ünï.txt",
+    "emoji 🚀.txt",
+    "%ED%95%99 literal.txt",
+    "sub dir/東京 & co.txt",
+];
+
+/// A folder of [`ODD_NAMES`], each holding its own name and index.
+pub fn odd_names_folder(root: &Path) -> PathBuf {
+    let dir = root.join("odd names");
+    for (i, name) in ODD_NAMES.iter().enumerate() {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("{i}: {name}\n")).unwrap();
+    }
+    dir
+}
+
+/// A job's program: prints each file under `$AIC_DATA_DIR` as `FILE <json name> <json text>`.
+pub const LIST_DATA_PY: &str = r#"import json, os
+root = os.environ["AIC_DATA_DIR"]
+for d, _, files in sorted(os.walk(root)):
+    for f in sorted(files):
+        p = os.path.join(d, f)
+        rel = os.path.relpath(p, root)
+        print("FILE", json.dumps(rel), json.dumps(open(p, encoding="utf-8").read()))
+"#;
+
+/// The story of a dataset with odd names, through `aic` as `aic` runs it (embedded or
+/// through a gateway): it uploads, lists under its real names, downloads byte for byte,
+/// and a job sees every file under its name; a project with such names runs too.
+pub fn odd_names_story(aic: &dyn Fn(&[&str]) -> Output, root: &Path) {
+    std::fs::create_dir_all(root).unwrap();
+    let dir = odd_names_folder(root);
+    let out = aic(&["data", "put", dir.to_str().unwrap(), "kr"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).1.contains(&format!("uploaded {} files", ODD_NAMES.len())), "{}", text(&out).1);
+
+    let ls: serde_json::Value = serde_json::from_slice(&aic(&["data", "ls", "kr", "--json"]).stdout).unwrap();
+    let mut listed: Vec<&str> = ls.as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    listed.sort();
+    let mut want: Vec<&str> = ODD_NAMES.to_vec();
+    want.sort();
+    assert_eq!(listed, want);
+
+    let got = root.join("got");
+    let out = aic(&["data", "get", "kr", got.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    for name in ODD_NAMES {
+        assert_eq!(std::fs::read(got.join(name)).unwrap(), std::fs::read(dir.join(name)).unwrap(), "{name}");
+    }
+    assert_eq!(walk(&got).len(), ODD_NAMES.len(), "nothing else (no .aic-partial files): {:?}", walk(&got));
+
+    // A job downloads the dataset and sees every file under its own name.
+    let script = root.join("리스트 #1.py");
+    std::fs::write(&script, LIST_DATA_PY).unwrap();
+    let out = aic(&["run", script.to_str().unwrap(), "--data", "kr"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let mut seen: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| l.split_once("FILE ").map(|(_, rest)| rest.to_string()))
+        .map(|rest| {
+            let mut it = serde_json::Deserializer::from_str(&rest).into_iter::<String>();
+            (it.next().unwrap().unwrap(), it.next().unwrap().unwrap())
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<(String, String)> =
+        ODD_NAMES.iter().enumerate().map(|(i, n)| (n.to_string(), format!("{i}: {n}\n"))).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "{stdout}");
+
+    // A project whose files have such names: its entrypoint reads one beside it.
+    let project = root.join("프로젝트 %1");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("데이터 #2?.txt"), "beside the entrypoint\n").unwrap();
+    std::fs::write(project.join("main.py"), "print('READ', open('데이터 #2?.txt', encoding='utf-8').read().strip())\n")
+        .unwrap();
+    let out = aic(&["run", project.to_str().unwrap(), "--entrypoint", "main.py"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("READ beside the entrypoint"), "{stdout}");
+}
