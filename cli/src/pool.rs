@@ -154,7 +154,13 @@ impl Hosted {
         let proxy = Some(Arc::new(
             aic_functions::proxy::Proxy::new(env.store.clone()).with_scheduler(Arc::new(scheduler.clone())),
         ));
-        let host = aic_functions::host::Host { ctx: ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy };
+        let host = aic_functions::host::Host {
+            ctx: ctx.clone(),
+            sns: None,
+            gateway: None,
+            minio: aic_functions::host::MinioPosts::Refused,
+            proxy,
+        };
         let proxy_task = tokio::spawn(aic_functions::host::serve(host, listener));
         Ok(Some(Hosted {
             ctx,

@@ -16,7 +16,8 @@
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
 //! | `AIC_LOG` | log filter (`info`, `debug`, `aic_functions=debug`, …) |
-//! | `AIC_WEBHOOK_TOKEN` | bearer token MinIO must send to `/events` (its `auth_token`) |
+//! | `AIC_WEBHOOK_TOKEN` | bearer token MinIO must send to `/events` (its `auth_token`); without it MinIO-format posts are refused |
+//! | `AIC_WEBHOOK_UNAUTHENTICATED` (`1`) | take MinIO-format posts from anyone who reaches the host (a private network, by the operator's choice) |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +41,32 @@ fn num(k: &str, default: u32) -> anyhow::Result<u32> {
         Some(v) => v.parse().map_err(|_| anyhow!("{k}={v:?} is not a whole number")),
         None => Ok(default),
     }
+}
+
+/// Who may post MinIO-format bodies to `/events`: with a token only; from anyone only when
+/// the operator says so; otherwise nobody (SNS deliveries are signed and checked apart).
+pub fn minio_posts() -> anyhow::Result<crate::host::MinioPosts> {
+    use crate::host::MinioPosts;
+    let open = match var("AIC_WEBHOOK_UNAUTHENTICATED").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(v) => bail!("AIC_WEBHOOK_UNAUTHENTICATED={v:?}: use 1 to take unsigned event posts from anyone, or 0"),
+    };
+    Ok(match (var("AIC_WEBHOOK_TOKEN"), open) {
+        (Some(t), _) => MinioPosts::Token(t),
+        (None, true) => {
+            tracing::warn!(
+                "AIC_WEBHOOK_UNAUTHENTICATED=1: /events takes MinIO-format posts from anyone who reaches it"
+            );
+            MinioPosts::Open
+        }
+        (None, false) => {
+            tracing::info!(
+                "/events refuses MinIO-format posts: set AIC_WEBHOOK_TOKEN (MinIO's auth_token) to take them; SNS deliveries are checked by signature"
+            );
+            MinioPosts::Refused
+        }
+    })
 }
 
 /// The pieces of a functions process.

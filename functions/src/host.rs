@@ -1,7 +1,7 @@
 //! The functions host: one hyper server for bucket notifications and the gateway API.
 //!
 //! - `POST /events`: a MinIO webhook body or an SNS delivery ([`crate::webhook`]); the records
-//!   go to [`crate::handle_event`]. Answers 200 when every record was handled, 503 when one
+//!   go to [`crate::handle_event`] (each distinct object once, several at a time). Answers 200 when every record was handled, 503 when one
 //!   must be delivered again (so MinIO and SNS retry), 400 for a body of no known shape, 403
 //!   for an SNS delivery that is not from our topic or whose signature does not verify
 //!   ([`crate::sns`]). An SNS `SubscriptionConfirmation` is verified, then confirmed by
@@ -32,18 +32,41 @@ pub struct Host {
     /// SNS deliveries are refused without one (there would be no way to trust them).
     pub sns: Option<Arc<SnsVerifier>>,
     pub gateway: Option<Arc<Gateway>>,
-    /// When set, non-SNS bodies (MinIO's) must carry `Authorization: Bearer <token>`
-    /// (MinIO's `auth_token`). Forged events could only re-run idempotent work on objects
-    /// that exist, but there is no reason to take them.
-    pub webhook_token: Option<String>,
+    /// Who may post MinIO-format bodies, which (unlike SNS deliveries) are not signed.
+    pub minio: MinioPosts,
     /// The serving gateway (`/d/<deployment>/…`), when this host routes to deployments.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
-impl Host {
-    /// A host for the webhook alone (MinIO bodies; SNS refused).
-    pub fn webhook(ctx: Ctx) -> Self {
-        Host { ctx, sns: None, gateway: None, webhook_token: None, proxy: None }
+/// Who may post MinIO-format notification bodies to `/events`.
+///
+/// They carry no signature: an event is only a hint (handlers read the objects it names and
+/// write nothing for one that is not there), but a host takes them only from MinIO itself
+/// (its `auth_token`) or where the operator chose to take them from anyone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MinioPosts {
+    /// With `Authorization: Bearer <token>` only (`AIC_WEBHOOK_TOKEN`, MinIO's `auth_token`).
+    Token(String),
+    /// From anyone who reaches the host (`AIC_WEBHOOK_UNAUTHENTICATED=1`).
+    Open,
+    /// From nobody: no token is configured and unauthenticated posts were not allowed.
+    Refused,
+}
+
+impl MinioPosts {
+    /// The answer to a MinIO-format post carrying `bearer`, `None` when it is taken.
+    fn refusal(&self, bearer: Option<&str>) -> Option<&'static str> {
+        match self {
+            MinioPosts::Open => None,
+            MinioPosts::Token(want) if bearer == Some(want.as_str()) => None,
+            MinioPosts::Token(_) => {
+                Some("webhook token missing or wrong (MinIO's auth_token must match AIC_WEBHOOK_TOKEN)")
+            }
+            MinioPosts::Refused => Some(
+                "this host takes no unsigned event posts: set AIC_WEBHOOK_TOKEN (and MinIO's auth_token to it), \
+                 or AIC_WEBHOOK_UNAUTHENTICATED=1 to take them from anyone",
+            ),
+        }
     }
 }
 
@@ -129,19 +152,15 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
         (&Method::GET, "/healthz") => Ok(reply(StatusCode::OK, serde_json::json!({"ok": true}))),
         (&Method::POST, "/events") => {
             let sns_type = req.headers().get("x-amz-sns-message-type").and_then(|v| v.to_str().ok()).map(String::from);
-            if let Some(want) = &host.webhook_token
-                && sns_type.is_none()
-            {
-                let got = req
+            if sns_type.is_none() {
+                let bearer = req
                     .headers()
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "));
-                if got != Some(want.as_str()) {
-                    return Ok(reply(
-                        StatusCode::UNAUTHORIZED,
-                        serde_json::json!({"error": "webhook token missing or wrong (MinIO's auth_token must match AIC_WEBHOOK_TOKEN)"}),
-                    ));
+                if let Some(why) = host.minio.refusal(bearer) {
+                    tracing::warn!(%peer, why, "refused an event post");
+                    return Ok(reply(StatusCode::UNAUTHORIZED, serde_json::json!({ "error": why })));
                 }
             }
             let body = match Limited::new(req.into_body(), webhook::MAX_BODY).collect().await {
@@ -192,7 +211,7 @@ async fn deliver(host: &Host, peer: SocketAddr, body: &[u8], sns_type: Option<&s
             let results = handle_event(&host.ctx, &ev).await;
             let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
             if failed.is_empty() {
-                reply(StatusCode::OK, serde_json::json!({"handled": results.len()}))
+                reply(StatusCode::OK, serde_json::json!({"handled": ev.records.len(), "distinct": results.len()}))
             } else {
                 // Ask the sender to deliver again; handlers are idempotent.
                 reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"retry": failed}))

@@ -93,18 +93,30 @@ pub async fn handle_record(ctx: &Ctx, record: &S3EventRecord) -> Result<Outcome,
     }
     let key = record.key();
     match classify(&key) {
-        KeyKind::Request(job) => validate::handle(ctx, &job, record.s3.object.size).await,
+        KeyKind::Request(job) => validate::handle(ctx, &job).await,
         KeyKind::Manifest(job) => dispatch::handle(ctx, &job).await,
         KeyKind::StatusRecord(job, seq) => cancel::handle(ctx, &job, seq).await,
         KeyKind::Other => Ok(Outcome::Ignored),
     }
 }
 
-/// Handles every record of an event; one result per record, in order.
+/// Records of one delivery handled at once.
+pub const EVENT_CONCURRENCY: usize = 16;
+
+/// Handles the records of an event: each distinct object once (handlers read the object
+/// itself, so a second record for the same key could only repeat the work), up to
+/// [`EVENT_CONCURRENCY`] at a time. One result per distinct record, in the order of their
+/// first appearance.
 pub async fn handle_event(ctx: &Ctx, event: &S3Event) -> Vec<Result<Outcome, HandlerError>> {
-    let mut out = Vec::with_capacity(event.records.len());
-    for r in &event.records {
-        out.push(handle_record(ctx, r).await);
-    }
-    out
+    use futures::StreamExt;
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<&S3EventRecord> =
+        event.records.iter().filter(|r| seen.insert((r.s3.bucket.name.clone(), r.key()))).collect();
+    // By index: a closure over `&S3EventRecord` would make the future higher-ranked, which
+    // the host's `Send` bound on spawned tasks cannot prove.
+    futures::stream::iter(0..distinct.len())
+        .map(|i| handle_record(ctx, distinct[i]))
+        .buffered(EVENT_CONCURRENCY)
+        .collect()
+        .await
 }

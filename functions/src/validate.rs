@@ -1,7 +1,9 @@
 //! validate: `users/<addr>/jobs/<job>/request.json` created.
 //!
 //! 1. The job's log must be empty or at `submitted` (anything later: a duplicate event).
-//! 2. The request is read with a size limit, parsed, and checked: its owner and job id must
+//!    An event is a hint, not a fact: when there is no request.json at the key (a forged or
+//!    stale event), nothing is written and the job id stays free.
+//! 2. The request is read with a size limit (the object's, not the event's word), parsed, and checked: its owner and job id must
 //!    be the ones in its key; every field within limits; not expired; signed by its owner.
 //! 3. The quote is computed and the payment verified and claimed (one payment, one job).
 //!    A payment still awaiting confirmations defers the event: nothing is written.
@@ -23,19 +25,26 @@ use aic_core::pricing::format_aic;
 
 const BY: &str = "validate";
 
-pub async fn handle(ctx: &Ctx, job: &JobKey, size_hint: Option<u64>) -> Result<Outcome, HandlerError> {
+pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     let store = &ctx.store;
-    match status::current(store, job).await? {
-        None => {
-            status::advance(store, job, Transition::new(JobState::Submitted, BY)).await?;
-        }
-        Some(c) if c.state == JobState::Submitted => {}
+    let fresh = match status::current(store, job).await? {
+        None => true,
+        Some(c) if c.state == JobState::Submitted => false,
         Some(_) => return Ok(Outcome::AlreadyDone(job.clone())),
+    };
+    // An event is only a hint: a job is born of its request, so nothing is written for a
+    // request that is not there (a forged or stale event), and its id stays free.
+    let read = read_request(ctx, job).await?;
+    if fresh {
+        if matches!(read, Err(Refusal::Missing)) {
+            tracing::info!(job = %job.job, "event for a request that is not there: ignored");
+            return Ok(Outcome::Ignored);
+        }
+        status::advance(store, job, Transition::new(JobState::Submitted, BY)).await?;
     }
-
-    let req = match read_request(ctx, job, size_hint).await? {
+    let req = match read {
         Ok(r) => r,
-        Err(reason) => return reject(ctx, job, reason).await,
+        Err(refusal) => return reject(ctx, job, refusal.to_string()).await,
     };
     if let Err(why) = ctx.auth.authenticate(&req) {
         return reject(ctx, job, why).await;
@@ -67,36 +76,52 @@ pub async fn handle(ctx: &Ctx, job: &JobKey, size_hint: Option<u64>) -> Result<O
     }
 }
 
+/// Why a request is refused.
+#[derive(Debug)]
+enum Refusal {
+    /// There is no request.json at the key.
+    Missing,
+    Invalid(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Missing => f.write_str("request.json is gone; submit the job again"),
+            Refusal::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Reads and checks the request. The outer `Result` is for store failures (retry); the
 /// inner one carries the reason a request is refused.
-async fn read_request(
-    ctx: &Ctx,
-    job: &JobKey,
-    size_hint: Option<u64>,
-) -> Result<Result<JobRequest, String>, HandlerError> {
-    if let Some(size) = size_hint.filter(|s| *s > MAX_REQUEST_BYTES) {
-        return Ok(Err(too_large(size)));
-    }
+async fn read_request(ctx: &Ctx, job: &JobKey) -> Result<Result<JobRequest, Refusal>, HandlerError> {
     let bytes = match ctx.store.get_limited(&job.request(), MAX_REQUEST_BYTES).await {
         Ok(Some(b)) => b,
-        Ok(None) => return Ok(Err("request.json is gone; submit the job again".into())),
-        Err(aic_core::StoreError::TooLarge { size, .. }) => return Ok(Err(too_large(size))),
+        Ok(None) => return Ok(Err(Refusal::Missing)),
+        Err(aic_core::StoreError::TooLarge { size, .. }) => return Ok(Err(Refusal::Invalid(too_large(size)))),
         Err(e) => return Err(e.into()),
     };
-    let req: JobRequest = match serde_json::from_slice(&bytes) {
+    Ok(check_request(job, &bytes))
+}
+
+/// Parses and checks a request's bytes against the key it was uploaded under.
+fn check_request(job: &JobKey, bytes: &[u8]) -> Result<JobRequest, Refusal> {
+    let bad = |why: String| Err(Refusal::Invalid(why));
+    let req: JobRequest = match serde_json::from_slice(bytes) {
         Ok(r) => r,
-        Err(e) => return Ok(Err(format!("request.json is not a job request: {e}"))),
+        Err(e) => return bad(format!("request.json is not a job request: {e}")),
     };
     if req.owner != job.owner {
-        return Ok(Err(format!("request names owner {} but was uploaded under {}", req.owner, job.owner)));
+        return bad(format!("request names owner {} but was uploaded under {}", req.owner, job.owner));
     }
     if req.job_id != job.job {
-        return Ok(Err(format!("request names job {} but was uploaded as job {}", req.job_id, job.job)));
+        return bad(format!("request names job {} but was uploaded as job {}", req.job_id, job.job));
     }
     if let Err(errs) = req.validate(Some(Utc::now())) {
-        return Ok(Err(format!("invalid request: {errs}")));
+        return bad(format!("invalid request: {errs}"));
     }
-    Ok(Ok(req))
+    Ok(req)
 }
 
 fn too_large(size: u64) -> String {

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aic_functions::host::Host;
+use aic_functions::host::{Host, MinioPosts};
 use aic_functions::sns::SnsVerifier;
 
 use aic_core::status;
@@ -77,7 +77,7 @@ async fn start_host(p: &Pool, cert_origin: Option<&str>) -> String {
     let addr = listener.local_addr().unwrap();
     let sns = cert_origin.map(|o| Arc::new(SnsVerifier::new(vec![TOPIC.into()], vec![o.to_string()])));
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns, gateway: None, webhook_token: None, proxy: None },
+        Host { ctx: p.ctx.clone(), sns, gateway: None, minio: MinioPosts::Open, proxy: None },
         listener,
     ));
     format!("http://{addr}")
@@ -237,7 +237,8 @@ async fn with_a_webhook_token_minio_bodies_must_carry_it() {
     let p = pool(1, "exit 0");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: Some("s3cret".into()), proxy: None };
+    let host =
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Token("s3cret".into()), proxy: None };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let job = put_request(&p.store, &request(1).await).await;
     let http = reqwest::Client::new();
@@ -297,7 +298,7 @@ async fn a_named_route_reaches_the_newest_live_deployment_of_that_owner_only() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy },
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy },
         listener,
     ));
     let owner: aic_schemas::Address = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap();
@@ -347,8 +348,13 @@ async fn the_serving_gateway_forwards_only_to_where_the_scheduler_placed_replica
     let serve = |proxy: aic_functions::proxy::Proxy| async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let host =
-            Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy: Some(Arc::new(proxy)) };
+        let host = Host {
+            ctx: p.ctx.clone(),
+            sns: None,
+            gateway: None,
+            minio: MinioPosts::Open,
+            proxy: Some(Arc::new(proxy)),
+        };
         tokio::spawn(aic_functions::host::serve(host, listener));
         let r = reqwest::get(format!("{url}/d/{deployment}/")).await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
@@ -360,4 +366,81 @@ async fn the_serving_gateway_forwards_only_to_where_the_scheduler_placed_replica
     let (code, body) = serve(checked).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("has no live replica"), "{body}");
+}
+
+/// A MinIO-format body of one record per key, as one delivery (records in the short form
+/// S3 and MinIO send).
+fn minio_batch(p: &Pool, keys: &[String]) -> String {
+    let records: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({"eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+                "s3": {"bucket": {"name": p.store.bucket()}, "object": {"key": aic_schemas::event::encode_key(k), "size": 100}}})
+        })
+        .collect();
+    serde_json::json!({ "Records": records }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_for_requests_that_are_not_there_write_nothing_and_keep_the_id_free() {
+    let p = pool(1, "exit 0");
+    let url = start_host(&p, None).await;
+    let http = reqwest::Client::new();
+    // 50 forged records naming requests that were never uploaded.
+    let ghosts: Vec<_> = (0..50).map(|_| unsigned(1)).collect();
+    let keys: Vec<String> = ghosts.iter().map(|r| aic_core::JobKey::new(r.owner, r.job_id.clone()).request()).collect();
+    let r = http.post(format!("{url}/events")).body(minio_batch(&p, &keys)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let owner: aic_schemas::Address = OWNER.parse().unwrap();
+    let written = p.store.list(&aic_core::layout::user_prefix(&owner)).await.unwrap();
+    assert!(
+        written.is_empty(),
+        "forged events wrote {:?}",
+        written.iter().map(|m| m.location.to_string()).collect::<Vec<_>>()
+    );
+
+    // The real request for one of those ids, arriving later, is taken as any other.
+    let real = signed(ghosts[0].clone()).await;
+    let job = put_request(&p.store, &real).await;
+    let r = http.post(format!("{url}/events")).body(minio_body(&p, &job.request())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(status::current(&p.store, &job).await.unwrap().unwrap().state, JobState::Paid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_or_an_explicit_allowance_minio_posts_are_refused() {
+    let p = pool(1, "exit 0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Refused, proxy: None };
+    tokio::spawn(aic_functions::host::serve(host, listener));
+    let job = put_request(&p.store, &request(1).await).await;
+    let r =
+        reqwest::Client::new().post(format!("{url}/events")).body(minio_body(&p, &job.request())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("AIC_WEBHOOK_TOKEN") && why.contains("AIC_WEBHOOK_UNAUTHENTICATED"), "{why}");
+    assert!(status::current(&p.store, &job).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handles_each_object_once() {
+    let p = pool(2, "exit 0");
+    let url = start_host(&p, None).await;
+    let mut jobs = Vec::new();
+    for _ in 0..20 {
+        jobs.push(put_request(&p.store, &request(1).await).await);
+    }
+    // 4,000 records: 200 deliveries of each of the 20 requests, interleaved.
+    let keys: Vec<String> = (0..4000).map(|i| jobs[i % jobs.len()].request()).collect();
+    let body = minio_batch(&p, &keys);
+    assert!(body.len() < aic_functions::webhook::MAX_BODY);
+    let r = reqwest::Client::new().post(format!("{url}/events")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((v["handled"].as_u64(), v["distinct"].as_u64()), (Some(4000), Some(20)));
+    for job in &jobs {
+        let states: Vec<_> = status::history(&p.store, job).await.unwrap().into_iter().map(|r| r.state).collect();
+        assert_eq!(states, [JobState::Submitted, JobState::Paid]);
+    }
 }

@@ -9,7 +9,7 @@ use aic_chain::siwe::SiweMessage;
 use aic_core::layout::JobKey;
 use aic_core::status;
 use aic_functions::gateway::{Gateway, GatewayConfig};
-use aic_functions::host::Host;
+use aic_functions::host::{Host, MinioPosts};
 use aic_functions::poll::{Inbox, Poller};
 use aic_functions::sns::SnsVerifier;
 use aic_schemas::JobState;
@@ -38,9 +38,14 @@ async fn bucket_events_reach_the_functions_through_sns() {
     let topic_name = format!("aic-{bucket}");
     let topic = format!("arn:aws:sns:us-east-1:000000000000:{topic_name}");
     let sns = SnsVerifier::new(vec![topic.clone()], vec![format!("{}/_aws/sns/", localstack())]);
-    let url =
-        start(Host { ctx: p.ctx.clone(), sns: Some(Arc::new(sns)), gateway: None, webhook_token: None, proxy: None })
-            .await;
+    let url = start(Host {
+        ctx: p.ctx.clone(),
+        sns: Some(Arc::new(sns)),
+        gateway: None,
+        minio: MinioPosts::Open,
+        proxy: None,
+    })
+    .await;
     // The wiring script users run: topic, subscription (the host confirms it), notification.
     let out = std::process::Command::new(localstack_python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../localstack/wire.py"))
@@ -73,7 +78,7 @@ fn gateway_host(p: &Pool, inbox: Option<Inbox>, tweak: impl FnOnce(&mut GatewayC
     let mut cfg = GatewayConfig::new(b"0123456789abcdef0123456789abcdef".to_vec(), GW_DOMAIN, CHAIN);
     tweak(&mut cfg);
     let gw = Gateway::new(cfg, p.ctx.clone(), inbox);
-    Host { ctx: p.ctx.clone(), sns: None, gateway: Some(Arc::new(gw)), webhook_token: None, proxy: None }
+    Host { ctx: p.ctx.clone(), sns: None, gateway: Some(Arc::new(gw)), minio: MinioPosts::Open, proxy: None }
 }
 
 /// Signs in as dev account `i`; returns (address, token).
@@ -339,7 +344,7 @@ async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
     p.ctx.auth = Arc::new(aic_chain::Eip712Auth { chain_id: chain.config.chain_id });
     p.ctx.payments = Arc::new(aic_chain::ChainPayments::new(chain.config.clone(), store.clone()).unwrap());
     p.ctx.pricing = chain.config.pricing();
-    let url = start(Host { ctx: p.ctx.clone(), sns: None, gateway: None, webhook_token: None, proxy: None }).await;
+    let url = start(Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy: None }).await;
 
     // 200 requests by dev account 1, each paid by its own transfer to the treasury.
     let wallet = ProviderBuilder::new()

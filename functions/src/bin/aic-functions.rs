@@ -63,12 +63,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if poll_ms.is_some() && gateway.is_none() {
         anyhow::bail!("--poll-ms needs the gateway (set AIC_GATEWAY_SECRET): the poller reads the gateway's inbox");
     }
-    let webhook_token = std::env::var("AIC_WEBHOOK_TOKEN").ok().filter(|t| !t.is_empty());
+    let minio = aic_functions::config::minio_posts()?;
     let proxy = Some(Arc::new(
         aic_functions::proxy::Proxy::new(built.ctx.store.clone()).with_scheduler(built.ctx.scheduler.clone()),
     ));
-    let host =
-        Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, webhook_token, proxy };
+    let host = Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, minio, proxy };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     // With the gateway here, the simulated miners' workers reach the bucket through it with
