@@ -44,6 +44,24 @@ impl ChainConfig {
         aic_core::pricing::Pricing { price_per_gpu_hour: self.price(), token: Some(self.token.to_string()) }
     }
 
+    /// A pool that charges nothing (`AIC_FREE_POOL=1`): requests are still signed by their
+    /// owners for `chain_id`; nothing is paid and no RPC is needed.
+    pub fn free(chain_id: u64) -> ChainConfig {
+        ChainConfig {
+            rpc_url: String::new(),
+            chain_id,
+            token: Address::ZERO,
+            treasury: Address::ZERO,
+            price_per_gpu_hour: "0".into(),
+            confirmations: 0,
+        }
+    }
+
+    /// Whether jobs here cost nothing (so nothing is paid or quoted).
+    pub fn is_free(&self) -> bool {
+        self.price() == 0
+    }
+
     /// Reads `path`, then applies the environment's overrides.
     pub fn load(path: &Path) -> Result<Option<ChainConfig>, ConfigError> {
         let base: Option<ChainConfig> = match std::fs::read(path) {

@@ -72,6 +72,10 @@ pub async fn whoami(env: &Env) -> anyhow::Result<()> {
     };
     println!("{} ({how})", env.owner);
     let chain = env.chain().ok();
+    if chain.as_ref().is_some_and(|c| c.is_free()) {
+        println!("balance: not needed (this pool charges nothing)");
+        return Ok(());
+    }
     let up = match &chain {
         Some(c) => aic_chain::devchain::is_up(&c.rpc_url).await,
         None => false,
@@ -134,10 +138,13 @@ async fn login_gateway(env: &Env, url: &str, source: Source) -> anyhow::Result<(
     };
     crate::remote::save_session(&env.home, &session)?;
     let chain_file = env.home.join("gateway-chain.json");
-    if session.chain.is_null() {
-        let _ = std::fs::remove_file(&chain_file);
-    } else {
+    if !session.chain.is_null() {
         std::fs::write(&chain_file, serde_json::to_vec_pretty(&session.chain)?)?;
+    } else if info["free"].as_bool() == Some(true) {
+        // A free pool has no chain to pay on; requests are still signed for its chain id.
+        aic_chain::ChainConfig::free(chain_id).save(&chain_file)?;
+    } else {
+        let _ = std::fs::remove_file(&chain_file);
     }
     identity::save_session(
         &env.home,

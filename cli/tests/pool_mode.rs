@@ -74,7 +74,19 @@ impl Drop for Pool {
     }
 }
 
+/// How the pool charges.
+#[derive(Clone, Copy, PartialEq)]
+enum Pay {
+    Aic,
+    /// `AIC_FREE_POOL=1`: no chain, nothing paid.
+    Free,
+}
+
 fn pool(events: Events) -> Pool {
+    pool_charging(events, Pay::Aic)
+}
+
+fn pool_charging(events: Events, pay: Pay) -> Pool {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let chain = rt
@@ -95,12 +107,6 @@ fn pool(events: Events) -> Pool {
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
-        .env("AIC_RPC_URL", &c.rpc_url)
-        .env("AIC_TOKEN", c.token.to_string())
-        .env("AIC_TREASURY", c.treasury.to_string())
-        .env("AIC_CHAIN_ID", c.chain_id.to_string())
-        .env("AIC_PRICE", "1")
-        .env("AIC_CONFIRMATIONS", "1")
         .env("AIC_POOL_MINERS", "2")
         .env("AIC_POOL_GPUS", "1")
         .env("AIC_WORK_DIR", dir.path().join("work"))
@@ -109,6 +115,16 @@ fn pool(events: Events) -> Pool {
         .env("AIC_SNS_CERT_ORIGINS", format!("{}/_aws/sns/", endpoint()))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("functions.log")).unwrap());
+    match pay {
+        Pay::Aic => cmd
+            .env("AIC_RPC_URL", &c.rpc_url)
+            .env("AIC_TOKEN", c.token.to_string())
+            .env("AIC_TREASURY", c.treasury.to_string())
+            .env("AIC_CHAIN_ID", c.chain_id.to_string())
+            .env("AIC_PRICE", "1")
+            .env("AIC_CONFIRMATIONS", "1"),
+        Pay::Free => cmd.env("AIC_FREE_POOL", "1").env("AIC_CHAIN_ID", c.chain_id.to_string()),
+    };
     if events == Events::Poll {
         cmd.args(["--poll-ms", "200"]);
     }
@@ -159,6 +175,9 @@ fn tutorial(p: &Pool) {
     assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
     let who = text(&p.aic("u", &["whoami"])).0;
     assert!(who.contains("0x70997970c51812dc3a010c7d01b50e0d17dc79c8"), "{who}");
+
+    // Datasets and projects keep their file names through the gateway and S3.
+    common::odd_names_story(&|args| p.aic("u", args), &p.dir.path().join("odd"));
 
     let data = p.dir.path().join("digits-data");
     let made = Command::new("python3").arg(repo().join("examples/digits/make_dataset.py")).arg(&data).status().unwrap();
@@ -254,4 +273,19 @@ fn the_tutorial_through_the_gateway_with_bucket_events_over_sns() {
 fn the_tutorial_through_the_gateway_with_the_poller() {
     let p = pool(Events::Poll);
     tutorial(&p);
+}
+
+#[test]
+fn the_tutorial_on_a_free_pool_through_the_gateway() {
+    let p = pool_charging(Events::Poll, Pay::Free);
+    let info: serde_json::Value =
+        p._rt.block_on(async { reqwest::get(format!("{}/v1/info", p.url)).await.unwrap().json().await.unwrap() });
+    assert_eq!((info["free"].as_bool(), info["chain"].is_null()), (Some(true), true), "{info}");
+    tutorial(&p);
+    // Logging in again keeps what the pool said: still free, nothing to pay.
+    assert!(p.aic("u", &["login", "--dev", "1"]).status.success());
+    let out = p.aic("u", &["run", "-d", repo().join("examples/digits/train.py").to_str().unwrap(), "--data", "digits"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success() && stderr.contains("this pool charges nothing"), "{stderr}");
+    assert!(text(&p.aic("u", &["whoami"])).0.contains("this pool charges nothing"));
 }

@@ -33,7 +33,8 @@ use aic_chain::siwe::SiweMessage;
 use aic_core::grant::WorkerGrant;
 use aic_core::layout::{JobKey, KeyKind, classify};
 use aic_core::status::{self, Advanced, Transition};
-use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_core::store::{object_path, prefix_path};
+use aic_schemas::validate::MAX_REQUEST_BYTES;
 use aic_schemas::{Address, JobId, JobState};
 use base64::Engine;
 use bytes::Bytes;
@@ -42,7 +43,6 @@ use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use object_store::multipart::{MultipartStore, PartId};
-use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -292,7 +292,8 @@ impl Gateway {
                 self.admit(&peer.to_string(), 1.0)?;
                 return Ok(json!({
                     "bucket": self.ctx.store.bucket(), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id,
-                    "chain": self.cfg.chain_info, "max_put": MAX_PUT, "max_body": MAX_BODY,
+                    "chain": self.cfg.chain_info, "free": self.cfg.chain_info.is_null(),
+                    "max_put": MAX_PUT, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES,
                     "session_seconds": self.cfg.session_ttl.as_secs(), "url_seconds": self.cfg.url_ttl.as_secs(),
                 }));
             }
@@ -408,10 +409,15 @@ impl Gateway {
                             ),
                         ));
                     }
-                    if matches!(access, Access::CreateOnly) && size > MAX_DOC_BYTES {
+                    // The limit validate reads a request with, so nothing is uploaded to be refused.
+                    if matches!(access, Access::CreateOnly) && size > MAX_REQUEST_BYTES {
                         return Err(err(
                             StatusCode::PAYLOAD_TOO_LARGE,
-                            format!("{}: a request is at most {MAX_DOC_BYTES} bytes", item.key),
+                            format!(
+                                "{}: {size} bytes; a request is at most {MAX_REQUEST_BYTES} bytes ({} KiB)",
+                                item.key,
+                                MAX_REQUEST_BYTES / 1024
+                            ),
                         ));
                     }
                     let sum =
@@ -432,10 +438,9 @@ impl Gateway {
                 (&Method::DELETE, Access::Write { deletable: true }) => {}
                 _ => return Err(err(StatusCode::FORBIDDEN, format!("{method} is not allowed on {}", item.key))),
             }
-            let url = s3
-                .signed_url_opts(method.clone(), &Path::from(item.key.as_str()), self.cfg.url_ttl, &opts)
-                .await
-                .map_err(store_err)?;
+            let path =
+                object_path(&item.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", item.key)))?;
+            let url = s3.signed_url_opts(method.clone(), &path, self.cfg.url_ttl, &opts).await.map_err(store_err)?;
             if access == Access::CreateOnly
                 && method == Method::PUT
                 && let Some(inbox) = &self.inbox
@@ -464,14 +469,15 @@ impl Gateway {
         let prefix = prefix.trim_end_matches('/');
         let meta = |m: &object_store::ObjectMeta| json!({"key": m.location.to_string(), "size": m.size, "last_modified": m.last_modified, "e_tag": m.e_tag});
         let os = self.ctx.store.object_store();
+        let key_path = |k: &str| prefix_path(k).map_err(|e| bad(format!("{k}: not a valid object key ({e})")));
         if q.get("delimiter").is_some_and(|d| d == "true" || d == "1") {
-            let r = os.list_with_delimiter(Some(&Path::from(prefix))).await.map_err(store_err)?;
+            let r = os.list_with_delimiter(Some(&key_path(prefix)?)).await.map_err(store_err)?;
             let prefixes: Vec<String> = r.common_prefixes.iter().map(|p| p.to_string()).collect();
             return Ok(json!({"objects": r.objects.iter().map(meta).collect::<Vec<_>>(), "prefixes": prefixes}));
         }
         let list: Vec<object_store::ObjectMeta> = match q.get("offset") {
-            Some(o) => os.list_with_offset(Some(&Path::from(prefix)), &Path::from(o.as_str())).try_collect().await,
-            None => os.list(Some(&Path::from(prefix))).try_collect().await,
+            Some(o) => os.list_with_offset(Some(&key_path(prefix)?), &key_path(o)?).try_collect().await,
+            None => os.list(Some(&key_path(prefix)?)).try_collect().await,
         }
         .map_err(store_err)?;
         Ok(json!({"objects": list.iter().map(meta).collect::<Vec<_>>(), "prefixes": []}))
@@ -493,7 +499,7 @@ impl Gateway {
             }
         }
         let s3 = self.signer()?;
-        let path = Path::from(b.key.as_str());
+        let path = object_path(&b.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", b.key)))?;
         let upload_id = || b.upload_id.clone().ok_or_else(|| bad("upload_id is required"));
         match b.action.as_str() {
             "create" => {

@@ -226,7 +226,29 @@ impl JobRequest {
                 format!("request expired at {} (sign a new one)", self.expires_at.format("%Y-%m-%d %H:%M:%S UTC")),
             ));
         }
+        let size = self.stored_size();
+        if size > validate::MAX_REQUEST_BYTES {
+            errs.push(FieldError::new(
+                "request",
+                format!(
+                    "would be {size} bytes, over the {} KiB a request may be (its args and env take the room): \
+                     pass large inputs as files in the code or a dataset",
+                    validate::MAX_REQUEST_BYTES / 1024
+                ),
+            ));
+        }
         ValidationErrors::result(errs)
+    }
+
+    /// The size of request.json as it is stored (pretty JSON), counting the payment and
+    /// signature it will carry once paid and signed, so that one limit is checked before
+    /// anything is paid, signed or uploaded.
+    pub fn stored_size(&self) -> u64 {
+        // Each of them, pretty-printed, takes under 160 bytes.
+        const ROOM: u64 = 160;
+        let own = serde_json::to_vec_pretty(self).map(|v| v.len() as u64).unwrap_or(u64::MAX);
+        let missing = u64::from(self.signature.is_none()) + u64::from(self.payment.is_none());
+        own.saturating_add(missing * ROOM)
     }
 }
 
@@ -285,6 +307,26 @@ mod tests {
         let later = r.expires_at + chrono::Duration::seconds(1);
         let errs = r.validate(Some(later)).unwrap_err();
         assert_eq!(errs.0[0].field, "expires_at");
+    }
+
+    #[test]
+    fn a_request_over_the_size_limit_is_refused_before_it_is_paid_or_signed() {
+        let mut r = sample();
+        r.args = (0..20).map(|_| "x".repeat(3500)).collect();
+        let errs = r.validate(None).unwrap_err();
+        assert_eq!(errs.0[0].field, "request");
+        assert!(errs.to_string().contains("64 KiB"), "{errs}");
+    }
+
+    #[test]
+    fn the_room_kept_for_payment_and_signature_is_enough() {
+        let mut r = sample();
+        let unsigned = r.stored_size();
+        r.payment = Some(PaymentRef { chain_id: u64::MAX, tx: format!("0x{}", "f".repeat(64)) });
+        r.signature = Some(format!("0x{}", "f".repeat(130)));
+        let signed = serde_json::to_vec_pretty(&r).unwrap().len() as u64;
+        assert_eq!(r.stored_size(), signed);
+        assert!(signed <= unsigned, "signed {signed} bytes, estimated {unsigned}");
     }
 
     #[test]
