@@ -525,3 +525,71 @@ fn quote_and_cancel_refuse_what_does_not_exist_with_the_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("no job 01m89rksxq1qpkk5d08ccnbg6j; see `aic jobs`"), "{}", text(&out).1);
 }
+
+#[test]
+fn datasets_and_projects_keep_their_file_names_whatever_they_are() {
+    let h = Home::new();
+    odd_names_story(&|args| h.aic(args), &h.path().join("odd"));
+    // On the local store too, each object is a file under its real name.
+    let keys = h.store_keys();
+    assert!(keys.iter().any(|k| k.ends_with("/data/kr/학습데이터.csv")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("/data/kr/%ED%95%99 literal.txt")), "{keys:?}");
+}
+
+#[test]
+fn a_file_name_the_store_cannot_hold_refuses_the_whole_upload() {
+    let h = Home::new();
+    h.write("ds/fine.txt", "fine\n");
+    h.write("ds/ckpt#2", "a name the local store keeps for itself\n");
+    let out = h.aic(&["data", "put", h.path().join("ds").to_str().unwrap(), "ds"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("ckpt#2") && stderr.contains("rename it"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(h.store_keys().iter().all(|k| !k.contains("/data/")), "nothing was uploaded: {:?}", h.store_keys());
+}
+
+/// A plain mpi4py data-parallel loop: every rank adds its gradient-sized array with
+/// Allreduce, many times, and checks the sums.
+const ALLREDUCE_PY: &str = r#"import numpy as np
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+r, n = comm.Get_rank(), comm.Get_size()
+w = np.zeros(20000)
+for step in range(200):
+    g = np.full(w.shape, float(r + step))
+    total = np.empty_like(g)
+    comm.Allreduce(g, total, op=MPI.SUM)
+    want = n * step + n * (n - 1) / 2
+    assert np.allclose(total, want), (step, total[0], want)
+    w -= 1e-3 * total
+print(f"rank {r} of {n} ok {w[0]:.6f}")
+"#;
+
+/// Several ranks per miner on several miners: each simulated miner's MPI daemon numbers its
+/// ranks from 0 under the same host name, which made their shared-memory segments collide
+/// (a SIGSEGV in about half the 2×2 runs). Each layout runs `AIC_TEST_MPI_RUNS` times
+/// (default 2; it was run 20 times in a row when fixed).
+#[test]
+fn mpi_jobs_with_several_ranks_on_each_of_several_miners_run_every_time() {
+    let h = Home::new();
+    let script = h.write("allreduce.py", ALLREDUCE_PY);
+    let pool = [("AIC_POOL_MINERS", "4"), ("AIC_POOL_GPUS", "2")];
+    let _up = DevUp::start_with(&h, &pool);
+    let runs: usize = std::env::var("AIC_TEST_MPI_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    for (miners, gpus) in [(2u32, 2u32), (4, 2)] {
+        let ranks = miners * gpus;
+        for run in 0..runs {
+            let (m, g) = (miners.to_string(), gpus.to_string());
+            let args = ["run", script.to_str().unwrap(), "--launcher", "mpi", "--miners", &m, "--gpus", &g];
+            let out = h.cmd(&args).envs(pool).output().unwrap();
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{miners}×{gpus} run {run}: {stderr}\n{stdout}");
+            let ok: Vec<&str> = stdout.lines().filter(|l| l.contains(&format!(" of {ranks} ok "))).collect();
+            assert_eq!(ok.len(), ranks as usize, "{miners}×{gpus} run {run}: {stdout}");
+            // Data parallel: every rank ends with the same weights.
+            let w: std::collections::BTreeSet<&str> = ok.iter().filter_map(|l| l.rsplit(' ').next()).collect();
+            assert_eq!(w.len(), 1, "{stdout}");
+        }
+    }
+}

@@ -215,6 +215,10 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         let n = launcher::threads_per_process(launcher::cpus(), launcher::procs_per_alloc(req));
         env.insert("OMP_NUM_THREADS".into(), n.to_string());
     }
+    // This allocation's own shared-memory folder (see `launcher::ShmDir`), kept until the
+    // program and any sshd it serves have ended.
+    let shm = launcher::ShmDir::create(&a.job.job.to_string(), a.attempt, a.index, &a.work)?;
+    env.insert("AIC_SHM_DIR".into(), path_str(shm.path()));
     let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
     let (mut cmd, finish) = match plan(a, &ctx).await? {
         Plan::Program(cmd, finish) => (*cmd, finish),

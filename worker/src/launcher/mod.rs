@@ -62,7 +62,40 @@ if [ -n "$lr" ] && [ -n "$AIC_GPUS" ]; then
   CUDA_VISIBLE_DEVICES=$(printf %s "$AIC_GPUS" | cut -d, -f$((lr + 1))); export CUDA_VISIBLE_DEVICES
 fi
 AIC_RANK="${OMPI_COMM_WORLD_RANK:-${HOROVOD_RANK:-0}}"; export AIC_RANK
+if [ -n "${AIC_SHM_DIR:-}" ]; then OMPI_MCA_btl_sm_backing_directory="$AIC_SHM_DIR"; export OMPI_MCA_btl_sm_backing_directory; fi
 exec "$@""#;
+
+/// An allocation's own folder for shared-memory files, removed when dropped.
+///
+/// Open MPI's shared-memory transport names its segment
+/// `<backing dir>/sm_segment.<hostname>.<uid>.<jobid>.<local rank>`. Two allocations of one
+/// job on one host (the simulated miners; two allocations Nomad placed on one node) run a
+/// daemon each that numbers its local ranks from 0 under the same host name and job id, so
+/// with the default `/dev/shm` their ranks mapped each other's segments and crashed inside
+/// `MPI_Allreduce` (SIGSEGV in `mca_btl_sm_poll_handle_frag`). The rank shim points
+/// `btl_sm_backing_directory` at this folder (`AIC_SHM_DIR`) in every rank, after mpirun has
+/// forwarded its own environment, so each allocation's ranks share memory among themselves only.
+pub struct ShmDir(std::path::PathBuf);
+
+impl ShmDir {
+    /// `/dev/shm/aic-<job>-<attempt>-<index>` (memory-backed), else `<work>/shm`.
+    pub fn create(job: &str, attempt: u32, index: u32, work: &std::path::Path) -> std::io::Result<ShmDir> {
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { shm.join(format!("aic-{job}-{attempt}-{index}")) } else { work.join("shm") };
+        std::fs::create_dir_all(&dir)?;
+        Ok(ShmDir(dir))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ShmDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The cores this allocation may use: `AIC_CPUS` when the scheduler sets it (the simulated
 /// miners share one machine), else what the OS grants this process (cgroup quota, affinity).
