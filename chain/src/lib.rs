@@ -6,10 +6,12 @@
 //! - `siwe`: Sign-In with Ethereum (EIP-4361) messages.
 //! - `verify`: the validate function's signature and payment checks.
 //! - `wallet`: signers from a private key or an encrypted keystore.
+//! - `follow`: a payment a wallet sent, followed to its receipt through speed-ups and cancellations.
 //! - `devchain`: anvil with the token deployed and the dev accounts funded.
 
 pub mod config;
 pub mod devchain;
+pub mod follow;
 pub mod request;
 pub mod siwe;
 pub mod token;

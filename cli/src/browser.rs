@@ -1,11 +1,16 @@
-//! A browser wallet (Metamask) as a signer: `aic` serves a page on 127.0.0.1 that asks
-//! `window.ethereum` for the signatures and posts them back.
+//! A browser wallet (MetaMask) as a signer: `aic` serves a page on 127.0.0.1 that asks
+//! the wallet for the signatures and posts them back.
 //!
 //! The page's URL carries a random token that every call must repeat, so another page in
 //! the same browser cannot drive it. Two tasks:
-//! - login: Sign-In with Ethereum (`personal_sign`), kept as the session;
-//! - sign: a job request — the page sends the AIC payment (`eth_sendTransaction`), then signs
-//!   the request with the payment in it (`eth_signTypedData_v4`).
+//! - login: Sign-In with Ethereum (`personal_sign`) for this page's own address (wallets
+//!   compare the message's domain with the page's origin), kept as the session;
+//! - sign: a job request — the page checks that the wallet's account is the job's owner and
+//!   that the wallet is on the pool's chain (switching to it, or adding it with its RPC URL),
+//!   sends the AIC payment (`eth_sendTransaction`), which `aic` follows to its receipt
+//!   through speed-ups and cancellations, then signs the request with the payment in it
+//!   (`eth_signTypedData_v4`). A payment is made once: trying again after a refused
+//!   signature signs without paying again.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,15 +28,17 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::identity::{self, SIWE_DOMAIN, SIWE_URI, Session, Source};
+use crate::identity::{self, Session, Source};
 
 const PAGE: &str = include_str!("../assets/wallet.html");
 const MAX_BODY: usize = 64 * 1024;
+/// How long the page waits for a payment the wallet sent to be mined.
+const PAYMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// What the page is asked to do.
 pub enum Task {
     Login { chain_id: u64 },
-    Sign { req: Box<JobRequest>, chain_id: u64, payment: Option<Payment> },
+    Sign { req: Box<JobRequest>, chain: aic_chain::ChainConfig, payment: Option<Payment> },
 }
 
 /// A transfer of `amount` AIC (`token`) to `treasury` the page asks the wallet to send.
@@ -49,8 +56,15 @@ pub enum Done {
 struct State {
     home: PathBuf,
     token: String,
+    /// This page's own address (`127.0.0.1:PORT`): the SIWE domain.
+    authority: String,
     task: Task,
     challenge: Option<SiweMessage>,
+    /// The payment once mined, under its final hash: a second try signs without paying again.
+    paid: Option<String>,
+    /// What the wallet was about to be asked to send (nonce, height): how its payment is
+    /// followed through a speed-up or a cancellation.
+    sending: Option<aic_chain::follow::Sent>,
     done: Option<oneshot::Sender<Done>>,
 }
 
@@ -62,7 +76,16 @@ pub async fn run(home: PathBuf, task: Task) -> anyhow::Result<Done> {
     let addr: SocketAddr = listener.local_addr()?;
     let token = ulid::Ulid::new().to_string().to_lowercase();
     let (tx, rx) = oneshot::channel();
-    let state = Arc::new(Mutex::new(State { home, token: token.clone(), task, challenge: None, done: Some(tx) }));
+    let state = Arc::new(Mutex::new(State {
+        home,
+        token: token.clone(),
+        authority: addr.to_string(),
+        task,
+        challenge: None,
+        paid: None,
+        sending: None,
+        done: Some(tx),
+    }));
     let url = format!("http://{addr}/?t={token}");
     eprintln!("open {url} in the browser that has your wallet (Metamask)");
     if std::env::var_os("AIC_NO_BROWSER").is_none() {
@@ -131,6 +154,8 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
         (Method::GET, "/task") => task(&state),
         (Method::POST, "/challenge") => challenge(&state, body),
         (Method::POST, "/login") => login(&state, body),
+        (Method::POST, "/paying") => paying(&state, body).await,
+        (Method::POST, "/paid") => paid(&state, body).await,
         (Method::POST, "/typed") => typed(&state, body),
         (Method::POST, "/signed") => signed(&state, body),
         _ => return Ok(error(StatusCode::NOT_FOUND, "no such page")),
@@ -145,7 +170,7 @@ fn task(state: &Shared) -> anyhow::Result<serde_json::Value> {
     let st = state.lock().unwrap();
     Ok(match &st.task {
         Task::Login { chain_id } => serde_json::json!({ "kind": "login", "chainId": chain_id }),
-        Task::Sign { req, chain_id, payment } => {
+        Task::Sign { req, chain, payment } => {
             let payment = payment.as_ref().map(|p| {
                 let data = aic_chain::token::IAIC::transferCall {
                     to: p.treasury,
@@ -158,7 +183,32 @@ fn task(state: &Shared) -> anyhow::Result<serde_json::Value> {
                     "display": aic_core::pricing::format_aic(p.amount),
                 })
             });
-            serde_json::json!({ "kind": "sign", "job": req.job_id, "chainId": chain_id, "payment": payment })
+            let name =
+                if chain.chain_id == 31337 /* anvil's */ {
+                "aic dev chain".to_string()
+            } else {
+                format!("chain {}", chain.chain_id)
+            };
+            // What `wallet_addEthereumChain` takes (EIP-3085), for a wallet that lacks the chain.
+            let add = (!chain.rpc_url.is_empty()).then(|| {
+                serde_json::json!({
+                    "chainId": format!("0x{:x}", chain.chain_id),
+                    "chainName": name,
+                    "rpcUrls": [chain.rpc_url],
+                    "nativeCurrency": { "name": "Ether", "symbol": "ETH", "decimals": 18 },
+                })
+            });
+            serde_json::json!({
+                "kind": "sign",
+                "job": req.job_id,
+                "owner": aic_chain::to_alloy(&req.owner).to_string(),
+                "chainId": chain.chain_id,
+                "chainHex": format!("0x{:x}", chain.chain_id),
+                "chainName": name,
+                "addChain": add,
+                "payment": payment,
+                "paid": st.paid,
+            })
         }
     })
 }
@@ -166,15 +216,16 @@ fn task(state: &Shared) -> anyhow::Result<serde_json::Value> {
 #[derive(Deserialize)]
 struct AddressBody {
     address: alloy::primitives::Address,
-    #[serde(default)]
-    tx: Option<String>,
 }
 
 fn challenge(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let b: AddressBody = serde_json::from_value(body).context("want {address}")?;
     let mut st = state.lock().unwrap();
     let Task::Login { chain_id } = st.task else { anyhow::bail!("this page is not signing in") };
-    let msg = SiweMessage::new(SIWE_DOMAIN, SIWE_URI, b.address, chain_id, chrono::Duration::days(7));
+    // The page's own address, which the wallet checks against the page's origin (MetaMask's
+    // `isValidSIWEOrigin`): a message for another domain gets a danger alert.
+    let uri = format!("http://{}/", st.authority);
+    let msg = SiweMessage::new(&st.authority, &uri, b.address, chain_id, chrono::Duration::days(7));
     let text = msg.to_string();
     st.challenge = Some(msg);
     Ok(serde_json::json!({ "message": text }))
@@ -194,7 +245,7 @@ fn login(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::
     if issued.as_deref() != Some(b.message.as_str()) {
         anyhow::bail!("that is not the message this page asked you to sign; reload");
     }
-    let session = identity::finish_login(&st.home, Source::Browser, &b.message, &b.signature, chain_id)?;
+    let session = identity::finish_login(&st.home, Source::Browser, &b.message, &b.signature, chain_id, &st.authority)?;
     let address = session.address;
     if let Some(done) = st.done.take() {
         let _ = done.send(Done::LoggedIn(Box::new(session)));
@@ -202,23 +253,84 @@ fn login(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::
     Ok(serde_json::json!({ "address": address }))
 }
 
-fn typed(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    let b: AddressBody = serde_json::from_value(body).context("want {address, tx}")?;
-    let mut st = state.lock().unwrap();
-    let Task::Sign { req, chain_id, payment } = &mut st.task else { anyhow::bail!("this page is not signing a job") };
-    if aic_chain::to_alloy(&req.owner) != b.address {
-        anyhow::bail!(
-            "the wallet's account is {}; switch it to {}, the account you signed in with",
-            b.address,
-            req.owner
-        );
+/// The job's owner, when `address` is not it: the one line the page shows.
+fn not_the_owner(req: &JobRequest, address: alloy::primitives::Address) -> Option<String> {
+    let owner = aic_chain::to_alloy(&req.owner);
+    (owner != address)
+        .then(|| format!("the wallet's account is {address}; switch it to {owner}, the account this job belongs to"))
+}
+
+/// The page is about to send the payment from `address`: only the owner pays, once.
+async fn paying(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let b: AddressBody = serde_json::from_value(body).context("want {address}")?;
+    let (rpc, sent) = {
+        let st = state.lock().unwrap();
+        let Task::Sign { req, chain, payment } = &st.task else { anyhow::bail!("this page is not signing a job") };
+        if let Some(why) = not_the_owner(req, b.address) {
+            anyhow::bail!(why);
+        }
+        let Some(p) = payment else { anyhow::bail!("this job needs no payment") };
+        if let Some(tx) = &st.paid {
+            anyhow::bail!("this job is paid already (in {tx}); sign it");
+        }
+        let input =
+            aic_chain::token::IAIC::transferCall { to: p.treasury, value: alloy::primitives::U256::from(p.amount) }
+                .abi_encode();
+        (chain.rpc_url.clone(), (b.address, p.token, input))
+    };
+    let provider = alloy::providers::ProviderBuilder::new().connect_http(rpc.parse()?);
+    use alloy::providers::Provider as _;
+    let unreachable = || format!("cannot reach the pool's chain at {rpc}");
+    let since = provider.get_block_number().await.with_context(unreachable)?;
+    let nonce = provider.get_transaction_count(sent.0).pending().await.with_context(unreachable)?;
+    let (from, to, input) = sent;
+    state.lock().unwrap().sending = Some(aic_chain::follow::Sent { from, to, input: input.into(), nonce, since });
+    Ok(serde_json::json!({ "ok": true }))
+}
+
+/// The wallet sent the payment as `tx`: follow it to its receipt (a speed-up's new hash, or
+/// a cancellation) before the request names it.
+async fn paid(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    #[derive(Deserialize)]
+    struct B {
+        tx: alloy::primitives::B256,
     }
-    match (&b.tx, payment.is_some()) {
-        (Some(tx), _) => req.payment = Some(PaymentRef { chain_id: *chain_id, tx: tx.to_lowercase() }),
+    let b: B = serde_json::from_value(body).context("want {tx}")?;
+    let (rpc, sent) = {
+        let st = state.lock().unwrap();
+        let Task::Sign { chain, .. } = &st.task else { anyhow::bail!("this page is not signing a job") };
+        let sent = st.sending.clone().ok_or_else(|| anyhow!("the page did not say it was paying; reload it"))?;
+        (chain.rpc_url.clone(), sent)
+    };
+    let provider = alloy::providers::ProviderBuilder::new().connect_http(rpc.parse()?);
+    let every = std::time::Duration::from_millis(250);
+    let followed = aic_chain::follow::follow(&provider, b.tx, &sent, every, PAYMENT_WAIT).await?;
+    match followed {
+        aic_chain::follow::Followed::Mined { tx, replaced } => {
+            let tx = format!("{tx:#x}");
+            state.lock().unwrap().paid = Some(tx.clone());
+            Ok(serde_json::json!({ "tx": tx, "replaced": replaced }))
+        }
+        aic_chain::follow::Followed::Cancelled { by } => {
+            anyhow::bail!("the payment was cancelled in your wallet (by {by:#x}); nothing was paid: try again to pay")
+        }
+    }
+}
+
+fn typed(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let b: AddressBody = serde_json::from_value(body).context("want {address}")?;
+    let mut st = state.lock().unwrap();
+    let paid = st.paid.clone();
+    let Task::Sign { req, chain, payment } = &mut st.task else { anyhow::bail!("this page is not signing a job") };
+    if let Some(why) = not_the_owner(req, b.address) {
+        anyhow::bail!(why);
+    }
+    match (paid, payment.is_some()) {
+        (Some(tx), _) => req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx }),
         (None, true) => anyhow::bail!("the job must be paid first"),
         (None, false) => {}
     }
-    aic_chain::request::typed_data_json(req, *chain_id)
+    aic_chain::request::typed_data_json(req, chain.chain_id)
 }
 
 fn signed(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
@@ -228,10 +340,10 @@ fn signed(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json:
     }
     let b: B = serde_json::from_value(body).context("want {signature}")?;
     let mut st = state.lock().unwrap();
-    let Task::Sign { req, chain_id, .. } = &mut st.task else { anyhow::bail!("this page is not signing a job") };
+    let Task::Sign { req, chain, .. } = &mut st.task else { anyhow::bail!("this page is not signing a job") };
     let mut signed = req.clone();
     signed.signature = Some(b.signature);
-    aic_chain::request::check(&signed, *chain_id)?;
+    aic_chain::request::check(&signed, chain.chain_id)?;
     if let Some(done) = st.done.take() {
         let _ = done.send(Done::Signed(signed));
     }

@@ -16,7 +16,8 @@ use anyhow::{Context, anyhow};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The SIWE domain and URI of the embedded pool (the gateway's own, in pool mode).
+/// The SIWE domain and URI of a key's sign-in to the embedded pool (the gateway's own in
+/// pool mode; the wallet page's own address for a browser wallet, which checks it).
 pub const SIWE_DOMAIN: &str = "localhost";
 pub const SIWE_URI: &str = "http://localhost/";
 const SESSION_DAYS: i64 = 7;
@@ -106,19 +107,20 @@ pub async fn login_with_key(home: &Path, source: Source, chain_id: u64) -> anyho
     let msg = SiweMessage::new(SIWE_DOMAIN, SIWE_URI, signer.address(), chain_id, chrono::Duration::days(SESSION_DAYS));
     let sig = signer.sign_message(msg.to_string().as_bytes()).await?;
     let sig = format!("0x{}", alloy::hex::encode(sig.as_bytes()));
-    finish_login(home, source, &msg.to_string(), &sig, chain_id)
+    finish_login(home, source, &msg.to_string(), &sig, chain_id, SIWE_DOMAIN)
 }
 
-/// Checks a signed SIWE message and keeps the session.
+/// Checks a SIWE message signed for `domain` and keeps the session.
 pub fn finish_login(
     home: &Path,
     source: Source,
     message: &str,
     signature: &str,
     chain_id: u64,
+    domain: &str,
 ) -> anyhow::Result<Session> {
     let msg = SiweMessage::parse(message)?;
-    msg.verify(signature, SIWE_DOMAIN, chain_id, Utc::now())?;
+    msg.verify(signature, domain, chain_id, Utc::now())?;
     let s = Session {
         address: aic_chain::from_alloy(msg.address),
         source,

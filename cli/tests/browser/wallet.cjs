@@ -1,53 +1,237 @@
-// Drives aic's wallet page in headless Chromium with an injected EIP-1193 provider
-// (window.ethereum) that forwards to anvil, whose dev accounts are unlocked: the stand-in
-// for Metamask, which cannot be installed here.
+// Drives aic's wallet page in headless Chromium with an injected wallet that behaves as
+// MetaMask does on the points the page must respect (MetaMask cannot be installed here):
 //
-// usage: NODE_PATH=contracts/node_modules node wallet.cjs URL RPC_URL ACCOUNT SCREENSHOT.png
+// - chains: the wallet starts where the scenario says (mainnet by default) and knows only the
+//   chains it was given; `wallet_switchEthereumChain` to an unknown chain fails with 4902
+//   ("Unrecognized chain ID … Try adding the chain using wallet_addEthereumChain first"),
+//   `wallet_addEthereumChain` checks that the RPC URL answers the chain id it claims, then
+//   switches (the user accepts); `chainChanged` fires on every switch (MetaMask docs,
+//   "Detect the user's network"; EIP-1193 events);
+// - `eth_signTypedData_v4`: refused unless `domain.chainId` is the active chain, with
+//   MetaMask's own message (MetaMask/core signature-controller `utils/validation.ts`,
+//   `validateTypedSignatureRequestV3V4`: `Provided chainId "…" must match the active chainId "…"`);
+// - `personal_sign` of a Sign-In with Ethereum message: the message's domain must match the
+//   page's origin (MetaMask/core controller-utils `siwe.ts`, `isValidSIWEOrigin`: hostname
+//   must match, port and user when given); otherwise MetaMask shows its danger alert, and the
+//   user here declines (4001);
+// - `eth_sendTransaction` goes out on the *active* chain: sent while the wallet is on another
+//   chain it would cost real gas there and never reach the pool's chain (counted, never
+//   forwarded); only from the selected account (else 4100);
+// - accounts: the selected account can change (`accountsChanged`), and a refusal is 4001;
+// - EIP-6963: the wallet announces itself (rdns `io.metamask`) on `eip6963:requestProvider`;
+//   other wallets may be announced too, one of them having taken `window.ethereum`;
+// - a payment can be *sped up* in the wallet after its hash was handed back: the same call,
+//   same nonce, a higher fee, mined in its place (the first hash never mines).
+//
+// usage: NODE_PATH=contracts/node_modules node wallet.cjs URL RPC_URL SCENARIO_JSON SCREENSHOT.png
+// SCENARIO: {account, startChain?, knownChains?, switchTo?, rejectSignOnce?, speedUp?, wallets?}
+// Prints one JSON line: {status, done, errors, waits, wallet: {sends, wrongChainSends, switched, added}}.
 const { chromium } = require("playwright-core");
 
+function installWallet({ rpc, scenario }) {
+  const err = (code, message) => Object.assign(new Error(message), { code });
+  const ANVIL = "0x7a69";
+  const state = {
+    chainId: scenario.startChain || "0x1",
+    known: new Set(["0x1", ...(scenario.knownChains || [])]),
+    account: scenario.account,
+    listeners: {},
+    rejectSignOnce: !!scenario.rejectSignOnce,
+    speedUp: !!scenario.speedUp,
+    log: { sends: [], wrongChainSends: 0, switched: [], added: [], spedUp: null },
+  };
+  let id = 0;
+  async function call(url, method, params) {
+    const r = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ jsonrpc: "2.0", id: ++id, method, params: params || [] }),
+    });
+    const j = await r.json();
+    if (j.error) throw err(j.error.code, j.error.message);
+    return j.result;
+  }
+  const anvil = (method, params) => call(rpc, method, params);
+  function emit(event, arg) {
+    for (const cb of state.listeners[event] || []) setTimeout(() => cb(arg), 0);
+  }
+  function siweDomain(hex) {
+    const bytes = (hex.startsWith("0x") ? hex.slice(2) : hex).match(/../g) || [];
+    const text = new TextDecoder().decode(new Uint8Array(bytes.map((b) => parseInt(b, 16))));
+    const m = text.match(/^(\S+) wants you to sign in with your Ethereum account:\n/);
+    return m ? m[1] : null;
+  }
+  function validSiweOrigin(domain, origin) {
+    const o = new URL(origin);
+    const d = /^[^/:]*:\/\//.test(domain) ? new URL(domain) : new URL(o.protocol + "//" + domain);
+    if (d.hostname.localeCompare(o.hostname, undefined, { sensitivity: "accent" }) !== 0) return false;
+    if (d.port !== "" && d.port !== o.port) return o.port === "" && d.port === ({ "http:": "80", "https:": "443" })[o.protocol];
+    return true;
+  }
+  async function speedUp(tx) {
+    await anvil("evm_setAutomine", [false]);
+    const nonce = await anvil("eth_getTransactionCount", [tx.from, "pending"]);
+    const slow = { ...tx, nonce, gas: "0x1d4c0", maxFeePerGas: "0x77359400", maxPriorityFeePerGas: "0x77359400" };
+    const first = await anvil("eth_sendTransaction", [slow]);
+    const fast = await anvil("eth_sendTransaction", [{ ...slow, maxFeePerGas: "0xee6b2800", maxPriorityFeePerGas: "0xee6b2800" }]);
+    await anvil("evm_mine", []);
+    await anvil("evm_setAutomine", [true]);
+    state.log.sends.push(first);
+    state.log.spedUp = fast;
+    return first;
+  }
+  const provider = {
+    isMetaMask: true,
+    on(event, cb) { (state.listeners[event] = state.listeners[event] || []).push(cb); },
+    removeListener(event, cb) { state.listeners[event] = (state.listeners[event] || []).filter((f) => f !== cb); },
+    async request({ method, params = [] }) {
+      switch (method) {
+        case "eth_requestAccounts":
+        case "eth_accounts":
+          return [state.account];
+        case "eth_chainId":
+          return state.chainId;
+        case "wallet_switchEthereumChain": {
+          const c = String(params[0] && params[0].chainId).toLowerCase();
+          if (!state.known.has(c)) {
+            throw err(4902, `Unrecognized chain ID "${c}". Try adding the chain using wallet_addEthereumChain first.`);
+          }
+          state.chainId = c;
+          state.log.switched.push(c);
+          emit("chainChanged", c);
+          return null;
+        }
+        case "wallet_addEthereumChain": {
+          const p = params[0] || {};
+          const c = String(p.chainId).toLowerCase();
+          if (!Array.isArray(p.rpcUrls) || p.rpcUrls.length === 0) {
+            throw err(-32602, "Expected an array with at least one valid string HTTPS url 'rpcUrls'");
+          }
+          const answered = await call(p.rpcUrls[0], "eth_chainId", []);
+          if (String(answered).toLowerCase() !== c) {
+            throw err(-32602, `Chain ID returned by RPC URL ${p.rpcUrls[0]} does not match ${c}`);
+          }
+          state.known.add(c);
+          state.log.added.push(c);
+          state.chainId = c;
+          emit("chainChanged", c);
+          return null;
+        }
+        case "personal_sign": {
+          const domain = siweDomain(params[0]);
+          if (domain !== null && !validSiweOrigin(domain, location.origin)) {
+            throw err(4001, `User rejected the request (the site making the request, ${location.origin}, is not the site you're signing into, ${domain})`);
+          }
+          return anvil(method, params);
+        }
+        case "eth_signTypedData_v4": {
+          if (state.rejectSignOnce) {
+            state.rejectSignOnce = false;
+            throw err(4001, "MetaMask Typed Message Signature: User denied message signature.");
+          }
+          let chainId = JSON.parse(params[1]).domain.chainId;
+          if (chainId) {
+            if (typeof chainId === "string") chainId = parseInt(chainId, chainId.startsWith("0x") ? 16 : 10);
+            const active = parseInt(state.chainId, 16);
+            if (chainId !== active) throw new Error(`Provided chainId "${chainId}" must match the active chainId "${active}"`);
+          }
+          return anvil(method, params);
+        }
+        case "eth_sendTransaction": {
+          const tx = params[0];
+          if (String(tx.from).toLowerCase() !== state.account.toLowerCase()) {
+            throw err(4100, "The requested account and/or method has not been authorized by the user.");
+          }
+          if (state.chainId !== ANVIL) {
+            // Out on another chain (real gas there); the pool's chain never sees it.
+            state.log.wrongChainSends += 1;
+            return "0x" + Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, "0")).join("");
+          }
+          if (state.speedUp) return speedUp(tx);
+          const hash = await anvil(method, params);
+          state.log.sends.push(hash);
+          return hash;
+        }
+        default:
+          if (state.chainId !== ANVIL) throw err(-32603, "this wallet reaches only the pool's chain");
+          return anvil(method, params);
+      }
+    },
+  };
+  const icon = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 1 1'/%3E";
+  const wallets = [{ info: { uuid: "3f1e2d6c-0000-4000-8000-000000000001", name: "MetaMask", icon, rdns: "io.metamask" }, provider }];
+  for (const [i, name] of (scenario.wallets || []).entries()) {
+    const other = {
+      async request() { throw err(4001, name + ": the user rejected the request"); },
+      on() {},
+      removeListener() {},
+    };
+    wallets.push({ info: { uuid: `3f1e2d6c-0000-4000-8000-00000000010${i}`, name, icon, rdns: "com.example.wallet" + i }, provider: other });
+  }
+  const announce = () => {
+    for (const w of wallets) window.dispatchEvent(new CustomEvent("eip6963:announceProvider", { detail: Object.freeze(w) }));
+  };
+  window.addEventListener("eip6963:requestProvider", announce);
+  // The extension that loaded last holds window.ethereum.
+  window.ethereum = wallets[wallets.length - 1].provider;
+  window.__wallet = {
+    log: state.log,
+    switchAccount(a) { state.account = a; emit("accountsChanged", [a]); },
+  };
+}
+
 async function main() {
-  const [url, rpc, account, shot] = process.argv.slice(2);
+  const [url, rpc, scenarioJson, shot] = process.argv.slice(2);
+  const scenario = JSON.parse(scenarioJson);
   const browser = await chromium.launch({
     executablePath: process.env.AIC_CHROMIUM || "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
+  const result = { status: "", done: false, errors: [], waits: [], wallet: null };
   try {
     const context = await browser.newContext();
-    await context.addInitScript(({ rpc, account }) => {
-      let id = 0;
-      window.ethereum = {
-        isMetaMask: true,
-        async request({ method, params }) {
-          if (method === "eth_requestAccounts" || method === "eth_accounts") return [account];
-          const r = await fetch(rpc, {
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            body: JSON.stringify({ jsonrpc: "2.0", id: ++id, method, params: params || [] }),
-          });
-          const j = await r.json();
-          if (j.error) throw new Error(j.error.message);
-          return j.result;
-        },
-      };
-    }, { rpc, account });
+    await context.addInitScript(installWallet, { rpc, scenario });
     const page = await context.newPage();
     await page.goto(url);
-    await page.waitForSelector("#status.done, #status.error", { timeout: 60000 });
-    const text = await page.textContent("#status");
+    if ((scenario.wallets || []).length > 0) {
+      await page.click('#wallets button[data-wallet="MetaMask"]', { timeout: 30000 });
+    }
+    const text = () => page.textContent("#status");
+    const cls = () => page.getAttribute("#status", "class");
+    let switched = false;
+    let retries = scenario.rejectSignOnce ? 1 : 0;
+    for (;;) {
+      await page.waitForSelector("#status.done, #status.error, #status.wait:not(:has(+ #wallets:not([hidden])))", { timeout: 120000 });
+      const c = await cls();
+      const t = await text();
+      if (c === "done") break;
+      if (c === "wait" && scenario.switchTo && !switched) {
+        result.waits.push(t);
+        switched = true;
+        await page.evaluate((a) => window.__wallet.switchAccount(a), scenario.switchTo);
+        await page.waitForFunction((old) => document.querySelector("#status").textContent !== old, t, { timeout: 30000 });
+        continue;
+      }
+      if (c === "error" && retries > 0) {
+        result.errors.push(t);
+        retries -= 1;
+        await page.click("#go");
+        await page.waitForFunction(() => document.querySelector("#status").className !== "error", null, { timeout: 30000 });
+        continue;
+      }
+      if (c === "error") result.errors.push(t);
+      if (c === "wait") result.waits.push(t);
+      break;
+    }
+    result.status = await text();
+    result.done = (await cls()) === "done";
+    result.wallet = await page.evaluate(() => window.__wallet.log);
     if (shot) await page.screenshot({ path: shot });
-    console.log(text);
-    const ok = await page.$("#status.done");
-    process.exit(ok ? 0 : 1);
   } finally {
     await browser.close();
   }
+  console.log(JSON.stringify(result));
+  process.exit(result.done ? 0 : 1);
 }
 
 main().catch((e) => {
