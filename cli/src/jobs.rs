@@ -49,6 +49,17 @@ impl Code {
         if meta.is_dir() && !path.join(&entrypoint).is_file() {
             bail!("entrypoint {entrypoint} is not a file in {}", path.display());
         }
+        if !meta.is_dir()
+            && let Some(module) = sibling_import(path)
+        {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            bail!(
+                "{entrypoint} imports {module}, which is beside it in {} but is not uploaded with a single script: \
+                 run the folder instead, `aic run {} --entrypoint {entrypoint}` with the same flags; nothing was paid",
+                dir.display(),
+                dir.display()
+            );
+        }
         Ok(Code { path: path.to_path_buf(), entrypoint })
     }
 
@@ -61,6 +72,32 @@ impl Code {
         };
         d.with_context(|| format!("reading {}", self.path.display()))
     }
+}
+
+/// A module a Python script imports that lives beside it (`train.py` for `import train`),
+/// which a single-script upload would leave behind: the job would fail on the miner with
+/// `No module named …` after it was paid for.
+fn sibling_import(script: &Path) -> Option<String> {
+    if script.extension().is_none_or(|e| e != "py") {
+        return None;
+    }
+    let dir = script.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(script).ok()?;
+    let own = script.file_stem()?.to_str()?;
+    text.lines().find_map(|line| {
+        let line = line.trim_start();
+        let names: Vec<&str> = if let Some(rest) = line.strip_prefix("import ") {
+            rest.split(',').filter_map(|n| n.split_whitespace().next()).collect()
+        } else if let Some(rest) = line.strip_prefix("from ") {
+            rest.split_whitespace().next().into_iter().collect()
+        } else {
+            return None;
+        };
+        names.into_iter().map(|n| n.split('.').next().unwrap_or(n)).find_map(|m| {
+            let beside = dir.join(format!("{m}.py")).is_file() || dir.join(m).join("__init__.py").is_file();
+            (m != own && !m.is_empty() && beside).then(|| m.to_string())
+        })
+    })
 }
 
 /// Uploads the code, then writes the request (create-only): the request's creation is
@@ -213,13 +250,17 @@ pub async fn pay_sign_submit(
     }
     let quote = chain.pricing().quote(&req);
     let total: u128 = quote.total.parse()?;
-    eprintln!(
-        "quote: {} GPU-hour{} × {} per GPU-hour = {}",
-        quote.gpu_hours,
-        if quote.gpu_hours == 1.0 { "" } else { "s" },
-        format_aic(chain.price()),
-        format_aic(total)
-    );
+    if chain.is_free() {
+        eprintln!("quote: free ({} GPU-hours; this pool charges nothing)", quote.gpu_hours);
+    } else {
+        eprintln!(
+            "quote: {} GPU-hour{} × {} per GPU-hour = {}",
+            quote.gpu_hours,
+            if quote.gpu_hours == 1.0 { "" } else { "s" },
+            format_aic(chain.price()),
+            format_aic(total)
+        );
+    }
     if let Some(tx) = &tx {
         req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx: tx.clone() });
     }
@@ -230,7 +271,7 @@ pub async fn pay_sign_submit(
             treasury: chain.treasury,
             amount: total,
         });
-        let task = crate::browser::Task::Sign { req: Box::new(req.clone()), chain_id: chain.chain_id, payment };
+        let task = crate::browser::Task::Sign { req: Box::new(req.clone()), chain: chain.clone(), payment };
         match crate::browser::run(env.home.clone(), task).await? {
             crate::browser::Done::Signed(signed) => req = *signed,
             crate::browser::Done::LoggedIn(_) => bail!("the wallet page signed in instead of signing the job"),
