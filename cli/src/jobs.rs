@@ -450,6 +450,8 @@ pub async fn logs(env: &Env, s: &str, follow: bool) -> anyhow::Result<i32> {
     }
     let mut cursor = watch::LogCursor::default();
     let printed = cursor.print_new(env, &job).await?;
+    // A progress bar drawn from the log's `AIC_PROGRESS` lines is cleared, not left behind.
+    cursor.finish();
     if printed == 0 {
         eprintln!("no output yet");
     }

@@ -82,7 +82,7 @@ impl LogCursor {
         true
     }
 
-    fn finish(&mut self) {
+    pub fn finish(&mut self) {
         if let Some(pb) = self.progress.take() {
             pb.finish_and_clear();
         }
@@ -185,6 +185,8 @@ pub async fn watch_keep(env: &Env, job: &JobKey, show_logs: bool, borrowed: Opti
 
 /// `aic logs -f`: the log until the job ends.
 pub async fn follow_logs(env: &Env, job: &JobKey) -> anyhow::Result<i32> {
+    // Taken before anything is printed: a Ctrl-C from then on is this loop's to answer.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut cursor = LogCursor::default();
     loop {
         cursor.print_new(env, job).await?;
@@ -198,7 +200,12 @@ pub async fn follow_logs(env: &Env, job: &JobKey) -> anyhow::Result<i32> {
         }
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
-            _ = tokio::signal::ctrl_c() => { cursor.finish(); return Ok(130); }
+            _ = interrupt.recv() => {
+                cursor.finish();
+                // On a line of its own: the terminal's `^C` is all that is on the current one.
+                eprintln!("\nstopped following; the job goes on: `aic status {}`", job.job);
+                return Ok(130);
+            }
         }
     }
 }

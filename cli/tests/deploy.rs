@@ -156,6 +156,13 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     all_answer(&api, &rows, 40, "after a replica was killed");
     // The replica's worker starts it again; it registers again.
     replaced(&job, 1, victim, 30);
+    // Its log says so once shipped (within about a second): before the next step kills that
+    // worker, whose unshipped lines would go with it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !String::from_utf8_lossy(&h.aic(&["deploy", "logs", "digits"]).stdout).contains("uWSGI exited") {
+        assert!(Instant::now() < deadline, "the restart never reached the log");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // Lose replica 1's whole allocation (its worker and its uWSGI, as when a miner dies):
     // replica 0 keeps serving untouched, and only replica 1 starts again, on the free miner.
@@ -192,17 +199,28 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     assert_eq!((list[0]["name"].as_str(), list[0]["state"].as_str()), (Some("digits"), Some("running")));
     assert_eq!(list[0]["address"].as_str(), Some(api.as_str()), "the list shows the name's address");
     assert!(list[0]["version_address"].as_str().unwrap().ends_with(&format!("/d/{job}/")));
-    // The uWSGI log, with the restart in it (log chunks ship within about a second).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let logs = loop {
-        let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "digits"]).stdout).to_string();
-        if logs.contains("uWSGI exited") || Instant::now() > deadline {
-            break logs;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    // The uWSGI log, with the restart in it.
+    let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "digits"]).stdout).to_string();
     assert!(logs.contains("WSGI app 0") && logs.contains("[aic] serving on"), "the uWSGI log: {logs}");
     assert!(logs.contains("uWSGI exited"), "{logs}");
+    // Following the log until Ctrl-C: it says so on a line of its own, so the shell's prompt
+    // does not land on the last log line.
+    let mut follow = h
+        .cmd(&["deploy", "logs", "digits", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut log, &mut first).unwrap();
+    assert!(!first.is_empty(), "the log is followed");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(follow.id() as i32), nix::sys::signal::Signal::SIGINT);
+    std::io::Read::read_to_string(&mut log, &mut first).unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(follow.wait().unwrap().code(), Some(130), "{said}");
+    assert!(said.contains("stopped following") && said.ends_with('\n'), "{said:?}");
 
     // Scaling to three does not fit beside the two running: nothing changes, and it says why.
     let out = h.aic(&["deploy", "scale", "digits", "3"]);
