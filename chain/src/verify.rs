@@ -89,7 +89,11 @@ impl PaymentVerifier for ChainPayments {
         let Some(receipt) = self.provider.get_transaction_receipt(hash).await.map_err(unavailable)? else {
             return match self.provider.get_transaction_by_hash(hash).await.map_err(unavailable)? {
                 Some(_) => Err(PaymentVerdict::Pending(format!("payment {} is not mined yet", p.tx))),
-                None => Err(reject(format!("there is no transaction {} on chain {}", p.tx, self.cfg.chain_id))),
+                None => Err(reject(format!(
+                    "there is no transaction {} on chain {}: if it was sped up or cancelled in the wallet, it has a new hash; \
+                     submit the job again with --tx NEW_HASH (a payment pays one job), or pay again",
+                    p.tx, self.cfg.chain_id
+                ))),
             };
         };
         if !receipt.status() {

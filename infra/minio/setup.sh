@@ -8,7 +8,8 @@
 # records) is posted to the host. MinIO keeps undelivered events in queue_dir and retries
 # them, so an outage of the host loses nothing; the host answers 503 when an event must come
 # again. With WEBHOOK_TOKEN, MinIO sends it as a bearer token and the host (AIC_WEBHOOK_TOKEN)
-# refuses bodies without it. Idempotent.
+# refuses bodies without it. Without one, the host takes MinIO's posts only if it was started
+# with AIC_WEBHOOK_UNAUTHENTICATED=1 (it refuses unsigned posts otherwise). Idempotent.
 set -eu
 alias="${1:?usage: setup.sh MC_ALIAS BUCKET FUNCTIONS_URL [WEBHOOK_TOKEN]}"
 bucket="${2:?usage: setup.sh MC_ALIAS BUCKET FUNCTIONS_URL [WEBHOOK_TOKEN]}"
