@@ -72,6 +72,7 @@ contract!(
     list_after_returns_only_what_is_new,
     oversized_documents_are_refused_unread,
     deleting_a_prefix_removes_every_object_under_it,
+    file_names_are_kept_exactly,
 );
 
 async fn create_only_lets_exactly_one_writer_win(b: &Backend) {
@@ -189,6 +190,50 @@ async fn folders_round_trip_with_nested_paths(b: &Backend) {
     assert_eq!(n, 4);
     assert_eq!(std::fs::read_to_string(dst.path().join("sub/deeper/c.csv")).unwrap(), "1,2,3");
     assert_eq!(std::fs::read_to_string(dst.path().join("with space.txt")).unwrap(), "s");
+}
+
+/// Any UTF-8 name is a key as it is: listed under it and read back byte for byte (object
+/// store's `Path::from` would have escaped these into other names).
+async fn file_names_are_kept_exactly(b: &Backend) {
+    let (store, p) = open(b);
+    let names = [
+        "학습데이터.csv",
+        "rate 50%.txt",
+        "a+b #1?.txt",
+        "ünï.txt",
+        "emoji 🚀.txt",
+        "%ED%95%99.txt",
+        "d/東京 & co.txt",
+    ];
+    let src = tempfile::tempdir().unwrap();
+    for (i, rel) in names.iter().enumerate() {
+        let path = src.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, format!("{i}")).unwrap();
+    }
+    let prefix = format!("{p}names/");
+    store.upload_dir(src.path(), &prefix, &|_| {}).await.unwrap();
+    let mut listed: Vec<String> = store
+        .list(&prefix)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.location.as_ref().strip_prefix(&prefix).unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    let dst = tempfile::tempdir().unwrap();
+    store.download_prefix(&prefix, dst.path(), &|_| {}).await.unwrap();
+    for (i, rel) in names.iter().enumerate() {
+        assert_eq!(std::fs::read_to_string(dst.path().join(rel)).unwrap(), format!("{i}"), "{rel}");
+    }
+    // A name the store cannot hold is refused before anything is written.
+    std::fs::write(src.path().join("ckpt#2"), "x").unwrap();
+    let e = store.upload_dir(src.path(), &format!("{p}refused/"), &|_| {}).await.unwrap_err();
+    assert!(e.to_string().contains("ckpt#2") && e.to_string().contains("rename it"), "{e}");
+    assert!(store.list(&format!("{p}refused/")).await.unwrap().is_empty());
 }
 
 async fn list_after_returns_only_what_is_new(b: &Backend) {

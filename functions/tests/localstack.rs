@@ -195,6 +195,12 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
     let (_, v) = sign(&url, &ta, json!([{"method": "PUT", "key": req_key, "size": 2, "sha256": sha(b"[]")}])).await;
     assert_eq!(use_url(&v["urls"][0], b"[]".to_vec()).await.status(), 412);
     assert_eq!(p.store.get_limited(&req_key, 100).await.unwrap().unwrap().as_ref(), b"{}");
+    // A request over the limit validate reads with gets no URL: it would be uploaded, then rejected.
+    let big_key = format!("users/{a}/jobs/{}/request.json", aic_schemas::JobId::generate());
+    let (code, v) =
+        sign(&url, &ta, json!([{"method": "PUT", "key": big_key, "size": 70_000, "sha256": sha(b"")}])).await;
+    assert_eq!(code, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("at most 65536 bytes (64 KiB)"), "{v}");
 
     // Tokens: forged, tampered, expired, missing → 401 with a reason.
     let forged = ta.replace(&a, &b);
