@@ -90,7 +90,7 @@ pub async fn replicas(env: &Env, job: &JobKey) -> anyhow::Result<Vec<ServingRegi
         return Ok(serde_json::from_value(v["replicas"].clone())?);
     }
     let mut out = Vec::new();
-    for m in env.store.list(&format!("pool/serving/{}/", job.job)).await? {
+    for m in env.store.list(&aic_core::layout::serving_prefix(job.job.as_str())).await? {
         if let Some(r) = env.store.get_json::<ServingRegistration>(m.location.as_ref(), 64 * 1024).await? {
             out.push(r);
         }

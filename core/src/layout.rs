@@ -14,7 +14,12 @@
 //! pool/payments/<chain>/<tx>.json               payment claims (create-only)
 //! pool/serving/<deployment>/<alloc>.json        serving registrations
 //! pool/names/<addr>/<name>/<deployment>.json    an owner's deployments by name (the stable route)
+//! pool/inbox/<ulid>.json                        the poller's inbox: a request URL was signed
+//! pool/poller/state.json                        the poller's cursor and waiting set
 //! ```
+//!
+//! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
+//! `"pool/` string outside this one.
 
 use aic_schemas::{Address, JobId};
 
@@ -38,9 +43,19 @@ pub fn payment_claim(chain_id: u64, tx: &str) -> String {
     format!("pool/payments/{chain_id}/{}.json", tx.to_ascii_lowercase())
 }
 
-pub fn serving_registration(deployment: &str, alloc: &str) -> String {
-    format!("pool/serving/{deployment}/{alloc}.json")
+/// `pool/serving/<deployment>/`: the deployment's serving registrations.
+pub fn serving_prefix(deployment: &str) -> String {
+    format!("pool/serving/{deployment}/")
 }
+
+pub fn serving_registration(deployment: &str, alloc: &str) -> String {
+    format!("{}{alloc}.json", serving_prefix(deployment))
+}
+
+/// The poller's inbox: `pool/inbox/<ulid>.json` for each request URL the gateway signed.
+pub const POLLER_INBOX: &str = "pool/inbox/";
+/// The poller's cursor and the requests it waits for.
+pub const POLLER_STATE: &str = "pool/poller/state.json";
 
 /// `pool/names/<addr>/<name>/`: the deployments named `name` by `owner`, one record each,
 /// written by dispatch; the newest with a live replica answers `/n/<addr>/<name>/`.

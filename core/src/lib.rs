@@ -8,9 +8,13 @@
 //! - `events`: the local event spool, the embedded pool's bucket notifications.
 //! - `payment`: the `PaymentVerifier` trait (a free pool here; the chain's in aic-chain).
 //! - `pricing`: quotes.
-//! - `scheduler`: the `Scheduler` trait and its local backend.
+//! - `scheduler`: the `Scheduler` trait, its local and Nomad backends.
+//! - `remote`: the bucket through a pool's gateway (`GatewayStore`).
+//! - `grant`: job-scoped worker tokens.
+//! - `digest`: the code digest a request signs.
 //!
-//! This crate knows nothing of the CLI or HTTP.
+//! This crate knows nothing of the CLI and serves no HTTP; it speaks HTTP only as a client
+//! (`scheduler::nomad` to Nomad's API, `remote` to a pool's gateway).
 
 pub mod auth;
 pub mod config;

@@ -592,7 +592,7 @@ impl Gateway {
         if self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none() {
             return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
         }
-        let prefix = format!("pool/serving/{}/", job.job);
+        let prefix = aic_core::layout::serving_prefix(job.job.as_str());
         let mut regs = Vec::new();
         for m in self.ctx.store.list(&prefix).await.map_err(store_err)? {
             if let Some(r) =
@@ -664,7 +664,7 @@ fn worker_prefixes(g: &WorkerGrant) -> Vec<String> {
     if let Some(d) = &g.data {
         v.push(format!("{}/", aic_core::layout::data_key(&g.owner, d).trim_end_matches('/')));
     }
-    v.push(format!("pool/serving/{}/", g.job));
+    v.push(aic_core::layout::serving_prefix(g.job.as_str()));
     v
 }
 

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Ctx, HandlerError, Outcome, handle_record};
 
-pub const INBOX: &str = "pool/inbox/";
-pub const STATE: &str = "pool/poller/state.json";
+pub const INBOX: &str = aic_core::layout::POLLER_INBOX;
+pub const STATE: &str = aic_core::layout::POLLER_STATE;
 /// How far behind the cursor entries are read again.
 pub const SKEW: Duration = Duration::from_secs(30);
 /// Most new entries taken per poll.

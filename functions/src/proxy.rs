@@ -118,7 +118,7 @@ impl Proxy {
         {
             return regs.clone();
         }
-        let prefix = format!("pool/serving/{deployment}/");
+        let prefix = aic_core::layout::serving_prefix(deployment);
         let now = Utc::now();
         let mut live = Vec::new();
         for m in self.store.list(&prefix).await.unwrap_or_default() {

@@ -17,7 +17,7 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     let want = |name: &str| only.is_none_or(|o| o == name);
     if want("validate") {
         run(Command::new("cargo")
-            .args(["bench", "--quiet", "-p", "aic-chain", "--bench", "validate"])
+            .args(["bench", "--quiet", "-p", "aic-functions", "--bench", "validate"])
             .current_dir(root())
             .env("AIC_ANVIL", anvil()))?;
     }
