@@ -25,15 +25,15 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted};
+use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted, recovery};
 use crate::layout::JobKey;
-use crate::status::{self, Advanced, Transition};
+use crate::status::{self, Transition};
 use crate::store::Store;
 
 /// How long cancelled workers get between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How many times a job whose allocation was lost is started again.
-pub const MAX_RETRIES: u32 = 2;
+pub use super::recovery::MAX_RETRIES;
 
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
@@ -324,7 +324,7 @@ impl LocalScheduler {
             }
             let (count, attempt, need) = (r.allocs.len(), r.attempt, r.manifest.request.gpus_per_miner as usize);
             let hosting: Vec<usize> = r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.miner).collect();
-            if r.replaced >= MAX_RETRIES * count as u32 {
+            if r.replaced >= recovery::replacements_allowed(count) {
                 Err(format!("{why}; no restarts left ({} used)", r.replaced))
             } else {
                 let free = |m: &Miner| m.free.iter().filter(|f| **f).count();
@@ -426,11 +426,11 @@ impl LocalScheduler {
                     let _ = this.cancel(&job).await;
                 } else if serve {
                     // Replicas do not depend on each other: only the lost one starts again.
-                    let why = format!("replica {index} on {miner_name} was lost ({how})");
+                    let why = recovery::lost("replica", index, &miner_name, &format!("lost ({how})"));
                     this.replace_replica(&job, index, why).await;
                 } else {
                     // Lost: stop the others; the job starts again when they are gone.
-                    let why = format!("allocation {index} on {miner_name} was lost ({how})");
+                    let why = recovery::lost("allocation", index, &miner_name, &format!("lost ({how})"));
                     tracing::warn!(job = %job.job, %why, "restarting the job");
                     let others: Vec<i32> = {
                         let mut st = this.inner.state.lock().unwrap();
@@ -464,21 +464,17 @@ impl LocalScheduler {
 
     /// Starts a job again after a lost allocation, or fails it when retries are used up.
     async fn restart(&self, job: JobKey, manifest: JobManifest, attempt: u32, why: String) {
-        let store = &self.inner.store;
-        if attempt >= MAX_RETRIES {
-            let t = Transition::new(JobState::Failed, "scheduler")
-                .reason(format!("{why}; no retries left ({MAX_RETRIES} used)"));
-            let _ = status::advance(store, &job, t).await;
-            return;
-        }
-        let t = Transition::new(JobState::Retrying, "scheduler")
-            .reason(format!("{why}; starting again from the last checkpoint (retry {} of {MAX_RETRIES})", attempt + 1));
-        match status::advance(store, &job, t).await {
-            Ok(Advanced::Refused(Some(r))) if r.state.is_terminal() => return,
-            Err(e) => tracing::warn!(job = %job.job, error = %e, "could not record the retry"),
-            _ => {}
-        }
-        self.inner.state.lock().unwrap().queue.push_front((job, manifest, attempt + 1));
+        let next = match recovery::after_lost_allocation(&self.inner.store, &job, &why, attempt).await {
+            Ok(recovery::AfterLoss::Retry { attempt }) => attempt,
+            Ok(_) => return,
+            // The store is out: start again all the same (the status catches up on the next change).
+            Err(e) if attempt < MAX_RETRIES => {
+                tracing::warn!(job = %job.job, error = %e, "could not record the retry");
+                attempt + 1
+            }
+            Err(_) => return,
+        };
+        self.inner.state.lock().unwrap().queue.push_front((job, manifest, next));
     }
 
     /// Starts queued jobs, in order, while they fit.

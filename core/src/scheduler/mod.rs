@@ -3,9 +3,12 @@
 //! - [`local`]: the embedded default; simulated miners on this machine, each allocation an
 //!   `aic-worker` process.
 //! - [`nomad`]: the pool; Nomad jobs over its HTTP API.
+//!
+//! What every backend shares lives here: [`recovery`] (what a lost allocation means).
 
 pub mod local;
 pub mod nomad;
+pub mod recovery;
 
 use aic_schemas::JobManifest;
 use async_trait::async_trait;

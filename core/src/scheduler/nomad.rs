@@ -38,14 +38,13 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted};
+use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted, recovery};
 use crate::Store;
 use crate::layout::JobKey;
-use crate::status::{self, Advanced, Transition};
-use aic_schemas::JobState;
+use crate::status;
 
 /// Whole-job restarts after lost allocations, as on the embedded pool.
-pub const MAX_RETRIES: u32 = super::local::MAX_RETRIES;
+pub use super::recovery::MAX_RETRIES;
 
 /// Nanoseconds, as Nomad's JSON API counts durations.
 fn ns(d: Duration) -> u64 {
@@ -601,33 +600,34 @@ impl NomadScheduler {
             return Ok(AllocAction::Nothing);
         }
         let node = a["NodeName"].as_str().unwrap_or("?");
-        let why = format!(
-            "allocation {} on {node} was {client}{}",
+        let why = recovery::lost(
+            "allocation",
             a["Name"].as_str().and_then(|n| n.rsplit('[').next()).map(|n| n.trim_end_matches(']')).unwrap_or("?"),
-            a["ClientDescription"].as_str().filter(|d| !d.is_empty()).map(|d| format!(" ({d})")).unwrap_or_default()
+            node,
+            &format!(
+                "{client}{}",
+                a["ClientDescription"]
+                    .as_str()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
         );
-        if attempt >= MAX_RETRIES {
-            let reason = format!("{why}; no retries left ({MAX_RETRIES} used)");
-            status::advance(store, &key, Transition::new(JobState::Failed, "scheduler").reason(reason.clone()))
-                .await
-                .map_err(backend)?;
-            self.cancel(&key).await?;
-            return Ok(AllocAction::Failed(reason));
-        }
-        let t = Transition::new(JobState::Retrying, "scheduler")
-            .reason(format!("{why}; starting again from the last checkpoint (retry {} of {MAX_RETRIES})", attempt + 1));
-        if let Advanced::Refused(Some(r)) = status::advance(store, &key, t).await.map_err(backend)?
-            && r.state.is_terminal()
-        {
-            return Ok(AllocAction::Nothing);
-        }
+        let attempt = match recovery::after_lost_allocation(store, &key, &why, attempt).await.map_err(backend)? {
+            recovery::AfterLoss::Retry { attempt } => attempt,
+            recovery::AfterLoss::Failed(reason) => {
+                self.cancel(&key).await?;
+                return Ok(AllocAction::Failed(reason));
+            }
+            recovery::AfterLoss::Ended => return Ok(AllocAction::Nothing),
+        };
         let manifest: JobManifest = store
             .get_json(&key.manifest(), aic_schemas::validate::MAX_DOC_BYTES)
             .await
             .map_err(backend)?
             .ok_or_else(|| ScheduleError::Backend(format!("{id}: the job has no manifest")))?;
-        self.register(&key, &manifest, attempt + 1, false).await?;
-        Ok(AllocAction::Restarted(attempt + 1))
+        self.register(&key, &manifest, attempt, false).await?;
+        Ok(AllocAction::Restarted(attempt))
     }
 }
 
