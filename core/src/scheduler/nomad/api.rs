@@ -1,0 +1,154 @@
+//! Nomad's HTTP API as the scheduler calls it: typed JSON over reqwest, `X-Nomad-Token`,
+//! the namespace and region on every call, 404 as `None`.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::NomadScheduler;
+use crate::scheduler::ScheduleError;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct RegisterResponse {
+    #[serde(rename = "EvalID", default)]
+    pub(super) eval_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Evaluation {
+    #[serde(default)]
+    pub(super) status: String,
+    #[serde(rename = "FailedTGAllocs", default)]
+    pub(super) failed_tg_allocs: Option<Value>,
+    #[serde(default)]
+    pub(super) blocked_eval: String,
+    #[serde(default)]
+    pub(super) status_description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct AllocStub {
+    #[serde(default)]
+    pub(super) node_name: String,
+    #[serde(default)]
+    pub(super) client_status: String,
+    #[serde(default)]
+    pub(super) desired_status: String,
+}
+
+impl NomadScheduler {
+    pub(super) fn url(&self, path: &str, query: &[(&str, String)]) -> String {
+        let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        if let Some(ns_) = &self.cfg.namespace {
+            q.push(("namespace".into(), ns_.clone()));
+        }
+        if let Some(r) = &self.cfg.region {
+            q.push(("region".into(), r.clone()));
+        }
+        let mut u = format!("{}/v1/{path}", self.cfg.addr);
+        if !q.is_empty() {
+            u.push('?');
+            u.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish());
+        }
+        u
+    }
+
+    /// One API call; `Ok(None)` for 404.
+    pub(super) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, NomadError> {
+        let mut rb = self.http.request(method, self.url(path, query));
+        if let Some(t) = &self.cfg.token {
+            rb = rb.header("X-Nomad-Token", t);
+        }
+        if let Some(b) = body {
+            rb = rb.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = rb.send().await.map_err(|e| NomadError::Unreachable(format!("{}: {e}", self.cfg.addr)))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| NomadError::Unreachable(e.to_string()))?;
+        match status.as_u16() {
+            200..=299 => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| NomadError::Api(status.as_u16(), format!("bad JSON: {e}"))),
+            404 => Ok(None),
+            403 => Err(NomadError::Forbidden(text.trim().to_string())),
+            code => Err(NomadError::Api(code, text.trim().to_string())),
+        }
+    }
+
+    /// Nodes ready for work, with their GPUs: (datacenter, name, total, healthy ids).
+    pub(super) async fn gpu_nodes(&self) -> Result<Vec<(String, String, u32, String)>, NomadError> {
+        let nodes =
+            self.call(reqwest::Method::GET, "nodes", &[("resources", "true".into())], None).await?.unwrap_or(json!([]));
+        let mut out = vec![];
+        for n in nodes.as_array().into_iter().flatten() {
+            if n["Status"] != "ready" || n["SchedulingEligibility"] == "ineligible" {
+                continue;
+            }
+            let gpus: u32 = n["NodeResources"]["Devices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["Vendor"] == "nvidia" && d["Type"] == "gpu")
+                .map(|d| {
+                    d["Instances"].as_array().map(|i| i.iter().filter(|x| x["Healthy"] != false).count()).unwrap_or(0)
+                        as u32
+                })
+                .sum();
+            out.push((
+                n["Datacenter"].as_str().unwrap_or("").to_string(),
+                n["Name"].as_str().unwrap_or("").to_string(),
+                gpus,
+                n["ID"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn allocations(&self, id: &str) -> Result<Vec<AllocStub>, NomadError> {
+        let v =
+            self.call(reqwest::Method::GET, &format!("job/{id}/allocations"), &[], None).await?.unwrap_or(json!([]));
+        serde_json::from_value(v).map_err(|e| NomadError::Api(200, format!("allocations: {e}")))
+    }
+
+    /// Waits (blocking query) for the evaluation to be processed.
+    pub(super) async fn evaluation(&self, eval_id: &str) -> Result<Option<Evaluation>, NomadError> {
+        let mut index = 0u64;
+        for _ in 0..6 {
+            let q = [("index", index.to_string()), ("wait", "10s".to_string())];
+            let Some(v) = self.call(reqwest::Method::GET, &format!("evaluation/{eval_id}"), &q, None).await? else {
+                return Ok(None);
+            };
+            index = v["ModifyIndex"].as_u64().unwrap_or(index);
+            let e: Evaluation =
+                serde_json::from_value(v).map_err(|e| NomadError::Api(200, format!("evaluation: {e}")))?;
+            if e.status != "pending" {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NomadError {
+    #[error("cannot reach Nomad at {0}")]
+    Unreachable(String),
+    #[error("Nomad refused the token (403: {0}); check NOMAD_TOKEN's ACL policy (submit-job, read-job, node:read)")]
+    Forbidden(String),
+    #[error("Nomad answered {0}: {1}")]
+    Api(u16, String),
+}
+
+impl From<NomadError> for ScheduleError {
+    fn from(e: NomadError) -> Self {
+        ScheduleError::Backend(e.to_string())
+    }
+}

@@ -1,0 +1,215 @@
+//! The pool's scheduler: HashiCorp Nomad, over its HTTP API (typed JSON requests; see
+//! `ARCHITECTURE.md` for why not a client crate).
+//!
+//! A train job becomes a Nomad **batch** job `aic-<job id>`: one task group, `Count` =
+//! miners, each allocation on its own node (`distinct_hosts`, spread over nodes) with
+//! `device "nvidia/gpu" { count = G }`, a dynamic port `rdzv` (the worker's rendezvous
+//! address: its sshd for MPI and Horovod, the c10d store for torchrun), and the task `aic-worker` with the job's identity in its env
+//! and meta. The gateway (`Placement.gateway`, else the configured default) is the
+//! datacenter. Nomad does not restart or reschedule a failed allocation by itself: the
+//! worker's resume (every allocation restarts together from the last checkpoint, a new
+//! `AIC_ATTEMPT`) is driven by aic, which registers a new version of the job with the next
+//! attempt in its meta.
+//!
+//! A serve job becomes a **service** job: `Count` = replicas, an `http` port, a
+//! Nomad-native service (`provider = "nomad"`) with a TCP check (uWSGI listens; the worker
+//! checks the app itself). A lost replica is Nomad's to reschedule (the service's policy),
+//! alone: the others keep serving.
+//!
+//! Submission is idempotent: the Nomad job id derives from the aic job id and registration
+//! uses `EnforceIndex` with `JobModifyIndex` 0 ("only if the job is new"); registering the
+//! same job twice is a no-op that reads back the existing placement. Placement failures
+//! (`FailedTGAllocs` of the evaluation) become a queued reason a person can read; a job no
+//! node could ever hold is refused up front from the nodes' device inventory.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `NOMAD_ADDR`, `NOMAD_TOKEN`, `NOMAD_REGION`, `NOMAD_NAMESPACE` | the cluster (`X-Nomad-Token`) |
+//! | `AIC_NOMAD_DATACENTER` | the default gateway (datacenter); default `dc1` |
+//! | `AIC_NOMAD_DRIVER` | task driver for aic-worker; default `exec` |
+//! | `AIC_NOMAD_WORKER` | the aic-worker command on the miners; default `aic-worker` |
+//! | `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | per-allocation CPU (MHz) and memory |
+//! | `AIC_NOMAD_SECRETS_VAR` | Nomad Variable with the workers' store credentials (`s3_access_key`, `s3_secret_key`); default `nomad/jobs/aic-worker` |
+
+//!
+//! Files: `config` (from the environment), `spec` (the job specification and placement
+//! reasons), `api` (the HTTP calls and Nomad's answers), `watch` (the allocation event
+//! stream); this file is the `Scheduler` implementation.
+
+mod api;
+mod config;
+mod spec;
+mod watch;
+
+use std::time::Duration;
+
+use aic_schemas::{JobKind, JobManifest};
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted};
+use crate::layout::JobKey;
+
+pub use api::NomadError;
+pub use config::NomadConfig;
+pub use spec::{GPU_DEVICE, KILL_TIMEOUT, job_spec, nomad_id, placement_reason};
+pub use watch::AllocAction;
+
+use api::RegisterResponse;
+use spec::gateway;
+
+/// Whole-job restarts after lost allocations, as on the embedded pool.
+pub use super::recovery::MAX_RETRIES;
+
+/// The Nomad backend.
+#[derive(Clone)]
+pub struct NomadScheduler {
+    cfg: NomadConfig,
+    http: reqwest::Client,
+}
+
+impl NomadScheduler {
+    pub fn new(cfg: NomadConfig) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(70)).build().expect("an HTTP client builds");
+        NomadScheduler { cfg, http }
+    }
+
+    pub fn config(&self) -> &NomadConfig {
+        &self.cfg
+    }
+}
+
+impl NomadScheduler {
+    /// Registers (attempt 0) or re-registers with `attempt` (a whole-job restart).
+    pub async fn register(
+        &self,
+        job: &JobKey,
+        m: &JobManifest,
+        attempt: u32,
+        only_if_new: bool,
+    ) -> Result<Submitted, ScheduleError> {
+        let gw = gateway(&self.cfg, m);
+        let r = &m.request;
+        // A job no node could ever hold is refused now, with the inventory that says so.
+        let nodes = self.gpu_nodes().await?;
+        let fitting = nodes.iter().filter(|(dc, _, g, _)| *dc == gw && *g >= r.gpus_per_miner).count() as u32;
+        let in_gw = nodes.iter().filter(|(dc, ..)| *dc == gw).count();
+        if fitting < r.miners && r.kind == JobKind::Train {
+            return Err(ScheduleError::Unplaceable(format!(
+                "needs {} miner{} with {} {GPU_DEVICE} each; gateway {gw} has {in_gw} ready node{}, {fitting} with that many GPUs",
+                r.miners,
+                if r.miners == 1 { "" } else { "s" },
+                r.gpus_per_miner,
+                if in_gw == 1 { "" } else { "s" },
+            )));
+        }
+        let body = json!({
+            "Job": job_spec(&self.cfg, job, m, attempt),
+            "EnforceIndex": only_if_new,
+            "JobModifyIndex": 0,
+        });
+        let id = nomad_id(job);
+        let resp = match self.call(reqwest::Method::POST, "jobs", &[], Some(&body)).await {
+            Ok(Some(v)) => serde_json::from_value::<RegisterResponse>(v)
+                .map_err(|e| ScheduleError::Backend(format!("register answer: {e}")))?,
+            Ok(None) => return Err(ScheduleError::Backend("Nomad answered 404 to registering a job".into())),
+            Err(NomadError::Api(_, text)) if only_if_new && text.contains("job already exists") => {
+                // Registered before (a duplicate event): read back where it is.
+                return self.placement(&id, &gw, r.gpus_per_miner).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(e) = self.evaluation(&resp.eval_id).await?
+            && let Some(f) = e.failed_tg_allocs.filter(|f| f.as_object().is_some_and(|o| !o.is_empty()))
+        {
+            let _ = (&e.blocked_eval, &e.status_description);
+            return Ok(Submitted::Queued(placement_reason(&f, r.gpus_per_miner, &gw)));
+        }
+        self.placement(&id, &gw, r.gpus_per_miner).await
+    }
+
+    async fn placement(&self, id: &str, gw: &str, gpus: u32) -> Result<Submitted, ScheduleError> {
+        let allocs = self.allocations(id).await?;
+        let mut nodes: Vec<String> = allocs
+            .iter()
+            .filter(|a| {
+                a.desired_status == "run" && matches!(a.client_status.as_str(), "pending" | "running" | "complete")
+            })
+            .map(|a| a.node_name.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        if nodes.is_empty() {
+            Ok(Submitted::Queued(format!("waiting for {gpus} free {GPU_DEVICE} in gateway {gw}")))
+        } else {
+            Ok(Submitted::Placed(nodes))
+        }
+    }
+}
+
+#[async_trait]
+impl Scheduler for NomadScheduler {
+    async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {
+        self.register(job, m, 0, true).await
+    }
+
+    async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
+        // Deregistering stops every allocation (KillSignal, then KillTimeout); unknown is fine.
+        self.call(reqwest::Method::DELETE, &format!("job/{}", nomad_id(job)), &[], None).await?;
+        Ok(())
+    }
+
+    /// The addresses of the deployment's Nomad service (`aic-serve-<job>`): what Nomad
+    /// placed, not what a registration in the bucket claims.
+    async fn endpoints(&self, deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
+        if deployment.parse::<aic_schemas::JobId>().is_err() {
+            return Ok(Some(Vec::new()));
+        }
+        let regs = self
+            .call(reqwest::Method::GET, &format!("service/aic-serve-{deployment}"), &[], None)
+            .await?
+            .unwrap_or(json!([]));
+        let out = regs
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| {
+                        Some((r["Address"].as_str()?.to_string(), u16::try_from(r["Port"].as_u64()?).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(out))
+    }
+
+    async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
+        let nodes = self.gpu_nodes().await?;
+        // GPUs in use: the devices of allocations that hold them now.
+        let allocs = self
+            .call(reqwest::Method::GET, "allocations", &[("resources", "true".into())], None)
+            .await?
+            .unwrap_or(json!([]));
+        let mut used: std::collections::HashMap<String, u32> = Default::default();
+        for a in allocs.as_array().into_iter().flatten() {
+            if !matches!(a["ClientStatus"].as_str(), Some("pending" | "running")) {
+                continue;
+            }
+            let node = a["NodeID"].as_str().unwrap_or("").to_string();
+            let n: u32 = a["AllocatedResources"]["Tasks"]
+                .as_object()
+                .into_iter()
+                .flat_map(|t| t.values())
+                .flat_map(|t| t["Devices"].as_array().cloned().unwrap_or_default())
+                .filter(|d| d["Vendor"] == "nvidia" && d["Type"] == "gpu")
+                .map(|d| d["DeviceIDs"].as_array().map(|i| i.len()).unwrap_or(0) as u32)
+                .sum();
+            *used.entry(node).or_default() += n;
+        }
+        let mut gws: std::collections::BTreeMap<String, Vec<MinerInfo>> = Default::default();
+        for (dc, name, gpus, id) in nodes {
+            let busy = used.get(&id).copied().unwrap_or(0);
+            gws.entry(dc).or_default().push(MinerInfo { name, gpus, free_gpus: gpus.saturating_sub(busy) });
+        }
+        Ok(gws.into_iter().map(|(name, miners)| GatewayInfo { name, miners }).collect())
+    }
+}

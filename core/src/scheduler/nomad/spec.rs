@@ -1,0 +1,333 @@
+//! The Nomad job specification (`POST /v1/jobs`) of an aic job, and Nomad's placement
+//! failures read as sentences.
+
+use std::time::Duration;
+
+use aic_schemas::{JobKind, JobManifest};
+use serde_json::{Value, json};
+
+use super::NomadConfig;
+use crate::layout::JobKey;
+
+/// Nanoseconds, as Nomad's JSON API counts durations.
+fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+pub const GPU_DEVICE: &str = "nvidia/gpu";
+/// How long a cancelled task gets between SIGTERM and SIGKILL (the worker ships its last
+/// logs and checkpoint in that time).
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The Nomad job id of an aic job.
+pub fn nomad_id(job: &JobKey) -> String {
+    format!("aic-{}", job.job)
+}
+
+pub(super) fn gateway(cfg: &NomadConfig, m: &JobManifest) -> String {
+    m.placement.gateway.clone().unwrap_or_else(|| cfg.datacenter.clone())
+}
+
+/// The job's Nomad specification (the `Job` of `POST /v1/jobs`), for `attempt`.
+pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) -> Value {
+    let r = &m.request;
+    let id = nomad_id(job);
+    let serve = r.kind == JobKind::Serve;
+    let mut env = serde_json::Map::new();
+    let secret = |k: &str| k == "AWS_ACCESS_KEY_ID" || k == "AWS_SECRET_ACCESS_KEY";
+    let worker_gw = cfg.worker_gateway.as_ref();
+    for (k, v) in &cfg.worker_env {
+        let withheld = match worker_gw {
+            Some(_) => crate::grant::is_store_variable(k),
+            None => cfg.secrets_var.is_some() && secret(k),
+        };
+        if !withheld {
+            env.insert(k.clone(), json!(v));
+        }
+    }
+    if let Some(g) = worker_gw {
+        for (k, v) in g.env(job, m, chrono::Utc::now()) {
+            env.insert(k, json!(v));
+        }
+    }
+    let templates: Vec<Value> = cfg
+        .secrets_var
+        .iter()
+        .filter(|_| worker_gw.is_none())
+        .map(|var| {
+            json!({
+                "DestPath": "${NOMAD_SECRETS_DIR}/store.env",
+                "Envvars": true,
+                "ChangeMode": "restart",
+                "EmbeddedTmpl": format!(
+                    "{{{{ with nomadVar \"{var}\" }}}}\nAWS_ACCESS_KEY_ID={{{{ .s3_access_key }}}}\nAWS_SECRET_ACCESS_KEY={{{{ .s3_secret_key }}}}\n{{{{ end }}}}\n"
+                ),
+            })
+        })
+        .collect();
+    for (k, v) in [
+        ("AIC_JOB_OWNER", job.owner.to_string()),
+        ("AIC_JOB_ID", job.job.to_string()),
+        ("AIC_ALLOC_INDEX", "${NOMAD_ALLOC_INDEX}".into()),
+        ("AIC_ALLOC_COUNT", r.miners.to_string()),
+        ("AIC_ATTEMPT", "${NOMAD_META_aic_attempt}".into()),
+        ("AIC_MINER", "${node.unique.name}".into()),
+        ("AIC_HOST", "${NOMAD_IP_rdzv}".into()),
+        ("AIC_PORT", "${NOMAD_PORT_rdzv}".into()),
+        ("AIC_WORK_DIR", "${NOMAD_TASK_DIR}".into()),
+    ] {
+        env.insert(k.into(), json!(v));
+    }
+    let mut ports = vec![json!({"Label": "rdzv"})];
+    let mut services = vec![];
+    if serve {
+        env.insert("AIC_SERVE_PORT".into(), json!("${NOMAD_PORT_http}"));
+        ports.push(json!({"Label": "http"}));
+        services.push(json!({
+            "Name": format!("aic-serve-{}", job.job),
+            "PortLabel": "http",
+            "Provider": "nomad",
+            "Tags": ["aic", format!("owner-{}", job.owner), format!("job-{}", job.job)],
+            // The user's app need not have any particular path: Nomad checks that uWSGI
+            // listens, and the worker's own check (GET / below 500) governs its registration.
+            "Checks": [{
+                "Name": "listening", "Type": "tcp",
+                "Interval": ns(Duration::from_secs(10)), "Timeout": ns(Duration::from_secs(2)),
+            }],
+        }));
+    }
+    let meta = json!({
+        "aic_job": job.job.to_string(),
+        "aic_owner": job.owner.to_string(),
+        "aic_attempt": attempt.to_string(),
+        "aic_kind": if serve { "serve" } else { "train" },
+    });
+    let devices =
+        if r.gpus_per_miner > 0 { vec![json!({"Name": GPU_DEVICE, "Count": r.gpus_per_miner})] } else { vec![] };
+    let mut spec = json!({
+        "ID": id,
+        "Name": id,
+        "Type": if serve { "service" } else { "batch" },
+        "Datacenters": [gateway(cfg, m)],
+        "Priority": 50,
+        "Meta": meta,
+        "TaskGroups": [{
+            "Name": if serve { "serve" } else { "train" },
+            "Count": r.miners,
+            // One allocation per miner: the request is N miners × G GPUs.
+            "Constraints": [{"Operand": "distinct_hosts", "RTarget": "true"}],
+            "Spreads": [{"Attribute": "${node.unique.id}", "Weight": 100}],
+            // aic restarts the job as a whole (see the module docs), Nomad does not.
+            "RestartPolicy": {"Attempts": 0, "Mode": "fail", "Interval": ns(Duration::from_secs(60)), "Delay": ns(Duration::from_secs(5))},
+            "ReschedulePolicy": {"Attempts": 0, "Unlimited": false, "Interval": ns(Duration::from_secs(60)), "Delay": ns(Duration::from_secs(5)), "DelayFunction": "constant"},
+            "EphemeralDisk": {"SizeMB": 10240, "Migrate": false, "Sticky": false},
+            "Networks": [{"Mode": "host", "DynamicPorts": ports}],
+            "Services": services,
+            "Tasks": [{
+                "Name": "worker",
+                "Driver": cfg.driver,
+                "Config": {"command": cfg.worker},
+                "Env": env,
+                "Templates": templates,
+                "Resources": {"CPU": cfg.cpu_mhz, "MemoryMB": cfg.memory_mb, "Devices": devices},
+                "KillSignal": "SIGTERM",
+                "KillTimeout": ns(KILL_TIMEOUT),
+                "Meta": {"aic_job": job.job.to_string()},
+            }],
+        }],
+    });
+    if let Some(ns_) = &cfg.namespace {
+        spec["Namespace"] = json!(ns_);
+    }
+    if let Some(region) = &cfg.region {
+        spec["Region"] = json!(region);
+    }
+    if serve {
+        // A service runs until removed; the update stanza keeps replicas up while rolling.
+        spec["TaskGroups"][0]["RestartPolicy"] = json!({"Attempts": 3, "Mode": "delay", "Interval": ns(Duration::from_secs(300)), "Delay": ns(Duration::from_secs(10))});
+        spec["TaskGroups"][0]["ReschedulePolicy"] = json!({"Unlimited": true, "Delay": ns(Duration::from_secs(10)), "DelayFunction": "exponential", "MaxDelay": ns(Duration::from_secs(300))});
+        spec["TaskGroups"][0]["Constraints"] = json!([]);
+    }
+    spec
+}
+
+/// A person's reading of an evaluation's `FailedTGAllocs` (the metrics Nomad gives for a
+/// task group it could not place).
+pub fn placement_reason(failed: &Value, gpus: u32, gateway: &str) -> String {
+    let Some((_, m)) = failed.as_object().and_then(|o| o.iter().next()) else {
+        return format!("waiting for {gpus} free {GPU_DEVICE} in gateway {gateway}");
+    };
+    let n = |k: &str| m[k].as_u64().unwrap_or(0);
+    let mut why = vec![];
+    if let Some(d) = m["DimensionExhausted"].as_object() {
+        for (k, v) in d {
+            why.push(format!("{v} out of {k}"));
+        }
+    }
+    if let Some(c) = m["ConstraintFiltered"].as_object() {
+        for (k, v) in c {
+            why.push(format!("{v} filtered by {k}"));
+        }
+    }
+    let mut s = format!("no node with {gpus} free {GPU_DEVICE} in gateway {gateway}");
+    if n("NodesEvaluated") > 0 || !why.is_empty() {
+        s.push_str(&format!(
+            " ({} node{} evaluated",
+            n("NodesEvaluated"),
+            if n("NodesEvaluated") == 1 { "" } else { "s" }
+        ));
+        if !why.is_empty() {
+            s.push_str(&format!(": {}", why.join(", ")));
+        }
+        s.push(')');
+    }
+    if n("CoalescedFailures") > 0 {
+        s.push_str(&format!(
+            "; {} more allocation{} waiting",
+            n("CoalescedFailures"),
+            if n("CoalescedFailures") == 1 { "" } else { "s" }
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aic_schemas::{JobId, JobRequest};
+
+    pub fn cfg() -> NomadConfig {
+        NomadConfig {
+            addr: "http://nomad:4646".into(),
+            token: Some("secret".into()),
+            region: None,
+            namespace: Some("aic".into()),
+            datacenter: "test_gateway".into(),
+            driver: "exec".into(),
+            worker: "/usr/local/bin/aic-worker".into(),
+            cpu_mhz: 2000,
+            memory_mb: 8192,
+            worker_env: vec![
+                ("AIC_STORE".into(), "s3://pool".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "AKIA".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "shh".into()),
+            ],
+            secrets_var: Some("nomad/jobs/aic-worker".into()),
+            worker_gateway: None,
+        }
+    }
+
+    fn manifest(kind: &str, miners: u32, gpus: u32) -> (JobKey, JobManifest) {
+        let now = chrono::Utc::now();
+        let req: JobRequest = serde_json::from_value(json!({
+            "version": 1, "kind": kind, "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+            "job_id": JobId::generate(), "entrypoint": "train.py", "miners": miners, "gpus_per_miner": gpus,
+            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1),
+        }))
+        .unwrap();
+        let job = JobKey::new(req.owner, req.job_id.clone());
+        let m: JobManifest = serde_json::from_value(json!({
+            "version": 1, "request": req, "quote": {"gpu_hours": 1.0, "price_per_gpu_hour": "0", "total": "0"},
+            "validated_at": now,
+        }))
+        .unwrap();
+        (job, m)
+    }
+
+    #[test]
+    fn with_a_worker_gateway_workers_get_their_jobs_token_and_no_store_credentials() {
+        let (job, m) = manifest("train", 2, 1);
+        let mut c = cfg();
+        let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        c.worker_gateway =
+            Some(crate::grant::WorkerGateway { url: "https://functions.pool:8080".into(), secret: secret.clone() });
+        let j = job_spec(&c, &job, &m, 0);
+        let task = &j["TaskGroups"][0]["Tasks"][0];
+        let env = task["Env"].as_object().unwrap();
+        assert_eq!(env["AIC_WORKER_GATEWAY"], "https://functions.pool:8080");
+        let grant =
+            crate::grant::verify(&secret, env["AIC_WORKER_TOKEN"].as_str().unwrap(), chrono::Utc::now()).unwrap();
+        assert_eq!(grant.job_key(), job);
+        for k in ["AIC_STORE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            assert!(!env.contains_key(k), "{k} must not reach the workers");
+        }
+        assert!(task["Templates"].as_array().is_none_or(|t| t.is_empty()), "no credentials template: {task}");
+    }
+
+    /// Field by field against the Nomad HTTP API's job specification (`POST /v1/jobs`).
+    #[test]
+    fn a_train_job_is_a_batch_job_of_one_allocation_per_miner_with_its_gpus() {
+        let (job, m) = manifest("train", 2, 3);
+        let j = job_spec(&cfg(), &job, &m, 0);
+        assert_eq!(j["ID"], format!("aic-{}", job.job));
+        assert_eq!(j["Name"], j["ID"]);
+        assert_eq!(j["Type"], "batch");
+        assert_eq!(j["Datacenters"], json!(["test_gateway"]));
+        assert_eq!(j["Namespace"], "aic");
+        assert_eq!(j["Meta"]["aic_owner"], job.owner.to_string());
+        assert_eq!(j["Meta"]["aic_attempt"], "0");
+        let tg = &j["TaskGroups"][0];
+        assert_eq!(tg["Count"], 2);
+        assert_eq!(tg["Constraints"][0], json!({"Operand": "distinct_hosts", "RTarget": "true"}));
+        assert_eq!(tg["Spreads"][0]["Attribute"], "${node.unique.id}");
+        assert_eq!(tg["RestartPolicy"]["Attempts"], 0);
+        assert_eq!(tg["RestartPolicy"]["Mode"], "fail");
+        assert_eq!(tg["ReschedulePolicy"]["Attempts"], 0);
+        assert_eq!(tg["ReschedulePolicy"]["Unlimited"], false);
+        assert_eq!(tg["Networks"][0]["Mode"], "host");
+        assert_eq!(tg["Networks"][0]["DynamicPorts"], json!([{"Label": "rdzv"}]));
+        let t = &tg["Tasks"][0];
+        assert_eq!(t["Driver"], "exec");
+        assert_eq!(t["Config"]["command"], "/usr/local/bin/aic-worker");
+        assert_eq!(t["Resources"]["Devices"], json!([{"Name": "nvidia/gpu", "Count": 3}]));
+        assert_eq!(t["Resources"]["CPU"], 2000);
+        assert_eq!(t["Resources"]["MemoryMB"], 8192);
+        assert_eq!(t["KillSignal"], "SIGTERM");
+        assert_eq!(t["KillTimeout"], 30_000_000_000u64, "durations are nanoseconds");
+        let env = &t["Env"];
+        assert_eq!(env["AIC_STORE"], "s3://pool");
+        // Credentials come from a Nomad Variable through a template, not the job spec.
+        assert!(env.get("AWS_SECRET_ACCESS_KEY").is_none() && !j.to_string().contains("shh"));
+        let tmpl = &t["Templates"][0];
+        assert_eq!(tmpl["Envvars"], true);
+        assert_eq!(tmpl["DestPath"], "${NOMAD_SECRETS_DIR}/store.env");
+        assert!(tmpl["EmbeddedTmpl"].as_str().unwrap().starts_with("{{ with nomadVar \"nomad/jobs/aic-worker\" }}"));
+        assert_eq!(env["AIC_JOB_ID"], job.job.to_string());
+        assert_eq!(env["AIC_ALLOC_INDEX"], "${NOMAD_ALLOC_INDEX}");
+        assert_eq!(env["AIC_ALLOC_COUNT"], "2");
+        assert_eq!(env["AIC_ATTEMPT"], "${NOMAD_META_aic_attempt}");
+        assert_eq!(env["AIC_HOST"], "${NOMAD_IP_rdzv}");
+        assert_eq!(env["AIC_PORT"], "${NOMAD_PORT_rdzv}");
+        assert_eq!(env["AIC_WORK_DIR"], "${NOMAD_TASK_DIR}");
+        // A restart is a new version with the next attempt.
+        assert_eq!(job_spec(&cfg(), &job, &m, 2)["Meta"]["aic_attempt"], "2");
+    }
+
+    #[test]
+    fn a_serve_job_is_a_service_with_a_nomad_native_health_checked_service() {
+        let (job, m) = manifest("serve", 3, 1);
+        let j = job_spec(&cfg(), &job, &m, 0);
+        assert_eq!(j["Type"], "service");
+        let tg = &j["TaskGroups"][0];
+        assert_eq!(tg["Count"], 3);
+        let svc = &tg["Services"][0];
+        assert_eq!(svc["Provider"], "nomad");
+        assert_eq!(svc["PortLabel"], "http");
+        assert_eq!(svc["Checks"][0]["Type"], "tcp", "an app need not answer any particular path");
+        assert!(svc["Checks"][0].get("Path").is_none());
+        assert!(tg["Networks"][0]["DynamicPorts"].as_array().unwrap().contains(&json!({"Label": "http"})));
+        assert_eq!(tg["Tasks"][0]["Env"]["AIC_SERVE_PORT"], "${NOMAD_PORT_http}");
+        assert_eq!(tg["ReschedulePolicy"]["Unlimited"], true);
+    }
+
+    #[test]
+    fn placement_failures_read_as_sentences() {
+        let f = json!({"train": {"NodesEvaluated": 3, "NodesFiltered": 0, "NodesExhausted": 3,
+            "DimensionExhausted": {"devices: nvidia/gpu": 3}, "CoalescedFailures": 1}});
+        assert_eq!(
+            placement_reason(&f, 2, "test_gateway"),
+            "no node with 2 free nvidia/gpu in gateway test_gateway (3 nodes evaluated: 3 out of devices: nvidia/gpu); 1 more allocation waiting"
+        );
+        assert_eq!(placement_reason(&json!({}), 1, "g"), "waiting for 1 free nvidia/gpu in gateway g");
+    }
+}

@@ -1,0 +1,158 @@
+//! The allocation event stream: aic jobs' lost and failed allocations, and what
+//! `scheduler::recovery` says they mean.
+
+use std::time::Duration;
+
+use aic_schemas::JobManifest;
+use serde_json::Value;
+
+use super::{NomadError, NomadScheduler};
+use crate::Store;
+use crate::layout::JobKey;
+use crate::scheduler::{ScheduleError, Scheduler, recovery};
+use crate::status;
+
+/// What the watcher did about one allocation update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AllocAction {
+    Nothing,
+    /// The job was registered again with this attempt.
+    Restarted(u32),
+    /// Retries were used up; the job failed with this reason.
+    Failed(String),
+    /// The program failed (the worker said so): the other allocations were stopped.
+    Stopped,
+}
+
+impl NomadScheduler {
+    /// Follows Nomad's event stream (allocation updates in the namespace) and acts on aic
+    /// jobs' lost or failed allocations; reconnects from the last index after a drop. No
+    /// polling: the stream is a long-lived response.
+    pub async fn watch(&self, store: Store, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut index = 0u64;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                r = self.follow(&store, &mut index) => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "Nomad event stream dropped; reconnecting");
+                    }
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::watch`] on an owned scheduler, for `tokio::spawn`.
+    pub async fn watch_owned(self, store: Store, stop: impl std::future::Future<Output = ()>) {
+        self.watch(store, stop).await
+    }
+
+    async fn follow(&self, store: &Store, index: &mut u64) -> Result<(), NomadError> {
+        let url = self.url("event/stream", &[("topic", "Allocation:*".into()), ("index", index.to_string())]);
+        let mut rb = reqwest::Client::new().get(url);
+        if let Some(t) = &self.cfg.token {
+            rb = rb.header("X-Nomad-Token", t);
+        }
+        let mut resp = rb.send().await.map_err(|e| NomadError::Unreachable(format!("{}: {e}", self.cfg.addr)))?;
+        if !resp.status().is_success() {
+            let code = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(if code == 403 { NomadError::Forbidden(text) } else { NomadError::Api(code, text) });
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| NomadError::Unreachable(e.to_string()))? {
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let Ok(v) = serde_json::from_slice::<Value>(&line) else { continue };
+                for ev in v["Events"].as_array().into_iter().flatten() {
+                    if let Some(a) = ev.get("Payload").and_then(|p| p.get("Allocation")) {
+                        match self.on_alloc(store, a).await {
+                            Ok(AllocAction::Nothing) => {}
+                            Ok(act) => tracing::info!(job = ?a["JobID"], ?act, "acted on an allocation update"),
+                            Err(e) => tracing::warn!(job = ?a["JobID"], error = %e, "allocation update not handled"),
+                        }
+                    }
+                }
+                if let Some(i) = v["Index"].as_u64() {
+                    *index = (*index).max(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One allocation update. A lost allocation (its node gone) or one that failed while the
+    /// job is still going restarts the whole job from its last checkpoint with the next
+    /// attempt (at most [`MAX_RETRIES`] times, then the job fails with the reason); a failure
+    /// the worker recorded stops the other allocations. Updates of an older version of the
+    /// job (the allocations a restart replaced) change nothing.
+    pub async fn on_alloc(&self, store: &Store, a: &Value) -> Result<AllocAction, ScheduleError> {
+        let Some(id) = a["JobID"].as_str().filter(|id| id.starts_with("aic-")) else { return Ok(AllocAction::Nothing) };
+        let client = a["ClientStatus"].as_str().unwrap_or("");
+        if !matches!(client, "lost" | "failed") {
+            return Ok(AllocAction::Nothing);
+        }
+        let Some(job) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? else {
+            return Ok(AllocAction::Nothing); // deregistered (cancelled)
+        };
+        if job["Stop"] == true || a["JobVersion"].as_u64() < job["Version"].as_u64() {
+            return Ok(AllocAction::Nothing);
+        }
+        let meta = &job["Meta"];
+        let (Some(owner), Some(jid)) = (meta["aic_owner"].as_str(), meta["aic_job"].as_str()) else {
+            return Ok(AllocAction::Nothing);
+        };
+        let key = JobKey::new(
+            owner.parse().map_err(|e| ScheduleError::Backend(format!("{id}: aic_owner: {e}")))?,
+            jid.parse().map_err(|e: String| ScheduleError::Backend(format!("{id}: aic_job: {e}")))?,
+        );
+        let attempt: u32 = meta["aic_attempt"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let backend = |e: crate::StoreError| ScheduleError::Backend(e.to_string());
+        let current = status::current(store, &key).await.map_err(backend)?;
+        if current.as_ref().is_some_and(|c| c.state.is_terminal()) {
+            // The worker recorded how the program ended: nothing of the job should run on.
+            self.cancel(&key).await?;
+            return Ok(AllocAction::Stopped);
+        }
+        if meta["aic_kind"] == "serve" {
+            // Replicas do not depend on each other: Nomad reschedules the lost one alone
+            // (the service's ReschedulePolicy) while the others serve.
+            return Ok(AllocAction::Nothing);
+        }
+        let node = a["NodeName"].as_str().unwrap_or("?");
+        let why = recovery::lost(
+            "allocation",
+            a["Name"].as_str().and_then(|n| n.rsplit('[').next()).map(|n| n.trim_end_matches(']')).unwrap_or("?"),
+            node,
+            &format!(
+                "{client}{}",
+                a["ClientDescription"]
+                    .as_str()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+        );
+        let attempt = match recovery::after_lost_allocation(store, &key, &why, attempt).await.map_err(backend)? {
+            recovery::AfterLoss::Retry { attempt } => attempt,
+            recovery::AfterLoss::Failed(reason) => {
+                self.cancel(&key).await?;
+                return Ok(AllocAction::Failed(reason));
+            }
+            recovery::AfterLoss::Ended => return Ok(AllocAction::Nothing),
+        };
+        let manifest: JobManifest = store
+            .get_json(&key.manifest(), aic_schemas::validate::MAX_DOC_BYTES)
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| ScheduleError::Backend(format!("{id}: the job has no manifest")))?;
+        self.register(&key, &manifest, attempt, false).await?;
+        Ok(AllocAction::Restarted(attempt))
+    }
+}
