@@ -262,12 +262,21 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
             "{k}"
         );
     }
-    // Every variable the worker needs, it gets.
+    // Every variable the worker needs, it gets: the store, and the launch contract the
+    // worker reads back (`aic_core::scheduler::launch`), with the values Nomad fills in.
     let worker = std::fs::read_to_string(repo().join("worker/src/main.rs")).unwrap();
-    for k in ["AIC_STORE", "AIC_JOB_OWNER", "AIC_JOB_ID", "AIC_ALLOC_INDEX", "AIC_ALLOC_COUNT", "AIC_WORK_DIR"] {
-        assert!(worker.contains(&format!("env(\"{k}\")")), "the worker reads {k}");
-        assert!(spec_env.iter().any(|e| e == k), "{k} is given to the worker");
-    }
+    assert!(worker.contains("env(\"AIC_STORE\")"), "the worker reads AIC_STORE");
+    assert!(spec_env.iter().any(|e| e == "AIC_STORE"), "AIC_STORE is given to the worker");
+    let filled = |k: &str| {
+        let v = t["Env"].get(k)?.as_str()?.to_string();
+        Some(match v.as_str() {
+            "${NOMAD_ALLOC_INDEX}" | "${NOMAD_META_aic_attempt}" => "0".to_string(),
+            "${NOMAD_PORT_rdzv}" | "${NOMAD_PORT_http}" => "20000".to_string(),
+            _ => v,
+        })
+    };
+    let launch = aic_core::scheduler::launch::Launch::from_env(filled);
+    assert!(launch.is_ok(), "the worker cannot read what it is given: {launch:?}");
     // The same port, device, restart and reschedule choices.
     let port = group["network"]["port"].as_object().unwrap().keys().next().unwrap();
     assert_eq!(tg["Networks"][0]["DynamicPorts"][0]["Label"], port.as_str());

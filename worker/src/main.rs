@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use aic_core::scheduler::launch::Launch;
 use aic_core::status::{self, Advanced, Transition};
 use aic_core::{JobKey, Store, StoreConfig};
 use aic_schemas::validate::MAX_DOC_BYTES;
@@ -103,23 +104,21 @@ fn setup() -> anyhow::Result<Alloc> {
         }
         _ => StoreConfig::parse(&env("AIC_STORE")?)?.open()?,
     };
-    let job = JobKey::new(
-        env("AIC_JOB_OWNER")?.parse().map_err(|e| anyhow!("AIC_JOB_OWNER: {e}"))?,
-        env("AIC_JOB_ID")?.parse().map_err(|e: String| anyhow!("AIC_JOB_ID: {e}"))?,
-    );
+    // What the scheduler told this allocation (`aic_core::scheduler::launch`).
+    let l = Launch::from_env(|k| std::env::var(k).ok()).map_err(|e| anyhow!(e))?;
     Ok(Alloc {
         store,
-        job,
-        index: env("AIC_ALLOC_INDEX")?.parse().context("AIC_ALLOC_INDEX")?,
-        count: env("AIC_ALLOC_COUNT")?.parse().context("AIC_ALLOC_COUNT")?,
-        attempt: std::env::var("AIC_ATTEMPT").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
-        miner: std::env::var("AIC_MINER").unwrap_or_else(|_| hostname()),
-        host: std::env::var("AIC_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
-        port: match std::env::var("AIC_PORT") {
-            Ok(p) => p.parse().context("AIC_PORT")?,
-            Err(_) => std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port(),
+        job: JobKey::new(l.owner, l.job),
+        index: l.index,
+        count: l.count,
+        attempt: l.attempt,
+        miner: l.miner.unwrap_or_else(hostname),
+        host: l.host.unwrap_or_else(|| "127.0.0.1".into()),
+        port: match l.port {
+            Some(p) => p,
+            None => std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port(),
         },
-        work: PathBuf::from(env("AIC_WORK_DIR")?),
+        work: l.work_dir,
     })
 }
 

@@ -35,7 +35,7 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
 /// The port the app listens on: `AIC_SERVE_PORT` (Nomad's `http` port, the one its service
 /// advertises), else the allocation's port.
 fn serve_port(a: &Alloc) -> u16 {
-    std::env::var("AIC_SERVE_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(a.port)
+    std::env::var(aic_core::scheduler::launch::SERVE_PORT).ok().and_then(|p| p.parse().ok()).unwrap_or(a.port)
 }
 
 /// `GET /` on the app; `true` when it answers below 500.

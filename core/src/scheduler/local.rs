@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use super::launch::{self, Launch, StoreAccess};
 use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted, recovery};
 use crate::layout::JobKey;
 use crate::status::{self, Transition};
@@ -282,8 +283,8 @@ impl LocalScheduler {
                 }
             }
         }
-        let worker_env =
-            cfg.worker_env.iter().filter(|(k, _)| gateway.is_none() || !crate::grant::is_store_variable(k));
+        let access = if gateway.is_some() { StoreAccess::Gateway } else { StoreAccess::Environment };
+        let worker_env = launch::passed_on(&cfg.worker_env, access);
         // Defaults for the simulated miners first: the operator's worker_env may change
         // them; the allocation's own variables come last.
         cmd.env("OMPI_MCA_coll", "^han")
@@ -294,19 +295,20 @@ impl LocalScheduler {
         if let Some(g) = &gateway {
             cmd.envs(g.env(job, manifest, chrono::Utc::now()));
         }
-        cmd.env("AIC_JOB_OWNER", job.owner.to_string())
-            .env("AIC_JOB_ID", job.job.as_str())
-            .env("AIC_ALLOC_INDEX", index.to_string())
-            .env("AIC_ALLOC_COUNT", count.to_string())
-            .env("AIC_ATTEMPT", attempt.to_string())
-            .env("AIC_MINER", miner_name)
-            .env("AIC_HOST", host.to_string())
-            .env("AIC_PORT", port.to_string())
-            .env("AIC_WORK_DIR", &work)
-            .env("CUDA_VISIBLE_DEVICES", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let launch = Launch {
+            owner: job.owner,
+            job: job.job.clone(),
+            index,
+            count: count as u32,
+            attempt,
+            miner: Some(miner_name.clone()),
+            host: Some(host.to_string()),
+            port: Some(port),
+            work_dir: work.clone(),
+            serve_port: None,
+            gpus: Some(slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
+        };
+        cmd.envs(launch.to_env()).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port))
     }

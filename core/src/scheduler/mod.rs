@@ -4,8 +4,10 @@
 //!   `aic-worker` process.
 //! - [`nomad`]: the pool; Nomad jobs over its HTTP API.
 //!
-//! What every backend shares lives here: [`recovery`] (what a lost allocation means).
+//! What every backend shares lives here: [`launch`] (what a worker is told, and what of the
+//! operator's environment it may have) and [`recovery`] (what a lost allocation means).
 
+pub mod launch;
 pub mod local;
 pub mod nomad;
 pub mod recovery;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::NomadConfig;
 use crate::layout::JobKey;
+use crate::scheduler::launch::{self, Launch, StoreAccess};
 
 /// Nanoseconds, as Nomad's JSON API counts durations.
 fn ns(d: Duration) -> u64 {
@@ -34,16 +35,14 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
     let id = nomad_id(job);
     let serve = r.kind == JobKind::Serve;
     let mut env = serde_json::Map::new();
-    let secret = |k: &str| k == "AWS_ACCESS_KEY_ID" || k == "AWS_SECRET_ACCESS_KEY";
     let worker_gw = cfg.worker_gateway.as_ref();
-    for (k, v) in &cfg.worker_env {
-        let withheld = match worker_gw {
-            Some(_) => crate::grant::is_store_variable(k),
-            None => cfg.secrets_var.is_some() && secret(k),
-        };
-        if !withheld {
-            env.insert(k.clone(), json!(v));
-        }
+    let access = match (worker_gw, &cfg.secrets_var) {
+        (Some(_), _) => StoreAccess::Gateway,
+        (None, Some(_)) => StoreAccess::Apart,
+        (None, None) => StoreAccess::Environment,
+    };
+    for (k, v) in launch::passed_on(&cfg.worker_env, access) {
+        env.insert(k.clone(), json!(v));
     }
     if let Some(g) = worker_gw {
         for (k, v) in g.env(job, m, chrono::Utc::now()) {
@@ -65,23 +64,26 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             })
         })
         .collect();
-    for (k, v) in [
-        ("AIC_JOB_OWNER", job.owner.to_string()),
-        ("AIC_JOB_ID", job.job.to_string()),
-        ("AIC_ALLOC_INDEX", "${NOMAD_ALLOC_INDEX}".into()),
-        ("AIC_ALLOC_COUNT", r.miners.to_string()),
-        ("AIC_ATTEMPT", "${NOMAD_META_aic_attempt}".into()),
-        ("AIC_MINER", "${node.unique.name}".into()),
-        ("AIC_HOST", "${NOMAD_IP_rdzv}".into()),
-        ("AIC_PORT", "${NOMAD_PORT_rdzv}".into()),
-        ("AIC_WORK_DIR", "${NOMAD_TASK_DIR}".into()),
-    ] {
+    // Nomad fills each allocation's own values in as it starts the task.
+    let runtime = |k: &'static str| {
+        match k {
+            launch::ALLOC_INDEX => "${NOMAD_ALLOC_INDEX}",
+            launch::ATTEMPT => "${NOMAD_META_aic_attempt}",
+            launch::MINER => "${node.unique.name}",
+            launch::HOST => "${NOMAD_IP_rdzv}",
+            launch::PORT => "${NOMAD_PORT_rdzv}",
+            launch::WORK_DIR => "${NOMAD_TASK_DIR}",
+            launch::SERVE_PORT => "${NOMAD_PORT_http}",
+            _ => unreachable!("{k} is not filled in by the runtime"),
+        }
+        .to_string()
+    };
+    for (k, v) in Launch::template(&job.owner, &job.job, r.miners, serve, runtime) {
         env.insert(k.into(), json!(v));
     }
     let mut ports = vec![json!({"Label": "rdzv"})];
     let mut services = vec![];
     if serve {
-        env.insert("AIC_SERVE_PORT".into(), json!("${NOMAD_PORT_http}"));
         ports.push(json!({"Label": "http"}));
         services.push(json!({
             "Name": format!("aic-serve-{}", job.job),
