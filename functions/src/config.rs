@@ -76,10 +76,6 @@ pub struct Built {
     pub chain: Option<ChainConfig>,
     /// The chain id requests are signed for.
     pub chain_id: u64,
-    /// The local scheduler, when that is the one in use (to stop its workers on exit).
-    pub local: Option<LocalScheduler>,
-    /// The Nomad scheduler, when that is the one in use (its allocation watcher runs in the host).
-    pub nomad: Option<aic_core::scheduler::nomad::NomadScheduler>,
 }
 
 pub fn build() -> anyhow::Result<Built> {
@@ -105,12 +101,8 @@ pub fn build() -> anyhow::Result<Built> {
         let payments = Arc::new(ChainPayments::new(c.clone(), store.clone())?);
         (Some(c.clone()), c.chain_id, payments, c.pricing())
     };
-    let mut nomad = None;
     let worker_env = aic_core::scheduler::worker_env_from_env().map_err(|e| anyhow!(e))?;
-    let (scheduler, local): (Arc<dyn Scheduler>, Option<LocalScheduler>) = match var("AIC_SCHEDULER")
-        .as_deref()
-        .unwrap_or("local")
-    {
+    let scheduler: Arc<dyn Scheduler> = match var("AIC_SCHEDULER").as_deref().unwrap_or("local") {
         "local" => {
             let home = var("AIC_WORK_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("aic-work"));
             let worker_bin = var("AIC_WORKER_BIN").map(PathBuf::from).unwrap_or_else(|| {
@@ -128,8 +120,7 @@ pub fn build() -> anyhow::Result<Built> {
                 work_root: home,
                 worker_env: [store_config.env(), worker_env.clone()].concat(),
             };
-            let s = LocalScheduler::new(cfg, store.clone());
-            (Arc::new(s.clone()), Some(s))
+            Arc::new(LocalScheduler::new(cfg, store.clone()))
         }
         "nomad" => {
             let mut cfg = aic_core::scheduler::nomad::NomadConfig::from_env([store_config.env(), worker_env].concat())
@@ -145,14 +136,12 @@ pub fn build() -> anyhow::Result<Built> {
                          reach it) with AIC_GATEWAY_SECRET to give them only their job's objects"
                 ),
             }
-            let n = aic_core::scheduler::nomad::NomadScheduler::new(cfg);
-            nomad = Some(n.clone());
-            (Arc::new(n), None)
+            Arc::new(aic_core::scheduler::nomad::NomadScheduler::new(cfg))
         }
         other => bail!("AIC_SCHEDULER={other:?} is not known: use local or nomad"),
     };
     let ctx = Ctx { store, scheduler, auth: Arc::new(Eip712Auth { chain_id: auth_chain_id }), payments, pricing };
-    Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id, local, nomad })
+    Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id })
 }
 
 /// `AIC_GATEWAY_SECRET`, decoded, or `None` when not set.

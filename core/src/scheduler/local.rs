@@ -589,6 +589,14 @@ impl Scheduler for LocalScheduler {
         Ok(Some(out))
     }
 
+    fn use_worker_gateway(&self, gateway: crate::grant::WorkerGateway) {
+        LocalScheduler::use_worker_gateway(self, gateway)
+    }
+
+    async fn shutdown(&self) {
+        LocalScheduler::shutdown(self).await
+    }
+
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
         let st = self.inner.state.lock().unwrap();
         Ok(vec![GatewayInfo {

@@ -15,7 +15,9 @@ pub mod recovery;
 use aic_schemas::JobManifest;
 use async_trait::async_trait;
 
+use crate::grant::WorkerGateway;
 use crate::layout::JobKey;
+use crate::store::Store;
 
 /// The result of submitting a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +75,27 @@ pub trait Scheduler: Send + Sync {
     async fn endpoints(&self, _deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
         Ok(None)
     }
+
+    // Lifecycle: what a host (the functions host, the embedded pool) does with any backend.
+
+    /// Runs what the backend needs beside its host until `stop` resolves (Nomad follows its
+    /// allocation event stream here). By default, nothing.
+    async fn run(&self, _store: Store, stop: Stop) {
+        stop.await
+    }
+
+    /// The host's gateway, for backends whose workers reach the bucket through the host that
+    /// started them (the local scheduler): they then get their job's token instead of store
+    /// credentials. By default ignored (Nomad is told its gateway in its configuration).
+    fn use_worker_gateway(&self, _gateway: WorkerGateway) {}
+
+    /// Stops what the backend started on this machine, as its host stops (the local
+    /// scheduler's workers). By default, nothing.
+    async fn shutdown(&self) {}
 }
+
+/// What ends [`Scheduler::run`].
+pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn plural(n: u32, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })

@@ -71,13 +71,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     // With the gateway here, the simulated miners' workers reach the bucket through it with
-    // their job's token, and get no store credentials.
-    if let (Some(local), Some(secret)) = (&built.local, secret) {
+    // their job's token, and get no store credentials (the local scheduler takes the host's
+    // address; Nomad is told its gateway in its configuration).
+    if let Some(secret) = secret {
         let url = std::env::var("AIC_WORKER_GATEWAY").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
             let ip = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
             format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
         });
-        local.use_worker_gateway(aic_core::grant::WorkerGateway { url, secret });
+        built.ctx.scheduler.use_worker_gateway(aic_core::grant::WorkerGateway { url, secret });
     }
     println!("listening on http://{addr}");
     let server = tokio::spawn(serve(host, listener));
@@ -92,9 +93,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // On Nomad: follow allocation events, restarting jobs whose allocations were lost.
-    let watcher =
-        built.nomad.clone().map(|n| tokio::spawn(n.watch_owned(built.ctx.store.clone(), stopped(stop_rx.clone()))));
+    // What the scheduler runs beside the host (Nomad: its allocation event watcher).
+    let watcher = {
+        let (scheduler, store, stop) = (built.ctx.scheduler.clone(), built.ctx.store.clone(), stopped(stop_rx.clone()));
+        Some(tokio::spawn(async move { scheduler.run(store, Box::pin(stop)).await }))
+    };
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -108,8 +111,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = t.await;
     }
     server.abort();
-    if let Some(local) = &built.local {
-        local.shutdown().await;
-    }
+    built.ctx.scheduler.shutdown().await;
     Ok(())
 }

@@ -153,6 +153,11 @@ impl Scheduler for NomadScheduler {
         self.register(job, m, 0, true).await
     }
 
+    /// Follows Nomad's allocation events (`watch`) until the host stops.
+    async fn run(&self, store: crate::Store, stop: super::Stop) {
+        self.watch(store, stop).await
+    }
+
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
         // Deregistering stops every allocation (KillSignal, then KillTimeout); unknown is fine.
         self.call(reqwest::Method::DELETE, &format!("job/{}", nomad_id(job)), &[], None).await?;

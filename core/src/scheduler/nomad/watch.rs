@@ -47,11 +47,6 @@ impl NomadScheduler {
         }
     }
 
-    /// [`Self::watch`] on an owned scheduler, for `tokio::spawn`.
-    pub async fn watch_owned(self, store: Store, stop: impl std::future::Future<Output = ()>) {
-        self.watch(store, stop).await
-    }
-
     async fn follow(&self, store: &Store, index: &mut u64) -> Result<(), NomadError> {
         let url = self.url("event/stream", &[("topic", "Allocation:*".into()), ("index", index.to_string())]);
         let mut rb = reqwest::Client::new().get(url);
