@@ -86,6 +86,9 @@ struct State {
     running: HashMap<JobKey, Running>,
     /// Jobs waiting for free slots: (job, manifest, attempt).
     queue: VecDeque<(JobKey, JobManifest, u32)>,
+    /// The pool is shutting down: nothing new starts (a freed slot would start a queued job
+    /// that nobody would then stop).
+    stopping: bool,
 }
 
 struct Inner {
@@ -128,6 +131,7 @@ impl LocalScheduler {
                     accepted: HashMap::new(),
                     running: HashMap::new(),
                     queue: VecDeque::new(),
+                    stopping: false,
                 }),
                 idle: tokio::sync::Notify::new(),
                 worker_gateway: Mutex::new(None),
@@ -154,7 +158,11 @@ impl LocalScheduler {
 
     /// Stops every allocation (the pool is shutting down) and waits for them to end.
     pub async fn shutdown(&self) {
-        let jobs: Vec<JobKey> = self.inner.state.lock().unwrap().running.keys().cloned().collect();
+        let jobs: Vec<JobKey> = {
+            let mut st = self.inner.state.lock().unwrap();
+            st.stopping = true;
+            st.running.keys().cloned().collect()
+        };
         for j in jobs {
             let _ = self.cancel(&j).await;
         }
@@ -484,6 +492,9 @@ impl LocalScheduler {
         loop {
             let next = {
                 let mut st = self.inner.state.lock().unwrap();
+                if st.stopping {
+                    return;
+                }
                 let Some((job, m, attempt)) = st.queue.front().cloned() else { return };
                 let Some(picks) = Self::pick(&st, &m) else { return };
                 st.queue.pop_front();

@@ -1,0 +1,283 @@
+//! Shared by the scheduler tests: a server that speaks Nomad's HTTP API as its documentation
+//! says (paths, `X-Nomad-Token`, `?namespace=`, `EnforceIndex` registration, blocking
+//! evaluation reads, `FailedTGAllocs`, 403/404/500 answers), and job manifests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use aic_core::layout::JobKey;
+use aic_core::scheduler::nomad::{NomadConfig, nomad_id};
+use aic_schemas::{JobId, JobManifest};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "s3cr3t-token";
+
+/// Three ready nodes with 2 GPUs each in `test_gateway` (one ineligible), one in `other`.
+#[derive(Default)]
+pub struct Nomad {
+    pub jobs: BTreeMap<String, Value>,
+    /// node name → GPUs in use
+    pub busy: BTreeMap<String, u32>,
+    pub allocs: BTreeMap<String, Vec<String>>,
+    pub evals: BTreeMap<String, (u32, Value)>,
+    pub seen: Vec<(String, String, Option<String>)>,
+    /// NDJSON lines the event stream sends (then it closes).
+    pub stream: Vec<String>,
+    pub stream_queries: Vec<BTreeMap<String, String>>,
+}
+
+pub const NODES: [(&str, &str, &str, u32, bool); 4] = [
+    ("n1", "node-a", "test_gateway", 2, true),
+    ("n2", "node-b", "test_gateway", 2, true),
+    ("n3", "node-c", "test_gateway", 2, false),
+    ("n4", "node-d", "other", 8, true),
+];
+
+fn reply(code: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder().status(code).body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+fn text(code: u16, body: &str) -> Response<Full<Bytes>> {
+    Response::builder().status(code).body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+async fn handle(
+    state: Arc<Mutex<Nomad>>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let token = req.headers().get("x-nomad-token").map(|v| v.to_str().unwrap().to_string());
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    if path == "/v1/event/stream" && token.as_deref() == Some(TOKEN) {
+        assert_eq!(query.get("topic").map(String::as_str), Some("Allocation:*"));
+        let lines = {
+            let mut s = state.lock().unwrap();
+            s.stream_queries.push(query.clone());
+            std::mem::take(&mut s.stream)
+        };
+        if lines.is_empty() {
+            // Nothing more: hold the connection like a quiet stream.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            return Ok(text(200, "{}\n"));
+        }
+        return Ok(text(200, &(lines.join("\n") + "\n")));
+    }
+    let mut s = state.lock().unwrap();
+    s.seen.push((method.clone(), path.clone(), token.clone()));
+    if token.as_deref() != Some(TOKEN) {
+        return Ok(text(403, "Permission denied"));
+    }
+    if query.get("namespace").map(String::as_str) != Some("aic") {
+        return Ok(text(400, "expected namespace=aic"));
+    }
+    let ok = match (method.as_str(), path.as_str()) {
+        ("GET", "/v1/nodes") => {
+            assert_eq!(query.get("resources").map(String::as_str), Some("true"));
+            let nodes: Vec<Value> = NODES
+                .iter()
+                .map(|(id, name, dc, gpus, eligible)| {
+                    let inst: Vec<Value> = (0..*gpus).map(|i| json!({"ID": format!("GPU-{id}-{i}"), "Healthy": true})).collect();
+                    json!({"ID": id, "Name": name, "Datacenter": dc, "Status": "ready",
+                        "SchedulingEligibility": if *eligible { "eligible" } else { "ineligible" },
+                        "NodeResources": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst}]}})
+                })
+                .collect();
+            reply(200, json!(nodes))
+        }
+        ("POST", "/v1/jobs") => {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let job = &v["Job"];
+            let id = job["ID"].as_str().unwrap().to_string();
+            let kind = if job["Meta"]["aic_kind"] == "serve" { "service" } else { "batch" };
+            assert_eq!(job["Type"], kind);
+            assert_eq!(job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Name"], "nvidia/gpu");
+            if v["EnforceIndex"] == true && v["JobModifyIndex"] == 0 && s.jobs.contains_key(&id) {
+                return Ok(text(500, "Enforcing job modify index 0: job already exists"));
+            }
+            let version = s.jobs.get(&id).map(|j| j["Version"].as_u64().unwrap() + 1).unwrap_or(0);
+            if let Some(old) = s.allocs.remove(&id) {
+                for n in old {
+                    *s.busy.get_mut(&n).unwrap() -=
+                        job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
+                }
+            }
+            let count = job["TaskGroups"][0]["Count"].as_u64().unwrap() as u32;
+            let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
+            let dc = job["Datacenters"][0].as_str().unwrap();
+            // Place one allocation per free node, as the scheduler would.
+            let free: Vec<String> = NODES
+                .iter()
+                .filter(|n| n.2 == dc && n.4 && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus)
+                .map(|n| n.1.to_string())
+                .collect();
+            let eval_id = format!("eval-{}", s.evals.len() + 1);
+            let eval = if free.len() as u32 >= count {
+                let placed: Vec<String> = free.into_iter().take(count as usize).collect();
+                for n in &placed {
+                    *s.busy.entry(n.clone()).or_default() += gpus;
+                }
+                s.allocs.insert(id.clone(), placed);
+                json!({"ID": eval_id, "Status": "complete"})
+            } else {
+                json!({"ID": eval_id, "Status": "complete", "BlockedEval": "eval-blocked",
+                    "FailedTGAllocs": {"train": {"NodesEvaluated": 3, "NodesFiltered": 1, "NodesExhausted": 2,
+                        "ConstraintFiltered": {"${node.eligibility}": 1},
+                        "DimensionExhausted": {"devices: nvidia/gpu": 2}, "CoalescedFailures": count - 1}}})
+            };
+            s.evals.insert(eval_id.clone(), (0, eval));
+            let mut stored = v["Job"].clone();
+            stored["Version"] = json!(version);
+            stored["Stop"] = json!(false);
+            s.jobs.insert(id, stored);
+            reply(200, json!({"EvalID": eval_id, "EvalCreateIndex": 10, "JobModifyIndex": 10, "Warnings": ""}))
+        }
+        ("GET", p) if p.starts_with("/v1/evaluation/") => {
+            let id = p.trim_start_matches("/v1/evaluation/").to_string();
+            let Some((reads, eval)) = s.evals.get_mut(&id) else { return Ok(text(404, "eval not found")) };
+            // The first read is answered "pending" (a blocking query must follow the index).
+            *reads += 1;
+            if *reads == 1 {
+                assert_eq!(query.get("index").map(String::as_str), Some("0"));
+                return Ok(reply(200, json!({"ID": id, "Status": "pending", "ModifyIndex": 11})));
+            }
+            assert_eq!(query.get("index").map(String::as_str), Some("11"), "blocking query on the last index");
+            let mut e = eval.clone();
+            e["ModifyIndex"] = json!(12);
+            reply(200, e)
+        }
+        ("GET", p) if p.starts_with("/v1/job/") && p.ends_with("/allocations") => {
+            let id = p.trim_start_matches("/v1/job/").trim_end_matches("/allocations");
+            let allocs: Vec<Value> = s
+                .allocs
+                .get(id)
+                .into_iter()
+                .flatten()
+                .map(|n| json!({"ID": format!("{id}-{n}"), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
+                .collect();
+            reply(200, json!(allocs))
+        }
+        ("GET", p) if p.starts_with("/v1/job/") => {
+            let id = p.trim_start_matches("/v1/job/");
+            match s.jobs.get(id) {
+                Some(j) => reply(200, j.clone()),
+                None => text(404, "job not found"),
+            }
+        }
+        ("DELETE", p) if p.starts_with("/v1/job/") => {
+            let id = p.trim_start_matches("/v1/job/").to_string();
+            if s.jobs.remove(&id).is_none() {
+                return Ok(text(404, "job not found"));
+            }
+            s.allocs.remove(&id);
+            reply(200, json!({"EvalID": "eval-stop", "EvalCreateIndex": 20, "JobModifyIndex": 20}))
+        }
+        ("GET", p) if p.starts_with("/v1/service/aic-serve-") => {
+            // Nomad-native service registrations of a serve job's replicas: node address, port.
+            let id = format!("aic-{}", p.trim_start_matches("/v1/service/aic-serve-"));
+            let regs: Vec<Value> = s
+                .allocs
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, n)| {
+                    let ip = format!("10.0.0.{}", NODES.iter().position(|x| x.1 == n).unwrap() + 1);
+                    json!({"ServiceName": p.trim_start_matches("/v1/service/"), "JobID": id, "Address": ip, "Port": 25000 + i, "Namespace": "aic"})
+                })
+                .collect();
+            reply(200, json!(regs))
+        }
+        ("GET", "/v1/allocations") => {
+            let mut out = vec![];
+            for (job, nodes) in &s.allocs {
+                for n in nodes {
+                    let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
+                    out.push(json!({"ID": format!("{job}-{n}"), "NodeID": id, "ClientStatus": "running",
+                        "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}]}}}}));
+                }
+            }
+            reply(200, json!(out))
+        }
+        _ => text(404, "no such endpoint"),
+    };
+    Ok(ok)
+}
+
+pub async fn nomad() -> (Arc<Mutex<Nomad>>, String) {
+    let state = Arc::new(Mutex::new(Nomad::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (state, addr)
+}
+
+pub fn cfg(addr: &str, token: &str) -> NomadConfig {
+    NomadConfig {
+        addr: addr.into(),
+        token: Some(token.into()),
+        region: None,
+        namespace: Some("aic".into()),
+        datacenter: "test_gateway".into(),
+        driver: "exec".into(),
+        worker: "aic-worker".into(),
+        cpu_mhz: 1000,
+        memory_mb: 2048,
+        worker_env: vec![],
+        secrets_var: None,
+        worker_gateway: None,
+    }
+}
+
+pub fn manifest(miners: u32, gpus: u32) -> (JobKey, JobManifest) {
+    manifest_of("train", miners, gpus)
+}
+
+pub fn manifest_of(kind: &str, miners: u32, gpus: u32) -> (JobKey, JobManifest) {
+    let now = chrono::Utc::now();
+    let m: JobManifest = serde_json::from_value(json!({
+        "version": 1,
+        "request": {"version": 1, "kind": kind, "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+            "job_id": JobId::generate(), "entrypoint": "train.py", "miners": miners, "gpus_per_miner": gpus,
+            "max_hours": 1.0, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
+        "quote": {"gpu_hours": 1.0, "price_per_gpu_hour": "0", "total": "0"},
+        "validated_at": now,
+    }))
+    .unwrap();
+    (JobKey::new(m.request.owner, m.request.job_id.clone()), m)
+}
+
+pub fn lost(job: &JobKey, version: u64, node: &str) -> Value {
+    json!({"ID": "alloc-1", "JobID": nomad_id(job), "Name": format!("{}.train[1]", nomad_id(job)), "NodeName": node,
+        "ClientStatus": "lost", "ClientDescription": "node is down", "JobVersion": version, "Namespace": "aic"})
+}
+
+pub async fn running_job(store: &aic_core::Store, m: &JobManifest) -> JobKey {
+    use aic_core::status::{Transition, advance};
+    use aic_schemas::JobState;
+    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    store.create_json(&job.manifest(), m).await.unwrap();
+    for st in [JobState::Submitted, JobState::Paid, JobState::Scheduled, JobState::Running] {
+        advance(store, &job, Transition::new(st, "test")).await.unwrap();
+    }
+    job
+}

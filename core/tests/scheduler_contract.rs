@@ -1,0 +1,315 @@
+//! The scheduler contract: what every `Scheduler` backend must do, written once and run
+//! against each — the local scheduler for real (worker processes), and the Nomad backend
+//! against the server that speaks Nomad's API (`common`). A new backend adds itself to
+//! `backends!` and passes every case, or is not done.
+//!
+//! The pool in each: two miners with 2 GPUs each in gateway `test_gateway` (Nomad's fake also
+//! has an ineligible node there, and another gateway).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aic_core::layout::JobKey;
+use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
+use aic_core::scheduler::nomad::{AllocAction, NomadScheduler, nomad_id};
+use aic_core::scheduler::recovery::MAX_RETRIES;
+use aic_core::scheduler::{ScheduleError, Scheduler, Submitted};
+use aic_core::status::{self, Transition};
+use aic_core::{Store, StoreConfig};
+use aic_schemas::{JobManifest, JobState};
+
+mod common;
+
+use common::*;
+
+const GATEWAY: &str = "test_gateway";
+
+/// One backend under test, and how it learns that an allocation was lost.
+enum Backend {
+    Local { sched: LocalScheduler, store: Store, starts: std::path::PathBuf, _dir: tempfile::TempDir },
+    Nomad { sched: Box<NomadScheduler>, store: Store, state: Arc<Mutex<Nomad>>, _dir: tempfile::TempDir },
+}
+
+fn local() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
+    let starts = dir.path().join("starts.txt");
+    let worker = dir.path().join("worker.sh");
+    // A worker that runs until stopped, and says which allocation and attempt it is.
+    std::fs::write(
+        &worker,
+        "#!/bin/sh\necho \"$AIC_JOB_ID $AIC_ALLOC_INDEX $AIC_ATTEMPT $$\" >> \"$STARTS\"\nexec sleep 120\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sched = LocalScheduler::new(
+        LocalConfig {
+            miners: 2,
+            gpus_per_miner: 2,
+            gateway: GATEWAY.into(),
+            worker_bin: worker,
+            work_root: dir.path().join("work"),
+            worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
+        },
+        store.clone(),
+    );
+    Backend::Local { sched, store, starts, _dir: dir }
+}
+
+async fn nomad_backend() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
+    let (state, addr) = nomad().await;
+    Backend::Nomad { sched: Box::new(NomadScheduler::new(cfg(&addr, TOKEN))), store, state, _dir: dir }
+}
+
+impl Backend {
+    fn scheduler(&self) -> &dyn Scheduler {
+        match self {
+            Backend::Local { sched, .. } => sched,
+            Backend::Nomad { sched, .. } => sched.as_ref(),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        match self {
+            Backend::Local { store, .. } | Backend::Nomad { store, .. } => store,
+        }
+    }
+
+    /// Allocation `index` of `job` is lost, as the backend would find out: the local
+    /// worker process killed; Nomad's event stream reporting the allocation `lost`.
+    async fn lose(&self, job: &JobKey, index: u32) {
+        match self {
+            Backend::Local { starts, .. } => {
+                let pid = eventually("the worker to start", || {
+                    let text = std::fs::read_to_string(starts).unwrap_or_default();
+                    text.lines().rev().find_map(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        (f.len() == 4 && f[0] == job.job.as_str() && f[1] == index.to_string())
+                            .then(|| f[3].parse::<i32>().unwrap())
+                    })
+                })
+                .await;
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                // Forget it, so the next loss waits for the next worker.
+                let text = std::fs::read_to_string(starts).unwrap();
+                let kept: Vec<&str> = text.lines().filter(|l| !l.ends_with(&format!(" {pid}"))).collect();
+                std::fs::write(starts, kept.join("\n") + "\n").unwrap();
+            }
+            Backend::Nomad { sched, store, state, .. } => {
+                let (version, node) = {
+                    let s = state.lock().unwrap();
+                    let id = nomad_id(job);
+                    (s.jobs[&id]["Version"].as_u64().unwrap(), s.allocs[&id][index as usize].clone())
+                };
+                let mut ev = lost(job, version, &node);
+                ev["Name"] = serde_json::json!(format!("{}.train[{index}]", nomad_id(job)));
+                let act = sched.on_alloc(store, &ev).await.unwrap();
+                assert!(!matches!(act, AllocAction::Stopped), "{act:?}");
+            }
+        }
+    }
+
+    /// Waits until the backend has acted on the loss of replica `index` (the local scheduler
+    /// starts a worker for it again; Nomad's watcher acts as it reads the event, in `lose`).
+    async fn handled_loss(&self, job: &JobKey, index: u32) {
+        if let Backend::Local { starts, .. } = self {
+            eventually("the replica to start again", || {
+                let text = std::fs::read_to_string(starts).unwrap_or_default();
+                text.lines().any(|l| l.starts_with(&format!("{} {index} ", job.job))).then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// Free GPUs of the gateway, as the pool view says.
+    async fn free_gpus(&self) -> u32 {
+        let pool = self.scheduler().pool().await.unwrap();
+        pool.iter().filter(|g| g.name == GATEWAY).flat_map(|g| &g.miners).map(|m| m.free_gpus).sum()
+    }
+}
+
+impl Drop for Backend {
+    /// Every worker a case started dies with it, passed or failed.
+    fn drop(&mut self) {
+        if let Backend::Local { starts, .. } = self {
+            for line in std::fs::read_to_string(starts).unwrap_or_default().lines() {
+                if let Some(pid) = line.rsplit(' ').next().and_then(|p| p.parse::<i32>().ok()) {
+                    let _ =
+                        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Polls `f` until it gives a value, for at most 20 s.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A job of `miners` × 2 GPUs, its manifest in the store and its status `running` (as the
+/// functions and the worker would have written them).
+async fn job(b: &Backend, kind: &str, miners: u32) -> (JobKey, JobManifest) {
+    let (_, m) = manifest_of(kind, miners, 2);
+    (running_job(b.store(), &m).await, m)
+}
+
+async fn states(b: &Backend, job: &JobKey) -> Vec<JobState> {
+    status::history(b.store(), job).await.unwrap().into_iter().map(|r| r.state).collect()
+}
+
+/// After a case: stops what the backend started, whether the case passed or not.
+async fn finish(b: Backend, outcome: std::thread::Result<()>) {
+    b.scheduler().shutdown().await;
+    drop(b);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+macro_rules! backends {
+    ($($case:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let b = super::local();
+                    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(super::$case(&b))).await;
+                    super::finish(b, outcome).await;
+                }
+            )*
+        }
+        mod nomad {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let b = super::nomad_backend().await;
+                    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(super::$case(&b))).await;
+                    super::finish(b, outcome).await;
+                }
+            )*
+        }
+    };
+}
+
+backends!(
+    submitting_twice_places_the_job_once_one_allocation_per_miner,
+    a_job_the_pool_can_never_hold_is_unplaceable_with_the_reason,
+    a_job_that_fits_later_waits_with_a_reason,
+    cancel_frees_the_gpus_and_cancelling_an_unknown_job_is_not_an_error,
+    a_lost_allocation_starts_the_training_job_again_until_retries_run_out,
+    a_lost_replica_never_restarts_the_whole_deployment,
+    serving_endpoints_are_where_the_replicas_were_placed,
+);
+
+async fn submitting_twice_places_the_job_once_one_allocation_per_miner(b: &Backend) {
+    let before = b.free_gpus().await;
+    let (job, m) = job(b, "train", 2).await;
+    let first = b.scheduler().submit(&job, &m).await.unwrap();
+    let Submitted::Placed(mut miners) = first.clone() else { panic!("{first:?}") };
+    miners.dedup();
+    assert_eq!(miners.len(), 2, "one allocation per miner: {miners:?}");
+    let again = b.scheduler().submit(&job, &m).await.unwrap();
+    assert_eq!(again, first, "a second submit changes nothing");
+    assert_eq!(b.free_gpus().await, before - 4, "2 miners × 2 GPUs held, once");
+}
+
+async fn a_job_the_pool_can_never_hold_is_unplaceable_with_the_reason(b: &Backend) {
+    let (job, m) = job(b, "train", 3).await;
+    match b.scheduler().submit(&job, &m).await {
+        Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("needs 3 miners"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn a_job_that_fits_later_waits_with_a_reason(b: &Backend) {
+    let (first, m) = job(b, "train", 2).await;
+    assert!(matches!(b.scheduler().submit(&first, &m).await.unwrap(), Submitted::Placed(_)));
+    let (second, m) = job(b, "train", 1).await;
+    match b.scheduler().submit(&second, &m).await.unwrap() {
+        Submitted::Queued(why) => assert!(why.contains("2") && why.to_lowercase().contains("gpu"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn cancel_frees_the_gpus_and_cancelling_an_unknown_job_is_not_an_error(b: &Backend) {
+    let before = b.free_gpus().await;
+    let (job, m) = job(b, "train", 2).await;
+    b.scheduler().submit(&job, &m).await.unwrap();
+    b.scheduler().cancel(&job).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.free_gpus().await != before {
+        assert!(Instant::now() < deadline, "the job's GPUs were not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (unknown, _) = manifest(1, 1);
+    b.scheduler().cancel(&unknown).await.unwrap();
+}
+
+async fn a_lost_allocation_starts_the_training_job_again_until_retries_run_out(b: &Backend) {
+    let (job, m) = job(b, "train", 2).await;
+    b.scheduler().submit(&job, &m).await.unwrap();
+    for retry in 1..=MAX_RETRIES {
+        b.lose(&job, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while states(b, &job).await.iter().filter(|s| **s == JobState::Retrying).count() < retry as usize {
+            assert!(Instant::now() < deadline, "no retry {retry}: {:?}", states(b, &job).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let last = status::current(b.store(), &job).await.unwrap().unwrap();
+        let want = format!("starting again from the last checkpoint (retry {retry} of {MAX_RETRIES})");
+        assert!(
+            last.reason.as_deref().is_some_and(|r| r.contains("allocation 1 on ") && r.ends_with(&want)),
+            "{last:?}"
+        );
+        // The next attempt's worker runs.
+        status::advance(b.store(), &job, Transition::new(JobState::Running, "worker")).await.unwrap();
+    }
+    b.lose(&job, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = status::current(b.store(), &job).await.unwrap().unwrap();
+        if last.state == JobState::Failed {
+            assert!(last.reason.unwrap().ends_with(&format!("no retries left ({MAX_RETRIES} used)")));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not fail: {:?}", states(b, &job).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_lost_replica_never_restarts_the_whole_deployment(b: &Backend) {
+    let (job, m) = job(b, "serve", 2).await;
+    b.scheduler().submit(&job, &m).await.unwrap();
+    b.lose(&job, 1).await;
+    b.handled_loss(&job, 1).await;
+    // Whatever the backend does for the replica (start it again, or leave it to the
+    // runtime), the deployment goes on: no retry, no failure, the other replica held.
+    assert_eq!(states(b, &job).await.last(), Some(&JobState::Running), "{:?}", states(b, &job).await);
+    assert!(!states(b, &job).await.contains(&JobState::Retrying));
+    assert!(b.free_gpus().await <= 2, "replica 0 still holds its GPUs");
+}
+
+async fn serving_endpoints_are_where_the_replicas_were_placed(b: &Backend) {
+    let (job, m) = job(b, "serve", 2).await;
+    b.scheduler().submit(&job, &m).await.unwrap();
+    let ends = b.scheduler().endpoints(job.job.as_str()).await.unwrap().expect("the backend knows its endpoints");
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    let hosts: std::collections::BTreeSet<&str> = ends.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(hosts.len(), 2, "one replica per miner: {ends:?}");
+    assert_eq!(
+        b.scheduler().endpoints("01jb0000000000000000000000").await.unwrap(),
+        Some(vec![]),
+        "no such deployment"
+    );
+}
