@@ -1,0 +1,246 @@
+//! The gateway API: how users who hold no pool credentials reach the bucket.
+//!
+//! A user signs in with their wallet (SIWE, EIP-4361) and gets a short-lived session token.
+//! With it they get presigned URLs for their own prefix only, list their objects, read their
+//! jobs' status and logs, and cancel a job. Every answer is JSON; every refusal is
+//! `{"error": "<what went wrong and what to do>"}` with a fitting status code.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /v1/info` | bucket, SIWE domain, chain, limits |
+//! | `GET /v1/nonce` | a nonce for the SIWE message (stateless: MAC'd expiry) |
+//! | `POST /v1/session` `{message, signature}` | session token for the message's signer |
+//! | `POST /v1/sign` `{items:[{method,key,size?}]}` | presigned URLs (+ headers to send) |
+//! | `GET /v1/objects?prefix=&offset=&delimiter=` | the caller's objects |
+//! | `POST /v1/multipart` `{action,key,upload_id?,part?,parts?}` | large uploads part by part |
+//! | `GET /v1/jobs`, `GET /v1/jobs/<id>` | the caller's jobs and one job's status |
+//! | `GET /v1/pool` | gateways, miners and free GPUs |
+//! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
+//! | `GET /v1/jobs/<id>/replicas` | a deployment's serving registrations |
+//! | `POST /v1/jobs/<id>/cancel` | cancels the job |
+//!
+//! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
+//! URL signs `If-None-Match: *`, so it cannot overwrite). A PUT URL is bound to the content's
+//! SHA-256 (`x-amz-checksum-sha256`, checked by S3), and the declared size must be within the
+//! limits. Manifests, status and outputs are written by the pool alone.
+//!
+//! Files by concern: `session` (SIWE sign-in, tokens, nonces), `limits` (body size, the
+//! callers' token buckets), `access` (what a user or a job's workers may reach), `presign`
+//! (presigned URLs, multipart), `reads` (listings, jobs, logs, replicas, cancel); this file
+//! holds the configuration and the routes.
+
+mod access;
+mod limits;
+mod presign;
+mod reads;
+mod session;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aic_chain::siwe::SiweMessage;
+use aic_core::grant::WorkerGrant;
+use aic_core::layout::{JobKey, KeyKind, classify};
+use aic_core::status::{self, Advanced, Transition};
+use aic_core::store::{object_path, prefix_path};
+use aic_schemas::validate::MAX_REQUEST_BYTES;
+use aic_schemas::{Address, JobId, JobState};
+use base64::Engine;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::signer::{SignedUrlOptions, Signer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use self::access::{Access, access, worker_prefixes};
+use crate::Ctx;
+use crate::poll::Inbox;
+
+/// Largest request body the gateway reads.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest single PUT (S3's own limit); bigger files go part by part.
+pub const MAX_PUT: u64 = 5 * 1024 * 1024 * 1024;
+/// Most URLs signed in one call.
+pub const MAX_ITEMS: usize = 256;
+/// Most log bytes returned by one call.
+const MAX_LOG_BYTES: usize = 1024 * 1024;
+
+pub struct GatewayConfig {
+    /// Key for session tokens and nonces (32 random bytes; the same on every gateway replica).
+    pub secret: Vec<u8>,
+    /// The SIWE domain users sign in to.
+    pub domain: String,
+    pub chain_id: u64,
+    /// What clients need to pay: RPC URL, token, treasury, price (shown by `/v1/info`).
+    pub chain_info: Value,
+    pub session_ttl: Duration,
+    pub url_ttl: Duration,
+    /// Requests per second per caller, and the burst allowed above it.
+    pub rate: f64,
+    pub burst: f64,
+}
+
+impl GatewayConfig {
+    pub fn new(secret: Vec<u8>, domain: &str, chain_id: u64) -> Self {
+        GatewayConfig {
+            secret,
+            domain: domain.into(),
+            chain_id,
+            chain_info: Value::Null,
+            session_ttl: Duration::from_secs(12 * 3600),
+            url_ttl: Duration::from_secs(15 * 60),
+            rate: 50.0,
+            burst: 400.0,
+        }
+    }
+}
+
+pub struct Gateway {
+    cfg: GatewayConfig,
+    ctx: Ctx,
+    inbox: Option<Inbox>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// A refusal: status and the one-line reason.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+pub(super) type Reply = Result<Value, ApiError>;
+
+pub(super) fn err(code: StatusCode, why: impl Into<String>) -> ApiError {
+    ApiError(code, why.into())
+}
+
+pub(super) fn bad(why: impl Into<String>) -> ApiError {
+    err(StatusCode::BAD_REQUEST, why)
+}
+
+pub(super) fn store_err(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "gateway store call failed");
+    err(StatusCode::SERVICE_UNAVAILABLE, "the pool's storage did not answer; try again in a moment")
+}
+/// Who calls: a signed-in user, or the workers of one job.
+#[derive(Debug)]
+pub enum Caller {
+    User(Address),
+    Worker(WorkerGrant),
+}
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig, ctx: Ctx, inbox: Option<Inbox>) -> Self {
+        Gateway { cfg, ctx, inbox, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Answers one API call. `path` starts with `/v1/`.
+    pub async fn call(
+        &self,
+        peer: IpAddr,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> (StatusCode, Value) {
+        match self.route(peer, method, path, query, headers, body).await {
+            Ok(v) => (StatusCode::OK, v),
+            Err(ApiError(code, why)) => (code, json!({ "error": why })),
+        }
+    }
+
+    pub(super) async fn route(
+        &self,
+        peer: IpAddr,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Reply {
+        let now = Utc::now();
+        let q: HashMap<String, String> =
+            url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect();
+        // Unauthenticated routes are limited per address of the caller.
+        match (method, path) {
+            (&Method::GET, "/v1/info") => {
+                self.admit(&peer.to_string(), 1.0)?;
+                return Ok(json!({
+                    "bucket": self.ctx.store.bucket(), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id,
+                    "chain": self.cfg.chain_info, "free": self.cfg.chain_info.is_null(),
+                    "max_put": MAX_PUT, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES,
+                    "session_seconds": self.cfg.session_ttl.as_secs(), "url_seconds": self.cfg.url_ttl.as_secs(),
+                }));
+            }
+            (&Method::GET, "/v1/nonce") => {
+                self.admit(&peer.to_string(), 1.0)?;
+                return Ok(json!({"nonce": self.nonce(now), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id}));
+            }
+            (&Method::POST, "/v1/session") => {
+                self.admit(&peer.to_string(), 1.0)?;
+                return self.session(&body, now);
+            }
+            _ => {}
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "no session token; run `aic login`"))?;
+        let caller = if aic_core::grant::is_worker_token(token) {
+            Caller::Worker(
+                aic_core::grant::verify(&self.cfg.secret, token, now).map_err(|e| err(StatusCode::UNAUTHORIZED, e))?,
+            )
+        } else {
+            Caller::User(self.check_token(token, now)?)
+        };
+        let (key, scale) = caller.rate_key();
+        self.admit(&key, scale)?;
+        let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+        match (method, segs.as_slice()) {
+            (&Method::POST, ["sign"]) => return self.sign(&caller, &body).await,
+            (&Method::GET, ["objects"]) => return self.objects(&caller, &q).await,
+            (&Method::POST, ["multipart"]) => return self.multipart(&caller, &body).await,
+            _ => {}
+        }
+        let who = match &caller {
+            Caller::User(who) => *who,
+            Caller::Worker(g) => {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the workers of job {} reach only its objects (sign, objects, multipart), not {path}",
+                        g.job
+                    ),
+                ));
+            }
+        };
+        match (method, segs.as_slice()) {
+            (&Method::GET, ["jobs"]) => self.jobs(&who).await,
+            (&Method::GET, ["pool"]) => {
+                let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
+                Ok(json!({ "gateways": gws }))
+            }
+            (&Method::GET, ["jobs", id]) => self.job(&who, id).await,
+            (&Method::GET, ["jobs", id, "replicas"]) => self.replicas(&who, id).await,
+            (&Method::GET, ["jobs", id, "logs"]) => self.logs(&who, id, q.get("after").map(String::as_str)).await,
+            (&Method::POST, ["jobs", id, "cancel"]) => self.cancel(&who, id).await,
+            _ => Err(err(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}"))),
+        }
+    }
+
+    pub(super) fn signer(&self) -> Result<&std::sync::Arc<object_store::aws::AmazonS3>, ApiError> {
+        self.ctx.store.s3_client().ok_or_else(|| {
+            err(
+                StatusCode::NOT_IMPLEMENTED,
+                "this pool's store cannot presign URLs (it is not S3); use the embedded pool",
+            )
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! Presigned URLs: PUTs bound to their content's SHA-256 (create-only where the key is
+//! written once), GETs and DELETEs; big uploads part by part.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct SignBody {
+    items: Vec<SignItem>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct SignItem {
+    method: String,
+    key: String,
+    #[serde(default)]
+    size: Option<u64>,
+    /// SHA-256 of the content, hex: PUT URLs are bound to it (S3 checks
+    /// `x-amz-checksum-sha256`), so a URL writes that content and nothing else.
+    #[serde(default)]
+    sha256: Option<String>,
+    /// Create-only: the URL carries a signed `If-None-Match: *`, so S3 refuses (412) to
+    /// replace an existing object.
+    #[serde(default)]
+    create: bool,
+}
+
+#[derive(Deserialize)]
+pub(super) struct MultipartBody {
+    action: String,
+    key: String,
+    #[serde(default)]
+    upload_id: Option<String>,
+    #[serde(default)]
+    part: Option<usize>,
+    #[serde(default)]
+    parts: Vec<String>,
+}
+
+impl Gateway {
+    pub(super) async fn sign(&self, who: &Caller, body: &[u8]) -> Reply {
+        let b: SignBody = serde_json::from_slice(body).map_err(|e| bad(format!("body must be {{items:[…]}}: {e}")))?;
+        if b.items.len() > MAX_ITEMS {
+            return Err(bad(format!("at most {MAX_ITEMS} URLs per call")));
+        }
+        let s3 = self.signer()?;
+        let mut urls = Vec::with_capacity(b.items.len());
+        for item in &b.items {
+            let access = access(who, &item.key)?;
+            let method: Method =
+                item.method.to_uppercase().parse().map_err(|_| bad(format!("unknown method {:?}", item.method)))?;
+            let mut opts = SignedUrlOptions::default();
+            let mut send = serde_json::Map::new();
+            match (&method, &access) {
+                (&Method::GET | &Method::HEAD, _) => {}
+                (&Method::PUT, Access::Read) => {
+                    let who_writes = match who {
+                        Caller::User(_) => "users write data/…, a job's code/… and request.json",
+                        Caller::Worker(_) => "a job's workers write its logs, outputs, status and records",
+                    };
+                    return Err(err(StatusCode::FORBIDDEN, format!("{}: not writable by you; {who_writes}", item.key)));
+                }
+                (&Method::PUT, _) => {
+                    let size = item.size.ok_or_else(|| bad(format!("{}: PUT needs the size in bytes", item.key)))?;
+                    if size > MAX_PUT {
+                        return Err(err(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "{}: {size} bytes is over the {MAX_PUT}-byte single-upload limit; use /v1/multipart",
+                                item.key
+                            ),
+                        ));
+                    }
+                    // The limit validate reads a request with, so nothing is uploaded to be refused.
+                    if matches!(access, Access::CreateOnly) && size > MAX_REQUEST_BYTES {
+                        return Err(err(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "{}: {size} bytes; a request is at most {MAX_REQUEST_BYTES} bytes ({} KiB)",
+                                item.key,
+                                MAX_REQUEST_BYTES / 1024
+                            ),
+                        ));
+                    }
+                    let sum =
+                        item.sha256.as_deref().and_then(|h| hex::decode(h).ok()).filter(|b| b.len() == 32).ok_or_else(
+                            || bad(format!("{}: PUT needs the content's SHA-256 (64 hex digits)", item.key)),
+                        )?;
+                    let sum = base64::engine::general_purpose::STANDARD.encode(sum);
+                    opts = opts.with_signed_header(
+                        http::HeaderName::from_static("x-amz-checksum-sha256"),
+                        HeaderValue::from_str(&sum).expect("base64 is a valid header"),
+                    );
+                    send.insert("x-amz-checksum-sha256".into(), json!(sum));
+                    if matches!(access, Access::CreateOnly | Access::Append) || item.create {
+                        opts = opts.with_signed_header(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+                        send.insert("if-none-match".into(), json!("*"));
+                    }
+                }
+                (&Method::DELETE, Access::Write { deletable: true }) => {}
+                _ => return Err(err(StatusCode::FORBIDDEN, format!("{method} is not allowed on {}", item.key))),
+            }
+            let path =
+                object_path(&item.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", item.key)))?;
+            let url = s3.signed_url_opts(method.clone(), &path, self.cfg.url_ttl, &opts).await.map_err(store_err)?;
+            if access == Access::CreateOnly
+                && method == Method::PUT
+                && let Some(inbox) = &self.inbox
+            {
+                inbox
+                    .expect(&item.key, Utc::now() + chrono::Duration::from_std(self.cfg.url_ttl).unwrap())
+                    .await
+                    .map_err(store_err)?;
+            }
+            urls.push(json!({"url": url.to_string(), "method": method.as_str(), "headers": send}));
+        }
+        Ok(json!({ "urls": urls, "expires_in": self.cfg.url_ttl.as_secs() }))
+    }
+
+    pub(super) async fn multipart(&self, who: &Caller, body: &[u8]) -> Reply {
+        let b: MultipartBody =
+            serde_json::from_slice(body).map_err(|e| bad(format!("body must be {{action, key, …}}: {e}")))?;
+        match access(who, &b.key)? {
+            Access::Write { .. } => {}
+            _ => {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{}: multipart uploads are for keys you may write (data/…, code/…; outputs for workers)",
+                        b.key
+                    ),
+                ));
+            }
+        }
+        let s3 = self.signer()?;
+        let path = object_path(&b.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", b.key)))?;
+        let upload_id = || b.upload_id.clone().ok_or_else(|| bad("upload_id is required"));
+        match b.action.as_str() {
+            "create" => {
+                let id = s3.create_multipart(&path).await.map_err(store_err)?;
+                Ok(json!({ "upload_id": id }))
+            }
+            "part" => {
+                let part = b.part.ok_or_else(|| bad("part (0-based index) is required"))?;
+                if part >= 10_000 {
+                    return Err(bad("at most 10000 parts"));
+                }
+                let opts = SignedUrlOptions::default().with_query([
+                    ("partNumber".to_string(), (part + 1).to_string()),
+                    ("uploadId".to_string(), upload_id()?),
+                ]);
+                let url = s3.signed_url_opts(Method::PUT, &path, self.cfg.url_ttl, &opts).await.map_err(store_err)?;
+                Ok(json!({ "url": url.to_string() }))
+            }
+            "complete" => {
+                let parts = b.parts.into_iter().map(|e| PartId { content_id: e }).collect();
+                let r = s3
+                    .complete_multipart(&path, &upload_id()?, parts)
+                    .await
+                    .map_err(|e| bad(format!("completing the upload: {e}")))?;
+                Ok(json!({ "e_tag": r.e_tag }))
+            }
+            "abort" => {
+                s3.abort_multipart(&path, &upload_id()?).await.map_err(store_err)?;
+                Ok(json!({}))
+            }
+            other => Err(bad(format!("unknown multipart action {other:?}: create, part, complete or abort"))),
+        }
+    }
+}

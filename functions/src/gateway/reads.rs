@@ -1,0 +1,125 @@
+//! Reads: listings of what the caller may reach, the caller's jobs, a job's status, logs
+//! and serving registrations, and cancel.
+
+use super::*;
+
+impl Gateway {
+    pub(super) async fn objects(&self, who: &Caller, q: &HashMap<String, String>) -> Reply {
+        let reachable = match who {
+            Caller::User(a) => vec![aic_core::layout::user_prefix(a)],
+            Caller::Worker(g) => worker_prefixes(g),
+        };
+        let prefix = q.get("prefix").cloned().unwrap_or_else(|| reachable[0].clone());
+        if !reachable.iter().any(|r| prefix.starts_with(r.as_str()) || format!("{prefix}/") == *r)
+            || prefix.split('/').any(|s| s == "." || s == "..")
+        {
+            return Err(err(StatusCode::FORBIDDEN, format!("{prefix}: not under {}", reachable.join(" or "))));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        let meta = |m: &object_store::ObjectMeta| json!({"key": m.location.to_string(), "size": m.size, "last_modified": m.last_modified, "e_tag": m.e_tag});
+        let os = self.ctx.store.object_store();
+        let key_path = |k: &str| prefix_path(k).map_err(|e| bad(format!("{k}: not a valid object key ({e})")));
+        if q.get("delimiter").is_some_and(|d| d == "true" || d == "1") {
+            let r = os.list_with_delimiter(Some(&key_path(prefix)?)).await.map_err(store_err)?;
+            let prefixes: Vec<String> = r.common_prefixes.iter().map(|p| p.to_string()).collect();
+            return Ok(json!({"objects": r.objects.iter().map(meta).collect::<Vec<_>>(), "prefixes": prefixes}));
+        }
+        let list: Vec<object_store::ObjectMeta> = match q.get("offset") {
+            Some(o) => os.list_with_offset(Some(&key_path(prefix)?), &key_path(o)?).try_collect().await,
+            None => os.list(Some(&key_path(prefix)?)).try_collect().await,
+        }
+        .map_err(store_err)?;
+        Ok(json!({"objects": list.iter().map(meta).collect::<Vec<_>>(), "prefixes": []}))
+    }
+
+    pub(super) fn job_key(&self, who: &Address, id: &str) -> Result<JobKey, ApiError> {
+        let id: JobId = id.parse().map_err(|_| bad(format!("{id:?} is not a job id")))?;
+        Ok(JobKey::new(*who, id))
+    }
+
+    pub(super) async fn jobs(&self, who: &Address) -> Reply {
+        let prefix = aic_core::layout::jobs_prefix(who);
+        let (dirs, _) = self.ctx.store.list_dir(&prefix).await.map_err(store_err)?;
+        let mut out = Vec::with_capacity(dirs.len());
+        for d in dirs {
+            let Some(id) = d.trim_end_matches('/').rsplit('/').next() else { continue };
+            let Ok(job) = self.job_key(who, id) else { continue };
+            let snap = status::snapshot(&self.ctx.store, &job).await.map_err(store_err)?;
+            out.push(json!({"job_id": id, "status": snap}));
+        }
+        Ok(json!({ "jobs": out }))
+    }
+
+    pub(super) async fn job(&self, who: &Address, id: &str) -> Reply {
+        let job = self.job_key(who, id)?;
+        let history = status::history(&self.ctx.store, &job).await.map_err(store_err)?;
+        if history.is_empty() && self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none() {
+            return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
+        }
+        Ok(json!({"job_id": id, "status": history.last(), "history": history}))
+    }
+
+    pub(super) async fn logs(&self, who: &Address, id: &str, after: Option<&str>) -> Reply {
+        let job = self.job_key(who, id)?;
+        let prefix = job.logs_prefix();
+        let list = match after {
+            Some(a) if a.starts_with(&prefix) => self.ctx.store.list_after(&prefix, a).await,
+            Some(a) => return Err(bad(format!("after={a:?} is not one of this job's log keys"))),
+            None => self.ctx.store.list(&prefix).await,
+        }
+        .map_err(store_err)?;
+        let mut chunks = Vec::new();
+        let mut total = 0usize;
+        for m in list {
+            if total >= MAX_LOG_BYTES {
+                break;
+            }
+            let key = m.location.to_string();
+            let Some(b) = self.ctx.store.get_limited(&key, MAX_LOG_BYTES as u64).await.map_err(store_err)? else {
+                continue;
+            };
+            total += b.len();
+            chunks.push(json!({"key": key, "text": String::from_utf8_lossy(&b)}));
+        }
+        Ok(json!({ "chunks": chunks }))
+    }
+
+    /// A deployment's serving registrations (only the caller's own jobs).
+    pub(super) async fn replicas(&self, who: &Address, id: &str) -> Reply {
+        let job = self.job_key(who, id)?;
+        if self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none() {
+            return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
+        }
+        let prefix = aic_core::layout::serving_prefix(job.job.as_str());
+        let mut regs = Vec::new();
+        for m in self.ctx.store.list(&prefix).await.map_err(store_err)? {
+            if let Some(r) =
+                self.ctx.store.get_json::<Value>(m.location.as_ref(), 64 * 1024).await.map_err(store_err)?
+            {
+                regs.push(r);
+            }
+        }
+        Ok(json!({ "replicas": regs }))
+    }
+
+    pub(super) async fn cancel(&self, who: &Address, id: &str) -> Reply {
+        let job = self.job_key(who, id)?;
+        let t = Transition::new(JobState::Cancelled, "gateway").reason("cancelled by its owner");
+        match status::advance(&self.ctx.store, &job, t).await.map_err(store_err)? {
+            Advanced::Applied(rec) => {
+                // The status record's own event cancels too; this is quicker, and idempotent.
+                if let Err(e) = self.ctx.scheduler.cancel(&job).await {
+                    tracing::warn!(job = %job.job, error = %e, "cancel: the scheduler did not answer; the event will retry");
+                }
+                Ok(json!({"state": rec.state, "already": false}))
+            }
+            Advanced::Already(rec) => Ok(json!({"state": rec.state, "already": true})),
+            Advanced::Refused(Some(r)) => {
+                Err(err(StatusCode::CONFLICT, format!("job {id} already {}; nothing to cancel", r.state)))
+            }
+            Advanced::Refused(None) => {
+                Err(err(StatusCode::CONFLICT, format!("job {id} has not been picked up yet; try again in a moment")))
+            }
+        }
+    }
+}
