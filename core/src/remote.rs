@@ -21,11 +21,11 @@ use object_store::{
     Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::store::prefix_path;
+use aic_schemas::gateway::{ListedObject, Listing, MultipartRequest, SignItem, SignRequest, SignResponse, SignedUrl};
 
 const STORE: &str = "gateway";
 
@@ -101,40 +101,26 @@ impl std::fmt::Display for GatewayStore {
     }
 }
 
-#[derive(Deserialize)]
-struct Signed {
-    url: String,
-    #[serde(default)]
-    headers: HashMap<String, String>,
+/// A listed object as the store knows it, under its key as the bucket holds it (`Path::from`
+/// would escape it once more).
+fn meta_of(o: ListedObject) -> object_store::Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        location: prefix_path(&o.key)?,
+        last_modified: o.last_modified,
+        size: o.size,
+        e_tag: o.e_tag,
+        version: None,
+    })
 }
 
-#[derive(Deserialize)]
-struct Listed {
-    objects: Vec<ListedObject>,
-    #[serde(default)]
-    prefixes: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ListedObject {
-    key: String,
-    size: u64,
-    last_modified: DateTime<Utc>,
-    e_tag: Option<String>,
-}
-
-impl TryFrom<ListedObject> for ObjectMeta {
-    type Error = object_store::Error;
-
-    /// The key as the bucket holds it (`Path::from` would escape it once more).
-    fn try_from(o: ListedObject) -> object_store::Result<Self> {
-        Ok(ObjectMeta {
-            location: prefix_path(&o.key)?,
-            last_modified: o.last_modified,
-            size: o.size,
-            e_tag: o.e_tag,
-            version: None,
-        })
+/// A multipart step's body.
+fn step(action: &str, key: &str, upload_id: Option<&str>) -> MultipartRequest {
+    MultipartRequest {
+        action: action.into(),
+        key: key.into(),
+        upload_id: upload_id.map(String::from),
+        part: None,
+        parts: Vec::new(),
     }
 }
 
@@ -143,23 +129,23 @@ impl GatewayStore {
         GatewayStore { gw, urls: Mutex::new(HashMap::new()) }
     }
 
-    async fn sign(&self, item: Value) -> object_store::Result<Signed> {
-        let key = item["key"].as_str().unwrap_or_default().to_string();
-        let method = item["method"].as_str().unwrap_or_default().to_string();
+    async fn sign(&self, item: SignItem) -> object_store::Result<SignedUrl> {
+        let (key, method) = (item.key.clone(), item.method.clone());
         let cacheable = method == "GET" || method == "HEAD";
         if cacheable
             && let Some((u, until)) = self.urls.lock().unwrap().get(&(method.clone(), key.clone()))
             && *until > Instant::now()
         {
-            return Ok(Signed { url: u.clone(), headers: HashMap::new() });
+            return Ok(SignedUrl { url: u.clone(), method, headers: Default::default() });
         }
         let v = self
             .gw
-            .call(reqwest::Method::POST, "sign", Some(json!({ "items": [item] })))
+            .call(reqwest::Method::POST, "sign", Some(json!(SignRequest { items: vec![item] })))
             .await
             .map_err(|e| to_store_err(&key, e))?;
-        let expires = v["expires_in"].as_u64().unwrap_or(60);
-        let s: Signed = serde_json::from_value(v["urls"][0].clone()).map_err(err)?;
+        let r: SignResponse = serde_json::from_value(v).map_err(err)?;
+        let expires = r.expires_in;
+        let s = r.urls.into_iter().next().ok_or_else(|| err("the gateway signed no URL"))?;
         if cacheable {
             let keep = Duration::from_secs(expires.saturating_sub(60).max(1));
             self.urls.lock().unwrap().insert((method, key), (s.url.clone(), Instant::now() + keep));
@@ -172,7 +158,7 @@ impl GatewayStore {
         prefix: Option<&Path>,
         offset: Option<&Path>,
         delimiter: bool,
-    ) -> object_store::Result<Listed> {
+    ) -> object_store::Result<Listing> {
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             if let Some(p) = prefix {
@@ -223,11 +209,12 @@ impl ObjectStore for GatewayStore {
             sha.update(chunk);
         }
         let size = payload.content_length() as u64;
-        let mut item =
-            json!({"method": "PUT", "key": location.as_ref(), "size": size, "sha256": hex::encode(sha.finalize())});
-        if matches!(opts.mode, PutMode::Create) {
-            item["create"] = json!(true);
-        }
+        let item = SignItem {
+            size: Some(size),
+            sha256: Some(hex::encode(sha.finalize())),
+            create: matches!(opts.mode, PutMode::Create),
+            ..SignItem::of("PUT", location.as_ref())
+        };
         let s = self.sign(item).await?;
         let mut rb = self.gw.http.put(&s.url);
         for (k, v) in &s.headers {
@@ -255,7 +242,7 @@ impl ObjectStore for GatewayStore {
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         let v = self
             .gw
-            .call(reqwest::Method::POST, "multipart", Some(json!({"action": "create", "key": location.as_ref()})))
+            .call(reqwest::Method::POST, "multipart", Some(json!(step("create", location.as_ref(), None))))
             .await
             .map_err(|e| to_store_err(location.as_ref(), e))?;
         let upload_id = v["upload_id"].as_str().ok_or_else(|| err("the gateway gave no upload id"))?.to_string();
@@ -270,7 +257,7 @@ impl ObjectStore for GatewayStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let method = if options.head { "HEAD" } else { "GET" };
-        let s = self.sign(json!({"method": method, "key": location.as_ref()})).await?;
+        let s = self.sign(SignItem::of(method, location.as_ref())).await?;
         let mut rb = self.gw.http.request(method.parse().expect("a method"), &s.url);
         if let Some(r) = &options.range {
             rb = rb.header("range", r.to_string());
@@ -319,7 +306,7 @@ impl ObjectStore for GatewayStore {
                         .call(
                             reqwest::Method::POST,
                             "sign",
-                            Some(json!({"items": [{"method": "DELETE", "key": p.as_ref()}]})),
+                            Some(json!(SignRequest { items: vec![SignItem::of("DELETE", p.as_ref())] })),
                         )
                         .await
                         .map_err(|e| to_store_err(p.as_ref(), e))?;
@@ -351,7 +338,7 @@ impl ObjectStore for GatewayStore {
         let l = self.list_call(prefix, None, true).await?;
         Ok(ListResult {
             common_prefixes: l.prefixes.iter().map(|p| prefix_path(p)).collect::<object_store::Result<_>>()?,
-            objects: l.objects.into_iter().map(ObjectMeta::try_from).collect::<object_store::Result<_>>()?,
+            objects: l.objects.into_iter().map(meta_of).collect::<object_store::Result<_>>()?,
             extensions: Default::default(),
         })
     }
@@ -370,7 +357,7 @@ impl GatewayStore {
         let this = GatewayStore::new(self.gw.clone());
         let (prefix, offset) = (prefix.cloned(), offset.cloned());
         futures::stream::once(async move { this.list_call(prefix.as_ref(), offset.as_ref(), false).await })
-            .map_ok(|l| futures::stream::iter(l.objects.into_iter().map(ObjectMeta::try_from)))
+            .map_ok(|l| futures::stream::iter(l.objects.into_iter().map(meta_of)))
             .try_flatten()
             .boxed()
     }
@@ -399,7 +386,7 @@ impl MultipartUpload for Upload {
                 .call(
                     reqwest::Method::POST,
                     "multipart",
-                    Some(json!({"action": "part", "key": key, "upload_id": upload_id, "part": part})),
+                    Some(json!(MultipartRequest { part: Some(part), ..step("part", &key, Some(&upload_id)) })),
                 )
                 .await
                 .map_err(|e| to_store_err(&key, e))?;
@@ -437,7 +424,7 @@ impl MultipartUpload for Upload {
             .call(
                 reqwest::Method::POST,
                 "multipart",
-                Some(json!({"action": "complete", "key": self.key, "upload_id": self.upload_id, "parts": parts})),
+                Some(json!(MultipartRequest { parts, ..step("complete", &self.key, Some(&self.upload_id)) })),
             )
             .await
             .map_err(|e| to_store_err(&self.key, e))?;
@@ -446,11 +433,7 @@ impl MultipartUpload for Upload {
 
     async fn abort(&mut self) -> object_store::Result<()> {
         self.gw
-            .call(
-                reqwest::Method::POST,
-                "multipart",
-                Some(json!({"action": "abort", "key": self.key, "upload_id": self.upload_id})),
-            )
+            .call(reqwest::Method::POST, "multipart", Some(json!(step("abort", &self.key, Some(&self.upload_id)))))
             .await
             .map(|_| ())
             .map_err(|e| to_store_err(&self.key, e))

@@ -2,13 +2,14 @@
 //!
 //! Everything that crosses a process boundary — a job request a user signs, the manifest
 //! the validate function writes, the status records of a job, a serving registration, the
-//! S3 event records that wake the functions — is defined here as a serde type, with a JSON
-//! Schema exported into `schemas/json/`.
+//! S3 event records that wake the functions, the gateway API's bodies — is defined here as a
+//! serde type; the documents the bucket holds have a JSON Schema exported into `schemas/json/`.
 //!
 //! This crate does no I/O.
 
 pub mod address;
 pub mod event;
+pub mod gateway;
 pub mod job;
 pub mod jobfile;
 pub mod manifest;

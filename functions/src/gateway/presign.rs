@@ -3,38 +3,7 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-pub(super) struct SignBody {
-    items: Vec<SignItem>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct SignItem {
-    method: String,
-    key: String,
-    #[serde(default)]
-    size: Option<u64>,
-    /// SHA-256 of the content, hex: PUT URLs are bound to it (S3 checks
-    /// `x-amz-checksum-sha256`), so a URL writes that content and nothing else.
-    #[serde(default)]
-    sha256: Option<String>,
-    /// Create-only: the URL carries a signed `If-None-Match: *`, so S3 refuses (412) to
-    /// replace an existing object.
-    #[serde(default)]
-    create: bool,
-}
-
-#[derive(Deserialize)]
-pub(super) struct MultipartBody {
-    action: String,
-    key: String,
-    #[serde(default)]
-    upload_id: Option<String>,
-    #[serde(default)]
-    part: Option<usize>,
-    #[serde(default)]
-    parts: Vec<String>,
-}
+use aic_schemas::gateway::{MultipartRequest as MultipartBody, SignRequest as SignBody, SignResponse, SignedUrl};
 
 impl Gateway {
     pub(super) async fn sign(&self, who: &Caller, body: &[u8]) -> Reply {
@@ -49,7 +18,7 @@ impl Gateway {
             let method: Method =
                 item.method.to_uppercase().parse().map_err(|_| bad(format!("unknown method {:?}", item.method)))?;
             let mut opts = SignedUrlOptions::default();
-            let mut send = serde_json::Map::new();
+            let mut send = std::collections::BTreeMap::new();
             match (&method, &access) {
                 (&Method::GET | &Method::HEAD, _) => {}
                 (&Method::PUT, Access::Read) => {
@@ -90,10 +59,10 @@ impl Gateway {
                         http::HeaderName::from_static("x-amz-checksum-sha256"),
                         HeaderValue::from_str(&sum).expect("base64 is a valid header"),
                     );
-                    send.insert("x-amz-checksum-sha256".into(), json!(sum));
+                    send.insert("x-amz-checksum-sha256".to_string(), sum);
                     if matches!(access, Access::CreateOnly | Access::Append) || item.create {
                         opts = opts.with_signed_header(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
-                        send.insert("if-none-match".into(), json!("*"));
+                        send.insert("if-none-match".to_string(), "*".to_string());
                     }
                 }
                 (&Method::DELETE, Access::Write { deletable: true }) => {}
@@ -111,9 +80,9 @@ impl Gateway {
                     .await
                     .map_err(store_err)?;
             }
-            urls.push(json!({"url": url.to_string(), "method": method.as_str(), "headers": send}));
+            urls.push(SignedUrl { url: url.to_string(), method: method.as_str().to_string(), headers: send });
         }
-        Ok(json!({ "urls": urls, "expires_in": self.cfg.url_ttl.as_secs() }))
+        Ok(json!(SignResponse { urls, expires_in: self.cfg.url_ttl.as_secs() }))
     }
 
     pub(super) async fn multipart(&self, who: &Caller, body: &[u8]) -> Reply {

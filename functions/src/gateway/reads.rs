@@ -2,6 +2,7 @@
 //! and serving registrations, and cancel.
 
 use super::*;
+use aic_schemas::gateway::{ListedObject, Listing};
 
 impl Gateway {
     pub(super) async fn objects(&self, who: &Caller, q: &HashMap<String, String>) -> Reply {
@@ -16,20 +17,25 @@ impl Gateway {
             return Err(err(StatusCode::FORBIDDEN, format!("{prefix}: not under {}", reachable.join(" or "))));
         }
         let prefix = prefix.trim_end_matches('/');
-        let meta = |m: &object_store::ObjectMeta| json!({"key": m.location.to_string(), "size": m.size, "last_modified": m.last_modified, "e_tag": m.e_tag});
+        let meta = |m: &object_store::ObjectMeta| ListedObject {
+            key: m.location.to_string(),
+            size: m.size,
+            last_modified: m.last_modified,
+            e_tag: m.e_tag.clone(),
+        };
         let os = self.ctx.store.object_store();
         let key_path = |k: &str| prefix_path(k).map_err(|e| bad(format!("{k}: not a valid object key ({e})")));
         if q.get("delimiter").is_some_and(|d| d == "true" || d == "1") {
             let r = os.list_with_delimiter(Some(&key_path(prefix)?)).await.map_err(store_err)?;
             let prefixes: Vec<String> = r.common_prefixes.iter().map(|p| p.to_string()).collect();
-            return Ok(json!({"objects": r.objects.iter().map(meta).collect::<Vec<_>>(), "prefixes": prefixes}));
+            return Ok(json!(Listing { objects: r.objects.iter().map(meta).collect(), prefixes }));
         }
         let list: Vec<object_store::ObjectMeta> = match q.get("offset") {
             Some(o) => os.list_with_offset(Some(&key_path(prefix)?), &key_path(o)?).try_collect().await,
             None => os.list(Some(&key_path(prefix)?)).try_collect().await,
         }
         .map_err(store_err)?;
-        Ok(json!({"objects": list.iter().map(meta).collect::<Vec<_>>(), "prefixes": []}))
+        Ok(json!(Listing { objects: list.iter().map(meta).collect(), prefixes: vec![] }))
     }
 
     pub(super) fn job_key(&self, who: &Address, id: &str) -> Result<JobKey, ApiError> {
