@@ -25,7 +25,10 @@ use anyhow::{Context, anyhow};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::{Alloc, BY, job_ended, logs, pump, signal};
+use crate::alloc::{Alloc, BY};
+use crate::logs;
+use crate::report::job_ended;
+use crate::supervise::{pump, signal};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const TTL_SECONDS: u32 = 20;

@@ -1,0 +1,75 @@
+//! This allocation as the scheduler started it (`aic_core::scheduler::launch`), and where
+//! its folders and outputs are.
+
+use std::path::{Path, PathBuf};
+
+use aic_core::scheduler::launch::Launch;
+use aic_core::{JobKey, Store, StoreConfig};
+use anyhow::anyhow;
+
+/// Who writes the worker's status records.
+pub(crate) const BY: &str = "worker";
+
+pub(crate) struct Alloc {
+    pub(crate) store: Store,
+    pub(crate) job: JobKey,
+    pub(crate) index: u32,
+    pub(crate) count: u32,
+    /// 0, then 1.. each time the job starts again after a lost allocation.
+    pub(crate) attempt: u32,
+    pub(crate) miner: String,
+    /// Where the other allocations reach this one, and its assigned port.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) work: PathBuf,
+}
+
+pub(crate) fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).map_err(|_| anyhow!("{name} is not set; aic-worker is started by the pool's scheduler"))
+}
+
+pub(crate) fn setup() -> anyhow::Result<Alloc> {
+    // On a pool whose workers hold no store credentials: the gateway, with this job's token.
+    let store = match (std::env::var("AIC_WORKER_GATEWAY"), std::env::var("AIC_WORKER_TOKEN")) {
+        (Ok(url), Ok(token)) if !url.is_empty() => {
+            let gw = aic_core::remote::Gateway::new(&url, Some(token));
+            aic_core::Store::new(std::sync::Arc::new(aic_core::remote::GatewayStore::new(gw)), "gateway")
+        }
+        _ => StoreConfig::parse(&env("AIC_STORE")?)?.open()?,
+    };
+    // What the scheduler told this allocation (`aic_core::scheduler::launch`).
+    let l = Launch::from_env(|k| std::env::var(k).ok()).map_err(|e| anyhow!(e))?;
+    Ok(Alloc {
+        store,
+        job: JobKey::new(l.owner, l.job),
+        index: l.index,
+        count: l.count,
+        attempt: l.attempt,
+        miner: l.miner.unwrap_or_else(hostname),
+        host: l.host.unwrap_or_else(|| "127.0.0.1".into()),
+        port: match l.port {
+            Some(p) => p,
+            None => std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port(),
+        },
+        work: l.work_dir,
+    })
+}
+
+/// Largest code folder (or deployed project) a job may have: `AIC_MAX_CODE_BYTES`, 512 MiB.
+pub(crate) fn max_code_bytes() -> u64 {
+    std::env::var("AIC_MAX_CODE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 * 1024 * 1024)
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "miner".into())
+}
+
+/// Allocation 0 writes `output/`; others write `output/alloc-<i>/`, so no output is
+/// overwritten by another allocation's.
+pub(crate) fn output_prefix(a: &Alloc) -> String {
+    if a.index == 0 { a.job.output_prefix() } else { format!("{}alloc-{}/", a.job.output_prefix(), a.index) }
+}
+
+pub(crate) fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}

@@ -1,0 +1,73 @@
+//! The job's status as this allocation sees and reports it: `running` (the leader), whether
+//! the job ended elsewhere, and `succeeded` once every allocation reported.
+
+use std::time::{Duration, Instant};
+
+use aic_core::status::{self, Advanced, Transition};
+use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_schemas::{AllocResult, JobState, StatusDetail};
+
+use anyhow::anyhow;
+
+use crate::PEERS_WAIT;
+use crate::alloc::{Alloc, BY};
+
+/// Moves the job to `running` (through `scheduled` if the worker overtook dispatch).
+/// Returns false when the job already ended.
+pub(crate) async fn mark_running(a: &Alloc) -> anyhow::Result<bool> {
+    loop {
+        let cur = status::current(&a.store, &a.job).await?.map(|c| c.state);
+        let next = match cur {
+            Some(JobState::Paid) => JobState::Scheduled,
+            Some(JobState::Scheduled) | Some(JobState::Retrying) => JobState::Running,
+            Some(JobState::Running) => return Ok(true),
+            Some(s) if s.is_terminal() => return Ok(false),
+            other => return Err(anyhow!("the job is {other:?}, not ready to run")),
+        };
+        let reason = format!("on {}", a.miner);
+        let t = Transition::new(next, BY)
+            .reason(reason)
+            .detail(StatusDetail { alloc: Some(a.index), ..Default::default() });
+        if let Advanced::Refused(Some(r)) = status::advance(&a.store, &a.job, t).await?
+            && r.state.is_terminal()
+        {
+            return Ok(false);
+        }
+    }
+}
+
+/// The leader succeeded: wait for every other allocation's result, then record success
+/// with the usage of all of them.
+pub(crate) async fn finish_as_leader(a: &Alloc, wall: f64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PEERS_WAIT;
+    let results: Vec<AllocResult> = loop {
+        let mut results = Vec::new();
+        for i in 0..a.count {
+            if let Some(r) = a.store.get_json::<AllocResult>(&a.job.alloc_result(a.attempt, i), MAX_DOC_BYTES).await? {
+                results.push(r);
+            }
+        }
+        if results.len() == a.count as usize {
+            break results;
+        }
+        if job_ended(a).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("{} of {} allocations never reported", a.count as usize - results.len(), a.count));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let t = Transition::new(JobState::Succeeded, BY).detail(StatusDetail {
+        exit_code: Some(0),
+        wall_seconds: Some(wall),
+        gpu_seconds: Some(results.iter().map(|r| r.gpu_seconds).sum()),
+        ..Default::default()
+    });
+    status::advance(&a.store, &a.job, t).await?;
+    Ok(())
+}
+
+pub(crate) async fn job_ended(a: &Alloc) -> bool {
+    matches!(status::current(&a.store, &a.job).await, Ok(Some(r)) if r.state.is_terminal())
+}
