@@ -9,7 +9,7 @@ use aic_core::pricing::format_aic;
 use aic_core::status::{self, Advanced, Transition};
 use aic_schemas::jobfile::JobFile;
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobId, JobRequest, JobState, PaymentRef, StatusRecord};
+use aic_schemas::{JobId, JobRequest, JobState, PaymentRef};
 use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 
@@ -399,26 +399,6 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn describe(rec: &StatusRecord) -> String {
-    let mut s = format!("{:<9}", rec.state.as_str());
-    if let Some(r) = &rec.reason {
-        s.push_str(&format!("  {r}"));
-    }
-    let d = &rec.detail;
-    if let Some(c) = d.exit_code
-        && rec.state == JobState::Failed
-    {
-        s.push_str(&format!(" [exit code {c}]"));
-    }
-    if let Some(w) = d.wall_seconds {
-        s.push_str(&format!("  execution time {w:.1} s"));
-    }
-    if let Some(g) = d.gpu_seconds {
-        s.push_str(&format!(", {g:.1} GPU-seconds"));
-    }
-    s
-}
-
 pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
     let job = resolve(env, s).await?;
     let hist = status::history(&env.store, &job).await?;
@@ -435,7 +415,7 @@ pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
     }
     println!("job {}", job.job);
     for r in &hist {
-        println!("  {}  {}", r.at.format("%H:%M:%S"), describe(r));
+        println!("  {}  {}", r.at.format("%H:%M:%S"), watch::describe(r));
     }
     if let Some(tail) = hist.last().and_then(|r| r.detail.log_tail.as_ref()) {
         println!("last lines of output:\n{tail}");

@@ -9,7 +9,6 @@ use aic_schemas::{JobManifest, JobState, Launcher, StatusRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::env::Env;
-use crate::jobs::describe;
 use crate::pool::{self, Hosted};
 
 const TICK: Duration = Duration::from_millis(200);
@@ -208,4 +207,25 @@ pub async fn follow_logs(env: &Env, job: &JobKey) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+/// One status record as a line: state, reason, exit code, execution time, GPU-seconds.
+pub fn describe(rec: &StatusRecord) -> String {
+    let mut s = format!("{:<9}", rec.state.as_str());
+    if let Some(r) = &rec.reason {
+        s.push_str(&format!("  {r}"));
+    }
+    let d = &rec.detail;
+    if let Some(c) = d.exit_code
+        && rec.state == JobState::Failed
+    {
+        s.push_str(&format!(" [exit code {c}]"));
+    }
+    if let Some(w) = d.wall_seconds {
+        s.push_str(&format!("  execution time {w:.1} s"));
+    }
+    if let Some(g) = d.gpu_seconds {
+        s.push_str(&format!(", {g:.1} GPU-seconds"));
+    }
+    s
 }
