@@ -100,9 +100,9 @@ pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64) -> anyhow::Result<()
     let pricing = aic_core::pricing::Pricing { price_per_gpu_hour: price, token: None };
     let total: u128 = pricing.quote_for(miners, gpus, hours).total.parse()?;
     println!(
-        "{miners} miner{} × {gpus} GPU{} × {hours} h × {} per GPU-hour = {}",
-        if miners == 1 { "" } else { "s" },
-        if gpus == 1 { "" } else { "s" },
+        "{} × {} × {hours} h × {} per GPU-hour = {}",
+        aic_core::plural(miners, "miner"),
+        aic_core::plural(gpus, "GPU"),
         format_aic(price),
         format_aic(total)
     );

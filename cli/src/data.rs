@@ -51,7 +51,7 @@ pub async fn put(env: &Env, local: &Path, name: Option<String>) -> anyhow::Resul
         (1, b)
     };
     pb.finish_and_clear();
-    eprintln!("uploaded {n} file{} ({}) as dataset {name}", if n == 1 { "" } else { "s" }, progress::size(bytes));
+    eprintln!("uploaded {} ({}) as dataset {name}", aic_core::plural(n as u64, "file"), progress::size(bytes));
     Ok(prefix)
 }
 

@@ -132,10 +132,9 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
     let name = req.name.clone();
     let job = jobs::pay_sign_submit(env, &code, req, o.tx.clone(), o.detach, host).await?;
     eprintln!(
-        "deployment {} submitted: {} replica{}{}",
+        "deployment {} submitted: {}{}",
         job.job,
-        o.replicas,
-        if o.replicas == 1 { "" } else { "s" },
+        aic_core::plural(o.replicas, "replica"),
         name.as_deref().map(|n| format!(", named {n}")).unwrap_or_default()
     );
     Ok((job, name))
@@ -206,7 +205,7 @@ pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let live = wait_up(env, &job, o.replicas, host.as_ref()).await?;
-    eprintln!("{live} replica{} up", if live == 1 { "" } else { "s" });
+    eprintln!("{} up", aic_core::plural(live as u64, "replica"));
     print_addresses(&base, &job, name.as_deref());
     match host {
         Some(h) => serve_here(env, &h, &job).await,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use aic_core::JobKey;
 use aic_core::layout::jobs_prefix;
+use aic_core::plural;
 use aic_core::pricing::format_aic;
 use aic_core::status::{self, Advanced, Transition};
 use aic_schemas::jobfile::JobFile;
@@ -286,13 +287,11 @@ pub async fn pay_sign_submit(
     let req = &req;
     let job = submit(env, code, req).await?;
     eprintln!(
-        "job {} submitted: {} on {} miner{} × {} GPU{}",
+        "job {} submitted: {} on {} × {}",
         job.job,
         req.entrypoint,
-        req.miners,
-        if req.miners == 1 { "" } else { "s" },
-        req.gpus_per_miner,
-        if req.gpus_per_miner == 1 { "" } else { "s" }
+        plural(req.miners, "miner"),
+        plural(req.gpus_per_miner, "GPU")
     );
     Ok(job)
 }
@@ -449,7 +448,7 @@ pub async fn results_get(env: &Env, s: &str, dir: Option<PathBuf>) -> anyhow::Re
     if n == 0 {
         bail!("job {} has no outputs (yet): the program writes them to $AIC_OUTPUT_DIR", job.job);
     }
-    eprintln!("downloaded {n} file{} ({}) to {}", if n == 1 { "" } else { "s" }, progress::size(bytes), dir.display());
+    eprintln!("downloaded {} ({}) to {}", plural(n as u64, "file"), progress::size(bytes), dir.display());
     Ok(())
 }
 

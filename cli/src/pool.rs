@@ -317,7 +317,7 @@ pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
             g.miners.len()
         );
         for m in &g.miners {
-            println!("   {:<20} {} GPU{}, {} free", m.name, m.gpus, if m.gpus == 1 { "" } else { "s" }, m.free_gpus);
+            println!("   {:<20} {}, {} free", m.name, aic_core::plural(m.gpus, "GPU"), m.free_gpus);
         }
     }
     Ok(())

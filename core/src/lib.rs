@@ -30,5 +30,11 @@ pub mod status;
 pub mod store;
 
 pub use config::StoreConfig;
+
+/// `n` and `what`, plural unless one: "1 miner", "2 miners", "0 GPUs".
+pub fn plural(n: impl Into<u64>, what: &str) -> String {
+    let n = n.into();
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
 pub use layout::JobKey;
 pub use store::{Created, Store, StoreError};

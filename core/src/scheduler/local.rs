@@ -174,13 +174,7 @@ impl LocalScheduler {
 
     fn describe_need(m: &JobManifest) -> String {
         let r = &m.request;
-        format!(
-            "{} miner{} with {} free GPU{}",
-            r.miners,
-            if r.miners == 1 { "" } else { "s" },
-            r.gpus_per_miner,
-            if r.gpus_per_miner == 1 { "" } else { "s" }
-        )
+        format!("{} with {}", crate::plural(r.miners, "miner"), crate::plural(r.gpus_per_miner, "free GPU"))
     }
 
     /// Picks miners for the job: the ones with the most free slots first, so jobs spread.
@@ -532,13 +526,11 @@ impl Scheduler for LocalScheduler {
         let r = &m.request;
         if r.miners > cfg.miners || r.gpus_per_miner > cfg.gpus_per_miner {
             return Err(ScheduleError::Unplaceable(format!(
-                "needs {}; pool {} has {} miner{} with {} GPU{} each",
+                "needs {}; pool {} has {} with {} each",
                 Self::describe_need(m),
                 cfg.gateway,
-                cfg.miners,
-                if cfg.miners == 1 { "" } else { "s" },
-                cfg.gpus_per_miner,
-                if cfg.gpus_per_miner == 1 { "" } else { "s" },
+                crate::plural(cfg.miners, "miner"),
+                crate::plural(cfg.gpus_per_miner, "GPU"),
             )));
         }
         // Keep queue order: a job does not overtake those already waiting.

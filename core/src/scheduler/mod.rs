@@ -97,9 +97,7 @@ pub trait Scheduler: Send + Sync {
 /// What ends [`Scheduler::run`].
 pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-fn plural(n: u32, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
+use crate::plural;
 
 /// Whether a job of `miners` × `gpus` could run on one of `gateways` once their GPUs are free
 /// (busy GPUs only make it wait); `Err` says why not. Nothing known (no gateways) fits.

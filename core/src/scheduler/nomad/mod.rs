@@ -96,11 +96,10 @@ impl NomadScheduler {
         let in_gw = nodes.iter().filter(|(dc, ..)| *dc == gw).count();
         if fitting < r.miners && r.kind == JobKind::Train {
             return Err(ScheduleError::Unplaceable(format!(
-                "needs {} miner{} with {} {GPU_DEVICE} each; gateway {gw} has {in_gw} ready node{}, {fitting} with that many GPUs",
-                r.miners,
-                if r.miners == 1 { "" } else { "s" },
+                "needs {} with {} {GPU_DEVICE} each; gateway {gw} has {}, {fitting} with that many GPUs",
+                crate::plural(r.miners, "miner"),
                 r.gpus_per_miner,
-                if in_gw == 1 { "" } else { "s" },
+                crate::plural(in_gw as u64, "ready node"),
             )));
         }
         let body = json!({

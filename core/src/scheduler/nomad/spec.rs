@@ -173,22 +173,14 @@ pub fn placement_reason(failed: &Value, gpus: u32, gateway: &str) -> String {
     }
     let mut s = format!("no node with {gpus} free {GPU_DEVICE} in gateway {gateway}");
     if n("NodesEvaluated") > 0 || !why.is_empty() {
-        s.push_str(&format!(
-            " ({} node{} evaluated",
-            n("NodesEvaluated"),
-            if n("NodesEvaluated") == 1 { "" } else { "s" }
-        ));
+        s.push_str(&format!(" ({} evaluated", crate::plural(n("NodesEvaluated"), "node")));
         if !why.is_empty() {
             s.push_str(&format!(": {}", why.join(", ")));
         }
         s.push(')');
     }
     if n("CoalescedFailures") > 0 {
-        s.push_str(&format!(
-            "; {} more allocation{} waiting",
-            n("CoalescedFailures"),
-            if n("CoalescedFailures") == 1 { "" } else { "s" }
-        ));
+        s.push_str(&format!("; {} waiting", crate::plural(n("CoalescedFailures"), "more allocation")));
     }
     s
 }
