@@ -89,13 +89,7 @@ pub async fn replicas(env: &Env, job: &JobKey) -> anyhow::Result<Vec<ServingRegi
         let v = gw.call(reqwest::Method::GET, &format!("jobs/{}/replicas", job.job), None).await?;
         return Ok(serde_json::from_value(v["replicas"].clone())?);
     }
-    let mut out = Vec::new();
-    for m in env.store.list(&aic_core::layout::serving_prefix(job.job.as_str())).await? {
-        if let Some(r) = env.store.get_json::<ServingRegistration>(m.location.as_ref(), 64 * 1024).await? {
-            out.push(r);
-        }
-    }
-    Ok(out)
+    Ok(aic_core::serving::registrations(&env.store, job.job.as_str()).await?.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Builds, pays for and submits the deployment; returns it and its name.

@@ -12,6 +12,7 @@
 //! - `remote`: the bucket through a pool's gateway (`GatewayStore`).
 //! - `grant`: job-scoped worker tokens.
 //! - `digest`: the code digest a request signs.
+//! - `serving`: a deployment's serving registrations.
 //!
 //! This crate knows nothing of the CLI and serves no HTTP; it speaks HTTP only as a client
 //! (`scheduler::nomad` to Nomad's API, `remote` to a pool's gateway).
@@ -26,6 +27,7 @@ pub mod payment;
 pub mod pricing;
 pub mod remote;
 pub mod scheduler;
+pub mod serving;
 pub mod status;
 pub mod store;
 

@@ -118,12 +118,9 @@ impl Proxy {
         {
             return regs.clone();
         }
-        let prefix = aic_core::layout::serving_prefix(deployment);
         let now = Utc::now();
         let mut live = Vec::new();
-        for m in self.store.list(&prefix).await.unwrap_or_default() {
-            let key = m.location.to_string();
-            let Ok(Some(r)) = self.store.get_json::<ServingRegistration>(&key, 64 * 1024).await else { continue };
+        for (key, r) in aic_core::serving::registrations(&self.store, deployment).await.unwrap_or_default() {
             if r.is_live(now) {
                 live.push(r);
             } else if r.heartbeat_at + chrono::Duration::seconds(3 * r.ttl_seconds as i64) < now {

@@ -96,15 +96,8 @@ impl Gateway {
         if self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none() {
             return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
         }
-        let prefix = aic_core::layout::serving_prefix(job.job.as_str());
-        let mut regs = Vec::new();
-        for m in self.ctx.store.list(&prefix).await.map_err(store_err)? {
-            if let Some(r) =
-                self.ctx.store.get_json::<Value>(m.location.as_ref(), 64 * 1024).await.map_err(store_err)?
-            {
-                regs.push(r);
-            }
-        }
+        let regs = aic_core::serving::registrations(&self.ctx.store, job.job.as_str()).await.map_err(store_err)?;
+        let regs: Vec<_> = regs.into_iter().map(|(_, r)| r).collect();
         Ok(json!({ "replicas": regs }))
     }
 
