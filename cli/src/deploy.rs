@@ -316,11 +316,8 @@ pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
 
 /// Your serve jobs, oldest first.
 async fn deployments(env: &Env) -> anyhow::Result<Vec<(JobKey, JobRequest)>> {
-    let (dirs, _) = env.store.list_dir(&aic_core::layout::jobs_prefix(&env.owner)).await?;
     let mut out = Vec::new();
-    for d in dirs {
-        let Some(id) = d.trim_end_matches('/').rsplit('/').next() else { continue };
-        let Ok(id) = id.parse::<JobId>() else { continue };
+    for id in aic_core::status::job_ids(&env.store, &env.owner).await? {
         let job = JobKey::new(env.owner, id);
         if let Some(req) =
             env.store.get_json::<JobRequest>(&job.request(), aic_schemas::validate::MAX_DOC_BYTES).await?

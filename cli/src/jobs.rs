@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aic_core::JobKey;
-use aic_core::layout::jobs_prefix;
 use aic_core::plural;
 use aic_core::pricing::format_aic;
 use aic_core::status::{self, Advanced, Transition};
@@ -350,11 +349,9 @@ pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
     }
 }
 
+/// Your job ids, newest first.
 async fn job_ids(env: &Env) -> anyhow::Result<Vec<JobId>> {
-    let (dirs, _) = env.store.list_dir(&jobs_prefix(&env.owner)).await?;
-    let mut ids: Vec<JobId> =
-        dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok()).collect();
-    ids.sort();
+    let mut ids = aic_core::status::job_ids(&env.store, &env.owner).await?;
     ids.reverse();
     Ok(ids)
 }

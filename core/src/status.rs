@@ -136,3 +136,12 @@ pub async fn snapshot(store: &Store, job: &JobKey) -> Result<Option<StatusRecord
         None => current(store, job).await,
     }
 }
+
+/// The ids of `owner`'s jobs, oldest first (ids are ULIDs).
+pub async fn job_ids(store: &Store, owner: &aic_schemas::Address) -> Result<Vec<aic_schemas::JobId>, StoreError> {
+    let (dirs, _) = store.list_dir(&crate::layout::jobs_prefix(owner)).await?;
+    let mut ids: Vec<aic_schemas::JobId> =
+        dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok()).collect();
+    ids.sort();
+    Ok(ids)
+}

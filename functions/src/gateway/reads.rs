@@ -44,12 +44,10 @@ impl Gateway {
     }
 
     pub(super) async fn jobs(&self, who: &Address) -> Reply {
-        let prefix = aic_core::layout::jobs_prefix(who);
-        let (dirs, _) = self.ctx.store.list_dir(&prefix).await.map_err(store_err)?;
-        let mut out = Vec::with_capacity(dirs.len());
-        for d in dirs {
-            let Some(id) = d.trim_end_matches('/').rsplit('/').next() else { continue };
-            let Ok(job) = self.job_key(who, id) else { continue };
+        let ids = status::job_ids(&self.ctx.store, who).await.map_err(store_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let job = JobKey::new(*who, id.clone());
             let snap = status::snapshot(&self.ctx.store, &job).await.map_err(store_err)?;
             out.push(json!({"job_id": id, "status": snap}));
         }
