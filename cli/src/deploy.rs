@@ -114,15 +114,7 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
     };
     let req: JobRequest =
         file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), chrono::Duration::hours(1));
-    req.validate(None).map_err(|e| {
-        anyhow!(
-            "{}",
-            e.to_string()
-                .replace("miners:", "--replicas:")
-                .replace("gpus_per_miner:", "--gpus:")
-                .replace("max_hours:", "--hours:")
-        )
-    })?;
+    req.validate(None).map_err(|e| jobs::flag_names(e, "--replicas"))?;
     let name = req.name.clone();
     let job = jobs::pay_sign_submit(env, &code, req, o.tx.clone(), o.detach, host).await?;
     eprintln!(

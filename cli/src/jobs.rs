@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use aic_core::JobKey;
 use aic_core::plural;
 use aic_core::pricing::format_aic;
-use aic_core::status::{self, Advanced, Transition};
+use aic_core::status::{self, Cancel};
 use aic_schemas::jobfile::JobFile;
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobId, JobRequest, JobState, PaymentRef};
+use aic_schemas::{JobId, JobRequest, PaymentRef};
 use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 
@@ -150,16 +150,7 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
     };
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
     let tx = a.tx.clone();
-    // Flag names, not field names, in errors from the command line.
-    req.validate(None).map_err(|e| {
-        anyhow!(
-            "{}",
-            e.to_string()
-                .replace("gpus_per_miner:", "--gpus:")
-                .replace("max_hours:", "--hours:")
-                .replace("miners:", "--miners:")
-        )
-    })?;
+    req.validate(None).map_err(|e| flag_names(e, "--miners"))?;
     let host = if a.detach { None } else { host(env).await? };
     start_and_watch(env, &code, req, tx, a.detach, host).await
 }
@@ -197,6 +188,18 @@ impl std::fmt::Display for JobFileErrorNoLine<'_> {
             _ => f.write_str(&self.0.message),
         }
     }
+}
+
+/// A request's validation errors with the command line's flag names instead of the
+/// request's field names (`miners` is `--miners` or, for a deployment, `--replicas`).
+pub fn flag_names(e: impl std::fmt::Display, miners_flag: &str) -> anyhow::Error {
+    anyhow!(
+        "{}",
+        e.to_string()
+            .replace("gpus_per_miner:", "--gpus:")
+            .replace("max_hours:", "--hours:")
+            .replace("miners:", &format!("{miners_flag}:"))
+    )
 }
 
 /// Prices the job, pays it (or takes `tx`, a payment made elsewhere), signs the request,
@@ -460,15 +463,13 @@ pub async fn cancel(env: &Env, s: &str) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let t = Transition::new(JobState::Cancelled, "cli").reason("cancelled by its owner");
-    match status::advance(&env.store, &job, t).await? {
-        Advanced::Applied(_) => eprintln!("job {} cancelled; its allocations are stopping", job.job),
-        Advanced::Already(_) => eprintln!("job {} was already cancelled", job.job),
-        Advanced::Refused(Some(r)) => bail!("job {} already {}; nothing to cancel", job.job, r.state),
-        Advanced::Refused(None) if env.store.head(&job.request()).await?.is_none() => {
+    match status::cancel(&env.store, &job, "cli").await? {
+        Cancel::Cancelled(_) => eprintln!("job {} cancelled; its allocations are stopping", job.job),
+        Cancel::Already(_) => eprintln!("job {} was already cancelled", job.job),
+        Cancel::NotStarted if env.store.head(&job.request()).await?.is_none() => {
             bail!("no job {}; see `aic jobs`", job.job)
         }
-        Advanced::Refused(None) => bail!("job {} has not been picked up yet; try again in a moment", job.job),
+        other => bail!(other.refusal(&job.job).unwrap_or_default()),
     }
     Ok(())
 }

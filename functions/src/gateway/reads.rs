@@ -101,22 +101,16 @@ impl Gateway {
 
     pub(super) async fn cancel(&self, who: &Address, id: &str) -> Reply {
         let job = self.job_key(who, id)?;
-        let t = Transition::new(JobState::Cancelled, "gateway").reason("cancelled by its owner");
-        match status::advance(&self.ctx.store, &job, t).await.map_err(store_err)? {
-            Advanced::Applied(rec) => {
+        match status::cancel(&self.ctx.store, &job, "gateway").await.map_err(store_err)? {
+            status::Cancel::Cancelled(rec) => {
                 // The status record's own event cancels too; this is quicker, and idempotent.
                 if let Err(e) = self.ctx.scheduler.cancel(&job).await {
                     tracing::warn!(job = %job.job, error = %e, "cancel: the scheduler did not answer; the event will retry");
                 }
                 Ok(json!({"state": rec.state, "already": false}))
             }
-            Advanced::Already(rec) => Ok(json!({"state": rec.state, "already": true})),
-            Advanced::Refused(Some(r)) => {
-                Err(err(StatusCode::CONFLICT, format!("job {id} already {}; nothing to cancel", r.state)))
-            }
-            Advanced::Refused(None) => {
-                Err(err(StatusCode::CONFLICT, format!("job {id} has not been picked up yet; try again in a moment")))
-            }
+            status::Cancel::Already(rec) => Ok(json!({"state": rec.state, "already": true})),
+            other => Err(err(StatusCode::CONFLICT, other.refusal(&job.job).unwrap_or_default())),
         }
     }
 }
