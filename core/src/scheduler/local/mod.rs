@@ -1,0 +1,278 @@
+//! The local scheduler: N simulated miners × G GPU slots on this machine.
+//!
+//! Each allocation is an `aic-worker` process in its own process group, with
+//! `CUDA_VISIBLE_DEVICES` naming the slots it holds on its miner and a work folder of its
+//! own. Miner `i` has its own loopback address, `127.0.1.i` (all of 127/8 reaches this
+//! machine), and each allocation a free port on it (`AIC_HOST`, `AIC_PORT`), so the
+//! allocations of one job reach each other over the network as on real miners. The miners
+//! share one kernel and hostname, which Open MPI's hierarchical collectives (`han`) take for
+//! one node: workers get `OMPI_MCA_coll=^han`. They have no HPC fabric, so Open MPI uses shared
+//! memory within a miner and TCP between miners (`OMPI_MCA_btl=self,sm,tcp`; its libfabric
+//! transport would otherwise probe for about a second at every start). They also share the
+//! machine's cores, so MPI ranks yield instead of spinning while they wait
+//! (`OMPI_MCA_mpi_yield_when_idle=1`; 4× faster on two cores), and each miner's allocations
+//! get its share of the cores (`AIC_CPUS`, which sizes the ranks' thread pools). Jobs that fit the pool but not its free slots wait in a queue, in order; jobs
+//! that can never fit are refused with a reason. When a worker dies without writing a final
+//! status, the scheduler writes one.
+//!
+//! Files: `place` (which miners and slots, the queue), `spawn` (a worker process and what it
+//! is told), `reap` (a worker's end, and what `recovery` says it means); this file holds
+//! the state and the `Scheduler` implementation.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aic_schemas::{JobKind, JobManifest, JobState, StatusDetail};
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+mod place;
+mod reap;
+mod spawn;
+
+use super::launch::{self, Launch, StoreAccess};
+use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted, recovery};
+use crate::layout::JobKey;
+use crate::status::{self, Transition};
+use crate::store::Store;
+
+/// How long cancelled workers get between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How many times a job whose allocation was lost is started again.
+pub use super::recovery::MAX_RETRIES;
+
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    pub miners: u32,
+    pub gpus_per_miner: u32,
+    /// The gateway name the miners are shown under.
+    pub gateway: String,
+    /// The `aic-worker` binary.
+    pub worker_bin: PathBuf,
+    /// Work folders go under here: `<root>/<miner>/<job>-<alloc>/`.
+    pub work_root: PathBuf,
+    /// Environment every worker gets (the store's location and credentials).
+    pub worker_env: Vec<(String, String)>,
+}
+
+struct Miner {
+    name: String,
+    /// Its loopback address.
+    host: std::net::Ipv4Addr,
+    /// `true` where the GPU slot is free.
+    free: Vec<bool>,
+}
+
+struct Alloc {
+    miner: usize,
+    slots: Vec<usize>,
+    pid: i32,
+    /// The port it was given on its miner's address (where a replica serves).
+    port: u16,
+}
+
+struct Running {
+    allocs: Vec<Alloc>,
+    cancelled: bool,
+    /// Set when an allocation was lost: the others are being stopped, and the job starts
+    /// again (from its last checkpoint) once they are gone. Holds the reason.
+    restarting: Option<String>,
+    manifest: JobManifest,
+    attempt: u32,
+    /// Serve jobs: replicas started again after their worker was lost.
+    replaced: u32,
+}
+
+struct State {
+    miners: Vec<Miner>,
+    /// Every job this scheduler accepted, with where it was placed (or that it waited):
+    /// a duplicate submission after the job ended must not run it again.
+    accepted: HashMap<JobKey, Submitted>,
+    running: HashMap<JobKey, Running>,
+    /// Jobs waiting for free slots: (job, manifest, attempt).
+    queue: VecDeque<(JobKey, JobManifest, u32)>,
+    /// The pool is shutting down: nothing new starts (a freed slot would start a queued job
+    /// that nobody would then stop).
+    stopping: bool,
+}
+
+struct Inner {
+    cfg: LocalConfig,
+    /// When set, workers reach the bucket through this gateway with their job's token and
+    /// get no store credentials.
+    worker_gateway: Mutex<Option<crate::grant::WorkerGateway>>,
+    store: Store,
+    state: Mutex<State>,
+    idle: tokio::sync::Notify,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct LocalScheduler {
+    inner: Arc<Inner>,
+}
+
+impl LocalScheduler {
+    pub fn new(cfg: LocalConfig, store: Store) -> Self {
+        let miners = (0..cfg.miners)
+            .map(|i| Miner {
+                name: format!("miner-{}", i + 1),
+                host: std::net::Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8),
+                free: vec![true; cfg.gpus_per_miner as usize],
+            })
+            .collect();
+        LocalScheduler {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                state: Mutex::new(State {
+                    miners,
+                    accepted: HashMap::new(),
+                    running: HashMap::new(),
+                    queue: VecDeque::new(),
+                    stopping: false,
+                }),
+                idle: tokio::sync::Notify::new(),
+                worker_gateway: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// From now on, workers reach the bucket through `g` with their job's token instead of
+    /// the store's credentials (which they no longer get).
+    pub fn use_worker_gateway(&self, g: crate::grant::WorkerGateway) {
+        *self.inner.worker_gateway.lock().unwrap() = Some(g);
+    }
+
+    /// True when no allocation runs and nothing waits.
+    pub fn is_idle(&self) -> bool {
+        let st = self.inner.state.lock().unwrap();
+        st.running.is_empty() && st.queue.is_empty()
+    }
+
+    /// Waits until the scheduler may have become idle (an allocation ended).
+    pub async fn changed(&self) {
+        self.inner.idle.notified().await
+    }
+
+    /// Stops every allocation (the pool is shutting down) and waits for them to end.
+    pub async fn shutdown(&self) {
+        let jobs: Vec<JobKey> = {
+            let mut st = self.inner.state.lock().unwrap();
+            st.stopping = true;
+            st.running.keys().cloned().collect()
+        };
+        for j in jobs {
+            let _ = self.cancel(&j).await;
+        }
+        let deadline = Instant::now() + KILL_GRACE + Duration::from_secs(2);
+        while !self.inner.state.lock().unwrap().running.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Scheduler for LocalScheduler {
+    async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {
+        let cfg = &self.inner.cfg;
+        let mut st = self.inner.state.lock().unwrap();
+        if let Some(answer) = st.accepted.get(job) {
+            return Ok(answer.clone());
+        }
+        let r = &m.request;
+        if r.miners > cfg.miners || r.gpus_per_miner > cfg.gpus_per_miner {
+            return Err(ScheduleError::Unplaceable(format!(
+                "needs {}; pool {} has {} with {} each",
+                Self::describe_need(m),
+                cfg.gateway,
+                crate::plural(cfg.miners, "miner"),
+                crate::plural(cfg.gpus_per_miner, "GPU"),
+            )));
+        }
+        // Keep queue order: a job does not overtake those already waiting.
+        let answer = match Self::pick(&st, m).filter(|_| st.queue.is_empty()) {
+            Some(picks) => Submitted::Placed(self.start(&mut st, job, m, 0, picks)?),
+            None => {
+                st.queue.push_back((job.clone(), m.clone(), 0));
+                Submitted::Queued(format!("waiting for {}", Self::describe_need(m)))
+            }
+        };
+        st.accepted.insert(job.clone(), answer.clone());
+        Ok(answer)
+    }
+
+    async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
+        let pids: Vec<i32> = {
+            let mut st = self.inner.state.lock().unwrap();
+            st.queue.retain(|(k, _, _)| k != job);
+            match st.running.get_mut(job) {
+                Some(r) => {
+                    r.cancelled = true;
+                    r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
+                }
+                None => Vec::new(),
+            }
+        };
+        for pid in &pids {
+            let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        if !pids.is_empty() {
+            let this = self.clone();
+            let job = job.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(KILL_GRACE).await;
+                let still: Vec<i32> = {
+                    let st = this.inner.state.lock().unwrap();
+                    st.running
+                        .get(&job)
+                        .map(|r| r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect())
+                        .unwrap_or_default()
+                };
+                for pid in still {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn endpoints(&self, deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
+        let st = self.inner.state.lock().unwrap();
+        let out = st
+            .running
+            .iter()
+            .filter(|(job, r)| job.job.as_str() == deployment && !r.cancelled)
+            .flat_map(|(_, r)| r.allocs.iter().filter(|a| !a.slots.is_empty()))
+            .map(|a| (st.miners[a.miner].host.to_string(), a.port))
+            .collect();
+        Ok(Some(out))
+    }
+
+    fn use_worker_gateway(&self, gateway: crate::grant::WorkerGateway) {
+        LocalScheduler::use_worker_gateway(self, gateway)
+    }
+
+    async fn shutdown(&self) {
+        LocalScheduler::shutdown(self).await
+    }
+
+    async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
+        let st = self.inner.state.lock().unwrap();
+        Ok(vec![GatewayInfo {
+            name: self.inner.cfg.gateway.clone(),
+            miners: st
+                .miners
+                .iter()
+                .map(|m| MinerInfo {
+                    name: m.name.clone(),
+                    gpus: m.free.len() as u32,
+                    free_gpus: m.free.iter().filter(|f| **f).count() as u32,
+                })
+                .collect(),
+        }])
+    }
+}

@@ -1,0 +1,114 @@
+//! Placement: the miners and slots a job gets (most free first, so jobs spread), and the
+//! queue of jobs that wait for free slots, in order.
+
+use super::*;
+
+impl LocalScheduler {
+    pub(super) fn describe_need(m: &JobManifest) -> String {
+        let r = &m.request;
+        format!("{} with {}", crate::plural(r.miners, "miner"), crate::plural(r.gpus_per_miner, "free GPU"))
+    }
+
+    /// Picks miners for the job: the ones with the most free slots first, so jobs spread.
+    pub(super) fn pick(st: &State, m: &JobManifest) -> Option<Vec<(usize, Vec<usize>)>> {
+        let need = m.request.gpus_per_miner as usize;
+        let mut candidates: Vec<(usize, usize)> = st
+            .miners
+            .iter()
+            .enumerate()
+            .map(|(i, mi)| (i, mi.free.iter().filter(|f| **f).count()))
+            .filter(|(_, free)| *free >= need)
+            .collect();
+        if candidates.len() < m.request.miners as usize {
+            return None;
+        }
+        candidates.sort_by_key(|(i, free)| (std::cmp::Reverse(*free), *i));
+        Some(
+            candidates
+                .into_iter()
+                .take(m.request.miners as usize)
+                .map(|(i, _)| {
+                    let slots =
+                        st.miners[i].free.iter().enumerate().filter(|(_, f)| **f).map(|(s, _)| s).take(need).collect();
+                    (i, slots)
+                })
+                .collect(),
+        )
+    }
+
+    /// Starts the allocations of a job whose miners were picked. On a spawn failure the
+    /// allocations already started are stopped and the slots freed.
+    pub(super) fn start(
+        &self,
+        st: &mut State,
+        job: &JobKey,
+        manifest: &JobManifest,
+        attempt: u32,
+        picks: Vec<(usize, Vec<usize>)>,
+    ) -> Result<Vec<String>, ScheduleError> {
+        let cfg = &self.inner.cfg;
+        let count = picks.len();
+        let mut allocs = Vec::new();
+        let mut names = Vec::new();
+        for (index, (miner, slots)) in picks.into_iter().enumerate() {
+            let miner_name = st.miners[miner].name.clone();
+            let spawned = self.spawn(st, job, manifest, index as u32, count, attempt, miner, &slots);
+            match spawned {
+                Ok((child, port)) => {
+                    for s in &slots {
+                        st.miners[miner].free[*s] = false;
+                    }
+                    let pid = child.id().unwrap_or_default() as i32;
+                    allocs.push(Alloc { miner, slots, pid, port });
+                    names.push(miner_name);
+                    self.reap(job.clone(), index as u32, child);
+                }
+                Err(e) => {
+                    for a in &allocs {
+                        let _ = killpg(Pid::from_raw(a.pid), Signal::SIGKILL);
+                    }
+                    let m = manifest.clone();
+                    st.running.insert(
+                        job.clone(),
+                        Running { allocs, cancelled: true, restarting: None, manifest: m, attempt, replaced: 0 },
+                    );
+                    return Err(ScheduleError::Backend(format!("cannot start {}: {e}", cfg.worker_bin.display())));
+                }
+            }
+        }
+        let m = manifest.clone();
+        st.running.insert(
+            job.clone(),
+            Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0 },
+        );
+        Ok(names)
+    }
+
+    /// Starts queued jobs, in order, while they fit.
+    pub(super) async fn start_queued(&self) {
+        loop {
+            let next = {
+                let mut st = self.inner.state.lock().unwrap();
+                if st.stopping {
+                    return;
+                }
+                let Some((job, m, attempt)) = st.queue.front().cloned() else { return };
+                let Some(picks) = Self::pick(&st, &m) else { return };
+                st.queue.pop_front();
+                let r = self.start(&mut st, &job, &m, attempt, picks);
+                (job, r)
+            };
+            let (job, r) = next;
+            let t = match r {
+                Ok(names) => Transition::new(JobState::Running, "scheduler")
+                    .reason("placed after waiting for free GPUs")
+                    .detail(StatusDetail { placement: names, ..Default::default() }),
+                Err(e) => Transition::new(JobState::Failed, "scheduler").reason(e.to_string()),
+            };
+            // The worker writes `running` itself; only a failure needs recording here.
+            if t.to == JobState::Failed {
+                let _ = status::advance(&self.inner.store, &job, t).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! A worker's end: its slots freed; a lost allocation means what `recovery` says (a training
+//! job starts again as a whole, a replica alone); queued jobs start as slots free up.
+
+use super::*;
+
+impl LocalScheduler {
+    /// A serve job's replica whose worker was lost is started again on its own (the other
+    /// replicas keep serving), on a miner with free slots — one without another replica of
+    /// the deployment first. Each replica may be replaced [`MAX_RETRIES`] times on average;
+    /// after that the deployment fails with the reason.
+    pub(super) async fn replace_replica(&self, job: &JobKey, index: u32, why: String) {
+        let started = {
+            let mut st = self.inner.state.lock().unwrap();
+            let Some(r) = st.running.get(job) else { return };
+            if r.cancelled || r.restarting.is_some() {
+                return;
+            }
+            let (count, attempt, need) = (r.allocs.len(), r.attempt, r.manifest.request.gpus_per_miner as usize);
+            let hosting: Vec<usize> = r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.miner).collect();
+            if r.replaced >= recovery::replacements_allowed(count) {
+                Err(format!("{why}; no restarts left ({} used)", r.replaced))
+            } else {
+                let free = |m: &Miner| m.free.iter().filter(|f| **f).count();
+                let pick = (0..st.miners.len())
+                    .filter(|m| free(&st.miners[*m]) >= need)
+                    .max_by_key(|m| (!hosting.contains(m), free(&st.miners[*m])));
+                match pick {
+                    None => Ok(None),
+                    Some(miner) => {
+                        let slots: Vec<usize> = st.miners[miner]
+                            .free
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, f)| **f)
+                            .map(|(s, _)| s)
+                            .take(need)
+                            .collect();
+                        let m = r.manifest.clone();
+                        match self.spawn(&st, job, &m, index, count, attempt, miner, &slots) {
+                            Ok((child, port)) => {
+                                for s in &slots {
+                                    st.miners[miner].free[*s] = false;
+                                }
+                                let pid = child.id().unwrap_or_default() as i32;
+                                let name = st.miners[miner].name.clone();
+                                let r = st.running.get_mut(job).expect("still running");
+                                r.allocs[index as usize] = Alloc { miner, slots, pid, port };
+                                r.replaced += 1;
+                                Ok(Some((child, name)))
+                            }
+                            Err(e) => Err(format!("{why}; cannot start it again: {e}")),
+                        }
+                    }
+                }
+            }
+        };
+        match started {
+            Ok(Some((child, miner))) => {
+                tracing::warn!(job = %job.job, %why, %miner, "replica started again");
+                self.reap(job.clone(), index, child);
+            }
+            Ok(None) => tracing::warn!(job = %job.job, %why, "no free GPUs to start the replica again"),
+            Err(reason) => {
+                let t = Transition::new(JobState::Failed, "scheduler").reason(reason);
+                let _ = status::advance(&self.inner.store, job, t).await;
+                let _ = self.cancel(job).await;
+            }
+        }
+    }
+
+    /// Waits for a worker to exit and frees its slots. A worker that died while its job
+    /// was still going (killed, crashed, its miner lost) makes a training job start again
+    /// from its last checkpoint — every allocation, since ranks depend on each other — up to
+    /// [`MAX_RETRIES`] times; after that the job fails with the reason. A serve job's lost
+    /// replica is started again alone. Then queued jobs that now fit are started.
+    pub(super) fn reap(&self, job: JobKey, index: u32, mut child: tokio::process::Child) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let exit = child.wait().await;
+            let (miner_name, cancelled, restarting) = {
+                let mut st = this.inner.state.lock().unwrap();
+                let mut out = (String::new(), false, false);
+                if let Some(r) = st.running.get_mut(&job) {
+                    out.1 = r.cancelled;
+                    out.2 = r.restarting.is_some();
+                    // Allocations are stored in index order.
+                    if let Some(a) = r.allocs.get_mut(index as usize) {
+                        let (miner, slots) = (a.miner, std::mem::take(&mut a.slots));
+                        for s in slots {
+                            st.miners[miner].free[s] = true;
+                        }
+                        out.0 = st.miners[miner].name.clone();
+                    }
+                }
+                out
+            };
+            let ok = matches!(&exit, Ok(s) if s.success());
+            if !ok && !cancelled && !restarting {
+                let how = match &exit {
+                    Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
+                        (Some(c), _) => format!("exit code {c}"),
+                        (None, Some(sig)) => format!("signal {sig}"),
+                        _ => "unknown status".into(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                let ended =
+                    matches!(status::current(&this.inner.store, &job).await, Ok(Some(r)) if r.state.is_terminal());
+                let serve = this
+                    .inner
+                    .state
+                    .lock()
+                    .unwrap()
+                    .running
+                    .get(&job)
+                    .is_some_and(|r| r.manifest.request.kind == JobKind::Serve);
+                if ended {
+                    // The worker recorded the program's failure: stop the other allocations.
+                    let _ = this.cancel(&job).await;
+                } else if serve {
+                    // Replicas do not depend on each other: only the lost one starts again.
+                    let why = recovery::lost("replica", index, &miner_name, &format!("lost ({how})"));
+                    this.replace_replica(&job, index, why).await;
+                } else {
+                    // Lost: stop the others; the job starts again when they are gone.
+                    let why = recovery::lost("allocation", index, &miner_name, &format!("lost ({how})"));
+                    tracing::warn!(job = %job.job, %why, "restarting the job");
+                    let others: Vec<i32> = {
+                        let mut st = this.inner.state.lock().unwrap();
+                        match st.running.get_mut(&job) {
+                            Some(r) => {
+                                r.restarting.get_or_insert(why);
+                                r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
+                            }
+                            None => Vec::new(),
+                        }
+                    };
+                    for pid in others {
+                        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                    }
+                }
+            }
+            let gone = {
+                let mut st = this.inner.state.lock().unwrap();
+                let all_gone = st.running.get(&job).is_some_and(|r| r.allocs.iter().all(|a| a.slots.is_empty()));
+                if all_gone { st.running.remove(&job) } else { None }
+            };
+            if let Some(r) = gone.filter(|r| !r.cancelled)
+                && let Some(why) = r.restarting
+            {
+                this.restart(job, r.manifest, r.attempt, why).await;
+            }
+            this.start_queued().await;
+            this.inner.idle.notify_waiters();
+        });
+    }
+
+    /// Starts a job again after a lost allocation, or fails it when retries are used up.
+    pub(super) async fn restart(&self, job: JobKey, manifest: JobManifest, attempt: u32, why: String) {
+        let next = match recovery::after_lost_allocation(&self.inner.store, &job, &why, attempt).await {
+            Ok(recovery::AfterLoss::Retry { attempt }) => attempt,
+            Ok(_) => return,
+            // The store is out: start again all the same (the status catches up on the next change).
+            Err(e) if attempt < MAX_RETRIES => {
+                tracing::warn!(job = %job.job, error = %e, "could not record the retry");
+                attempt + 1
+            }
+            Err(_) => return,
+        };
+        self.inner.state.lock().unwrap().queue.push_front((job, manifest, next));
+    }
+}

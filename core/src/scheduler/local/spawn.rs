@@ -1,0 +1,80 @@
+//! A worker process: its own process group, folder, address and port, the slots it holds,
+//! and what it is told (the launch contract, the operator's settings, never the pool's secrets).
+
+use super::*;
+
+/// A simulated miner's share of this machine's cores (at least one).
+pub(super) fn cpus_per_miner(miners: usize) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / miners.max(1)).max(1)
+}
+
+impl LocalScheduler {
+    /// Starts the worker of allocation `index` of `count` on `miner`, holding `slots`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn(
+        &self,
+        st: &State,
+        job: &JobKey,
+        manifest: &JobManifest,
+        index: u32,
+        count: usize,
+        attempt: u32,
+        miner: usize,
+        slots: &[usize],
+    ) -> std::io::Result<(tokio::process::Child, u16)> {
+        let cfg = &self.inner.cfg;
+        let miner_name = &st.miners[miner].name;
+        let host = st.miners[miner].host;
+        let work = cfg.work_root.join(miner_name).join(format!("{}-{index}", job.job));
+        let port = free_port(host)?;
+        std::fs::create_dir_all(&work)?;
+        let log = std::fs::File::create(work.with_extension("worker.log"))?;
+        let mut cmd = std::process::Command::new(&cfg.worker_bin);
+        // The pool's secrets never reach a worker (nor so the user's program).
+        for k in crate::grant::NEVER_INHERITED {
+            cmd.env_remove(k);
+        }
+        let gateway = self.inner.worker_gateway.lock().unwrap().clone();
+        if gateway.is_some() {
+            for (k, _) in std::env::vars() {
+                if crate::grant::is_store_variable(&k) {
+                    cmd.env_remove(k);
+                }
+            }
+        }
+        let access = if gateway.is_some() { StoreAccess::Gateway } else { StoreAccess::Environment };
+        let worker_env = launch::passed_on(&cfg.worker_env, access);
+        // Defaults for the simulated miners first: the operator's worker_env may change
+        // them; the allocation's own variables come last.
+        cmd.env("OMPI_MCA_coll", "^han")
+            .env("OMPI_MCA_mpi_yield_when_idle", "1")
+            .env("OMPI_MCA_btl", "self,sm,tcp")
+            .env("AIC_CPUS", cpus_per_miner(st.miners.len()).to_string())
+            .envs(worker_env.map(|(k, v)| (k, v)));
+        if let Some(g) = &gateway {
+            cmd.envs(g.env(job, manifest, chrono::Utc::now()));
+        }
+        let launch = Launch {
+            owner: job.owner,
+            job: job.job.clone(),
+            index,
+            count: count as u32,
+            attempt,
+            miner: Some(miner_name.clone()),
+            host: Some(host.to_string()),
+            port: Some(port),
+            work_dir: work.clone(),
+            serve_port: None,
+            gpus: Some(slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
+        };
+        cmd.envs(launch.to_env()).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port))
+    }
+}
+
+/// A port nobody listens on at `host` (the kernel's choice; the worker binds it soon after).
+pub(super) fn free_port(host: std::net::Ipv4Addr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
+}
