@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 
 use crate::env::Env;
-use crate::jobs::{self, Code};
+use crate::jobs;
+use crate::submit::{self, Code};
 use crate::{data, pool};
 
 const TRAIN_PY: &str = include_str!("../../examples/digits/train.py");
@@ -32,7 +33,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     if pool::pool_size()?.0 < 2 {
         bail!("the demo trains on 2 miners; set AIC_POOL_MINERS to 2 or more");
     }
-    let host = jobs::host(env).await?;
+    let host = submit::host(env).await?;
     let chain = match &host {
         Some(h) => h.chain.clone(),
         None => env.chain()?,
@@ -77,7 +78,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
     let req =
         file.to_request(env.owner, JobId::generate(), "train_mpi.py".into(), Utc::now(), chrono::Duration::hours(1));
     let job_id = req.job_id.clone();
-    let job = jobs::pay_sign_submit(env, &code, req, None, false, host.as_ref()).await?;
+    let job = submit::pay_sign_submit(env, &code, req, None, false, host.as_ref()).await?;
     debug_assert_eq!(job.job, job_id);
     let code = crate::watch::watch_keep(env, &job, true, host.as_ref()).await?;
     if code != 0 {

@@ -16,8 +16,9 @@ use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 
 use crate::env::Env;
-use crate::jobs::{self, Code};
+use crate::jobs;
 use crate::pool::Hosted;
+use crate::submit::{self, Code};
 
 /// How long a new deployment gets to have its replicas up (requirements are installed first).
 const UP_WITHIN: Duration = Duration::from_secs(300);
@@ -114,9 +115,9 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
     };
     let req: JobRequest =
         file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), chrono::Duration::hours(1));
-    req.validate(None).map_err(|e| jobs::flag_names(e, "--replicas"))?;
+    req.validate(None).map_err(|e| submit::flag_names(e, "--replicas"))?;
     let name = req.name.clone();
-    let job = jobs::pay_sign_submit(env, &code, req, o.tx.clone(), o.detach, host).await?;
+    let job = submit::pay_sign_submit(env, &code, req, o.tx.clone(), o.detach, host).await?;
     eprintln!(
         "deployment {} submitted: {}{}",
         job.job,
@@ -183,7 +184,7 @@ async fn wait_up_or_queued(
 
 /// `aic deploy PATH`.
 pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
-    let host = if o.detach { None } else { jobs::host(env).await? };
+    let host = if o.detach { None } else { submit::host(env).await? };
     let base = base_url(env, host.as_ref())?;
     let (job, name) = submit(env, &o, host.as_ref()).await?;
     if o.detach {
@@ -246,7 +247,7 @@ pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     env.store.download_prefix(&old.code_prefix(), &dir, &|_| {}).await.context("fetching the deployed project")?;
-    let host = jobs::host(env).await?;
+    let host = submit::host(env).await?;
     let base = base_url(env, host.as_ref())?;
     let opts = DeployOpts {
         path: dir.clone(),

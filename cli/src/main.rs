@@ -11,6 +11,7 @@ mod jobs;
 mod pool;
 mod progress;
 mod remote;
+mod submit;
 mod watch;
 
 use std::path::PathBuf;
@@ -289,8 +290,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Run(args) => jobs::run(&env, args).await,
-        Cmd::Submit { file, tx, detach } => jobs::submit_file(&env, &file, tx, detach).await,
+        Cmd::Run(args) => submit::run(&env, args).await,
+        Cmd::Submit { file, tx, detach } => submit::submit_file(&env, &file, tx, detach).await,
         Cmd::Jobs { json } => jobs::list(&env, json).await.map(|_| 0),
         Cmd::Status { job, json } => jobs::status(&env, &job, json).await.map(|_| 0),
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
