@@ -160,7 +160,7 @@ async fn handle(
                 .get(id)
                 .into_iter()
                 .flatten()
-                .map(|n| json!({"ID": format!("{id}-{n}"), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
+                .map(|n| json!({"ID": alloc_id(id, n, s.jobs[id]["Version"].as_u64().unwrap()), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
                 .collect();
             reply(200, json!(allocs))
         }
@@ -195,12 +195,23 @@ async fn handle(
                 .collect();
             reply(200, json!(regs))
         }
+        ("GET", p) if p.starts_with("/v1/allocation/") => {
+            // One allocation, with the job as it was when the allocation was made (an
+            // allocation event carries no job: Nomad strips it, nomad/state/events.go).
+            let aid = p.trim_start_matches("/v1/allocation/");
+            let job = s.jobs.keys().find(|k| aid.starts_with(&format!("{k}-"))).cloned();
+            let version = aid.rsplit_once("-v").and_then(|(_, v)| v.parse::<u64>().ok());
+            let (Some(job), Some(version)) = (job, version) else { return Ok(text(404, "alloc not found")) };
+            let mut j = s.jobs[&job].clone();
+            j["Version"] = json!(version);
+            reply(200, json!({"ID": aid, "JobID": job, "Job": j}))
+        }
         ("GET", "/v1/allocations") => {
             let mut out = vec![];
             for (job, nodes) in &s.allocs {
                 for n in nodes {
                     let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
-                    out.push(json!({"ID": format!("{job}-{n}"), "NodeID": id, "ClientStatus": "running",
+                    out.push(json!({"ID": alloc_id(job, n, s.jobs[job]["Version"].as_u64().unwrap()), "NodeID": id, "ClientStatus": "running",
                         "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}]}}}}));
                 }
             }
@@ -266,9 +277,16 @@ pub fn manifest_of(kind: &str, miners: u32, gpus: u32) -> (JobKey, JobManifest) 
     (JobKey::new(m.request.owner, m.request.job_id.clone()), m)
 }
 
+/// The fake's id of the allocation of Nomad job `id` version `version` on `node`.
+pub fn alloc_id(id: &str, node: &str, version: u64) -> String {
+    format!("{id}-{node}-v{version}")
+}
+
+/// An allocation event as Nomad's stream sends it (`Payload.Allocation`): the allocation
+/// without its job, so without the job's version (nomad/state/events.go sets `Job` to nil).
 pub fn lost(job: &JobKey, version: u64, node: &str) -> Value {
-    json!({"ID": "alloc-1", "JobID": nomad_id(job), "Name": format!("{}.train[1]", nomad_id(job)), "NodeName": node,
-        "ClientStatus": "lost", "ClientDescription": "node is down", "JobVersion": version, "Namespace": "aic"})
+    json!({"ID": alloc_id(&nomad_id(job), node, version), "JobID": nomad_id(job), "Name": format!("{}.train[1]", nomad_id(job)),
+        "NodeName": node, "ClientStatus": "lost", "ClientDescription": "node is down", "Namespace": "aic"})
 }
 
 pub async fn running_job(store: &aic_core::Store, m: &JobManifest) -> JobKey {

@@ -96,7 +96,18 @@ impl NomadScheduler {
         let Some(job) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? else {
             return Ok(AllocAction::Nothing); // deregistered (cancelled)
         };
-        if job["Stop"] == true || a["JobVersion"].as_u64() < job["Version"].as_u64() {
+        if job["Stop"] == true {
+            return Ok(AllocAction::Nothing);
+        }
+        // Which version of the job the allocation ran: an allocation event carries no job
+        // (Nomad strips it to keep events small: nomad/state/events.go), so it is read from
+        // the allocation itself (`GET /v1/allocation/:id` returns it with the job it was made
+        // for). An allocation of an older version (one a restart replaced) changes nothing.
+        let alloc_id = a["ID"].as_str().unwrap_or_default();
+        let Some(full) = self.call(reqwest::Method::GET, &format!("allocation/{alloc_id}"), &[], None).await? else {
+            return Ok(AllocAction::Nothing); // collected: long gone
+        };
+        if full["Job"]["Version"].as_u64() < job["Version"].as_u64() {
             return Ok(AllocAction::Nothing);
         }
         let meta = &job["Meta"];
