@@ -25,6 +25,9 @@ pub enum StoreConfig {
         region: String,
         access_key: Option<String>,
         secret_key: Option<String>,
+        /// With temporary credentials (a Lambda's or an ECS task's role): `AWS_SESSION_TOKEN`,
+        /// which every request and presigned URL must carry (`X-Amz-Security-Token`).
+        session_token: Option<String>,
     },
 }
 
@@ -52,6 +55,7 @@ impl StoreConfig {
                 region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()),
                 access_key: env("AWS_ACCESS_KEY_ID"),
                 secret_key: env("AWS_SECRET_ACCESS_KEY"),
+                session_token: env("AWS_SESSION_TOKEN"),
             });
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
@@ -73,7 +77,7 @@ impl StoreConfig {
     /// Environment a child process (a worker) needs to open the same store.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut out = vec![("AIC_STORE".to_string(), self.url())];
-        if let StoreConfig::S3 { endpoint, region, access_key, secret_key, .. } = self {
+        if let StoreConfig::S3 { endpoint, region, access_key, secret_key, session_token, .. } = self {
             if let Some(e) = endpoint {
                 out.push(("AIC_S3_ENDPOINT".into(), e.clone()));
             }
@@ -83,6 +87,9 @@ impl StoreConfig {
             }
             if let Some(s) = secret_key {
                 out.push(("AWS_SECRET_ACCESS_KEY".into(), s.clone()));
+            }
+            if let Some(t) = session_token {
+                out.push(("AWS_SESSION_TOKEN".into(), t.clone()));
             }
         }
         out
@@ -97,8 +104,10 @@ impl StoreConfig {
                     .with_automatic_cleanup(true);
                 Ok(Store::new(Arc::new(fs), "local"))
             }
-            StoreConfig::S3 { bucket, endpoint, region, access_key, secret_key } => {
-                let mut b = AmazonS3Builder::new()
+            StoreConfig::S3 { bucket, endpoint, region, access_key, secret_key, session_token } => {
+                // From the environment first: a role's credentials (web identity on EKS, the
+                // container endpoint on ECS, instance metadata) where no keys are given.
+                let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_region(region)
                     // Create-only writes are `If-None-Match: *`; ETag matching is what AWS,
@@ -106,6 +115,9 @@ impl StoreConfig {
                     .with_conditional_put(S3ConditionalPut::ETagMatch);
                 if let (Some(k), Some(s)) = (access_key, secret_key) {
                     b = b.with_access_key_id(k).with_secret_access_key(s);
+                }
+                if let Some(t) = session_token {
+                    b = b.with_token(t);
                 }
                 if let Some(e) = endpoint {
                     b = b
@@ -131,5 +143,29 @@ mod tests {
         assert!(matches!(StoreConfig::parse("s3://aic").unwrap(), StoreConfig::S3 { bucket, .. } if bucket == "aic"));
         assert!(StoreConfig::parse("relative/dir").is_err());
         assert!(StoreConfig::parse("s3://").is_err());
+    }
+
+    /// Lambda's role credentials are temporary: without the session token every request and
+    /// presigned URL is refused (object_store's `aws/credential.rs` signs it in).
+    #[tokio::test]
+    async fn a_session_token_reaches_presigned_urls_and_the_workers() {
+        use object_store::signer::Signer;
+        let cfg = StoreConfig::S3 {
+            bucket: "aic".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: "us-east-1".into(),
+            access_key: Some("ASIATEMP".into()),
+            secret_key: Some("secret".into()),
+            session_token: Some("the-session-token".into()),
+        };
+        let store = cfg.open().unwrap();
+        let url = store
+            .s3_client()
+            .unwrap()
+            .signed_url(http::Method::GET, &object_store::path::Path::from("k"), std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(url.query().unwrap().contains("X-Amz-Security-Token=the-session-token"), "{url}");
+        assert!(cfg.env().contains(&("AWS_SESSION_TOKEN".into(), "the-session-token".into())));
     }
 }

@@ -29,6 +29,7 @@ fn open(backend: &Backend) -> (Store, String) {
                 region: "us-east-1".into(),
                 access_key: Some("test".into()),
                 secret_key: Some("test".into()),
+                session_token: None,
             }
             .open()
             .unwrap()

@@ -183,6 +183,7 @@ async fn on_s3(n: usize, poll: bool) {
         region: "us-east-1".into(),
         access_key: Some("test".into()),
         secret_key: Some("test".into()),
+        session_token: None,
     }
     .open()
     .unwrap();

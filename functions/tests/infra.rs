@@ -264,7 +264,7 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
     }
     // Every variable the worker needs, it gets: the store, and the launch contract the
     // worker reads back (`aic_core::scheduler::launch`), with the values Nomad fills in.
-    let worker = std::fs::read_to_string(repo().join("worker/src/main.rs")).unwrap();
+    let worker = std::fs::read_to_string(repo().join("worker/src/alloc.rs")).unwrap();
     assert!(worker.contains("env(\"AIC_STORE\")"), "the worker reads AIC_STORE");
     assert!(spec_env.iter().any(|e| e == "AIC_STORE"), "AIC_STORE is given to the worker");
     let filled = |k: &str| {

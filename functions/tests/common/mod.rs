@@ -128,6 +128,7 @@ pub fn s3_store(bucket: &str) -> Store {
         region: "us-east-1".into(),
         access_key: Some("test".into()),
         secret_key: Some("test".into()),
+        session_token: None,
     }
     .open()
     .unwrap()

@@ -36,7 +36,7 @@ pub(crate) fn bench_worker_overhead(py: &Path) -> anyhow::Result<()> {
     let (_sshd, ssh_config) = bench_sshd(&dir.join("ssh"), &path)?;
     let epochs = "40";
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    // What the local scheduler gives each simulated miner (see core's scheduler/local.rs).
+    // What the local scheduler gives each simulated miner (see core's scheduler/local/spawn.rs).
     let threads = (cpus / 2).max(1).to_string();
     let mpirun = |hosts: Option<&str>| {
         let mut c = Command::new("mpirun");
