@@ -216,13 +216,40 @@ async fn the_watcher_follows_the_event_stream_and_resumes_from_its_index() {
         assert!(std::time::Instant::now() < deadline, "the watcher never acted on the event");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    // After the stream closed, it reconnects from the last index it saw.
+    // After the stream closed, it reconnects after the last index it saw (a stream opened
+    // at index N would start with frame N again).
     while state.lock().unwrap().stream_queries.len() < 2 {
         assert!(std::time::Instant::now() < deadline, "no reconnect");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let qs = state.lock().unwrap().stream_queries.clone();
-    assert_eq!((qs[0]["index"].as_str(), qs[1]["index"].as_str()), ("0", "42"));
+    assert_eq!((qs[0]["index"].as_str(), qs[1]["index"].as_str()), ("0", "43"));
+    tx.send(()).unwrap();
+    w.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
+    // Nomad sends a heartbeat every 10 s; a connection that says nothing for longer than
+    // `stream_idle` is dead (a half-open TCP connection would otherwise hang the watcher).
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.stream_idle = std::time::Duration::from_millis(500);
+    let n = NomadScheduler::new(c);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let w = tokio::spawn(async move {
+        n.watch(store, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state.lock().unwrap().stream_queries.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the silent stream was never reopened");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     tx.send(()).unwrap();
     w.await.unwrap();
 }

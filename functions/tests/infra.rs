@@ -362,6 +362,7 @@ fn nomad_cfg(worker_env: Vec<(String, String)>, secrets_var: Option<&str>) -> ai
         worker_env,
         secrets_var: secrets_var.map(String::from),
         worker_gateway: None,
+        stream_idle: std::time::Duration::from_secs(35),
     }
 }
 

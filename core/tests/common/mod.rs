@@ -256,6 +256,7 @@ pub fn cfg(addr: &str, token: &str) -> NomadConfig {
         worker_env: vec![],
         secrets_var: None,
         worker_gateway: None,
+        stream_idle: std::time::Duration::from_secs(35),
     }
 }
 

@@ -19,6 +19,9 @@ pub struct NomadConfig {
     /// When set, workers reach the bucket through the gateway with their job's token (in the
     /// job's env) and get no store credentials at all.
     pub worker_gateway: Option<crate::grant::WorkerGateway>,
+    /// How long the event stream may be silent before it is taken for dead and reopened
+    /// (Nomad sends a `{}` heartbeat every 10 s).
+    pub stream_idle: std::time::Duration,
 }
 
 impl NomadConfig {
@@ -42,6 +45,7 @@ impl NomadConfig {
             secrets_var: Some(var("AIC_NOMAD_SECRETS_VAR").unwrap_or_else(|| "nomad/jobs/aic-worker".into())),
             worker_env,
             worker_gateway: None,
+            stream_idle: std::time::Duration::from_secs(35),
         }))
     }
 }

@@ -208,6 +208,7 @@ mod tests {
             ],
             secrets_var: Some("nomad/jobs/aic-worker".into()),
             worker_gateway: None,
+            stream_idle: std::time::Duration::from_secs(35),
         }
     }
 

@@ -48,19 +48,37 @@ impl NomadScheduler {
     }
 
     async fn follow(&self, store: &Store, index: &mut u64) -> Result<(), NomadError> {
-        let url = self.url("event/stream", &[("topic", "Allocation:*".into()), ("index", index.to_string())]);
+        // A stream opened at index N starts with the frame of index N: resume after it.
+        let from = if *index == 0 { 0 } else { *index + 1 };
+        let url = self.url("event/stream", &[("topic", "Allocation:*".into()), ("index", from.to_string())]);
         let mut rb = reqwest::Client::new().get(url);
         if let Some(t) = &self.cfg.token {
             rb = rb.header("X-Nomad-Token", t);
         }
-        let mut resp = rb.send().await.map_err(|e| NomadError::Unreachable(format!("{}: {e}", self.cfg.addr)))?;
+        let silent = || {
+            NomadError::Unreachable(format!(
+                "{}: the event stream was silent for {} s",
+                self.cfg.addr,
+                self.cfg.stream_idle.as_secs_f64()
+            ))
+        };
+        let mut resp = tokio::time::timeout(self.cfg.stream_idle, rb.send())
+            .await
+            .map_err(|_| silent())?
+            .map_err(|e| NomadError::Unreachable(format!("{}: {e}", self.cfg.addr)))?;
         if !resp.status().is_success() {
             let code = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();
             return Err(if code == 403 { NomadError::Forbidden(text) } else { NomadError::Api(code, text) });
         }
         let mut buf: Vec<u8> = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| NomadError::Unreachable(e.to_string()))? {
+        loop {
+            // Nomad sends a heartbeat every 10 s: silence for longer is a dead connection.
+            let chunk = tokio::time::timeout(self.cfg.stream_idle, resp.chunk())
+                .await
+                .map_err(|_| silent())?
+                .map_err(|e| NomadError::Unreachable(e.to_string()))?;
+            let Some(chunk) = chunk else { break };
             buf.extend_from_slice(&chunk);
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
