@@ -73,3 +73,34 @@ pub(crate) fn output_prefix(a: &Alloc) -> String {
 pub(crate) fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// The GPUs this allocation holds, as `CUDA_VISIBLE_DEVICES` lists them: the scheduler's own
+/// list (the local scheduler's slots), else what NVIDIA's Nomad device plugin reserved
+/// (`NVIDIA_VISIBLE_DEVICES`: GPU UUIDs, which CUDA takes as they are; its `Reserve` sets no
+/// `CUDA_VISIBLE_DEVICES`, and interpolating it in the job's env does not work since task env
+/// is built before device env). `None` when nothing says: the program is then given no
+/// `CUDA_VISIBLE_DEVICES` at all (an empty one would hide every GPU).
+pub(crate) fn visible_gpus(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let listed = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    listed(get("CUDA_VISIBLE_DEVICES"))
+        .or_else(|| listed(get("NVIDIA_VISIBLE_DEVICES")).filter(|v| !matches!(v.trim(), "all" | "none" | "void")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn the_gpus_come_from_the_scheduler_else_from_the_device_plugin() {
+        assert_eq!(visible_gpus(env(&[("CUDA_VISIBLE_DEVICES", "0,1")])).as_deref(), Some("0,1"));
+        let plugin = [("NVIDIA_VISIBLE_DEVICES", "GPU-1b2c,GPU-3d4e")];
+        assert_eq!(visible_gpus(env(&plugin)).as_deref(), Some("GPU-1b2c,GPU-3d4e"));
+        assert_eq!(visible_gpus(env(&[("CUDA_VISIBLE_DEVICES", ""), plugin[0]])).as_deref(), Some("GPU-1b2c,GPU-3d4e"));
+        assert_eq!(visible_gpus(env(&[("NVIDIA_VISIBLE_DEVICES", "all")])), None);
+        assert_eq!(visible_gpus(env(&[])), None);
+    }
+}

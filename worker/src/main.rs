@@ -107,7 +107,9 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     env.insert("AIC_OUTPUT_DIR".into(), path_str(&out_dir));
     env.insert("AIC_ALLOC_INDEX".into(), a.index.to_string());
     env.insert("AIC_ALLOC_COUNT".into(), a.count.to_string());
-    env.insert("CUDA_VISIBLE_DEVICES".into(), std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default());
+    if let Some(gpus) = alloc::visible_gpus(|k| std::env::var(k).ok()) {
+        env.insert("CUDA_VISIBLE_DEVICES".into(), gpus);
+    }
     env.insert("AIC_CODE_DIR".into(), path_str(&code_dir));
     if req.kind == JobKind::Serve {
         return serve::run(a, req, &code_dir, env).await;
