@@ -253,3 +253,20 @@ async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     tx.send(()).unwrap();
     w.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_device_request_is_met_within_one_device_group() {
+    // Nomad's DeviceChecker (scheduler/feasible.go) meets a request of N GPUs from one
+    // device group (vendor/type/model): a node with 2 T4s and 2 A100s cannot run 4 GPUs.
+    let (_state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.datacenter = "mixed".into();
+    let n = NomadScheduler::new(c);
+    let (job, m) = manifest(1, 4);
+    match n.submit(&job, &m).await {
+        Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("0 with that many GPUs"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let (job, m) = manifest(1, 2);
+    assert!(matches!(n.submit(&job, &m).await.unwrap(), Submitted::Placed(_)));
+}

@@ -31,11 +31,14 @@ pub struct Nomad {
     pub stream_queries: Vec<BTreeMap<String, String>>,
 }
 
-pub const NODES: [(&str, &str, &str, u32, bool); 4] = [
+/// (id, name, datacenter, GPUs, eligible). `node-e` in `mixed` has its 4 GPUs in two
+/// device groups of 2 (two models), as `nomad node status` shows a mixed node.
+pub const NODES: [(&str, &str, &str, u32, bool); 5] = [
     ("n1", "node-a", "test_gateway", 2, true),
     ("n2", "node-b", "test_gateway", 2, true),
     ("n3", "node-c", "test_gateway", 2, false),
     ("n4", "node-d", "other", 8, true),
+    ("n5", "node-e", "mixed", 4, true),
 ];
 
 fn reply(code: u16, body: Value) -> Response<Full<Bytes>> {
@@ -84,10 +87,18 @@ async fn handle(
             let nodes: Vec<Value> = NODES
                 .iter()
                 .map(|(id, name, dc, gpus, eligible)| {
-                    let inst: Vec<Value> = (0..*gpus).map(|i| json!({"ID": format!("GPU-{id}-{i}"), "Healthy": true})).collect();
+                    let inst = |from: u32, to: u32| -> Vec<Value> {
+                        (from..to).map(|i| json!({"ID": format!("GPU-{id}-{i}"), "Healthy": true})).collect()
+                    };
+                    let devices = if *dc == "mixed" {
+                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, gpus / 2)},
+                            {"Vendor": "nvidia", "Type": "gpu", "Name": "A100", "Instances": inst(gpus / 2, *gpus)}])
+                    } else {
+                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, *gpus)}])
+                    };
                     json!({"ID": id, "Name": name, "Datacenter": dc, "Status": "ready",
                         "SchedulingEligibility": if *eligible { "eligible" } else { "ineligible" },
-                        "NodeResources": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst}]}})
+                        "NodeResources": {"Devices": devices}})
                 })
                 .collect();
             reply(200, json!(nodes))

@@ -83,7 +83,8 @@ impl NomadScheduler {
         }
     }
 
-    /// Nodes ready for work, with their GPUs: (datacenter, name, total, healthy ids).
+    /// Nodes ready for work, with the GPUs one allocation can have there: (datacenter, name,
+    /// GPUs, node id).
     pub(super) async fn gpu_nodes(&self) -> Result<Vec<(String, String, u32, String)>, NomadError> {
         let nodes =
             self.call(reqwest::Method::GET, "nodes", &[("resources", "true".into())], None).await?.unwrap_or(json!([]));
@@ -92,6 +93,9 @@ impl NomadScheduler {
             if n["Status"] != "ready" || n["SchedulingEligibility"] == "ineligible" {
                 continue;
             }
+            // A request of N GPUs is met from one device group (vendor/type/model: Nomad's
+            // DeviceChecker in scheduler/feasible.go), so a node can give one allocation as
+            // many as its largest group has healthy.
             let gpus: u32 = n["NodeResources"]["Devices"]
                 .as_array()
                 .into_iter()
@@ -101,7 +105,8 @@ impl NomadScheduler {
                     d["Instances"].as_array().map(|i| i.iter().filter(|x| x["Healthy"] != false).count()).unwrap_or(0)
                         as u32
                 })
-                .sum();
+                .max()
+                .unwrap_or(0);
             out.push((
                 n["Datacenter"].as_str().unwrap_or("").to_string(),
                 n["Name"].as_str().unwrap_or("").to_string(),
