@@ -39,7 +39,7 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
     match n.submit(&job2, &m2).await.unwrap() {
         Submitted::Queued(why) => assert_eq!(
             why,
-            "no node with 2 free nvidia/gpu in gateway test_gateway (3 nodes evaluated: 2 out of devices: nvidia/gpu, 1 filtered by ${node.eligibility})"
+            "no node with 2 free nvidia/gpu in gateway test_gateway (3 nodes evaluated: 2 without 2 free nvidia/gpu, 1 filtered by ${node.eligibility})"
         ),
         other => panic!("{other:?}"),
     }

@@ -141,7 +141,7 @@ async fn handle(
                 json!({"ID": eval_id, "Status": "complete", "BlockedEval": "eval-blocked",
                     "FailedTGAllocs": {"train": {"NodesEvaluated": 3, "NodesFiltered": 1, "NodesExhausted": 2,
                         "ConstraintFiltered": {"${node.eligibility}": 1},
-                        "DimensionExhausted": {"devices: nvidia/gpu": 2}, "CoalescedFailures": count - 1}}})
+                        "DimensionExhausted": {"devices: no devices match request": 2}, "CoalescedFailures": count - 1}}})
             };
             s.evals.insert(eval_id.clone(), (0, eval));
             let mut stored = v["Job"].clone();

@@ -161,14 +161,25 @@ pub fn placement_reason(failed: &Value, gpus: u32, gateway: &str) -> String {
     };
     let n = |k: &str| m[k].as_u64().unwrap_or(0);
     let mut why = vec![];
+    // Nomad's own keys (scheduler/rank.go, feasible.go): a device ask no free device group
+    // could meet is `devices: no devices match request` (or `… available`); a node short of
+    // healthy devices is filtered as `missing devices`.
     if let Some(d) = m["DimensionExhausted"].as_object() {
         for (k, v) in d {
-            why.push(format!("{v} out of {k}"));
+            why.push(match k.as_str() {
+                "devices: no devices match request" | "devices: no devices available" => {
+                    format!("{v} without {gpus} free {GPU_DEVICE}")
+                }
+                other => format!("{v} out of {other}"),
+            });
         }
     }
     if let Some(c) = m["ConstraintFiltered"].as_object() {
         for (k, v) in c {
-            why.push(format!("{v} filtered by {k}"));
+            why.push(match k.as_str() {
+                "missing devices" => format!("{v} without {gpus} healthy {GPU_DEVICE}"),
+                other => format!("{v} filtered by {other}"),
+            });
         }
     }
     let mut s = format!("no node with {gpus} free {GPU_DEVICE} in gateway {gateway}");
@@ -318,10 +329,16 @@ mod tests {
     #[test]
     fn placement_failures_read_as_sentences() {
         let f = json!({"train": {"NodesEvaluated": 3, "NodesFiltered": 0, "NodesExhausted": 3,
-            "DimensionExhausted": {"devices: nvidia/gpu": 3}, "CoalescedFailures": 1}});
+            "DimensionExhausted": {"devices: no devices match request": 3}, "CoalescedFailures": 1}});
         assert_eq!(
             placement_reason(&f, 2, "test_gateway"),
-            "no node with 2 free nvidia/gpu in gateway test_gateway (3 nodes evaluated: 3 out of devices: nvidia/gpu); 1 more allocation waiting"
+            "no node with 2 free nvidia/gpu in gateway test_gateway (3 nodes evaluated: 3 without 2 free nvidia/gpu); 1 more allocation waiting"
+        );
+        let f = json!({"train": {"NodesEvaluated": 2, "ConstraintFiltered": {"missing devices": 1},
+            "DimensionExhausted": {"memory": 1}}});
+        assert_eq!(
+            placement_reason(&f, 4, "g"),
+            "no node with 4 free nvidia/gpu in gateway g (2 nodes evaluated: 1 out of memory, 1 without 4 healthy nvidia/gpu)"
         );
         assert_eq!(placement_reason(&json!({}), 1, "g"), "waiting for 1 free nvidia/gpu in gateway g");
     }
