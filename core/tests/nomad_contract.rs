@@ -270,3 +270,16 @@ async fn a_device_request_is_met_within_one_device_group() {
     let (job, m) = manifest(1, 2);
     assert!(matches!(n.submit(&job, &m).await.unwrap(), Submitted::Placed(_)));
 }
+
+#[tokio::test]
+async fn gpus_held_by_other_namespaces_are_not_free() {
+    let (state, addr) = nomad().await;
+    state.lock().unwrap().foreign.push(("node-b".into(), 2));
+    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let pool = n.pool().await.unwrap();
+    let tg = pool.iter().find(|g| g.name == "test_gateway").unwrap();
+    assert_eq!(
+        tg.miners.iter().map(|m| (m.name.as_str(), m.free_gpus)).collect::<Vec<_>>(),
+        [("node-a", 2), ("node-b", 0)]
+    );
+}

@@ -29,6 +29,8 @@ pub struct Nomad {
     /// NDJSON lines the event stream sends (then it closes).
     pub stream: Vec<String>,
     pub stream_queries: Vec<BTreeMap<String, String>>,
+    /// Allocations of other namespaces' jobs: (node name, GPUs they hold).
+    pub foreign: Vec<(String, u32)>,
 }
 
 /// (id, name, datacenter, GPUs, eligible). `node-e` in `mixed` has its 4 GPUs in two
@@ -78,7 +80,9 @@ async fn handle(
     if token.as_deref() != Some(TOKEN) {
         return Ok(text(403, "Permission denied"));
     }
-    if query.get("namespace").map(String::as_str) != Some("aic") {
+    // Listing allocations may name every namespace (`*`); everything else is the job's own.
+    let all_namespaces = path == "/v1/allocations" && query.get("namespace").map(String::as_str) == Some("*");
+    if query.get("namespace").map(String::as_str) != Some("aic") && !all_namespaces {
         return Ok(text(400, "expected namespace=aic"));
     }
     let ok = match (method.as_str(), path.as_str()) {
@@ -219,6 +223,14 @@ async fn handle(
         }
         ("GET", "/v1/allocations") => {
             let mut out = vec![];
+            if all_namespaces {
+                for (n, gpus) in &s.foreign {
+                    let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
+                    let ids: Vec<String> = (0..*gpus).map(|i| format!("GPU-{id}-{i}")).collect();
+                    out.push(json!({"ID": format!("other-{n}"), "Namespace": "ml-team", "NodeID": id, "ClientStatus": "running",
+                        "AllocatedResources": {"Tasks": {"trainer": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}));
+                }
+            }
             for (job, nodes) in &s.allocs {
                 for n in nodes {
                     let id = NODES.iter().find(|x| x.1 == n).unwrap().0;

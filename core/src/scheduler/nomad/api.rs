@@ -41,7 +41,9 @@ pub(super) struct AllocStub {
 impl NomadScheduler {
     pub(super) fn url(&self, path: &str, query: &[(&str, String)]) -> String {
         let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        if let Some(ns_) = &self.cfg.namespace {
+        if let Some(ns_) = &self.cfg.namespace
+            && !q.iter().any(|(k, _)| k == "namespace")
+        {
             q.push(("namespace".into(), ns_.clone()));
         }
         if let Some(r) = &self.cfg.region {

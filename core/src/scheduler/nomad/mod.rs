@@ -190,7 +190,8 @@ impl Scheduler for NomadScheduler {
         let nodes = self.gpu_nodes().await?;
         // GPUs in use: the devices of allocations that hold them now.
         let allocs = self
-            .call(reqwest::Method::GET, "allocations", &[("resources", "true".into())], None)
+            // Every namespace's: GPUs other teams' jobs hold are not free for aic's.
+            .call(reqwest::Method::GET, "allocations", &[("resources", "true".into()), ("namespace", "*".into())], None)
             .await?
             .unwrap_or(json!([]));
         let mut used: std::collections::HashMap<String, u32> = Default::default();
