@@ -383,3 +383,32 @@ fn manifest(
     .unwrap();
     (aic_core::layout::JobKey::new(m.request.owner, m.request.job_id.clone()), m)
 }
+
+/// What a job file's templates read from a Nomad Variable, and what its instructions put
+/// there: every key read is set (an unset one renders as `<no value>`).
+#[test]
+fn the_nomad_variables_the_templates_read_are_the_ones_the_instructions_set() {
+    let text = std::fs::read_to_string(repo().join("infra/nomad/functions.nomad.hcl")).unwrap();
+    let put: String = text.lines().filter(|l| l.starts_with('#')).collect::<Vec<_>>().join(" ");
+    let put = put.split("nomad var put").nth(1).expect("the file says how to set its variables");
+    let read: Vec<&str> = text.split("{{ .").skip(1).filter_map(|r| r.split_whitespace().next()).collect();
+    assert!(read.len() >= 5, "{read:?}");
+    for key in read {
+        assert!(put.contains(&format!(" {key}=")), "{key} is read but `nomad var put` never sets it");
+    }
+    // The namespace the jobs run in is created by the instructions.
+    assert!(text.contains("nomad namespace apply") && text.contains("namespace   = \"aic\""));
+}
+
+/// Template data goes to consul-template as it is: `${…}` is not interpolated there, so a
+/// template names the task's variables with `{{ env "…" }}`.
+#[test]
+fn nomad_templates_name_task_variables_the_way_consul_template_reads_them() {
+    for file in ["functions.nomad.hcl", "worker.nomad.hcl", "minio.nomad.hcl", "serving-gateway.nomad.hcl"] {
+        let text = std::fs::read_to_string(repo().join("infra/nomad").join(file)).unwrap();
+        for data in text.split("<<-EOT").skip(1) {
+            let body = data.split("EOT").next().unwrap();
+            assert!(!body.contains("${"), "{file}: a template's data uses ${{…}}, which it passes through verbatim");
+        }
+    }
+}

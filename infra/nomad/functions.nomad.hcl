@@ -1,9 +1,11 @@
 # The functions host on the pool: bucket notifications (MinIO webhook → /events), the gateway
 # API (/v1) users reach with AIC_GATEWAY, and the Nomad scheduler for their jobs.
 #
+#   nomad namespace apply -description "aic jobs" aic
 #   nomad var put -namespace aic nomad/jobs/aic-functions \
 #     gateway_secret=$(openssl rand -hex 32) webhook_token=$(openssl rand -hex 16) \
-#     s3_access_key=… s3_secret_key=… nomad_token=…
+#     s3_access_key=… s3_secret_key=… nomad_token=… \
+#     rpc_url=https://… token=0x…(the AIC contract) treasury=0x… chain_id=1
 #   nomad job run -namespace aic infra/nomad/functions.nomad.hcl
 #
 # nomad_token is a token for the policy in acl/aic-functions.policy.hcl (submit and stop the

@@ -46,7 +46,7 @@ job "aic-serving-gateway" {
         change_signal = "SIGHUP"
         data          = <<-EOT
           worker_processes auto;
-          pid ${NOMAD_TASK_DIR}/nginx.pid;
+          pid {{ env "NOMAD_TASK_DIR" }}/nginx.pid;
           events { worker_connections 4096; }
           http {
             access_log /dev/stdout;
