@@ -244,7 +244,7 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
     assert!(task["config"]["command"].as_str().unwrap().ends_with("/aic-worker"));
     assert!(repo().join("worker/src/main.rs").exists());
     // What the code registers for a train job.
-    let cfg = nomad_cfg(vec![("AIC_STORE".into(), "s3://aic".into())], Some("nomad/jobs/aic-worker"));
+    let cfg = nomad_cfg(vec![("AIC_STORE".into(), "s3://aic".into())], Some("nomad/jobs"));
     let (key, m) = manifest("train", "train.py", 2, 3);
     let spec = job_spec(&cfg, &key, &m, 0);
     let tg = &spec["TaskGroups"][0];

@@ -95,7 +95,7 @@ job "aic-job" {
         destination = "${NOMAD_SECRETS_DIR}/store.env"
         env         = true
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/aic-worker" }}
+          {{ with nomadVar "nomad/jobs" }}
           AIC_STORE={{ .store }}
           AIC_S3_ENDPOINT={{ .s3_endpoint }}
           AWS_ACCESS_KEY_ID={{ .s3_access_key }}

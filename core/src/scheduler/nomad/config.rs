@@ -42,7 +42,7 @@ impl NomadConfig {
             worker: var("AIC_NOMAD_WORKER").unwrap_or_else(|| "aic-worker".into()),
             cpu_mhz: num("AIC_NOMAD_CPU", 2000)?,
             memory_mb: num("AIC_NOMAD_MEMORY_MB", 8192)?,
-            secrets_var: Some(var("AIC_NOMAD_SECRETS_VAR").unwrap_or_else(|| "nomad/jobs/aic-worker".into())),
+            secrets_var: Some(var("AIC_NOMAD_SECRETS_VAR").unwrap_or_else(|| "nomad/jobs".into())),
             worker_env,
             worker_gateway: None,
             stream_idle: std::time::Duration::from_secs(35),

@@ -29,7 +29,7 @@
 //! | `AIC_NOMAD_DRIVER` | task driver for aic-worker; default `exec` |
 //! | `AIC_NOMAD_WORKER` | the aic-worker command on the miners; default `aic-worker` |
 //! | `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | per-allocation CPU (MHz) and memory |
-//! | `AIC_NOMAD_SECRETS_VAR` | Nomad Variable with the workers' store credentials (`s3_access_key`, `s3_secret_key`); default `nomad/jobs/aic-worker` |
+//! | `AIC_NOMAD_SECRETS_VAR` | Nomad Variable with the workers' store credentials (`s3_access_key`, `s3_secret_key`); default `nomad/jobs`, the one path every job of the namespace may read with its workload identity (`nomad/jobs/<job>` would be per job, and the jobs are named `aic-<id>`) |
 
 //!
 //! Files: `config` (from the environment), `spec` (the job specification and placement

@@ -217,7 +217,7 @@ mod tests {
                 ("AWS_ACCESS_KEY_ID".into(), "AKIA".into()),
                 ("AWS_SECRET_ACCESS_KEY".into(), "shh".into()),
             ],
-            secrets_var: Some("nomad/jobs/aic-worker".into()),
+            secrets_var: Some("nomad/jobs".into()),
             worker_gateway: None,
             stream_idle: std::time::Duration::from_secs(35),
         }
@@ -297,7 +297,7 @@ mod tests {
         let tmpl = &t["Templates"][0];
         assert_eq!(tmpl["Envvars"], true);
         assert_eq!(tmpl["DestPath"], "${NOMAD_SECRETS_DIR}/store.env");
-        assert!(tmpl["EmbeddedTmpl"].as_str().unwrap().starts_with("{{ with nomadVar \"nomad/jobs/aic-worker\" }}"));
+        assert!(tmpl["EmbeddedTmpl"].as_str().unwrap().starts_with("{{ with nomadVar \"nomad/jobs\" }}"));
         assert_eq!(env["AIC_JOB_ID"], job.job.to_string());
         assert_eq!(env["AIC_ALLOC_INDEX"], "${NOMAD_ALLOC_INDEX}");
         assert_eq!(env["AIC_ALLOC_COUNT"], "2");
