@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aic_chain::devchain::{self, dev_key};
-use aic_chain::{ChainPayments, Eip712Auth, from_alloy};
+use aic_chain::from_alloy;
 use aic_core::layout::JobKey;
-use aic_core::pricing::Pricing;
 use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
 use aic_core::{Store, StoreConfig};
 use aic_functions::{Ctx, Outcome, handle_record};
@@ -41,13 +40,7 @@ async fn main() -> anyhow::Result<()> {
         },
         store.clone(),
     );
-    let ctx = Ctx {
-        store: store.clone(),
-        scheduler: Arc::new(sched),
-        auth: Arc::new(Eip712Auth { chain_id: chain.config.chain_id }),
-        payments: Arc::new(ChainPayments::new(chain.config.clone(), store.clone())?),
-        pricing: Pricing { price_per_gpu_hour: PRICE, token: None },
-    };
+    let ctx = Ctx::on_chain(store.clone(), Arc::new(sched), &chain.config)?;
     let key = dev_key(5);
     let wallet =
         ProviderBuilder::new().wallet(EthereumWallet::from(key.clone())).connect_http(chain.anvil.endpoint_url());

@@ -48,6 +48,24 @@ pub struct Ctx {
     pub pricing: Pricing,
 }
 
+impl Ctx {
+    /// The handlers of a pool that takes payments on `chain`: requests signed for its chain
+    /// id, payments checked on it (claims in `store`), priced at its rate.
+    pub fn on_chain(
+        store: Store,
+        scheduler: Arc<dyn Scheduler>,
+        chain: &aic_chain::ChainConfig,
+    ) -> anyhow::Result<Ctx> {
+        Ok(Ctx {
+            payments: Arc::new(aic_chain::ChainPayments::new(chain.clone(), store.clone())?),
+            auth: Arc::new(aic_chain::Eip712Auth { chain_id: chain.chain_id }),
+            pricing: chain.pricing(),
+            store,
+            scheduler,
+        })
+    }
+}
+
 /// What handling one record did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

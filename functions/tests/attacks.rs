@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use aic_chain::devchain::{self, DevChain, dev_key};
+use aic_chain::from_alloy;
 use aic_chain::token::{self, IAIC};
-use aic_chain::{ChainPayments, Eip712Auth, from_alloy};
 use aic_core::layout::{JobKey, payment_claim};
-use aic_core::pricing::Pricing;
 use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
 use aic_core::status;
 use aic_core::{Store, StoreConfig};
@@ -47,13 +46,7 @@ async fn world(confirmations: u64) -> World {
         },
         store.clone(),
     );
-    let ctx = Ctx {
-        store: store.clone(),
-        scheduler: Arc::new(sched),
-        auth: Arc::new(Eip712Auth { chain_id: chain.config.chain_id }),
-        payments: Arc::new(ChainPayments::new(chain.config.clone(), store.clone()).unwrap()),
-        pricing: Pricing { price_per_gpu_hour: PRICE, token: Some(chain.config.token.to_string()) },
-    };
+    let ctx = Ctx::on_chain(store.clone(), Arc::new(sched), &chain.config).unwrap();
     World { _dir: dir, chain, store, ctx }
 }
 
