@@ -419,3 +419,29 @@ fn nomad_templates_name_task_variables_the_way_consul_template_reads_them() {
         }
     }
 }
+
+/// Each function gets the S3 rights it uses and no more: no delete, ACL or lifecycle rights
+/// for validate and dispatch; the gateway (whose presigned URLs act with its rights) may
+/// delete a user's data and abort an unfinished multipart upload.
+#[test]
+fn each_function_has_the_s3_rights_it_uses_and_no_more() {
+    let t = yaml("infra/aws/template.yaml");
+    let actions = |f: &str| -> Vec<String> {
+        let policies = t["Resources"][f]["Properties"]["Policies"].as_sequence().unwrap();
+        let mut out = Vec::new();
+        for p in policies {
+            assert!(p.get("Statement").is_some(), "{f}: a managed policy template ({p:?}) grants more than it names");
+            for st in p["Statement"].as_sequence().unwrap() {
+                out.extend(st["Action"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()));
+            }
+        }
+        out.sort();
+        out
+    };
+    assert_eq!(actions("ValidateFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
+    assert_eq!(actions("DispatchFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
+    assert_eq!(
+        actions("GatewayFunction"),
+        ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
+    );
+}
