@@ -11,15 +11,17 @@ use std::time::Instant;
 use aic_chain::devchain::{self, dev_key};
 use aic_chain::from_alloy;
 use aic_core::layout::JobKey;
-use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
 use aic_core::{Store, StoreConfig};
 use aic_functions::{Ctx, Outcome, handle_record};
+use aic_schemas::PaymentRef;
 use aic_schemas::event::S3EventRecord;
-use aic_schemas::{JobId, JobRequest, PaymentRef};
 use alloy::network::EthereumWallet;
 use alloy::primitives::U256;
 use alloy::providers::ProviderBuilder;
 use futures::StreamExt;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const PRICE: u128 = 10u128.pow(15); // 0.001 AIC per GPU-hour: many jobs per dev wallet
 
@@ -29,17 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let chain = devchain::start(&dir.path().join("state.json"), &dir.path().join("chain.json"), PRICE, 1).await?;
     let store: Store = StoreConfig::Local { root: dir.path().join("store") }.open()?;
-    let sched = LocalScheduler::new(
-        LocalConfig {
-            miners: 1,
-            gpus_per_miner: 1,
-            gateway: "local".into(),
-            worker_bin: "/bin/true".into(),
-            work_root: dir.path().join("work"),
-            worker_env: vec![],
-        },
-        store.clone(),
-    );
+    let sched = common::idle_scheduler(dir.path().join("work"), &store, 1);
     let ctx = Ctx::on_chain(store.clone(), Arc::new(sched), &chain.config)?;
     let key = dev_key(5);
     let wallet =
@@ -52,27 +44,8 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..per_level {
             let tx =
                 aic_chain::token::pay(&wallet, chain.config.token, chain.config.treasury, U256::from(PRICE)).await?;
-            let now = chrono::Utc::now();
-            let mut req = JobRequest {
-                version: 1,
-                kind: aic_schemas::JobKind::Train,
-                owner: from_alloy(key.address()),
-                job_id: JobId::generate(),
-                name: None,
-                entrypoint: "train.py".into(),
-                code_digest: String::new(),
-                data: None,
-                miners: 1,
-                gpus_per_miner: 1,
-                max_hours: 1.0,
-                launcher: Default::default(),
-                args: vec![],
-                env: Default::default(),
-                payment: Some(PaymentRef { chain_id: chain.config.chain_id, tx: format!("{tx:#x}") }),
-                created_at: now,
-                expires_at: now + chrono::Duration::hours(1),
-                signature: None,
-            };
+            let mut req = common::unsigned_by(from_alloy(key.address()), 1);
+            req.payment = Some(PaymentRef { chain_id: chain.config.chain_id, tx: format!("{tx:#x}") });
             aic_chain::request::sign(&key, &mut req, chain.config.chain_id).await?;
             let job = JobKey::new(req.owner, req.job_id.clone());
             store.put_json(&job.request(), &req).await?;

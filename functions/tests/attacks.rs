@@ -7,12 +7,13 @@ use aic_chain::devchain::{self, DevChain, dev_key};
 use aic_chain::from_alloy;
 use aic_chain::token::{self, IAIC};
 use aic_core::layout::{JobKey, payment_claim};
-use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
 use aic_core::status;
 use aic_core::{Store, StoreConfig};
 use aic_functions::{Ctx, HandlerError, Outcome, handle_record};
 use aic_schemas::event::S3EventRecord;
-use aic_schemas::{JobId, JobRequest, JobState, PaymentRef};
+use aic_schemas::{JobRequest, JobState, PaymentRef};
+
+mod common;
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
@@ -35,17 +36,7 @@ async fn world(confirmations: u64) -> World {
         .await
         .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
     let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
-    let sched = LocalScheduler::new(
-        LocalConfig {
-            miners: 2,
-            gpus_per_miner: 1,
-            gateway: "local".into(),
-            worker_bin: "/bin/true".into(),
-            work_root: dir.path().join("work"),
-            worker_env: vec![],
-        },
-        store.clone(),
-    );
+    let sched = common::idle_scheduler(dir.path().join("work"), &store, 2);
     let ctx = Ctx::on_chain(store.clone(), Arc::new(sched), &chain.config).unwrap();
     World { _dir: dir, chain, store, ctx }
 }
@@ -69,27 +60,9 @@ impl World {
 
     /// A 1 miner × 1 GPU × 1 hour request (1 AIC) by dev account `owner`, unsigned.
     fn request(&self, owner: u32, tx: Option<&str>) -> JobRequest {
-        let now = Utc::now();
-        JobRequest {
-            version: 1,
-            kind: aic_schemas::JobKind::Train,
-            owner: from_alloy(dev_key(owner).address()),
-            job_id: JobId::generate(),
-            name: None,
-            entrypoint: "train.py".into(),
-            code_digest: String::new(),
-            data: None,
-            miners: 1,
-            gpus_per_miner: 1,
-            max_hours: 1.0,
-            launcher: Default::default(),
-            args: vec![],
-            env: Default::default(),
-            payment: tx.map(|t| PaymentRef { chain_id: self.chain.config.chain_id, tx: t.into() }),
-            created_at: now,
-            expires_at: now + chrono::Duration::hours(1),
-            signature: None,
-        }
+        let mut req = common::unsigned_by(from_alloy(dev_key(owner).address()), 1);
+        req.payment = tx.map(|t| PaymentRef { chain_id: self.chain.config.chain_id, tx: t.into() });
+        req
     }
 
     async fn sign(&self, signer: u32, mut req: JobRequest) -> JobRequest {

@@ -64,10 +64,32 @@ pub fn pool_on(dir: tempfile::TempDir, store: Store, miners: u32, worker_body: &
     Pool { _dir: dir, store, sched, ctx, starts }
 }
 
+/// A local scheduler of `miners` × 1 GPU whose workers do nothing (`/bin/true`): for tests
+/// of the functions alone.
+pub fn idle_scheduler(work: PathBuf, store: &Store, miners: u32) -> LocalScheduler {
+    LocalScheduler::new(
+        LocalConfig {
+            miners,
+            gpus_per_miner: 1,
+            gateway: "local".into(),
+            worker_bin: "/bin/true".into(),
+            work_root: work,
+            worker_env: vec![],
+        },
+        store.clone(),
+    )
+}
+
 pub fn unsigned(miners: u32) -> JobRequest {
+    unsigned_by(OWNER.parse().unwrap(), miners)
+}
+
+/// A request of `owner` for `miners` × 1 GPU × 1 hour, valid for an hour, neither paid nor
+/// signed.
+pub fn unsigned_by(owner: aic_schemas::Address, miners: u32) -> JobRequest {
     let now = Utc::now();
     serde_json::from_value(serde_json::json!({
-        "version": 1, "kind": "train", "owner": OWNER, "job_id": JobId::generate(), "entrypoint": "train.py",
+        "version": 1, "kind": "train", "owner": owner, "job_id": JobId::generate(), "entrypoint": "train.py",
         "miners": miners, "gpus_per_miner": 1, "max_hours": 1.0,
         "created_at": now, "expires_at": now + chrono::Duration::hours(1),
     }))
