@@ -445,3 +445,13 @@ fn each_function_has_the_s3_rights_it_uses_and_no_more() {
         ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
     );
 }
+
+/// The `exec` driver runs a task in a chroot built from the client's `chroot_env`, whose
+/// default has `/usr` but not `/opt`: the job files' commands live where it finds them.
+#[test]
+fn nomad_commands_live_where_the_exec_drivers_chroot_has_them() {
+    for file in ["functions.nomad.hcl", "worker.nomad.hcl", "minio.nomad.hcl", "serving-gateway.nomad.hcl"] {
+        let text = std::fs::read_to_string(repo().join("infra/nomad").join(file)).unwrap();
+        assert!(!text.contains("\"/opt/"), "{file}: a path under /opt is outside exec's default chroot");
+    }
+}

@@ -14,7 +14,7 @@
 
 variable "image_dir" {
   type    = string
-  default = "/opt/aic/bin"
+  default = "/usr/local/bin"
 }
 
 variable "bucket" {

@@ -38,7 +38,7 @@ job "minio" {
       driver = "exec"
 
       config {
-        command = "/opt/minio/minio"
+        command = "/usr/local/bin/minio"
         args    = ["server", "/data", "--address", ":${NOMAD_PORT_api}", "--console-address", ":${NOMAD_PORT_console}"]
       }
 

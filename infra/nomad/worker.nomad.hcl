@@ -76,7 +76,7 @@ job "aic-job" {
       kill_timeout = "30s"
 
       config {
-        command = "/opt/aic/bin/aic-worker"
+        command = "/usr/local/bin/aic-worker"
       }
 
       env {
