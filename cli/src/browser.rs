@@ -32,8 +32,12 @@ use crate::identity::{self, Session, Source};
 
 const PAGE: &str = include_str!("../assets/wallet.html");
 const MAX_BODY: usize = 64 * 1024;
-/// How long the page waits for a payment the wallet sent to be mined.
-const PAYMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
+/// How long the page waits for a payment the wallet sent to be mined (`AIC_PAYMENT_WAIT`,
+/// seconds; 180 by default).
+fn payment_wait() -> std::time::Duration {
+    let secs = std::env::var("AIC_PAYMENT_WAIT").ok().and_then(|v| v.parse().ok()).unwrap_or(180);
+    std::time::Duration::from_secs(secs)
+}
 
 /// What the page is asked to do.
 pub enum Task {
@@ -62,6 +66,9 @@ struct State {
     challenge: Option<SiweMessage>,
     /// The payment once mined, under its final hash: a second try signs without paying again.
     paid: Option<String>,
+    /// A payment the wallet sent that is not mined yet: a second try waits for it rather
+    /// than sending another.
+    pending: Option<String>,
     /// What the wallet was about to be asked to send (nonce, height): how its payment is
     /// followed through a speed-up or a cancellation.
     sending: Option<aic_chain::follow::Sent>,
@@ -83,6 +90,7 @@ pub async fn run(home: PathBuf, task: Task) -> anyhow::Result<Done> {
         task,
         challenge: None,
         paid: None,
+        pending: None,
         sending: None,
         done: Some(tx),
     }));
@@ -208,6 +216,7 @@ fn task(state: &Shared) -> anyhow::Result<serde_json::Value> {
                 "addChain": add,
                 "payment": payment,
                 "paid": st.paid,
+                "pending": st.pending,
             })
         }
     })
@@ -273,6 +282,11 @@ async fn paying(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde
         if let Some(tx) = &st.paid {
             anyhow::bail!("this job is paid already (in {tx}); sign it");
         }
+        if let Some(tx) = &st.pending {
+            anyhow::bail!(
+                "the payment {tx} is not mined yet; it is not sent again: wait for it (or speed it up in your wallet)"
+            );
+        }
         let input =
             aic_chain::token::IAIC::transferCall { to: p.treasury, value: alloy::primitives::U256::from(p.amount) }
                 .abi_encode();
@@ -297,14 +311,18 @@ async fn paid(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_j
     }
     let b: B = serde_json::from_value(body).context("want {tx}")?;
     let (rpc, sent) = {
-        let st = state.lock().unwrap();
+        let mut st = state.lock().unwrap();
         let Task::Sign { chain, .. } = &st.task else { anyhow::bail!("this page is not signing a job") };
+        let rpc = chain.rpc_url.clone();
         let sent = st.sending.clone().ok_or_else(|| anyhow!("the page did not say it was paying; reload it"))?;
-        (chain.rpc_url.clone(), sent)
+        // From now on a second try follows this payment instead of sending another.
+        st.pending = Some(format!("{:#x}", b.tx));
+        (rpc, sent)
     };
     let provider = alloy::providers::ProviderBuilder::new().connect_http(rpc.parse()?);
     let every = std::time::Duration::from_millis(250);
-    let followed = aic_chain::follow::follow(&provider, b.tx, &sent, every, PAYMENT_WAIT).await?;
+    let followed = aic_chain::follow::follow(&provider, b.tx, &sent, every, payment_wait()).await?;
+    state.lock().unwrap().pending = None;
     match followed {
         aic_chain::follow::Followed::Mined { tx, replaced } => {
             let tx = format!("{tx:#x}");

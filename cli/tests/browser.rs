@@ -69,7 +69,24 @@ fn through_the_wallet_page(
     scenario: serde_json::Value,
     shot: &str,
 ) -> (std::process::Output, Page) {
-    let mut child = aic(pool.home.path()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    through_the_wallet_page_with(pool, args, &[], scenario, shot)
+}
+
+/// The same, with extra environment for `aic`.
+fn through_the_wallet_page_with(
+    pool: &Pool,
+    args: &[&str],
+    env: &[(&str, &str)],
+    scenario: serde_json::Value,
+    shot: &str,
+) -> (std::process::Output, Page) {
+    let mut child = aic(pool.home.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     let url = loop {
@@ -213,4 +230,36 @@ fn a_payment_sped_up_in_the_wallet_pays_the_job_under_its_new_hash() {
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(paid_with(&pool.succeeded(&job)), fast);
     assert_eq!(pool.balance(TREASURY), treasury + AIC, "paid once");
+}
+
+#[test]
+fn a_payment_not_mined_in_time_is_waited_for_on_the_next_try_never_sent_again() {
+    let pool = start_pool();
+    let (out, _) = through_the_wallet_page(
+        &pool,
+        &["login", "--browser"],
+        serde_json::json!({ "account": USER }),
+        "browser-login-3.png",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (user, treasury) = (pool.balance(USER), pool.balance(TREASURY));
+    let script = pool.home.path().join("hello.sh");
+    std::fs::write(&script, "echo held\n").unwrap();
+    // The chain does not include the payment within the page's wait (2 s here); the user
+    // tries again once it is mined.
+    let scenario =
+        serde_json::json!({ "account": USER, "startChain": "0x7a69", "knownChains": ["0x7a69"], "holdPayment": true });
+    let (out, page) = through_the_wallet_page_with(
+        &pool,
+        &["run", "--detach", script.to_str().unwrap()],
+        &[("AIC_PAYMENT_WAIT", "2")],
+        scenario,
+        "browser-held.png",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(page.errors.iter().any(|e| e.contains("not mined")), "{page:?}");
+    assert_eq!(page.wallet["sends"].as_array().map(Vec::len), Some(1), "paid once: {page:?}");
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(paid_with(&pool.succeeded(&job)), page.wallet["sends"][0].as_str().unwrap());
+    assert_eq!((pool.balance(USER), pool.balance(TREASURY)), (user - AIC, treasury + AIC));
 }

@@ -24,7 +24,7 @@
 //   same nonce, a higher fee, mined in its place (the first hash never mines).
 //
 // usage: NODE_PATH=contracts/node_modules node wallet.cjs URL RPC_URL SCENARIO_JSON SCREENSHOT.png
-// SCENARIO: {account, startChain?, knownChains?, switchTo?, rejectSignOnce?, speedUp?, wallets?}
+// SCENARIO: {account, startChain?, knownChains?, switchTo?, rejectSignOnce?, speedUp?, holdPayment?, wallets?}
 // Prints one JSON line: {status, done, errors, waits, wallet: {sends, wrongChainSends, switched, added}}.
 const { chromium } = require("playwright-core");
 
@@ -38,6 +38,7 @@ function installWallet({ rpc, scenario }) {
     listeners: {},
     rejectSignOnce: !!scenario.rejectSignOnce,
     speedUp: !!scenario.speedUp,
+    holdPayment: !!scenario.holdPayment,
     log: { sends: [], wrongChainSends: 0, switched: [], added: [], spedUp: null },
   };
   let id = 0;
@@ -148,6 +149,14 @@ function installWallet({ rpc, scenario }) {
             return "0x" + Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, "0")).join("");
           }
           if (state.speedUp) return speedUp(tx);
+          if (state.holdPayment) {
+            // Sent, but the chain does not include it until the test mines (a slow network).
+            state.holdPayment = false;
+            await anvil("evm_setAutomine", [false]);
+            const hash = await anvil(method, params);
+            state.log.sends.push(hash);
+            return hash;
+          }
           const hash = await anvil(method, params);
           state.log.sends.push(hash);
           return hash;
@@ -177,6 +186,7 @@ function installWallet({ rpc, scenario }) {
   window.__wallet = {
     log: state.log,
     switchAccount(a) { state.account = a; emit("accountsChanged", [a]); },
+    async mine() { await anvil("evm_setAutomine", [true]); await anvil("evm_mine", []); },
   };
 }
 
@@ -199,7 +209,7 @@ async function main() {
     const text = () => page.textContent("#status");
     const cls = () => page.getAttribute("#status", "class");
     let switched = false;
-    let retries = scenario.rejectSignOnce ? 1 : 0;
+    let retries = (scenario.rejectSignOnce ? 1 : 0) + (scenario.holdPayment ? 1 : 0);
     for (;;) {
       await page.waitForSelector("#status.done, #status.error, #status.wait:not(:has(+ #wallets:not([hidden])))", { timeout: 120000 });
       const c = await cls();
@@ -215,6 +225,8 @@ async function main() {
       if (c === "error" && retries > 0) {
         result.errors.push(t);
         retries -= 1;
+        // The held payment: the chain includes it now, and the user tries again.
+        if (scenario.holdPayment && t.includes("not mined")) await page.evaluate(() => window.__wallet.mine());
         await page.click("#go");
         await page.waitForFunction(() => document.querySelector("#status").className !== "error", null, { timeout: 30000 });
         continue;
