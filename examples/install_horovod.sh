@@ -18,7 +18,12 @@ src="$work/horovod-0.28.1"
 sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt"
 grep -q 'CMAKE_CXX_STANDARD 17' "$src/CMakeLists.txt" || sed -i '1a set(CMAKE_CXX_STANDARD 17)' "$src/CMakeLists.txt"
 sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 20)/' "$src/horovod/torch/CMakeLists.txt"
-PATH="$venv/bin:$PATH" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+# AIC_HOROVOD_MPI=1 builds the MPI controller too (against the mpicc on PATH) and
+# AIC_HOROVOD_NCCL=1 NCCL's GPU operations (CUDA toolkit needed): the worker image does both.
+extra=(HOROVOD_WITHOUT_MPI=1)
+if [ "${AIC_HOROVOD_MPI:-0}" = 1 ]; then extra=(HOROVOD_WITH_MPI=1); fi
+if [ "${AIC_HOROVOD_NCCL:-0}" = 1 ]; then extra+=(HOROVOD_GPU_OPERATIONS=NCCL); fi
+env PATH="$venv/bin:$PATH" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 "${extra[@]}" \
   HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
   "$pip" install --disable-pip-version-check --no-build-isolation --no-cache-dir "$src"
 "$venv/bin/python" -c "import horovod.torch as hvd; print('horovod', hvd.__version__ if hasattr(hvd, '__version__') else 'ok')"

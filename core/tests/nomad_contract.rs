@@ -139,6 +139,40 @@ async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_re
 }
 
 #[tokio::test]
+async fn a_node_going_down_leaves_its_rank_unknown_unreplaced_and_the_whole_job_restarts() {
+    // Nomad replaces a lost allocation whatever the reschedule policy; a rank replaced alone
+    // would start beside aic's own restart with the same index and attempt. The train job
+    // asks for `disconnect { replace = false }`: the rank goes `unknown`, and aic restarts the
+    // whole job with the next attempt.
+    use aic_core::scheduler::nomad::AllocAction;
+    use aic_schemas::JobState;
+    let (_dir, store, state, n, job) = submitted_and_running(2).await;
+    let events = state.lock().unwrap().node_down("node-b");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["ClientStatus"], "unknown");
+    assert!(state.lock().unwrap().replacements.is_empty(), "Nomad placed a lone replacement rank");
+    assert_eq!(n.on_alloc(&store, &events[0]).await.unwrap(), AllocAction::Restarted(1));
+    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::Retrying);
+    assert_eq!(
+        st.reason.as_deref(),
+        Some(
+            "allocation 1 on node-b was lost (its node stopped answering); starting again from the last checkpoint (retry 1 of 2)"
+        )
+    );
+    // A deployment's replica on a node that goes down is Nomad's to replace, alone.
+    let (_, m) = manifest_of("serve", 1, 1);
+    let dep = running_job(&store, &m).await;
+    n.submit(&dep, &m).await.unwrap();
+    let node = state.lock().unwrap().allocs[&nomad_id(&dep)][0].clone();
+    let events = state.lock().unwrap().node_down(&node);
+    let ev = events.iter().find(|e| e["JobID"] == nomad_id(&dep)).unwrap();
+    assert_eq!(ev["ClientStatus"], "lost");
+    assert_eq!(state.lock().unwrap().replacements.len(), 1, "the replica is replaced");
+    assert_eq!(n.on_alloc(&store, ev).await.unwrap(), AllocAction::Nothing);
+}
+
+#[tokio::test]
 async fn a_lost_replica_of_a_deployment_is_left_to_nomads_reschedule() {
     use aic_core::scheduler::nomad::AllocAction;
     use aic_schemas::JobState;

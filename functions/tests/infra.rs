@@ -293,7 +293,28 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
     assert_eq!(group["reschedule"]["attempts"], tg["ReschedulePolicy"]["Attempts"]);
     assert_eq!(group["constraint"]["operator"], tg["Constraints"][0]["Operand"]);
     assert_eq!(task["kill_signal"], t["KillSignal"]);
+    assert_eq!(group["disconnect"]["replace"], tg["Disconnect"]["Replace"]);
     assert_eq!(task["kill_timeout"], "30s");
+    // The same driver and container settings as the default the functions register with.
+    assert_eq!(task["driver"], t["Driver"]);
+    for (k, v) in t["Config"].as_object().unwrap() {
+        if k != "image" {
+            assert_eq!(&task["config"][k], v, "config.{k}");
+        }
+    }
+    let file = nomad("worker.nomad.hcl");
+    assert_eq!(file["variable"]["image"]["default"], aic_core::scheduler::nomad::DEFAULT_IMAGE);
+    // The image has the worker where the task starts it, and is built under the default's name.
+    let docker = std::fs::read_to_string(repo().join("infra/nomad/worker.Dockerfile")).unwrap();
+    let command = t["Config"]["command"].as_str().unwrap();
+    assert!(
+        docker.lines().any(|l| l.starts_with("COPY ") && l.ends_with(command)),
+        "worker.Dockerfile puts no {command}"
+    );
+    assert!(docker.contains(&format!("-t {} .", aic_core::scheduler::nomad::DEFAULT_IMAGE)));
+    for tool in ["openmpi-bin", "openssh-server", "torch==", "uwsgi", "install_horovod.sh"] {
+        assert!(docker.contains(tool), "the worker image lacks {tool}");
+    }
     assert_eq!(t["KillTimeout"], 30_000_000_000u64);
 }
 
@@ -356,21 +377,11 @@ fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
 }
 
 fn nomad_cfg(worker_env: Vec<(String, String)>, secrets_var: Option<&str>) -> aic_core::scheduler::nomad::NomadConfig {
-    aic_core::scheduler::nomad::NomadConfig {
-        addr: "http://x".into(),
-        token: None,
-        region: None,
-        namespace: None,
-        datacenter: "dc1".into(),
-        driver: "exec".into(),
-        worker: "aic-worker".into(),
-        cpu_mhz: 2000,
-        memory_mb: 8192,
-        worker_env,
-        secrets_var: secrets_var.map(String::from),
-        worker_gateway: None,
-        stream_idle: std::time::Duration::from_secs(35),
-    }
+    // The defaults the functions register with.
+    let mut c = aic_core::scheduler::nomad::NomadConfig::new("http://x");
+    c.worker_env = worker_env;
+    c.secrets_var = secrets_var.map(String::from);
+    c
 }
 
 fn manifest(

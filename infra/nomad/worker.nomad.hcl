@@ -10,7 +10,7 @@
 # gateway, and no credentials at all.
 #
 #   nomad job run -namespace aic -var job_id=01k… -var owner=0x… -var miners=2 -var gpus=3 \
-#     infra/nomad/worker.nomad.hcl
+#     -var image=registry.pool.example/aic-worker:0.1.0 infra/nomad/worker.nomad.hcl
 
 variable "job_id" { type = string }
 variable "owner" { type = string }
@@ -25,6 +25,10 @@ variable "gpus" {
 variable "gateway" {
   type    = string
   default = "dc1"
+}
+variable "image" {
+  type    = string
+  default = "aic-worker:0.1.0"
 }
 variable "attempt" {
   type    = string
@@ -66,17 +70,29 @@ job "aic-job" {
       unlimited = false
     }
 
+    # A rank on a node that stops answering stays `unknown`, never replaced alone: aic
+    # restarts the whole job (Nomad 1.8+).
+    disconnect {
+      replace   = false
+      reconcile = "keep_original"
+    }
+
     network {
       port "rdzv" {}
     }
 
+    # The worker image (infra/nomad/worker.Dockerfile): the docker driver gives the container
+    # the allocation's GPUs through NVIDIA's runtime; exec would give it no /dev/nvidia*.
     task "worker" {
-      driver       = "exec"
+      driver       = "docker"
       kill_signal  = "SIGTERM"
       kill_timeout = "30s"
 
       config {
-        command = "/usr/local/bin/aic-worker"
+        image        = var.image
+        command      = "/usr/local/bin/aic-worker"
+        network_mode = "host"
+        shm_size     = 8589934592
       }
 
       env {

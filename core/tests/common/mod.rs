@@ -31,6 +31,52 @@ pub struct Nomad {
     pub stream_queries: Vec<BTreeMap<String, String>>,
     /// Allocations of other namespaces' jobs: (node name, GPUs they hold).
     pub foreign: Vec<(String, u32)>,
+    /// Replacements Nomad's reconciler placed for lost allocations: (job, node, version).
+    pub replacements: Vec<(String, String, u64)>,
+}
+
+impl Nomad {
+    /// A node stops heartbeating and is marked down, and Nomad's reconciler acts on each
+    /// allocation there (scheduler/reconcile_util.go, `filterByTainted`): a running
+    /// allocation of a group whose `disconnect { replace = false }` becomes `unknown` and is
+    /// left alone; any other is `lost` and replaced on another node at once (whatever the
+    /// reschedule policy: lost allocations are always replaced). Returns the allocation
+    /// events the stream sends.
+    pub fn node_down(&mut self, node: &str) -> Vec<Value> {
+        let mut events = vec![];
+        let ids: Vec<String> =
+            self.allocs.iter().filter(|(_, ns)| ns.iter().any(|n| n == node)).map(|(id, _)| id.clone()).collect();
+        for id in ids {
+            let job = self.jobs[&id].clone();
+            let version = job["Version"].as_u64().unwrap();
+            let tg = &job["TaskGroups"][0];
+            let index = self.allocs[&id].iter().position(|n| n == node).unwrap();
+            let keep = tg["Disconnect"]["Replace"] == false;
+            let mut ev = json!({"ID": alloc_id(&id, node, version), "JobID": id,
+                "Name": format!("{id}.{}[{index}]", tg["Name"].as_str().unwrap()), "NodeName": node,
+                "ClientStatus": if keep { "unknown" } else { "lost" }, "DesiredStatus": "run", "Namespace": "aic"});
+            if !keep {
+                ev["ClientDescription"] = json!("alloc is lost since its node is down");
+                let gpus = tg["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
+                let dc = job["Datacenters"][0].as_str().unwrap().to_string();
+                let taken = self.allocs[&id].clone();
+                let spare = NODES.iter().find(|n| {
+                    n.2 == dc
+                        && n.4
+                        && n.1 != node
+                        && !taken.iter().any(|t| t == n.1)
+                        && n.3 - self.busy.get(n.1).copied().unwrap_or(0) >= gpus
+                });
+                if let Some(n) = spare {
+                    *self.busy.entry(n.1.to_string()).or_default() += gpus;
+                    self.allocs.get_mut(&id).unwrap()[index] = n.1.to_string();
+                    self.replacements.push((id.clone(), n.1.to_string(), version));
+                }
+            }
+            events.push(ev);
+        }
+        events
+    }
 }
 
 /// (id, name, datacenter, GPUs, eligible). `node-e` in `mixed` has its 4 GPUs in two
@@ -273,6 +319,7 @@ pub fn cfg(addr: &str, token: &str) -> NomadConfig {
         namespace: Some("aic".into()),
         datacenter: "test_gateway".into(),
         driver: "exec".into(),
+        image: aic_core::scheduler::nomad::DEFAULT_IMAGE.into(),
         worker: "aic-worker".into(),
         cpu_mhz: 1000,
         memory_mb: 2048,

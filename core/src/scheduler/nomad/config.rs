@@ -7,7 +7,10 @@ pub struct NomadConfig {
     pub region: Option<String>,
     pub namespace: Option<String>,
     pub datacenter: String,
+    /// `docker` (the default), `exec` or `raw_exec`: see [`super::spec::task_config`].
     pub driver: String,
+    /// The worker image, for the `docker` driver.
+    pub image: String,
     pub worker: String,
     pub cpu_mhz: u32,
     pub memory_mb: u32,
@@ -24,7 +27,31 @@ pub struct NomadConfig {
     pub stream_idle: std::time::Duration,
 }
 
+/// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
+/// pushes it to its registry and sets `AIC_NOMAD_IMAGE` to that name.
+pub const DEFAULT_IMAGE: &str = concat!("aic-worker:", env!("CARGO_PKG_VERSION"));
+
 impl NomadConfig {
+    /// The defaults for a cluster at `addr` (what [`NomadConfig::from_env`] starts from).
+    pub fn new(addr: &str) -> Self {
+        NomadConfig {
+            addr: addr.trim_end_matches('/').to_string(),
+            token: None,
+            region: None,
+            namespace: None,
+            datacenter: "dc1".into(),
+            driver: "docker".into(),
+            image: DEFAULT_IMAGE.into(),
+            worker: "/usr/local/bin/aic-worker".into(),
+            cpu_mhz: 2000,
+            memory_mb: 8192,
+            secrets_var: Some("nomad/jobs".into()),
+            worker_env: vec![],
+            worker_gateway: None,
+            stream_idle: std::time::Duration::from_secs(35),
+        }
+    }
+
     /// From the environment; `None` when `NOMAD_ADDR` is not set.
     pub fn from_env(worker_env: Vec<(String, String)>) -> Result<Option<Self>, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -32,20 +59,28 @@ impl NomadConfig {
         let num = |k: &str, d: u32| -> Result<u32, String> {
             var(k).map(|v| v.parse().map_err(|_| format!("{k}={v:?} is not a whole number"))).unwrap_or(Ok(d))
         };
+        let d = NomadConfig::new(&addr);
         Ok(Some(NomadConfig {
-            addr: addr.trim_end_matches('/').to_string(),
             token: var("NOMAD_TOKEN"),
             region: var("NOMAD_REGION"),
             namespace: var("NOMAD_NAMESPACE"),
-            datacenter: var("AIC_NOMAD_DATACENTER").unwrap_or_else(|| "dc1".into()),
-            driver: var("AIC_NOMAD_DRIVER").unwrap_or_else(|| "exec".into()),
-            worker: var("AIC_NOMAD_WORKER").unwrap_or_else(|| "aic-worker".into()),
-            cpu_mhz: num("AIC_NOMAD_CPU", 2000)?,
-            memory_mb: num("AIC_NOMAD_MEMORY_MB", 8192)?,
-            secrets_var: Some(var("AIC_NOMAD_SECRETS_VAR").unwrap_or_else(|| "nomad/jobs".into())),
+            datacenter: var("AIC_NOMAD_DATACENTER").unwrap_or(d.datacenter.clone()),
+            driver: match var("AIC_NOMAD_DRIVER").as_deref() {
+                None => d.driver.clone(),
+                Some(v @ ("docker" | "exec" | "raw_exec")) => v.into(),
+                Some(v) => {
+                    return Err(format!(
+                        "AIC_NOMAD_DRIVER={v:?} is not one aic can run workers with; use docker (the default), exec or raw_exec"
+                    ));
+                }
+            },
+            image: var("AIC_NOMAD_IMAGE").unwrap_or(d.image.clone()),
+            worker: var("AIC_NOMAD_WORKER").unwrap_or(d.worker.clone()),
+            cpu_mhz: num("AIC_NOMAD_CPU", d.cpu_mhz)?,
+            memory_mb: num("AIC_NOMAD_MEMORY_MB", d.memory_mb)?,
+            secrets_var: var("AIC_NOMAD_SECRETS_VAR").or(d.secrets_var.clone()),
             worker_env,
-            worker_gateway: None,
-            stream_idle: std::time::Duration::from_secs(35),
+            ..d
         }))
     }
 }

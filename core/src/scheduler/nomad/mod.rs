@@ -26,8 +26,9 @@
 //! |---|---|
 //! | `NOMAD_ADDR`, `NOMAD_TOKEN`, `NOMAD_REGION`, `NOMAD_NAMESPACE` | the cluster (`X-Nomad-Token`) |
 //! | `AIC_NOMAD_DATACENTER` | the default gateway (datacenter); default `dc1` |
-//! | `AIC_NOMAD_DRIVER` | task driver for aic-worker; default `exec` |
-//! | `AIC_NOMAD_WORKER` | the aic-worker command on the miners; default `aic-worker` |
+//! | `AIC_NOMAD_DRIVER` | task driver for aic-worker: `docker` (default), `exec`, `raw_exec` ([`task_config`] says what each means) |
+//! | `AIC_NOMAD_IMAGE` | the worker image, for `docker`; default [`DEFAULT_IMAGE`] |
+//! | `AIC_NOMAD_WORKER` | the aic-worker command (in the image, or on the miners); default `aic-worker` |
 //! | `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | per-allocation CPU (MHz) and memory |
 //! | `AIC_NOMAD_SECRETS_VAR` | Nomad Variable with the workers' store credentials (`s3_access_key`, `s3_secret_key`); default `nomad/jobs`, the one path every job of the namespace may read with its workload identity (`nomad/jobs/<job>` would be per job, and the jobs are named `aic-<id>`) |
 
@@ -51,8 +52,8 @@ use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted};
 use crate::layout::JobKey;
 
 pub use api::NomadError;
-pub use config::NomadConfig;
-pub use spec::{GPU_DEVICE, KILL_TIMEOUT, job_spec, nomad_id, placement_reason};
+pub use config::{DEFAULT_IMAGE, NomadConfig};
+pub use spec::{GPU_DEVICE, KILL_TIMEOUT, job_spec, nomad_id, placement_reason, task_config};
 pub use watch::AllocAction;
 
 use api::RegisterResponse;

@@ -29,6 +29,30 @@ pub(super) fn gateway(cfg: &NomadConfig, m: &JobManifest) -> String {
     m.placement.gateway.clone().unwrap_or_else(|| cfg.datacenter.clone())
 }
 
+/// The worker task's driver configuration.
+///
+/// - `docker` (the default): the worker image (`infra/nomad/worker.Dockerfile`). With a GPU
+///   reserved, Nomad's docker driver runs the container with the NVIDIA runtime
+///   (`nvidia_runtime`) and the plugin's `NVIDIA_VISIBLE_DEVICES`, so the ranks see exactly
+///   the GPUs Nomad gave the allocation. Host networking: MPI, Gloo and NCCL open ports
+///   beyond the rendezvous one between miners. `/dev/shm` of 8 GiB: NCCL and PyTorch's data
+///   loaders pass tensors through it, and Docker's 64 MiB default breaks them.
+/// - `exec`: isolation by chroot and cgroups, but its `/dev` holds no `/dev/nvidia*`
+///   (drivers/shared/executor), so only for pools without GPUs.
+/// - `raw_exec`: GPUs visible, but the user's program runs as the Nomad client's user on the
+///   miner, with no isolation at all: only for a pool whose users are all trusted.
+pub fn task_config(cfg: &NomadConfig) -> Value {
+    match cfg.driver.as_str() {
+        "docker" => json!({
+            "image": cfg.image,
+            "command": cfg.worker,
+            "network_mode": "host",
+            "shm_size": 8u64 << 30,
+        }),
+        _ => json!({"command": cfg.worker}),
+    }
+}
+
 /// The job's Nomad specification (the `Job` of `POST /v1/jobs`), for `attempt`.
 pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) -> Value {
     let r = &m.request;
@@ -122,13 +146,19 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             // aic restarts the job as a whole (see the module docs), Nomad does not.
             "RestartPolicy": {"Attempts": 0, "Mode": "fail", "Interval": ns(Duration::from_secs(60)), "Delay": ns(Duration::from_secs(5))},
             "ReschedulePolicy": {"Attempts": 0, "Unlimited": false, "Interval": ns(Duration::from_secs(60)), "Delay": ns(Duration::from_secs(5)), "DelayFunction": "constant"},
+            // A rank on a node that stops answering is not replaced by Nomad (its reconciler
+            // replaces lost allocations whatever the reschedule policy, scheduler/reconcile.go):
+            // it stays `unknown` and aic restarts the whole job with the next attempt, so no
+            // lone replacement starts beside the restart with the same index and attempt.
+            // Nomad 1.8+ (the `disconnect` block).
+            "Disconnect": {"Replace": false, "Reconcile": "keep_original"},
             "EphemeralDisk": {"SizeMB": 10240, "Migrate": false, "Sticky": false},
             "Networks": [{"Mode": "host", "DynamicPorts": ports}],
             "Services": services,
             "Tasks": [{
                 "Name": "worker",
                 "Driver": cfg.driver,
-                "Config": {"command": cfg.worker},
+                "Config": task_config(cfg),
                 "Env": env,
                 "Templates": templates,
                 "Resources": {"CPU": cfg.cpu_mhz, "MemoryMB": cfg.memory_mb, "Devices": devices},
@@ -149,6 +179,8 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
         spec["TaskGroups"][0]["RestartPolicy"] = json!({"Attempts": 3, "Mode": "delay", "Interval": ns(Duration::from_secs(300)), "Delay": ns(Duration::from_secs(10))});
         spec["TaskGroups"][0]["ReschedulePolicy"] = json!({"Unlimited": true, "Delay": ns(Duration::from_secs(10)), "DelayFunction": "exponential", "MaxDelay": ns(Duration::from_secs(300))});
         spec["TaskGroups"][0]["Constraints"] = json!([]);
+        // A lost replica is replaced at once (the others keep serving).
+        spec["TaskGroups"][0]["Disconnect"] = json!({"Replace": true, "Reconcile": "best_score"});
     }
     spec
 }
@@ -208,7 +240,8 @@ mod tests {
             region: None,
             namespace: Some("aic".into()),
             datacenter: "test_gateway".into(),
-            driver: "exec".into(),
+            driver: "docker".into(),
+            image: "registry.pool/aic-worker:0.1.0".into(),
             worker: "/usr/local/bin/aic-worker".into(),
             cpu_mhz: 2000,
             memory_mb: 8192,
@@ -280,11 +313,21 @@ mod tests {
         assert_eq!(tg["RestartPolicy"]["Mode"], "fail");
         assert_eq!(tg["ReschedulePolicy"]["Attempts"], 0);
         assert_eq!(tg["ReschedulePolicy"]["Unlimited"], false);
+        assert_eq!(tg["Disconnect"]["Replace"], false, "a lost rank is aic's to restart, never replaced alone");
         assert_eq!(tg["Networks"][0]["Mode"], "host");
         assert_eq!(tg["Networks"][0]["DynamicPorts"], json!([{"Label": "rdzv"}]));
         let t = &tg["Tasks"][0];
-        assert_eq!(t["Driver"], "exec");
+        assert_eq!(t["Driver"], "docker");
+        assert_eq!(t["Config"]["image"], "registry.pool/aic-worker:0.1.0");
         assert_eq!(t["Config"]["command"], "/usr/local/bin/aic-worker");
+        assert_eq!(t["Config"]["network_mode"], "host", "ranks reach each other on more ports than rdzv");
+        assert_eq!(t["Config"]["shm_size"], 8u64 << 30);
+        let mut exec = cfg();
+        exec.driver = "exec".into();
+        assert_eq!(
+            job_spec(&exec, &job, &m, 0)["TaskGroups"][0]["Tasks"][0]["Config"],
+            json!({"command": "/usr/local/bin/aic-worker"})
+        );
         assert_eq!(t["Resources"]["Devices"], json!([{"Name": "nvidia/gpu", "Count": 3}]));
         assert_eq!(t["Resources"]["CPU"], 2000);
         assert_eq!(t["Resources"]["MemoryMB"], 8192);

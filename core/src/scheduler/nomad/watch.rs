@@ -108,7 +108,9 @@ impl NomadScheduler {
     pub async fn on_alloc(&self, store: &Store, a: &Value) -> Result<AllocAction, ScheduleError> {
         let Some(id) = a["JobID"].as_str().filter(|id| id.starts_with("aic-")) else { return Ok(AllocAction::Nothing) };
         let client = a["ClientStatus"].as_str().unwrap_or("");
-        if !matches!(client, "lost" | "failed") {
+        // `unknown`: its node stopped answering, and the job's `disconnect { replace = false }`
+        // keeps Nomad from replacing it; for a training job that is a lost rank.
+        if !matches!(client, "lost" | "failed" | "unknown") {
             return Ok(AllocAction::Nothing);
         }
         let Some(job) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? else {
@@ -155,10 +157,12 @@ impl NomadScheduler {
             a["Name"].as_str().and_then(|n| n.rsplit('[').next()).map(|n| n.trim_end_matches(']')).unwrap_or("?"),
             node,
             &format!(
-                "{client}{}",
+                "{}{}",
+                if client == "unknown" { "lost" } else { client },
                 a["ClientDescription"]
                     .as_str()
                     .filter(|d| !d.is_empty())
+                    .or((client == "unknown").then_some("its node stopped answering"))
                     .map(|d| format!(" ({d})"))
                     .unwrap_or_default()
             ),
