@@ -16,6 +16,7 @@
 //! pool/names/<addr>/<name>/<deployment>.json    an owner's deployments by name (the stable route)
 //! pool/inbox/<ulid>.json                        the poller's inbox: a request URL was signed
 //! pool/poller/state.json                        the poller's cursor and waiting set
+//! pool/gang/<job>.json                          a training job waiting to be placed whole (Nomad)
 //! ```
 //!
 //! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
@@ -56,6 +57,15 @@ pub fn serving_registration(deployment: &str, alloc: &str) -> String {
 pub const POLLER_INBOX: &str = "pool/inbox/";
 /// The poller's cursor and the requests it waits for.
 pub const POLLER_STATE: &str = "pool/poller/state.json";
+
+/// Training jobs waiting for room to start every rank at once (the Nomad backend's queue).
+pub const GANG_WAITING: &str = "pool/gang/";
+
+/// A training job waiting to be placed whole: job ids are ULIDs, so the listing is in order
+/// of submission.
+pub fn gang_waiting(job: &JobId) -> String {
+    format!("{GANG_WAITING}{job}.json")
+}
 
 /// `pool/names/<addr>/<name>/`: the deployments named `name` by `owner`, one record each,
 /// written by dispatch; the newest with a live replica answers `/n/<addr>/<name>/`.

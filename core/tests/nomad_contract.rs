@@ -17,7 +17,7 @@ use common::*;
 #[tokio::test]
 async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_cancelled() {
     let (state, addr) = nomad().await;
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), temp_store());
 
     // 2 miners × 2 GPUs: placed on the two eligible nodes.
     let (job, m) = manifest(2, 2);
@@ -26,7 +26,8 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
     {
         let s = state.lock().unwrap();
         let calls: Vec<(&str, &str)> = s.seen.iter().map(|(m, p, _)| (m.as_str(), p.as_str())).collect();
-        assert_eq!(calls[..2], [("GET", "/v1/nodes"), ("POST", "/v1/jobs")]);
+        assert_eq!(calls[0], ("GET", "/v1/nodes"));
+        assert_eq!(calls.iter().filter(|c| **c == ("POST", "/v1/jobs")).count(), 1);
         assert!(s.seen.iter().all(|(_, _, t)| t.as_deref() == Some(TOKEN)), "every call carries X-Nomad-Token");
         assert!(s.jobs.contains_key(&nomad_id(&job)));
     }
@@ -79,9 +80,13 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
 async fn a_bad_token_and_an_unreachable_cluster_say_what_to_fix() {
     let (_state, addr) = nomad().await;
     let (job, m) = manifest(1, 1);
-    let err = NomadScheduler::new(cfg(&addr, "wrong")).submit(&job, &m).await.unwrap_err().to_string();
+    let err = NomadScheduler::new(cfg(&addr, "wrong"), temp_store()).submit(&job, &m).await.unwrap_err().to_string();
     assert!(err.contains("403") && err.contains("NOMAD_TOKEN"), "{err}");
-    let err = NomadScheduler::new(cfg("http://127.0.0.1:1", TOKEN)).submit(&job, &m).await.unwrap_err().to_string();
+    let err = NomadScheduler::new(cfg("http://127.0.0.1:1", TOKEN), temp_store())
+        .submit(&job, &m)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot reach Nomad at http://127.0.0.1:1"), "{err}");
 }
 
@@ -93,7 +98,7 @@ async fn submitted_and_running(miners: u32) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
     let (state, addr) = nomad().await;
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), store.clone());
     let (_, m) = manifest(miners, 1);
     let job = running_job(&store, &m).await;
     n.submit(&job, &m).await.unwrap();
@@ -108,11 +113,16 @@ async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_re
     let (_dir, store, state, n, job) = submitted_and_running(2).await;
 
     // A running allocation's update: nothing to do.
-    let mut ok = lost(&job, 0, "node-b");
+    let (mut ok, stale) = {
+        let s = state.lock().unwrap();
+        (lost(&s, &job, "node-b"), lost(&s, &job, "node-a"))
+    };
     ok["ClientStatus"] = json!("running");
     assert_eq!(n.on_alloc(&store, &ok).await.unwrap(), AllocAction::Nothing);
-    // node-b is lost: the job is registered again with attempt 1, and says why.
-    assert_eq!(n.on_alloc(&store, &lost(&job, 0, "node-b")).await.unwrap(), AllocAction::Restarted(1));
+    // node-b is lost: every rank stops and the job is registered anew, whole, with attempt 1,
+    // and the status says why.
+    let ev = lost(&state.lock().unwrap(), &job, "node-b");
+    assert_eq!(n.on_alloc(&store, &ev).await.unwrap(), AllocAction::Restarted(1));
     let st = status::current(&store, &job).await.unwrap().unwrap();
     assert_eq!(st.state, JobState::Retrying);
     assert_eq!(
@@ -121,16 +131,20 @@ async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_re
     );
     {
         let s = state.lock().unwrap();
+        assert_eq!(s.purged, [nomad_id(&job)], "the old ranks gave their GPUs back");
         let j = &s.jobs[&nomad_id(&job)];
-        assert_eq!((j["Version"].as_u64(), j["Meta"]["aic_attempt"].as_str()), (Some(1), Some("1")));
+        assert_eq!(j["Meta"]["aic_attempt"].as_str(), Some("1"));
+        assert_eq!(s.allocs[&nomad_id(&job)].len(), 2, "placed whole");
     }
-    // The other allocation of the replaced version reports lost too: it changes nothing.
-    assert_eq!(n.on_alloc(&store, &lost(&job, 0, "node-a")).await.unwrap(), AllocAction::Nothing);
+    // The other rank of the purged job reports lost too: it changes nothing.
+    assert_eq!(n.on_alloc(&store, &stale).await.unwrap(), AllocAction::Nothing);
     // The worker of the new attempt runs; lost again, and again: retries run out.
     status::advance(&store, &job, aic_core::status::Transition::new(JobState::Running, "worker")).await.unwrap();
-    assert_eq!(n.on_alloc(&store, &lost(&job, 1, "node-a")).await.unwrap(), AllocAction::Restarted(2));
+    let ev = lost(&state.lock().unwrap(), &job, "node-a");
+    assert_eq!(n.on_alloc(&store, &ev).await.unwrap(), AllocAction::Restarted(2));
     status::advance(&store, &job, aic_core::status::Transition::new(JobState::Running, "worker")).await.unwrap();
-    match n.on_alloc(&store, &lost(&job, 2, "node-a")).await.unwrap() {
+    let ev = lost(&state.lock().unwrap(), &job, "node-a");
+    match n.on_alloc(&store, &ev).await.unwrap() {
         AllocAction::Failed(why) => assert!(why.ends_with(&format!("no retries left ({MAX_RETRIES} used)")), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -179,11 +193,12 @@ async fn a_lost_replica_of_a_deployment_is_left_to_nomads_reschedule() {
     let dir = tempfile::tempdir().unwrap();
     let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
     let (state, addr) = nomad().await;
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), store.clone());
     let (_, m) = manifest_of("serve", 2, 1);
     let job = running_job(&store, &m).await;
     n.submit(&job, &m).await.unwrap();
-    assert_eq!(n.on_alloc(&store, &lost(&job, 0, "node-b")).await.unwrap(), AllocAction::Nothing);
+    let ev = lost(&state.lock().unwrap(), &job, "node-b");
+    assert_eq!(n.on_alloc(&store, &ev).await.unwrap(), AllocAction::Nothing);
     let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
     assert_eq!(st.state, JobState::Running, "the deployment keeps running");
     let s = state.lock().unwrap();
@@ -193,7 +208,7 @@ async fn a_lost_replica_of_a_deployment_is_left_to_nomads_reschedule() {
 #[tokio::test]
 async fn serving_endpoints_are_where_nomad_placed_the_deployments_service() {
     let (state, addr) = nomad().await;
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), temp_store());
     let (job, m) = manifest_of("serve", 2, 1);
     n.submit(&job, &m).await.unwrap();
     let eps = n.endpoints(job.job.as_str()).await.unwrap().unwrap();
@@ -221,7 +236,7 @@ async fn a_failure_the_worker_recorded_stops_the_other_allocations() {
     use aic_schemas::JobState;
     let (_dir, store, state, n, job) = submitted_and_running(2).await;
     advance(&store, &job, Transition::new(JobState::Failed, "worker").reason("exit code 1")).await.unwrap();
-    let mut failed = lost(&job, 0, "node-a");
+    let mut failed = lost(&state.lock().unwrap(), &job, "node-a");
     failed["ClientStatus"] = json!("failed");
     assert_eq!(n.on_alloc(&store, &failed).await.unwrap(), AllocAction::Stopped);
     assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)));
@@ -232,7 +247,7 @@ async fn the_watcher_follows_the_event_stream_and_resumes_from_its_index() {
     use aic_schemas::JobState;
     let (_dir, store, state, n, job) = submitted_and_running(1).await;
     let ev = json!({"Index": 42, "Events": [{"Topic": "Allocation", "Type": "AllocationUpdated", "Key": "alloc-1",
-        "Namespace": "aic", "Index": 42, "Payload": {"Allocation": lost(&job, 0, "node-a")}}]});
+        "Namespace": "aic", "Index": 42, "Payload": {"Allocation": lost(&state.lock().unwrap(), &job, "node-a")}}]});
     state.lock().unwrap().stream = vec!["{}".into(), ev.to_string(), "{}".into()];
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let w = {
@@ -271,7 +286,7 @@ async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     let (state, addr) = nomad().await;
     let mut c = cfg(&addr, TOKEN);
     c.stream_idle = std::time::Duration::from_millis(500);
-    let n = NomadScheduler::new(c);
+    let n = NomadScheduler::new(c, store.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let w = tokio::spawn(async move {
         n.watch(store, async {
@@ -295,7 +310,7 @@ async fn a_device_request_is_met_within_one_device_group() {
     let (_state, addr) = nomad().await;
     let mut c = cfg(&addr, TOKEN);
     c.datacenter = "mixed".into();
-    let n = NomadScheduler::new(c);
+    let n = NomadScheduler::new(c, temp_store());
     let (job, m) = manifest(1, 4);
     match n.submit(&job, &m).await {
         Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("0 with that many GPUs"), "{why}"),
@@ -309,11 +324,117 @@ async fn a_device_request_is_met_within_one_device_group() {
 async fn gpus_held_by_other_namespaces_are_not_free() {
     let (state, addr) = nomad().await;
     state.lock().unwrap().foreign.push(("node-b".into(), 2));
-    let n = NomadScheduler::new(cfg(&addr, TOKEN));
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), temp_store());
     let pool = n.pool().await.unwrap();
     let tg = pool.iter().find(|g| g.name == "test_gateway").unwrap();
     assert_eq!(
         tg.miners.iter().map(|m| (m.name.as_str(), m.free_gpus)).collect::<Vec<_>>(),
         [("node-a", 2), ("node-b", 0)]
     );
+}
+
+#[tokio::test]
+async fn a_training_job_placed_only_in_part_gives_its_gpus_back_and_waits_to_start_whole() {
+    // Nomad places what it can of a group and blocks the rest: a 2-miner job would hold one
+    // miner's GPUs while its rank waits for the other. aic purges it and waits.
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), store.clone());
+    let (_, m) = manifest(2, 2);
+    let job = running_job(&store, &m).await;
+    // Another scheduler takes node-b between aic's look at the pool and its registration.
+    state.lock().unwrap().busy.insert("node-b".into(), 2);
+    match n.submit(&job, &m).await.unwrap() {
+        Submitted::Queued(why) => assert!(why.starts_with("no node with 2 free nvidia/gpu"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.purged, [nomad_id(&job)], "the placed rank was purged");
+        assert!(!s.allocs.contains_key(&nomad_id(&job)));
+        assert_eq!(s.busy.get("node-a").copied().unwrap_or(0), 0, "node-a's GPUs are free again");
+    }
+    let waiting = n.waiting().await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!((waiting[0].job.clone(), waiting[0].attempt), (job.job.clone(), 0));
+    // Still no room: trying again changes nothing.
+    assert!(n.place_waiting().await.unwrap().is_empty());
+    assert_eq!(n.waiting().await.unwrap().len(), 1);
+    // node-b frees up: placed whole, and out of the queue.
+    state.lock().unwrap().busy.insert("node-b".into(), 0);
+    assert_eq!(n.place_waiting().await.unwrap(), [job.clone()]);
+    assert_eq!(state.lock().unwrap().allocs[&nomad_id(&job)].len(), 2);
+    assert!(n.waiting().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_training_job_without_room_for_every_rank_is_not_registered_and_starts_when_an_allocation_ends() {
+    use aic_schemas::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.stream_idle = std::time::Duration::from_millis(300);
+    c.gang_retry = std::time::Duration::from_secs(3600);
+    let n = NomadScheduler::new(c, store.clone());
+    // Another namespace's job holds node-b.
+    state.lock().unwrap().foreign.push(("node-b".into(), 2));
+    let (_, m) = manifest(2, 2);
+    let job = running_job(&store, &m).await;
+    match n.submit(&job, &m).await.unwrap() {
+        Submitted::Queued(why) => {
+            assert_eq!(why, "waiting for 2 miners with 2 free nvidia/gpu each at once in gateway test_gateway (1 now)")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)), "nothing registered, nothing held");
+    // A job cancelled while it waits leaves the queue.
+    let (_, m2) = manifest(2, 2);
+    let gone = running_job(&store, &m2).await;
+    n.submit(&gone, &m2).await.unwrap();
+    aic_core::status::advance(&store, &gone, aic_core::status::Transition::new(JobState::Cancelled, "test"))
+        .await
+        .unwrap();
+    assert_eq!(n.waiting().await.unwrap().len(), 2);
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let n = n.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            aic_core::scheduler::Scheduler::run(
+                &n,
+                store,
+                Box::pin(async {
+                    let _ = rx.await;
+                }),
+            )
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    // The first look finds no room, and drops the cancelled job.
+    while n.waiting().await.unwrap().len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "the cancelled job never left the queue");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)));
+    // The other namespace's allocation ends; the stream says so, and the job is placed whole.
+    {
+        let mut s = state.lock().unwrap();
+        s.foreign.clear();
+        let ev = json!({"Index": 7, "Events": [{"Topic": "Allocation", "Type": "AllocationUpdated", "Index": 7,
+            "Payload": {"Allocation": {"ID": "other-node-b", "JobID": "trainer", "Namespace": "ml-team",
+                "NodeName": "node-b", "ClientStatus": "complete"}}}]});
+        s.stream = vec![ev.to_string()];
+    }
+    while !state.lock().unwrap().allocs.get(&nomad_id(&job)).is_some_and(|a| a.len() == 2) {
+        assert!(std::time::Instant::now() < deadline, "the waiting job was never placed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(n.waiting().await.unwrap().is_empty());
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&gone)), "a cancelled job is never placed");
+    tx.send(()).unwrap();
+    runner.await.unwrap();
 }

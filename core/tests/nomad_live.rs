@@ -3,24 +3,38 @@
 //! operator:
 //!
 //! ```text
-//! NOMAD_ADDR=http://nomad.pool:4646 NOMAD_TOKEN=… AIC_NOMAD_DATACENTER=dc1 \
-//!   cargo test -p aic-core --test nomad_live -- --nocapture
+//! NOMAD_ADDR=http://nomad.pool:4646 NOMAD_TOKEN=… NOMAD_NAMESPACE=aic AIC_NOMAD_DATACENTER=dc1 \
+//!   AIC_NOMAD_IMAGE=registry.pool.example/aic-worker:0.1.0 \
+//!   cargo test -p aic-core --test nomad_live -- --nocapture --test-threads 1
 //! ```
-//! They register a 1-miner × 1-GPU job whose task is `/bin/true` (`AIC_NOMAD_WORKER`
-//! overrides), check its placement or queued reason, read the pool, and deregister it.
+//!
+//! - `a_job_is_placed_or_queued_then_deregistered_on_a_real_cluster`: a 1-miner × 1-GPU job
+//!   whose task is `/bin/true`, placed or queued with a reason, registered once, deregistered.
+//! - `a_rank_sees_exactly_the_gpus_nomad_reserved`: a 1-miner × 1-GPU job whose task runs
+//!   `nvidia-smi -L` in the worker image (docker driver, NVIDIA runtime); its output lists
+//!   exactly one GPU, the one whose UUID the device plugin reserved.
+//! - `a_training_job_waits_whole_while_a_node_is_taken`: one node's GPUs taken by a blocker,
+//!   a job of as many miners as there are GPU nodes waits without registering anything, then
+//!   is placed whole when the blocker is stopped.
+//! - `a_lost_node_restarts_the_whole_job` (only with `AIC_NOMAD_LIVE_LOSE=1`, by hand): a
+//!   2-miner job is placed, the test says which node's Nomad client to stop, and checks that
+//!   the rank there goes `unknown`, that Nomad places no replacement, and that the watcher
+//!   registers attempt 1.
+
+use std::time::{Duration, Instant};
 
 use aic_core::layout::JobKey;
-use aic_core::scheduler::nomad::{NomadConfig, NomadScheduler};
+use aic_core::scheduler::nomad::{NomadConfig, NomadScheduler, nomad_id};
 use aic_core::scheduler::{ScheduleError, Scheduler, Submitted};
 use aic_schemas::{JobId, JobManifest};
+use serde_json::{Value, json};
 
-fn live() -> Option<NomadScheduler> {
+fn live() -> Option<(NomadScheduler, aic_core::Store)> {
     match NomadConfig::from_env(vec![]) {
-        Ok(Some(mut cfg)) => {
-            if std::env::var("AIC_NOMAD_WORKER").is_err() {
-                cfg.worker = "/bin/true".into();
-            }
-            Some(NomadScheduler::new(cfg))
+        Ok(Some(cfg)) => {
+            let dir = tempfile::tempdir().unwrap().keep();
+            let store = aic_core::StoreConfig::Local { root: dir }.open().unwrap();
+            Some((NomadScheduler::new(cfg, store.clone()), store))
         }
         Ok(None) => {
             eprintln!("nomad_live: NOMAD_ADDR is not set; nothing to run against (see this file's header)");
@@ -30,22 +44,58 @@ fn live() -> Option<NomadScheduler> {
     }
 }
 
-#[tokio::test]
-async fn a_job_is_placed_or_queued_then_deregistered_on_a_real_cluster() {
-    let Some(n) = live() else { return };
-    let pool = n.pool().await.expect("reading the cluster's nodes");
-    eprintln!("gateways: {pool:#?}");
+fn manifest(miners: u32, gpus: u32) -> (JobKey, JobManifest) {
     let now = chrono::Utc::now();
-    let m: JobManifest = serde_json::from_value(serde_json::json!({
+    let m: JobManifest = serde_json::from_value(json!({
         "version": 1,
         "request": {"version": 1, "kind": "train", "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
-            "job_id": JobId::generate(), "entrypoint": "train.py", "miners": 1, "gpus_per_miner": 1,
+            "job_id": JobId::generate(), "entrypoint": "train.py", "miners": miners, "gpus_per_miner": gpus,
             "max_hours": 0.01, "created_at": now, "expires_at": now + chrono::Duration::hours(1)},
         "quote": {"gpu_hours": 0.01, "price_per_gpu_hour": "0", "total": "0"},
         "validated_at": now,
     }))
     .unwrap();
-    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    (JobKey::new(m.request.owner, m.request.job_id.clone()), m)
+}
+
+/// Registers the job's spec with its task's command replaced by `argv` (the worker image
+/// runs it), and returns the Nomad job id.
+async fn register_running(n: &NomadScheduler, job: &JobKey, m: &JobManifest, argv: &[&str]) -> String {
+    let mut spec = aic_core::scheduler::nomad::job_spec(n.config(), job, m, 0);
+    let task = &mut spec["TaskGroups"][0]["Tasks"][0];
+    task["Config"]["command"] = json!(argv[0]);
+    task["Config"]["args"] = json!(argv[1..]);
+    n.call(reqwest::Method::POST, "jobs", &[], Some(&json!({"Job": spec}))).await.unwrap();
+    nomad_id(job)
+}
+
+async fn allocations(n: &NomadScheduler, id: &str) -> Vec<Value> {
+    let v = n.call(reqwest::Method::GET, &format!("job/{id}/allocations"), &[], None).await.unwrap();
+    v.and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_placed_or_queued_then_deregistered_on_a_real_cluster() {
+    let Some((mut n, store)) = live() else { return };
+    if std::env::var("AIC_NOMAD_WORKER").is_err() {
+        let mut cfg = n.config().clone();
+        cfg.worker = "/bin/true".into();
+        n = NomadScheduler::new(cfg, store);
+    }
+    let pool = n.pool().await.expect("reading the cluster's nodes");
+    eprintln!("gateways: {pool:#?}");
+    let (job, m) = manifest(1, 1);
     match n.submit(&job, &m).await {
         Ok(Submitted::Placed(nodes)) => assert!(!nodes.is_empty()),
         Ok(Submitted::Queued(why)) => eprintln!("queued: {why}"),
@@ -58,5 +108,137 @@ async fn a_job_is_placed_or_queued_then_deregistered_on_a_real_cluster() {
     // Registering again is a no-op.
     assert!(n.submit(&job, &m).await.is_ok());
     n.cancel(&job).await.unwrap();
+    n.cancel(&job).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rank_sees_exactly_the_gpus_nomad_reserved() {
+    let Some((n, _store)) = live() else { return };
+    let (job, m) = manifest(1, 1);
+    let id = register_running(&n, &job, &m, &["nvidia-smi", "-L"]).await;
+    let alloc = until("the allocation to finish", Duration::from_secs(300), async || {
+        allocations(&n, &id)
+            .await
+            .into_iter()
+            .find(|a| matches!(a["ClientStatus"].as_str(), Some("complete" | "failed")))
+    })
+    .await;
+    let aid = alloc["ID"].as_str().unwrap();
+    let full = n.call(reqwest::Method::GET, &format!("allocation/{aid}"), &[], None).await.unwrap().unwrap();
+    let reserved: Vec<String> = full["AllocatedResources"]["Tasks"]["worker"]["Devices"][0]["DeviceIDs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("task", "worker"), ("type", "stdout"), ("plain", "true"), ("origin", "start")])
+        .finish();
+    let logs = reqwest::Client::new()
+        .get(format!("{}/v1/client/fs/logs/{aid}?{q}", n.config().addr))
+        .header("X-Nomad-Token", n.config().token.clone().unwrap_or_default())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    eprintln!("nvidia-smi -L in the rank:\n{logs}\nreserved: {reserved:?}");
+    assert_eq!(alloc["ClientStatus"], "complete", "nvidia-smi failed in the rank: {logs}");
+    let listed: Vec<&str> = logs.lines().filter(|l| l.starts_with("GPU ")).collect();
+    assert_eq!(listed.len(), 1, "the rank sees other GPUs than its own");
+    assert!(listed[0].contains(&reserved[0]), "the rank sees {} but Nomad reserved {reserved:?}", listed[0]);
+    n.cancel(&job).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_training_job_waits_whole_while_a_node_is_taken() {
+    let Some((n, store)) = live() else { return };
+    let gw = n.config().datacenter.clone();
+    let pool = n.pool().await.unwrap();
+    let miners: Vec<_> =
+        pool.iter().filter(|g| g.name == gw).flat_map(|g| g.miners.clone()).filter(|m| m.gpus > 0).collect();
+    if miners.len() < 2 || miners.iter().any(|m| m.free_gpus < m.gpus) {
+        eprintln!("needs 2 or more idle GPU nodes in {gw}: {miners:?}");
+        return;
+    }
+    // A blocker takes every GPU of one node.
+    let biggest = miners.iter().map(|m| m.gpus).max().unwrap();
+    let (blocker, bm) = manifest(1, biggest);
+    register_running(&n, &blocker, &bm, &["sleep", "600"]).await;
+    until("the blocker to run", Duration::from_secs(300), async || {
+        allocations(&n, &nomad_id(&blocker)).await.into_iter().find(|a| a["ClientStatus"] == "running")
+    })
+    .await;
+    let (job, m) = manifest(miners.len() as u32, 1);
+    let _ = aic_core::status::advance(
+        &store,
+        &job,
+        aic_core::status::Transition::new(aic_schemas::JobState::Submitted, "test"),
+    )
+    .await;
+    store.create_json(&job.manifest(), &m).await.unwrap();
+    match n.submit(&job, &m).await.unwrap() {
+        Submitted::Queued(why) => eprintln!("waits: {why}"),
+        other => panic!("{other:?} while a node is taken"),
+    }
+    assert!(allocations(&n, &nomad_id(&job)).await.is_empty(), "a rank holds GPUs while the job waits");
+    n.cancel(&blocker).await.unwrap();
+    let placed = until("the job to be placed whole", Duration::from_secs(300), async || {
+        let p = n.place_waiting().await.unwrap();
+        p.contains(&job).then_some(())
+    })
+    .await;
+    let _ = placed;
+    assert_eq!(allocations(&n, &nomad_id(&job)).await.len(), miners.len());
+    n.cancel(&job).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_node_restarts_the_whole_job() {
+    if std::env::var("AIC_NOMAD_LIVE_LOSE").as_deref() != Ok("1") {
+        eprintln!("nomad_live: AIC_NOMAD_LIVE_LOSE=1 runs the lost-node test (you stop a Nomad client by hand)");
+        return;
+    }
+    let Some((n, store)) = live() else { return };
+    let (_, m) = manifest(2, 1);
+    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    store.create_json(&job.manifest(), &m).await.unwrap();
+    for st in [aic_schemas::JobState::Submitted, aic_schemas::JobState::Paid, aic_schemas::JobState::Scheduled] {
+        aic_core::status::advance(&store, &job, aic_core::status::Transition::new(st, "test")).await.unwrap();
+    }
+    let Submitted::Placed(nodes) = n.submit(&job, &m).await.unwrap() else { panic!("no room for 2 miners") };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let n = n.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            n.run(
+                store,
+                Box::pin(async {
+                    let _ = rx.await;
+                }),
+            )
+            .await
+        })
+    };
+    eprintln!("stop the Nomad client on {} now (systemctl stop nomad); waiting up to 10 minutes", nodes[1]);
+    let id = nomad_id(&job);
+    until("the rank to go unknown", Duration::from_secs(600), async || {
+        allocations(&n, &id).await.into_iter().find(|a| a["ClientStatus"] == "unknown")
+    })
+    .await;
+    until("attempt 1", Duration::from_secs(120), async || {
+        let j = n.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await.unwrap()?;
+        (j["Meta"]["aic_attempt"] == "1").then_some(())
+    })
+    .await;
+    let allocs = allocations(&n, &id).await;
+    assert!(
+        allocs.iter().all(|a| a["PreviousAllocation"].as_str().unwrap_or("").is_empty()),
+        "Nomad replaced a rank by itself: {allocs:#?}"
+    );
+    tx.send(()).unwrap();
+    watcher.await.unwrap();
     n.cancel(&job).await.unwrap();
 }

@@ -61,7 +61,7 @@ async fn nomad_backend() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
     let (state, addr) = nomad().await;
-    Backend::Nomad { sched: Box::new(NomadScheduler::new(cfg(&addr, TOKEN))), store, state, _dir: dir }
+    Backend::Nomad { sched: Box::new(NomadScheduler::new(cfg(&addr, TOKEN), store.clone())), store, state, _dir: dir }
 }
 
 impl Backend {
@@ -99,12 +99,11 @@ impl Backend {
                 std::fs::write(starts, kept.join("\n") + "\n").unwrap();
             }
             Backend::Nomad { sched, store, state, .. } => {
-                let (version, node) = {
+                let mut ev = {
                     let s = state.lock().unwrap();
-                    let id = nomad_id(job);
-                    (s.jobs[&id]["Version"].as_u64().unwrap(), s.allocs[&id][index as usize].clone())
+                    let node = s.allocs[&nomad_id(job)][index as usize].clone();
+                    lost(&s, job, &node)
                 };
-                let mut ev = lost(job, version, &node);
                 ev["Name"] = serde_json::json!(format!("{}.train[{index}]", nomad_id(job)));
                 let act = sched.on_alloc(store, &ev).await.unwrap();
                 assert!(!matches!(act, AllocAction::Stopped), "{act:?}");

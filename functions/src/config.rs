@@ -136,7 +136,7 @@ pub fn build() -> anyhow::Result<Built> {
                          reach it) with AIC_GATEWAY_SECRET to give them only their job's objects"
                 ),
             }
-            Arc::new(aic_core::scheduler::nomad::NomadScheduler::new(cfg))
+            Arc::new(aic_core::scheduler::nomad::NomadScheduler::new(cfg, store.clone()))
         }
         other => bail!("AIC_SCHEDULER={other:?} is not known: use local or nomad"),
     };

@@ -33,9 +33,30 @@ pub struct Nomad {
     pub foreign: Vec<(String, u32)>,
     /// Replacements Nomad's reconciler placed for lost allocations: (job, node, version).
     pub replacements: Vec<(String, String, u64)>,
+    /// Every allocation ever placed, with the job as it was when it was made (what
+    /// `GET /v1/allocation/:id` returns).
+    pub history: BTreeMap<String, Value>,
+    /// Nomad's raft index, for jobs' `CreateIndex`.
+    pub index: u64,
+    /// Jobs purged (`DELETE …?purge=true`).
+    pub purged: Vec<String>,
 }
 
 impl Nomad {
+    /// The id of job `id`'s allocation on `node` now.
+    pub fn alloc_of(&self, id: &str, node: &str) -> String {
+        alloc_id(id, node, &self.jobs[id])
+    }
+
+    /// Stops job `id`'s allocations: their GPUs are free again.
+    fn stop_allocs(&mut self, id: &str) {
+        let Some(job) = self.jobs.get(id) else { return };
+        let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
+        for n in self.allocs.remove(id).unwrap_or_default() {
+            *self.busy.get_mut(&n).unwrap() -= gpus;
+        }
+    }
+
     /// A node stops heartbeating and is marked down, and Nomad's reconciler acts on each
     /// allocation there (scheduler/reconcile_util.go, `filterByTainted`): a running
     /// allocation of a group whose `disconnect { replace = false }` becomes `unknown` and is
@@ -52,7 +73,7 @@ impl Nomad {
             let tg = &job["TaskGroups"][0];
             let index = self.allocs[&id].iter().position(|n| n == node).unwrap();
             let keep = tg["Disconnect"]["Replace"] == false;
-            let mut ev = json!({"ID": alloc_id(&id, node, version), "JobID": id,
+            let mut ev = json!({"ID": self.alloc_of(&id, node), "JobID": id,
                 "Name": format!("{id}.{}[{index}]", tg["Name"].as_str().unwrap()), "NodeName": node,
                 "ClientStatus": if keep { "unknown" } else { "lost" }, "DesiredStatus": "run", "Namespace": "aic"});
             if !keep {
@@ -70,6 +91,7 @@ impl Nomad {
                 if let Some(n) = spare {
                     *self.busy.entry(n.1.to_string()).or_default() += gpus;
                     self.allocs.get_mut(&id).unwrap()[index] = n.1.to_string();
+                    self.history.insert(alloc_id(&id, n.1, &job), job.clone());
                     self.replacements.push((id.clone(), n.1.to_string(), version));
                 }
             }
@@ -109,6 +131,7 @@ async fn handle(
     let body = req.into_body().collect().await.unwrap().to_bytes();
     if path == "/v1/event/stream" && token.as_deref() == Some(TOKEN) {
         assert_eq!(query.get("topic").map(String::as_str), Some("Allocation:*"));
+        assert_eq!(query.get("namespace").map(String::as_str), Some("*"), "every namespace's allocations");
         let lines = {
             let mut s = state.lock().unwrap();
             s.stream_queries.push(query.clone());
@@ -164,12 +187,13 @@ async fn handle(
                 return Ok(text(500, "Enforcing job modify index 0: job already exists"));
             }
             let version = s.jobs.get(&id).map(|j| j["Version"].as_u64().unwrap() + 1).unwrap_or(0);
-            if let Some(old) = s.allocs.remove(&id) {
-                for n in old {
-                    *s.busy.get_mut(&n).unwrap() -=
-                        job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
-                }
-            }
+            s.index += 1;
+            let create = s.jobs.get(&id).map(|j| j["CreateIndex"].as_u64().unwrap()).unwrap_or(s.index);
+            s.stop_allocs(&id);
+            let mut stored = v["Job"].clone();
+            stored["Version"] = json!(version);
+            stored["CreateIndex"] = json!(create);
+            stored["Stop"] = json!(false);
             let count = job["TaskGroups"][0]["Count"].as_u64().unwrap() as u32;
             let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
             let dc = job["Datacenters"][0].as_str().unwrap();
@@ -180,23 +204,25 @@ async fn handle(
                 .map(|n| n.1.to_string())
                 .collect();
             let eval_id = format!("eval-{}", s.evals.len() + 1);
-            let eval = if free.len() as u32 >= count {
-                let placed: Vec<String> = free.into_iter().take(count as usize).collect();
-                for n in &placed {
-                    *s.busy.entry(n.clone()).or_default() += gpus;
-                }
+            // Nomad places what it can of the group and blocks the rest.
+            let placed: Vec<String> = free.iter().take(count as usize).cloned().collect();
+            for n in &placed {
+                *s.busy.entry(n.clone()).or_default() += gpus;
+                s.history.insert(alloc_id(&id, n, &stored), stored.clone());
+            }
+            if !placed.is_empty() {
                 s.allocs.insert(id.clone(), placed);
+            }
+            let eval = if free.len() as u32 >= count {
                 json!({"ID": eval_id, "Status": "complete"})
             } else {
                 json!({"ID": eval_id, "Status": "complete", "BlockedEval": "eval-blocked",
                     "FailedTGAllocs": {"train": {"NodesEvaluated": 3, "NodesFiltered": 1, "NodesExhausted": 2,
                         "ConstraintFiltered": {"${node.eligibility}": 1},
-                        "DimensionExhausted": {"devices: no devices match request": 2}, "CoalescedFailures": count - 1}}})
+                        "DimensionExhausted": {"devices: no devices match request": 2},
+                        "CoalescedFailures": count - free.len().min(count as usize) as u32 - 1}}})
             };
             s.evals.insert(eval_id.clone(), (0, eval));
-            let mut stored = v["Job"].clone();
-            stored["Version"] = json!(version);
-            stored["Stop"] = json!(false);
             s.jobs.insert(id, stored);
             reply(200, json!({"EvalID": eval_id, "EvalCreateIndex": 10, "JobModifyIndex": 10, "Warnings": ""}))
         }
@@ -221,7 +247,7 @@ async fn handle(
                 .get(id)
                 .into_iter()
                 .flatten()
-                .map(|n| json!({"ID": alloc_id(id, n, s.jobs[id]["Version"].as_u64().unwrap()), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
+                .map(|n| json!({"ID": s.alloc_of(id, n), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
                 .collect();
             reply(200, json!(allocs))
         }
@@ -234,10 +260,14 @@ async fn handle(
         }
         ("DELETE", p) if p.starts_with("/v1/job/") => {
             let id = p.trim_start_matches("/v1/job/").to_string();
-            if s.jobs.remove(&id).is_none() {
+            if !s.jobs.contains_key(&id) {
                 return Ok(text(404, "job not found"));
             }
-            s.allocs.remove(&id);
+            s.stop_allocs(&id);
+            s.jobs.remove(&id);
+            if query.get("purge").map(String::as_str) == Some("true") {
+                s.purged.push(id.clone());
+            }
             reply(200, json!({"EvalID": "eval-stop", "EvalCreateIndex": 20, "JobModifyIndex": 20}))
         }
         ("GET", p) if p.starts_with("/v1/service/aic-serve-") => {
@@ -260,12 +290,10 @@ async fn handle(
             // One allocation, with the job as it was when the allocation was made (an
             // allocation event carries no job: Nomad strips it, nomad/state/events.go).
             let aid = p.trim_start_matches("/v1/allocation/");
-            let job = s.jobs.keys().find(|k| aid.starts_with(&format!("{k}-"))).cloned();
-            let version = aid.rsplit_once("-v").and_then(|(_, v)| v.parse::<u64>().ok());
-            let (Some(job), Some(version)) = (job, version) else { return Ok(text(404, "alloc not found")) };
-            let mut j = s.jobs[&job].clone();
-            j["Version"] = json!(version);
-            reply(200, json!({"ID": aid, "JobID": job, "Job": j}))
+            match s.history.get(aid) {
+                Some(j) => reply(200, json!({"ID": aid, "JobID": j["ID"], "Job": j})),
+                None => text(404, "alloc not found"),
+            }
         }
         ("GET", "/v1/allocations") => {
             let mut out = vec![];
@@ -280,7 +308,7 @@ async fn handle(
             for (job, nodes) in &s.allocs {
                 for n in nodes {
                     let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
-                    out.push(json!({"ID": alloc_id(job, n, s.jobs[job]["Version"].as_u64().unwrap()), "NodeID": id, "ClientStatus": "running",
+                    out.push(json!({"ID": s.alloc_of(job, n), "NodeID": id, "ClientStatus": "running",
                         "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}]}}}}));
                 }
             }
@@ -327,6 +355,7 @@ pub fn cfg(addr: &str, token: &str) -> NomadConfig {
         secrets_var: None,
         worker_gateway: None,
         stream_idle: std::time::Duration::from_secs(35),
+        gang_retry: std::time::Duration::from_secs(30),
     }
 }
 
@@ -348,15 +377,16 @@ pub fn manifest_of(kind: &str, miners: u32, gpus: u32) -> (JobKey, JobManifest) 
     (JobKey::new(m.request.owner, m.request.job_id.clone()), m)
 }
 
-/// The fake's id of the allocation of Nomad job `id` version `version` on `node`.
-pub fn alloc_id(id: &str, node: &str, version: u64) -> String {
-    format!("{id}-{node}-v{version}")
+/// The fake's id of the allocation of Nomad job `id` (as registered: `job`) on `node`.
+pub fn alloc_id(id: &str, node: &str, job: &Value) -> String {
+    format!("{id}-{node}-c{}-v{}", job["CreateIndex"], job["Version"])
 }
 
-/// An allocation event as Nomad's stream sends it (`Payload.Allocation`): the allocation
-/// without its job, so without the job's version (nomad/state/events.go sets `Job` to nil).
-pub fn lost(job: &JobKey, version: u64, node: &str) -> Value {
-    json!({"ID": alloc_id(&nomad_id(job), node, version), "JobID": nomad_id(job), "Name": format!("{}.train[1]", nomad_id(job)),
+/// An allocation event as Nomad's stream sends it (`Payload.Allocation`) for job `job`'s
+/// allocation on `node` now: the allocation without its job, so without the job's version
+/// (nomad/state/events.go sets `Job` to nil).
+pub fn lost(s: &Nomad, job: &JobKey, node: &str) -> Value {
+    json!({"ID": s.alloc_of(&nomad_id(job), node), "JobID": nomad_id(job), "Name": format!("{}.train[1]", nomad_id(job)),
         "NodeName": node, "ClientStatus": "lost", "ClientDescription": "node is down", "Namespace": "aic"})
 }
 
@@ -369,4 +399,11 @@ pub async fn running_job(store: &aic_core::Store, m: &JobManifest) -> JobKey {
         advance(store, &job, Transition::new(st, "test")).await.unwrap();
     }
     job
+}
+
+/// A local store in a folder that outlives the test (for schedulers whose store a test does
+/// not look at).
+pub fn temp_store() -> aic_core::Store {
+    let dir = tempfile::tempdir().unwrap().keep();
+    aic_core::StoreConfig::Local { root: dir }.open().unwrap()
 }

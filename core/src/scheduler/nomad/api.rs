@@ -57,8 +57,9 @@ impl NomadScheduler {
         u
     }
 
-    /// One API call; `Ok(None)` for 404.
-    pub(super) async fn call(
+    /// One API call (the namespace and region added, `X-Nomad-Token` sent); `Ok(None)` for
+    /// 404. Public for the live tests, which read what Nomad did.
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -25,6 +25,9 @@ pub struct NomadConfig {
     /// How long the event stream may be silent before it is taken for dead and reopened
     /// (Nomad sends a `{}` heartbeat every 10 s).
     pub stream_idle: std::time::Duration,
+    /// How often waiting gang jobs are tried even when no allocation of aic's ended (GPUs
+    /// that other namespaces free are not on aic's event stream).
+    pub gang_retry: std::time::Duration,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -49,6 +52,7 @@ impl NomadConfig {
             worker_env: vec![],
             worker_gateway: None,
             stream_idle: std::time::Duration::from_secs(35),
+            gang_retry: std::time::Duration::from_secs(30),
         }
     }
 

@@ -39,6 +39,7 @@
 
 mod api;
 mod config;
+mod gang;
 mod spec;
 mod watch;
 
@@ -53,6 +54,7 @@ use crate::layout::JobKey;
 
 pub use api::NomadError;
 pub use config::{DEFAULT_IMAGE, NomadConfig};
+pub use gang::Waiting;
 pub use spec::{GPU_DEVICE, KILL_TIMEOUT, job_spec, nomad_id, placement_reason, task_config};
 pub use watch::AllocAction;
 
@@ -67,12 +69,16 @@ pub use super::recovery::MAX_RETRIES;
 pub struct NomadScheduler {
     cfg: NomadConfig,
     http: reqwest::Client,
+    /// The pool's bucket: job manifests and status for the watcher, and the gang queue.
+    store: crate::Store,
+    /// Woken when an allocation ends: room may have freed up for a waiting gang job.
+    freed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl NomadScheduler {
-    pub fn new(cfg: NomadConfig) -> Self {
+    pub fn new(cfg: NomadConfig, store: crate::Store) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(70)).build().expect("an HTTP client builds");
-        NomadScheduler { cfg, http }
+        NomadScheduler { cfg, http, store, freed: Default::default() }
     }
 
     pub fn config(&self) -> &NomadConfig {
@@ -103,12 +109,33 @@ impl NomadScheduler {
                 crate::plural(in_gw as u64, "ready node"),
             )));
         }
+        let id = nomad_id(job);
+        let gang = gang::is_gang(m);
+        if gang {
+            // Registered before (a duplicate event): read back where it is, never queue it.
+            if only_if_new
+                && let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?
+                && j["Stop"] != true
+            {
+                return self.placement(&id, &gw, r.gpus_per_miner).await;
+            }
+            // Every rank or none: registered only when the gateway has room for all of them.
+            let free = self.free_nodes(&gw, r.gpus_per_miner).await?;
+            if free < r.miners {
+                let why = format!(
+                    "waiting for {} with {} free {GPU_DEVICE} each at once in gateway {gw} ({free} now)",
+                    crate::plural(r.miners, "miner"),
+                    r.gpus_per_miner
+                );
+                self.wait(job, attempt, &why).await?;
+                return Ok(Submitted::Queued(why));
+            }
+        }
         let body = json!({
             "Job": job_spec(&self.cfg, job, m, attempt),
             "EnforceIndex": only_if_new,
             "JobModifyIndex": 0,
         });
-        let id = nomad_id(job);
         let resp = match self.call(reqwest::Method::POST, "jobs", &[], Some(&body)).await {
             Ok(Some(v)) => serde_json::from_value::<RegisterResponse>(v)
                 .map_err(|e| ScheduleError::Backend(format!("register answer: {e}")))?,
@@ -123,11 +150,21 @@ impl NomadScheduler {
             && let Some(f) = e.failed_tg_allocs.filter(|f| f.as_object().is_some_and(|o| !o.is_empty()))
         {
             let _ = (&e.blocked_eval, &e.status_description);
-            return Ok(Submitted::Queued(placement_reason(&f, r.gpus_per_miner, &gw)));
+            let why = placement_reason(&f, r.gpus_per_miner, &gw);
+            if gang {
+                // Placed in part: the placed ranks give their GPUs back now, and the job waits
+                // for room for all of them.
+                self.purge(&id).await?;
+                self.wait(job, attempt, &why).await?;
+            }
+            return Ok(Submitted::Queued(why));
         }
-        self.placement(&id, &gw, r.gpus_per_miner).await
+        let placed = self.placement(&id, &gw, r.gpus_per_miner).await?;
+        if gang && matches!(placed, Submitted::Placed(_)) {
+            self.unwait(&job.job).await?;
+        }
+        Ok(placed)
     }
-
     async fn placement(&self, id: &str, gw: &str, gpus: u32) -> Result<Submitted, ScheduleError> {
         let allocs = self.allocations(id).await?;
         let mut nodes: Vec<String> = allocs
@@ -153,15 +190,17 @@ impl Scheduler for NomadScheduler {
         self.register(job, m, 0, true).await
     }
 
-    /// Follows Nomad's allocation events (`watch`) until the host stops.
+    /// Follows Nomad's allocation events (`watch`) and places waiting gang jobs when room
+    /// frees up (`gang`), until the host stops.
     async fn run(&self, store: crate::Store, stop: super::Stop) {
-        self.watch(store, stop).await
+        let stop = futures::future::FutureExt::shared(stop);
+        tokio::join!(self.watch(store, stop.clone()), self.place_waiting_until(stop));
     }
 
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
         // Deregistering stops every allocation (KillSignal, then KillTimeout); unknown is fine.
         self.call(reqwest::Method::DELETE, &format!("job/{}", nomad_id(job)), &[], None).await?;
-        Ok(())
+        self.unwait(&job.job).await
     }
 
     /// The addresses of the deployment's Nomad service (`aic-serve-<job>`): what Nomad

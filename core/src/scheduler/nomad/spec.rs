@@ -253,6 +253,7 @@ mod tests {
             secrets_var: Some("nomad/jobs".into()),
             worker_gateway: None,
             stream_idle: std::time::Duration::from_secs(35),
+            gang_retry: std::time::Duration::from_secs(30),
         }
     }
 

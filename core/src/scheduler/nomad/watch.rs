@@ -6,7 +6,7 @@ use std::time::Duration;
 use aic_schemas::JobManifest;
 use serde_json::Value;
 
-use super::{NomadError, NomadScheduler};
+use super::{NomadError, NomadScheduler, gang};
 use crate::Store;
 use crate::layout::JobKey;
 use crate::scheduler::{ScheduleError, Scheduler, recovery};
@@ -50,7 +50,12 @@ impl NomadScheduler {
     async fn follow(&self, store: &Store, index: &mut u64) -> Result<(), NomadError> {
         // A stream opened at index N starts with the frame of index N: resume after it.
         let from = if *index == 0 { 0 } else { *index + 1 };
-        let url = self.url("event/stream", &[("topic", "Allocation:*".into()), ("index", from.to_string())]);
+        // Every namespace's allocations: one of another team's ending frees GPUs a waiting gang
+        // job may take (the ACL policy reads jobs in every namespace).
+        let url = self.url(
+            "event/stream",
+            &[("topic", "Allocation:*".into()), ("index", from.to_string()), ("namespace", "*".into())],
+        );
         let mut rb = reqwest::Client::new().get(url);
         if let Some(t) = &self.cfg.token {
             rb = rb.header("X-Nomad-Token", t);
@@ -85,6 +90,10 @@ impl NomadScheduler {
                 let Ok(v) = serde_json::from_slice::<Value>(&line) else { continue };
                 for ev in v["Events"].as_array().into_iter().flatten() {
                     if let Some(a) = ev.get("Payload").and_then(|p| p.get("Allocation")) {
+                        if matches!(a["ClientStatus"].as_str(), Some("complete" | "failed" | "lost" | "unknown")) {
+                            // GPUs may have freed up for a job waiting to be placed whole.
+                            self.freed.notify_one();
+                        }
                         match self.on_alloc(store, a).await {
                             Ok(AllocAction::Nothing) => {}
                             Ok(act) => tracing::info!(job = ?a["JobID"], ?act, "acted on an allocation update"),
@@ -107,6 +116,11 @@ impl NomadScheduler {
     /// job (the allocations a restart replaced) change nothing.
     pub async fn on_alloc(&self, store: &Store, a: &Value) -> Result<AllocAction, ScheduleError> {
         let Some(id) = a["JobID"].as_str().filter(|id| id.starts_with("aic-")) else { return Ok(AllocAction::Nothing) };
+        if let (Some(ns_), Some(mine)) = (a["Namespace"].as_str(), &self.cfg.namespace)
+            && ns_ != mine
+        {
+            return Ok(AllocAction::Nothing); // another team's job that happens to be named aic-…
+        }
         let client = a["ClientStatus"].as_str().unwrap_or("");
         // `unknown`: its node stopped answering, and the job's `disconnect { replace = false }`
         // keeps Nomad from replacing it; for a training job that is a lost rank.
@@ -127,7 +141,11 @@ impl NomadScheduler {
         let Some(full) = self.call(reqwest::Method::GET, &format!("allocation/{alloc_id}"), &[], None).await? else {
             return Ok(AllocAction::Nothing); // collected: long gone
         };
-        if full["Job"]["Version"].as_u64() < job["Version"].as_u64() {
+        // A job purged and registered again (a gang job's restart) is a new job: its
+        // CreateIndex differs from the one the allocation was made for.
+        let other_job =
+            full["Job"]["CreateIndex"].as_u64().zip(job["CreateIndex"].as_u64()).is_some_and(|(a, b)| a != b);
+        if other_job || full["Job"]["Version"].as_u64() < job["Version"].as_u64() {
             return Ok(AllocAction::Nothing);
         }
         let meta = &job["Meta"];
@@ -180,7 +198,14 @@ impl NomadScheduler {
             .await
             .map_err(backend)?
             .ok_or_else(|| ScheduleError::Backend(format!("{id}: the job has no manifest")))?;
-        self.register(&key, &manifest, attempt, false).await?;
+        if gang::is_gang(&manifest) {
+            // Every rank stops (each keeps its last checkpoint) and the job is registered anew,
+            // whole or not at all (`gang`): a new version would be placed in part like any.
+            self.purge(id).await?;
+            self.register(&key, &manifest, attempt, true).await?;
+        } else {
+            self.register(&key, &manifest, attempt, false).await?;
+        }
         Ok(AllocAction::Restarted(attempt))
     }
 }
