@@ -363,7 +363,7 @@ async fn a_training_job_placed_only_in_part_gives_its_gpus_back_and_waits_to_sta
     assert_eq!(n.waiting().await.unwrap().len(), 1);
     // node-b frees up: placed whole, and out of the queue.
     state.lock().unwrap().busy.insert("node-b".into(), 0);
-    assert_eq!(n.place_waiting().await.unwrap(), [job.clone()]);
+    assert_eq!(n.place_waiting().await.unwrap(), std::slice::from_ref(&job));
     assert_eq!(state.lock().unwrap().allocs[&nomad_id(&job)].len(), 2);
     assert!(n.waiting().await.unwrap().is_empty());
 }
@@ -429,7 +429,7 @@ async fn a_training_job_without_room_for_every_rank_is_not_registered_and_starts
                 "NodeName": "node-b", "ClientStatus": "complete"}}}]});
         s.stream = vec![ev.to_string()];
     }
-    while !state.lock().unwrap().allocs.get(&nomad_id(&job)).is_some_and(|a| a.len() == 2) {
+    while state.lock().unwrap().allocs.get(&nomad_id(&job)).is_none_or(|a| a.len() != 2) {
         assert!(std::time::Instant::now() < deadline, "the waiting job was never placed");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
