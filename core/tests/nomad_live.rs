@@ -184,12 +184,11 @@ async fn a_training_job_waits_whole_while_a_node_is_taken() {
     }
     assert!(allocations(&n, &nomad_id(&job)).await.is_empty(), "a rank holds GPUs while the job waits");
     n.cancel(&blocker).await.unwrap();
-    let placed = until("the job to be placed whole", Duration::from_secs(300), async || {
+    until("the job to be placed whole", Duration::from_secs(300), async || {
         let p = n.place_waiting().await.unwrap();
         p.contains(&job).then_some(())
     })
     .await;
-    let _ = placed;
     assert_eq!(allocations(&n, &nomad_id(&job)).await.len(), miners.len());
     n.cancel(&job).await.unwrap();
 }
