@@ -221,6 +221,21 @@ async fn serving_endpoints_are_where_nomad_placed_the_deployments_service() {
             .iter()
             .any(|(m, p, _)| m == "GET" && *p == format!("/v1/service/aic-serve-{}", job.job))
     );
+    // A replica whose check fails, or has no result yet (starting), gets no traffic.
+    {
+        let mut s = state.lock().unwrap();
+        let id = nomad_id(&job);
+        let (a, b) = (s.alloc_of(&id, "node-a"), s.alloc_of(&id, "node-b"));
+        s.checks.insert(a, Some("failure"));
+        s.checks.insert(b, None);
+    }
+    assert_eq!(n.endpoints(job.job.as_str()).await.unwrap().unwrap(), []);
+    {
+        let mut s = state.lock().unwrap();
+        let b = s.alloc_of(&nomad_id(&job), "node-b");
+        s.checks.insert(b, Some("success"));
+    }
+    assert_eq!(n.endpoints(job.job.as_str()).await.unwrap().unwrap(), [("10.0.0.2".to_string(), 25001)]);
     // Another deployment has none; a made-up id asks Nomad nothing.
     let (other, _) = manifest_of("serve", 1, 1);
     assert_eq!(n.endpoints(other.job.as_str()).await.unwrap(), Some(vec![]));

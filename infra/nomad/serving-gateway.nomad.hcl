@@ -1,11 +1,11 @@
-# The pool's serving gateway: nginx in front of every deployment's replicas, its
-# configuration rendered by Nomad from the services the replicas register
-# (`aic-serve-<deployment>`, provider "nomad", health-checked). A request to
-# /d/<deployment>/… goes to a healthy replica, round robin; a replica that fails is passed
-# over (proxy_next_upstream). The functions host serves the same /d/ routes from the bucket's
-# registrations; this is the production path where nginx fronts the pool. The stable
-# /n/<owner>/<name>/ routes need the bucket's name records: nginx passes them to the
-# functions host (service `aic-functions`), which resolves and forwards them.
+# The pool's serving gateway: nginx on a static port in front of the functions hosts (service
+# `aic-functions`), which forward /d/<deployment>/… and /n/<owner>/<name>/… to a live replica,
+# round robin. The functions host forwards only to replicas that are both ready (their worker
+# registered them after its own check of the app) and healthy in Nomad (the checks of their
+# allocation, `GET /v1/client/allocation/:id/checks`). nginx cannot route to the replicas
+# directly: the `nomadService` template function lists every registration whatever its
+# checks say (hashicorp/nomad#23317), so traffic would reach replicas still starting or
+# failing.
 
 job "aic-serving-gateway" {
   namespace   = "aic"
@@ -52,14 +52,6 @@ job "aic-serving-gateway" {
             access_log /dev/stdout;
             error_log /dev/stderr warn;
             client_max_body_size 16m;
-          {{- range nomadServices }}{{ if .Name | regexMatch "^aic-serve-" }}
-            upstream {{ .Name }} {
-            {{- range nomadService .Name }}
-              server {{ .Address }}:{{ .Port }} max_fails=1 fail_timeout=5s;
-            {{- end }}
-              keepalive 32;
-            }
-          {{- end }}{{ end }}
             upstream aic_functions {
             {{- range nomadService "aic-functions" }}
               server {{ .Address }}:{{ .Port }} max_fails=1 fail_timeout=5s;
@@ -71,15 +63,12 @@ job "aic-serving-gateway" {
             server {
               listen {{ env "NOMAD_PORT_http" }};
               location = /healthz { return 200 "ok\n"; }
-          {{- range nomadServices }}{{ if .Name | regexMatch "^aic-serve-" }}
-              location /d/{{ .Name | trimPrefix "aic-serve-" }}/ {
-                proxy_pass http://{{ .Name }}/;
+              location /d/ {
+                proxy_pass http://aic_functions;
                 proxy_http_version 1.1;
                 proxy_set_header Connection "";
-                proxy_next_upstream error timeout http_502 http_503;
+                proxy_next_upstream error timeout;
               }
-          {{- end }}{{ end }}
-              location /d/ { return 503 '{"error": "no live replica of this deployment"}\n'; }
               location /n/ {
                 proxy_pass http://aic_functions;
                 proxy_http_version 1.1;

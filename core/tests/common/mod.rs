@@ -40,6 +40,9 @@ pub struct Nomad {
     pub index: u64,
     /// Jobs purged (`DELETE …?purge=true`).
     pub purged: Vec<String>,
+    /// Check results by allocation id (`success`, `failure`; absent: no result yet). An
+    /// allocation not named here passes its checks.
+    pub checks: BTreeMap<String, Option<&'static str>>,
 }
 
 impl Nomad {
@@ -281,10 +284,27 @@ async fn handle(
                 .enumerate()
                 .map(|(i, n)| {
                     let ip = format!("10.0.0.{}", NODES.iter().position(|x| x.1 == n).unwrap() + 1);
-                    json!({"ServiceName": p.trim_start_matches("/v1/service/"), "JobID": id, "Address": ip, "Port": 25000 + i, "Namespace": "aic"})
+                    json!({"ServiceName": p.trim_start_matches("/v1/service/"), "JobID": id, "Address": ip, "Port": 25000 + i,
+                        "Namespace": "aic", "AllocID": s.alloc_of(&id, n)})
                 })
                 .collect();
             reply(200, json!(regs))
+        }
+        ("GET", p) if p.starts_with("/v1/client/allocation/") && p.ends_with("/checks") => {
+            // The latest result of each Nomad service check of the allocation, keyed by check
+            // id (api/allocations.go `Checks`, AllocCheckStatuses); `{}` before the first one.
+            let aid = p.trim_start_matches("/v1/client/allocation/").trim_end_matches("/checks");
+            let Some(job) = s.history.get(aid) else { return Ok(text(404, "alloc not found")) };
+            let svc = job["TaskGroups"][0]["Services"][0]["Name"].clone();
+            match s.checks.get(aid).copied().unwrap_or(Some("success")) {
+                None => reply(200, json!({})),
+                Some(status) => reply(
+                    200,
+                    json!({"9f4e18fd0867cebb": {"ID": "9f4e18fd0867cebb", "Check": "listening",
+                    "Group": format!("{}.serve[0]", job["ID"].as_str().unwrap()), "Mode": "healthiness", "Service": svc,
+                    "Status": status, "StatusCode": 0, "Task": "", "Timestamp": 1_700_000_000, "Output": "nomad: tcp ok"}}),
+                ),
+            }
         }
         ("GET", p) if p.starts_with("/v1/allocation/") => {
             // One allocation, with the job as it was when the allocation was made (an

@@ -203,26 +203,48 @@ impl Scheduler for NomadScheduler {
         self.unwait(&job.job).await
     }
 
-    /// The addresses of the deployment's Nomad service (`aic-serve-<job>`): what Nomad
-    /// placed, not what a registration in the bucket claims.
+    /// The addresses of the deployment's Nomad service (`aic-serve-<job>`) whose checks pass:
+    /// what Nomad placed, not what a registration in the bucket claims, and only replicas
+    /// Nomad finds healthy. Service registrations carry no check status (Nomad's servers do
+    /// not keep it; hashicorp/nomad#23317): each allocation's checks are read from its client
+    /// (`GET /v1/client/allocation/:id/checks`), and a replica with no result yet (starting)
+    /// or a failing one is left out.
     async fn endpoints(&self, deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
         if deployment.parse::<aic_schemas::JobId>().is_err() {
             return Ok(Some(Vec::new()));
         }
-        let regs = self
-            .call(reqwest::Method::GET, &format!("service/aic-serve-{deployment}"), &[], None)
-            .await?
-            .unwrap_or(json!([]));
-        let out = regs
+        let name = format!("aic-serve-{deployment}");
+        let regs = self.call(reqwest::Method::GET, &format!("service/{name}"), &[], None).await?.unwrap_or(json!([]));
+        let regs: Vec<(String, u16, String)> = regs
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| {
-                        Some((r["Address"].as_str()?.to_string(), u16::try_from(r["Port"].as_u64()?).ok()?))
-                    })
-                    .collect()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                Some((
+                    r["Address"].as_str()?.to_string(),
+                    u16::try_from(r["Port"].as_u64()?).ok()?,
+                    r["AllocID"].as_str()?.to_string(),
+                ))
             })
-            .unwrap_or_default();
+            .collect();
+        let paths: Vec<String> = regs.iter().map(|(_, _, alloc)| format!("client/allocation/{alloc}/checks")).collect();
+        let checks =
+            futures::future::join_all(paths.iter().map(|p| self.call(reqwest::Method::GET, p, &[], None))).await;
+        let mut out = vec![];
+        for ((host, port, alloc), c) in regs.into_iter().zip(checks) {
+            let c = match c {
+                Ok(c) => c.unwrap_or(json!({})),
+                Err(e) => {
+                    tracing::warn!(alloc, error = %e, "cannot read a replica's checks; left out");
+                    continue;
+                }
+            };
+            let results: Vec<&serde_json::Value> =
+                c.as_object().into_iter().flat_map(|m| m.values()).filter(|r| r["Service"] == name.as_str()).collect();
+            if !results.is_empty() && results.iter().all(|r| r["Status"] == "success") {
+                out.push((host, port));
+            }
+        }
         Ok(Some(out))
     }
 
