@@ -17,6 +17,7 @@
 //! pool/inbox/<ulid>.json                        the poller's inbox: a request URL was signed
 //! pool/poller/state.json                        the poller's cursor and waiting set
 //! pool/gang/<job>.json                          a training job waiting to be placed whole (Nomad)
+//! pool/redrive/<hash>.json                      an event whose handling must be tried again
 //! ```
 //!
 //! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
@@ -57,6 +58,18 @@ pub fn serving_registration(deployment: &str, alloc: &str) -> String {
 pub const POLLER_INBOX: &str = "pool/inbox/";
 /// The poller's cursor and the requests it waits for.
 pub const POLLER_STATE: &str = "pool/poller/state.json";
+
+/// Events whose handling was deferred (a payment awaiting confirmations, the chain or the
+/// scheduler down), tried again by the functions themselves.
+pub const REDRIVE: &str = "pool/redrive/";
+
+/// The one entry of deferred work for object `key` (a hash, so that a key deferred twice
+/// has one entry).
+pub fn redrive_entry(key: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(key.as_bytes());
+    format!("{REDRIVE}{}.json", &hex::encode(h)[..32])
+}
 
 /// Training jobs waiting for room to start every rank at once (the Nomad backend's queue).
 pub const GANG_WAITING: &str = "pool/gang/";

@@ -17,3 +17,15 @@ pub async fn handle(ctx: &Ctx, job: &JobKey, seq: u64) -> Result<Outcome, Handle
         _ => Ok(Outcome::Ignored),
     }
 }
+
+/// Stops the job's allocations now, for the cancel its owner just recorded (status record
+/// `seq`); when the scheduler does not answer, the cancel is kept and driven again
+/// ([`crate::redrive`]): where the bucket sends no event for status records (AWS), nothing
+/// else would ever retry it. `Err` only when even that could not be recorded.
+pub async fn now_or_later(ctx: &Ctx, job: &JobKey, seq: u64) -> Result<(), aic_core::StoreError> {
+    if let Err(e) = ctx.scheduler.cancel(job).await {
+        tracing::warn!(job = %job.job, error = %e, "cancel: the scheduler did not answer; tried again later");
+        crate::redrive::defer(&ctx.store, &job.status_record(seq), &e.to_string()).await?;
+    }
+    Ok(())
+}

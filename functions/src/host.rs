@@ -1,8 +1,9 @@
 //! The functions host: one hyper server for bucket notifications and the gateway API.
 //!
 //! - `POST /events`: a MinIO webhook body or an SNS delivery ([`crate::webhook`]); the records
-//!   go to [`crate::handle_event`] (each distinct object once, several at a time). Answers 200 when every record was handled, 503 when one
-//!   must be delivered again (so MinIO and SNS retry), 400 for a body of no known shape, 403
+//!   go to [`crate::handle_event`] (each distinct object once, several at a time). Answers 200 when every record was handled or
+//!   kept to be tried again by this host ([`crate::redrive`]), 503 only when that could not be
+//!   recorded (so MinIO and SNS retry), 400 for a body of no known shape, 403
 //!   for an SNS delivery that is not from our topic or whose signature does not verify
 //!   ([`crate::sns`]). An SNS `SubscriptionConfirmation` is verified, then confirmed by
 //!   fetching its `SubscribeURL`.
@@ -209,11 +210,26 @@ async fn deliver(host: &Host, peer: SocketAddr, body: &[u8], sns_type: Option<&s
         },
         Delivery::Records(ev) => {
             let results = handle_event(&host.ctx, &ev).await;
-            let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+            // Work that cannot be done yet is kept and tried again by this host (`redrive`),
+            // and the delivery is taken: a MinIO queue retries its head event until it gets a
+            // 2xx, holding up every later one. Only when even that record cannot be written
+            // is the sender asked to deliver again (handlers are idempotent).
+            let mut deferred = vec![];
+            let mut failed = vec![];
+            for (key, r) in &results {
+                if let Err(e) = r {
+                    match crate::redrive::defer(&host.ctx.store, key, &e.to_string()).await {
+                        Ok(()) => deferred.push(format!("{key}: {e}")),
+                        Err(_) => failed.push(format!("{key}: {e}")),
+                    }
+                }
+            }
             if failed.is_empty() {
-                reply(StatusCode::OK, serde_json::json!({"handled": ev.records.len(), "distinct": results.len()}))
+                reply(
+                    StatusCode::OK,
+                    serde_json::json!({"handled": ev.records.len(), "distinct": results.len(), "deferred": deferred}),
+                )
             } else {
-                // Ask the sender to deliver again; handlers are idempotent.
                 reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"retry": failed}))
             }
         }

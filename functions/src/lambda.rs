@@ -3,8 +3,11 @@
 //! `aic-lambda-validate`, `aic-lambda-dispatch` and `aic-lambda-gateway` wrap these in
 //! `lambda_runtime`; `infra/aws/template.yaml` wires them to the bucket.
 //!
-//! An S3 invocation that returns an error is retried by Lambda (asynchronous invocations:
-//! twice, minutes apart) — the same "deliver again" the webhook host asks for with a 503.
+//! Work that cannot be done yet (a payment awaiting confirmations, an outage) is kept in the
+//! bucket (`crate::redrive`) and driven again by `aic-lambda-redrive`, which EventBridge runs
+//! every minute ([`redrive`]): Lambda's own retries of an asynchronous S3 invocation stop
+//! after two (1 and 2 minutes apart). An invocation returns an error, for Lambda to retry,
+//! only when that record could not be written.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -46,8 +49,17 @@ pub async fn s3_event(ctx: &Ctx, f: Function, payload: Value) -> Result<Value, S
             outcomes.push(json!({"key": r.key(), "outcome": "ignored"}));
             continue;
         }
-        let out = handle_record(ctx, r).await.map_err(|e| format!("{}: {e}", r.key()))?;
-        outcomes.push(json!({"key": r.key(), "outcome": format!("{out:?}")}));
+        match handle_record(ctx, r).await {
+            Ok(out) => outcomes.push(json!({"key": r.key(), "outcome": format!("{out:?}")})),
+            // Kept and driven again by `aic-lambda-redrive` (Lambda itself retries twice, then
+            // drops the event); only when that cannot be recorded does Lambda retry.
+            Err(e) => {
+                crate::redrive::defer(&ctx.store, &r.key(), &e.to_string())
+                    .await
+                    .map_err(|se| format!("{}: {e}; and it could not be kept for later: {se}", r.key()))?;
+                outcomes.push(json!({"key": r.key(), "outcome": "deferred", "why": e.to_string()}));
+            }
+        }
     }
     Ok(json!({ "records": outcomes }))
 }
@@ -105,6 +117,17 @@ pub async fn run_s3(f: Function) -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// Runs the re-driver under `lambda_runtime`: one pass per (scheduled) invocation.
+pub async fn run_redrive() -> Result<(), lambda_runtime::Error> {
+    let built = crate::config::build().map_err(|e| format!("{e:#}"))?;
+    let ctx = built.ctx;
+    lambda_runtime::run(lambda_runtime::service_fn(move |_: lambda_runtime::LambdaEvent<Value>| {
+        let ctx = ctx.clone();
+        async move { redrive(&ctx).await.map_err(lambda_runtime::Error::from) }
+    }))
+    .await
+}
+
 /// Runs the gateway under `lambda_runtime` (function URL events).
 pub async fn run_gateway() -> Result<(), lambda_runtime::Error> {
     let built = crate::config::build().map_err(|e| format!("{e:#}"))?;
@@ -131,4 +154,14 @@ mod tests {
         assert!(Function::Dispatch.takes(&format!("{job}/manifest.json")));
         assert!(!Function::Dispatch.takes(&format!("{job}/status/00000001.json")));
     }
+}
+
+/// One pass over the deferred work (the scheduled `aic-lambda-redrive`).
+pub async fn redrive(ctx: &Ctx) -> Result<Value, String> {
+    let p = crate::redrive::Redriver::new(ctx.clone()).pass().await.map_err(|e| e.to_string())?;
+    Ok(json!({
+        "done": p.done.iter().map(|(k, o)| json!({"key": k, "outcome": format!("{o:?}")})).collect::<Vec<_>>(),
+        "again": p.again,
+        "waiting": p.waiting,
+    }))
 }

@@ -23,6 +23,7 @@ pub mod host;
 pub mod lambda;
 pub mod poll;
 pub mod proxy;
+pub mod redrive;
 pub mod sns;
 pub mod validate;
 pub mod webhook;
@@ -123,9 +124,9 @@ pub const EVENT_CONCURRENCY: usize = 16;
 
 /// Handles the records of an event: each distinct object once (handlers read the object
 /// itself, so a second record for the same key could only repeat the work), up to
-/// [`EVENT_CONCURRENCY`] at a time. One result per distinct record, in the order of their
-/// first appearance.
-pub async fn handle_event(ctx: &Ctx, event: &S3Event) -> Vec<Result<Outcome, HandlerError>> {
+/// [`EVENT_CONCURRENCY`] at a time. One result per distinct record, with its key, in the
+/// order of their first appearance.
+pub async fn handle_event(ctx: &Ctx, event: &S3Event) -> Vec<(String, Result<Outcome, HandlerError>)> {
     use futures::StreamExt;
     let mut seen = std::collections::HashSet::new();
     let distinct: Vec<&S3EventRecord> =
@@ -133,7 +134,10 @@ pub async fn handle_event(ctx: &Ctx, event: &S3Event) -> Vec<Result<Outcome, Han
     // By index: a closure over `&S3EventRecord` would make the future higher-ranked, which
     // the host's `Send` bound on spawned tasks cannot prove.
     futures::stream::iter(0..distinct.len())
-        .map(|i| handle_record(ctx, distinct[i]))
+        .map(|i| {
+            let r = distinct[i];
+            async move { (r.key(), handle_record(ctx, r).await) }
+        })
         .buffered(EVENT_CONCURRENCY)
         .collect()
         .await

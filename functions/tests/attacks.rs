@@ -236,3 +236,104 @@ async fn a_payment_with_too_few_confirmations_waits_then_is_accepted() {
     let ev = S3EventRecord::object_created(w.store.bucket(), &job.request(), 100);
     assert_eq!(handle_record(&w.ctx, &ev).await.unwrap(), Outcome::Validated(job));
 }
+
+/// MinIO's webhook target with a `queue_dir`: stored events go out one at a time, in order,
+/// and the head is posted again until it gets a 2xx (minio `internal/store/store.go`,
+/// `sendItems`/`replayItems`: every 3 s; here every 100 ms). Returns the bodies as they were
+/// taken, in order.
+async fn minio_queue(url: String, bodies: Vec<String>) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut taken = vec![];
+    for body in bodies {
+        loop {
+            let r = http.post(format!("{url}/events")).body(body.clone()).send().await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                taken.push(body);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_awaiting_confirmations_holds_up_no_queue_and_is_validated_once_confirmed() {
+    use aic_functions::host::{Host, MinioPosts};
+    let w = world(3).await;
+    let aic = |who: Address| {
+        let (p, t) = (w.wallet(0), w.chain.config.token);
+        async move { token::balance(&p, t, who).await.unwrap() }
+    };
+    let treasury_before = aic(w.treasury()).await;
+    // Bob's payment is deep enough; Alice's (later) has 1 of 3 confirmations.
+    let bob_tx = w.pay(2, w.treasury(), PRICE).await;
+    devchain::mine(&w.wallet(0), 3).await.unwrap();
+    let alice_tx = w.pay(1, w.treasury(), PRICE).await;
+    let alice = w.sign(1, w.request(1, Some(&alice_tx))).await;
+    let bob = w.sign(2, w.request(2, Some(&bob_tx))).await;
+    let (a_job, b_job) = (JobKey::new(alice.owner, alice.job_id.clone()), JobKey::new(bob.owner, bob.job_id.clone()));
+    w.store.put_json(&a_job.request(), &alice).await.unwrap();
+    w.store.put_json(&b_job.request(), &bob).await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let host = Host { ctx: w.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy: None };
+    tokio::spawn(aic_functions::host::serve(host, listener));
+    let body = |key: String| {
+        let mut v = serde_json::to_value(aic_schemas::event::S3Event {
+            records: vec![S3EventRecord::object_created(w.store.bucket(), &key, 100)],
+        })
+        .unwrap();
+        v["EventName"] = serde_json::json!("s3:ObjectCreated:Put");
+        v.to_string()
+    };
+    // Alice's event is at the head of the queue: it is taken (kept for later), and Bob's,
+    // behind it, is delivered and validated at once.
+    let queue = tokio::spawn(minio_queue(url, vec![body(a_job.request()), body(b_job.request())]));
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(20), queue)
+        .await
+        .expect("the queue is held up behind the deferred event")
+        .unwrap();
+    assert_eq!(taken.len(), 2);
+    assert_eq!(status::current(&w.store, &b_job).await.unwrap().unwrap().state, JobState::Paid);
+    assert!(w.store.head(&a_job.manifest()).await.unwrap().is_none(), "not validated before its confirmations");
+    let entry = aic_core::layout::redrive_entry(&a_job.request());
+    let d: aic_functions::redrive::Deferred = w.store.get_json(&entry, 1 << 16).await.unwrap().unwrap();
+    assert!(d.why.contains("has 1 of 3 confirmations"), "{d:?}");
+
+    // The same on Lambda: a deferred record is kept, and the invocation succeeds (Lambda would
+    // drop it after two retries).
+    let carol_tx = w.pay(3, w.treasury(), PRICE).await;
+    let carol = w.sign(3, w.request(3, Some(&carol_tx))).await;
+    let c_job = JobKey::new(carol.owner, carol.job_id.clone());
+    w.store.put_json(&c_job.request(), &carol).await.unwrap();
+    let payload =
+        serde_json::json!({"Records": [S3EventRecord::object_created(w.store.bucket(), &c_job.request(), 100)]});
+    let out =
+        aic_functions::lambda::s3_event(&w.ctx, aic_functions::lambda::Function::Validate, payload).await.unwrap();
+    assert_eq!(out["records"][0]["outcome"], "deferred", "{out}");
+
+    // Not due yet: nothing is tried. Once the blocks are there and the entries are due,
+    // one pass validates both, once.
+    let r = aic_functions::redrive::Redriver::new(w.ctx.clone());
+    let p = r.pass().await.unwrap();
+    assert_eq!((p.done.len(), p.waiting), (0, 2));
+    devchain::mine(&w.wallet(0), 3).await.unwrap();
+    let p = r.pass_at(Utc::now() + chrono::Duration::seconds(11)).await.unwrap();
+    let mut done: Vec<_> = p.done.into_iter().map(|(_, o)| o).collect();
+    done.sort_by_key(|o| format!("{o:?}"));
+    let mut want = vec![Outcome::Validated(a_job.clone()), Outcome::Validated(c_job.clone())];
+    want.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(done, want);
+    assert!(w.store.list(aic_core::layout::REDRIVE).await.unwrap().is_empty(), "the queue is empty");
+    for j in [&a_job, &b_job, &c_job] {
+        assert_eq!(status::current(&w.store, j).await.unwrap().unwrap().state, JobState::Paid);
+    }
+    // On chain: the treasury got the three payments, each job was paid once.
+    assert_eq!(aic(w.treasury()).await, treasury_before + U256::from(3 * PRICE));
+    for (tx, j) in [(&alice_tx, &a_job), (&bob_tx, &b_job), (&carol_tx, &c_job)] {
+        let m: aic_schemas::JobManifest = w.store.get_json(&j.manifest(), 1 << 20).await.unwrap().unwrap();
+        assert_eq!(m.payment.as_ref().unwrap().tx, *tx);
+    }
+}

@@ -215,3 +215,45 @@ async fn a_cancelled_status_stops_the_allocations() {
     // Cancelled stays: the dead workers do not turn it into `failed`.
     assert_eq!(status::current(&p.store, &job).await.unwrap().unwrap().state, JobState::Cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_the_scheduler_missed_is_driven_again_until_it_is_done() {
+    // The gateway records the cancel and tells the scheduler at once; here the scheduler
+    // (Nomad, unreachable) does not answer, and on AWS no event of the status record would
+    // ever try again: the cancel is kept, and the re-driver passes it on once Nomad is back.
+    let p = pool(1, "exec sleep 60");
+    let job = put_request(&p.store, &request(1).await).await;
+    handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
+    handle_record(&p.ctx, &event(&p.store, &job.manifest())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while start_lines(&p.starts).is_empty() {
+        assert!(Instant::now() < deadline, "the allocation did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec = match status::cancel(&p.store, &job, "gateway").await.unwrap() {
+        status::Cancel::Cancelled(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let down = aic_core::scheduler::nomad::NomadScheduler::new(
+        aic_core::scheduler::nomad::NomadConfig::new("http://127.0.0.1:1"),
+        p.store.clone(),
+    );
+    let unreachable = aic_functions::Ctx { scheduler: std::sync::Arc::new(down), ..p.ctx.clone() };
+    aic_functions::cancel::now_or_later(&unreachable, &job, rec.seq).await.unwrap();
+    let entry = aic_core::layout::redrive_entry(&job.status_record(rec.seq));
+    let d: aic_functions::redrive::Deferred = p.store.get_json(&entry, 1 << 16).await.unwrap().unwrap();
+    assert!(d.why.contains("cannot reach Nomad"), "{d:?}");
+    // Still down at the next try: kept, with a longer wait.
+    let r = aic_functions::redrive::Redriver::new(unreachable);
+    let p1 = r.pass_at(chrono::Utc::now() + chrono::Duration::seconds(11)).await.unwrap();
+    assert_eq!(p1.again, 1);
+    let d2: aic_functions::redrive::Deferred = p.store.get_json(&entry, 1 << 16).await.unwrap().unwrap();
+    assert_eq!(d2.tries, 2);
+    assert!(d2.next - d.next >= chrono::Duration::seconds(9), "{d:?} then {d2:?}");
+    // Back: the allocation is stopped, and the entry gone.
+    let r = aic_functions::redrive::Redriver::new(p.ctx.clone());
+    let p2 = r.pass_at(chrono::Utc::now() + chrono::Duration::seconds(60)).await.unwrap();
+    assert_eq!(p2.done, [(job.status_record(rec.seq), Outcome::Cancelled(job.clone()))]);
+    wait_idle(&p.sched, Duration::from_secs(10)).await;
+    assert!(p.store.get_json::<aic_functions::redrive::Deferred>(&entry, 1 << 16).await.unwrap().is_none());
+}

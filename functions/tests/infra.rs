@@ -102,7 +102,7 @@ fn the_sam_template_wires_the_binaries_and_keys_this_repository_has() {
         assert!(repo().join(format!("functions/src/bin/{bin}.rs")).exists(), "{name:?}: no binary {bin}");
         bins.push(bin);
         if let Some(events) = r["Properties"]["Events"].as_mapping() {
-            for (_, e) in events {
+            for (_, e) in events.iter().filter(|(_, e)| e["Type"] == "S3") {
                 for rule in e["Properties"]["Filter"]["S3Key"]["Rules"].as_sequence().unwrap() {
                     if rule["Name"] == "suffix" {
                         suffixes.push(rule["Value"].as_str().unwrap().to_string());
@@ -112,7 +112,7 @@ fn the_sam_template_wires_the_binaries_and_keys_this_repository_has() {
         }
     }
     bins.sort();
-    assert_eq!(bins, ["aic-lambda-dispatch", "aic-lambda-gateway", "aic-lambda-validate"]);
+    assert_eq!(bins, ["aic-lambda-dispatch", "aic-lambda-gateway", "aic-lambda-redrive", "aic-lambda-validate"]);
     // The suffixes S3 filters on are the keys validate and dispatch act on.
     let job = "users/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/jobs/01kbx8m3s2q4fz3x9m2w5a7c8d";
     suffixes.sort();
@@ -445,7 +445,32 @@ fn each_function_has_the_s3_rights_it_uses_and_no_more() {
         out
     };
     assert_eq!(actions("ValidateFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
-    assert_eq!(actions("DispatchFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
+    assert_eq!(actions("DispatchFunction"), ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
+    assert_eq!(actions("RedriveFunction"), ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
+    // Their deletes reach only the queues they take entries out of.
+    let deletes = |f: &str| -> Vec<String> {
+        let st = t["Resources"][f]["Properties"]["Policies"][0]["Statement"].as_sequence().unwrap();
+        let d = st.iter().find(|s| s["Action"][0] == "s3:DeleteObject").unwrap();
+        let r = &d["Resource"];
+        let list = r.as_sequence().cloned().unwrap_or_else(|| vec![r.clone()]);
+        list.iter().map(|x| format!("{x:?}")).collect()
+    };
+    for f in ["DispatchFunction", "RedriveFunction"] {
+        for r in deletes(f) {
+            assert!(
+                r.contains("/pool/gang/*") || (f == "RedriveFunction" && r.contains("/pool/redrive/*")),
+                "{f} may delete {r}"
+            );
+        }
+    }
+    let layout = std::fs::read_to_string(repo().join("core/src/layout.rs")).unwrap();
+    assert!(layout.contains("\"pool/gang/\"") && layout.contains("\"pool/redrive/\""));
+    // The re-driver runs on a schedule.
+    let ev = &t["Resources"]["RedriveFunction"]["Properties"]["Events"]["EveryMinute"];
+    assert_eq!(
+        (ev["Type"].as_str(), ev["Properties"]["Schedule"].as_str()),
+        (Some("Schedule"), Some("rate(1 minute)"))
+    );
     assert_eq!(
         actions("GatewayFunction"),
         ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]

@@ -1,7 +1,7 @@
 //! `aic-functions`: the functions host of a pool (webhook + gateway API + optional poller).
 //!
 //! ```text
-//! aic-functions serve --listen 0.0.0.0:8080 [--poll-ms 1000]
+//! aic-functions serve --listen 0.0.0.0:8080 [--poll-ms 1000] [--redrive-ms 5000]
 //! ```
 //! Configuration is read from the environment (see `aic_functions::config`). It prints
 //! `listening on http://ADDR` once it accepts connections, and stops its simulated miners'
@@ -38,6 +38,10 @@ enum Cmd {
         /// push notifications).
         #[arg(long)]
         poll_ms: Option<u64>,
+        /// How often deferred work (a payment awaiting confirmations, the chain or the
+        /// scheduler down) is looked at again; each entry is tried when due (10 s to 5 min).
+        #[arg(long, default_value_t = 5000)]
+        redrive_ms: u64,
     },
 }
 
@@ -54,7 +58,7 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cmd::Serve { listen, poll_ms } = cli.cmd;
+    let Cmd::Serve { listen, poll_ms, redrive_ms } = cli.cmd;
     let built = aic_functions::config::build()?;
     let inbox = poll_ms.map(|_| Inbox::new(built.ctx.store.clone()));
     let gateway_cfg = aic_functions::config::gateway(&built)?;
@@ -93,6 +97,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Deferred work (payments awaiting confirmations, outages): this host drives it again.
+    let redriver = {
+        let r = aic_functions::redrive::Redriver::new(built.ctx.clone());
+        Some(tokio::spawn(r.run(Duration::from_millis(redrive_ms.max(50)), stopped(stop_rx.clone()))))
+    };
     // What the scheduler runs beside the host (Nomad: its allocation event watcher).
     let watcher = {
         let (scheduler, store, stop) = (built.ctx.scheduler.clone(), built.ctx.store.clone(), stopped(stop_rx.clone()));
@@ -107,7 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     eprintln!("aic-functions: stopping");
     let _ = stop_tx.send(true);
-    for t in [poller, watcher].into_iter().flatten() {
+    for t in [poller, redriver, watcher].into_iter().flatten() {
         let _ = t.await;
     }
     server.abort();

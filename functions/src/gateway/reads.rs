@@ -103,10 +103,10 @@ impl Gateway {
         let job = self.job_key(who, id)?;
         match status::cancel(&self.ctx.store, &job, "gateway").await.map_err(store_err)? {
             status::Cancel::Cancelled(rec) => {
-                // The status record's own event cancels too; this is quicker, and idempotent.
-                if let Err(e) = self.ctx.scheduler.cancel(&job).await {
-                    tracing::warn!(job = %job.job, error = %e, "cancel: the scheduler did not answer; the event will retry");
-                }
+                // The status record's own event cancels too where the bucket sends status
+                // records' events; this is quicker, idempotent, and kept for later when the
+                // scheduler does not answer.
+                crate::cancel::now_or_later(&self.ctx, &job, rec.seq).await.map_err(store_err)?;
                 Ok(json!({"state": rec.state, "already": false}))
             }
             status::Cancel::Already(rec) => Ok(json!({"state": rec.state, "already": true})),
