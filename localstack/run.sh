@@ -11,7 +11,7 @@ port="${1:-4566}"
 bash "$here/install.sh"
 data="${LOCALSTACK_DATA:-$(mktemp -d -t aic-localstack-XXXX)}"
 export OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$data" GATEWAY_LISTEN="127.0.0.1:$port" \
-  LOCALSTACK_HOST="127.0.0.1:$port" GATEWAY_SERVER=hypercorn SERVICES=s3,sns,sqs \
+  LOCALSTACK_HOST="127.0.0.1:$port" GATEWAY_SERVER=hypercorn SERVICES=s3,sns,sqs,sts \
   S3_SKIP_SIGNATURE_VALIDATION=0 LOCALSTACK_TELEMETRY_DISABLED=1 DISABLE_EVENTS=1
 echo "LocalStack (host mode) on http://127.0.0.1:$port, data in $data" >&2
 exec "$tools/localstack-venv/bin/python" -m localstack.runtime.main

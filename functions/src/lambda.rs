@@ -142,6 +142,16 @@ pub async fn run_gateway() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// One pass over the deferred work (the scheduled `aic-lambda-redrive`).
+pub async fn redrive(ctx: &Ctx) -> Result<Value, String> {
+    let p = crate::redrive::Redriver::new(ctx.clone()).pass().await.map_err(|e| e.to_string())?;
+    Ok(json!({
+        "done": p.done.iter().map(|(k, o)| json!({"key": k, "outcome": format!("{o:?}")})).collect::<Vec<_>>(),
+        "again": p.again,
+        "waiting": p.waiting,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,14 +164,4 @@ mod tests {
         assert!(Function::Dispatch.takes(&format!("{job}/manifest.json")));
         assert!(!Function::Dispatch.takes(&format!("{job}/status/00000001.json")));
     }
-}
-
-/// One pass over the deferred work (the scheduled `aic-lambda-redrive`).
-pub async fn redrive(ctx: &Ctx) -> Result<Value, String> {
-    let p = crate::redrive::Redriver::new(ctx.clone()).pass().await.map_err(|e| e.to_string())?;
-    Ok(json!({
-        "done": p.done.iter().map(|(k, o)| json!({"key": k, "outcome": format!("{o:?}")})).collect::<Vec<_>>(),
-        "again": p.again,
-        "waiting": p.waiting,
-    }))
 }

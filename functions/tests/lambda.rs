@@ -197,3 +197,100 @@ async fn the_gateway_runs_as_a_lambda_function_url() {
     assert_eq!(rt.reply("g4").await.1["statusCode"], 413);
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+/// Temporary credentials from LocalStack's STS (`GetSessionToken`), as a Lambda role gets
+/// them: (access key id, secret, session token).
+fn temporary_credentials() -> (String, String, String) {
+    let endpoint = localstack();
+    let out = Command::new(localstack_python())
+        .args([
+            "-c",
+            &format!(
+                "import boto3; c = boto3.client('sts', endpoint_url='{endpoint}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1').get_session_token()['Credentials']; \
+             print(c['AccessKeyId'], c['SecretAccessKey'], c['SessionToken'])"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "STS: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Vec<&str> = text.split_whitespace().collect();
+    (v[0].into(), v[1].into(), v[2].into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_lambda_the_roles_temporary_credentials_sign_every_presigned_url() {
+    // A Lambda function's role credentials are temporary: an access key, its secret and
+    // AWS_SESSION_TOKEN. LocalStack checks a presigned URL's signature with the secret STS
+    // issued for that access key (s3/presigned_url.py, `get_secret_access_key_from_access_key_id`).
+    let (bucket, store) = fresh_bucket("sts");
+    let (key_id, secret, token) = temporary_credentials();
+    assert!(key_id.starts_with("ASIA") || key_id.starts_with("LSIA"), "{key_id}");
+    let gateway_secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let env = [
+        ("AIC_STORE", format!("s3://{bucket}")),
+        ("AIC_S3_ENDPOINT", localstack()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ACCESS_KEY_ID", key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_SESSION_TOKEN", token.clone()),
+        ("AIC_GATEWAY_SECRET", gateway_secret.to_string()),
+        ("AIC_GATEWAY_DOMAIN", "pool.example".to_string()),
+    ];
+    let rt = runtime().await;
+    let _gw = Kill(rt.spawn(env!("CARGO_BIN_EXE_aic-lambda-gateway"), &env));
+    // A job's workers ask for URLs with their job's token.
+    let req = request(1).await;
+    let job = aic_core::layout::JobKey::new(req.owner, req.job_id.clone());
+    let grant = aic_core::grant::WorkerGrant {
+        owner: job.owner,
+        job: job.job.clone(),
+        data: None,
+        allocs: 1,
+        exp: (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp(),
+    };
+    let worker_token = aic_core::grant::mint(&hex::decode(gateway_secret).unwrap(), &grant);
+    let body = b"checkpoint bytes".to_vec();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
+    };
+    let key = format!("{}model.pt", job.output_prefix());
+    let items = json!({"items": [{"method": "PUT", "key": key, "size": body.len(), "sha256": sha}, {"method": "GET", "key": key}]});
+    rt.push(
+        "s1",
+        json!({"version": "2.0", "rawPath": "/v1/sign", "rawQueryString": "",
+            "headers": {"content-type": "application/json", "authorization": format!("Bearer {worker_token}")},
+            "requestContext": {"http": {"method": "POST", "path": "/v1/sign", "sourceIp": "203.0.113.9"}},
+            "body": items.to_string(), "isBase64Encoded": false}),
+    );
+    let (_, r) = rt.reply("s1").await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let urls: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    let (put, get) = (&urls["urls"][0], &urls["urls"][1]);
+    for u in [put, get] {
+        let url = url::Url::parse(u["url"].as_str().unwrap()).unwrap();
+        let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q.get("X-Amz-Security-Token"), Some(&token), "the session token is signed into {url}");
+        assert!(q["X-Amz-Credential"].starts_with(&key_id), "{url}");
+    }
+    let send = |u: &Value, url: String, body: Vec<u8>| {
+        let http = reqwest::Client::new();
+        let mut rb = http.request(u["method"].as_str().unwrap().parse().unwrap(), url);
+        for (k, v) in u["headers"].as_object().unwrap() {
+            rb = rb.header(k, v.as_str().unwrap());
+        }
+        rb.body(body).send()
+    };
+    // A URL whose signature is not the temporary secret's is refused: LocalStack checks.
+    let forged = put["url"].as_str().unwrap().replace("X-Amz-Signature=", "X-Amz-Signature=0");
+    let r = send(put, forged, body.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "{}", r.text().await.unwrap());
+    // The gateway's URLs, signed with the temporary secret and token, work.
+    let r = send(put, put["url"].as_str().unwrap().to_string(), body.clone()).await.unwrap();
+    assert!(r.status().is_success(), "{} {}", r.status(), r.text().await.unwrap());
+    let r = send(get, get["url"].as_str().unwrap().to_string(), vec![]).await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+    assert_eq!(store.get_limited(&key, 1 << 20).await.unwrap().unwrap().to_vec(), body);
+}
