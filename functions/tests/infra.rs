@@ -177,6 +177,28 @@ fn the_compose_file_runs_the_host_with_a_whole_configuration() {
     let setup = c["services"]["minio-setup"]["command"][0].as_str().unwrap();
     assert!(setup.contains("/infra/setup.sh pool aic http://functions:8080") && setup.ends_with(token), "{setup}");
     assert!(repo().join("localstack/Dockerfile").exists());
+    // Every image pinned to a release, none floating (`latest`, or no tag).
+    for (name, svc) in services {
+        if let Some(image) = svc["image"].as_str() {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(!tag.is_empty() && tag != "latest", "{name:?}: {image} is not pinned");
+        }
+    }
+    // The anvil image is the release the tests run.
+    let pkg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("contracts/package.json")).unwrap()).unwrap();
+    let anvil = pkg["devDependencies"]["@foundry-rs/anvil-linux-amd64"]
+        .as_str()
+        .or(pkg["dependencies"]["@foundry-rs/anvil-linux-amd64"].as_str())
+        .unwrap();
+    assert_eq!(c["services"]["anvil"]["image"].as_str(), Some(format!("ghcr.io/foundry-rs/foundry:v{anvil}").as_str()));
+    for f in ["localstack/Dockerfile", "infra/nomad/worker.Dockerfile"] {
+        let d = std::fs::read_to_string(repo().join(f)).unwrap();
+        for from in d.lines().filter(|l| l.starts_with("FROM ")) {
+            let image = from.split_whitespace().nth(1).unwrap();
+            assert!(image.contains(':') && !image.ends_with(":latest") && !image.contains(":1-"), "{f}: {from}");
+        }
+    }
 }
 
 fn nomad(rel: &str) -> serde_json::Value {
