@@ -130,6 +130,7 @@ impl Hosted {
             worker_bin: worker_bin(),
             work_root: env.home.join("work"),
             worker_env: [env.store_config.env(), worker_env_from_env().map_err(anyhow::Error::msg)?].concat(),
+            time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
         };
         let scheduler = LocalScheduler::new(cfg, env.store.clone());
         let (chain, dev) = chain(env).await?;

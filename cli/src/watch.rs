@@ -168,6 +168,16 @@ pub async fn watch_keep(env: &Env, job: &JobKey, show_logs: bool, borrowed: Opti
             eprintln!("  fetch its outputs with `aic results get {}`", job.job);
             0
         }
+        JobState::TimedOut => {
+            let wall = r.detail.wall_seconds.unwrap_or_default();
+            eprintln!(
+                "⏱ job {} stopped at its {}; execution time {wall:.2} s",
+                job.job,
+                r.reason.clone().unwrap_or_default()
+            );
+            eprintln!("  fetch its outputs with `aic results get {}`; pay for more hours next time (--hours)", job.job);
+            1
+        }
         state => {
             eprintln!("✘ job {} {state}: {}", job.job, r.reason.clone().unwrap_or_default());
             if !show_logs && let Some(tail) = &r.detail.log_tail {

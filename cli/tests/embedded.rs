@@ -65,6 +65,32 @@ fn a_failing_script_fails_with_its_exit_code_and_log_tail() {
 }
 
 #[test]
+fn a_job_stops_at_its_paid_time_and_keeps_its_outputs() {
+    // Paid for 0.002 h (7.2 s); the script would run for 40 s.
+    let h = Home::new();
+    let script = h.write(
+        "long.sh",
+        "echo started\necho early > \"$AIC_OUTPUT_DIR/early.txt\"\nfor i in $(seq 1 40); do echo tick $i; sleep 1; done\necho never\n",
+    );
+    let started = std::time::Instant::now();
+    let out = h.aic(&["run", script.to_str().unwrap(), "--hours", "0.002"]);
+    let took = started.elapsed();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped at its time limit: paid for 0.002 h; outputs up to then are kept"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(30), "ran for {took:?}");
+    let job = h.last_job();
+    let last = h.history(&job).pop().unwrap();
+    assert_eq!(last["state"], "timed_out");
+    let wall = last["detail"]["wall_seconds"].as_f64().unwrap();
+    assert!((7.0..10.0).contains(&wall), "stopped after {wall} s");
+    assert!(!text(&h.aic(&["logs", &job])).0.contains("never"));
+    let dest = h.path().join("kept");
+    assert!(h.aic(&["results", "get", &job, dest.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_to_string(dest.join("early.txt")).unwrap().trim(), "early");
+}
+
+#[test]
 fn a_job_the_pool_cannot_run_is_refused_before_anything_is_paid() {
     let h = Home::new();
     let script = h.write("ok.sh", "echo hi\n");

@@ -18,6 +18,7 @@
 //! pool/poller/state.json                        the poller's cursor and waiting set
 //! pool/gang/<job>.json                          a training job waiting to be placed whole (Nomad)
 //! pool/redrive/<hash>.json                      an event whose handling must be tried again
+//! pool/usage/<addr>/<job>/<attempt>-<index>-<run>.json  what an allocation used (the scheduler's)
 //! ```
 //!
 //! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
@@ -69,6 +70,17 @@ pub fn redrive_entry(key: &str) -> String {
     use sha2::Digest;
     let h = sha2::Sha256::digest(key.as_bytes());
     format!("{REDRIVE}{}.json", &hex::encode(h)[..32])
+}
+
+/// What the job's allocations used, as the scheduler measured it (no worker token reaches
+/// `pool/`).
+pub fn usage_prefix(job: &JobKey) -> String {
+    format!("pool/usage/{}/{}/", job.owner, job.job)
+}
+
+/// One run of allocation `index` in `attempt` (`run` tells runs of one allocation apart).
+pub fn usage_record(job: &JobKey, attempt: u32, index: u32, run: &str) -> String {
+    format!("{}{attempt}-{index}-{run}.json", usage_prefix(job))
 }
 
 /// Training jobs waiting for room to start every rank at once (the Nomad backend's queue).

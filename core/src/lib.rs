@@ -13,6 +13,7 @@
 //! - `grant`: job-scoped worker tokens.
 //! - `digest`: the code digest a request signs.
 //! - `serving`: a deployment's serving registrations.
+//! - `usage`: what each allocation used, as the pool measured it (limits and charges).
 //!
 //! This crate knows nothing of the CLI and serves no HTTP; it speaks HTTP only as a client
 //! (`scheduler::nomad` to Nomad's API, `remote` to a pool's gateway).
@@ -30,6 +31,7 @@ pub mod scheduler;
 pub mod serving;
 pub mod status;
 pub mod store;
+pub mod usage;
 
 pub use config::StoreConfig;
 

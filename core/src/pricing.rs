@@ -35,6 +35,17 @@ impl Pricing {
     }
 }
 
+/// The hours a request pays for: its hours rounded up to a thousandth, as quoted.
+pub fn paid_hours(hours: f64) -> f64 {
+    (hours * 1000.0).ceil() / 1000.0
+}
+
+/// Hours as people write them: `0.002`, `1.5`, `2`.
+pub fn format_hours(hours: f64) -> String {
+    let s = format!("{:.3}", paid_hours(hours));
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// Formats an amount with 18 decimals as a human number: `1.5 AIC`.
 pub fn format_aic(amount: u128) -> String {
     let whole = amount / 10u128.pow(18);
@@ -66,5 +77,9 @@ mod tests {
         assert_eq!(p.quote(&r).total, (6 * 10u128.pow(15)).to_string());
         assert_eq!(Pricing::free().quote(&r).total, "0");
         assert_eq!(format_aic(15 * 10u128.pow(17)), "1.5 AIC");
+        assert_eq!(
+            (format_hours(0.002), format_hours(1.5), format_hours(2.0), format_hours(0.0001)),
+            ("0.002".into(), "1.5".into(), "2".into(), "0.001".into())
+        );
     }
 }

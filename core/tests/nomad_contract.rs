@@ -453,3 +453,69 @@ async fn a_training_job_without_room_for_every_rank_is_not_registered_and_starts
     tx.send(()).unwrap();
     runner.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_training_job_is_stopped_at_its_paid_time_and_charged_what_nomad_saw() {
+    use aic_core::scheduler::nomad::AllocAction;
+    use aic_schemas::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.time_limit_grace = std::time::Duration::ZERO;
+    let n = NomadScheduler::new(c, store.clone());
+    // Paid for 0.001 h (3.6 s) of 1 miner × 1 GPU.
+    let (_, mut m) = manifest(1, 1);
+    m.request.max_hours = 0.0005;
+    let job = running_job(&store, &m).await;
+    let t0 = chrono::Utc::now().timestamp();
+    assert!(matches!(n.submit(&job, &m).await.unwrap(), Submitted::Placed(_)));
+    let deadline: i64 =
+        state.lock().unwrap().jobs[&nomad_id(&job)]["Meta"]["aic_deadline"].as_str().unwrap().parse().unwrap();
+    assert!((t0 + 3..=t0 + 5).contains(&deadline), "deadline {deadline} for a job placed at {t0}");
+    assert!(n.stop_overdue().await.unwrap().is_empty(), "not yet");
+    let aid = state.lock().unwrap().alloc_of(&nomad_id(&job), "node-a");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if n.stop_overdue().await.unwrap() == std::slice::from_ref(&job) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "never stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::TimedOut);
+    assert_eq!(
+        st.reason.as_deref(),
+        Some("time limit: paid for 0.001 h; stopped by the scheduler; outputs up to then are kept")
+    );
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)), "deregistered");
+    // Its allocation's end reaches the watcher: what it used is recorded from Nomad's own
+    // account of the task (not from anything the job's program could write).
+    let ev = json!({"ID": aid, "JobID": nomad_id(&job), "Namespace": "aic", "ClientStatus": "complete"});
+    n.meter_ended(&ev).await.unwrap();
+    n.meter_ended(&ev).await.unwrap();
+    let runs = aic_core::usage::of(&store, &job).await.unwrap();
+    assert_eq!(runs.len(), 1, "recorded once: {runs:?}");
+    assert_eq!((runs[0].gpus, runs[0].miner.as_str(), runs[0].attempt), (1, "node-a", 0));
+    assert!((3.0..6.0).contains(&runs[0].seconds()), "{runs:?}");
+
+    // A job restarted after a lost rank gets what is left of its paid time.
+    let (_, mut m) = manifest(1, 1);
+    m.request.max_hours = 0.002; // 7.2 s
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    let id = nomad_id(&job);
+    {
+        let mut s = state.lock().unwrap();
+        let aid = s.alloc_of(&id, "node-a");
+        s.info.get_mut(&aid).unwrap().started_at = chrono::Utc::now() - chrono::Duration::seconds(5);
+    }
+    let events = state.lock().unwrap().node_down("node-a");
+    let ev = events.iter().find(|e| e["JobID"] == id.as_str()).unwrap();
+    n.meter_ended(ev).await.unwrap();
+    assert_eq!(n.on_alloc(&store, ev).await.unwrap(), AllocAction::Restarted(1));
+    let t1 = chrono::Utc::now().timestamp();
+    let deadline: i64 = state.lock().unwrap().jobs[&id]["Meta"]["aic_deadline"].as_str().unwrap().parse().unwrap();
+    assert!((t1 + 1..=t1 + 4).contains(&deadline), "7.2 s paid, 5 s used: deadline {deadline} at {t1}");
+}

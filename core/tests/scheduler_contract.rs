@@ -51,6 +51,7 @@ fn local() -> Backend {
             worker_bin: worker,
             work_root: dir.path().join("work"),
             worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
+            time_limit_grace: Duration::from_secs(1),
         },
         store.clone(),
     );
@@ -61,7 +62,9 @@ async fn nomad_backend() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
     let (state, addr) = nomad().await;
-    Backend::Nomad { sched: Box::new(NomadScheduler::new(cfg(&addr, TOKEN), store.clone())), store, state, _dir: dir }
+    let mut c = cfg(&addr, TOKEN);
+    c.time_limit_grace = Duration::from_secs(1);
+    Backend::Nomad { sched: Box::new(NomadScheduler::new(c, store.clone())), store, state, _dir: dir }
 }
 
 impl Backend {
@@ -120,6 +123,33 @@ impl Backend {
                 text.lines().any(|l| l.starts_with(&format!("{} {index} ", job.job))).then_some(())
             })
             .await;
+        }
+    }
+
+    /// What the backend does on its own over time about paid time: the local scheduler's
+    /// timers fire by themselves; Nomad's housekeeping looks at the jobs' deadlines.
+    async fn enforce(&self) {
+        if let Backend::Nomad { sched, .. } = self {
+            sched.stop_overdue().await.unwrap();
+        }
+    }
+
+    /// The allocations of `job` that ended reach the backend (Nomad: on its event stream).
+    async fn report_ended(&self, job: &JobKey) {
+        if let Backend::Nomad { sched, state, .. } = self {
+            let ended: Vec<String> = {
+                let s = state.lock().unwrap();
+                let id = nomad_id(job);
+                s.info
+                    .iter()
+                    .filter(|(a, i)| a.starts_with(&id) && i.finished_at.is_some())
+                    .map(|(a, _)| a.clone())
+                    .collect()
+            };
+            for aid in ended {
+                let ev = serde_json::json!({"ID": aid, "JobID": nomad_id(job), "Namespace": "aic", "ClientStatus": "complete"});
+                sched.meter_ended(&ev).await.unwrap();
+            }
         }
     }
 
@@ -209,7 +239,45 @@ backends!(
     a_lost_allocation_starts_the_training_job_again_until_retries_run_out,
     a_lost_replica_never_restarts_the_whole_deployment,
     serving_endpoints_are_where_the_replicas_were_placed,
+    a_training_job_past_its_paid_time_is_stopped_and_what_it_used_recorded,
 );
+
+async fn a_training_job_past_its_paid_time_is_stopped_and_what_it_used_recorded(b: &Backend) {
+    // Workers that ignore the limit (these run `sleep 120`): the scheduler stops the job.
+    let before = b.free_gpus().await;
+    let (_, mut m) = manifest_of("train", 2, 2);
+    m.request.max_hours = 0.0005; // paid: 0.001 h = 3.6 s
+    let job = running_job(b.store(), &m).await;
+    assert!(matches!(b.scheduler().submit(&job, &m).await.unwrap(), Submitted::Placed(_)));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    let st = loop {
+        b.enforce().await;
+        let st = status::current(b.store(), &job).await.unwrap().unwrap();
+        if st.state.is_terminal() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "never stopped at its paid time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(st.state, JobState::TimedOut);
+    assert!(started.elapsed() >= Duration::from_millis(3500), "stopped before its time: {:?}", started.elapsed());
+    assert_eq!(
+        st.reason.as_deref(),
+        Some("time limit: paid for 0.001 h; stopped by the scheduler; outputs up to then are kept")
+    );
+    b.report_ended(&job).await;
+    let runs = eventually("what it used to be recorded", || {
+        let runs = futures::executor::block_on(aic_core::usage::of(b.store(), &job)).unwrap();
+        (runs.len() == 2).then_some(runs)
+    })
+    .await;
+    for u in &runs {
+        assert_eq!((u.gpus, u.attempt), (2, 0), "{u:?}");
+        assert!((3.0..12.0).contains(&u.seconds()), "{u:?}");
+    }
+    eventually("the GPUs back", || (futures::executor::block_on(b.free_gpus()) == before).then_some(())).await;
+}
 
 async fn submitting_twice_places_the_job_once_one_allocation_per_miner(b: &Backend) {
     let before = b.free_gpus().await;

@@ -119,6 +119,7 @@ pub fn build() -> anyhow::Result<Built> {
                 worker_bin,
                 work_root: home,
                 worker_env: [store_config.env(), worker_env.clone()].concat(),
+                time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
             };
             Arc::new(LocalScheduler::new(cfg, store.clone()))
         }

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// States of a job. `succeeded`, `failed`, `cancelled` and `rejected` are terminal.
+/// States of a job. `succeeded`, `failed`, `timed_out`, `cancelled` and `rejected` are
+/// terminal. `timed_out`: the program ran for the hours paid for and was stopped (its
+/// outputs up to then are kept).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -19,13 +21,18 @@ pub enum JobState {
     Retrying,
     Succeeded,
     Failed,
+    #[serde(rename = "timed_out")]
+    TimedOut,
     Cancelled,
     Rejected,
 }
 
 impl JobState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Rejected)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::TimedOut | JobState::Cancelled | JobState::Rejected
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +44,7 @@ impl JobState {
             JobState::Retrying => "retrying",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
+            JobState::TimedOut => "timed_out",
             JobState::Cancelled => "cancelled",
             JobState::Rejected => "rejected",
         }
@@ -51,8 +59,8 @@ impl JobState {
             Some(Submitted) => matches!(to, Paid | Rejected | Cancelled),
             Some(Paid) => matches!(to, Scheduled | Failed | Cancelled),
             Some(Scheduled) => matches!(to, Running | Failed | Cancelled),
-            Some(Running) => matches!(to, Retrying | Succeeded | Failed | Cancelled),
-            Some(Retrying) => matches!(to, Running | Failed | Cancelled),
+            Some(Running) => matches!(to, Retrying | Succeeded | Failed | TimedOut | Cancelled),
+            Some(Retrying) => matches!(to, Running | Failed | TimedOut | Cancelled),
             Some(_) => false,
         }
     }
@@ -128,7 +136,10 @@ mod tests {
         assert!(!JobState::allows(Some(Paid), Rejected));
         assert!(JobState::allows(Some(Running), Retrying));
         assert!(JobState::allows(Some(Retrying), Running));
-        for t in [Succeeded, Failed, Cancelled, Rejected] {
+        assert!(JobState::allows(Some(Running), TimedOut));
+        assert!(!JobState::allows(Some(Paid), TimedOut), "only a program that ran can run out of time");
+        assert_eq!(serde_json::to_string(&TimedOut).unwrap(), "\"timed_out\"");
+        for t in [Succeeded, Failed, TimedOut, Cancelled, Rejected] {
             for to in [Submitted, Paid, Running, Failed, Cancelled] {
                 assert!(!JobState::allows(Some(t), to), "{t} must be final");
             }

@@ -137,7 +137,13 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let tagged = matches!(req.launcher, Launcher::Mpi);
 
+    // The hours paid for, less what earlier attempts of this allocation ran: the program is
+    // stopped (TERM, grace, KILL) when they are used up. The scheduler enforces the same
+    // limit from its own measurements, so a worker that dies does not extend it.
+    let limit = time_left(a, req.max_hours).await;
     let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut timed_out = false;
     let mut child = cmd
         .spawn()
         .map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
@@ -188,6 +194,12 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
                 signal(pid, nix::sys::signal::Signal::SIGTERM);
                 stopping.get_or_insert_with(Instant::now);
             }
+            _ = tokio::time::sleep_until(deadline), if !timed_out && stopping.is_none() => {
+                tracing::info!(hours = req.max_hours, "the paid time is used up; stopping the program");
+                timed_out = true;
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+                stopping = Some(Instant::now());
+            }
         }
     };
     let wall = started.elapsed().as_secs_f64();
@@ -210,6 +222,21 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     };
     a.store.create_json(&a.job.alloc_result(a.attempt, a.index), &result).await?;
 
+    if timed_out {
+        let t = Transition::new(JobState::TimedOut, BY).reason(time_limit_reason(req.max_hours)).detail(StatusDetail {
+            exit_code: exit.code(),
+            wall_seconds: Some(wall),
+            gpu_seconds: Some(gpu_seconds),
+            alloc: Some(a.index),
+            log_tail: Some(tail.join("\n")),
+            ..Default::default()
+        });
+        status::advance(&a.store, &a.job, t).await?;
+        if let Finish::Leader(sshd) = finish {
+            sshd.stop().await;
+        }
+        return Ok(0);
+    }
     if !exit.success() {
         let how = match (exit.code(), signal_no) {
             (Some(c), _) => format!("exited with code {c}"),
@@ -245,4 +272,22 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Why a job that ran out of its paid time stopped.
+pub(crate) fn time_limit_reason(hours: f64) -> String {
+    format!("time limit: paid for {} h; outputs up to then are kept", aic_core::pricing::format_hours(hours))
+}
+
+/// The paid time this allocation has left: `max_hours` less the wall time of this
+/// allocation's earlier attempts (as they reported it).
+async fn time_left(a: &Alloc, max_hours: f64) -> Duration {
+    let mut used = 0.0;
+    for attempt in 0..a.attempt {
+        if let Ok(Some(r)) = a.store.get_json::<AllocResult>(&a.job.alloc_result(attempt, a.index), MAX_DOC_BYTES).await
+        {
+            used += r.wall_seconds;
+        }
+    }
+    Duration::from_secs_f64((aic_core::pricing::paid_hours(max_hours) * 3600.0 - used).max(0.0))
 }

@@ -36,6 +36,8 @@ pub struct Nomad {
     /// Every allocation ever placed, with the job as it was when it was made (what
     /// `GET /v1/allocation/:id` returns).
     pub history: BTreeMap<String, Value>,
+    /// What the client reports of each allocation ever placed.
+    pub info: BTreeMap<String, AllocInfo>,
     /// Nomad's raft index, for jobs' `CreateIndex`.
     pub index: u64,
     /// Jobs purged (`DELETE …?purge=true`).
@@ -45,7 +47,48 @@ pub struct Nomad {
     pub checks: BTreeMap<String, Option<&'static str>>,
 }
 
+/// An allocation as its client reports it (`TaskStates.worker`, `ClientStatus`).
+#[derive(Clone, Debug)]
+pub struct AllocInfo {
+    pub node: String,
+    pub index: usize,
+    pub gpus: u32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub status: String,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub modified_at: chrono::DateTime<chrono::Utc>,
+}
+
 impl Nomad {
+    /// Records a new allocation as placed (its task starts at once).
+    fn placed(&mut self, id: &str, node: &str, index: usize, job: &Value) {
+        let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
+        let aid = alloc_id(id, node, job);
+        let now = chrono::Utc::now();
+        self.history.insert(aid.clone(), job.clone());
+        self.info.insert(
+            aid,
+            AllocInfo {
+                node: node.into(),
+                index,
+                gpus,
+                started_at: now,
+                status: "running".into(),
+                finished_at: None,
+                modified_at: now,
+            },
+        );
+    }
+
+    /// The allocation ends as its client reports it (`complete`, `failed`).
+    pub fn ended(&mut self, aid: &str, status: &str) {
+        let i = self.info.get_mut(aid).expect("a placed allocation");
+        let now = chrono::Utc::now();
+        i.status = status.into();
+        i.finished_at = Some(now);
+        i.modified_at = now;
+    }
+
     /// The id of job `id`'s allocation on `node` now.
     pub fn alloc_of(&self, id: &str, node: &str) -> String {
         alloc_id(id, node, &self.jobs[id])
@@ -53,10 +96,14 @@ impl Nomad {
 
     /// Stops job `id`'s allocations: their GPUs are free again.
     fn stop_allocs(&mut self, id: &str) {
-        let Some(job) = self.jobs.get(id) else { return };
+        let Some(job) = self.jobs.get(id).cloned() else { return };
         let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
         for n in self.allocs.remove(id).unwrap_or_default() {
             *self.busy.get_mut(&n).unwrap() -= gpus;
+            let aid = alloc_id(id, &n, &job);
+            if self.info.get(&aid).is_some_and(|i| i.status == "running") {
+                self.ended(&aid, "complete");
+            }
         }
     }
 
@@ -76,7 +123,12 @@ impl Nomad {
             let tg = &job["TaskGroups"][0];
             let index = self.allocs[&id].iter().position(|n| n == node).unwrap();
             let keep = tg["Disconnect"]["Replace"] == false;
-            let mut ev = json!({"ID": self.alloc_of(&id, node), "JobID": id,
+            let aid = self.alloc_of(&id, node);
+            if let Some(i) = self.info.get_mut(&aid) {
+                i.status = if keep { "unknown" } else { "lost" }.into();
+                i.modified_at = chrono::Utc::now();
+            }
+            let mut ev = json!({"ID": aid, "JobID": id,
                 "Name": format!("{id}.{}[{index}]", tg["Name"].as_str().unwrap()), "NodeName": node,
                 "ClientStatus": if keep { "unknown" } else { "lost" }, "DesiredStatus": "run", "Namespace": "aic"});
             if !keep {
@@ -94,7 +146,7 @@ impl Nomad {
                 if let Some(n) = spare {
                     *self.busy.entry(n.1.to_string()).or_default() += gpus;
                     self.allocs.get_mut(&id).unwrap()[index] = n.1.to_string();
-                    self.history.insert(alloc_id(&id, n.1, &job), job.clone());
+                    self.placed(&id, n.1, index, &job);
                     self.replacements.push((id.clone(), n.1.to_string(), version));
                 }
             }
@@ -209,9 +261,9 @@ async fn handle(
             let eval_id = format!("eval-{}", s.evals.len() + 1);
             // Nomad places what it can of the group and blocks the rest.
             let placed: Vec<String> = free.iter().take(count as usize).cloned().collect();
-            for n in &placed {
+            for (i, n) in placed.iter().enumerate() {
                 *s.busy.entry(n.clone()).or_default() += gpus;
-                s.history.insert(alloc_id(&id, n, &stored), stored.clone());
+                s.placed(&id, n, i, &stored);
             }
             if !placed.is_empty() {
                 s.allocs.insert(id.clone(), placed);
@@ -308,12 +360,45 @@ async fn handle(
         }
         ("GET", p) if p.starts_with("/v1/allocation/") => {
             // One allocation, with the job as it was when the allocation was made (an
-            // allocation event carries no job: Nomad strips it, nomad/state/events.go).
+            // allocation event carries no job: Nomad strips it, nomad/state/events.go), its
+            // task's state and its reserved devices.
             let aid = p.trim_start_matches("/v1/allocation/");
-            match s.history.get(aid) {
-                Some(j) => reply(200, json!({"ID": aid, "JobID": j["ID"], "Job": j})),
-                None => text(404, "alloc not found"),
-            }
+            let (Some(j), Some(i)) = (s.history.get(aid), s.info.get(aid)) else {
+                return Ok(text(404, "alloc not found"));
+            };
+            let zero = "0001-01-01T00:00:00Z".to_string();
+            let node_id = NODES.iter().find(|x| x.1 == i.node).unwrap().0;
+            let ids: Vec<String> = (0..i.gpus).map(|g| format!("GPU-{node_id}-{g}")).collect();
+            reply(
+                200,
+                json!({"ID": aid, "JobID": j["ID"], "Job": j, "Namespace": "aic", "NodeName": i.node,
+                    "Name": format!("{}.{}[{}]", j["ID"].as_str().unwrap(), j["TaskGroups"][0]["Name"].as_str().unwrap(), i.index),
+                    "ClientStatus": i.status, "ModifyTime": i.modified_at.timestamp_nanos_opt().unwrap(),
+                    "TaskStates": {"worker": {"State": if i.finished_at.is_some() { "dead" } else { "running" },
+                        "StartedAt": i.started_at.to_rfc3339(),
+                        "FinishedAt": i.finished_at.map(|t| t.to_rfc3339()).unwrap_or(zero)}},
+                    "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}),
+            )
+        }
+        ("GET", "/v1/jobs") => {
+            // Job stubs (`JobListStub`); with `meta=true` their meta (Nomad 1.6+).
+            let prefix = query.get("prefix").cloned().unwrap_or_default();
+            let with_meta = query.get("meta").map(String::as_str) == Some("true");
+            let stubs: Vec<Value> = s
+                .jobs
+                .iter()
+                .filter(|(id, _)| id.starts_with(&prefix))
+                .map(|(id, j)| {
+                    let running = s.allocs.get(id).is_some_and(|a| !a.is_empty());
+                    let mut stub = json!({"ID": id, "Name": id, "Type": j["Type"], "Namespace": "aic", "Stop": j["Stop"],
+                        "Status": if running { "running" } else { "pending" }, "Version": j["Version"]});
+                    if with_meta {
+                        stub["Meta"] = j["Meta"].clone();
+                    }
+                    stub
+                })
+                .collect();
+            reply(200, json!(stubs))
         }
         ("GET", "/v1/allocations") => {
             let mut out = vec![];
@@ -360,23 +445,16 @@ pub async fn nomad() -> (Arc<Mutex<Nomad>>, String) {
 }
 
 pub fn cfg(addr: &str, token: &str) -> NomadConfig {
-    NomadConfig {
-        addr: addr.into(),
-        token: Some(token.into()),
-        region: None,
-        namespace: Some("aic".into()),
-        datacenter: "test_gateway".into(),
-        driver: "exec".into(),
-        image: aic_core::scheduler::nomad::DEFAULT_IMAGE.into(),
-        worker: "aic-worker".into(),
-        cpu_mhz: 1000,
-        memory_mb: 2048,
-        worker_env: vec![],
-        secrets_var: None,
-        worker_gateway: None,
-        stream_idle: std::time::Duration::from_secs(35),
-        gang_retry: std::time::Duration::from_secs(30),
-    }
+    let mut c = NomadConfig::new(addr);
+    c.token = Some(token.into());
+    c.namespace = Some("aic".into());
+    c.datacenter = "test_gateway".into();
+    c.driver = "exec".into();
+    c.worker = "aic-worker".into();
+    c.cpu_mhz = 1000;
+    c.memory_mb = 2048;
+    c.secrets_var = None;
+    c
 }
 
 pub fn manifest(miners: u32, gpus: u32) -> (JobKey, JobManifest) {

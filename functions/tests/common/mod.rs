@@ -51,6 +51,7 @@ pub fn pool_on(dir: tempfile::TempDir, store: Store, miners: u32, worker_body: &
             worker_bin: worker,
             work_root: dir.path().join("work"),
             worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
+            time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
         },
         store.clone(),
     );
@@ -75,6 +76,7 @@ pub fn idle_scheduler(work: PathBuf, store: &Store, miners: u32) -> LocalSchedul
             worker_bin: "/bin/true".into(),
             work_root: work,
             worker_env: vec![],
+            time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
         },
         store.clone(),
     )

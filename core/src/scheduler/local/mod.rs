@@ -41,6 +41,9 @@ use crate::store::Store;
 
 /// How long cancelled workers get between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long past a training job's paid time its workers get to stop the program and upload
+/// its outputs before the scheduler kills them itself.
+pub const TIME_LIMIT_GRACE: Duration = Duration::from_secs(30);
 /// How many times a job whose allocation was lost is started again.
 pub use super::recovery::MAX_RETRIES;
 
@@ -56,6 +59,9 @@ pub struct LocalConfig {
     pub work_root: PathBuf,
     /// Environment every worker gets (the store's location and credentials).
     pub worker_env: Vec<(String, String)>,
+    /// How long past a training job's paid time its workers are killed if still running
+    /// ([`TIME_LIMIT_GRACE`]).
+    pub time_limit_grace: Duration,
 }
 
 struct Miner {
@@ -72,6 +78,8 @@ struct Alloc {
     pid: i32,
     /// The port it was given on its miner's address (where a replica serves).
     port: u16,
+    /// When its worker was started (the start of what it is charged for).
+    started: chrono::DateTime<chrono::Utc>,
 }
 
 struct Running {

@@ -59,7 +59,7 @@ impl LocalScheduler {
                         st.miners[miner].free[*s] = false;
                     }
                     let pid = child.id().unwrap_or_default() as i32;
-                    allocs.push(Alloc { miner, slots, pid, port });
+                    allocs.push(Alloc { miner, slots, pid, port, started: chrono::Utc::now() });
                     names.push(miner_name);
                     self.reap(job.clone(), index as u32, child);
                 }
@@ -81,6 +81,9 @@ impl LocalScheduler {
             job.clone(),
             Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0 },
         );
+        if manifest.request.kind == JobKind::Train {
+            self.enforce_time_limit(job.clone(), attempt, manifest.request.max_hours);
+        }
         Ok(names)
     }
 
@@ -110,5 +113,41 @@ impl LocalScheduler {
                 let _ = status::advance(&self.inner.store, &job, t).await;
             }
         }
+    }
+}
+
+impl LocalScheduler {
+    /// Stops a training job that runs past its paid hours (less what its earlier attempts
+    /// ran, as this scheduler measured it) plus the grace its workers get to stop the program
+    /// themselves: kills every worker's process group and records `timed_out`. A worker that
+    /// dies or ignores the limit does not extend it.
+    fn enforce_time_limit(&self, job: JobKey, attempt: u32, hours: f64) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let store = &this.inner.store;
+            let runs = crate::usage::of(store, &job).await.unwrap_or_default();
+            let before: Vec<_> = runs.into_iter().filter(|u| u.attempt < attempt).collect();
+            let left = (crate::pricing::paid_hours(hours) * 3600.0 - crate::usage::wall_seconds(&before)).max(0.0);
+            tokio::time::sleep(Duration::from_secs_f64(left) + this.inner.cfg.time_limit_grace).await;
+            let pids: Vec<i32> = {
+                let mut st = this.inner.state.lock().unwrap();
+                match st.running.get_mut(&job) {
+                    Some(r) if r.attempt == attempt && !r.cancelled => {
+                        r.cancelled = true;
+                        r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
+                    }
+                    _ => return,
+                }
+            };
+            tracing::warn!(job = %job.job, hours, "past its paid time and grace; killing its workers");
+            for pid in pids {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let why = format!(
+                "time limit: paid for {} h; stopped by the scheduler; outputs up to then are kept",
+                crate::pricing::format_hours(hours)
+            );
+            let _ = status::advance(store, &job, Transition::new(JobState::TimedOut, "scheduler").reason(why)).await;
+        });
     }
 }

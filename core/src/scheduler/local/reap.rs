@@ -44,7 +44,8 @@ impl LocalScheduler {
                                 let pid = child.id().unwrap_or_default() as i32;
                                 let name = st.miners[miner].name.clone();
                                 let r = st.running.get_mut(job).expect("still running");
-                                r.allocs[index as usize] = Alloc { miner, slots, pid, port };
+                                r.allocs[index as usize] =
+                                    Alloc { miner, slots, pid, port, started: chrono::Utc::now() };
                                 r.replaced += 1;
                                 Ok(Some((child, name)))
                             }
@@ -77,23 +78,41 @@ impl LocalScheduler {
         let this = self.clone();
         tokio::spawn(async move {
             let exit = child.wait().await;
-            let (miner_name, cancelled, restarting) = {
+            let ended_at = chrono::Utc::now();
+            let (miner_name, cancelled, restarting, run) = {
                 let mut st = this.inner.state.lock().unwrap();
-                let mut out = (String::new(), false, false);
+                let mut out = (String::new(), false, false, None);
                 if let Some(r) = st.running.get_mut(&job) {
                     out.1 = r.cancelled;
                     out.2 = r.restarting.is_some();
+                    let attempt = r.attempt;
                     // Allocations are stored in index order.
                     if let Some(a) = r.allocs.get_mut(index as usize) {
-                        let (miner, slots) = (a.miner, std::mem::take(&mut a.slots));
+                        let (miner, slots, pid, started) = (a.miner, std::mem::take(&mut a.slots), a.pid, a.started);
+                        let gpus = slots.len() as u32;
                         for s in slots {
                             st.miners[miner].free[s] = true;
                         }
                         out.0 = st.miners[miner].name.clone();
+                        out.3 = Some((attempt, gpus, pid, started));
                     }
                 }
                 out
             };
+            // What it used, as this scheduler saw it: from its start to its exit.
+            if let Some((attempt, gpus, pid, started_at)) = run {
+                let how = match &exit {
+                    Ok(s) if s.success() => "exited 0".to_string(),
+                    Ok(s) => format!("{s}"),
+                    Err(e) => e.to_string(),
+                };
+                let u =
+                    crate::usage::Usage { attempt, index, miner: miner_name.clone(), gpus, started_at, ended_at, how };
+                let run = format!("{pid}-{}", started_at.timestamp_millis());
+                if let Err(e) = crate::usage::record(&this.inner.store, &job, &run, &u).await {
+                    tracing::warn!(job = %job.job, error = %e, "cannot record what the allocation used");
+                }
+            }
             let ok = matches!(&exit, Ok(s) if s.success());
             if !ok && !cancelled && !restarting {
                 let how = match &exit {

@@ -28,6 +28,9 @@ pub struct NomadConfig {
     /// How often waiting gang jobs are tried even when no allocation of aic's ended (GPUs
     /// that other namespaces free are not on aic's event stream).
     pub gang_retry: std::time::Duration,
+    /// How long past a training job's paid time its workers get to stop the program and
+    /// upload its outputs before the job is stopped.
+    pub time_limit_grace: std::time::Duration,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -53,6 +56,7 @@ impl NomadConfig {
             worker_gateway: None,
             stream_idle: std::time::Duration::from_secs(35),
             gang_retry: std::time::Duration::from_secs(30),
+            time_limit_grace: std::time::Duration::from_secs(30),
         }
     }
 

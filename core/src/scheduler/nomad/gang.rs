@@ -127,15 +127,21 @@ impl NomadScheduler {
 }
 
 impl NomadScheduler {
-    /// Places waiting gang jobs whenever an allocation ends (the watcher says so) and every
-    /// `gang_retry`, until `stop` resolves.
-    pub async fn place_waiting_until(&self, stop: impl std::future::Future<Output = ()>) {
+    /// Places waiting gang jobs and stops jobs past their paid time ([`Self::stop_overdue`])
+    /// whenever an allocation ends (the watcher says so) and every `gang_retry`, until `stop`
+    /// resolves.
+    pub async fn housekeeping(&self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
             match self.place_waiting().await {
                 Ok(placed) if !placed.is_empty() => tracing::info!(?placed, "waiting jobs placed whole"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "placing waiting jobs"),
+            }
+            match self.stop_overdue().await {
+                Ok(stopped) if !stopped.is_empty() => tracing::info!(?stopped, "jobs past their paid time stopped"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "stopping jobs past their paid time"),
             }
             tokio::select! {
                 _ = &mut stop => return,

@@ -40,6 +40,7 @@
 mod api;
 mod config;
 mod gang;
+mod limits;
 mod spec;
 mod watch;
 
@@ -131,8 +132,12 @@ impl NomadScheduler {
                 return Ok(Submitted::Queued(why));
             }
         }
+        let mut spec = job_spec(&self.cfg, job, m, attempt);
+        if r.kind == JobKind::Train {
+            spec["Meta"]["aic_deadline"] = json!(self.deadline(job, m, attempt).await?.to_string());
+        }
         let body = json!({
-            "Job": job_spec(&self.cfg, job, m, attempt),
+            "Job": spec,
             "EnforceIndex": only_if_new,
             "JobModifyIndex": 0,
         });
@@ -190,11 +195,12 @@ impl Scheduler for NomadScheduler {
         self.register(job, m, 0, true).await
     }
 
-    /// Follows Nomad's allocation events (`watch`) and places waiting gang jobs when room
-    /// frees up (`gang`), until the host stops.
+    /// Follows Nomad's allocation events (`watch`: restarts, usage), places waiting gang
+    /// jobs when room frees up (`gang`) and stops jobs past their paid time (`limits`),
+    /// until the host stops.
     async fn run(&self, store: crate::Store, stop: super::Stop) {
         let stop = futures::future::FutureExt::shared(stop);
-        tokio::join!(self.watch(store, stop.clone()), self.place_waiting_until(stop));
+        tokio::join!(self.watch(store, stop.clone()), self.housekeeping(stop));
     }
 
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {

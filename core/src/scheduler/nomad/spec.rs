@@ -234,27 +234,18 @@ mod tests {
     use aic_schemas::{JobId, JobRequest};
 
     pub fn cfg() -> NomadConfig {
-        NomadConfig {
-            addr: "http://nomad:4646".into(),
-            token: Some("secret".into()),
-            region: None,
-            namespace: Some("aic".into()),
-            datacenter: "test_gateway".into(),
-            driver: "docker".into(),
-            image: "registry.pool/aic-worker:0.1.0".into(),
-            worker: "/usr/local/bin/aic-worker".into(),
-            cpu_mhz: 2000,
-            memory_mb: 8192,
-            worker_env: vec![
-                ("AIC_STORE".into(), "s3://pool".into()),
-                ("AWS_ACCESS_KEY_ID".into(), "AKIA".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), "shh".into()),
-            ],
-            secrets_var: Some("nomad/jobs".into()),
-            worker_gateway: None,
-            stream_idle: std::time::Duration::from_secs(35),
-            gang_retry: std::time::Duration::from_secs(30),
-        }
+        let mut c = NomadConfig::new("http://nomad:4646");
+        c.token = Some("secret".into());
+        c.namespace = Some("aic".into());
+        c.datacenter = "test_gateway".into();
+        c.image = "registry.pool/aic-worker:0.1.0".into();
+        c.worker_env = vec![
+            ("AIC_STORE".into(), "s3://pool".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "AKIA".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "shh".into()),
+        ];
+        c.secrets_var = Some("nomad/jobs".into());
+        c
     }
 
     fn manifest(kind: &str, miners: u32, gpus: u32) -> (JobKey, JobManifest) {

@@ -93,6 +93,9 @@ impl NomadScheduler {
                         if matches!(a["ClientStatus"].as_str(), Some("complete" | "failed" | "lost" | "unknown")) {
                             // GPUs may have freed up for a job waiting to be placed whole.
                             self.freed.notify_one();
+                            if let Err(e) = self.meter_ended(a).await {
+                                tracing::warn!(alloc = ?a["ID"], error = %e, "cannot record what the allocation used");
+                            }
                         }
                         match self.on_alloc(store, a).await {
                             Ok(AllocAction::Nothing) => {}
@@ -107,6 +110,20 @@ impl NomadScheduler {
             }
         }
         Ok(())
+    }
+
+    /// Records what an ended allocation of one of aic's jobs used (see `limits`).
+    pub async fn meter_ended(&self, a: &Value) -> Result<(), ScheduleError> {
+        if !a["JobID"].as_str().is_some_and(|id| id.starts_with("aic-"))
+            || a["Namespace"].as_str().zip(self.cfg.namespace.as_deref()).is_some_and(|(n, mine)| n != mine)
+        {
+            return Ok(());
+        }
+        let id = a["ID"].as_str().unwrap_or_default();
+        match self.call(reqwest::Method::GET, &format!("allocation/{id}"), &[], None).await? {
+            Some(full) => self.meter(&full).await,
+            None => Ok(()),
+        }
     }
 
     /// One allocation update. A lost allocation (its node gone) or one that failed while the
