@@ -91,6 +91,61 @@ fn a_job_stops_at_its_paid_time_and_keeps_its_outputs() {
 }
 
 #[test]
+fn a_jobs_program_gets_none_of_its_workers_secrets() {
+    // The worker reads its store access once and takes it out of its environment, and is
+    // non-dumpable: a program running as the same user cannot read `/proc/<worker>/environ`
+    // (which keeps what the worker was started with) nor trace it. Checked as a user other
+    // than root, since root may read any process's memory: the whole embedded pool runs as
+    // `nobody` here.
+    let h = Home::new();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(h.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = h.write(
+        "probe.sh",
+        "echo \"in its environment: token=${AIC_WORKER_TOKEN:-none} store=${AIC_STORE:-none}\"\n\
+         if cat /proc/$PPID/environ > \"$AIC_OUTPUT_DIR/env\" 2>/dev/null; then\n\
+           if grep -q aic-canary \"$AIC_OUTPUT_DIR/env\"; then echo 'the worker environment: read, token seen'; else echo 'the worker environment: read'; fi\n\
+         else echo 'the worker environment: denied'; fi\n\
+         echo \"the parent $(ps -o comm= -p $PPID) runs as $(ps -o user= -p $PPID) and this program as $(id -un)\"\n",
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(aic_bin());
+        c
+    } else {
+        std::process::Command::new(aic_bin())
+    };
+    cmd.args(["run", script.to_str().unwrap()])
+        .current_dir(h.path())
+        .env("AIC_HOME", h.path().join("aic"))
+        .env("HOME", h.path())
+        .env_remove("AIC_STORE")
+        .env_remove("AIC_GATEWAY")
+        .env("AIC_POOL_MINERS", "1")
+        .env("AIC_POOL_GPUS", "1")
+        // What a worker's token would be: in the worker's environment when it starts.
+        .env("AIC_WORKER_TOKEN", "aic-canary-0123456789")
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    let all = format!("{stdout}{stderr}");
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("in its environment: token=none store=none"), "{all}");
+    assert!(all.contains("the worker environment: denied"), "{all}");
+    let user = if root {
+        "nobody".to_string()
+    } else {
+        String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert!(all.contains(&format!("the parent aic-worker runs as {user} and this program as {user}")), "{all}");
+}
+
+#[test]
 fn a_job_the_pool_cannot_run_is_refused_before_anything_is_paid() {
     let h = Home::new();
     let script = h.write("ok.sh", "echo hi\n");

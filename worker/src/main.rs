@@ -56,8 +56,29 @@ const PEERS_WAIT: Duration = Duration::from_secs(3600);
 /// How long an allocation waits for another to come up (rendezvous).
 const PEERS_UP: Duration = Duration::from_secs(300);
 
-#[tokio::main]
-async fn main() {
+/// The variables that give access to the bucket: read once into the worker's store, then
+/// taken out of its environment, so that no program it starts inherits them.
+const STORE_ACCESS: &[&str] = &[
+    "AIC_WORKER_TOKEN",
+    "AIC_STORE",
+    "AIC_S3_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+];
+
+fn main() {
+    // The job's program runs as this worker's user: it may not read the worker's memory or
+    // its environment (`/proc/<worker>/environ` keeps the variables it was started with) nor
+    // trace it. A non-dumpable process is open to that only with CAP_SYS_PTRACE, which
+    // containers do not grant by default.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("aic-worker: cannot make itself non-dumpable: {e}");
+        std::process::exit(2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -69,7 +90,18 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let code = match run(&alloc).await {
+    for k in STORE_ACCESS {
+        // SAFETY: no other thread runs yet (the runtime starts below), so nothing reads
+        // the environment while it changes.
+        unsafe { std::env::remove_var(k) };
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let code = rt.block_on(run_allocation(alloc));
+    std::process::exit(code);
+}
+
+async fn run_allocation(alloc: Alloc) -> i32 {
+    match run(&alloc).await {
         Ok(code) => code,
         Err(e) => {
             // Anything that stopped the worker before or around the program fails the job
@@ -82,8 +114,7 @@ async fn main() {
             let _ = status::advance(&alloc.store, &alloc.job, t).await;
             1
         }
-    };
-    std::process::exit(code);
+    }
 }
 
 /// Runs the allocation; returns the worker's exit code (0 when the program succeeded).
