@@ -9,6 +9,8 @@
 //! | `AIC_TREASURY` | `treasury` |
 //! | `AIC_PRICE` | `price_per_gpu_hour`, in AIC (decimal, e.g. `0.5`) |
 //! | `AIC_CONFIRMATIONS` | `confirmations` |
+//! | `AIC_ESCROW` | `escrow` (the AICEscrow contract: jobs are paid by deposit, unused time refunded) |
+//! | `AIC_SETTLER_KEY` | the settler's private key (hex), a pool secret: it settles deposits; never in `chain.json`, never given to a worker |
 
 use std::path::Path;
 
@@ -25,6 +27,11 @@ pub struct ChainConfig {
     pub price_per_gpu_hour: String,
     /// Blocks a payment needs, counting its own (1 = mined).
     pub confirmations: u64,
+    /// The escrow jobs are paid into (`AICEscrow`): the pool settles each paid run with what
+    /// it used and the rest goes back. Without one, payments are plain transfers to the
+    /// treasury (no refunds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escrow: Option<Address>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +61,7 @@ impl ChainConfig {
             treasury: Address::ZERO,
             price_per_gpu_hour: "0".into(),
             confirmations: 0,
+            escrow: None,
         }
     }
 
@@ -82,6 +90,7 @@ impl ChainConfig {
                 treasury: treasury.1.parse().ok()?,
                 price_per_gpu_hour: "0".into(),
                 confirmations: 12,
+                escrow: None,
             })
         }) else {
             return Ok(None);
@@ -101,6 +110,10 @@ impl ChainConfig {
         }
         if let Some((k, v)) = env("AIC_PRICE") {
             c.price_per_gpu_hour = parse_aic(&v).map_err(|e| ConfigError::Bad(k, v, e))?.to_string();
+        }
+        if let Some((k, v)) = env("AIC_ESCROW") {
+            c.escrow =
+                Some(v.parse().map_err(|e: alloy::hex::FromHexError| ConfigError::Bad(k, v.clone(), e.to_string()))?);
         }
         if let Some((k, v)) = env("AIC_CONFIRMATIONS") {
             c.confirmations = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Bad(k, v, e.to_string()))?;

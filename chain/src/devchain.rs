@@ -1,6 +1,7 @@
 //! The dev chain of the embedded pool: anvil, with the AIC token deployed by the first dev
-//! account, 1000 AIC minted to each of the first nine accounts, and the tenth account as
-//! the pool treasury. Anvil keeps its state in a file, so balances and past payments
+//! account, 1000 AIC minted to each of the first nine accounts, the tenth account as the
+//! pool treasury, and the escrow jobs are paid into, settled by the ninth account
+//! ([`SETTLER`]). Anvil keeps its state in a file, so balances and past payments
 //! survive restarts; the token's address is the same on every fresh chain (same deployer,
 //! nonce 0).
 
@@ -16,6 +17,10 @@ use anyhow::Context;
 
 use crate::ChainConfig;
 use crate::token::{self, IAIC};
+
+/// The dev account that settles deposits on the dev chain (a pool's settler key is its own
+/// secret, `AIC_SETTLER_KEY`).
+pub const SETTLER: u32 = 8;
 
 /// AIC minted to each dev account on a new chain.
 pub const DEV_FUNDS: u128 = 1000 * 10u128.pow(18);
@@ -89,6 +94,14 @@ pub async fn start(
             aic.mint(dev_key(i).address(), U256::from(DEV_FUNDS)).send().await?.get_receipt().await?;
         }
     }
+    // The escrow, next (nonce 10 on a fresh chain: the same address every time).
+    let escrow_addr = deployer.address().create(10);
+    if provider.get_code_at(escrow_addr).await?.is_empty() {
+        let deployed =
+            crate::escrow::deploy(&provider, deployer.address(), token_addr, treasury, dev_key(SETTLER).address())
+                .await?;
+        anyhow::ensure!(deployed == escrow_addr, "the escrow was deployed at {deployed}, expected {escrow_addr}");
+    }
     let config = ChainConfig {
         rpc_url: anvil.endpoint(),
         chain_id: anvil.chain_id(),
@@ -96,9 +109,16 @@ pub async fn start(
         treasury,
         price_per_gpu_hour: price_per_gpu_hour.to_string(),
         confirmations,
+        escrow: Some(escrow_addr),
     };
     config.save(config_path)?;
     Ok(DevChain { anvil, config })
+}
+
+/// Moves the chain's clock `secs` forward and mines a block (anvil only).
+pub async fn advance_time<P: Provider>(provider: &P, secs: u64) -> anyhow::Result<()> {
+    let _: serde_json::Value = provider.raw_request("evm_increaseTime".into(), (secs,)).await?;
+    mine(provider, 1).await
 }
 
 /// Mines `n` blocks (anvil only).

@@ -2,6 +2,7 @@
 //!
 //! - `config`: which chain, token, treasury, price and confirmations a pool uses.
 //! - `token`: the AIC ERC-20 (contracts/), its bindings, deployment and transfers.
+//! - `escrow`: deposits for paid runs, settled by the pool with refunds (contracts/).
 //! - `request`: the job request as EIP-712 typed data: hash, sign, recover.
 //! - `siwe`: Sign-In with Ethereum (EIP-4361) messages.
 //! - `verify`: the validate function's signature and payment checks.
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod devchain;
+pub mod escrow;
 pub mod follow;
 pub mod request;
 pub mod siwe;

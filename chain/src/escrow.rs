@@ -1,0 +1,131 @@
+//! The escrow (`contracts/src/AICEscrow.sol`): a user deposits AIC for one paid run of a
+//! job, the pool settles it once with the amount used (the rest goes back in the same
+//! transaction), and a deposit the pool never settles can be reclaimed after its deadline.
+//!
+//! A run is a job's first run, or one of its resumes: [`run_id`] keys a deposit by job id and
+//! run number, so each resume is paid and settled on its own.
+
+use alloy::network::TransactionBuilder;
+use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
+use alloy::providers::Provider;
+use alloy::rpc::types::TransactionRequest;
+use alloy::sol;
+use alloy::sol_types::SolValue;
+
+sol! {
+    #[sol(rpc)]
+    #[derive(Debug)]
+    interface IAICEscrow {
+        enum State { None, Held, Settled, Reclaimed }
+        event Deposited(bytes32 indexed run, address indexed depositor, uint256 amount, uint64 deadline);
+        event Settled(bytes32 indexed run, address indexed depositor, uint256 used, uint256 refunded);
+        event Reclaimed(bytes32 indexed run, address indexed depositor, uint256 amount);
+        error ZeroAddress();
+        error ZeroAmount();
+        error BadHours(uint32 milliHours);
+        error AlreadyDeposited(bytes32 run);
+        error NotHeld(bytes32 run, State state);
+        error NotSettler(address caller);
+        error NotDepositor(address caller);
+        error UsedMoreThanDeposit(uint256 used, uint256 amount);
+        error TooEarly(uint64 deadline);
+        function GRACE() external view returns (uint64);
+        function token() external view returns (address);
+        function treasury() external view returns (address);
+        function settler() external view returns (address);
+        function deposit(bytes32 run, uint256 amount, uint32 milliHours) external;
+        function settle(bytes32 run, uint256 used) external;
+        function reclaim(bytes32 run) external;
+        function deposits(bytes32 run) external view returns (address depositor, State state, uint64 deadline, uint128 amount, uint128 used);
+    }
+
+    #[sol(rpc)]
+    interface IERC20Approve {
+        function approve(address spender, uint256 value) external returns (bool);
+        function allowance(address owner, address spender) external view returns (uint256);
+    }
+}
+
+/// `contracts/out/AICEscrow.json`, compiled by `node contracts/build.js`.
+pub const ARTIFACT: &str = include_str!("../../contracts/out/AICEscrow.json");
+
+/// The deposit key of run `run` (0 for the first, then each resume) of job `job`.
+pub fn run_id(job: &str, run: u32) -> B256 {
+    keccak256(("aic-run", job.to_string(), run).abi_encode_packed())
+}
+
+/// A deposit as the contract holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub depositor: Address,
+    /// 0 none, 1 held, 2 settled, 3 reclaimed.
+    pub state: u8,
+    pub deadline: u64,
+    pub amount: U256,
+    pub used: U256,
+}
+
+pub const NONE: u8 = 0;
+pub const HELD: u8 = 1;
+pub const SETTLED: u8 = 2;
+pub const RECLAIMED: u8 = 3;
+
+/// Deploys the escrow for `token`, paying `treasury`, settled by `settler`.
+pub async fn deploy<P: Provider>(
+    provider: &P,
+    from: Address,
+    token: Address,
+    treasury: Address,
+    settler: Address,
+) -> anyhow::Result<Address> {
+    let v: serde_json::Value = serde_json::from_str(ARTIFACT)?;
+    let hex = v["bytecode"].as_str().ok_or_else(|| anyhow::anyhow!("artifact without bytecode"))?;
+    let mut code = hex.parse::<Bytes>()?.to_vec();
+    code.extend_from_slice(&(token, treasury, settler).abi_encode_params());
+    let tx = TransactionRequest::default().with_from(from).with_deploy_code(code);
+    let receipt = provider.send_transaction(tx).await?.get_receipt().await?;
+    anyhow::ensure!(receipt.status(), "deploying the escrow reverted");
+    receipt.contract_address.ok_or_else(|| anyhow::anyhow!("deployment produced no contract"))
+}
+
+/// Approves the escrow for `amount` and deposits it for `run` (two transactions, as a wallet
+/// sends them); returns the deposit's transaction hash once mined.
+pub async fn deposit<P: Provider>(
+    provider: &P,
+    token: Address,
+    escrow: Address,
+    run: B256,
+    amount: U256,
+    milli_hours: u32,
+) -> anyhow::Result<B256> {
+    let approve = IERC20Approve::new(token, provider).approve(escrow, amount).send().await?.get_receipt().await?;
+    anyhow::ensure!(approve.status(), "approving the escrow reverted (not enough AIC?)");
+    let pending = IAICEscrow::new(escrow, provider)
+        .deposit(run, amount, milli_hours)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("the escrow refused the deposit: {}", revert_reason(&e)))?;
+    let r = pending.get_receipt().await?;
+    anyhow::ensure!(r.status(), "the deposit {} reverted", r.transaction_hash);
+    Ok(r.transaction_hash)
+}
+
+/// What the escrow holds for `run`.
+pub async fn held<P: Provider>(provider: &P, escrow: Address, run: B256) -> anyhow::Result<Held> {
+    let d = IAICEscrow::new(escrow, provider).deposits(run).call().await?;
+    Ok(Held {
+        depositor: d.depositor,
+        state: d.state as u8,
+        deadline: d.deadline,
+        amount: U256::from(d.amount),
+        used: U256::from(d.used),
+    })
+}
+
+/// A contract revert as a sentence, when it is one of the escrow's errors.
+pub fn revert_reason(e: &alloy::contract::Error) -> String {
+    match e.as_decoded_interface_error::<IAICEscrow::IAICEscrowErrors>() {
+        Some(err) => format!("{err:?}"),
+        None => e.to_string(),
+    }
+}
