@@ -10,6 +10,7 @@
 //! | `AIC_PRICE` | `price_per_gpu_hour`, in AIC (decimal, e.g. `0.5`) |
 //! | `AIC_CONFIRMATIONS` | `confirmations` |
 //! | `AIC_ESCROW` | `escrow` (the AICEscrow contract: jobs are paid by deposit, unused time refunded) |
+//! | `AIC_ACCEPT_TRANSFERS` | `transfers`: `0` takes deposits into the escrow only; default `1` |
 //! | `AIC_SETTLER_KEY` | the settler's private key (hex), a pool secret: it settles deposits; never in `chain.json`, never given to a worker |
 
 use std::path::Path;
@@ -32,6 +33,14 @@ pub struct ChainConfig {
     /// treasury (no refunds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escrow: Option<Address>,
+    /// Whether plain transfers to the treasury also pay (no refunds); with an escrow, a pool
+    /// may take deposits only (`AIC_ACCEPT_TRANSFERS=0`).
+    #[serde(default = "yes")]
+    pub transfers: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +71,7 @@ impl ChainConfig {
             price_per_gpu_hour: "0".into(),
             confirmations: 0,
             escrow: None,
+            transfers: true,
         }
     }
 
@@ -91,6 +101,7 @@ impl ChainConfig {
                 price_per_gpu_hour: "0".into(),
                 confirmations: 12,
                 escrow: None,
+                transfers: true,
             })
         }) else {
             return Ok(None);
@@ -114,6 +125,13 @@ impl ChainConfig {
         if let Some((k, v)) = env("AIC_ESCROW") {
             c.escrow =
                 Some(v.parse().map_err(|e: alloy::hex::FromHexError| ConfigError::Bad(k, v.clone(), e.to_string()))?);
+        }
+        if let Some((k, v)) = env("AIC_ACCEPT_TRANSFERS") {
+            c.transfers = match v.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(ConfigError::Bad(k, v, "use 1 or 0".into())),
+            };
         }
         if let Some((k, v)) = env("AIC_CONFIRMATIONS") {
             c.confirmations = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Bad(k, v, e.to_string()))?;

@@ -110,6 +110,7 @@ pub async fn start(
         price_per_gpu_hour: price_per_gpu_hour.to_string(),
         confirmations,
         escrow: Some(escrow_addr),
+        transfers: true,
     };
     config.save(config_path)?;
     Ok(DevChain { anvil, config })

@@ -26,7 +26,6 @@ sol! {
         error AlreadyDeposited(bytes32 run);
         error NotHeld(bytes32 run, State state);
         error NotSettler(address caller);
-        error NotDepositor(address caller);
         error UsedMoreThanDeposit(uint256 used, uint256 amount);
         error TooEarly(uint64 deadline);
         function GRACE() external view returns (uint64);
@@ -34,9 +33,9 @@ sol! {
         function treasury() external view returns (address);
         function settler() external view returns (address);
         function deposit(bytes32 run, uint256 amount, uint32 milliHours) external;
-        function settle(bytes32 run, uint256 used) external;
+        function settle(address depositor, bytes32 run, uint256 used) external;
         function reclaim(bytes32 run) external;
-        function deposits(bytes32 run) external view returns (address depositor, State state, uint64 deadline, uint128 amount, uint128 used);
+        function deposits(address depositor, bytes32 run) external view returns (address depositor_, State state, uint64 deadline, uint128 amount, uint128 used);
     }
 
     #[sol(rpc)]
@@ -110,11 +109,11 @@ pub async fn deposit<P: Provider>(
     Ok(r.transaction_hash)
 }
 
-/// What the escrow holds for `run`.
-pub async fn held<P: Provider>(provider: &P, escrow: Address, run: B256) -> anyhow::Result<Held> {
-    let d = IAICEscrow::new(escrow, provider).deposits(run).call().await?;
+/// What the escrow holds from `depositor` for `run`.
+pub async fn held<P: Provider>(provider: &P, escrow: Address, depositor: Address, run: B256) -> anyhow::Result<Held> {
+    let d = IAICEscrow::new(escrow, provider).deposits(depositor, run).call().await?;
     Ok(Held {
-        depositor: d.depositor,
+        depositor: d.depositor_,
         state: d.state as u8,
         deadline: d.deadline,
         amount: U256::from(d.amount),

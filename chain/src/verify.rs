@@ -14,8 +14,10 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::escrow::IAICEscrow;
 use crate::token::IAIC;
-use crate::{ChainConfig, to_alloy};
+use crate::{ChainConfig, from_alloy, to_alloy};
+use aic_schemas::manifest::EscrowDeposit;
 
 /// Requests must carry their owner's EIP-712 signature for this chain.
 pub struct Eip712Auth {
@@ -109,41 +111,26 @@ impl PaymentVerifier for ChainPayments {
             )));
         }
 
-        // The AIC transfers in the transaction, and why others do not count.
+        // A deposit into the pool's escrow for this job's run, from its owner; else (where the
+        // pool takes them) AIC transfers to the treasury.
         let owner = to_alloy(&req.owner);
-        let mut other_token = None;
-        let mut from_other = None;
-        let mut to_other = None;
-        let mut paid = U256::ZERO;
-        for log in receipt.inner.logs() {
-            let Ok(t) = log.log_decode::<IAIC::Transfer>() else { continue };
-            let t = t.inner;
-            if t.address != self.cfg.token {
-                other_token = Some(t.address);
-            } else if t.data.from != owner {
-                from_other = Some(t.data.from);
-            } else if t.data.to != self.cfg.treasury {
-                to_other = Some(t.data.to);
-            } else {
-                paid += t.data.value;
+        let (paid, escrow) = match self.deposit(&receipt, job, owner, p)? {
+            Some(d) => d,
+            None if !self.cfg.transfers => {
+                return Err(reject(format!(
+                    "transaction {} is no deposit for this job into the pool's escrow {}; this pool takes deposits \
+                     only (`aic run` makes one)",
+                    p.tx,
+                    self.cfg.escrow.map(|e| e.to_string()).unwrap_or_default()
+                )));
             }
-        }
-        if paid.is_zero() {
-            let why = if let Some(to) = to_other {
-                format!("payment {} goes to {to}, not to the pool treasury {}", p.tx, self.cfg.treasury)
-            } else if let Some(from) = from_other {
-                format!("payment {} is from {from}, not from the job's owner {}", p.tx, req.owner)
-            } else if let Some(token) = other_token {
-                format!("payment {} is in token {token}, not in AIC ({})", p.tx, self.cfg.token)
-            } else {
-                format!("transaction {} is not an AIC transfer to the pool treasury", p.tx)
-            };
-            return Err(reject(why));
-        }
+            None => (self.transferred(&receipt, owner, p)?, None),
+        };
         if paid < U256::from(total) {
             return Err(reject(format!(
-                "underpaid: payment {} transfers {} but the job costs {}",
+                "underpaid: payment {} {} {} but the job costs {}",
                 p.tx,
+                if escrow.is_some() { "deposits" } else { "transfers" },
                 aic(paid),
                 format_aic(total)
             )));
@@ -175,6 +162,86 @@ impl PaymentVerifier for ChainPayments {
                 }
             }
         }
-        Ok(Some(PaymentClaim { chain_id: p.chain_id, tx: p.tx.to_lowercase(), paid: paid.to_string() }))
+        Ok(Some(PaymentClaim { chain_id: p.chain_id, tx: p.tx.to_lowercase(), paid: paid.to_string(), escrow }))
+    }
+}
+
+impl ChainPayments {
+    /// The deposit the transaction made into the pool's escrow for this job's first run, from
+    /// its owner; `None` when it made none into that escrow. A deposit for another run or from
+    /// another address is refused with the reason.
+    fn deposit(
+        &self,
+        receipt: &alloy::rpc::types::TransactionReceipt,
+        job: &JobKey,
+        owner: alloy::primitives::Address,
+        p: &aic_schemas::PaymentRef,
+    ) -> Result<Option<(U256, Option<EscrowDeposit>)>, PaymentVerdict> {
+        let Some(escrow) = self.cfg.escrow else { return Ok(None) };
+        let run_no = 0;
+        let run = crate::escrow::run_id(job.job.as_str(), run_no);
+        let mut refusal = None;
+        for log in receipt.inner.logs() {
+            let Ok(d) = log.log_decode::<IAICEscrow::Deposited>() else { continue };
+            let d = d.inner;
+            if d.address != escrow {
+                continue;
+            }
+            if d.data.run != run {
+                refusal = Some(format!("deposit {} is for another job or run, not job {}", p.tx, job.job));
+            } else if d.data.depositor != owner {
+                refusal = Some(format!(
+                    "deposit {} is from {}, not from the job's owner {}",
+                    p.tx, d.data.depositor, job.owner
+                ));
+            } else {
+                let e = EscrowDeposit { contract: escrow.to_string(), run_key: format!("{run:#x}"), run: run_no };
+                return Ok(Some((d.data.amount, Some(e))));
+            }
+        }
+        match refusal {
+            Some(why) => Err(reject(why)),
+            None => Ok(None),
+        }
+    }
+
+    /// The AIC the transaction transferred from `owner` to the treasury; refused with the
+    /// reason when it transferred none there.
+    fn transferred(
+        &self,
+        receipt: &alloy::rpc::types::TransactionReceipt,
+        owner: alloy::primitives::Address,
+        p: &aic_schemas::PaymentRef,
+    ) -> Result<U256, PaymentVerdict> {
+        let mut other_token = None;
+        let mut from_other = None;
+        let mut to_other = None;
+        let mut paid = U256::ZERO;
+        for log in receipt.inner.logs() {
+            let Ok(t) = log.log_decode::<IAIC::Transfer>() else { continue };
+            let t = t.inner;
+            if t.address != self.cfg.token {
+                other_token = Some(t.address);
+            } else if t.data.from != owner {
+                from_other = Some(t.data.from);
+            } else if t.data.to != self.cfg.treasury {
+                to_other = Some(t.data.to);
+            } else {
+                paid += t.data.value;
+            }
+        }
+        if !paid.is_zero() {
+            return Ok(paid);
+        }
+        let why = if let Some(to) = to_other {
+            format!("payment {} goes to {to}, not to the pool treasury {}", p.tx, self.cfg.treasury)
+        } else if let Some(from) = from_other {
+            format!("payment {} is from {from}, not from the job's owner {}", p.tx, from_alloy(owner))
+        } else if let Some(token) = other_token {
+            format!("payment {} is in token {token}, not in AIC ({})", p.tx, self.cfg.token)
+        } else {
+            format!("transaction {} is not an AIC transfer to the pool treasury", p.tx)
+        };
+        Err(reject(why))
     }
 }

@@ -11,6 +11,8 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 /// pool's settler settles it once with the amount used: that goes to the treasury and the
 /// rest back to the depositor in the same transaction. If the pool never settles, the
 /// depositor takes the whole deposit back after the run's paid hours and the grace below.
+/// Deposits are kept per depositor: nobody can take a run's slot from its owner by
+/// depositing for it first.
 contract AICEscrow is ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -39,7 +41,7 @@ contract AICEscrow is ReentrancyGuard {
     address public immutable treasury;
     address public immutable settler;
 
-    mapping(bytes32 => Deposit) public deposits;
+    mapping(address => mapping(bytes32 => Deposit)) public deposits;
 
     event Deposited(bytes32 indexed run, address indexed depositor, uint256 amount, uint64 deadline);
     event Settled(bytes32 indexed run, address indexed depositor, uint256 used, uint256 refunded);
@@ -51,7 +53,6 @@ contract AICEscrow is ReentrancyGuard {
     error AlreadyDeposited(bytes32 run);
     error NotHeld(bytes32 run, State state);
     error NotSettler(address caller);
-    error NotDepositor(address caller);
     error UsedMoreThanDeposit(uint256 used, uint256 amount);
     error TooEarly(uint64 deadline);
 
@@ -67,17 +68,18 @@ contract AICEscrow is ReentrancyGuard {
     function deposit(bytes32 run, uint256 amount, uint32 milliHours) external nonReentrant {
         if (amount == 0 || amount > type(uint128).max) revert ZeroAmount();
         if (milliHours == 0 || milliHours > MAX_MILLI_HOURS) revert BadHours(milliHours);
-        if (deposits[run].state != State.None) revert AlreadyDeposited(run);
+        if (deposits[msg.sender][run].state != State.None) revert AlreadyDeposited(run);
         uint64 deadline = uint64(block.timestamp) + (uint64(milliHours) * 3600 + 999) / 1000 + GRACE;
-        deposits[run] = Deposit(msg.sender, State.Held, deadline, uint128(amount), 0);
+        deposits[msg.sender][run] = Deposit(msg.sender, State.Held, deadline, uint128(amount), 0);
         token.safeTransferFrom(msg.sender, address(this), amount);
         emit Deposited(run, msg.sender, amount, deadline);
     }
 
-    /// @notice Settles `run` once: `used` to the treasury, the rest to the depositor.
-    function settle(bytes32 run, uint256 used) external nonReentrant {
+    /// @notice Settles `depositor`'s deposit for `run` once: `used` to the treasury, the rest
+    /// back to the depositor.
+    function settle(address depositor, bytes32 run, uint256 used) external nonReentrant {
         if (msg.sender != settler) revert NotSettler(msg.sender);
-        Deposit storage d = deposits[run];
+        Deposit storage d = deposits[depositor][run];
         if (d.state != State.Held) revert NotHeld(run, d.state);
         if (used > d.amount) revert UsedMoreThanDeposit(used, d.amount);
         d.state = State.Settled;
@@ -90,9 +92,8 @@ contract AICEscrow is ReentrancyGuard {
 
     /// @notice The depositor takes back a deposit the pool did not settle in time.
     function reclaim(bytes32 run) external nonReentrant {
-        Deposit storage d = deposits[run];
+        Deposit storage d = deposits[msg.sender][run];
         if (d.state != State.Held) revert NotHeld(run, d.state);
-        if (msg.sender != d.depositor) revert NotDepositor(msg.sender);
         if (block.timestamp <= d.deadline) revert TooEarly(d.deadline);
         d.state = State.Reclaimed;
         token.safeTransfer(d.depositor, d.amount);

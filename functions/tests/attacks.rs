@@ -65,6 +65,23 @@ impl World {
         req
     }
 
+    /// Deposits `amount` from dev account `from` into the pool's escrow for `job`'s first run.
+    async fn deposit(&self, from: u32, job: &aic_schemas::JobId, amount: u128) -> String {
+        let escrow = self.chain.config.escrow.unwrap();
+        let run = aic_chain::escrow::run_id(job.as_str(), 0);
+        let tx = aic_chain::escrow::deposit(
+            &self.wallet(from),
+            self.chain.config.token,
+            escrow,
+            run,
+            U256::from(amount),
+            1000,
+        )
+        .await
+        .unwrap();
+        format!("{tx:#x}")
+    }
+
     async fn sign(&self, signer: u32, mut req: JobRequest) -> JobRequest {
         aic_chain::request::sign(&dev_key(signer), &mut req, self.chain.config.chain_id).await.unwrap();
         req
@@ -204,6 +221,58 @@ async fn payments_that_do_not_pay_are_rejected_each_with_its_reason() {
     // No payment at all.
     let why = w.rejected_because(&w.sign(1, w.request(1, None)).await).await;
     assert!(why.contains("costs 1 AIC and names no payment"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_into_the_escrow_pays_for_its_own_job_only() {
+    let w = world(1).await;
+    let escrow = w.chain.config.escrow.unwrap();
+    let aic = |who: Address| {
+        let (p, t) = (w.wallet(0), w.chain.config.token);
+        async move { token::balance(&p, t, who).await.unwrap() }
+    };
+    // The owner's deposit for this job's run: the job is paid, and the escrow holds it.
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, 2 * PRICE).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx: tx.clone() });
+    let (job, out) = w.submit(&w.sign(1, req).await).await;
+    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+    let m: aic_schemas::JobManifest = w.store.get_json(&job.manifest(), 1 << 20).await.unwrap().unwrap();
+    let p = m.payment.unwrap();
+    assert_eq!(p.paid, (2 * PRICE).to_string());
+    let e = p.escrow.expect("paid by deposit");
+    assert_eq!((e.contract.as_str(), e.run), (escrow.to_string().as_str(), 0));
+    assert_eq!(e.run_key, format!("{:#x}", aic_chain::escrow::run_id(job.job.as_str(), 0)));
+    assert_eq!(aic(escrow).await, U256::from(2 * PRICE), "held, not yet the treasury's");
+    // The same deposit for another job.
+    let mut other = w.request(1, None);
+    other.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let why = w.rejected_because(&w.sign(1, other).await).await;
+    assert!(why.contains("is for another job or run"), "{why}");
+    // A deposit for the job by someone else than its owner.
+    let mut req = w.request(1, None);
+    let tx = w.deposit(2, &req.job_id, PRICE).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let why = w.rejected_because(&w.sign(1, req).await).await;
+    assert!(why.contains("not from the job's owner"), "{why}");
+    // Too little.
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, PRICE / 2).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let why = w.rejected_because(&w.sign(1, req).await).await;
+    assert!(why.starts_with("underpaid") && why.contains("deposits 0.5 AIC") && why.contains("costs 1 AIC"), "{why}");
+    // A pool that takes deposits only refuses a plain transfer.
+    let mut strict = w.chain.config.clone();
+    strict.transfers = false;
+    let ctx = Ctx::on_chain(w.store.clone(), w.ctx.scheduler.clone(), &strict).unwrap();
+    let tx = w.pay(1, w.treasury(), PRICE).await;
+    let req = w.sign(1, w.request(1, Some(&tx))).await;
+    let job = JobKey::new(req.owner, req.job_id.clone());
+    w.store.put_json(&job.request(), &req).await.unwrap();
+    match handle_record(&ctx, &S3EventRecord::object_created(w.store.bucket(), &job.request(), 100)).await.unwrap() {
+        Outcome::Rejected(_, why) => assert!(why.contains("this pool takes deposits only"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,23 @@ pub struct Quote {
 pub struct PaymentClaim {
     pub chain_id: u64,
     pub tx: String,
-    /// Amount transferred, smallest unit.
+    /// Amount transferred (or deposited), smallest unit.
     pub paid: String,
+    /// Paid by deposit into the pool's escrow: what the job does not use goes back to its
+    /// owner when the pool settles the run. `None`: a plain transfer (no refund).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escrow: Option<EscrowDeposit>,
+}
+
+/// A deposit held by the pool's escrow for one paid run of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EscrowDeposit {
+    /// The escrow contract.
+    pub contract: String,
+    /// The run's deposit key (`keccak256("aic-run", job id, run)`), `0x` + 64 hex digits.
+    pub run_key: String,
+    /// 0 for the job's first run, then each resume.
+    pub run: u32,
 }
 
 /// Hints for the scheduler.
