@@ -7,10 +7,11 @@
 //!   compare the message's domain with the page's origin), kept as the session;
 //! - sign: a job request — the page checks that the wallet's account is the job's owner and
 //!   that the wallet is on the pool's chain (switching to it, or adding it with its RPC URL),
-//!   sends the AIC payment (`eth_sendTransaction`), which `aic` follows to its receipt
-//!   through speed-ups and cancellations, then signs the request with the payment in it
-//!   (`eth_signTypedData_v4`). A payment is made once: trying again after a refused
-//!   signature signs without paying again.
+//!   sends the AIC payment (`eth_sendTransaction`: where the pool has an escrow, an allowance
+//!   for it when one is needed, then the deposit for the job's run; else a transfer to the
+//!   treasury), which `aic` follows to its receipt through speed-ups and cancellations, then
+//!   signs the request with the payment in it (`eth_signTypedData_v4`). A payment is made
+//!   once: trying again after a refused signature signs without paying again.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,14 +43,46 @@ fn payment_wait() -> std::time::Duration {
 /// What the page is asked to do.
 pub enum Task {
     Login { chain_id: u64 },
-    Sign { req: Box<JobRequest>, chain: aic_chain::ChainConfig, payment: Option<Payment> },
+    Sign { req: Box<JobRequest>, chain: Box<aic_chain::ChainConfig>, payment: Option<Payment> },
 }
 
-/// A transfer of `amount` AIC (`token`) to `treasury` the page asks the wallet to send.
+/// What the page asks the wallet to pay: `amount` AIC (`token`), as a deposit into the pool's
+/// escrow for the job's run (`escrow`: an allowance first, then the deposit) or else a
+/// transfer to `treasury`.
 pub struct Payment {
     pub token: alloy::primitives::Address,
     pub treasury: alloy::primitives::Address,
     pub amount: u128,
+    pub escrow: Option<EscrowPayment>,
+}
+
+/// A deposit into `contract` for run `run`, paid for `milli_hours`.
+pub struct EscrowPayment {
+    pub contract: alloy::primitives::Address,
+    pub run: alloy::primitives::B256,
+    pub milli_hours: u32,
+}
+
+impl Payment {
+    /// The paying call: (to, calldata).
+    fn call(&self) -> (alloy::primitives::Address, Vec<u8>) {
+        let value = alloy::primitives::U256::from(self.amount);
+        match &self.escrow {
+            Some(e) => (
+                e.contract,
+                aic_chain::escrow::IAICEscrow::depositCall { run: e.run, amount: value, milliHours: e.milli_hours }
+                    .abi_encode(),
+            ),
+            None => (self.token, aic_chain::token::IAIC::transferCall { to: self.treasury, value }.abi_encode()),
+        }
+    }
+
+    /// The allowance the deposit needs first: (to, calldata).
+    fn approval(&self) -> Option<(alloy::primitives::Address, Vec<u8>)> {
+        let e = self.escrow.as_ref()?;
+        let value = alloy::primitives::U256::from(self.amount);
+        Some((self.token, aic_chain::escrow::IERC20Approve::approveCall { spender: e.contract, value }.abi_encode()))
+    }
 }
 
 pub enum Done {
@@ -162,6 +195,8 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
         (Method::GET, "/task") => task(&state),
         (Method::POST, "/challenge") => challenge(&state, body),
         (Method::POST, "/login") => login(&state, body),
+        (Method::POST, "/approving") => approving(&state, body).await,
+        (Method::POST, "/approved") => approved(&state, body).await,
         (Method::POST, "/paying") => paying(&state, body).await,
         (Method::POST, "/paid") => paid(&state, body).await,
         (Method::POST, "/typed") => typed(&state, body),
@@ -180,15 +215,14 @@ fn task(state: &Shared) -> anyhow::Result<serde_json::Value> {
         Task::Login { chain_id } => serde_json::json!({ "kind": "login", "chainId": chain_id }),
         Task::Sign { req, chain, payment } => {
             let payment = payment.as_ref().map(|p| {
-                let data = aic_chain::token::IAIC::transferCall {
-                    to: p.treasury,
-                    value: alloy::primitives::U256::from(p.amount),
-                }
-                .abi_encode();
+                let (to, data) = p.call();
                 serde_json::json!({
-                    "token": p.token.to_string(),
+                    "to": to.to_string(),
                     "data": format!("0x{}", alloy::hex::encode(data)),
                     "display": aic_core::pricing::format_aic(p.amount),
+                    "approve": p.approval().map(|(to, data)| serde_json::json!({
+                        "to": to.to_string(), "data": format!("0x{}", alloy::hex::encode(data)),
+                    })),
                 })
             });
             let name =
@@ -287,10 +321,8 @@ async fn paying(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde
                 "the payment {tx} is not mined yet; it is not sent again: wait for it (or speed it up in your wallet)"
             );
         }
-        let input =
-            aic_chain::token::IAIC::transferCall { to: p.treasury, value: alloy::primitives::U256::from(p.amount) }
-                .abi_encode();
-        (chain.rpc_url.clone(), (b.address, p.token, input))
+        let (to, input) = p.call();
+        (chain.rpc_url.clone(), (b.address, to, input))
     };
     let provider = alloy::providers::ProviderBuilder::new().connect_http(rpc.parse()?);
     use alloy::providers::Provider as _;
@@ -300,6 +332,56 @@ async fn paying(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde
     let (from, to, input) = sent;
     state.lock().unwrap().sending = Some(aic_chain::follow::Sent { from, to, input: input.into(), nonce, since });
     Ok(serde_json::json!({ "ok": true }))
+}
+
+/// Whether the wallet must allow the escrow to take the deposit first (an allowance given
+/// before, and not used, is enough).
+async fn approving(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let b: AddressBody = serde_json::from_value(body).context("want {address}")?;
+    let (rpc, token, escrow, amount) = {
+        let st = state.lock().unwrap();
+        let Task::Sign { req, chain, payment } = &st.task else { anyhow::bail!("this page is not signing a job") };
+        if let Some(why) = not_the_owner(req, b.address) {
+            anyhow::bail!(why);
+        }
+        let Some(p) = payment else { anyhow::bail!("this job needs no payment") };
+        let Some(e) = &p.escrow else { return Ok(serde_json::json!({ "needed": false })) };
+        (chain.rpc_url.clone(), p.token, e.contract, p.amount)
+    };
+    let provider = alloy::providers::ProviderBuilder::new().connect_http(rpc.parse()?);
+    let have = aic_chain::escrow::IERC20Approve::new(token, &provider)
+        .allowance(b.address, escrow)
+        .call()
+        .await
+        .with_context(|| format!("cannot reach the pool's chain at {rpc}"))?;
+    Ok(serde_json::json!({ "needed": have < alloy::primitives::U256::from(amount) }))
+}
+
+/// The wallet sent the allowance as `tx`: wait for it to be mined (a reverted one says so).
+async fn approved(state: &Shared, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    #[derive(Deserialize)]
+    struct B {
+        tx: alloy::primitives::B256,
+    }
+    let b: B = serde_json::from_value(body).context("want {tx}")?;
+    let rpc = {
+        let st = state.lock().unwrap();
+        let Task::Sign { chain, .. } = &st.task else { anyhow::bail!("this page is not signing a job") };
+        chain.rpc_url.clone()
+    };
+    let provider = alloy::providers::ProviderBuilder::new().connect_http(rpc.parse()?);
+    use alloy::providers::Provider as _;
+    let deadline = std::time::Instant::now() + payment_wait();
+    loop {
+        if let Some(r) = provider.get_transaction_receipt(b.tx).await? {
+            anyhow::ensure!(r.status(), "the allowance {:#x} reverted on chain; try again", b.tx);
+            return Ok(serde_json::json!({ "ok": true }));
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the allowance {:#x} is not mined yet: try again once it is", b.tx);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// The wallet sent the payment as `tx`: follow it to its receipt (a speed-up's new hash, or

@@ -268,19 +268,24 @@ pub async fn pay_sign_submit(
     }
     if env.source == crate::identity::Source::Browser {
         // The browser wallet pays and signs in the page.
-        let payment = (total > 0 && tx.is_none()).then_some(crate::browser::Payment {
+        let payment = (total > 0 && tx.is_none()).then(|| crate::browser::Payment {
             token: chain.token,
             treasury: chain.treasury,
             amount: total,
+            escrow: chain.escrow.map(|contract| crate::browser::EscrowPayment {
+                contract,
+                run: aic_chain::escrow::run_id(req.job_id.as_str(), 0),
+                milli_hours: milli_hours(req.max_hours),
+            }),
         });
-        let task = crate::browser::Task::Sign { req: Box::new(req.clone()), chain: chain.clone(), payment };
+        let task = crate::browser::Task::Sign { req: Box::new(req.clone()), chain: Box::new(chain.clone()), payment };
         match crate::browser::run(env.home.clone(), task).await? {
             crate::browser::Done::Signed(signed) => req = *signed,
             crate::browser::Done::LoggedIn(_) => bail!("the wallet page signed in instead of signing the job"),
         }
     } else {
         if total > 0 && tx.is_none() {
-            let tx = pay(env, &chain, total).await?;
+            let tx = pay(env, &chain, total, &req).await?;
             req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx });
         }
         sign(env, &mut req, chain.chain_id).await?;
@@ -313,8 +318,11 @@ pub async fn sign(env: &Env, req: &mut JobRequest, chain_id: u64) -> anyhow::Res
     }
 }
 
-/// Pays `amount` AIC from the current identity to the pool treasury; returns the tx hash.
-pub async fn pay(env: &Env, chain: &aic_chain::ChainConfig, amount: u128) -> anyhow::Result<String> {
+/// Pays `amount` AIC for `req` from the current identity: a deposit into the pool's escrow
+/// for the job's run (approve, then deposit) where the pool has one, what the job does not
+/// use coming back when it ends; else a transfer to the pool treasury. Returns the hash of
+/// the paying transaction.
+pub async fn pay(env: &Env, chain: &aic_chain::ChainConfig, amount: u128, req: &JobRequest) -> anyhow::Result<String> {
     use alloy::network::EthereumWallet;
     use alloy::providers::ProviderBuilder;
     let key =
@@ -330,9 +338,25 @@ pub async fn pay(env: &Env, chain: &aic_chain::ChainConfig, amount: u128) -> any
             format_aic(amount)
         );
     }
-    let tx =
-        aic_chain::token::pay(&provider, chain.token, chain.treasury, alloy::primitives::U256::from(amount)).await?;
+    let value = alloy::primitives::U256::from(amount);
+    if let Some(escrow) = chain.escrow {
+        let run = aic_chain::escrow::run_id(req.job_id.as_str(), 0);
+        let milli_hours = milli_hours(req.max_hours);
+        let tx = aic_chain::escrow::deposit(&provider, chain.token, escrow, run, value, milli_hours).await?;
+        let tx = format!("{tx:#x}");
+        eprintln!(
+            "deposited {} into the pool's escrow {escrow} in {tx}; what the job does not use comes back when it ends",
+            format_aic(amount)
+        );
+        return Ok(tx);
+    }
+    let tx = aic_chain::token::pay(&provider, chain.token, chain.treasury, value).await?;
     let tx = format!("{tx:#x}");
     eprintln!("paid {} to the pool treasury {} in {tx}", format_aic(amount), chain.treasury);
     Ok(tx)
+}
+
+/// The thousandths of an hour a request pays for (as quoted: rounded up).
+pub fn milli_hours(hours: f64) -> u32 {
+    (hours * 1000.0).ceil().clamp(1.0, u32::MAX as f64) as u32
 }

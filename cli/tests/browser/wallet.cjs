@@ -39,7 +39,7 @@ function installWallet({ rpc, scenario }) {
     rejectSignOnce: !!scenario.rejectSignOnce,
     speedUp: !!scenario.speedUp,
     holdPayment: !!scenario.holdPayment,
-    log: { sends: [], wrongChainSends: 0, switched: [], added: [], spedUp: null },
+    log: { sends: [], approvals: [], wrongChainSends: 0, switched: [], added: [], spedUp: null },
   };
   let id = 0;
   async function call(url, method, params) {
@@ -147,6 +147,12 @@ function installWallet({ rpc, scenario }) {
             // Out on another chain (real gas there); the pool's chain never sees it.
             state.log.wrongChainSends += 1;
             return "0x" + Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, "0")).join("");
+          }
+          if (String(tx.data || "").startsWith("0x095ea7b3")) {
+            // An allowance (ERC-20 `approve`): sent as it is; the payment follows.
+            const hash = await anvil(method, params);
+            state.log.approvals.push(hash);
+            return hash;
           }
           if (state.speedUp) return speedUp(tx);
           if (state.holdPayment) {
