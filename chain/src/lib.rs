@@ -6,6 +6,7 @@
 //! - `request`: the job request as EIP-712 typed data: hash, sign, recover.
 //! - `siwe`: Sign-In with Ethereum (EIP-4361) messages.
 //! - `verify`: the validate function's signature and payment checks.
+//! - `settle`: the pool's settler: deposits settled once with what a run used.
 //! - `wallet`: signers from a private key or an encrypted keystore.
 //! - `follow`: a payment a wallet sent, followed to its receipt through speed-ups and cancellations.
 //! - `devchain`: anvil with the token deployed and the dev accounts funded.
@@ -15,11 +16,13 @@ pub mod devchain;
 pub mod escrow;
 pub mod follow;
 pub mod request;
+pub mod settle;
 pub mod siwe;
 pub mod token;
 pub mod verify;
 pub mod wallet;
 
+pub use alloy::signers::local::PrivateKeySigner;
 pub use config::ChainConfig;
 pub use verify::{ChainPayments, Eip712Auth};
 

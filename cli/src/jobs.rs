@@ -72,11 +72,37 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the job's paid runs were settled: the pool's records (through the gateway on a pool).
+pub async fn settlements(env: &Env, job: &JobKey) -> anyhow::Result<Vec<aic_schemas::Settlement>> {
+    if let Some(gw) = env.gateway_client() {
+        let v = gw.call(reqwest::Method::GET, &format!("jobs/{}", job.job), None).await?;
+        return Ok(serde_json::from_value(v["settlements"].clone()).unwrap_or_default());
+    }
+    Ok(aic_core::usage::settlements(&env.store, job).await?)
+}
+
+/// What was paid for the job (from its manifest), as people read it.
+async fn payment_line(env: &Env, job: &JobKey) -> Option<String> {
+    let m: aic_schemas::JobManifest = env.store.get_json(&job.manifest(), MAX_DOC_BYTES).await.ok().flatten()?;
+    let p = m.payment?;
+    let amount = aic_core::pricing::format_aic(p.paid.parse().unwrap_or(0));
+    Some(match p.escrow {
+        Some(_) => format!("paid {amount} by deposit in {} (what the job does not use comes back)", p.tx),
+        None => format!("paid {amount} by transfer in {}", p.tx),
+    })
+}
+
 pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
     let job = resolve(env, s).await?;
     let hist = status::history(&env.store, &job).await?;
+    let settled = settlements(env, &job).await.unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"job": job.job, "history": hist}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"job": job.job, "history": hist, "settlements": settled})
+            )?
+        );
         return Ok(());
     }
     if hist.is_empty() {
@@ -92,6 +118,12 @@ pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
     }
     if let Some(tail) = hist.last().and_then(|r| r.detail.log_tail.as_ref()) {
         println!("last lines of output:\n{tail}");
+    }
+    if let Some(line) = payment_line(env, &job).await {
+        println!("  {line}");
+    }
+    for s in &settled {
+        println!("  {}", aic_functions::settle::summary(s));
     }
     Ok(())
 }

@@ -134,13 +134,30 @@ impl Hosted {
         };
         let scheduler = LocalScheduler::new(cfg, env.store.clone());
         let (chain, dev) = chain(env).await?;
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             store: env.store.clone(),
             scheduler: Arc::new(scheduler.clone()),
             auth: Arc::new(Eip712Auth { chain_id: chain.chain_id }),
             payments: Arc::new(ChainPayments::new(chain.clone(), env.store.clone())?),
             pricing: chain.pricing(),
+            settler: None,
         };
+        // Deposits are settled with the settler's key: AIC_SETTLER_KEY, or on the dev chain
+        // its dev account.
+        if chain.escrow.is_some() {
+            let key = match std::env::var("AIC_SETTLER_KEY") {
+                Ok(k) if !k.is_empty() => Some(
+                    k.trim_start_matches("0x")
+                        .parse::<aic_chain::PrivateKeySigner>()
+                        .map_err(|e| anyhow!("AIC_SETTLER_KEY is not a private key: {e}"))?,
+                ),
+                _ if std::env::var("AIC_RPC_URL").is_ok_and(|v| !v.is_empty()) => None,
+                _ => Some(devchain::dev_key(devchain::SETTLER)),
+            };
+            if let Some(key) = key {
+                ctx = ctx.with_settler(&chain, key)?;
+            }
+        }
         // The serving gateway for deployments: AIC_SERVE_ADDR, else 127.0.0.1:8800, else any port.
         let want = std::env::var("AIC_SERVE_ADDR").ok().filter(|a| !a.is_empty());
         let listener = match &want {
@@ -163,6 +180,18 @@ impl Hosted {
             proxy,
         };
         let proxy_task = tokio::spawn(aic_functions::host::serve(host, listener));
+        // A job whose workers have all ended is settled: an event for its status snapshot goes
+        // into the spool (the workers' own writes send none).
+        let (spool, bucket) = (env.spool.clone(), env.store.bucket().to_string());
+        aic_core::scheduler::Scheduler::on_job_end(
+            &scheduler,
+            Arc::new(move |job: &aic_core::JobKey| {
+                let record = aic_schemas::event::S3EventRecord::object_created(&bucket, &job.status_snapshot(), 0);
+                if let Err(e) = spool.emit(&record) {
+                    tracing::warn!(job = %job.job, error = %e, "cannot queue the job's settlement");
+                }
+            }),
+        );
         Ok(Some(Hosted {
             ctx,
             scheduler,

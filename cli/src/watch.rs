@@ -189,7 +189,41 @@ pub async fn watch_keep(env: &Env, job: &JobKey, show_logs: bool, borrowed: Opti
     if let Some(h) = &taken {
         h.drain(Duration::from_secs(30)).await;
     }
+    settled(env, job, taken.as_ref()).await;
     Ok(code)
+}
+
+/// Once a job paid by deposit has ended, waits (30 s at most) for its run to be settled and
+/// says what it used and what came back.
+async fn settled(env: &Env, job: &JobKey, host: Option<&crate::pool::Hosted>) {
+    let deposit = env
+        .store
+        .get_json::<aic_schemas::JobManifest>(&job.manifest(), aic_schemas::validate::MAX_DOC_BYTES)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|m| m.payment)
+        .is_some_and(|p| p.escrow.is_some());
+    if !deposit {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = crate::jobs::settlements(env, job).await
+            && let Some(s) = s.first()
+        {
+            eprintln!("  {}", aic_functions::settle::summary(s));
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("  its run is not settled yet; `aic status {}` shows it once it is", job.job);
+            return;
+        }
+        if let Some(h) = host {
+            let _ = h.step().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `aic logs -f`: the log until the job ends.

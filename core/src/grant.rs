@@ -140,8 +140,14 @@ impl WorkerGateway {
 /// Variables a worker (and so the user's program) must never inherit from the process that
 /// starts it: the pool's secrets and, when workers go through the gateway, the store's
 /// credentials.
-pub const NEVER_INHERITED: &[&str] =
-    &["AIC_GATEWAY_SECRET", "AIC_WEBHOOK_TOKEN", "AIC_PRIVATE_KEY", "AIC_KEYSTORE_PASSWORD", "NOMAD_TOKEN"];
+pub const NEVER_INHERITED: &[&str] = &[
+    "AIC_GATEWAY_SECRET",
+    "AIC_WEBHOOK_TOKEN",
+    "AIC_PRIVATE_KEY",
+    "AIC_KEYSTORE_PASSWORD",
+    "AIC_SETTLER_KEY",
+    "NOMAD_TOKEN",
+];
 
 /// Whether `key` is one of the store's location or credential variables.
 pub fn is_store_variable(key: &str) -> bool {

@@ -19,6 +19,7 @@
 //! pool/gang/<job>.json                          a training job waiting to be placed whole (Nomad)
 //! pool/redrive/<hash>.json                      an event whose handling must be tried again
 //! pool/usage/<addr>/<job>/<attempt>-<index>-<run>.json  what an allocation used (the scheduler's)
+//! pool/settlements/<addr>/<job>/<run>.json      how a paid run was settled (charged, refunded)
 //! ```
 //!
 //! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
@@ -81,6 +82,16 @@ pub fn usage_prefix(job: &JobKey) -> String {
 /// One run of allocation `index` in `attempt` (`run` tells runs of one allocation apart).
 pub fn usage_record(job: &JobKey, attempt: u32, index: u32, run: &str) -> String {
     format!("{}{attempt}-{index}-{run}.json", usage_prefix(job))
+}
+
+/// How the job's paid runs were settled.
+pub fn settlements_prefix(job: &JobKey) -> String {
+    format!("pool/settlements/{}/{}/", job.owner, job.job)
+}
+
+/// How paid run `run` of the job was settled.
+pub fn settlement(job: &JobKey, run: u32) -> String {
+    format!("{}{run}.json", settlements_prefix(job))
 }
 
 /// Training jobs waiting for room to start every rank at once (the Nomad backend's queue).
@@ -165,6 +176,8 @@ pub enum KeyKind {
     Request(JobKey),
     Manifest(JobKey),
     StatusRecord(JobKey, u64),
+    /// `status.json`, the job's latest state (written with every transition).
+    StatusSnapshot(JobKey),
     /// Any other key (data, code, logs, outputs, pool records).
     Other,
 }
@@ -186,6 +199,7 @@ pub fn classify(key: &str) -> KeyKind {
     match (parts.len(), job_key()) {
         (5, Some(k)) if parts[4] == "request.json" => KeyKind::Request(k),
         (5, Some(k)) if parts[4] == "manifest.json" => KeyKind::Manifest(k),
+        (5, Some(k)) if parts[4] == "status.json" => KeyKind::StatusSnapshot(k),
         (6, Some(k)) if parts[4] == "status" => {
             match parts[5].strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
                 Some(seq) => KeyKind::StatusRecord(k, seq),
@@ -206,6 +220,7 @@ mod tests {
         assert_eq!(classify(&k.request()), KeyKind::Request(k.clone()));
         assert_eq!(classify(&k.manifest()), KeyKind::Manifest(k.clone()));
         assert_eq!(classify(&k.status_record(7)), KeyKind::StatusRecord(k.clone(), 7));
+        assert_eq!(classify(&k.status_snapshot()), KeyKind::StatusSnapshot(k.clone()));
         assert!(k.status_record(7).ends_with("status/00000007.json"));
         assert_eq!(classify(&k.log_chunk(0, 1)), KeyKind::Other);
         assert_eq!(classify("users/0xnope/jobs/x/request.json"), KeyKind::Other);

@@ -1,7 +1,7 @@
 //! Payment verification, behind a trait: a free pool here; the chain verifier beside it.
 
-use aic_schemas::manifest::PaymentClaim;
-use aic_schemas::{JobRequest, Quote};
+use aic_schemas::manifest::{EscrowDeposit, PaymentClaim};
+use aic_schemas::{Address, JobRequest, Quote};
 use async_trait::async_trait;
 
 use crate::layout::JobKey;
@@ -57,4 +57,28 @@ impl PaymentVerifier for FreePool {
         }
         Ok(None)
     }
+}
+
+/// What the escrow says of a deposit once the settle function is done with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnChain {
+    /// Settled (now, or before: a crash between the transaction and its record is read back):
+    /// `used` to the treasury, `refunded` to the owner, in `tx`.
+    Settled { used: u128, refunded: u128, tx: Option<String> },
+    /// Taken back whole by its owner after the deadline.
+    Reclaimed { amount: u128, tx: Option<String> },
+}
+
+/// Settles deposits in the pool's escrow: the pool's settler key signs, and the key never
+/// leaves the functions.
+#[async_trait]
+pub trait Settler: Send + Sync {
+    /// Settles `depositor`'s deposit for `deposit` with `used` once. A deposit settled before
+    /// is read back, never settled again.
+    async fn settle(&self, depositor: &Address, deposit: &EscrowDeposit, used: u128)
+    -> Result<OnChain, PaymentVerdict>;
+
+    /// The deposits for `job`'s first run made in transaction `tx` (a refused request's), each
+    /// refunded in full; the ones already settled or reclaimed are read back.
+    async fn refund_deposits_in(&self, job: &JobKey, tx: &str) -> Result<Vec<OnChain>, PaymentVerdict>;
 }

@@ -57,6 +57,15 @@ pub fn format_aic(amount: u128) -> String {
     format!("{whole}.{} AIC", frac.trim_end_matches('0'))
 }
 
+/// An amount as people read it in a sentence: at most 6 decimals, rounded (`0.001944 AIC`);
+/// records keep the exact amount.
+pub fn format_aic_short(amount: u128) -> String {
+    let unit = 10u128.pow(12); // 1e-6 AIC
+    let rounded = amount.div_ceil(unit / 2) / 2 * unit;
+    let s = format_aic(rounded);
+    if rounded != amount && amount > 0 && rounded == 0 { "less than 0.000001 AIC".into() } else { s }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +86,10 @@ mod tests {
         assert_eq!(p.quote(&r).total, (6 * 10u128.pow(15)).to_string());
         assert_eq!(Pricing::free().quote(&r).total, "0");
         assert_eq!(format_aic(15 * 10u128.pow(17)), "1.5 AIC");
+        assert_eq!(format_aic_short(833_333_333_333_334), "0.000833 AIC");
+        assert_eq!(format_aic_short(499_166_666_666_666_666), "0.499167 AIC");
+        assert_eq!(format_aic_short(2 * 10u128.pow(18)), "2 AIC");
+        assert_eq!(format_aic_short(1), "less than 0.000001 AIC");
         assert_eq!(
             (format_hours(0.002), format_hours(1.5), format_hours(2.0), format_hours(0.0001)),
             ("0.002".into(), "1.5".into(), "2".into(), "0.001".into())

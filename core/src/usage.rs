@@ -55,6 +55,18 @@ pub async fn of(store: &Store, job: &JobKey) -> Result<Vec<Usage>, StoreError> {
     Ok(out)
 }
 
+/// How the job's paid runs were settled (`pool/settlements/`), oldest run first.
+pub async fn settlements(store: &Store, job: &JobKey) -> Result<Vec<aic_schemas::Settlement>, StoreError> {
+    let mut out = vec![];
+    for m in store.list(&layout::settlements_prefix(job)).await? {
+        if let Some(s) = store.get_json::<aic_schemas::Settlement>(m.location.as_ref(), 64 * 1024).await? {
+            out.push(s);
+        }
+    }
+    out.sort_by_key(|s| s.run);
+    Ok(out)
+}
+
 /// Wall seconds counted against the paid hours: per attempt the longest run, summed.
 pub fn wall_seconds(runs: &[Usage]) -> f64 {
     let mut per_attempt: std::collections::BTreeMap<u32, f64> = Default::default();

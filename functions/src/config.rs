@@ -141,7 +141,29 @@ pub fn build() -> anyhow::Result<Built> {
         }
         other => bail!("AIC_SCHEDULER={other:?} is not known: use local or nomad"),
     };
-    let ctx = Ctx { store, scheduler, auth: Arc::new(Eip712Auth { chain_id: auth_chain_id }), payments, pricing };
+    let mut ctx = Ctx {
+        store,
+        scheduler,
+        auth: Arc::new(Eip712Auth { chain_id: auth_chain_id }),
+        payments,
+        pricing,
+        settler: None,
+    };
+    // The escrow's settler: a pool secret, here only (never passed to a worker).
+    if let Some(c) = chain.as_ref().filter(|c| c.escrow.is_some()) {
+        match var("AIC_SETTLER_KEY") {
+            Some(k) => {
+                let key: aic_chain::PrivateKeySigner = k
+                    .trim_start_matches("0x")
+                    .parse()
+                    .map_err(|e| anyhow!("AIC_SETTLER_KEY is not a private key: {e}"))?;
+                ctx = ctx.with_settler(c, key)?;
+            }
+            None => tracing::warn!(
+                "the pool takes deposits into an escrow but AIC_SETTLER_KEY is not set: jobs are not settled here"
+            ),
+        }
+    }
     Ok(Built { ctx, store_config, chain, chain_id: auth_chain_id })
 }
 

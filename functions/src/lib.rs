@@ -6,6 +6,8 @@
 //! - [`dispatch`]: `manifest.json` created → hand the job to the scheduler, move it to
 //!   `scheduled` (or `failed` when it can never be placed).
 //! - [`cancel`]: a `cancelled` status record created → stop the job's allocations.
+//! - [`settle`]: a job's status snapshot written, the job ended and its allocations stopped →
+//!   settle its paid run (what it used to the treasury, the rest back to its owner).
 //!
 //! Events arrive at least once, out of order, duplicated: every handler is idempotent, and
 //! [`handle_record`] routes a record to the handler its key calls for. Transports (the
@@ -24,6 +26,7 @@ pub mod lambda;
 pub mod poll;
 pub mod proxy;
 pub mod redrive;
+pub mod settle;
 pub mod sns;
 pub mod validate;
 pub mod webhook;
@@ -37,7 +40,7 @@ use aic_core::pricing::Pricing;
 use aic_core::scheduler::Scheduler;
 use aic_schemas::event::{S3Event, S3EventRecord};
 
-pub use aic_core::payment::{FreePool, PaymentVerifier};
+pub use aic_core::payment::{FreePool, PaymentVerifier, Settler};
 
 /// What the handlers share: built once per process, cheap to clone.
 #[derive(Clone)]
@@ -47,6 +50,8 @@ pub struct Ctx {
     pub auth: Arc<dyn Authenticator>,
     pub payments: Arc<dyn PaymentVerifier>,
     pub pricing: Pricing,
+    /// Settles deposits in the pool's escrow (a pool with an escrow and its settler's key).
+    pub settler: Option<Arc<dyn Settler>>,
 }
 
 impl Ctx {
@@ -63,7 +68,18 @@ impl Ctx {
             pricing: chain.pricing(),
             store,
             scheduler,
+            settler: None,
         })
+    }
+
+    /// Settles the pool's escrow deposits with `key` (the settler the escrow names).
+    pub fn with_settler(
+        mut self,
+        chain: &aic_chain::ChainConfig,
+        key: aic_chain::PrivateKeySigner,
+    ) -> anyhow::Result<Ctx> {
+        self.settler = Some(Arc::new(aic_chain::settle::ChainSettler::new(chain.clone(), key)?));
+        Ok(self)
     }
 }
 
@@ -82,6 +98,8 @@ pub enum Outcome {
     Unplaceable(JobKey, String),
     /// The job's allocations were told to stop.
     Cancelled(JobKey),
+    /// The job's paid run was settled: what it used and what went back.
+    Settled(JobKey, String),
     /// A duplicate or late event: the work was already done.
     AlreadyDone(JobKey),
 }
@@ -115,6 +133,7 @@ pub async fn handle_record(ctx: &Ctx, record: &S3EventRecord) -> Result<Outcome,
         KeyKind::Request(job) => validate::handle(ctx, &job).await,
         KeyKind::Manifest(job) => dispatch::handle(ctx, &job).await,
         KeyKind::StatusRecord(job, seq) => cancel::handle(ctx, &job, seq).await,
+        KeyKind::StatusSnapshot(job) => settle::handle(ctx, &job).await,
         KeyKind::Other => Ok(Outcome::Ignored),
     }
 }

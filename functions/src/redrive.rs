@@ -62,6 +62,34 @@ pub async fn later(store: &Store, key: &str, why: &str) -> Result<(), StoreError
     store.put_json(&entry, &d).await
 }
 
+/// Records that `key` should be handled at the next pass (a job whose allocations have all
+/// ended, to be settled): no transport delivers an event for it.
+pub async fn soon(store: &Store, key: &str, why: &str) -> Result<(), StoreError> {
+    let entry = layout::redrive_entry(key);
+    let now = Utc::now();
+    let d = match store.get_json::<Deferred>(&entry, 64 * 1024).await? {
+        Some(mut d) => {
+            d.next = now;
+            d
+        }
+        None => Deferred { key: key.to_string(), first: now, tries: 0, next: now, why: why.to_string() },
+    };
+    store.put_json(&entry, &d).await
+}
+
+/// The host's answer to a job whose allocations have all ended (`Scheduler::on_job_end`):
+/// its settlement, at the next pass of the re-driver.
+pub fn settle_when_ended(store: Store) -> aic_core::scheduler::JobEnded {
+    std::sync::Arc::new(move |job: &aic_core::JobKey| {
+        let (store, key) = (store.clone(), job.status_snapshot());
+        tokio::spawn(async move {
+            if let Err(e) = soon(&store, &key, "its allocations have ended").await {
+                tracing::warn!(%key, error = %e, "cannot queue the job's settlement");
+            }
+        });
+    })
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Pass {

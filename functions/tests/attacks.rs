@@ -37,7 +37,10 @@ async fn world(confirmations: u64) -> World {
         .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
     let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
     let sched = common::idle_scheduler(dir.path().join("work"), &store, 2);
-    let ctx = Ctx::on_chain(store.clone(), Arc::new(sched), &chain.config).unwrap();
+    let ctx = Ctx::on_chain(store.clone(), Arc::new(sched), &chain.config)
+        .unwrap()
+        .with_settler(&chain.config, dev_key(devchain::SETTLER))
+        .unwrap();
     World { _dir: dir, chain, store, ctx }
 }
 
@@ -273,6 +276,101 @@ async fn a_deposit_into_the_escrow_pays_for_its_own_job_only() {
         Outcome::Rejected(_, why) => assert!(why.contains("this pool takes deposits only"), "{why}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_charged_what_the_pool_measured_once_and_the_rest_comes_back() {
+    use aic_core::usage::{self, Usage};
+    let w = world(1).await;
+    let escrow = w.chain.config.escrow.unwrap();
+    let aic = |who: Address| {
+        let (p, t) = (w.wallet(0), w.chain.config.token);
+        async move { token::balance(&p, t, who).await.unwrap() }
+    };
+    let owner = dev_key(1).address();
+    let (o0, t0) = (aic(owner).await, aic(w.treasury()).await);
+    // 1 miner × 1 GPU × 1 h at 1 AIC per GPU-hour: 1 AIC deposited.
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, PRICE).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let (job, out) = w.submit(&w.sign(1, req).await).await;
+    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+    // The scheduler measured 10 s of one GPU; the job's program claims far less, in the
+    // records it can write (its allocation's account and its final status).
+    let t = Utc::now();
+    let run = Usage {
+        attempt: 0,
+        index: 0,
+        miner: "miner-1".into(),
+        gpus: 1,
+        started_at: t - chrono::Duration::seconds(10),
+        ended_at: t,
+        how: "exited 0".into(),
+    };
+    usage::record(&w.store, &job, "4242-1", &run).await.unwrap();
+    let forged = aic_schemas::AllocResult {
+        alloc: 0,
+        miner: "miner-1".into(),
+        exit_code: Some(0),
+        signal: None,
+        wall_seconds: 0.001,
+        gpu_seconds: 0.001,
+        finished_at: t,
+    };
+    w.store.create_json(&job.alloc_result(0, 0), &forged).await.unwrap();
+    for st in [JobState::Scheduled, JobState::Running] {
+        status::advance(&w.store, &job, status::Transition::new(st, "test")).await.unwrap();
+    }
+    let done = status::Transition::new(JobState::Succeeded, "worker")
+        .detail(aic_schemas::StatusDetail { gpu_seconds: Some(0.001), ..Default::default() });
+    status::advance(&w.store, &job, done).await.unwrap();
+    // The snapshot's event, three times: settled once, for what the pool measured.
+    let ev = S3EventRecord::object_created(w.store.bucket(), &job.status_snapshot(), 100);
+    let charged = (10 * PRICE).div_ceil(3600);
+    match handle_record(&w.ctx, &ev).await.unwrap() {
+        Outcome::Settled(j, line) => {
+            assert_eq!(j, job);
+            assert!(line.starts_with("used 10 GPU-seconds = 0.002778 AIC; refunded 0.997222 AIC in 0x"), "{line}");
+        }
+        other => panic!("{other:?}"),
+    }
+    for _ in 0..2 {
+        assert_eq!(handle_record(&w.ctx, &ev).await.unwrap(), Outcome::AlreadyDone(job.clone()));
+    }
+    let s = &usage::settlements(&w.store, &job).await.unwrap()[0];
+    assert_eq!(
+        (s.gpu_seconds, s.charged.clone(), s.refunded.clone()),
+        (10, charged.to_string(), (PRICE - charged).to_string())
+    );
+    assert_eq!(aic(w.treasury()).await, t0 + U256::from(charged), "the charge, on chain");
+    assert_eq!(aic(owner).await, o0 - U256::from(charged), "the rest back, on chain");
+    assert_eq!(aic(escrow).await, U256::ZERO);
+    // A crash between the settlement and its record: the next delivery reads it back from
+    // the chain (the escrow refuses a second one) and pays nothing twice.
+    let first = s.clone();
+    w.store.delete(&aic_core::layout::settlement(&job, 0)).await.unwrap();
+    assert!(matches!(handle_record(&w.ctx, &ev).await.unwrap(), Outcome::Settled(..)));
+    let again = &usage::settlements(&w.store, &job).await.unwrap()[0];
+    assert_eq!((&again.charged, &again.refunded, &again.tx), (&first.charged, &first.refunded, &first.tx));
+    assert_eq!(aic(w.treasury()).await, t0 + U256::from(charged));
+    assert_eq!(aic(owner).await, o0 - U256::from(charged));
+
+    // A refused request's deposit comes back whole.
+    let o1 = aic(owner).await;
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, PRICE).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let why = w.rejected_because(&w.sign(2, req.clone()).await).await;
+    assert!(why.contains("signed by"), "{why}");
+    assert_eq!(aic(owner).await, o1 - U256::from(PRICE));
+    let rejected = JobKey::new(req.owner, req.job_id.clone());
+    let ev = S3EventRecord::object_created(w.store.bucket(), &rejected.status_snapshot(), 100);
+    match handle_record(&w.ctx, &ev).await.unwrap() {
+        Outcome::Settled(_, line) => assert!(line.contains("refunded 1 AIC"), "{line}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(aic(owner).await, o1, "all of it back");
+    assert_eq!(aic(w.treasury()).await, t0 + U256::from(charged), "nothing to the treasury");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ pub mod job;
 pub mod jobfile;
 pub mod manifest;
 pub mod serving;
+pub mod settlement;
 pub mod status;
 pub mod validate;
 
@@ -21,6 +22,7 @@ pub use address::Address;
 pub use job::{JobId, JobKind, JobRequest, Launcher, PaymentRef};
 pub use manifest::{JobManifest, Quote};
 pub use serving::ServingRegistration;
+pub use settlement::{Settlement, SettlementKind};
 pub use status::{AllocResult, JobState, StatusDetail, StatusRecord};
 pub use validate::{FieldError, ValidationErrors};
 
@@ -32,6 +34,7 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("status-record.schema.json", schemars::schema_for!(StatusRecord)),
         ("alloc-result.schema.json", schemars::schema_for!(AllocResult)),
         ("serving-registration.schema.json", schemars::schema_for!(ServingRegistration)),
+        ("settlement.schema.json", schemars::schema_for!(Settlement)),
         ("job-file.schema.json", schemars::schema_for!(jobfile::JobFile)),
     ]
 }

@@ -76,6 +76,12 @@ pub trait Scheduler: Send + Sync {
         Ok(None)
     }
 
+    /// Whether none of the job's allocations runs any more (so that what they used is all
+    /// recorded in `core::usage`): what settlement waits for. By default, yes.
+    async fn finished(&self, _job: &JobKey) -> Result<bool, ScheduleError> {
+        Ok(true)
+    }
+
     // Lifecycle: what a host (the functions host, the embedded pool) does with any backend.
 
     /// Runs what the backend needs beside its host until `stop` resolves (Nomad follows its
@@ -92,7 +98,15 @@ pub trait Scheduler: Send + Sync {
     /// Stops what the backend started on this machine, as its host stops (the local
     /// scheduler's workers). By default, nothing.
     async fn shutdown(&self) {}
+
+    /// Calls `hook` whenever every allocation of a job has ended (what settlement waits
+    /// for): the host then settles the job's paid run, whatever its transport for events. By
+    /// default never (a backend that cannot tell).
+    fn on_job_end(&self, _hook: JobEnded) {}
 }
+
+/// What a host does when a job's allocations have all ended.
+pub type JobEnded = std::sync::Arc<dyn Fn(&JobKey) + Send + Sync>;
 
 /// What ends [`Scheduler::run`].
 pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

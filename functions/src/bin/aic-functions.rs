@@ -97,6 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // A job whose allocations have all ended is settled (through the re-driver: no bucket
+    // event says so).
+    built.ctx.scheduler.on_job_end(aic_functions::redrive::settle_when_ended(built.ctx.store.clone()));
     // Deferred work (payments awaiting confirmations, outages): this host drives it again.
     let redriver = {
         let r = aic_functions::redrive::Redriver::new(built.ctx.clone());

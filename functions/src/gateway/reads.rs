@@ -60,7 +60,9 @@ impl Gateway {
         if history.is_empty() && self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none() {
             return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
         }
-        Ok(json!({"job_id": id, "status": history.last(), "history": history}))
+        // How its paid runs were settled: the pool's records, which the owner reads here.
+        let settlements = aic_core::usage::settlements(&self.ctx.store, &job).await.map_err(store_err)?;
+        Ok(json!({"job_id": id, "status": history.last(), "history": history, "settlements": settlements}))
     }
 
     pub(super) async fn logs(&self, who: &Address, id: &str, after: Option<&str>) -> Reply {

@@ -61,6 +61,7 @@ pub fn pool_on(dir: tempfile::TempDir, store: Store, miners: u32, worker_body: &
         auth: Arc::new(aic_chain::Eip712Auth { chain_id: CHAIN }),
         payments: Arc::new(FreePool),
         pricing: Pricing::free(),
+        settler: None,
     };
     Pool { _dir: dir, store, sched, ctx, starts }
 }

@@ -115,6 +115,7 @@ struct Inner {
     store: Store,
     state: Mutex<State>,
     idle: tokio::sync::Notify,
+    job_ended: Mutex<Option<super::JobEnded>>,
 }
 
 /// Cheap to clone.
@@ -145,6 +146,7 @@ impl LocalScheduler {
                 }),
                 idle: tokio::sync::Notify::new(),
                 worker_gateway: Mutex::new(None),
+                job_ended: Mutex::new(None),
             }),
         }
     }
@@ -246,6 +248,15 @@ impl Scheduler for LocalScheduler {
             });
         }
         Ok(())
+    }
+
+    fn on_job_end(&self, hook: super::JobEnded) {
+        *self.inner.job_ended.lock().unwrap() = Some(hook);
+    }
+
+    /// None of the job's workers is alive (each recorded what it used when it was reaped).
+    async fn finished(&self, job: &JobKey) -> Result<bool, ScheduleError> {
+        Ok(!self.inner.state.lock().unwrap().running.contains_key(job))
     }
 
     async fn endpoints(&self, deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {

@@ -140,14 +140,15 @@ impl LocalScheduler {
                 }
             };
             tracing::warn!(job = %job.job, hours, "past its paid time and grace; killing its workers");
-            for pid in pids {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            // Recorded first: once its workers are gone, the job is settled as it ended.
             let why = format!(
                 "time limit: paid for {} h; stopped by the scheduler; outputs up to then are kept",
                 crate::pricing::format_hours(hours)
             );
             let _ = status::advance(store, &job, Transition::new(JobState::TimedOut, "scheduler").reason(why)).await;
+            for pid in pids {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         });
     }
 }

@@ -164,10 +164,19 @@ impl LocalScheduler {
                 let all_gone = st.running.get(&job).is_some_and(|r| r.allocs.iter().all(|a| a.slots.is_empty()));
                 if all_gone { st.running.remove(&job) } else { None }
             };
+            let ended = gone.is_some();
             if let Some(r) = gone.filter(|r| !r.cancelled)
                 && let Some(why) = r.restarting
             {
-                this.restart(job, r.manifest, r.attempt, why).await;
+                this.restart(job.clone(), r.manifest, r.attempt, why).await;
+            }
+            if ended {
+                // Every worker of the job is gone (a restart starts them later): its host may
+                // settle what it used, if it has ended.
+                let hook = this.inner.job_ended.lock().unwrap().clone();
+                if let Some(hook) = hook {
+                    hook(&job);
+                }
             }
             this.start_queued().await;
             this.inner.idle.notify_waiters();

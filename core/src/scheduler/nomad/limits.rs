@@ -69,14 +69,15 @@ impl NomadScheduler {
         Ok(stopped)
     }
 
-    /// Records what an ended allocation of an aic job used (`full`: `GET /v1/allocation/:id`).
-    pub(super) async fn meter(&self, full: &Value) -> Result<(), ScheduleError> {
+    /// Records what an ended allocation of an aic job used (`full`: `GET /v1/allocation/:id`);
+    /// the job it belongs to.
+    pub(super) async fn meter(&self, full: &Value) -> Result<Option<JobKey>, ScheduleError> {
         let meta = &full["Job"]["Meta"];
-        let (Some(owner), Some(id)) = (meta["aic_owner"].as_str(), meta["aic_job"].as_str()) else { return Ok(()) };
-        let (Ok(owner), Ok(id)) = (owner.parse(), id.parse()) else { return Ok(()) };
+        let (Some(owner), Some(id)) = (meta["aic_owner"].as_str(), meta["aic_job"].as_str()) else { return Ok(None) };
+        let (Ok(owner), Ok(id)) = (owner.parse(), id.parse()) else { return Ok(None) };
         let key = JobKey::new(owner, id);
         let task = &full["TaskStates"]["worker"];
-        let Some(started_at) = nomad_time(&task["StartedAt"]) else { return Ok(()) }; // never started
+        let Some(started_at) = nomad_time(&task["StartedAt"]) else { return Ok(Some(key)) }; // never started
         let status = full["ClientStatus"].as_str().unwrap_or("");
         let modified = full["ModifyTime"].as_i64().and_then(|ns| DateTime::from_timestamp_nanos(ns).into());
         let ended_at = match status {
@@ -104,6 +105,7 @@ impl NomadScheduler {
             ended_at: ended_at.max(started_at),
             how: status.to_string(),
         };
-        usage::record(&self.store, &key, full["ID"].as_str().unwrap_or("alloc"), &u).await.map_err(backend)
+        usage::record(&self.store, &key, full["ID"].as_str().unwrap_or("alloc"), &u).await.map_err(backend)?;
+        Ok(Some(key))
     }
 }

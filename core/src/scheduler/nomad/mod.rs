@@ -74,12 +74,14 @@ pub struct NomadScheduler {
     store: crate::Store,
     /// Woken when an allocation ends: room may have freed up for a waiting gang job.
     freed: std::sync::Arc<tokio::sync::Notify>,
+    /// What the host does when every allocation of a job has ended.
+    job_ended: std::sync::Arc<std::sync::Mutex<Option<super::JobEnded>>>,
 }
 
 impl NomadScheduler {
     pub fn new(cfg: NomadConfig, store: crate::Store) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(70)).build().expect("an HTTP client builds");
-        NomadScheduler { cfg, http, store, freed: Default::default() }
+        NomadScheduler { cfg, http, store, freed: Default::default(), job_ended: Default::default() }
     }
 
     pub fn config(&self) -> &NomadConfig {
@@ -207,6 +209,30 @@ impl Scheduler for NomadScheduler {
         // Deregistering stops every allocation (KillSignal, then KillTimeout); unknown is fine.
         self.call(reqwest::Method::DELETE, &format!("job/{}", nomad_id(job)), &[], None).await?;
         self.unwait(&job.job).await
+    }
+
+    fn on_job_end(&self, hook: super::JobEnded) {
+        *self.job_ended.lock().unwrap() = Some(hook);
+    }
+
+    /// No allocation of the job is pending or running; what each used is recorded (again:
+    /// records are create-only) from Nomad's own account, so settlement does not wait on the
+    /// event stream.
+    async fn finished(&self, job: &JobKey) -> Result<bool, ScheduleError> {
+        let id = nomad_id(job);
+        let allocs =
+            self.call(reqwest::Method::GET, &format!("job/{id}/allocations"), &[], None).await?.unwrap_or(json!([]));
+        let allocs = allocs.as_array().cloned().unwrap_or_default();
+        if allocs.iter().any(|a| matches!(a["ClientStatus"].as_str(), Some("pending" | "running"))) {
+            return Ok(false);
+        }
+        for a in &allocs {
+            let aid = a["ID"].as_str().unwrap_or_default();
+            if let Some(full) = self.call(reqwest::Method::GET, &format!("allocation/{aid}"), &[], None).await? {
+                self.meter(&full).await?;
+            }
+        }
+        Ok(true)
     }
 
     /// The addresses of the deployment's Nomad service (`aic-serve-<job>`) whose checks pass:

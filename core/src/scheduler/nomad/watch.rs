@@ -112,7 +112,8 @@ impl NomadScheduler {
         Ok(())
     }
 
-    /// Records what an ended allocation of one of aic's jobs used (see `limits`).
+    /// Records what an ended allocation of one of aic's jobs used (see `limits`); when none of
+    /// the job's allocations runs any more, tells the host (`Scheduler::on_job_end`).
     pub async fn meter_ended(&self, a: &Value) -> Result<(), ScheduleError> {
         if !a["JobID"].as_str().is_some_and(|id| id.starts_with("aic-"))
             || a["Namespace"].as_str().zip(self.cfg.namespace.as_deref()).is_some_and(|(n, mine)| n != mine)
@@ -120,10 +121,18 @@ impl NomadScheduler {
             return Ok(());
         }
         let id = a["ID"].as_str().unwrap_or_default();
-        match self.call(reqwest::Method::GET, &format!("allocation/{id}"), &[], None).await? {
-            Some(full) => self.meter(&full).await,
-            None => Ok(()),
+        let Some(full) = self.call(reqwest::Method::GET, &format!("allocation/{id}"), &[], None).await? else {
+            return Ok(());
+        };
+        if let Some(job) = self.meter(&full).await? {
+            let hook = self.job_ended.lock().unwrap().clone();
+            if let Some(hook) = hook
+                && self.finished(&job).await?
+            {
+                hook(&job);
+            }
         }
+        Ok(())
     }
 
     /// One allocation update. A lost allocation (its node gone) or one that failed while the

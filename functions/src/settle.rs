@@ -1,0 +1,143 @@
+//! settle: a job's status snapshot written (or its allocations ended, through `redrive`).
+//! When the job has ended and the scheduler says none of its allocations runs any more, its
+//! paid run is settled once:
+//!
+//! - paid by deposit into the pool's escrow: charged min(deposit, GPU-seconds the pool
+//!   measured (`core::usage`, rounded up to whole seconds) × the quoted price per GPU-hour),
+//!   settled on chain (the charge to the treasury, the rest back to the owner in the same
+//!   transaction). Rejected, unplaceable and never-started jobs used nothing and get it all
+//!   back;
+//! - refused before a manifest (rejected): any deposit its request made for it is refunded in
+//!   full;
+//! - paid by a plain transfer: recorded as charged in full (nothing can come back);
+//! - free: nothing to settle.
+//!
+//! The record, `pool/settlements/<owner>/<job>/<run>.json`, is written once after the chain
+//! says so; a crash between the two is recovered on the next delivery (the escrow refuses a
+//! second settlement and the settler reads the first back).
+
+use aic_core::layout::{self, JobKey};
+use aic_core::payment::{OnChain, PaymentVerdict};
+use aic_core::pricing::format_aic_short as format_aic;
+use aic_core::{status, usage};
+use aic_schemas::validate::MAX_DOC_BYTES;
+use aic_schemas::{JobManifest, JobRequest, JobState, Settlement, SettlementKind};
+use chrono::Utc;
+
+use crate::{Ctx, HandlerError, Outcome};
+
+fn verdict(e: PaymentVerdict) -> HandlerError {
+    match e {
+        PaymentVerdict::Rejected(r) => HandlerError::Unavailable(format!("cannot settle: {r}")),
+        PaymentVerdict::Pending(p) => HandlerError::Deferred(p),
+        PaymentVerdict::Unavailable(u) => HandlerError::Unavailable(u),
+    }
+}
+
+/// What `gpu_seconds` cost at `price_per_gpu_hour`, rounded up to the smallest unit.
+pub fn charge(gpu_seconds: u64, price_per_gpu_hour: u128) -> u128 {
+    (gpu_seconds as u128 * price_per_gpu_hour).div_ceil(3600)
+}
+
+pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
+    let store = &ctx.store;
+    let Some(st) = status::current(store, job).await? else { return Ok(Outcome::Ignored) };
+    if !st.state.is_terminal() {
+        return Ok(Outcome::Ignored);
+    }
+    let key = layout::settlement(job, 0);
+    if store.head(&key).await?.is_some() {
+        return Ok(Outcome::AlreadyDone(job.clone()));
+    }
+    let Some(m) = store.get_json::<JobManifest>(&job.manifest(), MAX_DOC_BYTES).await? else {
+        return refund_refused(ctx, job, st.state).await;
+    };
+    let Some(p) = &m.payment else { return Ok(Outcome::Ignored) }; // free
+    let paid: u128 = p.paid.parse().unwrap_or(0);
+    // Every allocation must have stopped: what they used is then all recorded.
+    if !ctx.scheduler.finished(job).await? {
+        return Err(HandlerError::Deferred(format!("job {}: its allocations are still stopping", job.job)));
+    }
+    let runs = usage::of(store, job).await?;
+    let gpu_seconds = usage::gpu_seconds(&runs);
+    let price: u128 = m.quote.price_per_gpu_hour.parse().unwrap_or(0);
+    let used = charge(gpu_seconds, price).min(paid);
+    let (kind, charged, refunded, tx) = match &p.escrow {
+        None => (SettlementKind::Transfer, paid, 0, None),
+        Some(deposit) => {
+            let settler = ctx.settler.as_ref().ok_or_else(|| {
+                HandlerError::Unavailable("the pool's escrow needs its settler's key (AIC_SETTLER_KEY)".into())
+            })?;
+            match settler.settle(&job.owner, deposit, used).await.map_err(verdict)? {
+                OnChain::Settled { used, refunded, tx } => (SettlementKind::Settled, used, refunded, tx),
+                OnChain::Reclaimed { amount, tx } => (SettlementKind::Reclaimed, 0, amount, tx),
+            }
+        }
+    };
+    let s = Settlement {
+        run: 0,
+        kind,
+        chain_id: p.chain_id,
+        paid: paid.to_string(),
+        gpu_seconds,
+        charged: charged.to_string(),
+        refunded: refunded.to_string(),
+        tx,
+        at: Utc::now(),
+    };
+    store.create_json(&key, &s).await?;
+    Ok(Outcome::Settled(job.clone(), summary(&s)))
+}
+
+/// A refused request's deposits for the job, refunded in full.
+async fn refund_refused(ctx: &Ctx, job: &JobKey, state: JobState) -> Result<Outcome, HandlerError> {
+    if state != JobState::Rejected {
+        return Ok(Outcome::Ignored);
+    }
+    let (Some(settler), Some(req)) =
+        (ctx.settler.as_ref(), ctx.store.get_json::<JobRequest>(&job.request(), MAX_DOC_BYTES).await.ok().flatten())
+    else {
+        return Ok(Outcome::Ignored);
+    };
+    let Some(p) = &req.payment else { return Ok(Outcome::Ignored) };
+    let back = settler.refund_deposits_in(job, &p.tx).await.map_err(verdict)?;
+    let (mut refunded, mut tx) = (0u128, None);
+    for b in back {
+        let (OnChain::Settled { refunded: r, tx: t, .. } | OnChain::Reclaimed { amount: r, tx: t }) = b;
+        refunded += r;
+        tx = tx.or(t);
+    }
+    if refunded == 0 {
+        return Ok(Outcome::Ignored);
+    }
+    let s = Settlement {
+        run: 0,
+        kind: SettlementKind::Settled,
+        chain_id: p.chain_id,
+        paid: refunded.to_string(),
+        gpu_seconds: 0,
+        charged: "0".into(),
+        refunded: refunded.to_string(),
+        tx,
+        at: Utc::now(),
+    };
+    ctx.store.create_json(&layout::settlement(job, 0), &s).await?;
+    Ok(Outcome::Settled(job.clone(), summary(&s)))
+}
+
+/// "used 6.5 GPU-seconds = 0.0018 AIC; refunded 1.9982 AIC in 0x…".
+pub fn summary(s: &Settlement) -> String {
+    let (charged, refunded) = (s.charged.parse().unwrap_or(0), s.refunded.parse().unwrap_or(0));
+    let mut out = format!("used {} GPU-seconds = {}", s.gpu_seconds, format_aic(charged));
+    match s.kind {
+        SettlementKind::Transfer => out.push_str(" (paid by transfer: nothing to refund)"),
+        SettlementKind::Reclaimed => {
+            out = format!("the deposit of {} was reclaimed by its owner", format_aic(refunded))
+        }
+        SettlementKind::Settled => out.push_str(&format!("; refunded {}", format_aic(refunded))),
+    }
+    if let Some(tx) = &s.tx {
+        out.push_str(&format!(" in {tx}"));
+    }
+    out
+}
