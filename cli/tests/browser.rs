@@ -137,6 +137,25 @@ impl Pool {
         })
     }
 
+    /// Waits for `job`'s paid run to be settled; what it was charged (the rest went back).
+    fn charged(&self, job: &str) -> u128 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = aic(self.home.path()).args(["status", job, "--json"]).output().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+            if let Some(s) = v["settlements"].as_array().and_then(|a| a.first()) {
+                assert_eq!(s["kind"], "settled", "{v}");
+                let (charged, refunded): (u128, u128) =
+                    (s["charged"].as_str().unwrap().parse().unwrap(), s["refunded"].as_str().unwrap().parse().unwrap());
+                assert_eq!(charged + refunded, AIC, "{v}");
+                assert!(charged > 0 && charged < AIC / 100, "a few GPU-seconds of an hour: {v}");
+                return charged;
+            }
+            assert!(Instant::now() < deadline, "the job was not settled: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits for `job` to succeed; its history.
     fn succeeded(&self, job: &str) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -206,7 +225,14 @@ fn login_and_a_paid_job_signed_in_the_browser_wallet() {
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let hist = pool.succeeded(&job);
     assert_eq!(paid_with(&hist), page.wallet["sends"][0].as_str().unwrap());
-    assert_eq!((pool.balance(USER), pool.balance(OTHER), pool.balance(TREASURY)), (user - AIC, other, treasury + AIC));
+    // Paid by deposit into the pool's escrow: once settled, the treasury has what the job
+    // used and the rest is back in the wallet.
+    let charged = pool.charged(&job);
+    assert_eq!(
+        (pool.balance(USER), pool.balance(OTHER), pool.balance(TREASURY)),
+        (user - charged, other, treasury + charged)
+    );
+    assert_eq!(page.wallet["approvals"].as_array().map(Vec::len), Some(1), "one allowance: {page:?}");
     let logs = aic(pool.home.path()).args(["logs", &job]).output().unwrap();
     assert!(String::from_utf8_lossy(&logs.stdout).contains("hello from the browser-signed job"));
 }
@@ -229,7 +255,7 @@ fn a_payment_sped_up_in_the_wallet_pays_the_job_under_its_new_hash() {
     assert!(page.status.contains(&fast), "the page names the hash that paid: {page:?}");
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(paid_with(&pool.succeeded(&job)), fast);
-    assert_eq!(pool.balance(TREASURY), treasury + AIC, "paid once");
+    assert_eq!(pool.balance(TREASURY), treasury + pool.charged(&job), "paid once");
 }
 
 #[test]
@@ -261,5 +287,6 @@ fn a_payment_not_mined_in_time_is_waited_for_on_the_next_try_never_sent_again() 
     assert_eq!(page.wallet["sends"].as_array().map(Vec::len), Some(1), "paid once: {page:?}");
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(paid_with(&pool.succeeded(&job)), page.wallet["sends"][0].as_str().unwrap());
-    assert_eq!((pool.balance(USER), pool.balance(TREASURY)), (user - AIC, treasury + AIC));
+    let charged = pool.charged(&job);
+    assert_eq!((pool.balance(USER), pool.balance(TREASURY)), (user - charged, treasury + charged));
 }

@@ -91,6 +91,46 @@ fn a_job_stops_at_its_paid_time_and_keeps_its_outputs() {
 }
 
 #[test]
+fn a_job_pays_for_what_it_used_and_gets_the_rest_back() {
+    // The dev chain charges 1 AIC per GPU-hour and takes deposits into its escrow: the job
+    // deposits 1 AIC for an hour, runs a few seconds, and the rest comes back.
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let script = h.write("short.sh", "echo working; sleep 3; echo done\n");
+    let out = h.aic(&["run", script.to_str().unwrap(), "--hours", "1"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("deposited 1 AIC into the pool's escrow"), "{stderr}");
+    let line = stderr.lines().find(|l| l.trim_start().starts_with("used ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("GPU-seconds") && line.contains("; refunded 0.99") && line.contains(" in 0x"), "{line}");
+    let job = h.last_job();
+    let st: serde_json::Value = serde_json::from_slice(&h.aic(&["status", &job, "--json"]).stdout).unwrap();
+    let s = &st["settlements"][0];
+    let (charged, refunded): (u128, u128) =
+        (s["charged"].as_str().unwrap().parse().unwrap(), s["refunded"].as_str().unwrap().parse().unwrap());
+    let gpu_seconds = s["gpu_seconds"].as_u64().unwrap();
+    assert!((3..30).contains(&gpu_seconds), "{s}");
+    assert_eq!(charged, (gpu_seconds as u128 * 10u128.pow(18)).div_ceil(3600), "the quoted price per GPU-second");
+    assert_eq!(charged + refunded, 10u128.pow(18));
+    // On chain: the treasury holds the charge, the owner the rest, the escrow nothing.
+    let chain: aic_chain::ChainConfig =
+        serde_json::from_slice(&std::fs::read(h.path().join("aic/chain.json")).unwrap()).unwrap();
+    let owner = std::fs::read_dir(h.path().join("aic/store/users")).unwrap().next().unwrap().unwrap().file_name();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let balance = |who: alloy::primitives::Address| {
+        rt.block_on(async {
+            let p = alloy::providers::ProviderBuilder::new().connect_http(chain.rpc_url.parse().unwrap());
+            u128::try_from(aic_chain::token::balance(&p, chain.token, who).await.unwrap()).unwrap()
+        })
+    };
+    assert_eq!(balance(chain.treasury), charged);
+    assert_eq!(balance(owner.to_str().unwrap().parse().unwrap()), aic_chain::devchain::DEV_FUNDS - charged);
+    assert_eq!(balance(chain.escrow.unwrap()), 0);
+    let text = text(&h.aic(&["status", &job])).0;
+    assert!(text.contains("paid 1 AIC by deposit") && text.contains("refunded"), "{text}");
+}
+
+#[test]
 fn a_jobs_program_gets_none_of_its_workers_secrets() {
     // The worker reads its store access once and takes it out of its environment, and is
     // non-dumpable: a program running as the same user cannot read `/proc/<worker>/environ`
