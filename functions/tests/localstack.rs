@@ -350,20 +350,27 @@ async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
     p.ctx.auth = Arc::new(aic_chain::Eip712Auth { chain_id: chain.config.chain_id });
     p.ctx.payments = Arc::new(aic_chain::ChainPayments::new(chain.config.clone(), store.clone()).unwrap());
     p.ctx.pricing = chain.config.pricing();
+    p.ctx = p.ctx.clone().with_settler(&chain.config, dev_key(devchain::SETTLER)).unwrap();
     let url = start(Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy: None }).await;
 
-    // 200 requests by dev account 1, each paid by its own transfer to the treasury.
+    // 200 requests by dev account 1, each paid by its own deposit into the pool's escrow.
     let wallet = ProviderBuilder::new()
         .wallet(EthereumWallet::from(dev_key(1)))
         .connect_http(chain.anvil.endpoint_url())
         .erased();
+    let (token, escrow, treasury) = (chain.config.token, chain.config.escrow.unwrap(), chain.config.treasury);
+    let balance = |who| {
+        let w = wallet.clone();
+        async move { aic_chain::token::balance(&w, token, who).await.unwrap() }
+    };
+    let owner = dev_key(1).address();
+    let (owner0, treasury0) = (balance(owner).await, balance(treasury).await);
     let mut jobs = Vec::with_capacity(JOBS);
     for _ in 0..JOBS {
         let mut req = unsigned(1);
         req.max_hours = 0.01;
-        let tx = aic_chain::token::pay(&wallet, chain.config.token, chain.config.treasury, U256::from(10u128.pow(16)))
-            .await
-            .unwrap();
+        let run = aic_chain::escrow::run_id(req.job_id.as_str(), 0);
+        let tx = aic_chain::escrow::deposit(&wallet, token, escrow, run, U256::from(10u128.pow(16)), 10).await.unwrap();
         req.payment = Some(aic_schemas::PaymentRef { chain_id: chain.config.chain_id, tx: format!("{tx:#x}") });
         jobs.push(put_request(&store, &signed(req).await).await);
     }
@@ -393,4 +400,28 @@ async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
         let st = status::current(&store, j).await.unwrap().unwrap().state;
         assert!(!matches!(st, JobState::Submitted | JobState::Rejected | JobState::Failed), "{}: {st}", j.job);
     }
+
+    // Each job ends (as its worker would say) once its allocation has stopped; every status
+    // snapshot event three times, shuffled: each run is settled exactly once.
+    for j in &jobs {
+        eventually(30, "the allocation to stop", || async { p.ctx.scheduler.finished(j).await.unwrap() }).await;
+        for st in [JobState::Running, JobState::Succeeded] {
+            status::advance(&store, j, status::Transition::new(st, "worker")).await.unwrap();
+        }
+    }
+    let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.status_snapshot(), 3)).collect();
+    shuffle(&mut keys, 17);
+    deliver(&url, &bucket, keys).await;
+    let mut charged = 0u128;
+    for j in &jobs {
+        let s = aic_core::usage::settlements(&store, j).await.unwrap();
+        assert_eq!(s.len(), 1, "{}: {s:?}", j.job);
+        let (c, r): (u128, u128) = (s[0].charged.parse().unwrap(), s[0].refunded.parse().unwrap());
+        assert_eq!(c + r, 10u128.pow(16));
+        charged += c;
+    }
+    assert!(charged > 0);
+    assert_eq!(balance(escrow).await, U256::ZERO, "every deposit settled");
+    assert_eq!(balance(treasury).await, treasury0 + U256::from(charged));
+    assert_eq!(balance(owner).await, owner0 - U256::from(charged), "the rest of every deposit back");
 }
