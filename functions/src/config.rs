@@ -5,10 +5,12 @@
 //! |---|---|
 //! | `AIC_STORE`, `AIC_S3_ENDPOINT`, `AWS_*` | the bucket (`s3://NAME`) |
 //! | `AIC_RPC_URL`, `AIC_TOKEN`, `AIC_TREASURY`, `AIC_CHAIN_ID`, `AIC_PRICE`, `AIC_CONFIRMATIONS` | the chain payments are checked on |
+//! | `AIC_ESCROW`, `AIC_ACCEPT_TRANSFERS` | jobs are paid by deposit into this escrow and refunded what they do not use; `0`: deposits only |
+//! | `AIC_SETTLER_KEY` | the escrow settler's private key (hex): the functions that settle need it; never passed to a worker |
 //! | `AIC_FREE_POOL` (`1`) | charge nothing, check no payment (a private pool) |
 //! | `AIC_SCHEDULER` | `local` (simulated miners on this machine; the default) or `nomad` |
 //! | `NOMAD_ADDR`, `NOMAD_TOKEN`, `NOMAD_REGION`, `NOMAD_NAMESPACE` | the Nomad cluster (`aic_core::scheduler::nomad`) |
-//! | `AIC_NOMAD_DATACENTER`, `AIC_NOMAD_DRIVER`, `AIC_NOMAD_WORKER`, `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | how Nomad runs aic-worker |
+//! | `AIC_NOMAD_DATACENTER`, `AIC_NOMAD_DRIVER`, `AIC_NOMAD_IMAGE`, `AIC_NOMAD_WORKER`, `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | how Nomad runs aic-worker |
 //! | `AIC_POOL_MINERS`, `AIC_POOL_GPUS`, `AIC_WORKER_BIN`, `AIC_WORK_DIR` | the local scheduler |
 //! | `AIC_WORKER_GATEWAY` | the gateway's URL as workers reach it: with `AIC_GATEWAY_SECRET`, workers get a token for their job's objects instead of store credentials (the local scheduler uses this host's address by default) |
 //! | `AIC_WORKER_ENV` | extra `KEY=VALUE` pairs (whitespace-separated) for every worker, e.g. Open MPI or NCCL settings |

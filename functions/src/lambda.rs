@@ -1,7 +1,7 @@
 //! AWS Lambda transports: the same handlers, reached from S3 event notifications (validate,
-//! dispatch) and from a Lambda function URL (the gateway). The binaries
-//! `aic-lambda-validate`, `aic-lambda-dispatch` and `aic-lambda-gateway` wrap these in
-//! `lambda_runtime`; `infra/aws/template.yaml` wires them to the bucket.
+//! dispatch, settle) and from a Lambda function URL (the gateway). The binaries
+//! `aic-lambda-validate`, `aic-lambda-dispatch`, `aic-lambda-settle` and `aic-lambda-gateway`
+//! wrap these in `lambda_runtime`; `infra/aws/template.yaml` wires them to the bucket.
 //!
 //! Work that cannot be done yet (a payment awaiting confirmations, an outage) is kept in the
 //! bucket (`crate::redrive`) and driven again by `aic-lambda-redrive`, which EventBridge runs
@@ -26,13 +26,17 @@ use crate::{Ctx, handle_record};
 pub enum Function {
     Validate,
     Dispatch,
+    /// The status snapshot: settles a job's paid run once it has ended.
+    Settle,
 }
 
 impl Function {
     fn takes(self, key: &str) -> bool {
         matches!(
             (self, classify(key)),
-            (Function::Validate, KeyKind::Request(_)) | (Function::Dispatch, KeyKind::Manifest(_))
+            (Function::Validate, KeyKind::Request(_))
+                | (Function::Dispatch, KeyKind::Manifest(_))
+                | (Function::Settle, KeyKind::StatusSnapshot(_))
         )
     }
 }
@@ -163,5 +167,7 @@ mod tests {
         assert!(!Function::Validate.takes(&format!("{job}/manifest.json")));
         assert!(Function::Dispatch.takes(&format!("{job}/manifest.json")));
         assert!(!Function::Dispatch.takes(&format!("{job}/status/00000001.json")));
+        assert!(Function::Settle.takes(&format!("{job}/status.json")));
+        assert!(!Function::Settle.takes(&format!("{job}/status/00000001.json")));
     }
 }

@@ -112,11 +112,15 @@ fn the_sam_template_wires_the_binaries_and_keys_this_repository_has() {
         }
     }
     bins.sort();
-    assert_eq!(bins, ["aic-lambda-dispatch", "aic-lambda-gateway", "aic-lambda-redrive", "aic-lambda-validate"]);
+    assert_eq!(
+        bins,
+        ["aic-lambda-dispatch", "aic-lambda-gateway", "aic-lambda-redrive", "aic-lambda-settle", "aic-lambda-validate"]
+    );
     // The suffixes S3 filters on are the keys validate and dispatch act on.
     let job = "users/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/jobs/01kbx8m3s2q4fz3x9m2w5a7c8d";
     suffixes.sort();
-    assert_eq!(suffixes, ["/manifest.json", "/request.json"]);
+    assert_eq!(suffixes, ["/manifest.json", "/request.json", "/status.json"]);
+    assert!(matches!(classify(&format!("{job}/status.json")), KeyKind::StatusSnapshot(_)));
     assert!(matches!(classify(&format!("{job}/request.json")), KeyKind::Request(_)));
     assert!(matches!(classify(&format!("{job}/manifest.json")), KeyKind::Manifest(_)));
     // Every variable the template sets is one the functions read.
@@ -469,6 +473,13 @@ fn each_function_has_the_s3_rights_it_uses_and_no_more() {
     assert_eq!(actions("ValidateFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
     assert_eq!(actions("DispatchFunction"), ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
     assert_eq!(actions("RedriveFunction"), ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
+    assert_eq!(actions("SettleFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
+    // The settler's key reaches the two functions that settle, and no other.
+    for (name, r) in t["Resources"].as_mapping().unwrap() {
+        let has = !r["Properties"]["Environment"]["Variables"]["AIC_SETTLER_KEY"].is_null();
+        let settles = matches!(name.as_str(), Some("SettleFunction" | "RedriveFunction"));
+        assert_eq!(has, settles, "{name:?}");
+    }
     // Their deletes reach only the queues they take entries out of.
     let deletes = |f: &str| -> Vec<String> {
         let st = t["Resources"][f]["Properties"]["Policies"][0]["Statement"].as_sequence().unwrap();

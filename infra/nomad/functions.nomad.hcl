@@ -5,7 +5,8 @@
 #   nomad var put -namespace aic nomad/jobs/aic-functions \
 #     gateway_secret=$(openssl rand -hex 32) webhook_token=$(openssl rand -hex 16) \
 #     s3_access_key=… s3_secret_key=… nomad_token=… \
-#     rpc_url=https://… token=0x…(the AIC contract) treasury=0x… chain_id=1
+#     rpc_url=https://… token=0x…(the AIC contract) treasury=0x… chain_id=1 \
+#     escrow=0x…(the AICEscrow contract) settler_key=…(its settler's private key)
 #   nomad job run -namespace aic infra/nomad/functions.nomad.hcl
 #
 # nomad_token is a token for the policy in acl/aic-functions.policy.hcl (submit and stop the
@@ -15,6 +16,11 @@
 variable "image_dir" {
   type    = string
   default = "/usr/local/bin"
+}
+
+variable "worker_image" {
+  type    = string
+  default = "aic-worker:0.1.0"
 }
 
 variable "bucket" {
@@ -66,8 +72,11 @@ job "aic-functions" {
         AIC_SCHEDULER       = "nomad"
         NOMAD_ADDR          = "http://${attr.unique.network.ip-address}:4646"
         NOMAD_NAMESPACE     = "aic"
-        AIC_NOMAD_WORKER    = "${var.image_dir}/aic-worker"
-        AIC_NOMAD_DRIVER    = "exec"
+        # Jobs run in the worker image (infra/nomad/worker.Dockerfile) under the docker driver:
+        # the exec driver gives a task no /dev/nvidia*.
+        AIC_NOMAD_DRIVER    = "docker"
+        AIC_NOMAD_IMAGE     = var.worker_image
+        AIC_NOMAD_WORKER    = "/usr/local/bin/aic-worker"
         AIC_GATEWAY_DOMAIN  = "aic-pool"
         AIC_LOG             = "info"
         # Workers reach the bucket through this host with their job's token, never with the
@@ -90,6 +99,8 @@ job "aic-functions" {
           AIC_TOKEN={{ .token }}
           AIC_TREASURY={{ .treasury }}
           AIC_CHAIN_ID={{ .chain_id }}
+          AIC_ESCROW={{ .escrow }}
+          AIC_SETTLER_KEY={{ .settler_key }}
           {{ end }}
         EOT
       }
