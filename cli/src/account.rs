@@ -93,10 +93,10 @@ pub async fn whoami(env: &Env) -> anyhow::Result<()> {
 
 pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64) -> anyhow::Result<()> {
     aic_schemas::validate::check_size(miners, gpus, hours).map_err(|e| anyhow!(e))?;
-    let price = match env.chain() {
-        Ok(c) => c.price(),
-        Err(_) => crate::pool::DEV_PRICE,
-    };
+    let chain = env.chain().ok();
+    let price = chain.as_ref().map(|c| c.price()).unwrap_or(crate::pool::DEV_PRICE);
+    // The dev chain (made on the first run) has an escrow; a pool says whether it has one.
+    let deposit = chain.as_ref().map(|c| c.escrow.is_some()).unwrap_or(env.gateway.is_none());
     let pricing = aic_core::pricing::Pricing { price_per_gpu_hour: price, token: None };
     let total: u128 = pricing.quote_for(miners, gpus, hours).total.parse()?;
     println!(
@@ -106,6 +106,9 @@ pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64) -> anyhow::Result<()
         format_aic(price),
         format_aic(total)
     );
+    if deposit && total > 0 {
+        eprintln!("that is a deposit: the job pays for the GPU-seconds it uses, and the rest comes back when it ends");
+    }
     Ok(())
 }
 

@@ -222,12 +222,13 @@ async fn serve_here(env: &Env, h: &Hosted, job: &JobKey) -> anyhow::Result<i32> 
     Ok(0)
 }
 
-/// `aic deploy scale NAME N`: a new deployment of the same project with N replicas (paid
-/// for its hours) beside the old one, then — once its replicas answer — the old one
-/// removed, so requests never stop. The name's address (`/n/<owner>/<name>/`) moves to the
-/// new one as soon as it answers. On a pool without room for both, nothing changes and the
-/// error says what to do.
-pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> {
+/// `aic deploy scale NAME N` and `aic deploy extend NAME --hours H`: a new deployment of the
+/// same project with N replicas (or for H hours), paid for its hours, beside the old one,
+/// then — once its replicas answer — the old one removed (and settled: what it did not use
+/// comes back), so requests never stop. The name's address (`/n/<owner>/<name>/`) moves to
+/// the new one as soon as it answers. On a pool without room for both, nothing changes and
+/// the error says what to do.
+pub async fn replace(env: &Env, name: &str, replicas: Option<u32>, hours: Option<f64>) -> anyhow::Result<i32> {
     let old = resolve(env, name).await?;
     let req: JobRequest = env
         .store
@@ -249,12 +250,18 @@ pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> 
     env.store.download_prefix(&old.code_prefix(), &dir, &|_| {}).await.context("fetching the deployed project")?;
     let host = submit::host(env).await?;
     let base = base_url(env, host.as_ref())?;
+    let replicas = replicas.unwrap_or(req.miners);
+    if let Some(h) = hours
+        && !(h > 0.0 && h.is_finite())
+    {
+        bail!("--hours must be a positive number of hours (it was {h})");
+    }
     let opts = DeployOpts {
         path: dir.clone(),
         name: req.name.clone(),
         replicas,
         gpus: req.gpus_per_miner,
-        hours: req.max_hours,
+        hours: hours.unwrap_or(req.max_hours),
         entrypoint: Some(req.entrypoint.clone()),
         tx: None,
         detach: false,
@@ -272,9 +279,10 @@ pub async fn scale(env: &Env, name: &str, replicas: u32) -> anyhow::Result<i32> 
     jobs::cancel(env, old.job.as_str()).await?;
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
-        "deployment {} ({} replicas) replaced {} ({} replicas){}",
+        "deployment {} ({} replicas, {} h) replaced {} ({} replicas){}",
         new.job,
         replicas,
+        aic_core::pricing::format_hours(opts.hours),
         old.job,
         req.miners,
         if name.is_some() { "; the API address stays the same" } else { "" }
@@ -333,12 +341,24 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
             .map(|r| r.state.to_string())
             .unwrap_or("submitted".into());
         let live = replicas(env, &job).await?.iter().filter(|r| r.is_live(now)).count();
+        // Paid time left: from when it started serving, for its paid hours.
+        let history = aic_core::status::history(&env.store, &job).await?;
+        let left = history
+            .iter()
+            .find(|r| r.state == aic_schemas::JobState::Running)
+            .filter(|_| history.last().is_some_and(|r| !r.state.is_terminal()))
+            .map(|r| {
+                let paid = aic_core::pricing::paid_hours(req.max_hours) * 3600.0;
+                (paid - (now - r.at).num_milliseconds() as f64 / 1000.0).max(0.0)
+            });
         // Named: the name's stable address; the version's own is under "version_address".
         let own = base.as_ref().map(|b| address(b, &job));
         let named = base.as_ref().zip(req.name.as_deref()).map(|(b, n)| named_address(b, &job, n));
+        let low = left.is_some_and(|l| low_on_time(l, req.max_hours));
         rows.push(serde_json::json!({
             "deployment": job.job, "name": req.name, "state": state, "replicas": req.miners, "live": live,
             "address": named.clone().or(own.clone()), "version_address": own,
+            "seconds_left": left.map(|l| l.round() as u64), "low": low,
         }));
     }
     if json {
@@ -349,22 +369,55 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
         eprintln!("no deployments; make one with `aic deploy ./project --replicas 2`");
     }
     for r in rows {
+        let left = r["seconds_left"].as_u64().map(|s| format!("{} left", human_duration(s))).unwrap_or_default();
         println!(
-            "{}  {:<14} {:<10} {}/{} live  {}",
+            "{}  {:<14} {:<10} {}/{} live  {:<14} {}",
             r["deployment"].as_str().unwrap_or_default(),
             r["name"].as_str().unwrap_or("-"),
             r["state"].as_str().unwrap_or_default(),
             r["live"],
             r["replicas"],
+            left,
             r["address"].as_str().unwrap_or("")
         );
+        if r["low"] == true {
+            let who = r["name"].as_str().or(r["deployment"].as_str()).unwrap_or_default();
+            println!(
+                "  ⚠ under 10% of its paid time left; it stops when it runs out: `aic deploy extend {who} --hours H`"
+            );
+        }
     }
     Ok(())
+}
+
+/// Whether a deployment with `left` seconds of its paid `hours` is under 10% of them.
+fn low_on_time(left: f64, hours: f64) -> bool {
+    left < aic_core::pricing::paid_hours(hours) * 3600.0 * 0.1
+}
+
+/// "2 h 5 min", "12 min", "40 s".
+fn human_duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deployment_is_low_on_time_under_a_tenth_of_its_hours() {
+        assert!(!low_on_time(400.0, 1.0));
+        assert!(low_on_time(359.0, 1.0));
+        assert!(low_on_time(0.0, 0.5));
+        assert_eq!(
+            (human_duration(40), human_duration(720), human_duration(7500)),
+            ("40 s".into(), "12 min".into(), "2 h 5 min".into())
+        );
+    }
 
     #[test]
     fn a_deployments_default_name_is_its_folders_made_a_name() {

@@ -92,6 +92,76 @@ async fn payment_line(env: &Env, job: &JobKey) -> Option<String> {
     })
 }
 
+/// `aic spend`: every paid job and deployment, what was paid, charged and refunded, what
+/// the escrow still holds (jobs not settled yet), and the totals.
+pub async fn spend(env: &Env, json: bool) -> anyhow::Result<()> {
+    use aic_core::pricing::format_aic_short as aic;
+    let mut rows = Vec::new();
+    let (mut paid_t, mut charged_t, mut refunded_t, mut held_t) = (0u128, 0u128, 0u128, 0u128);
+    for id in job_ids(env).await? {
+        let job = JobKey::new(env.owner, id.clone());
+        let Some(m) = env.store.get_json::<aic_schemas::JobManifest>(&job.manifest(), MAX_DOC_BYTES).await? else {
+            continue;
+        };
+        let Some(p) = &m.payment else { continue };
+        let paid: u128 = p.paid.parse().unwrap_or(0);
+        let settled = settlements(env, &job).await.unwrap_or_default();
+        let (charged, refunded): (u128, u128) = settled.iter().fold((0, 0), |(c, r), s| {
+            (c + s.charged.parse::<u128>().unwrap_or(0), r + s.refunded.parse::<u128>().unwrap_or(0))
+        });
+        let held = if settled.is_empty() && p.escrow.is_some() { paid } else { 0 };
+        let state = status::snapshot(&env.store, &job).await?.map(|s| s.state.to_string()).unwrap_or_default();
+        paid_t += paid;
+        charged_t += charged;
+        refunded_t += refunded;
+        held_t += held;
+        rows.push(serde_json::json!({
+            "job": id, "kind": m.request.kind, "what": m.request.name.clone().unwrap_or(m.request.entrypoint.clone()),
+            "state": state, "paid": paid.to_string(), "charged": charged.to_string(), "refunded": refunded.to_string(),
+            "held": held.to_string(), "gpu_seconds": settled.iter().map(|s| s.gpu_seconds).sum::<u64>(),
+            "payment_tx": p.tx, "settlement_tx": settled.first().and_then(|s| s.tx.clone()),
+            "by": if p.escrow.is_some() { "deposit" } else { "transfer" },
+        }));
+    }
+    let totals = serde_json::json!({
+        "paid": paid_t.to_string(), "charged": charged_t.to_string(), "refunded": refunded_t.to_string(), "held": held_t.to_string(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"jobs": rows, "totals": totals}))?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("nothing paid yet");
+        return Ok(());
+    }
+    let amount = |v: &serde_json::Value| aic(v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0));
+    println!(
+        "{:<26}  {:<5}  {:<10}  {:>14}  {:>14}  {:>14}  {:>14}  WHAT",
+        "JOB", "KIND", "STATE", "PAID", "CHARGED", "REFUNDED", "HELD"
+    );
+    for r in &rows {
+        println!(
+            "{:<26}  {:<5}  {:<10}  {:>14}  {:>14}  {:>14}  {:>14}  {}",
+            r["job"].as_str().unwrap_or_default(),
+            r["kind"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            amount(&r["paid"]),
+            amount(&r["charged"]),
+            amount(&r["refunded"]),
+            amount(&r["held"]),
+            r["what"].as_str().unwrap_or_default()
+        );
+    }
+    println!(
+        "total: paid {}, charged {}, refunded {}, held in the escrow {}",
+        aic(paid_t),
+        aic(charged_t),
+        aic(refunded_t),
+        aic(held_t)
+    );
+    Ok(())
+}
+
 pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
     let job = resolve(env, s).await?;
     let hist = status::history(&env.store, &job).await?;

@@ -58,6 +58,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What your jobs and deployments cost: paid, charged for the GPU-seconds used, refunded,
+    /// and still held in the escrow, with totals.
+    Spend {
+        #[arg(long)]
+        json: bool,
+    },
     /// A job's state and history.
     Status {
         job: String,
@@ -171,6 +177,13 @@ enum DeploySub {
     Rm { name: String },
     /// Change the number of replicas (a new deployment of the same project replaces it).
     Scale { name: String, replicas: u32 },
+    /// Pay for more hours: a new deployment of the same project, paid for HOURS, replaces it
+    /// without downtime; what the old one does not use comes back.
+    Extend {
+        name: String,
+        #[arg(long)]
+        hours: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +306,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Run(args) => submit::run(&env, args).await,
         Cmd::Submit { file, tx, detach } => submit::submit_file(&env, &file, tx, detach).await,
         Cmd::Jobs { json } => jobs::list(&env, json).await.map(|_| 0),
+        Cmd::Spend { json } => jobs::spend(&env, json).await.map(|_| 0),
         Cmd::Status { job, json } => jobs::status(&env, &job, json).await.map(|_| 0),
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
@@ -312,7 +326,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                 let job = deploy::resolve(&env, &name).await?;
                 jobs::cancel(&env, job.job.as_str()).await.map(|_| 0)
             }
-            Some(DeploySub::Scale { name, replicas }) => deploy::scale(&env, &name, replicas).await,
+            Some(DeploySub::Scale { name, replicas }) => deploy::replace(&env, &name, Some(replicas), None).await,
+            Some(DeploySub::Extend { name, hours }) => deploy::replace(&env, &name, None, Some(hours)).await,
             None => {
                 let path = d
                     .path

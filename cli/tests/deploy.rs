@@ -267,6 +267,43 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     assert_eq!(predict(&api, &rows[0][..64]).0, 200, "the name reaches the new version");
     let (job, api) = (job2, api2);
 
+    // More hours: a new deployment paid for them replaces it under the same address, and the
+    // old one's unused time comes back.
+    let out = h.aic(&["deploy", "extend", "digits", "--hours", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 h) replaced"), "{}", String::from_utf8_lossy(&out.stderr));
+    let (api_after, job3, _) = addresses(&out.stdout);
+    assert_eq!(api_after, api, "extending keeps the API address");
+    assert_eq!(predict(&api, &rows[0][..64]).0, 200);
+    let list: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "list", "--json"]).stdout).unwrap();
+    let extended = list.as_array().unwrap().iter().find(|d| d["deployment"] == job3.as_str()).cloned().unwrap();
+    let left = extended["seconds_left"].as_u64().unwrap();
+    assert!((6000..=7200).contains(&left) && extended["low"] == false, "{extended}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let settled = loop {
+        let st: serde_json::Value = serde_json::from_slice(&h.aic(&["status", &job, "--json"]).stdout).unwrap();
+        if let Some(s) = st["settlements"].as_array().and_then(|a| a.first()).cloned() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the replaced deployment was never settled: {st}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let refunded: u128 = settled["refunded"].as_str().unwrap().parse().unwrap();
+    assert!(settled["kind"] == "settled" && refunded > 0, "{settled}");
+    let spend: serde_json::Value = serde_json::from_slice(&h.aic(&["spend", "--json"]).stdout).unwrap();
+    let row = |id: &str| spend["jobs"].as_array().unwrap().iter().find(|r| r["job"] == id).cloned().unwrap();
+    assert_eq!(row(&job)["refunded"], settled["refunded"], "{spend}");
+    assert_eq!(row(&job3)["held"], row(&job3)["paid"], "still running: its deposit is held: {spend}");
+    let total = |k: &str| spend["totals"][k].as_str().unwrap().parse::<u128>().unwrap();
+    let sum = |k: &str| {
+        spend["jobs"].as_array().unwrap().iter().map(|r| r[k].as_str().unwrap().parse::<u128>().unwrap()).sum::<u128>()
+    };
+    for k in ["paid", "charged", "refunded", "held"] {
+        assert_eq!(total(k), sum(k), "{k}: {spend}");
+    }
+    assert_eq!(total("paid"), total("charged") + total("refunded") + total("held"), "{spend}");
+    let job = job3;
+
     // Removal: out of the gateway, processes gone, cancelled.
     assert!(h.aic(&["deploy", "rm", "digits"]).status.success());
     let deadline = Instant::now() + Duration::from_secs(20);

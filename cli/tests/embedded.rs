@@ -126,8 +126,13 @@ fn a_job_pays_for_what_it_used_and_gets_the_rest_back() {
     assert_eq!(balance(chain.treasury), charged);
     assert_eq!(balance(owner.to_str().unwrap().parse().unwrap()), aic_chain::devchain::DEV_FUNDS - charged);
     assert_eq!(balance(chain.escrow.unwrap()), 0);
-    let text = text(&h.aic(&["status", &job])).0;
-    assert!(text.contains("paid 1 AIC by deposit") && text.contains("refunded"), "{text}");
+    let status = text(&h.aic(&["status", &job])).0;
+    assert!(status.contains("paid 1 AIC by deposit") && status.contains("refunded"), "{status}");
+    let spend = text(&h.aic(&["spend"])).0;
+    assert!(spend.lines().any(|l| l.starts_with(&job) && l.contains("succeeded")), "{spend}");
+    assert!(spend.contains("total: paid 1 AIC, charged 0.00"), "{spend}");
+    let quote = h.aic(&["quote", "--hours", "2"]);
+    assert!(text(&quote).1.contains("that is a deposit"), "{}", text(&quote).1);
 }
 
 #[test]
