@@ -9,7 +9,8 @@ use crate::localstack::LocalStack;
 use crate::root;
 use crate::tools::{anvil, run, setup, tools};
 
-/// Benchmarks (figures, not pass/fail): validate throughput against anvil, training under
+/// Benchmarks (figures, not pass/fail): validate throughput against anvil, settlement (gas,
+/// rate, latency) against anvil, training under
 /// aic-worker against the bare launcher, and event latency (request uploaded → worker
 /// started) on the embedded pool and on LocalStack via SNS and via the poller.
 pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
@@ -18,6 +19,12 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     if want("validate") {
         run(Command::new("cargo")
             .args(["bench", "--quiet", "-p", "aic-functions", "--bench", "validate"])
+            .current_dir(root())
+            .env("AIC_ANVIL", anvil()))?;
+    }
+    if want("settle") {
+        run(Command::new("cargo")
+            .args(["bench", "--quiet", "-p", "aic-functions", "--bench", "settle"])
             .current_dir(root())
             .env("AIC_ANVIL", anvil()))?;
     }
