@@ -51,6 +51,11 @@ pub fn dev_key(i: u32) -> PrivateKeySigner {
     DEV_KEYS[i as usize].parse().expect("a dev key")
 }
 
+/// A provider on `chain` that signs as dev account `i`.
+pub fn dev_wallet(chain: &AnvilInstance, i: u32) -> alloy::providers::DynProvider {
+    ProviderBuilder::new().wallet(EthereumWallet::from(dev_key(i))).connect_http(chain.endpoint_url()).erased()
+}
+
 pub struct DevChain {
     /// Stops anvil when dropped.
     pub anvil: AnvilInstance,

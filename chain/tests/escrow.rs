@@ -4,9 +4,8 @@
 use aic_chain::devchain::{self, SETTLER, dev_key};
 use aic_chain::escrow::{self, HELD, IAICEscrow, RECLAIMED, SETTLED, run_id};
 use aic_chain::token;
-use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, U256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider};
 
 const AIC: u128 = 10u128.pow(18);
 
@@ -25,10 +24,7 @@ async fn world() -> World {
 
 impl World {
     fn wallet(&self, i: u32) -> DynProvider {
-        ProviderBuilder::new()
-            .wallet(EthereumWallet::from(dev_key(i)))
-            .connect_http(self.chain.anvil.endpoint_url())
-            .erased()
+        devchain::dev_wallet(&self.chain.anvil, i)
     }
     fn escrow(&self) -> Address {
         self.chain.config.escrow.expect("the dev chain has an escrow")

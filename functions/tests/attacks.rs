@@ -14,9 +14,8 @@ use aic_schemas::event::S3EventRecord;
 use aic_schemas::{JobRequest, JobState, PaymentRef};
 
 mod common;
-use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, U256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::DynProvider;
 use chrono::Utc;
 
 const AIC: u128 = 10u128.pow(18);
@@ -46,10 +45,7 @@ async fn world(confirmations: u64) -> World {
 
 impl World {
     fn wallet(&self, i: u32) -> DynProvider {
-        ProviderBuilder::new()
-            .wallet(EthereumWallet::from(dev_key(i)))
-            .connect_http(self.chain.anvil.endpoint_url())
-            .erased()
+        devchain::dev_wallet(&self.chain.anvil, i)
     }
 
     fn treasury(&self) -> Address {

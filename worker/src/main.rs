@@ -253,15 +253,17 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     };
     a.store.create_json(&a.job.alloc_result(a.attempt, a.index), &result).await?;
 
+    // What an ending the job did not succeed in says of this allocation.
+    let ended = || StatusDetail {
+        exit_code: exit.code(),
+        wall_seconds: Some(wall),
+        gpu_seconds: Some(gpu_seconds),
+        alloc: Some(a.index),
+        log_tail: Some(tail.join("\n")),
+        ..Default::default()
+    };
     if timed_out {
-        let t = Transition::new(JobState::TimedOut, BY).reason(time_limit_reason(req.max_hours)).detail(StatusDetail {
-            exit_code: exit.code(),
-            wall_seconds: Some(wall),
-            gpu_seconds: Some(gpu_seconds),
-            alloc: Some(a.index),
-            log_tail: Some(tail.join("\n")),
-            ..Default::default()
-        });
+        let t = Transition::new(JobState::TimedOut, BY).reason(time_limit_reason(req.max_hours)).detail(ended());
         status::advance(&a.store, &a.job, t).await?;
         if let Finish::Leader(sshd) = finish {
             sshd.stop().await;
@@ -276,14 +278,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         };
         let t = Transition::new(JobState::Failed, BY)
             .reason(format!("{} {how} on {} (allocation {})", req.entrypoint, a.miner, a.index))
-            .detail(StatusDetail {
-                exit_code: exit.code(),
-                wall_seconds: Some(wall),
-                gpu_seconds: Some(gpu_seconds),
-                alloc: Some(a.index),
-                log_tail: Some(tail.join("\n")),
-                ..Default::default()
-            });
+            .detail(ended());
         status::advance(&a.store, &a.job, t).await?;
         return Ok(1);
     }
