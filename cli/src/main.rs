@@ -6,6 +6,7 @@ mod data;
 mod demo;
 mod deploy;
 mod env;
+mod exec;
 mod identity;
 mod jobs;
 mod pool;
@@ -82,6 +83,19 @@ enum Cmd {
     Results(ResultsCmd),
     /// Stop a job.
     Cancel { job: String },
+    /// Run a command inside a running job's allocation (its folders, environment and GPUs):
+    /// `aic exec JOB -- nvidia-smi`. Exits with the command's exit code.
+    Exec {
+        job: String,
+        /// The allocation (0 to miners - 1).
+        #[arg(long, default_value_t = 0, conflicts_with = "all")]
+        alloc: u32,
+        /// In every allocation, each line tagged `[alloc i]`.
+        #[arg(long)]
+        all: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// The tutorial, end to end on the embedded pool: dataset, training, checkpoint.
     Demo,
     /// Sign in with your wallet (Sign-In with Ethereum).
@@ -311,6 +325,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
         Cmd::Cancel { job } => jobs::cancel(&env, &job).await.map(|_| 0),
+        Cmd::Exec { job, alloc, all, command } => exec::exec(&env, &job, alloc, all, command).await,
         Cmd::Demo => demo::run(&env).await,
         Cmd::Login(a) => account::login(&env, a).await.map(|_| 0),
         Cmd::Logout => account::logout(&env).map(|_| 0),

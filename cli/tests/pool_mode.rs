@@ -60,6 +60,7 @@ struct Pool {
     dir: tempfile::TempDir,
     host: Child,
     url: String,
+    bucket: String,
     _chain: aic_chain::devchain::DevChain,
     _rt: tokio::runtime::Runtime,
 }
@@ -125,7 +126,9 @@ fn pool_charging(events: Events, pay: Pay) -> Pool {
             .env("AIC_TREASURY", c.treasury.to_string())
             .env("AIC_CHAIN_ID", c.chain_id.to_string())
             .env("AIC_PRICE", "1")
-            .env("AIC_CONFIRMATIONS", "1"),
+            .env("AIC_CONFIRMATIONS", "1")
+            .env("AIC_ESCROW", c.escrow.unwrap().to_string())
+            .env("AIC_SETTLER_KEY", aic_chain::devchain::DEV_KEYS[aic_chain::devchain::SETTLER as usize]),
         Pay::Free => cmd.env("AIC_FREE_POOL", "1").env("AIC_CHAIN_ID", c.chain_id.to_string()),
     };
     if events == Events::Poll {
@@ -147,7 +150,7 @@ fn pool_charging(events: Events, pay: Pay) -> Pool {
             .unwrap();
         assert!(out.status.success(), "wire.py: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Pool { dir, host, url, _chain: chain, _rt: rt }
+    Pool { dir, host, url, bucket, _chain: chain, _rt: rt }
 }
 
 impl Pool {
@@ -194,6 +197,11 @@ fn tutorial(p: &Pool) {
     assert!(out.status.success(), "aic run failed: {stderr}\n--- functions host:\n{}", p.log());
     assert!(stdout.contains("epoch 5/5"), "{stdout}");
     assert!(stderr.contains("quote:") && stderr.contains("succeeded; execution time"), "{stderr}");
+    if stderr.contains("deposited") {
+        // Settled by the functions host once the job's allocations ended (no bucket event
+        // says so): what it used and what came back.
+        assert!(stderr.lines().any(|l| l.trim_start().starts_with("used ") && l.contains("refunded")), "{stderr}");
+    }
 
     let jobs: serde_json::Value = serde_json::from_slice(&p.aic("u", &["jobs", "--json"]).stdout).unwrap();
     let job = jobs[0]["job"].as_str().unwrap().to_string();
@@ -302,4 +310,85 @@ fn the_tutorial_on_a_free_pool_through_the_gateway() {
     let (_, stderr) = text(&out);
     assert!(out.status.success() && stderr.contains("this pool charges nothing"), "{stderr}");
     assert!(text(&p.aic("u", &["whoami"])).0.contains("this pool charges nothing"));
+}
+
+#[test]
+fn exec_runs_commands_inside_a_running_job_for_its_owner_only() {
+    let p = pool_charging(Events::Poll, Pay::Free);
+    assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
+    let script = p.dir.path().join("wait.sh");
+    std::fs::write(&script, "echo started\nsleep 120\n").unwrap();
+    let out = p.aic("u", &["run", "-d", script.to_str().unwrap(), "--miners", "2"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let job = text(&out).0.trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !text(&p.aic("u", &["logs", &job])).0.contains("started") {
+        assert!(std::time::Instant::now() < deadline, "the job never started: {}", p.log());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // Output on its own streams, the exit code, the job's environment and folder.
+    let t0 = std::time::Instant::now();
+    let out = p.aic("u", &["exec", &job, "--", "sh", "-c", "echo out; echo err >&2; echo job=$AIC_JOB_ID; ls; exit 3"]);
+    eprintln!("aic exec: first output after {:?} (whole command)", t0.elapsed());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stdout.contains("out\n") && stdout.contains(&format!("job={job}")) && stdout.contains("wait.sh"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("err") && !stdout.contains("err"), "{stdout} / {stderr}");
+    // Stdin is passed through.
+    let mut cmd = Command::new(bins().join("aic"));
+    cmd.args(["exec", &job, "--", "cat"])
+        .current_dir(p.dir.path())
+        .env("AIC_HOME", p.dir.path().join("u"))
+        .env("AIC_GATEWAY", &p.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"through stdin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), text(&out).0.as_str()), (Some(0), "through stdin\n"), "{}", text(&out).1);
+    // Every allocation, tagged.
+    let out = p.aic("u", &["exec", &job, "--all", "--", "sh", "-c", "echo index=$AIC_ALLOC_INDEX"]);
+    let stdout = text(&out).0;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(stdout.contains("[alloc 0] index=0") && stdout.contains("[alloc 1] index=1"), "{stdout}");
+    // A command that does not exist, and an allocation that does not.
+    let out = p.aic("u", &["exec", &job, "--", "no-such-command-here"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(text(&out).1.contains("cannot run no-such-command-here"), "{}", text(&out).1);
+    let out = p.aic("u", &["exec", &job, "--alloc", "5", "--", "true"]);
+    assert!(!out.status.success() && text(&out).1.contains("has 2 allocations"), "{}", text(&out).1);
+    // Another wallet reaches nothing of it.
+    assert!(p.aic("v", &["login", "--dev", "2"]).status.success());
+    let out = p.aic("v", &["exec", &job, "--", "true"]);
+    assert!(!out.status.success() && text(&out).1.contains("no job"), "{}", text(&out).1);
+    // Each session is recorded in the bucket: who, which allocation, the command, its exit.
+    let records = p._rt.block_on(async {
+        let store = aic_core::StoreConfig::S3 {
+            bucket: p.bucket.clone(),
+            endpoint: Some(endpoint()),
+            region: "us-east-1".into(),
+            access_key: Some("test".into()),
+            secret_key: Some("test".into()),
+            session_token: None,
+        }
+        .open()
+        .unwrap();
+        let owner = format!("{:#x}", aic_chain::devchain::dev_key(1).address());
+        let keys = store.list(&format!("pool/exec/{owner}/{job}/")).await.unwrap();
+        let mut out = vec![];
+        for k in keys {
+            out.push(store.get_json::<serde_json::Value>(k.location.as_ref(), 1 << 16).await.unwrap().unwrap());
+        }
+        out
+    });
+    assert_eq!(records.len(), 5, "{records:?}");
+    assert!(records.iter().any(|r| r["exit"] == 3 && r["argv"][0] == "sh" && r["alloc"] == 0), "{records:?}");
+    // Once the job has ended, there is nothing to run a command in.
+    assert!(p.aic("u", &["cancel", &job]).status.success());
+    let out = p.aic("u", &["exec", &job, "--", "true"]);
+    assert!(!out.status.success() && text(&out).1.contains("is cancelled, not running"), "{}", text(&out).1);
 }

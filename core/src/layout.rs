@@ -20,6 +20,7 @@
 //! pool/redrive/<hash>.json                      an event whose handling must be tried again
 //! pool/usage/<addr>/<job>/<attempt>-<index>-<run>.json  what an allocation used (the scheduler's)
 //! pool/settlements/<addr>/<job>/<run>.json      how a paid run was settled (charged, refunded)
+//! pool/exec/<addr>/<job>/<session>.json         an `aic exec` session: who, when, where, the command, its exit
 //! ```
 //!
 //! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
@@ -92,6 +93,11 @@ pub fn settlements_prefix(job: &JobKey) -> String {
 /// How paid run `run` of the job was settled.
 pub fn settlement(job: &JobKey, run: u32) -> String {
     format!("{}{run}.json", settlements_prefix(job))
+}
+
+/// An `aic exec` session's record (never its input or output).
+pub fn exec_record(job: &JobKey, session: &str) -> String {
+    format!("pool/exec/{}/{}/{session}.json", job.owner, job.job)
 }
 
 /// Training jobs waiting for room to start every rank at once (the Nomad backend's queue).

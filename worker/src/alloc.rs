@@ -22,6 +22,9 @@ pub(crate) struct Alloc {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) work: PathBuf,
+    /// The gateway this worker reaches the bucket through, and its job's token: where its
+    /// job's `aic exec` commands come from. `None` on a pool whose workers hold store access.
+    pub(crate) gateway: Option<(String, String)>,
 }
 
 pub(crate) fn env(name: &str) -> anyhow::Result<String> {
@@ -30,12 +33,13 @@ pub(crate) fn env(name: &str) -> anyhow::Result<String> {
 
 pub(crate) fn setup() -> anyhow::Result<Alloc> {
     // On a pool whose workers hold no store credentials: the gateway, with this job's token.
-    let store = match (std::env::var("AIC_WORKER_GATEWAY"), std::env::var("AIC_WORKER_TOKEN")) {
+    let (store, gateway) = match (std::env::var("AIC_WORKER_GATEWAY"), std::env::var("AIC_WORKER_TOKEN")) {
         (Ok(url), Ok(token)) if !url.is_empty() => {
-            let gw = aic_core::remote::Gateway::new(&url, Some(token));
-            aic_core::Store::new(std::sync::Arc::new(aic_core::remote::GatewayStore::new(gw)), "gateway")
+            let gw = aic_core::remote::Gateway::new(&url, Some(token.clone()));
+            let store = aic_core::Store::new(std::sync::Arc::new(aic_core::remote::GatewayStore::new(gw)), "gateway");
+            (store, Some((url, token)))
         }
-        _ => StoreConfig::parse(&env("AIC_STORE")?)?.open()?,
+        _ => (StoreConfig::parse(&env("AIC_STORE")?)?.open()?, None),
     };
     // What the scheduler told this allocation (`aic_core::scheduler::launch`).
     let l = Launch::from_env(|k| std::env::var(k).ok()).map_err(|e| anyhow!(e))?;
@@ -52,6 +56,7 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
             None => std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port(),
         },
         work: l.work_dir,
+        gateway,
     })
 }
 

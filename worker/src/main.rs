@@ -7,8 +7,8 @@
 //! Files: `alloc` (this allocation, from its environment), `stage` (code, data, earlier
 //! outputs), `plan` (what this allocation does, by launcher), `supervise` (the program's
 //! output and signals), `report` (the job's status as this allocation sees it), `logs`,
-//! `outputs`, `serve` (the serve kind), `launcher/` (one file a launcher); this file runs
-//! them in order.
+//! `outputs`, `serve` (the serve kind), `exec` (`aic exec` commands beside the program),
+//! `launcher/` (one file a launcher); this file runs them in order.
 //!
 //! 1. Reads the manifest; the leader (allocation 0) moves the job to `running`.
 //! 2. Downloads the code and the dataset, and restores earlier outputs (a restarted
@@ -22,6 +22,7 @@
 //!    the leader once every allocation has succeeded.
 
 mod alloc;
+mod exec;
 mod launcher;
 mod logs;
 mod outputs;
@@ -160,6 +161,8 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     // program and any sshd it serves have ended.
     let shm = launcher::ShmDir::create(&a.job.job.to_string(), a.attempt, a.index, &a.work)?;
     env.insert("AIC_SHM_DIR".into(), path_str(shm.path()));
+    // The job's owner may run commands beside the program (`aic exec`), with its environment.
+    let exec_env = env.clone();
     let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
     let (mut cmd, finish) = match plan(a, &ctx).await? {
         Plan::Program(cmd, finish) => (*cmd, finish),
@@ -179,6 +182,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         .spawn()
         .map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
     let pid = child.id().unwrap_or_default() as i32;
+    let exec = a.gateway.clone().map(|gw| tokio::spawn(exec::serve(gw, a.index, code_dir.clone(), exec_env)));
 
     let (tx, rx) = mpsc::channel::<String>(1024);
     let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index).run(rx));
@@ -234,6 +238,9 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         }
     };
     let wall = started.elapsed().as_secs_f64();
+    if let Some(t) = exec {
+        t.abort();
+    }
     for p in pumps {
         let _ = p.await;
     }

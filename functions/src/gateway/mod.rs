@@ -18,6 +18,9 @@
 //! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
 //! | `GET /v1/jobs/<id>/replicas` | a deployment's serving registrations |
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
+//! | `POST /v1/jobs/<id>/exec` `{alloc, argv, stdin}` | runs a command in a running allocation (`exec`) |
+//! | `GET /v1/exec/<session>?after=N` | the command's output frames after N, and its exit code |
+//! | `GET /v1/worker/exec?alloc=I`, `POST /v1/worker/exec/<session>` | (workers) the commands for their allocation, their output |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
 //! URL signs `If-None-Match: *`, so it cannot overwrite). A PUT URL is bound to the content's
@@ -30,6 +33,7 @@
 //! holds the configuration and the routes.
 
 mod access;
+mod exec;
 mod limits;
 mod presign;
 mod reads;
@@ -107,6 +111,8 @@ pub struct Gateway {
     ctx: Ctx,
     inbox: Option<Inbox>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// `aic exec` sessions in flight (`exec`).
+    exec: exec::Relay,
 }
 
 /// A refusal: status and the one-line reason.
@@ -136,7 +142,7 @@ pub enum Caller {
 
 impl Gateway {
     pub fn new(cfg: GatewayConfig, ctx: Ctx, inbox: Option<Inbox>) -> Self {
-        Gateway { cfg, ctx, inbox, buckets: Mutex::new(HashMap::new()) }
+        Gateway { cfg, ctx, inbox, buckets: Mutex::new(HashMap::new()), exec: exec::Relay::default() }
     }
 
     /// Answers one API call. `path` starts with `/v1/`.
@@ -211,15 +217,20 @@ impl Gateway {
         }
         let who = match &caller {
             Caller::User(who) => *who,
-            Caller::Worker(g) => {
-                return Err(err(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "the workers of job {} reach only its objects (sign, objects, multipart), not {path}",
-                        g.job
-                    ),
-                ));
-            }
+            // A worker waits for its job's `aic exec` commands and posts their output.
+            Caller::Worker(g) => match (method, segs.as_slice()) {
+                (&Method::GET, ["worker", "exec"]) => return self.exec_next(g, exec::alloc_of(&q)?).await,
+                (&Method::POST, ["worker", "exec", session]) => return self.exec_post(g, session, &body).await,
+                _ => {
+                    return Err(err(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "the workers of job {} reach only its objects (sign, objects, multipart) and its exec sessions, not {path}",
+                            g.job
+                        ),
+                    ));
+                }
+            },
         };
         match (method, segs.as_slice()) {
             (&Method::GET, ["jobs"]) => self.jobs(&who).await,
@@ -231,6 +242,8 @@ impl Gateway {
             (&Method::GET, ["jobs", id, "replicas"]) => self.replicas(&who, id).await,
             (&Method::GET, ["jobs", id, "logs"]) => self.logs(&who, id, q.get("after").map(String::as_str)).await,
             (&Method::POST, ["jobs", id, "cancel"]) => self.cancel(&who, id).await,
+            (&Method::POST, ["jobs", id, "exec"]) => self.exec_start(&who, id, &body).await,
+            (&Method::GET, ["exec", session]) => self.exec_read(&who, session, exec::after(&q)?).await,
             _ => Err(err(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}"))),
         }
     }

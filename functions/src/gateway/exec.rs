@@ -1,0 +1,249 @@
+//! `aic exec`: a command run inside a running allocation, relayed by the gateway.
+//!
+//! Miners may sit behind NAT, so the gateway never dials one: each worker of a running job
+//! keeps one long-poll open (`GET /v1/worker/exec?alloc=I`, its job's token) and picks up the
+//! commands its job's owner asked for; it runs them beside the program (its folders, its
+//! environment, its GPUs) and posts their output back in frames
+//! (`POST /v1/worker/exec/<session>`). The owner starts a session (`POST
+//! /v1/jobs/<id>/exec`) and reads its frames with long-polls (`GET /v1/exec/<session>?after=N`)
+//! until the exit code. Only plain JSON requests: it works through any proxy in front of the
+//! host. Sessions live in this host's memory (a pool with several functions hosts needs its
+//! load balancer to keep a job's callers on one: by job id in the path), for 10 minutes at
+//! most. Each is recorded in the bucket — who, when, which allocation, the command, the exit
+//! code — never its input or output.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aic_core::layout::{self, JobKey};
+use aic_core::status;
+use aic_schemas::{Address, JobManifest, JobState};
+use base64::Engine;
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ApiError, Gateway, Reply, bad, err, store_err};
+use aic_core::grant::WorkerGrant;
+
+/// How long a long-poll waits before it answers with nothing new.
+const POLL: Duration = Duration::from_secs(20);
+/// How long a started session waits for its allocation's worker to pick it up.
+const PICKUP: Duration = Duration::from_secs(30);
+/// How long a session is kept.
+const KEEP: Duration = Duration::from_secs(600);
+/// Largest stdin a session takes, and output a worker posts at once.
+const MAX_STDIN: usize = 1 << 20;
+
+/// One chunk of a command's output: `s` is `o` (stdout) or `e` (stderr), `d` base64.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Frame {
+    pub s: String,
+    pub d: String,
+}
+
+struct Session {
+    job: JobKey,
+    alloc: u32,
+    argv: Vec<String>,
+    stdin: String,
+    created: Instant,
+    picked: bool,
+    frames: Vec<Frame>,
+    exit: Option<i32>,
+    record: String,
+}
+
+#[derive(Default)]
+pub struct Relay {
+    sessions: Mutex<HashMap<String, Session>>,
+    changed: tokio::sync::Notify,
+}
+
+/// What a session record in the bucket holds.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    by: Address,
+    at: chrono::DateTime<chrono::Utc>,
+    alloc: u32,
+    argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit: Option<i32>,
+}
+
+#[derive(Deserialize)]
+struct Start {
+    #[serde(default)]
+    alloc: u32,
+    argv: Vec<String>,
+    /// Base64 of what the command reads on its stdin.
+    #[serde(default)]
+    stdin: String,
+}
+
+#[derive(Deserialize)]
+struct Post {
+    #[serde(default)]
+    frames: Vec<Frame>,
+    #[serde(default)]
+    exit: Option<i32>,
+}
+
+impl Relay {
+    fn gc(&self) {
+        self.sessions.lock().unwrap().retain(|_, s| s.created.elapsed() < KEEP);
+    }
+}
+
+impl Gateway {
+    /// The owner starts a command in allocation `alloc` of their running job.
+    pub(super) async fn exec_start(&self, who: &Address, id: &str, body: &Bytes) -> Reply {
+        let job = self.job_key(who, id)?;
+        let b: Start = serde_json::from_slice(body).map_err(|e| bad(format!("want {{alloc, argv, stdin}}: {e}")))?;
+        if b.argv.is_empty() || b.argv[0].is_empty() {
+            return Err(bad("name the command to run: `aic exec JOB -- CMD ARGS…`"));
+        }
+        if b.stdin.len() > MAX_STDIN * 4 / 3 + 4 {
+            return Err(err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "stdin over 1 MiB: copy the file with `aic data put` instead",
+            ));
+        }
+        let Some(m) = self.ctx.store.get_json::<JobManifest>(&job.manifest(), 1 << 20).await.map_err(store_err)? else {
+            return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
+        };
+        let state = status::current(&self.ctx.store, &job).await.map_err(store_err)?.map(|r| r.state);
+        if state != Some(JobState::Running) {
+            let now = state.map(|s| s.to_string()).unwrap_or_else(|| "not started".into());
+            return Err(err(
+                StatusCode::CONFLICT,
+                format!("job {id} is {now}, not running: there is nothing to run a command in"),
+            ));
+        }
+        if b.alloc >= m.request.miners {
+            return Err(bad(format!(
+                "job {id} has {}; allocations are numbered from 0",
+                aic_core::plural(m.request.miners, "allocation")
+            )));
+        }
+        self.exec.gc();
+        let session = ulid::Ulid::new().to_string().to_lowercase();
+        let record = layout::exec_record(&job, &session);
+        let rec = Record { by: *who, at: chrono::Utc::now(), alloc: b.alloc, argv: b.argv.clone(), exit: None };
+        self.ctx.store.put_json(&record, &rec).await.map_err(store_err)?;
+        self.exec.sessions.lock().unwrap().insert(
+            session.clone(),
+            Session {
+                job,
+                alloc: b.alloc,
+                argv: b.argv,
+                stdin: b.stdin,
+                created: Instant::now(),
+                picked: false,
+                frames: vec![],
+                exit: None,
+                record,
+            },
+        );
+        self.exec.changed.notify_waiters();
+        Ok(json!({ "session": session }))
+    }
+
+    /// The owner reads a session's frames after the first `after`, waiting for new ones.
+    pub(super) async fn exec_read(&self, who: &Address, session: &str, after: usize) -> Reply {
+        let deadline = Instant::now() + POLL;
+        loop {
+            let changed = self.exec.changed.notified();
+            {
+                let sessions = self.exec.sessions.lock().unwrap();
+                let s = sessions
+                    .get(session)
+                    .filter(|s| s.job.owner == *who)
+                    .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of yours")))?;
+                let frames: Vec<Frame> = s.frames.iter().skip(after).cloned().collect();
+                if !s.picked && s.created.elapsed() > PICKUP {
+                    return Err(err(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "allocation {} of job {} did not pick the command up within {} s (its worker may have no gateway to reach, or be stopping)",
+                            s.alloc,
+                            s.job.job,
+                            PICKUP.as_secs()
+                        ),
+                    ));
+                }
+                if !frames.is_empty() || s.exit.is_some() || Instant::now() >= deadline {
+                    return Ok(json!({ "frames": frames, "next": after + frames.len(), "exit": s.exit }));
+                }
+            }
+            let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), changed).await;
+        }
+    }
+
+    /// A worker of the job waits for a command for its allocation.
+    pub(super) async fn exec_next(&self, g: &WorkerGrant, alloc: u32) -> Reply {
+        let job = g.job_key();
+        let deadline = Instant::now() + POLL;
+        loop {
+            let changed = self.exec.changed.notified();
+            {
+                let mut sessions = self.exec.sessions.lock().unwrap();
+                if let Some((id, s)) = sessions.iter_mut().find(|(_, s)| s.job == job && s.alloc == alloc && !s.picked)
+                {
+                    s.picked = true;
+                    return Ok(json!({ "session": id, "argv": s.argv, "stdin": s.stdin }));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(json!({ "session": Value::Null }));
+            }
+            let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), changed).await;
+        }
+    }
+
+    /// A worker posts a session's output, and at the end its exit code.
+    pub(super) async fn exec_post(&self, g: &WorkerGrant, session: &str, body: &Bytes) -> Reply {
+        let p: Post = serde_json::from_slice(body).map_err(|e| bad(format!("want {{frames, exit}}: {e}")))?;
+        let job = g.job_key();
+        let done = {
+            let mut sessions = self.exec.sessions.lock().unwrap();
+            let s = sessions
+                .get_mut(session)
+                .filter(|s| s.job == job)
+                .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of this job")))?;
+            for f in &p.frames {
+                if base64::engine::general_purpose::STANDARD.decode(&f.d).is_err() || !matches!(f.s.as_str(), "o" | "e")
+                {
+                    return Err(bad("a frame is {s: o|e, d: base64}"));
+                }
+            }
+            s.frames.extend(p.frames);
+            if p.exit.is_some() && s.exit.is_none() {
+                s.exit = p.exit;
+                Some((s.record.clone(), s.exit))
+            } else {
+                None
+            }
+        };
+        self.exec.changed.notify_waiters();
+        if let Some((record, exit)) = done
+            && let Ok(Some(mut rec)) = self.ctx.store.get_json::<Record>(&record, 64 * 1024).await
+        {
+            rec.exit = exit;
+            self.ctx.store.put_json(&record, &rec).await.map_err(store_err)?;
+        }
+        Ok(json!({ "ok": true }))
+    }
+}
+
+/// `after=N` of a read.
+pub(super) fn after(q: &HashMap<String, String>) -> Result<usize, ApiError> {
+    q.get("after").map(|a| a.parse().map_err(|_| bad(format!("after={a:?} is not a number")))).unwrap_or(Ok(0))
+}
+
+/// `alloc=I` of a worker's long-poll.
+pub(super) fn alloc_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
+    q.get("alloc").map(|a| a.parse().map_err(|_| bad(format!("alloc={a:?} is not a number")))).unwrap_or(Ok(0))
+}
