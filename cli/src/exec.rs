@@ -10,24 +10,98 @@ use base64::Engine;
 
 use crate::env::Env;
 
-/// Runs `command` in allocation `alloc` (or every one); the exit code to exit with.
-pub async fn exec(env: &Env, job: &str, alloc: u32, all: bool, command: Vec<String>) -> anyhow::Result<i32> {
+/// The job (resolved), its allocation count, and the gateway: what both commands need.
+async fn target(env: &Env, job: &str) -> anyhow::Result<(crate::remote::Gateway, aic_core::JobKey, u32)> {
     let Some(gw) = env.gateway_client() else {
         bail!(
-            "aic exec reaches a job through a pool's gateway (AIC_GATEWAY); on the embedded pool the job's folders are \
-             under $AIC_HOME/work/<miner>/<job>-<alloc>/"
+            "aic exec and aic shell reach a job through a pool's gateway (AIC_GATEWAY); on the embedded pool the \
+             job's folders are under $AIC_HOME/work/<miner>/<job>-<alloc>/"
         );
     };
     let job = crate::jobs::resolve(env, job).await?;
-    let miners = match env
-        .store
-        .get_json::<aic_schemas::JobManifest>(&job.manifest(), aic_schemas::validate::MAX_DOC_BYTES)
-        .await?
-    {
-        Some(m) => m.request.miners,
+    match env.store.get_json::<aic_schemas::JobManifest>(&job.manifest(), aic_schemas::validate::MAX_DOC_BYTES).await? {
+        Some(m) => Ok((gw, job, m.request.miners)),
         // Through the gateway only the caller's own jobs are visible.
         None => bail!("no job {} of yours that the pool accepted; see `aic jobs`", job.job),
+    }
+}
+
+/// The local terminal in raw mode (keys go through as typed, Ctrl-C included) until dropped.
+struct Raw(Option<nix::sys::termios::Termios>);
+
+impl Raw {
+    fn enter() -> Raw {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else { return Raw(None) };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        Raw(Some(saved))
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, saved);
+        }
+    }
+}
+
+/// The local terminal's size, (rows, cols).
+fn size() -> (u16, u16) {
+    use std::os::fd::AsRawFd;
+    let mut ws = nix::pty::Winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which lives across the call.
+    let ok = unsafe { nix::libc::ioctl(std::io::stdout().as_raw_fd(), nix::libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_row > 0 { (ws.ws_row, ws.ws_col) } else { (24, 80) }
+}
+
+/// `aic shell JOB [--alloc I]`: an interactive shell in the allocation on a terminal of its
+/// own: keys (Ctrl-C too) go to it, its size follows this terminal's, and this terminal is
+/// restored when the shell or the job ends. Its exit code.
+pub async fn shell(env: &Env, job: &str, alloc: u32) -> anyhow::Result<i32> {
+    use tokio::io::AsyncReadExt;
+    let (gw, job, _) = target(env, job).await?;
+    let (rows, cols) = size();
+    let body = serde_json::json!({ "alloc": alloc, "argv": [], "tty": { "rows": rows, "cols": cols } });
+    let v = gw.call(reqwest::Method::POST, &format!("jobs/{}/exec", job.job), Some(body)).await?;
+    let session = v["session"].as_str().ok_or_else(|| anyhow!("the gateway started no session"))?.to_string();
+    let raw = Raw::enter();
+    let keys = {
+        let (gw, session) = (gw.clone(), session.clone());
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let frame = tokio::select! {
+                    n = stdin.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => serde_json::json!({ "d": base64::engine::general_purpose::STANDARD.encode(&buf[..n]) }),
+                    },
+                    Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
+                        let (rows, cols) = size();
+                        serde_json::json!({ "rows": rows, "cols": cols })
+                    }
+                };
+                let body = serde_json::json!({ "frames": [frame] });
+                if gw.call(reqwest::Method::POST, &format!("exec/{session}/input"), Some(body)).await.is_err() {
+                    return;
+                }
+            }
+        })
     };
+    let code = follow(&gw, &session, None).await;
+    keys.abort();
+    drop(raw);
+    code
+}
+
+/// Runs `command` in allocation `alloc` (or every one); the exit code to exit with.
+pub async fn exec(env: &Env, job: &str, alloc: u32, all: bool, command: Vec<String>) -> anyhow::Result<i32> {
+    let (gw, job, miners) = target(env, job).await?;
     // What the command reads: this process's stdin, when it is not a terminal.
     let mut stdin = Vec::new();
     if !std::io::stdin().is_terminal() {

@@ -96,6 +96,12 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// An interactive shell inside a running job's allocation, on a terminal of its own.
+    Shell {
+        job: String,
+        #[arg(long, default_value_t = 0)]
+        alloc: u32,
+    },
     /// The tutorial, end to end on the embedded pool: dataset, training, checkpoint.
     Demo,
     /// Sign in with your wallet (Sign-In with Ethereum).
@@ -326,6 +332,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
         Cmd::Cancel { job } => jobs::cancel(&env, &job).await.map(|_| 0),
         Cmd::Exec { job, alloc, all, command } => exec::exec(&env, &job, alloc, all, command).await,
+        Cmd::Shell { job, alloc } => exec::shell(&env, &job, alloc).await,
         Cmd::Demo => demo::run(&env).await,
         Cmd::Login(a) => account::login(&env, a).await.map(|_| 0),
         Cmd::Logout => account::logout(&env).map(|_| 0),

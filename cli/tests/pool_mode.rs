@@ -361,12 +361,37 @@ fn exec_runs_commands_inside_a_running_job_for_its_owner_only() {
     assert!(text(&out).1.contains("cannot run no-such-command-here"), "{}", text(&out).1);
     let out = p.aic("u", &["exec", &job, "--alloc", "5", "--", "true"]);
     assert!(!out.status.success() && text(&out).1.contains("has 2 allocations"), "{}", text(&out).1);
+    // A shell, driven through a terminal: it sees the job, follows a resize, a Ctrl-C stops
+    // its foreground program but not the shell, and its exit code comes back.
+    let mut term = Terminal::open(&p, &["shell", &job]);
+    term.type_and_wait("echo shell-$AIC_JOB_ID\r", &format!("shell-{job}"));
+    term.resize(40, 120);
+    term.type_and_wait("stty size\r", "40 120");
+    term.type_str("sleep 100\r");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    term.type_str("\x03");
+    term.type_and_wait("echo alive-$((1+1))\r", "alive-2");
+    term.type_str("exit 7\r");
+    assert_eq!(term.wait(), Some(7), "{}", term.seen());
+    assert_eq!(records_count(&p, &job), 6, "the shell is recorded too");
+
     // Another wallet reaches nothing of it.
     assert!(p.aic("v", &["login", "--dev", "2"]).status.success());
     let out = p.aic("v", &["exec", &job, "--", "true"]);
     assert!(!out.status.success() && text(&out).1.contains("no job"), "{}", text(&out).1);
     // Each session is recorded in the bucket: who, which allocation, the command, its exit.
-    let records = p._rt.block_on(async {
+    let records = records_of(&p, &job);
+    assert_eq!(records.len(), 6, "{records:?}");
+    assert!(records.iter().any(|r| r["exit"] == 3 && r["argv"][0] == "sh" && r["alloc"] == 0), "{records:?}");
+    // Once the job has ended, there is nothing to run a command in.
+    assert!(p.aic("u", &["cancel", &job]).status.success());
+    let out = p.aic("u", &["exec", &job, "--", "true"]);
+    assert!(!out.status.success() && text(&out).1.contains("is cancelled, not running"), "{}", text(&out).1);
+}
+
+/// The `aic exec` session records of `job` in the pool's bucket.
+fn records_of(p: &Pool, job: &str) -> Vec<serde_json::Value> {
+    p._rt.block_on(async {
         let store = aic_core::StoreConfig::S3 {
             bucket: p.bucket.clone(),
             endpoint: Some(endpoint()),
@@ -384,11 +409,104 @@ fn exec_runs_commands_inside_a_running_job_for_its_owner_only() {
             out.push(store.get_json::<serde_json::Value>(k.location.as_ref(), 1 << 16).await.unwrap().unwrap());
         }
         out
-    });
-    assert_eq!(records.len(), 5, "{records:?}");
-    assert!(records.iter().any(|r| r["exit"] == 3 && r["argv"][0] == "sh" && r["alloc"] == 0), "{records:?}");
-    // Once the job has ended, there is nothing to run a command in.
-    assert!(p.aic("u", &["cancel", &job]).status.success());
-    let out = p.aic("u", &["exec", &job, "--", "true"]);
-    assert!(!out.status.success() && text(&out).1.contains("is cancelled, not running"), "{}", text(&out).1);
+    })
+}
+
+fn records_count(p: &Pool, job: &str) -> usize {
+    records_of(p, job).len()
+}
+
+/// `aic` on a terminal of its own (a pseudo-terminal this test drives, as a user would).
+struct Terminal {
+    master: std::fs::File,
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    fn open(p: &Pool, args: &[&str]) -> Terminal {
+        use std::os::unix::process::CommandExt;
+        let ws = nix::pty::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(&ws, None).unwrap();
+        let slave = || Stdio::from(pty.slave.try_clone().unwrap());
+        let mut cmd = Command::new(bins().join("aic"));
+        cmd.args(args)
+            .current_dir(p.dir.path())
+            .env("AIC_HOME", p.dir.path().join("u"))
+            .env("AIC_GATEWAY", &p.url)
+            .stdin(slave())
+            .stdout(slave())
+            .stderr(slave());
+        // SAFETY: a new session whose controlling terminal is the pty, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal { master, child, seen }
+    }
+
+    fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    fn type_str(&mut self, keys: &str) {
+        std::io::Write::write_all(&mut self.master, keys.as_bytes()).unwrap();
+    }
+
+    fn type_and_wait(&mut self, keys: &str, want: &str) {
+        let from = self.seen.lock().unwrap().len();
+        self.type_str(keys);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = String::from_utf8_lossy(&self.seen.lock().unwrap()[from..]).into_owned();
+            // What is typed is echoed too: `want` is what only running it prints.
+            if text.contains(want) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {want:?} after typing {keys:?}; the terminal shows:\n{}",
+                self.seen()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn resize(&mut self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads one winsize through the pointer.
+        unsafe { nix::libc::ioctl(self.master.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws) };
+    }
+
+    fn wait(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "aic shell did not end: {}", self.seen());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }

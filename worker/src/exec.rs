@@ -35,8 +35,13 @@ pub(crate) async fn serve(gateway: (String, String), alloc: u32, cwd: PathBuf, e
         let argv: Vec<String> = serde_json::from_value(v["argv"].clone()).unwrap_or_default();
         let stdin =
             base64::engine::general_purpose::STANDARD.decode(v["stdin"].as_str().unwrap_or("")).unwrap_or_default();
-        tracing::info!(%session, ?argv, "running an exec command");
-        tokio::spawn(run_one(gw.clone(), session, argv, stdin, cwd.clone(), env.clone()));
+        tracing::info!(%session, ?argv, tty = !v["tty"].is_null(), "running an exec command");
+        if v["tty"].is_null() {
+            tokio::spawn(run_one(gw.clone(), session, argv, stdin, cwd.clone(), env.clone()));
+        } else {
+            let size = (v["tty"]["rows"].as_u64().unwrap_or(24) as u16, v["tty"]["cols"].as_u64().unwrap_or(80) as u16);
+            tokio::spawn(run_tty(gw.clone(), session, argv, size, cwd.clone(), env.clone()));
+        }
     }
 }
 
@@ -125,4 +130,141 @@ async fn run_one(
         Err(_) => 1,
     };
     post(&gw, &session, &pending, Some(code)).await;
+}
+
+/// Sets the terminal size of the pty whose master is `fd`.
+fn resize(fd: &std::os::fd::OwnedFd, rows: u16, cols: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives across the call.
+    unsafe {
+        nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws as *const nix::pty::Winsize);
+    }
+}
+
+/// `aic shell` (and `aic exec` with a terminal): the command (a login shell when none is
+/// named) on a pseudo-terminal of its own, so that it sees a terminal, its size follows the
+/// owner's, and a Ctrl-C typed there reaches its foreground process, not `aic`.
+async fn run_tty(
+    gw: Arc<Gateway>,
+    session: String,
+    argv: Vec<String>,
+    (rows, cols): (u16, u16),
+    cwd: PathBuf,
+    env: BTreeMap<String, String>,
+) {
+    use std::os::unix::process::CommandExt;
+    let argv = if argv.is_empty() {
+        let shell = if std::path::Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+        vec![shell.to_string(), "-i".to_string()]
+    } else {
+        argv
+    };
+    let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = match nix::pty::openpty(&ws, None) {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!("aic shell: no terminal for the command on this miner: {e}\n");
+            post(&gw, &session, &[frame("e", why.as_bytes())], Some(126)).await;
+            return;
+        }
+    };
+    let slave = |p: &nix::pty::OpenptyResult| p.slave.try_clone().map(Stdio::from);
+    let (Ok(i), Ok(o), Ok(e)) = (slave(&pty), slave(&pty), slave(&pty)) else { return };
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).current_dir(&cwd).envs(&env).env("TERM", "xterm-256color").stdin(i).stdout(o).stderr(e);
+    // SAFETY: between fork and exec only async-signal-safe calls: a new session, whose
+    // controlling terminal is the pty (its stdin).
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("aic shell: cannot run {} in the allocation: {e}\n", argv[0]);
+            post(&gw, &session, &[frame("e", why.as_bytes())], Some(127)).await;
+            return;
+        }
+    };
+    // No terminal end of the pty stays open here (the command holds its own): the master
+    // then reads EOF when the command exits.
+    drop(cmd);
+    drop(pty.slave);
+    let master = pty.master;
+    // The terminal's output, read by a thread (the pty is a blocking descriptor).
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let mut reader = std::fs::File::from(match master.try_clone() {
+        Ok(m) => m,
+        Err(_) => return,
+    });
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; CHUNK];
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 || tx.blocking_send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // The owner's keystrokes and resizes.
+    let input = {
+        let (gw, session) = (gw.clone(), session.clone());
+        let mut writer = match master.try_clone() {
+            Ok(m) => std::fs::File::from(m),
+            Err(_) => return,
+        };
+        let master = master.try_clone().ok();
+        tokio::spawn(async move {
+            let mut next = 0u64;
+            loop {
+                let path = format!("worker/exec/{session}/input?after={next}");
+                let Ok(v) = gw.call(reqwest::Method::GET, &path, None).await else {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                };
+                for f in v["frames"].as_array().into_iter().flatten() {
+                    if let Some(d) = f["d"].as_str()
+                        && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(d)
+                    {
+                        let _ = std::io::Write::write_all(&mut writer, &bytes);
+                    } else if let (Some(r), Some(c), Some(m)) = (f["rows"].as_u64(), f["cols"].as_u64(), &master) {
+                        resize(m, r as u16, c as u16);
+                    }
+                }
+                next = v["next"].as_u64().unwrap_or(next);
+                if v["ended"] == true {
+                    return;
+                }
+            }
+        })
+    };
+    let waited = tokio::task::spawn_blocking(move || child.wait());
+    let mut pending: Vec<Value> = Vec::new();
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(bytes) => pending.push(frame("o", &bytes)),
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !pending.is_empty() {
+                    post(&gw, &session, &std::mem::take(&mut pending), None).await;
+                }
+            }
+        }
+    }
+    let code = match waited.await {
+        Ok(Ok(st)) => {
+            st.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0))
+        }
+        _ => 1,
+    };
+    post(&gw, &session, &pending, Some(code)).await;
+    input.abort();
 }

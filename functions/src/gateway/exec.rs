@@ -49,6 +49,10 @@ struct Session {
     alloc: u32,
     argv: Vec<String>,
     stdin: String,
+    /// With a terminal (`aic shell`): its size, `{rows, cols}`; the owner's keystrokes and
+    /// resizes then follow in `input`.
+    tty: Option<Value>,
+    input: Vec<Value>,
     created: Instant,
     picked: bool,
     frames: Vec<Frame>,
@@ -77,7 +81,11 @@ struct Record {
 struct Start {
     #[serde(default)]
     alloc: u32,
+    #[serde(default)]
     argv: Vec<String>,
+    /// `{rows, cols}`: run it on a terminal (an interactive shell when `argv` is empty).
+    #[serde(default)]
+    tty: Option<Value>,
     /// Base64 of what the command reads on its stdin.
     #[serde(default)]
     stdin: String,
@@ -102,7 +110,7 @@ impl Gateway {
     pub(super) async fn exec_start(&self, who: &Address, id: &str, body: &Bytes) -> Reply {
         let job = self.job_key(who, id)?;
         let b: Start = serde_json::from_slice(body).map_err(|e| bad(format!("want {{alloc, argv, stdin}}: {e}")))?;
-        if b.argv.is_empty() || b.argv[0].is_empty() {
+        if (b.argv.is_empty() && b.tty.is_none()) || b.argv.first().is_some_and(|a| a.is_empty()) {
             return Err(bad("name the command to run: `aic exec JOB -- CMD ARGS…`"));
         }
         if b.stdin.len() > MAX_STDIN * 4 / 3 + 4 {
@@ -140,6 +148,8 @@ impl Gateway {
                 alloc: b.alloc,
                 argv: b.argv,
                 stdin: b.stdin,
+                tty: b.tty,
+                input: vec![],
                 created: Instant::now(),
                 picked: false,
                 frames: vec![],
@@ -178,7 +188,28 @@ impl Gateway {
                     return Ok(json!({ "frames": frames, "next": after + frames.len(), "exit": s.exit }));
                 }
             }
-            let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), changed).await;
+            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2));
+            if tokio::time::timeout(wait, changed).await.is_err() {
+                self.end_if_job_ended(session).await;
+            }
+        }
+    }
+
+    /// A session whose job has ended ends too (its worker is gone with its commands).
+    async fn end_if_job_ended(&self, session: &str) {
+        let job = match self.exec.sessions.lock().unwrap().get(session) {
+            Some(s) if s.exit.is_none() && s.picked => s.job.clone(),
+            _ => return,
+        };
+        if let Ok(Some(r)) = status::current(&self.ctx.store, &job).await
+            && r.state.is_terminal()
+        {
+            if let Some(s) = self.exec.sessions.lock().unwrap().get_mut(session) {
+                let why = format!("\r\naic: job {} is {}; the session ended with it\r\n", job.job, r.state);
+                s.frames.push(Frame { s: "e".into(), d: base64::engine::general_purpose::STANDARD.encode(why) });
+                s.exit.get_or_insert(129);
+            }
+            self.exec.changed.notify_waiters();
         }
     }
 
@@ -193,7 +224,7 @@ impl Gateway {
                 if let Some((id, s)) = sessions.iter_mut().find(|(_, s)| s.job == job && s.alloc == alloc && !s.picked)
                 {
                     s.picked = true;
-                    return Ok(json!({ "session": id, "argv": s.argv, "stdin": s.stdin }));
+                    return Ok(json!({ "session": id, "argv": s.argv, "stdin": s.stdin, "tty": s.tty }));
                 }
             }
             if Instant::now() >= deadline {
@@ -235,6 +266,51 @@ impl Gateway {
             self.ctx.store.put_json(&record, &rec).await.map_err(store_err)?;
         }
         Ok(json!({ "ok": true }))
+    }
+}
+
+impl Gateway {
+    /// The owner's keystrokes and resizes for a terminal session.
+    pub(super) async fn exec_input(&self, who: &Address, session: &str, body: &Bytes) -> Reply {
+        #[derive(Deserialize)]
+        struct In {
+            frames: Vec<Value>,
+        }
+        let b: In = serde_json::from_slice(body).map_err(|e| bad(format!("want {{frames}}: {e}")))?;
+        {
+            let mut sessions = self.exec.sessions.lock().unwrap();
+            let s = sessions
+                .get_mut(session)
+                .filter(|s| s.job.owner == *who)
+                .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of yours")))?;
+            if s.tty.is_none() {
+                return Err(bad("this session has no terminal; its stdin went with the command"));
+            }
+            s.input.extend(b.frames);
+        }
+        self.exec.changed.notify_waiters();
+        Ok(json!({ "ok": true }))
+    }
+
+    /// A worker waits for the owner's input to a terminal session after the first `after`.
+    pub(super) async fn exec_input_next(&self, g: &WorkerGrant, session: &str, after: usize) -> Reply {
+        let job = g.job_key();
+        let deadline = Instant::now() + POLL;
+        loop {
+            let changed = self.exec.changed.notified();
+            {
+                let sessions = self.exec.sessions.lock().unwrap();
+                let s = sessions
+                    .get(session)
+                    .filter(|s| s.job == job)
+                    .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of this job")))?;
+                let frames: Vec<Value> = s.input.iter().skip(after).cloned().collect();
+                if !frames.is_empty() || s.exit.is_some() || Instant::now() >= deadline {
+                    return Ok(json!({ "frames": frames, "next": after + frames.len(), "ended": s.exit.is_some() }));
+                }
+            }
+            let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), changed).await;
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
 //! | `POST /v1/jobs/<id>/exec` `{alloc, argv, stdin}` | runs a command in a running allocation (`exec`) |
 //! | `GET /v1/exec/<session>?after=N` | the command's output frames after N, and its exit code |
+//! | `POST /v1/exec/<session>/input` `{frames}` | keystrokes and resizes for a terminal session (`aic shell`) |
 //! | `GET /v1/worker/exec?alloc=I`, `POST /v1/worker/exec/<session>` | (workers) the commands for their allocation, their output |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
@@ -221,6 +222,9 @@ impl Gateway {
             Caller::Worker(g) => match (method, segs.as_slice()) {
                 (&Method::GET, ["worker", "exec"]) => return self.exec_next(g, exec::alloc_of(&q)?).await,
                 (&Method::POST, ["worker", "exec", session]) => return self.exec_post(g, session, &body).await,
+                (&Method::GET, ["worker", "exec", session, "input"]) => {
+                    return self.exec_input_next(g, session, exec::after(&q)?).await;
+                }
                 _ => {
                     return Err(err(
                         StatusCode::FORBIDDEN,
@@ -244,6 +248,7 @@ impl Gateway {
             (&Method::POST, ["jobs", id, "cancel"]) => self.cancel(&who, id).await,
             (&Method::POST, ["jobs", id, "exec"]) => self.exec_start(&who, id, &body).await,
             (&Method::GET, ["exec", session]) => self.exec_read(&who, session, exec::after(&q)?).await,
+            (&Method::POST, ["exec", session, "input"]) => self.exec_input(&who, session, &body).await,
             _ => Err(err(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}"))),
         }
     }
