@@ -168,6 +168,10 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
             return Err(e);
         }
     };
+    // `aic exec` and `aic shell` reach the replica too, with the app's environment.
+    let exec =
+        a.gateway.clone().map(|gw| tokio::spawn(crate::exec::serve(gw, a.index, code.to_path_buf(), env.clone())));
+    let _stop_exec = StopOnDrop(exec);
     let deployment = a.job.job.to_string();
     let key = aic_core::layout::serving_registration(&deployment, &a.index.to_string());
     let deadline = Instant::now() + Duration::from_secs_f64(req.max_hours * 3600.0);
@@ -285,6 +289,17 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                 .detail(StatusDetail { alloc: Some(a.index), log_tail: Some(tail.join("\n")), ..Default::default() });
             status::advance(&a.store, &a.job, t).await?;
             Ok(1)
+        }
+    }
+}
+
+/// Stops a task when dropped (the replica's exec sessions with the replica).
+struct StopOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
         }
     }
 }
