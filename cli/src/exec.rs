@@ -12,11 +12,9 @@ use crate::env::Env;
 
 /// The job (resolved), its allocation count, and the gateway: what both commands need.
 async fn target(env: &Env, job: &str) -> anyhow::Result<(crate::remote::Gateway, aic_core::JobKey, u32)> {
-    let Some(gw) = env.gateway_client() else {
-        bail!(
-            "aic exec and aic shell reach a job through a pool's gateway (AIC_GATEWAY); on the embedded pool the \
-             job's folders are under $AIC_HOME/work/<miner>/<job>-<alloc>/"
-        );
+    let gw = match env.gateway_client() {
+        Some(gw) => gw,
+        None => embedded(env)?,
     };
     let job = crate::jobs::resolve(env, job).await?;
     match env.store.get_json::<aic_schemas::JobManifest>(&job.manifest(), aic_schemas::validate::MAX_DOC_BYTES).await? {
@@ -24,6 +22,20 @@ async fn target(env: &Env, job: &str) -> anyhow::Result<(crate::remote::Gateway,
         // Through the gateway only the caller's own jobs are visible.
         None => bail!("no job {} of yours that the pool accepted; see `aic jobs`", job.job),
     }
+}
+
+/// The embedded pool's host, which relays `aic exec` for the user of this `$AIC_HOME`.
+fn embedded(env: &Env) -> anyhow::Result<crate::remote::Gateway> {
+    let (Ok(addr), Ok(secret)) =
+        (std::fs::read_to_string(env.home.join("serve.addr")), std::fs::read_to_string(env.home.join("exec.secret")))
+    else {
+        bail!("no pool is hosted here to reach the job: start `aic dev up` (or watch the job with `aic run`)");
+    };
+    let secret =
+        hex::decode(secret.trim()).map_err(|_| anyhow!("{} is damaged", env.home.join("exec.secret").display()))?;
+    let token =
+        aic_functions::gateway::session_token(&secret, &env.owner, chrono::Utc::now() + chrono::Duration::hours(1));
+    Ok(crate::remote::Gateway::new(addr.trim(), Some(token)))
 }
 
 /// The local terminal in raw mode (keys go through as typed, Ctrl-C included) until dropped.

@@ -49,6 +49,7 @@ impl Drop for Hosted {
     fn drop(&mut self) {
         self.proxy_task.abort();
         let _ = std::fs::remove_file(self.home.join("serve.addr"));
+        let _ = std::fs::remove_file(self.home.join("exec.secret"));
     }
 }
 
@@ -172,10 +173,34 @@ impl Hosted {
         let proxy = Some(Arc::new(
             aic_functions::proxy::Proxy::new(env.store.clone()).with_scheduler(Arc::new(scheduler.clone())),
         ));
+        // `aic exec`/`aic shell` here: the host relays them (its gateway routes, under a secret
+        // of this pool's own in `$AIC_HOME/exec.secret`, readable by its user only), and the
+        // workers keep their store access and take their job's commands from it.
+        let secret = {
+            let mut b = [0u8; 32];
+            std::io::Read::read_exact(&mut File::open("/dev/urandom")?, &mut b)?;
+            b.to_vec()
+        };
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(env.home.join("exec.secret"))?;
+            std::io::Write::write_all(&mut f, hex::encode(&secret).as_bytes())?;
+        }
+        let gateway = aic_functions::gateway::Gateway::new(
+            aic_functions::gateway::GatewayConfig::new(secret.clone(), "aic-local", chain.chain_id),
+            ctx.clone(),
+            None,
+        );
+        scheduler.use_exec_gateway(aic_core::grant::WorkerGateway { url: serve_addr.clone(), secret });
         let host = aic_functions::host::Host {
             ctx: ctx.clone(),
             sns: None,
-            gateway: None,
+            gateway: Some(Arc::new(gateway)),
             minio: aic_functions::host::MinioPosts::Refused,
             proxy,
         };

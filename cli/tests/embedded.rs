@@ -136,6 +136,29 @@ fn a_job_pays_for_what_it_used_and_gets_the_rest_back() {
 }
 
 #[test]
+fn exec_reaches_a_running_job_on_the_embedded_pool() {
+    // The same command as on a pool: the embedded host relays it; its workers keep their
+    // store access and take their job's commands from it.
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let script = h.write("wait.sh", "echo started\nsleep 60\n");
+    let out = h.aic(&["run", "-d", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let job = text(&out).0.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(&h.aic(&["logs", &job])).0.contains("started") {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = h.aic(&["exec", &job, "--", "sh", "-c", "echo hi-$AIC_JOB_ID; echo oops >&2; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out).1);
+    assert!(text(&out).0.contains(&format!("hi-{job}")) && text(&out).1.contains("oops"), "{:?}", text(&out));
+    assert!(h.aic(&["cancel", &job]).status.success());
+    let out = h.aic(&["exec", &job, "--", "true"]);
+    assert!(!out.status.success() && text(&out).1.contains("not running"), "{}", text(&out).1);
+}
+
+#[test]
 fn a_jobs_program_gets_none_of_its_workers_secrets() {
     // The worker reads its store access once and takes it out of its environment, and is
     // non-dumpable: a program running as the same user cannot read `/proc/<worker>/environ`

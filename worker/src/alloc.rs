@@ -39,7 +39,11 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
             let store = aic_core::Store::new(std::sync::Arc::new(aic_core::remote::GatewayStore::new(gw)), "gateway");
             (store, Some((url, token)))
         }
-        _ => (StoreConfig::parse(&env("AIC_STORE")?)?.open()?, None),
+        // Store access of its own, and (the embedded pool) where `aic exec` commands come from.
+        _ => {
+            let exec = std::env::var("AIC_EXEC_GATEWAY").ok().filter(|u| !u.is_empty());
+            (StoreConfig::parse(&env("AIC_STORE")?)?.open()?, exec.zip(std::env::var("AIC_WORKER_TOKEN").ok()))
+        }
     };
     // What the scheduler told this allocation (`aic_core::scheduler::launch`).
     let l = Launch::from_env(|k| std::env::var(k).ok()).map_err(|e| anyhow!(e))?;

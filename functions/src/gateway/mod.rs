@@ -40,6 +40,8 @@ mod presign;
 mod reads;
 mod session;
 
+pub use session::session_token;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;

@@ -116,6 +116,8 @@ struct Inner {
     state: Mutex<State>,
     idle: tokio::sync::Notify,
     job_ended: Mutex<Option<super::JobEnded>>,
+    /// Where workers that keep their store access reach `aic exec` (the embedded pool's host).
+    exec_gateway: Mutex<Option<crate::grant::WorkerGateway>>,
 }
 
 /// Cheap to clone.
@@ -147,6 +149,7 @@ impl LocalScheduler {
                 idle: tokio::sync::Notify::new(),
                 worker_gateway: Mutex::new(None),
                 job_ended: Mutex::new(None),
+                exec_gateway: Mutex::new(None),
             }),
         }
     }
@@ -155,6 +158,12 @@ impl LocalScheduler {
     /// the store's credentials (which they no longer get).
     pub fn use_worker_gateway(&self, g: crate::grant::WorkerGateway) {
         *self.inner.worker_gateway.lock().unwrap() = Some(g);
+    }
+
+    /// Workers keep their store access, and take their job's `aic exec` commands from
+    /// `g` (`AIC_EXEC_GATEWAY` and their job's token): the embedded pool.
+    pub fn use_exec_gateway(&self, g: crate::grant::WorkerGateway) {
+        *self.inner.exec_gateway.lock().unwrap() = Some(g);
     }
 
     /// True when no allocation runs and nothing waits.

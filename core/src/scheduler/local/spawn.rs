@@ -54,6 +54,10 @@ impl LocalScheduler {
             .envs(worker_env.map(|(k, v)| (k, v)));
         if let Some(g) = &gateway {
             cmd.envs(g.env(job, manifest, chrono::Utc::now()));
+        } else if let Some(g) = self.inner.exec_gateway.lock().unwrap().clone() {
+            for (k, v) in g.env(job, manifest, chrono::Utc::now()) {
+                cmd.env(if k == "AIC_WORKER_GATEWAY" { "AIC_EXEC_GATEWAY" } else { k.as_str() }, v);
+            }
         }
         let launch = Launch {
             owner: job.owner,
