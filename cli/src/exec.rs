@@ -111,8 +111,144 @@ pub async fn shell(env: &Env, job: &str, alloc: u32) -> anyhow::Result<i32> {
     code
 }
 
+/// Runs `command` in allocation `alloc` with this process's stdin streamed to it as it comes
+/// (`aic exec -i`, `aic ssh-proxy`); its exit code.
+async fn streamed(env: &Env, job: &str, alloc: u32, command: Vec<String>) -> anyhow::Result<i32> {
+    use tokio::io::AsyncReadExt;
+    let (gw, job, _) = target(env, job).await?;
+    let body = serde_json::json!({ "alloc": alloc, "argv": command, "stream": true });
+    let v = gw.call(reqwest::Method::POST, &format!("jobs/{}/exec", job.job), Some(body)).await?;
+    let session = v["session"].as_str().ok_or_else(|| anyhow!("the gateway started no session"))?.to_string();
+    let input = {
+        let (gw, session) = (gw.clone(), session.clone());
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let frame = match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => serde_json::json!({ "eof": true }),
+                    Ok(n) => serde_json::json!({ "d": base64::engine::general_purpose::STANDARD.encode(&buf[..n]) }),
+                };
+                let eof = frame["eof"] == true;
+                let body = serde_json::json!({ "frames": [frame] });
+                if gw.call(reqwest::Method::POST, &format!("exec/{session}/input"), Some(body)).await.is_err() || eof {
+                    return;
+                }
+            }
+        })
+    };
+    let code = follow(&gw, &session, None).await;
+    input.abort();
+    code
+}
+
+/// `aic ssh-proxy JOB [--alloc I] --key PUB`: an `sshd -i` in the allocation, for this key
+/// only, with a host key made for the session, spoken to over stdin and stdout: what
+/// `ssh`'s ProxyCommand needs. The allocation must have sshd (the worker image does).
+pub async fn ssh_proxy(env: &Env, job: &str, alloc: u32, key: &std::path::Path) -> anyhow::Result<i32> {
+    let public =
+        std::fs::read_to_string(key).map_err(|e| anyhow!("cannot read the public key {}: {e}", key.display()))?;
+    let public = public.trim();
+    if !public.starts_with("ssh-") && !public.starts_with("ecdsa-") {
+        bail!("{} is not an OpenSSH public key (ssh-ed25519 …)", key.display());
+    }
+    let script = format!(
+        "d=$(mktemp -d) && ssh-keygen -q -t ed25519 -N '' -f \"$d/host\" && printf '%s\\n' '{public}' > \"$d/keys\" && \
+         exec \"${{AIC_SSHD:-/usr/sbin/sshd}}\" -i -f /dev/null -o HostKey=\"$d/host\" -o AuthorizedKeysFile=\"$d/keys\" \
+         -o StrictModes=no -o PidFile=none -o UsePAM=no -o PasswordAuthentication=no -o LogLevel=ERROR \
+         -o 'Subsystem=sftp internal-sftp'"
+    );
+    streamed(env, job, alloc, vec!["sh".into(), "-c".into(), script]).await
+}
+
+/// `aic ssh-config JOB [--alloc I] [--key PRIVATE]`: an OpenSSH `Host` entry through
+/// `aic ssh-proxy`, so that `ssh`, `scp` and editors' remote modes reach the allocation with
+/// the user's own key (never a pool key).
+pub async fn ssh_config(env: &Env, job: &str, alloc: u32, key: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let (gw, job, _) = target(env, job).await?;
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+            ["id_ed25519", "id_ecdsa", "id_rsa"]
+                .iter()
+                .map(|n| home.join(".ssh").join(n))
+                .find(|p| p.exists())
+                .ok_or_else(|| anyhow!("no key in ~/.ssh: make one with `ssh-keygen -t ed25519`, or pass --key"))?
+        }
+    };
+    let public = std::path::PathBuf::from(format!("{}.pub", key.display()));
+    if !public.exists() {
+        bail!("no public key beside {} ({} is missing)", key.display(), public.display());
+    }
+    // Whom sshd in the allocation can log in as: the worker's user.
+    let body = serde_json::json!({ "alloc": alloc, "argv": ["id", "-un"] });
+    let v = gw.call(reqwest::Method::POST, &format!("jobs/{}/exec", job.job), Some(body)).await?;
+    let session = v["session"].as_str().ok_or_else(|| anyhow!("the gateway started no session"))?.to_string();
+    let user = collect(&gw, &session).await?.trim().to_string();
+    let me = std::env::current_exe()?;
+    let mut env_vars = String::new();
+    for k in ["AIC_HOME", "AIC_GATEWAY"] {
+        if let Ok(v) = std::env::var(k) {
+            env_vars.push_str(&format!("{k}={} ", shell_quote(&v)));
+        }
+    }
+    println!("Host aic-{}-{alloc}", job.job);
+    println!("  User {user}");
+    println!("  IdentityFile {}", key.display());
+    println!("  IdentitiesOnly yes");
+    println!(
+        "  ProxyCommand env {env_vars}{} ssh-proxy {} --alloc {alloc} --key {}",
+        shell_quote(&me.display().to_string()),
+        job.job,
+        shell_quote(&public.display().to_string())
+    );
+    println!("  # the allocation's host key is made for each session");
+    println!("  StrictHostKeyChecking no");
+    println!("  UserKnownHostsFile /dev/null");
+    println!("  LogLevel ERROR");
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// A session's whole stdout, once it has ended.
+async fn collect(gw: &crate::remote::Gateway, session: &str) -> anyhow::Result<String> {
+    let mut next = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let v = gw.call(reqwest::Method::GET, &format!("exec/{session}?after={next}"), None).await?;
+        for f in v["frames"].as_array().into_iter().flatten().filter(|f| f["s"] == "o") {
+            out.extend(base64::engine::general_purpose::STANDARD.decode(f["d"].as_str().unwrap_or(""))?);
+        }
+        next = v["next"].as_u64().unwrap_or(next);
+        if v["exit"].is_i64() {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+    }
+}
+
 /// Runs `command` in allocation `alloc` (or every one); the exit code to exit with.
-pub async fn exec(env: &Env, job: &str, alloc: u32, all: bool, command: Vec<String>) -> anyhow::Result<i32> {
+pub async fn exec(
+    env: &Env,
+    job: &str,
+    alloc: u32,
+    all: bool,
+    interactive: bool,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    if interactive {
+        if all {
+            bail!("-i streams your input to one allocation; leave out --all");
+        }
+        return streamed(env, job, alloc, command).await;
+    }
     let (gw, job, miners) = target(env, job).await?;
     // What the command reads: this process's stdin, when it is not a terminal.
     let mut stdin = Vec::new();

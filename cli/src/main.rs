@@ -93,8 +93,30 @@ enum Cmd {
         /// In every allocation, each line tagged `[alloc i]`.
         #[arg(long)]
         all: bool,
+        /// Stream stdin to the command as it comes (else it is read whole first).
+        #[arg(long, short)]
+        interactive: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Print an OpenSSH `Host` entry that reaches a running job's allocation through `aic`
+    /// (`ssh`, `scp`, editors' remote modes), with your own key.
+    SshConfig {
+        job: String,
+        #[arg(long, default_value_t = 0)]
+        alloc: u32,
+        /// Your private key (its `.pub` beside it); default the first of ~/.ssh/id_*.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// (for ssh's ProxyCommand) sshd in the allocation for your key, over stdin and stdout.
+    #[command(hide = true)]
+    SshProxy {
+        job: String,
+        #[arg(long, default_value_t = 0)]
+        alloc: u32,
+        #[arg(long)]
+        key: PathBuf,
     },
     /// An interactive shell inside a running job's allocation, on a terminal of its own.
     Shell {
@@ -331,7 +353,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
         Cmd::Cancel { job } => jobs::cancel(&env, &job).await.map(|_| 0),
-        Cmd::Exec { job, alloc, all, command } => exec::exec(&env, &job, alloc, all, command).await,
+        Cmd::Exec { job, alloc, all, interactive, command } => {
+            exec::exec(&env, &job, alloc, all, interactive, command).await
+        }
+        Cmd::SshConfig { job, alloc, key } => exec::ssh_config(&env, &job, alloc, key).await.map(|_| 0),
+        Cmd::SshProxy { job, alloc, key } => exec::ssh_proxy(&env, &job, alloc, &key).await,
         Cmd::Shell { job, alloc } => exec::shell(&env, &job, alloc).await,
         Cmd::Demo => demo::run(&env).await,
         Cmd::Login(a) => account::login(&env, a).await.map(|_| 0),

@@ -2,7 +2,7 @@
 //! `aic-worker` binaries and real processes. Training needs `python3` with numpy and
 //! scikit-learn on PATH (`cargo xtask test` provides it).
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -153,6 +153,29 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
     let out = h.aic(&["exec", &job, "--", "sh", "-c", "echo hi-$AIC_JOB_ID; echo oops >&2; exit 4"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out).1);
     assert!(text(&out).0.contains(&format!("hi-{job}")) && text(&out).1.contains("oops"), "{:?}", text(&out));
+    // -i streams stdin as it comes.
+    let mut child =
+        h.cmd(&["exec", "-i", &job, "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"streamed\nin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), text(&out).0.as_str()), (Some(0), "streamed\nin\n"));
+    // ssh and scp reach the allocation through `aic ssh-config`, with the user's own key.
+    let key = h.path().join("id_test");
+    let made =
+        std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&key).status();
+    assert!(made.unwrap().success());
+    let out = h.aic(&["ssh-config", &job, "--key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let cfg = h.write("ssh_config", &text(&out).0);
+    let host = format!("aic-{job}-0");
+    let out = std::process::Command::new("ssh").arg("-F").arg(&cfg).args([&host, "echo over-ssh"]).output().unwrap();
+    assert!(text(&out).0.contains("over-ssh"), "{:?}", text(&out));
+    let local = h.write("sent.txt", "sent by scp\n");
+    let remote = format!("{host}:/tmp/aic-scp-{job}.txt");
+    let out = std::process::Command::new("scp").arg("-F").arg(&cfg).arg(&local).arg(&remote).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = h.aic(&["exec", &job, "--", "cat", &format!("/tmp/aic-scp-{job}.txt")]);
+    assert_eq!(text(&out).0, "sent by scp\n");
     assert!(h.aic(&["cancel", &job]).status.success());
     let out = h.aic(&["exec", &job, "--", "true"]);
     assert!(!out.status.success() && text(&out).1.contains("not running"), "{}", text(&out).1);

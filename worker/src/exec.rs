@@ -37,6 +37,7 @@ pub(crate) async fn serve(gateway: (String, String), alloc: u32, cwd: PathBuf, e
             base64::engine::general_purpose::STANDARD.decode(v["stdin"].as_str().unwrap_or("")).unwrap_or_default();
         tracing::info!(%session, ?argv, tty = !v["tty"].is_null(), "running an exec command");
         if v["tty"].is_null() {
+            let stdin = if v["stream"] == true { Input::Stream } else { Input::Once(stdin) };
             tokio::spawn(run_one(gw.clone(), session, argv, stdin, cwd.clone(), env.clone()));
         } else {
             let size = (v["tty"]["rows"].as_u64().unwrap_or(24) as u16, v["tty"]["cols"].as_u64().unwrap_or(80) as u16);
@@ -62,11 +63,44 @@ fn frame(stream: &str, bytes: &[u8]) -> Value {
     json!({ "s": stream, "d": base64::engine::general_purpose::STANDARD.encode(bytes) })
 }
 
+/// What a command without a terminal reads: bytes sent with it, or a stream of input frames.
+enum Input {
+    Once(Vec<u8>),
+    Stream,
+}
+
+/// Feeds a session's input frames to `to` until an `eof` frame or the session's end.
+async fn pump_input(gw: Arc<Gateway>, session: String, mut to: impl tokio::io::AsyncWrite + Unpin) {
+    let mut next = 0u64;
+    loop {
+        let path = format!("worker/exec/{session}/input?after={next}");
+        let Ok(v) = gw.call(reqwest::Method::GET, &path, None).await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        for f in v["frames"].as_array().into_iter().flatten() {
+            if f["eof"] == true {
+                return;
+            }
+            if let Some(d) = f["d"].as_str()
+                && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(d)
+                && (to.write_all(&bytes).await.is_err() || to.flush().await.is_err())
+            {
+                return;
+            }
+        }
+        next = v["next"].as_u64().unwrap_or(next);
+        if v["ended"] == true {
+            return;
+        }
+    }
+}
+
 async fn run_one(
     gw: Arc<Gateway>,
     session: String,
     argv: Vec<String>,
-    stdin: Vec<u8>,
+    stdin: Input,
     cwd: PathBuf,
     env: BTreeMap<String, String>,
 ) {
@@ -88,11 +122,12 @@ async fn run_one(
             return;
         }
     };
-    if let Some(mut i) = child.stdin.take() {
-        tokio::spawn(async move {
-            let _ = i.write_all(&stdin).await;
-        });
-    }
+    let input = child.stdin.take().map(|mut i| match stdin {
+        Input::Once(bytes) => tokio::spawn(async move {
+            let _ = i.write_all(&bytes).await;
+        }),
+        Input::Stream => tokio::spawn(pump_input(gw.clone(), session.clone(), i)),
+    });
     let (tx, mut rx) = mpsc::channel::<(&'static str, Vec<u8>)>(64);
     for (name, src) in [
         ("o", child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
@@ -130,6 +165,9 @@ async fn run_one(
         Err(_) => 1,
     };
     post(&gw, &session, &pending, Some(code)).await;
+    if let Some(t) = input {
+        t.abort();
+    }
 }
 
 /// Sets the terminal size of the pty whose master is `fd`.

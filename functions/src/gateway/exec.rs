@@ -52,6 +52,8 @@ struct Session {
     /// With a terminal (`aic shell`): its size, `{rows, cols}`; the owner's keystrokes and
     /// resizes then follow in `input`.
     tty: Option<Value>,
+    /// Without a terminal, stdin streamed as input frames (`aic exec -i`, `aic ssh-proxy`).
+    stream: bool,
     input: Vec<Value>,
     created: Instant,
     picked: bool,
@@ -86,6 +88,9 @@ struct Start {
     /// `{rows, cols}`: run it on a terminal (an interactive shell when `argv` is empty).
     #[serde(default)]
     tty: Option<Value>,
+    /// Stream stdin as input frames instead of sending it with the command.
+    #[serde(default)]
+    stream: bool,
     /// Base64 of what the command reads on its stdin.
     #[serde(default)]
     stdin: String,
@@ -149,6 +154,7 @@ impl Gateway {
                 argv: b.argv,
                 stdin: b.stdin,
                 tty: b.tty,
+                stream: b.stream,
                 input: vec![],
                 created: Instant::now(),
                 picked: false,
@@ -224,7 +230,9 @@ impl Gateway {
                 if let Some((id, s)) = sessions.iter_mut().find(|(_, s)| s.job == job && s.alloc == alloc && !s.picked)
                 {
                     s.picked = true;
-                    return Ok(json!({ "session": id, "argv": s.argv, "stdin": s.stdin, "tty": s.tty }));
+                    return Ok(
+                        json!({ "session": id, "argv": s.argv, "stdin": s.stdin, "tty": s.tty, "stream": s.stream }),
+                    );
                 }
             }
             if Instant::now() >= deadline {
@@ -283,8 +291,8 @@ impl Gateway {
                 .get_mut(session)
                 .filter(|s| s.job.owner == *who)
                 .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of yours")))?;
-            if s.tty.is_none() {
-                return Err(bad("this session has no terminal; its stdin went with the command"));
+            if s.tty.is_none() && !s.stream {
+                return Err(bad("this session takes no input; its stdin went with the command"));
             }
             s.input.extend(b.frames);
         }
