@@ -69,16 +69,29 @@ enum Input {
     Stream,
 }
 
+/// The owner's next input frames for a session (long-polled); `None` once it has ended.
+async fn next_input(gw: &Gateway, session: &str, next: &mut u64) -> Option<Vec<Value>> {
+    loop {
+        let path = format!("worker/exec/{session}/input?after={next}");
+        match gw.call(reqwest::Method::GET, &path, None).await {
+            Ok(v) => {
+                let frames: Vec<Value> = v["frames"].as_array().cloned().unwrap_or_default();
+                *next = v["next"].as_u64().unwrap_or(*next);
+                if frames.is_empty() && v["ended"] == true {
+                    return None;
+                }
+                return Some(frames);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
 /// Feeds a session's input frames to `to` until an `eof` frame or the session's end.
 async fn pump_input(gw: Arc<Gateway>, session: String, mut to: impl tokio::io::AsyncWrite + Unpin) {
     let mut next = 0u64;
-    loop {
-        let path = format!("worker/exec/{session}/input?after={next}");
-        let Ok(v) = gw.call(reqwest::Method::GET, &path, None).await else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
-        };
-        for f in v["frames"].as_array().into_iter().flatten() {
+    while let Some(frames) = next_input(&gw, &session, &mut next).await {
+        for f in frames {
             if f["eof"] == true {
                 return;
             }
@@ -88,10 +101,6 @@ async fn pump_input(gw: Arc<Gateway>, session: String, mut to: impl tokio::io::A
             {
                 return;
             }
-        }
-        next = v["next"].as_u64().unwrap_or(next);
-        if v["ended"] == true {
-            return;
         }
     }
 }
@@ -259,13 +268,8 @@ async fn run_tty(
         let master = master.try_clone().ok();
         tokio::spawn(async move {
             let mut next = 0u64;
-            loop {
-                let path = format!("worker/exec/{session}/input?after={next}");
-                let Ok(v) = gw.call(reqwest::Method::GET, &path, None).await else {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    continue;
-                };
-                for f in v["frames"].as_array().into_iter().flatten() {
+            while let Some(frames) = next_input(&gw, &session, &mut next).await {
+                for f in frames {
                     if let Some(d) = f["d"].as_str()
                         && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(d)
                     {
@@ -273,10 +277,6 @@ async fn run_tty(
                     } else if let (Some(r), Some(c), Some(m)) = (f["rows"].as_u64(), f["cols"].as_u64(), &master) {
                         resize(m, r as u16, c as u16);
                     }
-                }
-                next = v["next"].as_u64().unwrap_or(next);
-                if v["ended"] == true {
-                    return;
                 }
             }
         })
