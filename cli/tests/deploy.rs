@@ -222,6 +222,12 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     assert_eq!(follow.wait().unwrap().code(), Some(130), "{said}");
     assert!(said.contains("stopped following") && said.ends_with('\n'), "{said:?}");
 
+    // A replica takes `aic exec` too: its project folder and the app's environment.
+    let out = h.aic(&["exec", &job, "--alloc", "1", "--", "sh", "-c", "ls; echo job=$AIC_JOB_ID"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("app.py") && listing.contains(&format!("job={job}")), "{listing}");
+
     // Scaling to three does not fit beside the two running: nothing changes, and it says why.
     let out = h.aic(&["deploy", "scale", "digits", "3"]);
     assert!(!out.status.success());
