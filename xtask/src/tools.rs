@@ -101,6 +101,10 @@ pub(crate) fn debian(with_browser: bool) -> anyhow::Result<()> {
     if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
         missing.extend(["openssh-server", "openssh-client"]);
     }
+    // `ps`, which tests read processes with.
+    if !Path::new("/usr/bin/ps").exists() && !Path::new("/bin/ps").exists() {
+        missing.push("procps");
+    }
     if with_browser && !Path::new("/usr/bin/chromium").exists() {
         missing.push("chromium");
     }

@@ -111,6 +111,31 @@ impl Relay {
 }
 
 impl Gateway {
+    /// A long-poll: `look` at the sessions (told whether the wait is over) whenever they
+    /// change, at least every `step`, until it answers; a waited-for session of a job that
+    /// has ended (`ends_with_job`) is ended first.
+    async fn long_poll(
+        &self,
+        step: Duration,
+        ends_with_job: Option<&str>,
+        mut look: impl FnMut(&mut HashMap<String, Session>, bool) -> Result<Option<Value>, ApiError>,
+    ) -> Reply {
+        let deadline = Instant::now() + POLL;
+        loop {
+            // Taken before looking, so that a change right after the look is not missed.
+            let changed = self.exec.changed.notified();
+            if let Some(v) = look(&mut self.exec.sessions.lock().unwrap(), Instant::now() >= deadline)? {
+                return Ok(v);
+            }
+            let wait = deadline.saturating_duration_since(Instant::now()).min(step);
+            if tokio::time::timeout(wait, changed).await.is_err()
+                && let Some(session) = ends_with_job
+            {
+                self.end_if_job_ended(session).await;
+            }
+        }
+    }
+
     /// The owner starts a command in allocation `alloc` of their running job.
     pub(super) async fn exec_start(&self, who: &Address, id: &str, body: &Bytes) -> Reply {
         let job = self.job_key(who, id)?;
@@ -169,36 +194,27 @@ impl Gateway {
 
     /// The owner reads a session's frames after the first `after`, waiting for new ones.
     pub(super) async fn exec_read(&self, who: &Address, session: &str, after: usize) -> Reply {
-        let deadline = Instant::now() + POLL;
-        loop {
-            let changed = self.exec.changed.notified();
-            {
-                let sessions = self.exec.sessions.lock().unwrap();
-                let s = sessions
-                    .get(session)
-                    .filter(|s| s.job.owner == *who)
-                    .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of yours")))?;
-                let frames: Vec<Frame> = s.frames.iter().skip(after).cloned().collect();
-                if !s.picked && s.created.elapsed() > PICKUP {
-                    return Err(err(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "allocation {} of job {} did not pick the command up within {} s (its worker may have no gateway to reach, or be stopping)",
-                            s.alloc,
-                            s.job.job,
-                            PICKUP.as_secs()
-                        ),
-                    ));
-                }
-                if !frames.is_empty() || s.exit.is_some() || Instant::now() >= deadline {
-                    return Ok(json!({ "frames": frames, "next": after + frames.len(), "exit": s.exit }));
-                }
+        let look = |sessions: &mut HashMap<String, Session>, over: bool| {
+            let s = sessions
+                .get(session)
+                .filter(|s| s.job.owner == *who)
+                .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of yours")))?;
+            let frames: Vec<Frame> = s.frames.iter().skip(after).cloned().collect();
+            if !s.picked && s.created.elapsed() > PICKUP {
+                return Err(err(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "allocation {} of job {} did not pick the command up within {} s (its worker may have no gateway to reach, or be stopping)",
+                        s.alloc,
+                        s.job.job,
+                        PICKUP.as_secs()
+                    ),
+                ));
             }
-            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2));
-            if tokio::time::timeout(wait, changed).await.is_err() {
-                self.end_if_job_ended(session).await;
-            }
-        }
+            Ok((!frames.is_empty() || s.exit.is_some() || over)
+                .then(|| json!({ "frames": frames, "next": after + frames.len(), "exit": s.exit })))
+        };
+        self.long_poll(Duration::from_secs(2), Some(session), look).await
     }
 
     /// A session whose job has ended ends too (its worker is gone with its commands).
@@ -222,24 +238,15 @@ impl Gateway {
     /// A worker of the job waits for a command for its allocation.
     pub(super) async fn exec_next(&self, g: &WorkerGrant, alloc: u32) -> Reply {
         let job = g.job_key();
-        let deadline = Instant::now() + POLL;
-        loop {
-            let changed = self.exec.changed.notified();
-            {
-                let mut sessions = self.exec.sessions.lock().unwrap();
-                if let Some((id, s)) = sessions.iter_mut().find(|(_, s)| s.job == job && s.alloc == alloc && !s.picked)
-                {
-                    s.picked = true;
-                    return Ok(
-                        json!({ "session": id, "argv": s.argv, "stdin": s.stdin, "tty": s.tty, "stream": s.stream }),
-                    );
-                }
+        let look = |sessions: &mut HashMap<String, Session>, over: bool| {
+            if let Some((id, s)) = sessions.iter_mut().find(|(_, s)| s.job == job && s.alloc == alloc && !s.picked) {
+                s.picked = true;
+                let v = json!({ "session": id, "argv": s.argv, "stdin": s.stdin, "tty": s.tty, "stream": s.stream });
+                return Ok(Some(v));
             }
-            if Instant::now() >= deadline {
-                return Ok(json!({ "session": Value::Null }));
-            }
-            let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), changed).await;
-        }
+            Ok(over.then(|| json!({ "session": Value::Null })))
+        };
+        self.long_poll(POLL, None, look).await
     }
 
     /// A worker posts a session's output, and at the end its exit code.
@@ -303,22 +310,16 @@ impl Gateway {
     /// A worker waits for the owner's input to a terminal session after the first `after`.
     pub(super) async fn exec_input_next(&self, g: &WorkerGrant, session: &str, after: usize) -> Reply {
         let job = g.job_key();
-        let deadline = Instant::now() + POLL;
-        loop {
-            let changed = self.exec.changed.notified();
-            {
-                let sessions = self.exec.sessions.lock().unwrap();
-                let s = sessions
-                    .get(session)
-                    .filter(|s| s.job == job)
-                    .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of this job")))?;
-                let frames: Vec<Value> = s.input.iter().skip(after).cloned().collect();
-                if !frames.is_empty() || s.exit.is_some() || Instant::now() >= deadline {
-                    return Ok(json!({ "frames": frames, "next": after + frames.len(), "ended": s.exit.is_some() }));
-                }
-            }
-            let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), changed).await;
-        }
+        let look = |sessions: &mut HashMap<String, Session>, over: bool| {
+            let s = sessions
+                .get(session)
+                .filter(|s| s.job == job)
+                .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of this job")))?;
+            let frames: Vec<Value> = s.input.iter().skip(after).cloned().collect();
+            Ok((!frames.is_empty() || s.exit.is_some() || over)
+                .then(|| json!({ "frames": frames, "next": after + frames.len(), "ended": s.exit.is_some() })))
+        };
+        self.long_poll(POLL, None, look).await
     }
 }
 
