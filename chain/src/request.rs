@@ -6,7 +6,7 @@
 //! and the validity window. The domain binds the chain id, so a signature made for one
 //! chain is worthless on another.
 
-use aic_schemas::{JobKind, JobRequest, Launcher};
+use aic_schemas::{JobKind, JobRequest, Launcher, ResumeRequest};
 use alloy::primitives::{B256, Signature};
 use alloy::signers::Signer;
 use alloy::sol;
@@ -31,6 +31,19 @@ sol! {
         string launcher;
         string[] args;
         string[] env;
+        uint64 paymentChainId;
+        bytes32 paymentTx;
+        uint64 createdAt;
+        uint64 expiresAt;
+    }
+
+    /// What a job's owner signs to resume it as paid run `run` (`aic resume`).
+    #[derive(Debug, serde::Serialize)]
+    struct AicResume {
+        address owner;
+        string jobId;
+        uint32 run;
+        uint64 maxMilliHours;
         uint64 paymentChainId;
         bytes32 paymentTx;
         uint64 createdAt;
@@ -105,18 +118,44 @@ pub enum SignatureProblem {
 
 /// Recovers the signer of `req` and checks it is the owner.
 pub fn check(req: &JobRequest, chain_id: u64) -> Result<(), SignatureProblem> {
-    let raw = req.signature.as_deref().ok_or(SignatureProblem::Missing)?;
+    check_hash(req.signature.as_deref(), &signing_hash(req, chain_id), &req.owner)
+}
+
+fn check_hash(signature: Option<&str>, hash: &B256, owner: &aic_schemas::Address) -> Result<(), SignatureProblem> {
+    let raw = signature.ok_or(SignatureProblem::Missing)?;
     let sig: Signature = raw.parse().map_err(|e| SignatureProblem::Malformed(format!("{e}")))?;
-    let signer = sig
-        .recover_address_from_prehash(&signing_hash(req, chain_id))
-        .map_err(|e| SignatureProblem::Malformed(e.to_string()))?;
-    if signer != to_alloy(&req.owner) {
-        return Err(SignatureProblem::NotOwner {
-            signer: signer.to_string().to_lowercase(),
-            owner: req.owner.to_string(),
-        });
+    let signer = sig.recover_address_from_prehash(hash).map_err(|e| SignatureProblem::Malformed(e.to_string()))?;
+    if signer != to_alloy(owner) {
+        return Err(SignatureProblem::NotOwner { signer: signer.to_string().to_lowercase(), owner: owner.to_string() });
     }
     Ok(())
+}
+
+/// The struct the owner signs to resume a job.
+pub fn resume_typed(r: &ResumeRequest) -> AicResume {
+    AicResume {
+        owner: to_alloy(&r.owner),
+        jobId: r.job_id.to_string(),
+        run: r.run,
+        maxMilliHours: (r.max_hours * 1000.0).ceil() as u64,
+        paymentChainId: r.payment.as_ref().map_or(0, |p| p.chain_id),
+        paymentTx: r.payment.as_ref().map_or(B256::ZERO, |p| b256(&p.tx)),
+        createdAt: r.created_at.timestamp().max(0) as u64,
+        expiresAt: r.expires_at.timestamp().max(0) as u64,
+    }
+}
+
+/// Signs a resume request and stores the signature in it.
+pub async fn sign_resume<S: Signer + Sync>(signer: &S, r: &mut ResumeRequest, chain_id: u64) -> anyhow::Result<()> {
+    r.signature = None;
+    let sig = signer.sign_hash(&resume_typed(r).eip712_signing_hash(&domain(chain_id))).await?;
+    r.signature = Some(format!("0x{}", alloy::hex::encode(sig.as_bytes())));
+    Ok(())
+}
+
+/// Recovers the signer of a resume request and checks it is the job's owner.
+pub fn check_resume(r: &ResumeRequest, chain_id: u64) -> Result<(), SignatureProblem> {
+    check_hash(r.signature.as_deref(), &resume_typed(r).eip712_signing_hash(&domain(chain_id)), &r.owner)
 }
 
 /// The typed data as `eth_signTypedData_v4` takes it (for a browser wallet).

@@ -137,13 +137,13 @@ impl Settler for ChainSettler {
         self.settle_run(escrow, run, to_alloy(depositor), used).await
     }
 
-    async fn refund_deposits_in(&self, job: &JobKey, tx: &str) -> Result<Vec<OnChain>, PaymentVerdict> {
+    async fn refund_deposits_in(&self, job: &JobKey, run_no: u32, tx: &str) -> Result<Vec<OnChain>, PaymentVerdict> {
         let Some(escrow) = self.cfg.escrow else { return Ok(vec![]) };
         let Ok(hash) = tx.parse::<B256>() else { return Ok(vec![]) };
         let Some(receipt) = self.provider.get_transaction_receipt(hash).await.map_err(unavailable)? else {
             return Ok(vec![]);
         };
-        let run = escrow::run_id(job.job.as_str(), 0);
+        let run = escrow::run_id(job.job.as_str(), run_no);
         let mut out = vec![];
         for log in receipt.inner.logs() {
             let Ok(d) = log.log_decode::<IAICEscrow::Deposited>() else { continue };

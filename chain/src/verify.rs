@@ -28,12 +28,18 @@ impl Authenticator for Eip712Auth {
     fn authenticate(&self, req: &JobRequest) -> Result<(), String> {
         crate::request::check(req, self.chain_id).map_err(|e| e.to_string())
     }
+    fn authenticate_resume(&self, req: &aic_schemas::ResumeRequest) -> Result<(), String> {
+        crate::request::check_resume(req, self.chain_id).map_err(|e| e.to_string())
+    }
 }
 
 /// A payment claim, `pool/payments/<chain>/<tx>.json`: this tx paid for this job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClaimRecord {
     pub job: String,
+    /// The paid run of the job it paid for (0: the first; `aic resume` pays for more).
+    #[serde(default)]
+    pub run: u32,
     pub owner: String,
     pub paid: String,
     pub claimed_at: chrono::DateTime<chrono::Utc>,
@@ -66,6 +72,7 @@ impl PaymentVerifier for ChainPayments {
     async fn verify(
         &self,
         job: &JobKey,
+        run: u32,
         req: &JobRequest,
         quote: &Quote,
     ) -> Result<Option<PaymentClaim>, PaymentVerdict> {
@@ -114,7 +121,7 @@ impl PaymentVerifier for ChainPayments {
         // A deposit into the pool's escrow for this job's run, from its owner; else (where the
         // pool takes them) AIC transfers to the treasury.
         let owner = to_alloy(&req.owner);
-        let (paid, escrow) = match self.deposit(&receipt, job, owner, p)? {
+        let (paid, escrow) = match self.deposit(&receipt, job, run, owner, p)? {
             Some(d) => d,
             None if !self.cfg.transfers => {
                 return Err(reject(format!(
@@ -140,6 +147,7 @@ impl PaymentVerifier for ChainPayments {
         let key = payment_claim(p.chain_id, &p.tx);
         let claim = ClaimRecord {
             job: job.job.to_string(),
+            run,
             owner: req.owner.to_string(),
             paid: paid.to_string(),
             claimed_at: chrono::Utc::now(),
@@ -151,7 +159,14 @@ impl PaymentVerifier for ChainPayments {
                 let existing: Option<ClaimRecord> =
                     self.store.get_json(&key, MAX_DOC_BYTES).await.map_err(unavailable_store)?;
                 match existing {
-                    Some(c) if c.job == job.job.as_str() => {} // a duplicate event for this job
+                    Some(c) if c.job == job.job.as_str() && c.run == run => {} // a duplicate event
+                    Some(c) if c.job == job.job.as_str() => {
+                        return Err(reject(format!(
+                            "payment {} already paid for run {} of this job; a resume is paid anew",
+                            p.tx,
+                            c.run + 1
+                        )));
+                    }
                     Some(c) => {
                         return Err(reject(format!(
                             "payment {} already paid for job {}; one payment pays one job",
@@ -167,18 +182,18 @@ impl PaymentVerifier for ChainPayments {
 }
 
 impl ChainPayments {
-    /// The deposit the transaction made into the pool's escrow for this job's first run, from
-    /// its owner; `None` when it made none into that escrow. A deposit for another run or from
-    /// another address is refused with the reason.
+    /// The deposit the transaction made into the pool's escrow for run `run_no` of this job,
+    /// from its owner; `None` when it made none into that escrow. A deposit for another run or
+    /// from another address is refused with the reason.
     fn deposit(
         &self,
         receipt: &alloy::rpc::types::TransactionReceipt,
         job: &JobKey,
+        run_no: u32,
         owner: alloy::primitives::Address,
         p: &aic_schemas::PaymentRef,
     ) -> Result<Option<(U256, Option<EscrowDeposit>)>, PaymentVerdict> {
         let Some(escrow) = self.cfg.escrow else { return Ok(None) };
-        let run_no = 0;
         let run = crate::escrow::run_id(job.job.as_str(), run_no);
         let mut refusal = None;
         for log in receipt.inner.logs() {

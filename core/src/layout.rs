@@ -4,6 +4,8 @@
 //! users/<addr>/data/...                         datasets
 //! users/<addr>/jobs/<job>/request.json          signed request (create-only)
 //! users/<addr>/jobs/<job>/code/...              script or project bundle
+//! users/<addr>/jobs/<job>/runs/<run>/request.json    a resume: the owner asks for paid run <run> (1..)
+//! users/<addr>/jobs/<job>/runs/<run>/manifest.json   that run's manifest, by validate
 //! users/<addr>/jobs/<job>/manifest.json         written by validate (create-only)
 //! users/<addr>/jobs/<job>/status/<seq>.json     transitions (each create-only)
 //! users/<addr>/jobs/<job>/status.json           latest-state snapshot
@@ -139,6 +141,17 @@ impl JobKey {
     pub fn manifest(&self) -> String {
         self.prefix() + "manifest.json"
     }
+    /// The owner's request to start paid run `run` (1.. : `aic resume`).
+    pub fn run_request(&self, run: u32) -> String {
+        format!("{}runs/{run}/request.json", self.prefix())
+    }
+    /// The manifest of paid run `run`: `manifest.json` for the first, then the resumes'.
+    pub fn run_manifest(&self, run: u32) -> String {
+        match run {
+            0 => self.manifest(),
+            n => format!("{}runs/{n}/manifest.json", self.prefix()),
+        }
+    }
     pub fn code_prefix(&self) -> String {
         self.prefix() + "code/"
     }
@@ -180,6 +193,9 @@ impl JobKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyKind {
     Request(JobKey),
+    /// `runs/<run>/request.json`: the owner asks for another paid run (`aic resume`).
+    ResumeRequest(JobKey, u32),
+    /// `manifest.json`, or a later run's `runs/<run>/manifest.json`.
     Manifest(JobKey),
     StatusRecord(JobKey, u64),
     /// `status.json`, the job's latest state (written with every transition).
@@ -206,6 +222,13 @@ pub fn classify(key: &str) -> KeyKind {
         (5, Some(k)) if parts[4] == "request.json" => KeyKind::Request(k),
         (5, Some(k)) if parts[4] == "manifest.json" => KeyKind::Manifest(k),
         (5, Some(k)) if parts[4] == "status.json" => KeyKind::StatusSnapshot(k),
+        (7, Some(k)) if parts[4] == "runs" => match parts[5].parse::<u32>() {
+            Ok(run) if run > 0 && parts[5] == run.to_string() && parts[6] == "request.json" => {
+                KeyKind::ResumeRequest(k, run)
+            }
+            Ok(run) if run > 0 && parts[5] == run.to_string() && parts[6] == "manifest.json" => KeyKind::Manifest(k),
+            _ => KeyKind::Other,
+        },
         (6, Some(k)) if parts[4] == "status" => {
             match parts[5].strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
                 Some(seq) => KeyKind::StatusRecord(k, seq),
@@ -228,6 +251,12 @@ mod tests {
         assert_eq!(classify(&k.status_record(7)), KeyKind::StatusRecord(k.clone(), 7));
         assert_eq!(classify(&k.status_snapshot()), KeyKind::StatusSnapshot(k.clone()));
         assert!(k.status_record(7).ends_with("status/00000007.json"));
+        assert_eq!(classify(&k.run_request(2)), KeyKind::ResumeRequest(k.clone(), 2));
+        assert_eq!(k.run_manifest(0), k.manifest());
+        assert_eq!(classify(&k.run_manifest(2)), KeyKind::Manifest(k.clone()));
+        for odd in ["runs/0/request.json", "runs/02/request.json", "runs/x/manifest.json", "runs/1/other.json"] {
+            assert_eq!(classify(&format!("{}{odd}", k.prefix())), KeyKind::Other, "{odd}");
+        }
         assert_eq!(classify(&k.log_chunk(0, 1)), KeyKind::Other);
         assert_eq!(classify("users/0xnope/jobs/x/request.json"), KeyKind::Other);
         let upper = k.request().replace("0xf39fd6", "0xF39FD6");

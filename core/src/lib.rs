@@ -14,6 +14,7 @@
 //! - `digest`: the code digest a request signs.
 //! - `serving`: a deployment's serving registrations.
 //! - `usage`: what each allocation used, as the pool measured it (limits and charges).
+//! - `runs`: a job's paid runs (`aic resume`), their manifests, and the attempts each owns.
 //!
 //! This crate knows nothing of the CLI and serves no HTTP; it speaks HTTP only as a client
 //! (`scheduler::nomad` to Nomad's API, `remote` to a pool's gateway).
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod payment;
 pub mod pricing;
 pub mod remote;
+pub mod runs;
 pub mod scheduler;
 pub mod serving;
 pub mod status;

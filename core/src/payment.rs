@@ -14,10 +14,12 @@ pub struct PaymentRejected(pub String);
 #[async_trait]
 pub trait PaymentVerifier: Send + Sync {
     /// Checks that the request's payment covers the quote and claims it for this job
-    /// (so that one payment never pays for two jobs). `Ok(None)`: nothing to pay.
+    /// (so that one payment never pays for two jobs, or two runs of one) for paid run `run`
+    /// (0, then each resume). `Ok(None)`: nothing to pay.
     async fn verify(
         &self,
         job: &JobKey,
+        run: u32,
         req: &JobRequest,
         quote: &Quote,
     ) -> Result<Option<PaymentClaim>, PaymentVerdict>;
@@ -45,6 +47,7 @@ impl PaymentVerifier for FreePool {
     async fn verify(
         &self,
         _job: &JobKey,
+        _run: u32,
         _req: &JobRequest,
         quote: &Quote,
     ) -> Result<Option<PaymentClaim>, PaymentVerdict> {
@@ -78,7 +81,7 @@ pub trait Settler: Send + Sync {
     async fn settle(&self, depositor: &Address, deposit: &EscrowDeposit, used: u128)
     -> Result<OnChain, PaymentVerdict>;
 
-    /// The deposits for `job`'s first run made in transaction `tx` (a refused request's), each
-    /// refunded in full; the ones already settled or reclaimed are read back.
-    async fn refund_deposits_in(&self, job: &JobKey, tx: &str) -> Result<Vec<OnChain>, PaymentVerdict>;
+    /// The deposits for `job`'s paid run `run` made in transaction `tx` (a refused request's),
+    /// each refunded in full; the ones already settled or reclaimed are read back.
+    async fn refund_deposits_in(&self, job: &JobKey, run: u32, tx: &str) -> Result<Vec<OnChain>, PaymentVerdict>;
 }

@@ -64,11 +64,20 @@ pub struct Transition {
     pub by: &'static str,
     pub reason: Option<String>,
     pub detail: StatusDetail,
+    /// The paid run the writer acts for; `None`: whichever is current (the owner's cancel).
+    /// A writer of another run than the current one is refused: a worker or scheduler of a
+    /// run that ended never moves the job's next run.
+    pub run: Option<u32>,
 }
 
 impl Transition {
     pub fn new(to: JobState, by: &'static str) -> Self {
-        Transition { to, by, reason: None, detail: StatusDetail::default() }
+        Transition { to, by, reason: None, detail: StatusDetail::default(), run: None }
+    }
+    /// Only within paid run `run`.
+    pub fn run(mut self, run: u32) -> Self {
+        self.run = Some(run);
+        self
     }
     pub fn reason(mut self, r: impl Into<String>) -> Self {
         self.reason = Some(r.into());
@@ -84,6 +93,10 @@ impl Transition {
 pub async fn advance(store: &Store, job: &JobKey, t: Transition) -> Result<Advanced, StoreError> {
     for _ in 0..MAX_RACES {
         let cur = current(store, job).await?;
+        let run = cur.as_ref().map_or(0, |c| c.run);
+        if t.run.is_some_and(|r| r != run) {
+            return Ok(Advanced::Refused(cur));
+        }
         if let Some(c) = &cur
             && c.state == t.to
         {
@@ -99,11 +112,83 @@ pub async fn advance(store: &Store, job: &JobKey, t: Transition) -> Result<Advan
             by: t.by.to_string(),
             reason: t.reason.clone(),
             detail: t.detail.clone(),
+            run,
         };
         match store.create_json(&job.status_record(rec.seq), &rec).await? {
             Created::Created => {
                 write_snapshot(store, job, rec.clone()).await?;
                 return Ok(Advanced::Applied(rec));
+            }
+            Created::AlreadyExists => continue,
+        }
+    }
+    Err(StoreError::Io {
+        key: job.status_prefix(),
+        source: std::io::Error::other("too many concurrent status writers; try again"),
+    })
+}
+
+/// What asking for paid run `run` of a job came to ([`resume`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resumed {
+    /// Run `run` begins now: its `submitted` record.
+    Started(StatusRecord),
+    /// Run `run` (or a later one) began before: a repeated request.
+    Already(StatusRecord),
+    /// The job's current run is still going; it may be resumed once it ended.
+    Running(StatusRecord),
+    /// The job cannot be resumed as asked; the reason, for its owner.
+    Refused(String),
+}
+
+/// Whether a job that ended in `state` may be resumed (`rejected` only when a resume was
+/// refused: the job ran before).
+pub fn resumable(state: JobState, run: u32) -> bool {
+    matches!(state, JobState::Failed | JobState::Cancelled | JobState::TimedOut)
+        || (state == JobState::Rejected && run > 0)
+}
+
+/// Starts paid run `run` of a job whose run `run - 1` ended failed, cancelled or timed out:
+/// the run's `submitted` record, claimed create-only like every transition. The terminal
+/// record before it stays: the history shows each run.
+pub async fn resume(store: &Store, job: &JobKey, run: u32, by: &'static str) -> Result<Resumed, StoreError> {
+    for _ in 0..MAX_RACES {
+        let Some(cur) = current(store, job).await? else {
+            return Ok(Resumed::Refused(format!("job {} has no history; nothing to resume", job.job)));
+        };
+        if cur.run >= run {
+            return Ok(Resumed::Already(cur));
+        }
+        if cur.run + 1 != run {
+            return Ok(Resumed::Refused(format!(
+                "job {} is at run {}; the next resume is run {}, not {run}",
+                job.job,
+                cur.run,
+                cur.run + 1
+            )));
+        }
+        if !cur.state.is_terminal() {
+            return Ok(Resumed::Running(cur));
+        }
+        if !resumable(cur.state, cur.run) {
+            return Ok(Resumed::Refused(format!(
+                "job {} {}; only a failed, cancelled or timed-out job can be resumed",
+                job.job, cur.state
+            )));
+        }
+        let rec = StatusRecord {
+            seq: cur.seq + 1,
+            state: JobState::Submitted,
+            at: Utc::now(),
+            by: by.to_string(),
+            reason: Some(format!("resumed by its owner after it {}: run {}", cur.state, run + 1)),
+            detail: StatusDetail::default(),
+            run,
+        };
+        match store.create_json(&job.status_record(rec.seq), &rec).await? {
+            Created::Created => {
+                write_snapshot(store, job, rec.clone()).await?;
+                return Ok(Resumed::Started(rec));
             }
             Created::AlreadyExists => continue,
         }

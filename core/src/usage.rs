@@ -55,6 +55,11 @@ pub async fn of(store: &Store, job: &JobKey) -> Result<Vec<Usage>, StoreError> {
     Ok(out)
 }
 
+/// What paid run `run` of the job used: its attempts' records.
+pub async fn of_run(store: &Store, job: &JobKey, run: u32) -> Result<Vec<Usage>, StoreError> {
+    Ok(of(store, job).await?.into_iter().filter(|u| crate::runs::run_of(u.attempt) == run).collect())
+}
+
 /// How the job's paid runs were settled (`pool/settlements/`), oldest run first.
 pub async fn settlements(store: &Store, job: &JobKey) -> Result<Vec<aic_schemas::Settlement>, StoreError> {
     let mut out = vec![];

@@ -69,7 +69,7 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
 
     // Cancel deregisters; cancelling again (or an unknown job) is fine.
     n.cancel(&job).await.unwrap();
-    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)));
+    assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)));
     n.cancel(&job).await.unwrap();
     assert!(
         state.lock().unwrap().seen.iter().any(|(m, p, _)| m == "DELETE" && *p == format!("/v1/job/{}", nomad_id(&job)))
@@ -149,7 +149,7 @@ async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_re
         other => panic!("{other:?}"),
     }
     assert_eq!(status::current(&store, &job).await.unwrap().unwrap().state, JobState::Failed);
-    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)), "deregistered");
+    assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)), "deregistered");
 }
 
 #[tokio::test]
@@ -254,7 +254,7 @@ async fn a_failure_the_worker_recorded_stops_the_other_allocations() {
     let mut failed = lost(&state.lock().unwrap(), &job, "node-a");
     failed["ClientStatus"] = json!("failed");
     assert_eq!(n.on_alloc(&store, &failed).await.unwrap(), AllocAction::Stopped);
-    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)));
+    assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)));
 }
 
 #[tokio::test]
@@ -489,7 +489,7 @@ async fn a_training_job_is_stopped_at_its_paid_time_and_charged_what_nomad_saw()
         st.reason.as_deref(),
         Some("time limit: paid for 0.001 h; stopped by the scheduler; outputs up to then are kept")
     );
-    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&job)), "deregistered");
+    assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)), "deregistered");
     // Its allocation's end reaches the watcher: what it used is recorded from Nomad's own
     // account of the task (not from anything the job's program could write).
     let ev = json!({"ID": aid, "JobID": nomad_id(&job), "Namespace": "aic", "ClientStatus": "complete"});

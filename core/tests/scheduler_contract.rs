@@ -153,6 +153,26 @@ impl Backend {
         }
     }
 
+    /// The attempt `job`'s allocation 0 was started as, last.
+    async fn attempt_now(&self, job: &JobKey) -> u32 {
+        match self {
+            Backend::Local { starts, .. } => {
+                eventually("the worker to start", || {
+                    let text = std::fs::read_to_string(starts).unwrap_or_default();
+                    text.lines().rev().find_map(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        (f.len() == 4 && f[0] == job.job.as_str() && f[1] == "0").then(|| f[2].parse().unwrap())
+                    })
+                })
+                .await
+            }
+            Backend::Nomad { state, .. } => {
+                let s = state.lock().unwrap();
+                s.jobs[&nomad_id(job)]["Meta"]["aic_attempt"].as_str().unwrap().parse().unwrap()
+            }
+        }
+    }
+
     /// Free GPUs of the gateway, as the pool view says.
     async fn free_gpus(&self) -> u32 {
         let pool = self.scheduler().pool().await.unwrap();
@@ -240,7 +260,42 @@ backends!(
     a_lost_replica_never_restarts_the_whole_deployment,
     serving_endpoints_are_where_the_replicas_were_placed,
     a_training_job_past_its_paid_time_is_stopped_and_what_it_used_recorded,
+    a_resumed_run_is_placed_anew_at_its_own_first_attempt,
 );
+
+async fn a_resumed_run_is_placed_anew_at_its_own_first_attempt(b: &Backend) {
+    use aic_core::runs::first_attempt;
+    let before = b.free_gpus().await;
+    let (job, m) = job(b, "train", 2).await;
+    b.scheduler().submit(&job, &m).await.unwrap();
+    assert_eq!(b.attempt_now(&job).await, 0);
+    // The owner cancels: the run ends and its allocations stop.
+    status::cancel(b.store(), &job, "cli").await.unwrap();
+    b.scheduler().cancel(&job).await.unwrap();
+    eventually("the first run's allocations to stop", || {
+        let done = futures::executor::block_on(b.scheduler().finished(&job)).unwrap();
+        (done && futures::executor::block_on(b.free_gpus()) == before).then_some(())
+    })
+    .await;
+    // `aic resume`: run 1 begins, with its own manifest (validate writes both).
+    let started = status::resume(b.store(), &job, 1, "validate").await.unwrap();
+    assert!(matches!(started, status::Resumed::Started(ref r) if r.run == 1 && r.state == JobState::Submitted));
+    let m1 = JobManifest { run: 1, ..m.clone() };
+    b.store().create_json(&job.run_manifest(1), &m1).await.unwrap();
+    let placed = b.scheduler().submit(&job, &m1).await.unwrap();
+    assert!(matches!(placed, Submitted::Placed(_)), "the resumed run is placed anew: {placed:?}");
+    assert_eq!(b.free_gpus().await, before - 4, "the resumed run holds its GPUs");
+    assert_eq!(b.scheduler().submit(&job, &m1).await.unwrap(), placed, "a repeat changes nothing");
+    assert_eq!(b.free_gpus().await, before - 4);
+    // Attempts number on across runs: the run's allocations start at its own first attempt.
+    assert_eq!(b.attempt_now(&job).await, first_attempt(1));
+    // A late writer of the run that ended (its worker, its scheduler) moves nothing.
+    let late = Transition::new(JobState::Failed, "worker").reason("late").run(0);
+    assert!(matches!(status::advance(b.store(), &job, late).await.unwrap(), status::Advanced::Refused(_)));
+    let h = status::history(b.store(), &job).await.unwrap();
+    let tail: Vec<(JobState, u32)> = h[h.len() - 3..].iter().map(|r| (r.state, r.run)).collect();
+    assert_eq!(tail, [(JobState::Running, 0), (JobState::Cancelled, 0), (JobState::Submitted, 1)]);
+}
 
 async fn a_training_job_past_its_paid_time_is_stopped_and_what_it_used_recorded(b: &Backend) {
     // Workers that ignore the limit (these run `sleep 120`): the scheduler stops the job.

@@ -8,10 +8,10 @@
 //! its owner's name (`pool/names/…`), which the serving gateway's `/n/<owner>/<name>/` reads.
 
 use aic_core::layout::JobKey;
+use aic_core::runs;
 use aic_core::scheduler::{ScheduleError, Submitted};
 use aic_core::status::{self, Transition};
-use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobKind, JobManifest, JobState, StatusDetail};
+use aic_schemas::{JobKind, JobState, StatusDetail};
 
 use crate::{Ctx, HandlerError, Outcome};
 
@@ -19,14 +19,18 @@ const BY: &str = "dispatch";
 
 pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     let store = &ctx.store;
-    let Some(manifest) = store.get_json::<JobManifest>(&job.manifest(), MAX_DOC_BYTES).await? else {
+    // The current run's manifest (a resumed job has one per run; an event for an earlier
+    // run's is late, and the current run is the one to start, if any).
+    let Some(cur) = status::current(store, job).await? else { return Ok(Outcome::Ignored) };
+    let run = cur.run;
+    let Some(manifest) = runs::manifest(store, job, run).await? else {
         return Ok(Outcome::Ignored);
     };
-    match status::current(store, job).await?.map(|c| c.state) {
-        Some(JobState::Submitted) => {
-            status::advance(store, job, Transition::new(JobState::Paid, BY)).await?;
+    match cur.state {
+        JobState::Submitted => {
+            status::advance(store, job, Transition::new(JobState::Paid, BY).run(run)).await?;
         }
-        Some(JobState::Paid) => {}
+        JobState::Paid => {}
         _ => return Ok(Outcome::AlreadyDone(job.clone())),
     }
     // A named deployment joins its name's route before any replica can register.
@@ -41,17 +45,18 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         Ok(Submitted::Placed(miners)) => {
             let t = Transition::new(JobState::Scheduled, BY)
                 .reason(format!("placed on {}", miners.join(", ")))
-                .detail(StatusDetail { placement: miners, ..Default::default() });
+                .detail(StatusDetail { placement: miners, ..Default::default() })
+                .run(run);
             // The worker may already have moved the job on; that is fine.
             status::advance(store, job, t).await?;
             Ok(Outcome::Dispatched(job.clone()))
         }
         Ok(Submitted::Queued(why)) => {
-            status::advance(store, job, Transition::new(JobState::Scheduled, BY).reason(why)).await?;
+            status::advance(store, job, Transition::new(JobState::Scheduled, BY).reason(why).run(run)).await?;
             Ok(Outcome::Dispatched(job.clone()))
         }
         Err(ScheduleError::Unplaceable(why)) => {
-            let t = Transition::new(JobState::Failed, BY).reason(format!("cannot be placed: {why}"));
+            let t = Transition::new(JobState::Failed, BY).reason(format!("cannot be placed: {why}")).run(run);
             status::advance(store, job, t).await?;
             Ok(Outcome::Unplaceable(job.clone(), why))
         }

@@ -34,7 +34,7 @@ impl Function {
     fn takes(self, key: &str) -> bool {
         matches!(
             (self, classify(key)),
-            (Function::Validate, KeyKind::Request(_))
+            (Function::Validate, KeyKind::Request(_) | KeyKind::ResumeRequest(..))
                 | (Function::Dispatch, KeyKind::Manifest(_))
                 | (Function::Settle, KeyKind::StatusSnapshot(_))
         )

@@ -3,7 +3,9 @@
 //! - [`validate`]: `request.json` created → check it and its owner's signature, price it,
 //!   verify and claim the payment, write the
 //!   manifest (create-only) and move the job to `paid`, or `rejected` with a reason.
-//! - [`dispatch`]: `manifest.json` created → hand the job to the scheduler, move it to
+//! - [`resume`]: `runs/<run>/request.json` created → the owner resumes a job that ended as
+//!   a new paid run: checked, paid, its own manifest, the job `submitted` again.
+//! - [`dispatch`]: `manifest.json` (or a run's) created → hand the job to the scheduler, move it to
 //!   `scheduled` (or `failed` when it can never be placed).
 //! - [`cancel`]: a `cancelled` status record created → stop the job's allocations.
 //! - [`settle`]: a job's status snapshot written, the job ended and its allocations stopped →
@@ -26,6 +28,7 @@ pub mod lambda;
 pub mod poll;
 pub mod proxy;
 pub mod redrive;
+pub mod resume;
 pub mod settle;
 pub mod sns;
 pub mod validate;
@@ -131,6 +134,7 @@ pub async fn handle_record(ctx: &Ctx, record: &S3EventRecord) -> Result<Outcome,
     let key = record.key();
     match classify(&key) {
         KeyKind::Request(job) => validate::handle(ctx, &job).await,
+        KeyKind::ResumeRequest(job, run) => resume::handle(ctx, &job, run).await,
         KeyKind::Manifest(job) => dispatch::handle(ctx, &job).await,
         KeyKind::StatusRecord(job, seq) => cancel::handle(ctx, &job, seq).await,
         KeyKind::StatusSnapshot(job) => settle::handle(ctx, &job).await,

@@ -1,6 +1,7 @@
 //! settle: a job's status snapshot written (or its allocations ended, through `redrive`).
 //! When the job has ended and the scheduler says none of its allocations runs any more, its
-//! paid run is settled once:
+//! paid run (the current one: a job resumed with `aic resume` has one per run, each with its
+//! own deposit and manifest) is settled once:
 //!
 //! - paid by deposit into the pool's escrow: charged min(deposit, GPU-seconds the pool
 //!   measured (`core::usage`, rounded up to whole seconds) × the quoted price per GPU-hour),
@@ -19,9 +20,9 @@
 use aic_core::layout::{self, JobKey};
 use aic_core::payment::{OnChain, PaymentVerdict};
 use aic_core::pricing::format_aic_short as format_aic;
-use aic_core::{status, usage};
+use aic_core::{runs, status, usage};
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobManifest, JobRequest, JobState, Settlement, SettlementKind};
+use aic_schemas::{JobRequest, JobState, PaymentRef, ResumeRequest, Settlement, SettlementKind};
 use chrono::Utc;
 
 use crate::{Ctx, HandlerError, Outcome};
@@ -45,12 +46,13 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     if !st.state.is_terminal() {
         return Ok(Outcome::Ignored);
     }
-    let key = layout::settlement(job, 0);
+    let run = st.run;
+    let key = layout::settlement(job, run);
     if store.head(&key).await?.is_some() {
         return Ok(Outcome::AlreadyDone(job.clone()));
     }
-    let Some(m) = store.get_json::<JobManifest>(&job.manifest(), MAX_DOC_BYTES).await? else {
-        return refund_refused(ctx, job, st.state).await;
+    let Some(m) = runs::manifest(store, job, run).await? else {
+        return refund_refused(ctx, job, run, st.state).await;
     };
     let Some(p) = &m.payment else { return Ok(Outcome::Ignored) }; // free
     let paid: u128 = p.paid.parse().unwrap_or(0);
@@ -58,8 +60,7 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     if !ctx.scheduler.finished(job).await? {
         return Err(HandlerError::Deferred(format!("job {}: its allocations are still stopping", job.job)));
     }
-    let runs = usage::of(store, job).await?;
-    let gpu_seconds = usage::gpu_seconds(&runs);
+    let gpu_seconds = usage::gpu_seconds(&usage::of_run(store, job, run).await?);
     let price: u128 = m.quote.price_per_gpu_hour.parse().unwrap_or(0);
     let used = charge(gpu_seconds, price).min(paid);
     let (kind, charged, refunded, tx) = match &p.escrow {
@@ -75,7 +76,7 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         }
     };
     let s = Settlement {
-        run: 0,
+        run,
         kind,
         chain_id: p.chain_id,
         paid: paid.to_string(),
@@ -89,18 +90,38 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     Ok(Outcome::Settled(job.clone(), summary(&s)))
 }
 
-/// A refused request's deposits for the job, refunded in full.
-async fn refund_refused(ctx: &Ctx, job: &JobKey, state: JobState) -> Result<Outcome, HandlerError> {
+/// A refused request's deposits for the job's run, refunded in full.
+async fn refund_refused(ctx: &Ctx, job: &JobKey, run: u32, state: JobState) -> Result<Outcome, HandlerError> {
     if state != JobState::Rejected {
         return Ok(Outcome::Ignored);
     }
-    let (Some(settler), Some(req)) =
-        (ctx.settler.as_ref(), ctx.store.get_json::<JobRequest>(&job.request(), MAX_DOC_BYTES).await.ok().flatten())
-    else {
-        return Ok(Outcome::Ignored);
+    let payment = match run {
+        0 => {
+            ctx.store.get_json::<JobRequest>(&job.request(), MAX_DOC_BYTES).await.ok().flatten().and_then(|r| r.payment)
+        }
+        n => ctx
+            .store
+            .get_json::<ResumeRequest>(&job.run_request(n), MAX_DOC_BYTES)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.payment),
     };
-    let Some(p) = &req.payment else { return Ok(Outcome::Ignored) };
-    let back = settler.refund_deposits_in(job, &p.tx).await.map_err(verdict)?;
+    match payment {
+        Some(p) => refund_run(ctx, job, run, &p).await,
+        None => Ok(Outcome::Ignored),
+    }
+}
+
+/// The deposits transaction `p` made for the job's run `run`, refunded in full and recorded
+/// as the run's settlement (a refused request's, or a resume the job could not take).
+pub(crate) async fn refund_run(ctx: &Ctx, job: &JobKey, run: u32, p: &PaymentRef) -> Result<Outcome, HandlerError> {
+    let key = layout::settlement(job, run);
+    if ctx.store.head(&key).await?.is_some() {
+        return Ok(Outcome::AlreadyDone(job.clone()));
+    }
+    let Some(settler) = ctx.settler.as_ref() else { return Ok(Outcome::Ignored) };
+    let back = settler.refund_deposits_in(job, run, &p.tx).await.map_err(verdict)?;
     let (mut refunded, mut tx) = (0u128, None);
     for b in back {
         let (OnChain::Settled { refunded: r, tx: t, .. } | OnChain::Reclaimed { amount: r, tx: t }) = b;
@@ -111,7 +132,7 @@ async fn refund_refused(ctx: &Ctx, job: &JobKey, state: JobState) -> Result<Outc
         return Ok(Outcome::Ignored);
     }
     let s = Settlement {
-        run: 0,
+        run,
         kind: SettlementKind::Settled,
         chain_id: p.chain_id,
         paid: refunded.to_string(),
@@ -121,7 +142,7 @@ async fn refund_refused(ctx: &Ctx, job: &JobKey, state: JobState) -> Result<Outc
         tx,
         at: Utc::now(),
     };
-    ctx.store.create_json(&layout::settlement(job, 0), &s).await?;
+    ctx.store.create_json(&key, &s).await?;
     Ok(Outcome::Settled(job.clone(), summary(&s)))
 }
 

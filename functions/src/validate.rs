@@ -29,7 +29,7 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     let store = &ctx.store;
     let fresh = match status::current(store, job).await? {
         None => true,
-        Some(c) if c.state == JobState::Submitted => false,
+        Some(c) if c.state == JobState::Submitted && c.run == 0 => false,
         Some(_) => return Ok(Outcome::AlreadyDone(job.clone())),
     };
     // An event is only a hint: a job is born of its request, so nothing is written for a
@@ -40,7 +40,7 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
             tracing::info!(job = %job.job, "event for a request that is not there: ignored");
             return Ok(Outcome::Ignored);
         }
-        status::advance(store, job, Transition::new(JobState::Submitted, BY)).await?;
+        status::advance(store, job, Transition::new(JobState::Submitted, BY).run(0)).await?;
     }
     let req = match read {
         Ok(r) => r,
@@ -50,7 +50,7 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         return reject(ctx, job, why).await;
     }
     let quote = ctx.pricing.quote(&req);
-    let payment = match ctx.payments.verify(job, &req, &quote).await {
+    let payment = match ctx.payments.verify(job, 0, &req, &quote).await {
         Ok(p) => p,
         Err(PaymentVerdict::Rejected(r)) => return reject(ctx, job, r.0).await,
         Err(PaymentVerdict::Pending(why)) => return Err(HandlerError::Deferred(why)),
@@ -63,14 +63,12 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         payment,
         placement: Placement::default(),
         validated_at: Utc::now(),
+        run: 0,
     };
     // A manifest already there was written by an earlier delivery of this event.
     store.create_json(&job.manifest(), &manifest).await?;
-    let paid = match &manifest.payment {
-        Some(p) => format!("paid {} in {}", format_aic(p.paid.parse().unwrap_or(0)), p.tx),
-        None => "free of charge".to_string(),
-    };
-    match status::advance(store, job, Transition::new(JobState::Paid, BY).reason(paid)).await? {
+    let paid = paid_reason(&manifest);
+    match status::advance(store, job, Transition::new(JobState::Paid, BY).reason(paid).run(0)).await? {
         Advanced::Applied(_) => Ok(Outcome::Validated(job.clone())),
         _ => Ok(Outcome::AlreadyDone(job.clone())),
     }
@@ -124,13 +122,27 @@ fn check_request(job: &JobKey, bytes: &[u8]) -> Result<JobRequest, Refusal> {
     Ok(req)
 }
 
-fn too_large(size: u64) -> String {
+/// "paid 1.5 AIC in 0x…" or "free of charge", for the `paid` record.
+pub(crate) fn paid_reason(m: &JobManifest) -> String {
+    match &m.payment {
+        Some(p) => format!("paid {} in {}", format_aic(p.paid.parse().unwrap_or(0)), p.tx),
+        None => "free of charge".to_string(),
+    }
+}
+
+pub(crate) fn too_large(size: u64) -> String {
     format!("request.json is {size} bytes; the limit is {} KiB", MAX_REQUEST_BYTES / 1024)
 }
 
 async fn reject(ctx: &Ctx, job: &JobKey, reason: String) -> Result<Outcome, HandlerError> {
-    tracing::info!(job = %job.job, %reason, "rejected");
-    let t = Transition::new(JobState::Rejected, BY).reason(reason.clone());
+    reject_run(ctx, job, 0, reason).await
+}
+
+/// Refuses paid run `run` of the job: `rejected` with the reason (any deposit made for it
+/// is then refunded in full by settle).
+pub(crate) async fn reject_run(ctx: &Ctx, job: &JobKey, run: u32, reason: String) -> Result<Outcome, HandlerError> {
+    tracing::info!(job = %job.job, run, %reason, "rejected");
+    let t = Transition::new(JobState::Rejected, BY).reason(reason.clone()).run(run);
     match status::advance(&ctx.store, job, t).await? {
         Advanced::Applied(_) | Advanced::Already(_) => Ok(Outcome::Rejected(job.clone(), reason)),
         Advanced::Refused(_) => Ok(Outcome::AlreadyDone(job.clone())),

@@ -98,6 +98,7 @@ async fn a_manifest_event_that_overtakes_validate_still_dispatches_once() {
         payment: None,
         placement: Default::default(),
         validated_at: Utc::now(),
+        run: 0,
     };
     p.store.create_json(&job.manifest(), &m).await.unwrap();
     assert_eq!(

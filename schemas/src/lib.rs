@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod job;
 pub mod jobfile;
 pub mod manifest;
+pub mod resume;
 pub mod serving;
 pub mod settlement;
 pub mod status;
@@ -21,6 +22,7 @@ pub mod validate;
 pub use address::Address;
 pub use job::{JobId, JobKind, JobRequest, Launcher, PaymentRef};
 pub use manifest::{JobManifest, Quote};
+pub use resume::ResumeRequest;
 pub use serving::ServingRegistration;
 pub use settlement::{Settlement, SettlementKind};
 pub use status::{AllocResult, JobState, StatusDetail, StatusRecord};
@@ -31,6 +33,7 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     vec![
         ("job-request.schema.json", schemars::schema_for!(JobRequest)),
         ("job-manifest.schema.json", schemars::schema_for!(JobManifest)),
+        ("resume-request.schema.json", schemars::schema_for!(ResumeRequest)),
         ("status-record.schema.json", schemars::schema_for!(StatusRecord)),
         ("alloc-result.schema.json", schemars::schema_for!(AllocResult)),
         ("serving-registration.schema.json", schemars::schema_for!(ServingRegistration)),

@@ -60,4 +60,9 @@ pub struct JobManifest {
     #[serde(default)]
     pub placement: Placement,
     pub validated_at: DateTime<Utc>,
+    /// Which paid run this is: 0 for the job's first (`manifest.json`), then each resume
+    /// (`runs/<run>/manifest.json`, whose `request` is the job's own with the run's hours and
+    /// payment; the owner's signature for the run is its resume request's).
+    #[serde(default, skip_serializing_if = "crate::status::is_zero")]
+    pub run: u32,
 }

@@ -107,6 +107,14 @@ pub struct StatusRecord {
     pub reason: Option<String>,
     #[serde(default)]
     pub detail: StatusDetail,
+    /// The paid run the record belongs to: 0 for the job's first, then one more for each
+    /// `aic resume`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
+}
+
+pub(crate) fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// What one allocation reports when its program ends, at `allocs/<index>.json`.

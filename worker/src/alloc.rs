@@ -27,6 +27,19 @@ pub(crate) struct Alloc {
     pub(crate) gateway: Option<(String, String)>,
 }
 
+impl Alloc {
+    /// The paid run this allocation belongs to (its attempt says).
+    pub(crate) fn run(&self) -> u32 {
+        aic_core::runs::run_of(self.attempt)
+    }
+
+    /// A status transition within this allocation's run: a worker of a run that ended never
+    /// moves a resumed job's next run.
+    pub(crate) fn transition(&self, to: aic_schemas::JobState) -> aic_core::status::Transition {
+        aic_core::status::Transition::new(to, BY).run(self.run())
+    }
+}
+
 pub(crate) fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).map_err(|_| anyhow!("{name} is not set; aic-worker is started by the pool's scheduler"))
 }

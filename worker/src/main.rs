@@ -36,10 +36,10 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aic_core::status::{self, Transition};
+use aic_core::status;
 use aic_schemas::validate::MAX_DOC_BYTES;
 use aic_schemas::{AllocResult, JobKind, JobManifest, JobState, Launcher, StatusDetail};
-use alloc::{Alloc, BY, path_str, setup};
+use alloc::{Alloc, path_str, setup};
 use anyhow::{Context, anyhow};
 use plan::{Finish, Plan, plan, serve_peer};
 use report::{finish_as_leader, job_ended, mark_running};
@@ -109,7 +109,8 @@ async fn run_allocation(alloc: Alloc) -> i32 {
             // with the reason, so the user never waits on a job nobody runs.
             let reason = format!("allocation {} on {}: {e:#}", alloc.index, alloc.miner);
             eprintln!("aic-worker: {reason}");
-            let t = Transition::new(JobState::Failed, BY)
+            let t = alloc
+                .transition(JobState::Failed)
                 .reason(reason)
                 .detail(StatusDetail { alloc: Some(alloc.index), ..Default::default() });
             let _ = status::advance(&alloc.store, &alloc.job, t).await;
@@ -120,8 +121,9 @@ async fn run_allocation(alloc: Alloc) -> i32 {
 
 /// Runs the allocation; returns the worker's exit code (0 when the program succeeded).
 async fn run(a: &Alloc) -> anyhow::Result<i32> {
-    let manifest: JobManifest =
-        a.store.get_json(&a.job.manifest(), MAX_DOC_BYTES).await?.ok_or_else(|| anyhow!("the job has no manifest"))?;
+    let manifest: JobManifest = aic_core::runs::manifest(&a.store, &a.job, a.run())
+        .await?
+        .ok_or_else(|| anyhow!("run {} of the job has no manifest", aic_core::runs::shown(a.run())))?;
     let req = &manifest.request;
 
     if a.index == 0 && !mark_running(a).await? {
@@ -270,7 +272,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         ..Default::default()
     };
     if timed_out {
-        let t = Transition::new(JobState::TimedOut, BY).reason(time_limit_reason(req.max_hours)).detail(ended());
+        let t = a.transition(JobState::TimedOut).reason(time_limit_reason(req.max_hours)).detail(ended());
         status::advance(&a.store, &a.job, t).await?;
         if let Finish::Leader(sshd) = finish {
             sshd.stop().await;
@@ -283,7 +285,8 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
             (None, Some(s)) => format!("was killed by signal {s}"),
             _ => "ended abnormally".into(),
         };
-        let t = Transition::new(JobState::Failed, BY)
+        let t = a
+            .transition(JobState::Failed)
             .reason(format!("{} {how} on {} (allocation {})", req.entrypoint, a.miner, a.index))
             .detail(ended());
         status::advance(&a.store, &a.job, t).await?;
@@ -295,7 +298,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         Finish::Leader(sshd) => {
             // One launch ran every rank: its success is the job's.
             sshd.stop().await;
-            let t = Transition::new(JobState::Succeeded, BY).detail(StatusDetail {
+            let t = a.transition(JobState::Succeeded).detail(StatusDetail {
                 exit_code: Some(0),
                 wall_seconds: Some(wall),
                 gpu_seconds: Some(wall * req.total_gpus() as f64),
@@ -312,11 +315,11 @@ pub(crate) fn time_limit_reason(hours: f64) -> String {
     format!("time limit: paid for {} h; outputs up to then are kept", aic_core::pricing::format_hours(hours))
 }
 
-/// The paid time this allocation has left: `max_hours` less the wall time of this
-/// allocation's earlier attempts (as they reported it).
+/// The paid time this allocation has left: `max_hours` (its run's) less the wall time of
+/// this allocation's earlier attempts in the run (as they reported it).
 async fn time_left(a: &Alloc, max_hours: f64) -> Duration {
     let mut used = 0.0;
-    for attempt in 0..a.attempt {
+    for attempt in aic_core::runs::first_attempt(a.run())..a.attempt {
         if let Ok(Some(r)) = a.store.get_json::<AllocResult>(&a.job.alloc_result(attempt, a.index), MAX_DOC_BYTES).await
         {
             used += r.wall_seconds;

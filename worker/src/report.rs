@@ -3,21 +3,24 @@
 
 use std::time::{Duration, Instant};
 
-use aic_core::status::{self, Advanced, Transition};
+use aic_core::status::{self, Advanced};
 use aic_schemas::validate::MAX_DOC_BYTES;
 use aic_schemas::{AllocResult, JobState, StatusDetail};
 
 use anyhow::anyhow;
 
 use crate::PEERS_WAIT;
-use crate::alloc::{Alloc, BY};
+use crate::alloc::Alloc;
 
 /// Moves the job to `running` (through `scheduled` if the worker overtook dispatch).
 /// Returns false when the job already ended.
 pub(crate) async fn mark_running(a: &Alloc) -> anyhow::Result<bool> {
     loop {
-        let cur = status::current(&a.store, &a.job).await?.map(|c| c.state);
-        let next = match cur {
+        let cur = status::current(&a.store, &a.job).await?;
+        if cur.as_ref().is_some_and(|c| c.run != a.run()) {
+            return Ok(false); // another run of the job: this one ended
+        }
+        let next = match cur.map(|c| c.state) {
             Some(JobState::Paid) => JobState::Scheduled,
             Some(JobState::Scheduled) | Some(JobState::Retrying) => JobState::Running,
             Some(JobState::Running) => return Ok(true),
@@ -25,9 +28,7 @@ pub(crate) async fn mark_running(a: &Alloc) -> anyhow::Result<bool> {
             other => return Err(anyhow!("the job is {other:?}, not ready to run")),
         };
         let reason = format!("on {}", a.miner);
-        let t = Transition::new(next, BY)
-            .reason(reason)
-            .detail(StatusDetail { alloc: Some(a.index), ..Default::default() });
+        let t = a.transition(next).reason(reason).detail(StatusDetail { alloc: Some(a.index), ..Default::default() });
         if let Advanced::Refused(Some(r)) = status::advance(&a.store, &a.job, t).await?
             && r.state.is_terminal()
         {
@@ -58,7 +59,7 @@ pub(crate) async fn finish_as_leader(a: &Alloc, wall: f64) -> anyhow::Result<()>
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let t = Transition::new(JobState::Succeeded, BY).detail(StatusDetail {
+    let t = a.transition(JobState::Succeeded).detail(StatusDetail {
         exit_code: Some(0),
         wall_seconds: Some(wall),
         gpu_seconds: Some(results.iter().map(|r| r.gpu_seconds).sum()),
@@ -68,6 +69,8 @@ pub(crate) async fn finish_as_leader(a: &Alloc, wall: f64) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Whether this allocation's run of the job ended (the job is terminal, or the owner
+/// already resumed it as a later run).
 pub(crate) async fn job_ended(a: &Alloc) -> bool {
-    matches!(status::current(&a.store, &a.job).await, Ok(Some(r)) if r.state.is_terminal())
+    matches!(status::current(&a.store, &a.job).await, Ok(Some(r)) if r.state.is_terminal() || r.run != a.run())
 }

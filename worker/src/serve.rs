@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aic_core::status::{self, Transition};
+use aic_core::status;
 use aic_schemas::{JobRequest, JobState, ServingRegistration, StatusDetail};
 use anyhow::{Context, anyhow};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::alloc::{Alloc, BY};
+use crate::alloc::Alloc;
 use crate::logs;
 use crate::report::job_ended;
 use crate::supervise::{pump, signal};
@@ -275,7 +275,8 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
     match ended {
         Ok(why) => {
             if why == "its hours are up" && a.index == 0 {
-                let t = Transition::new(JobState::Succeeded, BY)
+                let t = a
+                    .transition(JobState::Succeeded)
                     .reason(format!("served for {} h", req.max_hours))
                     .detail(StatusDetail { exit_code: Some(0), ..Default::default() });
                 status::advance(&a.store, &a.job, t).await?;
@@ -284,7 +285,8 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
             Ok(0)
         }
         Err(e) => {
-            let t = Transition::new(JobState::Failed, BY)
+            let t = a
+                .transition(JobState::Failed)
                 .reason(format!("replica {} on {}: {e:#}", a.index, a.miner))
                 .detail(StatusDetail { alloc: Some(a.index), log_tail: Some(tail.join("\n")), ..Default::default() });
             status::advance(&a.store, &a.job, t).await?;

@@ -16,6 +16,7 @@
 use aic_schemas::JobState;
 
 use crate::layout::JobKey;
+use crate::runs;
 use crate::status::{self, Advanced, Transition};
 use crate::store::{Store, StoreError};
 
@@ -50,15 +51,18 @@ pub async fn after_lost_allocation(
     why: &str,
     attempt: u32,
 ) -> Result<AfterLoss, StoreError> {
-    if attempt >= MAX_RETRIES {
+    // Retries count within the attempt's paid run (a resumed job's attempts number on).
+    let (run, retry) = (runs::run_of(attempt), runs::retry_of(attempt));
+    if retry >= MAX_RETRIES {
         let reason = format!("{why}; no retries left ({MAX_RETRIES} used)");
-        status::advance(store, job, Transition::new(JobState::Failed, BY).reason(reason.clone())).await?;
+        status::advance(store, job, Transition::new(JobState::Failed, BY).reason(reason.clone()).run(run)).await?;
         return Ok(AfterLoss::Failed(reason));
     }
     let t = Transition::new(JobState::Retrying, BY)
-        .reason(format!("{why}; starting again from the last checkpoint (retry {} of {MAX_RETRIES})", attempt + 1));
+        .reason(format!("{why}; starting again from the last checkpoint (retry {} of {MAX_RETRIES})", retry + 1))
+        .run(run);
     if let Advanced::Refused(Some(r)) = status::advance(store, job, t).await?
-        && r.state.is_terminal()
+        && (r.state.is_terminal() || r.run != run)
     {
         return Ok(AfterLoss::Ended);
     }

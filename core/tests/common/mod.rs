@@ -89,6 +89,11 @@ impl Nomad {
         i.modified_at = now;
     }
 
+    /// Whether job `id` is stopped (deregistered: `Stop`) or gone.
+    pub fn is_stopped(&self, id: &str) -> bool {
+        self.jobs.get(id).is_none_or(|j| j["Stop"] == true)
+    }
+
     /// The id of job `id`'s allocation on `node` now.
     pub fn alloc_of(&self, id: &str, node: &str) -> String {
         alloc_id(id, node, &self.jobs[id])
@@ -238,8 +243,23 @@ async fn handle(
             let kind = if job["Meta"]["aic_kind"] == "serve" { "service" } else { "batch" };
             assert_eq!(job["Type"], kind);
             assert_eq!(job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Name"], "nvidia/gpu");
-            if v["EnforceIndex"] == true && v["JobModifyIndex"] == 0 && s.jobs.contains_key(&id) {
-                return Ok(text(500, "Enforcing job modify index 0: job already exists"));
+            // nomad/job_endpoint.go `Register`: EnforceIndex is a compare-and-set on the job's
+            // JobModifyIndex (0: only a new job), each refusal an HTTP 500 with this text.
+            if v["EnforceIndex"] == true {
+                let jmi = v["JobModifyIndex"].as_u64().unwrap_or(0);
+                match s.jobs.get(&id).map(|j| j["JobModifyIndex"].as_u64().unwrap()) {
+                    Some(_) if jmi == 0 => return Ok(text(500, "Enforcing job modify index 0: job already exists")),
+                    Some(cur) if cur != jmi => {
+                        let m = format!(
+                            "Enforcing job modify index {jmi}: job exists with conflicting job modify index: {cur}"
+                        );
+                        return Ok(text(500, &m));
+                    }
+                    None if jmi != 0 => {
+                        return Ok(text(500, &format!("Enforcing job modify index {jmi}: job does not exist")));
+                    }
+                    _ => {}
+                }
             }
             let version = s.jobs.get(&id).map(|j| j["Version"].as_u64().unwrap() + 1).unwrap_or(0);
             s.index += 1;
@@ -249,6 +269,7 @@ async fn handle(
             stored["Version"] = json!(version);
             stored["CreateIndex"] = json!(create);
             stored["Stop"] = json!(false);
+            stored["JobModifyIndex"] = json!(s.index);
             let count = job["TaskGroups"][0]["Count"].as_u64().unwrap() as u32;
             let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
             let dc = job["Datacenters"][0].as_str().unwrap();
@@ -279,7 +300,10 @@ async fn handle(
             };
             s.evals.insert(eval_id.clone(), (0, eval));
             s.jobs.insert(id, stored);
-            reply(200, json!({"EvalID": eval_id, "EvalCreateIndex": 10, "JobModifyIndex": 10, "Warnings": ""}))
+            reply(
+                200,
+                json!({"EvalID": eval_id, "EvalCreateIndex": s.index, "JobModifyIndex": s.index, "Warnings": ""}),
+            )
         }
         ("GET", p) if p.starts_with("/v1/evaluation/") => {
             let id = p.trim_start_matches("/v1/evaluation/").to_string();
@@ -319,9 +343,18 @@ async fn handle(
                 return Ok(text(404, "job not found"));
             }
             s.stop_allocs(&id);
-            s.jobs.remove(&id);
+            // Stopped, the job stays (dead, `Stop`, a new modify index) until collected;
+            // `purge=true` removes it at once (nomad/job_endpoint.go `Deregister`).
             if query.get("purge").map(String::as_str) == Some("true") {
+                s.jobs.remove(&id);
                 s.purged.push(id.clone());
+            } else {
+                s.index += 1;
+                let index = s.index;
+                let j = s.jobs.get_mut(&id).unwrap();
+                j["Stop"] = json!(true);
+                j["Status"] = json!("dead");
+                j["JobModifyIndex"] = json!(index);
             }
             reply(200, json!({"EvalID": "eval-stop", "EvalCreateIndex": 20, "JobModifyIndex": 20}))
         }

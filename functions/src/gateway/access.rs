@@ -77,7 +77,7 @@ pub(super) fn user_access(who: &Address, key: &str) -> Result<Access, ApiError> 
         return Ok(Access::Write { deletable: true });
     }
     match classify(key) {
-        KeyKind::Request(_) => Ok(Access::CreateOnly),
+        KeyKind::Request(_) | KeyKind::ResumeRequest(..) => Ok(Access::CreateOnly),
         _ => {
             let segs: Vec<&str> = rest.split('/').collect();
             if segs.len() >= 4 && segs[0] == "jobs" && segs[1].parse::<JobId>().is_ok() && segs[2] == "code" {

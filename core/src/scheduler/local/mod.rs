@@ -96,9 +96,9 @@ struct Running {
 
 struct State {
     miners: Vec<Miner>,
-    /// Every job this scheduler accepted, with where it was placed (or that it waited):
-    /// a duplicate submission after the job ended must not run it again.
-    accepted: HashMap<JobKey, Submitted>,
+    /// Every paid run of a job this scheduler accepted, with where it was placed (or that it
+    /// waited): a duplicate submission after the run ended must not run it again.
+    accepted: HashMap<(JobKey, u32), Submitted>,
     running: HashMap<JobKey, Running>,
     /// Jobs waiting for free slots: (job, manifest, attempt).
     queue: VecDeque<(JobKey, JobManifest, u32)>,
@@ -199,9 +199,16 @@ impl Scheduler for LocalScheduler {
     async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {
         let cfg = &self.inner.cfg;
         let mut st = self.inner.state.lock().unwrap();
-        if let Some(answer) = st.accepted.get(job) {
+        if let Some(answer) = st.accepted.get(&(job.clone(), m.run)) {
             return Ok(answer.clone());
         }
+        if st.running.contains_key(job) {
+            // An earlier run's workers are still stopping (validate waits for them; this is a
+            // belt to those braces): the event comes again.
+            return Err(ScheduleError::Backend(format!("job {}: an earlier run is still stopping", job.job)));
+        }
+        // A resumed job's run starts at its own first attempt.
+        let first = crate::runs::first_attempt(m.run);
         let r = &m.request;
         if r.miners > cfg.miners || r.gpus_per_miner > cfg.gpus_per_miner {
             return Err(ScheduleError::Unplaceable(format!(
@@ -214,13 +221,13 @@ impl Scheduler for LocalScheduler {
         }
         // Keep queue order: a job does not overtake those already waiting.
         let answer = match Self::pick(&st, m).filter(|_| st.queue.is_empty()) {
-            Some(picks) => Submitted::Placed(self.start(&mut st, job, m, 0, picks)?),
+            Some(picks) => Submitted::Placed(self.start(&mut st, job, m, first, picks)?),
             None => {
-                st.queue.push_back((job.clone(), m.clone(), 0));
+                st.queue.push_back((job.clone(), m.clone(), first));
                 Submitted::Queued(format!("waiting for {}", Self::describe_need(m)))
             }
         };
-        st.accepted.insert(job.clone(), answer.clone());
+        st.accepted.insert((job.clone(), m.run), answer.clone());
         Ok(answer)
     }
 

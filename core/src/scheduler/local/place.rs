@@ -99,14 +99,14 @@ impl LocalScheduler {
                 let Some(picks) = Self::pick(&st, &m) else { return };
                 st.queue.pop_front();
                 let r = self.start(&mut st, &job, &m, attempt, picks);
-                (job, r)
+                (job, r, m.run)
             };
-            let (job, r) = next;
+            let (job, r, m_run) = next;
             let t = match r {
                 Ok(names) => Transition::new(JobState::Running, "scheduler")
                     .reason("placed after waiting for free GPUs")
                     .detail(StatusDetail { placement: names, ..Default::default() }),
-                Err(e) => Transition::new(JobState::Failed, "scheduler").reason(e.to_string()),
+                Err(e) => Transition::new(JobState::Failed, "scheduler").reason(e.to_string()).run(m_run),
             };
             // The worker writes `running` itself; only a failure needs recording here.
             if t.to == JobState::Failed {
@@ -126,7 +126,8 @@ impl LocalScheduler {
         tokio::spawn(async move {
             let store = &this.inner.store;
             let runs = crate::usage::of(store, &job).await.unwrap_or_default();
-            let before: Vec<_> = runs.into_iter().filter(|u| u.attempt < attempt).collect();
+            let first = crate::runs::first_attempt(crate::runs::run_of(attempt));
+            let before: Vec<_> = runs.into_iter().filter(|u| (first..attempt).contains(&u.attempt)).collect();
             let left = (crate::pricing::paid_hours(hours) * 3600.0 - crate::usage::wall_seconds(&before)).max(0.0);
             tokio::time::sleep(Duration::from_secs_f64(left) + this.inner.cfg.time_limit_grace).await;
             let pids: Vec<i32> = {
@@ -145,7 +146,8 @@ impl LocalScheduler {
                 "time limit: paid for {} h; stopped by the scheduler; outputs up to then are kept",
                 crate::pricing::format_hours(hours)
             );
-            let _ = status::advance(store, &job, Transition::new(JobState::TimedOut, "scheduler").reason(why)).await;
+            let t = Transition::new(JobState::TimedOut, "scheduler").reason(why).run(crate::runs::run_of(attempt));
+            let _ = status::advance(store, &job, t).await;
             for pid in pids {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }

@@ -62,7 +62,9 @@ impl LocalScheduler {
             }
             Ok(None) => tracing::warn!(job = %job.job, %why, "no free GPUs to start the replica again"),
             Err(reason) => {
-                let t = Transition::new(JobState::Failed, "scheduler").reason(reason);
+                let run =
+                    self.inner.state.lock().unwrap().running.get(job).map_or(0, |r| crate::runs::run_of(r.attempt));
+                let t = Transition::new(JobState::Failed, "scheduler").reason(reason).run(run);
                 let _ = status::advance(&self.inner.store, job, t).await;
                 let _ = self.cancel(job).await;
             }
@@ -123,8 +125,10 @@ impl LocalScheduler {
                     },
                     Err(e) => e.to_string(),
                 };
-                let ended =
-                    matches!(status::current(&this.inner.store, &job).await, Ok(Some(r)) if r.state.is_terminal());
+                // Its run ended: the job is terminal, or already resumed as a later run.
+                let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
+                let ended = matches!(status::current(&this.inner.store, &job).await,
+                    Ok(Some(r)) if r.state.is_terminal() || r.run != my_run);
                 let serve = this
                     .inner
                     .state
@@ -189,7 +193,7 @@ impl LocalScheduler {
             Ok(recovery::AfterLoss::Retry { attempt }) => attempt,
             Ok(_) => return,
             // The store is out: start again all the same (the status catches up on the next change).
-            Err(e) if attempt < MAX_RETRIES => {
+            Err(e) if crate::runs::retry_of(attempt) < MAX_RETRIES => {
                 tracing::warn!(job = %job.job, error = %e, "could not record the retry");
                 attempt + 1
             }

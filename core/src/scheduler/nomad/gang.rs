@@ -96,16 +96,12 @@ impl NomadScheduler {
         for w in self.waiting().await? {
             let key = JobKey::new(w.owner, w.job.clone());
             let current = status::current(&self.store, &key).await.map_err(backend)?;
-            if current.as_ref().is_none_or(|c| c.state.is_terminal()) {
+            let run = crate::runs::run_of(w.attempt);
+            if current.as_ref().is_none_or(|c| c.state.is_terminal() || c.run != run) {
                 self.unwait(&w.job).await?;
                 continue;
             }
-            let Some(m) = self
-                .store
-                .get_json::<JobManifest>(&key.manifest(), aic_schemas::validate::MAX_DOC_BYTES)
-                .await
-                .map_err(backend)?
-            else {
+            let Some(m) = crate::runs::manifest(&self.store, &key, run).await.map_err(backend)? else {
                 self.unwait(&w.job).await?;
                 continue;
             };
@@ -116,7 +112,8 @@ impl NomadScheduler {
                     // The pool shrank below what the job needs: it can never start.
                     self.unwait(&w.job).await?;
                     let t = status::Transition::new(aic_schemas::JobState::Failed, "scheduler")
-                        .reason(format!("cannot be placed: {why}"));
+                        .reason(format!("cannot be placed: {why}"))
+                        .run(run);
                     status::advance(&self.store, &key, t).await.map_err(backend)?;
                 }
                 Err(e) => return Err(e),

@@ -34,7 +34,8 @@ fn nomad_time(v: &Value) -> Option<DateTime<Utc>> {
 impl NomadScheduler {
     /// When the job registered now for `attempt` must stop (unix seconds).
     pub(super) async fn deadline(&self, job: &JobKey, m: &JobManifest, attempt: u32) -> Result<i64, ScheduleError> {
-        let runs = usage::of(&self.store, job).await.map_err(backend)?;
+        // This run's earlier attempts (a resumed job's runs each have their own paid hours).
+        let runs = usage::of_run(&self.store, job, crate::runs::run_of(attempt)).await.map_err(backend)?;
         let before: Vec<Usage> = runs.into_iter().filter(|u| u.attempt < attempt).collect();
         let left = (crate::pricing::paid_hours(m.request.max_hours) * 3600.0 - usage::wall_seconds(&before)).max(0.0);
         Ok(Utc::now().timestamp() + left.ceil() as i64 + self.cfg.time_limit_grace.as_secs() as i64)
@@ -56,12 +57,12 @@ impl NomadScheduler {
             let (Some(owner), Some(id)) = (meta["aic_owner"].as_str(), meta["aic_job"].as_str()) else { continue };
             let (Ok(owner), Ok(id)) = (owner.parse(), id.parse()) else { continue };
             let key = JobKey::new(owner, id);
+            let run = crate::runs::run_of(meta["aic_attempt"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0));
             self.cancel(&key).await?;
-            let m: Option<JobManifest> =
-                self.store.get_json(&key.manifest(), aic_schemas::validate::MAX_DOC_BYTES).await.map_err(backend)?;
+            let m: Option<JobManifest> = crate::runs::manifest(&self.store, &key, run).await.map_err(backend)?;
             let hours = m.map(|m| crate::pricing::format_hours(m.request.max_hours)).unwrap_or_else(|| "?".into());
             let why = format!("time limit: paid for {hours} h; stopped by the scheduler; outputs up to then are kept");
-            status::advance(&self.store, &key, Transition::new(JobState::TimedOut, "scheduler").reason(why))
+            status::advance(&self.store, &key, Transition::new(JobState::TimedOut, "scheduler").reason(why).run(run))
                 .await
                 .map_err(backend)?;
             stopped.push(key);

@@ -114,14 +114,18 @@ impl NomadScheduler {
         }
         let id = nomad_id(job);
         let gang = gang::is_gang(m);
-        if gang {
-            // Registered before (a duplicate event): read back where it is, never queue it.
-            if only_if_new
-                && let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?
-                && j["Stop"] != true
-            {
+        // A job registered before: for this attempt or a later one (a duplicate event), read
+        // back where it is; for an earlier run (a resumed job), registered over, but only if
+        // nobody else did first (`EnforceIndex` with the index read here).
+        let mut modify_index = 0;
+        if only_if_new && let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? {
+            let registered: u32 = j["Meta"]["aic_attempt"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0);
+            if registered >= attempt {
                 return self.placement(&id, &gw, r.gpus_per_miner).await;
             }
+            modify_index = j["JobModifyIndex"].as_u64().unwrap_or(0);
+        }
+        if gang {
             // Every rank or none: registered only when the gateway has room for all of them.
             let free = self.free_nodes(&gw, r.gpus_per_miner).await?;
             if free < r.miners {
@@ -141,14 +145,17 @@ impl NomadScheduler {
         let body = json!({
             "Job": spec,
             "EnforceIndex": only_if_new,
-            "JobModifyIndex": 0,
+            "JobModifyIndex": modify_index,
         });
         let resp = match self.call(reqwest::Method::POST, "jobs", &[], Some(&body)).await {
             Ok(Some(v)) => serde_json::from_value::<RegisterResponse>(v)
                 .map_err(|e| ScheduleError::Backend(format!("register answer: {e}")))?,
             Ok(None) => return Err(ScheduleError::Backend("Nomad answered 404 to registering a job".into())),
-            Err(NomadError::Api(_, text)) if only_if_new && text.contains("job already exists") => {
-                // Registered before (a duplicate event): read back where it is.
+            Err(NomadError::Api(_, text))
+                if only_if_new
+                    && (text.contains("job already exists") || text.contains("conflicting job modify index")) =>
+            {
+                // Registered before (a duplicate event), or just now by another: read back where it is.
                 return self.placement(&id, &gw, r.gpus_per_miner).await;
             }
             Err(e) => return Err(e.into()),
@@ -193,8 +200,10 @@ impl NomadScheduler {
 
 #[async_trait]
 impl Scheduler for NomadScheduler {
+    /// Registers the job's run at its first attempt (a resumed job's run registers the same
+    /// Nomad job again: a new version, whose allocations Nomad places anew).
     async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {
-        self.register(job, m, 0, true).await
+        self.register(job, m, crate::runs::first_attempt(m.run), true).await
     }
 
     /// Follows Nomad's allocation events (`watch`: restarts, usage), places waiting gang

@@ -185,6 +185,10 @@ impl NomadScheduler {
         let attempt: u32 = meta["aic_attempt"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
         let backend = |e: crate::StoreError| ScheduleError::Backend(e.to_string());
         let current = status::current(store, &key).await.map_err(backend)?;
+        let run = crate::runs::run_of(attempt);
+        if current.as_ref().is_some_and(|c| c.run != run) {
+            return Ok(AllocAction::Nothing); // an allocation of a run that ended before
+        }
         if current.as_ref().is_some_and(|c| c.state.is_terminal()) {
             // The worker recorded how the program ended: nothing of the job should run on.
             self.cancel(&key).await?;
@@ -219,11 +223,10 @@ impl NomadScheduler {
             }
             recovery::AfterLoss::Ended => return Ok(AllocAction::Nothing),
         };
-        let manifest: JobManifest = store
-            .get_json(&key.manifest(), aic_schemas::validate::MAX_DOC_BYTES)
+        let manifest: JobManifest = crate::runs::manifest(store, &key, run)
             .await
             .map_err(backend)?
-            .ok_or_else(|| ScheduleError::Backend(format!("{id}: the job has no manifest")))?;
+            .ok_or_else(|| ScheduleError::Backend(format!("{id}: the run has no manifest")))?;
         if gang::is_gang(&manifest) {
             // Every rank stops (each keeps its last checkpoint) and the job is registered anew,
             // whole or not at all (`gang`): a new version would be placed in part like any.
