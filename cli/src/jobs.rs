@@ -81,15 +81,21 @@ pub async fn settlements(env: &Env, job: &JobKey) -> anyhow::Result<Vec<aic_sche
     Ok(aic_core::usage::settlements(&env.store, job).await?)
 }
 
-/// What was paid for the job (from its manifest), as people read it.
-async fn payment_line(env: &Env, job: &JobKey) -> Option<String> {
-    let m: aic_schemas::JobManifest = env.store.get_json(&job.manifest(), MAX_DOC_BYTES).await.ok().flatten()?;
-    let p = m.payment?;
-    let amount = aic_core::pricing::format_aic(p.paid.parse().unwrap_or(0));
-    Some(match p.escrow {
-        Some(_) => format!("paid {amount} by deposit in {} (what the job does not use comes back)", p.tx),
-        None => format!("paid {amount} by transfer in {}", p.tx),
-    })
+/// What was paid for each run of the job (from its manifests), as people read it.
+async fn payment_lines(env: &Env, job: &JobKey) -> Vec<String> {
+    let ms = aic_core::runs::manifests(&env.store, job).await.unwrap_or_default();
+    let many = ms.len() > 1;
+    ms.into_iter()
+        .filter_map(|m| {
+            let p = m.payment?;
+            let amount = aic_core::pricing::format_aic(p.paid.parse().unwrap_or(0));
+            let run = if many { format!("run {}: ", aic_core::runs::shown(m.run)) } else { String::new() };
+            Some(match p.escrow {
+                Some(_) => format!("{run}paid {amount} by deposit in {} (what the job does not use comes back)", p.tx),
+                None => format!("{run}paid {amount} by transfer in {}", p.tx),
+            })
+        })
+        .collect()
 }
 
 /// `aic spend`: every paid job and deployment, what was paid, charged and refunded, what
@@ -100,16 +106,26 @@ pub async fn spend(env: &Env, json: bool) -> anyhow::Result<()> {
     let (mut paid_t, mut charged_t, mut refunded_t, mut held_t) = (0u128, 0u128, 0u128, 0u128);
     for id in job_ids(env).await? {
         let job = JobKey::new(env.owner, id.clone());
-        let Some(m) = env.store.get_json::<aic_schemas::JobManifest>(&job.manifest(), MAX_DOC_BYTES).await? else {
+        // Every paid run of the job (a resumed job has several, each paid and settled).
+        let paid_runs: Vec<aic_schemas::JobManifest> =
+            aic_core::runs::manifests(&env.store, &job).await?.into_iter().filter(|m| m.payment.is_some()).collect();
+        let (Some(m), Some(p)) = (paid_runs.first(), paid_runs.first().and_then(|m| m.payment.as_ref())) else {
             continue;
         };
-        let Some(p) = &m.payment else { continue };
-        let paid: u128 = p.paid.parse().unwrap_or(0);
+        let amount =
+            |m: &aic_schemas::JobManifest| m.payment.as_ref().map_or(0, |p| p.paid.parse::<u128>().unwrap_or(0));
+        let paid: u128 = paid_runs.iter().map(amount).sum();
         let settled = settlements(env, &job).await.unwrap_or_default();
         let (charged, refunded): (u128, u128) = settled.iter().fold((0, 0), |(c, r), s| {
             (c + s.charged.parse::<u128>().unwrap_or(0), r + s.refunded.parse::<u128>().unwrap_or(0))
         });
-        let held = if settled.is_empty() && p.escrow.is_some() { paid } else { 0 };
+        let held: u128 = paid_runs
+            .iter()
+            .filter(|m| {
+                m.payment.as_ref().is_some_and(|p| p.escrow.is_some()) && !settled.iter().any(|s| s.run == m.run)
+            })
+            .map(amount)
+            .sum();
         let state = status::snapshot(&env.store, &job).await?.map(|s| s.state.to_string()).unwrap_or_default();
         paid_t += paid;
         charged_t += charged;
@@ -183,17 +199,23 @@ pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
         bail!("no job {}; see `aic jobs`", job.job);
     }
     println!("job {}", job.job);
-    for r in &hist {
+    let resumed = hist.iter().any(|r| r.run > 0);
+    for (i, r) in hist.iter().enumerate() {
+        // A resumed job's history, run by run.
+        if resumed && (i == 0 || hist[i - 1].run != r.run) {
+            println!(" run {}", aic_core::runs::shown(r.run));
+        }
         println!("  {}  {}", r.at.format("%H:%M:%S"), watch::describe(r));
     }
     if let Some(tail) = hist.last().and_then(|r| r.detail.log_tail.as_ref()) {
         println!("last lines of output:\n{tail}");
     }
-    if let Some(line) = payment_line(env, &job).await {
+    for line in payment_lines(env, &job).await {
         println!("  {line}");
     }
     for s in &settled {
-        println!("  {}", aic_functions::settle::summary(s));
+        let run = if resumed { format!("run {}: ", aic_core::runs::shown(s.run)) } else { String::new() };
+        println!("  {run}{}", aic_functions::settle::summary(s));
     }
     Ok(())
 }

@@ -83,6 +83,20 @@ enum Cmd {
     Results(ResultsCmd),
     /// Stop a job.
     Cancel { job: String },
+    /// Start a failed, cancelled or timed-out training job again under the same id, from its
+    /// synced outputs (the checkpoint), as a new paid run; then watch it.
+    Resume {
+        job: String,
+        /// Hours to pay for this run (default: the last run's).
+        #[arg(long)]
+        hours: Option<f64>,
+        /// A payment made elsewhere: its transaction hash.
+        #[arg(long)]
+        tx: Option<String>,
+        /// Resume and return without watching.
+        #[arg(long, short)]
+        detach: bool,
+    },
     /// Run a command inside a running job's allocation (its folders, environment and GPUs):
     /// `aic exec JOB -- nvidia-smi`. Exits with the command's exit code.
     Exec {
@@ -353,6 +367,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
         Cmd::Cancel { job } => jobs::cancel(&env, &job).await.map(|_| 0),
+        Cmd::Resume { job, hours, tx, detach } => submit::resume(&env, &job, hours, tx, detach).await,
         Cmd::Exec { job, alloc, all, interactive, command } => {
             exec::exec(&env, &job, alloc, all, interactive, command).await
         }

@@ -285,7 +285,7 @@ pub async fn pay_sign_submit(
         }
     } else {
         if total > 0 && tx.is_none() {
-            let tx = pay(env, &chain, total, &req).await?;
+            let tx = pay(env, &chain, total, &req.job_id, 0, req.max_hours).await?;
             req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx });
         }
         sign(env, &mut req, chain.chain_id).await?;
@@ -318,11 +318,18 @@ pub async fn sign(env: &Env, req: &mut JobRequest, chain_id: u64) -> anyhow::Res
     }
 }
 
-/// Pays `amount` AIC for `req` from the current identity: a deposit into the pool's escrow
-/// for the job's run (approve, then deposit) where the pool has one, what the job does not
-/// use coming back when it ends; else a transfer to the pool treasury. Returns the hash of
-/// the paying transaction.
-pub async fn pay(env: &Env, chain: &aic_chain::ChainConfig, amount: u128, req: &JobRequest) -> anyhow::Result<String> {
+/// Pays `amount` AIC for paid run `run` of job `job` (`hours` long) from the current
+/// identity: a deposit into the pool's escrow for the run (approve, then deposit) where the
+/// pool has one, what the run does not use coming back when it ends; else a transfer to the
+/// pool treasury. Returns the hash of the paying transaction.
+pub async fn pay(
+    env: &Env,
+    chain: &aic_chain::ChainConfig,
+    amount: u128,
+    job: &JobId,
+    run: u32,
+    hours: f64,
+) -> anyhow::Result<String> {
     use alloy::network::EthereumWallet;
     use alloy::providers::ProviderBuilder;
     let key =
@@ -340,8 +347,8 @@ pub async fn pay(env: &Env, chain: &aic_chain::ChainConfig, amount: u128, req: &
     }
     let value = alloy::primitives::U256::from(amount);
     if let Some(escrow) = chain.escrow {
-        let run = aic_chain::escrow::run_id(req.job_id.as_str(), 0);
-        let milli_hours = milli_hours(req.max_hours);
+        let run = aic_chain::escrow::run_id(job.as_str(), run);
+        let milli_hours = milli_hours(hours);
         let tx = aic_chain::escrow::deposit(&provider, chain.token, escrow, run, value, milli_hours).await?;
         let tx = format!("{tx:#x}");
         eprintln!(
@@ -354,6 +361,102 @@ pub async fn pay(env: &Env, chain: &aic_chain::ChainConfig, amount: u128, req: &
     let tx = format!("{tx:#x}");
     eprintln!("paid {} to the pool treasury {} in {tx}", format_aic(amount), chain.treasury);
     Ok(tx)
+}
+
+/// `aic resume JOB`: a training job that failed, was cancelled or ran out of its paid time
+/// starts again under the same id from its synced outputs, as a new paid run (its own
+/// deposit and settlement) signed by its owner; then watched unless `detach`.
+pub async fn resume(env: &Env, s: &str, hours: Option<f64>, tx: Option<String>, detach: bool) -> anyhow::Result<i32> {
+    use aic_core::{runs, status};
+    let job = crate::jobs::resolve(env, s).await?;
+    let id = &job.job;
+    let Some(cur) = status::current(&env.store, &job).await? else {
+        if env.store.head(&job.request()).await?.is_none() {
+            bail!("no job {id} of yours; see `aic jobs`");
+        }
+        bail!("job {id} has not been picked up yet; nothing to resume");
+    };
+    if !cur.state.is_terminal() {
+        bail!("job {id} is {}; only a job that ended can be resumed (`aic cancel {id}` stops it)", cur.state);
+    }
+    if !status::resumable(cur.state, cur.run) {
+        bail!(
+            "job {id} {}; only a failed, cancelled or timed-out training job can be resumed{}",
+            cur.state,
+            if cur.state == aic_schemas::JobState::Succeeded {
+                " (it is done: `aic results get` fetches its outputs)"
+            } else {
+                ""
+            }
+        );
+    }
+    let Some(first) = runs::manifest(&env.store, &job, 0).await? else {
+        bail!("job {id} never ran (it has no manifest); submit it again with `aic run`");
+    };
+    if first.request.kind != aic_schemas::JobKind::Train {
+        bail!("job {id} is a deployment; `aic deploy extend NAME --hours H` pays for more of it");
+    }
+    let last = runs::current_manifest(&env.store, &job).await?.unwrap_or(first.clone());
+    let run = cur.run + 1;
+    let now = Utc::now();
+    let mut req = aic_schemas::ResumeRequest {
+        version: aic_schemas::resume::RESUME_VERSION,
+        owner: env.owner,
+        job_id: id.clone(),
+        run,
+        max_hours: hours.unwrap_or(last.request.max_hours),
+        payment: None,
+        created_at: now,
+        expires_at: now + REQUEST_VALID_FOR,
+        signature: None,
+    };
+    req.validate(None).map_err(|e| flag_names(e, "--miners"))?;
+    let host = if detach { None } else { host(env).await? };
+    let chain = match &host {
+        Some(h) => h.chain.clone(),
+        None => env.chain()?,
+    };
+    if detach && env.gateway.is_none() && !aic_chain::devchain::is_up(&chain.rpc_url).await {
+        bail!("nothing hosts the pool: start `aic dev up` in another terminal, or run without --detach");
+    }
+    let priced = JobRequest { max_hours: req.max_hours, ..first.request.clone() };
+    let quote = chain.pricing().quote(&priced);
+    let total: u128 = quote.total.parse()?;
+    if chain.is_free() {
+        eprintln!("quote: free ({} GPU-hours; this pool charges nothing)", quote.gpu_hours);
+    } else {
+        eprintln!("quote for run {}: {} GPU-hours = {}", runs::shown(run), quote.gpu_hours, format_aic(total));
+    }
+    if env.source == crate::identity::Source::Browser && tx.is_none() && total > 0 {
+        bail!(
+            "resuming from a browser wallet is not supported yet: sign in with `aic login --key-file F` (or --keystore)"
+        );
+    }
+    req.payment = match tx {
+        Some(tx) => Some(PaymentRef { chain_id: chain.chain_id, tx }),
+        None if total > 0 => {
+            Some(PaymentRef { chain_id: chain.chain_id, tx: pay(env, &chain, total, id, run, req.max_hours).await? })
+        }
+        None => None,
+    };
+    let key = env.source.signer()?.ok_or_else(|| anyhow!("sign in with a key to resume: `aic login --key-file F`"))?;
+    aic_chain::request::sign_resume(&key, &mut req, chain.chain_id).await?;
+    if env.store.create_json(&job.run_request(run), &req).await? == aic_core::Created::AlreadyExists {
+        bail!("run {} of job {id} was asked for already; see `aic status {id}`", runs::shown(run));
+    }
+    eprintln!(
+        "job {id} resumed as run {}: {} on {} × {}, from its last synced outputs",
+        runs::shown(run),
+        first.request.entrypoint,
+        plural(first.request.miners, "miner"),
+        plural(first.request.gpus_per_miner, "GPU")
+    );
+    if detach {
+        eprintln!("follow it with `aic logs -f {id}`; see it with `aic status {id}`");
+        println!("{id}");
+        return Ok(0);
+    }
+    watch::watch_run(env, &job, true, host, Some(watch::From { seq: cur.seq, run })).await
 }
 
 /// The thousandths of an hour a request pays for (as quoted: rounded up).

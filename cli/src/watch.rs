@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aic_core::JobKey;
 use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobManifest, JobState, Launcher, StatusRecord};
+use aic_schemas::{JobState, Launcher, StatusRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::env::Env;
@@ -30,9 +30,7 @@ impl LogCursor {
     pub async fn print_new(&mut self, env: &Env, job: &JobKey) -> anyhow::Result<usize> {
         let (allocs, _) = env.store.list_dir(&job.logs_prefix()).await?;
         if self.tag_allocs.is_none() && !allocs.is_empty() {
-            self.tag_allocs = env
-                .store
-                .get_json::<JobManifest>(&job.manifest(), MAX_DOC_BYTES)
+            self.tag_allocs = aic_core::runs::current_manifest(&env.store, job)
                 .await?
                 .map(|m| m.request.miners > 1 && !matches!(m.request.launcher, Launcher::Mpi | Launcher::Horovod));
         }
@@ -81,6 +79,18 @@ impl LogCursor {
         true
     }
 
+    /// A cursor past every chunk written so far: only output from now on is printed.
+    pub async fn at_end(env: &Env, job: &JobKey) -> anyhow::Result<LogCursor> {
+        let mut c = LogCursor::default();
+        let (allocs, _) = env.store.list_dir(&job.logs_prefix()).await?;
+        for prefix in allocs {
+            if let Some(last) = env.store.list(&prefix).await?.last() {
+                c.after.insert(prefix.clone(), last.location.to_string());
+            }
+        }
+        Ok(c)
+    }
+
     pub fn finish(&mut self) {
         if let Some(pb) = self.progress.take() {
             pb.finish_and_clear();
@@ -100,10 +110,29 @@ async fn new_records(env: &Env, job: &JobKey, seen: u64) -> anyhow::Result<Vec<S
     Ok(out)
 }
 
+/// Where to start watching a resumed job: after status record `seq` (the run before's end),
+/// until run `run` ends; its log from what is written from now on.
+#[derive(Clone, Copy, Debug)]
+pub struct From {
+    pub seq: u64,
+    pub run: u32,
+}
+
 /// Watches a job to its end, hosting the embedded pool if nobody else does. Returns the
 /// exit code: 0 when the job succeeded.
 pub async fn watch(env: &Env, job: &JobKey, show_logs: bool, hosted: Option<Hosted>) -> anyhow::Result<i32> {
-    let code = watch_keep(env, job, show_logs, hosted.as_ref()).await?;
+    watch_run(env, job, show_logs, hosted, None).await
+}
+
+/// [`watch`], from a point of the job's history (a resumed run) or its start.
+pub async fn watch_run(
+    env: &Env,
+    job: &JobKey,
+    show_logs: bool,
+    hosted: Option<Hosted>,
+    from: Option<From>,
+) -> anyhow::Result<i32> {
+    let code = watch_from(env, job, show_logs, hosted.as_ref(), from).await?;
     if let Some(h) = &hosted {
         h.drain(Duration::from_secs(30)).await;
     }
@@ -112,10 +141,24 @@ pub async fn watch(env: &Env, job: &JobKey, show_logs: bool, hosted: Option<Host
 
 /// [`watch`] with a pool this process already hosts (or none), kept hosted afterwards.
 pub async fn watch_keep(env: &Env, job: &JobKey, show_logs: bool, borrowed: Option<&Hosted>) -> anyhow::Result<i32> {
+    watch_from(env, job, show_logs, borrowed, None).await
+}
+
+async fn watch_from(
+    env: &Env,
+    job: &JobKey,
+    show_logs: bool,
+    borrowed: Option<&Hosted>,
+    from: Option<From>,
+) -> anyhow::Result<i32> {
     let (miners, gpus) = pool::pool_size()?;
     let mut taken: Option<Hosted> = None;
-    let mut seen = 0u64;
-    let mut cursor = LogCursor::default();
+    let mut seen = from.map_or(0, |f| f.seq);
+    let run = from.map_or(0, |f| f.run);
+    let mut cursor = match from {
+        Some(_) => LogCursor::at_end(env, job).await?,
+        None => LogCursor::default(),
+    };
     let mut last: Option<StatusRecord> = None;
     let mut ticks = 0u64;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -143,6 +186,7 @@ pub async fn watch_keep(env: &Env, job: &JobKey, show_logs: bool, borrowed: Opti
         }
         if let Some(r) = &last
             && r.state.is_terminal()
+            && r.run >= run
         {
             break;
         }
@@ -189,16 +233,14 @@ pub async fn watch_keep(env: &Env, job: &JobKey, show_logs: bool, borrowed: Opti
     if let Some(h) = &taken {
         h.drain(Duration::from_secs(30)).await;
     }
-    settled(env, job, taken.as_ref()).await;
+    settled(env, job, r.run, taken.as_ref().or(borrowed)).await;
     Ok(code)
 }
 
-/// Once a job paid by deposit has ended, waits (30 s at most) for its run to be settled and
-/// says what it used and what came back.
-async fn settled(env: &Env, job: &JobKey, host: Option<&crate::pool::Hosted>) {
-    let deposit = env
-        .store
-        .get_json::<aic_schemas::JobManifest>(&job.manifest(), aic_schemas::validate::MAX_DOC_BYTES)
+/// Once paid run `run` of a job paid by deposit has ended, waits (30 s at most) for it to be
+/// settled and says what it used and what came back.
+async fn settled(env: &Env, job: &JobKey, run: u32, host: Option<&crate::pool::Hosted>) {
+    let deposit = aic_core::runs::manifest(&env.store, job, run)
         .await
         .ok()
         .flatten()
@@ -210,7 +252,7 @@ async fn settled(env: &Env, job: &JobKey, host: Option<&crate::pool::Hosted>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(s) = crate::jobs::settlements(env, job).await
-            && let Some(s) = s.first()
+            && let Some(s) = s.iter().find(|s| s.run == run)
         {
             eprintln!("  {}", aic_functions::settle::summary(s));
             return;

@@ -765,3 +765,97 @@ fn mpi_jobs_with_several_ranks_on_each_of_several_miners_run_every_time() {
         }
     }
 }
+
+#[test]
+fn a_cancelled_job_resumes_from_its_checkpoint_as_a_run_paid_and_settled_of_its_own() {
+    let h = Home::new();
+    put_digits(&h);
+    let _pool = DevUp::start_with(&h, &[("AIC_SYNC_SECONDS", "0.3")]);
+    let script = repo().join("examples/digits/train.py");
+    let args = ["--data", "digits", "--hours", "1", "--", "--epochs", "10", "--sleep", "0.8"];
+    let out = h.aic(&[&["run", "--detach", script.to_str().unwrap()], &args[..]].concat());
+    assert!(out.status.success(), "{}", text(&out).1);
+    let job = text(&out).0.trim().to_string();
+    let ckpt = h.path().join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs").join(&job);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(ckpt.join("output/model.npz").exists() && text(&h.aic(&["logs", &job])).0.contains("epoch 3/10")) {
+        assert!(Instant::now() < deadline, "training did not get going");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A running job is not resumed: it has not ended.
+    let busy = h.aic(&["resume", &job]);
+    assert!(!busy.status.success());
+    assert!(text(&busy).1.contains("is running; only a job that ended can be resumed"), "{}", text(&busy).1);
+    assert!(h.aic(&["cancel", &job]).status.success());
+    wait_for_state(&h, &job, "cancelled");
+    let epochs_before = text(&h.aic(&["logs", &job])).0.lines().filter(|l| l.starts_with("epoch ")).count();
+
+    // Resumed: a new run under the same id, paid by its own deposit, from the checkpoint.
+    let out = h.aic(&["resume", &job, "--hours", "1"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("job {job} resumed as run 2")), "{stderr}");
+    assert!(stderr.contains("deposited 1 AIC into the pool's escrow"), "{stderr}");
+    assert!(stderr.contains(&format!("job {job} succeeded")), "{stderr}");
+    let logs = text(&h.aic(&["logs", &job])).0;
+    let from: usize = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming from checkpoint at epoch "))
+        .unwrap_or_else(|| panic!("the resumed run starts from the checkpoint:\n{logs}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(from >= 3, "resumed from epoch {from}, before the last synced one\n{logs}");
+    let after: Vec<&str> =
+        logs.lines().skip_while(|l| !l.starts_with("resuming")).filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(after.len(), 10 - from, "the resumed run trains only what is left\n{logs}");
+    assert!(epochs_before >= 3 && after[0].starts_with(&format!("epoch {}/10", from + 1)), "{logs}");
+
+    // The history shows each run; each run was settled once, on chain.
+    let st: serde_json::Value = serde_json::from_slice(&h.aic(&["status", &job, "--json"]).stdout).unwrap();
+    let runs: Vec<(String, u64)> = st["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["state"].as_str().unwrap().to_string(), r["run"].as_u64().unwrap_or(0)))
+        .collect();
+    assert!(runs.contains(&("cancelled".into(), 0)) && runs.last() == Some(&("succeeded".into(), 1)), "{runs:?}");
+    assert!(!runs.iter().any(|(s, _)| s == "retrying"), "the cancel of run 1 reached nothing of run 2: {runs:?}");
+    let settled = st["settlements"].as_array().unwrap();
+    assert_eq!(settled.iter().map(|s| s["run"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1], "{settled:?}");
+    let mut charged_total = 0u128;
+    for s in settled {
+        let (c, r): (u128, u128) =
+            (s["charged"].as_str().unwrap().parse().unwrap(), s["refunded"].as_str().unwrap().parse().unwrap());
+        assert_eq!(c + r, 10u128.pow(18), "each run's deposit is charged and refunded whole: {s}");
+        assert!(c > 0, "{s}");
+        charged_total += c;
+    }
+    let chain: aic_chain::ChainConfig =
+        serde_json::from_slice(&std::fs::read(h.path().join("aic/chain.json")).unwrap()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let balance = |who: alloy::primitives::Address| {
+        rt.block_on(async {
+            let p = alloy::providers::ProviderBuilder::new().connect_http(chain.rpc_url.parse().unwrap());
+            u128::try_from(aic_chain::token::balance(&p, chain.token, who).await.unwrap()).unwrap()
+        })
+    };
+    let owner: alloy::primitives::Address = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap();
+    assert_eq!(balance(chain.treasury), charged_total);
+    assert_eq!(balance(owner), aic_chain::devchain::DEV_FUNDS - charged_total);
+    assert_eq!(balance(chain.escrow.unwrap()), 0);
+    let status = text(&h.aic(&["status", &job])).0;
+    assert!(status.contains(" run 2\n") && status.contains("run 2: paid 1 AIC by deposit"), "{status}");
+    let spend = text(&h.aic(&["spend"])).0;
+    assert!(spend.contains("total: paid 2 AIC"), "{spend}");
+
+    // A job that succeeded is not resumed, and nothing is paid.
+    let again = h.aic(&["resume", &job]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).1.contains("succeeded; only a failed, cancelled or timed-out training job"),
+        "{}",
+        text(&again).1
+    );
+    assert_eq!(balance(owner), aic_chain::devchain::DEV_FUNDS - charged_total);
+}

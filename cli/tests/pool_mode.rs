@@ -389,6 +389,80 @@ fn exec_runs_commands_inside_a_running_job_for_its_owner_only() {
     assert!(!out.status.success() && text(&out).1.contains("is cancelled, not running"), "{}", text(&out).1);
 }
 
+/// A program that counts to 8, a step every half second, keeping its count in its outputs
+/// (its checkpoint), and going on from the count it finds there.
+const STEPS: &str = "n=$(cat \"$AIC_OUTPUT_DIR/step\" 2>/dev/null || echo 0)\necho \"from step $n\"\n\
+while [ $n -lt 8 ]; do n=$((n+1)); echo $n > \"$AIC_OUTPUT_DIR/step\"; echo \"step $n\"; sleep 0.5; done\n";
+
+#[test]
+fn a_cancelled_job_resumes_through_the_gateway_paid_and_settled_once_per_run() {
+    let p = pool(Events::Poll);
+    assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
+    let script = p.dir.path().join("steps.sh");
+    std::fs::write(&script, STEPS).unwrap();
+    let out = p.aic("u", &["run", "-d", script.to_str().unwrap(), "--hours", "1"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let job = text(&out).0.trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !text(&p.aic("u", &["logs", &job])).0.contains("step 3") {
+        assert!(std::time::Instant::now() < deadline, "the job never got going: {}", p.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(p.aic("u", &["cancel", &job]).status.success());
+    let state = |home: &str| {
+        let v: serde_json::Value = serde_json::from_slice(&p.aic(home, &["status", &job, "--json"]).stdout).unwrap();
+        v["history"].as_array().and_then(|h| h.last().cloned()).unwrap_or_default()
+    };
+    while state("u")["state"] != "cancelled" {
+        assert!(std::time::Instant::now() < deadline, "never cancelled: {}", p.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Another wallet cannot resume it: it sees no such job of its own.
+    assert!(p.aic("v", &["login", "--dev", "2"]).status.success());
+    let out = p.aic("v", &["resume", &job]);
+    assert!(!out.status.success() && text(&out).1.contains("no job"), "{}", text(&out).1);
+
+    let out = p.aic("u", &["resume", &job, "--hours", "1"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}\n{}", p.log());
+    assert!(stderr.contains("resumed as run 2") && stderr.contains(&format!("job {job} succeeded")), "{stderr}");
+    let logs = text(&p.aic("u", &["logs", &job])).0;
+    let from: u32 = logs
+        .lines()
+        .filter_map(|l| l.strip_prefix("from step "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("a second run:\n{logs}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(from >= 3, "run 2 went on from step {from}, not from its checkpoint\n{logs}");
+    let second: Vec<&str> = logs.lines().skip_while(|l| *l != format!("from step {from}")).collect();
+    assert_eq!(second.iter().filter(|l| l.starts_with("step ")).count() as u32, 8 - from, "{logs}");
+
+    // Each run paid and settled once; on chain the treasury has what both used, the owner
+    // the rest, the escrow nothing.
+    let st: serde_json::Value = serde_json::from_slice(&p.aic("u", &["status", &job, "--json"]).stdout).unwrap();
+    let settled = st["settlements"].as_array().unwrap();
+    assert_eq!(settled.iter().map(|s| s["run"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1], "{st}");
+    let mut charged = 0u128;
+    for s in settled {
+        let (c, r): (u128, u128) =
+            (s["charged"].as_str().unwrap().parse().unwrap(), s["refunded"].as_str().unwrap().parse().unwrap());
+        assert_eq!(c + r, 10u128.pow(18), "{s}");
+        charged += c;
+    }
+    let c = &p._chain.config;
+    let balance = |who: alloy::primitives::Address| {
+        p._rt.block_on(async {
+            let provider = alloy::providers::ProviderBuilder::new().connect_http(c.rpc_url.parse().unwrap());
+            u128::try_from(aic_chain::token::balance(&provider, c.token, who).await.unwrap()).unwrap()
+        })
+    };
+    assert_eq!(balance(c.treasury), charged);
+    assert_eq!(balance(aic_chain::devchain::dev_key(1).address()), aic_chain::devchain::DEV_FUNDS - charged);
+    assert_eq!(balance(c.escrow.unwrap()), 0);
+}
+
 /// The `aic exec` session records of `job` in the pool's bucket.
 fn records_of(p: &Pool, job: &str) -> Vec<serde_json::Value> {
     p._rt.block_on(async {

@@ -56,6 +56,16 @@ pub async fn current_manifest(store: &Store, job: &JobKey) -> Result<Option<JobM
     Ok(None)
 }
 
+/// The manifests of every run the job had, first run first.
+pub async fn manifests(store: &Store, job: &JobKey) -> Result<Vec<JobManifest>, StoreError> {
+    let run = crate::status::snapshot(store, job).await?.map_or(0, |r| r.run);
+    let mut out = vec![];
+    for r in 0..=run {
+        out.extend(manifest(store, job, r).await?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

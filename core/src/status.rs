@@ -148,6 +148,18 @@ pub fn resumable(state: JobState, run: u32) -> bool {
         || (state == JobState::Rejected && run > 0)
 }
 
+/// How run `run` ended, for the next run's first record: "run 1 was cancelled".
+fn ended(state: JobState, run: u32) -> String {
+    let how = match state {
+        JobState::Failed => "failed",
+        JobState::TimedOut => "ran out of its paid time",
+        JobState::Cancelled => "was cancelled",
+        JobState::Rejected => "was refused",
+        other => other.as_str(),
+    };
+    format!("run {} {how}", run + 1)
+}
+
 /// Starts paid run `run` of a job whose run `run - 1` ended failed, cancelled or timed out:
 /// the run's `submitted` record, claimed create-only like every transition. The terminal
 /// record before it stays: the history shows each run.
@@ -181,7 +193,7 @@ pub async fn resume(store: &Store, job: &JobKey, run: u32, by: &'static str) -> 
             state: JobState::Submitted,
             at: Utc::now(),
             by: by.to_string(),
-            reason: Some(format!("resumed by its owner after it {}: run {}", cur.state, run + 1)),
+            reason: Some(format!("resumed by its owner: run {}, after {}", run + 1, ended(cur.state, cur.run))),
             detail: StatusDetail::default(),
             run,
         };

@@ -170,13 +170,17 @@ impl Poller {
         Ok(report)
     }
 
-    /// The request's validate, then (once accepted) its dispatch, as the bucket's two
+    /// The request's (or a resume's) validate, then (once accepted) its dispatch, as the bucket's two
     /// notifications would have run them.
     async fn handle(&self, key: &str, size: u64) -> Result<(), HandlerError> {
         let bucket = self.ctx.store.bucket().to_string();
         let out = handle_record(&self.ctx, &S3EventRecord::object_created(&bucket, key, size)).await?;
-        if let (KeyKind::Request(job), Outcome::Validated(_) | Outcome::AlreadyDone(_)) = (classify(key), &out) {
-            let manifest = job.manifest();
+        let manifest = match classify(key) {
+            KeyKind::Request(job) => Some(job.manifest()),
+            KeyKind::ResumeRequest(job, run) => Some(job.run_manifest(run)),
+            _ => None,
+        };
+        if let (Some(manifest), Outcome::Validated(_) | Outcome::AlreadyDone(_)) = (manifest, &out) {
             handle_record(&self.ctx, &S3EventRecord::object_created(&bucket, &manifest, 0)).await?;
         }
         Ok(())

@@ -258,3 +258,112 @@ async fn a_cancel_the_scheduler_missed_is_driven_again_until_it_is_done() {
     wait_idle(&p.sched, Duration::from_secs(10)).await;
     assert!(p.store.get_json::<aic_functions::redrive::Deferred>(&entry, 1 << 16).await.unwrap().is_none());
 }
+
+/// A resume request for run `run` of `job`, signed by `who` (dev account index).
+async fn resume_by(job: &JobKey, run: u32, who: u32) -> aic_schemas::ResumeRequest {
+    let now = Utc::now();
+    let mut r = aic_schemas::ResumeRequest {
+        version: 1,
+        owner: job.owner,
+        job_id: job.job.clone(),
+        run,
+        max_hours: 0.5,
+        payment: None,
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        signature: None,
+    };
+    aic_chain::request::sign_resume(&aic_chain::devchain::dev_key(who), &mut r, CHAIN).await.unwrap();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_starts_the_next_run_once_and_refuses_what_it_cannot_resume() {
+    let p = pool(2, "exec sleep 60");
+    let job = put_request(&p.store, &request(1).await).await;
+    handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
+    handle_record(&p.ctx, &event(&p.store, &job.manifest())).await.unwrap();
+    status::advance(&p.store, &job, status::Transition::new(JobState::Running, "worker")).await.unwrap();
+
+    // While run 1 goes on, a resume waits for it to end (the event comes again).
+    p.store.create_json(&job.run_request(1), &resume_by(&job, 1, 1).await).await.unwrap();
+    let resume = event(&p.store, &job.run_request(1));
+    let e = handle_record(&p.ctx, &resume).await.unwrap_err();
+    assert!(e.to_string().contains("is still running (run 1); run 2 starts once it ended"), "{e}");
+
+    // Cancelled and stopped: the resume starts run 2 from its own manifest, once.
+    status::cancel(&p.store, &job, "cli").await.unwrap();
+    aic_core::scheduler::Scheduler::cancel(&p.sched, &job).await.unwrap();
+    wait_idle(&p.sched, Duration::from_secs(20)).await;
+    let outcomes = deliver_all(&p.ctx, vec![resume.clone(), resume.clone()]).await;
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Validated(_))).count(), 1, "{outcomes:?}");
+    let m = aic_core::runs::manifest(&p.store, &job, 1).await.unwrap().expect("run 2's manifest");
+    assert_eq!((m.run, m.request.max_hours), (1, 0.5));
+    assert_eq!(
+        handle_record(&p.ctx, &event(&p.store, &job.run_manifest(1))).await.unwrap(),
+        Outcome::Dispatched(job.clone())
+    );
+    let h = status::history(&p.store, &job).await.unwrap();
+    let tail: Vec<(JobState, u32)> = h[h.len() - 4..].iter().map(|r| (r.state, r.run)).collect();
+    assert_eq!(
+        tail,
+        [(JobState::Cancelled, 0), (JobState::Submitted, 1), (JobState::Paid, 1), (JobState::Scheduled, 1)]
+    );
+    // Its workers start at the run's first attempt.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while start_lines(&p.starts).len() < 2 {
+        assert!(Instant::now() < deadline, "run 2 never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Run 2 is cancelled too; a resume signed by another wallet gets run 3 rejected with the
+    // reason, and the job may be resumed again after it.
+    status::cancel(&p.store, &job, "cli").await.unwrap();
+    aic_core::scheduler::Scheduler::cancel(&p.sched, &job).await.unwrap();
+    wait_idle(&p.sched, Duration::from_secs(20)).await;
+    p.store.create_json(&job.run_request(2), &resume_by(&job, 2, 2).await).await.unwrap();
+    match handle_record(&p.ctx, &event(&p.store, &job.run_request(2))).await.unwrap() {
+        Outcome::Rejected(_, why) => assert!(why.contains("not by its owner"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let last = status::current(&p.store, &job).await.unwrap().unwrap();
+    assert_eq!((last.state, last.run), (JobState::Rejected, 2));
+    assert!(status::resumable(last.state, last.run));
+    assert!(aic_core::runs::manifest(&p.store, &job, 2).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_succeeded_or_serves_is_not_resumed() {
+    let p = pool(1, "exit 0");
+    let job = put_request(&p.store, &request(1).await).await;
+    handle_record(&p.ctx, &event(&p.store, &job.request())).await.unwrap();
+    for s in [JobState::Scheduled, JobState::Running, JobState::Succeeded] {
+        status::advance(&p.store, &job, status::Transition::new(s, "worker")).await.unwrap();
+    }
+    p.store.create_json(&job.run_request(1), &resume_by(&job, 1, 1).await).await.unwrap();
+    match handle_record(&p.ctx, &event(&p.store, &job.run_request(1))).await.unwrap() {
+        Outcome::Rejected(_, why) => assert!(why.contains("succeeded; only a failed, cancelled or timed-out"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let last = status::current(&p.store, &job).await.unwrap().unwrap();
+    assert_eq!((last.state, last.run), (JobState::Succeeded, 0), "no run begins");
+
+    // A deployment that ended is not resumed either (`aic deploy` serves it again).
+    let mut req = serve_request(request(1).await);
+    req.signature = None;
+    let req = signed(req).await;
+    let dep = put_request(&p.store, &req).await;
+    handle_record(&p.ctx, &event(&p.store, &dep.request())).await.unwrap();
+    status::cancel(&p.store, &dep, "cli").await.unwrap();
+    p.store.create_json(&dep.run_request(1), &resume_by(&dep, 1, 1).await).await.unwrap();
+    match handle_record(&p.ctx, &event(&p.store, &dep.run_request(1))).await.unwrap() {
+        Outcome::Rejected(_, why) => assert!(why.contains("only a training job can be resumed"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn serve_request(mut r: aic_schemas::JobRequest) -> aic_schemas::JobRequest {
+    r.kind = aic_schemas::JobKind::Serve;
+    r.entrypoint = "app.py".into();
+    r
+}

@@ -123,6 +123,9 @@ fn the_sam_template_wires_the_binaries_and_keys_this_repository_has() {
     assert!(matches!(classify(&format!("{job}/status.json")), KeyKind::StatusSnapshot(_)));
     assert!(matches!(classify(&format!("{job}/request.json")), KeyKind::Request(_)));
     assert!(matches!(classify(&format!("{job}/manifest.json")), KeyKind::Manifest(_)));
+    // A resume's request and its run's manifest end the same way, and go to the same functions.
+    assert!(matches!(classify(&format!("{job}/runs/1/request.json")), KeyKind::ResumeRequest(_, 1)));
+    assert!(matches!(classify(&format!("{job}/runs/1/manifest.json")), KeyKind::Manifest(_)));
     // Every variable the template sets is one the functions read.
     let docs = documented_vars();
     let vars = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping().unwrap();
@@ -145,7 +148,7 @@ fn the_minio_setup_sends_the_keys_the_functions_act_on_to_the_webhook() {
     // the log chunks and outputs that would flood it.
     let job = "users/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/jobs/01kbx8m3s2q4fz3x9m2w5a7c8d";
     let passes = |k: &str| k.starts_with("users/") && k.ends_with(".json");
-    for k in ["request.json", "manifest.json", "status/00000003.json"] {
+    for k in ["request.json", "manifest.json", "status/00000003.json", "runs/1/request.json", "runs/1/manifest.json"] {
         let key = format!("{job}/{k}");
         assert!(passes(&key) && !matches!(classify(&key), KeyKind::Other), "{key}");
     }

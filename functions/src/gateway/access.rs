@@ -104,6 +104,9 @@ mod tests {
         assert_eq!(access(&a, &format!("{mine}jobs/{job}/code/train.py")).unwrap(), Access::Write { deletable: false });
         assert_eq!(access(&a, &format!("{mine}jobs/{job}/request.json")).unwrap(), Access::CreateOnly);
         assert_eq!(access(&a, &format!("{mine}jobs/{job}/manifest.json")).unwrap(), Access::Read);
+        // A resume: written once by its owner; its run's manifest is the pool's.
+        assert_eq!(access(&a, &format!("{mine}jobs/{job}/runs/1/request.json")).unwrap(), Access::CreateOnly);
+        assert_eq!(access(&a, &format!("{mine}jobs/{job}/runs/1/manifest.json")).unwrap(), Access::Read);
         assert_eq!(access(&a, &format!("{mine}jobs/{job}/status/00000001.json")).unwrap(), Access::Read);
         assert_eq!(access(&a, &format!("{mine}jobs/{job}/output/model.npz")).unwrap(), Access::Read);
         let other = "users/0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc/data/x";
@@ -127,6 +130,8 @@ mod tests {
         let read = [
             format!("{j}manifest.json"),
             format!("{j}request.json"),
+            format!("{j}runs/1/request.json"),
+            format!("{j}runs/1/manifest.json"),
             format!("{j}code/train.py"),
             format!("users/{A}/data/digits/digits.csv"),
         ];

@@ -251,6 +251,7 @@ impl Scheduler for LocalScheduler {
             let job = job.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(KILL_GRACE).await;
+                // Only the workers told to stop: a resumed run's new workers may hold the job now.
                 let still: Vec<i32> = {
                     let st = this.inner.state.lock().unwrap();
                     st.running
@@ -258,6 +259,7 @@ impl Scheduler for LocalScheduler {
                         .map(|r| r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect())
                         .unwrap_or_default()
                 };
+                let still = still.into_iter().filter(|p| pids.contains(p));
                 for pid in still {
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
                 }
