@@ -261,7 +261,17 @@ pub async fn cancel(env: &Env, s: &str) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    match status::cancel(&env.store, &job, "cli").await? {
+    // A job submitted a moment ago (`aic run -d`) is cancelled once the pool picks it up.
+    let mut outcome = status::cancel(&env.store, &job, "cli").await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while outcome == Cancel::NotStarted
+        && std::time::Instant::now() < deadline
+        && env.store.head(&job.request()).await?.is_some()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        outcome = status::cancel(&env.store, &job, "cli").await?;
+    }
+    match outcome {
         Cancel::Cancelled(_) => eprintln!("job {} cancelled; its allocations are stopping", job.job),
         Cancel::Already(_) => eprintln!("job {} was already cancelled", job.job),
         Cancel::NotStarted if env.store.head(&job.request()).await?.is_none() => {
