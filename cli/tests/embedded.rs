@@ -176,6 +176,32 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
     assert!(out.status.success(), "{:?}", text(&out));
     let out = h.aic(&["exec", &job, "--", "cat", &format!("/tmp/aic-scp-{job}.txt")]);
     assert_eq!(text(&out).0, "sent by scp\n");
+    // What a scheduler's own exec API (Nomad's) runs in the task: `aic-worker in-job -- CMD`,
+    // in the program's folder with its environment and none of the task's store access.
+    let work = h.path().join("aic/work/miner-1").join(format!("{job}-0"));
+    let out = std::process::Command::new(aic_bin().with_file_name("aic-worker"))
+        .args([
+            "in-job",
+            "--",
+            "sh",
+            "-c",
+            "echo job=$AIC_JOB_ID data=$AIC_DATA_DIR; pwd; echo key=$AWS_SECRET_ACCESS_KEY",
+        ])
+        .env("AIC_WORK_DIR", &work)
+        .env("AWS_SECRET_ACCESS_KEY", "the-pools-own")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("job={job} data=")) && stdout.contains(&format!("{job}-0/code\n")), "{stdout}");
+    assert!(stdout.contains("key=\n"), "the task's store access is not passed on: {stdout}");
+    let out = std::process::Command::new(aic_bin().with_file_name("aic-worker"))
+        .args(["in-job", "--", "no-such-command-here"])
+        .env("AIC_WORK_DIR", &work)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(text(&out).1.contains("cannot run no-such-command-here"), "{}", text(&out).1);
     assert!(h.aic(&["cancel", &job]).status.success());
     let out = h.aic(&["exec", &job, "--", "true"]);
     assert!(!out.status.success() && text(&out).1.contains("not running"), "{}", text(&out).1);

@@ -519,3 +519,81 @@ async fn a_training_job_is_stopped_at_its_paid_time_and_charged_what_nomad_saw()
     let deadline: i64 = state.lock().unwrap().jobs[&id]["Meta"]["aic_deadline"].as_str().unwrap().parse().unwrap();
     assert!((t1 + 1..=t1 + 4).contains(&deadline), "7.2 s paid, 5 s used: deadline {deadline} at {t1}");
 }
+
+/// Output of an exec session until its end: (stdout, stderr, how it ended).
+async fn drain(mut io: aic_core::scheduler::ExecIo) -> (String, String, aic_core::scheduler::ExecOutput) {
+    use aic_core::scheduler::ExecOutput;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, io.output.recv()).await.expect("the session ended within 20 s") {
+            Some(ExecOutput::Stdout(d)) => out.extend(d),
+            Some(ExecOutput::Stderr(d)) => err.extend(d),
+            Some(end) => return (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), end),
+            None => panic!("the session ended without saying how"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_in_the_allocation_through_nomads_exec_api_frames_and_all() {
+    use aic_core::scheduler::{ExecInput, ExecOutput, ExecStart};
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
+    let (state, addr) = nomad().await;
+    // In the task the command runs under the worker's wrapper (`aic-worker in-job -- CMD…`);
+    // here a script that checks it was called so and runs the rest.
+    let wrapper = dir.path().join("aic-worker");
+    std::fs::write(&wrapper, "#!/bin/sh\n[ \"$1\" = in-job ] && [ \"$2\" = -- ] || exit 90\nshift 2\nexec \"$@\"\n")
+        .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut c = cfg(&addr, TOKEN);
+    c.worker = wrapper.to_string_lossy().into_owned();
+    let n = NomadScheduler::new(c, store.clone());
+    let (_, m) = manifest(2, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+
+    // Stdin in, stdout and stderr apart, the exit code.
+    let argv = ["sh", "-c", "cat; echo err >&2; exit 3"].map(String::from).to_vec();
+    let io = n.exec(&job, 1, ExecStart { argv, tty: None }).await.unwrap().expect("Nomad has an exec API");
+    io.input.send(ExecInput::Stdin(b"through stdin\n".to_vec())).await.unwrap();
+    io.input.send(ExecInput::Close).await.unwrap();
+    let (out, err, end) = drain(io).await;
+    assert_eq!((out.as_str(), err.as_str(), end), ("through stdin\n", "err\n", ExecOutput::Exited(3)));
+    {
+        let s = state.lock().unwrap();
+        let (aid, command) = s.execs.last().unwrap();
+        assert_eq!(*aid, s.alloc_of(&nomad_id(&job), &s.allocs[&nomad_id(&job)][1]), "allocation 1's id");
+        let command: Vec<String> = serde_json::from_str(command).unwrap();
+        assert_eq!(command[..4], [wrapper.to_string_lossy().as_ref(), "in-job", "--", "sh"]);
+        assert!(s.exec_inputs.contains(&json!({"stdin": {"data": "dGhyb3VnaCBzdGRpbgo="}})), "{:?}", s.exec_inputs);
+        assert!(s.exec_inputs.contains(&json!({"stdin": {"close": true}})));
+        assert!(s.seen.iter().any(|(_, p, t)| p.ends_with("/exec") && t.as_deref() == Some(TOKEN)), "the token sent");
+    }
+
+    // A terminal's size goes as Nomad's tty_size frame.
+    let argv = ["sh", "-c", "echo on-a-terminal"].map(String::from).to_vec();
+    let io = n.exec(&job, 0, ExecStart { argv, tty: Some((40, 120)) }).await.unwrap().unwrap();
+    let (out, _, end) = drain(io).await;
+    assert_eq!((out.as_str(), end), ("on-a-terminal\n", ExecOutput::Exited(0)));
+    assert!(state.lock().unwrap().exec_inputs.contains(&json!({"tty_size": {"height": 40, "width": 120}})));
+
+    // No such allocation: refused with the reason before anything opens.
+    let argv = vec!["true".to_string()];
+    match n.exec(&job, 5, ExecStart { argv: argv.clone(), tty: None }).await {
+        Err(ScheduleError::Refused(why)) => assert!(why.contains("allocation 5 of job") && why.contains("not running")),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("exec in an allocation that does not exist"),
+    }
+    // Nomad's own refusal (here: the allocation stopped since it was listed) ends the session
+    // with Nomad's words.
+    let aid = { state.lock().unwrap().execs.last().unwrap().0.clone() };
+    state.lock().unwrap().ended(&aid, "complete");
+    let io = n.exec(&job, 0, ExecStart { argv, tty: None }).await.unwrap().unwrap();
+    match drain(io).await.2 {
+        ExecOutput::Failed(why) => assert!(why.contains("unknown allocation"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

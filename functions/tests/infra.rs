@@ -366,7 +366,8 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
     let policy = std::fs::read_to_string(repo().join("infra/nomad/acl/aic-functions.policy.hcl")).unwrap();
     let p: serde_json::Value = hcl::from_str(&policy).unwrap();
     let caps = p["namespace"]["aic"]["capabilities"].to_string();
-    for c in ["submit-job", "read-job"] {
+    // alloc-exec: `aic exec` through Nomad's allocation exec API.
+    for c in ["submit-job", "read-job", "alloc-exec"] {
         assert!(caps.contains(c), "{c}");
     }
     assert_eq!(p["node"]["policy"], "read");

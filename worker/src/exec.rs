@@ -15,6 +15,57 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Where a command run through the scheduler's exec API (`in-job`) finds the program's
+/// environment and folder: written by the worker when the program starts.
+const EXEC_ENV: &str = "exec-env.json";
+
+/// Writes what `in-job` gives a command: the program's folder and environment (no store
+/// access: the worker's own is never in it).
+pub(crate) fn publish(work: &std::path::Path, cwd: &std::path::Path, env: &BTreeMap<String, String>) {
+    let body = json!({ "cwd": cwd, "env": env });
+    if let Err(e) = std::fs::write(work.join(EXEC_ENV), body.to_string()) {
+        tracing::warn!(error = %e, "cannot publish the program's environment for exec");
+    }
+}
+
+/// `aic-worker in-job -- CMD…`: runs CMD (a login shell when none) as the job's program runs,
+/// in its folder with its environment, without the worker's store access: what a command
+/// started through the scheduler's exec API (Nomad's, in the worker's task) runs under.
+pub(crate) fn in_job(args: &[String]) -> ! {
+    use std::os::unix::process::CommandExt;
+    let fail = |code: i32, why: String| -> ! {
+        eprintln!("aic: {why}");
+        std::process::exit(code)
+    };
+    let argv: Vec<String> = args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect();
+    let Some(work) = std::env::var_os(aic_core::scheduler::launch::WORK_DIR) else {
+        fail(125, "AIC_WORK_DIR is not set: in-job runs inside an allocation's task".into())
+    };
+    let spec: Value = match std::fs::read(std::path::Path::new(&work).join(EXEC_ENV)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Err(_) => fail(125, "the job's program has not started in this allocation yet; try again in a moment".into()),
+    };
+    let argv = if argv.is_empty() {
+        let shell = if std::path::Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+        vec![shell.to_string(), "-i".to_string()]
+    } else {
+        argv
+    };
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    for k in crate::STORE_ACCESS {
+        cmd.env_remove(k);
+    }
+    for (k, v) in spec["env"].as_object().into_iter().flatten() {
+        cmd.env(k, v.as_str().unwrap_or_default());
+    }
+    if let Some(cwd) = spec["cwd"].as_str() {
+        cmd.current_dir(cwd);
+    }
+    let e = cmd.exec();
+    fail(127, format!("cannot run {}: {e}", argv[0]))
+}
+
 /// How often output is posted while a command runs, and the most posted at once.
 const EVERY: Duration = Duration::from_millis(100);
 const CHUNK: usize = 64 * 1024;

@@ -72,6 +72,12 @@ const STORE_ACCESS: &[&str] = &[
 ];
 
 fn main() {
+    // `aic-worker in-job -- CMD…`: a command the job's owner runs in the allocation through
+    // the scheduler's exec API (Nomad's), not an allocation's worker.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("in-job") {
+        exec::in_job(&args[2..]);
+    }
     // The job's program runs as this worker's user: it may not read the worker's memory or
     // its environment (`/proc/<worker>/environ` keeps the variables it was started with) nor
     // trace it. A non-dumpable process is open to that only with CAP_SYS_PTRACE, which
@@ -165,6 +171,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     env.insert("AIC_SHM_DIR".into(), path_str(shm.path()));
     // The job's owner may run commands beside the program (`aic exec`), with its environment.
     let exec_env = env.clone();
+    exec::publish(&a.work, &code_dir, &exec_env);
     let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
     let (mut cmd, finish) = match plan(a, &ctx).await? {
         Plan::Program(cmd, finish) => (*cmd, finish),

@@ -171,6 +171,7 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
     // `aic exec` and `aic shell` reach the replica too, with the app's environment.
     let exec =
         a.gateway.clone().map(|gw| tokio::spawn(crate::exec::serve(gw, a.index, code.to_path_buf(), env.clone())));
+    crate::exec::publish(&a.work, code, &env);
     let _stop_exec = StopOnDrop(exec);
     let deployment = a.job.job.to_string();
     let key = aic_core::layout::serving_registration(&deployment, &a.index.to_string());

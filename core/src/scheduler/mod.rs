@@ -28,8 +28,50 @@ pub enum Submitted {
     Queued(String),
 }
 
+/// A command to run in an allocation through the scheduler's own exec API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecStart {
+    /// The command; empty with a terminal: a login shell.
+    pub argv: Vec<String>,
+    /// On a terminal of this size (rows, cols).
+    pub tty: Option<(u16, u16)>,
+}
+
+/// What goes to a running exec command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecInput {
+    Stdin(Vec<u8>),
+    /// Its stdin ends.
+    Close,
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+}
+
+/// What comes back from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// It ended with this exit code.
+    Exited(i32),
+    /// The session broke off (the scheduler's reason); no exit code will come.
+    Failed(String),
+}
+
+/// A running exec command: its input and its output, in order.
+pub struct ExecIo {
+    pub input: tokio::sync::mpsc::Sender<ExecInput>,
+    pub output: tokio::sync::mpsc::Receiver<ExecOutput>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
+    /// A request the pool refuses as asked (no such allocation running); the reason is for
+    /// the user.
+    #[error("{0}")]
+    Refused(String),
     /// The pool can never run this job as asked; the reason is for the user.
     #[error("{0}")]
     Unplaceable(String),
@@ -73,6 +115,14 @@ pub trait Scheduler: Send + Sync {
     /// a registration naming any other address (another service on the network) is
     /// ignored. `None`: this backend cannot tell.
     async fn endpoints(&self, _deployment: &str) -> Result<Option<Vec<(String, u16)>>, ScheduleError> {
+        Ok(None)
+    }
+
+    /// Runs a command in allocation `alloc` of the job through the scheduler's own exec API
+    /// (Nomad's `/v1/client/allocation/:id/exec`), in the program's environment and folder.
+    /// `Ok(None)`: this backend has none, and the gateway relays the command to the
+    /// allocation's worker instead (the default).
+    async fn exec(&self, _job: &JobKey, _alloc: u32, _start: ExecStart) -> Result<Option<ExecIo>, ScheduleError> {
         Ok(None)
     }
 

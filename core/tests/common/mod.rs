@@ -45,6 +45,10 @@ pub struct Nomad {
     /// Check results by allocation id (`success`, `failure`; absent: no result yet). An
     /// allocation not named here passes its checks.
     pub checks: BTreeMap<String, Option<&'static str>>,
+    /// Exec sessions opened: (allocation id, the `command` query as sent).
+    pub execs: Vec<(String, String)>,
+    /// Every input frame exec sessions sent.
+    pub exec_inputs: Vec<Value>,
 }
 
 /// An allocation as its client reports it (`TaskStates.worker`, `ClientStatus`).
@@ -179,10 +183,120 @@ fn text(code: u16, body: &str) -> Response<Full<Bytes>> {
     Response::builder().status(code).body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
 
+/// `GET /v1/client/allocation/:id/exec` (command/agent/alloc_endpoint.go `allocExec`): the
+/// connection is upgraded to a WebSocket first; a refusal is then a close frame whose text
+/// says why. The command runs here as the allocation's client would run it in the task
+/// (`task` must be the task's name), its stdin, stdout and stderr in the frames of
+/// api/allocations.go (`ExecStreamingInput`/`ExecStreamingOutput`, `[]byte` as base64), and
+/// its exit code last. No terminal: `tty=true` is taken, and its size frames, but the
+/// command gets pipes.
+fn exec_upgrade(state: Arc<Mutex<Nomad>>, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
+    let key = req.headers().get("sec-websocket-key").cloned().unwrap();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let token = req.headers().get("x-nomad-token").map(|v| v.to_str().unwrap().to_string());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use futures::{SinkExt, StreamExt};
+        let io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let aid = path.trim_start_matches("/v1/client/allocation/").trim_end_matches("/exec").to_string();
+        let refusal = {
+            let mut s = state.lock().unwrap();
+            s.seen.push(("GET".into(), path.clone(), token.clone()));
+            if token.as_deref() != Some(TOKEN) {
+                Some("Permission denied".to_string())
+            } else if s.info.get(&aid).is_none_or(|i| i.status != "running") {
+                Some(format!("unknown allocation \"{aid}\""))
+            } else if query.get("task").map(String::as_str) != Some("worker") {
+                Some(format!("task {:?} not found", query.get("task")))
+            } else {
+                s.execs.push((aid.clone(), query.get("command").cloned().unwrap_or_default()));
+                None
+            }
+        };
+        if let Some(why) = refusal {
+            let f = CloseFrame { code: CloseCode::Policy, reason: why.into() };
+            let _ = ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(f))).await;
+            return;
+        }
+        let argv: Vec<String> = serde_json::from_str(&query["command"]).unwrap();
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (mut tx, mut rx) = ws.split();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Value>(16);
+        let b64 = |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d);
+        for (name, mut pipe) in [
+            ("stdout", Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            ("stderr", Box::new(child.stderr.take().unwrap())),
+        ] {
+            let out_tx = out_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match tokio::io::AsyncReadExt::read(&mut pipe, &mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = out_tx.send(json!({ name: {"close": true} })).await;
+                            return;
+                        }
+                        Ok(n) => {
+                            let _ = out_tx.send(json!({ name: {"data": b64(&buf[..n])} })).await;
+                        }
+                    }
+                }
+            });
+        }
+        drop(out_tx);
+        let mut stdin = child.stdin.take();
+        let inputs = state.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = rx.next().await {
+                let Ok(v) = serde_json::from_str::<Value>(m.to_text().unwrap_or("")) else { continue };
+                inputs.lock().unwrap().exec_inputs.push(v.clone());
+                if let Some(d) = v["stdin"]["data"].as_str() {
+                    let d = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, d).unwrap();
+                    if let Some(w) = stdin.as_mut() {
+                        let _ = tokio::io::AsyncWriteExt::write_all(w, &d).await;
+                    }
+                } else if v["stdin"]["close"] == true {
+                    stdin = None;
+                }
+            }
+        });
+        // Both pipes drained, then the exit code, then a normal close.
+        while let Some(f) = out_rx.recv().await {
+            tx.send(tokio_tungstenite::tungstenite::Message::text(f.to_string())).await.unwrap();
+        }
+        let code = child.wait().await.unwrap().code().unwrap_or(-1);
+        let exited = json!({"exited": true, "result": {"exit_code": code}});
+        tx.send(tokio_tungstenite::tungstenite::Message::text(exited.to_string())).await.unwrap();
+        let _ = tx.send(tokio_tungstenite::tungstenite::Message::Close(None)).await;
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
 async fn handle(
     state: Arc<Mutex<Nomad>>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path().ends_with("/exec") && req.headers().contains_key("upgrade") {
+        return Ok(exec_upgrade(state, req));
+    }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query: BTreeMap<String, String> =
@@ -326,7 +440,12 @@ async fn handle(
                 .get(id)
                 .into_iter()
                 .flatten()
-                .map(|n| json!({"ID": s.alloc_of(id, n), "NodeName": n, "ClientStatus": "running", "DesiredStatus": "run"}))
+                .enumerate()
+                .map(|(i, n)| {
+                    let group = s.jobs[id]["TaskGroups"][0]["Name"].as_str().unwrap_or("train").to_string();
+                    json!({"ID": s.alloc_of(id, n), "Name": format!("{id}.{group}[{i}]"), "NodeName": n,
+                        "ClientStatus": "running", "DesiredStatus": "run", "CreateIndex": s.jobs[id]["JobModifyIndex"]})
+                })
                 .collect();
             reply(200, json!(allocs))
         }
@@ -470,6 +589,7 @@ pub async fn nomad() -> (Arc<Mutex<Nomad>>, String) {
                 let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .with_upgrades()
                     .await;
             });
         }

@@ -1,6 +1,9 @@
 //! `aic exec`: a command run inside a running allocation, relayed by the gateway.
 //!
-//! Miners may sit behind NAT, so the gateway never dials one: each worker of a running job
+//! On a scheduler with an exec API of its own (Nomad's allocation exec, through its servers)
+//! the gateway starts the command there and relays that session's frames the same way
+//! (`pump`). Otherwise —
+//! miners may sit behind NAT, so the gateway never dials one — each worker of a running job
 //! keeps one long-poll open (`GET /v1/worker/exec?alloc=I`, its job's token) and picks up the
 //! commands its job's owner asked for; it runs them beside the program (its folders, its
 //! environment, its GPUs) and posts their output back in frames
@@ -27,6 +30,8 @@ use serde_json::{Value, json};
 
 use super::{ApiError, Gateway, Reply, bad, err, store_err};
 use aic_core::grant::WorkerGrant;
+use aic_core::scheduler::{ExecInput, ExecIo, ExecOutput, ExecStart, ScheduleError};
+use std::sync::Arc;
 
 /// How long a long-poll waits before it answers with nothing new.
 const POLL: Duration = Duration::from_secs(20);
@@ -104,6 +109,85 @@ struct Post {
     exit: Option<i32>,
 }
 
+/// A session the scheduler runs (Nomad's exec API): the owner's input goes to it, its
+/// output comes into the session, as a worker would post it.
+async fn pump(relay: Arc<Relay>, store: aic_core::Store, session: String, io: ExecIo, once: Option<Vec<u8>>) {
+    let ExecIo { input, mut output } = io;
+    if let Some(stdin) = once {
+        let _ = input.send(ExecInput::Stdin(stdin)).await;
+        let _ = input.send(ExecInput::Close).await;
+    }
+    // The owner's keystrokes, resizes and streamed stdin, in order.
+    let feeder = {
+        let (relay, session) = (relay.clone(), session.clone());
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let changed = relay.changed.notified();
+                let frames: Vec<Value> = match relay.sessions.lock().unwrap().get(&session) {
+                    Some(s) if s.exit.is_none() => s.input.iter().skip(next).cloned().collect(),
+                    _ => return,
+                };
+                next += frames.len();
+                for f in frames {
+                    let i = if f["eof"] == true {
+                        ExecInput::Close
+                    } else if let (Some(r), Some(c)) = (f["rows"].as_u64(), f["cols"].as_u64()) {
+                        ExecInput::Resize { rows: r as u16, cols: c as u16 }
+                    } else {
+                        let d = f["d"].as_str().and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
+                        ExecInput::Stdin(d.unwrap_or_default())
+                    };
+                    if input.send(i).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tokio::time::timeout(POLL, changed).await;
+            }
+        })
+    };
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    loop {
+        let (frame, exit) = match output.recv().await {
+            Some(ExecOutput::Stdout(d)) => (Some(Frame { s: "o".into(), d: b64(&d) }), None),
+            Some(ExecOutput::Stderr(d)) => (Some(Frame { s: "e".into(), d: b64(&d) }), None),
+            Some(ExecOutput::Exited(code)) => (None, Some(code)),
+            Some(ExecOutput::Failed(why)) => (
+                Some(Frame { s: "e".into(), d: b64(format!("aic: the session ended: {why}\n").as_bytes()) }),
+                Some(255),
+            ),
+            None => (None, Some(255)),
+        };
+        let record = {
+            let mut sessions = relay.sessions.lock().unwrap();
+            let Some(s) = sessions.get_mut(&session) else { break };
+            s.frames.extend(frame);
+            s.record.clone()
+        };
+        relay.changed.notify_waiters();
+        if let Some(code) = exit {
+            // Recorded before the owner hears of the end.
+            record_exit(&store, &record, code).await;
+            if let Some(s) = relay.sessions.lock().unwrap().get_mut(&session) {
+                s.exit.get_or_insert(code);
+            }
+            relay.changed.notify_waiters();
+            break;
+        }
+    }
+    feeder.abort();
+}
+
+/// The session's record in the bucket gets its exit code.
+async fn record_exit(store: &aic_core::Store, record: &str, code: i32) {
+    if let Ok(Some(mut rec)) = store.get_json::<Record>(record, 64 * 1024).await {
+        rec.exit = Some(code);
+        if let Err(e) = store.put_json(record, &rec).await {
+            tracing::warn!(record, error = %e, "cannot record an exec session's exit code");
+        }
+    }
+}
+
 impl Relay {
     fn gc(&self) {
         self.sessions.lock().unwrap().retain(|_, s| s.created.elapsed() < KEEP);
@@ -167,10 +251,26 @@ impl Gateway {
             )));
         }
         self.exec.gc();
+        // A scheduler with an exec API of its own (Nomad) runs it; else the allocation's
+        // worker picks it up here.
+        let tty =
+            b.tty.as_ref().map(|t| (t["rows"].as_u64().unwrap_or(24) as u16, t["cols"].as_u64().unwrap_or(80) as u16));
+        let io = match self.ctx.scheduler.exec(&job, b.alloc, ExecStart { argv: b.argv.clone(), tty }).await {
+            Ok(io) => io,
+            Err(ScheduleError::Refused(why)) => return Err(err(StatusCode::CONFLICT, why)),
+            Err(e) => {
+                return Err(err(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the pool's scheduler could not start the command: {e}"),
+                ));
+            }
+        };
         let session = ulid::Ulid::new().to_string().to_lowercase();
         let record = layout::exec_record(&job, &session);
         let rec = Record { by: *who, at: chrono::Utc::now(), alloc: b.alloc, argv: b.argv.clone(), exit: None };
         self.ctx.store.put_json(&record, &rec).await.map_err(store_err)?;
+        let once = (b.tty.is_none() && !b.stream)
+            .then(|| base64::engine::general_purpose::STANDARD.decode(&b.stdin).unwrap_or_default());
         self.exec.sessions.lock().unwrap().insert(
             session.clone(),
             Session {
@@ -182,13 +282,16 @@ impl Gateway {
                 stream: b.stream,
                 input: vec![],
                 created: Instant::now(),
-                picked: false,
+                picked: io.is_some(),
                 frames: vec![],
                 exit: None,
                 record,
             },
         );
         self.exec.changed.notify_waiters();
+        if let Some(io) = io {
+            tokio::spawn(pump(self.exec.clone(), self.ctx.store.clone(), session.clone(), io, once));
+        }
         Ok(json!({ "session": session }))
     }
 
@@ -266,19 +369,16 @@ impl Gateway {
                 }
             }
             s.frames.extend(p.frames);
-            if p.exit.is_some() && s.exit.is_none() {
-                s.exit = p.exit;
-                Some((s.record.clone(), s.exit))
-            } else {
-                None
-            }
+            p.exit.filter(|_| s.exit.is_none()).map(|code| (s.record.clone(), code))
         };
         self.exec.changed.notify_waiters();
-        if let Some((record, exit)) = done
-            && let Ok(Some(mut rec)) = self.ctx.store.get_json::<Record>(&record, 64 * 1024).await
-        {
-            rec.exit = exit;
-            self.ctx.store.put_json(&record, &rec).await.map_err(store_err)?;
+        if let Some((record, code)) = done {
+            // Recorded before the owner hears of the end.
+            record_exit(&self.ctx.store, &record, code).await;
+            if let Some(s) = self.exec.sessions.lock().unwrap().get_mut(session) {
+                s.exit.get_or_insert(code);
+            }
+            self.exec.changed.notify_waiters();
         }
         Ok(json!({ "ok": true }))
     }

@@ -115,7 +115,7 @@ pub struct Gateway {
     inbox: Option<Inbox>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// `aic exec` sessions in flight (`exec`).
-    exec: exec::Relay,
+    exec: std::sync::Arc<exec::Relay>,
 }
 
 /// A refusal: status and the one-line reason.
@@ -145,7 +145,7 @@ pub enum Caller {
 
 impl Gateway {
     pub fn new(cfg: GatewayConfig, ctx: Ctx, inbox: Option<Inbox>) -> Self {
-        Gateway { cfg, ctx, inbox, buckets: Mutex::new(HashMap::new()), exec: exec::Relay::default() }
+        Gateway { cfg, ctx, inbox, buckets: Mutex::new(HashMap::new()), exec: Default::default() }
     }
 
     /// Answers one API call. `path` starts with `/v1/`.

@@ -35,10 +35,12 @@
 //!
 //! Files: `config` (from the environment), `spec` (the job specification and placement
 //! reasons), `api` (the HTTP calls and Nomad's answers), `watch` (the allocation event
-//! stream); this file is the `Scheduler` implementation.
+//! stream), `exec` (`aic exec` through Nomad's allocation exec API); this file is the
+//! `Scheduler` implementation.
 
 mod api;
 mod config;
+mod exec;
 mod gang;
 mod limits;
 mod spec;
@@ -222,6 +224,16 @@ impl Scheduler for NomadScheduler {
 
     fn on_job_end(&self, hook: super::JobEnded) {
         *self.job_ended.lock().unwrap() = Some(hook);
+    }
+
+    /// Through Nomad's allocation exec API (`exec`).
+    async fn exec(
+        &self,
+        job: &JobKey,
+        alloc: u32,
+        start: super::ExecStart,
+    ) -> Result<Option<super::ExecIo>, ScheduleError> {
+        self.exec_in(job, alloc, start).await.map(Some)
     }
 
     /// No allocation of the job is pending or running; what each used is recorded (again:
