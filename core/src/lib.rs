@@ -14,6 +14,7 @@
 //! - `digest`: the code digest a request signs.
 //! - `serving`: a deployment's serving registrations.
 //! - `usage`: what each allocation used, as the pool measured it (limits and charges).
+//! - `faults`: a store decorator that fails on purpose, for tests under faults.
 //! - `runs`: a job's paid runs (`aic resume`), their manifests, and the attempts each owns.
 //!
 //! This crate knows nothing of the CLI and serves no HTTP; it speaks HTTP only as a client
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod events;
+pub mod faults;
 pub mod grant;
 pub mod layout;
 pub mod payment;

@@ -109,6 +109,15 @@ impl Store {
         Store { inner: s3.clone(), bucket: bucket.into(), sink: None, s3: Some(s3) }
     }
 
+    /// The same store failing on purpose as `faults` says (`crate::faults`); the counts of
+    /// what failed.
+    pub fn with_faults(mut self, faults: crate::faults::Faults) -> (Self, Arc<crate::faults::FaultCount>) {
+        let f = crate::faults::FaultyStore::new(self.inner.clone(), faults);
+        let count = f.count.clone();
+        self.inner = Arc::new(f);
+        (self, count)
+    }
+
     /// The S3 client behind this store, if it is one (for presigned URLs and multipart).
     pub fn s3_client(&self) -> Option<&Arc<object_store::aws::AmazonS3>> {
         self.s3.as_ref()

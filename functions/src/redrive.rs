@@ -99,6 +99,8 @@ pub struct Pass {
     pub again: usize,
     /// Not due yet.
     pub waiting: usize,
+    /// Could not be read, retried or removed now (the store failed): left for the next pass.
+    pub failed: usize,
 }
 
 /// Tries deferred work when it is due.
@@ -117,31 +119,40 @@ impl Redriver {
         self.pass_at(Utc::now()).await
     }
 
-    /// Every entry, as if it were `now`: the ones due by then are handled again.
+    /// Every entry, as if it were `now`: the ones due by then are handled again. A store
+    /// failure on one entry leaves it for the next pass and goes on with the others.
     pub async fn pass_at(&self, now: DateTime<Utc>) -> Result<Pass, StoreError> {
-        let store = &self.ctx.store;
         let mut pass = Pass::default();
-        for meta in store.list(layout::REDRIVE).await? {
+        for meta in self.ctx.store.list(layout::REDRIVE).await? {
             let entry = meta.location.to_string();
-            let Some(d) = store.get_json::<Deferred>(&entry, 64 * 1024).await? else { continue };
-            if d.next > now {
-                pass.waiting += 1;
-                continue;
-            }
-            let record = S3EventRecord::object_created(store.bucket(), &d.key, 0);
-            match handle_record(&self.ctx, &record).await {
-                Ok(out) => {
-                    store.delete(&entry).await?;
-                    pass.done.push((d.key, out));
-                }
-                Err(e) => {
-                    tracing::info!(key = %d.key, tries = d.tries + 1, error = %e, "deferred again");
-                    later(store, &d.key, &e.to_string()).await?;
-                    pass.again += 1;
-                }
+            if let Err(e) = self.one(&entry, now, &mut pass).await {
+                tracing::info!(%entry, error = %e, "deferred work not reached this pass");
+                pass.failed += 1;
             }
         }
         Ok(pass)
+    }
+
+    async fn one(&self, entry: &str, now: DateTime<Utc>, pass: &mut Pass) -> Result<(), StoreError> {
+        let store = &self.ctx.store;
+        let Some(d) = store.get_json::<Deferred>(entry, 64 * 1024).await? else { return Ok(()) };
+        if d.next > now {
+            pass.waiting += 1;
+            return Ok(());
+        }
+        let record = S3EventRecord::object_created(store.bucket(), &d.key, 0);
+        match handle_record(&self.ctx, &record).await {
+            Ok(out) => {
+                store.delete(entry).await?;
+                pass.done.push((d.key, out));
+            }
+            Err(e) => {
+                tracing::info!(key = %d.key, tries = d.tries + 1, error = %e, "deferred again");
+                later(store, &d.key, &e.to_string()).await?;
+                pass.again += 1;
+            }
+        }
+        Ok(())
     }
 
     /// A pass every `every` until `stop` resolves.

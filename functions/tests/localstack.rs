@@ -335,20 +335,42 @@ async fn deliver(url: &str, bucket: &str, keys: Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
+    storm("storm", None).await;
+}
+
+/// The same storm with a tenth of the pool's store calls failing (half of the failing writes
+/// after they landed): every job still ends exactly once, with one manifest, one payment
+/// claim, one start, what it used recorded and one settlement; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_200_paid_jobs_with_a_tenth_of_store_calls_failing() {
+    let faults = aic_core::faults::Faults { share: 0.1, latency: Duration::ZERO, seed: 2026 };
+    storm("faults", Some(faults)).await;
+}
+
+async fn storm(tag: &str, faults: Option<aic_core::faults::Faults>) {
     use aic_chain::devchain::{self, dev_key};
     use alloy::network::EthereumWallet;
     use alloy::primitives::U256;
     use alloy::providers::{Provider, ProviderBuilder};
     const JOBS: usize = 200;
 
-    let (bucket, store) = fresh_bucket("storm");
+    // `store` is the bucket as it is; the pool (functions, scheduler, payment claims) sees
+    // `pool_store`, which fails as `faults` says.
+    let (bucket, store) = fresh_bucket(tag);
+    let (pool_store, failed) = match faults.clone() {
+        Some(f) => {
+            let (s, c) = store.clone().with_faults(f);
+            (s, Some(c))
+        }
+        None => (store.clone(), None),
+    };
     let dir = tempfile::tempdir().unwrap();
     let chain = devchain::start(&dir.path().join("state.json"), &dir.path().join("chain.json"), 10u128.pow(18), 1)
         .await
         .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
-    let mut p = pool_on(dir, store.clone(), 4, "exit 0");
+    let mut p = pool_on(dir, pool_store.clone(), 4, "exit 0");
     p.ctx.auth = Arc::new(aic_chain::Eip712Auth { chain_id: chain.config.chain_id });
-    p.ctx.payments = Arc::new(aic_chain::ChainPayments::new(chain.config.clone(), store.clone()).unwrap());
+    p.ctx.payments = Arc::new(aic_chain::ChainPayments::new(chain.config.clone(), pool_store.clone()).unwrap());
     p.ctx.pricing = chain.config.pricing();
     p.ctx = p.ctx.clone().with_settler(&chain.config, dev_key(devchain::SETTLER)).unwrap();
     let url = start(Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy: None }).await;
@@ -379,9 +401,11 @@ async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
     let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.request(), 3)).collect();
     shuffle(&mut keys, 11);
     deliver(&url, &bucket, keys).await;
+    drain_redrive(&p.ctx, &store).await;
     let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.manifest(), 3)).collect();
     shuffle(&mut keys, 13);
     deliver(&url, &bucket, keys).await;
+    drain_redrive(&p.ctx, &store).await;
 
     // Exactly one manifest, one payment claim and one allocation per job; none lost.
     let manifests =
@@ -412,8 +436,11 @@ async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
     let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.status_snapshot(), 3)).collect();
     shuffle(&mut keys, 17);
     deliver(&url, &bucket, keys).await;
+    drain_redrive(&p.ctx, &store).await;
     let mut charged = 0u128;
     for j in &jobs {
+        // What it used was recorded by the scheduler, once, whatever the store did.
+        assert_eq!(aic_core::usage::of(&store, j).await.unwrap().len(), 1, "{}: its usage", j.job);
         let s = aic_core::usage::settlements(&store, j).await.unwrap();
         assert_eq!(s.len(), 1, "{}: {s:?}", j.job);
         let (c, r): (u128, u128) = (s[0].charged.parse().unwrap(), s[0].refunded.parse().unwrap());
@@ -424,4 +451,30 @@ async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
     assert_eq!(balance(escrow).await, U256::ZERO, "every deposit settled");
     assert_eq!(balance(treasury).await, treasury0 + U256::from(charged));
     assert_eq!(balance(owner).await, owner0 - U256::from(charged), "the rest of every deposit back");
+    if let Some(c) = failed {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (before, after, calls) = (c.before.load(Relaxed), c.after.load(Relaxed), c.calls.load(Relaxed));
+        eprintln!("store faults: {before} before and {after} after the write, of {calls} calls");
+        assert!(before > 100 && after > 20, "the faults happened: {before} before, {after} after");
+    }
+}
+
+/// Runs the pool's re-driver until no deferred work is left (three minutes at most).
+async fn drain_redrive(ctx: &aic_functions::Ctx, store: &aic_core::Store) {
+    let r = aic_functions::redrive::Redriver::new(ctx.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let left = store.list(aic_core::layout::REDRIVE).await.unwrap();
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let mut why = vec![];
+            for m in left.iter().take(5) {
+                why.push(store.get_json::<serde_json::Value>(m.location.as_ref(), 1 << 16).await.unwrap());
+            }
+            panic!("deferred work never done: {} left, e.g. {why:?}", left.len());
+        }
+        let _ = r.pass_at(chrono::Utc::now() + chrono::Duration::days(1)).await;
+    }
 }

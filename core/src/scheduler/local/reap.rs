@@ -111,8 +111,17 @@ impl LocalScheduler {
                 let u =
                     crate::usage::Usage { attempt, index, miner: miner_name.clone(), gpus, started_at, ended_at, how };
                 let run = format!("{pid}-{}", started_at.timestamp_millis());
-                if let Err(e) = crate::usage::record(&this.inner.store, &job, &run, &u).await {
-                    tracing::warn!(job = %job.job, error = %e, "cannot record what the allocation used");
+                // What is charged rests on it: tried again while the store fails (a record
+                // made twice is one: create-only).
+                let mut tries = 0;
+                while let Err(e) = crate::usage::record(&this.inner.store, &job, &run, &u).await {
+                    tries += 1;
+                    if tries >= 20 {
+                        tracing::error!(job = %job.job, error = %e, "cannot record what the allocation used");
+                        break;
+                    }
+                    tracing::warn!(job = %job.job, error = %e, "cannot record what the allocation used; again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
                 }
             }
             let ok = matches!(&exit, Ok(s) if s.success());
