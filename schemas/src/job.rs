@@ -215,17 +215,7 @@ impl JobRequest {
         if !self.code_digest.is_empty() && !is_digest {
             errs.push(FieldError::new("code_digest", "is not a SHA-256 digest (64 hex digits)"));
         }
-        if self.expires_at <= self.created_at {
-            errs.push(FieldError::new("expires_at", "must be after created_at"));
-        }
-        if let Some(now) = now
-            && self.expires_at < now
-        {
-            errs.push(FieldError::new(
-                "expires_at",
-                format!("request expired at {} (sign a new one)", self.expires_at.format("%Y-%m-%d %H:%M:%S UTC")),
-            ));
-        }
+        validate::window(self.created_at, self.expires_at, now, &mut errs);
         let size = self.stored_size();
         if size > validate::MAX_REQUEST_BYTES {
             errs.push(FieldError::new(

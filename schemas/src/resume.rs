@@ -52,17 +52,7 @@ impl ResumeRequest {
         if let Some(p) = &self.payment {
             validate::tx_hash("payment.tx", &p.tx, &mut errs);
         }
-        if self.expires_at <= self.created_at {
-            errs.push(FieldError::new("expires_at", "must be after created_at"));
-        }
-        if let Some(now) = now
-            && self.expires_at < now
-        {
-            errs.push(FieldError::new(
-                "expires_at",
-                format!("request expired at {} (sign a new one)", self.expires_at.format("%Y-%m-%d %H:%M:%S UTC")),
-            ));
-        }
+        validate::window(self.created_at, self.expires_at, now, &mut errs);
         ValidationErrors::result(errs)
     }
 }

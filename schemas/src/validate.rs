@@ -159,6 +159,26 @@ pub(crate) fn env(field: &str, env: &BTreeMap<String, String>, errs: &mut Vec<Fi
     }
 }
 
+/// A signed document's validity window: it ends after it starts and, at `now`, has not ended.
+pub(crate) fn window(
+    created: chrono::DateTime<chrono::Utc>,
+    expires: chrono::DateTime<chrono::Utc>,
+    now: Option<chrono::DateTime<chrono::Utc>>,
+    errs: &mut Vec<FieldError>,
+) {
+    if expires <= created {
+        errs.push(FieldError::new("expires_at", "must be after created_at"));
+    }
+    if let Some(now) = now
+        && expires < now
+    {
+        errs.push(FieldError::new(
+            "expires_at",
+            format!("request expired at {} (sign a new one)", expires.format("%Y-%m-%d %H:%M:%S UTC")),
+        ));
+    }
+}
+
 pub(crate) fn tx_hash(field: &str, v: &str, errs: &mut Vec<FieldError>) {
     let ok = v.len() == 66 && v.starts_with("0x") && v[2..].bytes().all(|b| b.is_ascii_hexdigit());
     if !ok {
