@@ -885,3 +885,32 @@ fn a_cancelled_job_resumes_from_its_checkpoint_as_a_run_paid_and_settled_of_its_
     );
     assert_eq!(balance(owner), aic_chain::devchain::DEV_FUNDS - charged_total);
 }
+
+#[test]
+fn exec_all_reaches_every_allocation_of_a_two_miner_mpi_job() {
+    // On an MPI job only allocation 0 runs the launch; the other serves its ranks over SSH,
+    // and takes `aic exec` commands all the same.
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    h.write(
+        "ranks/wait.py",
+        "import time\nfrom mpi4py import MPI\nprint(f'rank {MPI.COMM_WORLD.Get_rank()} up', flush=True)\ntime.sleep(60)\n",
+    );
+    let dir = h.path().join("ranks");
+    let args = ["run", "-d", dir.to_str().unwrap(), "--entrypoint", "wait.py", "--launcher", "mpi", "--miners", "2"];
+    let out = h.aic(&args);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let job = text(&out).0.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(&h.aic(&["logs", &job])).0.contains("rank 1 up") {
+        assert!(Instant::now() < deadline, "the ranks never came up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = h.aic(&["exec", &job, "--all", "--", "sh", "-c", "echo index=$AIC_ALLOC_INDEX on $AIC_JOB_ID"]);
+    let stdout = text(&out).0;
+    assert!(out.status.success(), "{}", text(&out).1);
+    for i in 0..2 {
+        assert!(stdout.contains(&format!("[alloc {i}] index={i} on {job}")), "{stdout}");
+    }
+    assert!(h.aic(&["cancel", &job]).status.success());
+}

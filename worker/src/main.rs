@@ -172,10 +172,25 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     // The job's owner may run commands beside the program (`aic exec`), with its environment.
     let exec_env = env.clone();
     exec::publish(&a.work, &code_dir, &exec_env);
+    // Every allocation takes its `aic exec` commands, the ones that only serve the leader's
+    // launch (MPI, Horovod) too.
+    let exec = a.gateway.clone().map(|gw| tokio::spawn(exec::serve(gw, a.index, code_dir.clone(), exec_env)));
     let ctx = launcher::LaunchCtx { request: req, code_dir: code_dir.clone(), env };
-    let (mut cmd, finish) = match plan(a, &ctx).await? {
-        Plan::Program(cmd, finish) => (*cmd, finish),
-        Plan::Serve(sshd) => return serve_peer(a, sshd, req.gpus_per_miner).await,
+    let (mut cmd, finish) = match plan(a, &ctx).await {
+        Ok(Plan::Program(cmd, finish)) => (*cmd, finish),
+        Ok(Plan::Serve(sshd)) => {
+            let served = serve_peer(a, sshd, req.gpus_per_miner).await;
+            if let Some(t) = &exec {
+                t.abort();
+            }
+            return served;
+        }
+        Err(e) => {
+            if let Some(t) = &exec {
+                t.abort();
+            }
+            return Err(e);
+        }
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let tagged = matches!(req.launcher, Launcher::Mpi);
@@ -191,7 +206,6 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         .spawn()
         .map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
     let pid = child.id().unwrap_or_default() as i32;
-    let exec = a.gateway.clone().map(|gw| tokio::spawn(exec::serve(gw, a.index, code_dir.clone(), exec_env)));
 
     let (tx, rx) = mpsc::channel::<String>(1024);
     let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index).run(rx));
