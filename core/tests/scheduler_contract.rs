@@ -153,18 +153,26 @@ impl Backend {
         }
     }
 
-    /// The attempt `job`'s allocation 0 was started as, last.
-    async fn attempt_now(&self, job: &JobKey) -> u32 {
+    /// Waits until `job`'s allocation 0 was started as attempt `want` (a worker writes its
+    /// start line a moment after it is spawned); the attempt it was last started as.
+    async fn attempt_now(&self, job: &JobKey, want: u32) -> u32 {
         match self {
             Backend::Local { starts, .. } => {
-                eventually("the worker to start", || {
+                let last = || {
                     let text = std::fs::read_to_string(starts).unwrap_or_default();
                     text.lines().rev().find_map(|l| {
                         let f: Vec<&str> = l.split_whitespace().collect();
-                        (f.len() == 4 && f[0] == job.job.as_str() && f[1] == "0").then(|| f[2].parse().unwrap())
+                        (f.len() == 4 && f[0] == job.job.as_str() && f[1] == "0").then(|| f[2].parse::<u32>().unwrap())
                     })
-                })
-                .await
+                };
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    match last() {
+                        Some(a) if a == want || Instant::now() > deadline => return a,
+                        None if Instant::now() > deadline => panic!("the worker never started"),
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
             }
             Backend::Nomad { state, .. } => {
                 let s = state.lock().unwrap();
@@ -268,7 +276,7 @@ async fn a_resumed_run_is_placed_anew_at_its_own_first_attempt(b: &Backend) {
     let before = b.free_gpus().await;
     let (job, m) = job(b, "train", 2).await;
     b.scheduler().submit(&job, &m).await.unwrap();
-    assert_eq!(b.attempt_now(&job).await, 0);
+    assert_eq!(b.attempt_now(&job, 0).await, 0);
     // The owner cancels: the run ends and its allocations stop.
     status::cancel(b.store(), &job, "cli").await.unwrap();
     b.scheduler().cancel(&job).await.unwrap();
@@ -288,7 +296,7 @@ async fn a_resumed_run_is_placed_anew_at_its_own_first_attempt(b: &Backend) {
     assert_eq!(b.scheduler().submit(&job, &m1).await.unwrap(), placed, "a repeat changes nothing");
     assert_eq!(b.free_gpus().await, before - 4);
     // Attempts number on across runs: the run's allocations start at its own first attempt.
-    assert_eq!(b.attempt_now(&job).await, first_attempt(1));
+    assert_eq!(b.attempt_now(&job, first_attempt(1)).await, first_attempt(1));
     // A late writer of the run that ended (its worker, its scheduler) moves nothing.
     let late = Transition::new(JobState::Failed, "worker").reason("late").run(0);
     assert!(matches!(status::advance(b.store(), &job, late).await.unwrap(), status::Advanced::Refused(_)));
