@@ -100,6 +100,12 @@ pub async fn advance(store: &Store, job: &JobKey, t: Transition) -> Result<Advan
         if let Some(c) = &cur
             && c.state == t.to
         {
+            // A writer that failed after its record landed may have left the snapshot behind
+            // (a repeat of the same change finds it so): mend it.
+            let snap = store.get_json::<StatusRecord>(&job.status_snapshot(), MAX_DOC_BYTES).await?;
+            if snap.is_none_or(|s| s.seq < c.seq) {
+                write_snapshot(store, job, c.clone()).await?;
+            }
             return Ok(Advanced::Already(c.clone()));
         }
         if !JobState::allows(cur.as_ref().map(|c| c.state), t.to) {
@@ -277,4 +283,33 @@ pub async fn cancel(store: &Store, job: &JobKey, by: &'static str) -> Result<Can
         Advanced::Refused(Some(r)) => Cancel::Ended(r.state),
         Advanced::Refused(None) => Cancel::NotStarted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_repeated_change_mends_a_snapshot_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+        let job =
+            JobKey::new("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(), aic_schemas::JobId::generate());
+        advance(&store, &job, Transition::new(JobState::Submitted, "validate")).await.unwrap();
+        // `paid` landed in the log, but its writer failed before the snapshot.
+        let rec = StatusRecord {
+            seq: 2,
+            state: JobState::Paid,
+            at: Utc::now(),
+            by: "validate".into(),
+            reason: None,
+            detail: StatusDetail::default(),
+            run: 0,
+        };
+        store.create_json(&job.status_record(2), &rec).await.unwrap();
+        assert_eq!(snapshot(&store, &job).await.unwrap().unwrap().state, JobState::Submitted);
+        let again = advance(&store, &job, Transition::new(JobState::Paid, "validate")).await.unwrap();
+        assert!(matches!(again, Advanced::Already(_)));
+        assert_eq!(snapshot(&store, &job).await.unwrap().unwrap().state, JobState::Paid);
+    }
 }
