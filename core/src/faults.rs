@@ -66,6 +66,16 @@ impl FaultyStore {
         }
     }
 
+    /// A listing that fails (decided as it is asked for, before anything is listed).
+    fn failed_list(&self, prefix: Option<&Path>) -> Option<BoxStream<'static, object_store::Result<ObjectMeta>>> {
+        if self.draw() >= self.faults.share {
+            return None;
+        }
+        self.count.before.fetch_add(1, Ordering::Relaxed);
+        let p = prefix.cloned().unwrap_or_default();
+        Some(futures::stream::once(async move { Err(injected("list", &p)) }).boxed())
+    }
+
     /// Whether this call fails, and when: `Some(true)` after the store did it.
     async fn fate(&self, write: bool) -> Option<bool> {
         self.count.calls.fetch_add(1, Ordering::Relaxed);
@@ -150,12 +160,7 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        if self.draw() < self.faults.share {
-            self.count.before.fetch_add(1, Ordering::Relaxed);
-            let p = prefix.cloned().unwrap_or_default();
-            return futures::stream::once(async move { Err(injected("list", &p)) }).boxed();
-        }
-        self.inner.list(prefix)
+        self.failed_list(prefix).unwrap_or_else(|| self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -163,12 +168,7 @@ impl ObjectStore for FaultyStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        if self.draw() < self.faults.share {
-            self.count.before.fetch_add(1, Ordering::Relaxed);
-            let p = prefix.cloned().unwrap_or_default();
-            return futures::stream::once(async move { Err(injected("list", &p)) }).boxed();
-        }
-        self.inner.list_with_offset(prefix, offset)
+        self.failed_list(prefix).unwrap_or_else(|| self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {

@@ -120,18 +120,30 @@ pub async fn advance(store: &Store, job: &JobKey, t: Transition) -> Result<Advan
             detail: t.detail.clone(),
             run,
         };
-        match store.create_json(&job.status_record(rec.seq), &rec).await? {
-            Created::Created => {
-                write_snapshot(store, job, rec.clone()).await?;
-                return Ok(Advanced::Applied(rec));
-            }
-            Created::AlreadyExists => continue,
+        if claim(store, job, &rec).await? {
+            return Ok(Advanced::Applied(rec));
         }
     }
-    Err(StoreError::Io {
+    Err(too_many_writers(job))
+}
+
+/// Claims record `rec.seq` create-only, then writes the snapshot; false when another writer
+/// took that number first (the caller re-reads and decides again).
+async fn claim(store: &Store, job: &JobKey, rec: &StatusRecord) -> Result<bool, StoreError> {
+    match store.create_json(&job.status_record(rec.seq), rec).await? {
+        Created::Created => {
+            write_snapshot(store, job, rec.clone()).await?;
+            Ok(true)
+        }
+        Created::AlreadyExists => Ok(false),
+    }
+}
+
+fn too_many_writers(job: &JobKey) -> StoreError {
+    StoreError::Io {
         key: job.status_prefix(),
         source: std::io::Error::other("too many concurrent status writers; try again"),
-    })
+    }
 }
 
 /// What asking for paid run `run` of a job came to ([`resume`]).
@@ -163,7 +175,7 @@ fn ended(state: JobState, run: u32) -> String {
         JobState::Rejected => "was refused",
         other => other.as_str(),
     };
-    format!("run {} {how}", run + 1)
+    format!("run {} {how}", crate::runs::shown(run))
 }
 
 /// Starts paid run `run` of a job whose run `run - 1` ended failed, cancelled or timed out:
@@ -199,22 +211,19 @@ pub async fn resume(store: &Store, job: &JobKey, run: u32, by: &'static str) -> 
             state: JobState::Submitted,
             at: Utc::now(),
             by: by.to_string(),
-            reason: Some(format!("resumed by its owner: run {}, after {}", run + 1, ended(cur.state, cur.run))),
+            reason: Some(format!(
+                "resumed by its owner: run {}, after {}",
+                crate::runs::shown(run),
+                ended(cur.state, cur.run)
+            )),
             detail: StatusDetail::default(),
             run,
         };
-        match store.create_json(&job.status_record(rec.seq), &rec).await? {
-            Created::Created => {
-                write_snapshot(store, job, rec.clone()).await?;
-                return Ok(Resumed::Started(rec));
-            }
-            Created::AlreadyExists => continue,
+        if claim(store, job, &rec).await? {
+            return Ok(Resumed::Started(rec));
         }
     }
-    Err(StoreError::Io {
-        key: job.status_prefix(),
-        source: std::io::Error::other("too many concurrent status writers; try again"),
-    })
+    Err(too_many_writers(job))
 }
 
 /// Writes `status.json`. A slower writer may overwrite a newer snapshot, so after writing
