@@ -53,6 +53,74 @@ pub fn run_id(job: &str, run: u32) -> B256 {
     keccak256(("aic-run", job.to_string(), run).abi_encode_packed())
 }
 
+/// What a wallet is asked to send to pay `amount` AIC for one run: a deposit into the pool's
+/// escrow (an allowance for it first), or where the pool has none a transfer to its treasury.
+/// The wallet page of `aic` and the web app (through the gateway's `/v1/draft`) both send
+/// these calls.
+#[derive(Clone, Debug)]
+pub struct Payment {
+    pub token: Address,
+    pub treasury: Address,
+    pub amount: u128,
+    pub escrow: Option<EscrowPayment>,
+}
+
+/// A deposit into `contract` for run `run`, paid for `milli_hours`.
+#[derive(Clone, Debug)]
+pub struct EscrowPayment {
+    pub contract: Address,
+    pub run: B256,
+    pub milli_hours: u32,
+}
+
+impl Payment {
+    /// The payment of `amount` for run `run` of `job`, `hours` paid, on `chain`.
+    pub fn of(chain: &crate::ChainConfig, amount: u128, job: &str, run: u32, hours: f64) -> Payment {
+        Payment {
+            token: chain.token,
+            treasury: chain.treasury,
+            amount,
+            escrow: chain.escrow.map(|contract| EscrowPayment {
+                contract,
+                run: run_id(job, run),
+                milli_hours: (hours * 1000.0).ceil().clamp(1.0, u32::MAX as f64) as u32,
+            }),
+        }
+    }
+
+    /// The paying call: (to, calldata).
+    pub fn call(&self) -> (Address, Vec<u8>) {
+        use alloy::sol_types::SolCall;
+        let value = U256::from(self.amount);
+        match &self.escrow {
+            Some(e) => (
+                e.contract,
+                IAICEscrow::depositCall { run: e.run, amount: value, milliHours: e.milli_hours }.abi_encode(),
+            ),
+            None => (self.token, crate::token::IAIC::transferCall { to: self.treasury, value }.abi_encode()),
+        }
+    }
+
+    /// The allowance the deposit needs first: (to, calldata).
+    pub fn approval(&self) -> Option<(Address, Vec<u8>)> {
+        use alloy::sol_types::SolCall;
+        let e = self.escrow.as_ref()?;
+        let value = U256::from(self.amount);
+        Some((self.token, IERC20Approve::approveCall { spender: e.contract, value }.abi_encode()))
+    }
+
+    /// Both calls as JSON for a page: `{to, data, approve: {to, data}?}` (hex).
+    pub fn to_json(&self) -> serde_json::Value {
+        let hex = |d: Vec<u8>| format!("0x{}", alloy::hex::encode(d));
+        let (to, data) = self.call();
+        serde_json::json!({
+            "to": to.to_string(),
+            "data": hex(data),
+            "approve": self.approval().map(|(to, data)| serde_json::json!({"to": to.to_string(), "data": hex(data)})),
+        })
+    }
+}
+
 /// A deposit as the contract holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {

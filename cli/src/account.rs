@@ -1,4 +1,4 @@
-//! `aic login`, `logout`, `whoami`, `quote`.
+//! `aic login`, `logout`, `whoami`, `quote`, `open`.
 
 use aic_chain::wallet::KeySource;
 use aic_core::pricing::format_aic;
@@ -164,5 +164,38 @@ async fn login_gateway(env: &Env, url: &str, source: Source) -> anyhow::Result<(
         session.address,
         session.expires_at.format("%Y-%m-%d %H:%M UTC")
     );
+    Ok(())
+}
+
+/// `aic open [PAGE]`: the pool's web app in the browser — the gateway's in pool mode, else
+/// the embedded pool's (which `aic dev up` hosts). Prints the address too.
+pub fn open(env: &Env, page: Option<&str>) -> anyhow::Result<()> {
+    let base = match &env.gateway {
+        Some(gw) => gw.trim_end_matches('/').to_string(),
+        None => std::fs::read_to_string(env.home.join("serve.addr"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                anyhow!("nothing hosts the pool here: start `aic dev up` in another terminal, then `aic open`")
+            })?,
+    };
+    let path = match page {
+        None | Some("") | Some("jobs") => "/jobs".to_string(),
+        Some(p @ ("new" | "data" | "deployments" | "pool")) => format!("/{p}"),
+        Some(id) if id.parse::<aic_schemas::JobId>().is_ok() => format!("/jobs/{id}"),
+        Some(other) => {
+            bail!("no page {other:?}: open jobs, new, data, deployments, pool, or a job id")
+        }
+    };
+    let url = format!("{base}{path}");
+    println!("{url}");
+    if std::env::var_os("AIC_NO_BROWSER").is_none() {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
     Ok(())
 }

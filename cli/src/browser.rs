@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 
 use aic_chain::siwe::SiweMessage;
 use aic_schemas::{JobRequest, PaymentRef};
-use alloy::sol_types::SolCall;
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -46,44 +45,7 @@ pub enum Task {
     Sign { req: Box<JobRequest>, chain: Box<aic_chain::ChainConfig>, payment: Option<Payment> },
 }
 
-/// What the page asks the wallet to pay: `amount` AIC (`token`), as a deposit into the pool's
-/// escrow for the job's run (`escrow`: an allowance first, then the deposit) or else a
-/// transfer to `treasury`.
-pub struct Payment {
-    pub token: alloy::primitives::Address,
-    pub treasury: alloy::primitives::Address,
-    pub amount: u128,
-    pub escrow: Option<EscrowPayment>,
-}
-
-/// A deposit into `contract` for run `run`, paid for `milli_hours`.
-pub struct EscrowPayment {
-    pub contract: alloy::primitives::Address,
-    pub run: alloy::primitives::B256,
-    pub milli_hours: u32,
-}
-
-impl Payment {
-    /// The paying call: (to, calldata).
-    fn call(&self) -> (alloy::primitives::Address, Vec<u8>) {
-        let value = alloy::primitives::U256::from(self.amount);
-        match &self.escrow {
-            Some(e) => (
-                e.contract,
-                aic_chain::escrow::IAICEscrow::depositCall { run: e.run, amount: value, milliHours: e.milli_hours }
-                    .abi_encode(),
-            ),
-            None => (self.token, aic_chain::token::IAIC::transferCall { to: self.treasury, value }.abi_encode()),
-        }
-    }
-
-    /// The allowance the deposit needs first: (to, calldata).
-    fn approval(&self) -> Option<(alloy::primitives::Address, Vec<u8>)> {
-        let e = self.escrow.as_ref()?;
-        let value = alloy::primitives::U256::from(self.amount);
-        Some((self.token, aic_chain::escrow::IERC20Approve::approveCall { spender: e.contract, value }.abi_encode()))
-    }
-}
+pub use aic_chain::escrow::Payment;
 
 pub enum Done {
     LoggedIn(Box<Session>),
@@ -215,15 +177,9 @@ fn task(state: &Shared) -> anyhow::Result<serde_json::Value> {
         Task::Login { chain_id } => serde_json::json!({ "kind": "login", "chainId": chain_id }),
         Task::Sign { req, chain, payment } => {
             let payment = payment.as_ref().map(|p| {
-                let (to, data) = p.call();
-                serde_json::json!({
-                    "to": to.to_string(),
-                    "data": format!("0x{}", alloy::hex::encode(data)),
-                    "display": aic_core::pricing::format_aic(p.amount),
-                    "approve": p.approval().map(|(to, data)| serde_json::json!({
-                        "to": to.to_string(), "data": format!("0x{}", alloy::hex::encode(data)),
-                    })),
-                })
+                let mut v = p.to_json();
+                v["display"] = aic_core::pricing::format_aic(p.amount).into();
+                v
             });
             let name =
                 if chain.chain_id == 31337 /* anvil's */ {

@@ -49,6 +49,11 @@ enum Cmd {
     },
     /// Serve a project (app.py exposing a WSGI `app`) as an HTTP API; list, logs, rm.
     Deploy(DeployCmd),
+    /// Open the pool's web app in the browser (a page: jobs, JOB_ID, new, data, deployments, pool).
+    Open {
+        /// What to open: a job id, or a page.
+        page: Option<String>,
+    },
     /// The pool's gateways, their miners and free GPUs.
     Pool {
         #[arg(long)]
@@ -328,7 +333,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
     let env = env::Env::load()?;
     if let Some(gw) = &env.gateway
         && env.gateway_session.is_none()
-        && !matches!(cmd, Cmd::Login(_) | Cmd::Logout | Cmd::Quote { .. } | Cmd::Dev(_))
+        && !matches!(cmd, Cmd::Login(_) | Cmd::Logout | Cmd::Quote { .. } | Cmd::Dev(_) | Cmd::Open { .. })
     {
         anyhow::bail!("not signed in to the pool at {gw}: run `aic login --keystore F` (or --key-file F, --env-key)");
     }
@@ -345,6 +350,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                 anyhow::anyhow!("another aic process hosts the embedded pool at {}; stop it first", env.home.display())
             })?;
             eprintln!("embedded pool up: {m} miners × {g} GPUs, store {}, Ctrl-C to stop", env.store_config.url());
+            eprintln!(
+                "web app and API: {}/ (`aic open`; AIC_GATEWAY={} for `aic` in pool mode)",
+                hosted.serve_addr, hosted.serve_addr
+            );
             hosted.serve().await?;
             Ok(0)
         }
@@ -379,6 +388,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Logout => account::logout(&env).map(|_| 0),
         Cmd::Whoami => account::whoami(&env).await.map(|_| 0),
         Cmd::Pool { json } => pool::show(&env, json).await.map(|_| 0),
+        Cmd::Open { page } => account::open(&env, page.as_deref()).map(|_| 0),
         Cmd::Deploy(d) => match d.sub {
             Some(DeploySub::List { json }) => deploy::list(&env, json).await.map(|_| 0),
             Some(DeploySub::Logs { name, follow }) => {

@@ -191,11 +191,15 @@ impl Hosted {
                 .open(env.home.join("exec.secret"))?;
             std::io::Write::write_all(&mut f, hex::encode(&secret).as_bytes())?;
         }
-        let gateway = aic_functions::gateway::Gateway::new(
-            aic_functions::gateway::GatewayConfig::new(secret.clone(), "aic-local", chain.chain_id),
-            ctx.clone(),
-            None,
-        );
+        // The same `/v1` API as a pool's gateway, for the web app and for `aic` with
+        // AIC_GATEWAY set to this address: users sign in to this address (the SIWE domain a
+        // wallet compares with the page's origin), and transfers go through this host, since a
+        // local folder cannot presign URLs.
+        let authority = serve_addr.trim_start_matches("http://").to_string();
+        let mut gw_cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), &authority, chain.chain_id);
+        gw_cfg.public_url = Some(serve_addr.clone());
+        gw_cfg.chain_info = serde_json::to_value(&chain)?;
+        let gateway = aic_functions::gateway::Gateway::new(gw_cfg, ctx.clone(), None);
         scheduler.use_exec_gateway(aic_core::grant::WorkerGateway { url: serve_addr.clone(), secret });
         let host = aic_functions::host::Host {
             ctx: ctx.clone(),

@@ -268,16 +268,8 @@ pub async fn pay_sign_submit(
     }
     if env.source == crate::identity::Source::Browser {
         // The browser wallet pays and signs in the page.
-        let payment = (total > 0 && tx.is_none()).then(|| crate::browser::Payment {
-            token: chain.token,
-            treasury: chain.treasury,
-            amount: total,
-            escrow: chain.escrow.map(|contract| crate::browser::EscrowPayment {
-                contract,
-                run: aic_chain::escrow::run_id(req.job_id.as_str(), 0),
-                milli_hours: milli_hours(req.max_hours),
-            }),
-        });
+        let payment = (total > 0 && tx.is_none())
+            .then(|| crate::browser::Payment::of(&chain, total, req.job_id.as_str(), 0, req.max_hours));
         let task = crate::browser::Task::Sign { req: Box::new(req.clone()), chain: Box::new(chain.clone()), payment };
         match crate::browser::run(env.home.clone(), task).await? {
             crate::browser::Done::Signed(signed) => req = *signed,

@@ -102,6 +102,16 @@ pub fn exec_record(job: &JobKey, session: &str) -> String {
     format!("pool/exec/{}/{}/{session}.json", job.owner, job.job)
 }
 
+/// A part of an upload through the gateway's host (`/v1/multipart` on a store that cannot
+/// presign URLs), kept until the upload is completed or aborted.
+pub fn upload_parts(upload: &str) -> String {
+    format!("pool/uploads/{upload}/")
+}
+
+pub fn upload_part(upload: &str, part: u32) -> String {
+    format!("{}{part:05}", upload_parts(upload))
+}
+
 /// Training jobs waiting for room to start every rank at once (the Nomad backend's queue).
 pub const GANG_WAITING: &str = "pool/gang/";
 

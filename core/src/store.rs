@@ -31,6 +31,9 @@ pub enum StoreError {
     Io { key: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] object_store::Error),
+    /// What a caller sent cannot be taken (a part missing or not the one uploaded).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The object_store path of `key`, exactly as written.
@@ -303,6 +306,34 @@ impl Store {
             writer.write(&buf[..n]);
             sent += n as u64;
             progress(sent);
+        }
+        writer.finish().await?;
+        self.announce(key, sent);
+        Ok(sent)
+    }
+
+    /// Writes the bytes of `chunks` to `key` as they come, part by part: at most
+    /// [`PART_CONCURRENCY`] parts of [`PART_SIZE`] in memory. Nothing is written when a chunk
+    /// fails. Returns the size written.
+    pub async fn write_stream(
+        &self,
+        key: &str,
+        mut chunks: futures::stream::BoxStream<'_, Result<Bytes, StoreError>>,
+    ) -> Result<u64, StoreError> {
+        let upload = self.inner.put_multipart(&object_path(key)?).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut sent = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+            };
+            writer.wait_for_capacity(PART_CONCURRENCY).await?;
+            sent += chunk.len() as u64;
+            writer.put(chunk);
         }
         writer.finish().await?;
         self.announce(key, sent);

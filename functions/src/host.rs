@@ -7,7 +7,10 @@
 //!   for an SNS delivery that is not from our topic or whose signature does not verify
 //!   ([`crate::sns`]). An SNS `SubscriptionConfirmation` is verified, then confirmed by
 //!   fetching its `SubscribeURL`.
-//! - `/v1/…`: the gateway API ([`crate::gateway`]), when the host has one.
+//! - `/v1/…`: the gateway API ([`crate::gateway`]), when the host has one; `/v1/blob` carries
+//!   transfers itself where the store cannot presign URLs (streamed both ways).
+//! - `/`, `/jobs…`, `/new`, `/data`, `/deployments…`, `/pool` and the app's assets: the web
+//!   app ([`crate::web`]), when the host has a gateway.
 //! - `/d/<deployment>/…`: the serving gateway ([`crate::proxy`]), when the host has one.
 //! - `GET /healthz`: 200.
 
@@ -16,7 +19,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use futures::TryStreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -84,32 +89,52 @@ pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
     }
 }
 
-fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+/// A response body: whole, or streamed (a download through `/v1/blob`).
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .header("cache-control", "no-store")
+        .body(full(body.to_string()))
         .expect("valid response")
 }
 
-fn answer(a: crate::proxy::Answer) -> Response<Full<Bytes>> {
+fn answer(a: crate::proxy::Answer) -> Response<Body> {
     let mut b = Response::builder().status(a.status);
     for (k, v) in &a.headers {
         b = b.header(k, v);
     }
-    b.body(Full::new(a.body))
-        .unwrap_or_else(|_| reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad answer"})))
+    b.body(full(a.body)).unwrap_or_else(|_| reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad answer"})))
+}
+
+fn blob_response(b: crate::gateway::blob::Blob) -> Response<Body> {
+    let mut r = Response::builder().status(b.status);
+    for (k, v) in &b.headers {
+        r = r.header(k, v);
+    }
+    let body = match b.body {
+        crate::gateway::blob::BlobBody::Bytes(b) => full(b),
+        crate::gateway::blob::BlobBody::Stream(s) => StreamBody::new(s.map_ok(hyper::body::Frame::data)).boxed_unsync(),
+    };
+    r.body(body)
+        .unwrap_or_else(|_| reply(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "bad answer"})))
 }
 
 /// A request body of at most `limit` bytes, or the 413 answer saying `over`.
-async fn read_body(body: Incoming, limit: usize, over: String) -> Result<Bytes, Response<Full<Bytes>>> {
+async fn read_body(body: Incoming, limit: usize, over: String) -> Result<Bytes, Response<Body>> {
     match Limited::new(body, limit).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(_) => Err(reply(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": over }))),
     }
 }
 
-async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let route = host.proxy.clone().and_then(|proxy| {
         if let Some(rest) = path.strip_prefix("/d/") {
@@ -133,6 +158,20 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
         let a = proxy.forward(target, &parts.method, rest, parts.uri.query(), &parts.headers, body).await;
         return Ok(answer(a));
     }
+    if path == "/v1/blob"
+        && let Some(gw) = host.gateway.clone()
+    {
+        let (parts, body) = req.into_parts();
+        let over = format!(
+            "a transfer here is at most {} bytes; send bigger files in parts (/v1/multipart)",
+            crate::gateway::blob::MAX_HOST_PUT
+        );
+        let body = match read_body(body, crate::gateway::blob::MAX_HOST_PUT, over).await {
+            Ok(b) => b,
+            Err(r) => return Ok(r),
+        };
+        return Ok(blob_response(gw.blob(&parts.method, parts.uri.query(), &parts.headers, body).await));
+    }
     if path.starts_with("/v1/") {
         let Some(gw) = host.gateway.clone() else {
             return Ok(reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "this host serves no gateway API"})));
@@ -148,6 +187,11 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
         };
         let (code, v) = gw.call(peer.ip(), &parts.method, &path, parts.uri.query(), &parts.headers, body).await;
         return Ok(reply(code, v));
+    }
+    if let (Some(gw), true) = (&host.gateway, req.method() == Method::GET || req.method() == Method::HEAD)
+        && let Some(page) = crate::web::page(&path)
+    {
+        return Ok(crate::web::response(page, gw.store_origin().await.as_deref()));
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => Ok(reply(StatusCode::OK, serde_json::json!({"ok": true}))),
@@ -179,7 +223,7 @@ async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<
     }
 }
 
-async fn deliver(host: &Host, peer: SocketAddr, body: &[u8], sns_type: Option<&str>) -> Response<Full<Bytes>> {
+async fn deliver(host: &Host, peer: SocketAddr, body: &[u8], sns_type: Option<&str>) -> Response<Body> {
     let (delivery, envelope) = match webhook::parse_with_envelope(body, sns_type) {
         Err(why) => {
             tracing::warn!(%peer, %why, "refused a notification");

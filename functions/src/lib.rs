@@ -32,6 +32,7 @@ pub mod resume;
 pub mod settle;
 pub mod sns;
 pub mod validate;
+pub mod web;
 pub mod webhook;
 
 use std::sync::Arc;

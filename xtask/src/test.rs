@@ -1,4 +1,4 @@
-//! `cargo xtask test`: formatting, lints, the token artifact, then every test with
+//! `cargo xtask test`: formatting, lints, the token artifact and the web app's bundle, then every test with
 //! LocalStack up.
 
 use std::process::Command;
@@ -21,6 +21,8 @@ pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
         .current_dir(&root))?;
     run(Command::new("node").args(["contracts/build.js", "--check"]).current_dir(&root))
         .context("the committed token artifact is stale")?;
+    run(Command::new("node").args(["functions/web/build.mjs", "--check"]).current_dir(&root))
+        .context("the committed web app bundle is stale")?;
     // The CLI's tests start the workers: build every binary first.
     run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(&root))?;
     let ls = LocalStack::start()?;

@@ -56,14 +56,16 @@ pub(crate) fn path_with(bin: &Path) -> String {
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
 }
 
-/// npm packages: solc and OpenZeppelin (the token), anvil (the dev chain), playwright-core.
+/// npm packages: solc and OpenZeppelin (the token), anvil (the dev chain), playwright-core
+/// (`contracts/`); esbuild, TypeScript and axe-core (the web app, `functions/web/`).
 pub(crate) fn node_env() -> anyhow::Result<()> {
-    let dir = root().join("contracts");
-    if !dir.join("node_modules/.package-lock.json").exists()
-        || newer(&dir.join("package-lock.json"), &dir.join("node_modules/.package-lock.json"))
-    {
-        eprintln!("xtask: installing the npm packages of contracts/");
-        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir))?;
+    for dir in [root().join("contracts"), root().join("functions/web")] {
+        if !dir.join("node_modules/.package-lock.json").exists()
+            || newer(&dir.join("package-lock.json"), &dir.join("node_modules/.package-lock.json"))
+        {
+            eprintln!("xtask: installing the npm packages of {}", dir.strip_prefix(root()).unwrap_or(&dir).display());
+            run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir))?;
+        }
     }
     Ok(())
 }

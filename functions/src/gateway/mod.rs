@@ -34,6 +34,8 @@
 //! holds the configuration and the routes.
 
 mod access;
+pub mod blob;
+mod draft;
 mod exec;
 mod limits;
 mod presign;
@@ -92,9 +94,16 @@ pub struct GatewayConfig {
     /// Requests per second per caller, and the burst allowed above it.
     pub rate: f64,
     pub burst: f64,
+    /// This gateway's own address (`http://host:port`), where the store cannot presign URLs
+    /// and transfers go through the host (`blob`): the embedded pool's.
+    pub public_url: Option<String>,
 }
 
 impl GatewayConfig {
+    fn session_ttl_chrono(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::hours(12))
+    }
+
     pub fn new(secret: Vec<u8>, domain: &str, chain_id: u64) -> Self {
         GatewayConfig {
             secret,
@@ -105,6 +114,7 @@ impl GatewayConfig {
             url_ttl: Duration::from_secs(15 * 60),
             rate: 50.0,
             burst: 400.0,
+            public_url: None,
         }
     }
 }
@@ -116,6 +126,7 @@ pub struct Gateway {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// `aic exec` sessions in flight (`exec`).
     exec: std::sync::Arc<exec::Relay>,
+    store_origin: std::sync::OnceLock<Option<String>>,
 }
 
 /// A refusal: status and the one-line reason.
@@ -145,7 +156,14 @@ pub enum Caller {
 
 impl Gateway {
     pub fn new(cfg: GatewayConfig, ctx: Ctx, inbox: Option<Inbox>) -> Self {
-        Gateway { cfg, ctx, inbox, buckets: Mutex::new(HashMap::new()), exec: Default::default() }
+        Gateway {
+            cfg,
+            ctx,
+            inbox,
+            buckets: Mutex::new(HashMap::new()),
+            exec: Default::default(),
+            store_origin: Default::default(),
+        }
     }
 
     /// Answers one API call. `path` starts with `/v1/`.
@@ -183,13 +201,35 @@ impl Gateway {
                 return Ok(json!({
                     "bucket": self.ctx.store.bucket(), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id,
                     "chain": self.cfg.chain_info, "free": self.cfg.chain_info.is_null(),
-                    "max_put": MAX_PUT, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES,
+                    "max_put": if self.host_transfers() { blob::MAX_HOST_PUT as u64 } else { MAX_PUT }, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES,
                     "session_seconds": self.cfg.session_ttl.as_secs(), "url_seconds": self.cfg.url_ttl.as_secs(),
                 }));
             }
             (&Method::GET, "/v1/nonce") => {
                 self.admit(&peer.to_string(), 1.0)?;
-                return Ok(json!({"nonce": self.nonce(now), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id}));
+                let nonce = self.nonce(now);
+                // With `address`, the whole message to sign (what a browser signs as it is).
+                let message = match q.get("address") {
+                    Some(a) => {
+                        let address: Address =
+                            a.parse().map_err(|_| bad(format!("address={a:?} is not an address")))?;
+                        let address = aic_chain::to_alloy(&address);
+                        let uri = self.cfg.public_url.clone().unwrap_or_else(|| format!("https://{}", self.cfg.domain));
+                        let mut m = SiweMessage::new(
+                            &self.cfg.domain,
+                            &uri,
+                            address,
+                            self.cfg.chain_id,
+                            self.cfg.session_ttl_chrono(),
+                        );
+                        m.nonce = nonce.clone();
+                        Some(m.to_string())
+                    }
+                    None => None,
+                };
+                return Ok(
+                    json!({"nonce": nonce, "domain": self.cfg.domain, "chain_id": self.cfg.chain_id, "message": message}),
+                );
             }
             (&Method::POST, "/v1/session") => {
                 self.admit(&peer.to_string(), 1.0)?;
@@ -239,7 +279,8 @@ impl Gateway {
             },
         };
         match (method, segs.as_slice()) {
-            (&Method::GET, ["jobs"]) => self.jobs(&who).await,
+            (&Method::GET, ["jobs"]) => self.jobs(&who, &q).await,
+            (&Method::POST, ["draft"]) => self.draft(&who, &body).await,
             (&Method::GET, ["pool"]) => {
                 let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
                 Ok(json!({ "gateways": gws }))
@@ -253,6 +294,20 @@ impl Gateway {
             (&Method::POST, ["exec", session, "input"]) => self.exec_input(&who, session, &body).await,
             _ => Err(err(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}"))),
         }
+    }
+
+    /// The origin presigned transfers go to (the store's endpoint), for the web app's
+    /// Content-Security-Policy; `None` where transfers go through this host.
+    pub async fn store_origin(&self) -> Option<String> {
+        let s3 = self.ctx.store.s3_client()?;
+        if let Some(o) = self.store_origin.get() {
+            return o.clone();
+        }
+        let url =
+            s3.signed_url(Method::GET, &object_store::path::Path::from("x"), Duration::from_secs(60)).await.ok()?;
+        let origin = Some(url.origin().ascii_serialization());
+        let _ = self.store_origin.set(origin.clone());
+        origin
     }
 
     pub(super) fn signer(&self) -> Result<&std::sync::Arc<object_store::aws::AmazonS3>, ApiError> {

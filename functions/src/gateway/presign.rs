@@ -11,7 +11,9 @@ impl Gateway {
         if b.items.len() > MAX_ITEMS {
             return Err(bad(format!("at most {MAX_ITEMS} URLs per call")));
         }
-        let s3 = self.signer()?;
+        // S3 signs the URLs; a store that cannot (a local folder) is reached through this host.
+        let s3 = if self.host_transfers() { None } else { Some(self.signer()?) };
+        let max_put = if s3.is_some() { MAX_PUT } else { super::blob::MAX_HOST_PUT as u64 };
         let mut urls = Vec::with_capacity(b.items.len());
         for item in &b.items {
             let access = access(who, &item.key)?;
@@ -30,11 +32,11 @@ impl Gateway {
                 }
                 (&Method::PUT, _) => {
                     let size = item.size.ok_or_else(|| bad(format!("{}: PUT needs the size in bytes", item.key)))?;
-                    if size > MAX_PUT {
+                    if size > max_put {
                         return Err(err(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             format!(
-                                "{}: {size} bytes is over the {MAX_PUT}-byte single-upload limit; use /v1/multipart",
+                                "{}: {size} bytes is over the {max_put}-byte single-upload limit; use /v1/multipart",
                                 item.key
                             ),
                         ));
@@ -70,7 +72,20 @@ impl Gateway {
             }
             let path =
                 object_path(&item.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", item.key)))?;
-            let url = s3.signed_url_opts(method.clone(), &path, self.cfg.url_ttl, &opts).await.map_err(store_err)?;
+            let url = match s3 {
+                Some(s3) => s3
+                    .signed_url_opts(method.clone(), &path, self.cfg.url_ttl, &opts)
+                    .await
+                    .map_err(store_err)?
+                    .to_string(),
+                None => self.blob_url(super::blob::Grant {
+                    method: method.as_str().to_string(),
+                    key: item.key.clone(),
+                    sha: item.sha256.clone().unwrap_or_default().to_lowercase(),
+                    create: send.contains_key("if-none-match"),
+                    ..Default::default()
+                })?,
+            };
             if access == Access::CreateOnly
                 && method == Method::PUT
                 && let Some(inbox) = &self.inbox
@@ -80,7 +95,7 @@ impl Gateway {
                     .await
                     .map_err(store_err)?;
             }
-            urls.push(SignedUrl { url: url.to_string(), method: method.as_str().to_string(), headers: send });
+            urls.push(SignedUrl { url, method: method.as_str().to_string(), headers: send });
         }
         Ok(json!(SignResponse { urls, expires_in: self.cfg.url_ttl.as_secs() }))
     }
@@ -99,6 +114,9 @@ impl Gateway {
                     ),
                 ));
             }
+        }
+        if self.host_transfers() {
+            return self.host_multipart(&b.action, &b.key, b.upload_id.clone(), b.part, b.parts).await;
         }
         let s3 = self.signer()?;
         let path = object_path(&b.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", b.key)))?;

@@ -3,6 +3,7 @@
 
 use super::*;
 use aic_schemas::gateway::{ListedObject, Listing};
+use futures::StreamExt;
 
 impl Gateway {
     pub(super) async fn objects(&self, who: &Caller, q: &HashMap<String, String>) -> Reply {
@@ -43,15 +44,39 @@ impl Gateway {
         Ok(JobKey::new(*who, id))
     }
 
-    pub(super) async fn jobs(&self, who: &Address) -> Reply {
+    /// The caller's newest jobs (`limit`, 50 by default, at most 500), newest first: each
+    /// one's status snapshot and what it asked for, read 16 at a time.
+    pub(super) async fn jobs(&self, who: &Address, q: &HashMap<String, String>) -> Reply {
+        let limit = match q.get("limit") {
+            Some(l) => {
+                l.parse::<usize>().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| bad("limit: 1 to 500"))?
+            }
+            None => 50,
+        };
         let ids = status::job_ids(&self.ctx.store, who).await.map_err(store_err)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let job = JobKey::new(*who, id.clone());
-            let snap = status::snapshot(&self.ctx.store, &job).await.map_err(store_err)?;
-            out.push(json!({"job_id": id, "status": snap}));
-        }
-        Ok(json!({ "jobs": out }))
+        let more = ids.len() > limit;
+        let newest: Vec<JobId> = ids.into_iter().rev().take(limit).collect();
+        let store = &self.ctx.store;
+        let out: Vec<Value> = futures::stream::iter(newest)
+            .map(|id| async move {
+                let job = JobKey::new(*who, id.clone());
+                let request_key = job.request();
+                let (snap, req) = futures::try_join!(
+                    status::snapshot(store, &job),
+                    store.get_json::<aic_schemas::JobRequest>(&request_key, MAX_REQUEST_BYTES),
+                )?;
+                let asked = req.map(|r| {
+                    json!({"kind": r.kind, "name": r.name, "entrypoint": r.entrypoint, "data": r.data,
+                           "miners": r.miners, "gpus_per_miner": r.gpus_per_miner, "max_hours": r.max_hours,
+                           "launcher": r.launcher, "created_at": r.created_at})
+                });
+                Ok::<_, aic_core::store::StoreError>(json!({"job_id": id, "status": snap, "request": asked}))
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+            .map_err(store_err)?;
+        Ok(json!({ "jobs": out, "more": more }))
     }
 
     pub(super) async fn job(&self, who: &Address, id: &str) -> Reply {
@@ -86,6 +111,13 @@ impl Gateway {
             };
             total += b.len();
             chunks.push(json!({"key": key, "text": String::from_utf8_lossy(&b)}));
+        }
+        // Nothing yet, or no such job of the caller's: the latter is told apart (as `job` does).
+        if chunks.is_empty()
+            && after.is_none()
+            && self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none()
+        {
+            return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
         }
         Ok(json!({ "chunks": chunks }))
     }

@@ -1,0 +1,220 @@
+// The web app end to end in headless Chromium (Debian's, through playwright-core), with the
+// injected wallet of provider.cjs backed by anvil: the tutorial (sign in, the digits
+// dataset, train_mpi.py on two miners paid and signed in the wallet, the log to success,
+// the checkpoint downloaded, deployed, the address answering, removed), the refusals (a
+// declined signature, the wrong chain, another wallet's job URL), an accessibility scan of
+// every page (axe-core), screenshots of every page at desktop and phone widths, and the time
+// to first render of the jobs page of a wallet with 200 jobs.
+//
+// usage: NODE_PATH=contracts/node_modules:functions/web/node_modules node webapp.cjs CONFIG_JSON
+// CONFIG: {base, rpc, out, owner, other, many, dataset: [files], project, serve, pixels, token}
+// Prints one JSON line with what happened (see `result` below); the Rust test judges it.
+const fs = require("fs");
+const path = require("path");
+const os = require("os");
+const { chromium } = require("playwright-core");
+const { installWallet, exposeRpc } = require("./provider.cjs");
+
+const cfg = JSON.parse(process.argv[2]);
+const result = { steps: [], job: null, deployment: null, prediction: null, downloaded: null, wallet: null, refusals: {}, axe: [], firstRenderMs: null, rows: 0, shots: [], console: [], error: null };
+const step = (s) => { result.steps.push(s); };
+const desktop = { width: 1280, height: 860 };
+const phone = { width: 390, height: 844 };
+
+async function newContext(browser, scenario, extra = {}) {
+  const context = await browser.newContext({ viewport: desktop, acceptDownloads: true, ...extra });
+  await exposeRpc(context);
+  await context.addInitScript(installWallet, { rpc: cfg.rpc, scenario });
+  return context;
+}
+
+function watchConsole(page, who) {
+  page.on("console", (m) => { if (m.type() === "error") result.console.push(`${who}: ${m.text()}`); });
+  page.on("pageerror", (e) => result.console.push(`${who}: ${e.message}`));
+}
+
+async function shoot(page, name) {
+  for (const [w, size] of [["desktop", desktop], ["phone", phone]]) {
+    await page.setViewportSize(size);
+    const file = path.join(cfg.out, `webapp-${name}-${w}.png`);
+    await page.screenshot({ path: file, fullPage: true });
+    result.shots.push(file);
+  }
+  await page.setViewportSize(desktop);
+}
+
+async function signIn(page, base) {
+  await page.goto(base + "/jobs");
+  await page.waitForURL(/\/signin\?next=/);
+  await page.click("#signin");
+}
+
+async function text(page, sel) {
+  return (await page.textContent(sel)) || "";
+}
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: process.env.AIC_CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  try {
+    // The owner: a wallet on mainnet that does not know the pool's chain; the user declines
+    // the first typed-data signature.
+    const owner = await newContext(browser, { account: cfg.owner, startChain: "0x1", rejectSignOnce: true });
+    const page = await owner.newPage();
+    watchConsole(page, "owner");
+    await signIn(page, cfg.base);
+    await page.waitForURL(/\/jobs$/, { timeout: 30000 });
+    step("signed in");
+    await page.waitForSelector("#balance:has-text('AIC')", { timeout: 15000 });
+    result.balanceShown = await text(page, "#balance");
+    await page.click("#add-token");
+
+    // The dataset.
+    await page.click("a[href='/data']");
+    await page.fill("#dataset-name", "digits");
+    await page.setInputFiles("#dataset-files", cfg.dataset);
+    await page.click("#dataset-upload");
+    await page.waitForSelector("#datasets td:has-text('digits')", { timeout: 30000 });
+    step("dataset uploaded");
+    await shoot(page, "data");
+
+    // The training job: the digits folder, train_mpi.py on two miners.
+    await page.click("a[href='/new']");
+    await page.setInputFiles("#folder", cfg.project);
+    await page.selectOption("#entrypoint", "train_mpi.py");
+    await page.selectOption("#dataset", "digits");
+    await page.fill("#miners", "2");
+    await page.selectOption("#launcher", "mpi");
+    await page.fill("#hours", "0.05");
+    await page.fill("#args", "--epochs 12");
+    await page.dispatchEvent("#args", "change");
+    await page.waitForSelector("#quote:has-text('Quote:')", { timeout: 15000 });
+    result.quote = await text(page, "#quote");
+    await shoot(page, "new");
+    await page.click("#submit");
+    await page.waitForSelector("[role=alert]:has-text('declined signing')", { timeout: 60000 });
+    result.refusals.declined = (await page.textContent("[role=alert]:has-text('declined signing')")).trim();
+    await page.click("#submit");
+    await page.waitForURL(/\/jobs\/[0-9a-z]{26}$/, { timeout: 60000 });
+    result.job = page.url().split("/").pop();
+    step("job submitted");
+    await page.waitForSelector("#state [data-state=running], #state [data-state=succeeded]", { timeout: 120000 });
+    await page.waitForSelector("#state [data-state=succeeded], #state [data-state=failed]", { timeout: 300000 });
+    result.jobState = await page.getAttribute("#state [data-state]", "data-state");
+    await page.waitForSelector("#log:has-text('[rank 1]')", { timeout: 15000 });
+    result.log = await text(page, "#log");
+    result.progress = await page.getAttribute("#progress", "value");
+    await page.waitForSelector("#outputs button[data-key='model.npz']", { timeout: 30000 });
+    await page.waitForSelector("#money table", { timeout: 30000 });
+    result.money = await text(page, "#money");
+    await shoot(page, "job");
+    const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#outputs button[data-key='model.npz']")]);
+    const model = path.join(cfg.out, "webapp-model.npz");
+    await dl.saveAs(model);
+    result.downloaded = model;
+    step("checkpoint downloaded");
+
+    // The deployment: the serve project with that checkpoint.
+    const serve = fs.mkdtempSync(path.join(os.tmpdir(), "aic-web-serve-"));
+    const project = path.join(serve, "serve");
+    fs.cpSync(cfg.serve, project, { recursive: true });
+    fs.copyFileSync(model, path.join(project, "model.npz"));
+    await page.click("a[href='/new']");
+    await page.selectOption("#kind", "serve");
+    await page.setInputFiles("#folder", project);
+    await page.selectOption("#entrypoint", "app.py");
+    await page.fill("#miners", "2");
+    await page.fill("#hours", "0.05");
+    await page.fill("#name", "digits-web");
+    await page.dispatchEvent("#name", "change");
+    await page.waitForSelector("#quote:has-text('Quote:')", { timeout: 15000 });
+    await page.click("#submit");
+    await page.waitForURL(/\/jobs\/[0-9a-z]{26}$/, { timeout: 60000 });
+    result.deployment = page.url().split("/").pop();
+    await page.waitForSelector("#replicas:has-text('Live replicas: 2 of 2')", { timeout: 240000 });
+    result.prediction = await page.evaluate(async ([id, pixels]) => {
+      const r = await fetch(`/d/${id}/predict`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ pixels }) });
+      return { status: r.status, body: await r.json() };
+    }, [result.deployment, cfg.pixels]);
+    step("deployment answered");
+    await page.click("a[href='/deployments']");
+    await page.waitForSelector(`#deployments button[data-remove='${result.deployment}']`, { timeout: 15000 });
+    await shoot(page, "deployments");
+    await page.click(`#deployments button[data-remove='${result.deployment}']`);
+    await page.waitForSelector(`#deployments tr:has(a[href='/jobs/${result.deployment}']) [data-state=cancelled]`, { timeout: 30000 });
+    step("deployment removed");
+    await page.click("a[href='/jobs']");
+    await page.waitForSelector(`#jobs a[href='/jobs/${result.job}']`, { timeout: 15000 });
+    await shoot(page, "jobs");
+    await page.click("a[href='/pool']");
+    await page.waitForSelector("table", { timeout: 15000 });
+    await shoot(page, "pool");
+    result.wallet = await page.evaluate(() => window.__wallet.log);
+
+    // Accessibility: every page, scanned by axe-core (a context that lets its script in).
+    const state = await owner.storageState();
+    const scan = await newContext(browser, { account: cfg.owner, startChain: "0x7a69", knownChains: ["0x7a69"] }, { storageState: state, bypassCSP: true });
+    const sp = await scan.newPage();
+    for (const p of ["/signin", "/jobs", `/jobs/${result.job}`, "/new", "/data", "/deployments", "/pool"]) {
+      await sp.goto(cfg.base + p);
+      await sp.waitForSelector("main :is(h1)", { timeout: 15000 });
+      await sp.waitForLoadState("networkidle").catch(() => undefined);
+      await sp.addScriptTag({ path: require.resolve("axe-core/axe.min.js") });
+      const v = await sp.evaluate(async () => (await window.axe.run(document, { resultTypes: ["violations"] })).violations.map((x) => ({ id: x.id, impact: x.impact, help: x.help, nodes: x.nodes.length })));
+      result.axe.push({ page: p, violations: v });
+    }
+    await scan.close();
+    step("accessibility scanned");
+
+    // The wrong chain: the user declines switching the wallet to the pool's chain.
+    const wrong = await newContext(browser, { account: cfg.other, startChain: "0x1", rejectChain: true });
+    const wp = await wrong.newPage();
+    watchConsole(wp, "wrong-chain");
+    await signIn(wp, cfg.base);
+    await wp.waitForSelector("[role=alert]", { timeout: 30000 });
+    result.refusals.wrongChain = (await text(wp, "[role=alert]")).trim();
+    result.refusals.wrongChainUrl = wp.url();
+    await shoot(wp, "signin-refused");
+    await wrong.close();
+
+    // Another wallet opens the owner's job URL: nothing of the job is shown.
+    const other = await newContext(browser, { account: cfg.other, startChain: "0x7a69", knownChains: ["0x7a69"] });
+    const op = await other.newPage();
+    watchConsole(op, "other");
+    await signIn(op, cfg.base);
+    await op.waitForURL(/\/jobs$/, { timeout: 30000 });
+    await op.goto(`${cfg.base}/jobs/${result.job}`);
+    await op.waitForSelector("main h1", { timeout: 15000 });
+    result.refusals.otherJob = { title: await text(op, "main h1"), text: await text(op, "main"), log: await op.$("#log") !== null };
+    result.refusals.otherLogs = await op.evaluate(async (id) => {
+      const t = JSON.parse(localStorage.getItem("aic.session")).token;
+      const r = await fetch(`/v1/jobs/${id}/logs`, { headers: { authorization: `Bearer ${t}` } });
+      return { status: r.status, body: await r.text() };
+    }, result.job);
+    await other.close();
+    step("refusals");
+
+    // Time to first render of the jobs page, for a wallet with 200 jobs.
+    const many = await newContext(browser, { account: cfg.many, startChain: "0x7a69", knownChains: ["0x7a69"] });
+    const mp = await many.newPage();
+    await signIn(mp, cfg.base);
+    await mp.waitForURL(/\/jobs$/, { timeout: 30000 });
+    await mp.goto("about:blank");
+    const t0 = Date.now();
+    await mp.goto(cfg.base + "/jobs");
+    await mp.waitForFunction(() => document.querySelectorAll("#jobs tbody tr").length >= 200, null, { timeout: 60000 });
+    result.firstRenderMs = Date.now() - t0;
+    result.rows = await mp.evaluate(() => document.querySelectorAll("#jobs tbody tr").length);
+    await many.close();
+    step("200 jobs rendered");
+  } catch (e) {
+    result.error = e && e.stack ? e.stack : String(e);
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify(result));
+}
+
+main();

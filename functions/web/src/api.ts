@@ -1,0 +1,162 @@
+// The gateway API of this host (`/v1/…`), with the session as a bearer token. The token is
+// kept in localStorage and sent in the Authorization header by this code only: it is never
+// a cookie, so no other site's page can make the browser send it.
+
+export interface Session {
+  token: string;
+  address: string;
+  expires_at: string;
+}
+
+export interface ChainInfo {
+  rpc_url: string;
+  chain_id: number;
+  token: string;
+  treasury: string;
+  price_per_gpu_hour: string;
+  escrow?: string;
+}
+
+export interface Info {
+  bucket: string;
+  domain: string;
+  chain_id: number;
+  chain: ChainInfo | null;
+  free: boolean;
+  max_put: number;
+}
+
+const KEY = "aic.session";
+
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function session(): Session | null {
+  try {
+    const s = JSON.parse(localStorage.getItem(KEY) || "null") as Session | null;
+    if (s && new Date(s.expires_at).getTime() > Date.now() + 5000) return s;
+  } catch {
+    /* a damaged entry is no session */
+  }
+  return null;
+}
+
+export function setSession(s: Session | null): void {
+  if (s) localStorage.setItem(KEY, JSON.stringify(s));
+  else localStorage.removeItem(KEY);
+  window.dispatchEvent(new Event("aic-session"));
+}
+
+export async function api<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = {};
+  const s = session();
+  if (s) headers["authorization"] = `Bearer ${s.token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  let r: Response;
+  try {
+    r = await fetch(`/v1/${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, "The pool did not answer; check your connection and try again.");
+  }
+  const text = await r.text();
+  let v: unknown = null;
+  try {
+    v = text ? JSON.parse(text) : null;
+  } catch {
+    /* not JSON */
+  }
+  if (!r.ok) {
+    const why = (v as { error?: string } | null)?.error || `the pool answered ${r.status}`;
+    if (r.status === 401 && s) setSession(null);
+    throw new ApiError(r.status, why);
+  }
+  return v as T;
+}
+
+let infoCache: Promise<Info> | null = null;
+export function info(): Promise<Info> {
+  if (!infoCache) infoCache = api<Info>("GET", "info").catch((e) => ((infoCache = null), Promise.reject(e)));
+  return infoCache;
+}
+
+export interface StatusRecord {
+  seq: number;
+  state: string;
+  at: string;
+  by: string;
+  reason?: string;
+  run?: number;
+  detail?: { exit_code?: number; wall_seconds?: number; gpu_seconds?: number; placement?: string[]; log_tail?: string };
+}
+
+export interface Asked {
+  kind: "train" | "serve";
+  name?: string | null;
+  entrypoint: string;
+  data?: string | null;
+  miners: number;
+  gpus_per_miner: number;
+  max_hours: number;
+  launcher: string;
+  created_at: string;
+}
+
+export interface JobRow {
+  job_id: string;
+  status: StatusRecord | null;
+  request: Asked | null;
+}
+
+export interface Settlement {
+  run: number;
+  kind: string;
+  paid: string;
+  charged: string;
+  refunded: string;
+  gpu_seconds: number;
+  tx?: string;
+  at: string;
+}
+
+export interface Listed {
+  key: string;
+  size: number;
+  last_modified: string;
+}
+
+export interface SignedUrl {
+  url: string;
+  method: string;
+  headers: Record<string, string>;
+}
+
+export const TERMINAL = ["succeeded", "failed", "cancelled", "timed_out", "rejected"];
+
+/// Every object under `prefix` (the gateway lists in pages; a page ends where it stopped).
+export async function listAll(prefix: string): Promise<Listed[]> {
+  const out: Listed[] = [];
+  let offset: string | undefined;
+  for (;;) {
+    const q = new URLSearchParams({ prefix });
+    if (offset) q.set("offset", offset);
+    const r = await api<{ objects: Listed[] }>("GET", `objects?${q}`);
+    out.push(...r.objects);
+    if (r.objects.length < 1000) return out;
+    offset = r.objects[r.objects.length - 1].key;
+  }
+}
+
+export async function sign(items: { method: string; key: string; size?: number; sha256?: string; create?: boolean }[]): Promise<SignedUrl[]> {
+  const r = await api<{ urls: SignedUrl[] }>("POST", "sign", { items });
+  return r.urls;
+}
+
+export function userPrefix(address: string): string {
+  return `users/${address.toLowerCase()}/`;
+}

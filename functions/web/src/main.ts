@@ -1,0 +1,165 @@
+// aic's web app: the user's side of the pool. Each page has a URL of its own; links move
+// between them without reloading (history API), and the host answers every one of these
+// URLs with this same app.
+
+import { api, info, session, setSession, type Info } from "./api";
+import { addToken, balance, wallet, type Announced } from "./wallet";
+import { fmtAic, h, message, shortAddress } from "./ui";
+import { jobsPage } from "./pages/jobs";
+import { jobPage } from "./pages/job";
+import { newPage } from "./pages/new";
+import { dataPage } from "./pages/data";
+import { deploymentsPage } from "./pages/deployments";
+import { poolPage } from "./pages/pool";
+import { signinPage } from "./pages/signin";
+
+/// What a page leaves running (timers), stopped when the user moves on.
+export type Cleanup = () => void;
+export type Page = (root: HTMLElement, params: string[]) => Cleanup | void | Promise<Cleanup | void>;
+
+const routes: [RegExp, Page, boolean][] = [
+  [/^\/(?:jobs)?$/, jobsPage, true],
+  [/^\/jobs\/([0-9a-z]{26})$/, jobPage, true],
+  [/^\/new$/, newPage, true],
+  [/^\/data$/, dataPage, true],
+  [/^\/deployments$/, deploymentsPage, true],
+  [/^\/pool$/, poolPage, true],
+  [/^\/signin$/, signinPage, false],
+];
+
+let cleanup: Cleanup | null = null;
+let generation = 0;
+
+export function go(path: string, replace = false): void {
+  if (replace) history.replaceState(null, "", path);
+  else history.pushState(null, "", path);
+  void render();
+}
+
+async function render(): Promise<void> {
+  const gen = ++generation;
+  if (cleanup) {
+    cleanup();
+    cleanup = null;
+  }
+  const main = document.getElementById("main")!;
+  const path = location.pathname.replace(/\/+$/, "") || "/";
+  for (const a of document.querySelectorAll<HTMLAnchorElement>("header nav a")) {
+    const here = path === a.pathname || (a.pathname !== "/" && path.startsWith(a.pathname + "/"));
+    if (here) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  const found = routes.map(([re, page, auth]) => [re.exec(path), page, auth] as const).find(([m]) => m);
+  main.replaceChildren();
+  if (!found) {
+    document.title = "Not found · aic";
+    main.append(h("h1", {}, "Not found"), message(`There is no page ${path} here.`, "error"));
+    return;
+  }
+  const [m, page, auth] = found;
+  if (auth && !session()) {
+    go(`/signin?next=${encodeURIComponent(location.pathname)}`, true);
+    return;
+  }
+  try {
+    const c = await page(main, m!.slice(1));
+    if (gen !== generation) {
+      if (c) c();
+      return;
+    }
+    cleanup = c || null;
+  } catch (e) {
+    if (gen === generation) main.append(message((e as Error).message, "error"));
+  }
+  main.focus({ preventScroll: true });
+}
+
+/// Lets the user pick among several wallets.
+export function pickWallet(list: Announced[]): Promise<Announced> {
+  return new Promise((resolve) => {
+    const d = h("dialog", { "aria-labelledby": "pick-title" }, h("h2", { id: "pick-title" }, "Which wallet holds your account?"));
+    const row = h("div", { class: "row", id: "wallets" });
+    for (const w of list) {
+      row.append(
+        h(
+          "button",
+          {
+            type: "button",
+            "data-wallet": w.info.name,
+            onclick: () => {
+              d.close();
+              d.remove();
+              resolve(w);
+            },
+          },
+          w.info.name,
+        ),
+      );
+    }
+    d.append(row);
+    document.body.append(d);
+    d.showModal();
+  });
+}
+
+async function drawAccount(): Promise<void> {
+  const el = document.getElementById("account")!;
+  const s = session();
+  if (!s) {
+    el.replaceChildren(h("a", { href: "/signin", "data-link": true, class: "button secondary" }, "Sign in"));
+    return;
+  }
+  const bal = h("span", { id: "balance", class: "balance" });
+  const addr = h("span", { id: "address", title: s.address }, shortAddress(s.address));
+  const out = h("button", { type: "button", id: "signout", onclick: () => { setSession(null); go("/signin"); } }, "Sign out");
+  el.replaceChildren(addr, bal, out);
+  let i: Info;
+  try {
+    i = await info();
+  } catch {
+    return;
+  }
+  if (!i.chain || i.free) {
+    bal.textContent = "free pool";
+    return;
+  }
+  const token = i.chain.token;
+  const add = h("button", { type: "button", id: "add-token", onclick: async () => {
+    try {
+      const w = await wallet(pickWallet);
+      await addToken(w.provider, token);
+    } catch (e) {
+      alertMessage((e as Error).message);
+    }
+  } }, "Add AIC to wallet");
+  el.insertBefore(add, out);
+  try {
+    const w = await wallet(pickWallet);
+    bal.textContent = fmtAic(await balance(w.provider, token, s.address));
+  } catch {
+    bal.textContent = "";
+  }
+}
+
+/// A one-line notice at the top of the page.
+export function alertMessage(text: string): void {
+  const main = document.getElementById("main")!;
+  main.prepend(message(text, "error"));
+}
+
+export function refreshAccount(): void {
+  void drawAccount();
+}
+
+document.addEventListener("click", (e) => {
+  const a = (e.target as Element | null)?.closest?.("a[data-link]") as HTMLAnchorElement | null;
+  if (!a || a.origin !== location.origin || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
+  e.preventDefault();
+  go(a.pathname + a.search);
+});
+window.addEventListener("popstate", () => void render());
+window.addEventListener("aic-session", () => void drawAccount());
+void drawAccount();
+void render();
+// Session checked against the pool once: a token from another pool or an expired key is dropped.
+if (session()) api("GET", "jobs?limit=1").catch(() => undefined);
