@@ -6,8 +6,11 @@
 Creates the bucket (if missing) and the topic, lets S3 publish to the topic, subscribes the
 host's /events endpoint (the host confirms the subscription itself, once it has checked the
 signature), and sets the bucket's notification: every created object under users/ whose key
-ends in .json (requests, manifests, status records) goes to the topic. Prints the topic ARN
-as JSON: give it to the host as AIC_SNS_TOPICS. Idempotent.
+ends in .json (requests, manifests, status records) goes to the topic. Sets the bucket's CORS
+for the web app (the host serves it; browsers upload and download through presigned URLs):
+the host's origin, or each --cors-origin, may GET, PUT, HEAD and DELETE with any header, and
+reads ETag (multipart parts). Prints the topic ARN as JSON: give it to the host as
+AIC_SNS_TOPICS. Idempotent.
 
 Needs boto3 (the LocalStack venv has it). Credentials and region come from the usual AWS_*
 variables (LocalStack: test/test, us-east-1).
@@ -28,6 +31,8 @@ def main() -> int:
     ap.add_argument("--webhook", required=True, help="the functions host's /events URL")
     ap.add_argument("--topic", default="aic-events")
     ap.add_argument("--wait", type=float, default=0, help="seconds to wait for the host to confirm the subscription")
+    ap.add_argument("--cors-origin", action="append", default=[],
+                    help="an origin the web app is served from (default: the webhook's); repeatable")
     a = ap.parse_args()
     kw = {"region_name": os.environ.get("AWS_REGION", "us-east-1")}
     if a.endpoint:
@@ -38,6 +43,17 @@ def main() -> int:
         s3.create_bucket(Bucket=a.bucket)
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
+    origins = a.cors_origin or ["/".join(a.webhook.split("/")[:3])]
+    s3.put_bucket_cors(
+        Bucket=a.bucket,
+        CORSConfiguration={"CORSRules": [{
+            "AllowedOrigins": origins,
+            "AllowedMethods": ["GET", "PUT", "HEAD", "DELETE"],
+            "AllowedHeaders": ["*"],
+            "ExposeHeaders": ["ETag"],
+            "MaxAgeSeconds": 3000,
+        }]},
+    )
     topic = sns.create_topic(Name=a.topic)["TopicArn"]
     policy = {
         "Version": "2012-10-17",

@@ -104,8 +104,12 @@ fn pool_charging(events: Events, pay: Pay) -> Pool {
     let bucket = fresh_bucket(if events == Events::Sns { "sns" } else { "poll" });
     let topic = format!("aic-{bucket}");
     let c = &chain.config;
+    // A port of its own, known before it starts: the web app's users sign in to this address
+    // (the SIWE domain a wallet compares with the page's origin).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut cmd = Command::new(bins().join("aic-functions"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("AIC_GATEWAY_DOMAIN", format!("127.0.0.1:{port}"))
         .env("AIC_STORE", format!("s3://{bucket}"))
         .env("AIC_S3_ENDPOINT", endpoint())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -583,4 +587,71 @@ impl Terminal {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+}
+
+/// The web app of a pool on LocalStack, in Chromium with the injected wallet
+/// (`browser/webapp.cjs`): the tutorial end to end — sign in, the digits dataset uploaded
+/// through presigned URLs (the bucket's CORS, set by `localstack/wire.py`), train_mpi.py on
+/// two miners paid and signed in the wallet, the log to success, the checkpoint downloaded
+/// from the bucket byte for byte, deployed, its address answering, removed.
+#[test]
+fn the_tutorial_in_the_web_app_of_a_pool() {
+    let p = pool(Events::Sns);
+    let chain: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dir.path().join("chain.json")).unwrap()).unwrap();
+    let data = p.dir.path().join("digits-data");
+    assert!(
+        Command::new("python3")
+            .arg(repo().join("examples/digits/make_dataset.py"))
+            .arg(&data)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let csv = std::fs::read_to_string(data.join("digits.csv")).unwrap();
+    let first: Vec<f64> = csv.lines().next().unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    let owner = "0x9965507d1a55bcc2695c58ba16fb37d819b0a4dc";
+    let cfg = serde_json::json!({
+        "base": p.url, "rpc": chain["rpc_url"], "out": repo().join("target"), "owner": owner,
+        "other": "0x976ea74026e726554db657fa54763abd0c3a0aa9", "many": owner,
+        "dataset": [data.join("digits.csv")], "project": repo().join("examples/digits"),
+        "serve": repo().join("examples/digits/serve"), "pixels": &first[..64], "token": chain["token"],
+        "prefix": "webapp-pool", "tutorialOnly": true,
+    });
+    let run = Command::new("node")
+        .arg(repo().join("cli/tests/browser/webapp.cjs"))
+        .arg(cfg.to_string())
+        .env(
+            "NODE_PATH",
+            format!(
+                "{}:{}",
+                repo().join("contracts/node_modules").display(),
+                repo().join("functions/web/node_modules").display()
+            ),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    let r: serde_json::Value = serde_json::from_str(said.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!("the browser run gave no result ({e}): {said}{}\n{}", String::from_utf8_lossy(&run.stderr), p.log())
+    });
+    let dump = serde_json::to_string_pretty(&r).unwrap();
+    assert!(r["error"].is_null(), "the browser run stopped: {dump}\n{}", p.log());
+    assert_eq!(r["console"], serde_json::json!([]), "errors on the pages (CSP, CORS): {dump}");
+    assert_eq!(r["jobState"], "succeeded", "{dump}");
+    assert!(r["log"].as_str().unwrap().contains("[rank 1]"), "{dump}");
+    assert_eq!(r["wallet"]["sends"].as_array().map(Vec::len), Some(2), "one payment a job: {dump}");
+    assert_eq!(r["prediction"]["status"], 200, "{dump}");
+    assert_eq!(r["prediction"]["body"]["digit"].as_f64(), Some(first[64]), "{dump}");
+    // The checkpoint the browser downloaded is the bucket's, byte for byte.
+    let job = r["job"].as_str().unwrap();
+    let got = Command::new(python())
+        .args(["-c", &format!(
+            "import boto3,sys; sys.stdout.buffer.write(boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').get_object(Bucket='{}', Key='users/{owner}/jobs/{job}/output/model.npz')['Body'].read())",
+            endpoint(), p.bucket
+        )])
+        .output()
+        .unwrap();
+    assert!(got.status.success() && !got.stdout.is_empty());
+    assert_eq!(std::fs::read(r["downloaded"].as_str().unwrap()).unwrap(), got.stdout);
 }

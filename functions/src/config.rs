@@ -15,7 +15,8 @@
 //! | `AIC_WORKER_GATEWAY` | the gateway's URL as workers reach it: with `AIC_GATEWAY_SECRET`, workers get a token for their job's objects instead of store credentials (the local scheduler uses this host's address by default) |
 //! | `AIC_WORKER_ENV` | extra `KEY=VALUE` pairs (whitespace-separated) for every worker, e.g. Open MPI or NCCL settings |
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
-//! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`) |
+//! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`); for the web app, the host and port users open it at (wallets compare it with the page's origin) |
+//! | `AIC_SERVE_URL` | where users reach deployments (`<url>/d/<id>/`), when not at this host (the pool's nginx serving gateway); shown by the web app |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
 //! | `AIC_LOG` | log filter (`info`, `debug`, `aic_functions=debug`, …) |
 //! | `AIC_WEBHOOK_TOKEN` | bearer token MinIO must send to `/events` (its `auth_token`); without it MinIO-format posts are refused |
@@ -188,5 +189,6 @@ pub fn gateway(built: &Built) -> anyhow::Result<Option<GatewayConfig>> {
     if let Some(c) = &built.chain {
         cfg.chain_info = serde_json::to_value(c)?;
     }
+    cfg.serve_url = var("AIC_SERVE_URL");
     Ok(Some(cfg))
 }

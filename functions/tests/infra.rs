@@ -144,6 +144,8 @@ fn the_minio_setup_sends_the_keys_the_functions_act_on_to_the_webhook() {
     assert!(s.contains(r#"endpoint="${url%/}/events""#), "the host's webhook is /events");
     assert!(s.contains("--event put --prefix users/ --suffix .json"));
     assert!(s.contains("queue_dir="), "undelivered events must be kept");
+    // Browsers reach MinIO from the web app's origin (presigned uploads and downloads).
+    assert!(s.contains(r#"api cors_allow_origin="$web""#), "the web app's origin must be allowed");
     // The filter (prefix users/, suffix .json) passes every key a function acts on, and not
     // the log chunks and outputs that would flood it.
     let job = "users/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/jobs/01kbx8m3s2q4fz3x9m2w5a7c8d";

@@ -7,7 +7,8 @@
 // to first render of the jobs page of a wallet with 200 jobs.
 //
 // usage: NODE_PATH=contracts/node_modules:functions/web/node_modules node webapp.cjs CONFIG_JSON
-// CONFIG: {base, rpc, out, owner, other, many, dataset: [files], project, serve, pixels, token}
+// CONFIG: {base, rpc, out, owner, other, many, dataset: [files], project, serve, pixels, token,
+//          prefix? (of the screenshots), tutorialOnly? (the tutorial alone: pool mode)}
 // Prints one JSON line with what happened (see `result` below); the Rust test judges it.
 const fs = require("fs");
 const path = require("path");
@@ -36,7 +37,7 @@ function watchConsole(page, who) {
 async function shoot(page, name) {
   for (const [w, size] of [["desktop", desktop], ["phone", phone]]) {
     await page.setViewportSize(size);
-    const file = path.join(cfg.out, `webapp-${name}-${w}.png`);
+    const file = path.join(cfg.out, `${cfg.prefix || "webapp"}-${name}-${w}.png`);
     await page.screenshot({ path: file, fullPage: true });
     result.shots.push(file);
   }
@@ -111,7 +112,7 @@ async function main() {
     result.money = await text(page, "#money");
     await shoot(page, "job");
     const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#outputs button[data-key='model.npz']")]);
-    const model = path.join(cfg.out, "webapp-model.npz");
+    const model = path.join(cfg.out, `${cfg.prefix || "webapp"}-model.npz`);
     await dl.saveAs(model);
     result.downloaded = model;
     step("checkpoint downloaded");
@@ -152,6 +153,7 @@ async function main() {
     await page.waitForSelector("table", { timeout: 15000 });
     await shoot(page, "pool");
     result.wallet = await page.evaluate(() => window.__wallet.log);
+    if (cfg.tutorialOnly) return;
 
     // Accessibility: every page, scanned by axe-core (a context that lets its script in).
     const state = await owner.storageState();
@@ -213,8 +215,8 @@ async function main() {
     result.error = e && e.stack ? e.stack : String(e);
   } finally {
     await browser.close();
+    console.log(JSON.stringify(result));
   }
-  console.log(JSON.stringify(result));
 }
 
 main();

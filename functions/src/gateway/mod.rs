@@ -97,6 +97,8 @@ pub struct GatewayConfig {
     /// This gateway's own address (`http://host:port`), where the store cannot presign URLs
     /// and transfers go through the host (`blob`): the embedded pool's.
     pub public_url: Option<String>,
+    /// Where users reach deployments (`<url>/d/<id>/`) when not at this host.
+    pub serve_url: Option<String>,
 }
 
 impl GatewayConfig {
@@ -115,6 +117,7 @@ impl GatewayConfig {
             rate: 50.0,
             burst: 400.0,
             public_url: None,
+            serve_url: None,
         }
     }
 }
@@ -201,7 +204,7 @@ impl Gateway {
                 return Ok(json!({
                     "bucket": self.ctx.store.bucket(), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id,
                     "chain": self.cfg.chain_info, "free": self.cfg.chain_info.is_null(),
-                    "max_put": if self.host_transfers() { blob::MAX_HOST_PUT as u64 } else { MAX_PUT }, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES,
+                    "max_put": if self.host_transfers() { blob::MAX_HOST_PUT as u64 } else { MAX_PUT }, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES, "serve_url": self.cfg.serve_url,
                     "session_seconds": self.cfg.session_ttl.as_secs(), "url_seconds": self.cfg.url_ttl.as_secs(),
                 }));
             }

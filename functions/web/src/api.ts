@@ -24,6 +24,8 @@ export interface Info {
   chain: ChainInfo | null;
   free: boolean;
   max_put: number;
+  /// Where deployments answer, when not at this host.
+  serve_url?: string | null;
 }
 
 const KEY = "aic.session";

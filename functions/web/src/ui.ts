@@ -54,7 +54,7 @@ export function table(head: string[], rows: Child[][], caption?: string): HTMLEl
       {},
       caption ? h("caption", { class: "muted" }, caption) : null,
       h("thead", {}, h("tr", {}, ...head.map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c) => h("td", {}, c))))),
+      h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c, i) => h("td", { "data-label": head[i] }, c))))),
     ),
   );
 }

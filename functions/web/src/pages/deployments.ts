@@ -1,4 +1,4 @@
-import { api, type JobRow, TERMINAL } from "../api";
+import { api, info, type JobRow, TERMINAL } from "../api";
 import { h, link, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
 
@@ -30,6 +30,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
       return;
     }
     const now = Date.now();
+    const serveUrl = (await info()).serve_url || location.origin;
     const out = await Promise.all(
       rows.map(async (j) => {
         const r = j.request!;
@@ -39,7 +40,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
           const { replicas } = await api<{ replicas: Replica[] }>("GET", `jobs/${j.job_id}/replicas`);
           up = replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length;
         }
-        const addr = `${location.origin}/d/${j.job_id}/`;
+        const addr = `${serveUrl}/d/${j.job_id}/`;
         const rm = h("button", { type: "button", class: "danger", "data-remove": j.job_id, "aria-label": `Remove ${r.name || j.job_id}` }, "Remove");
         rm.hidden = !live;
         rm.addEventListener("click", async () => {

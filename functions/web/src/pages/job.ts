@@ -1,4 +1,4 @@
-import { api, ApiError, listAll, session, sign, type Settlement, type StatusRecord, TERMINAL } from "../api";
+import { api, ApiError, info, listAll, session, sign, type Settlement, type StatusRecord, TERMINAL } from "../api";
 import { download } from "../upload";
 import { fmtAic, fmtBytes, fmtDuration, fmtTime, h, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
@@ -199,7 +199,7 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
     );
     const now = Date.now();
     const live = replicas.filter((r) => r.healthy && Date.parse(r.heartbeat_at) + r.ttl_seconds * 1000 >= now);
-    const addr = `${location.origin}/d/${id}/`;
+    const addr = `${(await info()).serve_url || location.origin}/d/${id}/`;
     serving.replaceChildren(
       h("div", { class: "card" }, h("p", {}, "Address: ", h("a", { href: addr, id: "address-link" }, addr)), h("p", { id: "replicas" }, `Live replicas: ${live.length} of ${req.miners}`)),
     );
