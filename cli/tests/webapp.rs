@@ -45,10 +45,12 @@ fn aic(home: &Path) -> Command {
 }
 
 impl Pool {
+    /// `dev up` with three simulated miners of one GPU: room for a two-replica deployment and
+    /// the one-replica deployment that replaces it.
     fn start() -> Pool {
         let home = tempfile::tempdir().unwrap();
         let dev = aic(home.path())
-            .args(["dev", "up", "--miners", "2", "--gpus", "1"])
+            .args(["dev", "up", "--miners", "3", "--gpus", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -136,12 +138,27 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     let first: Vec<f64> = csv.lines().next().unwrap().split(',').map(|v| v.parse().unwrap()).collect();
     let (pixels, label) = (&first[..64], first[64]);
     let chain = pool.chain();
+    // The other wallet holds no AIC (all of it sent to the wallet with 200 jobs).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let key: alloy::signers::local::PrivateKeySigner = aic_chain::devchain::DEV_KEYS[6].parse().unwrap();
+        let p = alloy::providers::ProviderBuilder::new()
+            .wallet(key)
+            .connect_http(chain["rpc_url"].as_str().unwrap().parse().unwrap());
+        let token = chain["token"].as_str().unwrap().parse().unwrap();
+        let all = aic_chain::token::balance(&p, token, OTHER.parse().unwrap()).await.unwrap();
+        aic_chain::token::pay(&p, token, MANY.parse().unwrap(), all).await.unwrap();
+    });
+    drop(rt);
+    assert_eq!(pool.balance(OTHER), 0);
+    let script = pool.home.path().join("hello.py");
+    std::fs::write(&script, "print('hello')\n").unwrap();
     let (owner_before, treasury_before) = (pool.balance(OWNER), pool.balance(chain["treasury"].as_str().unwrap()));
     let out = repo().join("target");
     let cfg = serde_json::json!({
         "base": base, "rpc": chain["rpc_url"], "out": out, "owner": OWNER, "other": OTHER, "many": MANY,
         "dataset": [data.join("digits.csv")], "project": repo().join("examples/digits"),
-        "serve": repo().join("examples/digits/serve"), "pixels": pixels, "token": chain["token"],
+        "serve": repo().join("examples/digits/serve"), "pixels": pixels, "token": chain["token"], "script": script,
     });
     let node_path = format!(
         "{}:{}",
@@ -202,15 +219,22 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(paid.len(), 1, "{st}");
     let stored = pool.home.path().join(format!("aic/store/users/{OWNER}/jobs/{job}/output/model.npz"));
     assert_eq!(std::fs::read(r["downloaded"].as_str().unwrap()).unwrap(), std::fs::read(stored).unwrap());
-    // Two payments from the owner (the training job and the deployment), each a deposit
-    // settled once: the owner is down exactly what the treasury gained.
-    assert_eq!(r["wallet"]["sends"].as_array().map(Vec::len), Some(2), "{dump}");
-    assert_eq!(r["wallet"]["signedTyped"], 2, "{dump}");
+    // Three payments from the owner (the training job, the deployment and its scale), each a
+    // deposit settled once: the owner is down exactly what the treasury gained.
+    assert_eq!(r["wallet"]["sends"].as_array().map(Vec::len), Some(3), "{dump}");
+    assert_eq!(r["wallet"]["signedTyped"], 3, "{dump}");
     let deployment = r["deployment"].as_str().unwrap();
+    let scaled = r["scaled"].as_str().unwrap_or_else(|| panic!("no scaled deployment: {dump}"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let settled = |j: &str| pool.status(j)["settlements"].as_array().is_some_and(|a| !a.is_empty());
-    while !(settled(job) && settled(deployment)) {
-        assert!(Instant::now() < deadline, "not settled: {} {}", pool.status(job), pool.status(deployment));
+    let settled = |j: &str| pool.status(j)["settlements"].as_array().is_some_and(|a| a.len() == 1);
+    while ![job, deployment, scaled].iter().all(|j| settled(j)) {
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {} {} {}",
+            pool.status(job),
+            pool.status(deployment),
+            pool.status(scaled)
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let (owner_after, treasury_after) = (pool.balance(OWNER), pool.balance(chain["treasury"].as_str().unwrap()));
@@ -221,6 +245,19 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(r["prediction"]["status"], 200, "{dump}");
     assert_eq!(r["prediction"]["body"]["digit"].as_f64(), Some(label), "{dump}");
     assert_eq!(pool.status(deployment)["history"].as_array().unwrap().last().unwrap()["state"], "cancelled");
+    // Scaled: the same project (the same code digest) on one replica, answering at the name's
+    // address once the old one was removed; then removed too.
+    let store = pool.home.path().join(format!("aic/store/users/{OWNER}/jobs"));
+    let request = |j: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(store.join(j).join("request.json")).unwrap()).unwrap()
+    };
+    let (old, new) = (request(deployment), request(scaled));
+    assert_eq!((old["miners"].as_u64(), new["miners"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(old["code_digest"], new["code_digest"]);
+    assert_eq!(old["name"], new["name"]);
+    assert_eq!(r["scaledPrediction"]["status"], 200, "{dump}");
+    assert_eq!(r["scaledPrediction"]["body"]["digit"].as_f64(), Some(label), "{dump}");
+    assert_eq!(pool.status(scaled)["history"].as_array().unwrap().last().unwrap()["state"], "cancelled");
 
     // Refusals: the wrong chain says so and signs nobody in; another wallet sees nothing.
     let wrong = r["refusals"]["wrongChain"].as_str().unwrap();
@@ -230,6 +267,9 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(r["refusals"]["otherJob"]["log"], false, "{dump}");
     assert!(!r["refusals"]["otherJob"]["text"].as_str().unwrap().contains("train_mpi"), "{dump}");
     assert_eq!(r["refusals"]["otherLogs"]["status"], 404, "{dump}");
+    let no_aic = r["refusals"]["noAic"].as_str().unwrap();
+    assert!(no_aic.contains("You have 0 AIC; this job costs"), "{dump}");
+    assert_eq!(r["refusals"]["noAicSends"], 0, "nothing sent: {dump}");
 
     // No serious or critical accessibility finding on any page.
     let pages = r["axe"].as_array().unwrap();

@@ -7,7 +7,8 @@
 // to first render of the jobs page of a wallet with 200 jobs.
 //
 // usage: NODE_PATH=contracts/node_modules:functions/web/node_modules node webapp.cjs CONFIG_JSON
-// CONFIG: {base, rpc, out, owner, other, many, dataset: [files], project, serve, pixels, token,
+// CONFIG: {base, rpc, out, owner, other, many, dataset: [files], project, serve, pixels, token, script? (a job
+//          `other`, who holds no AIC, tries),
 //          prefix? (of the screenshots), tutorialOnly? (the tutorial alone: pool mode)}
 // Prints one JSON line with what happened (see `result` below); the Rust test judges it.
 const fs = require("fs");
@@ -140,11 +141,32 @@ async function main() {
       return { status: r.status, body: await r.json() };
     }, [result.deployment, cfg.pixels]);
     step("deployment answered");
+    // Scaled to one replica: a new deployment of the same project, paid and signed; the old
+    // one removed once the new one answers; the name's address answers throughout.
     await page.click("a[href='/deployments']");
-    await page.waitForSelector(`#deployments button[data-remove='${result.deployment}']`, { timeout: 15000 });
+    await page.waitForSelector(`#deployments button[data-scale='${result.deployment}']`, { timeout: 15000 });
     await shoot(page, "deployments");
-    await page.click(`#deployments button[data-remove='${result.deployment}']`);
+    if (cfg.tutorialOnly) {
+      // The pool's two miners hold the deployment: removed as it is.
+      await page.click(`#deployments button[data-remove='${result.deployment}']`);
+      await page.waitForSelector(`#deployments tr:has(a[href='/jobs/${result.deployment}']) [data-state=cancelled]`, { timeout: 30000 });
+    }
+    if (!cfg.tutorialOnly) {
+    await page.fill(`#deployments input[data-scale-count='${result.deployment}']`, "1");
+    await page.click(`#deployments button[data-scale='${result.deployment}']`);
+    await page.waitForSelector("[role=status]:has-text('Scaled digits-web to 1')", { timeout: 240000 });
+    const scaled = await text(page, "[role=status]:has-text('Scaled digits-web')");
+    result.scaled = (/deployment ([0-9a-z]{26}) serves/.exec(scaled) || [])[1] || null;
     await page.waitForSelector(`#deployments tr:has(a[href='/jobs/${result.deployment}']) [data-state=cancelled]`, { timeout: 30000 });
+    result.scaledPrediction = await page.evaluate(async ([owner, pixels]) => {
+      const r = await fetch(`/n/${owner}/digits-web/predict`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ pixels }) });
+      return { status: r.status, body: await r.json() };
+    }, [cfg.owner, cfg.pixels]);
+    step("deployment scaled");
+    await page.waitForSelector(`#deployments button[data-remove='${result.scaled}']`, { timeout: 15000 });
+    await page.click(`#deployments button[data-remove='${result.scaled}']`);
+    await page.waitForSelector(`#deployments tr:has(a[href='/jobs/${result.scaled}']) [data-state=cancelled]`, { timeout: 30000 });
+    }
     step("deployment removed");
     await page.click("a[href='/jobs']");
     await page.waitForSelector(`#jobs a[href='/jobs/${result.job}']`, { timeout: 15000 });
@@ -195,6 +217,16 @@ async function main() {
       const r = await fetch(`/v1/jobs/${id}/logs`, { headers: { authorization: `Bearer ${t}` } });
       return { status: r.status, body: await r.text() };
     }, result.job);
+    // A wallet without the AIC a job costs is told so before anything is sent.
+    if (cfg.script) {
+      await op.goto(`${cfg.base}/new`);
+      await op.setInputFiles("#script", cfg.script);
+      await op.waitForSelector("#quote:has-text('Quote:')", { timeout: 15000 });
+      await op.click("#submit");
+      await op.waitForSelector("[role=alert]", { timeout: 30000 });
+      result.refusals.noAic = (await text(op, "[role=alert]")).trim();
+      result.refusals.noAicSends = await op.evaluate(() => window.__wallet.log.sends.length + window.__wallet.log.approvals.length);
+    }
     await other.close();
     step("refusals");
 
@@ -213,6 +245,15 @@ async function main() {
     step("200 jobs rendered");
   } catch (e) {
     result.error = e && e.stack ? e.stack : String(e);
+    // What each open page showed when it stopped.
+    result.failure = [];
+    for (const [i, c] of browser.contexts().entries()) {
+      for (const [j, p] of c.pages().entries()) {
+        const shot = path.join(cfg.out, `${cfg.prefix || "webapp"}-failure-${i}-${j}.png`);
+        await p.screenshot({ path: shot, fullPage: true }).catch(() => undefined);
+        result.failure.push({ url: p.url(), main: await p.textContent("main").catch(() => null), shot });
+      }
+    }
   } finally {
     await browser.close();
     console.log(JSON.stringify(result));

@@ -1,6 +1,8 @@
-import { api, info, type JobRow, TERMINAL } from "../api";
+import { api, info, listAll, session, sign, type JobRow, TERMINAL, userPrefix } from "../api";
+import { ulid } from "../ulid";
 import { h, link, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
+import { isPaid, submit, type CodeFile } from "./submit";
 
 interface Replica {
   healthy: boolean;
@@ -17,6 +19,72 @@ export function deploymentsPage(root: HTMLElement): () => void {
     st.el,
     body,
   );
+  let busy = false;
+  /// Replica counts being typed, kept across redraws.
+  const wanted = new Map<string, number>();
+  /// A new deployment of the same project (as deployed) with `want` replicas, paid for the
+  /// same hours; once its replicas answer, the old one is removed (what it did not use comes
+  /// back). As `aic deploy scale` does.
+  const scaleTo = async (old: string, label: string, want: number, button: HTMLButtonElement) => {
+    if (busy) return;
+    busy = true;
+    button.disabled = true;
+    try {
+      const me = session()!.address;
+      const oldBase = `${userPrefix(me)}jobs/${old}/`;
+      const id = await submit(
+        `scale:${old}`,
+        async () => {
+          const [u] = await sign([{ method: "GET", key: `${oldBase}request.json` }]);
+          const prev = (await (await fetch(u.url)).json()) as Record<string, unknown>;
+          st.say(`Copying ${label}'s project…`);
+          const objs = await listAll(`${oldBase}code/`);
+          const urls = objs.length ? await sign(objs.map((o) => ({ method: "GET", key: o.key }))) : [];
+          const files: CodeFile[] = await Promise.all(
+            objs.map(async (o, k) => ({ rel: o.key.slice(`${oldBase}code/`.length), file: await (await fetch(urls[k].url)).blob() })),
+          );
+          // The new replicas start beside the old ones: a pool without room for them says so
+          // before anything is paid.
+          const gpus = Number(prev.gpus_per_miner) || 1;
+          const { gateways } = await api<{ gateways: { miners: { free_gpus: number }[] }[] }>("GET", "pool");
+          const room = Math.max(0, ...gateways.map((g) => g.miners.filter((m) => m.free_gpus >= gpus).length));
+          if (room < want) {
+            throw new Error(
+              `the pool has room for ${room} more replica(s) beside the ones serving now, not ${want}; ${label} stays as it is (to change it on a full pool, remove it and deploy again)`,
+            );
+          }
+          const now = new Date();
+          const req: Record<string, unknown> = { ...prev, job_id: ulid(), miners: want, created_at: now.toISOString(), expires_at: new Date(now.getTime() + 3600_000).toISOString() };
+          delete req.payment;
+          delete req.signature;
+          return { req, files };
+        },
+        (t) => st.say(t),
+        () => undefined,
+      );
+      st.say(`Deployment ${id} started with ${want} replica(s); ${label} is removed once they answer…`);
+      const deadline = Date.now() + 300_000;
+      for (;;) {
+        const { replicas } = await api<{ replicas: Replica[] }>("GET", `jobs/${id}/replicas`);
+        const now = Date.now();
+        if (replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length >= want) break;
+        if (Date.now() > deadline) {
+          // Not up in time: the new one is removed (its deposit comes back), the old one stays.
+          await api("POST", `jobs/${id}/cancel`).catch(() => undefined);
+          throw new Error(`the new deployment ${id} did not answer in 5 min and was removed; ${label} stays as it is (see ${id}'s log)`);
+        }
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+      await api("POST", `jobs/${old}/cancel`);
+      st.say(`Scaled ${label} to ${want} replica(s): deployment ${id} serves it now; the old one is removed and what it did not use comes back.`, "ok");
+    } catch (e) {
+      st.say(`Scaling ${label}: ${(e as Error).message}${isPaid(`scale:${old}`) ? " Press Scale again: it will not pay twice." : ""}`, "error");
+    } finally {
+      busy = false;
+      button.disabled = false;
+    }
+  };
+  let last = "";
   return every(3000, async () => {
     let rows: JobRow[];
     try {
@@ -53,15 +121,25 @@ export function deploymentsPage(root: HTMLElement): () => void {
             rm.disabled = false;
           }
         });
+        const label = r.name || j.job_id;
+        const n = h("input", { type: "number", min: 1, max: 64, value: wanted.get(j.job_id) ?? r.miners, "aria-label": `Replicas for ${label}`, "data-scale-count": j.job_id, class: "narrow" });
+        n.addEventListener("input", () => wanted.set(j.job_id, Number(n.value)));
+        const scale = h("button", { type: "button", class: "secondary", "data-scale": j.job_id }, isPaid(`scale:${j.job_id}`) ? "Scale (paid)" : "Scale");
+        scale.hidden = n.hidden = !live;
+        scale.addEventListener("click", () => void scaleTo(j.job_id, label, Number(n.value), scale));
         return [
           link(`/jobs/${j.job_id}`, r.name || j.job_id),
           live ? h("a", { href: addr }, addr) : h("span", { class: "muted" }, "—"),
           `${up} of ${r.miners}`,
           j.status ? stateBadge(j.status.state) : "",
-          h("span", { class: "row" }, link(`/jobs/${j.job_id}`, "Logs"), rm),
+          h("span", { class: "row" }, link(`/jobs/${j.job_id}`, "Logs"), n, scale, rm),
         ];
       }),
     );
+    // Drawn again only when something changed (a replica count being typed stays).
+    const key = JSON.stringify([rows, out.map((o) => o[2])]);
+    if (key === last) return;
+    last = key;
     body.replaceChildren(table(["Name", "Address", "Live replicas", "State", "Actions"], out));
   });
 }

@@ -2,23 +2,12 @@
 // wallet and uploaded — the same signed EIP-712 request `aic run` makes (the pool builds the
 // typed data from the request, `POST /v1/draft`, and validate checks it all again).
 
-import { go, pickWallet, refreshAccount } from "../main";
-import { api, info, session, userPrefix } from "../api";
-import { uploadAll, sha256Hex, type Item } from "../upload";
+import { go } from "../main";
+import { api, session, userPrefix } from "../api";
+import { sha256Hex } from "../upload";
 import { ulid } from "../ulid";
-import { fmtAic, fmtBytes, h, status } from "../ui";
-import { account, balance, ensureChain, mined, send, signTyped, wallet } from "../wallet";
-
-interface Draft {
-  quote: { total: string; gpu_hours: number; display: string; price?: string };
-  payment: { to: string; data: string; approve?: { to: string; data: string } | null } | null;
-  typed_data: unknown;
-}
-
-interface CodeFile {
-  rel: string;
-  file: File;
-}
+import { fmtBytes, h, status } from "../ui";
+import { isPaid, submit as pay, type CodeFile, type Draft } from "./submit";
 
 /// Byte order of UTF-8, as the pool sorts the digest's lines.
 function utf8Compare(a: string, b: string): number {
@@ -29,20 +18,16 @@ function utf8Compare(a: string, b: string): number {
 }
 
 /// The code digest a request signs: SHA-256 over "<sha256>  <path>\n" per file, by path.
-async function codeDigest(files: CodeFile[]): Promise<string> {
+export async function codeDigest(files: CodeFile[]): Promise<string> {
   const lines = await Promise.all(files.map(async (f) => [f.rel, await sha256Hex(f.file)] as const));
   lines.sort((a, b) => utf8Compare(a[0], b[0]));
   const text = lines.map(([rel, sum]) => `${sum}  ${rel}\n`).join("");
   return sha256Hex(new TextEncoder().encode(text).buffer as ArrayBuffer);
 }
 
-/// A job paid for but not yet signed and uploaded: trying again signs without paying again.
-let pending: { req: Record<string, unknown>; files: CodeFile[] } | null = null;
-
 export async function newPage(root: HTMLElement): Promise<void> {
   document.title = "New job · aic";
   const me = session()!.address;
-  const i = await info();
   const datasets = await api<{ prefixes: string[] }>("GET", `objects?prefix=${encodeURIComponent(userPrefix(me) + "data/")}&delimiter=1`);
   const names = datasets.prefixes.map((p) => p.replace(/\/$/, "").split("/").pop()!);
 
@@ -165,60 +150,26 @@ export async function newPage(root: HTMLElement): Promise<void> {
     if (!files.length) return st.say("Pick a script or a folder first.", "error");
     submit.disabled = true;
     try {
-      const w = await wallet(pickWallet);
-      const p = w.provider;
-      const from = await account(p);
-      if (from !== me) throw new Error(`Your wallet's account is ${from}, but you are signed in as ${me}: select ${me} in your wallet, or sign in again.`);
-      await ensureChain(p, i.chain_id, i.chain);
-      let req: Record<string, unknown>;
-      let code: CodeFile[];
-      if (pending) {
-        ({ req, files: code } = pending);
-        st.say("This job is paid already; asking your wallet to sign it…");
-      } else {
-        code = files;
-        req = build();
-        st.say("Hashing your code…");
-        req.code_digest = await codeDigest(code);
-        const d = await api<Draft>("POST", "draft", req);
-        if (d.payment) {
-          const have = await balance(p, i.chain!.token, me);
-          if (have < BigInt(d.quote.total)) {
-            throw new Error(`You have ${fmtAic(have)}; this job costs ${d.quote.display}. Get more AIC, or ask for fewer GPUs or hours.`);
-          }
-          if (d.payment.approve) {
-            st.say(`Allow the pool's escrow to take ${d.quote.display}: confirm in your wallet…`);
-            const a = await send(p, from, d.payment.approve.to, d.payment.approve.data, "allowing the payment");
-            await mined(p, a);
-          }
-          st.say(`Pay ${d.quote.display}: confirm in your wallet…`);
-          const tx = await send(p, from, d.payment.to, d.payment.data, "the payment");
-          st.say(`Paid in ${tx}; waiting for the chain…`);
-          await mined(p, tx);
-          req.payment = { chain_id: i.chain_id, tx };
-          pending = { req, files: code };
-          refreshAccount();
-        }
-      }
-      const signed = await api<Draft>("POST", "draft", req);
-      st.say("Sign the job request in your wallet…");
-      req.signature = await signTyped(p, from, signed.typed_data);
-      const id = req.job_id as string;
-      const base = `${userPrefix(me)}jobs/${id}/`;
-      const items: Item[] = code.map((f) => ({ key: `${base}code/${f.rel}`, file: f.file }));
-      bar.hidden = false;
-      await uploadAll(items, (sent, total) => {
-        bar.max = total || 1;
-        bar.value = sent;
-        st.say(`Uploading your code: ${fmtBytes(sent)} of ${fmtBytes(total)}…`);
-      });
-      const body = new Blob([JSON.stringify(req)], { type: "application/json" });
-      await uploadAll([{ key: `${base}request.json`, file: body }], () => undefined, true);
-      pending = null;
+      const id = await pay(
+        "new",
+        async () => {
+          const req = build();
+          st.say("Hashing your code…");
+          req.code_digest = await codeDigest(files);
+          return { req, files };
+        },
+        (t) => st.say(t),
+        (sent, total) => {
+          bar.hidden = false;
+          bar.max = total || 1;
+          bar.value = sent;
+        },
+      );
       go(`/jobs/${id}`);
     } catch (e) {
-      st.say((e as Error).message + (pending ? " Press “Pay and submit” again: it will not pay twice." : ""), "error");
-      if (pending) submit.textContent = "Sign and submit (paid)";
+      const again = isPaid("new");
+      st.say((e as Error).message + (again ? " Press “Pay and submit” again: it will not pay twice." : ""), "error");
+      if (again) submit.textContent = "Sign and submit (paid)";
     } finally {
       submit.disabled = false;
     }

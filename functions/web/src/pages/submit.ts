@@ -1,0 +1,85 @@
+// Paying for, signing and uploading a job request, shared by New job and a deployment's
+// scale: the pool writes the typed data (`POST /v1/draft`), the wallet pays (an allowance and
+// a deposit, or a transfer) and signs, the code goes up, then the request (create-only).
+// A job paid for but not yet signed is kept: trying it again signs without paying again.
+
+import { pickWallet, refreshAccount } from "../main";
+import { api, info, session, userPrefix } from "../api";
+import { uploadAll, type Item } from "../upload";
+import { fmtAic, fmtBytes } from "../ui";
+import { account, balance, ensureChain, mined, send, signTyped, wallet } from "../wallet";
+
+export interface Draft {
+  quote: { total: string; gpu_hours: number; display: string; price?: string };
+  payment: { to: string; data: string; approve?: { to: string; data: string } | null } | null;
+  typed_data: unknown;
+}
+
+export interface CodeFile {
+  rel: string;
+  file: Blob;
+}
+
+export type Req = Record<string, unknown>;
+
+const paid = new Map<string, { req: Req; files: CodeFile[] }>();
+
+/// Whether the job started as `key` is paid and waits for its signature.
+export function isPaid(key: string): boolean {
+  return paid.has(key);
+}
+
+/// Pays for `req` (unless paid under `key` already), signs it and uploads `files` and the
+/// request; returns the job id. `say` tells the user what is happening.
+export async function submit(
+  key: string,
+  fresh: () => Promise<{ req: Req; files: CodeFile[] }>,
+  say: (text: string) => void,
+  progress: (sent: number, total: number) => void,
+): Promise<string> {
+  const me = session()!.address;
+  const i = await info();
+  const w = await wallet(pickWallet);
+  const p = w.provider;
+  const from = await account(p);
+  if (from !== me) throw new Error(`Your wallet's account is ${from}, but you are signed in as ${me}: select ${me} in your wallet, or sign in again.`);
+  await ensureChain(p, i.chain_id, i.chain);
+  let job = paid.get(key);
+  if (job) {
+    say("This job is paid already; asking your wallet to sign it…");
+  } else {
+    job = await fresh();
+    const d = await api<Draft>("POST", "draft", job.req);
+    if (d.payment) {
+      const have = await balance(p, i.chain!.token, me);
+      if (have < BigInt(d.quote.total)) {
+        throw new Error(`You have ${fmtAic(have)}; this job costs ${d.quote.display}. Get more AIC, or ask for fewer GPUs or hours.`);
+      }
+      if (d.payment.approve) {
+        say(`Allow the pool's escrow to take ${d.quote.display}: confirm in your wallet…`);
+        await mined(p, await send(p, from, d.payment.approve.to, d.payment.approve.data, "allowing the payment"));
+      }
+      say(`Pay ${d.quote.display}: confirm in your wallet…`);
+      const tx = await send(p, from, d.payment.to, d.payment.data, "the payment");
+      say(`Paid in ${tx}; waiting for the chain…`);
+      await mined(p, tx);
+      job.req.payment = { chain_id: i.chain_id, tx };
+      paid.set(key, job);
+      refreshAccount();
+    }
+  }
+  const signed = await api<Draft>("POST", "draft", job.req);
+  say("Sign the job request in your wallet…");
+  job.req.signature = await signTyped(p, from, signed.typed_data);
+  const id = job.req.job_id as string;
+  const base = `${userPrefix(me)}jobs/${id}/`;
+  const items: Item[] = job.files.map((f) => ({ key: `${base}code/${f.rel}`, file: f.file }));
+  await uploadAll(items, (sent, total) => {
+    progress(sent, total);
+    say(`Uploading the code: ${fmtBytes(sent)} of ${fmtBytes(total)}…`);
+  });
+  const body = new Blob([JSON.stringify(job.req)], { type: "application/json" });
+  await uploadAll([{ key: `${base}request.json`, file: body }], () => undefined, true);
+  paid.delete(key);
+  return id;
+}
