@@ -190,12 +190,6 @@ pub fn open(env: &Env, page: Option<&str>) -> anyhow::Result<()> {
     };
     let url = format!("{base}{path}");
     println!("{url}");
-    if std::env::var_os("AIC_NO_BROWSER").is_none() {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(&url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-    }
+    crate::browser::open_in_browser(&url);
     Ok(())
 }

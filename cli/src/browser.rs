@@ -91,13 +91,7 @@ pub async fn run(home: PathBuf, task: Task) -> anyhow::Result<Done> {
     }));
     let url = format!("http://{addr}/?t={token}");
     eprintln!("open {url} in the browser that has your wallet (Metamask)");
-    if std::env::var_os("AIC_NO_BROWSER").is_none() {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(&url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-    }
+    open_in_browser(&url);
     let server = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -114,6 +108,18 @@ pub async fn run(home: PathBuf, task: Task) -> anyhow::Result<Done> {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     server.abort();
     Ok(done)
+}
+
+/// Opens `url` in the desktop's browser (`xdg-open`), unless `AIC_NO_BROWSER` is set; the
+/// caller prints it too, for a machine without one.
+pub fn open_in_browser(url: &str) {
+    if std::env::var_os("AIC_NO_BROWSER").is_none() {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

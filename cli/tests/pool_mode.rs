@@ -599,42 +599,16 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
     let p = pool(Events::Sns);
     let chain: serde_json::Value =
         serde_json::from_slice(&std::fs::read(p.dir.path().join("chain.json")).unwrap()).unwrap();
-    let data = p.dir.path().join("digits-data");
-    assert!(
-        Command::new("python3")
-            .arg(repo().join("examples/digits/make_dataset.py"))
-            .arg(&data)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let csv = std::fs::read_to_string(data.join("digits.csv")).unwrap();
-    let first: Vec<f64> = csv.lines().next().unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    let (csv, first) = common::digits_dataset(&p.dir.path().join("digits-data"));
     let owner = "0x9965507d1a55bcc2695c58ba16fb37d819b0a4dc";
     let cfg = serde_json::json!({
         "base": p.url, "rpc": chain["rpc_url"], "out": repo().join("target"), "owner": owner,
         "other": "0x976ea74026e726554db657fa54763abd0c3a0aa9", "many": owner,
-        "dataset": [data.join("digits.csv")], "project": repo().join("examples/digits"),
+        "dataset": [csv], "project": repo().join("examples/digits"),
         "serve": repo().join("examples/digits/serve"), "pixels": &first[..64], "token": chain["token"],
         "prefix": "webapp-pool", "tutorialOnly": true,
     });
-    let run = Command::new("node")
-        .arg(repo().join("cli/tests/browser/webapp.cjs"))
-        .arg(cfg.to_string())
-        .env(
-            "NODE_PATH",
-            format!(
-                "{}:{}",
-                repo().join("contracts/node_modules").display(),
-                repo().join("functions/web/node_modules").display()
-            ),
-        )
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout);
-    let r: serde_json::Value = serde_json::from_str(said.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
-        panic!("the browser run gave no result ({e}): {said}{}\n{}", String::from_utf8_lossy(&run.stderr), p.log())
-    });
+    let r = common::run_webapp(&cfg);
     let dump = serde_json::to_string_pretty(&r).unwrap();
     assert!(r["error"].is_null(), "the browser run stopped: {dump}\n{}", p.log());
     assert_eq!(r["console"], serde_json::json!([]), "errors on the pages (CSP, CORS): {dump}");

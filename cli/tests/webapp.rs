@@ -6,62 +6,32 @@
 //! jobs. `browser/webapp.cjs` drives the browser; this file prepares the pool and judges
 //! what happened, balances read on chain.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+mod common;
 
+use common::{DevUp, Home, digits_dataset, repo, run_webapp};
+
+/// `aic dev up` with three simulated miners of one GPU: room for a two-replica deployment
+/// and the one-replica deployment that replaces it.
 struct Pool {
-    home: tempfile::TempDir,
-    dev: Child,
+    home: Home,
+    _up: DevUp,
 }
 
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.dev.id() as i32), nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.dev.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.dev.kill();
-    }
-}
-
-fn aic(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_aic"));
-    c.current_dir(home)
-        .env("AIC_HOME", home.join("aic"))
-        .env("AIC_NO_BROWSER", "1")
-        .env_remove("AIC_STORE")
-        .env_remove("AIC_GATEWAY")
-        .env_remove("AIC_PRIVATE_KEY")
-        .env_remove("AIC_SERVE_ADDR")
-        .stdin(Stdio::null());
+fn aic(h: &Home) -> Command {
+    let mut c = h.cmd(&[]);
+    c.env("AIC_NO_BROWSER", "1").env_remove("AIC_PRIVATE_KEY").env_remove("AIC_SERVE_ADDR");
     c
 }
 
 impl Pool {
-    /// `dev up` with three simulated miners of one GPU: room for a two-replica deployment and
-    /// the one-replica deployment that replaces it.
     fn start() -> Pool {
-        let home = tempfile::tempdir().unwrap();
-        let dev = aic(home.path())
-            .args(["dev", "up", "--miners", "3", "--gpus", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pool = Pool { home, dev };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while pool.base().is_none() {
-            assert!(Instant::now() < deadline, "dev up did not start its web app");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        pool
+        let home = Home::new();
+        let up = DevUp::start_with(&home, &[("AIC_POOL_MINERS", "3"), ("AIC_SERVE_ADDR", "")]);
+        Pool { home, _up: up }
     }
 
     fn base(&self) -> Option<String> {
@@ -131,11 +101,7 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     let pool = Pool::start();
     let base = pool.base().unwrap();
     pool.seed_jobs(MANY, 200);
-    let data = pool.home.path().join("digits-data");
-    let made = Command::new("python3").arg(repo().join("examples/digits/make_dataset.py")).arg(&data).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let csv = std::fs::read_to_string(data.join("digits.csv")).unwrap();
-    let first: Vec<f64> = csv.lines().next().unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    let (csv, first) = digits_dataset(&pool.home.path().join("digits-data"));
     let (pixels, label) = (&first[..64], first[64]);
     let chain = pool.chain();
     // The other wallet holds no AIC (all of it sent to the wallet with 200 jobs).
@@ -157,24 +123,10 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     let out = repo().join("target");
     let cfg = serde_json::json!({
         "base": base, "rpc": chain["rpc_url"], "out": out, "owner": OWNER, "other": OTHER, "many": MANY,
-        "dataset": [data.join("digits.csv")], "project": repo().join("examples/digits"),
+        "dataset": [csv], "project": repo().join("examples/digits"),
         "serve": repo().join("examples/digits/serve"), "pixels": pixels, "token": chain["token"], "script": script,
     });
-    let node_path = format!(
-        "{}:{}",
-        repo().join("contracts/node_modules").display(),
-        repo().join("functions/web/node_modules").display()
-    );
-    let run = Command::new("node")
-        .arg(repo().join("cli/tests/browser/webapp.cjs"))
-        .arg(cfg.to_string())
-        .env("NODE_PATH", node_path)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout);
-    let r: serde_json::Value = serde_json::from_str(said.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
-        panic!("the browser run gave no result ({e}): {said}{}", String::from_utf8_lossy(&run.stderr))
-    });
+    let r = run_webapp(&cfg);
     let dump = serde_json::to_string_pretty(&r).unwrap();
     std::fs::write(out.join("webapp-result.json"), &dump).unwrap();
     assert!(r["error"].is_null(), "the browser run stopped: {dump}");
@@ -310,7 +262,7 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
     let base = pool.base().unwrap();
     let home = pool.home.path();
     let cli = |args: &[&str]| {
-        let out = aic(home)
+        let out = aic(&pool.home)
             .env("AIC_HOME", home.join("cli"))
             .env("AIC_GATEWAY", &base)
             .env("AIC_PRIVATE_KEY", "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba")
@@ -369,17 +321,14 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
             .await
             .unwrap();
         let token = session["token"].as_str().unwrap_or_else(|| panic!("{session}")).to_string();
-        let key = format!("users/{OWNER}/data/mine/big.bin");
-        let v: serde_json::Value = http
-            .post(format!("{base}/v1/sign"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({"items": [{"method": "GET", "key": key}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let sign_get = |key: String| {
+            http.post(format!("{base}/v1/sign"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"items": [{"method": "GET", "key": key}]}))
+                .send()
+        };
+        let v: serde_json::Value =
+            sign_get(format!("users/{OWNER}/data/mine/big.bin")).await.unwrap().json().await.unwrap();
         let url = v["urls"][0]["url"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
         let ranged = http.get(&url).header("range", "bytes=10-19").send().await.unwrap();
         assert_eq!(ranged.status(), 206);
@@ -388,13 +337,7 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
         assert_eq!(http.get(&other).send().await.unwrap().status(), 403);
         assert_eq!(http.delete(&url).send().await.unwrap().status(), 403);
         // Another user's key is not signed for this session.
-        let theirs = http
-            .post(format!("{base}/v1/sign"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({"items": [{"method": "GET", "key": format!("users/{OTHER}/data/x")}]}))
-            .send()
-            .await
-            .unwrap();
+        let theirs = sign_get(format!("users/{OTHER}/data/x")).await.unwrap();
         assert_eq!(theirs.status(), 403);
         let page = get(format!("{base}/new")).await.unwrap();
         let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
@@ -402,8 +345,8 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
         assert!(page.text().await.unwrap().contains("/app.js"));
     });
 
-    let open = aic(home).args(["open", "new"]).output().unwrap();
+    let open = aic(&pool.home).args(["open", "new"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&open.stdout).trim(), format!("{base}/new"));
-    let open = aic(home).args(["open", "nowhere"]).output().unwrap();
+    let open = aic(&pool.home).args(["open", "nowhere"]).output().unwrap();
     assert!(String::from_utf8_lossy(&open.stderr).contains("no page \"nowhere\""), "{open:?}");
 }

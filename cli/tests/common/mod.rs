@@ -246,3 +246,35 @@ pub fn odd_names_story(aic: &dyn Fn(&[&str]) -> Output, root: &Path) {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("READ beside the entrypoint"), "{stdout}");
 }
+
+/// The digits dataset made by `examples/digits/make_dataset.py` under `dir`: its CSV and the
+/// first row (64 pixels, then the label).
+#[allow(dead_code)]
+pub fn digits_dataset(dir: &Path) -> (PathBuf, Vec<f64>) {
+    let made = Command::new("python3").arg(repo().join("examples/digits/make_dataset.py")).arg(dir).output().unwrap();
+    assert!(made.status.success(), "python3 with scikit-learn is needed: {}", String::from_utf8_lossy(&made.stderr));
+    let csv = dir.join("digits.csv");
+    let first =
+        std::fs::read_to_string(&csv).unwrap().lines().next().unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    (csv, first)
+}
+
+/// Runs the web app's browser story (`browser/webapp.cjs`) with `cfg`; what happened.
+#[allow(dead_code)]
+pub fn run_webapp(cfg: &serde_json::Value) -> serde_json::Value {
+    let node_path = format!(
+        "{}:{}",
+        repo().join("contracts/node_modules").display(),
+        repo().join("functions/web/node_modules").display()
+    );
+    let run = Command::new("node")
+        .arg(repo().join("cli/tests/browser/webapp.cjs"))
+        .arg(cfg.to_string())
+        .env("NODE_PATH", node_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    serde_json::from_str(said.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!("the browser run gave no result ({e}): {said}{}", String::from_utf8_lossy(&run.stderr))
+    })
+}
