@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use aic_core::JobKey;
 use aic_core::plural;
 use aic_core::status::{self, Cancel};
-use aic_schemas::validate::MAX_DOC_BYTES;
-use aic_schemas::{JobId, JobRequest};
+use aic_schemas::JobId;
 use anyhow::bail;
 
 use crate::env::Env;
@@ -33,15 +32,69 @@ async fn job_ids(env: &Env) -> anyhow::Result<Vec<JobId>> {
     Ok(ids)
 }
 
-pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
-    let ids = job_ids(env).await?;
-    let mut rows = Vec::new();
-    for id in ids {
-        let job = JobKey::new(env.owner, id.clone());
-        let st = status::snapshot(&env.store, &job).await?;
-        let req: Option<JobRequest> = env.store.get_json(&job.request(), MAX_DOC_BYTES).await.ok().flatten();
-        rows.push((id, st, req));
+/// `--since`: `30m`, `2h`, `3d`, `1w` ago, or a date (`2026-12-01`) or time (RFC 3339).
+pub fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let now = chrono::Utc::now();
+    let t = s.trim();
+    if let Some((n, unit)) = t.find(|c: char| !c.is_ascii_digit()).map(|i| t.split_at(i))
+        && let Ok(n) = n.parse::<i64>()
+    {
+        let d = match unit {
+            "s" => chrono::Duration::seconds(n),
+            "m" => chrono::Duration::minutes(n),
+            "h" => chrono::Duration::hours(n),
+            "d" => chrono::Duration::days(n),
+            "w" => chrono::Duration::weeks(n),
+            _ => bail!("--since {s}: say 30m, 2h, 3d, 1w, or a date like 2026-12-01"),
+        };
+        return Ok(now - d);
     }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    }
+    bail!("--since {s}: say 30m, 2h, 3d, 1w, or a date like 2026-12-01")
+}
+
+/// Your newest jobs in the window: through the gateway in pool mode (one call a page; the
+/// pool reads them), else from the store (16 reads at a time).
+async fn recent(env: &Env, w: status::Window) -> anyhow::Result<Vec<status::Listed>> {
+    let Some(gw) = env.gateway_client() else {
+        return Ok(status::recent(&env.store, &env.owner, &w).await?);
+    };
+    let mut out: Vec<status::Listed> = Vec::new();
+    loop {
+        let want = w.limit.map(|l| l - out.len()).unwrap_or(1000).clamp(1, 1000);
+        let mut q = url::form_urlencoded::Serializer::new(format!("jobs?limit={want}"));
+        if let Some(s) = w.since {
+            q.append_pair("since", &s.to_rfc3339());
+        }
+        if let Some(b) = out.last().map(|l| l.job_id.to_string()).or(w.before.as_ref().map(|b| b.to_string())) {
+            q.append_pair("before", &b);
+        }
+        let v = gw.call(reqwest::Method::GET, &q.finish(), None).await?;
+        let page: Vec<status::Listed> = serde_json::from_value(v["jobs"].clone())?;
+        let more = v["more"].as_bool().unwrap_or(false) && !page.is_empty();
+        out.extend(page);
+        if !more || w.limit.is_some_and(|l| out.len() >= l) {
+            return Ok(out);
+        }
+    }
+}
+
+pub async fn list(
+    env: &Env,
+    json: bool,
+    limit: Option<usize>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<()> {
+    // One more than shown: whether to say there are more.
+    let mut listed = recent(env, status::Window { limit: limit.map(|l| l + 1), since, before: None }).await?;
+    let more = limit.is_some_and(|l| listed.len() > l);
+    listed.truncate(limit.unwrap_or(usize::MAX));
+    let rows: Vec<_> = listed.into_iter().map(|l| (l.job_id, l.status, l.request)).collect();
     if json {
         let out: Vec<_> = rows
             .iter()
@@ -55,6 +108,9 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
+        if more {
+            eprintln!("the newest {} shown; `--all` or `--limit N` for more", limit.unwrap_or_default());
+        }
         return Ok(());
     }
     if rows.is_empty() {
@@ -68,6 +124,9 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
         let shape = req.as_ref().map(|r| format!("{}×{}", r.miners, r.gpus_per_miner)).unwrap_or_default();
         let what = req.as_ref().map(|r| r.name.clone().unwrap_or_else(|| r.entrypoint.clone())).unwrap_or_default();
         println!("{id:<26}  {state:<10}  {created:<19}  {shape:<9}  {what}");
+    }
+    if more {
+        eprintln!("the newest {} shown; `--all` or `--limit N` for more", limit.unwrap_or_default());
     }
     Ok(())
 }

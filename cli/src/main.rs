@@ -59,10 +59,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Your jobs, newest first.
+    /// Your jobs, newest first (the newest 50 unless --limit or --all).
     Jobs {
         #[arg(long)]
         json: bool,
+        /// How many of the newest.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Every job.
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
+        /// Only jobs created since: `30m`, `2h`, `3d`, or a date (`2026-12-01`, RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// What your jobs and deployments cost: paid, charged for the GPU-seconds used, refunded,
     /// and still held in the escrow, with totals.
@@ -370,7 +379,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         }
         Cmd::Run(args) => submit::run(&env, args).await,
         Cmd::Submit { file, tx, detach } => submit::submit_file(&env, &file, tx, detach).await,
-        Cmd::Jobs { json } => jobs::list(&env, json).await.map(|_| 0),
+        Cmd::Jobs { json, limit, all, since } => {
+            let since = since.as_deref().map(jobs::parse_since).transpose()?;
+            jobs::list(&env, json, (!all).then_some(limit), since).await.map(|_| 0)
+        }
         Cmd::Spend { json } => jobs::spend(&env, json).await.map(|_| 0),
         Cmd::Status { job, json } => jobs::status(&env, &job, json).await.map(|_| 0),
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,

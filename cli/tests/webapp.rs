@@ -350,3 +350,70 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
     let open = aic(&pool.home).args(["open", "nowhere"]).output().unwrap();
     assert!(String::from_utf8_lossy(&open.stderr).contains("no page \"nowhere\""), "{open:?}");
 }
+
+/// `aic jobs` shows the newest 50 (or `--limit`, `--all`, `--since`), newest first, the same on
+/// the embedded store and through the gateway (paged with `before`), reading only what it
+/// shows: 1,200 jobs, 100 of them from the last hour.
+#[test]
+fn aic_jobs_shows_the_newest_in_a_window_locally_and_through_the_gateway() {
+    let pool = Pool::start();
+    let base = pool.base().unwrap();
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..1200u64 {
+        let at = if i < 1100 { now - chrono::Duration::days(3) } else { now - chrono::Duration::hours(1) };
+        let ms = at.timestamp_millis() as u64 + i;
+        let id = ulid::Ulid::from_parts(ms, i as u128).to_string().to_lowercase();
+        let dir = pool.home.path().join(format!("aic/store/users/{OWNER}/jobs/{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let req = serde_json::json!({
+            "version": 1, "kind": "train", "owner": OWNER, "job_id": id, "entrypoint": format!("train{i}.py"),
+            "miners": 1, "gpus_per_miner": 1, "max_hours": 0.5, "launcher": "command", "args": [], "env": {},
+            "created_at": at, "expires_at": at + chrono::Duration::hours(1),
+        });
+        std::fs::write(dir.join("request.json"), req.to_string()).unwrap();
+        std::fs::write(
+            dir.join("status.json"),
+            serde_json::json!({"seq": 3, "state": "succeeded", "at": at, "by": "worker"}).to_string(),
+        )
+        .unwrap();
+        ids.push(id);
+    }
+    ids.reverse();
+    let listed = |home: &str, gateway: bool, args: &[&str]| -> (Vec<String>, String) {
+        let mut c = aic(&pool.home);
+        c.env("AIC_HOME", pool.home.path().join(home)).arg("jobs").arg("--json").args(args);
+        if gateway {
+            c.env("AIC_GATEWAY", &base);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = v.as_array().unwrap().iter().map(|j| j["job"].as_str().unwrap().to_string()).collect();
+        (got, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let login = |home: &str, gateway: bool| {
+        let mut c = aic(&pool.home);
+        c.env("AIC_HOME", pool.home.path().join(home)).args(["login", "--env-key"]);
+        c.env("AIC_PRIVATE_KEY", aic_chain::devchain::DEV_KEYS[5]);
+        if gateway {
+            c.env("AIC_GATEWAY", &base);
+        }
+        assert!(c.output().unwrap().status.success());
+    };
+    login("aic", false);
+    login("remote", true);
+    for (home, gateway) in [("aic", false), ("remote", true)] {
+        let (got, said) = listed(home, gateway, &[]);
+        assert_eq!(got, ids[..50], "{home}");
+        assert!(said.contains("the newest 50 shown"), "{home}: {said}");
+        assert_eq!(listed(home, gateway, &["--limit", "5"]).0, ids[..5], "{home}");
+        assert_eq!(listed(home, gateway, &["--since", "2h", "--all"]).0, ids[..100], "{home}");
+        assert_eq!(listed(home, gateway, &["--since", "2h", "--limit", "30"]).0, ids[..30], "{home}");
+        let (all, said) = listed(home, gateway, &["--all"]);
+        assert_eq!(all, ids, "{home}");
+        assert!(!said.contains("shown"), "{home}: {said}");
+    }
+    let bad = aic(&pool.home).args(["jobs", "--since", "yesterday"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since yesterday: say 30m, 2h, 3d, 1w"), "{bad:?}");
+}

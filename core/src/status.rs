@@ -258,6 +258,58 @@ pub async fn job_ids(store: &Store, owner: &aic_schemas::Address) -> Result<Vec<
     Ok(ids)
 }
 
+/// One job as listings show it: its status snapshot and what it asked for.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Listed {
+    pub job_id: aic_schemas::JobId,
+    pub status: Option<StatusRecord>,
+    pub request: Option<aic_schemas::JobRequest>,
+}
+
+/// How many jobs a listing reads at once.
+pub const LIST_READS_IN_FLIGHT: usize = 16;
+
+/// Which of an owner's jobs a listing shows.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    /// At most this many (all with `None`).
+    pub limit: Option<usize>,
+    /// Created at or after.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Older than this job (the next page of a listing).
+    pub before: Option<aic_schemas::JobId>,
+}
+
+/// `owner`'s newest jobs in `w`, newest first. Ids are ULIDs, so which jobs these are is
+/// known from one listing of the ids; only those shown are read, [`LIST_READS_IN_FLIGHT`] at
+/// a time.
+pub async fn recent(store: &Store, owner: &aic_schemas::Address, w: &Window) -> Result<Vec<Listed>, StoreError> {
+    use futures::StreamExt;
+    let (limit, since) = (w.limit, w.since);
+    let ids = job_ids(store, owner).await?;
+    let newest = ids
+        .into_iter()
+        .rev()
+        .skip_while(|id| w.before.as_ref().is_some_and(|b| id >= b))
+        .take_while(|id| since.is_none_or(|s| id.created().is_none_or(|c| c >= s)))
+        .take(limit.unwrap_or(usize::MAX));
+    futures::stream::iter(newest)
+        .map(|id| async move {
+            let job = JobKey::new(*owner, id.clone());
+            let request_key = job.request();
+            let (status, request) = futures::try_join!(
+                snapshot(store, &job),
+                store.get_json::<aic_schemas::JobRequest>(&request_key, MAX_DOC_BYTES),
+            )?;
+            Ok(Listed { job_id: id, status, request })
+        })
+        .buffered(LIST_READS_IN_FLIGHT)
+        .collect::<Vec<Result<Listed, StoreError>>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// What asking to cancel a job came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cancel {

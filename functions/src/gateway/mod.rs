@@ -13,7 +13,9 @@
 //! | `POST /v1/sign` `{items:[{method,key,size?}]}` | presigned URLs (+ headers to send) |
 //! | `GET /v1/objects?prefix=&offset=&delimiter=` | the caller's objects |
 //! | `POST /v1/multipart` `{action,key,upload_id?,part?,parts?}` | large uploads part by part |
-//! | `GET /v1/jobs`, `GET /v1/jobs/<id>` | the caller's jobs and one job's status |
+//! | `GET /v1/jobs?limit=&since=&before=`, `GET /v1/jobs/<id>` | the caller's newest jobs (snapshot and request each), one job's status |
+//! | `POST /v1/draft` (a request) | its quote, the wallet calls that pay it, its EIP-712 typed data |
+//! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
 //! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
 //! | `GET /v1/jobs/<id>/replicas` | a deployment's serving registrations |

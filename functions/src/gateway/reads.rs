@@ -3,7 +3,6 @@
 
 use super::*;
 use aic_schemas::gateway::{ListedObject, Listing};
-use futures::StreamExt;
 
 impl Gateway {
     pub(super) async fn objects(&self, who: &Caller, q: &HashMap<String, String>) -> Reply {
@@ -44,39 +43,33 @@ impl Gateway {
         Ok(JobKey::new(*who, id))
     }
 
-    /// The caller's newest jobs (`limit`, 50 by default, at most 500), newest first: each
-    /// one's status snapshot and what it asked for, read 16 at a time.
+    /// The caller's newest jobs (`limit`, 50 by default, at most 1000; `since`, RFC 3339;
+    /// `before`, a job id: the next page), newest first: each one's status snapshot and what it asked for (`status::recent`).
     pub(super) async fn jobs(&self, who: &Address, q: &HashMap<String, String>) -> Reply {
         let limit = match q.get("limit") {
             Some(l) => {
-                l.parse::<usize>().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| bad("limit: 1 to 500"))?
+                l.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| bad("limit: 1 to 1000"))?
             }
             None => 50,
         };
-        let ids = status::job_ids(&self.ctx.store, who).await.map_err(store_err)?;
-        let more = ids.len() > limit;
-        let newest: Vec<JobId> = ids.into_iter().rev().take(limit).collect();
-        let store = &self.ctx.store;
-        let out: Vec<Value> = futures::stream::iter(newest)
-            .map(|id| async move {
-                let job = JobKey::new(*who, id.clone());
-                let request_key = job.request();
-                let (snap, req) = futures::try_join!(
-                    status::snapshot(store, &job),
-                    store.get_json::<aic_schemas::JobRequest>(&request_key, MAX_REQUEST_BYTES),
-                )?;
-                let asked = req.map(|r| {
-                    json!({"kind": r.kind, "name": r.name, "entrypoint": r.entrypoint, "data": r.data,
-                           "miners": r.miners, "gpus_per_miner": r.gpus_per_miner, "max_hours": r.max_hours,
-                           "launcher": r.launcher, "created_at": r.created_at})
-                });
-                Ok::<_, aic_core::store::StoreError>(json!({"job_id": id, "status": snap, "request": asked}))
-            })
-            .buffered(16)
-            .try_collect()
-            .await
-            .map_err(store_err)?;
-        Ok(json!({ "jobs": out, "more": more }))
+        let since = match q.get("since") {
+            Some(s) => Some(
+                DateTime::parse_from_rfc3339(s)
+                    .map_err(|_| bad(format!("since={s:?}: a time like 2026-12-01T00:00:00Z")))?
+                    .with_timezone(&Utc),
+            ),
+            None => None,
+        };
+        let before = match q.get("before") {
+            Some(b) => Some(b.parse::<JobId>().map_err(|_| bad(format!("before={b:?} is not a job id")))?),
+            None => None,
+        };
+        // One more than asked: whether there are more.
+        let w = status::Window { limit: Some(limit + 1), since, before };
+        let mut jobs = status::recent(&self.ctx.store, who, &w).await.map_err(store_err)?;
+        let more = jobs.len() > limit;
+        jobs.truncate(limit);
+        Ok(json!({ "jobs": jobs, "more": more }))
     }
 
     pub(super) async fn job(&self, who: &Address, id: &str) -> Reply {
