@@ -26,7 +26,7 @@ fn main() {
         Some("bench") => bench::bench(args.get(1).map(String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|worker|gateway|latency]"
+                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|latency]"
             );
             std::process::exit(2);
         }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: figures, not pass/fail, each beside its comparison in the same run.
 
 mod gateway;
+mod listing;
 mod worker;
 
 use std::process::Command;
@@ -12,7 +13,8 @@ use crate::tools::{anvil, run, setup, tools};
 /// Benchmarks (figures, not pass/fail): validate throughput against anvil, settlement (gas,
 /// rate, latency) against anvil, training under
 /// aic-worker against the bare launcher, and event latency (request uploaded → worker
-/// started) on the embedded pool and on LocalStack via SNS and via the poller.
+/// started) on the embedded pool and on LocalStack via SNS and via the poller, and `aic jobs`
+/// with 10,000 jobs (`jobs`).
 pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     let py = setup(false)?;
     let want = |name: &str| only.is_none_or(|o| o == name);
@@ -33,6 +35,10 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     }
     if want("gateway") {
         gateway::bench_gateway(&py)?;
+    }
+    if want("jobs") {
+        run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+        listing::bench_listing("debug")?;
     }
     if !want("latency") {
         return Ok(());
