@@ -149,6 +149,7 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     // The training job: paid once (the declined signature did not pay twice), signed, ran on
     // two miners with both ranks in the log, succeeded; its checkpoint downloaded byte for byte.
     assert!(r["refusals"]["declined"].as_str().unwrap().contains("will not pay twice"), "{dump}");
+    assert!(r["paidNotice"].as_str().unwrap().contains("was not submitted"), "{dump}");
     assert_eq!(r["jobState"], "succeeded", "{dump}");
     assert!(
         r["log"].as_str().unwrap().contains("[rank 0]") && r["log"].as_str().unwrap().contains("[rank 1]"),

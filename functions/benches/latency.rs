@@ -21,17 +21,23 @@ use aic_schemas::{JobId, JobRequest};
 
 const CHAIN: u64 = 31337;
 
+/// The binary of this benchmark's own profile (release under `cargo bench`, which
+/// `cargo xtask bench` builds first), else the other one.
 fn target_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/latency-… → target/debug/<name> (built by `cargo build --bins`)
+    // target/<profile>/deps/latency-… → target/<profile>/<name>
+    let own = exe.ancestors().nth(2).unwrap().join(name);
+    if own.exists() {
+        return own;
+    }
     let target = exe.ancestors().nth(3).unwrap();
-    for profile in ["debug", "release"] {
+    for profile in ["release", "debug"] {
         let p = target.join(profile).join(name);
         if p.exists() {
             return p;
         }
     }
-    panic!("{name} is not built: run `cargo build --workspace --bins`");
+    panic!("{name} is not built: run `cargo build --release --workspace --bins`");
 }
 
 fn now() -> f64 {

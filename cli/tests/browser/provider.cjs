@@ -42,6 +42,25 @@ function installWallet({ rpc, scenario }) {
     rejectChain: !!scenario.rejectChain,
     log: { sends: [], approvals: [], wrongChainSends: 0, switched: [], added: [], spedUp: null, watched: [], signedTyped: 0 },
   };
+  // The wallet's state (its chain, the chains it knows, the account, what it did) lives in the
+  // extension, so it outlives a reload of the page: kept in the tab's sessionStorage.
+  const store = (() => {
+    try {
+      return window.sessionStorage;
+    } catch {
+      return null; // about:blank and the like
+    }
+  })();
+  const saved = store && JSON.parse(store.getItem("wallet.state") || "null");
+  if (saved) {
+    state.chainId = saved.chainId;
+    state.known = new Set(saved.known);
+    state.account = saved.account;
+    state.log = saved.log;
+  }
+  const save = () => {
+    if (store) store.setItem("wallet.state", JSON.stringify({ chainId: state.chainId, known: [...state.known], account: state.account, log: state.log }));
+  };
   let id = 0;
   async function call(url, method, params) {
     const body = JSON.stringify({ jsonrpc: "2.0", id: ++id, method, params: params || [] });
@@ -87,7 +106,10 @@ function installWallet({ rpc, scenario }) {
     isMetaMask: true,
     on(event, cb) { (state.listeners[event] = state.listeners[event] || []).push(cb); },
     removeListener(event, cb) { state.listeners[event] = (state.listeners[event] || []).filter((f) => f !== cb); },
-    async request({ method, params = [] }) {
+    request(args) {
+      return this.handle(args).finally(save);
+    },
+    async handle({ method, params = [] }) {
       switch (method) {
         case "eth_requestAccounts":
         case "eth_accounts":
@@ -130,8 +152,11 @@ function installWallet({ rpc, scenario }) {
           return anvil(method, params);
         }
         case "eth_signTypedData_v4": {
-          if (state.rejectSignOnce) {
+          // Once per tab: the wallet's state outlives a reload of the page (it lives in the
+          // extension), so the consumed refusal is remembered in the tab's sessionStorage.
+          if (state.rejectSignOnce && !(store && store.getItem("wallet.rejectedOnce"))) {
             state.rejectSignOnce = false;
+            if (store) store.setItem("wallet.rejectedOnce", "1");
             throw err(4001, "MetaMask Typed Message Signature: User denied message signature.");
           }
           let chainId = JSON.parse(params[1]).domain.chainId;
@@ -203,7 +228,7 @@ function installWallet({ rpc, scenario }) {
   window.ethereum = wallets[wallets.length - 1].provider;
   window.__wallet = {
     log: state.log,
-    switchAccount(a) { state.account = a; emit("accountsChanged", [a]); },
+    switchAccount(a) { state.account = a; save(); emit("accountsChanged", [a]); },
     async mine() { await anvil("evm_setAutomine", [true]); await anvil("evm_mine", []); },
   };
 }

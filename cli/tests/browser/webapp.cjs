@@ -98,6 +98,13 @@ async function main() {
     await page.click("#submit");
     await page.waitForSelector("[role=alert]:has-text('declined signing')", { timeout: 60000 });
     result.refusals.declined = (await page.textContent("[role=alert]:has-text('declined signing')")).trim();
+    // The tab is reloaded (the page's memory gone): the paid job is still known, and the
+    // same code picked again is signed and submitted without paying again.
+    await page.reload();
+    await page.waitForSelector("#paid-notice", { timeout: 15000 });
+    result.paidNotice = (await text(page, "#paid-notice")).trim();
+    await page.setInputFiles("#folder", cfg.project);
+    await page.selectOption("#entrypoint", "train_mpi.py");
     await page.click("#submit");
     await page.waitForURL(/\/jobs\/[0-9a-z]{26}$/, { timeout: 60000 });
     result.job = page.url().split("/").pop();

@@ -15,7 +15,7 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {
         debian_packages(&["wrk"])?;
     }
-    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    super::build_release()?;
     let dir = tempfile_dir("aic-bench-gw")?;
     let home = dir.join("home");
     let data = dir.join("data");
@@ -31,7 +31,7 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
     for f in ["app.py", "requirements.txt"] {
         std::fs::copy(root().join("examples/digits/serve").join(f), proj.join(f))?;
     }
-    let aic = root().join("target/debug/aic");
+    let aic = super::bin("aic");
     let env = |c: &mut Command| {
         c.env("AIC_HOME", &home)
             .env("PATH", path_with(py))

@@ -1,6 +1,7 @@
 //! `aic jobs` with many jobs in the bucket: the newest 50 (what it shows by default) beside
 //! every job (`--all`: what each listing read before it showed only the newest), on the local
-//! store and through a pool's gateway (`aic-functions` on a LocalStack bucket).
+//! store and through a pool's gateway (`aic-functions` on a LocalStack bucket). The newest 50:
+//! best of 3; every job: once.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -54,11 +55,11 @@ fn seed(store: &Path, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Best of three wall times of `aic ARGS` (seconds), and how many jobs it listed.
-fn time_jobs(aic: &Path, env: &[(&str, String)], args: &[&str]) -> anyhow::Result<(f64, usize)> {
+/// Best of `runs` wall times of `aic jobs ARGS` (seconds), and how many jobs it listed.
+fn time_jobs(aic: &Path, env: &[(&str, String)], args: &[&str], runs: usize) -> anyhow::Result<(f64, usize)> {
     let mut best = f64::MAX;
     let mut count = 0;
-    for _ in 0..3 {
+    for _ in 0..runs {
         let t = Instant::now();
         let out =
             Command::new(aic).args(["jobs", "--json"]).args(args).envs(env.iter().map(|(k, v)| (k, v))).output()?;
@@ -71,10 +72,10 @@ fn time_jobs(aic: &Path, env: &[(&str, String)], args: &[&str]) -> anyhow::Resul
     Ok((best, count))
 }
 
-pub(crate) fn bench_listing(profile: &str) -> anyhow::Result<()> {
+pub(crate) fn bench_listing() -> anyhow::Result<()> {
     let n: u64 = std::env::var("AIC_BENCH_LISTED").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let bins = root().join("target").join(profile);
-    let aic = bins.join("aic");
+    let profile = "release";
+    let aic = super::bin("aic");
     let dir = tempfile_dir("aic-bench-jobs")?;
     let _ = std::fs::remove_dir_all(&dir);
     let local = dir.join("local");
@@ -88,8 +89,8 @@ pub(crate) fn bench_listing(profile: &str) -> anyhow::Result<()> {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("AIC_GATEWAY"))?;
     env.push(("AIC_STORE", String::new()));
-    let (newest, shown) = time_jobs(&aic, &env, &[])?;
-    let (all, every) = time_jobs(&aic, &env, &["--all"])?;
+    let (newest, shown) = time_jobs(&aic, &env, &[], 3)?;
+    let (all, every) = time_jobs(&aic, &env, &["--all"], 1)?;
     println!(
         "aic jobs, {n} jobs, local store ({profile}):        newest {shown}: {:>6.2} s   every job ({every}): {:>6.2} s",
         newest, all
@@ -112,7 +113,7 @@ pub(crate) fn bench_listing(profile: &str) -> anyhow::Result<()> {
         local.join("store").display()
     );
     run(Command::new(&python).args(["-c", &upload]))?;
-    let mut host = Command::new(bins.join("aic-functions"))
+    let mut host = Command::new(super::bin("aic-functions"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("AIC_STORE", format!("s3://{bucket}"))
         .env("AIC_S3_ENDPOINT", &ls.endpoint)
@@ -135,8 +136,8 @@ pub(crate) fn bench_listing(profile: &str) -> anyhow::Result<()> {
         let mut env = base(&remote);
         env.push(("AIC_GATEWAY", url));
         run(Command::new(&aic).args(["login", "--env-key"]).envs(env.iter().map(|(k, v)| (k, v))))?;
-        let (newest, shown) = time_jobs(&aic, &env, &[])?;
-        let (all, every) = time_jobs(&aic, &env, &["--all"])?;
+        let (newest, shown) = time_jobs(&aic, &env, &[], 3)?;
+        let (all, every) = time_jobs(&aic, &env, &["--all"], 1)?;
         println!(
             "aic jobs, {n} jobs, gateway on LocalStack ({profile}): newest {shown}: {:>6.2} s   every job ({every}): {:>6.2} s",
             newest, all

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: figures, not pass/fail, each beside its comparison in the same run.
+//! `cargo xtask bench`: figures, not pass/fail, each beside its comparison in the same run,
+//! from release builds.
 
 mod gateway;
 mod listing;
@@ -9,6 +10,16 @@ use std::process::Command;
 use crate::localstack::LocalStack;
 use crate::root;
 use crate::tools::{anvil, run, setup, tools};
+
+/// The binaries the benchmarks run: release builds, as users get them.
+pub(crate) fn build_release() -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["build", "--quiet", "--release", "--workspace", "--bins"]).current_dir(root()))
+}
+
+/// A release binary of the workspace.
+pub(crate) fn bin(name: &str) -> std::path::PathBuf {
+    root().join("target/release").join(name)
+}
 
 /// Benchmarks (figures, not pass/fail): validate throughput against anvil, settlement (gas,
 /// rate, latency) against anvil, training under
@@ -37,15 +48,15 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
         gateway::bench_gateway(&py)?;
     }
     if want("jobs") {
-        run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
-        listing::bench_listing("debug")?;
+        build_release()?;
+        listing::bench_listing()?;
     }
     if !want("latency") {
         return Ok(());
     }
     // Event latency needs LocalStack and the binaries.
     run(Command::new("bash").arg(root().join("localstack/install.sh")).env("AIC_TOOLS", tools()))?;
-    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    build_release()?;
     let ls = LocalStack::start()?;
     let r = run(Command::new("cargo")
         .args(["bench", "--quiet", "-p", "aic-functions", "--bench", "latency"])

@@ -15,7 +15,7 @@ use crate::tools::{anvil, path_with, run};
 /// two "hosts", the second reached over SSH (its own sshd on 127.0.1.2), with the transport
 /// and settings the simulated miners use; a single-host mpirun is shown for reference.
 pub(crate) fn bench_worker_overhead(py: &Path) -> anyhow::Result<()> {
-    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(root()))?;
+    super::build_release()?;
     let dir = std::env::temp_dir().join(format!("aic-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -23,7 +23,7 @@ pub(crate) fn bench_worker_overhead(py: &Path) -> anyhow::Result<()> {
     let examples = root().join("examples/digits");
     run(Command::new("python3").arg(examples.join("make_dataset.py")).arg(dir.join("data")).env("PATH", &path))?;
     let aic = |args: &[&str]| -> anyhow::Result<std::process::Output> {
-        Ok(Command::new(root().join("target/debug/aic"))
+        Ok(Command::new(super::bin("aic"))
             .args(args)
             .current_dir(&dir)
             .env("PATH", &path)

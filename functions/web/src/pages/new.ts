@@ -7,7 +7,7 @@ import { api, session, userPrefix } from "../api";
 import { sha256Hex } from "../upload";
 import { ulid } from "../ulid";
 import { fmtBytes, h, status } from "../ui";
-import { isPaid, submit as pay, type CodeFile, type Draft } from "./submit";
+import { forgetPaid, isPaid, paidRequest, submit as pay, type CodeFile, type Draft } from "./submit";
 
 /// Byte order of UTF-8, as the pool sorts the digest's lines.
 function utf8Compare(a: string, b: string): number {
@@ -72,7 +72,27 @@ export async function newPage(root: HTMLElement): Promise<void> {
     h("div", { class: "full row" }, submit, bar),
     h("div", { class: "full" }, st.el),
   );
-  root.append(h("h1", {}, "New job"), form);
+  root.append(h("h1", {}, "New job"));
+  const kept = paidRequest("new");
+  if (kept) {
+    const payment = kept.payment as { tx?: string } | undefined;
+    const discard = h("button", { type: "button", class: "secondary", id: "discard-paid" }, "Discard it");
+    const notice = h(
+      "div",
+      { class: "msg", role: "status", id: "paid-notice" },
+      `You paid for job ${kept.job_id} (${kept.entrypoint}) in ${payment?.tx || "a transaction"} and it was not submitted: pick the same code and press “Sign and submit”. `,
+      discard,
+    );
+    discard.addEventListener("click", () => {
+      if (!confirm("Discard it? Its deposit stays in the escrow until you reclaim it.")) return;
+      forgetPaid("new");
+      notice.remove();
+      submit.textContent = "Pay and submit";
+    });
+    root.append(notice);
+    submit.textContent = "Sign and submit (paid)";
+  }
+  root.append(form);
 
   if (new URLSearchParams(location.search).get("kind") === "serve") {
     kind.value = "serve";
@@ -168,7 +188,7 @@ export async function newPage(root: HTMLElement): Promise<void> {
       go(`/jobs/${id}`);
     } catch (e) {
       const again = isPaid("new");
-      st.say((e as Error).message + (again ? " Press “Pay and submit” again: it will not pay twice." : ""), "error");
+      st.say((e as Error).message + (again ? " Press “Sign and submit” again: it will not pay twice." : ""), "error");
       if (again) submit.textContent = "Sign and submit (paid)";
     } finally {
       submit.disabled = false;

@@ -1,7 +1,8 @@
 // Paying for, signing and uploading a job request, shared by New job and a deployment's
 // scale: the pool writes the typed data (`POST /v1/draft`), the wallet pays (an allowance and
 // a deposit, or a transfer) and signs, the code goes up, then the request (create-only).
-// A job paid for but not yet signed is kept: trying it again signs without paying again.
+// A job paid for but not yet signed is kept (in this browser): trying it again — after a
+// reload too — signs without paying again.
 
 import { pickWallet, refreshAccount } from "../main";
 import { api, info, session, userPrefix } from "../api";
@@ -22,11 +23,29 @@ export interface CodeFile {
 
 export type Req = Record<string, unknown>;
 
-const paid = new Map<string, { req: Req; files: CodeFile[] }>();
+/// A job paid for and not yet submitted is kept in this browser (localStorage, per wallet),
+/// so that a reload or a closed tab does not strand its deposit: its request (with the
+/// payment) is kept; the files are picked again and must have the same digest.
+function storageKey(key: string): string {
+  return `aic.paid.${session()?.address || ""}.${key}`;
+}
+
+export function paidRequest(key: string): Req | null {
+  try {
+    return JSON.parse(localStorage.getItem(storageKey(key)) || "null") as Req | null;
+  } catch {
+    return null;
+  }
+}
 
 /// Whether the job started as `key` is paid and waits for its signature.
 export function isPaid(key: string): boolean {
-  return paid.has(key);
+  return paidRequest(key) !== null;
+}
+
+/// Forgets a paid job (its deposit stays in the escrow; its owner can reclaim it later).
+export function forgetPaid(key: string): void {
+  localStorage.removeItem(storageKey(key));
 }
 
 /// Pays for `req` (unless paid under `key` already), signs it and uploads `files` and the
@@ -44,11 +63,17 @@ export async function submit(
   const from = await account(p);
   if (from !== me) throw new Error(`Your wallet's account is ${from}, but you are signed in as ${me}: select ${me} in your wallet, or sign in again.`);
   await ensureChain(p, i.chain_id, i.chain);
-  let job = paid.get(key);
-  if (job) {
+  let job = await fresh();
+  const kept = paidRequest(key);
+  if (kept) {
+    if (kept.code_digest !== job.req.code_digest) {
+      throw new Error(
+        `You paid for job ${kept.job_id} with other code: pick the same script or folder to submit it (or discard it; its deposit can be reclaimed from the escrow).`,
+      );
+    }
+    job = { req: kept, files: job.files };
     say("This job is paid already; asking your wallet to sign it…");
   } else {
-    job = await fresh();
     const d = await api<Draft>("POST", "draft", job.req);
     if (d.payment) {
       const have = await balance(p, i.chain!.token, me);
@@ -64,7 +89,7 @@ export async function submit(
       say(`Paid in ${tx}; waiting for the chain…`);
       await mined(p, tx);
       job.req.payment = { chain_id: i.chain_id, tx };
-      paid.set(key, job);
+      localStorage.setItem(storageKey(key), JSON.stringify(job.req));
       refreshAccount();
     }
   }
@@ -80,6 +105,6 @@ export async function submit(
   });
   const body = new Blob([JSON.stringify(job.req)], { type: "application/json" });
   await uploadAll([{ key: `${base}request.json`, file: body }], () => undefined, true);
-  paid.delete(key);
+  forgetPaid(key);
   return id;
 }
