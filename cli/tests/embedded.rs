@@ -914,3 +914,52 @@ fn exec_all_reaches_every_allocation_of_a_two_miner_mpi_job() {
     }
     assert!(h.aic(&["cancel", &job]).status.success());
 }
+
+/// A short soak (the long one is `cargo xtask soak`, 1,000 jobs): 32 small paid jobs, 8 at a
+/// time, through `dev up`'s pool of 4 miners × 2 GPUs — every one succeeds, each with its own
+/// output, and once the pool is idle the event spool is empty.
+#[test]
+fn a_short_soak_of_small_jobs_eight_at_a_time_leaves_nothing_behind() {
+    let h = Home::new();
+    let _up = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "4"), ("AIC_POOL_GPUS", "2")]);
+    let script = h.write("small.py", "import os\nopen(os.path.join(os.environ['AIC_OUTPUT_DIR'], 'done.txt'), 'w').write(os.environ['AIC_JOB_ID'])\n");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 32 {
+                    let out = h
+                        .cmd(&["run", script.to_str().unwrap()])
+                        .env("AIC_POOL_MINERS", "4")
+                        .env("AIC_POOL_GPUS", "2")
+                        .output()
+                        .unwrap();
+                    if !out.status.success() {
+                        failed.lock().unwrap().push(String::from_utf8_lossy(&out.stderr).into_owned());
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(failed.lock().unwrap().as_slice(), &[] as &[String]);
+    let out = h.aic(&["jobs", "--all", "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs.len(), 32);
+    let keys = h.store_keys();
+    for j in &jobs {
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let id = j["job"].as_str().unwrap();
+        assert!(keys.iter().any(|k| k.ends_with(&format!("{id}/output/done.txt"))), "{id}");
+    }
+    let spool = h.path().join("aic/events");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "events left in the spool: {:?}",
+            std::fs::read_dir(&spool).unwrap().count()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

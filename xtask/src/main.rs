@@ -5,10 +5,11 @@
 //! examples, and (for `test`) LocalStack in host mode.
 //!
 //! One module a chore: `tools` (what both commands install), `localstack` (LocalStack for
-//! the tests), `test`, and `bench` (one file a benchmark).
+//! the tests), `test`, `bench` (one file a benchmark) and `soak`.
 
 mod bench;
 mod localstack;
+mod soak;
 mod test;
 mod tools;
 
@@ -24,9 +25,14 @@ fn main() {
         Some("test") => test::test(&args[1..]),
         Some("setup") => setup(true).map(|_| ()),
         Some("bench") => bench::bench(args.get(1).map(String::as_str)),
+        Some("soak") => match args.get(1).map(|n| n.parse::<usize>()) {
+            None => soak::soak(1000),
+            Some(Ok(n)) => soak::soak(n),
+            Some(Err(_)) => Err(anyhow::anyhow!("usage: cargo xtask soak [JOBS]")),
+        },
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|latency]"
+                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|latency] | soak [JOBS]"
             );
             std::process::exit(2);
         }

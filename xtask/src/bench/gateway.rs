@@ -61,7 +61,13 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             .find_map(|l| l.strip_prefix("API address : "))
             .ok_or_else(|| anyhow::anyhow!("deploy failed: {}", String::from_utf8_lossy(&out.stderr)))?
             .to_string();
-        let job = api.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+        // `deployment  : <id> (this version alone: …)`: the API address is the name's.
+        let job = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("deployment  : "))
+            .and_then(|l| l.split_whitespace().next())
+            .ok_or_else(|| anyhow::anyhow!("deploy printed no deployment id: {stdout}"))?
+            .to_string();
         let reg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(home.join(format!("store/pool/serving/{job}/0.json")))?)?;
         let direct = format!("http://{}:{}/", reg["host"].as_str().unwrap_or(""), reg["port"]);
