@@ -327,6 +327,10 @@ pub async fn pay(
     let key =
         env.source.signer()?.ok_or_else(|| anyhow!("pay in your browser wallet and pass the transaction with --tx"))?;
     let me = key.address();
+    // One payment at a time from this wallet on this machine: several `aic run`s at once would
+    // take the same nonce, and one's allowance would be spent by another's deposit. The lock
+    // is held until the payment is mined (it closes with the file).
+    let _one_at_a_time = wallet_lock(env, &me.to_string()).await?;
     let provider = ProviderBuilder::new().wallet(EthereumWallet::from(key)).connect_http(chain.rpc_url.parse()?);
     let have = aic_chain::token::balance(&provider, chain.token, me).await.context("reading your AIC balance")?;
     if have < alloy::primitives::U256::from(amount) {
@@ -353,6 +357,19 @@ pub async fn pay(
     let tx = format!("{tx:#x}");
     eprintln!("paid {} to the pool treasury {} in {tx}", format_aic(amount), chain.treasury);
     Ok(tx)
+}
+
+/// An exclusive lock on `$AIC_HOME/wallet-<address>.lock`, waited for without blocking the
+/// runtime; released when the returned file is dropped.
+async fn wallet_lock(env: &Env, address: &str) -> anyhow::Result<std::fs::File> {
+    let path = env.home.join(format!("wallet-{}.lock", address.to_lowercase()));
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    tokio::task::spawn_blocking(move || f.lock().map(|_| f)).await?.context("locking the wallet for a payment")
 }
 
 /// `aic resume JOB`: a training job that failed, was cancelled or ran out of its paid time
