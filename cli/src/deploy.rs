@@ -315,19 +315,20 @@ pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
     found.pop().ok_or_else(|| anyhow!("no deployment named or numbered {s:?}; see `aic deploy list`"))
 }
 
-/// Your serve jobs, oldest first.
+/// Your serve jobs, oldest first: from the names dispatch records and your newest jobs
+/// (`aic_core::serving::deployments`; through the gateway in pool mode), not from every job.
 async fn deployments(env: &Env) -> anyhow::Result<Vec<(JobKey, JobRequest)>> {
-    let mut out = Vec::new();
-    for id in aic_core::status::job_ids(&env.store, &env.owner).await? {
-        let job = JobKey::new(env.owner, id);
-        if let Some(req) =
-            env.store.get_json::<JobRequest>(&job.request(), aic_schemas::validate::MAX_DOC_BYTES).await?
-            && req.kind == JobKind::Serve
-        {
-            out.push((job, req));
+    let listed: Vec<aic_core::status::Listed> = match env.gateway_client() {
+        Some(gw) => {
+            serde_json::from_value(gw.call(reqwest::Method::GET, "deployments", None).await?["deployments"].clone())?
         }
-    }
-    Ok(out)
+        None => aic_core::serving::deployments(&env.store, &env.owner).await?,
+    };
+    Ok(listed
+        .into_iter()
+        .rev()
+        .filter_map(|l| Some((JobKey::new(env.owner, l.job_id), l.request.filter(|r| r.kind == JobKind::Serve)?)))
+        .collect())
 }
 
 /// `aic deploy list`.

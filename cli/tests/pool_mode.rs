@@ -628,4 +628,22 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
         .unwrap();
     assert!(got.status.success() && !got.stdout.is_empty());
     assert_eq!(std::fs::read(r["downloaded"].as_str().unwrap()).unwrap(), got.stdout);
+    // The CLI of the same wallet sees the deployment the browser made, removed
+    // (`/v1/deployments`: from the name dispatch recorded).
+    let login = {
+        let mut cmd = Command::new(bins().join("aic"));
+        cmd.args(["login", "--env-key"])
+            .env("AIC_HOME", p.dir.path().join("web-cli"))
+            .env("AIC_GATEWAY", &p.url)
+            .env("AIC_PRIVATE_KEY", aic_chain::devchain::DEV_KEYS[5])
+            .stdin(Stdio::null());
+        common::shown(&["login"], cmd)
+    };
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    let listed = p.aic("web-cli", &["deploy", "list", "--json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let dep = r["deployment"].as_str().unwrap();
+    let row = v.as_array().unwrap().iter().find(|d| d["deployment"] == dep).unwrap_or_else(|| panic!("{v}"));
+    assert_eq!((row["name"].as_str(), row["state"].as_str()), (Some("digits-web"), Some("cancelled")), "{v}");
 }

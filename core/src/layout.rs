@@ -124,7 +124,12 @@ pub fn gang_waiting(job: &JobId) -> String {
 /// `pool/names/<addr>/<name>/`: the deployments named `name` by `owner`, one record each,
 /// written by dispatch; the newest with a live replica answers `/n/<addr>/<name>/`.
 pub fn serving_names_prefix(owner: &Address, name: &str) -> String {
-    format!("pool/names/{owner}/{name}/")
+    format!("{}{name}/", serving_names_of(owner))
+}
+
+/// `pool/names/<addr>/`: every name of `owner`'s deployments.
+pub fn serving_names_of(owner: &Address) -> String {
+    format!("pool/names/{owner}/")
 }
 
 pub fn serving_name(owner: &Address, name: &str, deployment: &JobId) -> String {

@@ -284,7 +284,6 @@ pub struct Window {
 /// known from one listing of the ids; only those shown are read, [`LIST_READS_IN_FLIGHT`] at
 /// a time.
 pub async fn recent(store: &Store, owner: &aic_schemas::Address, w: &Window) -> Result<Vec<Listed>, StoreError> {
-    use futures::StreamExt;
     let (limit, since) = (w.limit, w.since);
     let ids = job_ids(store, owner).await?;
     let newest = ids
@@ -293,7 +292,18 @@ pub async fn recent(store: &Store, owner: &aic_schemas::Address, w: &Window) -> 
         .skip_while(|id| w.before.as_ref().is_some_and(|b| id >= b))
         .take_while(|id| since.is_none_or(|s| id.created().is_none_or(|c| c >= s)))
         .take(limit.unwrap_or(usize::MAX));
-    futures::stream::iter(newest)
+    read_listed(store, owner, newest).await
+}
+
+/// `owner`'s jobs `ids` as listings show them, in that order, [`LIST_READS_IN_FLIGHT`] at a
+/// time.
+pub async fn read_listed(
+    store: &Store,
+    owner: &aic_schemas::Address,
+    ids: impl IntoIterator<Item = aic_schemas::JobId>,
+) -> Result<Vec<Listed>, StoreError> {
+    use futures::StreamExt;
+    futures::stream::iter(ids)
         .map(|id| async move {
             let job = JobKey::new(*owner, id.clone());
             let request_key = job.request();

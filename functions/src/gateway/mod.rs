@@ -14,6 +14,7 @@
 //! | `GET /v1/objects?prefix=&offset=&delimiter=` | the caller's objects |
 //! | `POST /v1/multipart` `{action,key,upload_id?,part?,parts?}` | large uploads part by part |
 //! | `GET /v1/jobs?limit=&since=&before=`, `GET /v1/jobs/<id>` | the caller's newest jobs (snapshot and request each), one job's status |
+//! | `GET /v1/deployments` | the caller's deployments, newest first (from the names dispatch records) |
 //! | `POST /v1/draft` (a request) | its quote, the wallet calls that pay it, its EIP-712 typed data |
 //! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
@@ -285,6 +286,10 @@ impl Gateway {
         };
         match (method, segs.as_slice()) {
             (&Method::GET, ["jobs"]) => self.jobs(&who, &q).await,
+            (&Method::GET, ["deployments"]) => {
+                let d = aic_core::serving::deployments(&self.ctx.store, &who).await.map_err(store_err)?;
+                Ok(json!({ "deployments": d }))
+            }
             (&Method::POST, ["draft"]) => self.draft(&who, &body).await,
             (&Method::GET, ["pool"]) => {
                 let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;

@@ -88,7 +88,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
   return every(3000, async () => {
     let rows: JobRow[];
     try {
-      rows = (await api<{ jobs: JobRow[] }>("GET", "jobs?limit=200")).jobs.filter((j) => j.request?.kind === "serve");
+      rows = (await api<{ deployments: JobRow[] }>("GET", "deployments")).deployments;
     } catch (e) {
       body.replaceChildren(message((e as Error).message, "error"));
       return;

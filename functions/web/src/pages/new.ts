@@ -18,6 +18,12 @@ function utf8Compare(a: string, b: string): number {
 }
 
 /// The code digest a request signs: SHA-256 over "<sha256>  <path>\n" per file, by path.
+/// A name from a folder's, as `aic deploy` makes it: lower case, runs of other characters
+/// as one `-`, at most 63.
+function defaultName(folder: string): string {
+  return folder.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+/, "").slice(0, 63).replace(/-+$/, "");
+}
+
 export async function codeDigest(files: CodeFile[]): Promise<string> {
   const lines = await Promise.all(files.map(async (f) => [f.rel, await sha256Hex(f.file)] as const));
   lines.sort((a, b) => utf8Compare(a[0], b[0]));
@@ -99,6 +105,7 @@ export async function newPage(root: HTMLElement): Promise<void> {
     miners.value = "2";
   }
   let files: CodeFile[] = [];
+  let folderName = "";
   const setEntries = (rels: string[], prefer: string[]) => {
     entry.replaceChildren(...rels.filter((r) => /\.(py|sh)$/.test(r) || rels.length === 1).map((r) => h("option", { value: r }, r)));
     const best = prefer.find((p) => rels.includes(p));
@@ -117,6 +124,7 @@ export async function newPage(root: HTMLElement): Promise<void> {
     if (!list.length) return;
     script.value = "";
     files = list.map((f) => ({ rel: (f.webkitRelativePath || f.name).split("/").slice(1).join("/") || f.name, file: f }));
+    folderName = defaultName((list[0].webkitRelativePath || "").split("/")[0] || "");
     setEntries(files.map((f) => f.rel).sort(), kind.value === "serve" ? ["app.py"] : ["train.py", "main.py"]);
     void requote();
   });
@@ -140,6 +148,9 @@ export async function newPage(root: HTMLElement): Promise<void> {
       expires_at: new Date(now.getTime() + 3600_000).toISOString(),
     };
     if (name.value.trim()) req.name = name.value.trim();
+    // A deployment is named after its folder unless named (as `aic deploy` does), so that
+    // it has the name's stable address.
+    else if (kind.value === "serve" && folderName) req.name = folderName;
     if (data.value) req.data = data.value;
     return req;
   };
