@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use crate::bench::{bin, build_release};
+use crate::bench::{bin, build_release, dev_up, stop_dev_up};
 use crate::tools::{anvil, path_with, setup};
 
 fn rss_kib(pid: u32) -> u64 {
@@ -47,18 +47,8 @@ pub(crate) fn soak(jobs: usize) -> anyhow::Result<()> {
             .env_remove("AIC_GATEWAY")
             .stdin(Stdio::null());
     };
-    let mut up = Command::new(bin("aic"));
-    up.args(["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null());
-    env(&mut up);
-    let mut up = up.spawn()?;
+    let up = dev_up(&bin("aic"), &home, &env)?;
     let result = (|| -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !home.join("serve.addr").exists() {
-            if Instant::now() > deadline {
-                bail!("aic dev up did not start");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let next = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(Mutex::new(Vec::<String>::new()));
         let warm = Arc::new(Mutex::new(None::<u64>));
@@ -118,11 +108,6 @@ pub(crate) fn soak(jobs: usize) -> anyhow::Result<()> {
         }
         Ok(())
     })();
-    let _ = Command::new("kill").args(["-INT", &up.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while up.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = up.kill();
+    stop_dev_up(up);
     result
 }

@@ -1,10 +1,7 @@
 //! The serving gateway against direct uWSGI (wrk).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use anyhow::bail;
+use std::process::Command;
 
 use crate::root;
 use crate::tools::{anvil, debian_packages, path_with, run};
@@ -39,18 +36,8 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             .env_remove("AIC_STORE")
             .env_remove("AIC_GATEWAY");
     };
-    let mut up = Command::new(&aic);
-    up.args(["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null());
-    env(&mut up);
-    let mut up = up.spawn()?;
+    let up = super::dev_up(&aic, &home, &env)?;
     let result = (|| -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !home.join("serve.addr").exists() {
-            if Instant::now() > deadline {
-                bail!("aic dev up did not start");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
         let mut dep = Command::new(&aic);
         dep.args(["deploy"]).arg(&proj).args(["--replicas", "1", "--name", "bench"]);
         env(&mut dep);
@@ -106,12 +93,7 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
         }
         Ok(())
     })();
-    let _ = Command::new("kill").args(["-INT", &up.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while up.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = up.kill();
+    super::stop_dev_up(up);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -21,6 +21,41 @@ pub(crate) fn bin(name: &str) -> std::path::PathBuf {
     root().join("target/release").join(name)
 }
 
+/// `aic dev up` with the environment `env` gives it, once it serves (its `serve.addr` in
+/// `home`); stopped by [`stop_dev_up`].
+pub(crate) fn dev_up(
+    aic: &std::path::Path,
+    home: &std::path::Path,
+    env: &dyn Fn(&mut Command),
+) -> anyhow::Result<std::process::Child> {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut up = Command::new(aic);
+    up.args(["dev", "up"]).stdout(Stdio::null()).stderr(Stdio::null());
+    env(&mut up);
+    let mut up = up.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !home.join("serve.addr").exists() {
+        if Instant::now() > deadline {
+            let _ = up.kill();
+            anyhow::bail!("aic dev up did not start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(up)
+}
+
+/// Ctrl-C to `aic dev up` (it stops its allocations), then a kill after 30 s.
+pub(crate) fn stop_dev_up(mut up: std::process::Child) {
+    use std::time::{Duration, Instant};
+    let _ = Command::new("kill").args(["-INT", &up.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = up.kill();
+}
+
 /// Benchmarks (figures, not pass/fail): validate throughput against anvil, settlement (gas,
 /// rate, latency) against anvil, training under
 /// aic-worker against the bare launcher, and event latency (request uploaded → worker
