@@ -195,6 +195,7 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(owner_before - owner_after, treasury_after - treasury_before, "what the owner paid, the treasury has");
 
     // The deployment answered through the address the app shows, then was removed.
+    assert!(r["namedLink"].as_str().unwrap().ends_with(&format!("/n/{OWNER}/digits-web/")), "{dump}");
     assert_eq!(r["prediction"]["status"], 200, "{dump}");
     assert_eq!(r["prediction"]["body"]["digit"].as_f64(), Some(label), "{dump}");
     assert_eq!(pool.status(deployment)["history"].as_array().unwrap().last().unwrap()["state"], "cancelled");

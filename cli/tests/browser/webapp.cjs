@@ -143,6 +143,7 @@ async function main() {
     await page.waitForURL(/\/jobs\/[0-9a-z]{26}$/, { timeout: 60000 });
     result.deployment = page.url().split("/").pop();
     await page.waitForSelector("#replicas:has-text('Live replicas: 2 of 2')", { timeout: 240000 });
+    result.namedLink = await page.getAttribute("#named-link", "href");
     result.prediction = await page.evaluate(async ([id, pixels]) => {
       const r = await fetch(`/d/${id}/predict`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ pixels }) });
       return { status: r.status, body: await r.json() };

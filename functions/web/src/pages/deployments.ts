@@ -108,7 +108,8 @@ export function deploymentsPage(root: HTMLElement): () => void {
           const { replicas } = await api<{ replicas: Replica[] }>("GET", `jobs/${j.job_id}/replicas`);
           up = replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length;
         }
-        const addr = `${serveUrl}/d/${j.job_id}/`;
+        // The name's address stays across scales and redeploys (as `aic deploy` prints it).
+        const addr = r.name ? `${serveUrl}/n/${session()!.address}/${r.name}/` : `${serveUrl}/d/${j.job_id}/`;
         const rm = h("button", { type: "button", class: "danger", "data-remove": j.job_id, "aria-label": `Remove ${r.name || j.job_id}` }, "Remove");
         rm.hidden = !live;
         rm.addEventListener("click", async () => {

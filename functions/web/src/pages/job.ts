@@ -199,9 +199,17 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
     );
     const now = Date.now();
     const live = replicas.filter((r) => r.healthy && Date.parse(r.heartbeat_at) + r.ttl_seconds * 1000 >= now);
-    const addr = `${(await info()).serve_url || location.origin}/d/${id}/`;
+    const base = (await info()).serve_url || location.origin;
+    const addr = `${base}/d/${id}/`;
+    const named = req.name ? `${base}/n/${me}/${req.name}/` : null;
     serving.replaceChildren(
-      h("div", { class: "card" }, h("p", {}, "Address: ", h("a", { href: addr, id: "address-link" }, addr)), h("p", { id: "replicas" }, `Live replicas: ${live.length} of ${req.miners}`)),
+      h(
+        "div",
+        { class: "card" },
+        named ? h("p", {}, "API address: ", h("a", { href: named, id: "named-link" }, named)) : null,
+        h("p", {}, named ? "This version alone: " : "Address: ", h("a", { href: addr, id: "address-link" }, addr)),
+        h("p", { id: "replicas" }, `Live replicas: ${live.length} of ${req.miners}`),
+      ),
     );
   };
 
