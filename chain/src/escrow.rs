@@ -65,6 +65,11 @@ pub struct Payment {
     pub escrow: Option<EscrowPayment>,
 }
 
+/// The thousandths of an hour a request pays for (as quoted: rounded up, at least one).
+pub fn milli_hours(hours: f64) -> u32 {
+    (hours * 1000.0).ceil().clamp(1.0, u32::MAX as f64) as u32
+}
+
 /// A deposit into `contract` for run `run`, paid for `milli_hours`.
 #[derive(Clone, Debug)]
 pub struct EscrowPayment {
@@ -83,7 +88,7 @@ impl Payment {
             escrow: chain.escrow.map(|contract| EscrowPayment {
                 contract,
                 run: run_id(job, run),
-                milli_hours: (hours * 1000.0).ceil().clamp(1.0, u32::MAX as f64) as u32,
+                milli_hours: milli_hours(hours),
             }),
         }
     }

@@ -344,7 +344,7 @@ pub async fn pay(
     let value = alloy::primitives::U256::from(amount);
     if let Some(escrow) = chain.escrow {
         let run = aic_chain::escrow::run_id(job.as_str(), run);
-        let milli_hours = milli_hours(hours);
+        let milli_hours = aic_chain::escrow::milli_hours(hours);
         let tx = aic_chain::escrow::deposit(&provider, chain.token, escrow, run, value, milli_hours).await?;
         let tx = format!("{tx:#x}");
         eprintln!(
@@ -466,9 +466,4 @@ pub async fn resume(env: &Env, s: &str, hours: Option<f64>, tx: Option<String>, 
         return Ok(0);
     }
     watch::watch_run(env, &job, true, host, Some(watch::From { seq: cur.seq, run })).await
-}
-
-/// The thousandths of an hour a request pays for (as quoted: rounded up).
-pub fn milli_hours(hours: f64) -> u32 {
-    (hours * 1000.0).ceil().clamp(1.0, u32::MAX as f64) as u32
 }
