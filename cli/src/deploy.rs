@@ -208,10 +208,10 @@ async fn serve_here(env: &Env, h: &Hosted, job: &JobKey) -> anyhow::Result<i32> 
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(crate::pool::POLL);
     loop {
+        h.step().await?;
         tokio::select! {
-            _ = tick.tick() => { h.step().await?; }
+            _ = h.changed() => {}
             _ = int.recv() => break,
             _ = term.recv() => break,
         }

@@ -25,7 +25,7 @@ async fn target(env: &Env, job: &str) -> anyhow::Result<(crate::remote::Gateway,
 }
 
 /// The embedded pool's host, which relays `aic exec` for the user of this `$AIC_HOME`.
-fn embedded(env: &Env) -> anyhow::Result<crate::remote::Gateway> {
+pub(crate) fn embedded(env: &Env) -> anyhow::Result<crate::remote::Gateway> {
     let (Ok(addr), Ok(secret)) =
         (std::fs::read_to_string(env.home.join("serve.addr")), std::fs::read_to_string(env.home.join("exec.secret")))
     else {

@@ -285,7 +285,7 @@ pub async fn logs(env: &Env, s: &str, follow: bool) -> anyhow::Result<i32> {
         return watch::follow_logs(env, &job).await;
     }
     let mut cursor = watch::LogCursor::default();
-    let printed = cursor.print_new(env, &job).await?;
+    let printed = cursor.print_new(env, &job).await? + cursor.print_live(env, &job).await?;
     // A progress bar drawn from the log's `AIC_PROGRESS` lines is cleared, not left behind.
     cursor.finish();
     if printed == 0 {

@@ -21,8 +21,10 @@ use anyhow::{Context, anyhow};
 
 use crate::env::Env;
 
-/// How often a hosting process looks at the spool.
-pub const POLL: Duration = Duration::from_millis(100);
+/// How often a hosting process looks at the spool when nothing tells it of a change (the
+/// spool is watched with inotify: this is for deferred events coming due, and for file
+/// systems without inotify).
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// How long a deferred event (a payment awaiting confirmations) waits before it is tried
 /// again, and a failed one (an outage).
@@ -33,6 +35,10 @@ pub struct Hosted {
     ctx: Ctx,
     pub scheduler: LocalScheduler,
     spool: aic_core::events::Spool,
+    /// Wakes the host when an event lands in the spool.
+    spool_watch: Option<aic_core::events::SpoolWatch>,
+    /// The host's `/v1` API: it relays live logs, and is told of status moves here.
+    gateway: Arc<aic_functions::gateway::Gateway>,
     /// The dev chain, when this process started it (it stops with the process).
     _chain: Option<DevChain>,
     pub chain: ChainConfig,
@@ -199,12 +205,12 @@ impl Hosted {
         let mut gw_cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), &authority, chain.chain_id);
         gw_cfg.public_url = Some(serve_addr.clone());
         gw_cfg.chain_info = serde_json::to_value(&chain)?;
-        let gateway = aic_functions::gateway::Gateway::new(gw_cfg, ctx.clone(), None);
+        let gateway = Arc::new(aic_functions::gateway::Gateway::new(gw_cfg, ctx.clone(), None));
         scheduler.use_exec_gateway(aic_core::grant::WorkerGateway { url: serve_addr.clone(), secret });
         let host = aic_functions::host::Host {
             ctx: ctx.clone(),
             sns: None,
-            gateway: Some(Arc::new(gateway)),
+            gateway: Some(gateway.clone()),
             minio: aic_functions::host::MinioPosts::Refused,
             proxy,
         };
@@ -221,10 +227,19 @@ impl Hosted {
                 }
             }),
         );
+        let spool_watch = match env.spool.watch() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the event spool; reading it every second");
+                None
+            }
+        };
         Ok(Some(Hosted {
             ctx,
             scheduler,
             spool: env.spool.clone(),
+            spool_watch,
+            gateway,
             _chain: dev,
             chain,
             not_before: Mutex::new(HashMap::new()),
@@ -275,6 +290,7 @@ impl Hosted {
             if self.not_before.lock().unwrap().get(&p.path).is_some_and(|t| *t > now) {
                 continue;
             }
+            self.gateway.status_event(&p.record.key());
             match aic_functions::handle_record(&self.ctx, &p.record).await {
                 Ok(outcome) => {
                     if outcome != Outcome::Ignored {
@@ -300,10 +316,10 @@ impl Hosted {
         // Streams made once: a signal that arrives while an event is handled is kept.
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(POLL);
         loop {
+            self.step().await?;
             tokio::select! {
-                _ = tick.tick() => { self.step().await?; }
+                _ = self.changed() => {}
                 _ = int.recv() => break,
                 _ = term.recv() => break,
             }
@@ -324,8 +340,25 @@ impl Hosted {
             }
             tokio::select! {
                 _ = self.scheduler.changed() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = self.changed() => {}
             }
+        }
+    }
+
+    /// Returns when there may be work: an event landed in the spool, a deferred one came
+    /// due, or [`POLL`] passed.
+    pub async fn changed(&self) {
+        let now = Instant::now();
+        let due = self.not_before.lock().unwrap().values().min().map(|t| t.saturating_duration_since(now));
+        let wait = due.map_or(POLL, |d| d.min(POLL));
+        match &self.spool_watch {
+            Some(w) => {
+                tokio::select! {
+                    _ = w.changed() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            None => tokio::time::sleep(wait).await,
         }
     }
 }

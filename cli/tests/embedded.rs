@@ -367,6 +367,48 @@ fn cancel_stops_a_running_job_on_a_pool_hosted_by_dev_up() {
     assert!(pool.stop(), "dev up did not stop on Ctrl-C");
 }
 
+/// A line a job prints reaches `aic logs -f` (and `aic logs`) from the host's memory before
+/// the chunk it is in is stored (every 10 s, or at the end), and once: the stored and the
+/// live copies of a line are never both printed.
+#[test]
+fn a_printed_line_reaches_the_watcher_before_it_is_stored() {
+    use std::io::BufRead;
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let go = h.path().join("go");
+    let script = h.write(
+        "wait.sh",
+        &format!("echo hello-live\nwhile [ ! -e {} ]; do sleep 0.05; done\necho bye\n", go.display()),
+    );
+    let out = h.aic(&["run", "--detach", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let job = text(&out).0.trim().to_string();
+    let mut follow = h.cmd(&["logs", "-f", &job]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(60)).expect("no line reached `aic logs -f`");
+    assert_eq!(first, "hello-live");
+    let logs = h.path().join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs").join(&job).join("logs");
+    assert!(walk(&logs).is_empty(), "the line was read from a stored chunk: {:?}", walk(&logs));
+    let (shown, _) = text(&h.aic(&["logs", &job]));
+    assert_eq!(shown, "hello-live\n", "`aic logs` shows what is not stored yet");
+    std::fs::write(&go, "").unwrap();
+    let mut rest = vec![];
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(60)) {
+        rest.push(l);
+    }
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "{rest:?}");
+    assert_eq!(rest, ["bye"]);
+    assert_eq!(walk(&logs).len(), 1, "the log is stored once the program ends");
+    assert_eq!(text(&h.aic(&["logs", &job])).0, "hello-live\nbye\n");
+}
+
 /// `aic pool --json`'s first gateway: (name, miners, free GPUs).
 fn pool_summary(h: &Home) -> (String, usize, u64) {
     let v: serde_json::Value = serde_json::from_slice(&h.aic(&["pool", "--json"]).stdout).unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{DevUp, Home, digits_dataset, repo, run_webapp};
+use common::{DevUp, Home, digits_dataset, repo, run_webapp, walk};
 
 /// `aic dev up` with three simulated miners of one GPU: room for a two-replica deployment
 /// and the one-replica deployment that replaces it.
@@ -119,9 +119,35 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(pool.balance(OTHER), 0);
     let script = pool.home.path().join("hello.py");
     std::fs::write(&script, "print('hello')\n").unwrap();
+    // A job of the wallet with 200 jobs that prints a line once the page has it open and ends
+    // when told: its page must show the line before the chunk it is in is stored.
+    let (start, end) = (pool.home.path().join("live.start"), pool.home.path().join("live.end"));
+    let wait = pool.home.path().join("live.sh");
+    std::fs::write(
+        &wait,
+        format!(
+            "while [ ! -e {} ]; do sleep 0.05; done\necho hello-live\nwhile [ ! -e {} ]; do sleep 0.05; done\necho bye\n",
+            start.display(),
+            end.display()
+        ),
+    )
+    .unwrap();
+    // Started by the browser's driver once the tutorial is done (it would hold a miner), as
+    // the wallet with 200 jobs (anvil's account 7), which `aic` here signs in as.
+    assert!(aic(&pool.home).args(["login", "--dev", "7"]).output().unwrap().status.success());
+    let mut run_live = aic(&pool.home);
+    run_live.args(["run", "--detach", wait.to_str().unwrap()]);
+    let live_env: serde_json::Map<String, serde_json::Value> = run_live
+        .get_envs()
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned()).into()))
+        .collect();
+    let mut live_argv = vec![run_live.get_program().to_string_lossy().into_owned()];
+    live_argv.extend(run_live.get_args().map(|a| a.to_string_lossy().into_owned()));
     let (owner_before, treasury_before) = (pool.balance(OWNER), pool.balance(chain["treasury"].as_str().unwrap()));
+    let many_before = pool.balance(MANY);
     let out = repo().join("target");
     let cfg = serde_json::json!({
+        "live": {"argv": live_argv, "env": live_env, "start": start, "end": end},
         "base": base, "rpc": chain["rpc_url"], "out": out, "owner": OWNER, "other": OTHER, "many": MANY,
         "dataset": [csv], "project": repo().join("examples/digits"),
         "serve": repo().join("examples/digits/serve"), "pixels": pixels, "token": chain["token"], "script": script,
@@ -180,7 +206,10 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     let scaled = r["scaled"].as_str().unwrap_or_else(|| panic!("no scaled deployment: {dump}"));
     let deadline = Instant::now() + Duration::from_secs(60);
     let settled = |j: &str| pool.status(j)["settlements"].as_array().is_some_and(|a| a.len() == 1);
-    while ![job, deployment, scaled].iter().all(|j| settled(j)) {
+    // And the live log's job, paid by the wallet with 200 jobs.
+    let live = r["live"]["job"].as_str().unwrap();
+    let live_settled = pool.home.path().join(format!("aic/store/pool/settlements/{MANY}/{live}"));
+    while ![job, deployment, scaled].iter().all(|j| settled(j)) || walk(&live_settled).is_empty() {
         assert!(
             Instant::now() < deadline,
             "not settled: {} {} {}",
@@ -192,7 +221,13 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     }
     let (owner_after, treasury_after) = (pool.balance(OWNER), pool.balance(chain["treasury"].as_str().unwrap()));
     assert!(owner_after < owner_before && owner_before - owner_after < AIC / 10, "{owner_before} → {owner_after}");
-    assert_eq!(owner_before - owner_after, treasury_after - treasury_before, "what the owner paid, the treasury has");
+    let many_paid = many_before - pool.balance(MANY);
+    assert!(many_paid > 0 && many_paid < AIC / 10, "{many_paid}");
+    assert_eq!(
+        owner_before - owner_after + many_paid,
+        treasury_after - treasury_before,
+        "what the owner and the other wallet paid, the treasury has"
+    );
 
     // The deployment answered through the address the app shows, then was removed.
     assert!(r["namedLink"].as_str().unwrap().ends_with(&format!("/n/{OWNER}/digits-web/")), "{dump}");
@@ -241,6 +276,9 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
         assert!(std::fs::metadata(s.as_str().unwrap()).unwrap().len() > 5000, "{s}");
     }
     assert_eq!(r["rows"], 200, "{dump}");
+    assert!(r["live"]["shown"].as_str().unwrap().contains("hello-live"), "{dump}");
+    assert_eq!(r["live"]["stored"], 0, "the line came from a stored chunk: {dump}");
+    assert_eq!(r["live"]["final"], "hello-live\nbye\n", "each line once: {dump}");
     eprintln!(
         "web app: jobs page with 200 jobs first rendered in {} ms; quote {:?}; axe: {}",
         r["firstRenderMs"],

@@ -75,6 +75,52 @@ impl Spool {
     pub fn ack(&self, p: &Pending) {
         let _ = std::fs::remove_file(&p.path);
     }
+
+    /// Wakes its holder when an event lands in the spool (inotify): the pool reads the spool
+    /// on change, not on a timer.
+    pub fn watch(&self) -> std::io::Result<SpoolWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // Events are renamed into place (`emit`); a writer that creates them in place closes them.
+        ino.add_watch(&self.dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE)?;
+        // SAFETY: the descriptor is the `Inotify`'s own, which the `AsyncFd` owns and which
+        // closes it only when dropped with it: it stays open and the same for its lifetime.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(Ino(ino)) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(SpoolWatch { fd })
+    }
+}
+
+struct Ino(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for Ino {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// See [`Spool::watch`].
+pub struct SpoolWatch {
+    fd: tokio::io::unix::AsyncFd<Ino>,
+}
+
+impl SpoolWatch {
+    /// Returns once something landed in the spool since the last call (at once if it did).
+    pub async fn changed(&self) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                // The descriptor broke: never wake (callers keep a slower timer beside it).
+                return std::future::pending().await;
+            };
+            match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(std::io::Error::from)) {
+                Ok(Ok(events)) if !events.is_empty() => return,
+                Ok(Ok(_)) | Err(_) => continue,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Ok(Err(_)) => return std::future::pending().await,
+            }
+        }
+    }
 }
 
 impl EventSink for Spool {

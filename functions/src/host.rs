@@ -254,6 +254,11 @@ async fn deliver(host: &Host, peer: SocketAddr, body: &[u8], sns_type: Option<&s
         },
         Delivery::Records(ev) => {
             let results = handle_event(&host.ctx, &ev).await;
+            if let Some(gw) = &host.gateway {
+                for r in &ev.records {
+                    gw.status_event(&r.key());
+                }
+            }
             // Work that cannot be done yet is kept and tried again by this host (`redrive`),
             // and the delivery is taken: a MinIO queue retries its head event until it gets a
             // 2xx, holding up every later one. Only when even that record cannot be written

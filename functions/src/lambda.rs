@@ -135,9 +135,11 @@ pub async fn run_redrive() -> Result<(), lambda_runtime::Error> {
 /// Runs the gateway under `lambda_runtime` (function URL events).
 pub async fn run_gateway() -> Result<(), lambda_runtime::Error> {
     let built = crate::config::build().map_err(|e| format!("{e:#}"))?;
-    let cfg = crate::config::gateway(&built)
+    let mut cfg = crate::config::gateway(&built)
         .map_err(|e| format!("{e:#}"))?
         .ok_or("AIC_GATEWAY_SECRET is not set: the gateway needs its token key")?;
+    // Invocations share no memory: watchers read the stored chunks.
+    cfg.live = false;
     let gw = std::sync::Arc::new(Gateway::new(cfg, built.ctx.clone(), None));
     lambda_runtime::run(lambda_runtime::service_fn(move |ev: lambda_runtime::LambdaEvent<Value>| {
         let gw = gw.clone();

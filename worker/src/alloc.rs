@@ -7,6 +7,8 @@ use aic_core::scheduler::launch::Launch;
 use aic_core::{JobKey, Store, StoreConfig};
 use anyhow::anyhow;
 
+use crate::live::LiveLog;
+
 /// Who writes the worker's status records.
 pub(crate) const BY: &str = "worker";
 
@@ -25,6 +27,9 @@ pub(crate) struct Alloc {
     /// The gateway this worker reaches the bucket through, and its job's token: where its
     /// job's `aic exec` commands come from. `None` on a pool whose workers hold store access.
     pub(crate) gateway: Option<(String, String)>,
+    /// Where the program's output and status moves go live (started on first use, inside
+    /// the runtime); `None` without a gateway.
+    pub(crate) live: std::sync::OnceLock<Option<LiveLog>>,
 }
 
 impl Alloc {
@@ -37,6 +42,22 @@ impl Alloc {
     /// moves a resumed job's next run.
     pub(crate) fn transition(&self, to: aic_schemas::JobState) -> aic_core::status::Transition {
         aic_core::status::Transition::new(to, BY).run(self.run())
+    }
+
+    /// The live side of this allocation's log (`live.rs`), when it has a gateway.
+    pub(crate) fn live(&self) -> Option<LiveLog> {
+        self.live
+            .get_or_init(|| self.gateway.as_ref().map(|(url, token)| LiveLog::start(url, token, self.index)))
+            .clone()
+    }
+
+    /// Moves the job's status (`status::advance`) and tells its watchers.
+    pub(crate) async fn advance(&self, t: aic_core::status::Transition) -> anyhow::Result<aic_core::status::Advanced> {
+        let r = aic_core::status::advance(&self.store, &self.job, t).await?;
+        if let Some(l) = self.live() {
+            l.status();
+        }
+        Ok(r)
     }
 }
 
@@ -74,6 +95,7 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
         },
         work: l.work_dir,
         gateway,
+        live: Default::default(),
     })
 }
 

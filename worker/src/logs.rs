@@ -1,9 +1,12 @@
-//! Log shipping: the program's output, in chunks, to `logs/<alloc>/<n>.log`.
+//! Log shipping: the program's output, stored in chunks (`logs/<alloc>/<n>.log`) and posted
+//! live to the pool's host as it comes (`live.rs`).
 //!
-//! A chunk is written when a second has passed since the last one or when it reaches
-//! [`CHUNK_BYTES`], so `aic logs -f` follows within about a second and a chatty program does
-//! not turn into one object per line. Each chunk is create-only: a restarted shipper never
-//! overwrites an earlier chunk.
+//! A chunk is stored when [`FLUSH_EVERY`] has passed since its first line or when it reaches
+//! [`CHUNK_BYTES`], and when the program ends: a 64-miner job logging all day writes about
+//! 550,000 objects rather than one a second each, and watchers get the lines from the host's
+//! memory within a round trip (`aic_functions::gateway::live`), reading the bucket only for
+//! chunks already stored. Each chunk is create-only: a restarted shipper never overwrites an
+//! earlier chunk.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -12,8 +15,10 @@ use aic_core::{Created, JobKey, Store};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-pub const CHUNK_BYTES: usize = 256 * 1024;
-pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+use crate::live::LiveLog;
+
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Lines kept for a failed status's log tail.
 pub const TAIL_LINES: usize = 20;
 /// For output tagged by rank (`[rank N] …`): lines kept per rank, and ranks shown.
@@ -88,11 +93,12 @@ pub struct Shipper {
     next: u64,
     buf: String,
     tail: Tail,
+    live: Option<LiveLog>,
 }
 
 impl Shipper {
-    pub fn new(store: Store, job: JobKey, alloc: u32) -> Self {
-        Shipper { store, job, alloc, next: 0, buf: String::new(), tail: Tail::default() }
+    pub fn new(store: Store, job: JobKey, alloc: u32, live: Option<LiveLog>) -> Self {
+        Shipper { store, job, alloc, next: 0, buf: String::new(), tail: Tail::default(), live }
     }
 
     /// Ships lines from `rx` until it closes; returns the last lines for the log tail.
@@ -105,19 +111,30 @@ impl Shipper {
             let name = last.location.filename().unwrap_or_default();
             self.next = name.trim_end_matches(".log").parse::<u64>().map(|n| n + 1).unwrap_or(0);
         }
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        let every = std::env::var("AIC_LOG_CHUNK_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .map_or(FLUSH_EVERY, Duration::from_secs_f64);
+        // When the chunk being filled is due to be stored.
+        let mut due: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 line = rx.recv() => match line {
                     Some(l) => {
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + every);
                         self.push(l);
                         if self.buf.len() >= CHUNK_BYTES {
                             self.flush().await;
+                            due = None;
                         }
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.flush().await,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    self.flush().await;
+                    due = None;
+                }
             }
         }
         self.flush().await;
@@ -125,9 +142,13 @@ impl Shipper {
     }
 
     fn push(&mut self, line: String) {
+        let offset = self.buf.len() as u64;
         self.buf.push_str(&line);
         self.buf.push('\n');
         self.tail.push(&line);
+        if let Some(live) = &self.live {
+            live.text(self.next, offset, self.buf[offset as usize..].to_string());
+        }
     }
 
     async fn flush(&mut self) {

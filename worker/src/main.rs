@@ -24,6 +24,7 @@
 mod alloc;
 mod exec;
 mod launcher;
+mod live;
 mod logs;
 mod outputs;
 mod plan;
@@ -36,7 +37,6 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aic_core::status;
 use aic_schemas::validate::MAX_DOC_BYTES;
 use aic_schemas::{AllocResult, JobKind, JobManifest, JobState, Launcher, StatusDetail};
 use alloc::{Alloc, path_str, setup};
@@ -108,7 +108,16 @@ fn main() {
 }
 
 async fn run_allocation(alloc: Alloc) -> i32 {
-    match run(&alloc).await {
+    let code = run_and_report(&alloc).await;
+    // The last lines and the last status move reach the watchers before the worker exits.
+    if let Some(Some(live)) = alloc.live.get() {
+        live.flush(std::time::Duration::from_secs(2)).await;
+    }
+    code
+}
+
+async fn run_and_report(alloc: &Alloc) -> i32 {
+    match run(alloc).await {
         Ok(code) => code,
         Err(e) => {
             // Anything that stopped the worker before or around the program fails the job
@@ -119,7 +128,7 @@ async fn run_allocation(alloc: Alloc) -> i32 {
                 .transition(JobState::Failed)
                 .reason(reason)
                 .detail(StatusDetail { alloc: Some(alloc.index), ..Default::default() });
-            let _ = status::advance(&alloc.store, &alloc.job, t).await;
+            let _ = alloc.advance(t).await;
             1
         }
     }
@@ -208,7 +217,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     let pid = child.id().unwrap_or_default() as i32;
 
     let (tx, rx) = mpsc::channel::<String>(1024);
-    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index).run(rx));
+    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live()).run(rx));
     let pumps = [
         tokio::spawn(pump(
             child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
@@ -294,7 +303,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     };
     if timed_out {
         let t = a.transition(JobState::TimedOut).reason(time_limit_reason(req.max_hours)).detail(ended());
-        status::advance(&a.store, &a.job, t).await?;
+        a.advance(t).await?;
         if let Finish::Leader(sshd) = finish {
             sshd.stop().await;
         }
@@ -310,7 +319,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
             .transition(JobState::Failed)
             .reason(format!("{} {how} on {} (allocation {})", req.entrypoint, a.miner, a.index))
             .detail(ended());
-        status::advance(&a.store, &a.job, t).await?;
+        a.advance(t).await?;
         return Ok(1);
     }
     match finish {
@@ -325,7 +334,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
                 gpu_seconds: Some(wall * req.total_gpus() as f64),
                 ..Default::default()
             });
-            status::advance(&a.store, &a.job, t).await?;
+            a.advance(t).await?;
         }
     }
     Ok(0)

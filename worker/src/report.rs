@@ -29,7 +29,7 @@ pub(crate) async fn mark_running(a: &Alloc) -> anyhow::Result<bool> {
         };
         let reason = format!("on {}", a.miner);
         let t = a.transition(next).reason(reason).detail(StatusDetail { alloc: Some(a.index), ..Default::default() });
-        if let Advanced::Refused(Some(r)) = status::advance(&a.store, &a.job, t).await?
+        if let Advanced::Refused(Some(r)) = a.advance(t).await?
             && r.state.is_terminal()
         {
             return Ok(false);
@@ -65,7 +65,7 @@ pub(crate) async fn finish_as_leader(a: &Alloc, wall: f64) -> anyhow::Result<()>
         gpu_seconds: Some(results.iter().map(|r| r.gpu_seconds).sum()),
         ..Default::default()
     });
-    status::advance(&a.store, &a.job, t).await?;
+    a.advance(t).await?;
     Ok(())
 }
 

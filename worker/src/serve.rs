@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aic_core::status;
 use aic_schemas::{JobRequest, JobState, ServingRegistration, StatusDetail};
 use anyhow::{Context, anyhow};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,7 +158,7 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
     }
     let python = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
     let (tx, rx) = mpsc::channel::<String>(1024);
-    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index).run(rx));
+    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live()).run(rx));
     let pydeps = match requirements(a, code, &python, &tx).await {
         Ok(p) => p,
         Err(e) => {
@@ -280,7 +279,7 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                     .transition(JobState::Succeeded)
                     .reason(format!("served for {} h", req.max_hours))
                     .detail(StatusDetail { exit_code: Some(0), ..Default::default() });
-                status::advance(&a.store, &a.job, t).await?;
+                a.advance(t).await?;
             }
             tracing::info!(why, "replica stopped");
             Ok(0)
@@ -290,7 +289,7 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                 .transition(JobState::Failed)
                 .reason(format!("replica {} on {}: {e:#}", a.index, a.miner))
                 .detail(StatusDetail { alloc: Some(a.index), log_tail: Some(tail.join("\n")), ..Default::default() });
-            status::advance(&a.store, &a.job, t).await?;
+            a.advance(t).await?;
             Ok(1)
         }
     }

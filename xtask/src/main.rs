@@ -32,7 +32,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|latency] | soak [JOBS]"
+                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|logs|latency] | soak [JOBS]"
             );
             std::process::exit(2);
         }

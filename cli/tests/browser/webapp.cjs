@@ -9,7 +9,9 @@
 // usage: NODE_PATH=contracts/node_modules:functions/web/node_modules node webapp.cjs CONFIG_JSON
 // CONFIG: {base, rpc, out, owner, other, many, dataset: [files], project, serve, pixels, token, script? (a job
 //          `other`, who holds no AIC, tries),
-//          prefix? (of the screenshots), tutorialOnly? (the tutorial alone: pool mode)}
+//          prefix? (of the screenshots), tutorialOnly? (the tutorial alone: pool mode),
+//          live? {argv, env, start, end} (`aic run -d` of a job of `many` that prints a line once
+//          `start` exists and ends once `end` does)}
 // Prints one JSON line with what happened (see `result` below); the Rust test judges it.
 const fs = require("fs");
 const path = require("path");
@@ -249,8 +251,33 @@ async function main() {
     await mp.waitForFunction(() => document.querySelectorAll("#jobs tbody tr").length >= 200, null, { timeout: 60000 });
     result.firstRenderMs = Date.now() - t0;
     result.rows = await mp.evaluate(() => document.querySelectorAll("#jobs tbody tr").length);
-    await many.close();
     step("200 jobs rendered");
+    // A running job's page shows a line as it is printed, from the host's live feed: before
+    // the chunk it is in is stored (10 s later).
+    if (cfg.live) {
+      const env = { ...process.env };
+      for (const [k, v] of Object.entries(cfg.live.env)) {
+        if (v === null) delete env[k];
+        else env[k] = v;
+      }
+      const argv = cfg.live.argv;
+      result.live = { job: require("child_process").execFileSync(argv[0], argv.slice(1), { env }).toString().trim() };
+      await mp.goto(`${cfg.base}/jobs/${result.live.job}`);
+      await mp.waitForSelector("#state [data-state=running]", { timeout: 30000 });
+      fs.writeFileSync(cfg.live.start, "");
+      await mp.waitForSelector("#log:has-text('hello-live')", { timeout: 30000 });
+      result.live.shown = await text(mp, "#log");
+      result.live.stored = await mp.evaluate(async (id) => {
+        const t = JSON.parse(localStorage.getItem("aic.session")).token;
+        const r = await fetch(`/v1/jobs/${id}/logs`, { headers: { authorization: `Bearer ${t}` } });
+        return (await r.json()).chunks.length;
+      }, result.live.job);
+      fs.writeFileSync(cfg.live.end, "");
+      await mp.waitForSelector("#state [data-state=succeeded]", { timeout: 30000 });
+      result.live.final = await text(mp, "#log");
+      step("live log");
+    }
+    await many.close();
   } catch (e) {
     result.error = e && e.stack ? e.stack : String(e);
     // What each open page showed when it stopped.

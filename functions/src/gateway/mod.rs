@@ -19,12 +19,14 @@
 //! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
 //! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
+//! | `GET /v1/jobs/<id>/live?from=&status=&wait=` | what the job printed since, from memory, as soon as there is more (`live`) |
 //! | `GET /v1/jobs/<id>/replicas` | a deployment's serving registrations |
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
 //! | `POST /v1/jobs/<id>/exec` `{alloc, argv, stdin}` | runs a command in a running allocation (`exec`) |
 //! | `GET /v1/exec/<session>?after=N` | the command's output frames after N, and its exit code |
 //! | `POST /v1/exec/<session>/input` `{frames}` | keystrokes and resizes for a terminal session (`aic shell`) |
 //! | `GET /v1/worker/exec?alloc=I`, `POST /v1/worker/exec/<session>` | (workers) the commands for their allocation, their output |
+//! | `POST /v1/worker/logs` `{alloc, chunk, offset, text, status}` | (workers) what their program printed, as it prints it |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
 //! URL signs `If-None-Match: *`, so it cannot overwrite). A PUT URL is bound to the content's
@@ -41,6 +43,7 @@ pub mod blob;
 mod draft;
 mod exec;
 mod limits;
+pub mod live;
 mod presign;
 mod reads;
 mod session;
@@ -102,6 +105,9 @@ pub struct GatewayConfig {
     pub public_url: Option<String>,
     /// Where users reach deployments (`<url>/d/<id>/`) when not at this host.
     pub serve_url: Option<String>,
+    /// Whether this gateway relays live logs (`live`): a long-lived host does; a Lambda
+    /// function, whose invocations share no memory, answers 404 and watchers read the bucket.
+    pub live: bool,
 }
 
 impl GatewayConfig {
@@ -121,6 +127,7 @@ impl GatewayConfig {
             burst: 400.0,
             public_url: None,
             serve_url: None,
+            live: true,
         }
     }
 }
@@ -132,6 +139,8 @@ pub struct Gateway {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// `aic exec` sessions in flight (`exec`).
     exec: std::sync::Arc<exec::Relay>,
+    /// What running jobs print, for watchers (`live`).
+    live: live::Live,
     store_origin: std::sync::OnceLock<Option<String>>,
 }
 
@@ -168,8 +177,14 @@ impl Gateway {
             inbox,
             buckets: Mutex::new(HashMap::new()),
             exec: Default::default(),
+            live: Default::default(),
             store_origin: Default::default(),
         }
+    }
+
+    /// The live logs this host relays (its event handling tells it of status moves).
+    pub fn live(&self) -> &live::Live {
+        &self.live
     }
 
     /// Answers one API call. `path` starts with `/v1/`.
@@ -273,6 +288,10 @@ impl Gateway {
                 (&Method::GET, ["worker", "exec", session, "input"]) => {
                     return self.exec_input_next(g, session, exec::after(&q)?).await;
                 }
+                (&Method::POST, ["worker", "logs"]) if self.cfg.live => return self.live_post(g, &body),
+                (&Method::POST, ["worker", "logs"]) => {
+                    return Err(err(StatusCode::NOT_FOUND, "this gateway relays no live logs"));
+                }
                 _ => {
                     return Err(err(
                         StatusCode::FORBIDDEN,
@@ -297,6 +316,7 @@ impl Gateway {
             }
             (&Method::GET, ["jobs", id]) => self.job(&who, id).await,
             (&Method::GET, ["jobs", id, "replicas"]) => self.replicas(&who, id).await,
+            (&Method::GET, ["jobs", id, "live"]) if self.cfg.live => self.live_next(&who, id, &q).await,
             (&Method::GET, ["jobs", id, "logs"]) => self.logs(&who, id, q.get("after").map(String::as_str)).await,
             (&Method::POST, ["jobs", id, "cancel"]) => self.cancel(&who, id).await,
             (&Method::POST, ["jobs", id, "exec"]) => self.exec_start(&who, id, &body).await,

@@ -3,6 +3,7 @@
 
 mod gateway;
 mod listing;
+mod logs;
 mod worker;
 
 use std::process::Command;
@@ -59,8 +60,8 @@ pub(crate) fn stop_dev_up(mut up: std::process::Child) {
 /// Benchmarks (figures, not pass/fail): validate throughput against anvil, settlement (gas,
 /// rate, latency) against anvil, training under
 /// aic-worker against the bare launcher, and event latency (request uploaded → worker
-/// started) on the embedded pool and on LocalStack via SNS and via the poller, and `aic jobs`
-/// with 10,000 jobs (`jobs`).
+/// started) on the embedded pool and on LocalStack via SNS and via the poller, `aic jobs`
+/// with 10,000 jobs (`jobs`), and log latency (`logs`: a printed line to `aic run`'s terminal).
 pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     let py = setup(false)?;
     let want = |name: &str| only.is_none_or(|o| o == name);
@@ -81,6 +82,9 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     }
     if want("gateway") {
         gateway::bench_gateway(&py)?;
+    }
+    if want("logs") {
+        logs::bench_logs(&py)?;
     }
     if want("jobs") {
         build_release()?;

@@ -158,13 +158,75 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
     if (atEnd) log.scrollTop = log.scrollHeight;
   };
 
-  const readLogs = async () => {
+  // Where the page is in each allocation's log: [chunk, byte offset]. Lines come live from
+  // the host (`/live`), and from the stored chunks (`logs/<alloc>/<n>.log`) for what was
+  // stored before, or for all when the pool relays no live logs.
+  const at = new Map<number, [number, number]>();
+  const chunkKey = (a: number, n: number) => `${prefix}logs/${a}/${String(n).padStart(8, "0")}.log`;
+  const showChunk = (key: string, text: string) => {
+    const m = /logs\/(\d+)\/(\d+)\.log$/.exec(key);
+    if (!m) return;
+    const [a, n] = [Number(m[1]), Number(m[2])];
+    const [c, o] = at.get(a) ?? [0, 0];
+    if (n < c) return;
+    addLines(n === c ? sliceBytes(text, o) : text);
+    at.set(a, [n + 1, 0]);
+  };
+  // Stored chunks: of every allocation, or of one before chunk `upto`.
+  const readStored = async (only?: number, upto?: number) => {
+    let from = only === undefined ? after : (at.get(only)?.[0] ?? 0) === 0 ? `${prefix}logs/${only}/` : chunkKey(only, at.get(only)![0] - 1);
     for (let i = 0; i < 20; i++) {
-      const q = after ? `?after=${encodeURIComponent(after)}` : "";
+      const q = from ? `?after=${encodeURIComponent(from)}` : "";
       const { chunks } = await api<{ chunks: { key: string; text: string }[] }>("GET", `jobs/${id}/logs${q}`);
       if (chunks.length === 0) return;
-      for (const c of chunks) addLines(c.text);
-      after = chunks[chunks.length - 1].key;
+      for (const c of chunks) {
+        if (only !== undefined) {
+          const m = /logs\/(\d+)\/(\d+)\.log$/.exec(c.key);
+          if (!m || Number(m[1]) !== only || (upto !== undefined && Number(m[2]) >= upto)) return;
+        }
+        showChunk(c.key, c.text);
+      }
+      from = chunks[chunks.length - 1].key;
+      if (only === undefined) after = from;
+    }
+  };
+  const readLogs = () => readStored();
+
+  let live = true;
+  let liveStatus = 0;
+  let statusMoved = false;
+  let stopped = false;
+  const liveLoop = async () => {
+    while (!stopped && live && !ended) {
+      const started = Date.now();
+      const from = [...at].map(([a, [c, o]]) => `${a}.${c}.${o}`).join(",");
+      let n: { allocs: { alloc: number; chunk: number; offset: number; text: string }[]; status: number };
+      try {
+        n = await api("GET", `jobs/${id}/live?from=${from}&status=${liveStatus}&wait=20000`);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 404) live = false;
+        else await pause(2000);
+        continue;
+      }
+      if (stopped) return;
+      for (const p of n.allocs) {
+        if (p.chunk < (at.get(p.alloc)?.[0] ?? 0)) continue;
+        if (p.chunk > (at.get(p.alloc)?.[0] ?? 0)) {
+          await readStored(p.alloc, p.chunk);
+          at.set(p.alloc, [p.chunk, 0]);
+        }
+        const o = at.get(p.alloc)?.[1] ?? 0;
+        const end = p.offset + byteLength(p.text);
+        if (end <= o) continue;
+        addLines(sliceBytes(p.text, Math.max(0, o - p.offset)));
+        at.set(p.alloc, [p.chunk, end]);
+      }
+      if (n.status !== liveStatus) {
+        liveStatus = n.status;
+        statusMoved = true;
+        tick();
+      }
+      await pause(100 - (Date.now() - started));
     }
   };
 
@@ -214,16 +276,40 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
   };
 
   let slow = 0;
-  const stop = every(1000, async () => {
-    const wasEnded = ended;
-    await readLogs();
-    const j = await api<JobAnswer>("GET", `jobs/${id}`);
-    showStatus(j);
-    if (slow++ % 3 === 0 || (ended && !wasEnded)) {
-      await readOutputs();
-      await readServing();
+  let busy = false;
+  // Status, outputs and replicas: every second without a live feed; with one, when it tells
+  // of a status move, else every 5 s.
+  const tick = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      const wasEnded = ended;
+      const n = slow++;
+      if (!live) await readLogs();
+      if (!live || statusMoved || n % 5 === 0) {
+        statusMoved = false;
+        showStatus(await api<JobAnswer>("GET", `jobs/${id}`));
+      }
+      if (n % 3 === 0 || (ended && !wasEnded)) {
+        await readOutputs();
+        await readServing();
+      }
+      if (ended && !wasEnded) await readLogs();
+    } finally {
+      busy = false;
     }
-    if (ended && !wasEnded) await readLogs();
-  });
-  return stop;
+  };
+  const stopTimer = every(1000, tick);
+  if (ended) await readLogs();
+  else void liveLoop();
+  return () => {
+    stopped = true;
+    stopTimer();
+  };
 }
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
+const utf8 = new TextEncoder();
+const byteLength = (s: string) => utf8.encode(s).length;
+/** `s` from byte `from` on (offsets in the log are bytes of UTF-8). */
+const sliceBytes = (s: string, from: number) => (from <= 0 ? s : new TextDecoder().decode(utf8.encode(s).slice(from)));
