@@ -5,9 +5,10 @@
 //! examples, and (for `test`) LocalStack in host mode.
 //!
 //! One module a chore: `tools` (what both commands install), `localstack` (LocalStack for
-//! the tests), `test`, `bench` (one file a benchmark) and `soak`.
+//! the tests), `test`, `bench` (one file a benchmark), `soak` and `fuzz`.
 
 mod bench;
+mod fuzz;
 mod localstack;
 mod soak;
 mod test;
@@ -25,6 +26,7 @@ fn main() {
         Some("test") => test::test(&args[1..]),
         Some("setup") => setup(true).map(|_| ()),
         Some("bench") => bench::bench(args.get(1).map(String::as_str)),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("soak") => match args.get(1).map(|n| n.parse::<usize>()) {
             None => soak::soak(1000),
             Some(Ok(n)) => soak::soak(n),
@@ -32,7 +34,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|logs|latency] | soak [JOBS]"
+                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|logs|data|latency] | soak [JOBS] | fuzz [TARGET] [--seconds N]"
             );
             std::process::exit(2);
         }

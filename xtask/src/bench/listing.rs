@@ -3,9 +3,8 @@
 //! store and through a pool's gateway (`aic-functions` on a LocalStack bucket). The newest 50:
 //! best of 3; every job: once.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -113,25 +112,8 @@ pub(crate) fn bench_listing() -> anyhow::Result<()> {
         local.join("store").display()
     );
     run(Command::new(&python).args(["-c", &upload]))?;
-    let mut host = Command::new(super::bin("aic-functions"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("AIC_STORE", format!("s3://{bucket}"))
-        .env("AIC_S3_ENDPOINT", &ls.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AIC_FREE_POOL", "1")
-        .env("AIC_CHAIN_ID", "31337")
-        .env("AIC_WORK_DIR", dir.join("work"))
-        .env("AIC_GATEWAY_SECRET", "00112233445566778899aabbccddeeff")
-        .env("AIC_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(host.stdout.take().expect("piped")).read_line(&mut line)?;
+    let (mut host, url) = super::gateway_host(&ls.endpoint, bucket, &dir.join("work"))?;
     let result = (|| -> anyhow::Result<()> {
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_default().to_string();
         let remote = dir.join("remote");
         let mut env = base(&remote);
         env.push(("AIC_GATEWAY", url));

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: figures, not pass/fail, each beside its comparison in the same run,
 //! from release builds.
 
+mod data;
 mod gateway;
 mod listing;
 mod logs;
@@ -46,6 +47,40 @@ pub(crate) fn dev_up(
     Ok(up)
 }
 
+/// A functions host with the gateway (a free pool) on a LocalStack bucket: the process and
+/// its URL, for `aic` in pool mode.
+pub(crate) fn gateway_host(
+    endpoint: &str,
+    bucket: &str,
+    work: &std::path::Path,
+) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut host = Command::new(bin("aic-functions"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("AIC_STORE", format!("s3://{bucket}"))
+        .env("AIC_S3_ENDPOINT", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AIC_FREE_POOL", "1")
+        .env("AIC_CHAIN_ID", "31337")
+        .env("AIC_WORK_DIR", work)
+        .env("AIC_GATEWAY_SECRET", "00112233445566778899aabbccddeeff")
+        .env("AIC_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().expect("piped")).read_line(&mut line)?;
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_default().to_string();
+    if url.is_empty() {
+        let _ = host.kill();
+        anyhow::bail!("aic-functions did not start");
+    }
+    Ok((host, url))
+}
+
 /// Ctrl-C to `aic dev up` (it stops its allocations), then a kill after 30 s.
 pub(crate) fn stop_dev_up(mut up: std::process::Child) {
     use std::time::{Duration, Instant};
@@ -61,7 +96,8 @@ pub(crate) fn stop_dev_up(mut up: std::process::Child) {
 /// rate, latency) against anvil, training under
 /// aic-worker against the bare launcher, and event latency (request uploaded → worker
 /// started) on the embedded pool and on LocalStack via SNS and via the poller, `aic jobs`
-/// with 10,000 jobs (`jobs`), and log latency (`logs`: a printed line to `aic run`'s terminal).
+/// with 10,000 jobs (`jobs`), log latency (`logs`: a printed line to `aic run`'s terminal), and
+/// the data plane against s5cmd and aws-cli (`data`).
 pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     let py = setup(false)?;
     let want = |name: &str| only.is_none_or(|o| o == name);
@@ -82,6 +118,9 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     }
     if want("gateway") {
         gateway::bench_gateway(&py)?;
+    }
+    if want("data") {
+        data::bench_data()?;
     }
     if want("logs") {
         logs::bench_logs(&py)?;
