@@ -294,7 +294,8 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
 /// `aic dev up` serves the same `/v1` API as a pool's gateway: `aic` in pool mode against it
 /// (AIC_GATEWAY, no store access) signs in, uploads a dataset (a file over 8 MiB goes in
 /// parts through the host, which stages them under `pool/uploads/` until completed), reads it
-/// back byte for byte and runs a paid job; a host transfer URL whose grant was changed is
+/// back byte for byte, and 600 small files (more than the gateway's burst of calls), and
+/// runs a paid job; a host transfer URL whose grant was changed is
 /// refused; `aic open` names the app's pages.
 #[test]
 fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
@@ -331,6 +332,21 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
     cli(&["data", "get", "mine", home.join("back").to_str().unwrap()]);
     assert_eq!(std::fs::read(home.join("back/big.bin")).unwrap(), big);
     assert_eq!(std::fs::read_to_string(home.join("back/학습 #1.csv")).unwrap(), "a,b\n1,2\n");
+    // More files than the gateway's burst of calls (400): their URLs are signed many at a
+    // call, and a 429 is waited out, so every file arrives.
+    let many = home.join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..600 {
+        std::fs::write(many.join(format!("f{i:03}.txt")), format!("file {i}\n")).unwrap();
+    }
+    cli(&["data", "put", many.to_str().unwrap(), "many"]);
+    cli(&["data", "get", "many", home.join("many-back").to_str().unwrap()]);
+    for i in 0..600 {
+        assert_eq!(
+            std::fs::read_to_string(home.join(format!("many-back/f{i:03}.txt"))).unwrap(),
+            format!("file {i}\n")
+        );
+    }
     let script = home.join("hello.py");
     std::fs::write(&script, "print('hello through the host')\n").unwrap();
     let said = cli(&["run", script.to_str().unwrap()]);

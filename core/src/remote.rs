@@ -50,8 +50,23 @@ impl Gateway {
         }
     }
 
-    /// Calls `/v1/<path>`; a refusal becomes an error with the gateway's reason.
+    /// Calls `/v1/<path>`; a refusal becomes an error with the gateway's reason. Asked to
+    /// slow down (429), it waits as told and calls again (10 times at most).
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut tries = 0;
+        loop {
+            match self.call_once(method.clone(), path, body.clone()).await {
+                Err(e) if tries < 10 && e.downcast_ref::<GatewayError>().is_some_and(|g| g.status == 429) => {
+                    tries += 1;
+                    let reason = e.downcast_ref::<GatewayError>().map(|g| g.reason.clone()).unwrap_or_default();
+                    tokio::time::sleep(retry_after(&reason)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn call_once(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let mut rb = self.http.request(method, format!("{}/v1/{path}", self.base));
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
@@ -68,6 +83,19 @@ impl Gateway {
         }
         Ok(v)
     }
+}
+
+/// How long a 429's reason ("… retry in N s") says to wait: N seconds (1 when it names
+/// none), 10 at most.
+fn retry_after(reason: &str) -> Duration {
+    let n = reason
+        .rsplit("retry in ")
+        .next()
+        .filter(|_| reason.contains("retry in "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(n.clamp(0.05, 10.0))
 }
 
 /// A gateway's refusal.
@@ -93,6 +121,68 @@ pub struct GatewayStore {
     gw: Gateway,
     /// Presigned GET/HEAD URLs, reused until shortly before they expire.
     urls: Mutex<HashMap<(String, String), (String, Instant)>>,
+    /// URLs to sign: while one sign call is out, the items asked for meanwhile wait and go
+    /// together in the next (a folder's files, 8 at a time, take a few calls, not one each).
+    signing: Arc<Mutex<Signing>>,
+}
+
+/// Where a queued item's URL goes, with how long it lives (seconds).
+type Signed = tokio::sync::oneshot::Sender<object_store::Result<(SignedUrl, u64)>>;
+
+#[derive(Default)]
+struct Signing {
+    queue: Vec<(SignItem, Signed)>,
+    busy: bool,
+}
+
+impl std::fmt::Debug for Signing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signing({} queued, busy: {})", self.queue.len(), self.busy)
+    }
+}
+
+/// Most items in one sign call (the gateway's `MAX_ITEMS`).
+const SIGN_BATCH: usize = 256;
+
+/// Signs what is queued, a call at a time, until the queue is empty.
+async fn sign_queued(gw: Gateway, signing: Arc<Mutex<Signing>>) {
+    loop {
+        let batch: Vec<(SignItem, Signed)> = {
+            let mut s = signing.lock().unwrap();
+            if s.queue.is_empty() {
+                s.busy = false;
+                return;
+            }
+            let n = s.queue.len().min(SIGN_BATCH);
+            s.queue.drain(..n).collect()
+        };
+        let items: Vec<SignItem> = batch.iter().map(|(i, _)| i.clone()).collect();
+        let answer = gw.call(reqwest::Method::POST, "sign", Some(json!(SignRequest { items }))).await;
+        let urls = answer.and_then(|v| Ok(serde_json::from_value::<SignResponse>(v)?));
+        match urls {
+            Ok(r) if r.urls.len() == batch.len() => {
+                for ((_, tx), u) in batch.into_iter().zip(r.urls) {
+                    let _ = tx.send(Ok((u, r.expires_in)));
+                }
+            }
+            Ok(_) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(err("the gateway signed another number of URLs than asked")));
+                }
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                let status = e.downcast_ref::<GatewayError>().map(|g| g.status);
+                for (item, tx) in batch {
+                    let e = match status {
+                        Some(code) => anyhow::Error::from(GatewayError { status: code, reason: why.clone() }),
+                        None => anyhow::anyhow!(why.clone()),
+                    };
+                    let _ = tx.send(Err(to_store_err(&item.key, e)));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for GatewayStore {
@@ -126,7 +216,7 @@ fn step(action: &str, key: &str, upload_id: Option<&str>) -> MultipartRequest {
 
 impl GatewayStore {
     pub fn new(gw: Gateway) -> Self {
-        GatewayStore { gw, urls: Mutex::new(HashMap::new()) }
+        GatewayStore { gw, urls: Mutex::new(HashMap::new()), signing: Default::default() }
     }
 
     async fn sign(&self, item: SignItem) -> object_store::Result<SignedUrl> {
@@ -138,14 +228,16 @@ impl GatewayStore {
         {
             return Ok(SignedUrl { url: u.clone(), method, headers: Default::default() });
         }
-        let v = self
-            .gw
-            .call(reqwest::Method::POST, "sign", Some(json!(SignRequest { items: vec![item] })))
-            .await
-            .map_err(|e| to_store_err(&key, e))?;
-        let r: SignResponse = serde_json::from_value(v).map_err(err)?;
-        let expires = r.expires_in;
-        let s = r.urls.into_iter().next().ok_or_else(|| err("the gateway signed no URL"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.signing.lock().unwrap();
+            q.queue.push((item, tx));
+            !std::mem::replace(&mut q.busy, true)
+        };
+        if start {
+            tokio::spawn(sign_queued(self.gw.clone(), self.signing.clone()));
+        }
+        let (s, expires) = rx.await.map_err(|_| err(format!("signing {key} was dropped")))??;
         if cacheable {
             let keep = Duration::from_secs(expires.saturating_sub(60).max(1));
             self.urls.lock().unwrap().insert((method, key), (s.url.clone(), Instant::now() + keep));
@@ -437,5 +529,18 @@ impl MultipartUpload for Upload {
             .await
             .map(|_| ())
             .map_err(|e| to_store_err(&self.key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_429_says_how_long_to_wait() {
+        assert_eq!(retry_after("too many requests; retry in 2 s"), Duration::from_secs(2));
+        assert_eq!(retry_after("too many requests"), Duration::from_secs(1));
+        assert_eq!(retry_after("retry in 600 s"), Duration::from_secs(10));
+        assert_eq!(retry_after("retry in soon"), Duration::from_secs(1));
     }
 }

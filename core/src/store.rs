@@ -18,8 +18,12 @@ use crate::events::EventSink;
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts of one upload in flight at once.
 pub const PART_CONCURRENCY: usize = 4;
-/// Files of one folder transfer in flight at once.
+/// Files of one folder transfer in flight at once when they are over [`SMALL_FILE`].
 pub const FILE_CONCURRENCY: usize = 8;
+/// Files of a folder transfer moved at once when they are small (at most [`SMALL_FILE`]):
+/// many small files are bound by round trips, not bandwidth.
+pub const SMALL_FILE_CONCURRENCY: usize = 32;
+pub const SMALL_FILE: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -384,7 +388,13 @@ impl Store {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(usize, u64), StoreError> {
         let files = local_files(dir).map_err(|source| StoreError::Io { key: dir.display().to_string(), source })?;
-        let jobs = files.into_iter().map(|(path, rel)| Transfer::Up(path, format!("{prefix}{rel}"))).collect();
+        let jobs = files
+            .into_iter()
+            .map(|(path, rel)| {
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(u64::MAX);
+                Transfer::Up(path, format!("{prefix}{rel}"), size)
+            })
+            .collect();
         self.transfer_all(jobs, progress).await
     }
 
@@ -410,13 +420,15 @@ impl Store {
                     ),
                 });
             }
-            jobs.push(Transfer::Down(key, dir.join(rel)));
+            jobs.push(Transfer::Down(key, dir.join(rel), m.size));
         }
         self.transfer_all(jobs, progress).await
     }
 
-    /// Runs transfers [`FILE_CONCURRENCY`] at a time; `progress` gets the bytes moved so far
-    /// over all of them. Returns (files, bytes).
+    /// Runs transfers [`SMALL_FILE_CONCURRENCY`] at a time, of which at most
+    /// [`FILE_CONCURRENCY`] of files over [`SMALL_FILE`] (what a transfer holds in memory
+    /// stays bounded); `progress` gets the bytes moved so far over all of them. Returns
+    /// (files, bytes).
     async fn transfer_all(
         &self,
         jobs: Vec<Transfer>,
@@ -424,10 +436,15 @@ impl Store {
     ) -> Result<(usize, u64), StoreError> {
         use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
         let total = AtomicU64::new(0);
+        let big = tokio::sync::Semaphore::new(FILE_CONCURRENCY);
         let results: Vec<u64> = futures::stream::iter(jobs.iter())
             .map(|job| {
-                let total = &total;
+                let (total, big) = (&total, &big);
                 async move {
+                    let size = match job {
+                        Transfer::Up(_, _, n) | Transfer::Down(_, _, n) => *n,
+                    };
+                    let _permit = if size > SMALL_FILE { big.acquire().await.ok() } else { None };
                     // Each transfer reports its own running count; add only the growth.
                     let last = AtomicU64::new(0);
                     let report = |n: u64| {
@@ -435,24 +452,24 @@ impl Store {
                         progress(total.fetch_add(n - prev, Relaxed) + n - prev);
                     };
                     match job {
-                        Transfer::Up(path, key) => self.upload_file(path, key, &report).await,
-                        Transfer::Down(key, path) => self.download_file(key, path, &report).await,
+                        Transfer::Up(path, key, _) => self.upload_file(path, key, &report).await,
+                        Transfer::Down(key, path, _) => self.download_file(key, path, &report).await,
                     }
                 }
             })
-            .buffer_unordered(FILE_CONCURRENCY)
+            .buffer_unordered(SMALL_FILE_CONCURRENCY)
             .try_collect()
             .await?;
         Ok((results.len(), results.iter().sum()))
     }
 }
 
-/// One file transfer of a folder transfer.
+/// One file transfer of a folder transfer, with its size.
 enum Transfer {
     /// Local file → key.
-    Up(PathBuf, String),
+    Up(PathBuf, String, u64),
     /// Key → local file.
-    Down(String, PathBuf),
+    Down(String, PathBuf, u64),
 }
 
 fn to_json<T: Serialize>(value: &T) -> Bytes {
