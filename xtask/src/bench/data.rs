@@ -150,75 +150,29 @@ pub(crate) fn bench_data() -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(d);
                 Ok(())
             };
-            // Upload (each tool to a prefix of its own), then download.
-            let put_aic = best(2, &strs(&[&aic, "data", "put", &src.display().to_string(), name]), &aic_env, &nothing)?;
-            let get_aic = best(
-                2,
-                &strs(&[&aic, "data", "get", name, &out.join("aic").display().to_string()]),
-                &aic_env,
-                &|| fresh(&out.join("aic")),
-            )?;
-            same_tree(src, &out.join("aic"))?;
-            let put_s5 = best(
-                2,
-                &strs(&[
-                    &s5,
-                    "--endpoint-url",
-                    &ep,
-                    "cp",
-                    &format!("{}/*", src.display()),
-                    &format!("s3://{bucket}/s5/{name}/"),
-                ]),
-                &cli_env,
-                &nothing,
-            )?;
-            let get_s5 = best(
-                2,
-                &strs(&[
-                    &s5,
-                    "--endpoint-url",
-                    &ep,
-                    "cp",
-                    &format!("s3://{bucket}/s5/{name}/*"),
-                    &format!("{}/", out.join("s5").display()),
-                ]),
-                &cli_env,
-                &|| fresh(&out.join("s5")),
-            )?;
-            same_tree(src, &out.join("s5"))?;
-            let put_aws = best(
-                2,
-                &strs(&[
-                    &aws,
-                    "--endpoint-url",
-                    &ep,
-                    "s3",
-                    "cp",
-                    "--recursive",
-                    "--only-show-errors",
-                    &src.display().to_string(),
-                    &format!("s3://{bucket}/aws/{name}/"),
-                ]),
-                &cli_env,
-                &nothing,
-            )?;
-            let get_aws = best(
-                2,
-                &strs(&[
-                    &aws,
-                    "--endpoint-url",
-                    &ep,
-                    "s3",
-                    "cp",
-                    "--recursive",
-                    "--only-show-errors",
-                    &format!("s3://{bucket}/aws/{name}/"),
-                    &out.join("aws").display().to_string(),
-                ]),
-                &cli_env,
-                &|| fresh(&out.join("aws")),
-            )?;
-            same_tree(src, &out.join("aws"))?;
+            // Upload (each tool to a prefix of its own), then download, and compare.
+            let local = |tool: &str| out.join(tool).display().to_string();
+            let (src_dir, src_glob) = (src.display().to_string(), format!("{}/*", src.display()));
+            let aic_put = strs(&[&aic, "data", "put", &src_dir, name]);
+            let aic_get = strs(&[&aic, "data", "get", name, &local("aic")]);
+            let s5cp = |from: &str, to: &str| strs(&[&s5, "--endpoint-url", &ep, "cp", from, to]);
+            let awscp = |from: &str, to: &str| {
+                strs(&[&aws, "--endpoint-url", &ep, "s3", "cp", "--recursive", "--only-show-errors", from, to])
+            };
+            let (s5_at, aws_at) = (format!("s3://{bucket}/s5/{name}/"), format!("s3://{bucket}/aws/{name}/"));
+            let runs = [
+                ("aic", aic_put, aic_get, &aic_env),
+                ("s5", s5cp(&src_glob, &s5_at), s5cp(&format!("{s5_at}*"), &format!("{}/", local("s5"))), &cli_env),
+                ("aws", awscp(&src_dir, &aws_at), awscp(&aws_at, &local("aws")), &cli_env),
+            ];
+            let mut times = Vec::new();
+            for (tool, put, get, env) in runs {
+                let put = best(2, &put, env, &nothing)?;
+                let get = best(2, &get, env, &|| fresh(&out.join(tool)))?;
+                same_tree(src, &out.join(tool))?;
+                times.push((put, get));
+            }
+            let [(put_aic, get_aic), (put_s5, get_s5), (put_aws, get_aws)] = times[..] else { unreachable!() };
             for (dir_name, a, s, w) in [("put", put_aic, put_s5, put_aws), ("get", get_aic, get_s5, get_aws)] {
                 println!(
                     "data {dir_name} {what:<18} (release, LocalStack): aic {:>6.2} s ({:>4.2}× s5cmd's speed, {:>4.2}× aws-cli's; peak RSS {:>4.0} MiB)   s5cmd {:>6.2} s ({:>4.0} MiB)   aws-cli {:>6.2} s ({:>4.0} MiB)",
