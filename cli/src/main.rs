@@ -321,6 +321,13 @@ pub struct RunArgs {
 
 #[tokio::main]
 async fn main() {
+    // As other Unix tools: when the reader of the output goes away (`aic logs JOB | head`),
+    // aic ends quietly rather than panicking on the broken pipe. Sockets are unaffected (the
+    // standard library sends with MSG_NOSIGNAL).
+    // SAFETY: set before any other thread could be handling signals.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

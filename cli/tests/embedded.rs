@@ -407,6 +407,19 @@ fn a_printed_line_reaches_the_watcher_before_it_is_stored() {
     assert_eq!(rest, ["bye"]);
     assert_eq!(walk(&logs).len(), 1, "the log is stored once the program ends");
     assert_eq!(text(&h.aic(&["logs", &job])).0, "hello-live\nbye\n");
+
+    // A log longer than a pipe holds, read by `head`: aic ends quietly when `head` does.
+    let script = h.write("chatty.sh", "seq 1 30000\n");
+    let out = h.aic(&["run", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let job = h.last_job();
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(format!("'{}' logs {job} | head -n 2", aic_bin().display()));
+    let piped =
+        sh.envs(h.cmd(&[]).get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))).output().unwrap();
+    let (shown, err) = text(&piped);
+    assert_eq!(shown, "1\n2\n");
+    assert!(err.is_empty(), "aic said something when the pipe closed: {err}");
 }
 
 /// `aic pool --json`'s first gateway: (name, miners, free GPUs).
