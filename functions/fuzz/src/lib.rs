@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("worker_token", worker_token),
     ("keys", keys),
     ("gateway_bodies", gateway_bodies),
+    ("gateway", gateway),
 ];
 
 fn text(data: &[u8]) -> &str {
@@ -133,4 +134,85 @@ pub fn gateway_bodies(data: &[u8]) {
     let _ = serde_json::from_slice::<aic_functions::gateway::live::Post>(data);
     let _ = serde_json::from_slice::<aic_schemas::JobManifest>(data);
     let _ = serde_json::from_slice::<aic_schemas::StatusRecord>(data);
+}
+
+struct Api {
+    rt: tokio::runtime::Runtime,
+    gw: aic_functions::gateway::Gateway,
+    user: String,
+}
+
+/// One gateway for the whole run: a free pool on a local store in a folder of its own, the
+/// embedded pool's local scheduler (nothing is placed: no request reaches dispatch), no
+/// rate limit (every input is one caller).
+fn api() -> &'static Api {
+    static API: std::sync::OnceLock<Api> = std::sync::OnceLock::new();
+    API.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let dir = std::env::temp_dir().join(format!("aic-fuzz-gateway-{}", std::process::id()));
+        let gw = rt.block_on(async {
+            let store = aic_core::StoreConfig::Local { root: dir.join("store") }.open().expect("a local store");
+            let scheduler = aic_core::scheduler::local::LocalScheduler::new(
+                aic_core::scheduler::local::LocalConfig {
+                    miners: 2,
+                    gpus_per_miner: 1,
+                    gateway: "local".into(),
+                    worker_bin: dir.join("no-worker"),
+                    work_root: dir.join("work"),
+                    worker_env: vec![],
+                    time_limit_grace: std::time::Duration::from_secs(1),
+                },
+                store.clone(),
+            );
+            let ctx = aic_functions::Ctx {
+                store,
+                scheduler: std::sync::Arc::new(scheduler),
+                auth: std::sync::Arc::new(aic_chain::Eip712Auth { chain_id: 31337 }),
+                payments: std::sync::Arc::new(aic_core::payment::FreePool),
+                pricing: aic_core::pricing::Pricing::free(),
+                settler: None,
+            };
+            let mut cfg = aic_functions::gateway::GatewayConfig::new(SECRET.to_vec(), "aic-fuzz", 31337);
+            (cfg.rate, cfg.burst) = (1e12, 1e12);
+            aic_functions::gateway::Gateway::new(cfg, ctx, None)
+        });
+        let owner: aic_schemas::Address = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8".parse().expect("an address");
+        let user =
+            aic_functions::gateway::session_token(SECRET, &owner, chrono::Utc::now() + chrono::Duration::days(365));
+        Api { rt, gw, user }
+    })
+}
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// A whole gateway call: the first byte picks the method and whether the caller is signed
+/// in; then the path, a newline, the query, a newline, the body. Every answer is JSON, and
+/// an error names what went wrong; long-polls are cut after 200 ms.
+pub fn gateway(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else { return };
+    let method =
+        [http::Method::GET, http::Method::POST, http::Method::PUT, http::Method::DELETE][(first & 3) as usize].clone();
+    let mut parts = rest.splitn(3, |b| *b == b'\n');
+    let path = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let query = parts.next().map(|q| String::from_utf8_lossy(q).into_owned());
+    let body = bytes::Bytes::copy_from_slice(parts.next().unwrap_or_default());
+    let path = if path.starts_with("/v1/") { path } else { format!("/v1/{path}") };
+    let a = api();
+    let mut headers = http::HeaderMap::new();
+    if first & 4 != 0 {
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {}", a.user).parse().expect("a header"));
+    }
+    let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+    let call = a.gw.call(peer, &method, &path, query.as_deref(), &headers, body);
+    if let Ok((status, v)) =
+        a.rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(200), call).await })
+    {
+        if !status.is_success() {
+            assert!(
+                v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{method} {path}: {status} without a reason: {v}"
+            );
+        }
+        assert!(status != http::StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}: 500 {v}");
+    }
 }
