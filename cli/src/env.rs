@@ -56,7 +56,7 @@ impl Env {
                 if let Some(s) = &session {
                     owner = s.address;
                 }
-                (Store::new(Arc::new(crate::remote::GatewayStore::new(gw)), &bucket), session)
+                (Store::paged(Arc::new(crate::remote::GatewayStore::new(gw)), &bucket), session)
             }
             None => (store_config.open()?.with_events(Arc::new(spool.clone())), None),
         };

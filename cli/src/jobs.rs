@@ -17,11 +17,13 @@ pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
     if let Ok(id) = s.parse::<JobId>() {
         return Ok(JobKey::new(env.owner, id));
     }
-    let matches: Vec<JobId> = job_ids(env).await?.into_iter().filter(|j| j.as_str().starts_with(&s)).collect();
+    // Only the ids that start with it are listed (a prefix listing), not every job.
+    let page = env.store.list_names(&aic_core::layout::jobs_prefix(&env.owner), &s, None, 1000).await?;
+    let matches: Vec<JobId> = page.names.iter().filter_map(|n| n.parse().ok()).collect();
     match matches.len() {
         1 => Ok(JobKey::new(env.owner, matches[0].clone())),
         0 => bail!("no job {s}; see `aic jobs`"),
-        n => bail!("{n} jobs start with {s}; give more of the id"),
+        n => bail!("{n}{} jobs start with {s}; give more of the id", if page.more { "+" } else { "" }),
     }
 }
 

@@ -469,6 +469,25 @@ fn aic_jobs_shows_the_newest_in_a_window_locally_and_through_the_gateway() {
         let (all, said) = listed(home, gateway, &["--all"]);
         assert_eq!(all, ids, "{home}");
         assert!(!said.contains("shown"), "{home}: {said}");
+        // A job named by a prefix of its id: only the ids that start with it are listed
+        // (through the gateway, a paged listing of `/v1/objects`).
+        let status = |prefix: &str| {
+            let mut c = aic(&pool.home);
+            c.env("AIC_HOME", pool.home.path().join(home)).args(["status", prefix, "--json"]);
+            if gateway {
+                c.env("AIC_GATEWAY", &base);
+            }
+            c.output().unwrap()
+        };
+        let one = status(&ids[3][..16]);
+        assert!(one.status.success(), "{home}: {}", String::from_utf8_lossy(&one.stderr));
+        assert!(String::from_utf8_lossy(&one.stdout).contains(&ids[3]), "{home}");
+        let shared = &ids[0][..6];
+        let many = ids.iter().filter(|i| i.starts_with(shared)).count();
+        let err = String::from_utf8_lossy(&status(shared).stderr).into_owned();
+        assert!(err.contains(&format!("{many} jobs start with {shared}; give more of the id")), "{home}: {err}");
+        let err = String::from_utf8_lossy(&status("0000000000").stderr).into_owned();
+        assert!(err.contains("no job 0000000000; see `aic jobs`"), "{home}: {err}");
     }
     let bad = aic(&pool.home).args(["jobs", "--since", "yesterday"]).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since yesterday: say 30m, 2h, 3d, 1w"), "{bad:?}");

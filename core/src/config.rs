@@ -102,7 +102,7 @@ impl StoreConfig {
                 let fs = LocalFileSystem::new_with_prefix(root)
                     .map_err(|e| ConfigError::Open(e.to_string()))?
                     .with_automatic_cleanup(true);
-                Ok(Store::new(Arc::new(fs), "local"))
+                Ok(Store::local(Arc::new(fs), root.clone()))
             }
             StoreConfig::S3 { bucket, endpoint, region, access_key, secret_key, session_token } => {
                 // From the environment first: a role's credentials (web identity on EKS, the

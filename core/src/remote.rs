@@ -440,6 +440,42 @@ impl ObjectStore for GatewayStore {
     }
 }
 
+/// A page of the gateway's listing (`GET /v1/objects?prefix=&delimiter=true&offset=&max=`):
+/// it pages where the objects are, so `Store::list_names` costs one call.
+#[async_trait]
+impl object_store::list::PaginatedListStore for GatewayStore {
+    async fn list_paginated(
+        &self,
+        prefix: Option<&str>,
+        opts: object_store::list::PaginatedListOptions,
+    ) -> object_store::Result<object_store::list::PaginatedListResult> {
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("prefix", prefix.unwrap_or_default());
+            q.append_pair("delimiter", "true");
+            q.append_pair("max", &opts.max_keys.unwrap_or(1000).to_string());
+            if let Some(o) = &opts.offset {
+                q.append_pair("offset", o);
+            }
+            q.finish()
+        };
+        let v = self
+            .gw
+            .call(reqwest::Method::GET, &format!("objects?{query}"), None)
+            .await
+            .map_err(|e| to_store_err(prefix.unwrap_or_default(), e))?;
+        let l: Listing = serde_json::from_value(v).map_err(err)?;
+        Ok(object_store::list::PaginatedListResult {
+            result: ListResult {
+                common_prefixes: l.prefixes.iter().map(|p| prefix_path(p)).collect::<object_store::Result<_>>()?,
+                objects: l.objects.into_iter().map(meta_of).collect::<object_store::Result<_>>()?,
+                extensions: Default::default(),
+            },
+            page_token: l.more.then(|| "more".to_string()),
+        })
+    }
+}
+
 impl GatewayStore {
     fn list_with_offset_impl(
         &self,

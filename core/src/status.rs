@@ -251,9 +251,19 @@ pub async fn snapshot(store: &Store, job: &JobKey) -> Result<Option<StatusRecord
 
 /// The ids of `owner`'s jobs, oldest first (ids are ULIDs).
 pub async fn job_ids(store: &Store, owner: &aic_schemas::Address) -> Result<Vec<aic_schemas::JobId>, StoreError> {
-    let (dirs, _) = store.list_dir(&crate::layout::jobs_prefix(owner)).await?;
-    let mut ids: Vec<aic_schemas::JobId> =
-        dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse().ok()).collect();
+    let dir = crate::layout::jobs_prefix(owner);
+    let mut ids: Vec<aic_schemas::JobId> = Vec::new();
+    let mut after: Option<String> = None;
+    // A local folder is read whole at once; a bucket a page at a time.
+    let max = if store.pages_listings() { LIST_PAGE } else { usize::MAX };
+    loop {
+        let page = store.list_names(&dir, "", after.as_deref(), max).await?;
+        after = page.names.last().cloned();
+        ids.extend(page.names.iter().filter_map(|n| n.parse().ok()));
+        if !page.more || after.is_none() {
+            break;
+        }
+    }
     ids.sort();
     Ok(ids)
 }
@@ -280,19 +290,143 @@ pub struct Window {
     pub before: Option<aic_schemas::JobId>,
 }
 
-/// `owner`'s newest jobs in `w`, newest first. Ids are ULIDs, so which jobs these are is
-/// known from one listing of the ids; only those shown are read, [`LIST_READS_IN_FLIGHT`] at
-/// a time.
+/// `owner`'s newest jobs in `w`, newest first: which they are from [`newest_ids`], then only
+/// those are read, [`LIST_READS_IN_FLIGHT`] at a time.
 pub async fn recent(store: &Store, owner: &aic_schemas::Address, w: &Window) -> Result<Vec<Listed>, StoreError> {
-    let (limit, since) = (w.limit, w.since);
-    let ids = job_ids(store, owner).await?;
-    let newest = ids
-        .into_iter()
-        .rev()
-        .skip_while(|id| w.before.as_ref().is_some_and(|b| id >= b))
-        .take_while(|id| since.is_none_or(|s| id.created().is_none_or(|c| c >= s)))
-        .take(limit.unwrap_or(usize::MAX));
-    read_listed(store, owner, newest).await
+    let ids = newest_ids(store, owner, w).await?;
+    read_listed(store, owner, ids).await
+}
+
+/// Names a listing page holds at most (S3's `max-keys` ceiling).
+const LIST_PAGE: usize = 1000;
+/// Where [`newest_ids`] looks in a span of time (fractions of it back from its end): close to
+/// the end (where a busy owner's newest jobs are), then evenly (where an idle one's are).
+const PROBES: [(u64, u64); 10] = [(1, 4096), (1, 64), (1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (6, 8), (7, 8), (8, 8)];
+
+/// The 10 characters a ULID made at `ms` starts with: lower than every id made then or
+/// later, higher than every id made before.
+fn time_prefix(ms: u64) -> String {
+    let mut s = ulid::Ulid::from_parts(ms.min((1 << 48) - 1), 0).to_string().to_ascii_lowercase();
+    s.truncate(10);
+    s
+}
+
+fn ms_of(id: &aic_schemas::JobId) -> Option<u64> {
+    id.created().map(|c| c.timestamp_millis().max(0) as u64)
+}
+
+/// The ids of `owner`'s newest jobs in `w`, newest first, in time that does not grow with
+/// how many jobs the owner has. Ids are ULIDs, which sort by the time they were made, and a
+/// store lists in key order from a given key (S3 `start-after`), a page of 1,000 at most: so
+/// a span of time known to hold the newest is narrowed, each round listing one page from
+/// each of [`PROBES`] points in it at once, until the stretch from a point to the span's end
+/// holds as many as are wanted within one page. Each round narrows the span at least 8×
+/// (at most 12 rounds for 2 years; usually 1 or 2). Where the store cannot page (a local
+/// folder) the ids are read once instead. `limit: None` lists them all.
+pub async fn newest_ids(
+    store: &Store,
+    owner: &aic_schemas::Address,
+    w: &Window,
+) -> Result<Vec<aic_schemas::JobId>, StoreError> {
+    let dir = crate::layout::jobs_prefix(owner);
+    let in_window = |id: &aic_schemas::JobId| {
+        w.before.as_ref().is_none_or(|b| id < b) && w.since.is_none_or(|s| id.created().is_none_or(|c| c >= s))
+    };
+    let Some(limit) = w.limit.filter(|_| store.pages_listings()) else {
+        let ids = job_ids(store, owner).await?;
+        return Ok(ids.into_iter().rev().filter(in_window).take(w.limit.unwrap_or(usize::MAX)).collect());
+    };
+    // The oldest job: where looking back ends (and none at all: nothing to look for).
+    let Some(oldest) = store.list_names(&dir, "", None, 1).await?.names.into_iter().next() else {
+        return Ok(vec![]);
+    };
+    let since_ms = w.since.map_or(0, |s| s.timestamp_millis().max(0) as u64);
+    let floor = oldest.parse().ok().as_ref().and_then(ms_of).unwrap_or(0).max(since_ms);
+    // What is left to look at: ids below `hi` (none: no bound, for clocks ahead), made
+    // before `hi_ms` and at `floor` or later; `lo`: where more than a page of them starts.
+    let (mut hi, mut hi_ms): (Option<String>, u64) = match &w.before {
+        Some(b) => (Some(b.to_string()), ms_of(b).map_or(u64::MAX >> 16, |m| m + 1)),
+        None => (None, chrono::Utc::now().timestamp_millis().max(0) as u64 + 1),
+    };
+    let mut lo = floor;
+    let below_hi = |hi: &Option<String>, n: &String| hi.as_ref().is_none_or(|h| n < h);
+    let mut out: Vec<aic_schemas::JobId> = Vec::new();
+    let take = |names: &[String], out: &mut Vec<aic_schemas::JobId>| {
+        out.extend(names.iter().rev().filter_map(|n| n.parse().ok()).filter(in_window));
+    };
+    let after = |ms: u64| (ms > 0).then(|| time_prefix(ms));
+    while out.len() < limit && hi_ms > floor {
+        let need = limit - out.len();
+        // A page big enough to hold what is needed with room, so a stretch holding that many
+        // is found in few rounds.
+        let page_size = (4 * need).clamp(100, LIST_PAGE);
+        let span = hi_ms - lo;
+        if span <= 1 {
+            // More than a page made in one millisecond: read it through.
+            let mut names: Vec<String> = Vec::new();
+            let mut from = after(lo);
+            loop {
+                let page = store.list_names(&dir, "", from.as_deref(), LIST_PAGE).await?;
+                let done = !page.more || page.names.last().is_none_or(|l| !below_hi(&hi, l));
+                names.extend(page.names.into_iter().filter(|n| below_hi(&hi, n)));
+                if done {
+                    break;
+                }
+                from = names.last().cloned();
+            }
+            take(&names, &mut out);
+            (hi, hi_ms, lo) = (after(lo), lo, floor);
+            continue;
+        }
+        let mut points: Vec<u64> =
+            PROBES.iter().map(|&(a, b)| hi_ms - ((span as u128 * a as u128 / b as u128) as u64).max(1)).collect();
+        points.dedup();
+        // The stretches from each point to `hi`, shortest first, listed a few at once (the
+        // ones nearest the end first): the first holding enough within a page answers; one
+        // holding more than a page is where the rest is.
+        let mut prev: Option<(u64, Vec<String>)> = None;
+        let mut dense_from = None;
+        let mut answered = false;
+        'round: for wave in [0..3.min(points.len()), 3.min(points.len())..points.len()] {
+            let pages = futures::future::try_join_all(points[wave.clone()].iter().map(|&p| {
+                let (from, dir) = (after(p), &dir);
+                async move { store.list_names(dir, "", from.as_deref(), page_size).await }
+            }))
+            .await?;
+            for (&p, page) in points[wave].iter().zip(pages) {
+                let complete = !page.more || page.names.last().is_some_and(|l| !below_hi(&hi, l));
+                if !complete {
+                    // The newest are at or above the last name listed from `p`.
+                    let last = page.names.last().and_then(|n| n.parse().ok()).as_ref().and_then(ms_of).unwrap_or(p);
+                    dense_from = Some(last.max(p));
+                    break 'round;
+                }
+                let names: Vec<String> = page.names.into_iter().filter(|n| below_hi(&hi, n)).collect();
+                if names.len() >= need || p <= lo {
+                    take(&names, &mut out);
+                    (hi, hi_ms) = (after(p), p);
+                    answered = true;
+                    break 'round;
+                }
+                prev = Some((p, names));
+            }
+        }
+        if answered {
+            // All there is from `lo` up: below it, from the floor (if more are wanted).
+            lo = floor;
+            continue;
+        }
+        // More than a page from `p` (up to its last name listed): what the shorter stretch
+        // held is the newest; the rest is between `p` and that stretch's start.
+        let p = dense_from.expect("the longest stretch starts at `lo`, which answers");
+        if let Some((q, names)) = prev {
+            take(&names, &mut out);
+            (hi, hi_ms) = (after(q), q);
+        }
+        lo = p.min(hi_ms - 1);
+    }
+    out.truncate(limit);
+    Ok(out)
 }
 
 /// `owner`'s jobs `ids` as listings show them, in that order, [`LIST_READS_IN_FLIGHT`] at a

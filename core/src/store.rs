@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::list::PaginatedListStore;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use serde::Serialize;
@@ -97,6 +98,21 @@ pub struct Store {
     /// Presigning and explicit multipart, where the backend has them (S3): the gateway
     /// hands these to users who hold no credentials.
     s3: Option<Arc<object_store::aws::AmazonS3>>,
+    /// Listings paged where the objects are (S3's `start-after` and `max-keys`, the
+    /// gateway's), for [`Store::list_names`].
+    paged: Option<Arc<dyn PaginatedListStore>>,
+    /// The folder a local store keeps its objects in: its folder listings read the directory
+    /// alone (names, no metadata per entry).
+    local_root: Option<PathBuf>,
+}
+
+/// A page of [`Store::list_names`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Names {
+    /// Sorted.
+    pub names: Vec<String>,
+    /// Whether more follow the last one.
+    pub more: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,15 +121,55 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The names of the folders in `folder` (none when it does not exist), from the directory
+/// alone: its entries' types, no metadata read per entry.
+fn local_folders(folder: &FsPath) -> std::io::Result<Vec<String>> {
+    let rd = match std::fs::read_dir(folder) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e?;
+        if e.file_type()?.is_dir()
+            && let Ok(name) = e.file_name().into_string()
+            && prefix_path(&name).is_ok()
+        {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 impl Store {
     pub fn new(inner: Arc<dyn ObjectStore>, bucket: &str) -> Self {
-        Store { inner, bucket: bucket.into(), sink: None, s3: None }
+        Store { inner, bucket: bucket.into(), sink: None, s3: None, paged: None, local_root: None }
+    }
+
+    /// A store whose listings page where the objects are (the gateway's).
+    pub fn paged<S: ObjectStore + PaginatedListStore>(inner: Arc<S>, bucket: &str) -> Self {
+        Store {
+            inner: inner.clone(),
+            bucket: bucket.into(),
+            sink: None,
+            s3: None,
+            paged: Some(inner),
+            local_root: None,
+        }
     }
 
     /// An S3 store, which can also presign URLs and run multipart uploads step by step.
     pub fn s3(s3: object_store::aws::AmazonS3, bucket: &str) -> Self {
         let s3 = Arc::new(s3);
-        Store { inner: s3.clone(), bucket: bucket.into(), sink: None, s3: Some(s3) }
+        Store {
+            inner: s3.clone(),
+            bucket: bucket.into(),
+            sink: None,
+            s3: Some(s3.clone()),
+            paged: Some(s3),
+            local_root: None,
+        }
     }
 
     /// The same store failing on purpose as `faults` says (`crate::faults`); the counts of
@@ -122,7 +178,15 @@ impl Store {
         let f = crate::faults::FaultyStore::new(self.inner.clone(), faults);
         let count = f.count.clone();
         self.inner = Arc::new(f);
+        // Listings then go through the failing store too.
+        self.paged = None;
+        self.local_root = None;
         (self, count)
+    }
+
+    /// A local store over the folder `root` (what `inner` keeps its objects in).
+    pub fn local(inner: Arc<dyn ObjectStore>, root: PathBuf) -> Self {
+        Store { local_root: Some(root), ..Store::new(inner, "local") }
     }
 
     /// The S3 client behind this store, if it is one (for presigned URLs and multipart).
@@ -250,6 +314,61 @@ impl Store {
             self.inner.list_with_offset(Some(&prefix_path(prefix)?), &object_path(offset)?).try_collect().await?;
         out.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(out)
+    }
+
+    /// Up to `max` names of the "folders" right under `dir` (a prefix ending in `/`) that
+    /// start with `start` and sort after `after`, sorted, and whether more follow. One request
+    /// where the store pages listings (S3, the gateway), so its cost does not grow with how
+    /// many there are; a listing of `dir` elsewhere (a local folder).
+    pub async fn list_names(
+        &self,
+        dir: &str,
+        start: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Names, StoreError> {
+        let max = max.max(1);
+        let name_of = |p: &Path| p.as_ref().trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+        if let Some(paged) = &self.paged {
+            let opts = object_store::list::PaginatedListOptions {
+                // After every key under the folder `a` too (`dir/a/…` sorts after `dir/a`):
+                // the highest code point sorts after any byte a key holds there.
+                offset: after.map(|a| format!("{dir}{a}/\u{10FFFF}")),
+                delimiter: Some("/".into()),
+                max_keys: Some(max),
+                ..Default::default()
+            };
+            let page = paged.list_paginated(Some(&format!("{dir}{start}")), opts).await?;
+            let mut names: Vec<String> = page.result.common_prefixes.iter().map(name_of).collect();
+            names.sort();
+            return Ok(Names { names, more: page.page_token.is_some() });
+        }
+        let all: Vec<String> = match &self.local_root {
+            Some(root) => {
+                let folder = root.join(dir.trim_end_matches('/'));
+                tokio::task::spawn_blocking(move || local_folders(&folder))
+                    .await
+                    .map_err(|e| StoreError::Io { key: dir.into(), source: std::io::Error::other(e) })?
+                    .map_err(|source| StoreError::Io { key: dir.into(), source })?
+            }
+            None => {
+                let (dirs, _) = self.list_dir(dir).await?;
+                dirs.iter()
+                    .map(|d| d.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string())
+                    .collect()
+            }
+        };
+        let mut names: Vec<String> =
+            all.into_iter().filter(|n| n.starts_with(start) && after.is_none_or(|a| n.as_str() > a)).collect();
+        names.sort();
+        let more = names.len() > max;
+        names.truncate(max);
+        Ok(Names { names, more })
+    }
+
+    /// Whether [`Store::list_names`] pages where the objects are.
+    pub fn pages_listings(&self) -> bool {
+        self.paged.is_some()
     }
 
     /// The immediate "folders" and objects under `prefix`.

@@ -74,6 +74,7 @@ contract!(
     oversized_documents_are_refused_unread,
     deleting_a_prefix_removes_every_object_under_it,
     file_names_are_kept_exactly,
+    the_newest_jobs_are_found_by_looking_back_in_time,
 );
 
 async fn create_only_lets_exactly_one_writer_win(b: &Backend) {
@@ -327,4 +328,82 @@ async fn keys_that_would_land_outside_the_folder_are_refused_and_nothing_is_writ
     assert!(err.contains("evil.txt") || err.contains(".."), "{err}");
     assert!(!target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(), "nothing was downloaded");
     assert!(!dir.path().join("evil.txt").exists());
+}
+
+/// `status::newest_ids` (what `aic jobs`, `/v1/jobs` and `aic deploy list` list from) against
+/// every job sorted: an owner with a month of sparse history, a burst of 1,500 jobs in 1.5 s,
+/// 1,100 made in the same millisecond (more than a listing page: read through), 40 in the
+/// last 10 minutes and one from a clock a minute ahead; windows of every kind. On S3 it looks
+/// back in stretches of time, a page each; on a folder it lists once. Also a prefix of an id
+/// (`aic status 01j…`) finds only the ids that start with it.
+async fn the_newest_jobs_are_found_by_looking_back_in_time(b: &Backend) {
+    use futures::StreamExt;
+    let (store, _) = open(b);
+    let owner: aic_schemas::Address = format!("0x{:040x}", ulid::Ulid::new().0 >> 8).parse().unwrap();
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    let (hour, day) = (3_600_000u64, 86_400_000u64);
+    let mut ids: Vec<JobId> = Vec::new();
+    let mut id = |ms: u64, n: u128| ids.push(ulid::Ulid::from_parts(ms, n).to_string().to_lowercase().parse().unwrap());
+    for i in 0..300u64 {
+        id(now - 30 * day + i * 2 * hour + 17, i as u128);
+    }
+    for i in 0..1500u64 {
+        id(now - 5 * hour + i, i as u128);
+    }
+    for i in 0..1100u128 {
+        id(now - 3 * hour, 7_000_000 + i);
+    }
+    for i in 0..40u64 {
+        id(now - 10 * 60_000 + i * 15_000, i as u128);
+    }
+    id(now + 60_000, 1);
+    futures::stream::iter(ids.iter().map(|i| {
+        let (store, key) = (store.clone(), JobKey::new(owner, i.clone()).request());
+        async move { store.put_bytes(&key, Bytes::from_static(b"{}")).await.unwrap() }
+    }))
+    .buffer_unordered(64)
+    .collect::<Vec<()>>()
+    .await;
+    ids.sort();
+    ids.reverse();
+    assert_eq!(store.pages_listings(), matches!(b, Backend::S3));
+
+    let at = |ms: u64| chrono::DateTime::from_timestamp_millis(ms as i64).unwrap();
+    let windows = [
+        (Some(1), None, None),
+        (Some(50), None, None),
+        (Some(100), None, None),
+        (Some(700), None, None),
+        (Some(2000), None, None),
+        (Some(5000), None, None),
+        (None, None, None),
+        (Some(700), None, Some(ids[1500].clone())),
+        (Some(50), None, Some(ids[2700].clone())),
+        (Some(50), Some(at(now - 4 * hour)), None),
+        (Some(5000), Some(at(now - 10 * day)), None),
+        (Some(10), Some(at(now + hour)), None),
+        (Some(10), None, Some(ids.last().unwrap().clone())),
+    ];
+    for (limit, since, before) in windows {
+        let w = status::Window { limit, since, before: before.clone() };
+        let want: Vec<JobId> = ids
+            .iter()
+            .filter(|i| before.as_ref().is_none_or(|b| *i < b) && since.is_none_or(|s| i.created().unwrap() >= s))
+            .take(limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        let got = status::newest_ids(&store, &owner, &w).await.unwrap();
+        assert_eq!(got.len(), want.len(), "{limit:?} {since:?} {before:?}");
+        assert!(got == want, "{limit:?} {since:?} {before:?}: not the newest in order");
+    }
+
+    let dir = aic_core::layout::jobs_prefix(&owner);
+    let one = &ids[1234].as_str()[..20];
+    let page = store.list_names(&dir, one, None, 1000).await.unwrap();
+    assert_eq!(page.names, [ids[1234].to_string()]);
+    let burst = &ids[100].as_str()[..10];
+    let page = store.list_names(&dir, burst, None, 1000).await.unwrap();
+    assert_eq!((page.names.len(), page.more), (1000, true), "1,100 ids share the burst's millisecond");
+    let rest = store.list_names(&dir, burst, page.names.last().map(|s| s.as_str()), 1000).await.unwrap();
+    assert_eq!((rest.names.len(), rest.more), (100, false));
 }

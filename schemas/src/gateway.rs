@@ -70,6 +70,9 @@ pub struct Listing {
     pub objects: Vec<ListedObject>,
     #[serde(default)]
     pub prefixes: Vec<String>,
+    /// A paged listing (`max`) left more after these.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

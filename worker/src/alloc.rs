@@ -70,7 +70,7 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
     let (store, gateway) = match (std::env::var("AIC_WORKER_GATEWAY"), std::env::var("AIC_WORKER_TOKEN")) {
         (Ok(url), Ok(token)) if !url.is_empty() => {
             let gw = aic_core::remote::Gateway::new(&url, Some(token.clone()));
-            let store = aic_core::Store::new(std::sync::Arc::new(aic_core::remote::GatewayStore::new(gw)), "gateway");
+            let store = aic_core::Store::paged(std::sync::Arc::new(aic_core::remote::GatewayStore::new(gw)), "gateway");
             (store, Some((url, token)))
         }
         // Store access of its own, and (the embedded pool) where `aic exec` commands come from.

@@ -16,6 +16,20 @@ impl Gateway {
         {
             return Err(err(StatusCode::FORBIDDEN, format!("{prefix}: not under {}", reachable.join(" or "))));
         }
+        if let Some(max) = q.get("max") {
+            // A page of the names right under the folder `prefix` ends in (`max` of them,
+            // after `offset`): one request to the store where it pages listings.
+            let max =
+                max.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| bad("max: 1 to 1000"))?;
+            let (dir, start) = prefix.split_at(prefix.rfind('/').map_or(0, |i| i + 1));
+            let after = match q.get("offset") {
+                Some(o) => Some(o.strip_prefix(dir).ok_or_else(|| bad(format!("offset={o:?} is not under {dir}")))?),
+                None => None,
+            };
+            let page = self.ctx.store.list_names(dir, start, after, max).await.map_err(store_err)?;
+            let prefixes = page.names.iter().map(|n| format!("{dir}{n}")).collect();
+            return Ok(json!(Listing { objects: vec![], prefixes, more: page.more }));
+        }
         let prefix = prefix.trim_end_matches('/');
         let meta = |m: &object_store::ObjectMeta| ListedObject {
             key: m.location.to_string(),
@@ -28,14 +42,14 @@ impl Gateway {
         if q.get("delimiter").is_some_and(|d| d == "true" || d == "1") {
             let r = os.list_with_delimiter(Some(&key_path(prefix)?)).await.map_err(store_err)?;
             let prefixes: Vec<String> = r.common_prefixes.iter().map(|p| p.to_string()).collect();
-            return Ok(json!(Listing { objects: r.objects.iter().map(meta).collect(), prefixes }));
+            return Ok(json!(Listing { objects: r.objects.iter().map(meta).collect(), prefixes, more: false }));
         }
         let list: Vec<object_store::ObjectMeta> = match q.get("offset") {
             Some(o) => os.list_with_offset(Some(&key_path(prefix)?), &key_path(o)?).try_collect().await,
             None => os.list(Some(&key_path(prefix)?)).try_collect().await,
         }
         .map_err(store_err)?;
-        Ok(json!(Listing { objects: list.iter().map(meta).collect(), prefixes: vec![] }))
+        Ok(json!(Listing { objects: list.iter().map(meta).collect(), prefixes: vec![], more: false }))
     }
 
     pub(super) fn job_key(&self, who: &Address, id: &str) -> Result<JobKey, ApiError> {

@@ -1,7 +1,8 @@
-//! `aic jobs` with many jobs in the bucket: the newest 50 (what it shows by default) beside
-//! every job (`--all`: what each listing read before it showed only the newest), on the local
-//! store and through a pool's gateway (`aic-functions` on a LocalStack bucket). The newest 50:
-//! best of 3; every job: once.
+//! `aic jobs` with many jobs in the bucket: the newest 50 (what it shows by default) of an
+//! owner with 10,000 jobs beside the newest 50 of an owner with 100 (the same time: it does
+//! not grow with history) and beside every job (`--all`: what each listing read before it
+//! showed only the newest), on the local store and through a pool's gateway (`aic-functions`
+//! on a LocalStack bucket). The newest 50: best of 3; every job: once.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,9 +15,13 @@ use crate::localstack::LocalStack;
 use crate::root;
 use crate::tools::{run, tools};
 
-/// Anvil's dev account 5: the owner of the jobs.
+/// Anvil's dev account 5: the owner of the many jobs.
 const OWNER: &str = "0x9965507d1a55bcc2695c58ba16fb37d819b0a4dc";
 const KEY: &str = "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba";
+/// Anvil's dev account 6: an owner of few (100).
+const FEW_OWNER: &str = "0x976ea74026e726554db657fa54763abd0c3a0aa9";
+const FEW_KEY: &str = "92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e";
+const FEW: u64 = 100;
 
 /// A ULID (lower case) for time `ms` and sequence `n`.
 fn ulid(ms: u64, n: u64) -> String {
@@ -32,16 +37,20 @@ fn ulid(ms: u64, n: u64) -> String {
     s
 }
 
-/// Writes `n` finished jobs of `OWNER` under `store` (a local store's folder).
-fn seed(store: &Path, n: u64) -> anyhow::Result<()> {
-    let start = 1_780_000_000_000u64;
+/// Writes `n` finished jobs of `owner` under `store` (a local store's folder), a second apart,
+/// the newest a minute ago, or `AIC_BENCH_LISTED_AGE_DAYS` days before that (a history
+/// that ended long ago is the slowest to look back over).
+fn seed(store: &Path, owner: &str, n: u64) -> anyhow::Result<()> {
+    let age_days: u64 = std::env::var("AIC_BENCH_LISTED_AGE_DAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let start = now - age_days * 86_400_000 - 60_000 - n * 1000;
     for i in 0..n {
         let id = ulid(start + i * 1000, i);
-        let dir = store.join(format!("users/{OWNER}/jobs/{id}"));
+        let dir = store.join(format!("users/{owner}/jobs/{id}"));
         std::fs::create_dir_all(&dir)?;
         let at = "2026-06-01T00:00:00Z";
         let req = serde_json::json!({
-            "version": 1, "kind": "train", "owner": OWNER, "job_id": id, "entrypoint": format!("train{i}.py"),
+            "version": 1, "kind": "train", "owner": owner, "job_id": id, "entrypoint": format!("train{i}.py"),
             "miners": 1, "gpus_per_miner": 1, "max_hours": 0.5, "launcher": "command", "args": [], "env": {},
             "created_at": at, "expires_at": "2026-06-01T01:00:00Z",
         });
@@ -78,21 +87,29 @@ pub(crate) fn bench_listing() -> anyhow::Result<()> {
     let dir = tempfile_dir("aic-bench-jobs")?;
     let _ = std::fs::remove_dir_all(&dir);
     let local = dir.join("local");
-    seed(&local.join("store"), n)?;
-    let base = |home: &Path| -> Vec<(&str, String)> {
-        vec![("AIC_HOME", home.display().to_string()), ("AIC_PRIVATE_KEY", KEY.to_string())]
+    seed(&local.join("store"), OWNER, n)?;
+    seed(&local.join("store"), FEW_OWNER, FEW)?;
+    let base = |home: &Path, key: &str| -> Vec<(&str, String)> {
+        vec![("AIC_HOME", home.display().to_string()), ("AIC_PRIVATE_KEY", key.to_string())]
     };
-    let mut env = base(&local);
-    run(Command::new(&aic)
-        .args(["login", "--env-key"])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env_remove("AIC_GATEWAY"))?;
+    let mut env = base(&local, KEY);
+    let mut few_env = base(&dir.join("local-few"), FEW_KEY);
+    std::fs::create_dir_all(dir.join("local-few"))?;
+    std::os::unix::fs::symlink(local.join("store"), dir.join("local-few/store"))?;
+    for env in [&env, &few_env] {
+        run(Command::new(&aic)
+            .args(["login", "--env-key"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("AIC_GATEWAY"))?;
+    }
     env.push(("AIC_STORE", String::new()));
+    few_env.push(("AIC_STORE", String::new()));
+    let (few, few_shown) = time_jobs(&aic, &few_env, &[], 3)?;
     let (newest, shown) = time_jobs(&aic, &env, &[], 3)?;
     let (all, every) = time_jobs(&aic, &env, &["--all"], 1)?;
     println!(
-        "aic jobs, {n} jobs, local store ({profile}):        newest {shown}: {:>6.2} s   every job ({every}): {:>6.2} s",
-        newest, all
+        "aic jobs, local store ({profile}):          newest {shown} of {n}: {newest:>6.2} s   of {FEW}: {:>6.2} s ({few_shown})   every job ({every}): {all:>6.2} s",
+        few
     );
 
     // The same jobs in a LocalStack bucket, listed through a pool's gateway.
@@ -114,15 +131,23 @@ pub(crate) fn bench_listing() -> anyhow::Result<()> {
     run(Command::new(&python).args(["-c", &upload]))?;
     let (mut host, url) = super::gateway_host(&ls.endpoint, bucket, &dir.join("work"))?;
     let result = (|| -> anyhow::Result<()> {
-        let remote = dir.join("remote");
-        let mut env = base(&remote);
-        env.push(("AIC_GATEWAY", url));
-        run(Command::new(&aic).args(["login", "--env-key"]).envs(env.iter().map(|(k, v)| (k, v))))?;
+        let mut env = base(&dir.join("remote"), KEY);
+        let mut few_env = base(&dir.join("remote-few"), FEW_KEY);
+        env.push(("AIC_GATEWAY", url.clone()));
+        few_env.push(("AIC_GATEWAY", url));
+        for env in [&env, &few_env] {
+            run(Command::new(&aic).args(["login", "--env-key"]).envs(env.iter().map(|(k, v)| (k, v))))?;
+        }
+        let (few, few_shown) = time_jobs(&aic, &few_env, &[], 3)?;
         let (newest, shown) = time_jobs(&aic, &env, &[], 3)?;
-        let (all, every) = time_jobs(&aic, &env, &["--all"], 1)?;
+        let (all, every) = if std::env::var_os("AIC_BENCH_SKIP_ALL").is_some() {
+            (f64::NAN, 0)
+        } else {
+            time_jobs(&aic, &env, &["--all"], 1)?
+        };
         println!(
-            "aic jobs, {n} jobs, gateway on LocalStack ({profile}): newest {shown}: {:>6.2} s   every job ({every}): {:>6.2} s",
-            newest, all
+            "aic jobs, gateway on LocalStack ({profile}): newest {shown} of {n}: {newest:>6.2} s   of {FEW}: {:>6.2} s ({few_shown})   every job ({every}): {all:>6.2} s",
+            few
         );
         Ok(())
     })();
