@@ -61,6 +61,25 @@ fn predict(api: &str, pixels: &[f64]) -> (u16, serde_json::Value) {
     (code.parse().unwrap_or(0), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
 }
 
+/// A client that sent one request to `base` over HTTP/1.1, read its answer and keeps the
+/// connection open, idle. A server holding a worker per such connection stops answering
+/// others until one times out (uWSGI's workers speaking HTTP themselves did after 4, for
+/// 4 s each): the read times out here first, after 3 s.
+fn keep_alive_client(base: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let rest = base.trim_start_matches("http://");
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET /{path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or_else(|e| panic!("{base}: no answer while other clients sit idle: {e}"));
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 "), "{base}: {head}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"), "{base} closes its connections: {head}");
+    s
+}
+
 /// `n` predictions through `api` (cycling over `rows`) all answer 200.
 fn all_answer(api: &str, rows: &[Vec<f64>], n: usize, when: &str) {
     for r in rows.iter().cycle().take(n) {
@@ -134,6 +153,22 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     assert_eq!(replicas.into_iter().collect::<Vec<_>>(), ["0", "1"], "round robin over both replicas");
     let (code, v) = predict(&api, &[1.0; 3]);
     assert_eq!(code, 400, "the app's own errors come through: {v}");
+
+    // 200 idle keep-alive clients on the gateway and 200 on replica 0 itself hold nothing
+    // another client needs: predictions still answer through both.
+    let reg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.path().join(format!("aic/store/pool/serving/{job}/0.json"))).unwrap())
+            .unwrap();
+    let direct = format!("http://{}:{}/", reg["host"].as_str().unwrap(), reg["port"]);
+    let idle: Vec<std::net::TcpStream> = [api.as_str(), direct.as_str()]
+        .iter()
+        .flat_map(|base| (0..200).map(move |_| keep_alive_client(base)))
+        .collect();
+    assert_eq!(idle.len(), 400);
+    for base in [&api, &direct] {
+        all_answer(base, &rows, 8, &format!("with 400 idle keep-alive clients open ({base})"));
+    }
+    drop(idle);
 
     // A registration whose replica is gone (no heartbeat for minutes) is dropped, and
     // requests never go to it.

@@ -4,7 +4,8 @@
 //!
 //! 1. Requirements: what the miner's Python lacks is installed into `<work>/pydeps`
 //!    (`pip install --dry-run --report` says what is missing; only that is fetched).
-//! 2. `uwsgi --http-socket HOST:PORT --wsgi-file app.py --callable app --master …`, its log
+//! 2. `uwsgi --http HOST:PORT --http-keepalive --socket <work>/uwsgi.sock --wsgi-file app.py
+//!    --callable app --master …` (its HTTP router in front of 2 processes × 2 threads), its log
 //!    shipped like a training job's (`aic deploy logs`).
 //! 3. Health: an HTTP request to `/` answered below 500 (three misses in a row make a
 //!    registered replica unhealthy, so one slow answer under load does not). Healthy → the registration
@@ -122,6 +123,17 @@ async fn requirements(
     Ok(Some(dir))
 }
 
+/// Where the replica's uWSGI workers take requests from its router: a socket in the
+/// allocation's folder, or (where that path is too long for a socket's address) one in the
+/// abstract namespace, named for the job and allocation.
+fn worker_socket(a: &Alloc) -> String {
+    let path = a.work.join("uwsgi.sock");
+    match path.to_str() {
+        Some(p) if p.len() < 100 => p.to_string(),
+        _ => format!("@aic-uwsgi-{}-{}", a.job.job, a.index),
+    }
+}
+
 fn uwsgi_cmd(
     a: &Alloc,
     req: &JobRequest,
@@ -130,8 +142,15 @@ fn uwsgi_cmd(
     env: &BTreeMap<String, String>,
 ) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("uwsgi");
-    c.arg("--http11-socket")
+    // uWSGI's HTTP router takes the clients' connections (evented: idle keep-alive clients
+    // cost it a socket, not a worker) and hands each request to a free worker over a local
+    // socket. With the workers speaking HTTP themselves (`--http11-socket`), each idle
+    // keep-alive connection held one of the 4 workers until its 4 s timeout: 4 idle clients
+    // stopped the replica.
+    c.arg("--http")
         .arg(format!("{}:{}", a.host, serve_port(a)))
+        .args(["--http-keepalive", "--http-auto-chunked", "--socket"])
+        .arg(worker_socket(a))
         .arg("--wsgi-file")
         .arg(code.join(&req.entrypoint))
         .args(["--callable", "app", "--master", "--processes", "2", "--threads", "2", "--need-app", "--die-on-term"])

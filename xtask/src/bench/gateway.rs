@@ -73,8 +73,12 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
                 "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{body}'\n"
             ),
         )?;
-        eprintln!("gateway vs direct uWSGI (1 replica, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s:");
+        eprintln!(
+            "gateway vs direct uWSGI (1 replica: its HTTP router, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s:"
+        );
         for (name, url) in [("direct uWSGI", direct), ("through the gateway", api)] {
+            // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile.
+            let cpu0 = cpu_seconds(up.id())?;
             let out = Command::new("wrk")
                 .args(["-t2", "-c16", "-d10s", "--latency", "-s"])
                 .arg(&lua)
@@ -89,13 +93,35 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
                 .unwrap_or("")
                 .trim()
                 .to_string();
-            println!("{name:<22} {rps:<28} p99 {}  {errors}", p99.trim_start_matches("99%").trim());
+            let cpu = cpu_seconds(up.id())? - cpu0;
+            let requests: f64 = text
+                .lines()
+                .find(|l| l.contains("requests in"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+            let per = if requests > 0.0 { format!("{:.1} µs", cpu / requests * 1e6) } else { "?".into() };
+            println!(
+                "{name:<22} {rps:<28} p99 {}  gateway CPU per request {per}  {errors}",
+                p99.trim_start_matches("99%").trim()
+            );
         }
         Ok(())
     })();
     super::stop_dev_up(up);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// User + system CPU seconds process `pid` has used (`/proc/<pid>/stat`, clock ticks of
+/// 1/100 s, as on Linux everywhere).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime), counted from the state (field 3) here.
+    Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
 pub(crate) fn tempfile_dir(tag: &str) -> anyhow::Result<PathBuf> {
