@@ -328,7 +328,7 @@ impl Store {
         max: usize,
     ) -> Result<Names, StoreError> {
         let max = max.max(1);
-        let name_of = |p: &Path| p.as_ref().trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+        let name_of = |p: &str| p.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
         if let Some(paged) = &self.paged {
             let opts = object_store::list::PaginatedListOptions {
                 // After every key under the folder `a` too (`dir/a/…` sorts after `dir/a`):
@@ -339,7 +339,7 @@ impl Store {
                 ..Default::default()
             };
             let page = paged.list_paginated(Some(&format!("{dir}{start}")), opts).await?;
-            let mut names: Vec<String> = page.result.common_prefixes.iter().map(name_of).collect();
+            let mut names: Vec<String> = page.result.common_prefixes.iter().map(|p| name_of(p.as_ref())).collect();
             names.sort();
             return Ok(Names { names, more: page.page_token.is_some() });
         }
@@ -353,9 +353,7 @@ impl Store {
             }
             None => {
                 let (dirs, _) = self.list_dir(dir).await?;
-                dirs.iter()
-                    .map(|d| d.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string())
-                    .collect()
+                dirs.iter().map(|d| name_of(d)).collect()
             }
         };
         let mut names: Vec<String> =

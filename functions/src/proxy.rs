@@ -73,9 +73,9 @@ impl Proxy {
         Proxy {
             store,
             http: reqwest::Client::builder()
-                // Connections kept to each replica: as many as requests go to it at once
-                // here, not more; dropped after a while unused (a replica's router keeps
-                // them longer, so a reused one is not being closed under it).
+                // At most 32 idle connections kept per replica, dropped after 20 s unused
+                // (a replica's uWSGI router keeps them longer, so a reused one is not being
+                // closed under it).
                 .pool_max_idle_per_host(32)
                 .pool_idle_timeout(Duration::from_secs(20))
                 .tcp_nodelay(true)
