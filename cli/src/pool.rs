@@ -182,10 +182,16 @@ impl Hosted {
         // `aic exec`/`aic shell` here: the host relays them (its gateway routes, under a secret
         // of this pool's own in `$AIC_HOME/exec.secret`, readable by its user only), and the
         // workers keep their store access and take their job's commands from it.
-        let secret = {
-            let mut b = [0u8; 32];
-            std::io::Read::read_exact(&mut File::open("/dev/urandom")?, &mut b)?;
-            b.to_vec()
+        // A secret left by a host that died (a clean stop removes it) is kept: the workers it
+        // started, adopted below, hold tokens made with it.
+        let left = std::fs::read_to_string(env.home.join("exec.secret")).ok().and_then(|s| hex::decode(s.trim()).ok());
+        let secret = match left.filter(|s| s.len() == 32) {
+            Some(s) => s,
+            None => {
+                let mut b = [0u8; 32];
+                std::io::Read::read_exact(&mut File::open("/dev/urandom")?, &mut b)?;
+                b.to_vec()
+            }
         };
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -227,6 +233,9 @@ impl Hosted {
                 }
             }),
         );
+        // Workers and waiting jobs an earlier host left (killed outright): taken over before
+        // any event is handled.
+        scheduler.adopt().await;
         let spool_watch = match env.spool.watch() {
             Ok(w) => Some(w),
             Err(e) => {

@@ -140,6 +140,11 @@ pub trait Scheduler: Send + Sync {
         stop.await
     }
 
+    /// Takes over what an earlier host of this pool left running or waiting (the local
+    /// scheduler: workers of a host that died); run once as the host starts, before it takes
+    /// events. By default, nothing (Nomad keeps its allocations itself).
+    async fn recover(&self) {}
+
     /// The host's gateway, for backends whose workers reach the bucket through the host that
     /// started them (the local scheduler): they then get their job's token instead of store
     /// credentials. By default ignored (Nomad is told its gateway in its configuration).

@@ -84,6 +84,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
         built.ctx.scheduler.use_worker_gateway(aic_core::grant::WorkerGateway { url, secret });
     }
+    // A job whose allocations have all ended is settled (through the re-driver: no bucket
+    // event says so).
+    built.ctx.scheduler.on_job_end(aic_functions::redrive::settle_when_ended(built.ctx.store.clone()));
+    // What an earlier host left (one killed outright): taken over before any event is.
+    built.ctx.scheduler.recover().await;
     println!("listening on http://{addr}");
     let server = tokio::spawn(serve(host, listener));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -97,9 +102,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // A job whose allocations have all ended is settled (through the re-driver: no bucket
-    // event says so).
-    built.ctx.scheduler.on_job_end(aic_functions::redrive::settle_when_ended(built.ctx.store.clone()));
     // Deferred work (payments awaiting confirmations, outages): this host drives it again.
     let redriver = {
         let r = aic_functions::redrive::Redriver::new(built.ctx.clone());

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+mod ledger;
 mod place;
 mod reap;
 mod spawn;
@@ -76,6 +77,8 @@ struct Alloc {
     miner: usize,
     slots: Vec<usize>,
     pid: i32,
+    /// Its worker's start in clock ticks since boot: with `pid`, which process it is.
+    ticks: u64,
     /// The port it was given on its miner's address (where a replica serves).
     port: u16,
     /// When its worker was started (the start of what it is charged for).
@@ -100,11 +103,36 @@ struct State {
     /// waited): a duplicate submission after the run ended must not run it again.
     accepted: HashMap<(JobKey, u32), Submitted>,
     running: HashMap<JobKey, Running>,
-    /// Jobs waiting for free slots: (job, manifest, attempt).
-    queue: VecDeque<(JobKey, JobManifest, u32)>,
+    /// Jobs waiting for free slots, in order.
+    queue: VecDeque<Queued>,
     /// The pool is shutting down: nothing new starts (a freed slot would start a queued job
     /// that nobody would then stop).
     stopping: bool,
+}
+
+#[derive(Clone)]
+struct Queued {
+    job: JobKey,
+    manifest: JobManifest,
+    attempt: u32,
+    /// Its place, kept on disk ([`ledger`]): smaller first.
+    order: i64,
+}
+
+impl Queued {
+    /// At the end of the queue (`front`: at its head).
+    fn new(job: JobKey, manifest: JobManifest, attempt: u32, front: bool) -> Self {
+        let now = chrono::Utc::now().timestamp_micros();
+        Queued { job, manifest, attempt, order: if front { -now } else { now } }
+    }
+}
+
+/// How a worker's end was learnt.
+enum Exit {
+    /// Its parent (this host) waited for it.
+    Waited(std::io::Result<std::process::ExitStatus>),
+    /// It was adopted from an earlier host, or found dead by it: its exit status is not known.
+    Unwatched,
 }
 
 struct Inner {
@@ -223,25 +251,28 @@ impl Scheduler for LocalScheduler {
         let answer = match Self::pick(&st, m).filter(|_| st.queue.is_empty()) {
             Some(picks) => Submitted::Placed(self.start(&mut st, job, m, first, picks)?),
             None => {
-                st.queue.push_back((job.clone(), m.clone(), first));
+                st.queue.push_back(Queued::new(job.clone(), m.clone(), first, false));
                 Submitted::Queued(format!("waiting for {}", Self::describe_need(m)))
             }
         };
         st.accepted.insert((job.clone(), m.run), answer.clone());
+        self.persist(&st, job);
         Ok(answer)
     }
 
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
         let pids: Vec<i32> = {
             let mut st = self.inner.state.lock().unwrap();
-            st.queue.retain(|(k, _, _)| k != job);
-            match st.running.get_mut(job) {
+            st.queue.retain(|q| &q.job != job);
+            let pids = match st.running.get_mut(job) {
                 Some(r) => {
                     r.cancelled = true;
                     r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
                 }
                 None => Vec::new(),
-            }
+            };
+            self.persist(&st, job);
+            pids
         };
         for pid in &pids {
             let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
@@ -295,6 +326,10 @@ impl Scheduler for LocalScheduler {
 
     async fn shutdown(&self) {
         LocalScheduler::shutdown(self).await
+    }
+
+    async fn recover(&self) {
+        self.adopt().await;
     }
 
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {

@@ -59,7 +59,8 @@ impl LocalScheduler {
                         st.miners[miner].free[*s] = false;
                     }
                     let pid = child.id().unwrap_or_default() as i32;
-                    allocs.push(Alloc { miner, slots, pid, port, started: chrono::Utc::now() });
+                    let ticks = ledger::started_ticks(pid).unwrap_or_default();
+                    allocs.push(Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now() });
                     names.push(miner_name);
                     self.reap(job.clone(), index as u32, child);
                 }
@@ -72,6 +73,7 @@ impl LocalScheduler {
                         job.clone(),
                         Running { allocs, cancelled: true, restarting: None, manifest: m, attempt, replaced: 0 },
                     );
+                    self.persist(st, job);
                     return Err(ScheduleError::Backend(format!("cannot start {}: {e}", cfg.worker_bin.display())));
                 }
             }
@@ -81,8 +83,9 @@ impl LocalScheduler {
             job.clone(),
             Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0 },
         );
+        self.persist(st, job);
         if manifest.request.kind == JobKind::Train {
-            self.enforce_time_limit(job.clone(), attempt, manifest.request.max_hours);
+            self.enforce_time_limit(job.clone(), attempt, manifest.request.max_hours, chrono::Utc::now());
         }
         Ok(names)
     }
@@ -95,7 +98,7 @@ impl LocalScheduler {
                 if st.stopping {
                     return;
                 }
-                let Some((job, m, attempt)) = st.queue.front().cloned() else { return };
+                let Some(Queued { job, manifest: m, attempt, .. }) = st.queue.front().cloned() else { return };
                 let Some(picks) = Self::pick(&st, &m) else { return };
                 st.queue.pop_front();
                 let r = self.start(&mut st, &job, &m, attempt, picks);
@@ -121,24 +124,36 @@ impl LocalScheduler {
     /// ran, as this scheduler measured it) plus the grace its workers get to stop the program
     /// themselves: kills every worker's process group and records `timed_out`. A worker that
     /// dies or ignores the limit does not extend it.
-    fn enforce_time_limit(&self, job: JobKey, attempt: u32, hours: f64) {
+    /// `since`: when this attempt's workers started (earlier than now for workers adopted
+    /// from an earlier host).
+    pub(super) fn enforce_time_limit(
+        &self,
+        job: JobKey,
+        attempt: u32,
+        hours: f64,
+        since: chrono::DateTime<chrono::Utc>,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let store = &this.inner.store;
             let runs = crate::usage::of(store, &job).await.unwrap_or_default();
             let first = crate::runs::first_attempt(crate::runs::run_of(attempt));
             let before: Vec<_> = runs.into_iter().filter(|u| (first..attempt).contains(&u.attempt)).collect();
-            let left = (crate::pricing::paid_hours(hours) * 3600.0 - crate::usage::wall_seconds(&before)).max(0.0);
+            let ran = (chrono::Utc::now() - since).as_seconds_f64().max(0.0);
+            let left =
+                (crate::pricing::paid_hours(hours) * 3600.0 - crate::usage::wall_seconds(&before) - ran).max(0.0);
             tokio::time::sleep(Duration::from_secs_f64(left) + this.inner.cfg.time_limit_grace).await;
             let pids: Vec<i32> = {
                 let mut st = this.inner.state.lock().unwrap();
-                match st.running.get_mut(&job) {
+                let pids = match st.running.get_mut(&job) {
                     Some(r) if r.attempt == attempt && !r.cancelled => {
                         r.cancelled = true;
                         r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
                     }
                     _ => return,
-                }
+                };
+                this.persist(&st, &job);
+                pids
             };
             tracing::warn!(job = %job.job, hours, "past its paid time and grace; killing its workers");
             // Recorded first: once its workers are gone, the job is settled as it ended.

@@ -42,11 +42,13 @@ impl LocalScheduler {
                                     st.miners[miner].free[*s] = false;
                                 }
                                 let pid = child.id().unwrap_or_default() as i32;
+                                let ticks = ledger::started_ticks(pid).unwrap_or_default();
                                 let name = st.miners[miner].name.clone();
                                 let r = st.running.get_mut(job).expect("still running");
                                 r.allocs[index as usize] =
-                                    Alloc { miner, slots, pid, port, started: chrono::Utc::now() };
+                                    Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now() };
                                 r.replaced += 1;
+                                self.persist(&st, job);
                                 Ok(Some((child, name)))
                             }
                             Err(e) => Err(format!("{why}; cannot start it again: {e}")),
@@ -71,129 +73,162 @@ impl LocalScheduler {
         }
     }
 
-    /// Waits for a worker to exit and frees its slots. A worker that died while its job
-    /// was still going (killed, crashed, its miner lost) makes a training job start again
-    /// from its last checkpoint — every allocation, since ranks depend on each other — up to
-    /// [`MAX_RETRIES`] times; after that the job fails with the reason. A serve job's lost
-    /// replica is started again alone. Then queued jobs that now fit are started.
+    /// Waits for a worker to exit, then [`Self::ended`].
     pub(super) fn reap(&self, job: JobKey, index: u32, mut child: tokio::process::Child) {
         let this = self.clone();
         tokio::spawn(async move {
             let exit = child.wait().await;
-            let ended_at = chrono::Utc::now();
-            let (miner_name, cancelled, restarting, run) = {
-                let mut st = this.inner.state.lock().unwrap();
-                let mut out = (String::new(), false, false, None);
-                if let Some(r) = st.running.get_mut(&job) {
-                    out.1 = r.cancelled;
-                    out.2 = r.restarting.is_some();
-                    let attempt = r.attempt;
-                    // Allocations are stored in index order.
-                    if let Some(a) = r.allocs.get_mut(index as usize) {
-                        let (miner, slots, pid, started) = (a.miner, std::mem::take(&mut a.slots), a.pid, a.started);
-                        let gpus = slots.len() as u32;
-                        for s in slots {
-                            st.miners[miner].free[s] = true;
-                        }
-                        out.0 = st.miners[miner].name.clone();
-                        out.3 = Some((attempt, gpus, pid, started));
-                    }
-                }
-                out
-            };
-            // What it used, as this scheduler saw it: from its start to its exit.
-            if let Some((attempt, gpus, pid, started_at)) = run {
-                let how = match &exit {
-                    Ok(s) if s.success() => "exited 0".to_string(),
-                    Ok(s) => format!("{s}"),
-                    Err(e) => e.to_string(),
-                };
-                let u =
-                    crate::usage::Usage { attempt, index, miner: miner_name.clone(), gpus, started_at, ended_at, how };
-                let run = format!("{pid}-{}", started_at.timestamp_millis());
-                // What is charged rests on it: tried again while the store fails (a record
-                // made twice is one: create-only).
-                let mut tries = 0;
-                while let Err(e) = crate::usage::record(&this.inner.store, &job, &run, &u).await {
-                    tries += 1;
-                    if tries >= 20 {
-                        tracing::error!(job = %job.job, error = %e, "cannot record what the allocation used");
-                        break;
-                    }
-                    tracing::warn!(job = %job.job, error = %e, "cannot record what the allocation used; again");
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-            }
-            let ok = matches!(&exit, Ok(s) if s.success());
-            if !ok && !cancelled && !restarting {
-                let how = match &exit {
-                    Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
-                        (Some(c), _) => format!("exit code {c}"),
-                        (None, Some(sig)) => format!("signal {sig}"),
-                        _ => "unknown status".into(),
-                    },
-                    Err(e) => e.to_string(),
-                };
-                // Its run ended: the job is terminal, or already resumed as a later run.
-                let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
-                let ended = matches!(status::current(&this.inner.store, &job).await,
-                    Ok(Some(r)) if r.state.is_terminal() || r.run != my_run);
-                let serve = this
-                    .inner
-                    .state
-                    .lock()
-                    .unwrap()
-                    .running
-                    .get(&job)
-                    .is_some_and(|r| r.manifest.request.kind == JobKind::Serve);
-                if ended {
-                    // The worker recorded the program's failure: stop the other allocations.
-                    let _ = this.cancel(&job).await;
-                } else if serve {
-                    // Replicas do not depend on each other: only the lost one starts again.
-                    let why = recovery::lost("replica", index, &miner_name, &format!("lost ({how})"));
-                    this.replace_replica(&job, index, why).await;
-                } else {
-                    // Lost: stop the others; the job starts again when they are gone.
-                    let why = recovery::lost("allocation", index, &miner_name, &format!("lost ({how})"));
-                    tracing::warn!(job = %job.job, %why, "restarting the job");
-                    let others: Vec<i32> = {
-                        let mut st = this.inner.state.lock().unwrap();
-                        match st.running.get_mut(&job) {
-                            Some(r) => {
-                                r.restarting.get_or_insert(why);
-                                r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
-                            }
-                            None => Vec::new(),
-                        }
-                    };
-                    for pid in others {
-                        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-                    }
-                }
-            }
-            let gone = {
-                let mut st = this.inner.state.lock().unwrap();
-                let all_gone = st.running.get(&job).is_some_and(|r| r.allocs.iter().all(|a| a.slots.is_empty()));
-                if all_gone { st.running.remove(&job) } else { None }
-            };
-            let ended = gone.is_some();
-            if let Some(r) = gone.filter(|r| !r.cancelled)
-                && let Some(why) = r.restarting
-            {
-                this.restart(job.clone(), r.manifest, r.attempt, why).await;
-            }
-            if ended {
-                // Every worker of the job is gone (a restart starts them later): its host may
-                // settle what it used, if it has ended.
-                let hook = this.inner.job_ended.lock().unwrap().clone();
-                if let Some(hook) = hook {
-                    hook(&job);
-                }
-            }
-            this.start_queued().await;
-            this.inner.idle.notify_waiters();
+            this.ended(job, index, Exit::Waited(exit), chrono::Utc::now()).await;
         });
+    }
+
+    /// A worker ended (at `ended_at`): its slots are freed and what it used recorded. A worker
+    /// that died while its job was still going (killed, crashed, its miner lost) makes a
+    /// training job start again from its last checkpoint — every allocation, since ranks
+    /// depend on each other — up to [`MAX_RETRIES`] times; after that the job fails with the
+    /// reason. A serve job's lost replica is started again alone. Then queued jobs that now
+    /// fit are started.
+    pub(super) async fn ended(&self, job: JobKey, index: u32, exit: Exit, ended_at: chrono::DateTime<chrono::Utc>) {
+        let (miner_name, cancelled, restarting, run) = {
+            let mut st = self.inner.state.lock().unwrap();
+            let mut out = (String::new(), false, false, None);
+            if let Some(r) = st.running.get_mut(&job) {
+                out.1 = r.cancelled;
+                out.2 = r.restarting.is_some();
+                let attempt = r.attempt;
+                // Allocations are stored in index order.
+                if let Some(a) = r.allocs.get_mut(index as usize) {
+                    let (miner, slots, pid, started) = (a.miner, std::mem::take(&mut a.slots), a.pid, a.started);
+                    let gpus = slots.len() as u32;
+                    for s in slots {
+                        st.miners[miner].free[s] = true;
+                    }
+                    out.0 = st.miners[miner].name.clone();
+                    out.3 = Some((attempt, gpus, pid, started));
+                }
+            }
+            self.persist(&st, &job);
+            out
+        };
+        let store = &self.inner.store;
+        // How it ended. A worker nobody waited for (adopted from an earlier host) is taken to
+        // have finished when it stored its program's result or its job has ended.
+        let (ok, how) = match &exit {
+            Exit::Waited(Ok(s)) if s.success() => (true, "exited 0".to_string()),
+            Exit::Waited(Ok(s)) => (false, format!("{s}")),
+            Exit::Waited(Err(e)) => (false, e.to_string()),
+            Exit::Unwatched => {
+                let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
+                let result = match run {
+                    Some((attempt, ..)) => matches!(store.head(&job.alloc_result(attempt, index)).await, Ok(Some(_))),
+                    None => false,
+                };
+                let ended = matches!(status::current(store, &job).await,
+                    Ok(Some(r)) if r.state.is_terminal() || r.run != my_run);
+                match result || ended {
+                    true => (true, "ended (adopted from an earlier host: exit status not known)".to_string()),
+                    false => (false, "ended without its result while no host watched it".to_string()),
+                }
+            }
+        };
+        // What it used, as this scheduler saw it: from its start to its exit.
+        if let Some((attempt, gpus, pid, started_at)) = run {
+            let u = crate::usage::Usage {
+                attempt,
+                index,
+                miner: miner_name.clone(),
+                gpus,
+                started_at,
+                ended_at,
+                how: how.clone(),
+            };
+            let run = format!("{pid}-{}", started_at.timestamp_millis());
+            // What is charged rests on it: tried again while the store fails (a record
+            // made twice is one: create-only).
+            let mut tries = 0;
+            while let Err(e) = crate::usage::record(store, &job, &run, &u).await {
+                tries += 1;
+                if tries >= 20 {
+                    tracing::error!(job = %job.job, error = %e, "cannot record what the allocation used");
+                    break;
+                }
+                tracing::warn!(job = %job.job, error = %e, "cannot record what the allocation used; again");
+                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+            }
+        }
+        if !ok && !cancelled && !restarting {
+            let how = match &exit {
+                Exit::Waited(Ok(s)) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(sig)) => format!("signal {sig}"),
+                    _ => "unknown status".into(),
+                },
+                Exit::Waited(Err(e)) => e.to_string(),
+                Exit::Unwatched => "while the pool's host was down".into(),
+            };
+            // Its run ended: the job is terminal, or already resumed as a later run.
+            let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
+            let ended = matches!(status::current(store, &job).await,
+                Ok(Some(r)) if r.state.is_terminal() || r.run != my_run);
+            let serve = self
+                .inner
+                .state
+                .lock()
+                .unwrap()
+                .running
+                .get(&job)
+                .is_some_and(|r| r.manifest.request.kind == JobKind::Serve);
+            if ended {
+                // The worker recorded the program's failure: stop the other allocations.
+                let _ = self.cancel(&job).await;
+            } else if serve {
+                // Replicas do not depend on each other: only the lost one starts again.
+                let why = recovery::lost("replica", index, &miner_name, &format!("lost ({how})"));
+                self.replace_replica(&job, index, why).await;
+            } else {
+                // Lost: stop the others; the job starts again when they are gone.
+                let why = recovery::lost("allocation", index, &miner_name, &format!("lost ({how})"));
+                tracing::warn!(job = %job.job, %why, "restarting the job");
+                let others: Vec<i32> = {
+                    let mut st = self.inner.state.lock().unwrap();
+                    let others = match st.running.get_mut(&job) {
+                        Some(r) => {
+                            r.restarting.get_or_insert(why);
+                            r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
+                        }
+                        None => Vec::new(),
+                    };
+                    self.persist(&st, &job);
+                    others
+                };
+                for pid in others {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+            }
+        }
+        let gone = {
+            let mut st = self.inner.state.lock().unwrap();
+            let all_gone = st.running.get(&job).is_some_and(|r| r.allocs.iter().all(|a| a.slots.is_empty()));
+            let gone = if all_gone { st.running.remove(&job) } else { None };
+            self.persist(&st, &job);
+            gone
+        };
+        let ended = gone.is_some();
+        if let Some(r) = gone.filter(|r| !r.cancelled)
+            && let Some(why) = r.restarting
+        {
+            self.restart(job.clone(), r.manifest, r.attempt, why).await;
+        }
+        if ended {
+            // Every worker of the job is gone (a restart starts them later): its host may
+            // settle what it used, if it has ended.
+            let hook = self.inner.job_ended.lock().unwrap().clone();
+            if let Some(hook) = hook {
+                hook(&job);
+            }
+        }
+        self.start_queued().await;
+        self.inner.idle.notify_waiters();
     }
 
     /// Starts a job again after a lost allocation, or fails it when retries are used up.
@@ -208,6 +243,8 @@ impl LocalScheduler {
             }
             Err(_) => return,
         };
-        self.inner.state.lock().unwrap().queue.push_front((job, manifest, next));
+        let mut st = self.inner.state.lock().unwrap();
+        st.queue.push_front(Queued::new(job.clone(), manifest, next, true));
+        self.persist(&st, &job);
     }
 }
