@@ -1,6 +1,6 @@
 //! The functions on a real S3 server (LocalStack in host mode, signature checks on; `cargo
 //! xtask test` starts it): bucket → SNS → webhook; the gateway's URLs and their limits; the
-//! poller; an at-least-once storm of 200 paid jobs.
+//! poller; at-least-once storms of paid jobs (50; `cargo xtask storm` runs 200).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,9 +256,10 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
     let (_, t) = login(&tight, 1).await;
     let mut codes = Vec::new();
     for _ in 0..6 {
-        codes.push(http.get(format!("{tight}/v1/jobs")).bearer_auth(&t).send().await.unwrap().status().as_u16());
+        let r = http.get(format!("{tight}/v1/jobs")).bearer_auth(&t).send().await.unwrap();
+        codes.push((r.status().as_u16(), r.text().await.unwrap()));
     }
-    assert!(codes.contains(&429), "{codes:?}");
+    assert!(codes.iter().any(|(c, _)| *c == 429), "{codes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +335,7 @@ async fn deliver(url: &str, bucket: &str, keys: Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
+async fn storm_of_paid_jobs_each_event_three_times_shuffled() {
     storm("storm", None).await;
 }
 
@@ -342,21 +343,121 @@ async fn storm_of_200_paid_jobs_each_event_three_times_shuffled() {
 /// after they landed): every job still ends exactly once, with one manifest, one payment
 /// claim, one start, what it used recorded and one settlement; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storm_of_200_paid_jobs_with_a_tenth_of_store_calls_failing() {
+async fn storm_of_paid_jobs_with_a_tenth_of_store_calls_failing() {
     let faults = aic_core::faults::Faults { share: 0.1, latency: Duration::ZERO, seed: 2026 };
     storm("faults", Some(faults)).await;
 }
 
-async fn storm(tag: &str, faults: Option<aic_core::faults::Faults>) {
+/// How many jobs a storm sends: `AIC_STORM_JOBS`, 50 by default (the tests); `cargo xtask
+/// storm` runs them with 200.
+fn storm_jobs() -> usize {
+    std::env::var("AIC_STORM_JOBS").ok().and_then(|n| n.parse().ok()).unwrap_or(50)
+}
+
+/// Requests by dev account 1 on a fresh bucket, each paid by its own deposit (0.01 AIC) into
+/// the pool's escrow on a fresh anvil.
+struct Paid {
+    bucket: String,
+    /// The bucket as it is (whatever the pool's view of it does).
+    store: aic_core::Store,
+    dir: tempfile::TempDir,
+    chain: aic_chain::devchain::DevChain,
+    wallet: alloy::providers::DynProvider,
+    jobs: Vec<JobKey>,
+    owner0: alloy::primitives::U256,
+    treasury0: alloy::primitives::U256,
+}
+
+const DEPOSIT: u128 = 10u128.pow(16);
+
+async fn paid_jobs(tag: &str, n: usize) -> Paid {
     use aic_chain::devchain::{self, dev_key};
     use alloy::network::EthereumWallet;
     use alloy::primitives::U256;
     use alloy::providers::{Provider, ProviderBuilder};
-    const JOBS: usize = 200;
-
-    // `store` is the bucket as it is; the pool (functions, scheduler, payment claims) sees
-    // `pool_store`, which fails as `faults` says.
     let (bucket, store) = fresh_bucket(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let chain = devchain::start(&dir.path().join("state.json"), &dir.path().join("chain.json"), 10u128.pow(18), 1)
+        .await
+        .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
+    let wallet = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(dev_key(1)))
+        .connect_http(chain.anvil.endpoint_url())
+        .erased();
+    let (token, escrow) = (chain.config.token, chain.config.escrow.unwrap());
+    let mut p = Paid {
+        bucket,
+        store,
+        dir,
+        chain,
+        wallet,
+        jobs: Vec::with_capacity(n),
+        owner0: U256::ZERO,
+        treasury0: U256::ZERO,
+    };
+    p.owner0 = p.balance(dev_key(1).address()).await;
+    p.treasury0 = p.balance(p.chain.config.treasury).await;
+    for _ in 0..n {
+        let mut req = unsigned(1);
+        req.max_hours = 0.01;
+        let run = aic_chain::escrow::run_id(req.job_id.as_str(), 0);
+        let tx = aic_chain::escrow::deposit(&p.wallet, token, escrow, run, U256::from(DEPOSIT), 10).await.unwrap();
+        req.payment = Some(aic_schemas::PaymentRef { chain_id: p.chain.config.chain_id, tx: format!("{tx:#x}") });
+        p.jobs.push(put_request(&p.store, &signed(req).await).await);
+    }
+    p
+}
+
+impl Paid {
+    async fn balance(&self, who: alloy::primitives::Address) -> alloy::primitives::U256 {
+        aic_chain::token::balance(&self.wallet, self.chain.config.token, who).await.unwrap()
+    }
+
+    /// Every job's paid run was settled exactly once: what it used charged, the rest of its
+    /// deposit back, the escrow empty; the balances on anvil say so.
+    async fn assert_settled_once(&self) {
+        use alloy::primitives::U256;
+        let mut charged = 0u128;
+        for j in &self.jobs {
+            assert!(!aic_core::usage::of(&self.store, j).await.unwrap().is_empty(), "{}: its usage", j.job);
+            let s = aic_core::usage::settlements(&self.store, j).await.unwrap();
+            assert_eq!(s.len(), 1, "{}: {s:?}", j.job);
+            let (c, r): (u128, u128) = (s[0].charged.parse().unwrap(), s[0].refunded.parse().unwrap());
+            assert_eq!(c + r, DEPOSIT);
+            charged += c;
+        }
+        assert!(charged > 0);
+        let cfg = &self.chain.config;
+        let owner = aic_chain::devchain::dev_key(1).address();
+        assert_eq!(self.balance(cfg.escrow.unwrap()).await, U256::ZERO, "every deposit settled");
+        assert_eq!(self.balance(cfg.treasury).await, self.treasury0 + U256::from(charged));
+        assert_eq!(self.balance(owner).await, self.owner0 - U256::from(charged), "the rest of every deposit back");
+    }
+
+    /// One manifest and one payment claim per job.
+    async fn assert_one_manifest_and_claim_each(&self) {
+        let manifests = self
+            .store
+            .list("users/")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with("/manifest.json"))
+            .count();
+        assert_eq!(manifests, self.jobs.len());
+        let claims = self.store.list(&format!("pool/payments/{}/", self.chain.config.chain_id)).await.unwrap().len();
+        assert_eq!(claims, self.jobs.len());
+    }
+}
+
+async fn storm(tag: &str, faults: Option<aic_core::faults::Faults>) {
+    use aic_chain::devchain::{self, dev_key};
+    let jobs_n = storm_jobs();
+
+    let paid = paid_jobs(tag, jobs_n).await;
+    let (bucket, store, jobs) = (&paid.bucket, &paid.store, &paid.jobs);
+    // The pool (functions, scheduler, payment claims) sees `pool_store`, which fails as
+    // `faults` says.
     let (pool_store, failed) = match faults.clone() {
         Some(f) => {
             let (s, c) = store.clone().with_faults(f);
@@ -364,99 +465,243 @@ async fn storm(tag: &str, faults: Option<aic_core::faults::Faults>) {
         }
         None => (store.clone(), None),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let chain = devchain::start(&dir.path().join("state.json"), &dir.path().join("chain.json"), 10u128.pow(18), 1)
-        .await
-        .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
-    let mut p = pool_on(dir, pool_store.clone(), 4, "exit 0");
+    let chain = &paid.chain;
+    let mut p = pool_on(tempfile::tempdir().unwrap(), pool_store.clone(), 4, "exit 0");
     p.ctx.auth = Arc::new(aic_chain::Eip712Auth { chain_id: chain.config.chain_id });
     p.ctx.payments = Arc::new(aic_chain::ChainPayments::new(chain.config.clone(), pool_store.clone()).unwrap());
     p.ctx.pricing = chain.config.pricing();
     p.ctx = p.ctx.clone().with_settler(&chain.config, dev_key(devchain::SETTLER)).unwrap();
     let url = start(Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy: None }).await;
 
-    // 200 requests by dev account 1, each paid by its own deposit into the pool's escrow.
-    let wallet = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(dev_key(1)))
-        .connect_http(chain.anvil.endpoint_url())
-        .erased();
-    let (token, escrow, treasury) = (chain.config.token, chain.config.escrow.unwrap(), chain.config.treasury);
-    let balance = |who| {
-        let w = wallet.clone();
-        async move { aic_chain::token::balance(&w, token, who).await.unwrap() }
-    };
-    let owner = dev_key(1).address();
-    let (owner0, treasury0) = (balance(owner).await, balance(treasury).await);
-    let mut jobs = Vec::with_capacity(JOBS);
-    for _ in 0..JOBS {
-        let mut req = unsigned(1);
-        req.max_hours = 0.01;
-        let run = aic_chain::escrow::run_id(req.job_id.as_str(), 0);
-        let tx = aic_chain::escrow::deposit(&wallet, token, escrow, run, U256::from(10u128.pow(16)), 10).await.unwrap();
-        req.payment = Some(aic_schemas::PaymentRef { chain_id: chain.config.chain_id, tx: format!("{tx:#x}") });
-        jobs.push(put_request(&store, &signed(req).await).await);
-    }
-
     // Every request event three times, shuffled, concurrently; then every manifest event so.
     let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.request(), 3)).collect();
     shuffle(&mut keys, 11);
-    deliver(&url, &bucket, keys).await;
-    drain_redrive(&p.ctx, &store).await;
+    deliver(&url, bucket, keys).await;
+    drain_redrive(&p.ctx, store).await;
     let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.manifest(), 3)).collect();
     shuffle(&mut keys, 13);
-    deliver(&url, &bucket, keys).await;
-    drain_redrive(&p.ctx, &store).await;
+    deliver(&url, bucket, keys).await;
+    drain_redrive(&p.ctx, store).await;
 
     // Exactly one manifest, one payment claim and one allocation per job; none lost.
-    let manifests =
-        store.list("users/").await.unwrap().iter().filter(|m| m.location.as_ref().ends_with("/manifest.json")).count();
-    assert_eq!(manifests, JOBS);
-    let claims = store.list(&format!("pool/payments/{}/", chain.config.chain_id)).await.unwrap().len();
-    assert_eq!(claims, JOBS);
-    eventually(60, "every job's allocation to start", || async { starts(&p) >= JOBS }).await;
+    paid.assert_one_manifest_and_claim_each().await;
+    eventually(60, "every job's allocation to start", || async { starts(&p) >= jobs_n }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lines = std::fs::read_to_string(&p.starts).unwrap();
     let mut started: Vec<&str> = lines.lines().map(|l| l.split(' ').next().unwrap()).collect();
     started.sort();
     started.dedup();
-    assert_eq!((started.len(), lines.lines().count()), (JOBS, JOBS), "one start per job");
-    for j in &jobs {
-        let st = status::current(&store, j).await.unwrap().unwrap().state;
+    assert_eq!((started.len(), lines.lines().count()), (jobs_n, jobs_n), "one start per job");
+    for j in jobs {
+        let st = status::current(store, j).await.unwrap().unwrap().state;
         assert!(!matches!(st, JobState::Submitted | JobState::Rejected | JobState::Failed), "{}: {st}", j.job);
     }
 
     // Each job ends (as its worker would say) once its allocation has stopped; every status
     // snapshot event three times, shuffled: each run is settled exactly once.
-    for j in &jobs {
+    for j in jobs {
         eventually(30, "the allocation to stop", || async { p.ctx.scheduler.finished(j).await.unwrap() }).await;
         for st in [JobState::Running, JobState::Succeeded] {
-            status::advance(&store, j, status::Transition::new(st, "worker")).await.unwrap();
+            status::advance(store, j, status::Transition::new(st, "worker")).await.unwrap();
         }
     }
     let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.status_snapshot(), 3)).collect();
     shuffle(&mut keys, 17);
-    deliver(&url, &bucket, keys).await;
-    drain_redrive(&p.ctx, &store).await;
-    let mut charged = 0u128;
-    for j in &jobs {
+    deliver(&url, bucket, keys).await;
+    drain_redrive(&p.ctx, store).await;
+    for j in jobs {
         // What it used was recorded by the scheduler, once, whatever the store did.
-        assert_eq!(aic_core::usage::of(&store, j).await.unwrap().len(), 1, "{}: its usage", j.job);
-        let s = aic_core::usage::settlements(&store, j).await.unwrap();
-        assert_eq!(s.len(), 1, "{}: {s:?}", j.job);
-        let (c, r): (u128, u128) = (s[0].charged.parse().unwrap(), s[0].refunded.parse().unwrap());
-        assert_eq!(c + r, 10u128.pow(16));
-        charged += c;
+        assert_eq!(aic_core::usage::of(store, j).await.unwrap().len(), 1, "{}: its usage", j.job);
     }
-    assert!(charged > 0);
-    assert_eq!(balance(escrow).await, U256::ZERO, "every deposit settled");
-    assert_eq!(balance(treasury).await, treasury0 + U256::from(charged));
-    assert_eq!(balance(owner).await, owner0 - U256::from(charged), "the rest of every deposit back");
+    paid.assert_settled_once().await;
     if let Some(c) = failed {
         use std::sync::atomic::Ordering::Relaxed;
         let (before, after, calls) = (c.before.load(Relaxed), c.after.load(Relaxed), c.calls.load(Relaxed));
         eprintln!("store faults: {before} before and {after} after the write, of {calls} calls");
         assert!(before > 100 && after > 20, "the faults happened: {before} before, {after} after");
     }
+}
+
+/// Posts MinIO webhook bodies, 16 at a time, each until a host takes it, through a host that
+/// may be down for a while (as MinIO keeps undelivered events and retries).
+async fn deliver_to_a_host_that_may_be_down(url: &str, bucket: &str, keys: Vec<String>) {
+    use futures::StreamExt;
+    let http = reqwest::Client::new();
+    futures::stream::iter(keys)
+        .for_each_concurrent(16, |key| {
+            let http = http.clone();
+            async move {
+                let rec = aic_schemas::event::S3EventRecord::object_created(bucket, &key, 100);
+                let body =
+                    json!({"EventName": "s3:ObjectCreated:Put", "Key": format!("{bucket}/{key}"), "Records": [rec]});
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                loop {
+                    if let Ok(r) = http.post(format!("{url}/events")).json(&body).send().await {
+                        if r.status() == 200 {
+                            return;
+                        }
+                        assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
+                    }
+                    assert!(std::time::Instant::now() < deadline, "{key}: never taken");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+        .await;
+}
+
+/// The `aic-functions` binary on the bucket and chain of `paid`, listening on `addr`, its
+/// local scheduler's 4 miners running `worker`.
+fn functions_host(paid: &Paid, addr: &str, worker: &std::path::Path, starts: &std::path::Path) -> std::process::Child {
+    let dir = paid.dir.path();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("host.log")).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_aic-functions"))
+        .args(["serve", "--listen", addr, "--redrive-ms", "200"])
+        .env("AIC_STORE", format!("s3://{}", paid.bucket))
+        .env("AIC_S3_ENDPOINT", localstack())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AIC_CHAIN_FILE", dir.join("chain.json"))
+        .env("AIC_SETTLER_KEY", aic_chain::devchain::DEV_KEYS[aic_chain::devchain::SETTLER as usize])
+        .env("AIC_WEBHOOK_UNAUTHENTICATED", "1")
+        .env("AIC_SCHEDULER", "local")
+        .env("AIC_POOL_MINERS", "4")
+        .env("AIC_POOL_GPUS", "1")
+        .env("AIC_WORKER_BIN", worker)
+        .env("AIC_WORK_DIR", dir.join("work"))
+        .env("STARTS", starts)
+        .env_remove("AIC_GATEWAY_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn count(store: &aic_core::Store, prefix: &str, suffix: &str) -> usize {
+    store.list(prefix).await.map(|l| l.iter().filter(|m| m.location.as_ref().ends_with(suffix)).count()).unwrap_or(0)
+}
+
+/// The storm through the `aic-functions` binary (local scheduler, MinIO-format posts), killed
+/// outright (SIGKILL) once while validating payments and once while starting workers, and
+/// started again on the same address each time: every job still gets one manifest, one
+/// payment claim and one start, and its paid run is settled exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_paid_jobs_through_a_functions_host_killed_twice() {
+    let jobs_n = storm_jobs();
+    let t = std::time::Instant::now();
+    let paid = paid_jobs("killed", jobs_n).await;
+    eprintln!("{:.1} s: paid", t.elapsed().as_secs_f64());
+    let (bucket, store, jobs) = (&paid.bucket, &paid.store, &paid.jobs);
+    let dir = paid.dir.path();
+    let starts = dir.join("starts.txt");
+    let worker = dir.join("fake-worker.sh");
+    // As aic-worker does: waits for the scheduler's go on stdin (end of file: its host died
+    // before recording it, and it runs nothing), records its start, and writes how it exited
+    // where the scheduler asked.
+    std::fs::write(
+        &worker,
+        "#!/bin/sh\nread go || exit 0\necho \"$AIC_JOB_ID $AIC_ALLOC_INDEX $AIC_MINER\" >> \"$STARTS\"\necho 0 > \"$AIC_EXIT_FILE\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let url = format!("http://{addr}");
+    let up = || async {
+        eventually(60, "the functions host to listen", || async { tokio::net::TcpStream::connect(&addr).await.is_ok() })
+            .await
+    };
+    let mut host = functions_host(&paid, &addr, &worker, &starts);
+    up().await;
+    let started = || std::fs::read_to_string(&starts).map(|s| s.lines().count()).unwrap_or(0);
+    let claims = format!("pool/payments/{}/", paid.chain.config.chain_id);
+
+    // Each phase's events three times, shuffled, 16 at a time; the host is killed outright
+    // once a third of the jobs are through it, then started again.
+    for (phase, seed) in [("request", 11), ("manifest", 13)] {
+        let mut keys: Vec<String> = jobs
+            .iter()
+            .flat_map(|j| std::iter::repeat_n(if phase == "request" { j.request() } else { j.manifest() }, 3))
+            .collect();
+        shuffle(&mut keys, seed);
+        let delivery = tokio::spawn({
+            let (url, bucket) = (url.clone(), bucket.clone());
+            async move { deliver_to_a_host_that_may_be_down(&url, &bucket, keys).await }
+        });
+        eventually(120, "a third of the jobs through the host", || async {
+            match phase {
+                "request" => count(store, &claims, "").await >= jobs_n / 3,
+                _ => started() >= jobs_n / 3,
+            }
+        })
+        .await;
+        host.kill().unwrap();
+        host.wait().unwrap();
+        eprintln!(
+            "killed the host during the {phase} events ({} claims, {} starts)",
+            count(store, &claims, "").await,
+            started()
+        );
+        host = functions_host(&paid, &addr, &worker, &starts);
+        up().await;
+        delivery.await.unwrap();
+        eprintln!("{:.1} s: {phase} events delivered", t.elapsed().as_secs_f64());
+    }
+
+    paid.assert_one_manifest_and_claim_each().await;
+    eventually(120, "every job's allocation to start and end", || async {
+        started() >= jobs_n && count(store, "pool/usage/", ".json").await >= jobs_n
+    })
+    .await;
+    eprintln!("{:.1} s: every job started and ended", t.elapsed().as_secs_f64());
+    let lines = std::fs::read_to_string(&starts).unwrap();
+    let mut once: Vec<&str> = lines.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    once.sort();
+    let twice: Vec<&str> = once.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    if let Some(j) = twice.first() {
+        let job = jobs.iter().find(|k| k.job.as_str() == *j).unwrap();
+        let hist = status::history(store, job).await.unwrap();
+        let log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
+        let about: Vec<&str> = log.lines().filter(|l| l.contains(j) || l.contains("took over")).collect();
+        panic!("{} jobs started twice, e.g. {j}: {hist:?}\nthe host's log:\n{}", twice.len(), about.join("\n"));
+    }
+    once.dedup();
+    assert_eq!((once.len(), lines.lines().count()), (jobs_n, jobs_n), "one start per job");
+
+    // Each job ends (as its worker would say); every status snapshot event three times: each
+    // run is settled exactly once, by the host (its re-driver and its scheduler's end hook).
+    for j in jobs {
+        let hist = status::history(store, j).await.unwrap();
+        assert!(hist.iter().all(|r| r.state != JobState::Retrying), "{}: {hist:?}", j.job);
+        for st in [JobState::Running, JobState::Succeeded] {
+            status::advance(store, j, status::Transition::new(st, "worker")).await.unwrap();
+        }
+    }
+    let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.status_snapshot(), 3)).collect();
+    shuffle(&mut keys, 17);
+    deliver_to_a_host_that_may_be_down(&url, bucket, keys).await;
+    let t0 = std::time::Instant::now();
+    loop {
+        let (settled, waiting) =
+            (count(store, "pool/settlements/", ".json").await, count(store, "pool/redrive/", "").await);
+        if settled >= jobs_n {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(180) {
+            let log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!("{settled} of {jobs_n} settled, {waiting} deferred; the host's log ends:\n{}", tail.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("{:.1} s: every job settled", t.elapsed().as_secs_f64());
+    for j in jobs {
+        assert_eq!(aic_core::usage::of(store, j).await.unwrap().len(), 1, "{}: its usage", j.job);
+    }
+    paid.assert_settled_once().await;
+    host.kill().unwrap();
+    host.wait().unwrap();
 }
 
 /// Runs the pool's re-driver until no deferred work is left (three minutes at most).

@@ -57,9 +57,12 @@ const PEERS_WAIT: Duration = Duration::from_secs(3600);
 /// How long an allocation waits for another to come up (rendezvous).
 const PEERS_UP: Duration = Duration::from_secs(300);
 
-/// The variables that give access to the bucket: read once into the worker's store, then
-/// taken out of its environment, so that no program it starts inherits them.
+/// The variables that give access to the bucket (and where the worker writes its exit code):
+/// read once into the worker, then taken out of its environment, so that no program it starts
+/// inherits them.
 const STORE_ACCESS: &[&str] = &[
+    aic_core::scheduler::local::EXIT_FILE,
+    aic_core::scheduler::local::START_GATE,
     "AIC_WORKER_TOKEN",
     "AIC_STORE",
     "AIC_S3_ENDPOINT",
@@ -82,9 +85,23 @@ fn main() {
     // its environment (`/proc/<worker>/environ` keeps the variables it was started with) nor
     // trace it. A non-dumpable process is open to that only with CAP_SYS_PTRACE, which
     // containers do not grant by default.
+    EXIT_FILE.get_or_init(|| std::env::var_os(aic_core::scheduler::local::EXIT_FILE).map(Into::into));
+    // The local scheduler holds its workers here until it has recorded them: a line on stdin
+    // says go; end of file means its host died first, and nothing is run.
+    if std::env::var_os(aic_core::scheduler::local::START_GATE).is_some_and(|v| v == "stdin") {
+        let mut go = String::new();
+        if !matches!(std::io::stdin().read_line(&mut go), Ok(n) if n > 0) {
+            eprintln!("aic-worker: the host that started this worker is gone; nothing was run");
+            std::process::exit(0);
+        }
+        // Nothing it starts reads the gate.
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            let _ = nix::unistd::dup2_stdin(null);
+        }
+    }
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("aic-worker: cannot make itself non-dumpable: {e}");
-        std::process::exit(2);
+        exit(2);
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIC_LOG").unwrap_or_else(|_| "info".into()))
@@ -94,7 +111,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("aic-worker: {e:#}");
-            std::process::exit(2);
+            exit(2);
         }
     };
     for k in STORE_ACCESS {
@@ -104,8 +121,19 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let code = rt.block_on(run_allocation(alloc));
-    std::process::exit(code);
+    exit(code);
 }
+
+/// Exits with `code`, written first where the local scheduler asked (`AIC_EXIT_FILE`): a
+/// host that adopted this worker after its parent died learns how it ended.
+fn exit(code: i32) -> ! {
+    if let Some(f) = EXIT_FILE.get().and_then(|f| f.as_ref()) {
+        let _ = std::fs::write(f, format!("{code}\n"));
+    }
+    std::process::exit(code)
+}
+
+static EXIT_FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
 
 async fn run_allocation(alloc: Alloc) -> i32 {
     let code = run_and_report(&alloc).await;

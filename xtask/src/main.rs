@@ -5,7 +5,7 @@
 //! examples, and (for `test`) LocalStack in host mode.
 //!
 //! One module a chore: `tools` (what both commands install), `localstack` (LocalStack for
-//! the tests), `test`, `bench` (one file a benchmark), `soak` and `fuzz`.
+//! the tests), `test` (and `storm`), `bench` (one file a benchmark), `soak` and `fuzz`.
 
 mod bench;
 mod fuzz;
@@ -27,6 +27,11 @@ fn main() {
         Some("setup") => setup(true).map(|_| ()),
         Some("bench") => bench::bench(args.get(1).map(String::as_str)),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("storm") => match args.get(1).map(|n| n.parse::<usize>()) {
+            None => test::storm(200),
+            Some(Ok(n)) => test::storm(n),
+            Some(Err(_)) => Err(anyhow::anyhow!("usage: cargo xtask storm [JOBS]")),
+        },
         Some("soak") => match args.get(1).map(|n| n.parse::<usize>()) {
             None => soak::soak(1000),
             Some(Ok(n)) => soak::soak(n),
@@ -34,7 +39,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|logs|data|latency] | soak [JOBS] | fuzz [TARGET] [--seconds N]"
+                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|logs|data|latency] | soak [JOBS] | storm [JOBS] | fuzz [TARGET] [--seconds N]"
             );
             std::process::exit(2);
         }

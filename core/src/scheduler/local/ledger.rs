@@ -3,8 +3,9 @@
 //! died (SIGKILL, a crash, a reboot of the process) takes over from it ([`LocalScheduler::adopt`]):
 //!
 //! - a worker still alive is **adopted**: its slots stay taken, it is watched through a pidfd
-//!   (the kernel says when it exits, as `wait` does for a parent), its deployment keeps
-//!   serving, its time limit is enforced from when it started;
+//!   (the kernel says when it exits, as `wait` does for a parent; how it exited, it writes
+//!   itself to `AIC_EXIT_FILE`, as container shims do for their runtimes), its deployment
+//!   keeps serving, its time limit is enforced from when it started;
 //! - a worker that died meanwhile is **lost**, as if the host had seen it die: what it used is
 //!   recorded up to its last sign of life, and its job starts again from its checkpoint (a
 //!   replica alone), with the reason in the job's status;
@@ -167,6 +168,8 @@ impl LocalScheduler {
         records.sort_by_key(|r| r.queued);
         let mut watch = Vec::new();
         let mut gone = Vec::new();
+        // Jobs whose workers had all ended (what they used recorded) when the host died.
+        let mut done = Vec::new();
         let mut limits = Vec::new();
         {
             let mut st = self.inner.state.lock().unwrap();
@@ -200,6 +203,9 @@ impl LocalScheduler {
                         }
                     }
                     allocs.push(alloc_of(&a));
+                }
+                if allocs.iter().all(|a| a.slots.is_empty()) {
+                    done.push(job.clone());
                 }
                 if r.manifest.request.kind == JobKind::Train && !r.cancelled {
                     let since = allocs.iter().map(|a| a.started).min().unwrap_or_else(chrono::Utc::now);
@@ -237,6 +243,9 @@ impl LocalScheduler {
             let at = self.last_sign_of_life(&job, index);
             self.ended(job, index, Exit::Unwatched, at).await;
         }
+        for job in done {
+            self.after_a_worker(job).await;
+        }
         self.start_queued().await;
         adopted
     }
@@ -248,7 +257,7 @@ impl LocalScheduler {
         let st = self.inner.state.lock().unwrap();
         let now = chrono::Utc::now();
         let Some(a) = st.running.get(job).and_then(|r| r.allocs.get(index as usize)) else { return now };
-        let work = self.inner.cfg.work_root.join(&st.miners[a.miner].name).join(format!("{}-{index}", job.job));
+        let work = self.work_dir(&st.miners[a.miner].name, job, index);
         let seen = [work.with_extension("worker.log"), work]
             .iter()
             .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
@@ -256,6 +265,14 @@ impl LocalScheduler {
             .map(chrono::DateTime::<chrono::Utc>::from)
             .unwrap_or(a.started);
         seen.clamp(a.started, now)
+    }
+}
+
+impl LocalScheduler {
+    /// The exit code a worker this host did not start wrote as it exited, if it did.
+    pub(super) fn exit_code_written(&self, miner: &str, job: &JobKey, index: u32) -> Option<i32> {
+        let f = self.work_dir(miner, job, index).with_extension("exit");
+        std::fs::read_to_string(f).ok()?.trim().parse().ok()
     }
 }
 

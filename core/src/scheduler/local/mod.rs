@@ -47,6 +47,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 pub const TIME_LIMIT_GRACE: Duration = Duration::from_secs(30);
 /// How many times a job whose allocation was lost is started again.
 pub use super::recovery::MAX_RETRIES;
+pub use spawn::{EXIT_FILE, START_GATE};
 
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
@@ -226,7 +227,23 @@ impl LocalScheduler {
 impl Scheduler for LocalScheduler {
     async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {
         let cfg = &self.inner.cfg;
+        let known = self.inner.state.lock().unwrap().accepted.contains_key(&(job.clone(), m.run));
+        // Not known here: a host before this one may have run it and died before the job's
+        // status said so. What its workers used is recorded before they leave the records a
+        // host after it adopts (`ledger`): if the run used anything, it ran.
+        let ran = match known {
+            true => Vec::new(),
+            false => crate::usage::of_run(&self.inner.store, job, m.run)
+                .await
+                .map_err(|e| ScheduleError::Backend(format!("reading what job {} used: {e}", job.job)))?,
+        };
         let mut st = self.inner.state.lock().unwrap();
+        if !ran.is_empty() {
+            let mut miners: Vec<String> = ran.into_iter().map(|u| u.miner).collect();
+            miners.sort();
+            miners.dedup();
+            st.accepted.entry((job.clone(), m.run)).or_insert(Submitted::Placed(miners));
+        }
         if let Some(answer) = st.accepted.get(&(job.clone(), m.run)) {
             return Ok(answer.clone());
         }

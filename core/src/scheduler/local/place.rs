@@ -50,11 +50,13 @@ impl LocalScheduler {
         let count = picks.len();
         let mut allocs = Vec::new();
         let mut names = Vec::new();
+        let mut gates = Vec::new();
         for (index, (miner, slots)) in picks.into_iter().enumerate() {
             let miner_name = st.miners[miner].name.clone();
             let spawned = self.spawn(st, job, manifest, index as u32, count, attempt, miner, &slots);
             match spawned {
-                Ok((child, port)) => {
+                Ok((child, port, gate)) => {
+                    gates.push(gate);
                     for s in &slots {
                         st.miners[miner].free[*s] = false;
                     }
@@ -84,6 +86,8 @@ impl LocalScheduler {
             Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0 },
         );
         self.persist(st, job);
+        // Recorded: they may start.
+        gates.into_iter().for_each(spawn::Gate::open);
         if manifest.request.kind == JobKind::Train {
             self.enforce_time_limit(job.clone(), attempt, manifest.request.max_hours, chrono::Utc::now());
         }

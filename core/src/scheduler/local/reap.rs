@@ -37,7 +37,7 @@ impl LocalScheduler {
                             .collect();
                         let m = r.manifest.clone();
                         match self.spawn(&st, job, &m, index, count, attempt, miner, &slots) {
-                            Ok((child, port)) => {
+                            Ok((child, port, gate)) => {
                                 for s in &slots {
                                     st.miners[miner].free[*s] = false;
                                 }
@@ -49,6 +49,7 @@ impl LocalScheduler {
                                     Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now() };
                                 r.replaced += 1;
                                 self.persist(&st, job);
+                                gate.open();
                                 Ok(Some((child, name)))
                             }
                             Err(e) => Err(format!("{why}; cannot start it again: {e}")),
@@ -107,16 +108,25 @@ impl LocalScheduler {
                     out.3 = Some((attempt, gpus, pid, started));
                 }
             }
-            self.persist(&st, &job);
+            // The record on disk keeps the worker until what it used is recorded (below): a
+            // host that takes over after a crash in between records it then.
             out
         };
         let store = &self.inner.store;
+        let written = match &exit {
+            Exit::Unwatched => self.exit_code_written(&miner_name, &job, index),
+            Exit::Waited(_) => None,
+        };
         // How it ended. A worker nobody waited for (adopted from an earlier host) is taken to
         // have finished when it stored its program's result or its job has ended.
         let (ok, how) = match &exit {
             Exit::Waited(Ok(s)) if s.success() => (true, "exited 0".to_string()),
             Exit::Waited(Ok(s)) => (false, format!("{s}")),
             Exit::Waited(Err(e)) => (false, e.to_string()),
+            Exit::Unwatched if written.is_some() => {
+                let code = written.unwrap_or_default();
+                (code == 0, format!("exited {code} (adopted from an earlier host)"))
+            }
             Exit::Unwatched => {
                 let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
                 let result = match run {
@@ -156,6 +166,7 @@ impl LocalScheduler {
                 tokio::time::sleep(Duration::from_millis(100 * tries)).await;
             }
         }
+        self.persist(&self.inner.state.lock().unwrap(), &job);
         if !ok && !cancelled && !restarting {
             let how = match &exit {
                 Exit::Waited(Ok(s)) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
@@ -164,7 +175,10 @@ impl LocalScheduler {
                     _ => "unknown status".into(),
                 },
                 Exit::Waited(Err(e)) => e.to_string(),
-                Exit::Unwatched => "while the pool's host was down".into(),
+                Exit::Unwatched => match written {
+                    Some(code) => format!("exit code {code}, while the pool's host was down"),
+                    None => "while the pool's host was down".into(),
+                },
             };
             // Its run ended: the job is terminal, or already resumed as a later run.
             let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
@@ -206,6 +220,12 @@ impl LocalScheduler {
                 }
             }
         }
+        self.after_a_worker(job).await;
+    }
+
+    /// After a worker of `job` ended: when none is left, the job leaves the scheduler (and
+    /// starts again if it was restarting) and its host is told; queued jobs that now fit start.
+    pub(super) async fn after_a_worker(&self, job: JobKey) {
         let gone = {
             let mut st = self.inner.state.lock().unwrap();
             let all_gone = st.running.get(&job).is_some_and(|r| r.allocs.iter().all(|a| a.slots.is_empty()));

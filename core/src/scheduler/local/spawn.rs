@@ -9,7 +9,15 @@ pub(super) fn cpus_per_miner(miners: usize) -> usize {
     (cores / miners.max(1)).max(1)
 }
 
+/// Where a worker writes its exit code as it exits (the local scheduler's workers).
+pub const EXIT_FILE: &str = "AIC_EXIT_FILE";
+
 impl LocalScheduler {
+    /// An allocation's work folder: `<root>/<miner>/<job>-<index>/`.
+    pub(super) fn work_dir(&self, miner: &str, job: &JobKey, index: u32) -> PathBuf {
+        self.inner.cfg.work_root.join(miner).join(format!("{}-{index}", job.job))
+    }
+
     /// Starts the worker of allocation `index` of `count` on `miner`, holding `slots`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn(
@@ -22,13 +30,15 @@ impl LocalScheduler {
         attempt: u32,
         miner: usize,
         slots: &[usize],
-    ) -> std::io::Result<(tokio::process::Child, u16)> {
+    ) -> std::io::Result<(tokio::process::Child, u16, Gate)> {
         let cfg = &self.inner.cfg;
         let miner_name = &st.miners[miner].name;
         let host = st.miners[miner].host;
-        let work = cfg.work_root.join(miner_name).join(format!("{}-{index}", job.job));
+        let work = self.work_dir(miner_name, job, index);
         let port = free_port(host)?;
         std::fs::create_dir_all(&work)?;
+        let exit_file = work.with_extension("exit");
+        let _ = std::fs::remove_file(&exit_file);
         let log = std::fs::File::create(work.with_extension("worker.log"))?;
         let mut cmd = std::process::Command::new(&cfg.worker_bin);
         // The pool's secrets never reach a worker (nor so the user's program).
@@ -72,11 +82,35 @@ impl LocalScheduler {
             serve_port: None,
             gpus: Some(slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
         };
-        cmd.envs(launch.to_env()).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // The worker writes its exit code there as it exits: a host that adopted it (its
+        // parent died) learns how it ended.
+        cmd.env(EXIT_FILE, &exit_file);
+        // It waits on its stdin until the scheduler has recorded it ([`Gate`]).
+        let (gate, held) = std::os::unix::net::UnixStream::pair()?;
+        cmd.env(START_GATE, "stdin");
+        cmd.envs(launch.to_env()).stdin(std::os::fd::OwnedFd::from(held)).stdout(log.try_clone()?).stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port))
+        Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port, Gate(gate)))
     }
 }
+
+/// Tells a worker it may start (`AIC_START_GATE=stdin`: it reads a line from its stdin
+/// first). The scheduler opens it once the worker is recorded on disk (`ledger`): a host
+/// that dies before that closes it unopened, and the worker, reading end of file, runs
+/// nothing. So a worker that runs is always one a later host can adopt.
+pub(super) struct Gate(std::os::unix::net::UnixStream);
+
+impl Gate {
+    pub(super) fn open(self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a send of a 3-byte buffer on a socket this value owns. MSG_NOSIGNAL: a
+        // worker already gone must not take the host down with SIGPIPE.
+        let _ = unsafe { nix::libc::send(self.0.as_raw_fd(), b"go\n".as_ptr().cast(), 3, nix::libc::MSG_NOSIGNAL) };
+    }
+}
+
+/// Set for the local scheduler's workers: `stdin` (see [`Gate`]).
+pub const START_GATE: &str = "AIC_START_GATE";
 
 /// A port nobody listens on at `host` (the kernel's choice; the worker binds it soon after).
 pub(super) fn free_port(host: std::net::Ipv4Addr) -> std::io::Result<u16> {
