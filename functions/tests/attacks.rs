@@ -500,3 +500,113 @@ async fn a_payment_awaiting_confirmations_holds_up_no_queue_and_is_validated_onc
         assert_eq!(m.payment.as_ref().unwrap().tx, *tx);
     }
 }
+
+/// A TCP relay to anvil that can go down: while down it refuses every connection (accepts
+/// and drops it) and cuts the ones it was relaying, as a dead RPC endpoint or its load
+/// balancer does.
+struct Relay {
+    url: String,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn to(target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (up, rx) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*rx.borrow() {
+                    continue;
+                }
+                let (target, mut rx) = (target.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Relay { url, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// The chain's RPC down for 30 s while paid requests arrive: each is deferred (never
+/// rejected, nothing claimed), passes of the re-driver during the outage change nothing, and
+/// once the RPC is back every one is accepted once, its deposit still in the escrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_wait_out_an_rpc_outage_and_none_is_lost() {
+    const JOBS: usize = 5;
+    let w = world(1).await;
+    let anvil = w.chain.config.rpc_url.trim_start_matches("http://").to_string();
+    let relay = Relay::to(anvil).await;
+    let mut cfg = w.chain.config.clone();
+    cfg.rpc_url = relay.url.clone();
+    let sched = common::idle_scheduler(w._dir.path().join("work2"), &w.store, 2);
+    let ctx = Ctx::on_chain(w.store.clone(), Arc::new(sched), &cfg).unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..JOBS {
+        let req = w.request(1, None);
+        let tx = w.deposit(1, &req.job_id, PRICE).await;
+        let mut req = req;
+        req.payment = Some(PaymentRef { chain_id: cfg.chain_id, tx });
+        let req = w.sign(1, req).await;
+        let job = JobKey::new(req.owner, req.job_id.clone());
+        w.store.put_json(&job.request(), &req).await.unwrap();
+        jobs.push(job);
+    }
+    let escrow = w.chain.config.escrow.unwrap();
+    let held = token::balance(&w.wallet(1), w.chain.config.token, escrow).await.unwrap();
+
+    // Down: every request event fails as "unavailable" and is kept for later, as a host does.
+    relay.set(false);
+    let outage = std::time::Instant::now();
+    for job in &jobs {
+        let ev = S3EventRecord::object_created(w.store.bucket(), &job.request(), 100);
+        match handle_record(&ctx, &ev).await {
+            Err(HandlerError::Unavailable(why)) => {
+                aic_functions::redrive::defer(&w.store, &job.request(), &why).await.unwrap();
+            }
+            other => panic!("{}: with the RPC down: {other:?}", job.job),
+        }
+    }
+    // The re-driver keeps trying (every entry, due or not) for the rest of the 30 s.
+    let redriver = aic_functions::redrive::Redriver::new(ctx.clone());
+    let mut passes = 0;
+    while outage.elapsed() < std::time::Duration::from_secs(30) {
+        let p = redriver.pass_at(Utc::now() + chrono::Duration::days(1)).await.unwrap();
+        assert!(p.done.is_empty(), "handled with the RPC down: {:?}", p.done);
+        assert_eq!(p.again, JOBS);
+        passes += 1;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    assert!(passes >= 10, "{passes} passes");
+    for job in &jobs {
+        assert!(w.store.head(&job.manifest()).await.unwrap().is_none(), "{}: accepted while down", job.job);
+        let states: Vec<_> = status::history(&w.store, job).await.unwrap().into_iter().map(|r| r.state).collect();
+        assert!(!states.contains(&JobState::Rejected), "{}: {states:?}", job.job);
+    }
+    assert!(w.store.list("pool/payments/").await.unwrap().is_empty(), "nothing claimed while down");
+
+    // Back: the next pass accepts each once; nothing is left to do.
+    relay.set(true);
+    let p = redriver.pass_at(Utc::now() + chrono::Duration::days(1)).await.unwrap();
+    assert_eq!(p.done.len(), JOBS, "{p:?}");
+    assert!(p.done.iter().all(|(_, o)| matches!(o, Outcome::Validated(_))), "{:?}", p.done);
+    assert!(w.store.list(aic_core::layout::REDRIVE).await.unwrap().is_empty());
+    for job in &jobs {
+        let m: aic_schemas::JobManifest = w.store.get_json(&job.manifest(), 1 << 20).await.unwrap().unwrap();
+        assert_eq!(m.payment.unwrap().paid, PRICE.to_string());
+        assert_eq!(status::current(&w.store, job).await.unwrap().unwrap().state, JobState::Paid);
+    }
+    assert_eq!(w.store.list("pool/payments/").await.unwrap().len(), JOBS, "one claim each");
+    let after = token::balance(&w.wallet(1), w.chain.config.token, escrow).await.unwrap();
+    assert_eq!(after, held, "every deposit still held for its job");
+    assert_eq!(held, U256::from(PRICE * JOBS as u128));
+}
