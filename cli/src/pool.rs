@@ -233,6 +233,16 @@ impl Hosted {
                 }
             }),
         );
+        // What a worker killed outright printed since its last stored chunk is stored from
+        // what this host holds of it.
+        let g = gateway.clone();
+        aic_core::scheduler::Scheduler::on_worker_lost(
+            &scheduler,
+            Arc::new(move |job: &aic_core::JobKey, alloc: u32| {
+                let (g, job) = (g.clone(), job.clone());
+                tokio::spawn(async move { g.keep_lost_log(&job, alloc).await });
+            }),
+        );
         // Workers and waiting jobs an earlier host left (killed outright): taken over before
         // any event is handled.
         scheduler.adopt().await;

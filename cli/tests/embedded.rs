@@ -734,6 +734,46 @@ fn a_lost_worker_is_restarted_and_resumes_from_its_checkpoint() {
     );
 }
 
+/// A worker killed outright loses nothing of what its program printed: the lines it had not
+/// stored yet (chunks are stored every 10 s) reached the host live, and the host stores them.
+#[test]
+fn a_killed_workers_unstored_lines_are_stored_by_the_host() {
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let go = h.path().join("go");
+    let script = h.write(
+        "wait.sh",
+        &format!("echo printed-before-the-loss\nwhile [ ! -e {} ]; do sleep 0.05; done\necho end\n", go.display()),
+    );
+    let out = h.aic(&["run", "--detach", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let job = text(&out).0.trim().to_string();
+    let logs = h.path().join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs").join(&job).join("logs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(&h.aic(&["logs", &job])).0.contains("printed-before-the-loss") {
+        assert!(Instant::now() < deadline, "the line never reached the host");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(walk(&logs).is_empty(), "already stored: {:?}", walk(&logs));
+    let pids = workers_of(&job);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The host stores the line as the lost worker's chunk; the job starts again.
+    while walk(&logs).is_empty() {
+        assert!(Instant::now() < deadline, "the host did not store the lost worker's lines");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stored = std::fs::read_to_string(&walk(&logs)[0]).unwrap();
+    assert_eq!(stored, "printed-before-the-loss\n");
+    std::fs::write(&go, "").unwrap();
+    wait_for_state(&h, &job, "succeeded");
+    assert_eq!(
+        text(&h.aic(&["logs", &job])).0,
+        "printed-before-the-loss\nprinted-before-the-loss\nend\n",
+        "the lost run's line, then the retry's"
+    );
+}
+
 #[test]
 fn a_failing_rank_fails_the_mpi_job_with_that_ranks_log_tail() {
     let h = Home::new();

@@ -158,7 +158,15 @@ pub trait Scheduler: Send + Sync {
     /// for): the host then settles the job's paid run, whatever its transport for events. By
     /// default never (a backend that cannot tell).
     fn on_job_end(&self, _hook: JobEnded) {}
+
+    /// Calls `hook` with a job and an allocation index whenever that allocation's worker ended
+    /// other than by exiting 0 (killed, crashed, lost): the host then stores what it holds of
+    /// the allocation's log that the worker had not stored. By default never.
+    fn on_worker_lost(&self, _hook: WorkerLost) {}
 }
+
+/// What a host does when a worker ended abnormally: (job, allocation index).
+pub type WorkerLost = std::sync::Arc<dyn Fn(&JobKey, u32) + Send + Sync>;
 
 /// What a host does when a job's allocations have all ended.
 pub type JobEnded = std::sync::Arc<dyn Fn(&JobKey) + Send + Sync>;

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let proxy = Some(Arc::new(
         aic_functions::proxy::Proxy::new(built.ctx.store.clone()).with_scheduler(built.ctx.scheduler.clone()),
     ));
+    let gateway_for_logs = gateway.clone();
     let host = Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, minio, proxy };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
@@ -87,6 +88,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // A job whose allocations have all ended is settled (through the re-driver: no bucket
     // event says so).
     built.ctx.scheduler.on_job_end(aic_functions::redrive::settle_when_ended(built.ctx.store.clone()));
+    // What a worker killed outright printed since its last stored chunk is stored from what
+    // this host's gateway holds of it.
+    if let Some(g) = gateway_for_logs {
+        built.ctx.scheduler.on_worker_lost(Arc::new(move |job: &aic_core::JobKey, alloc: u32| {
+            let (g, job) = (g.clone(), job.clone());
+            tokio::spawn(async move { g.keep_lost_log(&job, alloc).await });
+        }));
+    }
     // What an earlier host left (one killed outright): taken over before any event is.
     built.ctx.scheduler.recover().await;
     println!("listening on http://{addr}");

@@ -117,6 +117,14 @@ pub struct Live {
 }
 
 impl Live {
+    /// What this host holds of an allocation's chunk not stored yet, when it holds the chunk
+    /// from its start: (chunk, text).
+    pub fn pending(&self, job: &JobKey, alloc: u32) -> Option<(u64, String)> {
+        let jobs = self.jobs.lock().unwrap();
+        let a = jobs.get(job)?.allocs.get(&alloc)?;
+        (a.base == 0 && !a.text.is_empty()).then(|| (a.chunk, a.text.clone()))
+    }
+
     /// Takes a worker's post. Repeats and overlaps are taken once; a post past a gap (this
     /// host restarted, or posts were lost) starts the kept text anew from its offset.
     pub fn post(&self, job: &JobKey, p: Post) {

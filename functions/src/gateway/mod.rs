@@ -183,6 +183,20 @@ impl Gateway {
     }
 
     /// The live logs this host relays (its event handling tells it of status moves).
+    /// A worker of `job` ended abnormally (killed, its miner lost): what it printed since its
+    /// last stored chunk, which this host holds from the worker's live posts, is stored as
+    /// that chunk (create-only: a chunk the worker did store is left as it is).
+    pub async fn keep_lost_log(&self, job: &JobKey, alloc: u32) {
+        let Some((chunk, text)) = self.live.pending(job, alloc) else { return };
+        match self.ctx.store.create_bytes(&job.log_chunk(alloc, chunk), bytes::Bytes::from(text)).await {
+            Ok(aic_core::store::Created::Created) => {
+                tracing::info!(job = %job.job, alloc, chunk, "stored the log a lost worker had not")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(job = %job.job, alloc, error = %e, "cannot store a lost worker's log"),
+        }
+    }
+
     pub fn live(&self) -> &live::Live {
         &self.live
     }

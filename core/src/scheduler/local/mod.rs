@@ -145,6 +145,7 @@ struct Inner {
     state: Mutex<State>,
     idle: tokio::sync::Notify,
     job_ended: Mutex<Option<super::JobEnded>>,
+    worker_lost: Mutex<Option<super::WorkerLost>>,
     /// Where workers that keep their store access reach `aic exec` (the embedded pool's host).
     exec_gateway: Mutex<Option<crate::grant::WorkerGateway>>,
 }
@@ -178,6 +179,7 @@ impl LocalScheduler {
                 idle: tokio::sync::Notify::new(),
                 worker_gateway: Mutex::new(None),
                 job_ended: Mutex::new(None),
+                worker_lost: Mutex::new(None),
                 exec_gateway: Mutex::new(None),
             }),
         }
@@ -318,6 +320,10 @@ impl Scheduler for LocalScheduler {
 
     fn on_job_end(&self, hook: super::JobEnded) {
         *self.inner.job_ended.lock().unwrap() = Some(hook);
+    }
+
+    fn on_worker_lost(&self, hook: super::WorkerLost) {
+        *self.inner.worker_lost.lock().unwrap() = Some(hook);
     }
 
     /// None of the job's workers is alive (each recorded what it used when it was reaped).

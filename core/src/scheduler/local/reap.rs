@@ -167,6 +167,12 @@ impl LocalScheduler {
             }
         }
         self.persist(&self.inner.state.lock().unwrap(), &job);
+        if !ok {
+            let hook = self.inner.worker_lost.lock().unwrap().clone();
+            if let Some(hook) = hook {
+                hook(&job, index);
+            }
+        }
         if !ok && !cancelled && !restarting {
             let how = match &exit {
                 Exit::Waited(Ok(s)) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
