@@ -54,6 +54,7 @@ pub struct Hosted {
 impl Drop for Hosted {
     fn drop(&mut self) {
         self.proxy_task.abort();
+        self.scheduler.release();
         let _ = std::fs::remove_file(self.home.join("serve.addr"));
         let _ = std::fs::remove_file(self.home.join("exec.secret"));
     }
@@ -175,7 +176,10 @@ impl Hosted {
             },
         };
         let serve_addr = format!("http://{}", listener.local_addr()?);
-        std::fs::write(env.home.join("serve.addr"), &serve_addr)?;
+        // Whole or not at all: a reader never sees it empty.
+        let tmp = env.home.join(".serve.addr.tmp");
+        std::fs::write(&tmp, &serve_addr)?;
+        std::fs::rename(&tmp, env.home.join("serve.addr"))?;
         let proxy = Some(Arc::new(
             aic_functions::proxy::Proxy::new(env.store.clone()).with_scheduler(Arc::new(scheduler.clone())),
         ));

@@ -202,6 +202,15 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     // Lose replica 1's whole allocation (its worker and its uWSGI, as when a miner dies):
     // replica 0 keeps serving untouched, and only replica 1 starts again, on the free miner.
     let (r0, u1) = (uwsgi_of(&job, 0).unwrap(), uwsgi_of(&job, 1).unwrap());
+    let host_of = |alloc: u32| -> String {
+        let reg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(h.path().join(format!("aic/store/pool/serving/{job}/{alloc}.json"))).unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        reg["host"].as_str().unwrap_or_default().to_string()
+    };
+    // The miners' addresses: loopback ones, or their namespaces' (AIC_POOL_NETNS=1).
+    let (host0, host1) = (host_of(0), host_of(1));
     let w1 = parent_of(u1);
     for pg in [w1, u1] {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
@@ -215,7 +224,8 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     loop {
         let reg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&replica1).unwrap_or_default()).unwrap_or_default();
-        if reg["host"] == "127.0.1.3" && reg["healthy"] == true {
+        let host = reg["host"].as_str().unwrap_or_default();
+        if !host.is_empty() && host != host0 && host != host1 && reg["healthy"] == true {
             break;
         }
         assert!(Instant::now() < deadline, "replica 1 did not register from the third miner: {reg}");

@@ -862,27 +862,64 @@ print(f"rank {r} of {n} ok {w[0]:.6f}")
 /// Several ranks per miner on several miners: each simulated miner's MPI daemon numbers its
 /// ranks from 0 under the same host name, which made their shared-memory segments collide
 /// (a SIGSEGV in about half the 2×2 runs). Each layout runs `AIC_TEST_MPI_RUNS` times
-/// (default 2; it was run 20 times in a row when fixed).
+/// (default 2; `AIC_TEST_MPI_RUNS=20` for the full check), with the miners in namespaces of
+/// their own and on the loopback fallback.
 #[test]
 fn mpi_jobs_with_several_ranks_on_each_of_several_miners_run_every_time() {
-    let h = Home::new();
-    let script = h.write("allreduce.py", ALLREDUCE_PY);
-    let pool = [("AIC_POOL_MINERS", "4"), ("AIC_POOL_GPUS", "2")];
-    let _up = DevUp::start_with(&h, &pool);
+    // As root the miners are hosts of their own (network and UTS namespaces); the fallback
+    // (loopback addresses, one hostname) must work as well: both are run where both exist.
+    let netns = nix::unistd::geteuid().is_root() && Command::new("ip").arg("-V").output().is_ok();
+    let modes: &[&str] = if netns { &["1", "0"] } else { &["0"] };
     let runs: usize = std::env::var("AIC_TEST_MPI_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    for (miners, gpus) in [(2u32, 2u32), (4, 2)] {
-        let ranks = miners * gpus;
-        for run in 0..runs {
-            let (m, g) = (miners.to_string(), gpus.to_string());
-            let args = ["run", script.to_str().unwrap(), "--launcher", "mpi", "--miners", &m, "--gpus", &g];
-            let out = h.cmd(&args).envs(pool).output().unwrap();
+    for mode in modes {
+        let h = Home::new();
+        let script = h.write("allreduce.py", ALLREDUCE_PY);
+        let pool = [("AIC_POOL_MINERS", "4"), ("AIC_POOL_GPUS", "2"), ("AIC_POOL_NETNS", mode)];
+        let _up = DevUp::start_with(&h, &pool);
+        if *mode == "1" {
+            // Each miner has its own hostname and address, off this machine's loopback.
+            let who = h.write("who.sh", "echo \"$(hostname) $AIC_HOST\"\n");
+            let out = h.cmd(&["run", who.to_str().unwrap(), "--miners", "4"]).envs(pool).output().unwrap();
             let (stdout, stderr) = text(&out);
-            assert!(out.status.success(), "{miners}×{gpus} run {run}: {stderr}\n{stdout}");
-            let ok: Vec<&str> = stdout.lines().filter(|l| l.contains(&format!(" of {ranks} ok "))).collect();
-            assert_eq!(ok.len(), ranks as usize, "{miners}×{gpus} run {run}: {stdout}");
-            // Data parallel: every rank ends with the same weights.
-            let w: std::collections::BTreeSet<&str> = ok.iter().filter_map(|l| l.rsplit(' ').next()).collect();
-            assert_eq!(w.len(), 1, "{stdout}");
+            assert!(out.status.success(), "{stderr}");
+            let seen: std::collections::BTreeSet<(String, String)> = stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix('[')?.split_once("] ")?.1.split_once(' '))
+                .map(|(n, a)| (n.to_string(), a.to_string()))
+                .collect();
+            let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["miner-1", "miner-2", "miner-3", "miner-4"], "{stdout}");
+            let addrs: std::collections::BTreeSet<&str> = seen.iter().map(|(_, a)| a.as_str()).collect();
+            assert_eq!(addrs.len(), 4, "{stdout}");
+            assert!(addrs.iter().all(|a| a.starts_with("10.")), "namespace addresses: {stdout}");
+        }
+        for (miners, gpus) in [(2u32, 2u32), (4, 2)] {
+            let ranks = miners * gpus;
+            for run in 0..runs {
+                let (m, g) = (miners.to_string(), gpus.to_string());
+                // Paid for 3 minutes: a run that hangs is stopped at its time limit and fails
+                // here, instead of holding the suite.
+                let args = [
+                    "run",
+                    script.to_str().unwrap(),
+                    "--launcher",
+                    "mpi",
+                    "--miners",
+                    &m,
+                    "--gpus",
+                    &g,
+                    "--hours",
+                    "0.05",
+                ];
+                let out = h.cmd(&args).envs(pool).output().unwrap();
+                let (stdout, stderr) = text(&out);
+                assert!(out.status.success(), "AIC_POOL_NETNS={mode} {miners}×{gpus} run {run}: {stderr}\n{stdout}");
+                let ok: Vec<&str> = stdout.lines().filter(|l| l.contains(&format!(" of {ranks} ok "))).collect();
+                assert_eq!(ok.len(), ranks as usize, "{miners}×{gpus} run {run}: {stdout}");
+                // Data parallel: every rank ends with the same weights.
+                let w: std::collections::BTreeSet<&str> = ok.iter().filter_map(|l| l.rsplit(' ').next()).collect();
+                assert_eq!(w.len(), 1, "{stdout}");
+            }
         }
     }
 }

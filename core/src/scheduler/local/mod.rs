@@ -30,6 +30,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 mod ledger;
+mod net;
 mod place;
 mod reap;
 mod spawn;
@@ -148,6 +149,8 @@ struct Inner {
     worker_lost: Mutex<Option<super::WorkerLost>>,
     /// Where workers that keep their store access reach `aic exec` (the embedded pool's host).
     exec_gateway: Mutex<Option<crate::grant::WorkerGateway>>,
+    /// The miners' network namespaces, when they have them (`net`).
+    net: Option<net::Net>,
 }
 
 /// Cheap to clone.
@@ -158,10 +161,23 @@ pub struct LocalScheduler {
 
 impl LocalScheduler {
     pub fn new(cfg: LocalConfig, store: Store) -> Self {
+        let net = match net::Net::wanted() {
+            false => None,
+            true => match net::Net::setup(&cfg.work_root, cfg.miners) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the simulated miners cannot have network namespaces here; they share this host's loopback");
+                    None
+                }
+            },
+        };
         let miners = (0..cfg.miners)
             .map(|i| Miner {
                 name: format!("miner-{}", i + 1),
-                host: std::net::Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8),
+                host: match &net {
+                    Some(n) => n.address(i),
+                    None => std::net::Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8),
+                },
                 free: vec![true; cfg.gpus_per_miner as usize],
             })
             .collect();
@@ -181,6 +197,7 @@ impl LocalScheduler {
                 job_ended: Mutex::new(None),
                 worker_lost: Mutex::new(None),
                 exec_gateway: Mutex::new(None),
+                net,
             }),
         }
     }
@@ -208,6 +225,16 @@ impl LocalScheduler {
         self.inner.idle.notified().await
     }
 
+    /// The host stops: the miners' namespaces go, unless a worker still runs in them or a
+    /// job waits (a later host adopts them there).
+    pub fn release(&self) {
+        if let Some(n) = &self.inner.net
+            && self.is_idle()
+        {
+            n.teardown();
+        }
+    }
+
     /// Stops every allocation (the pool is shutting down) and waits for them to end.
     pub async fn shutdown(&self) {
         let jobs: Vec<JobKey> = {
@@ -222,6 +249,7 @@ impl LocalScheduler {
         while !self.inner.state.lock().unwrap().running.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.release();
     }
 }
 

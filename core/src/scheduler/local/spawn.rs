@@ -35,7 +35,27 @@ impl LocalScheduler {
         let miner_name = &st.miners[miner].name;
         let host = st.miners[miner].host;
         let work = self.work_dir(miner_name, job, index);
-        let port = free_port(host)?;
+        let port = match &self.inner.net {
+            // Each miner has its own network stack: only this miner's allocations hold ports.
+            Some(_) => {
+                let held: std::collections::HashSet<u16> = st
+                    .running
+                    .values()
+                    .flat_map(|r| r.allocs.iter())
+                    .filter(|a| a.miner == miner && !a.slots.is_empty())
+                    .map(|a| a.port)
+                    .collect();
+                let from = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos();
+                (0..10_000u32)
+                    .map(|k| 20_000 + ((from + k) % 10_000) as u16)
+                    .find(|p| !held.contains(p))
+                    .unwrap_or(20_000)
+            }
+            None => free_port(host)?,
+        };
         std::fs::create_dir_all(&work)?;
         let exit_file = work.with_extension("exit");
         let _ = std::fs::remove_file(&exit_file);
@@ -89,6 +109,20 @@ impl LocalScheduler {
         let (gate, held) = std::os::unix::net::UnixStream::pair()?;
         cmd.env(START_GATE, "stdin");
         cmd.envs(launch.to_env()).stdin(std::os::fd::OwnedFd::from(held)).stdout(log.try_clone()?).stderr(log);
+        if let Some(n) = &self.inner.net {
+            // The worker runs in the miner's namespaces; the loopback services it is told of
+            // (and the store's, whose presigned URLs the gateway hands out) answer there too.
+            let told: Vec<String> = cmd
+                .get_envs()
+                .filter_map(|(_, v)| Some(v?.to_str()?.to_string()))
+                .chain(cfg.worker_env.iter().map(|(_, v)| v.clone()))
+                .collect();
+            for v in told {
+                n.relay_loopback(miner as u32, &v)?;
+            }
+            cmd.envs(n.egress_env());
+            net::enter(&mut cmd, &n.netns(miner as u32), miner_name.clone())?;
+        }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port, Gate(gate)))
     }

@@ -1,0 +1,260 @@
+//! Simulated miners as hosts of their own (as root; `AIC_POOL_NETNS=0` turns it off): each miner gets a
+//! network namespace with its own address on a bridge of the pool's (a veth pair each), and
+//! each worker its own UTS namespace named after its miner. Allocations of one job on two
+//! miners then talk across a real network stack between hosts of different names, as on a
+//! pool; the serving gateway reaches replicas over the bridge.
+//!
+//! Services the workers are told of on this machine's loopback (the host's gateway, a local
+//! S3 server) answer on each miner's own loopback too, relayed to this machine's, so every
+//! URL works unchanged (a presigned URL's signature covers its host). The miners reach the
+//! internet (a package index) through an HTTP CONNECT proxy on the bridge, as pools with
+//! restricted egress do.
+//! Where namespaces cannot be made (not root, no `ip`), the miners keep their loopback
+//! addresses, with a warning.
+//!
+//! Names come from the pool's work folder, so a host started after one that died finds the
+//! same namespaces (and its adopted workers in them).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The pool's namespaces and bridge.
+pub(super) struct Net {
+    id: String,
+    /// The bridge's address: the host as the miners reach it.
+    pub(super) gateway: Ipv4Addr,
+    miners: u32,
+    relayed: Mutex<HashSet<(u32, u16)>>,
+    egress: std::sync::OnceLock<Option<u16>>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+impl Net {
+    /// Whether the miners get namespaces: as root unless `AIC_POOL_NETNS=0`; `AIC_POOL_NETNS=1`
+    /// asks for them (a warning when they cannot be made).
+    pub(super) fn wanted() -> bool {
+        match std::env::var("AIC_POOL_NETNS").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => nix::unistd::geteuid().is_root(),
+        }
+    }
+
+    /// Makes (or finds) the namespaces of `miners` miners for the pool working in `root`.
+    pub(super) fn setup(root: &std::path::Path, miners: u32) -> Result<Net, String> {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
+        let id = hex::encode(&h[..3]);
+        let bridge = format!("aicb{id}");
+        let exists = std::path::Path::new("/sys/class/net").join(&bridge).exists();
+        let gateway = if exists {
+            read_address(&bridge).ok_or_else(|| format!("bridge {bridge} has no address"))?
+        } else {
+            // 10.(200–249).x.0/24, the first not on this machine already.
+            let taken = Command::new("ip").args(["-o", "-4", "addr"]).output().map_err(|e| format!("ip: {e}"))?;
+            let taken = String::from_utf8_lossy(&taken.stdout).to_string();
+            let free = (0..64u32)
+                .map(|k| Ipv4Addr::new(10, 200 + (h[3] as u32 + k) as u8 % 50, h[4].wrapping_add(k as u8), 1))
+                .find(|a| !taken.contains(&format!(" {}.", a.to_string().rsplit_once('.').unwrap().0)))
+                .ok_or("no free 10.x.y.0/24 for the pool's bridge")?;
+            ip(&["link", "add", &bridge, "type", "bridge"])?;
+            ip(&["addr", "add", &format!("{free}/24"), "dev", &bridge])?;
+            ip(&["link", "set", &bridge, "up"])?;
+            free
+        };
+        let net = Net { id, gateway, miners, relayed: Mutex::new(HashSet::new()), egress: Default::default() };
+        for i in 0..miners {
+            let ns = net.netns(i);
+            if std::path::Path::new("/run/netns").join(&ns).exists() {
+                continue;
+            }
+            let veth = format!("aicv{}{i}", net.id);
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["link", "set", &veth, "master", &bridge, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.address(i)), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    pub(super) fn netns(&self, miner: u32) -> String {
+        format!("aic{}-{}", self.id, miner + 1)
+    }
+
+    /// Miner `miner`'s address on the bridge.
+    pub(super) fn address(&self, miner: u32) -> Ipv4Addr {
+        let o = self.gateway.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 10 + miner as u8)
+    }
+
+    /// Makes the loopback services named in `value` (`http://127.0.0.1:P`,
+    /// `http://localhost:P`) answer on miner `miner`'s own loopback too, relayed to this
+    /// machine's: a URL the worker is told of (or gets from the gateway, such as a presigned
+    /// S3 URL, whose signature covers its host) works unchanged on the miner.
+    pub(super) fn relay_loopback(&self, miner: u32, value: &str) -> std::io::Result<()> {
+        for lo in ["http://127.0.0.1:", "http://localhost:"] {
+            for (at, _) in value.match_indices(lo) {
+                let digits: String = value[at + lo.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                if let Ok(port) = digits.parse::<u16>() {
+                    self.relay(miner, port)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Listens on `127.0.0.1:port` inside miner `miner`'s namespace (a thread enters it to
+    /// bind, the socket stays there) and relays each connection to this machine's
+    /// `127.0.0.1:port` (once per miner and port).
+    fn relay(&self, miner: u32, port: u16) -> std::io::Result<()> {
+        if self.relayed.lock().unwrap().contains(&(miner, port)) {
+            return Ok(());
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return Ok(()) };
+        let ns = std::fs::File::open(std::path::Path::new("/run/netns").join(self.netns(miner)))?;
+        let listener = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the relay's thread panicked"))??;
+        self.relayed.lock().unwrap().insert((miner, port));
+        rt.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = out.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Where the miners reach the internet (a package index, a model hub), as real miners do:
+    /// an HTTP CONNECT proxy on the bridge's address, started on first use. It refuses this
+    /// machine's loopback and the pool's bridge (a job reaches the pool only through what it
+    /// is told of). The variables a worker gets for it.
+    pub(super) fn egress_env(&self) -> Vec<(String, String)> {
+        let Some(port) = *self.egress.get_or_init(|| self.start_egress()) else { return Vec::new() };
+        let proxy = format!("http://{}:{port}", self.gateway);
+        let mut no = vec!["localhost".to_string(), "127.0.0.1".to_string(), self.gateway.to_string()];
+        no.extend((0..self.miners).map(|i| self.address(i).to_string()));
+        let no = no.join(",");
+        ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"]
+            .into_iter()
+            .map(|k| (k.to_string(), proxy.clone()))
+            .chain(["NO_PROXY", "no_proxy"].into_iter().map(|k| (k.to_string(), no.clone())))
+            .collect()
+    }
+
+    fn start_egress(&self) -> Option<u16> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let listener = std::net::TcpListener::bind((self.gateway, 0)).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        listener.set_nonblocking(true).ok()?;
+        let bridge = self.gateway.octets();
+        rt.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(connect_proxy(inbound, bridge));
+            }
+        });
+        Some(port)
+    }
+
+    /// Removes the namespaces and the bridge (the pool stopped and nothing runs).
+    pub(super) fn teardown(&self) {
+        for i in 0..self.miners {
+            let _ = ip(&["netns", "del", &self.netns(i)]);
+        }
+        let _ = ip(&["link", "del", &format!("aicb{}", self.id)]);
+    }
+}
+
+fn read_address(dev: &str) -> Option<Ipv4Addr> {
+    let out = Command::new("ip").args(["-o", "-4", "addr", "show", "dev", dev]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let word = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    word.split('/').next()?.parse().ok()
+}
+
+/// Enters miner `ns`'s network namespace and a UTS namespace of its own named `hostname`:
+/// run in the worker's process between fork and exec.
+pub(super) fn enter(cmd: &mut std::process::Command, ns: &str, hostname: String) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let fd = std::fs::File::open(std::path::Path::new("/run/netns").join(ns))?;
+    // SAFETY: only system calls between fork and exec (setns, unshare, sethostname); `fd`
+    // lives in the closure until the child execs (it is close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::sched::{CloneFlags, setns, unshare};
+            setns(&fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            unshare(CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
+            nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// One client of the egress proxy: `CONNECT host:port` → a tunnel; anything else, or a
+/// target on this machine's loopback or the pool's bridge, is refused.
+async fn connect_proxy(mut inbound: tokio::net::TcpStream, bridge: [u8; 4]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match inbound.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 16 * 1024 {
+            return;
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let mut first = text.lines().next().unwrap_or_default().split_whitespace();
+    let (method, target) = (first.next().unwrap_or_default(), first.next().unwrap_or_default().to_string());
+    let refusal = |why: &str| format!("HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\n\r\n{why}", why.len());
+    if method != "CONNECT" {
+        let _ = inbound.write_all(refusal("only CONNECT").as_bytes()).await;
+        return;
+    }
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(&target).await {
+        Ok(a) => a.collect(),
+        Err(_) => Vec::new(),
+    };
+    let inside = |a: &std::net::SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.octets()[..3] == bridge[..3],
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
+    };
+    if addrs.is_empty() || addrs.iter().any(inside) {
+        let _ = inbound.write_all(refusal("not reachable from a miner").as_bytes()).await;
+        return;
+    }
+    let Ok(mut out) = tokio::net::TcpStream::connect(&addrs[..]).await else {
+        let _ = inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n").await;
+        return;
+    };
+    if inbound.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+}
