@@ -10,21 +10,6 @@ use common::*;
 
 const OWNER: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
 
-/// The aic-worker processes of a job (found through their environment).
-fn workers_of(job: &str) -> Vec<i32> {
-    let want = format!("AIC_JOB_ID={job}");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
-        if comm.trim() == "aic-worker" && environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 fn until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !ok() {

@@ -278,3 +278,23 @@ pub fn run_webapp(cfg: &serde_json::Value) -> serde_json::Value {
         panic!("the browser run gave no result ({e}): {said}{}", String::from_utf8_lossy(&run.stderr))
     })
 }
+
+/// Processes of a job (found through their environment), with their command names.
+pub fn processes_of(job: &str) -> Vec<(i32, String)> {
+    let want = format!("AIC_JOB_ID={job}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The aic-worker processes of a job.
+pub fn workers_of(job: &str) -> Vec<i32> {
+    processes_of(job).into_iter().filter(|(_, c)| c == "aic-worker").map(|(p, _)| p).collect()
+}

@@ -39,18 +39,7 @@ struct Record {
     queued: Option<i64>,
     /// In index order; an ended allocation holds no slots.
     #[serde(default)]
-    allocs: Vec<AllocRecord>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct AllocRecord {
-    miner: usize,
-    slots: Vec<usize>,
-    pid: i32,
-    /// The worker process's start, in clock ticks since boot.
-    ticks: u64,
-    port: u16,
-    started: chrono::DateTime<chrono::Utc>,
+    allocs: Vec<Alloc>,
 }
 
 /// When the process `pid` started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`);
@@ -105,18 +94,7 @@ impl LocalScheduler {
                 cancelled: r.cancelled,
                 restarting: r.restarting.clone(),
                 queued: None,
-                allocs: r
-                    .allocs
-                    .iter()
-                    .map(|a| AllocRecord {
-                        miner: a.miner,
-                        slots: a.slots.clone(),
-                        pid: a.pid,
-                        ticks: a.ticks,
-                        port: a.port,
-                        started: a.started,
-                    })
-                    .collect(),
+                allocs: r.allocs.iter().map(|a| Alloc { slots: a.slots.clone(), ..*a }).collect(),
             })
         } else {
             st.queue.iter().find(|q| &q.job == job).map(|q| Record {
@@ -188,7 +166,7 @@ impl LocalScheduler {
                         // The pool is smaller now: the worker is stopped and counted as lost.
                         let _ = killpg(Pid::from_raw(a.pid), Signal::SIGKILL);
                         tracing::warn!(job = %job.job, "a worker on a miner this pool no longer has; stopped");
-                        allocs.push(Alloc { slots: Vec::new(), ..alloc_of(&a) });
+                        allocs.push(Alloc { slots: Vec::new(), ..a });
                         continue;
                     }
                     if !a.slots.is_empty() {
@@ -202,7 +180,7 @@ impl LocalScheduler {
                             gone.push((job.clone(), index as u32));
                         }
                     }
-                    allocs.push(alloc_of(&a));
+                    allocs.push(a);
                 }
                 if allocs.iter().all(|a| a.slots.is_empty()) {
                     done.push(job.clone());
@@ -274,10 +252,6 @@ impl LocalScheduler {
         let f = self.work_dir(miner, job, index).with_extension("exit");
         std::fs::read_to_string(f).ok()?.trim().parse().ok()
     }
-}
-
-fn alloc_of(a: &AllocRecord) -> Alloc {
-    Alloc { miner: a.miner, slots: a.slots.clone(), pid: a.pid, ticks: a.ticks, port: a.port, started: a.started }
 }
 
 /// Writes `body` to `path` through a temporary file and a rename: a reader (or a host started

@@ -75,6 +75,7 @@ struct Miner {
     free: Vec<bool>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Alloc {
     miner: usize,
     slots: Vec<usize>,

@@ -77,6 +77,9 @@ impl LocalScheduler {
         let worker_env = launch::passed_on(&cfg.worker_env, access);
         // Defaults for the simulated miners first: the operator's worker_env may change
         // them; the allocation's own variables come last.
+        // Open MPI's TCP transport on the miners' own interface only: on the loopback the
+        // machine's other interfaces (other pools' bridges, which come and go) are not theirs.
+        cmd.env("OMPI_MCA_btl_tcp_if_include", if self.inner.net.is_some() { "eth0" } else { "lo" });
         cmd.env("OMPI_MCA_coll", "^han")
             .env("OMPI_MCA_mpi_yield_when_idle", "1")
             .env("OMPI_MCA_btl", "self,sm,tcp")
