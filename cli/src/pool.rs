@@ -406,7 +406,7 @@ pub async fn gateways(env: &Env, host: Option<&Hosted>) -> anyhow::Result<Vec<Ga
                 vec![GatewayInfo {
                     name: "local".into(),
                     miners: (1..=miners)
-                        .map(|i| MinerInfo { name: format!("miner-{i}"), gpus, free_gpus: gpus })
+                        .map(|i| MinerInfo { name: format!("miner-{i}"), gpus, free_gpus: gpus, down: None })
                         .collect(),
                 }]
             }
@@ -432,7 +432,10 @@ pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
             g.miners.len()
         );
         for m in &g.miners {
-            println!("   {:<20} {}, {} free", m.name, aic_core::plural(m.gpus, "GPU"), m.free_gpus);
+            match &m.down {
+                Some(why) => println!("   {:<20} {}, down: {why}", m.name, aic_core::plural(m.gpus, "GPU")),
+                None => println!("   {:<20} {}, {} free", m.name, aic_core::plural(m.gpus, "GPU"), m.free_gpus),
+            }
         }
     }
     Ok(())

@@ -117,3 +117,187 @@ fn a_killed_host_is_taken_over_by_the_next_running_and_waiting_jobs_and_deployme
     let ledger = h.path().join("aic/work/.scheduler");
     until("the scheduler holds nothing", 10, || walk(&ledger).is_empty());
 }
+
+/// Whether the miners can be hosts of their own here (root, `ip`): cutting one off needs it.
+fn namespaces() -> bool {
+    let ok = nix::unistd::geteuid().is_root() && std::process::Command::new("ip").arg("-V").output().is_ok();
+    if !ok {
+        eprintln!("not root or no `ip`: the miners share this host's loopback and cannot be cut off");
+    }
+    ok
+}
+
+/// The network namespace (`aic<id>-<n>`) a process runs in, and its miner's number.
+fn miner_of(pid: i32) -> (String, u32) {
+    let out = std::process::Command::new("ip").args(["netns", "identify", &pid.to_string()]).output().unwrap();
+    let ns = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let n = ns.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).unwrap_or_else(|| panic!("pid {pid} in {ns:?}"));
+    (ns, n)
+}
+
+/// Sets miner namespace `ns`'s link (`eth0`) up or down.
+fn link(ns: &str, state: &str) {
+    let ok = std::process::Command::new("ip").args(["-n", ns, "link", "set", "eth0", state]).status().unwrap();
+    assert!(ok.success(), "ip -n {ns} link set eth0 {state}");
+}
+
+const LOST_POOL: [(&str, &str); 4] =
+    [("AIC_POOL_MINERS", "3"), ("AIC_POOL_NETNS", "1"), ("AIC_POOL_LOST_AFTER", "3"), ("AIC_SYNC_SECONDS", "0.3")];
+
+/// A miner cut off the network (its link down) during an MPI job: its heartbeat stops, the
+/// pool takes it for lost, the job starts again from its checkpoint on the other miners,
+/// and nothing is placed on it while it is down; with its link back it rejoins the pool.
+#[test]
+fn a_miner_cut_off_the_network_is_lost_its_mpi_job_resumes_elsewhere_and_it_rejoins() {
+    if !namespaces() {
+        return;
+    }
+    let h = Home::new();
+    let data = h.path().join("digits-data");
+    digits_dataset(&data);
+    assert!(h.aic(&["data", "put", data.to_str().unwrap(), "digits"]).status.success());
+    let _pool = DevUp::start_with(&h, &LOST_POOL);
+    let code = repo().join("examples/digits");
+    let out = h.aic(&[
+        "run",
+        "--detach",
+        code.to_str().unwrap(),
+        "--entrypoint",
+        "train_mpi.py",
+        "--launcher",
+        "mpi",
+        "--miners",
+        "2",
+        "--data",
+        "digits",
+        "--",
+        "--epochs",
+        "12",
+        "--sleep",
+        "0.4",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let job = text(&out).0.trim().to_string();
+    let ckpt = h.path().join(format!("aic/store/users/{OWNER}/jobs/{job}/output/model.npz"));
+    until("training gets going", 90, || ckpt.exists() && text(&h.aic(&["logs", &job])).0.contains("epoch 4/12"));
+    let workers = workers_of(&job);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let (ns, n) = miner_of(workers[1]);
+    let cut = format!("miner-{n}");
+
+    link(&ns, "down");
+    until("the job starts again", 60, || h.history(&job).iter().any(|r| r["state"] == "retrying"));
+    let retry = h.history(&job).into_iter().find(|r| r["state"] == "retrying").unwrap();
+    let reason = retry["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("on {cut} was lost ({cut} stopped answering (no heartbeat for")), "{retry}");
+    assert!(reason.contains("starting again from the last checkpoint"), "{retry}");
+    let pool = text(&h.aic(&["pool"])).0;
+    assert!(pool.contains(&cut) && pool.contains("down: "), "the pool shows it down: {pool}");
+    assert!(pool.contains("available miners: ") && !pool.contains("available miners: 3"), "{pool}");
+
+    until("the job succeeds", 180, || h.state(&job) == "succeeded");
+    let logs = text(&h.aic(&["logs", &job])).0;
+    let resumed: u32 = logs
+        .lines()
+        .find_map(|l| l.split("resuming from checkpoint at epoch ").nth(1))
+        .expect("the restarted run resumes")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(resumed >= 4, "{logs}");
+    // The retry ran on the two miners left, not on the one cut off.
+    let allocs = h.path().join(format!("aic/store/users/{OWNER}/jobs/{job}/allocs"));
+    let mut attempts: Vec<u32> =
+        std::fs::read_dir(&allocs).unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    // Each allocation's result is under its attempt; the lost attempt's workers left none.
+    attempts.sort();
+    assert_eq!(attempts, [1], "only the retry's allocations ended with a result");
+    until("both allocations' results", 30, || walk(&allocs.join("1")).len() == 2);
+    let placed: Vec<String> = walk(&allocs.join("1"))
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["miner"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert!(!placed.contains(&cut), "the retry went to the miner cut off: {placed:?}");
+
+    // Back on the network: it rejoins, and a job that needs every miner runs on it.
+    link(&ns, "up");
+    until("the miner rejoins", 30, || !text(&h.aic(&["pool"])).0.contains("down: "));
+    let who = h.write("who.sh", "hostname\n");
+    let out = h.aic(&["run", who.to_str().unwrap(), "--miners", "3"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&cut), "{stdout}");
+}
+
+/// A replica's miner cut off the network: the deployment keeps answering from the other
+/// replica all along, the lost one is started again on a miner still up, and the miner
+/// rejoins when its link is back.
+#[test]
+fn a_deployment_keeps_answering_while_a_replicas_miner_is_cut_off() {
+    if !namespaces() {
+        return;
+    }
+    let h = Home::new();
+    let _pool = DevUp::start_with(&h, &LOST_POOL);
+    h.write("api/app.py", "import os\nfrom flask import Flask\napp = Flask(__name__)\n\n@app.get('/')\ndef index():\n    return 'ok from ' + os.environ.get('AIC_ALLOC_INDEX', '?')\n");
+    h.write("api/requirements.txt", "flask\n");
+    let out = h.aic(&["deploy", h.path().join("api").to_str().unwrap(), "--replicas", "2"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let dep = text(&out)
+        .0
+        .lines()
+        .find_map(|l| l.strip_prefix("deployment  : "))
+        .and_then(|l| l.split(' ').next())
+        .expect("the deployment is printed")
+        .to_string();
+    let api = format!("{}/d/{dep}/", std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    until("both replicas answer", 120, || {
+        let (code, body) = get(&api);
+        if code == 200 {
+            seen.insert(body);
+        }
+        seen.len() == 2
+    });
+    let workers = workers_of(&dep);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let (ns, n) = miner_of(workers[0]);
+    let cut = format!("miner-{n}");
+
+    link(&ns, "down");
+    // Every request answers while the replica is lost and replaced (a request that meets
+    // the cut-off one first is passed to the other).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answered = 0;
+    loop {
+        let (code, body) = get(&api);
+        assert_eq!(code, 200, "request {answered} after the cut: {body}");
+        answered += 1;
+        let now = workers_of(&dep);
+        if now.len() == 2 && !now.contains(&workers[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lost replica was not started again");
+    }
+    let now = workers_of(&dep);
+    assert!(now.iter().all(|p| miner_of(*p).1 != n), "a replica runs on {cut}, cut off");
+    until("the new replica answers too", 120, || {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let (code, body) = get(&api);
+            assert_eq!(code, 200, "{body}");
+            seen.insert(body);
+        }
+        seen.len() == 2
+    });
+    let pool = text(&h.aic(&["pool"])).0;
+    assert!(pool.contains("down: "), "{pool}");
+    link(&ns, "up");
+    until("the miner rejoins", 30, || !text(&h.aic(&["pool"])).0.contains("down: "));
+    assert!(h.aic(&["deploy", "rm", &dep]).status.success());
+    until("the replicas stop", 30, || workers_of(&dep).is_empty());
+}

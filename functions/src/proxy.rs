@@ -80,6 +80,10 @@ impl Proxy {
                 .pool_idle_timeout(Duration::from_secs(20))
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(2))
+                // A replica whose miner is cut off never acknowledges a request sent on a
+                // connection kept from before: the kernel gives up on it after 3 s instead
+                // of the answer's 60 s, and the request goes to another replica.
+                .tcp_user_timeout(Duration::from_secs(3))
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("an HTTP client builds"),
@@ -290,7 +294,11 @@ impl Proxy {
                     last_err = format!("replica {} at {}:{} did not answer", r.alloc, r.host, r.port);
                     tracing::info!(deployment, %last_err, "trying another replica");
                 }
-                Err(e) => last_err = format!("replica {}: {e}", r.alloc),
+                Err(e) => {
+                    self.benched.lock().unwrap().insert((r.host.clone(), r.port), Instant::now());
+                    last_err = format!("replica {}: {e}", r.alloc);
+                    tracing::info!(deployment, %last_err, "trying another replica");
+                }
             }
         }
         self.cache.lock().unwrap().remove(deployment);

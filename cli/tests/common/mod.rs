@@ -37,7 +37,9 @@ pub struct Home {
 
 impl Home {
     pub fn new() -> Home {
-        Home { dir: tempfile::tempdir().unwrap() }
+        // `AIC_TEST_KEEP=1` keeps each test's home (its `dev-up.log`) to look into a failure.
+        let keep = std::env::var("AIC_TEST_KEEP").is_ok_and(|v| v == "1");
+        Home { dir: tempfile::Builder::new().disable_cleanup(keep).tempdir().unwrap() }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,7 +122,9 @@ impl DevUp {
     pub fn start_with(h: &Home, env: &[(&str, &str)]) -> DevUp {
         let mut cmd = h.cmd(&["dev", "up"]);
         cmd.envs(env.iter().copied());
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // Its log is kept beside the home (`dev-up.log`) for a failing test to be read.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(h.path().join("dev-up.log")).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         // The chain first, then the serving gateway: both written once it hosts the pool.
         while !h.path().join("aic/chain.json").exists() || !h.path().join("aic/serve.addr").exists() {

@@ -86,6 +86,9 @@ pub struct MinerInfo {
     pub name: String,
     pub gpus: u32,
     pub free_gpus: u32,
+    /// Why the miner is down (not heard from), when it is: it takes no allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<String>,
 }
 
 /// A gateway (Nomad datacenter / node pool) and its miners.
@@ -248,7 +251,7 @@ mod tests {
             miners: gpus
                 .iter()
                 .enumerate()
-                .map(|(i, g)| MinerInfo { name: format!("m{i}"), gpus: *g, free_gpus: 0 })
+                .map(|(i, g)| MinerInfo { name: format!("m{i}"), gpus: *g, free_gpus: 0, down: None })
                 .collect(),
         }
     }

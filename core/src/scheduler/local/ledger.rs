@@ -94,7 +94,7 @@ impl LocalScheduler {
                 cancelled: r.cancelled,
                 restarting: r.restarting.clone(),
                 queued: None,
-                allocs: r.allocs.iter().map(|a| Alloc { slots: a.slots.clone(), ..*a }).collect(),
+                allocs: r.allocs.iter().map(|a| Alloc { slots: a.slots.clone(), lost: a.lost.clone(), ..*a }).collect(),
             })
         } else {
             st.queue.iter().find(|q| &q.job == job).map(|q| Record {

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+mod heartbeat;
 mod ledger;
 mod net;
 mod place;
@@ -73,6 +74,8 @@ struct Miner {
     host: std::net::Ipv4Addr,
     /// `true` where the GPU slot is free.
     free: Vec<bool>,
+    /// Why it is down (not heard from: `heartbeat`): nothing is placed on it.
+    down: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -86,6 +89,9 @@ struct Alloc {
     port: u16,
     /// When its worker was started (the start of what it is charged for).
     started: chrono::DateTime<chrono::Utc>,
+    /// Why it was given up on (its miner lost) before its worker ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lost: Option<String>,
 }
 
 struct Running {
@@ -180,9 +186,10 @@ impl LocalScheduler {
                     None => std::net::Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8),
                 },
                 free: vec![true; cfg.gpus_per_miner as usize],
+                down: None,
             })
             .collect();
-        LocalScheduler {
+        let this = LocalScheduler {
             inner: Arc::new(Inner {
                 cfg,
                 store,
@@ -200,7 +207,9 @@ impl LocalScheduler {
                 exec_gateway: Mutex::new(None),
                 net,
             }),
-        }
+        };
+        this.watch_miners();
+        this
     }
 
     /// From now on, workers reach the bucket through `g` with their job's token instead of
@@ -234,6 +243,34 @@ impl LocalScheduler {
         {
             n.teardown();
         }
+    }
+
+    /// Stops the workers `pids` of `job`: SIGTERM to each one's process group, SIGKILL to
+    /// those still running [`KILL_GRACE`] later (a program hung on a lost peer ignores the
+    /// first).
+    fn stop_workers(&self, job: &JobKey, pids: Vec<i32>) {
+        for pid in &pids {
+            let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        if pids.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(KILL_GRACE).await;
+            // Only the workers told to stop: a resumed run's new workers may hold the job now.
+            let still: Vec<i32> = {
+                let st = this.inner.state.lock().unwrap();
+                st.running
+                    .get(&job)
+                    .map(|r| r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect())
+                    .unwrap_or_default()
+            };
+            for pid in still.into_iter().filter(|p| pids.contains(p)) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        });
     }
 
     /// Stops every allocation (the pool is shutting down) and waits for them to end.
@@ -322,28 +359,7 @@ impl Scheduler for LocalScheduler {
             self.persist(&st, job);
             pids
         };
-        for pid in &pids {
-            let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
-        }
-        if !pids.is_empty() {
-            let this = self.clone();
-            let job = job.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(KILL_GRACE).await;
-                // Only the workers told to stop: a resumed run's new workers may hold the job now.
-                let still: Vec<i32> = {
-                    let st = this.inner.state.lock().unwrap();
-                    st.running
-                        .get(&job)
-                        .map(|r| r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect())
-                        .unwrap_or_default()
-                };
-                let still = still.into_iter().filter(|p| pids.contains(p));
-                for pid in still {
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            });
-        }
+        self.stop_workers(job, pids);
         Ok(())
     }
 
@@ -366,7 +382,7 @@ impl Scheduler for LocalScheduler {
             .running
             .iter()
             .filter(|(job, r)| job.job.as_str() == deployment && !r.cancelled)
-            .flat_map(|(_, r)| r.allocs.iter().filter(|a| !a.slots.is_empty()))
+            .flat_map(|(_, r)| r.allocs.iter().filter(|a| !a.slots.is_empty() && a.lost.is_none()))
             .map(|a| (st.miners[a.miner].host.to_string(), a.port))
             .collect();
         Ok(Some(out))
@@ -394,7 +410,8 @@ impl Scheduler for LocalScheduler {
                 .map(|m| MinerInfo {
                     name: m.name.clone(),
                     gpus: m.free.len() as u32,
-                    free_gpus: m.free.iter().filter(|f| **f).count() as u32,
+                    free_gpus: if m.down.is_some() { 0 } else { m.free.iter().filter(|f| **f).count() as u32 },
+                    down: m.down.clone(),
                 })
                 .collect(),
         }])

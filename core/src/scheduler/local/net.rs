@@ -13,12 +13,24 @@
 //! addresses, with a warning.
 //!
 //! Names come from the pool's work folder, so a host started after one that died finds the
-//! same namespaces (and its adopted workers in them).
+//! same namespaces (and its adopted workers in them). Each pool notes its folder in
+//! `/run/aic-pools/<id>`; a pool that sets up removes the namespaces of pools whose folder is
+//! gone (a host killed outright, whose folder was then deleted, leaves them behind).
+//!
+//! Each miner's agent sends the host a heartbeat across its link ([`Net::start_heartbeats`]),
+//! as a Nomad client does to its servers: a miner cut off the network falls silent, and the
+//! scheduler takes it for lost (`heartbeat`). The relayed services cross each miner's link
+//! too, so a miner cut off reaches nothing of the pool's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where each pool notes its work folder: `<POOLS>/<id>`.
+const POOLS: &str = "/run/aic-pools";
 
 /// The pool's namespaces and bridge.
 pub(super) struct Net {
@@ -27,6 +39,8 @@ pub(super) struct Net {
     pub(super) gateway: Ipv4Addr,
     miners: u32,
     relayed: Mutex<HashSet<(u32, u16)>>,
+    /// Per loopback port relayed: where this machine's side listens on the bridge.
+    bridged: Mutex<HashMap<u16, u16>>,
     egress: std::sync::OnceLock<Option<u16>>,
 }
 
@@ -54,6 +68,13 @@ impl Net {
         use sha2::Digest;
         let h = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
         let id = hex::encode(&h[..3]);
+        remove_stale_pools(&id);
+        // The folder first: a pool noted with no folder is taken for stale by the next.
+        std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let _ = std::fs::create_dir_all(POOLS);
+        if let Err(e) = std::fs::write(std::path::Path::new(POOLS).join(&id), root.to_string_lossy().as_bytes()) {
+            tracing::warn!(error = %e, "cannot note the pool's namespaces in {POOLS}");
+        }
         let bridge = format!("aicb{id}");
         let exists = std::path::Path::new("/sys/class/net").join(&bridge).exists();
         let gateway = if exists {
@@ -71,7 +92,14 @@ impl Net {
             ip(&["link", "set", &bridge, "up"])?;
             free
         };
-        let net = Net { id, gateway, miners, relayed: Mutex::new(HashSet::new()), egress: Default::default() };
+        let net = Net {
+            id,
+            gateway,
+            miners,
+            relayed: Mutex::new(HashSet::new()),
+            bridged: Mutex::new(HashMap::new()),
+            egress: Default::default(),
+        };
         for i in 0..miners {
             let ns = net.netns(i);
             if std::path::Path::new("/run/netns").join(&ns).exists() {
@@ -115,36 +143,110 @@ impl Net {
     }
 
     /// Listens on `127.0.0.1:port` inside miner `miner`'s namespace (a thread enters it to
-    /// bind, the socket stays there) and relays each connection to this machine's
-    /// `127.0.0.1:port` (once per miner and port).
+    /// bind, the socket stays there) and relays each connection across the miner's link to
+    /// this machine's side on the bridge, which passes it to this machine's `127.0.0.1:port`
+    /// (once per miner and port).
     fn relay(&self, miner: u32, port: u16) -> std::io::Result<()> {
         if self.relayed.lock().unwrap().contains(&(miner, port)) {
             return Ok(());
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return Ok(()) };
-        let ns = std::fs::File::open(std::path::Path::new("/run/netns").join(self.netns(miner)))?;
-        let listener = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let to = std::net::SocketAddr::from((self.gateway, self.bridged(port)?));
+        let ns = Arc::new(std::fs::File::open(std::path::Path::new("/run/netns").join(self.netns(miner)))?);
+        let listener = in_namespace(&ns, move || {
             let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
             l.set_nonblocking(true)?;
             Ok(l)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("the relay's thread panicked"))??;
+        })?;
         self.relayed.lock().unwrap().insert((miner, port));
         rt.spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
+                // The outbound socket is made inside the namespace: it leaves by the miner's link.
+                let Ok(socket) = in_namespace(&ns, tokio::net::TcpSocket::new_v4) else { continue };
                 tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
-                        let _ = inbound.set_nodelay(true);
-                        let _ = out.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    if let Ok(out) = socket.connect(to).await {
+                        pipe(inbound, out).await;
                     }
                 });
             }
         });
         Ok(())
+    }
+
+    /// This machine's side of a relayed port: a listener on the bridge's address that passes
+    /// each connection to `127.0.0.1:port` (started once per port). Only the miners reach it.
+    fn bridged(&self, port: u16) -> std::io::Result<u16> {
+        let mut bridged = self.bridged.lock().unwrap();
+        if let Some(p) = bridged.get(&port) {
+            return Ok(*p);
+        }
+        let listener = std::net::TcpListener::bind((self.gateway, 0))?;
+        listener.set_nonblocking(true)?;
+        let at = listener.local_addr()?.port();
+        tokio::spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(out) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+                        pipe(inbound, out).await;
+                    }
+                });
+            }
+        });
+        bridged.insert(port, at);
+        Ok(at)
+    }
+
+    /// Starts the miners' heartbeats: each miner's agent, a socket made inside its namespace,
+    /// sends the host a datagram across the miner's link every `every` (to the bridge's
+    /// address, where the host listens). The host counts a datagram only from the address
+    /// of the miner it names. Runs while the answer is kept.
+    pub(super) fn start_heartbeats(&self, every: Duration) -> std::io::Result<Arc<Beats>> {
+        let beats =
+            Arc::new(Beats { start: Instant::now(), last: (0..self.miners).map(|_| AtomicU64::new(0)).collect() });
+        let host = std::net::UdpSocket::bind((self.gateway, 0))?;
+        host.set_nonblocking(true)?;
+        let to = host.local_addr()?;
+        let addresses: Vec<Ipv4Addr> = (0..self.miners).map(|i| self.address(i)).collect();
+        let weak = Arc::downgrade(&beats);
+        tokio::spawn(async move {
+            let Ok(host) = tokio::net::UdpSocket::from_std(host) else { return };
+            let mut buf = [0u8; 16];
+            loop {
+                let got = tokio::time::timeout(every, host.recv_from(&mut buf)).await;
+                let Some(beats) = weak.upgrade() else { return };
+                if let Ok(Ok((4, std::net::SocketAddr::V4(from)))) = got {
+                    let i = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+                    if addresses.get(i) == Some(from.ip()) {
+                        beats.last[i].store(beats.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        for i in 0..self.miners {
+            let ns = std::fs::File::open(std::path::Path::new("/run/netns").join(self.netns(i)))?;
+            let agent = in_namespace(&ns, || {
+                let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })?;
+            let weak = Arc::downgrade(&beats);
+            tokio::spawn(async move {
+                let Ok(agent) = tokio::net::UdpSocket::from_std(agent) else { return };
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if weak.upgrade().is_none() {
+                        return;
+                    }
+                    // Cut off (its link down), the miner cannot send: the host hears nothing.
+                    let _ = agent.send_to(&i.to_be_bytes(), to).await;
+                }
+            });
+        }
+        Ok(beats)
     }
 
     /// Where the miners reach the internet (a package index, a model hub), as real miners do:
@@ -181,10 +283,70 @@ impl Net {
 
     /// Removes the namespaces and the bridge (the pool stopped and nothing runs).
     pub(super) fn teardown(&self) {
-        for i in 0..self.miners {
-            let _ = ip(&["netns", "del", &self.netns(i)]);
+        remove_pool(&self.id);
+        let _ = std::fs::remove_file(std::path::Path::new(POOLS).join(&self.id));
+    }
+}
+
+/// When each miner was last heard from.
+pub(super) struct Beats {
+    start: Instant,
+    /// Milliseconds since `start` of each miner's last heartbeat (0: none yet).
+    last: Vec<AtomicU64>,
+}
+
+impl Beats {
+    /// How long miner `miner` has been silent (since the start when it never was heard).
+    pub(super) fn silent_for(&self, miner: usize) -> Duration {
+        let last = self.last.get(miner).map_or(0, |l| l.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(Duration::from_millis(last))
+    }
+}
+
+/// Runs `f` on a thread of its own that entered the namespace `ns`: what it makes (a
+/// socket) belongs to that namespace. (Never on a pooled thread: it would stay there.)
+fn in_namespace<T: Send + 'static>(
+    ns: &std::fs::File,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let ns = ns.try_clone()?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        f()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("a thread in a miner's namespace panicked"))?
+}
+
+async fn pipe(mut a: tokio::net::TcpStream, mut b: tokio::net::TcpStream) {
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+}
+
+/// Removes pool `id`'s namespaces and bridge.
+fn remove_pool(id: &str) {
+    let prefix = format!("aic{id}-");
+    for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(&prefix) {
+            let _ = ip(&["netns", "del", &name]);
         }
-        let _ = ip(&["link", "del", &format!("aicb{}", self.id)]);
+    }
+    let _ = ip(&["link", "del", &format!("aicb{id}")]);
+}
+
+/// Removes the namespaces of pools (other than `except`) whose work folder is gone.
+fn remove_stale_pools(except: &str) {
+    for entry in std::fs::read_dir(POOLS).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().to_string();
+        let Ok(root) = std::fs::read_to_string(entry.path()) else { continue };
+        if id == except || std::path::Path::new(&root).exists() {
+            continue;
+        }
+        tracing::info!(pool = %root, "removing the namespaces of a pool whose folder is gone");
+        remove_pool(&id);
+        let _ = std::fs::remove_file(entry.path());
     }
 }
 

@@ -16,6 +16,7 @@ impl LocalScheduler {
             .miners
             .iter()
             .enumerate()
+            .filter(|(_, mi)| mi.down.is_none())
             .map(|(i, mi)| (i, mi.free.iter().filter(|f| **f).count()))
             .filter(|(_, free)| *free >= need)
             .collect();
@@ -62,7 +63,7 @@ impl LocalScheduler {
                     }
                     let pid = child.id().unwrap_or_default() as i32;
                     let ticks = ledger::started_ticks(pid).unwrap_or_default();
-                    allocs.push(Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now() });
+                    allocs.push(Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now(), lost: None });
                     names.push(miner_name);
                     self.reap(job.clone(), index as u32, child);
                 }

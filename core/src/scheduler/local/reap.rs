@@ -22,7 +22,7 @@ impl LocalScheduler {
             } else {
                 let free = |m: &Miner| m.free.iter().filter(|f| **f).count();
                 let pick = (0..st.miners.len())
-                    .filter(|m| free(&st.miners[*m]) >= need)
+                    .filter(|m| st.miners[*m].down.is_none() && free(&st.miners[*m]) >= need)
                     .max_by_key(|m| (!hosting.contains(m), free(&st.miners[*m])));
                 match pick {
                     None => Ok(None),
@@ -46,7 +46,7 @@ impl LocalScheduler {
                                 let name = st.miners[miner].name.clone();
                                 let r = st.running.get_mut(job).expect("still running");
                                 r.allocs[index as usize] =
-                                    Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now() };
+                                    Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now(), lost: None };
                                 r.replaced += 1;
                                 self.persist(&st, job);
                                 gate.open();
@@ -90,9 +90,9 @@ impl LocalScheduler {
     /// reason. A serve job's lost replica is started again alone. Then queued jobs that now
     /// fit are started.
     pub(super) async fn ended(&self, job: JobKey, index: u32, exit: Exit, ended_at: chrono::DateTime<chrono::Utc>) {
-        let (miner_name, cancelled, restarting, run) = {
+        let (miner_name, cancelled, restarting, run, given_up) = {
             let mut st = self.inner.state.lock().unwrap();
-            let mut out = (String::new(), false, false, None);
+            let mut out = (String::new(), false, false, None, None);
             if let Some(r) = st.running.get_mut(&job) {
                 out.1 = r.cancelled;
                 out.2 = r.restarting.is_some();
@@ -100,6 +100,7 @@ impl LocalScheduler {
                 // Allocations are stored in index order.
                 if let Some(a) = r.allocs.get_mut(index as usize) {
                     let (miner, slots, pid, started) = (a.miner, std::mem::take(&mut a.slots), a.pid, a.started);
+                    out.4 = a.lost.clone();
                     let gpus = slots.len() as u32;
                     for s in slots {
                         st.miners[miner].free[s] = true;
@@ -175,6 +176,7 @@ impl LocalScheduler {
         }
         if !ok && !cancelled && !restarting {
             let how = match &exit {
+                _ if given_up.is_some() => given_up.clone().unwrap_or_default(),
                 Exit::Waited(Ok(s)) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
                     (Some(c), _) => format!("exit code {c}"),
                     (None, Some(sig)) => format!("signal {sig}"),
@@ -221,9 +223,7 @@ impl LocalScheduler {
                     self.persist(&st, &job);
                     others
                 };
-                for pid in others {
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-                }
+                self.stop_workers(&job, others);
             }
         }
         self.after_a_worker(job).await;

@@ -328,7 +328,7 @@ impl Scheduler for NomadScheduler {
         let mut gws: std::collections::BTreeMap<String, Vec<MinerInfo>> = Default::default();
         for (dc, name, gpus, id) in nodes {
             let busy = used.get(&id).copied().unwrap_or(0);
-            gws.entry(dc).or_default().push(MinerInfo { name, gpus, free_gpus: gpus.saturating_sub(busy) });
+            gws.entry(dc).or_default().push(MinerInfo { name, gpus, free_gpus: gpus.saturating_sub(busy), down: None });
         }
         Ok(gws.into_iter().map(|(name, miners)| GatewayInfo { name, miners }).collect())
     }
