@@ -16,26 +16,58 @@ pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
     let root = root();
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(&root))
         .context("formatting: run `cargo fmt`")?;
-    run(Command::new("cargo")
-        .args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"])
-        .current_dir(&root))?;
     run(Command::new("node").args(["contracts/build.js", "--check"]).current_dir(&root))
         .context("the committed token artifact is stale")?;
     run(Command::new("node").args(["functions/web/build.mjs", "--check"]).current_dir(&root))
         .context("the committed web app bundle is stale")?;
+    // Clippy lints the workspace's crates as they are built for the tests (clippy-driver as
+    // their compiler, as `cargo clippy` runs it, with `-D warnings`): the dependencies are
+    // compiled once, not once more for a separate `cargo clippy` check. Every target `cargo
+    // clippy --all-targets` checks is built: libraries and binaries here, the benchmarks
+    // (in the test profile) next, the tests by `cargo test`.
+    let lint = |cmd: &mut Command| -> anyhow::Result<()> {
+        run(linted(cmd)?.current_dir(&root)).context("a build error or a clippy warning (see above)")
+    };
     // The CLI's tests start the workers: build every binary first.
-    run(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]).current_dir(&root))?;
-    cargo_test(&py, &[&["--workspace".to_string()], extra].concat())?;
+    lint(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]))?;
+    lint(Command::new("cargo").args(["test", "--quiet", "--workspace", "--benches", "--no-run"]))?;
+    cargo_test(&py, &[&["--workspace".to_string()], extra].concat(), true)?;
     eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
+/// `cmd` (a cargo build) with clippy as the compiler of the workspace's crates, warnings
+/// denied: what `cargo clippy -- -D warnings` sets for its check.
+fn linted(cmd: &mut Command) -> anyhow::Result<&mut Command> {
+    Ok(cmd
+        .env("RUSTC_WORKSPACE_WRAPPER", clippy_driver()?)
+        .env("CLIPPY_ARGS", "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"))
+}
+
+/// The toolchain's `clippy-driver` (beside its `cargo`; through rustup when there is one).
+fn clippy_driver() -> anyhow::Result<std::path::PathBuf> {
+    if let Ok(out) = Command::new("rustup").args(["which", "clippy-driver"]).output()
+        && out.status.success()
+    {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().into());
+    }
+    let cargo = std::env::var_os("CARGO").map(std::path::PathBuf::from).context("CARGO is not set")?;
+    let driver = cargo.with_file_name("clippy-driver");
+    anyhow::ensure!(driver.exists(), "clippy-driver is not beside {}: `rustup component add clippy`", cargo.display());
+    Ok(driver)
+}
+
 /// `cargo test ARGS` with LocalStack up (a bucket `aic-test`) and the suite's environment.
-pub(crate) fn cargo_test(py: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
+/// `lint`: with clippy as the workspace's compiler (as [`test`] builds).
+pub(crate) fn cargo_test(py: &std::path::Path, args: &[String], lint: bool) -> anyhow::Result<()> {
     let root = root();
     let ls = LocalStack::start()?;
     ls.create_bucket("aic-test")?;
-    let result = run(Command::new("cargo")
+    let mut cmd = Command::new("cargo");
+    if lint {
+        linted(&mut cmd)?;
+    }
+    let result = run(cmd
         .arg("test")
         .args(args)
         .current_dir(&root)
@@ -59,5 +91,5 @@ pub(crate) fn storm(jobs: usize) -> anyhow::Result<()> {
     // SAFETY: set before any thread of this process starts; the tests inherit it.
     unsafe { std::env::set_var("AIC_STORM_JOBS", jobs.to_string()) };
     let args = ["-p", "aic-functions", "--test", "localstack", "storm_", "--", "--test-threads", "1", "--nocapture"];
-    cargo_test(&py, &args.map(String::from))
+    cargo_test(&py, &args.map(String::from), false)
 }
