@@ -618,27 +618,7 @@ fn cancel_stops_every_rank_of_an_mpi_job_within_seconds() {
     let h = Home::new();
     put_digits(&h);
     let _pool = DevUp::start(&h);
-    let code = repo().join("examples/digits");
-    let out = h.aic(&[
-        "run",
-        "--detach",
-        code.to_str().unwrap(),
-        "--entrypoint",
-        "train_mpi.py",
-        "--launcher",
-        "mpi",
-        "--miners",
-        "2",
-        "--data",
-        "digits",
-        "--",
-        "--epochs",
-        "100",
-        "--sleep",
-        "0.5",
-    ]);
-    assert!(out.status.success());
-    let job = text(&out).0.trim().to_string();
+    let job = mpi_digits_detached(&h, 100, "0.5");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !text(&h.aic(&["logs", &job])).0.contains("epoch 2/100") {
         assert!(Instant::now() < deadline, "training did not get going");

@@ -32,6 +32,22 @@ fn get(url: &str) -> (u16, String) {
     (code.parse().unwrap_or(0), body.to_string())
 }
 
+/// Deploys a Flask app answering `ok from <replica index>` with `replicas` replicas: its id.
+fn deploy_api(h: &Home, replicas: u32) -> String {
+    h.write("api/app.py", "import os\nfrom flask import Flask\napp = Flask(__name__)\n\n@app.get('/')\ndef index():\n    return 'ok from ' + os.environ.get('AIC_ALLOC_INDEX', '?')\n");
+    h.write("api/requirements.txt", "flask\n");
+    let n = replicas.to_string();
+    let out = h.aic(&["deploy", h.path().join("api").to_str().unwrap(), "--replicas", &n]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    text(&out)
+        .0
+        .lines()
+        .find_map(|l| l.strip_prefix("deployment  : "))
+        .and_then(|l| l.split(' ').next())
+        .expect("the deployment is printed")
+        .to_string()
+}
+
 fn usage(h: &Home, job: &str) -> Vec<serde_json::Value> {
     let dir = h.path().join(format!("aic/store/pool/usage/{OWNER}/{job}"));
     walk(&dir).iter().map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()).collect()
@@ -50,17 +66,7 @@ fn a_killed_host_is_taken_over_by_the_next_running_and_waiting_jobs_and_deployme
     let mut pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "3")]);
 
     // A deployment on one miner, two jobs on the two others, a third waiting for a miner.
-    h.write("api/app.py", "import os\nfrom flask import Flask\napp = Flask(__name__)\n\n@app.get('/')\ndef index():\n    return 'ok from ' + os.environ.get('AIC_ALLOC_INDEX', '?')\n");
-    h.write("api/requirements.txt", "flask\n");
-    let out = h.aic(&["deploy", h.path().join("api").to_str().unwrap()]);
-    assert!(out.status.success(), "{:?}", text(&out));
-    let dep = text(&out)
-        .0
-        .lines()
-        .find_map(|l| l.strip_prefix("deployment  : "))
-        .and_then(|l| l.split(' ').next())
-        .expect("the deployment is printed")
-        .to_string();
+    let dep = deploy_api(&h, 1);
     let serve = |h: &Home| std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap();
     let api = |h: &Home| format!("{}/d/{dep}/", serve(h));
     until("the deployment answers", 60, || get(&api(&h)) == (200, "ok from 0".into()));
@@ -142,7 +148,7 @@ fn link(ns: &str, state: &str) {
 }
 
 const LOST_POOL: [(&str, &str); 4] =
-    [("AIC_POOL_MINERS", "3"), ("AIC_POOL_NETNS", "1"), ("AIC_POOL_LOST_AFTER", "3"), ("AIC_SYNC_SECONDS", "0.3")];
+    [("AIC_POOL_MINERS", "3"), ("AIC_POOL_NETNS", "1"), ("AIC_POOL_LOST_AFTER", "4"), ("AIC_SYNC_SECONDS", "0.3")];
 
 /// A miner cut off the network (its link down) during an MPI job: its heartbeat stops, the
 /// pool takes it for lost, the job starts again from its checkpoint on the other miners,
@@ -157,27 +163,7 @@ fn a_miner_cut_off_the_network_is_lost_its_mpi_job_resumes_elsewhere_and_it_rejo
     digits_dataset(&data);
     assert!(h.aic(&["data", "put", data.to_str().unwrap(), "digits"]).status.success());
     let _pool = DevUp::start_with(&h, &LOST_POOL);
-    let code = repo().join("examples/digits");
-    let out = h.aic(&[
-        "run",
-        "--detach",
-        code.to_str().unwrap(),
-        "--entrypoint",
-        "train_mpi.py",
-        "--launcher",
-        "mpi",
-        "--miners",
-        "2",
-        "--data",
-        "digits",
-        "--",
-        "--epochs",
-        "12",
-        "--sleep",
-        "0.4",
-    ]);
-    assert!(out.status.success(), "{:?}", text(&out));
-    let job = text(&out).0.trim().to_string();
+    let job = mpi_digits_detached(&h, 12, "0.4");
     let ckpt = h.path().join(format!("aic/store/users/{OWNER}/jobs/{job}/output/model.npz"));
     until("training gets going", 90, || ckpt.exists() && text(&h.aic(&["logs", &job])).0.contains("epoch 4/12"));
     let workers = workers_of(&job);
@@ -243,17 +229,7 @@ fn a_deployment_keeps_answering_while_a_replicas_miner_is_cut_off() {
     }
     let h = Home::new();
     let _pool = DevUp::start_with(&h, &LOST_POOL);
-    h.write("api/app.py", "import os\nfrom flask import Flask\napp = Flask(__name__)\n\n@app.get('/')\ndef index():\n    return 'ok from ' + os.environ.get('AIC_ALLOC_INDEX', '?')\n");
-    h.write("api/requirements.txt", "flask\n");
-    let out = h.aic(&["deploy", h.path().join("api").to_str().unwrap(), "--replicas", "2"]);
-    assert!(out.status.success(), "{:?}", text(&out));
-    let dep = text(&out)
-        .0
-        .lines()
-        .find_map(|l| l.strip_prefix("deployment  : "))
-        .and_then(|l| l.split(' ').next())
-        .expect("the deployment is printed")
-        .to_string();
+    let dep = deploy_api(&h, 2);
     let api = format!("{}/d/{dep}/", std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap());
     let mut seen = std::collections::BTreeSet::new();
     until("both replicas answer", 120, || {

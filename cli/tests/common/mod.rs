@@ -302,3 +302,16 @@ pub fn processes_of(job: &str) -> Vec<(i32, String)> {
 pub fn workers_of(job: &str) -> Vec<i32> {
     processes_of(job).into_iter().filter(|(_, c)| c == "aic-worker").map(|(p, _)| p).collect()
 }
+
+/// `aic run --detach` of the digits example's MPI training (`train_mpi.py`, the dataset
+/// `digits` already put) on 2 miners, `epochs` epochs with `sleep` s between them: its id.
+#[allow(dead_code)]
+pub fn mpi_digits_detached(h: &Home, epochs: u32, sleep: &str) -> String {
+    let code = repo().join("examples/digits");
+    let epochs = epochs.to_string();
+    let args = ["run", "--detach", code.to_str().unwrap(), "--entrypoint", "train_mpi.py", "--launcher", "mpi"];
+    let rest = ["--miners", "2", "--data", "digits", "--", "--epochs", &epochs, "--sleep", sleep];
+    let out = h.aic(&[&args[..], &rest[..]].concat());
+    assert!(out.status.success(), "{:?}", text(&out));
+    text(&out).0.trim().to_string()
+}
