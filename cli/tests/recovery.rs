@@ -151,7 +151,10 @@ const LOST_POOL: [(&str, &str); 4] =
     [("AIC_POOL_MINERS", "3"), ("AIC_POOL_NETNS", "1"), ("AIC_POOL_LOST_AFTER", "4"), ("AIC_SYNC_SECONDS", "0.3")];
 
 /// A miner cut off the network (its link down) during an MPI job: its heartbeat stops, the
-/// pool takes it for lost, the job starts again from its checkpoint on the other miners,
+/// pool takes it for lost (as Nomad does: "if an allocation is on a node that misses
+/// heartbeats, the allocation will be marked lost and will be replaced", Nomad's `disconnect`
+/// block documentation, developer.hashicorp.com/nomad/docs/job-specification/disconnect; its
+/// servers' default heartbeat TTL is 10 s, the pool's default `AIC_POOL_LOST_AFTER`), the job starts again from its checkpoint on the other miners,
 /// and nothing is placed on it while it is down; with its link back it rejoins the pool.
 #[test]
 fn a_miner_cut_off_the_network_is_lost_its_mpi_job_resumes_elsewhere_and_it_rejoins() {
