@@ -73,6 +73,8 @@ impl LocalScheduler {
                     _ => {}
                 }
             }
+            touched.sort_by(|a: &JobKey, b: &JobKey| a.job.cmp(&b.job));
+            touched.dedup();
             for job in touched {
                 self.persist(st, &job);
             }
