@@ -78,8 +78,12 @@ impl MinioPosts {
 
 /// Serves on `listener` until the task is dropped.
 pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
+    let host = Arc::new(host);
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
+        // Answers go out as soon as they are written (a kept-alive client's next request must
+        // not wait on the previous answer's acknowledgement).
+        let _ = stream.set_nodelay(true);
         let host = host.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(host.clone(), peer, req));
@@ -106,11 +110,10 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
 }
 
 fn answer(a: crate::proxy::Answer) -> Response<Body> {
-    let mut b = Response::builder().status(a.status);
-    for (k, v) in &a.headers {
-        b = b.header(k, v);
-    }
-    b.body(full(a.body)).unwrap_or_else(|_| reply(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "bad answer"})))
+    let mut r = Response::new(full(a.body));
+    *r.status_mut() = a.status;
+    *r.headers_mut() = a.headers;
+    r
 }
 
 fn blob_response(b: crate::gateway::blob::Blob) -> Response<Body> {
@@ -134,7 +137,7 @@ async fn read_body(body: Incoming, limit: usize, over: String) -> Result<Bytes, 
     }
 }
 
-async fn handle(host: Host, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(host: Arc<Host>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let route = host.proxy.clone().and_then(|proxy| {
         if let Some(rest) = path.strip_prefix("/d/") {

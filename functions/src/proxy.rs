@@ -22,7 +22,9 @@ use aic_core::scheduler::Scheduler;
 use aic_schemas::ServingRegistration;
 use bytes::Bytes;
 use chrono::Utc;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 
 /// How long a deployment's registrations are reused before the bucket is read again.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -30,6 +32,17 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 pub const BENCH: Duration = Duration::from_secs(5);
 /// Largest request body forwarded.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Idle connections kept per replica, and how long one is kept unused (a replica's uWSGI
+/// router keeps them longer, so a reused one is not being closed under it).
+const IDLE_PER_REPLICA: usize = 32;
+const IDLE_FOR: Duration = Duration::from_secs(20);
+/// Connecting to a replica, and a whole exchange with it.
+const CONNECT: Duration = Duration::from_secs(2);
+const ANSWER: Duration = Duration::from_secs(60);
+/// A replica whose miner is cut off never acknowledges a request sent on a connection kept
+/// from before: the kernel gives up on it after this (`TCP_USER_TIMEOUT`) instead of the
+/// answer's 60 s, and the request goes to another replica.
+const UNACKED: Duration = Duration::from_secs(3);
 
 /// What a request is for: `/d/<deployment>/…` or `/n/<owner>/<name>/…`.
 #[derive(Clone, Copy, Debug)]
@@ -40,29 +53,37 @@ pub enum Target<'a> {
 
 pub struct Proxy {
     store: Store,
-    http: reqwest::Client,
-    cache: Mutex<HashMap<String, (Instant, Vec<ServingRegistration>)>>,
+    cache: Mutex<HashMap<String, (Instant, Replicas)>>,
     names: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     /// Where the scheduler placed each deployment's replicas (the last answer it gave).
     scheduler: Option<Arc<dyn Scheduler>>,
     placed: Mutex<HashMap<String, Vec<(String, u16)>>>,
-    benched: Mutex<HashMap<(String, u16), Instant>>,
+    /// Each replica's idle connections and when it last failed, by host then port.
+    links: Mutex<HashMap<String, HashMap<u16, Link>>>,
     next: AtomicUsize,
+}
+
+/// A deployment's live registrations, shared by the requests that read them.
+type Replicas = Arc<[ServingRegistration]>;
+
+/// One replica address's kept connections (newest last) and when it last failed.
+#[derive(Default)]
+struct Link {
+    idle: Vec<(Instant, SendRequest<Full<Bytes>>)>,
+    failed: Option<Instant>,
 }
 
 /// What the proxy answers: status, content type, body.
 pub struct Answer {
     pub status: StatusCode,
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 fn error(status: StatusCode, why: String) -> Answer {
-    Answer {
-        status,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: Bytes::from(serde_json::json!({ "error": why }).to_string()),
-    }
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Answer { status, headers, body: Bytes::from(serde_json::json!({ "error": why }).to_string()) }
 }
 
 const HOP: [&str; 8] =
@@ -72,26 +93,11 @@ impl Proxy {
     pub fn new(store: Store) -> Self {
         Proxy {
             store,
-            http: reqwest::Client::builder()
-                // At most 32 idle connections kept per replica, dropped after 20 s unused
-                // (a replica's uWSGI router keeps them longer, so a reused one is not being
-                // closed under it).
-                .pool_max_idle_per_host(32)
-                .pool_idle_timeout(Duration::from_secs(20))
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(2))
-                // A replica whose miner is cut off never acknowledges a request sent on a
-                // connection kept from before: the kernel gives up on it after 3 s instead
-                // of the answer's 60 s, and the request goes to another replica.
-                .tcp_user_timeout(Duration::from_secs(3))
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("an HTTP client builds"),
             cache: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             scheduler: None,
             placed: Mutex::new(HashMap::new()),
-            benched: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
         }
     }
@@ -121,7 +127,7 @@ impl Proxy {
     }
 
     /// The deployment's live registrations (from the cache when fresh).
-    pub async fn replicas(&self, deployment: &str, fresh: bool) -> Vec<ServingRegistration> {
+    pub async fn replicas(&self, deployment: &str, fresh: bool) -> Replicas {
         if !fresh
             && let Some((at, regs)) = self.cache.lock().unwrap().get(deployment)
             && at.elapsed() < REFRESH
@@ -153,6 +159,7 @@ impl Proxy {
             });
         }
         live.sort_by_key(|r| r.alloc);
+        let live: Replicas = live.into();
         self.cache.lock().unwrap().insert(deployment.to_string(), (Instant::now(), live.clone()));
         live
     }
@@ -210,20 +217,20 @@ impl Proxy {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Answer {
-        let (label, logs) = match target {
-            Target::Deployment(d) => (d, "`aic deploy logs`".to_string()),
-            Target::Named { name, .. } => (name, format!("`aic deploy logs {name}`")),
-        };
         let mut last_err = None;
         for fresh in [false, true] {
-            let ids = match target {
-                Target::Deployment(d) => vec![d.to_string()],
+            let named = match target {
+                Target::Deployment(_) => Vec::new(),
                 Target::Named { owner, name } => match self.named(owner, name, fresh).await {
                     Ok(ids) => ids,
                     Err(a) => return a,
                 },
             };
-            for id in &ids {
+            let one = match target {
+                Target::Deployment(d) => Some(d),
+                Target::Named { .. } => None,
+            };
+            for id in one.into_iter().chain(named.iter().map(String::as_str)) {
                 let regs = self.replicas(id, fresh).await;
                 if regs.is_empty() {
                     continue;
@@ -234,6 +241,10 @@ impl Proxy {
                 }
             }
         }
+        let (label, logs) = match target {
+            Target::Deployment(d) => (d, "`aic deploy logs`".to_string()),
+            Target::Named { name, .. } => (name, format!("`aic deploy logs {name}`")),
+        };
         match last_err {
             Some(e) => error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {label} answered ({e})")),
             None => error(
@@ -258,50 +269,148 @@ impl Proxy {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut order: Vec<&ServingRegistration> = (0..regs.len()).map(|i| &regs[(start + i) % regs.len()]).collect();
-        // Benched replicas go last, not away: they may be all there is.
-        order.sort_by_key(|r| {
-            self.benched.lock().unwrap().get(&(r.host.clone(), r.port)).is_some_and(|t| now.duration_since(*t) < BENCH)
-        });
+        // Failed replicas go last, not away: they may be all there is.
+        if order.len() > 1 {
+            let links = self.links.lock().unwrap();
+            let failed = |r: &ServingRegistration| {
+                links
+                    .get(&r.host)
+                    .and_then(|ports| ports.get(&r.port))
+                    .and_then(|l| l.failed)
+                    .is_some_and(|t| now.duration_since(t) < BENCH)
+            };
+            order.sort_by_key(|r| failed(r));
+        }
+        let mut uri = String::with_capacity(rest.len() + query.map_or(0, |q| q.len() + 2));
+        uri.push('/');
+        uri.push_str(rest.trim_start_matches('/'));
+        if let Some(q) = query {
+            uri.push('?');
+            uri.push_str(q);
+        }
         let mut last_err = String::new();
         for r in order {
-            let mut url = format!("http://{}:{}/{}", r.host, r.port, rest.trim_start_matches('/'));
-            if let Some(q) = query {
-                url.push('?');
-                url.push_str(q);
-            }
-            let mut rb = self.http.request(method.clone(), &url);
+            let mut req = Request::new(Full::new(body.clone()));
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = match uri.parse() {
+                Ok(u) => u,
+                Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "the request's path is not a valid URI".into())),
+            };
+            let h = req.headers_mut();
+            h.reserve(headers.len() + 1);
             for (k, v) in headers {
-                if !HOP.contains(&k.as_str()) {
-                    rb = rb.header(k, v);
+                if !hop_by_hop(headers, k) {
+                    h.append(k.clone(), v.clone());
                 }
             }
-            match rb.body(body.clone()).send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let hdrs: Vec<(String, String)> = resp
-                        .headers()
-                        .iter()
-                        .filter(|(k, _)| !HOP.contains(&k.as_str()) && k.as_str() != "content-length")
-                        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
-                        .collect();
-                    match resp.bytes().await {
-                        Ok(b) => return Ok(Answer { status, headers: hdrs, body: b }),
-                        Err(e) => last_err = format!("replica {} broke off its answer: {e}", r.alloc),
-                    }
-                }
-                Err(e) if e.is_connect() || e.is_timeout() => {
-                    self.benched.lock().unwrap().insert((r.host.clone(), r.port), Instant::now());
-                    last_err = format!("replica {} at {}:{} did not answer", r.alloc, r.host, r.port);
-                    tracing::info!(deployment, %last_err, "trying another replica");
-                }
-                Err(e) => {
-                    self.benched.lock().unwrap().insert((r.host.clone(), r.port), Instant::now());
-                    last_err = format!("replica {}: {e}", r.alloc);
-                    tracing::info!(deployment, %last_err, "trying another replica");
-                }
+            if let Ok(v) = HeaderValue::try_from(format!("{}:{}", r.host, r.port)) {
+                h.insert(header::HOST, v);
             }
+            match tokio::time::timeout(ANSWER, self.exchange(&r.host, r.port, req)).await {
+                Ok(Ok(a)) => return Ok(a),
+                Ok(Err(e)) => last_err = format!("replica {}: {e}", r.alloc),
+                Err(_) => last_err = format!("replica {} gave no answer in {} s", r.alloc, ANSWER.as_secs()),
+            }
+            self.links.lock().unwrap().entry(r.host.clone()).or_default().entry(r.port).or_default().failed =
+                Some(Instant::now());
+            tracing::info!(deployment, %last_err, "trying another replica");
         }
         self.cache.lock().unwrap().remove(deployment);
         Err(last_err)
     }
+
+    /// One request to the replica at `host:port` on a kept connection (one the replica closed
+    /// meanwhile gives the request back unsent: the next is tried) or a new one; its answer
+    /// read whole, and the connection kept for the next request.
+    async fn exchange(&self, host: &str, port: u16, mut req: Request<Full<Bytes>>) -> Result<Answer, String> {
+        let (resp, sender) = loop {
+            let Some(mut s) = self.idle(host, port) else {
+                let mut s = connect(host, port).await?;
+                s.ready().await.map_err(|e| format!("the connection broke ({e})"))?;
+                let resp = s.send_request(req).await.map_err(|e| format!("the exchange failed ({e})"))?;
+                break (resp, s);
+            };
+            if s.ready().await.is_err() {
+                continue;
+            }
+            match s.try_send_request(req).await {
+                Ok(resp) => break (resp, s),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(format!("the exchange failed ({})", e.into_error())),
+                },
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| format!("it broke off its answer ({e})"))?.to_bytes();
+        let named: Vec<String> = connection_tokens(&parts.headers).map(str::to_ascii_lowercase).collect();
+        for h in HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+            parts.headers.remove(h);
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        self.keep(host, port, sender);
+        Ok(Answer { status: parts.status, headers: parts.headers, body })
+    }
+
+    /// A kept connection to `host:port` that is still open and was used lately.
+    fn idle(&self, host: &str, port: u16) -> Option<SendRequest<Full<Bytes>>> {
+        let mut links = self.links.lock().unwrap();
+        let link = links.get_mut(host)?.get_mut(&port)?;
+        while let Some((at, s)) = link.idle.pop() {
+            if at.elapsed() < IDLE_FOR && !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for the next request (up to [`IDLE_PER_REPLICA`] a replica); the
+    /// replica answered, so it has not failed.
+    fn keep(&self, host: &str, port: u16, s: SendRequest<Full<Bytes>>) {
+        let mut links = self.links.lock().unwrap();
+        let link = match links.get_mut(host) {
+            Some(ports) => ports.entry(port).or_default(),
+            None => links.entry(host.to_string()).or_default().entry(port).or_default(),
+        };
+        link.failed = None;
+        if link.idle.len() >= IDLE_PER_REPLICA {
+            link.idle.remove(0);
+        }
+        link.idle.push((Instant::now(), s));
+    }
+}
+
+/// The header names a message's `Connection` header lists (its own hop-by-hop headers).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `name` is a header of this hop only: a fixed one, or one the message's
+/// `Connection` header lists (RFC 9110 §7.6.1: a proxy removes those before forwarding).
+fn hop_by_hop(headers: &HeaderMap, name: &http::HeaderName) -> bool {
+    HOP.contains(&name.as_str()) || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
+}
+
+/// A new HTTP/1.1 connection to `host:port`, driven by its own task.
+async fn connect(host: &str, port: u16) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("cannot connect to {host}:{port} ({e})")),
+        Err(_) => return Err(format!("{host}:{port} did not answer in {} s", CONNECT.as_secs())),
+    };
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED));
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("cannot speak HTTP to {host}:{port} ({e})"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }

@@ -444,3 +444,282 @@ async fn a_batch_handles_each_object_once() {
         assert_eq!(states, [JobState::Submitted, JobState::Paid]);
     }
 }
+
+/// A keep-alive replica: answers `<method> <path?query> <body> x-hop=<…>` with an
+/// `x-replica` header, counts requests and connections; dropping it closes every connection
+/// (a replica restarted, a miner's worker gone).
+struct KeptReplica {
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl KeptReplica {
+    async fn start(listener: tokio::net::TcpListener) -> KeptReplica {
+        use std::sync::atomic::Ordering::SeqCst;
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (r, c, t) = (requests.clone(), connections.clone(), tasks.clone());
+        tasks.lock().unwrap().spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, SeqCst);
+                let r = r.clone();
+                t.lock().unwrap().spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let r = r.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            r.fetch_add(1, SeqCst);
+                            let head = format!(
+                                "{} {} ",
+                                req.method(),
+                                req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
+                            );
+                            let hop = req.headers().get("x-hop").map(|v| v.to_str().unwrap().to_string());
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let text = format!("{head}{} x-hop={hop:?}", String::from_utf8_lossy(&body));
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("x-replica", "kept")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                });
+            }
+        });
+        KeptReplica { requests, connections, tasks }
+    }
+}
+
+impl Drop for KeptReplica {
+    fn drop(&mut self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+}
+
+/// The gateway keeps its connections to a replica open and reuses them; when the replica
+/// closes them (restarted on the same address), the next request goes out on a new one and
+/// reaches the replica once; hop-by-hop headers stay behind, the rest pass both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_gateway_reuses_connections_and_survives_a_replica_that_closed_them() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let p = pool(1, "exit 0");
+    let deployment = aic_schemas::JobId::generate();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let replica = KeptReplica::start(listener).await;
+    register(&p, &deployment, port).await;
+    let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/d/{deployment}", gw.local_addr().unwrap());
+    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
+    tokio::spawn(aic_functions::host::serve(
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy },
+        gw,
+    ));
+    let client = reqwest::Client::new();
+    let post = |n: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let r = client
+                .post(format!("{url}/predict?n={n}"))
+                .header("x-hop", "dropped")
+                .header("connection", "keep-alive, x-hop")
+                .body(format!("request {n}"))
+                .send()
+                .await
+                .unwrap();
+            let kept = r.headers().get("x-replica").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), kept, r.text().await.unwrap())
+        }
+    };
+    for n in 0..20 {
+        let (code, kept, body) = post(n).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(kept.as_deref(), Some("kept"), "the replica's headers come back");
+        // `x-hop` was named in `Connection`: a hop-by-hop header, not forwarded (RFC 9110 §7.6.1).
+        assert_eq!(body, format!("POST /predict?n={n} request {n} x-hop=None"));
+    }
+    assert_eq!(replica.requests.load(SeqCst), 20);
+    assert_eq!(replica.connections.load(SeqCst), 1, "one request after another: one connection, kept");
+    // The replica restarts on the same address: its connections are closed under the gateway.
+    drop(replica);
+    // (The aborted listener closes when the runtime drops its task: poll, with a deadline.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => break l,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("the replica's address stays taken: {e}"),
+        }
+    };
+    let again = KeptReplica::start(listener).await;
+    let (code, _, body) = post(20).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "POST /predict?n=20 request 20 x-hop=None");
+    assert_eq!(again.requests.load(SeqCst), 1, "the request reached the new replica once");
+}
+
+/// `infra/nomad/serving-gateway.nomad.hcl`'s nginx template, rendered as Nomad's template
+/// runner would: `{{ env "NAME" }}` from `env`, the `range nomadService` block once per
+/// `(address, port)` (its `else` part when there is none), `{{-` trimming the whitespace
+/// before it. Anything else in `{{ }}` fails the test: this renderer knows only these.
+fn render_gateway_template(env: &[(&str, String)], services: &[(String, u16)]) -> String {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nomad/serving-gateway.nomad.hcl"))
+            .unwrap();
+    let job: serde_json::Value = hcl::from_str(&text).unwrap();
+    let one = |v: &serde_json::Value| v.as_object().unwrap().values().next().unwrap().clone();
+    let task = one(&one(&one(&job["job"])["group"])["task"]);
+    let mut t = task["template"]["data"].as_str().unwrap().to_string();
+    while let Some(i) = t.find("{{-") {
+        let kept = t[..i].trim_end().len();
+        t.replace_range(kept..i + 3, "{{");
+    }
+    let open = "{{ range nomadService \"aic-functions\" }}";
+    let (before, rest) = t.split_once(open).expect("the template ranges over the functions hosts");
+    let (body, rest) = rest.split_once("{{ else }}").expect("an else part");
+    let (none, after) = rest.split_once("{{ end }}").expect("an end");
+    let mut out = before.to_string();
+    if services.is_empty() {
+        out.push_str(none);
+    }
+    for (addr, port) in services {
+        out.push_str(&body.replace("{{ .Address }}", addr).replace("{{ .Port }}", &port.to_string()));
+    }
+    out.push_str(after);
+    for (name, value) in env {
+        out = out.replace(&format!("{{{{ env \"{name}\" }}}}"), value);
+    }
+    assert!(!out.contains("{{"), "a template construct this renderer does not know: {out}");
+    out
+}
+
+/// nginx, as the job runs it, inside a mount namespace without `/var` (Nomad's exec driver
+/// builds the task's chroot from /bin, /etc, /lib, /lib32, /lib64, /run/resolvconf, /sbin
+/// and /usr: `DefaultChrootEnv` in hashicorp/nomad's client/config), so whatever nginx
+/// would write under /var (its error log, its temporary files) fails here as it would there.
+fn nginx_as_the_job_runs_it(conf: &std::path::Path) -> std::process::Child {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nomad/serving-gateway.nomad.hcl"))
+            .unwrap();
+    let job: serde_json::Value = hcl::from_str(&text).unwrap();
+    let one = |v: &serde_json::Value| v.as_object().unwrap().values().next().unwrap().clone();
+    let task = one(&one(&one(&job["job"])["group"])["task"]);
+    let command = task["config"]["command"].as_str().unwrap().to_string();
+    let task_dir = conf.parent().unwrap().to_str().unwrap().to_string();
+    let args: Vec<String> = task["config"]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("${NOMAD_TASK_DIR}", &task_dir))
+        .collect();
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("mount -t tmpfs -o ro tmpfs /var && exec {command} {}", quoted.join(" ")))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(conf.with_file_name("nginx.stderr")).unwrap())
+        .spawn()
+        .expect("unshare and nginx (root; `cargo xtask test` installs nginx)")
+}
+
+/// The pool's nginx gateway for real: Debian's nginx with the job's template rendered for two
+/// functions hosts, run as the job runs it. Deployments answer through it; 200 idle
+/// keep-alive clients do not hold it up; when one functions host goes away, every request
+/// (POSTs included) is answered by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives_one() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pool(1, "exit 0");
+    let deployment = aic_schemas::JobId::generate();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let replica = KeptReplica::start(listener).await;
+    register(&p, &deployment, port).await;
+    // Two functions hosts; the first on a runtime of its own, so that it can be taken away
+    // whole (its listener and every connection it holds).
+    let mut hosts = Vec::new();
+    let mut runtimes = Vec::new();
+    for _ in 0..2 {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        hosts.push(("127.0.0.1".to_string(), std_listener.local_addr().unwrap().port()));
+        let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
+        let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy };
+        rt.spawn(async move {
+            aic_functions::host::serve(host, tokio::net::TcpListener::from_std(std_listener).unwrap()).await
+        });
+        runtimes.push(rt);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let task_dir = dir.path().to_str().unwrap().to_string();
+    let conf = render_gateway_template(
+        &[("NOMAD_TASK_DIR", task_dir.clone()), ("NOMAD_PORT_http", gw_port.to_string())],
+        &hosts,
+    );
+    std::fs::write(dir.path().join("nginx.conf"), &conf).unwrap();
+    let mut nginx = nginx_as_the_job_runs_it(&dir.path().join("nginx.conf"));
+    let stderr = || std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+    let base = format!("http://127.0.0.1:{gw_port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+        if let Some(status) = nginx.try_wait().unwrap() {
+            panic!("nginx exited ({status}): {}", stderr());
+        }
+        assert!(std::time::Instant::now() < deadline, "nginx does not answer: {}", stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let post = |n: usize| {
+        let (client, url) = (client.clone(), format!("{base}/d/{deployment}/predict?n={n}"));
+        async move {
+            match client.post(url).body(format!("request {n}")).send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            }
+        }
+    };
+    for n in 0..20 {
+        assert_eq!(post(n).await, (200, format!("POST /predict?n={n} request {n} x-hop=None")), "{}", stderr());
+    }
+    assert_eq!(replica.connections.load(SeqCst), 2, "both functions hosts forwarded (each on its kept connection)");
+    // A body over the gateway's limit is refused by nginx (16 MiB, the functions' own limit).
+    let big = client.post(format!("{base}/d/{deployment}/predict")).body(vec![b'x'; 17 << 20]).send().await.unwrap();
+    assert_eq!(big.status(), 413);
+    // 200 idle keep-alive clients, each having had one answer, hold nothing up.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw_port)).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", stderr());
+        idle.push(s);
+    }
+    for n in 20..30 {
+        assert_eq!(post(n).await.0, 200, "with 200 idle clients: {}", stderr());
+    }
+    // One functions host goes away: every request is still answered.
+    runtimes.remove(0).shutdown_background();
+    for n in 30..60 {
+        let (code, body) = post(n).await;
+        assert_eq!(code, 200, "request {n} after a functions host went away: {body}\n{}", stderr());
+    }
+    assert_eq!(replica.requests.load(SeqCst), 60, "each request reached the replica once");
+    drop(idle);
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    for rt in runtimes {
+        rt.shutdown_background();
+    }
+}

@@ -37,7 +37,9 @@ job "aic-serving-gateway" {
 
       config {
         command = "/usr/sbin/nginx"
-        args    = ["-c", "${NOMAD_TASK_DIR}/nginx.conf", "-g", "daemon off;"]
+        # `-e`: nginx opens its error log before reading its configuration, and the exec
+        # driver's chroot has no /var (so neither /var/log/nginx nor /var/lib/nginx).
+        args    = ["-e", "/dev/stderr", "-c", "${NOMAD_TASK_DIR}/nginx.conf", "-g", "daemon off;"]
       }
 
       template {
@@ -52,6 +54,12 @@ job "aic-serving-gateway" {
             access_log /dev/stdout;
             error_log /dev/stderr warn;
             client_max_body_size 16m;
+            # Temporary files in the task's own directory (nginx makes these at start).
+            client_body_temp_path {{ env "NOMAD_TASK_DIR" }}/client_body;
+            proxy_temp_path {{ env "NOMAD_TASK_DIR" }}/proxy;
+            fastcgi_temp_path {{ env "NOMAD_TASK_DIR" }}/fastcgi;
+            uwsgi_temp_path {{ env "NOMAD_TASK_DIR" }}/uwsgi;
+            scgi_temp_path {{ env "NOMAD_TASK_DIR" }}/scgi;
             upstream aic_functions {
             {{- range nomadService "aic-functions" }}
               server {{ .Address }}:{{ .Port }} max_fails=1 fail_timeout=5s;

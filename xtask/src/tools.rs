@@ -74,8 +74,6 @@ pub(crate) fn anvil() -> PathBuf {
     root().join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 }
 
-/// Debian packages: OpenSSH (client and server: multi-miner jobs reach each other over SSH)
-/// always, Chromium (the browser wallet test) for the tests.
 /// Installs Debian packages with apt-get (as root, or through sudo).
 pub(crate) fn debian_packages(pkgs: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: installing Debian's {}", pkgs.join(", "));
@@ -92,6 +90,8 @@ pub(crate) fn debian_packages(pkgs: &[&str]) -> anyhow::Result<()> {
     apt(&args)
 }
 
+/// Debian packages: OpenSSH (client and server: multi-miner jobs reach each other over SSH)
+/// always; Chromium (the browser wallet test) and nginx for the tests.
 pub(crate) fn debian(with_browser: bool) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
@@ -103,6 +103,10 @@ pub(crate) fn debian(with_browser: bool) -> anyhow::Result<()> {
     }
     if with_browser && !Path::new("/usr/bin/chromium").exists() {
         missing.push("chromium");
+    }
+    // The pool's nginx gateway, run for real by the functions' tests.
+    if with_browser && !Path::new("/usr/sbin/nginx").exists() {
+        missing.push("nginx");
     }
     if missing.is_empty() {
         return Ok(());
