@@ -46,6 +46,25 @@ pub fn jobs_prefix(owner: &Address) -> String {
     format!("users/{owner}/jobs/")
 }
 
+/// `users/<addr>/index/`: a folder per job the pool took in, named by the job's id with every
+/// base-32 digit inverted ([`invert_id`]), so that a listing (key order, from a given key)
+/// gives the newest first, a page at a time, however long the history.
+pub fn job_index_prefix(owner: &Address) -> String {
+    format!("users/{owner}/index/")
+}
+
+/// The marker of `job` in its owner's index (empty; written once, by validate).
+pub fn job_index_marker(job: &JobKey) -> String {
+    format!("{}{}/job", job_index_prefix(&job.owner), invert_id(job.job.as_str()).unwrap_or_default())
+}
+
+/// A job id (a lower-case ULID) with each digit `d` turned into `31 - d`: later ids sort
+/// first. Its own inverse; `None` for a name that is not such an id.
+pub fn invert_id(id: &str) -> Option<String> {
+    const DIGITS: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    id.bytes().map(|b| DIGITS.iter().position(|&d| d == b).map(|i| DIGITS[31 - i] as char)).collect()
+}
+
 pub fn payment_claim(chain_id: u64, tx: &str) -> String {
     format!("pool/payments/{chain_id}/{}.json", tx.to_ascii_lowercase())
 }
@@ -257,6 +276,18 @@ pub fn classify(key: &str) -> KeyKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inverted_ids_sort_newest_first_and_invert_back() {
+        let (a, b) = (JobId::generate(), JobId::generate());
+        let (older, newer) = if a < b { (a, b) } else { (b, a) };
+        let (io, inew) = (invert_id(older.as_str()).unwrap(), invert_id(newer.as_str()).unwrap());
+        assert!(inew < io, "{inew} sorts before {io}");
+        assert_eq!(invert_id(&io).as_deref(), Some(older.as_str()));
+        assert_eq!(invert_id("01ARZ3NDEKTSV4RRFFQ69G5FAV"), None, "upper case is not an id of ours");
+        let k = JobKey::new("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(), newer);
+        assert_eq!(classify(&job_index_marker(&k)), KeyKind::Other);
+    }
 
     #[test]
     fn keys_round_trip_through_classify() {

@@ -315,15 +315,107 @@ fn ms_of(id: &aic_schemas::JobId) -> Option<u64> {
     id.created().map(|c| c.timestamp_millis().max(0) as u64)
 }
 
+/// Records `job` in its owner's index ([`crate::layout::job_index_prefix`]), once: what
+/// listings read the newest jobs from. Written by validate before the job's first status.
+pub async fn index(store: &Store, job: &JobKey) -> Result<(), StoreError> {
+    store.create_bytes(&crate::layout::job_index_marker(job), bytes::Bytes::new()).await.map(|_| ())
+}
+
 /// The ids of `owner`'s newest jobs in `w`, newest first, in time that does not grow with
-/// how many jobs the owner has. Ids are ULIDs, which sort by the time they were made, and a
-/// store lists in key order from a given key (S3 `start-after`), a page of 1,000 at most: so
-/// a span of time known to hold the newest is narrowed, each round listing one page from
-/// each of [`PROBES`] points in it at once, until the stretch from a point to the span's end
-/// holds as many as are wanted within one page. Each round narrows the span at least 8×
-/// (at most 12 rounds for 2 years; usually 1 or 2). Where the store cannot page (a local
-/// folder) the ids are read once instead. `limit: None` lists them all.
+/// how many jobs the owner has. Where the store pages listings (S3, the gateway) they come
+/// from the owner's index, newest first, a page per listing ([`indexed_ids`]); jobs taken
+/// in before the index was (none, or the older part of a history) are found by
+/// [`scanned_ids`]. Elsewhere (a local folder) the ids are read once. `limit: None` lists
+/// them all.
 pub async fn newest_ids(
+    store: &Store,
+    owner: &aic_schemas::Address,
+    w: &Window,
+) -> Result<Vec<aic_schemas::JobId>, StoreError> {
+    let Some(limit) = w.limit.filter(|_| store.pages_listings()) else {
+        return scanned_ids(store, owner, w).await;
+    };
+    match indexed_ids(store, owner, w, limit).await? {
+        Indexed::Unusable => scanned_ids(store, owner, w).await,
+        Indexed::Found { mut ids, older_than } => {
+            if ids.len() < limit
+                && let Some(before) = older_than
+            {
+                // The index was read to its end: older jobs are from before it (or none).
+                let older = Window { limit: Some(limit - ids.len()), since: w.since, before: Some(before) };
+                ids.extend(scanned_ids(store, owner, &older).await?);
+            }
+            Ok(ids)
+        }
+    }
+}
+
+/// What the owner's index gave.
+enum Indexed {
+    /// Nothing (none of the jobs wanted is indexed), or too many jobs not yet indexed: list
+    /// without it.
+    Unusable,
+    /// The newest ids, newest first; `older_than`: the index was read to its end before
+    /// enough were found, so older jobs (from before the index) are to be looked for below it.
+    Found { ids: Vec<aic_schemas::JobId>, older_than: Option<aic_schemas::JobId> },
+}
+
+/// The newest (up to `limit`) of `owner`'s jobs in `w` from the owner's index, a page per
+/// listing, with the ones newer than the newest indexed job (requests validate has not
+/// taken in yet: one listing of the job folders after it).
+async fn indexed_ids(
+    store: &Store,
+    owner: &aic_schemas::Address,
+    w: &Window,
+    limit: usize,
+) -> Result<Indexed, StoreError> {
+    let idx = crate::layout::job_index_prefix(owner);
+    let too_old = |id: &aic_schemas::JobId| w.since.is_some_and(|s| id.created().is_some_and(|c| c < s));
+    let mut ids: Vec<aic_schemas::JobId> = Vec::new();
+    let mut after = w.before.as_ref().and_then(|b| crate::layout::invert_id(b.as_str()));
+    let mut newest: Option<aic_schemas::JobId> = None;
+    let (mut exhausted, mut reached_since) = (false, false);
+    while ids.len() < limit {
+        let page = store.list_names(&idx, "", after.as_deref(), (limit - ids.len()).clamp(1, LIST_PAGE)).await?;
+        after = page.names.last().cloned();
+        for id in page.names.iter().filter_map(|n| crate::layout::invert_id(n)?.parse::<aic_schemas::JobId>().ok()) {
+            newest.get_or_insert_with(|| id.clone());
+            if too_old(&id) {
+                reached_since = true;
+                break;
+            }
+            ids.push(id);
+        }
+        if reached_since || !page.more || after.is_none() {
+            exhausted = !reached_since;
+            break;
+        }
+    }
+    let Some(newest) = newest else { return Ok(Indexed::Unusable) };
+    let older_than = if exhausted { ids.last().cloned() } else { None };
+    if exhausted && older_than.is_none() {
+        return Ok(Indexed::Unusable);
+    }
+    // Jobs newer than the newest indexed one: the job folders after it.
+    let tail = store.list_names(&crate::layout::jobs_prefix(owner), "", Some(newest.as_str()), LIST_PAGE).await?;
+    if tail.more {
+        return Ok(Indexed::Unusable);
+    }
+    let wanted = |id: &aic_schemas::JobId| w.before.as_ref().is_none_or(|b| id < b) && !too_old(id);
+    let mut out: Vec<aic_schemas::JobId> =
+        tail.names.iter().rev().filter_map(|n| n.parse().ok()).filter(wanted).collect();
+    out.extend(ids);
+    out.truncate(limit);
+    Ok(Indexed::Found { ids: out, older_than })
+}
+
+/// [`newest_ids`] without an index: ULIDs sort by the time they were made, and a store lists
+/// in key order from a given key (S3 `start-after`), a page of 1,000 at most: so a span of time
+/// known to hold the newest is narrowed, each round listing one page from each of [`PROBES`]
+/// points in it at once, until the stretch from a point to the span's end holds as many as
+/// are wanted within one page. Each round narrows the span at least 8× (at most 12 rounds for
+/// 2 years; usually 1 or 2).
+pub async fn scanned_ids(
     store: &Store,
     owner: &aic_schemas::Address,
     w: &Window,

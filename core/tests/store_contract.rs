@@ -335,7 +335,8 @@ async fn keys_that_would_land_outside_the_folder_are_refused_and_nothing_is_writ
 /// 1,100 made in the same millisecond (more than a listing page: read through), 40 in the
 /// last 10 minutes and one from a clock a minute ahead; windows of every kind. On S3 it looks
 /// back in stretches of time, a page each; on a folder it lists once. Also a prefix of an id
-/// (`aic status 01j…`) finds only the ids that start with it.
+/// (`aic status 01j…`) finds only the ids that start with it. The same again with the pool's
+/// index of jobs holding the middle of that history.
 async fn the_newest_jobs_are_found_by_looking_back_in_time(b: &Backend) {
     use futures::StreamExt;
     let (store, _) = open(b);
@@ -384,18 +385,39 @@ async fn the_newest_jobs_are_found_by_looking_back_in_time(b: &Backend) {
         (Some(10), Some(at(now + hour)), None),
         (Some(10), None, Some(ids.last().unwrap().clone())),
     ];
-    for (limit, since, before) in windows {
-        let w = status::Window { limit, since, before: before.clone() };
-        let want: Vec<JobId> = ids
-            .iter()
-            .filter(|i| before.as_ref().is_none_or(|b| *i < b) && since.is_none_or(|s| i.created().unwrap() >= s))
-            .take(limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect();
-        let got = status::newest_ids(&store, &owner, &w).await.unwrap();
-        assert_eq!(got.len(), want.len(), "{limit:?} {since:?} {before:?}");
-        assert!(got == want, "{limit:?} {since:?} {before:?}: not the newest in order");
-    }
+    let check = |what: &'static str| {
+        let (store, ids, windows) = (store.clone(), ids.clone(), windows.clone());
+        async move {
+            for (limit, since, before) in windows {
+                let w = status::Window { limit, since, before: before.clone() };
+                let want: Vec<JobId> = ids
+                    .iter()
+                    .filter(|i| {
+                        before.as_ref().is_none_or(|b| *i < b) && since.is_none_or(|s| i.created().unwrap() >= s)
+                    })
+                    .take(limit.unwrap_or(usize::MAX))
+                    .cloned()
+                    .collect();
+                let got = status::newest_ids(&store, &owner, &w).await.unwrap();
+                assert_eq!(got.len(), want.len(), "{what}: {limit:?} {since:?} {before:?}");
+                assert!(got == want, "{what}: {limit:?} {since:?} {before:?}: not the newest in order");
+            }
+        }
+    };
+    check("no index").await;
+    // The pool's index (validate writes a marker per job it takes in) from some time on: the
+    // jobs before it are not in it (a bucket from before the index), nor are the 5 newest
+    // (requests validate has not taken in yet). Every window gives the same answer.
+    futures::stream::iter(ids[5..1800].iter().map(|i| {
+        let (store, job) = (store.clone(), JobKey::new(owner, i.clone()));
+        async move { status::index(&store, &job).await.unwrap() }
+    }))
+    .buffer_unordered(64)
+    .collect::<Vec<()>>()
+    .await;
+    check("indexed from the middle on").await;
+    // Indexed twice (an event redelivered): the marker is written once, no error.
+    status::index(&store, &JobKey::new(owner, ids[7].clone())).await.unwrap();
 
     let dir = aic_core::layout::jobs_prefix(&owner);
     let one = &ids[1234].as_str()[..20];

@@ -2,7 +2,9 @@
 //!
 //! 1. The job's log must be empty or at `submitted` (anything later: a duplicate event).
 //!    An event is a hint, not a fact: when there is no request.json at the key (a forged or
-//!    stale event), nothing is written and the job id stays free.
+//!    stale event), nothing is written and the job id stays free. Otherwise the job goes into
+//!    its owner's index (`users/<addr>/index/`, what listings read the newest from) and its
+//!    log starts at `submitted`.
 //! 2. The request is read with a size limit (the object's, not the event's word), parsed, and checked: its owner and job id must
 //!    be the ones in its key; every field within limits; not expired; signed by its owner.
 //! 3. The quote is computed and the payment verified and claimed (one payment, one job).
@@ -40,6 +42,8 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
             tracing::info!(job = %job.job, "event for a request that is not there: ignored");
             return Ok(Outcome::Ignored);
         }
+        // Into its owner's index (what listings read the newest jobs from), then its log.
+        status::index(store, job).await?;
         status::advance(store, job, Transition::new(JobState::Submitted, BY).run(0)).await?;
     }
     let req = match read {

@@ -23,9 +23,11 @@ const FEW_OWNER: &str = "0x976ea74026e726554db657fa54763abd0c3a0aa9";
 const FEW_KEY: &str = "92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e";
 const FEW: u64 = 100;
 
+/// The digits of a (lower-case) ULID.
+const A: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
 /// A ULID (lower case) for time `ms` and sequence `n`.
 fn ulid(ms: u64, n: u64) -> String {
-    const A: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
     let mut s = String::new();
     for i in (0..10).rev() {
         s.push(A[((ms >> (5 * i)) & 31) as usize] as char);
@@ -38,8 +40,8 @@ fn ulid(ms: u64, n: u64) -> String {
 }
 
 /// Writes `n` finished jobs of `owner` under `store` (a local store's folder), a second apart,
-/// the newest a minute ago, or `AIC_BENCH_LISTED_AGE_DAYS` days before that (a history
-/// that ended long ago is the slowest to look back over).
+/// the newest a minute ago, or `AIC_BENCH_LISTED_AGE_DAYS` days before that, each with the
+/// marker validate writes in its owner's index (`users/<addr>/index/<id, digits inverted>/job`).
 fn seed(store: &Path, owner: &str, n: u64) -> anyhow::Result<()> {
     let age_days: u64 = std::env::var("AIC_BENCH_LISTED_AGE_DAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
@@ -55,6 +57,11 @@ fn seed(store: &Path, owner: &str, n: u64) -> anyhow::Result<()> {
             "created_at": at, "expires_at": "2026-06-01T01:00:00Z",
         });
         std::fs::write(dir.join("request.json"), req.to_string())?;
+        let inverted: String =
+            id.bytes().map(|b| A[31 - A.iter().position(|&d| d == b).unwrap_or(0)] as char).collect();
+        let marker = store.join(format!("users/{owner}/index/{inverted}"));
+        std::fs::create_dir_all(&marker)?;
+        std::fs::write(marker.join("job"), "")?;
         std::fs::write(
             dir.join("status.json"),
             serde_json::json!({"seq": 3, "state": "succeeded", "at": at, "by": "worker"}).to_string(),
