@@ -566,17 +566,20 @@ async fn the_serving_gateway_reuses_connections_and_survives_a_replica_that_clos
     assert_eq!(again.requests.load(SeqCst), 1, "the request reached the new replica once");
 }
 
+/// The nginx task of `infra/nomad/serving-gateway.nomad.hcl`.
+fn gateway_task() -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nomad/serving-gateway.nomad.hcl");
+    let job: serde_json::Value = hcl::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let one = |v: &serde_json::Value| v.as_object().unwrap().values().next().unwrap().clone();
+    one(&one(&one(&job["job"])["group"])["task"])
+}
+
 /// `infra/nomad/serving-gateway.nomad.hcl`'s nginx template, rendered as Nomad's template
 /// runner would: `{{ env "NAME" }}` from `env`, the `range nomadService` block once per
 /// `(address, port)` (its `else` part when there is none), `{{-` trimming the whitespace
 /// before it. Anything else in `{{ }}` fails the test: this renderer knows only these.
 fn render_gateway_template(env: &[(&str, String)], services: &[(String, u16)]) -> String {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nomad/serving-gateway.nomad.hcl"))
-            .unwrap();
-    let job: serde_json::Value = hcl::from_str(&text).unwrap();
-    let one = |v: &serde_json::Value| v.as_object().unwrap().values().next().unwrap().clone();
-    let task = one(&one(&one(&job["job"])["group"])["task"]);
+    let task = gateway_task();
     let mut t = task["template"]["data"].as_str().unwrap().to_string();
     while let Some(i) = t.find("{{-") {
         let kept = t[..i].trim_end().len();
@@ -606,12 +609,7 @@ fn render_gateway_template(env: &[(&str, String)], services: &[(String, u16)]) -
 /// and /usr: `DefaultChrootEnv` in hashicorp/nomad's client/config), so whatever nginx
 /// would write under /var (its error log, its temporary files) fails here as it would there.
 fn nginx_as_the_job_runs_it(conf: &std::path::Path) -> std::process::Child {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nomad/serving-gateway.nomad.hcl"))
-            .unwrap();
-    let job: serde_json::Value = hcl::from_str(&text).unwrap();
-    let one = |v: &serde_json::Value| v.as_object().unwrap().values().next().unwrap().clone();
-    let task = one(&one(&one(&job["job"])["group"])["task"]);
+    let task = gateway_task();
     let command = task["config"]["command"].as_str().unwrap().to_string();
     let task_dir = conf.parent().unwrap().to_str().unwrap().to_string();
     let args: Vec<String> = task["config"]["args"]
