@@ -608,7 +608,7 @@ fn render_gateway_template(env: &[(&str, String)], services: &[(String, u16)]) -
 /// builds the task's chroot from /bin, /etc, /lib, /lib32, /lib64, /run/resolvconf, /sbin
 /// and /usr: `DefaultChrootEnv` in hashicorp/nomad's client/config), so whatever nginx
 /// would write under /var (its error log, its temporary files) fails here as it would there.
-fn nginx_as_the_job_runs_it(conf: &std::path::Path) -> std::process::Child {
+fn nginx_as_the_job_runs_it(conf: &std::path::Path) -> Nginx {
     let task = gateway_task();
     let command = task["config"]["command"].as_str().unwrap().to_string();
     let task_dir = conf.parent().unwrap().to_str().unwrap().to_string();
@@ -619,19 +619,35 @@ fn nginx_as_the_job_runs_it(conf: &std::path::Path) -> std::process::Child {
         .map(|a| a.as_str().unwrap().replace("${NOMAD_TASK_DIR}", &task_dir))
         .collect();
     let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("mount -t tmpfs -o ro tmpfs /var && exec {command} {}", quoted.join(" ")))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(conf.with_file_name("nginx.stderr")).unwrap())
-        .spawn()
-        .expect("unshare and nginx (root; `cargo xtask test` installs nginx)")
+    Nginx(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!("mount -t tmpfs -o ro tmpfs /var && exec {command} {}", quoted.join(" ")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(conf.with_file_name("nginx.stderr")).unwrap())
+            .spawn()
+            .expect("unshare and nginx (root; `cargo xtask test` installs nginx)"),
+    )
+}
+
+/// nginx's master process, stopped with SIGTERM when dropped (its workers with it: SIGKILL
+/// would leave them behind).
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
 
 /// The pool's nginx gateway for real: Debian's nginx with the job's template rendered for two
 /// functions hosts, run as the job runs it. Deployments answer through it; 200 idle
-/// keep-alive clients do not hold it up; when one functions host goes away, every request
-/// (POSTs included) is answered by the other.
+/// keep-alive clients do not hold it up. A host taken away as Nomad does it (out of the
+/// service, the template rendered again, nginx reloaded by its `change_signal`, then the
+/// host stopped: the functions job's `shutdown_delay`) costs no request, POSTs included; one
+/// that dies outright costs no idempotent request (nginx passes those to the other host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives_one() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -642,53 +658,51 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
     let port = listener.local_addr().unwrap().port();
     let replica = KeptReplica::start(listener).await;
     register(&p, &deployment, port).await;
-    // Two functions hosts; the first on a runtime of its own, so that it can be taken away
-    // whole (its listener and every connection it holds).
-    let mut hosts = Vec::new();
-    let mut runtimes = Vec::new();
-    for _ in 0..2 {
+    // Functions hosts, each on a runtime of its own, so that one can be taken away whole (its
+    // listener and every connection it holds).
+    let host = |p: &Pool| {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
-        hosts.push(("127.0.0.1".to_string(), std_listener.local_addr().unwrap().port()));
+        let addr = ("127.0.0.1".to_string(), std_listener.local_addr().unwrap().port());
         let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
         let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy };
         rt.spawn(async move {
             aic_functions::host::serve(host, tokio::net::TcpListener::from_std(std_listener).unwrap()).await
         });
-        runtimes.push(rt);
-    }
+        (addr, rt)
+    };
+    let (a, a_rt) = host(&p);
+    let (b, b_rt) = host(&p);
     let dir = tempfile::tempdir().unwrap();
     let gw_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let task_dir = dir.path().to_str().unwrap().to_string();
-    let conf = render_gateway_template(
-        &[("NOMAD_TASK_DIR", task_dir.clone()), ("NOMAD_PORT_http", gw_port.to_string())],
-        &hosts,
-    );
-    std::fs::write(dir.path().join("nginx.conf"), &conf).unwrap();
-    let mut nginx = nginx_as_the_job_runs_it(&dir.path().join("nginx.conf"));
+    let env = [("NOMAD_TASK_DIR", dir.path().to_str().unwrap().to_string()), ("NOMAD_PORT_http", gw_port.to_string())];
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, render_gateway_template(&env, &[a.clone(), b.clone()])).unwrap();
+    let mut nginx = nginx_as_the_job_runs_it(&conf);
     let stderr = || std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
     let base = format!("http://127.0.0.1:{gw_port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-        if let Some(status) = nginx.try_wait().unwrap() {
+        if let Some(status) = nginx.0.try_wait().unwrap() {
             panic!("nginx exited ({status}): {}", stderr());
         }
         assert!(std::time::Instant::now() < deadline, "nginx does not answer: {}", stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let post = |n: usize| {
+    let call = |method: reqwest::Method, n: usize| {
         let (client, url) = (client.clone(), format!("{base}/d/{deployment}/predict?n={n}"));
         async move {
-            match client.post(url).body(format!("request {n}")).send().await {
+            match client.request(method, url).body(format!("request {n}")).send().await {
                 Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
                 Err(e) => (0, e.to_string()),
             }
         }
     };
     for n in 0..20 {
-        assert_eq!(post(n).await, (200, format!("POST /predict?n={n} request {n} x-hop=None")), "{}", stderr());
+        let want = format!("POST /predict?n={n} request {n} x-hop=None");
+        assert_eq!(call(reqwest::Method::POST, n).await, (200, want), "{}", stderr());
     }
     assert_eq!(replica.connections.load(SeqCst), 2, "both functions hosts forwarded (each on its kept connection)");
     // A body over the gateway's limit is refused by nginx (16 MiB, the functions' own limit).
@@ -705,19 +719,47 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
         idle.push(s);
     }
     for n in 20..30 {
-        assert_eq!(post(n).await.0, 200, "with 200 idle clients: {}", stderr());
+        assert_eq!(call(reqwest::Method::POST, n).await.0, 200, "with 200 idle clients: {}", stderr());
     }
-    // One functions host goes away: every request is still answered.
-    runtimes.remove(0).shutdown_background();
-    for n in 30..60 {
-        let (code, body) = post(n).await;
-        assert_eq!(code, 200, "request {n} after a functions host went away: {body}\n{}", stderr());
-    }
-    assert_eq!(replica.requests.load(SeqCst), 60, "each request reached the replica once");
+    // Host a is taken away as Nomad does it: out of the template, nginx reloaded (SIGHUP, the
+    // job's change_signal), its old workers gone, then the host stopped.
+    let reload = |hosts: &[(String, u16)]| {
+        std::fs::write(&conf, render_gateway_template(&env, hosts)).unwrap();
+        let old = workers(nginx.0.id());
+        assert!(!old.is_empty(), "nginx has workers");
+        let master = nix::unistd::Pid::from_raw(nginx.0.id() as i32);
+        nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGHUP).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while old.iter().any(|w| std::path::Path::new(&format!("/proc/{w}")).exists()) {
+            assert!(std::time::Instant::now() < deadline, "nginx's old workers stay: {}", stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     drop(idle);
-    let _ = nginx.kill();
-    let _ = nginx.wait();
-    for rt in runtimes {
-        rt.shutdown_background();
+    reload(std::slice::from_ref(&b));
+    a_rt.shutdown_background();
+    for n in 30..60 {
+        let (code, body) = call(reqwest::Method::POST, n).await;
+        assert_eq!(code, 200, "request {n} after a functions host was taken away: {body}\n{}", stderr());
     }
+    // A third host joins; then it dies outright: idempotent requests still all answer.
+    let (c, c_rt) = host(&p);
+    reload(&[b.clone(), c]);
+    for n in 60..70 {
+        assert_eq!(call(reqwest::Method::GET, n).await.0, 200, "{}", stderr());
+    }
+    c_rt.shutdown_background();
+    for n in 70..100 {
+        let (code, body) = call(reqwest::Method::GET, n).await;
+        assert_eq!(code, 200, "GET {n} after a functions host died: {body}\n{}", stderr());
+    }
+    assert_eq!(replica.requests.load(SeqCst), 100, "each request reached the replica once");
+    drop(nginx);
+    b_rt.shutdown_background();
+}
+
+/// The worker processes of nginx's master `pid`.
+fn workers(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children.split_whitespace().filter_map(|c| c.parse().ok()).collect()
 }

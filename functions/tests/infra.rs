@@ -398,6 +398,9 @@ fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
     let (_, fjob) = only(&functions["job"], "job");
     let (_, fgroup) = only(&fjob["group"], "group");
     let fsvc = fgroup["service"]["name"].as_str().unwrap();
+    // A functions host leaves the service before it is stopped, long enough for nginx's
+    // template (up to 5 s) to drop it (the reload itself is run in `host.rs`).
+    assert_eq!(fgroup["shutdown_delay"], "10s", "{fgroup}");
     assert!(tmpl.contains(&format!("range nomadService \"{fsvc}\"")), "{tmpl}");
     assert!(tmpl.contains("location /n/ {\n") && tmpl.contains("proxy_pass http://aic_functions;"), "{tmpl}");
     assert_eq!(task["template"]["change_signal"], "SIGHUP", "nginx reloads when replicas come and go");

@@ -41,6 +41,11 @@ job "aic-functions" {
   group "functions" {
     count = 2
 
+    # A host being stopped leaves the service first; the nginx gateway re-renders without it
+    # (its template waits up to 5 s) and reloads, and only then is the host stopped: requests
+    # kept alive to it are not cut (a POST cut mid-way is not retried by nginx).
+    shutdown_delay = "10s"
+
     network {
       port "http" {}
     }
