@@ -69,7 +69,7 @@ type Replicas = Arc<[ServingRegistration]>;
 /// One replica address's kept connections (newest last) and when it last failed.
 #[derive(Default)]
 struct Link {
-    idle: Vec<(Instant, SendRequest<Full<Bytes>>)>,
+    idle: Vec<(Instant, SendRequest<Full<Bytes>>, Connection)>,
     failed: Option<Instant>,
 }
 
@@ -321,64 +321,107 @@ impl Proxy {
 
     /// One request to the replica at `host:port` on a kept connection (one the replica closed
     /// meanwhile gives the request back unsent: the next is tried) or a new one; its answer
-    /// read whole, and the connection kept for the next request.
+    /// read whole, and the connection kept for the next request. The connection is driven
+    /// here, beside the exchange, not by a task of its own: no other task to wake per request.
     async fn exchange(&self, host: &str, port: u16, mut req: Request<Full<Bytes>>) -> Result<Answer, String> {
-        let (resp, sender) = loop {
-            let Some(mut s) = self.idle(host, port) else {
-                let mut s = connect(host, port).await?;
-                s.ready().await.map_err(|e| format!("the connection broke ({e})"))?;
-                let resp = s.send_request(req).await.map_err(|e| format!("the exchange failed ({e})"))?;
-                break (resp, s);
+        loop {
+            let (kept, (mut sender, conn)) = match self.idle(host, port) {
+                Some(c) => (true, c),
+                None => (false, connect(host, port).await?),
             };
-            if s.ready().await.is_err() {
-                continue;
+            let mut conn = Some(conn);
+            let (outcome, open) = {
+                let work = async {
+                    if let Err(e) = sender.ready().await {
+                        return Err(Failed::Unsent(Box::new(req), e.to_string()));
+                    }
+                    let resp = match sender.try_send_request(req).await {
+                        Ok(r) => r,
+                        Err(mut e) => {
+                            return Err(match e.take_message() {
+                                Some(back) => Failed::Unsent(Box::new(back), e.into_error().to_string()),
+                                None => Failed::Sent(format!("the exchange failed ({})", e.into_error())),
+                            });
+                        }
+                    };
+                    let (mut parts, body) = resp.into_parts();
+                    let body = match body.collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(e) => return Err(Failed::Sent(format!("it broke off its answer ({e})"))),
+                    };
+                    let named: Vec<String> = connection_tokens(&parts.headers).map(str::to_ascii_lowercase).collect();
+                    for h in HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+                        parts.headers.remove(h);
+                    }
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    Ok(Answer { status: parts.status, headers: parts.headers, body })
+                };
+                let mut work = std::pin::pin!(work);
+                let driven = conn.as_mut().expect("the connection is here");
+                match futures::future::select(driven, work.as_mut()).await {
+                    futures::future::Either::Right((outcome, _)) => (outcome, true),
+                    // The connection ended (closed, or broken): dropped, it hands back what it had
+                    // not sent, and what was under way ends with it.
+                    futures::future::Either::Left(_) => {
+                        conn = None;
+                        (work.await, false)
+                    }
+                }
+            };
+            match outcome {
+                Ok(answer) => {
+                    if let (true, Some(conn)) = (open, conn) {
+                        self.keep(host, port, sender, conn);
+                    }
+                    return Ok(answer);
+                }
+                // A kept connection the replica had closed: the request goes out on another.
+                Err(Failed::Unsent(back, _)) if kept => req = *back,
+                Err(Failed::Unsent(_, e)) => return Err(format!("the connection broke ({e})")),
+                Err(Failed::Sent(e)) => return Err(e),
             }
-            match s.try_send_request(req).await {
-                Ok(resp) => break (resp, s),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(format!("the exchange failed ({})", e.into_error())),
-                },
-            }
-        };
-        let (mut parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| format!("it broke off its answer ({e})"))?.to_bytes();
-        let named: Vec<String> = connection_tokens(&parts.headers).map(str::to_ascii_lowercase).collect();
-        for h in HOP.iter().copied().chain(named.iter().map(String::as_str)) {
-            parts.headers.remove(h);
         }
-        parts.headers.remove(header::CONTENT_LENGTH);
-        self.keep(host, port, sender);
-        Ok(Answer { status: parts.status, headers: parts.headers, body })
     }
 
-    /// A kept connection to `host:port` that is still open and was used lately.
-    fn idle(&self, host: &str, port: u16) -> Option<SendRequest<Full<Bytes>>> {
+    /// A kept connection to `host:port` used lately.
+    fn idle(&self, host: &str, port: u16) -> Option<Conn> {
         let mut links = self.links.lock().unwrap();
         let link = links.get_mut(host)?.get_mut(&port)?;
-        while let Some((at, s)) = link.idle.pop() {
-            if at.elapsed() < IDLE_FOR && !s.is_closed() {
-                return Some(s);
+        while let Some((at, sender, conn)) = link.idle.pop() {
+            if at.elapsed() < IDLE_FOR && !sender.is_closed() {
+                return Some((sender, conn));
             }
         }
         None
     }
 
-    /// Keeps a connection for the next request (up to [`IDLE_PER_REPLICA`] a replica); the
-    /// replica answered, so it has not failed.
-    fn keep(&self, host: &str, port: u16, s: SendRequest<Full<Bytes>>) {
+    /// Keeps a connection for the next request (up to [`IDLE_PER_REPLICA`] a replica, none
+    /// unused for [`IDLE_FOR`]); the replica answered, so it has not failed.
+    fn keep(&self, host: &str, port: u16, sender: SendRequest<Full<Bytes>>, conn: Connection) {
         let mut links = self.links.lock().unwrap();
         let link = match links.get_mut(host) {
             Some(ports) => ports.entry(port).or_default(),
             None => links.entry(host.to_string()).or_default().entry(port).or_default(),
         };
         link.failed = None;
+        link.idle.retain(|(at, _, _)| at.elapsed() < IDLE_FOR);
         if link.idle.len() >= IDLE_PER_REPLICA {
-            link.idle.remove(0);
+            drop(link.idle.remove(0));
         }
-        link.idle.push((Instant::now(), s));
+        link.idle.push((Instant::now(), sender, conn));
     }
 }
+
+/// How an exchange failed: before the request left (it comes back, to go out on another
+/// connection), or after.
+enum Failed {
+    Unsent(Box<Request<Full<Bytes>>>, String),
+    Sent(String),
+}
+
+/// An HTTP/1.1 connection to a replica: what sends on it, and what drives it.
+type Connection = hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
+type Conn = (SendRequest<Full<Bytes>>, Connection);
 
 /// The header names a message's `Connection` header lists (its own hop-by-hop headers).
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -397,8 +440,8 @@ fn hop_by_hop(headers: &HeaderMap, name: &http::HeaderName) -> bool {
     HOP.contains(&name.as_str()) || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
 }
 
-/// A new HTTP/1.1 connection to `host:port`, driven by its own task.
-async fn connect(host: &str, port: u16) -> Result<SendRequest<Full<Bytes>>, String> {
+/// A new HTTP/1.1 connection to `host:port` (driven by whoever sends on it).
+async fn connect(host: &str, port: u16) -> Result<Conn, String> {
     let stream = match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((host, port))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("cannot connect to {host}:{port} ({e})")),
@@ -406,11 +449,7 @@ async fn connect(host: &str, port: u16) -> Result<SendRequest<Full<Bytes>>, Stri
     };
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED));
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
-        .map_err(|e| format!("cannot speak HTTP to {host}:{port} ({e})"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+        .map_err(|e| format!("cannot speak HTTP to {host}:{port} ({e})"))
 }

@@ -74,43 +74,84 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             ),
         )?;
         eprintln!(
-            "gateway vs direct uWSGI (1 replica: its HTTP router, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s:"
+            "gateway vs direct uWSGI (1 replica: its HTTP router, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s, \
+             {ROUNDS} rounds taking turns (medians):"
         );
-        for (name, url) in [("direct uWSGI", direct), ("through the gateway", api)] {
-            // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile.
-            let cpu0 = cpu_seconds(up.id())?;
-            let out = Command::new("wrk")
-                .args(["-t2", "-c16", "-d10s", "--latency", "-s"])
-                .arg(&lua)
-                .arg(format!("{url}predict"))
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let rps = text.lines().find(|l| l.starts_with("Requests/sec:")).unwrap_or("Requests/sec: ?").to_string();
-            let p99 = text.lines().find(|l| l.trim_start().starts_with("99%")).unwrap_or("99% ?").trim().to_string();
-            let errors = text
-                .lines()
-                .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            let cpu = cpu_seconds(up.id())? - cpu0;
-            let requests: f64 = text
-                .lines()
-                .find(|l| l.contains("requests in"))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0.0);
-            let per = if requests > 0.0 { format!("{:.1} µs", cpu / requests * 1e6) } else { "?".into() };
-            println!(
-                "{name:<22} {rps:<28} p99 {}  gateway CPU per request {per}  {errors}",
-                p99.trim_start_matches("99%").trim()
-            );
+        // (req/s, p99 ms, gateway CPU µs per request, errors) of each run, by target.
+        let targets = [("direct uWSGI", direct), ("through the gateway", api)];
+        let mut runs: Vec<Vec<(f64, f64, f64, String)>> = vec![Vec::new(); targets.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, url)) in targets.iter().enumerate() {
+                // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile.
+                let cpu0 = cpu_seconds(up.id())?;
+                let out = Command::new("wrk")
+                    .args(["-t2", "-c16", "-d10s", "--latency", "-s"])
+                    .arg(&lua)
+                    .arg(format!("{url}predict"))
+                    .output()?;
+                let cpu = cpu_seconds(up.id())? - cpu0;
+                runs[i].push(wrk_figures(&String::from_utf8_lossy(&out.stdout), cpu));
+            }
         }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut rps = Vec::new();
+        for ((name, _), r) in targets.iter().zip(&runs) {
+            let (req, p99, cpu) = (
+                median(r.iter().map(|x| x.0).collect()),
+                median(r.iter().map(|x| x.1).collect()),
+                median(r.iter().map(|x| x.2).collect()),
+            );
+            let each: Vec<String> = r.iter().map(|x| format!("{:.0}", x.0)).collect();
+            let errors: Vec<&str> = r.iter().map(|x| x.3.as_str()).filter(|e| !e.is_empty()).collect();
+            println!(
+                "{name:<22} {req:>7.0} req/s (runs: {})  p99 {p99:.2} ms  gateway CPU per request {cpu:.1} µs  {}",
+                each.join(", "),
+                errors.join("; ")
+            );
+            rps.push((req, p99));
+        }
+        println!("gateway / direct: {:.2}× the throughput, p99 {:+.2} ms", rps[1].0 / rps[0].0, rps[1].1 - rps[0].1);
         Ok(())
     })();
     super::stop_dev_up(up);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Rounds of the gateway benchmark (each: direct, then through the gateway).
+const ROUNDS: usize = 3;
+
+/// From wrk's report: requests per second, p99 latency (ms), the gateway's CPU per request
+/// (µs, from `cpu` seconds over the run), and any errors it counted.
+fn wrk_figures(text: &str, cpu: f64) -> (f64, f64, f64, String) {
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| l.trim_start().strip_prefix(prefix).map(|r| r.trim().to_string())).unwrap_or_default()
+    };
+    let rps: f64 = field("Requests/sec:").parse().unwrap_or(0.0);
+    let p99 = field("99%");
+    let p99_ms = match (p99.strip_suffix("ms"), p99.strip_suffix("us"), p99.strip_suffix('s')) {
+        (Some(ms), _, _) => ms.parse().unwrap_or(f64::NAN),
+        (_, Some(us), _) => us.parse::<f64>().map_or(f64::NAN, |u| u / 1000.0),
+        (_, _, Some(s)) => s.parse::<f64>().map_or(f64::NAN, |s| s * 1000.0),
+        _ => f64::NAN,
+    };
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    let cpu_us = if requests > 0.0 { cpu / requests * 1e6 } else { f64::NAN };
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    (rps, p99_ms, cpu_us, errors)
 }
 
 /// User + system CPU seconds process `pid` has used (`/proc/<pid>/stat`, clock ticks of
