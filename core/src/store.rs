@@ -22,8 +22,12 @@ pub const PART_CONCURRENCY: usize = 4;
 /// Files of one folder transfer in flight at once when they are over [`SMALL_FILE`].
 pub const FILE_CONCURRENCY: usize = 8;
 /// Files of a folder transfer moved at once when they are small (at most [`SMALL_FILE`]):
-/// many small files are bound by round trips, not bandwidth.
-pub const SMALL_FILE_CONCURRENCY: usize = 32;
+/// many small files are bound by round trips, not bandwidth (and where a store closes each
+/// connection after an answer, as LocalStack does, by connection set-ups too).
+pub const SMALL_FILE_CONCURRENCY: usize = 128;
+/// What small files being uploaded hold in memory at once, at most (each is read whole):
+/// 32 of 1 MiB, or all [`SMALL_FILE_CONCURRENCY`] of a few KiB. Downloads stream.
+pub const SMALL_UPLOAD_BYTES: u64 = 32 * 1024 * 1024;
 pub const SMALL_FILE: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -543,8 +547,8 @@ impl Store {
     }
 
     /// Runs transfers [`SMALL_FILE_CONCURRENCY`] at a time, of which at most
-    /// [`FILE_CONCURRENCY`] of files over [`SMALL_FILE`] (what a transfer holds in memory
-    /// stays bounded); `progress` gets the bytes moved so far over all of them. Returns
+    /// [`FILE_CONCURRENCY`] of files over [`SMALL_FILE`] and small uploads of at most
+    /// [`SMALL_UPLOAD_BYTES`] together (what a transfer holds in memory stays bounded); `progress` gets the bytes moved so far over all of them. Returns
     /// (files, bytes).
     async fn transfer_all(
         &self,
@@ -554,14 +558,22 @@ impl Store {
         use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
         let total = AtomicU64::new(0);
         let big = tokio::sync::Semaphore::new(FILE_CONCURRENCY);
+        // In KiB: a permit each.
+        let held = tokio::sync::Semaphore::new((SMALL_UPLOAD_BYTES / 1024) as usize);
         let results: Vec<u64> = futures::stream::iter(jobs.iter())
             .map(|job| {
-                let (total, big) = (&total, &big);
+                let (total, big, held) = (&total, &big, &held);
                 async move {
                     let size = match job {
                         Transfer::Up(_, _, n) | Transfer::Down(_, _, n) => *n,
                     };
                     let _permit = if size > SMALL_FILE { big.acquire().await.ok() } else { None };
+                    let _held = match job {
+                        Transfer::Up(..) if size <= SMALL_FILE => {
+                            held.acquire_many(size.div_ceil(1024).max(1) as u32).await.ok()
+                        }
+                        _ => None,
+                    };
                     // Each transfer reports its own running count; add only the growth.
                     let last = AtomicU64::new(0);
                     let report = |n: u64| {
