@@ -455,6 +455,17 @@ struct KeptReplica {
 }
 
 impl KeptReplica {
+    /// One registered as the only replica of a new deployment of `p`: the deployment, the
+    /// replica's port, the replica.
+    async fn registered(p: &Pool) -> (aic_schemas::JobId, u16, KeptReplica) {
+        let deployment = aic_schemas::JobId::generate();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let replica = KeptReplica::start(listener).await;
+        register(p, &deployment, port).await;
+        (deployment, port, replica)
+    }
+
     async fn start(listener: tokio::net::TcpListener) -> KeptReplica {
         use std::sync::atomic::Ordering::SeqCst;
         let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -509,11 +520,7 @@ impl Drop for KeptReplica {
 async fn the_serving_gateway_reuses_connections_and_survives_a_replica_that_closed_them() {
     use std::sync::atomic::Ordering::SeqCst;
     let p = pool(1, "exit 0");
-    let deployment = aic_schemas::JobId::generate();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let replica = KeptReplica::start(listener).await;
-    register(&p, &deployment, port).await;
+    let (deployment, port, replica) = KeptReplica::registered(&p).await;
     let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/d/{deployment}", gw.local_addr().unwrap());
     let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
@@ -653,11 +660,7 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
     use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = pool(1, "exit 0");
-    let deployment = aic_schemas::JobId::generate();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let replica = KeptReplica::start(listener).await;
-    register(&p, &deployment, port).await;
+    let (deployment, _, replica) = KeptReplica::registered(&p).await;
     // Functions hosts, each on a runtime of its own, so that one can be taken away whole (its
     // listener and every connection it holds).
     let host = |p: &Pool| {
