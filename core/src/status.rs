@@ -393,9 +393,6 @@ async fn indexed_ids(
     }
     let Some(newest) = newest else { return Ok(Indexed::Unusable) };
     let older_than = if exhausted { ids.last().cloned() } else { None };
-    if exhausted && older_than.is_none() {
-        return Ok(Indexed::Unusable);
-    }
     // Jobs newer than the newest indexed one: the job folders after it.
     let tail = store.list_names(&crate::layout::jobs_prefix(owner), "", Some(newest.as_str()), LIST_PAGE).await?;
     if tail.more {

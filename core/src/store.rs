@@ -548,8 +548,8 @@ impl Store {
 
     /// Runs transfers [`SMALL_FILE_CONCURRENCY`] at a time, of which at most
     /// [`FILE_CONCURRENCY`] of files over [`SMALL_FILE`] and small uploads of at most
-    /// [`SMALL_UPLOAD_BYTES`] together (what a transfer holds in memory stays bounded); `progress` gets the bytes moved so far over all of them. Returns
-    /// (files, bytes).
+    /// [`SMALL_UPLOAD_BYTES`] together (what a transfer holds in memory stays bounded);
+    /// `progress` gets the bytes moved so far over all of them. Returns (files, bytes).
     async fn transfer_all(
         &self,
         jobs: Vec<Transfer>,
