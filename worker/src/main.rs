@@ -169,7 +169,9 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         .ok_or_else(|| anyhow!("run {} of the job has no manifest", aic_core::runs::shown(a.run())))?;
     let req = &manifest.request;
 
-    if a.index == 0 && !mark_running(a).await? {
+    // Whichever allocation starts first moves the job to `running`: a rank's program may run
+    // (and its owner `aic exec` into it) before the leader's is staged.
+    if !mark_running(a).await? {
         tracing::info!("the job already ended; nothing to run");
         return Ok(0);
     }

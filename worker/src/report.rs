@@ -1,4 +1,4 @@
-//! The job's status as this allocation sees and reports it: `running` (the leader), whether
+//! The job's status as this allocation sees and reports it: `running` (the first allocation to start), whether
 //! the job ended elsewhere, and `succeeded` once every allocation reported.
 
 use std::time::{Duration, Instant};
