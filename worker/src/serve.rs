@@ -124,18 +124,29 @@ async fn requirements(
 }
 
 /// Where the replica's uWSGI workers take requests from its router: a socket in the
-/// allocation's folder, or (where that path is too long for a socket's address) one in the
-/// abstract namespace, named for the job and allocation.
-fn worker_socket(a: &Alloc) -> String {
-    let path = a.work.join("uwsgi.sock");
-    match path.to_str() {
-        Some(p) if p.len() < 100 => p.to_string(),
-        _ => format!("@aic-uwsgi-{}-{}", a.job.job, a.index),
+/// allocation's folder or, where that path is too long for a socket's address (108 bytes),
+/// in a folder of its own under the temporary directory that only this user may enter
+/// (kept as long as the returned guard). Never the abstract namespace: that has no
+/// permissions, so any program in the miner's network namespace (another user's job) could
+/// speak uwsgi to the workers, and a uwsgi request naming `UWSGI_FILE` makes uWSGI load that
+/// file as an app, inside this replica.
+fn worker_socket(work: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let path = work.join("uwsgi.sock");
+    if path.as_os_str().len() < 100 {
+        return Ok((path, None));
     }
+    let dir = tempfile::Builder::new()
+        .prefix("aic-uwsgi-")
+        .tempdir()
+        .context("cannot make a folder for the replica's uWSGI socket")?;
+    // tempfile makes it 0700 on Unix; said here because the socket's safety rests on it.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok((dir.path().join("uwsgi.sock"), Some(dir)))
 }
 
 fn uwsgi_cmd(
     a: &Alloc,
+    socket: &Path,
     req: &JobRequest,
     code: &Path,
     pydeps: Option<&Path>,
@@ -150,7 +161,7 @@ fn uwsgi_cmd(
     c.arg("--http")
         .arg(format!("{}:{}", a.host, serve_port(a)))
         .args(["--http-keepalive", "--http-auto-chunked", "--socket"])
-        .arg(worker_socket(a))
+        .arg(socket)
         .arg("--wsgi-file")
         .arg(code.join(&req.entrypoint))
         .args(["--callable", "app", "--master", "--processes", "2", "--threads", "2", "--need-app", "--die-on-term"])
@@ -196,8 +207,9 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
     let deadline = Instant::now() + Duration::from_secs_f64(req.max_hours * 3600.0);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut restarts = 0;
+    let (socket, _socket_dir) = worker_socket(&a.work)?;
     let ended = 'replica: loop {
-        let mut child = uwsgi_cmd(a, req, code, pydeps.as_deref(), &env)
+        let mut child = uwsgi_cmd(a, &socket, req, code, pydeps.as_deref(), &env)
             .spawn()
             .map_err(|e| anyhow!("cannot start uWSGI on {}: {e}", a.miner))?;
         let pid = child.id().unwrap_or_default() as i32;
@@ -322,5 +334,31 @@ impl Drop for StopOnDrop {
         if let Some(t) = &self.0 {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_workers_socket_is_never_abstract_and_only_its_user_may_reach_it() {
+        let short = tempfile::tempdir().unwrap();
+        let (path, guard) = worker_socket(short.path()).unwrap();
+        assert_eq!((path, guard.is_none()), (short.path().join("uwsgi.sock"), true));
+
+        let long = short.path().join("a".repeat(120));
+        let (path, guard) = worker_socket(&long).unwrap();
+        let s = path.to_str().unwrap();
+        assert!(!s.starts_with('@') && s.len() < 100, "{s}");
+        let dir = path.parent().unwrap();
+        assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700);
+        // uWSGI can bind there: a Unix socket's address takes the path.
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(listener);
+        drop(guard);
+        assert!(!dir.exists(), "the folder goes with the replica");
     }
 }
