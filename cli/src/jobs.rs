@@ -41,15 +41,18 @@ pub fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Some((n, unit)) = t.find(|c: char| !c.is_ascii_digit()).map(|i| t.split_at(i))
         && let Ok(n) = n.parse::<i64>()
     {
+        // Anything else (`2026-12-01` starts with digits too) is tried as a date below.
         let d = match unit {
-            "s" => chrono::Duration::seconds(n),
-            "m" => chrono::Duration::minutes(n),
-            "h" => chrono::Duration::hours(n),
-            "d" => chrono::Duration::days(n),
-            "w" => chrono::Duration::weeks(n),
-            _ => bail!("--since {s}: say 30m, 2h, 3d, 1w, or a date like 2026-12-01"),
+            "s" => Some(chrono::Duration::seconds(n)),
+            "m" => Some(chrono::Duration::minutes(n)),
+            "h" => Some(chrono::Duration::hours(n)),
+            "d" => Some(chrono::Duration::days(n)),
+            "w" => Some(chrono::Duration::weeks(n)),
+            _ => None,
         };
-        return Ok(now - d);
+        if let Some(d) = d {
+            return Ok(now - d);
+        }
     }
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(t) {
         return Ok(t.with_timezone(&chrono::Utc));
@@ -159,46 +162,59 @@ async fn payment_lines(env: &Env, job: &JobKey) -> Vec<String> {
         .collect()
 }
 
-/// `aic spend`: every paid job and deployment, what was paid, charged and refunded, what
-/// the escrow still holds (jobs not settled yet), and the totals.
-pub async fn spend(env: &Env, json: bool) -> anyhow::Result<()> {
+/// A row of `aic spend` and its amounts: paid, charged, refunded, held.
+type SpendRow = (serde_json::Value, [u128; 4]);
+
+/// One paid job's row of `aic spend`; `None` when the job was never paid.
+async fn spend_row(env: &Env, id: JobId) -> anyhow::Result<Option<SpendRow>> {
+    let job = JobKey::new(env.owner, id.clone());
+    // Every paid run of the job (a resumed job has several, each paid and settled).
+    let paid_runs: Vec<aic_schemas::JobManifest> =
+        aic_core::runs::manifests(&env.store, &job).await?.into_iter().filter(|m| m.payment.is_some()).collect();
+    let (Some(m), Some(p)) = (paid_runs.first(), paid_runs.first().and_then(|m| m.payment.as_ref())) else {
+        return Ok(None);
+    };
+    let amount = |m: &aic_schemas::JobManifest| m.payment.as_ref().map_or(0, |p| p.paid.parse::<u128>().unwrap_or(0));
+    let paid: u128 = paid_runs.iter().map(amount).sum();
+    let (settled, state) = futures::join!(settlements(env, &job), status::snapshot(&env.store, &job));
+    let settled = settled.unwrap_or_default();
+    let state = state?.map(|s| s.state.to_string()).unwrap_or_default();
+    let (charged, refunded): (u128, u128) = settled.iter().fold((0, 0), |(c, r), s| {
+        (c + s.charged.parse::<u128>().unwrap_or(0), r + s.refunded.parse::<u128>().unwrap_or(0))
+    });
+    let held: u128 = paid_runs
+        .iter()
+        .filter(|m| m.payment.as_ref().is_some_and(|p| p.escrow.is_some()) && !settled.iter().any(|s| s.run == m.run))
+        .map(amount)
+        .sum();
+    let row = serde_json::json!({
+        "job": id, "kind": m.request.kind, "what": m.request.name.clone().unwrap_or(m.request.entrypoint.clone()),
+        "state": state, "paid": paid.to_string(), "charged": charged.to_string(), "refunded": refunded.to_string(),
+        "held": held.to_string(), "gpu_seconds": settled.iter().map(|s| s.gpu_seconds).sum::<u64>(),
+        "payment_tx": p.tx, "settlement_tx": settled.first().and_then(|s| s.tx.clone()),
+        "by": if p.escrow.is_some() { "deposit" } else { "transfer" },
+    });
+    Ok(Some((row, [paid, charged, refunded, held])))
+}
+
+/// `aic spend`: every paid job and deployment (created since `since`), what was paid,
+/// charged and refunded, what the escrow still holds (jobs not settled yet), and the
+/// totals. Jobs are read [`status::LIST_READS_IN_FLIGHT`] at a time, newest first.
+pub async fn spend(env: &Env, json: bool, since: Option<chrono::DateTime<chrono::Utc>>) -> anyhow::Result<()> {
     use aic_core::pricing::format_aic_short as aic;
+    use futures::StreamExt;
+    let ids = job_ids(env).await?.into_iter().filter(|id| since.is_none_or(|t| id.created().is_none_or(|c| c >= t)));
+    let read: Vec<anyhow::Result<Option<SpendRow>>> =
+        futures::stream::iter(ids).map(|id| spend_row(env, id)).buffered(status::LIST_READS_IN_FLIGHT).collect().await;
     let mut rows = Vec::new();
-    let (mut paid_t, mut charged_t, mut refunded_t, mut held_t) = (0u128, 0u128, 0u128, 0u128);
-    for id in job_ids(env).await? {
-        let job = JobKey::new(env.owner, id.clone());
-        // Every paid run of the job (a resumed job has several, each paid and settled).
-        let paid_runs: Vec<aic_schemas::JobManifest> =
-            aic_core::runs::manifests(&env.store, &job).await?.into_iter().filter(|m| m.payment.is_some()).collect();
-        let (Some(m), Some(p)) = (paid_runs.first(), paid_runs.first().and_then(|m| m.payment.as_ref())) else {
-            continue;
-        };
-        let amount =
-            |m: &aic_schemas::JobManifest| m.payment.as_ref().map_or(0, |p| p.paid.parse::<u128>().unwrap_or(0));
-        let paid: u128 = paid_runs.iter().map(amount).sum();
-        let settled = settlements(env, &job).await.unwrap_or_default();
-        let (charged, refunded): (u128, u128) = settled.iter().fold((0, 0), |(c, r), s| {
-            (c + s.charged.parse::<u128>().unwrap_or(0), r + s.refunded.parse::<u128>().unwrap_or(0))
-        });
-        let held: u128 = paid_runs
-            .iter()
-            .filter(|m| {
-                m.payment.as_ref().is_some_and(|p| p.escrow.is_some()) && !settled.iter().any(|s| s.run == m.run)
-            })
-            .map(amount)
-            .sum();
-        let state = status::snapshot(&env.store, &job).await?.map(|s| s.state.to_string()).unwrap_or_default();
+    let [mut paid_t, mut charged_t, mut refunded_t, mut held_t] = [0u128; 4];
+    for r in read {
+        let Some((row, [paid, charged, refunded, held])) = r? else { continue };
         paid_t += paid;
         charged_t += charged;
         refunded_t += refunded;
         held_t += held;
-        rows.push(serde_json::json!({
-            "job": id, "kind": m.request.kind, "what": m.request.name.clone().unwrap_or(m.request.entrypoint.clone()),
-            "state": state, "paid": paid.to_string(), "charged": charged.to_string(), "refunded": refunded.to_string(),
-            "held": held.to_string(), "gpu_seconds": settled.iter().map(|s| s.gpu_seconds).sum::<u64>(),
-            "payment_tx": p.tx, "settlement_tx": settled.first().and_then(|s| s.tx.clone()),
-            "by": if p.escrow.is_some() { "deposit" } else { "transfer" },
-        }));
+        rows.push(row);
     }
     let totals = serde_json::json!({
         "paid": paid_t.to_string(), "charged": charged_t.to_string(), "refunded": refunded_t.to_string(), "held": held_t.to_string(),
@@ -341,4 +357,25 @@ pub async fn cancel(env: &Env, s: &str) -> anyhow::Result<()> {
         other => bail!(other.refusal(&job.job).unwrap_or_default()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_takes_spans_dates_and_times_and_says_what_it_wants_otherwise() {
+        // Now taken after parsing: the span is never under what was asked.
+        let ago = |s: &str| {
+            let t = parse_since(s).unwrap();
+            (chrono::Utc::now() - t).num_minutes()
+        };
+        assert_eq!((ago("30m"), ago("2h"), ago("3d"), ago("1w")), (30, 120, 3 * 1440, 7 * 1440));
+        assert_eq!(parse_since("2026-12-01").unwrap().to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        assert_eq!(parse_since("2026-12-01T10:30:00+02:00").unwrap().to_rfc3339(), "2026-12-01T08:30:00+00:00");
+        for bad in ["3x", "2026-13-01", "soon", ""] {
+            let e = parse_since(bad).unwrap_err().to_string();
+            assert!(e.contains("say 30m, 2h, 3d, 1w, or a date like 2026-12-01"), "{bad}: {e}");
+        }
+    }
 }

@@ -78,6 +78,9 @@ enum Cmd {
     Spend {
         #[arg(long)]
         json: bool,
+        /// Only jobs created since: `30m`, `2h`, `3d`, or a date (`2026-12-01`, RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// A job's state and history.
     Status {
@@ -390,7 +393,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             let since = since.as_deref().map(jobs::parse_since).transpose()?;
             jobs::list(&env, json, (!all).then_some(limit), since).await.map(|_| 0)
         }
-        Cmd::Spend { json } => jobs::spend(&env, json).await.map(|_| 0),
+        Cmd::Spend { json, since } => {
+            let since = since.as_deref().map(jobs::parse_since).transpose()?;
+            jobs::spend(&env, json, since).await.map(|_| 0)
+        }
         Cmd::Status { job, json } => jobs::status(&env, &job, json).await.map(|_| 0),
         Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),

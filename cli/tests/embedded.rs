@@ -131,6 +131,10 @@ fn a_job_pays_for_what_it_used_and_gets_the_rest_back() {
     let spend = text(&h.aic(&["spend"])).0;
     assert!(spend.lines().any(|l| l.starts_with(&job) && l.contains("succeeded")), "{spend}");
     assert!(spend.contains("total: paid 1 AIC, charged 0.00"), "{spend}");
+    // Only the jobs of a window: this one is in the last hour, none is after 2099.
+    assert!(text(&h.aic(&["spend", "--since", "1h"])).0.contains("total: paid 1 AIC"));
+    let none = h.aic(&["spend", "--since", "2099-01-01"]);
+    assert!(none.status.success() && text(&none).1.contains("nothing paid yet"), "{}", text(&none).1);
     let quote = h.aic(&["quote", "--hours", "2"]);
     assert!(text(&quote).1.contains("that is a deposit"), "{}", text(&quote).1);
 }
