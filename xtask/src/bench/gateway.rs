@@ -77,43 +77,51 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             "gateway vs direct uWSGI (1 replica: its HTTP router, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s, \
              {ROUNDS} rounds taking turns (medians):"
         );
-        // (req/s, p99 ms, gateway CPU µs per request, errors) of each run, by target.
         let targets = [("direct uWSGI", direct), ("through the gateway", api)];
-        let mut runs: Vec<Vec<(f64, f64, f64, String)>> = vec![Vec::new(); targets.len()];
+        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
         for _ in 0..ROUNDS {
             for (i, (_, url)) in targets.iter().enumerate() {
-                // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile.
-                let cpu0 = cpu_seconds(up.id())?;
+                // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile,
+                // and the whole machine's (wrk, uWSGI, the gateway, the kernel's networking).
+                let (cpu0, busy0) = (cpu_seconds(up.id())?, machine_busy_seconds()?);
                 let out = Command::new("wrk")
                     .args(["-t2", "-c16", "-d10s", "--latency", "-s"])
                     .arg(&lua)
                     .arg(format!("{url}predict"))
                     .output()?;
-                let cpu = cpu_seconds(up.id())? - cpu0;
-                runs[i].push(wrk_figures(&String::from_utf8_lossy(&out.stdout), cpu));
+                let (cpu, busy) = (cpu_seconds(up.id())? - cpu0, machine_busy_seconds()? - busy0);
+                runs[i].push(wrk_figures(&String::from_utf8_lossy(&out.stdout), cpu, busy));
             }
         }
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let mut rps = Vec::new();
+        let mut seen = Vec::new();
         for ((name, _), r) in targets.iter().zip(&runs) {
-            let (req, p99, cpu) = (
-                median(r.iter().map(|x| x.0).collect()),
-                median(r.iter().map(|x| x.1).collect()),
-                median(r.iter().map(|x| x.2).collect()),
-            );
-            let each: Vec<String> = r.iter().map(|x| format!("{:.0}", x.0)).collect();
-            let errors: Vec<&str> = r.iter().map(|x| x.3.as_str()).filter(|e| !e.is_empty()).collect();
+            let of = |f: fn(&Figures) -> f64| median(r.iter().map(f).collect());
+            let (req, p99, cpu, machine) =
+                (of(|x| x.rps), of(|x| x.p99_ms), of(|x| x.gateway_us), of(|x| x.machine_us));
+            let each: Vec<String> = r.iter().map(|x| format!("{:.0}", x.rps)).collect();
+            let errors: Vec<&str> = r.iter().map(|x| x.errors.as_str()).filter(|e| !e.is_empty()).collect();
             println!(
-                "{name:<22} {req:>7.0} req/s (runs: {})  p99 {p99:.2} ms  gateway CPU per request {cpu:.1} µs  {}",
+                "{name:<22} {req:>7.0} req/s (runs: {})  p99 {p99:.2} ms  gateway CPU per request {cpu:.1} µs  \
+                 machine CPU per request {machine:.0} µs ({:.0}% of {} cores busy)  {}",
                 each.join(", "),
+                of(|x| x.busy_share) * 100.0,
+                cores(),
                 errors.join("; ")
             );
-            rps.push((req, p99));
+            seen.push((req, p99, machine));
         }
-        println!("gateway / direct: {:.2}× the throughput, p99 {:+.2} ms", rps[1].0 / rps[0].0, rps[1].1 - rps[0].1);
+        let (direct, gateway) = (seen[0], seen[1]);
+        println!(
+            "gateway / direct: {:.2}× the throughput, p99 {:+.2} ms; with every core busy the throughput cannot pass \
+             the ratio of the machine's CPU per request: {:.2}×",
+            gateway.0 / direct.0,
+            gateway.1 - direct.1,
+            direct.2 / gateway.2
+        );
         Ok(())
     })();
     super::stop_dev_up(up);
@@ -124,9 +132,25 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
 /// Rounds of the gateway benchmark (each: direct, then through the gateway).
 const ROUNDS: usize = 3;
 
-/// From wrk's report: requests per second, p99 latency (ms), the gateway's CPU per request
-/// (µs, from `cpu` seconds over the run), and any errors it counted.
-fn wrk_figures(text: &str, cpu: f64) -> (f64, f64, f64, String) {
+/// One wrk run's figures.
+#[derive(Clone)]
+struct Figures {
+    rps: f64,
+    p99_ms: f64,
+    /// The gateway's process's CPU per request (µs).
+    gateway_us: f64,
+    /// The whole machine's busy CPU per request (µs).
+    machine_us: f64,
+    /// The share of the machine's cores busy over the run.
+    busy_share: f64,
+    /// What wrk counted as errors, if anything.
+    errors: String,
+}
+
+/// From wrk's report: requests per second, p99 latency, the gateway's CPU per request (from
+/// `cpu` seconds over the run), the machine's (from `busy` seconds), and any errors it
+/// counted.
+fn wrk_figures(text: &str, cpu: f64, busy: f64) -> Figures {
     let field = |prefix: &str| {
         text.lines().find_map(|l| l.trim_start().strip_prefix(prefix).map(|r| r.trim().to_string())).unwrap_or_default()
     };
@@ -138,20 +162,48 @@ fn wrk_figures(text: &str, cpu: f64) -> (f64, f64, f64, String) {
         (_, _, Some(s)) => s.parse::<f64>().map_or(f64::NAN, |s| s * 1000.0),
         _ => f64::NAN,
     };
-    let requests: f64 = text
+    // "N requests in 10.01s, …"
+    let (requests, secs) = text
         .lines()
         .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
-    let cpu_us = if requests > 0.0 { cpu / requests * 1e6 } else { f64::NAN };
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let n = w.first().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+            let t =
+                w.get(3).and_then(|t| t.trim_end_matches(',').trim_end_matches('s').parse().ok()).unwrap_or(f64::NAN);
+            (n, t)
+        })
+        .unwrap_or((0.0, f64::NAN));
+    let per = |seconds: f64| if requests > 0.0 { seconds / requests * 1e6 } else { f64::NAN };
     let errors = text
         .lines()
         .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" ");
-    (rps, p99_ms, cpu_us, errors)
+    Figures {
+        rps,
+        p99_ms,
+        gateway_us: per(cpu),
+        machine_us: per(busy),
+        busy_share: busy / (secs * cores() as f64),
+        errors,
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Seconds the machine's CPUs have been busy (`/proc/stat`: user, nice, system, irq and
+/// softirq, in clock ticks of 1/100 s; not idle, iowait or the hypervisor's steal).
+fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().unwrap_or_default();
+    let t: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq (guest time is inside user already).
+    let busy: f64 = t.iter().take(7).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    Ok(busy / 100.0)
 }
 
 /// User + system CPU seconds process `pid` has used (`/proc/<pid>/stat`, clock ticks of
