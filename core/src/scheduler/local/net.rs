@@ -71,14 +71,13 @@ impl Net {
         remove_stale_pools(&id);
         // The folder first: a pool noted with no folder is taken for stale by the next.
         std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
-        let _ = std::fs::create_dir_all(POOLS);
-        if let Err(e) = std::fs::write(std::path::Path::new(POOLS).join(&id), root.to_string_lossy().as_bytes()) {
+        if let Err(e) = note_pool(&id, root) {
             tracing::warn!(error = %e, "cannot note the pool's namespaces in {POOLS}");
         }
         let bridge = format!("aicb{id}");
         let exists = std::path::Path::new("/sys/class/net").join(&bridge).exists();
         let gateway = if exists {
-            read_address(&bridge).ok_or_else(|| format!("bridge {bridge} has no address"))?
+            read_address(None, &bridge).ok_or_else(|| format!("bridge {bridge} has no address"))?
         } else {
             // 10.(200–249).x.0/24, the first not on this machine already.
             let taken = Command::new("ip").args(["-o", "-4", "addr"]).output().map_err(|e| format!("ip: {e}"))?;
@@ -102,10 +101,23 @@ impl Net {
         };
         for i in 0..miners {
             let ns = net.netns(i);
-            if std::path::Path::new("/run/netns").join(&ns).exists() {
-                continue;
-            }
             let veth = format!("aicv{}{i}", net.id);
+            if std::path::Path::new("/run/netns").join(&ns).exists() {
+                // Kept (a later host adopts the workers in it) if it is whole: its link has
+                // the miner's address. One a failed setup left half made is made again.
+                if read_address(Some(&ns), "eth0") == Some(net.address(i)) {
+                    continue;
+                }
+                tracing::warn!(namespace = %ns, "a miner's namespace was left half made: making it again");
+                let _ = ip(&["netns", "del", &ns]);
+            }
+            // A veth of the pool's last namespace outlives it until the kernel has finished
+            // removing that namespace (asynchronously); then adding it again fails with
+            // "File exists" (found that way: a host after one that had just stopped ran
+            // without namespaces and left one half made, whose miner never answered).
+            if std::path::Path::new("/sys/class/net").join(&veth).exists() {
+                let _ = ip(&["link", "del", &veth]);
+            }
             ip(&["netns", "add", &ns])?;
             ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
             ip(&["link", "set", &veth, "master", &bridge, "up"])?;
@@ -324,8 +336,17 @@ async fn pipe(mut a: tokio::net::TcpStream, mut b: tokio::net::TcpStream) {
     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
 }
 
-/// Removes pool `id`'s namespaces and bridge.
+/// Removes pool `id`'s namespaces, veths and bridge. The veths go first, by name: one left
+/// to the namespace's removal lives on until the kernel gets to it, and blocks the next
+/// setup's veth of that name.
 fn remove_pool(id: &str) {
+    let veths = format!("aicv{id}");
+    for entry in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.strip_prefix(&veths).is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())) {
+            let _ = ip(&["link", "del", &name]);
+        }
+    }
     let prefix = format!("aic{id}-");
     for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
@@ -336,12 +357,31 @@ fn remove_pool(id: &str) {
     let _ = ip(&["link", "del", &format!("aicb{id}")]);
 }
 
-/// Removes the namespaces of pools (other than `except`) whose work folder is gone.
+/// Notes pool `id`'s work folder in `<POOLS>/<id>`, whole or not at all: a pool reading it
+/// half-written (empty) would take the folder for gone and remove this pool's namespaces
+/// while its miners run (found that way: a miner's namespace emptied under a running pool).
+fn note_pool(id: &str, root: &std::path::Path) -> std::io::Result<()> {
+    let dir = std::path::Path::new(POOLS);
+    std::fs::create_dir_all(dir)?;
+    let root = root.to_string_lossy();
+    if std::fs::read_to_string(dir.join(id)).is_ok_and(|r| r == root) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{id}.{}", std::process::id()));
+    std::fs::write(&tmp, root.as_bytes())?;
+    std::fs::rename(&tmp, dir.join(id))
+}
+
+/// Removes the namespaces of pools (other than `except`) whose work folder is gone. Only a
+/// note naming a folder (an absolute path) that does not exist counts.
 fn remove_stale_pools(except: &str) {
     for entry in std::fs::read_dir(POOLS).into_iter().flatten().flatten() {
         let id = entry.file_name().to_string_lossy().to_string();
+        if id.starts_with('.') {
+            continue;
+        }
         let Ok(root) = std::fs::read_to_string(entry.path()) else { continue };
-        if id == except || std::path::Path::new(&root).exists() {
+        if id == except || !root.starts_with('/') || std::path::Path::new(&root).exists() {
             continue;
         }
         tracing::info!(pool = %root, "removing the namespaces of a pool whose folder is gone");
@@ -350,8 +390,13 @@ fn remove_stale_pools(except: &str) {
     }
 }
 
-fn read_address(dev: &str) -> Option<Ipv4Addr> {
-    let out = Command::new("ip").args(["-o", "-4", "addr", "show", "dev", dev]).output().ok()?;
+/// `dev`'s IPv4 address, in namespace `ns` or this machine's.
+fn read_address(ns: Option<&str>, dev: &str) -> Option<Ipv4Addr> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd.args(["-o", "-4", "addr", "show", "dev", dev]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let word = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
     word.split('/').next()?.parse().ok()
@@ -419,4 +464,77 @@ async fn connect_proxy(mut inbound: tokio::net::TcpStream, bridge: [u8; 4]) {
         return;
     }
     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As root with `ip` (as in CI): a pool whose note is empty (being written) or names no
+    /// folder keeps its namespaces; one whose noted folder is gone loses them.
+    #[test]
+    fn only_a_pool_whose_noted_folder_is_gone_loses_its_namespaces() {
+        if !nix::unistd::geteuid().is_root() || Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("needs root and ip: not run here");
+            return;
+        }
+        let id = format!("f{:05x}", std::process::id() & 0xfffff);
+        let ns = format!("aic{id}-1");
+        let exists = || std::path::Path::new("/run/netns").join(&ns).exists();
+        ip(&["netns", "add", &ns]).unwrap();
+        let note = std::path::Path::new(POOLS).join(&id);
+        for half_written in ["", "tmp/relative"] {
+            std::fs::write(&note, half_written).unwrap();
+            remove_stale_pools("none");
+            assert!(exists(), "a note reading {half_written:?} removed the pool");
+        }
+        // The note is replaced whole: never seen empty on the way.
+        let folder = tempfile::tempdir().unwrap();
+        note_pool(&id, folder.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&note).unwrap(), folder.path().to_string_lossy());
+        remove_stale_pools("none");
+        assert!(exists(), "its folder is there");
+        drop(folder);
+        remove_stale_pools("none");
+        assert!(!exists() && !note.exists(), "its folder is gone: so are its namespaces and note");
+    }
+
+    /// What a setup that failed half way leaves (a miner's namespace with nothing in it) and
+    /// a veth the kernel had not removed yet: the next setup makes both miners whole, each
+    /// reaching the host across its link, and teardown leaves nothing.
+    #[test]
+    fn a_pool_remakes_a_namespace_left_half_made_and_gets_past_a_leftover_veth() {
+        use sha2::Digest;
+        if !nix::unistd::geteuid().is_root() || Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("needs root and ip: not run here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("work");
+        let id = hex::encode(&sha2::Sha256::digest(root.to_string_lossy().as_bytes())[..3]);
+        ip(&["netns", "add", &format!("aic{id}-1")]).unwrap();
+        ip(&["link", "add", &format!("aicv{id}1"), "type", "veth", "peer", "name", &format!("aicp{id}")]).unwrap();
+
+        let net = Net::setup(&root, 2).unwrap();
+        let host = std::net::TcpListener::bind((net.gateway, 0)).unwrap();
+        let to = host.local_addr().unwrap();
+        for i in 0..2 {
+            assert_eq!(read_address(Some(&net.netns(i)), "eth0"), Some(net.address(i)), "miner {i}");
+            let ns = std::fs::File::open(std::path::Path::new("/run/netns").join(net.netns(i))).unwrap();
+            in_namespace(&ns, move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)))
+                .unwrap_or_else(|e| panic!("miner {i} cannot reach the host: {e}"));
+        }
+        net.teardown();
+        let left = |dir: &str, prefix: &str| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(prefix))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(left("/run/netns", &format!("aic{id}-")), Vec::<String>::new());
+        assert_eq!(left("/sys/class/net", &format!("aicv{id}")), Vec::<String>::new());
+        assert_eq!(left("/sys/class/net", &format!("aicb{id}")), Vec::<String>::new());
+    }
 }
