@@ -582,7 +582,9 @@ fn mpi_ranks_share_the_cores_instead_of_pinning_to_the_same_one() {
         let mut args = vec!["run", code.to_str().unwrap(), "--entrypoint", "show.py", "--launcher", "mpi"];
         args.extend_from_slice(&["--miners", "2"]);
         args.extend_from_slice(extra);
-        let out = h.cmd(&args).env("AIC_WORKER_ENV", worker_env).output().unwrap();
+        let mut cmd = h.cmd(&args);
+        cmd.env("AIC_WORKER_ENV", worker_env);
+        let out = shown(&args, cmd);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
         stdout

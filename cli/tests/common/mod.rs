@@ -20,16 +20,37 @@ pub fn repo() -> PathBuf {
 }
 
 /// Runs an `aic` command made with `args`, printing it and what it said (shown on failure).
+/// A command that has not ended after [`COMMAND_LIMIT`] is killed (with its process group:
+/// what it started, such as a dev chain holding its output open) and the test fails with
+/// what it had said, instead of the run waiting for CI's limit.
 pub fn shown(args: &[&str], mut cmd: Command) -> Output {
-    let out = cmd.output().unwrap();
-    eprintln!(
+    use std::os::unix::process::CommandExt;
+    let child = cmd.process_group(0).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (ended, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let late = wait.recv_timeout(COMMAND_LIMIT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+        if late {
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        late
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = ended.send(());
+    let late = watchdog.join().unwrap();
+    let said = format!(
         "$ aic {}\n{}{}",
         args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{said}");
+    assert!(!late, "`aic {}` had not ended after {} s: killed\n{said}", args.join(" "), COMMAND_LIMIT.as_secs());
     out
 }
+
+/// How long one `aic` command of a test may take.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
 pub struct Home {
     pub dir: tempfile::TempDir,
