@@ -122,6 +122,33 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             gateway.1 - direct.1,
             direct.2 / gateway.2
         );
+        // One request at a time: what the gateway adds to each request's latency when the
+        // machine is not saturated (under load, p99 is mostly the queue for the cores).
+        let mut alone: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, url)) in targets.iter().enumerate() {
+                let out = Command::new("wrk")
+                    .args(["-t1", "-c1", "-d5s", "--latency", "-s"])
+                    .arg(&lua)
+                    .arg(format!("{url}predict"))
+                    .output()?;
+                alone[i].push(wrk_figures(&String::from_utf8_lossy(&out.stdout), 0.0, 0.0));
+            }
+        }
+        let lat: Vec<(f64, f64)> = alone
+            .iter()
+            .map(|r| (median(r.iter().map(|x| x.p50_ms).collect()), median(r.iter().map(|x| x.p99_ms).collect())))
+            .collect();
+        println!(
+            "one request at a time (wrk -t1 -c1 -d5s, medians of {ROUNDS}): direct p50 {:.2} ms p99 {:.2} ms; \
+             through the gateway p50 {:.2} ms p99 {:.2} ms: the gateway adds {:+.2} ms at p50, {:+.2} ms at p99",
+            lat[0].0,
+            lat[0].1,
+            lat[1].0,
+            lat[1].1,
+            lat[1].0 - lat[0].0,
+            lat[1].1 - lat[0].1
+        );
         Ok(())
     })();
     super::stop_dev_up(up);
@@ -136,6 +163,7 @@ const ROUNDS: usize = 3;
 #[derive(Clone)]
 struct Figures {
     rps: f64,
+    p50_ms: f64,
     p99_ms: f64,
     /// The gateway's process's CPU per request (µs).
     gateway_us: f64,
@@ -155,13 +183,13 @@ fn wrk_figures(text: &str, cpu: f64, busy: f64) -> Figures {
         text.lines().find_map(|l| l.trim_start().strip_prefix(prefix).map(|r| r.trim().to_string())).unwrap_or_default()
     };
     let rps: f64 = field("Requests/sec:").parse().unwrap_or(0.0);
-    let p99 = field("99%");
-    let p99_ms = match (p99.strip_suffix("ms"), p99.strip_suffix("us"), p99.strip_suffix('s')) {
+    let ms = |v: String| match (v.strip_suffix("ms"), v.strip_suffix("us"), v.strip_suffix('s')) {
         (Some(ms), _, _) => ms.parse().unwrap_or(f64::NAN),
         (_, Some(us), _) => us.parse::<f64>().map_or(f64::NAN, |u| u / 1000.0),
         (_, _, Some(s)) => s.parse::<f64>().map_or(f64::NAN, |s| s * 1000.0),
         _ => f64::NAN,
     };
+    let (p50_ms, p99_ms) = (ms(field("50%")), ms(field("99%")));
     // "N requests in 10.01s, …"
     let (requests, secs) = text
         .lines()
@@ -183,6 +211,7 @@ fn wrk_figures(text: &str, cpu: f64, busy: f64) -> Figures {
         .join(" ");
     Figures {
         rps,
+        p50_ms,
         p99_ms,
         gateway_us: per(cpu),
         machine_us: per(busy),
