@@ -23,7 +23,15 @@ impl LocalStack {
         let dir = std::env::temp_dir().join(format!("aic-localstack-{port}"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("localstack.log"))?;
-        let child = Command::new(venv.join("bin/python"))
+        let mut cmd = Command::new(venv.join("bin/python"));
+        // It goes when xtask goes, killed or not (a killed `cargo xtask test` left it running).
+        // SAFETY: one system call between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .args(["-m", "localstack.runtime.main"])
             .env("OVERRIDE_IN_DOCKER", "0")
             .env("FILESYSTEM_ROOT", &dir)
