@@ -246,6 +246,9 @@ fn a_deployment_keeps_answering_while_a_replicas_miner_is_cut_off() {
     assert_eq!(workers.len(), 2, "{workers:?}");
     let (ns, n) = miner_of(workers[0]);
     let cut = format!("miner-{n}");
+    // The uWSGI processes of the replica on the miner about to be cut off.
+    let uwsgi_on_cut = || processes_of(&dep).into_iter().filter(|(p, c)| c == "uwsgi" && miner_of(*p).1 == n).count();
+    assert!(uwsgi_on_cut() > 0, "no uWSGI of {dep} on {cut}");
 
     link(&ns, "down");
     // Every request answers while the replica is lost and replaced (a request that meets
@@ -264,6 +267,8 @@ fn a_deployment_keeps_answering_while_a_replicas_miner_is_cut_off() {
     }
     let now = workers_of(&dep);
     assert!(now.iter().all(|p| miner_of(*p).1 != n), "a replica runs on {cut}, cut off");
+    // Its worker was killed outright: its uWSGI goes with it, not left serving, orphaned.
+    until("the lost replica's uWSGI stops", 30, || uwsgi_on_cut() == 0);
     until("the new replica answers too", 120, || {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..6 {
@@ -278,5 +283,5 @@ fn a_deployment_keeps_answering_while_a_replicas_miner_is_cut_off() {
     link(&ns, "up");
     until("the miner rejoins", 30, || !text(&h.aic(&["pool"])).0.contains("down: "));
     assert!(h.aic(&["deploy", "rm", &dep]).status.success());
-    until("the replicas stop", 30, || workers_of(&dep).is_empty());
+    until("the replicas stop, uWSGI and all", 30, || processes_of(&dep).is_empty());
 }

@@ -13,7 +13,8 @@
 //!    [`HEARTBEAT`]; the gateway routes to live registrations only.
 //! 4. uWSGI dying is noticed at once: the registration goes, uWSGI starts again (at most
 //!    [`RESTARTS`] times, then the job fails with the log tail). On stop the registration is
-//!    deleted first, then uWSGI gets SIGTERM.
+//!    deleted first, then uWSGI gets SIGTERM. A worker that dies however it dies takes uWSGI
+//!    with it (a parent-death SIGKILL to the master; `--no-orphans` for its workers).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -165,14 +166,24 @@ fn uwsgi_cmd(
         .arg("--wsgi-file")
         .arg(code.join(&req.entrypoint))
         .args(["--callable", "app", "--master", "--processes", "2", "--threads", "2", "--need-app", "--die-on-term"])
-        .args(["--lazy-apps", "--hook-master-start", "unix_signal:15 gracefully_kill_them_all"])
+        .args(["--lazy-apps", "--no-orphans", "--hook-master-start", "unix_signal:15 gracefully_kill_them_all"])
         .arg("--chdir")
         .arg(code);
     if let Some(d) = pydeps {
         c.arg("--pythonpath").arg(d);
     }
     c.envs(env).current_dir(code).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    // Its own process group, so that stopping it reaches its workers; and SIGKILL to its
+    // master when this worker dies, however it dies (its workers and router follow the
+    // master): a worker killed outright (its group SIGKILLed by the scheduler when its miner
+    // is lost) left uWSGI serving, orphaned, on its port. Not SIGTERM: uWSGI's graceful stop
+    // then waited for ever on a worker spinning after its log pipe went with this worker.
     c.process_group(0);
+    // SAFETY: one system call between fork and exec. (The death signal follows the forking
+    // thread: this runtime's worker threads live as long as the process.)
+    unsafe {
+        c.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from));
+    }
     c
 }
 
