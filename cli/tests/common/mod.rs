@@ -131,6 +131,24 @@ pub fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// A dev chain the test's pool started outlives a host killed outright (on purpose, in the
+/// recovery tests) and the host after it, which finds it running and uses it without owning
+/// it: it goes with the home.
+impl Drop for Home {
+    fn drop(&mut self) {
+        let state = self.path().join("aic/anvil-state.json");
+        let state = state.to_string_lossy();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let mut args = cmd.split(|b| *b == 0).map(String::from_utf8_lossy);
+            if args.next().is_some_and(|a| a.ends_with("anvil")) && args.any(|a| a == state) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 /// `aic dev up` in the background, stopped (Ctrl-C) when dropped.
 pub struct DevUp(pub std::process::Child);
 
