@@ -78,21 +78,27 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
              {ROUNDS} rounds taking turns (medians):"
         );
         let targets = [("direct uWSGI", direct), ("through the gateway", api)];
-        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
-        for _ in 0..ROUNDS {
-            for (i, (_, url)) in targets.iter().enumerate() {
-                // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile,
-                // and the whole machine's (wrk, uWSGI, the gateway, the kernel's networking).
-                let (cpu0, busy0) = (cpu_seconds(up.id())?, machine_busy_seconds()?);
-                let out = Command::new("wrk")
-                    .args(["-t2", "-c16", "-d10s", "--latency", "-s"])
-                    .arg(&lua)
-                    .arg(format!("{url}predict"))
-                    .output()?;
-                let (cpu, busy) = (cpu_seconds(up.id())? - cpu0, machine_busy_seconds()? - busy0);
-                runs[i].push(wrk_figures(&String::from_utf8_lossy(&out.stdout), cpu, busy));
+        // `ROUNDS` rounds of wrk with `load` on each target in turn: each run's figures, by target.
+        let rounds = |load: [&str; 3]| -> anyhow::Result<Vec<Vec<Figures>>> {
+            let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+            for _ in 0..ROUNDS {
+                for (i, (_, url)) in targets.iter().enumerate() {
+                    // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile,
+                    // and the whole machine's (wrk, uWSGI, the gateway, the kernel's networking).
+                    let (cpu0, busy0) = (cpu_seconds(up.id())?, machine_busy_seconds()?);
+                    let out = Command::new("wrk")
+                        .args(load)
+                        .args(["--latency", "-s"])
+                        .arg(&lua)
+                        .arg(format!("{url}predict"))
+                        .output()?;
+                    let (cpu, busy) = (cpu_seconds(up.id())? - cpu0, machine_busy_seconds()? - busy0);
+                    runs[i].push(wrk_figures(&String::from_utf8_lossy(&out.stdout), cpu, busy));
+                }
             }
-        }
+            Ok(runs)
+        };
+        let runs = rounds(["-t2", "-c16", "-d10s"])?;
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
@@ -124,17 +130,7 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
         );
         // One request at a time: what the gateway adds to each request's latency when the
         // machine is not saturated (under load, p99 is mostly the queue for the cores).
-        let mut alone: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
-        for _ in 0..ROUNDS {
-            for (i, (_, url)) in targets.iter().enumerate() {
-                let out = Command::new("wrk")
-                    .args(["-t1", "-c1", "-d5s", "--latency", "-s"])
-                    .arg(&lua)
-                    .arg(format!("{url}predict"))
-                    .output()?;
-                alone[i].push(wrk_figures(&String::from_utf8_lossy(&out.stdout), 0.0, 0.0));
-            }
-        }
+        let alone = rounds(["-t1", "-c1", "-d5s"])?;
         let lat: Vec<(f64, f64)> = alone
             .iter()
             .map(|r| (median(r.iter().map(|x| x.p50_ms).collect()), median(r.iter().map(|x| x.p99_ms).collect())))
