@@ -732,7 +732,9 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
         assert!(!old.is_empty(), "nginx has workers");
         let master = nix::unistd::Pid::from_raw(nginx.0.id() as i32);
         nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGHUP).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // An old worker may still be reading and dropping the rest of the refused 17 MiB body
+        // (nginx's lingering close, up to `lingering_time`, 30 s by default) before it exits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(45);
         while old.iter().any(|w| std::path::Path::new(&format!("/proc/{w}")).exists()) {
             assert!(std::time::Instant::now() < deadline, "nginx's old workers stay: {}", stderr());
             std::thread::sleep(Duration::from_millis(20));
