@@ -8,11 +8,20 @@ use anyhow::Context;
 
 use crate::localstack::LocalStack;
 use crate::root;
-use crate::tools::{anvil, path_with, run, setup, tools};
+use crate::tools::{anvil, path_with, run, setup, tools, torch_env};
 
 pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
-    let started = Instant::now();
+    let mut phases = Phases::new();
     let py = setup(true)?;
+    phases.done("install: npm, Debian, Python venv, LocalStack");
+    // The framework tests (torchrun, horovodrun across two miners) run every time.
+    let torch = torch_env()?;
+    // SAFETY: set before any thread of this process starts; the tests inherit them.
+    unsafe {
+        std::env::set_var("AIC_TEST_TORCH", &torch);
+        std::env::set_var("AIC_TEST_HOROVOD", &torch);
+    }
+    phases.done("install: torch and Horovod");
     let root = root();
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(&root))
         .context("formatting: run `cargo fmt`")?;
@@ -20,6 +29,7 @@ pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
         .context("the committed token artifact is stale")?;
     run(Command::new("node").args(["functions/web/build.mjs", "--check"]).current_dir(&root))
         .context("the committed web app bundle is stale")?;
+    phases.done("checks: fmt, token artifact, web bundle");
     // Clippy lints the workspace's crates as they are built for the tests (clippy-driver as
     // their compiler, as `cargo clippy` runs it, with `-D warnings`): the dependencies are
     // compiled once, not once more for a separate `cargo clippy` check. Every target `cargo
@@ -30,10 +40,40 @@ pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
     };
     // The CLI's tests start the workers: build every binary first.
     lint(Command::new("cargo").args(["build", "--quiet", "--workspace", "--bins"]))?;
+    phases.done("build: binaries");
     lint(Command::new("cargo").args(["test", "--quiet", "--workspace", "--benches", "--no-run"]))?;
+    phases.done("build: benches");
     cargo_test(&py, &[&["--workspace".to_string()], extra].concat(), true)?;
-    eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
+    phases.done("cargo test (building the tests, then running them)");
+    phases.print();
+    eprintln!("xtask: all tests passed in {:.0} s", phases.started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// How long each phase of `test` took, printed at the end (a figure for the note, never a
+/// limit).
+struct Phases {
+    started: Instant,
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let now = Instant::now();
+        Phases { started: now, last: now, done: Vec::new() }
+    }
+
+    fn done(&mut self, what: &'static str) {
+        self.done.push((what, self.last.elapsed().as_secs_f64()));
+        self.last = Instant::now();
+    }
+
+    fn print(&self) {
+        for (what, secs) in &self.done {
+            eprintln!("xtask: {secs:>7.0} s  {what}");
+        }
+    }
 }
 
 /// `cmd` (a cargo build) with clippy as the compiler of the workspace's crates, warnings

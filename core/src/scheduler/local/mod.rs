@@ -31,6 +31,7 @@ use nix::unistd::Pid;
 
 mod heartbeat;
 mod ledger;
+mod names;
 mod net;
 mod place;
 mod reap;
@@ -66,6 +67,11 @@ pub struct LocalConfig {
     /// How long past a training job's paid time its workers are killed if still running
     /// ([`TIME_LIMIT_GRACE`]).
     pub time_limit_grace: Duration,
+}
+
+/// Miner `i`'s name (its host name where it has a UTS namespace).
+fn miner_name(i: u32) -> String {
+    format!("miner-{}", i + 1)
 }
 
 struct Miner {
@@ -170,7 +176,7 @@ impl LocalScheduler {
     pub fn new(cfg: LocalConfig, store: Store) -> Self {
         let net = match net::Net::wanted() {
             false => None,
-            true => match net::Net::setup(&cfg.work_root, cfg.miners) {
+            true => match net::Net::setup(&cfg.work_root, cfg.miners, miner_name) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     tracing::warn!(error = %e, "the simulated miners cannot have network namespaces here; they share this host's loopback");
@@ -180,7 +186,7 @@ impl LocalScheduler {
         };
         let miners = (0..cfg.miners)
             .map(|i| Miner {
-                name: format!("miner-{}", i + 1),
+                name: miner_name(i),
                 host: match &net {
                     Some(n) => n.address(i),
                     None => std::net::Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8),

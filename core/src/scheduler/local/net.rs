@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::names::Names;
+
 /// Where each pool notes its work folder: `<POOLS>/<id>`.
 const POOLS: &str = "/run/aic-pools";
 
@@ -42,6 +44,8 @@ pub(super) struct Net {
     /// Per loopback port relayed: where this machine's side listens on the bridge.
     bridged: Mutex<HashMap<u16, u16>>,
     egress: std::sync::OnceLock<Option<u16>>,
+    /// The miners' names, bound into each worker's mount namespace.
+    names: Arc<Names>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -63,8 +67,9 @@ impl Net {
         }
     }
 
-    /// Makes (or finds) the namespaces of `miners` miners for the pool working in `root`.
-    pub(super) fn setup(root: &std::path::Path, miners: u32) -> Result<Net, String> {
+    /// Makes (or finds) the namespaces of `miners` miners for the pool working in `root`;
+    /// miner `i` is named `name(i)`.
+    pub(super) fn setup(root: &std::path::Path, miners: u32, name: impl Fn(u32) -> String) -> Result<Net, String> {
         use sha2::Digest;
         let h = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
         let id = hex::encode(&h[..3]);
@@ -91,6 +96,8 @@ impl Net {
             ip(&["link", "set", &bridge, "up"])?;
             free
         };
+        let names: Vec<(String, Ipv4Addr)> = (0..miners).map(|i| (name(i), address(gateway, i))).collect();
+        let names = Names::write(&root.join(".names"), &names).map_err(|e| format!("the miners' names: {e}"))?;
         let net = Net {
             id,
             gateway,
@@ -98,6 +105,7 @@ impl Net {
             relayed: Mutex::new(HashSet::new()),
             bridged: Mutex::new(HashMap::new()),
             egress: Default::default(),
+            names: Arc::new(names),
         };
         for i in 0..miners {
             let ns = net.netns(i);
@@ -134,8 +142,7 @@ impl Net {
 
     /// Miner `miner`'s address on the bridge.
     pub(super) fn address(&self, miner: u32) -> Ipv4Addr {
-        let o = self.gateway.octets();
-        Ipv4Addr::new(o[0], o[1], o[2], 10 + miner as u8)
+        address(self.gateway, miner)
     }
 
     /// Makes the loopback services named in `value` (`http://127.0.0.1:P`,
@@ -300,6 +307,12 @@ impl Net {
     }
 }
 
+/// Miner `miner`'s address on the bridge whose address is `gateway`.
+fn address(gateway: Ipv4Addr, miner: u32) -> Ipv4Addr {
+    let o = gateway.octets();
+    Ipv4Addr::new(o[0], o[1], o[2], 10 + miner as u8)
+}
+
 /// When each miner was last heard from.
 pub(super) struct Beats {
     start: Instant,
@@ -402,20 +415,23 @@ fn read_address(ns: Option<&str>, dev: &str) -> Option<Ipv4Addr> {
     word.split('/').next()?.parse().ok()
 }
 
-/// Enters miner `ns`'s network namespace and a UTS namespace of its own named `hostname`:
-/// run in the worker's process between fork and exec.
-pub(super) fn enter(cmd: &mut std::process::Command, ns: &str, hostname: String) -> std::io::Result<()> {
+/// Enters miner `miner`'s network namespace, and UTS and mount namespaces of its own: named
+/// `hostname`, with the miners' names resolvable (`names`): run in the worker's process
+/// between fork and exec.
+pub(super) fn enter(net: &Net, cmd: &mut std::process::Command, miner: u32, hostname: String) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
-    let fd = std::fs::File::open(std::path::Path::new("/run/netns").join(ns))?;
-    // SAFETY: only system calls between fork and exec (setns, unshare, sethostname); `fd`
-    // lives in the closure until the child execs (it is close-on-exec).
+    let fd = std::fs::File::open(std::path::Path::new("/run/netns").join(net.netns(miner)))?;
+    let names = net.names.clone();
+    // SAFETY: only system calls between fork and exec (setns, unshare, sethostname, mount);
+    // `fd` lives in the closure until the child execs (it is close-on-exec), and `names`
+    // holds every string the mounts take, made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             use nix::sched::{CloneFlags, setns, unshare};
             setns(&fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-            unshare(CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
+            unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
             nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
-            Ok(())
+            names.mount_in_child()
         });
     }
     Ok(())
@@ -499,6 +515,47 @@ mod tests {
         assert!(!exists() && !note.exists(), "its folder is gone: so are its namespaces and note");
     }
 
+    /// As root with `ip`: inside each miner, `getaddrinfo` (through `getent ahostsv4`) finds
+    /// its own host name and the other's at their bridge addresses; this machine resolves
+    /// neither and has no mount the workers made.
+    #[test]
+    fn each_miner_resolves_every_miners_name_and_the_host_is_untouched() {
+        if !nix::unistd::geteuid().is_root() || Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("needs root and ip: not run here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let name = |i: u32| format!("aic-test-miner-{}-{}", std::process::id(), i + 1);
+        // This machine's mounts over the files the workers bind (other tests add netns mounts).
+        let mounts = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(" /etc/") || l.contains("nscd"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let before = mounts();
+        let net = Net::setup(&dir.path().join("work"), 2, name).unwrap();
+        let lookup = |miner: Option<u32>, what: &str| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", &format!("getent ahostsv4 {what} | head -n 1")]);
+            if let Some(i) = miner {
+                enter(&net, &mut cmd, i, name(i)).unwrap();
+            }
+            let out = cmd.output().unwrap();
+            String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_string)
+        };
+        for i in 0..2 {
+            let own = net.address(i).to_string();
+            assert_eq!(lookup(Some(i), "$(hostname)"), Some(own.clone()), "miner {i}'s own name");
+            assert_eq!(lookup(Some(1 - i), &name(i)), Some(own), "miner {i}'s name from the other");
+            assert_eq!(lookup(None, &name(i)), None, "this machine resolves a miner's name");
+        }
+        assert_eq!(mounts(), before, "a worker's mounts reached this machine");
+        net.teardown();
+    }
+
     /// What a setup that failed half way leaves (a miner's namespace with nothing in it) and
     /// a veth the kernel had not removed yet: the next setup makes both miners whole, each
     /// reaching the host across its link, and teardown leaves nothing.
@@ -515,7 +572,7 @@ mod tests {
         ip(&["netns", "add", &format!("aic{id}-1")]).unwrap();
         ip(&["link", "add", &format!("aicv{id}1"), "type", "veth", "peer", "name", &format!("aicp{id}")]).unwrap();
 
-        let net = Net::setup(&root, 2).unwrap();
+        let net = Net::setup(&root, 2, |i| format!("miner-{}", i + 1)).unwrap();
         let host = std::net::TcpListener::bind((net.gateway, 0)).unwrap();
         let to = host.local_addr().unwrap();
         for i in 0..2 {

@@ -124,7 +124,7 @@ impl LocalScheduler {
                 n.relay_loopback(miner as u32, &v)?;
             }
             cmd.envs(n.egress_env());
-            net::enter(&mut cmd, &n.netns(miner as u32), miner_name.clone())?;
+            net::enter(n, &mut cmd, miner as u32, miner_name.clone())?;
         }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port, Gate(gate)))
