@@ -395,6 +395,30 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
         // Another user's key is not signed for this session.
         let theirs = sign_get(format!("users/{OTHER}/data/x")).await.unwrap();
         assert_eq!(theirs.status(), 403);
+        // Nor can a URL for a key of one's own be made into one for theirs. The fields were
+        // signed joined by '|': a key ending in `||<theirs>`, replayed as `<theirs>` with the
+        // rest moved into the upload field, signed the same text (this read their file).
+        let secret = pool.home.path().join(format!("aic/store/users/{OTHER}/data/secret.txt"));
+        std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+        std::fs::write(&secret, "theirs").unwrap();
+        let victim = format!("users/{OTHER}/data/secret.txt");
+        let v: serde_json::Value =
+            sign_get(format!("users/{OWNER}/data/a||{victim}")).await.unwrap().json().await.unwrap();
+        let mut signed = url::Url::parse(v["urls"][0]["url"].as_str().unwrap_or_else(|| panic!("{v}"))).unwrap();
+        let pairs: Vec<(String, String)> = signed.query_pairs().into_owned().collect();
+        let mut forged = signed.query_pairs_mut();
+        forged.clear();
+        for (k, v) in &pairs {
+            forged.append_pair(k, if k == "key" { &victim } else { v });
+        }
+        forged.append_pair("u", &format!("||users/{OWNER}/data/a"));
+        drop(forged);
+        let answer = http.get(signed.as_str()).send().await.unwrap();
+        assert_eq!(answer.status(), 403, "a forged URL read another's file: {}", answer.text().await.unwrap());
+        for (u, p) in [("", "1"), ("a|b", "1"), ("ab", "x")] {
+            signed.query_pairs_mut().append_pair("u", u).append_pair("p", p);
+            assert_eq!(http.get(signed.as_str()).send().await.unwrap().status(), 403, "u={u:?} p={p:?}");
+        }
         let page = get(format!("{base}/new")).await.unwrap();
         let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
         assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");

@@ -30,7 +30,7 @@ pub enum BlobBody {
 }
 
 /// What one URL allows.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Grant {
     pub method: String,
     pub key: String,
@@ -43,13 +43,30 @@ pub(super) struct Grant {
 }
 
 impl Grant {
+    /// What the MAC covers: every field, as a JSON array (each string quoted and escaped), so
+    /// no choice of one field's text can stand for another's. (The fields joined by `|` were
+    /// ambiguous: a key `users/B/data/a||K` signed for B replayed as key `K` with upload
+    /// `||users/B/data/a` — the same text — reading any object of the bucket.)
     fn signed_text(&self) -> String {
-        let part = self.part.map(|p| p.to_string()).unwrap_or_default();
-        // The key goes last: nothing before it holds a '|'.
-        format!(
-            "blob|{}|{}|{}|{}|{}|{}|{}",
-            self.method, self.expires, self.sha, self.create as u8, self.upload, part, self.key
-        )
+        json!(["blob", self.method, self.expires, self.sha, self.create, self.upload, self.part, self.key]).to_string()
+    }
+
+    /// Refuses what no URL this host makes carries: a SHA-256 that is not 64 lower-case hex
+    /// digits, an upload without its part (or a part without its upload), an upload id with
+    /// anything but letters and digits.
+    fn check_fields(&self) -> Result<(), &'static str> {
+        if !self.sha.is_empty()
+            && (self.sha.len() != 64 || !self.sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        {
+            return Err("a bad content SHA-256 in the URL; ask /v1/sign for a new one");
+        }
+        if self.upload.is_empty() != self.part.is_none() {
+            return Err("an upload's URL names both its upload and its part; ask /v1/multipart for a new one");
+        }
+        if !self.upload.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err("a bad upload id in the URL; ask /v1/multipart for a new one");
+        }
+        Ok(())
     }
 }
 
@@ -107,6 +124,7 @@ impl Gateway {
             upload: get("u"),
             part: q.get("p").map(|p| p.parse()).transpose().map_err(|_| "a bad part number")?,
         };
+        g.check_fields()?;
         if !session::constant_time_eq(self.mac(&g.signed_text()).as_bytes(), get("sig").as_bytes()) {
             return Err("the URL's signature does not match; ask /v1/sign for a new one".into());
         }
@@ -322,6 +340,56 @@ fn parse_range(v: &str) -> Result<GetRange, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Today's forgery and every swap of text between fields: no two grants sign the same.
+    #[test]
+    fn no_field_can_stand_for_another_in_the_signed_text() {
+        let signed = Grant {
+            method: "GET".into(),
+            key: "users/b/data/a||users/a/data/x".into(),
+            expires: 9,
+            ..Default::default()
+        };
+        let forged = Grant {
+            method: "GET".into(),
+            key: "users/a/data/x".into(),
+            expires: 9,
+            upload: "||users/b/data/a".into(),
+            ..Default::default()
+        };
+        assert_ne!(signed.signed_text(), forged.signed_text());
+        assert!(forged.check_fields().is_err(), "an upload without its part");
+        let base = Grant {
+            method: "PUT".into(),
+            key: "k".into(),
+            expires: 9,
+            sha: "ab".repeat(32),
+            create: true,
+            upload: "u1".into(),
+            part: Some(1),
+        };
+        let variants = [
+            Grant { key: "u1".into(), upload: "k".into(), ..base.clone() },
+            Grant { method: "k".into(), key: "PUT".into(), ..base.clone() },
+            Grant { create: false, ..base.clone() },
+            Grant { part: Some(11), upload: "u".into(), ..base.clone() },
+            Grant { sha: String::new(), key: format!("{}k", "ab".repeat(32)), ..base.clone() },
+            Grant { expires: 91, part: None, upload: String::new(), ..base.clone() },
+        ];
+        for v in &variants {
+            assert_ne!(v.signed_text(), base.signed_text(), "{v:?}");
+        }
+        assert!(base.check_fields().is_ok());
+        for bad in [
+            Grant { sha: "AB".repeat(32), ..base.clone() },
+            Grant { sha: "ab".into(), ..base.clone() },
+            Grant { upload: "a|b".into(), ..base.clone() },
+            Grant { upload: "a\nb".into(), ..base.clone() },
+            Grant { part: None, ..base.clone() },
+        ] {
+            assert!(bad.check_fields().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ranges_as_s3_takes_them() {
