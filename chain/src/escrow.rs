@@ -2,8 +2,9 @@
 //! job, the pool settles it once with the amount used (the rest goes back in the same
 //! transaction), and a deposit the pool never settles can be reclaimed after its deadline.
 //!
-//! A run is a job's first run, or one of its resumes: [`run_id`] keys a deposit by job id and
-//! run number, so each resume is paid and settled on its own.
+//! A run is a job's first run, or one of its resumes: [`run_id`] keys a deposit by its owner,
+//! job id and run number, so each resume is paid and settled on its own, and no other
+//! wallet's request for the same job id names the same run.
 
 use alloy::network::TransactionBuilder;
 use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
@@ -48,9 +49,13 @@ sol! {
 /// `contracts/out/AICEscrow.json`, compiled by `node contracts/build.js`.
 pub const ARTIFACT: &str = include_str!("../../contracts/out/AICEscrow.json");
 
-/// The deposit key of run `run` (0 for the first, then each resume) of job `job`.
-pub fn run_id(job: &str, run: u32) -> B256 {
-    keccak256(("aic-run", job.to_string(), run).abi_encode_packed())
+/// The deposit key of run `run` (0 for the first, then each resume) of `owner`'s job `job`:
+/// `keccak256(abi.encodePacked("aic-run", owner, job, run))`. The owner is part of it: a
+/// second wallet's request under the same job id names another run, never the owner's
+/// deposit (it once did, and its refusal refunded the owner's deposit in full while the
+/// owner's job ran).
+pub fn run_id(owner: Address, job: &str, run: u32) -> B256 {
+    keccak256(("aic-run", owner, job.to_string(), run).abi_encode_packed())
 }
 
 /// What a wallet is asked to send to pay `amount` AIC for one run: a deposit into the pool's
@@ -79,15 +84,15 @@ pub struct EscrowPayment {
 }
 
 impl Payment {
-    /// The payment of `amount` for run `run` of `job`, `hours` paid, on `chain`.
-    pub fn of(chain: &crate::ChainConfig, amount: u128, job: &str, run: u32, hours: f64) -> Payment {
+    /// The payment of `amount` by `owner` for run `run` of its job `job`, `hours` paid, on `chain`.
+    pub fn of(chain: &crate::ChainConfig, amount: u128, owner: Address, job: &str, run: u32, hours: f64) -> Payment {
         Payment {
             token: chain.token,
             treasury: chain.treasury,
             amount,
             escrow: chain.escrow.map(|contract| EscrowPayment {
                 contract,
-                run: run_id(job, run),
+                run: run_id(owner, job, run),
                 milli_hours: milli_hours(hours),
             }),
         }

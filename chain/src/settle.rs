@@ -143,12 +143,15 @@ impl Settler for ChainSettler {
         let Some(receipt) = self.provider.get_transaction_receipt(hash).await.map_err(unavailable)? else {
             return Ok(vec![]);
         };
-        let run = escrow::run_id(job.job.as_str(), run_no);
+        // Only the job's owner's deposit for this run: a request anyone can upload under
+        // their own address may name anyone's transaction.
+        let owner = to_alloy(&job.owner);
+        let run = escrow::run_id(owner, job.job.as_str(), run_no);
         let mut out = vec![];
         for log in receipt.inner.logs() {
             let Ok(d) = log.log_decode::<IAICEscrow::Deposited>() else { continue };
-            if d.inner.address == escrow && d.inner.data.run == run {
-                out.push(self.settle_run(escrow, run, d.inner.data.depositor, 0).await?);
+            if d.inner.address == escrow && d.inner.data.run == run && d.inner.data.depositor == owner {
+                out.push(self.settle_run(escrow, run, owner, 0).await?);
             }
         }
         Ok(out)

@@ -121,7 +121,7 @@ impl PaymentVerifier for ChainPayments {
         // A deposit into the pool's escrow for this job's run, from its owner; else (where the
         // pool takes them) AIC transfers to the treasury.
         let owner = to_alloy(&req.owner);
-        let (paid, escrow) = match self.deposit(&receipt, job, run, owner, p)? {
+        let (mut paid, escrow) = match self.deposit(&receipt, job, run, owner, p)? {
             Some(d) => d,
             None if !self.cfg.transfers => {
                 return Err(reject(format!(
@@ -133,6 +133,9 @@ impl PaymentVerifier for ChainPayments {
             }
             None => (self.transferred(&receipt, owner, p)?, None),
         };
+        if let Some(e) = &escrow {
+            paid = self.still_held(e, owner, req.max_hours, p).await?;
+        }
         if paid < U256::from(total) {
             return Err(reject(format!(
                 "underpaid: payment {} {} {} but the job costs {}",
@@ -159,8 +162,9 @@ impl PaymentVerifier for ChainPayments {
                 let existing: Option<ClaimRecord> =
                     self.store.get_json(&key, MAX_DOC_BYTES).await.map_err(unavailable_store)?;
                 match existing {
-                    Some(c) if c.job == job.job.as_str() && c.run == run => {} // a duplicate event
-                    Some(c) if c.job == job.job.as_str() => {
+                    // A duplicate event: the same owner's job and run.
+                    Some(c) if c.owner == req.owner.to_string() && c.job == job.job.as_str() && c.run == run => {}
+                    Some(c) if c.owner == req.owner.to_string() && c.job == job.job.as_str() => {
                         return Err(reject(format!(
                             "payment {} already paid for run {} of this job; a resume is paid anew",
                             p.tx,
@@ -181,7 +185,53 @@ impl PaymentVerifier for ChainPayments {
     }
 }
 
+/// How long past a run's paid hours its deposit must stay held for validate to accept it:
+/// time to wait in a queue, restart after a lost miner, and settle.
+pub const DEPOSIT_MARGIN_HOURS: u64 = 24;
+
 impl ChainPayments {
+    /// What the escrow holds now for the owner's deposit `e` (the event says only what it
+    /// once held): it must still be held, and its deadline (after which its depositor may
+    /// reclaim it) must leave the run its `hours` plus [`DEPOSIT_MARGIN_HOURS`] from now.
+    /// Otherwise refused with the reason (a held one is then refunded by settle).
+    async fn still_held(
+        &self,
+        e: &EscrowDeposit,
+        owner: alloy::primitives::Address,
+        hours: f64,
+        p: &aic_schemas::PaymentRef,
+    ) -> Result<U256, PaymentVerdict> {
+        let unavailable = |e: anyhow::Error| PaymentVerdict::Unavailable(e.to_string());
+        let escrow: alloy::primitives::Address =
+            e.contract.parse().map_err(|_| PaymentVerdict::Unavailable("escrow address".into()))?;
+        let run: B256 = e.run_key.parse().map_err(|_| PaymentVerdict::Unavailable("run key".into()))?;
+        let h = crate::escrow::held(&self.provider, escrow, owner, run).await.map_err(unavailable)?;
+        match h.state {
+            crate::escrow::HELD => {}
+            crate::escrow::RECLAIMED => {
+                return Err(reject(format!("deposit {} was reclaimed by its depositor; pay again", p.tx)));
+            }
+            _ => return Err(reject(format!("deposit {} was already settled; a run is paid anew", p.tx))),
+        }
+        let now = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| PaymentVerdict::Unavailable(e.to_string()))?
+            .map(|b| b.header.timestamp)
+            .unwrap_or_else(|| chrono::Utc::now().timestamp() as u64);
+        let needed = (hours.max(0.0) * 3600.0).ceil() as u64 + DEPOSIT_MARGIN_HOURS * 3600;
+        if h.deadline < now.saturating_add(needed) {
+            let left = h.deadline.saturating_sub(now) as f64 / 3600.0;
+            return Err(reject(format!(
+                "deposit {} may be reclaimed in {left:.1} h, too soon for a run of {hours} h plus {DEPOSIT_MARGIN_HOURS} h to settle; \
+                 it is refunded: deposit for the request's hours (`aic run` does) and submit again",
+                p.tx
+            )));
+        }
+        Ok(h.amount)
+    }
+
     /// The deposit the transaction made into the pool's escrow for run `run_no` of this job,
     /// from its owner; `None` when it made none into that escrow. A deposit for another run or
     /// from another address is refused with the reason.
@@ -194,7 +244,7 @@ impl ChainPayments {
         p: &aic_schemas::PaymentRef,
     ) -> Result<Option<(U256, Option<EscrowDeposit>)>, PaymentVerdict> {
         let Some(escrow) = self.cfg.escrow else { return Ok(None) };
-        let run = crate::escrow::run_id(job.job.as_str(), run_no);
+        let run = crate::escrow::run_id(owner, job.job.as_str(), run_no);
         let mut refusal = None;
         for log in receipt.inner.logs() {
             let Ok(d) = log.log_decode::<IAICEscrow::Deposited>() else { continue };
@@ -202,13 +252,13 @@ impl ChainPayments {
             if d.address != escrow {
                 continue;
             }
-            if d.data.run != run {
-                refusal = Some(format!("deposit {} is for another job or run, not job {}", p.tx, job.job));
-            } else if d.data.depositor != owner {
+            if d.data.depositor != owner {
                 refusal = Some(format!(
                     "deposit {} is from {}, not from the job's owner {}",
                     p.tx, d.data.depositor, job.owner
                 ));
+            } else if d.data.run != run {
+                refusal = Some(format!("deposit {} is for another job or run, not job {}", p.tx, job.job));
             } else {
                 let e = EscrowDeposit { contract: escrow.to_string(), run_key: format!("{run:#x}"), run: run_no };
                 return Ok(Some((d.data.amount, Some(e))));

@@ -79,7 +79,7 @@ async fn a_run_is_settled_once_what_was_used_to_the_treasury_the_rest_back_at_on
     let w = world().await;
     let (treasury, esc) = (w.chain.config.treasury, w.escrow());
     let (a0, t0) = (w.aic(alice()).await, w.aic(treasury).await);
-    let run = run_id("01jb0000000000000000000000", 0);
+    let run = run_id(dev_key(1).address(), "01jb0000000000000000000000", 0);
     let tx = w.deposit(1, run, 2 * AIC, 2000).await.unwrap();
     // The deposit's event, for validate to read.
     let receipt = w.wallet(0).get_transaction_receipt(tx).await.unwrap().unwrap();
@@ -110,7 +110,7 @@ async fn a_run_is_settled_once_what_was_used_to_the_treasury_the_rest_back_at_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_settler_settles_and_never_more_than_was_deposited() {
     let w = world().await;
-    let run = run_id("01jb0000000000000000000001", 0);
+    let run = run_id(dev_key(1).address(), "01jb0000000000000000000001", 0);
     w.deposit(1, run, AIC, 1000).await.unwrap();
     let by_user = w.settle(1, run, 0).await.unwrap_err();
     assert!(by_user.contains("NotSettler"), "{by_user}");
@@ -124,14 +124,15 @@ async fn only_the_settler_settles_and_never_more_than_was_deposited() {
     w.settle(SETTLER, run, AIC).await.unwrap();
     assert_eq!(w.aic(w.chain.config.treasury).await, t0 + U256::from(AIC));
     // An unknown run cannot be settled.
-    let unknown = w.settle(SETTLER, run_id("01jb0000000000000000000009", 0), 0).await.unwrap_err();
+    let unknown =
+        w.settle(SETTLER, run_id(dev_key(1).address(), "01jb0000000000000000000009", 0), 0).await.unwrap_err();
     assert!(unknown.contains("NotHeld"), "{unknown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsettled_deposit_is_reclaimed_by_its_depositor_after_its_deadline_only() {
     let w = world().await;
-    let run = run_id("01jb0000000000000000000002", 0);
+    let run = run_id(dev_key(1).address(), "01jb0000000000000000000002", 0);
     let a0 = w.aic(alice()).await;
     w.deposit(1, run, 3 * AIC, 500).await.unwrap();
     let h = w.held(run).await;
@@ -156,7 +157,7 @@ async fn an_unsettled_deposit_is_reclaimed_by_its_depositor_after_its_deadline_o
 async fn a_run_takes_one_deposit_and_each_resume_is_a_run_of_its_own() {
     let w = world().await;
     let job = "01jb0000000000000000000003";
-    let (first, resume) = (run_id(job, 0), run_id(job, 1));
+    let (first, resume) = (run_id(dev_key(1).address(), job, 0), run_id(dev_key(1).address(), job, 1));
     assert_ne!(first, resume);
     // Someone else depositing for the run first takes nothing from its owner: deposits are
     // kept per depositor (the pool counts only the job owner's).
@@ -168,8 +169,8 @@ async fn a_run_takes_one_deposit_and_each_resume_is_a_run_of_its_own() {
     w.deposit(1, resume, AIC, 1000).await.unwrap();
     assert_eq!(w.aic(w.escrow()).await, U256::from(2 * AIC + 1));
     // Nothing, or no hours, is not a deposit.
-    let zero = w.deposit(1, run_id(job, 2), 0, 1000).await.unwrap_err().to_string();
+    let zero = w.deposit(1, run_id(dev_key(1).address(), job, 2), 0, 1000).await.unwrap_err().to_string();
     assert!(zero.contains("ZeroAmount"), "{zero}");
-    let no_hours = w.deposit(1, run_id(job, 2), AIC, 0).await.unwrap_err().to_string();
+    let no_hours = w.deposit(1, run_id(dev_key(1).address(), job, 2), AIC, 0).await.unwrap_err().to_string();
     assert!(no_hours.contains("BadHours"), "{no_hours}");
 }

@@ -112,6 +112,27 @@ pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64) -> anyhow::Result<()
     Ok(())
 }
 
+/// Refuses to sign in for a domain other than the gateway's own (`url`'s host and port): a
+/// hostile gateway could otherwise relay another pool's nonce and domain, and get a session
+/// there as you with the message you signed.
+fn check_domain(url: &str, domain: &str) -> anyhow::Result<()> {
+    let at = |u: &str| -> Option<(String, u16)> {
+        let u = url::Url::parse(u).ok()?;
+        Some((u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
+    };
+    let own = at(url).ok_or_else(|| anyhow!("{url} is not a gateway address (https://HOST[:PORT])"))?;
+    let scheme = url.split("://").next().unwrap_or("https");
+    if at(&format!("{scheme}://{domain}")) != Some(own.clone()) {
+        bail!(
+            "the gateway at {url} asks you to sign in for {domain:?}, not for its own address {}:{}; refused (a gateway may \
+             only ask for itself: check AIC_GATEWAY)",
+            own.0,
+            own.1
+        );
+    }
+    Ok(())
+}
+
 /// Pool mode: SIWE with the gateway (its domain, chain and nonce), keeping its token, the
 /// pool's chain, and the identity for signing requests and payments.
 async fn login_gateway(env: &Env, url: &str, source: Source) -> anyhow::Result<()> {
@@ -122,6 +143,7 @@ async fn login_gateway(env: &Env, url: &str, source: Source) -> anyhow::Result<(
     let nonce = gw.call(reqwest::Method::GET, "nonce", None).await?;
     let domain =
         info["domain"].as_str().ok_or_else(|| anyhow!("{url} is not an aic gateway (no domain in /v1/info)"))?;
+    check_domain(url, domain)?;
     let chain_id = info["chain_id"].as_u64().ok_or_else(|| anyhow!("{url} named no chain id"))?;
     let mut msg =
         aic_chain::siwe::SiweMessage::new(domain, url, signer.address(), chain_id, chrono::Duration::hours(12));
@@ -192,4 +214,28 @@ pub fn open(env: &Env, page: Option<&str>) -> anyhow::Result<()> {
     println!("{url}");
     crate::browser::open_in_browser(&url);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_domain;
+
+    /// A hostile gateway names another pool's domain (to relay that pool's nonce and keep the
+    /// session it gets with your signature): refused. Its own address, with or without the
+    /// scheme's port, is taken.
+    #[test]
+    fn a_gateway_gets_a_sign_in_only_for_its_own_address() {
+        assert!(check_domain("https://pool.example.org", "pool.example.org").is_ok());
+        assert!(check_domain("https://Pool.Example.org/", "pool.example.org:443").is_ok());
+        assert!(check_domain("http://127.0.0.1:8800", "127.0.0.1:8800").is_ok());
+        for (url, domain) in [
+            ("https://evil.example", "pool.example.org"),
+            ("https://pool.example.org", "pool.example.org:8443"),
+            ("http://127.0.0.1:8801", "127.0.0.1:8800"),
+            ("https://pool.example.org.evil.example", "pool.example.org"),
+        ] {
+            let e = check_domain(url, domain).unwrap_err().to_string();
+            assert!(e.contains("refused"), "{url} {domain}: {e}");
+        }
+    }
 }

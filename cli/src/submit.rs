@@ -268,8 +268,16 @@ pub async fn pay_sign_submit(
     }
     if env.source == crate::identity::Source::Browser {
         // The browser wallet pays and signs in the page.
-        let payment = (total > 0 && tx.is_none())
-            .then(|| crate::browser::Payment::of(&chain, total, req.job_id.as_str(), 0, req.max_hours));
+        let payment = (total > 0 && tx.is_none()).then(|| {
+            crate::browser::Payment::of(
+                &chain,
+                total,
+                aic_chain::to_alloy(&req.owner),
+                req.job_id.as_str(),
+                0,
+                req.max_hours,
+            )
+        });
         let task = crate::browser::Task::Sign { req: Box::new(req.clone()), chain: Box::new(chain.clone()), payment };
         match crate::browser::run(env.home.clone(), task).await? {
             crate::browser::Done::Signed(signed) => req = *signed,
@@ -343,7 +351,7 @@ pub async fn pay(
     }
     let value = alloy::primitives::U256::from(amount);
     if let Some(escrow) = chain.escrow {
-        let run = aic_chain::escrow::run_id(job.as_str(), run);
+        let run = aic_chain::escrow::run_id(me, job.as_str(), run);
         let milli_hours = aic_chain::escrow::milli_hours(hours);
         let tx = aic_chain::escrow::deposit(&provider, chain.token, escrow, run, value, milli_hours).await?;
         let tx = format!("{tx:#x}");

@@ -7,7 +7,8 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 
 /// @title AIC escrow for paid runs of aic jobs
 /// @notice A user deposits AIC for one paid run of a job (a job's first run, or each time it
-/// is resumed: `run` = keccak256("aic-run", job id, run number)). When the run has ended, the
+/// is resumed: `run` = keccak256(abi.encodePacked("aic-run", owner, job id, run number)), the
+/// owner in it so that no other wallet's request names the same run). When the run has ended, the
 /// pool's settler settles it once with the amount used: that goes to the treasury and the
 /// rest back to the depositor in the same transaction. If the pool never settles, the
 /// depositor takes the whole deposit back after the run's paid hours and the grace below.

@@ -81,7 +81,8 @@ pub trait Settler: Send + Sync {
     async fn settle(&self, depositor: &Address, deposit: &EscrowDeposit, used: u128)
     -> Result<OnChain, PaymentVerdict>;
 
-    /// The deposits for `job`'s paid run `run` made in transaction `tx` (a refused request's),
-    /// each refunded in full; the ones already settled or reclaimed are read back.
+    /// The deposit of `job`'s owner for its paid run `run` made in transaction `tx` (a refused
+    /// request's), refunded in full; one already settled or reclaimed is read back. Another
+    /// wallet's deposit in that transaction is never touched.
     async fn refund_deposits_in(&self, job: &JobKey, run: u32, tx: &str) -> Result<Vec<OnChain>, PaymentVerdict>;
 }

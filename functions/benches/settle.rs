@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let approve =
         IERC20Approve::new(token, &wallet).approve(escrow, U256::from(PRICE)).send().await?.get_receipt().await?;
-    let run = run_id("01jb0000000000000000000000", 0);
+    let run = run_id(key.address(), "01jb0000000000000000000000", 0);
     let deposit =
         IAICEscrow::new(escrow, &wallet).deposit(run, U256::from(PRICE), 1000).send().await?.get_receipt().await?;
     let settler =
@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let mut jobs = Vec::with_capacity(n);
     for _ in 0..n {
         let mut req = common::unsigned_by(from_alloy(key.address()), 1);
-        let run = run_id(req.job_id.as_str(), 0);
+        let run = run_id(key.address(), req.job_id.as_str(), 0);
         let tx = aic_chain::escrow::deposit(&wallet, token, escrow, run, U256::from(PRICE), 1000).await?;
         req.payment = Some(PaymentRef { chain_id: chain.config.chain_id, tx: format!("{tx:#x}") });
         aic_chain::request::sign(&key, &mut req, chain.config.chain_id).await?;

@@ -67,7 +67,7 @@ impl World {
     /// Deposits `amount` from dev account `from` into the pool's escrow for `job`'s first run.
     async fn deposit(&self, from: u32, job: &aic_schemas::JobId, amount: u128) -> String {
         let escrow = self.chain.config.escrow.unwrap();
-        let run = aic_chain::escrow::run_id(job.as_str(), 0);
+        let run = aic_chain::escrow::run_id(dev_key(from).address(), job.as_str(), 0);
         let tx = aic_chain::escrow::deposit(
             &self.wallet(from),
             self.chain.config.token,
@@ -241,7 +241,10 @@ async fn a_deposit_into_the_escrow_pays_for_its_own_job_only() {
     assert_eq!(p.paid, (2 * PRICE).to_string());
     let e = p.escrow.expect("paid by deposit");
     assert_eq!((e.contract.as_str(), e.run), (escrow.to_string().as_str(), 0));
-    assert_eq!(e.run_key, format!("{:#x}", aic_chain::escrow::run_id(job.job.as_str(), 0)));
+    assert_eq!(
+        e.run_key,
+        format!("{:#x}", aic_chain::escrow::run_id(aic_chain::to_alloy(&job.owner), job.job.as_str(), 0))
+    );
     assert_eq!(aic(escrow).await, U256::from(2 * PRICE), "held, not yet the treasury's");
     // The same deposit for another job.
     let mut other = w.request(1, None);
@@ -609,4 +612,115 @@ async fn payments_wait_out_an_rpc_outage_and_none_is_lost() {
     let after = token::balance(&w.wallet(1), w.chain.config.token, escrow).await.unwrap();
     assert_eq!(after, held, "every deposit still held for its job");
     assert_eq!(held, U256::from(PRICE * JOBS as u128));
+}
+
+/// What the escrow holds from dev account `who` for its job `job`'s first run.
+async fn held_for(w: &World, who: u32, job: &aic_schemas::JobId) -> aic_chain::escrow::Held {
+    let run = aic_chain::escrow::run_id(dev_key(who).address(), job.as_str(), 0);
+    aic_chain::escrow::held(&w.wallet(0), w.chain.config.escrow.unwrap(), dev_key(who).address(), run).await.unwrap()
+}
+
+/// A second wallet uploads a twin of the owner's request (same job id, the owner's deposit
+/// transaction) under its own address: the twin is refused, and its refusal refunds nothing
+/// of the owner's deposit. (The run key had no owner: settling the twin's refusal walked the
+/// transaction and refunded the owner's deposit in full while the owner's job ran, to be
+/// charged 0.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_wallets_twin_request_cannot_refund_anothers_deposit() {
+    let w = world(1).await;
+    let escrow = w.chain.config.escrow.unwrap();
+    let aic = |who: Address| {
+        let (p, t) = (w.wallet(0), w.chain.config.token);
+        async move { token::balance(&p, t, who).await.unwrap() }
+    };
+    let (victim, attacker) = (dev_key(1).address(), dev_key(2).address());
+    let (v0, a0) = (aic(victim).await, aic(attacker).await);
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, PRICE).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx: tx.clone() });
+    let (job, out) = w.submit(&w.sign(1, req.clone()).await).await;
+    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+
+    let mut twin = w.request(2, Some(&tx));
+    twin.job_id = req.job_id.clone();
+    let why = w.rejected_because(&w.sign(2, twin.clone()).await).await;
+    assert!(why.contains("not from the job's owner"), "{why}");
+    let twin_key = JobKey::new(twin.owner, twin.job_id.clone());
+    let ev = S3EventRecord::object_created(w.store.bucket(), &twin_key.status_snapshot(), 100);
+    let out = handle_record(&w.ctx, &ev).await.unwrap();
+    assert!(!matches!(out, Outcome::Settled(..)), "the twin's refusal settled something: {out:?}");
+
+    let h = held_for(&w, 1, &req.job_id).await;
+    assert_eq!(h.state, aic_chain::escrow::HELD, "the owner's deposit is still held for the owner's job");
+    assert_eq!(aic(escrow).await, U256::from(PRICE));
+    assert_eq!(aic(victim).await, v0 - U256::from(PRICE), "the owner's deposit stays in the escrow");
+    assert_eq!(aic(attacker).await, a0, "the attacker neither paid nor got anything");
+}
+
+/// A deposit that its owner can reclaim before the run could end and settle is refused, and
+/// refunded; one already reclaimed is refused and moves nothing. (validate read the event
+/// only: a deposit reclaimed after its deadline still paid for a job, charged 0.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_reclaimed_or_due_back_too_soon_pays_for_nothing() {
+    let w = world(1).await;
+    let escrow = w.chain.config.escrow.unwrap();
+    let aic = |who: Address| {
+        let (p, t) = (w.wallet(0), w.chain.config.token);
+        async move { token::balance(&p, t, who).await.unwrap() }
+    };
+    let owner = dev_key(1).address();
+    let (o0, t0) = (aic(owner).await, aic(w.treasury()).await);
+    let soon = w.request(1, None);
+    let tx_soon = w.deposit(1, &soon.job_id, PRICE).await;
+    let gone = w.request(1, None);
+    let tx_gone = w.deposit(1, &gone.job_id, PRICE).await;
+    // Six and a half days later a deposit of one hour (+ the escrow's 7-day grace) may be
+    // reclaimed in half a day: too soon for a 1-hour run plus the margin to settle.
+    aic_chain::devchain::advance_time(&w.wallet(0), 6 * 86_400 + 12 * 3_600).await.unwrap();
+    let mut soon = soon;
+    soon.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx: tx_soon });
+    let why = w.rejected_because(&w.sign(1, soon.clone()).await).await;
+    assert!(why.contains("too soon for a run of 1 h") && why.contains("it is refunded"), "{why}");
+    let key = JobKey::new(soon.owner, soon.job_id.clone());
+    let ev = S3EventRecord::object_created(w.store.bucket(), &key.status_snapshot(), 100);
+    match handle_record(&w.ctx, &ev).await.unwrap() {
+        Outcome::Settled(_, line) => assert!(line.contains("refunded 1 AIC"), "{line}"),
+        other => panic!("{other:?}"),
+    }
+    // Past the deadline the owner reclaims the other, then submits naming it.
+    aic_chain::devchain::advance_time(&w.wallet(0), 86_400).await.unwrap();
+    let run = aic_chain::escrow::run_id(owner, gone.job_id.as_str(), 0);
+    reclaim(&w, escrow, run).await;
+    let mut gone = gone;
+    gone.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx: tx_gone });
+    let why = w.rejected_because(&w.sign(1, gone).await).await;
+    assert!(why.contains("was reclaimed by its depositor"), "{why}");
+    assert_eq!(aic(owner).await, o0, "both deposits back, one refunded, one reclaimed");
+    assert_eq!(aic(w.treasury()).await, t0, "nothing charged");
+    assert_eq!(aic(escrow).await, U256::ZERO);
+}
+
+#[allow(non_snake_case)]
+async fn reclaim(w: &World, escrow: Address, run: alloy::primitives::B256) {
+    let r = aic_chain::escrow::IAICEscrow::new(escrow, &w.wallet(1)).reclaim(run).send().await.unwrap();
+    assert!(r.get_receipt().await.unwrap().status(), "reclaim reverted");
+}
+
+/// A payment claimed for another owner's job of the same id is not taken for a duplicate
+/// event of this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_by_another_owner_under_the_same_job_id_is_no_duplicate() {
+    let w = world(1).await;
+    let tx = w.pay(1, w.treasury(), PRICE).await;
+    let req = w.sign(1, w.request(1, Some(&tx))).await;
+    let theirs = aic_chain::verify::ClaimRecord {
+        job: req.job_id.to_string(),
+        run: 0,
+        owner: from_alloy(dev_key(2).address()).to_string(),
+        paid: PRICE.to_string(),
+        claimed_at: Utc::now(),
+    };
+    w.store.put_json(&payment_claim(w.chain.config.chain_id, &tx), &theirs).await.unwrap();
+    let why = w.rejected_because(&req).await;
+    assert!(why.contains("already paid for job"), "{why}");
 }

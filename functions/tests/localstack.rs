@@ -382,7 +382,7 @@ async fn paid_jobs(tag: &str, n: usize) -> Paid {
     for _ in 0..n {
         let mut req = unsigned(1);
         req.max_hours = 0.01;
-        let run = aic_chain::escrow::run_id(req.job_id.as_str(), 0);
+        let run = aic_chain::escrow::run_id(dev_key(1).address(), req.job_id.as_str(), 0);
         let tx = aic_chain::escrow::deposit(&p.wallet, token, escrow, run, U256::from(DEPOSIT), 10).await.unwrap();
         req.payment = Some(aic_schemas::PaymentRef { chain_id: p.chain.config.chain_id, tx: format!("{tx:#x}") });
         p.jobs.push(put_request(&p.store, &signed(req).await).await);

@@ -36,8 +36,17 @@ impl Gateway {
             Some(c) if !c.is_free() => {
                 let quote = c.pricing().quote(&req);
                 let total: u128 = quote.total.parse().unwrap_or(0);
-                let payment = (total > 0 && req.payment.is_none())
-                    .then(|| aic_chain::escrow::Payment::of(c, total, req.job_id.as_str(), 0, req.max_hours).to_json());
+                let payment = (total > 0 && req.payment.is_none()).then(|| {
+                    aic_chain::escrow::Payment::of(
+                        c,
+                        total,
+                        aic_chain::to_alloy(&req.owner),
+                        req.job_id.as_str(),
+                        0,
+                        req.max_hours,
+                    )
+                    .to_json()
+                });
                 (
                     json!({"total": quote.total, "gpu_hours": quote.gpu_hours, "display": aic_core::pricing::format_aic(total),
                         "price": aic_core::pricing::format_aic(c.price())}),
