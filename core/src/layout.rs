@@ -65,6 +65,13 @@ pub fn invert_id(id: &str) -> Option<String> {
     id.bytes().map(|b| DIGITS.iter().position(|&d| d == b).map(|i| DIGITS[31 - i] as char)).collect()
 }
 
+/// `pool/ids/<job>.json`: which owner a job id is, pool-wide (claimed create-only by validate
+/// before anything pool-wide uses the id: Nomad's `aic-<job>`, `pool/gang/`, `pool/serving/`,
+/// `/d/<job>/`, the local scheduler's folders).
+pub fn job_id_claim(job: &aic_schemas::JobId) -> String {
+    format!("pool/ids/{job}.json")
+}
+
 pub fn payment_claim(chain_id: u64, tx: &str) -> String {
     format!("pool/payments/{chain_id}/{}.json", tx.to_ascii_lowercase())
 }

@@ -76,6 +76,36 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
     );
 }
 
+/// A second owner's job under the same id (ids are unique per owner; Nomad's `aic-<id>` is
+/// not): its cancel leaves the first owner's Nomad job registered and sends no DELETE, and it
+/// is never registered over the first's.
+#[tokio::test]
+async fn another_owners_job_under_the_same_id_neither_stops_nor_replaces_the_first() {
+    let (state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), temp_store());
+    let (job, m) = manifest(1, 1);
+    n.submit(&job, &m).await.unwrap();
+    let mut theirs = m.clone();
+    theirs.request.owner = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc".parse().unwrap();
+    let twin = JobKey::new(theirs.request.owner, job.job.clone());
+
+    n.cancel(&twin).await.unwrap();
+    let deleted = |s: &Nomad| s.seen.iter().any(|(m, p, _)| m == "DELETE" && p.ends_with(&nomad_id(&job)));
+    {
+        let s = state.lock().unwrap();
+        assert!(!s.is_stopped(&nomad_id(&job)), "the first owner's job was stopped");
+        assert!(!deleted(&s), "a DELETE of the first owner's job was sent");
+    }
+    match n.submit(&twin, &theirs).await {
+        Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("another owner's"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let registered = state.lock().unwrap().jobs[&nomad_id(&job)]["Meta"]["aic_owner"].clone();
+    assert_eq!(registered, job.owner.to_string());
+    n.cancel(&job).await.unwrap();
+    assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)), "its owner's cancel stops it");
+}
+
 #[tokio::test]
 async fn a_bad_token_and_an_unreachable_cluster_say_what_to_fix() {
     let (_state, addr) = nomad().await;

@@ -53,6 +53,9 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     if let Err(why) = ctx.auth.authenticate(&req) {
         return reject(ctx, job, why).await;
     }
+    if let Some(why) = claim_id(ctx, job).await? {
+        return reject(ctx, job, why).await;
+    }
     let quote = ctx.pricing.quote(&req);
     let payment = match ctx.payments.verify(job, 0, &req, &quote).await {
         Ok(p) => p,
@@ -76,6 +79,40 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         Advanced::Applied(_) => Ok(Outcome::Validated(job.clone())),
         _ => Ok(Outcome::AlreadyDone(job.clone())),
     }
+}
+
+/// The owner a job id was claimed by, pool-wide (`pool/ids/<job>.json`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct IdClaim {
+    pub owner: aic_schemas::Address,
+    pub at: chrono::DateTime<Utc>,
+}
+
+/// Claims the job's id for its owner, create-only; the reason to refuse it when another
+/// owner claimed it first. Job ids are unique per owner only, and names across the pool
+/// (Nomad's job, the gang queue, serving routes, the local scheduler's folders) use the id
+/// alone: a second owner's request under a taken id would otherwise reach the first's job
+/// (cancel it, or deploy in its place).
+async fn claim_id(ctx: &Ctx, job: &JobKey) -> Result<Option<String>, HandlerError> {
+    let key = aic_core::layout::job_id_claim(&job.job);
+    let claim = IdClaim { owner: job.owner, at: Utc::now() };
+    if ctx.store.create_json(&key, &claim).await? == aic_core::Created::Created {
+        return Ok(None);
+    }
+    match ctx.store.get_json::<IdClaim>(&key, aic_schemas::validate::MAX_DOC_BYTES).await? {
+        Some(c) if c.owner == job.owner => Ok(None),
+        Some(_) => Ok(Some(format!(
+            "job id {} is another owner's on this pool; submit under a new id (aic makes one each time)",
+            job.job
+        ))),
+        None => Err(HandlerError::Unavailable("the job id's claim vanished".into())),
+    }
+}
+
+/// Whether the job is its owner's pool-wide: validated (a manifest is written only once its
+/// id is claimed for its owner). Only such a job is stopped by name across the pool.
+pub(crate) async fn owns_its_id(ctx: &Ctx, job: &JobKey) -> Result<bool, aic_core::StoreError> {
+    Ok(ctx.store.head(&job.manifest()).await?.is_some())
 }
 
 /// Why a request is refused.

@@ -644,7 +644,7 @@ async fn a_second_wallets_twin_request_cannot_refund_anothers_deposit() {
     let mut twin = w.request(2, Some(&tx));
     twin.job_id = req.job_id.clone();
     let why = w.rejected_because(&w.sign(2, twin.clone()).await).await;
-    assert!(why.contains("not from the job's owner"), "{why}");
+    assert!(why.contains("is another owner's on this pool"), "{why}");
     let twin_key = JobKey::new(twin.owner, twin.job_id.clone());
     let ev = S3EventRecord::object_created(w.store.bucket(), &twin_key.status_snapshot(), 100);
     let out = handle_record(&w.ctx, &ev).await.unwrap();
@@ -723,4 +723,48 @@ async fn a_claim_by_another_owner_under_the_same_job_id_is_no_duplicate() {
     w.store.put_json(&payment_claim(w.chain.config.chain_id, &tx), &theirs).await.unwrap();
     let why = w.rejected_because(&req).await;
     assert!(why.contains("already paid for job"), "{why}");
+}
+
+/// A second wallet submits under the id of another owner's job, paying properly: refused
+/// with the reason, its own deposit back whole; its cancel (the status record it may write
+/// while its request waits) stops nothing. (Ids were unique per owner only while the pool's
+/// names use the id alone: such a cancel deregistered the first owner's Nomad job.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_another_owner_claimed_is_refused_and_its_twin_cancels_nothing() {
+    let w = world(1).await;
+    let aic = |who: Address| {
+        let (p, t) = (w.wallet(0), w.chain.config.token);
+        async move { token::balance(&p, t, who).await.unwrap() }
+    };
+    let attacker = dev_key(2).address();
+    let tx = w.pay(1, w.treasury(), PRICE).await;
+    let (job, out) = w.submit(&w.sign(1, w.request(1, Some(&tx))).await).await;
+    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+
+    let a0 = aic(attacker).await;
+    let mut twin = w.request(2, None);
+    twin.job_id = job.job.clone();
+    let deposit = w.deposit(2, &twin.job_id, PRICE).await;
+    twin.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx: deposit });
+    let why = w.rejected_because(&w.sign(2, twin.clone()).await).await;
+    assert!(why.contains("is another owner's on this pool"), "{why}");
+    let twin_key = JobKey::new(twin.owner, twin.job_id.clone());
+    let ev = S3EventRecord::object_created(w.store.bucket(), &twin_key.status_snapshot(), 100);
+    match handle_record(&w.ctx, &ev).await.unwrap() {
+        Outcome::Settled(_, line) => assert!(line.contains("refunded 1 AIC"), "{line}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(aic(attacker).await, a0, "the refused twin's own deposit came back");
+
+    // A cancel record of the twin's (as if written while it waited) reaches no scheduler.
+    let cancel = aic_schemas::StatusRecord {
+        state: JobState::Cancelled,
+        ..status::current(&w.store, &twin_key).await.unwrap().unwrap()
+    };
+    w.store.put_json(&twin_key.status_record(99), &cancel).await.unwrap();
+    let out = aic_functions::cancel::handle(&w.ctx, &twin_key, 99).await.unwrap();
+    assert_eq!(out, Outcome::Ignored, "the twin's cancel reached the scheduler");
+    let claim: serde_json::Value =
+        w.store.get_json(&aic_core::layout::job_id_claim(&job.job), 1 << 16).await.unwrap().unwrap();
+    assert_eq!(claim["owner"], job.owner.to_string());
 }

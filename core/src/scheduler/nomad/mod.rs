@@ -121,6 +121,9 @@ impl NomadScheduler {
         // nobody else did first (`EnforceIndex` with the index read here).
         let mut modify_index = 0;
         if only_if_new && let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? {
+            if anothers(&j, job) {
+                return Err(ScheduleError::Unplaceable(format!("job id {} is another owner's on this pool", job.job)));
+            }
             let registered: u32 = j["Meta"]["aic_attempt"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0);
             if registered >= attempt {
                 return self.placement(&id, &gw, r.gpus_per_miner).await;
@@ -217,8 +220,16 @@ impl Scheduler for NomadScheduler {
     }
 
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
+        // Nomad's job is named by the id alone: never deregister another owner's.
+        let id = nomad_id(job);
+        if let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?
+            && anothers(&j, job)
+        {
+            tracing::warn!(job = %job.job, owner = %job.owner, "cancel of another owner's Nomad job refused");
+            return Ok(());
+        }
         // Deregistering stops every allocation (KillSignal, then KillTimeout); unknown is fine.
-        self.call(reqwest::Method::DELETE, &format!("job/{}", nomad_id(job)), &[], None).await?;
+        self.call(reqwest::Method::DELETE, &format!("job/{id}"), &[], None).await?;
         self.unwait(&job.job).await
     }
 
@@ -332,4 +343,10 @@ impl Scheduler for NomadScheduler {
         }
         Ok(gws.into_iter().map(|(name, miners)| GatewayInfo { name, miners }).collect())
     }
+}
+
+/// Whether the Nomad job `j` (as `GET /v1/job/:id` answers) is another owner's than `job`'s
+/// (its `aic_owner` meta): ids are unique per owner, Nomad's names are not.
+fn anothers(j: &serde_json::Value, job: &JobKey) -> bool {
+    j["Meta"]["aic_owner"].as_str().is_some_and(|o| !o.eq_ignore_ascii_case(&job.owner.to_string()))
 }
