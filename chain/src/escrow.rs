@@ -58,6 +58,48 @@ pub fn run_id(owner: Address, job: &str, run: u32) -> B256 {
     keccak256(("aic-run", owner, job.to_string(), run).abi_encode_packed())
 }
 
+/// The key the escrow's deposits had before it named the owner
+/// (`keccak256(abi.encodePacked("aic-run", job, run))`): such deposits pay for no job, and
+/// their depositors reclaim them ([`deposits_of`], `aic reclaim`).
+pub fn legacy_run_id(job: &str, run: u32) -> B256 {
+    keccak256(("aic-run", job.to_string(), run).abi_encode_packed())
+}
+
+/// One deposit `depositor` made, as its `Deposited` event says, with what the escrow holds
+/// for it now.
+#[derive(Clone, Debug)]
+pub struct DepositSeen {
+    pub run: B256,
+    pub amount: U256,
+    pub deadline: u64,
+    pub tx: Option<B256>,
+    pub now: Held,
+}
+
+/// Every deposit `depositor` made into `escrow` (its `Deposited` events, oldest first), with
+/// its state now.
+pub async fn deposits_of<P: Provider>(
+    provider: &P,
+    escrow: Address,
+    depositor: Address,
+) -> anyhow::Result<Vec<DepositSeen>> {
+    use alloy::sol_types::SolEvent;
+    let filter = alloy::rpc::types::Filter::new()
+        .address(escrow)
+        .event_signature(IAICEscrow::Deposited::SIGNATURE_HASH)
+        .topic2(depositor.into_word())
+        .from_block(0);
+    let mut out = Vec::new();
+    for log in provider.get_logs(&filter).await? {
+        let tx = log.transaction_hash;
+        let Ok(d) = log.log_decode::<IAICEscrow::Deposited>() else { continue };
+        let d = d.inner.data;
+        let now = held(provider, escrow, depositor, d.run).await?;
+        out.push(DepositSeen { run: d.run, amount: d.amount, deadline: d.deadline, tx, now });
+    }
+    Ok(out)
+}
+
 /// What a wallet is asked to send to pay `amount` AIC for one run: a deposit into the pool's
 /// escrow (an allowance for it first), or where the pool has none a transfer to its treasury.
 /// The wallet page of `aic` and the web app (through the gateway's `/v1/draft`) both send

@@ -219,9 +219,21 @@ pub async fn spend(env: &Env, json: bool, since: Option<chrono::DateTime<chrono:
     let totals = serde_json::json!({
         "paid": paid_t.to_string(), "charged": charged_t.to_string(), "refunded": refunded_t.to_string(), "held": held_t.to_string(),
     });
+    let due = crate::reclaim::due(env).await.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "the escrow's deposits could not be read");
+        Vec::new()
+    });
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"jobs": rows, "totals": totals}))?);
+        let due: Vec<_> =
+            due.iter().map(|(tx, amount)| serde_json::json!({"deposit": tx, "amount": amount.to_string()})).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"jobs": rows, "totals": totals, "reclaimable": due}))?
+        );
         return Ok(());
+    }
+    for (tx, amount) in &due {
+        println!("deposit {tx} ({}) is past its deadline and yours to take back: `aic reclaim --all`", aic(*amount));
     }
     if rows.is_empty() {
         eprintln!("nothing paid yet");

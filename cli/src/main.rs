@@ -11,6 +11,7 @@ mod identity;
 mod jobs;
 mod pool;
 mod progress;
+mod reclaim;
 mod remote;
 mod submit;
 mod watch;
@@ -81,6 +82,16 @@ enum Cmd {
         /// Only jobs created since: `30m`, `2h`, `3d`, or a date (`2026-12-01`, RFC 3339).
         #[arg(long)]
         since: Option<String>,
+    },
+    /// Takes back your deposits whose deadline has passed (paid hours + 7 days) that the pool
+    /// did not settle: a job paid but never submitted, or a run never settled.
+    Reclaim {
+        /// The job whose deposits to reclaim.
+        #[arg(required_unless_present = "all")]
+        job: Option<String>,
+        /// Every deposit of yours that is due.
+        #[arg(long, conflicts_with = "job")]
+        all: bool,
     },
     /// A job's state and history.
     Status {
@@ -393,6 +404,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             let since = since.as_deref().map(jobs::parse_since).transpose()?;
             jobs::list(&env, json, (!all).then_some(limit), since).await.map(|_| 0)
         }
+        Cmd::Reclaim { job, all: _ } => reclaim::reclaim(&env, job.as_deref()).await.map(|_| 0),
         Cmd::Spend { json, since } => {
             let since = since.as_deref().map(jobs::parse_since).transpose()?;
             jobs::spend(&env, json, since).await.map(|_| 0)

@@ -1116,3 +1116,66 @@ fn a_short_soak_of_small_jobs_eight_at_a_time_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Deposits the pool never settled come back with `aic reclaim` once past their deadline: a
+/// job paid but never submitted (by `aic reclaim JOB`), one under the escrow's older run key
+/// (`--all`, after `aic spend` lists it); one not yet due stays held, and another wallet's
+/// deposit is never touched. Balances read on chain.
+#[test]
+fn aic_reclaim_takes_back_ones_own_deposits_past_their_deadline_and_nothing_else() {
+    use aic_chain::devchain::dev_key;
+    use aic_chain::escrow;
+    use alloy::primitives::U256;
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    assert!(h.aic(&["login", "--dev", "4"]).status.success());
+    let chain: aic_chain::ChainConfig =
+        serde_json::from_slice(&std::fs::read(h.path().join("aic/chain.json")).unwrap()).unwrap();
+    let (token, escrow_at) = (chain.token, chain.escrow.unwrap());
+    let (me, other) = (dev_key(4).address(), dev_key(5).address());
+    let aic = 10u128.pow(18);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let wallet = |i: u32| {
+        alloy::providers::ProviderBuilder::new()
+            .wallet(alloy::network::EthereumWallet::from(dev_key(i)))
+            .connect_http(chain.rpc_url.parse().unwrap())
+    };
+    let balance = |who| rt.block_on(aic_chain::token::balance(&wallet(0), token, who)).unwrap();
+    let (paid_never_submitted, legacy, long) =
+        (aic_schemas::JobId::generate(), aic_schemas::JobId::generate(), aic_schemas::JobId::generate());
+    let me0 = balance(me);
+    rt.block_on(async {
+        let deposit = |i: u32, run, milli_hours| async move {
+            escrow::deposit(&wallet(i), token, escrow_at, run, U256::from(aic), milli_hours).await.unwrap()
+        };
+        deposit(4, escrow::run_id(me, paid_never_submitted.as_str(), 0), 1000).await;
+        deposit(4, escrow::legacy_run_id(legacy.as_str(), 0), 1000).await;
+        deposit(4, escrow::run_id(me, long.as_str(), 0), 100_000).await;
+        deposit(5, escrow::run_id(other, legacy.as_str(), 0), 1000).await;
+    });
+    assert_eq!(balance(me), me0 - U256::from(3 * aic));
+    let early = text(&h.aic(&["reclaim", "--all"])).1;
+    assert!(
+        early.contains("nothing to reclaim now") && early.matches("is held until its deadline").count() == 3,
+        "{early}"
+    );
+    // Past the deadline of a one-hour deposit (its hour + the escrow's 7 days).
+    rt.block_on(aic_chain::devchain::advance_time(&wallet(0), 7 * 86_400 + 7_200)).unwrap();
+
+    let one = h.aic(&["reclaim", paid_never_submitted.as_str()]);
+    let (said, err) = text(&one);
+    assert!(one.status.success() && said.starts_with("reclaimed 1 AIC (deposit 0x"), "{said}{err}");
+    assert_eq!(balance(me), me0 - U256::from(2 * aic));
+    let spend = text(&h.aic(&["spend"])).0;
+    assert_eq!(spend.matches("is past its deadline and yours to take back").count(), 1, "{spend}");
+    let all = h.aic(&["reclaim", "--all"]);
+    let (said, err) = text(&all);
+    assert!(all.status.success() && said.lines().count() == 1 && said.starts_with("reclaimed 1 AIC"), "{said}{err}");
+    assert!(err.contains("is held until its deadline"), "the 100-hour deposit is not due yet: {err}");
+    assert_eq!(balance(me), me0 - U256::from(aic), "both due deposits back, the long one still held");
+    let held = |who, run| rt.block_on(escrow::held(&wallet(0), escrow_at, who, run)).unwrap().state;
+    assert_eq!(held(other, escrow::run_id(other, legacy.as_str(), 0)), escrow::HELD, "another wallet's deposit");
+    assert_eq!(held(me, escrow::run_id(me, long.as_str(), 0)), escrow::HELD);
+    let none = h.aic(&["reclaim", aic_schemas::JobId::generate().as_str()]);
+    assert!(text(&none).1.contains("you made no deposit for job"), "{}", text(&none).1);
+}

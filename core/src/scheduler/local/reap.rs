@@ -154,17 +154,15 @@ impl LocalScheduler {
                 how: how.clone(),
             };
             let run = format!("{pid}-{}", started_at.timestamp_millis());
-            // What is charged rests on it: tried again while the store fails (a record
-            // made twice is one: create-only).
-            let mut tries = 0;
+            // What is charged rests on it: tried again until written, however long the
+            // store fails (a record made twice is one: create-only). Meanwhile the job stays
+            // in `running`, so `finished` says no and settle waits: given up on, the run
+            // would have been settled as if it used nothing.
+            let mut tries = 0u64;
             while let Err(e) = crate::usage::record(store, &job, &run, &u).await {
                 tries += 1;
-                if tries >= 20 {
-                    tracing::error!(job = %job.job, error = %e, "cannot record what the allocation used");
-                    break;
-                }
-                tracing::warn!(job = %job.job, error = %e, "cannot record what the allocation used; again");
-                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                tracing::warn!(job = %job.job, error = %e, tries, "cannot record what the allocation used; again");
+                tokio::time::sleep(Duration::from_millis((100 * tries).min(10_000))).await;
             }
         }
         self.persist(&self.inner.state.lock().unwrap(), &job);
