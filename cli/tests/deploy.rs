@@ -404,3 +404,71 @@ fn walk_has_no(dir: &Path, name: &str) -> bool {
         })
         .unwrap_or(true)
 }
+
+/// A deployed app that kills its own worker (the allocation's `aic-worker`, which the
+/// scheduler then starts again) gets no fresh hours: the deployment still ends at its run's
+/// first start + its paid hours, and both workers' time is metered. (Each worker counted the
+/// hours from its own start: killed late, a replica served on for its whole hours again.)
+#[test]
+fn an_app_that_kills_its_worker_gets_no_fresh_hours() {
+    let h = Home::new();
+    let proj = h.path().join("killer");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("requirements.txt"), "flask\n").unwrap();
+    std::fs::write(
+        proj.join("app.py"),
+        r#"import os, signal
+from flask import Flask
+app = Flask(__name__)
+
+def worker():
+    pid = os.getpid()
+    while pid > 1:
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == "aic-worker":
+                return pid
+    raise RuntimeError("no aic-worker above this app")
+
+@app.route("/")
+def index():
+    return "ok"
+
+@app.route("/kill")
+def kill():
+    os.kill(worker(), signal.SIGKILL)
+    return "killed"
+"#,
+    )
+    .unwrap();
+    let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "1")]);
+    // Paid for 0.005 h: 18 s.
+    let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "killer", "--hours", "0.005"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (api, job, _) = addresses(&out.stdout);
+    // 8 s in, the app kills its worker; the scheduler starts the replica again.
+    std::thread::sleep(Duration::from_secs(8));
+    let old = uwsgi_of(&job, 0).expect("the replica's uWSGI");
+    let _ = Command::new("curl").args(["-s", "-m", "5"]).arg(format!("{api}kill")).output();
+    replaced(&job, 0, old, 30);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let hist = loop {
+        let hist = h.history(&job);
+        if hist.last().is_some_and(|r| ["succeeded", "failed", "cancelled"].contains(&r["state"].as_str().unwrap())) {
+            break hist;
+        }
+        assert!(Instant::now() < deadline, "the deployment never ended: {hist:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let at = |r: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(r["at"].as_str().unwrap()).unwrap();
+    let running = hist.iter().find(|r| r["state"] == "running").expect("it ran");
+    let end = hist.last().unwrap();
+    assert_eq!(end["state"], "succeeded", "{hist:?}");
+    let served = (at(end) - at(running)).as_seconds_f64();
+    // 18 s paid from the first start; a fresh 18 s from the restart would end past 26 s.
+    assert!(served < 24.0, "served {served:.1} s for 18 s paid: {hist:?}");
+    let usage_dir = h.path().join(format!("aic/store/pool/usage/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/{job}"));
+    let records = walk(&usage_dir);
+    assert!(records.len() >= 2, "both workers' time is metered: {records:?}");
+}

@@ -550,6 +550,46 @@ async fn a_training_job_is_stopped_at_its_paid_time_and_charged_what_nomad_saw()
     assert!((t1 + 1..=t1 + 4).contains(&deadline), "7.2 s paid, 5 s used: deadline {deadline} at {t1}");
 }
 
+/// A deployment's paid hours are the pool's to enforce: registered with its deadline (and its
+/// workers told `AIC_SERVE_UNTIL`, the same for every restart of a task: an app that kills its
+/// worker gets no fresh hours when Nomad restarts it), and deregistered past it, `succeeded`.
+/// (Deployments had no deadline of the pool's: each worker counted its hours from its own
+/// start, and a worker whose app killed it started them anew.)
+#[tokio::test]
+async fn a_deployment_is_stopped_at_its_paid_hours_however_often_its_worker_restarts() {
+    use aic_schemas::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.time_limit_grace = std::time::Duration::from_secs(1);
+    let n = NomadScheduler::new(c, store.clone());
+    let (_, mut m) = manifest_of("serve", 1, 1);
+    m.request.max_hours = 0.0005; // paid as 0.001 h: 3.6 s
+    let job = running_job(&store, &m).await;
+    let t0 = chrono::Utc::now().timestamp();
+    n.submit(&job, &m).await.unwrap();
+    let spec = state.lock().unwrap().jobs[&nomad_id(&job)].clone();
+    let meta = |k: &str| spec["Meta"][k].as_str().unwrap_or_else(|| panic!("no {k}: {spec}")).parse::<i64>().unwrap();
+    let (deadline, until) = (meta("aic_deadline"), meta("aic_serve_until"));
+    assert_eq!(deadline - until, 1, "the workers stop a grace before the pool does");
+    assert!((t0 + 4..=t0 + 6).contains(&deadline), "deadline {deadline} for a deployment placed at {t0}");
+    let env = &spec["TaskGroups"][0]["Tasks"][0]["Env"];
+    assert_eq!(env["AIC_SERVE_UNTIL"], "${NOMAD_META_aic_serve_until}", "{env}");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if n.stop_overdue().await.unwrap() == std::slice::from_ref(&job) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "never stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::Succeeded);
+    assert_eq!(st.reason.as_deref(), Some("served for its paid 0.001 h; stopped by the scheduler"));
+    assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)), "deregistered");
+}
+
 /// Output of an exec session until its end: (stdout, stderr, how it ended).
 async fn drain(mut io: aic_core::scheduler::ExecIo) -> (String, String, aic_core::scheduler::ExecOutput) {
     use aic_core::scheduler::ExecOutput;

@@ -30,6 +30,8 @@ pub(crate) struct Alloc {
     /// Where the program's output and status moves go live (started on first use, inside
     /// the runtime); `None` without a gateway.
     pub(crate) live: std::sync::OnceLock<Option<LiveLog>>,
+    /// A deployment's end as the scheduler set it (unix seconds): the same across restarts.
+    pub(crate) serve_until: Option<i64>,
 }
 
 impl Alloc {
@@ -96,6 +98,7 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
         work: l.work_dir,
         gateway,
         live: Default::default(),
+        serve_until: l.serve_until,
     })
 }
 

@@ -215,7 +215,14 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
     let _stop_exec = StopOnDrop(exec);
     let deployment = a.job.job.to_string();
     let key = aic_core::layout::serving_registration(&deployment, &a.index.to_string());
-    let deadline = Instant::now() + Duration::from_secs_f64(req.max_hours * 3600.0);
+    // The deployment's end: the scheduler's (from the run's first start) where it says, so a
+    // worker restarted (its app killed it) does not start its hours anew; never later than
+    // this worker's own start + the paid hours.
+    let mut deadline = Instant::now() + Duration::from_secs_f64(req.max_hours * 3600.0);
+    if let Some(until) = a.serve_until {
+        let left = (until - chrono::Utc::now().timestamp()).max(0) as u64;
+        deadline = deadline.min(Instant::now() + Duration::from_secs(left));
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut restarts = 0;
     let (socket, _socket_dir) = worker_socket(&a.work)?;

@@ -23,6 +23,9 @@ pub const PORT: &str = "AIC_PORT";
 pub const WORK_DIR: &str = "AIC_WORK_DIR";
 pub const SERVE_PORT: &str = "AIC_SERVE_PORT";
 pub const GPUS: &str = "CUDA_VISIBLE_DEVICES";
+/// A deployment's end (unix seconds): its run's first start + its paid hours, the same for
+/// every replica and every restart of one (a worker restarted does not start its hours anew).
+pub const SERVE_UNTIL: &str = "AIC_SERVE_UNTIL";
 
 /// What one allocation's worker is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub struct Launch {
     /// The GPUs the allocation holds, as `CUDA_VISIBLE_DEVICES` lists them, where the
     /// scheduler assigns them itself (a device plugin says so otherwise).
     pub gpus: Option<String>,
+    /// A deployment's end (unix seconds), where the scheduler knows it ([`SERVE_UNTIL`]).
+    pub serve_until: Option<i64>,
 }
 
 impl Launch {
@@ -65,12 +70,13 @@ impl Launch {
         v.extend(self.port.map(|p| (PORT, p.to_string())));
         v.extend(self.serve_port.map(|p| (SERVE_PORT, p.to_string())));
         v.extend(self.gpus.clone().map(|g| (GPUS, g)));
+        v.extend(self.serve_until.map(|t| (SERVE_UNTIL, t.to_string())));
         v
     }
 
     /// The variables for a runtime that fills each allocation's own values in as it starts
     /// the worker: `fill(name)` is the placeholder for `name` (Nomad: `${NOMAD_ALLOC_INDEX}`);
-    /// `serve` adds the serving port.
+    /// `serve` adds the serving port and the deployment's end.
     pub fn template(
         owner: &Address,
         job: &JobId,
@@ -81,7 +87,7 @@ impl Launch {
         let mut v = vec![(JOB_OWNER, owner.to_string()), (JOB_ID, job.to_string()), (ALLOC_COUNT, count.to_string())];
         let mut per_alloc = vec![ALLOC_INDEX, ATTEMPT, MINER, HOST, PORT, WORK_DIR];
         if serve {
-            per_alloc.push(SERVE_PORT);
+            per_alloc.extend([SERVE_PORT, SERVE_UNTIL]);
         }
         v.extend(per_alloc.into_iter().map(|k| (k, fill(k))));
         v
@@ -111,6 +117,7 @@ impl Launch {
             work_dir: PathBuf::from(need(WORK_DIR)?),
             serve_port: get(SERVE_PORT).map(|v| parse(SERVE_PORT, v)).transpose()?,
             gpus: get(GPUS),
+            serve_until: get(SERVE_UNTIL).map(|v| parse(SERVE_UNTIL, v)).transpose()?,
         })
     }
 }
@@ -153,6 +160,7 @@ mod tests {
             port: Some(40001),
             work_dir: "/w/miner-2/j-1".into(),
             serve_port: None,
+            serve_until: None,
             gpus: Some("0,1".into()),
         }
     }
@@ -166,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_template_names_the_same_variables_as_known_values() {
-        let l = Launch { serve_port: Some(8080), ..launch() };
+        let l = Launch { serve_port: Some(8080), serve_until: Some(1_800_000_000), ..launch() };
         let known: std::collections::BTreeSet<&str> = l.to_env().into_iter().map(|(k, _)| k).collect();
         let template: std::collections::BTreeSet<&str> =
             Launch::template(&l.owner, &l.job, 2, true, |k| format!("${{{k}}}")).into_iter().map(|(k, _)| k).collect();

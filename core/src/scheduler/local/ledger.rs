@@ -40,6 +40,9 @@ struct Record {
     /// In index order; an ended allocation holds no slots.
     #[serde(default)]
     allocs: Vec<Alloc>,
+    /// When this attempt's workers were first started (`Running::since`).
+    #[serde(default)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// When the process `pid` started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`);
@@ -95,6 +98,7 @@ impl LocalScheduler {
                 restarting: r.restarting.clone(),
                 queued: None,
                 allocs: r.allocs.iter().map(|a| Alloc { slots: a.slots.clone(), lost: a.lost.clone(), ..*a }).collect(),
+                since: Some(r.since),
             })
         } else {
             st.queue.iter().find(|q| &q.job == job).map(|q| Record {
@@ -107,6 +111,7 @@ impl LocalScheduler {
                 restarting: None,
                 queued: Some(q.order),
                 allocs: Vec::new(),
+                since: None,
             })
         };
         let path = self.ledger_path(job);
@@ -185,8 +190,8 @@ impl LocalScheduler {
                 if allocs.iter().all(|a| a.slots.is_empty()) {
                     done.push(job.clone());
                 }
-                if r.manifest.request.kind == JobKind::Train && !r.cancelled {
-                    let since = allocs.iter().map(|a| a.started).min().unwrap_or_else(chrono::Utc::now);
+                let since = r.since.or_else(|| allocs.iter().map(|a| a.started).min()).unwrap_or_else(chrono::Utc::now);
+                if !r.cancelled {
                     limits.push((job.clone(), r.attempt, r.manifest.request.max_hours, since));
                 }
                 st.accepted.insert((job.clone(), r.manifest.run), Submitted::Placed(names));
@@ -199,6 +204,7 @@ impl LocalScheduler {
                         manifest: r.manifest,
                         attempt: r.attempt,
                         replaced: r.replaced,
+                        since,
                     },
                 );
             }

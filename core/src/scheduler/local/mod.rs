@@ -110,6 +110,9 @@ struct Running {
     attempt: u32,
     /// Serve jobs: replicas started again after their worker was lost.
     replaced: u32,
+    /// When this attempt's workers were first started: a deployment serves until then + its
+    /// paid hours, whichever replica and however often restarted.
+    since: chrono::DateTime<chrono::Utc>,
 }
 
 struct State {

@@ -49,6 +49,7 @@ impl LocalScheduler {
     ) -> Result<Vec<String>, ScheduleError> {
         let cfg = &self.inner.cfg;
         let count = picks.len();
+        let since = chrono::Utc::now();
         let mut allocs = Vec::new();
         let mut names = Vec::new();
         let mut gates = Vec::new();
@@ -74,7 +75,7 @@ impl LocalScheduler {
                     let m = manifest.clone();
                     st.running.insert(
                         job.clone(),
-                        Running { allocs, cancelled: true, restarting: None, manifest: m, attempt, replaced: 0 },
+                        Running { allocs, cancelled: true, restarting: None, manifest: m, attempt, replaced: 0, since },
                     );
                     self.persist(st, job);
                     return Err(ScheduleError::Backend(format!("cannot start {}: {e}", cfg.worker_bin.display())));
@@ -84,14 +85,12 @@ impl LocalScheduler {
         let m = manifest.clone();
         st.running.insert(
             job.clone(),
-            Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0 },
+            Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0, since },
         );
         self.persist(st, job);
         // Recorded: they may start.
         gates.into_iter().for_each(spawn::Gate::open);
-        if manifest.request.kind == JobKind::Train {
-            self.enforce_time_limit(job.clone(), attempt, manifest.request.max_hours, chrono::Utc::now());
-        }
+        self.enforce_time_limit(job.clone(), attempt, manifest.request.max_hours, since);
         Ok(names)
     }
 
@@ -125,10 +124,11 @@ impl LocalScheduler {
 }
 
 impl LocalScheduler {
-    /// Stops a training job that runs past its paid hours (less what its earlier attempts
-    /// ran, as this scheduler measured it) plus the grace its workers get to stop the program
-    /// themselves: kills every worker's process group and records `timed_out`. A worker that
-    /// dies or ignores the limit does not extend it.
+    /// Stops a job that runs past its paid hours (less what its earlier attempts ran, as this
+    /// scheduler measured it) plus the grace its workers get to stop the program themselves:
+    /// kills every worker's process group and records `timed_out` (a deployment: `succeeded`,
+    /// its hours served). A worker that dies, ignores the limit, or is replaced (a replica
+    /// whose app killed its worker) does not extend it.
     /// `since`: when this attempt's workers started (earlier than now for workers adopted
     /// from an earlier host).
     pub(super) fn enforce_time_limit(
@@ -148,25 +148,31 @@ impl LocalScheduler {
             let left =
                 (crate::pricing::paid_hours(hours) * 3600.0 - crate::usage::wall_seconds(&before) - ran).max(0.0);
             tokio::time::sleep(Duration::from_secs_f64(left) + this.inner.cfg.time_limit_grace).await;
-            let pids: Vec<i32> = {
+            let (pids, serve): (Vec<i32>, bool) = {
                 let mut st = this.inner.state.lock().unwrap();
-                let pids = match st.running.get_mut(&job) {
+                let found = match st.running.get_mut(&job) {
                     Some(r) if r.attempt == attempt && !r.cancelled => {
                         r.cancelled = true;
-                        r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect()
+                        let pids = r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.pid).collect();
+                        (pids, r.manifest.request.kind == JobKind::Serve)
                     }
                     _ => return,
                 };
                 this.persist(&st, &job);
-                pids
+                found
             };
             tracing::warn!(job = %job.job, hours, "past its paid time and grace; killing its workers");
             // Recorded first: once its workers are gone, the job is settled as it ended.
-            let why = format!(
-                "time limit: paid for {} h; stopped by the scheduler; outputs up to then are kept",
-                crate::pricing::format_hours(hours)
-            );
-            let t = Transition::new(JobState::TimedOut, "scheduler").reason(why).run(crate::runs::run_of(attempt));
+            let hours = crate::pricing::format_hours(hours);
+            let t = if serve {
+                Transition::new(JobState::Succeeded, "scheduler")
+                    .reason(format!("served for its paid {hours} h; stopped by the scheduler"))
+            } else {
+                Transition::new(JobState::TimedOut, "scheduler").reason(format!(
+                    "time limit: paid for {hours} h; stopped by the scheduler; outputs up to then are kept"
+                ))
+            };
+            let t = t.run(crate::runs::run_of(attempt));
             let _ = status::advance(store, &job, t).await;
             for pid in pids {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);

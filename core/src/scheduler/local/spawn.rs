@@ -104,6 +104,11 @@ impl LocalScheduler {
             work_dir: work.clone(),
             serve_port: None,
             gpus: Some(slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
+            // A replica started again keeps the deployment's end.
+            serve_until: (manifest.request.kind == aic_schemas::JobKind::Serve).then(|| {
+                let since = st.running.get(job).map_or_else(chrono::Utc::now, |r| r.since);
+                since.timestamp() + (crate::pricing::paid_hours(manifest.request.max_hours) * 3600.0).ceil() as i64
+            }),
         };
         // The worker writes its exit code there as it exits: a host that adopted it (its
         // parent died) learns how it ended.

@@ -1,8 +1,9 @@
 //! Paid time and usage on Nomad.
 //!
-//! - **Time limit.** A training job is registered with `aic_deadline` in its meta: now + its
-//!   paid hours − the wall time its earlier attempts used (the pool's `usage` records) + the
-//!   grace its workers get to stop the program themselves. Nomad has no run-time limit of its
+//! - **Time limit.** A training job or deployment is registered with `aic_deadline` in its
+//!   meta: now + its paid hours − the wall time its earlier attempts used (the pool's `usage`
+//!   records) + the grace its workers get to stop the program themselves (a deployment's
+//!   workers stop at `aic_serve_until`, the deadline less the grace, told as `AIC_SERVE_UNTIL`). Nomad has no run-time limit of its
 //!   own, so the housekeeping loop lists aic's jobs with their meta (`GET /v1/jobs?meta=true`:
 //!   what runs now, not the history) and deregisters any past its deadline, recording
 //!   `timed_out`. A worker that dies, or a program that kills its worker, extends nothing.
@@ -41,8 +42,8 @@ impl NomadScheduler {
         Ok(Utc::now().timestamp() + left.ceil() as i64 + self.cfg.time_limit_grace.as_secs() as i64)
     }
 
-    /// Deregisters aic's training jobs past their deadline and records `timed_out`; returns
-    /// the jobs stopped.
+    /// Deregisters aic's jobs past their deadline and records `timed_out` (a deployment:
+    /// `succeeded`, served its hours); returns the jobs stopped.
     pub async fn stop_overdue(&self) -> Result<Vec<JobKey>, ScheduleError> {
         let q = [("prefix", "aic-".to_string()), ("meta", "true".to_string())];
         let jobs = self.call(reqwest::Method::GET, "jobs", &q, None).await?.unwrap_or(Value::Null);
@@ -60,11 +61,17 @@ impl NomadScheduler {
             let run = crate::runs::run_of(meta["aic_attempt"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0));
             self.cancel(&key).await?;
             let m: Option<JobManifest> = crate::runs::manifest(&self.store, &key, run).await.map_err(backend)?;
+            let serve = m.as_ref().is_some_and(|m| m.request.kind == aic_schemas::JobKind::Serve);
             let hours = m.map(|m| crate::pricing::format_hours(m.request.max_hours)).unwrap_or_else(|| "?".into());
-            let why = format!("time limit: paid for {hours} h; stopped by the scheduler; outputs up to then are kept");
-            status::advance(&self.store, &key, Transition::new(JobState::TimedOut, "scheduler").reason(why).run(run))
-                .await
-                .map_err(backend)?;
+            let t = if serve {
+                Transition::new(JobState::Succeeded, "scheduler")
+                    .reason(format!("served for its paid {hours} h; stopped by the scheduler"))
+            } else {
+                Transition::new(JobState::TimedOut, "scheduler").reason(format!(
+                    "time limit: paid for {hours} h; stopped by the scheduler; outputs up to then are kept"
+                ))
+            };
+            status::advance(&self.store, &key, t.run(run)).await.map_err(backend)?;
             stopped.push(key);
         }
         Ok(stopped)

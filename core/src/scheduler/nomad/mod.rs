@@ -144,8 +144,14 @@ impl NomadScheduler {
             }
         }
         let mut spec = job_spec(&self.cfg, job, m, attempt);
-        if r.kind == JobKind::Train {
-            spec["Meta"]["aic_deadline"] = json!(self.deadline(job, m, attempt).await?.to_string());
+        // Paid time, enforced by the housekeeping (`limits`): training jobs and deployments
+        // alike. A deployment's workers stop serving at `aic_serve_until` themselves; Nomad
+        // restarting one (its app killed it) starts nothing anew.
+        let deadline = self.deadline(job, m, attempt).await?;
+        spec["Meta"]["aic_deadline"] = json!(deadline.to_string());
+        if r.kind == JobKind::Serve {
+            let until = deadline - self.cfg.time_limit_grace.as_secs() as i64;
+            spec["Meta"]["aic_serve_until"] = json!(until.to_string());
         }
         let body = json!({
             "Job": spec,

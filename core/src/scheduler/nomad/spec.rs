@@ -98,6 +98,7 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             launch::PORT => "${NOMAD_PORT_rdzv}",
             launch::WORK_DIR => "${NOMAD_TASK_DIR}",
             launch::SERVE_PORT => "${NOMAD_PORT_http}",
+            launch::SERVE_UNTIL => "${NOMAD_META_aic_serve_until}",
             _ => unreachable!("{k} is not filled in by the runtime"),
         }
         .to_string()
