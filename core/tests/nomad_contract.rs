@@ -576,6 +576,11 @@ async fn a_deployment_is_stopped_at_its_paid_hours_however_often_its_worker_rest
     assert!((t0 + 4..=t0 + 6).contains(&deadline), "deadline {deadline} for a deployment placed at {t0}");
     let env = &spec["TaskGroups"][0]["Tasks"][0]["Env"];
     assert_eq!(env["AIC_SERVE_UNTIL"], "${NOMAD_META_aic_serve_until}", "{env}");
+    // Its app kills its worker 2 s in; Nomad restarts the task in place.
+    let aid = state.lock().unwrap().alloc_of(&nomad_id(&job), "node-a");
+    state.lock().unwrap().info.get_mut(&aid).unwrap().started_at = chrono::Utc::now() - chrono::Duration::seconds(2);
+    state.lock().unwrap().restart_task(&aid);
+    let restarted = chrono::Utc::now();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if n.stop_overdue().await.unwrap() == std::slice::from_ref(&job) {
@@ -588,6 +593,16 @@ async fn a_deployment_is_stopped_at_its_paid_hours_however_often_its_worker_rest
     assert_eq!(st.state, JobState::Succeeded);
     assert_eq!(st.reason.as_deref(), Some("served for its paid 0.001 h; stopped by the scheduler"));
     assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)), "deregistered");
+    // Metered from the task's first start, not its restart (`StartedAt` is the last start).
+    state.lock().unwrap().ended(&aid, "complete");
+    let ev = json!({"ID": aid, "JobID": nomad_id(&job), "Namespace": "aic", "ClientStatus": "complete"});
+    n.meter_ended(&ev).await.unwrap();
+    let runs = aic_core::usage::of(&store, &job).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        runs[0].started_at <= restarted - chrono::Duration::milliseconds(1900),
+        "metered from the task's first start, 2 s before its restart: {runs:?}"
+    );
 }
 
 /// Output of an exec session until its end: (stdout, stderr, how it ended).

@@ -58,6 +58,8 @@ pub struct AllocInfo {
     pub index: usize,
     pub gpus: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Its task's earlier starts, before a restart in place (Nomad's restart tracker).
+    pub earlier_starts: Vec<chrono::DateTime<chrono::Utc>>,
     pub status: String,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub modified_at: chrono::DateTime<chrono::Utc>,
@@ -77,11 +79,23 @@ impl Nomad {
                 index,
                 gpus,
                 started_at: now,
+                earlier_starts: Vec::new(),
                 status: "running".into(),
                 finished_at: None,
                 modified_at: now,
             },
         );
+    }
+
+    /// Its task exits and Nomad's restart tracker starts it again in place, as the restart
+    /// policy of a service job does (`client/allocrunner/taskrunner/restarts`): the same
+    /// allocation; `StartedAt` becomes the new start ("updated each time the task starts"),
+    /// and a `Started` event is added for each start.
+    pub fn restart_task(&mut self, aid: &str) {
+        let i = self.info.get_mut(aid).expect("a placed allocation");
+        i.earlier_starts.push(i.started_at);
+        i.started_at = chrono::Utc::now();
+        i.modified_at = i.started_at;
     }
 
     /// The allocation ends as its client reports it (`complete`, `failed`).
@@ -528,6 +542,10 @@ async fn handle(
                     "ClientStatus": i.status, "ModifyTime": i.modified_at.timestamp_nanos_opt().unwrap(),
                     "TaskStates": {"worker": {"State": if i.finished_at.is_some() { "dead" } else { "running" },
                         "StartedAt": i.started_at.to_rfc3339(),
+                        "Restarts": i.earlier_starts.len(),
+                        "Events": i.earlier_starts.iter().chain([&i.started_at])
+                            .map(|t| json!({"Type": "Started", "Time": t.timestamp_nanos_opt().unwrap()}))
+                            .collect::<Vec<_>>(),
                         "FinishedAt": i.finished_at.map(|t| t.to_rfc3339()).unwrap_or(zero)}},
                     "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}),
             )

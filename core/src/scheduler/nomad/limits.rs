@@ -9,7 +9,8 @@
 //!   `timed_out`. A worker that dies, or a program that kills its worker, extends nothing.
 //! - **Usage.** When an allocation of an aic job ends (complete, failed, lost, unknown), the
 //!   watcher reads it (`GET /v1/allocation/:id`) and records its task's start and end as Nomad
-//!   saw them (`TaskStates.worker.StartedAt/FinishedAt`; for a lost or unknown allocation, when
+//!   saw them (`TaskStates.worker`: its first `Started` event or `StartedAt`, whichever is
+//!   earlier — `StartedAt` is the last start of a task restarted in place — to `FinishedAt`; for a lost or unknown allocation, when
 //!   Nomad marked it so) and its reserved GPUs, create-only under `pool/usage/`.
 
 use chrono::{DateTime, Utc};
@@ -85,7 +86,20 @@ impl NomadScheduler {
         let (Ok(owner), Ok(id)) = (owner.parse(), id.parse()) else { return Ok(None) };
         let key = JobKey::new(owner, id);
         let task = &full["TaskStates"]["worker"];
-        let Some(started_at) = nomad_time(&task["StartedAt"]) else { return Ok(Some(key)) }; // never started
+        // `StartedAt` is the task's last start (Nomad updates it each time the task starts):
+        // a task restarted in place (its program killed the worker) held its GPUs from its
+        // first start, which its `Started` events keep.
+        let first_event = task["Events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["Type"] == "Started")
+            .filter_map(|e| e["Time"].as_i64())
+            .min()
+            .map(DateTime::from_timestamp_nanos);
+        let Some(started_at) = nomad_time(&task["StartedAt"]).into_iter().chain(first_event).min() else {
+            return Ok(Some(key)); // never started
+        };
         let status = full["ClientStatus"].as_str().unwrap_or("");
         let modified = full["ModifyTime"].as_i64().and_then(|ns| DateTime::from_timestamp_nanos(ns).into());
         let ended_at = match status {
