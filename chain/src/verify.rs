@@ -121,7 +121,7 @@ impl PaymentVerifier for ChainPayments {
         // A deposit into the pool's escrow for this job's run, from its owner; else (where the
         // pool takes them) AIC transfers to the treasury.
         let owner = to_alloy(&req.owner);
-        let (mut paid, escrow) = match self.deposit(&receipt, job, run, owner, p)? {
+        let (mut paid, mut escrow) = match self.deposit(&receipt, job, run, owner, p)? {
             Some(d) => d,
             None if !self.cfg.transfers => {
                 return Err(reject(format!(
@@ -133,8 +133,9 @@ impl PaymentVerifier for ChainPayments {
             }
             None => (self.transferred(&receipt, owner, p)?, None),
         };
-        if let Some(e) = &escrow {
-            paid = self.still_held(e, owner, req.max_hours, p).await?;
+        if let Some(e) = escrow.as_mut() {
+            let (held, deadline) = self.still_held(e, owner, req.max_hours, p).await?;
+            (paid, e.deadline) = (held, Some(deadline as i64));
         }
         if paid < U256::from(total) {
             return Err(reject(format!(
@@ -193,14 +194,15 @@ impl ChainPayments {
     /// What the escrow holds now for the owner's deposit `e` (the event says only what it
     /// once held): it must still be held, and its deadline (after which its depositor may
     /// reclaim it) must leave the run its `hours` plus [`DEPOSIT_MARGIN_HOURS`] from now.
-    /// Otherwise refused with the reason (a held one is then refunded by settle).
+    /// Otherwise refused with the reason (a held one is then refunded by settle). What it
+    /// holds, and its deadline.
     async fn still_held(
         &self,
         e: &EscrowDeposit,
         owner: alloy::primitives::Address,
         hours: f64,
         p: &aic_schemas::PaymentRef,
-    ) -> Result<U256, PaymentVerdict> {
+    ) -> Result<(U256, u64), PaymentVerdict> {
         let unavailable = |e: anyhow::Error| PaymentVerdict::Unavailable(e.to_string());
         let escrow: alloy::primitives::Address =
             e.contract.parse().map_err(|_| PaymentVerdict::Unavailable("escrow address".into()))?;
@@ -229,7 +231,7 @@ impl ChainPayments {
                 p.tx
             )));
         }
-        Ok(h.amount)
+        Ok((h.amount, h.deadline))
     }
 
     /// The deposit the transaction made into the pool's escrow for run `run_no` of this job,
@@ -260,7 +262,12 @@ impl ChainPayments {
             } else if d.data.run != run {
                 refusal = Some(format!("deposit {} is for another job or run, not job {}", p.tx, job.job));
             } else {
-                let e = EscrowDeposit { contract: escrow.to_string(), run_key: format!("{run:#x}"), run: run_no };
+                let e = EscrowDeposit {
+                    contract: escrow.to_string(),
+                    run_key: format!("{run:#x}"),
+                    run: run_no,
+                    deadline: None,
+                };
                 return Ok(Some((d.data.amount, Some(e))));
             }
         }

@@ -86,3 +86,24 @@ pub trait Settler: Send + Sync {
     /// wallet's deposit in that transaction is never touched.
     async fn refund_deposits_in(&self, job: &JobKey, run: u32, tx: &str) -> Result<Vec<OnChain>, PaymentVerdict>;
 }
+
+/// How long before its deposit's deadline a run must be able to end: the time to stop it and
+/// settle.
+pub const START_MARGIN_SECONDS: i64 = 3600;
+
+/// Why a run that waited (in a queue, for room) must not start now: its deposit may be
+/// reclaimed by its depositor before its paid hours and [`START_MARGIN_SECONDS`] are over, and
+/// a run whose deposit is gone would be served for nothing. `None`: it may start. It is then
+/// ended `failed` with this reason, and settle refunds the deposit whole (it used nothing).
+pub fn too_late_to_start(m: &aic_schemas::JobManifest, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    let deadline = m.payment.as_ref()?.escrow.as_ref()?.deadline?;
+    let needed = (crate::pricing::paid_hours(m.request.max_hours) * 3600.0).ceil() as i64 + START_MARGIN_SECONDS;
+    (now.timestamp() + needed > deadline).then(|| {
+        let left = (deadline - now.timestamp()).max(0) as f64 / 3600.0;
+        format!(
+            "not started: it waited until its deposit may be reclaimed in {left:.1} h, too soon for its paid {} h; \
+             the deposit is refunded whole (submit it again)",
+            crate::pricing::format_hours(m.request.max_hours)
+        )
+    })
+}

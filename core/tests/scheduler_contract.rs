@@ -134,6 +134,24 @@ impl Backend {
         }
     }
 
+    /// Waiting jobs are tried again as room frees (local: at once, by itself; Nomad: its
+    /// housekeeping).
+    async fn place_waiting(&self) {
+        if let Backend::Nomad { sched, .. } = self {
+            sched.place_waiting().await.unwrap();
+        }
+    }
+
+    /// Whether no allocation of `job` was ever started.
+    async fn never_started(&self, job: &JobKey) -> bool {
+        match self {
+            Backend::Local { starts, .. } => {
+                !std::fs::read_to_string(starts).unwrap_or_default().contains(job.job.as_str())
+            }
+            Backend::Nomad { state, .. } => !state.lock().unwrap().jobs.contains_key(&nomad_id(job)),
+        }
+    }
+
     /// The allocations of `job` that ended reach the backend (Nomad: on its event stream).
     async fn report_ended(&self, job: &JobKey) {
         if let Backend::Nomad { sched, state, .. } = self {
@@ -269,7 +287,42 @@ backends!(
     serving_endpoints_are_where_the_replicas_were_placed,
     a_training_job_past_its_paid_time_is_stopped_and_what_it_used_recorded,
     a_resumed_run_is_placed_anew_at_its_own_first_attempt,
+    a_queued_job_whose_deposit_is_due_back_before_it_could_end_is_never_started,
 );
+
+/// A training job that waited for room until its deposit may be reclaimed before it could
+/// run its paid hours and settle is not started when room frees: it fails with the reason
+/// (settle then refunds its deposit whole). Started, it would have run on a deposit its owner
+/// could take back mid-run.
+async fn a_queued_job_whose_deposit_is_due_back_before_it_could_end_is_never_started(b: &Backend) {
+    let (first, m) = job(b, "train", 2).await;
+    assert!(matches!(b.scheduler().submit(&first, &m).await.unwrap(), Submitted::Placed(_)));
+    let (_, mut late) = manifest_of("train", 2, 2);
+    late.payment = Some(aic_schemas::manifest::PaymentClaim {
+        chain_id: 31337,
+        tx: format!("0x{}", "ab".repeat(32)),
+        paid: "1".into(),
+        escrow: Some(aic_schemas::manifest::EscrowDeposit {
+            contract: "0x5fbdb2315678afecb367f032d93f642f64180aa3".into(),
+            run_key: format!("0x{}", "cd".repeat(32)),
+            run: 0,
+            // Half an hour left: too soon for its paid hour.
+            deadline: Some(chrono::Utc::now().timestamp() + 1800),
+        }),
+    });
+    let second = running_job(b.store(), &late).await;
+    assert!(matches!(b.scheduler().submit(&second, &late).await.unwrap(), Submitted::Queued(_)));
+    b.scheduler().cancel(&first).await.unwrap();
+    b.place_waiting().await;
+    let last = eventually("the waiting job's end", || {
+        let h = futures::executor::block_on(status::history(b.store(), &second)).unwrap();
+        h.last().filter(|r| r.state == JobState::Failed).cloned()
+    })
+    .await;
+    let why = last.reason.unwrap_or_default();
+    assert!(why.starts_with("not started: it waited until its deposit may be reclaimed in 0.5 h"), "{why}");
+    assert!(b.never_started(&second).await, "it was started");
+}
 
 async fn a_resumed_run_is_placed_anew_at_its_own_first_attempt(b: &Backend) {
     use aic_core::runs::first_attempt;

@@ -35,10 +35,15 @@ pub struct PaymentClaim {
 pub struct EscrowDeposit {
     /// The escrow contract.
     pub contract: String,
-    /// The run's deposit key (`keccak256("aic-run", job id, run)`), `0x` + 64 hex digits.
+    /// The run's deposit key (`keccak256(abi.encodePacked("aic-run", owner, job id, run))`),
+    /// `0x` + 64 hex digits.
     pub run_key: String,
     /// 0 for the job's first run, then each resume.
     pub run: u32,
+    /// When its depositor may reclaim the deposit (unix seconds, the escrow's word at
+    /// validation): a run that could not end and settle before then is not started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<i64>,
 }
 
 /// Hints for the scheduler.

@@ -103,13 +103,24 @@ impl LocalScheduler {
                     return;
                 }
                 let Some(Queued { job, manifest: m, attempt, .. }) = st.queue.front().cloned() else { return };
-                let Some(picks) = Self::pick(&st, &m) else { return };
-                st.queue.pop_front();
-                let r = self.start(&mut st, &job, &m, attempt, picks);
-                (job, r, m.run)
+                // One that waited until its deposit may be taken back before it could end is
+                // not started: it fails, and settle refunds the deposit whole.
+                if let Some(why) = crate::payment::too_late_to_start(&m, chrono::Utc::now()) {
+                    st.queue.pop_front();
+                    self.persist(&st, &job);
+                    (job, Err(ScheduleError::Unplaceable(why)), m.run)
+                } else {
+                    let Some(picks) = Self::pick(&st, &m) else { return };
+                    st.queue.pop_front();
+                    let r = self.start(&mut st, &job, &m, attempt, picks);
+                    (job, r, m.run)
+                }
             };
             let (job, r, m_run) = next;
             let t = match r {
+                Err(ScheduleError::Unplaceable(why)) => {
+                    Transition::new(JobState::Failed, "scheduler").reason(why).run(m_run)
+                }
                 Ok(names) => Transition::new(JobState::Running, "scheduler")
                     .reason("placed after waiting for free GPUs")
                     .detail(StatusDetail { placement: names, ..Default::default() }),

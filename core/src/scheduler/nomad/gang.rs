@@ -105,6 +105,14 @@ impl NomadScheduler {
                 self.unwait(&w.job).await?;
                 continue;
             };
+            // Waited until its deposit may be taken back before it could end: not started
+            // (failed; settle refunds the deposit whole).
+            if let Some(why) = crate::payment::too_late_to_start(&m, chrono::Utc::now()) {
+                self.unwait(&w.job).await?;
+                let t = status::Transition::new(aic_schemas::JobState::Failed, "scheduler").reason(why).run(run);
+                status::advance(&self.store, &key, t).await.map_err(backend)?;
+                continue;
+            }
             match self.register(&key, &m, w.attempt, true).await {
                 Ok(Submitted::Placed(_)) => placed.push(key),
                 Ok(Submitted::Queued(_)) => {}
