@@ -78,40 +78,64 @@ pub async fn follow<P: Provider>(
                 asked_node = true;
             }
         }
-        let used = provider.get_transaction_count(sent.from).await.map_err(rpc)?;
-        if used > nonce {
-            // The nonce was taken: by a receipt we will see next round, or by a replacement.
-            let head = provider.get_block_number().await.map_err(rpc)?;
-            for n in searched..=head {
-                let block: Value = provider
-                    .raw_request("eth_getBlockByNumber".into(), (format!("0x{n:x}"), true))
-                    .await
-                    .map_err(rpc)?;
-                for t in block["transactions"].as_array().into_iter().flatten() {
-                    let from = t["from"].as_str().and_then(|f| f.parse::<Address>().ok());
-                    if from != Some(sent.from) || hex_u64(&t["nonce"]) != Some(nonce) {
-                        continue;
-                    }
-                    let by: B256 = t["hash"].as_str().and_then(|h| h.parse().ok()).ok_or_else(|| rpc("no hash"))?;
-                    if by == hash {
-                        return Ok(Followed::Mined { tx: hash, replaced: false });
-                    }
-                    // A speed-up repeats the call; anything else is a cancellation.
-                    let to = t["to"].as_str().and_then(|a| a.parse::<Address>().ok());
-                    let input = t["input"].as_str().and_then(|i| i.parse::<Bytes>().ok());
-                    let same_call = to == Some(sent.to) && input.as_ref() == Some(&sent.input);
-                    return Ok(if same_call {
-                        Followed::Mined { tx: by, replaced: true }
-                    } else {
-                        Followed::Cancelled { by }
-                    });
-                }
-            }
-            searched = head.saturating_sub(1).max(searched);
+        if let Some(f) = taken_since(provider, sent, nonce, hash, &mut searched).await? {
+            return Ok(f);
         }
         if Instant::now() >= deadline {
             return Err(FollowError::Timeout(hash, within.as_secs()));
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// What took the sender's nonce `nonce` (the one `sent` was to have), looked for from block
+/// `*searched` on: the transaction `hash` itself (mined), a speed-up of it (the same call), or
+/// a cancellation (anything else). `None` while the nonce is unused or its block not found yet
+/// (`*searched` then moves on, keeping one block back).
+async fn taken_since<P: Provider>(
+    provider: &P,
+    sent: &Sent,
+    nonce: u64,
+    hash: B256,
+    searched: &mut u64,
+) -> Result<Option<Followed>, FollowError> {
+    let used = provider.get_transaction_count(sent.from).await.map_err(rpc)?;
+    if used <= nonce {
+        return Ok(None);
+    }
+    // The nonce was taken: by a receipt we will see next round, or by a replacement.
+    let head = provider.get_block_number().await.map_err(rpc)?;
+    for n in *searched..=head {
+        let block: Value =
+            provider.raw_request("eth_getBlockByNumber".into(), (format!("0x{n:x}"), true)).await.map_err(rpc)?;
+        for t in block["transactions"].as_array().into_iter().flatten() {
+            let from = t["from"].as_str().and_then(|f| f.parse::<Address>().ok());
+            if from != Some(sent.from) || hex_u64(&t["nonce"]) != Some(nonce) {
+                continue;
+            }
+            let by: B256 = t["hash"].as_str().and_then(|h| h.parse().ok()).ok_or_else(|| rpc("no hash"))?;
+            if by == hash {
+                return Ok(Some(Followed::Mined { tx: hash, replaced: false }));
+            }
+            // A speed-up repeats the call; anything else is a cancellation.
+            let to = t["to"].as_str().and_then(|a| a.parse::<Address>().ok());
+            let input = t["input"].as_str().and_then(|i| i.parse::<Bytes>().ok());
+            let same_call = to == Some(sent.to) && input.as_ref() == Some(&sent.input);
+            return Ok(Some(if same_call {
+                Followed::Mined { tx: by, replaced: true }
+            } else {
+                Followed::Cancelled { by }
+            }));
+        }
+    }
+    *searched = head.saturating_sub(1).max(*searched);
+    Ok(None)
+}
+
+/// What became of a payment whose hash the wallet never handed back (the tab was closed or
+/// reloaded while the wallet asked): the transaction that took the nonce `sent` names, if
+/// any yet. `None`: the nonce is still unused (nothing was sent, or it is still pending).
+pub async fn without_hash<P: Provider>(provider: &P, sent: &Sent) -> Result<Option<Followed>, FollowError> {
+    let mut searched = sent.since;
+    taken_since(provider, sent, sent.nonce, B256::ZERO, &mut searched).await
 }

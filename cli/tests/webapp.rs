@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{DevUp, Home, digits_dataset, repo, run_webapp, walk};
+use common::{DevUp, Home, digits_dataset, repo, run_browser, run_webapp, walk};
 
 /// `aic dev up` with three simulated miners of one GPU: room for a two-replica deployment
 /// and the one-replica deployment that replaces it.
@@ -515,4 +515,59 @@ fn aic_jobs_shows_the_newest_in_a_window_locally_and_through_the_gateway() {
     }
     let bad = aic(&pool.home).args(["jobs", "--since", "yesterday"]).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since yesterday: say 30m, 2h, 3d, 1w"), "{bad:?}");
+}
+
+/// One payment per job in the web app, whatever the wallet and the tab do: a payment sped up
+/// in the wallet is followed to its new hash; one slow to be mined, the tab reloaded and the
+/// job tried again, is followed (never sent again); one cancelled in the wallet is said to
+/// have paid nothing and, tried again, pays once. (The page kept a payment only once mined:
+/// a reload while it waited, or a hash that changed, made "Pay" send a second payment under
+/// a new job id.) On chain: one deposit per job, each settled, the wallet charged what the
+/// jobs used and nothing more.
+#[test]
+fn the_web_app_pays_once_per_job_through_a_speed_up_a_reload_and_a_cancel() {
+    let pool = Pool::start();
+    let base = pool.base().unwrap();
+    let chain = pool.chain();
+    let script = pool.home.write("hello.py", "print('paid once')\n");
+    let before = pool.balance(OWNER);
+    let r = run_browser(
+        "payments.cjs",
+        &serde_json::json!({"base": base, "rpc": chain["rpc_url"], "owner": OWNER, "script": script}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let sends = |w: &str| r["wallets"][w]["sends"].as_array().map_or(0, |s| s.len());
+    assert_eq!(sends("spedUp"), 1, "{r}");
+    assert!(r["wallets"]["spedUp"]["spedUp"].is_string(), "{r}");
+    assert_eq!(sends("reloaded"), 1, "the reloaded tab sent the payment again: {r}");
+    assert!(r["said"]["reloaded"].as_str().unwrap().contains("does not pay twice"), "{r}");
+    assert_eq!(sends("cancelled"), 2, "cancelled, then paid once: {r}");
+    assert!(r["said"]["cancelled"].as_str().unwrap().contains("nothing was paid"), "{r}");
+    let jobs: Vec<String> =
+        ["spedUp", "reloaded", "cancelled"].iter().map(|k| r["jobs"][k].as_str().unwrap().to_string()).collect();
+    // Each job runs and is settled once.
+    let mut charged = 0u128;
+    for job in &jobs {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let s = loop {
+            let s = pool.status(job);
+            if let Some(s) = s["settlements"].as_array().and_then(|a| a.first()).cloned() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "job {job} was never settled: {s}");
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        charged += s["charged"].as_str().unwrap().parse::<u128>().unwrap();
+    }
+    // On chain: exactly one deposit per job from the wallet, all settled.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let deposits = rt.block_on(async {
+        let p =
+            alloy::providers::ProviderBuilder::new().connect_http(chain["rpc_url"].as_str().unwrap().parse().unwrap());
+        let escrow = chain["escrow"].as_str().unwrap().parse().unwrap();
+        aic_chain::escrow::deposits_of(&p, escrow, OWNER.parse().unwrap()).await.unwrap()
+    });
+    assert_eq!(deposits.len(), 3, "one deposit per job: {deposits:?}");
+    assert!(deposits.iter().all(|d| d.now.state == aic_chain::escrow::SETTLED), "{deposits:?}");
+    assert_eq!(pool.balance(OWNER), before - charged, "charged what the jobs used, once each");
 }

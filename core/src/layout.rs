@@ -13,6 +13,8 @@
 //! users/<addr>/jobs/<job>/rendezvous/<attempt>/<index>.json  where each allocation listens
 //! users/<addr>/jobs/<job>/logs/<alloc>/<n>.log  log chunks
 //! users/<addr>/jobs/<job>/output/...            checkpoints and results
+//! users/<addr>/payments/<job>.json              a payment the owner's browser wallet is sending (the gateway's)
+//! pool/ids/<job>.json                           which owner a job id is, pool-wide (create-only)
 //! pool/payments/<chain>/<tx>.json               payment claims (create-only)
 //! pool/serving/<deployment>/<alloc>.json        serving registrations
 //! pool/names/<addr>/<name>/<deployment>.json    an owner's deployments by name (the stable route)
@@ -38,6 +40,13 @@ pub fn user_prefix(owner: &Address) -> String {
 }
 
 /// `users/<addr>/data/<rel>`.
+/// `users/<addr>/payments/<job>.json`: a payment the owner's browser wallet is sending for a
+/// job, kept by the pool (the gateway alone writes it) so that a reload or a retry follows it
+/// instead of paying again.
+pub fn pending_payment(owner: &Address, job: &JobId) -> String {
+    format!("users/{owner}/payments/{job}.json")
+}
+
 pub fn data_key(owner: &Address, rel: &str) -> String {
     format!("users/{owner}/data/{}", rel.trim_start_matches('/'))
 }

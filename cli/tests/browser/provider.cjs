@@ -21,11 +21,13 @@
 // - EIP-6963: the wallet announces itself (rdns `io.metamask`) on `eip6963:requestProvider`;
 //   other wallets may be announced too, one of them having taken `window.ethereum`;
 // - a payment can be *sped up* in the wallet after its hash was handed back: the same call,
-//   same nonce, a higher fee, mined in its place (the first hash never mines).
+//   same nonce, a higher fee, mined in its place (the first hash never mines); or *cancelled*:
+//   MetaMask's cancel is a 0-value transfer to oneself with the same nonce and a higher fee,
+//   mined in its place (nothing paid).
 //
 // - `wallet_watchAsset` (EIP-747): the user accepts; logged.
 //
-// SCENARIO: {account, startChain?, knownChains?, rejectSignOnce?, rejectChain?, speedUp?, holdPayment?, wallets?}
+// SCENARIO: {account, startChain?, knownChains?, rejectSignOnce?, rejectChain?, speedUp?, holdPayment?, cancelPaymentOnce?, wallets?}
 // (`rejectChain`: the user declines switching to and adding the pool's chain, 4001.)
 // Used by wallet.cjs (the CLI's wallet page) and webapp.cjs (the web app).
 function installWallet({ rpc, scenario }) {
@@ -39,8 +41,9 @@ function installWallet({ rpc, scenario }) {
     rejectSignOnce: !!scenario.rejectSignOnce,
     speedUp: !!scenario.speedUp,
     holdPayment: !!scenario.holdPayment,
+    cancelPaymentOnce: !!scenario.cancelPaymentOnce,
     rejectChain: !!scenario.rejectChain,
-    log: { sends: [], approvals: [], wrongChainSends: 0, switched: [], added: [], spedUp: null, watched: [], signedTyped: 0 },
+    log: { sends: [], approvals: [], wrongChainSends: 0, switched: [], added: [], spedUp: null, cancelledBy: null, watched: [], signedTyped: 0 },
   };
   // The wallet's state (its chain, the chains it knows, the account, what it did) lives in the
   // extension, so it outlives a reload of the page: kept in the tab's sessionStorage.
@@ -100,6 +103,20 @@ function installWallet({ rpc, scenario }) {
     await anvil("evm_setAutomine", [true]);
     state.log.sends.push(first);
     state.log.spedUp = fast;
+    return first;
+  }
+  async function cancelPayment(tx) {
+    await anvil("evm_setAutomine", [false]);
+    const nonce = await anvil("eth_getTransactionCount", [tx.from, "pending"]);
+    const fee = { maxFeePerGas: "0x77359400", maxPriorityFeePerGas: "0x77359400" };
+    const first = await anvil("eth_sendTransaction", [{ ...tx, nonce, gas: "0x1d4c0", ...fee }]);
+    const cancel = await anvil("eth_sendTransaction", [
+      { from: tx.from, to: tx.from, value: "0x0", data: "0x", nonce, gas: "0x5208", maxFeePerGas: "0xee6b2800", maxPriorityFeePerGas: "0xee6b2800" },
+    ]);
+    await anvil("evm_mine", []);
+    await anvil("evm_setAutomine", [true]);
+    state.log.sends.push(first);
+    state.log.cancelledBy = cancel;
     return first;
   }
   const provider = {
@@ -192,6 +209,10 @@ function installWallet({ rpc, scenario }) {
             return hash;
           }
           if (state.speedUp) return speedUp(tx);
+          if (state.cancelPaymentOnce) {
+            state.cancelPaymentOnce = false;
+            return cancelPayment(tx);
+          }
           if (state.holdPayment) {
             // Sent, but the chain does not include it until the test mines (a slow network).
             state.holdPayment = false;

@@ -305,13 +305,18 @@ pub fn digits_dataset(dir: &Path) -> (PathBuf, Vec<f64>) {
 /// Runs the web app's browser story (`browser/webapp.cjs`) with `cfg`; what happened.
 #[allow(dead_code)]
 pub fn run_webapp(cfg: &serde_json::Value) -> serde_json::Value {
+    run_browser("webapp.cjs", cfg)
+}
+
+/// Runs `cli/tests/browser/<script>` with `cfg`; what it printed last, as JSON.
+pub fn run_browser(script: &str, cfg: &serde_json::Value) -> serde_json::Value {
     let node_path = format!(
         "{}:{}",
         repo().join("contracts/node_modules").display(),
         repo().join("functions/web/node_modules").display()
     );
     let run = Command::new("node")
-        .arg(repo().join("cli/tests/browser/webapp.cjs"))
+        .arg(repo().join("cli/tests/browser").join(script))
         .arg(cfg.to_string())
         .env("NODE_PATH", node_path)
         .output()

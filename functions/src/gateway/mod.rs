@@ -16,6 +16,7 @@
 //! | `GET /v1/jobs?limit=&since=&before=`, `GET /v1/jobs/<id>` | the caller's newest jobs (snapshot and request each), one job's status |
 //! | `GET /v1/deployments` | the caller's deployments, newest first (from the names dispatch records) |
 //! | `POST /v1/draft` (a request) | its quote, the wallet calls that pay it, its EIP-712 typed data |
+//! | `GET /v1/payments/<job>`, `POST /v1/payments/<job>` `{to, data}`, `POST /v1/payments/<job>/tx` `{tx}` | a payment the browser's wallet is sending, kept and followed by the pool (`payment`) |
 //! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
 //! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
@@ -44,6 +45,7 @@ mod draft;
 mod exec;
 mod limits;
 pub mod live;
+mod payment;
 mod presign;
 mod reads;
 mod session;
@@ -324,6 +326,9 @@ impl Gateway {
                 Ok(json!({ "deployments": d }))
             }
             (&Method::POST, ["draft"]) => self.draft(&who, &body).await,
+            (&Method::GET, ["payments", job]) => self.payment_state(&who, job).await,
+            (&Method::POST, ["payments", job]) => self.payment_sending(&who, job, &body).await,
+            (&Method::POST, ["payments", job, "tx"]) => self.payment_sent(&who, job, &body).await,
             (&Method::GET, ["pool"]) => {
                 let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
                 Ok(json!({ "gateways": gws }))

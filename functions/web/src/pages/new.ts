@@ -86,7 +86,9 @@ export async function newPage(root: HTMLElement): Promise<void> {
     const notice = h(
       "div",
       { class: "msg", role: "status", id: "paid-notice" },
-      `You paid for job ${kept.job_id} (${kept.entrypoint}) in ${payment?.tx || "a transaction"} and it was not submitted: pick the same code and press “Sign and submit”. `,
+      payment
+        ? `You paid for job ${kept.job_id} (${kept.entrypoint}) in ${payment.tx || "a transaction"} and it was not submitted: pick the same code and press “Sign and submit”. `
+        : `Your wallet was asked to pay for job ${kept.job_id} (${kept.entrypoint}) and it was not submitted: pick the same code and press “Pay and submit”; it follows that payment and does not pay twice. `,
       discard,
     );
     discard.addEventListener("click", () => {
@@ -96,7 +98,7 @@ export async function newPage(root: HTMLElement): Promise<void> {
       submit.textContent = "Pay and submit";
     });
     root.append(notice);
-    submit.textContent = "Sign and submit (paid)";
+    if (payment) submit.textContent = "Sign and submit (paid)";
   }
   root.append(form);
 
