@@ -570,4 +570,39 @@ fn the_web_app_pays_once_per_job_through_a_speed_up_a_reload_and_a_cancel() {
     assert_eq!(deposits.len(), 3, "one deposit per job: {deposits:?}");
     assert!(deposits.iter().all(|d| d.now.state == aic_chain::escrow::SETTLED), "{deposits:?}");
     assert_eq!(pool.balance(OWNER), before - charged, "charged what the jobs used, once each");
+
+    // A job paid but never submitted (the wallet paid, the tab was closed for good): past
+    // its deadline the Jobs page offers its deposit back, and Reclaim takes it.
+    let key = aic_chain::devchain::dev_key(5);
+    assert_eq!(format!("{:#x}", key.address()), OWNER);
+    let stranded = aic_schemas::JobId::generate();
+    let (rpc, escrow, token): (String, alloy::primitives::Address, alloy::primitives::Address) = (
+        chain["rpc_url"].as_str().unwrap().into(),
+        chain["escrow"].as_str().unwrap().parse().unwrap(),
+        chain["token"].as_str().unwrap().parse().unwrap(),
+    );
+    let run = aic_chain::escrow::run_id(key.address(), stranded.as_str(), 0);
+    rt.block_on(async {
+        let w = alloy::providers::ProviderBuilder::new()
+            .wallet(alloy::network::EthereumWallet::from(key.clone()))
+            .connect_http(rpc.parse().unwrap());
+        aic_chain::escrow::deposit(&w, token, escrow, run, alloy::primitives::U256::from(10u128.pow(18)), 1000)
+            .await
+            .unwrap();
+        aic_chain::devchain::advance_time(&w, 7 * 86_400 + 7_200).await.unwrap();
+    });
+    let paid = pool.balance(OWNER);
+    let r = run_browser(
+        "payments.cjs",
+        &serde_json::json!({"base": base, "rpc": rpc, "owner": OWNER, "script": script, "mode": "reclaim"}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    assert!(r["said"]["due"].as_str().unwrap().contains("Deposits you can take back"), "{r}");
+    assert!(r["said"]["reclaimed"].as_str().unwrap().starts_with("Reclaimed 1 AIC in 0x"), "{r}");
+    assert_eq!(pool.balance(OWNER), paid + 10u128.pow(18), "the stranded deposit is back");
+    let state = rt.block_on(async {
+        let p = alloy::providers::ProviderBuilder::new().connect_http(rpc.parse().unwrap());
+        aic_chain::escrow::held(&p, escrow, key.address(), run).await.unwrap().state
+    });
+    assert_eq!(state, aic_chain::escrow::RECLAIMED);
 }

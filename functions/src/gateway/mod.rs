@@ -17,6 +17,7 @@
 //! | `GET /v1/deployments` | the caller's deployments, newest first (from the names dispatch records) |
 //! | `POST /v1/draft` (a request) | its quote, the wallet calls that pay it, its EIP-712 typed data |
 //! | `GET /v1/payments/<job>`, `POST /v1/payments/<job>` `{to, data}`, `POST /v1/payments/<job>/tx` `{tx}` | a payment the browser's wallet is sending, kept and followed by the pool (`payment`) |
+//! | `GET /v1/deposits` | the caller's deposits in the escrow, their state, and the wallet call that reclaims one due back |
 //! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
 //! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
@@ -327,6 +328,7 @@ impl Gateway {
             }
             (&Method::POST, ["draft"]) => self.draft(&who, &body).await,
             (&Method::GET, ["payments", job]) => self.payment_state(&who, job).await,
+            (&Method::GET, ["deposits"]) => self.deposits(&who).await,
             (&Method::POST, ["payments", job]) => self.payment_sending(&who, job, &body).await,
             (&Method::POST, ["payments", job, "tx"]) => self.payment_sent(&who, job, &body).await,
             (&Method::GET, ["pool"]) => {

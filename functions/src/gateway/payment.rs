@@ -125,3 +125,45 @@ impl Gateway {
         Ok(json!({"state": "sent"}))
     }
 }
+
+impl Gateway {
+    /// `GET /v1/deposits`: the caller's deposits in the pool's escrow (its `Deposited` events),
+    /// each with its state now, whether it is due back (held past its deadline: the pool never
+    /// settled it), and for those the wallet call that reclaims it.
+    pub(super) async fn deposits(&self, who: &Address) -> Reply {
+        use alloy::sol_types::SolCall;
+        let p = self.chain_provider()?;
+        let c: aic_chain::ChainConfig = serde_json::from_value(self.cfg.chain_info.clone())
+            .map_err(|_| err(StatusCode::NOT_FOUND, "this pool charges nothing: there are no deposits"))?;
+        let Some(escrow) = c.escrow else { return Ok(json!({"deposits": []})) };
+        let chain = |e: String| err(StatusCode::BAD_GATEWAY, format!("the pool's chain: {e}"));
+        let now = p
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| chain(e.to_string()))?
+            .map(|b| b.header.timestamp)
+            .unwrap_or_default();
+        let seen = aic_chain::escrow::deposits_of(&p, escrow, aic_chain::to_alloy(who))
+            .await
+            .map_err(|e| chain(e.to_string()))?;
+        let out: Vec<Value> = seen
+            .iter()
+            .map(|d| {
+                let state = match d.now.state {
+                    aic_chain::escrow::HELD => "held",
+                    aic_chain::escrow::SETTLED => "settled",
+                    aic_chain::escrow::RECLAIMED => "reclaimed",
+                    _ => "none",
+                };
+                let due = d.now.state == aic_chain::escrow::HELD && d.deadline < now;
+                let call = aic_chain::escrow::IAICEscrow::reclaimCall { run: d.run }.abi_encode();
+                json!({
+                    "run": format!("{:#x}", d.run), "tx": d.tx.map(|t| format!("{t:#x}")), "amount": d.amount.to_string(),
+                    "deadline": d.deadline, "state": state, "due": due,
+                    "reclaim": due.then(|| json!({"to": escrow.to_string(), "data": format!("0x{}", alloy::hex::encode(call))})),
+                })
+            })
+            .collect();
+        Ok(json!({"deposits": out, "now": now}))
+    }
+}
