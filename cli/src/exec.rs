@@ -185,7 +185,7 @@ pub async fn ssh_config(env: &Env, job: &str, alloc: u32, key: Option<std::path:
     let body = serde_json::json!({ "alloc": alloc, "argv": ["id", "-un"] });
     let v = gw.call(reqwest::Method::POST, &format!("jobs/{}/exec", job.job), Some(body)).await?;
     let session = v["session"].as_str().ok_or_else(|| anyhow!("the gateway started no session"))?.to_string();
-    let user = collect(&gw, &session).await?.trim().to_string();
+    let user = ssh_user(collect(&gw, &session).await?.trim())?;
     let me = std::env::current_exe()?;
     let mut env_vars = String::new();
     for k in ["AIC_HOME", "AIC_GATEWAY"] {
@@ -208,6 +208,24 @@ pub async fn ssh_config(env: &Env, job: &str, alloc: u32, key: Option<std::path:
     println!("  UserKnownHostsFile /dev/null");
     println!("  LogLevel ERROR");
     Ok(())
+}
+
+/// The allocation's user name as an ssh config line may hold it: what the allocation answers
+/// is its program's to choose (an `id` of its own on PATH), and a name with a newline or a
+/// space would add lines of its choosing (a `ProxyCommand`) to the user's ssh config. POSIX's
+/// portable user names only: letters, digits, `.`, `_`, `-`, not starting with `-`, at most
+/// 32 characters; anything else is refused with the reason.
+fn ssh_user(name: &str) -> anyhow::Result<String> {
+    let portable = !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !portable {
+        bail!(
+            "the allocation answered {name:?} for its user name, which an ssh config cannot hold safely; nothing was written"
+        );
+    }
+    Ok(name.to_string())
 }
 
 fn shell_quote(s: &str) -> String {
@@ -307,6 +325,22 @@ async fn follow(gw: &crate::remote::Gateway, session: &str, tag: Option<u32>) ->
                 }
             }
             return Ok(code as i32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_user;
+
+    /// A job's program answers the user-name question itself: nothing it says may add lines
+    /// (a `ProxyCommand` that runs on the user's machine) to the user's ssh config.
+    #[test]
+    fn a_user_name_that_would_add_ssh_config_lines_is_refused() {
+        assert_eq!(ssh_user("root").unwrap(), "root");
+        assert_eq!(ssh_user("aic-job_1.x").unwrap(), "aic-job_1.x");
+        for bad in ["root\n  ProxyCommand touch /tmp/owned", "a b", "-oProxyCommand=x", "", "x\"y", &"u".repeat(33)] {
+            assert!(ssh_user(bad).is_err(), "{bad:?}");
         }
     }
 }

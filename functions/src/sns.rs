@@ -68,10 +68,16 @@ impl SnsVerifier {
         }
         let Ok(u) = url::Url::parse(url) else { return false };
         let host = u.host_str().unwrap_or("");
-        u.scheme() == "https"
-            && host.starts_with("sns.")
-            && (host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn"))
-            && u.path().ends_with(".pem")
+        // `sns.<region>.amazonaws.com(.cn)`, the region one label of letters, digits and
+        // hyphens (the AWS SDKs' message validators: `^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$`).
+        // Anything more is someone else's: `sns.s3.<region>.amazonaws.com` is the S3 bucket
+        // named `sns`, whoever owns it.
+        let region = host
+            .strip_prefix("sns.")
+            .and_then(|h| h.strip_suffix(".amazonaws.com").or_else(|| h.strip_suffix(".amazonaws.com.cn")));
+        let region_ok =
+            region.is_some_and(|r| r.len() >= 3 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        u.scheme() == "https" && region_ok && u.port().is_none() && u.path().ends_with(".pem")
     }
 
     async fn key(&self, url: &str) -> Result<Arc<Vec<u8>>, String> {
@@ -190,6 +196,11 @@ mod tests {
         assert!(!v.cert_url_allowed("http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"));
         assert!(!v.cert_url_allowed("https://sns.us-east-1.amazonaws.com.evil.com/x.pem"));
         assert!(!v.cert_url_allowed("https://evil.com/sns.amazonaws.com/x.pem"));
+        // The S3 bucket `sns` (virtual-hosted), and other hosts that only end like SNS's.
+        assert!(!v.cert_url_allowed("https://sns.s3.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"));
+        assert!(!v.cert_url_allowed("https://sns.x.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"));
+        assert!(!v.cert_url_allowed("https://sns.amazonaws.com/SimpleNotificationService-abc.pem"));
+        assert!(v.cert_url_allowed("https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem"));
     }
 
     #[tokio::test]

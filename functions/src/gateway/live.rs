@@ -144,7 +144,12 @@ impl Live {
             }
             if a.text.len() > MAX_PENDING {
                 // Keep the newest lines: the older ones are stored in the chunk anyway.
-                let cut = a.text.len() - MAX_PENDING;
+                // Never inside a character: the text is a program's, in any script (a cut
+                // through one panicked with the lock held, and every live call after it).
+                let mut cut = a.text.len() - MAX_PENDING;
+                while !a.text.is_char_boundary(cut) {
+                    cut += 1;
+                }
                 let cut = a.text[cut..].find('\n').map_or(a.text.len(), |n| cut + n + 1);
                 a.text.drain(..cut);
                 a.base += cut as u64;
@@ -321,6 +326,20 @@ mod tests {
         live.post(&j, post(1, 4, 10, "z\n"));
         let n = now(&live, &j, &[(1, (4, 2))].into()).unwrap();
         assert_eq!(n.allocs, vec![Piece { alloc: 1, chunk: 4, offset: 10, text: "z\n".into() }]);
+    }
+
+    /// A program printing in a script of several bytes a character (and no newline for a
+    /// long while): the kept text is cut between characters, and the host goes on answering.
+    #[test]
+    fn a_long_line_of_wide_characters_is_cut_between_characters() {
+        let (live, j) = (Live::default(), job());
+        // One byte over the bound: the first cut falls inside the first character.
+        let wide = "학".repeat(MAX_PENDING / 3 + 1);
+        assert!(!wide.is_char_boundary(wide.len() - MAX_PENDING));
+        live.post(&j, post(0, 0, 0, &wide));
+        live.post(&j, post(0, 0, wide.len() as u64, "학학\n"));
+        let n = now(&live, &j, &Cursors::new()).expect("the host still answers");
+        assert!(n.allocs[0].text.len() <= MAX_PENDING, "{}", n.allocs[0].text.len());
     }
 
     #[test]
