@@ -223,6 +223,9 @@ impl Hosted {
             gateway: Some(gateway.clone()),
             minio: aic_functions::host::MinioPosts::Refused,
             proxy,
+            // Its own address only (and `localhost` at its port): no page of another origin,
+            // nor a name rebound to loopback, reaches the developer's pool.
+            own_addresses: own_addresses(&authority),
         };
         let proxy_task = tokio::spawn(aic_functions::host::serve(host, listener));
         // A job whose workers have all ended is settled: an event for its status snapshot goes
@@ -439,4 +442,21 @@ pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `host:port`s the embedded pool at `authority` answers as: that, and `localhost` (and
+/// `127.0.0.1`) at its port when it listens on loopback.
+fn own_addresses(authority: &str) -> Vec<String> {
+    let mut own = vec![authority.to_string()];
+    if let Some((host, port)) = authority.rsplit_once(':')
+        && (host == "127.0.0.1" || host == "localhost")
+    {
+        for h in ["127.0.0.1", "localhost"] {
+            let a = format!("{h}:{port}");
+            if !own.contains(&a) {
+                own.push(a);
+            }
+        }
+    }
+    own
 }

@@ -419,6 +419,29 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
             signed.query_pairs_mut().append_pair("u", u).append_pair("p", p);
             assert_eq!(http.get(signed.as_str()).send().await.unwrap().status(), 403, "u={u:?} p={p:?}");
         }
+        // A page elsewhere that rebinds its name to this loopback address (DNS rebinding), or
+        // calls the pool from its own origin, is refused: with it, any web page the developer
+        // opened could read and drive the pool as its user.
+        let authority = base.trim_start_matches("http://");
+        let rebound = http
+            .get(format!("{base}/v1/jobs"))
+            .header("host", format!("rebound.example:{}", authority.rsplit_once(':').unwrap().1))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), 403, "a rebound name reached the pool: {}", rebound.text().await.unwrap());
+        let foreign = http
+            .post(format!("{base}/v1/sign"))
+            .header("origin", "http://evil.example")
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"items": [{"method": "GET", "key": format!("users/{OWNER}/data/mine/big.bin")}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(foreign.status(), 403, "another origin's page reached the pool");
+        let own = http.get(format!("{base}/v1/jobs")).header("origin", base.as_str()).bearer_auth(&token).send().await;
+        assert_eq!(own.unwrap().status(), 200, "the pool's own pages are answered");
         let page = get(format!("{base}/new")).await.unwrap();
         let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
         assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");

@@ -42,6 +42,39 @@ pub struct Host {
     pub minio: MinioPosts,
     /// The serving gateway (`/d/<deployment>/…`), when this host routes to deployments.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// The `host:port`s this host answers as (the embedded pool: its loopback address and
+    /// `localhost` at its port). Empty: any (behind a pool's own front, which routes by name).
+    /// A request naming another `Host`, or sent by a page of another `Origin`, is refused: a
+    /// web page could otherwise reach a pool on the user's loopback by DNS rebinding, as its
+    /// own origin, and read or drive it.
+    pub own_addresses: Vec<String>,
+}
+
+/// Why a request is not for this host (`own`: its `host:port`s), if it is not: its `Host`
+/// header names another, or its `Origin` (sent by browsers with every cross-origin and
+/// non-GET request) is a page of another origin.
+pub fn misdirected(own: &[String], headers: &http::HeaderMap) -> Option<String> {
+    if own.is_empty() {
+        return None;
+    }
+    let is_own = |authority: &str| own.iter().any(|o| o.eq_ignore_ascii_case(authority));
+    let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !is_own(host) {
+        return Some(format!(
+            "this is the pool at {}; a request for {host:?} is refused (open the pool at its own address)",
+            own[0]
+        ));
+    }
+    let origin = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
+    if let Some(origin) = origin
+        && !origin.strip_prefix("http://").is_some_and(is_own)
+    {
+        return Some(format!(
+            "requests from pages of {origin} are refused: only the pool's own pages ({}) may call it",
+            own[0]
+        ));
+    }
+    None
 }
 
 /// Who may post MinIO-format notification bodies to `/events`.
@@ -138,6 +171,9 @@ async fn read_body(body: Incoming, limit: usize, over: String) -> Result<Bytes, 
 }
 
 async fn handle(host: Arc<Host>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if let Some(why) = misdirected(&host.own_addresses, req.headers()) {
+        return Ok(reply(StatusCode::FORBIDDEN, serde_json::json!({ "error": why })));
+    }
     let path = req.uri().path().to_string();
     let route = host.proxy.clone().and_then(|proxy| {
         if let Some(rest) = path.strip_prefix("/d/") {

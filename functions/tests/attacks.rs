@@ -444,7 +444,14 @@ async fn a_payment_awaiting_confirmations_holds_up_no_queue_and_is_validated_onc
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let host = Host { ctx: w.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy: None };
+    let host = Host {
+        ctx: w.ctx.clone(),
+        sns: None,
+        gateway: None,
+        minio: MinioPosts::Open,
+        proxy: None,
+        own_addresses: vec![],
+    };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let body = |key: String| {
         let mut v = serde_json::to_value(aic_schemas::event::S3Event {

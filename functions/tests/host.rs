@@ -77,7 +77,7 @@ async fn start_host(p: &Pool, cert_origin: Option<&str>) -> String {
     let addr = listener.local_addr().unwrap();
     let sns = cert_origin.map(|o| Arc::new(SnsVerifier::new(vec![TOPIC.into()], vec![o.to_string()])));
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns, gateway: None, minio: MinioPosts::Open, proxy: None },
+        Host { ctx: p.ctx.clone(), sns, gateway: None, minio: MinioPosts::Open, proxy: None, own_addresses: vec![] },
         listener,
     ));
     format!("http://{addr}")
@@ -237,8 +237,14 @@ async fn with_a_webhook_token_minio_bodies_must_carry_it() {
     let p = pool(1, "exit 0");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let host =
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Token("s3cret".into()), proxy: None };
+    let host = Host {
+        ctx: p.ctx.clone(),
+        sns: None,
+        gateway: None,
+        minio: MinioPosts::Token("s3cret".into()),
+        proxy: None,
+        own_addresses: vec![],
+    };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let job = put_request(&p.store, &request(1).await).await;
     let http = reqwest::Client::new();
@@ -298,7 +304,7 @@ async fn a_named_route_reaches_the_newest_live_deployment_of_that_owner_only() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy },
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
         listener,
     ));
     let owner: aic_schemas::Address = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap();
@@ -354,6 +360,7 @@ async fn the_serving_gateway_forwards_only_to_where_the_scheduler_placed_replica
             gateway: None,
             minio: MinioPosts::Open,
             proxy: Some(Arc::new(proxy)),
+            own_addresses: vec![],
         };
         tokio::spawn(aic_functions::host::serve(host, listener));
         let r = reqwest::get(format!("{url}/d/{deployment}/")).await.unwrap();
@@ -412,7 +419,14 @@ async fn without_a_token_or_an_explicit_allowance_minio_posts_are_refused() {
     let p = pool(1, "exit 0");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Refused, proxy: None };
+    let host = Host {
+        ctx: p.ctx.clone(),
+        sns: None,
+        gateway: None,
+        minio: MinioPosts::Refused,
+        proxy: None,
+        own_addresses: vec![],
+    };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let job = put_request(&p.store, &request(1).await).await;
     let r =
@@ -525,7 +539,7 @@ async fn the_serving_gateway_reuses_connections_and_survives_a_replica_that_clos
     let url = format!("http://{}/d/{deployment}", gw.local_addr().unwrap());
     let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy },
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
         gw,
     ));
     let client = reqwest::Client::new();
@@ -669,7 +683,14 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
         std_listener.set_nonblocking(true).unwrap();
         let addr = ("127.0.0.1".to_string(), std_listener.local_addr().unwrap().port());
         let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
-        let host = Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy };
+        let host = Host {
+            ctx: p.ctx.clone(),
+            sns: None,
+            gateway: None,
+            minio: MinioPosts::Open,
+            proxy,
+            own_addresses: vec![],
+        };
         rt.spawn(async move {
             aic_functions::host::serve(host, tokio::net::TcpListener::from_std(std_listener).unwrap()).await
         });

@@ -44,6 +44,7 @@ async fn bucket_events_reach_the_functions_through_sns() {
         gateway: None,
         minio: MinioPosts::Open,
         proxy: None,
+        own_addresses: vec![],
     })
     .await;
     // The wiring script users run: topic, subscription (the host confirms it), notification.
@@ -78,7 +79,14 @@ fn gateway_host(p: &Pool, inbox: Option<Inbox>, tweak: impl FnOnce(&mut GatewayC
     let mut cfg = GatewayConfig::new(b"0123456789abcdef0123456789abcdef".to_vec(), GW_DOMAIN, CHAIN);
     tweak(&mut cfg);
     let gw = Gateway::new(cfg, p.ctx.clone(), inbox);
-    Host { ctx: p.ctx.clone(), sns: None, gateway: Some(Arc::new(gw)), minio: MinioPosts::Open, proxy: None }
+    Host {
+        ctx: p.ctx.clone(),
+        sns: None,
+        gateway: Some(Arc::new(gw)),
+        minio: MinioPosts::Open,
+        proxy: None,
+        own_addresses: vec![],
+    }
 }
 
 /// Signs in as dev account `i`; returns (address, token).
@@ -453,7 +461,15 @@ async fn storm(tag: &str, faults: Option<aic_core::faults::Faults>) {
     p.ctx.payments = Arc::new(aic_chain::ChainPayments::new(chain.config.clone(), pool_store.clone()).unwrap());
     p.ctx.pricing = chain.config.pricing();
     p.ctx = p.ctx.clone().with_settler(&chain.config, dev_key(devchain::SETTLER)).unwrap();
-    let url = start(Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy: None }).await;
+    let url = start(Host {
+        ctx: p.ctx.clone(),
+        sns: None,
+        gateway: None,
+        minio: MinioPosts::Open,
+        proxy: None,
+        own_addresses: vec![],
+    })
+    .await;
 
     // Every request event three times, shuffled, concurrently; then every manifest event so.
     let mut keys: Vec<String> = jobs.iter().flat_map(|j| std::iter::repeat_n(j.request(), 3)).collect();

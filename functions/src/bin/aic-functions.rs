@@ -72,7 +72,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         aic_functions::proxy::Proxy::new(built.ctx.store.clone()).with_scheduler(built.ctx.scheduler.clone()),
     ));
     let gateway_for_logs = gateway.clone();
-    let host = Host { ctx: built.ctx.clone(), sns: SnsVerifier::from_env().map(Arc::new), gateway, minio, proxy };
+    let host = Host {
+        ctx: built.ctx.clone(),
+        sns: SnsVerifier::from_env().map(Arc::new),
+        gateway,
+        minio,
+        proxy,
+        own_addresses: vec![],
+    };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     // With the gateway here, the simulated miners' workers reach the bucket through it with
