@@ -442,6 +442,21 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
         assert_eq!(foreign.status(), 403, "another origin's page reached the pool");
         let own = http.get(format!("{base}/v1/jobs")).header("origin", base.as_str()).bearer_auth(&token).send().await;
         assert_eq!(own.unwrap().status(), 200, "the pool's own pages are answered");
+        // A transfer URL that allows nothing is refused before its body is read: the answer
+        // comes while the 32 MiB announced have not been sent.
+        {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(authority).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write!(
+                s,
+                "PUT /v1/blob?key=users/{OWNER}/data/x&m=PUT&e=9999999999&sig=forged HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 33554432\r\n\r\n"
+            )
+            .unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).expect("an answer before the body was sent");
+            assert_eq!(&head, b"HTTP/1.1 403");
+        }
         let page = get(format!("{base}/new")).await.unwrap();
         let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
         assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");

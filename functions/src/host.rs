@@ -200,6 +200,10 @@ async fn handle(host: Arc<Host>, peer: SocketAddr, req: Request<Incoming>) -> Re
     if path == "/v1/blob"
         && let Some(gw) = host.gateway.clone()
     {
+        // The URL's grant first: a body is read only for a URL that allows this request.
+        if let Some(refused) = gw.blob_refusal(req.method(), req.uri().query()) {
+            return Ok(blob_response(refused));
+        }
         let (parts, body) = req.into_parts();
         let over = format!(
             "a transfer here is at most {} bytes; send bigger files in parts (/v1/multipart)",

@@ -134,6 +134,19 @@ impl Gateway {
         Ok(g)
     }
 
+    /// The refusal of a `/v1/blob` request whose URL grants nothing (a bad or expired
+    /// signature, another method), told before its body is read: a stranger's 32 MiB is never
+    /// taken in for a URL that allows nothing. `None`: read the body and call [`Self::blob`].
+    pub fn blob_refusal(&self, method: &Method, query: Option<&str>) -> Option<Blob> {
+        match self.grant_of(query, Utc::now()) {
+            Err(why) => Some(blob_answer(StatusCode::FORBIDDEN, why)),
+            Ok(g) if !(g.method == method.as_str() || (g.method == "GET" && method == Method::HEAD)) => {
+                Some(blob_answer(StatusCode::FORBIDDEN, format!("this URL is for {}, not {method}", g.method)))
+            }
+            Ok(_) => None,
+        }
+    }
+
     /// Answers a `/v1/blob` request: what its signed URL allows, nothing else.
     pub async fn blob(&self, method: &Method, query: Option<&str>, headers: &HeaderMap, body: Bytes) -> Blob {
         let g = match self.grant_of(query, Utc::now()) {
