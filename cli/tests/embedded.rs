@@ -157,6 +157,11 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
     let out = h.aic(&["exec", &job, "--", "sh", "-c", "echo hi-$AIC_JOB_ID; echo oops >&2; exit 4"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out).1);
     assert!(text(&out).0.contains(&format!("hi-{job}")) && text(&out).1.contains("oops"), "{:?}", text(&out));
+    // Output far over the gateway's 64 KiB body limit comes back whole, with the exit code
+    // (a post over the limit was refused and the output lost with the code).
+    let out = h.aic(&["exec", &job, "--", "sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(out.stdout.len() == 3_000_000 && out.stdout.iter().all(|b| *b == b'x'), "{} bytes", out.stdout.len());
     // -i streams stdin as it comes.
     let mut child =
         h.cmd(&["exec", "-i", &job, "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
@@ -206,6 +211,26 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
         .unwrap();
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out).1.contains("cannot run no-such-command-here"), "{}", text(&out).1);
+    // One job holds at most 8 sessions open at once: the 9th is refused with the reason.
+    let held: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            h.cmd(&["exec", &job, "--", "sleep", "60"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ninth = loop {
+        let out = h.aic(&["exec", &job, "--", "true"]);
+        if !out.status.success() {
+            break text(&out).1;
+        }
+        assert!(Instant::now() < deadline, "a 9th session was taken");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(ninth.contains("has 8 exec sessions open, the most at once"), "{ninth}");
+    for mut c in held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     assert!(h.aic(&["cancel", &job]).status.success());
     let out = h.aic(&["exec", &job, "--", "true"]);
     assert!(!out.status.success() && text(&out).1.contains("not running"), "{}", text(&out).1);

@@ -66,9 +66,12 @@ pub(crate) fn in_job(args: &[String]) -> ! {
     fail(127, format!("cannot run {}: {e}", argv[0]))
 }
 
-/// How often output is posted while a command runs, and the most posted at once.
+/// How often output is posted while a command runs, and the most read at once: a frame of
+/// 24 KiB is 32 KiB in base64, well under the gateway's 64 KiB body limit.
 const EVERY: Duration = Duration::from_millis(100);
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 24 * 1024;
+/// The most frame text (base64) one post carries: several posts when there is more.
+const POST_BYTES: usize = 40 * 1024;
 
 /// Serves the allocation's exec sessions until dropped (aborted when the program ends).
 pub(crate) async fn serve(gateway: (String, String), alloc: u32, cwd: PathBuf, env: BTreeMap<String, String>) {
@@ -97,14 +100,39 @@ pub(crate) async fn serve(gateway: (String, String), alloc: u32, cwd: PathBuf, e
     }
 }
 
+/// Posts a session's output, in as many posts as keep each under the gateway's body limit
+/// (one frame over it was refused whole, and the output and exit code with it), the exit code
+/// with the last. Each post is tried again while the gateway asks to wait (429: its owner has
+/// not read the output yet) or does not answer, for as long as a session is kept (10 min).
 async fn post(gw: &Gateway, session: &str, frames: &[Value], exit: Option<i32>) {
-    let body = json!({ "frames": frames, "exit": exit });
-    for _ in 0..5 {
-        match gw.call(reqwest::Method::POST, &format!("worker/exec/{session}"), Some(body.clone())).await {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(%session, error = %e, "could not post exec output; retrying");
-                tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut batches: Vec<Vec<Value>> = vec![vec![]];
+    let mut size = 0;
+    for f in frames {
+        let n = f["d"].as_str().map_or(0, str::len);
+        if size + n > POST_BYTES && !batches.last().is_some_and(Vec::is_empty) {
+            batches.push(vec![]);
+            size = 0;
+        }
+        size += n;
+        batches.last_mut().expect("one batch at least").push(f.clone());
+    }
+    let last = batches.len() - 1;
+    let until = tokio::time::Instant::now() + Duration::from_secs(600);
+    for (i, batch) in batches.into_iter().enumerate() {
+        let body = json!({ "frames": batch, "exit": if i == last { exit } else { None } });
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match gw.call(reqwest::Method::POST, &format!("worker/exec/{session}"), Some(body.clone())).await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() < until && !e.to_string().contains("no exec session") => {
+                    tracing::debug!(%session, error = %e, "could not post exec output; again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::warn!(%session, error = %e, "exec output given up");
+                    return;
+                }
             }
         }
     }

@@ -41,6 +41,14 @@ const PICKUP: Duration = Duration::from_secs(30);
 const KEEP: Duration = Duration::from_secs(600);
 /// Largest stdin a session takes, and output a worker posts at once.
 const MAX_STDIN: usize = 1 << 20;
+/// Sessions open at once (not ended) per job, and per owner: what one user can hold of this
+/// host's memory and of its workers' attention.
+pub const MAX_SESSIONS_PER_JOB: usize = 8;
+pub const MAX_SESSIONS_PER_OWNER: usize = 32;
+/// Output (base64) a session keeps that its owner has not read yet, and input its worker has
+/// not read yet: past it, a post is refused with 429 until the other side reads (what was read
+/// is dropped at once).
+pub const MAX_UNREAD: usize = 4 << 20;
 
 /// One chunk of a command's output: `s` is `o` (stdout) or `e` (stderr), `d` base64.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,9 +70,50 @@ struct Session {
     input: Vec<Value>,
     created: Instant,
     picked: bool,
+    /// Output frames not read by the owner yet: the first is frame number `read`.
     frames: Vec<Frame>,
+    read: usize,
+    /// Input frames (`input`) the worker has read and that are dropped: the first kept is
+    /// input frame number `input_read`.
+    input_read: usize,
     exit: Option<i32>,
     record: String,
+}
+
+impl Session {
+    fn unread_output(&self) -> usize {
+        self.frames.iter().map(|f| f.d.len()).sum()
+    }
+
+    fn unread_input(&self) -> usize {
+        self.input.iter().map(|f| f.to_string().len()).sum()
+    }
+
+    /// Output frames from number `after` on, dropping those before it (the owner has them),
+    /// and the number of the first one given (`after`, or the first kept when it asked for
+    /// frames already dropped).
+    fn output_after(&mut self, after: usize) -> (Vec<Frame>, usize) {
+        after_dropping(&mut self.frames, &mut self.read, after)
+    }
+
+    /// Input frames from number `after` on, dropping those before it (the worker has them).
+    fn input_after(&mut self, after: usize) -> (Vec<Value>, usize) {
+        after_dropping(&mut self.input, &mut self.input_read, after)
+    }
+}
+
+/// `frames` hold the frames numbered from `*dropped` on: those before `after` are dropped,
+/// and the rest given with the number of the first.
+fn after_dropping<T: Clone>(frames: &mut Vec<T>, dropped: &mut usize, after: usize) -> (Vec<T>, usize) {
+    let seen = after.saturating_sub(*dropped).min(frames.len());
+    frames.drain(..seen);
+    *dropped += seen;
+    let first = after.max(*dropped);
+    (frames.iter().skip(first - *dropped).cloned().collect(), first)
+}
+
+fn busy(why: String) -> ApiError {
+    err(StatusCode::TOO_MANY_REQUESTS, why)
 }
 
 #[derive(Default)]
@@ -124,8 +173,8 @@ async fn pump(relay: Arc<Relay>, store: aic_core::Store, session: String, io: Ex
             let mut next = 0;
             loop {
                 let changed = relay.changed.notified();
-                let frames: Vec<Value> = match relay.sessions.lock().unwrap().get(&session) {
-                    Some(s) if s.exit.is_none() => s.input.iter().skip(next).cloned().collect(),
+                let frames: Vec<Value> = match relay.sessions.lock().unwrap().get_mut(&session) {
+                    Some(s) if s.exit.is_none() => s.input_after(next).0,
                     _ => return,
                 };
                 next += frames.len();
@@ -251,6 +300,22 @@ impl Gateway {
             )));
         }
         self.exec.gc();
+        {
+            let sessions = self.exec.sessions.lock().unwrap();
+            let open = sessions.values().filter(|s| s.exit.is_none());
+            let (mine, this_job) =
+                open.fold((0, 0), |(o, j), s| (o + (s.job.owner == *who) as usize, j + (s.job == job) as usize));
+            if this_job >= MAX_SESSIONS_PER_JOB {
+                return Err(busy(format!(
+                    "job {id} has {this_job} exec sessions open, the most at once: end one (or let it end) first"
+                )));
+            }
+            if mine >= MAX_SESSIONS_PER_OWNER {
+                return Err(busy(format!(
+                    "you have {mine} exec sessions open, the most at once: end one (or let it end) first"
+                )));
+            }
+        }
         // A scheduler with an exec API of its own (Nomad) runs it; else the allocation's
         // worker picks it up here.
         let tty =
@@ -284,6 +349,8 @@ impl Gateway {
                 created: Instant::now(),
                 picked: io.is_some(),
                 frames: vec![],
+                read: 0,
+                input_read: 0,
                 exit: None,
                 record,
             },
@@ -299,10 +366,10 @@ impl Gateway {
     pub(super) async fn exec_read(&self, who: &Address, session: &str, after: usize) -> Reply {
         let look = |sessions: &mut HashMap<String, Session>, over: bool| {
             let s = sessions
-                .get(session)
+                .get_mut(session)
                 .filter(|s| s.job.owner == *who)
                 .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of yours")))?;
-            let frames: Vec<Frame> = s.frames.iter().skip(after).cloned().collect();
+            let (frames, first) = s.output_after(after);
             if !s.picked && s.created.elapsed() > PICKUP {
                 return Err(err(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -315,7 +382,7 @@ impl Gateway {
                 ));
             }
             Ok((!frames.is_empty() || s.exit.is_some() || over)
-                .then(|| json!({ "frames": frames, "next": after + frames.len(), "exit": s.exit })))
+                .then(|| json!({ "frames": frames, "next": first + frames.len(), "exit": s.exit })))
         };
         self.long_poll(Duration::from_secs(2), Some(session), look).await
     }
@@ -368,6 +435,12 @@ impl Gateway {
                     return Err(bad("a frame is {s: o|e, d: base64}"));
                 }
             }
+            let more: usize = p.frames.iter().map(|f| f.d.len()).sum();
+            if more > 0 && s.unread_output() + more > MAX_UNREAD {
+                return Err(busy(format!(
+                    "session {session}: its owner has not read its output yet; post again shortly"
+                )));
+            }
             s.frames.extend(p.frames);
             p.exit.filter(|_| s.exit.is_none()).map(|code| (s.record.clone(), code))
         };
@@ -401,6 +474,12 @@ impl Gateway {
             if s.tty.is_none() && !s.stream {
                 return Err(bad("this session takes no input; its stdin went with the command"));
             }
+            let more: usize = b.frames.iter().map(|f| f.to_string().len()).sum();
+            if s.unread_input() + more > MAX_UNREAD {
+                return Err(busy(format!(
+                    "session {session}: the command has not read its input yet; send again shortly"
+                )));
+            }
             s.input.extend(b.frames);
         }
         self.exec.changed.notify_waiters();
@@ -412,12 +491,12 @@ impl Gateway {
         let job = g.job_key();
         let look = |sessions: &mut HashMap<String, Session>, over: bool| {
             let s = sessions
-                .get(session)
+                .get_mut(session)
                 .filter(|s| s.job == job)
                 .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no exec session {session} of this job")))?;
-            let frames: Vec<Value> = s.input.iter().skip(after).cloned().collect();
+            let (frames, first) = s.input_after(after);
             Ok((!frames.is_empty() || s.exit.is_some() || over)
-                .then(|| json!({ "frames": frames, "next": after + frames.len(), "ended": s.exit.is_some() })))
+                .then(|| json!({ "frames": frames, "next": first + frames.len(), "ended": s.exit.is_some() })))
         };
         self.long_poll(POLL, None, look).await
     }
@@ -431,4 +510,24 @@ pub(super) fn after(q: &HashMap<String, String>) -> Result<usize, ApiError> {
 /// `alloc=I` of a worker's long-poll.
 pub(super) fn alloc_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
     q.get("alloc").map(|a| a.parse().map_err(|_| bad(format!("alloc={a:?} is not a number")))).unwrap_or(Ok(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_dropping;
+
+    /// What a reader has is dropped as soon as it asks past it, so a session holds only what
+    /// its reader has not read; asking again from an older number gives what is left.
+    #[test]
+    fn frames_read_are_dropped_and_numbering_goes_on() {
+        let (mut frames, mut dropped) = (vec![0, 1, 2, 3], 0);
+        assert_eq!(after_dropping(&mut frames, &mut dropped, 0), (vec![0, 1, 2, 3], 0));
+        assert_eq!(after_dropping(&mut frames, &mut dropped, 3), (vec![3], 3));
+        assert_eq!((frames.len(), dropped), (1, 3), "frames 0 to 2 dropped");
+        frames.extend([4, 5]);
+        assert_eq!(after_dropping(&mut frames, &mut dropped, 1), (vec![3, 4, 5], 3), "an older number: what is left");
+        assert_eq!(after_dropping(&mut frames, &mut dropped, 6), (vec![], 6));
+        assert!(frames.is_empty());
+        assert_eq!(after_dropping(&mut frames, &mut dropped, 9), (vec![], 9), "ahead of what there is");
+    }
 }
