@@ -291,7 +291,13 @@ fn exec_upgrade(state: Arc<Mutex<Nomad>>, mut req: Request<hyper::body::Incoming
             tx.send(tokio_tungstenite::tungstenite::Message::text(f.to_string())).await.unwrap();
         }
         let code = child.wait().await.unwrap().code().unwrap_or(-1);
-        let exited = json!({"exited": true, "result": {"exit_code": code}});
+        // As Nomad encodes it: `exit_code` is `omitempty` (protoc-gen-go's tags in
+        // plugins/drivers/proto/driver.pb.go), so a 0 is left out.
+        let exited = if code == 0 {
+            json!({"exited": true, "result": {}})
+        } else {
+            json!({"exited": true, "result": {"exit_code": code}})
+        };
         tx.send(tokio_tungstenite::tungstenite::Message::text(exited.to_string())).await.unwrap();
         let _ = tx.send(tokio_tungstenite::tungstenite::Message::Close(None)).await;
     });

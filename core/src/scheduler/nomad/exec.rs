@@ -7,8 +7,11 @@
 //! - to Nomad: `{"stdin":{"data":…}}`, `{"stdin":{"close":true}}`,
 //!   `{"tty_size":{"height":R,"width":C}}`, and `{}` as a heartbeat every 10 s;
 //! - from Nomad: `{"stdout":{"data":…}}`, `{"stderr":{"data":…}}` (a `close` in either says
-//!   nothing), `{"exited":true,"result":{"exit_code":N}}`; a refusal (no such allocation,
-//!   permission denied) is a close frame whose text says why.
+//!   nothing), `{"exited":true,"result":{"exit_code":N}}`, with `exit_code` left out when it is
+//!   0 (`plugins/drivers/proto/driver.pb.go` is protoc-gen-go's, every scalar field
+//!   `json:"…,omitempty"`, and the stream is encoded with those tags; Nomad's own client reads
+//!   the zero value, `api/allocations_exec.go`); a refusal (no such allocation, permission
+//!   denied) is a close frame whose text says why.
 //!
 //! The command runs as `aic-worker in-job -- CMD…` in the task: the worker's wrapper gives it
 //! the program's environment and folder, without the worker's store access.
@@ -45,7 +48,13 @@ pub fn input_frame(i: &ExecInput) -> Value {
 pub fn output_of(v: &Value) -> Option<ExecOutput> {
     let data = |k: &str| v[k]["data"].as_str().and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
     if v["exited"] == true {
-        return Some(ExecOutput::Exited(v["result"]["exit_code"].as_i64().unwrap_or(-1) as i32));
+        // Left out when 0 (see the header); a frame with no result at all says nothing of how
+        // the command ended.
+        let code = match &v["result"] {
+            Value::Object(r) => r.get("exit_code").and_then(Value::as_i64).unwrap_or(0),
+            _ => -1,
+        };
+        return Some(ExecOutput::Exited(code as i32));
     }
     if let Some(d) = data("stdout").filter(|d| !d.is_empty()) {
         return Some(ExecOutput::Stdout(d));
@@ -155,5 +164,7 @@ mod tests {
         assert_eq!(output_of(&json!({"stdout": {"close": true}})), None);
         assert_eq!(output_of(&json!({})), None);
         assert_eq!(output_of(&json!({"exited": true, "result": {"exit_code": 3}})), Some(ExecOutput::Exited(3)));
+        // Nomad leaves a 0 exit code out (omitempty).
+        assert_eq!(output_of(&json!({"exited": true, "result": {}})), Some(ExecOutput::Exited(0)));
     }
 }
