@@ -324,7 +324,7 @@ async fn the_watcher_follows_the_event_stream_and_resumes_from_its_index() {
 
 #[tokio::test]
 async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
-    // Nomad sends a heartbeat every 10 s; a connection that says nothing for longer than
+    // Nomad sends a heartbeat every 30 s; a connection that says nothing for longer than
     // `stream_idle` is dead (a half-open TCP connection would otherwise hang the watcher).
     let dir = tempfile::tempdir().unwrap();
     let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();

@@ -22,8 +22,10 @@ pub struct NomadConfig {
     /// When set, workers reach the bucket through the gateway with their job's token (in the
     /// job's env) and get no store credentials at all.
     pub worker_gateway: Option<crate::grant::WorkerGateway>,
-    /// How long the event stream may be silent before it is taken for dead and reopened
-    /// (Nomad sends a `{}` heartbeat every 10 s).
+    /// How long the event stream may be silent before it is taken for dead and reopened:
+    /// Nomad sends a `{}` heartbeat every 30 s (`nomad/event_endpoint.go`:
+    /// `stream.NewNDJsonStream(ndJsonCh, 30*time.Second)`), so over two of them (it was 35 s:
+    /// one late heartbeat reopened a healthy stream).
     pub stream_idle: std::time::Duration,
     /// How often waiting gang jobs are tried even when no allocation of aic's ended (GPUs
     /// that other namespaces free are not on aic's event stream).
@@ -54,7 +56,7 @@ impl NomadConfig {
             secrets_var: Some("nomad/jobs".into()),
             worker_env: vec![],
             worker_gateway: None,
-            stream_idle: std::time::Duration::from_secs(35),
+            stream_idle: std::time::Duration::from_secs(65),
             gang_retry: std::time::Duration::from_secs(30),
             time_limit_grace: std::time::Duration::from_secs(30),
         }
@@ -90,5 +92,16 @@ impl NomadConfig {
             worker_env,
             ..d
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Nomad's event stream is silent for up to 30 s between heartbeats
+    /// (`nomad/event_endpoint.go`): a healthy stream is never taken for dead.
+    #[test]
+    fn a_healthy_event_stream_is_never_taken_for_dead() {
+        let heartbeat = std::time::Duration::from_secs(30);
+        assert!(super::NomadConfig::new("http://nomad:4646").stream_idle >= 2 * heartbeat);
     }
 }
