@@ -356,6 +356,15 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
     let (_, group) = only(&job["group"], "group");
     let (_, task) = only(&group["task"], "task");
     assert_eq!(task["env"]["MINIO_NOTIFY_WEBHOOK_ENABLE_AIC"], "on");
+    // One webhook target, wherever MinIO runs: MinIO names an environment target by its
+    // variables' suffix as written (`AIC`), and setup.sh configures and names the same one in
+    // the bucket's rule (it made a second, `aic`, which the rule named: the target that
+    // follows the functions service was never used).
+    let setup = std::fs::read_to_string(repo().join("infra/minio/setup.sh")).unwrap();
+    let targets: std::collections::BTreeSet<&str> =
+        setup.split("notify_webhook:").skip(1).filter_map(|r| r.split_whitespace().next()).collect();
+    assert_eq!(targets.into_iter().collect::<Vec<_>>(), ["AIC"], "setup.sh's targets");
+    assert!(setup.contains("arn:minio:sqs::AIC:webhook"), "the bucket's rule names the job's target");
     assert!(task["env"]["MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_AIC"].as_str().is_some(), "undelivered events must be kept");
     let data = task["template"]["data"].as_str().unwrap();
     assert!(data.contains("nomadService \"aic-functions\"") && data.contains("/events"), "{data}");
