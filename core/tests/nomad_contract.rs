@@ -510,14 +510,7 @@ async fn a_training_job_is_stopped_at_its_paid_time_and_charged_what_nomad_saw()
     assert!((t0 + 3..=t0 + 5).contains(&deadline), "deadline {deadline} for a job placed at {t0}");
     assert!(n.stop_overdue().await.unwrap().is_empty(), "not yet");
     let aid = state.lock().unwrap().alloc_of(&nomad_id(&job), "node-a");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if n.stop_overdue().await.unwrap() == std::slice::from_ref(&job) {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "never stopped");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    stopped_overdue(&n, &job).await;
     let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
     assert_eq!(st.state, JobState::TimedOut);
     assert_eq!(
@@ -586,14 +579,7 @@ async fn a_deployment_is_stopped_at_its_paid_hours_however_often_its_worker_rest
     state.lock().unwrap().info.get_mut(&aid).unwrap().started_at = chrono::Utc::now() - chrono::Duration::seconds(2);
     state.lock().unwrap().restart_task(&aid);
     let restarted = chrono::Utc::now();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if n.stop_overdue().await.unwrap() == std::slice::from_ref(&job) {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "never stopped");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    stopped_overdue(&n, &job).await;
     let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
     assert_eq!(st.state, JobState::Succeeded);
     assert_eq!(st.reason.as_deref(), Some("served for its paid 0.001 h; stopped by the scheduler"));
@@ -608,6 +594,15 @@ async fn a_deployment_is_stopped_at_its_paid_hours_however_often_its_worker_rest
         runs[0].started_at <= restarted - chrono::Duration::milliseconds(1900),
         "metered from the task's first start, 2 s before its restart: {runs:?}"
     );
+}
+
+/// Waits (10 s at most) until the housekeeping stops `job`, and only it, as overdue.
+async fn stopped_overdue(n: &NomadScheduler, job: &JobKey) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while n.stop_overdue().await.unwrap() != std::slice::from_ref(job) {
+        assert!(std::time::Instant::now() < until, "never stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Output of an exec session until its end: (stdout, stderr, how it ended).

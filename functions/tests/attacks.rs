@@ -52,6 +52,11 @@ impl World {
         self.chain.config.treasury
     }
 
+    /// `who`'s AIC, read on chain.
+    async fn balance(&self, who: Address) -> U256 {
+        token::balance(&self.wallet(0), self.chain.config.token, who).await.unwrap()
+    }
+
     async fn pay(&self, from: u32, to: Address, amount: u128) -> String {
         let tx = token::pay(&self.wallet(from), self.chain.config.token, to, U256::from(amount)).await.unwrap();
         format!("{tx:#x}")
@@ -226,10 +231,7 @@ async fn payments_that_do_not_pay_are_rejected_each_with_its_reason() {
 async fn a_deposit_into_the_escrow_pays_for_its_own_job_only() {
     let w = world(1).await;
     let escrow = w.chain.config.escrow.unwrap();
-    let aic = |who: Address| {
-        let (p, t) = (w.wallet(0), w.chain.config.token);
-        async move { token::balance(&p, t, who).await.unwrap() }
-    };
+    let aic = |who: Address| w.balance(who);
     // The owner's deposit for this job's run: the job is paid, and the escrow holds it.
     let mut req = w.request(1, None);
     let tx = w.deposit(1, &req.job_id, 2 * PRICE).await;
@@ -282,10 +284,7 @@ async fn a_run_is_charged_what_the_pool_measured_once_and_the_rest_comes_back() 
     use aic_core::usage::{self, Usage};
     let w = world(1).await;
     let escrow = w.chain.config.escrow.unwrap();
-    let aic = |who: Address| {
-        let (p, t) = (w.wallet(0), w.chain.config.token);
-        async move { token::balance(&p, t, who).await.unwrap() }
-    };
+    let aic = |who: Address| w.balance(who);
     let owner = dev_key(1).address();
     let (o0, t0) = (aic(owner).await, aic(w.treasury()).await);
     // 1 miner × 1 GPU × 1 h at 1 AIC per GPU-hour: 1 AIC deposited.
@@ -427,10 +426,7 @@ async fn minio_queue(url: String, bodies: Vec<String>) -> Vec<String> {
 async fn a_payment_awaiting_confirmations_holds_up_no_queue_and_is_validated_once_confirmed() {
     use aic_functions::host::{Host, MinioPosts};
     let w = world(3).await;
-    let aic = |who: Address| {
-        let (p, t) = (w.wallet(0), w.chain.config.token);
-        async move { token::balance(&p, t, who).await.unwrap() }
-    };
+    let aic = |who: Address| w.balance(who);
     let treasury_before = aic(w.treasury()).await;
     // Bob's payment is deep enough; Alice's (later) has 1 of 3 confirmations.
     let bob_tx = w.pay(2, w.treasury(), PRICE).await;
@@ -636,10 +632,7 @@ async fn held_for(w: &World, who: u32, job: &aic_schemas::JobId) -> aic_chain::e
 async fn a_second_wallets_twin_request_cannot_refund_anothers_deposit() {
     let w = world(1).await;
     let escrow = w.chain.config.escrow.unwrap();
-    let aic = |who: Address| {
-        let (p, t) = (w.wallet(0), w.chain.config.token);
-        async move { token::balance(&p, t, who).await.unwrap() }
-    };
+    let aic = |who: Address| w.balance(who);
     let (victim, attacker) = (dev_key(1).address(), dev_key(2).address());
     let (v0, a0) = (aic(victim).await, aic(attacker).await);
     let mut req = w.request(1, None);
@@ -671,10 +664,7 @@ async fn a_second_wallets_twin_request_cannot_refund_anothers_deposit() {
 async fn a_deposit_reclaimed_or_due_back_too_soon_pays_for_nothing() {
     let w = world(1).await;
     let escrow = w.chain.config.escrow.unwrap();
-    let aic = |who: Address| {
-        let (p, t) = (w.wallet(0), w.chain.config.token);
-        async move { token::balance(&p, t, who).await.unwrap() }
-    };
+    let aic = |who: Address| w.balance(who);
     let owner = dev_key(1).address();
     let (o0, t0) = (aic(owner).await, aic(w.treasury()).await);
     let soon = w.request(1, None);
@@ -739,10 +729,7 @@ async fn a_claim_by_another_owner_under_the_same_job_id_is_no_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_another_owner_claimed_is_refused_and_its_twin_cancels_nothing() {
     let w = world(1).await;
-    let aic = |who: Address| {
-        let (p, t) = (w.wallet(0), w.chain.config.token);
-        async move { token::balance(&p, t, who).await.unwrap() }
-    };
+    let aic = |who: Address| w.balance(who);
     let attacker = dev_key(2).address();
     let tx = w.pay(1, w.treasury(), PRICE).await;
     let (job, out) = w.submit(&w.sign(1, w.request(1, Some(&tx))).await).await;

@@ -69,6 +69,21 @@ pub async fn after_lost_allocation(
     Ok(AfterLoss::Retry { attempt: attempt + 1 })
 }
 
+/// What the scheduler records when it stops a job at its paid `hours` (run `run`): a
+/// training job `timed_out` (its outputs kept), a deployment `succeeded` (it served its hours).
+pub fn paid_time_over(serve: bool, hours: f64, run: u32) -> crate::status::Transition {
+    use aic_schemas::JobState;
+    let hours = crate::pricing::format_hours(hours);
+    let t = if serve {
+        crate::status::Transition::new(JobState::Succeeded, BY)
+            .reason(format!("served for its paid {hours} h; stopped by the scheduler"))
+    } else {
+        crate::status::Transition::new(JobState::TimedOut, BY)
+            .reason(format!("time limit: paid for {hours} h; stopped by the scheduler; outputs up to then are kept"))
+    };
+    t.run(run)
+}
+
 /// How many replica replacements a deployment of `replicas` may use before it fails.
 pub fn replacements_allowed(replicas: usize) -> u32 {
     MAX_RETRIES * replicas as u32

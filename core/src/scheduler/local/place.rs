@@ -174,16 +174,7 @@ impl LocalScheduler {
             };
             tracing::warn!(job = %job.job, hours, "past its paid time and grace; killing its workers");
             // Recorded first: once its workers are gone, the job is settled as it ended.
-            let hours = crate::pricing::format_hours(hours);
-            let t = if serve {
-                Transition::new(JobState::Succeeded, "scheduler")
-                    .reason(format!("served for its paid {hours} h; stopped by the scheduler"))
-            } else {
-                Transition::new(JobState::TimedOut, "scheduler").reason(format!(
-                    "time limit: paid for {hours} h; stopped by the scheduler; outputs up to then are kept"
-                ))
-            };
-            let t = t.run(crate::runs::run_of(attempt));
+            let t = super::recovery::paid_time_over(serve, hours, crate::runs::run_of(attempt));
             let _ = status::advance(store, &job, t).await;
             for pid in pids {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);

@@ -19,9 +19,9 @@ use serde_json::Value;
 use super::NomadScheduler;
 use crate::layout::JobKey;
 use crate::scheduler::{ScheduleError, Scheduler};
-use crate::status::{self, Transition};
+use crate::status;
 use crate::usage::{self, Usage};
-use aic_schemas::{JobManifest, JobState};
+use aic_schemas::JobManifest;
 
 fn backend(e: crate::StoreError) -> ScheduleError {
     ScheduleError::Backend(e.to_string())
@@ -63,16 +63,8 @@ impl NomadScheduler {
             self.cancel(&key).await?;
             let m: Option<JobManifest> = crate::runs::manifest(&self.store, &key, run).await.map_err(backend)?;
             let serve = m.as_ref().is_some_and(|m| m.request.kind == aic_schemas::JobKind::Serve);
-            let hours = m.map(|m| crate::pricing::format_hours(m.request.max_hours)).unwrap_or_else(|| "?".into());
-            let t = if serve {
-                Transition::new(JobState::Succeeded, "scheduler")
-                    .reason(format!("served for its paid {hours} h; stopped by the scheduler"))
-            } else {
-                Transition::new(JobState::TimedOut, "scheduler").reason(format!(
-                    "time limit: paid for {hours} h; stopped by the scheduler; outputs up to then are kept"
-                ))
-            };
-            status::advance(&self.store, &key, t.run(run)).await.map_err(backend)?;
+            let t = crate::scheduler::recovery::paid_time_over(serve, m.map_or(0.0, |m| m.request.max_hours), run);
+            status::advance(&self.store, &key, t).await.map_err(backend)?;
             stopped.push(key);
         }
         Ok(stopped)
