@@ -44,7 +44,12 @@ pub fn user_prefix(owner: &Address) -> String {
 /// job, kept by the pool (the gateway alone writes it) so that a reload or a retry follows it
 /// instead of paying again.
 pub fn pending_payment(owner: &Address, job: &JobId) -> String {
-    format!("users/{owner}/payments/{job}.json")
+    format!("{}{job}.json", pending_payments(owner))
+}
+
+/// `users/<addr>/payments/`: the payments kept for an owner's browser wallet.
+pub fn pending_payments(owner: &Address) -> String {
+    format!("users/{owner}/payments/")
 }
 
 pub fn data_key(owner: &Address, rel: &str) -> String {

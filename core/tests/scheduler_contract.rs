@@ -288,7 +288,25 @@ backends!(
     a_training_job_past_its_paid_time_is_stopped_and_what_it_used_recorded,
     a_resumed_run_is_placed_anew_at_its_own_first_attempt,
     a_queued_job_whose_deposit_is_due_back_before_it_could_end_is_never_started,
+    another_owners_job_under_a_running_id_is_refused_and_its_cancel_stops_nothing,
 );
+
+/// Names across a backend (folders, routes, Nomad's job) use the id alone: a job of another
+/// owner under an id that runs (one validated before ids were claimed pool-wide) is refused,
+/// and its cancel stops nothing of the first owner's.
+async fn another_owners_job_under_a_running_id_is_refused_and_its_cancel_stops_nothing(b: &Backend) {
+    let (first, m) = job(b, "serve", 1).await;
+    assert!(matches!(b.scheduler().submit(&first, &m).await.unwrap(), Submitted::Placed(_)));
+    let mut theirs = m.clone();
+    theirs.request.owner = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc".parse().unwrap();
+    let twin = JobKey::new(theirs.request.owner, first.job.clone());
+    match b.scheduler().submit(&twin, &theirs).await {
+        Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("is another owner's"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    b.scheduler().cancel(&twin).await.unwrap();
+    assert!(!b.scheduler().finished(&first).await.unwrap(), "the first owner's job was stopped");
+}
 
 /// A training job that waited for room until its deposit may be reclaimed before it could
 /// run its paid hours and settle is not started when room frees: it fails with the reason

@@ -354,6 +354,7 @@ impl Proxy {
                         parts.headers.remove(h);
                     }
                     parts.headers.remove(header::CONTENT_LENGTH);
+                    confine(&mut parts.headers);
                     Ok(Answer { status: parts.status, headers: parts.headers, body })
                 };
                 let mut work = std::pin::pin!(work);
@@ -422,6 +423,22 @@ enum Failed {
 /// An HTTP/1.1 connection to a replica: what sends on it, and what drives it.
 type Connection = hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
 type Conn = (SendRequest<Full<Bytes>>, Connection);
+
+/// A deployment's answers come from a stranger's app, through the pool's own origin until
+/// deployments have origins of their own: they are confined to an opaque origin. The
+/// sandbox (scripts and forms allowed, never `allow-same-origin`) keeps a deployed page from
+/// the pool's storage (the web app's session), cookies and service workers, and its requests
+/// to the pool carry `Origin: null`, which the pool refuses (`host::misdirected`). Cookies
+/// and service-worker scope it sets are dropped. Whatever CSP the app sent stays too (both
+/// apply).
+fn confine(headers: &mut HeaderMap) {
+    headers.remove(header::SET_COOKIE);
+    headers.remove("service-worker-allowed");
+    headers.append(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox allow-scripts allow-forms allow-popups allow-downloads"),
+    );
+}
 
 /// The header names a message's `Connection` header lists (its own hop-by-hop headers).
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {

@@ -297,6 +297,47 @@ async fn register(p: &Pool, deployment: &aic_schemas::JobId, port: u16) {
     p.store.put_json(&aic_core::layout::serving_registration(deployment.as_str(), "0"), &r).await.unwrap();
 }
 
+/// A deployed page served through the pool's origin: it may not set cookies for the pool,
+/// widen a service worker's scope, or run with the pool's origin (the web app's session is in
+/// its storage). It is confined to an opaque origin (CSP sandbox without
+/// allow-same-origin), the app's own CSP kept beside it.
+#[tokio::test]
+async fn a_deployed_page_gets_no_cookie_service_worker_or_origin_of_the_pools() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pool(1, "exit 0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
+    tokio::spawn(aic_functions::host::serve(
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
+        listener,
+    ));
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = app.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let page = "<script>localStorage.getItem('aic.session')</script>";
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nset-cookie: aic=stolen; Path=/\r\nservice-worker-allowed: /\r\ncontent-security-policy: default-src 'self'\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let deployment = aic_schemas::JobId::generate();
+    register(&p, &deployment, port).await;
+    let r = reqwest::get(format!("{url}/d/{deployment}/")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert!(h.get("set-cookie").is_none(), "a cookie for the pool's origin came through");
+    assert!(h.get("service-worker-allowed").is_none(), "a service worker scope came through");
+    let csp: Vec<&str> = h.get_all("content-security-policy").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(csp.iter().any(|c| c.starts_with("sandbox ") && !c.contains("allow-same-origin")), "{csp:?}");
+    assert!(csp.contains(&"default-src 'self'"), "the app's own policy is kept: {csp:?}");
+}
+
 #[tokio::test]
 async fn a_named_route_reaches_the_newest_live_deployment_of_that_owner_only() {
     let p = pool(1, "exit 0");

@@ -45,6 +45,9 @@ const MAX_STDIN: usize = 1 << 20;
 /// host's memory and of its workers' attention.
 pub const MAX_SESSIONS_PER_JOB: usize = 8;
 pub const MAX_SESSIONS_PER_OWNER: usize = 32;
+/// Sessions an owner's calls keep in this host's memory, ended ones included (they are kept
+/// for [`KEEP`] so that their output can still be read).
+pub const MAX_HELD_PER_OWNER: usize = 64;
 /// Output (base64) a session keeps that its owner has not read yet, and input its worker has
 /// not read yet: past it, a post is refused with 429 until the other side reads (what was read
 /// is dropped at once).
@@ -207,6 +210,17 @@ async fn pump(relay: Arc<Relay>, store: aic_core::Store, session: String, io: Ex
             ),
             None => (None, Some(255)),
         };
+        // What the owner has not read is bounded here too: Nomad's stream waits meanwhile
+        // (a command printing without end, never read, would fill this host's memory).
+        loop {
+            let changed = relay.changed.notified();
+            match relay.sessions.lock().unwrap().get(&session) {
+                Some(s) if s.unread_output() > MAX_UNREAD => {}
+                Some(_) => break,
+                None => return feeder.abort(),
+            }
+            let _ = tokio::time::timeout(POLL, changed).await;
+        }
         let record = {
             let mut sessions = relay.sessions.lock().unwrap();
             let Some(s) = sessions.get_mut(&session) else { break };
@@ -302,6 +316,12 @@ impl Gateway {
         self.exec.gc();
         {
             let sessions = self.exec.sessions.lock().unwrap();
+            let held = sessions.values().filter(|s| s.job.owner == *who).count();
+            if held >= MAX_HELD_PER_OWNER {
+                return Err(busy(format!(
+                    "{held} of your exec sessions are kept here (ended ones for 10 minutes): try again in a few minutes"
+                )));
+            }
             let open = sessions.values().filter(|s| s.exit.is_none());
             let (mine, this_job) =
                 open.fold((0, 0), |(o, j), s| (o + (s.job.owner == *who) as usize, j + (s.job == job) as usize));
@@ -342,7 +362,8 @@ impl Gateway {
                 job,
                 alloc: b.alloc,
                 argv: b.argv,
-                stdin: b.stdin,
+                // Sent with the command at once where the scheduler runs it: not kept.
+                stdin: if io.is_some() { String::new() } else { b.stdin },
                 tty: b.tty,
                 stream: b.stream,
                 input: vec![],
@@ -411,7 +432,9 @@ impl Gateway {
         let look = |sessions: &mut HashMap<String, Session>, over: bool| {
             if let Some((id, s)) = sessions.iter_mut().find(|(_, s)| s.job == job && s.alloc == alloc && !s.picked) {
                 s.picked = true;
-                let v = json!({ "session": id, "argv": s.argv, "stdin": s.stdin, "tty": s.tty, "stream": s.stream });
+                // Handed over: not kept here any longer.
+                let stdin = std::mem::take(&mut s.stdin);
+                let v = json!({ "session": id, "argv": s.argv, "stdin": stdin, "tty": s.tty, "stream": s.stream });
                 return Ok(Some(v));
             }
             Ok(over.then(|| json!({ "session": Value::Null })))

@@ -21,6 +21,8 @@ use alloy::providers::Provider;
 
 /// How long one `GET` follows a pending payment before it answers `pending`.
 const FOLLOW_FOR: Duration = Duration::from_secs(10);
+/// Payments kept at once per owner (each goes once its job is validated).
+pub const MAX_KEPT_PAYMENTS: usize = 16;
 
 /// A kept payment.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -32,6 +34,10 @@ struct Kept {
     since: u64,
     #[serde(default)]
     tx: Option<alloy::primitives::B256>,
+}
+
+fn chain_err(e: String) -> ApiError {
+    err(StatusCode::BAD_GATEWAY, format!("the pool's chain: {e}"))
 }
 
 impl Gateway {
@@ -66,7 +72,13 @@ impl Gateway {
         Ok(match followed {
             Some(Followed::Mined { tx, .. }) => json!({"state": "mined", "tx": format!("{tx:#x}")}),
             Some(Followed::Cancelled { by }) => json!({"state": "cancelled", "by": format!("{by:#x}")}),
-            None => json!({"state": "unsent"}),
+            None => {
+                // No hash, the nonce not mined: the wallet may still have sent it (the tab
+                // closed before the hash came back). A transaction pending at that nonce is
+                // taken for it: never a second payment while the first may still go through.
+                let pending = p.get_transaction_count(k.from).pending().await.map_err(|e| chain_err(e.to_string()))?;
+                if pending > k.nonce { json!({"state": "pending"}) } else { json!({"state": "unsent"}) }
+            }
         })
     }
 
@@ -96,9 +108,18 @@ impl Gateway {
                 return Ok(now);
             }
         }
+        let kept = self.ctx.store.list(&aic_core::layout::pending_payments(who)).await.map_err(store_err)?;
+        if kept.len() >= MAX_KEPT_PAYMENTS {
+            return Err(err(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} payments of yours are being followed for jobs not submitted yet: submit or discard one first",
+                    kept.len()
+                ),
+            ));
+        }
         let p = self.chain_provider()?;
-        let chain =
-            |e: alloy::transports::TransportError| err(StatusCode::BAD_GATEWAY, format!("the pool's chain: {e}"));
+        let chain = |e: alloy::transports::TransportError| chain_err(e.to_string());
         let from = aic_chain::to_alloy(who);
         let nonce = p.get_transaction_count(from).pending().await.map_err(chain)?;
         let since = p.get_block_number().await.map_err(chain)?;
@@ -136,7 +157,7 @@ impl Gateway {
         let c: aic_chain::ChainConfig = serde_json::from_value(self.cfg.chain_info.clone())
             .map_err(|_| err(StatusCode::NOT_FOUND, "this pool charges nothing: there are no deposits"))?;
         let Some(escrow) = c.escrow else { return Ok(json!({"deposits": []})) };
-        let chain = |e: String| err(StatusCode::BAD_GATEWAY, format!("the pool's chain: {e}"));
+        let chain = chain_err;
         let now = p
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
             .await

@@ -324,6 +324,13 @@ impl Scheduler for LocalScheduler {
         if let Some(answer) = st.accepted.get(&(job.clone(), m.run)) {
             return Ok(answer.clone());
         }
+        // Work folders, serving routes and endpoints here are named by the id alone: a job of
+        // another owner under an id that runs or waits (one validated before ids were claimed
+        // pool-wide) would share them.
+        let anothers = |k: &JobKey| k.job == job.job && k.owner != job.owner;
+        if st.running.keys().any(anothers) || st.queue.iter().any(|q| anothers(&q.job)) {
+            return Err(ScheduleError::Unplaceable(format!("job id {} is another owner's on this pool", job.job)));
+        }
         if st.running.contains_key(job) {
             // An earlier run's workers are still stopping (validate waits for them; this is a
             // belt to those braces): the event comes again.

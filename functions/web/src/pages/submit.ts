@@ -70,9 +70,9 @@ async function follow(job: string, say: (text: string) => void, seconds = 180): 
     if (s.state === "mined") return s.tx!;
     if (s.state !== "pending") return null;
     if (Date.now() > deadline) {
-      throw new Error(`Your payment ${s.tx} is not mined yet: speed it up in your wallet if it is slow, then try again; it will not be sent twice.`);
+      throw new Error(`Your payment ${s.tx || "sent from your wallet"} is not mined yet: speed it up in your wallet if it is slow, then try again; it will not be sent twice.`);
     }
-    say(`Your payment ${s.tx} is not mined yet; waiting for the chain (you may speed it up in your wallet)…`);
+    say(`Your payment ${s.tx || "sent from your wallet"} is not mined yet; waiting for the chain (you may speed it up in your wallet)…`);
   }
 }
 
