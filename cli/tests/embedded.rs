@@ -217,15 +217,15 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
             h.cmd(&["exec", &job, "--", "sleep", "60"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
         })
         .collect();
+    // All eight running in the allocation, then a ninth.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let ninth = loop {
-        let out = h.aic(&["exec", &job, "--", "true"]);
-        if !out.status.success() {
-            break text(&out).1;
-        }
-        assert!(Instant::now() < deadline, "a 9th session was taken");
+    while processes_of(&job).iter().filter(|(_, comm)| comm == "sleep").count() < 8 {
+        assert!(Instant::now() < deadline, "the 8 sessions never all ran: {:?}", processes_of(&job));
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+    let ninth = h.aic(&["exec", &job, "--", "true"]);
+    assert!(!ninth.status.success(), "a 9th session was taken");
+    let ninth = text(&ninth).1;
     assert!(ninth.contains("has 8 exec sessions open, the most at once"), "{ninth}");
     for mut c in held {
         let _ = c.kill();

@@ -115,6 +115,32 @@ fn after_dropping<T: Clone>(frames: &mut Vec<T>, dropped: &mut usize, after: usi
     (frames.iter().skip(first - *dropped).cloned().collect(), first)
 }
 
+/// Whether `job`'s owner may open one more session: the limits per job, per owner, and kept
+/// per owner ([`MAX_SESSIONS_PER_JOB`], [`MAX_SESSIONS_PER_OWNER`], [`MAX_HELD_PER_OWNER`]).
+fn room_for(sessions: &HashMap<String, Session>, job: &JobKey) -> Result<(), ApiError> {
+    let held = sessions.values().filter(|s| s.job.owner == job.owner).count();
+    if held >= MAX_HELD_PER_OWNER {
+        return Err(busy(format!(
+            "{held} of your exec sessions are kept here (ended ones for 10 minutes): try again in a few minutes"
+        )));
+    }
+    let open = sessions.values().filter(|s| s.exit.is_none());
+    let (mine, this_job) =
+        open.fold((0, 0), |(o, j), s| (o + (s.job.owner == job.owner) as usize, j + (s.job == *job) as usize));
+    if this_job >= MAX_SESSIONS_PER_JOB {
+        return Err(busy(format!(
+            "job {} has {this_job} exec sessions open, the most at once: end one (or let it end) first",
+            job.job
+        )));
+    }
+    if mine >= MAX_SESSIONS_PER_OWNER {
+        return Err(busy(format!(
+            "you have {mine} exec sessions open, the most at once: end one (or let it end) first"
+        )));
+    }
+    Ok(())
+}
+
 fn busy(why: String) -> ApiError {
     err(StatusCode::TOO_MANY_REQUESTS, why)
 }
@@ -314,28 +340,9 @@ impl Gateway {
             )));
         }
         self.exec.gc();
-        {
-            let sessions = self.exec.sessions.lock().unwrap();
-            let held = sessions.values().filter(|s| s.job.owner == *who).count();
-            if held >= MAX_HELD_PER_OWNER {
-                return Err(busy(format!(
-                    "{held} of your exec sessions are kept here (ended ones for 10 minutes): try again in a few minutes"
-                )));
-            }
-            let open = sessions.values().filter(|s| s.exit.is_none());
-            let (mine, this_job) =
-                open.fold((0, 0), |(o, j), s| (o + (s.job.owner == *who) as usize, j + (s.job == job) as usize));
-            if this_job >= MAX_SESSIONS_PER_JOB {
-                return Err(busy(format!(
-                    "job {id} has {this_job} exec sessions open, the most at once: end one (or let it end) first"
-                )));
-            }
-            if mine >= MAX_SESSIONS_PER_OWNER {
-                return Err(busy(format!(
-                    "you have {mine} exec sessions open, the most at once: end one (or let it end) first"
-                )));
-            }
-        }
+        // Refused early here; checked again as the session is taken in (starts in flight at
+        // once could otherwise pass together).
+        room_for(&self.exec.sessions.lock().unwrap(), &job)?;
         // A scheduler with an exec API of its own (Nomad) runs it; else the allocation's
         // worker picks it up here.
         let tty =
@@ -356,26 +363,37 @@ impl Gateway {
         self.ctx.store.put_json(&record, &rec).await.map_err(store_err)?;
         let once = (b.tty.is_none() && !b.stream)
             .then(|| base64::engine::general_purpose::STANDARD.decode(&b.stdin).unwrap_or_default());
-        self.exec.sessions.lock().unwrap().insert(
-            session.clone(),
-            Session {
-                job,
-                alloc: b.alloc,
-                argv: b.argv,
-                // Sent with the command at once where the scheduler runs it: not kept.
-                stdin: if io.is_some() { String::new() } else { b.stdin },
-                tty: b.tty,
-                stream: b.stream,
-                input: vec![],
-                created: Instant::now(),
-                picked: io.is_some(),
-                frames: vec![],
-                read: 0,
-                input_read: 0,
-                exit: None,
-                record,
-            },
-        );
+        let refused = {
+            let mut sessions = self.exec.sessions.lock().unwrap();
+            let room = room_for(&sessions, &job);
+            if room.is_ok() {
+                sessions.insert(
+                    session.clone(),
+                    Session {
+                        job,
+                        alloc: b.alloc,
+                        argv: b.argv,
+                        // Sent with the command at once where the scheduler runs it: not kept.
+                        stdin: if io.is_some() { String::new() } else { b.stdin },
+                        tty: b.tty,
+                        stream: b.stream,
+                        input: vec![],
+                        created: Instant::now(),
+                        picked: io.is_some(),
+                        frames: vec![],
+                        read: 0,
+                        input_read: 0,
+                        exit: None,
+                        record: record.clone(),
+                    },
+                );
+            }
+            room.err()
+        };
+        if let Some(e) = refused {
+            let _ = self.ctx.store.delete(&record).await;
+            return Err(e);
+        }
         self.exec.changed.notify_waiters();
         if let Some(io) = io {
             tokio::spawn(pump(self.exec.clone(), self.ctx.store.clone(), session.clone(), io, once));
