@@ -211,22 +211,33 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
         .unwrap();
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out).1.contains("cannot run no-such-command-here"), "{}", text(&out).1);
-    // One job holds at most 8 sessions open at once: the 9th is refused with the reason.
-    let held: Vec<std::process::Child> = (0..8)
-        .map(|_| {
-            h.cmd(&["exec", &job, "--", "sleep", "60"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-        })
-        .collect();
-    // All eight running in the allocation, then a ninth.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while processes_of(&job).iter().filter(|(_, comm)| comm == "sleep").count() < 8 {
-        assert!(Instant::now() < deadline, "the 8 sessions never all ran: {:?}", processes_of(&job));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let ninth = h.aic(&["exec", &job, "--", "true"]);
-    assert!(!ninth.status.success(), "a 9th session was taken");
-    let ninth = text(&ninth).1;
-    assert!(ninth.contains("has 8 exec sessions open, the most at once"), "{ninth}");
+    // One job holds at most 8 sessions open at once: sessions are opened one by one, each
+    // seen running in the allocation, until one is refused with the reason (sessions of the
+    // steps above may still count).
+    let sleeps = || processes_of(&job).iter().filter(|(_, comm)| comm == "sleep").count();
+    let before = sleeps();
+    let mut held: Vec<std::process::Child> = Vec::new();
+    let refusal = loop {
+        assert!(held.len() <= 8, "a 9th session was taken");
+        let mut c =
+            h.cmd(&["exec", &job, "--", "sleep", "60"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ran = loop {
+            if sleeps() > before + held.len() {
+                break true;
+            }
+            if c.try_wait().unwrap().is_some() {
+                break false;
+            }
+            assert!(Instant::now() < deadline, "a session neither ran nor was refused");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if !ran {
+            break text(&c.wait_with_output().unwrap()).1;
+        }
+        held.push(c);
+    };
+    assert!(refusal.contains("has 8 exec sessions open, the most at once"), "{refusal}");
     for mut c in held {
         let _ = c.kill();
         let _ = c.wait();
