@@ -761,4 +761,29 @@ async fn an_id_another_owner_claimed_is_refused_and_its_twin_cancels_nothing() {
     let claim: serde_json::Value =
         w.store.get_json(&aic_core::layout::job_id_claim(&job.job), 1 << 16).await.unwrap().unwrap();
     assert_eq!(claim["owner"], job.owner.to_string());
+
+    // Nor do the id's serving registrations (hosts and ports of the victim's replicas) reach
+    // the twin through the gateway: its request is its own, the id's registrations are not.
+    let reg = serde_json::json!({"deployment": job.job, "job_id": job.job, "alloc": 0, "host": "10.1.2.3", "port": 20001,
+        "healthy": true, "started_at": Utc::now(), "heartbeat_at": Utc::now(), "ttl_seconds": 20});
+    w.store.put_json(&aic_core::layout::serving_registration(job.job.as_str(), "0"), &reg).await.unwrap();
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let gw = aic_functions::gateway::Gateway::new(
+        aic_functions::gateway::GatewayConfig::new(secret.clone(), "pool.test", w.chain.config.chain_id),
+        w.ctx.clone(),
+        None,
+    );
+    let call = |who: Address| {
+        let token =
+            aic_functions::gateway::session_token(&secret, &from_alloy(who), Utc::now() + chrono::Duration::hours(1));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        let path = format!("/v1/jobs/{}/replicas", job.job);
+        let gw = &gw;
+        async move { gw.call([127, 0, 0, 1].into(), &http::Method::GET, &path, None, &headers, Default::default()).await }
+    };
+    let (code, theirs) = call(dev_key(2).address()).await;
+    assert_eq!((code.as_u16(), theirs["replicas"].as_array().map(Vec::len)), (200, Some(0)), "{theirs}");
+    let (code, owners) = call(dev_key(1).address()).await;
+    assert_eq!((code.as_u16(), owners["replicas"][0]["host"].as_str()), (200, Some("10.1.2.3")), "{owners}");
 }

@@ -129,10 +129,15 @@ impl Gateway {
         Ok(json!({ "chunks": chunks }))
     }
 
-    /// A deployment's serving registrations (only the caller's own jobs).
+    /// A deployment's serving registrations (only the caller's own jobs: validated, so the
+    /// id's registrations are theirs — a request of one's own under another's id is not).
     pub(super) async fn replicas(&self, who: &Address, id: &str) -> Reply {
         let job = self.job_key(who, id)?;
-        if self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_none() {
+        if !crate::validate::owns_its_id(&self.ctx, &job).await.map_err(store_err)? {
+            // Submitted, not validated yet: nothing of the id's is the caller's yet.
+            if self.ctx.store.head(&job.request()).await.map_err(store_err)?.is_some() {
+                return Ok(json!({ "replicas": [] }));
+            }
             return Err(err(StatusCode::NOT_FOUND, format!("no job {id} of yours")));
         }
         let regs = aic_core::serving::registrations(&self.ctx.store, job.job.as_str()).await.map_err(store_err)?;
