@@ -289,6 +289,7 @@ backends!(
     a_resumed_run_is_placed_anew_at_its_own_first_attempt,
     a_queued_job_whose_deposit_is_due_back_before_it_could_end_is_never_started,
     another_owners_job_under_a_running_id_is_refused_and_its_cancel_stops_nothing,
+    a_lost_allocation_does_not_restart_a_job_whose_deposit_is_due_back_too_soon,
 );
 
 /// Names across a backend (folders, routes, Nomad's job) use the id alone: a job of another
@@ -308,6 +309,39 @@ async fn another_owners_job_under_a_running_id_is_refused_and_its_cancel_stops_n
     assert!(!b.scheduler().finished(&first).await.unwrap(), "the first owner's job was stopped");
 }
 
+/// A deposit's claim in a manifest, its depositor free to reclaim it `secs` from now.
+fn deposit_due_back_in(secs: i64) -> aic_schemas::manifest::PaymentClaim {
+    aic_schemas::manifest::PaymentClaim {
+        chain_id: 31337,
+        tx: format!("0x{}", "ab".repeat(32)),
+        paid: "1".into(),
+        escrow: Some(aic_schemas::manifest::EscrowDeposit {
+            contract: "0x5fbdb2315678afecb367f032d93f642f64180aa3".into(),
+            run_key: format!("0x{}", "cd".repeat(32)),
+            run: 0,
+            deadline: Some(chrono::Utc::now().timestamp() + secs),
+        }),
+    }
+}
+
+/// A lost allocation does not start the job again once its deposit may be reclaimed before
+/// the rest of its run could end: it fails with the reason (settle refunds what it did not
+/// use). Restarted, it would run on a deposit its owner could take back mid-run.
+async fn a_lost_allocation_does_not_restart_a_job_whose_deposit_is_due_back_too_soon(b: &Backend) {
+    let (_, mut m) = manifest_of("train", 2, 2);
+    m.payment = Some(deposit_due_back_in(1800));
+    let job = running_job(b.store(), &m).await;
+    b.scheduler().submit(&job, &m).await.unwrap();
+    b.lose(&job, 1).await;
+    let last = eventually("the job's end", || {
+        let h = futures::executor::block_on(status::history(b.store(), &job)).unwrap();
+        h.last().filter(|r| r.state == JobState::Failed).cloned()
+    })
+    .await;
+    let why = last.reason.unwrap_or_default();
+    assert!(why.starts_with("not started: it waited until its deposit may be reclaimed"), "{why}");
+}
+
 /// A training job that waited for room until its deposit may be reclaimed before it could
 /// run its paid hours and settle is not started when room frees: it fails with the reason
 /// (settle then refunds its deposit whole). Started, it would have run on a deposit its owner
@@ -316,18 +350,8 @@ async fn a_queued_job_whose_deposit_is_due_back_before_it_could_end_is_never_sta
     let (first, m) = job(b, "train", 2).await;
     assert!(matches!(b.scheduler().submit(&first, &m).await.unwrap(), Submitted::Placed(_)));
     let (_, mut late) = manifest_of("train", 2, 2);
-    late.payment = Some(aic_schemas::manifest::PaymentClaim {
-        chain_id: 31337,
-        tx: format!("0x{}", "ab".repeat(32)),
-        paid: "1".into(),
-        escrow: Some(aic_schemas::manifest::EscrowDeposit {
-            contract: "0x5fbdb2315678afecb367f032d93f642f64180aa3".into(),
-            run_key: format!("0x{}", "cd".repeat(32)),
-            run: 0,
-            // Half an hour left: too soon for its paid hour.
-            deadline: Some(chrono::Utc::now().timestamp() + 1800),
-        }),
-    });
+    // Half an hour left: too soon for its paid hour.
+    late.payment = Some(deposit_due_back_in(1800));
     let second = running_job(b.store(), &late).await;
     assert!(matches!(b.scheduler().submit(&second, &late).await.unwrap(), Submitted::Queued(_)));
     b.scheduler().cancel(&first).await.unwrap();

@@ -227,6 +227,17 @@ impl NomadScheduler {
             .await
             .map_err(backend)?
             .ok_or_else(|| ScheduleError::Backend(format!("{id}: the run has no manifest")))?;
+        // Started again only while its deposit stays held long enough for the rest of its
+        // run (as a queued run: `payment::too_late_to_start`); else it ends here, refunded
+        // for what it did not use.
+        if let Some(why) = crate::payment::too_late_to_start(&manifest, chrono::Utc::now()) {
+            self.cancel(&key).await?;
+            let t = crate::status::Transition::new(aic_schemas::JobState::Failed, recovery::BY)
+                .reason(why.clone())
+                .run(run);
+            crate::status::advance(store, &key, t).await.map_err(backend)?;
+            return Ok(AllocAction::Failed(why));
+        }
         if gang::is_gang(&manifest) {
             // Every rank stops (each keeps its last checkpoint) and the job is registered anew,
             // whole or not at all (`gang`): a new version would be placed in part like any.
