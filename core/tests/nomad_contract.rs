@@ -183,7 +183,7 @@ async fn a_lost_allocation_restarts_the_whole_job_with_the_next_attempt_until_re
 }
 
 #[tokio::test]
-async fn a_node_going_down_leaves_its_rank_unknown_unreplaced_and_the_whole_job_restarts() {
+async fn a_node_going_down_leaves_its_rank_unknown_unreplaced_and_a_job_the_pool_can_no_longer_hold_fails() {
     // Nomad replaces a lost allocation whatever the reschedule policy; a rank replaced alone
     // would start beside aic's own restart with the same index and attempt. The train job
     // asks for `disconnect { replace = false }`: the rank goes `unknown`, and aic restarts the
@@ -195,15 +195,23 @@ async fn a_node_going_down_leaves_its_rank_unknown_unreplaced_and_the_whole_job_
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["ClientStatus"], "unknown");
     assert!(state.lock().unwrap().replacements.is_empty(), "Nomad placed a lone replacement rank");
-    assert_eq!(n.on_alloc(&store, &events[0]).await.unwrap(), AllocAction::Restarted(1));
-    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
-    assert_eq!(st.state, JobState::Retrying);
+    // Its node is down in Nomad's word, and the gateway has no other for the second rank:
+    // the job cannot be placed again, and fails with the reason (it stayed `retrying`, its
+    // deposit locked, the error only logged).
+    match n.on_alloc(&store, &events[0]).await.unwrap() {
+        AllocAction::Failed(why) => assert!(why.starts_with("cannot be placed again: needs 2 miners"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let hist = aic_core::status::history(&store, &job).await.unwrap();
+    let states: Vec<JobState> = hist.iter().map(|r| r.state).collect();
+    assert_eq!(states[states.len() - 2..], [JobState::Retrying, JobState::Failed]);
     assert_eq!(
-        st.reason.as_deref(),
+        hist[hist.len() - 2].reason.as_deref(),
         Some(
             "allocation 1 on node-b was lost (its node stopped answering); starting again from the last checkpoint (retry 1 of 2)"
         )
     );
+    assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)), "what was left of it is stopped");
     // A deployment's replica on a node that goes down is Nomad's to replace, alone.
     let (_, m) = manifest_of("serve", 1, 1);
     let dep = running_job(&store, &m).await;

@@ -49,6 +49,9 @@ pub struct Nomad {
     pub execs: Vec<(String, String)>,
     /// Every input frame exec sessions sent.
     pub exec_inputs: Vec<Value>,
+    /// Nodes that missed their heartbeats: `down` in `GET /v1/nodes` (nomad/heartbeat.go
+    /// `invalidateHeartbeat` sets the node's status to down), nothing placed on them.
+    pub down: std::collections::BTreeSet<String>,
 }
 
 /// An allocation as its client reports it (`TaskStates.worker`, `ClientStatus`).
@@ -137,6 +140,7 @@ impl Nomad {
     /// reschedule policy: lost allocations are always replaced). Returns the allocation
     /// events the stream sends.
     pub fn node_down(&mut self, node: &str) -> Vec<Value> {
+        self.down.insert(node.to_string());
         let mut events = vec![];
         let ids: Vec<String> =
             self.allocs.iter().filter(|(_, ns)| ns.iter().any(|n| n == node)).map(|(id, _)| id.clone()).collect();
@@ -363,7 +367,8 @@ async fn handle(
                     } else {
                         json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, *gpus)}])
                     };
-                    json!({"ID": id, "Name": name, "Datacenter": dc, "Status": "ready",
+                    let status = if s.down.contains(*name) { "down" } else { "ready" };
+                    json!({"ID": id, "Name": name, "Datacenter": dc, "Status": status,
                         "SchedulingEligibility": if *eligible { "eligible" } else { "ineligible" },
                         "NodeResources": {"Devices": devices}})
                 })
@@ -410,7 +415,9 @@ async fn handle(
             // Place one allocation per free node, as the scheduler would.
             let free: Vec<String> = NODES
                 .iter()
-                .filter(|n| n.2 == dc && n.4 && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus)
+                .filter(|n| {
+                    n.2 == dc && n.4 && !s.down.contains(n.1) && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus
+                })
                 .map(|n| n.1.to_string())
                 .collect();
             let eval_id = format!("eval-{}", s.evals.len() + 1);

@@ -238,14 +238,29 @@ impl NomadScheduler {
             crate::status::advance(store, &key, t).await.map_err(backend)?;
             return Ok(AllocAction::Failed(why));
         }
-        if gang::is_gang(&manifest) {
+        let registered = if gang::is_gang(&manifest) {
             // Every rank stops (each keeps its last checkpoint) and the job is registered anew,
             // whole or not at all (`gang`): a new version would be placed in part like any.
             self.purge(id).await?;
-            self.register(&key, &manifest, attempt, true).await?;
+            self.register(&key, &manifest, attempt, true).await
         } else {
-            self.register(&key, &manifest, attempt, false).await?;
+            self.register(&key, &manifest, attempt, false).await
+        };
+        match registered {
+            Ok(_) => Ok(AllocAction::Restarted(attempt)),
+            // The pool no longer has room for it at all (its node is down in Nomad's word, and
+            // no other fits): it fails with the reason and is settled for what it used. (The
+            // error was only logged: the job stayed `retrying`, its deposit locked.)
+            Err(ScheduleError::Unplaceable(why)) => {
+                let why = format!("cannot be placed again: {why}");
+                self.cancel(&key).await?;
+                let t = crate::status::Transition::new(aic_schemas::JobState::Failed, recovery::BY)
+                    .reason(why.clone())
+                    .run(run);
+                crate::status::advance(store, &key, t).await.map_err(backend)?;
+                Ok(AllocAction::Failed(why))
+            }
+            Err(e) => Err(e),
         }
-        Ok(AllocAction::Restarted(attempt))
     }
 }
