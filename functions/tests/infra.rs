@@ -283,7 +283,8 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
     assert!(repo().join("worker/src/main.rs").exists());
     // What the code registers for a train job.
     let cfg = nomad_cfg(vec![("AIC_STORE".into(), "s3://aic".into())], Some("nomad/jobs"));
-    let (key, m) = manifest("train", "train.py", 2, 3);
+    // One GPU, the file's default (`var.gpus`): memory and /dev/shm scale with GPUs.
+    let (key, m) = manifest("train", "train.py", 2, 1);
     let spec = job_spec(&cfg, &key, &m, 0);
     let tg = &spec["TaskGroups"][0];
     let t = &tg["Tasks"][0];

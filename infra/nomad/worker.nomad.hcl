@@ -92,7 +92,9 @@ job "aic-job" {
         image        = var.image
         command      = "/usr/local/bin/aic-worker"
         network_mode = "host"
-        shm_size     = 8589934592
+        # Half the task's memory (at most 8 GiB): it counts against the memory limit.
+        shm_size           = 4294967296
+        image_pull_timeout = "30m"
       }
 
       env {
@@ -122,6 +124,7 @@ job "aic-job" {
 
       resources {
         cpu    = 2000
+        # 8 GiB per GPU (a rank per GPU), as the scheduler registers it: for var.gpus = 1.
         memory = 8192
 
         device "nvidia/gpu" {

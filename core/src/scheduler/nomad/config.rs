@@ -13,6 +13,9 @@ pub struct NomadConfig {
     pub image: String,
     pub worker: String,
     pub cpu_mhz: u32,
+    /// Memory per GPU an allocation holds (`AIC_NOMAD_MEMORY_MB`): a rank per GPU, each with
+    /// its own data loaders and copies of the model, so an allocation's limit is this times
+    /// its GPUs (one GPU's worth at least).
     pub memory_mb: u32,
     /// Environment every worker gets (the store's location).
     pub worker_env: Vec<(String, String)>,

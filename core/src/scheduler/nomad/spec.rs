@@ -35,19 +35,23 @@ pub(super) fn gateway(cfg: &NomadConfig, m: &JobManifest) -> String {
 ///   reserved, Nomad's docker driver runs the container with the NVIDIA runtime
 ///   (`nvidia_runtime`) and the plugin's `NVIDIA_VISIBLE_DEVICES`, so the ranks see exactly
 ///   the GPUs Nomad gave the allocation. Host networking: MPI, Gloo and NCCL open ports
-///   beyond the rendezvous one between miners. `/dev/shm` of 8 GiB: NCCL and PyTorch's data
-///   loaders pass tensors through it, and Docker's 64 MiB default breaks them.
+///   beyond the rendezvous one between miners. `/dev/shm` of half the allocation's memory
+///   (at most 8 GiB): NCCL and PyTorch's data loaders pass tensors through it, and Docker's
+///   64 MiB default breaks them; what is written there counts against the task's memory
+///   limit, so it stays below it. `image_pull_timeout` 30 minutes: the worker image is ~10 GB,
+///   and the driver's 5-minute default would spend a fresh miner's first job on the pull.
 /// - `exec`: isolation by chroot and cgroups, but its `/dev` holds no `/dev/nvidia*`
 ///   (drivers/shared/executor), so only for pools without GPUs.
 /// - `raw_exec`: GPUs visible, but the user's program runs as the Nomad client's user on the
 ///   miner, with no isolation at all: only for a pool whose users are all trusted.
-pub fn task_config(cfg: &NomadConfig) -> Value {
+pub fn task_config(cfg: &NomadConfig, memory_mb: u64) -> Value {
     match cfg.driver.as_str() {
         "docker" => json!({
             "image": cfg.image,
             "command": cfg.worker,
             "network_mode": "host",
-            "shm_size": 8u64 << 30,
+            "shm_size": ((memory_mb << 20) / 2).min(8u64 << 30),
+            "image_pull_timeout": "30m",
         }),
         _ => json!({"command": cfg.worker}),
     }
@@ -56,6 +60,8 @@ pub fn task_config(cfg: &NomadConfig) -> Value {
 /// The job's Nomad specification (the `Job` of `POST /v1/jobs`), for `attempt`.
 pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) -> Value {
     let r = &m.request;
+    // A rank per GPU: the allocation's memory scales with its GPUs (`NomadConfig::memory_mb`).
+    let memory_mb = u64::from(cfg.memory_mb) * u64::from(r.gpus_per_miner.max(1));
     let id = nomad_id(job);
     let serve = r.kind == JobKind::Serve;
     let mut env = serde_json::Map::new();
@@ -159,10 +165,10 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             "Tasks": [{
                 "Name": "worker",
                 "Driver": cfg.driver,
-                "Config": task_config(cfg),
+                "Config": task_config(cfg, memory_mb),
                 "Env": env,
                 "Templates": templates,
-                "Resources": {"CPU": cfg.cpu_mhz, "MemoryMB": cfg.memory_mb, "Devices": devices},
+                "Resources": {"CPU": cfg.cpu_mhz, "MemoryMB": memory_mb, "Devices": devices},
                 "KillSignal": "SIGTERM",
                 "KillTimeout": ns(KILL_TIMEOUT),
                 "Meta": {"aic_job": job.job.to_string()},
@@ -314,7 +320,9 @@ mod tests {
         assert_eq!(t["Config"]["image"], "registry.pool/aic-worker:0.1.0");
         assert_eq!(t["Config"]["command"], "/usr/local/bin/aic-worker");
         assert_eq!(t["Config"]["network_mode"], "host", "ranks reach each other on more ports than rdzv");
+        // 3 GPUs: 3 × 8 GiB of memory, /dev/shm half of it at most 8 GiB, below the limit.
         assert_eq!(t["Config"]["shm_size"], 8u64 << 30);
+        assert_eq!(t["Config"]["image_pull_timeout"], "30m", "a ~10 GB image outlasts the 5-minute default");
         let mut exec = cfg();
         exec.driver = "exec".into();
         assert_eq!(
@@ -323,7 +331,12 @@ mod tests {
         );
         assert_eq!(t["Resources"]["Devices"], json!([{"Name": "nvidia/gpu", "Count": 3}]));
         assert_eq!(t["Resources"]["CPU"], 2000);
-        assert_eq!(t["Resources"]["MemoryMB"], 8192);
+        assert_eq!(t["Resources"]["MemoryMB"], 3 * 8192, "memory scales with the allocation's GPUs");
+        let (_, mut one) = (job.clone(), m.clone());
+        one.request.gpus_per_miner = 1;
+        let t1 = &job_spec(&cfg(), &job, &one, 0)["TaskGroups"][0]["Tasks"][0];
+        assert_eq!(t1["Resources"]["MemoryMB"], 8192);
+        assert!(t1["Config"]["shm_size"].as_u64().unwrap() < 8192u64 << 20, "/dev/shm below the memory limit: {t1}");
         assert_eq!(t["KillSignal"], "SIGTERM");
         assert_eq!(t["KillTimeout"], 30_000_000_000u64, "durations are nanoseconds");
         let env = &t["Env"];
