@@ -309,6 +309,16 @@ async fn another_owners_job_under_a_running_id_is_refused_and_its_cancel_stops_n
     assert!(!b.scheduler().finished(&first).await.unwrap(), "the first owner's job was stopped");
 }
 
+/// Waits until `job` has failed; the reason.
+async fn failed_because(b: &Backend, job: &JobKey) -> String {
+    let last = eventually("the job's end", || {
+        let h = futures::executor::block_on(status::history(b.store(), job)).unwrap();
+        h.last().filter(|r| r.state == JobState::Failed).cloned()
+    })
+    .await;
+    last.reason.unwrap_or_default()
+}
+
 /// A deposit's claim in a manifest, its depositor free to reclaim it `secs` from now.
 fn deposit_due_back_in(secs: i64) -> aic_schemas::manifest::PaymentClaim {
     aic_schemas::manifest::PaymentClaim {
@@ -333,12 +343,7 @@ async fn a_lost_allocation_does_not_restart_a_job_whose_deposit_is_due_back_too_
     let job = running_job(b.store(), &m).await;
     b.scheduler().submit(&job, &m).await.unwrap();
     b.lose(&job, 1).await;
-    let last = eventually("the job's end", || {
-        let h = futures::executor::block_on(status::history(b.store(), &job)).unwrap();
-        h.last().filter(|r| r.state == JobState::Failed).cloned()
-    })
-    .await;
-    let why = last.reason.unwrap_or_default();
+    let why = failed_because(b, &job).await;
     assert!(why.starts_with("not started: it waited until its deposit may be reclaimed"), "{why}");
 }
 
@@ -356,12 +361,7 @@ async fn a_queued_job_whose_deposit_is_due_back_before_it_could_end_is_never_sta
     assert!(matches!(b.scheduler().submit(&second, &late).await.unwrap(), Submitted::Queued(_)));
     b.scheduler().cancel(&first).await.unwrap();
     b.place_waiting().await;
-    let last = eventually("the waiting job's end", || {
-        let h = futures::executor::block_on(status::history(b.store(), &second)).unwrap();
-        h.last().filter(|r| r.state == JobState::Failed).cloned()
-    })
-    .await;
-    let why = last.reason.unwrap_or_default();
+    let why = failed_because(b, &second).await;
     assert!(why.starts_with("not started: it waited until its deposit may be reclaimed in 0.5 h"), "{why}");
     assert!(b.never_started(&second).await, "it was started");
 }

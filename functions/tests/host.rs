@@ -297,6 +297,18 @@ async fn register(p: &Pool, deployment: &aic_schemas::JobId, port: u16) {
     p.store.put_json(&aic_core::layout::serving_registration(deployment.as_str(), "0"), &r).await.unwrap();
 }
 
+/// A host serving deployments (`/d/…`, `/n/…`) from `p`'s bucket; its address.
+async fn serving_host(p: &Pool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
+    tokio::spawn(aic_functions::host::serve(
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
+        listener,
+    ));
+    url
+}
+
 /// A deployed page served through the pool's origin: it may not set cookies for the pool,
 /// widen a service worker's scope, or run with the pool's origin (the web app's session is in
 /// its storage). It is confined to an opaque origin (CSP sandbox without
@@ -305,13 +317,7 @@ async fn register(p: &Pool, deployment: &aic_schemas::JobId, port: u16) {
 async fn a_deployed_page_gets_no_cookie_service_worker_or_origin_of_the_pools() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = pool(1, "exit 0");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
-    tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
-        listener,
-    ));
+    let url = serving_host(&p).await;
     let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = app.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -341,13 +347,7 @@ async fn a_deployed_page_gets_no_cookie_service_worker_or_origin_of_the_pools() 
 #[tokio::test]
 async fn a_named_route_reaches_the_newest_live_deployment_of_that_owner_only() {
     let p = pool(1, "exit 0");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
-    tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
-        listener,
-    ));
+    let url = serving_host(&p).await;
     let owner: aic_schemas::Address = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap();
     let old = aic_schemas::JobId::generate();
     tokio::time::sleep(Duration::from_millis(5)).await;
