@@ -666,9 +666,12 @@ async fn exec_runs_in_the_allocation_through_nomads_exec_api_frames_and_all() {
         assert!(s.seen.iter().any(|(_, p, t)| p.ends_with("/exec") && t.as_deref() == Some(TOKEN)), "the token sent");
     }
 
-    // A terminal's size goes as Nomad's tty_size frame.
-    let argv = ["sh", "-c", "echo on-a-terminal"].map(String::from).to_vec();
+    // A terminal's size goes as Nomad's tty_size frame, first. The command waits for a line
+    // sent after it (frames arrive in order), so the session cannot end before the fake has
+    // read the size (it did, under load: the command had ended first).
+    let argv = ["sh", "-c", "read line; echo on-a-terminal"].map(String::from).to_vec();
     let io = n.exec(&job, 0, ExecStart { argv, tty: Some((40, 120)) }).await.unwrap().unwrap();
+    io.input.send(ExecInput::Stdin(b"go\n".to_vec())).await.unwrap();
     let (out, _, end) = drain(io).await;
     assert_eq!((out.as_str(), end), ("on-a-terminal\n", ExecOutput::Exited(0)));
     assert!(state.lock().unwrap().exec_inputs.contains(&json!({"tty_size": {"height": 40, "width": 120}})));
