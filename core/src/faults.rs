@@ -19,7 +19,7 @@ use object_store::{
 };
 
 /// What goes wrong, and how often.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Faults {
     /// The share of calls that fail (0.0 to 1.0). A failing write fails, with even odds,
     /// before it reaches the store or after it landed.
@@ -28,6 +28,13 @@ pub struct Faults {
     pub latency: Duration,
     /// Seeds the draws, so that a failing run can be replayed.
     pub seed: u64,
+    /// Only calls on keys starting with this fail (writes and reads; listings and deletes
+    /// are then spared). `None`: any call.
+    pub only_under: Option<String>,
+    /// At most this many calls fail in all, then the store heals. `None`: no end.
+    pub at_most: Option<u64>,
+    /// The odds that a failing write had landed. `None`: even odds.
+    pub landed: Option<f64>,
 }
 
 /// How many calls failed, each way.
@@ -68,7 +75,7 @@ impl FaultyStore {
 
     /// A listing that fails (decided as it is asked for, before anything is listed).
     fn failed_list(&self, prefix: Option<&Path>) -> Option<BoxStream<'static, object_store::Result<ObjectMeta>>> {
-        if self.draw() >= self.faults.share {
+        if !self.eligible(None) || self.draw() >= self.faults.share {
             return None;
         }
         self.count.before.fetch_add(1, Ordering::Relaxed);
@@ -76,16 +83,27 @@ impl FaultyStore {
         Some(futures::stream::once(async move { Err(injected("list", &p)) }).boxed())
     }
 
-    /// Whether this call fails, and when: `Some(true)` after the store did it.
-    async fn fate(&self, write: bool) -> Option<bool> {
+    /// Whether a call on `location` (`None`: a listing or a batch) may fail at all.
+    fn eligible(&self, location: Option<&Path>) -> bool {
+        let spent = self.count.before.load(Ordering::Relaxed) + self.count.after.load(Ordering::Relaxed);
+        self.faults.at_most.is_none_or(|n| spent < n)
+            && match (&self.faults.only_under, location) {
+                (None, _) => true,
+                (Some(under), Some(at)) => at.as_ref().starts_with(under.as_str()),
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Whether this call on `location` fails, and when: `Some(true)` after the store did it.
+    async fn fate(&self, location: Option<&Path>, write: bool) -> Option<bool> {
         self.count.calls.fetch_add(1, Ordering::Relaxed);
         if !self.faults.latency.is_zero() {
             tokio::time::sleep(self.faults.latency).await;
         }
-        if self.draw() >= self.faults.share {
+        if !self.eligible(location) || self.draw() >= self.faults.share {
             return None;
         }
-        let after = write && self.draw() < 0.5;
+        let after = write && self.draw() < self.faults.landed.unwrap_or(0.5);
         let c = if after { &self.count.after } else { &self.count.before };
         c.fetch_add(1, Ordering::Relaxed);
         Some(after)
@@ -119,7 +137,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        match self.fate(true).await {
+        match self.fate(Some(location), true).await {
             None => self.inner.put_opts(location, payload, opts).await,
             Some(false) => Err(injected("put", location)),
             Some(true) => {
@@ -134,14 +152,14 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        match self.fate(false).await {
+        match self.fate(Some(location), false).await {
             None => self.inner.put_multipart_opts(location, opts).await,
             Some(_) => Err(injected("multipart upload", location)),
         }
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        match self.fate(false).await {
+        match self.fate(Some(location), false).await {
             None => self.inner.get_opts(location, options).await,
             Some(_) => Err(injected("get", location)),
         }
@@ -152,7 +170,7 @@ impl ObjectStore for FaultyStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         // Decided once for the whole batch, before anything is deleted.
-        if self.draw() < self.faults.share {
+        if self.eligible(None) && self.draw() < self.faults.share {
             self.count.before.fetch_add(1, Ordering::Relaxed);
             return futures::stream::once(async { Err(injected("delete", &Path::from("…"))) }).boxed();
         }
@@ -172,14 +190,14 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        match self.fate(false).await {
+        match self.fate(None, false).await {
             None => self.inner.list_with_delimiter(prefix).await,
             Some(_) => Err(injected("list", &prefix.cloned().unwrap_or_default())),
         }
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        match self.fate(true).await {
+        match self.fate(Some(to), true).await {
             None => self.inner.copy_opts(from, to, options).await,
             Some(false) => Err(injected("copy", to)),
             Some(true) => {
@@ -198,7 +216,10 @@ mod tests {
     #[tokio::test]
     async fn a_share_of_calls_fails_some_after_the_write_landed() {
         let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let f = FaultyStore::new(inner.clone(), Faults { share: 0.3, latency: Duration::ZERO, seed: 7 });
+        let f = FaultyStore::new(
+            inner.clone(),
+            Faults { share: 0.3, latency: Duration::ZERO, seed: 7, ..Default::default() },
+        );
         let mut failed = 0;
         for i in 0..1000 {
             let p = Path::from(format!("k/{i}"));

@@ -538,3 +538,61 @@ async fn serving_endpoints_are_where_the_replicas_were_placed(b: &Backend) {
         "no such deployment"
     );
 }
+
+/// What a run is charged rests on its usage records: while the store refuses them (here the
+/// first 30 writes under `pool/usage/`, none of them landed, more than the 20 tries the scheduler once gave up
+/// after, settling the run as if it used nothing), the job is not `finished` (settle waits),
+/// and the record lands once the store heals, with the time the allocation held its GPUs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_record_the_store_refuses_is_written_once_it_heals_and_settle_waits_meanwhile() {
+    let b = local();
+    let Backend::Local { store, starts, _dir, .. } = &b else { unreachable!() };
+    let faults = aic_core::faults::Faults {
+        share: 1.0,
+        only_under: Some("pool/usage/".into()),
+        at_most: Some(30),
+        landed: Some(0.0),
+        ..Default::default()
+    };
+    let (failing, count) = store.clone().with_faults(faults);
+    let sched = LocalScheduler::new(
+        LocalConfig {
+            miners: 2,
+            gpus_per_miner: 2,
+            gateway: GATEWAY.into(),
+            worker_bin: _dir.path().join("worker.sh"),
+            work_root: _dir.path().join("work-faulty"),
+            worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
+            time_limit_grace: Duration::from_secs(1),
+        },
+        failing,
+    );
+    let (_, mut m) = manifest_of("train", 1, 2);
+    m.request.max_hours = 0.0005; // paid: 0.001 h = 3.6 s, then stopped by the scheduler
+    let job = running_job(store, &m).await;
+    assert!(matches!(sched.submit(&job, &m).await.unwrap(), Submitted::Placed(_)));
+    let failed = |n| {
+        count.before.load(std::sync::atomic::Ordering::Relaxed) + count.after.load(std::sync::atomic::Ordering::Relaxed)
+            >= n
+    };
+    // The allocation ended and its record keeps failing: the run is not finished.
+    eventually("the first usage writes to fail", || failed(5).then_some(())).await;
+    assert!(!sched.finished(&job).await.unwrap(), "finished while its usage record is unwritten");
+    assert!(aic_core::usage::of(store, &job).await.unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let runs = loop {
+        let runs = aic_core::usage::of(store, &job).await.unwrap();
+        if !runs.is_empty() {
+            break runs;
+        }
+        assert!(Instant::now() < deadline, "the usage record was never written ({:?} failed)", count.before);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(failed(30), "written before the store healed");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].gpus, 2);
+    assert!((3.0..12.0).contains(&runs[0].seconds()), "{:?}", runs[0]);
+    eventually("the run finished", || futures::executor::block_on(sched.finished(&job)).unwrap().then_some(())).await;
+    sched.shutdown().await;
+    finish(b, Ok(())).await;
+}

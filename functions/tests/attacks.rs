@@ -697,6 +697,64 @@ async fn a_deposit_reclaimed_or_due_back_too_soon_pays_for_nothing() {
     assert_eq!(aic(escrow).await, U256::ZERO);
 }
 
+/// A deposit cannot be taken back while the run it pays for may still be live: validate
+/// leaves the run its paid hours plus a day before the deposit's deadline, and the pool stops
+/// every run at its paid hours (a queued run is refunded rather than started late). A day
+/// after the run's paid hour ran out, the owner's reclaim still reverts on chain, moving
+/// nothing, and the run settles for what it used. (So the pool need not follow `Reclaimed`
+/// events for live runs: there are none.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_cannot_be_reclaimed_while_its_run_may_still_be_live() {
+    let w = world(1).await;
+    let escrow = w.chain.config.escrow.unwrap();
+    let aic = |who: Address| w.balance(who);
+    let owner = dev_key(1).address();
+    let (o0, t0) = (aic(owner).await, aic(w.treasury()).await);
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, PRICE).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let (job, out) = w.submit(&w.sign(1, req.clone()).await).await;
+    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+    // Its hour, and the day of margin after it, pass; the run would have been stopped long ago.
+    aic_chain::devchain::advance_time(&w.wallet(0), 3_600 + 86_400 - 60).await.unwrap();
+    let run = aic_chain::escrow::run_id(owner, req.job_id.as_str(), 0);
+    let wallet = w.wallet(1);
+    let contract = aic_chain::escrow::IAICEscrow::new(escrow, &wallet);
+    let call = contract.reclaim(run);
+    let refused = match call.send().await {
+        Err(e) => e.to_string(),
+        Ok(pending) => {
+            let r = pending.get_receipt().await.unwrap();
+            assert!(!r.status(), "the owner reclaimed a deposit whose run may still be live");
+            "reverted".into()
+        }
+    };
+    assert!(refused.contains("revert") || refused.contains("TooEarly"), "{refused}");
+    assert_eq!(aic(escrow).await, U256::from(PRICE), "the deposit stays in the escrow");
+    assert_eq!(aic(owner).await, o0 - U256::from(PRICE));
+    // The run ends having used 36 GPU-seconds, and settles: 0.01 AIC charged, the rest back.
+    let t = Utc::now();
+    let used = aic_core::usage::Usage {
+        attempt: 0,
+        index: 0,
+        miner: "miner-1".into(),
+        gpus: 1,
+        started_at: t - chrono::Duration::seconds(36),
+        ended_at: t,
+        how: "exited 0".into(),
+    };
+    aic_core::usage::record(&w.store, &job, "1-1", &used).await.unwrap();
+    for st in [JobState::Scheduled, JobState::Running, JobState::Succeeded] {
+        status::advance(&w.store, &job, status::Transition::new(st, "test")).await.unwrap();
+    }
+    let ev = S3EventRecord::object_created(w.store.bucket(), &job.status_snapshot(), 100);
+    assert!(matches!(handle_record(&w.ctx, &ev).await.unwrap(), Outcome::Settled(..)));
+    let charged = PRICE / 100;
+    assert_eq!(aic(w.treasury()).await, t0 + U256::from(charged));
+    assert_eq!(aic(owner).await, o0 - U256::from(charged));
+    assert_eq!(aic(escrow).await, U256::ZERO);
+}
+
 #[allow(non_snake_case)]
 async fn reclaim(w: &World, escrow: Address, run: alloy::primitives::B256) {
     let r = aic_chain::escrow::IAICEscrow::new(escrow, &w.wallet(1)).reclaim(run).send().await.unwrap();

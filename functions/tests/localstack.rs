@@ -334,7 +334,7 @@ async fn storm_of_paid_jobs_each_event_three_times_shuffled() {
 /// claim, one start, what it used recorded and one settlement; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_paid_jobs_with_a_tenth_of_store_calls_failing() {
-    let faults = aic_core::faults::Faults { share: 0.1, latency: Duration::ZERO, seed: 2026 };
+    let faults = aic_core::faults::Faults { share: 0.1, latency: Duration::ZERO, seed: 2026, ..Default::default() };
     storm("faults", Some(faults)).await;
 }
 

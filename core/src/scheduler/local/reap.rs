@@ -162,7 +162,7 @@ impl LocalScheduler {
             while let Err(e) = crate::usage::record(store, &job, &run, &u).await {
                 tries += 1;
                 tracing::warn!(job = %job.job, error = %e, tries, "cannot record what the allocation used; again");
-                tokio::time::sleep(Duration::from_millis((100 * tries).min(10_000))).await;
+                tokio::time::sleep(Duration::from_millis((25 * tries).min(5_000))).await;
             }
         }
         self.persist(&self.inner.state.lock().unwrap(), &job);
