@@ -52,7 +52,22 @@ pub async fn login(env: &Env, a: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn logout(env: &Env) -> anyhow::Result<()> {
+pub async fn logout(env: &Env) -> anyhow::Result<()> {
+    // A gateway's session ends on the pool too: every session of this wallet there issued
+    // until now (a copied token included) is refused from now on.
+    if let Ok(b) = std::fs::read(crate::remote::session_path(&env.home))
+        && let Ok(s) = serde_json::from_slice::<crate::remote::GatewaySession>(&b)
+        && s.expires_at > chrono::Utc::now()
+    {
+        let gw = crate::remote::Gateway::new(&s.gateway, Some(s.token.clone()));
+        match gw.call(reqwest::Method::POST, "logout", None).await {
+            Ok(_) => eprintln!("signed out of {}", s.gateway),
+            Err(e) => eprintln!(
+                "warning: {} did not take the sign-out ({e}); its session ends at {}",
+                s.gateway, s.expires_at
+            ),
+        }
+    }
     let _ = std::fs::remove_file(crate::remote::session_path(&env.home));
     if identity::logout(&env.home)? {
         eprintln!("signed out");

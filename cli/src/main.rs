@@ -422,7 +422,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Shell { job, alloc } => exec::shell(&env, &job, alloc).await,
         Cmd::Demo => demo::run(&env).await,
         Cmd::Login(a) => account::login(&env, a).await.map(|_| 0),
-        Cmd::Logout => account::logout(&env).map(|_| 0),
+        Cmd::Logout => account::logout(&env).await.map(|_| 0),
         Cmd::Whoami => account::whoami(&env).await.map(|_| 0),
         Cmd::Pool { json } => pool::show(&env, json).await.map(|_| 0),
         Cmd::Open { page } => account::open(&env, page.as_deref()).map(|_| 0),

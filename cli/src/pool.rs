@@ -57,6 +57,7 @@ impl Drop for Hosted {
         self.scheduler.release();
         let _ = std::fs::remove_file(self.home.join("serve.addr"));
         let _ = std::fs::remove_file(self.home.join("exec.secret"));
+        let _ = std::fs::remove_file(self.home.join("host.addr"));
     }
 }
 
@@ -139,6 +140,7 @@ impl Hosted {
             work_root: env.home.join("work"),
             worker_env: [env.store_config.env(), worker_env_from_env().map_err(anyhow::Error::msg)?].concat(),
             time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
+            sandbox: LocalConfig::sandboxed(),
         };
         let scheduler = LocalScheduler::new(cfg, env.store.clone());
         let (chain, dev) = chain(env).await?;
@@ -166,15 +168,28 @@ impl Hosted {
                 ctx = ctx.with_settler(&chain, key)?;
             }
         }
-        // The serving gateway for deployments: AIC_SERVE_ADDR, else 127.0.0.1:8800, else any port.
+        // The serving gateway for deployments: AIC_SERVE_ADDR, else the address of a host of
+        // this pool that died (`host.addr`: the workers it left reach the store and their
+        // commands there, and carry on once it answers again), else 127.0.0.1:8800, else any.
         let want = std::env::var("AIC_SERVE_ADDR").ok().filter(|a| !a.is_empty());
+        let left = std::fs::read_to_string(env.home.join("host.addr")).ok().filter(|a| !a.trim().is_empty());
         let listener = match &want {
             Some(a) => tokio::net::TcpListener::bind(a).await.with_context(|| format!("AIC_SERVE_ADDR={a}"))?,
-            None => match tokio::net::TcpListener::bind("127.0.0.1:8800").await {
-                Ok(l) => l,
-                Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-            },
+            None => {
+                let mut found = None;
+                for a in left.iter().map(|a| a.trim().to_string()).chain(["127.0.0.1:8800".to_string()]) {
+                    if let Ok(l) = tokio::net::TcpListener::bind(&a).await {
+                        found = Some(l);
+                        break;
+                    }
+                }
+                match found {
+                    Some(l) => l,
+                    None => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+                }
+            }
         };
+        std::fs::write(env.home.join("host.addr"), listener.local_addr()?.to_string())?;
         let serve_addr = format!("http://{}", listener.local_addr()?);
         // Whole or not at all: a reader never sees it empty.
         let tmp = env.home.join(".serve.addr.tmp");
@@ -216,7 +231,14 @@ impl Hosted {
         gw_cfg.public_url = Some(serve_addr.clone());
         gw_cfg.chain_info = serde_json::to_value(&chain)?;
         let gateway = Arc::new(aic_functions::gateway::Gateway::new(gw_cfg, ctx.clone(), None));
-        scheduler.use_exec_gateway(aic_core::grant::WorkerGateway { url: serve_addr.clone(), secret });
+        // Sandboxed jobs (as root) see nothing of the pool's folder, its store included: their
+        // workers reach the store through this host with their job's token, as on a pool.
+        let g = aic_core::grant::WorkerGateway { url: serve_addr.clone(), secret };
+        if scheduler.is_sandboxed() {
+            scheduler.use_worker_gateway(g)
+        } else {
+            scheduler.use_exec_gateway(g)
+        }
         let host = aic_functions::host::Host {
             ctx: ctx.clone(),
             sns: None,

@@ -115,7 +115,14 @@ fn uwsgi_of(job: &str, alloc: u32) -> Option<i32> {
         let ppid: i32 =
             stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
         let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
-        if parent.trim() == "aic-worker" && cwd.to_string_lossy().contains(&format!("{job}-{alloc}/code")) {
+        // Its allocation: from its folder, or (sandboxed: every allocation of a job sees its
+        // own at one path) from the environment its worker gave it.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let has = |v: String| vars.contains(&v.as_bytes());
+        let ours = cwd.to_string_lossy().contains(&format!("{job}-{alloc}/code"))
+            || (has(format!("AIC_JOB_ID={job}")) && has(format!("AIC_ALLOC_INDEX={alloc}")));
+        if parent.trim() == "aic-worker" && ours {
             return Some(pid);
         }
     }
@@ -212,8 +219,8 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     // The miners' addresses: loopback ones, or their namespaces' (AIC_POOL_NETNS=1).
     let (host0, host1) = (host_of(0), host_of(1));
     let w1 = parent_of(u1);
-    for pg in [w1, u1] {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
+    for p in [w1, u1] {
+        common::kill_group_of(p);
     }
     all_answer(&api, &rows, 20, "after a replica's allocation was lost");
     replaced(&job, 1, u1, 60);

@@ -187,8 +187,26 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
     assert_eq!(text(&out).0, "sent by scp\n");
     // What a scheduler's own exec API (Nomad's) runs in the task: `aic-worker in-job -- CMD`,
     // in the program's folder with its environment and none of the task's store access.
-    let work = h.path().join("aic/work/miner-1").join(format!("{job}-0"));
-    let out = std::process::Command::new(aic_bin().with_file_name("aic-worker"))
+    // Sandboxed (as root), the allocation's folder is where its worker sees it, in its mount
+    // namespace: the command runs there, as a task's exec does.
+    let worker = workers_of(&job)[0];
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let work = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"AIC_WORK_DIR="))
+        .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        .unwrap();
+    let in_job = || {
+        let bin = aic_bin().with_file_name("aic-worker");
+        if work.exists() {
+            std::process::Command::new(bin)
+        } else {
+            let mut c = std::process::Command::new("nsenter");
+            c.args(["-t", &worker.to_string(), "-m", "-p", "--"]).arg(bin);
+            c
+        }
+    };
+    let out = in_job()
         .args([
             "in-job",
             "--",
@@ -202,13 +220,12 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains(&format!("job={job} data=")) && stdout.contains(&format!("{job}-0/code\n")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("job={job} data=")) && stdout.contains(&format!("{}/code\n", work.display())),
+        "{stdout}"
+    );
     assert!(stdout.contains("key=\n"), "the task's store access is not passed on: {stdout}");
-    let out = std::process::Command::new(aic_bin().with_file_name("aic-worker"))
-        .args(["in-job", "--", "no-such-command-here"])
-        .env("AIC_WORK_DIR", &work)
-        .output()
-        .unwrap();
+    let out = in_job().args(["in-job", "--", "no-such-command-here"]).env("AIC_WORK_DIR", &work).output().unwrap();
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out).1.contains("cannot run no-such-command-here"), "{}", text(&out).1);
     // One job holds at most 8 sessions open at once: sessions are opened one by one, each
@@ -470,7 +487,7 @@ fn a_printed_line_reaches_the_watcher_before_it_is_stored() {
     use std::io::BufRead;
     let h = Home::new();
     let _pool = DevUp::start(&h);
-    let go = h.path().join("go");
+    let go = h.shared().join("go");
     let script = h.write(
         "wait.sh",
         &format!("echo hello-live\nwhile [ ! -e {} ]; do sleep 0.05; done\necho bye\n", go.display()),
@@ -768,7 +785,7 @@ fn a_lost_worker_is_restarted_and_resumes_from_its_checkpoint() {
     // The miner is lost: its worker and the program die at once.
     let pids = workers_of(&job);
     assert_eq!(pids.len(), 1, "{pids:?}");
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    kill_group_of(pids[0]);
     let hist = wait_for_state(&h, &job, "succeeded");
     let retry = hist.iter().find(|r| r["state"] == "retrying").expect("a retrying record");
     assert!(retry["reason"].as_str().unwrap().contains("allocation 0 on miner-1 was lost (signal 9)"), "{retry}");
@@ -797,7 +814,7 @@ fn a_lost_worker_is_restarted_and_resumes_from_its_checkpoint() {
 fn a_killed_workers_unstored_lines_are_stored_by_the_host() {
     let h = Home::new();
     let _pool = DevUp::start(&h);
-    let go = h.path().join("go");
+    let go = h.shared().join("go");
     let script = h.write(
         "wait.sh",
         &format!("echo printed-before-the-loss\nwhile [ ! -e {} ]; do sleep 0.05; done\necho end\n", go.display()),
@@ -814,7 +831,7 @@ fn a_killed_workers_unstored_lines_are_stored_by_the_host() {
     assert!(walk(&logs).is_empty(), "already stored: {:?}", walk(&logs));
     let pids = workers_of(&job);
     assert_eq!(pids.len(), 1, "{pids:?}");
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    kill_group_of(pids[0]);
     // The host stores the line as the lost worker's chunk; the job starts again.
     while walk(&logs).is_empty() {
         assert!(Instant::now() < deadline, "the host did not store the lost worker's lines");
@@ -1214,4 +1231,162 @@ fn aic_reclaim_takes_back_ones_own_deposits_past_their_deadline_and_nothing_else
     assert_eq!(held(me, escrow::run_id(me, long.as_str(), 0)), escrow::HELD);
     let none = h.aic(&["reclaim", aic_schemas::JobId::generate().as_str()]);
     assert!(text(&none).1.contains("you made no deposit for job"), "{}", text(&none).1);
+}
+
+/// A job's program is a stranger's (issue: tenants isolated). On the embedded pool, as root,
+/// a second wallet's program reads every `/proc/*/environ` it can see for the pool's settler
+/// key, the pool's `exec.secret`, a file the host keeps in `/tmp`, another job's files and its
+/// socket; then another of its programs starts a child in a session of its own and kills its
+/// worker. Each is refused or contained: the program runs as a uid of its own in namespaces
+/// of its own, and nothing of an allocation outlives its worker, time charged until it ends.
+/// (As the pool ran jobs before: root, every probe succeeded and the child lived on.)
+#[test]
+fn a_jobs_program_reaches_nothing_of_the_host_nor_of_another_job_and_nothing_outlives_it() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var("CI").is_err(), "CI runs the suite as root: jobs are sandboxed only there");
+        eprintln!("skipped: jobs are sandboxed only when the pool runs as root");
+        return;
+    }
+    let h = Home::new();
+    let settler = aic_chain::devchain::DEV_KEYS[aic_chain::devchain::SETTLER as usize];
+    let _pool = DevUp::start_with(&h, &[("AIC_SETTLER_KEY", settler)]);
+    let canary = format!("aic-host-canary-{}", std::process::id());
+    std::fs::write(std::env::temp_dir().join(&canary), "the host's").unwrap();
+    let home = h.path().join("aic");
+    let home = home.to_str().unwrap();
+
+    // The victim: a file and a socket in its folder.
+    let victim = h.write(
+        "victim.py",
+        "import socket, time\nopen('victim-secret.txt', 'w').write('the victim\\'s')\n\
+         s = socket.socket(socket.AF_UNIX); s.bind('victim.sock'); s.listen()\n\
+         print('victim ready', flush=True)\ntime.sleep(120)\n",
+    );
+    let out = h.aic(&["run", "--detach", victim.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let victim = text(&out).0.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(&h.aic(&["logs", &victim])).0.contains("victim ready") {
+        assert!(Instant::now() < deadline, "the victim never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The second wallet's `aic`.
+    let stranger = |args: &[&str]| {
+        let mut c = h.cmd(args);
+        c.env("AIC_PRIVATE_KEY", aic_chain::devchain::DEV_KEYS[5]);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).0.trim().to_string()
+    };
+    let state = |job: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&stranger(&["status", job, "--json"])).unwrap();
+        v["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .map(|r| r["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let probe = h.write(
+        "probe.py",
+        r#"import glob, os, socket, sys
+home, settler, canary = sys.argv[1:4]
+print('probe uid', os.getuid(), flush=True)
+found = 0
+for p in os.listdir('/proc'):
+    try:
+        found += p.isdigit() and settler.encode() in open(f'/proc/{p}/environ', 'rb').read()
+    except OSError:
+        pass
+print('probe environs with the settler key', found)
+for name, path in [('secret', f'{home}/exec.secret'), ('tmp', f'/tmp/{canary}')]:
+    try:
+        open(path).read(); print('probe host', name, 'read')
+    except OSError as e:
+        print('probe host', name, 'refused:', e.strerror)
+read = 0
+for f in glob.glob(f'{home}/work/*/*/**/victim-secret.txt', recursive=True):
+    try:
+        open(f).read(); read += 1
+    except OSError:
+        pass
+print('probe victim files read', read)
+reached = 0
+for f in glob.glob(f'{home}/work/*/*/**/victim.sock', recursive=True):
+    try:
+        socket.socket(socket.AF_UNIX).connect(f); reached += 1
+    except OSError:
+        pass
+print('probe victim sockets reached', reached)
+# The memory its cgroup allows (cgroup v2's memory.max, else v1's memory hierarchy).
+limit = 'none'
+for line in open('/proc/self/cgroup').read().splitlines():
+    _, ctl, path = line.split(':', 2)
+    for f in ([f'/sys/fs/cgroup{path}/memory.max', f'/sys/fs/cgroup/unified{path}/memory.max'] if ctl == '' else
+              [f'/sys/fs/cgroup/memory{path}/memory.limit_in_bytes'] if 'memory' in ctl.split(',') else []):
+        try:
+            v = open(f).read().strip()
+            if v != 'max':
+                limit = v
+        except OSError:
+            pass
+print('probe memory limit', limit, flush=True)
+"#,
+    );
+    let job = stranger(&["run", "--detach", probe.to_str().unwrap(), "--", home, settler, &canary]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(state(&job).as_str(), "succeeded" | "failed") {
+        assert!(Instant::now() < deadline, "the probe never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let said = stranger(&["logs", &job]);
+    let uid: u32 = said.split("probe uid ").nth(1).and_then(|r| r.lines().next()?.trim().parse().ok()).unwrap();
+    assert!(uid != 0 && uid >= 1000, "the program ran as uid {uid}: {said}");
+    assert!(said.contains("probe environs with the settler key 0"), "{said}");
+    assert!(said.contains("probe host secret refused"), "{said}");
+    assert!(said.contains("probe host tmp refused"), "{said}");
+    assert!(said.contains("probe victim files read 0"), "{said}");
+    assert!(said.contains("probe victim sockets reached 0"), "{said}");
+    // One GPU's worth (AIC_JOB_MEMORY_MB, 8192 by default).
+    assert!(said.contains(&format!("probe memory limit {}", 8192u64 << 20)), "{said}");
+
+    // A program that leaves a child in a session of its own and kills its worker.
+    let escape = h.write(
+        "escape.py",
+        r#"import os, signal, subprocess, sys
+subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', 'escapee-' + sys.argv[1]],
+                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print('child started', flush=True)
+pid = os.getppid()
+while pid > 1:
+    if open(f'/proc/{pid}/comm').read().strip() == 'aic-worker':
+        os.kill(pid, signal.SIGKILL)
+        break
+    pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])
+"#,
+    );
+    let job = stranger(&["run", "--detach", escape.to_str().unwrap(), "--", &canary]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !matches!(state(&job).as_str(), "succeeded" | "failed" | "cancelled") {
+        assert!(Instant::now() < deadline, "the escaping job never ended: {}", state(&job));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let marker = format!("escapee-{canary}");
+    let escapees = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                cmd.split(|b| *b == 0).any(|a| a == marker.as_bytes())
+            })
+            .count()
+    };
+    // Ended means its workers have ended: nothing of theirs is left.
+    assert_eq!(escapees(), 0, "a child the job left in a session of its own outlived its allocation");
+    let used: Vec<String> =
+        h.store_keys().into_iter().filter(|k| k.contains("pool/usage/") && k.contains(&job)).collect();
+    assert!(!used.is_empty(), "the escaping job's time was not recorded");
+    assert!(h.aic(&["cancel", &victim]).status.success());
+    let _ = std::fs::remove_file(std::env::temp_dir().join(&canary));
 }

@@ -56,7 +56,7 @@ fn usage(h: &Home, job: &str) -> Vec<serde_json::Value> {
 #[test]
 fn a_killed_host_is_taken_over_by_the_next_running_and_waiting_jobs_and_deployments_alike() {
     let h = Home::new();
-    let go = h.path().join("go");
+    let go = h.shared().join("go");
     let wait = |name: &str| {
         h.write(
             &format!("{name}.sh"),
@@ -84,7 +84,7 @@ fn a_killed_host_is_taken_over_by_the_next_running_and_waiting_jobs_and_deployme
     // The host dies outright; while no host runs, b's miner is lost (worker and program).
     pool.0.kill().unwrap();
     pool.0.wait().unwrap();
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(wb[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    common::kill_group_of(wb[0]);
     assert_eq!(workers_of(&a), wa, "a's worker outlives its host");
     std::fs::remove_file(h.path().join("aic/serve.addr")).unwrap();
     let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "3")]);

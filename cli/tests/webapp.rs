@@ -121,7 +121,7 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     std::fs::write(&script, "print('hello')\n").unwrap();
     // A job of the wallet with 200 jobs that prints a line once the page has it open and ends
     // when told: its page must show the line before the chunk it is in is stored.
-    let (start, end) = (pool.home.path().join("live.start"), pool.home.path().join("live.end"));
+    let (start, end) = (pool.home.shared().join("live.start"), pool.home.shared().join("live.end"));
     let wait = pool.home.path().join("live.sh");
     std::fs::write(
         &wait,

@@ -91,6 +91,12 @@ pub fn payment_claim(chain_id: u64, tx: &str) -> String {
 }
 
 /// `pool/serving/<deployment>/`: the deployment's serving registrations.
+/// When `owner` last signed out of this pool (`{"not_before": unix ms}`): sessions
+/// issued, and sign-in messages signed, before then are refused. Written by the pool alone.
+pub fn signed_out(owner: &Address) -> String {
+    format!("pool/sessions/{owner}.json")
+}
+
 pub fn serving_prefix(deployment: &str) -> String {
     format!("pool/serving/{deployment}/")
 }

@@ -52,6 +52,8 @@ fn local() -> Backend {
             work_root: dir.path().join("work"),
             worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
             time_limit_grace: Duration::from_secs(1),
+            // Its workers are scripts that write into the test's folder: not sandboxed.
+            sandbox: false,
         },
         store.clone(),
     );
@@ -564,6 +566,8 @@ async fn a_usage_record_the_store_refuses_is_written_once_it_heals_and_settle_wa
             work_root: _dir.path().join("work-faulty"),
             worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
             time_limit_grace: Duration::from_secs(1),
+            // Its workers are scripts that write into the test's folder: not sandboxed.
+            sandbox: false,
         },
         failing,
     );

@@ -123,6 +123,7 @@ pub fn build() -> anyhow::Result<Built> {
                 work_root: home,
                 worker_env: [store_config.env(), worker_env.clone()].concat(),
                 time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
+                sandbox: aic_core::scheduler::local::LocalConfig::sandboxed(),
             };
             Arc::new(LocalScheduler::new(cfg, store.clone()))
         }

@@ -845,3 +845,93 @@ async fn an_id_another_owner_claimed_is_refused_and_its_twin_cancels_nothing() {
     let (code, owners) = call(dev_key(1).address()).await;
     assert_eq!((code.as_u16(), owners["replicas"][0]["host"].as_str()), (200, Some("10.1.2.3")), "{owners}");
 }
+
+/// Signing out ends the wallet's sessions on the pool, not only on the device: a token copied
+/// elsewhere, and another device's session, are refused from then on, and a sign-in message
+/// signed before the sign-out, replayed within its nonce's 10 minutes, opens nothing. Another
+/// wallet's session is untouched; a new sign-in works. (Tokens were stateless: a copied one
+/// worked for its 12 hours whatever `aic logout` did.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_every_session_of_the_wallet_and_a_replayed_sign_in_opens_nothing() {
+    use alloy::signers::Signer;
+    let w = world(1).await;
+    let gw = aic_functions::gateway::Gateway::new(
+        aic_functions::gateway::GatewayConfig::new(
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            "pool.test",
+            w.chain.config.chain_id,
+        ),
+        w.ctx.clone(),
+        None,
+    );
+    let call = |method: http::Method, path: &'static str, token: Option<String>, body: serde_json::Value| {
+        let gw = &gw;
+        async move {
+            let mut headers = http::HeaderMap::new();
+            if let Some(t) = token {
+                headers.insert(http::header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+            }
+            let body = if body.is_null() { Default::default() } else { bytes::Bytes::from(body.to_string()) };
+            gw.call([127, 0, 0, 1].into(), &method, path, None, &headers, body).await
+        }
+    };
+    // A signed sign-in message of wallet 1 (the body `/v1/session` takes).
+    let signed = || async {
+        let (_, n) = call(http::Method::GET, "/v1/nonce", None, serde_json::Value::Null).await;
+        let key = dev_key(1);
+        let mut msg = aic_chain::siwe::SiweMessage::new(
+            "pool.test",
+            "http://pool.test/",
+            key.address(),
+            w.chain.config.chain_id,
+            chrono::Duration::hours(1),
+        );
+        msg.nonce = n["nonce"].as_str().unwrap().to_string();
+        let sig = key.sign_message(msg.to_string().as_bytes()).await.unwrap();
+        serde_json::json!({"message": msg.to_string(), "signature": format!("0x{}", alloy::hex::encode(sig.as_bytes()))})
+    };
+    let session = |body: serde_json::Value| async move {
+        let (code, v) = call(http::Method::POST, "/v1/session", None, body).await;
+        (code.as_u16(), v["token"].as_str().map(str::to_string), v)
+    };
+    let jobs =
+        |token: String| async move { call(http::Method::GET, "/v1/jobs", Some(token), serde_json::Value::Null).await };
+    let laptop = session(signed().await).await.1.unwrap();
+    let replayed = signed().await;
+    let phone = session(replayed.clone()).await.1.unwrap();
+    let other = aic_functions::gateway::session_token(
+        b"0123456789abcdef0123456789abcdef",
+        &from_alloy(dev_key(2).address()),
+        Utc::now() + chrono::Duration::hours(1),
+    );
+    for t in [&laptop, &phone, &other] {
+        assert_eq!(jobs(t.clone()).await.0.as_u16(), 200);
+    }
+    // Sign-in messages carry whole seconds: the sign-out comes in a later second than theirs.
+    let signed_at = Utc::now().timestamp();
+    while Utc::now().timestamp() <= signed_at {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, out) = call(http::Method::POST, "/v1/logout", Some(laptop.clone()), serde_json::Value::Null).await;
+    assert_eq!(code.as_u16(), 200, "{out}");
+    for t in [&laptop, &phone] {
+        let (code, v) = jobs(t.clone()).await;
+        assert_eq!(code.as_u16(), 401, "a session survived signing out: {v}");
+        assert!(v["error"].as_str().unwrap().contains("signed out"), "{v}");
+    }
+    assert_eq!(jobs(other).await.0.as_u16(), 200, "another wallet's session was ended");
+    let (code, _, v) = session(replayed).await;
+    assert_eq!(code, 401, "a sign-in signed before the sign-out opened a session: {v}");
+    assert!(v["error"].as_str().unwrap().contains("signed before you signed out"), "{v}");
+    // Messages carry whole seconds: the next sign-in is signed a second after the sign-out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let again = loop {
+        let (code, token, v) = session(signed().await).await;
+        if code == 200 {
+            break token.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "signing in again was refused: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(jobs(again).await.0.as_u16(), 200);
+}

@@ -60,7 +60,15 @@ impl Home {
     pub fn new() -> Home {
         // `AIC_TEST_KEEP=1` keeps each test's home (its `dev-up.log`) to look into a failure.
         let keep = std::env::var("AIC_TEST_KEEP").is_ok_and(|v| v == "1");
-        Home { dir: tempfile::Builder::new().disable_cleanup(keep).tempdir().unwrap() }
+        let home = Home { dir: tempfile::Builder::new().disable_cleanup(keep).tempdir().unwrap() };
+        std::fs::create_dir_all(home.shared()).unwrap();
+        home
+    }
+
+    /// A folder every job of this home's pool sees, read-only (`AIC_JOB_SHARED`): where a test
+    /// leaves the files its jobs wait for (a job sees nothing else of this machine's `/tmp`).
+    pub fn shared(&self) -> PathBuf {
+        self.path().join("shared")
     }
 
     pub fn path(&self) -> &Path {
@@ -77,6 +85,7 @@ impl Home {
             .env_remove("AIC_GATEWAY")
             .env("AIC_POOL_MINERS", "2")
             .env("AIC_POOL_GPUS", "1")
+            .env("AIC_JOB_SHARED", self.shared())
             .stdin(Stdio::null());
         c
     }
@@ -340,6 +349,15 @@ pub fn processes_of(job: &str) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// SIGKILL to the process group `pid` is in: a worker's is its allocation's (the keeper that
+/// started it, when jobs are sandboxed), a uWSGI's its own.
+#[allow(dead_code)]
+pub fn kill_group_of(pid: i32) {
+    if let Ok(group) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 /// The aic-worker processes of a job.

@@ -161,6 +161,8 @@ fn api() -> &'static Api {
                     work_root: dir.join("work"),
                     worker_env: vec![],
                     time_limit_grace: std::time::Duration::from_secs(1),
+                    // Its workers are scripts that write into the test's folder: not sandboxed.
+                    sandbox: false,
                 },
                 store.clone(),
             );

@@ -10,6 +10,7 @@
 //! | `GET /v1/info` | bucket, SIWE domain, chain, limits |
 //! | `GET /v1/nonce` | a nonce for the SIWE message (stateless: MAC'd expiry) |
 //! | `POST /v1/session` `{message, signature}` | session token for the message's signer |
+//! | `POST /v1/logout` | signs the caller out: every session of theirs issued until now is refused |
 //! | `POST /v1/sign` `{items:[{method,key,size?}]}` | presigned URLs (+ headers to send) |
 //! | `GET /v1/objects?prefix=&offset=&delimiter=` | the caller's objects |
 //! | `POST /v1/multipart` `{action,key,upload_id?,part?,parts?}` | large uploads part by part |
@@ -145,7 +146,12 @@ pub struct Gateway {
     /// What running jobs print, for watchers (`live`).
     live: live::Live,
     store_origin: std::sync::OnceLock<Option<String>>,
+    /// When each wallet last signed out, as last read (`session`).
+    signed_out: Mutex<HashMap<Address, (Instant, Option<i64>)>>,
 }
+
+/// How long a wallet's sign-out time is reused before the bucket is read again.
+pub const SIGNED_OUT_CACHE: Duration = Duration::from_secs(5);
 
 /// A refusal: status and the one-line reason.
 #[derive(Debug)]
@@ -182,6 +188,7 @@ impl Gateway {
             exec: Default::default(),
             live: Default::default(),
             store_origin: Default::default(),
+            signed_out: Default::default(),
         }
     }
 
@@ -271,7 +278,7 @@ impl Gateway {
             }
             (&Method::POST, "/v1/session") => {
                 self.admit(&peer.to_string(), 1.0)?;
-                return self.session(&body, now);
+                return self.session(&body, now).await;
             }
             _ => {}
         }
@@ -285,7 +292,7 @@ impl Gateway {
                 aic_core::grant::verify(&self.cfg.secret, token, now).map_err(|e| err(StatusCode::UNAUTHORIZED, e))?,
             )
         } else {
-            Caller::User(self.check_token(token, now)?)
+            Caller::User(self.user(token, now).await?)
         };
         let (key, scale) = caller.rate_key();
         self.admit(&key, scale)?;
@@ -321,6 +328,7 @@ impl Gateway {
             },
         };
         match (method, segs.as_slice()) {
+            (&Method::POST, ["logout"]) => self.logout(&who, now).await,
             (&Method::GET, ["jobs"]) => self.jobs(&who, &q).await,
             (&Method::GET, ["deployments"]) => {
                 let d = aic_core::serving::deployments(&self.ctx.store, &who).await.map_err(store_err)?;

@@ -1,4 +1,7 @@
-//! Sign-In with Ethereum: stateless nonces (MAC'd expiries) and HMAC session tokens.
+//! Sign-In with Ethereum: stateless nonces (MAC'd expiries) and HMAC session tokens, which
+//! carry when they were issued: signing out (`POST /v1/logout`) records the time in the pool's
+//! prefix (`pool/sessions/<owner>.json`), and every session of that wallet issued before it —
+//! on any device, and any sign-in message signed before it, replayed — is refused from then on.
 
 use super::*;
 
@@ -15,28 +18,76 @@ impl Gateway {
         hex::encode(m.finalize().into_bytes())
     }
 
-    /// `v1.<addr>.<expiry unix>.<mac>`.
+    /// `v2.<addr>.<issued, unix ms>.<expiry, unix s>.<mac>`.
     pub fn issue_token(&self, addr: &Address, expires: DateTime<Utc>) -> String {
         session_token(&self.cfg.secret, addr, expires)
     }
 
-    /// The caller of a bearer token, or why not.
-    pub fn check_token(&self, token: &str, now: DateTime<Utc>) -> Result<Address, ApiError> {
+    /// The caller of a bearer token and when it was issued (unix ms), or why not. (A `v1` token, from
+    /// before tokens carried it, counts as issued a session's length before it expires.)
+    pub fn check_token(&self, token: &str, now: DateTime<Utc>) -> Result<(Address, i64), ApiError> {
         let unauth = |why: &str| err(StatusCode::UNAUTHORIZED, why);
-        let (body, mac) = token.rsplit_once('.').ok_or_else(|| unauth("malformed session token; run `aic login`"))?;
+        let malformed = || unauth("malformed session token; run `aic login`");
+        let (body, mac) = token.rsplit_once('.').ok_or_else(malformed)?;
         let want = self.mac(&format!("session|{body}"));
         if !constant_time_eq(want.as_bytes(), mac.as_bytes()) {
             return Err(unauth("session token is not valid; run `aic login`"));
         }
-        let mut parts = body.split('.');
-        let (Some("v1"), Some(addr), Some(exp), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(unauth("malformed session token; run `aic login`"));
+        let parts: Vec<&str> = body.split('.').collect();
+        let (addr, issued, exp) = match parts.as_slice() {
+            ["v1", addr, exp] => {
+                let exp: i64 = exp.parse().map_err(|_| malformed())?;
+                (*addr, (exp - self.cfg.session_ttl_chrono().num_seconds()) * 1000, exp)
+            }
+            ["v2", addr, issued, exp] => {
+                (*addr, issued.parse().map_err(|_| malformed())?, exp.parse().map_err(|_| malformed())?)
+            }
+            _ => return Err(malformed()),
         };
-        let exp: i64 = exp.parse().map_err(|_| unauth("malformed session token; run `aic login`"))?;
         if exp <= now.timestamp() {
             return Err(unauth("session expired; run `aic login` again"));
         }
-        addr.parse().map_err(|_| unauth("malformed session token; run `aic login`"))
+        Ok((addr.parse().map_err(|_| malformed())?, issued))
+    }
+
+    /// When `who` last signed out (unix ms), read through a cache of a few seconds
+    /// (another replica of the gateway sees a sign-out within [`SIGNED_OUT_CACHE`]).
+    pub(super) async fn signed_out_at(&self, who: &Address) -> Result<Option<i64>, ApiError> {
+        if let Some((at, v)) = self.signed_out.lock().unwrap().get(who)
+            && at.elapsed() < SIGNED_OUT_CACHE
+        {
+            return Ok(*v);
+        }
+        let v: Option<Value> =
+            self.ctx.store.get_json(&aic_core::layout::signed_out(who), 4096).await.map_err(store_err)?;
+        let v = v.and_then(|v| v["not_before"].as_i64());
+        let mut cache = self.signed_out.lock().unwrap();
+        if cache.len() >= 100_000 {
+            cache.clear();
+        }
+        cache.insert(*who, (Instant::now(), v));
+        Ok(v)
+    }
+
+    /// A session token's caller, unless they signed out after it was issued.
+    pub(super) async fn user(&self, token: &str, now: DateTime<Utc>) -> Result<Address, ApiError> {
+        let (who, issued) = self.check_token(token, now)?;
+        if self.signed_out_at(&who).await?.is_some_and(|out| issued <= out) {
+            return Err(err(StatusCode::UNAUTHORIZED, "this session was signed out; run `aic login` again"));
+        }
+        Ok(who)
+    }
+
+    /// `POST /v1/logout`: every session of the caller issued until now is refused from now on.
+    pub(super) async fn logout(&self, who: &Address, now: DateTime<Utc>) -> Reply {
+        let at = now.timestamp_millis();
+        self.ctx
+            .store
+            .put_json(&aic_core::layout::signed_out(who), &json!({ "not_before": at }))
+            .await
+            .map_err(store_err)?;
+        self.signed_out.lock().unwrap().insert(*who, (Instant::now(), Some(at)));
+        Ok(json!({ "signed_out": who, "at": now }))
     }
 
     pub(super) fn nonce(&self, now: DateTime<Utc>) -> String {
@@ -57,7 +108,7 @@ impl Gateway {
         Ok(())
     }
 
-    pub(super) fn session(&self, body: &[u8], now: DateTime<Utc>) -> Reply {
+    pub(super) async fn session(&self, body: &[u8], now: DateTime<Utc>) -> Reply {
         let b: SessionBody =
             serde_json::from_slice(body).map_err(|e| bad(format!("body must be {{message, signature}}: {e}")))?;
         let msg = SiweMessage::parse(&b.message).map_err(|e| err(StatusCode::UNAUTHORIZED, e.to_string()))?;
@@ -67,6 +118,11 @@ impl Gateway {
         let ttl = chrono::Duration::from_std(self.cfg.session_ttl).expect("ttl fits");
         let expires = (now + ttl).min(msg.expiration);
         let who = aic_chain::from_alloy(msg.address);
+        // A sign-in signed before its wallet signed out (replayed) opens nothing. (Messages
+        // carry whole seconds: one signed within the second of the sign-out still opens.)
+        if self.signed_out_at(&who).await?.is_some_and(|out| msg.issued_at.timestamp() < out.div_euclid(1000)) {
+            return Err(err(StatusCode::UNAUTHORIZED, "this sign-in was signed before you signed out; sign in again"));
+        }
         Ok(json!({"token": self.issue_token(&who, expires), "address": who, "expires_at": expires}))
     }
 }
@@ -78,7 +134,7 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A session token for `addr` under `secret` (what `issue_token` gives): the embedded pool's
 /// own users get one from the secret its host keeps in `$AIC_HOME`.
 pub fn session_token(secret: &[u8], addr: &Address, expires: DateTime<Utc>) -> String {
-    let body = format!("v1.{addr}.{}", expires.timestamp());
+    let body = format!("v2.{addr}.{}.{}", Utc::now().timestamp_millis(), expires.timestamp());
     let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
     m.update(format!("session|{body}").as_bytes());
     format!("{body}.{}", hex::encode(m.finalize().into_bytes()))

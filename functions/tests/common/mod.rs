@@ -52,6 +52,8 @@ pub fn pool_on(dir: tempfile::TempDir, store: Store, miners: u32, worker_body: &
             work_root: dir.path().join("work"),
             worker_env: vec![("STARTS".into(), starts.to_string_lossy().into_owned())],
             time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
+            // Its workers are scripts that write into the test's folder: not sandboxed.
+            sandbox: false,
         },
         store.clone(),
     );
@@ -78,6 +80,8 @@ pub fn idle_scheduler(work: PathBuf, store: &Store, miners: u32) -> LocalSchedul
             work_root: work,
             worker_env: vec![],
             time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
+            // Its workers are scripts that write into the test's folder: not sandboxed.
+            sandbox: false,
         },
         store.clone(),
     )

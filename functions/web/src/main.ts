@@ -111,7 +111,18 @@ async function drawAccount(): Promise<void> {
   }
   const bal = h("span", { id: "balance", class: "balance" });
   const addr = h("span", { id: "address", title: s.address }, shortAddress(s.address));
-  const out = h("button", { type: "button", id: "signout", onclick: () => { setSession(null); go("/signin"); } }, "Sign out");
+  // Signing out ends the session on the pool too (every session of this wallet issued until
+  // now), not only in this tab: a token copied elsewhere stops working.
+  const signOut = async () => {
+    try {
+      await api("POST", "logout");
+    } catch {
+      /* an expired or already signed-out session: nothing left to end */
+    }
+    setSession(null);
+    go("/signin");
+  };
+  const out = h("button", { type: "button", id: "signout", onclick: () => void signOut() }, "Sign out");
   el.replaceChildren(addr, bal, out);
   let i: Info;
   try {

@@ -130,6 +130,26 @@ impl LocalScheduler {
     /// Takes over what an earlier host of this pool left (see the module's text): run once,
     /// when the host starts, before it takes events. Returns how many workers it adopted.
     pub async fn adopt(&self) -> usize {
+        // The services the workers were told of on this machine's loopback answered in their
+        // miners through relays of the host that died: this host relays them again, so an
+        // adopted worker reaches its gateway (and store) where it was told.
+        if let Some(n) = &self.inner.net {
+            let told: Vec<String> =
+                [self.inner.worker_gateway.lock().unwrap().clone(), self.inner.exec_gateway.lock().unwrap().clone()]
+                    .into_iter()
+                    .flatten()
+                    .map(|g| g.url)
+                    .chain(self.inner.cfg.worker_env.iter().map(|(_, v)| v.clone()))
+                    .chain(std::env::vars().filter(|(k, _)| crate::grant::is_store_variable(k)).map(|(_, v)| v))
+                    .collect();
+            for miner in 0..self.inner.cfg.miners {
+                for v in &told {
+                    if let Err(e) = n.relay_loopback(miner, v) {
+                        tracing::warn!(error = %e, miner, "cannot relay a service into a miner again");
+                    }
+                }
+            }
+        }
         let dir = self.ledger_dir();
         let mut records = Vec::new();
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -35,6 +35,7 @@ mod names;
 mod net;
 mod place;
 mod reap;
+mod sandbox;
 mod spawn;
 
 use super::launch::{self, Launch, StoreAccess};
@@ -67,7 +68,20 @@ pub struct LocalConfig {
     /// How long past a training job's paid time its workers are killed if still running
     /// ([`TIME_LIMIT_GRACE`]).
     pub time_limit_grace: Duration,
+    /// Whether each job runs under a uid, namespaces and cgroup of its own (`sandbox`; as
+    /// root). [`LocalConfig::sandboxed`] says what the host's settings ask for.
+    pub sandbox: bool,
 }
+
+impl LocalConfig {
+    /// Whether jobs are sandboxed here: yes unless `AIC_JOB_SANDBOX=0` (where the host is
+    /// not root it says why it cannot, and runs them as its own user).
+    pub fn sandboxed() -> bool {
+        std::env::var("AIC_JOB_SANDBOX").map_or(true, |v| v != "0")
+    }
+}
+
+pub use sandbox::USER as JOB_USER;
 
 /// Miner `i`'s name (its host name where it has a UTS namespace).
 fn miner_name(i: u32) -> String {
@@ -98,6 +112,9 @@ struct Alloc {
     /// Why it was given up on (its miner lost) before its worker ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lost: Option<String>,
+    /// The uid its job runs under (`sandbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
 }
 
 struct Running {
@@ -167,6 +184,8 @@ struct Inner {
     exec_gateway: Mutex<Option<crate::grant::WorkerGateway>>,
     /// The miners' network namespaces, when they have them (`net`).
     net: Option<net::Net>,
+    /// How jobs are confined (as root).
+    sandbox: Option<sandbox::Sandbox>,
 }
 
 /// Cheap to clone.
@@ -187,6 +206,7 @@ impl LocalScheduler {
                 }
             },
         };
+        let sandbox = if cfg.sandbox { sandbox::Sandbox::setup(&cfg.work_root) } else { None };
         let miners = (0..cfg.miners)
             .map(|i| Miner {
                 name: miner_name(i),
@@ -215,6 +235,7 @@ impl LocalScheduler {
                 worker_lost: Mutex::new(None),
                 exec_gateway: Mutex::new(None),
                 net,
+                sandbox,
             }),
         };
         this.watch_miners();
@@ -231,6 +252,12 @@ impl LocalScheduler {
     /// `g` (`AIC_EXEC_GATEWAY` and their job's token): the embedded pool.
     pub fn use_exec_gateway(&self, g: crate::grant::WorkerGateway) {
         *self.inner.exec_gateway.lock().unwrap() = Some(g);
+    }
+
+    /// Whether jobs run sandboxed here (`sandbox`): then they must reach the store through
+    /// a worker gateway, since the pool's folder is not theirs to see.
+    pub fn is_sandboxed(&self) -> bool {
+        self.inner.sandbox.is_some()
     }
 
     /// True when no allocation runs and nothing waits.

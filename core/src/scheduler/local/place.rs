@@ -57,14 +57,14 @@ impl LocalScheduler {
             let miner_name = st.miners[miner].name.clone();
             let spawned = self.spawn(st, job, manifest, index as u32, count, attempt, miner, &slots);
             match spawned {
-                Ok((child, port, gate)) => {
+                Ok((child, port, gate, uid)) => {
                     gates.push(gate);
                     for s in &slots {
                         st.miners[miner].free[*s] = false;
                     }
                     let pid = child.id().unwrap_or_default() as i32;
                     let ticks = ledger::started_ticks(pid).unwrap_or_default();
-                    allocs.push(Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now(), lost: None });
+                    allocs.push(Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now(), lost: None, uid });
                     names.push(miner_name);
                     self.reap(job.clone(), index as u32, child);
                 }

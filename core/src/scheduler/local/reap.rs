@@ -37,7 +37,7 @@ impl LocalScheduler {
                             .collect();
                         let m = r.manifest.clone();
                         match self.spawn(&st, job, &m, index, count, attempt, miner, &slots) {
-                            Ok((child, port, gate)) => {
+                            Ok((child, port, gate, uid)) => {
                                 for s in &slots {
                                     st.miners[miner].free[*s] = false;
                                 }
@@ -45,8 +45,16 @@ impl LocalScheduler {
                                 let ticks = ledger::started_ticks(pid).unwrap_or_default();
                                 let name = st.miners[miner].name.clone();
                                 let r = st.running.get_mut(job).expect("still running");
-                                r.allocs[index as usize] =
-                                    Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now(), lost: None };
+                                r.allocs[index as usize] = Alloc {
+                                    miner,
+                                    slots,
+                                    pid,
+                                    ticks,
+                                    port,
+                                    started: chrono::Utc::now(),
+                                    lost: None,
+                                    uid,
+                                };
                                 r.replaced += 1;
                                 self.persist(&st, job);
                                 gate.open();
@@ -114,6 +122,11 @@ impl LocalScheduler {
             out
         };
         let store = &self.inner.store;
+        // Nothing of the allocation outlives its worker (its namespace's init took the rest
+        // down with it; its cgroup is emptied whatever escaped that).
+        if let (Some(sandbox), Some((attempt, ..))) = (&self.inner.sandbox, run) {
+            sandbox.release(&job, index, attempt, &self.work_dir(&miner_name, &job, index)).await;
+        }
         let written = match &exit {
             Exit::Unwatched => self.exit_code_written(&miner_name, &job, index),
             Exit::Waited(_) => None,

@@ -30,11 +30,16 @@ impl LocalScheduler {
         attempt: u32,
         miner: usize,
         slots: &[usize],
-    ) -> std::io::Result<(tokio::process::Child, u16, Gate)> {
+    ) -> std::io::Result<(tokio::process::Child, u16, Gate, Option<u32>)> {
         let cfg = &self.inner.cfg;
         let miner_name = &st.miners[miner].name;
         let host = st.miners[miner].host;
         let work = self.work_dir(miner_name, job, index);
+        // Where the worker sees it (sandboxed: the same path in each of the job's allocations).
+        let seen_at = match &self.inner.sandbox {
+            Some(_) => sandbox::Sandbox::work_seen_at(&cfg.work_root, job),
+            None => work.clone(),
+        };
         let port = match &self.inner.net {
             // Each miner has its own network stack: only this miner's allocations hold ports.
             Some(_) => {
@@ -101,7 +106,7 @@ impl LocalScheduler {
             miner: Some(miner_name.clone()),
             host: Some(host.to_string()),
             port: Some(port),
-            work_dir: work.clone(),
+            work_dir: seen_at.clone(),
             serve_port: None,
             gpus: Some(slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
             // A replica started again keeps the deployment's end.
@@ -132,7 +137,26 @@ impl LocalScheduler {
             net::enter(n, &mut cmd, miner as u32, miner_name.clone())?;
         }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port, Gate(gate)))
+        // Its job's uid: the one its other allocations run under, else the lowest no other
+        // job holds.
+        let uid = match &self.inner.sandbox {
+            None => None,
+            Some(sandbox) => {
+                let own = st.running.get(job).and_then(|r| r.allocs.iter().find_map(|a| a.uid));
+                let taken: std::collections::HashSet<u32> = st
+                    .running
+                    .iter()
+                    .filter(|(k, _)| *k != job)
+                    .flat_map(|(_, r)| r.allocs.iter().filter_map(|a| a.uid))
+                    .collect();
+                let uid = own.or_else(|| sandbox.free_uid(&taken)).ok_or_else(|| {
+                    std::io::Error::other("every uid of AIC_JOB_UIDS is held by a running job: widen the range")
+                })?;
+                sandbox.confine(&mut cmd, job, index, attempt, uid, slots.len(), &work, &seen_at, &exit_file)?;
+                Some(uid)
+            }
+        };
+        Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port, Gate(gate), uid))
     }
 }
 

@@ -1,0 +1,752 @@
+//! Jobs as strangers: each allocation's worker (and so the user's program, its sshd, uWSGI and
+//! `aic exec` sessions) runs as an unprivileged uid of its job's own, in PID, mount and IPC
+//! namespaces of its own, in a cgroup, as a container runtime would run a Nomad task.
+//!
+//! As root the scheduler starts every worker through a keeper:
+//!
+//! - the **keeper** (the process the host started and waits for, in the host's PID namespace)
+//!   joins the allocation's cgroups, makes new PID, mount and IPC namespaces and forks the
+//!   namespace's init; it ignores the host's SIGTERM (the worker gets it through the process
+//!   group), waits for the init, writes the exit code to `AIC_EXIT_FILE` (for a host that
+//!   adopts it after a crash) and ends as the worker ended;
+//! - the **init** (PID 1 of the new namespace, root, dies with the keeper) mounts a `/proc` of
+//!   the namespace, builds the view (below), forks the worker and reaps whatever is orphaned
+//!   to it; when the worker ends it exits, and the kernel kills every process left in the
+//!   namespace — a program that kills its worker or `setsid`s away cannot outlive it;
+//! - the **worker** (PID 2) drops to the job's uid and gid (no supplementary groups, no new
+//!   privileges) and runs in its work folder.
+//!
+//! The view: the host's folders (its home, the pool's folder with its store and secrets,
+//! every other allocation's work folder and sockets), `/tmp`, `/var/tmp` and `/dev/shm` are
+//! covered with empty file systems of the allocation's own; its work folder comes back
+//! (writable, owned by the job's uid), and what the worker is told to run — the worker
+//! binary's folder, the installations on its `PATH` — comes back read-only. `/etc/passwd`
+//! and `/etc/group` gain the job's user (`aic`, home = the work folder), which ssh and
+//! Python's `getpass` look up. Folders the operator lists in `AIC_JOB_SHARED` (`:`-separated,
+//! as Nomad host volumes) come back read-only too.
+//!
+//! The cgroup (v2 where its controllers are, else the v1 `memory` and `pids` hierarchies this
+//! machine mounts) limits memory (`AIC_JOB_MEMORY_MB` per GPU held, 8192 by default) and
+//! processes (`AIC_JOB_PIDS`, 4096); when the allocation ends it is killed whole and removed.
+//! Jobs take uids from `AIC_JOB_UIDS` (`first-last`, 3000000-3065535 by default), the
+//! lowest free one, the same for all of a job's allocations.
+//!
+//! Not root: jobs run as the host's user, as before, with a warning (said once).
+
+use std::ffi::{CStr, CString};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::layout::JobKey;
+
+/// The job's user name in the allocation's `/etc/passwd`.
+pub const USER: &str = "aic";
+
+/// How jobs are confined on this host.
+pub(super) struct Sandbox {
+    first_uid: u32,
+    uids: u32,
+    memory_mb_per_gpu: u64,
+    pids: u64,
+    /// The host's folders a job must not see (its home, the pool's folder).
+    hidden: Vec<PathBuf>,
+    /// Host folders every job sees read-only (`AIC_JOB_SHARED`, as a Nomad host volume).
+    shared: Vec<PathBuf>,
+    cgroups: Cgroups,
+}
+
+/// Where allocations' cgroups are made: a folder of this pool's in each hierarchy.
+#[derive(Default)]
+struct Cgroups {
+    /// cgroup v2, and whether it limits memory and pids.
+    v2: Option<(PathBuf, bool)>,
+    /// cgroup v1's `memory` and `pids` hierarchies, where v2 does not limit them.
+    v1: Vec<(PathBuf, &'static str)>,
+}
+
+impl Sandbox {
+    /// The sandbox for a pool working in `work_root`, or `None` (with a warning) where this
+    /// host cannot make one (not root).
+    pub(super) fn setup(work_root: &Path) -> Option<Sandbox> {
+        if !nix::unistd::geteuid().is_root() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "jobs run as this host's user, seeing what it sees: start the pool as root to run each job \
+                 under a uid, PID namespace and cgroup of its own (AIC_JOB_SANDBOX=0 says you know)"
+                )
+            });
+            return None;
+        }
+        let (first_uid, uids) = match std::env::var("AIC_JOB_UIDS").ok().filter(|v| !v.is_empty()) {
+            None => (3_000_000, 65_536),
+            Some(v) => match v
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+            {
+                Some((a, b)) if a >= 1000 && b >= a && b < u32::MAX - 1 => (a, b - a + 1),
+                _ => {
+                    tracing::warn!(value = %v, "AIC_JOB_UIDS is not first-last (uids of 1000 and above): using 3000000-3065535");
+                    (3_000_000, 65_536)
+                }
+            },
+        };
+        let number = |k: &str, default: u64| {
+            std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(default)
+        };
+        let mut hidden = vec![];
+        if let Some(home) =
+            std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_absolute() && h != Path::new("/"))
+        {
+            hidden.push(home);
+        }
+        hidden.push(Path::new("/root").to_path_buf());
+        // The pool's folder (its store, secrets and ledger) where the work root sits in one.
+        let pool = work_root.parent().filter(|p| p.components().count() > 2).unwrap_or(work_root);
+        hidden.push(pool.to_path_buf());
+        hidden.push(work_root.to_path_buf());
+        use sha2::Digest;
+        let id = hex::encode(&sha2::Sha256::digest(work_root.to_string_lossy().as_bytes())[..4]);
+        let cgroups = Cgroups::setup(&format!("aic-{id}"));
+        // Its memory holds what signs for the pool: no job's uid may read it, nor a core dump.
+        // SAFETY: a plain prctl on this process.
+        unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        Some(Sandbox {
+            first_uid,
+            uids,
+            memory_mb_per_gpu: number("AIC_JOB_MEMORY_MB", 8192),
+            pids: number("AIC_JOB_PIDS", 4096),
+            hidden,
+            shared: std::env::var_os("AIC_JOB_SHARED")
+                .map(|v| std::env::split_paths(&v).filter(|p| p.is_absolute()).collect())
+                .unwrap_or_default(),
+            cgroups,
+        })
+    }
+
+    /// The lowest uid of the range that none of `taken` holds.
+    pub(super) fn free_uid(&self, taken: &std::collections::HashSet<u32>) -> Option<u32> {
+        (self.first_uid..self.first_uid + self.uids).find(|u| !taken.contains(u))
+    }
+
+    /// Where an allocation of `job` sees its work folder: one path for all of them (as every
+    /// Nomad task sees its own at the same place), under the covered work root.
+    pub(super) fn work_seen_at(work_root: &Path, job: &JobKey) -> PathBuf {
+        work_root.canonicalize().unwrap_or_else(|_| work_root.to_path_buf()).join(".jobs").join(job.job.as_str())
+    }
+
+    fn cgroup_name(job: &JobKey, index: u32, attempt: u32) -> String {
+        let owner = job.owner.to_string();
+        format!("{}-{}-{index}-{attempt}", &owner[2..10], job.job)
+    }
+
+    /// Prepares allocation `index` (of `job`'s `attempt`) to run under `uid` holding `gpus`,
+    /// and has `cmd` (its worker) start inside: the work folder handed to the uid, the
+    /// cgroup made, the view's files written; then, between fork and exec, the keeper, the
+    /// init and the worker as the module says.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn confine(
+        &self,
+        cmd: &mut std::process::Command,
+        job: &JobKey,
+        index: u32,
+        attempt: u32,
+        uid: u32,
+        gpus: usize,
+        work: &Path,
+        seen_at: &Path,
+        exit_file: &Path,
+    ) -> std::io::Result<()> {
+        hand_over(work, uid)?;
+        let passwd = with_user(
+            &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+            &format!("{USER}:x:{uid}:{uid}:aic job:{}:/bin/sh", seen_at.display()),
+        );
+        let group = with_user(&std::fs::read_to_string("/etc/group").unwrap_or_default(), &format!("{USER}:x:{uid}:"));
+        let passwd_at = work.with_extension("passwd");
+        let group_at = work.with_extension("group");
+        std::fs::write(&passwd_at, passwd)?;
+        std::fs::write(&group_at, group)?;
+        let memory = self.memory_mb_per_gpu * gpus.max(1) as u64 * 1024 * 1024;
+        let procs = self.cgroups.make(&Self::cgroup_name(job, index, attempt), memory, self.pids)?;
+        // What comes back into the view: the work folder, writable; what the worker runs, read-only.
+        let path = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "PATH")
+            .and_then(|(_, v)| v.map(|v| v.to_os_string()))
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_default();
+        let program = cmd.get_program().to_os_string();
+        let mut hidden: Vec<PathBuf> = self.hidden.clone();
+        hidden.extend(["/tmp", "/var/tmp", "/dev/shm"].map(PathBuf::from));
+        let hidden: Vec<PathBuf> =
+            hidden.into_iter().filter(|h| h.is_dir()).filter_map(|h| h.canonicalize().ok()).collect();
+        // Only the outermost of nested folders is covered.
+        let mut cover: Vec<PathBuf> = vec![];
+        for h in {
+            let mut h = hidden.clone();
+            h.sort_by_key(|p| p.components().count());
+            h
+        } {
+            if !cover.iter().any(|c| h.starts_with(c)) {
+                cover.push(h);
+            }
+        }
+        let under_cover = |p: &Path| cover.iter().any(|c| p.starts_with(c));
+        // The work folder, writable, at `seen_at` (the same path in every allocation of the
+        // job: launchers that start ranks over ssh, horovodrun's, `cd` to the leader's).
+        let mut keep: Vec<(PathBuf, PathBuf, bool)> = vec![(work.canonicalize()?, seen_at.to_path_buf(), true)];
+        // Never a folder holding one the job must not see (a `PATH` of `~/bin` gives `~/bin`,
+        // not the home).
+        let secret: Vec<PathBuf> = self.hidden.iter().filter_map(|h| h.canonicalize().ok()).collect();
+        let mut ro = |p: &Path| -> bool {
+            let Ok(p) = p.canonicalize() else { return false };
+            if !under_cover(&p) || secret.iter().any(|h| h.starts_with(&p)) {
+                return false;
+            }
+            if !keep.iter().any(|(k, _, _)| p.starts_with(k)) {
+                keep.retain(|(k, _, _)| !k.starts_with(&p));
+                keep.push((p.clone(), p, false));
+            }
+            true
+        };
+        if let Some(dir) = Path::new(&program).parent() {
+            ro(dir);
+        }
+        for dir in &self.shared {
+            if !ro(dir) && dir.exists() {
+                tracing::warn!(folder = %dir.display(), "AIC_JOB_SHARED names a folder that holds the pool's own: not shared");
+            }
+        }
+        for dir in std::env::split_paths(&path) {
+            // An installation's prefix (`<prefix>/bin`), and those its programs link to (a
+            // virtual environment's interpreter).
+            let prefix =
+                |d: &Path| if d.ends_with("bin") { d.parent().unwrap_or(d).to_path_buf() } else { d.to_path_buf() };
+            if !dir.is_absolute() || !under_cover(&dir) {
+                continue;
+            }
+            let _ = ro(&prefix(&dir)) || ro(&dir);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten().take(4096) {
+                if e.file_type().is_ok_and(|t| t.is_symlink())
+                    && let Ok(real) = e.path().canonicalize()
+                    && let Some(d) = real.parent()
+                {
+                    let _ = ro(&prefix(d)) || ro(d);
+                }
+            }
+        }
+        keep.sort_by_key(|(_, at, _)| at.components().count());
+        keep.truncate(64);
+        let c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other);
+        let mut mkdirs = vec![];
+        let mut binds = vec![];
+        for (from, at, writable) in &keep {
+            for a in at.ancestors().collect::<Vec<_>>().into_iter().rev().skip(1) {
+                if under_cover(a) {
+                    mkdirs.push(c(a)?);
+                }
+            }
+            binds.push(Bind { from: c(from)?, at: c(at)?, writable: *writable });
+        }
+        let private = ["/tmp", "/var/tmp", "/dev/shm"].map(|p| Path::new(p).canonicalize().ok());
+        let cover = cover
+            .iter()
+            .map(|p| Ok((c(p)?, private.iter().flatten().any(|q| q == p))))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let jail = Arc::new(Jail {
+            uid,
+            procs,
+            cover,
+            mkdirs,
+            binds,
+            passwd: (c(&passwd_at)?, c(&group_at)?),
+            work: c(seen_at)?,
+            exit_file: c(exit_file)?,
+        });
+        cmd.env("HOME", seen_at).env("USER", USER).env("LOGNAME", USER).current_dir("/");
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the closure makes system calls only, on strings and
+        // descriptors made before the fork (see `Jail::enter`).
+        unsafe {
+            cmd.pre_exec(move || jail.enter());
+        }
+        Ok(())
+    }
+
+    /// After allocation `index`'s worker ended: kills whatever is left in its cgroup (nothing,
+    /// when its namespace's init took it down) and removes it, then its view's files.
+    pub(super) async fn release(&self, job: &JobKey, index: u32, attempt: u32, work: &Path) {
+        self.cgroups.kill_and_remove(&Self::cgroup_name(job, index, attempt)).await;
+        let _ = std::fs::remove_file(work.with_extension("passwd"));
+        let _ = std::fs::remove_file(work.with_extension("group"));
+    }
+}
+
+/// `text` (a passwd or group file) without any line of the job's user name or id, then `line`.
+fn with_user(text: &str, line: &str) -> String {
+    let name = line.split(':').next().unwrap_or_default();
+    let id = line.split(':').nth(2).unwrap_or_default();
+    let mut out: String = text
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            f.first() != Some(&name) && f.get(2) != Some(&id)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(line);
+    out.push('\n');
+    out
+}
+
+/// The work folder and everything in it to `uid` (what an earlier attempt left may have had
+/// another), mode 0700. Links are changed, never followed: a job's link to a host file hands
+/// over the link only.
+fn hand_over(dir: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            let _ = std::os::unix::fs::lchown(&p, Some(uid), Some(uid));
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A folder that comes back into the view (at its own path, or the work folder's).
+struct Bind {
+    from: CString,
+    at: CString,
+    writable: bool,
+}
+
+/// Everything the keeper, the init and the worker need between fork and exec, made before.
+struct Jail {
+    uid: u32,
+    /// The allocation's `cgroup.procs` files, open for writing.
+    procs: Vec<std::fs::File>,
+    /// Folders covered with an empty file system (`true`: a private `/tmp`-like one).
+    cover: Vec<(CString, bool)>,
+    mkdirs: Vec<CString>,
+    binds: Vec<Bind>,
+    passwd: (CString, CString),
+    work: CString,
+    exit_file: CString,
+}
+
+fn check(r: nix::libc::c_int) -> std::io::Result<()> {
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+impl Jail {
+    /// In the forked child: becomes the keeper, whose child is the namespace's init, whose
+    /// child returns from here to exec the worker as the job's uid.
+    fn enter(&self) -> std::io::Result<()> {
+        use nix::libc;
+        // SAFETY: system calls on strings and descriptors that outlive the calls; this
+        // process is the single-threaded child of a fork.
+        unsafe {
+            for f in &self.procs {
+                if libc::write(f.as_raw_fd(), c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            check(libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWIPC))?;
+            let init = libc::fork();
+            if init < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if init > 0 {
+                libc::prctl(libc::PR_SET_NAME, c"aic-keeper".as_ptr(), 0, 0, 0);
+                self.keep(init);
+            }
+            libc::prctl(libc::PR_SET_NAME, c"aic-init".as_ptr(), 0, 0, 0);
+            // The namespace's init: gone with the keeper. (Its parent is outside its
+            // namespace: `getppid` says 0 whether or not the keeper still lives.)
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // A mount namespace of its own, private: the keeper keeps the host's view, where
+            // it writes the exit file.
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                say(c"aic: cannot make the job's mount namespace", std::io::Error::last_os_error());
+                libc::_exit(126);
+            }
+            if let Err(e) = self.view() {
+                say(c"aic: cannot make the job's view of this machine", e);
+                libc::_exit(126);
+            }
+            let worker = libc::fork();
+            if worker < 0 {
+                libc::_exit(126);
+            }
+            if worker > 0 {
+                reap_until(worker);
+            }
+            // The worker.
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(self.uid, self.uid, self.uid))?;
+            check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            check(libc::chdir(self.work.as_ptr()))?;
+        }
+        Ok(())
+    }
+
+    /// The mounts of the view, in the init (root, in the new mount namespace).
+    unsafe fn view(&self) -> std::io::Result<()> {
+        use nix::libc;
+        // SAFETY: as in `enter`.
+        unsafe {
+            check(libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ))?;
+            // The job's user first: its files are in the pool's folder, covered next.
+            bind(&self.passwd.0, c"/etc/passwd", true)?;
+            bind(&self.passwd.1, c"/etc/group", true)?;
+            // What comes back is held open across the covering (a mount is bound from a path
+            // of this namespace's: a descriptor opened before `unshare` names the old one's).
+            let mut held = [-1; 64];
+            for (b, fd) in self.binds.iter().zip(held.iter_mut()) {
+                *fd = libc::open(b.from.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                if *fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (at, private) in &self.cover {
+                let opts: &CStr = if *private { c"mode=1777" } else { c"mode=0755,size=1m" };
+                check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    at.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    opts.as_ptr().cast(),
+                ))?;
+            }
+            for d in &self.mkdirs {
+                if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (b, fd) in self.binds.iter().zip(held) {
+                // `/proc/self/fd/<fd>`, written out without allocating.
+                let mut from = [0u8; 32];
+                let head = b"/proc/self/fd/";
+                from[..head.len()].copy_from_slice(head);
+                let mut digits = [0u8; 4];
+                let d = decimal(fd, &mut digits);
+                from[head.len()..head.len() + d.len()].copy_from_slice(d);
+                bind(CStr::from_bytes_until_nul(&from).unwrap_or(c"/"), &b.at, !b.writable)?;
+                libc::close(fd);
+            }
+        }
+        return Ok(());
+
+        unsafe fn bind(from: &CStr, to: &CStr, read_only: bool) -> std::io::Result<()> {
+            use nix::libc;
+            // SAFETY: as in `enter`.
+            unsafe {
+                check(libc::mount(
+                    from.as_ptr(),
+                    to.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                if read_only {
+                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                    check(libc::mount(std::ptr::null(), to.as_ptr(), std::ptr::null(), flags, std::ptr::null()))?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The keeper: waits for the init, records how the worker ended, and ends the same way.
+    fn keep(&self, init: nix::libc::pid_t) -> ! {
+        use nix::libc;
+        // SAFETY: as in `enter`.
+        unsafe {
+            close_from(3);
+            let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            // The host's SIGTERM reaches the worker through the process group; the keeper
+            // stays until the worker has finished with it.
+            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+                libc::signal(s, libc::SIG_IGN);
+            }
+            let code = wait_for(init);
+            let fd = libc::open(
+                self.exit_file.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                0o644,
+            );
+            if fd >= 0 {
+                let mut digits = [0u8; 4];
+                let text = decimal(code, &mut digits);
+                libc::write(fd, text.as_ptr().cast(), text.len());
+                libc::close(fd);
+            }
+            if code > 128 && code <= 128 + 64 {
+                libc::signal(code - 128, libc::SIG_DFL);
+                libc::kill(libc::getpid(), code - 128);
+            }
+            libc::_exit(code)
+        }
+    }
+}
+
+/// The init's loop: reaps every process orphaned to it; exits as `worker` does.
+fn reap_until(worker: nix::libc::pid_t) -> ! {
+    use nix::libc;
+    // SAFETY: system calls only.
+    unsafe {
+        close_from(3);
+        loop {
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, 0);
+            if pid == worker {
+                libc::_exit(code_of(status));
+            }
+            if pid < 0 && *libc::__errno_location() == libc::ECHILD {
+                libc::_exit(1);
+            }
+        }
+    }
+}
+
+/// Waits for `pid`; its exit code (128 + the signal that killed it).
+fn wait_for(pid: nix::libc::pid_t) -> i32 {
+    use nix::libc;
+    loop {
+        let mut status = 0;
+        // SAFETY: a system call on a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return code_of(status);
+        }
+        // SAFETY: reading this thread's errno.
+        if r < 0 && unsafe { *libc::__errno_location() } != libc::EINTR {
+            return 1;
+        }
+    }
+}
+
+fn code_of(status: i32) -> i32 {
+    use nix::libc;
+    if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) }
+}
+
+fn decimal(n: i32, buf: &mut [u8; 4]) -> &[u8] {
+    let n = n.clamp(0, 999) as u32;
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Closes every descriptor from `fd` up (the host's, inherited across the fork, and the pipe
+/// through which the process that spawned the worker learns that it exec'd: held open here it
+/// would wait for the keeper).
+fn close_from(fd: u32) {
+    // SAFETY: a system call; nothing here uses the descriptors it closes.
+    unsafe {
+        if nix::libc::syscall(nix::libc::SYS_close_range, fd, u32::MAX, 0) != 0 {
+            for f in fd..4096 {
+                nix::libc::close(f as i32);
+            }
+        }
+    }
+}
+
+/// Writes `what: error` to standard error (the worker's log), with system calls only.
+fn say(what: &CStr, e: std::io::Error) {
+    use nix::libc;
+    let code = e.raw_os_error().unwrap_or(0);
+    let mut digits = [0u8; 4];
+    // SAFETY: writes of buffers that outlive the calls.
+    unsafe {
+        libc::write(2, what.as_ptr().cast(), what.to_bytes().len());
+        libc::write(2, c" (errno ".as_ptr().cast(), 8);
+        let d = decimal(code, &mut digits);
+        libc::write(2, d.as_ptr().cast(), d.len());
+        libc::write(2, c")\n".as_ptr().cast(), 2);
+    }
+}
+
+impl Cgroups {
+    /// Finds this process's cgroups and makes the pool's folder `name` in each.
+    fn setup(name: &str) -> Cgroups {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut out = Cgroups::default();
+        for line in mounts.lines() {
+            // `… <mount point> <options> … - <fs type> <source> <super options>`
+            let (left, right) = line.split_once(" - ").unwrap_or_default();
+            let at = left.split_whitespace().nth(4).unwrap_or_default();
+            let mut r = right.split_whitespace();
+            let (fs, _, sup) = (r.next().unwrap_or_default(), r.next(), r.next().unwrap_or_default());
+            let own_path = |key: &dyn Fn(&str) -> bool| {
+                own.lines().find_map(|l| {
+                    let mut f = l.splitn(3, ':');
+                    let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+                    key(ctl).then(|| path.trim_start_matches('/').to_string())
+                })
+            };
+            if fs == "cgroup2" && out.v2.is_none() {
+                let Some(p) = own_path(&|c| c.is_empty()) else { continue };
+                let dir = Path::new(at).join(p).join(name);
+                if std::fs::create_dir_all(&dir).is_ok() {
+                    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+                    let limits = ["memory", "pids"].iter().all(|c| available.split_whitespace().any(|a| a == *c))
+                        && std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids").is_ok();
+                    out.v2 = Some((dir, limits));
+                }
+            } else if fs == "cgroup" {
+                for ctl in ["memory", "pids"] {
+                    if sup.split(',').any(|o| o == ctl) {
+                        let Some(p) = own_path(&|c| c.split(',').any(|x| x == ctl)) else { continue };
+                        let dir = Path::new(at).join(p).join(name);
+                        if std::fs::create_dir_all(&dir).is_ok() {
+                            out.v1.push((dir, ctl));
+                        }
+                    }
+                }
+            }
+        }
+        if out.v2.as_ref().is_some_and(|(_, l)| *l) {
+            out.v1.clear();
+        }
+        if out.v2.is_none() && out.v1.is_empty() {
+            tracing::warn!(
+                "no cgroup to put jobs in here: no memory or process limits (their PID namespace still ends them whole)"
+            );
+        } else if !out.v2.as_ref().is_some_and(|(_, l)| *l) && out.v1.len() < 2 {
+            tracing::warn!(
+                "this machine's cgroups cannot limit jobs' memory and processes here: jobs run without those limits"
+            );
+        }
+        out
+    }
+
+    /// Makes allocation `name`'s cgroups with their limits; their `cgroup.procs`, to join.
+    fn make(&self, name: &str, memory: u64, pids: u64) -> std::io::Result<Vec<std::fs::File>> {
+        let mut procs = vec![];
+        let open = |d: &Path| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs"));
+        if let Some((root, limits)) = &self.v2 {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d)?;
+            if *limits {
+                std::fs::write(d.join("memory.max"), memory.to_string())?;
+                std::fs::write(d.join("pids.max"), pids.to_string())?;
+            }
+            procs.push(open(&d)?);
+        }
+        for (root, ctl) in &self.v1 {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d)?;
+            match *ctl {
+                "memory" => std::fs::write(d.join("memory.limit_in_bytes"), memory.to_string())?,
+                _ => std::fs::write(d.join("pids.max"), pids.to_string())?,
+            }
+            procs.push(open(&d)?);
+        }
+        Ok(procs)
+    }
+
+    /// Kills every process in allocation `name`'s cgroups and removes them.
+    async fn kill_and_remove(&self, name: &str) {
+        let dirs: Vec<PathBuf> =
+            self.v2.iter().map(|(r, _)| r.join(name)).chain(self.v1.iter().map(|(r, _)| r.join(name))).collect();
+        for d in &dirs {
+            if !d.is_dir() {
+                continue;
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let _ = std::fs::write(d.join("cgroup.kill"), "1");
+                let left: Vec<i32> = std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                for pid in &left {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                if (left.is_empty() && std::fs::remove_dir(d).is_ok()) || std::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            if d.is_dir() {
+                tracing::warn!(cgroup = %d.display(), "a job's cgroup could not be emptied and removed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jobs_user_replaces_any_line_of_its_name_or_id() {
+        let host =
+            "root:x:0:0:root:/root:/bin/bash\naic:x:1001:1001::/home/aic:/bin/bash\nold:x:3000000:1::/:/bin/sh\n";
+        assert_eq!(
+            with_user(host, "aic:x:3000000:3000000:aic job:/w:/bin/sh"),
+            "root:x:0:0:root:/root:/bin/bash\naic:x:3000000:3000000:aic job:/w:/bin/sh\n"
+        );
+    }
+
+    #[test]
+    fn exit_codes_are_written_in_decimal() {
+        let mut b = [0u8; 4];
+        assert_eq!(decimal(0, &mut b), b"0");
+        assert_eq!(decimal(137, &mut b), b"137");
+    }
+
+    #[test]
+    fn handing_a_folder_over_never_follows_a_link_out_of_it() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("host-file");
+        std::fs::write(&outside, "host").unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("sub")).unwrap();
+        std::fs::write(work.join("sub/data"), "job").unwrap();
+        std::os::unix::fs::symlink(&outside, work.join("link")).unwrap();
+        hand_over(&work, 3_000_123).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(work.join("sub/data")).unwrap().uid(), 3_000_123);
+        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0, "the link's target was handed over");
+        assert_eq!(std::fs::symlink_metadata(work.join("link")).unwrap().uid(), 3_000_123);
+    }
+}
