@@ -230,6 +230,15 @@ impl Hosted {
         let mut gw_cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), &authority, chain.chain_id);
         gw_cfg.public_url = Some(serve_addr.clone());
         gw_cfg.chain_info = serde_json::to_value(&chain)?;
+        // On the dev chain anyone knows the dev accounts' keys (anvil's): whoever reaches this
+        // host from elsewhere (AIC_SERVE_ADDR=0.0.0.0:…) must not sign in as the developer.
+        if std::env::var("AIC_RPC_URL").is_ok_and(|v| !v.is_empty()) {
+            // A real chain: keys are the users' own.
+        } else {
+            gw_cfg.local_signers = (0..aic_chain::devchain::DEV_KEYS.len() as u32)
+                .map(|i| aic_chain::from_alloy(aic_chain::devchain::dev_key(i).address()))
+                .collect();
+        }
         let gateway = Arc::new(aic_functions::gateway::Gateway::new(gw_cfg, ctx.clone(), None));
         // Sandboxed jobs (as root) see nothing of the pool's folder, its store included: their
         // workers reach the store through this host with their job's token, as on a pool.

@@ -935,3 +935,58 @@ async fn signing_out_ends_every_session_of_the_wallet_and_a_replayed_sign_in_ope
     };
     assert_eq!(jobs(again).await.0.as_u16(), 200);
 }
+
+/// On the embedded pool the dev chain's accounts have public keys (anvil's): whoever reaches
+/// the host from another machine (it was started with `AIC_SERVE_ADDR=0.0.0.0:…`) cannot sign
+/// in as one, and so cannot act in the developer's jobs; from this machine they can, and a
+/// wallet of one's own can from anywhere. (Anyone reaching the port signed in as the
+/// developer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_accounts_sign_in_from_this_machine_only() {
+    use alloy::signers::Signer;
+    let w = world(1).await;
+    let mut cfg = aic_functions::gateway::GatewayConfig::new(
+        b"0123456789abcdef0123456789abcdef".to_vec(),
+        "pool.test",
+        w.chain.config.chain_id,
+    );
+    cfg.local_signers = (0..3).map(|i| from_alloy(dev_key(i).address())).collect();
+    let gw = aic_functions::gateway::Gateway::new(cfg, w.ctx.clone(), None);
+    let sign_in = |peer: [u8; 4], key: alloy::signers::local::PrivateKeySigner| {
+        let gw = &gw;
+        let chain = w.chain.config.chain_id;
+        async move {
+            let headers = http::HeaderMap::new();
+            let (_, n) =
+                gw.call(peer.into(), &http::Method::GET, "/v1/nonce", None, &headers, Default::default()).await;
+            let mut msg = aic_chain::siwe::SiweMessage::new(
+                "pool.test",
+                "http://pool.test/",
+                key.address(),
+                chain,
+                chrono::Duration::hours(1),
+            );
+            msg.nonce = n["nonce"].as_str().unwrap().to_string();
+            let sig = key.sign_message(msg.to_string().as_bytes()).await.unwrap();
+            let body = serde_json::json!({"message": msg.to_string(), "signature": format!("0x{}", alloy::hex::encode(sig.as_bytes()))});
+            let (code, v) = gw
+                .call(
+                    peer.into(),
+                    &http::Method::POST,
+                    "/v1/session",
+                    None,
+                    &headers,
+                    bytes::Bytes::from(body.to_string()),
+                )
+                .await;
+            (code.as_u16(), v)
+        }
+    };
+    let (code, v) = sign_in([192, 168, 1, 20], dev_key(0)).await;
+    assert_eq!(code, 403, "a dev account signed in from another machine: {v}");
+    assert!(v["error"].as_str().unwrap().contains("signs in from this machine only"), "{v}");
+    assert_eq!(sign_in([127, 0, 0, 1], dev_key(0)).await.0, 200);
+    let own: alloy::signers::local::PrivateKeySigner =
+        "0x1111111111111111111111111111111111111111111111111111111111111111".parse().unwrap();
+    assert_eq!(sign_in([192, 168, 1, 20], own).await.0, 200, "a wallet of one's own signs in from anywhere");
+}

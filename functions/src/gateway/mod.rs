@@ -112,6 +112,9 @@ pub struct GatewayConfig {
     /// Whether this gateway relays live logs (`live`): a long-lived host does; a Lambda
     /// function, whose invocations share no memory, answers 404 and watchers read the bucket.
     pub live: bool,
+    /// Wallets whose keys are public (the dev chain's accounts, on the embedded pool): they
+    /// sign in from this machine (a loopback peer) only.
+    pub local_signers: Vec<Address>,
 }
 
 impl GatewayConfig {
@@ -132,6 +135,7 @@ impl GatewayConfig {
             public_url: None,
             serve_url: None,
             live: true,
+            local_signers: vec![],
         }
     }
 }
@@ -278,7 +282,7 @@ impl Gateway {
             }
             (&Method::POST, "/v1/session") => {
                 self.admit(&peer.to_string(), 1.0)?;
-                return self.session(&body, now).await;
+                return self.session(peer, &body, now).await;
             }
             _ => {}
         }

@@ -108,7 +108,7 @@ impl Gateway {
         Ok(())
     }
 
-    pub(super) async fn session(&self, body: &[u8], now: DateTime<Utc>) -> Reply {
+    pub(super) async fn session(&self, peer: std::net::IpAddr, body: &[u8], now: DateTime<Utc>) -> Reply {
         let b: SessionBody =
             serde_json::from_slice(body).map_err(|e| bad(format!("body must be {{message, signature}}: {e}")))?;
         let msg = SiweMessage::parse(&b.message).map_err(|e| err(StatusCode::UNAUTHORIZED, e.to_string()))?;
@@ -118,6 +118,14 @@ impl Gateway {
         let ttl = chrono::Duration::from_std(self.cfg.session_ttl).expect("ttl fits");
         let expires = (now + ttl).min(msg.expiration);
         let who = aic_chain::from_alloy(msg.address);
+        if !peer.is_loopback() && self.cfg.local_signers.contains(&who) {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{who} is a dev account whose key is public: it signs in from this machine only; use your own wallet"
+                ),
+            ));
+        }
         // A sign-in signed before its wallet signed out (replayed) opens nothing. (Messages
         // carry whole seconds: one signed within the second of the sign-out still opens.)
         if self.signed_out_at(&who).await?.is_some_and(|out| msg.issued_at.timestamp() < out.div_euclid(1000)) {

@@ -203,11 +203,20 @@ impl Net {
         let listener = std::net::TcpListener::bind((self.gateway, 0))?;
         listener.set_nonblocking(true)?;
         let at = listener.local_addr()?.port();
+        let from = self.gateway;
         tokio::spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
             while let Ok((inbound, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    if let Ok(out) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+                    // From the bridge's address, not the loopback's: the service sees a miner,
+                    // not this machine (the embedded pool lets only this machine sign in as a
+                    // dev account, whose keys are public).
+                    let out = async {
+                        let s = tokio::net::TcpSocket::new_v4()?;
+                        s.bind((from, 0).into())?;
+                        s.connect((Ipv4Addr::LOCALHOST, port).into()).await
+                    };
+                    if let Ok(out) = out.await {
                         pipe(inbound, out).await;
                     }
                 });
