@@ -107,6 +107,15 @@ pub fn serving_registration(deployment: &str, alloc: &str) -> String {
 
 /// The poller's inbox: `pool/inbox/<ulid>.json` for each request URL the gateway signed.
 pub const POLLER_INBOX: &str = "pool/inbox/";
+/// One marker per request a wallet was given an upload URL for and the poller still waits
+/// on: `pool/inbox-owners/<owner>/<job>-<run>` (what bounds a wallet's share of the inbox).
+pub fn inbox_marker(job: &JobKey, run: u32) -> String {
+    format!("pool/inbox-owners/{}/{}-{run}", job.owner, job.job)
+}
+
+pub fn inbox_markers(owner: &Address) -> String {
+    format!("pool/inbox-owners/{owner}/")
+}
 /// The poller's cursor and the requests it waits for.
 pub const POLLER_STATE: &str = "pool/poller/state.json";
 

@@ -200,7 +200,7 @@ async fn on_s3(n: usize, poll: bool) {
         for _ in 0..n + 3 {
             let req = request().await;
             let job = JobKey::new(req.owner, req.job_id.clone());
-            inbox.expect(&job.request(), chrono::Utc::now() + chrono::Duration::minutes(5)).await.unwrap();
+            inbox.expect(&job.request(), chrono::Utc::now() + chrono::Duration::minutes(5)).await.unwrap().unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await; // the URL is used a moment later
             store.create_json(&job.request(), &req).await.unwrap();
             let t0 = now();

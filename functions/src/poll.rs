@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::{Ctx, HandlerError, Outcome, handle_record};
 
 pub const INBOX: &str = aic_core::layout::POLLER_INBOX;
+/// Requests one wallet may have signed upload URLs for that have not arrived (each waited on
+/// for a URL's lifetime): more are refused until one arrives or expires.
+pub const MAX_WAITING_PER_OWNER: usize = 16;
 pub const STATE: &str = aic_core::layout::POLLER_STATE;
 /// How far behind the cursor entries are read again.
 pub const SKEW: Duration = Duration::from_secs(30);
@@ -51,9 +54,24 @@ impl Inbox {
         Inbox { store }
     }
 
-    pub async fn expect(&self, key: &str, until: DateTime<Utc>) -> Result<(), aic_core::StoreError> {
+    /// Announces `key` (a request some wallet may now upload), or says why not: its owner
+    /// has [`MAX_WAITING_PER_OWNER`] requests the poller still waits on (`Ok(Err(reason))`).
+    pub async fn expect(&self, key: &str, until: DateTime<Utc>) -> Result<Result<(), String>, aic_core::StoreError> {
+        if let Some((job, run)) = request_of(key) {
+            let marker = aic_core::layout::inbox_marker(&job, run);
+            let waiting = self.store.list(&aic_core::layout::inbox_markers(&job.owner)).await?;
+            if waiting.len() >= MAX_WAITING_PER_OWNER && !waiting.iter().any(|m| m.location.as_ref() == marker) {
+                return Ok(Err(format!(
+                    "{} has {} job requests signed for upload and not uploaded: upload them, or wait for their URLs to expire ({} minutes at most)",
+                    job.owner,
+                    waiting.len(),
+                    (until - Utc::now()).num_minutes().max(1)
+                )));
+            }
+            self.store.put_bytes(&marker, bytes::Bytes::new()).await?;
+        }
         let name = format!("{INBOX}{}.json", ulid::Ulid::new());
-        self.store.create_json(&name, &InboxEntry { key: key.into(), until }).await.map(|_| ())
+        self.store.create_json(&name, &InboxEntry { key: key.into(), until }).await.map(|_| Ok(()))
     }
 }
 
@@ -79,6 +97,15 @@ pub struct PollReport {
 pub struct Poller {
     ctx: Ctx,
     state: PollState,
+}
+
+/// The job and run a request key is for.
+fn request_of(key: &str) -> Option<(aic_core::layout::JobKey, u32)> {
+    match classify(key) {
+        KeyKind::Request(job) => Some((job, 0)),
+        KeyKind::ResumeRequest(job, run) => Some((job, run)),
+        _ => None,
+    }
 }
 
 fn ulid_time(name: &str) -> Option<u64> {
@@ -160,6 +187,9 @@ impl Poller {
             if done {
                 self.state.waiting.remove(&name);
                 let _ = store.delete(&name).await;
+                if let Some((job, run)) = request_of(&entry.key) {
+                    let _ = store.delete(&aic_core::layout::inbox_marker(&job, run)).await;
+                }
                 changed = true;
             }
         }

@@ -990,3 +990,66 @@ async fn the_dev_accounts_sign_in_from_this_machine_only() {
         "0x1111111111111111111111111111111111111111111111111111111111111111".parse().unwrap();
     assert_eq!(sign_in([192, 168, 1, 20], own).await.0, 200, "a wallet of one's own signs in from anywhere");
 }
+
+/// Where the pool polls for requests (a store that sends no notifications), every upload URL
+/// for a request makes the poller wait on it for the URL's lifetime: one wallet has at most
+/// 16 such requests waiting; the 17th URL is refused with the reason, other wallets are
+/// untouched, and an upload that arrives frees its place. (Each signed URL added a waiting
+/// entry, with no bound: one wallet could make every poll slower for everyone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_wallet_cannot_fill_the_pollers_inbox() {
+    let w = world(1).await;
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let mut cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), "pool.test", w.chain.config.chain_id);
+    cfg.public_url = Some("http://127.0.0.1:9".into());
+    let gw = aic_functions::gateway::Gateway::new(
+        cfg,
+        w.ctx.clone(),
+        Some(aic_functions::poll::Inbox::new(w.store.clone())),
+    );
+    let sign = |who: Address, key: String| {
+        let (gw, secret) = (&gw, &secret);
+        async move {
+            let token = aic_functions::gateway::session_token(
+                secret,
+                &from_alloy(who),
+                Utc::now() + chrono::Duration::hours(1),
+            );
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+            let body = serde_json::json!({"items": [{"method": "PUT", "key": key, "size": 2, "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}]});
+            let (code, v) = gw
+                .call(
+                    [127, 0, 0, 1].into(),
+                    &http::Method::POST,
+                    "/v1/sign",
+                    None,
+                    &headers,
+                    bytes::Bytes::from(body.to_string()),
+                )
+                .await;
+            (code.as_u16(), v)
+        }
+    };
+    let request_of = |who: u32| JobKey::new(from_alloy(dev_key(who).address()), aic_schemas::JobId::generate());
+    let mut first = None;
+    for _ in 0..aic_functions::poll::MAX_WAITING_PER_OWNER {
+        let job = request_of(1);
+        let (code, v) = sign(dev_key(1).address(), job.request()).await;
+        assert_eq!(code, 200, "{v}");
+        first.get_or_insert(job);
+    }
+    let (code, v) = sign(dev_key(1).address(), request_of(1).request()).await;
+    assert_eq!(code, 403, "a 17th waiting request was signed: {v}");
+    assert!(v["error"].as_str().unwrap().contains("signed for upload and not uploaded"), "{v}");
+    assert_eq!(sign(dev_key(2).address(), request_of(2).request()).await.0, 200, "another wallet was refused");
+    // One of them arrives: the poller takes it (validate refuses it: unsigned), and its place
+    // is free again.
+    let first = first.unwrap();
+    w.store.put_json(&first.request(), &w.request(1, None)).await.unwrap();
+    let mut poller = aic_functions::poll::Poller::load(w.ctx.clone()).await.unwrap();
+    let report = poller.poll().await.unwrap();
+    assert_eq!(report.handled, 1, "{report:?}");
+    let (code, v) = sign(dev_key(1).address(), request_of(1).request()).await;
+    assert_eq!(code, 200, "the arrived request's place was not freed: {v}");
+}

@@ -93,7 +93,8 @@ impl Gateway {
                 inbox
                     .expect(&item.key, Utc::now() + chrono::Duration::from_std(self.cfg.url_ttl).unwrap())
                     .await
-                    .map_err(store_err)?;
+                    .map_err(store_err)?
+                    .map_err(|why| err(StatusCode::FORBIDDEN, why))?;
             }
             urls.push(SignedUrl { url, method: method.as_str().to_string(), headers: send });
         }
