@@ -1330,7 +1330,21 @@ for line in open('/proc/self/cgroup').read().splitlines():
                 limit = v
         except OSError:
             pass
-print('probe memory limit', limit, flush=True)
+print('probe memory limit', limit)
+# The egress proxy, asked for this machine's loopback under another spelling, and for the
+# cloud's metadata address.
+import urllib.parse
+proxy = os.environ.get('HTTPS_PROXY') or os.environ.get('https_proxy')
+port = urllib.parse.urlparse(os.environ.get('AIC_WORKER_GATEWAY', 'http://127.0.0.1:1')).port
+for target in [f'[::ffff:127.0.0.1]:{port}', '169.254.169.254:80']:
+    if proxy:
+        u = urllib.parse.urlparse(proxy)
+        c = socket.create_connection((u.hostname, u.port))
+        c.sendall(f'CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n'.encode())
+        print('probe proxy to', target, c.recv(64).split(b'\r\n')[0].decode())
+    else:
+        print('probe proxy to', target, 'no proxy')
+print('probe lock folder', sorted(os.listdir('/run/lock')) if os.path.isdir('/run/lock') else 'none', flush=True)
 "#,
     );
     let job = stranger(&["run", "--detach", probe.to_str().unwrap(), "--", home, settler, &canary]);
@@ -1347,6 +1361,10 @@ print('probe memory limit', limit, flush=True)
     assert!(said.contains("probe host tmp refused"), "{said}");
     assert!(said.contains("probe victim files read 0"), "{said}");
     assert!(said.contains("probe victim sockets reached 0"), "{said}");
+    for target in ["[::ffff:127.0.0.1]", "169.254.169.254"] {
+        let line = said.lines().find(|l| l.starts_with(&format!("probe proxy to {target}"))).unwrap_or_default();
+        assert!(line.contains("403"), "the egress proxy reached {target}: {said}");
+    }
     // One GPU's worth (AIC_JOB_MEMORY_MB, 8192 by default).
     assert!(said.contains(&format!("probe memory limit {}", 8192u64 << 20)), "{said}");
 

@@ -193,6 +193,11 @@ impl Store {
         Store { local_root: Some(root), ..Store::new(inner, "local") }
     }
 
+    /// The folder a local store keeps its objects in.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
     /// The S3 client behind this store, if it is one (for presigned URLs and multipart).
     pub fn s3_client(&self) -> Option<&Arc<object_store::aws::AmazonS3>> {
         self.s3.as_ref()

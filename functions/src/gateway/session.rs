@@ -50,10 +50,11 @@ impl Gateway {
         Ok((addr.parse().map_err(|_| malformed())?, issued))
     }
 
-    /// When `who` last signed out (unix ms), read through a cache of a few seconds
-    /// (another replica of the gateway sees a sign-out within [`SIGNED_OUT_CACHE`]).
-    pub(super) async fn signed_out_at(&self, who: &Address) -> Result<Option<i64>, ApiError> {
-        if let Some((at, v)) = self.signed_out.lock().unwrap().get(who)
+    /// When `who` last signed out (unix ms), read through a cache of a few seconds unless
+    /// `fresh` (another replica of the gateway sees a sign-out within [`SIGNED_OUT_CACHE`]).
+    pub(super) async fn signed_out_at(&self, who: &Address, fresh: bool) -> Result<Option<i64>, ApiError> {
+        if !fresh
+            && let Some((at, v)) = self.signed_out.lock().unwrap().get(who)
             && at.elapsed() < SIGNED_OUT_CACHE
         {
             return Ok(*v);
@@ -72,7 +73,7 @@ impl Gateway {
     /// A session token's caller, unless they signed out after it was issued.
     pub(super) async fn user(&self, token: &str, now: DateTime<Utc>) -> Result<Address, ApiError> {
         let (who, issued) = self.check_token(token, now)?;
-        if self.signed_out_at(&who).await?.is_some_and(|out| issued <= out) {
+        if self.signed_out_at(&who, false).await?.is_some_and(|out| issued <= out) {
             return Err(err(StatusCode::UNAUTHORIZED, "this session was signed out; run `aic login` again"));
         }
         Ok(who)
@@ -126,12 +127,23 @@ impl Gateway {
                 ),
             ));
         }
-        // A sign-in signed before its wallet signed out (replayed) opens nothing. (Messages
-        // carry whole seconds: one signed within the second of the sign-out still opens.)
-        if self.signed_out_at(&who).await?.is_some_and(|out| msg.issued_at.timestamp() < out.div_euclid(1000)) {
+        // A sign-in signed before its wallet signed out (replayed) opens nothing: read fresh,
+        // not from the cache. (Messages carry whole seconds: one signed within the second of
+        // the sign-out is refused too; signing in again a second later works.) Its session
+        // counts from when it was signed, so a replay a replica let through ends with it.
+        if msg.issued_at > now + chrono::Duration::seconds(60) {
+            return Err(err(
+                StatusCode::UNAUTHORIZED,
+                "the sign-in is dated in the future; check this computer's clock",
+            ));
+        }
+        if self.signed_out_at(&who, true).await?.is_some_and(|out| msg.issued_at.timestamp() <= out.div_euclid(1000)) {
             return Err(err(StatusCode::UNAUTHORIZED, "this sign-in was signed before you signed out; sign in again"));
         }
-        Ok(json!({"token": self.issue_token(&who, expires), "address": who, "expires_at": expires}))
+        let issued = msg.issued_at.min(now);
+        Ok(
+            json!({"token": session_token_at(&self.cfg.secret, &who, issued, expires), "address": who, "expires_at": expires}),
+        )
     }
 }
 
@@ -142,7 +154,12 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A session token for `addr` under `secret` (what `issue_token` gives): the embedded pool's
 /// own users get one from the secret its host keeps in `$AIC_HOME`.
 pub fn session_token(secret: &[u8], addr: &Address, expires: DateTime<Utc>) -> String {
-    let body = format!("v2.{addr}.{}.{}", Utc::now().timestamp_millis(), expires.timestamp());
+    session_token_at(secret, addr, Utc::now(), expires)
+}
+
+/// A session token for `addr` issued at `issued`.
+pub fn session_token_at(secret: &[u8], addr: &Address, issued: DateTime<Utc>, expires: DateTime<Utc>) -> String {
+    let body = format!("v2.{addr}.{}.{}", issued.timestamp_millis(), expires.timestamp());
     let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
     m.update(format!("session|{body}").as_bytes());
     format!("{body}.{}", hex::encode(m.finalize().into_bytes()))

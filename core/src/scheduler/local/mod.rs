@@ -206,7 +206,7 @@ impl LocalScheduler {
                 }
             },
         };
-        let sandbox = if cfg.sandbox { sandbox::Sandbox::setup(&cfg.work_root) } else { None };
+        let sandbox = if cfg.sandbox { sandbox::Sandbox::setup(&cfg.work_root, store.local_root()) } else { None };
         let miners = (0..cfg.miners)
             .map(|i| Miner {
                 name: miner_name(i),

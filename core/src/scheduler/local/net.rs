@@ -446,6 +446,43 @@ pub(super) fn enter(net: &Net, cmd: &mut std::process::Command, miner: u32, host
     Ok(())
 }
 
+/// Whether a miner's egress may reach `ip`: a public unicast address only. Not this machine's
+/// loopback (in any spelling: `::ffff:127.0.0.1` too), not a private, shared (CGNAT),
+/// link-local (a cloud's metadata service at 169.254.169.254), multicast or reserved one:
+/// those are the pool's own network.
+pub(super) fn public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (18..20).contains(&o[1]))
+                || o[0] >= 240)
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped().or_else(|| v6.to_ipv4()) {
+            Some(v4) if !v6.is_loopback() => public(v4.into()),
+            _ => {
+                let seg = v6.segments();
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (seg[0] & 0xfe00) == 0xfc00
+                    || (seg[0] & 0xffc0) == 0xfe80
+                    || (seg[0] == 0x2001 && seg[1] == 0x0db8)
+                    || (seg[0] == 0x64 && seg[1] == 0xff9b))
+            }
+        },
+    }
+}
+
 /// One client of the egress proxy: `CONNECT host:port` → a tunnel; anything else, or a
 /// target on this machine's loopback or the pool's bridge, is refused.
 async fn connect_proxy(mut inbound: tokio::net::TcpStream, bridge: [u8; 4]) {
@@ -473,10 +510,7 @@ async fn connect_proxy(mut inbound: tokio::net::TcpStream, bridge: [u8; 4]) {
         Ok(a) => a.collect(),
         Err(_) => Vec::new(),
     };
-    let inside = |a: &std::net::SocketAddr| match a.ip() {
-        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.octets()[..3] == bridge[..3],
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
-    };
+    let inside = |a: &std::net::SocketAddr| !public(a.ip()) || a.ip() == std::net::IpAddr::from(bridge);
     if addrs.is_empty() || addrs.iter().any(inside) {
         let _ = inbound.write_all(refusal("not reachable from a miner").as_bytes()).await;
         return;
@@ -494,6 +528,33 @@ async fn connect_proxy(mut inbound: tokio::net::TcpStream, bridge: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_miners_egress_reaches_public_addresses_only() {
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "10.200.3.1",
+            "172.16.0.5",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "fd00::1",
+            "fe80::1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(!public(ip.parse().unwrap()), "{ip} is the pool's own network");
+        }
+        for ip in ["151.101.0.223", "2a04:4e42::223", "8.8.8.8"] {
+            assert!(public(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
 
     /// As root with `ip` (as in CI): a pool whose note is empty (being written) or names no
     /// folder keeps its namespaces; one whose noted folder is gone loses them.

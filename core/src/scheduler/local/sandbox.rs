@@ -40,6 +40,10 @@ use std::sync::Arc;
 
 use crate::layout::JobKey;
 
+/// World-writable folders each allocation gets empty ones of its own (nothing left in them
+/// reaches the next job, nor another's).
+const PRIVATE: [&str; 5] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock"];
+
 /// The job's user name in the allocation's `/etc/passwd`.
 pub const USER: &str = "aic";
 
@@ -47,6 +51,8 @@ pub const USER: &str = "aic";
 pub(super) struct Sandbox {
     first_uid: u32,
     uids: u32,
+    /// Where the next uid is looked for (an offset into the range).
+    next_uid: std::sync::atomic::AtomicU32,
     memory_mb_per_gpu: u64,
     pids: u64,
     /// The host's folders a job must not see (its home, the pool's folder).
@@ -68,7 +74,7 @@ struct Cgroups {
 impl Sandbox {
     /// The sandbox for a pool working in `work_root`, or `None` (with a warning) where this
     /// host cannot make one (not root).
-    pub(super) fn setup(work_root: &Path) -> Option<Sandbox> {
+    pub(super) fn setup(work_root: &Path, store_root: Option<&Path>) -> Option<Sandbox> {
         if !nix::unistd::geteuid().is_root() {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
@@ -102,19 +108,27 @@ impl Sandbox {
             hidden.push(home);
         }
         hidden.push(Path::new("/root").to_path_buf());
-        // The pool's folder (its store, secrets and ledger) where the work root sits in one.
-        let pool = work_root.parent().filter(|p| p.components().count() > 2).unwrap_or(work_root);
-        hidden.push(pool.to_path_buf());
+        // The pool's folder (its store, secrets and ledger: the work root's parent, unless that
+        // is `/`), and a local store wherever it is.
+        if let Some(pool) = work_root.parent().filter(|p| *p != Path::new("/")) {
+            hidden.push(pool.to_path_buf());
+        }
         hidden.push(work_root.to_path_buf());
+        hidden.extend(store_root.map(Path::to_path_buf));
         use sha2::Digest;
         let id = hex::encode(&sha2::Sha256::digest(work_root.to_string_lossy().as_bytes())[..4]);
         let cgroups = Cgroups::setup(&format!("aic-{id}"));
         // Its memory holds what signs for the pool: no job's uid may read it, nor a core dump.
         // SAFETY: a plain prctl on this process.
         unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        // Starting from the clock's offset: a host started again does not hand out at once
+        // the uids the last one just used.
+        let start = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+            % uids as u64) as u32;
         Some(Sandbox {
             first_uid,
             uids,
+            next_uid: start.into(),
             memory_mb_per_gpu: number("AIC_JOB_MEMORY_MB", 8192),
             pids: number("AIC_JOB_PIDS", 4096),
             hidden,
@@ -125,9 +139,14 @@ impl Sandbox {
         })
     }
 
-    /// The lowest uid of the range that none of `taken` holds.
+    /// A uid of the range that none of `taken` holds: the next after the last one given, so
+    /// that a uid comes back only after every other one has been used (what a job left under
+    /// its uid — a keyring, a lock — never meets the next job).
     pub(super) fn free_uid(&self, taken: &std::collections::HashSet<u32>) -> Option<u32> {
-        (self.first_uid..self.first_uid + self.uids).find(|u| !taken.contains(u))
+        let start = self.next_uid.load(std::sync::atomic::Ordering::Relaxed);
+        let uid = (0..self.uids).map(|k| self.first_uid + (start + k) % self.uids).find(|u| !taken.contains(u))?;
+        self.next_uid.store((uid - self.first_uid + 1) % self.uids, std::sync::atomic::Ordering::Relaxed);
+        Some(uid)
     }
 
     /// Where an allocation of `job` sees its work folder: one path for all of them (as every
@@ -179,7 +198,7 @@ impl Sandbox {
             .unwrap_or_default();
         let program = cmd.get_program().to_os_string();
         let mut hidden: Vec<PathBuf> = self.hidden.clone();
-        hidden.extend(["/tmp", "/var/tmp", "/dev/shm"].map(PathBuf::from));
+        hidden.extend(PRIVATE.map(PathBuf::from));
         let hidden: Vec<PathBuf> =
             hidden.into_iter().filter(|h| h.is_dir()).filter_map(|h| h.canonicalize().ok()).collect();
         // Only the outermost of nested folders is covered.
@@ -227,13 +246,13 @@ impl Sandbox {
             if !dir.is_absolute() || !under_cover(&dir) {
                 continue;
             }
-            let _ = ro(&prefix(&dir)) || ro(&dir);
+            let _ = (installation(&prefix(&dir)) && ro(&prefix(&dir))) || ro(&dir);
             for e in std::fs::read_dir(&dir).into_iter().flatten().flatten().take(4096) {
                 if e.file_type().is_ok_and(|t| t.is_symlink())
                     && let Ok(real) = e.path().canonicalize()
                     && let Some(d) = real.parent()
                 {
-                    let _ = ro(&prefix(d)) || ro(d);
+                    let _ = (installation(&prefix(d)) && ro(&prefix(d))) || ro(d);
                 }
             }
         }
@@ -250,7 +269,7 @@ impl Sandbox {
             }
             binds.push(Bind { from: c(from)?, at: c(at)?, writable: *writable });
         }
-        let private = ["/tmp", "/var/tmp", "/dev/shm"].map(|p| Path::new(p).canonicalize().ok());
+        let private = PRIVATE.map(|p| Path::new(p).canonicalize().ok());
         let cover = cover
             .iter()
             .map(|p| Ok((c(p)?, private.iter().flatten().any(|q| q == p))))
@@ -282,6 +301,19 @@ impl Sandbox {
         let _ = std::fs::remove_file(work.with_extension("passwd"));
         let _ = std::fs::remove_file(work.with_extension("group"));
     }
+}
+
+/// Whether `prefix` is a Python installation or virtual environment (`pyvenv.cfg`, or
+/// `bin/python3` beside `lib/python3.*`): its programs need the whole of it. Any other
+/// `PATH` folder comes back alone (a `~/.local/bin` brings not the rest of `~/.local`).
+fn installation(prefix: &Path) -> bool {
+    prefix.join("pyvenv.cfg").is_file()
+        || (prefix.join("bin/python3").exists()
+            && std::fs::read_dir(prefix.join("lib"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("python3")))
 }
 
 /// `text` (a passwd or group file) without any line of the job's user name or id, then `line`.
@@ -419,6 +451,15 @@ impl Jail {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 std::ptr::null(),
             ))?;
+            // POSIX message queues of the allocation's own IPC namespace (the host's are at
+            // /dev/mqueue otherwise).
+            let _ = libc::mount(
+                c"mqueue".as_ptr(),
+                c"/dev/mqueue".as_ptr(),
+                c"mqueue".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            );
             // The job's user first: its files are in the pool's folder, covered next.
             bind(&self.passwd.0, c"/etc/passwd", true)?;
             bind(&self.passwd.1, c"/etc/group", true)?;
@@ -505,7 +546,25 @@ impl Jail {
                 libc::write(fd, text.as_ptr().cast(), text.len());
                 libc::close(fd);
             }
-            if code > 128 && code <= 128 + 64 {
+            // Ended by a signal that ends a process: the keeper ends by it too (never by a
+            // stop signal, which would leave it stopped and the allocation held).
+            let fatal = [
+                libc::SIGHUP,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGILL,
+                libc::SIGABRT,
+                libc::SIGBUS,
+                libc::SIGFPE,
+                libc::SIGKILL,
+                libc::SIGSEGV,
+                libc::SIGPIPE,
+                libc::SIGALRM,
+                libc::SIGTERM,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+            ];
+            if code > 128 && fatal.contains(&(code - 128)) {
                 libc::signal(code - 128, libc::SIG_DFL);
                 libc::kill(libc::getpid(), code - 128);
             }
