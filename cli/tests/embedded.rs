@@ -1249,7 +1249,8 @@ fn a_jobs_program_reaches_nothing_of_the_host_nor_of_another_job_and_nothing_out
     }
     let h = Home::new();
     let settler = aic_chain::devchain::DEV_KEYS[aic_chain::devchain::SETTLER as usize];
-    let _pool = DevUp::start_with(&h, &[("AIC_SETTLER_KEY", settler)]);
+    // The pool's host also has a token of the operator's in its environment.
+    let _pool = DevUp::start_with(&h, &[("AIC_SETTLER_KEY", settler), ("HF_TOKEN", "hf-operators-own")]);
     let canary = format!("aic-host-canary-{}", std::process::id());
     std::fs::write(std::env::temp_dir().join(&canary), "the host's").unwrap();
     let home = h.path().join("aic");
@@ -1292,6 +1293,7 @@ fn a_jobs_program_reaches_nothing_of_the_host_nor_of_another_job_and_nothing_out
         r#"import glob, os, socket, sys
 home, settler, canary = sys.argv[1:4]
 print('probe uid', os.getuid(), flush=True)
+print('probe operator token', os.environ.get('HF_TOKEN', 'none'))
 found = 0
 for p in os.listdir('/proc'):
     try:
@@ -1357,6 +1359,7 @@ print('probe lock folder', sorted(os.listdir('/run/lock')) if os.path.isdir('/ru
     let uid: u32 = said.split("probe uid ").nth(1).and_then(|r| r.lines().next()?.trim().parse().ok()).unwrap();
     assert!(uid != 0 && uid >= 1000, "the program ran as uid {uid}: {said}");
     assert!(said.contains("probe environs with the settler key 0"), "{said}");
+    assert!(said.contains("probe operator token none"), "the host's environment reached the job: {said}");
     assert!(said.contains("probe host secret refused"), "{said}");
     assert!(said.contains("probe host tmp refused"), "{said}");
     assert!(said.contains("probe victim files read 0"), "{said}");

@@ -316,6 +316,34 @@ fn installation(prefix: &Path) -> bool {
                 .any(|e| e.file_name().to_string_lossy().starts_with("python3")))
 }
 
+/// Whether a sandboxed worker inherits the host's variable `key`: the program's locale,
+/// paths and runtimes' settings, aic's own (`AIC_*`, the pool's secrets excepted by the
+/// caller), the store's where workers hold store access; nothing else.
+pub(super) fn inherited(key: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ];
+    const PREFIXES: &[&str] = &[
+        "AIC_", "LC_", "CUDA_", "NVIDIA_", "NCCL_", "OMPI_", "PMIX_", "HOROVOD_", "GLOO_", "TORCH_", "PYTHON", "PIP_",
+        "UV_", "RUST_", "AWS_",
+    ];
+    EXACT.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
 /// `text` (a passwd or group file) without any line of the job's user name or id, then `line`.
 fn with_user(text: &str, line: &str) -> String {
     let name = line.split(':').next().unwrap_or_default();

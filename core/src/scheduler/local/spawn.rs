@@ -79,6 +79,16 @@ impl LocalScheduler {
             }
         }
         let access = if gateway.is_some() { StoreAccess::Gateway } else { StoreAccess::Environment };
+        // A sandboxed job gets only what a program needs from the host's environment, never
+        // the rest of it (a provider key in an RPC URL, a token the operator exported).
+        if self.inner.sandbox.is_some() {
+            cmd.env_clear();
+            cmd.envs(std::env::vars().filter(|(k, _)| {
+                sandbox::inherited(k)
+                    && !crate::grant::NEVER_INHERITED.contains(&k.as_str())
+                    && (!crate::grant::is_store_variable(k) || access == StoreAccess::Environment)
+            }));
+        }
         let worker_env = launch::passed_on(&cfg.worker_env, access);
         // Defaults for the simulated miners first: the operator's worker_env may change
         // them; the allocation's own variables come last.
