@@ -269,6 +269,25 @@ fn the_nomad_functions_job_runs_the_real_binary_with_variables_it_reads() {
     }
     // Secrets come from Nomad Variables, not the job file.
     assert!(task["env"].get("AIC_GATEWAY_SECRET").is_none() && task["env"].get("NOMAD_TOKEN").is_none());
+    // The workers' gateway is a stable address, not this host's dynamic one (frozen into every
+    // job, a redeploy of the functions would cut them all off), and the serving gateway at that
+    // address passes the API on to the functions hosts.
+    let wg = task["env"]["AIC_WORKER_GATEWAY"].as_str().unwrap();
+    assert!(!wg.contains("NOMAD_ADDR") && !wg.contains("NOMAD_PORT") && !wg.contains("NOMAD_IP"), "{wg}");
+    let text = std::fs::read_to_string(repo().join("infra/nomad/functions.nomad.hcl")).unwrap();
+    let default = text
+        .split("variable \"worker_gateway\"")
+        .nth(1)
+        .and_then(|r| r.split("default = \"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .unwrap();
+    let sg = std::fs::read_to_string(repo().join("infra/nomad/serving-gateway.nomad.hcl")).unwrap();
+    let static_port = sg.split("static = ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    assert!(default.ends_with(&format!(":{static_port}")) && default.contains("aic-serving-gateway"), "{default}");
+    assert!(
+        sg.contains("location /v1/ {\n                proxy_pass http://aic_functions;"),
+        "the serving gateway does not pass the API on"
+    );
 }
 
 #[test]

@@ -28,6 +28,14 @@ variable "bucket" {
   default = "aic"
 }
 
+# Where the workers reach the gateway: a stable address (the serving gateway's nginx, which
+# passes /v1/ to whichever functions host is up), never one host's dynamic port, which a
+# redeploy or a reschedule of this job changes under every running job.
+variable "worker_gateway" {
+  type    = string
+  default = "http://aic-serving-gateway.service.pool:8800"
+}
+
 variable "s3_endpoint" {
   type    = string
   default = "http://minio.service.pool:9000"
@@ -84,9 +92,9 @@ job "aic-functions" {
         AIC_NOMAD_WORKER    = "/usr/local/bin/aic-worker"
         AIC_GATEWAY_DOMAIN  = "aic-pool"
         AIC_LOG             = "info"
-        # Workers reach the bucket through this host with their job's token, never with the
-        # store's credentials.
-        AIC_WORKER_GATEWAY  = "http://${NOMAD_ADDR_http}"
+        # Workers reach the bucket through the gateway with their job's token, never with the
+        # store's credentials; at the serving gateway's stable address (var.worker_gateway).
+        AIC_WORKER_GATEWAY  = var.worker_gateway
       }
 
       # Secrets from Nomad Variables, never in the job file.

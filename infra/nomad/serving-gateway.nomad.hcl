@@ -1,6 +1,7 @@
 # The pool's serving gateway: nginx on a static port in front of the functions hosts (service
 # `aic-functions`), which forward /d/<deployment>/… and /n/<owner>/<name>/… to a live replica,
-# round robin. The functions host forwards only to replicas that are both ready (their worker
+# round robin. It passes /v1/ on too: the workers' stable address for the gateway API
+# (`worker_gateway` in functions.nomad.hcl), whichever functions host is up. The functions host forwards only to replicas that are both ready (their worker
 # registered them after its own check of the app) and healthy in Nomad (the checks of their
 # allocation, `GET /v1/client/allocation/:id/checks`). nginx cannot route to the replicas
 # directly: the `nomadService` template function lists every registration whatever its
@@ -81,6 +82,18 @@ job "aic-serving-gateway" {
                 proxy_pass http://aic_functions;
                 proxy_http_version 1.1;
                 proxy_set_header Connection "";
+                proxy_next_upstream error timeout;
+              }
+              # The gateway API, for the workers (AIC_WORKER_GATEWAY in functions.nomad.hcl):
+              # an address that outlives any one functions host. Live logs and exec frames
+              # wait up to a minute for news; answers are passed on as they come.
+              location /v1/ {
+                proxy_pass http://aic_functions;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_set_header Host $host;
+                proxy_buffering off;
+                proxy_read_timeout 120s;
                 proxy_next_upstream error timeout;
               }
             }
