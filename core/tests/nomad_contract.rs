@@ -330,6 +330,50 @@ async fn the_watcher_follows_the_event_stream_and_resumes_from_its_index() {
     w.await.unwrap();
 }
 
+/// An allocation lost while the watcher was not listening (reconnecting, or past the 100
+/// events Nomad keeps: a stream resumed beyond them starts at the closest it has,
+/// `nomad/stream/event_buffer.go` `StartAtClosest`, and never replays it) is found when the
+/// watcher (re)connects, from the allocations Nomad lists, and acted on as its event would
+/// have been. (The job stayed `running` for ever, its deposit locked.)
+#[tokio::test]
+async fn an_allocation_lost_while_the_stream_was_down_is_found_when_the_watcher_reconnects() {
+    use aic_schemas::JobState;
+    let (_dir, store, state, n, job) = submitted_and_running(2).await;
+    {
+        // node-b's rank is lost; no event of it is left to stream.
+        let mut s = state.lock().unwrap();
+        let aid = s.alloc_of(&nomad_id(&job), "node-b");
+        s.ended(&aid, "lost");
+        s.stream.clear();
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let w = {
+        let n = n.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            n.watch(store, async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let st = loop {
+        let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+        if st.state == JobState::Retrying {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lost allocation was never acted on");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(st.reason.as_deref().unwrap_or_default().contains("on node-b was lost"), "{st:?}");
+    assert_eq!(state.lock().unwrap().jobs[&nomad_id(&job)]["Meta"]["aic_attempt"].as_str(), Some("1"));
+    // Found again by the next pass: nothing more happens.
+    assert_eq!(n.reconcile().await.unwrap(), 0);
+    tx.send(()).unwrap();
+    w.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     // Nomad sends a heartbeat every 30 s; a connection that says nothing for longer than

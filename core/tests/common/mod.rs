@@ -593,10 +593,17 @@ async fn handle(
                         "AllocatedResources": {"Tasks": {"trainer": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}));
                 }
             }
+            // Each with its status as its client reports it (nomad/structs `AllocListStub`: the
+            // job's ID, namespace, name, node, client status and description).
             for (job, nodes) in &s.allocs {
-                for n in nodes {
+                for (k, n) in nodes.iter().enumerate() {
                     let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
-                    out.push(json!({"ID": s.alloc_of(job, n), "NodeID": id, "ClientStatus": "running",
+                    let aid = s.alloc_of(job, n);
+                    let status = s.info.get(&aid).map_or("running".to_string(), |i| i.status.clone());
+                    let group = s.jobs[job]["TaskGroups"][0]["Name"].as_str().unwrap_or("worker").to_string();
+                    out.push(json!({"ID": aid, "JobID": job, "Namespace": "aic", "Name": format!("{job}.{group}[{k}]"),
+                        "NodeID": id, "NodeName": n, "ClientStatus": status,
+                        "ClientDescription": if status == "lost" { "alloc is lost since its node is down" } else { "" },
                         "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}]}}}}));
                 }
             }

@@ -148,6 +148,9 @@ impl NomadScheduler {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "stopping jobs past their paid time"),
             }
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "cannot reconcile Nomad's allocations");
+            }
             tokio::select! {
                 _ = &mut stop => return,
                 _ = self.freed.notified() => {}

@@ -78,12 +78,21 @@ pub struct NomadScheduler {
     freed: std::sync::Arc<tokio::sync::Notify>,
     /// What the host does when every allocation of a job has ended.
     job_ended: std::sync::Arc<std::sync::Mutex<Option<super::JobEnded>>>,
+    /// Ended allocations already handled (`watch::reconcile` skips them).
+    reconciled: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl NomadScheduler {
     pub fn new(cfg: NomadConfig, store: crate::Store) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(70)).build().expect("an HTTP client builds");
-        NomadScheduler { cfg, http, store, freed: Default::default(), job_ended: Default::default() }
+        NomadScheduler {
+            cfg,
+            http,
+            store,
+            freed: Default::default(),
+            job_ended: Default::default(),
+            reconciled: Default::default(),
+        }
     }
 
     pub fn config(&self) -> &NomadConfig {

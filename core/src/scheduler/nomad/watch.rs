@@ -32,6 +32,10 @@ impl NomadScheduler {
         tokio::pin!(stop);
         let mut index = 0u64;
         loop {
+            // What the stream may have missed while it was down (or before it first opened).
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "cannot reconcile Nomad's allocations");
+            }
             tokio::select! {
                 _ = &mut stop => return,
                 r = self.follow(&store, &mut index) => {
@@ -98,8 +102,18 @@ impl NomadScheduler {
                             }
                         }
                         match self.on_alloc(store, a).await {
-                            Ok(AllocAction::Nothing) => {}
-                            Ok(act) => tracing::info!(job = ?a["JobID"], ?act, "acted on an allocation update"),
+                            Ok(act) => {
+                                if act != AllocAction::Nothing {
+                                    tracing::info!(job = ?a["JobID"], ?act, "acted on an allocation update");
+                                }
+                                if matches!(
+                                    a["ClientStatus"].as_str(),
+                                    Some("complete" | "failed" | "lost" | "unknown")
+                                ) && let Some(id) = a["ID"].as_str()
+                                {
+                                    self.handled(id);
+                                }
+                            }
                             Err(e) => tracing::warn!(job = ?a["JobID"], error = %e, "allocation update not handled"),
                         }
                     }
@@ -110,6 +124,50 @@ impl NomadScheduler {
             }
         }
         Ok(())
+    }
+
+    /// What the event stream may have missed: Nomad keeps its last events in a buffer of
+    /// 100 and a stream resumed past them starts at the closest one it has
+    /// (`nomad/stream/event_buffer.go`, `StartAtClosest`), so an allocation lost while the
+    /// watcher was reconnecting (or before it started) would never be acted on, its job
+    /// `running` for ever. Lists the namespace's allocations and handles every ended one of
+    /// aic's jobs as its event would have been: metered, and a lost, failed or unknown one
+    /// acted on (`on_alloc` changes nothing for one of a version already replaced). Run on
+    /// every (re)connect of the stream and every housekeeping pass; allocations handled are
+    /// remembered and skipped. How many it acted on.
+    pub async fn reconcile(&self) -> Result<usize, ScheduleError> {
+        let ns = self.cfg.namespace.clone().unwrap_or_else(|| "default".into());
+        let allocs =
+            self.call(reqwest::Method::GET, "allocations", &[("namespace", ns)], None).await?.unwrap_or_default();
+        let mut acted = 0;
+        for a in allocs.as_array().into_iter().flatten() {
+            let Some(id) = a["ID"].as_str() else { continue };
+            if !a["JobID"].as_str().is_some_and(|j| j.starts_with("aic-"))
+                || !matches!(a["ClientStatus"].as_str(), Some("complete" | "failed" | "lost" | "unknown"))
+                || self.reconciled.lock().unwrap().contains(id)
+            {
+                continue;
+            }
+            self.meter_ended(a).await?;
+            match self.on_alloc(&self.store, a).await? {
+                AllocAction::Nothing => {}
+                act => {
+                    acted += 1;
+                    tracing::warn!(job = ?a["JobID"], alloc = id, ?act, "acted on an allocation the event stream did not report");
+                }
+            }
+            self.handled(id);
+        }
+        Ok(acted)
+    }
+
+    /// Remembers an ended allocation as handled.
+    fn handled(&self, id: &str) {
+        let mut seen = self.reconciled.lock().unwrap();
+        if seen.len() >= 100_000 {
+            seen.clear();
+        }
+        seen.insert(id.to_string());
     }
 
     /// Records what an ended allocation of one of aic's jobs used (see `limits`); when none of
