@@ -49,6 +49,10 @@ job "aic-serving-gateway" {
         change_signal = "SIGHUP"
         data          = <<-EOT
           worker_processes auto;
+          # After a reload (SIGHUP, as the functions hosts come and go), old workers close what
+          # they still hold within 10 s: a live-log wait or a refused body being drained would
+          # otherwise keep them (and the old upstream list) up to two minutes.
+          worker_shutdown_timeout 10s;
           pid {{ env "NOMAD_TASK_DIR" }}/nginx.pid;
           events { worker_connections 4096; }
           http {
