@@ -374,6 +374,26 @@ async fn an_allocation_lost_while_the_stream_was_down_is_found_when_the_watcher_
     w.await.unwrap();
 }
 
+/// A node drained under a training job: Nomad stops its batch allocation at the drain's
+/// deadline and never replaces it (`nomad/drainer/watch_jobs.go`: batch allocations are only
+/// force-stopped), so the other ranks would wait for it for ever. aic takes the stopped rank
+/// for lost and starts the job again, whole, elsewhere. (Nothing happened: `complete` was
+/// taken for a rank that finished.)
+#[tokio::test]
+async fn a_rank_stopped_by_a_node_drain_restarts_the_training_job() {
+    use aic_schemas::JobState;
+    let (_dir, store, state, n, job) = submitted_and_running(2).await;
+    state.lock().unwrap().drain("node-b");
+    assert_eq!(n.reconcile().await.unwrap(), 1);
+    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::Retrying, "{st:?}");
+    assert!(
+        st.reason.as_deref().unwrap_or_default().contains("on node-b was stopped by Nomad (alloc is being migrated)"),
+        "{st:?}"
+    );
+    assert_eq!(state.lock().unwrap().jobs[&nomad_id(&job)]["Meta"]["aic_attempt"].as_str(), Some("1"));
+}
+
 #[tokio::test]
 async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     // Nomad sends a heartbeat every 30 s; a connection that says nothing for longer than

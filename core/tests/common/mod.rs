@@ -66,6 +66,8 @@ pub struct AllocInfo {
     pub status: String,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub modified_at: chrono::DateTime<chrono::Utc>,
+    /// Set when Nomad's servers stopped it (`DesiredStatus` stop), with the description.
+    pub stopped: Option<String>,
 }
 
 impl Nomad {
@@ -86,6 +88,7 @@ impl Nomad {
                 status: "running".into(),
                 finished_at: None,
                 modified_at: now,
+                stopped: None,
             },
         );
     }
@@ -108,6 +111,20 @@ impl Nomad {
         i.status = status.into();
         i.finished_at = Some(now);
         i.modified_at = now;
+    }
+
+    /// Node `node` is drained past its deadline: its batch allocations are stopped with no
+    /// replacement (Nomad ≥ 1.11; `nomad/drainer/watch_jobs.go` `handleTaskGroup`: batch
+    /// allocations are never migrated, only force-stopped at the deadline), so each becomes
+    /// `complete` with `DesiredStatus` stop and `DesiredTransition.Migrate` set.
+    pub fn drain(&mut self, node: &str) {
+        let now = chrono::Utc::now();
+        for i in self.info.values_mut().filter(|i| i.node == node && i.finished_at.is_none()) {
+            i.status = "complete".into();
+            i.finished_at = Some(now);
+            i.modified_at = now;
+            i.stopped = Some("alloc is being migrated".into());
+        }
     }
 
     /// Whether job `id` is stopped (deregistered: `Stop`) or gone.
@@ -553,6 +570,9 @@ async fn handle(
                 json!({"ID": aid, "JobID": j["ID"], "Job": j, "Namespace": "aic", "NodeName": i.node,
                     "Name": format!("{}.{}[{}]", j["ID"].as_str().unwrap(), j["TaskGroups"][0]["Name"].as_str().unwrap(), i.index),
                     "ClientStatus": i.status, "ModifyTime": i.modified_at.timestamp_nanos_opt().unwrap(),
+                    "DesiredStatus": if i.stopped.is_some() { "stop" } else { "run" },
+                    "DesiredDescription": i.stopped.clone().unwrap_or_default(),
+                    "DesiredTransition": {"Migrate": i.stopped.is_some()},
                     "TaskStates": {"worker": {"State": if i.finished_at.is_some() { "dead" } else { "running" },
                         "StartedAt": i.started_at.to_rfc3339(),
                         "Restarts": i.earlier_starts.len(),
@@ -600,10 +620,13 @@ async fn handle(
                     let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
                     let aid = s.alloc_of(job, n);
                     let status = s.info.get(&aid).map_or("running".to_string(), |i| i.status.clone());
+                    let stopped = s.info.get(&aid).and_then(|i| i.stopped.clone());
                     let group = s.jobs[job]["TaskGroups"][0]["Name"].as_str().unwrap_or("worker").to_string();
                     out.push(json!({"ID": aid, "JobID": job, "Namespace": "aic", "Name": format!("{job}.{group}[{k}]"),
                         "NodeID": id, "NodeName": n, "ClientStatus": status,
                         "ClientDescription": if status == "lost" { "alloc is lost since its node is down" } else { "" },
+                        "DesiredStatus": if stopped.is_some() { "stop" } else { "run" },
+                        "DesiredDescription": stopped.unwrap_or_default(),
                         "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}]}}}}));
                 }
             }

@@ -207,8 +207,12 @@ impl NomadScheduler {
         }
         let client = a["ClientStatus"].as_str().unwrap_or("");
         // `unknown`: its node stopped answering, and the job's `disconnect { replace = false }`
-        // keeps Nomad from replacing it; for a training job that is a lost rank.
-        if !matches!(client, "lost" | "failed" | "unknown") {
+        // keeps Nomad from replacing it; for a training job that is a lost rank. A rank Nomad's
+        // servers stopped while the job goes on (its node drained: batch allocations are
+        // stopped at the drain's deadline and never replaced, `nomad/drainer/watch_jobs.go`;
+        // before 1.11 one was replaced alone) is lost too: the job would wait for it for ever.
+        let stopped_by_nomad = client == "complete" && a["DesiredStatus"] == "stop";
+        if !matches!(client, "lost" | "failed" | "unknown") && !stopped_by_nomad {
             return Ok(AllocAction::Nothing);
         }
         let Some(job) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? else {
@@ -252,6 +256,9 @@ impl NomadScheduler {
             self.cancel(&key).await?;
             return Ok(AllocAction::Stopped);
         }
+        if stopped_by_nomad && meta["aic_kind"] == "serve" {
+            return Ok(AllocAction::Nothing); // a replica: Nomad migrates it (its service's `migrate`)
+        }
         if meta["aic_kind"] == "serve" {
             // Replicas do not depend on each other: Nomad reschedules the lost one alone
             // (the service's ReschedulePolicy) while the others serve.
@@ -264,8 +271,14 @@ impl NomadScheduler {
             node,
             &format!(
                 "{}{}",
-                if client == "unknown" { "lost" } else { client },
-                a["ClientDescription"]
+                if client == "unknown" {
+                    "lost"
+                } else if stopped_by_nomad {
+                    "stopped by Nomad"
+                } else {
+                    client
+                },
+                a[if stopped_by_nomad { "DesiredDescription" } else { "ClientDescription" }]
                     .as_str()
                     .filter(|d| !d.is_empty())
                     .or((client == "unknown").then_some("its node stopped answering"))
