@@ -61,6 +61,7 @@ mod tests {
             port: 2222 + i as u16,
             slots: 3,
             pubkey: None,
+            hostkey: None,
         }
     }
 

@@ -39,6 +39,11 @@ pub struct Peer {
     /// The leader's public key, which every other allocation's sshd accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pubkey: Option<String>,
+    /// Its sshd's host key (public): the leader's ssh accepts that sshd only, so whoever else
+    /// answers at its address and port (a program of another job on the same miner that took
+    /// the port first) gets no rank's commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostkey: Option<String>,
 }
 
 /// The interpreter for an entrypoint: `[$AIC_PYTHON|python3, file]` for `.py`, `[bash,

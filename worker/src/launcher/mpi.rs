@@ -92,7 +92,15 @@ mod tests {
     }
 
     fn peer(i: u32, host: &str, port: u16) -> Peer {
-        Peer { alloc: i, miner: format!("miner-{}", i + 1), host: host.into(), port, slots: 2, pubkey: None }
+        Peer {
+            alloc: i,
+            miner: format!("miner-{}", i + 1),
+            host: host.into(),
+            port,
+            slots: 2,
+            pubkey: None,
+            hostkey: None,
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub async fn keygen(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
 /// A running sshd; stopped when dropped.
 pub struct Sshd {
     child: tokio::process::Child,
+    /// Its host key, public (`ssh-ed25519 AAAA…`), published in the rendezvous record.
+    pub hostkey: String,
 }
 
 fn quote(v: &str) -> String {
@@ -93,7 +95,13 @@ pub async fn start(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let mut sshd = Sshd { child };
+    let hostkey = std::fs::read_to_string(hostkey.with_extension("pub"))
+        .with_context(|| format!("reading {}.pub", hostkey.display()))?
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut sshd = Sshd { child, hostkey };
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect((host, port)).await.is_err() {
         if let Some(st) = sshd.child.try_wait()? {
@@ -118,22 +126,111 @@ impl Sshd {
 /// Writes the client side: an ssh_config with every peer's port and the job's key, and an
 /// `ssh` wrapper that uses it (for launchers that call plain `ssh`). Returns (config, the
 /// wrapper's folder).
+///
+/// Each peer's sshd is known by the host key it published in its rendezvous record
+/// (`known_hosts`, checked strictly): whatever else answers at a peer's address and port — a
+/// program of another job on the same miner that bound the port first — is refused before
+/// any rank's command is sent. The wrapper puts the check first on the command line, where
+/// ssh takes the first value of an option: a launcher's own `-o StrictHostKeyChecking=no`
+/// (horovodrun passes one) comes after it and changes nothing.
 pub fn client(dir: &Path, key: &Path, peers: &[Peer]) -> anyhow::Result<(PathBuf, PathBuf)> {
     let mut cfg = String::new();
+    let mut known = String::new();
     for p in peers {
         cfg.push_str(&format!("Host {}\n  Port {}\n", p.host, p.port));
+        let hostkey = p.hostkey.as_deref().filter(|k| k.starts_with("ssh-") && !k.contains('\n')).ok_or_else(|| {
+            anyhow!(
+                "allocation {} published no SSH host key (an older aic-worker?): its sshd cannot be told from another",
+                p.alloc
+            )
+        })?;
+        let at = if p.port == 22 { p.host.clone() } else { format!("[{}]:{}", p.host, p.port) };
+        known.push_str(&format!("{at} {hostkey}\n"));
     }
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, known)?;
     cfg.push_str(&format!(
-        "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n",
-        key.display()
+        "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  CheckHostIP no\n  LogLevel ERROR\n  BatchMode yes\n",
+        key.display(),
+        known_hosts.display()
     ));
     let path = dir.join("ssh_config");
     std::fs::write(&path, cfg)?;
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
     let wrapper = bin.join("ssh");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n", path.display()))?;
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/ssh -F {} -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} \"$@\"\n",
+            path.display(),
+            known_hosts.display()
+        ),
+    )?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
     Ok((path, bin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The leader's ssh reaches a peer's own sshd, and refuses another one answering at the
+    /// peer's address and port (a program of another job on the same miner that bound the
+    /// port first, with a host key of its own and the job's key accepted), even when the
+    /// launcher asks for no host key checking as horovodrun does.
+    #[tokio::test]
+    async fn ssh_reaches_a_peers_own_sshd_and_refuses_another_at_its_address() {
+        if !sshd_bin().is_file() {
+            assert!(std::env::var("CI").is_err(), "CI installs OpenSSH's server");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (key, pubkey) = keygen(&dir.path().join("leader")).await.unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let env = BTreeMap::from([("AIC_ALLOC_INDEX".to_string(), "1".to_string())]);
+        let own = start(&dir.path().join("peer"), "127.0.0.1", port, &pubkey, &env).await.unwrap();
+        let peer = Peer {
+            alloc: 1,
+            miner: "miner-2".into(),
+            host: "127.0.0.1".into(),
+            port,
+            slots: 1,
+            pubkey: None,
+            hostkey: Some(own.hostkey.clone()),
+        };
+        let (_, bin) = client(&dir.path().join("leader"), &key, std::slice::from_ref(&peer)).unwrap();
+        let ssh = || {
+            std::process::Command::new(bin.join("ssh"))
+                .args(["-o", "StrictHostKeyChecking=no", "127.0.0.1", "echo reached"])
+                .output()
+                .unwrap()
+        };
+        let out = ssh();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "reached\n", "{out:?}");
+        own.stop().await;
+        let squatter = start(&dir.path().join("squatter"), "127.0.0.1", port, &pubkey, &env).await.unwrap();
+        assert_ne!(Some(&squatter.hostkey), peer.hostkey.as_ref());
+        let out = ssh();
+        assert!(!out.status.success(), "the squatter's sshd was reached: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"), "{out:?}");
+        squatter.stop().await;
+    }
+
+    #[test]
+    fn a_peer_without_a_host_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Peer {
+            alloc: 3,
+            miner: "miner-4".into(),
+            host: "10.0.0.8".into(),
+            port: 2222,
+            slots: 1,
+            pubkey: None,
+            hostkey: None,
+        };
+        let e = client(dir.path(), &dir.path().join("k"), &[peer]).unwrap_err().to_string();
+        assert!(e.contains("allocation 3 published no SSH host key"), "{e}");
+    }
 }

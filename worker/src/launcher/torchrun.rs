@@ -42,8 +42,15 @@ mod tests {
             "max_hours": 1.0, "launcher": "torchrun", "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-01T01:00:00Z"
         }))
         .unwrap();
-        let leader =
-            Peer { alloc: 0, miner: "miner-1".into(), host: "10.0.0.5".into(), port: 29400, slots: 4, pubkey: None };
+        let leader = Peer {
+            alloc: 0,
+            miner: "miner-1".into(),
+            host: "10.0.0.5".into(),
+            port: 29400,
+            slots: 4,
+            pubkey: None,
+            hostkey: None,
+        };
         assert_eq!(
             argv(&req, 1, &leader).join(" "),
             "torchrun --nnodes 2 --nproc-per-node 4 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.0.0.5:29400 --rdzv-id 01jb0000000000000000000000 --max-restarts 0 ddp.py"

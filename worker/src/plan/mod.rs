@@ -29,7 +29,7 @@ pub(crate) enum Finish {
     /// The leader, once every allocation's program has reported.
     WaitForPeers,
     /// The leader, from its launcher's exit alone; it also stops its sshd.
-    Leader(launcher::ssh::Sshd),
+    Leader(Box<launcher::ssh::Sshd>),
 }
 
 pub(crate) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Result<Plan> {
@@ -41,6 +41,7 @@ pub(crate) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Re
         port: a.port,
         slots: req.gpus_per_miner,
         pubkey: None,
+        hostkey: None,
     };
     match req.launcher {
         Launcher::Command => {

@@ -18,6 +18,7 @@ pub(super) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>, me: Peer) -> 
         let leader = wait_for_peer(a, 0).await?;
         let pubkey = leader.pubkey.ok_or_else(|| anyhow!("the leading allocation published no key"))?;
         let sshd = launcher::ssh::start(&ssh_dir, &a.host, a.port, &pubkey, &session_env).await?;
+        let me = Peer { hostkey: Some(sshd.hostkey.clone()), ..me };
         a.store.put_json(&a.job.rendezvous(a.attempt, a.index), &me).await?;
         return Ok(Plan::Serve(sshd));
     }
@@ -28,7 +29,8 @@ pub(super) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>, me: Peer) -> 
     launcher::require(bin, &a.miner, install).map_err(|e| anyhow!(e))?;
     let (key, pubkey) = launcher::ssh::keygen(&ssh_dir).await?;
     let sshd = launcher::ssh::start(&ssh_dir, &a.host, a.port, &pubkey, &session_env).await?;
-    a.store.put_json(&a.job.rendezvous(a.attempt, 0), &Peer { pubkey: Some(pubkey), ..me }).await?;
+    let me = Peer { pubkey: Some(pubkey), hostkey: Some(sshd.hostkey.clone()), ..me };
+    a.store.put_json(&a.job.rendezvous(a.attempt, 0), &me).await?;
     let mut peers = Vec::with_capacity(a.count as usize);
     for i in 0..a.count {
         peers.push(wait_for_peer(a, i).await?);
@@ -48,5 +50,5 @@ pub(super) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>, me: Peer) -> 
     if req.launcher == Launcher::Horovod {
         cmd.envs(&req.env).envs(launcher::horovod::env(&wrapper_dir));
     }
-    Ok(Plan::Program(Box::new(cmd), Finish::Leader(sshd)))
+    Ok(Plan::Program(Box::new(cmd), Finish::Leader(Box::new(sshd))))
 }
