@@ -74,6 +74,28 @@ const STORE_ACCESS: &[&str] = &[
     "AWS_WEB_IDENTITY_TOKEN_FILE",
 ];
 
+/// Files Nomad renders into the task's secrets folder for the worker (`store.env`: the
+/// bucket's keys, on a pool without a worker gateway; `nomad/spec.rs`): read into its
+/// environment when the task started (`Envvars`), then deleted here, before any program
+/// runs, so the program (same task, same user) cannot read them. Safe: the worker already
+/// holds what they said; Nomad renders a file again only when the variable changes, and its
+/// `ChangeMode` restart then starts a new worker, which reads and deletes it again.
+const RENDERED_SECRETS: &[&str] = &["store.env"];
+
+fn forget_rendered_secrets(dir: Option<&std::path::Path>) {
+    let Some(dir) = dir else { return };
+    for f in RENDERED_SECRETS {
+        match std::fs::remove_file(dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                eprintln!("aic-worker: cannot delete {}: {e}; the job's program could read it", dir.join(f).display());
+                exit(2);
+            }
+        }
+    }
+}
+
 fn main() {
     // `aic-worker in-job -- CMD…`: a command the job's owner runs in the allocation through
     // the scheduler's exec API (Nomad's), not an allocation's worker.
@@ -119,6 +141,7 @@ fn main() {
         // the environment while it changes.
         unsafe { std::env::remove_var(k) };
     }
+    forget_rendered_secrets(std::env::var_os("NOMAD_SECRETS_DIR").map(std::path::PathBuf::from).as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let code = rt.block_on(run_allocation(alloc));
     exit(code);
@@ -386,4 +409,22 @@ async fn time_left(a: &Alloc, max_hours: f64) -> Duration {
         }
     }
     Duration::from_secs_f64((aic_core::pricing::paid_hours(max_hours) * 3600.0 - used).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bucket's keys Nomad rendered into the task's secrets folder are gone before any
+    /// program runs; other files there stay.
+    #[test]
+    fn the_rendered_store_keys_are_deleted_once_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("store.env"), "AWS_ACCESS_KEY_ID=pool\nAWS_SECRET_ACCESS_KEY=pools-own\n")
+            .unwrap();
+        std::fs::write(dir.path().join("other"), "kept").unwrap();
+        super::forget_rendered_secrets(Some(dir.path()));
+        assert!(!dir.path().join("store.env").exists(), "the program could read the bucket's keys");
+        assert!(dir.path().join("other").exists());
+        super::forget_rendered_secrets(Some(dir.path())); // nothing to delete: no error
+        super::forget_rendered_secrets(None);
+    }
 }
