@@ -128,6 +128,11 @@ impl std::fmt::Debug for WorkerGateway {
 }
 
 impl WorkerGateway {
+    /// A token for the workers of `job`.
+    pub fn token(&self, job: &JobKey, m: &JobManifest, now: DateTime<Utc>) -> String {
+        mint(&self.secret, &WorkerGrant::for_job(job, m, now))
+    }
+
     /// The variables a worker of `job` gets: the gateway and its job's token.
     pub fn env(&self, job: &JobKey, m: &JobManifest, now: DateTime<Utc>) -> [(String, String); 2] {
         [

@@ -394,6 +394,36 @@ async fn a_rank_stopped_by_a_node_drain_restarts_the_training_job() {
     assert_eq!(state.lock().unwrap().jobs[&nomad_id(&job)]["Meta"]["aic_attempt"].as_str(), Some("1"));
 }
 
+/// With a worker gateway, the workers' token is not in the job's `Env` (which anyone with
+/// `read-job` on the namespace reads): the functions write it into the job's own Nomad
+/// Variable (`nomad/jobs/aic-<id>`, which the job's tasks read through their workload
+/// identity, rendered by the task's template), and delete it with the job.
+#[tokio::test]
+async fn the_workers_token_is_kept_in_the_jobs_own_variable_not_in_its_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    c.worker_gateway =
+        Some(aic_core::grant::WorkerGateway { url: "http://gw.pool:8800".into(), secret: secret.clone() });
+    let n = NomadScheduler::new(c, store.clone());
+    let (_, m) = manifest(2, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    let id = nomad_id(&job);
+    {
+        let s = state.lock().unwrap();
+        let env = &s.jobs[&id]["TaskGroups"][0]["Tasks"][0]["Env"];
+        assert!(env.get("AIC_WORKER_TOKEN").is_none(), "the token is in the job's Env: {env}");
+        let token = s.vars[&format!("nomad/jobs/{id}")]["worker_token"].as_str().unwrap().to_string();
+        let grant = aic_core::grant::verify(&secret, &token, chrono::Utc::now()).unwrap();
+        assert_eq!(grant.job_key(), job);
+    }
+    n.cancel(&job).await.unwrap();
+    assert!(!state.lock().unwrap().vars.contains_key(&format!("nomad/jobs/{id}")), "the token outlived its job");
+}
+
 #[tokio::test]
 async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     // Nomad sends a heartbeat every 30 s; a connection that says nothing for longer than

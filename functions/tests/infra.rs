@@ -402,6 +402,18 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
         assert!(caps.contains(c), "{c}");
     }
     assert_eq!(p["node"]["policy"], "read");
+    // The workers' tokens go in each job's own variable (`spec::token_var`): the policy lets
+    // the functions write and delete those, and no other variable.
+    let path = aic_core::scheduler::nomad::token_var("aic-x");
+    assert_eq!(path, "nomad/jobs/aic-x");
+    let vars = &p["namespace"]["aic"]["variables"]["path"];
+    assert_eq!(
+        vars.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["nomad/jobs/aic-*".to_string()]),
+        "{p}"
+    );
+    let var_caps = vars["nomad/jobs/aic-*"]["capabilities"].to_string();
+    assert!(var_caps.contains("write") && var_caps.contains("destroy") && !var_caps.contains("list"), "{var_caps}");
 }
 
 #[test]

@@ -75,12 +75,13 @@ const STORE_ACCESS: &[&str] = &[
 ];
 
 /// Files Nomad renders into the task's secrets folder for the worker (`store.env`: the
-/// bucket's keys, on a pool without a worker gateway; `nomad/spec.rs`): read into its
+/// bucket's keys, on a pool without a worker gateway; `worker.env`: the job's token, on a pool
+/// with one; `nomad/spec.rs`): read into its
 /// environment when the task started (`Envvars`), then deleted here, before any program
 /// runs, so the program (same task, same user) cannot read them. Safe: the worker already
 /// holds what they said; Nomad renders a file again only when the variable changes, and its
 /// `ChangeMode` restart then starts a new worker, which reads and deletes it again.
-const RENDERED_SECRETS: &[&str] = &["store.env"];
+const RENDERED_SECRETS: &[&str] = &["store.env", "worker.env"];
 
 fn forget_rendered_secrets(dir: Option<&std::path::Path>) {
     let Some(dir) = dir else { return };

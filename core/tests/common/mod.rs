@@ -52,6 +52,9 @@ pub struct Nomad {
     /// Nodes that missed their heartbeats: `down` in `GET /v1/nodes` (nomad/heartbeat.go
     /// `invalidateHeartbeat` sets the node's status to down), nothing placed on them.
     pub down: std::collections::BTreeSet<String>,
+    /// Nomad Variables by path (`PUT`/`GET`/`DELETE /v1/var/:path`, the api-docs' Variables
+    /// HTTP API): their `Items`.
+    pub vars: BTreeMap<String, Value>,
 }
 
 /// An allocation as its client reports it (`TaskStates.worker`, `ClientStatus`).
@@ -583,6 +586,24 @@ async fn handle(
                     "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}),
             )
         }
+        ("PUT", p) if p.starts_with("/v1/var/") => {
+            let path = p.trim_start_matches("/v1/var/").to_string();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["Path"].as_str(), Some(path.as_str()), "the body names the variable's path");
+            s.index += 1;
+            s.vars.insert(path.clone(), v["Items"].clone());
+            reply(200, json!({"Namespace": "aic", "Path": path, "Items": v["Items"], "ModifyIndex": s.index}))
+        }
+        ("GET", p) if p.starts_with("/v1/var/") => match s.vars.get(p.trim_start_matches("/v1/var/")) {
+            Some(items) => {
+                reply(200, json!({"Namespace": "aic", "Path": p.trim_start_matches("/v1/var/"), "Items": items}))
+            }
+            None => text(404, "variable not found"),
+        },
+        ("DELETE", p) if p.starts_with("/v1/var/") => match s.vars.remove(p.trim_start_matches("/v1/var/")) {
+            Some(_) => reply(200, json!({})),
+            None => text(404, "variable not found"),
+        },
         ("GET", "/v1/jobs") => {
             // Job stubs (`JobListStub`); with `meta=true` their meta (Nomad 1.6+).
             let prefix = query.get("prefix").cloned().unwrap_or_default();

@@ -3,6 +3,15 @@
 # elsewhere and nodes (for `aic pool` and the up-front placement check). Nothing else.
 namespace "aic" {
   capabilities = ["submit-job", "read-job", "list-jobs", "read-logs", "alloc-exec"]
+
+  # Each job's workers' token, in the job's own variable (nomad/jobs/aic-<id>): written as the
+  # job is registered, deleted with it; the job's tasks read it through their workload
+  # identity, which may read nomad/jobs/<its job> without any policy.
+  variables {
+    path "nomad/jobs/aic-*" {
+      capabilities = ["write", "destroy"]
+    }
+  }
 }
 
 # Read allocations in every namespace, for `aic pool`: GPUs that other namespaces' jobs hold

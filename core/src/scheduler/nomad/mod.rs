@@ -58,7 +58,7 @@ use crate::layout::JobKey;
 pub use api::NomadError;
 pub use config::{DEFAULT_IMAGE, NomadConfig};
 pub use gang::Waiting;
-pub use spec::{GPU_DEVICE, KILL_TIMEOUT, job_spec, nomad_id, placement_reason, task_config};
+pub use spec::{GPU_DEVICE, KILL_TIMEOUT, job_spec, nomad_id, placement_reason, task_config, token_var};
 pub use watch::AllocAction;
 
 use api::RegisterResponse;
@@ -153,6 +153,13 @@ impl NomadScheduler {
             }
         }
         let mut spec = job_spec(&self.cfg, job, m, attempt);
+        // The workers' token, where their template reads it (`spec::token_var`).
+        if let Some(g) = &self.cfg.worker_gateway {
+            let path = spec::token_var(&id);
+            let body = json!({"Namespace": self.cfg.namespace.clone().unwrap_or_else(|| "default".into()), "Path": path,
+                "Items": {"worker_token": g.token(job, m, chrono::Utc::now())}});
+            self.call(reqwest::Method::PUT, &format!("var/{path}"), &[], Some(&body)).await?;
+        }
         // Paid time, enforced by the housekeeping (`limits`): training jobs and deployments
         // alike. A deployment's workers stop serving at `aic_serve_until` themselves; Nomad
         // restarting one (its app killed it) starts nothing anew.
@@ -245,6 +252,10 @@ impl Scheduler for NomadScheduler {
         }
         // Deregistering stops every allocation (KillSignal, then KillTimeout); unknown is fine.
         self.call(reqwest::Method::DELETE, &format!("job/{id}"), &[], None).await?;
+        // Its workers' token goes with it (a stopped task reads it no more).
+        if self.cfg.worker_gateway.is_some() {
+            self.call(reqwest::Method::DELETE, &format!("var/{}", spec::token_var(&id)), &[], None).await?;
+        }
         self.unwait(&job.job).await
     }
 

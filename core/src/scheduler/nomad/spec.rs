@@ -57,6 +57,12 @@ pub fn task_config(cfg: &NomadConfig, memory_mb: u64) -> Value {
     }
 }
 
+/// The Nomad Variable holding a job's worker token (a path its tasks' workload identity
+/// reads without any policy: `nomad/jobs/<job id>`).
+pub fn token_var(nomad_id: &str) -> String {
+    format!("nomad/jobs/{nomad_id}")
+}
+
 /// The job's Nomad specification (the `Job` of `POST /v1/jobs`), for `attempt`.
 pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) -> Value {
     let r = &m.request;
@@ -75,11 +81,9 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
         env.insert(k.clone(), json!(v));
     }
     if let Some(g) = worker_gw {
-        for (k, v) in g.env(job, m, chrono::Utc::now()) {
-            env.insert(k, json!(v));
-        }
+        env.insert("AIC_WORKER_GATEWAY".into(), json!(g.url));
     }
-    let templates: Vec<Value> = cfg
+    let mut templates: Vec<Value> = cfg
         .secrets_var
         .iter()
         .filter(|_| worker_gw.is_none())
@@ -94,6 +98,20 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             })
         })
         .collect();
+    if worker_gw.is_some() {
+        // The job's token, from the job's own Nomad Variable (written by `register`, which a
+        // task's workload identity may read: `nomad/jobs/<job id>`), never in the job's `Env`,
+        // which anyone with `read-job` reads. The worker deletes the file once read.
+        templates.push(json!({
+            "DestPath": "${NOMAD_SECRETS_DIR}/worker.env",
+            "Envvars": true,
+            "ChangeMode": "noop",
+            "EmbeddedTmpl": format!(
+                "{{{{ with nomadVar \"{}\" }}}}\nAIC_WORKER_TOKEN={{{{ .worker_token }}}}\n{{{{ end }}}}\n",
+                token_var(&id)
+            ),
+        }));
+    }
     // Nomad fills each allocation's own values in as it starts the task.
     let runtime = |k: &'static str| {
         match k {
@@ -283,13 +301,19 @@ mod tests {
         let task = &j["TaskGroups"][0]["Tasks"][0];
         let env = task["Env"].as_object().unwrap();
         assert_eq!(env["AIC_WORKER_GATEWAY"], "https://functions.pool:8080");
-        let grant =
-            crate::grant::verify(&secret, env["AIC_WORKER_TOKEN"].as_str().unwrap(), chrono::Utc::now()).unwrap();
-        assert_eq!(grant.job_key(), job);
-        for k in ["AIC_STORE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-            assert!(!env.contains_key(k), "{k} must not reach the workers");
+        // The token is not in the job's Env (anyone with `read-job` reads that): the task's
+        // template reads it from the job's own Variable, which `register` writes.
+        for k in ["AIC_WORKER_TOKEN", "AIC_STORE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            assert!(!env.contains_key(k), "{k} must not be in the job's Env");
         }
-        assert!(task["Templates"].as_array().is_none_or(|t| t.is_empty()), "no credentials template: {task}");
+        let templates = task["Templates"].as_array().unwrap();
+        assert_eq!(templates.len(), 1, "only the token's template, no credentials: {task}");
+        assert_eq!(templates[0]["DestPath"], "${NOMAD_SECRETS_DIR}/worker.env");
+        assert_eq!(templates[0]["Envvars"], true);
+        let tmpl = templates[0]["EmbeddedTmpl"].as_str().unwrap();
+        assert!(tmpl.contains(&format!("nomadVar \"nomad/jobs/aic-{}\"", job.job)), "{tmpl}");
+        assert!(tmpl.contains("AIC_WORKER_TOKEN={{ .worker_token }}"), "{tmpl}");
+        let _ = secret;
     }
 
     /// Field by field against the Nomad HTTP API's job specification (`POST /v1/jobs`).
