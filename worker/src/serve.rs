@@ -58,6 +58,46 @@ pub async fn healthy(host: &str, port: u16) -> bool {
     tokio::time::timeout(Duration::from_secs(3), probe).await.ok().flatten().unwrap_or(false)
 }
 
+/// Whether every socket listening on `port` (in this network namespace) is held by process
+/// `pid` or one of its children (uWSGI's master binds the app's port; its HTTP router
+/// inherits it). A probe answered on the port proves nothing when another process took it
+/// first — another job's program on the same miner or node, which would then get the
+/// deployment's traffic: such a replica is never registered.
+pub fn listener_is_ours(pid: i32, port: u16) -> bool {
+    let mut listening = vec![];
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // `local_address` is `<hex address>:<hex port>`; `st` 0A is LISTEN; then the inode.
+            let local_port =
+                cols.get(1).and_then(|l| l.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if cols.len() > 9 && cols[3] == "0A" && local_port == Some(port) {
+                listening.push(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    if listening.is_empty() {
+        return false;
+    }
+    let mut pids = vec![pid];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid =
+            stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            pids.push(p);
+        }
+    }
+    let held: std::collections::HashSet<String> = pids
+        .iter()
+        .flat_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).into_iter().flatten().flatten())
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    listening.iter().all(|s| held.contains(s))
+}
+
 /// Installs what `requirements.txt` asks for and the miner's Python lacks; returns the
 /// folder to add to `PYTHONPATH`.
 async fn requirements(
@@ -275,7 +315,7 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                     }
                     let due = if registered { last_beat.elapsed() >= HEARTBEAT } else { true };
                     if due {
-                        let answered = healthy(&a.host, serve_port(a)).await;
+                        let answered = healthy(&a.host, serve_port(a)).await && listener_is_ours(pid, serve_port(a));
                         misses = if answered { 0 } else { misses + 1 };
                         let ok = answered || (registered && misses < 3);
                         if ok || registered {
@@ -357,6 +397,31 @@ impl Drop for StopOnDrop {
 
 #[cfg(test)]
 mod tests {
+    /// The app's port counts as the replica's only when the process that listens on it is
+    /// the replica's own (another job's program that took the port answers probes just as
+    /// well: it was registered, and got the deployment's traffic).
+    #[test]
+    fn a_port_another_process_listens_on_is_not_the_replicas() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(!listener_is_ours(std::process::id() as i32, port), "nobody listens yet");
+        // A process that is not this one's child: `sh` runs it (and waits), as a worker runs
+        // uWSGI whose router holds the socket.
+        use std::os::unix::process::CommandExt;
+        let mut app = std::process::Command::new("sh")
+            .args(["-c", &format!("python3 -c \"import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('up',flush=True); time.sleep(60)\"; :")])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(app.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert_eq!(line, "up\n");
+        assert!(listener_is_ours(app.id() as i32, port), "the listening process (the shell's child) holds its socket");
+        assert!(!listener_is_ours(std::process::id() as i32, port), "another process's listener was taken for ours");
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = app.wait();
+    }
+
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
