@@ -424,6 +424,57 @@ async fn the_workers_token_is_kept_in_the_jobs_own_variable_not_in_its_env() {
     assert!(!state.lock().unwrap().vars.contains_key(&format!("nomad/jobs/{id}")), "the token outlived its job");
 }
 
+/// Of two functions hosts on one Nomad (the job file's `count = 2`), one leads: it holds a
+/// lock on a Nomad Variable and alone follows the event stream and keeps house (two would
+/// each restart a lost job, and one purge what the other just registered). When the leader
+/// stops, it gives the lock up and the other takes over.
+#[tokio::test]
+async fn of_two_functions_hosts_one_watches_and_the_other_takes_over_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.leader_ttl = std::time::Duration::from_secs(10);
+    let host = |c: &aic_core::scheduler::nomad::NomadConfig| {
+        let n = NomadScheduler::new(c.clone(), store.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let store = store.clone();
+        let task = tokio::spawn(async move {
+            let stop: aic_core::scheduler::Stop = Box::pin(async {
+                let _ = rx.await;
+            });
+            n.run(store, stop).await
+        });
+        (tx, task)
+    };
+    // Host a starts first and leads; host b starts and waits.
+    let (stop_a, a) = host(&c);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state.lock().unwrap().stream_queries.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nobody leads");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (stop_b, b) = host(&c);
+    // b asks for the lead every TTL/3 (here 3 s): let it ask twice.
+    let settled = std::time::Instant::now() + std::time::Duration::from_secs(7);
+    while std::time::Instant::now() < settled {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state.lock().unwrap().acquired, 1, "both hosts took the lead");
+    assert_eq!(state.lock().unwrap().stream_queries.len(), 1, "both hosts watch the event stream");
+    // a stops: it gives the lock up, and b leads and watches.
+    stop_a.send(()).unwrap();
+    a.await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state.lock().unwrap().acquired < 2 || state.lock().unwrap().stream_queries.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the other host never took over");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop_b.send(()).unwrap();
+    b.await.unwrap();
+    assert!(!state.lock().unwrap().locks.contains_key("aic/leader"), "the last leader kept the lock");
+}
+
 #[tokio::test]
 async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     // Nomad sends a heartbeat every 30 s; a connection that says nothing for longer than

@@ -403,15 +403,17 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
     }
     assert_eq!(p["node"]["policy"], "read");
     // The workers' tokens go in each job's own variable (`spec::token_var`): the policy lets
-    // the functions write and delete those, and no other variable.
+    // the functions write and delete those, and take the leader lock; no other variable.
     let path = aic_core::scheduler::nomad::token_var("aic-x");
     assert_eq!(path, "nomad/jobs/aic-x");
     let vars = &p["namespace"]["aic"]["variables"]["path"];
+    let leader = aic_core::scheduler::nomad::NomadConfig::new("http://x").leader_lock;
     assert_eq!(
-        vars.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()),
-        Some(vec!["nomad/jobs/aic-*".to_string()]),
+        vars.as_object().map(|m| m.keys().cloned().collect::<std::collections::BTreeSet<_>>()),
+        Some(["nomad/jobs/aic-*".to_string(), leader.clone()].into()),
         "{p}"
     );
+    assert!(vars[&leader]["capabilities"].to_string().contains("write"), "the leader lock is taken with write");
     let var_caps = vars["nomad/jobs/aic-*"]["capabilities"].to_string();
     assert!(var_caps.contains("write") && var_caps.contains("destroy") && !var_caps.contains("list"), "{var_caps}");
 }

@@ -418,7 +418,8 @@ mod tests {
         assert_eq!(line, "up\n");
         assert!(listener_is_ours(app.id() as i32, port), "the listening process (the shell's child) holds its socket");
         assert!(!listener_is_ours(std::process::id() as i32, port), "another process's listener was taken for ours");
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = app.wait();
     }
 

@@ -55,6 +55,12 @@ pub struct Nomad {
     /// Nomad Variables by path (`PUT`/`GET`/`DELETE /v1/var/:path`, the api-docs' Variables
     /// HTTP API): their `Items`.
     pub vars: BTreeMap<String, Value>,
+    /// Locks over variables (the Locks HTTP API: `PUT /v1/var/:path?lock-acquire|lock-renew|
+    /// lock-release`): the holder's lock ID and when its TTL runs out. A held lock refuses
+    /// another `lock-acquire` with a conflict (409).
+    pub locks: BTreeMap<String, (String, std::time::Instant)>,
+    /// How many times each lock was acquired.
+    pub acquired: u32,
 }
 
 /// An allocation as its client reports it (`TaskStates.worker`, `ClientStatus`).
@@ -585,6 +591,34 @@ async fn handle(
                         "FinishedAt": i.finished_at.map(|t| t.to_rfc3339()).unwrap_or(zero)}},
                     "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}),
             )
+        }
+        ("PUT", p) if p.starts_with("/v1/var/") && query.keys().any(|k| k.starts_with("lock-")) => {
+            let path = p.trim_start_matches("/v1/var/").to_string();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let ttl: u64 = v["Lock"]["TTL"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
+            let now = std::time::Instant::now();
+            let held = s.locks.get(&path).filter(|(_, until)| *until > now).map(|(id, _)| id.clone());
+            let asked = v["Lock"]["ID"].as_str().map(String::from);
+            if query.contains_key("lock-acquire") {
+                if held.is_some() {
+                    return Ok(text(409, "variable already locked"));
+                }
+                let id = format!("lock-{}", ulid::Ulid::new());
+                s.locks.insert(path.clone(), (id.clone(), now + std::time::Duration::from_secs(ttl)));
+                s.acquired += 1;
+                reply(
+                    200,
+                    json!({"Namespace": "aic", "Path": path, "Items": v["Items"], "Lock": {"ID": id, "TTL": v["Lock"]["TTL"]}}),
+                )
+            } else if held.is_none() || held != asked {
+                text(409, "lock is not held by this ID")
+            } else if query.contains_key("lock-renew") {
+                s.locks.insert(path.clone(), (asked.unwrap(), now + std::time::Duration::from_secs(ttl)));
+                reply(200, json!({"Namespace": "aic", "Path": path, "Lock": v["Lock"]}))
+            } else {
+                s.locks.remove(&path);
+                reply(200, json!({"Namespace": "aic", "Path": path}))
+            }
         }
         ("PUT", p) if p.starts_with("/v1/var/") => {
             let path = p.trim_start_matches("/v1/var/").to_string();

@@ -11,6 +11,10 @@ namespace "aic" {
     path "nomad/jobs/aic-*" {
       capabilities = ["write", "destroy"]
     }
+    # The lock one functions host of several holds to be the one that watches and keeps house.
+    path "aic/leader" {
+      capabilities = ["write", "read"]
+    }
   }
 }
 

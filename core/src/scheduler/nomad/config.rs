@@ -36,6 +36,10 @@ pub struct NomadConfig {
     /// How long past a training job's paid time its workers get to stop the program and
     /// upload its outputs before the job is stopped.
     pub time_limit_grace: std::time::Duration,
+    /// The lock (a Nomad Variable in the namespace) that makes one functions host of several
+    /// the one that watches and keeps house, and how long it holds without renewing.
+    pub leader_lock: String,
+    pub leader_ttl: std::time::Duration,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -62,6 +66,8 @@ impl NomadConfig {
             stream_idle: std::time::Duration::from_secs(65),
             gang_retry: std::time::Duration::from_secs(30),
             time_limit_grace: std::time::Duration::from_secs(30),
+            leader_lock: "aic/leader".into(),
+            leader_ttl: std::time::Duration::from_secs(15),
         }
     }
 
