@@ -567,6 +567,8 @@ fn functions_host(paid: &Paid, addr: &str, worker: &std::path::Path, starts: &st
         .env("AIC_POOL_MINERS", "4")
         .env("AIC_POOL_GPUS", "1")
         .env("AIC_WORKER_BIN", worker)
+        // Its workers are a script that writes into the test's folder: not sandboxed.
+        .env("AIC_JOB_SANDBOX", "0")
         .env("AIC_WORK_DIR", dir.join("work"))
         .env("STARTS", starts)
         .env_remove("AIC_GATEWAY_SECRET")
