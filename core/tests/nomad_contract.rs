@@ -120,6 +120,22 @@ async fn a_bad_token_and_an_unreachable_cluster_say_what_to_fix() {
     assert!(err.contains("cannot reach Nomad at http://127.0.0.1:1"), "{err}");
 }
 
+/// The watcher of `n` running in the background; send on the answer's first to stop it.
+fn watching(
+    n: &NomadScheduler,
+    store: &aic_core::Store,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (n, store) = (n.clone(), store.clone());
+    let w = tokio::spawn(async move {
+        n.watch(store, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    (tx, w)
+}
+
 type Setup = (tempfile::TempDir, aic_core::Store, Arc<Mutex<Nomad>>, NomadScheduler, JobKey);
 
 /// A local store, the Nomad-speaking server, and a job of `miners` × 1 GPU registered on it
@@ -302,17 +318,7 @@ async fn the_watcher_follows_the_event_stream_and_resumes_from_its_index() {
     let ev = json!({"Index": 42, "Events": [{"Topic": "Allocation", "Type": "AllocationUpdated", "Key": "alloc-1",
         "Namespace": "aic", "Index": 42, "Payload": {"Allocation": lost(&state.lock().unwrap(), &job, "node-a")}}]});
     state.lock().unwrap().stream = vec!["{}".into(), ev.to_string(), "{}".into()];
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let w = {
-        let n = n.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            n.watch(store, async {
-                let _ = rx.await;
-            })
-            .await
-        })
-    };
+    let (tx, w) = watching(&n, &store);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while aic_core::status::current(&store, &job).await.unwrap().unwrap().state != JobState::Retrying {
         assert!(std::time::Instant::now() < deadline, "the watcher never acted on the event");
@@ -346,17 +352,7 @@ async fn an_allocation_lost_while_the_stream_was_down_is_found_when_the_watcher_
         s.ended(&aid, "lost");
         s.stream.clear();
     }
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let w = {
-        let n = n.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            n.watch(store, async {
-                let _ = rx.await;
-            })
-            .await
-        })
-    };
+    let (tx, w) = watching(&n, &store);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let st = loop {
         let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();

@@ -86,6 +86,18 @@ impl World {
         format!("{tx:#x}")
     }
 
+    /// A request of dev account `owner` paid by a deposit of its quote (1 AIC), signed,
+    /// submitted and validated.
+    async fn deposited_and_validated(&self, owner: u32) -> (JobRequest, JobKey) {
+        let mut req = self.request(owner, None);
+        let tx = self.deposit(owner, &req.job_id, PRICE).await;
+        req.payment = Some(PaymentRef { chain_id: self.chain.config.chain_id, tx });
+        let req = self.sign(owner, req).await;
+        let (job, out) = self.submit(&req).await;
+        assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+        (req, job)
+    }
+
     async fn sign(&self, signer: u32, mut req: JobRequest) -> JobRequest {
         aic_chain::request::sign(&dev_key(signer), &mut req, self.chain.config.chain_id).await.unwrap();
         req
@@ -288,11 +300,7 @@ async fn a_run_is_charged_what_the_pool_measured_once_and_the_rest_comes_back() 
     let owner = dev_key(1).address();
     let (o0, t0) = (aic(owner).await, aic(w.treasury()).await);
     // 1 miner × 1 GPU × 1 h at 1 AIC per GPU-hour: 1 AIC deposited.
-    let mut req = w.request(1, None);
-    let tx = w.deposit(1, &req.job_id, PRICE).await;
-    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
-    let (job, out) = w.submit(&w.sign(1, req).await).await;
-    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+    let (_, job) = w.deposited_and_validated(1).await;
     // The scheduler measured 10 s of one GPU; the job's program claims far less, in the
     // records it can write (its allocation's account and its final status).
     let t = Utc::now();
@@ -710,11 +718,7 @@ async fn a_deposit_cannot_be_reclaimed_while_its_run_may_still_be_live() {
     let aic = |who: Address| w.balance(who);
     let owner = dev_key(1).address();
     let (o0, t0) = (aic(owner).await, aic(w.treasury()).await);
-    let mut req = w.request(1, None);
-    let tx = w.deposit(1, &req.job_id, PRICE).await;
-    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
-    let (job, out) = w.submit(&w.sign(1, req.clone()).await).await;
-    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+    let (req, job) = w.deposited_and_validated(1).await;
     // Its hour, and the day of margin after it, pass; the run would have been stopped long ago.
     aic_chain::devchain::advance_time(&w.wallet(0), 3_600 + 86_400 - 60).await.unwrap();
     let run = aic_chain::escrow::run_id(owner, req.job_id.as_str(), 0);

@@ -418,6 +418,18 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
     assert!(var_caps.contains("write") && var_caps.contains("destroy") && !var_caps.contains("list"), "{var_caps}");
 }
 
+/// What an operator must do on the miners that no job file can: the docs say how to register
+/// Docker's `nvidia` runtime (the docker driver asks for it by name for a task with GPUs,
+/// `drivers/docker/driver.go`) and how to check it, and that `raw_exec` needs
+/// `alloc-node-exec` for `aic exec`.
+#[test]
+fn the_runbook_says_how_to_register_the_nvidia_runtime_and_what_raw_exec_needs() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(readme.contains("nvidia-ctk runtime configure --runtime=docker"), "how to register the runtime");
+    assert!(readme.contains("docker info --format '{{json .Runtimes}}'"), "how to check it");
+    assert!(readme.contains("alloc-node-exec"), "what raw_exec's exec needs");
+}
+
 #[test]
 fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
     let job = nomad("serving-gateway.nomad.hcl");
