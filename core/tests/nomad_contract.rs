@@ -471,6 +471,27 @@ async fn of_two_functions_hosts_one_watches_and_the_other_takes_over_when_it_sto
     assert!(!state.lock().unwrap().locks.contains_key("aic/leader"), "the last leader kept the lock");
 }
 
+/// Nomad's servers busy (the evaluation stays pending): registering answers within its
+/// `eval_wait` with what it knows, instead of blocking a minute (six 10 s blocking queries),
+/// which outlived a Lambda function's 30 s invocation.
+#[tokio::test]
+async fn registering_waits_for_a_busy_evaluation_no_longer_than_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    state.lock().unwrap().stuck_evals = true;
+    let mut c = cfg(&addr, TOKEN);
+    c.eval_wait = std::time::Duration::from_secs(2);
+    let n = NomadScheduler::new(c, store.clone());
+    let (_, m) = manifest(1, 1);
+    let job = running_job(&store, &m).await;
+    let t = std::time::Instant::now();
+    let submitted = n.submit(&job, &m).await.unwrap();
+    // (Six blocking queries of 10 s took 50 s here.)
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "registering waited {:?}", t.elapsed());
+    assert!(state.lock().unwrap().jobs.contains_key(&nomad_id(&job)), "registered: {submitted:?}");
+}
+
 #[tokio::test]
 async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     // Nomad sends a heartbeat every 30 s; a connection that says nothing for longer than

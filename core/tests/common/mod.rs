@@ -61,6 +61,9 @@ pub struct Nomad {
     pub locks: BTreeMap<String, (String, std::time::Instant)>,
     /// How many times each lock was acquired.
     pub acquired: u32,
+    /// Evaluations stay `pending` (servers busy): a blocking query waits its `wait` out
+    /// and answers the same (nomad/blocking queries: no change by the deadline).
+    pub stuck_evals: bool,
 }
 
 /// An allocation as its client reports it (`TaskStates.worker`, `ClientStatus`).
@@ -367,6 +370,19 @@ async fn handle(
             return Ok(text(200, "{}\n"));
         }
         return Ok(text(200, &(lines.join("\n") + "\n")));
+    }
+    if let Some(id) = path.strip_prefix("/v1/evaluation/") {
+        let stuck = {
+            let s = state.lock().unwrap();
+            s.stuck_evals && s.evals.contains_key(id)
+        };
+        if stuck && token.as_deref() == Some(TOKEN) {
+            let wait: u64 = query.get("wait").and_then(|w| w.trim_end_matches('s').parse().ok()).unwrap_or(300);
+            if query.get("index").is_some_and(|i| i != "0") {
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            }
+            return Ok(reply(200, json!({"ID": id, "Status": "pending", "ModifyIndex": 11})));
+        }
     }
     let mut s = state.lock().unwrap();
     s.seen.push((method.clone(), path.clone(), token.clone()));

@@ -126,11 +126,17 @@ impl NomadScheduler {
         serde_json::from_value(v).map_err(|e| NomadError::Api(200, format!("allocations: {e}")))
     }
 
-    /// Waits (blocking query) for the evaluation to be processed.
+    /// Waits (blocking queries of at most 10 s) for the evaluation to be processed, up to
+    /// `eval_wait` in all; `None` when it is still pending then.
     pub(super) async fn evaluation(&self, eval_id: &str) -> Result<Option<Evaluation>, NomadError> {
         let mut index = 0u64;
-        for _ in 0..6 {
-            let q = [("index", index.to_string()), ("wait", "10s".to_string())];
+        let until = std::time::Instant::now() + self.cfg.eval_wait;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let q = [("index", index.to_string()), ("wait", format!("{}s", left.as_secs().clamp(1, 10)))];
             let Some(v) = self.call(reqwest::Method::GET, &format!("evaluation/{eval_id}"), &q, None).await? else {
                 return Ok(None);
             };
@@ -141,7 +147,6 @@ impl NomadScheduler {
                 return Ok(Some(e));
             }
         }
-        Ok(None)
     }
 }
 

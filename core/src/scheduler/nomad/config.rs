@@ -40,6 +40,10 @@ pub struct NomadConfig {
     /// the one that watches and keeps house, and how long it holds without renewing.
     pub leader_lock: String,
     pub leader_ttl: std::time::Duration,
+    /// How long registering waits for Nomad's evaluation before answering with what it
+    /// knows (`AIC_NOMAD_EVAL_WAIT`, seconds): 60 s, or 15 s in an AWS Lambda function, whose
+    /// invocation would otherwise run out (30 s in `infra/aws/template.yaml`).
+    pub eval_wait: std::time::Duration,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -68,6 +72,7 @@ impl NomadConfig {
             time_limit_grace: std::time::Duration::from_secs(30),
             leader_lock: "aic/leader".into(),
             leader_ttl: std::time::Duration::from_secs(15),
+            eval_wait: std::time::Duration::from_secs(60),
         }
     }
 
@@ -98,6 +103,10 @@ impl NomadConfig {
             cpu_mhz: num("AIC_NOMAD_CPU", d.cpu_mhz)?,
             memory_mb: num("AIC_NOMAD_MEMORY_MB", d.memory_mb)?,
             secrets_var: var("AIC_NOMAD_SECRETS_VAR").or(d.secrets_var.clone()),
+            eval_wait: std::time::Duration::from_secs(num(
+                "AIC_NOMAD_EVAL_WAIT",
+                if var("AWS_LAMBDA_FUNCTION_NAME").is_some() { 15 } else { d.eval_wait.as_secs() as u32 },
+            )? as u64),
             worker_env,
             ..d
         }))
