@@ -217,13 +217,16 @@ pub async fn deposit<P: Provider>(
     amount: U256,
     milli_hours: u32,
 ) -> anyhow::Result<B256> {
-    let approve = IERC20Approve::new(token, provider).approve(escrow, amount).send().await?.get_receipt().await?;
+    let erc20 = IERC20Approve::new(token, provider);
+    let approve = erc20.approve(escrow, amount);
+    let gas = approve.estimate_gas().await?;
+    let approve = approve.gas(crate::token::with_margin(gas)).send().await?.get_receipt().await?;
     anyhow::ensure!(approve.status(), "approving the escrow reverted (not enough AIC?)");
-    let pending = IAICEscrow::new(escrow, provider)
-        .deposit(run, amount, milli_hours)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("the escrow refused the deposit: {}", revert_reason(&e)))?;
+    let contract = IAICEscrow::new(escrow, provider);
+    let call = contract.deposit(run, amount, milli_hours);
+    let refused = |e: alloy::contract::Error| anyhow::anyhow!("the escrow refused the deposit: {}", revert_reason(&e));
+    let gas = call.estimate_gas().await.map_err(refused)?;
+    let pending = call.gas(crate::token::with_margin(gas)).send().await.map_err(refused)?;
     let r = pending.get_receipt().await?;
     anyhow::ensure!(r.status(), "the deposit {} reverted", r.transaction_hash);
     Ok(r.transaction_hash)

@@ -1057,3 +1057,39 @@ async fn one_wallet_cannot_fill_the_pollers_inbox() {
     let (code, v) = sign(dev_key(1).address(), request_of(1).request()).await;
     assert_eq!(code, 200, "the arrived request's place was not freed: {v}");
 }
+
+/// A deposit sent with its bare gas estimate runs out of gas when a settlement empties the
+/// escrow between the estimate and the block (its balance written from zero costs 20,000 gas,
+/// not 2,900): the deposit reverted and the run failed with "the deposit … reverted" (seen in
+/// CI: a job's settlement, then the next `aic run`). The margin `aic` sends with covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_estimated_before_a_settlement_empties_the_escrow_still_goes_through() {
+    let w = world(1).await;
+    let escrow = w.chain.config.escrow.unwrap();
+    // Wallet 1 holds a deposit: the escrow's balance is not zero.
+    let first = w.request(1, None);
+    w.deposit(1, &first.job_id, PRICE).await;
+    // Wallet 2 approves and estimates its deposit on that state.
+    let wallet = w.wallet(2);
+    let erc20 = aic_chain::escrow::IERC20Approve::new(w.chain.config.token, &wallet);
+    let approve = erc20.approve(escrow, U256::from(PRICE));
+    assert!(approve.send().await.unwrap().get_receipt().await.unwrap().status());
+    let contract = aic_chain::escrow::IAICEscrow::new(escrow, &wallet);
+    let run = aic_chain::escrow::run_id(dev_key(2).address(), "01jb0000000000000000000000", 0);
+    let call = contract.deposit(run, U256::from(PRICE), 1000);
+    let estimate = call.estimate_gas().await.unwrap();
+    // The settler settles wallet 1's deposit: the escrow is empty now.
+    let settler = w.wallet(devchain::SETTLER);
+    let first_run = aic_chain::escrow::run_id(dev_key(1).address(), first.job_id.as_str(), 0);
+    let by_settler = aic_chain::escrow::IAICEscrow::new(escrow, &settler);
+    let settle = by_settler.settle(dev_key(1).address(), first_run, U256::ZERO);
+    assert!(settle.send().await.unwrap().get_receipt().await.unwrap().status());
+    assert_eq!(w.balance(escrow).await, U256::ZERO);
+    // With the bare estimate the deposit runs out of gas; with aic's margin it goes through.
+    let bare = call.gas(estimate).send().await.unwrap().get_receipt().await.unwrap();
+    assert!(!bare.status(), "the bare estimate was enough: the test shows nothing");
+    let call = contract.deposit(run, U256::from(PRICE), 1000);
+    let sent = call.gas(aic_chain::token::with_margin(estimate)).send().await.unwrap().get_receipt().await.unwrap();
+    assert!(sent.status(), "the deposit with aic's margin reverted");
+    assert_eq!(w.balance(escrow).await, U256::from(PRICE));
+}
