@@ -97,7 +97,14 @@ impl ChainSettler {
         }
         let used = U256::from(used).min(h.amount);
         let c = IAICEscrow::new(escrow, &self.provider);
-        match c.settle(depositor, run, used).send().await {
+        let call = c.settle(depositor, run, used);
+        // With a margin over the estimate (`token::with_margin`): another settlement in the
+        // same block may write the treasury's balance from zero first.
+        let sent = match call.estimate_gas().await {
+            Ok(gas) => call.gas(crate::token::with_margin(gas)).send().await,
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(pending) => {
                 let r = pending.get_receipt().await.map_err(unavailable)?;
                 if r.status() {
