@@ -1093,3 +1093,49 @@ async fn a_deposit_estimated_before_a_settlement_empties_the_escrow_still_goes_t
     assert!(sent.status(), "the deposit with aic's margin reverted");
     assert_eq!(w.balance(escrow).await, U256::from(PRICE));
 }
+
+/// A job's workers' token (which its program can read and copy) opens the job's objects while
+/// the job runs and for a grace after it ends (the last chunks of workers shutting down), not
+/// for the rest of its hours + 24 h. (A copied token kept writing to the job's outputs for a
+/// day after it ended.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_token_opens_nothing_once_its_job_has_ended() {
+    let w = world(1).await;
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let mut cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), "pool.test", w.chain.config.chain_id);
+    cfg.public_url = Some("http://127.0.0.1:9".into());
+    cfg.worker_grace = std::time::Duration::ZERO;
+    let gw = aic_functions::gateway::Gateway::new(cfg, w.ctx.clone(), None);
+    let (_, job) = w.deposited_and_validated(1).await;
+    let m: aic_schemas::JobManifest = w.store.get_json(&job.manifest(), 1 << 20).await.unwrap().unwrap();
+    for st in [JobState::Scheduled, JobState::Running] {
+        status::advance(&w.store, &job, status::Transition::new(st, "test")).await.unwrap();
+    }
+    let token = aic_core::grant::WorkerGateway { url: String::new(), secret }.token(&job, &m, Utc::now());
+    let list = || {
+        let (gw, token, job) = (&gw, &token, &job);
+        async move {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+            let q = format!("prefix={}", job.output_prefix());
+            let (code, v) = gw
+                .call([127, 0, 0, 1].into(), &http::Method::GET, "/v1/objects", Some(&q), &headers, Default::default())
+                .await;
+            (code.as_u16(), v)
+        }
+    };
+    let (code, v) = list().await;
+    assert_eq!(code, 200, "a running job's token was refused: {v}");
+    status::advance(&w.store, &job, status::Transition::new(JobState::Succeeded, "worker")).await.unwrap();
+    // The gateway reads a job's status again after 5 s at most.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let v = loop {
+        let (code, v) = list().await;
+        if code == 401 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "the ended job's token still opens its objects: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(v["error"].as_str().unwrap().contains("its workers' token opens nothing any more"), "{v}");
+}

@@ -115,6 +115,9 @@ pub struct GatewayConfig {
     /// Wallets whose keys are public (the dev chain's accounts, on the embedded pool): they
     /// sign in from this machine (a loopback peer) only.
     pub local_signers: Vec<Address>,
+    /// How long after its job ended a worker token still opens anything (the last log
+    /// chunks and records of workers shutting down): not the token's whole hours + 24 h.
+    pub worker_grace: Duration,
 }
 
 impl GatewayConfig {
@@ -136,6 +139,7 @@ impl GatewayConfig {
             serve_url: None,
             live: true,
             local_signers: vec![],
+            worker_grace: Duration::from_secs(600),
         }
     }
 }
@@ -152,7 +156,43 @@ pub struct Gateway {
     store_origin: std::sync::OnceLock<Option<String>>,
     /// When each wallet last signed out, as last read (`session`).
     signed_out: Mutex<HashMap<Address, (Instant, Option<i64>)>>,
+    /// When each job the workers of which called ended (`None`: it runs), as last read.
+    job_ended: Mutex<HashMap<JobKey, JobEnded>>,
 }
+
+impl Gateway {
+    /// A worker token opens nothing once its job has ended longer than
+    /// [`GatewayConfig::worker_grace`] ago (its status read through a 5 s cache): a token a
+    /// job's program copied does not reach the job's objects for the day after it.
+    async fn worker_job_live(&self, g: &aic_core::grant::WorkerGrant, now: DateTime<Utc>) -> Result<(), ApiError> {
+        let job = g.job_key();
+        let cached =
+            self.job_ended.lock().unwrap().get(&job).filter(|(at, _)| at.elapsed() < SIGNED_OUT_CACHE).map(|(_, e)| *e);
+        let ended = match cached {
+            Some(e) => e,
+            None => {
+                let st = aic_core::status::current(&self.ctx.store, &job).await.map_err(store_err)?;
+                let e = st.filter(|r| r.state.is_terminal()).map(|r| r.at);
+                let mut cache = self.job_ended.lock().unwrap();
+                if cache.len() >= 100_000 {
+                    cache.clear();
+                }
+                cache.insert(job.clone(), (Instant::now(), e));
+                e
+            }
+        };
+        match ended {
+            Some(at) if now - at > chrono::Duration::from_std(self.cfg.worker_grace).unwrap_or_default() => Err(err(
+                StatusCode::UNAUTHORIZED,
+                format!("job {} ended at {at}: its workers' token opens nothing any more", g.job),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// When a job was last read (`Instant`), and when it had ended (`None`: it ran).
+type JobEnded = (Instant, Option<DateTime<Utc>>);
 
 /// How long a wallet's sign-out time is reused before the bucket is read again.
 pub const SIGNED_OUT_CACHE: Duration = Duration::from_secs(5);
@@ -193,6 +233,7 @@ impl Gateway {
             live: Default::default(),
             store_origin: Default::default(),
             signed_out: Default::default(),
+            job_ended: Default::default(),
         }
     }
 
@@ -292,9 +333,10 @@ impl Gateway {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "no session token; run `aic login`"))?;
         let caller = if aic_core::grant::is_worker_token(token) {
-            Caller::Worker(
-                aic_core::grant::verify(&self.cfg.secret, token, now).map_err(|e| err(StatusCode::UNAUTHORIZED, e))?,
-            )
+            let grant =
+                aic_core::grant::verify(&self.cfg.secret, token, now).map_err(|e| err(StatusCode::UNAUTHORIZED, e))?;
+            self.worker_job_live(&grant, now).await?;
+            Caller::Worker(grant)
         } else {
             Caller::User(self.user(token, now).await?)
         };
