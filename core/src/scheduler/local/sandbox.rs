@@ -53,6 +53,8 @@ pub(super) struct Sandbox {
     uids: u32,
     /// Where the next uid is looked for (an offset into the range).
     next_uid: std::sync::atomic::AtomicU32,
+    /// The job the last uid was given to, and that uid.
+    last_given: std::sync::Mutex<Option<(JobKey, u32)>>,
     memory_mb_per_gpu: u64,
     pids: u64,
     /// The host's folders a job must not see (its home, the pool's folder).
@@ -129,6 +131,7 @@ impl Sandbox {
             first_uid,
             uids,
             next_uid: start.into(),
+            last_given: Default::default(),
             memory_mb_per_gpu: number("AIC_JOB_MEMORY_MB", 8192),
             pids: number("AIC_JOB_PIDS", 4096),
             hidden,
@@ -139,13 +142,23 @@ impl Sandbox {
         })
     }
 
-    /// A uid of the range that none of `taken` holds: the next after the last one given, so
-    /// that a uid comes back only after every other one has been used (what a job left under
-    /// its uid — a keyring, a lock — never meets the next job).
-    pub(super) fn free_uid(&self, taken: &std::collections::HashSet<u32>) -> Option<u32> {
+    /// A uid for a new allocation of `job`, none of `taken` (other jobs' uids): the one the
+    /// job's allocations placed just before got (they are started one after another, before
+    /// the job is recorded), else the next after the last one given, so that a uid comes back
+    /// only after every other one has been used (what a job left under its uid — a keyring,
+    /// a lock — never meets the next job).
+    pub(super) fn free_uid(&self, job: &JobKey, taken: &std::collections::HashSet<u32>) -> Option<u32> {
+        let mut last = self.last_given.lock().unwrap();
+        if let Some((j, uid)) = last.as_ref()
+            && j == job
+            && !taken.contains(uid)
+        {
+            return Some(*uid);
+        }
         let start = self.next_uid.load(std::sync::atomic::Ordering::Relaxed);
         let uid = (0..self.uids).map(|k| self.first_uid + (start + k) % self.uids).find(|u| !taken.contains(u))?;
         self.next_uid.store((uid - self.first_uid + 1) % self.uids, std::sync::atomic::Ordering::Relaxed);
+        *last = Some((job.clone(), uid));
         Some(uid)
     }
 
@@ -809,6 +822,35 @@ mod tests {
             with_user(host, "aic:x:3000000:3000000:aic job:/w:/bin/sh"),
             "root:x:0:0:root:/root:/bin/bash\naic:x:3000000:3000000:aic job:/w:/bin/sh\n"
         );
+    }
+
+    /// The allocations of one job, started one after another, share a uid; the next job gets
+    /// the next one, and a uid another job holds is never given.
+    #[test]
+    fn a_jobs_allocations_share_its_uid_and_the_next_job_gets_the_next() {
+        let s = Sandbox {
+            first_uid: 3_000_000,
+            uids: 4,
+            next_uid: 3.into(),
+            last_given: Default::default(),
+            memory_mb_per_gpu: 1,
+            pids: 1,
+            hidden: vec![],
+            shared: vec![],
+            cgroups: Cgroups::default(),
+        };
+        let job =
+            |n: u8| JobKey::new(format!("0x{}", hex::encode([n; 20])).parse().unwrap(), aic_schemas::JobId::generate());
+        let (a, b) = (job(1), job(2));
+        let none = std::collections::HashSet::new();
+        let ua = s.free_uid(&a, &none).unwrap();
+        assert_eq!(ua, 3_000_003);
+        assert_eq!(s.free_uid(&a, &none), Some(ua), "a second allocation of the job got another uid");
+        let taken: std::collections::HashSet<u32> = [ua].into();
+        assert_eq!(s.free_uid(&b, &taken), Some(3_000_000), "the next job: the next uid, wrapping");
+        assert_eq!(s.free_uid(&b, &taken), Some(3_000_000));
+        let all: std::collections::HashSet<u32> = (3_000_000..3_000_004).collect();
+        assert_eq!(s.free_uid(&job(3), &all), None);
     }
 
     #[test]

@@ -147,8 +147,7 @@ impl LocalScheduler {
             net::enter(n, &mut cmd, miner as u32, miner_name.clone())?;
         }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        // Its job's uid: the one its other allocations run under, else the lowest no other
-        // job holds.
+        // Its job's uid: the one its other allocations run under (`sandbox::free_uid`).
         let uid = match &self.inner.sandbox {
             None => None,
             Some(sandbox) => {
@@ -159,7 +158,7 @@ impl LocalScheduler {
                     .filter(|(k, _)| *k != job)
                     .flat_map(|(_, r)| r.allocs.iter().filter_map(|a| a.uid))
                     .collect();
-                let uid = own.or_else(|| sandbox.free_uid(&taken)).ok_or_else(|| {
+                let uid = own.or_else(|| sandbox.free_uid(job, &taken)).ok_or_else(|| {
                     std::io::Error::other("every uid of AIC_JOB_UIDS is held by a running job: widen the range")
                 })?;
                 sandbox.confine(&mut cmd, job, index, attempt, uid, slots.len(), &work, &seen_at, &exit_file)?;
