@@ -43,6 +43,20 @@ pub async fn put(env: &Env, local: &Path, name: Option<String>) -> anyhow::Resul
         vec![(local.to_path_buf(), name.to_string())]
     };
     let total: u64 = files.iter().filter_map(|(p, _)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    // Past the pool's storage quota: refused before anything moves (the pool refuses it too).
+    if let Some(gw) = env.gateway_client() {
+        let v = gw.call(reqwest::Method::GET, "usage", None).await?;
+        if let (Some(used), Some(quota)) = (v["data_bytes"].as_u64(), v["quota_bytes"].as_u64())
+            && used + total > quota
+        {
+            bail!(
+                "storage quota: your datasets take {} of this pool's {} per wallet, and this upload needs {} more; delete datasets you no longer need (`aic data rm NAME`) and upload again",
+                progress::size(used),
+                progress::size(quota),
+                progress::size(total)
+            );
+        }
+    }
     let pb = progress::bytes(total, &format!("uploading {name}"));
     let (n, bytes) = if meta.is_dir() {
         env.store.upload_dir(local, &prefix, &|b| pb.set_position(b)).await?
@@ -89,6 +103,7 @@ pub async fn ls(env: &Env, name: Option<String>, json: bool) -> anyhow::Result<(
                 for n in names {
                     println!("{n}");
                 }
+                eprintln!("{}", usage(env).await?);
             }
         }
         Some(name) => {
@@ -116,6 +131,21 @@ pub async fn ls(env: &Env, name: Option<String>, json: bool) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// What the wallet keeps in datasets, and the pool's quota: `storage: 1.2 GiB of 100.0 GiB`.
+async fn usage(env: &Env) -> anyhow::Result<String> {
+    let (used, quota) = match env.gateway_client() {
+        Some(gw) => {
+            let v = gw.call(reqwest::Method::GET, "usage", None).await?;
+            (v["data_bytes"].as_u64().unwrap_or(0), v["quota_bytes"].as_u64())
+        }
+        None => (env.store.list(&data_key(&env.owner, "")).await?.iter().map(|m| m.size).sum(), None),
+    };
+    Ok(match quota {
+        Some(q) => format!("storage: {} of {} (this pool's quota per wallet)", progress::size(used), progress::size(q)),
+        None => format!("storage: {} in datasets", progress::size(used)),
+    })
 }
 
 pub async fn rm(env: &Env, name: &str) -> anyhow::Result<()> {

@@ -116,15 +116,15 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         tx: None,
         detach: false,
     };
-    let base = crate::deploy::base_url(env, host.as_ref())?;
+    let base = crate::deploy::origins(env, host.as_ref()).await?;
     let (deployment, _) = crate::deploy::submit(env, &opts, host.as_ref()).await?;
     crate::deploy::wait_up(env, &deployment, 2, host.as_ref()).await?;
-    let api = crate::deploy::named_address(&base, &deployment, "digits-api");
+    let api = crate::deploy::named_address(&base, &deployment, "digits-api").expect("a short name");
     println!("API address : {api}");
 
     step(7, &format!("asking the API for a prediction: POST a digit image from the dataset to {api}predict"));
     let csv = std::fs::read_to_string(data_dir.join("digits.csv"))?;
-    let http = reqwest::Client::new();
+    let http = crate::deploy::client_for(&api);
     let mut right = 0;
     let rows: Vec<&str> = csv.lines().step_by(180).take(10).collect();
     for row in &rows {

@@ -1,16 +1,18 @@
 //! `aic deploy`: a project (app.py exposing a WSGI `app`, requirements.txt, model files) as
-//! an HTTP API on N replicas, behind the pool's serving gateway (`/d/<deployment>/…`).
+//! an HTTP API on N replicas, behind the pool's serving gateway, each deployment at an origin
+//! of its own (`http://<deployment>.localhost:8800/`: `aic_schemas::origin`).
 //!
 //! A deployment is a `serve` job: quoted, paid and signed like a training job (replicas ×
 //! GPUs × hours), validated and dispatched the same way; each replica is an allocation whose
 //! worker runs the app under uWSGI and registers itself. Its id is the job id; its name
 //! (`--name`, else the folder's) is what `aic deploy list` shows and commands accept, and its
-//! stable address: `/n/<owner>/<name>/` reaches the newest live deployment of that name.
+//! stable address: `<name>--<owner>.<domain>` reaches the newest live deployment of that name.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aic_core::JobKey;
+use aic_schemas::origin::Origins;
 use aic_schemas::{JobId, JobKind, JobRequest, Launcher, ServingRegistration};
 use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
@@ -47,25 +49,60 @@ pub fn base_url(env: &Env, host: Option<&Hosted>) -> anyhow::Result<String> {
         .map_err(|_| anyhow!("nothing hosts the pool: start `aic dev up`, then deploy again"))
 }
 
-pub fn address(base: &str, job: &JobKey) -> String {
-    format!("{}/d/{}/", base.trim_end_matches('/'), job.job)
+/// The origins the pool serves deployments at (its `/v1/info`'s `serving`).
+pub async fn origins(env: &Env, host: Option<&Hosted>) -> anyhow::Result<Origins> {
+    let base = base_url(env, host)?;
+    let info: serde_json::Value = match env.gateway_client() {
+        Some(gw) => gw.call(reqwest::Method::GET, "info", None).await?,
+        None => {
+            reqwest::get(format!("{}/v1/info", base.trim_end_matches('/')))
+                .await
+                .and_then(|r| r.error_for_status())
+                .with_context(|| format!("asking the pool at {base} where deployments answer"))?
+                .json()
+                .await?
+        }
+    };
+    let serving = info["serving"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the pool at {base} serves no deployments (its host has no AIC_SERVING_ORIGIN)"))?;
+    serving.parse().map_err(|e: String| anyhow!(e))
+}
+
+/// A deployment's own address (this version alone).
+pub fn address(origins: &Origins, job: &JobKey) -> String {
+    origins.deployment(job.job.as_str())
 }
 
 /// The stable address of the owner's deployments named `name`: it follows `scale` and
-/// redeploys under the same name.
-pub fn named_address(base: &str, job: &JobKey, name: &str) -> String {
-    format!("{}/n/{}/{name}/", base.trim_end_matches('/'), job.owner)
+/// redeploys under the same name (`None` for a name over `MAX_NAMED` characters).
+pub fn named_address(origins: &Origins, job: &JobKey, name: &str) -> Option<String> {
+    origins.named(&job.owner, name)
 }
 
 /// Prints where the deployment answers: its name's stable address when it has a name.
-fn print_addresses(base: &str, job: &JobKey, name: Option<&str>) {
-    match name {
-        Some(n) => {
-            println!("API address : {}", named_address(base, job, n));
-            println!("deployment  : {} (this version alone: {})", job.job, address(base, job));
+fn print_addresses(origins: &Origins, job: &JobKey, name: Option<&str>) {
+    match name.and_then(|n| named_address(origins, job, n)) {
+        Some(named) => {
+            println!("API address : {named}");
+            println!("deployment  : {} (this version alone: {})", job.job, address(origins, job));
         }
-        None => println!("API address : {}", address(base, job)),
+        None => println!("API address : {}", address(origins, job)),
     }
+}
+
+/// An HTTP client that reaches `url`'s host, resolving a `*.localhost` name to loopback as
+/// browsers and curl do (RFC 6761 §6.3; the system's resolver may not).
+pub fn client_for(url: &str) -> reqwest::Client {
+    let mut b = reqwest::Client::builder();
+    if let Ok(u) = reqwest::Url::parse(url)
+        && let Some(h) = u.host_str()
+        && h.ends_with(".localhost")
+    {
+        let port = u.port_or_known_default().unwrap_or(80);
+        b = b.resolve(h, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    b.build().unwrap_or_default()
 }
 
 /// A deployment's default name: its folder's, made a name (`My_Model` → `my-model`).
@@ -79,7 +116,8 @@ pub fn default_name(path: &std::path::Path) -> Option<String> {
             name.push(c);
         }
     }
-    let name: String = name.trim_end_matches('-').chars().take(63).collect();
+    // Short enough for its address to hold it with the owner's.
+    let name: String = name.trim_end_matches('-').chars().take(aic_schemas::origin::MAX_NAMED).collect();
     let name = name.trim_end_matches('-').to_string();
     aic_schemas::validate::is_name(&name).then_some(name)
 }
@@ -97,6 +135,14 @@ pub async fn replicas(env: &Env, job: &JobKey) -> anyhow::Result<Vec<ServingRegi
 pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow::Result<(JobKey, Option<String>)> {
     if !o.path.is_dir() {
         bail!("{} is not a folder: a deployment is a project folder with app.py (a WSGI `app`)", o.path.display());
+    }
+    if let Some(n) = &o.name
+        && n.len() > aic_schemas::origin::MAX_NAMED
+    {
+        bail!(
+            "--name {n:?} is over {} characters: a deployment's address holds its name and your wallet's; choose a shorter name",
+            aic_schemas::origin::MAX_NAMED
+        );
     }
     let code = Code::resolve(&o.path, Some(o.entrypoint.clone().unwrap_or_else(|| "app.py".into())))
         .context("a deployment needs app.py exposing a WSGI `app` (or --entrypoint)")?;
@@ -185,7 +231,7 @@ async fn wait_up_or_queued(
 /// `aic deploy PATH`.
 pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
     let host = if o.detach { None } else { submit::host(env).await? };
-    let base = base_url(env, host.as_ref())?;
+    let base = origins(env, host.as_ref()).await?;
     let (job, name) = submit(env, &o, host.as_ref()).await?;
     if o.detach {
         println!("{}", address(&base, &job));
@@ -249,7 +295,7 @@ pub async fn replace(env: &Env, name: &str, replicas: Option<u32>, hours: Option
     std::fs::create_dir_all(&dir)?;
     env.store.download_prefix(&old.code_prefix(), &dir, &|_| {}).await.context("fetching the deployed project")?;
     let host = submit::host(env).await?;
-    let base = base_url(env, host.as_ref())?;
+    let base = origins(env, host.as_ref()).await?;
     let replicas = replicas.unwrap_or(req.miners);
     if let Some(h) = hours
         && !(h > 0.0 && h.is_finite())
@@ -333,7 +379,7 @@ async fn deployments(env: &Env) -> anyhow::Result<Vec<(JobKey, JobRequest)>> {
 
 /// `aic deploy list`.
 pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
-    let base = base_url(env, None).ok();
+    let base = origins(env, None).await.ok();
     let now = Utc::now();
     let mut rows = Vec::new();
     for (job, req) in deployments(env).await?.into_iter().rev() {
@@ -354,7 +400,7 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
             });
         // Named: the name's stable address; the version's own is under "version_address".
         let own = base.as_ref().map(|b| address(b, &job));
-        let named = base.as_ref().zip(req.name.as_deref()).map(|(b, n)| named_address(b, &job, n));
+        let named = base.as_ref().zip(req.name.as_deref()).and_then(|(b, n)| named_address(b, &job, n));
         let low = left.is_some_and(|l| low_on_time(l, req.max_hours));
         rows.push(serde_json::json!({
             "deployment": job.job, "name": req.name, "state": state, "replicas": req.miners, "live": live,
@@ -435,6 +481,7 @@ mod tests {
         }
         let long = d.path().join("a".repeat(80));
         std::fs::create_dir_all(&long).unwrap();
-        assert_eq!(default_name(&long).unwrap().len(), 63);
+        // Short enough for a named address (`aic_schemas::origin`).
+        assert_eq!(default_name(&long).unwrap().len(), aic_schemas::origin::MAX_NAMED);
     }
 }

@@ -351,8 +351,7 @@ async fn main() {
         Ok(code) => code,
         Err(e) => {
             // One line: what went wrong, with its causes.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}", one_line(e.chain().map(|c| c.to_string())));
             1
         }
     };
@@ -456,5 +455,50 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             }
         },
         Cmd::Quote { miners, gpus, hours } => account::quote(&env, miners, gpus, hours).map(|_| 0),
+    }
+}
+
+/// An error and its causes as one line, each said once: a cause whose text its error already
+/// holds is left out (object_store's errors repeat their source), as is a run of parts said
+/// twice in a row, and object_store's "Generic … error: " prefix.
+fn one_line(chain: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    for c in chain {
+        let c = match c.strip_prefix("Generic ").and_then(|r| r.split_once(" error: ")) {
+            Some((store, rest)) if !store.contains(' ') => rest.to_string(),
+            _ => c,
+        };
+        if out.contains(&c) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&c);
+    }
+    let mut parts: Vec<&str> = out.split(": ").collect();
+    let mut len = 1;
+    while len <= parts.len() / 2 {
+        match (0..=parts.len() - 2 * len).find(|&i| parts[i..i + len] == parts[i + len..i + 2 * len]) {
+            Some(i) => {
+                parts.drain(i + len..i + 2 * len);
+                len = 1;
+            }
+            None => len += 1,
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_is_one_line_with_each_cause_said_once() {
+        let r = "storage quota: your datasets take 20.0 MiB; delete some";
+        let said = format!("the gateway refused (507): the gateway refused (507): {r}");
+        let chain = [format!("Generic gateway error: {said}: {said}"), said.clone(), r.to_string()];
+        assert_eq!(super::one_line(chain.into_iter()), format!("the gateway refused (507): {r}"));
+        let plain = ["cannot read x".to_string(), "No such file or directory (os error 2)".to_string()];
+        assert_eq!(super::one_line(plain.into_iter()), "cannot read x: No such file or directory (os error 2)");
     }
 }

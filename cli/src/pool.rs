@@ -195,8 +195,13 @@ impl Hosted {
         let tmp = env.home.join(".serve.addr.tmp");
         std::fs::write(&tmp, &serve_addr)?;
         std::fs::rename(&tmp, env.home.join("serve.addr"))?;
+        // Deployments answer at origins of their own (`http://<id>.localhost:<port>/`), never
+        // the web app's.
+        let origins = aic_functions::config::serving_origins(listener.local_addr()?.port())?;
         let proxy = Some(Arc::new(
-            aic_functions::proxy::Proxy::new(env.store.clone()).with_scheduler(Arc::new(scheduler.clone())),
+            aic_functions::proxy::Proxy::new(env.store.clone())
+                .with_scheduler(Arc::new(scheduler.clone()))
+                .at(origins.clone()),
         ));
         // `aic exec`/`aic shell` here: the host relays them (its gateway routes, under a secret
         // of this pool's own in `$AIC_HOME/exec.secret`, readable by its user only), and the
@@ -229,6 +234,8 @@ impl Hosted {
         let authority = serve_addr.trim_start_matches("http://").to_string();
         let mut gw_cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), &authority, chain.chain_id);
         gw_cfg.public_url = Some(serve_addr.clone());
+        gw_cfg.serving = Some(origins.to_string());
+        gw_cfg.storage_quota = aic_functions::config::storage_quota(None)?;
         gw_cfg.chain_info = serde_json::to_value(&chain)?;
         // On the dev chain anyone knows the dev accounts' keys (anvil's): whoever reaches this
         // host from elsewhere (AIC_SERVE_ADDR=0.0.0.0:…) must not sign in as the developer.

@@ -13,14 +13,4 @@ pub fn bytes(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// Human size: `1.2 MiB`.
-pub fn size(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
-}
+pub use aic_core::size;

@@ -89,7 +89,7 @@ fn the_readme_console_examples_run_as_written() {
     // Stand-ins for what the README cannot know in advance.
     let mut seen_ids: Vec<(String, String)> = Vec::new();
     // The serving gateway's base address as the README shows it, and as this pool has it.
-    let mut base = ("http://127.0.0.1:8800".to_string(), String::new());
+    let mut base = (".localhost:8800".to_string(), String::new());
     let first_image: String = {
         let data = h.path().join("pixels");
         let made =
@@ -149,10 +149,10 @@ fn the_readme_console_examples_run_as_written() {
             if let Some(a) = stdout.lines().find_map(|l| l.strip_prefix("API address : ")) {
                 let readme = shown.output.iter().find_map(|l| l.strip_prefix("API address : ")).unwrap();
                 // Same owner and name; the port is whatever this pool's gateway got.
-                let (real_base, real_path) = a.split_once("/n/").unwrap();
-                let (readme_base, readme_path) = readme.split_once("/n/").unwrap();
-                assert_eq!(real_path, readme_path);
-                base = (readme_base.to_string(), real_base.to_string());
+                let (real_label, real_port) = a.split_once(".localhost:").unwrap();
+                let (readme_label, readme_port) = readme.split_once(".localhost:").unwrap();
+                assert_eq!(real_label, readme_label);
+                base = (format!(".localhost:{readme_port}"), format!(".localhost:{real_port}"));
             }
             // Lines that are the same on every run are shown as they are.
             for line in &shown.output {

@@ -67,8 +67,7 @@ fn a_killed_host_is_taken_over_by_the_next_running_and_waiting_jobs_and_deployme
 
     // A deployment on one miner, two jobs on the two others, a third waiting for a miner.
     let dep = deploy_api(&h, 1);
-    let serve = |h: &Home| std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap();
-    let api = |h: &Home| format!("{}/d/{dep}/", serve(h));
+    let api = |h: &Home| deployment_origin(h, &dep);
     until("the deployment answers", 60, || get(&api(&h)) == (200, "ok from 0".into()));
     let (a, b) = (detached(&h, &wait("a")), detached(&h, &wait("b")));
     let c = detached(&h, &h.write("c.sh", "echo c-ran\n"));
@@ -233,7 +232,7 @@ fn a_deployment_keeps_answering_while_a_replicas_miner_is_cut_off() {
     let h = Home::new();
     let _pool = DevUp::start_with(&h, &LOST_POOL);
     let dep = deploy_api(&h, 2);
-    let api = format!("{}/d/{dep}/", std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap());
+    let api = deployment_origin(&h, &dep);
     let mut seen = std::collections::BTreeSet::new();
     until("both replicas answer", 120, || {
         let (code, body) = get(&api);

@@ -29,8 +29,13 @@ fn aic(h: &Home) -> Command {
 
 impl Pool {
     fn start() -> Pool {
+        Pool::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Pool {
         let home = Home::new();
-        let up = DevUp::start_with(&home, &[("AIC_POOL_MINERS", "3"), ("AIC_SERVE_ADDR", "")]);
+        let env = [&[("AIC_POOL_MINERS", "3"), ("AIC_SERVE_ADDR", "")], env].concat();
+        let up = DevUp::start_with(&home, &env);
         Pool { home, _up: up }
     }
 
@@ -230,7 +235,11 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     );
 
     // The deployment answered through the address the app shows, then was removed.
-    assert!(r["namedLink"].as_str().unwrap().ends_with(&format!("/n/{OWNER}/digits-web/")), "{dump}");
+    // Each at an origin of its own, never the app's.
+    let port = base.rsplit(':').next().unwrap().trim_end_matches('/');
+    let named = aic_schemas::origin::named_label(&OWNER.parse().unwrap(), "digits-web").unwrap();
+    assert_eq!(r["namedLink"].as_str().unwrap(), format!("http://{named}.localhost:{port}/"), "{dump}");
+    assert_eq!(r["versionLink"].as_str().unwrap(), format!("http://{deployment}.localhost:{port}/"), "{dump}");
     assert_eq!(r["prediction"]["status"], 200, "{dump}");
     assert_eq!(r["prediction"]["body"]["digit"].as_f64(), Some(label), "{dump}");
     assert_eq!(pool.status(deployment)["history"].as_array().unwrap().last().unwrap()["state"], "cancelled");
@@ -289,6 +298,227 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// A stranger's deployed page, opened by a user signed in to the web app in the same browser
+/// (real Chromium, `browser/hostile.cjs`), reaches nothing of the app's: it answers at an
+/// origin of its own, so the app's storage (the session) is not its storage; the service
+/// worker it registers (scope `/`, with `Service-Worker-Allowed: /`) works at its own origin
+/// only; the cookie its answer sets for a wider domain is dropped; its calls to the pool's API
+/// are refused (another origin); the wallet will not sign the pool's sign-in for it.
+#[test]
+fn a_deployed_page_reaches_nothing_of_the_web_app_in_the_browser() {
+    let pool = Pool::start();
+    let base = pool.base().unwrap();
+    let proj = pool.home.path().join("hostile");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("app.py"), HOSTILE_APP).unwrap();
+    let out = aic(&pool.home)
+        .args(["deploy", proj.to_str().unwrap(), "--replicas", "1", "--hours", "0.05"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let api = stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the address").to_string();
+    let port = base.rsplit(':').next().unwrap();
+    assert!(api.starts_with("http://hostile--") && api.ends_with(&format!(".localhost:{port}/")), "{api}");
+    let cfg = serde_json::json!({ "base": base, "rpc": pool.chain()["rpc_url"], "owner": OWNER, "deployment": api });
+    let r = run_browser("hostile.cjs", &cfg);
+    let dump = serde_json::to_string_pretty(&r).unwrap();
+    assert!(r["error"].is_null(), "the browser run stopped: {dump}");
+    assert_eq!(r["signedIn"], true, "{dump}");
+    let page = &r["page"];
+    assert_eq!(page["origin"].as_str().unwrap(), api.trim_end_matches('/'), "{dump}");
+    assert_eq!(page["storage"], serde_json::json!([]), "the app's storage is not the page's: {dump}");
+    assert!(page["session"].is_null(), "{dump}");
+    assert_eq!(page["sw"].as_str().unwrap(), api, "the page's worker registered at its own origin: {dump}");
+    assert_eq!(r["swAtOwnOrigin"], "hijacked", "and works there: {dump}");
+    for call in ["api", "info"] {
+        assert!(page[call].as_str().is_some_and(|s| s.starts_with("refused")), "{call}: {dump}");
+    }
+    assert!(page["siwe"].as_str().unwrap().starts_with("refused: 4001"), "{dump}");
+    let app = &r["app"];
+    assert_eq!(app["workers"], serde_json::json!([]), "no worker of the page's over the app: {dump}");
+    assert_eq!(app["cookie"], "", "{dump}");
+    assert_eq!((app["session"].as_bool(), app["path"].as_str()), (Some(true), Some("/jobs")), "{dump}");
+    let cookies = r["cookies"].as_array().unwrap();
+    assert!(!cookies.iter().any(|c| c["name"] == "hdr"), "the answer's cookie for a wider domain: {dump}");
+    assert!(cookies.iter().any(|c| c["name"] == "own"), "its own cookie is kept: {dump}");
+    assert!(!cookies.iter().any(|c| c["domain"].as_str().unwrap().contains("127.0.0.1")), "{dump}");
+}
+
+/// The stranger's app (`a_deployed_page_reaches_nothing_of_the_web_app_in_the_browser`).
+const HOSTILE_APP: &str = r#"
+PAGE = """<!doctype html><title>hostile</title><script>
+(async () => {
+  const out = { origin: location.origin };
+  const app = new URLSearchParams(location.search).get("app");
+  out.storage = Object.keys(localStorage);
+  out.session = localStorage.getItem("aic.session");
+  document.cookie = "js=1; path=/";
+  try {
+    const reg = await navigator.serviceWorker.register("/sw.js", { scope: "/" });
+    await navigator.serviceWorker.ready;
+    out.sw = reg.scope;
+  } catch (e) { out.sw = "refused: " + e.message; }
+  for (const [k, path] of [["api", "/v1/jobs"], ["info", "/v1/info"]]) {
+    try { const r = await fetch(app + path, { credentials: "include" }); out[k] = r.status; }
+    catch (e) { out[k] = "refused: " + e.message; }
+  }
+  try {
+    const [acct] = await ethereum.request({ method: "eth_requestAccounts" });
+    const msg = new URL(app).host + " wants you to sign in with your Ethereum account:\\n" + acct +
+      "\\n\\nSign in to the pool\\n\\nURI: " + app + "\\nVersion: 1\\nChain ID: 31337\\nNonce: 12345678\\nIssued At: " + new Date().toISOString();
+    const hex = "0x" + Array.from(new TextEncoder().encode(msg)).map((b) => b.toString(16).padStart(2, "0")).join("");
+    await ethereum.request({ method: "personal_sign", params: [hex, acct] });
+    out.siwe = "signed";
+  } catch (e) { out.siwe = "refused: " + e.code + " " + e.message; }
+  window.result = out;
+})();
+</script>"""
+
+WORKER = "self.addEventListener('fetch', (e) => e.respondWith(new Response('hijacked')));"
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/sw.js":
+        start_response("200 OK", [("Content-Type", "text/javascript"), ("Service-Worker-Allowed", "/")])
+        return [WORKER.encode()]
+    start_response("200 OK", [
+        ("Content-Type", "text/html"),
+        ("Set-Cookie", "hdr=stolen; Domain=localhost; Path=/"),
+        ("Set-Cookie", "own=1; Path=/"),
+    ])
+    return [PAGE.encode()]
+"#;
+
+/// A wallet keeps at most the pool's storage quota in datasets (`AIC_STORAGE_QUOTA_MB`, 20
+/// MiB here), whatever its client does: `aic data put` past it is refused before anything
+/// moves (single uploads: the sizes `/v1/sign` is given) or once the upload is whole (parts:
+/// the object is then removed), with the reason; a client that declares a smaller size than
+/// it sends is refused by the URL, which binds the size; `aic data ls` shows what is used;
+/// deleting a dataset makes room. (Without the quota the pool's bucket was anyone's free
+/// storage.)
+#[test]
+fn a_wallet_cannot_keep_more_than_its_storage_quota() {
+    let pool = Pool::start_with(&[("AIC_STORAGE_QUOTA_MB", "20")]);
+    let base = pool.base().unwrap();
+    let home = pool.home.path();
+    let cli = |args: &[&str]| {
+        let out = aic(&pool.home)
+            .env("AIC_HOME", home.join("cli"))
+            .env("AIC_GATEWAY", &base)
+            .env("AIC_PRIVATE_KEY", "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    assert!(cli(&["login", "--env-key"]).0);
+    let folder = |name: &str, files: &[(&str, usize)]| {
+        let dir = home.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, n) in files {
+            std::fs::write(dir.join(f), vec![b'x'; *n]).unwrap();
+        }
+        dir.to_str().unwrap().to_string()
+    };
+    let stored = |name: &str| home.join(format!("aic/store/users/{OWNER}/data/{name}"));
+    const MB: usize = 1 << 20;
+    let (ok, said) = cli(&["data", "put", &folder("first", &[("a.bin", 12 * MB)]), "first"]);
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["data", "ls"]);
+    assert!(ok && said.contains("storage: 12.0 MiB of 20.0 MiB"), "{said}");
+    // Five files of 2 MiB, one of 10 MiB: `aic` refuses them before anything moves.
+    let files = [("1", 2 * MB), ("2", 2 * MB), ("3", 2 * MB), ("4", 2 * MB), ("5", 2 * MB)];
+    let (ok, said) = cli(&["data", "put", &folder("small", &files), "small"]);
+    assert!(!ok && said.contains("storage quota: your datasets take 12.0 MiB of this pool's 20.0 MiB"), "{said}");
+    assert_eq!(said.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{said}");
+    assert!(!stored("small").exists(), "a file of the refused upload was stored");
+    let (ok, said) = cli(&["data", "put", &folder("big", &[("b.bin", 10 * MB)]), "big"]);
+    assert!(!ok && said.contains("storage quota"), "{said}");
+    assert!(!stored("big").exists());
+    // A client of its own is refused by the pool: what it signs in one call past the quota;
+    // a declared 10 bytes sent as 3 MiB (the URL is for 10 bytes); parts past the quota (the
+    // whole object is refused and removed).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use alloy::signers::Signer;
+        use sha2::Digest;
+        let key: alloy::signers::local::PrivateKeySigner =
+            "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".parse().unwrap();
+        let http = reqwest::Client::new();
+        let nonce: serde_json::Value =
+            http.get(format!("{base}/v1/nonce?address={OWNER}")).send().await.unwrap().json().await.unwrap();
+        let message = nonce["message"].as_str().unwrap().to_string();
+        let signature = key.sign_message(message.as_bytes()).await.unwrap();
+        let session: serde_json::Value = http
+            .post(format!("{base}/v1/session"))
+            .json(&serde_json::json!({"message": message, "signature": signature.to_string()}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = session["token"].as_str().unwrap_or_else(|| panic!("{session}")).to_string();
+        let call = |path: &str, body: serde_json::Value| {
+            http.post(format!("{base}/v1/{path}")).bearer_auth(&token).json(&body).send()
+        };
+        let body = vec![b'y'; 3 * MB];
+        let sha = hex::encode(sha2::Sha256::digest(&body));
+        let item =
+            |key: &str, size: usize| serde_json::json!({"method": "PUT", "key": key, "size": size, "sha256": sha});
+        let items: Vec<_> = (0..3).map(|i| item(&format!("users/{OWNER}/data/many/{i}"), 3 * MB)).collect();
+        let r = call("sign", serde_json::json!({ "items": items })).await.unwrap();
+        assert_eq!(r.status(), 507, "9 MiB more signed past the quota");
+        assert!(r.text().await.unwrap().contains("storage quota"));
+        let key = format!("users/{OWNER}/data/liar/c.bin");
+        let v: serde_json::Value =
+            call("sign", serde_json::json!({"items": [item(&key, 10)]})).await.unwrap().json().await.unwrap();
+        let url = v["urls"][0]["url"].as_str().unwrap_or_else(|| panic!("{v}"));
+        let r = http.put(url).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("the URL is for 10"));
+        let key = format!("users/{OWNER}/data/parts/d.bin");
+        let v: serde_json::Value =
+            call("multipart", serde_json::json!({"action": "create", "key": key})).await.unwrap().json().await.unwrap();
+        let upload = v["upload_id"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+        let mut etags = Vec::new();
+        for part in 0..3 {
+            let v: serde_json::Value =
+                call("multipart", serde_json::json!({"action": "part", "key": key, "upload_id": upload, "part": part}))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            let r = http.put(v["url"].as_str().unwrap()).body(vec![b'z'; 3 * MB]).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            etags.push(r.headers()["etag"].to_str().unwrap().to_string());
+        }
+        let r = call(
+            "multipart",
+            serde_json::json!({"action": "complete", "key": key, "upload_id": upload, "parts": etags}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 507);
+        assert!(r.text().await.unwrap().contains("needs 9.0 MiB more"));
+        let usage: serde_json::Value =
+            http.get(format!("{base}/v1/usage")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(usage["data_bytes"], 12 * MB, "{usage}");
+        assert_eq!(usage["quota_bytes"], 20 * MB, "{usage}");
+    });
+    for refused in ["many", "liar", "parts"] {
+        assert!(!stored(refused).exists() || walk(&stored(refused)).is_empty(), "{refused} was kept");
+    }
+    // Room made: the upload goes through.
+    assert!(cli(&["data", "rm", "first"]).0);
+    let (ok, said) = cli(&["data", "put", &folder("big", &[]), "big"]);
+    assert!(ok, "{said}");
+    assert_eq!(std::fs::metadata(stored("big/b.bin")).unwrap().len(), 10 * MB as u64);
 }
 
 /// `aic dev up` serves the same `/v1` API as a pool's gateway: `aic` in pool mode against it

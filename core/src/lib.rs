@@ -39,6 +39,18 @@ pub mod usage;
 
 pub use config::StoreConfig;
 
+/// Human size: `1.2 MiB`.
+pub fn size(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
 /// `n` and `what`, plural unless one: "1 miner", "2 miners", "0 GPUs".
 pub fn plural(n: impl Into<u64>, what: &str) -> String {
     let n = n.into();

@@ -17,7 +17,8 @@
 //! | `AIC_WORKER_ENV` | extra `KEY=VALUE` pairs (whitespace-separated) for every worker, e.g. Open MPI or NCCL settings |
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`); for the web app, the host and port users open it at (wallets compare it with the page's origin) |
-//! | `AIC_SERVE_URL` | where users reach deployments (`<url>/d/<id>/`), when not at this host (the pool's nginx serving gateway); shown by the web app |
+//! | `AIC_SERVING_ORIGIN` | the origins deployments answer at, each its own: `https://*.apps.example.net` (wildcard DNS to the serving gateway); default `http://*.localhost:<port>` (this host's port; browsers and curl resolve every `*.localhost` name to loopback) |
+//! | `AIC_STORAGE_QUOTA_MB` | most MiB one wallet keeps in datasets (102400 = 100 GiB; `0`: no quota; the embedded pool: none unless set) |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
 //! | `AIC_LOG` | log filter (`info`, `debug`, `aic_functions=debug`, …) |
 //! | `AIC_WEBHOOK_TOKEN` | bearer token MinIO must send to `/events` (its `auth_token`); without it MinIO-format posts are refused |
@@ -191,6 +192,26 @@ pub fn gateway(built: &Built) -> anyhow::Result<Option<GatewayConfig>> {
     if let Some(c) = &built.chain {
         cfg.chain_info = serde_json::to_value(c)?;
     }
-    cfg.serve_url = var("AIC_SERVE_URL");
+    cfg.storage_quota = storage_quota(Some(102_400))?;
     Ok(Some(cfg))
+}
+
+/// The storage quota per wallet (`AIC_STORAGE_QUOTA_MB`, else `default_mb`; 0: none), in bytes.
+pub fn storage_quota(default_mb: Option<u64>) -> anyhow::Result<Option<u64>> {
+    let mb = match var("AIC_STORAGE_QUOTA_MB") {
+        Some(v) => {
+            Some(v.parse::<u64>().map_err(|_| anyhow!("AIC_STORAGE_QUOTA_MB={v:?} is not a whole number of MiB"))?)
+        }
+        None => default_mb,
+    };
+    Ok(mb.filter(|m| *m > 0).map(|m| m << 20))
+}
+
+/// Where deployments answer (`AIC_SERVING_ORIGIN`), else `http://*.localhost:<port>`: each on
+/// an origin of its own, never the web app's ([`aic_schemas::origin`]).
+pub fn serving_origins(port: u16) -> anyhow::Result<aic_schemas::origin::Origins> {
+    match var("AIC_SERVING_ORIGIN") {
+        Some(v) => v.parse().map_err(|e: String| anyhow!("AIC_SERVING_ORIGIN: {e}")),
+        None => Ok(aic_schemas::origin::Origins::localhost(port)),
+    }
 }

@@ -26,7 +26,6 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::gateway::Gateway;
-use crate::proxy::Target;
 use crate::sns::SnsVerifier;
 use crate::webhook::{self, Delivery};
 use crate::{Ctx, handle_event};
@@ -171,31 +170,36 @@ async fn read_body(body: Incoming, limit: usize, over: String) -> Result<Bytes, 
 }
 
 async fn handle(host: Arc<Host>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    if let Some(why) = misdirected(&host.own_addresses, req.headers()) {
-        return Ok(reply(StatusCode::FORBIDDEN, serde_json::json!({ "error": why })));
-    }
-    let path = req.uri().path().to_string();
-    let route = host.proxy.clone().and_then(|proxy| {
-        if let Some(rest) = path.strip_prefix("/d/") {
-            let (deployment, rest) = rest.split_once('/').unwrap_or((rest, ""));
-            Some((proxy, Target::Deployment(deployment), rest))
-        } else if let Some(rest) = path.strip_prefix("/n/") {
-            let (owner, rest) = rest.split_once('/').unwrap_or((rest, ""));
-            let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
-            Some((proxy, Target::Named { owner, name }, rest))
-        } else {
-            None
-        }
-    });
-    if let Some((proxy, target, rest)) = route {
+    // A deployment's origin: the whole request is the deployment's (whatever its path, from
+    // whatever page: what it accepts is the app's business), and nothing of the pool's
+    // answers there.
+    if let Some(proxy) = host.proxy.clone()
+        && let Some(label) = proxy.label(req.headers())
+    {
+        let Some(site) = aic_schemas::origin::site(label) else {
+            let why = format!("no deployment answers at {label:?}: see `aic deploy list` for the addresses");
+            return Ok(reply(StatusCode::NOT_FOUND, serde_json::json!({ "error": why })));
+        };
         let (parts, body) = req.into_parts();
         let over = format!("request body over {} bytes", crate::proxy::MAX_BODY);
         let body = match read_body(body, crate::proxy::MAX_BODY, over).await {
             Ok(b) => b,
             Err(r) => return Ok(r),
         };
-        let a = proxy.forward(target, &parts.method, rest, parts.uri.query(), &parts.headers, body).await;
+        let path = parts.uri.path();
+        let a = proxy.forward(&site, &parts.method, path, parts.uri.query(), &parts.headers, body).await;
         return Ok(answer(a));
+    }
+    if let Some(why) = misdirected(&host.own_addresses, req.headers()) {
+        return Ok(reply(StatusCode::FORBIDDEN, serde_json::json!({ "error": why })));
+    }
+    let path = req.uri().path().to_string();
+    // The web app's origin never serves a deployment: its old paths move to the deployment's.
+    if path.starts_with("/d/") || path.starts_with("/n/") {
+        return Ok(match &host.proxy {
+            Some(proxy) => answer(proxy.moved(&path, req.uri().query())),
+            None => reply(StatusCode::NOT_FOUND, serde_json::json!({"error": "this host serves no deployments"})),
+        });
     }
     if path == "/v1/blob"
         && let Some(gw) = host.gateway.clone()

@@ -1,4 +1,7 @@
-//! The serving gateway: `/d/<deployment>/<path>` → a live replica of the deployment.
+//! The serving gateway: a deployment's origin (`http://<deployment>.localhost:8800/<path>`,
+//! `https://<deployment>.apps.example.net/<path>`: [`aic_schemas::origin`]) → a live replica
+//! of the deployment. The web app's origin never serves a deployment's content: its old
+//! paths (`/d/<deployment>/…`, `/n/<owner>/<name>/…`) answer with a redirect ([`Proxy::moved`]).
 //!
 //! Replicas register themselves in the bucket (`pool/serving/<deployment>/<alloc>.json`,
 //! rewritten every few seconds with a TTL; see aic-worker's serve mode). The proxy reads a
@@ -7,7 +10,7 @@
 //! failed replica, so this is safe for any method — and keeps away from it for [`BENCH`].
 //! Registrations whose heartbeat is long past their TTL are deleted ("dead registrations").
 //!
-//! `/n/<owner>/<name>/<path>` is a named deployment's stable route: the newest of the owner's
+//! A named deployment's origin (`<name>--<owner>`) is its stable route: the newest of the owner's
 //! deployments of that name (`pool/names/<owner>/<name>/`, written by dispatch) that has a
 //! live replica. `aic deploy scale` starts a new deployment beside the old one, so the route
 //! moves to the new one as soon as it answers and never points at nothing in between.
@@ -44,15 +47,12 @@ const ANSWER: Duration = Duration::from_secs(60);
 /// answer's 60 s, and the request goes to another replica.
 const UNACKED: Duration = Duration::from_secs(3);
 
-/// What a request is for: `/d/<deployment>/…` or `/n/<owner>/<name>/…`.
-#[derive(Clone, Copy, Debug)]
-pub enum Target<'a> {
-    Deployment(&'a str),
-    Named { owner: &'a str, name: &'a str },
-}
+pub use aic_schemas::origin::Site;
 
 pub struct Proxy {
     store: Store,
+    /// The origins deployments answer at (`None`: this host serves none).
+    origins: Option<aic_schemas::origin::Origins>,
     cache: Mutex<HashMap<String, (Instant, Replicas)>>,
     names: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     /// Where the scheduler placed each deployment's replicas (the last answer it gave).
@@ -93,6 +93,7 @@ impl Proxy {
     pub fn new(store: Store) -> Self {
         Proxy {
             store,
+            origins: None,
             cache: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             scheduler: None,
@@ -100,6 +101,85 @@ impl Proxy {
             links: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Serves deployments at `origins` (each on its own: `<label>.<domain>`).
+    pub fn at(mut self, origins: aic_schemas::origin::Origins) -> Self {
+        self.origins = Some(origins);
+        self
+    }
+
+    pub fn origins(&self) -> Option<&aic_schemas::origin::Origins> {
+        self.origins.as_ref()
+    }
+
+    /// The label of a request's `Host` when it is one of the deployments' origins: the
+    /// whole request is then the deployment's.
+    pub fn label<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        self.origins.as_ref()?.label(host)
+    }
+
+    /// The answer at the web app's origin to a deployment's old path (`/d/<deployment>/…`,
+    /// `/n/<owner>/<name>/…`): a permanent redirect to the deployment's own origin (the
+    /// method and body go along, 308), never its content; or why there is none.
+    pub fn moved(&self, path: &str, query: Option<&str>) -> Answer {
+        let Some(origins) = &self.origins else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "deployments answer at origins of their own, and this host serves none (set AIC_SERVING_ORIGIN)".into(),
+            );
+        };
+        let (base, rest) = if let Some(rest) = path.strip_prefix("/d/") {
+            let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+            match id.parse::<aic_schemas::JobId>() {
+                Ok(id) => (origins.deployment(id.as_str()), rest),
+                Err(_) => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!("{id:?} is not a deployment id; see `aic deploy list`"),
+                    );
+                }
+            }
+        } else if let Some(rest) = path.strip_prefix("/n/") {
+            let (owner, rest) = rest.split_once('/').unwrap_or((rest, ""));
+            let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
+            let Ok(owner) = owner.parse::<aic_schemas::Address>() else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("{owner:?} is not a wallet address: use /n/<0x…>/<name>/"),
+                );
+            };
+            if !aic_schemas::validate::is_name(name) {
+                return error(StatusCode::NOT_FOUND, format!("{name:?} is not a deployment name"));
+            }
+            match origins.named(&owner, name) {
+                Some(base) => (base, rest),
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "a name over {} characters has no address of its own: reach the deployment at its id's (`aic deploy list`), or deploy it under a shorter --name",
+                            aic_schemas::origin::MAX_NAMED
+                        ),
+                    );
+                }
+            }
+        } else {
+            return error(StatusCode::NOT_FOUND, "no such endpoint".into());
+        };
+        let mut to = base;
+        to.push_str(rest);
+        if let Some(q) = query {
+            to.push('?');
+            to.push_str(q);
+        }
+        let mut a = error(StatusCode::PERMANENT_REDIRECT, String::new());
+        a.body = Bytes::from(serde_json::json!({ "moved": to }).to_string());
+        if let Ok(v) = HeaderValue::try_from(to) {
+            a.headers.insert(header::LOCATION, v);
+        }
+        a
     }
 
     /// Forwards only to addresses `scheduler` placed a deployment's replicas at: a
@@ -166,17 +246,8 @@ impl Proxy {
 
     /// The owner's deployments named `name`, newest first (cached for [`REFRESH`] unless
     /// `fresh`), or the answer to give instead.
-    async fn named(&self, owner: &str, name: &str, fresh: bool) -> Result<Vec<String>, Answer> {
-        let Ok(addr) = owner.parse::<aic_schemas::Address>() else {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                format!("{owner:?} is not a wallet address: use /n/<0x…>/<name>/"),
-            ));
-        };
-        if !aic_schemas::validate::is_name(name) {
-            return Err(error(StatusCode::NOT_FOUND, format!("{name:?} is not a deployment name")));
-        }
-        let prefix = aic_core::layout::serving_names_prefix(&addr, name);
+    async fn named(&self, owner: &aic_schemas::Address, name: &str, fresh: bool) -> Result<Vec<String>, Answer> {
+        let prefix = aic_core::layout::serving_names_prefix(owner, name);
         if !fresh
             && let Some((at, ids)) = self.names.lock().unwrap().get(&prefix)
             && at.elapsed() < REFRESH
@@ -210,7 +281,7 @@ impl Proxy {
     /// registrations (and names) are read again once.
     pub async fn forward(
         &self,
-        target: Target<'_>,
+        target: &Site,
         method: &Method,
         rest: &str,
         query: Option<&str>,
@@ -220,15 +291,15 @@ impl Proxy {
         let mut last_err = None;
         for fresh in [false, true] {
             let named = match target {
-                Target::Deployment(_) => Vec::new(),
-                Target::Named { owner, name } => match self.named(owner, name, fresh).await {
+                Site::Deployment(_) => Vec::new(),
+                Site::Named { owner, name } => match self.named(owner, name, fresh).await {
                     Ok(ids) => ids,
                     Err(a) => return a,
                 },
             };
             let one = match target {
-                Target::Deployment(d) => Some(d),
-                Target::Named { .. } => None,
+                Site::Deployment(d) => Some(d.as_str()),
+                Site::Named { .. } => None,
             };
             for id in one.into_iter().chain(named.iter().map(String::as_str)) {
                 let regs = self.replicas(id, fresh).await;
@@ -242,8 +313,8 @@ impl Proxy {
             }
         }
         let (label, logs) = match target {
-            Target::Deployment(d) => (d, "`aic deploy logs`".to_string()),
-            Target::Named { name, .. } => (name, format!("`aic deploy logs {name}`")),
+            Site::Deployment(d) => (d.as_str(), "`aic deploy logs`".to_string()),
+            Site::Named { name, .. } => (name.as_str(), format!("`aic deploy logs {name}`")),
         };
         match last_err {
             Some(e) => error(StatusCode::BAD_GATEWAY, format!("no replica of deployment {label} answered ({e})")),
@@ -424,20 +495,24 @@ enum Failed {
 type Connection = hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
 type Conn = (SendRequest<Full<Bytes>>, Connection);
 
-/// A deployment's answers come from a stranger's app, through the pool's own origin until
-/// deployments have origins of their own: they are confined to an opaque origin. The
-/// sandbox (scripts and forms allowed, never `allow-same-origin`) keeps a deployed page from
-/// the pool's storage (the web app's session), cookies and service workers, and its requests
-/// to the pool carry `Origin: null`, which the pool refuses (`host::misdirected`). Cookies
-/// and service-worker scope it sets are dropped. Whatever CSP the app sent stays too (both
-/// apply).
+/// A deployment's answers come from a stranger's app, at an origin of its own: its cookies
+/// stay its own (a `Set-Cookie` with a `Domain`, which would reach sibling deployments or
+/// the pool's domain, is dropped; host-only ones pass), and it may not widen a service
+/// worker's scope (`Service-Worker-Allowed` is dropped).
 fn confine(headers: &mut HeaderMap) {
+    let kept: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().filter(|v| host_only(v)).cloned().collect();
     headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
     headers.remove("service-worker-allowed");
-    headers.append(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox allow-scripts allow-forms allow-popups allow-downloads"),
-    );
+}
+
+/// Whether a `Set-Cookie` value is for the host that set it alone (no `Domain` attribute,
+/// RFC 6265 §5.3: a cookie without one is sent back to that host only).
+fn host_only(v: &HeaderValue) -> bool {
+    let Ok(v) = v.to_str() else { return false };
+    !v.split(';').skip(1).any(|a| a.trim_start().get(..6).is_some_and(|k| k.eq_ignore_ascii_case("domain")))
 }
 
 /// The header names a message's `Connection` header lists (its own hop-by-hop headers).

@@ -297,11 +297,13 @@ async fn register(p: &Pool, deployment: &aic_schemas::JobId, port: u16) {
     p.store.put_json(&aic_core::layout::serving_registration(deployment.as_str(), "0"), &r).await.unwrap();
 }
 
-/// A host serving deployments (`/d/…`, `/n/…`) from `p`'s bucket; its address.
+/// A host serving deployments from `p`'s bucket, each at its own origin
+/// (`http://<label>.localhost:<port>/`); its address.
 async fn serving_host(p: &Pool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
+    let origins = aic_schemas::origin::Origins::localhost(listener.local_addr().unwrap().port());
+    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone()).at(origins)));
     tokio::spawn(aic_functions::host::serve(
         Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
         listener,
@@ -309,12 +311,26 @@ async fn serving_host(p: &Pool) -> String {
     url
 }
 
-/// A deployed page served through the pool's origin: it may not set cookies for the pool,
-/// widen a service worker's scope, or run with the pool's origin (the web app's session is in
-/// its storage). It is confined to an opaque origin (CSP sandbox without
-/// allow-same-origin), the app's own CSP kept beside it.
+/// The origin of `label` on the serving host at `url` (`http://127.0.0.1:P`), and a client
+/// that reaches it (`*.localhost` is loopback, as browsers and curl take it).
+fn origin_of(url: &str, label: &str) -> (String, reqwest::Client) {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let host = format!("{label}.localhost");
+    let client = reqwest::Client::builder()
+        .resolve(&host, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    (format!("http://{host}:{port}"), client)
+}
+
+/// A deployed page answers at an origin of its own, never the pool's: at the pool's
+/// address its old path is a redirect there, not its content; the page may keep cookies for
+/// its own host but not set one for a wider domain (the pool's, or its siblings'), nor widen
+/// a service worker's scope. What the browser then keeps apart (storage, service workers,
+/// wallet permissions) is `cli/tests/webapp.rs`'s.
 #[tokio::test]
-async fn a_deployed_page_gets_no_cookie_service_worker_or_origin_of_the_pools() {
+async fn a_deployed_page_answers_at_its_own_origin_and_gets_no_cookie_or_service_worker_of_the_pools() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = pool(1, "exit 0");
     let url = serving_host(&p).await;
@@ -326,7 +342,7 @@ async fn a_deployed_page_gets_no_cookie_service_worker_or_origin_of_the_pools() 
             let _ = s.read(&mut buf).await;
             let page = "<script>localStorage.getItem('aic.session')</script>";
             let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nset-cookie: aic=stolen; Path=/\r\nservice-worker-allowed: /\r\ncontent-security-policy: default-src 'self'\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nset-cookie: own=1; Path=/; HttpOnly\r\nset-cookie: aic=stolen; Path=/; Domain=localhost\r\nset-cookie: sib=1;domain=.localhost\r\nservice-worker-allowed: /\r\ncontent-security-policy: default-src 'self'\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
                 page.len()
             );
             let _ = s.write_all(reply.as_bytes()).await;
@@ -334,14 +350,33 @@ async fn a_deployed_page_gets_no_cookie_service_worker_or_origin_of_the_pools() 
     });
     let deployment = aic_schemas::JobId::generate();
     register(&p, &deployment, port).await;
-    let r = reqwest::get(format!("{url}/d/{deployment}/")).await.unwrap();
+    let (origin, client) = origin_of(&url, deployment.as_str());
+    let r = client.get(format!("{origin}/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let h = r.headers();
-    assert!(h.get("set-cookie").is_none(), "a cookie for the pool's origin came through");
+    let cookies: Vec<&str> = h.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, ["own=1; Path=/; HttpOnly"], "only the host-only cookie passes");
     assert!(h.get("service-worker-allowed").is_none(), "a service worker scope came through");
     let csp: Vec<&str> = h.get_all("content-security-policy").iter().map(|v| v.to_str().unwrap()).collect();
-    assert!(csp.iter().any(|c| c.starts_with("sandbox ") && !c.contains("allow-same-origin")), "{csp:?}");
-    assert!(csp.contains(&"default-src 'self'"), "the app's own policy is kept: {csp:?}");
+    assert_eq!(csp, ["default-src 'self'"], "the app's own policy, nothing added: it has an origin of its own");
+    assert_eq!(r.text().await.unwrap(), "<script>localStorage.getItem('aic.session')</script>");
+    // At the pool's own address: a redirect to the deployment's origin, never its content.
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = plain.post(format!("{url}/d/{deployment}/predict?x=1")).body("b").send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], format!("{origin}/predict?x=1").as_str());
+    assert!(!r.text().await.unwrap().contains("script"), "no content at the pool's origin");
+    let (code, body) = {
+        let r = plain.get(format!("{url}/d/not-an-id/")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(code, 404);
+    assert!(body.contains("is not a deployment id"), "{body}");
+    // A label that names nothing.
+    let (origin, client) = origin_of(&url, "www");
+    let r = client.get(format!("{origin}/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("no deployment answers at"));
 }
 
 #[tokio::test]
@@ -357,30 +392,40 @@ async fn a_named_route_reaches_the_newest_live_deployment_of_that_owner_only() {
         p.store.put_json(&key, &serde_json::json!({ "deployment": d, "name": "digits" })).await.unwrap();
     }
     register(&p, &old, answering("old").await).await;
-    let get = |path: String| {
-        let url = url.clone();
+    let get = |label: String, path: &'static str| {
+        let (origin, client) = origin_of(&url, &label);
         async move {
-            let r = reqwest::get(format!("{url}{path}")).await.unwrap();
+            let r = client.get(format!("{origin}{path}")).send().await.unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
-    let route = format!("/n/{owner}/digits/predict");
+    let named = aic_schemas::origin::named_label(&owner, "digits").unwrap();
     // The newer deployment has no live replica yet: the older one answers.
-    assert_eq!(get(route.clone()).await, (200, "old".to_string()));
+    assert_eq!(get(named.clone(), "/predict").await, (200, "old".to_string()));
     register(&p, &new, answering("new").await).await;
     tokio::time::sleep(aic_functions::proxy::REFRESH + Duration::from_millis(100)).await;
-    assert_eq!(get(route.clone()).await, (200, "new".to_string()));
-    assert_eq!(get(format!("/d/{old}/x")).await, (200, "old".to_string()), "each version keeps its own route");
-    // Another owner's route with the same name reaches nothing of this owner's.
-    let (code, body) = get("/n/0x70997970c51812dc3a010c7d01b50e0d17dc79c8/digits/predict".into()).await;
+    assert_eq!(get(named.clone(), "/predict").await, (200, "new".to_string()));
+    assert_eq!(get(old.to_string(), "/x").await, (200, "old".to_string()), "each version keeps its own origin");
+    // Another owner's origin with the same name reaches nothing of this owner's.
+    let other: aic_schemas::Address = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8".parse().unwrap();
+    let (code, body) = get(aic_schemas::origin::named_label(&other, "digits").unwrap(), "/predict").await;
     assert_eq!(code, 404);
     assert!(body.contains("has no deployment named digits"), "{body}");
-    let (code, body) = get("/n/nobody/digits/".into()).await;
-    assert_eq!(code, 404);
-    assert!(body.contains("is not a wallet address"), "{body}");
-    let (code, body) = get(format!("/n/{owner}/Bad_Name/")).await;
-    assert_eq!(code, 404);
-    assert!(body.contains("is not a deployment name"), "{body}");
+    // The old paths at the pool's address move to the origins, or say why they cannot.
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = plain.get(format!("{url}/n/{owner}/digits/predict")).send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], format!("{}/predict", origin_of(&url, &named).0).as_str());
+    for (path, why) in [
+        ("/n/nobody/digits/".to_string(), "is not a wallet address"),
+        (format!("/n/{owner}/Bad_Name/"), "is not a deployment name"),
+        (format!("/n/{owner}/{}/", "a".repeat(30)), "has no address of its own"),
+    ] {
+        let r = plain.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(why), "{path}: {body}");
+    }
 }
 
 /// A registration is only a claim (a job's own code can write one): the serving gateway
@@ -395,16 +440,18 @@ async fn the_serving_gateway_forwards_only_to_where_the_scheduler_placed_replica
     let serve = |proxy: aic_functions::proxy::Proxy| async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let origins = aic_schemas::origin::Origins::localhost(listener.local_addr().unwrap().port());
         let host = Host {
             ctx: p.ctx.clone(),
             sns: None,
             gateway: None,
             minio: MinioPosts::Open,
-            proxy: Some(Arc::new(proxy)),
+            proxy: Some(Arc::new(proxy.at(origins))),
             own_addresses: vec![],
         };
         tokio::spawn(aic_functions::host::serve(host, listener));
-        let r = reqwest::get(format!("{url}/d/{deployment}/")).await.unwrap();
+        let (origin, client) = origin_of(&url, deployment.as_str());
+        let r = client.get(format!("{origin}/")).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     };
     // Without the scheduler's word, the claim is taken (what the check is for).
@@ -576,14 +623,8 @@ async fn the_serving_gateway_reuses_connections_and_survives_a_replica_that_clos
     use std::sync::atomic::Ordering::SeqCst;
     let p = pool(1, "exit 0");
     let (deployment, port, replica) = KeptReplica::registered(&p).await;
-    let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/d/{deployment}", gw.local_addr().unwrap());
-    let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
-    tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
-        gw,
-    ));
-    let client = reqwest::Client::new();
+    let url = serving_host(&p).await;
+    let (url, client) = origin_of(&url, deployment.as_str());
     let post = |n: usize| {
         let (client, url) = (client.clone(), url.clone());
         async move {
@@ -723,7 +764,9 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = ("127.0.0.1".to_string(), std_listener.local_addr().unwrap().port());
-        let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone())));
+        // The serving domain the template is rendered with below: `localhost`.
+        let origins = aic_schemas::origin::Origins::localhost(1);
+        let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone()).at(origins)));
         let host = Host {
             ctx: p.ctx.clone(),
             sns: None,
@@ -741,13 +784,24 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
     let (b, b_rt) = host(&p);
     let dir = tempfile::tempdir().unwrap();
     let gw_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let env = [("NOMAD_TASK_DIR", dir.path().to_str().unwrap().to_string()), ("NOMAD_PORT_http", gw_port.to_string())];
+    // Deployments' origins are `<label>.localhost` here.
+    let env = [
+        ("NOMAD_TASK_DIR", dir.path().to_str().unwrap().to_string()),
+        ("NOMAD_PORT_http", gw_port.to_string()),
+        ("AIC_SERVING_DOMAIN", "localhost".to_string()),
+    ];
     let conf = dir.path().join("nginx.conf");
     std::fs::write(&conf, render_gateway_template(&env, &[a.clone(), b.clone()])).unwrap();
     let mut nginx = nginx_as_the_job_runs_it(&conf);
     let stderr = || std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
     let base = format!("http://127.0.0.1:{gw_port}");
+    // The deployment at its origin under the serving domain (`localhost` here).
+    let site = format!("http://{deployment}.localhost:{gw_port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .resolve(&format!("{deployment}.localhost"), std::net::SocketAddr::from(([127, 0, 0, 1], gw_port)))
+        .build()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
         if let Some(status) = nginx.0.try_wait().unwrap() {
@@ -757,7 +811,7 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let call = |method: reqwest::Method, n: usize| {
-        let (client, url) = (client.clone(), format!("{base}/d/{deployment}/predict?n={n}"));
+        let (client, url) = (client.clone(), format!("{site}/predict?n={n}"));
         async move {
             match client.request(method, url).body(format!("request {n}")).send().await {
                 Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
@@ -771,7 +825,7 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
     }
     assert_eq!(replica.connections.load(SeqCst), 2, "both functions hosts forwarded (each on its kept connection)");
     // A body over the gateway's limit is refused by nginx (16 MiB, the functions' own limit).
-    let big = client.post(format!("{base}/d/{deployment}/predict")).body(vec![b'x'; 17 << 20]).send().await.unwrap();
+    let big = client.post(format!("{site}/predict")).body(vec![b'x'; 17 << 20]).send().await.unwrap();
     assert_eq!(big.status(), 413);
     // 200 idle keep-alive clients, each having had one answer, hold nothing up.
     let mut idle = Vec::new();

@@ -437,28 +437,53 @@ fn the_nomad_serving_gateway_routes_deployments_as_the_code_names_them() {
     let (_, group) = only(&job["group"], "group");
     let (_, task) = only(&group["task"], "task");
     let tmpl = task["template"]["data"].as_str().unwrap();
-    // Deployments' routes go to the functions hosts, which forward only to ready and healthy
+    // Deployments' origins go to the functions hosts, which forward only to ready and healthy
     // replicas: nginx cannot tell which are (`nomadService` lists every registration).
-    assert!(std::fs::read_to_string(repo().join("functions/src/host.rs")).unwrap().contains("strip_prefix(\"/d/\")"));
-    let d = tmpl.split("location /d/ {").nth(1).expect("a /d/ route");
-    assert_eq!(d.lines().nth(1).map(str::trim), Some("proxy_pass http://aic_functions;"), "{tmpl}");
-    assert!(!tmpl.contains("aic-serve-"), "no upstream straight from unfiltered service registrations");
-    // Its own health check path is one nginx answers.
-    assert_eq!(group["service"]["check"]["path"], "/healthz");
-    assert!(tmpl.contains("location = /healthz"));
-    assert!(tmpl.contains("proxy_next_upstream"), "a failed functions host is passed over");
-    // Named routes go to the functions host, by the service name its job file registers.
-    assert!(std::fs::read_to_string(repo().join("functions/src/host.rs")).unwrap().contains("strip_prefix(\"/n/\")"));
+    // Each deployment has an origin of its own under the serving domain: that server passes
+    // every path with the Host it came with, which the functions host routes by.
+    assert!(
+        std::fs::read_to_string(repo().join("functions/src/host.rs")).unwrap().contains("proxy.label(req.headers())")
+    );
+    let sites = tmpl
+        .split("server_name *.{{ env \"AIC_SERVING_DOMAIN\" }};")
+        .nth(1)
+        .expect("a server for deployments' origins");
+    assert_eq!(task["env"]["AIC_SERVING_DOMAIN"], "${var.serving_domain}", "{task}");
+    let sites = sites.split("server {").next().unwrap();
+    for line in ["location / {", "proxy_pass http://aic_functions;", "proxy_set_header Host $host;"] {
+        assert!(sites.lines().any(|l| l.trim() == line), "{line}: {sites}");
+    }
+    // The functions host is told the same domain.
+    let domain = job_variable(&nomad("serving-gateway.nomad.hcl"), "serving_domain");
+    let origin = job_variable(&nomad("functions.nomad.hcl"), "serving_origin");
+    let origins: aic_schemas::origin::Origins = origin.parse().unwrap();
+    assert_eq!(origins.label(&format!("x.{domain}")), Some("x"), "{origin} vs {domain}");
     let functions = nomad("functions.nomad.hcl");
     let (_, fjob) = only(&functions["job"], "job");
     let (_, fgroup) = only(&fjob["group"], "group");
+    let (_, ftask) = only(&fgroup["task"], "task");
+    assert_eq!(ftask["env"]["AIC_SERVING_ORIGIN"], "${var.serving_origin}", "{ftask}");
+    assert!(!tmpl.contains("aic-serve-"), "no upstream straight from unfiltered service registrations");
+    // Its own health check path is one nginx answers, in the default server (a deployment's
+    // own /healthz is the deployment's).
+    assert_eq!(group["service"]["check"]["path"], "/healthz");
+    let default = tmpl.split("default_server;").nth(1).expect("a default server");
+    assert!(default.contains("location = /healthz"));
+    assert!(!sites.contains("/healthz"));
+    assert!(tmpl.contains("proxy_next_upstream"), "a failed functions host is passed over");
+    // The old paths reach the functions host, which redirects them to the origins.
+    assert!(default.contains("location /d/ {\n") && default.contains("location /n/ {\n"), "{tmpl}");
     let fsvc = fgroup["service"]["name"].as_str().unwrap();
     // A functions host leaves the service before it is stopped, long enough for nginx's
     // template (up to 5 s) to drop it (the reload itself is run in `host.rs`).
     assert_eq!(fgroup["shutdown_delay"], "10s", "{fgroup}");
     assert!(tmpl.contains(&format!("range nomadService \"{fsvc}\"")), "{tmpl}");
-    assert!(tmpl.contains("location /n/ {\n") && tmpl.contains("proxy_pass http://aic_functions;"), "{tmpl}");
     assert_eq!(task["template"]["change_signal"], "SIGHUP", "nginx reloads when replicas come and go");
+}
+
+/// A job file's variable's default.
+fn job_variable(file: &serde_json::Value, name: &str) -> String {
+    file["variable"][name]["default"].as_str().unwrap_or_else(|| panic!("no variable {name}: {file}")).to_string()
 }
 
 fn nomad_cfg(worker_env: Vec<(String, String)>, secrets_var: Option<&str>) -> aic_core::scheduler::nomad::NomadConfig {

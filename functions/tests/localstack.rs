@@ -181,6 +181,12 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
     assert!(p.store.head(&key_b).await.unwrap().is_none());
     assert!(use_url(&v["urls"][1], b"bad".to_vec()).await.status().is_success());
     assert_eq!(p.store.get_limited(&key_a, 100).await.unwrap().unwrap().as_ref(), b"1,2,3");
+    // So is the size (S3 checks the signed Content-Length): what a storage quota counted is
+    // what arrives, not a smaller size declared for the same bytes.
+    let key_len = format!("users/{a}/data/len.csv");
+    let (_, v) = sign(&url, &ta, json!([{"method": "PUT", "key": key_len, "size": 2, "sha256": sha(b"1,2,3")}])).await;
+    assert!(!use_url(&v["urls"][0], b"1,2,3".to_vec()).await.status().is_success(), "5 bytes on a URL for 2");
+    assert!(p.store.head(&key_len).await.unwrap().is_none());
 
     // Users write data, code and requests only: not manifests, status or outputs.
     let job = aic_schemas::JobId::generate();
@@ -270,6 +276,47 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
         codes.push((r.status().as_u16(), r.text().await.unwrap()));
     }
     assert!(codes.iter().any(|(c, _)| *c == 429), "{codes:?}");
+}
+
+/// A wallet's datasets stay within the pool's storage quota on S3: what one call signs past
+/// it is refused, and an upload in parts that takes the wallet past it is refused once whole
+/// and removed (its parts' sizes are the client's); another wallet is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallets_datasets_stay_within_its_storage_quota_on_s3() {
+    let (_bucket, store) = fresh_bucket("quota");
+    let p = pool_on(tempfile::tempdir().unwrap(), store, 1, "exit 0");
+    let url = start(gateway_host(&p, None, |c| c.storage_quota = Some(10))).await;
+    let (a, ta) = login(&url, 1).await;
+    let (b, tb) = login(&url, 2).await;
+    let put =
+        |key: String, body: &[u8]| json!([{"method": "PUT", "key": key, "size": body.len(), "sha256": sha(body)}]);
+    let (code, v) = sign(&url, &ta, put(format!("users/{a}/data/x/one"), b"12345678")).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(use_url(&v["urls"][0], b"12345678".to_vec()).await.status().is_success());
+    let (code, v) = sign(&url, &ta, put(format!("users/{a}/data/x/two"), b"abc")).await;
+    assert_eq!(code, 507, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("storage quota: your datasets take 8 B"), "{v}");
+    // Code and requests are not datasets; another wallet has its own quota.
+    let job = aic_schemas::JobId::generate();
+    assert_eq!(sign(&url, &ta, put(format!("users/{a}/jobs/{job}/code/t.py"), b"abc")).await.0, 200);
+    assert_eq!(sign(&url, &tb, put(format!("users/{b}/data/y/one"), b"12345678")).await.0, 200);
+    // In parts: started with room left (8 of 10), refused once whole (13) and not kept.
+    let http = reqwest::Client::new();
+    let mp = |body: Value| http.post(format!("{url}/v1/multipart")).bearer_auth(&ta).json(&body).send();
+    let key = format!("users/{a}/data/x/parts");
+    let v: Value = mp(json!({"action": "create", "key": key})).await.unwrap().json().await.unwrap();
+    let upload = v["upload_id"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    let v: Value =
+        mp(json!({"action": "part", "key": key, "upload_id": upload, "part": 0})).await.unwrap().json().await.unwrap();
+    let r = http.put(v["url"].as_str().unwrap()).body(b"hello".to_vec()).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let r = mp(json!({"action": "complete", "key": key, "upload_id": upload, "parts": [etag]})).await.unwrap();
+    assert_eq!(r.status(), 507);
+    assert!(r.text().await.unwrap().contains("needs 5 B more"));
+    assert!(p.store.head(&key).await.unwrap().is_none(), "the upload past the quota was kept");
+    let usage: Value = http.get(format!("{url}/v1/usage")).bearer_auth(&ta).send().await.unwrap().json().await.unwrap();
+    assert_eq!((usage["data_bytes"].as_u64(), usage["quota_bytes"].as_u64()), (Some(8), Some(10)), "{usage}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

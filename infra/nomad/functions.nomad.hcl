@@ -36,6 +36,16 @@ variable "worker_gateway" {
   default = "http://aic-serving-gateway.service.pool:8800"
 }
 
+# Where deployments answer, each at an origin of its own (never the web app's): a wildcard
+# DNS name `*.<serving domain>` pointing at the serving gateway (serving-gateway.nomad.hcl,
+# whose `serving_domain` is the same), behind the TLS terminator in front of it. Best a
+# registrable domain apart from the web app's (as github.io is from github.com), so that no
+# deployed page shares a cookie domain with the pool.
+variable "serving_origin" {
+  type    = string
+  default = "https://*.apps.pool.example"
+}
+
 variable "s3_endpoint" {
   type    = string
   default = "http://minio.service.pool:9000"
@@ -95,6 +105,7 @@ job "aic-functions" {
         # Workers reach the bucket through the gateway with their job's token, never with the
         # store's credentials; at the serving gateway's stable address (var.worker_gateway).
         AIC_WORKER_GATEWAY  = var.worker_gateway
+        AIC_SERVING_ORIGIN  = var.serving_origin
       }
 
       # Secrets from Nomad Variables, never in the job file.

@@ -1,12 +1,20 @@
 # The pool's serving gateway: nginx on a static port in front of the functions hosts (service
-# `aic-functions`), which forward /d/<deployment>/… and /n/<owner>/<name>/… to a live replica,
-# round robin. It passes /v1/ on too: the workers' stable address for the gateway API
+# `aic-functions`), which forward each deployment's origin — `<deployment>.<serving domain>`,
+# `<name>--<owner>.<serving domain>` (wildcard DNS to this gateway) — to a live replica,
+# round robin; the old paths /d/… and /n/… get a redirect there. It passes /v1/ on too: the workers' stable address for the gateway API
 # (`worker_gateway` in functions.nomad.hcl), whichever functions host is up. The functions host forwards only to replicas that are both ready (their worker
 # registered them after its own check of the app) and healthy in Nomad (the checks of their
 # allocation, `GET /v1/client/allocation/:id/checks`). nginx cannot route to the replicas
 # directly: the `nomadService` template function lists every registration whatever its
 # checks say (hashicorp/nomad#23317), so traffic would reach replicas still starting or
 # failing.
+
+# Deployments' domain: `*.<serving_domain>` resolves to this gateway (the functions job's
+# `serving_origin` names the same).
+variable "serving_domain" {
+  type    = string
+  default = "apps.pool.example"
+}
 
 job "aic-serving-gateway" {
   namespace   = "aic"
@@ -43,6 +51,10 @@ job "aic-serving-gateway" {
         args    = ["-e", "/dev/stderr", "-c", "${NOMAD_TASK_DIR}/nginx.conf", "-g", "daemon off;"]
       }
 
+      env {
+        AIC_SERVING_DOMAIN = var.serving_domain
+      }
+
       template {
         destination   = "${NOMAD_TASK_DIR}/nginx.conf"
         change_mode   = "signal"
@@ -73,9 +85,23 @@ job "aic-serving-gateway" {
             {{- end }}
               keepalive 8;
             }
+            # Deployments, each at an origin of its own: every path is the deployment's, passed
+            # with the Host it came with (the functions host routes by it).
             server {
               listen {{ env "NOMAD_PORT_http" }};
+              server_name *.{{ env "AIC_SERVING_DOMAIN" }};
+              location / {
+                proxy_pass http://aic_functions;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_set_header Host $host;
+                proxy_next_upstream error timeout;
+              }
+            }
+            server {
+              listen {{ env "NOMAD_PORT_http" }} default_server;
               location = /healthz { return 200 "ok\n"; }
+              # Old paths of deployments: the functions host redirects to their origins.
               location /d/ {
                 proxy_pass http://aic_functions;
                 proxy_http_version 1.1;

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod job;
 pub mod jobfile;
 pub mod manifest;
+pub mod origin;
 pub mod resume;
 pub mod serving;
 pub mod settlement;

@@ -53,6 +53,21 @@ async function signIn(page, base) {
   await page.click("#signin");
 }
 
+// A prediction from a page of the deployment's own origin (`link`, as the app shows it): the
+// deployment answers there, never at the app's origin.
+async function predictAt(context, link, pixels) {
+  const p = await context.newPage();
+  try {
+    await p.goto(link);
+    return await p.evaluate(async (pixels) => {
+      const r = await fetch("predict", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ pixels }) });
+      return { status: r.status, body: await r.json() };
+    }, pixels);
+  } finally {
+    await p.close();
+  }
+}
+
 async function text(page, sel) {
   return (await page.textContent(sel)) || "";
 }
@@ -146,10 +161,8 @@ async function main() {
     result.deployment = page.url().split("/").pop();
     await page.waitForSelector("#replicas:has-text('Live replicas: 2 of 2')", { timeout: 240000 });
     result.namedLink = await page.getAttribute("#named-link", "href");
-    result.prediction = await page.evaluate(async ([id, pixels]) => {
-      const r = await fetch(`/d/${id}/predict`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ pixels }) });
-      return { status: r.status, body: await r.json() };
-    }, [result.deployment, cfg.pixels]);
+    result.versionLink = await page.getAttribute("#address-link", "href");
+    result.prediction = await predictAt(page.context(), result.versionLink, cfg.pixels);
     step("deployment answered");
     // Scaled to one replica: a new deployment of the same project, paid and signed; the old
     // one removed once the new one answers; the name's address answers throughout.
@@ -168,10 +181,7 @@ async function main() {
     const scaled = await text(page, "[role=status]:has-text('Scaled digits-web')");
     result.scaled = (/deployment ([0-9a-z]{26}) serves/.exec(scaled) || [])[1] || null;
     await page.waitForSelector(`#deployments tr:has(a[href='/jobs/${result.deployment}']) [data-state=cancelled]`, { timeout: 30000 });
-    result.scaledPrediction = await page.evaluate(async ([owner, pixels]) => {
-      const r = await fetch(`/n/${owner}/digits-web/predict`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ pixels }) });
-      return { status: r.status, body: await r.json() };
-    }, [cfg.owner, cfg.pixels]);
+    result.scaledPrediction = await predictAt(page.context(), result.namedLink, cfg.pixels);
     step("deployment scaled");
     await page.waitForSelector(`#deployments button[data-remove='${result.scaled}']`, { timeout: 15000 });
     await page.click(`#deployments button[data-remove='${result.scaled}']`);

@@ -377,3 +377,11 @@ pub fn mpi_digits_detached(h: &Home, epochs: u32, sleep: &str) -> String {
     assert!(out.status.success(), "{:?}", text(&out));
     text(&out).0.trim().to_string()
 }
+
+/// A deployment's own origin on the embedded pool `h` hosts: `http://<id>.localhost:<port>/`
+/// (curl and browsers take every `*.localhost` name for loopback).
+pub fn deployment_origin(h: &Home, dep: &str) -> String {
+    let addr = std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap();
+    let port = addr.trim().rsplit(':').next().unwrap();
+    format!("http://{dep}.localhost:{port}/")
+}

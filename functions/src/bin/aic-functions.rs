@@ -61,7 +61,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cmd::Serve { listen, poll_ms, redrive_ms } = cli.cmd;
     let built = aic_functions::config::build()?;
     let inbox = poll_ms.map(|_| Inbox::new(built.ctx.store.clone()));
-    let gateway_cfg = aic_functions::config::gateway(&built)?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let origins = aic_functions::config::serving_origins(addr.port())?;
+    let mut gateway_cfg = aic_functions::config::gateway(&built)?;
+    if let Some(cfg) = &mut gateway_cfg {
+        cfg.serving = Some(origins.to_string());
+    }
     let secret = gateway_cfg.as_ref().map(|c| c.secret.clone());
     let gateway = gateway_cfg.map(|cfg| Arc::new(Gateway::new(cfg, built.ctx.clone(), inbox.clone())));
     if poll_ms.is_some() && gateway.is_none() {
@@ -69,7 +75,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let minio = aic_functions::config::minio_posts()?;
     let proxy = Some(Arc::new(
-        aic_functions::proxy::Proxy::new(built.ctx.store.clone()).with_scheduler(built.ctx.scheduler.clone()),
+        aic_functions::proxy::Proxy::new(built.ctx.store.clone())
+            .with_scheduler(built.ctx.scheduler.clone())
+            .at(origins),
     ));
     let gateway_for_logs = gateway.clone();
     let host = Host {
@@ -80,8 +88,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         proxy,
         own_addresses: vec![],
     };
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
-    let addr = listener.local_addr()?;
     // With the gateway here, the simulated miners' workers reach the bucket through it with
     // their job's token, and get no store credentials (the local scheduler takes the host's
     // address; Nomad is told its gateway in its configuration).

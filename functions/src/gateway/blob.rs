@@ -40,6 +40,8 @@ pub(super) struct Grant {
     pub create: bool,
     pub upload: String,
     pub part: Option<u32>,
+    /// The body's length a PUT must have (what the quota counted); `None`: not bound.
+    pub size: Option<u64>,
 }
 
 impl Grant {
@@ -48,7 +50,8 @@ impl Grant {
     /// ambiguous: a key `users/B/data/a||K` signed for B replayed as key `K` with upload
     /// `||users/B/data/a` — the same text — reading any object of the bucket.)
     fn signed_text(&self) -> String {
-        json!(["blob", self.method, self.expires, self.sha, self.create, self.upload, self.part, self.key]).to_string()
+        json!(["blob", self.method, self.expires, self.sha, self.create, self.upload, self.part, self.size, self.key])
+            .to_string()
     }
 
     /// Refuses what no URL this host makes carries: a SHA-256 that is not 64 lower-case hex
@@ -105,6 +108,9 @@ impl Gateway {
         if grant.create {
             q.append_pair("c", "1");
         }
+        if let Some(n) = grant.size {
+            q.append_pair("n", &n.to_string());
+        }
         if let Some(p) = grant.part {
             q.append_pair("u", &grant.upload).append_pair("p", &p.to_string());
         }
@@ -123,6 +129,7 @@ impl Gateway {
             create: get("c") == "1",
             upload: get("u"),
             part: q.get("p").map(|p| p.parse()).transpose().map_err(|_| "a bad part number")?,
+            size: q.get("n").map(|n| n.parse()).transpose().map_err(|_| "a bad size")?,
         };
         g.check_fields()?;
         if !session::constant_time_eq(self.mac(&g.signed_text()).as_bytes(), get("sig").as_bytes()) {
@@ -210,6 +217,15 @@ impl Gateway {
                 Ok(Blob { status, headers: hs, body: BlobBody::Stream(stream) })
             }
             Method::PUT => {
+                if let Some(n) = g.size
+                    && body.len() as u64 != n
+                {
+                    return Err(bad(format!(
+                        "{}: {} bytes sent; the URL is for {n} (the size given to /v1/sign)",
+                        g.key,
+                        body.len()
+                    )));
+                }
                 let sum = hex::encode(<Sha256 as sha2::Digest>::digest(&body));
                 if !g.sha.is_empty() && g.sha != sum {
                     return Err(bad(format!("{}: the content's SHA-256 is not the one signed (BadDigest)", g.key)));
@@ -380,8 +396,11 @@ mod tests {
             create: true,
             upload: "u1".into(),
             part: Some(1),
+            size: Some(5),
         };
         let variants = [
+            Grant { size: Some(6), ..base.clone() },
+            Grant { size: None, ..base.clone() },
             Grant { key: "u1".into(), upload: "k".into(), ..base.clone() },
             Grant { method: "k".into(), key: "PUT".into(), ..base.clone() },
             Grant { create: false, ..base.clone() },

@@ -18,6 +18,7 @@
 //! | `GET /v1/deployments` | the caller's deployments, newest first (from the names dispatch records) |
 //! | `POST /v1/draft` (a request) | its quote, the wallet calls that pay it, its EIP-712 typed data |
 //! | `GET /v1/payments/<job>`, `POST /v1/payments/<job>` `{to, data}`, `POST /v1/payments/<job>/tx` `{tx}` | a payment the browser's wallet is sending, kept and followed by the pool (`payment`) |
+//! | `GET /v1/usage` | what the caller keeps in datasets, and the pool's storage quota per wallet (`quota`) |
 //! | `GET /v1/deposits` | the caller's deposits in the escrow, their state, and the wallet call that reclaims one due back |
 //! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
@@ -33,12 +34,13 @@
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
 //! URL signs `If-None-Match: *`, so it cannot overwrite). A PUT URL is bound to the content's
-//! SHA-256 (`x-amz-checksum-sha256`, checked by S3), and the declared size must be within the
-//! limits. Manifests, status and outputs are written by the pool alone.
+//! SHA-256 (`x-amz-checksum-sha256`, checked by S3) and to the declared size (a signed
+//! `Content-Length`), which must be within the limits and the wallet's storage quota. Manifests, status and outputs are written by the pool alone.
 //!
 //! Files by concern: `session` (SIWE sign-in, tokens, nonces), `limits` (body size, the
 //! callers' token buckets), `access` (what a user or a job's workers may reach), `presign`
-//! (presigned URLs, multipart), `reads` (listings, jobs, logs, replicas, cancel); this file
+//! (presigned URLs, multipart), `quota` (the storage quota per wallet), `sigv4` (a presigned
+//! PUT bound to its length), `reads` (listings, jobs, logs, replicas, cancel); this file
 //! holds the configuration and the routes.
 
 mod access;
@@ -49,8 +51,10 @@ mod limits;
 pub mod live;
 mod payment;
 mod presign;
+mod quota;
 mod reads;
 mod session;
+pub mod sigv4;
 
 pub use session::session_token;
 
@@ -107,8 +111,8 @@ pub struct GatewayConfig {
     /// This gateway's own address (`http://host:port`), where the store cannot presign URLs
     /// and transfers go through the host (`blob`): the embedded pool's.
     pub public_url: Option<String>,
-    /// Where users reach deployments (`<url>/d/<id>/`) when not at this host.
-    pub serve_url: Option<String>,
+    /// The origins deployments answer at (`http://*.localhost:8800`), shown by `/v1/info`.
+    pub serving: Option<String>,
     /// Whether this gateway relays live logs (`live`): a long-lived host does; a Lambda
     /// function, whose invocations share no memory, answers 404 and watchers read the bucket.
     pub live: bool,
@@ -118,6 +122,8 @@ pub struct GatewayConfig {
     /// How long after its job ended a worker token still opens anything (the last log
     /// chunks and records of workers shutting down): not the token's whole hours + 24 h.
     pub worker_grace: Duration,
+    /// Most bytes one wallet keeps in datasets (`quota`); `None`: no quota.
+    pub storage_quota: Option<u64>,
 }
 
 impl GatewayConfig {
@@ -136,10 +142,11 @@ impl GatewayConfig {
             rate: 50.0,
             burst: 400.0,
             public_url: None,
-            serve_url: None,
+            serving: None,
             live: true,
             local_signers: vec![],
             worker_grace: Duration::from_secs(600),
+            storage_quota: None,
         }
     }
 }
@@ -158,6 +165,8 @@ pub struct Gateway {
     signed_out: Mutex<HashMap<Address, (Instant, Option<i64>)>>,
     /// When each job the workers of which called ended (`None`: it runs), as last read.
     job_ended: Mutex<HashMap<JobKey, JobEnded>>,
+    /// What each wallet keeps in datasets, as last listed (`quota`).
+    usage: quota::Usage,
 }
 
 impl Gateway {
@@ -234,6 +243,7 @@ impl Gateway {
             store_origin: Default::default(),
             signed_out: Default::default(),
             job_ended: Default::default(),
+            usage: Default::default(),
         }
     }
 
@@ -291,7 +301,7 @@ impl Gateway {
                 return Ok(json!({
                     "bucket": self.ctx.store.bucket(), "domain": self.cfg.domain, "chain_id": self.cfg.chain_id,
                     "chain": self.cfg.chain_info, "free": self.cfg.chain_info.is_null(),
-                    "max_put": if self.host_transfers() { blob::MAX_HOST_PUT as u64 } else { MAX_PUT }, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES, "serve_url": self.cfg.serve_url,
+                    "max_put": if self.host_transfers() { blob::MAX_HOST_PUT as u64 } else { MAX_PUT }, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES, "serving": self.cfg.serving,
                     "session_seconds": self.cfg.session_ttl.as_secs(), "url_seconds": self.cfg.url_ttl.as_secs(),
                 }));
             }
@@ -383,6 +393,7 @@ impl Gateway {
             (&Method::POST, ["draft"]) => self.draft(&who, &body).await,
             (&Method::GET, ["payments", job]) => self.payment_state(&who, job).await,
             (&Method::GET, ["deposits"]) => self.deposits(&who).await,
+            (&Method::GET, ["usage"]) => self.usage(&who).await,
             (&Method::POST, ["payments", job]) => self.payment_sending(&who, job, &body).await,
             (&Method::POST, ["payments", job, "tx"]) => self.payment_sent(&who, job, &body).await,
             (&Method::GET, ["pool"]) => {

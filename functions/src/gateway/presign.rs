@@ -14,6 +14,18 @@ impl Gateway {
         // S3 signs the URLs; a store that cannot (a local folder) is reached through this host.
         let s3 = if self.host_transfers() { None } else { Some(self.signer()?) };
         let max_put = if s3.is_some() { MAX_PUT } else { super::blob::MAX_HOST_PUT as u64 };
+        // What the call would add to the caller's datasets: refused whole when over the quota.
+        if let Caller::User(who) = who {
+            let adds: u64 = b
+                .items
+                .iter()
+                .filter(|i| i.method.eq_ignore_ascii_case("PUT") && quota::counted(who, &i.key))
+                .map(|i| i.size.unwrap_or(0))
+                .sum();
+            if adds > 0 {
+                self.take(who, adds).await?;
+            }
+        }
         let mut urls = Vec::with_capacity(b.items.len());
         for item in &b.items {
             let access = access(who, &item.key)?;
@@ -73,16 +85,30 @@ impl Gateway {
             let path =
                 object_path(&item.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", item.key)))?;
             let url = match s3 {
-                Some(s3) => s3
-                    .signed_url_opts(method.clone(), &path, self.cfg.url_ttl, &opts)
-                    .await
-                    .map_err(store_err)?
-                    .to_string(),
+                Some(s3) => {
+                    let url =
+                        s3.signed_url_opts(method.clone(), &path, self.cfg.url_ttl, &opts).await.map_err(store_err)?;
+                    match (&method, item.size) {
+                        // The size is bound too (S3 checks a signed Content-Length; clients
+                        // send it with the body): what the quota counted is what arrives.
+                        (&Method::PUT, Some(size)) => {
+                            let secret = s3.credentials().get_credential().await.map_err(store_err)?.secret_key.clone();
+                            let length = [("content-length".to_string(), size.to_string())].into();
+                            super::sigv4::resign(&url, "PUT", &send, &length, &secret)
+                                .map_err(|e| {
+                                    err(StatusCode::INTERNAL_SERVER_ERROR, format!("signing the upload: {e}"))
+                                })?
+                                .to_string()
+                        }
+                        _ => url.to_string(),
+                    }
+                }
                 None => self.blob_url(super::blob::Grant {
                     method: method.as_str().to_string(),
                     key: item.key.clone(),
                     sha: item.sha256.clone().unwrap_or_default().to_lowercase(),
                     create: send.contains_key("if-none-match"),
+                    size: (method == Method::PUT).then_some(item.size.unwrap_or(0)),
                     ..Default::default()
                 })?,
             };
@@ -116,8 +142,20 @@ impl Gateway {
                 ));
             }
         }
+        // A multipart upload into a dataset starts only with room left, and its object is
+        // kept only when it fits (`quota`).
+        if let Caller::User(owner) = who
+            && b.action == "create"
+            && quota::counted(owner, &b.key)
+        {
+            self.take(owner, 1).await?;
+        }
         if self.host_transfers() {
-            return self.host_multipart(&b.action, &b.key, b.upload_id.clone(), b.part, b.parts).await;
+            let r = self.host_multipart(&b.action, &b.key, b.upload_id.clone(), b.part, b.parts).await?;
+            if b.action == "complete" {
+                self.check_completed(who, &b.key).await?;
+            }
+            return Ok(r);
         }
         let s3 = self.signer()?;
         let path = object_path(&b.key).map_err(|e| bad(format!("{}: not a valid object key ({e})", b.key)))?;
@@ -145,6 +183,7 @@ impl Gateway {
                     .complete_multipart(&path, &upload_id()?, parts)
                     .await
                     .map_err(|e| bad(format!("completing the upload: {e}")))?;
+                self.check_completed(who, &b.key).await?;
                 Ok(json!({ "e_tag": r.e_tag }))
             }
             "abort" => {

@@ -24,8 +24,8 @@ export interface Info {
   chain: ChainInfo | null;
   free: boolean;
   max_put: number;
-  /// Where deployments answer, when not at this host.
-  serve_url?: string | null;
+  /// Where deployments answer, each at its own origin: `http://*.localhost:8800`.
+  serving?: string | null;
 }
 
 const KEY = "aic.session";

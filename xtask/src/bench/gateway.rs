@@ -77,17 +77,27 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             "gateway vs direct uWSGI (1 replica: its HTTP router, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s, \
              {ROUNDS} rounds taking turns (medians):"
         );
-        let targets = [("direct uWSGI", direct), ("through the gateway", api)];
+        // The API's origin is `<label>.localhost:<port>`, which wrk's resolver does not take
+        // for loopback as browsers and curl do: wrk goes to 127.0.0.1 and names the origin.
+        let (api, origin) = match api.split_once("://").and_then(|(_, r)| r.split_once(".localhost:")) {
+            Some((label, rest)) => {
+                let port = rest.trim_end_matches('/');
+                (format!("http://127.0.0.1:{port}/"), Some(format!("Host: {label}.localhost:{port}")))
+            }
+            None => (api, None),
+        };
+        let targets = [("direct uWSGI", direct, None), ("through the gateway", api, origin)];
         // `ROUNDS` rounds of wrk with `load` on each target in turn: each run's figures, by target.
         let rounds = |load: [&str; 3]| -> anyhow::Result<Vec<Vec<Figures>>> {
             let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
             for _ in 0..ROUNDS {
-                for (i, (_, url)) in targets.iter().enumerate() {
+                for (i, (_, url, host)) in targets.iter().enumerate() {
                     // CPU the gateway's process (`aic dev up`, which hosts it) spends meanwhile,
                     // and the whole machine's (wrk, uWSGI, the gateway, the kernel's networking).
                     let (cpu0, busy0) = (cpu_seconds(up.id())?, machine_busy_seconds()?);
                     let out = Command::new("wrk")
                         .args(load)
+                        .args(host.iter().flat_map(|h| ["-H", h.as_str()]))
                         .args(["--latency", "-s"])
                         .arg(&lua)
                         .arg(format!("{url}predict"))
@@ -104,7 +114,7 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             v[v.len() / 2]
         };
         let mut seen = Vec::new();
-        for ((name, _), r) in targets.iter().zip(&runs) {
+        for ((name, _, _), r) in targets.iter().zip(&runs) {
             let of = |f: fn(&Figures) -> f64| median(r.iter().map(f).collect());
             let (req, p99, cpu, machine) =
                 (of(|x| x.rps), of(|x| x.p99_ms), of(|x| x.gateway_us), of(|x| x.machine_us));

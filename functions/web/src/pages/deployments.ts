@@ -1,4 +1,5 @@
 import { api, info, listAll, session, sign, type JobRow, TERMINAL, userPrefix } from "../api";
+import { deploymentUrl, namedUrl } from "../origin";
 import { ulid } from "../ulid";
 import { h, link, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
@@ -98,7 +99,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
       return;
     }
     const now = Date.now();
-    const serveUrl = (await info()).serve_url || location.origin;
+    const pattern = (await info()).serving || "";
     const out = await Promise.all(
       rows.map(async (j) => {
         const r = j.request!;
@@ -109,7 +110,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
           up = replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length;
         }
         // The name's address stays across scales and redeploys (as `aic deploy` prints it).
-        const addr = r.name ? `${serveUrl}/n/${session()!.address}/${r.name}/` : `${serveUrl}/d/${j.job_id}/`;
+        const addr = (r.name && namedUrl(pattern, session()!.address, r.name)) || deploymentUrl(pattern, j.job_id);
         const rm = h("button", { type: "button", class: "danger", "data-remove": j.job_id, "aria-label": `Remove ${r.name || j.job_id}` }, "Remove");
         rm.hidden = !live;
         rm.addEventListener("click", async () => {

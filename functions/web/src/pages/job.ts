@@ -1,4 +1,5 @@
 import { api, ApiError, info, listAll, session, sign, type Settlement, type StatusRecord, TERMINAL } from "../api";
+import { deploymentUrl, namedUrl } from "../origin";
 import { download } from "../upload";
 import { fmtAic, fmtBytes, fmtDuration, fmtTime, h, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
@@ -261,9 +262,10 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
     );
     const now = Date.now();
     const live = replicas.filter((r) => r.healthy && Date.parse(r.heartbeat_at) + r.ttl_seconds * 1000 >= now);
-    const base = (await info()).serve_url || location.origin;
-    const addr = `${base}/d/${id}/`;
-    const named = req.name ? `${base}/n/${me}/${req.name}/` : null;
+    const pattern = (await info()).serving;
+    if (!pattern) return;
+    const addr = deploymentUrl(pattern, id);
+    const named = req.name ? namedUrl(pattern, me, req.name) : null;
     serving.replaceChildren(
       h(
         "div",
