@@ -123,7 +123,9 @@ async fn streamed(env: &Env, job: &str, alloc: u32, command: Vec<String>) -> any
         let (gw, session) = (gw.clone(), session.clone());
         tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 64 * 1024];
+            // 32 KiB a frame: in base 64 (43.7 KiB) it fits the gateway's 64 KiB body limit
+            // (a pipe's 64 KiB read did not, and the rest of the input was lost).
+            let mut buf = vec![0u8; 32 * 1024];
             loop {
                 let frame = match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => serde_json::json!({ "eof": true }),

@@ -144,7 +144,7 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
     // The same command as on a pool: the embedded host relays it; its workers keep their
     // store access and take their job's commands from it.
     let h = Home::new();
-    let _pool = DevUp::start(&h);
+    let pool = DevUp::start(&h);
     let script = h.write("wait.sh", "echo started\nsleep 60\n");
     let out = h.aic(&["run", "-d", script.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out).1);
@@ -168,6 +168,64 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"streamed\nin\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!((out.status.code(), text(&out).0.as_str()), (Some(0), "streamed\nin\n"));
+    // A megabyte through -i arrives whole (each frame under the gateway's body limit).
+    let mut child =
+        h.cmd(&["exec", "-i", &job, "--", "wc", "-c"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &vec![b'm'; 1_000_000]));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(text(&out).0.trim(), "1000000", "{}", text(&out).1);
+    // 1,000 sessions asked for at once and 100 MB on a session's stdin: refused past the
+    // limits, and the host's memory stays bounded.
+    let host_rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pool.0.id())).unwrap();
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+        kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap() * 1024
+    };
+    let rss_before = host_rss();
+    let base = std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap();
+    let secret = hex::decode(std::fs::read_to_string(h.path().join("aic/exec.secret")).unwrap().trim()).unwrap();
+    let owner: aic_schemas::Address = std::fs::read_dir(h.path().join("aic/store/users"))
+        .unwrap()
+        .flatten()
+        .find(|u| u.path().join("jobs").join(&job).exists())
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .parse()
+        .unwrap();
+    let token = aic_functions::gateway::session_token(&secret, &owner, chrono::Utc::now() + chrono::Duration::hours(1));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut child = h.cmd(&["exec", "-i", &job, "--", "sleep", "60"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let counted = written.clone();
+    std::thread::spawn(move || {
+        let mb = vec![b's'; 1 << 20];
+        for _ in 0..100 {
+            if std::io::Write::write_all(&mut stdin, &mb).is_err() {
+                return;
+            }
+            counted.fetch_add(mb.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // Held back once the session holds its 4 MiB unread: what was written stops growing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = usize::MAX;
+    loop {
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+        assert!(Instant::now() < deadline, "100 MB of stdin never held back");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert!(last < 20 << 20, "{} MiB of stdin taken in", last >> 20);
+    let grown = host_rss().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "the host grew by {} MiB", grown >> 20);
+    let _ = child.kill();
+    let _ = child.wait();
     // ssh and scp reach the allocation through `aic ssh-config`, with the user's own key.
     let key = h.path().join("id_test");
     let made =
@@ -259,6 +317,22 @@ fn exec_reaches_a_running_job_on_the_embedded_pool() {
         let _ = c.kill();
         let _ = c.wait();
     }
+    let codes: Vec<u16> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let http = reqwest::Client::new();
+        let asks = (0..1000).map(|_| {
+            http.post(format!("{}/v1/jobs/{job}/exec", base.trim()))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"alloc": 0, "argv": ["sleep", "60"]}))
+                .send()
+        });
+        futures::future::join_all(asks).await.into_iter().map(|r| r.map(|r| r.status().as_u16()).unwrap_or(0)).collect()
+    });
+    let taken = codes.iter().filter(|c| **c == 200).count();
+    assert!(taken <= 8, "{taken} of 1,000 sessions taken");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{codes:?}");
+    let grown = host_rss().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "after 1,000 sessions asked for, the host grew by {} MiB", grown >> 20);
+
     assert!(h.aic(&["cancel", &job]).status.success());
     let out = h.aic(&["exec", &job, "--", "true"]);
     assert!(!out.status.success() && text(&out).1.contains("not running"), "{}", text(&out).1);

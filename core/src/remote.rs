@@ -210,6 +210,7 @@ fn step(action: &str, key: &str, upload_id: Option<&str>) -> MultipartRequest {
         key: key.into(),
         upload_id: upload_id.map(String::from),
         part: None,
+        size: None,
         parts: Vec::new(),
     }
 }
@@ -509,12 +510,13 @@ impl MultipartUpload for Upload {
         self.etags.lock().unwrap().resize(self.next, None);
         let (gw, key, upload_id, etags) =
             (self.gw.clone(), self.key.clone(), self.upload_id.clone(), self.etags.clone());
+        let size = Some(data.content_length() as u64);
         Box::pin(async move {
             let v = gw
                 .call(
                     reqwest::Method::POST,
                     "multipart",
-                    Some(json!(MultipartRequest { part: Some(part), ..step("part", &key, Some(&upload_id)) })),
+                    Some(json!(MultipartRequest { part: Some(part), size, ..step("part", &key, Some(&upload_id)) })),
                 )
                 .await
                 .map_err(|e| to_store_err(&key, e))?;

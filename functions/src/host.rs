@@ -108,19 +108,82 @@ impl MinioPosts {
     }
 }
 
-/// Serves on `listener` until the task is dropped.
+/// What one host takes on at once, so that one client (or one wallet's many) cannot take it
+/// down and settlement with it.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections open at once (at most the process's open-file limit less a margin); the
+    /// next is accepted when one closes (it waits in the listen queue).
+    pub connections: usize,
+    /// How long a client may take to send a request's head (a client that sends it a byte at
+    /// a time holds nothing longer).
+    pub head_within: std::time::Duration,
+    /// How long a client may take to send a request's body.
+    pub body_within: std::time::Duration,
+    /// Bytes of `/v1/blob` bodies held in memory at once, every transfer together; a transfer
+    /// waits for room at most `blob_wait`, then is asked to retry (503).
+    pub blob_buffered: usize,
+    pub blob_wait: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft as usize)
+            .unwrap_or(1024);
+        Limits {
+            connections: files.saturating_sub(128).clamp(64, 16_384),
+            head_within: std::time::Duration::from_secs(30),
+            body_within: std::time::Duration::from_secs(120),
+            blob_buffered: 8 * crate::gateway::blob::MAX_HOST_PUT,
+            blob_wait: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the connections of one host share: its limits and what is taken of them.
+struct Served {
+    limits: Limits,
+    /// Kibibytes of `/v1/blob` bodies that may still be taken in.
+    blob_budget: tokio::sync::Semaphore,
+}
+
+/// Serves on `listener` until the task is dropped, within the default [`Limits`].
 pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
+    serve_with(host, listener, Limits::default()).await
+}
+
+/// Serves on `listener` within `limits` until the task is dropped.
+pub async fn serve_with(host: Host, listener: tokio::net::TcpListener, limits: Limits) {
     let host = Arc::new(host);
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let served =
+        Arc::new(Served { blob_budget: tokio::sync::Semaphore::new((limits.blob_buffered / 1024).max(1)), limits });
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok(permit) = open.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin on it.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         // Answers go out as soon as they are written (a kept-alive client's next request must
         // not wait on the previous answer's acknowledgement).
         let _ = stream.set_nodelay(true);
-        let host = host.clone();
+        let (host, served) = (host.clone(), served.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(host.clone(), peer, req));
+            let head_within = served.limits.head_within;
+            let svc = hyper::service::service_fn(move |req| handle(host.clone(), served.clone(), peer, req));
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(head_within)
+                .serve_connection(io, svc)
+                .await;
+            drop(permit);
         });
     }
 }
@@ -161,28 +224,59 @@ fn blob_response(b: crate::gateway::blob::Blob) -> Response<Body> {
         .unwrap_or_else(|_| reply(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "bad answer"})))
 }
 
-/// A request body of at most `limit` bytes, or the 413 answer saying `over`.
-async fn read_body(body: Incoming, limit: usize, over: String) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(_) => Err(reply(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": over }))),
+/// A request body of at most `limit` bytes, sent within `within`, or the answer saying why not
+/// (413 with `over`; 408).
+async fn read_body(
+    body: Incoming,
+    limit: usize,
+    over: String,
+    within: std::time::Duration,
+) -> Result<Bytes, Response<Body>> {
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err(reply(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": over }))),
+        Err(_) => Err(reply(
+            StatusCode::REQUEST_TIMEOUT,
+            serde_json::json!({ "error": format!("the body was not sent within {} s", within.as_secs()) }),
+        )),
     }
 }
 
-async fn handle(host: Arc<Host>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    host: Arc<Host>,
+    served: Arc<Served>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let within = served.limits.body_within;
     // A deployment's origin: the whole request is the deployment's (whatever its path, from
     // whatever page: what it accepts is the app's business), and nothing of the pool's
     // answers there.
     if let Some(proxy) = host.proxy.clone()
         && let Some(label) = proxy.label(req.headers())
     {
-        let Some(site) = aic_schemas::origin::site(label) else {
-            let why = format!("no deployment answers at {label:?}: see `aic deploy list` for the addresses");
+        let Some(site) = label.and_then(aic_schemas::origin::site) else {
+            let at = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let why = format!("no deployment answers at {at:?}: see `aic deploy list` for the addresses");
             return Ok(reply(StatusCode::NOT_FOUND, serde_json::json!({ "error": why })));
         };
+        // On this machine (the embedded pool), a page of another site does not reach a
+        // deployment on the user's loopback (a form posted to it, a script's request): its
+        // requests carry that page's `Origin`. Links and the deployment's own pages work.
+        if !host.own_addresses.is_empty()
+            && let Some(origin) = req.headers().get(http::header::ORIGIN).and_then(|v| v.to_str().ok())
+        {
+            let at = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if !origin.strip_prefix("http://").is_some_and(|o| o.eq_ignore_ascii_case(at)) {
+                let why = format!(
+                    "requests from pages of {origin} to a deployment on this machine are refused: open it at its own address"
+                );
+                return Ok(reply(StatusCode::FORBIDDEN, serde_json::json!({ "error": why })));
+            }
+        }
         let (parts, body) = req.into_parts();
         let over = format!("request body over {} bytes", crate::proxy::MAX_BODY);
-        let body = match read_body(body, crate::proxy::MAX_BODY, over).await {
+        let body = match read_body(body, crate::proxy::MAX_BODY, over, within).await {
             Ok(b) => b,
             Err(r) => return Ok(r),
         };
@@ -213,11 +307,38 @@ async fn handle(host: Arc<Host>, peer: SocketAddr, req: Request<Incoming>) -> Re
             "a transfer here is at most {} bytes; send bigger files in parts (/v1/multipart)",
             crate::gateway::blob::MAX_HOST_PUT
         );
-        let body = match read_body(body, crate::gateway::blob::MAX_HOST_PUT, over).await {
+        // Room in memory for the body first (its announced length, else the most a transfer
+        // may be): what every transfer holds at once is bounded, whoever sends them.
+        let room = if parts.method == Method::PUT {
+            let announced = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(crate::gateway::blob::MAX_HOST_PUT)
+                .min(crate::gateway::blob::MAX_HOST_PUT);
+            // (HTTP/1.1 framing holds a body to its announced length; a chunked one counts as
+            // the most a transfer may be.)
+            let kib = announced.div_ceil(1024).clamp(1, (served.limits.blob_buffered / 1024).max(1)) as u32;
+            match tokio::time::timeout(served.limits.blob_wait, served.blob_budget.acquire_many(kib)).await {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    let why = "this host is taking in many transfers at once; send it again in a moment";
+                    let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": why }));
+                    r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                    return Ok(r);
+                }
+            }
+        } else {
+            None
+        };
+        let body = match read_body(body, crate::gateway::blob::MAX_HOST_PUT, over, within).await {
             Ok(b) => b,
             Err(r) => return Ok(r),
         };
-        return Ok(blob_response(gw.blob(&parts.method, parts.uri.query(), &parts.headers, body).await));
+        let answer = blob_response(gw.blob(&parts.method, parts.uri.query(), &parts.headers, body).await);
+        drop(room);
+        return Ok(answer);
     }
     if path.starts_with("/v1/") {
         let Some(gw) = host.gateway.clone() else {
@@ -228,7 +349,7 @@ async fn handle(host: Arc<Host>, peer: SocketAddr, req: Request<Incoming>) -> Re
         }
         let (parts, body) = req.into_parts();
         let over = format!("request body over the gateway's {}-byte limit", crate::gateway::MAX_BODY);
-        let body = match read_body(body, crate::gateway::MAX_BODY, over).await {
+        let body = match read_body(body, crate::gateway::MAX_BODY, over, within).await {
             Ok(b) => b,
             Err(r) => return Ok(r),
         };

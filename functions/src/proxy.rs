@@ -113,11 +113,13 @@ impl Proxy {
         self.origins.as_ref()
     }
 
-    /// The label of a request's `Host` when it is one of the deployments' origins: the
-    /// whole request is then the deployment's.
-    pub fn label<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+    /// What a request's `Host` is under the deployments' domain: `Some(Some(label))` for a
+    /// deployment's origin (the whole request is then the deployment's), `Some(None)` for any
+    /// other name under that domain (nothing answers there), `None` for a name outside it.
+    pub fn label<'a>(&self, headers: &'a HeaderMap) -> Option<Option<&'a str>> {
         let host = headers.get(header::HOST)?.to_str().ok()?;
-        self.origins.as_ref()?.label(host)
+        let origins = self.origins.as_ref()?;
+        origins.within(host).then(|| origins.label(host))
     }
 
     /// The answer at the web app's origin to a deployment's old path (`/d/<deployment>/…`,

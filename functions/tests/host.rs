@@ -304,8 +304,10 @@ async fn serving_host(p: &Pool) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let origins = aic_schemas::origin::Origins::localhost(listener.local_addr().unwrap().port());
     let proxy = Some(Arc::new(aic_functions::proxy::Proxy::new(p.store.clone()).at(origins)));
+    // As the embedded pool: it answers as itself only.
+    let own_addresses = vec![url.trim_start_matches("http://").to_string()];
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses: vec![] },
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses },
         listener,
     ));
     url
@@ -372,11 +374,23 @@ async fn a_deployed_page_answers_at_its_own_origin_and_gets_no_cookie_or_service
     };
     assert_eq!(code, 404);
     assert!(body.contains("is not a deployment id"), "{body}");
-    // A label that names nothing.
-    let (origin, client) = origin_of(&url, "www");
-    let r = client.get(format!("{origin}/")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("no deployment answers at"));
+    // A label that names nothing, and a name deeper under the deployments' domain (under a
+    // deployment's own, even): nothing of the pool's answers there.
+    for label in ["www".to_string(), format!("a.{deployment}")] {
+        let (origin, client) = origin_of(&url, &label);
+        let r = client.get(format!("{origin}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{label}");
+        assert!(r.text().await.unwrap().contains("no deployment answers at"));
+    }
+    // On this machine, a page of another site reaches no deployment (its requests carry its
+    // Origin); the deployment's own pages do, and so do links (no Origin).
+    let (origin, client) = origin_of(&url, deployment.as_str());
+    let from = |o: &str| client.post(format!("{origin}/x")).header("origin", o.to_string()).body("b").send();
+    let r = from("http://evil.example").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("to a deployment on this machine are refused"));
+    assert_eq!(from(&origin).await.unwrap().status(), 200);
+    assert_eq!(client.post(format!("{origin}/x")).body("b").send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -883,4 +897,131 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
 fn workers(pid: u32) -> Vec<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     children.split_whitespace().filter_map(|c| c.parse().ok()).collect()
+}
+
+/// A host holds no more than its limits, whoever sends (`host::Limits`): a client that sends
+/// its request's head a byte at a time is cut off; the connections open at once are bounded
+/// (the next is answered once one closes); what every `/v1/blob` transfer holds in memory at
+/// once is bounded, a transfer that finds no room asked to retry (503, `Retry-After`) rather
+/// than the host taking in all of them. (A host read every body whole, from every client at
+/// once, and kept every connection that never finished its head.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_holds_no_more_than_its_limits_whoever_sends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pool(1, "exit 0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}");
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let mut cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), "pool.test", 31337);
+    cfg.public_url = Some(url.clone());
+    let gw = Arc::new(aic_functions::gateway::Gateway::new(cfg, p.ctx.clone(), None));
+    let host = Host {
+        ctx: p.ctx.clone(),
+        sns: None,
+        gateway: Some(gw),
+        minio: MinioPosts::Open,
+        proxy: None,
+        own_addresses: vec![],
+    };
+    let limits = aic_functions::host::Limits {
+        connections: 4,
+        head_within: Duration::from_secs(60),
+        body_within: Duration::from_secs(20),
+        blob_buffered: 1 << 20,
+        blob_wait: Duration::from_millis(300),
+    };
+    // The same host with a head timeout of a second, for the slow client.
+    let quick = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let quick_addr = quick.local_addr().unwrap();
+    let short = aic_functions::host::Limits { head_within: Duration::from_secs(1), ..limits.clone() };
+    tokio::spawn(aic_functions::host::serve_with(host.clone(), quick, short));
+    tokio::spawn(aic_functions::host::serve_with(host, listener, limits));
+    let healthz = || async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_millis(500), s.read_to_string(&mut out)).await.map(|_| out)
+    };
+    // A head sent slowly: the connection is closed once its second is up.
+    let mut slow = tokio::net::TcpStream::connect(quick_addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a connection that never finished its head was kept");
+    // Four connections held open (each sending a head slowly): the fifth waits for one.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /he").await.unwrap();
+        held.push(s);
+    }
+    assert!(healthz().await.is_err(), "a fifth connection was served beside four held");
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(out) = healthz().await {
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no connection was taken after one closed");
+    }
+    drop(held);
+    // Transfers: a body of 800 KiB under way holds 800 of the 1024 KiB; a second one finds no
+    // room and is asked to retry; once the first is in, the second goes through.
+    let token = aic_functions::gateway::session_token(
+        &secret,
+        &aic_schemas::Address::from_bytes([7; 20]),
+        chrono::Utc::now() + chrono::Duration::hours(1),
+    );
+    let body = vec![b'b'; 800 << 10];
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
+    };
+    let http = reqwest::Client::new();
+    let owner = aic_schemas::Address::from_bytes([7; 20]);
+    let sign = |name: &str| {
+        let item = serde_json::json!({"method": "PUT", "key": format!("users/{owner}/data/t/{name}"), "size": body.len(), "sha256": sha});
+        http.post(format!("{url}/v1/sign")).bearer_auth(&token).json(&serde_json::json!({"items": [item]})).send()
+    };
+    let first: serde_json::Value = sign("first").await.unwrap().json().await.unwrap();
+    let second: serde_json::Value = sign("second").await.unwrap().json().await.unwrap();
+    let (first, second) =
+        (first["urls"][0]["url"].as_str().unwrap().to_string(), second["urls"][0]["url"].as_str().unwrap().to_string());
+    let mut under_way = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let target = &first[url.len()..];
+    under_way
+        .write_all(
+            format!("PUT {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+        )
+        .await
+        .unwrap();
+    under_way.write_all(&body[..1000]).await.unwrap();
+    // (The host takes the first body's room as soon as it has the head: poll until it has.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = http.put(&second).body(body.clone()).send().await.unwrap();
+        if r.status() == 503 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the second transfer was never refused: {}", r.status());
+        // It went through before the first took its room: remove it and try again.
+        assert!(r.status().is_success(), "{}", r.status());
+        p.store.delete(&format!("users/{owner}/data/t/second")).await.unwrap();
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(refused.text().await.unwrap().contains("send it again in a moment"));
+    under_way.write_all(&body[1000..]).await.unwrap();
+    let mut head = [0u8; 12];
+    under_way.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let r = http.put(&second).body(body.clone()).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for name in ["first", "second"] {
+        assert_eq!(
+            p.store.get_limited(&format!("users/{owner}/data/t/{name}"), 1 << 20).await.unwrap().unwrap().len(),
+            800 << 10
+        );
+    }
 }

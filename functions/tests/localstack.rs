@@ -279,8 +279,8 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
 }
 
 /// A wallet's datasets stay within the pool's storage quota on S3: what one call signs past
-/// it is refused, and an upload in parts that takes the wallet past it is refused once whole
-/// and removed (its parts' sizes are the client's); another wallet is untouched.
+/// it is refused, and so is a part of an upload that does not fit; every URL binds its size
+/// (S3 checks it); another wallet is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wallets_datasets_stay_within_its_storage_quota_on_s3() {
     let (_bucket, store) = fresh_bucket("quota");
@@ -300,23 +300,36 @@ async fn a_wallets_datasets_stay_within_its_storage_quota_on_s3() {
     let job = aic_schemas::JobId::generate();
     assert_eq!(sign(&url, &ta, put(format!("users/{a}/jobs/{job}/code/t.py"), b"abc")).await.0, 200);
     assert_eq!(sign(&url, &tb, put(format!("users/{b}/data/y/one"), b"12345678")).await.0, 200);
-    // In parts: started with room left (8 of 10), refused once whole (13) and not kept.
+    // In parts: started with room left (8 of 10 and the start's 1); a part that does not fit
+    // is refused before it is sent; a part's URL needs its size and binds it; one that fits
+    // is kept once whole.
     let http = reqwest::Client::new();
     let mp = |body: Value| http.post(format!("{url}/v1/multipart")).bearer_auth(&ta).json(&body).send();
     let key = format!("users/{a}/data/x/parts");
     let v: Value = mp(json!({"action": "create", "key": key})).await.unwrap().json().await.unwrap();
     let upload = v["upload_id"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
-    let v: Value =
-        mp(json!({"action": "part", "key": key, "upload_id": upload, "part": 0})).await.unwrap().json().await.unwrap();
-    let r = http.put(v["url"].as_str().unwrap()).body(b"hello".to_vec()).send().await.unwrap();
+    let part = |size: Option<u64>| {
+        let mut b = json!({"action": "part", "key": key, "upload_id": upload, "part": 0});
+        if let Some(n) = size {
+            b["size"] = n.into();
+        }
+        mp(b)
+    };
+    assert_eq!(part(None).await.unwrap().status(), 400, "a part without its size");
+    let r = part(Some(5)).await.unwrap();
+    assert_eq!(r.status(), 507);
+    assert!(r.text().await.unwrap().contains("needs 5 B more"));
+    let v: Value = part(Some(1)).await.unwrap().json().await.unwrap();
+    let r = http.put(v["url"].as_str().unwrap_or_else(|| panic!("{v}"))).body(b"hi".to_vec()).send().await.unwrap();
+    assert!(!r.status().is_success(), "2 bytes on a part URL for 1");
+    let r = http.put(v["url"].as_str().unwrap()).body(b"h".to_vec()).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let r = mp(json!({"action": "complete", "key": key, "upload_id": upload, "parts": [etag]})).await.unwrap();
-    assert_eq!(r.status(), 507);
-    assert!(r.text().await.unwrap().contains("needs 5 B more"));
-    assert!(p.store.head(&key).await.unwrap().is_none(), "the upload past the quota was kept");
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_eq!(p.store.head(&key).await.unwrap().map(|m| m.size), Some(1));
     let usage: Value = http.get(format!("{url}/v1/usage")).bearer_auth(&ta).send().await.unwrap().json().await.unwrap();
-    assert_eq!((usage["data_bytes"].as_u64(), usage["quota_bytes"].as_u64()), (Some(8), Some(10)), "{usage}");
+    assert_eq!((usage["data_bytes"].as_u64(), usage["quota_bytes"].as_u64()), (Some(9), Some(10)), "{usage}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

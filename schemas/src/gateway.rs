@@ -94,6 +94,10 @@ pub struct MultipartRequest {
     /// 0-based.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<usize>,
+    /// With `part`: its size in bytes, which its URL then binds (needed for a dataset's parts
+    /// where the pool has a storage quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<String>,
 }

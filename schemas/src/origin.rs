@@ -121,6 +121,20 @@ impl Origins {
     }
 }
 
+impl Origins {
+    /// Whether a `Host` header's value is a name under these origins' domain (at any depth;
+    /// not the domain itself, which may be the pool's own, as `localhost`): only a single
+    /// label there names a deployment; nothing of the pool answers under it.
+    pub fn within(&self, host: &str) -> bool {
+        let name = match host.rsplit_once(':') {
+            Some((n, p)) if !n.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        };
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        name.ends_with(&format!(".{}", self.domain))
+    }
+}
+
 /// A named deployment's label: `<name>--<owner in base 32>`; `None` when it would not fit.
 pub fn named_label(owner: &Address, name: &str) -> Option<String> {
     if name.len() > MAX_NAMED || !crate::validate::is_name(name) {

@@ -286,6 +286,7 @@ impl Gateway {
         key: &str,
         upload: Option<String>,
         part: Option<usize>,
+        size: Option<u64>,
         parts: Vec<String>,
     ) -> Reply {
         let upload = || {
@@ -305,6 +306,7 @@ impl Gateway {
                     key: key.into(),
                     upload: upload()?,
                     part: Some(part as u32),
+                    size,
                     ..Default::default()
                 })?;
                 Ok(json!({ "url": url }))

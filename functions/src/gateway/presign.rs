@@ -14,18 +14,6 @@ impl Gateway {
         // S3 signs the URLs; a store that cannot (a local folder) is reached through this host.
         let s3 = if self.host_transfers() { None } else { Some(self.signer()?) };
         let max_put = if s3.is_some() { MAX_PUT } else { super::blob::MAX_HOST_PUT as u64 };
-        // What the call would add to the caller's datasets: refused whole when over the quota.
-        if let Caller::User(who) = who {
-            let adds: u64 = b
-                .items
-                .iter()
-                .filter(|i| i.method.eq_ignore_ascii_case("PUT") && quota::counted(who, &i.key))
-                .map(|i| i.size.unwrap_or(0))
-                .sum();
-            if adds > 0 {
-                self.take(who, adds).await?;
-            }
-        }
         let mut urls = Vec::with_capacity(b.items.len());
         for item in &b.items {
             let access = access(who, &item.key)?;
@@ -124,7 +112,47 @@ impl Gateway {
             }
             urls.push(SignedUrl { url, method: method.as_str().to_string(), headers: send });
         }
+        // What the call adds to the caller's datasets: none of its URLs when over the quota.
+        if let Caller::User(who) = who {
+            let adds: Vec<(String, u64)> = b
+                .items
+                .iter()
+                .filter(|i| i.method.eq_ignore_ascii_case("PUT") && quota::counted(who, &i.key))
+                .map(|i| (i.key.clone(), i.size.unwrap_or(0)))
+                .collect();
+            if !adds.is_empty() {
+                self.take(who, &adds, None).await?;
+            }
+            if b.items.iter().any(|i| i.method.eq_ignore_ascii_case("DELETE") && quota::counted(who, &i.key)) {
+                self.relist(who).await;
+            }
+        }
         Ok(json!(SignResponse { urls, expires_in: self.cfg.url_ttl.as_secs() }))
+    }
+
+    /// A presigned PUT of `path` bound to `size` bytes besides `opts`' headers (`sent`).
+    async fn sized_url(
+        &self,
+        s3: &object_store::aws::AmazonS3,
+        path: &object_store::path::Path,
+        opts: &SignedUrlOptions,
+        sent: &std::collections::BTreeMap<String, String>,
+        size: u64,
+    ) -> Result<String, ApiError> {
+        let length = [("content-length".to_string(), size.to_string())].into();
+        // The secret must be the one the URL was made with: credentials that rotate (STS,
+        // instance metadata) may change between the two reads, and the URL is made again.
+        for _ in 0..3 {
+            let cred = s3.credentials().get_credential().await.map_err(store_err)?;
+            let url = s3.signed_url_opts(Method::PUT, path, self.cfg.url_ttl, opts).await.map_err(store_err)?;
+            let made_with = url.query_pairs().find(|(k, _)| k == "X-Amz-Credential").map(|(_, v)| v.into_owned());
+            if made_with.is_some_and(|c| c.starts_with(&format!("{}/", cred.key_id))) {
+                return super::sigv4::resign(&url, "PUT", sent, &length, &cred.secret_key)
+                    .map(|u| u.to_string())
+                    .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("signing the upload: {e}")));
+            }
+        }
+        Err(err(StatusCode::SERVICE_UNAVAILABLE, "the store's credentials are changing; try again in a moment"))
     }
 
     pub(super) async fn multipart(&self, who: &Caller, body: &[u8]) -> Reply {
@@ -142,18 +170,29 @@ impl Gateway {
                 ));
             }
         }
-        // A multipart upload into a dataset starts only with room left, and its object is
-        // kept only when it fits (`quota`).
+        // Into a dataset (`quota`): an upload starts only with room left; each part is taken
+        // by its size, which its URL binds; the object is kept only when it fits.
         if let Caller::User(owner) = who
-            && b.action == "create"
             && quota::counted(owner, &b.key)
+            && self.cfg.storage_quota.is_some()
         {
-            self.take(owner, 1).await?;
+            match (b.action.as_str(), b.part, &b.upload_id) {
+                ("create", _, _) => self.take(owner, &[(format!("{}#create", b.key), 1)], None).await?,
+                ("part", Some(part), Some(upload)) => {
+                    let size = b.size.ok_or_else(|| bad("a part of an upload into a dataset needs its size"))?;
+                    let key = quota::part_key(&b.key, upload, part);
+                    self.take(owner, &[(key, size)], Some(quota::PARTS_HELD + self.cfg.url_ttl)).await?;
+                }
+                _ => {}
+            }
         }
         if self.host_transfers() {
-            let r = self.host_multipart(&b.action, &b.key, b.upload_id.clone(), b.part, b.parts).await?;
-            if b.action == "complete" {
-                self.check_completed(who, &b.key).await?;
+            let upload = b.upload_id.clone().unwrap_or_default();
+            let r = self.host_multipart(&b.action, &b.key, b.upload_id.clone(), b.part, b.size, b.parts).await?;
+            match b.action.as_str() {
+                "complete" => self.check_completed(who, &b.key, &upload).await?,
+                "abort" => self.release(who, &b.key, &upload).await?,
+                _ => {}
             }
             return Ok(r);
         }
@@ -174,8 +213,15 @@ impl Gateway {
                     ("partNumber".to_string(), (part + 1).to_string()),
                     ("uploadId".to_string(), upload_id()?),
                 ]);
-                let url = s3.signed_url_opts(Method::PUT, &path, self.cfg.url_ttl, &opts).await.map_err(store_err)?;
-                Ok(json!({ "url": url.to_string() }))
+                let url = match b.size {
+                    Some(size) => self.sized_url(s3, &path, &opts, &Default::default(), size).await?,
+                    None => s3
+                        .signed_url_opts(Method::PUT, &path, self.cfg.url_ttl, &opts)
+                        .await
+                        .map_err(store_err)?
+                        .to_string(),
+                };
+                Ok(json!({ "url": url }))
             }
             "complete" => {
                 let parts = b.parts.into_iter().map(|e| PartId { content_id: e }).collect();
@@ -183,11 +229,12 @@ impl Gateway {
                     .complete_multipart(&path, &upload_id()?, parts)
                     .await
                     .map_err(|e| bad(format!("completing the upload: {e}")))?;
-                self.check_completed(who, &b.key).await?;
+                self.check_completed(who, &b.key, &upload_id()?).await?;
                 Ok(json!({ "e_tag": r.e_tag }))
             }
             "abort" => {
                 s3.abort_multipart(&path, &upload_id()?).await.map_err(store_err)?;
+                self.release(who, &b.key, &upload_id()?).await?;
                 Ok(json!({}))
             }
             other => Err(bad(format!("unknown multipart action {other:?}: create, part, complete or abort"))),

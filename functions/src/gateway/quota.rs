@@ -3,23 +3,41 @@
 //! free storage or CDN.
 //!
 //! An upload is refused before anything moves when it would take the wallet past its quota:
-//! a single PUT by its declared size, which its URL then binds (S3 checks the signed
-//! `Content-Length`; this host checks the body's length); a multipart upload is refused at
-//! `create` once the quota is used up, and at `complete` when the finished object takes the
-//! wallet past it (the object is then deleted: its parts' sizes are the client's to choose).
-//! What is used is read from one listing of the wallet's datasets, reused for
-//! [`USAGE_CACHE`], plus what was signed since on this host (so that parallel calls cannot
-//! each fit alone).
+//! a single PUT by its declared size, and a part of a multipart upload by its own, each of
+//! which its URL then binds (S3 checks the signed `Content-Length`; this host checks the
+//! body's length); a multipart upload is checked again once whole (and deleted when over).
+//! What is used: one listing of the wallet's datasets (reused for [`USAGE_CACHE`]) plus what
+//! was signed and has not arrived, each URL kept by its key until it expires (a listing that
+//! shows the key has it; so does the end of its upload). One wallet's checks and reservations
+//! go one at a time, so parallel calls cannot each fit alone. The count is this host's: with
+//! several functions hosts a wallet can sign up to one quota more on each before its uploads
+//! show in the listing.
 
 use super::*;
 
 /// How long one listing of a wallet's datasets stands for what it uses.
 pub const USAGE_CACHE: Duration = Duration::from_secs(10);
 
-/// What each wallet used at its last listing, when, and what was signed since.
+/// Each wallet's usage, behind a lock of its own.
 #[derive(Default)]
 pub(super) struct Usage {
-    by: Mutex<HashMap<Address, (Instant, u64, u64)>>,
+    by: Mutex<HashMap<Address, std::sync::Arc<tokio::sync::Mutex<Wallet>>>>,
+}
+
+/// What one wallet used at its last listing, and the uploads signed since.
+#[derive(Default)]
+struct Wallet {
+    listed_at: Option<Instant>,
+    listed: u64,
+    /// Signed, not seen arrived: by key (a part's: `<key>#<upload>#<part>`), size and expiry.
+    signed: HashMap<String, (u64, Instant)>,
+}
+
+impl Wallet {
+    fn used(&self) -> u64 {
+        let now = Instant::now();
+        self.listed + self.signed.values().filter(|(_, until)| *until > now).map(|(n, _)| n).sum::<u64>()
+    }
 }
 
 /// Whether `key` counts against its owner's quota: a dataset's file.
@@ -27,60 +45,112 @@ pub(super) fn counted(who: &Address, key: &str) -> bool {
     key.starts_with(&aic_core::layout::data_key(who, ""))
 }
 
+/// How long a part counts though its upload is never completed nor aborted: until the store
+/// drops it (MinIO after 24 h, scanning every 6 h: `stale_uploads_expiry`; S3 by the bucket's
+/// `AbortIncompleteMultipartUpload` rule of a day, applied once a day) and its URL's lifetime.
+pub const PARTS_HELD: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// A part's reservation key.
+pub(super) fn part_key(key: &str, upload: &str, part: usize) -> String {
+    format!("{key}#{upload}#{part}")
+}
+
 impl Gateway {
-    /// What `who` keeps in datasets (`fresh`: listed now), with what was signed since.
-    pub(super) async fn data_used(&self, who: &Address, fresh: bool) -> Result<u64, ApiError> {
-        if !fresh
-            && let Some((at, listed, signed)) = self.usage.by.lock().unwrap().get(who)
-            && at.elapsed() < USAGE_CACHE
-        {
-            return Ok(listed + signed);
+    /// `who`'s usage, locked, listed again when older than [`USAGE_CACHE`] (or `fresh`).
+    async fn wallet(&self, who: &Address, fresh: bool) -> Result<tokio::sync::OwnedMutexGuard<Wallet>, ApiError> {
+        let lock = {
+            let mut by = self.usage.by.lock().unwrap();
+            if by.len() >= 100_000 {
+                // Forget the wallets nobody is checking right now.
+                by.retain(|_, w| std::sync::Arc::strong_count(w) > 1);
+            }
+            by.entry(*who).or_default().clone()
+        };
+        let mut w = lock.lock_owned().await;
+        if fresh || w.listed_at.is_none_or(|at| at.elapsed() >= USAGE_CACHE) {
+            let prefix = aic_core::layout::data_key(who, "");
+            let listing = self.ctx.store.list(&prefix).await.map_err(store_err)?;
+            let now = Instant::now();
+            let arrived: std::collections::HashSet<&str> = listing.iter().map(|m| m.location.as_ref()).collect();
+            w.signed.retain(|k, (_, until)| *until > now && !arrived.contains(k.as_str()));
+            w.listed = listing.iter().map(|m| m.size).sum();
+            w.listed_at = Some(now);
         }
-        let prefix = aic_core::layout::data_key(who, "");
-        let listed: u64 = self.ctx.store.list(&prefix).await.map_err(store_err)?.iter().map(|m| m.size).sum();
-        let mut by = self.usage.by.lock().unwrap();
-        if by.len() >= 100_000 {
-            by.clear();
-        }
-        by.insert(*who, (Instant::now(), listed, 0));
-        Ok(listed)
+        Ok(w)
     }
 
-    /// Takes `bytes` more for `who`'s datasets, or refuses them with what is used and what to do.
-    pub(super) async fn take(&self, who: &Address, bytes: u64) -> Result<(), ApiError> {
+    /// Takes `items` (key, bytes) for `who`'s datasets for `held` (or their URLs' lifetime),
+    /// or refuses them all with what is used and what to do.
+    pub(super) async fn take(
+        &self,
+        who: &Address,
+        items: &[(String, u64)],
+        held: Option<Duration>,
+    ) -> Result<(), ApiError> {
         let Some(quota) = self.cfg.storage_quota else { return Ok(()) };
-        let used = self.data_used(who, false).await?;
+        let bytes = items.iter().fold(0u64, |n, (_, b)| n.saturating_add(*b));
+        let mut w = self.wallet(who, false).await?;
+        let used = w.used();
         if used.saturating_add(bytes) > quota {
             return Err(over_quota(used, bytes, quota));
         }
-        if let Some(e) = self.usage.by.lock().unwrap().get_mut(who) {
-            e.2 += bytes;
+        let until = Instant::now() + held.unwrap_or(self.cfg.url_ttl);
+        for (key, n) in items {
+            w.signed.insert(key.clone(), (*n, until));
         }
         Ok(())
     }
 
-    /// `GET /v1/usage`: what the caller keeps in datasets, and the pool's quota.
+    /// `GET /v1/usage`: what the caller keeps in datasets (and has signed to upload), and the
+    /// pool's quota.
     pub(super) async fn usage(&self, who: &Address) -> Reply {
-        let used = self.data_used(who, true).await?;
+        let used = self.wallet(who, false).await?.used();
         Ok(json!({ "data_bytes": used, "quota_bytes": self.cfg.storage_quota }))
     }
 
     /// After a multipart upload of `key` completed: refused (and the object deleted) when it
     /// took its owner past the quota.
-    pub(super) async fn check_completed(&self, who: &Caller, key: &str) -> Result<(), ApiError> {
+    pub(super) async fn check_completed(&self, who: &Caller, key: &str, upload: &str) -> Result<(), ApiError> {
         let (Caller::User(who), Some(quota)) = (who, self.cfg.storage_quota) else { return Ok(()) };
         if !counted(who, key) {
             return Ok(());
         }
-        let used = self.data_used(who, true).await?;
+        let mut w = self.wallet(who, true).await?;
+        forget_upload(&mut w, key, upload);
+        let used = w.used();
         if used <= quota {
             return Ok(());
         }
         let size = self.ctx.store.head(key).await.map_err(store_err)?.map_or(0, |m| m.size);
         self.ctx.store.delete(key).await.map_err(store_err)?;
-        self.usage.by.lock().unwrap().remove(who);
-        Err(over_quota(used - size, size, quota))
+        w.listed = w.listed.saturating_sub(size);
+        Err(over_quota(used.saturating_sub(size), size, quota))
     }
+
+    /// Files of `who`'s datasets are being deleted (their URLs signed): the next check lists
+    /// again rather than count them.
+    pub(super) async fn relist(&self, who: &Address) {
+        let lock = self.usage.by.lock().unwrap().get(who).cloned();
+        if let Some(lock) = lock {
+            lock.lock().await.listed_at = None;
+        }
+    }
+
+    /// An upload into `who`'s datasets was aborted: what its parts took is free again.
+    pub(super) async fn release(&self, who: &Caller, key: &str, upload: &str) -> Result<(), ApiError> {
+        let (Caller::User(who), Some(_)) = (who, self.cfg.storage_quota) else { return Ok(()) };
+        if counted(who, key) {
+            forget_upload(&mut *self.wallet(who, false).await?, key, upload);
+        }
+        Ok(())
+    }
+}
+
+/// An upload's parts (and its start) no longer held apart: it ended.
+fn forget_upload(w: &mut Wallet, key: &str, upload: &str) {
+    let parts = format!("{key}#{upload}#");
+    let started = format!("{key}#create");
+    w.signed.retain(|k, _| !k.starts_with(&parts) && *k != started);
 }
 
 fn over_quota(used: u64, bytes: u64, quota: u64) -> ApiError {

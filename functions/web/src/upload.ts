@@ -85,8 +85,10 @@ async function multipart(i: Item, progress: (n: number) => void): Promise<void> 
       Array.from({ length: parts }, (_, n) => n),
       AT_ONCE,
       async (n) => {
-        const { url } = await api<{ url: string }>("POST", "multipart", { action: "part", key: i.key, upload_id, part: n });
-        etags[n] = await put({ url, headers: {} }, i.file.slice(n * PART, (n + 1) * PART), (b) => {
+        const body = i.file.slice(n * PART, (n + 1) * PART);
+        // The part's size: its URL binds it (a pool's storage quota counts it).
+        const { url } = await api<{ url: string }>("POST", "multipart", { action: "part", key: i.key, upload_id, part: n, size: body.size });
+        etags[n] = await put({ url, headers: {} }, body, (b) => {
           sent[n] = b;
           progress(sent.reduce((a, c) => a + c, 0));
         });
