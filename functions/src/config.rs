@@ -19,6 +19,7 @@
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`); for the web app, the host and port users open it at (wallets compare it with the page's origin) |
 //! | `AIC_SERVING_ORIGIN` | the origins deployments answer at, each its own: `https://*.apps.example.net` (wildcard DNS to the serving gateway); default `http://*.localhost:<port>` (this host's port; browsers and curl resolve every `*.localhost` name to loopback) |
 //! | `AIC_STORAGE_QUOTA_MB` | most MiB one wallet keeps in datasets (102400 = 100 GiB; `0`: no quota; the embedded pool: none unless set) |
+//! | `AIC_SECRETS_ID` | Secrets Manager secrets (comma-separated ids or ARNs, each a JSON object) the secrets below are read from at start instead of the environment: `AIC_SETTLER_KEY`, `AIC_GATEWAY_SECRET`, `AIC_WEBHOOK_TOKEN`, `NOMAD_TOKEN` (`crate::secrets`; `AIC_SECRETS_ENDPOINT` for another endpoint) |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
 //! | `AIC_LOG` | log filter (`info`, `debug`, `aic_functions=debug`, …) |
 //! | `AIC_WEBHOOK_TOKEN` | bearer token MinIO must send to `/events` (its `auth_token`); without it MinIO-format posts are refused |
@@ -37,8 +38,9 @@ use anyhow::{Context, anyhow, bail};
 use crate::gateway::GatewayConfig;
 use crate::{Ctx, FreePool};
 
+/// A setting: from the secrets read at start (`crate::secrets`), else the environment.
 fn var(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
+    crate::secrets::get(k).or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))
 }
 
 fn num(k: &str, default: u32) -> anyhow::Result<u32> {
@@ -133,6 +135,9 @@ pub fn build() -> anyhow::Result<Built> {
             let mut cfg = aic_core::scheduler::nomad::NomadConfig::from_env([store_config.env(), worker_env].concat())
                 .map_err(|e| anyhow!(e))?
                 .ok_or_else(|| anyhow!("AIC_SCHEDULER=nomad needs NOMAD_ADDR (and NOMAD_TOKEN with ACLs on)"))?;
+            if let Some(token) = crate::secrets::get("NOMAD_TOKEN") {
+                cfg.token = Some(token);
+            }
             match (var("AIC_WORKER_GATEWAY"), gateway_secret()?) {
                 (Some(url), Some(secret)) => {
                     cfg.worker_gateway = Some(aic_core::grant::WorkerGateway { url, secret });

@@ -112,6 +112,7 @@ pub async fn function_url(gw: &Gateway, payload: Value) -> Value {
 
 /// Runs an S3-event function under `lambda_runtime`.
 pub async fn run_s3(f: Function) -> Result<(), lambda_runtime::Error> {
+    crate::secrets::load().await.map_err(|e| format!("{e:#}"))?;
     let built = crate::config::build().map_err(|e| format!("{e:#}"))?;
     let ctx = built.ctx;
     lambda_runtime::run(lambda_runtime::service_fn(move |ev: lambda_runtime::LambdaEvent<Value>| {
@@ -123,6 +124,7 @@ pub async fn run_s3(f: Function) -> Result<(), lambda_runtime::Error> {
 
 /// Runs the re-driver under `lambda_runtime`: one pass per (scheduled) invocation.
 pub async fn run_redrive() -> Result<(), lambda_runtime::Error> {
+    crate::secrets::load().await.map_err(|e| format!("{e:#}"))?;
     let built = crate::config::build().map_err(|e| format!("{e:#}"))?;
     let ctx = built.ctx;
     lambda_runtime::run(lambda_runtime::service_fn(move |_: lambda_runtime::LambdaEvent<Value>| {
@@ -134,6 +136,7 @@ pub async fn run_redrive() -> Result<(), lambda_runtime::Error> {
 
 /// Runs the gateway under `lambda_runtime` (function URL events).
 pub async fn run_gateway() -> Result<(), lambda_runtime::Error> {
+    crate::secrets::load().await.map_err(|e| format!("{e:#}"))?;
     let built = crate::config::build().map_err(|e| format!("{e:#}"))?;
     let mut cfg = crate::config::gateway(&built)
         .map_err(|e| format!("{e:#}"))?

@@ -29,6 +29,7 @@ pub mod poll;
 pub mod proxy;
 pub mod redrive;
 pub mod resume;
+pub mod secrets;
 pub mod settle;
 pub mod sns;
 pub mod validate;

@@ -559,15 +559,43 @@ fn each_function_has_the_s3_rights_it_uses_and_no_more() {
         out.sort();
         out
     };
-    assert_eq!(actions("ValidateFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
-    assert_eq!(actions("DispatchFunction"), ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
-    assert_eq!(actions("RedriveFunction"), ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
-    assert_eq!(actions("SettleFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject"]);
-    // The settler's key reaches the two functions that settle, and no other.
+    let secrets = "secretsmanager:GetSecretValue";
+    assert_eq!(actions("ValidateFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject", secrets]);
+    assert_eq!(
+        actions("DispatchFunction"),
+        ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject", secrets]
+    );
+    assert_eq!(
+        actions("RedriveFunction"),
+        ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject", secrets]
+    );
+    assert_eq!(actions("SettleFunction"), ["s3:GetObject", "s3:ListBucket", "s3:PutObject", secrets]);
+    // No secret in any function's environment: each reads the Secrets Manager secrets its
+    // AIC_SECRETS_ID names, which are the ones its role may read; the settler's key reaches
+    // the two functions that settle, and no other.
+    let globals = &t["Globals"]["Function"]["Environment"]["Variables"];
     for (name, r) in t["Resources"].as_mapping().unwrap() {
-        let has = !r["Properties"]["Environment"]["Variables"]["AIC_SETTLER_KEY"].is_null();
+        if r["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let vars = &r["Properties"]["Environment"]["Variables"];
+        for key in aic_functions::secrets::KEYS {
+            assert!(vars[key].is_null() && globals[key].is_null(), "{name:?}: {key} in its environment");
+        }
+        let id = match &vars["AIC_SECRETS_ID"] {
+            serde_yaml_ng::Value::Null => format!("{:?}", globals["AIC_SECRETS_ID"]),
+            v => format!("{v:?}"),
+        };
+        let readable = format!("{:?}", r["Properties"]["Policies"]);
+        for arn in ["GatewaySecretArn", "SettlerSecretArn", "NomadSecretArn"] {
+            assert_eq!(
+                id.contains(arn),
+                readable.contains(arn),
+                "{name:?}: {arn} named but not readable, or readable but not named"
+            );
+        }
         let settles = matches!(name.as_str(), Some("SettleFunction" | "RedriveFunction"));
-        assert_eq!(has, settles, "{name:?}");
+        assert_eq!(id.contains("SettlerSecretArn"), settles, "{name:?}");
     }
     // Their deletes reach only the queues they take entries out of.
     let deletes = |f: &str| -> Vec<String> {
@@ -595,7 +623,7 @@ fn each_function_has_the_s3_rights_it_uses_and_no_more() {
     );
     assert_eq!(
         actions("GatewayFunction"),
-        ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
+        ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject", secrets]
     );
 }
 

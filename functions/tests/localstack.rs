@@ -783,3 +783,92 @@ async fn drain_redrive(ctx: &aic_functions::Ctx, store: &aic_core::Store) {
         let _ = r.pass_at(chrono::Utc::now() + chrono::Duration::days(1)).await;
     }
 }
+
+/// The pool's secrets come from Secrets Manager, not the functions' environment
+/// (`aic_functions::secrets`): what a secret holds is read with `GetSecretValue`; a secret
+/// holding something aic does not take from one, and one that is not there, are refused with
+/// the reason (LocalStack's Secrets Manager; the request's signature is checked against AWS's
+/// own test suite in `gateway::sigv4`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_secrets_are_read_from_secrets_manager() {
+    let endpoint = std::env::var("AIC_TEST_S3_ENDPOINT").expect("cargo xtask test starts LocalStack");
+    let python = std::env::var("AIC_LOCALSTACK_PYTHON").expect("cargo xtask test sets the LocalStack venv's python");
+    let name = format!("aic-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let put = |id: &str, value: &str| {
+        let ok = std::process::Command::new(&python)
+            .args(["-c", &format!(
+                "import boto3; boto3.client('secretsmanager', endpoint_url='{endpoint}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_secret(Name='{id}', SecretString='{value}')"
+            )])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    put(&format!("{name}-settler"), r#"{"AIC_SETTLER_KEY": "0xabc", "NOMAD_TOKEN": "nomad-secret"}"#);
+    put(&format!("{name}-odd"), r#"{"AWS_SECRET_ACCESS_KEY": "x"}"#);
+    let creds = aic_functions::secrets::Credentials { key_id: "test".into(), secret: "test".into(), token: None };
+    let got = aic_functions::secrets::fetch(&endpoint, "us-east-1", &creds, &format!("{name}-settler")).await.unwrap();
+    assert_eq!(got.get("AIC_SETTLER_KEY").map(String::as_str), Some("0xabc"));
+    assert_eq!(got.get("NOMAD_TOKEN").map(String::as_str), Some("nomad-secret"));
+    let e = aic_functions::secrets::fetch(&endpoint, "us-east-1", &creds, &format!("{name}-odd")).await.unwrap_err();
+    assert!(e.to_string().contains("holds AWS_SECRET_ACCESS_KEY, which aic does not take from a secret"), "{e}");
+    let e = aic_functions::secrets::fetch(&endpoint, "us-east-1", &creds, &format!("{name}-none")).await.unwrap_err();
+    assert!(e.to_string().contains("ResourceNotFoundException"), "{e}");
+    // A functions host whose gateway secret is in a secret, not its environment: its gateway
+    // is on (it answers /v1/info; without the secret it has none).
+    put(&format!("{name}-gateway"), r#"{"AIC_GATEWAY_SECRET": "00112233445566778899aabbccddeeff"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let host = |secrets: Option<String>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aic-functions"));
+        c.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("AIC_STORE", format!("file://{}", dir.path().display()))
+            .env("AIC_FREE_POOL", "1")
+            .env("AIC_JOB_SANDBOX", "0")
+            .env("AIC_WORK_DIR", dir.path().join("work"))
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AIC_SECRETS_ENDPOINT", &endpoint)
+            .env_remove("AIC_GATEWAY_SECRET")
+            .env_remove("AIC_SECRETS_ID")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(id) = secrets {
+            c.env("AIC_SECRETS_ID", id);
+        }
+        let mut child = c.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        (child, line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string())
+    };
+    for (secrets, want) in [
+        (Some(format!("{name}-none,{name}-gateway")), None),
+        (Some(format!("{name}-gateway")), Some(200)),
+        (None, Some(404)),
+    ] {
+        let (mut child, url) = match want {
+            None => {
+                // A secret that is not there: the host does not start.
+                let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aic-functions"));
+                let out = c
+                    .args(["serve", "--listen", "127.0.0.1:0"])
+                    .env("AIC_STORE", format!("file://{}", dir.path().display()))
+                    .env("AIC_FREE_POOL", "1")
+                    .env("AWS_ACCESS_KEY_ID", "test")
+                    .env("AWS_SECRET_ACCESS_KEY", "test")
+                    .env("AWS_REGION", "us-east-1")
+                    .env("AIC_SECRETS_ENDPOINT", &endpoint)
+                    .env("AIC_SECRETS_ID", secrets.unwrap())
+                    .output()
+                    .unwrap();
+                assert!(!out.status.success());
+                assert!(String::from_utf8_lossy(&out.stderr).contains("ResourceNotFoundException"));
+                continue;
+            }
+            Some(_) => host(secrets),
+        };
+        let r = reqwest::get(format!("{url}/v1/info")).await.unwrap();
+        assert_eq!(Some(r.status().as_u16()), want);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -39,7 +39,7 @@ impl LocalStack {
             // URLs LocalStack hands out (SNS SubscribeURL, SigningCertURL) point here.
             .env("LOCALSTACK_HOST", format!("127.0.0.1:{port}"))
             .env("GATEWAY_SERVER", "hypercorn")
-            .env("SERVICES", "s3,sns,sqs,sts")
+            .env("SERVICES", "s3,sns,sqs,sts,secretsmanager")
             // Check signatures: presigned-URL and credential tests mean nothing otherwise.
             .env("S3_SKIP_SIGNATURE_VALIDATION", "0")
             .env("LOCALSTACK_TELEMETRY_DISABLED", "1")

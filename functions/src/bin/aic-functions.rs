@@ -59,6 +59,7 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cmd::Serve { listen, poll_ms, redrive_ms } = cli.cmd;
+    aic_functions::secrets::load().await?;
     let built = aic_functions::config::build()?;
     let inbox = poll_ms.map(|_| Inbox::new(built.ctx.store.clone()));
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
