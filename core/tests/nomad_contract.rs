@@ -548,6 +548,44 @@ async fn gpus_held_by_other_namespaces_are_not_free() {
     );
 }
 
+/// A node with its GPUs free but its memory taken (by another team's job) is no room for a
+/// rank: Nomad's scheduler would pass it over (`scheduler/rank.go`, memory is bin-packed as
+/// GPUs are), so a training job counting it would be placed in part and purged, again and
+/// again. The job waits unregistered, saying what it waits for; the gang pre-check counts a
+/// node's memory and disk less its client's reservation and what every allocation holds, in
+/// aic's node pool only.
+#[tokio::test]
+async fn a_node_whose_memory_is_taken_is_no_room_for_a_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.gang_retry = std::time::Duration::from_secs(3600);
+    let rank_memory = 2 * c.memory_mb;
+    let n = NomadScheduler::new(c, store.clone());
+    // node-b keeps its GPUs free but 60 of its 63 GiB are another team's: less than a rank's
+    // memory is left.
+    assert!(u64::from(rank_memory) > 3 * 1024);
+    state.lock().unwrap().foreign_memory.insert("node-b".into(), 60 * 1024);
+    let (_, m) = manifest(2, 2);
+    let job = running_job(&store, &m).await;
+    match n.submit(&job, &m).await.unwrap() {
+        Submitted::Queued(why) => {
+            assert!(why.contains(&format!("{rank_memory} MiB of memory")) && why.contains("(1 now)"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    {
+        let s = state.lock().unwrap();
+        assert!(s.purged.is_empty(), "registered, placed in part and purged: {:?}", s.purged);
+        assert!(!s.jobs.contains_key(&nomad_id(&job)), "registered without room for every rank");
+    }
+    // The other team's job ends: placed whole.
+    state.lock().unwrap().foreign_memory.clear();
+    assert_eq!(n.place_waiting().await.unwrap(), std::slice::from_ref(&job));
+    assert_eq!(state.lock().unwrap().allocs[&nomad_id(&job)].len(), 2);
+}
+
 #[tokio::test]
 async fn a_training_job_placed_only_in_part_gives_its_gpus_back_and_waits_to_start_whole() {
     // Nomad places what it can of a group and blocks the rest: a 2-miner job would hold one
@@ -599,7 +637,10 @@ async fn a_training_job_without_room_for_every_rank_is_not_registered_and_starts
     let job = running_job(&store, &m).await;
     match n.submit(&job, &m).await.unwrap() {
         Submitted::Queued(why) => {
-            assert_eq!(why, "waiting for 2 miners with 2 free nvidia/gpu each at once in gateway test_gateway (1 now)")
+            assert_eq!(
+                why,
+                "waiting for 2 miners with 2 free nvidia/gpu, 4096 MiB of memory and 10240 MiB of disk each at once in gateway test_gateway (1 now)"
+            )
         }
         other => panic!("{other:?}"),
     }

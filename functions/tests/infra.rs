@@ -201,6 +201,14 @@ fn the_compose_file_runs_the_host_with_a_whole_configuration() {
         .or(pkg["dependencies"]["@foundry-rs/anvil-linux-amd64"].as_str())
         .unwrap();
     assert_eq!(c["services"]["anvil"]["image"].as_str(), Some(format!("ghcr.io/foundry-rs/foundry:v{anvil}").as_str()));
+    // A MinIO release from before the fix of CVE-2025-62506 (October 2025) is said to be one.
+    let minio = c["services"]["minio"]["image"].as_str().unwrap();
+    let release = minio.rsplit_once(":RELEASE.").map(|(_, r)| r.to_string()).unwrap();
+    if release.as_str() < "2025-10-15" {
+        let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+        assert!(readme.contains(&format!("`RELEASE.{release}`, predates a published security")), "{minio}");
+        assert!(readme.contains("CVE-2025-62506"));
+    }
     for f in ["localstack/Dockerfile", "infra/nomad/worker.Dockerfile"] {
         let d = std::fs::read_to_string(repo().join(f)).unwrap();
         for from in d.lines().filter(|l| l.starts_with("FROM ")) {
@@ -366,6 +374,27 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
     for tool in ["openmpi-bin", "openssh-server", "torch==", "uwsgi", "install_horovod.sh"] {
         assert!(docker.contains(tool), "the worker image lacks {tool}");
     }
+    // The worker is built on the runtime image's own Ubuntu release, so it needs no newer
+    // glibc than the image has (built on Debian bookworm, glibc 2.36, it would not start on
+    // Ubuntu 22.04's 2.35).
+    let froms: Vec<&str> =
+        docker.lines().filter_map(|l| l.strip_prefix("FROM ")).map(|l| l.split_whitespace().next().unwrap()).collect();
+    let (build, run) = (froms[0], froms[froms.len() - 1]);
+    let release = |image: &str| -> String {
+        let tag = image.rsplit(':').next().unwrap();
+        let at = tag.find("ubuntu").unwrap_or_else(|| panic!("{image}: not an Ubuntu image"));
+        tag[at + "ubuntu".len()..].trim_start_matches(':').to_string()
+    };
+    let build_release = build.strip_prefix("ubuntu:").map(String::from).unwrap_or_else(|| release(build));
+    assert_eq!(build_release, release(run), "built on {build}, run on {run}");
+    // The toolchain the image builds with is the one this repository is built and tested with.
+    let rustc =
+        String::from_utf8(std::process::Command::new("rustc").arg("--version").output().unwrap().stdout).unwrap();
+    let version = rustc.split_whitespace().nth(1).unwrap();
+    assert!(
+        docker.contains(&format!("--default-toolchain {version}")),
+        "the image builds with another Rust than {version}"
+    );
     assert_eq!(t["KillTimeout"], 30_000_000_000u64);
 }
 

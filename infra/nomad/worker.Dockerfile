@@ -15,7 +15,14 @@
 # nvidia/cuda:12.4.1-base-ubuntu22.04 nvidia-smi`) and Nomad's NVIDIA device plugin; Nomad
 # then starts the container with the NVIDIA runtime and the allocation's GPUs only.
 
-FROM rust:1.95-bookworm AS build
+# Built on the runtime image's own Ubuntu release: a binary linked against a newer glibc
+# than the image's (rust:*-bookworm has 2.36, Ubuntu 22.04 2.35) fails to start there
+# ("GLIBC_2.36 not found"). `functions/tests/infra.rs` checks the two stay the same release.
+FROM ubuntu:22.04 AS build
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/* \
+    && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
+ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p aic-worker --bin aic-worker

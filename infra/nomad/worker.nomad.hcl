@@ -39,6 +39,8 @@ job "aic-job" {
   namespace   = "aic"
   type        = "batch"
   datacenters = [var.gateway]
+  # The node pool the functions count as room (AIC_NOMAD_NODE_POOL).
+  node_pool   = "default"
 
   meta {
     aic_job     = var.job_id

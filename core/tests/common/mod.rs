@@ -31,6 +31,10 @@ pub struct Nomad {
     pub stream_queries: Vec<BTreeMap<String, String>>,
     /// Allocations of other namespaces' jobs: (node name, GPUs they hold).
     pub foreign: Vec<(String, u32)>,
+    /// Memory (MiB) other namespaces' allocations hold on a node, by node name: counted by
+    /// the scheduler as Nomad's does (`scheduler/rank.go` `BinPackIterator`: a node whose
+    /// memory the allocation does not fit is passed over), listed in `/v1/allocations`.
+    pub foreign_memory: BTreeMap<String, u64>,
     /// Replacements Nomad's reconciler placed for lost allocations: (job, node, version).
     pub replacements: Vec<(String, String, u64)>,
     /// Every allocation ever placed, with the job as it was when it was made (what
@@ -168,6 +172,19 @@ impl Nomad {
     /// left alone; any other is `lost` and replaced on another node at once (whatever the
     /// reschedule policy: lost allocations are always replaced). Returns the allocation
     /// events the stream sends.
+    /// The memory (MiB) left for allocations on `node`: aic's placed allocations' and other
+    /// namespaces' taken.
+    pub fn free_memory(&self, node: &str) -> u64 {
+        let aics: u64 = self
+            .allocs
+            .iter()
+            .filter(|(_, nodes)| nodes.iter().any(|n| n == node))
+            .map(|(job, _)| self.jobs[job]["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"].as_u64().unwrap_or(0))
+            .sum();
+        let theirs = self.foreign_memory.get(node).copied().unwrap_or(0);
+        (NODE_MEMORY_MB - NODE_RESERVED_MB).saturating_sub(aics + theirs)
+    }
+
     pub fn node_down(&mut self, node: &str) -> Vec<Value> {
         self.down.insert(node.to_string());
         let mut events = vec![];
@@ -214,6 +231,10 @@ impl Nomad {
 
 /// (id, name, datacenter, GPUs, eligible). `node-e` in `mixed` has its 4 GPUs in two
 /// device groups of 2 (two models), as `nomad node status` shows a mixed node.
+/// Every node's memory for allocations, MiB: 64 GiB less the 1 GiB its client reserves.
+pub const NODE_MEMORY_MB: u64 = 65536;
+pub const NODE_RESERVED_MB: u64 = 1024;
+
 pub const NODES: [(&str, &str, &str, u32, bool); 5] = [
     ("n1", "node-a", "test_gateway", 2, true),
     ("n2", "node-b", "test_gateway", 2, true),
@@ -410,9 +431,12 @@ async fn handle(
                         json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, *gpus)}])
                     };
                     let status = if s.down.contains(*name) { "down" } else { "ready" };
-                    json!({"ID": id, "Name": name, "Datacenter": dc, "Status": status,
+                    // api/nodes.go `NodeListStub` with `resources=true`: `NodeResources` and
+                    // `ReservedResources`; `NodePool` (Nomad ≥ 1.6).
+                    json!({"ID": id, "Name": name, "Datacenter": dc, "Status": status, "NodePool": "default",
                         "SchedulingEligibility": if *eligible { "eligible" } else { "ineligible" },
-                        "NodeResources": {"Devices": devices}})
+                        "NodeResources": {"Devices": devices, "Memory": {"MemoryMB": NODE_MEMORY_MB}, "Disk": {"DiskMB": 500_000}},
+                        "ReservedResources": {"Memory": {"MemoryMB": NODE_RESERVED_MB}, "Disk": {"DiskMB": 0}}})
                 })
                 .collect();
             reply(200, json!(nodes))
@@ -454,11 +478,16 @@ async fn handle(
             let count = job["TaskGroups"][0]["Count"].as_u64().unwrap() as u32;
             let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
             let dc = job["Datacenters"][0].as_str().unwrap();
-            // Place one allocation per free node, as the scheduler would.
+            let memory = job["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"].as_u64().unwrap_or(0);
+            // Place one allocation per node with room (GPUs and memory), as the scheduler would.
             let free: Vec<String> = NODES
                 .iter()
                 .filter(|n| {
-                    n.2 == dc && n.4 && !s.down.contains(n.1) && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus
+                    n.2 == dc
+                        && n.4
+                        && !s.down.contains(n.1)
+                        && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus
+                        && s.free_memory(n.1) >= memory
                 })
                 .map(|n| n.1.to_string())
                 .collect();
@@ -683,6 +712,13 @@ async fn handle(
                     out.push(json!({"ID": format!("other-{n}"), "Namespace": "ml-team", "NodeID": id, "ClientStatus": "running",
                         "AllocatedResources": {"Tasks": {"trainer": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}));
                 }
+                // (api/allocations.go `AllocListStub.AllocatedResources`: tasks' `Memory`,
+                // the group's `Shared.DiskMB`.)
+                for (n, mb) in &s.foreign_memory {
+                    let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
+                    out.push(json!({"ID": format!("other-mem-{n}"), "Namespace": "ml-team", "NodeID": id, "ClientStatus": "running",
+                        "AllocatedResources": {"Tasks": {"db": {"Memory": {"MemoryMB": mb}, "Devices": []}}, "Shared": {"DiskMB": 300}}}));
+                }
             }
             // Each with its status as its client reports it (nomad/structs `AllocListStub`: the
             // job's ID, namespace, name, node, client status and description).
@@ -698,7 +734,9 @@ async fn handle(
                         "ClientDescription": if status == "lost" { "alloc is lost since its node is down" } else { "" },
                         "DesiredStatus": if stopped.is_some() { "stop" } else { "run" },
                         "DesiredDescription": stopped.unwrap_or_default(),
-                        "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}]}}}}));
+                        "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}],
+                            "Memory": {"MemoryMB": s.jobs[job]["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"]}}},
+                            "Shared": {"DiskMB": s.jobs[job]["TaskGroups"][0]["EphemeralDisk"]["SizeMB"]}}}));
                 }
             }
             reply(200, json!(out))

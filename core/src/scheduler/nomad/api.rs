@@ -86,9 +86,8 @@ impl NomadScheduler {
         }
     }
 
-    /// Nodes ready for work, with the GPUs one allocation can have there: (datacenter, name,
-    /// GPUs, node id).
-    pub(super) async fn gpu_nodes(&self) -> Result<Vec<(String, String, u32, String)>, NomadError> {
+    /// Nodes ready for work, with the GPUs one allocation can have there.
+    pub(super) async fn gpu_nodes(&self) -> Result<Vec<Node>, NomadError> {
         let nodes =
             self.call(reqwest::Method::GET, "nodes", &[("resources", "true".into())], None).await?.unwrap_or(json!([]));
         let mut out = vec![];
@@ -110,12 +109,23 @@ impl NomadScheduler {
                 })
                 .max()
                 .unwrap_or(0);
-            out.push((
-                n["Datacenter"].as_str().unwrap_or("").to_string(),
-                n["Name"].as_str().unwrap_or("").to_string(),
+            // What the scheduler may give allocations: the node's memory and disk less what
+            // its client reserves (api/nodes.go: `NodeResources`, `ReservedResources`).
+            let less_reserved = |what: &str, field: &str| {
+                let total = n["NodeResources"][what][field].as_u64();
+                let reserved = n["ReservedResources"][what][field].as_u64().unwrap_or(0);
+                total.map(|t| t.saturating_sub(reserved))
+            };
+            out.push(Node {
+                datacenter: n["Datacenter"].as_str().unwrap_or("").to_string(),
+                name: n["Name"].as_str().unwrap_or("").to_string(),
+                id: n["ID"].as_str().unwrap_or("").to_string(),
+                // Nodes registered before node pools (Nomad < 1.6) are in `default`.
+                pool: n["NodePool"].as_str().filter(|p| !p.is_empty()).unwrap_or("default").to_string(),
                 gpus,
-                n["ID"].as_str().unwrap_or("").to_string(),
-            ));
+                memory_mb: less_reserved("Memory", "MemoryMB"),
+                disk_mb: less_reserved("Disk", "DiskMB"),
+            });
         }
         Ok(out)
     }
@@ -164,4 +174,18 @@ impl From<NomadError> for ScheduleError {
     fn from(e: NomadError) -> Self {
         ScheduleError::Backend(e.to_string())
     }
+}
+
+/// A ready, eligible node as `GET /v1/nodes?resources=true` lists it: its GPUs (the largest
+/// device group's healthy ones) and what allocations may take of its memory and disk
+/// (`None` where Nomad did not say).
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub datacenter: String,
+    pub name: String,
+    pub id: String,
+    pub pool: String,
+    pub gpus: u32,
+    pub memory_mb: Option<u64>,
+    pub disk_mb: Option<u64>,
 }

@@ -44,6 +44,9 @@ pub struct NomadConfig {
     /// knows (`AIC_NOMAD_EVAL_WAIT`, seconds): 60 s, or 15 s in an AWS Lambda function, whose
     /// invocation would otherwise run out (30 s in `infra/aws/template.yaml`).
     pub eval_wait: std::time::Duration,
+    /// The node pool aic's jobs run in (`AIC_NOMAD_NODE_POOL`, `default`): the jobs name it,
+    /// and only its nodes count as room.
+    pub node_pool: String,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -73,6 +76,7 @@ impl NomadConfig {
             leader_lock: "aic/leader".into(),
             leader_ttl: std::time::Duration::from_secs(15),
             eval_wait: std::time::Duration::from_secs(60),
+            node_pool: "default".into(),
         }
     }
 
@@ -103,6 +107,7 @@ impl NomadConfig {
             cpu_mhz: num("AIC_NOMAD_CPU", d.cpu_mhz)?,
             memory_mb: num("AIC_NOMAD_MEMORY_MB", d.memory_mb)?,
             secrets_var: var("AIC_NOMAD_SECRETS_VAR").or(d.secrets_var.clone()),
+            node_pool: var("AIC_NOMAD_NODE_POOL").unwrap_or(d.node_pool.clone()),
             eval_wait: std::time::Duration::from_secs(num(
                 "AIC_NOMAD_EVAL_WAIT",
                 if var("AWS_LAMBDA_FUNCTION_NAME").is_some() { 15 } else { d.eval_wait.as_secs() as u32 },

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::NomadScheduler;
 use crate::layout::{self, JobKey};
-use crate::scheduler::{ScheduleError, Scheduler, Submitted};
+use crate::scheduler::{ScheduleError, Submitted};
 use crate::status;
 
 /// A training job waiting for room for all of its ranks.
@@ -47,10 +47,16 @@ fn backend(e: crate::StoreError) -> ScheduleError {
 }
 
 impl NomadScheduler {
-    /// How many nodes of gateway `gw` have `gpus` free now.
-    pub(super) async fn free_nodes(&self, gw: &str, gpus: u32) -> Result<u32, ScheduleError> {
-        let pool = self.pool().await?;
-        Ok(pool.iter().filter(|g| g.name == gw).flat_map(|g| &g.miners).filter(|m| m.free_gpus >= gpus).count() as u32)
+    /// How many nodes of gateway `gw`, in aic's node pool, have room now for one rank of
+    /// `m`: its GPUs, memory and disk (as Nomad's scheduler counts them: a node with free GPUs
+    /// but its memory taken would get no rank, and the job be placed in part and purged).
+    pub(super) async fn free_nodes(&self, gw: &str, m: &JobManifest) -> Result<u32, ScheduleError> {
+        let (gpus, memory, disk) = super::spec::rank_ask(&self.cfg, &m.request);
+        let room = self.room().await?;
+        Ok(room
+            .iter()
+            .filter(|r| r.node.datacenter == gw && r.node.pool == self.cfg.node_pool && r.fits(gpus, memory, disk))
+            .count() as u32)
     }
 
     /// Puts the job in the gang queue (again), with why it waits.

@@ -170,9 +170,14 @@ impl NomadScheduler {
         let gw = gateway(&self.cfg, m);
         let r = &m.request;
         // A job no node could ever hold is refused now, with the inventory that says so.
-        let nodes = self.gpu_nodes().await?;
-        let fitting = nodes.iter().filter(|(dc, _, g, _)| *dc == gw && *g >= r.gpus_per_miner).count() as u32;
-        let in_gw = nodes.iter().filter(|(dc, ..)| *dc == gw).count();
+        let nodes: Vec<_> = self
+            .gpu_nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.datacenter == gw && n.pool == self.cfg.node_pool)
+            .collect();
+        let fitting = nodes.iter().filter(|n| n.gpus >= r.gpus_per_miner).count() as u32;
+        let in_gw = nodes.len();
         if fitting < r.miners && r.kind == JobKind::Train {
             return Err(ScheduleError::Unplaceable(format!(
                 "needs {} with {} {GPU_DEVICE} each; gateway {gw} has {}, {fitting} with that many GPUs",
@@ -199,10 +204,11 @@ impl NomadScheduler {
         }
         if gang {
             // Every rank or none: registered only when the gateway has room for all of them.
-            let free = self.free_nodes(&gw, r.gpus_per_miner).await?;
+            let free = self.free_nodes(&gw, m).await?;
             if free < r.miners {
+                let (_, memory, disk) = spec::rank_ask(&self.cfg, r);
                 let why = format!(
-                    "waiting for {} with {} free {GPU_DEVICE} each at once in gateway {gw} ({free} now)",
+                    "waiting for {} with {} free {GPU_DEVICE}, {memory} MiB of memory and {disk} MiB of disk each at once in gateway {gw} ({free} now)",
                     crate::plural(r.miners, "miner"),
                     r.gpus_per_miner
                 );
@@ -421,35 +427,75 @@ impl Scheduler for NomadScheduler {
     }
 
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
+        let mut gws: std::collections::BTreeMap<String, Vec<MinerInfo>> = Default::default();
+        for r in self.room().await? {
+            let free_gpus = r.free_gpus();
+            let n = r.node;
+            gws.entry(n.datacenter).or_default().push(MinerInfo { name: n.name, gpus: n.gpus, free_gpus, down: None });
+        }
+        Ok(gws.into_iter().map(|(name, miners)| GatewayInfo { name, miners }).collect())
+    }
+}
+
+/// A node and what allocations hold of it now (every namespace's).
+pub(super) struct Room {
+    pub node: api::Node,
+    pub used_gpus: u32,
+    pub used_memory_mb: u64,
+    pub used_disk_mb: u64,
+}
+
+impl Room {
+    pub fn free_gpus(&self) -> u32 {
+        self.node.gpus.saturating_sub(self.used_gpus)
+    }
+
+    /// Whether one more allocation of `gpus`, `memory_mb` and `disk_mb` fits here (memory or
+    /// disk Nomad did not report: not counted against).
+    pub fn fits(&self, gpus: u32, memory_mb: u64, disk_mb: u64) -> bool {
+        let left = |total: Option<u64>, used: u64| total.map_or(u64::MAX, |t| t.saturating_sub(used));
+        self.free_gpus() >= gpus
+            && left(self.node.memory_mb, self.used_memory_mb) >= memory_mb
+            && left(self.node.disk_mb, self.used_disk_mb) >= disk_mb
+    }
+}
+
+impl NomadScheduler {
+    /// Every ready node with what allocations hold of its GPUs, memory and disk now.
+    pub(super) async fn room(&self) -> Result<Vec<Room>, ScheduleError> {
         let nodes = self.gpu_nodes().await?;
-        // GPUs in use: the devices of allocations that hold them now.
+        // What allocations hold now: their GPUs, memory (tasks') and disk (the group's).
         let allocs = self
-            // Every namespace's: GPUs other teams' jobs hold are not free for aic's.
+            // Every namespace's: what other teams' jobs hold is not free for aic's.
             .call(reqwest::Method::GET, "allocations", &[("resources", "true".into()), ("namespace", "*".into())], None)
             .await?
             .unwrap_or(json!([]));
-        let mut used: std::collections::HashMap<String, u32> = Default::default();
+        let mut used: std::collections::HashMap<String, (u32, u64, u64)> = Default::default();
         for a in allocs.as_array().into_iter().flatten() {
             if !matches!(a["ClientStatus"].as_str(), Some("pending" | "running")) {
                 continue;
             }
             let node = a["NodeID"].as_str().unwrap_or("").to_string();
-            let n: u32 = a["AllocatedResources"]["Tasks"]
-                .as_object()
-                .into_iter()
-                .flat_map(|t| t.values())
+            let tasks: Vec<&serde_json::Value> =
+                a["AllocatedResources"]["Tasks"].as_object().into_iter().flat_map(|t| t.values()).collect();
+            let gpus: u32 = tasks
+                .iter()
                 .flat_map(|t| t["Devices"].as_array().cloned().unwrap_or_default())
                 .filter(|d| d["Vendor"] == "nvidia" && d["Type"] == "gpu")
                 .map(|d| d["DeviceIDs"].as_array().map(|i| i.len()).unwrap_or(0) as u32)
                 .sum();
-            *used.entry(node).or_default() += n;
+            let memory: u64 = tasks.iter().filter_map(|t| t["Memory"]["MemoryMB"].as_u64()).sum();
+            let disk = a["AllocatedResources"]["Shared"]["DiskMB"].as_u64().unwrap_or(0);
+            let u = used.entry(node).or_default();
+            *u = (u.0 + gpus, u.1 + memory, u.2 + disk);
         }
-        let mut gws: std::collections::BTreeMap<String, Vec<MinerInfo>> = Default::default();
-        for (dc, name, gpus, id) in nodes {
-            let busy = used.get(&id).copied().unwrap_or(0);
-            gws.entry(dc).or_default().push(MinerInfo { name, gpus, free_gpus: gpus.saturating_sub(busy), down: None });
-        }
-        Ok(gws.into_iter().map(|(name, miners)| GatewayInfo { name, miners }).collect())
+        Ok(nodes
+            .into_iter()
+            .map(|node| {
+                let (used_gpus, used_memory_mb, used_disk_mb) = used.get(&node.id).copied().unwrap_or_default();
+                Room { node, used_gpus, used_memory_mb, used_disk_mb }
+            })
+            .collect())
     }
 }
 

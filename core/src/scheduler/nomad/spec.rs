@@ -29,6 +29,15 @@ pub(super) fn gateway(cfg: &NomadConfig, m: &JobManifest) -> String {
     m.placement.gateway.clone().unwrap_or_else(|| cfg.datacenter.clone())
 }
 
+/// What one allocation of `r` asks of its node: GPUs, memory (MiB; scaled with its GPUs) and
+/// disk (MiB, the group's ephemeral disk).
+pub fn rank_ask(cfg: &NomadConfig, r: &aic_schemas::JobRequest) -> (u32, u64, u64) {
+    (r.gpus_per_miner, u64::from(cfg.memory_mb) * u64::from(r.gpus_per_miner.max(1)), EPHEMERAL_DISK_MB)
+}
+
+/// The ephemeral disk of an allocation (its work folder, the project, pip's installs).
+pub const EPHEMERAL_DISK_MB: u64 = 10240;
+
 /// The worker task's driver configuration.
 ///
 /// - `docker` (the default): the worker image (`infra/nomad/worker.Dockerfile`). With a GPU
@@ -67,7 +76,7 @@ pub fn token_var(nomad_id: &str) -> String {
 pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) -> Value {
     let r = &m.request;
     // A rank per GPU: the allocation's memory scales with its GPUs (`NomadConfig::memory_mb`).
-    let memory_mb = u64::from(cfg.memory_mb) * u64::from(r.gpus_per_miner.max(1));
+    let (_, memory_mb, disk_mb) = rank_ask(cfg, r);
     let id = nomad_id(job);
     let serve = r.kind == JobKind::Serve;
     let mut env = serde_json::Map::new();
@@ -160,6 +169,8 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
         "Name": id,
         "Type": if serve { "service" } else { "batch" },
         "Datacenters": [gateway(cfg, m)],
+        // The pool's nodes aic counts as room (`NomadConfig::node_pool`).
+        "NodePool": cfg.node_pool,
         "Priority": 50,
         "Meta": meta,
         "TaskGroups": [{
@@ -177,7 +188,7 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             // lone replacement starts beside the restart with the same index and attempt.
             // Nomad 1.8+ (the `disconnect` block).
             "Disconnect": {"Replace": false, "Reconcile": "keep_original"},
-            "EphemeralDisk": {"SizeMB": 10240, "Migrate": false, "Sticky": false},
+            "EphemeralDisk": {"SizeMB": disk_mb, "Migrate": false, "Sticky": false},
             "Networks": [{"Mode": "host", "DynamicPorts": ports}],
             "Services": services,
             "Tasks": [{
@@ -325,6 +336,7 @@ mod tests {
         assert_eq!(j["Name"], j["ID"]);
         assert_eq!(j["Type"], "batch");
         assert_eq!(j["Datacenters"], json!(["test_gateway"]));
+        assert_eq!(j["NodePool"], "default");
         assert_eq!(j["Namespace"], "aic");
         assert_eq!(j["Meta"]["aic_owner"], job.owner.to_string());
         assert_eq!(j["Meta"]["aic_attempt"], "0");
