@@ -584,6 +584,10 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
     std::fs::write(&script, "print('hello through the host')\n").unwrap();
     let said = cli(&["run", script.to_str().unwrap()]);
     assert!(said.contains("hello through the host") && said.contains("succeeded"), "{said}");
+    // Its code waited for the payment under a marker (a storage quota counts it), which
+    // validate removed once the job was paid.
+    let pending = home.join(format!("aic/store/pool/code-pending/{OWNER}"));
+    assert!(!pending.exists() || walk(&pending).is_empty(), "a paid job's code still counted as waiting");
 
     // A browser's sign-in: the pool writes the SIWE message (`/v1/nonce?address=`), the key
     // signs it as a wallet does (EIP-191), the session comes back. A host URL is a grant:

@@ -25,6 +25,7 @@
 //! pool/usage/<addr>/<job>/<attempt>-<index>-<run>.json  what an allocation used (the scheduler's)
 //! pool/settlements/<addr>/<job>/<run>.json      how a paid run was settled (charged, refunded)
 //! pool/exec/<addr>/<job>/<session>.json         an `aic exec` session: who, when, where, the command, its exit
+//! pool/code-pending/<addr>/<job>.json           a job whose code the gateway signed uploads for and that is not paid yet
 //! ```
 //!
 //! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
@@ -111,6 +112,16 @@ pub const POLLER_INBOX: &str = "pool/inbox/";
 /// on: `pool/inbox-owners/<owner>/<job>-<run>` (what bounds a wallet's share of the inbox).
 pub fn inbox_marker(job: &JobKey, run: u32) -> String {
     format!("pool/inbox-owners/{}/{}-{run}", job.owner, job.job)
+}
+
+/// A job whose code the gateway signed uploads for and that validate has not taken in yet:
+/// its code counts against its owner's storage quota (`pool/code-pending/<owner>/<job>.json`).
+pub fn code_pending(owner: &Address, job: &JobId) -> String {
+    format!("{}{job}.json", code_pending_prefix(owner))
+}
+
+pub fn code_pending_prefix(owner: &Address) -> String {
+    format!("pool/code-pending/{owner}/")
 }
 
 pub fn inbox_markers(owner: &Address) -> String {

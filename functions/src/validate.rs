@@ -76,6 +76,8 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     store.create_json(&job.manifest(), &manifest).await?;
     // A payment the gateway kept for the owner's browser (`gateway::payment`) has done its part.
     let _ = store.delete(&aic_core::layout::pending_payment(&job.owner, &job.job)).await;
+    // Its code is a paid job's now, no longer an upload waiting for one (`gateway::quota`).
+    let _ = store.delete(&aic_core::layout::code_pending(&job.owner, &job.job)).await;
     let paid = paid_reason(&manifest);
     match status::advance(store, job, Transition::new(JobState::Paid, BY).reason(paid).run(0)).await? {
         Advanced::Applied(_) => Ok(Outcome::Validated(job.clone())),

@@ -1139,3 +1139,87 @@ async fn a_workers_token_opens_nothing_once_its_job_has_ended() {
     };
     assert!(v["error"].as_str().unwrap().contains("its workers' token opens nothing any more"), "{v}");
 }
+
+/// A job's code is uploaded before its request, so it is nobody's free storage either: a
+/// job's code counts against its owner's storage quota until validate takes the job in (a
+/// marker under `pool/code-pending/`); one job's code is at most `AIC_MAX_CODE_BYTES`; a
+/// wallet has at most 16 jobs' code waiting; a submitted job's code is fixed; the code of a
+/// job never paid goes a day after its upload began. (Code under endless fresh job ids was
+/// unlimited storage, the storage quota notwithstanding.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_cannot_park_storage_in_its_jobs_code() {
+    let w = world(1).await;
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let gateway = || {
+        let mut cfg = aic_functions::gateway::GatewayConfig::new(secret.clone(), "pool.test", w.chain.config.chain_id);
+        cfg.public_url = Some("http://127.0.0.1:9".into());
+        cfg.storage_quota = Some(10 << 20);
+        cfg.max_code_bytes = 4 << 20;
+        aic_functions::gateway::Gateway::new(cfg, w.ctx.clone(), None)
+    };
+    let owner = from_alloy(dev_key(1).address());
+    async fn call(
+        gw: &aic_functions::gateway::Gateway,
+        (secret, owner): (&[u8], aic_schemas::Address),
+        method: http::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let token = aic_functions::gateway::session_token(secret, &owner, Utc::now() + chrono::Duration::hours(1));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        let body = bytes::Bytes::from(body.to_string());
+        let (code, v) = gw.call([127, 0, 0, 1].into(), &method, path, None, &headers, body).await;
+        (code.as_u16(), v)
+    }
+    let me = (secret.as_slice(), owner);
+    let put = |key: String, size: u64| serde_json::json!({"items": [{"method": "PUT", "key": key, "size": size, "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}]});
+    let job = |n: u8| JobKey::new(owner, format!("01jb{:022}", n).parse().unwrap());
+    let gw = gateway();
+    // 3 MiB of code for job 1, uploaded; 2 more would pass the job's 4 MiB.
+    let j1 = job(1);
+    assert_eq!(
+        call(&gw, me, http::Method::POST, "/v1/sign", put(format!("{}t.py", j1.code_prefix()), 3 << 20)).await.0,
+        200
+    );
+    w.store.put_bytes(&format!("{}t.py", j1.code_prefix()), vec![b'c'; 3 << 20].into()).await.unwrap();
+    let (code, v) =
+        call(&gw, me, http::Method::POST, "/v1/sign", put(format!("{}u.py", j1.code_prefix()), 2 << 20)).await;
+    assert_eq!(code, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("over the pool's 4194304-byte limit"), "{v}");
+    // It counts against the quota: 8 MiB of data more do not fit (3 + 8 > 10).
+    let data = format!("users/{owner}/data/d/x");
+    let (code, v) = call(&gw, me, http::Method::POST, "/v1/sign", put(data.clone(), 8 << 20)).await;
+    assert_eq!(code, 507, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("storage quota"), "{v}");
+    // 16 jobs with code waiting at most.
+    for n in 2..=16 {
+        let (code, v) =
+            call(&gw, me, http::Method::POST, "/v1/sign", put(format!("{}t.py", job(n).code_prefix()), 1)).await;
+        assert_eq!(code, 200, "job {n}: {v}");
+    }
+    let (code, v) =
+        call(&gw, me, http::Method::POST, "/v1/sign", put(format!("{}t.py", job(17).code_prefix()), 1)).await;
+    assert_eq!(code, 429, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("16 jobs of yours have code uploaded"), "{v}");
+    // A submitted job's code is fixed.
+    w.store.put_json(&job(2).request(), &serde_json::json!({})).await.unwrap();
+    let (code, v) =
+        call(&gw, me, http::Method::POST, "/v1/sign", put(format!("{}v.py", job(2).code_prefix()), 1)).await;
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("its code is fixed"), "{v}");
+    // A day on, job 1 was never paid: its code goes (on the owner's next look), and the room
+    // it took is free; job 3 was paid meanwhile: its code stays.
+    let day_ago = serde_json::json!({ "since": Utc::now() - chrono::Duration::hours(25) });
+    for n in [1, 3] {
+        w.store.put_json(&aic_core::layout::code_pending(&owner, &job(n).job), &day_ago).await.unwrap();
+    }
+    w.store.put_bytes(&format!("{}t.py", job(3).code_prefix()), vec![b'c'; 1].into()).await.unwrap();
+    w.store.put_json(&job(3).manifest(), &serde_json::json!({})).await.unwrap();
+    let gw = gateway();
+    let (code, v) = call(&gw, me, http::Method::GET, "/v1/usage", serde_json::json!(null)).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(w.store.list(&j1.code_prefix()).await.unwrap().is_empty(), "the never-paid job's code was kept");
+    assert_eq!(w.store.list(&job(3).code_prefix()).await.unwrap().len(), 1, "a paid job's code went");
+    assert_eq!(call(&gw, me, http::Method::POST, "/v1/sign", put(data, 8 << 20)).await.0, 200, "{v}");
+}

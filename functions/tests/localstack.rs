@@ -296,9 +296,9 @@ async fn a_wallets_datasets_stay_within_its_storage_quota_on_s3() {
     let (code, v) = sign(&url, &ta, put(format!("users/{a}/data/x/two"), b"abc")).await;
     assert_eq!(code, 507, "{v}");
     assert!(v["error"].as_str().unwrap().contains("storage quota: your datasets take 8 B"), "{v}");
-    // Code and requests are not datasets; another wallet has its own quota.
+    // A job's code not paid yet counts too; another wallet has its own quota.
     let job = aic_schemas::JobId::generate();
-    assert_eq!(sign(&url, &ta, put(format!("users/{a}/jobs/{job}/code/t.py"), b"abc")).await.0, 200);
+    assert_eq!(sign(&url, &ta, put(format!("users/{a}/jobs/{job}/code/t.py"), b"abc")).await.0, 507);
     assert_eq!(sign(&url, &tb, put(format!("users/{b}/data/y/one"), b"12345678")).await.0, 200);
     // In parts: started with room left (8 of 10 and the start's 1); a part that does not fit
     // is refused before it is sent; a part's URL needs its size and binds it; one that fits

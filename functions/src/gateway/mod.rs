@@ -122,8 +122,11 @@ pub struct GatewayConfig {
     /// How long after its job ended a worker token still opens anything (the last log
     /// chunks and records of workers shutting down): not the token's whole hours + 24 h.
     pub worker_grace: Duration,
-    /// Most bytes one wallet keeps in datasets (`quota`); `None`: no quota.
+    /// Most bytes one wallet keeps in datasets and in the code of jobs not paid yet
+    /// (`quota`); `None`: no quota.
     pub storage_quota: Option<u64>,
+    /// Most bytes of one job's code (`AIC_MAX_CODE_BYTES`, what a worker takes: 512 MiB).
+    pub max_code_bytes: u64,
 }
 
 impl GatewayConfig {
@@ -147,6 +150,10 @@ impl GatewayConfig {
             local_signers: vec![],
             worker_grace: Duration::from_secs(600),
             storage_quota: None,
+            max_code_bytes: std::env::var("AIC_MAX_CODE_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512 * 1024 * 1024),
         }
     }
 }

@@ -112,8 +112,18 @@ impl Gateway {
             }
             urls.push(SignedUrl { url, method: method.as_str().to_string(), headers: send });
         }
-        // What the call adds to the caller's datasets: none of its URLs when over the quota.
+        // What the call adds to the caller's datasets and jobs' code: none of its URLs when
+        // over the quota; code only for jobs not submitted, within its limits.
         if let Caller::User(who) = who {
+            let mut code: std::collections::BTreeMap<JobId, u64> = Default::default();
+            for i in b.items.iter().filter(|i| i.method.eq_ignore_ascii_case("PUT")) {
+                if let Some(job) = quota::code_job(who, &i.key) {
+                    *code.entry(job).or_default() += i.size.unwrap_or(0);
+                }
+            }
+            for (job, bytes) in &code {
+                self.take_code(who, job, *bytes).await?;
+            }
             let adds: Vec<(String, u64)> = b
                 .items
                 .iter()
@@ -169,6 +179,13 @@ impl Gateway {
                     ),
                 ));
             }
+        }
+        // A job's code in parts: as for single uploads (`quota::take_code`).
+        if let Caller::User(owner) = who
+            && let Some(job) = quota::code_job(owner, &b.key)
+            && matches!(b.action.as_str(), "create" | "part")
+        {
+            self.take_code(owner, &job, b.size.unwrap_or(0)).await?;
         }
         // Into a dataset (`quota`): an upload starts only with room left; each part is taken
         // by its size, which its URL binds; the object is kept only when it fits.

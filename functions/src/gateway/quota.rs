@@ -1,6 +1,13 @@
 //! A storage quota per wallet (`GatewayConfig::storage_quota`, `AIC_STORAGE_QUOTA_MB`): what
-//! a user keeps in their datasets (`users/<addr>/data/`), so that the pool's bucket is nobody's
-//! free storage or CDN.
+//! a user keeps in their datasets (`users/<addr>/data/`) and in the code of jobs not paid yet,
+//! so that the pool's bucket is nobody's free storage or CDN.
+//!
+//! A job's code is uploaded before its request, so until validate takes the job in (paid) its
+//! code waits under a marker (`pool/code-pending/<owner>/<job>.json`) and counts against the
+//! quota; at most [`MAX_PENDING_CODE`] jobs of a wallet wait so at once, one job's code is at
+//! most `AIC_MAX_CODE_BYTES` (what a worker takes), a submitted job's code is fixed, and the
+//! code of a job never paid is deleted [`PENDING_CODE_KEPT`] after its upload began (a
+//! rejected request's too), when its owner next uploads.
 //!
 //! An upload is refused before anything moves when it would take the wallet past its quota:
 //! a single PUT by its declared size, and a part of a multipart upload by its own, each of
@@ -14,6 +21,12 @@
 //! show in the listing.
 
 use super::*;
+use serde::Serialize;
+
+/// Most jobs of one wallet with code uploaded and not paid at once.
+pub const MAX_PENDING_CODE: usize = 16;
+/// How long the code of a job that is never paid is kept.
+pub const PENDING_CODE_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// How long one listing of a wallet's datasets stands for what it uses.
 pub const USAGE_CACHE: Duration = Duration::from_secs(10);
@@ -40,9 +53,22 @@ impl Wallet {
     }
 }
 
-/// Whether `key` counts against its owner's quota: a dataset's file.
+/// Whether `key` counts against its owner's quota: a dataset's file, or a job's code.
 pub(super) fn counted(who: &Address, key: &str) -> bool {
-    key.starts_with(&aic_core::layout::data_key(who, ""))
+    key.starts_with(&aic_core::layout::data_key(who, "")) || code_job(who, key).is_some()
+}
+
+/// The job `key` is the code of, when it is one of `who`'s jobs' code.
+pub(super) fn code_job(who: &Address, key: &str) -> Option<JobId> {
+    let rest = key.strip_prefix(&aic_core::layout::user_prefix(who))?.strip_prefix("jobs/")?;
+    let (job, rest) = rest.split_once('/')?;
+    rest.starts_with("code/").then(|| job.parse().ok()).flatten()
+}
+
+/// When a job's code upload began (the marker's body).
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    since: DateTime<Utc>,
 }
 
 /// How long a part counts though its upload is never completed nor aborted: until the store
@@ -69,7 +95,12 @@ impl Gateway {
         let mut w = lock.lock_owned().await;
         if fresh || w.listed_at.is_none_or(|at| at.elapsed() >= USAGE_CACHE) {
             let prefix = aic_core::layout::data_key(who, "");
-            let listing = self.ctx.store.list(&prefix).await.map_err(store_err)?;
+            let mut listing = self.ctx.store.list(&prefix).await.map_err(store_err)?;
+            // And the code of the wallet's jobs not paid yet (at most MAX_PENDING_CODE).
+            for job in self.pending_code(who).await? {
+                let code = JobKey::new(*who, job).code_prefix();
+                listing.extend(self.ctx.store.list(&code).await.map_err(store_err)?);
+            }
             let now = Instant::now();
             let arrived: std::collections::HashSet<&str> = listing.iter().map(|m| m.location.as_ref()).collect();
             w.signed.retain(|k, (_, until)| *until > now && !arrived.contains(k.as_str()));
@@ -97,6 +128,77 @@ impl Gateway {
         let until = Instant::now() + held.unwrap_or(self.cfg.url_ttl);
         for (key, n) in items {
             w.signed.insert(key.clone(), (*n, until));
+        }
+        Ok(())
+    }
+
+    /// The wallet's jobs with code waiting for their payment; those waiting longer than
+    /// [`PENDING_CODE_KEPT`] are let go: their code deleted unless the job was paid
+    /// meanwhile.
+    async fn pending_code(&self, who: &Address) -> Result<Vec<JobId>, ApiError> {
+        let store = &self.ctx.store;
+        let mut out = Vec::new();
+        for m in store.list(&aic_core::layout::code_pending_prefix(who)).await.map_err(store_err)? {
+            let Some(job) =
+                m.location.filename().and_then(|f| f.strip_suffix(".json")).and_then(|j| j.parse::<JobId>().ok())
+            else {
+                continue;
+            };
+            let marker = aic_core::layout::code_pending(who, &job);
+            let since = store.get_json::<Pending>(&marker, 4096).await.map_err(store_err)?.map(|p| p.since);
+            let stale = since
+                .is_none_or(|t| Utc::now() - t > chrono::Duration::from_std(PENDING_CODE_KEPT).unwrap_or_default());
+            if !stale {
+                out.push(job);
+                continue;
+            }
+            let key = JobKey::new(*who, job);
+            if store.head(&key.manifest()).await.map_err(store_err)?.is_none() {
+                tracing::info!(job = %key.job, "deleting the code of a job never paid");
+                store.delete_prefix(&key.code_prefix()).await.map_err(store_err)?;
+            }
+            store.delete(&marker).await.map_err(store_err)?;
+        }
+        Ok(out)
+    }
+
+    /// The code uploads of a sign call (`keys` with their sizes) for `who`'s job `job`: refused
+    /// when the job was submitted (its code is fixed), when the wallet has
+    /// [`MAX_PENDING_CODE`] other jobs' code waiting, or when the job's code would pass
+    /// `AIC_MAX_CODE_BYTES`; otherwise the job's code waits under its marker.
+    pub(super) async fn take_code(&self, who: &Address, job: &JobId, bytes: u64) -> Result<(), ApiError> {
+        let store = &self.ctx.store;
+        let key = JobKey::new(*who, job.clone());
+        if store.head(&key.request()).await.map_err(store_err)?.is_some() {
+            return Err(err(
+                StatusCode::CONFLICT,
+                format!("job {job} was submitted: its code is fixed (submit a new job to run other code)"),
+            ));
+        }
+        let marker = aic_core::layout::code_pending(who, job);
+        if store.head(&marker).await.map_err(store_err)?.is_none() {
+            let waiting = self.pending_code(who).await?;
+            if waiting.len() >= MAX_PENDING_CODE {
+                return Err(err(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "{} jobs of yours have code uploaded and are not submitted: submit them, or wait a day for their code to go, before uploading another's",
+                        waiting.len()
+                    ),
+                ));
+            }
+            let _ = store.create_json(&marker, &Pending { since: Utc::now() }).await.map_err(store_err)?;
+        }
+        let held: u64 = store.list(&key.code_prefix()).await.map_err(store_err)?.iter().map(|m| m.size).sum();
+        if held.saturating_add(bytes) > self.cfg.max_code_bytes {
+            return Err(err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "job {job}'s code would be {} bytes, over the pool's {}-byte limit (AIC_MAX_CODE_BYTES): ship large files as a dataset",
+                    held.saturating_add(bytes),
+                    self.cfg.max_code_bytes
+                ),
+            ));
         }
         Ok(())
     }
