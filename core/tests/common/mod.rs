@@ -201,9 +201,11 @@ impl Nomad {
                 i.status = if keep { "unknown" } else { "lost" }.into();
                 i.modified_at = chrono::Utc::now();
             }
+            // Nomad's own words (scheduler/reconcile_util.go: `allocUnknown`, `allocLost`).
             let mut ev = json!({"ID": aid, "JobID": id,
                 "Name": format!("{id}.{}[{index}]", tg["Name"].as_str().unwrap()), "NodeName": node,
-                "ClientStatus": if keep { "unknown" } else { "lost" }, "DesiredStatus": "run", "Namespace": "aic"});
+                "ClientStatus": if keep { "unknown" } else { "lost" }, "DesiredStatus": "run", "Namespace": "aic",
+                "ClientDescription": "alloc is unknown since its node is disconnected"});
             if !keep {
                 ev["ClientDescription"] = json!("alloc is lost since its node is down");
                 let gpus = tg["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
@@ -385,12 +387,14 @@ async fn handle(
             s.stream_queries.push(query.clone());
             std::mem::take(&mut s.stream)
         };
+        // Nomad's NDJSON stream opens with a heartbeat, `{}`, and sends one every 30 s
+        // (nomad/event_endpoint.go, `stream.NewNDJsonStream(…, 30*time.Second)`).
         if lines.is_empty() {
             // Nothing more: hold the connection like a quiet stream.
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            return Ok(text(200, "{}\n"));
+            return Ok(text(200, "{}\n{}\n"));
         }
-        return Ok(text(200, &(lines.join("\n") + "\n")));
+        return Ok(text(200, &format!("{{}}\n{}\n", lines.join("\n"))));
     }
     if let Some(id) = path.strip_prefix("/v1/evaluation/") {
         let stuck = {

@@ -278,12 +278,17 @@ impl NomadScheduler {
                 } else {
                     client
                 },
-                a[if stopped_by_nomad { "DesiredDescription" } else { "ClientDescription" }]
-                    .as_str()
-                    .filter(|d| !d.is_empty())
-                    .or((client == "unknown").then_some("its node stopped answering"))
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default()
+                // An unknown allocation's own words ("alloc is unknown since its node is
+                // disconnected") say less to the job's owner than what happened.
+                if client == "unknown" {
+                    Some("its node stopped answering")
+                } else {
+                    a[if stopped_by_nomad { "DesiredDescription" } else { "ClientDescription" }]
+                        .as_str()
+                        .filter(|d| !d.is_empty())
+                }
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
             ),
         );
         let attempt = match recovery::after_lost_allocation(store, &key, &why, attempt).await.map_err(backend)? {
