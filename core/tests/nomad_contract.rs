@@ -518,6 +518,52 @@ async fn a_silent_event_stream_is_taken_for_dead_and_reopened() {
     w.await.unwrap();
 }
 
+/// Nomad as production runs it: TLS with a private CA and client certificates
+/// (`verify_https_client`), the servers' certificates for `server.global.nomad`
+/// (Nomad's `NOMAD_CACERT`, `NOMAD_CLIENT_CERT`, `NOMAD_CLIENT_KEY`, `NOMAD_TLS_SERVER_NAME`):
+/// the API and the exec WebSocket (`wss://`) go through; without the client's certificate,
+/// or checking the certificate against the address's own name, nothing does.
+#[tokio::test]
+async fn nomad_over_tls_with_a_private_ca_and_client_certificates() {
+    use aic_core::scheduler::{ExecInput, ExecOutput, ExecStart};
+    let dir = tempfile::tempdir().unwrap();
+    nomad_certs(dir.path());
+    let (_state, addr) = nomad_tls(dir.path()).await;
+    let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    let tls = aic_core::scheduler::nomad::NomadTls {
+        ca: Some(read("ca.pem")),
+        client: Some((read("client.pem"), read("client.key"))),
+        server_name: Some("server.global.nomad".into()),
+    };
+    let store = aic_core::StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
+    let wrapper = dir.path().join("aic-worker");
+    std::fs::write(&wrapper, "#!/bin/sh\nshift 2\nexec \"$@\"\n").unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let with = |tls: aic_core::scheduler::nomad::NomadTls| {
+        let mut c = cfg(&addr, TOKEN);
+        c.tls = tls;
+        c.worker = wrapper.to_string_lossy().into_owned();
+        NomadScheduler::new(c, store.clone())
+    };
+    let n = with(tls.clone());
+    assert!(n.pool().await.unwrap().iter().any(|g| g.name == "test_gateway"), "the API over TLS");
+    let (_, m) = manifest(1, 1);
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    let argv = ["sh", "-c", "echo over-wss"].map(String::from).to_vec();
+    let io = n.exec(&job, 0, ExecStart { argv, tty: None }).await.unwrap().expect("Nomad has an exec API");
+    io.input.send(ExecInput::Close).await.unwrap();
+    let (out, _, end) = drain(io).await;
+    assert_eq!((out.as_str(), end), ("over-wss\n", ExecOutput::Exited(0)));
+    // Refused: no client certificate; the certificate checked against 127.0.0.1.
+    for bad in [
+        aic_core::scheduler::nomad::NomadTls { client: None, ..tls.clone() },
+        aic_core::scheduler::nomad::NomadTls { server_name: None, ..tls.clone() },
+    ] {
+        assert!(with(bad).pool().await.is_err(), "reached Nomad without what TLS asks");
+    }
+}
+
 #[tokio::test]
 async fn a_device_request_is_met_within_one_device_group() {
     // Nomad's DeviceChecker (scheduler/feasible.go) meets a request of N GPUs from one

@@ -771,6 +771,66 @@ pub async fn nomad() -> (Arc<Mutex<Nomad>>, String) {
     (state, addr)
 }
 
+/// A private CA, a server certificate for `server.global.nomad` and a client certificate it
+/// signed (openssl), as a TLS-enabled Nomad cluster has them; their PEM files in `dir`.
+pub fn nomad_certs(dir: &std::path::Path) {
+    let sh = |script: &str| {
+        let ok = std::process::Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().unwrap();
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=nomad-ca 2>/dev/null
+        printf 'subjectAltName=DNS:server.global.nomad\nextendedKeyUsage=serverAuth\n' > server.ext
+        printf 'extendedKeyUsage=clientAuth\n' > client.ext
+        for who in server client; do
+          openssl req -new -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who.global.nomad 2>/dev/null
+          openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 1 -extfile $who.ext 2>/dev/null
+        done");
+}
+
+/// The fake Nomad over TLS (`nomad_certs` in `dir`), requiring a client certificate its CA
+/// signed (`verify_https_client`); its address `https://127.0.0.1:<port>`.
+pub async fn nomad_tls(dir: &std::path::Path) -> (Arc<Mutex<Nomad>>, String) {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&read("ca.pem")) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+    let chain: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(&read("server.pem")).map(|c| c.unwrap()).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let state = Arc::new(Mutex::new(Nomad::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("https://{}", listener.local_addr().unwrap());
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let (st, acceptor) = (st.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                // A client without the CA's certificate gets no further than the handshake.
+                let Ok(tls) = acceptor.accept(s).await else { return };
+                let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (state, addr)
+}
+
 pub fn cfg(addr: &str, token: &str) -> NomadConfig {
     let mut c = NomadConfig::new(addr);
     c.token = Some(token.into());

@@ -49,7 +49,7 @@ impl NomadScheduler {
         if let Some(r) = &self.cfg.region {
             q.push(("region".into(), r.clone()));
         }
-        let mut u = format!("{}/v1/{path}", self.cfg.addr);
+        let mut u = format!("{}/v1/{path}", self.base);
         if !q.is_empty() {
             u.push('?');
             u.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish());

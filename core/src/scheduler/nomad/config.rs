@@ -47,6 +47,9 @@ pub struct NomadConfig {
     /// The node pool aic's jobs run in (`AIC_NOMAD_NODE_POOL`, `default`): the jobs name it,
     /// and only its nodes count as room.
     pub node_pool: String,
+    /// TLS to the API (`NOMAD_CACERT`, `NOMAD_CLIENT_CERT`, `NOMAD_CLIENT_KEY`,
+    /// `NOMAD_TLS_SERVER_NAME`).
+    pub tls: super::tls::NomadTls,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -77,6 +80,7 @@ impl NomadConfig {
             leader_ttl: std::time::Duration::from_secs(15),
             eval_wait: std::time::Duration::from_secs(60),
             node_pool: "default".into(),
+            tls: Default::default(),
         }
     }
 
@@ -108,6 +112,7 @@ impl NomadConfig {
             memory_mb: num("AIC_NOMAD_MEMORY_MB", d.memory_mb)?,
             secrets_var: var("AIC_NOMAD_SECRETS_VAR").or(d.secrets_var.clone()),
             node_pool: var("AIC_NOMAD_NODE_POOL").unwrap_or(d.node_pool.clone()),
+            tls: super::tls::NomadTls::from_env()?,
             eval_wait: std::time::Duration::from_secs(num(
                 "AIC_NOMAD_EVAL_WAIT",
                 if var("AWS_LAMBDA_FUNCTION_NAME").is_some() { 15 } else { d.eval_wait.as_secs() as u32 },

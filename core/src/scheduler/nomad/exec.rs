@@ -96,7 +96,7 @@ impl NomadScheduler {
         if let Some(t) = &self.cfg.token {
             req.headers_mut().insert("X-Nomad-Token", t.parse().map_err(|_| backend("a bad token".into()))?);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| backend(e.to_string()))?;
+        let ws = super::tls::websocket(&self.cfg, req).await.map_err(backend)?;
         let (mut tx, mut rx) = ws.split();
         let (in_tx, mut in_rx) = mpsc::channel::<ExecInput>(64);
         let (out_tx, out_rx) = mpsc::channel::<ExecOutput>(64);

@@ -44,6 +44,7 @@ mod exec;
 mod gang;
 mod limits;
 mod spec;
+mod tls;
 mod watch;
 
 use std::time::Duration;
@@ -59,6 +60,7 @@ pub use api::NomadError;
 pub use config::{DEFAULT_IMAGE, NomadConfig};
 pub use gang::Waiting;
 pub use spec::{GPU_DEVICE, KILL_TIMEOUT, job_spec, nomad_id, placement_reason, task_config, token_var};
+pub use tls::NomadTls;
 pub use watch::AllocAction;
 
 use api::RegisterResponse;
@@ -72,6 +74,10 @@ pub use super::recovery::MAX_RETRIES;
 pub struct NomadScheduler {
     cfg: NomadConfig,
     http: reqwest::Client,
+    /// For the event stream (no timeout for the whole answer).
+    stream_http: reqwest::Client,
+    /// `NOMAD_ADDR` as API URLs name it (`tls::base`).
+    base: String,
     /// The pool's bucket: job manifests and status for the watcher, and the gang queue.
     store: crate::Store,
     /// Woken when an allocation ends: room may have freed up for a waiting gang job.
@@ -84,10 +90,14 @@ pub struct NomadScheduler {
 
 impl NomadScheduler {
     pub fn new(cfg: NomadConfig, store: crate::Store) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(70)).build().expect("an HTTP client builds");
+        let http = tls::client(&cfg, Some(Duration::from_secs(70)));
+        let stream_http = tls::client(&cfg, None);
+        let base = tls::base(&cfg);
         NomadScheduler {
             cfg,
             http,
+            stream_http,
+            base,
             store,
             freed: Default::default(),
             job_ended: Default::default(),

@@ -60,7 +60,7 @@ impl NomadScheduler {
             "event/stream",
             &[("topic", "Allocation:*".into()), ("index", from.to_string()), ("namespace", "*".into())],
         );
-        let mut rb = reqwest::Client::new().get(url);
+        let mut rb = self.stream_http.get(url);
         if let Some(t) = &self.cfg.token {
             rb = rb.header("X-Nomad-Token", t);
         }
