@@ -73,6 +73,22 @@ impl Pool {
         })
     }
 
+    /// `aic ARGS` in pool mode against this pool's host (AIC_GATEWAY, no store access), as
+    /// `OWNER` with its own home: whether it succeeded, and what it printed.
+    fn in_pool_mode(&self, args: &[&str]) -> (bool, String) {
+        let out = aic(&self.home)
+            .env("AIC_HOME", self.home.path().join("cli"))
+            .env("AIC_GATEWAY", self.base().unwrap())
+            .env("AIC_PRIVATE_KEY", "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
     /// Writes `n` finished jobs of `owner` straight into the store (no events: nothing runs).
     fn seed_jobs(&self, owner: &str, n: usize) {
         let now = chrono::Utc::now();
@@ -404,17 +420,7 @@ fn a_wallet_cannot_keep_more_than_its_storage_quota() {
     let pool = Pool::start_with(&[("AIC_STORAGE_QUOTA_MB", "20")]);
     let base = pool.base().unwrap();
     let home = pool.home.path();
-    let cli = |args: &[&str]| {
-        let out = aic(&pool.home)
-            .env("AIC_HOME", home.join("cli"))
-            .env("AIC_GATEWAY", &base)
-            .env("AIC_PRIVATE_KEY", "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba")
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    };
+    let cli = |args: &[&str]| pool.in_pool_mode(args);
     assert!(cli(&["login", "--env-key"]).0);
     let folder = |name: &str, files: &[(&str, usize)]| {
         let dir = home.join(name);
@@ -536,15 +542,8 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
     let base = pool.base().unwrap();
     let home = pool.home.path();
     let cli = |args: &[&str]| {
-        let out = aic(&pool.home)
-            .env("AIC_HOME", home.join("cli"))
-            .env("AIC_GATEWAY", &base)
-            .env("AIC_PRIVATE_KEY", "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba")
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "aic {args:?}: {text}");
+        let (ok, text) = pool.in_pool_mode(args);
+        assert!(ok, "aic {args:?}: {text}");
         text
     };
     let said = cli(&["login", "--env-key"]);
