@@ -51,7 +51,7 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
         Err(ScheduleError::Unplaceable(why)) => {
             assert_eq!(
                 why,
-                "needs 3 miners with 2 nvidia/gpu each; gateway test_gateway has 2 ready nodes, 2 with that many GPUs"
+                "needs 3 miners with 2 nvidia/gpu, 4096 MiB of memory and 10240 MiB of disk each; gateway test_gateway has 2 ready nodes, 2 that could hold one"
             )
         }
         other => panic!("{other:?}"),
@@ -574,7 +574,7 @@ async fn a_device_request_is_met_within_one_device_group() {
     let n = NomadScheduler::new(c, temp_store());
     let (job, m) = manifest(1, 4);
     match n.submit(&job, &m).await {
-        Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("0 with that many GPUs"), "{why}"),
+        Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("0 that could hold one"), "{why}"),
         other => panic!("{other:?}"),
     }
     let (job, m) = manifest(1, 2);

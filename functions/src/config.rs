@@ -11,7 +11,7 @@
 //! | `AIC_SCHEDULER` | `local` (simulated miners on this machine; the default) or `nomad` |
 //! | `NOMAD_ADDR`, `NOMAD_TOKEN`, `NOMAD_REGION`, `NOMAD_NAMESPACE` | the Nomad cluster (`aic_core::scheduler::nomad`) |
 //! | `NOMAD_CACERT`, `NOMAD_CLIENT_CERT`, `NOMAD_CLIENT_KEY`, `NOMAD_TLS_SERVER_NAME` | TLS to the cluster, as Nomad's CLI reads them (the API and the exec WebSocket) |
-//! | `AIC_NOMAD_DATACENTER`, `AIC_NOMAD_NODE_POOL`, `AIC_NOMAD_DRIVER`, `AIC_NOMAD_IMAGE`, `AIC_NOMAD_WORKER`, `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | how Nomad runs aic-worker (`AIC_NOMAD_NODE_POOL`: the node pool the jobs name and the only one counted as room, `default`) |
+//! | `AIC_NOMAD_DATACENTER`, `AIC_NOMAD_NODE_POOL`, `AIC_NOMAD_DRIVER`, `AIC_NOMAD_IMAGE`, `AIC_NOMAD_WORKER`, `AIC_NOMAD_CPU`, `AIC_NOMAD_MEMORY_MB` | how Nomad runs aic-worker (`AIC_NOMAD_NODE_POOL`: the node pool the jobs name and the only one counted as room; unset, they name none and `default`'s nodes count) |
 //! | `AIC_NOMAD_EVAL_WAIT` | seconds registering waits for Nomad's evaluation before answering with what it knows (60; 15 in AWS Lambda) |
 //! | `AIC_POOL_MINERS`, `AIC_POOL_GPUS`, `AIC_WORKER_BIN`, `AIC_WORK_DIR` | the local scheduler |
 //! | `AIC_WORKER_GATEWAY` | the gateway's URL as workers reach it: with `AIC_GATEWAY_SECRET`, workers get a token for their job's objects instead of store credentials (the local scheduler uses this host's address by default) |

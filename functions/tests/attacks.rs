@@ -1202,6 +1202,10 @@ async fn a_wallet_cannot_park_storage_in_its_jobs_code() {
         call(&gw, me, http::Method::POST, "/v1/sign", put(format!("{}t.py", job(17).code_prefix()), 1)).await;
     assert_eq!(code, 429, "{v}");
     assert!(v["error"].as_str().unwrap().contains("16 jobs of yours have code uploaded"), "{v}");
+    // The job id as the pool spells it only: another spelling is a key nothing would count.
+    let upper = format!("users/{owner}/jobs/{}/code/t.py", job(18).job.as_str().to_uppercase());
+    let (code, v) = call(&gw, me, http::Method::POST, "/v1/sign", put(upper, 1)).await;
+    assert_eq!(code, 403, "{v}");
     // A submitted job's code is fixed.
     w.store.put_json(&job(2).request(), &serde_json::json!({})).await.unwrap();
     let (code, v) =

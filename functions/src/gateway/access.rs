@@ -80,7 +80,10 @@ pub(super) fn user_access(who: &Address, key: &str) -> Result<Access, ApiError> 
         KeyKind::Request(_) | KeyKind::ResumeRequest(..) => Ok(Access::CreateOnly),
         _ => {
             let segs: Vec<&str> = rest.split('/').collect();
-            if segs.len() >= 4 && segs[0] == "jobs" && segs[1].parse::<JobId>().is_ok() && segs[2] == "code" {
+            // The id as the pool spells it (lower case): another spelling is another key that
+            // nothing else (markers, listings, clean-up) would find.
+            let canonical = segs.get(1).is_some_and(|j| j.parse::<JobId>().is_ok_and(|id| id.as_str() == *j));
+            if segs.len() >= 4 && segs[0] == "jobs" && canonical && segs[2] == "code" {
                 Ok(Access::Write { deletable: false })
             } else {
                 Ok(Access::Read)

@@ -115,14 +115,14 @@ impl Gateway {
         // What the call adds to the caller's datasets and jobs' code: none of its URLs when
         // over the quota; code only for jobs not submitted, within its limits.
         if let Caller::User(who) = who {
-            let mut code: std::collections::BTreeMap<JobId, u64> = Default::default();
+            let mut code: std::collections::BTreeMap<JobId, Vec<(String, u64)>> = Default::default();
             for i in b.items.iter().filter(|i| i.method.eq_ignore_ascii_case("PUT")) {
                 if let Some(job) = quota::code_job(who, &i.key) {
-                    *code.entry(job).or_default() += i.size.unwrap_or(0);
+                    code.entry(job).or_default().push((i.key.clone(), i.size.unwrap_or(0)));
                 }
             }
-            for (job, bytes) in &code {
-                self.take_code(who, job, *bytes).await?;
+            for (job, items) in &code {
+                self.take_code(who, job, items).await?;
             }
             let adds: Vec<(String, u64)> = b
                 .items
@@ -185,7 +185,11 @@ impl Gateway {
             && let Some(job) = quota::code_job(owner, &b.key)
             && matches!(b.action.as_str(), "create" | "part")
         {
-            self.take_code(owner, &job, b.size.unwrap_or(0)).await?;
+            let part = match b.part {
+                Some(p) => quota::part_key(&b.key, b.upload_id.as_deref().unwrap_or(""), p),
+                None => format!("{}#create", b.key),
+            };
+            self.take_code(owner, &job, &[(part, b.size.unwrap_or(0))]).await?;
         }
         // Into a dataset (`quota`): an upload starts only with room left; each part is taken
         // by its size, which its URL binds; the object is kept only when it fits.

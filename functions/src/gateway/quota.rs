@@ -62,7 +62,7 @@ pub(super) fn counted(who: &Address, key: &str) -> bool {
 pub(super) fn code_job(who: &Address, key: &str) -> Option<JobId> {
     let rest = key.strip_prefix(&aic_core::layout::user_prefix(who))?.strip_prefix("jobs/")?;
     let (job, rest) = rest.split_once('/')?;
-    rest.starts_with("code/").then(|| job.parse().ok()).flatten()
+    rest.starts_with("code/").then(|| job.parse::<JobId>().ok().filter(|id| id.as_str() == job)).flatten()
 }
 
 /// When a job's code upload began (the marker's body).
@@ -152,8 +152,19 @@ impl Gateway {
                 out.push(job);
                 continue;
             }
-            let key = JobKey::new(*who, job);
+            let key = JobKey::new(*who, job.clone());
             if store.head(&key.manifest()).await.map_err(store_err)?.is_none() {
+                // Submitted and still being validated (a payment awaiting confirmations, the
+                // chain down): its code waits on, counted.
+                let submitted = store.head(&key.request()).await.map_err(store_err)?.is_some();
+                let rejected = aic_core::status::current(store, &key)
+                    .await
+                    .map_err(store_err)?
+                    .is_some_and(|r| r.state == aic_schemas::JobState::Rejected);
+                if submitted && !rejected {
+                    out.push(job);
+                    continue;
+                }
                 tracing::info!(job = %key.job, "deleting the code of a job never paid");
                 store.delete_prefix(&key.code_prefix()).await.map_err(store_err)?;
             }
@@ -166,8 +177,11 @@ impl Gateway {
     /// when the job was submitted (its code is fixed), when the wallet has
     /// [`MAX_PENDING_CODE`] other jobs' code waiting, or when the job's code would pass
     /// `AIC_MAX_CODE_BYTES`; otherwise the job's code waits under its marker.
-    pub(super) async fn take_code(&self, who: &Address, job: &JobId, bytes: u64) -> Result<(), ApiError> {
+    pub(super) async fn take_code(&self, who: &Address, job: &JobId, items: &[(String, u64)]) -> Result<(), ApiError> {
         let store = &self.ctx.store;
+        // One wallet's code checks one at a time (its markers counted and made together).
+        let _one_at_a_time = self.wallet(who, false).await?;
+        let bytes = items.iter().fold(0u64, |n, (_, b)| n.saturating_add(*b));
         let key = JobKey::new(*who, job.clone());
         if store.head(&key.request()).await.map_err(store_err)?.is_some() {
             return Err(err(
@@ -176,8 +190,9 @@ impl Gateway {
             ));
         }
         let marker = aic_core::layout::code_pending(who, job);
-        if store.head(&marker).await.map_err(store_err)?.is_none() {
-            let waiting = self.pending_code(who).await?;
+        // (A marker past its day is collected here first: the code that follows gets a new one.)
+        let waiting = self.pending_code(who).await?;
+        if !waiting.contains(job) {
             if waiting.len() >= MAX_PENDING_CODE {
                 return Err(err(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -187,9 +202,18 @@ impl Gateway {
                     ),
                 ));
             }
-            let _ = store.create_json(&marker, &Pending { since: Utc::now() }).await.map_err(store_err)?;
+            store.put_json(&marker, &Pending { since: Utc::now() }).await.map_err(store_err)?;
         }
-        let held: u64 = store.list(&key.code_prefix()).await.map_err(store_err)?.iter().map(|m| m.size).sum();
+        // What the job's code holds already, but for the files signed again now (a retry).
+        let again: std::collections::HashSet<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+        let held: u64 = store
+            .list(&key.code_prefix())
+            .await
+            .map_err(store_err)?
+            .iter()
+            .filter(|m| !again.contains(m.location.as_ref()))
+            .map(|m| m.size)
+            .sum();
         if held.saturating_add(bytes) > self.cfg.max_code_bytes {
             return Err(err(
                 StatusCode::PAYLOAD_TOO_LARGE,

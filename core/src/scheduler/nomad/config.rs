@@ -44,9 +44,10 @@ pub struct NomadConfig {
     /// knows (`AIC_NOMAD_EVAL_WAIT`, seconds): 60 s, or 15 s in an AWS Lambda function, whose
     /// invocation would otherwise run out (30 s in `infra/aws/template.yaml`).
     pub eval_wait: std::time::Duration,
-    /// The node pool aic's jobs run in (`AIC_NOMAD_NODE_POOL`, `default`): the jobs name it,
-    /// and only its nodes count as room.
-    pub node_pool: String,
+    /// The node pool aic's jobs run in (`AIC_NOMAD_NODE_POOL`): the jobs name it, and only
+    /// its nodes count as room. Unset: the jobs name none (Nomad then places them in the
+    /// namespace's default pool, else `default`) and `default`'s nodes count.
+    pub node_pool: Option<String>,
     /// TLS to the API (`NOMAD_CACERT`, `NOMAD_CLIENT_CERT`, `NOMAD_CLIENT_KEY`,
     /// `NOMAD_TLS_SERVER_NAME`).
     pub tls: super::tls::NomadTls,
@@ -57,6 +58,11 @@ pub struct NomadConfig {
 pub const DEFAULT_IMAGE: &str = concat!("aic-worker:", env!("CARGO_PKG_VERSION"));
 
 impl NomadConfig {
+    /// The node pool whose nodes count as room.
+    pub fn room_pool(&self) -> &str {
+        self.node_pool.as_deref().unwrap_or("default")
+    }
+
     /// The defaults for a cluster at `addr` (what [`NomadConfig::from_env`] starts from).
     pub fn new(addr: &str) -> Self {
         NomadConfig {
@@ -79,7 +85,7 @@ impl NomadConfig {
             leader_lock: "aic/leader".into(),
             leader_ttl: std::time::Duration::from_secs(15),
             eval_wait: std::time::Duration::from_secs(60),
-            node_pool: "default".into(),
+            node_pool: None,
             tls: Default::default(),
         }
     }
@@ -111,7 +117,7 @@ impl NomadConfig {
             cpu_mhz: num("AIC_NOMAD_CPU", d.cpu_mhz)?,
             memory_mb: num("AIC_NOMAD_MEMORY_MB", d.memory_mb)?,
             secrets_var: var("AIC_NOMAD_SECRETS_VAR").or(d.secrets_var.clone()),
-            node_pool: var("AIC_NOMAD_NODE_POOL").unwrap_or(d.node_pool.clone()),
+            node_pool: var("AIC_NOMAD_NODE_POOL"),
             tls: super::tls::NomadTls::from_env()?,
             eval_wait: std::time::Duration::from_secs(num(
                 "AIC_NOMAD_EVAL_WAIT",

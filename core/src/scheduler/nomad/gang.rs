@@ -55,7 +55,7 @@ impl NomadScheduler {
         let room = self.room().await?;
         Ok(room
             .iter()
-            .filter(|r| r.node.datacenter == gw && r.node.pool == self.cfg.node_pool && r.fits(gpus, memory, disk))
+            .filter(|r| r.node.datacenter == gw && r.node.pool == self.cfg.room_pool() && r.fits(gpus, memory, disk))
             .count() as u32)
     }
 

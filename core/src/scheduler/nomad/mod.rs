@@ -184,13 +184,22 @@ impl NomadScheduler {
             .gpu_nodes()
             .await?
             .into_iter()
-            .filter(|n| n.datacenter == gw && n.pool == self.cfg.node_pool)
+            .filter(|n| n.datacenter == gw && n.pool == self.cfg.room_pool())
             .collect();
-        let fitting = nodes.iter().filter(|n| n.gpus >= r.gpus_per_miner).count() as u32;
+        // Nodes that could hold a rank when empty: its GPUs, memory and disk.
+        let (_, memory, disk) = spec::rank_ask(&self.cfg, r);
+        let fitting = nodes
+            .iter()
+            .filter(|n| {
+                n.gpus >= r.gpus_per_miner
+                    && n.memory_mb.is_none_or(|m| m >= memory)
+                    && n.disk_mb.is_none_or(|d| d >= disk)
+            })
+            .count() as u32;
         let in_gw = nodes.len();
         if fitting < r.miners && r.kind == JobKind::Train {
             return Err(ScheduleError::Unplaceable(format!(
-                "needs {} with {} {GPU_DEVICE} each; gateway {gw} has {}, {fitting} with that many GPUs",
+                "needs {} with {} {GPU_DEVICE}, {memory} MiB of memory and {disk} MiB of disk each; gateway {gw} has {}, {fitting} that could hold one",
                 crate::plural(r.miners, "miner"),
                 r.gpus_per_miner,
                 crate::plural(in_gw as u64, "ready node"),
@@ -438,7 +447,7 @@ impl Scheduler for NomadScheduler {
 
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
         let mut gws: std::collections::BTreeMap<String, Vec<MinerInfo>> = Default::default();
-        for r in self.room().await? {
+        for r in self.room().await?.into_iter().filter(|r| r.node.pool == self.cfg.room_pool()) {
             let free_gpus = r.free_gpus();
             let n = r.node;
             gws.entry(n.datacenter).or_default().push(MinerInfo { name: n.name, gpus: n.gpus, free_gpus, down: None });

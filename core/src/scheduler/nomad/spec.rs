@@ -169,8 +169,6 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
         "Name": id,
         "Type": if serve { "service" } else { "batch" },
         "Datacenters": [gateway(cfg, m)],
-        // The pool's nodes aic counts as room (`NomadConfig::node_pool`).
-        "NodePool": cfg.node_pool,
         "Priority": 50,
         "Meta": meta,
         "TaskGroups": [{
@@ -217,6 +215,10 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
         spec["TaskGroups"][0]["Constraints"] = json!([]);
         // A lost replica is replaced at once (the others keep serving).
         spec["TaskGroups"][0]["Disconnect"] = json!({"Replace": true, "Reconcile": "best_score"});
+    }
+    // The pool's nodes aic counts as room (`NomadConfig::node_pool`), when one is set.
+    if let Some(pool) = &cfg.node_pool {
+        spec["NodePool"] = json!(pool);
     }
     spec
 }
@@ -336,7 +338,7 @@ mod tests {
         assert_eq!(j["Name"], j["ID"]);
         assert_eq!(j["Type"], "batch");
         assert_eq!(j["Datacenters"], json!(["test_gateway"]));
-        assert_eq!(j["NodePool"], "default");
+        assert!(j.get("NodePool").is_none(), "none named unless configured");
         assert_eq!(j["Namespace"], "aic");
         assert_eq!(j["Meta"]["aic_owner"], job.owner.to_string());
         assert_eq!(j["Meta"]["aic_attempt"], "0");

@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use super::NomadConfig;
 
 /// TLS settings for Nomad's API (all optional: an `https://` address with none uses the
-/// system's roots for the API).
+/// system's roots for the API; the exec WebSocket over `wss://` needs `NOMAD_CACERT`).
 #[derive(Clone, Debug, Default)]
 pub struct NomadTls {
     /// The CA's certificates (PEM).
@@ -43,9 +43,16 @@ impl NomadTls {
             (None, None) => None,
             _ => return Err("NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY go together: set both, or neither".into()),
         };
+        if client.is_some() && ca.is_none() {
+            return Err("NOMAD_CLIENT_CERT needs NOMAD_CACERT: the CA the cluster's servers are signed by".into());
+        }
         let tls = NomadTls { ca, client, server_name: var("NOMAD_TLS_SERVER_NAME") };
         tls.roots().map_err(|e| format!("NOMAD_CACERT: {e}"))?;
         tls.identity().map_err(|e| format!("NOMAD_CLIENT_CERT/NOMAD_CLIENT_KEY: {e}"))?;
+        // The whole of it, as connections will use it (a key that is not the certificate's…).
+        if tls.ca.is_some() {
+            tls.rustls()?;
+        }
         Ok(tls)
     }
 
@@ -98,10 +105,14 @@ pub(super) fn base(cfg: &NomadConfig) -> String {
     }
 }
 
-/// Where `NOMAD_ADDR` is: its host and port.
+/// Where `NOMAD_ADDR` is: its host (an IPv6 address without its brackets) and port.
 fn target(cfg: &NomadConfig) -> Option<(String, u16)> {
     let u = url::Url::parse(&cfg.addr).ok()?;
-    Some((u.host_str()?.to_string(), u.port_or_known_default()?))
+    let host = match u.host()? {
+        url::Host::Ipv6(a) => a.to_string(),
+        h => h.to_string(),
+    };
+    Some((host, u.port_or_known_default()?))
 }
 
 /// An HTTP client for Nomad's API with `cfg`'s TLS (and `timeout` for each call).
