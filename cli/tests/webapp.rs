@@ -363,6 +363,32 @@ fn a_deployed_page_reaches_nothing_of_the_web_app_in_the_browser() {
     assert!(!cookies.iter().any(|c| c["domain"].as_str().unwrap().contains("127.0.0.1")), "{dump}");
 }
 
+/// A browser's sign-in with `key` (`OWNER`'s): the pool writes the SIWE message
+/// (`/v1/nonce?address=`), the key signs it as a wallet does (EIP-191), the session's token
+/// comes back.
+async fn sign_in_as_a_browser_does(
+    http: &reqwest::Client,
+    base: &str,
+    key: &alloy::signers::local::PrivateKeySigner,
+) -> String {
+    use alloy::signers::Signer;
+    let nonce: serde_json::Value =
+        http.get(format!("{base}/v1/nonce?address={OWNER}")).send().await.unwrap().json().await.unwrap();
+    let message = nonce["message"].as_str().unwrap().to_string();
+    assert!(message.starts_with(&format!("{} wants you", base.trim_start_matches("http://"))), "{message}");
+    let signature = key.sign_message(message.as_bytes()).await.unwrap();
+    let session: serde_json::Value = http
+        .post(format!("{base}/v1/session"))
+        .json(&serde_json::json!({"message": message, "signature": signature.to_string()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    session["token"].as_str().unwrap_or_else(|| panic!("{session}")).to_string()
+}
+
 /// The stranger's app (`a_deployed_page_reaches_nothing_of_the_web_app_in_the_browser`).
 const HOSTILE_APP: &str = r#"
 PAGE = """<!doctype html><title>hostile</title><script>
@@ -449,25 +475,11 @@ fn a_wallet_cannot_keep_more_than_its_storage_quota() {
     // a declared 10 bytes sent as 3 MiB (the URL is for 10 bytes); a part past the quota.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        use alloy::signers::Signer;
         use sha2::Digest;
         let key: alloy::signers::local::PrivateKeySigner =
             "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".parse().unwrap();
         let http = reqwest::Client::new();
-        let nonce: serde_json::Value =
-            http.get(format!("{base}/v1/nonce?address={OWNER}")).send().await.unwrap().json().await.unwrap();
-        let message = nonce["message"].as_str().unwrap().to_string();
-        let signature = key.sign_message(message.as_bytes()).await.unwrap();
-        let session: serde_json::Value = http
-            .post(format!("{base}/v1/session"))
-            .json(&serde_json::json!({"message": message, "signature": signature.to_string()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = session["token"].as_str().unwrap_or_else(|| panic!("{session}")).to_string();
+        let token = sign_in_as_a_browser_does(&http, &base, &key).await;
         let call = |path: &str, body: serde_json::Value| {
             http.post(format!("{base}/v1/{path}")).bearer_auth(&token).json(&body).send()
         };
@@ -593,26 +605,11 @@ fn aic_in_pool_mode_against_dev_up_with_transfers_through_the_host() {
     // the same URL for another key, or another method, is refused.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        use alloy::signers::Signer;
         let key: alloy::signers::local::PrivateKeySigner =
             "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba".parse().unwrap();
         let http = reqwest::Client::new();
         let get = |u: String| http.get(u).send();
-        let nonce: serde_json::Value =
-            get(format!("{base}/v1/nonce?address={OWNER}")).await.unwrap().json().await.unwrap();
-        let message = nonce["message"].as_str().unwrap().to_string();
-        assert!(message.starts_with(&format!("{} wants you", base.trim_start_matches("http://"))), "{message}");
-        let signature = key.sign_message(message.as_bytes()).await.unwrap();
-        let session: serde_json::Value = http
-            .post(format!("{base}/v1/session"))
-            .json(&serde_json::json!({"message": message, "signature": signature.to_string()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = session["token"].as_str().unwrap_or_else(|| panic!("{session}")).to_string();
+        let token = sign_in_as_a_browser_does(&http, &base, &key).await;
         let sign_get = |key: String| {
             http.post(format!("{base}/v1/sign"))
                 .bearer_auth(&token)
