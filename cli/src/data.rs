@@ -49,12 +49,7 @@ pub async fn put(env: &Env, local: &Path, name: Option<String>) -> anyhow::Resul
         if let (Some(used), Some(quota)) = (v["data_bytes"].as_u64(), v["quota_bytes"].as_u64())
             && used + total > quota
         {
-            bail!(
-                "storage quota: your datasets take {} of this pool's {} per wallet, and this upload needs {} more; delete datasets you no longer need (`aic data rm NAME`) and upload again",
-                progress::size(used),
-                progress::size(quota),
-                progress::size(total)
-            );
+            bail!("{}", aic_core::over_storage_quota(used, total, quota));
         }
     }
     let pb = progress::bytes(total, &format!("uploading {name}"));

@@ -51,6 +51,23 @@ pub fn size(n: u64) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
 }
 
+/// Largest code folder (or deployed project) a job may have: `AIC_MAX_CODE_BYTES`, 512 MiB
+/// (what a worker takes, and what the gateway lets one job's code hold).
+pub fn max_code_bytes() -> u64 {
+    std::env::var("AIC_MAX_CODE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 * 1024 * 1024)
+}
+
+/// Why an upload of `bytes` is refused when a wallet's files take `used` of the pool's
+/// storage `quota`, and what to do (the gateway's refusal, and `aic`'s before it asks).
+pub fn over_storage_quota(used: u64, bytes: u64, quota: u64) -> String {
+    format!(
+        "storage quota: your datasets take {} of this pool's {} per wallet, and this upload needs {} more; delete datasets you no longer need (`aic data rm NAME`) and upload again",
+        size(used),
+        size(quota),
+        size(bytes)
+    )
+}
+
 /// `n` and `what`, plural unless one: "1 miner", "2 miners", "0 GPUs".
 pub fn plural(n: impl Into<u64>, what: &str) -> String {
     let n = n.into();

@@ -602,8 +602,7 @@ async fn gpus_held_by_other_namespaces_are_not_free() {
 /// aic's node pool only.
 #[tokio::test]
 async fn a_node_whose_memory_is_taken_is_no_room_for_a_rank() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let store = temp_store();
     let (state, addr) = nomad().await;
     let mut c = cfg(&addr, TOKEN);
     c.gang_retry = std::time::Duration::from_secs(3600);

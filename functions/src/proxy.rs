@@ -176,12 +176,13 @@ impl Proxy {
             to.push('?');
             to.push_str(q);
         }
-        let mut a = error(StatusCode::PERMANENT_REDIRECT, String::new());
-        a.body = Bytes::from(serde_json::json!({ "moved": to }).to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let body = Bytes::from(serde_json::json!({ "moved": to }).to_string());
         if let Ok(v) = HeaderValue::try_from(to) {
-            a.headers.insert(header::LOCATION, v);
+            headers.insert(header::LOCATION, v);
         }
-        a
+        Answer { status: StatusCode::PERMANENT_REDIRECT, headers, body }
     }
 
     /// Forwards only to addresses `scheduler` placed a deployment's replicas at: a

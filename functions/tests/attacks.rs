@@ -973,17 +973,7 @@ async fn the_dev_accounts_sign_in_from_this_machine_only() {
             msg.nonce = n["nonce"].as_str().unwrap().to_string();
             let sig = key.sign_message(msg.to_string().as_bytes()).await.unwrap();
             let body = serde_json::json!({"message": msg.to_string(), "signature": format!("0x{}", alloy::hex::encode(sig.as_bytes()))});
-            let (code, v) = gw
-                .call(
-                    peer.into(),
-                    &http::Method::POST,
-                    "/v1/session",
-                    None,
-                    &headers,
-                    bytes::Bytes::from(body.to_string()),
-                )
-                .await;
-            (code.as_u16(), v)
+            gateway_call(gw, peer, None, http::Method::POST, "/v1/session", body).await
         }
     };
     let (code, v) = sign_in([192, 168, 1, 20], dev_key(0)).await;
@@ -1014,25 +1004,9 @@ async fn one_wallet_cannot_fill_the_pollers_inbox() {
     let sign = |who: Address, key: String| {
         let (gw, secret) = (&gw, &secret);
         async move {
-            let token = aic_functions::gateway::session_token(
-                secret,
-                &from_alloy(who),
-                Utc::now() + chrono::Duration::hours(1),
-            );
-            let mut headers = http::HeaderMap::new();
-            headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
             let body = serde_json::json!({"items": [{"method": "PUT", "key": key, "size": 2, "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}]});
-            let (code, v) = gw
-                .call(
-                    [127, 0, 0, 1].into(),
-                    &http::Method::POST,
-                    "/v1/sign",
-                    None,
-                    &headers,
-                    bytes::Bytes::from(body.to_string()),
-                )
-                .await;
-            (code.as_u16(), v)
+            let me = Some((secret.as_slice(), from_alloy(who)));
+            gateway_call(gw, [127, 0, 0, 1], me, http::Method::POST, "/v1/sign", body).await
         }
     };
     let request_of = |who: u32| JobKey::new(from_alloy(dev_key(who).address()), aic_schemas::JobId::generate());
@@ -1158,20 +1132,7 @@ async fn a_wallet_cannot_park_storage_in_its_jobs_code() {
         aic_functions::gateway::Gateway::new(cfg, w.ctx.clone(), None)
     };
     let owner = from_alloy(dev_key(1).address());
-    async fn call(
-        gw: &aic_functions::gateway::Gateway,
-        (secret, owner): (&[u8], aic_schemas::Address),
-        method: http::Method,
-        path: &str,
-        body: serde_json::Value,
-    ) -> (u16, serde_json::Value) {
-        let token = aic_functions::gateway::session_token(secret, &owner, Utc::now() + chrono::Duration::hours(1));
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-        let body = bytes::Bytes::from(body.to_string());
-        let (code, v) = gw.call([127, 0, 0, 1].into(), &method, path, None, &headers, body).await;
-        (code.as_u16(), v)
-    }
+    let call = |gw, me, method, path, body| gateway_call(gw, [127, 0, 0, 1], Some(me), method, path, body);
     let me = (secret.as_slice(), owner);
     let put = |key: String, size: u64| serde_json::json!({"items": [{"method": "PUT", "key": key, "size": size, "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}]});
     let job = |n: u8| JobKey::new(owner, format!("01jb{:022}", n).parse().unwrap());
@@ -1226,4 +1187,23 @@ async fn a_wallet_cannot_park_storage_in_its_jobs_code() {
     assert!(w.store.list(&j1.code_prefix()).await.unwrap().is_empty(), "the never-paid job's code was kept");
     assert_eq!(w.store.list(&job(3).code_prefix()).await.unwrap().len(), 1, "a paid job's code went");
     assert_eq!(call(&gw, me, http::Method::POST, "/v1/sign", put(data, 8 << 20)).await.0, 200, "{v}");
+}
+
+/// One gateway call from `peer`, with a session token of `who` (made with its secret) when
+/// given.
+async fn gateway_call(
+    gw: &aic_functions::gateway::Gateway,
+    peer: [u8; 4],
+    who: Option<(&[u8], aic_schemas::Address)>,
+    method: http::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut headers = http::HeaderMap::new();
+    if let Some((secret, owner)) = who {
+        let token = aic_functions::gateway::session_token(secret, &owner, Utc::now() + chrono::Duration::hours(1));
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    }
+    let (code, v) = gw.call(peer.into(), &method, path, None, &headers, bytes::Bytes::from(body.to_string())).await;
+    (code.as_u16(), v)
 }

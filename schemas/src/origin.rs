@@ -107,31 +107,26 @@ impl Origins {
     /// The label of a `Host` header's value when it names one of these origins (the port is
     /// not compared: a proxy in front may pass the host without it).
     pub fn label<'a>(&self, host: &'a str) -> Option<&'a str> {
+        self.under(host).filter(|l| !l.is_empty() && !l.contains('.'))
+    }
+
+    /// Whether a `Host` header's value is a name under these origins' domain (at any depth;
+    /// not the domain itself, which may be the pool's own, as `localhost`): only a single
+    /// label there names a deployment; nothing of the pool answers under it.
+    pub fn within(&self, host: &str) -> bool {
+        self.under(host).is_some()
+    }
+
+    /// What a `Host` header's value has before `.<domain>` (its port and a final dot aside).
+    fn under<'a>(&self, host: &'a str) -> Option<&'a str> {
         let name = match host.rsplit_once(':') {
             Some((n, p)) if !n.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => host,
         };
         let name = name.strip_suffix('.').unwrap_or(name);
-        if name.len() <= self.domain.len() + 1 {
-            return None;
-        }
-        let (label, domain) = name.split_at(name.len() - self.domain.len());
-        let label = label.strip_suffix('.')?;
-        (domain.eq_ignore_ascii_case(&self.domain) && !label.is_empty() && !label.contains('.')).then_some(label)
-    }
-}
-
-impl Origins {
-    /// Whether a `Host` header's value is a name under these origins' domain (at any depth;
-    /// not the domain itself, which may be the pool's own, as `localhost`): only a single
-    /// label there names a deployment; nothing of the pool answers under it.
-    pub fn within(&self, host: &str) -> bool {
-        let name = match host.rsplit_once(':') {
-            Some((n, p)) if !n.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => host,
-        };
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        name.ends_with(&format!(".{}", self.domain))
+        let (sub, domain) = name.split_at_checked(name.len().checked_sub(self.domain.len())?)?;
+        domain.eq_ignore_ascii_case(&self.domain).then_some(())?;
+        sub.strip_suffix('.')
     }
 }
 

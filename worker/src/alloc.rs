@@ -102,10 +102,7 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
     })
 }
 
-/// Largest code folder (or deployed project) a job may have: `AIC_MAX_CODE_BYTES`, 512 MiB.
-pub(crate) fn max_code_bytes() -> u64 {
-    std::env::var("AIC_MAX_CODE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 * 1024 * 1024)
-}
+pub(crate) use aic_core::max_code_bytes;
 
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "miner".into())

@@ -758,17 +758,22 @@ pub async fn nomad() -> (Arc<Mutex<Nomad>>, String) {
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
-            let st = st.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .with_upgrades()
-                    .await;
-            });
+            tokio::spawn(serve_connection(st.clone(), s));
         }
     });
     (state, addr)
+}
+
+/// The fake's answers on one connection (plain or TLS), upgrades (exec) included.
+async fn serve_connection<S>(state: Arc<Mutex<Nomad>>, s: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |r| handle(state.clone(), r));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+        .with_upgrades()
+        .await;
 }
 
 /// A private CA, a server certificate for `server.global.nomad` and a client certificate it
@@ -819,12 +824,9 @@ pub async fn nomad_tls(dir: &std::path::Path) -> (Arc<Mutex<Nomad>>, String) {
             let (st, acceptor) = (st.clone(), acceptor.clone());
             tokio::spawn(async move {
                 // A client without the CA's certificate gets no further than the handshake.
-                let Ok(tls) = acceptor.accept(s).await else { return };
-                let svc = hyper::service::service_fn(move |r| handle(st.clone(), r));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .with_upgrades()
-                    .await;
+                if let Ok(tls) = acceptor.accept(s).await {
+                    serve_connection(st, tls).await;
+                }
             });
         }
     });

@@ -150,10 +150,7 @@ impl GatewayConfig {
             local_signers: vec![],
             worker_grace: Duration::from_secs(600),
             storage_quota: None,
-            max_code_bytes: std::env::var("AIC_MAX_CODE_BYTES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(512 * 1024 * 1024),
+            max_code_bytes: aic_core::max_code_bytes(),
         }
     }
 }

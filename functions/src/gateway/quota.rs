@@ -280,14 +280,5 @@ fn forget_upload(w: &mut Wallet, key: &str, upload: &str) {
 }
 
 fn over_quota(used: u64, bytes: u64, quota: u64) -> ApiError {
-    let size = |b: u64| aic_core::size(b);
-    err(
-        StatusCode::INSUFFICIENT_STORAGE,
-        format!(
-            "storage quota: your datasets take {} of this pool's {} per wallet, and this upload needs {} more; delete datasets you no longer need (`aic data rm NAME`) and upload again",
-            size(used),
-            size(quota),
-            size(bytes)
-        ),
-    )
+    err(StatusCode::INSUFFICIENT_STORAGE, aic_core::over_storage_quota(used, bytes, quota))
 }

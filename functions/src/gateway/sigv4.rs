@@ -31,6 +31,51 @@ fn hmac(key: &[u8], data: &str) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
+/// What a SigV4 signature covers: `method`, `path` (as the canonical request takes it), the
+/// query `pairs`, every one of `headers` (lower-case names) and the payload's hash.
+struct Canonical<'a> {
+    method: &'a str,
+    path: &'a str,
+    pairs: &'a [(String, String)],
+    headers: &'a BTreeMap<String, String>,
+    payload_hash: &'a str,
+}
+
+impl Canonical<'_> {
+    fn signed_headers(&self) -> String {
+        self.headers.keys().cloned().collect::<Vec<_>>().join(";")
+    }
+
+    fn signature(&self, amz_date: &str, [date, region, service]: [&str; 3], secret_key: &str) -> String {
+        let mut query: Vec<(String, String)> = self
+            .pairs
+            .iter()
+            .map(|(k, v)| (utf8_percent_encode(k, &STRICT).to_string(), utf8_percent_encode(v, &STRICT).to_string()))
+            .collect();
+        query.sort_unstable();
+        let query = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let headers: String = self
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}:{}\n", v.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .collect();
+        let request = format!(
+            "{}\n{}\n{query}\n{headers}\n{}\n{}",
+            self.method,
+            self.path,
+            self.signed_headers(),
+            self.payload_hash
+        );
+        let scope = format!("{date}/{region}/{service}/aws4_request");
+        let to_sign =
+            format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(request.as_bytes())));
+        let key = [date, region, service, "aws4_request"]
+            .iter()
+            .fold(format!("AWS4{secret_key}").into_bytes(), |k, part| hmac(&k, part));
+        hex::encode(hmac(&key, &to_sign))
+    }
+}
+
 /// `url` (presigned by object_store for `method`, with `headers` signed besides `host`)
 /// signed again with `extra` headers signed too (lower-case names), using `secret_key`.
 pub fn resign(
@@ -53,30 +98,18 @@ pub fn resign(
     let [date, region, service, "aws4_request"] = parts.as_slice() else {
         return Err(format!("a bad scope {scope:?}"));
     };
-    let host = &url[url::Position::BeforeHost..url::Position::AfterPort];
     let mut all: BTreeMap<String, String> = headers.clone();
     all.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-    all.insert("host".into(), host.to_string());
+    all.insert("host".into(), url[url::Position::BeforeHost..url::Position::AfterPort].to_string());
     let signed = all.keys().cloned().collect::<Vec<_>>().join(";");
     for (k, v) in pairs.iter_mut() {
         if k == "X-Amz-SignedHeaders" {
             *v = signed.clone();
         }
     }
-    let mut query: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(k, v)| (utf8_percent_encode(k, &STRICT).to_string(), utf8_percent_encode(v, &STRICT).to_string()))
-        .collect();
-    query.sort_unstable();
-    let query = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-    let canonical_headers: String =
-        all.iter().map(|(k, v)| format!("{k}:{}\n", v.split_whitespace().collect::<Vec<_>>().join(" "))).collect();
-    let request = format!("{method}\n{}\n{query}\n{canonical_headers}\n{signed}\nUNSIGNED-PAYLOAD", url.path());
-    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(request.as_bytes())));
-    let key = [*date, *region, *service, "aws4_request"]
-        .iter()
-        .fold(format!("AWS4{secret_key}").into_bytes(), |k, part| hmac(&k, part));
-    let signature = hex::encode(hmac(&key, &to_sign));
+    // S3's canonical path is the path encoded once (as the URL has it).
+    let c = Canonical { method, path: url.path(), pairs: &pairs, headers: &all, payload_hash: "UNSIGNED-PAYLOAD" };
+    let signature = c.signature(&amz_date, [date, region, service], secret_key);
     let mut out = url.clone();
     out.set_query(None);
     {
@@ -102,26 +135,14 @@ pub fn authorization(
 ) -> Result<String, String> {
     let amz_date = headers.get("x-amz-date").ok_or("x-amz-date is not among the headers")?;
     let date = amz_date.get(..8).ok_or("a bad x-amz-date")?;
-    let scope = format!("{date}/{region}/{service}/aws4_request");
-    let mut query: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| (utf8_percent_encode(&k, &STRICT).to_string(), utf8_percent_encode(&v, &STRICT).to_string()))
-        .collect();
-    query.sort_unstable();
-    let query = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-    let signed = headers.keys().cloned().collect::<Vec<_>>().join(";");
-    let canonical_headers: String =
-        headers.iter().map(|(k, v)| format!("{k}:{}\n", v.split_whitespace().collect::<Vec<_>>().join(" "))).collect();
+    let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let path = utf8_percent_encode(url.path(), &PATH).to_string();
-    let request =
-        format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{}", hex::encode(Sha256::digest(body)));
-    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(request.as_bytes())));
-    let key = [date, region, service, "aws4_request"]
-        .iter()
-        .fold(format!("AWS4{secret_key}").into_bytes(), |k, p| hmac(&k, p));
+    let payload_hash = hex::encode(Sha256::digest(body));
+    let c = Canonical { method, path: &path, pairs: &pairs, headers, payload_hash: &payload_hash };
     Ok(format!(
-        "AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed}, Signature={}",
-        hex::encode(hmac(&key, &to_sign))
+        "AWS4-HMAC-SHA256 Credential={key_id}/{date}/{region}/{service}/aws4_request, SignedHeaders={}, Signature={}",
+        c.signed_headers(),
+        c.signature(amz_date, [date, region, service], secret_key)
     ))
 }
 
