@@ -101,11 +101,15 @@ pub(crate) fn debian_packages(pkgs: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Debian packages: OpenSSH (client and server: multi-miner jobs reach each other over SSH)
-/// always; Chromium (the browser wallet test) and nginx for the tests.
+/// and openssl always; Chromium (the browser wallet test) and nginx for the tests.
 pub(crate) fn debian(with_browser: bool) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if !Path::new("/usr/sbin/sshd").exists() || !Path::new("/usr/bin/ssh").exists() {
         missing.extend(["openssh-server", "openssh-client"]);
+    }
+    // `openssl`, which tests make certificates with (SNS signatures, Nomad's TLS).
+    if !Path::new("/usr/bin/openssl").exists() {
+        missing.push("openssl");
     }
     // `ps`, which tests read processes with.
     if !Path::new("/usr/bin/ps").exists() && !Path::new("/bin/ps").exists() {
