@@ -19,7 +19,7 @@
 //! | `AIC_GATEWAY_SECRET` | hex key for session tokens (same on every replica); no gateway without it |
 //! | `AIC_GATEWAY_DOMAIN` | the SIWE domain users sign in to (default `aic-pool`); for the web app, the host and port users open it at (wallets compare it with the page's origin) |
 //! | `AIC_SERVING_ORIGIN` | the origins deployments answer at, each its own: `https://*.apps.example.net` (wildcard DNS to the serving gateway); default `http://*.localhost:<port>` (this host's port; browsers and curl resolve every `*.localhost` name to loopback) |
-//! | `AIC_STORAGE_QUOTA_MB` | most MiB one wallet keeps in datasets (102400 = 100 GiB; `0`: no quota; the embedded pool: none unless set) |
+//! | `AIC_STORAGE_QUOTA_MB` | most MiB one wallet keeps in datasets and in its unpaid jobs' code (102400 = 100 GiB; `0`: no quota; the embedded pool: none unless set) |
 //! | `AIC_SECRETS_ID` | Secrets Manager secrets (comma-separated ids or ARNs, each a JSON object) the secrets below are read from at start instead of the environment: `AIC_SETTLER_KEY`, `AIC_GATEWAY_SECRET`, `AIC_WEBHOOK_TOKEN`, `NOMAD_TOKEN` (`crate::secrets`; `AIC_SECRETS_ENDPOINT` for another endpoint) |
 //! | `AIC_SNS_TOPICS`, `AIC_SNS_CERT_ORIGINS` | the SNS topics taken, and extra certificate origins |
 //! | `AIC_LOG` | log filter (`info`, `debug`, `aic_functions=debug`, …) |
