@@ -825,6 +825,44 @@ fn cancel_stops_every_rank_of_an_mpi_job_within_seconds() {
     assert_eq!(h.state(&job), "cancelled");
 }
 
+/// One miner of a 2-miner job is lost: the scheduler stops the other allocation (SIGTERM,
+/// its program killed) and starts the job again. The stopped worker says nothing of how the
+/// job ended — its scheduler does — so the job retries and succeeds. (It recorded `failed`,
+/// "killed by signal 15", and the restart found the job ended: a Nomad purge, a node drain
+/// and the embedded pool's own restart stop ranks the same way.)
+#[test]
+fn a_rank_stopped_for_a_restart_does_not_end_the_job() {
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let go = h.shared().join("go");
+    let script = h.write(
+        "ranks.sh",
+        &format!(
+            "echo rank-$AIC_ALLOC_INDEX-started\nwhile [ ! -e {} ]; do sleep 0.05; done\necho rank-$AIC_ALLOC_INDEX-done\n",
+            go.display()
+        ),
+    );
+    let out = h.aic(&["run", "--detach", "--miners", "2", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let job = text(&out).0.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while workers_of(&job).len() != 2 || !text(&h.aic(&["logs", &job])).0.contains("rank-1-started") {
+        assert!(Instant::now() < deadline, "the ranks did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = workers_of(&job);
+    kill_group_of(first[1]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while workers_of(&job).len() != 2 || workers_of(&job).iter().any(|p| first.contains(p)) {
+        assert!(Instant::now() < deadline, "the job did not start again: {:?}", h.history(&job));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&go, "").unwrap();
+    let hist = wait_for_state(&h, &job, "succeeded");
+    let states: Vec<&str> = hist.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["submitted", "paid", "scheduled", "running", "retrying", "running", "succeeded"], "{hist:?}");
+}
+
 #[test]
 fn a_lost_worker_is_restarted_and_resumes_from_its_checkpoint() {
     let h = Home::new();

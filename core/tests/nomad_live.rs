@@ -20,6 +20,15 @@
 //!   2-miner job is placed, the test says which node's Nomad client to stop, and checks that
 //!   the rank there goes `unknown`, that Nomad places no replacement, and that the watcher
 //!   registers attempt 1.
+//! - `exec_in_an_allocation_ends_with_the_commands_exit_code_zero_included`: `aic exec`'s path
+//!   (`aic-worker in-job` through Nomad's exec API) answers 0 for `true` and 3 for `exit 3`.
+//! - `a_drained_node_restarts_the_training_job_whole` (only with `AIC_NOMAD_LIVE_DRAIN=1`: it
+//!   drains one node for a short while): the rank stopped by the drain's deadline is taken for
+//!   lost and the job registered again as attempt 1.
+//! - `a_job_outlives_a_redeploy_of_the_functions_host` (with `AIC_NOMAD_LIVE_FUNCTIONS`, the
+//!   functions' Nomad job id, and `AIC_STORE`, the pool's store): the functions host is
+//!   redeployed while a job prints for a minute; every line and the job's success still
+//!   reach the store through the stable worker gateway address.
 
 use std::time::{Duration, Instant};
 
@@ -240,4 +249,148 @@ async fn a_lost_node_restarts_the_whole_job() {
     tx.send(()).unwrap();
     watcher.await.unwrap();
     n.cancel(&job).await.unwrap();
+}
+
+/// An `aic exec` on a real cluster ends with the command's own exit code, 0 included (Nomad
+/// leaves a 0 `exit_code` out of its exit frame; it was read as -1). The task runs the worker
+/// image's shell instead of the worker and publishes what `aic-worker in-job` reads.
+#[tokio::test]
+async fn exec_in_an_allocation_ends_with_the_commands_exit_code_zero_included() {
+    use aic_core::scheduler::{ExecOutput, ExecStart};
+    let Some((n, _store)) = live() else { return };
+    let (job, m) = manifest(1, 1);
+    let publish = "printf '{\"env\":{},\"cwd\":\"/\"}' > \"$AIC_WORK_DIR/exec-env.json\"; exec sleep 600";
+    let id = register_running(&n, &job, &m, &["sh", "-c", publish]).await;
+    until("the allocation to run", Duration::from_secs(300), async || {
+        allocations(&n, &id).await.into_iter().find(|a| a["ClientStatus"] == "running")
+    })
+    .await;
+    for (argv, want) in [(vec!["true"], 0), (vec!["sh", "-c", "exit 3"], 3)] {
+        let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+        let code = until("the exec session to open", Duration::from_secs(60), async || {
+            let mut io = n.exec(&job, 0, ExecStart { argv: argv.clone(), tty: None }).await.unwrap()?;
+            drop(io.input);
+            loop {
+                match io.output.recv().await {
+                    // 125: not published yet (a moment after the task starts): asked again.
+                    Some(ExecOutput::Exited(125)) | None => return None,
+                    Some(ExecOutput::Exited(c)) => return Some(c),
+                    Some(ExecOutput::Failed(why)) => panic!("{why}"),
+                    Some(_) => {}
+                }
+            }
+        })
+        .await;
+        assert_eq!(code, want, "{argv:?}");
+    }
+    n.cancel(&job).await.unwrap();
+}
+
+/// A node drained under a 2-miner training job (only with `AIC_NOMAD_LIVE_DRAIN=1`: it drains
+/// one of the cluster's nodes for a minute and marks it eligible again): Nomad stops the rank
+/// there at the drain's deadline and places no replacement (batch allocations are never
+/// migrated: `nomad/drainer/watch_jobs.go`; before the fix of hashicorp/nomad#26929 one was
+/// replaced alone); the watcher takes the stopped rank for lost and registers attempt 1.
+#[tokio::test]
+async fn a_drained_node_restarts_the_training_job_whole() {
+    if std::env::var("AIC_NOMAD_LIVE_DRAIN").as_deref() != Ok("1") {
+        eprintln!("nomad_live: AIC_NOMAD_LIVE_DRAIN=1 runs the drain test (it drains one of the cluster's nodes)");
+        return;
+    }
+    let Some((n, store)) = live() else { return };
+    let (_, m) = manifest(2, 1);
+    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    store.create_json(&job.manifest(), &m).await.unwrap();
+    for st in [aic_schemas::JobState::Submitted, aic_schemas::JobState::Paid, aic_schemas::JobState::Running] {
+        aic_core::status::advance(&store, &job, aic_core::status::Transition::new(st, "test")).await.unwrap();
+    }
+    let Submitted::Placed(_) = n.submit(&job, &m).await.unwrap() else { panic!("no room for 2 miners") };
+    let id = nomad_id(&job);
+    let rank = until("both ranks to run", Duration::from_secs(300), async || {
+        let allocs = allocations(&n, &id).await;
+        (allocs.iter().filter(|a| a["ClientStatus"] == "running").count() == 2).then(|| allocs[1].clone())
+    })
+    .await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let (n, store) = (n.clone(), store.clone());
+        tokio::spawn(async move {
+            n.run(
+                store,
+                Box::pin(async {
+                    let _ = rx.await;
+                }),
+            )
+            .await
+        })
+    };
+    let node = rank["NodeID"].as_str().unwrap().to_string();
+    // `POST /v1/node/:node_id/drain` (api/nodes.go `UpdateDrainOpts`): a 10 s deadline.
+    let drain = json!({"NodeID": node, "DrainSpec": {"Deadline": 10_000_000_000u64, "IgnoreSystemJobs": true}});
+    n.call(reqwest::Method::POST, &format!("node/{node}/drain"), &[], Some(&drain)).await.unwrap();
+    let restarted = until("attempt 1", Duration::from_secs(180), async || {
+        let j = n.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await.unwrap()?;
+        (j["Meta"]["aic_attempt"] == "1").then_some(())
+    })
+    .await;
+    let undrain = json!({"NodeID": node, "DrainSpec": null, "MarkEligible": true});
+    n.call(reqwest::Method::POST, &format!("node/{node}/drain"), &[], Some(&undrain)).await.unwrap();
+    let () = restarted;
+    let st = aic_core::status::history(&store, &job).await.unwrap();
+    assert!(st.iter().any(|r| r.state == aic_schemas::JobState::Retrying), "{st:?}");
+    tx.send(()).unwrap();
+    watcher.await.unwrap();
+    n.cancel(&job).await.unwrap();
+}
+
+/// The functions host is redeployed while a job runs (only with `AIC_NOMAD_LIVE_FUNCTIONS` =
+/// the functions' Nomad job id and `AIC_STORE` = the pool's store, which the test reads and
+/// writes with the operator's credentials): the job's worker, which reaches the host through
+/// the stable worker gateway address (`AIC_NOMAD_WORKER_GATEWAY`), keeps storing its
+/// program's lines and its status through the new host; the job succeeds with every line.
+#[tokio::test]
+async fn a_job_outlives_a_redeploy_of_the_functions_host() {
+    let (Ok(functions), Ok(url)) = (std::env::var("AIC_NOMAD_LIVE_FUNCTIONS"), std::env::var("AIC_STORE")) else {
+        eprintln!("nomad_live: AIC_NOMAD_LIVE_FUNCTIONS and AIC_STORE run the redeploy test");
+        return;
+    };
+    let Some((n, _)) = live() else { return };
+    assert!(n.config().worker_gateway.is_some(), "the redeploy test needs AIC_NOMAD_WORKER_GATEWAY");
+    let store = aic_core::StoreConfig::parse(&url).unwrap().open().unwrap();
+    let (_, m) = manifest(1, 1);
+    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    let program = "import time\nfor i in range(60):\n    print('line', i, flush=True)\n    time.sleep(1)\n";
+    store.put_bytes(&format!("{}train.py", job.code_prefix()), program.as_bytes().to_vec().into()).await.unwrap();
+    store.create_json(&job.manifest(), &m).await.unwrap();
+    for st in [aic_schemas::JobState::Submitted, aic_schemas::JobState::Paid, aic_schemas::JobState::Scheduled] {
+        aic_core::status::advance(&store, &job, aic_core::status::Transition::new(st, "test")).await.unwrap();
+    }
+    let Submitted::Placed(_) = n.submit(&job, &m).await.unwrap() else { panic!("no room for the job") };
+    let logs = |store: aic_core::Store, job: JobKey| async move {
+        let mut text = String::new();
+        let mut keys = store.list(&format!("{}logs/0/", job.prefix())).await.unwrap();
+        keys.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+        for k in keys {
+            let chunk = store.get_limited(k.location.as_ref(), 1 << 20).await.unwrap().unwrap_or_default();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    };
+    until("the program to print", Duration::from_secs(300), async || {
+        logs(store.clone(), job.clone()).await.contains("line 0").then_some(())
+    })
+    .await;
+    // Redeployed: the same job spec with a new meta value is a new version, its allocation
+    // replaced (`nomad job run` of a changed file does the same).
+    let mut spec = n.call(reqwest::Method::GET, &format!("job/{functions}"), &[], None).await.unwrap().unwrap();
+    spec["Meta"]["aic_redeployed"] = json!(chrono::Utc::now().to_rfc3339());
+    n.call(reqwest::Method::POST, "jobs", &[], Some(&json!({"Job": spec}))).await.unwrap();
+    let st = until("the job to end", Duration::from_secs(600), async || {
+        let st = aic_core::status::current(&store, &job).await.unwrap()?;
+        st.state.is_terminal().then_some(st)
+    })
+    .await;
+    assert_eq!(st.state, aic_schemas::JobState::Succeeded, "{st:?}");
+    let text = logs(store.clone(), job.clone()).await;
+    assert!((0..60).all(|i| text.contains(&format!("line {i}\n"))), "lines lost across the redeploy:\n{text}");
 }

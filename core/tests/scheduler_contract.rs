@@ -105,14 +105,25 @@ impl Backend {
             }
             Backend::Nomad { sched, store, state, .. } => {
                 let mut ev = {
-                    let s = state.lock().unwrap();
-                    let node = s.allocs[&nomad_id(job)][index as usize].clone();
-                    lost(&s, job, &node)
+                    let node = state.lock().unwrap().allocs[&nomad_id(job)][index as usize].clone();
+                    common::lose(state, job, &node)
                 };
                 ev["Name"] = serde_json::json!(format!("{}.train[{index}]", nomad_id(job)));
                 let act = sched.on_alloc(store, &ev).await.unwrap();
                 assert!(!matches!(act, AllocAction::Stopped), "{act:?}");
+                self.stopped_ones_end().await;
             }
+        }
+    }
+
+    /// The allocations the backend stopped have ended: their kill timeout passed (Nomad's
+    /// clients kill a stopped task within it, and until then its GPUs stay taken); what the
+    /// housekeeping does when they end is done (waiting jobs tried again). The local
+    /// scheduler stops its workers itself (SIGTERM, SIGKILL after its grace).
+    async fn stopped_ones_end(&self) {
+        if let Backend::Nomad { sched, state, .. } = self {
+            state.lock().unwrap().kill_stopped();
+            sched.place_waiting().await.unwrap();
         }
     }
 
@@ -377,6 +388,7 @@ async fn a_resumed_run_is_placed_anew_at_its_own_first_attempt(b: &Backend) {
     // The owner cancels: the run ends and its allocations stop.
     status::cancel(b.store(), &job, "cli").await.unwrap();
     b.scheduler().cancel(&job).await.unwrap();
+    b.stopped_ones_end().await;
     eventually("the first run's allocations to stop", || {
         let done = futures::executor::block_on(b.scheduler().finished(&job)).unwrap();
         (done && futures::executor::block_on(b.free_gpus()) == before).then_some(())
@@ -426,6 +438,7 @@ async fn a_training_job_past_its_paid_time_is_stopped_and_what_it_used_recorded(
         st.reason.as_deref(),
         Some("time limit: paid for 0.001 h; stopped by the scheduler; outputs up to then are kept")
     );
+    b.stopped_ones_end().await;
     b.report_ended(&job).await;
     let runs = eventually("what it used to be recorded", || {
         let runs = futures::executor::block_on(aic_core::usage::of(b.store(), &job)).unwrap();
@@ -474,6 +487,7 @@ async fn cancel_frees_the_gpus_and_cancelling_an_unknown_job_is_not_an_error(b: 
     let (job, m) = job(b, "train", 2).await;
     b.scheduler().submit(&job, &m).await.unwrap();
     b.scheduler().cancel(&job).await.unwrap();
+    b.stopped_ones_end().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.free_gpus().await != before {
         assert!(Instant::now() < deadline, "the job's GPUs were not freed");

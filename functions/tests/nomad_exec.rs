@@ -100,7 +100,11 @@ async fn exec_on_a_nomad_pool_goes_through_nomads_exec_api_and_back_to_the_owner
     assert_eq!((rec["exit"].as_i64(), rec["argv"][0].as_str()), (Some(5), Some("sh")));
     // An allocation Nomad does not run (any more): refused with the reason, nothing recorded.
     let id = aic_core::scheduler::nomad::nomad_id(&job);
-    state.lock().unwrap().allocs.get_mut(&id).unwrap().truncate(1);
+    {
+        let mut s = state.lock().unwrap();
+        let aid = s.alloc_of(&id, &s.allocs[&id][1].clone());
+        s.ended(&aid, "complete");
+    }
     let (code, v) =
         call(Method::POST, format!("/v1/jobs/{}/exec", job.job), json!({"alloc": 1, "argv": ["true"]})).await;
     assert_eq!(code, StatusCode::CONFLICT, "{v}");

@@ -323,6 +323,15 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
             }
         }
     };
+    // A stop sent to the worker's process group reaches the program too: the program's end
+    // may be seen before the worker's own SIGTERM. One that ended failing gets a moment for it.
+    if stopping.is_none()
+        && !exit.success()
+        && tokio::time::timeout(Duration::from_millis(250), sigterm.recv()).await.is_ok()
+    {
+        tracing::info!("stop requested as the program ended");
+        stopping = Some(Instant::now());
+    }
     let wall = started.elapsed().as_secs_f64();
     if let Some(t) = exec {
         t.abort();
@@ -355,6 +364,18 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         log_tail: Some(tail.join("\n")),
         ..Default::default()
     };
+    // Stopped by its scheduler (SIGTERM: the job cancelled, its ranks restarted after a lost
+    // one, its node drained or its allocation purged) or because the job ended elsewhere:
+    // what the program did is recorded above, but how the job ended is not this
+    // allocation's to say — its scheduler says it (cancelled, retrying, …). A `failed`
+    // here ("killed by signal 15") ended a job its scheduler was starting again.
+    if stopping.is_some() && !timed_out {
+        tracing::info!(code = ?exit.code(), signal = ?signal_no, "the program stopped as asked");
+        if let Finish::Leader(sshd) = finish {
+            sshd.stop().await;
+        }
+        return Ok(0);
+    }
     if timed_out {
         let t = a.transition(JobState::TimedOut).reason(time_limit_reason(req.max_hours)).detail(ended());
         a.advance(t).await?;

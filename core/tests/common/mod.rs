@@ -26,7 +26,9 @@ pub struct Nomad {
     pub allocs: BTreeMap<String, Vec<String>>,
     pub evals: BTreeMap<String, (u32, Value)>,
     pub seen: Vec<(String, String, Option<String>)>,
-    /// NDJSON lines the event stream sends (then it closes).
+    /// Nomad's event buffer: the frames (`{"Index": …, "Events": […]}`, one line each) the
+    /// event stream sends from, oldest first. Each connection sends Nomad's opening `{}`, the
+    /// frames a subscription at its `index` starts with, then closes.
     pub stream: Vec<String>,
     pub stream_queries: Vec<BTreeMap<String, String>>,
     /// Allocations of other namespaces' jobs: (node name, GPUs they hold).
@@ -68,6 +70,9 @@ pub struct Nomad {
     /// Evaluations stay `pending` (servers busy): a blocking query waits its `wait` out
     /// and answers the same (nomad/blocking queries: no change by the deadline).
     pub stuck_evals: bool,
+    /// Allocations that end just as an exec session reaches them (their client stopped them
+    /// since aic listed them running).
+    pub gone_on_exec: std::collections::BTreeSet<String>,
 }
 
 /// An allocation as its client reports it (`TaskStates.worker`, `ClientStatus`).
@@ -84,6 +89,8 @@ pub struct AllocInfo {
     pub modified_at: chrono::DateTime<chrono::Utc>,
     /// Set when Nomad's servers stopped it (`DesiredStatus` stop), with the description.
     pub stopped: Option<String>,
+    /// Nomad's raft index when it was made.
+    pub create_index: u64,
 }
 
 impl Nomad {
@@ -92,6 +99,8 @@ impl Nomad {
         let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
         let aid = alloc_id(id, node, job);
         let now = chrono::Utc::now();
+        self.index += 1;
+        let create_index = self.index;
         self.history.insert(aid.clone(), job.clone());
         self.info.insert(
             aid,
@@ -105,6 +114,7 @@ impl Nomad {
                 finished_at: None,
                 modified_at: now,
                 stopped: None,
+                create_index,
             },
         );
     }
@@ -121,12 +131,17 @@ impl Nomad {
     }
 
     /// The allocation ends as its client reports it (`complete`, `failed`).
+    /// What it held is free for the scheduler from then on (client-terminal).
     pub fn ended(&mut self, aid: &str, status: &str) {
         let i = self.info.get_mut(aid).expect("a placed allocation");
         let now = chrono::Utc::now();
         i.status = status.into();
-        i.finished_at = Some(now);
         i.modified_at = now;
+        if i.finished_at.replace(now).is_none()
+            && let Some(b) = self.busy.get_mut(&i.node)
+        {
+            *b = b.saturating_sub(i.gpus);
+        }
     }
 
     /// Node `node` is drained past its deadline: its batch allocations are stopped with no
@@ -153,17 +168,66 @@ impl Nomad {
         alloc_id(id, node, &self.jobs[id])
     }
 
-    /// Stops job `id`'s allocations: their GPUs are free again.
-    fn stop_allocs(&mut self, id: &str) {
+    /// Nomad's servers stop job `id`'s allocations (deregistered, or replaced by a new
+    /// version): `DesiredStatus` becomes stop at once, but their tasks run on until the
+    /// client has killed them (`KillSignal`, then `KillTimeout`): `ClientStatus` stays
+    /// `running`, and what they hold stays taken for the scheduler until then
+    /// (`scheduler/context.go` `ProposedAllocs`, the `DeviceAccounter` and `structs.AllocsFit`
+    /// skip only client-terminal allocations), so nothing new is placed on their GPUs before
+    /// [`Nomad::kill_stopped`].
+    fn stop_allocs(&mut self, id: &str, why: &str) {
         let Some(job) = self.jobs.get(id).cloned() else { return };
-        let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
         for n in self.allocs.remove(id).unwrap_or_default() {
-            *self.busy.get_mut(&n).unwrap() -= gpus;
             let aid = alloc_id(id, &n, &job);
-            if self.info.get(&aid).is_some_and(|i| i.status == "running") {
-                self.ended(&aid, "complete");
+            if let Some(i) = self.info.get_mut(&aid).filter(|i| i.finished_at.is_none()) {
+                i.stopped = Some(why.to_string());
+                i.modified_at = chrono::Utc::now();
             }
         }
+    }
+
+    /// The kill timeout of every allocation Nomad's servers stopped has passed: their clients
+    /// have killed the tasks and report them `complete`; their GPUs are free. Returns their
+    /// ids.
+    pub fn kill_stopped(&mut self) -> Vec<String> {
+        let ids: Vec<String> = self
+            .info
+            .iter()
+            .filter(|(_, i)| i.stopped.is_some() && i.finished_at.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.ended(id, "complete");
+        }
+        ids
+    }
+
+    /// Allocations whose tasks still run though Nomad's servers stopped them.
+    pub fn stopping(&self) -> Vec<String> {
+        self.info
+            .iter()
+            .filter(|(_, i)| i.stopped.is_some() && i.finished_at.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// An allocation as `GET /v1/job/:id/allocations` and `GET /v1/allocations` list it
+    /// (nomad/structs `AllocListStub`): its client's status and the servers' wish.
+    fn stub(&self, aid: &str) -> Value {
+        let (j, i) = (&self.history[aid], &self.info[aid]);
+        let id = j["ID"].as_str().unwrap();
+        let group = j["TaskGroups"][0]["Name"].as_str().unwrap_or("worker");
+        let node_id = NODES.iter().find(|x| x.1 == i.node).unwrap().0;
+        json!({"ID": aid, "JobID": id, "Namespace": "aic", "Name": format!("{id}.{group}[{}]", i.index),
+            "NodeID": node_id, "NodeName": i.node, "ClientStatus": i.status, "JobVersion": j["Version"],
+            "ClientDescription": if i.status == "lost" { "alloc is lost since its node is down" } else { "" },
+            "DesiredStatus": if i.stopped.is_some() { "stop" } else { "run" },
+            "DesiredDescription": i.stopped.clone().unwrap_or_default(),
+            "CreateIndex": i.create_index, "ModifyIndex": i.create_index,
+            "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4",
+                "DeviceIDs": (0..i.gpus).map(|g| format!("GPU-{node_id}-{g}")).collect::<Vec<_>>()}],
+                "Memory": {"MemoryMB": j["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"]}}},
+                "Shared": {"DiskMB": j["TaskGroups"][0]["EphemeralDisk"]["SizeMB"]}}})
     }
 
     /// A node stops heartbeating and is marked down, and Nomad's reconciler acts on each
@@ -176,10 +240,16 @@ impl Nomad {
     /// namespaces' taken.
     pub fn free_memory(&self, node: &str) -> u64 {
         let aics: u64 = self
-            .allocs
+            .info
             .iter()
-            .filter(|(_, nodes)| nodes.iter().any(|n| n == node))
-            .map(|(job, _)| self.jobs[job]["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"].as_u64().unwrap_or(0))
+            .filter(|(_, i)| {
+                i.node == node
+                    && i.finished_at.is_none()
+                    && !matches!(i.status.as_str(), "lost" | "complete" | "failed")
+            })
+            .map(|(aid, _)| {
+                self.history[aid]["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"].as_u64().unwrap_or(0)
+            })
             .sum();
         let theirs = self.foreign_memory.get(node).copied().unwrap_or(0);
         (NODE_MEMORY_MB - NODE_RESERVED_MB).saturating_sub(aics + theirs)
@@ -245,6 +315,22 @@ pub const NODES: [(&str, &str, &str, u32, bool); 5] = [
     ("n5", "node-e", "mixed", 4, true),
 ];
 
+/// The frames of Nomad's event buffer `buffer` a subscription at `index` is sent first
+/// (nomad/stream/event_broker.go `Subscribe`, event_buffer.go `StartAtClosest`; the
+/// subscription's first `Next` returns its start item itself): with 0, the whole buffer; with
+/// an index it holds, that frame again and what follows; between two, from the later; past
+/// the newest, the newest again.
+fn replayed(buffer: &[String], index: u64) -> Vec<String> {
+    let frames: Vec<(u64, &String)> =
+        buffer.iter().filter_map(|l| Some((serde_json::from_str::<Value>(l).ok()?["Index"].as_u64()?, l))).collect();
+    let start = if index == 0 {
+        0
+    } else {
+        frames.iter().position(|(i, _)| *i >= index).unwrap_or(frames.len().saturating_sub(1))
+    };
+    frames[start.min(frames.len())..].iter().map(|(_, l)| l.to_string()).collect()
+}
+
 fn reply(code: u16, body: Value) -> Response<Full<Bytes>> {
     Response::builder().status(code).body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
@@ -277,6 +363,9 @@ fn exec_upgrade(state: Arc<Mutex<Nomad>>, mut req: Request<hyper::body::Incoming
         let refusal = {
             let mut s = state.lock().unwrap();
             s.seen.push(("GET".into(), path.clone(), token.clone()));
+            if s.gone_on_exec.remove(&aid) {
+                s.ended(&aid, "complete");
+            }
             if token.as_deref() != Some(TOKEN) {
                 Some("Permission denied".to_string())
             } else if s.info.get(&aid).is_none_or(|i| i.status != "running") {
@@ -385,10 +474,11 @@ async fn handle(
         let lines = {
             let mut s = state.lock().unwrap();
             s.stream_queries.push(query.clone());
-            std::mem::take(&mut s.stream)
+            replayed(&s.stream, query.get("index").and_then(|i| i.parse().ok()).unwrap_or(0))
         };
         // Nomad's NDJSON stream opens with a heartbeat, `{}`, and sends one every 30 s
-        // (nomad/event_endpoint.go, `stream.NewNDJsonStream(…, 30*time.Second)`).
+        // (nomad/stream/ndjson.go `JsonHeartbeat`; nomad/event_endpoint.go
+        // `stream.NewJsonStream(ctx, 30*time.Second)`).
         if lines.is_empty() {
             // Nothing more: hold the connection like a quiet stream.
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
@@ -473,7 +563,9 @@ async fn handle(
             let version = s.jobs.get(&id).map(|j| j["Version"].as_u64().unwrap() + 1).unwrap_or(0);
             s.index += 1;
             let create = s.jobs.get(&id).map(|j| j["CreateIndex"].as_u64().unwrap()).unwrap_or(s.index);
-            s.stop_allocs(&id);
+            // The old version's allocations are stopped (a destructive update:
+            // scheduler/reconcile.go `allocUpdating`).
+            s.stop_allocs(&id, "alloc is being updated due to job update");
             let mut stored = v["Job"].clone();
             stored["Version"] = json!(version);
             stored["CreateIndex"] = json!(create);
@@ -515,11 +607,9 @@ async fn handle(
                         "CoalescedFailures": count - free.len().min(count as usize) as u32 - 1}}})
             };
             s.evals.insert(eval_id.clone(), (0, eval));
+            let modify = stored["JobModifyIndex"].clone();
             s.jobs.insert(id, stored);
-            reply(
-                200,
-                json!({"EvalID": eval_id, "EvalCreateIndex": s.index, "JobModifyIndex": s.index, "Warnings": ""}),
-            )
+            reply(200, json!({"EvalID": eval_id, "EvalCreateIndex": modify, "JobModifyIndex": modify, "Warnings": ""}))
         }
         ("GET", p) if p.starts_with("/v1/evaluation/") => {
             let id = p.trim_start_matches("/v1/evaluation/").to_string();
@@ -536,19 +626,19 @@ async fn handle(
             reply(200, e)
         }
         ("GET", p) if p.starts_with("/v1/job/") && p.ends_with("/allocations") => {
+            // Every allocation of the job, of every version, with its status (allocations are
+            // kept until garbage-collected): nomad/state/state_store.go `AllocsByJob` skips
+            // only those made for an earlier job of the same id (another `CreateIndex`: one
+            // purged and registered again), and with the job gone (purged) lists them all.
             let id = p.trim_start_matches("/v1/job/").trim_end_matches("/allocations");
-            let allocs: Vec<Value> = s
-                .allocs
-                .get(id)
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, n)| {
-                    let group = s.jobs[id]["TaskGroups"][0]["Name"].as_str().unwrap_or("train").to_string();
-                    json!({"ID": s.alloc_of(id, n), "Name": format!("{id}.{group}[{i}]"), "NodeName": n,
-                        "ClientStatus": "running", "DesiredStatus": "run", "CreateIndex": s.jobs[id]["JobModifyIndex"]})
-                })
+            let instance = s.jobs.get(id).map(|j| j["CreateIndex"].clone());
+            let mut allocs: Vec<Value> = s
+                .history
+                .iter()
+                .filter(|(_, j)| j["ID"] == id && instance.as_ref().is_none_or(|c| j["CreateIndex"] == *c))
+                .map(|(aid, _)| s.stub(aid))
                 .collect();
+            allocs.sort_by_key(|a| a["CreateIndex"].as_u64());
             reply(200, json!(allocs))
         }
         ("GET", p) if p.starts_with("/v1/job/") => {
@@ -563,7 +653,7 @@ async fn handle(
             if !s.jobs.contains_key(&id) {
                 return Ok(text(404, "job not found"));
             }
-            s.stop_allocs(&id);
+            s.stop_allocs(&id, "alloc not needed due to job update");
             // Stopped, the job stays (dead, `Stop`, a new modify index) until collected;
             // `purge=true` removes it at once (nomad/job_endpoint.go `Deregister`).
             if query.get("purge").map(String::as_str) == Some("true") {
@@ -724,25 +814,11 @@ async fn handle(
                         "AllocatedResources": {"Tasks": {"db": {"Memory": {"MemoryMB": mb}, "Devices": []}}, "Shared": {"DiskMB": 300}}}));
                 }
             }
-            // Each with its status as its client reports it (nomad/structs `AllocListStub`: the
-            // job's ID, namespace, name, node, client status and description).
-            for (job, nodes) in &s.allocs {
-                for (k, n) in nodes.iter().enumerate() {
-                    let id = NODES.iter().find(|x| x.1 == n).unwrap().0;
-                    let aid = s.alloc_of(job, n);
-                    let status = s.info.get(&aid).map_or("running".to_string(), |i| i.status.clone());
-                    let stopped = s.info.get(&aid).and_then(|i| i.stopped.clone());
-                    let group = s.jobs[job]["TaskGroups"][0]["Name"].as_str().unwrap_or("worker").to_string();
-                    out.push(json!({"ID": aid, "JobID": job, "Namespace": "aic", "Name": format!("{job}.{group}[{k}]"),
-                        "NodeID": id, "NodeName": n, "ClientStatus": status,
-                        "ClientDescription": if status == "lost" { "alloc is lost since its node is down" } else { "" },
-                        "DesiredStatus": if stopped.is_some() { "stop" } else { "run" },
-                        "DesiredDescription": stopped.unwrap_or_default(),
-                        "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ["GPU-x", "GPU-y"]}],
-                            "Memory": {"MemoryMB": s.jobs[job]["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"]}}},
-                            "Shared": {"DiskMB": s.jobs[job]["TaskGroups"][0]["EphemeralDisk"]["SizeMB"]}}}));
-                }
-            }
+            // Every allocation not yet garbage-collected, each with its status as its client
+            // reports it and the servers' wish (nomad/structs `AllocListStub`).
+            let mut ours: Vec<Value> = s.info.keys().map(|aid| s.stub(aid)).collect();
+            ours.sort_by_key(|a| a["CreateIndex"].as_u64());
+            out.extend(ours);
             reply(200, json!(out))
         }
         _ => text(404, "no such endpoint"),
@@ -875,6 +951,15 @@ pub fn alloc_id(id: &str, node: &str, job: &Value) -> String {
 pub fn lost(s: &Nomad, job: &JobKey, node: &str) -> Value {
     json!({"ID": s.alloc_of(&nomad_id(job), node), "JobID": nomad_id(job), "Name": format!("{}.train[1]", nomad_id(job)),
         "NodeName": node, "ClientStatus": "lost", "ClientDescription": "node is down", "Namespace": "aic"})
+}
+
+/// Job `job`'s allocation on `node` is lost (its client reports it so) and the event the
+/// stream sends of it.
+pub fn lose(state: &Mutex<Nomad>, job: &JobKey, node: &str) -> Value {
+    let mut s = state.lock().unwrap();
+    let aid = s.alloc_of(&nomad_id(job), node);
+    s.ended(&aid, "lost");
+    lost(&s, job, node)
 }
 
 pub async fn running_job(store: &aic_core::Store, m: &JobManifest) -> JobKey {
