@@ -963,3 +963,153 @@ async fn exec_runs_in_the_allocation_through_nomads_exec_api_frames_and_all() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A job's program on a Nomad client (docker driver, host network): the worker, started as
+/// the container's root with the job spec's environment, becomes its job's uid before the
+/// program runs, and the clients' egress rules as shipped (`infra/nomad/egress.nft`, loaded
+/// into a network namespace standing for the node) refuse that uid the node's services on its
+/// loopback (the Nomad client's API on 4646, a MinIO on 9000), the cloud's metadata address
+/// and Nomad's port on the node's own address, while a peer's port there and the dynamic ports
+/// on loopback (where a job's own processes meet: torchrun's workers reach their agent's store
+/// at `localhost`) stay open. The same probes from root in the same
+/// namespace reach every one (the refusals are the rules' and the uid's). Before: the
+/// program ran as root in the node's network and reached them all.
+#[tokio::test]
+async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    if !nix::unistd::geteuid().is_root() || Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("needs root and nft (cargo xtask test installs nftables); nothing run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().to_path_buf();
+    // The node: its own address, the metadata address, Nomad on its loopback and its address.
+    let ns = format!("aic-egress-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let o = Command::new("ip").args(["netns", "exec", &ns, "ip"]).args(args).output().unwrap();
+        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _gone = Gone(ns.clone());
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["link", "add", "node0", "type", "veth", "peer", "name", "meta0"]);
+    ip(&["link", "set", "node0", "up"]);
+    ip(&["link", "set", "meta0", "up"]);
+    ip(&["addr", "add", "10.77.0.1/24", "dev", "node0"]);
+    ip(&["addr", "add", "169.254.169.254/32", "dev", "meta0"]);
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/nomad/egress.nft");
+    let o = Command::new("ip").args(["netns", "exec", &ns, "nft", "-f"]).arg(&rules).output().unwrap();
+    assert!(o.status.success(), "nft -f egress.nft: {}", String::from_utf8_lossy(&o.stderr));
+    let targets = [
+        ("127.0.0.1", 4646),
+        ("127.0.0.1", 9000),
+        ("127.0.0.1", 25002),
+        ("169.254.169.254", 80),
+        ("10.77.0.1", 4646),
+        ("10.77.0.1", 25001),
+    ];
+    let py_targets: Vec<String> = targets.iter().map(|(h, p)| format!("('{h}', {p})")).collect();
+    let py_targets = format!("[{}]", py_targets.join(", "));
+    let listen = format!(
+        "import socket, threading, sys\n\
+         def serve(s):\n    while True:\n        s.accept()[0].close()\n\
+         for h, p in {py_targets}:\n    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    \
+         s.bind((h, p)); s.listen(64)\n    threading.Thread(target=serve, args=(s,), daemon=True).start()\n\
+         print('up', flush=True)\nsys.stdin.read()\n"
+    );
+    let mut listener = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c", &listen])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(listener.stdout.as_mut().unwrap()), &mut up)
+        .await
+        .unwrap();
+    assert_eq!(up.trim(), "up");
+    let probe = format!(
+        "import os, socket\nprint('uid', os.getuid())\nfor h, p in {py_targets}:\n    \
+         s = socket.socket(); s.settimeout(5)\n    try:\n        s.connect((h, p)); print(h, p, 'open')\n    \
+         except OSError as e:\n        print(h, p, 'refused')\n    s.close()\n"
+    );
+    // From root in the node's network: everything answers.
+    let o = Command::new("ip").args(["netns", "exec", &ns, "python3", "-c", &probe]).output().unwrap();
+    let as_root = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(as_root.matches(" open").count(), targets.len(), "{as_root}");
+
+    // The job, its code (the probe) and its status in the store the worker reaches.
+    let store_root = root.join("store");
+    let store = aic_core::StoreConfig::Local { root: store_root.clone() }.open().unwrap();
+    let (_, m) = manifest(1, 1);
+    let job = running_job(&store, &m).await;
+    store.put_bytes(&format!("{}train.py", job.code_prefix()), probe.into_bytes().into()).await.unwrap();
+    // (A local folder stands for the bucket: open to the job's uid as the gateway would be.)
+    assert!(Command::new("chmod").args(["-R", "a+rwX"]).arg(&store_root).status().unwrap().success());
+
+    // The task as the docker driver starts it: root, the spec's environment with Nomad's
+    // values filled in.
+    let mut c = cfg("http://127.0.0.1:1", TOKEN);
+    c.driver = "docker".into();
+    let spec = aic_core::scheduler::nomad::job_spec(&c, &job, &m, 0);
+    let uid = aic_core::scheduler::job_user::uid_of(&job.job, c.job_uids);
+    let task_dir = root.join("alloc/worker/local");
+    let fill = |v: &str| {
+        v.replace("${NOMAD_ALLOC_INDEX}", "0")
+            .replace("${NOMAD_META_aic_attempt}", "0")
+            .replace("${node.unique.name}", "node-a")
+            .replace("${NOMAD_IP_rdzv}", "10.77.0.1")
+            .replace("${NOMAD_PORT_rdzv}", "25000")
+            .replace("${NOMAD_TASK_DIR}", task_dir.to_str().unwrap())
+    };
+    let env: Vec<(String, String)> = spec["TaskGroups"][0]["Tasks"][0]["Env"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), fill(v.as_str().unwrap())))
+        .collect();
+    assert!(env.iter().any(|(k, v)| k == "AIC_JOB_UID" && *v == uid.to_string()), "{env:?}");
+    let worker = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("aic-worker");
+    assert!(worker.exists(), "aic-worker is not built beside the tests: cargo build --bins");
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(&worker)
+        .env_clear()
+        .envs(env)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("AIC_STORE", format!("file://{}", store_root.display()))
+        .env("NOMAD_ALLOC_ID", "alloc-1")
+        .output()
+        .await
+        .unwrap();
+    listener.kill().await.unwrap();
+    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, aic_schemas::JobState::Succeeded, "{st:?}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut logs = String::new();
+    for k in store.list(&format!("{}logs/0/", job.prefix())).await.unwrap() {
+        logs.push_str(&String::from_utf8_lossy(
+            &store.get_limited(k.location.as_ref(), 1 << 20).await.unwrap().unwrap(),
+        ));
+    }
+    assert!(logs.contains(&format!("uid {uid}\n")), "the program ran as another user:\n{logs}");
+    for (what, line) in [
+        ("the node's loopback (Nomad's API)", "127.0.0.1 4646 refused"),
+        ("the node's loopback (a MinIO there)", "127.0.0.1 9000 refused"),
+        ("its own processes' port on loopback (torchrun's store at localhost)", "127.0.0.1 25002 open"),
+        ("the metadata address", "169.254.169.254 80 refused"),
+        ("Nomad's port at the node's address", "10.77.0.1 4646 refused"),
+        ("a peer's port", "10.77.0.1 25001 open"),
+    ] {
+        assert!(logs.contains(line), "{what}: expected {line:?}:\n{logs}");
+    }
+}

@@ -109,6 +109,9 @@ job "aic-job" {
         AIC_HOST        = "${NOMAD_IP_rdzv}"
         AIC_PORT        = "${NOMAD_PORT_rdzv}"
         AIC_WORK_DIR    = "${NOMAD_TASK_DIR}"
+        # The uid the worker drops to before the program runs (what infra/nomad/egress.nft
+        # names); the functions pick one per job from AIC_JOB_UIDS.
+        AIC_JOB_UID     = "3000000"
       }
 
       template {

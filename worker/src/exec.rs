@@ -51,6 +51,12 @@ pub(crate) fn in_job(args: &[String]) -> ! {
     } else {
         argv
     };
+    // Nomad runs exec commands as the task's user (the container's root): as the program's.
+    if let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
+        && let Err(e) = aic_core::scheduler::job_user::become_job_user(uid, None)
+    {
+        fail(125, format!("cannot become the job's user (uid {uid}): {e}"))
+    }
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     for k in crate::STORE_ACCESS {

@@ -97,6 +97,23 @@ fn forget_rendered_secrets(dir: Option<&std::path::Path>) {
     }
 }
 
+/// In a Nomad task (started as the container's root) the worker becomes its job's own user
+/// (`AIC_JOB_UID`, set by the job's spec) before anything of the job runs: the program, its
+/// sshd and uWSGI then run as a uid the clients' egress rules refuse the node's loopback, the
+/// metadata address and the pool's control plane (`infra/nomad/egress.nft`). Elsewhere (the
+/// local scheduler's sandbox already made it that user; not root) nothing changes.
+fn become_job_user() {
+    let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let home = std::env::var_os(aic_core::scheduler::launch::WORK_DIR).map(std::path::PathBuf::from);
+    if let Err(e) = aic_core::scheduler::job_user::become_job_user(uid, home.as_deref()) {
+        eprintln!("aic-worker: cannot become the job's user (uid {uid}): {e}; nothing of the job was run");
+        exit(2);
+    }
+}
+
 fn main() {
     // `aic-worker in-job -- CMD…`: a command the job's owner runs in the allocation through
     // the scheduler's exec API (Nomad's), not an allocation's worker.
@@ -143,6 +160,7 @@ fn main() {
         unsafe { std::env::remove_var(k) };
     }
     forget_rendered_secrets(std::env::var_os("NOMAD_SECRETS_DIR").map(std::path::PathBuf::from).as_deref());
+    become_job_user();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let code = rt.block_on(run_allocation(alloc));
     exit(code);

@@ -111,6 +111,11 @@ pub(crate) fn debian(with_browser: bool) -> anyhow::Result<()> {
     if !Path::new("/usr/bin/openssl").exists() {
         missing.push("openssl");
     }
+    // `nft`, which loads the Nomad clients' egress rules (infra/nomad/egress.nft) in a test's
+    // network namespace.
+    if !Path::new("/usr/sbin/nft").exists() {
+        missing.push("nftables");
+    }
     // `ps`, which tests read processes with.
     if !Path::new("/usr/bin/ps").exists() && !Path::new("/bin/ps").exists() {
         missing.push("procps");

@@ -7,6 +7,7 @@
 //! What every backend shares lives here: [`launch`] (what a worker is told, and what of the
 //! operator's environment it may have) and [`recovery`] (what a lost allocation means).
 
+pub mod job_user;
 pub mod launch;
 pub mod local;
 pub mod nomad;

@@ -62,6 +62,7 @@ mod tests {
             slots: 3,
             pubkey: None,
             hostkey: None,
+            rdzv_id: None,
         }
     }
 

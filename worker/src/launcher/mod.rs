@@ -44,6 +44,12 @@ pub struct Peer {
     /// the port first) gets no rank's commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostkey: Option<String>,
+    /// torchrun's rendezvous id, the leader's secret (128 random bits): the c10d store
+    /// anyone can connect to keeps every key of the rendezvous under it
+    /// (`torch.rendezvous.<id>…`) and lists none, so a program that connects without it
+    /// (another job's, guessing the job id) neither joins the job nor reads or changes a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdzv_id: Option<String>,
 }
 
 /// The interpreter for an entrypoint: `[$AIC_PYTHON|python3, file]` for `.py`, `[bash,

@@ -100,6 +100,7 @@ mod tests {
             slots: 2,
             pubkey: None,
             hostkey: None,
+            rdzv_id: None,
         }
     }
 

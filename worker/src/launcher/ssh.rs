@@ -199,6 +199,7 @@ mod tests {
             slots: 1,
             pubkey: None,
             hostkey: Some(own.hostkey.clone()),
+            rdzv_id: None,
         };
         let (_, bin) = client(&dir.path().join("leader"), &key, std::slice::from_ref(&peer)).unwrap();
         let ssh = || {
@@ -229,6 +230,7 @@ mod tests {
             slots: 1,
             pubkey: None,
             hostkey: None,
+            rdzv_id: None,
         };
         let e = client(dir.path(), &dir.path().join("k"), &[peer]).unwrap_err().to_string();
         assert!(e.contains("allocation 3 published no SSH host key"), "{e}");

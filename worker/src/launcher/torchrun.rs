@@ -6,6 +6,13 @@ use aic_schemas::JobRequest;
 
 use super::Peer;
 
+/// A rendezvous id for a leader's record (`Peer::rdzv_id`): 128 random bits, in hex.
+pub fn rendezvous_secret() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// The torchrun argv of allocation `index`, given the leader's record.
 pub fn argv(req: &JobRequest, index: u32, leader: &Peer) -> Vec<String> {
     let mut v: Vec<String> = vec![
@@ -21,7 +28,7 @@ pub fn argv(req: &JobRequest, index: u32, leader: &Peer) -> Vec<String> {
         "--rdzv-endpoint".into(),
         format!("{}:{}", leader.host, leader.port),
         "--rdzv-id".into(),
-        req.job_id.to_string(),
+        leader.rdzv_id.clone().unwrap_or_else(|| req.job_id.to_string()),
         "--max-restarts".into(),
         "0".into(),
         req.entrypoint.clone(),
@@ -50,10 +57,74 @@ mod tests {
             slots: 4,
             pubkey: None,
             hostkey: None,
+            rdzv_id: None,
         };
         assert_eq!(
             argv(&req, 1, &leader).join(" "),
             "torchrun --nnodes 2 --nproc-per-node 4 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.0.0.5:29400 --rdzv-id 01jb0000000000000000000000 --max-restarts 0 ddp.py"
         );
+    }
+
+    /// A program of another job connects to a torchrun job's c10d store (its address and port
+    /// are no secret on a shared miner) and asks for the rendezvous state under the job's id:
+    /// the id is the leader's secret, so it finds nothing to read or change, while the same
+    /// request under the secret finds the state (the store is there and keyed by the id).
+    /// With the job id as the rendezvous id, as before, the stranger read the state (every
+    /// node's address) and could have overwritten it. Real torch: `AIC_TEST_TORCH` (set by
+    /// `cargo xtask test`; unset, the test says so, and fails under `CI`).
+    #[test]
+    fn a_stranger_who_knows_the_job_id_reaches_nothing_in_the_rendezvous_store() {
+        let Some(bin) = std::env::var_os("AIC_TEST_TORCH").map(std::path::PathBuf::from) else {
+            assert!(std::env::var_os("CI").is_none(), "AIC_TEST_TORCH is not set in CI (cargo xtask test sets it)");
+            eprintln!("AIC_TEST_TORCH is not set; nothing run");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("wait.py"), "import time\nprint('up', flush=True)\ntime.sleep(60)\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let req: JobRequest = serde_json::from_value(serde_json::json!({
+            "version": 1, "kind": "train", "owner": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
+            "job_id": "01jb0000000000000000000000", "entrypoint": "wait.py", "miners": 1, "gpus_per_miner": 1,
+            "max_hours": 1.0, "launcher": "torchrun", "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-01T01:00:00Z"
+        }))
+        .unwrap();
+        let secret = rendezvous_secret().unwrap();
+        assert_eq!(secret.len(), 32);
+        assert_ne!(secret, rendezvous_secret().unwrap());
+        let leader = Peer {
+            alloc: 0,
+            miner: "miner-1".into(),
+            host: "127.0.0.1".into(),
+            port,
+            slots: 1,
+            pubkey: None,
+            hostkey: None,
+            rdzv_id: Some(secret.clone()),
+        };
+        let argv = argv(&req, 0, &leader);
+        let mut job = std::process::Command::new(bin.join(&argv[0]))
+            .args(&argv[1..])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut up = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(job.stdout.as_mut().unwrap()), &mut up).unwrap();
+        assert_eq!(up.trim(), "up", "the job's torchrun did not start");
+        let ask = |run_id: &str| {
+            let probe = format!(
+                "import datetime\nfrom torch.distributed import TCPStore\n\
+                 s = TCPStore('127.0.0.1', {port}, is_master=False, timeout=datetime.timedelta(seconds=3))\n\
+                 try:\n    print('read', len(s.get('torch.rendezvous.{run_id}')))\nexcept Exception as e:\n    print('nothing')\n"
+            );
+            let o = std::process::Command::new(bin.join("python3")).args(["-c", &probe]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        let (stranger, owner) = (ask(req.job_id.as_str()), ask(&secret));
+        let _ = job.kill();
+        let _ = job.wait();
+        assert_eq!(stranger, "nothing", "a stranger read the rendezvous under the job id");
+        assert!(owner.starts_with("read "), "the store holds no rendezvous under the secret: {owner}");
     }
 }

@@ -42,6 +42,7 @@ pub(crate) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>) -> anyhow::Re
         slots: req.gpus_per_miner,
         pubkey: None,
         hostkey: None,
+        rdzv_id: None,
     };
     match req.launcher {
         Launcher::Command => {

@@ -12,6 +12,7 @@ pub(super) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>, me: Peer) -> 
     launcher::require("torchrun", &a.miner, "install PyTorch on the miners (pip install torch)")
         .map_err(|e| anyhow!(e))?;
     let leader = if a.index == 0 {
+        let me = Peer { rdzv_id: Some(launcher::torchrun::rendezvous_secret()?), ..me };
         a.store.put_json(&a.job.rendezvous(a.attempt, 0), &me).await?;
         me
     } else {

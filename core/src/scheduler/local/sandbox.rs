@@ -38,6 +38,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::super::job_user::{hand_over, with_user};
 use crate::layout::JobKey;
 
 /// World-writable folders each allocation gets empty ones of its own (nothing left in them
@@ -45,7 +46,7 @@ use crate::layout::JobKey;
 const PRIVATE: [&str; 5] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock"];
 
 /// The job's user name in the allocation's `/etc/passwd`.
-pub const USER: &str = "aic";
+pub use super::super::job_user::USER;
 
 /// How jobs are confined on this host.
 pub(super) struct Sandbox {
@@ -87,19 +88,7 @@ impl Sandbox {
             });
             return None;
         }
-        let (first_uid, uids) = match std::env::var("AIC_JOB_UIDS").ok().filter(|v| !v.is_empty()) {
-            None => (3_000_000, 65_536),
-            Some(v) => match v
-                .split_once('-')
-                .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
-            {
-                Some((a, b)) if a >= 1000 && b >= a && b < u32::MAX - 1 => (a, b - a + 1),
-                _ => {
-                    tracing::warn!(value = %v, "AIC_JOB_UIDS is not first-last (uids of 1000 and above): using 3000000-3065535");
-                    (3_000_000, 65_536)
-                }
-            },
-        };
+        let (first_uid, uids) = super::super::job_user::uid_range();
         let number = |k: &str, default: u64| {
             std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(default)
         };
@@ -355,43 +344,6 @@ pub(super) fn inherited(key: &str) -> bool {
         "UV_", "RUST_", "AWS_",
     ];
     EXACT.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
-}
-
-/// `text` (a passwd or group file) without any line of the job's user name or id, then `line`.
-fn with_user(text: &str, line: &str) -> String {
-    let name = line.split(':').next().unwrap_or_default();
-    let id = line.split(':').nth(2).unwrap_or_default();
-    let mut out: String = text
-        .lines()
-        .filter(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            f.first() != Some(&name) && f.get(2) != Some(&id)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    out.push_str(line);
-    out.push('\n');
-    out
-}
-
-/// The work folder and everything in it to `uid` (what an earlier attempt left may have had
-/// another), mode 0700. Links are changed, never followed: a job's link to a host file hands
-/// over the link only.
-fn hand_over(dir: &Path, uid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)?.flatten() {
-            let p = e.path();
-            let _ = std::os::unix::fs::lchown(&p, Some(uid), Some(uid));
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A folder that comes back into the view (at its own path, or the work folder's).

@@ -51,6 +51,9 @@ pub struct NomadConfig {
     /// TLS to the API (`NOMAD_CACERT`, `NOMAD_CLIENT_CERT`, `NOMAD_CLIENT_KEY`,
     /// `NOMAD_TLS_SERVER_NAME`).
     pub tls: super::tls::NomadTls,
+    /// The uids jobs' programs run as in their tasks (`AIC_JOB_UIDS`; the worker drops to its
+    /// job's: `job_user`), which the clients' egress rules (`infra/nomad/egress.nft`) name.
+    pub job_uids: (u32, u32),
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -87,6 +90,7 @@ impl NomadConfig {
             eval_wait: std::time::Duration::from_secs(60),
             node_pool: None,
             tls: Default::default(),
+            job_uids: (3_000_000, 65_536),
         }
     }
 
@@ -119,6 +123,7 @@ impl NomadConfig {
             secrets_var: var("AIC_NOMAD_SECRETS_VAR").or(d.secrets_var.clone()),
             node_pool: var("AIC_NOMAD_NODE_POOL"),
             tls: super::tls::NomadTls::from_env()?,
+            job_uids: crate::scheduler::job_user::uid_range(),
             eval_wait: std::time::Duration::from_secs(num(
                 "AIC_NOMAD_EVAL_WAIT",
                 if var("AWS_LAMBDA_FUNCTION_NAME").is_some() { 15 } else { d.eval_wait.as_secs() as u32 },

@@ -92,6 +92,13 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
     if let Some(g) = worker_gw {
         env.insert("AIC_WORKER_GATEWAY".into(), json!(g.url));
     }
+    // The uid the worker drops to before anything of the job runs (the task starts as the
+    // container's root). Not with raw_exec: its task is the client's own user on the miner,
+    // whose `/etc/passwd` is the machine's.
+    if cfg.driver != "raw_exec" {
+        let uid = crate::scheduler::job_user::uid_of(&job.job, cfg.job_uids);
+        env.insert(crate::scheduler::job_user::JOB_UID.into(), json!(uid.to_string()));
+    }
     let mut templates: Vec<Value> = cfg
         .secrets_var
         .iter()
@@ -392,6 +399,12 @@ mod tests {
         assert_eq!(env["AIC_HOST"], "${NOMAD_IP_rdzv}");
         assert_eq!(env["AIC_PORT"], "${NOMAD_PORT_rdzv}");
         assert_eq!(env["AIC_WORK_DIR"], "${NOMAD_TASK_DIR}");
+        // The worker drops to the job's own uid (what the clients' egress rules name); not
+        // with raw_exec, whose task is the client's own user on the machine.
+        let uid: u32 = env["AIC_JOB_UID"].as_str().unwrap().parse().unwrap();
+        assert!((3_000_000..3_065_536).contains(&uid), "{uid}");
+        let raw = NomadConfig { driver: "raw_exec".into(), ..cfg() };
+        assert!(job_spec(&raw, &job, &m, 0)["TaskGroups"][0]["Tasks"][0]["Env"].get("AIC_JOB_UID").is_none());
         // A restart is a new version with the next attempt.
         assert_eq!(job_spec(&cfg(), &job, &m, 2)["Meta"]["aic_attempt"], "2");
     }
