@@ -967,13 +967,14 @@ async fn exec_runs_in_the_allocation_through_nomads_exec_api_frames_and_all() {
 /// A job's program on a Nomad client (docker driver, host network): the worker, started as
 /// the container's root with the job spec's environment, becomes its job's uid before the
 /// program runs, and the clients' egress rules as shipped (`infra/nomad/egress.nft`, loaded
-/// into a network namespace standing for the node) refuse that uid the node's services on its
-/// loopback (the Nomad client's API on 4646, a MinIO on 9000), the cloud's metadata address
-/// and Nomad's port on the node's own address, while a peer's port there and the dynamic ports
-/// on loopback (where a job's own processes meet: torchrun's workers reach their agent's store
-/// at `localhost`) stay open. The same probes from root in the same
-/// namespace reach every one (the refusals are the rules' and the uid's). Before: the
-/// program ran as root in the node's network and reached them all.
+/// into a network namespace standing for the node, linked to another standing for the rest of
+/// the network) refuse that uid the node's own services (the Nomad client's API on 4646 and a
+/// MinIO on 9000, at its loopback and at its address), the cloud's metadata address and
+/// another node's Nomad, while a peer's port on another node and the dynamic ports on the
+/// node (where a job's own processes meet: torchrun's workers reach their agent's store at
+/// `localhost`) stay open. The same probes from root in the same namespace reach every one
+/// (the refusals are the rules' and the uid's). Before: the program ran as root in the
+/// node's network and reached them all.
 #[tokio::test]
 async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
     use std::os::unix::fs::PermissionsExt;
@@ -985,59 +986,67 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let root = dir.path().to_path_buf();
-    // The node: its own address, the metadata address, Nomad on its loopback and its address.
-    let ns = format!("aic-egress-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let o = Command::new("ip").args(["netns", "exec", &ns, "ip"]).args(args).output().unwrap();
-        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    };
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    // Two network namespaces: the node (its loopback, its address 10.77.0.1) and, at the other
+    // end of a link, the rest of the network: another node at 10.77.0.2 and the cloud's
+    // metadata address, routed through it.
+    let (ns, far) = (format!("aic-egress-{}", std::process::id()), format!("aic-egress-far-{}", std::process::id()));
     struct Gone(String);
     impl Drop for Gone {
         fn drop(&mut self) {
             let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
         }
     }
-    let _gone = Gone(ns.clone());
-    ip(&["link", "set", "lo", "up"]);
-    ip(&["link", "add", "node0", "type", "veth", "peer", "name", "meta0"]);
-    ip(&["link", "set", "node0", "up"]);
-    ip(&["link", "set", "meta0", "up"]);
-    ip(&["addr", "add", "10.77.0.1/24", "dev", "node0"]);
-    ip(&["addr", "add", "169.254.169.254/32", "dev", "meta0"]);
+    let mut gone = vec![];
+    for n in [&ns, &far] {
+        let _ = Command::new("ip").args(["netns", "del", n]).status();
+        assert!(Command::new("ip").args(["netns", "add", n]).status().unwrap().success());
+        gone.push(Gone(n.clone()));
+    }
+    let ip = |n: &str, args: &[&str]| {
+        let o = Command::new("ip").args(["netns", "exec", n, "ip"]).args(args).output().unwrap();
+        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    ip(&ns, &["link", "set", "lo", "up"]);
+    ip(&ns, &["link", "add", "node0", "type", "veth", "peer", "name", "far0", "netns", &far]);
+    ip(&ns, &["addr", "add", "10.77.0.1/24", "dev", "node0"]);
+    ip(&ns, &["link", "set", "node0", "up"]);
+    ip(&far, &["addr", "add", "10.77.0.2/24", "dev", "far0"]);
+    ip(&far, &["addr", "add", "169.254.169.254/32", "dev", "far0"]);
+    ip(&far, &["link", "set", "far0", "up"]);
+    ip(&ns, &["route", "add", "169.254.169.254/32", "via", "10.77.0.2"]);
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/nomad/egress.nft");
     let o = Command::new("ip").args(["netns", "exec", &ns, "nft", "-f"]).arg(&rules).output().unwrap();
     assert!(o.status.success(), "nft -f egress.nft: {}", String::from_utf8_lossy(&o.stderr));
-    let targets = [
-        ("127.0.0.1", 4646),
-        ("127.0.0.1", 9000),
-        ("127.0.0.1", 25002),
-        ("169.254.169.254", 80),
-        ("10.77.0.1", 4646),
-        ("10.77.0.1", 25001),
-    ];
-    let py_targets: Vec<String> = targets.iter().map(|(h, p)| format!("('{h}', {p})")).collect();
-    let py_targets = format!("[{}]", py_targets.join(", "));
-    let listen = format!(
-        "import socket, threading, sys\n\
-         def serve(s):\n    while True:\n        s.accept()[0].close()\n\
-         for h, p in {py_targets}:\n    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    \
-         s.bind((h, p)); s.listen(64)\n    threading.Thread(target=serve, args=(s,), daemon=True).start()\n\
-         print('up', flush=True)\nsys.stdin.read()\n"
-    );
-    let mut listener = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "python3", "-c", &listen])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut up = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(listener.stdout.as_mut().unwrap()), &mut up)
-        .await
-        .unwrap();
-    assert_eq!(up.trim(), "up");
+    let here =
+        [("127.0.0.1", 4646), ("127.0.0.1", 9000), ("127.0.0.1", 25002), ("10.77.0.1", 9000), ("10.77.0.1", 4646)];
+    let there = [("169.254.169.254", 80), ("10.77.0.2", 4646), ("10.77.0.2", 25001)];
+    let py = |t: &[(&str, u16)]| {
+        format!("[{}]", t.iter().map(|(h, p)| format!("('{h}', {p})")).collect::<Vec<_>>().join(", "))
+    };
+    let mut listeners = vec![];
+    for (n, t) in [(&ns, py(&here)), (&far, py(&there))] {
+        let listen = format!(
+            "import socket, threading, sys\n\
+             def serve(s):\n    while True:\n        s.accept()[0].close()\n\
+             for h, p in {t}:\n    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    \
+             s.bind((h, p)); s.listen(64)\n    threading.Thread(target=serve, args=(s,), daemon=True).start()\n\
+             print('up', flush=True)\nsys.stdin.read()\n"
+        );
+        let mut listener = tokio::process::Command::new("ip")
+            .args(["netns", "exec", n, "python3", "-c", &listen])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut up = String::new();
+        let out = listener.stdout.as_mut().unwrap();
+        tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(out), &mut up).await.unwrap();
+        assert_eq!(up.trim(), "up");
+        listeners.push(listener);
+    }
+    let targets: Vec<(&str, u16)> = here.iter().chain(&there).copied().collect();
+    let py_targets = py(&targets);
     let probe = format!(
         "import os, socket\nprint('uid', os.getuid())\nfor h, p in {py_targets}:\n    \
          s = socket.socket(); s.settimeout(5)\n    try:\n        s.connect((h, p)); print(h, p, 'open')\n    \
@@ -1092,7 +1101,9 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
         .output()
         .await
         .unwrap();
-    listener.kill().await.unwrap();
+    for mut l in listeners {
+        l.kill().await.unwrap();
+    }
     let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
     assert_eq!(st.state, aic_schemas::JobState::Succeeded, "{st:?}\n{}", String::from_utf8_lossy(&out.stderr));
     let mut logs = String::new();
@@ -1106,9 +1117,11 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
         ("the node's loopback (Nomad's API)", "127.0.0.1 4646 refused"),
         ("the node's loopback (a MinIO there)", "127.0.0.1 9000 refused"),
         ("its own processes' port on loopback (torchrun's store at localhost)", "127.0.0.1 25002 open"),
-        ("the metadata address", "169.254.169.254 80 refused"),
+        ("the node's service at its own address", "10.77.0.1 9000 refused"),
         ("Nomad's port at the node's address", "10.77.0.1 4646 refused"),
-        ("a peer's port", "10.77.0.1 25001 open"),
+        ("the metadata address", "169.254.169.254 80 refused"),
+        ("another node's Nomad", "10.77.0.2 4646 refused"),
+        ("a peer's port on another node", "10.77.0.2 25001 open"),
     ] {
         assert!(logs.contains(line), "{what}: expected {line:?}:\n{logs}");
     }

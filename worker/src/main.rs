@@ -99,8 +99,8 @@ fn forget_rendered_secrets(dir: Option<&std::path::Path>) {
 
 /// In a Nomad task (started as the container's root) the worker becomes its job's own user
 /// (`AIC_JOB_UID`, set by the job's spec) before anything of the job runs: the program, its
-/// sshd and uWSGI then run as a uid the clients' egress rules refuse the node's loopback, the
-/// metadata address and the pool's control plane (`infra/nomad/egress.nft`). Elsewhere (the
+/// sshd and uWSGI then run as a uid the clients' egress rules refuse the node's own services,
+/// the metadata address and the pool's control plane (`infra/nomad/egress.nft`). Elsewhere (the
 /// local scheduler's sandbox already made it that user; not root) nothing changes.
 fn become_job_user() {
     let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())

@@ -2,7 +2,7 @@
 //! `aic exec` commands) runs as, on the local scheduler (`local::sandbox`) and in a Nomad task
 //! (the worker drops to it itself: [`become_job_user`]). Uids come from `AIC_JOB_UIDS`
 //! (`first-last`, 3000000-3065535 by default), a range no user of the machine has; on Nomad's
-//! clients the egress rules (`infra/nomad/egress.nft`) refuse that range the node's loopback,
+//! clients the egress rules (`infra/nomad/egress.nft`) refuse that range the node's own services,
 //! the cloud's metadata address and the pool's control plane.
 
 use std::path::Path;
