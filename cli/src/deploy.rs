@@ -342,7 +342,7 @@ pub async fn replace(env: &Env, name: &str, replicas: Option<u32>, hours: Option
 
 /// A deployment by job id (prefix) or `--name`.
 pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
-    if let Ok(j) = jobs::resolve(env, s).await {
+    if let Ok(j) = env.resolve(s).await {
         return Ok(j);
     }
     // By name: the newest one still going, else the newest.

@@ -16,7 +16,9 @@ use aic_core::{Store, StoreConfig};
 use aic_schemas::Address;
 
 use crate::identity::Source;
-use anyhow::{Context, anyhow};
+use aic_core::JobKey;
+use aic_schemas::JobId;
+use anyhow::{Context, anyhow, bail};
 
 pub struct Env {
     pub home: PathBuf,
@@ -32,6 +34,49 @@ pub struct Env {
 }
 
 impl Env {
+    /// Accepts a full job id or a unique prefix of one.
+    pub async fn resolve(&self, s: &str) -> anyhow::Result<JobKey> {
+        let s = s.to_ascii_lowercase();
+        if let Ok(id) = s.parse::<JobId>() {
+            return Ok(JobKey::new(self.owner, id));
+        }
+        // Only the ids that start with it are listed (a prefix listing), not every job.
+        let page = self.store.list_names(&aic_core::layout::jobs_prefix(&self.owner), &s, None, 1000).await?;
+        let matches: Vec<JobId> = page.names.iter().filter_map(|n| n.parse().ok()).collect();
+        match matches.len() {
+            1 => Ok(JobKey::new(self.owner, matches[0].clone())),
+            0 => bail!("no job {s}; see `aic jobs`"),
+            n => bail!("{n}{} jobs start with {s}; give more of the id", if page.more { "+" } else { "" }),
+        }
+    }
+
+    /// How the job's paid runs were settled: the pool's records (through the gateway on a pool).
+    pub async fn settlements(&self, job: &aic_core::JobKey) -> anyhow::Result<Vec<aic_schemas::Settlement>> {
+        if let Some(gw) = self.gateway_client() {
+            let v = gw.call(reqwest::Method::GET, &format!("jobs/{}", job.job), None).await?;
+            return Ok(serde_json::from_value(v["settlements"].clone()).unwrap_or_default());
+        }
+        Ok(aic_core::usage::settlements(&self.store, job).await?)
+    }
+
+    /// The embedded pool's host, which relays `aic exec` for the user of this `$AIC_HOME`.
+    pub fn embedded_gateway(&self) -> anyhow::Result<crate::remote::Gateway> {
+        let (Ok(addr), Ok(secret)) = (
+            std::fs::read_to_string(self.home.join("serve.addr")),
+            std::fs::read_to_string(self.home.join("exec.secret")),
+        ) else {
+            bail!("no pool is hosted here to reach the job: start `aic dev up` (or watch the job with `aic run`)");
+        };
+        let secret = hex::decode(secret.trim())
+            .map_err(|_| anyhow!("{} is damaged", self.home.join("exec.secret").display()))?;
+        let token = aic_functions::gateway::session_token(
+            &secret,
+            &self.owner,
+            chrono::Utc::now() + chrono::Duration::hours(1),
+        );
+        Ok(crate::remote::Gateway::new(addr.trim(), Some(token)))
+    }
+
     pub fn load() -> anyhow::Result<Env> {
         let home = match std::env::var_os("AIC_HOME") {
             Some(h) if !h.is_empty() => PathBuf::from(h),

@@ -14,28 +14,14 @@ use crate::env::Env;
 async fn target(env: &Env, job: &str) -> anyhow::Result<(crate::remote::Gateway, aic_core::JobKey, u32)> {
     let gw = match env.gateway_client() {
         Some(gw) => gw,
-        None => embedded(env)?,
+        None => env.embedded_gateway()?,
     };
-    let job = crate::jobs::resolve(env, job).await?;
+    let job = env.resolve(job).await?;
     match env.store.get_json::<aic_schemas::JobManifest>(&job.manifest(), aic_schemas::validate::MAX_DOC_BYTES).await? {
         Some(m) => Ok((gw, job, m.request.miners)),
         // Through the gateway only the caller's own jobs are visible.
         None => bail!("no job {} of yours that the pool accepted; see `aic jobs`", job.job),
     }
-}
-
-/// The embedded pool's host, which relays `aic exec` for the user of this `$AIC_HOME`.
-pub(crate) fn embedded(env: &Env) -> anyhow::Result<crate::remote::Gateway> {
-    let (Ok(addr), Ok(secret)) =
-        (std::fs::read_to_string(env.home.join("serve.addr")), std::fs::read_to_string(env.home.join("exec.secret")))
-    else {
-        bail!("no pool is hosted here to reach the job: start `aic dev up` (or watch the job with `aic run`)");
-    };
-    let secret =
-        hex::decode(secret.trim()).map_err(|_| anyhow!("{} is damaged", env.home.join("exec.secret").display()))?;
-    let token =
-        aic_functions::gateway::session_token(&secret, &env.owner, chrono::Utc::now() + chrono::Duration::hours(1));
-    Ok(crate::remote::Gateway::new(addr.trim(), Some(token)))
 }
 
 /// The local terminal in raw mode (keys go through as typed, Ctrl-C included) until dropped.

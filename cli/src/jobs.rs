@@ -11,22 +11,6 @@ use anyhow::bail;
 use crate::env::Env;
 use crate::{progress, watch};
 
-/// Accepts a full job id or a unique prefix of one.
-pub async fn resolve(env: &Env, s: &str) -> anyhow::Result<JobKey> {
-    let s = s.to_ascii_lowercase();
-    if let Ok(id) = s.parse::<JobId>() {
-        return Ok(JobKey::new(env.owner, id));
-    }
-    // Only the ids that start with it are listed (a prefix listing), not every job.
-    let page = env.store.list_names(&aic_core::layout::jobs_prefix(&env.owner), &s, None, 1000).await?;
-    let matches: Vec<JobId> = page.names.iter().filter_map(|n| n.parse().ok()).collect();
-    match matches.len() {
-        1 => Ok(JobKey::new(env.owner, matches[0].clone())),
-        0 => bail!("no job {s}; see `aic jobs`"),
-        n => bail!("{n}{} jobs start with {s}; give more of the id", if page.more { "+" } else { "" }),
-    }
-}
-
 /// Your job ids, newest first.
 async fn job_ids(env: &Env) -> anyhow::Result<Vec<JobId>> {
     let mut ids = aic_core::status::job_ids(&env.store, &env.owner).await?;
@@ -136,15 +120,6 @@ pub async fn list(
     Ok(())
 }
 
-/// How the job's paid runs were settled: the pool's records (through the gateway on a pool).
-pub async fn settlements(env: &Env, job: &JobKey) -> anyhow::Result<Vec<aic_schemas::Settlement>> {
-    if let Some(gw) = env.gateway_client() {
-        let v = gw.call(reqwest::Method::GET, &format!("jobs/{}", job.job), None).await?;
-        return Ok(serde_json::from_value(v["settlements"].clone()).unwrap_or_default());
-    }
-    Ok(aic_core::usage::settlements(&env.store, job).await?)
-}
-
 /// What was paid for each run of the job (from its manifests), as people read it.
 async fn payment_lines(env: &Env, job: &JobKey) -> Vec<String> {
     let ms = aic_core::runs::manifests(&env.store, job).await.unwrap_or_default();
@@ -153,7 +128,7 @@ async fn payment_lines(env: &Env, job: &JobKey) -> Vec<String> {
         .filter_map(|m| {
             let p = m.payment?;
             let amount = aic_core::pricing::format_aic(p.paid.parse().unwrap_or(0));
-            let run = if many { format!("run {}: ", aic_core::runs::shown(m.run)) } else { String::new() };
+            let run = if many { format!("run {}: ", aic_schemas::shown_run(m.run)) } else { String::new() };
             Some(match p.escrow {
                 Some(_) => format!("{run}paid {amount} by deposit in {} (what the job does not use comes back)", p.tx),
                 None => format!("{run}paid {amount} by transfer in {}", p.tx),
@@ -176,7 +151,7 @@ async fn spend_row(env: &Env, id: JobId) -> anyhow::Result<Option<SpendRow>> {
     };
     let amount = |m: &aic_schemas::JobManifest| m.payment.as_ref().map_or(0, |p| p.paid.parse::<u128>().unwrap_or(0));
     let paid: u128 = paid_runs.iter().map(amount).sum();
-    let (settled, state) = futures::join!(settlements(env, &job), status::snapshot(&env.store, &job));
+    let (settled, state) = futures::join!(env.settlements(&job), status::snapshot(&env.store, &job));
     let settled = settled.unwrap_or_default();
     let state = state?.map(|s| s.state.to_string()).unwrap_or_default();
     let (charged, refunded): (u128, u128) = settled.iter().fold((0, 0), |(c, r), s| {
@@ -268,9 +243,9 @@ pub async fn spend(env: &Env, json: bool, since: Option<chrono::DateTime<chrono:
 }
 
 pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
-    let job = resolve(env, s).await?;
+    let job = env.resolve(s).await?;
     let hist = status::history(&env.store, &job).await?;
-    let settled = settlements(env, &job).await.unwrap_or_default();
+    let settled = env.settlements(&job).await.unwrap_or_default();
     if json {
         println!(
             "{}",
@@ -292,7 +267,7 @@ pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
     for (i, r) in hist.iter().enumerate() {
         // A resumed job's history, run by run.
         if resumed && (i == 0 || hist[i - 1].run != r.run) {
-            println!(" run {}", aic_core::runs::shown(r.run));
+            println!(" run {}", aic_schemas::shown_run(r.run));
         }
         println!("  {}  {}", r.at.format("%H:%M:%S"), watch::describe(r));
     }
@@ -303,14 +278,14 @@ pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
         println!("  {line}");
     }
     for s in &settled {
-        let run = if resumed { format!("run {}: ", aic_core::runs::shown(s.run)) } else { String::new() };
+        let run = if resumed { format!("run {}: ", aic_schemas::shown_run(s.run)) } else { String::new() };
         println!("  {run}{}", aic_functions::settle::summary(s));
     }
     Ok(())
 }
 
 pub async fn logs(env: &Env, s: &str, follow: bool) -> anyhow::Result<i32> {
-    let job = resolve(env, s).await?;
+    let job = env.resolve(s).await?;
     if follow {
         return watch::follow_logs(env, &job).await;
     }
@@ -325,7 +300,7 @@ pub async fn logs(env: &Env, s: &str, follow: bool) -> anyhow::Result<i32> {
 }
 
 pub async fn results_get(env: &Env, s: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let job = resolve(env, s).await?;
+    let job = env.resolve(s).await?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(format!("{}-output", job.job)));
     let prefix = job.output_prefix();
     let total: u64 = env.store.list(&prefix).await?.iter().map(|m| m.size).sum();
@@ -340,7 +315,7 @@ pub async fn results_get(env: &Env, s: &str, dir: Option<PathBuf>) -> anyhow::Re
 }
 
 pub async fn cancel(env: &Env, s: &str) -> anyhow::Result<()> {
-    let job = resolve(env, s).await?;
+    let job = env.resolve(s).await?;
     if let Some(gw) = env.gateway_client() {
         let v = gw.call(reqwest::Method::POST, &format!("jobs/{}/cancel", job.job), None).await?;
         if v["already"].as_bool() == Some(true) {

@@ -33,7 +33,7 @@ pub async fn reclaim(env: &Env, job: Option<&str>) -> anyhow::Result<()> {
     if let Some(job) = job {
         let id = match job.parse::<aic_schemas::JobId>() {
             Ok(id) => id,
-            Err(_) => crate::jobs::resolve(env, job).await?.job,
+            Err(_) => env.resolve(job).await?.job,
         };
         let keys: Vec<(B256, u32)> = (0..RUNS_LOOKED_FOR)
             .flat_map(|r| [(escrow::run_id(me, id.as_str(), r), r), (escrow::legacy_run_id(id.as_str(), r), r)])

@@ -385,7 +385,7 @@ async fn wallet_lock(env: &Env, address: &str) -> anyhow::Result<std::fs::File> 
 /// deposit and settlement) signed by its owner; then watched unless `detach`.
 pub async fn resume(env: &Env, s: &str, hours: Option<f64>, tx: Option<String>, detach: bool) -> anyhow::Result<i32> {
     use aic_core::{runs, status};
-    let job = crate::jobs::resolve(env, s).await?;
+    let job = env.resolve(s).await?;
     let id = &job.job;
     let Some(cur) = status::current(&env.store, &job).await? else {
         if env.store.head(&job.request()).await?.is_none() {
@@ -442,7 +442,12 @@ pub async fn resume(env: &Env, s: &str, hours: Option<f64>, tx: Option<String>, 
     if chain.is_free() {
         eprintln!("quote: free ({} GPU-hours; this pool charges nothing)", quote.gpu_hours);
     } else {
-        eprintln!("quote for run {}: {} GPU-hours = {}", runs::shown(run), quote.gpu_hours, format_aic(total));
+        eprintln!(
+            "quote for run {}: {} GPU-hours = {}",
+            aic_schemas::shown_run(run),
+            quote.gpu_hours,
+            format_aic(total)
+        );
     }
     if env.source == crate::identity::Source::Browser && tx.is_none() && total > 0 {
         bail!(
@@ -459,11 +464,11 @@ pub async fn resume(env: &Env, s: &str, hours: Option<f64>, tx: Option<String>, 
     let key = env.source.signer()?.ok_or_else(|| anyhow!("sign in with a key to resume: `aic login --key-file F`"))?;
     aic_chain::request::sign_resume(&key, &mut req, chain.chain_id).await?;
     if env.store.create_json(&job.run_request(run), &req).await? == aic_core::Created::AlreadyExists {
-        bail!("run {} of job {id} was asked for already; see `aic status {id}`", runs::shown(run));
+        bail!("run {} of job {id} was asked for already; see `aic status {id}`", aic_schemas::shown_run(run));
     }
     eprintln!(
         "job {id} resumed as run {}: {} on {} × {}, from its last synced outputs",
-        runs::shown(run),
+        aic_schemas::shown_run(run),
         first.request.entrypoint,
         plural(first.request.miners, "miner"),
         plural(first.request.gpus_per_miner, "GPU")

@@ -253,7 +253,7 @@ fn live_gateway(env: &Env) -> Option<crate::remote::Gateway> {
     if std::env::var("AIC_LIVE").is_ok_and(|v| v == "0") {
         return None;
     }
-    env.gateway_client().or_else(|| crate::exec::embedded(env).ok())
+    env.gateway_client().or_else(|| env.embedded_gateway().ok())
 }
 
 /// Waits for work of a pool this process hosts (never, when it hosts none).
@@ -439,7 +439,7 @@ async fn settled(env: &Env, job: &JobKey, run: u32, host: Option<&crate::pool::H
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(s) = crate::jobs::settlements(env, job).await
+        if let Ok(s) = env.settlements(job).await
             && let Some(s) = s.iter().find(|s| s.run == run)
         {
             eprintln!("  {}", aic_functions::settle::summary(s));

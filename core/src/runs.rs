@@ -11,13 +11,11 @@ use aic_schemas::JobManifest;
 use aic_schemas::validate::MAX_DOC_BYTES;
 
 use crate::layout::JobKey;
-use crate::scheduler::recovery::MAX_RETRIES;
 use crate::store::{Store, StoreError};
 
 /// Attempts each run may use: its first and its retries. Fixed for good: changing it would
 /// move old jobs' attempts into other runs.
 pub const ATTEMPTS_PER_RUN: u32 = 3;
-const _: () = assert!(MAX_RETRIES < ATTEMPTS_PER_RUN, "a run's retries fit in its attempts");
 
 /// The run attempt `attempt` belongs to.
 pub fn run_of(attempt: u32) -> u32 {
@@ -32,11 +30,6 @@ pub fn first_attempt(run: u32) -> u32 {
 /// Which retry of its run `attempt` is (0: the run's first start).
 pub fn retry_of(attempt: u32) -> u32 {
     attempt % ATTEMPTS_PER_RUN
-}
-
-/// How people count runs: "run 1" is the first.
-pub fn shown(run: u32) -> u32 {
-    run + 1
 }
 
 /// Run `run`'s manifest, if validate wrote it.

@@ -359,7 +359,7 @@ async fn handle(
     if let (Some(gw), true) = (&host.gateway, req.method() == Method::GET || req.method() == Method::HEAD)
         && let Some(page) = crate::web::page(&path)
     {
-        return Ok(crate::web::response(page, gw.store_origin().await.as_deref()));
+        return Ok(crate::web::response(page, gw.store_origin().await.as_deref()).map(full));
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => Ok(reply(StatusCode::OK, serde_json::json!({"ok": true}))),

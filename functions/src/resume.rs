@@ -46,8 +46,8 @@ pub async fn handle(ctx: &Ctx, job: &JobKey, run: u32) -> Result<Outcome, Handle
                 "job {} is still {} (run {}); run {} starts once it ended",
                 job.job,
                 cur.state,
-                runs::shown(cur.run),
-                runs::shown(run)
+                aic_schemas::shown_run(cur.run),
+                aic_schemas::shown_run(run)
             )));
         }
         previous_run_done(ctx, job, cur.run).await?;
@@ -136,7 +136,7 @@ async fn previous_run_done(ctx: &Ctx, job: &JobKey, prev: u32) -> Result<(), Han
         Err(HandlerError::Deferred(format!(
             "job {}: run {} is still being stopped and settled",
             job.job,
-            runs::shown(prev)
+            aic_schemas::shown_run(prev)
         )))
     }
 }

@@ -11,8 +11,6 @@
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
 
-use crate::host::{Body, full};
-
 /// One file of the app.
 pub struct Page {
     pub content_type: &'static str,
@@ -66,7 +64,8 @@ pub fn policy(store: Option<&str>) -> String {
     )
 }
 
-pub fn response(page: Page, store: Option<&str>) -> Response<Body> {
+/// The page's answer (its body as it is built in: the host frames it).
+pub fn response(page: Page, store: Option<&str>) -> Response<Bytes> {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", page.content_type)
@@ -75,7 +74,7 @@ pub fn response(page: Page, store: Option<&str>) -> Response<Body> {
         .header("x-content-type-options", "nosniff")
         .header("referrer-policy", "no-referrer")
         .header("cross-origin-opener-policy", "same-origin")
-        .body(full(Bytes::from_static(page.body)))
+        .body(Bytes::from_static(page.body))
         .expect("valid response")
 }
 

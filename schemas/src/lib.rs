@@ -26,7 +26,7 @@ pub use manifest::{JobManifest, Quote};
 pub use resume::ResumeRequest;
 pub use serving::ServingRegistration;
 pub use settlement::{Settlement, SettlementKind};
-pub use status::{AllocResult, JobState, StatusDetail, StatusRecord};
+pub use status::{AllocResult, JobState, StatusDetail, StatusRecord, shown_run};
 pub use validate::{FieldError, ValidationErrors};
 
 /// Every exported schema: (file name, schema).

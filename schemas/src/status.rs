@@ -131,6 +131,11 @@ pub struct AllocResult {
     pub finished_at: DateTime<Utc>,
 }
 
+/// How people count runs: "run 1" is the first (`StatusRecord::run` counts from 0).
+pub fn shown_run(run: u32) -> u32 {
+    run + 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::JobState::*;

@@ -208,7 +208,7 @@ async fn run_and_report(alloc: &Alloc) -> i32 {
 async fn run(a: &Alloc) -> anyhow::Result<i32> {
     let manifest: JobManifest = aic_core::runs::manifest(&a.store, &a.job, a.run())
         .await?
-        .ok_or_else(|| anyhow!("run {} of the job has no manifest", aic_core::runs::shown(a.run())))?;
+        .ok_or_else(|| anyhow!("run {} of the job has no manifest", aic_schemas::shown_run(a.run())))?;
     let req = &manifest.request;
 
     // Whichever allocation starts first moves the job to `running`: a rank's program may run

@@ -8,6 +8,7 @@
 //! the tests), `test` (and `storm`), `bench` (one file a benchmark), `soak` and `fuzz`.
 
 mod bench;
+mod circles;
 mod fuzz;
 mod localstack;
 mod soak;

@@ -29,7 +29,8 @@ pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
         .context("the committed token artifact is stale")?;
     run(Command::new("node").args(["functions/web/build.mjs", "--check"]).current_dir(&root))
         .context("the committed web app bundle is stale")?;
-    phases.done("checks: fmt, token artifact, web bundle");
+    crate::circles::check(&root)?;
+    phases.done("checks: fmt, token artifact, web bundle, import circles");
     // Clippy lints the workspace's crates as they are built for the tests (clippy-driver as
     // their compiler, as `cargo clippy` runs it, with `-D warnings`): the dependencies are
     // compiled once, not once more for a separate `cargo clippy` check. Every target `cargo

@@ -123,6 +123,18 @@ fn to_store_err(path: &str, e: anyhow::Error) -> object_store::Error {
     }
 }
 
+/// A multipart step's body.
+fn step(action: &str, key: &str, upload_id: Option<&str>) -> MultipartRequest {
+    MultipartRequest {
+        action: action.into(),
+        key: key.into(),
+        upload_id: upload_id.map(String::from),
+        part: None,
+        size: None,
+        parts: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,5 @@
 //! A multipart upload through presigned part URLs the gateway signs.
 
-use super::store::step;
 use super::*;
 
 /// One multipart upload through presigned part URLs.

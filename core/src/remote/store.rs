@@ -91,18 +91,6 @@ fn meta_of(o: ListedObject) -> object_store::Result<ObjectMeta> {
     })
 }
 
-/// A multipart step's body.
-pub(super) fn step(action: &str, key: &str, upload_id: Option<&str>) -> MultipartRequest {
-    MultipartRequest {
-        action: action.into(),
-        key: key.into(),
-        upload_id: upload_id.map(String::from),
-        part: None,
-        size: None,
-        parts: Vec::new(),
-    }
-}
-
 impl GatewayStore {
     pub fn new(gw: Gateway) -> Self {
         GatewayStore { gw, urls: Mutex::new(HashMap::new()), signing: Default::default() }

@@ -22,6 +22,7 @@ use crate::store::{Store, StoreError};
 
 /// How many times a job starts again after a lost allocation.
 pub const MAX_RETRIES: u32 = 2;
+const _: () = assert!(MAX_RETRIES < runs::ATTEMPTS_PER_RUN, "a run's retries fit in its attempts");
 
 /// Who writes the recovery's status records.
 pub const BY: &str = "scheduler";

@@ -31,7 +31,7 @@ fn ended(state: JobState, run: u32) -> String {
         JobState::Rejected => "was refused",
         other => other.as_str(),
     };
-    format!("run {} {how}", crate::runs::shown(run))
+    format!("run {} {how}", aic_schemas::shown_run(run))
 }
 
 /// Starts paid run `run` of a job whose run `run - 1` ended failed, cancelled or timed out:
@@ -69,7 +69,7 @@ pub async fn resume(store: &Store, job: &JobKey, run: u32, by: &'static str) -> 
             by: by.to_string(),
             reason: Some(format!(
                 "resumed by its owner: run {}, after {}",
-                crate::runs::shown(run),
+                aic_schemas::shown_run(run),
                 ended(cur.state, cur.run)
             )),
             detail: StatusDetail::default(),

@@ -3,8 +3,9 @@
 // URLs with this same app.
 
 import { api, info, session, setSession, type Info } from "./api";
-import { addToken, balance, wallet, type Announced } from "./wallet";
-import { fmtAic, h, message, shortAddress } from "./ui";
+import { addToken, balance, wallet } from "./wallet";
+import { fmtAic, h, message, pickWallet, shortAddress } from "./ui";
+import { ACCOUNT_CHANGED, NAVIGATED, go } from "./nav";
 import { jobsPage } from "./pages/jobs";
 import { jobPage } from "./pages/job";
 import { newPage } from "./pages/new";
@@ -29,12 +30,6 @@ const routes: [RegExp, Page, boolean][] = [
 
 let cleanup: Cleanup | null = null;
 let generation = 0;
-
-export function go(path: string, replace = false): void {
-  if (replace) history.replaceState(null, "", path);
-  else history.pushState(null, "", path);
-  void render();
-}
 
 async function render(): Promise<void> {
   const gen = ++generation;
@@ -72,34 +67,6 @@ async function render(): Promise<void> {
     if (gen === generation) main.append(message((e as Error).message, "error"));
   }
   main.focus({ preventScroll: true });
-}
-
-/// Lets the user pick among several wallets.
-export function pickWallet(list: Announced[]): Promise<Announced> {
-  return new Promise((resolve) => {
-    const d = h("dialog", { "aria-labelledby": "pick-title" }, h("h2", { id: "pick-title" }, "Which wallet holds your account?"));
-    const row = h("div", { class: "row", id: "wallets" });
-    for (const w of list) {
-      row.append(
-        h(
-          "button",
-          {
-            type: "button",
-            "data-wallet": w.info.name,
-            onclick: () => {
-              d.close();
-              d.remove();
-              resolve(w);
-            },
-          },
-          w.info.name,
-        ),
-      );
-    }
-    d.append(row);
-    document.body.append(d);
-    d.showModal();
-  });
 }
 
 async function drawAccount(): Promise<void> {
@@ -153,13 +120,9 @@ async function drawAccount(): Promise<void> {
 }
 
 /// A one-line notice at the top of the page.
-export function alertMessage(text: string): void {
+function alertMessage(text: string): void {
   const main = document.getElementById("main")!;
   main.prepend(message(text, "error"));
-}
-
-export function refreshAccount(): void {
-  void drawAccount();
 }
 
 document.addEventListener("click", (e) => {
@@ -169,6 +132,8 @@ document.addEventListener("click", (e) => {
   go(a.pathname + a.search);
 });
 window.addEventListener("popstate", () => void render());
+window.addEventListener(NAVIGATED, () => void render());
+window.addEventListener(ACCOUNT_CHANGED, () => void drawAccount());
 window.addEventListener("aic-session", () => void drawAccount());
 void drawAccount();
 void render();

@@ -1,6 +1,8 @@
 // DOM helpers: elements built from data, never from HTML strings (what a job prints or a
 // user names is text, always).
 
+import type { Announced } from "./wallet";
+
 export type Child = Node | string | number | null | undefined | false;
 type Attr = string | number | boolean | undefined | ((e: Event) => void);
 
@@ -103,4 +105,32 @@ export function shortAddress(a: string): string {
 
 export function link(href: string, text: Child, attrs: Record<string, Attr> = {}): HTMLAnchorElement {
   return h("a", { href, "data-link": true, ...attrs }, text);
+}
+
+/// Lets the user pick among several wallets.
+export function pickWallet(list: Announced[]): Promise<Announced> {
+  return new Promise((resolve) => {
+    const d = h("dialog", { "aria-labelledby": "pick-title" }, h("h2", { id: "pick-title" }, "Which wallet holds your account?"));
+    const row = h("div", { class: "row", id: "wallets" });
+    for (const w of list) {
+      row.append(
+        h(
+          "button",
+          {
+            type: "button",
+            "data-wallet": w.info.name,
+            onclick: () => {
+              d.close();
+              d.remove();
+              resolve(w);
+            },
+          },
+          w.info.name,
+        ),
+      );
+    }
+    d.append(row);
+    document.body.append(d);
+    d.showModal();
+  });
 }

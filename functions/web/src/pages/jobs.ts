@@ -1,6 +1,6 @@
 import { api, info, type JobRow, TERMINAL } from "../api";
-import { pickWallet, refreshAccount } from "../main";
-import { fmtAic, fmtDuration, fmtTime, h, link, message, stateBadge, status, table } from "../ui";
+import { refreshAccount } from "../nav";
+import { fmtAic, fmtDuration, fmtTime, h, link, message, pickWallet, stateBadge, status, table } from "../ui";
 import { account, ensureChain, mined, send, wallet } from "../wallet";
 import { cost, every } from "./common";
 

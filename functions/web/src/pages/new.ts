@@ -2,7 +2,7 @@
 // wallet and uploaded — the same signed EIP-712 request `aic run` makes (the pool builds the
 // typed data from the request, `POST /v1/draft`, and validate checks it all again).
 
-import { go } from "../main";
+import { go } from "../nav";
 import { api, session, userPrefix } from "../api";
 import { sha256Hex } from "../upload";
 import { ulid } from "../ulid";

@@ -1,6 +1,6 @@
-import { go, pickWallet } from "../main";
+import { go } from "../nav";
 import { session } from "../api";
-import { h, status } from "../ui";
+import { h, pickWallet, status } from "../ui";
 import { signIn, wallet } from "../wallet";
 
 export function signinPage(root: HTMLElement): void {

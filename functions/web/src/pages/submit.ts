@@ -7,10 +7,10 @@
 // a payment slow to be mined — follows that payment, and pays anew only once the chain says
 // the first was cancelled or never sent.
 
-import { pickWallet, refreshAccount } from "../main";
+import { refreshAccount } from "../nav";
 import { api, info, session, userPrefix } from "../api";
 import { uploadAll, type Item } from "../upload";
-import { fmtAic, fmtBytes } from "../ui";
+import { fmtAic, fmtBytes, pickWallet } from "../ui";
 import { account, balance, ensureChain, mined, send, signTyped, wallet } from "../wallet";
 
 export interface Draft {
