@@ -16,12 +16,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/sign`: presigned URLs for these objects.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SignRequest {
     pub items: Vec<SignItem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SignItem {
     /// GET, HEAD, PUT or DELETE.
     pub method: String,
@@ -47,7 +47,7 @@ impl SignItem {
 }
 
 /// The answer to [`SignRequest`]: one URL an item, in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SignResponse {
     pub urls: Vec<SignedUrl>,
     /// Seconds the URLs stay valid.
@@ -55,7 +55,7 @@ pub struct SignResponse {
 }
 
 /// A presigned URL and the headers that must go with it (they are part of its signature).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SignedUrl {
     pub url: String,
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct SignedUrl {
 }
 
 /// `GET /v1/objects`: objects (and, with `delimiter`, folders) under a prefix.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Listing {
     pub objects: Vec<ListedObject>,
     #[serde(default)]
@@ -75,7 +75,7 @@ pub struct Listing {
     pub more: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListedObject {
     pub key: String,
     pub size: u64,

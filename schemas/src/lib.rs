@@ -40,5 +40,8 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("serving-registration.schema.json", schemars::schema_for!(ServingRegistration)),
         ("settlement.schema.json", schemars::schema_for!(Settlement)),
         ("job-file.schema.json", schemars::schema_for!(jobfile::JobFile)),
+        ("gateway-sign-request.schema.json", schemars::schema_for!(gateway::SignRequest)),
+        ("gateway-sign-response.schema.json", schemars::schema_for!(gateway::SignResponse)),
+        ("gateway-listing.schema.json", schemars::schema_for!(gateway::Listing)),
     ]
 }

@@ -61,7 +61,8 @@ pub(crate) fn path_with(bin: &Path) -> String {
 }
 
 /// npm packages: solc and OpenZeppelin (the token), anvil (the dev chain), playwright-core
-/// (`contracts/`); esbuild, TypeScript and axe-core (the web app, `functions/web/`).
+/// (`contracts/`); esbuild, TypeScript, json-schema-to-typescript and axe-core (the web app,
+/// `functions/web/`).
 pub(crate) fn node_env() -> anyhow::Result<()> {
     for dir in [root().join("contracts"), root().join("functions/web")] {
         if !dir.join("node_modules/.package-lock.json").exists()

@@ -2,6 +2,19 @@
 // kept in localStorage and sent in the Authorization header by this code only: it is never
 // a cookie, so no other site's page can make the browser send it.
 
+import type { JobRequest } from "./types/request";
+import type { Listing } from "./types/listing";
+import type { SignItem } from "./types/sign-request";
+import type { SignedUrl, SignResponse } from "./types/sign-response";
+import type { StatusRecord } from "./types/status";
+
+export type { JobRequest } from "./types/request";
+export type { ListedObject } from "./types/listing";
+export type { ServingRegistration } from "./types/serving";
+export type { Settlement } from "./types/settlement";
+export type { SignedUrl } from "./types/sign-response";
+export type { StatusRecord } from "./types/status";
+
 export interface Session {
   token: string;
   address: string;
@@ -87,75 +100,36 @@ export function info(): Promise<Info> {
   return infoCache;
 }
 
-export interface StatusRecord {
-  seq: number;
-  state: string;
-  at: string;
-  by: string;
-  reason?: string;
-  run?: number;
-  detail?: { exit_code?: number; wall_seconds?: number; gpu_seconds?: number; placement?: string[]; log_tail?: string };
-}
 
-export interface Asked {
-  kind: "train" | "serve";
-  name?: string | null;
-  entrypoint: string;
-  data?: string | null;
-  miners: number;
-  gpus_per_miner: number;
-  max_hours: number;
-  launcher: string;
-  created_at: string;
-}
 
+/// A row of `GET /v1/jobs` (`aic_core::status::Listed`).
 export interface JobRow {
   job_id: string;
   status: StatusRecord | null;
-  request: Asked | null;
+  request: JobRequest | null;
 }
 
-export interface Settlement {
-  run: number;
-  kind: string;
-  paid: string;
-  charged: string;
-  refunded: string;
-  gpu_seconds: number;
-  tx?: string;
-  at: string;
-}
 
-export interface Listed {
-  key: string;
-  size: number;
-  last_modified: string;
-}
 
-export interface SignedUrl {
-  url: string;
-  method: string;
-  headers: Record<string, string>;
-}
 
 export const TERMINAL = ["succeeded", "failed", "cancelled", "timed_out", "rejected"];
 
 /// Every object under `prefix` (the gateway lists in pages; a page ends where it stopped).
-export async function listAll(prefix: string): Promise<Listed[]> {
-  const out: Listed[] = [];
+export async function listAll(prefix: string): Promise<Listing["objects"]> {
+  const out: Listing["objects"] = [];
   let offset: string | undefined;
   for (;;) {
     const q = new URLSearchParams({ prefix });
     if (offset) q.set("offset", offset);
-    const r = await api<{ objects: Listed[] }>("GET", `objects?${q}`);
+    const r = await api<Listing>("GET", `objects?${q}`);
     out.push(...r.objects);
     if (r.objects.length < 1000) return out;
     offset = r.objects[r.objects.length - 1].key;
   }
 }
 
-export async function sign(items: { method: string; key: string; size?: number; sha256?: string; create?: boolean }[]): Promise<SignedUrl[]> {
-  const r = await api<{ urls: SignedUrl[] }>("POST", "sign", { items });
+export async function sign(items: SignItem[]): Promise<SignedUrl[]> {
+  const r = await api<SignResponse>("POST", "sign", { items });
   return r.urls;
 }
 

@@ -1,7 +1,7 @@
-import { info, type Asked } from "../api";
+import { info, type JobRequest } from "../api";
 
 /// What a request costs at the pool's price (as quoted: hours rounded up to a thousandth).
-export async function cost(r: Asked | null): Promise<bigint | null> {
+export async function cost(r: JobRequest | null): Promise<bigint | null> {
   if (!r) return null;
   const i = await info();
   if (!i.chain || i.free) return 0n;

@@ -1,15 +1,10 @@
-import { api, info, listAll, session, sign, type JobRow, TERMINAL, userPrefix } from "../api";
+import { api, info, type JobRow, listAll, type ServingRegistration, session, sign, TERMINAL, userPrefix } from "../api";
 import { deploymentUrl, namedUrl } from "../origin";
 import { ulid } from "../ulid";
 import { h, link, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
 import { isPaid, submit, type CodeFile } from "./submit";
 
-interface Replica {
-  healthy: boolean;
-  heartbeat_at: string;
-  ttl_seconds: number;
-}
 
 export function deploymentsPage(root: HTMLElement): () => void {
   document.title = "Deployments · aic";
@@ -21,7 +16,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
     body,
   );
   let busy = false;
-  /// Replica counts being typed, kept across redraws.
+  /// ServingRegistration counts being typed, kept across redraws.
   const wanted = new Map<string, number>();
   /// A new deployment of the same project (as deployed) with `want` replicas, paid for the
   /// same hours; once its replicas answer, the old one is removed (what it did not use comes
@@ -66,7 +61,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
       st.say(`Deployment ${id} started with ${want} replica(s); ${label} is removed once they answer…`);
       const deadline = Date.now() + 300_000;
       for (;;) {
-        const { replicas } = await api<{ replicas: Replica[] }>("GET", `jobs/${id}/replicas`);
+        const { replicas } = await api<{ replicas: ServingRegistration[] }>("GET", `jobs/${id}/replicas`);
         const now = Date.now();
         if (replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length >= want) break;
         if (Date.now() > deadline) {
@@ -106,7 +101,7 @@ export function deploymentsPage(root: HTMLElement): () => void {
         const live = j.status && !TERMINAL.includes(j.status.state);
         let up = 0;
         if (live) {
-          const { replicas } = await api<{ replicas: Replica[] }>("GET", `jobs/${j.job_id}/replicas`);
+          const { replicas } = await api<{ replicas: ServingRegistration[] }>("GET", `jobs/${j.job_id}/replicas`);
           up = replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length;
         }
         // The name's address stays across scales and redeploys (as `aic deploy` prints it).

@@ -1,4 +1,4 @@
-import { api, ApiError, info, listAll, session, sign, type Settlement, type StatusRecord, TERMINAL } from "../api";
+import { api, ApiError, info, type JobRequest, listAll, session, sign, type Settlement, type StatusRecord, TERMINAL } from "../api";
 import { deploymentUrl, namedUrl } from "../origin";
 import { download } from "../upload";
 import { fmtAic, fmtBytes, fmtDuration, fmtTime, h, message, stateBadge, status, table } from "../ui";
@@ -11,17 +11,6 @@ interface JobAnswer {
   settlements: Settlement[];
 }
 
-interface Request {
-  kind: string;
-  name?: string;
-  entrypoint: string;
-  data?: string;
-  miners: number;
-  gpus_per_miner: number;
-  max_hours: number;
-  launcher: string;
-  payment?: { tx: string };
-}
 
 const LOG_LIMIT = 400_000;
 
@@ -40,7 +29,7 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
   const me = session()!.address;
   const prefix = `users/${me}/jobs/${id}/`;
   const [reqUrl] = await sign([{ method: "GET", key: `${prefix}request.json` }]);
-  const req: Request | null = await fetch(reqUrl.url).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+  const req: JobRequest | null = await fetch(reqUrl.url).then((r) => (r.ok ? r.json() : null)).catch(() => null);
 
   const title = h("h1", {}, req?.name || req?.entrypoint || "Job", " ", h("span", { id: "state" }));
   const st = status();
@@ -72,7 +61,8 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
   if (req) {
     fact("Kind", req.kind === "serve" ? "deployment (serve)" : "training");
     fact(req.kind === "serve" ? "Replicas × GPUs" : "Miners × GPUs", `${req.miners} × ${req.gpus_per_miner}`);
-    fact("Launcher", req.launcher);
+    // Absent in a request: the plain command (`Launcher::Command`, the Rust default).
+    fact("Launcher", req.launcher ?? "command");
     fact("Program", req.entrypoint);
     if (req.data) fact("Dataset", req.data);
     fact("Hours paid", String(req.max_hours));
@@ -118,10 +108,10 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
         ),
       ),
     );
-    const wall = [...j.history].reverse().find((r) => r.detail?.wall_seconds !== undefined)?.detail?.wall_seconds;
+    const wall = [...j.history].reverse().find((r) => r.detail?.wall_seconds != null)?.detail?.wall_seconds;
     const started = j.history.find((r) => r.state === "running");
     execTime.textContent =
-      wall !== undefined ? fmtDuration(wall) : started && !ended ? `${fmtDuration((Date.now() - Date.parse(started.at)) / 1000)} so far` : "";
+      wall != null ? fmtDuration(wall) : started && !ended ? `${fmtDuration((Date.now() - Date.parse(started.at)) / 1000)} so far` : "";
     money.replaceChildren(
       j.settlements.length
         ? table(

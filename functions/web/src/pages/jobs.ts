@@ -101,7 +101,7 @@ export function jobsPage(root: HTMLElement): () => void {
         r ? `${r.kind === "serve" ? "serve" : "train"} · ${r.miners} × ${r.gpus_per_miner}` : "",
         r ? `${r.max_hours} h` : "",
         costs[i] === null ? "" : costs[i] === 0n ? "free" : fmtAic(costs[i]!),
-        wall === undefined ? "" : fmtDuration(wall),
+        wall == null ? "" : fmtDuration(wall),
         fmtTime(s?.at),
       ];
     });
