@@ -863,6 +863,23 @@ fn a_rank_stopped_for_a_restart_does_not_end_the_job() {
     assert_eq!(states, ["submitted", "paid", "scheduled", "running", "retrying", "running", "succeeded"], "{hist:?}");
 }
 
+/// A job's program signals its own worker (same uid) to stop: only the worker's scheduler
+/// stops it, so the SIGTERM is ignored, the program runs on and the job ends as the program
+/// does, settled. (Taken for a stop, it ended the job with no ending recorded: `running` for
+/// ever, its deposit open to being reclaimed unpaid.)
+#[test]
+fn a_program_cannot_stop_its_own_worker() {
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let script = h.write("stop.sh", "kill -TERM $PPID\nsleep 1\necho still-here\n");
+    let out = h.aic(&["run", "--detach", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let job = text(&out).0.trim().to_string();
+    let hist = wait_for_state(&h, &job, "succeeded");
+    assert!(!hist.iter().any(|r| r["state"] == "failed"), "{hist:?}");
+    assert_eq!(text(&h.aic(&["logs", &job])).0, "still-here\n");
+}
+
 #[test]
 fn a_lost_worker_is_restarted_and_resumes_from_its_checkpoint() {
     let h = Home::new();

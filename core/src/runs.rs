@@ -62,6 +62,7 @@ pub async fn manifests(store: &Store, job: &JobKey) -> Result<Vec<JobManifest>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::recovery::MAX_RETRIES;
 
     #[test]
     fn attempts_number_on_across_runs_and_each_belongs_to_one() {

@@ -405,6 +405,23 @@ async fn a_rank_stopped_by_a_node_drain_restarts_the_training_job() {
     assert_eq!(state.lock().unwrap().jobs[&nomad_id(&job)]["Meta"]["aic_attempt"].as_str(), Some("1"));
 }
 
+/// The operator stops a job's Nomad job by hand (`nomad job stop`): aic recorded no ending
+/// (it records one before it stops a job), its workers record none when stopped, so the job
+/// fails with the reason once its allocations have stopped, and is settled. (It stayed
+/// `running` for ever.)
+#[tokio::test]
+async fn a_job_stopped_outside_aic_fails_with_the_reason() {
+    use aic_schemas::JobState;
+    let (_dir, store, state, n, job) = submitted_and_running(2).await;
+    n.call(reqwest::Method::DELETE, &format!("job/{}", nomad_id(&job)), &[], None).await.unwrap();
+    state.lock().unwrap().kill_stopped();
+    assert_eq!(n.reconcile().await.unwrap(), 1, "acted on once");
+    let st = aic_core::status::current(&store, &job).await.unwrap().unwrap();
+    assert_eq!(st.state, JobState::Failed, "{st:?}");
+    assert!(st.reason.as_deref().unwrap_or_default().contains("stopped outside aic"), "{st:?}");
+    assert_eq!(n.reconcile().await.unwrap(), 0);
+}
+
 /// With a worker gateway, the workers' token is not in the job's `Env` (which anyone with
 /// `read-job` on the namespace reads): the functions write it into the job's own Nomad
 /// Variable (`nomad/jobs/aic-<id>`, which the job's tasks read through their workload
@@ -968,9 +985,10 @@ async fn exec_runs_in_the_allocation_through_nomads_exec_api_frames_and_all() {
 /// the container's root with the job spec's environment, becomes its job's uid before the
 /// program runs, and the clients' egress rules as shipped (`infra/nomad/egress.nft`, loaded
 /// into a network namespace standing for the node, linked to another standing for the rest of
-/// the network) refuse that uid the node's own services (the Nomad client's API on 4646 and a
-/// MinIO on 9000, at its loopback and at its address), the cloud's metadata address and
-/// another node's Nomad, while a peer's port on another node and the dynamic ports on the
+/// the network) refuse that uid the node's own services (the Nomad client's API on 4646 and an
+/// exporter on 9100, at its loopback and at its address), the clouds' metadata addresses, a
+/// container bridge's workload and another node's Nomad, while a peer's port on another node,
+/// the pool's serving gateway on the node (the worker's `/v1`) and the dynamic ports on the
 /// node (where a job's own processes meet: torchrun's workers reach their agent's store at
 /// `localhost`) stay open. The same probes from root in the same namespace reach every one
 /// (the refusals are the rules' and the uid's). Before: the program ran as root in the
@@ -1011,15 +1029,31 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
     ip(&ns, &["addr", "add", "10.77.0.1/24", "dev", "node0"]);
     ip(&ns, &["link", "set", "node0", "up"]);
     ip(&far, &["addr", "add", "10.77.0.2/24", "dev", "far0"]);
-    ip(&far, &["addr", "add", "169.254.169.254/32", "dev", "far0"]);
+    for a in ["169.254.169.254", "168.63.129.16", "172.17.0.2"] {
+        ip(&far, &["addr", "add", &format!("{a}/32"), "dev", "far0"]);
+    }
     ip(&far, &["link", "set", "far0", "up"]);
-    ip(&ns, &["route", "add", "169.254.169.254/32", "via", "10.77.0.2"]);
+    for a in ["169.254.169.254", "168.63.129.16", "172.17.0.2"] {
+        ip(&ns, &["route", "add", &format!("{a}/32"), "via", "10.77.0.2"]);
+    }
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/nomad/egress.nft");
     let o = Command::new("ip").args(["netns", "exec", &ns, "nft", "-f"]).arg(&rules).output().unwrap();
     assert!(o.status.success(), "nft -f egress.nft: {}", String::from_utf8_lossy(&o.stderr));
-    let here =
-        [("127.0.0.1", 4646), ("127.0.0.1", 9000), ("127.0.0.1", 25002), ("10.77.0.1", 9000), ("10.77.0.1", 4646)];
-    let there = [("169.254.169.254", 80), ("10.77.0.2", 4646), ("10.77.0.2", 25001)];
+    let here = [
+        ("127.0.0.1", 4646),
+        ("127.0.0.1", 9100),
+        ("127.0.0.1", 25002),
+        ("10.77.0.1", 9100),
+        ("10.77.0.1", 4646),
+        ("10.77.0.1", 8800),
+    ];
+    let there = [
+        ("169.254.169.254", 80),
+        ("168.63.129.16", 80),
+        ("172.17.0.2", 25003),
+        ("10.77.0.2", 4646),
+        ("10.77.0.2", 25001),
+    ];
     let py = |t: &[(&str, u16)]| {
         format!("[{}]", t.iter().map(|(h, p)| format!("('{h}', {p})")).collect::<Vec<_>>().join(", "))
     };
@@ -1090,9 +1124,15 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
     assert!(env.iter().any(|(k, v)| k == "AIC_JOB_UID" && *v == uid.to_string()), "{env:?}");
     let worker = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("aic-worker");
     assert!(worker.exists(), "aic-worker is not built beside the tests: cargo build --bins");
-    let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(&worker)
+    // The task's own `/etc/passwd` and `/etc/group` (a container's), which the worker gives
+    // its job's user: copies bound over this machine's in a mount namespace of the task's.
+    let (passwd, group) = (root.join("passwd"), root.join("group"));
+    std::fs::copy("/etc/passwd", &passwd).unwrap();
+    std::fs::copy("/etc/group", &group).unwrap();
+    let task = "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group && exec ip netns exec \"$3\" \"$4\"";
+    let out = tokio::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", task, "task"])
+        .args([passwd.as_os_str(), group.as_os_str(), std::ffi::OsStr::new(&ns), worker.as_os_str()])
         .env_clear()
         .envs(env)
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -1113,13 +1153,21 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
         ));
     }
     assert!(logs.contains(&format!("uid {uid}\n")), "the program ran as another user:\n{logs}");
+    assert!(std::fs::read_to_string(&passwd).unwrap().contains(&format!("aic:x:{uid}:{uid}:")), "the task's passwd");
+    assert!(
+        !std::fs::read_to_string("/etc/passwd").unwrap().contains(&format!(":{uid}:")),
+        "this machine's passwd changed"
+    );
     for (what, line) in [
         ("the node's loopback (Nomad's API)", "127.0.0.1 4646 refused"),
-        ("the node's loopback (a MinIO there)", "127.0.0.1 9000 refused"),
+        ("the node's loopback (an exporter there)", "127.0.0.1 9100 refused"),
         ("its own processes' port on loopback (torchrun's store at localhost)", "127.0.0.1 25002 open"),
-        ("the node's service at its own address", "10.77.0.1 9000 refused"),
+        ("the node's service at its own address", "10.77.0.1 9100 refused"),
         ("Nomad's port at the node's address", "10.77.0.1 4646 refused"),
+        ("the pool's serving gateway on this node (the worker's /v1)", "10.77.0.1 8800 open"),
         ("the metadata address", "169.254.169.254 80 refused"),
+        ("Azure's WireServer", "168.63.129.16 80 refused"),
+        ("a container bridge's workload", "172.17.0.2 25003 refused"),
         ("another node's Nomad", "10.77.0.2 4646 refused"),
         ("a peer's port on another node", "10.77.0.2 25001 open"),
     ] {

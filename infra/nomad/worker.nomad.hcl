@@ -117,6 +117,9 @@ job "aic-job" {
       template {
         destination = "${NOMAD_SECRETS_DIR}/store.env"
         env         = true
+        # Root's alone: the worker (root until it becomes the job's uid) reads and deletes it;
+        # the program cannot read a copy Nomad renders again.
+        perms       = "0600"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs" }}
           AIC_STORE={{ .store }}

@@ -41,7 +41,29 @@ pub(crate) fn in_job(args: &[String]) -> ! {
     let Some(work) = std::env::var_os(aic_core::scheduler::launch::WORK_DIR) else {
         fail(125, "AIC_WORK_DIR is not set: in-job runs inside an allocation's task".into())
     };
-    let spec: Value = match std::fs::read(std::path::Path::new(&work).join(EXEC_ENV)) {
+    // Nomad runs exec commands as the task's user (the container's root): as the program's,
+    // before anything of the job's is read (its folder is the job's to change).
+    if let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
+        && let Err(e) = aic_core::scheduler::job_user::become_job_user(uid, None)
+    {
+        fail(125, format!("cannot become the job's user (uid {uid}): {e}"))
+    }
+    // A regular file of at most 1 MiB, never followed through a link.
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(std::path::Path::new(&work).join(EXEC_ENV))?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a file"));
+        }
+        let mut b = vec![];
+        f.take(1 << 20).read_to_end(&mut b)?;
+        Ok(b)
+    };
+    let spec: Value = match read() {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
         Err(_) => fail(125, "the job's program has not started in this allocation yet; try again in a moment".into()),
     };
@@ -51,12 +73,6 @@ pub(crate) fn in_job(args: &[String]) -> ! {
     } else {
         argv
     };
-    // Nomad runs exec commands as the task's user (the container's root): as the program's.
-    if let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
-        && let Err(e) = aic_core::scheduler::job_user::become_job_user(uid, None)
-    {
-        fail(125, format!("cannot become the job's user (uid {uid}): {e}"))
-    }
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     for k in crate::STORE_ACCESS {

@@ -31,6 +31,7 @@ mod plan;
 mod report;
 mod serve;
 mod stage;
+mod stop;
 mod supervise;
 
 use std::collections::BTreeMap;
@@ -107,7 +108,11 @@ fn become_job_user() {
     else {
         return;
     };
-    let home = std::env::var_os(aic_core::scheduler::launch::WORK_DIR).map(std::path::PathBuf::from);
+    // The task's own `/etc/passwd` gains the job's user only in a Nomad task (a container's
+    // or the exec driver's chroot's copy), never a machine's own.
+    let home = std::env::var_os(aic_core::scheduler::launch::WORK_DIR)
+        .filter(|_| std::env::var_os("NOMAD_ALLOC_ID").is_some())
+        .map(std::path::PathBuf::from);
     if let Err(e) = aic_core::scheduler::job_user::become_job_user(uid, home.as_deref()) {
         eprintln!("aic-worker: cannot become the job's user (uid {uid}): {e}; nothing of the job was run");
         exit(2);
@@ -161,6 +166,10 @@ fn main() {
     }
     forget_rendered_secrets(std::env::var_os("NOMAD_SECRETS_DIR").map(std::path::PathBuf::from).as_deref());
     become_job_user();
+    if let Err(e) = stop::watch() {
+        eprintln!("aic-worker: cannot watch for its scheduler's stop: {e}");
+        exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let code = rt.block_on(run_allocation(alloc));
     exit(code);
@@ -329,6 +338,10 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
                 }
             }
             _ = sigterm.recv() => {
+                if !stop::by_scheduler() {
+                    tracing::warn!(from = stop::sender(), "a SIGTERM from inside the job ignored: only its scheduler stops the worker");
+                    continue;
+                }
                 tracing::info!("stop requested; stopping the program");
                 signal(pid, nix::sys::signal::Signal::SIGTERM);
                 stopping.get_or_insert_with(Instant::now);
@@ -346,6 +359,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     if stopping.is_none()
         && !exit.success()
         && tokio::time::timeout(Duration::from_millis(250), sigterm.recv()).await.is_ok()
+        && stop::by_scheduler()
     {
         tracing::info!("stop requested as the program ended");
         stopping = Some(Instant::now());
@@ -392,7 +406,13 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         if let Finish::Leader(sshd) = finish {
             sshd.stop().await;
         }
-        return Ok(0);
+        // Stopped with its ending recorded (cancelled, a restart under way, the run over):
+        // 0. Stopped with nothing recorded (its container stopped by something else than
+        // aic: a Docker restart, the node shutting down): 143, so that Nomad reports the
+        // allocation failed and the scheduler acts on it.
+        let recorded = matches!(aic_core::status::current(&a.store, &a.job).await,
+            Ok(Some(r)) if r.state.is_terminal() || r.state == JobState::Retrying || r.run != a.run());
+        return Ok(if recorded { 0 } else { 143 });
     }
     if timed_out {
         let t = a.transition(JobState::TimedOut).reason(time_limit_reason(req.max_hours)).detail(ended());

@@ -305,7 +305,13 @@ pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String,
                     }
                     continue 'replica;
                 }
-                _ = sigterm.recv() => break Some("stop requested"),
+                _ = sigterm.recv() => {
+                    if !crate::stop::by_scheduler() {
+                        tracing::warn!(from = crate::stop::sender(), "a SIGTERM from inside the deployment ignored: only its scheduler stops the worker");
+                        continue;
+                    }
+                    break Some("stop requested");
+                }
                 _ = beat.tick() => {
                     if Instant::now() >= deadline {
                         break Some("its hours are up");

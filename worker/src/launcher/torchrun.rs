@@ -29,6 +29,11 @@ pub fn argv(req: &JobRequest, index: u32, leader: &Peer) -> Vec<String> {
         format!("{}:{}", leader.host, leader.port),
         "--rdzv-id".into(),
         leader.rdzv_id.clone().unwrap_or_else(|| req.job_id.to_string()),
+        // Who hosts the store, said rather than guessed: the leader, or it fails (a program
+        // that took the port first is never joined as the store: torch's guess falls back to
+        // joining whoever listens there), and no other allocation, ever.
+        "--rdzv-conf".into(),
+        format!("is_host={}", u8::from(index == 0)),
         "--max-restarts".into(),
         "0".into(),
         req.entrypoint.clone(),
@@ -61,7 +66,7 @@ mod tests {
         };
         assert_eq!(
             argv(&req, 1, &leader).join(" "),
-            "torchrun --nnodes 2 --nproc-per-node 4 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.0.0.5:29400 --rdzv-id 01jb0000000000000000000000 --max-restarts 0 ddp.py"
+            "torchrun --nnodes 2 --nproc-per-node 4 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.0.0.5:29400 --rdzv-id 01jb0000000000000000000000 --rdzv-conf is_host=0 --max-restarts 0 ddp.py"
         );
     }
 

@@ -60,11 +60,13 @@ impl NomadScheduler {
             let (Ok(owner), Ok(id)) = (owner.parse(), id.parse()) else { continue };
             let key = JobKey::new(owner, id);
             let run = crate::runs::run_of(meta["aic_attempt"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0));
-            self.cancel(&key).await?;
+            // The ending first, then the stop: its workers record none when stopped, so a job
+            // stopped with nothing recorded would stay `running`.
             let m: Option<JobManifest> = crate::runs::manifest(&self.store, &key, run).await.map_err(backend)?;
             let serve = m.as_ref().is_some_and(|m| m.request.kind == aic_schemas::JobKind::Serve);
             let t = crate::scheduler::recovery::paid_time_over(serve, m.map_or(0.0, |m| m.request.max_hours), run);
             status::advance(&self.store, &key, t).await.map_err(backend)?;
+            self.cancel(&key).await?;
             stopped.push(key);
         }
         Ok(stopped)

@@ -107,6 +107,9 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
             json!({
                 "DestPath": "${NOMAD_SECRETS_DIR}/store.env",
                 "Envvars": true,
+                // Root's alone (the task starts as root; the job's uid cannot read it when
+                // Nomad renders it again: a client restart, a changed variable).
+                "Perms": "0600",
                 "ChangeMode": "restart",
                 "EmbeddedTmpl": format!(
                     "{{{{ with nomadVar \"{var}\" }}}}\nAWS_ACCESS_KEY_ID={{{{ .s3_access_key }}}}\nAWS_SECRET_ACCESS_KEY={{{{ .s3_secret_key }}}}\n{{{{ end }}}}\n"
@@ -121,6 +124,7 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
         templates.push(json!({
             "DestPath": "${NOMAD_SECRETS_DIR}/worker.env",
             "Envvars": true,
+            "Perms": "0600",
             "ChangeMode": "noop",
             "EmbeddedTmpl": format!(
                 "{{{{ with nomadVar \"{}\" }}}}\nAIC_WORKER_TOKEN={{{{ .worker_token }}}}\n{{{{ end }}}}\n",
@@ -330,6 +334,7 @@ mod tests {
         assert_eq!(templates.len(), 1, "only the token's template, no credentials: {task}");
         assert_eq!(templates[0]["DestPath"], "${NOMAD_SECRETS_DIR}/worker.env");
         assert_eq!(templates[0]["Envvars"], true);
+        assert_eq!(templates[0]["Perms"], "0600", "the job's uid cannot read what Nomad renders again");
         let tmpl = templates[0]["EmbeddedTmpl"].as_str().unwrap();
         assert!(tmpl.contains(&format!("nomadVar \"nomad/jobs/aic-{}\"", job.job)), "{tmpl}");
         assert!(tmpl.contains("AIC_WORKER_TOKEN={{ .worker_token }}"), "{tmpl}");
@@ -390,6 +395,7 @@ mod tests {
         assert!(env.get("AWS_SECRET_ACCESS_KEY").is_none() && !j.to_string().contains("shh"));
         let tmpl = &t["Templates"][0];
         assert_eq!(tmpl["Envvars"], true);
+        assert_eq!(tmpl["Perms"], "0600", "the job's uid cannot read what Nomad renders again");
         assert_eq!(tmpl["DestPath"], "${NOMAD_SECRETS_DIR}/store.env");
         assert!(tmpl["EmbeddedTmpl"].as_str().unwrap().starts_with("{{ with nomadVar \"nomad/jobs\" }}"));
         assert_eq!(env["AIC_JOB_ID"], job.job.to_string());

@@ -219,7 +219,9 @@ impl NomadScheduler {
             return Ok(AllocAction::Nothing); // deregistered (cancelled)
         };
         if job["Stop"] == true {
-            return Ok(AllocAction::Nothing);
+            // aic records a job's ending before it stops its Nomad job; stopped with none
+            // recorded, it was stopped outside aic (`nomad job stop`).
+            return self.stopped_outside(store, &job).await;
         }
         // Which version of the job the allocation ran: an allocation event carries no job
         // (Nomad strips it to keep events small: nomad/state/events.go), so it is read from
@@ -307,11 +309,11 @@ impl NomadScheduler {
         // run (as a queued run: `payment::too_late_to_start`); else it ends here, refunded
         // for what it did not use.
         if let Some(why) = crate::payment::too_late_to_start(&manifest, chrono::Utc::now()) {
-            self.cancel(&key).await?;
             let t = crate::status::Transition::new(aic_schemas::JobState::Failed, recovery::BY)
                 .reason(why.clone())
                 .run(run);
             crate::status::advance(store, &key, t).await.map_err(backend)?;
+            self.cancel(&key).await?;
             return Ok(AllocAction::Failed(why));
         }
         let registered = if gang::is_gang(&manifest) {
@@ -329,14 +331,38 @@ impl NomadScheduler {
             // error was only logged: the job stayed `retrying`, its deposit locked.)
             Err(ScheduleError::Unplaceable(why)) => {
                 let why = format!("cannot be placed again: {why}");
-                self.cancel(&key).await?;
                 let t = crate::status::Transition::new(aic_schemas::JobState::Failed, recovery::BY)
                     .reason(why.clone())
                     .run(run);
                 crate::status::advance(store, &key, t).await.map_err(backend)?;
+                self.cancel(&key).await?;
                 Ok(AllocAction::Failed(why))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// An allocation of a Nomad job stopped with no ending of aic's recorded for its run: it
+    /// was stopped outside aic (the operator's `nomad job stop`). The run fails with that
+    /// reason (and is settled for what it used) rather than staying `running`, its deposit
+    /// locked or reclaimable unpaid.
+    async fn stopped_outside(&self, store: &Store, job: &Value) -> Result<AllocAction, ScheduleError> {
+        let meta = &job["Meta"];
+        let (Some(owner), Some(jid)) = (meta["aic_owner"].as_str(), meta["aic_job"].as_str()) else {
+            return Ok(AllocAction::Nothing);
+        };
+        let (Ok(owner), Ok(jid)) = (owner.parse(), jid.parse::<aic_schemas::JobId>()) else {
+            return Ok(AllocAction::Nothing);
+        };
+        let key = JobKey::new(owner, jid);
+        let attempt: u32 = meta["aic_attempt"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let run = crate::runs::run_of(attempt);
+        let why = "its Nomad job was stopped outside aic (nomad job stop); charged for what it ran".to_string();
+        let t =
+            crate::status::Transition::new(aic_schemas::JobState::Failed, recovery::BY).reason(why.clone()).run(run);
+        match crate::status::advance(store, &key, t).await.map_err(|e| ScheduleError::Backend(e.to_string()))? {
+            crate::status::Advanced::Applied(_) => Ok(AllocAction::Failed(why)),
+            _ => Ok(AllocAction::Nothing),
         }
     }
 }
