@@ -1,7 +1,7 @@
 """Keras + Horovod on MNIST, as the 2019 seed tutorial's `aicrun keras_mnist.py` ran it.
 
 For GPU pools with TensorFlow and Horovod installed on the miners (not run in CI: Horovod's
-last release does not build against current TensorFlow on these machines; see the README).
+last release does not build against current TensorFlow on these machines; see docs/commands.md, launchers).
 
     aic run examples/keras_mnist_horovod.py --launcher horovod --miners 2 --gpus 4 -- --epochs 12
 

@@ -1,4 +1,4 @@
-//! The README's console examples, run as written: each `$ …` line of its ```console blocks
+//! The README's and `docs/`' console examples, run as written: each `$ …` line of their ```console blocks
 //! goes to `sh` in a folder holding a copy of `examples/`, under `aic dev up`. What differs
 //! from run to run (job ids, the serving address, the elided pixels of an image) is taken
 //! from the run itself; what a command is shown to print is checked where it does not.
@@ -20,9 +20,30 @@ struct Shown {
     output: Vec<String>,
 }
 
-/// The console blocks of README.md, in order.
+/// The README and the pages of `docs/` whose console blocks run, in the order they run (a
+/// page's blocks may use what an earlier page's made).
+const PAGES: [&str; 7] = [
+    "README.md",
+    "docs/commands.md",
+    "docs/pool.md",
+    "docs/reliability.md",
+    "docs/security.md",
+    "docs/configuration.md",
+    "docs/benchmarks.md",
+];
+
+/// The console blocks of the README and `docs/`, in order. Every page of `docs/` is one of
+/// [`PAGES`], so none of its blocks goes unrun.
 fn console_blocks() -> Vec<Vec<Shown>> {
-    let text = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut pages: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|e| format!("docs/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    pages.sort();
+    let mut listed: Vec<&str> = PAGES[1..].to_vec();
+    listed.sort();
+    assert_eq!(pages, listed, "a page of docs/ that the README test does not read (PAGES)");
+    let text: String = PAGES.iter().map(|p| std::fs::read_to_string(repo().join(p)).unwrap() + "\n").collect();
     let mut blocks = Vec::new();
     let mut current: Option<Vec<Shown>> = None;
     for line in text.lines() {

@@ -58,6 +58,21 @@ fn mac(secret: &[u8], body: &str) -> String {
     hex::encode(m.finalize().into_bytes())
 }
 
+/// Whether `got` (hex: the first `hex_len / 2` bytes of the MAC, `hex_len` characters) is the
+/// HMAC-SHA256 of `parts` under `secret`. Compared in constant time by `hmac` itself
+/// (`verify_truncated_left`), never by hand.
+pub fn mac_matches(secret: &[u8], parts: &[&[u8]], got: &str, hex_len: usize) -> bool {
+    if got.len() != hex_len {
+        return false;
+    }
+    let Ok(got) = hex::decode(got) else { return false };
+    let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    for p in parts {
+        m.update(p);
+    }
+    m.verify_truncated_left(&got).is_ok()
+}
+
 /// The token for `grant`, signed with `secret`.
 pub fn mint(secret: &[u8], grant: &WorkerGrant) -> String {
     let body = format!("w1.{}", hex::encode(serde_json::to_vec(grant).expect("a grant serializes")));
@@ -73,9 +88,7 @@ pub fn is_worker_token(token: &str) -> bool {
 /// The grant of a valid, unexpired token, or why not.
 pub fn verify(secret: &[u8], token: &str, now: DateTime<Utc>) -> Result<WorkerGrant, String> {
     let (body, got) = token.rsplit_once('.').ok_or("malformed worker token")?;
-    let want = mac(secret, body);
-    let same = want.len() == got.len() && want.bytes().zip(got.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
-    if !same {
+    if !mac_matches(secret, &[b"worker|", body.as_bytes()], got, 64) {
         return Err("worker token is not valid".into());
     }
     let hexed = body.strip_prefix("w1.").ok_or("malformed worker token")?;
@@ -89,6 +102,22 @@ pub fn verify(secret: &[u8], token: &str, now: DateTime<Utc>) -> Result<WorkerGr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_mac_matches_only_whole_or_truncated_to_the_asked_length() {
+        use hmac::Mac;
+        let mut m = super::Hmac::<super::Sha256>::new_from_slice(b"k").unwrap();
+        m.update(b"a|b");
+        let full = hex::encode(m.finalize().into_bytes());
+        assert!(super::mac_matches(b"k", &[b"a|", b"b"], &full, 64));
+        assert!(super::mac_matches(b"k", &[b"a|b"], &full[..24], 24));
+        assert!(!super::mac_matches(b"k", &[b"a|b"], &full[..24], 64), "shorter than asked");
+        assert!(!super::mac_matches(b"k", &[b"a|b"], &full[..23], 23), "not whole bytes");
+        assert!(!super::mac_matches(b"other", &[b"a|b"], &full, 64));
+        let mut wrong = full.clone().into_bytes();
+        wrong[63] = if wrong[63] == b'0' { b'1' } else { b'0' };
+        assert!(!super::mac_matches(b"k", &[b"a|b"], std::str::from_utf8(&wrong).unwrap(), 64));
+    }
+
     use super::*;
 
     #[test]

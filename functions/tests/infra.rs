@@ -205,7 +205,7 @@ fn the_compose_file_runs_the_host_with_a_whole_configuration() {
     let minio = c["services"]["minio"]["image"].as_str().unwrap();
     let release = minio.rsplit_once(":RELEASE.").map(|(_, r)| r.to_string()).unwrap();
     if release.as_str() < "2025-10-15" {
-        let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+        let readme = std::fs::read_to_string(repo().join("docs/pool.md")).unwrap();
         assert!(readme.contains(&format!("`RELEASE.{release}`, predates a published security")), "{minio}");
         assert!(readme.contains("CVE-2025-62506"));
     }
@@ -453,7 +453,7 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
 /// `alloc-node-exec` for `aic exec`.
 #[test]
 fn the_runbook_says_how_to_register_the_nvidia_runtime_and_what_raw_exec_needs() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("docs/pool.md")).unwrap();
     assert!(readme.contains("nvidia-ctk runtime configure --runtime=docker"), "how to register the runtime");
     assert!(readme.contains("docker info --format '{{json .Runtimes}}'"), "how to check it");
     assert!(readme.contains("alloc-node-exec"), "what raw_exec's exec needs");

@@ -29,8 +29,7 @@ impl Gateway {
         let unauth = |why: &str| err(StatusCode::UNAUTHORIZED, why);
         let malformed = || unauth("malformed session token; run `aic login`");
         let (body, mac) = token.rsplit_once('.').ok_or_else(malformed)?;
-        let want = self.mac(&format!("session|{body}"));
-        if !constant_time_eq(want.as_bytes(), mac.as_bytes()) {
+        if !aic_core::grant::mac_matches(&self.cfg.secret, &[b"session|", body.as_bytes()], mac, 64) {
             return Err(unauth("session token is not valid; run `aic login`"));
         }
         let parts: Vec<&str> = body.split('.').collect();
@@ -102,8 +101,8 @@ impl Gateway {
             || err(StatusCode::UNAUTHORIZED, "the login's nonce is unknown or stale; get a new one from /v1/nonce");
         let (exp, mac) = nonce.split_once('n').ok_or_else(stale)?;
         let exp_n = i64::from_str_radix(exp, 16).map_err(|_| stale())?;
-        let want = self.mac(&format!("nonce|{exp_n}"));
-        if !constant_time_eq(&want.as_bytes()[..24], mac.as_bytes()) || exp_n < now.timestamp() {
+        let signed = format!("nonce|{exp_n}");
+        if !aic_core::grant::mac_matches(&self.cfg.secret, &[signed.as_bytes()], mac, 24) || exp_n < now.timestamp() {
             return Err(stale());
         }
         Ok(())
@@ -145,10 +144,6 @@ impl Gateway {
             json!({"token": session_token_at(&self.cfg.secret, &who, issued, expires), "address": who, "expires_at": expires}),
         )
     }
-}
-
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A session token for `addr` under `secret` (what `issue_token` gives): the embedded pool's

