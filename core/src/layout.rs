@@ -28,7 +28,7 @@
 //! pool/code-pending/<addr>/<job>.json           a job whose code the gateway signed uploads for and that is not paid yet
 //! ```
 //!
-//! No other file spells a key: a test (`core/tests/layout_only.rs`) fails on a `"users/` or
+//! No other file spells a key: a test (`core/tests/it/layout_only.rs`) fails on a `"users/` or
 //! `"pool/` string outside this one.
 
 use aic_schemas::{Address, JobId};

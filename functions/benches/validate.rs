@@ -20,7 +20,7 @@ use alloy::primitives::U256;
 use alloy::providers::ProviderBuilder;
 use futures::StreamExt;
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 const PRICE: u128 = 10u128.pow(15); // 0.001 AIC per GPU-hour: many jobs per dev wallet

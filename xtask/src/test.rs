@@ -124,13 +124,14 @@ pub(crate) fn cargo_test(py: &std::path::Path, args: &[String], lint: bool) -> a
     result
 }
 
-/// `cargo xtask storm [JOBS]`: the event storms of `functions/tests/localstack.rs` (duplicated
+/// `cargo xtask storm [JOBS]`: the event storms of `functions/tests/it/localstack.rs` (duplicated
 /// and shuffled events; a tenth of the store calls failing; the functions host killed twice)
 /// with JOBS paid jobs each (200 by default; the tests run 50).
 pub(crate) fn storm(jobs: usize) -> anyhow::Result<()> {
     let py = setup(true)?;
     // SAFETY: set before any thread of this process starts; the tests inherit it.
     unsafe { std::env::set_var("AIC_STORM_JOBS", jobs.to_string()) };
-    let args = ["-p", "aic-functions", "--test", "localstack", "storm_", "--", "--test-threads", "1", "--nocapture"];
+    let args =
+        ["-p", "aic-functions", "--test", "it", "localstack::storm_", "--", "--test-threads", "1", "--nocapture"];
     cargo_test(&py, &args.map(String::from), false)
 }

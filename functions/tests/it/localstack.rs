@@ -16,9 +16,7 @@ use aic_schemas::JobState;
 use alloy::signers::Signer as _;
 use serde_json::{Value, json};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 async fn start(host: Host) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

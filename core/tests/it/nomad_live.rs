@@ -5,7 +5,7 @@
 //! ```text
 //! NOMAD_ADDR=http://nomad.pool:4646 NOMAD_TOKEN=… NOMAD_NAMESPACE=aic AIC_NOMAD_DATACENTER=dc1 \
 //!   AIC_NOMAD_IMAGE=registry.pool.example/aic-worker:0.1.0 \
-//!   cargo test -p aic-core --test nomad_live -- --nocapture --test-threads 1
+//!   cargo test -p aic-core --test it nomad_live:: -- --nocapture --test-threads 1
 //! ```
 //!
 //! - `a_job_is_placed_or_queued_then_deregistered_on_a_real_cluster`: a 1-miner × 1-GPU job

@@ -8,15 +8,13 @@
 //!
 //! ```text
 //! AIC_TEST_TORCH=~/.cache/aic-tools/torch/bin AIC_TEST_HOROVOD=~/.cache/aic-tools/torch/bin \
-//!   cargo test -p aic-cli --test frameworks -- --nocapture
+//!   cargo test -p aic-cli --test it frameworks:: -- --nocapture
 //! ```
 
 use std::path::PathBuf;
 use std::process::Command;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Trains the digits model with `entrypoint` under `launcher` on two miners, with the
 /// environment `var` names; checks both ranks end with the same parameters and it converged.

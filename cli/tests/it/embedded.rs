@@ -5,9 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Exports the digits set and uploads it as dataset `digits`.
 fn put_digits(h: &Home) {

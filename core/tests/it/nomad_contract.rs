@@ -10,9 +10,7 @@ use aic_core::scheduler::nomad::{NomadScheduler, nomad_id};
 use aic_core::scheduler::{ScheduleError, Scheduler, Submitted};
 use serde_json::json;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_cancelled() {

@@ -4,9 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const OWNER: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
 
@@ -83,7 +81,7 @@ fn a_killed_host_is_taken_over_by_the_next_running_and_waiting_jobs_and_deployme
     // The host dies outright; while no host runs, b's miner is lost (worker and program).
     pool.0.kill().unwrap();
     pool.0.wait().unwrap();
-    common::kill_group_of(wb[0]);
+    crate::common::kill_group_of(wb[0]);
     assert_eq!(workers_of(&a), wa, "a's worker outlives its host");
     std::fs::remove_file(h.path().join("aic/serve.addr")).unwrap();
     let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "3")]);

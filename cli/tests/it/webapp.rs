@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{DevUp, Home, digits_dataset, repo, run_browser, run_webapp, walk};
+use crate::common::{DevUp, Home, digits_dataset, repo, run_browser, run_webapp, walk};
 
 /// `aic dev up` with three simulated miners of one GPU: room for a two-replica deployment
 /// and the one-replica deployment that replaces it.

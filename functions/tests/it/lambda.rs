@@ -13,9 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use serde_json::{Value, json};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[derive(Default)]
 struct Api {

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The serving example with a model trained here (train.py run bare, 15 epochs).
 fn project(h: &Home) -> (PathBuf, PathBuf) {
@@ -227,7 +225,7 @@ fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     let (host0, host1) = (host_of(0), host_of(1));
     let w1 = parent_of(u1);
     for p in [w1, u1] {
-        common::kill_group_of(p);
+        crate::common::kill_group_of(p);
     }
     all_answer(&api, &rows, 20, "after a replica's allocation was lost");
     replaced(&job, 1, u1, 60);

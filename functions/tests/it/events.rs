@@ -14,9 +14,7 @@ use aic_schemas::event::S3EventRecord;
 use aic_schemas::{JobId, JobState};
 use chrono::Utc;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// A deterministic shuffle (xorshift), so a failure can be replayed.
 fn shuffle<T>(v: &mut [T], mut seed: u64) {

@@ -10,9 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
-mod common;
-
-use common::{repo, text};
+use crate::common::{repo, text};
 
 fn bins() -> PathBuf {
     let aic = PathBuf::from(env!("CARGO_BIN_EXE_aic"));
@@ -169,7 +167,7 @@ impl Pool {
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .stdin(Stdio::null());
-        common::shown(args, cmd)
+        crate::common::shown(args, cmd)
     }
 
     fn log(&self) -> String {
@@ -187,7 +185,7 @@ fn tutorial(p: &Pool) {
     assert!(who.contains("0x70997970c51812dc3a010c7d01b50e0d17dc79c8"), "{who}");
 
     // Datasets and projects keep their file names through the gateway and S3.
-    common::odd_names_story(&|args| p.aic("u", args), &p.dir.path().join("odd"));
+    crate::common::odd_names_story(&|args| p.aic("u", args), &p.dir.path().join("odd"));
 
     let data = p.dir.path().join("digits-data");
     let made = Command::new("python3").arg(repo().join("examples/digits/make_dataset.py")).arg(&data).status().unwrap();
@@ -599,7 +597,7 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
     let p = pool(Events::Sns);
     let chain: serde_json::Value =
         serde_json::from_slice(&std::fs::read(p.dir.path().join("chain.json")).unwrap()).unwrap();
-    let (csv, first) = common::digits_dataset(&p.dir.path().join("digits-data"));
+    let (csv, first) = crate::common::digits_dataset(&p.dir.path().join("digits-data"));
     let owner = "0x9965507d1a55bcc2695c58ba16fb37d819b0a4dc";
     let cfg = serde_json::json!({
         "base": p.url, "rpc": chain["rpc_url"], "out": repo().join("target"), "owner": owner,
@@ -608,7 +606,7 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
         "serve": repo().join("examples/digits/serve"), "pixels": &first[..64], "token": chain["token"],
         "prefix": "webapp-pool", "tutorialOnly": true,
     });
-    let r = common::run_webapp(&cfg);
+    let r = crate::common::run_webapp(&cfg);
     let dump = serde_json::to_string_pretty(&r).unwrap();
     assert!(r["error"].is_null(), "the browser run stopped: {dump}\n{}", p.log());
     assert_eq!(r["console"], serde_json::json!([]), "errors on the pages (CSP, CORS): {dump}");
@@ -637,7 +635,7 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
             .env("AIC_GATEWAY", &p.url)
             .env("AIC_PRIVATE_KEY", aic_chain::devchain::DEV_KEYS[5])
             .stdin(Stdio::null());
-        common::shown(&["login"], cmd)
+        crate::common::shown(&["login"], cmd)
     };
     assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
     let listed = p.aic("web-cli", &["deploy", "list", "--json"]);

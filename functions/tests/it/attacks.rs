@@ -13,7 +13,6 @@ use aic_functions::{Ctx, HandlerError, Outcome, handle_record};
 use aic_schemas::event::S3EventRecord;
 use aic_schemas::{JobRequest, JobState, PaymentRef};
 
-mod common;
 use alloy::primitives::{Address, U256};
 use alloy::providers::DynProvider;
 use chrono::Utc;
@@ -35,7 +34,7 @@ async fn world(confirmations: u64) -> World {
         .await
         .expect("anvil: run the suite with `cargo xtask test`, which installs it and sets AIC_ANVIL");
     let store = StoreConfig::Local { root: dir.path().join("store") }.open().unwrap();
-    let sched = common::idle_scheduler(dir.path().join("work"), &store, 2);
+    let sched = crate::common::idle_scheduler(dir.path().join("work"), &store, 2);
     let ctx = Ctx::on_chain(store.clone(), Arc::new(sched), &chain.config)
         .unwrap()
         .with_settler(&chain.config, dev_key(devchain::SETTLER))
@@ -64,7 +63,7 @@ impl World {
 
     /// A 1 miner × 1 GPU × 1 hour request (1 AIC) by dev account `owner`, unsigned.
     fn request(&self, owner: u32, tx: Option<&str>) -> JobRequest {
-        let mut req = common::unsigned_by(from_alloy(dev_key(owner).address()), 1);
+        let mut req = crate::common::unsigned_by(from_alloy(dev_key(owner).address()), 1);
         req.payment = tx.map(|t| PaymentRef { chain_id: self.chain.config.chain_id, tx: t.into() });
         req
     }
@@ -562,7 +561,7 @@ async fn payments_wait_out_an_rpc_outage_and_none_is_lost() {
     let relay = Relay::to(anvil).await;
     let mut cfg = w.chain.config.clone();
     cfg.rpc_url = relay.url.clone();
-    let sched = common::idle_scheduler(w._dir.path().join("work2"), &w.store, 2);
+    let sched = crate::common::idle_scheduler(w._dir.path().join("work2"), &w.store, 2);
     let ctx = Ctx::on_chain(w.store.clone(), Arc::new(sched), &cfg).unwrap();
     let mut jobs = Vec::new();
     for _ in 0..JOBS {

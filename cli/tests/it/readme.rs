@@ -6,9 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Room for the README's two deployments and its MPI job side by side.
 const MINERS: &str = "4";

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Value, json};
 
-#[path = "../../core/tests/common/mod.rs"]
+#[path = "../../../core/tests/it/common/mod.rs"]
 mod nomad_fake;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";

@@ -18,9 +18,7 @@ use aic_core::status::{self, Transition};
 use aic_core::{Store, StoreConfig};
 use aic_schemas::{JobManifest, JobState};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const GATEWAY: &str = "test_gateway";
 
@@ -106,7 +104,7 @@ impl Backend {
             Backend::Nomad { sched, store, state, .. } => {
                 let mut ev = {
                     let node = state.lock().unwrap().allocs[&nomad_id(job)][index as usize].clone();
-                    common::lose(state, job, &node)
+                    crate::common::lose(state, job, &node)
                 };
                 ev["Name"] = serde_json::json!(format!("{}.train[{index}]", nomad_id(job)));
                 let act = sched.on_alloc(store, &ev).await.unwrap();

@@ -13,9 +13,7 @@ use aic_core::status;
 use aic_schemas::JobState;
 use aic_schemas::event::S3Event;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:000000000000:aic-events";
 
@@ -330,7 +328,7 @@ fn origin_of(url: &str, label: &str) -> (String, reqwest::Client) {
 /// address its old path is a redirect there, not its content; the page may keep cookies for
 /// its own host but not set one for a wider domain (the pool's, or its siblings'), nor widen
 /// a service worker's scope. What the browser then keeps apart (storage, service workers,
-/// wallet permissions) is `cli/tests/webapp.rs`'s.
+/// wallet permissions) is `cli/tests/it/webapp.rs`'s.
 #[tokio::test]
 async fn a_deployed_page_answers_at_its_own_origin_and_gets_no_cookie_or_service_worker_of_the_pools() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
