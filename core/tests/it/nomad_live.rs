@@ -83,6 +83,36 @@ async fn allocations(n: &NomadScheduler, id: &str) -> Vec<Value> {
     v.and_then(|v| v.as_array().cloned()).unwrap_or_default()
 }
 
+/// Job `m` as validate and dispatch leave it in `store`: its manifest, and its status moved
+/// through `states`.
+async fn recorded(store: &aic_core::Store, m: &JobManifest, states: &[aic_schemas::JobState]) -> JobKey {
+    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    store.create_json(&job.manifest(), m).await.unwrap();
+    for st in states {
+        aic_core::status::advance(store, &job, aic_core::status::Transition::new(*st, "test")).await.unwrap();
+    }
+    job
+}
+
+/// The scheduler's watcher and housekeeping in the background; send on the first to stop them.
+fn running(
+    n: &NomadScheduler,
+    store: &aic_core::Store,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (n, store) = (n.clone(), store.clone());
+    let watcher = tokio::spawn(async move {
+        n.run(
+            store,
+            Box::pin(async {
+                let _ = rx.await;
+            }),
+        )
+        .await
+    });
+    (tx, watcher)
+}
+
 async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
@@ -210,26 +240,10 @@ async fn a_lost_node_restarts_the_whole_job() {
     }
     let Some((n, store)) = live() else { return };
     let (_, m) = manifest(2, 1);
-    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
-    store.create_json(&job.manifest(), &m).await.unwrap();
-    for st in [aic_schemas::JobState::Submitted, aic_schemas::JobState::Paid, aic_schemas::JobState::Scheduled] {
-        aic_core::status::advance(&store, &job, aic_core::status::Transition::new(st, "test")).await.unwrap();
-    }
+    use aic_schemas::JobState::{Paid, Scheduled, Submitted as Sent};
+    let job = recorded(&store, &m, &[Sent, Paid, Scheduled]).await;
     let Submitted::Placed(nodes) = n.submit(&job, &m).await.unwrap() else { panic!("no room for 2 miners") };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = {
-        let n = n.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            n.run(
-                store,
-                Box::pin(async {
-                    let _ = rx.await;
-                }),
-            )
-            .await
-        })
-    };
+    let (tx, watcher) = running(&n, &store);
     eprintln!("stop the Nomad client on {} now (systemctl stop nomad); waiting up to 10 minutes", nodes[1]);
     let id = nomad_id(&job);
     until("the rank to go unknown", Duration::from_secs(600), async || {
@@ -299,11 +313,8 @@ async fn a_drained_node_restarts_the_training_job_whole() {
     }
     let Some((n, store)) = live() else { return };
     let (_, m) = manifest(2, 1);
-    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
-    store.create_json(&job.manifest(), &m).await.unwrap();
-    for st in [aic_schemas::JobState::Submitted, aic_schemas::JobState::Paid, aic_schemas::JobState::Running] {
-        aic_core::status::advance(&store, &job, aic_core::status::Transition::new(st, "test")).await.unwrap();
-    }
+    use aic_schemas::JobState::{Paid, Running, Submitted as Sent};
+    let job = recorded(&store, &m, &[Sent, Paid, Running]).await;
     let Submitted::Placed(_) = n.submit(&job, &m).await.unwrap() else { panic!("no room for 2 miners") };
     let id = nomad_id(&job);
     let rank = until("both ranks to run", Duration::from_secs(300), async || {
@@ -311,19 +322,7 @@ async fn a_drained_node_restarts_the_training_job_whole() {
         (allocs.iter().filter(|a| a["ClientStatus"] == "running").count() == 2).then(|| allocs[1].clone())
     })
     .await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = {
-        let (n, store) = (n.clone(), store.clone());
-        tokio::spawn(async move {
-            n.run(
-                store,
-                Box::pin(async {
-                    let _ = rx.await;
-                }),
-            )
-            .await
-        })
-    };
+    let (tx, watcher) = running(&n, &store);
     let node = rank["NodeID"].as_str().unwrap().to_string();
     // `POST /v1/node/:node_id/drain` (api/nodes.go `UpdateDrainOpts`): a 10 s deadline.
     let drain = json!({"NodeID": node, "DrainSpec": {"Deadline": 10_000_000_000u64, "IgnoreSystemJobs": true}});
@@ -358,13 +357,10 @@ async fn a_job_outlives_a_redeploy_of_the_functions_host() {
     assert!(n.config().worker_gateway.is_some(), "the redeploy test needs AIC_NOMAD_WORKER_GATEWAY");
     let store = aic_core::StoreConfig::parse(&url).unwrap().open().unwrap();
     let (_, m) = manifest(1, 1);
-    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
+    use aic_schemas::JobState::{Paid, Scheduled, Submitted as Sent};
+    let job = recorded(&store, &m, &[Sent, Paid, Scheduled]).await;
     let program = "import time\nfor i in range(60):\n    print('line', i, flush=True)\n    time.sleep(1)\n";
     store.put_bytes(&format!("{}train.py", job.code_prefix()), program.as_bytes().to_vec().into()).await.unwrap();
-    store.create_json(&job.manifest(), &m).await.unwrap();
-    for st in [aic_schemas::JobState::Submitted, aic_schemas::JobState::Paid, aic_schemas::JobState::Scheduled] {
-        aic_core::status::advance(&store, &job, aic_core::status::Transition::new(st, "test")).await.unwrap();
-    }
     let Submitted::Placed(_) = n.submit(&job, &m).await.unwrap() else { panic!("no room for the job") };
     let logs = |store: aic_core::Store, job: JobKey| async move {
         let mut text = String::new();
