@@ -2,6 +2,7 @@
 
 mod account;
 mod browser;
+mod capacity;
 mod data;
 mod demo;
 mod deploy;
@@ -9,6 +10,7 @@ mod env;
 mod exec;
 mod identity;
 mod jobs;
+mod logs;
 mod pool;
 mod progress;
 mod reclaim;
@@ -423,7 +425,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Login(a) => account::login(&env, a).await.map(|_| 0),
         Cmd::Logout => account::logout(&env).await.map(|_| 0),
         Cmd::Whoami => account::whoami(&env).await.map(|_| 0),
-        Cmd::Pool { json } => pool::show(&env, json).await.map(|_| 0),
+        Cmd::Pool { json } => capacity::show(&env, json).await.map(|_| 0),
         Cmd::Open { page } => account::open(&env, page.as_deref()).map(|_| 0),
         Cmd::Deploy(d) => match d.sub {
             Some(DeploySub::List { json }) => deploy::list(&env, json).await.map(|_| 0),

@@ -15,7 +15,7 @@ use aic_chain::devchain::{self, DevChain};
 use aic_chain::{ChainConfig, ChainPayments, Eip712Auth};
 
 use aic_core::scheduler::local::{LocalConfig, LocalScheduler};
-use aic_core::scheduler::{GatewayInfo, MinerInfo, worker_env_from_env};
+use aic_core::scheduler::worker_env_from_env;
 use aic_functions::{Ctx, HandlerError, Outcome};
 use anyhow::{Context, anyhow};
 
@@ -425,61 +425,6 @@ impl Hosted {
             None => tokio::time::sleep(wait).await,
         }
     }
-}
-
-/// The pool's gateways, miners and free GPUs: from the gateway in pool mode, from `host`
-/// when this process hosts the embedded pool, else from the process hosting it (or the
-/// configured size when none does).
-pub async fn gateways(env: &Env, host: Option<&Hosted>) -> anyhow::Result<Vec<GatewayInfo>> {
-    Ok(if let Some(gw) = env.gateway_client() {
-        let v = gw.call(reqwest::Method::GET, "pool", None).await?;
-        serde_json::from_value(v["gateways"].clone())?
-    } else if let Some(h) = host {
-        aic_core::scheduler::Scheduler::pool(&h.scheduler).await?
-    } else {
-        let hosted = File::options().create(true).truncate(false).write(true).open(env.home.join("pool.lock"))?;
-        let running = matches!(hosted.try_lock(), Err(std::fs::TryLockError::WouldBlock));
-        drop(hosted);
-        match std::fs::read(env.home.join("pool.json")).ok().filter(|_| running) {
-            Some(b) => serde_json::from_slice(&b)?,
-            None => {
-                let (miners, gpus) = pool_size()?;
-                vec![GatewayInfo {
-                    name: "local".into(),
-                    miners: (1..=miners)
-                        .map(|i| MinerInfo { name: format!("miner-{i}"), gpus, free_gpus: gpus, down: None })
-                        .collect(),
-                }]
-            }
-        }
-    })
-}
-
-/// `aic pool`: gateways, miners, free GPUs.
-pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
-    let gws = gateways(env, None).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&gws)?);
-        return Ok(());
-    }
-    for (i, g) in gws.iter().enumerate() {
-        let total: u32 = g.miners.iter().map(|m| m.gpus).sum();
-        let free: u32 = g.miners.iter().map(|m| m.free_gpus).sum();
-        let available = g.miners.iter().filter(|m| m.free_gpus > 0).count();
-        println!(
-            "{}. name: {}, available miners: {available} of {}, free GPUs: {free} of {total}",
-            i + 1,
-            g.name,
-            g.miners.len()
-        );
-        for m in &g.miners {
-            match &m.down {
-                Some(why) => println!("   {:<20} {}, down: {why}", m.name, aic_core::plural(m.gpus, "GPU")),
-                None => println!("   {:<20} {}, {} free", m.name, aic_core::plural(m.gpus, "GPU"), m.free_gpus),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The `host:port`s the embedded pool at `authority` answers as: that, and `localhost` (and

@@ -245,7 +245,7 @@ pub async fn pay_sign_submit(
         }
     }
     // A job the pool could never place is refused before anything is paid or uploaded.
-    match pool::gateways(env, host).await {
+    match crate::capacity::gateways(env, host).await {
         Ok(gws) => aic_core::scheduler::can_fit(&gws, req.miners, req.gpus_per_miner)
             .map_err(|e| anyhow!("this job cannot run here: it {e} (see `aic pool`); nothing was paid"))?,
         Err(e) => tracing::debug!(error = %e, "the pool's size is unknown; the pool will decide"),

@@ -75,7 +75,7 @@ pub(crate) fn in_job(args: &[String]) -> ! {
     };
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    for k in crate::STORE_ACCESS {
+    for k in crate::confine::STORE_ACCESS {
         cmd.env_remove(k);
     }
     for (k, v) in spec["env"].as_object().into_iter().flatten() {

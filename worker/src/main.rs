@@ -8,7 +8,9 @@
 //! outputs), `plan` (what this allocation does, by launcher), `supervise` (the program's
 //! output and signals), `report` (the job's status as this allocation sees it), `logs`,
 //! `outputs`, `serve` (the serve kind), `exec` (`aic exec` commands beside the program),
-//! `launcher/` (one file a launcher); this file runs them in order.
+//! `launcher/` (one file a launcher), `confine` (what the worker takes away before the job
+//! runs: the bucket's variables, rendered secrets, root), `stop` (who may stop it); this file
+//! runs them in order.
 //!
 //! 1. Reads the manifest; the leader (allocation 0) moves the job to `running`.
 //! 2. Downloads the code and the dataset, and restores earlier outputs (a restarted
@@ -22,6 +24,7 @@
 //!    the leader once every allocation has succeeded.
 
 mod alloc;
+mod confine;
 mod exec;
 mod launcher;
 mod live;
@@ -57,67 +60,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const PEERS_WAIT: Duration = Duration::from_secs(3600);
 /// How long an allocation waits for another to come up (rendezvous).
 const PEERS_UP: Duration = Duration::from_secs(300);
-
-/// The variables that give access to the bucket (and where the worker writes its exit code):
-/// read once into the worker, then taken out of its environment, so that no program it starts
-/// inherits them.
-const STORE_ACCESS: &[&str] = &[
-    aic_core::scheduler::local::EXIT_FILE,
-    aic_core::scheduler::local::START_GATE,
-    "AIC_WORKER_TOKEN",
-    "AIC_STORE",
-    "AIC_S3_ENDPOINT",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-];
-
-/// Files Nomad renders into the task's secrets folder for the worker (`store.env`: the
-/// bucket's keys, on a pool without a worker gateway; `worker.env`: the job's token, on a pool
-/// with one; `nomad/spec.rs`): read into its
-/// environment when the task started (`Envvars`), then deleted here, before any program
-/// runs, so the program (same task, same user) cannot read them. Safe: the worker already
-/// holds what they said; Nomad renders a file again only when the variable changes, and its
-/// `ChangeMode` restart then starts a new worker, which reads and deletes it again.
-const RENDERED_SECRETS: &[&str] = &["store.env", "worker.env"];
-
-fn forget_rendered_secrets(dir: Option<&std::path::Path>) {
-    let Some(dir) = dir else { return };
-    for f in RENDERED_SECRETS {
-        match std::fs::remove_file(dir.join(f)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                eprintln!("aic-worker: cannot delete {}: {e}; the job's program could read it", dir.join(f).display());
-                exit(2);
-            }
-        }
-    }
-}
-
-/// In a Nomad task (started as the container's root) the worker becomes its job's own user
-/// (`AIC_JOB_UID`, set by the job's spec) before anything of the job runs: the program, its
-/// sshd and uWSGI then run as a uid the clients' egress rules refuse the node's own services,
-/// the metadata address and the pool's control plane (`infra/nomad/egress.nft`). Elsewhere (the
-/// local scheduler's sandbox already made it that user; not root) nothing changes.
-fn become_job_user() {
-    let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
-    else {
-        return;
-    };
-    // The task's own `/etc/passwd` gains the job's user only in a Nomad task (a container's
-    // or the exec driver's chroot's copy), never a machine's own.
-    let home = std::env::var_os(aic_core::scheduler::launch::WORK_DIR)
-        .filter(|_| std::env::var_os("NOMAD_ALLOC_ID").is_some())
-        .map(std::path::PathBuf::from);
-    if let Err(e) = aic_core::scheduler::job_user::become_job_user(uid, home.as_deref()) {
-        eprintln!("aic-worker: cannot become the job's user (uid {uid}): {e}; nothing of the job was run");
-        exit(2);
-    }
-}
 
 fn main() {
     // `aic-worker in-job -- CMD…`: a command the job's owner runs in the allocation through
@@ -159,13 +101,7 @@ fn main() {
             exit(2);
         }
     };
-    for k in STORE_ACCESS {
-        // SAFETY: no other thread runs yet (the runtime starts below), so nothing reads
-        // the environment while it changes.
-        unsafe { std::env::remove_var(k) };
-    }
-    forget_rendered_secrets(std::env::var_os("NOMAD_SECRETS_DIR").map(std::path::PathBuf::from).as_deref());
-    become_job_user();
+    confine::before_the_job();
     if let Err(e) = stop::watch() {
         eprintln!("aic-worker: cannot watch for its scheduler's stop: {e}");
         exit(2);
@@ -469,22 +405,4 @@ async fn time_left(a: &Alloc, max_hours: f64) -> Duration {
         }
     }
     Duration::from_secs_f64((aic_core::pricing::paid_hours(max_hours) * 3600.0 - used).max(0.0))
-}
-
-#[cfg(test)]
-mod tests {
-    /// The bucket's keys Nomad rendered into the task's secrets folder are gone before any
-    /// program runs; other files there stay.
-    #[test]
-    fn the_rendered_store_keys_are_deleted_once_read() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("store.env"), "AWS_ACCESS_KEY_ID=pool\nAWS_SECRET_ACCESS_KEY=pools-own\n")
-            .unwrap();
-        std::fs::write(dir.path().join("other"), "kept").unwrap();
-        super::forget_rendered_secrets(Some(dir.path()));
-        assert!(!dir.path().join("store.env").exists(), "the program could read the bucket's keys");
-        assert!(dir.path().join("other").exists());
-        super::forget_rendered_secrets(Some(dir.path())); // nothing to delete: no error
-        super::forget_rendered_secrets(None);
-    }
 }

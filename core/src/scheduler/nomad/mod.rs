@@ -42,7 +42,9 @@ mod api;
 mod config;
 mod exec;
 mod gang;
+mod lead;
 mod limits;
+mod room;
 mod spec;
 mod tls;
 mod watch;
@@ -111,64 +113,6 @@ impl NomadScheduler {
 }
 
 impl NomadScheduler {
-    fn lock_body(&self, id: Option<&str>) -> serde_json::Value {
-        let mut lock = json!({"TTL": format!("{}s", self.cfg.leader_ttl.as_secs().max(10)), "LockDelay": "5s"});
-        if let Some(id) = id {
-            lock["ID"] = json!(id);
-        }
-        json!({"Namespace": self.cfg.namespace.clone().unwrap_or_else(|| "default".into()),
-            "Path": self.cfg.leader_lock, "Items": {"holder": "aic-functions"}, "Lock": lock})
-    }
-
-    /// Waits until this host holds the leader lock; its lock ID.
-    pub async fn lead(&self) -> String {
-        loop {
-            let path = format!("var/{}", self.cfg.leader_lock);
-            match self
-                .call(reqwest::Method::PUT, &path, &[("lock-acquire", String::new())], Some(&self.lock_body(None)))
-                .await
-            {
-                Ok(Some(v)) if v["Lock"]["ID"].as_str().is_some() => {
-                    return v["Lock"]["ID"].as_str().unwrap_or_default().into();
-                }
-                Ok(_) | Err(NomadError::Api(409, _)) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot ask for the lead"),
-            }
-            tokio::time::sleep(self.cfg.leader_ttl / 3).await;
-        }
-    }
-
-    /// Renews the lock within its TTL; returns when it cannot (another host holds it now).
-    pub async fn keep(&self, id: &str) {
-        let path = format!("var/{}", self.cfg.leader_lock);
-        let mut failing_since: Option<std::time::Instant> = None;
-        loop {
-            tokio::time::sleep(self.cfg.leader_ttl / 3).await;
-            match self
-                .call(reqwest::Method::PUT, &path, &[("lock-renew", String::new())], Some(&self.lock_body(Some(id))))
-                .await
-            {
-                Ok(Some(_)) => failing_since = None,
-                Ok(None) | Err(NomadError::Api(409 | 404, _)) => return,
-                // Nomad unreachable: the lease may still hold; given up once its TTL passed.
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew the lead");
-                    if failing_since.get_or_insert_with(std::time::Instant::now).elapsed() >= self.cfg.leader_ttl {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Gives the lead up (the host stops): another host takes over without waiting.
-    pub async fn release(&self, id: &str) {
-        let path = format!("var/{}", self.cfg.leader_lock);
-        let _ = self
-            .call(reqwest::Method::PUT, &path, &[("lock-release", String::new())], Some(&self.lock_body(Some(id))))
-            .await;
-    }
-
     /// Registers (attempt 0) or re-registers with `attempt` (a whole-job restart).
     pub async fn register(
         &self,
@@ -453,68 +397,6 @@ impl Scheduler for NomadScheduler {
             gws.entry(n.datacenter).or_default().push(MinerInfo { name: n.name, gpus: n.gpus, free_gpus, down: None });
         }
         Ok(gws.into_iter().map(|(name, miners)| GatewayInfo { name, miners }).collect())
-    }
-}
-
-/// A node and what allocations hold of it now (every namespace's).
-pub(super) struct Room {
-    pub node: api::Node,
-    pub used_gpus: u32,
-    pub used_memory_mb: u64,
-    pub used_disk_mb: u64,
-}
-
-impl Room {
-    pub fn free_gpus(&self) -> u32 {
-        self.node.gpus.saturating_sub(self.used_gpus)
-    }
-
-    /// Whether one more allocation of `gpus`, `memory_mb` and `disk_mb` fits here (memory or
-    /// disk Nomad did not report: not counted against).
-    pub fn fits(&self, gpus: u32, memory_mb: u64, disk_mb: u64) -> bool {
-        let left = |total: Option<u64>, used: u64| total.map_or(u64::MAX, |t| t.saturating_sub(used));
-        self.free_gpus() >= gpus
-            && left(self.node.memory_mb, self.used_memory_mb) >= memory_mb
-            && left(self.node.disk_mb, self.used_disk_mb) >= disk_mb
-    }
-}
-
-impl NomadScheduler {
-    /// Every ready node with what allocations hold of its GPUs, memory and disk now.
-    pub(super) async fn room(&self) -> Result<Vec<Room>, ScheduleError> {
-        let nodes = self.gpu_nodes().await?;
-        // What allocations hold now: their GPUs, memory (tasks') and disk (the group's).
-        let allocs = self
-            // Every namespace's: what other teams' jobs hold is not free for aic's.
-            .call(reqwest::Method::GET, "allocations", &[("resources", "true".into()), ("namespace", "*".into())], None)
-            .await?
-            .unwrap_or(json!([]));
-        let mut used: std::collections::HashMap<String, (u32, u64, u64)> = Default::default();
-        for a in allocs.as_array().into_iter().flatten() {
-            if !matches!(a["ClientStatus"].as_str(), Some("pending" | "running")) {
-                continue;
-            }
-            let node = a["NodeID"].as_str().unwrap_or("").to_string();
-            let tasks: Vec<&serde_json::Value> =
-                a["AllocatedResources"]["Tasks"].as_object().into_iter().flat_map(|t| t.values()).collect();
-            let gpus: u32 = tasks
-                .iter()
-                .flat_map(|t| t["Devices"].as_array().cloned().unwrap_or_default())
-                .filter(|d| d["Vendor"] == "nvidia" && d["Type"] == "gpu")
-                .map(|d| d["DeviceIDs"].as_array().map(|i| i.len()).unwrap_or(0) as u32)
-                .sum();
-            let memory: u64 = tasks.iter().filter_map(|t| t["Memory"]["MemoryMB"].as_u64()).sum();
-            let disk = a["AllocatedResources"]["Shared"]["DiskMB"].as_u64().unwrap_or(0);
-            let u = used.entry(node).or_default();
-            *u = (u.0 + gpus, u.1 + memory, u.2 + disk);
-        }
-        Ok(nodes
-            .into_iter()
-            .map(|node| {
-                let (used_gpus, used_memory_mb, used_disk_mb) = used.get(&node.id).copied().unwrap_or_default();
-                Room { node, used_gpus, used_memory_mb, used_disk_mb }
-            })
-            .collect())
     }
 }
 
