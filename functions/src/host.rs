@@ -196,12 +196,14 @@ pub(crate) fn full(b: impl Into<Bytes>) -> Body {
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    Response::builder()
+    let mut r = Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .header("cache-control", "no-store")
-        .body(full(body.to_string()))
-        .expect("valid response")
+        .header("cache-control", "no-store");
+    if let Some(secs) = crate::gateway::retry_after_of(&body) {
+        r = r.header("retry-after", secs);
+    }
+    r.body(full(body.to_string())).expect("valid response")
 }
 
 fn answer(a: crate::proxy::Answer) -> Response<Body> {

@@ -70,7 +70,13 @@ pub async fn s3_event(ctx: &Ctx, f: Function, payload: Value) -> Result<Value, S
 
 /// Answers a function-URL (payload format 2.0) request with the gateway.
 pub async fn function_url(gw: &Gateway, payload: Value) -> Value {
-    let reply = |code: u16, body: Value| json!({"statusCode": code, "headers": {"content-type": "application/json"}, "body": body.to_string()});
+    let reply = |code: u16, body: Value| {
+        let mut headers = json!({"content-type": "application/json"});
+        if let Some(secs) = crate::gateway::retry_after_of(&body) {
+            headers["retry-after"] = json!(secs);
+        }
+        json!({"statusCode": code, "headers": headers, "body": body.to_string()})
+    };
     let method: Method =
         payload["requestContext"]["http"]["method"].as_str().unwrap_or("GET").parse().unwrap_or(Method::GET);
     let path = payload["rawPath"].as_str().unwrap_or("/");

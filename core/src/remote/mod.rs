@@ -66,8 +66,11 @@ impl Gateway {
             match self.call_once(method.clone(), path, body.clone()).await {
                 Err(e) if tries < 10 && e.downcast_ref::<GatewayError>().is_some_and(|g| g.status == 429) => {
                     tries += 1;
-                    let reason = e.downcast_ref::<GatewayError>().map(|g| g.reason.clone()).unwrap_or_default();
-                    tokio::time::sleep(retry_after(&reason)).await;
+                    let wait = e.downcast_ref::<GatewayError>().and_then(|g| g.retry_after);
+                    tokio::time::sleep(
+                        wait.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(50), MAX_WAIT),
+                    )
+                    .await;
                 }
                 r => return r,
             }
@@ -84,26 +87,23 @@ impl Gateway {
         }
         let resp = rb.send().await.map_err(|e| anyhow::anyhow!("cannot reach the gateway at {}: {e}", self.base))?;
         let status = resp.status();
+        let retry_after = retry_after(resp.headers());
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             let why = v["error"].as_str().unwrap_or("no reason given");
-            return Err(GatewayError { status: status.as_u16(), reason: why.to_string() }.into());
+            return Err(GatewayError { status: status.as_u16(), reason: why.to_string(), retry_after }.into());
         }
         Ok(v)
     }
 }
 
-/// How long a 429's reason ("… retry in N s") says to wait: N seconds (1 when it names
-/// none), 10 at most.
-fn retry_after(reason: &str) -> Duration {
-    let n = reason
-        .rsplit("retry in ")
-        .next()
-        .filter(|_| reason.contains("retry in "))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or(1.0);
-    Duration::from_secs_f64(n.clamp(0.05, 10.0))
+/// The longest a 429 is waited out before calling again.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// How long an answer's `Retry-After` header (seconds, RFC 9110 §10.2.3) says to wait.
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
 }
 
 /// A gateway's refusal.
@@ -112,6 +112,8 @@ fn retry_after(reason: &str) -> Duration {
 pub struct GatewayError {
     pub status: u16,
     pub reason: String,
+    /// What its `Retry-After` said (a 429's wait, a 503's).
+    pub retry_after: Option<Duration>,
 }
 
 fn to_store_err(path: &str, e: anyhow::Error) -> object_store::Error {
@@ -140,10 +142,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_429_says_how_long_to_wait() {
-        assert_eq!(retry_after("too many requests; retry in 2 s"), Duration::from_secs(2));
-        assert_eq!(retry_after("too many requests"), Duration::from_secs(1));
-        assert_eq!(retry_after("retry in 600 s"), Duration::from_secs(10));
-        assert_eq!(retry_after("retry in soon"), Duration::from_secs(1));
+    fn a_429_says_how_long_to_wait_in_its_retry_after_header() {
+        let h = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            h
+        };
+        assert_eq!(retry_after(&h("2")), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&h("Wed, 21 Oct 2015 07:28:00 GMT")), None, "a date: waited as none");
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
     }
 }

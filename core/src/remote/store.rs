@@ -60,10 +60,12 @@ async fn sign_queued(gw: Gateway, signing: Arc<Mutex<Signing>>) {
             }
             Err(e) => {
                 let why = format!("{e:#}");
-                let status = e.downcast_ref::<GatewayError>().map(|g| g.status);
+                let refusal = e.downcast_ref::<GatewayError>().map(|g| (g.status, g.retry_after));
                 for (item, tx) in batch {
-                    let e = match status {
-                        Some(code) => anyhow::Error::from(GatewayError { status: code, reason: why.clone() }),
+                    let e = match refusal {
+                        Some((status, retry_after)) => {
+                            anyhow::Error::from(GatewayError { status, reason: why.clone(), retry_after })
+                        }
                         None => anyhow::anyhow!(why.clone()),
                     };
                     let _ = tx.send(Err(to_store_err(&item.key, e)));

@@ -166,7 +166,7 @@ impl Gateway {
         }
         match self.blob_do(method, &g, headers, body).await {
             Ok(b) => b,
-            Err(ApiError(code, why)) => blob_answer(code, why),
+            Err(ApiError(code, why, _)) => blob_answer(code, why),
         }
     }
 

@@ -50,8 +50,8 @@ pub(super) fn take_token(
     *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(burst);
     *last = now;
     if *tokens < 1.0 {
-        let wait = ((1.0 - *tokens) / rate).ceil().max(1.0);
-        return Err(err(StatusCode::TOO_MANY_REQUESTS, format!("too many requests; retry in {wait} s")));
+        let wait = ((1.0 - *tokens) / rate).ceil().max(1.0) as u64;
+        return Err(slow_down(wait, format!("too many requests; retry in {wait} s")));
     }
     *tokens -= 1.0;
     Ok(())

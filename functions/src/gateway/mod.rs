@@ -210,14 +210,25 @@ type JobEnded = (Instant, Option<DateTime<Utc>>);
 /// How long a wallet's sign-out time is reused before the bucket is read again.
 pub const SIGNED_OUT_CACHE: Duration = Duration::from_secs(5);
 
-/// A refusal: status and the one-line reason.
+/// A refusal: status, the one-line reason, and for a 429 how many seconds to wait (the
+/// answer's `Retry-After`).
 #[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
+pub struct ApiError(pub StatusCode, pub String, pub Option<u64>);
 
 pub(super) type Reply = Result<Value, ApiError>;
 
 pub(super) fn err(code: StatusCode, why: impl Into<String>) -> ApiError {
-    ApiError(code, why.into())
+    ApiError(code, why.into(), None)
+}
+
+/// Too many requests: try again in `secs` seconds (said in the reason and in `Retry-After`).
+pub(super) fn slow_down(secs: u64, why: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::TOO_MANY_REQUESTS, why.into(), Some(secs))
+}
+
+/// The `Retry-After` an answer's body asks for (`"retry_after"`: a 429's seconds).
+pub fn retry_after_of(body: &Value) -> Option<String> {
+    body["retry_after"].as_u64().map(|s| s.to_string())
 }
 
 pub(super) fn bad(why: impl Into<String>) -> ApiError {
@@ -282,7 +293,9 @@ impl Gateway {
     ) -> (StatusCode, Value) {
         match self.route(peer, method, path, query, headers, body).await {
             Ok(v) => (StatusCode::OK, v),
-            Err(ApiError(code, why)) => (code, json!({ "error": why })),
+            Err(ApiError(code, why, None)) => (code, json!({ "error": why })),
+            // The wait goes out as the answer's `Retry-After` (`retry_after_of`).
+            Err(ApiError(code, why, Some(secs))) => (code, json!({ "error": why, "retry_after": secs })),
         }
     }
 

@@ -271,9 +271,21 @@ async fn the_gateway_keeps_every_user_to_their_own_prefix() {
     let mut codes = Vec::new();
     for _ in 0..6 {
         let r = http.get(format!("{tight}/v1/no-such-route")).bearer_auth(&t).send().await.unwrap();
-        codes.push((r.status().as_u16(), r.text().await.unwrap()));
+        let wait = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        codes.push((r.status().as_u16(), wait, r.text().await.unwrap()));
     }
-    assert!(codes.iter().any(|(c, _)| *c == 429), "{codes:?}");
+    // Each 429 says when in its `Retry-After` header (what clients wait by), not only in words.
+    let refused: Vec<_> = codes.iter().filter(|(c, ..)| *c == 429).collect();
+    assert!(!refused.is_empty(), "{codes:?}");
+    assert!(
+        refused.iter().all(|(_, w, _)| w.as_deref().and_then(|w| w.parse::<u64>().ok()).is_some_and(|w| w >= 1)),
+        "{codes:?}"
+    );
+    // And `aic`'s client waits each out and gets through.
+    let gw = aic_core::remote::Gateway::new(&tight, Some(t.clone()));
+    for _ in 0..4 {
+        gw.call(reqwest::Method::GET, "info", None).await.unwrap();
+    }
 }
 
 /// A wallet's datasets stay within the pool's storage quota on S3: what one call signs past
