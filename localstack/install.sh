@@ -18,7 +18,7 @@ fi
 mkdir -p "$(dirname "$venv")"
 "$py" -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
-# Versions measured to work in host mode on these machines (see ../shared/DESIGN.md).
+# Versions measured to work in host mode on these machines.
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   'localstack-core[runtime]' 'cbor2<6' 'pyopenssl==24.3.0' 'cryptography==44.0.3' 'service_identity<25'
 touch "$stamp"

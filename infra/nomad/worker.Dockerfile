@@ -17,7 +17,7 @@
 
 # Built on the runtime image's own Ubuntu release: a binary linked against a newer glibc
 # than the image's (rust:*-bookworm has 2.36, Ubuntu 22.04 2.35) fails to start there
-# ("GLIBC_2.36 not found"). `functions/tests/infra.rs` checks the two stay the same release.
+# ("GLIBC_2.36 not found"). `functions/tests/it/infra.rs` checks the two stay the same release.
 FROM ubuntu:22.04 AS build
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev pkg-config \
     && rm -rf /var/lib/apt/lists/* \

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 
-/// Room for the README's two deployments and its MPI job side by side.
+/// Room for the deployments and the MPI job of the README and docs/commands.md side by side.
 const MINERS: &str = "4";
 
 /// One `$ command` of a console block and the lines the README shows it printing.
