@@ -14,6 +14,9 @@
 //! deployments of that name (`pool/names/<owner>/<name>/`, written by dispatch) that has a
 //! live replica. `aic deploy scale` starts a new deployment beside the old one, so the route
 //! moves to the new one as soon as it answers and never points at nothing in between.
+//!
+//! Here: routing and forwarding; `replicas`: which replicas a deployment has and which the
+//! scheduler placed; `wire`: the headers kept and dropped, and the connections to replicas.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +31,11 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
+
+mod replicas;
+mod wire;
+
+use wire::*;
 
 /// How long a deployment's registrations are reused before the bucket is read again.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -85,9 +93,6 @@ fn error(status: StatusCode, why: String) -> Answer {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Answer { status, headers, body: Bytes::from(serde_json::json!({ "error": why }).to_string()) }
 }
-
-const HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer", "host"];
 
 impl Proxy {
     pub fn new(store: Store) -> Self {
@@ -190,92 +195,6 @@ impl Proxy {
     pub fn with_scheduler(mut self, scheduler: Arc<dyn Scheduler>) -> Self {
         self.scheduler = Some(scheduler);
         self
-    }
-
-    /// Where the scheduler placed `deployment`'s replicas; `None` when there is no
-    /// scheduler or it cannot tell. On a failed call, the last answer (or nothing).
-    async fn placed(&self, deployment: &str) -> Option<Vec<(String, u16)>> {
-        let s = self.scheduler.as_ref()?;
-        match s.endpoints(deployment).await {
-            Ok(Some(eps)) => {
-                self.placed.lock().unwrap().insert(deployment.to_string(), eps.clone());
-                Some(eps)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(deployment, error = %e, "cannot ask the scheduler where replicas run; using its last answer");
-                Some(self.placed.lock().unwrap().get(deployment).cloned().unwrap_or_default())
-            }
-        }
-    }
-
-    /// The deployment's live registrations (from the cache when fresh).
-    pub async fn replicas(&self, deployment: &str, fresh: bool) -> Replicas {
-        if !fresh
-            && let Some((at, regs)) = self.cache.lock().unwrap().get(deployment)
-            && at.elapsed() < REFRESH
-        {
-            return regs.clone();
-        }
-        let now = Utc::now();
-        let mut live = Vec::new();
-        for (key, r) in aic_core::serving::registrations(&self.store, deployment).await.unwrap_or_default() {
-            if r.is_live(now) {
-                live.push(r);
-            } else if r.heartbeat_at + chrono::Duration::seconds(3 * r.ttl_seconds as i64) < now {
-                // Its worker is gone without deregistering (killed, or its miner lost).
-                let _ = self.store.delete(&key).await;
-            }
-        }
-        if !live.is_empty()
-            && let Some(placed) = self.placed(deployment).await
-        {
-            live.retain(|r| {
-                let ok = placed.iter().any(|(h, p)| *h == r.host && *p == r.port);
-                if !ok {
-                    tracing::warn!(
-                        deployment, replica = r.alloc, host = %r.host, port = r.port,
-                        "a registration names an address the scheduler did not place this deployment at; ignored"
-                    );
-                }
-                ok
-            });
-        }
-        live.sort_by_key(|r| r.alloc);
-        let live: Replicas = live.into();
-        self.cache.lock().unwrap().insert(deployment.to_string(), (Instant::now(), live.clone()));
-        live
-    }
-
-    /// The owner's deployments named `name`, newest first (cached for [`REFRESH`] unless
-    /// `fresh`), or the answer to give instead.
-    async fn named(&self, owner: &aic_schemas::Address, name: &str, fresh: bool) -> Result<Vec<String>, Answer> {
-        let prefix = aic_core::layout::serving_names_prefix(owner, name);
-        if !fresh
-            && let Some((at, ids)) = self.names.lock().unwrap().get(&prefix)
-            && at.elapsed() < REFRESH
-        {
-            return Ok(ids.clone());
-        }
-        let mut ids: Vec<String> = match self.store.list(&prefix).await {
-            Ok(metas) => {
-                metas.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json").map(str::to_string)).collect()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, %prefix, "cannot list a deployment name");
-                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; retry".into()));
-            }
-        };
-        // Deployment ids are ULIDs: the newest sorts last.
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        self.names.lock().unwrap().insert(prefix, (Instant::now(), ids.clone()));
-        if ids.is_empty() {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                format!("{owner} has no deployment named {name}; see `aic deploy list`"),
-            ));
-        }
-        Ok(ids)
     }
 
     /// Forwards one request to a live replica of `target`: a deployment, or the newest of the
@@ -485,66 +404,4 @@ impl Proxy {
         }
         link.idle.push((Instant::now(), sender, conn));
     }
-}
-
-/// How an exchange failed: before the request left (it comes back, to go out on another
-/// connection), or after.
-enum Failed {
-    Unsent(Box<Request<Full<Bytes>>>, String),
-    Sent(String),
-}
-
-/// An HTTP/1.1 connection to a replica: what sends on it, and what drives it.
-type Connection = hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
-type Conn = (SendRequest<Full<Bytes>>, Connection);
-
-/// A deployment's answers come from a stranger's app, at an origin of its own: its cookies
-/// stay its own (a `Set-Cookie` with a `Domain`, which would reach sibling deployments or
-/// the pool's domain, is dropped; host-only ones pass), and it may not widen a service
-/// worker's scope (`Service-Worker-Allowed` is dropped).
-fn confine(headers: &mut HeaderMap) {
-    let kept: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().filter(|v| host_only(v)).cloned().collect();
-    headers.remove(header::SET_COOKIE);
-    for v in kept {
-        headers.append(header::SET_COOKIE, v);
-    }
-    headers.remove("service-worker-allowed");
-}
-
-/// Whether a `Set-Cookie` value is for the host that set it alone (no `Domain` attribute,
-/// RFC 6265 §5.3: a cookie without one is sent back to that host only).
-fn host_only(v: &HeaderValue) -> bool {
-    let Ok(v) = v.to_str() else { return false };
-    !v.split(';').skip(1).any(|a| a.trim_start().get(..6).is_some_and(|k| k.eq_ignore_ascii_case("domain")))
-}
-
-/// The header names a message's `Connection` header lists (its own hop-by-hop headers).
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether `name` is a header of this hop only: a fixed one, or one the message's
-/// `Connection` header lists (RFC 9110 §7.6.1: a proxy removes those before forwarding).
-fn hop_by_hop(headers: &HeaderMap, name: &http::HeaderName) -> bool {
-    HOP.contains(&name.as_str()) || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
-}
-
-/// A new HTTP/1.1 connection to `host:port` (driven by whoever sends on it).
-async fn connect(host: &str, port: u16) -> Result<Conn, String> {
-    let stream = match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((host, port))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("cannot connect to {host}:{port} ({e})")),
-        Err(_) => return Err(format!("{host}:{port} did not answer in {} s", CONNECT.as_secs())),
-    };
-    let _ = stream.set_nodelay(true);
-    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED));
-    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("cannot speak HTTP to {host}:{port} ({e})"))
 }

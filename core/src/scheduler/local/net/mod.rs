@@ -31,6 +31,11 @@ use std::time::{Duration, Instant};
 
 use super::names::Names;
 
+mod egress;
+mod relay;
+
+use relay::in_namespace;
+
 /// Where each pool notes its work folder: `<POOLS>/<id>`.
 const POOLS: &str = "/run/aic-pools";
 
@@ -145,87 +150,6 @@ impl Net {
         address(self.gateway, miner)
     }
 
-    /// Makes the loopback services named in `value` (`http://127.0.0.1:P`,
-    /// `http://localhost:P`) answer on miner `miner`'s own loopback too, relayed to this
-    /// machine's: a URL the worker is told of (or gets from the gateway, such as a presigned
-    /// S3 URL, whose signature covers its host) works unchanged on the miner.
-    pub(super) fn relay_loopback(&self, miner: u32, value: &str) -> std::io::Result<()> {
-        for lo in ["http://127.0.0.1:", "http://localhost:"] {
-            for (at, _) in value.match_indices(lo) {
-                let digits: String = value[at + lo.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
-                if let Ok(port) = digits.parse::<u16>() {
-                    self.relay(miner, port)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Listens on `127.0.0.1:port` inside miner `miner`'s namespace (a thread enters it to
-    /// bind, the socket stays there) and relays each connection across the miner's link to
-    /// this machine's side on the bridge, which passes it to this machine's `127.0.0.1:port`
-    /// (once per miner and port).
-    fn relay(&self, miner: u32, port: u16) -> std::io::Result<()> {
-        if self.relayed.lock().unwrap().contains(&(miner, port)) {
-            return Ok(());
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return Ok(()) };
-        let to = std::net::SocketAddr::from((self.gateway, self.bridged(port)?));
-        let ns = Arc::new(std::fs::File::open(std::path::Path::new("/run/netns").join(self.netns(miner)))?);
-        let listener = in_namespace(&ns, move || {
-            let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })?;
-        self.relayed.lock().unwrap().insert((miner, port));
-        rt.spawn(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            while let Ok((inbound, _)) = listener.accept().await {
-                // The outbound socket is made inside the namespace: it leaves by the miner's link.
-                let Ok(socket) = in_namespace(&ns, tokio::net::TcpSocket::new_v4) else { continue };
-                tokio::spawn(async move {
-                    if let Ok(out) = socket.connect(to).await {
-                        pipe(inbound, out).await;
-                    }
-                });
-            }
-        });
-        Ok(())
-    }
-
-    /// This machine's side of a relayed port: a listener on the bridge's address that passes
-    /// each connection to `127.0.0.1:port` (started once per port). Only the miners reach it.
-    fn bridged(&self, port: u16) -> std::io::Result<u16> {
-        let mut bridged = self.bridged.lock().unwrap();
-        if let Some(p) = bridged.get(&port) {
-            return Ok(*p);
-        }
-        let listener = std::net::TcpListener::bind((self.gateway, 0))?;
-        listener.set_nonblocking(true)?;
-        let at = listener.local_addr()?.port();
-        let from = self.gateway;
-        tokio::spawn(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            while let Ok((inbound, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    // From the bridge's address, not the loopback's: the service sees a miner,
-                    // not this machine (the embedded pool lets only this machine sign in as a
-                    // dev account, whose keys are public).
-                    let out = async {
-                        let s = tokio::net::TcpSocket::new_v4()?;
-                        s.bind((from, 0).into())?;
-                        s.connect((Ipv4Addr::LOCALHOST, port).into()).await
-                    };
-                    if let Ok(out) = out.await {
-                        pipe(inbound, out).await;
-                    }
-                });
-            }
-        });
-        bridged.insert(port, at);
-        Ok(at)
-    }
-
     /// Starts the miners' heartbeats: each miner's agent, a socket made inside its namespace,
     /// sends the host a datagram across the miner's link every `every` (to the bridge's
     /// address, where the host listens). The host counts a datagram only from the address
@@ -277,38 +201,6 @@ impl Net {
         Ok(beats)
     }
 
-    /// Where the miners reach the internet (a package index, a model hub), as real miners do:
-    /// an HTTP CONNECT proxy on the bridge's address, started on first use. It refuses this
-    /// machine's loopback and the pool's bridge (a job reaches the pool only through what it
-    /// is told of). The variables a worker gets for it.
-    pub(super) fn egress_env(&self) -> Vec<(String, String)> {
-        let Some(port) = *self.egress.get_or_init(|| self.start_egress()) else { return Vec::new() };
-        let proxy = format!("http://{}:{port}", self.gateway);
-        let mut no = vec!["localhost".to_string(), "127.0.0.1".to_string(), self.gateway.to_string()];
-        no.extend((0..self.miners).map(|i| self.address(i).to_string()));
-        let no = no.join(",");
-        ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"]
-            .into_iter()
-            .map(|k| (k.to_string(), proxy.clone()))
-            .chain(["NO_PROXY", "no_proxy"].into_iter().map(|k| (k.to_string(), no.clone())))
-            .collect()
-    }
-
-    fn start_egress(&self) -> Option<u16> {
-        let rt = tokio::runtime::Handle::try_current().ok()?;
-        let listener = std::net::TcpListener::bind((self.gateway, 0)).ok()?;
-        let port = listener.local_addr().ok()?.port();
-        listener.set_nonblocking(true).ok()?;
-        let bridge = self.gateway.octets();
-        rt.spawn(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            while let Ok((inbound, _)) = listener.accept().await {
-                tokio::spawn(connect_proxy(inbound, bridge));
-            }
-        });
-        Some(port)
-    }
-
     /// Removes the namespaces and the bridge (the pool stopped and nothing runs).
     pub(super) fn teardown(&self) {
         remove_pool(&self.id);
@@ -335,27 +227,6 @@ impl Beats {
         let last = self.last.get(miner).map_or(0, |l| l.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(Duration::from_millis(last))
     }
-}
-
-/// Runs `f` on a thread of its own that entered the namespace `ns`: what it makes (a
-/// socket) belongs to that namespace. (Never on a pooled thread: it would stay there.)
-fn in_namespace<T: Send + 'static>(
-    ns: &std::fs::File,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    let ns = ns.try_clone()?;
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-        f()
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("a thread in a miner's namespace panicked"))?
-}
-
-async fn pipe(mut a: tokio::net::TcpStream, mut b: tokio::net::TcpStream) {
-    let _ = a.set_nodelay(true);
-    let _ = b.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
 }
 
 /// Removes pool `id`'s namespaces, veths and bridge. The veths go first, by name: one left
@@ -446,85 +317,9 @@ pub(super) fn enter(net: &Net, cmd: &mut std::process::Command, miner: u32, host
     Ok(())
 }
 
-/// Whether a miner's egress may reach `ip`: a public unicast address only. Not this machine's
-/// loopback (in any spelling: `::ffff:127.0.0.1` too), not a private, shared (CGNAT),
-/// link-local (a cloud's metadata service at 169.254.169.254), multicast or reserved one:
-/// those are the pool's own network. (Documentation ranges pass: a package index may be
-/// served at one where registries are mirrored, as on the machine the tests run on.)
-pub(super) fn public(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_unspecified()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || o[0] >= 240)
-        }
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped().or_else(|| v6.to_ipv4()) {
-            Some(v4) if !v6.is_loopback() => public(v4.into()),
-            _ => {
-                let seg = v6.segments();
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (seg[0] & 0xfe00) == 0xfc00
-                    || (seg[0] & 0xffc0) == 0xfe80
-                    || (seg[0] == 0x64 && seg[1] == 0xff9b))
-            }
-        },
-    }
-}
-
-/// One client of the egress proxy: `CONNECT host:port` → a tunnel; anything else, or a
-/// target on this machine's loopback or the pool's bridge, is refused.
-async fn connect_proxy(mut inbound: tokio::net::TcpStream, bridge: [u8; 4]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match inbound.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if head.len() > 16 * 1024 {
-            return;
-        }
-    }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let mut first = text.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (first.next().unwrap_or_default(), first.next().unwrap_or_default().to_string());
-    let refusal = |why: &str| format!("HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\n\r\n{why}", why.len());
-    if method != "CONNECT" {
-        let _ = inbound.write_all(refusal("only CONNECT").as_bytes()).await;
-        return;
-    }
-    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(&target).await {
-        Ok(a) => a.collect(),
-        Err(_) => Vec::new(),
-    };
-    let inside = |a: &std::net::SocketAddr| !public(a.ip()) || a.ip() == std::net::IpAddr::from(bridge);
-    if addrs.is_empty() || addrs.iter().any(inside) {
-        let _ = inbound.write_all(refusal("not reachable from a miner").as_bytes()).await;
-        return;
-    }
-    let Ok(mut out) = tokio::net::TcpStream::connect(&addrs[..]).await else {
-        let _ = inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n").await;
-        return;
-    };
-    if inbound.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
-        return;
-    }
-    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-}
-
 #[cfg(test)]
 mod tests {
+    use super::egress::public;
     use super::*;
 
     #[test]
