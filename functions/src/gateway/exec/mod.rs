@@ -33,14 +33,19 @@ use aic_core::grant::WorkerGrant;
 use aic_core::scheduler::{ExecInput, ExecIo, ExecOutput, ExecStart, ScheduleError};
 use std::sync::Arc;
 
+mod sessions;
+
+use sessions::*;
+pub use sessions::{Frame, Relay};
+
 /// How long a long-poll waits before it answers with nothing new.
-const POLL: Duration = Duration::from_secs(20);
+pub(super) const POLL: Duration = Duration::from_secs(20);
 /// How long a started session waits for its allocation's worker to pick it up.
-const PICKUP: Duration = Duration::from_secs(30);
+pub(super) const PICKUP: Duration = Duration::from_secs(30);
 /// How long a session is kept.
-const KEEP: Duration = Duration::from_secs(600);
+pub(super) const KEEP: Duration = Duration::from_secs(600);
 /// Largest stdin a session takes, and output a worker posts at once.
-const MAX_STDIN: usize = 1 << 20;
+pub(super) const MAX_STDIN: usize = 1 << 20;
 /// Sessions open at once (not ended) per job, and per owner: what one user can hold of this
 /// host's memory and of its workers' attention.
 pub const MAX_SESSIONS_PER_JOB: usize = 8;
@@ -52,104 +57,6 @@ pub const MAX_HELD_PER_OWNER: usize = 64;
 /// not read yet: past it, a post is refused with 429 until the other side reads (what was read
 /// is dropped at once).
 pub const MAX_UNREAD: usize = 4 << 20;
-
-/// One chunk of a command's output: `s` is `o` (stdout) or `e` (stderr), `d` base64.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Frame {
-    pub s: String,
-    pub d: String,
-}
-
-struct Session {
-    job: JobKey,
-    alloc: u32,
-    argv: Vec<String>,
-    stdin: String,
-    /// With a terminal (`aic shell`): its size, `{rows, cols}`; the owner's keystrokes and
-    /// resizes then follow in `input`.
-    tty: Option<Value>,
-    /// Without a terminal, stdin streamed as input frames (`aic exec -i`, `aic ssh-proxy`).
-    stream: bool,
-    input: Vec<Value>,
-    created: Instant,
-    picked: bool,
-    /// Output frames not read by the owner yet: the first is frame number `read`.
-    frames: Vec<Frame>,
-    read: usize,
-    /// Input frames (`input`) the worker has read and that are dropped: the first kept is
-    /// input frame number `input_read`.
-    input_read: usize,
-    exit: Option<i32>,
-    record: String,
-}
-
-impl Session {
-    fn unread_output(&self) -> usize {
-        self.frames.iter().map(|f| f.d.len()).sum()
-    }
-
-    fn unread_input(&self) -> usize {
-        self.input.iter().map(|f| f.to_string().len()).sum()
-    }
-
-    /// Output frames from number `after` on, dropping those before it (the owner has them),
-    /// and the number of the first one given (`after`, or the first kept when it asked for
-    /// frames already dropped).
-    fn output_after(&mut self, after: usize) -> (Vec<Frame>, usize) {
-        after_dropping(&mut self.frames, &mut self.read, after)
-    }
-
-    /// Input frames from number `after` on, dropping those before it (the worker has them).
-    fn input_after(&mut self, after: usize) -> (Vec<Value>, usize) {
-        after_dropping(&mut self.input, &mut self.input_read, after)
-    }
-}
-
-/// `frames` hold the frames numbered from `*dropped` on: those before `after` are dropped,
-/// and the rest given with the number of the first.
-fn after_dropping<T: Clone>(frames: &mut Vec<T>, dropped: &mut usize, after: usize) -> (Vec<T>, usize) {
-    let seen = after.saturating_sub(*dropped).min(frames.len());
-    frames.drain(..seen);
-    *dropped += seen;
-    let first = after.max(*dropped);
-    (frames.iter().skip(first - *dropped).cloned().collect(), first)
-}
-
-/// Whether `job`'s owner may open one more session: the limits per job, per owner, and kept
-/// per owner ([`MAX_SESSIONS_PER_JOB`], [`MAX_SESSIONS_PER_OWNER`], [`MAX_HELD_PER_OWNER`]).
-fn room_for(sessions: &HashMap<String, Session>, job: &JobKey) -> Result<(), ApiError> {
-    let held = sessions.values().filter(|s| s.job.owner == job.owner).count();
-    if held >= MAX_HELD_PER_OWNER {
-        return Err(busy(format!(
-            "{held} of your exec sessions are kept here (ended ones for 10 minutes): try again in a few minutes"
-        )));
-    }
-    let open = sessions.values().filter(|s| s.exit.is_none());
-    let (mine, this_job) =
-        open.fold((0, 0), |(o, j), s| (o + (s.job.owner == job.owner) as usize, j + (s.job == *job) as usize));
-    if this_job >= MAX_SESSIONS_PER_JOB {
-        return Err(busy(format!(
-            "job {} has {this_job} exec sessions open, the most at once: end one (or let it end) first",
-            job.job
-        )));
-    }
-    if mine >= MAX_SESSIONS_PER_OWNER {
-        return Err(busy(format!(
-            "you have {mine} exec sessions open, the most at once: end one (or let it end) first"
-        )));
-    }
-    Ok(())
-}
-
-fn busy(why: String) -> ApiError {
-    err(StatusCode::TOO_MANY_REQUESTS, why)
-}
-
-#[derive(Default)]
-pub struct Relay {
-    sessions: Mutex<HashMap<String, Session>>,
-    changed: tokio::sync::Notify,
-}
 
 /// What a session record in the bucket holds.
 #[derive(Serialize, Deserialize)]
@@ -274,12 +181,6 @@ async fn record_exit(store: &aic_core::Store, record: &str, code: i32) {
         if let Err(e) = store.put_json(record, &rec).await {
             tracing::warn!(record, error = %e, "cannot record an exec session's exit code");
         }
-    }
-}
-
-impl Relay {
-    fn gc(&self) {
-        self.sessions.lock().unwrap().retain(|_, s| s.created.elapsed() < KEEP);
     }
 }
 
