@@ -38,6 +38,8 @@ use aic_core::scheduler::{ScheduleError, Scheduler, Submitted};
 use aic_schemas::{JobId, JobManifest};
 use serde_json::{Value, json};
 
+use crate::common::recorded;
+
 fn live() -> Option<(NomadScheduler, aic_core::Store)> {
     match NomadConfig::from_env(vec![]) {
         Ok(Some(cfg)) => {
@@ -81,17 +83,6 @@ async fn register_running(n: &NomadScheduler, job: &JobKey, m: &JobManifest, arg
 async fn allocations(n: &NomadScheduler, id: &str) -> Vec<Value> {
     let v = n.call(reqwest::Method::GET, &format!("job/{id}/allocations"), &[], None).await.unwrap();
     v.and_then(|v| v.as_array().cloned()).unwrap_or_default()
-}
-
-/// Job `m` as validate and dispatch leave it in `store`: its manifest, and its status moved
-/// through `states`.
-async fn recorded(store: &aic_core::Store, m: &JobManifest, states: &[aic_schemas::JobState]) -> JobKey {
-    let job = JobKey::new(m.request.owner, m.request.job_id.clone());
-    store.create_json(&job.manifest(), m).await.unwrap();
-    for st in states {
-        aic_core::status::advance(store, &job, aic_core::status::Transition::new(*st, "test")).await.unwrap();
-    }
-    job
 }
 
 /// The scheduler's watcher and housekeeping in the background; send on the first to stop them.

@@ -963,12 +963,17 @@ pub fn lose(state: &Mutex<Nomad>, job: &JobKey, node: &str) -> Value {
 }
 
 pub async fn running_job(store: &aic_core::Store, m: &JobManifest) -> JobKey {
-    use aic_core::status::{Transition, advance};
-    use aic_schemas::JobState;
+    use aic_schemas::JobState::{Paid, Running, Scheduled, Submitted};
+    recorded(store, m, &[Submitted, Paid, Scheduled, Running]).await
+}
+
+/// Job `m` as validate and dispatch leave it in `store`: its manifest, and its status moved
+/// through `states`.
+pub async fn recorded(store: &aic_core::Store, m: &JobManifest, states: &[aic_schemas::JobState]) -> JobKey {
     let job = JobKey::new(m.request.owner, m.request.job_id.clone());
     store.create_json(&job.manifest(), m).await.unwrap();
-    for st in [JobState::Submitted, JobState::Paid, JobState::Scheduled, JobState::Running] {
-        advance(store, &job, Transition::new(st, "test")).await.unwrap();
+    for st in states {
+        aic_core::status::advance(store, &job, aic_core::status::Transition::new(*st, "test")).await.unwrap();
     }
     job
 }
