@@ -324,6 +324,10 @@ pub struct RunArgs {
     /// KEY=VALUE for the program's environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Packages to install before the program starts (pip's requirements format); a folder's
+    /// own requirements.txt is used without it.
+    #[arg(long, value_name = "FILE")]
+    pub requirements: Option<PathBuf>,
     /// Submit and return without watching (needs a running `aic dev up`).
     #[arg(long, short)]
     pub detach: bool,

@@ -15,13 +15,18 @@ use chrono::Utc;
 use crate::env::Env;
 use crate::{RunArgs, pool, progress, watch};
 
+/// The file a project's environment is prepared from, on the miner (`aic-worker`'s `pyenv`).
+const REQUIREMENTS: &str = "requirements.txt";
+
 /// How long a signed request stays valid for validate.
 const REQUEST_VALID_FOR: chrono::Duration = chrono::Duration::hours(1);
 
-/// The code to upload: a single script or a folder.
+/// The code to upload: a single script or a folder, and a `requirements.txt` from elsewhere
+/// (`--requirements F`), uploaded beside it.
 pub struct Code {
     pub path: PathBuf,
     pub entrypoint: String,
+    pub requirements: Option<PathBuf>,
 }
 
 impl Code {
@@ -59,15 +64,42 @@ impl Code {
                 dir.display()
             );
         }
-        Ok(Code { path: path.to_path_buf(), entrypoint })
+        Ok(Code { path: path.to_path_buf(), entrypoint, requirements: None })
     }
 
-    /// The digest the request signs (see `aic_core::digest`).
+    /// The environment's requirements from `file` (`--requirements F`), uploaded as the
+    /// code's `requirements.txt`; refused where the folder has one of its own that differs.
+    pub fn with_requirements(mut self, file: Option<&Path>) -> anyhow::Result<Code> {
+        let Some(file) = file else { return Ok(self) };
+        if !file.is_file() {
+            bail!("--requirements {}: not a file", file.display());
+        }
+        let own = self.path.join(REQUIREMENTS);
+        if self.path.is_dir() && own.is_file() && std::fs::read(&own).ok() != std::fs::read(file).ok() {
+            bail!(
+                "{} has a {REQUIREMENTS} of its own that differs from --requirements {}: keep one; nothing was paid",
+                self.path.display(),
+                file.display()
+            );
+        }
+        if self.entrypoint == REQUIREMENTS {
+            bail!("the program cannot be named {REQUIREMENTS}");
+        }
+        self.requirements = Some(file.to_path_buf());
+        Ok(self)
+    }
+
+    /// The digest the request signs (see `aic_core::digest`): of the files as the miner will
+    /// find them, `requirements.txt` from `--requirements` among them.
     pub fn digest(&self) -> anyhow::Result<String> {
+        let extra: Vec<(String, PathBuf)> =
+            self.requirements.iter().map(|f| (REQUIREMENTS.to_string(), f.clone())).collect();
         let d = if self.path.is_dir() {
-            aic_core::digest::tree(&self.path)
+            aic_core::digest::tree_with(&self.path, &extra)
         } else {
-            aic_core::digest::single(&self.path, &self.entrypoint)
+            let mut files = vec![(self.entrypoint.clone(), self.path.clone())];
+            files.extend(extra);
+            aic_core::digest::files(&files)
         };
         d.with_context(|| format!("reading {}", self.path.display()))
     }
@@ -115,6 +147,12 @@ pub async fn submit(env: &Env, code: &Code, req: &JobRequest) -> anyhow::Result<
             .await
             .context("uploading the code")?;
     }
+    if let Some(file) = &code.requirements {
+        env.store
+            .upload_file(file, &format!("{prefix}{REQUIREMENTS}"), &|_| {})
+            .await
+            .context("uploading --requirements")?;
+    }
     if env.store.create_json(&job.request(), req).await? == aic_core::Created::AlreadyExists {
         bail!("job {} already exists; submit again for a new id", req.job_id);
     }
@@ -133,7 +171,7 @@ fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
-    let code = Code::resolve(&a.script, a.entrypoint.clone())?;
+    let code = Code::resolve(&a.script, a.entrypoint.clone())?.with_requirements(a.requirements.as_deref())?;
     let file = JobFile {
         kind: None,
         name: a.name.clone(),

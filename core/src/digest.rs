@@ -11,17 +11,36 @@ use crate::store::local_files;
 
 /// The digest of the files below `dir`, hex.
 pub fn tree(dir: &Path) -> std::io::Result<String> {
-    let files = local_files(dir)?;
-    let mut pairs = Vec::with_capacity(files.len());
-    for (path, rel) in files {
-        pairs.push((rel, file(&path)?));
+    tree_with(dir, &[])
+}
+
+/// The digest of the files below `dir` and of `extra` files uploaded beside them under the
+/// names given (a name there replaces the folder's file of that name).
+pub fn tree_with(dir: &Path, extra: &[(String, std::path::PathBuf)]) -> std::io::Result<String> {
+    let mut pairs = vec![];
+    for (path, rel) in local_files(dir)? {
+        if !extra.iter().any(|(name, _)| *name == rel) {
+            pairs.push((rel, file(&path)?));
+        }
+    }
+    for (name, path) in extra {
+        pairs.push((name.clone(), file(path)?));
+    }
+    Ok(of_pairs(pairs))
+}
+
+/// The digest of files uploaded under the names given.
+pub fn files(files: &[(String, std::path::PathBuf)]) -> std::io::Result<String> {
+    let mut pairs = vec![];
+    for (name, path) in files {
+        pairs.push((name.clone(), file(path)?));
     }
     Ok(of_pairs(pairs))
 }
 
 /// The digest of one file uploaded as `name` (a single-script job).
 pub fn single(path: &Path, name: &str) -> std::io::Result<String> {
-    Ok(of_pairs(vec![(name.to_string(), file(path)?)]))
+    files(&[(name.to_string(), path.to_path_buf())])
 }
 
 fn of_pairs(mut pairs: Vec<(String, String)>) -> String {

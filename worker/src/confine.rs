@@ -1,6 +1,7 @@
 //! What the worker takes away before anything of the job runs: the variables that reach the
 //! bucket (out of its environment, so no program inherits them), the secrets Nomad rendered
-//! for it (deleted once read), and root (it becomes the job's own uid in a Nomad task).
+//! for it (deleted once read), and root (it becomes the job's own uid, in a Nomad task and in
+//! the local scheduler's sandbox, after starting the miner's environment keeper: `envcache`).
 
 /// Before the runtime starts (one thread: the environment may change): all three.
 pub(crate) fn before_the_job() {
@@ -10,6 +11,9 @@ pub(crate) fn before_the_job() {
         unsafe { std::env::remove_var(k) };
     }
     forget_rendered_secrets(std::env::var_os("NOMAD_SECRETS_DIR").map(std::path::PathBuf::from).as_deref());
+    let dropping =
+        nix::unistd::geteuid().is_root() && std::env::var_os(aic_core::scheduler::job_user::JOB_UID).is_some();
+    crate::envcache::start(dropping);
     become_job_user();
 }
 
@@ -53,11 +57,12 @@ fn forget_rendered_secrets(dir: Option<&std::path::Path>) {
     }
 }
 
-/// In a Nomad task (started as the container's root) the worker becomes its job's own user
-/// (`AIC_JOB_UID`, set by the job's spec) before anything of the job runs: the program, its
-/// sshd and uWSGI then run as a uid the clients' egress rules refuse the node's own services,
-/// the metadata address and the pool's control plane (`infra/nomad/egress.nft`). Elsewhere (the
-/// local scheduler's sandbox already made it that user; not root) nothing changes.
+/// In a Nomad task (started as the container's root) and in the local scheduler's sandbox
+/// (started as root in the allocation's namespaces) the worker becomes its job's own user
+/// (`AIC_JOB_UID`, set by the job's spec or the sandbox) before anything of the job runs: the
+/// program, its sshd and uWSGI then run as a uid the clients' egress rules refuse the node's own
+/// services, the metadata address and the pool's control plane (`infra/nomad/egress.nft`), and
+/// that may not write the miner's environment cache. Elsewhere (not root) nothing changes.
 fn become_job_user() {
     let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
     else {

@@ -8,13 +8,16 @@
 //! outputs), `plan` (what this allocation does, by launcher), `supervise` (the program's
 //! output and signals), `report` (the job's status as this allocation sees it), `logs`,
 //! `outputs`, `serve` (the serve kind), `exec` (`aic exec` commands beside the program),
+//! `pyenv` (the project's `requirements.txt`, prepared before the program) and `envcache` (the
+//! miner's cache of them, read-only to jobs),
 //! `launcher/` (one file a launcher), `confine` (what the worker takes away before the job
 //! runs: the bucket's variables, rendered secrets, root), `stop` (who may stop it); this file
 //! runs them in order.
 //!
 //! 1. Reads the manifest; the leader (allocation 0) moves the job to `running`.
 //! 2. Downloads the code and the dataset, and restores earlier outputs (a restarted
-//!    allocation resumes from its last checkpoint).
+//!    allocation resumes from its last checkpoint); prepares the project's environment
+//!    (`requirements.txt`), a phase of its own in the job's log.
 //! 3. Starts the program through the request's launcher, with `AIC_JOB_ID`,
 //!    `AIC_DATA_DIR`, `AIC_OUTPUT_DIR`, `AIC_ALLOC_INDEX`, `AIC_ALLOC_COUNT` set.
 //! 4. While it runs: ships its output to `logs/`, syncs `AIC_OUTPUT_DIR` to `output/`, and
@@ -25,12 +28,14 @@
 
 mod alloc;
 mod confine;
+mod envcache;
 mod exec;
 mod launcher;
 mod live;
 mod logs;
 mod outputs;
 mod plan;
+mod pyenv;
 mod report;
 mod serve;
 mod stage;
@@ -67,6 +72,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("in-job") {
         exec::in_job(&args[2..]);
+    }
+    // `aic-worker env-keeper`: the root side of the miner's environment cache (`envcache`).
+    if args.get(1).map(String::as_str) == Some("env-keeper") {
+        envcache::keep();
     }
     // The job's program runs as this worker's user: it may not read the worker's memory or
     // its environment (`/proc/<worker>/environ` keeps the variables it was started with) nor
@@ -177,8 +186,23 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         env.insert("CUDA_VISIBLE_DEVICES".into(), gpus);
     }
     env.insert("AIC_CODE_DIR".into(), path_str(&code_dir));
+    // The job's log, from the environment's preparation on.
+    let (tx, rx) = mpsc::channel::<String>(1024);
+    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live()).run(rx));
+    let prepared = match pyenv::prepare(a, &code_dir, &tx).await {
+        Ok(p) => p,
+        Err(e) => {
+            drop(tx);
+            let _ = shipper.await;
+            return Err(e);
+        }
+    };
+    if let Some(dir) = &prepared.dir {
+        let own = req.env.get("PYTHONPATH").filter(|p| !p.is_empty());
+        env.insert("PYTHONPATH".into(), own.map_or_else(|| path_str(dir), |p| format!("{}:{p}", path_str(dir))));
+    }
     if req.kind == JobKind::Serve {
-        return serve::run(a, req, &code_dir, env).await;
+        return serve::run(a, req, &code_dir, env, prepared.dir, tx, shipper).await;
     }
     // The operator's settings for every program (AIC_WORKER_ENV), here too so that ranks
     // started through sshd get them.
@@ -209,12 +233,16 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
             if let Some(t) = &exec {
                 t.abort();
             }
+            drop(tx);
+            let _ = shipper.await;
             return served;
         }
         Err(e) => {
             if let Some(t) = &exec {
                 t.abort();
             }
+            drop(tx);
+            let _ = shipper.await;
             return Err(e);
         }
     };
@@ -233,8 +261,6 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         .map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
     let pid = child.id().unwrap_or_default() as i32;
 
-    let (tx, rx) = mpsc::channel::<String>(1024);
-    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live()).run(rx));
     let pumps = [
         tokio::spawn(pump(
             child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),

@@ -2,8 +2,8 @@
 //! `requirements.txt`; model files) runs under uWSGI on the allocation's port until the job
 //! ends (cancelled, `aic deploy rm`) or its hours are up.
 //!
-//! 1. Requirements: what the miner's Python lacks is installed into `<work>/pydeps`
-//!    (`pip install --dry-run --report` says what is missing; only that is fetched).
+//! 1. Requirements: prepared before (`pyenv`, as for a training job: cached on the miner,
+//!    shared by the replicas and jobs that ask for the same), on uWSGI's `--pythonpath`.
 //! 2. `uwsgi --http HOST:PORT --http-keepalive --socket <work>/uwsgi.sock --wsgi-file app.py
 //!    --callable app --master …` (its HTTP router in front of 2 processes × 2 threads), its log
 //!    shipped like a training job's (`aic deploy logs`).
@@ -27,7 +27,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::alloc::Alloc;
-use crate::logs;
 use crate::report::job_ended;
 use crate::supervise::{pump, signal};
 
@@ -98,72 +97,6 @@ pub fn listener_is_ours(pid: i32, port: u16) -> bool {
     listening.iter().all(|s| held.contains(s))
 }
 
-/// Installs what `requirements.txt` asks for and the miner's Python lacks; returns the
-/// folder to add to `PYTHONPATH`.
-async fn requirements(
-    a: &Alloc,
-    code: &Path,
-    python: &str,
-    tx: &mpsc::Sender<String>,
-) -> anyhow::Result<Option<PathBuf>> {
-    let req = code.join("requirements.txt");
-    if !req.exists() {
-        return Ok(None);
-    }
-    let report = a.work.join("pip-report.json");
-    let out = tokio::process::Command::new(python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--dry-run", "--ignore-installed"])
-        .arg("--report")
-        .arg(&report)
-        .arg("-r")
-        .arg(&req)
-        .output()
-        .await
-        .with_context(|| format!("running {python} -m pip"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(anyhow!(
-            "requirements.txt cannot be resolved on {}: {}",
-            a.miner,
-            err.lines().last().unwrap_or("")
-        ));
-    }
-    // Of everything the requirements need, what is not installed at the right version.
-    let v: serde_json::Value = serde_json::from_slice(&tokio::fs::read(&report).await?)?;
-    let mut missing = Vec::new();
-    for item in v["install"].as_array().into_iter().flatten() {
-        let name = item["metadata"]["name"].as_str().unwrap_or_default();
-        let version = item["metadata"]["version"].as_str().unwrap_or_default();
-        let have = tokio::process::Command::new(python)
-            .args(["-c", &format!("import importlib.metadata as m; print(m.version({name:?}))")])
-            .output()
-            .await
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        if have.is_none() {
-            missing.push(format!("{name}=={version}"));
-        }
-    }
-    if missing.is_empty() {
-        let _ = tx.send("[aic] requirements.txt: everything is installed already".into()).await;
-        return Ok(None);
-    }
-    let dir = a.work.join("pydeps");
-    let _ = tx.send(format!("[aic] installing {}", missing.join(" "))).await;
-    let out = tokio::process::Command::new(python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--no-deps", "--target"])
-        .arg(&dir)
-        .args(&missing)
-        .output()
-        .await?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(anyhow!("installing requirements on {} failed: {}", a.miner, err.lines().last().unwrap_or("")));
-    }
-    Ok(Some(dir))
-}
-
 /// Where the replica's uWSGI workers take requests from its router: a socket in the
 /// allocation's folder or, where that path is too long for a socket's address (108 bytes),
 /// in a folder of its own under the temporary directory that only this user may enter
@@ -227,27 +160,30 @@ fn uwsgi_cmd(
     c
 }
 
-/// Runs the allocation as a replica of a deployment; returns the worker's exit code.
-pub async fn run(a: &Alloc, req: &JobRequest, code: &Path, env: BTreeMap<String, String>) -> anyhow::Result<i32> {
-    crate::launcher::require("uwsgi", &a.miner, "install uWSGI on the miners (pip install uwsgi)")
-        .map_err(|e| anyhow!(e))?;
+/// Runs the allocation as a replica of a deployment (its environment prepared, `pydeps`; its
+/// log's sender and shipper started); returns the worker's exit code.
+pub async fn run(
+    a: &Alloc,
+    req: &JobRequest,
+    code: &Path,
+    env: BTreeMap<String, String>,
+    pydeps: Option<PathBuf>,
+    tx: mpsc::Sender<String>,
+    shipper: tokio::task::JoinHandle<Vec<String>>,
+) -> anyhow::Result<i32> {
+    if let Err(e) = crate::launcher::require("uwsgi", &a.miner, "install uWSGI on the miners (pip install uwsgi)") {
+        drop(tx);
+        let _ = shipper.await;
+        return Err(anyhow!(e));
+    }
     if !code.join(&req.entrypoint).is_file() {
+        drop(tx);
+        let _ = shipper.await;
         return Err(anyhow!(
             "the project has no {}; a deployment needs an app.py exposing a WSGI `app`",
             req.entrypoint
         ));
     }
-    let python = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let (tx, rx) = mpsc::channel::<String>(1024);
-    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live()).run(rx));
-    let pydeps = match requirements(a, code, &python, &tx).await {
-        Ok(p) => p,
-        Err(e) => {
-            drop(tx);
-            let _ = shipper.await;
-            return Err(e);
-        }
-    };
     // `aic exec` and `aic shell` reach the replica too, with the app's environment.
     let exec =
         a.gateway.clone().map(|gw| tokio::spawn(crate::exec::serve(gw, a.index, code.to_path_buf(), env.clone())));

@@ -6,6 +6,7 @@ mod browser;
 mod common;
 mod deploy;
 mod embedded;
+mod environments;
 mod frameworks;
 mod pool_mode;
 mod readme;

@@ -159,7 +159,9 @@ fn the_readme_console_examples_run_as_written() {
                 assert_eq!(got, want, "{command}");
                 continue;
             }
-            assert!(out.status.success(), "{command}: {all}");
+            // A job the page shows failing fails here too.
+            let fails = shown.output.iter().any(|l| l.starts_with("● failed"));
+            assert_eq!(out.status.success(), !fails, "{command}: {all}");
             // The README's ids stand for the ones this run printed.
             let (readme_ids, real_ids) = (job_ids(&shown.output.join("\n")), job_ids(&all));
             for (r, real) in readme_ids.iter().zip(real_ids) {
@@ -177,9 +179,21 @@ fn the_readme_console_examples_run_as_written() {
             for line in &shown.output {
                 let stable = line.starts_with("uploaded 1 file")
                     || line.starts_with("wrote 1797 images")
+                    || line.starts_with("wrote examples/")
+                    || line.starts_with("hello from ")
+                    || line.starts_with("[aic] preparing environment")
                     || line.starts_with("quote: ")
                     || line.starts_with("signed in as ")
                     || line.starts_with("● succeeded");
+                // Why a job failed, wherever it was placed.
+                if let Some((_, why)) = line.strip_prefix("● failed").and_then(|l| l.split_once(": ")) {
+                    assert!(all.contains(why), "{command}: the page shows {line:?}; it printed:\n{all}");
+                }
+                // How an environment came to be ready, without the time it took.
+                if let Some(how) = line.strip_prefix("[aic] environment ready in ").and_then(|l| l.split_once(" s: ")) {
+                    let how = how.1.split(" (").next().unwrap();
+                    assert!(all.contains(how), "{command}: the page shows {line:?}; it printed:\n{all}");
+                }
                 if stable {
                     let head = line.split(" (").next().unwrap().split("  execution").next().unwrap();
                     assert!(all.contains(head), "{command}: the README shows {line:?}; it printed:\n{all}");

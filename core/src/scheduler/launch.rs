@@ -26,6 +26,9 @@ pub const GPUS: &str = "CUDA_VISIBLE_DEVICES";
 /// A deployment's end (unix seconds): its run's first start + its paid hours, the same for
 /// every replica and every restart of one (a worker restarted does not start its hours anew).
 pub const SERVE_UNTIL: &str = "AIC_SERVE_UNTIL";
+/// The miner's cache of prepared Python environments (a folder the worker's environment
+/// keeper writes; `aic-worker`'s `envcache`). Unset or empty: nothing is cached.
+pub const ENV_CACHE: &str = "AIC_ENV_CACHE";
 
 /// What one allocation's worker is told.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -125,6 +125,17 @@ impl LocalScheduler {
                 since.timestamp() + (crate::pricing::paid_hours(manifest.request.max_hours) * 3600.0).ceil() as i64
             }),
         };
+        // The machine's environment cache (its simulated miners share its disk): the
+        // operator's AIC_ENV_CACHE, else one beside the work folders; empty: none.
+        let cache = match std::env::var_os(launch::ENV_CACHE) {
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(std::path::PathBuf::from(v)),
+            None => Some(cfg.work_root.join(".env-cache")),
+        };
+        if let Some(cache) = cache {
+            std::fs::create_dir_all(&cache)?;
+            cmd.env(launch::ENV_CACHE, cache);
+        }
         // The worker writes its exit code there as it exits: a host that adopted it (its
         // parent died) learns how it ended.
         cmd.env(EXIT_FILE, &exit_file);

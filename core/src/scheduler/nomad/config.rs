@@ -54,6 +54,10 @@ pub struct NomadConfig {
     /// The uids jobs' programs run as in their tasks (`AIC_JOB_UIDS`; the worker drops to its
     /// job's: `job_user`), which the clients' egress rules (`infra/nomad/egress.nft`) name.
     pub job_uids: (u32, u32),
+    /// The clients' host volume that holds their cache of prepared Python environments
+    /// (`AIC_NOMAD_ENV_CACHE_VOLUME`): mounted into every task at [`super::spec::ENV_CACHE_AT`]
+    /// (`aic-worker`'s keeper writes it as root; jobs read it). Unset: nothing is cached.
+    pub env_cache_volume: Option<String>,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -91,6 +95,7 @@ impl NomadConfig {
             node_pool: None,
             tls: Default::default(),
             job_uids: (3_000_000, 65_536),
+            env_cache_volume: None,
         }
     }
 
@@ -124,6 +129,7 @@ impl NomadConfig {
             node_pool: var("AIC_NOMAD_NODE_POOL"),
             tls: super::tls::NomadTls::from_env()?,
             job_uids: crate::scheduler::job_user::uid_range(),
+            env_cache_volume: var("AIC_NOMAD_ENV_CACHE_VOLUME"),
             eval_wait: std::time::Duration::from_secs(num(
                 "AIC_NOMAD_EVAL_WAIT",
                 if var("AWS_LAMBDA_FUNCTION_NAME").is_some() { 15 } else { d.eval_wait.as_secs() as u32 },

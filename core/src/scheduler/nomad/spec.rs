@@ -35,6 +35,9 @@ pub fn rank_ask(cfg: &NomadConfig, r: &aic_schemas::JobRequest) -> (u32, u64, u6
     (r.gpus_per_miner, u64::from(cfg.memory_mb) * u64::from(r.gpus_per_miner.max(1)), EPHEMERAL_DISK_MB)
 }
 
+/// Where a task finds the clients' environment cache (`NomadConfig::env_cache_volume`).
+pub const ENV_CACHE_AT: &str = "/var/lib/aic/env-cache";
+
 /// The ephemeral disk of an allocation (its work folder, the project, pip's installs).
 pub const EPHEMERAL_DISK_MB: u64 = 10240;
 
@@ -230,6 +233,16 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
     // The pool's nodes aic counts as room (`NomadConfig::node_pool`), when one is set.
     if let Some(pool) = &cfg.node_pool {
         spec["NodePool"] = json!(pool);
+    }
+    // The clients' environment cache: a host volume (the group's `volume`, the task's
+    // `volume_mount`; `VolumeRequest` and `VolumeMount` in Nomad's api/tasks.go), writable
+    // (the worker's keeper, root, writes it; the job's uid reads).
+    if let Some(volume) = &cfg.env_cache_volume {
+        spec["TaskGroups"][0]["Volumes"] =
+            json!({"aic-env-cache": {"Name": "aic-env-cache", "Type": "host", "Source": volume, "ReadOnly": false}});
+        let task = &mut spec["TaskGroups"][0]["Tasks"][0];
+        task["VolumeMounts"] = json!([{"Volume": "aic-env-cache", "Destination": ENV_CACHE_AT, "ReadOnly": false}]);
+        task["Env"][launch::ENV_CACHE] = json!(ENV_CACHE_AT);
     }
     spec
 }
@@ -430,6 +443,29 @@ mod tests {
         assert!(tg["Networks"][0]["DynamicPorts"].as_array().unwrap().contains(&json!({"Label": "http"})));
         assert_eq!(tg["Tasks"][0]["Env"]["AIC_SERVE_PORT"], "${NOMAD_PORT_http}");
         assert_eq!(tg["ReschedulePolicy"]["Unlimited"], true);
+    }
+
+    /// With the clients' cache volume named, every task mounts it where the worker is told it
+    /// is; without, nothing is mounted and nothing cached.
+    #[test]
+    fn the_environment_cache_is_a_host_volume_mounted_into_every_task() {
+        let (job, m) = manifest("train", 2, 1);
+        let none = job_spec(&cfg(), &job, &m, 0);
+        assert!(none["TaskGroups"][0].get("Volumes").is_none());
+        assert!(none["TaskGroups"][0]["Tasks"][0]["Env"].get("AIC_ENV_CACHE").is_none());
+        let c = NomadConfig { env_cache_volume: Some("aic-envs".into()), ..cfg() };
+        let j = job_spec(&c, &job, &m, 0);
+        let tg = &j["TaskGroups"][0];
+        assert_eq!(
+            tg["Volumes"]["aic-env-cache"],
+            json!({"Name": "aic-env-cache", "Type": "host", "Source": "aic-envs", "ReadOnly": false})
+        );
+        let t = &tg["Tasks"][0];
+        assert_eq!(
+            t["VolumeMounts"],
+            json!([{"Volume": "aic-env-cache", "Destination": ENV_CACHE_AT, "ReadOnly": false}])
+        );
+        assert_eq!(t["Env"]["AIC_ENV_CACHE"], ENV_CACHE_AT);
     }
 
     #[test]

@@ -12,7 +12,6 @@ pub(super) struct Bind {
 
 /// Everything the keeper, the init and the worker need between fork and exec, made before.
 pub(super) struct Jail {
-    pub(super) uid: u32,
     /// The allocation's `cgroup.procs` files, open for writing.
     pub(super) procs: Vec<std::fs::File>,
     /// Folders covered with an empty file system (`true`: a private `/tmp`-like one).
@@ -30,7 +29,7 @@ pub(super) fn check(r: nix::libc::c_int) -> std::io::Result<()> {
 
 impl Jail {
     /// In the forked child: becomes the keeper, whose child is the namespace's init, whose
-    /// child returns from here to exec the worker as the job's uid.
+    /// child returns from here to exec the worker (which drops to the job's uid itself).
     pub(super) fn enter(&self) -> std::io::Result<()> {
         use nix::libc;
         // SAFETY: system calls on strings and descriptors that outlive the calls; this
@@ -79,11 +78,9 @@ impl Jail {
             if worker > 0 {
                 reap_until(worker);
             }
-            // The worker.
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setresgid(self.uid, self.uid, self.uid))?;
-            check(libc::setresuid(self.uid, self.uid, self.uid))?;
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            // The worker: started as root, it becomes the job's uid itself (`AIC_JOB_UID`, no
+            // groups, no new privileges) once it has started the miner's environment keeper,
+            // before anything of the job runs (`aic-worker`'s `confine`), as in a Nomad task.
             check(libc::chdir(self.work.as_ptr()))?;
         }
         Ok(())

@@ -13,13 +13,17 @@
 //!   the namespace, builds the view (below), forks the worker and reaps whatever is orphaned
 //!   to it; when the worker ends it exits, and the kernel kills every process left in the
 //!   namespace — a program that kills its worker or `setsid`s away cannot outlive it;
-//! - the **worker** (PID 2) drops to the job's uid and gid (no supplementary groups, no new
-//!   privileges) and runs in its work folder.
+//! - the **worker** (PID 2) starts in its work folder as root with `AIC_JOB_UID` and drops to
+//!   the job's uid and gid itself (no supplementary groups, no new privileges) before anything
+//!   of the job runs, once it has started the miner's environment keeper (the one process of
+//!   the allocation left as root: it copies environments into the cache, `aic-worker`'s
+//!   `envcache`).
 //!
 //! The view: the host's folders (its home, the pool's folder with its store and secrets,
 //! every other allocation's work folder and sockets), `/tmp`, `/var/tmp` and `/dev/shm` are
 //! covered with empty file systems of the allocation's own; its work folder comes back
-//! (writable, owned by the job's uid), and what the worker is told to run — the worker
+//! (writable, owned by the job's uid), the miner's environment cache (`AIC_ENV_CACHE`; root's,
+//! read-only to the job's uid by its modes), and what the worker is told to run — the worker
 //! binary's folder, the installations on its `PATH` — comes back read-only. `/etc/passwd`
 //! and `/etc/group` gain the job's user (`aic`, home = the work folder), which ssh and
 //! Python's `getpass` look up. Folders the operator lists in `AIC_JOB_SHARED` (`:`-separated,
@@ -218,6 +222,14 @@ impl Sandbox {
         // The work folder, writable, at `seen_at` (the same path in every allocation of the
         // job: launchers that start ranks over ssh, horovodrun's, `cd` to the leader's).
         let mut keep: Vec<(PathBuf, PathBuf, bool)> = vec![(work.canonicalize()?, seen_at.to_path_buf(), true)];
+        // The environment cache, at its own path: the keeper (root) writes it; its modes keep
+        // the job's uid to reading.
+        if let Some(cache) =
+            cmd.get_envs().find(|(k, _)| *k == super::super::launch::ENV_CACHE).and_then(|(_, v)| v).map(PathBuf::from)
+            && let Ok(cache) = cache.canonicalize()
+        {
+            keep.push((cache.clone(), cache, true));
+        }
         // Never a folder holding one the job must not see (a `PATH` of `~/bin` gives `~/bin`,
         // not the home).
         let secret: Vec<PathBuf> = self.hidden.iter().filter_map(|h| h.canonicalize().ok()).collect();
@@ -277,7 +289,6 @@ impl Sandbox {
             .map(|p| Ok((c(p)?, private.iter().flatten().any(|q| q == p))))
             .collect::<std::io::Result<Vec<_>>>()?;
         let jail = Arc::new(Jail {
-            uid,
             procs,
             cover,
             mkdirs,
@@ -287,6 +298,7 @@ impl Sandbox {
             exit_file: c(exit_file)?,
         });
         cmd.env("HOME", seen_at).env("USER", USER).env("LOGNAME", USER).current_dir("/");
+        cmd.env(super::super::job_user::JOB_UID, uid.to_string());
         use std::os::unix::process::CommandExt;
         // SAFETY: between fork and exec the closure makes system calls only, on strings and
         // descriptors made before the fork (see `Jail::enter`).

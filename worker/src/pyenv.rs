@@ -1,0 +1,391 @@
+//! A project's Python environment: what its `requirements.txt` asks for and the miner's
+//! Python lacks, prepared before the program starts (training jobs and deployments alike),
+//! as a phase of its own in the job's log, within `AIC_ENV_TIMEOUT` seconds (1800).
+//!
+//! 1. **Resolve**: `pip install --dry-run --report` (wheels only) says what the requirements
+//!    need, each with its URL and SHA-256; of that, what the miner's Python does not have at
+//!    that version is what the environment holds. Nothing resolves: the job fails with pip's
+//!    reason, its program never started.
+//! 2. **Name**: the environment's digest covers the miner's Python (version, platform, its
+//!    installed distributions) and the pinned list (name, version, SHA-256), so one digest is
+//!    one set of bytes whoever asked for it.
+//! 3. **Take or build** (`envcache`): cached on this miner → used as it is, nothing installed.
+//!    Else built in the allocation's own folder by `pip install --no-deps --require-hashes`
+//!    from the pinned URLs (every archive checked against its SHA-256; wheels only, so no
+//!    package's code runs while it is installed), then sealed into the cache, read-only.
+//!    Two allocations asking for the same digest at once: one builds, the other waits and
+//!    takes it.
+//!
+//! pip runs isolated (`python -I`, `--isolated`: no user site-packages, no `PYTHON*` or
+//! `PIP_*` variables, no user configuration), so nothing a job left in its folder (a `.pth`
+//! under `~/.local`, a `pip.conf`) runs or steers it; and before the build starts, anything
+//! the resolution left running under the job's uid is killed (resolving an sdist's metadata
+//! runs its code: the job's own, which must not touch the build).
+//!
+//! The program gets the environment on `PYTHONPATH` (before the job's own). Without a cache on
+//! the miner the environment is built the same way into the allocation's folder, for it alone.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use sha2::Digest;
+use tokio::sync::mpsc;
+
+use crate::alloc::Alloc;
+use crate::envcache::{self, BUILD_DIR};
+
+/// The longest an environment may take to prepare (`AIC_ENV_TIMEOUT`, seconds).
+fn time_limit() -> Duration {
+    Duration::from_secs(std::env::var("AIC_ENV_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(1800))
+}
+
+/// What the program gets: the environment's folder, for `PYTHONPATH`.
+pub(crate) struct Prepared {
+    pub(crate) dir: Option<PathBuf>,
+}
+
+/// One item of pip's installation report that the miner lacks.
+#[derive(Debug, PartialEq)]
+struct Pin {
+    name: String,
+    version: String,
+    url: String,
+    sha256: String,
+}
+
+fn packages(n: usize) -> String {
+    if n == 1 { "1 package".into() } else { format!("{n} packages") }
+}
+
+/// PEP 503's normal form of a distribution name.
+fn normal(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// The pins pip's `--report` asks for that `installed` (normal name → version) lacks.
+fn missing(
+    report: &serde_json::Value,
+    installed: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<Vec<Pin>> {
+    let mut pins = vec![];
+    for item in report["install"].as_array().into_iter().flatten() {
+        let name = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let version = item["metadata"]["version"].as_str().unwrap_or_default().to_string();
+        if installed.get(&normal(&name)) == Some(&version) {
+            continue;
+        }
+        let info = &item["download_info"];
+        let url = info["url"].as_str().unwrap_or_default().to_string();
+        let archive = &info["archive_info"];
+        let sha256 = archive["hashes"]["sha256"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| archive["hash"].as_str().and_then(|h| h.strip_prefix("sha256=")).map(str::to_string))
+            .unwrap_or_default();
+        let wheel = url.split(['?', '#']).next().unwrap_or_default().ends_with(".whl");
+        if !wheel || sha256.len() != 64 {
+            return Err(anyhow!(
+                "{name} {version} has no wheel for this miner's Python (aic installs wheels only, checked by SHA-256)"
+            ));
+        }
+        pins.push(Pin { name, version, url, sha256 });
+    }
+    pins.sort_by_key(|p| normal(&p.name));
+    Ok(pins)
+}
+
+/// The environment's name: the miner's Python as `base` describes it, and the pins.
+fn digest(base: &str, pins: &[Pin]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(b"aic-env 1\n");
+    h.update(base.as_bytes());
+    for p in pins {
+        h.update(format!("\n{}=={} {}", normal(&p.name), p.version, p.sha256).as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The miner's Python: one line of JSON (version, platform, installed distributions).
+const BASE: &str = "import importlib.metadata as m, json, sys, sysconfig\n\
+print(json.dumps({'python': sys.version, 'platform': sysconfig.get_platform(), 'tag': sys.implementation.cache_tag,\n\
+ 'dists': sorted({(d.metadata['Name'] or '') + '==' + d.version for d in m.distributions()})}))";
+
+/// Runs `python -I` with `args` (pip isolated, in `cwd`), within `deadline`; its stderr's
+/// last error line on failure.
+async fn python(python: &str, args: &[&str], cwd: &Path, deadline: Instant) -> anyhow::Result<Vec<u8>> {
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg("-I").args(args).current_dir(cwd).kill_on_drop(true);
+    cmd.env_remove("PYTHONPATH").env("PIP_CONFIG_FILE", "/dev/null").env("PIP_NO_INPUT", "1");
+    cmd.stdin(std::process::Stdio::null());
+    let left = deadline.saturating_duration_since(Instant::now());
+    let out = tokio::time::timeout(left, cmd.output())
+        .await
+        .map_err(|_| anyhow!("preparing the environment took over {} s (AIC_ENV_TIMEOUT)", time_limit().as_secs()))?
+        .with_context(|| format!("running {python}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("ERROR"))
+            .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()));
+        return Err(anyhow!("{}", line.unwrap_or("pip failed").trim()));
+    }
+    Ok(out.stdout)
+}
+
+/// Prepares `code`'s environment for allocation `a` (nothing without a `requirements.txt`),
+/// telling the job's log through `log`.
+pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) -> anyhow::Result<Prepared> {
+    let requirements = code.join("requirements.txt");
+    if !requirements.is_file() {
+        return Ok(Prepared { dir: None });
+    }
+    let started = Instant::now();
+    let deadline = started + time_limit();
+    let py = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let say = |line: String| async move {
+        let _ = log.send(format!("[aic] {line}")).await;
+    };
+    let build_root = a.work.join(BUILD_DIR);
+    let _ = tokio::fs::remove_dir_all(&build_root).await;
+    tokio::fs::create_dir_all(&build_root).await?;
+    let report = build_root.join("report.json");
+    say("preparing environment: resolving requirements.txt".into()).await;
+    let pip = |extra: &[&str]| {
+        let mut v = vec![
+            "-m",
+            "pip",
+            "--isolated",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-cache-dir",
+            "install",
+            "--quiet",
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let resolve = pip(&["--dry-run", "--ignore-installed", "--only-binary", ":all:", "--report"]);
+    let mut args: Vec<&str> = resolve.iter().map(String::as_str).collect();
+    let (report_s, req_s) = (report.to_string_lossy().into_owned(), requirements.to_string_lossy().into_owned());
+    args.extend([report_s.as_str(), "-r", req_s.as_str()]);
+    python(&py, &args, code, deadline).await.map_err(|e| anyhow!("requirements.txt cannot be installed: {e}"))?;
+    stray::kill_the_jobs_others();
+    let report: serde_json::Value =
+        serde_json::from_slice(&tokio::fs::read(&report).await.context("reading pip's report")?)?;
+    let base = String::from_utf8_lossy(&python(&py, &["-c", BASE], code, deadline).await?).trim().to_string();
+    let dists: serde_json::Value = serde_json::from_str(&base).context("the miner's Python described itself oddly")?;
+    let installed = dists["dists"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str()?.split_once("==").map(|(n, v)| (normal(n), v.to_string())))
+        .collect();
+    let pins = missing(&report, &installed).map_err(|e| anyhow!("requirements.txt cannot be installed: {e}"))?;
+    if pins.is_empty() {
+        say("environment ready: the miner's Python has everything requirements.txt asks for".into()).await;
+        return Ok(Prepared { dir: None });
+    }
+    let digest = digest(&base, &pins);
+    let short = &digest[..12];
+    let keeper = envcache::keeper();
+    if let Some(k) = keeper {
+        let d = digest.clone();
+        let taken = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            tokio::task::spawn_blocking(move || envcache::keeper().expect("set").lock(&d)),
+        )
+        .await
+        .map_err(|_| {
+            anyhow!("another allocation has been preparing environment {short} for too long (AIC_ENV_TIMEOUT)")
+        })?
+        .map_err(|e| anyhow!(e))?
+        .context("the environment cache")?;
+        if let Some(dir) = taken {
+            say(format!(
+                "environment ready in {:.1} s: {}, cached on this miner (environment {short})",
+                started.elapsed().as_secs_f64(),
+                packages(pins.len())
+            ))
+            .await;
+            return Ok(Prepared { dir: Some(dir) });
+        }
+        let built = build(&py, &build_root, &digest, &pins, code, deadline, &say).await;
+        let sealed = match built {
+            Ok(()) => {
+                let (d, work) = (digest.clone(), a.work.clone());
+                tokio::task::spawn_blocking(move || envcache::keeper().expect("set").seal(&d, &work))
+                    .await
+                    .map_err(|e| anyhow!(e))
+                    .and_then(|r| r.context("sealing the environment into the cache"))
+            }
+            Err(e) => Err(e),
+        };
+        let dir = match sealed {
+            Ok(dir) => dir,
+            Err(e) => {
+                k.unlock(&digest);
+                return Err(anyhow!("requirements.txt cannot be installed: {e:#}"));
+            }
+        };
+        let _ = tokio::fs::remove_dir_all(build_root.join(&digest)).await;
+        say(format!(
+            "environment ready in {:.1} s: installed {} (environment {short}, kept in this miner's cache)",
+            started.elapsed().as_secs_f64(),
+            packages(pins.len())
+        ))
+        .await;
+        return Ok(Prepared { dir: Some(dir) });
+    }
+    build(&py, &build_root, &digest, &pins, code, deadline, &say)
+        .await
+        .map_err(|e| anyhow!("requirements.txt cannot be installed: {e:#}"))?;
+    say(format!(
+        "environment ready in {:.1} s: installed {} (no cache on this miner)",
+        started.elapsed().as_secs_f64(),
+        packages(pins.len())
+    ))
+    .await;
+    Ok(Prepared { dir: Some(build_root.join(&digest)) })
+}
+
+/// Installs `pins` into `<build_root>/<digest>`: by URL, each archive checked against its
+/// SHA-256, wheels only, no dependencies beyond the pins.
+async fn build<F, Fut>(
+    py: &str,
+    build_root: &Path,
+    digest: &str,
+    pins: &[Pin],
+    code: &Path,
+    deadline: Instant,
+    say: &F,
+) -> anyhow::Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let names: Vec<String> = pins.iter().map(|p| format!("{}=={}", p.name, p.version)).collect();
+    say(format!("preparing environment: installing {}: {}", packages(pins.len()), names.join(" "))).await;
+    let pinned = build_root.join("pinned.txt");
+    let text: String = pins.iter().map(|p| format!("{} @ {} --hash=sha256:{}\n", p.name, p.url, p.sha256)).collect();
+    tokio::fs::write(&pinned, text).await?;
+    let target = build_root.join(digest);
+    let (pinned_s, target_s) = (pinned.to_string_lossy().into_owned(), target.to_string_lossy().into_owned());
+    let args = [
+        "-m",
+        "pip",
+        "--isolated",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--no-cache-dir",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary",
+        ":all:",
+        "--target",
+        &target_s,
+        "-r",
+        &pinned_s,
+    ];
+    python(py, &args, code, deadline).await?;
+    stray::kill_the_jobs_others();
+    Ok(())
+}
+
+/// Processes of the job's uid this worker did not start to stay.
+mod stray {
+    /// Where the worker runs as its job's own uid in a PID namespace of the allocation's (the
+    /// local scheduler's sandbox, a Nomad task): kills every other process of that uid there
+    /// (what resolving the requirements left running). Elsewhere nothing: the uid is shared.
+    pub(super) fn kill_the_jobs_others() {
+        let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
+        else {
+            return;
+        };
+        if nix::unistd::getuid().as_raw() != uid {
+            return;
+        }
+        let me = std::process::id() as i32;
+        for _ in 0..3 {
+            let mut found = false;
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+                let owner = std::os::unix::fs::MetadataExt::uid(&match e.metadata() {
+                    Ok(m) => m,
+                    Err(_) => continue,
+                });
+                if pid != me && owner == uid {
+                    found = true;
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            if !found {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(items: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({ "version": "1", "install": items })
+    }
+
+    #[test]
+    fn what_the_miner_has_at_the_version_asked_is_not_installed_again() {
+        let r = report(serde_json::json!([
+            {"metadata": {"name": "Flask", "version": "3.0.0"}, "download_info": {"url": "https://f/flask-3.0.0-py3-none-any.whl", "archive_info": {"hashes": {"sha256": "a".repeat(64)}}}},
+            {"metadata": {"name": "my_pkg", "version": "1.0"}, "download_info": {"url": "file:///w/code/wheels/my_pkg-1.0-py3-none-any.whl", "archive_info": {"hash": format!("sha256={}", "b".repeat(64))}}}
+        ]));
+        let installed = [("flask".to_string(), "3.0.0".to_string()), ("my-pkg".to_string(), "0.9".to_string())].into();
+        let pins = missing(&r, &installed).unwrap();
+        assert_eq!(pins.len(), 1, "{pins:?}");
+        assert_eq!((pins[0].name.as_str(), pins[0].version.as_str()), ("my_pkg", "1.0"));
+        assert_eq!(pins[0].sha256, "b".repeat(64));
+    }
+
+    #[test]
+    fn an_sdist_or_an_unhashed_archive_is_refused() {
+        let sdist = report(
+            serde_json::json!([{"metadata": {"name": "x", "version": "1"}, "download_info": {"url": "https://f/x-1.tar.gz", "archive_info": {"hashes": {"sha256": "a".repeat(64)}}}}]),
+        );
+        let e = missing(&sdist, &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("x 1 has no wheel"), "{e}");
+        let unhashed = report(
+            serde_json::json!([{"metadata": {"name": "y", "version": "2"}, "download_info": {"url": "https://f/y-2-py3-none-any.whl"}}]),
+        );
+        assert!(missing(&unhashed, &Default::default()).is_err());
+    }
+
+    #[test]
+    fn the_digest_names_the_bytes_and_the_miners_python() {
+        let pin = |sha: char| Pin {
+            name: "A_b".into(),
+            version: "1".into(),
+            url: "u".into(),
+            sha256: sha.to_string().repeat(64),
+        };
+        let d = digest("py3.11", &[pin('a')]);
+        assert_eq!(d.len(), 64);
+        assert_eq!(d, digest("py3.11", &[Pin { name: "a-b".into(), url: "elsewhere".into(), ..pin('a') }]));
+        assert_ne!(d, digest("py3.11", &[pin('c')]), "other bytes under the same name");
+        assert_ne!(d, digest("py3.12", &[pin('a')]), "another Python");
+    }
+}
