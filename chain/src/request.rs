@@ -31,6 +31,7 @@ sol! {
         string launcher;
         string[] args;
         string[] env;
+        string[] secrets;
         uint64 paymentChainId;
         bytes32 paymentTx;
         uint64 createdAt;
@@ -85,6 +86,7 @@ pub fn typed(req: &JobRequest) -> AicJobRequest {
         .into(),
         args: req.args.clone(),
         env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        secrets: req.secrets.clone(),
         paymentChainId: req.payment.as_ref().map_or(0, |p| p.chain_id),
         paymentTx: req.payment.as_ref().map_or(B256::ZERO, |p| b256(&p.tx)),
         createdAt: req.created_at.timestamp().max(0) as u64,

@@ -74,6 +74,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         launcher: aic_schemas::Launcher::Mpi,
         args: vec!["--epochs".into(), "20".into()],
         env: Default::default(),
+        secrets: vec![],
     };
     let req =
         file.to_request(env.owner, JobId::generate(), "train_mpi.py".into(), Utc::now(), chrono::Duration::hours(1));
@@ -115,6 +116,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         entrypoint: None,
         tx: None,
         detach: false,
+        secrets: vec![],
     };
     let base = crate::deploy::origins(env, host.as_ref()).await?;
     let (deployment, _) = crate::deploy::submit(env, &opts, host.as_ref()).await?;

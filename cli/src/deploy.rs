@@ -34,6 +34,7 @@ pub struct DeployOpts {
     pub entrypoint: Option<String>,
     pub tx: Option<String>,
     pub detach: bool,
+    pub secrets: Vec<String>,
 }
 
 /// Where users reach deployments: the gateway in pool mode, else the embedded pool's.
@@ -158,6 +159,7 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
         launcher: Launcher::Command,
         args: vec![],
         env: Default::default(),
+        secrets: o.secrets.clone(),
     };
     let req: JobRequest =
         file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), chrono::Duration::hours(1));
@@ -311,6 +313,8 @@ pub async fn replace(env: &Env, name: &str, replicas: Option<u32>, hours: Option
         entrypoint: Some(req.entrypoint.clone()),
         tx: None,
         detach: false,
+        // The replacement gets the secrets the deployment it replaces got.
+        secrets: req.secrets.clone(),
     };
     let (new, name) = submit(env, &opts, host.as_ref()).await?;
     // The new replicas start beside the old ones; a full pool cannot do that.

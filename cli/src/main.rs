@@ -15,6 +15,7 @@ mod pool;
 mod progress;
 mod reclaim;
 mod remote;
+mod secret;
 mod submit;
 mod watch;
 
@@ -37,6 +38,9 @@ enum Cmd {
     /// Datasets in your data/ folder of the pool's storage.
     #[command(subcommand)]
     Data(DataCmd),
+    /// Your secrets (tokens, keys) for your jobs' programs: `--secret NAME` on run and deploy.
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Upload a script, submit it, and watch it to the end.
     Run(RunArgs),
     /// Submit a job file (YAML or JSON) and watch it.
@@ -216,6 +220,23 @@ enum DataCmd {
     Rm { name: String },
 }
 
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Set secret NAME (A-Z, 0-9, _) from standard input, or from --file F.
+    Set {
+        name: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Your secrets' names and when each was set (never their values).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove secret NAME.
+    Rm { name: String },
+}
+
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct DeployCmd {
@@ -238,6 +259,9 @@ pub struct DeployCmd {
     /// The WSGI file inside the project (default app.py).
     #[arg(long)]
     entrypoint: Option<String>,
+    /// A secret of yours (`aic secret set NAME`) for the app's environment (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
     /// A payment made elsewhere: its transaction hash.
     #[arg(long)]
     tx: Option<String>,
@@ -328,6 +352,9 @@ pub struct RunArgs {
     /// own requirements.txt is used without it.
     #[arg(long, value_name = "FILE")]
     pub requirements: Option<PathBuf>,
+    /// A secret of yours (`aic secret set NAME`) for the program's environment (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Submit and return without watching (needs a running `aic dev up`).
     #[arg(long, short)]
     pub detach: bool,
@@ -403,6 +430,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Secret(c) => {
+            match c {
+                SecretCmd::Set { name, file } => secret::set(&env, &name, file.as_deref()).await?,
+                SecretCmd::Ls { json } => secret::ls(&env, json).await?,
+                SecretCmd::Rm { name } => secret::rm(&env, &name).await?,
+            }
+            Ok(0)
+        }
         Cmd::Run(args) => submit::run(&env, args).await,
         Cmd::Submit { file, tx, detach } => submit::submit_file(&env, &file, tx, detach).await,
         Cmd::Jobs { json, limit, all, since } => {
@@ -456,6 +491,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                     entrypoint: d.entrypoint,
                     tx: d.tx,
                     detach: d.detach,
+                    secrets: d.secrets,
                 };
                 deploy::create(&env, o).await
             }

@@ -208,25 +208,7 @@ impl Hosted {
         // workers keep their store access and take their job's commands from it.
         // A secret left by a host that died (a clean stop removes it) is kept: the workers it
         // started, adopted below, hold tokens made with it.
-        let left = std::fs::read_to_string(env.home.join("exec.secret")).ok().and_then(|s| hex::decode(s.trim()).ok());
-        let secret = match left.filter(|s| s.len() == 32) {
-            Some(s) => s,
-            None => {
-                let mut b = [0u8; 32];
-                std::io::Read::read_exact(&mut File::open("/dev/urandom")?, &mut b)?;
-                b.to_vec()
-            }
-        };
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(env.home.join("exec.secret"))?;
-            std::io::Write::write_all(&mut f, hex::encode(&secret).as_bytes())?;
-        }
+        let secret = pool_secret(&env.home)?;
         // The same `/v1` API as a pool's gateway, for the web app and for `aic` with
         // AIC_GATEWAY set to this address: users sign in to this address (the SIWE domain a
         // wallet compares with the page's origin), and transfers go through this host, since a
@@ -236,6 +218,7 @@ impl Hosted {
         gw_cfg.public_url = Some(serve_addr.clone());
         gw_cfg.serving = Some(origins.to_string());
         gw_cfg.storage_quota = aic_functions::config::storage_quota(None)?;
+        gw_cfg.secrets_key = Some(secrets_key(&env.home)?);
         gw_cfg.chain_info = serde_json::to_value(&chain)?;
         // On the dev chain anyone knows the dev accounts' keys (anvil's): whoever reaches this
         // host from elsewhere (AIC_SERVE_ADDR=0.0.0.0:…) must not sign in as the developer.
@@ -442,4 +425,34 @@ fn own_addresses(authority: &str) -> Vec<String> {
         }
     }
     own
+}
+
+/// The embedded pool's own secret (`$AIC_HOME/exec.secret`, its user's alone): what its gateway
+/// signs sessions and workers' tokens with. Kept when a host that died left it (the workers it
+/// started, adopted by the next, hold tokens made with it); a clean stop removes it.
+pub fn pool_secret(home: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    own_key(home, "exec.secret")
+}
+
+/// The key users' secrets are sealed under on the embedded pool (`$AIC_HOME/secrets.key`, its
+/// user's alone; `aic_core::vault`), kept for good: secrets set stay readable across hosts.
+pub fn secrets_key(home: &std::path::Path) -> anyhow::Result<String> {
+    Ok(hex::encode(own_key(home, "secrets.key")?))
+}
+
+/// 32 random bytes kept in `home/<file>` (hex, mode 0600), made on first use.
+fn own_key(home: &std::path::Path, file: &str) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.join(file);
+    if let Some(s) =
+        std::fs::read_to_string(&path).ok().and_then(|s| hex::decode(s.trim()).ok()).filter(|s| s.len() == 32)
+    {
+        return Ok(s);
+    }
+    let mut b = [0u8; 32];
+    std::io::Read::read_exact(&mut File::open("/dev/urandom")?, &mut b)?;
+    std::fs::create_dir_all(home)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    std::io::Write::write_all(&mut f, hex::encode(b).as_bytes())?;
+    Ok(b.to_vec())
 }

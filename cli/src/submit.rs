@@ -184,6 +184,7 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
         launcher: a.launcher.parse().map_err(|e: String| anyhow!("--launcher: {e}"))?,
         args: a.args.clone(),
         env: parse_env(&a.env)?,
+        secrets: a.secrets.clone(),
     };
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
     let tx = a.tx.clone();
@@ -282,6 +283,8 @@ pub async fn pay_sign_submit(
             bail!("no dataset {data}: upload it with `aic data put PATH {data}` (see `aic data ls`); nothing was paid");
         }
     }
+    // So is one naming a secret of yours that is not set.
+    crate::secret::require(env, &req.secrets).await?;
     // A job the pool could never place is refused before anything is paid or uploaded.
     match crate::capacity::gateways(env, host).await {
         Ok(gws) => aic_core::scheduler::can_fit(&gws, req.miners, req.gpus_per_miner)

@@ -26,6 +26,7 @@
 //! pool/settlements/<addr>/<job>/<run>.json      how a paid run was settled (charged, refunded)
 //! pool/exec/<addr>/<job>/<session>.json         an `aic exec` session: who, when, where, the command, its exit
 //! pool/code-pending/<addr>/<job>.json           a job whose code the gateway signed uploads for and that is not paid yet
+//! pool/secrets/<addr>/<NAME>.json               a user's secret, sealed with the pool's key (`vault`)
 //! ```
 //!
 //! No other file spells a key: a test (`core/tests/it/layout_only.rs`) fails on a `"users/` or
@@ -96,6 +97,16 @@ pub fn payment_claim(chain_id: u64, tx: &str) -> String {
 /// issued, and sign-in messages signed, before then are refused. Written by the pool alone.
 pub fn signed_out(owner: &Address) -> String {
     format!("pool/sessions/{owner}.json")
+}
+
+/// An owner's secret, sealed (`vault`).
+pub fn secret(owner: &Address, name: &str) -> String {
+    format!("pool/secrets/{owner}/{name}.json")
+}
+
+/// Where an owner's secrets are.
+pub fn secrets_prefix(owner: &Address) -> String {
+    format!("pool/secrets/{owner}/")
 }
 
 pub fn serving_prefix(deployment: &str) -> String {

@@ -36,6 +36,7 @@ pub mod serving;
 pub mod status;
 pub mod store;
 pub mod usage;
+pub mod vault;
 
 pub use config::StoreConfig;
 

@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 use anyhow::{Context, anyhow, bail};
 
 /// What a secret may hold.
-pub const KEYS: [&str; 4] = ["AIC_SETTLER_KEY", "AIC_GATEWAY_SECRET", "AIC_WEBHOOK_TOKEN", "NOMAD_TOKEN"];
+pub const KEYS: [&str; 5] =
+    ["AIC_SETTLER_KEY", "AIC_GATEWAY_SECRET", "AIC_WEBHOOK_TOKEN", "NOMAD_TOKEN", "AIC_SECRETS_KEY"];
 
 static LOADED: OnceLock<HashMap<String, String>> = OnceLock::new();
 

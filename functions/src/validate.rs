@@ -56,6 +56,13 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     if let Some(why) = claim_id(ctx, job).await? {
         return reject(ctx, job, why).await;
     }
+    // The secrets it names are its owner's and set (their values reach its workers at start).
+    if !req.secrets.is_empty() {
+        let have = aic_core::vault::list(store, &req.owner).await?;
+        if let Some(n) = req.secrets.iter().find(|n| !have.iter().any(|l| &l.name == *n)) {
+            return reject(ctx, job, format!("secret {n} is not set: `aic secret set {n}`, then submit again")).await;
+        }
+    }
     let quote = ctx.pricing.quote(&req);
     let payment = match ctx.payments.verify(job, 0, &req, &quote).await {
         Ok(p) => p,

@@ -164,6 +164,11 @@ pub struct JobRequest {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The owner's secrets (`aic secret set`) the program gets in its environment, by name:
+    /// only names here; the values stay with the pool, encrypted, and reach the worker at
+    /// start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentRef>,
     pub created_at: DateTime<Utc>,
@@ -208,6 +213,7 @@ impl JobRequest {
         validate::hours("max_hours", self.max_hours, &mut errs);
         validate::args("args", &self.args, &mut errs);
         validate::env("env", &self.env, &mut errs);
+        validate::secrets("secrets", &self.secrets, &self.env, &mut errs);
         if let Some(p) = &self.payment {
             validate::tx_hash("payment.tx", &p.tx, &mut errs);
         }
@@ -263,6 +269,7 @@ mod tests {
             launcher: Launcher::Command,
             args: vec!["--epochs".into(), "5".into()],
             env: BTreeMap::new(),
+            secrets: vec![],
             payment: None,
             created_at: now,
             expires_at: now + chrono::Duration::hours(1),

@@ -11,6 +11,7 @@
 //! launcher: command            # command | mpi | horovod | torchrun
 //! args: [--epochs, "20"]
 //! env: {SEED: "7"}
+//! secrets: [HF_TOKEN]          # your secrets the program gets (aic secret set)
 //! ```
 //! Every error names the field and, where it can, the line: `job.yaml:4: miners: must be
 //! between 1 and 64 (got 0)`.
@@ -62,6 +63,9 @@ pub struct JobFile {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The owner's secrets the program gets in its environment (`aic secret set NAME`).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// A problem in a job file, located where possible.
@@ -153,6 +157,7 @@ impl JobFile {
             launcher: self.launcher,
             args: self.args.clone(),
             env: self.env.clone(),
+            secrets: self.secrets.clone(),
             payment: None,
             created_at: now,
             expires_at: now + valid_for,

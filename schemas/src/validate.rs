@@ -16,6 +16,8 @@ pub const MAX_ARGS: usize = 256;
 pub const MAX_ARG_BYTES: usize = 4096;
 pub const MAX_ENV: usize = 128;
 pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+/// Most secrets a job may name, and an owner may keep.
+pub const MAX_SECRETS: usize = 64;
 pub const MAX_PATH_BYTES: usize = 512;
 
 /// One problem with one field of a document.
@@ -155,6 +157,40 @@ pub(crate) fn env(field: &str, env: &BTreeMap<String, String>, errs: &mut Vec<Fi
             errs.push(FieldError::new(f, "is set by the pool; choose another name"));
         } else if v.len() > MAX_ENV_VALUE_BYTES || v.contains('\0') {
             errs.push(FieldError::new(f, format!("value must be under {MAX_ENV_VALUE_BYTES} bytes with no NUL")));
+        }
+    }
+}
+
+/// A secret's name: what the program finds it under, `[A-Z_][A-Z0-9_]{0,63}`, not a name the
+/// pool sets.
+pub fn secret_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !ok {
+        return Err(format!(
+            "{name:?} is not a secret's name: use A-Z, 0-9 and _, at most 64, not starting with a digit"
+        ));
+    }
+    if name.starts_with("AIC_") || name == "CUDA_VISIBLE_DEVICES" || name == "PYTHONPATH" || name == "PATH" {
+        return Err(format!("{name} is set by the pool; choose another name"));
+    }
+    Ok(())
+}
+
+pub(crate) fn secrets(field: &str, names: &[String], env: &BTreeMap<String, String>, errs: &mut Vec<FieldError>) {
+    if names.len() > MAX_SECRETS {
+        errs.push(FieldError::new(field, format!("at most {MAX_SECRETS} secrets (got {})", names.len())));
+    }
+    for (i, n) in names.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if let Err(e) = secret_name(n) {
+            errs.push(FieldError::new(f, e));
+        } else if env.contains_key(n) {
+            errs.push(FieldError::new(f, format!("{n} is also in env: a secret's name must be its own")));
+        } else if names[..i].contains(n) {
+            errs.push(FieldError::new(f, format!("{n} is named twice")));
         }
     }
 }

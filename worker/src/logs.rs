@@ -94,11 +94,35 @@ pub struct Shipper {
     buf: String,
     tail: Tail,
     live: Option<LiveLog>,
+    /// What never leaves in the log: the job's secrets' values (longest first).
+    masked: Vec<String>,
 }
+
+/// What a masked value shows as.
+pub const MASK: &str = "***";
 
 impl Shipper {
     pub fn new(store: Store, job: JobKey, alloc: u32, live: Option<LiveLog>) -> Self {
-        Shipper { store, job, alloc, next: 0, buf: String::new(), tail: Tail::default(), live }
+        Shipper { store, job, alloc, next: 0, buf: String::new(), tail: Tail::default(), live, masked: vec![] }
+    }
+
+    /// Every line shipped shows `values` (the job's secrets), and each line of a value that
+    /// spans several, as [`MASK`]. Values under 4 bytes are left (masking every `a` would hide
+    /// the log, not the secret).
+    pub fn masking(mut self, values: impl IntoIterator<Item = String>) -> Self {
+        for v in values {
+            self.masked.extend(v.lines().map(str::to_string).filter(|l| l.len() >= 4));
+            if v.len() >= 4 {
+                self.masked.push(v);
+            }
+        }
+        self.masked.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        self.masked.dedup();
+        self
+    }
+
+    fn mask(&self, line: String) -> String {
+        self.masked.iter().fold(line, |l, v| if l.contains(v.as_str()) { l.replace(v.as_str(), MASK) } else { l })
     }
 
     /// Ships lines from `rx` until it closes; returns the last lines for the log tail.
@@ -142,6 +166,7 @@ impl Shipper {
     }
 
     fn push(&mut self, line: String) {
+        let line = self.mask(line);
         let offset = self.buf.len() as u64;
         self.buf.push_str(&line);
         self.buf.push('\n');

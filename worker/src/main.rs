@@ -186,9 +186,17 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         env.insert("CUDA_VISIBLE_DEVICES".into(), gpus);
     }
     env.insert("AIC_CODE_DIR".into(), path_str(&code_dir));
+    // The owner's secrets the job names, from the pool (never in its request): into the
+    // program's environment, and masked in everything its log ships.
+    let secrets = secrets(a, req).await?;
     // The job's log, from the environment's preparation on.
     let (tx, rx) = mpsc::channel::<String>(1024);
-    let shipper = tokio::spawn(logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live()).run(rx));
+    let shipper = tokio::spawn(
+        logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live())
+            .masking(secrets.values().cloned())
+            .run(rx),
+    );
+    env.extend(secrets);
     let prepared = match pyenv::prepare(a, &code_dir, &tx).await {
         Ok(p) => p,
         Err(e) => {
@@ -413,6 +421,24 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The values of the secrets `req` names, from the gateway with the job's token (the pool
+/// keeps them sealed; only a job's own workers get its owner's).
+async fn secrets(a: &Alloc, req: &aic_schemas::JobRequest) -> anyhow::Result<BTreeMap<String, String>> {
+    if req.secrets.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let Some((url, token)) = &a.gateway else {
+        return Err(anyhow!("the job names secrets, and this pool's workers reach no gateway to get them from"));
+    };
+    let gw = aic_core::remote::Gateway::new(url, Some(token.clone()));
+    let v = gw.call(reqwest::Method::GET, "worker/secrets", None).await.context("getting the job's secrets")?;
+    let got: BTreeMap<String, String> = serde_json::from_value(v["secrets"].clone()).context("the job's secrets")?;
+    if let Some(n) = req.secrets.iter().find(|n| !got.contains_key(*n)) {
+        return Err(anyhow!("secret {n} did not come from the pool"));
+    }
+    Ok(got)
 }
 
 /// Why a job that ran out of its paid time stopped.

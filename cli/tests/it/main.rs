@@ -11,4 +11,5 @@ mod frameworks;
 mod pool_mode;
 mod readme;
 mod recovery;
+mod secrets;
 mod webapp;

@@ -18,6 +18,7 @@
 //! | `GET /v1/deployments` | the caller's deployments, newest first (from the names dispatch records) |
 //! | `POST /v1/draft` (a request) | its quote, the wallet calls that pay it, its EIP-712 typed data |
 //! | `GET /v1/payments/<job>`, `POST /v1/payments/<job>` `{to, data}`, `POST /v1/payments/<job>/tx` `{tx}` | a payment the browser's wallet is sending, kept and followed by the pool (`payment`) |
+//! | `GET /v1/secrets`, `PUT /v1/secrets/<NAME>` `{value}`, `DELETE /v1/secrets/<NAME>` | the caller's secrets: names only out, values only in (`vault`) |
 //! | `GET /v1/usage` | what the caller keeps in datasets, and the pool's storage quota per wallet (`quota`) |
 //! | `GET /v1/deposits` | the caller's deposits in the escrow, their state, and the wallet call that reclaims one due back |
 //! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
@@ -31,6 +32,7 @@
 //! | `POST /v1/exec/<session>/input` `{frames}` | keystrokes and resizes for a terminal session (`aic shell`) |
 //! | `GET /v1/worker/exec?alloc=I`, `POST /v1/worker/exec/<session>` | (workers) the commands for their allocation, their output |
 //! | `POST /v1/worker/logs` `{alloc, chunk, offset, text, status}` | (workers) what their program printed, as it prints it |
+//! | `GET /v1/worker/secrets` | (workers) the values of the secrets their job names, its owner's |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
 //! URL signs `If-None-Match: *`, so it cannot overwrite). A PUT URL is bound to the content's
@@ -55,6 +57,7 @@ mod quota;
 mod reads;
 mod session;
 pub mod sigv4;
+mod vault;
 
 pub use session::session_token;
 
@@ -98,6 +101,9 @@ const MAX_LOG_BYTES: usize = 1024 * 1024;
 pub struct GatewayConfig {
     /// Key for session tokens and nonces (32 random bytes; the same on every gateway replica).
     pub secret: Vec<u8>,
+    /// The key users' secrets are sealed under (`AIC_SECRETS_KEY`, 64 hex digits; the same on
+    /// every replica); unset, one derived from `secret` (`aic_core::vault`).
+    pub secrets_key: Option<String>,
     /// The SIWE domain users sign in to.
     pub domain: String,
     pub chain_id: u64,
@@ -151,6 +157,10 @@ impl GatewayConfig {
             worker_grace: Duration::from_secs(600),
             storage_quota: None,
             max_code_bytes: aic_core::max_code_bytes(),
+            secrets_key: std::env::var("AIC_SECRETS_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+                .or_else(|| crate::secrets::get("AIC_SECRETS_KEY")),
         }
     }
 }
@@ -171,6 +181,8 @@ pub struct Gateway {
     job_ended: Mutex<HashMap<JobKey, JobEnded>>,
     /// What each wallet keeps in datasets, as last listed (`quota`).
     usage: quota::Usage,
+    /// Users' secrets' key (`vault`), or why there is none.
+    vault: Result<aic_core::vault::Vault, String>,
 }
 
 impl Gateway {
@@ -249,7 +261,6 @@ pub enum Caller {
 impl Gateway {
     pub fn new(cfg: GatewayConfig, ctx: Ctx, inbox: Option<Inbox>) -> Self {
         Gateway {
-            cfg,
             ctx,
             inbox,
             buckets: Mutex::new(HashMap::new()),
@@ -259,6 +270,8 @@ impl Gateway {
             signed_out: Default::default(),
             job_ended: Default::default(),
             usage: Default::default(),
+            vault: aic_core::vault::Vault::new(cfg.secrets_key.as_deref(), &cfg.secret).map_err(|e| e.to_string()),
+            cfg,
         }
     }
 
@@ -385,6 +398,7 @@ impl Gateway {
                 (&Method::GET, ["worker", "exec", session, "input"]) => {
                     return self.exec_input_next(g, session, exec::after(&q)?).await;
                 }
+                (&Method::GET, ["worker", "secrets"]) => return self.worker_secrets(g).await,
                 (&Method::POST, ["worker", "logs"]) if self.cfg.live => return self.live_post(g, &body),
                 (&Method::POST, ["worker", "logs"]) => {
                     return Err(err(StatusCode::NOT_FOUND, "this gateway relays no live logs"));
@@ -411,6 +425,9 @@ impl Gateway {
             (&Method::GET, ["payments", job]) => self.payment_state(&who, job).await,
             (&Method::GET, ["deposits"]) => self.deposits(&who).await,
             (&Method::GET, ["usage"]) => self.usage(&who).await,
+            (&Method::GET, ["secrets"]) => self.secrets_list(&who).await,
+            (&Method::PUT, ["secrets", name]) => self.secret_set(&who, name, &body).await,
+            (&Method::DELETE, ["secrets", name]) => self.secret_remove(&who, name).await,
             (&Method::POST, ["payments", job]) => self.payment_sending(&who, job, &body).await,
             (&Method::POST, ["payments", job, "tx"]) => self.payment_sent(&who, job, &body).await,
             (&Method::GET, ["pool"]) => {

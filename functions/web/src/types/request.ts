@@ -62,6 +62,12 @@ name?: (string | null)
 owner: Address
 payment?: (PaymentRef | null)
 /**
+ * The owner's secrets (`aic secret set`) the program gets in its environment, by name:
+ * only names here; the values stay with the pool, encrypted, and reach the worker at
+ * start.
+ */
+secrets?: string[]
+/**
  * The owner's signature over the request (EIP-712), hex.
  */
 signature?: (string | null)
