@@ -64,9 +64,10 @@ fn forget_rendered_secrets(dir: Option<&std::path::Path>) {
 /// services, the metadata address and the pool's control plane (`infra/nomad/egress.nft`), and
 /// that may not write the miner's environment cache. Elsewhere (not root) nothing changes.
 fn become_job_user() {
-    let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
-    else {
-        return;
+    let Some(given) = std::env::var_os(aic_core::scheduler::job_user::JOB_UID) else { return };
+    let Some(uid) = given.to_str().and_then(|v| v.parse::<u32>().ok()).filter(|u| *u != 0) else {
+        eprintln!("aic-worker: AIC_JOB_UID is {given:?}, not a uid; nothing of the job was run");
+        crate::exit(2);
     };
     // The task's own `/etc/passwd` gains the job's user only in a Nomad task (a container's
     // or the exec driver's chroot's copy), never a machine's own.
@@ -76,6 +77,12 @@ fn become_job_user() {
     if let Err(e) = aic_core::scheduler::job_user::become_job_user(uid, home.as_deref()) {
         eprintln!("aic-worker: cannot become the job's user (uid {uid}): {e}; nothing of the job was run");
         crate::exit(2);
+    }
+    // Started in `/` (the sandbox never starts anything as root in a folder the job wrote:
+    // a relative `LD_LIBRARY_PATH` or `PATH` entry would load the job's files as root); its
+    // work folder once it is the job's user.
+    if let Some(work) = std::env::var_os(aic_core::scheduler::launch::WORK_DIR) {
+        let _ = std::env::set_current_dir(work);
     }
 }
 

@@ -25,7 +25,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -49,6 +49,14 @@ pub(crate) struct Cache {
     held: std::sync::Mutex<std::collections::HashMap<String, File>>,
 }
 
+/// What `lock` found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Taken {
+    Ready(PathBuf),
+    Build,
+    Busy,
+}
+
 /// A digest names an environment: 64 hex digits, nothing else (it becomes a file name).
 fn checked(digest: &str) -> std::io::Result<&str> {
     if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
@@ -65,12 +73,31 @@ fn flock(f: &File, how: libc::c_int) -> std::io::Result<()> {
 
 impl Cache {
     pub(crate) fn open(root: &Path) -> std::io::Result<Cache> {
-        for (d, mode) in [("envs", 0o755), ("meta", 0o755), ("locks", 0o700), ("tmp", 0o700)] {
+        if !root.is_absolute() {
+            return Err(std::io::Error::other(format!("{} is not an absolute path", root.display())));
+        }
+        std::fs::create_dir_all(root)?;
+        if !std::fs::symlink_metadata(root)?.is_dir() {
+            return Err(std::io::Error::other(format!("{} is not a folder", root.display())));
+        }
+        // `envs/`: through, not listed (a job reaches its environment by its digest, and sees
+        // nobody else's); the rest the keeper's alone.
+        for (d, mode) in [("envs", 0o711), ("meta", 0o700), ("locks", 0o700), ("tmp", 0o700)] {
             let p = root.join(d);
             std::fs::create_dir_all(&p)?;
+            if !std::fs::symlink_metadata(&p)?.is_dir() {
+                return Err(std::io::Error::other(format!("{} is not a folder", p.display())));
+            }
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
         }
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+        // Copies a keeper killed mid-way left (none younger than an hour: another may be copying).
+        for e in std::fs::read_dir(root.join("tmp"))?.flatten() {
+            let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if old.is_some_and(|age| age > std::time::Duration::from_secs(3600)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let mb = std::env::var(LIMIT_VAR).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(20_480);
         Ok(Cache { root: root.to_path_buf(), limit: mb * 1024 * 1024, held: Default::default() })
     }
@@ -91,30 +118,51 @@ impl Cache {
             .open(self.root.join("locks").join(digest))
     }
 
-    /// Takes environment `digest` for this allocation: `Some(folder)` when it is there (then
-    /// held shared for as long as this process lives), `None` when the caller is to build it
-    /// (held exclusively until `seal` or `unlock`; another allocation asking for it waits).
-    pub(crate) fn lock(&self, digest: &str) -> std::io::Result<Option<PathBuf>> {
+    /// Takes environment `digest` for this allocation: `Ready(folder)` when it is there (then
+    /// held shared for as long as this process lives), `Build` when the caller is to build it
+    /// (held exclusively until `seal` or `unlock`), `Busy` when another allocation has been
+    /// building it for longer than `wait` (the caller builds one of its own, uncached: no job
+    /// holds up another's start for longer than that).
+    pub(crate) fn lock(&self, digest: &str, wait: std::time::Duration) -> std::io::Result<Taken> {
         let digest = checked(digest)?;
         let f = self.lock_file(digest)?;
         let dir = self.env_dir(digest);
-        // Shared first: any number of users hold it so at once (a build holds it exclusively,
-        // so a shared hold sees a finished environment or none).
-        flock(&f, libc::LOCK_SH)?;
-        let mut ready = dir.is_dir();
-        if !ready {
-            flock(&f, libc::LOCK_EX)?;
-            // Built by whoever held it before.
-            ready = dir.is_dir();
-            if ready {
-                flock(&f, libc::LOCK_SH)?;
+        let until = std::time::Instant::now() + wait;
+        let try_lock = |how: libc::c_int| -> std::io::Result<bool> {
+            match flock(&f, how | libc::LOCK_NB) {
+                Ok(()) => Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+                Err(e) => Err(e),
             }
-        }
-        if ready {
+        };
+        let taken = loop {
+            // Shared first: any number of users hold it so at once (a build holds it
+            // exclusively, so a shared hold sees a finished environment or none).
+            if try_lock(libc::LOCK_SH)? {
+                if dir.is_dir() {
+                    break Taken::Ready(dir);
+                }
+                if try_lock(libc::LOCK_EX)? {
+                    // Built by whoever held it before?
+                    if dir.is_dir() {
+                        flock(&f, libc::LOCK_SH)?;
+                        break Taken::Ready(dir);
+                    }
+                    break Taken::Build;
+                }
+                flock(&f, libc::LOCK_UN)?;
+            }
+            if std::time::Instant::now() >= until {
+                return Ok(Taken::Busy);
+            }
+            // Two that both wait to build step back by different amounts.
+            std::thread::sleep(std::time::Duration::from_millis(100 + u64::from(std::process::id() % 7) * 30));
+        };
+        if matches!(taken, Taken::Ready(_)) {
             self.touch(digest);
         }
         self.held.lock().unwrap().insert(digest.to_string(), f);
-        Ok(ready.then_some(dir))
+        Ok(taken)
     }
 
     /// Lets go of `digest` (a build that failed).
@@ -132,9 +180,10 @@ impl Cache {
     }
 
     /// Copies the build of `digest` (`<work>/.aic-env/<digest>`, opened without following a
-    /// link at any step below `work`) into the cache, owned by this process and read-only to
-    /// everyone else; holds it shared from then on; evicts past the bound. Returns its folder.
-    pub(crate) fn seal(&self, digest: &str, work: &Path) -> std::io::Result<PathBuf> {
+    /// link at any step below `work`, every entry `builder`'s) into the cache, owned by this
+    /// process and read-only to everyone else; holds it shared from then on; evicts past the
+    /// bound. Returns its folder.
+    pub(crate) fn seal(&self, digest: &str, work: &Path, builder: u32) -> std::io::Result<PathBuf> {
         let digest = checked(digest)?;
         if !self.held.lock().unwrap().contains_key(digest) {
             return Err(std::io::Error::other("seal without lock"));
@@ -146,8 +195,9 @@ impl Cache {
         let src = open_at(build.as_raw_fd(), &c(OsStr::new(digest))?, dir_flags)?;
         let tmp = self.root.join("tmp").join(format!("{digest}.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        let mut bytes = 0u64;
-        let copied = copy_dir(&src, &tmp, &mut bytes, 0);
+        let mut budget = Copy { builder, bytes_left: self.limit, entries_left: MAX_ENTRIES, bytes: 0 };
+        let copied = copy_dir(&src, &tmp, &mut budget, 0);
+        let bytes = self.limit - budget.bytes_left;
         let dest = self.env_dir(digest);
         let placed = copied.and_then(|()| match std::fs::rename(&tmp, &dest) {
             // Built meanwhile by a holder of an older lock file (the cache was cleared): theirs stays.
@@ -210,12 +260,30 @@ fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> std::io::Result<Owned
     if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd) }) }
 }
 
+/// What one environment may take while it is copied in, and whose its files must be.
+struct Copy {
+    /// The uid that built it (the job's): a file of anyone else's (a hard link to a file the
+    /// job may not read, on a machine that allows one) is refused.
+    builder: u32,
+    /// Bytes left (each entry counts its blocks, and at least 4 KiB: inodes are not free).
+    bytes_left: u64,
+    entries_left: u64,
+    /// Bytes of file content copied.
+    bytes: u64,
+}
+
+/// Most entries one environment may hold.
+const MAX_ENTRIES: u64 = 500_000;
+
 /// Copies the folder open at `src` into the new folder `dst`: folders 0755, files 0644 (0755
-/// where any execute bit was set), links as links; nothing else (fifos, sockets). Nothing is
-/// followed: every name is opened relative to its folder's descriptor with `O_NOFOLLOW`.
-fn copy_dir(src: &OwnedFd, dst: &Path, bytes: &mut u64, depth: u32) -> std::io::Result<()> {
+/// where any execute bit was set); nothing is followed (every name is opened relative to its
+/// folder's descriptor with `O_NOFOLLOW`), and a link, a special file, a file with more than
+/// one name or one not the builder's refuses the whole copy (pip installing wheels makes
+/// none of them).
+fn copy_dir(src: &OwnedFd, dst: &Path, budget: &mut Copy, depth: u32) -> std::io::Result<()> {
+    let refuse = |why: String| Err(std::io::Error::other(why));
     if depth > 64 {
-        return Err(std::io::Error::other("the environment nests folders more than 64 deep"));
+        return refuse("the environment nests folders more than 64 deep".into());
     }
     std::fs::create_dir(dst)?;
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))?;
@@ -231,49 +299,40 @@ fn copy_dir(src: &OwnedFd, dst: &Path, bytes: &mut u64, depth: u32) -> std::io::
         }
         // SAFETY: filled by the successful call above.
         let st = unsafe { st.assume_init() };
+        let shown = name.to_string_lossy();
+        if st.st_uid != budget.builder {
+            return refuse(format!("{shown} in the environment is not its builder's"));
+        }
+        let cost = (st.st_blocks as u64 * 512).max(st.st_size as u64).max(4096);
+        if budget.entries_left == 0 || budget.bytes_left < cost {
+            return refuse("the environment is larger than this miner's cache may hold (AIC_ENV_CACHE_MB)".into());
+        }
+        budget.entries_left -= 1;
+        budget.bytes_left -= cost;
         let to = dst.join(&name);
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
-                let d = open_at(
-                    src.as_raw_fd(),
-                    &c,
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                )?;
-                copy_dir(&d, &to, bytes, depth + 1)?;
+                let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+                copy_dir(&open_at(src.as_raw_fd(), &c, flags)?, &to, budget, depth + 1)?;
             }
-            libc::S_IFREG => {
-                let fd = open_at(
-                    src.as_raw_fd(),
-                    &c,
-                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
-                )?;
-                let mut from = File::from(fd);
-                if !from.metadata()?.is_file() {
-                    continue;
+            libc::S_IFREG if st.st_nlink == 1 => {
+                let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+                let mut from = File::from(open_at(src.as_raw_fd(), &c, flags)?);
+                let m = from.metadata()?;
+                if !m.is_file() || std::os::unix::fs::MetadataExt::ino(&m) != st.st_ino {
+                    return refuse(format!("{shown} changed while it was copied"));
                 }
                 let mut out = File::create_new(&to)?;
-                *bytes += std::io::copy(&mut from, &mut out)?;
+                budget.bytes += std::io::copy(&mut (&mut from).take(st.st_size as u64), &mut out)?;
                 let mode = if st.st_mode & 0o111 != 0 { 0o755 } else { 0o644 };
                 out.set_permissions(std::fs::Permissions::from_mode(mode))?;
             }
-            libc::S_IFLNK => {
-                std::os::unix::fs::symlink(readlink_at(src.as_raw_fd(), &c)?, &to)?;
-            }
-            _ => {}
+            libc::S_IFREG => return refuse(format!("{shown} in the environment has other names (a hard link)")),
+            libc::S_IFLNK => return refuse(format!("{shown} in the environment is a link")),
+            _ => return refuse(format!("{shown} in the environment is not a file or a folder")),
         }
     }
     Ok(())
-}
-
-fn readlink_at(dir: RawFd, name: &CStr) -> std::io::Result<PathBuf> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: readlinkat into a buffer of the given length.
-    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(PathBuf::from(OsStr::from_bytes(&buf)))
 }
 
 /// The worker's side: the keeper it started as root, or the cache in its own process.
@@ -309,7 +368,7 @@ fn spawn_root(root: &Path) -> std::io::Result<Keeper> {
     // Only what it needs: nothing of the job's (its name and environment tell it apart from
     // the allocation's worker).
     cmd.arg("env-keeper").env_clear().env(CACHE_VAR, root);
-    for k in [aic_core::scheduler::launch::WORK_DIR, LIMIT_VAR, "PATH"] {
+    for k in [aic_core::scheduler::launch::WORK_DIR, aic_core::scheduler::job_user::JOB_UID, LIMIT_VAR, "PATH"] {
         if let Some(v) = std::env::var_os(k) {
             cmd.env(k, v);
         }
@@ -346,12 +405,14 @@ impl Keeper {
     }
 
     /// `Cache::lock`, through the keeper where there is one.
-    pub(crate) fn lock(&self, digest: &str) -> std::io::Result<Option<PathBuf>> {
+    pub(crate) fn lock(&self, digest: &str, wait: std::time::Duration) -> std::io::Result<Taken> {
         match self {
-            Keeper::Direct(c) => c.lock(digest),
-            Keeper::Root(_) => match self.ask(&format!("lock {digest}"))?.split_once(' ') {
-                Some(("ready", dir)) => Ok(Some(PathBuf::from(dir))),
-                Some(("build", _)) => Ok(None),
+            Keeper::Direct(c) => c.lock(digest, wait),
+            Keeper::Root(_) => match self.ask(&format!("lock {digest} {}", wait.as_secs()))?.split_once(' ') {
+                Some(("ready", dir)) => Ok(Taken::Ready(PathBuf::from(dir))),
+                Some(("build", _)) => Ok(Taken::Build),
+                Some(("busy", _)) => Ok(Taken::Busy),
+                Some(("error", why)) => Err(std::io::Error::other(why.to_string())),
                 _ => Err(std::io::Error::other("the environment keeper answered out of turn")),
             },
         }
@@ -360,7 +421,7 @@ impl Keeper {
     /// `Cache::seal` of this allocation's build.
     pub(crate) fn seal(&self, digest: &str, work: &Path) -> std::io::Result<PathBuf> {
         match self {
-            Keeper::Direct(c) => c.seal(digest, work),
+            Keeper::Direct(c) => c.seal(digest, work, nix::unistd::getuid().as_raw()),
             Keeper::Root(_) => match self.ask(&format!("seal {digest}"))?.split_once(' ') {
                 Some(("ready", dir)) => Ok(PathBuf::from(dir)),
                 Some((_, why)) => Err(std::io::Error::other(why.to_string())),
@@ -386,8 +447,9 @@ pub(crate) fn keep() -> ! {
     let _ = nix::sys::prctl::set_name(c"aic-env-keeper");
     let root = std::env::var_os(CACHE_VAR).map(PathBuf::from);
     let work = std::env::var_os(aic_core::scheduler::launch::WORK_DIR).map(PathBuf::from);
-    let (Some(root), Some(work)) = (root, work) else {
-        println!("error AIC_ENV_CACHE and AIC_WORK_DIR are needed");
+    let builder = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok());
+    let (Some(root), Some(work), Some(builder)) = (root, work, builder) else {
+        println!("error AIC_ENV_CACHE, AIC_WORK_DIR and AIC_JOB_UID are needed");
         std::process::exit(2)
     };
     let cache = match Cache::open(&root) {
@@ -403,12 +465,17 @@ pub(crate) fn keep() -> ! {
         let (verb, digest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         let answer = match verb {
             "hello" => "ok".to_string(),
-            "lock" => match cache.lock(digest) {
-                Ok(Some(dir)) => format!("ready {}", dir.display()),
-                Ok(None) => "build -".into(),
-                Err(e) => format!("error {e}"),
-            },
-            "seal" => match cache.seal(digest, &work) {
+            "lock" => {
+                let (digest, wait) = digest.split_once(' ').unwrap_or((digest, "0"));
+                let wait = std::time::Duration::from_secs(wait.parse().unwrap_or(0).min(24 * 3600));
+                match cache.lock(digest, wait) {
+                    Ok(Taken::Ready(dir)) => format!("ready {}", dir.display()),
+                    Ok(Taken::Build) => "build -".into(),
+                    Ok(Taken::Busy) => "busy -".into(),
+                    Err(e) => format!("error {e}"),
+                }
+            }
+            "seal" => match cache.seal(digest, &work, builder) {
                 Ok(dir) => format!("ready {}", dir.display()),
                 Err(e) => format!("error {e}"),
             },
@@ -429,77 +496,126 @@ pub(crate) fn keep() -> ! {
 mod tests {
     use super::*;
 
+    const NOW: std::time::Duration = std::time::Duration::ZERO;
+
     fn digest(c: char) -> String {
         std::iter::repeat_n(c, 64).collect()
     }
 
-    /// A build is copied in whole, read-only, its links as links (a link to a file outside
-    /// stays a link: the copy never reads through it); the next lock finds it ready.
+    fn me() -> u32 {
+        nix::unistd::getuid().as_raw()
+    }
+
+    fn build(work: &Path, d: &str) -> PathBuf {
+        let b = work.join(BUILD_DIR).join(d);
+        std::fs::create_dir_all(b.join("pkg")).unwrap();
+        std::fs::write(b.join("pkg/__init__.py"), "X = 1\n").unwrap();
+        b
+    }
+
+    /// A build is copied in whole, read-only; the next lock finds it ready, while this one
+    /// still holds it (both shared); one that is built meanwhile is busy to others.
     #[test]
     fn a_sealed_build_is_a_read_only_copy_found_by_the_next_lock() {
         let root = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
         let cache = Cache::open(root.path()).unwrap();
         let d = digest('a');
-        assert_eq!(cache.lock(&d).unwrap(), None, "nothing is cached yet: the caller builds");
-        let build = work.path().join(BUILD_DIR).join(&d);
-        std::fs::create_dir_all(build.join("pkg")).unwrap();
-        std::fs::write(build.join("pkg/__init__.py"), "X = 1\n").unwrap();
-        std::fs::write(build.join("tool"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(build.join("tool"), std::fs::Permissions::from_mode(0o777)).unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", build.join("outside")).unwrap();
-        let dir = cache.seal(&d, work.path()).unwrap();
+        assert_eq!(cache.lock(&d, NOW).unwrap(), Taken::Build, "nothing is cached yet: the caller builds");
+        let other = Cache::open(root.path()).unwrap();
+        assert_eq!(other.lock(&d, NOW).unwrap(), Taken::Busy, "two built it at once");
+        let b = build(work.path(), &d);
+        std::fs::write(b.join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = cache.seal(&d, work.path(), me()).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("pkg/__init__.py")).unwrap(), "X = 1\n");
         let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&dir.join("pkg/__init__.py")), 0o644);
         assert_eq!(mode(&dir.join("tool")), 0o755);
         assert_eq!(mode(&dir.join("pkg")), 0o755);
-        assert!(std::fs::symlink_metadata(dir.join("outside")).unwrap().file_type().is_symlink());
-        // Another allocation takes it while this one still uses it (both hold it shared).
-        let other = Cache::open(root.path()).unwrap();
-        assert_eq!(other.lock(&d).unwrap(), Some(dir));
+        assert_eq!(mode(&root.path().join("envs")), 0o711, "anyone may list the cache");
+        assert_eq!(other.lock(&d, NOW).unwrap(), Taken::Ready(dir));
     }
 
-    /// A build folder that is a link (to a folder the job may not read) is refused, not copied.
+    /// What pip never makes refuses the whole copy: the build folder as a link (to a folder
+    /// the job may not read), a link inside, a hard link (a second name for a file), a file
+    /// of another uid's.
     #[test]
-    fn a_build_folder_that_is_a_link_is_refused() {
-        let root = tempfile::tempdir().unwrap();
-        let work = tempfile::tempdir().unwrap();
+    fn links_and_files_of_others_are_refused() {
         let secret = tempfile::tempdir().unwrap();
         std::fs::write(secret.path().join("key"), "pool's").unwrap();
-        let cache = Cache::open(root.path()).unwrap();
-        let d = digest('b');
-        cache.lock(&d).unwrap();
-        std::fs::create_dir_all(work.path().join(BUILD_DIR)).unwrap();
-        std::os::unix::fs::symlink(secret.path(), work.path().join(BUILD_DIR).join(&d)).unwrap();
-        assert!(cache.seal(&d, work.path()).is_err());
-        assert!(!root.path().join("envs").join(&d).exists());
+        type Plant = Box<dyn Fn(&Path, &Path)>;
+        let cases: Vec<(&str, Plant)> = vec![
+            (
+                "the build is a link",
+                Box::new(|work: &Path, _: &Path| {
+                    std::fs::create_dir_all(work.join(BUILD_DIR)).unwrap();
+                    std::os::unix::fs::symlink("/etc", work.join(BUILD_DIR).join(digest('b'))).unwrap();
+                }),
+            ),
+            (
+                "a link inside",
+                Box::new(|work: &Path, _: &Path| {
+                    std::os::unix::fs::symlink("/etc/hostname", build(work, &digest('b')).join("outside")).unwrap();
+                }),
+            ),
+            (
+                "a hard link",
+                Box::new(|work: &Path, secret: &Path| {
+                    std::fs::hard_link(secret.join("key"), build(work, &digest('b')).join("key")).unwrap();
+                }),
+            ),
+        ];
+        for (what, plant) in cases {
+            let root = tempfile::tempdir().unwrap();
+            let work = tempfile::tempdir().unwrap();
+            let cache = Cache::open(root.path()).unwrap();
+            assert_eq!(cache.lock(&digest('b'), NOW).unwrap(), Taken::Build);
+            plant(work.path(), secret.path());
+            assert!(cache.seal(&digest('b'), work.path(), me()).is_err(), "{what}: sealed");
+            assert!(!root.path().join("envs").join(digest('b')).exists(), "{what}");
+        }
+        // A file of another uid's (as root, which can make one).
+        if nix::unistd::geteuid().is_root() {
+            let root = tempfile::tempdir().unwrap();
+            let work = tempfile::tempdir().unwrap();
+            let cache = Cache::open(root.path()).unwrap();
+            cache.lock(&digest('c'), NOW).unwrap();
+            let b = build(work.path(), &digest('c'));
+            std::os::unix::fs::chown(b.join("pkg/__init__.py"), Some(4242), None).unwrap();
+            let e = cache.seal(&digest('c'), work.path(), me()).unwrap_err().to_string();
+            assert!(e.contains("not its builder's"), "{e}");
+        }
     }
 
-    /// Past the bound the least recently used environment goes, unless someone holds it.
+    /// Past the bound the least recently used environment goes, unless someone holds it; an
+    /// environment larger than the whole bound is refused.
     #[test]
     fn eviction_takes_the_oldest_environment_nobody_holds() {
         let root = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
         let mut holder = Cache::open(root.path()).unwrap();
-        holder.limit = 0;
         let (old, held, new) = (digest('1'), digest('2'), digest('3'));
-        let build = |d: &str, c: &Cache| {
-            assert_eq!(c.lock(d).unwrap(), None);
-            std::fs::create_dir_all(work.path().join(BUILD_DIR).join(d)).unwrap();
-            std::fs::write(work.path().join(BUILD_DIR).join(d).join("f"), "x").unwrap();
-            c.seal(d, work.path()).unwrap();
+        let seal = |d: &str, c: &Cache| {
+            assert_eq!(c.lock(d, NOW).unwrap(), Taken::Build);
+            build(work.path(), d);
+            c.seal(d, work.path(), me())
         };
         let builder = Cache::open(root.path()).unwrap();
-        build(&old, &builder);
+        seal(&old, &builder).unwrap();
         builder.unlock(&old);
-        build(&held, &builder); // `builder` keeps holding it
-        // Sealing `new` under a bound of 0 evicts what it can: `old`; not `held` (in use), nor its own.
-        build(&new, &holder);
+        seal(&held, &builder).unwrap(); // `builder` keeps holding it
+        // Sealing `new` with room for it alone evicts what it can: `old`; not `held` (in
+        // use), nor its own.
+        holder.limit = 3 * 4096;
+        seal(&new, &holder).unwrap();
         let envs = root.path().join("envs");
         assert!(!envs.join(&old).exists(), "an environment nobody held stayed past the bound");
         assert!(envs.join(&held).exists(), "an environment in use was evicted");
         assert!(envs.join(&new).exists());
+        holder.limit = 4096;
+        let e = seal(&digest('4'), &holder).unwrap_err().to_string();
+        assert!(e.contains("larger than this miner's cache"), "{e}");
     }
 
     #[test]
@@ -507,7 +623,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let cache = Cache::open(root.path()).unwrap();
         for bad in ["../x", "", &"A".repeat(64), &"a".repeat(63)] {
-            assert!(cache.lock(bad).is_err(), "{bad:?}");
+            assert!(cache.lock(bad, NOW).is_err(), "{bad:?}");
         }
+        assert!(Cache::open(Path::new("relative/cache")).is_err());
     }
 }

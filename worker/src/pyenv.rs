@@ -10,21 +10,25 @@
 //!    installed distributions) and the pinned list (name, version, SHA-256), so one digest is
 //!    one set of bytes whoever asked for it.
 //! 3. **Take or build** (`envcache`): cached on this miner → used as it is, nothing installed.
-//!    Else built in the allocation's own folder by `pip install --no-deps --require-hashes`
-//!    from the pinned URLs (every archive checked against its SHA-256; wheels only, so no
-//!    package's code runs while it is installed), then sealed into the cache, read-only.
-//!    Two allocations asking for the same digest at once: one builds, the other waits and
-//!    takes it.
+//!    Else built in a fresh folder of the allocation's own by `pip install --no-deps
+//!    --require-hashes` from the pinned URLs (every archive checked against its SHA-256;
+//!    wheels only, so no package's code runs while it is installed), then sealed into the
+//!    cache, read-only. Two allocations asking for the same digest at once: one builds, the
+//!    other waits ([`BUILD_WAIT`] at most, then builds one of its own, uncached).
 //!
-//! pip runs isolated (`python -I`, `--isolated`: no user site-packages, no `PYTHON*` or
-//! `PIP_*` variables, no user configuration), so nothing a job left in its folder (a `.pth`
-//! under `~/.local`, a `pip.conf`) runs or steers it; and before the build starts, anything
-//! the resolution left running under the job's uid is killed (resolving an sdist's metadata
-//! runs its code: the job's own, which must not touch the build).
+//! Resolving may run the job's own code (an sdist's metadata, if the requirements ask for
+//! sources): it runs as the job's uid, as the program would, and before anything is built
+//! every process of that uid but the worker is killed (`stray`) and the build folder made
+//! anew, so nothing it started or left has a hand in what is sealed (a stranger's build is
+//! what another owner with the same pins imports). pip runs isolated (`python -I`,
+//! `--isolated`: no user site-packages, no `PYTHON*` or `PIP_*` variables, no user
+//! configuration), so nothing a job left in its folder (a `.pth` under `~/.local`, a
+//! `pip.conf`) runs or steers it.
 //!
 //! The program gets the environment on `PYTHONPATH` (before the job's own). Without a cache on
 //! the miner the environment is built the same way into the allocation's folder, for it alone.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -93,8 +97,18 @@ fn missing(
             .map(str::to_string)
             .or_else(|| archive["hash"].as_str().and_then(|h| h.strip_prefix("sha256=")).map(str::to_string))
             .unwrap_or_default();
+        let word = |v: &str, extra: &str| {
+            !v.is_empty() && v.len() <= 200 && v.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+        };
+        if !word(&name, "._-") || !word(&version, ".+!_-") {
+            return Err(anyhow!("pip's report names an odd package ({name:?} {version:?})"));
+        }
+        if url.len() > 4096 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(anyhow!("{name} {version} comes from an odd URL"));
+        }
         let wheel = url.split(['?', '#']).next().unwrap_or_default().ends_with(".whl");
-        if !wheel || sha256.len() != 64 {
+        let sha256 = sha256.to_ascii_lowercase();
+        if !wheel || sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(anyhow!(
                 "{name} {version} has no wheel for this miner's Python (aic installs wheels only, checked by SHA-256)"
             ));
@@ -182,9 +196,10 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     let (report_s, req_s) = (report.to_string_lossy().into_owned(), requirements.to_string_lossy().into_owned());
     args.extend([report_s.as_str(), "-r", req_s.as_str()]);
     python(&py, &args, code, deadline).await.map_err(|e| anyhow!("requirements.txt cannot be installed: {e}"))?;
-    stray::kill_the_jobs_others();
-    let report: serde_json::Value =
-        serde_json::from_slice(&tokio::fs::read(&report).await.context("reading pip's report")?)?;
+    // Resolving may have run the job's own code (an sdist's metadata): nothing of it may run
+    // on while the environment is built, nor has anything it left in the build folder a say.
+    stray::kill_the_jobs_others()?;
+    let report: serde_json::Value = serde_json::from_slice(&read_own_file(&report)?).context("pip's report")?;
     let base = String::from_utf8_lossy(&python(&py, &["-c", BASE], code, deadline).await?).trim().to_string();
     let dists: serde_json::Value = serde_json::from_str(&base).context("the miner's Python described itself oddly")?;
     let installed = dists["dists"]
@@ -200,65 +215,98 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     }
     let digest = digest(&base, &pins);
     let short = &digest[..12];
-    let keeper = envcache::keeper();
-    if let Some(k) = keeper {
+    // A fresh, empty folder for the build (whatever was there went with its makers).
+    std::fs::remove_dir_all(&build_root).context("emptying the build folder")?;
+    std::fs::DirBuilder::new().mode(0o700).create(&build_root).context("the build folder")?;
+    let private = |why: &str| format!("environment ready in {{:.1}} s: installed {{}} ({why})");
+    let mut how = private("no cache on this miner");
+    if let Some(k) = envcache::keeper() {
+        // No job waits on another's build for long: past that it builds one of its own.
+        let wait = deadline.saturating_duration_since(Instant::now()).min(BUILD_WAIT);
         let d = digest.clone();
-        let taken = tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            tokio::task::spawn_blocking(move || envcache::keeper().expect("set").lock(&d)),
-        )
-        .await
-        .map_err(|_| {
-            anyhow!("another allocation has been preparing environment {short} for too long (AIC_ENV_TIMEOUT)")
-        })?
-        .map_err(|e| anyhow!(e))?
-        .context("the environment cache")?;
-        if let Some(dir) = taken {
-            say(format!(
-                "environment ready in {:.1} s: {}, cached on this miner (environment {short})",
-                started.elapsed().as_secs_f64(),
-                packages(pins.len())
-            ))
-            .await;
-            return Ok(Prepared { dir: Some(dir) });
+        let taken = tokio::task::spawn_blocking(move || envcache::keeper().expect("set").lock(&d, wait))
+            .await
+            .map_err(|e| anyhow!(e))?
+            .context("the environment cache")?;
+        match taken {
+            envcache::Taken::Ready(dir) => {
+                say(format!(
+                    "environment ready in {:.1} s: {}, cached on this miner (environment {short})",
+                    started.elapsed().as_secs_f64(),
+                    packages(pins.len())
+                ))
+                .await;
+                return Ok(Prepared { dir: Some(dir) });
+            }
+            envcache::Taken::Busy => {
+                how = private(&format!(
+                    "another allocation has been building environment {short} for {} s: this one's own",
+                    wait.as_secs()
+                ));
+            }
+            envcache::Taken::Build => {
+                let built = build(&py, &build_root, &digest, &pins, code, deadline, &say).await;
+                let sealed = match built {
+                    Ok(()) => {
+                        let (d, work) = (digest.clone(), a.work.clone());
+                        let seal =
+                            tokio::task::spawn_blocking(move || envcache::keeper().expect("set").seal(&d, &work));
+                        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), seal).await {
+                            Ok(r) => r
+                                .map_err(|e| anyhow!(e))
+                                .and_then(|r| r.context("sealing the environment into the cache")),
+                            Err(_) => Err(anyhow!("sealing the environment took past AIC_ENV_TIMEOUT")),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                let dir = match sealed {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        k.unlock(&digest);
+                        return Err(anyhow!("requirements.txt cannot be installed: {e:#}"));
+                    }
+                };
+                let _ = std::fs::remove_dir_all(build_root.join(&digest));
+                say(format!(
+                    "environment ready in {:.1} s: installed {} (environment {short}, kept in this miner's cache)",
+                    started.elapsed().as_secs_f64(),
+                    packages(pins.len())
+                ))
+                .await;
+                return Ok(Prepared { dir: Some(dir) });
+            }
         }
-        let built = build(&py, &build_root, &digest, &pins, code, deadline, &say).await;
-        let sealed = match built {
-            Ok(()) => {
-                let (d, work) = (digest.clone(), a.work.clone());
-                tokio::task::spawn_blocking(move || envcache::keeper().expect("set").seal(&d, &work))
-                    .await
-                    .map_err(|e| anyhow!(e))
-                    .and_then(|r| r.context("sealing the environment into the cache"))
-            }
-            Err(e) => Err(e),
-        };
-        let dir = match sealed {
-            Ok(dir) => dir,
-            Err(e) => {
-                k.unlock(&digest);
-                return Err(anyhow!("requirements.txt cannot be installed: {e:#}"));
-            }
-        };
-        let _ = tokio::fs::remove_dir_all(build_root.join(&digest)).await;
-        say(format!(
-            "environment ready in {:.1} s: installed {} (environment {short}, kept in this miner's cache)",
-            started.elapsed().as_secs_f64(),
-            packages(pins.len())
-        ))
-        .await;
-        return Ok(Prepared { dir: Some(dir) });
     }
     build(&py, &build_root, &digest, &pins, code, deadline, &say)
         .await
         .map_err(|e| anyhow!("requirements.txt cannot be installed: {e:#}"))?;
-    say(format!(
-        "environment ready in {:.1} s: installed {} (no cache on this miner)",
-        started.elapsed().as_secs_f64(),
-        packages(pins.len())
-    ))
-    .await;
+    let how = how.replacen("{:.1}", &format!("{:.1}", started.elapsed().as_secs_f64()), 1).replacen(
+        "{}",
+        &packages(pins.len()),
+        1,
+    );
+    say(how).await;
     Ok(Prepared { dir: Some(build_root.join(&digest)) })
+}
+
+/// The longest an allocation waits for another building the same environment.
+const BUILD_WAIT: Duration = Duration::from_secs(600);
+
+/// A regular file of the job's folder, at most 64 MiB, never through a link or a FIFO.
+fn read_own_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !f.metadata()?.is_file() {
+        return Err(anyhow!("{} is not a file", path.display()));
+    }
+    let mut b = vec![];
+    f.take(64 << 20).read_to_end(&mut b)?;
+    Ok(b)
 }
 
 /// Installs `pins` into `<build_root>/<digest>`: by URL, each archive checked against its
@@ -280,7 +328,10 @@ where
     say(format!("preparing environment: installing {}: {}", packages(pins.len()), names.join(" "))).await;
     let pinned = build_root.join("pinned.txt");
     let text: String = pins.iter().map(|p| format!("{} @ {} --hash=sha256:{}\n", p.name, p.url, p.sha256)).collect();
-    tokio::fs::write(&pinned, text).await?;
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&pinned)?,
+        text.as_bytes(),
+    )?;
     let target = build_root.join(digest);
     let (pinned_s, target_s) = (pinned.to_string_lossy().into_owned(), target.to_string_lossy().into_owned());
     let args = [
@@ -302,41 +353,45 @@ where
         &pinned_s,
     ];
     python(py, &args, code, deadline).await?;
-    stray::kill_the_jobs_others();
     Ok(())
 }
 
 /// Processes of the job's uid this worker did not start to stay.
 mod stray {
-    /// Where the worker runs as its job's own uid in a PID namespace of the allocation's (the
-    /// local scheduler's sandbox, a Nomad task): kills every other process of that uid there
-    /// (what resolving the requirements left running). Elsewhere nothing: the uid is shared.
-    pub(super) fn kill_the_jobs_others() {
+    /// Where the worker runs as its job's own uid (the local scheduler's sandbox, a Nomad task:
+    /// PID namespaces of the allocation's own): kills every other process of that uid, until
+    /// none is left (`kill(-1)`: every process the uid may signal but this one; a fork during
+    /// it is caught by the next pass), then makes sure. Elsewhere nothing: the uid is shared.
+    pub(super) fn kill_the_jobs_others() -> anyhow::Result<()> {
         let Some(uid) = std::env::var(aic_core::scheduler::job_user::JOB_UID).ok().and_then(|v| v.parse::<u32>().ok())
         else {
-            return;
+            return Ok(());
         };
         if nix::unistd::getuid().as_raw() != uid {
-            return;
+            return Ok(());
         }
         let me = std::process::id() as i32;
-        for _ in 0..3 {
-            let mut found = false;
-            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-                let owner = std::os::unix::fs::MetadataExt::uid(&match e.metadata() {
-                    Ok(m) => m,
-                    Err(_) => continue,
-                });
-                if pid != me && owner == uid {
-                    found = true;
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
+        // Living processes of the uid but this one (a zombie's `/proc` stays until it is reaped;
+        // its state says).
+        let others = || {
+            std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { return false };
+                let Ok(m) = e.metadata() else { return false };
+                let zombie = std::fs::read_to_string(e.path().join("stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).map(|st| st == "Z"))
+                    .unwrap_or(true);
+                pid != me && std::os::unix::fs::MetadataExt::uid(&m) == uid && !zombie
+            })
+        };
+        for _ in 0..200 {
+            if !others() {
+                return Ok(());
             }
-            if !found {
-                return;
-            }
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        Err(anyhow::anyhow!("processes the requirements started survive being killed; nothing was built"))
     }
 }
 

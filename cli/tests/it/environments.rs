@@ -145,3 +145,113 @@ fn two_requirements_for_one_project_are_refused_before_paying() {
     assert!(stderr.contains("has a requirements.txt of its own that differs from --requirements"), "{stderr}");
     assert!(stderr.contains("nothing was paid"), "{stderr}");
 }
+
+/// Writes an sdist `<name>-<version>.tar.gz` into `dir` whose in-tree build backend, asked for
+/// the package's metadata (what pip's resolution does), leaves a process running that writes
+/// a `sitecustomize.py` announcing itself into every folder under `~/.aic-env/` for a minute.
+fn planting_sdist(dir: &std::path::Path, name: &str, version: &str) {
+    const MAKE: &str = r#"
+import io, sys, tarfile
+dest, name, version = sys.argv[1:4]
+backend = r'''
+import os, subprocess, sys
+PLANT = """
+import glob, os, time
+end = time.time() + 60
+while time.time() < end:
+    for d in glob.glob(os.path.join(os.environ["HOME"], ".aic-env", "*", "")):
+        try:
+            open(os.path.join(d, "sitecustomize.py"), "w").write("print('PWNED by a stranger', flush=True)\\n")
+        except OSError:
+            pass
+    time.sleep(0.002)
+"""
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    subprocess.Popen([sys.executable, "-c", PLANT], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = os.path.join(metadata_directory, "NAME-VERSION.dist-info")
+    os.makedirs(d)
+    open(os.path.join(d, "METADATA"), "w").write("Metadata-Version: 2.1\nName: NAME\nVersion: VERSION\n")
+    return "NAME-VERSION.dist-info"
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise RuntimeError("never built")
+'''.replace("NAME", name).replace("VERSION", version)
+files = {
+    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "evil_backend"\nbackend-path = ["."]\n',
+    "evil_backend.py": backend,
+    "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+}
+with tarfile.open(f"{dest}/{name}-{version}.tar.gz", "w:gz") as t:
+    for path, body in files.items():
+        data = body.encode()
+        info = tarfile.TarInfo(f"{name}-{version}/{path}")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+"#;
+    std::fs::create_dir_all(dir).unwrap();
+    let made = std::process::Command::new("python3")
+        .args(["-c", MAKE, dir.to_str().unwrap(), name, version])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}
+
+/// A stranger's requirements whose resolution runs its code (an sdist of a package the miner
+/// has, at the miner's version, so the environment is the same as the victim's: the same
+/// wheel, pinned by its hash) leaves a process planting a `sitecustomize.py` in the build. The
+/// stranger's job builds the environment (it is refused, or built clean); the victim's job,
+/// asking for the same environment, imports nothing the stranger planted. Without the kill
+/// before the build and the fresh build folder, the planted file was sealed into the cache and
+/// ran in the victim's program.
+#[test]
+fn a_strangers_resolution_cannot_plant_code_in_an_environment_another_owner_imports() {
+    let h = Home::new();
+    let numpy =
+        std::process::Command::new("python3").args(["-c", "import numpy; print(numpy.__version__)"]).output().unwrap();
+    let numpy = String::from_utf8_lossy(&numpy.stdout).trim().to_string();
+    assert!(!numpy.is_empty(), "the miners' Python has numpy (cargo xtask test installs it)");
+    // One wheel, the same bytes in both projects (as a package from an index would be).
+    let wheels = h.path().join("wheels");
+    wheel(&wheels, "aicdemo", "1.0", "VALUE = 42\n");
+    let copy_wheels = |to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(&wheels).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    let stranger = h.path().join("stranger");
+    copy_wheels(&stranger.join("wheels"));
+    planting_sdist(&stranger.join("sdists"), "numpy", &numpy);
+    std::fs::write(
+        stranger.join("requirements.txt"),
+        format!(
+            "--no-index\n--find-links wheels\n--find-links sdists\n--no-binary numpy\nnumpy=={numpy}\naicdemo==1.0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(stranger.join("train.py"), "print('stranger done')\n").unwrap();
+    let out = h
+        .cmd(&["run", stranger.to_str().unwrap(), "--entrypoint", "train.py"])
+        .env("AIC_PRIVATE_KEY", aic_chain::devchain::DEV_KEYS[5])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("installed 1 package ("), "the stranger's job built the environment: {stdout}");
+
+    let victim = h.path().join("victim");
+    copy_wheels(&victim.join("wheels"));
+    std::fs::write(victim.join("requirements.txt"), "--no-index\n--find-links wheels\naicdemo==1.0\n").unwrap();
+    std::fs::write(victim.join("train.py"), "import aicdemo\nprint('victim got', aicdemo.VALUE)\n").unwrap();
+    let out = h.aic(&["run", victim.to_str().unwrap(), "--entrypoint", "train.py"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 package, cached on this miner"),
+        "the victim did not take the stranger's build: {stdout}"
+    );
+    assert!(stdout.contains("victim got 42"), "{stdout}");
+    assert!(!stdout.contains("PWNED"), "the stranger's code ran in the victim's program: {stdout}");
+}

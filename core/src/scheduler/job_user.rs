@@ -67,6 +67,10 @@ pub fn drop_to(uid: u32) -> std::io::Result<()> {
     setgroups(&[]).map_err(id)?;
     setresgid(Gid::from_raw(uid), Gid::from_raw(uid), Gid::from_raw(uid)).map_err(id)?;
     setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid)).map_err(id)?;
+    // A change of uid resets the process's dumpable flag to `fs.suid_dumpable` (1 on some
+    // machines): the worker holds its job's token and talks to its root environment keeper,
+    // so it stays closed to the job's own programs (same uid: `/proc/<pid>/environ`, `fd/`).
+    nix::sys::prctl::set_dumpable(false).map_err(id)?;
     nix::sys::prctl::set_no_new_privs().map_err(id)
 }
 

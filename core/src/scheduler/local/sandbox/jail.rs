@@ -19,7 +19,6 @@ pub(super) struct Jail {
     pub(super) mkdirs: Vec<CString>,
     pub(super) binds: Vec<Bind>,
     pub(super) passwd: (CString, CString),
-    pub(super) work: CString,
     pub(super) exit_file: CString,
 }
 
@@ -81,7 +80,10 @@ impl Jail {
             // The worker: started as root, it becomes the job's uid itself (`AIC_JOB_UID`, no
             // groups, no new privileges) once it has started the miner's environment keeper,
             // before anything of the job runs (`aic-worker`'s `confine`), as in a Nomad task.
-            check(libc::chdir(self.work.as_ptr()))?;
+            // Started in `/`, never in the job's folder (whatever an earlier run left there is
+            // not found through a relative `PATH` or `LD_LIBRARY_PATH` entry by a root exec);
+            // it goes to its folder once it is the job's user.
+            check(libc::chdir(c"/".as_ptr()))?;
         }
         Ok(())
     }

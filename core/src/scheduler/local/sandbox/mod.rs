@@ -294,7 +294,6 @@ impl Sandbox {
             mkdirs,
             binds,
             passwd: (c(&passwd_at)?, c(&group_at)?),
-            work: c(seen_at)?,
             exit_file: c(exit_file)?,
         });
         cmd.env("HOME", seen_at).env("USER", USER).env("LOGNAME", USER).current_dir("/");
