@@ -32,6 +32,7 @@ sol! {
         string[] args;
         string[] env;
         string[] secrets;
+        string image;
         uint64 paymentChainId;
         bytes32 paymentTx;
         uint64 createdAt;
@@ -87,6 +88,7 @@ pub fn typed(req: &JobRequest) -> AicJobRequest {
         args: req.args.clone(),
         env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         secrets: req.secrets.clone(),
+        image: req.image.clone().unwrap_or_default(),
         paymentChainId: req.payment.as_ref().map_or(0, |p| p.chain_id),
         paymentTx: req.payment.as_ref().map_or(B256::ZERO, |p| b256(&p.tx)),
         createdAt: req.created_at.timestamp().max(0) as u64,

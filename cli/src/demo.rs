@@ -75,6 +75,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         args: vec!["--epochs".into(), "20".into()],
         env: Default::default(),
         secrets: vec![],
+        image: None,
     };
     let req =
         file.to_request(env.owner, JobId::generate(), "train_mpi.py".into(), Utc::now(), chrono::Duration::hours(1));

@@ -160,6 +160,7 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
         args: vec![],
         env: Default::default(),
         secrets: o.secrets.clone(),
+        image: None,
     };
     let req: JobRequest =
         file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), chrono::Duration::hours(1));

@@ -355,6 +355,9 @@ pub struct RunArgs {
     /// A secret of yours (`aic secret set NAME`) for the program's environment (repeatable).
     #[arg(long = "secret", value_name = "NAME")]
     pub secrets: Vec<String>,
+    /// A container image to run in (a pool that runs images, and allows this one).
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
     /// Submit and return without watching (needs a running `aic dev up`).
     #[arg(long, short)]
     pub detach: bool,

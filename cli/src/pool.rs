@@ -429,30 +429,58 @@ fn own_addresses(authority: &str) -> Vec<String> {
 
 /// The embedded pool's own secret (`$AIC_HOME/exec.secret`, its user's alone): what its gateway
 /// signs sessions and workers' tokens with. Kept when a host that died left it (the workers it
-/// started, adopted by the next, hold tokens made with it); a clean stop removes it.
+/// started, adopted by the next, hold tokens made with it); a clean stop removes it; a damaged
+/// one is made anew.
 pub fn pool_secret(home: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    own_key(home, "exec.secret")
+    match own_key(home, "exec.secret")? {
+        Some(k) => Ok(k),
+        None => {
+            let _ = std::fs::remove_file(home.join("exec.secret"));
+            Ok(own_key(home, "exec.secret")?.expect("made"))
+        }
+    }
 }
 
 /// The key users' secrets are sealed under on the embedded pool (`$AIC_HOME/secrets.key`, its
-/// user's alone; `aic_core::vault`), kept for good: secrets set stay readable across hosts.
+/// user's alone; `aic_core::vault`), kept for good: secrets set stay readable across hosts. A
+/// damaged one is an error, never replaced (that would lose every secret sealed under it).
 pub fn secrets_key(home: &std::path::Path) -> anyhow::Result<String> {
-    Ok(hex::encode(own_key(home, "secrets.key")?))
+    let k = own_key(home, "secrets.key")?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is damaged (not 64 hex digits): restore it, or remove it and set your secrets again",
+            home.join("secrets.key").display()
+        )
+    })?;
+    Ok(hex::encode(k))
 }
 
-/// 32 random bytes kept in `home/<file>` (hex, mode 0600), made on first use.
-fn own_key(home: &std::path::Path, file: &str) -> anyhow::Result<Vec<u8>> {
+/// 32 random bytes kept in `home/<file>` (hex, mode 0600), made when there is no such file;
+/// `None` when the file holds something else.
+fn own_key(home: &std::path::Path, file: &str) -> anyhow::Result<Option<Vec<u8>>> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = home.join(file);
-    if let Some(s) =
-        std::fs::read_to_string(&path).ok().and_then(|s| hex::decode(s.trim()).ok()).filter(|s| s.len() == 32)
-    {
-        return Ok(s);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => return Ok(hex::decode(s.trim()).ok().filter(|k| k.len() == 32)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        Err(_) => {}
     }
     let mut b = [0u8; 32];
     std::io::Read::read_exact(&mut File::open("/dev/urandom")?, &mut b)?;
     std::fs::create_dir_all(home)?;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let tmp = home.join(format!(".{file}.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     std::io::Write::write_all(&mut f, hex::encode(b).as_bytes())?;
-    Ok(b.to_vec())
+    f.sync_all()?;
+    // Whoever made it first wins: a second host or command reads the first one's.
+    match std::fs::hard_link(&tmp, &path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(Some(b.to_vec()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&tmp);
+            own_key(home, file)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

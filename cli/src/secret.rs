@@ -12,7 +12,7 @@ use reqwest::Method;
 use crate::env::Env;
 
 fn vault(env: &Env) -> anyhow::Result<aic_core::vault::Vault> {
-    aic_core::vault::Vault::new(Some(&crate::pool::secrets_key(&env.home)?), b"")
+    aic_core::vault::Vault::new(&crate::pool::secrets_key(&env.home)?)
 }
 
 /// The value: `file`'s contents, or standard input's (typed without echo at a terminal); a

@@ -185,6 +185,7 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
         args: a.args.clone(),
         env: parse_env(&a.env)?,
         secrets: a.secrets.clone(),
+        image: a.image.clone(),
     };
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
     let tx = a.tx.clone();
@@ -283,8 +284,11 @@ pub async fn pay_sign_submit(
             bail!("no dataset {data}: upload it with `aic data put PATH {data}` (see `aic data ls`); nothing was paid");
         }
     }
-    // So is one naming a secret of yours that is not set.
+    // So is one naming a secret of yours that is not set, or an image this pool does not run.
     crate::secret::require(env, &req.secrets).await?;
+    if let Some(image) = &req.image {
+        image_allowed(env, image).await?;
+    }
     // A job the pool could never place is refused before anything is paid or uploaded.
     match crate::capacity::gateways(env, host).await {
         Ok(gws) => aic_core::scheduler::can_fit(&gws, req.miners, req.gpus_per_miner)
@@ -520,4 +524,23 @@ pub async fn resume(env: &Env, s: &str, hours: Option<f64>, tx: Option<String>, 
         return Ok(0);
     }
     watch::watch_run(env, &job, true, host, Some(watch::From { seq: cur.seq, run })).await
+}
+
+/// Before anything is paid: the pool runs images, and this one (its `/v1/info`'s `images`).
+async fn image_allowed(env: &Env, image: &str) -> anyhow::Result<()> {
+    let Some(gw) = env.gateway_client() else {
+        bail!(
+            "--image {image}: the embedded pool runs no container images (there is no container engine here); \
+             drop --image to use this machine's Python, or run it on a pool (AIC_GATEWAY); nothing was paid"
+        );
+    };
+    let info = gw.call(reqwest::Method::GET, "info", None).await?;
+    let allowed: Vec<String> = serde_json::from_value(info["images"].clone()).unwrap_or_default();
+    if allowed.is_empty() {
+        bail!("--image {image}: this pool runs no container images; drop --image; nothing was paid");
+    }
+    if !aic_schemas::validate::image_allowed(image, &allowed) {
+        bail!("--image {image}: this pool runs only images matching {}; nothing was paid", allowed.join(", "));
+    }
+    Ok(())
 }

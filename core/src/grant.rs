@@ -181,6 +181,8 @@ pub const NEVER_INHERITED: &[&str] = &[
     "AIC_KEYSTORE_PASSWORD",
     "AIC_SETTLER_KEY",
     "NOMAD_TOKEN",
+    "AIC_SECRETS_KEY",
+    "AIC_SECRETS_ID",
 ];
 
 /// Whether `key` is one of the store's location or credential variables.

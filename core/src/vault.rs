@@ -5,9 +5,9 @@
 //! Each is `pool/secrets/<owner>/<NAME>.json` (`{nonce, sealed, updated_at}`): AES-256-GCM
 //! (aws-lc-rs, already the TLS stack's) with a random nonce, the owner's address and the name
 //! as associated data, so a sealed value copied under another owner or name does not open.
-//! The key: the pool's `AIC_SECRETS_KEY` (64 hex digits) where set, else derived from the
-//! gateway's secret (HMAC-SHA256 of a label) — the host alone holds either; workers get values,
-//! never the key. Users reach only `pool/` through the gateway's own routes, which list names
+//! The key: the pool's `AIC_SECRETS_KEY` (64 hex digits; the embedded pool's in
+//! `$AIC_HOME/secrets.key`), a key of its own; without one the pool keeps no secrets. The
+//! host alone holds it; workers get values, never the key. Users reach only `pool/` through the gateway's own routes, which list names
 //! and never return a value: the values go to workers, for their job's owner only.
 
 use std::collections::BTreeMap;
@@ -55,22 +55,13 @@ fn aad(owner: &Address, name: &str) -> Vec<u8> {
 }
 
 impl Vault {
-    /// The pool's vault: `AIC_SECRETS_KEY` if given (64 hex digits), else a key derived from
-    /// the gateway's `secret`.
-    pub fn new(configured: Option<&str>, gateway_secret: &[u8]) -> anyhow::Result<Vault> {
-        let key: Vec<u8> = match configured.map(str::trim).filter(|k| !k.is_empty()) {
-            Some(hex_key) => hex::decode(hex_key)
-                .ok()
-                .filter(|k| k.len() == 32)
-                .ok_or_else(|| anyhow::anyhow!("AIC_SECRETS_KEY is not 64 hex digits"))?,
-            None => {
-                use hmac::Mac;
-                let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(gateway_secret)
-                    .map_err(|_| anyhow::anyhow!("the gateway's secret is empty"))?;
-                m.update(b"aic secrets key v1");
-                m.finalize().into_bytes().to_vec()
-            }
-        };
+    /// The pool's vault under `key` (64 hex digits: `AIC_SECRETS_KEY`, its own, never derived
+    /// from another secret: rotating the gateway's must not lose the users' secrets).
+    pub fn new(key: &str) -> anyhow::Result<Vault> {
+        let key = hex::decode(key.trim())
+            .ok()
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| anyhow::anyhow!("AIC_SECRETS_KEY is not 64 hex digits"))?;
         let key = RandomizedNonceKey::new(&AES_256_GCM, &key).map_err(|_| anyhow::anyhow!("not an AES-256 key"))?;
         Ok(Vault { key })
     }
@@ -166,17 +157,15 @@ mod tests {
 
     #[test]
     fn a_sealed_secret_opens_for_its_owner_and_name_only() {
-        let v = Vault::new(None, b"gateway secret").unwrap();
+        let v = Vault::new(&"ab".repeat(32)).unwrap();
         let s = v.seal(&owner(1), "HF_TOKEN", b"hf_abc").unwrap();
         assert!(!s.sealed.contains(&hex::encode("hf_abc")), "stored in the clear");
         assert_eq!(v.open(&owner(1), "HF_TOKEN", &s).unwrap(), "hf_abc");
         assert!(v.open(&owner(2), "HF_TOKEN", &s).is_err(), "opened under another owner");
         assert!(v.open(&owner(1), "OTHER", &s).is_err(), "opened under another name");
-        let other_pool = Vault::new(None, b"another gateway").unwrap();
+        let other_pool = Vault::new(&"cd".repeat(32)).unwrap();
         assert!(other_pool.open(&owner(1), "HF_TOKEN", &s).is_err());
-        let configured = Vault::new(Some(&"ab".repeat(32)), b"gateway secret").unwrap();
-        assert!(configured.open(&owner(1), "HF_TOKEN", &s).is_err());
-        assert!(Vault::new(Some("abc"), b"x").is_err());
+        assert!(Vault::new("abc").is_err());
         assert_ne!(s.nonce, v.seal(&owner(1), "HF_TOKEN", b"hf_abc").unwrap().nonce, "a nonce used twice");
     }
 }

@@ -109,3 +109,16 @@ pub async fn fetch(
     }
     Ok(values)
 }
+
+#[cfg(test)]
+mod tests {
+    /// What a pool keeps in Secrets Manager never reaches a worker (nor so a job's program)
+    /// from the host's environment, where an operator may have exported it instead.
+    #[test]
+    fn no_secret_of_the_pools_is_inherited_by_workers() {
+        for k in super::KEYS {
+            assert!(aic_core::grant::NEVER_INHERITED.contains(&k), "{k} would reach every job's program");
+        }
+        assert!(aic_core::grant::NEVER_INHERITED.contains(&"AIC_SECRETS_ID"));
+    }
+}

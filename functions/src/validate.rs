@@ -56,6 +56,18 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     if let Some(why) = claim_id(ctx, job).await? {
         return reject(ctx, job, why).await;
     }
+    // An image of its own only where the pool runs images, and that one.
+    if let Some(image) = &req.image {
+        let allowed = ctx.scheduler.images();
+        if allowed.is_empty() {
+            return reject(ctx, job, format!("this pool runs no container images: submit it without --image {image}"))
+                .await;
+        }
+        if !aic_schemas::validate::image_allowed(image, &allowed) {
+            let why = format!("image {image} is not one this pool runs (it runs {})", allowed.join(", "));
+            return reject(ctx, job, why).await;
+        }
+    }
     // The secrets it names are its owner's and set (their values reach its workers at start).
     if !req.secrets.is_empty() {
         let have = aic_core::vault::list(store, &req.owner).await?;

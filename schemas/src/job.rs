@@ -169,6 +169,11 @@ pub struct JobRequest {
     /// start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// A container image to run the job in (`--image REF`), where the pool runs images (Nomad
+    /// with the docker driver, an image its operator allows); the pool's worker is mounted
+    /// into it. None: the pool's own worker image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentRef>,
     pub created_at: DateTime<Utc>,
@@ -214,6 +219,9 @@ impl JobRequest {
         validate::args("args", &self.args, &mut errs);
         validate::env("env", &self.env, &mut errs);
         validate::secrets("secrets", &self.secrets, &self.env, &mut errs);
+        if let Some(Err(e)) = self.image.as_deref().map(validate::image_ref) {
+            errs.push(FieldError::new("image", e));
+        }
         if let Some(p) = &self.payment {
             validate::tx_hash("payment.tx", &p.tx, &mut errs);
         }
@@ -270,6 +278,7 @@ mod tests {
             args: vec!["--epochs".into(), "5".into()],
             env: BTreeMap::new(),
             secrets: vec![],
+            image: None,
             payment: None,
             created_at: now,
             expires_at: now + chrono::Duration::hours(1),

@@ -66,6 +66,9 @@ pub struct JobFile {
     /// The owner's secrets the program gets in its environment (`aic secret set NAME`).
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// A container image to run the job in, where the pool runs images (`--image`).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// A problem in a job file, located where possible.
@@ -158,6 +161,7 @@ impl JobFile {
             args: self.args.clone(),
             env: self.env.clone(),
             secrets: self.secrets.clone(),
+            image: self.image.clone(),
             payment: None,
             created_at: now,
             expires_at: now + valid_for,

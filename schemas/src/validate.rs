@@ -195,6 +195,63 @@ pub(crate) fn secrets(field: &str, names: &[String], env: &BTreeMap<String, Stri
     }
 }
 
+/// A container image reference as Docker takes it: `[registry[:port]/]path[:tag][@sha256:…]`,
+/// lower-case path components, at most 255 characters.
+pub fn image_ref(r: &str) -> Result<(), String> {
+    let bad = || Err(format!("{r:?} is not an image reference (like ghcr.io/me/train:1.0 or pytorch/pytorch:2.5.1)"));
+    if r.is_empty() || r.len() > 255 || r.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad();
+    }
+    let (name, digest) = match r.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (r, None),
+    };
+    if let Some(d) = digest
+        && !(d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())))
+    {
+        return bad();
+    }
+    // A tag follows the last `:` after the last `/` (a registry's port comes before a `/`).
+    let (path, tag) = match name.rsplit_once(':') {
+        Some((p, t)) if !t.contains('/') => (p, Some(t)),
+        _ => (name, None),
+    };
+    if let Some(t) = tag
+        && (t.is_empty() || t.len() > 128 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+    {
+        return bad();
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    for (i, p) in parts.iter().enumerate() {
+        let registry = i == 0 && parts.len() > 1 && (p.contains('.') || p.contains(':') || *p == "localhost");
+        let ok = if registry {
+            p.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+        } else {
+            !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                && !p.starts_with(['.', '_', '-'])
+        };
+        if !ok {
+            return bad();
+        }
+    }
+    Ok(())
+}
+
+/// Whether image `r` is one of `patterns` (globs: `*` matches any run of characters, `/`
+/// included; `ghcr.io/myorg/*`, `pytorch/pytorch:*`).
+pub fn image_allowed(r: &str, patterns: &[String]) -> bool {
+    fn glob(p: &[u8], s: &[u8]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+            Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+        }
+    }
+    patterns.iter().any(|p| glob(p.trim().as_bytes(), r.as_bytes()))
+}
+
 /// A signed document's validity window: it ends after it starts and, at `now`, has not ended.
 pub(crate) fn window(
     created: chrono::DateTime<chrono::Utc>,
@@ -224,6 +281,25 @@ pub(crate) fn tx_hash(field: &str, v: &str, errs: &mut Vec<FieldError>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn image_references_are_dockers_and_patterns_glob_them() {
+        for ok in ["pytorch/pytorch:2.5.1", "ghcr.io/me/train:1.0", "localhost:5000/x/y:latest", "ubuntu"] {
+            assert!(super::image_ref(ok).is_ok(), "{ok}");
+        }
+        let pinned = format!("ghcr.io/me/train@sha256:{}", "a".repeat(64));
+        assert!(super::image_ref(&pinned).is_ok());
+        for bad in ["", "Upper/case", "a b", "x:", "x@sha256:12", "../x", "-x/y", "x\ny"] {
+            assert!(super::image_ref(bad).is_err(), "{bad:?}");
+        }
+        let allowed = vec!["ghcr.io/me/*".to_string(), "pytorch/pytorch:*".to_string()];
+        assert!(super::image_allowed("ghcr.io/me/train:1.0", &allowed));
+        assert!(super::image_allowed("pytorch/pytorch:2.5.1", &allowed));
+        assert!(!super::image_allowed("ghcr.io/other/train:1.0", &allowed));
+        assert!(!super::image_allowed("pytorch/pytorch", &allowed), "no tag: not pytorch/pytorch:*");
+        assert!(!super::image_allowed("evil.io/ghcr.io/me/x", &allowed));
+        assert!(!super::image_allowed("x", &[]));
+    }
+
     use super::*;
 
     #[test]

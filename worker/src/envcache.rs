@@ -4,7 +4,7 @@
 //! Layout under `AIC_ENV_CACHE` (the local scheduler: `<work root>/.env-cache`, one per machine;
 //! Nomad: the operator's host volume, `infra/nomad/README.md`):
 //!
-//! - `envs/<digest>/`: an environment, every file and folder owned by the keeper (root where
+//! - `envs/<digest>/`: an environment, or a dataset (`stage`), every file and folder owned by the keeper (root where
 //!   jobs run under uids of their own) and not writable by anyone else;
 //! - `meta/<digest>`: its size in bytes; its modification time is its last use (LRU);
 //! - `locks/<digest>`: taken exclusively while one allocation builds or evicts the environment,

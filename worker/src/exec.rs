@@ -22,8 +22,19 @@ const EXEC_ENV: &str = "exec-env.json";
 /// Writes what `in-job` gives a command: the program's folder and environment (no store
 /// access: the worker's own is never in it).
 pub(crate) fn publish(work: &std::path::Path, cwd: &std::path::Path, env: &BTreeMap<String, String>) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let body = json!({ "cwd": cwd, "env": env });
-    if let Err(e) = std::fs::write(work.join(EXEC_ENV), body.to_string()) {
+    // The job's user's alone (its secrets are in it).
+    let path = work.join(EXEC_ENV);
+    let _ = std::fs::remove_file(&path);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(body.to_string().as_bytes()));
+    if let Err(e) = written {
         tracing::warn!(error = %e, "cannot publish the program's environment for exec");
     }
 }

@@ -110,9 +110,14 @@ impl Shipper {
     /// spans several, as [`MASK`]. Values under 4 bytes are left (masking every `a` would hide
     /// the log, not the secret).
     pub fn masking(mut self, values: impl IntoIterator<Item = String>) -> Self {
+        use base64::Engine;
         for v in values {
             self.masked.extend(v.lines().map(str::to_string).filter(|l| l.len() >= 4));
             if v.len() >= 4 {
+                // As printed through JSON (escaped) and as base64 (a Basic auth header), too.
+                let json = serde_json::to_string(&v).unwrap_or_default();
+                self.masked.push(json.trim_matches('"').to_string());
+                self.masked.push(base64::engine::general_purpose::STANDARD.encode(&v));
                 self.masked.push(v);
             }
         }
@@ -219,6 +224,29 @@ mod tests {
         assert_eq!(lines[..2], ["[rank 1] rank 1 up", "[rank 1] rank 1 gives up: out of memory"], "{lines:?}");
         assert_eq!(lines.iter().filter(|l| l.starts_with("[rank 0]")).count(), RANK_TAIL_LINES);
         assert!(lines.last().unwrap().starts_with("prterun has exited"));
+    }
+
+    #[test]
+    fn a_secret_is_masked_as_it_is_and_as_json_and_base64_print_it() {
+        let s = Shipper {
+            store: aic_core::StoreConfig::parse("file:///nonexistent").unwrap().open().unwrap(),
+            job: aic_core::JobKey::new(
+                "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(),
+                "01jb0000000000000000000000".parse().unwrap(),
+            ),
+            alloc: 0,
+            next: 0,
+            buf: String::new(),
+            tail: Tail::default(),
+            live: None,
+            masked: vec![],
+        }
+        .masking(["tok\"en-1234".to_string(), "line one\nline two".to_string(), "ab".to_string()]);
+        assert_eq!(s.mask("got tok\"en-1234!".into()), "got ***!");
+        assert_eq!(s.mask(r#"{"t": "tok\"en-1234"}"#.into()), r#"{"t": "***"}"#);
+        assert_eq!(s.mask("Basic dG9rImVuLTEyMzQ=".into()), "Basic ***");
+        assert_eq!(s.mask("> line two".into()), "> ***");
+        assert_eq!(s.mask("ab stays".into()), "ab stays", "too short to mask");
     }
 
     #[test]

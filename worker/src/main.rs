@@ -172,7 +172,32 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         return Ok(0);
     }
 
-    let staged = stage::stage(a, req).await?;
+    // The owner's secrets the job names, from the pool (never in its request): into the
+    // program's environment, and masked in everything its log ships.
+    let secrets = secrets(a, req).await?;
+    // MPI and Horovod ranks get their environment through sshd's `SetEnv`, a line each.
+    if matches!(req.launcher, Launcher::Mpi | Launcher::Horovod)
+        && let Some(n) = secrets.iter().find(|(_, v)| v.chars().any(char::is_control)).map(|(n, _)| n)
+    {
+        return Err(anyhow!(
+            "secret {n} spans lines: MPI and Horovod jobs hand secrets to their ranks one line each; store it base64-encoded"
+        ));
+    }
+    // The job's log, from staging on.
+    let (tx, rx) = mpsc::channel::<String>(1024);
+    let shipper = tokio::spawn(
+        logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live())
+            .masking(secrets.values().cloned())
+            .run(rx),
+    );
+    let staged = match stage::stage(a, req, &tx).await {
+        Ok(s) => s,
+        Err(e) => {
+            drop(tx);
+            let _ = shipper.await;
+            return Err(e);
+        }
+    };
     let (code_dir, data_dir, out_dir, out_prefix) =
         (staged.code_dir, staged.data_dir, staged.out_dir, staged.out_prefix);
 
@@ -186,16 +211,6 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         env.insert("CUDA_VISIBLE_DEVICES".into(), gpus);
     }
     env.insert("AIC_CODE_DIR".into(), path_str(&code_dir));
-    // The owner's secrets the job names, from the pool (never in its request): into the
-    // program's environment, and masked in everything its log ships.
-    let secrets = secrets(a, req).await?;
-    // The job's log, from the environment's preparation on.
-    let (tx, rx) = mpsc::channel::<String>(1024);
-    let shipper = tokio::spawn(
-        logs::Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live())
-            .masking(secrets.values().cloned())
-            .run(rx),
-    );
     env.extend(secrets);
     let prepared = match pyenv::prepare(a, &code_dir, &tx).await {
         Ok(p) => p,
@@ -266,7 +281,10 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     let mut timed_out = false;
     let mut child = cmd
         .spawn()
-        .map_err(|e| anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner))?;
+        .map_err(|e| match std::env::var("AIC_IMAGE").ok().filter(|i| !i.is_empty()) {
+            Some(image) => anyhow!("cannot start the program ({e}): the image {image} lacks its interpreter (python3 for a .py, bash for a .sh)"),
+            None => anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner),
+        })?;
     let pid = child.id().unwrap_or_default() as i32;
 
     let pumps = [

@@ -255,3 +255,82 @@ fn a_strangers_resolution_cannot_plant_code_in_an_environment_another_owner_impo
     assert!(stdout.contains("victim got 42"), "{stdout}");
     assert!(!stdout.contains("PWNED"), "the stranger's code ran in the victim's program: {stdout}");
 }
+
+/// A dataset is downloaded once into the miner's cache and read from there by the next job of
+/// its owner (the program sees the same files, can add its own beside them, cannot change
+/// the cached ones); a changed dataset is downloaded again; another wallet's dataset of the
+/// same name and bytes never comes from the first owner's copy.
+#[test]
+fn a_dataset_is_cached_on_the_miner_for_its_owners_next_jobs() {
+    let h = Home::new();
+    let data = h.path().join("ds");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("a.csv"), "1,2,3\n").unwrap();
+    std::fs::write(data.join("sub/b.txt"), "bee\n").unwrap();
+    assert!(h.aic(&["data", "put", data.to_str().unwrap(), "ds"]).status.success());
+    let prog = h.write(
+        "readds/train.py",
+        "import os\n\
+         d = os.environ['AIC_DATA_DIR']\n\
+         print('a.csv says', open(os.path.join(d, 'a.csv')).read().strip(), flush=True)\n\
+         print('sub/b.txt says', open(os.path.join(d, 'sub', 'b.txt')).read().strip())\n\
+         open(os.path.join(d, 'mine.txt'), 'w').write('x')\n\
+         print('added a file beside the dataset')\n\
+         try:\n    open(os.path.join(d, 'a.csv'), 'a').write('tampered')\n    print('changed the cached dataset')\n\
+         except OSError as e:\n    print('the cached dataset is read-only:', type(e).__name__)\n",
+    );
+    let run = |key: Option<&str>| {
+        let args = ["run", prog.to_str().unwrap(), "--data", "ds"];
+        let mut c = h.cmd(&args);
+        if let Some(k) = key {
+            c.env("AIC_PRIVATE_KEY", k);
+        }
+        let out = shown(&args, c);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    let first = run(None);
+    assert!(
+        first.contains("dataset ds (2 files, 10 B): downloaded in") && first.contains("kept in this miner's cache"),
+        "{first}"
+    );
+    assert!(first.contains("a.csv says 1,2,3") && first.contains("sub/b.txt says bee"), "{first}");
+    assert!(first.contains("added a file beside the dataset"), "{first}");
+    if sandboxed() {
+        assert!(first.contains("the cached dataset is read-only: PermissionError"), "{first}");
+    }
+    let second = run(None);
+    assert!(second.contains("dataset ds (2 files, 10 B): from this miner's cache"), "{second}");
+    assert!(second.contains("a.csv says 1,2,3"), "the cached copy changed: {second}");
+    // A changed dataset is another: downloaded again.
+    std::fs::write(data.join("a.csv"), "4,5,6\n").unwrap();
+    assert!(h.aic(&["data", "put", data.to_str().unwrap(), "ds"]).status.success());
+    let third = run(None);
+    assert!(third.contains("kept in this miner's cache") && third.contains("a.csv says 4,5,6"), "{third}");
+    // Another wallet's dataset of the same name and bytes: its own download.
+    let stranger = aic_chain::devchain::DEV_KEYS[5];
+    let mut put = h.cmd(&["data", "put", data.to_str().unwrap(), "ds"]);
+    put.env("AIC_PRIVATE_KEY", stranger);
+    assert!(put.output().unwrap().status.success());
+    let theirs = run(Some(stranger));
+    assert!(theirs.contains("downloaded in") && !theirs.contains("from this miner's cache"), "{theirs}");
+}
+
+/// The embedded pool runs no container images: `--image` is refused in one line, before
+/// anything is paid.
+#[test]
+fn an_image_is_refused_on_the_embedded_pool_before_paying() {
+    let h = Home::new();
+    let script = h.write("t/train.py", "print(1)\n");
+    let out = h.aic(&["run", script.to_str().unwrap(), "--image", "pytorch/pytorch:2.5.1"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("the embedded pool runs no container images") && lines[0].contains("nothing was paid"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("deposited"), "{stderr}");
+}

@@ -130,6 +130,13 @@ pub trait Scheduler: Send + Sync {
         Ok(None)
     }
 
+    /// The container images this backend runs jobs in (`JobRequest::image`): the operator's
+    /// patterns (`ghcr.io/myorg/*`); empty: it runs none (the default: the local scheduler has
+    /// no container engine).
+    fn images(&self) -> Vec<String> {
+        vec![]
+    }
+
     /// Whether none of the job's allocations runs any more (so that what they used is all
     /// recorded in `core::usage`): what settlement waits for. By default, yes.
     async fn finished(&self, _job: &JobKey) -> Result<bool, ScheduleError> {

@@ -74,6 +74,45 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
     );
 }
 
+/// A job in a user's own image (`--image`), on a pool whose operator allows it: registered with
+/// the docker driver's config as the driver reads it (drivers/docker/config.go: `image`,
+/// `command`, and a `mount` block of `type`, `source`, `target`, `readonly`; a bind of a host
+/// folder needs the plugin's `volumes { enabled = true }`): the image, the pool's worker from
+/// the client's folder bound in read-only and run from there, the image named to the worker.
+/// A pool without the worker's folder runs no images at all.
+#[tokio::test]
+async fn a_job_in_its_own_image_runs_the_pools_worker_bound_in_read_only() {
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.driver = "docker".into();
+    c.images = vec!["ghcr.io/me/*".into()];
+    assert!(NomadScheduler::new(c.clone(), temp_store()).images().is_empty(), "no worker folder: no images");
+    c.worker_mount = Some("/opt/aic-worker".into());
+    let n = NomadScheduler::new(c, temp_store());
+    assert_eq!(n.images(), ["ghcr.io/me/*"]);
+    let (job, mut m) = manifest(1, 1);
+    m.request.image = Some("ghcr.io/me/train:1.0".into());
+    n.submit(&job, &m).await.unwrap();
+    let spec = state.lock().unwrap().jobs[&nomad_id(&job)].clone();
+    let task = &spec["TaskGroups"][0]["Tasks"][0];
+    assert_eq!(task["Driver"], "docker");
+    let config = task["Config"].as_object().unwrap();
+    assert_eq!(config["image"], "ghcr.io/me/train:1.0");
+    assert_eq!(config["command"], "/opt/aic/aic-worker");
+    let mounts = config["mount"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1);
+    let mount = mounts[0].as_object().unwrap();
+    let known = ["type", "target", "source", "readonly", "bind_options", "volume_options", "tmpfs_options"];
+    assert!(mount.keys().all(|k| known.contains(&k.as_str())), "a key the docker driver does not read: {mount:?}");
+    assert_eq!((mount["type"].as_str(), mount["readonly"].as_bool()), (Some("bind"), Some(true)));
+    assert_eq!((mount["source"].as_str(), mount["target"].as_str()), (Some("/opt/aic-worker"), Some("/opt/aic")));
+    assert!(
+        config["command"].as_str().unwrap().starts_with(mount["target"].as_str().unwrap()),
+        "the worker runs from the mount"
+    );
+    assert_eq!(task["Env"]["AIC_IMAGE"], "ghcr.io/me/train:1.0");
+}
+
 /// A second owner's job under the same id (ids are unique per owner; Nomad's `aic-<id>` is
 /// not): its cancel leaves the first owner's Nomad job registered and sends no DELETE, and it
 /// is never registered over the first's.

@@ -102,7 +102,7 @@ pub struct GatewayConfig {
     /// Key for session tokens and nonces (32 random bytes; the same on every gateway replica).
     pub secret: Vec<u8>,
     /// The key users' secrets are sealed under (`AIC_SECRETS_KEY`, 64 hex digits; the same on
-    /// every replica); unset, one derived from `secret` (`aic_core::vault`).
+    /// every replica); unset, the pool keeps no secrets (`aic_core::vault`).
     pub secrets_key: Option<String>,
     /// The SIWE domain users sign in to.
     pub domain: String,
@@ -270,7 +270,10 @@ impl Gateway {
             signed_out: Default::default(),
             job_ended: Default::default(),
             usage: Default::default(),
-            vault: aic_core::vault::Vault::new(cfg.secrets_key.as_deref(), &cfg.secret).map_err(|e| e.to_string()),
+            vault: match cfg.secrets_key.as_deref() {
+                Some(k) => aic_core::vault::Vault::new(k).map_err(|e| e.to_string()),
+                None => Err("its operator has set no AIC_SECRETS_KEY".into()),
+            },
             cfg,
         }
     }
@@ -333,6 +336,7 @@ impl Gateway {
                     "chain": self.cfg.chain_info, "free": self.cfg.chain_info.is_null(),
                     "max_put": if self.host_transfers() { blob::MAX_HOST_PUT as u64 } else { MAX_PUT }, "max_body": MAX_BODY, "max_request": MAX_REQUEST_BYTES, "serving": self.cfg.serving,
                     "session_seconds": self.cfg.session_ttl.as_secs(), "url_seconds": self.cfg.url_ttl.as_secs(),
+                    "images": self.ctx.scheduler.images(),
                 }));
             }
             (&Method::GET, "/v1/nonce") => {

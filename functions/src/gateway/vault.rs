@@ -41,6 +41,18 @@ impl Gateway {
     /// `GET /v1/worker/secrets`: the values of the secrets the worker's job names, its owner's.
     pub(super) async fn worker_secrets(&self, g: &aic_core::grant::WorkerGrant) -> Reply {
         let job = g.job_key();
+        // Only while the job runs: a token copied out of an allocation gets nothing once its
+        // job ended (none of the grace the workers' last uploads get).
+        let ended = aic_core::status::current(&self.ctx.store, &job)
+            .await
+            .map_err(store_err)?
+            .is_none_or(|r| r.state.is_terminal());
+        if ended {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                format!("job {} is not running: its secrets are not given out", g.job),
+            ));
+        }
         let req: aic_schemas::JobRequest = self
             .ctx
             .store

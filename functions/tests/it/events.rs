@@ -126,6 +126,14 @@ async fn bad_requests_are_rejected_with_their_reason_and_get_no_manifest() {
         let mut escape = serde_json::to_value(request(1).await).unwrap();
         escape["data"] = serde_json::json!("../../0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc/data/secret");
         let unsigned_req = serde_json::to_value(unsigned(1)).unwrap();
+        // A job in an image of its own, on a pool that runs none (the local scheduler).
+        let mut in_image = unsigned(1);
+        in_image.image = Some("pytorch/pytorch:2.5.1".into());
+        let in_image = serde_json::to_value(signed(in_image).await).unwrap();
+        // A secret its owner never set.
+        let mut with_secret = unsigned(1);
+        with_secret.secrets = vec!["HF_TOKEN".into()];
+        let with_secret = serde_json::to_value(signed(with_secret).await).unwrap();
         let mut tampered = serde_json::to_value(request(1).await).unwrap();
         tampered["gpus_per_miner"] = serde_json::json!(2);
         vec![
@@ -136,6 +144,8 @@ async fn bad_requests_are_rejected_with_their_reason_and_get_no_manifest() {
             (expired, "request expired"),
             (escape, "data: "),
             (serde_json::json!({"not": "a request"}), "request.json is not a job request"),
+            (in_image, "this pool runs no container images: submit it without --image pytorch/pytorch:2.5.1"),
+            (with_secret, "secret HF_TOKEN is not set"),
         ]
     };
     for (doc, why) in cases {

@@ -137,7 +137,16 @@ pub fn procs_per_alloc(req: &JobRequest) -> u32 {
 pub fn require(bin: &str, miner: &str, install: &str) -> Result<(), String> {
     let found =
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
-    if found { Ok(()) } else { Err(format!("{bin} is not installed on {miner}; {install}")) }
+    if found {
+        return Ok(());
+    }
+    // In a user's own image (`--image`) it is the image that lacks it.
+    match std::env::var("AIC_IMAGE").ok().filter(|i| !i.is_empty()) {
+        Some(image) => {
+            Err(format!("the image {image} has no {bin} on its PATH; add it to the image (this launcher needs it)"))
+        }
+        None => Err(format!("{bin} is not installed on {miner}; {install}")),
+    }
 }
 
 /// Whether the entrypoints' Python can import `module`.

@@ -5,6 +5,7 @@ mod data;
 mod gateway;
 mod listing;
 mod logs;
+mod staging;
 mod worker;
 
 use std::process::Command;
@@ -97,7 +98,8 @@ pub(crate) fn stop_dev_up(mut up: std::process::Child) {
 /// aic-worker against the bare launcher, and event latency (request uploaded → worker
 /// started) on the embedded pool and on LocalStack via SNS and via the poller, `aic jobs`
 /// with 10,000 jobs (`jobs`), log latency (`logs`: a printed line to `aic run`'s terminal), and
-/// the data plane against s5cmd and aws-cli (`data`).
+/// the data plane against s5cmd and aws-cli (`data`), and a 1 GiB dataset's first and second
+/// job start (`staging`: downloaded, then from the miner's cache).
 pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     let py = setup(false)?;
     let want = |name: &str| only.is_none_or(|o| o == name);
@@ -124,6 +126,9 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
     }
     if want("logs") {
         logs::bench_logs(&py)?;
+    }
+    if want("staging") {
+        staging::bench_staging(&py)?;
     }
     if want("jobs") {
         build_release()?;

@@ -58,6 +58,13 @@ pub struct NomadConfig {
     /// (`AIC_NOMAD_ENV_CACHE_VOLUME`): mounted into every task at [`super::spec::ENV_CACHE_AT`]
     /// (`aic-worker`'s keeper writes it as root; jobs read it). Unset: nothing is cached.
     pub env_cache_volume: Option<String>,
+    /// Users' own images (`--image`), with the docker driver: the patterns the operator allows
+    /// (`AIC_NOMAD_IMAGES`, comma-separated globs: `ghcr.io/myorg/*,pytorch/pytorch:*`) and the
+    /// clients' folder holding a statically linked `aic-worker` (`AIC_NOMAD_WORKER_MOUNT`),
+    /// bound read-only into the user's image at [`super::spec::WORKER_AT`]. Either unset: no
+    /// images.
+    pub images: Vec<String>,
+    pub worker_mount: Option<String>,
 }
 
 /// The worker image `infra/nomad/worker.Dockerfile` builds, as its head tags it; a pool
@@ -96,6 +103,8 @@ impl NomadConfig {
             tls: Default::default(),
             job_uids: (3_000_000, 65_536),
             env_cache_volume: None,
+            images: vec![],
+            worker_mount: None,
         }
     }
 
@@ -130,6 +139,10 @@ impl NomadConfig {
             tls: super::tls::NomadTls::from_env()?,
             job_uids: crate::scheduler::job_user::uid_range(),
             env_cache_volume: var("AIC_NOMAD_ENV_CACHE_VOLUME"),
+            images: var("AIC_NOMAD_IMAGES")
+                .map(|v| v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
+                .unwrap_or_default(),
+            worker_mount: var("AIC_NOMAD_WORKER_MOUNT"),
             eval_wait: std::time::Duration::from_secs(num(
                 "AIC_NOMAD_EVAL_WAIT",
                 if var("AWS_LAMBDA_FUNCTION_NAME").is_some() { 15 } else { d.eval_wait.as_secs() as u32 },

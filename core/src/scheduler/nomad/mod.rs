@@ -254,6 +254,11 @@ impl NomadScheduler {
 
 #[async_trait]
 impl Scheduler for NomadScheduler {
+    /// With the docker driver and the worker's folder to bind into them: the operator's patterns.
+    fn images(&self) -> Vec<String> {
+        if self.cfg.driver == "docker" && self.cfg.worker_mount.is_some() { self.cfg.images.clone() } else { vec![] }
+    }
+
     /// Registers the job's run at its first attempt (a resumed job's run registers the same
     /// Nomad job again: a new version, whose allocations Nomad places anew).
     async fn submit(&self, job: &JobKey, m: &JobManifest) -> Result<Submitted, ScheduleError> {

@@ -35,6 +35,9 @@ pub fn rank_ask(cfg: &NomadConfig, r: &aic_schemas::JobRequest) -> (u32, u64, u6
     (r.gpus_per_miner, u64::from(cfg.memory_mb) * u64::from(r.gpus_per_miner.max(1)), EPHEMERAL_DISK_MB)
 }
 
+/// Where a user's image finds the pool's worker (`NomadConfig::worker_mount`, bound read-only).
+pub const WORKER_AT: &str = "/opt/aic";
+
 /// Where a task finds the clients' environment cache (`NomadConfig::env_cache_volume`).
 pub const ENV_CACHE_AT: &str = "/var/lib/aic/env-cache";
 
@@ -233,6 +236,16 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
     // The pool's nodes aic counts as room (`NomadConfig::node_pool`), when one is set.
     if let Some(pool) = &cfg.node_pool {
         spec["NodePool"] = json!(pool);
+    }
+    // The user's own image (allowed by validate against `NomadConfig::images`): the pool's
+    // worker is not in it but bound in from the client, read-only (the docker driver's
+    // `mount` block, which needs the plugin's `volumes { enabled = true }`), and is what runs.
+    if let (Some(image), Some(host_dir)) = (&r.image, &cfg.worker_mount) {
+        let task = &mut spec["TaskGroups"][0]["Tasks"][0];
+        task["Config"]["image"] = json!(image);
+        task["Config"]["command"] = json!(format!("{WORKER_AT}/aic-worker"));
+        task["Config"]["mount"] = json!([{"type": "bind", "source": host_dir, "target": WORKER_AT, "readonly": true}]);
+        task["Env"]["AIC_IMAGE"] = json!(image);
     }
     // The clients' environment cache: a host volume (the group's `volume`, the task's
     // `volume_mount`; `VolumeRequest` and `VolumeMount` in Nomad's api/tasks.go), writable
@@ -466,6 +479,31 @@ mod tests {
             json!([{"Volume": "aic-env-cache", "Destination": ENV_CACHE_AT, "ReadOnly": false}])
         );
         assert_eq!(t["Env"]["AIC_ENV_CACHE"], ENV_CACHE_AT);
+    }
+
+    /// A user's image runs the pool's worker bound in read-only from the client; the job's
+    /// other settings stay; without the image, the pool's own.
+    #[test]
+    fn a_users_image_runs_the_pools_worker_bound_in_read_only() {
+        let (job, mut m) = manifest("train", 2, 1);
+        m.request.image = Some("ghcr.io/me/train:1.0".into());
+        let c =
+            NomadConfig { worker_mount: Some("/opt/aic-worker".into()), images: vec!["ghcr.io/me/*".into()], ..cfg() };
+        let j = job_spec(&c, &job, &m, 0);
+        let t = &j["TaskGroups"][0]["Tasks"][0];
+        assert_eq!(t["Driver"], "docker");
+        assert_eq!(t["Config"]["image"], "ghcr.io/me/train:1.0");
+        assert_eq!(t["Config"]["command"], "/opt/aic/aic-worker");
+        assert_eq!(
+            t["Config"]["mount"],
+            json!([{"type": "bind", "source": "/opt/aic-worker", "target": "/opt/aic", "readonly": true}])
+        );
+        assert_eq!(t["Env"]["AIC_IMAGE"], "ghcr.io/me/train:1.0");
+        assert_eq!(t["Config"]["network_mode"], "host");
+        m.request.image = None;
+        let own = job_spec(&c, &job, &m, 0);
+        assert_eq!(own["TaskGroups"][0]["Tasks"][0]["Config"]["image"], c.image);
+        assert!(own["TaskGroups"][0]["Tasks"][0]["Config"].get("mount").is_none());
     }
 
     #[test]

@@ -44,6 +44,12 @@ env?: {
  */
 expires_at: string
 gpus_per_miner: number
+/**
+ * A container image to run the job in (`--image REF`), where the pool runs images (Nomad
+ * with the docker driver, an image its operator allows); the pool's worker is mounted
+ * into it. None: the pool's own worker image.
+ */
+image?: (string | null)
 job_id: JobId
 kind: JobKind
 /**
