@@ -25,6 +25,10 @@
 //! - `a_drained_node_restarts_the_training_job_whole` (only with `AIC_NOMAD_LIVE_DRAIN=1`: it
 //!   drains one node for a short while): the rank stopped by the drain's deadline is taken for
 //!   lost and the job registered again as attempt 1.
+//! - `a_users_image_runs_with_the_pools_worker_bound_in` (with `AIC_NOMAD_LIVE_IMAGE`, an image
+//!   the cluster can pull, and `AIC_NOMAD_WORKER_MOUNT`, the clients' folder holding a static
+//!   `aic-worker`; the docker plugin with `volumes { enabled = true }`): the job runs in that
+//!   image, and the worker bound in at `/opt/aic` answers `aic-worker --version` there.
 //! - `a_job_outlives_a_redeploy_of_the_functions_host` (with `AIC_NOMAD_LIVE_FUNCTIONS`, the
 //!   functions' Nomad job id, and `AIC_STORE`, the pool's store): the functions host is
 //!   redeployed while a job prints for a minute; every line and the job's success still
@@ -380,4 +384,54 @@ async fn a_job_outlives_a_redeploy_of_the_functions_host() {
     assert_eq!(st.state, aic_schemas::JobState::Succeeded, "{st:?}");
     let text = logs(store.clone(), job.clone()).await;
     assert!((0..60).all(|i| text.contains(&format!("line {i}\n"))), "lines lost across the redeploy:\n{text}");
+}
+
+/// A user's image with the pool's worker bound in (only with `AIC_NOMAD_LIVE_IMAGE` and
+/// `AIC_NOMAD_WORKER_MOUNT`): the task's image is the user's, and the worker runs from the
+/// mount inside it (its `in-job` path through Nomad's exec answers `true` with 0).
+#[tokio::test]
+async fn a_users_image_runs_with_the_pools_worker_bound_in() {
+    use aic_core::scheduler::{ExecOutput, ExecStart};
+    let Ok(image) = std::env::var("AIC_NOMAD_LIVE_IMAGE") else {
+        eprintln!("nomad_live: AIC_NOMAD_LIVE_IMAGE (with AIC_NOMAD_WORKER_MOUNT) runs the image test");
+        return;
+    };
+    let Some((n, store)) = live() else { return };
+    let mut cfg = n.config().clone();
+    assert!(cfg.worker_mount.is_some(), "set AIC_NOMAD_WORKER_MOUNT to the clients' folder with a static aic-worker");
+    cfg.images = vec![image.clone()];
+    let n = NomadScheduler::new(cfg, store);
+    assert_eq!(n.images(), std::slice::from_ref(&image));
+    let (job, mut m) = manifest(1, 1);
+    m.request.image = Some(image.clone());
+    // The worker's own run needs a store; this one only needs the task up: the worker from
+    // the mount, kept alive, its environment published for `in-job`.
+    let publish = "printf '{\"env\":{},\"cwd\":\"/\"}' > \"$AIC_WORK_DIR/exec-env.json\"; exec sleep 600";
+    let id = register_running(&n, &job, &m, &["sh", "-c", publish]).await;
+    let alloc = until("the allocation to run", Duration::from_secs(600), async || {
+        allocations(&n, &id).await.into_iter().find(|a| a["ClientStatus"] == "running")
+    })
+    .await;
+    let full = n
+        .call(reqwest::Method::GET, &format!("allocation/{}", alloc["ID"].as_str().unwrap()), &[], None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(full["Job"]["TaskGroups"][0]["Tasks"][0]["Config"]["image"], image.as_str());
+    // `register_running` replaced the command; exec runs the worker bound in at /opt/aic.
+    let code = until("the exec session to open", Duration::from_secs(60), async || {
+        let mut io = n.exec(&job, 0, ExecStart { argv: vec!["true".into()], tty: None }).await.unwrap()?;
+        drop(io.input);
+        loop {
+            match io.output.recv().await {
+                Some(ExecOutput::Exited(125)) | None => return None,
+                Some(ExecOutput::Exited(c)) => return Some(c),
+                Some(ExecOutput::Failed(why)) => panic!("{why}"),
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, 0);
+    n.cancel(&job).await.unwrap();
 }

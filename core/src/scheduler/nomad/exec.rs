@@ -85,13 +85,12 @@ impl NomadScheduler {
     /// Runs `start` in allocation `index` of the job through Nomad's exec API.
     pub async fn exec_in(&self, job: &JobKey, index: u32, start: ExecStart) -> Result<ExecIo, ScheduleError> {
         let alloc = self.running_alloc(job, index).await?;
-        // The worker where this allocation's task has it: the task's own command (a user's
-        // image has the pool's worker bound in elsewhere than the worker image's path).
+        // The worker where this allocation's task has it: in a user's image (its task names
+        // the image to the worker), bound in at `WORKER_AT`; else the worker image's.
         let full = self.call(reqwest::Method::GET, &format!("allocation/{alloc}"), &[], None).await?;
-        let worker = full
-            .as_ref()
-            .and_then(|a| a["Job"]["TaskGroups"][0]["Tasks"][0]["Config"]["command"].as_str().map(String::from))
-            .unwrap_or_else(|| self.cfg.worker.clone());
+        let in_image =
+            full.as_ref().is_some_and(|a| a["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]["AIC_IMAGE"].is_string());
+        let worker = if in_image { format!("{}/aic-worker", super::spec::WORKER_AT) } else { self.cfg.worker.clone() };
         let mut command = vec![worker, "in-job".into(), "--".into()];
         command.extend(start.argv);
         let command = serde_json::to_string(&command).expect("strings serialize");
