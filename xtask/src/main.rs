@@ -40,7 +40,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|logs|data|latency] | soak [JOBS] | storm [JOBS] | fuzz [TARGET] [--seconds N]"
+                "usage: cargo xtask demo | test [CARGO TEST ARGS] | setup | bench [validate|settle|worker|gateway|jobs|logs|data|staging|latency] | soak [JOBS] | storm [JOBS] | fuzz [TARGET] [--seconds N]"
             );
             std::process::exit(2);
         }
