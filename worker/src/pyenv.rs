@@ -177,22 +177,8 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     tokio::fs::create_dir_all(&build_root).await?;
     let report = build_root.join("report.json");
     say("preparing environment: resolving requirements.txt".into()).await;
-    let pip = |extra: &[&str]| {
-        let mut v = vec![
-            "-m",
-            "pip",
-            "--isolated",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--no-cache-dir",
-            "install",
-            "--quiet",
-        ];
-        v.extend_from_slice(extra);
-        v.into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
-    let resolve = pip(&["--dry-run", "--ignore-installed", "--only-binary", ":all:", "--report"]);
-    let mut args: Vec<&str> = resolve.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = PIP_INSTALL.to_vec();
+    args.extend(["--dry-run", "--ignore-installed", "--only-binary", ":all:", "--report"]);
     let (report_s, req_s) = (report.to_string_lossy().into_owned(), requirements.to_string_lossy().into_owned());
     args.extend([report_s.as_str(), "-r", req_s.as_str()]);
     python(&py, &args, code, deadline).await.map_err(|e| anyhow!("requirements.txt cannot be installed: {e}"))?;
@@ -290,6 +276,11 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     Ok(Prepared { dir: Some(build_root.join(&digest)) })
 }
 
+/// `pip install`, isolated: no user configuration, no `PIP_*` variables, nothing cached in the
+/// job's folder.
+const PIP_INSTALL: [&str; 8] =
+    ["-m", "pip", "--isolated", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "install", "--quiet"];
+
 /// The longest an allocation waits for another building the same environment.
 const BUILD_WAIT: Duration = Duration::from_secs(600);
 
@@ -334,24 +325,8 @@ where
     )?;
     let target = build_root.join(digest);
     let (pinned_s, target_s) = (pinned.to_string_lossy().into_owned(), target.to_string_lossy().into_owned());
-    let args = [
-        "-m",
-        "pip",
-        "--isolated",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--no-cache-dir",
-        "install",
-        "--quiet",
-        "--no-deps",
-        "--require-hashes",
-        "--only-binary",
-        ":all:",
-        "--target",
-        &target_s,
-        "-r",
-        &pinned_s,
-    ];
+    let mut args: Vec<&str> = PIP_INSTALL.to_vec();
+    args.extend(["--no-deps", "--require-hashes", "--only-binary", ":all:", "--target", &target_s, "-r", &pinned_s]);
     python(py, &args, code, deadline).await?;
     Ok(())
 }

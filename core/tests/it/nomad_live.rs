@@ -108,6 +108,25 @@ fn running(
     (tx, watcher)
 }
 
+/// The exit code of `argv` run in allocation 0 of the job through Nomad's exec API, asked
+/// again until the task has published its environment (125 before).
+async fn exec_code(n: &NomadScheduler, job: &JobKey, argv: &[String]) -> i32 {
+    use aic_core::scheduler::{ExecOutput, ExecStart};
+    until("the exec session to open", Duration::from_secs(60), async || {
+        let mut io = n.exec(job, 0, ExecStart { argv: argv.to_vec(), tty: None }).await.unwrap()?;
+        drop(io.input);
+        loop {
+            match io.output.recv().await {
+                Some(ExecOutput::Exited(125)) | None => return None,
+                Some(ExecOutput::Exited(c)) => return Some(c),
+                Some(ExecOutput::Failed(why)) => panic!("{why}"),
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+}
+
 async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
@@ -265,7 +284,6 @@ async fn a_lost_node_restarts_the_whole_job() {
 /// image's shell instead of the worker and publishes what `aic-worker in-job` reads.
 #[tokio::test]
 async fn exec_in_an_allocation_ends_with_the_commands_exit_code_zero_included() {
-    use aic_core::scheduler::{ExecOutput, ExecStart};
     let Some((n, _store)) = live() else { return };
     let (job, m) = manifest(1, 1);
     let publish = "printf '{\"env\":{},\"cwd\":\"/\"}' > \"$AIC_WORK_DIR/exec-env.json\"; exec sleep 600";
@@ -276,21 +294,7 @@ async fn exec_in_an_allocation_ends_with_the_commands_exit_code_zero_included() 
     .await;
     for (argv, want) in [(vec!["true"], 0), (vec!["sh", "-c", "exit 3"], 3)] {
         let argv: Vec<String> = argv.into_iter().map(String::from).collect();
-        let code = until("the exec session to open", Duration::from_secs(60), async || {
-            let mut io = n.exec(&job, 0, ExecStart { argv: argv.clone(), tty: None }).await.unwrap()?;
-            drop(io.input);
-            loop {
-                match io.output.recv().await {
-                    // 125: not published yet (a moment after the task starts): asked again.
-                    Some(ExecOutput::Exited(125)) | None => return None,
-                    Some(ExecOutput::Exited(c)) => return Some(c),
-                    Some(ExecOutput::Failed(why)) => panic!("{why}"),
-                    Some(_) => {}
-                }
-            }
-        })
-        .await;
-        assert_eq!(code, want, "{argv:?}");
+        assert_eq!(exec_code(&n, &job, &argv).await, want, "{argv:?}");
     }
     n.cancel(&job).await.unwrap();
 }
@@ -391,7 +395,6 @@ async fn a_job_outlives_a_redeploy_of_the_functions_host() {
 /// mount inside it (its `in-job` path through Nomad's exec answers `true` with 0).
 #[tokio::test]
 async fn a_users_image_runs_with_the_pools_worker_bound_in() {
-    use aic_core::scheduler::{ExecOutput, ExecStart};
     let Ok(image) = std::env::var("AIC_NOMAD_LIVE_IMAGE") else {
         eprintln!("nomad_live: AIC_NOMAD_LIVE_IMAGE (with AIC_NOMAD_WORKER_MOUNT) runs the image test");
         return;
@@ -419,19 +422,6 @@ async fn a_users_image_runs_with_the_pools_worker_bound_in() {
         .unwrap();
     assert_eq!(full["Job"]["TaskGroups"][0]["Tasks"][0]["Config"]["image"], image.as_str());
     // `register_running` replaced the command; exec runs the worker bound in at /opt/aic.
-    let code = until("the exec session to open", Duration::from_secs(60), async || {
-        let mut io = n.exec(&job, 0, ExecStart { argv: vec!["true".into()], tty: None }).await.unwrap()?;
-        drop(io.input);
-        loop {
-            match io.output.recv().await {
-                Some(ExecOutput::Exited(125)) | None => return None,
-                Some(ExecOutput::Exited(c)) => return Some(c),
-                Some(ExecOutput::Failed(why)) => panic!("{why}"),
-                Some(_) => {}
-            }
-        }
-    })
-    .await;
-    assert_eq!(code, 0);
+    assert_eq!(exec_code(&n, &job, &["true".to_string()]).await, 0);
     n.cancel(&job).await.unwrap();
 }
