@@ -102,7 +102,9 @@ pub fn build() -> anyhow::Result<Built> {
         };
         (None, id, Arc::new(FreePool), Pricing::free())
     } else {
-        let path = var("AIC_CHAIN_FILE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/nonexistent"));
+        // No file named: the environment alone (the empty path names no file, whatever this
+        // machine holds; a made-up path might exist).
+        let path = var("AIC_CHAIN_FILE").map(PathBuf::from).unwrap_or_default();
         let c = ChainConfig::load(&path)?.ok_or_else(|| {
             anyhow!("no chain configured: set AIC_RPC_URL, AIC_TOKEN and AIC_TREASURY (or AIC_FREE_POOL=1)")
         })?;

@@ -228,8 +228,9 @@ mod tests {
 
     #[test]
     fn a_secret_is_masked_as_it_is_and_as_json_and_base64_print_it() {
+        let dir = tempfile::tempdir().unwrap();
         let s = Shipper {
-            store: aic_core::StoreConfig::parse("file:///nonexistent").unwrap().open().unwrap(),
+            store: aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap(),
             job: aic_core::JobKey::new(
                 "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(),
                 "01jb0000000000000000000000".parse().unwrap(),

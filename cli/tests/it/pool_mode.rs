@@ -139,8 +139,14 @@ fn pool_charging(events: Events, pay: Pay) -> Pool {
     let mut host = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(host.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url =
-        line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("aic-functions said {line:?}")).to_string();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(dir.path().join("functions.log")).unwrap_or_default();
+            panic!("aic-functions said {line:?}; its log:\n{log}")
+        })
+        .to_string();
     if events == Events::Sns {
         let out = Command::new(python())
             .arg(repo().join("localstack/wire.py"))
