@@ -114,6 +114,23 @@ pub(crate) fn output_prefix(a: &Alloc) -> String {
     if a.index == 0 { a.job.output_prefix() } else { format!("{}alloc-{}/", a.job.output_prefix(), a.index) }
 }
 
+/// A regular file of the job's folder, at most `max` bytes, never through a link nor a FIFO
+/// (the job's program could have put either there).
+pub(crate) fn read_jobs_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!("{} is not a file", path.display())));
+    }
+    let mut b = vec![];
+    f.take(max).read_to_end(&mut b)?;
+    Ok(b)
+}
+
 pub(crate) fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }

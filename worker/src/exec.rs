@@ -60,21 +60,7 @@ pub(crate) fn in_job(args: &[String]) -> ! {
         fail(125, format!("cannot become the job's user (uid {uid}): {e}"))
     }
     // A regular file of at most 1 MiB, never followed through a link.
-    let read = || -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(std::path::Path::new(&work).join(EXEC_ENV))?;
-        if !f.metadata()?.is_file() {
-            return Err(std::io::Error::other("not a file"));
-        }
-        let mut b = vec![];
-        f.take(1 << 20).read_to_end(&mut b)?;
-        Ok(b)
-    };
-    let spec: Value = match read() {
+    let spec: Value = match crate::alloc::read_jobs_file(&std::path::Path::new(&work).join(EXEC_ENV), 1 << 20) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
         Err(_) => fail(125, "the job's program has not started in this allocation yet; try again in a moment".into()),
     };

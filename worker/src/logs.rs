@@ -86,6 +86,11 @@ impl Tail {
     }
 }
 
+/// A line of the worker's own in the job's log (`[aic] …`): its phases, as the user sees them.
+pub async fn say(log: &mpsc::Sender<String>, line: String) {
+    let _ = log.send(format!("[aic] {line}")).await;
+}
+
 pub struct Shipper {
     store: Store,
     job: JobKey,

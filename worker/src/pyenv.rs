@@ -169,9 +169,7 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     let started = Instant::now();
     let deadline = started + time_limit();
     let py = std::env::var("AIC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let say = |line: String| async move {
-        let _ = log.send(format!("[aic] {line}")).await;
-    };
+    let say = |line: String| crate::logs::say(log, line);
     let build_root = a.work.join(BUILD_DIR);
     let _ = tokio::fs::remove_dir_all(&build_root).await;
     tokio::fs::create_dir_all(&build_root).await?;
@@ -185,7 +183,9 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     // Resolving may have run the job's own code (an sdist's metadata): nothing of it may run
     // on while the environment is built, nor has anything it left in the build folder a say.
     stray::kill_the_jobs_others()?;
-    let report: serde_json::Value = serde_json::from_slice(&read_own_file(&report)?).context("pip's report")?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&crate::alloc::read_jobs_file(&report, 64 << 20).context("reading pip's report")?)
+            .context("pip's report")?;
     let base = String::from_utf8_lossy(&python(&py, &["-c", BASE], code, deadline).await?).trim().to_string();
     let dists: serde_json::Value = serde_json::from_str(&base).context("the miner's Python described itself oddly")?;
     let installed = dists["dists"]
@@ -204,8 +204,8 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     // A fresh, empty folder for the build (whatever was there went with its makers).
     std::fs::remove_dir_all(&build_root).context("emptying the build folder")?;
     std::fs::DirBuilder::new().mode(0o700).create(&build_root).context("the build folder")?;
-    let private = |why: &str| format!("environment ready in {{:.1}} s: installed {{}} ({why})");
-    let mut how = private("no cache on this miner");
+    // Why this allocation builds one of its own (no cache; another allocation's build too long).
+    let mut own = "no cache on this miner".to_string();
     if let Some(k) = envcache::keeper() {
         // No job waits on another's build for long: past that it builds one of its own.
         let wait = deadline.saturating_duration_since(Instant::now()).min(BUILD_WAIT);
@@ -225,10 +225,10 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
                 return Ok(Prepared { dir: Some(dir) });
             }
             envcache::Taken::Busy => {
-                how = private(&format!(
+                own = format!(
                     "another allocation has been building environment {short} for {} s: this one's own",
                     wait.as_secs()
-                ));
+                );
             }
             envcache::Taken::Build => {
                 let built = build(&py, &build_root, &digest, &pins, code, deadline, &say).await;
@@ -267,12 +267,12 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     build(&py, &build_root, &digest, &pins, code, deadline, &say)
         .await
         .map_err(|e| anyhow!("requirements.txt cannot be installed: {e:#}"))?;
-    let how = how.replacen("{:.1}", &format!("{:.1}", started.elapsed().as_secs_f64()), 1).replacen(
-        "{}",
-        &packages(pins.len()),
-        1,
-    );
-    say(how).await;
+    say(format!(
+        "environment ready in {:.1} s: installed {} ({own})",
+        started.elapsed().as_secs_f64(),
+        packages(pins.len())
+    ))
+    .await;
     Ok(Prepared { dir: Some(build_root.join(&digest)) })
 }
 
@@ -283,22 +283,6 @@ const PIP_INSTALL: [&str; 8] =
 
 /// The longest an allocation waits for another building the same environment.
 const BUILD_WAIT: Duration = Duration::from_secs(600);
-
-/// A regular file of the job's folder, at most 64 MiB, never through a link or a FIFO.
-fn read_own_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if !f.metadata()?.is_file() {
-        return Err(anyhow!("{} is not a file", path.display()));
-    }
-    let mut b = vec![];
-    f.take(64 << 20).read_to_end(&mut b)?;
-    Ok(b)
-}
 
 /// Installs `pins` into `<build_root>/<digest>`: by URL, each archive checked against its
 /// SHA-256, wheels only, no dependencies beyond the pins.

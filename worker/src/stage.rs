@@ -87,9 +87,7 @@ async fn dataset(a: &Alloc, data: &str, data_dir: &std::path::Path, log: &mpsc::
     let shown =
         format!("dataset {data} ({}, {})", aic_core::plural(objects.len() as u64, "file"), aic_core::size(bytes));
     let started = std::time::Instant::now();
-    let say = |line: String| async move {
-        let _ = log.send(format!("[aic] {line}")).await;
-    };
+    let say = |line: String| crate::logs::say(log, line);
     let digest = objects.iter().all(|m| m.e_tag.is_some()).then(|| {
         let mut lines: Vec<String> = objects
             .iter()
