@@ -10,3 +10,4 @@ mod infra;
 mod lambda;
 mod localstack;
 mod nomad_exec;
+mod secrets;
