@@ -281,7 +281,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     let mut timed_out = false;
     let mut child = cmd
         .spawn()
-        .map_err(|e| match std::env::var("AIC_IMAGE").ok().filter(|i| !i.is_empty()) {
+        .map_err(|e| match crate::launcher::image() {
             Some(image) => anyhow!("cannot start the program ({e}): the image {image} lacks its interpreter (python3 for a .py, bash for a .sh)"),
             None => anyhow!("cannot start the program ({e}); is its interpreter installed on {}?", a.miner),
         })?;

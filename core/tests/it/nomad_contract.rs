@@ -113,6 +113,83 @@ async fn a_job_in_its_own_image_runs_the_pools_worker_bound_in_read_only() {
     assert_eq!(task["Env"]["AIC_IMAGE"], "ghcr.io/me/train:1.0");
 }
 
+/// A user's image being pulled: the docker driver's task events (type `Driver`,
+/// `structs.TaskDriverMessage`: "Downloading image" from `drivers/docker/driver.go`
+/// `pullImage`, "Docker image pull progress: …" every 2 minutes from
+/// `drivers/docker/progress.go` through the coordinator's `handleSlowPullProgressReport`,
+/// `Driver Failure` with the pull's error) reach the allocation's log through the event
+/// stream, each once, before the worker's own chunks, which take the numbers after them.
+#[tokio::test]
+async fn an_images_pull_is_a_phase_of_the_jobs_log_with_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap();
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    (c.driver, c.images, c.worker_mount) = ("docker".into(), vec!["ghcr.io/me/*".into()], Some("/opt/w".into()));
+    let n = NomadScheduler::new(c, store.clone());
+    let (_, mut m) = manifest(2, 1);
+    m.request.image = Some("ghcr.io/me/train:1.0".into());
+    let job = running_job(&store, &m).await;
+    n.submit(&job, &m).await.unwrap();
+    let t0: i64 = 1_700_000_000_000_000_000;
+    let ev = |t: i64, ty: &str, k: &str, msg: &str| json!({"Type": ty, "Time": t0 + t, k: msg});
+    let pending = |events: Vec<serde_json::Value>| {
+        let mut a = lost(&state.lock().unwrap(), &job, "node-b");
+        a["ClientStatus"] = json!("pending");
+        a["TaskStates"] = json!({"worker": {"State": "pending", "Events": events}});
+        a
+    };
+    let pulling = vec![
+        ev(1, "Received", "DisplayMessage", "Task received by client"),
+        ev(2, "Task Setup", "Message", "Building Task Directory"),
+        ev(3, "Driver", "DriverMessage", "Downloading image"),
+    ];
+    let progress = "Pulled 2/5 (310.5MiB/1.2GiB) layers: 1 waiting/2 pulling - est 301.2s remaining";
+    let mut later = pulling.clone();
+    later.push(ev(4, "Driver", "DriverMessage", &format!("Docker image pull progress: {progress}")));
+    let mut failed = later.clone();
+    failed.push(ev(5, "Driver Failure", "DriverError", "Failed to pull `ghcr.io/me/train:1.0`: manifest unknown"));
+    // Nomad sends every update of the allocation with all its events so far.
+    let frames: Vec<String> = [pulling.clone(), pulling, later.clone(), later, failed]
+        .into_iter()
+        .enumerate()
+        .map(|(i, evs)| {
+            json!({"Index": 50 + i, "Events": [{"Topic": "Allocation", "Type": "AllocationUpdated",
+                "Key": "a", "Namespace": "aic", "Index": 50 + i, "Payload": {"Allocation": pending(evs)}}]})
+            .to_string()
+        })
+        .collect();
+    state.lock().unwrap().stream = frames;
+    let (tx, w) = watching(&n, &store);
+    let chunk = |i: u64| {
+        let (store, job) = (store.clone(), job.clone());
+        async move {
+            store
+                .get_limited(&job.log_chunk(1, i), 1 << 20)
+                .await
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).to_string())
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while chunk(2).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the pull never reached the log: {:?}", chunk(0).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tx.send(()).unwrap();
+    w.await.unwrap();
+    assert_eq!(chunk(0).await.unwrap(), "[aic] pulling image ghcr.io/me/train:1.0\n");
+    assert_eq!(chunk(1).await.unwrap(), format!("[aic] pulling image: {progress}\n"));
+    assert_eq!(
+        chunk(2).await.unwrap(),
+        "[aic] the image could not be pulled: Failed to pull `ghcr.io/me/train:1.0`: manifest unknown\n"
+    );
+    assert_eq!(chunk(3).await, None, "an event reported twice");
+    // The other allocation's log has none of it.
+    assert!(store.get_limited(&job.log_chunk(0, 0), 1 << 20).await.unwrap().is_none());
+}
+
 /// A second owner's job under the same id (ids are unique per owner; Nomad's `aic-<id>` is
 /// not): its cancel leaves the first owner's Nomad job registered and sends no DELETE, and it
 /// is never registered over the first's.

@@ -140,12 +140,20 @@ pub fn require(bin: &str, miner: &str, install: &str) -> Result<(), String> {
     if found {
         return Ok(());
     }
-    // In a user's own image (`--image`) it is the image that lacks it.
-    match std::env::var("AIC_IMAGE").ok().filter(|i| !i.is_empty()) {
-        Some(image) => {
-            Err(format!("the image {image} has no {bin} on its PATH; add it to the image (this launcher needs it)"))
-        }
-        None => Err(format!("{bin} is not installed on {miner}; {install}")),
+    Err(missing(bin, miner, install, image().as_deref()))
+}
+
+/// The user's own image the job runs in (`--image`), if it does.
+pub fn image() -> Option<String> {
+    std::env::var("AIC_IMAGE").ok().filter(|i| !i.is_empty())
+}
+
+/// What to say when `what` is not here: in a user's own image it is the image that lacks it
+/// (and the image's owner who adds it), on a miner of the pool its operator.
+pub fn missing(what: &str, miner: &str, install: &str, image: Option<&str>) -> String {
+    match image {
+        Some(image) => format!("the image {image} has no {what}; add it to the image (this launcher needs it)"),
+        None => format!("{what} is not installed on {miner}; {install}"),
     }
 }
 
@@ -165,6 +173,19 @@ pub async fn python_has(dir: &std::path::Path, module: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_missing_is_the_images_in_a_users_image_and_the_pools_on_its_miners() {
+        let install = "install OpenSSH's server on the miners (apt-get install openssh-server)";
+        assert_eq!(
+            missing("sshd (/usr/sbin/sshd)", "miner-1", install, Some("ghcr.io/me/t:1")),
+            "the image ghcr.io/me/t:1 has no sshd (/usr/sbin/sshd); add it to the image (this launcher needs it)"
+        );
+        assert_eq!(
+            missing("mpirun", "miner-1", "install Open MPI", None),
+            "mpirun is not installed on miner-1; install Open MPI"
+        );
+    }
 
     #[test]
     fn thread_pools_split_the_cores_between_processes() {

@@ -15,6 +15,20 @@ pub fn sshd_bin() -> PathBuf {
     std::env::var_os("AIC_SSHD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"))
 }
 
+/// Checks that OpenSSH is here (its server, `ssh-keygen` and `ssh`): every allocation of
+/// an `mpi` or `horovod` job needs all three. The error is the job's failure reason, naming
+/// what is missing (and, in a user's own image, that the image lacks it).
+pub fn require_openssh(miner: &str) -> Result<(), String> {
+    const INSTALL: &str = "install OpenSSH on the miners (apt-get install openssh-server openssh-client)";
+    let sshd = sshd_bin();
+    if !sshd.is_file() {
+        let what = format!("sshd ({})", sshd.display());
+        return Err(super::missing(&what, miner, INSTALL, super::image().as_deref()));
+    }
+    super::require("ssh-keygen", miner, INSTALL)?;
+    super::require("ssh", miner, INSTALL)
+}
+
 /// Makes the job's key pair in `dir`; returns (private key path, public key line).
 pub async fn keygen(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     tokio::fs::create_dir_all(dir).await?;

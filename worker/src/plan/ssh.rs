@@ -10,6 +10,7 @@ use crate::launcher::{self, Peer};
 
 pub(super) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>, me: Peer) -> anyhow::Result<Plan> {
     let req = ctx.request;
+    launcher::ssh::require_openssh(&a.miner).map_err(|e| anyhow!(e))?;
     let ssh_dir = a.work.join("ssh");
     let mut session_env = ctx.env.clone();
     session_env.insert("AIC_GPUS".into(), ctx.env.get("CUDA_VISIBLE_DEVICES").cloned().unwrap_or_default());

@@ -88,6 +88,9 @@ pub struct NomadScheduler {
     job_ended: std::sync::Arc<std::sync::Mutex<Option<super::JobEnded>>>,
     /// Ended allocations already handled (`watch::reconcile` skips them).
     reconciled: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Image pulls reported in jobs' logs: allocation id → (time of the newest driver event
+    /// reported, the log chunk number to try next) (`watch::pull_progress`).
+    pulls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>>,
 }
 
 impl NomadScheduler {
@@ -104,6 +107,7 @@ impl NomadScheduler {
             freed: Default::default(),
             job_ended: Default::default(),
             reconciled: Default::default(),
+            pulls: Default::default(),
         }
     }
 

@@ -94,6 +94,9 @@ impl NomadScheduler {
                 let Ok(v) = serde_json::from_slice::<Value>(&line) else { continue };
                 for ev in v["Events"].as_array().into_iter().flatten() {
                     if let Some(a) = ev.get("Payload").and_then(|p| p.get("Allocation")) {
+                        if let Err(e) = self.pull_progress(store, a).await {
+                            tracing::warn!(alloc = ?a["ID"], error = %e, "cannot report an image pull in the job's log");
+                        }
                         if matches!(a["ClientStatus"].as_str(), Some("complete" | "failed" | "lost" | "unknown")) {
                             // GPUs may have freed up for a job waiting to be placed whole.
                             self.freed.notify_one();
@@ -159,6 +162,89 @@ impl NomadScheduler {
             self.handled(id);
         }
         Ok(acted)
+    }
+
+    /// A user's image being pulled (`--image`): the docker driver reports it as task events
+    /// of type `Driver` (`structs.TaskDriverMessage`): "Downloading image" when the pull
+    /// starts (`drivers/docker/driver.go` `pullImage`), then "Docker image pull progress:
+    /// Pulled 3/7 (1.2GiB/4.1GiB) layers: …" every 2 minutes while it lasts
+    /// (`drivers/docker/progress.go`, the coordinator's `handleSlowPullProgressReport`), and
+    /// a `Driver Failure` event with its `DriverError` when it fails. Before the worker runs
+    /// nobody else can tell the job's owner: each new one becomes a line of the allocation's
+    /// log (`[aic] pulling image …`), stored as a chunk of its own (create-only, at the next
+    /// free number: the worker's own chunks take the numbers after it). How many lines it
+    /// wrote.
+    pub async fn pull_progress(&self, store: &Store, a: &Value) -> Result<usize, ScheduleError> {
+        let (Some(id), Some(jid)) = (a["ID"].as_str(), a["JobID"].as_str().filter(|j| j.starts_with("aic-"))) else {
+            return Ok(0);
+        };
+        if a["Namespace"].as_str().zip(self.cfg.namespace.as_deref()).is_some_and(|(n, mine)| n != mine) {
+            return Ok(0);
+        }
+        let seen = self.pulls.lock().unwrap().get(id).map_or(i64::MIN, |p| p.0);
+        let mut lines: Vec<(i64, String)> = Vec::new();
+        for ev in a["TaskStates"]["worker"]["Events"].as_array().into_iter().flatten() {
+            let at = ev["Time"].as_i64().unwrap_or(0);
+            if at <= seen {
+                continue;
+            }
+            let text = |k: &str| ev[k].as_str().unwrap_or_default().trim().to_string();
+            let line = match ev["Type"].as_str() {
+                Some("Driver") => {
+                    let msg = text("DriverMessage");
+                    if msg == "Downloading image" {
+                        "pulling image {image}".to_string()
+                    } else if let Some(p) = msg.strip_prefix("Docker image pull progress:") {
+                        format!("pulling image: {}", p.trim())
+                    } else {
+                        continue;
+                    }
+                }
+                Some("Driver Failure") if text("DriverError").contains("pull") => {
+                    format!("the image could not be pulled: {}", text("DriverError"))
+                }
+                _ => continue,
+            };
+            lines.push((at, line));
+        }
+        let Some(newest) = lines.iter().map(|l| l.0).max() else { return Ok(0) };
+        // The job the allocation is of (an allocation event carries no job).
+        let Some(job) = self.call(reqwest::Method::GET, &format!("job/{jid}"), &[], None).await? else {
+            return Ok(0);
+        };
+        let meta = &job["Meta"];
+        let (Some(owner), Some(aic_job)) = (meta["aic_owner"].as_str(), meta["aic_job"].as_str()) else {
+            return Ok(0);
+        };
+        let bad = |e: String| ScheduleError::Backend(format!("{jid}: {e}"));
+        let key = JobKey::new(
+            owner.parse().map_err(|e| bad(format!("aic_owner: {e}")))?,
+            aic_job.parse().map_err(|e: String| bad(format!("aic_job: {e}")))?,
+        );
+        let index: u32 = a["Name"]
+            .as_str()
+            .and_then(|n| n.rsplit('[').next())
+            .and_then(|n| n.trim_end_matches(']').parse().ok())
+            .unwrap_or(0);
+        let image = job["TaskGroups"][0]["Tasks"][0]["Config"]["image"].as_str().unwrap_or("?");
+        let text: String = lines.iter().map(|(_, l)| format!("[aic] {}\n", l.replace("{image}", image))).collect();
+        let mut n = self.pulls.lock().unwrap().get(id).map_or(0, |p| p.1);
+        loop {
+            let created = store
+                .create_bytes(&key.log_chunk(index, n), bytes::Bytes::from(text.clone()))
+                .await
+                .map_err(|e| ScheduleError::Backend(e.to_string()))?;
+            n += 1;
+            if created == crate::store::Created::Created {
+                break;
+            }
+        }
+        let mut pulls = self.pulls.lock().unwrap();
+        if pulls.len() >= 10_000 {
+            pulls.clear();
+        }
+        pulls.insert(id.to_string(), (newest, n));
+        Ok(lines.len())
     }
 
     /// Remembers an ended allocation as handled.
