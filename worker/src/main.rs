@@ -212,7 +212,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     }
     env.insert("AIC_CODE_DIR".into(), path_str(&code_dir));
     env.extend(secrets);
-    let prepared = match pyenv::prepare(a, &code_dir, &tx).await {
+    let prepared = match pyenv::prepare(a, &code_dir, &req.env, &tx).await {
         Ok(p) => p,
         Err(e) => {
             drop(tx);
@@ -223,6 +223,11 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
     if let Some(dir) = &prepared.dir {
         let own = req.env.get("PYTHONPATH").filter(|p| !p.is_empty());
         env.insert("PYTHONPATH".into(), own.map_or_else(|| path_str(dir), |p| format!("{}:{p}", path_str(dir))));
+        // Its commands (a launcher the requirements installed) before the miner's.
+        launcher::use_env_bin(dir);
+        if !req.env.contains_key("PATH") {
+            env.insert("PATH".into(), launcher::path());
+        }
     }
     if req.kind == JobKind::Serve {
         return serve::run(a, req, &code_dir, env, prepared.dir, tx, shipper).await;

@@ -2,19 +2,23 @@
 //! Python lacks, prepared before the program starts (training jobs and deployments alike),
 //! as a phase of its own in the job's log, within `AIC_ENV_TIMEOUT` seconds (1800).
 //!
-//! 1. **Resolve**: `pip install --dry-run --report` (wheels only) says what the requirements
-//!    need, each with its URL and SHA-256; of that, what the miner's Python does not have at
-//!    that version is what the environment holds. Nothing resolves: the job fails with pip's
-//!    reason, its program never started.
+//! 1. **Resolve**: `pip install --dry-run --report` (wheels preferred) says what the
+//!    requirements need, each with its URL and SHA-256; of that, what the miner's Python does
+//!    not have at that version is what the environment holds. Nothing resolves: the job fails
+//!    with pip's reason, its program never started.
 //! 2. **Name**: the environment's digest covers the miner's Python (version, platform, its
 //!    installed distributions) and the pinned list (name, version, SHA-256), so one digest is
-//!    one set of bytes whoever asked for it.
+//!    one set of bytes whoever asked for it. An environment with a package built from source
+//!    is its owner's alone: its digest adds the owner and the job's variables the build saw
+//!    (a build makes whatever its code chooses, so nobody else may import what it made).
 //! 3. **Take or build** (`envcache`): cached on this miner → used as it is, nothing installed.
 //!    Else built in a fresh folder of the allocation's own by `pip install --no-deps
-//!    --require-hashes` from the pinned URLs (every archive checked against its SHA-256;
-//!    wheels only, so no package's code runs while it is installed), then sealed into the
-//!    cache, read-only. Two allocations asking for the same digest at once: one builds, the
-//!    other waits ([`BUILD_WAIT`] at most, then builds one of its own, uncached).
+//!    --require-hashes` from the pinned URLs (every archive checked against its SHA-256): the
+//!    wheels first (no package's code runs while one is installed), then the source archives,
+//!    built without isolation against the wheels beside them (Horovod against the TensorFlow
+//!    the same requirements install), then sealed into the cache, read-only. Two allocations
+//!    asking for the same digest at once: one builds, the other waits ([`BUILD_WAIT`] at
+//!    most, then builds one of its own, uncached).
 //!
 //! Resolving may run the job's own code (an sdist's metadata, if the requirements ask for
 //! sources): it runs as the job's uid, as the program would, and before anything is built
@@ -25,7 +29,8 @@
 //! configuration), so nothing a job left in its folder (a `.pth` under `~/.local`, a
 //! `pip.conf`) runs or steers it.
 //!
-//! The program gets the environment on `PYTHONPATH` (before the job's own). Without a cache on
+//! The program gets the environment on `PYTHONPATH` (before the job's own) and its `bin/` first
+//! on `PATH` (a `horovodrun` the requirements installed). Without a cache on
 //! the miner the environment is built the same way into the allocation's folder, for it alone.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -56,6 +61,8 @@ struct Pin {
     version: String,
     url: String,
     sha256: String,
+    /// A wheel (installed as it is); else a source archive, built here.
+    wheel: bool,
 }
 
 fn packages(n: usize) -> String {
@@ -106,26 +113,40 @@ fn missing(
         if url.len() > 4096 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(anyhow!("{name} {version} comes from an odd URL"));
         }
-        let wheel = url.split(['?', '#']).next().unwrap_or_default().ends_with(".whl");
+        let file = url.split(['?', '#']).next().unwrap_or_default();
+        let wheel = file.ends_with(".whl");
         let sha256 = sha256.to_ascii_lowercase();
-        if !wheel || sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(anyhow!(
-                "{name} {version} has no wheel for this miner's Python (aic installs wheels only, checked by SHA-256)"
+                "{name} {version} comes with no SHA-256 (aic installs archives checked by SHA-256 only)"
             ));
         }
-        pins.push(Pin { name, version, url, sha256 });
+        if !wheel && ![".tar.gz", ".zip"].iter().any(|e| file.ends_with(e)) {
+            return Err(anyhow!("{name} {version} is neither a wheel nor a source archive ({file})"));
+        }
+        pins.push(Pin { name, version, url, sha256, wheel });
     }
     pins.sort_by_key(|p| normal(&p.name));
     Ok(pins)
 }
 
-/// The environment's name: the miner's Python as `base` describes it, and the pins.
-fn digest(base: &str, pins: &[Pin]) -> String {
+/// The environment's name: the miner's Python as `base` describes it, and the pins. One
+/// with a package built from source is its owner's alone (`private`: the owner and the
+/// variables the build saw): what a build makes is whatever its code chose to, so another
+/// owner's pins naming the same archives never get it.
+fn digest(base: &str, pins: &[Pin], private: Option<(&str, &std::collections::BTreeMap<String, String>)>) -> String {
     let mut h = sha2::Sha256::new();
     h.update(b"aic-env 1\n");
     h.update(base.as_bytes());
     for p in pins {
         h.update(format!("\n{}=={} {}", normal(&p.name), p.version, p.sha256).as_bytes());
+    }
+    if let Some((owner, env)) = private {
+        h.update(format!("\nbuilt for {owner}").as_bytes());
+        for (k, v) in env {
+            h.update(format!("\n{}={}", k.len(), k).as_bytes());
+            h.update(format!("\n{}={}", v.len(), v).as_bytes());
+        }
     }
     hex::encode(h.finalize())
 }
@@ -138,9 +159,22 @@ print(json.dumps({'python': sys.version, 'platform': sysconfig.get_platform(), '
 /// Runs `python -I` with `args` (pip isolated, in `cwd`), within `deadline`; its stderr's
 /// last error line on failure.
 async fn python(python: &str, args: &[&str], cwd: &Path, deadline: Instant) -> anyhow::Result<Vec<u8>> {
+    python_with(python, args, cwd, deadline, &[]).await
+}
+
+/// [`python`] with `env` set for what pip starts (`python -I` itself ignores `PYTHON*`
+/// variables; a build backend pip runs does not).
+async fn python_with(
+    python: &str,
+    args: &[&str],
+    cwd: &Path,
+    deadline: Instant,
+    env: &[(String, String)],
+) -> anyhow::Result<Vec<u8>> {
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg("-I").args(args).current_dir(cwd).kill_on_drop(true);
-    cmd.env_remove("PYTHONPATH").env("PIP_CONFIG_FILE", "/dev/null").env("PIP_NO_INPUT", "1");
+    cmd.env_remove("PYTHONPATH").envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.env("PIP_CONFIG_FILE", "/dev/null").env("PIP_NO_INPUT", "1");
     cmd.stdin(std::process::Stdio::null());
     let left = deadline.saturating_duration_since(Instant::now());
     let out = tokio::time::timeout(left, cmd.output())
@@ -148,20 +182,19 @@ async fn python(python: &str, args: &[&str], cwd: &Path, deadline: Instant) -> a
         .map_err(|_| anyhow!("preparing the environment took over {} s (AIC_ENV_TIMEOUT)", time_limit().as_secs()))?
         .with_context(|| format!("running {python}"))?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("ERROR"))
-            .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()));
-        return Err(anyhow!("{}", line.unwrap_or("pip failed").trim()));
+        return Err(anyhow!("{}", pip_error(&String::from_utf8_lossy(&out.stderr))));
     }
     Ok(out.stdout)
 }
 
 /// Prepares `code`'s environment for allocation `a` (nothing without a `requirements.txt`),
 /// telling the job's log through `log`.
-pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) -> anyhow::Result<Prepared> {
+pub(crate) async fn prepare(
+    a: &Alloc,
+    code: &Path,
+    user_env: &std::collections::BTreeMap<String, String>,
+    log: &mpsc::Sender<String>,
+) -> anyhow::Result<Prepared> {
     let requirements = code.join("requirements.txt");
     if !requirements.is_file() {
         return Ok(Prepared { dir: None });
@@ -176,7 +209,7 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
     let report = build_root.join("report.json");
     say("preparing environment: resolving requirements.txt".into()).await;
     let mut args: Vec<&str> = PIP_INSTALL.to_vec();
-    args.extend(["--dry-run", "--ignore-installed", "--only-binary", ":all:", "--report"]);
+    args.extend(["--dry-run", "--ignore-installed", "--prefer-binary", "--report"]);
     let (report_s, req_s) = (report.to_string_lossy().into_owned(), requirements.to_string_lossy().into_owned());
     args.extend([report_s.as_str(), "-r", req_s.as_str()]);
     python(&py, &args, code, deadline).await.map_err(|e| anyhow!("requirements.txt cannot be installed: {e}"))?;
@@ -199,7 +232,20 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
         say("environment ready: the miner's Python has everything requirements.txt asks for".into()).await;
         return Ok(Prepared { dir: None });
     }
-    let digest = digest(&base, &pins);
+    // What a source build sees of the job's own variables (`--env`: `HOROVOD_WITH_TENSORFLOW=1`
+    // and the like steer builds); nothing of them reaches a wheels-only environment.
+    let sources = pins.iter().any(|p| !p.wheel);
+    let build_env: std::collections::BTreeMap<String, String> = if sources {
+        user_env
+            .iter()
+            .filter(|(k, _)| !BUILD_ENV_KEPT.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    } else {
+        Default::default()
+    };
+    let owner = a.job.owner.to_string();
+    let digest = digest(&base, &pins, sources.then_some((owner.as_str(), &build_env)));
     let short = &digest[..12];
     // A fresh, empty folder for the build (whatever was there went with its makers).
     std::fs::remove_dir_all(&build_root).context("emptying the build folder")?;
@@ -231,7 +277,7 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
                 );
             }
             envcache::Taken::Build => {
-                let built = build(&py, &build_root, &digest, &pins, code, deadline, &say).await;
+                let built = build(&py, &build_root, &digest, &pins, &build_env, code, deadline, &say).await;
                 let sealed = match built {
                     Ok(()) => {
                         let (d, work) = (digest.clone(), a.work.clone());
@@ -264,7 +310,7 @@ pub(crate) async fn prepare(a: &Alloc, code: &Path, log: &mpsc::Sender<String>) 
             }
         }
     }
-    build(&py, &build_root, &digest, &pins, code, deadline, &say)
+    build(&py, &build_root, &digest, &pins, &build_env, code, deadline, &say)
         .await
         .map_err(|e| anyhow!("requirements.txt cannot be installed: {e:#}"))?;
     say(format!(
@@ -284,13 +330,21 @@ const PIP_INSTALL: [&str; 8] =
 /// The longest an allocation waits for another building the same environment.
 const BUILD_WAIT: Duration = Duration::from_secs(600);
 
+/// Variables of the job a source build never takes from it (the build's own).
+const BUILD_ENV_KEPT: [&str; 4] = ["PATH", "PYTHONPATH", "HOME", "TMPDIR"];
+
 /// Installs `pins` into `<build_root>/<digest>`: by URL, each archive checked against its
-/// SHA-256, wheels only, no dependencies beyond the pins.
+/// SHA-256, no dependencies beyond the pins. The wheels first; then the source archives,
+/// built without isolation against what the wheels installed (on `PYTHONPATH`, their
+/// commands on `PATH`: a Horovod built against the TensorFlow beside it), with the job's own
+/// variables (`env`).
+#[allow(clippy::too_many_arguments)]
 async fn build<F, Fut>(
     py: &str,
     build_root: &Path,
     digest: &str,
     pins: &[Pin],
+    env: &std::collections::BTreeMap<String, String>,
     code: &Path,
     deadline: Instant,
     say: &F,
@@ -301,18 +355,58 @@ where
 {
     let names: Vec<String> = pins.iter().map(|p| format!("{}=={}", p.name, p.version)).collect();
     say(format!("preparing environment: installing {}: {}", packages(pins.len()), names.join(" "))).await;
-    let pinned = build_root.join("pinned.txt");
-    let text: String = pins.iter().map(|p| format!("{} @ {} --hash=sha256:{}\n", p.name, p.url, p.sha256)).collect();
-    std::io::Write::write_all(
-        &mut std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&pinned)?,
-        text.as_bytes(),
-    )?;
     let target = build_root.join(digest);
-    let (pinned_s, target_s) = (pinned.to_string_lossy().into_owned(), target.to_string_lossy().into_owned());
-    let mut args: Vec<&str> = PIP_INSTALL.to_vec();
-    args.extend(["--no-deps", "--require-hashes", "--only-binary", ":all:", "--target", &target_s, "-r", &pinned_s]);
-    python(py, &args, code, deadline).await?;
+    let target_s = target.to_string_lossy().into_owned();
+    for wheels in [true, false] {
+        let these: Vec<&Pin> = pins.iter().filter(|p| p.wheel == wheels).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let pinned = build_root.join(if wheels { "wheels.txt" } else { "sources.txt" });
+        let text: String =
+            these.iter().map(|p| format!("{} @ {} --hash=sha256:{}\n", p.name, p.url, p.sha256)).collect();
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&pinned)?,
+            text.as_bytes(),
+        )?;
+        let pinned_s = pinned.to_string_lossy().into_owned();
+        let mut args: Vec<&str> = PIP_INSTALL.to_vec();
+        args.extend(["--no-deps", "--require-hashes", "--target", &target_s]);
+        let mut extra: Vec<(String, String)> = vec![];
+        if wheels {
+            args.extend(["--only-binary", ":all:"]);
+        } else {
+            let names: Vec<String> = these.iter().map(|p| format!("{}=={}", p.name, p.version)).collect();
+            say(format!(
+                "preparing environment: building from source: {} (this environment is yours alone)",
+                names.join(" ")
+            ))
+            .await;
+            args.push("--no-build-isolation");
+            extra.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            extra.push(("PYTHONPATH".into(), target_s.clone()));
+            let bin = target.join("bin");
+            extra.push(("PATH".into(), format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())));
+        }
+        args.extend(["-r", &pinned_s]);
+        python_with(py, &args, code, deadline, &extra).await?;
+    }
     Ok(())
+}
+
+/// pip's reason, in a line: its last `ERROR:` line; for a package whose build failed, pip's
+/// word for the failure and the build's own last line (`metadata-generation-failed:
+/// SyntaxError: …`).
+fn pip_error(err: &str) -> String {
+    if let Some(l) = err.lines().rev().find(|l| l.starts_with("ERROR")) {
+        return l.trim().to_string();
+    }
+    let last = |s: &str| s.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(str::to_string);
+    let what = err.lines().find_map(|l| l.strip_prefix("error: ")).map(str::trim);
+    match (what, err.rsplit_once("[end of output]").and_then(|(before, _)| last(before))) {
+        (Some(what), Some(cause)) => format!("{what}: {cause}"),
+        _ => last(err).unwrap_or_else(|| "pip failed".into()),
+    }
 }
 
 /// Processes of the job's uid this worker did not start to stay.
@@ -376,16 +470,29 @@ mod tests {
     }
 
     #[test]
-    fn an_sdist_or_an_unhashed_archive_is_refused() {
+    fn a_source_archive_is_built_but_an_unhashed_or_odd_archive_is_refused() {
         let sdist = report(
             serde_json::json!([{"metadata": {"name": "x", "version": "1"}, "download_info": {"url": "https://f/x-1.tar.gz", "archive_info": {"hashes": {"sha256": "a".repeat(64)}}}}]),
         );
-        let e = missing(&sdist, &Default::default()).unwrap_err().to_string();
-        assert!(e.contains("x 1 has no wheel"), "{e}");
+        let pins = missing(&sdist, &Default::default()).unwrap();
+        assert!(!pins[0].wheel, "{pins:?}");
         let unhashed = report(
             serde_json::json!([{"metadata": {"name": "y", "version": "2"}, "download_info": {"url": "https://f/y-2-py3-none-any.whl"}}]),
         );
-        assert!(missing(&unhashed, &Default::default()).is_err());
+        let e = missing(&unhashed, &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("y 2 comes with no SHA-256"), "{e}");
+        let odd = report(
+            serde_json::json!([{"metadata": {"name": "z", "version": "3"}, "download_info": {"url": "https://f/z-3.exe", "archive_info": {"hashes": {"sha256": "a".repeat(64)}}}}]),
+        );
+        assert!(missing(&odd, &Default::default()).is_err());
+    }
+
+    #[test]
+    fn a_failed_builds_own_last_line_is_the_reason() {
+        let err = "  × Preparing metadata (pyproject.toml) did not run successfully.\n  │ exit code: 1\n  ╰─> [3 lines of output]\n      File \"src_backend.py\", line 3\n      SyntaxError: cannot assign to literal here\n      [end of output]\n  \n  note: This error originates from a subprocess, and is likely not a problem with pip.\nerror: metadata-generation-failed\n\n× Encountered error while generating package metadata.\n╰─> See above for output.\n\nnote: This is an issue with the package mentioned above, not pip.\n";
+        assert_eq!(pip_error(err), "metadata-generation-failed: SyntaxError: cannot assign to literal here");
+        let err = "ERROR: Could not find a version that satisfies the requirement nosuchpkg==1.0 (from versions: none)\nERROR: No matching distribution found for nosuchpkg==1.0\n";
+        assert_eq!(pip_error(err), "ERROR: No matching distribution found for nosuchpkg==1.0");
     }
 
     #[test]
@@ -395,11 +502,19 @@ mod tests {
             version: "1".into(),
             url: "u".into(),
             sha256: sha.to_string().repeat(64),
+            wheel: true,
         };
-        let d = digest("py3.11", &[pin('a')]);
+        let d = digest("py3.11", &[pin('a')], None);
         assert_eq!(d.len(), 64);
-        assert_eq!(d, digest("py3.11", &[Pin { name: "a-b".into(), url: "elsewhere".into(), ..pin('a') }]));
-        assert_ne!(d, digest("py3.11", &[pin('c')]), "other bytes under the same name");
-        assert_ne!(d, digest("py3.12", &[pin('a')]), "another Python");
+        assert_eq!(d, digest("py3.11", &[Pin { name: "a-b".into(), url: "elsewhere".into(), ..pin('a') }], None));
+        assert_ne!(d, digest("py3.11", &[pin('c')], None), "other bytes under the same name");
+        assert_ne!(d, digest("py3.12", &[pin('a')], None), "another Python");
+        // Built from source: its owner's alone, and its build variables'.
+        let env = std::collections::BTreeMap::from([("HOROVOD_WITH_TENSORFLOW".to_string(), "1".to_string())]);
+        let mine = digest("py3.11", &[pin('a')], Some(("0xaa", &env)));
+        assert_ne!(mine, d);
+        assert_ne!(mine, digest("py3.11", &[pin('a')], Some(("0xbb", &env))), "another owner's");
+        assert_ne!(mine, digest("py3.11", &[pin('a')], Some(("0xaa", &Default::default()))), "other variables");
+        assert_eq!(mine, digest("py3.11", &[pin('a')], Some(("0xaa", &env))));
     }
 }

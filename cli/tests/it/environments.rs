@@ -256,6 +256,98 @@ fn a_strangers_resolution_cannot_plant_code_in_an_environment_another_owner_impo
     assert!(!stdout.contains("PWNED"), "the stranger's code ran in the victim's program: {stdout}");
 }
 
+/// Writes an sdist `<name>-<version>.tar.gz` into `dir` whose in-tree build backend builds a
+/// wheel of a package saying which `SRCDEMO_FLAVOUR` the build saw (`BUILT_WITH`).
+fn source_sdist(dir: &std::path::Path, name: &str, version: &str) {
+    const MAKE: &str = r#"
+import io, sys, tarfile
+dest, name, version = sys.argv[1:4]
+backend = r'''
+import base64, hashlib, os, zipfile
+NAME, VERSION = "@NAME@", "@VERSION@"
+DIST = NAME + "-" + VERSION + ".dist-info"
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    os.makedirs(os.path.join(metadata_directory, DIST))
+    open(os.path.join(metadata_directory, DIST, "METADATA"), "w").write("Metadata-Version: 2.1\nName: " + NAME + "\nVersion: " + VERSION + "\n")
+    return DIST
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    files = {
+        NAME + "/__init__.py": "BUILT_WITH = %r\n" % os.environ.get("SRCDEMO_FLAVOUR", "nothing"),
+        DIST + "/METADATA": "Metadata-Version: 2.1\nName: " + NAME + "\nVersion: " + VERSION + "\n",
+        DIST + "/WHEEL": "Wheel-Version: 1.0\nGenerator: srcdemo\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for path, body in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(body.encode()).digest()).rstrip(b"=").decode()
+        record += "%s,sha256=%s,%d\n" % (path, digest, len(body.encode()))
+    files[DIST + "/RECORD"] = record + DIST + "/RECORD,,\n"
+    whl = NAME + "-" + VERSION + "-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, whl), "w") as z:
+        for path, body in files.items():
+            z.writestr(path, body)
+    return whl
+'''.replace("@NAME@", name).replace("@VERSION@", version)
+files = {
+    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "src_backend"\nbackend-path = ["."]\n',
+    "src_backend.py": backend,
+    "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+}
+with tarfile.open(f"{dest}/{name}-{version}.tar.gz", "w:gz") as t:
+    for path, body in files.items():
+        data = body.encode()
+        info = tarfile.TarInfo(f"{name}-{version}/{path}")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+"#;
+    std::fs::create_dir_all(dir).unwrap();
+    let made = std::process::Command::new("python3")
+        .args(["-c", MAKE, dir.to_str().unwrap(), name, version])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}
+
+/// A requirement with no wheel is built from its source archive, with the job's own variables
+/// (`--env`), and the environment is its owner's alone: the owner's next job takes it from the
+/// cache; a second wallet asking for the very same archives and variables builds its own
+/// (what a build made is whatever its code chose: without the owner in the environment's
+/// name, the second wallet imported the first's build).
+#[test]
+fn a_package_built_from_source_is_its_owners_alone() {
+    let h = Home::new();
+    let proj = h.path().join("src-proj");
+    source_sdist(&proj.join("sdists"), "srcdemo", "1.0");
+    std::fs::write(proj.join("requirements.txt"), "--no-index\n--find-links sdists\nsrcdemo==1.0\n").unwrap();
+    std::fs::write(proj.join("train.py"), "import srcdemo\nprint('built with', srcdemo.BUILT_WITH, flush=True)\n")
+        .unwrap();
+    let run = |key: Option<&str>| {
+        let mut cmd =
+            h.cmd(&["run", proj.to_str().unwrap(), "--entrypoint", "train.py", "--env", "SRCDEMO_FLAVOUR=tensorflow"]);
+        if let Some(k) = key {
+            cmd.env("AIC_PRIVATE_KEY", k);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("built with tensorflow"), "the build saw the job's variables: {stdout}");
+        stdout
+    };
+    let first = run(None);
+    assert!(first.contains("building from source: srcdemo==1.0 (this environment is yours alone)"), "{first}");
+    assert!(first.contains("installed 1 package ("), "{first}");
+    let again = run(None);
+    assert!(again.contains("1 package, cached on this miner"), "the owner's next job: {again}");
+    assert!(!again.contains("building from source"), "{again}");
+    let stranger = run(Some(aic_chain::devchain::DEV_KEYS[5]));
+    assert!(
+        stranger.contains("building from source: srcdemo==1.0"),
+        "a second wallet took the first's build: {stranger}"
+    );
+    assert!(!stranger.contains("cached on this miner"), "{stranger}");
+}
+
 /// A dataset is downloaded once into the miner's cache and read from there by the next job of
 /// its owner (the program sees the same files, can add its own beside them, cannot change
 /// the cached ones); a changed dataset is downloaded again; another wallet's dataset of the

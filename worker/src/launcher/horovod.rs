@@ -35,7 +35,7 @@ pub fn argv(req: &JobRequest, peers: &[Peer], key: &Path) -> Vec<String> {
 
 /// The environment horovodrun needs besides the pool's: PATH with the ssh wrapper first.
 pub fn env(wrapper_dir: &Path) -> Vec<(String, String)> {
-    let path = std::env::var("PATH").unwrap_or_default();
+    let path = super::path();
     vec![("PATH".into(), format!("{}:{path}", wrapper_dir.display())), ("PYTHONUNBUFFERED".into(), "1".into())]
 }
 

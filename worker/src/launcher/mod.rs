@@ -135,12 +135,34 @@ pub fn procs_per_alloc(req: &JobRequest) -> u32 {
 
 /// Checks that `bin` can be run here; the error is the job's failure reason.
 pub fn require(bin: &str, miner: &str, install: &str) -> Result<(), String> {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
+    let found = std::env::split_paths(&path()).any(|d| d.join(bin).is_file());
     if found {
         return Ok(());
     }
     Err(missing(bin, miner, install, image().as_deref()))
+}
+
+/// The `bin/` folder of the project's own environment (`pyenv`), once prepared: its
+/// launchers (a `horovodrun` or `torchrun` the requirements installed) come first on the
+/// PATH of the program and the launchers.
+static ENV_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Puts the environment's `bin/` first on [`path`] (once; nothing without one).
+pub fn use_env_bin(dir: &std::path::Path) {
+    let bin = dir.join("bin");
+    if bin.is_dir() {
+        let _ = ENV_BIN.set(bin);
+    }
+}
+
+/// The PATH the program and the launchers run with: the worker's, after the environment's
+/// `bin/` when it has one.
+pub fn path() -> String {
+    let own = std::env::var("PATH").unwrap_or_default();
+    match ENV_BIN.get() {
+        Some(bin) => format!("{}:{own}", bin.display()),
+        None => own,
+    }
 }
 
 /// The user's own image the job runs in (`--image`), if it does.

@@ -14,7 +14,7 @@ pub(super) async fn plan(a: &Alloc, ctx: &launcher::LaunchCtx<'_>, me: Peer) -> 
     let ssh_dir = a.work.join("ssh");
     let mut session_env = ctx.env.clone();
     session_env.insert("AIC_GPUS".into(), ctx.env.get("CUDA_VISIBLE_DEVICES").cloned().unwrap_or_default());
-    session_env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    session_env.insert("PATH".into(), launcher::path());
     if a.index != 0 {
         let leader = wait_for_peer(a, 0).await?;
         let pubkey = leader.pubkey.ok_or_else(|| anyhow!("the leading allocation published no key"))?;
