@@ -82,3 +82,109 @@ fn ddp_across_two_miners_with_torchrun_converges_with_identical_parameters() {
 fn horovodrun_across_two_miners_converges_with_identical_parameters() {
     two_miners("AIC_TEST_HOROVOD", "horovodrun", "train_horovod.py", "horovod");
 }
+
+/// The original tutorial, end to end (`examples/keras-horovod`, README "The original
+/// tutorial"): Horovod's Keras MNIST on 2 miners × 2 GPUs in an environment of the project's
+/// own (TensorFlow from its wheel, Horovod built from source against it, both in the job's
+/// log as the environment's phase), rank 0's checkpoint back, the tutorial's Flask app
+/// deployed with it, a PNG of a digit POSTed to it. Opt-in, heavy (TensorFlow's ~200 MB
+/// wheel from PyPI, Horovod's build: ~10 min on 2 cores): `AIC_TEST_KERAS` names the `bin/`
+/// of the Python the miners run (a plain venv; `python3 -m venv ~/.cache/aic-tools/keras`),
+/// which has neither:
+///
+/// ```text
+/// AIC_TEST_KERAS=~/.cache/aic-tools/keras/bin cargo test -p aic-cli --test it \
+///   frameworks::the_keras_horovod_tutorial -- --nocapture
+/// ```
+#[test]
+fn the_keras_horovod_tutorial_trains_on_two_miners_and_serves_its_checkpoint() {
+    let Some(base) = std::env::var_os("AIC_TEST_KERAS").map(PathBuf::from) else {
+        eprintln!("keras tutorial: AIC_TEST_KERAS is not set (see this test's comment); nothing run");
+        return;
+    };
+    assert!(base.join("python3").exists(), "{} has no python3", base.display());
+    let home = Home::new();
+    let path = format!("{}:{}", base.display(), std::env::var("PATH").unwrap_or_default());
+    let run = |args: &[&str]| {
+        let mut cmd = home.cmd(args);
+        cmd.env("PATH", &path).env("AIC_POOL_GPUS", "2").env("AIC_ENV_TIMEOUT", "3600");
+        shown(args, cmd)
+    };
+    let example = repo().join("examples/keras-horovod");
+    let data = home.path().join("mnist");
+    let made = Command::new("python3").arg(example.join("make_data.py")).arg(&data).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(run(&["data", "put", data.to_str().unwrap(), "mnist"]).status.success());
+    let out = run(&[
+        "run",
+        example.to_str().unwrap(),
+        "--entrypoint",
+        "train.py",
+        "--launcher",
+        "horovod",
+        "--miners",
+        "2",
+        "--gpus",
+        "2",
+        "--hours",
+        "2",
+        "--data",
+        "mnist",
+        "--env",
+        "HOROVOD_WITH_TENSORFLOW=1",
+        "--env",
+        "HOROVOD_WITHOUT_PYTORCH=1",
+        "--",
+        "--epochs",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("building from source: horovod==0.28.1"), "{stdout}");
+    // Four ranks (2 miners × 2 GPUs), the same parameters on each at the end.
+    let digests: Vec<&str> = stdout.lines().filter_map(|l| l.split(" params ").nth(1)).collect();
+    assert_eq!(digests.len(), 4, "{stdout}");
+    assert!(digests.iter().all(|d| *d == digests[0]), "{stdout}");
+    assert!(stdout.contains("of 4 params"), "{stdout}");
+    let acc: f64 = stdout
+        .lines()
+        .find_map(|l| l.split("final test accuracy ").nth(1))
+        .and_then(|r| r.split(';').next())
+        .and_then(|a| a.parse().ok())
+        .expect("a final accuracy");
+    assert!(acc >= 0.9, "{acc}");
+    let output = std::fs::read_dir(home.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-output"))
+        .expect("the job's output was downloaded");
+    for f in ["model.h5", "checkpoint-3.h5"] {
+        assert!(output.join(f).is_file(), "rank 0 wrote {f}");
+    }
+
+    // The tutorial's Flask app with the checkpoint.
+    let api_dir = home.path().join("mnist-api");
+    std::fs::create_dir_all(&api_dir).unwrap();
+    for f in ["app.py", "requirements.txt"] {
+        std::fs::copy(example.join("serve").join(f), api_dir.join(f)).unwrap();
+    }
+    std::fs::copy(output.join("model.h5"), api_dir.join("model.h5")).unwrap();
+    let out = run(&["deploy", api_dir.to_str().unwrap(), "--name", "mnist", "--replicas", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let api = stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the API address").to_string();
+    let png = home.path().join("seven.png");
+    let made =
+        Command::new("python3").arg(example.join("make_data.py")).args(["--png", "7"]).arg(&png).output().unwrap();
+    assert!(made.status.success());
+    let answer = Command::new("curl")
+        .args(["-s", "--max-time", "60", "-F"])
+        .arg(format!("image=@{}", png.display()))
+        .arg(format!("{api}predict"))
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&answer.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&answer.stdout)));
+    assert_eq!(body["digit"], 7, "{body}");
+}

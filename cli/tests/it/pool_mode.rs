@@ -88,6 +88,9 @@ fn pool(events: Events) -> Pool {
 /// The gateway's secret in these pools (tests mint worker tokens with it).
 const GATEWAY_SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+/// The key these pools seal users' secrets with.
+const SECRETS_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
 fn pool_charging(events: Events, pay: Pay) -> Pool {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -117,6 +120,7 @@ fn pool_charging(events: Events, pay: Pay) -> Pool {
         .env("AIC_POOL_GPUS", "1")
         .env("AIC_WORK_DIR", dir.path().join("work"))
         .env("AIC_GATEWAY_SECRET", GATEWAY_SECRET)
+        .env("AIC_SECRETS_KEY", SECRETS_KEY)
         .env("AIC_SNS_TOPICS", format!("arn:aws:sns:us-east-1:000000000000:{topic}"))
         .env("AIC_SNS_CERT_ORIGINS", format!("{}/_aws/sns/", endpoint()))
         .stdout(Stdio::piped())
@@ -318,6 +322,56 @@ fn the_tutorial_on_a_free_pool_through_the_gateway() {
     let (_, stderr) = text(&out);
     assert!(out.status.success() && stderr.contains("this pool charges nothing"), "{stderr}");
     assert!(text(&p.aic("u", &["whoami"])).0.contains("this pool charges nothing"));
+}
+
+/// A project's own environment, a secret and a dataset through the gateway on LocalStack, as
+/// on the embedded pool (`environments.rs`, `secrets.rs`): the first job installs the
+/// requirement and downloads the dataset into the miner's caches, the second takes both from
+/// there; the secret reaches the program and is masked in the log the gateway serves.
+#[test]
+fn an_own_environment_a_secret_and_a_cached_dataset_through_the_gateway() {
+    const VALUE: &str = "hf_gateway_secret_value_123";
+    let p = pool_charging(Events::Poll, Pay::Free);
+    assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
+    let proj = p.dir.path().join("proj");
+    let made = Command::new("python3")
+        .arg(repo().join("examples/own-env/make_wheel.py"))
+        .args([proj.join("wheels").to_str().unwrap(), "aicdemo", "1.0", "VALUE = 42\n"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::write(proj.join("requirements.txt"), "--no-index\n--find-links wheels\naicdemo==1.0\n").unwrap();
+    std::fs::write(
+        proj.join("train.py"),
+        "import os, aicdemo\nprint('aicdemo says', aicdemo.VALUE)\nprint('the token is', os.environ['HF_TOKEN'])\n\
+         print('data:', open(os.path.join(os.environ['AIC_DATA_DIR'], 'a.txt')).read().strip(), flush=True)\n",
+    )
+    .unwrap();
+    let data = p.dir.path().join("ds");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "forty-two\n").unwrap();
+    assert!(p.aic("u", &["data", "put", data.to_str().unwrap(), "ds"]).status.success());
+    let value = p.dir.path().join("token");
+    std::fs::write(&value, VALUE).unwrap();
+    let set = p.aic("u", &["secret", "set", "HF_TOKEN", "--file", value.to_str().unwrap()]);
+    assert!(set.status.success(), "{}", text(&set).1);
+    let run = || {
+        let out = p.aic(
+            "u",
+            &["run", proj.to_str().unwrap(), "--entrypoint", "train.py", "--data", "ds", "--secret", "HF_TOKEN"],
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}\n--- functions host:\n{}", p.log());
+        assert!(stdout.contains("aicdemo says 42") && stdout.contains("data: forty-two"), "{stdout}");
+        assert!(stdout.contains("the token is ***") && !stdout.contains(VALUE), "not masked: {stdout}");
+        stdout
+    };
+    let first = run();
+    assert!(first.contains("installed 1 package ("), "{first}");
+    assert!(first.contains("dataset ds (1 file") && first.contains("downloaded in"), "{first}");
+    let second = run();
+    assert!(second.contains("1 package, cached on this miner"), "{second}");
+    assert!(second.contains("from this miner's cache"), "{second}");
 }
 
 #[test]
