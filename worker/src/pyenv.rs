@@ -370,8 +370,13 @@ where
             text.as_bytes(),
         )?;
         let pinned_s = pinned.to_string_lossy().into_owned();
+        // The built packages go to a folder of their own, then into the environment: pip's
+        // `--target` leaves out whatever the folder already has at the top (its `bin/`, so a
+        // built package's commands: `horovodrun`).
+        let built = build_root.join("built");
+        let into = if wheels { target_s.clone() } else { built.to_string_lossy().into_owned() };
         let mut args: Vec<&str> = PIP_INSTALL.to_vec();
-        args.extend(["--no-deps", "--require-hashes", "--target", &target_s]);
+        args.extend(["--no-deps", "--require-hashes", "--target", &into]);
         let mut extra: Vec<(String, String)> = vec![];
         if wheels {
             args.extend(["--only-binary", ":all:"]);
@@ -390,6 +395,25 @@ where
         }
         args.extend(["-r", &pinned_s]);
         python_with(py, &args, code, deadline, &extra).await?;
+        if !wheels {
+            merge(&built, &target).context("putting the built packages into the environment")?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves everything under `from` into `to`, folder by folder (a file of `from` replaces one
+/// of `to` with its name). Both are the build's own, on one file system.
+fn merge(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() && dest.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            merge(&e.path(), &dest)?;
+        } else {
+            std::fs::rename(e.path(), &dest)?;
+        }
     }
     Ok(())
 }
@@ -485,6 +509,27 @@ mod tests {
             serde_json::json!([{"metadata": {"name": "z", "version": "3"}, "download_info": {"url": "https://f/z-3.exe", "archive_info": {"hashes": {"sha256": "a".repeat(64)}}}}]),
         );
         assert!(missing(&odd, &Default::default()).is_err());
+    }
+
+    #[test]
+    fn built_packages_join_the_wheels_folder_by_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("built"), d.path().join("env"));
+        for (p, body) in [
+            ("env/bin/cmake", "c"),
+            ("env/tf/__init__.py", "tf"),
+            ("built/bin/horovodrun", "h"),
+            ("built/horovod/__init__.py", "hv"),
+        ] {
+            std::fs::create_dir_all(d.path().join(p).parent().unwrap()).unwrap();
+            std::fs::write(d.path().join(p), body).unwrap();
+        }
+        merge(&from, &to).unwrap();
+        for (p, body) in
+            [("bin/cmake", "c"), ("bin/horovodrun", "h"), ("tf/__init__.py", "tf"), ("horovod/__init__.py", "hv")]
+        {
+            assert_eq!(std::fs::read_to_string(to.join(p)).unwrap(), body, "{p}");
+        }
     }
 
     #[test]

@@ -150,10 +150,7 @@ fn two_requirements_for_one_project_are_refused_before_paying() {
 /// the package's metadata (what pip's resolution does), leaves a process running that writes
 /// a `sitecustomize.py` announcing itself into every folder under `~/.aic-env/` for a minute.
 fn planting_sdist(dir: &std::path::Path, name: &str, version: &str) {
-    const MAKE: &str = r#"
-import io, sys, tarfile
-dest, name, version = sys.argv[1:4]
-backend = r'''
+    const BACKEND: &str = r#"
 import os, subprocess, sys
 PLANT = """
 import glob, os, time
@@ -171,16 +168,25 @@ def get_requires_for_build_wheel(config_settings=None):
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     subprocess.Popen([sys.executable, "-c", PLANT], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    d = os.path.join(metadata_directory, "NAME-VERSION.dist-info")
+    d = os.path.join(metadata_directory, "@NAME@-@VERSION@.dist-info")
     os.makedirs(d)
-    open(os.path.join(d, "METADATA"), "w").write("Metadata-Version: 2.1\nName: NAME\nVersion: VERSION\n")
-    return "NAME-VERSION.dist-info"
+    open(os.path.join(d, "METADATA"), "w").write("Metadata-Version: 2.1\nName: @NAME@\nVersion: @VERSION@\n")
+    return "@NAME@-@VERSION@.dist-info"
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     raise RuntimeError("never built")
-'''.replace("NAME", name).replace("VERSION", version)
+"#;
+    sdist(dir, name, version, BACKEND);
+}
+
+/// Writes an sdist `<name>-<version>.tar.gz` into `dir` whose in-tree build backend is
+/// `backend` (Python; `@NAME@` and `@VERSION@` stand for the package's).
+fn sdist(dir: &std::path::Path, name: &str, version: &str, backend: &str) {
+    const MAKE: &str = r#"
+import io, sys, tarfile
+dest, name, version, backend = sys.argv[1:5]
 files = {
-    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "evil_backend"\nbackend-path = ["."]\n',
-    "evil_backend.py": backend,
+    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "aic_backend"\nbackend-path = ["."]\n',
+    "aic_backend.py": backend.replace("@NAME@", name).replace("@VERSION@", version),
     "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
 }
 with tarfile.open(f"{dest}/{name}-{version}.tar.gz", "w:gz") as t:
@@ -192,7 +198,7 @@ with tarfile.open(f"{dest}/{name}-{version}.tar.gz", "w:gz") as t:
 "#;
     std::fs::create_dir_all(dir).unwrap();
     let made = std::process::Command::new("python3")
-        .args(["-c", MAKE, dir.to_str().unwrap(), name, version])
+        .args(["-c", MAKE, dir.to_str().unwrap(), name, version, backend])
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
@@ -259,10 +265,7 @@ fn a_strangers_resolution_cannot_plant_code_in_an_environment_another_owner_impo
 /// Writes an sdist `<name>-<version>.tar.gz` into `dir` whose in-tree build backend builds a
 /// wheel of a package saying which `SRCDEMO_FLAVOUR` the build saw (`BUILT_WITH`).
 fn source_sdist(dir: &std::path::Path, name: &str, version: &str) {
-    const MAKE: &str = r#"
-import io, sys, tarfile
-dest, name, version = sys.argv[1:4]
-backend = r'''
+    const BACKEND: &str = r#"
 import base64, hashlib, os, zipfile
 NAME, VERSION = "@NAME@", "@VERSION@"
 DIST = NAME + "-" + VERSION + ".dist-info"
@@ -288,25 +291,8 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         for path, body in files.items():
             z.writestr(path, body)
     return whl
-'''.replace("@NAME@", name).replace("@VERSION@", version)
-files = {
-    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "src_backend"\nbackend-path = ["."]\n',
-    "src_backend.py": backend,
-    "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-}
-with tarfile.open(f"{dest}/{name}-{version}.tar.gz", "w:gz") as t:
-    for path, body in files.items():
-        data = body.encode()
-        info = tarfile.TarInfo(f"{name}-{version}/{path}")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
 "#;
-    std::fs::create_dir_all(dir).unwrap();
-    let made = std::process::Command::new("python3")
-        .args(["-c", MAKE, dir.to_str().unwrap(), name, version])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    sdist(dir, name, version, BACKEND);
 }
 
 /// A requirement with no wheel is built from its source archive, with the job's own variables

@@ -61,9 +61,15 @@ fn two_miners(var: &str, tool: &str, entrypoint: &str, launcher: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // One rank per miner, the same parameters on both at the end.
+    converged(&stdout, 2);
+}
+
+/// `ranks` ranks printed the same parameters (`… params DIGEST`) and the final test accuracy
+/// (`final test accuracy A;`) is at least 0.9.
+fn converged(stdout: &str, ranks: usize) {
     let digests: Vec<&str> = stdout.lines().filter_map(|l| l.split(" params ").nth(1)).collect();
-    assert_eq!(digests.len(), 2, "{stdout}");
-    assert_eq!(digests[0], digests[1], "{stdout}");
+    assert_eq!(digests.len(), ranks, "{stdout}");
+    assert!(digests.iter().all(|d| *d == digests[0]), "{stdout}");
     let acc: f64 = stdout
         .lines()
         .find_map(|l| l.split("final test accuracy ").nth(1))
@@ -142,23 +148,15 @@ fn the_keras_horovod_tutorial_trains_on_two_miners_and_serves_its_checkpoint() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("building from source: horovod==0.28.1"), "{stdout}");
     // Four ranks (2 miners × 2 GPUs), the same parameters on each at the end.
-    let digests: Vec<&str> = stdout.lines().filter_map(|l| l.split(" params ").nth(1)).collect();
-    assert_eq!(digests.len(), 4, "{stdout}");
-    assert!(digests.iter().all(|d| *d == digests[0]), "{stdout}");
+    converged(&stdout, 4);
     assert!(stdout.contains("of 4 params"), "{stdout}");
-    let acc: f64 = stdout
+    let said = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let job = said
         .lines()
-        .find_map(|l| l.split("final test accuracy ").nth(1))
-        .and_then(|r| r.split(';').next())
-        .and_then(|a| a.parse().ok())
-        .expect("a final accuracy");
-    assert!(acc >= 0.9, "{acc}");
-    let output = std::fs::read_dir(home.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-output"))
-        .expect("the job's output was downloaded");
+        .find_map(|l| l.strip_prefix("job ").and_then(|r| r.split_once(" submitted")).map(|(id, _)| id.to_string()))
+        .expect("the job's id");
+    let output = home.path().join("out");
+    assert!(run(&["results", "get", &job, output.to_str().unwrap()]).status.success());
     for f in ["model.h5", "checkpoint-3.h5"] {
         assert!(output.join(f).is_file(), "rank 0 wrote {f}");
     }
