@@ -113,8 +113,9 @@ fn missing(
         if url.len() > 4096 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(anyhow!("{name} {version} comes from an odd URL"));
         }
-        let file = url.split(['?', '#']).next().unwrap_or_default();
-        let wheel = file.ends_with(".whl");
+        // The file's name as pip reads it: the last segment of the URL's path, percent-decoded.
+        let file = decoded(url.split(['?', '#']).next().unwrap_or_default().rsplit('/').next().unwrap_or_default());
+        let wheel = is_wheel(&file, &name);
         let sha256 = sha256.to_ascii_lowercase();
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(anyhow!(
@@ -130,6 +131,36 @@ fn missing(
     Ok(pins)
 }
 
+/// `s` with its `%XX` escapes decoded (a URL's path segment); undecodable bytes kept as given.
+fn decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `file` is a wheel of `name` by its file name (PEP 427:
+/// `{name}-{version}(-{build})?-{python}-{abi}-{platform}.whl`), as pip tells wheels from
+/// source archives: a name merely ending in `.whl` is not one.
+fn is_wheel(file: &str, name: &str) -> bool {
+    let Some(stem) = file.strip_suffix(".whl") else { return false };
+    let parts: Vec<&str> = stem.split('-').collect();
+    matches!(parts.len(), 5 | 6) && parts.iter().all(|p| !p.is_empty()) && normal(parts[0]) == normal(name)
+}
+
 /// The environment's name: the miner's Python as `base` describes it, and the pins. One
 /// with a package built from source is its owner's alone (`private`: the owner and the
 /// variables the build saw): what a build makes is whatever its code chose to, so another
@@ -139,7 +170,8 @@ fn digest(base: &str, pins: &[Pin], private: Option<(&str, &std::collections::BT
     h.update(b"aic-env 1\n");
     h.update(base.as_bytes());
     for p in pins {
-        h.update(format!("\n{}=={} {}", normal(&p.name), p.version, p.sha256).as_bytes());
+        let kind = if p.wheel { "wheel" } else { "source" };
+        h.update(format!("\n{}=={} {} {kind}", normal(&p.name), p.version, p.sha256).as_bytes());
     }
     if let Some((owner, env)) = private {
         h.update(format!("\nbuilt for {owner}").as_bytes());
@@ -162,8 +194,10 @@ async fn python(python: &str, args: &[&str], cwd: &Path, deadline: Instant) -> a
     python_with(python, args, cwd, deadline, &[]).await
 }
 
-/// [`python`] with `env` set for what pip starts (`python -I` itself ignores `PYTHON*`
-/// variables; a build backend pip runs does not).
+/// [`python`] with `env` set (a source build's: `python -I` itself ignores `PYTHON*`
+/// variables and `--isolated` pip's `PIP_*`, a build backend pip runs does not; the other
+/// variables reach pip too, which runs as the job's uid for an environment that is the
+/// owner's alone).
 async fn python_with(
     python: &str,
     args: &[&str],
@@ -238,7 +272,7 @@ pub(crate) async fn prepare(
     let build_env: std::collections::BTreeMap<String, String> = if sources {
         user_env
             .iter()
-            .filter(|(k, _)| !BUILD_ENV_KEPT.contains(&k.as_str()))
+            .filter(|(k, _)| !BUILD_ENV_KEPT.contains(&k.as_str()) && !k.starts_with("LD_"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     } else {
@@ -330,7 +364,8 @@ const PIP_INSTALL: [&str; 8] =
 /// The longest an allocation waits for another building the same environment.
 const BUILD_WAIT: Duration = Duration::from_secs(600);
 
-/// Variables of the job a source build never takes from it (the build's own).
+/// Variables of the job a source build never takes from it (the build's own; nor any `LD_*`,
+/// which would steer pip itself).
 const BUILD_ENV_KEPT: [&str; 4] = ["PATH", "PYTHONPATH", "HOME", "TMPDIR"];
 
 /// Installs `pins` into `<build_root>/<digest>`: by URL, each archive checked against its
@@ -396,6 +431,8 @@ where
         args.extend(["-r", &pinned_s]);
         python_with(py, &args, code, deadline, &extra).await?;
         if !wheels {
+            // Whatever the build's code left running has no hand in what is merged and sealed.
+            stray::kill_the_jobs_others()?;
             merge(&built, &target).context("putting the built packages into the environment")?;
         }
     }
@@ -500,6 +537,20 @@ mod tests {
         );
         let pins = missing(&sdist, &Default::default()).unwrap();
         assert!(!pins[0].wheel, "{pins:?}");
+        // A name that merely ends in `.whl` is a source archive to pip, and to aic.
+        for url in ["https://f/dist/.whl", "https://f/x-1.tar.gz%2F.whl", "https://f/other-1-py3-none-any.whl"] {
+            let r = report(
+                serde_json::json!([{"metadata": {"name": "x", "version": "1"}, "download_info": {"url": url, "archive_info": {"hashes": {"sha256": "a".repeat(64)}}}}]),
+            );
+            assert!(
+                missing(&r, &Default::default()).is_err_and(|e| e.to_string().contains("neither a wheel")),
+                "{url}"
+            );
+        }
+        let local = report(
+            serde_json::json!([{"metadata": {"name": "torch", "version": "2.1.0+cpu"}, "download_info": {"url": "https://f/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl", "archive_info": {"hashes": {"sha256": "a".repeat(64)}}}}]),
+        );
+        assert!(missing(&local, &Default::default()).unwrap()[0].wheel);
         let unhashed = report(
             serde_json::json!([{"metadata": {"name": "y", "version": "2"}, "download_info": {"url": "https://f/y-2-py3-none-any.whl"}}]),
         );
