@@ -111,11 +111,10 @@ fn the_keras_horovod_tutorial_trains_on_two_miners_and_serves_its_checkpoint() {
     assert!(base.join("python3").exists(), "{} has no python3", base.display());
     let home = Home::new();
     let path = format!("{}:{}", base.display(), std::env::var("PATH").unwrap_or_default());
-    let run = |args: &[&str]| {
-        let mut cmd = home.cmd(args);
-        cmd.env("PATH", &path).env("AIC_POOL_GPUS", "2").env("AIC_ENV_TIMEOUT", "3600");
-        shown(args, cmd)
-    };
+    // The pool (`aic dev up`, as the walk-through has it): 2 miners of 2 GPU slots whose
+    // Python is `AIC_TEST_KERAS`'s; it keeps the deployment up after `aic deploy` returns.
+    let _pool = DevUp::start_with(&home, &[("PATH", &path), ("AIC_POOL_GPUS", "2"), ("AIC_ENV_TIMEOUT", "3600")]);
+    let run = |args: &[&str]| shown(args, home.cmd(args));
     let example = repo().join("examples/keras-horovod");
     let data = home.path().join("mnist");
     let made = Command::new("python3").arg(example.join("make_data.py")).arg(&data).output().unwrap();
