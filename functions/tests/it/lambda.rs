@@ -241,14 +241,7 @@ async fn on_lambda_the_roles_temporary_credentials_sign_every_presigned_url() {
     // A job's workers ask for URLs with their job's token.
     let req = request(1).await;
     let job = aic_core::layout::JobKey::new(req.owner, req.job_id.clone());
-    let grant = aic_core::grant::WorkerGrant {
-        owner: job.owner,
-        job: job.job.clone(),
-        data: None,
-        allocs: 1,
-        exp: (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp(),
-    };
-    let worker_token = aic_core::grant::mint(&hex::decode(gateway_secret).unwrap(), &grant);
+    let worker_token = worker_token(&hex::decode(gateway_secret).unwrap(), &job);
     let body = b"checkpoint bytes".to_vec();
     let sha = {
         use sha2::Digest;

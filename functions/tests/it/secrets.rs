@@ -35,14 +35,8 @@ async fn running_job(p: &Pool, owner: &str, secrets: &[&str]) -> (JobKey, String
     for s in [JobState::Submitted, JobState::Paid, JobState::Scheduled, JobState::Running] {
         aic_core::status::advance(&p.store, &job, Transition::new(s, "test")).await.unwrap();
     }
-    let grant = aic_core::grant::WorkerGrant {
-        owner: job.owner,
-        job: job.job.clone(),
-        data: None,
-        allocs: 1,
-        exp: (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp(),
-    };
-    (job, aic_core::grant::mint(SECRET, &grant))
+    let token = worker_token(SECRET, &job);
+    (job, token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

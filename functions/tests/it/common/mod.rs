@@ -119,6 +119,18 @@ pub async fn put_request(store: &Store, req: &JobRequest) -> JobKey {
     job
 }
 
+/// A worker token of `job` (one allocation, an hour), minted with the gateway's `secret`.
+pub fn worker_token(secret: &[u8], job: &JobKey) -> String {
+    let grant = aic_core::grant::WorkerGrant {
+        owner: job.owner,
+        job: job.job.clone(),
+        data: None,
+        allocs: 1,
+        exp: (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp(),
+    };
+    aic_core::grant::mint(secret, &grant)
+}
+
 pub fn event(store: &Store, key: &str) -> S3EventRecord {
     S3EventRecord::object_created(store.bucket(), key, 100)
 }
