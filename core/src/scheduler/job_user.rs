@@ -1,7 +1,9 @@
 //! The job's own user: the unprivileged uid a job's program (its worker, sshd, uWSGI and
 //! `aic exec` commands) runs as, on the local scheduler (`local::sandbox`) and in a Nomad task
 //! (the worker drops to it itself: [`become_job_user`]). Uids come from `AIC_JOB_UIDS`
-//! (`first-last`, 3000000-3065535 by default), a range no user of the machine has; on Nomad's
+//! (`first-last`, 3000000-3065535 by default), a range no user of the machine has, each
+//! handed out by the scheduler to one job at a time (the local scheduler's `Sandbox::free_uid`,
+//! Nomad's `uids` claims), never derived from the job's id, which its owner chooses; on Nomad's
 //! clients the egress rules (`infra/nomad/egress.nft`) refuse that range the node's own services,
 //! the cloud's metadata address and the pool's control plane.
 
@@ -28,15 +30,6 @@ pub fn uid_range() -> (u32, u32) {
             }
         },
     }
-}
-
-/// The uid of job `job` in `range` (the same for each of its allocations; jobs spread over the
-/// range by their id).
-pub fn uid_of(job: &aic_schemas::JobId, (first, count): (u32, u32)) -> u32 {
-    // FNV-1a: stable across builds and machines (every allocation computes the same).
-    let h =
-        job.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    first + (h % u64::from(count.max(1))) as u32
 }
 
 /// In a task started as root (a Nomad task: the docker driver's container), this process
@@ -109,20 +102,4 @@ pub fn hand_over(dir: &Path, uid: u32) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_jobs_uid_is_its_own_and_within_the_range() {
-        let a: aic_schemas::JobId = "01jb0000000000000000000000".parse().unwrap();
-        let b: aic_schemas::JobId = "01jb0000000000000000000001".parse().unwrap();
-        let range = (3_000_000, 65_536);
-        assert_eq!(super::uid_of(&a, range), super::uid_of(&a, range));
-        assert_ne!(super::uid_of(&a, range), super::uid_of(&b, range));
-        for j in [&a, &b] {
-            assert!((3_000_000..3_065_536).contains(&super::uid_of(j, range)));
-        }
-        assert_eq!(super::uid_of(&a, (5000, 1)), 5000);
-    }
 }

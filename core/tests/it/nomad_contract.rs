@@ -1218,8 +1218,8 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
     // values filled in.
     let mut c = cfg("http://127.0.0.1:1", TOKEN);
     c.driver = "docker".into();
-    let spec = aic_core::scheduler::nomad::job_spec(&c, &job, &m, 0);
-    let uid = aic_core::scheduler::job_user::uid_of(&job.job, c.job_uids);
+    let uid = 3_000_123;
+    let spec = aic_core::scheduler::nomad::job_spec(&c, &job, &m, 0, uid);
     let task_dir = root.join("alloc/worker/local");
     let fill = |v: &str| {
         v.replace("${NOMAD_ALLOC_INDEX}", "0")
@@ -1287,4 +1287,73 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
     ] {
         assert!(logs.contains(line), "{what}: expected {line:?}:\n{logs}");
     }
+}
+
+/// A job's uid on Nomad is handed out by the pool, never computed from the job's id (which
+/// its owner chooses: a hostile owner could pick an id whose uid is a victim's). With a
+/// range of two uids, two jobs registered at once by two functions hosts get the two (a
+/// claim is a Variable written only if absent, `?cas=0`); a third waits for one to come
+/// back; a cancel gives its uid back; a claim whose job Nomad does not run is taken over only
+/// once it is old (a claim is made just before its job is registered).
+#[tokio::test]
+async fn a_jobs_uid_is_handed_out_by_the_pool_one_job_at_a_time() {
+    use aic_core::scheduler::nomad::uids::{PREFIX, STALE_AFTER};
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.job_uids = (5000, 2);
+    let (one, two) = (NomadScheduler::new(c.clone(), temp_store()), NomadScheduler::new(c, temp_store()));
+    let uid_of = |s: &Nomad, job: &JobKey| {
+        let j = &s.jobs[&nomad_id(job)];
+        let env = j["TaskGroups"][0]["Tasks"][0]["Env"]["AIC_JOB_UID"].as_str().unwrap().to_string();
+        assert_eq!(j["Meta"]["aic_uid"].as_str(), Some(env.as_str()), "the meta keeps the uid the task runs as");
+        let claim = &s.vars[&format!("{PREFIX}{env}")];
+        assert_eq!(claim["job"].as_str(), Some(nomad_id(job).as_str()), "the claim names its job");
+        env.parse::<u32>().unwrap()
+    };
+    let ((a, ma), (b, mb)) = (manifest(1, 1), manifest(1, 1));
+    let (ra, rb) = tokio::join!(one.submit(&a, &ma), two.submit(&b, &mb));
+    ra.unwrap();
+    rb.unwrap();
+    let (ua, ub) = {
+        let s = state.lock().unwrap();
+        (uid_of(&s, &a), uid_of(&s, &b))
+    };
+    assert_ne!(ua, ub, "two jobs registered at once share a uid");
+    assert!([ua, ub].iter().all(|u| (5000..5002).contains(u)));
+
+    // Every uid is held: a third job is not registered under one of them.
+    let (c3, m3) = manifest(1, 1);
+    match one.submit(&c3, &m3).await {
+        Err(ScheduleError::Backend(why)) => assert!(why.contains("no free job uid"), "{why}"),
+        other => panic!("a job got a uid another holds: {other:?}"),
+    }
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&c3)));
+
+    // A cancel gives the uid back; the third job gets it.
+    two.cancel(&a).await.unwrap();
+    assert!(!state.lock().unwrap().vars.contains_key(&format!("{PREFIX}{ua}")), "the claim outlived its job");
+    one.submit(&c3, &m3).await.unwrap();
+    assert_eq!(uid_of(&state.lock().unwrap(), &c3), ua);
+
+    // A claim whose job Nomad does not run (its host stopped before giving it back): kept
+    // while it is young, taken over once it is old.
+    two.cancel(&b).await.unwrap();
+    let ghost = "aic-01ghost00000000000000000";
+    {
+        let mut s = state.lock().unwrap();
+        s.vars.insert(format!("{PREFIX}{ub}"), json!({"job": ghost}));
+        s.index += 1;
+        let index = s.index;
+        s.var_meta.insert(format!("{PREFIX}{ub}"), (index, chrono::Utc::now().timestamp_nanos_opt().unwrap()));
+    }
+    let (d, md) = manifest(1, 1);
+    assert!(one.submit(&d, &md).await.is_err(), "a claim made an instant ago was taken");
+    {
+        let mut s = state.lock().unwrap();
+        let old =
+            chrono::Utc::now() - chrono::Duration::from_std(STALE_AFTER + std::time::Duration::from_secs(1)).unwrap();
+        s.var_meta.get_mut(&format!("{PREFIX}{ub}")).unwrap().1 = old.timestamp_nanos_opt().unwrap();
+    }
+    one.submit(&d, &md).await.unwrap();
+    assert_eq!(uid_of(&state.lock().unwrap(), &d), ub);
 }

@@ -76,7 +76,7 @@ fn manifest(miners: u32, gpus: u32) -> (JobKey, JobManifest) {
 /// Registers the job's spec with its task's command replaced by `argv` (the worker image
 /// runs it), and returns the Nomad job id.
 async fn register_running(n: &NomadScheduler, job: &JobKey, m: &JobManifest, argv: &[&str]) -> String {
-    let mut spec = aic_core::scheduler::nomad::job_spec(n.config(), job, m, 0);
+    let mut spec = aic_core::scheduler::nomad::job_spec(n.config(), job, m, 0, 3_000_123);
     let task = &mut spec["TaskGroups"][0]["Tasks"][0];
     task["Config"]["command"] = json!(argv[0]);
     task["Config"]["args"] = json!(argv[1..]);

@@ -312,7 +312,7 @@ fn the_nomad_worker_template_matches_the_spec_the_scheduler_registers() {
     let cfg = nomad_cfg(vec![("AIC_STORE".into(), "s3://aic".into())], Some("nomad/jobs"));
     // One GPU, the file's default (`var.gpus`): memory and /dev/shm scale with GPUs.
     let (key, m) = manifest("train", "train.py", 2, 1);
-    let spec = job_spec(&cfg, &key, &m, 0);
+    let spec = job_spec(&cfg, &key, &m, 0, 3_000_123);
     let tg = &spec["TaskGroups"][0];
     let t = &tg["Tasks"][0];
     // Same environment names (the HCL gets the store's from its template).
@@ -432,16 +432,22 @@ fn the_nomad_minio_job_posts_its_events_to_the_functions_host() {
     }
     assert_eq!(p["node"]["policy"], "read");
     // The workers' tokens go in each job's own variable (`spec::token_var`): the policy lets
-    // the functions write and delete those, and take the leader lock; no other variable.
+    // the functions write and delete those, take the leader lock, and claim jobs' uids
+    // (`uids::PREFIX`); no other variable.
     let path = aic_core::scheduler::nomad::token_var("aic-x");
     assert_eq!(path, "nomad/jobs/aic-x");
     let vars = &p["namespace"]["aic"]["variables"]["path"];
     let leader = aic_core::scheduler::nomad::NomadConfig::new("http://x").leader_lock;
     assert_eq!(
         vars.as_object().map(|m| m.keys().cloned().collect::<std::collections::BTreeSet<_>>()),
-        Some(["nomad/jobs/aic-*".to_string(), leader.clone()].into()),
+        Some(
+            ["nomad/jobs/aic-*".to_string(), leader.clone(), format!("{}*", aic_core::scheduler::nomad::uids::PREFIX)]
+                .into()
+        ),
         "{p}"
     );
+    let uid_caps = vars[&format!("{}*", aic_core::scheduler::nomad::uids::PREFIX)]["capabilities"].to_string();
+    assert!(["write", "read", "destroy"].iter().all(|c| uid_caps.contains(c)), "{uid_caps}");
     assert!(vars[&leader]["capabilities"].to_string().contains("write"), "the leader lock is taken with write");
     let var_caps = vars["nomad/jobs/aic-*"]["capabilities"].to_string();
     assert!(var_caps.contains("write") && var_caps.contains("destroy") && !var_caps.contains("list"), "{var_caps}");

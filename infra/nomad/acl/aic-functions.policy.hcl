@@ -15,6 +15,11 @@ namespace "aic" {
     path "aic/leader" {
       capabilities = ["write", "read"]
     }
+    # Each job's uid, claimed for it alone (aic/uids/<uid>, written only if absent, read to
+    # see who holds one, destroyed when the job ends).
+    path "aic/uids/*" {
+      capabilities = ["write", "read", "destroy"]
+    }
   }
 }
 

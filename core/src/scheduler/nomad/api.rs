@@ -77,6 +77,8 @@ impl NomadScheduler {
         let status = resp.status();
         let text = resp.text().await.map_err(|e| NomadError::Unreachable(e.to_string()))?;
         match status.as_u16() {
+            // A DELETE answers 204 with no body (`variableDelete`).
+            200..=299 if text.trim().is_empty() => Ok(Some(Value::Null)),
             200..=299 => serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| NomadError::Api(status.as_u16(), format!("bad JSON: {e}"))),

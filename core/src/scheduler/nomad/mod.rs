@@ -47,6 +47,7 @@ mod limits;
 mod room;
 mod spec;
 mod tls;
+pub mod uids;
 mod watch;
 
 use std::time::Duration;
@@ -159,8 +160,9 @@ impl NomadScheduler {
         // back where it is; for an earlier run (a resumed job), registered over, but only if
         // nobody else did first (`EnforceIndex` with the index read here).
         let mut modify_index = 0;
-        if only_if_new && let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? {
-            if anothers(&j, job) {
+        let registered = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?;
+        if only_if_new && let Some(j) = &registered {
+            if anothers(j, job) {
                 return Err(ScheduleError::Unplaceable(format!("job id {} is another owner's on this pool", job.job)));
             }
             let registered: u32 = j["Meta"]["aic_attempt"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0);
@@ -183,7 +185,9 @@ impl NomadScheduler {
                 return Ok(Submitted::Queued(why));
             }
         }
-        let mut spec = job_spec(&self.cfg, job, m, attempt);
+        // The uid its programs run as: handed out by the pool (`uids`), kept across restarts.
+        let uid = if self.cfg.driver == "raw_exec" { 0 } else { self.job_uid(&id, registered.as_ref()).await? };
+        let mut spec = job_spec(&self.cfg, job, m, attempt, uid);
         // The workers' token, where their template reads it (`spec::token_var`).
         if let Some(g) = &self.cfg.worker_gateway {
             let path = spec::token_var(&id);
@@ -304,8 +308,9 @@ impl Scheduler for NomadScheduler {
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
         // Nomad's job is named by the id alone: never deregister another owner's.
         let id = nomad_id(job);
-        if let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?
-            && anothers(&j, job)
+        let registered = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?;
+        if let Some(j) = &registered
+            && anothers(j, job)
         {
             tracing::warn!(job = %job.job, owner = %job.owner, "cancel of another owner's Nomad job refused");
             return Ok(());
@@ -315,6 +320,10 @@ impl Scheduler for NomadScheduler {
         // Its workers' token goes with it (a stopped task reads it no more).
         if self.cfg.worker_gateway.is_some() {
             self.call(reqwest::Method::DELETE, &format!("var/{}", spec::token_var(&id)), &[], None).await?;
+        }
+        // Its uid goes back to the pool (its tasks were stopped with it).
+        if let Some(j) = &registered {
+            self.release_uid(&id, &j["Meta"]).await?;
         }
         self.unwait(&job.job).await
     }

@@ -78,8 +78,9 @@ pub fn token_var(nomad_id: &str) -> String {
     format!("nomad/jobs/{nomad_id}")
 }
 
-/// The job's Nomad specification (the `Job` of `POST /v1/jobs`), for `attempt`.
-pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) -> Value {
+/// The job's Nomad specification (the `Job` of `POST /v1/jobs`), for `attempt`, its programs
+/// running as `uid` (handed out by the pool: `uids`; not used with `raw_exec`).
+pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32, uid: u32) -> Value {
     let r = &m.request;
     // A rank per GPU: the allocation's memory scales with its GPUs (`NomadConfig::memory_mb`).
     let (_, memory_mb, disk_mb) = rank_ask(cfg, r);
@@ -102,7 +103,6 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
     // container's root). Not with raw_exec: its task is the client's own user on the miner,
     // whose `/etc/passwd` is the machine's.
     if cfg.driver != "raw_exec" {
-        let uid = crate::scheduler::job_user::uid_of(&job.job, cfg.job_uids);
         env.insert(crate::scheduler::job_user::JOB_UID.into(), json!(uid.to_string()));
     }
     let mut templates: Vec<Value> = cfg
@@ -179,6 +179,10 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32) 
         "aic_attempt": attempt.to_string(),
         "aic_kind": if serve { "serve" } else { "train" },
     });
+    let mut meta = meta;
+    if cfg.driver != "raw_exec" {
+        meta["aic_uid"] = json!(uid.to_string());
+    }
     let devices =
         if r.gpus_per_miner > 0 { vec![json!({"Name": GPU_DEVICE, "Count": r.gpus_per_miner})] } else { vec![] };
     let mut spec = json!({
@@ -347,7 +351,7 @@ mod tests {
         let secret = b"0123456789abcdef0123456789abcdef".to_vec();
         c.worker_gateway =
             Some(crate::grant::WorkerGateway { url: "https://functions.pool:8080".into(), secret: secret.clone() });
-        let j = job_spec(&c, &job, &m, 0);
+        let j = job_spec(&c, &job, &m, 0, 3_000_123);
         let task = &j["TaskGroups"][0]["Tasks"][0];
         let env = task["Env"].as_object().unwrap();
         assert_eq!(env["AIC_WORKER_GATEWAY"], "https://functions.pool:8080");
@@ -371,7 +375,7 @@ mod tests {
     #[test]
     fn a_train_job_is_a_batch_job_of_one_allocation_per_miner_with_its_gpus() {
         let (job, m) = manifest("train", 2, 3);
-        let j = job_spec(&cfg(), &job, &m, 0);
+        let j = job_spec(&cfg(), &job, &m, 0, 3_000_123);
         assert_eq!(j["ID"], format!("aic-{}", job.job));
         assert_eq!(j["Name"], j["ID"]);
         assert_eq!(j["Type"], "batch");
@@ -402,7 +406,7 @@ mod tests {
         let mut exec = cfg();
         exec.driver = "exec".into();
         assert_eq!(
-            job_spec(&exec, &job, &m, 0)["TaskGroups"][0]["Tasks"][0]["Config"],
+            job_spec(&exec, &job, &m, 0, 3_000_123)["TaskGroups"][0]["Tasks"][0]["Config"],
             json!({"command": "/usr/local/bin/aic-worker"})
         );
         assert_eq!(t["Resources"]["Devices"], json!([{"Name": "nvidia/gpu", "Count": 3}]));
@@ -410,7 +414,7 @@ mod tests {
         assert_eq!(t["Resources"]["MemoryMB"], 3 * 8192, "memory scales with the allocation's GPUs");
         let (_, mut one) = (job.clone(), m.clone());
         one.request.gpus_per_miner = 1;
-        let t1 = &job_spec(&cfg(), &job, &one, 0)["TaskGroups"][0]["Tasks"][0];
+        let t1 = &job_spec(&cfg(), &job, &one, 0, 3_000_123)["TaskGroups"][0]["Tasks"][0];
         assert_eq!(t1["Resources"]["MemoryMB"], 8192);
         assert!(t1["Config"]["shm_size"].as_u64().unwrap() < 8192u64 << 20, "/dev/shm below the memory limit: {t1}");
         assert_eq!(t["KillSignal"], "SIGTERM");
@@ -433,18 +437,21 @@ mod tests {
         assert_eq!(env["AIC_WORK_DIR"], "${NOMAD_TASK_DIR}");
         // The worker drops to the job's own uid (what the clients' egress rules name); not
         // with raw_exec, whose task is the client's own user on the machine.
-        let uid: u32 = env["AIC_JOB_UID"].as_str().unwrap().parse().unwrap();
-        assert!((3_000_000..3_065_536).contains(&uid), "{uid}");
+        // The uid the pool handed out (`uids`), in the environment and the job's meta.
+        assert_eq!(env["AIC_JOB_UID"], "3000123");
+        assert_eq!(j["Meta"]["aic_uid"], "3000123");
         let raw = NomadConfig { driver: "raw_exec".into(), ..cfg() };
-        assert!(job_spec(&raw, &job, &m, 0)["TaskGroups"][0]["Tasks"][0]["Env"].get("AIC_JOB_UID").is_none());
+        assert!(
+            job_spec(&raw, &job, &m, 0, 3_000_123)["TaskGroups"][0]["Tasks"][0]["Env"].get("AIC_JOB_UID").is_none()
+        );
         // A restart is a new version with the next attempt.
-        assert_eq!(job_spec(&cfg(), &job, &m, 2)["Meta"]["aic_attempt"], "2");
+        assert_eq!(job_spec(&cfg(), &job, &m, 2, 3_000_123)["Meta"]["aic_attempt"], "2");
     }
 
     #[test]
     fn a_serve_job_is_a_service_with_a_nomad_native_health_checked_service() {
         let (job, m) = manifest("serve", 3, 1);
-        let j = job_spec(&cfg(), &job, &m, 0);
+        let j = job_spec(&cfg(), &job, &m, 0, 3_000_123);
         assert_eq!(j["Type"], "service");
         let tg = &j["TaskGroups"][0];
         assert_eq!(tg["Count"], 3);
@@ -463,11 +470,11 @@ mod tests {
     #[test]
     fn the_environment_cache_is_a_host_volume_mounted_into_every_task() {
         let (job, m) = manifest("train", 2, 1);
-        let none = job_spec(&cfg(), &job, &m, 0);
+        let none = job_spec(&cfg(), &job, &m, 0, 3_000_123);
         assert!(none["TaskGroups"][0].get("Volumes").is_none());
         assert!(none["TaskGroups"][0]["Tasks"][0]["Env"].get("AIC_ENV_CACHE").is_none());
         let c = NomadConfig { env_cache_volume: Some("aic-envs".into()), ..cfg() };
-        let j = job_spec(&c, &job, &m, 0);
+        let j = job_spec(&c, &job, &m, 0, 3_000_123);
         let tg = &j["TaskGroups"][0];
         assert_eq!(
             tg["Volumes"]["aic-env-cache"],
@@ -489,7 +496,7 @@ mod tests {
         m.request.image = Some("ghcr.io/me/train:1.0".into());
         let c =
             NomadConfig { worker_mount: Some("/opt/aic-worker".into()), images: vec!["ghcr.io/me/*".into()], ..cfg() };
-        let j = job_spec(&c, &job, &m, 0);
+        let j = job_spec(&c, &job, &m, 0, 3_000_123);
         let t = &j["TaskGroups"][0]["Tasks"][0];
         assert_eq!(t["Driver"], "docker");
         assert_eq!(t["Config"]["image"], "ghcr.io/me/train:1.0");
@@ -501,7 +508,7 @@ mod tests {
         assert_eq!(t["Env"]["AIC_IMAGE"], "ghcr.io/me/train:1.0");
         assert_eq!(t["Config"]["network_mode"], "host");
         m.request.image = None;
-        let own = job_spec(&c, &job, &m, 0);
+        let own = job_spec(&c, &job, &m, 0, 3_000_123);
         assert_eq!(own["TaskGroups"][0]["Tasks"][0]["Config"]["image"], c.image);
         assert!(own["TaskGroups"][0]["Tasks"][0]["Config"].get("mount").is_none());
     }

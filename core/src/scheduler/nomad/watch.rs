@@ -270,10 +270,13 @@ impl NomadScheduler {
         };
         if let Some(job) = self.meter(&full).await? {
             let hook = self.job_ended.lock().unwrap().clone();
-            if let Some(hook) = hook
-                && self.finished(&job).await?
-            {
-                hook(&job);
+            if self.finished(&job).await? {
+                // No task of it runs: its uid goes back to the pool.
+                let id = full["JobID"].as_str().unwrap_or_default();
+                self.release_uid(id, &full["Job"]["Meta"]).await?;
+                if let Some(hook) = hook {
+                    hook(&job);
+                }
             }
         }
         Ok(())

@@ -61,6 +61,8 @@ pub struct Nomad {
     /// Nomad Variables by path (`PUT`/`GET`/`DELETE /v1/var/:path`, the api-docs' Variables
     /// HTTP API): their `Items`.
     pub vars: BTreeMap<String, Value>,
+    /// Each variable's `ModifyIndex` and `ModifyTime` (unix nanoseconds).
+    pub var_meta: BTreeMap<String, (u64, i64)>,
     /// Locks over variables (the Locks HTTP API: `PUT /v1/var/:path?lock-acquire|lock-renew|
     /// lock-release`): the holder's lock ID and when its TTL runs out. A held lock refuses
     /// another `lock-acquire` with a conflict (409).
@@ -759,24 +761,57 @@ async fn handle(
                 reply(200, json!({"Namespace": "aic", "Path": path}))
             }
         }
+        // Check-and-set (`?cas=N`, command/agent/variable_endpoint.go `parseCAS`): written
+        // only if the variable's ModifyIndex is N, 0 meaning "does not exist"; otherwise 409
+        // with the variable that is there (`out.Conflict`). A DELETE answers 204, no body.
+        ("PUT" | "DELETE", p)
+            if p.starts_with("/v1/var/")
+                && query.get("cas").is_some_and(|cas| {
+                    let have = s.var_meta.get(p.trim_start_matches("/v1/var/")).map_or(0, |m| m.0);
+                    cas.parse::<u64>().ok() != Some(have)
+                }) =>
+        {
+            let path = p.trim_start_matches("/v1/var/");
+            let (index, time) = s.var_meta.get(path).copied().unwrap_or_default();
+            let items = s.vars.get(path).cloned().unwrap_or(Value::Null);
+            reply(
+                409,
+                json!({"Namespace": "aic", "Path": path, "Items": items, "ModifyIndex": index, "ModifyTime": time}),
+            )
+        }
         ("PUT", p) if p.starts_with("/v1/var/") => {
             let path = p.trim_start_matches("/v1/var/").to_string();
             let v: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["Path"].as_str(), Some(path.as_str()), "the body names the variable's path");
             s.index += 1;
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
             s.vars.insert(path.clone(), v["Items"].clone());
-            reply(200, json!({"Namespace": "aic", "Path": path, "Items": v["Items"], "ModifyIndex": s.index}))
+            let index = s.index;
+            s.var_meta.insert(path.clone(), (index, now));
+            reply(
+                200,
+                json!({"Namespace": "aic", "Path": path, "Items": v["Items"], "ModifyIndex": index, "ModifyTime": now}),
+            )
         }
         ("GET", p) if p.starts_with("/v1/var/") => match s.vars.get(p.trim_start_matches("/v1/var/")) {
             Some(items) => {
-                reply(200, json!({"Namespace": "aic", "Path": p.trim_start_matches("/v1/var/"), "Items": items}))
+                let path = p.trim_start_matches("/v1/var/");
+                let (index, time) = s.var_meta.get(path).copied().unwrap_or_default();
+                reply(
+                    200,
+                    json!({"Namespace": "aic", "Path": path, "Items": items, "ModifyIndex": index, "ModifyTime": time}),
+                )
             }
             None => text(404, "variable not found"),
         },
-        ("DELETE", p) if p.starts_with("/v1/var/") => match s.vars.remove(p.trim_start_matches("/v1/var/")) {
-            Some(_) => reply(200, json!({})),
-            None => text(404, "variable not found"),
-        },
+        ("DELETE", p) if p.starts_with("/v1/var/") => {
+            let path = p.trim_start_matches("/v1/var/");
+            s.var_meta.remove(path);
+            match s.vars.remove(path) {
+                Some(_) => Response::builder().status(204).body(Full::new(Bytes::new())).unwrap(),
+                None => text(404, "variable not found"),
+            }
+        }
         ("GET", "/v1/jobs") => {
             // Job stubs (`JobListStub`); with `meta=true` their meta (Nomad 1.6+).
             let prefix = query.get("prefix").cloned().unwrap_or_default();
