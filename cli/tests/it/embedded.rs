@@ -1383,11 +1383,14 @@ fn a_jobs_program_reaches_nothing_of_the_host_nor_of_another_job_and_nothing_out
     let home = h.path().join("aic");
     let home = home.to_str().unwrap();
 
-    // The victim: a file and a socket in its folder.
+    // The victim: a file and a socket in its folder, and a port open to every address (as
+    // torch's store, Gloo and NCCL open theirs).
     let victim = h.write(
         "victim.py",
-        "import socket, time\nopen('victim-secret.txt', 'w').write('the victim\\'s')\n\
+        "import os, socket, time\nopen('victim-secret.txt', 'w').write('the victim\\'s')\n\
          s = socket.socket(socket.AF_UNIX); s.bind('victim.sock'); s.listen()\n\
+         t = socket.socket(); t.bind(('0.0.0.0', 0)); t.listen()\n\
+         print('victim at', os.environ['AIC_HOST'], t.getsockname()[1], flush=True)\n\
          print('victim ready', flush=True)\ntime.sleep(120)\n",
     );
     let out = h.aic(&["run", "--detach", victim.to_str().unwrap()]);
@@ -1398,6 +1401,17 @@ fn a_jobs_program_reaches_nothing_of_the_host_nor_of_another_job_and_nothing_out
         assert!(Instant::now() < deadline, "the victim never started");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let victim_log = text(&h.aic(&["logs", &victim])).0;
+    let at: Vec<String> =
+        victim_log.split("victim at ").nth(1).unwrap().lines().next().unwrap().split(' ').map(String::from).collect();
+    let (victim_host, victim_port) = (at[0].clone(), at[1].clone());
+    // From this machine (the serving gateway's side) the port answers: the probe's refusal
+    // below is the network's rule, not a port that is not there.
+    let to: std::net::SocketAddr = format!("{victim_host}:{victim_port}").parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).is_ok(),
+        "the host reaches no job at {to}"
+    );
 
     // The second wallet's `aic`.
     let stranger = |args: &[&str]| {
@@ -1418,7 +1432,7 @@ fn a_jobs_program_reaches_nothing_of_the_host_nor_of_another_job_and_nothing_out
     let probe = h.write(
         "probe.py",
         r#"import glob, os, socket, sys
-home, settler, canary = sys.argv[1:4]
+home, settler, canary, vhost, vport = sys.argv[1:6]
 print('probe uid', os.getuid(), flush=True)
 print('probe operator token', os.environ.get('HF_TOKEN', 'none'))
 found = 0
@@ -1447,6 +1461,11 @@ for f in glob.glob(f'{home}/work/*/*/**/victim.sock', recursive=True):
     except OSError:
         pass
 print('probe victim sockets reached', reached)
+# The victim's port, at its address (another job's network, on this miner or another).
+try:
+    socket.create_connection((vhost, int(vport)), timeout=3); print('probe victim port reached')
+except OSError as e:
+    print('probe victim port unreached:', e)
 # The memory its cgroup allows (cgroup v2's memory.max, else v1's memory hierarchy).
 limit = 'none'
 for line in open('/proc/self/cgroup').read().splitlines():
@@ -1476,7 +1495,17 @@ for target in [f'[::ffff:127.0.0.1]:{port}', '169.254.169.254:80']:
 print('probe lock folder', sorted(os.listdir('/run/lock')) if os.path.isdir('/run/lock') else 'none', flush=True)
 "#,
     );
-    let job = stranger(&["run", "--detach", probe.to_str().unwrap(), "--", home, settler, &canary]);
+    let job = stranger(&[
+        "run",
+        "--detach",
+        probe.to_str().unwrap(),
+        "--",
+        home,
+        settler,
+        &canary,
+        &victim_host,
+        &victim_port,
+    ]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !matches!(state(&job).as_str(), "succeeded" | "failed") {
         assert!(Instant::now() < deadline, "the probe never ended");
@@ -1491,6 +1520,7 @@ print('probe lock folder', sorted(os.listdir('/run/lock')) if os.path.isdir('/ru
     assert!(said.contains("probe host tmp refused"), "{said}");
     assert!(said.contains("probe victim files read 0"), "{said}");
     assert!(said.contains("probe victim sockets reached 0"), "{said}");
+    assert!(said.contains("probe victim port unreached"), "another job's port answered: {said}");
     for target in ["[::ffff:127.0.0.1]", "169.254.169.254"] {
         let line = said.lines().find(|l| l.starts_with(&format!("probe proxy to {target}"))).unwrap_or_default();
         assert!(line.contains("403"), "the egress proxy reached {target}: {said}");

@@ -130,12 +130,16 @@ fn namespaces() -> bool {
     ok
 }
 
-/// The network namespace (`aic<id>-<n>`) a process runs in, and its miner's number.
+/// The namespace of the miner a process runs on (`aic<id>-<n>`), and its number.
 fn miner_of(pid: i32) -> (String, u32) {
     let out = std::process::Command::new("ip").args(["netns", "identify", &pid.to_string()]).output().unwrap();
+    // A worker runs in its job's network on its miner, `aic<pool>-<miner>j<slot>`; the
+    // miner's own namespace is `aic<pool>-<miner>`.
     let ns = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let n = ns.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).unwrap_or_else(|| panic!("pid {pid} in {ns:?}"));
-    (ns, n)
+    let (pool, job_net) = ns.rsplit_once('-').unwrap_or_else(|| panic!("pid {pid} in {ns:?}"));
+    let n: u32 =
+        job_net.split('j').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("pid {pid} in {ns:?}"));
+    (format!("{pool}-{n}"), n)
 }
 
 /// Sets miner namespace `ns`'s link (`eth0`) up or down.

@@ -130,26 +130,17 @@ impl LocalScheduler {
     /// Takes over what an earlier host of this pool left (see the module's text): run once,
     /// when the host starts, before it takes events. Returns how many workers it adopted.
     pub async fn adopt(&self) -> usize {
-        // The services the workers were told of on this machine's loopback answered in their
-        // miners through relays of the host that died: this host relays them again, so an
-        // adopted worker reaches its gateway (and store) where it was told.
-        if let Some(n) = &self.inner.net {
-            let told: Vec<String> =
-                [self.inner.worker_gateway.lock().unwrap().clone(), self.inner.exec_gateway.lock().unwrap().clone()]
-                    .into_iter()
-                    .flatten()
-                    .map(|g| g.url)
-                    .chain(self.inner.cfg.worker_env.iter().map(|(_, v)| v.clone()))
-                    .chain(std::env::vars().filter(|(k, _)| crate::grant::is_store_variable(k)).map(|(_, v)| v))
-                    .collect();
-            for miner in 0..self.inner.cfg.miners {
-                for v in &told {
-                    if let Err(e) = n.relay_loopback(miner, v) {
-                        tracing::warn!(error = %e, miner, "cannot relay a service into a miner again");
-                    }
-                }
-            }
-        }
+        // What the workers were told of on this machine's loopback (relayed again below).
+        let told: Vec<String> =
+            [self.inner.worker_gateway.lock().unwrap().clone(), self.inner.exec_gateway.lock().unwrap().clone()]
+                .into_iter()
+                .flatten()
+                .map(|g| g.url)
+                .chain(self.inner.cfg.worker_env.iter().map(|(_, v)| v.clone()))
+                .chain(std::env::vars().filter(|(k, _)| crate::grant::is_store_variable(k)).map(|(_, v)| v))
+                .collect();
+        // (miner, slot) of each adopted worker's job network.
+        let mut networks = Vec::new();
         let dir = self.ledger_dir();
         let mut records = Vec::new();
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -201,6 +192,9 @@ impl LocalScheduler {
                         names.push(st.miners[a.miner].name.clone());
                         if started_ticks(a.pid) == Some(a.ticks) {
                             watch.push((job.clone(), index as u32, a.pid));
+                            if let Some(slot) = a.net_slot {
+                                networks.push((job.clone(), a.miner as u32, slot));
+                            }
                         } else {
                             gone.push((job.clone(), index as u32));
                         }
@@ -227,6 +221,24 @@ impl LocalScheduler {
                         since,
                     },
                 );
+            }
+        }
+        // The services the workers were told of on this machine's loopback answered in
+        // their jobs' networks through relays of the host that died (as did the egress
+        // proxy): this host relays them again, so an adopted worker reaches its gateway (and
+        // store) where it was told.
+        if let Some(n) = &self.inner.net {
+            for (job, miner, slot) in networks {
+                n.adopt_job_network(&job, miner, slot);
+                let ns = n.job_netns(miner, slot);
+                for v in &told {
+                    if let Err(e) = n.relay_loopback(&ns, miner, v) {
+                        tracing::warn!(error = %e, miner, "cannot relay a service into a job's network again");
+                    }
+                }
+                if let Err(e) = n.egress_env(&ns, miner, slot) {
+                    tracing::warn!(error = %e, miner, "cannot relay the egress proxy into a job's network again");
+                }
             }
         }
         let adopted = watch.len();

@@ -115,6 +115,9 @@ struct Alloc {
     /// The uid its job runs under (`sandbox`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uid: Option<u32>,
+    /// The slot of its job's network on its miner (`net::jobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    net_slot: Option<u8>,
 }
 
 struct Running {
@@ -195,6 +198,15 @@ pub struct LocalScheduler {
 }
 
 impl LocalScheduler {
+    /// Where allocation `a` is reached: its job's address on its miner (`net::jobs`), else
+    /// its miner's.
+    fn address_of(&self, st: &State, a: &Alloc) -> std::net::Ipv4Addr {
+        match (&self.inner.net, a.net_slot) {
+            (Some(n), Some(slot)) => n.job_address(a.miner as u32, slot),
+            _ => st.miners[a.miner].host,
+        }
+    }
+
     pub fn new(cfg: LocalConfig, store: Store) -> Self {
         let net = match net::Net::wanted() {
             false => None,
@@ -426,7 +438,7 @@ impl Scheduler for LocalScheduler {
             .iter()
             .filter(|(job, r)| job.job.as_str() == deployment && !r.cancelled)
             .flat_map(|(_, r)| r.allocs.iter().filter(|a| !a.slots.is_empty() && a.lost.is_none()))
-            .map(|a| (st.miners[a.miner].host.to_string(), a.port))
+            .map(|a| (self.address_of(&st, a).to_string(), a.port))
             .collect();
         Ok(Some(out))
     }

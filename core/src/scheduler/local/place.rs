@@ -57,14 +57,15 @@ impl LocalScheduler {
             let miner_name = st.miners[miner].name.clone();
             let spawned = self.spawn(st, job, manifest, index as u32, count, attempt, miner, &slots);
             match spawned {
-                Ok((child, port, gate, uid)) => {
+                Ok(spawn::Spawned { child, port, gate, uid, net_slot }) => {
                     gates.push(gate);
                     for s in &slots {
                         st.miners[miner].free[*s] = false;
                     }
                     let pid = child.id().unwrap_or_default() as i32;
                     let ticks = ledger::started_ticks(pid).unwrap_or_default();
-                    allocs.push(Alloc { miner, slots, pid, ticks, port, started: chrono::Utc::now(), lost: None, uid });
+                    let started = chrono::Utc::now();
+                    allocs.push(Alloc { miner, slots, pid, ticks, port, started, lost: None, uid, net_slot });
                     names.push(miner_name);
                     self.reap(job.clone(), index as u32, child);
                 }

@@ -37,7 +37,7 @@ impl LocalScheduler {
                             .collect();
                         let m = r.manifest.clone();
                         match self.spawn(&st, job, &m, index, count, attempt, miner, &slots) {
-                            Ok((child, port, gate, uid)) => {
+                            Ok(spawn::Spawned { child, port, gate, uid, net_slot }) => {
                                 for s in &slots {
                                     st.miners[miner].free[*s] = false;
                                 }
@@ -54,6 +54,7 @@ impl LocalScheduler {
                                     started: chrono::Utc::now(),
                                     lost: None,
                                     uid,
+                                    net_slot,
                                 };
                                 r.replaced += 1;
                                 self.persist(&st, job);
@@ -250,6 +251,14 @@ impl LocalScheduler {
             self.persist(&st, &job);
             gone
         };
+        // Its networks go with it (a restart makes them anew).
+        if let (Some(n), Some(r)) = (&self.inner.net, &gone) {
+            for a in &r.allocs {
+                if let Some(slot) = a.net_slot {
+                    n.drop_network_of(&job, a.miner as u32, slot);
+                }
+            }
+        }
         let ended = gone.is_some();
         if let Some(r) = gone.filter(|r| !r.cancelled)
             && let Some(why) = r.restarting

@@ -30,10 +30,31 @@ impl LocalScheduler {
         attempt: u32,
         miner: usize,
         slots: &[usize],
-    ) -> std::io::Result<(tokio::process::Child, u16, Gate, Option<u32>)> {
+    ) -> std::io::Result<Spawned> {
         let cfg = &self.inner.cfg;
         let miner_name = &st.miners[miner].name;
-        let host = st.miners[miner].host;
+        // Its job's network on the miner (`net::jobs`): the slot its other allocations have.
+        let net_slot = match &self.inner.net {
+            None => None,
+            Some(n) => {
+                let own = st.running.get(job).and_then(|r| r.allocs.iter().find_map(|a| a.net_slot));
+                let taken: std::collections::HashSet<u8> = st
+                    .running
+                    .iter()
+                    .filter(|(k, _)| *k != job)
+                    .flat_map(|(_, r)| r.allocs.iter().filter(|a| !a.slots.is_empty()).filter_map(|a| a.net_slot))
+                    .collect();
+                let slot = n.slot_for(job, own, &taken).ok_or_else(|| {
+                    std::io::Error::other("every job network of the pool is in use: a job waits for one to end")
+                })?;
+                n.job_network(job, miner as u32, slot)?;
+                Some(slot)
+            }
+        };
+        let host = match (&self.inner.net, net_slot) {
+            (Some(n), Some(slot)) => n.job_address(miner as u32, slot),
+            _ => st.miners[miner].host,
+        };
         let work = self.work_dir(miner_name, job, index);
         // Where the worker sees it (sandboxed: the same path in each of the job's allocations).
         let seen_at = match &self.inner.sandbox {
@@ -143,19 +164,21 @@ impl LocalScheduler {
         let (gate, held) = std::os::unix::net::UnixStream::pair()?;
         cmd.env(START_GATE, "stdin");
         cmd.envs(launch.to_env()).stdin(std::os::fd::OwnedFd::from(held)).stdout(log.try_clone()?).stderr(log);
-        if let Some(n) = &self.inner.net {
-            // The worker runs in the miner's namespaces; the loopback services it is told of
-            // (and the store's, whose presigned URLs the gateway hands out) answer there too.
+        if let (Some(n), Some(slot)) = (&self.inner.net, net_slot) {
+            // The worker runs in its job's network on the miner; the loopback services it is
+            // told of (and the store's, whose presigned URLs the gateway hands out) answer
+            // there too.
+            let ns = n.job_netns(miner as u32, slot);
             let told: Vec<String> = cmd
                 .get_envs()
                 .filter_map(|(_, v)| Some(v?.to_str()?.to_string()))
                 .chain(cfg.worker_env.iter().map(|(_, v)| v.clone()))
                 .collect();
             for v in told {
-                n.relay_loopback(miner as u32, &v)?;
+                n.relay_loopback(&ns, miner as u32, &v)?;
             }
-            cmd.envs(n.egress_env());
-            net::enter(n, &mut cmd, miner as u32, miner_name.clone())?;
+            cmd.envs(n.egress_env(&ns, miner as u32, slot)?);
+            net::enter(n, &mut cmd, miner as u32, Some(slot), miner_name.clone())?;
         }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         // Its job's uid: the one its other allocations run under (`sandbox::free_uid`).
@@ -176,8 +199,21 @@ impl LocalScheduler {
                 Some(uid)
             }
         };
-        Ok((tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?, port, Gate(gate), uid))
+        let child = tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?;
+        Ok(Spawned { child, port, gate: Gate(gate), uid, net_slot })
     }
+}
+
+/// A worker just started, waiting at its [`Gate`].
+pub(super) struct Spawned {
+    pub(super) child: tokio::process::Child,
+    /// The port it was given.
+    pub(super) port: u16,
+    pub(super) gate: Gate,
+    /// Its job's uid (`sandbox`).
+    pub(super) uid: Option<u32>,
+    /// Its job's network's slot (`net::jobs`).
+    pub(super) net_slot: Option<u8>,
 }
 
 /// Tells a worker it may start (`AIC_START_GATE=stdin`: it reads a line from its stdin

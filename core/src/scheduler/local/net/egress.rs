@@ -5,21 +5,29 @@
 use super::*;
 
 impl Net {
-    /// Where the miners reach the internet (a package index, a model hub), as real miners do:
-    /// an HTTP CONNECT proxy on the bridge's address, started on first use. It refuses this
-    /// machine's loopback and the pool's bridge (a job reaches the pool only through what it
-    /// is told of). The variables a worker gets for it.
-    pub(in crate::scheduler::local) fn egress_env(&self) -> Vec<(String, String)> {
-        let Some(port) = *self.egress.get_or_init(|| self.start_egress()) else { return Vec::new() };
-        let proxy = format!("http://{}:{port}", self.gateway);
-        let mut no = vec!["localhost".to_string(), "127.0.0.1".to_string(), self.gateway.to_string()];
-        no.extend((0..self.miners).map(|i| self.address(i).to_string()));
+    /// Where a job reaches the internet (a package index, a model hub), as real miners do:
+    /// an HTTP CONNECT proxy on the bridge's address, started on first use, relayed onto the
+    /// loopback of the job's network `ns` on miner `miner` (a job reaches nothing of the
+    /// host's directly). It refuses this machine's loopback and the pool's networks (a job
+    /// reaches the pool only through what it is told of). The variables a worker gets for it.
+    pub(in crate::scheduler::local) fn egress_env(
+        &self,
+        ns: &str,
+        miner: u32,
+        slot: u8,
+    ) -> std::io::Result<Vec<(String, String)>> {
+        let Some(port) = *self.egress.get_or_init(|| self.start_egress()) else { return Ok(Vec::new()) };
+        self.relay(ns, miner, port, std::net::SocketAddr::from((self.gateway, port)))?;
+        let proxy = format!("http://127.0.0.1:{port}");
+        let mut no = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        no.extend((0..self.miners).map(|i| self.job_address(i, slot).to_string()));
+        no.extend(self.miner_names.iter().cloned());
         let no = no.join(",");
-        ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"]
+        Ok(["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"]
             .into_iter()
             .map(|k| (k.to_string(), proxy.clone()))
             .chain(["NO_PROXY", "no_proxy"].into_iter().map(|k| (k.to_string(), no.clone())))
-            .collect()
+            .collect())
     }
 
     pub(in crate::scheduler::local) fn start_egress(&self) -> Option<u16> {

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use super::names::Names;
 
 mod egress;
+mod jobs;
 mod relay;
 
 use relay::in_namespace;
@@ -39,13 +40,29 @@ use relay::in_namespace;
 /// Where each pool notes its work folder: `<POOLS>/<id>`.
 const POOLS: &str = "/run/aic-pools";
 
+/// The ports relayed into a namespace, and the relays' tasks.
+type Relays = (HashSet<u16>, Vec<tokio::task::AbortHandle>);
+
 /// The pool's namespaces and bridge.
 pub(super) struct Net {
     id: String,
     /// The bridge's address: the host as the miners reach it.
     pub(super) gateway: Ipv4Addr,
     miners: u32,
-    relayed: Mutex<HashSet<(u32, u16)>>,
+    /// The second octet of the jobs' networks: job slot `s` on miner `i` is
+    /// `10.<jobs>.(10+i).s` (`jobs`).
+    jobs: u8,
+    /// The ports relayed into each namespace (by name), and the relays' tasks (stopped with
+    /// the namespace).
+    relayed: Mutex<HashMap<String, Relays>>,
+    /// The job each job network (by namespace name) was made for.
+    made: Mutex<HashMap<String, crate::layout::JobKey>>,
+    /// The job the last network slot was given to, and that slot.
+    last_slot: Mutex<Option<(crate::layout::JobKey, u8)>>,
+    /// Where each job's names are written (`<names>/j<slot>/`).
+    names_dir: std::path::PathBuf,
+    /// The miners' names.
+    miner_names: Vec<String>,
     /// Per loopback port relayed: where this machine's side listens on the bridge.
     bridged: Mutex<HashMap<u16, u16>>,
     egress: std::sync::OnceLock<Option<u16>>,
@@ -101,13 +118,20 @@ impl Net {
             ip(&["link", "set", &bridge, "up"])?;
             free
         };
+        let miner_names: Vec<String> = (0..miners).map(&name).collect();
         let names: Vec<(String, Ipv4Addr)> = (0..miners).map(|i| (name(i), address(gateway, i))).collect();
         let names = Names::write(&root.join(".names"), &names).map_err(|e| format!("the miners' names: {e}"))?;
+        let jobs = jobs::octet(&id, &root.join(".names"), gateway)?;
         let net = Net {
             id,
             gateway,
             miners,
-            relayed: Mutex::new(HashSet::new()),
+            jobs,
+            made: Default::default(),
+            last_slot: Default::default(),
+            names_dir: root.join(".names"),
+            miner_names,
+            relayed: Default::default(),
             bridged: Mutex::new(HashMap::new()),
             egress: Default::default(),
             names: Arc::new(names),
@@ -137,6 +161,9 @@ impl Net {
             ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.address(i)), "dev", "eth0"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        for i in 0..miners {
+            net.route_jobs(i)?;
         }
         Ok(net)
     }
@@ -248,6 +275,7 @@ fn remove_pool(id: &str) {
         }
     }
     let _ = ip(&["link", "del", &format!("aicb{id}")]);
+    let _ = std::fs::remove_file(std::path::Path::new(POOLS).join(format!(".jobs-{id}")));
 }
 
 /// Notes pool `id`'s work folder in `<POOLS>/<id>`, whole or not at all: a pool reading it
@@ -295,13 +323,23 @@ fn read_address(ns: Option<&str>, dev: &str) -> Option<Ipv4Addr> {
     word.split('/').next()?.parse().ok()
 }
 
-/// Enters miner `miner`'s network namespace, and UTS and mount namespaces of its own: named
-/// `hostname`, with the miners' names resolvable (`names`): run in the worker's process
-/// between fork and exec.
-pub(super) fn enter(net: &Net, cmd: &mut std::process::Command, miner: u32, hostname: String) -> std::io::Result<()> {
+/// Enters the network namespace of job slot `slot` on miner `miner` (its job's network there:
+/// `jobs`), and UTS and mount namespaces of its own: named `hostname`, with the miners' names
+/// resolvable at the job's own addresses (`names`): run in the worker's process between fork
+/// and exec. Without a slot (the namespaces' own tests), the miner's namespace and names.
+pub(super) fn enter(
+    net: &Net,
+    cmd: &mut std::process::Command,
+    miner: u32,
+    slot: Option<u8>,
+    hostname: String,
+) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
-    let fd = std::fs::File::open(std::path::Path::new("/run/netns").join(net.netns(miner)))?;
-    let names = net.names.clone();
+    let (ns, names) = match slot {
+        Some(s) => (net.job_netns(miner, s), Arc::new(net.job_names(s)?)),
+        None => (net.netns(miner), net.names.clone()),
+    };
+    let fd = std::fs::File::open(std::path::Path::new("/run/netns").join(ns))?;
     // SAFETY: only system calls between fork and exec (setns, unshare, sethostname, mount);
     // `fd` lives in the closure until the child execs (it is close-on-exec), and `names`
     // holds every string the mounts take, made before the fork.
@@ -404,7 +442,7 @@ mod tests {
             let mut cmd = Command::new("sh");
             cmd.args(["-c", &format!("getent ahostsv4 {what} | head -n 1")]);
             if let Some(i) = miner {
-                enter(&net, &mut cmd, i, name(i)).unwrap();
+                enter(&net, &mut cmd, i, None, name(i)).unwrap();
             }
             let out = cmd.output().unwrap();
             String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_string)
