@@ -37,13 +37,7 @@ impl LocalScheduler {
         let net_slot = match &self.inner.net {
             None => None,
             Some(n) => {
-                let own = st.running.get(job).and_then(|r| r.allocs.iter().find_map(|a| a.net_slot));
-                let taken: std::collections::HashSet<u8> = st
-                    .running
-                    .iter()
-                    .filter(|(k, _)| *k != job)
-                    .flat_map(|(_, r)| r.allocs.iter().filter(|a| !a.slots.is_empty()).filter_map(|a| a.net_slot))
-                    .collect();
+                let (own, taken) = own_and_others(st, job, |a| a.net_slot);
                 let slot = n.slot_for(job, own, &taken).ok_or_else(|| {
                     std::io::Error::other("every job network of the pool is in use: a job waits for one to end")
                 })?;
@@ -185,13 +179,7 @@ impl LocalScheduler {
         let uid = match &self.inner.sandbox {
             None => None,
             Some(sandbox) => {
-                let own = st.running.get(job).and_then(|r| r.allocs.iter().find_map(|a| a.uid));
-                let taken: std::collections::HashSet<u32> = st
-                    .running
-                    .iter()
-                    .filter(|(k, _)| *k != job)
-                    .flat_map(|(_, r)| r.allocs.iter().filter_map(|a| a.uid))
-                    .collect();
+                let (own, taken) = own_and_others(st, job, |a| a.uid);
                 let uid = own.or_else(|| sandbox.free_uid(job, &taken)).ok_or_else(|| {
                     std::io::Error::other("every uid of AIC_JOB_UIDS is held by a running job: widen the range")
                 })?;
@@ -202,6 +190,18 @@ impl LocalScheduler {
         let child = tokio::process::Command::from(cmd).kill_on_drop(false).spawn()?;
         Ok(Spawned { child, port, gate: Gate(gate), uid, net_slot })
     }
+}
+
+/// What `job`'s allocations hold of `what` (a uid, a network slot), and what other running
+/// jobs' hold.
+fn own_and_others<T: Copy + Eq + std::hash::Hash>(
+    st: &State,
+    job: &JobKey,
+    what: impl Fn(&Alloc) -> Option<T>,
+) -> (Option<T>, std::collections::HashSet<T>) {
+    let own = st.running.get(job).and_then(|r| r.allocs.iter().find_map(&what));
+    let others = st.running.iter().filter(|(k, _)| *k != job).flat_map(|(_, r)| r.allocs.iter().filter_map(&what));
+    (own, others.collect())
 }
 
 /// A worker just started, waiting at its [`Gate`].
