@@ -1293,8 +1293,9 @@ async fn a_jobs_program_on_a_nomad_client_reaches_nothing_of_the_node() {
 /// its owner chooses: a hostile owner could pick an id whose uid is a victim's). With a
 /// range of two uids, two jobs registered at once by two functions hosts get the two (a
 /// claim is a Variable written only if absent, `?cas=0`); a third waits for one to come
-/// back; a cancel gives its uid back; a claim whose job Nomad does not run is taken over only
-/// once it is old (a claim is made just before its job is registered).
+/// back; a cancelled job's uid comes back once its tasks have ended (not at the cancel: they
+/// run on until their client has killed them); a claim whose job Nomad does not run is taken
+/// over only once it is old (a claim is made just before its job is registered).
 #[tokio::test]
 async fn a_jobs_uid_is_handed_out_by_the_pool_one_job_at_a_time() {
     use aic_core::scheduler::nomad::uids::{PREFIX, STALE_AFTER};
@@ -1329,8 +1330,16 @@ async fn a_jobs_uid_is_handed_out_by_the_pool_one_job_at_a_time() {
     }
     assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&c3)));
 
-    // A cancel gives the uid back; the third job gets it.
+    // Cancelled, a's tasks run on until killed: its uid is still its own.
     two.cancel(&a).await.unwrap();
+    assert!(one.submit(&c3, &m3).await.is_err(), "a uid went to a new job while the cancelled one's tasks ran");
+    // They end: the watcher gives the uid back, and the third job gets it.
+    let ended: Vec<String> = state.lock().unwrap().kill_stopped();
+    assert!(!ended.is_empty());
+    for aid in ended {
+        let ev = json!({"ID": aid, "JobID": nomad_id(&a), "Namespace": "aic", "ClientStatus": "complete"});
+        one.meter_ended(&ev).await.unwrap();
+    }
     assert!(!state.lock().unwrap().vars.contains_key(&format!("{PREFIX}{ua}")), "the claim outlived its job");
     one.submit(&c3, &m3).await.unwrap();
     assert_eq!(uid_of(&state.lock().unwrap(), &c3), ua);
@@ -1338,6 +1347,7 @@ async fn a_jobs_uid_is_handed_out_by_the_pool_one_job_at_a_time() {
     // A claim whose job Nomad does not run (its host stopped before giving it back): kept
     // while it is young, taken over once it is old.
     two.cancel(&b).await.unwrap();
+    state.lock().unwrap().kill_stopped();
     let ghost = "aic-01ghost00000000000000000";
     {
         let mut s = state.lock().unwrap();

@@ -240,6 +240,7 @@ impl LocalScheduler {
                     tracing::warn!(error = %e, miner, "cannot relay the egress proxy into a job's network again");
                 }
             }
+            n.sweep_job_networks();
         }
         let adopted = watch.len();
         if adopted + gone.len() > 0 {

@@ -187,6 +187,9 @@ struct Inner {
     exec_gateway: Mutex<Option<crate::grant::WorkerGateway>>,
     /// The miners' network namespaces, when they have them (`net`).
     net: Option<net::Net>,
+    /// Why the miners have no namespaces although this host could make them (root): jobs
+    /// would share this machine's network, so none is started (`spawn`).
+    net_refused: Option<String>,
     /// How jobs are confined (as root).
     sandbox: Option<sandbox::Sandbox>,
 }
@@ -208,12 +211,20 @@ impl LocalScheduler {
     }
 
     pub fn new(cfg: LocalConfig, store: Store) -> Self {
+        let mut net_refused = None;
         let net = match net::Net::wanted() {
             false => None,
             true => match net::Net::setup(&cfg.work_root, cfg.miners, miner_name) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     tracing::warn!(error = %e, "the simulated miners cannot have network namespaces here; they share this host's loopback");
+                    // As root, jobs would then share this machine's network (each other's
+                    // ports, its loopback services): refused, unless the operator said so.
+                    if nix::unistd::geteuid().is_root() {
+                        net_refused = Some(format!(
+                            "this pool cannot give jobs networks of their own ({e}): install iproute2 and nftables, or set AIC_POOL_NETNS=0 to run jobs in this machine's network"
+                        ));
+                    }
                     None
                 }
             },
@@ -247,6 +258,7 @@ impl LocalScheduler {
                 worker_lost: Mutex::new(None),
                 exec_gateway: Mutex::new(None),
                 net,
+                net_refused,
                 sandbox,
             }),
         };

@@ -31,6 +31,9 @@ impl LocalScheduler {
         miner: usize,
         slots: &[usize],
     ) -> std::io::Result<Spawned> {
+        if let Some(why) = &self.inner.net_refused {
+            return Err(std::io::Error::other(why.clone()));
+        }
         let cfg = &self.inner.cfg;
         let miner_name = &st.miners[miner].name;
         // Its job's network on the miner (`net::jobs`): the slot its other allocations have.

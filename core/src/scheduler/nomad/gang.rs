@@ -76,14 +76,10 @@ impl NomadScheduler {
     }
 
     /// Removes the job and its allocations from Nomad at once (`purge`: no blocked
-    /// evaluation is left to place the rest later); its uid goes back to the pool (registered
-    /// again, it claims one anew).
+    /// evaluation is left to place the rest later). Its uid goes back to the pool when its
+    /// stopped tasks have ended (`uids`).
     pub(super) async fn purge(&self, id: &str) -> Result<(), ScheduleError> {
-        let registered = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?;
         self.call(reqwest::Method::DELETE, &format!("job/{id}"), &[("purge", "true".into())], None).await?;
-        if let Some(j) = registered {
-            self.release_uid(id, &j["Meta"]).await?;
-        }
         Ok(())
     }
 

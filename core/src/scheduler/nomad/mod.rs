@@ -308,9 +308,8 @@ impl Scheduler for NomadScheduler {
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {
         // Nomad's job is named by the id alone: never deregister another owner's.
         let id = nomad_id(job);
-        let registered = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?;
-        if let Some(j) = &registered
-            && anothers(j, job)
+        if let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?
+            && anothers(&j, job)
         {
             tracing::warn!(job = %job.job, owner = %job.owner, "cancel of another owner's Nomad job refused");
             return Ok(());
@@ -321,10 +320,7 @@ impl Scheduler for NomadScheduler {
         if self.cfg.worker_gateway.is_some() {
             self.call(reqwest::Method::DELETE, &format!("var/{}", spec::token_var(&id)), &[], None).await?;
         }
-        // Its uid goes back to the pool (its tasks were stopped with it).
-        if let Some(j) = &registered {
-            self.release_uid(&id, &j["Meta"]).await?;
-        }
+        // (Its uid goes back to the pool once its tasks have ended: `uids`.)
         self.unwait(&job.job).await
     }
 

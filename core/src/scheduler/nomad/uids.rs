@@ -9,10 +9,13 @@
 //! so two functions hosts registering at once never take the same one. The job's meta keeps
 //! it (`aic_uid`): a restart (a new version of the job) keeps its uid, and the uids in use are
 //! those of the jobs Nomad runs (`GET /v1/jobs?meta=true`, what runs now, not the history).
-//! A claim is given back when the job ends or is cancelled (`DELETE ?cas=<its index>`, only
-//! the job's own); one whose job runs no more (a host stopped before it gave it back) is taken
-//! over once it is older than [`STALE_AFTER`] (a claim is made just before its job is
-//! registered, and must not be taken in that instant).
+//! A claim is given back once no allocation of its job runs any more (the watcher's
+//! `meter_ended`: a deregistered job's tasks run on until their client has killed them, so
+//! not at the cancel) and the job as Nomad has it is stopped, gone or holds another uid
+//! (`DELETE ?cas=<its index>`, only the job's own); one whose job runs no more (a host stopped
+//! before it gave it back, a job cancelled before it was placed) is taken over once it is
+//! older than [`STALE_AFTER`] (a claim is made just before its job is registered, and must
+//! not be taken in that instant).
 
 use serde_json::{Value, json};
 
@@ -46,9 +49,12 @@ impl NomadScheduler {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|j| j["Status"] != "dead" && j["Stop"] != true)
+            // A stopped job's tasks run on until its client has killed them: live until dead.
+            .filter(|j| j["Status"] != "dead")
             .filter_map(|j| Some((j["Meta"]["aic_uid"].as_str()?.parse().ok()?, j["ID"].as_str()?.to_string())))
             .collect();
+        // The uid its meta names, unless another running job holds it now.
+        let held = held.filter(|u| live.get(u).is_none_or(|j| j == id));
         let start = (ulid::Ulid::new().random() % u128::from(count.max(1))) as u32;
         let candidates = held
             .into_iter()
@@ -88,7 +94,8 @@ impl NomadScheduler {
             Err(NomadError::Api(409, text)) => {
                 // Held: the variable that holds it.
                 let held: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                let holder = held["Items"]["job"].as_str().unwrap_or("");
+                // A claim whose holder cannot be read is held.
+                let Some(holder) = held["Items"]["job"].as_str() else { return Ok(false) };
                 if holder == id {
                     return Ok(true);
                 }
@@ -107,9 +114,18 @@ impl NomadScheduler {
         }
     }
 
-    /// Gives back the uid job `id` holds (its meta's `aic_uid`), if the claim is still its own.
+    /// Gives back the uid job `id` held (`meta`: the meta of the version whose allocations
+    /// all ended), if the claim is still its own and the job as Nomad has it now (a restart
+    /// registers it again) does not run under it.
     pub(super) async fn release_uid(&self, id: &str, meta: &Value) -> Result<(), ScheduleError> {
         let Some(uid) = meta["aic_uid"].as_str().and_then(|u| u.parse::<u32>().ok()) else { return Ok(()) };
+        if let Some(now) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await?
+            && now["Stop"] != true
+            && now["Status"] != "dead"
+            && now["Meta"]["aic_uid"].as_str() == Some(uid.to_string().as_str())
+        {
+            return Ok(());
+        }
         let path = format!("var/{PREFIX}{uid}");
         let Some(held) = self.call(reqwest::Method::GET, &path, &[], None).await? else { return Ok(()) };
         let Some(index) = held["ModifyIndex"].as_u64().filter(|_| held["Items"]["job"] == id) else { return Ok(()) };

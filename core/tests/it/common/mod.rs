@@ -822,8 +822,17 @@ async fn handle(
                 .filter(|(id, _)| id.starts_with(&prefix))
                 .map(|(id, j)| {
                     let running = s.allocs.get(id).is_some_and(|a| !a.is_empty());
+                    // A stopped job is `dead` once none of its allocations runs any more.
+                    let live = s.allocs.get(id).is_some_and(|a| {
+                        a.iter().any(|aid| s.info.get(aid).is_some_and(|i| i.finished_at.is_none()))
+                    });
+                    let status = match (j["Stop"] == true, live, running) {
+                        (true, false, _) => "dead",
+                        (_, _, true) => "running",
+                        _ => "pending",
+                    };
                     let mut stub = json!({"ID": id, "Name": id, "Type": j["Type"], "Namespace": "aic", "Stop": j["Stop"],
-                        "Status": if running { "running" } else { "pending" }, "Version": j["Version"]});
+                        "Status": status, "Version": j["Version"]});
                     if with_meta {
                         stub["Meta"] = j["Meta"].clone();
                     }

@@ -35,18 +35,22 @@ pub(super) fn octet(id: &str, dir: &std::path::Path, gateway: Ipv4Addr) -> Resul
         return Err(format!("{POOLS}/.lock: {}", std::io::Error::last_os_error()));
     }
     let mine = pools.join(format!(".jobs-{id}"));
-    if let Some(o) = std::fs::read_to_string(&note).ok().and_then(|t| t.trim().parse::<u8>().ok()) {
-        let _ = std::fs::write(&mine, o.to_string());
-        return Ok(o);
-    }
+    // Other pools' (a pool that stopped gave its own up; another may have taken it since).
     let noted: HashSet<String> = std::fs::read_dir(pools)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".jobs-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".jobs-") && e.path() != mine)
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .map(|t| t.trim().to_string())
         .collect();
+    if let Some(o) = std::fs::read_to_string(&note).ok().and_then(|t| t.trim().parse::<u8>().ok()) {
+        if !noted.contains(&o.to_string()) {
+            let _ = std::fs::write(&mine, o.to_string());
+            return Ok(o);
+        }
+        tracing::warn!(octet = o, "another pool took this pool's jobs' network while it was stopped: taking another");
+    }
     let taken = Command::new("ip").args(["-o", "-4", "addr"]).output().map_err(|e| format!("ip: {e}"))?;
     let taken = String::from_utf8_lossy(&taken.stdout).to_string();
     let routes = Command::new("ip").args(["-4", "route"]).output().map_err(|e| format!("ip: {e}"))?;
@@ -82,8 +86,9 @@ pub(super) fn miner_rules(gateway: Ipv4Addr, jobs: u8, miner: u32) -> String {
     );
     for s in SLOTS {
         // Out of job `s` here: from its own address, to the same job's on the other miners.
+        // (Anything else of it is dropped here, never tried against another job's chain.)
         t.push_str(&format!(
-            "\tchain from{s} {{\n\t\tip saddr {} ip daddr 10.{jobs}.0.0/16 ip daddr & 0.0.0.255 == 0.0.0.{s} accept\n\t}}\n",
+            "\tchain from{s} {{\n\t\tip saddr {} ip daddr 10.{jobs}.0.0/16 ip daddr & 0.0.0.255 == 0.0.0.{s} accept\n\t\tdrop\n\t}}\n",
             own(s)
         ));
         // Into job `s` here: from the same job's addresses on the other miners.
@@ -164,6 +169,9 @@ impl Net {
         taken: &HashSet<u8>,
     ) -> Option<u8> {
         let mut last = self.last_slot.lock().unwrap();
+        if own.is_some_and(|s| taken.contains(&s)) {
+            return None; // another job's now: never two jobs in one network
+        }
         let slot = own
             .or_else(|| last.as_ref().filter(|(j, s)| j == job && !taken.contains(s)).map(|(_, s)| *s))
             .or_else(|| SLOTS.into_iter().find(|s| !taken.contains(s)))?;
@@ -209,6 +217,21 @@ impl Net {
     /// adopted workers run in.
     pub(in crate::scheduler::local) fn adopt_job_network(&self, job: &JobKey, miner: u32, slot: u8) {
         self.made.lock().unwrap().insert(self.job_netns(miner, slot), job.clone());
+    }
+
+    /// A host after a crash, once it adopted what runs: removes the job networks no adopted
+    /// worker runs in (an earlier host's, whose jobs ended while none watched).
+    pub(in crate::scheduler::local) fn sweep_job_networks(&self) {
+        let mut made = self.made.lock().unwrap();
+        let prefix = format!("aic{}-", self.id);
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some((miner, slot)) = name.strip_prefix(&prefix).and_then(|r| r.split_once('j')) else { continue };
+            let (Ok(miner), Ok(slot)) = (miner.parse::<u32>(), slot.parse::<u8>()) else { continue };
+            if miner >= 1 && !made.contains_key(&name) {
+                self.remove_network(&mut made, miner - 1, slot);
+            }
+        }
     }
 
     /// Removes `job`'s network on miner `miner` in slot `slot`, unless the slot was made for
@@ -274,6 +297,8 @@ mod tests {
         let slot_a = net.slot_for(&a, None, &HashSet::new()).unwrap();
         let slot_b = net.slot_for(&b, None, &[slot_a].into()).unwrap();
         assert_ne!(slot_a, slot_b);
+        // A slot another job holds now is never a job's own again (two jobs, one network).
+        assert_eq!(net.slot_for(&b, Some(slot_a), &[slot_a].into()), None);
         for m in 0..2 {
             net.job_network(&a, m, slot_a).unwrap();
         }
