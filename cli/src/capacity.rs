@@ -29,7 +29,7 @@ pub async fn gateways(env: &Env, host: Option<&Hosted>) -> anyhow::Result<Vec<Ga
                 vec![GatewayInfo {
                     name: "local".into(),
                     miners: (1..=miners)
-                        .map(|i| MinerInfo { name: format!("miner-{i}"), gpus, free_gpus: gpus, down: None })
+                        .map(|i| MinerInfo { name: format!("miner-{i}"), gpus, free_gpus: gpus, ..Default::default() })
                         .collect(),
                 }]
             }
@@ -54,10 +54,35 @@ pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
             g.name,
             g.miners.len()
         );
+        // Free and total GPUs of each model (and memory), where the pool knows them.
+        let mut models: std::collections::BTreeMap<(String, u64), (u32, u32)> = Default::default();
+        for m in g.miners.iter().filter(|m| m.down.is_none()) {
+            if let Some(model) = &m.gpu_model {
+                let e = models.entry((model.clone(), m.gpu_memory_mb.unwrap_or(0))).or_default();
+                e.0 += m.free_gpus;
+                e.1 += m.gpus;
+            }
+        }
+        for ((model, mem), (free, total)) in &models {
+            let mem =
+                if *mem > 0 { format!(" {}", aic_core::scheduler::gpus::memory_text(*mem)) } else { String::new() };
+            println!("   {model}{mem}: {free} of {total} free");
+        }
         for m in &g.miners {
+            let gpus = match (&m.gpu_model, m.gpu_memory_mb) {
+                (Some(model), Some(mem)) => {
+                    format!(
+                        "{} ({model}, {})",
+                        aic_core::plural(m.gpus, "GPU"),
+                        aic_core::scheduler::gpus::memory_text(mem)
+                    )
+                }
+                (Some(model), None) => format!("{} ({model})", aic_core::plural(m.gpus, "GPU")),
+                _ => aic_core::plural(m.gpus, "GPU"),
+            };
             match &m.down {
-                Some(why) => println!("   {:<20} {}, down: {why}", m.name, aic_core::plural(m.gpus, "GPU")),
-                None => println!("   {:<20} {}, {} free", m.name, aic_core::plural(m.gpus, "GPU"), m.free_gpus),
+                Some(why) => println!("   {:<20} {gpus}, down: {why}", m.name),
+                None => println!("   {:<20} {gpus}, {} free", m.name, m.free_gpus),
             }
         }
     }

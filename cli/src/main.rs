@@ -201,6 +201,10 @@ enum DevCmd {
         /// GPU slots per miner (default: AIC_POOL_GPUS or 1).
         #[arg(long)]
         gpus: Option<u32>,
+        /// One miner's GPUs, MODEL:MEM_GB[:COUNT] (e.g. A10:24:2); repeat it for each miner
+        /// of a mixed farm (default: AIC_POOL_GPU_TYPES, else miners alike).
+        #[arg(long = "gpu-type", value_name = "MODEL:MEM_GB[:COUNT]")]
+        gpu_type: Vec<aic_core::scheduler::gpus::GpuType>,
     },
 }
 
@@ -408,13 +412,33 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                 "AIC_GATEWAY is set: the pool runs behind that gateway; unset it to host the embedded pool here"
             )
         }
-        Cmd::Dev(DevCmd::Up { miners, gpus }) => {
+        Cmd::Dev(DevCmd::Up { miners, gpus, gpu_type }) => {
             let (dm, dg) = pool::pool_size()?;
             let (m, g) = (miners.unwrap_or(dm), gpus.unwrap_or(dg));
-            let hosted = pool::Hosted::try_host(&env, m, g).await?.ok_or_else(|| {
+            let farm = if gpu_type.is_empty() {
+                aic_core::scheduler::gpus::from_env().map_err(|e| anyhow::anyhow!("AIC_POOL_GPU_TYPES: {e}"))?
+            } else {
+                gpu_type
+            };
+            let shape = if farm.is_empty() {
+                format!("{m} miners × {g} GPUs")
+            } else {
+                farm.iter()
+                    .map(|t| {
+                        format!(
+                            "{} × {} {}",
+                            t.count.unwrap_or(g),
+                            t.model,
+                            aic_core::scheduler::gpus::memory_text(t.memory_mb)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let hosted = pool::Hosted::try_host_farm(&env, m, g, farm).await?.ok_or_else(|| {
                 anyhow::anyhow!("another aic process hosts the embedded pool at {}; stop it first", env.home.display())
             })?;
-            eprintln!("embedded pool up: {m} miners × {g} GPUs, store {}, Ctrl-C to stop", env.store_config.url());
+            eprintln!("embedded pool up: {shape}, store {}, Ctrl-C to stop", env.store_config.url());
             eprintln!(
                 "web app and API: {}/ (`aic open`; AIC_GATEWAY={} for `aic` in pool mode)",
                 hosted.serve_addr, hosted.serve_addr

@@ -117,6 +117,18 @@ fn worker_bin() -> PathBuf {
 impl Hosted {
     /// Hosts the pool unless another process already does (`Ok(None)`).
     pub async fn try_host(env: &Env, miners: u32, gpus: u32) -> anyhow::Result<Option<Hosted>> {
+        let farm = aic_core::scheduler::gpus::from_env().map_err(|e| anyhow!("AIC_POOL_GPU_TYPES: {e}"))?;
+        Self::try_host_farm(env, miners, gpus, farm).await
+    }
+
+    /// Hosts the pool with miners of the GPUs `farm` names (one entry per miner; empty:
+    /// `miners` alike).
+    pub async fn try_host_farm(
+        env: &Env,
+        miners: u32,
+        gpus: u32,
+        farm: Vec<aic_core::scheduler::gpus::GpuType>,
+    ) -> anyhow::Result<Option<Hosted>> {
         if env.gateway.is_some() {
             // Pool mode: the pool runs behind the gateway.
             return Ok(None);
@@ -141,6 +153,7 @@ impl Hosted {
             worker_env: [env.store_config.env(), worker_env_from_env().map_err(anyhow::Error::msg)?].concat(),
             time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
             sandbox: LocalConfig::sandboxed(),
+            gpu_types: farm,
         };
         let scheduler = LocalScheduler::new(cfg, env.store.clone());
         let (chain, dev) = chain(env).await?;

@@ -131,6 +131,7 @@ pub fn build() -> anyhow::Result<Built> {
                 worker_env: [store_config.env(), worker_env.clone()].concat(),
                 time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
                 sandbox: aic_core::scheduler::local::LocalConfig::sandboxed(),
+                gpu_types: aic_core::scheduler::gpus::from_env().map_err(|e| anyhow!("AIC_POOL_GPU_TYPES: {e}"))?,
             };
             Arc::new(LocalScheduler::new(cfg, store.clone()))
         }

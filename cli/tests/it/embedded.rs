@@ -1568,3 +1568,40 @@ while pid > 1:
     assert!(h.aic(&["cancel", &victim]).status.success());
     let _ = std::fs::remove_file(std::env::temp_dir().join(&canary));
 }
+
+/// A mixed farm (`aic dev up --gpu-type MODEL:MEM_GB[:COUNT]`, one per miner, as
+/// `docs/commands.md` writes it): `aic pool` shows each miner's model and memory and
+/// the free GPUs of each model; a job asking 4 GPUs on a miner runs on one of the miners that
+/// has 4, and one asking more than any miner has is refused before paying, saying what the
+/// pool has. A `--gpu-type` that is not MODEL:MEM_GB[:COUNT] is refused with how to write it.
+#[test]
+fn a_mixed_farm_shows_its_models_and_places_a_job_on_the_miners_big_enough() {
+    let h = Home::new();
+    let bad = h.aic(&["dev", "up", "--gpu-type", "A10"]);
+    assert_eq!(bad.status.code(), Some(2), "{:?}", text(&bad));
+    assert!(text(&bad).1.contains("MODEL:MEM_GB[:COUNT]"), "{:?}", text(&bad));
+    let farm = ["--gpu-type", "A10:24:2", "--gpu-type", "A10:24:2", "--gpu-type", "T4:8:4", "--gpu-type", "T4:8:4"];
+    let docs = std::fs::read_to_string(repo().join("docs/commands.md")).unwrap();
+    assert!(docs.contains(&format!("aic dev up {}", farm.join(" "))), "docs/commands.md shows another farm");
+    let _pool = DevUp::start_args(&h, &farm, &[]);
+    let pool = text(&h.aic(&["pool"])).0;
+    assert!(pool.contains("A10 24 GB: 4 of 4 free") && pool.contains("T4 8 GB: 8 of 8 free"), "{pool}");
+    assert!(pool.contains("miner-1") && pool.contains("2 GPUs (A10, 24 GB), 2 free"), "{pool}");
+    assert!(pool.contains("miner-4") && pool.contains("4 GPUs (T4, 8 GB), 4 free"), "{pool}");
+    let json: serde_json::Value = serde_json::from_str(&text(&h.aic(&["pool", "--json"])).0).unwrap();
+    assert_eq!(json[0]["miners"][2]["gpu_model"], "T4");
+    assert_eq!(json[0]["miners"][2]["gpu_memory_mb"], 8192);
+
+    let who = h.write("who.sh", "hostname\n");
+    let out = h.aic(&["run", who.to_str().unwrap(), "--gpus", "4"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("miner-3") || stdout.contains("miner-4"), "a 4-GPU job ran on a 2-GPU miner: {stdout}");
+    let out = h.aic(&["run", who.to_str().unwrap(), "--gpus", "5"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("5 free GPUs") && stderr.contains("4 × T4 8 GB") && stderr.contains("nothing was paid"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,7 @@
 //! What every backend shares lives here: [`launch`] (what a worker is told, and what of the
 //! operator's environment it may have) and [`recovery`] (what a lost allocation means).
 
+pub mod gpus;
 pub mod job_user;
 pub mod launch;
 pub mod local;
@@ -82,7 +83,7 @@ pub enum ScheduleError {
 }
 
 /// One miner as the pool reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MinerInfo {
     pub name: String,
     pub gpus: u32,
@@ -90,6 +91,12 @@ pub struct MinerInfo {
     /// Why the miner is down (not heard from), when it is: it takes no allocations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down: Option<String>,
+    /// Its GPUs' model (`gpus`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    /// Each GPU's memory in MiB, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mb: Option<u64>,
 }
 
 /// A gateway (Nomad datacenter / node pool) and its miners.
@@ -209,7 +216,23 @@ pub fn can_fit(gateways: &[GatewayInfo], miners: u32, gpus: u32) -> Result<(), S
                 )
             } else {
                 let big = g.miners.iter().filter(|m| m.gpus >= gpus).count() as u32;
-                format!("pool {} has {} with {} or more", g.name, plural(big, "miner"), plural(gpus, "GPU"))
+                // Its miners' shapes: `2 × A10 24 GB`, or `2 GPUs` where the model is unknown.
+                let shapes: std::collections::BTreeSet<String> = g
+                    .miners
+                    .iter()
+                    .map(|m| match (&m.gpu_model, m.gpu_memory_mb) {
+                        (Some(model), Some(mem)) => format!("{} × {model} {}", m.gpus, gpus::memory_text(mem)),
+                        (Some(model), None) => format!("{} × {model}", m.gpus),
+                        _ => plural(m.gpus, "GPU"),
+                    })
+                    .collect();
+                format!(
+                    "pool {} has {} with {} or more (its miners: {})",
+                    g.name,
+                    plural(big, "miner"),
+                    plural(gpus, "GPU"),
+                    shapes.into_iter().collect::<Vec<_>>().join(", ")
+                )
             }
         })
         .collect();
@@ -259,7 +282,7 @@ mod tests {
             miners: gpus
                 .iter()
                 .enumerate()
-                .map(|(i, g)| MinerInfo { name: format!("m{i}"), gpus: *g, free_gpus: 0, down: None })
+                .map(|(i, g)| MinerInfo { name: format!("m{i}"), gpus: *g, ..Default::default() })
                 .collect(),
         }
     }
@@ -275,7 +298,16 @@ mod tests {
         );
         assert_eq!(
             can_fit(&[gw("a", &[1, 4]), gw("b", &[2])], 2, 2).unwrap_err(),
-            "needs 2 miners with 2 free GPUs; pool a has 1 miner with 2 GPUs or more; pool b has 1 miner with 2 GPUs each"
+            "needs 2 miners with 2 free GPUs; pool a has 1 miner with 2 GPUs or more (its miners: 1 GPU, 4 GPUs); pool b has 1 miner with 2 GPUs each"
+        );
+        // Where the pool knows its miners' models, it names them.
+        let mut mixed = gw("farm", &[2, 4]);
+        for (m, (model, mem)) in mixed.miners.iter_mut().zip([("A10", 24 * 1024), ("T4", 8 * 1024)]) {
+            (m.gpu_model, m.gpu_memory_mb) = (Some(model.into()), Some(mem));
+        }
+        assert_eq!(
+            can_fit(&[mixed], 1, 5).unwrap_err(),
+            "needs 1 miner with 5 free GPUs; pool farm has 0 miners with 5 GPUs or more (its miners: 2 × A10 24 GB, 4 × T4 8 GB)"
         );
     }
 

@@ -727,6 +727,21 @@ async fn a_device_request_is_met_within_one_device_group() {
     assert!(matches!(n.submit(&job, &m).await.unwrap(), Submitted::Placed(_)));
 }
 
+/// What a miner has, as the NVIDIA device plugin fingerprints it: each device group's name
+/// (the GPU model) and its `memory` attribute (MiB), reported by `aic pool`.
+#[tokio::test]
+async fn a_miners_gpu_model_and_memory_come_from_the_device_plugins_fingerprint() {
+    let (_state, addr) = nomad().await;
+    let n = NomadScheduler::new(cfg(&addr, TOKEN), temp_store());
+    let pool = n.pool().await.unwrap();
+    let tg = pool.iter().find(|g| g.name == "test_gateway").unwrap();
+    for m in &tg.miners {
+        assert_eq!((m.gpu_model.as_deref(), m.gpu_memory_mb), (Some("Tesla T4"), Some(15360)), "{m:?}");
+    }
+    let json = serde_json::to_value(&tg.miners[0]).unwrap();
+    assert_eq!((&json["gpu_model"], &json["gpu_memory_mb"]), (&json!("Tesla T4"), &json!(15360)));
+}
+
 #[tokio::test]
 async fn gpus_held_by_other_namespaces_are_not_free() {
     let (state, addr) = nomad().await;

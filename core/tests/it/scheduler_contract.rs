@@ -52,6 +52,7 @@ fn local() -> Backend {
             time_limit_grace: Duration::from_secs(1),
             // Its workers are scripts that write into the test's folder: not sandboxed.
             sandbox: false,
+            gpu_types: Vec::new(),
         },
         store.clone(),
     );
@@ -580,6 +581,7 @@ async fn a_usage_record_the_store_refuses_is_written_once_it_heals_and_settle_wa
             time_limit_grace: Duration::from_secs(1),
             // Its workers are scripts that write into the test's folder: not sandboxed.
             sandbox: false,
+            gpu_types: Vec::new(),
         },
         failing,
     );

@@ -163,6 +163,7 @@ fn api() -> &'static Api {
                     time_limit_grace: std::time::Duration::from_secs(1),
                     // Its workers are scripts that write into the test's folder: not sandboxed.
                     sandbox: false,
+                    gpu_types: Vec::new(),
                 },
                 store.clone(),
             );

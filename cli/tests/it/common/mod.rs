@@ -168,7 +168,12 @@ impl DevUp {
 
     /// With extra environment for the pool (and so its workers).
     pub fn start_with(h: &Home, env: &[(&str, &str)]) -> DevUp {
-        let mut cmd = h.cmd(&["dev", "up"]);
+        DevUp::start_args(h, &[], env)
+    }
+
+    /// `aic dev up ARGS…` with extra environment.
+    pub fn start_args(h: &Home, args: &[&str], env: &[(&str, &str)]) -> DevUp {
+        let mut cmd = h.cmd(&[&["dev", "up"], args].concat());
         cmd.envs(env.iter().copied());
         // Its log is kept beside the home (`dev-up.log`) for a failing test to be read.
         let log = std::fs::OpenOptions::new().create(true).append(true).open(h.path().join("dev-up.log")).unwrap();

@@ -71,6 +71,10 @@ pub struct LocalConfig {
     /// Whether each job runs under a uid, namespaces and cgroup of its own (`sandbox`; as
     /// root). [`LocalConfig::sandboxed`] says what the host's settings ask for.
     pub sandbox: bool,
+    /// Each miner's GPUs, when the farm is mixed (`AIC_POOL_GPU_TYPES`, `aic dev up
+    /// --gpu-type`): as many miners as entries, each with its count (else `gpus_per_miner`).
+    /// Empty: `miners` alike, of the model `nvidia-smi` reports, if any.
+    pub gpu_types: Vec<super::gpus::GpuType>,
 }
 
 impl LocalConfig {
@@ -90,6 +94,9 @@ fn miner_name(i: u32) -> String {
 
 struct Miner {
     name: String,
+    /// Its GPUs' model and memory each (MiB), when known.
+    gpu_model: Option<String>,
+    gpu_memory_mb: Option<u64>,
     /// Its loopback address.
     host: std::net::Ipv4Addr,
     /// `true` where the GPU slot is free.
@@ -210,7 +217,17 @@ impl LocalScheduler {
         }
     }
 
-    pub fn new(cfg: LocalConfig, store: Store) -> Self {
+    pub fn new(mut cfg: LocalConfig, store: Store) -> Self {
+        // A mixed farm: a miner per entry, with its own GPUs.
+        let farm: Vec<Option<super::gpus::GpuType>> = if cfg.gpu_types.is_empty() {
+            let here = super::gpus::from_nvidia_smi();
+            (0..cfg.miners).map(|_| here.clone()).collect()
+        } else {
+            cfg.miners = cfg.gpu_types.len() as u32;
+            cfg.gpus_per_miner =
+                cfg.gpu_types.iter().map(|t| t.count.unwrap_or(cfg.gpus_per_miner)).max().unwrap_or(cfg.gpus_per_miner);
+            cfg.gpu_types.iter().cloned().map(Some).collect()
+        };
         let mut net_refused = None;
         let net = match net::Net::wanted() {
             false => None,
@@ -233,11 +250,17 @@ impl LocalScheduler {
         let miners = (0..cfg.miners)
             .map(|i| Miner {
                 name: miner_name(i),
+                gpu_model: farm[i as usize].as_ref().map(|t| t.model.clone()),
+                gpu_memory_mb: farm[i as usize].as_ref().map(|t| t.memory_mb),
                 host: match &net {
                     Some(n) => n.address(i),
                     None => std::net::Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8),
                 },
-                free: vec![true; cfg.gpus_per_miner as usize],
+                free: vec![
+                    true;
+                    (if cfg.gpu_types.is_empty() { None } else { farm[i as usize].as_ref().and_then(|t| t.count) })
+                        .unwrap_or(cfg.gpus_per_miner) as usize
+                ],
                 down: None,
             })
             .collect();
@@ -390,13 +413,18 @@ impl Scheduler for LocalScheduler {
         // A resumed job's run starts at its own first attempt.
         let first = crate::runs::first_attempt(m.run);
         let r = &m.request;
-        if r.miners > cfg.miners || r.gpus_per_miner > cfg.gpus_per_miner {
+        let big_enough = st.miners.iter().filter(|mi| mi.free.len() as u32 >= r.gpus_per_miner).count() as u32;
+        if r.miners > big_enough {
+            let sizes: std::collections::BTreeSet<usize> = st.miners.iter().map(|mi| mi.free.len()).collect();
+            let each = match sizes.iter().collect::<Vec<_>>().as_slice() {
+                [one] => crate::plural(**one as u64, "GPU"),
+                many => format!("{} GPUs", many.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(" or ")),
+            };
             return Err(ScheduleError::Unplaceable(format!(
-                "needs {}; pool {} has {} with {} each",
+                "needs {}; pool {} has {} with {each} each",
                 Self::describe_need(m),
                 cfg.gateway,
                 crate::plural(cfg.miners, "miner"),
-                crate::plural(cfg.gpus_per_miner, "GPU"),
             )));
         }
         // Keep queue order: a job does not overtake those already waiting.
@@ -479,6 +507,8 @@ impl Scheduler for LocalScheduler {
                     gpus: m.free.len() as u32,
                     free_gpus: if m.down.is_some() { 0 } else { m.free.iter().filter(|f| **f).count() as u32 },
                     down: m.down.clone(),
+                    gpu_model: m.gpu_model.clone(),
+                    gpu_memory_mb: m.gpu_memory_mb,
                 })
                 .collect(),
         }])

@@ -100,17 +100,35 @@ impl NomadScheduler {
             // A request of N GPUs is met from one device group (vendor/type/model: Nomad's
             // DeviceChecker in scheduler/feasible.go), so a node can give one allocation as
             // many as its largest group has healthy.
-            let gpus: u32 = n["NodeResources"]["Devices"]
+            let largest = n["NodeResources"]["Devices"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter(|d| d["Vendor"] == "nvidia" && d["Type"] == "gpu")
                 .map(|d| {
-                    d["Instances"].as_array().map(|i| i.iter().filter(|x| x["Healthy"] != false).count()).unwrap_or(0)
-                        as u32
+                    let healthy = d["Instances"]
+                        .as_array()
+                        .map(|i| i.iter().filter(|x| x["Healthy"] != false).count())
+                        .unwrap_or(0) as u32;
+                    (healthy, d)
                 })
-                .max()
-                .unwrap_or(0);
+                .max_by_key(|(healthy, _)| *healthy);
+            let gpus = largest.map_or(0, |(g, _)| g);
+            // The NVIDIA device plugin names a group by its device name and fingerprints each
+            // group's `memory` as an integer attribute in MiB (nomad-device-nvidia
+            // fingerprint.go `attributesFromFingerprintDeviceData`; the API's `Attribute`
+            // JSON is `{"Int": …, "Unit": "MiB"}`).
+            let gpu_model = largest.and_then(|(_, d)| d["Name"].as_str()).filter(|m| !m.is_empty()).map(String::from);
+            let gpu_memory_mb = largest.and_then(|(_, d)| {
+                let m = &d["Attributes"]["memory"];
+                let v = m["Int"].as_u64()?;
+                match m["Unit"].as_str().unwrap_or("MiB") {
+                    "MiB" | "MB" => Some(v),
+                    "GiB" | "GB" => Some(v * 1024),
+                    "KiB" | "KB" => Some(v / 1024),
+                    _ => None,
+                }
+            });
             // What the scheduler may give allocations: the node's memory and disk less what
             // its client reserves (api/nodes.go: `NodeResources`, `ReservedResources`).
             let less_reserved = |what: &str, field: &str| {
@@ -127,6 +145,8 @@ impl NomadScheduler {
                 gpus,
                 memory_mb: less_reserved("Memory", "MemoryMB"),
                 disk_mb: less_reserved("Disk", "DiskMB"),
+                gpu_model,
+                gpu_memory_mb,
             });
         }
         Ok(out)
@@ -190,4 +210,8 @@ pub struct Node {
     pub gpus: u32,
     pub memory_mb: Option<u64>,
     pub disk_mb: Option<u64>,
+    /// The model of its largest NVIDIA device group (the group's `Name`) and each GPU's
+    /// memory (its `memory` attribute, in MiB: the device plugin's fingerprint).
+    pub gpu_model: Option<String>,
+    pub gpu_memory_mb: Option<u64>,
 }

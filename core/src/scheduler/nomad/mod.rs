@@ -408,7 +408,14 @@ impl Scheduler for NomadScheduler {
         for r in self.room().await?.into_iter().filter(|r| r.node.pool == self.cfg.room_pool()) {
             let free_gpus = r.free_gpus();
             let n = r.node;
-            gws.entry(n.datacenter).or_default().push(MinerInfo { name: n.name, gpus: n.gpus, free_gpus, down: None });
+            gws.entry(n.datacenter).or_default().push(MinerInfo {
+                name: n.name,
+                gpus: n.gpus,
+                free_gpus,
+                gpu_model: n.gpu_model,
+                gpu_memory_mb: n.gpu_memory_mb,
+                ..Default::default()
+            });
         }
         Ok(gws.into_iter().map(|(name, miners)| GatewayInfo { name, miners }).collect())
     }

@@ -520,11 +520,15 @@ async fn handle(
                     let inst = |from: u32, to: u32| -> Vec<Value> {
                         (from..to).map(|i| json!({"ID": format!("GPU-{id}-{i}"), "Healthy": true})).collect()
                     };
+                    // Each group's `memory` attribute as the NVIDIA device plugin fingerprints it
+                    // (an integer in MiB: nomad-device-nvidia fingerprint.go), in the API's
+                    // `Attribute` JSON.
+                    let mem = |mib: u64| json!({"memory": {"Int": mib, "Unit": "MiB"}, "power": {"Int": 70, "Unit": "W"}});
                     let devices = if *dc == "mixed" {
-                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, gpus / 2)},
-                            {"Vendor": "nvidia", "Type": "gpu", "Name": "A100", "Instances": inst(gpus / 2, *gpus)}])
+                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, gpus / 2), "Attributes": mem(15360)},
+                            {"Vendor": "nvidia", "Type": "gpu", "Name": "A100", "Instances": inst(gpus / 2, *gpus), "Attributes": mem(40960)}])
                     } else {
-                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, *gpus)}])
+                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, *gpus), "Attributes": mem(15360)}])
                     };
                     let status = if s.down.contains(*name) { "down" } else { "ready" };
                     // api/nodes.go `NodeListStub` with `resources=true`: `NodeResources` and

@@ -54,6 +54,7 @@ pub fn pool_on(dir: tempfile::TempDir, store: Store, miners: u32, worker_body: &
             time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
             // Its workers are scripts that write into the test's folder: not sandboxed.
             sandbox: false,
+            gpu_types: Vec::new(),
         },
         store.clone(),
     );
@@ -82,6 +83,7 @@ pub fn idle_scheduler(work: PathBuf, store: &Store, miners: u32) -> LocalSchedul
             time_limit_grace: aic_core::scheduler::local::TIME_LIMIT_GRACE,
             // Its workers are scripts that write into the test's folder: not sandboxed.
             sandbox: false,
+            gpu_types: Vec::new(),
         },
         store.clone(),
     )
