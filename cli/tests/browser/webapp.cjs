@@ -193,6 +193,7 @@ async function main() {
     await shoot(page, "jobs");
     await page.click("a[href='/pool']");
     await page.waitForSelector("table", { timeout: 15000 });
+    result.poolRows = await page.$$eval("table tr", (rows) => rows.map((r) => [...r.children].map((c) => c.textContent.trim())));
     await shoot(page, "pool");
     result.wallet = await page.evaluate(() => window.__wallet.log);
     if (cfg.tutorialOnly) return;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::{DevUp, Home, digits_dataset, repo, run_browser, run_webapp, walk};
 
-/// `aic dev up` with three simulated miners of one GPU: room for a two-replica deployment
-/// and the one-replica deployment that replaces it.
+/// `aic dev up` with three simulated miners of one GPU (a 16 GB T4 each): room for a
+/// two-replica deployment and the one-replica deployment that replaces it.
 struct Pool {
     home: Home,
     _up: DevUp,
@@ -32,7 +32,11 @@ impl Pool {
 
     fn start_with(env: &[(&str, &str)]) -> Pool {
         let home = Home::new();
-        let env = [&[("AIC_POOL_MINERS", "3"), ("AIC_SERVE_ADDR", "")], env].concat();
+        let env = [
+            &[("AIC_POOL_MINERS", "3"), ("AIC_POOL_GPU_TYPES", "T4:16:1,T4:16:1,T4:16:1"), ("AIC_SERVE_ADDR", "")],
+            env,
+        ]
+        .concat();
         let up = DevUp::start_with(&home, &env);
         Pool { home, _up: up }
     }
@@ -190,6 +194,10 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(r["wallet"]["watched"], serde_json::json!([chain["token"].as_str().unwrap().to_lowercase()]), "{dump}");
     assert_eq!(r["wallet"]["added"], serde_json::json!(["0x7a69"]), "the pool's chain added: {dump}");
     assert_eq!(r["wallet"]["wrongChainSends"], 0, "{dump}");
+    // The Pool page: each miner's GPU model and memory.
+    let rows = r["poolRows"].as_array().unwrap();
+    assert_eq!(rows[0], serde_json::json!(["Miner", "GPUs", "Model", "Memory", "Free"]), "{dump}");
+    assert!(rows[1..].iter().all(|row| row[2] == "T4" && row[3] == "16 GB"), "{dump}");
 
     // The training job: paid once (the declined signature did not pay twice), signed, ran on
     // two miners with both ranks in the log, succeeded; its checkpoint downloaded byte for byte.

@@ -5,6 +5,16 @@ interface Miner {
   name: string;
   gpus: number;
   free_gpus: number;
+  gpu_model?: string;
+  gpu_memory_mb?: number;
+  down?: string;
+}
+
+/** A GPU's memory as people read it: `24 GB`, `7.5 GB`. */
+function memory(mb?: number): string {
+  if (!mb) return "";
+  const gb = mb / 1024;
+  return Math.abs(gb - Math.round(gb)) < 0.05 ? `${Math.round(gb)} GB` : `${gb.toFixed(1)} GB`;
 }
 
 export async function poolPage(root: HTMLElement): Promise<void> {
@@ -18,7 +28,10 @@ export async function poolPage(root: HTMLElement): Promise<void> {
     root.append(
       h("h2", {}, `Gateway ${g.name}`),
       h("p", {}, `Available miners: ${avail} of ${g.miners.length} · free GPUs: ${free} of ${total}`),
-      table(["Miner", "GPUs", "Free"], g.miners.map((m) => [m.name, m.gpus, m.free_gpus])),
+      table(
+        ["Miner", "GPUs", "Model", "Memory", "Free"],
+        g.miners.map((m) => [m.name, m.gpus, m.gpu_model ?? "", memory(m.gpu_memory_mb), m.down ? "down" : m.free_gpus]),
+      ),
     );
   }
 }
