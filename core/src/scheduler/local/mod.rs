@@ -220,7 +220,8 @@ impl LocalScheduler {
     pub fn new(mut cfg: LocalConfig, store: Store) -> Self {
         // A mixed farm: a miner per entry, with its own GPUs.
         let farm: Vec<Option<super::gpus::GpuType>> = if cfg.gpu_types.is_empty() {
-            let here = super::gpus::from_nvidia_smi();
+            // This machine's model for every simulated miner; their counts stay the pool's.
+            let here = super::gpus::from_nvidia_smi().map(|t| super::gpus::GpuType { count: None, ..t });
             (0..cfg.miners).map(|_| here.clone()).collect()
         } else {
             cfg.miners = cfg.gpu_types.len() as u32;
@@ -258,8 +259,7 @@ impl LocalScheduler {
                 },
                 free: vec![
                     true;
-                    (if cfg.gpu_types.is_empty() { None } else { farm[i as usize].as_ref().and_then(|t| t.count) })
-                        .unwrap_or(cfg.gpus_per_miner) as usize
+                    farm[i as usize].as_ref().and_then(|t| t.count).unwrap_or(cfg.gpus_per_miner) as usize
                 ],
                 down: None,
             })

@@ -11,7 +11,7 @@ impl NomadScheduler {
         if let Some(id) = id {
             lock["ID"] = json!(id);
         }
-        json!({"Namespace": self.cfg.namespace.clone().unwrap_or_else(|| "default".into()),
+        json!({"Namespace": self.namespace(),
             "Path": self.cfg.leader_lock, "Items": {"holder": "aic-functions"}, "Lock": lock})
     }
 

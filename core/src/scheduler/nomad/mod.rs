@@ -115,6 +115,11 @@ impl NomadScheduler {
     pub fn config(&self) -> &NomadConfig {
         &self.cfg
     }
+
+    /// The namespace aic's jobs and Variables are in (Nomad's `default` when none is set).
+    pub(super) fn namespace(&self) -> String {
+        self.cfg.namespace.clone().unwrap_or_else(|| "default".into())
+    }
 }
 
 impl NomadScheduler {
@@ -191,7 +196,7 @@ impl NomadScheduler {
         // The workers' token, where their template reads it (`spec::token_var`).
         if let Some(g) = &self.cfg.worker_gateway {
             let path = spec::token_var(&id);
-            let body = json!({"Namespace": self.cfg.namespace.clone().unwrap_or_else(|| "default".into()), "Path": path,
+            let body = json!({"Namespace": self.namespace(), "Path": path,
                 "Items": {"worker_token": g.token(job, m, chrono::Utc::now())}});
             self.call(reqwest::Method::PUT, &format!("var/{path}"), &[], Some(&body)).await?;
         }

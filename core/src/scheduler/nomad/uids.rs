@@ -32,16 +32,11 @@ pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600)
 const TRIES: u32 = 64;
 
 impl NomadScheduler {
-    fn ns_(&self) -> String {
-        self.cfg.namespace.clone().unwrap_or_else(|| "default".into())
-    }
-
     /// The uid of Nomad job `id` (`registered`: the job as Nomad has it, if it does): the one
     /// its meta names while its claim is still its own, else a free one, claimed.
     pub(super) async fn job_uid(&self, id: &str, registered: Option<&Value>) -> Result<u32, ScheduleError> {
         let (first, count) = self.cfg.job_uids;
         let in_range = |u: u32| u >= first && u - first < count;
-        let held = registered.and_then(|j| j["Meta"]["aic_uid"].as_str()?.parse::<u32>().ok()).filter(|u| in_range(*u));
         // The uids Nomad's running aic jobs hold.
         let q = [("prefix", "aic-".to_string()), ("meta", "true".to_string())];
         let jobs = self.call(reqwest::Method::GET, "jobs", &q, None).await?.unwrap_or(Value::Null);
@@ -54,7 +49,9 @@ impl NomadScheduler {
             .filter_map(|j| Some((j["Meta"]["aic_uid"].as_str()?.parse().ok()?, j["ID"].as_str()?.to_string())))
             .collect();
         // The uid its meta names, unless another running job holds it now.
-        let held = held.filter(|u| live.get(u).is_none_or(|j| j == id));
+        let held = registered
+            .and_then(|j| j["Meta"]["aic_uid"].as_str()?.parse::<u32>().ok())
+            .filter(|u| in_range(*u) && live.get(u).is_none_or(|j| j == id));
         let start = (ulid::Ulid::new().random() % u128::from(count.max(1))) as u32;
         let candidates = held
             .into_iter()
@@ -81,7 +78,7 @@ impl NomadScheduler {
         live: &std::collections::HashMap<u32, String>,
     ) -> Result<bool, ScheduleError> {
         let path = format!("{PREFIX}{uid}");
-        let body = json!({"Namespace": self.ns_(), "Path": path, "Items": {"job": id}});
+        let body = json!({"Namespace": self.namespace(), "Path": path, "Items": {"job": id}});
         let put = |cas: u64| {
             let body = body.clone();
             let path = path.clone();

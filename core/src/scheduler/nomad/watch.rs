@@ -139,7 +139,7 @@ impl NomadScheduler {
     /// every (re)connect of the stream and every housekeeping pass; allocations handled are
     /// remembered and skipped. How many it acted on.
     pub async fn reconcile(&self) -> Result<usize, ScheduleError> {
-        let ns = self.cfg.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = self.namespace();
         let allocs =
             self.call(reqwest::Method::GET, "allocations", &[("namespace", ns)], None).await?.unwrap_or_default();
         let mut acted = 0;
