@@ -112,10 +112,15 @@ pub(crate) fn debian(with_browser: bool) -> anyhow::Result<()> {
     if !Path::new("/usr/bin/openssl").exists() {
         missing.push("openssl");
     }
-    // `nft`, which loads the Nomad clients' egress rules (infra/nomad/egress.nft) in a test's
-    // network namespace.
+    // `nft`, which guards each job's network in the simulated miners (as root the embedded
+    // pool starts no job without it) and loads the Nomad clients' egress rules
+    // (infra/nomad/egress.nft) in a test's network namespace; `ip`, which makes the miners'
+    // and jobs' namespaces.
     if !Path::new("/usr/sbin/nft").exists() {
         missing.push("nftables");
+    }
+    if !Path::new("/usr/sbin/ip").exists() && !Path::new("/sbin/ip").exists() && !Path::new("/usr/bin/ip").exists() {
+        missing.push("iproute2");
     }
     // `ps`, which tests read processes with.
     if !Path::new("/usr/bin/ps").exists() && !Path::new("/bin/ps").exists() {
