@@ -7,7 +7,8 @@
 //! | `AIC_CHAIN_ID` | `chain_id` |
 //! | `AIC_TOKEN` | `token` (the AIC contract) |
 //! | `AIC_TREASURY` | `treasury` |
-//! | `AIC_PRICE` | `price_per_gpu_hour`, in AIC (decimal, e.g. `0.5`) |
+//! | `AIC_PRICE` | `price_per_gpu_hour`, in AIC (decimal, e.g. `0.5`): of a model not in `gpu_prices` |
+//! | `AIC_GPU_PRICES` | `gpu_prices`: `MODEL=AIC` pairs, comma separated (`A100=3,T4=0.4`) |
 //! | `AIC_CONFIRMATIONS` | `confirmations` |
 //! | `AIC_ESCROW` | `escrow` (the AICEscrow contract: jobs are paid by deposit, unused time refunded) |
 //! | `AIC_ACCEPT_TRANSFERS` | `transfers`: `0` takes deposits into the escrow only; default `1` |
@@ -26,6 +27,10 @@ pub struct ChainConfig {
     pub treasury: Address,
     /// Smallest units (AIC has 18 decimals) per GPU-hour, decimal string.
     pub price_per_gpu_hour: String,
+    /// Prices per GPU-hour by GPU model (smallest units, decimal strings), each model matched
+    /// as users' `--gpu-type` is; a model not here costs `price_per_gpu_hour`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub gpu_prices: std::collections::BTreeMap<String, String>,
     /// Blocks a payment needs, counting its own (1 = mined).
     pub confirmations: u64,
     /// The escrow jobs are paid into (`AICEscrow`): the pool settles each paid run with what
@@ -57,7 +62,11 @@ impl ChainConfig {
     }
 
     pub fn pricing(&self) -> aic_core::pricing::Pricing {
-        aic_core::pricing::Pricing { price_per_gpu_hour: self.price(), token: Some(self.token.to_string()) }
+        aic_core::pricing::Pricing {
+            price_per_gpu_hour: self.price(),
+            gpu_prices: self.gpu_prices.iter().map(|(m, p)| (m.clone(), p.parse().unwrap_or(0))).collect(),
+            token: Some(self.token.to_string()),
+        }
     }
 
     /// A pool that charges nothing (`AIC_FREE_POOL=1`): requests are still signed by their
@@ -69,6 +78,7 @@ impl ChainConfig {
             token: Address::ZERO,
             treasury: Address::ZERO,
             price_per_gpu_hour: "0".into(),
+            gpu_prices: Default::default(),
             confirmations: 0,
             escrow: None,
             transfers: true,
@@ -77,7 +87,7 @@ impl ChainConfig {
 
     /// Whether jobs here cost nothing (so nothing is paid or quoted).
     pub fn is_free(&self) -> bool {
-        self.price() == 0
+        self.pricing().is_free()
     }
 
     /// Reads `path`, then applies the environment's overrides.
@@ -99,6 +109,7 @@ impl ChainConfig {
                 token: token.1.parse().ok()?,
                 treasury: treasury.1.parse().ok()?,
                 price_per_gpu_hour: "0".into(),
+                gpu_prices: Default::default(),
                 confirmations: 12,
                 escrow: None,
                 transfers: true,
@@ -121,6 +132,9 @@ impl ChainConfig {
         }
         if let Some((k, v)) = env("AIC_PRICE") {
             c.price_per_gpu_hour = parse_aic(&v).map_err(|e| ConfigError::Bad(k, v, e))?.to_string();
+        }
+        if let Some((k, v)) = env("AIC_GPU_PRICES") {
+            c.gpu_prices = parse_gpu_prices(&v).map_err(|e| ConfigError::Bad(k, v, e))?;
         }
         if let Some((k, v)) = env("AIC_ESCROW") {
             c.escrow =
@@ -159,9 +173,36 @@ pub fn parse_aic(s: &str) -> Result<u128, String> {
     w.checked_mul(10u128.pow(18)).and_then(|x| x.checked_add(f)).ok_or_else(|| "too large".into())
 }
 
+/// `A100=3,T4=0.4`: a price in AIC per GPU-hour for each model, as smallest units.
+pub fn parse_gpu_prices(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (model, price) =
+                pair.split_once('=').ok_or_else(|| format!("{pair:?} is not MODEL=AIC (e.g. A100=3)"))?;
+            let model = model.trim();
+            if !aic_schemas::validate::is_gpu_model(model) {
+                return Err(format!("{model:?} is not a GPU model: letters, digits, spaces, '-', '_' and '.'"));
+            }
+            let price = parse_aic(price).map_err(|e| format!("{model}: {e}"))?;
+            Ok((model.to_string(), price.to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_prices_are_model_equals_aic_pairs() {
+        let p = parse_gpu_prices("A100=3, RTX 4090 = 0.5").unwrap();
+        assert_eq!(p["A100"], (3 * 10u128.pow(18)).to_string());
+        assert_eq!(p["RTX 4090"], (5 * 10u128.pow(17)).to_string());
+        assert!(parse_gpu_prices("A100").unwrap_err().contains("MODEL=AIC"));
+        assert!(parse_gpu_prices("A;B=1").unwrap_err().contains("not a GPU model"));
+        assert!(parse_gpu_prices("A100=x").unwrap_err().contains("A100"));
+    }
 
     #[test]
     fn aic_amounts() {

@@ -113,6 +113,11 @@ pub async fn start(
         token: token_addr,
         treasury,
         price_per_gpu_hour: price_per_gpu_hour.to_string(),
+        // Prices per GPU model, as a pool's operator sets them (`AIC_GPU_PRICES`).
+        gpu_prices: match std::env::var("AIC_GPU_PRICES") {
+            Ok(v) => crate::config::parse_gpu_prices(&v).map_err(|e| anyhow::anyhow!("AIC_GPU_PRICES: {e}"))?,
+            Err(_) => Default::default(),
+        },
         confirmations,
         escrow: Some(escrow_addr),
         transfers: true,

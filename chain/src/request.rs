@@ -2,7 +2,8 @@
 //!
 //! The signed struct covers every field that changes what runs or what it costs: owner,
 //! job id, kind, name, entrypoint, the code's digest, dataset, miners, GPUs, hours
-//! (in thousandths, as the quote counts them), launcher, arguments, environment, payment,
+//! (in thousandths, as the quote counts them), launcher, arguments, environment, secrets,
+//! image, the GPU models and memory asked, payment,
 //! and the validity window. The domain binds the chain id, so a signature made for one
 //! chain is worthless on another.
 
@@ -33,6 +34,8 @@ sol! {
         string[] env;
         string[] secrets;
         string image;
+        string[] gpuTypes;
+        uint32 minGpuMemoryGb;
         uint64 paymentChainId;
         bytes32 paymentTx;
         uint64 createdAt;
@@ -89,6 +92,8 @@ pub fn typed(req: &JobRequest) -> AicJobRequest {
         env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         secrets: req.secrets.clone(),
         image: req.image.clone().unwrap_or_default(),
+        gpuTypes: req.gpu_types.clone(),
+        minGpuMemoryGb: req.min_gpu_memory_gb.unwrap_or(0),
         paymentChainId: req.payment.as_ref().map_or(0, |p| p.chain_id),
         paymentTx: req.payment.as_ref().map_or(B256::ZERO, |p| b256(&p.tx)),
         createdAt: req.created_at.timestamp().max(0) as u64,

@@ -106,21 +106,32 @@ pub async fn whoami(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64) -> anyhow::Result<()> {
+pub fn quote(env: &Env, miners: u32, gpus: u32, hours: f64, gpu: &crate::GpuArgs) -> anyhow::Result<()> {
     aic_schemas::validate::check_size(miners, gpus, hours).map_err(|e| anyhow!(e))?;
     let chain = env.chain().ok();
-    let price = chain.as_ref().map(|c| c.price()).unwrap_or(crate::pool::DEV_PRICE);
+    let pricing = match &chain {
+        Some(c) => c.pricing(),
+        None => aic_core::pricing::Pricing { price_per_gpu_hour: crate::pool::DEV_PRICE, ..Default::default() },
+    };
     // The dev chain (made on the first run) has an escrow; a pool says whether it has one.
     let deposit = chain.as_ref().map(|c| c.escrow.is_some()).unwrap_or(env.gateway.is_none());
-    let pricing = aic_core::pricing::Pricing { price_per_gpu_hour: price, token: None };
-    let total: u128 = pricing.quote_for(miners, gpus, hours).total.parse()?;
+    let wants = aic_core::scheduler::gpus::GpuWants {
+        models: gpu.gpu_types.iter().map(|m| m.trim().to_string()).collect(),
+        min_memory_gb: gpu.min_gpu_memory,
+    };
+    let q = pricing.quote_asking(miners, gpus, hours, &wants);
+    let (price, total): (u128, u128) = (q.price_per_gpu_hour.parse()?, q.total.parse()?);
     println!(
-        "{} × {} × {hours} h × {} per GPU-hour = {}",
+        "{} × {} × {hours} h × {} per GPU-hour{} = {}",
         aic_core::plural(miners, "miner"),
         aic_core::plural(gpus, "GPU"),
         format_aic(price),
+        q.model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default(),
         format_aic(total)
     );
+    if q.model.is_some() {
+        eprintln!("{}", crate::submit::priced_note(&q));
+    }
     if deposit && total > 0 {
         eprintln!("that is a deposit: the job pays for the GPU-seconds it uses, and the rest comes back when it ends");
     }

@@ -39,7 +39,13 @@ pub async fn gateways(env: &Env, host: Option<&Hosted>) -> anyhow::Result<Vec<Ga
 
 /// `aic pool`: gateways, miners, free GPUs.
 pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
-    let gws = gateways(env, None).await?;
+    let mut gws = gateways(env, None).await?;
+    // What each costs, at the pool's prices (a gateway says; else this pool's chain).
+    if gws.iter().flat_map(|g| &g.miners).all(|m| m.price_per_gpu_hour.is_none())
+        && let Ok(chain) = env.chain()
+    {
+        chain.pricing().price_miners(&mut gws);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&gws)?);
         return Ok(());
@@ -55,18 +61,24 @@ pub async fn show(env: &Env, json: bool) -> anyhow::Result<()> {
             g.miners.len()
         );
         // Free and total GPUs of each model (and memory), where the pool knows them.
-        let mut models: std::collections::BTreeMap<(String, u64), (u32, u32)> = Default::default();
+        let mut models: std::collections::BTreeMap<(String, u64), (u32, u32, Option<String>)> = Default::default();
         for m in g.miners.iter().filter(|m| m.down.is_none()) {
             if let Some(model) = &m.gpu_model {
                 let e = models.entry((model.clone(), m.gpu_memory_mb.unwrap_or(0))).or_default();
                 e.0 += m.free_gpus;
                 e.1 += m.gpus;
+                e.2.clone_from(&m.price_per_gpu_hour);
             }
         }
-        for ((model, mem), (free, total)) in &models {
+        for ((model, mem), (free, total, price)) in &models {
             let mem =
                 if *mem > 0 { format!(" {}", aic_core::scheduler::gpus::memory_text(*mem)) } else { String::new() };
-            println!("   {model}{mem}: {free} of {total} free");
+            let price = price
+                .as_deref()
+                .and_then(|p| p.parse().ok())
+                .map(|p| format!(", {} per GPU-hour", aic_core::pricing::format_aic(p)))
+                .unwrap_or_default();
+            println!("   {model}{mem}: {free} of {total} free{price}");
         }
         for m in &g.miners {
             let gpus = match (&m.gpu_model, m.gpu_memory_mb) {

@@ -76,6 +76,8 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         env: Default::default(),
         secrets: vec![],
         image: None,
+        gpu_types: vec![],
+        min_gpu_memory: None,
     };
     let req =
         file.to_request(env.owner, JobId::generate(), "train_mpi.py".into(), Utc::now(), chrono::Duration::hours(1));
@@ -118,6 +120,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         tx: None,
         detach: false,
         secrets: vec![],
+        gpu: Default::default(),
     };
     let base = crate::deploy::origins(env, host.as_ref()).await?;
     let (deployment, _) = crate::deploy::submit(env, &opts, host.as_ref()).await?;

@@ -35,6 +35,7 @@ pub struct DeployOpts {
     pub tx: Option<String>,
     pub detach: bool,
     pub secrets: Vec<String>,
+    pub gpu: crate::GpuArgs,
 }
 
 /// Where users reach deployments: the gateway in pool mode, else the embedded pool's.
@@ -161,6 +162,8 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
         env: Default::default(),
         secrets: o.secrets.clone(),
         image: None,
+        gpu_types: o.gpu.gpu_types.iter().map(|m| m.trim().to_string()).collect(),
+        min_gpu_memory: o.gpu.min_gpu_memory,
     };
     let req: JobRequest =
         file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), chrono::Duration::hours(1));
@@ -316,6 +319,8 @@ pub async fn replace(env: &Env, name: &str, replicas: Option<u32>, hours: Option
         detach: false,
         // The replacement gets the secrets the deployment it replaces got.
         secrets: req.secrets.clone(),
+        // And the GPUs it asked for.
+        gpu: crate::GpuArgs { gpu_types: req.gpu_types.clone(), min_gpu_memory: req.min_gpu_memory_gb },
     };
     let (new, name) = submit(env, &opts, host.as_ref()).await?;
     // The new replicas start beside the old ones; a full pool cannot do that.

@@ -188,6 +188,8 @@ enum Cmd {
         gpus: u32,
         #[arg(long, default_value_t = 1.0)]
         hours: f64,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
 }
 
@@ -266,6 +268,8 @@ pub struct DeployCmd {
     /// A secret of yours (`aic secret set NAME`) for the app's environment (repeatable).
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
+    #[command(flatten)]
+    gpu: GpuArgs,
     /// A payment made elsewhere: its transaction hash.
     #[arg(long)]
     tx: Option<String>,
@@ -325,6 +329,18 @@ pub struct LoginArgs {
     pub browser: bool,
 }
 
+/// What the job asks of its GPUs (`aic pool` shows what the pool has).
+#[derive(Args, Clone, Default)]
+pub struct GpuArgs {
+    /// A GPU model to run on (`A100`, `RTX 4090`); repeat, or separate with commas, for
+    /// several in order of preference. Default: any.
+    #[arg(long = "gpu-type", value_name = "MODEL", value_delimiter = ',')]
+    pub gpu_types: Vec<String>,
+    /// The least memory each GPU must have, in GB (as sold: an A10 is 24 GB).
+    #[arg(long, value_name = "GB")]
+    pub min_gpu_memory: Option<u32>,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// A script (`train.py`), or a folder with --entrypoint.
@@ -362,6 +378,8 @@ pub struct RunArgs {
     /// A container image to run in (a pool that runs images, and allows this one).
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
     /// Submit and return without watching (needs a running `aic dev up`).
     #[arg(long, short)]
     pub detach: bool,
@@ -519,11 +537,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                     tx: d.tx,
                     detach: d.detach,
                     secrets: d.secrets,
+                    gpu: d.gpu,
                 };
                 deploy::create(&env, o).await
             }
         },
-        Cmd::Quote { miners, gpus, hours } => account::quote(&env, miners, gpus, hours).map(|_| 0),
+        Cmd::Quote { miners, gpus, hours, gpu } => account::quote(&env, miners, gpus, hours, &gpu).map(|_| 0),
     }
 }
 

@@ -186,6 +186,8 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
         env: parse_env(&a.env)?,
         secrets: a.secrets.clone(),
         image: a.image.clone(),
+        gpu_types: a.gpu.gpu_types.iter().map(|m| m.trim().to_string()).collect(),
+        min_gpu_memory: a.gpu.min_gpu_memory,
     };
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
     let tx = a.tx.clone();
@@ -237,6 +239,8 @@ pub fn flag_names(e: impl std::fmt::Display, miners_flag: &str) -> anyhow::Error
         e.to_string()
             .replace("gpus_per_miner:", "--gpus:")
             .replace("max_hours:", "--hours:")
+            .replace("gpu_types:", "--gpu-type:")
+            .replace("min_gpu_memory_gb:", "--min-gpu-memory:")
             .replace("miners:", &format!("{miners_flag}:"))
     )
 }
@@ -291,8 +295,13 @@ pub async fn pay_sign_submit(
     }
     // A job the pool could never place is refused before anything is paid or uploaded.
     match crate::capacity::gateways(env, host).await {
-        Ok(gws) => aic_core::scheduler::can_fit(&gws, req.miners, req.gpus_per_miner)
-            .map_err(|e| anyhow!("this job cannot run here: it {e} (see `aic pool`); nothing was paid"))?,
+        Ok(gws) => aic_core::scheduler::can_fit(
+            &gws,
+            req.miners,
+            req.gpus_per_miner,
+            &aic_core::scheduler::gpus::GpuWants::of(&req),
+        )
+        .map_err(|e| anyhow!("this job cannot run here: it {e} (see `aic pool`); nothing was paid"))?,
         Err(e) => tracing::debug!(error = %e, "the pool's size is unknown; the pool will decide"),
     }
     let quote = chain.pricing().quote(&req);
@@ -301,12 +310,16 @@ pub async fn pay_sign_submit(
         eprintln!("quote: free ({} GPU-hours; this pool charges nothing)", quote.gpu_hours);
     } else {
         eprintln!(
-            "quote: {} GPU-hour{} × {} per GPU-hour = {}",
+            "quote: {} GPU-hour{} × {} per GPU-hour{} = {}",
             quote.gpu_hours,
             if quote.gpu_hours == 1.0 { "" } else { "s" },
-            format_aic(chain.price()),
+            format_aic(quote.price_per_gpu_hour.parse()?),
+            quote.model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default(),
             format_aic(total)
         );
+        if quote.model.is_some() {
+            eprintln!("{}", priced_note(&quote));
+        }
     }
     if let Some(tx) = &tx {
         req.payment = Some(PaymentRef { chain_id: chain.chain_id, tx: tx.clone() });
@@ -524,6 +537,14 @@ pub async fn resume(env: &Env, s: &str, hours: Option<f64>, tx: Option<String>, 
         return Ok(0);
     }
     watch::watch_run(env, &job, true, host, Some(watch::From { seq: cur.seq, run })).await
+}
+
+/// What a quote at a model's price means, where the pool prices models apart.
+pub fn priced_note(q: &aic_schemas::Quote) -> String {
+    format!(
+        "priced at {}, the dearest GPU your request allows; you are charged by the model each allocation runs on",
+        q.model.as_deref().unwrap_or("")
+    )
 }
 
 /// Before anything is paid: the pool runs images, and this one (its `/v1/info`'s `images`).

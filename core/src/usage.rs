@@ -23,6 +23,9 @@ pub struct Usage {
     pub index: u32,
     pub miner: String,
     pub gpus: u32,
+    /// Its GPUs' model, where the scheduler knows it: what it is charged at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
     /// How it ended: `exited 0`, `lost`, `time limit`, `stopped`…
@@ -82,6 +85,28 @@ pub fn wall_seconds(runs: &[Usage]) -> f64 {
     per_attempt.values().sum()
 }
 
+/// What the runs cost at `pricing`: for each price, the GPU-seconds of the runs on models of
+/// that price (rounded up to a whole second) × the price per GPU-hour, rounded up to the
+/// smallest unit. (price, GPU-seconds, charge) by price, the default's model `None`.
+pub fn charges(runs: &[Usage], pricing: &crate::pricing::Pricing) -> Vec<(crate::pricing::Price, u64, u128)> {
+    let mut by_price: Vec<(crate::pricing::Price, Vec<Usage>)> = vec![];
+    for u in runs {
+        let price = pricing.price_of(u.gpu_model.as_deref());
+        match by_price.iter_mut().find(|(p, _)| *p == price) {
+            Some((_, us)) => us.push(u.clone()),
+            None => by_price.push((price, vec![u.clone()])),
+        }
+    }
+    by_price
+        .into_iter()
+        .map(|(p, us)| {
+            let secs = gpu_seconds(&us);
+            let charge = (secs as u128 * p.per_gpu_hour).div_ceil(3600);
+            (p, secs, charge)
+        })
+        .collect()
+}
+
 /// GPU-seconds to charge: each run's seconds × GPUs, summed, rounded up to a whole second.
 pub fn gpu_seconds(runs: &[Usage]) -> u64 {
     let millis: i64 = runs.iter().map(|u| (u.ended_at - u.started_at).num_milliseconds().max(0) * u.gpus as i64).sum();
@@ -99,6 +124,7 @@ mod tests {
             index,
             miner: "m".into(),
             gpus,
+            gpu_model: None,
             started_at: t0 + chrono::Duration::seconds(from),
             ended_at: t0 + chrono::Duration::milliseconds(to_ms),
             how: "exited 0".into(),

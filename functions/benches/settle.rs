@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
             index: 0,
             miner: "m".into(),
             gpus: 1,
+            gpu_model: None,
             started_at: t - chrono::Duration::seconds(10),
             ended_at: t,
             how: "exited 0".into(),

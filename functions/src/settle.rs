@@ -4,7 +4,8 @@
 //! own deposit and manifest) is settled once:
 //!
 //! - paid by deposit into the pool's escrow: charged min(deposit, GPU-seconds the pool
-//!   measured (`core::usage`, rounded up to whole seconds) × the quoted price per GPU-hour),
+//!   measured (`core::usage`, rounded up to whole seconds) × the quoted price per GPU-hour
+//!   of the model they ran on, where the pool prices models apart),
 //!   settled on chain (the charge to the treasury, the rest back to the owner in the same
 //!   transaction). Rejected, unplaceable and never-started jobs used nothing and get it all
 //!   back;
@@ -35,11 +36,6 @@ fn verdict(e: PaymentVerdict) -> HandlerError {
     }
 }
 
-/// What `gpu_seconds` cost at `price_per_gpu_hour`, rounded up to the smallest unit.
-pub fn charge(gpu_seconds: u64, price_per_gpu_hour: u128) -> u128 {
-    (gpu_seconds as u128 * price_per_gpu_hour).div_ceil(3600)
-}
-
 pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     let store = &ctx.store;
     let Some(st) = status::current(store, job).await? else { return Ok(Outcome::Ignored) };
@@ -60,9 +56,23 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
     if !ctx.scheduler.finished(job).await? {
         return Err(HandlerError::Deferred(format!("job {}: its allocations are still stopping", job.job)));
     }
-    let gpu_seconds = usage::gpu_seconds(&usage::of_run(store, job, run).await?);
-    let price: u128 = m.quote.price_per_gpu_hour.parse().unwrap_or(0);
-    let used = charge(gpu_seconds, price).min(paid);
+    let runs = usage::of_run(store, job, run).await?;
+    let gpu_seconds = usage::gpu_seconds(&runs);
+    // Each allocation at the price, as quoted, of the model it ran on (one price: the quote's).
+    let charges = usage::charges(&runs, &aic_core::pricing::Pricing::of_quote(&m.quote));
+    let used = charges.iter().map(|(_, _, c)| *c).sum::<u128>().min(paid);
+    let by_model = match m.quote.gpu_prices.is_empty() {
+        true => vec![],
+        false => charges
+            .iter()
+            .map(|(p, secs, cost)| aic_schemas::ModelCharge {
+                model: p.model.clone().unwrap_or_else(|| aic_core::pricing::OTHER_MODELS.into()),
+                gpu_seconds: *secs,
+                price_per_gpu_hour: p.per_gpu_hour.to_string(),
+                cost: cost.to_string(),
+            })
+            .collect(),
+    };
     let (kind, charged, refunded, tx) = match &p.escrow {
         None => (SettlementKind::Transfer, paid, 0, None),
         Some(deposit) => {
@@ -82,6 +92,7 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         paid: paid.to_string(),
         gpu_seconds,
         charged: charged.to_string(),
+        by_model,
         refunded: refunded.to_string(),
         tx,
         at: Utc::now(),
@@ -138,6 +149,7 @@ pub(crate) async fn refund_run(ctx: &Ctx, job: &JobKey, run: u32, p: &PaymentRef
         paid: refunded.to_string(),
         gpu_seconds: 0,
         charged: "0".into(),
+        by_model: vec![],
         refunded: refunded.to_string(),
         tx,
         at: Utc::now(),
@@ -150,6 +162,18 @@ pub(crate) async fn refund_run(ctx: &Ctx, job: &JobKey, run: u32, p: &PaymentRef
 pub fn summary(s: &Settlement) -> String {
     let (charged, refunded) = (s.charged.parse().unwrap_or(0), s.refunded.parse().unwrap_or(0));
     let mut out = format!("used {} GPU-seconds = {}", s.gpu_seconds, format_aic(charged));
+    // Where models are priced apart: what each cost (`A10: 12 GPU-seconds at 2 AIC`).
+    if !s.by_model.is_empty() {
+        let parts: Vec<String> = s
+            .by_model
+            .iter()
+            .map(|c| {
+                let price = aic_core::pricing::format_aic(c.price_per_gpu_hour.parse().unwrap_or(0));
+                format!("{}: {} GPU-seconds at {price} per GPU-hour", c.model, c.gpu_seconds)
+            })
+            .collect();
+        out.push_str(&format!(" ({})", parts.join(", ")));
+    }
     match s.kind {
         SettlementKind::Transfer => out.push_str(" (paid by transfer: nothing to refund)"),
         SettlementKind::Reclaimed => {

@@ -174,6 +174,14 @@ pub struct JobRequest {
     /// into it. None: the pool's own worker image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// GPU models the job may run on, in order of preference (`--gpu-type A100 --gpu-type
+    /// A10`): a miner's model matches one when its words appear in it in order, case aside
+    /// (`A100` matches `NVIDIA A100-SXM4-80GB`, not `A10`). Empty: any model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_types: Vec<String>,
+    /// The least memory each GPU must have, in GB (`--min-gpu-memory 20`). None: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_gpu_memory_gb: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentRef>,
     pub created_at: DateTime<Utc>,
@@ -221,6 +229,15 @@ impl JobRequest {
         validate::secrets("secrets", &self.secrets, &self.env, &mut errs);
         if let Some(Err(e)) = self.image.as_deref().map(validate::image_ref) {
             errs.push(FieldError::new("image", e));
+        }
+        validate::gpu_types("gpu_types", &self.gpu_types, &mut errs);
+        if let Some(gb) = self.min_gpu_memory_gb
+            && !(1..=validate::MAX_GPU_MEMORY_GB).contains(&gb)
+        {
+            errs.push(FieldError::new(
+                "min_gpu_memory_gb",
+                format!("{gb} GB is not a GPU's memory: ask 1 to {} GB", validate::MAX_GPU_MEMORY_GB),
+            ));
         }
         if let Some(p) = &self.payment {
             validate::tx_hash("payment.tx", &p.tx, &mut errs);
@@ -279,6 +296,8 @@ mod tests {
             env: BTreeMap::new(),
             secrets: vec![],
             image: None,
+            gpu_types: vec![],
+            min_gpu_memory_gb: None,
             payment: None,
             created_at: now,
             expires_at: now + chrono::Duration::hours(1),
@@ -289,6 +308,23 @@ mod tests {
     #[test]
     fn a_good_request_validates() {
         sample().validate(Some(Utc::now())).unwrap();
+    }
+
+    #[test]
+    fn gpu_models_and_memory_are_checked_with_what_to_write() {
+        let mut r = sample();
+        r.gpu_types = vec!["A100".into(), "RTX 4090".into(), "a10g-24gb".into()];
+        r.min_gpu_memory_gb = Some(24);
+        r.validate(None).unwrap();
+        r.gpu_types = vec!["A100;rm".into(), " ".into()];
+        r.min_gpu_memory_gb = Some(0);
+        let e = r.validate(None).unwrap_err().to_string();
+        assert!(e.contains(r#"gpu_types: "A100;rm" is not a GPU model"#), "{e}");
+        assert!(e.contains(r#"gpu_types: " " is not a GPU model"#), "{e}");
+        assert!(e.contains("min_gpu_memory_gb: 0 GB is not a GPU's memory: ask 1 to 1024 GB"), "{e}");
+        r.gpu_types = (0..9).map(|i| format!("m{i}")).collect();
+        r.min_gpu_memory_gb = None;
+        assert!(r.validate(None).unwrap_err().to_string().contains("9 GPU models; name at most 8"));
     }
 
     #[test]

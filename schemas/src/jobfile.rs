@@ -69,6 +69,12 @@ pub struct JobFile {
     /// A container image to run the job in, where the pool runs images (`--image`).
     #[serde(default)]
     pub image: Option<String>,
+    /// GPU models the job may run on, in order of preference (`--gpu-type`); none: any.
+    #[serde(default)]
+    pub gpu_types: Vec<String>,
+    /// The least memory each GPU must have, in GB (`--min-gpu-memory`).
+    #[serde(default)]
+    pub min_gpu_memory: Option<u32>,
 }
 
 /// A problem in a job file, located where possible.
@@ -162,6 +168,8 @@ impl JobFile {
             env: self.env.clone(),
             secrets: self.secrets.clone(),
             image: self.image.clone(),
+            gpu_types: self.gpu_types.clone(),
+            min_gpu_memory_gb: self.min_gpu_memory,
             payment: None,
             created_at: now,
             expires_at: now + valid_for,
@@ -184,6 +192,7 @@ impl JobFile {
                 e.field = match e.field.as_str() {
                     "gpus_per_miner" => "gpus".into(),
                     "max_hours" => "hours".into(),
+                    "min_gpu_memory_gb" => "min_gpu_memory".into(),
                     _ => e.field,
                 };
                 errs.push(e);

@@ -1,5 +1,7 @@
 //! The manifest: what validate writes once a request is accepted and paid for.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -7,14 +9,27 @@ use serde::{Deserialize, Serialize};
 use crate::JobRequest;
 
 /// The price of a job, in the token's smallest unit (decimal strings: values exceed 2^64).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Quote {
+    /// The price the total was computed at: where the pool prices GPU models apart, the
+    /// dearest the request allows (`model`).
     pub price_per_gpu_hour: String,
     pub gpu_hours: f64,
     pub total: String,
     /// The ERC-20 contract paid in; absent on a free pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The GPU model priced (of `gpu_prices`, or `other models`: the default price); absent
+    /// where the pool has one price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The pool's prices per GPU-hour by model when quoted: what the run is charged by, each
+    /// allocation at its GPUs' model's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpu_prices: BTreeMap<String, String>,
+    /// The price of a model not in `gpu_prices`; absent: `price_per_gpu_hour`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_price_per_gpu_hour: Option<String>,
 }
 
 /// The payment claimed for this job (`pool/payments/<chain>/<tx>.json`).

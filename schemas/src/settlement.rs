@@ -17,6 +17,18 @@ pub enum SettlementKind {
     Transfer,
 }
 
+/// What GPUs of one priced model cost a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelCharge {
+    /// The model as the pool prices it, or `other models` (the default price).
+    pub model: String,
+    pub gpu_seconds: u64,
+    /// Smallest units per GPU-hour.
+    pub price_per_gpu_hour: String,
+    /// Smallest units.
+    pub cost: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Settlement {
     /// 0 for the job's first run, then each resume.
@@ -29,6 +41,10 @@ pub struct Settlement {
     pub gpu_seconds: u64,
     /// What the run was charged: min(paid, GPU-seconds × the quoted price), smallest unit.
     pub charged: String,
+    /// Where the pool prices GPU models apart: the run's GPU-seconds and their cost by the
+    /// model (price) they ran at, before the cap at what was paid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_model: Vec<ModelCharge>,
     /// What went back to the owner, smallest unit.
     pub refunded: String,
     /// The settling (or reclaiming) transaction.

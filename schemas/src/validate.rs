@@ -19,6 +19,10 @@ pub const MAX_ENV_VALUE_BYTES: usize = 4096;
 /// Most secrets a job may name, and an owner may keep.
 pub const MAX_SECRETS: usize = 64;
 pub const MAX_PATH_BYTES: usize = 512;
+/// Most GPU models a request may name, and the longest name.
+pub const MAX_GPU_TYPES: usize = 8;
+pub const MAX_GPU_TYPE_BYTES: usize = 64;
+pub const MAX_GPU_MEMORY_GB: u32 = 1024;
 
 /// One problem with one field of a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,31 @@ impl fmt::Display for ValidationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let parts: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
         f.write_str(&parts.join("; "))
+    }
+}
+
+/// Whether `model` can name a GPU model: letters, digits, spaces and `-_.`, with at least
+/// one letter or digit, 1 to 64 bytes.
+pub fn is_gpu_model(model: &str) -> bool {
+    !model.trim().is_empty()
+        && model.len() <= MAX_GPU_TYPE_BYTES
+        && model.chars().all(|c| c.is_ascii_alphanumeric() || "-_. ".contains(c))
+        && model.chars().any(|c| c.is_ascii_alphanumeric())
+}
+
+pub(crate) fn gpu_types(field: &str, models: &[String], errs: &mut Vec<FieldError>) {
+    if models.len() > MAX_GPU_TYPES {
+        errs.push(FieldError::new(field, format!("{} GPU models; name at most {MAX_GPU_TYPES}", models.len())));
+    }
+    for m in models {
+        if !is_gpu_model(m) {
+            errs.push(FieldError::new(
+                field,
+                format!(
+                    "{m:?} is not a GPU model: use letters, digits, spaces, '-', '_' and '.' (e.g. A100, RTX 4090)"
+                ),
+            ));
+        }
     }
 }
 

@@ -1583,9 +1583,11 @@ fn a_mixed_farm_shows_its_models_and_places_a_job_on_the_miners_big_enough() {
     let farm = ["--gpu-type", "A10:24:2", "--gpu-type", "A10:24:2", "--gpu-type", "T4:8:4", "--gpu-type", "T4:8:4"];
     let docs = std::fs::read_to_string(repo().join("docs/commands.md")).unwrap();
     assert!(docs.contains(&format!("aic dev up {}", farm.join(" "))), "docs/commands.md shows another farm");
-    let _pool = DevUp::start_args(&h, &farm, &[]);
+    // The operator prices the models apart.
+    let _pool = DevUp::start_args(&h, &farm, &[("AIC_GPU_PRICES", "A10=2,T4=0.5")]);
     let pool = text(&h.aic(&["pool"])).0;
-    assert!(pool.contains("A10 24 GB: 4 of 4 free") && pool.contains("T4 8 GB: 8 of 8 free"), "{pool}");
+    assert!(pool.contains("A10 24 GB: 4 of 4 free, 2 AIC per GPU-hour"), "{pool}");
+    assert!(pool.contains("T4 8 GB: 8 of 8 free, 0.5 AIC per GPU-hour"), "{pool}");
     assert!(pool.contains("miner-1") && pool.contains("2 GPUs (A10, 24 GB), 2 free"), "{pool}");
     assert!(pool.contains("miner-4") && pool.contains("4 GPUs (T4, 8 GB), 4 free"), "{pool}");
     let json: serde_json::Value = serde_json::from_str(&text(&h.aic(&["pool", "--json"])).0).unwrap();
@@ -1597,6 +1599,10 @@ fn a_mixed_farm_shows_its_models_and_places_a_job_on_the_miners_big_enough() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("miner-3") || stdout.contains("miner-4"), "a 4-GPU job ran on a 2-GPU miner: {stdout}");
+    // Any model: quoted at the dearest (the A10's), charged at the T4's it ran on.
+    assert!(stderr.contains("quote: 4 GPU-hours × 2 AIC per GPU-hour (A10) = 8 AIC"), "{stderr}");
+    assert!(stderr.contains("GPU-seconds at 0.5 AIC per GPU-hour") && stderr.contains("T4: "), "{stderr}");
+    assert!(!stderr.contains("A10: "), "{stderr}");
     let out = h.aic(&["run", who.to_str().unwrap(), "--gpus", "5"]);
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}");
@@ -1604,4 +1610,43 @@ fn a_mixed_farm_shows_its_models_and_places_a_job_on_the_miners_big_enough() {
         stderr.contains("5 free GPUs") && stderr.contains("4 × T4 8 GB") && stderr.contains("nothing was paid"),
         "{stderr}"
     );
+
+    // Asking for memory: 20 GB each runs only on the A10s.
+    for _ in 0..2 {
+        let out = h.aic(&["run", who.to_str().unwrap(), "--min-gpu-memory", "20"]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("miner-1") || stdout.contains("miner-2"), "a 20 GB job ran on a T4: {stdout}");
+    }
+    // Models in order of preference, in any case: the T4s first.
+    let out = h.aic(&["run", who.to_str().unwrap(), "--gpu-type", "t4,a10"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("miner-3") || stdout.contains("miner-4"), "T4 preferred: {stdout}");
+    // A job file asks the same way.
+    let file = h.write("who.yaml", "code: who.sh\ngpu_types: [A10]\nmin_gpu_memory: 24\n");
+    let out = h.aic(&["submit", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("miner-1") || stdout.contains("miner-2"), "an A10 job ran on a T4: {stdout}");
+    // A model the pool lacks, or more memory with more GPUs than any miner has: refused before
+    // paying, with what the pool has.
+    for (args, asked) in [
+        (vec!["--gpu-type", "H100"], "GPUs of model H100"),
+        (vec!["--min-gpu-memory", "20", "--gpus", "4"], "GPUs with 20 GB or more"),
+    ] {
+        let mut argv = vec!["run", who.to_str().unwrap()];
+        argv.extend(args);
+        let out = h.aic(&argv);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{stdout}");
+        assert!(
+            stderr.contains(asked)
+                && stderr.contains("2 × A10 24 GB, 4 × T4 8 GB")
+                && stderr.contains("nothing was paid"),
+            "{stderr}"
+        );
+    }
+    let bad = h.aic(&["run", who.to_str().unwrap(), "--gpu-type", "A100;rm"]);
+    assert!(text(&bad).1.contains("--gpu-type: \"A100;rm\" is not a GPU model"), "{:?}", text(&bad));
 }

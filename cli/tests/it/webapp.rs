@@ -194,10 +194,14 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(r["wallet"]["watched"], serde_json::json!([chain["token"].as_str().unwrap().to_lowercase()]), "{dump}");
     assert_eq!(r["wallet"]["added"], serde_json::json!(["0x7a69"]), "the pool's chain added: {dump}");
     assert_eq!(r["wallet"]["wrongChainSends"], 0, "{dump}");
-    // The Pool page: each miner's GPU model and memory.
+    // The Pool page: each miner's GPU model, memory and price.
     let rows = r["poolRows"].as_array().unwrap();
-    assert_eq!(rows[0], serde_json::json!(["Miner", "GPUs", "Model", "Memory", "Free"]), "{dump}");
-    assert!(rows[1..].iter().all(|row| row[2] == "T4" && row[3] == "16 GB"), "{dump}");
+    assert_eq!(
+        rows[0],
+        serde_json::json!(["Miner", "GPUs", "Model", "Memory", "Price per GPU-hour", "Free"]),
+        "{dump}"
+    );
+    assert!(rows[1..].iter().all(|row| row[2] == "T4" && row[3] == "16 GB" && row[4] == "1 AIC"), "{dump}");
 
     // The training job: paid once (the declined signature did not pay twice), signed, ran on
     // two miners with both ranks in the log, succeeded; its checkpoint downloaded byte for byte.

@@ -97,6 +97,9 @@ pub struct MinerInfo {
     /// Each GPU's memory in MiB, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_memory_mb: Option<u64>,
+    /// What a GPU-hour here costs (smallest units), on a pool that charges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_gpu_hour: Option<String>,
 }
 
 /// A gateway (Nomad datacenter / node pool) and its miners.
@@ -194,20 +197,20 @@ pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 use crate::plural;
 
-/// Whether a job of `miners` × `gpus` could run on one of `gateways` once their GPUs are free
-/// (busy GPUs only make it wait); `Err` says why not. Nothing known (no gateways) fits.
-pub fn can_fit(gateways: &[GatewayInfo], miners: u32, gpus: u32) -> Result<(), String> {
-    if gateways.is_empty()
-        || gateways.iter().any(|g| g.miners.iter().filter(|m| m.gpus >= gpus).count() >= miners as usize)
-    {
+/// Whether a job of `miners` × `gpus` GPUs (of a model and memory `wants` allows) could run on
+/// one of `gateways` once their GPUs are free (busy GPUs only make it wait); `Err` says why
+/// not, with the models and memory the pool has. Nothing known (no gateways) fits.
+pub fn can_fit(gateways: &[GatewayInfo], miners: u32, gpus: u32, wants: &gpus::GpuWants) -> Result<(), String> {
+    let fits = |m: &&MinerInfo| m.gpus >= gpus && wants.matches(m.gpu_model.as_deref(), m.gpu_memory_mb);
+    if gateways.is_empty() || gateways.iter().any(|g| g.miners.iter().filter(fits).count() >= miners as usize) {
         return Ok(());
     }
     let have: Vec<String> = gateways
         .iter()
         .map(|g| {
             let most = g.miners.iter().map(|m| m.gpus).max().unwrap_or(0);
-            let uniform = g.miners.iter().all(|m| m.gpus == most);
-            if uniform {
+            let uniform = g.miners.iter().all(|m| m.gpus == most && m.gpu_model.is_none());
+            if uniform && wants.any() {
                 format!(
                     "pool {} has {} with {} each",
                     g.name,
@@ -215,7 +218,7 @@ pub fn can_fit(gateways: &[GatewayInfo], miners: u32, gpus: u32) -> Result<(), S
                     plural(most, "GPU")
                 )
             } else {
-                let big = g.miners.iter().filter(|m| m.gpus >= gpus).count() as u32;
+                let big = g.miners.iter().filter(fits).count() as u32;
                 // Its miners' shapes: `2 × A10 24 GB`, or `2 GPUs` where the model is unknown.
                 let shapes: std::collections::BTreeSet<String> = g
                     .miners
@@ -226,17 +229,19 @@ pub fn can_fit(gateways: &[GatewayInfo], miners: u32, gpus: u32) -> Result<(), S
                         _ => plural(m.gpus, "GPU"),
                     })
                     .collect();
+                let such =
+                    if wants.any() { format!("with {} or more", plural(gpus, "GPU")) } else { "that could".into() };
                 format!(
-                    "pool {} has {} with {} or more (its miners: {})",
+                    "pool {} has {} {such} (its miners: {})",
                     g.name,
                     plural(big, "miner"),
-                    plural(gpus, "GPU"),
                     shapes.into_iter().collect::<Vec<_>>().join(", ")
                 )
             }
         })
         .collect();
-    Err(format!("needs {} with {}; {}", plural(miners, "miner"), plural(gpus, "free GPU"), have.join("; ")))
+    let what = if wants.any() { String::new() } else { format!(" ({})", wants.describe()) };
+    Err(format!("needs {} with {}{what}; {}", plural(miners, "miner"), plural(gpus, "free GPU"), have.join("; ")))
 }
 
 /// Extra environment for every worker, as the operator writes it in `AIC_WORKER_ENV`:
@@ -289,15 +294,16 @@ mod tests {
 
     #[test]
     fn a_job_fits_when_one_gateway_has_enough_big_miners_busy_or_not() {
-        assert!(can_fit(&[], 9, 9).is_ok());
-        assert!(can_fit(&[gw("a", &[1, 1])], 2, 1).is_ok());
-        assert!(can_fit(&[gw("a", &[1, 4]), gw("b", &[4, 4, 8])], 3, 4).is_ok());
+        let any = gpus::GpuWants::default();
+        assert!(can_fit(&[], 9, 9, &any).is_ok());
+        assert!(can_fit(&[gw("a", &[1, 1])], 2, 1, &any).is_ok());
+        assert!(can_fit(&[gw("a", &[1, 4]), gw("b", &[4, 4, 8])], 3, 4, &any).is_ok());
         assert_eq!(
-            can_fit(&[gw("local", &[1, 1])], 3, 1).unwrap_err(),
+            can_fit(&[gw("local", &[1, 1])], 3, 1, &any).unwrap_err(),
             "needs 3 miners with 1 free GPU; pool local has 2 miners with 1 GPU each"
         );
         assert_eq!(
-            can_fit(&[gw("a", &[1, 4]), gw("b", &[2])], 2, 2).unwrap_err(),
+            can_fit(&[gw("a", &[1, 4]), gw("b", &[2])], 2, 2, &any).unwrap_err(),
             "needs 2 miners with 2 free GPUs; pool a has 1 miner with 2 GPUs or more (its miners: 1 GPU, 4 GPUs); pool b has 1 miner with 2 GPUs each"
         );
         // Where the pool knows its miners' models, it names them.
@@ -306,9 +312,22 @@ mod tests {
             (m.gpu_model, m.gpu_memory_mb) = (Some(model.into()), Some(mem));
         }
         assert_eq!(
-            can_fit(&[mixed], 1, 5).unwrap_err(),
+            can_fit(&[mixed.clone()], 1, 5, &any).unwrap_err(),
             "needs 1 miner with 5 free GPUs; pool farm has 0 miners with 5 GPUs or more (its miners: 2 × A10 24 GB, 4 × T4 8 GB)"
         );
+        // A model or memory the pool lacks, and one it has.
+        let wants = |models: &[&str], gb| gpus::GpuWants {
+            models: models.iter().map(|m| m.to_string()).collect(),
+            min_memory_gb: gb,
+        };
+        assert_eq!(
+            can_fit(&[mixed.clone()], 1, 1, &wants(&["H100"], None)).unwrap_err(),
+            "needs 1 miner with 1 free GPU (GPUs of model H100); pool farm has 0 miners that could (its miners: 2 × A10 24 GB, 4 × T4 8 GB)"
+        );
+        assert!(can_fit(&[mixed.clone()], 1, 2, &wants(&[], Some(20))).is_ok());
+        assert!(can_fit(&[mixed.clone()], 1, 4, &wants(&[], Some(20))).is_err(), "the 24 GB miner has 2");
+        assert!(can_fit(&[mixed.clone()], 1, 4, &wants(&["h100", "t4"], None)).is_ok());
+        assert!(can_fit(&[mixed], 2, 1, &wants(&["A10"], None)).is_err(), "one A10 miner");
     }
 
     #[test]

@@ -727,6 +727,64 @@ async fn a_device_request_is_met_within_one_device_group() {
     assert!(matches!(n.submit(&job, &m).await.unwrap(), Submitted::Placed(_)));
 }
 
+/// A request's GPU models and memory become device constraints (and, for several models,
+/// affinities in order of preference) on `${device.model}` and `${device.attr.memory}`, which
+/// the fake evaluates as Nomad's scheduler does; a model the gateway lacks is refused before
+/// anything is registered, naming what it has.
+#[tokio::test]
+async fn a_request_for_gpu_models_and_memory_is_placed_by_the_device_attributes() {
+    let (state, addr) = nomad().await;
+    let mut c = cfg(&addr, TOKEN);
+    c.datacenter = "mixed".into();
+    let n = NomadScheduler::new(c, temp_store());
+    let ask = |models: &[&str], gb: Option<u32>| {
+        let (job, mut m) = manifest(1, 2);
+        m.request.gpu_types = models.iter().map(|m| m.to_string()).collect();
+        m.request.min_gpu_memory_gb = gb;
+        (job, m)
+    };
+    let group_of = |job: &JobKey| {
+        let s = state.lock().unwrap();
+        let id = nomad_id(job);
+        s.info.iter().find(|(aid, _)| s.history[*aid]["ID"] == id.as_str()).map(|(_, i)| i.group.clone())
+    };
+    // A100 preferred over T4: the A100s, though the T4 group comes first on the node.
+    let (a, m) = ask(&["A100", "T4"], None);
+    assert!(matches!(n.submit(&a, &m).await.unwrap(), Submitted::Placed(_)));
+    assert_eq!(group_of(&a).as_deref(), Some("A100"));
+    {
+        let s = state.lock().unwrap();
+        let dev = &s.jobs[&nomad_id(&a)]["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0];
+        assert_eq!(dev["Constraints"][0]["LTarget"], "${device.model}");
+        assert_eq!(dev["Constraints"][0]["Operand"], "regexp");
+        assert_eq!(dev["Affinities"].as_array().unwrap().len(), 2);
+    }
+    // 20 GB each: only the A100s have it, and they are taken; the free T4s are not used.
+    let (b, m) = ask(&[], Some(20));
+    match n.submit(&b, &m).await.unwrap() {
+        Submitted::Queued(why) => assert!(why.starts_with("no node with 2 free nvidia/gpu"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(group_of(&b), None);
+    // The T4s by name, in another case.
+    let (t, m) = ask(&["t4"], Some(15));
+    assert!(matches!(n.submit(&t, &m).await.unwrap(), Submitted::Placed(_)));
+    assert_eq!(group_of(&t).as_deref(), Some("Tesla T4"));
+    // A model the gateway has none of: refused, with what it has; nothing registered.
+    let (h, m) = ask(&["H100"], None);
+    match n.submit(&h, &m).await {
+        Err(ScheduleError::Unplaceable(why)) => assert!(
+            why.contains("(GPUs of model H100)") && why.contains("its GPUs: 2 × A100 40 GB, 2 × Tesla T4 15 GB"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(!state.lock().unwrap().jobs.contains_key(&nomad_id(&h)));
+    // What the pool counts as room: the T4 group and the A100 group, each taken.
+    let (e, m) = ask(&["T4"], None);
+    assert!(matches!(n.submit(&e, &m).await.unwrap(), Submitted::Queued(_)));
+}
+
 /// What a miner has, as the NVIDIA device plugin fingerprints it: each device group's name
 /// (the GPU model) and its `memory` attribute (MiB), reported by `aic pool`.
 #[tokio::test]

@@ -29,8 +29,13 @@ impl Gateway {
             }
         }
         let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
-        aic_core::scheduler::can_fit(&gws, req.miners, req.gpus_per_miner)
-            .map_err(|e| bad(format!("this job cannot run here: it {e} (see Pool); nothing was paid")))?;
+        aic_core::scheduler::can_fit(
+            &gws,
+            req.miners,
+            req.gpus_per_miner,
+            &aic_core::scheduler::gpus::GpuWants::of(&req),
+        )
+        .map_err(|e| bad(format!("this job cannot run here: it {e} (see Pool); nothing was paid")))?;
         let chain: Option<aic_chain::ChainConfig> = serde_json::from_value(self.cfg.chain_info.clone()).ok();
         let (quote, payment) = match &chain {
             Some(c) if !c.is_free() => {
@@ -49,7 +54,8 @@ impl Gateway {
                 });
                 (
                     json!({"total": quote.total, "gpu_hours": quote.gpu_hours, "display": aic_core::pricing::format_aic(total),
-                        "price": aic_core::pricing::format_aic(c.price())}),
+                        "price": aic_core::pricing::format_aic(quote.price_per_gpu_hour.parse().unwrap_or(0)),
+                        "model": quote.model}),
                     payment,
                 )
             }

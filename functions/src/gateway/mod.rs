@@ -435,7 +435,8 @@ impl Gateway {
             (&Method::POST, ["payments", job]) => self.payment_sending(&who, job, &body).await,
             (&Method::POST, ["payments", job, "tx"]) => self.payment_sent(&who, job, &body).await,
             (&Method::GET, ["pool"]) => {
-                let gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
+                let mut gws = self.ctx.scheduler.pool().await.map_err(store_err)?;
+                self.ctx.pricing.price_miners(&mut gws);
                 Ok(json!({ "gateways": gws }))
             }
             (&Method::GET, ["jobs", id]) => self.job(&who, id).await,

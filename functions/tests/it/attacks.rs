@@ -308,6 +308,7 @@ async fn a_run_is_charged_what_the_pool_measured_once_and_the_rest_comes_back() 
         index: 0,
         miner: "miner-1".into(),
         gpus: 1,
+        gpu_model: None,
         started_at: t - chrono::Duration::seconds(10),
         ended_at: t,
         how: "exited 0".into(),
@@ -376,6 +377,81 @@ async fn a_run_is_charged_what_the_pool_measured_once_and_the_rest_comes_back() 
     }
     assert_eq!(aic(owner).await, o1, "all of it back");
     assert_eq!(aic(w.treasury()).await, t0 + U256::from(charged), "nothing to the treasury");
+}
+
+/// Prices per GPU model (`AIC_GPU_PRICES`): the quote covers the dearest model a request
+/// allows, so a deposit made at a cheaper model's price for a request that allows the dear
+/// one is refused; a run is charged each allocation at its own model's price, as quoted, and
+/// the rest comes back, on chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_charged_by_the_gpu_model_it_ran_on_and_a_deposit_covers_the_dearest_it_allows() {
+    use aic_core::usage::{self, Usage};
+    let mut w = world(1).await;
+    let mut cfg = w.chain.config.clone();
+    cfg.gpu_prices = aic_chain::config::parse_gpu_prices("A100=3,T4=0.5").unwrap();
+    w.ctx = Ctx::on_chain(w.store.clone(), w.ctx.scheduler.clone(), &cfg)
+        .unwrap()
+        .with_settler(&cfg, dev_key(devchain::SETTLER))
+        .unwrap();
+    w.chain.config = cfg;
+    let owner = dev_key(1).address();
+    // Any model: the A100's price is what it could cost. Deposited at the T4's: refused.
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, PRICE / 2).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let why = w.rejected_because(&w.sign(1, req).await).await;
+    assert!(why.starts_with("underpaid") && why.contains("costs 3 AIC"), "{why}");
+    // Asking for T4s: 0.5 AIC covers it, and the quote says which model it priced.
+    let mut req = w.request(1, None);
+    req.gpu_types = vec!["T4".into()];
+    let tx = w.deposit(1, &req.job_id, PRICE / 2).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let (job, out) = w.submit(&w.sign(1, req).await).await;
+    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+    let m: aic_schemas::JobManifest = w.store.get_json(&job.manifest(), 1 << 20).await.unwrap().unwrap();
+    assert_eq!((m.quote.model.as_deref(), m.quote.total.as_str()), (Some("T4"), "500000000000000000"));
+    // The signed models cannot be dropped afterwards to run it on an A100: the signature
+    // covers them.
+    let mut forged: JobRequest = w.store.get_json(&job.request(), 1 << 20).await.unwrap().unwrap();
+    forged.gpu_types.clear();
+    forged.job_id = aic_schemas::JobId::generate();
+    assert!(aic_chain::request::check(&forged, w.chain.config.chain_id).is_err());
+
+    // Any model, 3 AIC deposited; it ran 10 s on an A100, then (restarted) 20 s on a T4.
+    let (o0, t0) = (w.balance(owner).await, w.balance(w.treasury()).await);
+    let mut req = w.request(1, None);
+    let tx = w.deposit(1, &req.job_id, 3 * PRICE).await;
+    req.payment = Some(PaymentRef { chain_id: w.chain.config.chain_id, tx });
+    let (job, out) = w.submit(&w.sign(1, req).await).await;
+    assert_eq!(out.unwrap(), Outcome::Validated(job.clone()));
+    let t = Utc::now();
+    for (attempt, model, secs) in [(0, "NVIDIA A100-SXM4-40GB", 10), (1, "Tesla T4", 20)] {
+        let u = Usage {
+            attempt,
+            index: 0,
+            miner: format!("miner-{attempt}"),
+            gpus: 1,
+            gpu_model: Some(model.into()),
+            started_at: t - chrono::Duration::seconds(secs),
+            ended_at: t,
+            how: "exited 0".into(),
+        };
+        usage::record(&w.store, &job, &format!("run-{attempt}"), &u).await.unwrap();
+    }
+    for st in [JobState::Scheduled, JobState::Running, JobState::Succeeded] {
+        status::advance(&w.store, &job, status::Transition::new(st, "test")).await.unwrap();
+    }
+    let ev = S3EventRecord::object_created(w.store.bucket(), &job.status_snapshot(), 100);
+    assert!(matches!(handle_record(&w.ctx, &ev).await.unwrap(), Outcome::Settled(..)));
+    let a100 = (10 * 3 * PRICE).div_ceil(3600);
+    let t4 = (20 * PRICE / 2).div_ceil(3600);
+    let s = &usage::settlements(&w.store, &job).await.unwrap()[0];
+    assert_eq!((s.gpu_seconds, s.charged.clone()), (30, (a100 + t4).to_string()));
+    let by: Vec<(&str, u64, String)> =
+        s.by_model.iter().map(|c| (c.model.as_str(), c.gpu_seconds, c.cost.clone())).collect();
+    assert_eq!(by, [("A100", 10, a100.to_string()), ("T4", 20, t4.to_string())]);
+    assert_eq!(w.balance(w.treasury()).await, t0 + U256::from(a100 + t4), "the charge, on chain");
+    assert_eq!(w.balance(owner).await, o0 - U256::from(a100 + t4), "the rest back, on chain");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,6 +818,7 @@ async fn a_deposit_cannot_be_reclaimed_while_its_run_may_still_be_live() {
         index: 0,
         miner: "miner-1".into(),
         gpus: 1,
+        gpu_model: None,
         started_at: t - chrono::Duration::seconds(36),
         ended_at: t,
         how: "exited 0".into(),

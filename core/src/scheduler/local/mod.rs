@@ -38,6 +38,7 @@ mod reap;
 mod sandbox;
 mod spawn;
 
+use super::gpus::GpuWants;
 use super::launch::{self, Launch, StoreAccess};
 use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted, recovery};
 use crate::layout::JobKey;
@@ -413,7 +414,21 @@ impl Scheduler for LocalScheduler {
         // A resumed job's run starts at its own first attempt.
         let first = crate::runs::first_attempt(m.run);
         let r = &m.request;
-        let big_enough = st.miners.iter().filter(|mi| mi.free.len() as u32 >= r.gpus_per_miner).count() as u32;
+        let wants = GpuWants::of(r);
+        let big_enough = st
+            .miners
+            .iter()
+            .filter(|mi| {
+                mi.free.len() as u32 >= r.gpus_per_miner && wants.matches(mi.gpu_model.as_deref(), mi.gpu_memory_mb)
+            })
+            .count() as u32;
+        if r.miners > big_enough && !wants.any() {
+            // Which models and memory the pool has, in `can_fit`'s words.
+            let why = super::can_fit(&[self.gateway_info(&st)], r.miners, r.gpus_per_miner, &wants)
+                .err()
+                .unwrap_or_else(|| format!("needs {}", Self::describe_need(m)));
+            return Err(ScheduleError::Unplaceable(why));
+        }
         if r.miners > big_enough {
             let sizes: std::collections::BTreeSet<usize> = st.miners.iter().map(|mi| mi.free.len()).collect();
             let each = match sizes.iter().collect::<Vec<_>>().as_slice() {
@@ -497,7 +512,14 @@ impl Scheduler for LocalScheduler {
 
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError> {
         let st = self.inner.state.lock().unwrap();
-        Ok(vec![GatewayInfo {
+        Ok(vec![self.gateway_info(&st)])
+    }
+}
+
+impl LocalScheduler {
+    /// The pool as `pool` reports it: its miners, their GPUs and which are free.
+    fn gateway_info(&self, st: &State) -> GatewayInfo {
+        GatewayInfo {
             name: self.inner.cfg.gateway.clone(),
             miners: st
                 .miners
@@ -509,8 +531,9 @@ impl Scheduler for LocalScheduler {
                     down: m.down.clone(),
                     gpu_model: m.gpu_model.clone(),
                     gpu_memory_mb: m.gpu_memory_mb,
+                    ..Default::default()
                 })
                 .collect(),
-        }])
+        }
     }
 }

@@ -6,29 +6,35 @@ use super::*;
 impl LocalScheduler {
     pub(super) fn describe_need(m: &JobManifest) -> String {
         let r = &m.request;
-        format!("{} with {}", crate::plural(r.miners, "miner"), crate::plural(r.gpus_per_miner, "free GPU"))
+        let wants = GpuWants::of(r);
+        let what = if wants.any() { String::new() } else { format!(" ({})", wants.describe()) };
+        format!("{} with {}{what}", crate::plural(r.miners, "miner"), crate::plural(r.gpus_per_miner, "free GPU"))
     }
 
-    /// Picks miners for the job: the ones with the most free slots first, so jobs spread.
+    /// Picks miners for the job among those whose GPUs it asks for (`--gpu-type`,
+    /// `--min-gpu-memory`): of the model it prefers first, then the ones with the most free
+    /// slots, so jobs spread.
     pub(super) fn pick(st: &State, m: &JobManifest) -> Option<Vec<(usize, Vec<usize>)>> {
         let need = m.request.gpus_per_miner as usize;
-        let mut candidates: Vec<(usize, usize)> = st
+        let wants = GpuWants::of(&m.request);
+        let mut candidates: Vec<(usize, usize, usize)> = st
             .miners
             .iter()
             .enumerate()
             .filter(|(_, mi)| mi.down.is_none())
-            .map(|(i, mi)| (i, mi.free.iter().filter(|f| **f).count()))
-            .filter(|(_, free)| *free >= need)
+            .filter_map(|(i, mi)| Some((i, wants.rank(mi.gpu_model.as_deref(), mi.gpu_memory_mb)?, mi)))
+            .map(|(i, rank, mi)| (i, rank, mi.free.iter().filter(|f| **f).count()))
+            .filter(|(_, _, free)| *free >= need)
             .collect();
         if candidates.len() < m.request.miners as usize {
             return None;
         }
-        candidates.sort_by_key(|(i, free)| (std::cmp::Reverse(*free), *i));
+        candidates.sort_by_key(|(i, rank, free)| (*rank, std::cmp::Reverse(*free), *i));
         Some(
             candidates
                 .into_iter()
                 .take(m.request.miners as usize)
-                .map(|(i, _)| {
+                .map(|(i, _, _)| {
                     let slots =
                         st.miners[i].free.iter().enumerate().filter(|(_, f)| **f).map(|(s, _)| s).take(need).collect();
                     (i, slots)

@@ -16,6 +16,7 @@ impl LocalScheduler {
                 return;
             }
             let (count, attempt, need) = (r.allocs.len(), r.attempt, r.manifest.request.gpus_per_miner as usize);
+            let wants = GpuWants::of(&r.manifest.request);
             let hosting: Vec<usize> = r.allocs.iter().filter(|a| !a.slots.is_empty()).map(|a| a.miner).collect();
             if r.replaced >= recovery::replacements_allowed(count) {
                 Err(format!("{why}; no restarts left ({} used)", r.replaced))
@@ -23,6 +24,7 @@ impl LocalScheduler {
                 let free = |m: &Miner| m.free.iter().filter(|f| **f).count();
                 let pick = (0..st.miners.len())
                     .filter(|m| st.miners[*m].down.is_none() && free(&st.miners[*m]) >= need)
+                    .filter(|m| wants.matches(st.miners[*m].gpu_model.as_deref(), st.miners[*m].gpu_memory_mb))
                     .max_by_key(|m| (!hosting.contains(m), free(&st.miners[*m])));
                 match pick {
                     None => Ok(None),
@@ -115,7 +117,7 @@ impl LocalScheduler {
                         st.miners[miner].free[s] = true;
                     }
                     out.0 = st.miners[miner].name.clone();
-                    out.3 = Some((attempt, gpus, pid, started));
+                    out.3 = Some((attempt, gpus, pid, started, st.miners[miner].gpu_model.clone()));
                 }
             }
             // The record on disk keeps the worker until what it used is recorded (below): a
@@ -125,8 +127,8 @@ impl LocalScheduler {
         let store = &self.inner.store;
         // Nothing of the allocation outlives its worker (its namespace's init took the rest
         // down with it; its cgroup is emptied whatever escaped that).
-        if let (Some(sandbox), Some((attempt, ..))) = (&self.inner.sandbox, run) {
-            sandbox.release(&job, index, attempt, &self.work_dir(&miner_name, &job, index)).await;
+        if let (Some(sandbox), Some((attempt, ..))) = (&self.inner.sandbox, &run) {
+            sandbox.release(&job, index, *attempt, &self.work_dir(&miner_name, &job, index)).await;
         }
         let written = match &exit {
             Exit::Unwatched => self.exit_code_written(&miner_name, &job, index),
@@ -143,7 +145,7 @@ impl LocalScheduler {
                 (code == 0, format!("exited {code} (adopted from an earlier host)"))
             }
             Exit::Unwatched => {
-                let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
+                let my_run = run.as_ref().map_or(0, |(attempt, ..)| crate::runs::run_of(*attempt));
                 let result = match run {
                     Some((attempt, ..)) => matches!(store.head(&job.alloc_result(attempt, index)).await, Ok(Some(_))),
                     None => false,
@@ -157,12 +159,13 @@ impl LocalScheduler {
             }
         };
         // What it used, as this scheduler saw it: from its start to its exit.
-        if let Some((attempt, gpus, pid, started_at)) = run {
+        if let Some((attempt, gpus, pid, started_at, ref gpu_model)) = run {
             let u = crate::usage::Usage {
                 attempt,
                 index,
                 miner: miner_name.clone(),
                 gpus,
+                gpu_model: gpu_model.clone(),
                 started_at,
                 ended_at,
                 how: how.clone(),
@@ -201,7 +204,7 @@ impl LocalScheduler {
                 },
             };
             // Its run ended: the job is terminal, or already resumed as a later run.
-            let my_run = run.map_or(0, |(attempt, ..)| crate::runs::run_of(attempt));
+            let my_run = run.as_ref().map_or(0, |(attempt, ..)| crate::runs::run_of(*attempt));
             let ended = matches!(status::current(store, &job).await,
                 Ok(Some(r)) if r.state.is_terminal() || r.run != my_run);
             let serve = self

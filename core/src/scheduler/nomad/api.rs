@@ -100,7 +100,11 @@ impl NomadScheduler {
             // A request of N GPUs is met from one device group (vendor/type/model: Nomad's
             // DeviceChecker in scheduler/feasible.go), so a node can give one allocation as
             // many as its largest group has healthy.
-            let largest = n["NodeResources"]["Devices"]
+            // The NVIDIA device plugin names a group by its device name and fingerprints each
+            // group's `memory` as an integer attribute in MiB (nomad-device-nvidia
+            // fingerprint.go `attributesFromFingerprintDeviceData`; the API's `Attribute`
+            // JSON is `{"Int": …, "Unit": "MiB"}`).
+            let groups: Vec<GpuGroup> = n["NodeResources"]["Devices"]
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -110,25 +114,21 @@ impl NomadScheduler {
                         .as_array()
                         .map(|i| i.iter().filter(|x| x["Healthy"] != false).count())
                         .unwrap_or(0) as u32;
-                    (healthy, d)
+                    let m = &d["Attributes"]["memory"];
+                    let memory_mb = m["Int"].as_u64().and_then(|v| match m["Unit"].as_str().unwrap_or("MiB") {
+                        "MiB" | "MB" => Some(v),
+                        "GiB" | "GB" => Some(v * 1024),
+                        "KiB" | "KB" => Some(v / 1024),
+                        _ => None,
+                    });
+                    let model = d["Name"].as_str().unwrap_or("").to_string();
+                    GpuGroup { model, memory_mb, healthy }
                 })
-                .max_by_key(|(healthy, _)| *healthy);
-            let gpus = largest.map_or(0, |(g, _)| g);
-            // The NVIDIA device plugin names a group by its device name and fingerprints each
-            // group's `memory` as an integer attribute in MiB (nomad-device-nvidia
-            // fingerprint.go `attributesFromFingerprintDeviceData`; the API's `Attribute`
-            // JSON is `{"Int": …, "Unit": "MiB"}`).
-            let gpu_model = largest.and_then(|(_, d)| d["Name"].as_str()).filter(|m| !m.is_empty()).map(String::from);
-            let gpu_memory_mb = largest.and_then(|(_, d)| {
-                let m = &d["Attributes"]["memory"];
-                let v = m["Int"].as_u64()?;
-                match m["Unit"].as_str().unwrap_or("MiB") {
-                    "MiB" | "MB" => Some(v),
-                    "GiB" | "GB" => Some(v * 1024),
-                    "KiB" | "KB" => Some(v / 1024),
-                    _ => None,
-                }
-            });
+                .collect();
+            let largest = groups.iter().max_by_key(|g| g.healthy);
+            let gpus = largest.map_or(0, |g| g.healthy);
+            let gpu_model = largest.map(|g| g.model.clone()).filter(|m| !m.is_empty());
+            let gpu_memory_mb = largest.and_then(|g| g.memory_mb);
             // What the scheduler may give allocations: the node's memory and disk less what
             // its client reserves (api/nodes.go: `NodeResources`, `ReservedResources`).
             let less_reserved = |what: &str, field: &str| {
@@ -147,6 +147,7 @@ impl NomadScheduler {
                 disk_mb: less_reserved("Disk", "DiskMB"),
                 gpu_model,
                 gpu_memory_mb,
+                groups,
             });
         }
         Ok(out)
@@ -214,4 +215,32 @@ pub struct Node {
     /// memory (its `memory` attribute, in MiB: the device plugin's fingerprint).
     pub gpu_model: Option<String>,
     pub gpu_memory_mb: Option<u64>,
+    /// Its NVIDIA device groups: a request of N GPUs is met from one of them.
+    pub groups: Vec<GpuGroup>,
+}
+
+/// One device group of a node (vendor/type/model: `NodeDeviceResource`): its model (the
+/// group's `Name`, what `${device.model}` resolves to), memory each and healthy GPUs.
+#[derive(Clone, Debug)]
+pub struct GpuGroup {
+    pub model: String,
+    pub memory_mb: Option<u64>,
+    pub healthy: u32,
+}
+
+impl Node {
+    /// Whether one allocation of `gpus` GPUs of what `wants` allows could be met here, with
+    /// `used` of each group's GPUs taken (by model).
+    pub fn could_give(
+        &self,
+        gpus: u32,
+        wants: &crate::scheduler::gpus::GpuWants,
+        used: &std::collections::HashMap<String, u32>,
+    ) -> bool {
+        self.groups.iter().any(|g| {
+            let model = Some(g.model.as_str()).filter(|m| !m.is_empty());
+            wants.matches(model, g.memory_mb)
+                && g.healthy.saturating_sub(used.get(&g.model).copied().unwrap_or(0)) >= gpus
+        })
+    }
 }

@@ -52,10 +52,13 @@ impl NomadScheduler {
     /// but its memory taken would get no rank, and the job be placed in part and purged).
     pub(super) async fn free_nodes(&self, gw: &str, m: &JobManifest) -> Result<u32, ScheduleError> {
         let (gpus, memory, disk) = super::spec::rank_ask(&self.cfg, &m.request);
+        let wants = crate::scheduler::gpus::GpuWants::of(&m.request);
         let room = self.room().await?;
         Ok(room
             .iter()
-            .filter(|r| r.node.datacenter == gw && r.node.pool == self.cfg.room_pool() && r.fits(gpus, memory, disk))
+            .filter(|r| {
+                r.node.datacenter == gw && r.node.pool == self.cfg.room_pool() && r.fits(gpus, &wants, memory, disk)
+            })
             .count() as u32)
     }
 

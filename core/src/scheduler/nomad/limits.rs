@@ -107,6 +107,8 @@ impl NomadScheduler {
             .flatten()
             .map(|d| d["DeviceIDs"].as_array().map(|i| i.len()).unwrap_or(0) as u32)
             .sum();
+        // Their device group's name: the model it is charged at.
+        let gpu_model = full["AllocatedResources"]["Tasks"]["worker"]["Devices"][0]["Name"].as_str().map(String::from);
         let index = full["Name"]
             .as_str()
             .and_then(|n| n.rsplit('[').next())
@@ -117,6 +119,7 @@ impl NomadScheduler {
             index,
             miner: full["NodeName"].as_str().unwrap_or("?").to_string(),
             gpus,
+            gpu_model,
             started_at,
             ended_at: ended_at.max(started_at),
             how: status.to_string(),

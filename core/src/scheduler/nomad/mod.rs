@@ -142,18 +142,35 @@ impl NomadScheduler {
             .collect();
         // Nodes that could hold a rank when empty: its GPUs, memory and disk.
         let (_, memory, disk) = spec::rank_ask(&self.cfg, r);
+        let wants = crate::scheduler::gpus::GpuWants::of(r);
         let fitting = nodes
             .iter()
             .filter(|n| {
-                n.gpus >= r.gpus_per_miner
+                n.could_give(r.gpus_per_miner, &wants, &Default::default())
                     && n.memory_mb.is_none_or(|m| m >= memory)
                     && n.disk_mb.is_none_or(|d| d >= disk)
             })
             .count() as u32;
         let in_gw = nodes.len();
-        if fitting < r.miners && r.kind == JobKind::Train {
+        // A deployment's replicas are placed as they come, but one no node could ever give
+        // the GPUs it asks for is refused too.
+        if fitting < r.miners && (r.kind == JobKind::Train || (fitting == 0 && !wants.any())) {
+            let what = if wants.any() { String::new() } else { format!(" ({})", wants.describe()) };
+            // The models and memory the gateway's nodes have.
+            let mut have: std::collections::BTreeSet<String> = Default::default();
+            for n in &nodes {
+                for g in &n.groups {
+                    let mem = g.memory_mb.map(|m| format!(" {}", crate::scheduler::gpus::memory_text(m)));
+                    have.insert(format!("{} × {}{}", g.healthy, g.model, mem.unwrap_or_default()));
+                }
+            }
+            let have = if have.is_empty() || wants.any() {
+                String::new()
+            } else {
+                format!(" (its GPUs: {})", have.into_iter().collect::<Vec<_>>().join(", "))
+            };
             return Err(ScheduleError::Unplaceable(format!(
-                "needs {} with {} {GPU_DEVICE}, {memory} MiB of memory and {disk} MiB of disk each; gateway {gw} has {}, {fitting} that could hold one",
+                "needs {} with {} {GPU_DEVICE}{what}, {memory} MiB of memory and {disk} MiB of disk each; gateway {gw} has {}, {fitting} that could hold one{have}",
                 crate::plural(r.miners, "miner"),
                 r.gpus_per_miner,
                 crate::plural(in_gw as u64, "ready node"),

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::NomadConfig;
 use crate::layout::JobKey;
+use crate::scheduler::gpus;
 use crate::scheduler::launch::{self, Launch, StoreAccess};
 
 /// Nanoseconds, as Nomad's JSON API counts durations.
@@ -183,8 +184,7 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32, 
     if cfg.driver != "raw_exec" {
         meta["aic_uid"] = json!(uid.to_string());
     }
-    let devices =
-        if r.gpus_per_miner > 0 { vec![json!({"Name": GPU_DEVICE, "Count": r.gpus_per_miner})] } else { vec![] };
+    let devices = if r.gpus_per_miner > 0 { vec![device_ask(r)] } else { vec![] };
     let mut spec = json!({
         "ID": id,
         "Name": id,
@@ -262,6 +262,45 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32, 
         task["Env"][launch::ENV_CACHE] = json!(ENV_CACHE_AT);
     }
     spec
+}
+
+/// The task's device request: `nvidia/gpu` × the GPUs per miner, of the models and memory
+/// the request asks. Nomad resolves a device constraint's `${device.model}` to the device
+/// group's name and `${device.attr.memory}` to its `memory` attribute, and compares a literal
+/// like `22855 MiB` by value and unit (`scheduler/feasible.go` `nodeDeviceMatches`,
+/// `resolveDeviceTarget`, `checkAttributeConstraint`; the job specification's `device`
+/// block). The models, in order of preference, are a `regexp` constraint (any of them) and
+/// affinities weighted down the list (the first preferred), so Nomad places on the model the
+/// user prefers where one is free.
+fn device_ask(r: &aic_schemas::JobRequest) -> Value {
+    let mut device = json!({"Name": GPU_DEVICE, "Count": r.gpus_per_miner});
+    let mut constraints = vec![];
+    if !r.gpu_types.is_empty() {
+        constraints.push(
+            json!({"LTarget": "${device.model}", "RTarget": gpus::models_regex(&r.gpu_types), "Operand": "regexp"}),
+        );
+    }
+    if let Some(gb) = r.min_gpu_memory_gb {
+        let mib = gpus::min_memory_mb(gb);
+        constraints.push(json!({"LTarget": "${device.attr.memory}", "RTarget": format!("{mib} MiB"), "Operand": ">="}));
+    }
+    if !constraints.is_empty() {
+        device["Constraints"] = json!(constraints);
+    }
+    if r.gpu_types.len() > 1 {
+        let n = r.gpu_types.len() as i64;
+        let affinities: Vec<Value> = r
+            .gpu_types
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                json!({"LTarget": "${device.model}", "RTarget": gpus::models_regex(std::slice::from_ref(m)),
+                    "Operand": "regexp", "Weight": 100 - (i as i64 * 100 / n)})
+            })
+            .collect();
+        device["Affinities"] = json!(affinities);
+    }
+    device
 }
 
 /// A person's reading of an evaluation's `FailedTGAllocs` (the metrics Nomad gives for a

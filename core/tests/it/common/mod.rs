@@ -83,6 +83,8 @@ pub struct AllocInfo {
     pub node: String,
     pub index: usize,
     pub gpus: u32,
+    /// The device group its GPUs came from (the group's model, `Name`).
+    pub group: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Its task's earlier starts, before a restart in place (Nomad's restart tracker).
     pub earlier_starts: Vec<chrono::DateTime<chrono::Utc>>,
@@ -99,6 +101,7 @@ impl Nomad {
     /// Records a new allocation as placed (its task starts at once).
     fn placed(&mut self, id: &str, node: &str, index: usize, job: &Value) {
         let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap_or(0) as u32;
+        let group = self.group_for(node, job).unwrap_or_else(|| "Tesla T4".into());
         let aid = alloc_id(id, node, job);
         let now = chrono::Utc::now();
         self.index += 1;
@@ -110,6 +113,7 @@ impl Nomad {
                 node: node.into(),
                 index,
                 gpus,
+                group,
                 started_at: now,
                 earlier_starts: Vec::new(),
                 status: "running".into(),
@@ -226,7 +230,7 @@ impl Nomad {
             "DesiredStatus": if i.stopped.is_some() { "stop" } else { "run" },
             "DesiredDescription": i.stopped.clone().unwrap_or_default(),
             "CreateIndex": i.create_index, "ModifyIndex": i.create_index,
-            "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4",
+            "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": i.group,
                 "DeviceIDs": (0..i.gpus).map(|g| format!("GPU-{node_id}-{g}")).collect::<Vec<_>>()}],
                 "Memory": {"MemoryMB": j["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"]}}},
                 "Shared": {"DiskMB": j["TaskGroups"][0]["EphemeralDisk"]["SizeMB"]}}})
@@ -289,6 +293,7 @@ impl Nomad {
                         && n.1 != node
                         && !taken.iter().any(|t| t == n.1)
                         && n.3 - self.busy.get(n.1).copied().unwrap_or(0) >= gpus
+                        && self.group_for(n.1, &job).is_some()
                 });
                 if let Some(n) = spare {
                     *self.busy.entry(n.1.to_string()).or_default() += gpus;
@@ -316,6 +321,76 @@ pub const NODES: [(&str, &str, &str, u32, bool); 5] = [
     ("n4", "node-d", "other", 8, true),
     ("n5", "node-e", "mixed", 4, true),
 ];
+
+/// Each node's NVIDIA device groups: (model, memory each in MiB, GPUs). `node-e` in `mixed`
+/// has its 4 GPUs in two groups of 2, as `nomad node status` shows a mixed node.
+pub fn device_groups(node: &str) -> Vec<(&'static str, u64, u32)> {
+    let n = NODES.iter().find(|n| n.1 == node).expect("a node");
+    if n.2 == "mixed" {
+        vec![("Tesla T4", 15360, n.3 / 2), ("A100", 40960, n.3 - n.3 / 2)]
+    } else {
+        vec![("Tesla T4", 15360, n.3)]
+    }
+}
+
+/// Whether a device group meets a task's device request's constraints, as Nomad's scheduler
+/// decides it (`scheduler/feasible.go` `nodeDeviceMatches`: every constraint, its targets
+/// resolved by `resolveDeviceTarget` — `${device.model}` the group's name,
+/// `${device.attr.memory}` its attribute — and `checkAttributeConstraint`: `regexp` a Go
+/// regular expression matched against the string, `>=` a comparison of numbers in the same
+/// unit, here MiB).
+fn device_matches(model: &str, memory_mib: u64, constraints: &Value) -> bool {
+    constraints.as_array().into_iter().flatten().all(|c| {
+        let (l, r, op) =
+            (c["LTarget"].as_str().unwrap(), c["RTarget"].as_str().unwrap(), c["Operand"].as_str().unwrap());
+        match (l, op) {
+            ("${device.model}", "regexp") => regex_lite::Regex::new(r).expect("Nomad compiles it").is_match(model),
+            ("${device.attr.memory}", ">=") => {
+                let want: u64 = r.strip_suffix(" MiB").expect("a value in MiB").parse().unwrap();
+                memory_mib >= want
+            }
+            other => panic!("a device constraint this fake does not evaluate: {other:?}"),
+        }
+    })
+}
+
+/// How the device's affinities score a group: the sum of the weights of those it meets
+/// (`scheduler/rank.go` `DeviceAffinityIterator`, which prefers the best-scoring group).
+fn device_score(model: &str, affinities: &Value) -> i64 {
+    affinities
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| regex_lite::Regex::new(a["RTarget"].as_str().unwrap()).unwrap().is_match(model))
+        .map(|a| a["Weight"].as_i64().unwrap())
+        .sum()
+}
+
+impl Nomad {
+    /// The device group of `node` Nomad would give one allocation of `job`: one whose
+    /// constraints it meets, with its GPUs free (a request is met from one group), the best
+    /// scored by the affinities first. `None`: none can.
+    pub fn group_for(&self, node: &str, job: &Value) -> Option<String> {
+        let dev = &job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0];
+        let gpus = dev["Count"].as_u64().unwrap_or(0) as u32;
+        let used = |model: &str| -> u32 {
+            self.info
+                .values()
+                .filter(|i| i.node == node && i.group == model && i.finished_at.is_none())
+                .map(|i| i.gpus)
+                .sum()
+        };
+        // The first group of the best score.
+        device_groups(node)
+            .into_iter()
+            .rev()
+            .filter(|(model, mib, count)| {
+                device_matches(model, *mib, &dev["Constraints"]) && count - used(model).min(*count) >= gpus
+            })
+            .max_by_key(|(model, _, _)| device_score(model, &dev["Affinities"]))
+            .map(|(model, _, _)| model.to_string())
+    }
+}
 
 /// The frames of Nomad's event buffer `buffer` a subscription at `index` is sent first
 /// (nomad/stream/event_broker.go `Subscribe`, event_buffer.go `StartAtClosest`; the
@@ -524,12 +599,15 @@ async fn handle(
                     // (an integer in MiB: nomad-device-nvidia fingerprint.go), in the API's
                     // `Attribute` JSON.
                     let mem = |mib: u64| json!({"memory": {"Int": mib, "Unit": "MiB"}, "power": {"Int": 70, "Unit": "W"}});
-                    let devices = if *dc == "mixed" {
-                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, gpus / 2), "Attributes": mem(15360)},
-                            {"Vendor": "nvidia", "Type": "gpu", "Name": "A100", "Instances": inst(gpus / 2, *gpus), "Attributes": mem(40960)}])
-                    } else {
-                        json!([{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "Instances": inst(0, *gpus), "Attributes": mem(15360)}])
-                    };
+                    let mut from = 0;
+                    let devices: Vec<Value> = device_groups(name)
+                        .into_iter()
+                        .map(|(model, mib, count)| {
+                            from += count;
+                            json!({"Vendor": "nvidia", "Type": "gpu", "Name": model, "Instances": inst(from - count, from), "Attributes": mem(mib)})
+                        })
+                        .collect();
+                    let _ = gpus;
                     let status = if s.down.contains(*name) { "down" } else { "ready" };
                     // api/nodes.go `NodeListStub` with `resources=true`: `NodeResources` and
                     // `ReservedResources`; `NodePool` (Nomad ≥ 1.6).
@@ -590,6 +668,7 @@ async fn handle(
                         && !s.down.contains(n.1)
                         && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus
                         && s.free_memory(n.1) >= memory
+                        && s.group_for(n.1, job).is_some()
                 })
                 .map(|n| n.1.to_string())
                 .collect();
@@ -734,7 +813,7 @@ async fn handle(
                             .map(|t| json!({"Type": "Started", "Time": t.timestamp_nanos_opt().unwrap()}))
                             .collect::<Vec<_>>(),
                         "FinishedAt": i.finished_at.map(|t| t.to_rfc3339()).unwrap_or(zero)}},
-                    "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": "Tesla T4", "DeviceIDs": ids}]}}}}),
+                    "AllocatedResources": {"Tasks": {"worker": {"Devices": [{"Vendor": "nvidia", "Type": "gpu", "Name": i.group, "DeviceIDs": ids}]}}}}),
             )
         }
         ("PUT", p) if p.starts_with("/v1/var/") && query.keys().any(|k| k.starts_with("lock-")) => {

@@ -1,5 +1,5 @@
 import { api } from "../api";
-import { h, table } from "../ui";
+import { fmtAic, h, table } from "../ui";
 
 interface Miner {
   name: string;
@@ -7,6 +7,7 @@ interface Miner {
   free_gpus: number;
   gpu_model?: string;
   gpu_memory_mb?: number;
+  price_per_gpu_hour?: string;
   down?: string;
 }
 
@@ -29,8 +30,15 @@ export async function poolPage(root: HTMLElement): Promise<void> {
       h("h2", {}, `Gateway ${g.name}`),
       h("p", {}, `Available miners: ${avail} of ${g.miners.length} · free GPUs: ${free} of ${total}`),
       table(
-        ["Miner", "GPUs", "Model", "Memory", "Free"],
-        g.miners.map((m) => [m.name, m.gpus, m.gpu_model ?? "", memory(m.gpu_memory_mb), m.down ? "down" : m.free_gpus]),
+        ["Miner", "GPUs", "Model", "Memory", "Price per GPU-hour", "Free"],
+        g.miners.map((m) => [
+          m.name,
+          m.gpus,
+          m.gpu_model ?? "",
+          memory(m.gpu_memory_mb),
+          m.price_per_gpu_hour ? fmtAic(m.price_per_gpu_hour) : "",
+          m.down ? "down" : m.free_gpus,
+        ]),
       ),
     );
   }

@@ -43,6 +43,12 @@ env?: {
  * The request is refused by validate after this time.
  */
 expires_at: string
+/**
+ * GPU models the job may run on, in order of preference (`--gpu-type A100 --gpu-type
+ * A10`): a miner's model matches one when its words appear in it in order, case aside
+ * (`A100` matches `NVIDIA A100-SXM4-80GB`, not `A10`). Empty: any model.
+ */
+gpu_types?: string[]
 gpus_per_miner: number
 /**
  * A container image to run the job in (`--image REF`), where the pool runs images (Nomad
@@ -60,6 +66,10 @@ launcher?: ("command" | "mpi" | "horovod" | "torchrun")
  * Upper bound on wall time; the quote is computed from it.
  */
 max_hours: number
+/**
+ * The least memory each GPU must have, in GB (`--min-gpu-memory 20`). None: any.
+ */
+min_gpu_memory_gb?: (number | null)
 miners: number
 /**
  * A short name for listings and deployments, `[a-z0-9-]{1,63}`.

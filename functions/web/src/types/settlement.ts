@@ -7,6 +7,11 @@ export type SettlementKind = ("settled" | "reclaimed" | "transfer")
 
 export interface Settlement {
 at: string
+/**
+ * Where the pool prices GPU models apart: the run's GPU-seconds and their cost by the
+ * model (price) they ran at, before the cap at what was paid.
+ */
+by_model?: ModelCharge[]
 chain_id: number
 /**
  * What the run was charged: min(paid, GPU-seconds × the quoted price), smallest unit.
@@ -33,4 +38,22 @@ run: number
  * The settling (or reclaiming) transaction.
  */
 tx?: (string | null)
+}
+/**
+ * What GPUs of one priced model cost a run.
+ */
+export interface ModelCharge {
+/**
+ * Smallest units.
+ */
+cost: string
+gpu_seconds: number
+/**
+ * The model as the pool prices it, or `other models` (the default price).
+ */
+model: string
+/**
+ * Smallest units per GPU-hour.
+ */
+price_per_gpu_hour: string
 }
