@@ -136,6 +136,16 @@ impl ChainConfig {
         if let Some((k, v)) = env("AIC_GPU_PRICES") {
             c.gpu_prices = parse_gpu_prices(&v).map_err(|e| ConfigError::Bad(k, v, e))?;
         }
+        // Prices from the file are amounts of the smallest unit; one that is not is refused
+        // (it would read as free).
+        for (model, price) in &c.gpu_prices {
+            if price.parse::<u128>().is_err() {
+                return Err(ConfigError::Read(
+                    path.display().to_string(),
+                    format!("gpu_prices.{model} = {price:?} is not an amount of the smallest unit (a whole number)"),
+                ));
+            }
+        }
         if let Some((k, v)) = env("AIC_ESCROW") {
             c.escrow =
                 Some(v.parse().map_err(|e: alloy::hex::FromHexError| ConfigError::Bad(k, v.clone(), e.to_string()))?);

@@ -260,6 +260,8 @@ impl Hosted {
             // Its own address only (and `localhost` at its port): no page of another origin,
             // nor a name rebound to loopback, reaches the developer's pool.
             own_addresses: own_addresses(&authority),
+            // `/metrics` for a Prometheus of the developer's, with this token.
+            metrics_token: std::env::var("AIC_METRICS_TOKEN").ok().filter(|t| !t.is_empty()),
         };
         let proxy_task = tokio::spawn(aic_functions::host::serve(host, listener));
         // A job whose workers have all ended is settled: an event for its status snapshot goes

@@ -22,9 +22,9 @@ pub struct Pricing {
     pub token: Option<String>,
 }
 
-/// The words of a model name (as `model_matches` reads them).
-fn word_count(model: &str) -> usize {
-    model.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).count()
+/// The words of a model name, lower case (as `model_matches` reads them).
+fn words(model: &str) -> Vec<String> {
+    model.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_ascii_lowercase).collect()
 }
 
 /// What a GPU-hour costs, and of which of the pool's prices.
@@ -55,8 +55,9 @@ impl Pricing {
 
     /// The price of a GPU-hour on a GPU of `model` (unknown: the default).
     pub fn price_of(&self, model: Option<&str>) -> Price {
+        // Of the most words; of those, the dearest.
         let priced = model.and_then(|m| {
-            self.gpu_prices.iter().filter(|(p, _)| model_matches(p, m)).max_by_key(|(p, _)| word_count(p))
+            self.gpu_prices.iter().filter(|(p, _)| model_matches(p, m)).max_by_key(|(p, v)| (words(p).len(), **v))
         });
         match priced {
             Some((p, price)) => Price { per_gpu_hour: *price, model: Some(p.clone()) },
@@ -64,10 +65,12 @@ impl Pricing {
         }
     }
 
-    /// The dearest price a job asking `wants` could be charged: of the priced models one of
-    /// its models could be (the one names the other: `A100` and `A100 80GB`), and the default
-    /// unless a priced model covers all a model it asks could be; every price when it asks
-    /// for any model.
+    /// The dearest price a job asking `wants` is quoted at: of the priced models one of its
+    /// models could be (the one names the other, `A100` and `A100 80GB`, or they share a
+    /// word, `A100 80GB` and `A100 SXM4`), and the default unless a priced model covers all a
+    /// model it asks could be; every price when it asks for any model. A run is never charged
+    /// more than this per GPU-hour ([`Pricing::of_quote`] caps it), whatever a miner's model
+    /// name has in common with the operator's price list.
     pub fn dearest(&self, wants: &GpuWants) -> Price {
         let default = Price { per_gpu_hour: self.price_per_gpu_hour, model: None };
         let mut candidates: Vec<Price> = vec![];
@@ -79,8 +82,9 @@ impl Pricing {
             let mut covered = false;
             for (p, v) in &self.gpu_prices {
                 let (narrower, wider) = (model_matches(asked, p), model_matches(p, asked));
+                let shared = words(p).iter().any(|w| words(asked).contains(w));
                 covered |= wider;
-                if narrower || wider {
+                if narrower || wider || shared {
                     candidates.push(Price { per_gpu_hour: *v, model: Some(p.clone()) });
                 }
             }
@@ -128,15 +132,18 @@ impl Pricing {
     }
 
     /// The prices a quote was made with, to charge a run by (a run is charged at the prices
-    /// it was quoted, whatever the pool's are by the time it ends).
+    /// it was quoted, whatever the pool's are by the time it ends), none over the price the
+    /// quote was made at: a user is never charged more per GPU-hour than quoted.
     pub fn of_quote(q: &Quote) -> Pricing {
         let parse = |s: &str| s.parse::<u128>().unwrap_or(0);
+        let cap = parse(&q.price_per_gpu_hour);
         Pricing {
             price_per_gpu_hour: q
                 .base_price_per_gpu_hour
                 .as_deref()
-                .map_or_else(|| parse(&q.price_per_gpu_hour), parse),
-            gpu_prices: q.gpu_prices.iter().map(|(k, v)| (k.clone(), parse(v))).collect(),
+                .map_or_else(|| parse(&q.price_per_gpu_hour), parse)
+                .min(cap),
+            gpu_prices: q.gpu_prices.iter().map(|(k, v)| (k.clone(), parse(v).min(cap))).collect(),
             token: q.token.clone(),
         }
     }
@@ -241,8 +248,20 @@ mod tests {
         .unwrap();
         let q = p.quote(&r);
         assert_eq!((q.total.as_str(), q.model.as_deref()), ("1000000000000000000", Some("T4")));
-        assert_eq!(Pricing::of_quote(&q), Pricing { token: None, ..p.clone() });
+        // Charged by the quote's prices, none over its own (0.5 AIC here).
+        let charged = Pricing::of_quote(&q);
+        assert_eq!(charged.price_of(Some("Tesla T4")).per_gpu_hour, aic / 2);
+        assert_eq!(charged.price_of(Some("NVIDIA A100-SXM4-80GB")).per_gpu_hour, aic / 2, "capped at the quote");
         r.gpu_types = vec!["L4".into()];
         assert_eq!(p.quote(&r).model.as_deref(), Some(OTHER_MODELS));
+        // A priced model sharing a word with the one asked counts: `A100 80GB` asked, and the
+        // miner's `NVIDIA A100-SXM4-80GB` priced as `A100 SXM4`.
+        let p2 = Pricing {
+            price_per_gpu_hour: aic,
+            gpu_prices: [("A100".to_string(), 3 * aic), ("A100 SXM4".into(), 5 * aic)].into(),
+            token: None,
+        };
+        assert_eq!(p2.dearest(&wants(&["A100 80GB"])).per_gpu_hour, 5 * aic);
+        assert_eq!(p2.price_of(Some("NVIDIA A100-SXM4-80GB")).per_gpu_hour, 5 * aic);
     }
 }

@@ -13,6 +13,8 @@
 //!   app ([`crate::web`]), when the host has a gateway.
 //! - `/d/<deployment>/…`: the serving gateway ([`crate::proxy`]), when the host has one.
 //! - `GET /healthz`: 200.
+//! - `GET /metrics`: the pool's figures for its operator ([`crate::metrics`]), with
+//!   `Authorization: Bearer $AIC_METRICS_TOKEN`; absent when no token is set.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +49,8 @@ pub struct Host {
     /// web page could otherwise reach a pool on the user's loopback by DNS rebinding, as its
     /// own origin, and read or drive it.
     pub own_addresses: Vec<String>,
+    /// What a scrape of `/metrics` must bear (`AIC_METRICS_TOKEN`); none: no such endpoint.
+    pub metrics_token: Option<String>,
 }
 
 /// Why a request is not for this host (`own`: its `host:port`s), if it is not: its `Host`
@@ -365,6 +369,31 @@ async fn handle(
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => Ok(reply(StatusCode::OK, serde_json::json!({"ok": true}))),
+        (&Method::GET, "/metrics") if host.metrics_token.is_some() => {
+            let bearer = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let expected = host.metrics_token.as_deref().unwrap_or_default().as_bytes();
+            let ok = bearer.is_some_and(|b| {
+                use aws_lc_rs::constant_time::verify_slices_are_equal;
+                verify_slices_are_equal(b.as_bytes(), expected).is_ok()
+            });
+            if !ok {
+                return Ok(reply(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"error": "metrics need Authorization: Bearer <AIC_METRICS_TOKEN>"}),
+                ));
+            }
+            let text = crate::metrics::render(&host.ctx).await;
+            let mut r = Response::new(full(Bytes::from(text)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(r)
+        }
         (&Method::POST, "/events") => {
             let sns_type = req.headers().get("x-amz-sns-message-type").and_then(|v| v.to_str().ok()).map(String::from);
             if sns_type.is_none() {

@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod gateway;
 pub mod host;
 pub mod lambda;
+pub mod metrics;
 pub mod poll;
 pub mod proxy;
 pub mod redrive;
@@ -134,14 +135,16 @@ pub async fn handle_record(ctx: &Ctx, record: &S3EventRecord) -> Result<Outcome,
         return Ok(Outcome::Ignored);
     }
     let key = record.key();
-    match classify(&key) {
-        KeyKind::Request(job) => validate::handle(ctx, &job).await,
-        KeyKind::ResumeRequest(job, run) => resume::handle(ctx, &job, run).await,
-        KeyKind::Manifest(job) => dispatch::handle(ctx, &job).await,
-        KeyKind::StatusRecord(job, seq) => cancel::handle(ctx, &job, seq).await,
-        KeyKind::StatusSnapshot(job) => settle::handle(ctx, &job).await,
-        KeyKind::Other => Ok(Outcome::Ignored),
-    }
+    let (function, result) = match classify(&key) {
+        KeyKind::Request(job) => ("validate", validate::handle(ctx, &job).await),
+        KeyKind::ResumeRequest(job, run) => ("resume", resume::handle(ctx, &job, run).await),
+        KeyKind::Manifest(job) => ("dispatch", dispatch::handle(ctx, &job).await),
+        KeyKind::StatusRecord(job, seq) => ("cancel", cancel::handle(ctx, &job, seq).await),
+        KeyKind::StatusSnapshot(job) => ("settle", settle::handle(ctx, &job).await),
+        KeyKind::Other => return Ok(Outcome::Ignored),
+    };
+    metrics::handled(function, &result);
+    result
 }
 
 /// Records of one delivery handled at once.

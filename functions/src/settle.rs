@@ -98,6 +98,7 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         at: Utc::now(),
     };
     store.create_json(&key, &s).await?;
+    crate::metrics::settled_after((s.at - st.at).num_milliseconds() as f64 / 1000.0);
     Ok(Outcome::Settled(job.clone(), summary(&s)))
 }
 

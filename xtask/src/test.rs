@@ -117,6 +117,8 @@ pub(crate) fn cargo_test(py: &std::path::Path, args: &[String], lint: bool) -> a
         .env("AIC_TEST_S3_BUCKET", "aic-test")
         .env("AIC_LOCALSTACK_PYTHON", tools().join("localstack-venv/bin/python"))
         .env("AIC_ANVIL", anvil())
+        // Prometheus' client library, whose parser reads the functions host's `/metrics`.
+        .env("AIC_PROM_PYTHON", crate::tools::venv("prom", 1, &["prometheus_client"])?.join("python"))
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1"));

@@ -124,6 +124,12 @@ pub trait Scheduler: Send + Sync {
     /// Gateways with their miners and free GPUs.
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError>;
 
+    /// How many jobs it holds, by state (`running`, `queued`), for the operator's figures;
+    /// empty where the backend does not keep them.
+    fn jobs_by_state(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
     /// Where the serve job `deployment`'s live allocations were placed to serve: (host,
     /// port) as the scheduler assigned them. The serving gateway forwards only to these, so
     /// a registration naming any other address (another service on the network) is

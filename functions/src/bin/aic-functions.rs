@@ -88,6 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         minio,
         proxy,
         own_addresses: vec![],
+        // The operator's Prometheus scrapes `/metrics` with this token.
+        metrics_token: std::env::var("AIC_METRICS_TOKEN").ok().filter(|t| !t.is_empty()),
     };
     // With the gateway here, the simulated miners' workers reach the bucket through it with
     // their job's token, and get no store credentials (the local scheduler takes the host's

@@ -452,6 +452,10 @@ async fn a_run_is_charged_by_the_gpu_model_it_ran_on_and_a_deposit_covers_the_de
     assert_eq!(by, [("A100", 10, a100.to_string()), ("T4", 20, t4.to_string())]);
     assert_eq!(w.balance(w.treasury()).await, t0 + U256::from(a100 + t4), "the charge, on chain");
     assert_eq!(w.balance(owner).await, o0 - U256::from(a100 + t4), "the rest back, on chain");
+    // The operator's figures count the settlement's latency.
+    let figures = aic_functions::metrics::render(&w.ctx).await;
+    let count = figures.lines().find_map(|l| l.strip_prefix("aic_settle_latency_seconds_count ")).unwrap();
+    assert!(count.parse::<u64>().unwrap() >= 1, "{figures}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,6 +534,7 @@ async fn a_payment_awaiting_confirmations_holds_up_no_queue_and_is_validated_onc
         minio: MinioPosts::Open,
         proxy: None,
         own_addresses: vec![],
+        metrics_token: None,
     };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let body = |key: String| {

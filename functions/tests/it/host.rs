@@ -75,7 +75,15 @@ async fn start_host(p: &Pool, cert_origin: Option<&str>) -> String {
     let addr = listener.local_addr().unwrap();
     let sns = cert_origin.map(|o| Arc::new(SnsVerifier::new(vec![TOPIC.into()], vec![o.to_string()])));
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns, gateway: None, minio: MinioPosts::Open, proxy: None, own_addresses: vec![] },
+        Host {
+            ctx: p.ctx.clone(),
+            sns,
+            gateway: None,
+            minio: MinioPosts::Open,
+            proxy: None,
+            own_addresses: vec![],
+            metrics_token: None,
+        },
         listener,
     ));
     format!("http://{addr}")
@@ -136,6 +144,75 @@ async fn minio_and_sns_deliveries_run_the_functions() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(std::fs::read_to_string(&p.starts).unwrap().lines().count(), 1, "one allocation, not two");
+}
+
+/// The operator's figures at `/metrics`: refused without the token (or with another), and
+/// with it, text that Prometheus' own client library parses (`prometheus_client.parser`, the
+/// reference parser of the text format), counting the events this host handled and the
+/// pool's GPUs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_figures_are_scraped_with_a_token_in_prometheus_text_format() {
+    let p = pool(2, "exit 0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let host = Host {
+        ctx: p.ctx.clone(),
+        sns: None,
+        gateway: None,
+        minio: MinioPosts::Open,
+        proxy: None,
+        own_addresses: vec![],
+        metrics_token: Some("scrape-me".into()),
+    };
+    tokio::spawn(aic_functions::host::serve(host, listener));
+    let http = reqwest::Client::new();
+    let job = put_request(&p.store, &request(1).await).await;
+    for key in [job.request(), job.manifest()] {
+        let r = http.post(format!("{url}/events")).body(minio_body(&p, &key)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for bearer in [None, Some("Bearer scrape-m"), Some("scrape-me")] {
+        let mut r = http.get(format!("{url}/metrics"));
+        if let Some(b) = bearer {
+            r = r.header("authorization", b);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401, "{bearer:?}");
+    }
+    let r = http.get(format!("{url}/metrics")).header("authorization", "Bearer scrape-me").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = r.text().await.unwrap();
+    // Parsed by Prometheus' client library: each sample as `name{labels} value` in JSON.
+    let python = std::env::var("AIC_PROM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut parse = Command::new(&python)
+        .args(["-c", "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families as f\nprint(json.dumps([[s.name, s.labels, s.value, m.type] for m in f(sys.stdin.read()) for s in m.samples]))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e} (cargo xtask test installs prometheus_client and sets AIC_PROM_PYTHON)"));
+    use std::io::Write;
+    parse.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = parse.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    let samples: Vec<(String, std::collections::BTreeMap<String, String>, f64, String)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        samples
+            .iter()
+            .find(|(n, l, _, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v, t)| (*v, t.clone()))
+    };
+    let validated = value("aic_events_handled_total", &[("function", "validate"), ("outcome", "validated")]);
+    assert!(validated.as_ref().is_some_and(|(v, t)| *v >= 1.0 && t == "counter"), "{text}");
+    assert!(
+        value("aic_events_handled_total", &[("function", "dispatch"), ("outcome", "dispatched")]).is_some(),
+        "{text}"
+    );
+    assert_eq!(value("aic_gpus", &[("model", "unknown"), ("state", "total")]), Some((2.0, "gauge".into())), "{text}");
+    assert_eq!(value("aic_miners", &[("state", "up")]).map(|v| v.0), Some(2.0), "{text}");
+    assert!(value("aic_jobs", &[("state", "queued")]).is_some(), "{text}");
+    assert_eq!(value("aic_settle_latency_seconds_bucket", &[("le", "+Inf")]).map(|v| v.1), Some("histogram".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,6 +319,7 @@ async fn with_a_webhook_token_minio_bodies_must_carry_it() {
         minio: MinioPosts::Token("s3cret".into()),
         proxy: None,
         own_addresses: vec![],
+        metrics_token: None,
     };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let job = put_request(&p.store, &request(1).await).await;
@@ -305,7 +383,15 @@ async fn serving_host(p: &Pool) -> String {
     // As the embedded pool: it answers as itself only.
     let own_addresses = vec![url.trim_start_matches("http://").to_string()];
     tokio::spawn(aic_functions::host::serve(
-        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio: MinioPosts::Open, proxy, own_addresses },
+        Host {
+            ctx: p.ctx.clone(),
+            sns: None,
+            gateway: None,
+            minio: MinioPosts::Open,
+            proxy,
+            own_addresses,
+            metrics_token: None,
+        },
         listener,
     ));
     url
@@ -460,6 +546,7 @@ async fn the_serving_gateway_forwards_only_to_where_the_scheduler_placed_replica
             minio: MinioPosts::Open,
             proxy: Some(Arc::new(proxy.at(origins))),
             own_addresses: vec![],
+            metrics_token: None,
         };
         tokio::spawn(aic_functions::host::serve(host, listener));
         let (origin, client) = origin_of(&url, deployment.as_str());
@@ -526,6 +613,7 @@ async fn without_a_token_or_an_explicit_allowance_minio_posts_are_refused() {
         minio: MinioPosts::Refused,
         proxy: None,
         own_addresses: vec![],
+        metrics_token: None,
     };
     tokio::spawn(aic_functions::host::serve(host, listener));
     let job = put_request(&p.store, &request(1).await).await;
@@ -786,6 +874,7 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
             minio: MinioPosts::Open,
             proxy,
             own_addresses: vec![],
+            metrics_token: None,
         };
         rt.spawn(async move {
             aic_functions::host::serve(host, tokio::net::TcpListener::from_std(std_listener).unwrap()).await
@@ -921,6 +1010,7 @@ async fn a_host_holds_no_more_than_its_limits_whoever_sends() {
         minio: MinioPosts::Open,
         proxy: None,
         own_addresses: vec![],
+        metrics_token: None,
     };
     let limits = aic_functions::host::Limits {
         connections: 4,

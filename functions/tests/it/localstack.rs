@@ -43,6 +43,7 @@ async fn bucket_events_reach_the_functions_through_sns() {
         minio: MinioPosts::Open,
         proxy: None,
         own_addresses: vec![],
+        metrics_token: None,
     })
     .await;
     // The wiring script users run: topic, subscription (the host confirms it), notification.
@@ -84,6 +85,7 @@ fn gateway_host(p: &Pool, inbox: Option<Inbox>, tweak: impl FnOnce(&mut GatewayC
         minio: MinioPosts::Open,
         proxy: None,
         own_addresses: vec![],
+        metrics_token: None,
     }
 }
 
@@ -538,6 +540,7 @@ async fn storm(tag: &str, faults: Option<aic_core::faults::Faults>) {
         minio: MinioPosts::Open,
         proxy: None,
         own_addresses: vec![],
+        metrics_token: None,
     })
     .await;
 

@@ -514,6 +514,12 @@ impl Scheduler for LocalScheduler {
         let st = self.inner.state.lock().unwrap();
         Ok(vec![self.gateway_info(&st)])
     }
+
+    fn jobs_by_state(&self) -> Vec<(String, u64)> {
+        let st = self.inner.state.lock().unwrap();
+        let running = st.running.values().filter(|r| !r.cancelled).count() as u64;
+        vec![("running".into(), running), ("queued".into(), st.queue.len() as u64)]
+    }
 }
 
 impl LocalScheduler {
