@@ -29,6 +29,10 @@
 //!   the cluster can pull, and `AIC_NOMAD_WORKER_MOUNT`, the clients' folder holding a static
 //!   `aic-worker`; the docker plugin with `volumes { enabled = true }`): the job runs in that
 //!   image, and the worker bound in at `/opt/aic` answers `aic-worker --version` there.
+//! - `a_request_for_a_gpu_model_lands_on_it_and_one_the_cluster_lacks_is_refused`: a job asking
+//!   the model and memory of the cluster's first GPU node (its device plugin's group name and
+//!   `memory` attribute) is placed on a node with that group, and the GPUs Nomad reserved are
+//!   of that model; one asking a model no node has is refused with the cluster's GPUs named.
 //! - `a_job_outlives_a_redeploy_of_the_functions_host` (with `AIC_NOMAD_LIVE_FUNCTIONS`, the
 //!   functions' Nomad job id, and `AIC_STORE`, the pool's store): the functions host is
 //!   redeployed while a job prints for a minute; every line and the job's success still
@@ -57,6 +61,18 @@ fn live() -> Option<(NomadScheduler, aic_core::Store)> {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The live scheduler, its task `/bin/true` unless `AIC_NOMAD_WORKER` names one: for tests of
+/// placement alone.
+fn live_placing() -> Option<NomadScheduler> {
+    let (n, store) = live()?;
+    if std::env::var("AIC_NOMAD_WORKER").is_ok() {
+        return Some(n);
+    }
+    let mut cfg = n.config().clone();
+    cfg.worker = "/bin/true".into();
+    Some(NomadScheduler::new(cfg, store))
 }
 
 fn manifest(miners: u32, gpus: u32) -> (JobKey, JobManifest) {
@@ -140,12 +156,7 @@ async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Opti
 
 #[tokio::test]
 async fn a_job_is_placed_or_queued_then_deregistered_on_a_real_cluster() {
-    let Some((mut n, store)) = live() else { return };
-    if std::env::var("AIC_NOMAD_WORKER").is_err() {
-        let mut cfg = n.config().clone();
-        cfg.worker = "/bin/true".into();
-        n = NomadScheduler::new(cfg, store);
-    }
+    let Some(n) = live_placing() else { return };
     let pool = n.pool().await.expect("reading the cluster's nodes");
     eprintln!("gateways: {pool:#?}");
     let (job, m) = manifest(1, 1);
@@ -162,6 +173,45 @@ async fn a_job_is_placed_or_queued_then_deregistered_on_a_real_cluster() {
     assert!(n.submit(&job, &m).await.is_ok());
     n.cancel(&job).await.unwrap();
     n.cancel(&job).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_for_a_gpu_model_lands_on_it_and_one_the_cluster_lacks_is_refused() {
+    let Some(n) = live_placing() else { return };
+    let pool = n.pool().await.expect("reading the cluster's nodes");
+    let Some((model, memory_mb)) = pool
+        .iter()
+        .filter(|g| g.name == n.config().datacenter)
+        .flat_map(|g| &g.miners)
+        .find_map(|m| Some((m.gpu_model.clone()?, m.gpu_memory_mb?)))
+    else {
+        eprintln!("no node in {} reports its GPUs' model and memory; nothing to ask for", n.config().datacenter);
+        return;
+    };
+    let (job, mut m) = manifest(1, 1);
+    m.request.gpu_types = vec![model.clone()];
+    m.request.min_gpu_memory_gb = Some(((memory_mb as f64) / 1024.0).floor().max(1.0) as u32);
+    match n.submit(&job, &m).await.unwrap() {
+        Submitted::Placed(_) => {
+            let id = nomad_id(&job);
+            let alloc = until("an allocation", Duration::from_secs(120), async || {
+                allocations(&n, &id).await.into_iter().next()
+            })
+            .await;
+            let aid = alloc["ID"].as_str().unwrap();
+            let full = n.call(reqwest::Method::GET, &format!("allocation/{aid}"), &[], None).await.unwrap().unwrap();
+            let got = full["AllocatedResources"]["Tasks"]["worker"]["Devices"][0]["Name"].as_str().unwrap_or("");
+            assert_eq!(got, model, "Nomad reserved GPUs of another model");
+        }
+        Submitted::Queued(why) => eprintln!("queued (its GPUs are busy): {why}"),
+    }
+    n.cancel(&job).await.unwrap();
+    let (job, mut m) = manifest(1, 1);
+    m.request.gpu_types = vec!["NoSuchGPU9000".into()];
+    match n.submit(&job, &m).await {
+        Err(ScheduleError::Unplaceable(why)) => assert!(why.contains("its GPUs:") && why.contains(&model), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -89,6 +89,18 @@ async fn start_host(p: &Pool, cert_origin: Option<&str>) -> String {
     format!("http://{addr}")
 }
 
+/// A host with no gateway, SNS or proxy: MinIO posts as `minio` says, `/metrics` with
+/// `metrics_token`. Its URL.
+async fn serve_plain(p: &Pool, minio: MinioPosts, metrics_token: Option<&str>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let metrics_token = metrics_token.map(String::from);
+    let host =
+        Host { ctx: p.ctx.clone(), sns: None, gateway: None, minio, proxy: None, own_addresses: vec![], metrics_token };
+    tokio::spawn(aic_functions::host::serve(host, listener));
+    url
+}
+
 fn origin(s: &Signer) -> String {
     let u = url::Url::parse(&s.cert_url).unwrap();
     format!("http://{}:{}/", u.host_str().unwrap(), u.port().unwrap())
@@ -153,18 +165,7 @@ async fn minio_and_sns_deliveries_run_the_functions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pools_figures_are_scraped_with_a_token_in_prometheus_text_format() {
     let p = pool(2, "exit 0");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let host = Host {
-        ctx: p.ctx.clone(),
-        sns: None,
-        gateway: None,
-        minio: MinioPosts::Open,
-        proxy: None,
-        own_addresses: vec![],
-        metrics_token: Some("scrape-me".into()),
-    };
-    tokio::spawn(aic_functions::host::serve(host, listener));
+    let url = serve_plain(&p, MinioPosts::Open, Some("scrape-me")).await;
     let http = reqwest::Client::new();
     let job = put_request(&p.store, &request(1).await).await;
     for key in [job.request(), job.manifest()] {
@@ -604,18 +605,7 @@ async fn events_for_requests_that_are_not_there_write_nothing_and_keep_the_id_fr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_or_an_explicit_allowance_minio_posts_are_refused() {
     let p = pool(1, "exit 0");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let host = Host {
-        ctx: p.ctx.clone(),
-        sns: None,
-        gateway: None,
-        minio: MinioPosts::Refused,
-        proxy: None,
-        own_addresses: vec![],
-        metrics_token: None,
-    };
-    tokio::spawn(aic_functions::host::serve(host, listener));
+    let url = serve_plain(&p, MinioPosts::Refused, None).await;
     let job = put_request(&p.store, &request(1).await).await;
     let r =
         reqwest::Client::new().post(format!("{url}/events")).body(minio_body(&p, &job.request())).send().await.unwrap();
