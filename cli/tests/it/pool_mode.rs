@@ -92,6 +92,11 @@ const GATEWAY_SECRET: &str = "00112233445566778899aabbccddeeff001122334455667788
 const SECRETS_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 
 fn pool_charging(events: Events, pay: Pay) -> Pool {
+    pool_with(events, pay, &[])
+}
+
+/// A pool whose functions host has `env` besides.
+fn pool_with(events: Events, pay: Pay, env: &[(&str, &str)]) -> Pool {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let chain = rt
@@ -123,6 +128,7 @@ fn pool_charging(events: Events, pay: Pay) -> Pool {
         .env("AIC_SECRETS_KEY", SECRETS_KEY)
         .env("AIC_SNS_TOPICS", format!("arn:aws:sns:us-east-1:000000000000:{topic}"))
         .env("AIC_SNS_CERT_ORIGINS", format!("{}/_aws/sns/", endpoint()))
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("functions.log")).unwrap());
     match pay {
@@ -372,6 +378,54 @@ fn an_own_environment_a_secret_and_a_cached_dataset_through_the_gateway() {
     let second = run();
     assert!(second.contains("1 package, cached on this miner"), "{second}");
     assert!(second.contains("from this miner's cache"), "{second}");
+}
+
+/// A mixed farm behind the gateway, its models priced apart: `aic pool` shows each model's
+/// price, a job asking memory or a model lands on those miners and is quoted and charged at
+/// their price, one asking a model the pool lacks is refused before paying, and the host's
+/// `/metrics` counts the GPUs of each model.
+#[test]
+fn gpu_models_memory_and_their_prices_through_the_gateway() {
+    let p = pool_with(
+        Events::Poll,
+        Pay::Aic,
+        &[
+            ("AIC_POOL_GPU_TYPES", "A10:24:1,T4:16:1"),
+            ("AIC_GPU_PRICES", "A10=2,T4=0.5"),
+            ("AIC_METRICS_TOKEN", "scrape"),
+        ],
+    );
+    assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
+    let pool = text(&p.aic("u", &["pool"])).0;
+    assert!(pool.contains("A10 24 GB: 1 of 1 free, 2 AIC per GPU-hour"), "{pool}");
+    assert!(pool.contains("T4 16 GB: 1 of 1 free, 0.5 AIC per GPU-hour"), "{pool}");
+    let who = p.dir.path().join("who.sh");
+    std::fs::write(&who, "hostname\n").unwrap();
+    for (args, miner, price) in [
+        (["--min-gpu-memory", "20"], "miner-1", "2 AIC per GPU-hour (A10)"),
+        (["--gpu-type", "t4"], "miner-2", "0.5 AIC per GPU-hour (T4)"),
+    ] {
+        let mut argv = vec!["run", who.to_str().unwrap(), "--hours", "0.01"];
+        argv.extend(args);
+        let out = p.aic("u", &argv);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}\n--- functions host:\n{}", p.log());
+        assert!(stdout.contains(miner), "{args:?} ran elsewhere: {stdout}");
+        assert!(stderr.contains(price), "{stderr}");
+    }
+    let out = p.aic("u", &["run", who.to_str().unwrap(), "--gpu-type", "H100"]);
+    let stderr = text(&out).1;
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("GPUs of model H100")
+            && stderr.contains("1 × A10 24 GB, 1 × T4 16 GB")
+            && stderr.contains("nothing was paid"),
+        "{stderr}"
+    );
+    let scrape = reqwest::Client::new().get(format!("{}/metrics", p.url)).header("authorization", "Bearer scrape");
+    let figures = p._rt.block_on(async { scrape.send().await.unwrap().text().await.unwrap() });
+    assert!(figures.contains(r#"aic_gpus{gateway="local",model="A10",state="total"} 1"#), "{figures}");
+    assert!(figures.contains(r#"aic_events_handled_total{function="validate",outcome="validated"} 2"#), "{figures}");
 }
 
 #[test]
