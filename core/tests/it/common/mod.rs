@@ -591,7 +591,7 @@ async fn handle(
             assert_eq!(query.get("resources").map(String::as_str), Some("true"));
             let nodes: Vec<Value> = NODES
                 .iter()
-                .map(|(id, name, dc, gpus, eligible)| {
+                .map(|(id, name, dc, _, eligible)| {
                     let inst = |from: u32, to: u32| -> Vec<Value> {
                         (from..to).map(|i| json!({"ID": format!("GPU-{id}-{i}"), "Healthy": true})).collect()
                     };
@@ -607,7 +607,6 @@ async fn handle(
                             json!({"Vendor": "nvidia", "Type": "gpu", "Name": model, "Instances": inst(from - count, from), "Attributes": mem(mib)})
                         })
                         .collect();
-                    let _ = gpus;
                     let status = if s.down.contains(*name) { "down" } else { "ready" };
                     // api/nodes.go `NodeListStub` with `resources=true`: `NodeResources` and
                     // `ReservedResources`; `NodePool` (Nomad ≥ 1.6).
