@@ -13,6 +13,7 @@ use crate::tools::{run, tools};
 pub(crate) struct LocalStack {
     child: Child,
     pub(crate) endpoint: String,
+    /// Its state (`FILESYSTEM_ROOT`) and log; removed on drop.
     _dir: PathBuf,
 }
 
@@ -89,13 +90,13 @@ impl Drop for LocalStack {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its stored objects go with it: a run left them in the temporary folder, and every run
+        // after that added more until the disk was full.
+        let _ = std::fs::remove_dir_all(&self._dir);
     }
 }

@@ -159,6 +159,8 @@ async function main() {
     await page.click("#submit");
     await page.waitForURL(/\/jobs\/[0-9a-z]{26}$/, { timeout: 60000 });
     result.deployment = page.url().split("/").pop();
+    // Uploaded: the copy goes (a run left one in the temporary folder every time).
+    fs.rmSync(serve, { recursive: true, force: true });
     await page.waitForSelector("#replicas:has-text('Live replicas: 2 of 2')", { timeout: 240000 });
     result.namedLink = await page.getAttribute("#named-link", "href");
     result.versionLink = await page.getAttribute("#address-link", "href");
