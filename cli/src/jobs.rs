@@ -274,6 +274,10 @@ pub async fn status(env: &Env, s: &str, json: bool) -> anyhow::Result<()> {
     if let Some(tail) = hist.last().and_then(|r| r.detail.log_tail.as_ref()) {
         println!("last lines of output:\n{tail}");
     }
+    let used = crate::gpuuse::read(env, &job).await.unwrap_or_default();
+    if !used.is_empty() {
+        print!("{}", crate::gputable::table(&used));
+    }
     for line in payment_lines(env, &job).await {
         println!("  {line}");
     }

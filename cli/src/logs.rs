@@ -7,7 +7,8 @@ use aic_core::JobKey;
 use aic_schemas::Launcher;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use aic_functions::gateway::live::{Cursors, News, cursors_param};
+use aic_functions::gateway::live::{Cursors, News, Stream, cursors_param};
+use aic_schemas::GpuSample;
 
 use crate::env::Env;
 
@@ -28,13 +29,63 @@ pub struct LogCursor {
     tag_allocs: Option<bool>,
     /// The live feed's status count last seen.
     pub(crate) status: u64,
+    /// What it reads: the log, or the GPU samples (`metrics/`), and what it does with them.
+    samples: Option<Samples>,
+}
+
+/// A cursor over the GPU samples keeps them (and prints each, or redraws a table, or
+/// neither).
+#[derive(Default)]
+pub struct Samples {
+    pub(crate) all: Vec<GpuSample>,
+    pub(crate) show: Show,
+}
+
+/// What a samples cursor shows as samples come.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Nothing (`aic status` reads them, then sums them up).
+    #[default]
+    Nothing,
+    /// A line a sample (`aic logs --metrics`).
+    Lines,
+    /// A table per allocation and GPU, redrawn (`aic top` on a terminal).
+    Table,
 }
 
 impl LogCursor {
+    /// A cursor over the job's GPU samples rather than its log.
+    pub fn samples(show: Show) -> LogCursor {
+        LogCursor { samples: Some(Samples { all: Vec::new(), show }), ..Default::default() }
+    }
+
+    /// The samples read so far (none for a log cursor).
+    pub fn taken(&self) -> &[GpuSample] {
+        self.samples.as_ref().map_or(&[], |s| &s.all)
+    }
+
+    fn stream(&self) -> Stream {
+        if self.samples.is_some() { Stream::Metrics } else { Stream::Logs }
+    }
+
+    fn prefix(&self, job: &JobKey) -> String {
+        match self.stream() {
+            Stream::Logs => job.logs_prefix(),
+            Stream::Metrics => job.metrics_prefix(),
+        }
+    }
+
+    fn chunk_key(&self, job: &JobKey, alloc: u32, n: u64) -> String {
+        match self.stream() {
+            Stream::Logs => job.log_chunk(alloc, n),
+            Stream::Metrics => job.metrics_chunk(alloc, n),
+        }
+    }
+
     /// Prints what is stored past the cursor, for every allocation; returns how many lines
     /// it printed.
     pub async fn print_new(&mut self, env: &Env, job: &JobKey) -> anyhow::Result<usize> {
-        let (allocs, _) = env.store.list_dir(&job.logs_prefix()).await?;
+        let (allocs, _) = env.store.list_dir(&self.prefix(job)).await?;
         let mut printed = 0;
         for alloc_prefix in allocs {
             let Ok(alloc) = alloc_prefix.trim_end_matches('/').rsplit('/').next().unwrap_or("").parse::<u32>() else {
@@ -48,7 +99,7 @@ impl LogCursor {
     /// Prints what the host holds live past the cursor (not stored yet), without waiting.
     pub async fn print_live(&mut self, env: &Env, job: &JobKey) -> anyhow::Result<usize> {
         let Some(gw) = live_gateway(env) else { return Ok(0) };
-        let path = format!("jobs/{}/live?from={}&status={}&wait=0", job.job, cursors_param(&self.at), self.status);
+        let path = format!("{}&wait=0", self.live_path(job));
         match gw.call(reqwest::Method::GET, &path, None).await {
             Ok(v) => {
                 let news: News = serde_json::from_value(v)?;
@@ -68,13 +119,11 @@ impl LogCursor {
         upto: Option<u64>,
     ) -> anyhow::Result<usize> {
         let (chunk, offset) = self.at.get(&alloc).copied().unwrap_or((0, 0));
-        let prefix = format!("{}{alloc}/", job.logs_prefix());
-        let after = if chunk == 0 { prefix.clone() } else { job.log_chunk(alloc, chunk - 1) };
+        let prefix = format!("{}{alloc}/", self.prefix(job));
+        let after = if chunk == 0 { prefix.clone() } else { self.chunk_key(job, alloc, chunk - 1) };
         let mut printed = 0;
         for meta in env.store.list_after(&prefix, &after).await? {
-            let Some(n) =
-                meta.location.filename().and_then(|f| f.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(n) = chunk_number(meta.location.filename()) else {
                 continue;
             };
             if n < chunk {
@@ -124,6 +173,9 @@ impl LogCursor {
         alloc: u32,
         text: &str,
     ) -> anyhow::Result<usize> {
+        if let Some(s) = &mut self.samples {
+            return Ok(s.take(text));
+        }
         if self.tag_allocs.is_none() {
             self.tag_allocs = aic_core::runs::current_manifest(&env.store, job)
                 .await?
@@ -164,6 +216,12 @@ impl LogCursor {
         true
     }
 
+    /// The live feed's call for what comes after the cursor (`&wait=` to add).
+    fn live_path(&self, job: &JobKey) -> String {
+        let stream = if self.stream() == Stream::Metrics { "&stream=metrics" } else { "" };
+        format!("jobs/{}/live?from={}&status={}{stream}", job.job, cursors_param(&self.at), self.status)
+    }
+
     /// A cursor past every chunk stored so far: only output from now on is printed.
     pub async fn at_end(env: &Env, job: &JobKey) -> anyhow::Result<LogCursor> {
         let mut c = LogCursor::default();
@@ -172,9 +230,7 @@ impl LogCursor {
             let Ok(alloc) = prefix.trim_end_matches('/').rsplit('/').next().unwrap_or("").parse::<u32>() else {
                 continue;
             };
-            let last = env.store.list(&prefix).await?.last().and_then(|m| {
-                m.location.filename().and_then(|f| f.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok())
-            });
+            let last = env.store.list(&prefix).await?.last().and_then(|m| chunk_number(m.location.filename()));
             if let Some(n) = last {
                 c.at.insert(alloc, (n + 1, 0));
             }
@@ -186,6 +242,34 @@ impl LogCursor {
         if let Some(pb) = self.progress.take() {
             pb.finish_and_clear();
         }
+    }
+}
+
+/// A chunk's number from its name (`00000003.log`, `00000003.jsonl`).
+fn chunk_number(name: Option<&str>) -> Option<u64> {
+    name?.strip_suffix(".log").or_else(|| name?.strip_suffix(".jsonl"))?.parse().ok()
+}
+
+impl Samples {
+    /// Takes the sample lines of `text` (a line that is not one is skipped); returns how many.
+    fn take(&mut self, text: &str) -> usize {
+        let mut n = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(s) = serde_json::from_str::<GpuSample>(line) else { continue };
+            if self.show == Show::Lines {
+                for g in &s.gpus {
+                    println!("{}", crate::gputable::line(&s, g));
+                }
+            }
+            self.all.push(s);
+            n += 1;
+        }
+        if n > 0 && self.show == Show::Table {
+            // Home, clear, the table.
+            print!("\x1b[H\x1b[2J{}", crate::gputable::table(&self.all));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+        n
     }
 }
 
@@ -223,8 +307,7 @@ impl Feed {
             self.gw = live_gateway(env);
         }
         let Some(gw) = self.gw.clone() else { return };
-        let path =
-            format!("jobs/{}/live?from={}&status={}&wait=20000", job.job, cursors_param(&cursor.at), cursor.status);
+        let path = format!("{}&wait=20000", cursor.live_path(job));
         let not_before = self.last + LIVE_EVERY;
         self.last = not_before.max(tokio::time::Instant::now());
         self.call = Some(Box::pin(async move {

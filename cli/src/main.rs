@@ -8,6 +8,8 @@ mod demo;
 mod deploy;
 mod env;
 mod exec;
+mod gputable;
+mod gpuuse;
 mod identity;
 mod jobs;
 mod logs;
@@ -111,7 +113,13 @@ enum Cmd {
         /// Keep following until the job ends.
         #[arg(long, short)]
         follow: bool,
+        /// Its GPU samples (utilization and memory, every 5 s per GPU) rather than its output.
+        #[arg(long)]
+        metrics: bool,
     },
+    /// How busy a job's GPUs are, followed live until it ends: utilization and memory per
+    /// allocation and GPU, averaged and last.
+    Top { job: String },
     /// A job's outputs (checkpoints, results).
     #[command(subcommand)]
     Results(ResultsCmd),
@@ -495,7 +503,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             jobs::spend(&env, json, since).await.map(|_| 0)
         }
         Cmd::Status { job, json } => jobs::status(&env, &job, json).await.map(|_| 0),
-        Cmd::Logs { job, follow } => jobs::logs(&env, &job, follow).await,
+        Cmd::Logs { job, follow, metrics: true } => gpuuse::print(&env, &job, follow).await,
+        Cmd::Logs { job, follow, metrics: false } => jobs::logs(&env, &job, follow).await,
+        Cmd::Top { job } => gpuuse::top(&env, &job).await,
         Cmd::Results(ResultsCmd::Get { job, dir }) => jobs::results_get(&env, &job, dir).await.map(|_| 0),
         Cmd::Cancel { job } => jobs::cancel(&env, &job).await.map(|_| 0),
         Cmd::Resume { job, hours, tx, detach } => submit::resume(&env, &job, hours, tx, detach).await,

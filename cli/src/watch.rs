@@ -216,9 +216,13 @@ async fn settled(env: &Env, job: &JobKey, run: u32, host: Option<&crate::pool::H
 
 /// `aic logs -f`: the log until the job ends.
 pub async fn follow_logs(env: &Env, job: &JobKey) -> anyhow::Result<i32> {
+    follow(env, job, LogCursor::default()).await
+}
+
+/// What `cursor` reads (the log, or the GPU samples: `aic top`), until the job ends.
+pub async fn follow(env: &Env, job: &JobKey, mut cursor: LogCursor) -> anyhow::Result<i32> {
     // Taken before anything is printed: a Ctrl-C from then on is this loop's to answer.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut cursor = LogCursor::default();
     let mut feed = Feed::new();
     let long_ago = tokio::time::Instant::now() - STATUS_EVERY;
     let (mut stored_read, mut status_read) = (long_ago, long_ago);

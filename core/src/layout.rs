@@ -12,6 +12,7 @@
 //! users/<addr>/jobs/<job>/allocs/<attempt>/<index>.json      what each allocation's program did
 //! users/<addr>/jobs/<job>/rendezvous/<attempt>/<index>.json  where each allocation listens
 //! users/<addr>/jobs/<job>/logs/<alloc>/<n>.log  log chunks
+//! users/<addr>/jobs/<job>/metrics/<alloc>/<n>.jsonl  GPU use samples (`GpuSample` a line)
 //! users/<addr>/jobs/<job>/output/...            checkpoints and results
 //! users/<addr>/payments/<job>.json              a payment the owner's browser wallet is sending (the gateway's)
 //! pool/ids/<job>.json                           which owner a job id is, pool-wide (create-only)
@@ -275,6 +276,12 @@ impl JobKey {
     }
     pub fn log_chunk(&self, alloc: u32, n: u64) -> String {
         format!("{}logs/{alloc}/{n:0SEQ_WIDTH$}.log", self.prefix())
+    }
+    pub fn metrics_prefix(&self) -> String {
+        self.prefix() + "metrics/"
+    }
+    pub fn metrics_chunk(&self, alloc: u32, n: u64) -> String {
+        format!("{}metrics/{alloc}/{n:0SEQ_WIDTH$}.jsonl", self.prefix())
     }
     pub fn output_prefix(&self) -> String {
         self.prefix() + "output/"

@@ -99,8 +99,14 @@ pub async fn render(ctx: &Ctx) -> String {
     let _ = writeln!(out, "aic_settle_latency_seconds_count {settle_count}");
 
     out.push_str("# HELP aic_jobs Jobs the scheduler holds, by state.\n# TYPE aic_jobs gauge\n");
-    for (state, n) in ctx.scheduler.jobs_by_state() {
-        let _ = writeln!(out, "aic_jobs{{state=\"{}\"}} {n}", label(&state));
+    match ctx.scheduler.jobs_by_state().await {
+        Ok(states) => {
+            for (state, n) in states {
+                let _ = writeln!(out, "aic_jobs{{state=\"{}\"}} {n}", label(&state));
+            }
+        }
+        // The scrape still answers: the other figures are this host's own.
+        Err(e) => tracing::warn!(error = %e, "the scheduler did not say its jobs by state"),
     }
     match ctx.scheduler.pool().await {
         Ok(gateways) => {

@@ -25,6 +25,7 @@ const out = check ? mkdtempSync(join(tmpdir(), "aic-web-")) : join(here, "dist")
 const SCHEMAS = {
   "status-record": "status.ts",
   settlement: "settlement.ts",
+  "gpu-sample": "gpu-sample.ts",
   "job-request": "request.ts",
   "serving-registration": "serving.ts",
   "gateway-sign-request": "sign-request.ts",

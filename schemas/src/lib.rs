@@ -10,6 +10,7 @@
 pub mod address;
 pub mod event;
 pub mod gateway;
+pub mod gpuuse;
 pub mod job;
 pub mod jobfile;
 pub mod manifest;
@@ -21,6 +22,7 @@ pub mod status;
 pub mod validate;
 
 pub use address::Address;
+pub use gpuuse::{GpuReading, GpuSample, SampleSource};
 pub use job::{JobId, JobKind, JobRequest, Launcher, PaymentRef};
 pub use manifest::{JobManifest, Quote};
 pub use resume::ResumeRequest;
@@ -39,6 +41,7 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("alloc-result.schema.json", schemars::schema_for!(AllocResult)),
         ("serving-registration.schema.json", schemars::schema_for!(ServingRegistration)),
         ("settlement.schema.json", schemars::schema_for!(Settlement)),
+        ("gpu-sample.schema.json", schemars::schema_for!(GpuSample)),
         ("job-file.schema.json", schemars::schema_for!(jobfile::JobFile)),
         ("gateway-sign-request.schema.json", schemars::schema_for!(gateway::SignRequest)),
         ("gateway-sign-response.schema.json", schemars::schema_for!(gateway::SignResponse)),

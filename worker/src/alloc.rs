@@ -30,6 +30,8 @@ pub(crate) struct Alloc {
     /// Where the program's output and status moves go live (started on first use, inside
     /// the runtime); `None` without a gateway.
     pub(crate) live: std::sync::OnceLock<Option<LiveLog>>,
+    /// The same for its GPU samples (`gpuuse.rs`).
+    pub(crate) live_metrics: std::sync::OnceLock<Option<LiveLog>>,
     /// A deployment's end as the scheduler set it (unix seconds): the same across restarts.
     pub(crate) serve_until: Option<i64>,
 }
@@ -49,7 +51,14 @@ impl Alloc {
     /// The live side of this allocation's log (`live.rs`), when it has a gateway.
     pub(crate) fn live(&self) -> Option<LiveLog> {
         self.live
-            .get_or_init(|| self.gateway.as_ref().map(|(url, token)| LiveLog::start(url, token, self.index)))
+            .get_or_init(|| self.gateway.as_ref().map(|(url, token)| LiveLog::start(url, token, self.index, "logs")))
+            .clone()
+    }
+
+    /// The live side of its GPU samples.
+    pub(crate) fn live_metrics(&self) -> Option<LiveLog> {
+        self.live_metrics
+            .get_or_init(|| self.gateway.as_ref().map(|(url, token)| LiveLog::start(url, token, self.index, "metrics")))
             .clone()
     }
 
@@ -98,6 +107,7 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
         work: l.work_dir,
         gateway,
         live: Default::default(),
+        live_metrics: Default::default(),
         serve_until: l.serve_until,
     })
 }

@@ -34,11 +34,12 @@ pub struct LiveLog {
 }
 
 impl LiveLog {
-    /// Starts posting for allocation `alloc` to the gateway at `url` with the job's token.
-    pub fn start(url: &str, token: &str, alloc: u32) -> LiveLog {
+    /// Starts posting allocation `alloc`'s `stream` (`logs` or `metrics`) to the gateway at
+    /// `url` with the job's token.
+    pub fn start(url: &str, token: &str, alloc: u32, stream: &'static str) -> LiveLog {
         let (tx, rx) = mpsc::channel(4096);
         let gw = Gateway::new(url, Some(token.to_string()));
-        tokio::spawn(post_loop(gw, alloc, rx));
+        tokio::spawn(post_loop(gw, alloc, stream, rx));
         LiveLog { tx }
     }
 
@@ -61,7 +62,7 @@ impl LiveLog {
     }
 }
 
-async fn post_loop(gw: Gateway, alloc: u32, mut rx: mpsc::Receiver<Msg>) {
+async fn post_loop(gw: Gateway, alloc: u32, stream: &'static str, mut rx: mpsc::Receiver<Msg>) {
     let mut carry: Option<Msg> = None;
     let mut last = tokio::time::Instant::now() - EVERY;
     loop {
@@ -103,7 +104,7 @@ async fn post_loop(gw: Gateway, alloc: u32, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         last = tokio::time::Instant::now();
-        let body = json!({ "alloc": alloc, "chunk": chunk, "offset": offset, "text": text, "status": status });
+        let body = json!({ "alloc": alloc, "stream": stream, "chunk": chunk, "offset": offset, "text": text, "status": status });
         if let Err(e) = gw.call(reqwest::Method::POST, "worker/logs", Some(body)).await {
             // A gateway without live logs (a Lambda one) says so once: stop posting.
             if e.downcast_ref::<GatewayError>().is_some_and(|g| g.status == 404) {

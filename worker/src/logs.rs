@@ -91,7 +91,49 @@ pub async fn say(log: &mpsc::Sender<String>, line: String) {
     let _ = log.send(format!("[aic] {line}")).await;
 }
 
+/// What a [`Shipper`] ships: the program's output, or its allocation's GPU samples
+/// (`gpuuse.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Logs,
+    Metrics,
+}
+
+impl Stream {
+    fn chunk(self, job: &JobKey, alloc: u32, n: u64) -> String {
+        match self {
+            Stream::Logs => job.log_chunk(alloc, n),
+            Stream::Metrics => job.metrics_chunk(alloc, n),
+        }
+    }
+
+    fn prefix(self, job: &JobKey, alloc: u32) -> String {
+        match self {
+            Stream::Logs => format!("{}{alloc}/", job.logs_prefix()),
+            Stream::Metrics => format!("{}{alloc}/", job.metrics_prefix()),
+        }
+    }
+
+    /// How long a chunk is filled before it is stored: samples come every few seconds and
+    /// watchers take them live, so their chunks are coarser.
+    fn every(self) -> Duration {
+        let (var, default) = match self {
+            Stream::Logs => ("AIC_LOG_CHUNK_SECONDS", FLUSH_EVERY),
+            Stream::Metrics => ("AIC_METRICS_CHUNK_SECONDS", METRICS_FLUSH_EVERY),
+        };
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .map_or(default, Duration::from_secs_f64)
+    }
+}
+
+/// How often a chunk of GPU samples is stored.
+pub const METRICS_FLUSH_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Shipper {
+    stream: Stream,
     store: Store,
     job: JobKey,
     alloc: u32,
@@ -108,7 +150,23 @@ pub const MASK: &str = "***";
 
 impl Shipper {
     pub fn new(store: Store, job: JobKey, alloc: u32, live: Option<LiveLog>) -> Self {
-        Shipper { store, job, alloc, next: 0, buf: String::new(), tail: Tail::default(), live, masked: vec![] }
+        Shipper {
+            stream: Stream::Logs,
+            store,
+            job,
+            alloc,
+            next: 0,
+            buf: String::new(),
+            tail: Tail::default(),
+            live,
+            masked: vec![],
+        }
+    }
+
+    /// Ships `stream` rather than the log.
+    pub fn stream(mut self, stream: Stream) -> Self {
+        self.stream = stream;
+        self
     }
 
     /// Every line shipped shows `values` (the job's secrets), and each line of a value that
@@ -138,18 +196,15 @@ impl Shipper {
     /// Ships lines from `rx` until it closes; returns the last lines for the log tail.
     pub async fn run(mut self, mut rx: mpsc::Receiver<String>) -> Vec<String> {
         // A restarted allocation continues after the chunks its earlier run wrote.
-        let prefix = format!("{}{}/", self.job.logs_prefix(), self.alloc);
+        let prefix = self.stream.prefix(&self.job, self.alloc);
         if let Ok(existing) = self.store.list(&prefix).await
             && let Some(last) = existing.last()
         {
             let name = last.location.filename().unwrap_or_default();
-            self.next = name.trim_end_matches(".log").parse::<u64>().map(|n| n + 1).unwrap_or(0);
+            let n = name.split('.').next().unwrap_or_default();
+            self.next = n.parse::<u64>().map(|n| n + 1).unwrap_or(0);
         }
-        let every = std::env::var("AIC_LOG_CHUNK_SECONDS")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|s| *s > 0.0)
-            .map_or(FLUSH_EVERY, Duration::from_secs_f64);
+        let every = self.stream.every();
         // When the chunk being filled is due to be stored.
         let mut due: Option<tokio::time::Instant> = None;
         loop {
@@ -194,7 +249,7 @@ impl Shipper {
         // Keep trying: losing a user's log is worse than a late one.
         let mut failures = 0;
         while failures < 5 {
-            match self.store.create_bytes(&self.job.log_chunk(self.alloc, self.next), body.clone()).await {
+            match self.store.create_bytes(&self.stream.chunk(&self.job, self.alloc, self.next), body.clone()).await {
                 Ok(Created::Created) => {
                     self.next += 1;
                     return;
@@ -235,6 +290,7 @@ mod tests {
     fn a_secret_is_masked_as_it_is_and_as_json_and_base64_print_it() {
         let dir = tempfile::tempdir().unwrap();
         let s = Shipper {
+            stream: Stream::Logs,
             store: aic_core::StoreConfig::Local { root: dir.path().to_path_buf() }.open().unwrap(),
             job: aic_core::JobKey::new(
                 "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".parse().unwrap(),

@@ -30,6 +30,7 @@ mod alloc;
 mod confine;
 mod envcache;
 mod exec;
+mod gpuuse;
 mod launcher;
 mod live;
 mod logs;
@@ -132,9 +133,12 @@ fn exit(code: i32) -> ! {
 static EXIT_FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
 
 async fn run_allocation(alloc: Alloc) -> i32 {
+    // How busy its GPUs are, from the start (staging shows as idle GPUs, which it is).
+    let sampler = gpuuse::Sampler::start(&alloc);
     let code = run_and_report(&alloc).await;
+    sampler.finish().await;
     // The last lines and the last status move reach the watchers before the worker exits.
-    if let Some(Some(live)) = alloc.live.get() {
+    for live in [alloc.live.get(), alloc.live_metrics.get()].into_iter().flatten().flatten() {
         live.flush(std::time::Duration::from_secs(2)).await;
     }
     code

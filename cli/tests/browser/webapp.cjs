@@ -135,6 +135,11 @@ async function main() {
     await page.waitForSelector("#outputs button[data-key='model.npz']", { timeout: 30000 });
     await page.waitForSelector("#money table", { timeout: 30000 });
     result.money = await text(page, "#money");
+    // Its GPU use: a line per allocation's GPU in each chart, and the table.
+    const lines = "#gpu-use figure:first-child polyline";
+    await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 2, lines, { timeout: 30000 }).catch(() => undefined);
+    result.gpuLines = await page.$$eval(lines, (ls) => ls.map((l) => l.getAttribute("data-gpu")));
+    result.gpuUse = await text(page, "#gpu-use");
     await shoot(page, "job");
     const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#outputs button[data-key='model.npz']")]);
     const model = path.join(cfg.out, `${cfg.prefix || "webapp"}-model.npz`);

@@ -606,6 +606,67 @@ fn a_printed_line_reaches_the_watcher_before_it_is_stored() {
     assert!(err.is_empty(), "aic said something when the pipe closed: {err}");
 }
 
+/// Each allocation's worker samples its GPUs (a simulated miner's sample is a stand-in, and
+/// says so): the samples reach `aic top` while the program runs, before any is stored; once
+/// it ends they are stored, `aic status` sums them up per allocation and GPU, and `aic logs
+/// --metrics` prints them.
+#[test]
+fn a_jobs_gpu_use_is_followed_live_and_summed_up_in_its_status() {
+    use std::io::BufRead;
+    let h = Home::new();
+    let _pool = DevUp::start_with(&h, &[("AIC_METRICS_SECONDS", "0.3")]);
+    let go = h.shared().join("go");
+    // Busy on its core until told to end.
+    let script = h.write("busy.sh", &format!("while [ ! -e {} ]; do :; done\necho done\n", go.display()));
+    let out = h.aic(&["run", "--detach", "--miners", "2", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let job = text(&out).0.trim().to_string();
+    let mut top = h.cmd(&["top", &job]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = top.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // `10:00:05 [alloc 0] gpu 0  util  87%  memory 12 MiB  (stand-in)`: a busy one from each
+    // allocation, while the program still runs.
+    let mut busy = std::collections::BTreeSet::new();
+    while busy.len() < 2 {
+        let l = rx.recv_timeout(Duration::from_secs(60)).expect("no busy sample of both allocations reached `aic top`");
+        assert!(l.ends_with("(stand-in)"), "a simulated miner's sample not labelled: {l}");
+        let alloc = l.split("[alloc ").nth(1).and_then(|r| r.split(']').next()).unwrap().to_string();
+        let util: f64 = l.split("util").nth(1).and_then(|r| r.split('%').next()).unwrap().trim().parse().unwrap();
+        if util > 20.0 {
+            busy.insert(alloc);
+        }
+    }
+    let metrics =
+        h.path().join("aic/store/users/0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/jobs").join(&job).join("metrics");
+    assert!(walk(&metrics).is_empty(), "the samples were read from a stored chunk: {:?}", walk(&metrics));
+    std::fs::write(&go, "").unwrap();
+    assert!(top.wait().unwrap().success(), "`aic top` ends with the job, as it succeeded");
+    assert_eq!(walk(&metrics).len(), 2, "a chunk per allocation once the program ended");
+
+    let status = text(&h.aic(&["status", &job])).0;
+    assert!(status.contains("stand-in: simulated miner, the program's CPU and memory"), "{status}");
+    // `  0      0           93%        12%  14 MiB`: alloc, gpu, average, last, memory.
+    let rows: Vec<Vec<&str>> = status
+        .lines()
+        .skip_while(|l| !l.starts_with("GPU use, "))
+        .skip(2)
+        .take_while(|l| l.starts_with("  ") && l.contains('%'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["0", "1"], "{status}");
+    for r in &rows {
+        let avg: f64 = r[2].trim_end_matches('%').parse().unwrap();
+        assert!(avg > 10.0, "the program spun most of its run: {status}");
+    }
+    let lines = text(&h.aic(&["logs", "--metrics", &job])).0;
+    assert!(lines.contains("[alloc 0] gpu ") && lines.contains("[alloc 1] gpu "), "{lines}");
+}
+
 /// `aic pool --json`'s first gateway: (name, miners, free GPUs).
 fn pool_summary(h: &Home) -> (String, usize, u64) {
     let v: serde_json::Value = serde_json::from_slice(&h.aic(&["pool", "--json"]).stdout).unwrap();

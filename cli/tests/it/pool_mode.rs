@@ -231,6 +231,10 @@ fn tutorial(p: &Pool) {
     assert!(p.aic("u", &["results", "get", &job, dest.to_str().unwrap()]).status.success());
     assert!(dest.join("model.npz").metadata().unwrap().len() > 1000);
     assert!(text(&p.aic("u", &["logs", &job])).0.contains("final test accuracy"));
+    // Its GPU use, sampled by the worker and stored through the gateway with the job's token.
+    let status = text(&p.aic("u", &["status", &job])).0;
+    assert!(status.contains("GPU use, ") && status.contains("stand-in: simulated miner"), "{status}");
+    assert!(text(&p.aic("u", &["logs", "--metrics", &job])).0.contains("[alloc 0] gpu "), "{}", p.log());
 
     // The pool through the gateway: the two simulated miners behind it.
     let pool: serde_json::Value = serde_json::from_slice(&p.aic("u", &["pool", "--json"]).stdout).unwrap();
@@ -243,6 +247,8 @@ fn tutorial(p: &Pool) {
     assert_eq!(other.as_array().map(|a| a.len()), Some(0), "{other}");
     let (_, err) = text(&p.aic("v", &["status", &job]));
     assert!(!err.is_empty());
+    let (out, _) = text(&p.aic("v", &["logs", "--metrics", &job]));
+    assert!(out.is_empty(), "another wallet read the job's GPU samples: {out}");
 
     // The workers hold no store credentials, only their job's token, and the user's program
     // gets neither in its environment (nor from the worker's, which is non-dumpable: tested
@@ -725,6 +731,13 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
     assert!(r["error"].is_null(), "the browser run stopped: {dump}\n{}", p.log());
     assert_eq!(r["console"], serde_json::json!([]), "errors on the pages (CSP, CORS): {dump}");
     assert_eq!(r["jobState"], "succeeded", "{dump}");
+    // Its GPU use drawn: a line for each allocation's GPU, the simulated miners' stand-in said.
+    let lines: Vec<&str> = r["gpuLines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(
+        lines.len() == 2 && lines[0].starts_with("alloc 0 · GPU ") && lines[1].starts_with("alloc 1 · GPU "),
+        "{dump}"
+    );
+    assert!(r["gpuUse"].as_str().unwrap().contains("the program's CPU use stands in for GPU utilization"), "{dump}");
     assert!(r["log"].as_str().unwrap().contains("[rank 1]"), "{dump}");
     assert_eq!(r["wallet"]["sends"].as_array().map(Vec::len), Some(2), "one payment a job: {dump}");
     assert_eq!(r["prediction"]["status"], 200, "{dump}");

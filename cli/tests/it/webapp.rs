@@ -212,6 +212,13 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
         r["log"].as_str().unwrap().contains("[rank 0]") && r["log"].as_str().unwrap().contains("[rank 1]"),
         "{dump}"
     );
+    // Its GPU use drawn: a line for each allocation's GPU, the simulated miners' stand-in said.
+    let lines: Vec<&str> = r["gpuLines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(
+        lines.len() == 2 && lines[0].starts_with("alloc 0 · GPU ") && lines[1].starts_with("alloc 1 · GPU "),
+        "{dump}"
+    );
+    assert!(r["gpuUse"].as_str().unwrap().contains("the program's CPU use stands in for GPU utilization"), "{dump}");
     let job = r["job"].as_str().unwrap();
     let st = pool.status(job);
     let hist = st["history"].as_array().unwrap();

@@ -126,8 +126,8 @@ pub trait Scheduler: Send + Sync {
 
     /// How many jobs it holds, by state (`running`, `queued`), for the operator's figures;
     /// empty where the backend does not keep them.
-    fn jobs_by_state(&self) -> Vec<(String, u64)> {
-        Vec::new()
+    async fn jobs_by_state(&self) -> Result<Vec<(String, u64)>, ScheduleError> {
+        Ok(Vec::new())
     }
 
     /// Where the serve job `deployment`'s live allocations were placed to serve: (host,

@@ -42,6 +42,11 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
         ),
         other => panic!("{other:?}"),
     }
+    // The operator's figures (`aic_jobs`): one running, one registered and waiting for GPUs
+    // (Nomad's job stubs: `Status` `running` or `pending`, structs.JobStatus*).
+    let figures =
+        || async { n.jobs_by_state().await.unwrap().into_iter().collect::<std::collections::BTreeMap<_, _>>() };
+    assert_eq!(figures().await, [("queued".to_string(), 1), ("running".to_string(), 1)].into());
 
     // More miners than the gateway has eligible nodes with that many GPUs: never placeable.
     let (job3, m3) = manifest(3, 2);
@@ -68,6 +73,7 @@ async fn jobs_are_registered_once_placed_queued_or_refused_with_reasons_and_canc
     // Cancel deregisters; cancelling again (or an unknown job) is fine.
     n.cancel(&job).await.unwrap();
     assert!(state.lock().unwrap().is_stopped(&nomad_id(&job)));
+    assert_eq!(figures().await["running"], 0, "a stopped job runs no more");
     n.cancel(&job).await.unwrap();
     assert!(
         state.lock().unwrap().seen.iter().any(|(m, p, _)| m == "DELETE" && *p == format!("/v1/job/{}", nomad_id(&job)))

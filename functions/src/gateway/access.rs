@@ -35,8 +35,8 @@ pub(super) fn worker_prefixes(g: &WorkerGrant) -> Vec<String> {
     v
 }
 
-/// What a job's workers may do with `key`: read the job and its dataset; write its logs,
-/// outputs, status, allocation records and rendezvous (not its request, manifest or code);
+/// What a job's workers may do with `key`: read the job and its dataset; write its logs, GPU
+/// samples, outputs, status, allocation records and rendezvous (not its request, manifest or code);
 /// write and delete its serving registrations. Nothing else.
 pub(super) fn worker_access(g: &WorkerGrant, key: &str) -> Result<Access, ApiError> {
     if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
@@ -47,7 +47,7 @@ pub(super) fn worker_access(g: &WorkerGrant, key: &str) -> Result<Access, ApiErr
         let first = rest.split('/').next().unwrap_or_default();
         let nested = rest.contains('/');
         return Ok(match first {
-            "logs" | "allocs" | "status" if nested => Access::Append,
+            "logs" | "metrics" | "allocs" | "status" if nested => Access::Append,
             "output" | "rendezvous" if nested => Access::Write { deletable: false },
             "status.json" => Access::Write { deletable: false },
             _ => Access::Read,
@@ -141,8 +141,12 @@ mod tests {
         for k in &read {
             assert_eq!(access(&w, k).unwrap(), Access::Read, "{k}");
         }
-        for k in [format!("{j}status/00000003.json"), format!("{j}logs/0/00000001.log"), format!("{j}allocs/0/1.json")]
-        {
+        for k in [
+            format!("{j}status/00000003.json"),
+            format!("{j}logs/0/00000001.log"),
+            format!("{j}metrics/0/00000001.jsonl"),
+            format!("{j}allocs/0/1.json"),
+        ] {
             assert_eq!(access(&w, &k).unwrap(), Access::Append, "{k}");
         }
         for k in [format!("{j}status.json"), format!("{j}output/model.npz"), format!("{j}rendezvous/0/1.json")] {
@@ -152,6 +156,7 @@ mod tests {
         let other_job = JobId::generate();
         for k in [
             format!("users/{A}/jobs/{other_job}/output/model.npz"),
+            format!("users/{A}/jobs/{other_job}/metrics/0/00000000.jsonl"),
             format!("users/{A}/data/other/x.csv"),
             format!("users/{A}/data/digits-2/x.csv"),
             "users/0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc/data/digits/x.csv".to_string(),

@@ -45,11 +45,34 @@ pub struct Piece {
     pub text: String,
 }
 
-/// What a worker posts: its allocation's output from `offset` of chunk `chunk`, and/or that it
-/// moved the job's status.
+/// Which of an allocation's streams a post or a watcher's call is about: the program's
+/// output (`logs/`), or the worker's GPU samples (`metrics/`, a `GpuSample` a line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    #[default]
+    Logs,
+    Metrics,
+}
+
+impl Stream {
+    /// `stream=` as a watcher sends it (none: the log).
+    pub fn of(q: Option<&str>) -> Result<Stream, String> {
+        match q {
+            None | Some("logs") => Ok(Stream::Logs),
+            Some("metrics") => Ok(Stream::Metrics),
+            Some(o) => Err(format!("stream={o:?}: expected logs or metrics")),
+        }
+    }
+}
+
+/// What a worker posts: its allocation's output (or samples) from `offset` of chunk `chunk`,
+/// and/or that it moved the job's status.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Post {
     pub alloc: u32,
+    #[serde(default)]
+    pub stream: Stream,
     #[serde(default)]
     pub chunk: u64,
     #[serde(default)]
@@ -231,12 +254,18 @@ impl super::Gateway {
         if g.allocs > 0 && p.alloc >= g.allocs {
             return Err(super::bad(format!("job {} has no allocation {}", g.job, p.alloc)));
         }
-        self.live.post(&JobKey::new(g.owner, g.job.clone()), p);
+        let job = JobKey::new(g.owner, g.job.clone());
+        match p.stream {
+            Stream::Logs => self.live.post(&job, p),
+            // Samples move no status: that word is the log's.
+            Stream::Metrics => self.live_metrics.post(&job, Post { status: false, ..p }),
+        }
         Ok(serde_json::json!({}))
     }
 
-    /// `GET /v1/jobs/<id>/live?from=&status=&wait=`: what the caller's job printed after
-    /// `from`, as soon as there is some (`wait` ms at most, 20 s by default).
+    /// `GET /v1/jobs/<id>/live?from=&status=&wait=&stream=`: what the caller's job printed
+    /// after `from` (with `stream=metrics`: its GPU samples), as soon as there is some (`wait`
+    /// ms at most, 20 s by default).
     pub(super) async fn live_next(
         &self,
         who: &aic_schemas::Address,
@@ -252,12 +281,16 @@ impl super::Gateway {
         };
         let status = num("status")?.unwrap_or(0);
         let wait = num("wait")?.map_or(MAX_WAIT, Duration::from_millis);
-        if !self.live.jobs.lock().unwrap().contains_key(&job)
+        let live = match Stream::of(q.get("stream").map(String::as_str)).map_err(super::bad)? {
+            Stream::Logs => &self.live,
+            Stream::Metrics => &self.live_metrics,
+        };
+        if !live.jobs.lock().unwrap().contains_key(&job)
             && self.ctx.store.head(&job.request()).await.map_err(super::store_err)?.is_none()
         {
             return Err(super::err(http::StatusCode::NOT_FOUND, format!("no job {id} of yours")));
         }
-        Ok(serde_json::to_value(self.live.next(&job, &at, status, wait).await).unwrap_or_default())
+        Ok(serde_json::to_value(live.next(&job, &at, status, wait).await).unwrap_or_default())
     }
 }
 
@@ -293,7 +326,7 @@ mod tests {
     }
 
     fn post(alloc: u32, chunk: u64, offset: u64, text: &str) -> Post {
-        Post { alloc, chunk, offset, text: text.into(), status: false }
+        Post { alloc, stream: Stream::Logs, chunk, offset, text: text.into(), status: false }
     }
 
     fn now(live: &Live, j: &JobKey, at: &Cursors) -> Option<News> {

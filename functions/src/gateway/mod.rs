@@ -23,15 +23,15 @@
 //! | `GET /v1/deposits` | the caller's deposits in the escrow, their state, and the wallet call that reclaims one due back |
 //! | `/v1/blob?…` | transfers through this host, where the store cannot presign (`blob`) |
 //! | `GET /v1/pool` | gateways, miners and free GPUs |
-//! | `GET /v1/jobs/<id>/logs?after=` | log chunks after a key |
-//! | `GET /v1/jobs/<id>/live?from=&status=&wait=` | what the job printed since, from memory, as soon as there is more (`live`) |
+//! | `GET /v1/jobs/<id>/logs?after=&stream=` | log chunks after a key (`stream=metrics`: GPU sample chunks) |
+//! | `GET /v1/jobs/<id>/live?from=&status=&wait=&stream=` | what the job printed (or sampled) since, from memory, as soon as there is more (`live`) |
 //! | `GET /v1/jobs/<id>/replicas` | a deployment's serving registrations |
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
 //! | `POST /v1/jobs/<id>/exec` `{alloc, argv, stdin}` | runs a command in a running allocation (`exec`) |
 //! | `GET /v1/exec/<session>?after=N` | the command's output frames after N, and its exit code |
 //! | `POST /v1/exec/<session>/input` `{frames}` | keystrokes and resizes for a terminal session (`aic shell`) |
 //! | `GET /v1/worker/exec?alloc=I`, `POST /v1/worker/exec/<session>` | (workers) the commands for their allocation, their output |
-//! | `POST /v1/worker/logs` `{alloc, chunk, offset, text, status}` | (workers) what their program printed, as it prints it |
+//! | `POST /v1/worker/logs` `{alloc, stream, chunk, offset, text, status}` | (workers) what their program printed, as it prints it, and their GPU samples |
 //! | `GET /v1/worker/secrets` | (workers) the values of the secrets their job names, its owner's |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
@@ -174,6 +174,8 @@ pub struct Gateway {
     exec: std::sync::Arc<exec::Relay>,
     /// What running jobs print, for watchers (`live`).
     live: live::Live,
+    /// Their GPU samples, the same way.
+    live_metrics: live::Live,
     store_origin: std::sync::OnceLock<Option<String>>,
     /// When each wallet last signed out, as last read (`session`).
     signed_out: Mutex<HashMap<Address, (Instant, Option<i64>)>>,
@@ -266,6 +268,7 @@ impl Gateway {
             buckets: Mutex::new(HashMap::new()),
             exec: Default::default(),
             live: Default::default(),
+            live_metrics: Default::default(),
             store_origin: Default::default(),
             signed_out: Default::default(),
             job_ended: Default::default(),
@@ -282,14 +285,20 @@ impl Gateway {
     /// A worker of `job` ended abnormally (killed, its miner lost): what it printed since its
     /// last stored chunk, which this host holds from the worker's live posts, is stored as
     /// that chunk (create-only: a chunk the worker did store is left as it is).
+    /// Its GPU samples the same way.
     pub async fn keep_lost_log(&self, job: &JobKey, alloc: u32) {
-        let Some((chunk, text)) = self.live.pending(job, alloc) else { return };
-        match self.ctx.store.create_bytes(&job.log_chunk(alloc, chunk), bytes::Bytes::from(text)).await {
-            Ok(aic_core::store::Created::Created) => {
-                tracing::info!(job = %job.job, alloc, chunk, "stored the log a lost worker had not")
+        let kept = [
+            self.live.pending(job, alloc).map(|(n, t)| (job.log_chunk(alloc, n), t)),
+            self.live_metrics.pending(job, alloc).map(|(n, t)| (job.metrics_chunk(alloc, n), t)),
+        ];
+        for (key, text) in kept.into_iter().flatten() {
+            match self.ctx.store.create_bytes(&key, bytes::Bytes::from(text)).await {
+                Ok(aic_core::store::Created::Created) => {
+                    tracing::info!(job = %job.job, alloc, key, "stored what a lost worker had not")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(job = %job.job, alloc, error = %e, "cannot store a lost worker's log"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(job = %job.job, alloc, error = %e, "cannot store a lost worker's log"),
         }
     }
 
@@ -442,7 +451,10 @@ impl Gateway {
             (&Method::GET, ["jobs", id]) => self.job(&who, id).await,
             (&Method::GET, ["jobs", id, "replicas"]) => self.replicas(&who, id).await,
             (&Method::GET, ["jobs", id, "live"]) if self.cfg.live => self.live_next(&who, id, &q).await,
-            (&Method::GET, ["jobs", id, "logs"]) => self.logs(&who, id, q.get("after").map(String::as_str)).await,
+            (&Method::GET, ["jobs", id, "logs"]) => {
+                let stream = live::Stream::of(q.get("stream").map(String::as_str)).map_err(bad)?;
+                self.logs(&who, id, q.get("after").map(String::as_str), stream).await
+            }
             (&Method::POST, ["jobs", id, "cancel"]) => self.cancel(&who, id).await,
             (&Method::POST, ["jobs", id, "exec"]) => self.exec_start(&who, id, &body).await,
             (&Method::GET, ["exec", session]) => self.exec_read(&who, session, exec::after(&q)?).await,

@@ -97,9 +97,18 @@ impl Gateway {
         Ok(json!({"job_id": id, "status": history.last(), "history": history, "settlements": settlements}))
     }
 
-    pub(super) async fn logs(&self, who: &Address, id: &str, after: Option<&str>) -> Reply {
+    pub(super) async fn logs(
+        &self,
+        who: &Address,
+        id: &str,
+        after: Option<&str>,
+        stream: super::live::Stream,
+    ) -> Reply {
         let job = self.job_key(who, id)?;
-        let prefix = job.logs_prefix();
+        let prefix = match stream {
+            super::live::Stream::Logs => job.logs_prefix(),
+            super::live::Stream::Metrics => job.metrics_prefix(),
+        };
         let list = match after {
             Some(a) if a.starts_with(&prefix) => self.ctx.store.list_after(&prefix, a).await,
             Some(a) => return Err(bad(format!("after={a:?} is not one of this job's log keys"))),

@@ -11,6 +11,7 @@ import type { StatusRecord } from "./types/status";
 export type { JobRequest } from "./types/request";
 export type { ListedObject } from "./types/listing";
 export type { ServingRegistration } from "./types/serving";
+export type { GpuSample } from "./types/gpu-sample";
 export type { Settlement } from "./types/settlement";
 export type { SignedUrl } from "./types/sign-response";
 export type { StatusRecord } from "./types/status";

@@ -515,10 +515,10 @@ impl Scheduler for LocalScheduler {
         Ok(vec![self.gateway_info(&st)])
     }
 
-    fn jobs_by_state(&self) -> Vec<(String, u64)> {
+    async fn jobs_by_state(&self) -> Result<Vec<(String, u64)>, ScheduleError> {
         let st = self.inner.state.lock().unwrap();
         let running = st.running.values().filter(|r| !r.cancelled).count() as u64;
-        vec![("running".into(), running), ("queued".into(), st.queue.len() as u64)]
+        Ok(vec![("running".into(), running), ("queued".into(), st.queue.len() as u64)])
     }
 }
 

@@ -284,6 +284,23 @@ impl NomadScheduler {
 
 #[async_trait]
 impl Scheduler for NomadScheduler {
+    /// aic's jobs Nomad holds (`GET /v1/jobs?prefix=aic-`, job stubs: `Status` is `pending`
+    /// until an allocation runs, then `running`, and `dead` once stopped or done), and the
+    /// training jobs waiting to be placed whole (`pool/gang/`), as queued.
+    async fn jobs_by_state(&self) -> Result<Vec<(String, u64)>, ScheduleError> {
+        let q = [("prefix", "aic-".to_string())];
+        let jobs = self.call(reqwest::Method::GET, "jobs", &q, None).await?.unwrap_or(serde_json::Value::Null);
+        let (mut running, mut queued) = (0u64, self.waiting().await?.len() as u64);
+        for j in jobs.as_array().into_iter().flatten().filter(|j| j["Stop"] != true) {
+            match j["Status"].as_str() {
+                Some("running") => running += 1,
+                Some("pending") => queued += 1,
+                _ => {}
+            }
+        }
+        Ok(vec![("running".into(), running), ("queued".into(), queued)])
+    }
+
     /// With the docker driver and the worker's folder to bind into them: the operator's patterns.
     fn images(&self) -> Vec<String> {
         if self.cfg.driver == "docker" && self.cfg.worker_mount.is_some() { self.cfg.images.clone() } else { vec![] }

@@ -3,6 +3,7 @@ import { deploymentUrl, namedUrl } from "../origin";
 import { download } from "../upload";
 import { fmtAic, fmtBytes, fmtDuration, fmtTime, h, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
+import { gpuUse } from "./gpuuse";
 
 interface JobAnswer {
   job_id: string;
@@ -42,6 +43,7 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
   const outputs = h("div", { id: "outputs" }, h("p", { class: "muted" }, "None yet."));
   const money = h("div", { id: "money" });
   const serving = h("div", { id: "serving" });
+  const use = gpuUse(id);
   root.append(
     title,
     h("p", { class: "muted" }, `Job ${id}`),
@@ -52,6 +54,8 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
     timeline,
     h("h2", {}, "Log"),
     log,
+    h("h2", {}, "GPU use"),
+    use.el,
     h("h2", {}, "Outputs"),
     outputs,
     h("h2", {}, "Payment"),
@@ -268,6 +272,7 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
   };
 
   let slow = 0;
+  let endedAt = 0;
   let busy = false;
   // Status, outputs and replicas: every second without a live feed; with one, when it tells
   // of a status move, else every 5 s.
@@ -286,13 +291,17 @@ export async function jobPage(root: HTMLElement, [id]: string[]): Promise<() => 
         await readOutputs();
         await readServing();
       }
+      // Every 2 s while it runs, and for 20 s after it ended: a rank's last samples are
+      // stored as its worker stops, after the job's end is written.
+      if (ended && !wasEnded) endedAt = n;
+      if (n % 2 === 0 && (!ended || n - endedAt <= 20)) await use.read();
       if (ended && !wasEnded) await readLogs();
     } finally {
       busy = false;
     }
   };
   const stopTimer = every(1000, tick);
-  if (ended) await readLogs();
+  if (ended) await Promise.all([readLogs(), use.read()]);
   else void liveLoop();
   return () => {
     stopped = true;
