@@ -39,6 +39,9 @@ pub struct LogCursor {
 pub struct Samples {
     pub(crate) all: Vec<GpuSample>,
     pub(crate) show: Show,
+    /// (alloc, time) of each sample taken: one stored twice (by a lost worker's host and by
+    /// the worker) counts once.
+    seen: std::collections::HashSet<(u32, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// What a samples cursor shows as samples come.
@@ -56,7 +59,7 @@ pub enum Show {
 impl LogCursor {
     /// A cursor over the job's GPU samples rather than its log.
     pub fn samples(show: Show) -> LogCursor {
-        LogCursor { samples: Some(Samples { all: Vec::new(), show }), ..Default::default() }
+        LogCursor { samples: Some(Samples { show, ..Default::default() }), ..Default::default() }
     }
 
     /// The samples read so far (none for a log cursor).
@@ -143,6 +146,11 @@ impl LogCursor {
     /// Prints a live answer: for an allocation the host has at a later chunk than the
     /// cursor, the stored chunks between first.
     pub(crate) async fn apply(&mut self, env: &Env, job: &JobKey, news: &News) -> anyhow::Result<usize> {
+        // A host that knows only the log answers a watcher of samples with the log: none of
+        // the program's lines passes for a sample.
+        if self.stream() == Stream::Metrics && news.stream != Some(Stream::Metrics) {
+            return Ok(0);
+        }
         let mut printed = 0;
         for p in &news.allocs {
             let (chunk, _) = self.at.get(&p.alloc).copied().unwrap_or((0, 0));
@@ -256,6 +264,9 @@ impl Samples {
         let mut n = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let Ok(s) = serde_json::from_str::<GpuSample>(line) else { continue };
+            if !self.seen.insert((s.alloc, s.at)) {
+                continue;
+            }
             if self.show == Show::Lines {
                 for g in &s.gpus {
                     println!("{}", crate::gputable::line(&s, g));

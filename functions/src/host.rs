@@ -211,7 +211,11 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
 }
 
 fn answer(a: crate::proxy::Answer) -> Response<Body> {
-    let mut r = Response::new(full(a.body));
+    let body = match a.body {
+        crate::proxy::AnswerBody::Full(b) => full(b),
+        crate::proxy::AnswerBody::Relay(r) => r.boxed_unsync(),
+    };
+    let mut r = Response::new(body);
     *r.status_mut() = a.status;
     *r.headers_mut() = a.headers;
     r

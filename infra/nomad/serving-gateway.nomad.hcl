@@ -86,7 +86,9 @@ job "aic-serving-gateway" {
               keepalive 8;
             }
             # Deployments, each at an origin of its own: every path is the deployment's, passed
-            # with the Host it came with (the functions host routes by it).
+            # with the Host it came with (the functions host routes by it). Answers pass on as
+            # they come (a token stream, server-sent events, a large download at the visitor's
+            # pace); a stream may pause up to 5 minutes between two chunks.
             server {
               listen {{ env "NOMAD_PORT_http" }};
               server_name *.{{ env "AIC_SERVING_DOMAIN" }};
@@ -95,6 +97,8 @@ job "aic-serving-gateway" {
                 proxy_http_version 1.1;
                 proxy_set_header Connection "";
                 proxy_set_header Host $host;
+                proxy_buffering off;
+                proxy_read_timeout 300s;
                 proxy_next_upstream error timeout;
               }
             }

@@ -30,9 +30,11 @@ impl SampleSource {
 /// One GPU's figures in a sample.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GpuReading {
-    /// The GPU as the miner numbers it (an index, or the UUID `CUDA_VISIBLE_DEVICES` names).
+    /// The GPU as the miner numbers it (`nvidia-smi`'s index; a simulated miner's slot).
     pub gpu: String,
-    /// Percent of the sample's interval the GPU was busy (0–100).
+    /// Percent of time one or more kernels ran, over the driver's last sample period (0–100);
+    /// a stand-in's: the CPU share of the allocation's cores its processes took since the
+    /// last sample.
     pub util_pct: f32,
     /// Memory in use, MiB.
     pub mem_used_mib: u64,

@@ -32,6 +32,8 @@ pub(crate) struct Alloc {
     pub(crate) live: std::sync::OnceLock<Option<LiveLog>>,
     /// The same for its GPU samples (`gpuuse.rs`).
     pub(crate) live_metrics: std::sync::OnceLock<Option<LiveLog>>,
+    /// Its GPU sampler while it runs (`gpuuse.rs`).
+    pub(crate) sampler: tokio::sync::Mutex<Option<crate::gpuuse::Sampler>>,
     /// A deployment's end as the scheduler set it (unix seconds): the same across restarts.
     pub(crate) serve_until: Option<i64>,
 }
@@ -60,6 +62,14 @@ impl Alloc {
         self.live_metrics
             .get_or_init(|| self.gateway.as_ref().map(|(url, token)| LiveLog::start(url, token, self.index, "metrics")))
             .clone()
+    }
+
+    /// Stops sampling its GPUs and stores the last samples: before its result is recorded, so
+    /// that a job that ended has them all.
+    pub(crate) async fn stop_sampling(&self) {
+        if let Some(s) = self.sampler.lock().await.take() {
+            s.finish().await;
+        }
     }
 
     /// Moves the job's status (`status::advance`) and tells its watchers.
@@ -108,6 +118,7 @@ pub(crate) fn setup() -> anyhow::Result<Alloc> {
         gateway,
         live: Default::default(),
         live_metrics: Default::default(),
+        sampler: Default::default(),
         serve_until: l.serve_until,
     })
 }

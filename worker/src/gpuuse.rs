@@ -102,21 +102,26 @@ impl Probe {
     async fn sample(&mut self, alloc: u32) -> Option<GpuSample> {
         if self.smi {
             match nvidia_smi().await {
-                Some(out) => {
+                // A miner with the driver: its GPUs' figures, or no sample this time (the
+                // driver busy, or none of the allocation's GPUs listed); never the stand-in.
+                Smi::Answered(out) => {
                     let gpus = readings(&out, self.gpus.as_deref());
-                    if !gpus.is_empty() {
-                        return Some(GpuSample {
-                            at: chrono::Utc::now(),
-                            alloc,
-                            source: SampleSource::NvidiaSmi,
-                            gpus,
-                        });
-                    }
+                    return (!gpus.is_empty()).then(|| GpuSample {
+                        at: chrono::Utc::now(),
+                        alloc,
+                        source: SampleSource::NvidiaSmi,
+                        gpus,
+                    });
                 }
-                None => self.smi = false,
+                Smi::Failed => return None,
+                Smi::Absent => self.smi = false,
             }
         }
-        self.stand_in(alloc)
+        // `/proc` is read off the runtime's threads.
+        let mut me = std::mem::replace(self, Probe::new(None, 1));
+        let (s, back) = tokio::task::spawn_blocking(move || (me.stand_in(alloc), me)).await.ok()?;
+        *self = back;
+        s
     }
 
     /// The program's CPU share and resident memory (every process under this worker).
@@ -139,17 +144,29 @@ impl Probe {
     }
 }
 
-/// `nvidia-smi`'s CSV, or `None` where it is not installed or fails (no driver).
-async fn nvidia_smi() -> Option<String> {
-    let out = tokio::process::Command::new("nvidia-smi")
+/// What `nvidia-smi` said.
+enum Smi {
+    Answered(String),
+    /// It is there but failed, or took over 5 s, this time.
+    Failed,
+    /// Not installed: a miner without NVIDIA's driver.
+    Absent,
+}
+
+/// `nvidia-smi`'s CSV: the operator's (`AIC_NVIDIA_SMI`, an absolute path: where jobs run in
+/// images of their own, the image's `PATH` is the user's), else the one on the worker's `PATH`.
+async fn nvidia_smi() -> Smi {
+    let bin = std::env::var("AIC_NVIDIA_SMI").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "nvidia-smi".into());
+    let out = tokio::process::Command::new(bin)
         .args(["--query-gpu=index,uuid,utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(Duration::from_secs(5), out).await {
-        Ok(Ok(o)) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
-        _ => None,
+        Ok(Ok(o)) if o.status.success() => Smi::Answered(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Smi::Absent,
+        _ => Smi::Failed,
     }
 }
 

@@ -104,8 +104,8 @@ async fn post_loop(gw: Gateway, alloc: u32, stream: &'static str, mut rx: mpsc::
             }
         }
         last = tokio::time::Instant::now();
-        let body = json!({ "alloc": alloc, "stream": stream, "chunk": chunk, "offset": offset, "text": text, "status": status });
-        if let Err(e) = gw.call(reqwest::Method::POST, "worker/logs", Some(body)).await {
+        let body = json!({ "alloc": alloc, "chunk": chunk, "offset": offset, "text": text, "status": status });
+        if let Err(e) = gw.call(reqwest::Method::POST, &format!("worker/{stream}"), Some(body)).await {
             // A gateway without live logs (a Lambda one) says so once: stop posting.
             if e.downcast_ref::<GatewayError>().is_some_and(|g| g.status == 404) {
                 tracing::info!("the pool's gateway takes no live logs; watchers read the stored chunks");

@@ -134,9 +134,9 @@ static EXIT_FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::O
 
 async fn run_allocation(alloc: Alloc) -> i32 {
     // How busy its GPUs are, from the start (staging shows as idle GPUs, which it is).
-    let sampler = gpuuse::Sampler::start(&alloc);
+    *alloc.sampler.lock().await = Some(gpuuse::Sampler::start(&alloc));
     let code = run_and_report(&alloc).await;
-    sampler.finish().await;
+    alloc.stop_sampling().await;
     // The last lines and the last status move reach the watchers before the worker exits.
     for live in [alloc.live.get(), alloc.live_metrics.get()].into_iter().flatten().flatten() {
         live.flush(std::time::Duration::from_secs(2)).await;
@@ -362,6 +362,7 @@ async fn run(a: &Alloc) -> anyhow::Result<i32> {
         stopping = Some(Instant::now());
     }
     let wall = started.elapsed().as_secs_f64();
+    a.stop_sampling().await;
     if let Some(t) = exec {
         t.abort();
     }

@@ -83,11 +83,14 @@ pub struct Post {
     pub status: bool,
 }
 
-/// An answer: each allocation's news (or where it is), and the status count.
+/// An answer: each allocation's news (or where it is), and the status count; of which stream
+/// (a host that knew only the log said nothing, and the watcher of samples takes none of it).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct News {
     pub allocs: Vec<Piece>,
     pub status: u64,
+    #[serde(default)]
+    pub stream: Option<Stream>,
 }
 
 /// Where a watcher is in each allocation's log: chunk and offset.
@@ -128,7 +131,7 @@ impl Job {
             fresh |= a.chunk > chunk || (a.chunk == chunk && end > offset);
             allocs.push(piece);
         }
-        fresh.then_some(News { allocs, status: self.status })
+        fresh.then_some(News { allocs, status: self.status, stream: None })
     }
 }
 
@@ -215,7 +218,7 @@ impl Live {
             if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
                 let jobs = self.jobs.lock().unwrap();
                 let status = jobs.get(job).map_or(status, |j| j.status);
-                return News { allocs: vec![], status };
+                return News { allocs: vec![], status, stream: None };
             }
         }
     }
@@ -248,9 +251,10 @@ impl super::Gateway {
     }
 
     /// `POST /v1/worker/logs`: a worker's output as it comes, or its word that it moved the
-    /// job's status.
-    pub(super) fn live_post(&self, g: &aic_core::grant::WorkerGrant, body: &[u8]) -> super::Reply {
-        let p: Post = serde_json::from_slice(body).map_err(|e| super::bad(format!("not a log post: {e}")))?;
+    /// job's status; `POST /v1/worker/metrics` (`stream`): its GPU samples.
+    pub(super) fn live_post(&self, g: &aic_core::grant::WorkerGrant, body: &[u8], stream: Stream) -> super::Reply {
+        let mut p: Post = serde_json::from_slice(body).map_err(|e| super::bad(format!("not a log post: {e}")))?;
+        p.stream = stream;
         if g.allocs > 0 && p.alloc >= g.allocs {
             return Err(super::bad(format!("job {} has no allocation {}", g.job, p.alloc)));
         }
@@ -281,7 +285,8 @@ impl super::Gateway {
         };
         let status = num("status")?.unwrap_or(0);
         let wait = num("wait")?.map_or(MAX_WAIT, Duration::from_millis);
-        let live = match Stream::of(q.get("stream").map(String::as_str)).map_err(super::bad)? {
+        let stream = Stream::of(q.get("stream").map(String::as_str)).map_err(super::bad)?;
+        let live = match stream {
             Stream::Logs => &self.live,
             Stream::Metrics => &self.live_metrics,
         };
@@ -290,7 +295,8 @@ impl super::Gateway {
         {
             return Err(super::err(http::StatusCode::NOT_FOUND, format!("no job {id} of yours")));
         }
-        Ok(serde_json::to_value(live.next(&job, &at, status, wait).await).unwrap_or_default())
+        let news = News { stream: Some(stream), ..live.next(&job, &at, status, wait).await };
+        Ok(serde_json::to_value(news).unwrap_or_default())
     }
 }
 

@@ -31,7 +31,8 @@
 //! | `GET /v1/exec/<session>?after=N` | the command's output frames after N, and its exit code |
 //! | `POST /v1/exec/<session>/input` `{frames}` | keystrokes and resizes for a terminal session (`aic shell`) |
 //! | `GET /v1/worker/exec?alloc=I`, `POST /v1/worker/exec/<session>` | (workers) the commands for their allocation, their output |
-//! | `POST /v1/worker/logs` `{alloc, stream, chunk, offset, text, status}` | (workers) what their program printed, as it prints it, and their GPU samples |
+//! | `POST /v1/worker/logs` `{alloc, chunk, offset, text, status}` | (workers) what their program printed, as it prints it |
+//! | `POST /v1/worker/metrics` `{alloc, chunk, offset, text}` | (workers) their GPU samples, as they take them |
 //! | `GET /v1/worker/secrets` | (workers) the values of the secrets their job names, its owner's |
 //!
 //! What a user may write: `data/…`, a job's `code/…` and its `request.json` (create-only: the
@@ -412,7 +413,12 @@ impl Gateway {
                     return self.exec_input_next(g, session, exec::after(&q)?).await;
                 }
                 (&Method::GET, ["worker", "secrets"]) => return self.worker_secrets(g).await,
-                (&Method::POST, ["worker", "logs"]) if self.cfg.live => return self.live_post(g, &body),
+                (&Method::POST, ["worker", "logs"]) if self.cfg.live => {
+                    return self.live_post(g, &body, live::Stream::Logs);
+                }
+                (&Method::POST, ["worker", "metrics"]) if self.cfg.live => {
+                    return self.live_post(g, &body, live::Stream::Metrics);
+                }
                 (&Method::POST, ["worker", "logs"]) => {
                     return Err(err(StatusCode::NOT_FOUND, "this gateway relays no live logs"));
                 }

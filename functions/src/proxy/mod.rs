@@ -15,8 +15,14 @@
 //! live replica. `aic deploy scale` starts a new deployment beside the old one, so the route
 //! moves to the new one as soon as it answers and never points at nothing in between.
 //!
+//! Answers are passed on as they come (`relay`): a token stream, server-sent events or a
+//! download of any size reach the visitor a chunk at a time, read from the replica only as
+//! fast as the visitor takes them; the connection goes back to the idle ones when the answer
+//! has been read to its end.
+//!
 //! Here: routing and forwarding; `replicas`: which replicas a deployment has and which the
-//! scheduler placed; `wire`: the headers kept and dropped, and the connections to replicas.
+//! scheduler placed; `wire`: the headers kept and dropped, and the connections to replicas;
+//! `relay`: an answer's body on its way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,11 +35,14 @@ use aic_schemas::ServingRegistration;
 use bytes::Bytes;
 use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 
+mod relay;
 mod replicas;
 mod wire;
+
+pub use relay::Relay;
 
 use wire::*;
 
@@ -47,7 +56,8 @@ pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// router keeps them longer, so a reused one is not being closed under it).
 const IDLE_PER_REPLICA: usize = 32;
 const IDLE_FOR: Duration = Duration::from_secs(20);
-/// Connecting to a replica, and a whole exchange with it.
+/// Connecting to a replica, and the wait for its answer to begin (its body then takes as long
+/// as it takes).
 const CONNECT: Duration = Duration::from_secs(2);
 const ANSWER: Duration = Duration::from_secs(60);
 /// A replica whose miner is cut off never acknowledges a request sent on a connection kept
@@ -67,17 +77,21 @@ pub struct Proxy {
     scheduler: Option<Arc<dyn Scheduler>>,
     placed: Mutex<HashMap<String, Vec<(String, u16)>>>,
     /// Each replica's idle connections and when it last failed, by host then port.
-    links: Mutex<HashMap<String, HashMap<u16, Link>>>,
+    links: Links,
     next: AtomicUsize,
 }
 
 /// A deployment's live registrations, shared by the requests that read them.
 type Replicas = Arc<[ServingRegistration]>;
 
+/// Every replica's kept connections, by host then port; shared with the answers under way,
+/// which give their connection back when read to the end.
+type Links = Arc<Mutex<HashMap<String, HashMap<u16, Link>>>>;
+
 /// One replica address's kept connections (newest last) and when it last failed.
 #[derive(Default)]
 struct Link {
-    idle: Vec<(Instant, SendRequest<Full<Bytes>>, Connection)>,
+    idle: Vec<(Instant, SendRequest<Full<Bytes>>)>,
     failed: Option<Instant>,
 }
 
@@ -85,13 +99,19 @@ struct Link {
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    pub body: AnswerBody,
+}
+
+/// The proxy's own answer, whole; or a replica's, as it comes.
+pub enum AnswerBody {
+    Full(Bytes),
+    Relay(Relay),
 }
 
 fn error(status: StatusCode, why: String) -> Answer {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Answer { status, headers, body: Bytes::from(serde_json::json!({ "error": why }).to_string()) }
+    Answer { status, headers, body: AnswerBody::Full(Bytes::from(serde_json::json!({ "error": why }).to_string())) }
 }
 
 impl Proxy {
@@ -103,7 +123,7 @@ impl Proxy {
             names: Mutex::new(HashMap::new()),
             scheduler: None,
             placed: Mutex::new(HashMap::new()),
-            links: Mutex::new(HashMap::new()),
+            links: Links::default(),
             next: AtomicUsize::new(0),
         }
     }
@@ -183,7 +203,7 @@ impl Proxy {
         }
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let body = Bytes::from(serde_json::json!({ "moved": to }).to_string());
+        let body = AnswerBody::Full(Bytes::from(serde_json::json!({ "moved": to }).to_string()));
         if let Ok(v) = HeaderValue::try_from(to) {
             headers.insert(header::LOCATION, v);
         }
@@ -314,60 +334,41 @@ impl Proxy {
 
     /// One request to the replica at `host:port` on a kept connection (one the replica closed
     /// meanwhile gives the request back unsent: the next is tried) or a new one; its answer
-    /// read whole, and the connection kept for the next request. The connection is driven
-    /// here, beside the exchange, not by a task of its own: no other task to wake per request.
+    /// passed on as it comes ([`Relay`]), the connection kept for the next request once the
+    /// answer has been read to its end.
     async fn exchange(&self, host: &str, port: u16, mut req: Request<Full<Bytes>>) -> Result<Answer, String> {
         loop {
-            let (kept, (mut sender, conn)) = match self.idle(host, port) {
+            let (kept, mut sender) = match self.idle(host, port) {
                 Some(c) => (true, c),
                 None => (false, connect(host, port).await?),
             };
-            let mut conn = Some(conn);
-            let (outcome, open) = {
-                let work = async {
-                    if let Err(e) = sender.ready().await {
-                        return Err(Failed::Unsent(Box::new(req), e.to_string()));
-                    }
-                    let resp = match sender.try_send_request(req).await {
-                        Ok(r) => r,
-                        Err(mut e) => {
-                            return Err(match e.take_message() {
-                                Some(back) => Failed::Unsent(Box::new(back), e.into_error().to_string()),
-                                None => Failed::Sent(format!("the exchange failed ({})", e.into_error())),
-                            });
-                        }
-                    };
+            let failed = async {
+                if let Err(e) = sender.ready().await {
+                    return Err(Failed::Unsent(Box::new(req), e.to_string()));
+                }
+                match sender.try_send_request(req).await {
+                    Ok(r) => Ok(r),
+                    Err(mut e) => Err(match e.take_message() {
+                        Some(back) => Failed::Unsent(Box::new(back), e.into_error().to_string()),
+                        None => Failed::Sent(format!("the exchange failed ({})", e.into_error())),
+                    }),
+                }
+            }
+            .await;
+            match failed {
+                Ok(resp) => {
                     let (mut parts, body) = resp.into_parts();
-                    let body = match body.collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(e) => return Err(Failed::Sent(format!("it broke off its answer ({e})"))),
-                    };
                     let named: Vec<String> = connection_tokens(&parts.headers).map(str::to_ascii_lowercase).collect();
                     for h in HOP.iter().copied().chain(named.iter().map(String::as_str)) {
                         parts.headers.remove(h);
                     }
-                    parts.headers.remove(header::CONTENT_LENGTH);
                     confine(&mut parts.headers);
-                    Ok(Answer { status: parts.status, headers: parts.headers, body })
-                };
-                let mut work = std::pin::pin!(work);
-                let driven = conn.as_mut().expect("the connection is here");
-                match futures::future::select(driven, work.as_mut()).await {
-                    futures::future::Either::Right((outcome, _)) => (outcome, true),
-                    // The connection ended (closed, or broken): dropped, it hands back what it had
-                    // not sent, and what was under way ends with it.
-                    futures::future::Either::Left(_) => {
-                        conn = None;
-                        (work.await, false)
-                    }
-                }
-            };
-            match outcome {
-                Ok(answer) => {
-                    if let (true, Some(conn)) = (open, conn) {
-                        self.keep(host, port, sender, conn);
-                    }
-                    return Ok(answer);
+                    let back = relay::GiveBack { links: self.links.clone(), host: host.to_string(), port, sender };
+                    return Ok(Answer {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body: AnswerBody::Relay(Relay::new(body, back)),
+                    });
                 }
                 // A kept connection the replica had closed: the request goes out on another.
                 Err(Failed::Unsent(back, _)) if kept => req = *back,
@@ -378,30 +379,14 @@ impl Proxy {
     }
 
     /// A kept connection to `host:port` used lately.
-    fn idle(&self, host: &str, port: u16) -> Option<Conn> {
+    fn idle(&self, host: &str, port: u16) -> Option<SendRequest<Full<Bytes>>> {
         let mut links = self.links.lock().unwrap();
         let link = links.get_mut(host)?.get_mut(&port)?;
-        while let Some((at, sender, conn)) = link.idle.pop() {
+        while let Some((at, sender)) = link.idle.pop() {
             if at.elapsed() < IDLE_FOR && !sender.is_closed() {
-                return Some((sender, conn));
+                return Some(sender);
             }
         }
         None
-    }
-
-    /// Keeps a connection for the next request (up to [`IDLE_PER_REPLICA`] a replica, none
-    /// unused for [`IDLE_FOR`]); the replica answered, so it has not failed.
-    fn keep(&self, host: &str, port: u16, sender: SendRequest<Full<Bytes>>, conn: Connection) {
-        let mut links = self.links.lock().unwrap();
-        let link = match links.get_mut(host) {
-            Some(ports) => ports.entry(port).or_default(),
-            None => links.entry(host.to_string()).or_default().entry(port).or_default(),
-        };
-        link.failed = None;
-        link.idle.retain(|(at, _, _)| at.elapsed() < IDLE_FOR);
-        if link.idle.len() >= IDLE_PER_REPLICA {
-            drop(link.idle.remove(0));
-        }
-        link.idle.push((Instant::now(), sender, conn));
     }
 }

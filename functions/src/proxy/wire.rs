@@ -13,11 +13,6 @@ pub(super) enum Failed {
     Sent(String),
 }
 
-/// An HTTP/1.1 connection to a replica: what sends on it, and what drives it.
-pub(super) type Connection =
-    hyper::client::conn::http1::Connection<hyper_util::rt::TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
-pub(super) type Conn = (SendRequest<Full<Bytes>>, Connection);
-
 /// A deployment's answers come from a stranger's app, at an origin of its own: its cookies
 /// stay its own (a `Set-Cookie` with a `Domain`, which would reach sibling deployments or
 /// the pool's domain, is dropped; host-only ones pass), and it may not widen a service
@@ -55,8 +50,9 @@ pub(super) fn hop_by_hop(headers: &HeaderMap, name: &http::HeaderName) -> bool {
     HOP.contains(&name.as_str()) || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
 }
 
-/// A new HTTP/1.1 connection to `host:port` (driven by whoever sends on it).
-pub(super) async fn connect(host: &str, port: u16) -> Result<Conn, String> {
+/// A new HTTP/1.1 connection to `host:port`, driven by a task of its own (an answer's body
+/// is read from it after the exchange has returned); the task ends with the connection.
+pub(super) async fn connect(host: &str, port: u16) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((host, port))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("cannot connect to {host}:{port} ({e})")),
@@ -64,7 +60,11 @@ pub(super) async fn connect(host: &str, port: u16) -> Result<Conn, String> {
     };
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED));
-    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
-        .map_err(|e| format!("cannot speak HTTP to {host}:{port} ({e})"))
+        .map_err(|e| format!("cannot speak HTTP to {host}:{port} ({e})"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }

@@ -970,6 +970,138 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
     b_rt.shutdown_background();
 }
 
+/// A replica that streams: `GET /events` answers a server-sent event at once and the second
+/// only when the test adds a permit to `go`; `GET /big` answers 100 MiB, counting what it has
+/// written, and says when it has written it all.
+struct Streaming {
+    go: Arc<tokio::sync::Semaphore>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    all_written: Arc<tokio::sync::Notify>,
+}
+
+impl Streaming {
+    async fn registered(p: &Pool) -> (aic_schemas::JobId, Streaming) {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let deployment = aic_schemas::JobId::generate();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        register(p, &deployment, listener.local_addr().unwrap().port()).await;
+        let r = Streaming {
+            go: Arc::new(tokio::sync::Semaphore::new(0)),
+            written: Default::default(),
+            all_written: Default::default(),
+        };
+        let (go, written, all_written) = (r.go.clone(), r.written.clone(), r.all_written.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (go, written, all_written) = (go.clone(), written.clone(), all_written.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let chunk = |b: &[u8]| [format!("{:x}\r\n", b.len()).as_bytes(), b, b"\r\n"].concat();
+                    if head.starts_with(b"GET /events ") {
+                        let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                        let _ = s.write_all(&[start.as_bytes(), &chunk(b"data: 1\n\n")].concat()).await;
+                        let _ = go.acquire().await.map(|p| p.forget());
+                        let _ = s.write_all(&[&chunk(b"data: 2\n\n")[..], b"0\r\n\r\n"].concat()).await;
+                    } else {
+                        let start =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", 100u64 << 20);
+                        let _ = s.write_all(start.as_bytes()).await;
+                        let block = vec![b'x'; 64 << 10];
+                        for _ in 0..1600 {
+                            if s.write_all(&block).await.is_err() {
+                                return;
+                            }
+                            written.fetch_add(block.len() as u64, SeqCst);
+                        }
+                        all_written.notify_one();
+                    }
+                });
+            }
+        });
+        (deployment, r)
+    }
+
+    /// Through `client` at `site`: the events come as the replica sends them, the download
+    /// at the visitor's pace and whole.
+    async fn streams_through(&self, client: &reqwest::Client, site: &str) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut resp = client.get(format!("{site}/events")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        // The replica sends the second event only after this: had the gateway waited for the
+        // whole answer, nothing would come.
+        let first = tokio::time::timeout(Duration::from_secs(20), resp.chunk()).await;
+        let first = first.expect("the first event never came while the replica held the second back").unwrap();
+        assert_eq!(first.as_deref(), Some(&b"data: 1\n\n"[..]));
+        self.go.add_permits(1);
+        let mut rest = Vec::new();
+        while let Some(c) = resp.chunk().await.unwrap() {
+            rest.extend_from_slice(&c);
+        }
+        assert_eq!(String::from_utf8_lossy(&rest), "data: 2\n\n");
+
+        let mut resp = client.get(format!("{site}/big")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut got = 0u64;
+        while got < 1 << 20 {
+            got += resp.chunk().await.unwrap().expect("more of the download").len() as u64;
+        }
+        // The visitor reads nothing more for a while: the replica cannot write the rest (on
+        // loopback it writes 100 MiB well within this when nothing holds it back).
+        let whole = tokio::time::timeout(Duration::from_secs(3), self.all_written.notified()).await;
+        let held = self.written.load(SeqCst);
+        assert!(whole.is_err() && held < 64 << 20, "the replica wrote {held} bytes while the visitor had read {got}");
+        while let Some(c) = resp.chunk().await.unwrap() {
+            got += c.len() as u64;
+        }
+        assert_eq!(got, 100 << 20, "the download arrived whole");
+    }
+}
+
+/// A replica's answer passes through the serving gateway as the replica sends it (server-sent
+/// events, a token stream) and at the visitor's pace (a 100 MiB download held in neither the
+/// gateway's memory nor a limit of its), both at a functions host and through the pool's
+/// nginx gateway job in front of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_streams_through_the_serving_gateway_as_the_replica_sends_it() {
+    let p = pool(1, "exit 0");
+    let (deployment, replica) = Streaming::registered(&p).await;
+    let url = serving_host(&p).await;
+    let (site, client) = origin_of(&url, deployment.as_str());
+    replica.streams_through(&client, &site).await;
+
+    // The nginx job in front of a functions host (deployments at `<label>.localhost`).
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = [
+        ("NOMAD_TASK_DIR", dir.path().to_str().unwrap().to_string()),
+        ("NOMAD_PORT_http", gw_port.to_string()),
+        ("AIC_SERVING_DOMAIN", "localhost".to_string()),
+    ];
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, render_gateway_template(&env, &[("127.0.0.1".to_string(), port)])).unwrap();
+    let _nginx = nginx_as_the_job_runs_it(&conf);
+    // A replica of its own (its counts start afresh).
+    let (deployment, replica) = Streaming::registered(&p).await;
+    let (site, client) = origin_of(&format!("http://127.0.0.1:{gw_port}"), deployment.as_str());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !client.get(format!("http://127.0.0.1:{gw_port}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+        let log = std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default();
+        assert!(std::time::Instant::now() < deadline, "nginx does not answer: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica.streams_through(&client, &site).await;
+}
+
 /// The worker processes of nginx's master `pid`.
 fn workers(pid: u32) -> Vec<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();

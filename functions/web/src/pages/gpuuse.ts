@@ -29,7 +29,9 @@ export function gpuUse(id: string): GpuUse {
       }
     }
   };
-  const read = async () => {
+  // Never throws: the page's other reads go on whatever happens here.
+  const read = () => readAll().catch(() => undefined);
+  const readAll = async () => {
     for (let i = 0; i < 20; i++) {
       const q = after ? `&after=${encodeURIComponent(after)}` : "";
       const { chunks } = await api<{ chunks: { key: string; text: string }[] }>("GET", `jobs/${id}/logs?stream=metrics${q}`);
@@ -39,8 +41,9 @@ export function gpuUse(id: string): GpuUse {
     }
     if (live) {
       try {
-        const n = await api<{ allocs: { text: string }[] }>("GET", `jobs/${id}/live?stream=metrics&wait=0`);
-        n.allocs.forEach((p) => take(p.text));
+        const n = await api<{ allocs: { text: string }[]; stream?: string }>("GET", `jobs/${id}/live?stream=metrics&wait=0`);
+        // A host that relays only logs answers with the log: none of it is a sample.
+        if (n.stream === "metrics") n.allocs.forEach((p) => take(p.text));
       } catch (e) {
         if (e instanceof ApiError && e.status === 404) live = false;
       }
@@ -51,16 +54,25 @@ export function gpuUse(id: string): GpuUse {
     const all = [...seen.values()].sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
     if (all.length === 0) return;
     const series = new Map<string, { t: number; util: number; mem: number; total?: number | null }[]>();
+    const order = new Map<string, [number, number, string]>();
+    let maxMem = 1;
     for (const s of all)
       for (const g of s.gpus) {
         const k = `alloc ${s.alloc} · GPU ${g.gpu}`;
-        if (!series.has(k)) series.set(k, []);
+        if (!series.has(k)) {
+          series.set(k, []);
+          order.set(k, [s.alloc, Number(g.gpu), g.gpu]);
+        }
         series.get(k)!.push({ t: Date.parse(s.at), util: g.util_pct, mem: g.mem_used_mib, total: g.mem_total_mib });
+        maxMem = Math.max(maxMem, g.mem_used_mib, g.mem_total_mib ?? 0);
       }
     const standIn = all.some((s) => s.source === "stand-in");
     const [t0, t1] = [Date.parse(all[0].at), Date.parse(all[all.length - 1].at)];
-    const maxMem = Math.max(1, ...[...series.values()].flat().map((p) => Math.max(p.mem, p.total ?? 0)));
-    const keys = [...series.keys()];
+    // By allocation, then GPU (as numbers where they are).
+    const keys = [...series.keys()].sort((a, b) => {
+      const [x, y] = [order.get(a)!, order.get(b)!];
+      return x[0] - y[0] || x[1] - y[1] || x[2].localeCompare(y[2]);
+    });
     el.replaceChildren(
       standIn ? h("p", { class: "muted", id: "gpu-stand-in" }, "Simulated miners: the program's CPU use stands in for GPU utilization, its memory for GPU memory.") : "",
       h("div", { class: "charts" }, chart("Utilization %", series, keys, t0, t1, 100, (p) => p.util), chart("Memory MiB", series, keys, t0, t1, maxMem, (p) => p.mem)),
@@ -93,7 +105,11 @@ function chart(title: string, series: Map<string, Point[]>, keys: string[], t0: 
   const yy = (v: number) => hgt - pad - (Math.min(v, top) / top) * (hgt - 2 * pad);
   keys.forEach((k, i) => {
     const line = document.createElementNS(SVG, "polyline");
-    line.setAttribute("points", series.get(k)!.map((p) => `${x(p.t).toFixed(1)},${yy(y(p)).toFixed(1)}`).join(" "));
+    // At most a point per pixel column or so: a day's samples draw as fast as a minute's.
+    const ps = series.get(k)!;
+    const step = Math.max(1, Math.ceil(ps.length / w));
+    const shown = ps.filter((_, j) => j % step === 0 || j === ps.length - 1);
+    line.setAttribute("points", shown.map((p) => `${x(p.t).toFixed(1)},${yy(y(p)).toFixed(1)}`).join(" "));
     line.setAttribute("class", `c${i % COLOURS}`);
     line.setAttribute("data-gpu", k);
     const tip = document.createElementNS(SVG, "title");

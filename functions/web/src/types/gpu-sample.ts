@@ -22,7 +22,7 @@ source: SampleSource
  */
 export interface GpuReading {
 /**
- * The GPU as the miner numbers it (an index, or the UUID `CUDA_VISIBLE_DEVICES` names).
+ * The GPU as the miner numbers it (`nvidia-smi`'s index; a simulated miner's slot).
  */
 gpu: string
 /**
@@ -34,7 +34,9 @@ mem_total_mib?: (number | null)
  */
 mem_used_mib: number
 /**
- * Percent of the sample's interval the GPU was busy (0–100).
+ * Percent of time one or more kernels ran, over the driver's last sample period (0–100);
+ * a stand-in's: the CPU share of the allocation's cores its processes took since the
+ * last sample.
  */
 util_pct: number
 }
