@@ -131,6 +131,33 @@ fn uwsgi_of(job: &str, alloc: u32) -> Option<i32> {
     None
 }
 
+/// A deployed Flask app streaming server-sent events (`examples/stream`): the first event
+/// reaches the client through the pool's gateway while the app still holds the second, which
+/// it sends once the client has acknowledged the first (`POST /ack`), saying whether it had.
+/// A gateway that held the answer to its end would deliver both at once, `acked=False`.
+#[test]
+fn a_streamed_answer_reaches_the_client_event_by_event_through_the_gateway() {
+    use std::io::BufRead;
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let out = h.aic(&["deploy", repo().join("examples/stream").to_str().unwrap(), "--replicas", "1"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (api, _, _) = addresses(&out.stdout);
+    let mut curl = Command::new("curl")
+        .args(["-sN", "--max-time", "60"])
+        .arg(format!("{api}events"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(curl.stdout.take().unwrap()).lines().map_while(Result::ok);
+    assert_eq!(lines.next().as_deref(), Some("data: 1"), "the first event");
+    let ack = Command::new("curl").args(["-s", "-X", "POST"]).arg(format!("{api}ack")).output().unwrap();
+    assert!(String::from_utf8_lossy(&ack.stdout).contains("\"acked\":true"), "{ack:?}");
+    let rest: Vec<String> = lines.filter(|l| !l.is_empty()).collect();
+    assert_eq!(rest, ["data: 2 acked=True"], "the second event came after the client read the first");
+    assert!(curl.wait().unwrap().success());
+}
+
 #[test]
 fn two_replicas_serve_predictions_and_survive_a_killed_one() {
     let h = Home::new();
