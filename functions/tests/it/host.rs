@@ -873,17 +873,7 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
     };
     let (a, a_rt) = host(&p);
     let (b, b_rt) = host(&p);
-    let dir = tempfile::tempdir().unwrap();
-    let gw_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // Deployments' origins are `<label>.localhost` here.
-    let env = [
-        ("NOMAD_TASK_DIR", dir.path().to_str().unwrap().to_string()),
-        ("NOMAD_PORT_http", gw_port.to_string()),
-        ("AIC_SERVING_DOMAIN", "localhost".to_string()),
-    ];
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(&conf, render_gateway_template(&env, &[a.clone(), b.clone()])).unwrap();
-    let mut nginx = nginx_as_the_job_runs_it(&conf);
+    let GatewayJob { dir, port: gw_port, env, conf, mut nginx } = GatewayJob::start(&[a.clone(), b.clone()]);
     let stderr = || std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default();
     let base = format!("http://127.0.0.1:{gw_port}");
     // The deployment at its origin under the serving domain (`localhost` here).
@@ -1078,18 +1068,9 @@ async fn an_answer_streams_through_the_serving_gateway_as_the_replica_sends_it()
     let (site, client) = origin_of(&url, deployment.as_str());
     replica.streams_through(&client, &site).await;
 
-    // The nginx job in front of a functions host (deployments at `<label>.localhost`).
+    // The nginx job in front of a functions host.
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let gw_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let env = [
-        ("NOMAD_TASK_DIR", dir.path().to_str().unwrap().to_string()),
-        ("NOMAD_PORT_http", gw_port.to_string()),
-        ("AIC_SERVING_DOMAIN", "localhost".to_string()),
-    ];
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(&conf, render_gateway_template(&env, &[("127.0.0.1".to_string(), port)])).unwrap();
-    let _nginx = nginx_as_the_job_runs_it(&conf);
+    let GatewayJob { dir, port: gw_port, nginx: _nginx, .. } = GatewayJob::start(&[("127.0.0.1".to_string(), port)]);
     // A replica of its own (its counts start afresh).
     let (deployment, replica) = Streaming::registered(&p).await;
     let (site, client) = origin_of(&format!("http://127.0.0.1:{gw_port}"), deployment.as_str());
@@ -1100,6 +1081,33 @@ async fn an_answer_streams_through_the_serving_gateway_as_the_replica_sends_it()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     replica.streams_through(&client, &site).await;
+}
+
+/// The pool's nginx job (`serving-gateway.nomad.hcl`) run as Nomad runs it in front of the
+/// functions hosts `hosts`, deployments' origins at `<label>.localhost`: its task folder, its
+/// port, the template's environment, its rendered configuration, nginx.
+struct GatewayJob {
+    dir: tempfile::TempDir,
+    port: u16,
+    env: [(&'static str, String); 3],
+    conf: std::path::PathBuf,
+    nginx: Nginx,
+}
+
+impl GatewayJob {
+    fn start(hosts: &[(String, u16)]) -> GatewayJob {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let env = [
+            ("NOMAD_TASK_DIR", dir.path().to_str().unwrap().to_string()),
+            ("NOMAD_PORT_http", port.to_string()),
+            ("AIC_SERVING_DOMAIN", "localhost".to_string()),
+        ];
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, render_gateway_template(&env, hosts)).unwrap();
+        let nginx = nginx_as_the_job_runs_it(&conf);
+        GatewayJob { dir, port, env, conf, nginx }
+    }
 }
 
 /// The worker processes of nginx's master `pid`.
