@@ -19,8 +19,7 @@ use std::time::Duration;
 use aic_schemas::{GpuReading, GpuSample, SampleSource};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::alloc::Alloc;
-use crate::logs::{Shipper, Stream};
+use crate::logs::Shipper;
 
 /// Least time between samples by default.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -32,16 +31,16 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(a: &Alloc) -> Sampler {
+    /// Samples allocation `alloc`'s GPUs (`gpus`: as `CUDA_VISIBLE_DEVICES` lists them) into
+    /// `shipper` (one of `Stream::Metrics`).
+    pub fn start(shipper: Shipper, alloc: u32, gpus: Option<String>) -> Sampler {
         let every = std::env::var("AIC_METRICS_SECONDS")
             .ok()
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|s| *s > 0.0)
             .map_or(EVERY, Duration::from_secs_f64);
         let (tx, rx) = mpsc::channel::<String>(64);
-        let shipper = Shipper::new(a.store.clone(), a.job.clone(), a.index, a.live_metrics()).stream(Stream::Metrics);
         let (stop, mut stopped) = oneshot::channel();
-        let (alloc, gpus) = (a.index, crate::alloc::visible_gpus(|k| std::env::var(k).ok()));
         let cores = crate::launcher::cpus();
         let task = tokio::spawn(async move {
             let ship = tokio::spawn(shipper.run(rx));

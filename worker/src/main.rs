@@ -134,7 +134,10 @@ static EXIT_FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::O
 
 async fn run_allocation(alloc: Alloc) -> i32 {
     // How busy its GPUs are, from the start (staging shows as idle GPUs, which it is).
-    *alloc.sampler.lock().await = Some(gpuuse::Sampler::start(&alloc));
+    let samples = logs::Shipper::new(alloc.store.clone(), alloc.job.clone(), alloc.index, alloc.live_metrics())
+        .stream(logs::Stream::Metrics);
+    let gpus = alloc::visible_gpus(|k| std::env::var(k).ok());
+    *alloc.sampler.lock().await = Some(gpuuse::Sampler::start(samples, alloc.index, gpus));
     let code = run_and_report(&alloc).await;
     alloc.stop_sampling().await;
     // The last lines and the last status move reach the watchers before the worker exits.
