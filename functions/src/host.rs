@@ -285,10 +285,9 @@ async fn handle(
             }
         }
         let (parts, body) = req.into_parts();
-        let over = format!("request body over {} bytes", crate::proxy::MAX_BODY);
-        let body = match read_body(body, crate::proxy::MAX_BODY, over, within).await {
+        let body = match crate::proxy::Outgoing::of(body, within).await {
             Ok(b) => b,
-            Err(r) => return Ok(r),
+            Err(a) => return Ok(answer(a)),
         };
         let path = parts.uri.path();
         let a = proxy.forward(&site, &parts.method, path, parts.uri.query(), &parts.headers, body).await;

@@ -88,11 +88,14 @@ job "aic-serving-gateway" {
             # Deployments, each at an origin of its own: every path is the deployment's, passed
             # with the Host it came with (the functions host routes by it). Answers pass on as
             # they come (a token stream, server-sent events, a large download at the visitor's
-            # pace); a stream may pause up to 5 minutes between two chunks.
+            # pace); a stream may pause up to 5 minutes between two chunks. Request bodies pass
+            # on as they come too (an upload to a model), up to the functions host's 1 GiB.
             server {
               listen {{ env "NOMAD_PORT_http" }};
               server_name *.{{ env "AIC_SERVING_DOMAIN" }};
+              client_max_body_size 1g;
               location / {
+                proxy_request_buffering off;
                 proxy_pass http://aic_functions;
                 proxy_http_version 1.1;
                 proxy_set_header Connection "";

@@ -35,14 +35,15 @@ use aic_schemas::ServingRegistration;
 use bytes::Bytes;
 use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 
 mod relay;
 mod replicas;
+mod upload;
 mod wire;
 
 pub use relay::Relay;
+pub use upload::{MAX_BODY, Outgoing};
 
 use wire::*;
 
@@ -50,8 +51,6 @@ use wire::*;
 pub const REFRESH: Duration = Duration::from_secs(1);
 /// How long a replica that could not be reached is skipped.
 pub const BENCH: Duration = Duration::from_secs(5);
-/// Largest request body forwarded.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Idle connections kept per replica, and how long one is kept unused (a replica's uWSGI
 /// router keeps them longer, so a reused one is not being closed under it).
 const IDLE_PER_REPLICA: usize = 32;
@@ -91,7 +90,7 @@ type Links = Arc<Mutex<HashMap<String, HashMap<u16, Link>>>>;
 /// One replica address's kept connections (newest last) and when it last failed.
 #[derive(Default)]
 struct Link {
-    idle: Vec<(Instant, SendRequest<Full<Bytes>>)>,
+    idle: Vec<(Instant, SendRequest<Outgoing>)>,
     failed: Option<Instant>,
 }
 
@@ -228,10 +227,11 @@ impl Proxy {
         rest: &str,
         query: Option<&str>,
         headers: &HeaderMap,
-        body: Bytes,
+        body: Outgoing,
     ) -> Answer {
         let mut last_err = None;
-        for fresh in [false, true] {
+        let mut body = Some(body);
+        'tries: for fresh in [false, true] {
             let named = match target {
                 Site::Deployment(_) => Vec::new(),
                 Site::Named { owner, name } => match self.named(owner, name, fresh).await {
@@ -248,9 +248,12 @@ impl Proxy {
                 if regs.is_empty() {
                     continue;
                 }
-                match self.attempt(id, &regs, method, rest, query, headers, &body).await {
+                match self.attempt(id, &regs, method, rest, query, headers, &mut body).await {
                     Ok(a) => return a,
                     Err(e) => last_err = Some(e),
+                }
+                if body.is_none() {
+                    break 'tries;
                 }
             }
         }
@@ -268,6 +271,8 @@ impl Proxy {
     }
 
     /// Tries `regs` round robin (replicas that failed lately last); `Err` when none answered.
+    /// `body` is taken by the first replica that received any of it; it goes on to the next
+    /// only when it is held whole or none of it left.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
@@ -277,7 +282,7 @@ impl Proxy {
         rest: &str,
         query: Option<&str>,
         headers: &HeaderMap,
-        body: &Bytes,
+        body: &mut Option<Outgoing>,
     ) -> Result<Answer, String> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -303,7 +308,9 @@ impl Proxy {
         }
         let mut last_err = String::new();
         for r in order {
-            let mut req = Request::new(Full::new(body.clone()));
+            let Some(b) = body.take() else { break };
+            let again = b.again();
+            let mut req = Request::new(b);
             *req.method_mut() = method.clone();
             *req.uri_mut() = match uri.parse() {
                 Ok(u) => u,
@@ -321,8 +328,17 @@ impl Proxy {
             }
             match tokio::time::timeout(ANSWER, self.exchange(&r.host, r.port, req)).await {
                 Ok(Ok(a)) => return Ok(a),
-                Ok(Err(e)) => last_err = format!("replica {}: {e}", r.alloc),
-                Err(_) => last_err = format!("replica {} gave no answer in {} s", r.alloc, ANSWER.as_secs()),
+                Ok(Err((e, back))) => {
+                    last_err = format!("replica {}: {e}", r.alloc);
+                    *body = back.map(|b| *b).or(again);
+                }
+                Err(_) => {
+                    last_err = format!("replica {} gave no answer in {} s", r.alloc, ANSWER.as_secs());
+                    *body = again;
+                }
+            }
+            if body.is_none() {
+                last_err.push_str("; the request's body, streamed, is not sent again");
             }
             self.links.lock().unwrap().entry(r.host.clone()).or_default().entry(r.port).or_default().failed =
                 Some(Instant::now());
@@ -336,11 +352,20 @@ impl Proxy {
     /// meanwhile gives the request back unsent: the next is tried) or a new one; its answer
     /// passed on as it comes ([`Relay`]), the connection kept for the next request once the
     /// answer has been read to its end.
-    async fn exchange(&self, host: &str, port: u16, mut req: Request<Full<Bytes>>) -> Result<Answer, String> {
+    /// `Err`: why, and the body when none of it left.
+    async fn exchange(
+        &self,
+        host: &str,
+        port: u16,
+        mut req: Request<Outgoing>,
+    ) -> Result<Answer, (String, Option<Box<Outgoing>>)> {
         loop {
             let (kept, mut sender) = match self.idle(host, port) {
                 Some(c) => (true, c),
-                None => (false, connect(host, port).await?),
+                None => match connect(host, port).await {
+                    Ok(c) => (false, c),
+                    Err(e) => return Err((e, Some(Box::new(req.into_body())))),
+                },
             };
             let failed = async {
                 if let Err(e) = sender.ready().await {
@@ -372,14 +397,16 @@ impl Proxy {
                 }
                 // A kept connection the replica had closed: the request goes out on another.
                 Err(Failed::Unsent(back, _)) if kept => req = *back,
-                Err(Failed::Unsent(_, e)) => return Err(format!("the connection broke ({e})")),
-                Err(Failed::Sent(e)) => return Err(e),
+                Err(Failed::Unsent(back, e)) => {
+                    return Err((format!("the connection broke ({e})"), Some(Box::new(back.into_body()))));
+                }
+                Err(Failed::Sent(e)) => return Err((e, None)),
             }
         }
     }
 
     /// A kept connection to `host:port` used lately.
-    fn idle(&self, host: &str, port: u16) -> Option<SendRequest<Full<Bytes>>> {
+    fn idle(&self, host: &str, port: u16) -> Option<SendRequest<Outgoing>> {
         let mut links = self.links.lock().unwrap();
         let link = links.get_mut(host)?.get_mut(&port)?;
         while let Some((at, sender)) = link.idle.pop() {

@@ -17,7 +17,7 @@ pub(super) struct GiveBack {
     pub(super) links: Links,
     pub(super) host: String,
     pub(super) port: u16,
-    pub(super) sender: SendRequest<Full<Bytes>>,
+    pub(super) sender: SendRequest<Outgoing>,
 }
 
 impl GiveBack {

@@ -9,7 +9,7 @@ pub(super) const HOP: [&str; 8] =
 /// How an exchange failed: before the request left (it comes back, to go out on another
 /// connection), or after.
 pub(super) enum Failed {
-    Unsent(Box<Request<Full<Bytes>>>, String),
+    Unsent(Box<Request<Outgoing>>, String),
     Sent(String),
 }
 
@@ -52,7 +52,7 @@ pub(super) fn hop_by_hop(headers: &HeaderMap, name: &http::HeaderName) -> bool {
 
 /// A new HTTP/1.1 connection to `host:port`, driven by a task of its own (an answer's body
 /// is read from it after the exchange has returned); the task ends with the connection.
-pub(super) async fn connect(host: &str, port: u16) -> Result<SendRequest<Full<Bytes>>, String> {
+pub(super) async fn connect(host: &str, port: u16) -> Result<SendRequest<Outgoing>, String> {
     let stream = match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect((host, port))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("cannot connect to {host}:{port} ({e})")),

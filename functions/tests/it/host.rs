@@ -905,9 +905,22 @@ async fn the_pools_nginx_gateway_routes_through_two_functions_hosts_and_outlives
         assert_eq!(call(reqwest::Method::POST, n).await, (200, want), "{}", stderr());
     }
     assert_eq!(replica.connections.load(SeqCst), 2, "both functions hosts forwarded (each on its kept connection)");
-    // A body over the gateway's limit is refused by nginx (16 MiB, the functions' own limit).
-    let big = client.post(format!("{site}/predict")).body(vec![b'x'; 17 << 20]).send().await.unwrap();
-    assert_eq!(big.status(), 413);
+    // A body said to be over the gateway's limit (1 GiB, the functions' own) is refused by
+    // nginx from its length alone; the functions host refuses it as well.
+    let over = |to: u16| {
+        let host = site.trim_start_matches("http://").to_string();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", to)).await.unwrap();
+            let head =
+                format!("POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\nxx", (1u64 << 30) + 1);
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf).to_string()
+        }
+    };
+    assert_eq!(over(gw_port).await, "HTTP/1.1 413", "{}", stderr());
+    assert_eq!(over(a.1).await, "HTTP/1.1 413");
     // 200 idle keep-alive clients, each having had one answer, hold nothing up.
     let mut idle = Vec::new();
     for _ in 0..200 {
@@ -967,6 +980,8 @@ struct Streaming {
     go: Arc<tokio::sync::Semaphore>,
     written: Arc<std::sync::atomic::AtomicU64>,
     all_written: Arc<tokio::sync::Notify>,
+    /// An upload's bytes the replica has received.
+    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Streaming {
@@ -980,11 +995,14 @@ impl Streaming {
             go: Arc::new(tokio::sync::Semaphore::new(0)),
             written: Default::default(),
             all_written: Default::default(),
+            received: Default::default(),
         };
-        let (go, written, all_written) = (r.go.clone(), r.written.clone(), r.all_written.clone());
+        let (go, written, all_written, received) =
+            (r.go.clone(), r.written.clone(), r.all_written.clone(), r.received.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (go, written, all_written) = (go.clone(), written.clone(), all_written.clone());
+                let (go, written, all_written, received) =
+                    (go.clone(), written.clone(), all_written.clone(), received.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -995,7 +1013,31 @@ impl Streaming {
                         }
                     }
                     let chunk = |b: &[u8]| [format!("{:x}\r\n", b.len()).as_bytes(), b, b"\r\n"].concat();
-                    if head.starts_with(b"GET /events ") {
+                    if head.starts_with(b"POST /upload ") {
+                        // Counts the body as it comes (sent with its length), then says how much came.
+                        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                        let len: u64 = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let mut got = (head.len() - end) as u64;
+                        received.store(got, SeqCst);
+                        while got < len {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got += n as u64,
+                            }
+                            received.store(got, SeqCst);
+                        }
+                        let said = got.to_string();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{said}",
+                            said.len()
+                        );
+                        let _ = s.write_all(answer.as_bytes()).await;
+                    } else if head.starts_with(b"GET /events ") {
                         let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
                         let _ = s.write_all(&[start.as_bytes(), &chunk(b"data: 1\n\n")].concat()).await;
                         let _ = go.acquire().await.map(|p| p.forget());
@@ -1053,13 +1095,43 @@ impl Streaming {
             got += c.len() as u64;
         }
         assert_eq!(got, 100 << 20, "the download arrived whole");
+
+        // An upload: its first half reaches the replica before the visitor sends the second
+        // (a gateway that read the body whole first would wait here for ever).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        let half = 8u64 << 20;
+        let send = client
+            .post(format!("{site}/upload"))
+            .header("content-length", (2 * half).to_string())
+            .body(reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async {
+                rx.recv().await.map(|x| (x, rx))
+            })))
+            .send();
+        let send = tokio::spawn(send);
+        for _ in 0..half / (64 << 10) {
+            tx.send(Ok(vec![b'u'; 64 << 10])).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.received.load(SeqCst) < half {
+            let got = self.received.load(SeqCst);
+            assert!(std::time::Instant::now() < deadline, "the replica had {got} bytes of the upload's first {half}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..half / (64 << 10) {
+            tx.send(Ok(vec![b'u'; 64 << 10])).await.unwrap();
+        }
+        drop(tx);
+        let resp = send.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), (2 * half).to_string(), "the upload arrived whole");
     }
 }
 
 /// A replica's answer passes through the serving gateway as the replica sends it (server-sent
 /// events, a token stream) and at the visitor's pace (a 100 MiB download held in neither the
-/// gateway's memory nor a limit of its), both at a functions host and through the pool's
-/// nginx gateway job in front of one.
+/// gateway's memory nor a limit of its), and a visitor's upload reaches the replica as the
+/// visitor sends it, both at a functions host and through the pool's nginx gateway job in
+/// front of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_streams_through_the_serving_gateway_as_the_replica_sends_it() {
     let p = pool(1, "exit 0");

@@ -37,9 +37,11 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             .env_remove("AIC_GATEWAY");
     };
     let up = super::dev_up(&aic, &home, &env)?;
-    let result = (|| -> anyhow::Result<()> {
+    // Deploys `proj` as `name` with one replica: its address through the gateway (`Host`
+    // header apart, for clients that do not resolve `*.localhost`), and its replica's own.
+    let deploy = |proj: &Path, name: &str| -> anyhow::Result<(String, Option<String>, String)> {
         let mut dep = Command::new(&aic);
-        dep.args(["deploy"]).arg(&proj).args(["--replicas", "1", "--name", "bench"]);
+        dep.args(["deploy"]).arg(proj).args(["--replicas", "1", "--name", name]);
         env(&mut dep);
         let out = dep.output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -58,6 +60,19 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
         let reg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(home.join(format!("store/pool/serving/{job}/0.json")))?)?;
         let direct = format!("http://{}:{}/", reg["host"].as_str().unwrap_or(""), reg["port"]);
+        // The API's origin is `<label>.localhost:<port>`, which wrk's resolver does not take
+        // for loopback as browsers and curl do: wrk goes to 127.0.0.1 and names the origin.
+        let (api, origin) = match api.split_once("://").and_then(|(_, r)| r.split_once(".localhost:")) {
+            Some((label, rest)) => {
+                let port = rest.trim_end_matches('/');
+                (format!("http://127.0.0.1:{port}/"), Some(format!("Host: {label}.localhost:{port}")))
+            }
+            None => (api, None),
+        };
+        Ok((api, origin, direct))
+    };
+    let result = (|| -> anyhow::Result<()> {
+        let (api, origin, direct) = deploy(&proj, "bench")?;
         let row: Vec<f64> = std::fs::read_to_string(data.join("digits.csv"))?
             .lines()
             .next()
@@ -77,15 +92,6 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             "gateway vs direct uWSGI (1 replica: its HTTP router, 2 processes × 2 threads), POST /predict, wrk -t2 -c16 -d10s, \
              {ROUNDS} rounds taking turns (medians):"
         );
-        // The API's origin is `<label>.localhost:<port>`, which wrk's resolver does not take
-        // for loopback as browsers and curl do: wrk goes to 127.0.0.1 and names the origin.
-        let (api, origin) = match api.split_once("://").and_then(|(_, r)| r.split_once(".localhost:")) {
-            Some((label, rest)) => {
-                let port = rest.trim_end_matches('/');
-                (format!("http://127.0.0.1:{port}/"), Some(format!("Host: {label}.localhost:{port}")))
-            }
-            None => (api, None),
-        };
         let targets = [("direct uWSGI", direct, None), ("through the gateway", api, origin)];
         // `ROUNDS` rounds of wrk with `load` on each target in turn: each run's figures, by target.
         let rounds = |load: [&str; 3]| -> anyhow::Result<Vec<Vec<Figures>>> {
@@ -154,6 +160,42 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             lat[1].1,
             lat[1].0 - lat[0].0,
             lat[1].1 - lat[0].1
+        );
+
+        // A token stream: 10 server-sent events 1 s apart (examples/stream), read with curl.
+        let stream = dir.join("stream");
+        std::fs::create_dir_all(&stream)?;
+        for f in ["app.py", "requirements.txt"] {
+            std::fs::copy(root().join("examples/stream").join(f), stream.join(f))?;
+        }
+        let (api, origin, direct) = deploy(&stream, "bench-stream")?;
+        let targets = [("direct uWSGI", direct, None), ("through the gateway", api, origin)];
+        let mut seen: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, url, host)) in targets.iter().enumerate() {
+                let out = Command::new("curl")
+                    .args(["-sSfN", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total}"])
+                    .args(host.iter().flat_map(|h| ["-H", h.as_str()]))
+                    .arg(format!("{url}tokens?n=10&every=1"))
+                    .output()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let mut t = text.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
+                let (first, total) = (t.next().unwrap_or(f64::NAN), t.next().unwrap_or(f64::NAN));
+                anyhow::ensure!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+                seen[i].push((first * 1000.0, total));
+            }
+        }
+        let med: Vec<(f64, f64)> = seen
+            .iter()
+            .map(|r| (median(r.iter().map(|x| x.0).collect()), median(r.iter().map(|x| x.1).collect())))
+            .collect();
+        println!(
+            "a 10 s token stream (GET /tokens, 10 events 1 s apart; curl -N, medians of {ROUNDS}): direct first byte              after {:.1} ms, whole in {:.2} s; through the gateway first byte after {:.1} ms ({:+.1} ms), whole in {:.2} s",
+            med[0].0,
+            med[0].1,
+            med[1].0,
+            med[1].0 - med[0].0,
+            med[1].1
         );
         Ok(())
     })();
