@@ -3,7 +3,7 @@
 //! The signed struct covers every field that changes what runs or what it costs: owner,
 //! job id, kind, name, entrypoint, the code's digest, dataset, miners, GPUs, hours
 //! (in thousandths, as the quote counts them), launcher, arguments, environment, secrets,
-//! image, the GPU models and memory asked, payment,
+//! image, the GPU models and memory asked, how a deployment is served, payment,
 //! and the validity window. The domain binds the chain id, so a signature made for one
 //! chain is worthless on another.
 
@@ -36,6 +36,7 @@ sol! {
         string image;
         string[] gpuTypes;
         uint32 minGpuMemoryGb;
+        string serving;
         uint64 paymentChainId;
         bytes32 paymentTx;
         uint64 createdAt;
@@ -94,6 +95,7 @@ pub fn typed(req: &JobRequest) -> AicJobRequest {
         image: req.image.clone().unwrap_or_default(),
         gpuTypes: req.gpu_types.clone(),
         minGpuMemoryGb: req.min_gpu_memory_gb.unwrap_or(0),
+        serving: req.serving.as_ref().map(|o| o.signed()).unwrap_or_default(),
         paymentChainId: req.payment.as_ref().map_or(0, |p| p.chain_id),
         paymentTx: req.payment.as_ref().map_or(B256::ZERO, |p| b256(&p.tx)),
         createdAt: req.created_at.timestamp().max(0) as u64,
@@ -171,4 +173,47 @@ pub fn check_resume(r: &ResumeRequest, chain_id: u64) -> Result<(), SignaturePro
 pub fn typed_data_json(req: &JobRequest, chain_id: u64) -> anyhow::Result<serde_json::Value> {
     let data = alloy::dyn_abi::TypedData::from_struct(&typed(req), Some(domain(chain_id)));
     Ok(serde_json::to_value(data)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How a deployment is served is signed: a private deployment made public (or given more
+    /// processes) after signing no longer carries its owner's signature.
+    #[tokio::test]
+    async fn a_deployments_serving_options_are_signed() {
+        let key: alloy::signers::local::PrivateKeySigner =
+            "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcb5cc6aa0b5a2b4d5".parse().unwrap();
+        let now = chrono::Utc::now();
+        let file = aic_schemas::jobfile::JobFile {
+            kind: Some(JobKind::Serve),
+            name: Some("api".into()),
+            code: "proj".into(),
+            entrypoint: None,
+            data: None,
+            miners: 1,
+            gpus: 1,
+            hours: 1.0,
+            launcher: Launcher::Command,
+            args: vec![],
+            env: Default::default(),
+            secrets: vec![],
+            image: None,
+            gpu_types: vec![],
+            min_gpu_memory: None,
+            serving: Some(aic_schemas::ServeOptions { private: true, ..Default::default() }),
+        };
+        let owner = crate::from_alloy(key.address());
+        let mut req =
+            file.to_request(owner, aic_schemas::JobId::generate(), "app.py".into(), now, chrono::Duration::hours(1));
+        sign(&key, &mut req, 31337).await.unwrap();
+        check(&req, 31337).unwrap();
+        let mut public = req.clone();
+        public.serving = None;
+        assert!(matches!(check(&public, 31337), Err(SignatureProblem::NotOwner { .. })));
+        let mut more = req.clone();
+        more.serving.as_mut().unwrap().workers = Some(8);
+        assert!(matches!(check(&more, 31337), Err(SignatureProblem::NotOwner { .. })));
+    }
 }

@@ -78,6 +78,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         image: None,
         gpu_types: vec![],
         min_gpu_memory: None,
+        serving: None,
     };
     let req =
         file.to_request(env.owner, JobId::generate(), "train_mpi.py".into(), Utc::now(), chrono::Duration::hours(1));
@@ -121,6 +122,7 @@ pub async fn run(env: &Env) -> anyhow::Result<i32> {
         detach: false,
         secrets: vec![],
         gpu: Default::default(),
+        serving: Default::default(),
     };
     let base = crate::deploy::origins(env, host.as_ref()).await?;
     let (deployment, _) = crate::deploy::submit(env, &opts, host.as_ref()).await?;

@@ -1,10 +1,10 @@
-//! `aic deploy`: a project (app.py exposing a WSGI `app`, requirements.txt, model files) as
+//! `aic deploy`: a project (app.py exposing a WSGI or ASGI `app`, requirements.txt, model files) as
 //! an HTTP API on N replicas, behind the pool's serving gateway, each deployment at an origin
 //! of its own (`http://<deployment>.localhost:8800/`: `aic_schemas::origin`).
 //!
 //! A deployment is a `serve` job: quoted, paid and signed like a training job (replicas ×
 //! GPUs × hours), validated and dispatched the same way; each replica is an allocation whose
-//! worker runs the app under uWSGI and registers itself. Its id is the job id; its name
+//! worker runs the app under uWSGI or uvicorn and registers itself. Its id is the job id; its name
 //! (`--name`, else the folder's) is what `aic deploy list` shows and commands accept, and its
 //! stable address: `<name>--<owner>.<domain>` reaches the newest live deployment of that name.
 
@@ -36,6 +36,8 @@ pub struct DeployOpts {
     pub detach: bool,
     pub secrets: Vec<String>,
     pub gpu: crate::GpuArgs,
+    /// Its server, processes, threads and privacy.
+    pub serving: aic_schemas::ServeOptions,
 }
 
 /// Where users reach deployments: the gateway in pool mode, else the embedded pool's.
@@ -136,7 +138,10 @@ pub async fn replicas(env: &Env, job: &JobKey) -> anyhow::Result<Vec<ServingRegi
 /// Builds, pays for and submits the deployment; returns it and its name.
 pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow::Result<(JobKey, Option<String>)> {
     if !o.path.is_dir() {
-        bail!("{} is not a folder: a deployment is a project folder with app.py (a WSGI `app`)", o.path.display());
+        bail!(
+            "{} is not a folder: a deployment is a project folder with app.py (a WSGI or ASGI `app`)",
+            o.path.display()
+        );
     }
     if let Some(n) = &o.name
         && n.len() > aic_schemas::origin::MAX_NAMED
@@ -147,7 +152,7 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
         );
     }
     let code = Code::resolve(&o.path, Some(o.entrypoint.clone().unwrap_or_else(|| "app.py".into())))
-        .context("a deployment needs app.py exposing a WSGI `app` (or --entrypoint)")?;
+        .context("a deployment needs app.py exposing a WSGI or ASGI `app` (or --entrypoint)")?;
     let file = aic_schemas::jobfile::JobFile {
         kind: Some(JobKind::Serve),
         name: o.name.clone().or_else(|| default_name(&o.path)),
@@ -164,6 +169,7 @@ pub async fn submit(env: &Env, o: &DeployOpts, host: Option<&Hosted>) -> anyhow:
         image: None,
         gpu_types: o.gpu.gpu_types.iter().map(|m| m.trim().to_string()).collect(),
         min_gpu_memory: o.gpu.min_gpu_memory,
+        serving: Some(o.serving.clone()).filter(|s| *s != Default::default()),
     };
     let req: JobRequest =
         file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), chrono::Duration::hours(1));
@@ -321,6 +327,8 @@ pub async fn replace(env: &Env, name: &str, replicas: Option<u32>, hours: Option
         secrets: req.secrets.clone(),
         // And the GPUs it asked for.
         gpu: crate::GpuArgs { gpu_types: req.gpu_types.clone(), min_gpu_memory: req.min_gpu_memory_gb },
+        // And is served the same way (a private one stays private, its keys keep working).
+        serving: req.serving.clone().unwrap_or_default(),
     };
     let (new, name) = submit(env, &opts, host.as_ref()).await?;
     // The new replicas start beside the old ones; a full pool cannot do that.

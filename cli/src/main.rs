@@ -56,7 +56,7 @@ enum Cmd {
         #[arg(long, short)]
         detach: bool,
     },
-    /// Serve a project (app.py exposing a WSGI `app`) as an HTTP API; list, logs, rm.
+    /// Serve a project (app.py exposing a WSGI or ASGI `app`) as an HTTP API; list, logs, rm.
     Deploy(DeployCmd),
     /// Open the pool's web app in the browser (a page: jobs, JOB_ID, new, data, deployments, pool).
     Open {
@@ -256,7 +256,8 @@ enum SecretCmd {
 pub struct DeployCmd {
     #[command(subcommand)]
     sub: Option<DeploySub>,
-    /// The project folder: app.py (a WSGI `app`, e.g. Flask), requirements.txt, model files.
+    /// The project folder: app.py (a WSGI `app`, e.g. Flask, or an ASGI one, e.g. FastAPI),
+    /// requirements.txt, model files.
     path: Option<PathBuf>,
     /// A name to find it by.
     #[arg(long)]
@@ -270,9 +271,23 @@ pub struct DeployCmd {
     /// How long it serves; the quote is computed from it.
     #[arg(long, default_value_t = 1.0)]
     hours: f64,
-    /// The WSGI file inside the project (default app.py).
+    /// The app's file inside the project (default app.py), exposing `app`.
     #[arg(long)]
     entrypoint: Option<String>,
+    /// wsgi (uWSGI: Flask, Django) or asgi (uvicorn: FastAPI, Starlette); default: told
+    /// from the app.
+    #[arg(long, value_name = "wsgi|asgi")]
+    server: Option<aic_schemas::AppServer>,
+    /// Processes per replica (default 2).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Threads per process, WSGI apps (default 2).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Callers need a key of the deployment's (`aic deploy key create NAME`), sent as
+    /// `Authorization: Bearer KEY`.
+    #[arg(long)]
+    private: bool,
     /// A secret of yours (`aic secret set NAME`) for the app's environment (repeatable).
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
@@ -293,7 +308,7 @@ enum DeploySub {
         #[arg(long)]
         json: bool,
     },
-    /// A deployment's uWSGI log.
+    /// A deployment's log (its app server's).
     Logs {
         name: String,
         #[arg(long, short)]
@@ -548,6 +563,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                     detach: d.detach,
                     secrets: d.secrets,
                     gpu: d.gpu,
+                    serving: aic_schemas::ServeOptions {
+                        server: d.server,
+                        workers: d.workers,
+                        threads: d.threads,
+                        private: d.private,
+                    },
                 };
                 deploy::create(&env, o).await
             }

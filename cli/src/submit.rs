@@ -188,6 +188,7 @@ pub async fn run(env: &Env, a: RunArgs) -> anyhow::Result<i32> {
         image: a.image.clone(),
         gpu_types: a.gpu.gpu_types.iter().map(|m| m.trim().to_string()).collect(),
         min_gpu_memory: a.gpu.min_gpu_memory,
+        serving: None,
     };
     let req = file.to_request(env.owner, JobId::generate(), code.entrypoint.clone(), Utc::now(), REQUEST_VALID_FOR);
     let tx = a.tx.clone();
@@ -241,6 +242,8 @@ pub fn flag_names(e: impl std::fmt::Display, miners_flag: &str) -> anyhow::Error
             .replace("max_hours:", "--hours:")
             .replace("gpu_types:", "--gpu-type:")
             .replace("min_gpu_memory_gb:", "--min-gpu-memory:")
+            .replace("serving.workers:", "--workers:")
+            .replace("serving.threads:", "--threads:")
             .replace("miners:", &format!("{miners_flag}:"))
     )
 }

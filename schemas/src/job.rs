@@ -182,6 +182,9 @@ pub struct JobRequest {
     /// The least memory each GPU must have, in GB (`--min-gpu-memory 20`). None: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_gpu_memory_gb: Option<u32>,
+    /// How a deployment is served (its server, processes, threads, privacy); none: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<crate::serving::ServeOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentRef>,
     pub created_at: DateTime<Utc>,
@@ -238,6 +241,13 @@ impl JobRequest {
                 "min_gpu_memory_gb",
                 format!("{gb} GB is not a GPU's memory: ask 1 to {} GB", validate::MAX_GPU_MEMORY_GB),
             ));
+        }
+        if let Some(o) = &self.serving {
+            if self.kind == JobKind::Serve {
+                o.check("serving", &mut errs);
+            } else {
+                errs.push(FieldError::new("serving", "only a deployment (kind: serve) is served: leave it out"));
+            }
         }
         if let Some(p) = &self.payment {
             validate::tx_hash("payment.tx", &p.tx, &mut errs);
@@ -298,6 +308,7 @@ mod tests {
             image: None,
             gpu_types: vec![],
             min_gpu_memory_gb: None,
+            serving: None,
             payment: None,
             created_at: now,
             expires_at: now + chrono::Duration::hours(1),
@@ -308,6 +319,30 @@ mod tests {
     #[test]
     fn a_good_request_validates() {
         sample().validate(Some(Utc::now())).unwrap();
+    }
+
+    #[test]
+    fn serving_options_are_a_deployments_and_checked_with_what_to_write() {
+        use crate::serving::{AppServer, ServeOptions};
+        let mut r = sample();
+        r.serving = Some(ServeOptions { private: true, ..Default::default() });
+        let e = r.validate(None).unwrap_err().to_string();
+        assert!(e.contains("serving: only a deployment (kind: serve) is served"), "{e}");
+        r.kind = JobKind::Serve;
+        r.validate(None).unwrap();
+        r.serving =
+            Some(ServeOptions { server: Some(AppServer::Wsgi), workers: Some(4), threads: Some(8), private: false });
+        r.validate(None).unwrap();
+        r.serving = Some(ServeOptions { server: None, workers: Some(0), threads: Some(33), private: false });
+        let e = r.validate(None).unwrap_err().to_string();
+        assert!(e.contains("serving.workers: 0 processes: a replica runs 1 to 16"), "{e}");
+        assert!(e.contains("serving.threads: 33 threads: a process runs 1 to 32"), "{e}");
+        r.serving =
+            Some(ServeOptions { server: Some(AppServer::Asgi), workers: None, threads: Some(2), private: false });
+        let e = r.validate(None).unwrap_err().to_string();
+        assert!(e.contains("serving.threads: an ASGI app serves its requests on an event loop"), "{e}");
+        assert_eq!("ASGI".parse::<AppServer>(), Ok(AppServer::Asgi));
+        assert!("uwsgi".parse::<AppServer>().unwrap_err().contains("say wsgi (Flask, Django) or asgi"));
     }
 
     #[test]

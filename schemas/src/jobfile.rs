@@ -75,6 +75,9 @@ pub struct JobFile {
     /// The least memory each GPU must have, in GB (`--min-gpu-memory`).
     #[serde(default)]
     pub min_gpu_memory: Option<u32>,
+    /// A deployment's server, processes, threads and privacy (`kind: serve`).
+    #[serde(default)]
+    pub serving: Option<crate::serving::ServeOptions>,
 }
 
 /// A problem in a job file, located where possible.
@@ -170,6 +173,7 @@ impl JobFile {
             image: self.image.clone(),
             gpu_types: self.gpu_types.clone(),
             min_gpu_memory_gb: self.min_gpu_memory,
+            serving: self.serving.clone(),
             payment: None,
             created_at: now,
             expires_at: now + valid_for,

@@ -5,6 +5,97 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::JobId;
+use crate::validate::FieldError;
+
+/// Most processes a replica's app server may run (`--workers`).
+pub const MAX_WORKERS: u32 = 16;
+/// Most threads per process (`--threads`, WSGI).
+pub const MAX_THREADS: u32 = 32;
+/// A replica's processes and threads when the deployment does not say (uWSGI's 2 × 2).
+pub const DEFAULT_WORKERS: u32 = 2;
+pub const DEFAULT_THREADS: u32 = 2;
+
+/// How a deployment's app is served: `aic deploy --server --workers --threads --private`,
+/// or a job file's `serving:`. Signed with the request (it changes what runs and who may call it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// `wsgi` (uWSGI) or `asgi` (uvicorn); unset: told from the app as its replica starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<AppServer>,
+    /// Processes per replica (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Threads per process, WSGI apps only (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    /// Every request must carry `Authorization: Bearer <key>`, a key of the deployment's
+    /// (`aic deploy key create`); others are refused at the gateway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
+}
+
+/// The server a deployment's app runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AppServer {
+    /// A WSGI `app` (Flask, Django) under uWSGI.
+    Wsgi,
+    /// An ASGI `app` (FastAPI, Starlette) under uvicorn.
+    Asgi,
+}
+
+impl std::fmt::Display for AppServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppServer::Wsgi => "wsgi",
+            AppServer::Asgi => "asgi",
+        })
+    }
+}
+
+impl std::str::FromStr for AppServer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "wsgi" => Ok(AppServer::Wsgi),
+            "asgi" => Ok(AppServer::Asgi),
+            _ => Err(format!("{s:?} is not a server: say wsgi (Flask, Django) or asgi (FastAPI, Starlette)")),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Field-level problems, named `<prefix>.<field>`.
+    pub fn check(&self, prefix: &str, errs: &mut Vec<FieldError>) {
+        if let Some(w) = self.workers
+            && !(1..=MAX_WORKERS).contains(&w)
+        {
+            errs.push(FieldError::new(
+                format!("{prefix}.workers"),
+                format!("{w} processes: a replica runs 1 to {MAX_WORKERS}"),
+            ));
+        }
+        if let Some(t) = self.threads {
+            if self.server == Some(AppServer::Asgi) {
+                errs.push(FieldError::new(
+                    format!("{prefix}.threads"),
+                    "an ASGI app serves its requests on an event loop: threads are for WSGI apps; use --workers",
+                ));
+            } else if !(1..=MAX_THREADS).contains(&t) {
+                errs.push(FieldError::new(
+                    format!("{prefix}.threads"),
+                    format!("{t} threads: a process runs 1 to {MAX_THREADS}"),
+                ));
+            }
+        }
+    }
+
+    /// What the owner signs for these options: their JSON, fields in a fixed order.
+    pub fn signed(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
 
 /// Stored at `pool/serving/<deployment>/<alloc>.json`, refreshed by a heartbeat; readers
 /// drop a registration whose `heartbeat_at + ttl_seconds` has passed.

