@@ -245,6 +245,10 @@ pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
     let host = if o.detach { None } else { submit::host(env).await? };
     let base = origins(env, host.as_ref()).await?;
     let (job, name) = submit(env, &o, host.as_ref()).await?;
+    if o.serving.private {
+        let who = name.clone().unwrap_or_else(|| job.job.to_string());
+        eprintln!("private: callers send `Authorization: Bearer <key>`; make a key with `aic deploy key create {who}`");
+    }
     if o.detach {
         println!("{}", address(&base, &job));
         return Ok(0);

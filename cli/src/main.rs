@@ -6,6 +6,7 @@ mod capacity;
 mod data;
 mod demo;
 mod deploy;
+mod deploykey;
 mod env;
 mod exec;
 mod gputable;
@@ -325,6 +326,28 @@ enum DeploySub {
         #[arg(long)]
         hours: f64,
     },
+    /// Keys to a private deployment (`aic deploy --private`).
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// A new key to deployment NAME, printed once (the pool keeps only its digest).
+    Create {
+        name: String,
+        /// Your words for it (who or what uses it).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// The keys to deployment NAME (ids, last characters, labels; never the keys).
+    Ls {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key to deployment NAME, by its id (`ls`) or the key itself.
+    Revoke { name: String, key: String },
 }
 
 #[derive(Subcommand)]
@@ -548,6 +571,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Some(DeploySub::Scale { name, replicas }) => deploy::replace(&env, &name, Some(replicas), None).await,
             Some(DeploySub::Extend { name, hours }) => deploy::replace(&env, &name, None, Some(hours)).await,
+            Some(DeploySub::Key(k)) => match k {
+                KeyCmd::Create { name, label } => deploykey::create(&env, &name, &label).await.map(|_| 0),
+                KeyCmd::Ls { name, json } => deploykey::ls(&env, &name, json).await.map(|_| 0),
+                KeyCmd::Revoke { name, key } => deploykey::revoke(&env, &name, &key).await.map(|_| 0),
+            },
             None => {
                 let path = d
                     .path

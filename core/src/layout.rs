@@ -118,6 +118,16 @@ pub fn serving_registration(deployment: &str, alloc: &str) -> String {
     format!("{}{alloc}.json", serving_prefix(deployment))
 }
 
+/// `pool/deploy-keys/<owner>/<scope>/`: the keys to `owner`'s private deployment `scope` (its
+/// name, or its id when it has none), written by the pool alone.
+pub fn deploy_keys_prefix(owner: &Address, scope: &str) -> String {
+    format!("pool/deploy-keys/{owner}/{scope}/")
+}
+
+pub fn deploy_key(owner: &Address, scope: &str, id: &str) -> String {
+    format!("{}{id}.json", deploy_keys_prefix(owner, scope))
+}
+
 /// The poller's inbox: `pool/inbox/<ulid>.json` for each request URL the gateway signed.
 pub const POLLER_INBOX: &str = "pool/inbox/";
 /// One marker per request a wallet was given an upload URL for and the poller still waits

@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod deploykeys;
 pub mod digest;
 pub mod events;
 pub mod faults;

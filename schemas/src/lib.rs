@@ -26,7 +26,7 @@ pub use gpuuse::{GpuReading, GpuSample, SampleSource};
 pub use job::{JobId, JobKind, JobRequest, Launcher, PaymentRef};
 pub use manifest::{JobManifest, Quote};
 pub use resume::ResumeRequest;
-pub use serving::{AppServer, ServeOptions, ServingRegistration};
+pub use serving::{AppServer, DeployKey, ServeOptions, ServingRegistration};
 pub use settlement::{ModelCharge, Settlement, SettlementKind};
 pub use status::{AllocResult, JobState, StatusDetail, StatusRecord, shown_run};
 pub use validate::{FieldError, ValidationErrors};

@@ -97,6 +97,24 @@ impl ServeOptions {
     }
 }
 
+/// A key to a private deployment, as the pool keeps it (`pool/deploy-keys/<owner>/<scope>/<id>.json`):
+/// its SHA-256 only; the key itself is shown once, when it is made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeployKey {
+    /// What `aic deploy key revoke` names it by.
+    pub id: String,
+    /// The owner's words for it (`--label`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
+    /// The deployment it opens: its name, or its id when it has none.
+    pub scope: String,
+    /// SHA-256 of the key, hex.
+    pub sha256: String,
+    /// The key's last 4 characters, to tell keys apart.
+    pub ends_with: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Stored at `pool/serving/<deployment>/<alloc>.json`, refreshed by a heartbeat; readers
 /// drop a registration whose `heartbeat_at + ttl_seconds` has passed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

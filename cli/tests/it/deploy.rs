@@ -38,7 +38,7 @@ fn project(h: &Home) -> (PathBuf, PathBuf) {
 }
 
 /// What `aic deploy` printed: the name's API address, the deployment id, its own address.
-fn addresses(stdout: &[u8]) -> (String, String, String) {
+pub(crate) fn addresses(stdout: &[u8]) -> (String, String, String) {
     let stdout = String::from_utf8_lossy(stdout);
     let api = stdout.lines().find_map(|l| l.strip_prefix("API address : ")).expect("the API address is printed");
     let line = stdout.lines().find_map(|l| l.strip_prefix("deployment  : ")).expect("the deployment is printed");
@@ -142,22 +142,24 @@ fn a_streamed_answer_reaches_the_client_event_by_event_through_the_gateway() {
     let out = h.aic(&["deploy", repo().join("examples/stream").to_str().unwrap(), "--replicas", "1"]);
     assert!(out.status.success(), "{:?}", text(&out));
     let (api, _, _) = addresses(&out.stdout);
-    events_come_one_by_one(&api);
+    events_come_one_by_one(&api, None);
 }
 
-/// `GET <api>events` read line by line: the first event, then (after `POST <api>ack`) the
+/// `GET <api>events` read line by line (with `key`, a private deployment's): the first event, then (after `POST <api>ack`) the
 /// second, which says the acknowledgement came first.
-fn events_come_one_by_one(api: &str) {
+pub(crate) fn events_come_one_by_one(api: &str, key: Option<&str>) {
     use std::io::BufRead;
+    let auth: Vec<String> = key.map(|k| vec!["-H".into(), format!("Authorization: Bearer {k}")]).unwrap_or_default();
     let mut curl = Command::new("curl")
         .args(["-sN", "--max-time", "60"])
+        .args(&auth)
         .arg(format!("{api}events"))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(curl.stdout.take().unwrap()).lines().map_while(Result::ok);
     assert_eq!(lines.next().as_deref(), Some("data: 1"), "the first event");
-    let ack = Command::new("curl").args(["-s", "-X", "POST"]).arg(format!("{api}ack")).output().unwrap();
+    let ack = Command::new("curl").args(["-s", "-X", "POST"]).args(&auth).arg(format!("{api}ack")).output().unwrap();
     assert!(String::from_utf8_lossy(&ack.stdout).contains("\"acked\":true"), "{ack:?}");
     let rest: Vec<String> = lines.filter(|l| !l.is_empty()).collect();
     assert_eq!(rest, ["data: 2 acked=True"], "the second event came after the client read the first");
@@ -179,7 +181,7 @@ fn an_asgi_app_is_served_by_uvicorn_and_streams_both_ways_through_the_gateway() 
     let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "fast", "--workers", "3"]);
     assert!(out.status.success(), "{:?}", text(&out));
     let (api, job, _) = addresses(&out.stdout);
-    events_come_one_by_one(&api);
+    events_come_one_by_one(&api, None);
 
     let big = h.path().join("upload.bin");
     std::fs::write(&big, vec![b'x'; 40 << 20]).unwrap();
@@ -557,4 +559,82 @@ def kill():
         assert!(Instant::now() < deadline, "both workers' time is metered: {:?}", walk(&usage_dir));
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A private deployment (`--private`) answers only requests carrying one of its keys: none, a
+/// wrong one, a second wallet's key to its own deployment of the same name, or a revoked one
+/// are refused at the gateway (401) and never reach the app (its server's log has none of
+/// their paths); a key made with `aic deploy key create` opens it, `ls` lists it (never the
+/// key), and `revoke` closes it again at once.
+#[test]
+fn a_private_deployment_answers_only_with_a_key_of_its_own() {
+    let h = Home::new();
+    let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "2")]);
+    let proj = repo().join("examples/fastapi");
+    let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "priv", "--private"]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("aic deploy key create priv"), "{err}");
+    let (api, _, _) = addresses(&out.stdout);
+    let call = |path: &str, key: Option<&str>| -> (String, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"]);
+        if let Some(k) = key {
+            c.args(["-H", &format!("Authorization: Bearer {k}")]);
+        }
+        let o = c.arg(format!("{api}{path}")).output().unwrap();
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        let (body, code) = t.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = call("refused-none", None);
+    assert_eq!(code, "401", "{body}");
+    assert!(body.contains("deployment priv is private") && body.contains("aic deploy key create priv"), "{body}");
+
+    let made = h.aic(&["deploy", "key", "create", "priv", "--label", "ci"]);
+    assert!(made.status.success(), "{:?}", text(&made));
+    let key = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    assert!(key.starts_with("aicdk_") && key.len() == 6 + 64, "{key}");
+    assert_eq!(call("accepted-1", Some(&key)).0, "404", "the app's own answer (it has no such path)");
+    assert_eq!(call("", Some(&key)).0, "200");
+    assert_eq!(call("refused-wrong", Some(&format!("aicdk_{}", "0".repeat(64)))).0, "401");
+    let listed = String::from_utf8_lossy(&h.aic(&["deploy", "key", "ls", "priv"]).stdout).to_string();
+    assert!(listed.contains(&format!("…{}", &key[key.len() - 4..])) && listed.contains("ci"), "{listed}");
+    assert!(!listed.contains(&key), "ls shows the key: {listed}");
+
+    // A second wallet's deployment of the same name, and its key: another deployment's.
+    let stranger = |args: &[&str]| {
+        let mut c = h.cmd(args);
+        c.env("AIC_PRIVATE_KEY", aic_chain::devchain::DEV_KEYS[5]);
+        c.output().unwrap()
+    };
+    let theirs = stranger(&["deploy", proj.to_str().unwrap(), "--name", "priv", "--private"]);
+    assert!(theirs.status.success(), "{:?}", text(&theirs));
+    let their_key = stranger(&["deploy", "key", "create", "priv"]);
+    let their_key = String::from_utf8_lossy(&their_key.stdout).trim().to_string();
+    assert!(their_key.starts_with("aicdk_"), "{their_key}");
+    assert_eq!(call("refused-stranger", Some(&their_key)).0, "401");
+
+    // Revoked (by the key itself): refused from then on.
+    let revoked = h.aic(&["deploy", "key", "revoke", "priv", &key]);
+    assert!(revoked.status.success(), "{:?}", text(&revoked));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call("", Some(&key)).0 != "401" {
+        assert!(std::time::Instant::now() < deadline, "a revoked key still opens the deployment");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = String::from_utf8_lossy(&h.aic(&["deploy", "key", "ls", "priv"]).stdout).to_string();
+    assert!(listed.trim().is_empty(), "{listed}");
+
+    // The app saw the accepted requests and none of the refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "priv"]).stdout).to_string();
+        if logs.contains("/accepted-1") {
+            break logs;
+        }
+        assert!(std::time::Instant::now() < deadline, "the accepted request is not in the app's log: {logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!logs.contains("/refused-"), "a refused request reached the app: {logs}");
 }

@@ -772,3 +772,62 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
     let row = v.as_array().unwrap().iter().find(|d| d["deployment"] == dep).unwrap_or_else(|| panic!("{v}"));
     assert_eq!((row["name"].as_str(), row["state"].as_str()), (Some("digits-web"), Some("cancelled")), "{v}");
 }
+
+/// A FastAPI app deployed private through the gateway on LocalStack: served by uvicorn, its
+/// keys made, listed and revoked through the gateway's routes; a request without a key, or
+/// with the revoked one, is refused by the functions host; with one, its server-sent events
+/// come one by one. Another wallet cannot reach the deployment's keys.
+#[test]
+fn a_private_asgi_deployment_through_the_gateway() {
+    let p = pool(Events::Poll);
+    assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
+    let proj = repo().join("examples/fastapi");
+    let out = p.aic("u", &["deploy", proj.to_str().unwrap(), "--name", "fast", "--private"]);
+    assert!(out.status.success(), "{:?}\n{}", text(&out), p.log());
+    let (api, dep, _) = crate::deploy::addresses(&out.stdout);
+    let status = |key: Option<&str>| -> String {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "20", "-o", "/dev/stderr", "-w", "%{http_code}"]);
+        if let Some(k) = key {
+            c.args(["-H", &format!("Authorization: Bearer {k}")]);
+        }
+        let o = c.arg(&api).output().unwrap();
+        let code = String::from_utf8_lossy(&o.stdout).to_string();
+        if code != "200" {
+            eprintln!("{code}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        code
+    };
+    assert_eq!(status(None), "401");
+    let made = p.aic("u", &["deploy", "key", "create", "fast"]);
+    let key = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    assert!(made.status.success() && key.starts_with("aicdk_"), "{:?}", text(&made));
+    assert_eq!(status(Some(&key)), "200");
+    crate::deploy::events_come_one_by_one(&api, Some(&key));
+    let ls = text(&p.aic("u", &["deploy", "key", "ls", "fast", "--json"])).0;
+    let keys: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert_eq!(keys.as_array().map(Vec::len), Some(1), "{ls}");
+
+    // Another wallet: the deployment is not theirs to find, nor its keys to list.
+    assert!(p.aic("v", &["login", "--dev", "2"]).status.success());
+    let theirs = p.aic("v", &["deploy", "key", "ls", &dep]);
+    assert!(!theirs.status.success(), "{:?}", text(&theirs));
+
+    let id = keys[0]["id"].as_str().unwrap();
+    assert!(p.aic("u", &["deploy", "key", "revoke", "fast", id]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(Some(&key)) != "401" {
+        assert!(std::time::Instant::now() < deadline, "a revoked key still opens the deployment");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A new key opens it (the gateway reads the keys again within a second); the revoked one
+    // stays refused.
+    let made = p.aic("u", &["deploy", "key", "create", "fast"]);
+    let fresh = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(Some(&fresh)) != "200" {
+        assert!(std::time::Instant::now() < deadline, "a new key does not open the deployment");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(status(Some(&key)), "401");
+}

@@ -16,6 +16,7 @@
 //! | `POST /v1/multipart` `{action,key,upload_id?,part?,parts?}` | large uploads part by part |
 //! | `GET /v1/jobs?limit=&since=&before=`, `GET /v1/jobs/<id>` | the caller's newest jobs (snapshot and request each), one job's status |
 //! | `GET /v1/deployments` | the caller's deployments, newest first (from the names dispatch records) |
+//! | `GET`, `POST /v1/deployments/<name or id>/keys` `{label?}`, `DELETE …/keys/<id>` | keys to the caller's private deployment: listed (digests, never keys), made (the key in that answer alone), revoked (`keys`) |
 //! | `POST /v1/draft` (a request) | its quote, the wallet calls that pay it, its EIP-712 typed data |
 //! | `GET /v1/payments/<job>`, `POST /v1/payments/<job>` `{to, data}`, `POST /v1/payments/<job>/tx` `{tx}` | a payment the browser's wallet is sending, kept and followed by the pool (`payment`) |
 //! | `GET /v1/secrets`, `PUT /v1/secrets/<NAME>` `{value}`, `DELETE /v1/secrets/<NAME>` | the caller's secrets: names only out, values only in (`vault`) |
@@ -50,6 +51,7 @@ mod access;
 pub mod blob;
 mod draft;
 mod exec;
+mod keys;
 mod limits;
 pub mod live;
 mod payment;
@@ -440,6 +442,9 @@ impl Gateway {
                 let d = aic_core::serving::deployments(&self.ctx.store, &who).await.map_err(store_err)?;
                 Ok(json!({ "deployments": d }))
             }
+            (&Method::GET, ["deployments", d, "keys"]) => self.keys_list(&who, d).await,
+            (&Method::POST, ["deployments", d, "keys"]) => self.keys_create(&who, d, &body).await,
+            (&Method::DELETE, ["deployments", d, "keys", id]) => self.keys_revoke(&who, d, id).await,
             (&Method::POST, ["draft"]) => self.draft(&who, &body).await,
             (&Method::GET, ["payments", job]) => self.payment_state(&who, job).await,
             (&Method::GET, ["deposits"]) => self.deposits(&who).await,

@@ -37,6 +37,7 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use hyper::client::conn::http1::SendRequest;
 
+mod private;
 mod relay;
 mod replicas;
 mod upload;
@@ -75,6 +76,9 @@ pub struct Proxy {
     /// Where the scheduler placed each deployment's replicas (the last answer it gave).
     scheduler: Option<Arc<dyn Scheduler>>,
     placed: Mutex<HashMap<String, Vec<(String, u16)>>>,
+    /// Each deployment's privacy, and each private one's keys' digests.
+    guards: Mutex<HashMap<String, private::Kept>>,
+    keys: Mutex<HashMap<String, private::KeysRead>>,
     /// Each replica's idle connections and when it last failed, by host then port.
     links: Links,
     next: AtomicUsize,
@@ -122,6 +126,8 @@ impl Proxy {
             names: Mutex::new(HashMap::new()),
             scheduler: None,
             placed: Mutex::new(HashMap::new()),
+            guards: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             links: Links::default(),
             next: AtomicUsize::new(0),
         }
@@ -248,6 +254,20 @@ impl Proxy {
                 if regs.is_empty() {
                     continue;
                 }
+                // A private deployment's: refused here without its key; the key stays here.
+                let private = match self.admit(id, headers).await {
+                    Ok(p) => p,
+                    Err(a) => return a,
+                };
+                let stripped;
+                let headers = if private {
+                    let mut h = headers.clone();
+                    h.remove(header::AUTHORIZATION);
+                    stripped = h;
+                    &stripped
+                } else {
+                    headers
+                };
                 match self.attempt(id, &regs, method, rest, query, headers, &mut body).await {
                     Ok(a) => return a,
                     Err(e) => last_err = Some(e),
