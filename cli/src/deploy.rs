@@ -424,10 +424,16 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
         let own = base.as_ref().map(|b| address(b, &job));
         let named = base.as_ref().zip(req.name.as_deref()).and_then(|(b, n)| named_address(b, &job, n));
         let low = left.is_some_and(|l| low_on_time(l, req.max_hours));
+        // Its last hour's requests (read for the ones still going).
+        let hour = match left {
+            Some(_) => stats(env, &job, 60).await.map(|(s, _)| s).unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
         rows.push(serde_json::json!({
             "deployment": job.job, "name": req.name, "state": state, "replicas": req.miners, "live": live,
             "address": named.clone().or(own.clone()), "version_address": own,
             "seconds_left": left.map(|l| l.round() as u64), "low": low,
+            "private": req.serving.as_ref().is_some_and(|s| s.private), "last_hour": hour,
         }));
     }
     if json {
@@ -439,20 +445,131 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
     }
     for r in rows {
         let left = r["seconds_left"].as_u64().map(|s| format!("{} left", human_duration(s))).unwrap_or_default();
+        let h = &r["last_hour"];
+        let load = match h["requests"].as_u64() {
+            Some(n) => format!(
+                "{n} req/h {} err p95 {}",
+                h["replica_errors"].as_u64().unwrap_or(0) + h["gateway_errors"].as_u64().unwrap_or(0),
+                ms(&h["p95_ms"])
+            ),
+            None => String::new(),
+        };
         println!(
-            "{}  {:<14} {:<10} {}/{} live  {:<14} {}",
+            "{}  {:<14} {:<10} {}/{} live  {:<14} {:<28} {}{}",
             r["deployment"].as_str().unwrap_or_default(),
             r["name"].as_str().unwrap_or("-"),
             r["state"].as_str().unwrap_or_default(),
             r["live"],
             r["replicas"],
             left,
-            r["address"].as_str().unwrap_or("")
+            load,
+            r["address"].as_str().unwrap_or(""),
+            if r["private"] == true { "  (private)" } else { "" }
         );
         if r["low"] == true {
             let who = r["name"].as_str().or(r["deployment"].as_str()).unwrap_or_default();
             println!(
                 "  ⚠ under 10% of its paid time left; it stops when it runs out: `aic deploy extend {who} --hours H`"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A deployment's request figures of its last `minutes` minutes: the summary and each minute.
+pub async fn stats(
+    env: &Env,
+    job: &JobKey,
+    minutes: i64,
+) -> anyhow::Result<(serde_json::Value, Vec<aic_schemas::ServingMinute>)> {
+    if let Some(gw) = env.gateway_client() {
+        let v = gw.call(reqwest::Method::GET, &format!("jobs/{}/stats?minutes={minutes}", job.job), None).await?;
+        return Ok((v["summary"].clone(), serde_json::from_value(v["minutes"].clone())?));
+    }
+    let now = Utc::now();
+    let m = aic_core::servingstats::read(&env.store, job.job.as_str(), now - chrono::Duration::minutes(minutes), now)
+        .await?;
+    Ok((aic_core::servingstats::summary(&m), m))
+}
+
+/// "12 ms", "—".
+fn ms(v: &serde_json::Value) -> String {
+    v.as_u64().map(|m| format!("≤{m} ms")).unwrap_or_else(|| "—".into())
+}
+
+/// `aic deploy status NAME`: what it is, its replicas, and its requests of the last hour.
+pub async fn status(env: &Env, name: &str, minutes: i64, json: bool) -> anyhow::Result<()> {
+    let job = resolve(env, name).await?;
+    let req: JobRequest = env
+        .store
+        .get_json(&job.request(), aic_schemas::validate::MAX_DOC_BYTES)
+        .await?
+        .ok_or_else(|| anyhow!("deployment {} has no request", job.job))?;
+    if req.kind != JobKind::Serve {
+        bail!("job {} is a training job, not a deployment: see `aic status {}`", job.job, job.job);
+    }
+    let state =
+        aic_core::status::current(&env.store, &job).await?.map(|r| r.state.to_string()).unwrap_or("submitted".into());
+    let now = Utc::now();
+    let regs = replicas(env, &job).await?;
+    let live = regs.iter().filter(|r| r.is_live(now)).count();
+    let (summary, per_minute) = stats(env, &job, minutes).await?;
+    let base = origins(env, None).await.ok();
+    let address = base
+        .as_ref()
+        .map(|b| req.name.as_deref().and_then(|n| named_address(b, &job, n)).unwrap_or_else(|| address(b, &job)));
+    let serving = req.serving.clone().unwrap_or_default();
+    if json {
+        let v = serde_json::json!({
+            "deployment": job.job, "name": req.name, "state": state, "replicas": req.miners, "live": live,
+            "address": address, "private": serving.private, "server": serving.server,
+            "workers": serving.workers, "threads": serving.threads,
+            "minutes": minutes, "summary": summary, "per_minute": per_minute,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("deployment  : {} ({})", job.job, req.name.as_deref().unwrap_or("no name"));
+    println!(
+        "state       : {state}, {live}/{} replicas live{}",
+        req.miners,
+        if serving.private { ", private" } else { "" }
+    );
+    if let Some(a) = &address {
+        println!("address     : {a}");
+    }
+    let n = |k: &str| summary[k].as_u64().unwrap_or(0);
+    let requests = n("requests");
+    let errors = n("replica_errors") + n("gateway_errors");
+    println!(
+        "last {}: {requests} requests, {errors} errors ({} from replicas, {} from the gateway){}",
+        if minutes % 60 == 0 {
+            aic_core::plural((minutes / 60) as u64, "hour")
+        } else {
+            aic_core::plural(minutes as u64, "minute")
+        },
+        n("replica_errors"),
+        n("gateway_errors"),
+        if n("refused") > 0 { format!(", {} refused without a key", n("refused")) } else { String::new() }
+    );
+    println!(
+        "latency     : p50 {}  p95 {}  p99 {} (to the answer's first byte); at most {} in flight",
+        ms(&summary["p50_ms"]),
+        ms(&summary["p95_ms"]),
+        ms(&summary["p99_ms"]),
+        n("max_in_flight")
+    );
+    if !per_minute.is_empty() {
+        println!("{:<6} {:>8} {:>7} {:>9} {:>9} {:>8}", "minute", "requests", "errors", "p95", "in flight", "replicas");
+        for m in per_minute.iter().rev().take(10).rev() {
+            println!(
+                "{:<6} {:>8} {:>7} {:>9} {:>9} {:>8}",
+                m.minute.format("%H:%M"),
+                m.requests,
+                m.replica_errors + m.gateway_errors,
+                m.percentile_ms(0.95).map(|v| format!("≤{v} ms")).unwrap_or_else(|| "—".into()),
+                m.max_in_flight,
+                m.replicas
             );
         }
     }

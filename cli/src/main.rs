@@ -326,6 +326,15 @@ enum DeploySub {
         #[arg(long)]
         hours: f64,
     },
+    /// A deployment's state, replicas and requests: counts, errors, latency, in flight, minute by minute.
+    Status {
+        name: String,
+        /// The window, in minutes (up to 48 hours).
+        #[arg(long, default_value_t = 60)]
+        minutes: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Keys to a private deployment (`aic deploy --private`).
     #[command(subcommand)]
     Key(KeyCmd),
@@ -571,6 +580,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Some(DeploySub::Scale { name, replicas }) => deploy::replace(&env, &name, Some(replicas), None).await,
             Some(DeploySub::Extend { name, hours }) => deploy::replace(&env, &name, None, Some(hours)).await,
+            Some(DeploySub::Status { name, minutes, json }) => {
+                if !(1..=aic_core::servingstats::MAX_HOURS * 60).contains(&minutes) {
+                    anyhow::bail!("--minutes must be 1 to {}", aic_core::servingstats::MAX_HOURS * 60);
+                }
+                deploy::status(&env, &name, minutes, json).await.map(|_| 0)
+            }
             Some(DeploySub::Key(k)) => match k {
                 KeyCmd::Create { name, label } => deploykey::create(&env, &name, &label).await.map(|_| 0),
                 KeyCmd::Ls { name, json } => deploykey::ls(&env, &name, json).await.map(|_| 0),

@@ -118,6 +118,16 @@ pub fn serving_registration(deployment: &str, alloc: &str) -> String {
     format!("{}{alloc}.json", serving_prefix(deployment))
 }
 
+/// `pool/serving-stats/<deployment>/<YYYYMMDDHH>/`: a deployment's request figures of one
+/// hour, a document per minute and functions host (`servingstats`).
+pub fn serving_stats_hour(deployment: &str, hour: chrono::DateTime<chrono::Utc>) -> String {
+    format!("pool/serving-stats/{deployment}/{}/", hour.format("%Y%m%d%H"))
+}
+
+pub fn serving_stats_minute(deployment: &str, minute: chrono::DateTime<chrono::Utc>, host: &str) -> String {
+    format!("{}{}-{host}.json", serving_stats_hour(deployment, minute), minute.format("%M"))
+}
+
 /// `pool/deploy-keys/<owner>/<scope>/`: the keys to `owner`'s private deployment `scope` (its
 /// name, or its id when it has none), written by the pool alone.
 pub fn deploy_keys_prefix(owner: &Address, scope: &str) -> String {

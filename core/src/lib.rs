@@ -34,6 +34,7 @@ pub mod remote;
 pub mod runs;
 pub mod scheduler;
 pub mod serving;
+pub mod servingstats;
 pub mod status;
 pub mod store;
 pub mod usage;

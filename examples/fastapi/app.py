@@ -6,6 +6,7 @@ GET  /events  two events: the first at once, the second once a client has called
 POST /ack     acknowledges the first event
 GET  /tokens  a token stream: ?n=10 events (at most 600), one every ?every=1 second
 POST /echo    counts the request body as it streams in; answers its size
+GET  /fail    answers 500 (a server error, as a broken model would)
 GET  /        a short description (also the health check)
 """
 import asyncio
@@ -13,7 +14,7 @@ import os
 import tempfile
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 app = FastAPI()
 # Seen by every process of the replica (uvicorn runs several with --workers).
@@ -60,6 +61,11 @@ async def tokens(n: int = 10, every: float = 1.0):
             yield f"data: token {i}\n\n"
 
     return sse(stream())
+
+
+@app.get("/fail")
+async def fail():
+    return JSONResponse({"error": "this endpoint always fails"}, status_code=500)
 
 
 @app.post("/echo")

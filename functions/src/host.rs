@@ -389,7 +389,7 @@ async fn handle(
                     serde_json::json!({"error": "metrics need Authorization: Bearer <AIC_METRICS_TOKEN>"}),
                 ));
             }
-            let text = crate::metrics::render(&host.ctx).await;
+            let text = crate::metrics::render(&host.ctx, host.proxy.as_deref()).await;
             let mut r = Response::new(full(Bytes::from(text)));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

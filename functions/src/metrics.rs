@@ -17,7 +17,12 @@
 //!   count in neither);
 //! - `aic_miners{gateway, state}`: miners `up` and `down`;
 //! - `aic_settle_latency_seconds`: from a paid run's end (its terminal status) to its
-//!   settlement on chain, a histogram.
+//!   settlement on chain, a histogram;
+//! - where this host serves deployments: `aic_deployment_requests_total{deployment, outcome}`
+//!   (`answered`, `replica_error`: a replica's 5xx, `gateway_error`: the gateway's own 5xx,
+//!   `refused`: a private deployment's 401s), `aic_deployment_latency_seconds{deployment}` (to
+//!   the head of a replica's answer, a histogram), `aic_deployment_in_flight{deployment}` and
+//!   `aic_deployment_replicas{deployment}` (`proxy::stats`).
 //!
 //! Counters live in this process (they start at zero when it does, as Prometheus expects of
 //! a counter); the gauges are read from the scheduler at each scrape.
@@ -76,8 +81,11 @@ fn label(v: &str) -> String {
 }
 
 /// The exposition: the counters, then the gauges read from the scheduler now.
-pub async fn render(ctx: &Ctx) -> String {
+pub async fn render(ctx: &Ctx, proxy: Option<&crate::proxy::Proxy>) -> String {
     let mut out = String::new();
+    if let Some(p) = proxy {
+        p.stats().render(&mut out);
+    }
     let (events, settle, settle_sum, settle_count) = {
         let f = FIGURES.lock().unwrap();
         (f.events.clone(), f.settle, f.settle_sum, f.settle_count)

@@ -28,6 +28,7 @@ const SCHEMAS = {
   "gpu-sample": "gpu-sample.ts",
   "job-request": "request.ts",
   "serving-registration": "serving.ts",
+  "serving-minute": "serving-minute.ts",
   "gateway-sign-request": "sign-request.ts",
   "gateway-sign-response": "sign-response.ts",
   "gateway-listing": "listing.ts",

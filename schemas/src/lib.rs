@@ -26,7 +26,7 @@ pub use gpuuse::{GpuReading, GpuSample, SampleSource};
 pub use job::{JobId, JobKind, JobRequest, Launcher, PaymentRef};
 pub use manifest::{JobManifest, Quote};
 pub use resume::ResumeRequest;
-pub use serving::{AppServer, DeployKey, ServeOptions, ServingRegistration};
+pub use serving::{AppServer, DeployKey, ServeOptions, ServingMinute, ServingRegistration};
 pub use settlement::{ModelCharge, Settlement, SettlementKind};
 pub use status::{AllocResult, JobState, StatusDetail, StatusRecord, shown_run};
 pub use validate::{FieldError, ValidationErrors};
@@ -42,6 +42,8 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("serving-registration.schema.json", schemars::schema_for!(ServingRegistration)),
         ("settlement.schema.json", schemars::schema_for!(Settlement)),
         ("gpu-sample.schema.json", schemars::schema_for!(GpuSample)),
+        ("serving-minute.schema.json", schemars::schema_for!(ServingMinute)),
+        ("deploy-key.schema.json", schemars::schema_for!(DeployKey)),
         ("job-file.schema.json", schemars::schema_for!(jobfile::JobFile)),
         ("gateway-sign-request.schema.json", schemars::schema_for!(gateway::SignRequest)),
         ("gateway-sign-response.schema.json", schemars::schema_for!(gateway::SignResponse)),

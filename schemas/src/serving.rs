@@ -97,6 +97,73 @@ impl ServeOptions {
     }
 }
 
+/// Upper bounds of the latency buckets, milliseconds (one more bucket counts what is above).
+pub const LATENCY_BOUNDS_MS: [u64; 14] =
+    [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000];
+
+/// One functions host's figures of one deployment for one minute, at
+/// `pool/serving-stats/<deployment>/<YYYYMMDDHH>/<MM>-<host>.json` (rewritten while the minute
+/// lasts). A request counts once, in the minute it arrived.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServingMinute {
+    pub deployment: String,
+    /// The functions host that counted them (several share a pool's traffic).
+    pub host: String,
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    /// Every request for the deployment that reached the gateway.
+    pub requests: u64,
+    /// Of them, answered 5xx by a replica.
+    pub replica_errors: u64,
+    /// Answered 5xx by the gateway itself (no live replica, none answered).
+    pub gateway_errors: u64,
+    /// Refused for want of a key (a private deployment's 401s).
+    pub refused: u64,
+    /// Requests a replica answered, by the time to its answer's head, per
+    /// [`LATENCY_BOUNDS_MS`] bucket and one over them all.
+    pub latency_ms: Vec<u64>,
+    /// Most requests under way at once (their answers still streaming count).
+    pub max_in_flight: u64,
+    /// Most live replicas seen.
+    pub replicas: u32,
+}
+
+impl ServingMinute {
+    /// Adds `o`'s counts to these (a minute's, or a window's).
+    pub fn add(&mut self, o: &ServingMinute) {
+        self.requests += o.requests;
+        self.replica_errors += o.replica_errors;
+        self.gateway_errors += o.gateway_errors;
+        self.refused += o.refused;
+        if self.latency_ms.len() < o.latency_ms.len() {
+            self.latency_ms.resize(o.latency_ms.len(), 0);
+        }
+        for (a, b) in self.latency_ms.iter_mut().zip(&o.latency_ms) {
+            *a += b;
+        }
+        self.max_in_flight = self.max_in_flight.max(o.max_in_flight);
+        self.replicas = self.replicas.max(o.replicas);
+    }
+
+    /// The latency under which a share `q` (0..=1) of the answered requests came, in ms: the
+    /// bound of the bucket it falls in (the last bound when above them all); `None` without any.
+    pub fn percentile_ms(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.latency_ms.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, n) in self.latency_ms.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(LATENCY_BOUNDS_MS[i.min(LATENCY_BOUNDS_MS.len() - 1)]);
+            }
+        }
+        None
+    }
+}
+
 /// A key to a private deployment, as the pool keeps it (`pool/deploy-keys/<owner>/<scope>/<id>.json`):
 /// its SHA-256 only; the key itself is shown once, when it is made.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

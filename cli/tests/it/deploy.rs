@@ -638,3 +638,87 @@ fn a_private_deployment_answers_only_with_a_key_of_its_own() {
     };
     assert!(!logs.contains("/refused-"), "a refused request reached the app: {logs}");
 }
+
+/// A deployment's request figures match the requests sent: `aic deploy status` counts every
+/// request, the replica's 5xx apart, the time to each answer's head in buckets; a stream
+/// still flowing counts in flight (the Prometheus endpoint says so while it flows), and the
+/// figures are in `aic deploy list` too.
+#[test]
+fn a_deployments_request_figures_match_the_requests_sent() {
+    let h = Home::new();
+    let _pool = DevUp::start_with(&h, &[("AIC_SERVING_STATS_SECONDS", "1"), ("AIC_METRICS_TOKEN", "scrape")]);
+    let proj = repo().join("examples/fastapi");
+    let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "counted"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (api, job, _) = addresses(&out.stdout);
+    let code = |path: &str| -> String {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{api}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    for _ in 0..20 {
+        assert_eq!(code(""), "200");
+    }
+    for _ in 0..3 {
+        assert_eq!(code("fail"), "500");
+    }
+    // A stream under way: in flight until it ends.
+    let serve = std::fs::read_to_string(h.path().join("aic/serve.addr")).unwrap();
+    let scrape = || {
+        let o = Command::new("curl")
+            .args(["-s", "-H", "Authorization: Bearer scrape"])
+            .arg(format!("{}/metrics", serve.trim().trim_end_matches('/')))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let mut stream = Command::new("curl")
+        .args(["-sN", "--max-time", "60"])
+        .arg(format!("{api}tokens?n=3&every=2"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert_eq!(first, "data: token 0\n");
+    let flowing = format!("aic_deployment_in_flight{{deployment=\"{job}\"}} 1");
+    let figures = scrape();
+    assert!(figures.contains(&flowing), "{figures}");
+    assert!(stream.wait().unwrap().success());
+    let figures = scrape();
+    assert!(figures.contains(&format!("aic_deployment_in_flight{{deployment=\"{job}\"}} 0")), "{figures}");
+    assert!(
+        figures.contains(&format!("aic_deployment_requests_total{{deployment=\"{job}\",outcome=\"answered\"}} 21")),
+        "{figures}"
+    );
+    assert!(
+        figures.contains(&format!("aic_deployment_requests_total{{deployment=\"{job}\",outcome=\"replica_error\"}} 3")),
+        "{figures}"
+    );
+
+    // The bucket's figures, written every second, add up to the same.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let o = h.aic(&["deploy", "status", "counted", "--json"]);
+        assert!(o.status.success(), "{:?}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if v["summary"]["requests"] == 24 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let s = &v["summary"];
+    assert_eq!((s["replica_errors"].as_u64(), s["gateway_errors"].as_u64()), (Some(3), Some(0)), "{v}");
+    assert_eq!((s["max_in_flight"].as_u64(), s["max_replicas"].as_u64()), (Some(1), Some(1)), "{v}");
+    assert!(s["p50_ms"].as_u64().is_some_and(|p| p <= 1000), "{v}");
+    let per_minute: u64 = v["per_minute"].as_array().unwrap().iter().map(|m| m["requests"].as_u64().unwrap()).sum();
+    assert_eq!(per_minute, 24, "{v}");
+    let shown = text(&h.aic(&["deploy", "status", "counted"])).0;
+    assert!(shown.contains("24 requests, 3 errors (3 from replicas, 0 from the gateway)"), "{shown}");
+    let listed = text(&h.aic(&["deploy", "list"])).0;
+    assert!(listed.contains("24 req/h 3 err"), "{listed}");
+}

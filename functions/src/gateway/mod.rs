@@ -27,6 +27,7 @@
 //! | `GET /v1/jobs/<id>/logs?after=&stream=` | log chunks after a key (`stream=metrics`: GPU sample chunks) |
 //! | `GET /v1/jobs/<id>/live?from=&status=&wait=&stream=` | what the job printed (or sampled) since, from memory, as soon as there is more (`live`) |
 //! | `GET /v1/jobs/<id>/replicas` | a deployment's serving registrations |
+//! | `GET /v1/jobs/<id>/stats?minutes=` | a deployment's request figures, minute by minute (every functions host's added up) and summed up |
 //! | `POST /v1/jobs/<id>/cancel` | cancels the job |
 //! | `POST /v1/jobs/<id>/exec` `{alloc, argv, stdin}` | runs a command in a running allocation (`exec`) |
 //! | `GET /v1/exec/<session>?after=N` | the command's output frames after N, and its exit code |
@@ -461,6 +462,7 @@ impl Gateway {
             }
             (&Method::GET, ["jobs", id]) => self.job(&who, id).await,
             (&Method::GET, ["jobs", id, "replicas"]) => self.replicas(&who, id).await,
+            (&Method::GET, ["jobs", id, "stats"]) => self.serving_stats(&who, id, &q).await,
             (&Method::GET, ["jobs", id, "live"]) if self.cfg.live => self.live_next(&who, id, &q).await,
             (&Method::GET, ["jobs", id, "logs"]) => {
                 let stream = live::Stream::of(q.get("stream").map(String::as_str)).map_err(bad)?;

@@ -154,6 +154,27 @@ impl Gateway {
         Ok(json!({ "replicas": regs }))
     }
 
+    /// `GET /v1/jobs/<id>/stats?minutes=N`: a deployment's request figures of its last N
+    /// minutes (60 unless said; at most 48 hours), minute by minute and summed up.
+    pub(super) async fn serving_stats(&self, who: &Address, id: &str, q: &HashMap<String, String>) -> Reply {
+        let job = self.job_key(who, id)?;
+        if !crate::validate::owns_its_id(&self.ctx, &job).await.map_err(store_err)? {
+            return Err(err(StatusCode::NOT_FOUND, format!("no deployment {id} of yours")));
+        }
+        let minutes: i64 = match q.get("minutes") {
+            None => 60,
+            Some(m) => m
+                .parse()
+                .ok()
+                .filter(|m| (1..=aic_core::servingstats::MAX_HOURS * 60).contains(m))
+                .ok_or_else(|| bad(format!("minutes must be 1 to {}", aic_core::servingstats::MAX_HOURS * 60)))?,
+        };
+        let now = chrono::Utc::now();
+        let since = now - chrono::Duration::minutes(minutes);
+        let m = aic_core::servingstats::read(&self.ctx.store, job.job.as_str(), since, now).await.map_err(store_err)?;
+        Ok(json!({ "summary": aic_core::servingstats::summary(&m), "minutes": m }))
+    }
+
     pub(super) async fn cancel(&self, who: &Address, id: &str) -> Reply {
         let job = self.job_key(who, id)?;
         match status::cancel(&self.ctx.store, &job, "gateway").await.map_err(store_err)? {

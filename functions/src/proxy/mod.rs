@@ -40,6 +40,7 @@ use hyper::client::conn::http1::SendRequest;
 mod private;
 mod relay;
 mod replicas;
+pub mod stats;
 mod upload;
 mod wire;
 
@@ -82,6 +83,8 @@ pub struct Proxy {
     /// Each replica's idle connections and when it last failed, by host then port.
     links: Links,
     next: AtomicUsize,
+    /// Each deployment's request figures at this host.
+    stats: Arc<stats::Stats>,
 }
 
 /// A deployment's live registrations, shared by the requests that read them.
@@ -130,6 +133,7 @@ impl Proxy {
             keys: Mutex::new(HashMap::new()),
             links: Links::default(),
             next: AtomicUsize::new(0),
+            stats: Default::default(),
         }
     }
 
@@ -137,6 +141,11 @@ impl Proxy {
     pub fn at(mut self, origins: aic_schemas::origin::Origins) -> Self {
         self.origins = Some(origins);
         self
+    }
+
+    /// Each deployment's request figures at this host.
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
     }
 
     pub fn origins(&self) -> Option<&aic_schemas::origin::Origins> {
@@ -237,6 +246,10 @@ impl Proxy {
     ) -> Answer {
         let mut last_err = None;
         let mut body = Some(body);
+        let started = Instant::now();
+        self.stats.start_flushing(&self.store);
+        // The deployment the request was for, to count a gateway error against.
+        let mut counted: Option<(Arc<stats::Dep>, usize)> = None;
         'tries: for fresh in [false, true] {
             let named = match target {
                 Site::Deployment(_) => Vec::new(),
@@ -254,11 +267,22 @@ impl Proxy {
                 if regs.is_empty() {
                     continue;
                 }
+                let dep = self.stats.of(id);
                 // A private deployment's: refused here without its key; the key stays here.
                 let private = match self.admit(id, headers).await {
                     Ok(p) => p,
-                    Err(a) => return a,
+                    Err(a) => {
+                        let how = if a.status == StatusCode::UNAUTHORIZED {
+                            stats::Outcome::Refused
+                        } else {
+                            stats::Outcome::GatewayError
+                        };
+                        dep.record(how, regs.len());
+                        return a;
+                    }
                 };
+                let flight = dep.enter();
+                counted = Some((dep.clone(), regs.len()));
                 let stripped;
                 let headers = if private {
                     let mut h = headers.clone();
@@ -269,13 +293,25 @@ impl Proxy {
                     headers
                 };
                 match self.attempt(id, &regs, method, rest, query, headers, &mut body).await {
-                    Ok(a) => return a,
+                    Ok(mut a) => {
+                        dep.record(stats::Outcome::Answered(a.status, started.elapsed()), regs.len());
+                        if let AnswerBody::Relay(r) = &mut a.body {
+                            r.hold(flight);
+                        }
+                        return a;
+                    }
                     Err(e) => last_err = Some(e),
                 }
                 if body.is_none() {
                     break 'tries;
                 }
             }
+        }
+        // A gateway error, counted against the deployment tried (or the one asked for).
+        match (counted, target) {
+            (Some((dep, n)), _) => dep.record(stats::Outcome::GatewayError, n),
+            (None, Site::Deployment(d)) => self.stats.of(d.as_str()).record(stats::Outcome::GatewayError, 0),
+            (None, Site::Named { .. }) => {}
         }
         let (label, logs) = match target {
             Site::Deployment(d) => (d.as_str(), "`aic deploy logs`".to_string()),

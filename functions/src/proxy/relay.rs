@@ -42,13 +42,20 @@ impl GiveBack {
 pub struct Relay {
     body: Incoming,
     back: Option<GiveBack>,
+    /// The request, counted under way until the answer has gone (or the visitor has).
+    flight: Option<super::stats::Flight>,
 }
 
 impl Relay {
     pub(super) fn new(body: Incoming, back: GiveBack) -> Relay {
-        let mut r = Relay { body, back: Some(back) };
+        let mut r = Relay { body, back: Some(back), flight: None };
         r.ended();
         r
+    }
+
+    /// Counts the request under way as long as its answer is.
+    pub(super) fn hold(&mut self, flight: super::stats::Flight) {
+        self.flight = Some(flight);
     }
 
     /// At the answer's end, its connection goes back.
@@ -72,6 +79,7 @@ impl Body for Relay {
                 if let Some(b) = this.back.take() {
                     b.keep();
                 }
+                this.flight = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {

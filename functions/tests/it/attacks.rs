@@ -453,7 +453,7 @@ async fn a_run_is_charged_by_the_gpu_model_it_ran_on_and_a_deposit_covers_the_de
     assert_eq!(w.balance(w.treasury()).await, t0 + U256::from(a100 + t4), "the charge, on chain");
     assert_eq!(w.balance(owner).await, o0 - U256::from(a100 + t4), "the rest back, on chain");
     // The operator's figures count the settlement's latency.
-    let figures = aic_functions::metrics::render(&w.ctx).await;
+    let figures = aic_functions::metrics::render(&w.ctx, None).await;
     let count = figures.lines().find_map(|l| l.strip_prefix("aic_settle_latency_seconds_count ")).unwrap();
     assert!(count.parse::<u64>().unwrap() >= 1, "{figures}");
 }
