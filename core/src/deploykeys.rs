@@ -33,6 +33,13 @@ pub fn is_scope(s: &str) -> bool {
     !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// `n` random bytes, hex.
+pub fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut raw = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(hex::encode(raw))
+}
+
 /// SHA-256 of a key, hex.
 pub fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -50,9 +57,7 @@ pub async fn create(store: &Store, owner: &Address, scope: &str, label: &str) ->
         had < MAX_KEYS,
         "deployment {scope} has {had} keys, the most it may have: revoke one (`aic deploy key ls {scope}`)"
     );
-    let mut raw = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut raw).map_err(|_| anyhow::anyhow!("no randomness for a key"))?;
-    let key = format!("{KEY_PREFIX}{}", hex::encode(raw));
+    let key = format!("{KEY_PREFIX}{}", random_hex(32)?);
     let id = ulid::Ulid::new().to_string().to_ascii_lowercase()[16..].to_string();
     let record = DeployKey {
         id: id.clone(),

@@ -195,6 +195,11 @@ pub struct ServingRegistration {
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     pub ttl_seconds: u32,
+    /// A private deployment's replica answers only requests carrying this in `X-Aic-Replica`
+    /// (chosen by its worker at each start; only the pool reads registrations), so nothing on
+    /// the pool's network reaches the app past the gateway's key check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
 }
 
 impl ServingRegistration {

@@ -51,17 +51,23 @@ pub fn by_imports(source: &str) -> Option<AppServer> {
     }
 }
 
-/// Imports the app (`module` in `dir`, requirements on `pydeps`) and asks what its `app` is.
+/// Imports the app (`module` in `dir`, requirements on `pydeps`) and writes what its `app`
+/// is to the file named third (whatever the app prints while imported goes elsewhere).
 const ASK: &str = r#"
 import importlib, inspect, sys
 sys.path.insert(0, sys.argv[1])
 app = getattr(importlib.import_module(sys.argv[2]), "app", None)
 if app is None:
-    print("none")
+    kind = "none"
 else:
     call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(type(app), "__call__", None)
-    print("asgi" if inspect.iscoroutinefunction(call) else "wsgi")
+    kind = "asgi" if inspect.iscoroutinefunction(call) else "wsgi"
+with open(sys.argv[3], "w") as f:
+    f.write(kind)
 "#;
+
+/// The most of the import's error output kept (its last line is the reason).
+const ERR_KEPT: usize = 64 * 1024;
 
 /// The server the deployment's app runs under.
 pub async fn server(
@@ -80,22 +86,52 @@ pub async fn server(
         return Ok(s);
     }
     let (dir, module) = module_of(code, entrypoint)?;
+    let verdict = a.work.join(".aic-app-kind");
+    let _ = std::fs::remove_file(&verdict);
     let mut c = tokio::process::Command::new(python());
-    c.args(["-c", ASK]).arg(&dir).arg(&module).envs(env).current_dir(code);
+    c.args(["-c", ASK]).arg(&dir).arg(&module).arg(&verdict).envs(env).current_dir(code);
     if let Some(d) = pydeps {
         c.env("PYTHONPATH", d);
     }
-    c.stdin(Stdio::null()).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(300), c.output())
-        .await
-        .map_err(|_| anyhow!("importing {entrypoint} to tell a WSGI app from an ASGI one took over 5 minutes; say which with --server"))?
-        .with_context(|| format!("cannot run {} on {}", python(), a.miner))?;
-    match String::from_utf8_lossy(&out.stdout).trim() {
+    // Its own process group, so that whatever the import starts goes with it.
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
+    let mut child = c.spawn().with_context(|| format!("cannot run {} on {}", python(), a.miner))?;
+    let pid = child.id().unwrap_or_default() as i32;
+    let mut stderr = child.stderr.take();
+    let mut err = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(300), async {
+        if let Some(s) = stderr.as_mut() {
+            // Its last lines are the reason: the rest is read and let go.
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(s, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                err.extend_from_slice(&buf[..n]);
+                if err.len() > 2 * ERR_KEPT {
+                    err.drain(..err.len() - ERR_KEPT);
+                }
+            }
+        }
+        child.wait().await
+    })
+    .await;
+    if pid > 0 {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    if done.is_err() {
+        return Err(anyhow!(
+            "importing {entrypoint} to tell a WSGI app from an ASGI one took over 5 minutes; say which with --server"
+        ));
+    }
+    let kind = std::fs::read_to_string(&verdict).unwrap_or_default();
+    let _ = std::fs::remove_file(&verdict);
+    match kind.trim() {
         "asgi" => Ok(AppServer::Asgi),
         "wsgi" => Ok(AppServer::Wsgi),
         "none" => Err(anyhow!("{entrypoint} defines no `app`: a deployment serves a WSGI or ASGI `app`")),
         _ => {
-            let err = String::from_utf8_lossy(&out.stderr);
+            let err = String::from_utf8_lossy(&err);
             let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
             Err(anyhow!("importing {entrypoint} failed: {last}"))
         }
@@ -125,8 +161,14 @@ pub fn uvicorn_cmd(
     code: &Path,
     entrypoint: &str,
     pydeps: Option<&Path>,
+    guard: Option<&Path>,
 ) -> anyhow::Result<tokio::process::Command> {
     let (dir, module) = module_of(code, entrypoint)?;
+    // A private replica's guard in front of the app: it imports the app itself.
+    let (dir, target) = match guard {
+        Some(g) => (g.parent().unwrap_or(Path::new("/")).to_path_buf(), "aic_guard:asgi_app".to_string()),
+        None => (dir, format!("{module}:app")),
+    };
     let mut c = tokio::process::Command::new(python());
     c.args(["-m", "uvicorn", "--host", host, "--port"])
         .arg(port.to_string())
@@ -136,7 +178,7 @@ pub fn uvicorn_cmd(
         .arg(dir)
         // Requests still in flight get 10 s once stopped (the worker waits 10 s, then kills).
         .args(["--timeout-graceful-shutdown", "8", "--no-server-header"])
-        .arg(format!("{module}:app"));
+        .arg(target);
     if let Some(d) = pydeps {
         c.env("PYTHONPATH", d);
     }

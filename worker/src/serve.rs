@@ -43,11 +43,12 @@ fn serve_port(a: &Alloc) -> u16 {
     std::env::var(aic_core::scheduler::launch::SERVE_PORT).ok().and_then(|p| p.parse().ok()).unwrap_or(a.port)
 }
 
-/// `GET /` on the app; `true` when it answers below 500.
-pub async fn healthy(host: &str, port: u16) -> bool {
+/// `GET /` on the app (with a private replica's guard); `true` when it answers below 500.
+pub async fn healthy(host: &str, port: u16, guard: Option<&str>) -> bool {
     let probe = async {
         let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
-        s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: aic-worker\r\n\r\n").as_bytes())
+        let guard = guard.map(|g| format!("X-Aic-Replica: {g}\r\n")).unwrap_or_default();
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: aic-worker\r\n{guard}\r\n").as_bytes())
             .await
             .ok()?;
         let mut buf = [0u8; 64];
@@ -127,6 +128,7 @@ fn uwsgi_cmd(
     code: &Path,
     pydeps: Option<&Path>,
     (workers, threads): (u32, u32),
+    guard: Option<&Path>,
 ) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("uwsgi");
     // uWSGI's HTTP router takes the clients' connections (evented: idle keep-alive clients
@@ -138,9 +140,13 @@ fn uwsgi_cmd(
         .arg(format!("{}:{}", a.host, serve_port(a)))
         .args(["--http-keepalive", "--http-auto-chunked", "--socket"])
         .arg(socket)
-        .arg("--wsgi-file")
-        .arg(code.join(&req.entrypoint))
-        .args(["--callable", "app", "--master", "--processes"])
+        .arg("--wsgi-file");
+    // A private replica's guard in front of the app (`aic_guard.py`).
+    match guard {
+        Some(g) => c.arg(g).args(["--callable", "application"]),
+        None => c.arg(code.join(&req.entrypoint)).args(["--callable", "app"]),
+    };
+    c.args(["--master", "--processes"])
         .arg(workers.to_string())
         .arg("--threads")
         .arg(threads.to_string())
@@ -235,12 +241,36 @@ pub async fn run(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut restarts = 0;
     let (socket, _socket_dir) = worker_socket(&a.work)?;
+    // A private deployment's replica answers the gateway alone: a secret of this start's, in
+    // its registration, checked by a guard in front of the app.
+    let guard = match opts.private {
+        true => Some(aic_core::deploykeys::random_hex(32)?),
+        false => None,
+    };
+    let guard_file = a.work.join("aic_guard.py");
+    let mut env = env;
+    if let Some(g) = &guard {
+        std::fs::write(&guard_file, include_str!("aic_guard.py"))?;
+        let (dir, module) = crate::asgi::module_of(code, &req.entrypoint)?;
+        env.insert("AIC_REPLICA_GUARD".into(), g.clone());
+        env.insert("AIC_APP_SERVER".into(), server.to_string());
+        env.insert("AIC_APP_FILE".into(), code.join(&req.entrypoint).to_string_lossy().into_owned());
+        env.insert("AIC_APP_DIR".into(), dir.to_string_lossy().into_owned());
+        env.insert("AIC_APP_MODULE".into(), module);
+    }
+    let guarded = guard.as_ref().map(|_| guard_file.as_path());
     let ended = 'replica: loop {
         let cmd = match server {
-            AppServer::Wsgi => uwsgi_cmd(a, &socket, req, code, pydeps.as_deref(), (workers, threads)),
-            AppServer::Asgi => {
-                crate::asgi::uvicorn_cmd(&a.host, serve_port(a), workers, code, &req.entrypoint, pydeps.as_deref())?
-            }
+            AppServer::Wsgi => uwsgi_cmd(a, &socket, req, code, pydeps.as_deref(), (workers, threads), guarded),
+            AppServer::Asgi => crate::asgi::uvicorn_cmd(
+                &a.host,
+                serve_port(a),
+                workers,
+                code,
+                &req.entrypoint,
+                pydeps.as_deref(),
+                guarded,
+            )?,
         };
         let mut child =
             supervised(cmd, code, &env).spawn().map_err(|e| anyhow!("cannot start {name} on {}: {e}", a.miner))?;
@@ -295,7 +325,8 @@ pub async fn run(
                     }
                     let due = if registered { last_beat.elapsed() >= HEARTBEAT } else { true };
                     if due {
-                        let answered = healthy(&a.host, serve_port(a)).await && listener_is_ours(pid, serve_port(a));
+                        let answered = healthy(&a.host, serve_port(a), guard.as_deref()).await
+                            && listener_is_ours(pid, serve_port(a));
                         misses = if answered { 0 } else { misses + 1 };
                         let ok = answered || (registered && misses < 3);
                         if ok || registered {
@@ -310,6 +341,7 @@ pub async fn run(
                                 started_at: started,
                                 heartbeat_at: now,
                                 ttl_seconds: TTL_SECONDS,
+                                guard: guard.clone(),
                             };
                             if let Err(e) = a.store.put_json(&key, &reg).await {
                                 tracing::warn!(error = %e, "could not write the registration; will retry");

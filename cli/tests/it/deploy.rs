@@ -200,6 +200,20 @@ fn an_asgi_app_is_served_by_uvicorn_and_streams_both_ways_through_the_gateway() 
     // Its replica is registered like any other.
     let reg = h.path().join(format!("aic/store/pool/serving/{job}/0.json"));
     assert!(reg.is_file(), "{}", reg.display());
+
+    // An ASGI app of no framework (nothing to tell it by its imports), printing as it loads:
+    // imported and asked, then served by uvicorn.
+    let raw = h.write(
+        "raw/app.py",
+        "print('loading the model', flush=True)\n\nasync def app(scope, receive, send):\n    if scope['type'] != 'http':\n        return\n    await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/plain')]})\n    await send({'type': 'http.response.body', 'body': b'raw asgi'})\n",
+    );
+    let out = h.aic(&["deploy", raw.parent().unwrap().to_str().unwrap(), "--name", "raw", "--workers", "1"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (api, _, _) = addresses(&out.stdout);
+    let o = Command::new("curl").args(["-s", "--max-time", "20"]).arg(&api).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "raw asgi");
+    let logs = String::from_utf8_lossy(&h.aic(&["deploy", "logs", "raw"]).stdout).to_string();
+    assert!(logs.contains("[aic] an ASGI app under uvicorn: 1 process"), "{logs}");
 }
 
 #[test]
@@ -569,7 +583,8 @@ def kill():
 #[test]
 fn a_private_deployment_answers_only_with_a_key_of_its_own() {
     let h = Home::new();
-    let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "2")]);
+    // Room for both wallets' deployments and a WSGI one.
+    let _pool = DevUp::start_with(&h, &[("AIC_POOL_MINERS", "3")]);
     let proj = repo().join("examples/fastapi");
     let out = h.aic(&["deploy", proj.to_str().unwrap(), "--name", "priv", "--private"]);
     let (_, err) = text(&out);
@@ -589,6 +604,26 @@ fn a_private_deployment_answers_only_with_a_key_of_its_own() {
     };
     let (code, body) = call("refused-none", None);
     assert_eq!(code, "401", "{body}");
+    // Nor does anything on the pool's network reach the app past the gateway: its replica
+    // answers only with the guard its worker registered for the gateway.
+    let direct = |job: &str, guard: bool| -> String {
+        let reg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(h.path().join(format!("aic/store/pool/serving/{job}/0.json"))).unwrap(),
+        )
+        .unwrap();
+        let g = reg["guard"].as_str().expect("a private replica registers a guard").to_string();
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}"]);
+        if guard {
+            c.args(["-H", &format!("X-Aic-Replica: {g}")]);
+        } else {
+            c.args(["-H", &format!("X-Aic-Replica: {}", "0".repeat(64))]);
+        }
+        let url = format!("http://{}:{}/direct-probe", reg["host"].as_str().unwrap(), reg["port"]);
+        String::from_utf8_lossy(&c.arg(url).output().unwrap().stdout).to_string()
+    };
+    let (_, job, _) = addresses(&out.stdout);
+    assert_eq!(direct(&job, false), "403", "a private replica answered without its guard");
     assert!(body.contains("deployment priv is private") && body.contains("aic deploy key create priv"), "{body}");
 
     let made = h.aic(&["deploy", "key", "create", "priv", "--label", "ci"]);
@@ -637,6 +672,23 @@ fn a_private_deployment_answers_only_with_a_key_of_its_own() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(!logs.contains("/refused-"), "a refused request reached the app: {logs}");
+    // The direct one was turned away by the replica's guard (uvicorn logs it, 403).
+    assert!(logs.contains("\"GET /direct-probe HTTP/1.1\" 403"), "{logs}");
+
+    // A WSGI app (Flask under uWSGI) is guarded the same way.
+    let out = h.aic(&["deploy", repo().join("examples/stream").to_str().unwrap(), "--name", "privw", "--private"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (wsgi, job, _) = addresses(&out.stdout);
+    assert_eq!(direct(&job, false), "403", "a private WSGI replica answered without its guard");
+    assert_eq!(direct(&job, true), "404", "the guard lets the gateway's request through to the app");
+    let made = h.aic(&["deploy", "key", "create", "privw"]);
+    let key = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let o = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Authorization: Bearer {key}")])
+        .arg(&wsgi)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
 }
 
 /// A deployment's request figures match the requests sent: `aic deploy status` counts every

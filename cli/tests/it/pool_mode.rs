@@ -812,6 +812,27 @@ fn a_private_asgi_deployment_through_the_gateway() {
     assert!(p.aic("v", &["login", "--dev", "2"]).status.success());
     let theirs = p.aic("v", &["deploy", "key", "ls", &dep]);
     assert!(!theirs.status.success(), "{:?}", text(&theirs));
+    // Through the gateway's route with their own session: no key for a deployment not theirs
+    // (one made under their address would not open it anyway: `deploy.rs` shows that).
+    let session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dir.path().join("v/gateway.json")).unwrap()).unwrap();
+    let token = session["token"].as_str().unwrap().to_string();
+    let made_by_them = p._rt.block_on(async {
+        let http = reqwest::Client::new();
+        let mut codes = vec![];
+        for scope in ["fast", dep.as_str()] {
+            let r = http
+                .post(format!("{}/v1/deployments/{scope}/keys", p.url))
+                .bearer_auth(&token)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            codes.push(r.status().as_u16());
+        }
+        codes
+    });
+    assert_eq!(made_by_them, [404, 404], "another wallet made keys for a deployment not theirs");
 
     let id = keys[0]["id"].as_str().unwrap();
     assert!(p.aic("u", &["deploy", "key", "revoke", "fast", id]).status.success());

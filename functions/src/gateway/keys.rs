@@ -35,8 +35,19 @@ impl Gateway {
         } else {
             serde_json::from_slice(body).map_err(|e| bad(format!("the body must be {{label}}: {e}")))?
         };
+        // Keys only for a deployment of the caller's: its name dispatch recorded, or its id.
+        let store = &self.ctx.store;
+        let named =
+            !store.list(&aic_core::layout::serving_names_prefix(who, scope(s)?)).await.map_err(store_err)?.is_empty();
+        let by_id = match s.parse::<aic_schemas::JobId>() {
+            Ok(id) => store.head(&aic_core::JobKey::new(*who, id).request()).await.map_err(store_err)?.is_some(),
+            Err(_) => false,
+        };
+        if !named && !by_id {
+            return Err(err(StatusCode::NOT_FOUND, format!("you have no deployment {s}; see `aic deploy list`")));
+        }
         let (record, key) =
-            deploykeys::create(&self.ctx.store, who, scope(s)?, &b.label).await.map_err(|e| bad(format!("{e:#}")))?;
+            deploykeys::create(store, who, scope(s)?, &b.label).await.map_err(|e| bad(format!("{e:#}")))?;
         Ok(json!({ "key": key, "record": record }))
     }
 

@@ -8,6 +8,8 @@
 //! deployment's registrations (cached for [`REFRESH`]), takes the live ones round robin, and
 //! when a replica cannot be reached tries the next one — the request never reached the
 //! failed replica, so this is safe for any method — and keeps away from it for [`BENCH`].
+//! A request that may have reached a replica (it broke off, or gave no answer in time) goes
+//! to another only when its method is idempotent and its body was held whole.
 //! Registrations whose heartbeat is long past their TTL are deleted ("dead registrations").
 //!
 //! A named deployment's origin (`<name>--<owner>`) is its stable route: the newest of the owner's
@@ -68,6 +70,9 @@ const UNACKED: Duration = Duration::from_secs(3);
 
 pub use aic_schemas::origin::Site;
 
+/// The header a private deployment's replica wants its guard in (`ServingRegistration::guard`).
+const REPLICA_GUARD: &str = "x-aic-replica";
+
 pub struct Proxy {
     store: Store,
     /// The origins deployments answer at (`None`: this host serves none).
@@ -93,6 +98,11 @@ type Replicas = Arc<[ServingRegistration]>;
 /// Every replica's kept connections, by host then port; shared with the answers under way,
 /// which give their connection back when read to the end.
 type Links = Arc<Mutex<HashMap<String, HashMap<u16, Link>>>>;
+
+/// Whether repeating a request of this method is harmless (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
 
 /// One replica address's kept connections (newest last) and when it last failed.
 #[derive(Default)]
@@ -365,7 +375,11 @@ impl Proxy {
         let mut last_err = String::new();
         for r in order {
             let Some(b) = body.take() else { break };
-            let again = b.again();
+            // A request that may have reached the replica goes to another only when repeating
+            // it is harmless (RFC 9110 §9.2.2); any other only if none of it left.
+            let again = if idempotent(method) { b.again() } else { None };
+            let mut b = b;
+            let sent = b.end();
             let mut req = Request::new(b);
             *req.method_mut() = method.clone();
             *req.uri_mut() = match uri.parse() {
@@ -382,7 +396,24 @@ impl Proxy {
             if let Ok(v) = HeaderValue::try_from(format!("{}:{}", r.host, r.port)) {
                 h.insert(header::HOST, v);
             }
-            match tokio::time::timeout(ANSWER, self.exchange(&r.host, r.port, req)).await {
+            // A private replica's guard (never one a visitor sent).
+            h.remove(REPLICA_GUARD);
+            if let Some(g) = r.guard.as_deref().and_then(|g| HeaderValue::from_str(g).ok()) {
+                h.insert(REPLICA_GUARD, g);
+            }
+            // The wait for the answer starts once the body has gone (an upload takes as long as
+            // it takes; the visitor's pace is `upload`'s to keep).
+            let answer_due = async {
+                if let Some(rx) = sent {
+                    let _ = rx.await;
+                }
+                tokio::time::sleep(ANSWER).await;
+            };
+            let got = tokio::select! {
+                r = self.exchange(&r.host, r.port, req) => Ok(r),
+                () = answer_due => Err(()),
+            };
+            match got {
                 Ok(Ok(a)) => return Ok(a),
                 Ok(Err((e, back))) => {
                     last_err = format!("replica {}: {e}", r.alloc);
@@ -394,7 +425,7 @@ impl Proxy {
                 }
             }
             if body.is_none() {
-                last_err.push_str("; the request's body, streamed, is not sent again");
+                last_err.push_str("; the request may have reached it, so it is not sent again");
             }
             self.links.lock().unwrap().entry(r.host.clone()).or_default().entry(r.port).or_default().failed =
                 Some(Instant::now());

@@ -19,6 +19,9 @@ pub const HELD: u64 = 64 * 1024;
 pub const MAX_BODY: u64 = 1 << 30;
 /// Longest pause between two parts of a streamed body (as nginx's `client_body_timeout`).
 pub const BODY_IDLE: Duration = Duration::from_secs(60);
+/// After its first minute, a streamed body must have come at this many bytes a second on
+/// average: a visitor trickling a byte a minute does not hold a connection for ever.
+pub const MIN_RATE: u64 = 8 * 1024;
 
 /// A request's body for a replica: held whole, or streamed from the visitor.
 pub enum Outgoing {
@@ -31,6 +34,9 @@ pub struct Streamed {
     body: Incoming,
     idle: Pin<Box<Sleep>>,
     sent: u64,
+    began: Instant,
+    /// Told when the body has been passed on whole (or broke off).
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Outgoing {
@@ -58,7 +64,26 @@ impl Outgoing {
                 )),
             };
         }
-        Ok(Outgoing::Streamed(Box::new(Streamed { body, idle: Box::pin(tokio::time::sleep(BODY_IDLE)), sent: 0 })))
+        Ok(Outgoing::Streamed(Box::new(Streamed {
+            body,
+            idle: Box::pin(tokio::time::sleep(BODY_IDLE)),
+            sent: 0,
+            began: Instant::now(),
+            ended: None,
+        })))
+    }
+
+    /// When the body will have been passed on whole (a held one: at once); the wait for the
+    /// replica's answer starts then.
+    pub(super) fn end(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        match self {
+            Outgoing::Held(_) => None,
+            Outgoing::Streamed(s) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                s.ended = Some(tx);
+                Some(rx)
+            }
+        }
     }
 
     /// The same body again, for another replica: only a held one can be.
@@ -84,18 +109,35 @@ impl Body for Outgoing {
                         if let Some(d) = frame.data_ref() {
                             s.sent += d.len() as u64;
                             if s.sent > MAX_BODY {
+                                s.ended = None;
                                 return Poll::Ready(Some(Err(io::Error::other(format!(
                                     "request body over the serving gateway's {MAX_BODY}-byte limit"
+                                )))));
+                            }
+                            let secs = s.began.elapsed().as_secs();
+                            if secs > BODY_IDLE.as_secs() && s.sent < secs * MIN_RATE {
+                                s.ended = None;
+                                return Poll::Ready(Some(Err(io::Error::other(format!(
+                                    "the visitor sent its request body slower than {} KiB/s",
+                                    MIN_RATE / 1024
                                 )))));
                             }
                         }
                         s.idle.as_mut().reset(tokio::time::Instant::now() + BODY_IDLE);
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(format!(
-                        "the visitor broke off its request body ({e})"
-                    ))))),
-                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(Some(Err(e))) => {
+                        s.ended = None;
+                        Poll::Ready(Some(Err(io::Error::other(format!(
+                            "the visitor broke off its request body ({e})"
+                        )))))
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(tx) = s.ended.take() {
+                            let _ = tx.send(());
+                        }
+                        Poll::Ready(None)
+                    }
                     Poll::Pending => match s.idle.as_mut().poll(cx) {
                         Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::other(format!(
                             "the visitor sent nothing of its request body for {} s",

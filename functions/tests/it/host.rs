@@ -370,6 +370,7 @@ async fn register(p: &Pool, deployment: &aic_schemas::JobId, port: u16) {
         started_at: now,
         heartbeat_at: now,
         ttl_seconds: 60,
+        guard: None,
     };
     p.store.put_json(&aic_core::layout::serving_registration(deployment.as_str(), "0"), &r).await.unwrap();
 }
