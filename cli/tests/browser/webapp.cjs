@@ -175,6 +175,10 @@ async function main() {
     // one removed once the new one answers; the name's address answers throughout.
     await page.click("a[href='/deployments']");
     await page.waitForSelector(`#deployments button[data-scale='${result.deployment}']`, { timeout: 15000 });
+    // The prediction above, counted by the gateway and written to the bucket (every 10 s).
+    // (The page, its favicon and the prediction: two requests or more, none failed.)
+    await page.waitForSelector(`#deployments [data-figures='${result.deployment}'] >> text=/[2-9] requests · 0 errors/`, { timeout: 40000 });
+    result.deploymentFigures = await text(page, `#deployments [data-figures='${result.deployment}']`);
     await shoot(page, "deployments");
     if (cfg.tutorialOnly) {
       // The pool's two miners hold the deployment: removed as it is.

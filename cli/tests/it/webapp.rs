@@ -275,6 +275,12 @@ fn the_tutorial_in_the_web_app_with_refusals_accessibility_and_screenshots() {
     assert_eq!(r["versionLink"].as_str().unwrap(), format!("http://{deployment}.localhost:{port}/"), "{dump}");
     assert_eq!(r["prediction"]["status"], 200, "{dump}");
     assert_eq!(r["prediction"]["body"]["digit"].as_f64(), Some(label), "{dump}");
+    // Its requests counted on the Deployments page, as `aic deploy status` counts them.
+    let figures = r["deploymentFigures"].as_str().unwrap_or_default();
+    assert!(
+        figures.contains(" requests · 0 errors") && figures.contains("p50 ≤") && figures.contains("in flight"),
+        "{dump}"
+    );
     assert_eq!(pool.status(deployment)["history"].as_array().unwrap().last().unwrap()["state"], "cancelled");
     // Scaled: the same project (the same code digest) on one replica, answering at the name's
     // address once the old one was removed; then removed too.

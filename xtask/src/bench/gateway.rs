@@ -162,7 +162,8 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             lat[1].1 - lat[0].1
         );
 
-        // A token stream: 10 server-sent events 1 s apart (examples/stream), read with curl.
+        // A token stream: 11 server-sent events 1 s apart, 10 s in all (examples/stream), read
+        // with curl.
         let stream = dir.join("stream");
         std::fs::create_dir_all(&stream)?;
         for f in ["app.py", "requirements.txt"] {
@@ -176,7 +177,7 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
                 let out = Command::new("curl")
                     .args(["-sSfN", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total}"])
                     .args(host.iter().flat_map(|h| ["-H", h.as_str()]))
-                    .arg(format!("{url}tokens?n=10&every=1"))
+                    .arg(format!("{url}tokens?n=11&every=1"))
                     .output()?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let mut t = text.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(f64::NAN));
@@ -190,7 +191,8 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             .map(|r| (median(r.iter().map(|x| x.0).collect()), median(r.iter().map(|x| x.1).collect())))
             .collect();
         println!(
-            "a 10 s token stream (GET /tokens, 10 events 1 s apart; curl -N, medians of {ROUNDS}): direct first byte              after {:.1} ms, whole in {:.2} s; through the gateway first byte after {:.1} ms ({:+.1} ms), whole in {:.2} s",
+            "a 10 s token stream (GET /tokens, 11 events 1 s apart; curl -N, medians of {ROUNDS}): direct first byte \
+             after {:.1} ms, whole in {:.2} s; through the gateway first byte after {:.1} ms ({:+.1} ms), whole in {:.2} s",
             med[0].0,
             med[0].1,
             med[1].0,

@@ -1,10 +1,36 @@
 import { api, info, type JobRow, listAll, type ServingRegistration, session, sign, TERMINAL, userPrefix } from "../api";
 import { deploymentUrl, namedUrl } from "../origin";
+import type { ServingMinute } from "../types/serving-minute";
 import { ulid } from "../ulid";
 import { h, link, message, stateBadge, status, table } from "../ui";
 import { every } from "./common";
 import { isPaid, submit, type CodeFile } from "./submit";
 
+
+/// A deployment's last hour as `GET /v1/jobs/<id>/stats` sums it up.
+interface Figures {
+  requests: number;
+  replica_errors: number;
+  gateway_errors: number;
+  refused: number;
+  p50_ms: number | null;
+  p95_ms: number | null;
+  p99_ms: number | null;
+  max_in_flight: number;
+}
+
+/// "12 requests · 1 error", "p50 ≤25 ms · p95 ≤250 ms · p99 ≤250 ms", "at most 3 in flight": a line each.
+function figures(f: Figures | null): (string | HTMLElement)[] {
+  if (!f) return ["—"];
+  if (!f.requests) return ["no requests yet"];
+  const errors = f.replica_errors + f.gateway_errors;
+  const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? "" : "s"}`;
+  const refused = f.refused ? ` · ${f.refused} refused (no key)` : "";
+  const lines = [`${plural(f.requests, "request")} · ${plural(errors, "error")}${refused}`];
+  if (f.p50_ms != null) lines.push(`p50 ≤${f.p50_ms} ms · p95 ≤${f.p95_ms} ms · p99 ≤${f.p99_ms} ms`);
+  lines.push(`at most ${f.max_in_flight} in flight`);
+  return lines.map((l) => h("div", {}, l));
+}
 
 export function deploymentsPage(root: HTMLElement): () => void {
   document.title = "Deployments · aic";
@@ -100,9 +126,17 @@ export function deploymentsPage(root: HTMLElement): () => void {
         const r = j.request!;
         const live = j.status && !TERMINAL.includes(j.status.state);
         let up = 0;
+        let last: Figures | null = null;
         if (live) {
-          const { replicas } = await api<{ replicas: ServingRegistration[] }>("GET", `jobs/${j.job_id}/replicas`);
-          up = replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length;
+          // One failed call leaves its cell saying so, not the whole page "Loading…".
+          const [reps, stats] = await Promise.allSettled([
+            api<{ replicas: ServingRegistration[] }>("GET", `jobs/${j.job_id}/replicas`),
+            api<{ summary: Figures; minutes: ServingMinute[] }>("GET", `jobs/${j.job_id}/stats?minutes=60`),
+          ]);
+          if (reps.status === "fulfilled") {
+            up = reps.value.replicas.filter((x) => x.healthy && Date.parse(x.heartbeat_at) + x.ttl_seconds * 1000 >= now).length;
+          }
+          if (stats.status === "fulfilled") last = stats.value.summary;
         }
         // The name's address stays across scales and redeploys (as `aic deploy` prints it).
         const addr = (r.name && namedUrl(pattern, session()!.address, r.name)) || deploymentUrl(pattern, j.job_id);
@@ -124,19 +158,21 @@ export function deploymentsPage(root: HTMLElement): () => void {
         const scale = h("button", { type: "button", class: "secondary", "data-scale": j.job_id }, isPaid(`scale:${j.job_id}`) ? "Scale (paid)" : "Scale");
         scale.hidden = n.hidden = !live;
         scale.addEventListener("click", () => void scaleTo(j.job_id, label, Number(n.value), scale));
+        const priv = r.serving?.private ? h("span", { class: "state", title: "callers need a key: aic deploy key create" }, "private") : "";
         return [
-          link(`/jobs/${j.job_id}`, r.name || j.job_id),
-          live ? h("a", { href: addr }, addr) : h("span", { class: "muted" }, "—"),
+          h("span", {}, link(`/jobs/${j.job_id}`, r.name || j.job_id), " ", priv),
+          live ? h("a", { href: addr, class: "addr" }, addr) : h("span", { class: "muted" }, "—"),
           `${up} of ${r.miners}`,
+          h("div", { "data-figures": j.job_id, class: "figures" }, ...(live ? figures(last) : ["—"])),
           j.status ? stateBadge(j.status.state) : "",
           h("span", { class: "row" }, link(`/jobs/${j.job_id}`, "Logs"), n, scale, rm),
         ];
       }),
     );
     // Drawn again only when something changed (a replica count being typed stays).
-    const key = JSON.stringify([rows, out.map((o) => o[2])]);
+    const key = JSON.stringify([rows, out.map((o) => [o[2], (o[3] as HTMLElement).textContent])]);
     if (key === last) return;
     last = key;
-    body.replaceChildren(table(["Name", "Address", "Live replicas", "State", "Actions"], out));
+    body.replaceChildren(table(["Name", "Address", "Live replicas", "Requests, last hour", "State", "Actions"], out));
   });
 }
