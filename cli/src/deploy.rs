@@ -253,7 +253,9 @@ pub async fn create(env: &Env, o: DeployOpts) -> anyhow::Result<i32> {
         println!("{}", address(&base, &job));
         return Ok(0);
     }
-    let live = wait_up(env, &job, o.replicas, host.as_ref()).await?;
+    // An autoscaled one starts with its fewest (at least one).
+    let first = o.serving.initial_replicas(o.replicas);
+    let live = wait_up(env, &job, first, host.as_ref()).await?;
     eprintln!("{} up", aic_core::plural(live as u64, "replica"));
     print_addresses(&base, &job, name.as_deref());
     match host {
@@ -336,7 +338,9 @@ pub async fn replace(env: &Env, name: &str, replicas: Option<u32>, hours: Option
     };
     let (new, name) = submit(env, &opts, host.as_ref()).await?;
     // The new replicas start beside the old ones; a full pool cannot do that.
-    if let Err(e) = wait_up_or_queued(env, &new, replicas, host.as_ref(), Some(Duration::from_secs(10))).await {
+    // An autoscaled one's new version starts with its fewest (`scale` sets its most).
+    let first = opts.serving.initial_replicas(replicas);
+    if let Err(e) = wait_up_or_queued(env, &new, first, host.as_ref(), Some(Duration::from_secs(10))).await {
         let _ = jobs::cancel(env, new.job.as_str()).await;
         bail!(
             "deployment {} stays as it is ({e:#}); to change it on a full pool, `aic deploy rm {}` and deploy again with --replicas {replicas}",
@@ -434,6 +438,7 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
             "address": named.clone().or(own.clone()), "version_address": own,
             "seconds_left": left.map(|l| l.round() as u64), "low": low,
             "private": req.serving.as_ref().is_some_and(|s| s.private), "last_hour": hour,
+            "autoscale": autoscale_json(&req),
         }));
     }
     if json {
@@ -454,13 +459,26 @@ pub async fn list(env: &Env, json: bool) -> anyhow::Result<()> {
             ),
             None => String::new(),
         };
+        let live = match r["autoscale"].as_object() {
+            Some(a) => format!("{} live ({}–{})", r["live"], a["min_replicas"], a["max_replicas"]),
+            None => format!("{}/{} live", r["live"], r["replicas"]),
+        };
+        let cold = match h["cold_starts"].as_u64() {
+            Some(n) if n > 0 => format!(
+                " {} cold start{} (≤{:.1} s)",
+                n,
+                if n == 1 { "" } else { "s" },
+                h["max_cold_start_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            ),
+            _ => String::new(),
+        };
+        let load = format!("{load}{cold}");
         println!(
-            "{}  {:<14} {:<10} {}/{} live  {:<14} {:<28} {}{}",
+            "{}  {:<14} {:<10} {:<13} {:<14} {:<28} {}{}",
             r["deployment"].as_str().unwrap_or_default(),
             r["name"].as_str().unwrap_or("-"),
             r["state"].as_str().unwrap_or_default(),
-            r["live"],
-            r["replicas"],
+            live,
             left,
             load,
             r["address"].as_str().unwrap_or(""),
@@ -490,6 +508,19 @@ pub async fn stats(
     let m = aic_core::servingstats::read(&env.store, job.job.as_str(), now - chrono::Duration::minutes(minutes), now)
         .await?;
     Ok((aic_core::servingstats::summary(&m), m))
+}
+
+/// How the pool scales the deployment (`null`: a fixed number of replicas).
+fn autoscale_json(req: &JobRequest) -> serde_json::Value {
+    match req.serving.as_ref().filter(|_| aic_core::scheduler::autoscaled(req)) {
+        Some(s) => serde_json::json!({
+            "min_replicas": s.min_replicas.unwrap_or(1), "max_replicas": req.miners,
+            "target_concurrency": s.target(),
+            "idle_minutes": (s.min_replicas == Some(0))
+                .then(|| s.idle_minutes.unwrap_or(aic_schemas::serving::DEFAULT_IDLE_MINUTES)),
+        }),
+        None => serde_json::Value::Null,
+    }
 }
 
 /// "12 ms", "—".
@@ -523,7 +554,7 @@ pub async fn status(env: &Env, name: &str, minutes: i64, json: bool) -> anyhow::
         let v = serde_json::json!({
             "deployment": job.job, "name": req.name, "state": state, "replicas": req.miners, "live": live,
             "address": address, "private": serving.private, "server": serving.server,
-            "workers": serving.workers, "threads": serving.threads,
+            "workers": serving.workers, "threads": serving.threads, "autoscale": autoscale_json(&req),
             "minutes": minutes, "summary": summary, "per_minute": per_minute,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -537,6 +568,15 @@ pub async fn status(env: &Env, name: &str, minutes: i64, json: bool) -> anyhow::
     );
     if let Some(a) = &address {
         println!("address     : {a}");
+    }
+    if let Some(a) = autoscale_json(&req).as_object() {
+        println!(
+            "autoscaled  : {}–{} replicas, {} requests under way per replica{}",
+            a["min_replicas"],
+            a["max_replicas"],
+            a["target_concurrency"],
+            a["idle_minutes"].as_u64().map(|m| format!("; none after {m} min without a request")).unwrap_or_default()
+        );
     }
     let n = |k: &str| summary[k].as_u64().unwrap_or(0);
     let requests = n("requests");
@@ -559,6 +599,13 @@ pub async fn status(env: &Env, name: &str, minutes: i64, json: bool) -> anyhow::
         ms(&summary["p99_ms"]),
         n("max_in_flight")
     );
+    if n("cold_starts") > 0 {
+        println!(
+            "cold starts : {} (a request found no replica and waited for one; the longest {:.1} s)",
+            n("cold_starts"),
+            n("max_cold_start_ms") as f64 / 1000.0
+        );
+    }
     if !per_minute.is_empty() {
         println!("{:<6} {:>8} {:>7} {:>9} {:>9} {:>8}", "minute", "requests", "errors", "p95", "in flight", "replicas");
         for m in per_minute.iter().rev().take(10).rev() {

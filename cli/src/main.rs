@@ -264,8 +264,20 @@ pub struct DeployCmd {
     #[arg(long)]
     name: Option<String>,
     /// Replicas, one per miner.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "max_replicas")]
     replicas: u32,
+    /// Autoscaled: the fewest replicas (0: none while nobody calls it; the next request starts one).
+    #[arg(long)]
+    min_replicas: Option<u32>,
+    /// Autoscaled: the most replicas (what the deposit covers).
+    #[arg(long)]
+    max_replicas: Option<u32>,
+    /// Autoscaled: requests under way per replica to aim at (default 4).
+    #[arg(long)]
+    target_concurrency: Option<u32>,
+    /// Autoscaled to zero: minutes without a request before the last replica stops (default 5).
+    #[arg(long)]
+    idle_minutes: Option<u32>,
     /// GPUs per replica.
     #[arg(long, default_value_t = 1)]
     gpus: u32,
@@ -598,7 +610,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                 let o = deploy::DeployOpts {
                     path,
                     name: d.name,
-                    replicas: d.replicas,
+                    replicas: d.max_replicas.unwrap_or(d.replicas),
                     gpus: d.gpus,
                     hours: d.hours,
                     entrypoint: d.entrypoint,
@@ -611,6 +623,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<i32> {
                         workers: d.workers,
                         threads: d.threads,
                         private: d.private,
+                        // `--max-replicas` alone autoscales from one replica.
+                        min_replicas: d.min_replicas.or(d.max_replicas.map(|_| 1)),
+                        target_concurrency: d.target_concurrency,
+                        idle_minutes: d.idle_minutes,
                     },
                 };
                 deploy::create(&env, o).await

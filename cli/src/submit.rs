@@ -244,6 +244,9 @@ pub fn flag_names(e: impl std::fmt::Display, miners_flag: &str) -> anyhow::Error
             .replace("min_gpu_memory_gb:", "--min-gpu-memory:")
             .replace("serving.workers:", "--workers:")
             .replace("serving.threads:", "--threads:")
+            .replace("serving.min_replicas:", "--min-replicas:")
+            .replace("serving.target_concurrency:", "--target-concurrency:")
+            .replace("serving.idle_minutes:", "--idle-minutes:")
             .replace("miners:", &format!("{miners_flag}:"))
     )
 }

@@ -118,6 +118,24 @@ pub fn serving_registration(deployment: &str, alloc: &str) -> String {
     format!("{}{alloc}.json", serving_prefix(deployment))
 }
 
+/// `pool/autoscale/`: the autoscaled deployments going, one record each (`{owner, deployment}`),
+/// written by dispatch; the autoscaler removes one whose deployment has ended.
+pub const AUTOSCALED: &str = "pool/autoscale/";
+
+pub fn autoscaled(deployment: &str) -> String {
+    format!("{AUTOSCALED}{deployment}.json")
+}
+
+/// `pool/serving-load/<deployment>/<host>.json`: the requests a functions host has had under
+/// way for an autoscaled deployment lately, rewritten every second.
+pub fn serving_load_prefix(deployment: &str) -> String {
+    format!("pool/serving-load/{deployment}/")
+}
+
+pub fn serving_load(deployment: &str, host: &str) -> String {
+    format!("{}{host}.json", serving_load_prefix(deployment))
+}
+
 /// `pool/serving-stats/<deployment>/<YYYYMMDDHH>/`: a deployment's request figures of one
 /// hour, a document per minute and functions host (`servingstats`).
 pub fn serving_stats_hour(deployment: &str, hour: chrono::DateTime<chrono::Utc>) -> String {

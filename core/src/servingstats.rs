@@ -74,6 +74,8 @@ pub fn summary(minutes: &[ServingMinute]) -> serde_json::Value {
         "p99_ms": t.percentile_ms(0.99),
         "max_in_flight": t.max_in_flight,
         "max_replicas": t.replicas,
+        "cold_starts": t.cold_starts,
+        "max_cold_start_ms": (t.cold_starts > 0).then_some(t.cold_start_ms),
     })
 }
 

@@ -41,6 +41,11 @@ pub async fn handle(ctx: &Ctx, job: &JobKey) -> Result<Outcome, HandlerError> {
         let key = aic_core::layout::serving_name(&job.owner, name, &job.job);
         store.create_json(&key, &serde_json::json!({ "deployment": job.job, "name": name })).await?;
     }
+    // An autoscaled one joins the autoscaler's list.
+    if aic_core::scheduler::autoscaled(r) {
+        let key = aic_core::layout::autoscaled(job.job.as_str());
+        store.create_json(&key, &serde_json::json!({ "owner": job.owner, "deployment": job.job })).await?;
+    }
     match ctx.scheduler.submit(job, &manifest).await {
         Ok(Submitted::Placed(miners)) => {
             let t = Transition::new(JobState::Scheduled, BY)

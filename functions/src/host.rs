@@ -160,6 +160,10 @@ pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
 /// Serves on `listener` within `limits` until the task is dropped.
 pub async fn serve_with(host: Host, listener: tokio::net::TcpListener, limits: Limits) {
     let host = Arc::new(host);
+    // Autoscaled deployments are scaled by the host that serves them (the leading one).
+    if let Some(p) = &host.proxy {
+        p.start_autoscaler();
+    }
     let open = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     let served =
         Arc::new(Served { blob_budget: tokio::sync::Semaphore::new((limits.blob_buffered / 1024).max(1)), limits });

@@ -245,6 +245,7 @@ impl JobRequest {
         if let Some(o) = &self.serving {
             if self.kind == JobKind::Serve {
                 o.check("serving", &mut errs);
+                o.check_against(self.miners, "serving", &mut errs);
             } else {
                 errs.push(FieldError::new("serving", "only a deployment (kind: serve) is served: leave it out"));
             }
@@ -330,18 +331,49 @@ mod tests {
         assert!(e.contains("serving: only a deployment (kind: serve) is served"), "{e}");
         r.kind = JobKind::Serve;
         r.validate(None).unwrap();
-        r.serving =
-            Some(ServeOptions { server: Some(AppServer::Wsgi), workers: Some(4), threads: Some(8), private: false });
+        r.serving = Some(ServeOptions {
+            server: Some(AppServer::Wsgi),
+            workers: Some(4),
+            threads: Some(8),
+            private: false,
+            ..Default::default()
+        });
         r.validate(None).unwrap();
-        r.serving = Some(ServeOptions { server: None, workers: Some(0), threads: Some(33), private: false });
+        r.serving = Some(ServeOptions {
+            server: None,
+            workers: Some(0),
+            threads: Some(33),
+            private: false,
+            ..Default::default()
+        });
         let e = r.validate(None).unwrap_err().to_string();
         assert!(e.contains("serving.workers: 0 processes: a replica runs 1 to 16"), "{e}");
         assert!(e.contains("serving.threads: 33 threads: a process runs 1 to 32"), "{e}");
-        r.serving =
-            Some(ServeOptions { server: Some(AppServer::Asgi), workers: None, threads: Some(2), private: false });
+        r.serving = Some(ServeOptions {
+            server: Some(AppServer::Asgi),
+            workers: None,
+            threads: Some(2),
+            private: false,
+            ..Default::default()
+        });
         let e = r.validate(None).unwrap_err().to_string();
         assert!(e.contains("serving.threads: an ASGI app serves its requests on an event loop"), "{e}");
         assert_eq!("ASGI".parse::<AppServer>(), Ok(AppServer::Asgi));
+        // Autoscaled: the fewest at most the most, a sane target, idle minutes for zero only.
+        r.serving = Some(ServeOptions { min_replicas: Some(0), target_concurrency: Some(2), ..Default::default() });
+        r.validate(None).unwrap();
+        assert_eq!(r.serving.as_ref().unwrap().initial_replicas(r.miners), 1);
+        r.serving = Some(ServeOptions {
+            min_replicas: Some(3),
+            target_concurrency: Some(0),
+            idle_minutes: Some(5),
+            ..Default::default()
+        });
+        let e = r.validate(None).unwrap_err().to_string();
+        assert!(e.contains("serving.min_replicas: 3 is over the most replicas (2)"), "{e}");
+        assert!(e.contains("serving.target_concurrency: 0 requests per replica"), "{e}");
+        assert!(e.contains("serving.idle_minutes: only a deployment that scales to zero"), "{e}");
+        assert_eq!(ServeOptions::default().initial_replicas(2), 2, "not autoscaled: all of them");
         assert!("uwsgi".parse::<AppServer>().unwrap_err().contains("say wsgi (Flask, Django) or asgi"));
     }
 

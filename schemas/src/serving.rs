@@ -33,7 +33,25 @@ pub struct ServeOptions {
     /// (`aic deploy key create`); others are refused at the gateway.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private: bool,
+    /// Autoscaled: the fewest replicas it keeps (0: none while nobody calls it, the first
+    /// request starting one). Its most are the request's `miners`, which the deposit covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<u32>,
+    /// Autoscaled: the requests under way per replica it aims at (more for a while: a replica
+    /// is added; fewer: one is removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_concurrency: Option<u32>,
+    /// Autoscaled to zero: minutes without a request before the last replica stops (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_minutes: Option<u32>,
 }
+
+/// Requests under way per replica an autoscaled deployment aims at unless it says.
+pub const DEFAULT_TARGET_CONCURRENCY: u32 = 4;
+/// Most requests under way per replica a deployment may aim at.
+pub const MAX_TARGET_CONCURRENCY: u32 = 1000;
+/// Minutes without a request before an autoscaled deployment with no minimum stops its last replica.
+pub const DEFAULT_IDLE_MINUTES: u32 = 5;
 
 /// The server a deployment's app runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -89,6 +107,56 @@ impl ServeOptions {
                 ));
             }
         }
+        if let Some(c) = self.target_concurrency
+            && !(1..=MAX_TARGET_CONCURRENCY).contains(&c)
+        {
+            errs.push(FieldError::new(
+                format!("{prefix}.target_concurrency"),
+                format!("{c} requests per replica: aim at 1 to {MAX_TARGET_CONCURRENCY}"),
+            ));
+        }
+        if let Some(m) = self.idle_minutes
+            && !(1..=24 * 60).contains(&m)
+        {
+            errs.push(FieldError::new(format!("{prefix}.idle_minutes"), format!("{m} minutes: say 1 to 1440")));
+        }
+        if self.idle_minutes.is_some() && self.min_replicas != Some(0) {
+            errs.push(FieldError::new(
+                format!("{prefix}.idle_minutes"),
+                "only a deployment that scales to zero (--min-replicas 0) stops when idle",
+            ));
+        }
+    }
+
+    /// Problems against the deployment's most replicas (`miners`).
+    pub fn check_against(&self, miners: u32, prefix: &str, errs: &mut Vec<FieldError>) {
+        if let Some(m) = self.min_replicas
+            && m > miners
+        {
+            errs.push(FieldError::new(
+                format!("{prefix}.min_replicas"),
+                format!("{m} is over the most replicas ({miners}): the fewest must be at most the most"),
+            ));
+        }
+    }
+
+    /// Whether the pool scales it (`--min-replicas`, `--target-concurrency`).
+    pub fn autoscaled(&self) -> bool {
+        self.min_replicas.is_some() || self.target_concurrency.is_some()
+    }
+
+    /// Its replicas at first: the fewest it keeps, at least one (so that it is seen to
+    /// answer), or all `miners` when it is not autoscaled.
+    pub fn initial_replicas(&self, miners: u32) -> u32 {
+        match self.autoscaled() {
+            true => self.min_replicas.unwrap_or(1).max(1).min(miners),
+            false => miners,
+        }
+    }
+
+    /// Requests under way per replica it aims at.
+    pub fn target(&self) -> u32 {
+        self.target_concurrency.unwrap_or(DEFAULT_TARGET_CONCURRENCY)
     }
 
     /// What the owner signs for these options: their JSON, fields in a fixed order.
@@ -126,6 +194,12 @@ pub struct ServingMinute {
     pub max_in_flight: u64,
     /// Most live replicas seen.
     pub replicas: u32,
+    /// Requests that found an autoscaled deployment at zero replicas and waited for one to start.
+    #[serde(default)]
+    pub cold_starts: u64,
+    /// The longest such wait, in ms (from the request's arrival to a replica answering health checks).
+    #[serde(default)]
+    pub cold_start_ms: u64,
 }
 
 impl ServingMinute {
@@ -143,6 +217,8 @@ impl ServingMinute {
         }
         self.max_in_flight = self.max_in_flight.max(o.max_in_flight);
         self.replicas = self.replicas.max(o.replicas);
+        self.cold_starts += o.cold_starts;
+        self.cold_start_ms = self.cold_start_ms.max(o.cold_start_ms);
     }
 
     /// The latency under which a share `q` (0..=1) of the answered requests came, in ms: the

@@ -774,3 +774,126 @@ fn a_deployments_request_figures_match_the_requests_sent() {
     let listed = text(&h.aic(&["deploy", "list"])).0;
     assert!(listed.contains("24 req/h 3 err"), "{listed}");
 }
+
+/// The live replicas the bucket has registered for `job`.
+fn live_replicas(h: &Home, job: &str) -> usize {
+    let dir = h.path().join(format!("aic/store/pool/serving/{job}"));
+    let now = chrono::Utc::now();
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| serde_json::from_slice::<aic_schemas::ServingRegistration>(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|r| r.is_live(now))
+        .count()
+}
+
+/// Polls `cond` every 200 ms until it holds, or fails with `what` after `secs`.
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} within {secs} s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An autoscaled deployment (`--min-replicas 0 --max-replicas 2 --target-concurrency 1`) on a
+/// pool of two miners: one replica at first; three streams at once (a bounded load) bring a
+/// second; without them it goes back to one, and to none once idle; the next request starts a
+/// replica and is answered, its wait counted as a cold start; removed, it is charged what its
+/// replicas ran (less than its two replicas for the whole time its deposit covered).
+#[test]
+fn an_autoscaled_deployment_scales_up_under_load_down_to_zero_and_back() {
+    let h = Home::new();
+    let _pool = DevUp::start_with(
+        &h,
+        &[
+            ("AIC_POOL_MINERS", "2"),
+            ("AIC_SCALE_UP_SECONDS", "1"),
+            ("AIC_SCALE_DOWN_SECONDS", "2"),
+            ("AIC_SCALE_IDLE_SECONDS", "6"),
+            ("AIC_SERVING_STATS_SECONDS", "1"),
+        ],
+    );
+    let proj = repo().join("examples/fastapi");
+    let started = Instant::now();
+    let out = h.aic(&[
+        "deploy",
+        proj.to_str().unwrap(),
+        "--name",
+        "auto",
+        "--min-replicas",
+        "0",
+        "--max-replicas",
+        "2",
+        "--target-concurrency",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (api, job, _) = addresses(&out.stdout);
+    assert_eq!(live_replicas(&h, &job), 1, "it starts with one replica");
+    let shown = text(&h.aic(&["deploy", "status", "auto"])).0;
+    assert!(shown.contains("autoscaled  : 0–2 replicas, 1 requests under way per replica"), "{shown}");
+
+    // Three streams of 6 s at once: three requests under way for one replica aiming at one.
+    let streams: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sN", "--max-time", "60"])
+                .arg(format!("{api}tokens?n=13&every=0.5"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    eventually(30, "a second replica under load", || live_replicas(&h, &job) == 2);
+    for s in streams {
+        let out = s.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).matches("data: token").count(), 13, "every event came");
+    }
+    // No load: one fewer, then none once idle (6 s here).
+    eventually(60, "down to none when idle", || live_replicas(&h, &job) == 0);
+    let st: serde_json::Value = serde_json::from_slice(&h.aic(&["deploy", "status", "auto", "--json"]).stdout).unwrap();
+    assert_eq!((st["state"].as_str(), st["live"].as_u64()), (Some("running"), Some(0)), "{st}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(live_replicas(&h, &job), 0, "nothing started while nobody called");
+
+    // The next request wakes it and is answered.
+    let woke = Instant::now();
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "180", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(&api)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "the request that woke it is answered");
+    let waited = woke.elapsed();
+    assert_eq!(live_replicas(&h, &job), 1);
+    let mut last = serde_json::Value::Null;
+    eventually(20, "the cold start counted", || {
+        last = serde_json::from_slice(&h.aic(&["deploy", "status", "auto", "--json"]).stdout).unwrap();
+        last["summary"]["cold_starts"] == 1
+    });
+    let cold = last["summary"]["max_cold_start_ms"].as_u64().unwrap();
+    assert!(cold > 0 && cold <= waited.as_millis() as u64, "cold start {cold} ms of a {waited:?} wait: {last}");
+    let listed = text(&h.aic(&["deploy", "list"])).0;
+    assert!(listed.contains("1 live (0–2)") && listed.contains("1 cold start"), "{listed}");
+
+    // Removed: charged what its replicas ran, the rest back.
+    assert!(h.aic(&["deploy", "rm", "auto"]).status.success());
+    let wall = started.elapsed().as_secs();
+    let mut settled = serde_json::Value::Null;
+    eventually(30, "the deployment settled", || {
+        let st: serde_json::Value = serde_json::from_slice(&h.aic(&["status", &job, "--json"]).stdout).unwrap();
+        settled = st["settlements"].as_array().and_then(|a| a.first()).cloned().unwrap_or_default();
+        !settled.is_null()
+    });
+    let spend: serde_json::Value = serde_json::from_slice(&h.aic(&["spend", "--json"]).stdout).unwrap();
+    let row = spend["jobs"].as_array().unwrap().iter().find(|r| r["job"] == job.as_str()).cloned().unwrap();
+    let n = |k: &str| row[k].as_str().unwrap().parse::<u128>().unwrap();
+    assert_eq!(n("paid"), n("charged") + n("refunded"), "{row}");
+    let gpu_seconds = row["gpu_seconds"].as_u64().unwrap();
+    assert!(gpu_seconds > 0 && gpu_seconds < wall * 3 / 2, "{gpu_seconds} GPU-seconds over {wall} s: {row}");
+}

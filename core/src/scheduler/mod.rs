@@ -124,6 +124,21 @@ pub trait Scheduler: Send + Sync {
     /// Gateways with their miners and free GPUs.
     async fn pool(&self) -> Result<Vec<GatewayInfo>, ScheduleError>;
 
+    /// Runs `replicas` replicas of the autoscaled serve job `job` (at most its request's
+    /// `miners`; 0: none, the job still going), starting replicas on free miners or stopping
+    /// the newest; with `only_up`, never fewer than it runs now (a request woke it). Returns
+    /// how many it runs or starts now (fewer than asked when the pool has no room). By default
+    /// the backend cannot.
+    async fn scale(&self, job: &JobKey, _replicas: u32, _only_up: bool) -> Result<u32, ScheduleError> {
+        Err(ScheduleError::Refused(format!("this pool's scheduler does not scale deployments (job {})", job.job)))
+    }
+
+    /// Whether this host does the pool's housekeeping (one host of several leads): what the
+    /// autoscaler runs on. By default, yes.
+    fn leads(&self) -> bool {
+        true
+    }
+
     /// How many jobs it holds, by state (`running`, `queued`), for the operator's figures;
     /// empty where the backend does not keep them.
     async fn jobs_by_state(&self) -> Result<Vec<(String, u64)>, ScheduleError> {
@@ -190,6 +205,20 @@ pub trait Scheduler: Send + Sync {
     /// other than by exiting 0 (killed, crashed, lost): the host then stores what it holds of
     /// the allocation's log that the worker had not stored. By default never.
     fn on_worker_lost(&self, _hook: WorkerLost) {}
+}
+
+/// Whether the pool scales this deployment (`--min-replicas`, `--target-concurrency`).
+pub fn autoscaled(r: &aic_schemas::JobRequest) -> bool {
+    r.kind == aic_schemas::JobKind::Serve && r.serving.as_ref().is_some_and(|s| s.autoscaled())
+}
+
+/// How many allocations a job starts with: its miners, or an autoscaled deployment's fewest
+/// replicas (at least one).
+pub fn replicas_at_start(r: &aic_schemas::JobRequest) -> u32 {
+    match (&r.serving, r.kind) {
+        (Some(s), aic_schemas::JobKind::Serve) => s.initial_replicas(r.miners),
+        _ => r.miners,
+    }
 }
 
 /// What a host does when a worker ended abnormally: (job, allocation index).

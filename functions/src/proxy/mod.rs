@@ -39,6 +39,7 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use hyper::client::conn::http1::SendRequest;
 
+mod autoscale;
 mod private;
 mod relay;
 mod replicas;
@@ -273,11 +274,21 @@ impl Proxy {
                 Site::Named { .. } => None,
             };
             for id in one.into_iter().chain(named.iter().map(String::as_str)) {
-                let regs = self.replicas(id, fresh).await;
+                let mut regs = self.replicas(id, fresh).await;
                 if regs.is_empty() {
-                    continue;
+                    // An autoscaled deployment at zero replicas: one starts, the request waits.
+                    match self.cold_start(id, headers).await {
+                        Some(Ok(r)) => regs = r,
+                        Some(Err(a)) => return a,
+                        None => continue,
+                    }
                 }
                 let dep = self.stats.of(id);
+                if let Ok(Some(g)) = self.guard(id).await
+                    && g.autoscale.is_some()
+                {
+                    dep.autoscaled();
+                }
                 // A private deployment's: refused here without its key; the key stays here.
                 let private = match self.admit(id, headers).await {
                     Ok(p) => p,

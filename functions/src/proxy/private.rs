@@ -16,6 +16,9 @@ pub(super) struct Guard {
     private: bool,
     owner: aic_schemas::Address,
     scope: String,
+    /// The deployment, and how it is autoscaled if it is.
+    pub(super) job: aic_core::JobKey,
+    pub(super) autoscale: Option<aic_schemas::ServeOptions>,
 }
 
 /// A guard as kept: read from a manifest (which never changes), or not (read again after
@@ -69,7 +72,7 @@ impl Proxy {
 
     /// The deployment's guard, from its id claim and manifest (kept once read); `None` for a
     /// deployment the pool has no claim of.
-    async fn guard(&self, deployment: &str) -> Result<Option<Arc<Guard>>, Answer> {
+    pub(super) async fn guard(&self, deployment: &str) -> Result<Option<Arc<Guard>>, Answer> {
         if let Some((at, g)) = self.guards.lock().unwrap().get(deployment)
             && (g.is_some() || at.elapsed() < REFRESH)
         {
@@ -90,6 +93,12 @@ impl Proxy {
                                 private: m.request.serving.as_ref().is_some_and(|s| s.private),
                                 owner: c.owner,
                                 scope: deploykeys::scope_of(&m.request),
+                                autoscale: m
+                                    .request
+                                    .serving
+                                    .clone()
+                                    .filter(|_| aic_core::scheduler::autoscaled(&m.request)),
+                                job,
                             })),
                             // Claimed but not validated: nothing of it is served.
                             Ok(None) | Err(_) => return Err(unavailable()),

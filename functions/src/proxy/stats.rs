@@ -37,6 +37,37 @@ pub struct Dep {
     deployment: String,
     in_flight: std::sync::atomic::AtomicU64,
     inner: Mutex<Inner>,
+    /// An autoscaled deployment's: its load goes to the bucket every second.
+    autoscaled: AtomicBool,
+    load: Mutex<Load>,
+}
+
+/// Requests under way over time (their integral), for an autoscaled deployment's load.
+struct Load {
+    since: Instant,
+    last: Instant,
+    area: f64,
+    now: u64,
+    last_request: Option<chrono::DateTime<Utc>>,
+}
+
+impl Load {
+    fn step(&mut self, by: i64) {
+        let t = Instant::now();
+        self.area += self.now as f64 * t.duration_since(self.last).as_secs_f64();
+        self.last = t;
+        self.now = self.now.saturating_add_signed(by);
+    }
+}
+
+/// What a functions host tells the autoscaler of a deployment (`pool/serving-load/…`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct LoadDoc {
+    pub host: String,
+    pub at: chrono::DateTime<Utc>,
+    /// Requests under way on average since the last document.
+    pub in_flight: f64,
+    pub last_request_at: Option<chrono::DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -69,6 +100,9 @@ pub struct Flight(Arc<Dep>);
 impl Drop for Flight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut l = self.0.load.lock().unwrap();
+        l.step(-1);
+        l.last_request = Some(Utc::now());
     }
 }
 
@@ -104,6 +138,14 @@ impl Stats {
             deployment: deployment.to_string(),
             in_flight: Default::default(),
             inner: Mutex::new(Inner::default()),
+            autoscaled: AtomicBool::new(false),
+            load: Mutex::new(Load {
+                since: Instant::now(),
+                last: Instant::now(),
+                area: 0.0,
+                now: 0,
+                last_request: None,
+            }),
         });
         by.insert(deployment.to_string(), d.clone());
         d
@@ -118,12 +160,49 @@ impl Stats {
         let (me, store) = (Arc::downgrade(self), store.clone());
         tokio::spawn(async move {
             let every = flush_every();
+            let mut flushed = Instant::now();
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(stats) = Weak::upgrade(&me) else { return };
-                stats.flush(&store).await;
+                stats.write_load(&store).await;
+                if flushed.elapsed() >= every {
+                    flushed = Instant::now();
+                    stats.flush(&store).await;
+                }
             }
         });
+    }
+
+    /// Writes each autoscaled deployment's load since the last time (while it had requests in
+    /// the last 10 minutes or has some under way).
+    async fn write_load(&self, store: &Store) {
+        let deps: Vec<Arc<Dep>> =
+            self.by.lock().unwrap().values().filter(|d| d.autoscaled.load(Ordering::Relaxed)).cloned().collect();
+        let now = Utc::now();
+        for d in deps {
+            let doc = {
+                let mut l = d.load.lock().unwrap();
+                l.step(0);
+                let span = l.last.duration_since(l.since).as_secs_f64().max(0.001);
+                let doc = LoadDoc {
+                    host: self.host.clone(),
+                    at: now,
+                    in_flight: l.area / span,
+                    last_request_at: if l.now > 0 { Some(now) } else { l.last_request },
+                };
+                l.area = 0.0;
+                l.since = l.last;
+                doc
+            };
+            let recent = doc.last_request_at.is_some_and(|t| now - t < chrono::Duration::minutes(10));
+            if !recent {
+                continue;
+            }
+            let key = aic_core::layout::serving_load(&d.deployment, &self.host);
+            if let Err(e) = store.put_json(&key, &doc).await {
+                tracing::warn!(error = %e, deployment = d.deployment, "cannot write a deployment's load");
+            }
+        }
     }
 
     /// Writes the minutes that changed since the last write.
@@ -206,8 +285,33 @@ impl Stats {
 }
 
 impl Dep {
+    /// Its load goes to the autoscaler.
+    pub(super) fn autoscaled(&self) {
+        self.autoscaled.store(true, Ordering::Relaxed);
+    }
+
+    /// A request came (one that waits for a replica to start counts, so the autoscaler does
+    /// not stop it meanwhile).
+    pub(super) fn touch(&self) {
+        self.load.lock().unwrap().last_request = Some(Utc::now());
+    }
+
+    /// A request waited `took` for an autoscaled deployment's first replica to start.
+    pub(super) fn cold_start(&self, took: Duration) {
+        let mut i = self.inner.lock().unwrap();
+        self.roll(&mut i, Utc::now());
+        i.now.cold_starts += 1;
+        i.now.cold_start_ms = i.now.cold_start_ms.max(took.as_millis() as u64);
+        i.dirty = true;
+    }
+
     /// A request begins: in flight until the returned guard goes.
     pub(super) fn enter(self: &Arc<Self>) -> Flight {
+        {
+            let mut l = self.load.lock().unwrap();
+            l.step(1);
+            l.last_request = Some(Utc::now());
+        }
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         let mut i = self.inner.lock().unwrap();
         self.roll(&mut i, Utc::now());

@@ -43,6 +43,9 @@ struct Record {
     /// When this attempt's workers were first started (`Running::since`).
     #[serde(default)]
     since: Option<chrono::DateTime<chrono::Utc>>,
+    /// An autoscaled deployment's replicas as last scaled (`Running::wanted`).
+    #[serde(default)]
+    wanted: Option<u32>,
 }
 
 /// When the process `pid` started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`);
@@ -99,6 +102,7 @@ impl LocalScheduler {
                 queued: None,
                 allocs: r.allocs.iter().map(|a| Alloc { slots: a.slots.clone(), lost: a.lost.clone(), ..*a }).collect(),
                 since: Some(r.since),
+                wanted: r.wanted,
             })
         } else {
             st.queue.iter().find(|q| &q.job == job).map(|q| Record {
@@ -112,6 +116,7 @@ impl LocalScheduler {
                 queued: Some(q.order),
                 allocs: Vec::new(),
                 since: None,
+                wanted: None,
             })
         };
         let path = self.ledger_path(job);
@@ -219,6 +224,7 @@ impl LocalScheduler {
                         attempt: r.attempt,
                         replaced: r.replaced,
                         since,
+                        wanted: r.wanted,
                     },
                 );
             }

@@ -36,11 +36,13 @@ mod net;
 mod place;
 mod reap;
 mod sandbox;
+mod scale;
 mod spawn;
 
 use super::gpus::GpuWants;
 use super::launch::{self, Launch, StoreAccess};
 use super::{GatewayInfo, MinerInfo, ScheduleError, Scheduler, Submitted, recovery};
+use super::{autoscaled, replicas_at_start};
 use crate::layout::JobKey;
 use crate::status::{self, Transition};
 use crate::store::Store;
@@ -126,6 +128,9 @@ struct Alloc {
     /// The slot of its job's network on its miner (`net::jobs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     net_slot: Option<u8>,
+    /// Stopped by the autoscaler: its end is not a loss.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    parked: bool,
 }
 
 struct Running {
@@ -141,6 +146,8 @@ struct Running {
     /// When this attempt's workers were first started: a deployment serves until then + its
     /// paid hours, whichever replica and however often restarted.
     since: chrono::DateTime<chrono::Utc>,
+    /// An autoscaled deployment's replicas as last scaled (it stays here at 0).
+    wanted: Option<u32>,
 }
 
 struct State {
@@ -469,8 +476,17 @@ impl Scheduler for LocalScheduler {
             self.persist(&st, job);
             pids
         };
+        let none = pids.is_empty();
         self.stop_workers(job, pids);
+        if none {
+            // An autoscaled deployment at zero replicas: nothing will end to take it away.
+            self.after_a_worker(job.clone()).await;
+        }
         Ok(())
+    }
+
+    async fn scale(&self, job: &JobKey, replicas: u32, only_up: bool) -> Result<u32, ScheduleError> {
+        self.scale_to(job, replicas, only_up).await
     }
 
     fn on_job_end(&self, hook: super::JobEnded) {

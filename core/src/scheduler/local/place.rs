@@ -26,14 +26,16 @@ impl LocalScheduler {
             .map(|(i, rank, mi)| (i, rank, mi.free.iter().filter(|f| **f).count()))
             .filter(|(_, _, free)| *free >= need)
             .collect();
-        if candidates.len() < m.request.miners as usize {
+        // An autoscaled deployment starts with its fewest replicas (at least one).
+        let count = super::replicas_at_start(&m.request) as usize;
+        if candidates.len() < count {
             return None;
         }
         candidates.sort_by_key(|(i, rank, free)| (*rank, std::cmp::Reverse(*free), *i));
         Some(
             candidates
                 .into_iter()
-                .take(m.request.miners as usize)
+                .take(count)
                 .map(|(i, _, _)| {
                     let slots =
                         st.miners[i].free.iter().enumerate().filter(|(_, f)| **f).map(|(s, _)| s).take(need).collect();
@@ -71,7 +73,18 @@ impl LocalScheduler {
                     let pid = child.id().unwrap_or_default() as i32;
                     let ticks = ledger::started_ticks(pid).unwrap_or_default();
                     let started = chrono::Utc::now();
-                    allocs.push(Alloc { miner, slots, pid, ticks, port, started, lost: None, uid, net_slot });
+                    allocs.push(Alloc {
+                        miner,
+                        slots,
+                        pid,
+                        ticks,
+                        port,
+                        started,
+                        lost: None,
+                        uid,
+                        net_slot,
+                        parked: false,
+                    });
                     names.push(miner_name);
                     self.reap(job.clone(), index as u32, child);
                 }
@@ -82,7 +95,16 @@ impl LocalScheduler {
                     let m = manifest.clone();
                     st.running.insert(
                         job.clone(),
-                        Running { allocs, cancelled: true, restarting: None, manifest: m, attempt, replaced: 0, since },
+                        Running {
+                            allocs,
+                            cancelled: true,
+                            restarting: None,
+                            manifest: m,
+                            attempt,
+                            replaced: 0,
+                            since,
+                            wanted: None,
+                        },
                     );
                     self.persist(st, job);
                     return Err(ScheduleError::Backend(format!("cannot start {}: {e}", cfg.worker_bin.display())));
@@ -92,7 +114,16 @@ impl LocalScheduler {
         let m = manifest.clone();
         st.running.insert(
             job.clone(),
-            Running { allocs, cancelled: false, restarting: None, manifest: m, attempt, replaced: 0, since },
+            Running {
+                allocs,
+                cancelled: false,
+                restarting: None,
+                manifest: m,
+                attempt,
+                replaced: 0,
+                since,
+                wanted: super::autoscaled(&manifest.request).then_some(count as u32),
+            },
         );
         self.persist(st, job);
         // Recorded: they may start.

@@ -57,6 +57,7 @@ impl LocalScheduler {
                                     lost: None,
                                     uid,
                                     net_slot,
+                                    parked: false,
                                 };
                                 r.replaced += 1;
                                 self.persist(&st, job);
@@ -112,6 +113,8 @@ impl LocalScheduler {
                 if let Some(a) = r.allocs.get_mut(index as usize) {
                     let (miner, slots, pid, started) = (a.miner, std::mem::take(&mut a.slots), a.pid, a.started);
                     out.4 = a.lost.clone();
+                    // Stopped by the autoscaler: like a cancelled job's, its end is no loss.
+                    out.1 |= std::mem::take(&mut a.parked);
                     let gpus = slots.len() as u32;
                     for s in slots {
                         st.miners[miner].free[s] = true;
@@ -249,7 +252,11 @@ impl LocalScheduler {
     pub(super) async fn after_a_worker(&self, job: JobKey) {
         let gone = {
             let mut st = self.inner.state.lock().unwrap();
-            let all_gone = st.running.get(&job).is_some_and(|r| r.allocs.iter().all(|a| a.slots.is_empty()));
+            // An autoscaled deployment scaled to zero stays (a request wakes it), unless removed.
+            let all_gone = st.running.get(&job).is_some_and(|r| {
+                r.allocs.iter().all(|a| a.slots.is_empty())
+                    && (r.cancelled || r.restarting.is_some() || r.wanted.is_none_or(|w| w > 0))
+            });
             let gone = if all_gone { st.running.remove(&job) } else { None };
             self.persist(&st, &job);
             gone

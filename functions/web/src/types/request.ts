@@ -113,6 +113,15 @@ tx: string
  */
 export interface ServeOptions {
 /**
+ * Autoscaled to zero: minutes without a request before the last replica stops (default 5).
+ */
+idle_minutes?: (number | null)
+/**
+ * Autoscaled: the fewest replicas it keeps (0: none while nobody calls it, the first
+ * request starting one). Its most are the request's `miners`, which the deposit covers.
+ */
+min_replicas?: (number | null)
+/**
  * Every request must carry `Authorization: Bearer <key>`, a key of the deployment's
  * (`aic deploy key create`); others are refused at the gateway.
  */
@@ -121,6 +130,11 @@ private?: boolean
  * `wsgi` (uWSGI) or `asgi` (uvicorn); unset: told from the app as its replica starts.
  */
 server?: (AppServer | null)
+/**
+ * Autoscaled: the requests under way per replica it aims at (more for a while: a replica
+ * is added; fewer: one is removed).
+ */
+target_concurrency?: (number | null)
 /**
  * Threads per process, WSGI apps only (default 2).
  */

@@ -6,6 +6,14 @@
  * lasts). A request counts once, in the minute it arrived.
  */
 export interface ServingMinute {
+/**
+ * The longest such wait, in ms (from the request's arrival to a replica answering health checks).
+ */
+cold_start_ms?: number
+/**
+ * Requests that found an autoscaled deployment at zero replicas and waited for one to start.
+ */
+cold_starts?: number
 deployment: string
 /**
  * Answered 5xx by the gateway itself (no live replica, none answered).

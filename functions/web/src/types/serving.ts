@@ -12,6 +12,12 @@ export type JobId = string
 export interface ServingRegistration {
 alloc: number
 deployment: string
+/**
+ * A private deployment's replica answers only requests carrying this in `X-Aic-Replica`
+ * (chosen by its worker at each start; only the pool reads registrations), so nothing on
+ * the pool's network reaches the app past the gateway's key check.
+ */
+guard?: (string | null)
 healthy: boolean
 heartbeat_at: string
 host: string
