@@ -35,6 +35,10 @@ use crate::supervise::{pump, signal};
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const TTL_SECONDS: u32 = 20;
 pub const RESTARTS: u32 = 3;
+/// How long a replica taken out of the gateway keeps answering before its app stops: twice
+/// the gateway's cache of registrations (`aic_functions::proxy::REFRESH`, 1 s), within the
+/// local scheduler's 5 s and Nomad's 30 s kill grace.
+const DRAIN: Duration = Duration::from_secs(2);
 const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
 
 /// The port the app listens on: `AIC_SERVE_PORT` (Nomad's `http` port, the one its service
@@ -359,8 +363,14 @@ pub async fn run(
                 }
             }
         };
-        // Out of the gateway first, then stop uWSGI.
+        // Out of the gateway first, then stop the app: the gateway reads registrations (and a
+        // name's deployments) again within a second, and meanwhile still sends requests here,
+        // which must be answered (one that reached a replica is not sent to another unless
+        // repeating it is harmless).
         let _ = a.store.delete(&key).await;
+        if registered {
+            tokio::time::sleep(DRAIN).await;
+        }
         signal(pid, nix::sys::signal::Signal::SIGTERM);
         if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
             signal(pid, nix::sys::signal::Signal::SIGKILL);

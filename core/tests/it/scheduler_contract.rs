@@ -251,6 +251,11 @@ async fn job(b: &Backend, kind: &str, miners: u32) -> (JobKey, JobManifest) {
     (running_job(b.store(), &m).await, m)
 }
 
+/// The same, where a case's own variable is named `job`.
+async fn job_of(b: &Backend, kind: &str, miners: u32) -> (JobKey, JobManifest) {
+    job(b, kind, miners).await
+}
+
 async fn states(b: &Backend, job: &JobKey) -> Vec<JobState> {
     status::history(b.store(), job).await.unwrap().into_iter().map(|r| r.state).collect()
 }
@@ -302,7 +307,49 @@ backends!(
     a_queued_job_whose_deposit_is_due_back_before_it_could_end_is_never_started,
     another_owners_job_under_a_running_id_is_refused_and_its_cancel_stops_nothing,
     a_lost_allocation_does_not_restart_a_job_whose_deposit_is_due_back_too_soon,
+    an_autoscaled_deployment_runs_the_replicas_asked_within_its_bounds,
 );
+
+/// An autoscaled deployment (`--min-replicas 0 --max-replicas 2`) starts with one replica;
+/// asked for more it runs them (never more than its most), asked for none it runs none and
+/// stays going (a request may wake it: `only_up` never lowers the count), and once removed it
+/// is finished. A deployment that is not autoscaled is not scaled.
+async fn an_autoscaled_deployment_runs_the_replicas_asked_within_its_bounds(b: &Backend) {
+    let (_, mut m) = manifest_of("serve", 2, 1);
+    m.request.serving =
+        Some(aic_schemas::ServeOptions { min_replicas: Some(0), target_concurrency: Some(1), ..Default::default() });
+    let job = running_job(b.store(), &m).await;
+    let s = b.scheduler();
+    s.submit(&job, &m).await.unwrap();
+    let replicas = || async { s.endpoints(job.job.as_str()).await.unwrap().unwrap().len() };
+    assert_eq!(replicas().await, 1, "it starts with one replica");
+    assert_eq!(s.scale(&job, 5, false).await.unwrap(), 2, "never more than its most");
+    assert_eq!(replicas().await, 2);
+    assert_eq!(s.scale(&job, 0, false).await.unwrap(), 0);
+    b.stopped_ones_end().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replicas().await != 0 {
+        assert!(Instant::now() < deadline, "replicas still serve after scaling to none");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(states(b, &job).await.last(), Some(&JobState::Running), "at zero it is still going");
+    assert_eq!(s.scale(&job, 0, true).await.unwrap(), 0, "only up: nothing lowered");
+    assert_eq!(s.scale(&job, 1, true).await.unwrap(), 1, "a request wakes it");
+    assert_eq!(replicas().await, 1);
+    assert_eq!(s.scale(&job, 0, true).await.unwrap(), 1, "only up never lowers it");
+    // A fixed deployment is not the autoscaler's.
+    let (fixed, fm) = job_of(b, "serve", 1).await;
+    s.submit(&fixed, &fm).await.unwrap();
+    assert!(matches!(s.scale(&fixed, 0, false).await, Err(ScheduleError::Refused(_))));
+    s.cancel(&job).await.unwrap();
+    b.stopped_ones_end().await;
+    b.report_ended(&job).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.finished(&job).await.unwrap() {
+        assert!(Instant::now() < deadline, "the removed deployment never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Names across a backend (folders, routes, Nomad's job) use the id alone: a job of another
 /// owner under an id that runs (one validated before ids were claimed pool-wide) is refused,

@@ -92,6 +92,8 @@ pub struct NomadScheduler {
     /// Image pulls reported in jobs' logs: allocation id → (time of the newest driver event
     /// reported, the log chunk number to try next) (`watch::pull_progress`).
     pulls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>>,
+    /// This host holds the lead (`run`): the autoscaler acts here alone.
+    leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NomadScheduler {
@@ -109,6 +111,7 @@ impl NomadScheduler {
             job_ended: Default::default(),
             reconciled: Default::default(),
             pulls: Default::default(),
+            leading: Default::default(),
         }
     }
 
@@ -329,6 +332,7 @@ impl Scheduler for NomadScheduler {
                 l = self.lead() => l,
             };
             tracing::info!(lock = %self.cfg.leader_lock, "this host leads: it watches Nomad and keeps house");
+            self.leading.store(true, std::sync::atomic::Ordering::Relaxed);
             let work = async {
                 tokio::join!(self.watch(store.clone(), stop.clone()), self.housekeeping(stop.clone()));
             };
@@ -338,10 +342,46 @@ impl Scheduler for NomadScheduler {
                     return;
                 }
                 _ = self.keep(&lock) => {
+                    self.leading.store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(lock = %self.cfg.leader_lock, "this host lost the lead; another host watches now");
                 }
             }
         }
+    }
+
+    fn leads(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `POST /v1/job/:id/scale` (nomad/job_endpoint.go `Scale`): the serve group's count,
+    /// within the `Scaling` bounds its spec holds; Nomad places the new allocations or stops
+    /// the newest. With `only_up`, the count is never lowered.
+    async fn scale(&self, job: &JobKey, replicas: u32, only_up: bool) -> Result<u32, ScheduleError> {
+        let id = nomad_id(job);
+        let Some(j) = self.call(reqwest::Method::GET, &format!("job/{id}"), &[], None).await? else {
+            return Err(ScheduleError::Refused(format!("deployment {} is not running on Nomad", job.job)));
+        };
+        if anothers(&j, job) || j["Stop"] == true {
+            return Err(ScheduleError::Refused(format!("deployment {} is not running on Nomad", job.job)));
+        }
+        let group = &j["TaskGroups"][0];
+        let Some(most) = group["Scaling"]["Max"].as_u64() else {
+            return Err(ScheduleError::Refused(format!("deployment {} is not autoscaled", job.job)));
+        };
+        let now = group["Count"].as_u64().unwrap_or(0) as u32;
+        let mut want = replicas.min(most as u32);
+        if only_up {
+            want = want.max(now);
+        }
+        if want != now {
+            let body = serde_json::json!({
+                "Count": want,
+                "Target": {"Group": group["Name"]},
+                "Message": format!("aic autoscaler: {now} → {want} replicas"),
+            });
+            self.call(reqwest::Method::POST, &format!("job/{id}/scale"), &[], Some(&body)).await?;
+        }
+        Ok(want)
     }
 
     async fn cancel(&self, job: &JobKey) -> Result<(), ScheduleError> {

@@ -194,7 +194,8 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32, 
         "Meta": meta,
         "TaskGroups": [{
             "Name": if serve { "serve" } else { "train" },
-            "Count": r.miners,
+            // An autoscaled deployment starts with its fewest replicas (at least one).
+            "Count": super::super::replicas_at_start(r),
             // One allocation per miner: the request is N miners × G GPUs.
             "Constraints": [{"Operand": "distinct_hosts", "RTarget": "true"}],
             "Spreads": [{"Attribute": "${node.unique.id}", "Weight": 100}],
@@ -236,6 +237,12 @@ pub fn job_spec(cfg: &NomadConfig, job: &JobKey, m: &JobManifest, attempt: u32, 
         spec["TaskGroups"][0]["Constraints"] = json!([]);
         // A lost replica is replaced at once (the others keep serving).
         spec["TaskGroups"][0]["Disconnect"] = json!({"Replace": true, "Reconcile": "best_score"});
+        // Autoscaled: the bounds Nomad itself holds every scaling to (api/tasks.go
+        // `ScalingPolicy`; nomad/job_endpoint.go `Scale` refuses a count outside them).
+        if super::super::autoscaled(r) {
+            let least = r.serving.as_ref().and_then(|s| s.min_replicas).unwrap_or(1);
+            spec["TaskGroups"][0]["Scaling"] = json!({"Enabled": true, "Min": least, "Max": r.miners, "Policy": {}});
+        }
     }
     // The pool's nodes aic counts as room (`NomadConfig::node_pool`), when one is set.
     if let Some(pool) = &cfg.node_pool {
@@ -494,6 +501,17 @@ mod tests {
         assert_eq!(j["Type"], "service");
         let tg = &j["TaskGroups"][0];
         assert_eq!(tg["Count"], 3);
+        assert!(tg.get("Scaling").is_none(), "a fixed deployment has no scaling bounds");
+        // Autoscaled: its fewest replicas first (at least one), Nomad holding the bounds.
+        let mut auto = m.clone();
+        auto.request.serving = Some(aic_schemas::ServeOptions {
+            min_replicas: Some(0),
+            target_concurrency: Some(2),
+            ..Default::default()
+        });
+        let a = job_spec(&cfg(), &job, &auto, 0, 3_000_123);
+        assert_eq!(a["TaskGroups"][0]["Count"], 1);
+        assert_eq!(a["TaskGroups"][0]["Scaling"], json!({"Enabled": true, "Min": 0, "Max": 3, "Policy": {}}));
         let svc = &tg["Services"][0];
         assert_eq!(svc["Provider"], "nomad");
         assert_eq!(svc["PortLabel"], "http");

@@ -695,6 +695,61 @@ async fn handle(
             s.jobs.insert(id, stored);
             reply(200, json!({"EvalID": eval_id, "EvalCreateIndex": modify, "JobModifyIndex": modify, "Warnings": ""}))
         }
+        ("POST", p) if p.starts_with("/v1/job/") && p.ends_with("/scale") => {
+            // nomad/job_endpoint.go `Scale`: a count outside the group's `Scaling` bounds is
+            // refused (400, Nomad's words); else the group takes the count in a new job
+            // modify index and the reconciler places the allocations missing or stops the
+            // newest (scheduler/reconcile.go stops the highest name indexes first). Nomad
+            // updates the allocations it keeps in place to the job's new version; here they
+            // keep their ids.
+            let id = p.trim_start_matches("/v1/job/").trim_end_matches("/scale").to_string();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let Some(mut job) = s.jobs.get(&id).cloned() else { return Ok(text(404, "job not found")) };
+            assert_eq!(v["Target"]["Group"], job["TaskGroups"][0]["Name"], "the group to scale");
+            let count = v["Count"].as_u64().unwrap();
+            let scaling = job["TaskGroups"][0]["Scaling"].clone();
+            if let Some(min) = scaling["Min"].as_u64().filter(|m| count < *m) {
+                return Ok(text(400, &format!("group count was less than scaling policy minimum: {count} < {min}")));
+            }
+            if let Some(max) = scaling["Max"].as_u64().filter(|m| count > *m) {
+                return Ok(text(400, &format!("group count was greater than scaling policy maximum: {count} > {max}")));
+            }
+            s.index += 1;
+            job["TaskGroups"][0]["Count"] = json!(count);
+            job["JobModifyIndex"] = json!(s.index);
+            s.jobs.insert(id.clone(), job.clone());
+            let mut now = s.allocs.get(&id).cloned().unwrap_or_default();
+            let gpus = job["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"][0]["Count"].as_u64().unwrap() as u32;
+            let memory = job["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"].as_u64().unwrap_or(0);
+            let dc = job["Datacenters"][0].as_str().unwrap().to_string();
+            while (now.len() as u64) < count {
+                let free = NODES.iter().find(|n| {
+                    n.2 == dc
+                        && n.4
+                        && !s.down.contains(n.1)
+                        && !now.iter().any(|h| h == n.1)
+                        && n.3 - s.busy.get(n.1).copied().unwrap_or(0) >= gpus
+                        && s.free_memory(n.1) >= memory
+                        && s.group_for(n.1, &job).is_some()
+                });
+                let Some(n) = free.map(|n| n.1.to_string()) else { break };
+                *s.busy.entry(n.clone()).or_default() += gpus;
+                let index = now.len();
+                s.placed(&id, &n, index, &job);
+                now.push(n);
+            }
+            while now.len() as u64 > count {
+                let n = now.pop().unwrap();
+                let aid = alloc_id(&id, &n, &job);
+                if let Some(i) = s.info.get_mut(&aid).filter(|i| i.finished_at.is_none()) {
+                    i.stopped = Some("alloc not needed due to job update".into());
+                    i.modified_at = chrono::Utc::now();
+                }
+            }
+            s.allocs.insert(id, now);
+            let index = s.index;
+            reply(200, json!({"EvalID": "eval-scale", "EvalCreateIndex": index, "JobModifyIndex": index}))
+        }
         ("GET", p) if p.starts_with("/v1/evaluation/") => {
             let id = p.trim_start_matches("/v1/evaluation/").to_string();
             let Some((reads, eval)) = s.evals.get_mut(&id) else { return Ok(text(404, "eval not found")) };
