@@ -385,7 +385,9 @@ pub async fn run(
     let tail = shipper.await.unwrap_or_default();
     match ended {
         Ok(why) => {
-            if why == "its hours are up" && a.index == 0 {
+            // Any replica (an autoscaled deployment's first one may be long gone); the first
+            // to say it wins, the others find it said.
+            if why == "its hours are up" {
                 let t = a
                     .transition(JobState::Succeeded)
                     .reason(format!("served for {} h", req.max_hours))

@@ -776,10 +776,16 @@ fn the_tutorial_in_the_web_app_of_a_pool() {
 /// A FastAPI app deployed private through the gateway on LocalStack: served by uvicorn, its
 /// keys made, listed and revoked through the gateway's routes; a request without a key, or
 /// with the revoked one, is refused by the functions host; with one, its server-sent events
-/// come one by one. Another wallet cannot reach the deployment's keys.
+/// come one by one. Another wallet cannot reach the deployment's keys. Its requests are
+/// counted (`aic deploy status` through the gateway). An autoscaled one stops when idle and
+/// the next request wakes it.
 #[test]
 fn a_private_asgi_deployment_through_the_gateway() {
-    let p = pool(Events::Poll);
+    let p = pool_with(
+        Events::Poll,
+        Pay::Aic,
+        &[("AIC_SERVING_STATS_SECONDS", "1"), ("AIC_SCALE_IDLE_SECONDS", "3"), ("AIC_SCALE_DOWN_SECONDS", "1")],
+    );
     assert!(p.aic("u", &["login", "--dev", "1"]).status.success(), "{}", p.log());
     let proj = repo().join("examples/fastapi");
     let out = p.aic("u", &["deploy", proj.to_str().unwrap(), "--name", "fast", "--private"]);
@@ -851,4 +857,43 @@ fn a_private_asgi_deployment_through_the_gateway() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(status(Some(&key)), "401");
+
+    // Counted: every request above reached the gateway (the refused ones as refusals).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let o = p.aic("u", &["deploy", "status", "fast", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let s = &v["summary"];
+        if s["refused"].as_u64().is_some_and(|r| r >= 3) && s["requests"].as_u64().is_some_and(|r| r >= 7) {
+            assert_eq!(s["replica_errors"], 0, "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}\n{}", p.log());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    // Autoscaled to zero through the gateway: stopped when idle, woken by a request.
+    let out = p.aic(
+        "u",
+        &["deploy", proj.to_str().unwrap(), "--name", "sleepy", "--min-replicas", "0", "--max-replicas", "1"],
+    );
+    assert!(out.status.success(), "{:?}\n{}", text(&out), p.log());
+    let (sleepy, _, _) = crate::deploy::addresses(&out.stdout);
+    let live = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_slice(&p.aic("u", &["deploy", "status", "sleepy", "--json"]).stdout).unwrap_or_default();
+        v["live"].as_u64().unwrap_or(u64::MAX)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while live() != 0 {
+        assert!(std::time::Instant::now() < deadline, "never stopped when idle\n{}", p.log());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "180", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(&sleepy)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "{}", p.log());
+    assert_eq!(live(), 1);
 }

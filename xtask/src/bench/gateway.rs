@@ -33,15 +33,18 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
         c.env("AIC_HOME", &home)
             .env("PATH", path_with(py))
             .env("AIC_ANVIL", anvil())
+            // An autoscaled deployment stops 3 s after its last request (not 5 minutes).
+            .env("AIC_SCALE_IDLE_SECONDS", "3")
+            .env("AIC_SCALE_DOWN_SECONDS", "1")
             .env_remove("AIC_STORE")
             .env_remove("AIC_GATEWAY");
     };
     let up = super::dev_up(&aic, &home, &env)?;
     // Deploys `proj` as `name` with one replica: its address through the gateway (`Host`
     // header apart, for clients that do not resolve `*.localhost`), and its replica's own.
-    let deploy = |proj: &Path, name: &str| -> anyhow::Result<(String, Option<String>, String)> {
+    let deploy = |proj: &Path, name: &str, how: &[&str]| -> anyhow::Result<(String, Option<String>, String, String)> {
         let mut dep = Command::new(&aic);
-        dep.args(["deploy"]).arg(proj).args(["--replicas", "1", "--name", name]);
+        dep.args(["deploy"]).arg(proj).args(["--name", name]).args(how);
         env(&mut dep);
         let out = dep.output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -69,10 +72,10 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             }
             None => (api, None),
         };
-        Ok((api, origin, direct))
+        Ok((api, origin, direct, job))
     };
     let result = (|| -> anyhow::Result<()> {
-        let (api, origin, direct) = deploy(&proj, "bench")?;
+        let (api, origin, direct, _) = deploy(&proj, "bench", &["--replicas", "1"])?;
         let row: Vec<f64> = std::fs::read_to_string(data.join("digits.csv"))?
             .lines()
             .next()
@@ -169,7 +172,7 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
         for f in ["app.py", "requirements.txt"] {
             std::fs::copy(root().join("examples/stream").join(f), stream.join(f))?;
         }
-        let (api, origin, direct) = deploy(&stream, "bench-stream")?;
+        let (api, origin, direct, _) = deploy(&stream, "bench-stream", &["--replicas", "1"])?;
         let targets = [("direct uWSGI", direct, None), ("through the gateway", api, origin)];
         let mut seen: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
         for _ in 0..ROUNDS {
@@ -198,6 +201,39 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
             med[1].0,
             med[1].0 - med[0].0,
             med[1].1
+        );
+
+        // A cold start: the same app autoscaled to zero; a request wakes it and waits for a
+        // replica (its requirements already on the miner), against a request to it warm.
+        let (api, origin, _, job) =
+            deploy(&stream, "bench-cold", &["--min-replicas", "0", "--max-replicas", "1", "--workers", "1"])?;
+        let regs = home.join(format!("store/pool/serving/{job}"));
+        let time = |url: &str| -> anyhow::Result<f64> {
+            let out = Command::new("curl")
+                .args(["-sSf", "-o", "/dev/null", "--max-time", "180", "-w", "%{time_total}"])
+                .args(origin.iter().flat_map(|h| ["-H", h.as_str()]))
+                .arg(url)
+                .output()?;
+            anyhow::ensure!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+            Ok(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().unwrap_or(f64::NAN))
+        };
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while std::fs::read_dir(&regs).map(|d| d.count()).unwrap_or(0) > 0 {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "the autoscaled deployment never stopped");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            cold.push(time(&api)?);
+            warm.push(time(&api)? * 1000.0);
+        }
+        let each: Vec<String> = cold.iter().map(|c| format!("{c:.2}")).collect();
+        println!(
+            "a cold start (examples/stream autoscaled to zero, Flask under uWSGI, 1 process; medians of {ROUNDS}): \
+             the request that woke it answered in {:.2} s (runs: {} s); the next, warm, in {:.1} ms",
+            median(cold.clone()),
+            each.join(", "),
+            median(warm)
         );
         Ok(())
     })();

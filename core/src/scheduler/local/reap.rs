@@ -250,12 +250,24 @@ impl LocalScheduler {
     /// After a worker of `job` ended: when none is left, the job leaves the scheduler (and
     /// starts again if it was restarting) and its host is told; queued jobs that now fit start.
     pub(super) async fn after_a_worker(&self, job: JobKey) {
+        // An autoscaled deployment without a worker stays (scaled to zero, or waiting for room
+        // to start the replicas asked), unless it was removed or has ended.
+        let idle_autoscaled = {
+            let st = self.inner.state.lock().unwrap();
+            st.running.get(&job).is_some_and(|r| {
+                r.allocs.iter().all(|a| a.slots.is_empty())
+                    && !r.cancelled
+                    && r.restarting.is_none()
+                    && r.wanted.is_some()
+            })
+        };
+        let ended_meanwhile = idle_autoscaled
+            && matches!(status::current(&self.inner.store, &job).await, Ok(Some(r)) if r.state.is_terminal());
         let gone = {
             let mut st = self.inner.state.lock().unwrap();
-            // An autoscaled deployment scaled to zero stays (a request wakes it), unless removed.
             let all_gone = st.running.get(&job).is_some_and(|r| {
                 r.allocs.iter().all(|a| a.slots.is_empty())
-                    && (r.cancelled || r.restarting.is_some() || r.wanted.is_none_or(|w| w > 0))
+                    && (r.cancelled || r.restarting.is_some() || r.wanted.is_none() || ended_meanwhile)
             });
             let gone = if all_gone { st.running.remove(&job) } else { None };
             self.persist(&st, &job);
@@ -281,6 +293,24 @@ impl LocalScheduler {
             let hook = self.inner.job_ended.lock().unwrap().clone();
             if let Some(hook) = hook {
                 hook(&job);
+            }
+        }
+        // Autoscaled deployments asked for more replicas than the pool had room for (a
+        // replica still stopping held the miner) get them as room frees, before queued jobs.
+        let short: Vec<(JobKey, u32)> = {
+            let st = self.inner.state.lock().unwrap();
+            st.running
+                .iter()
+                .filter(|(_, r)| !r.cancelled && r.restarting.is_none())
+                .filter_map(|(k, r)| {
+                    let active = r.allocs.iter().filter(|a| !a.slots.is_empty() && !a.parked).count() as u32;
+                    r.wanted.filter(|w| *w > active).map(|w| (k.clone(), w))
+                })
+                .collect()
+        };
+        for (j, w) in short {
+            if let Err(e) = self.scale_to(&j, w, true).await {
+                tracing::warn!(job = %j.job, error = %e, "cannot start the replicas the deployment waits for");
             }
         }
         self.start_queued().await;

@@ -1,7 +1,8 @@
 //! An autoscaled deployment's replicas, more or fewer (`Scheduler::scale`): new ones on free
 //! miners (one without a replica of the deployment first), in the lowest index an ended one
-//! left or a new one; fewer by stopping the newest, whose end is then no loss. At zero the job
-//! stays here, going, until a request wakes it or it is removed.
+//! left or a new one; fewer by stopping the newest, whose end is then no loss. The count asked
+//! is kept: what the pool had no room for starts as room frees (`reap`). At zero the job stays
+//! here, going, until a request wakes it or it is removed.
 
 use super::*;
 

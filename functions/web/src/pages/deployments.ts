@@ -17,6 +17,8 @@ interface Figures {
   p95_ms: number | null;
   p99_ms: number | null;
   max_in_flight: number;
+  cold_starts: number;
+  max_cold_start_ms: number | null;
 }
 
 /// "12 requests · 1 error", "p50 ≤25 ms · p95 ≤250 ms · p99 ≤250 ms", "at most 3 in flight": a line each.
@@ -29,6 +31,7 @@ function figures(f: Figures | null): (string | HTMLElement)[] {
   const lines = [`${plural(f.requests, "request")} · ${plural(errors, "error")}${refused}`];
   if (f.p50_ms != null) lines.push(`p50 ≤${f.p50_ms} ms · p95 ≤${f.p95_ms} ms · p99 ≤${f.p99_ms} ms`);
   lines.push(`at most ${f.max_in_flight} in flight`);
+  if (f.cold_starts) lines.push(`${plural(f.cold_starts, "cold start")} (longest ${((f.max_cold_start_ms ?? 0) / 1000).toFixed(1)} s)`);
   return lines.map((l) => h("div", {}, l));
 }
 
@@ -162,7 +165,9 @@ export function deploymentsPage(root: HTMLElement): () => void {
         return [
           h("span", {}, link(`/jobs/${j.job_id}`, r.name || j.job_id), " ", priv),
           live ? h("a", { href: addr, class: "addr" }, addr) : h("span", { class: "muted" }, "—"),
-          `${up} of ${r.miners}`,
+          r.serving && (r.serving.min_replicas != null || r.serving.target_concurrency != null)
+            ? `${up} (autoscaled ${r.serving.min_replicas ?? 1}–${r.miners})`
+            : `${up} of ${r.miners}`,
           h("div", { "data-figures": j.job_id, class: "figures" }, ...(live ? figures(last) : ["—"])),
           j.status ? stateBadge(j.status.state) : "",
           h("span", { class: "row" }, link(`/jobs/${j.job_id}`, "Logs"), n, scale, rm),
