@@ -205,6 +205,11 @@ pub(crate) fn bench_gateway(py: &Path) -> anyhow::Result<()> {
 
         // A cold start: the same app autoscaled to zero; a request wakes it and waits for a
         // replica (its requirements already on the miner), against a request to it warm.
+        // The pool's two miners hold the deployments above: the stream's makes room.
+        let mut rm = Command::new(&aic);
+        rm.args(["deploy", "rm", "bench-stream"]);
+        env(&mut rm);
+        anyhow::ensure!(rm.status()?.success(), "aic deploy rm bench-stream failed");
         let (api, origin, _, job) =
             deploy(&stream, "bench-cold", &["--min-replicas", "0", "--max-replicas", "1", "--workers", "1"])?;
         let regs = home.join(format!("store/pool/serving/{job}"));
